@@ -1,0 +1,341 @@
+//! Adapter choice, device creation with the adapter's own limits, capabilities, and the
+//! pipeline cache. One [`Gpu`] is shared (through `Arc`) by everything that records work.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::shader::ShaderDefs;
+
+/// Which wgpu backend to use. `Auto` prefers a discrete GPU, then an integrated one, then
+/// anything (including a CPU Vulkan device such as lavapipe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    Auto,
+    Vulkan,
+    Gl,
+    Metal,
+    Dx12,
+    WebGpu,
+}
+
+impl BackendChoice {
+    fn backends(self) -> wgpu::Backends {
+        match self {
+            BackendChoice::Auto => wgpu::Backends::all(),
+            BackendChoice::Vulkan => wgpu::Backends::VULKAN,
+            BackendChoice::Gl => wgpu::Backends::GL,
+            BackendChoice::Metal => wgpu::Backends::METAL,
+            BackendChoice::Dx12 => wgpu::Backends::DX12,
+            BackendChoice::WebGpu => wgpu::Backends::BROWSER_WEBGPU,
+        }
+    }
+}
+
+impl FromStr for BackendChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => BackendChoice::Auto,
+            "vulkan" | "vk" => BackendChoice::Vulkan,
+            "gl" | "gles" | "opengl" => BackendChoice::Gl,
+            "metal" => BackendChoice::Metal,
+            "dx12" | "d3d12" => BackendChoice::Dx12,
+            "webgpu" => BackendChoice::WebGpu,
+            _ => return Err(Error::UnknownBackend(s.to_string())),
+        })
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Vulkan => "vulkan",
+            BackendChoice::Gl => "gl",
+            BackendChoice::Metal => "metal",
+            BackendChoice::Dx12 => "dx12",
+            BackendChoice::WebGpu => "webgpu",
+        };
+        f.write_str(s)
+    }
+}
+
+/// What the device can do, read from the adapter once.
+#[derive(Debug, Clone)]
+pub struct Caps {
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+    pub timestamps: bool,
+    /// Largest storage binding; tensors above it are split (weights) or rejected with a clear error.
+    pub max_storage_binding: u64,
+    pub max_buffer_size: u64,
+    pub max_storage_buffers_per_stage: u32,
+    pub max_invocations_per_workgroup: u32,
+    pub max_workgroup_storage: u32,
+    pub max_workgroups_per_dim: u32,
+    pub min_storage_offset_alignment: u32,
+}
+
+/// The device, its queue, what it can do, and caches shared by every kernel launch.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub caps: Caps,
+    /// A small storage buffer bound where a kernel's optional input (a bias) is absent.
+    pub dummy: wgpu::Buffer,
+    pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
+    lost: Arc<Mutex<Option<String>>>,
+    uncaptured: Arc<Mutex<Option<String>>>,
+}
+
+fn rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+fn backend_rank(b: wgpu::Backend) -> u32 {
+    // Among equally ranked devices prefer the native modern API over GL.
+    match b {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        wgpu::Backend::BrowserWebGpu => 0,
+        _ => 1,
+    }
+}
+
+impl Gpu {
+    /// Open the best adapter for `choice` and a device with the adapter's own limits.
+    pub async fn new(choice: BackendChoice) -> Result<Arc<Gpu>> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = choice.backends();
+        let instance = wgpu::Instance::new(desc);
+        let adapter = Self::pick_adapter(&instance, choice).await?;
+        Self::from_adapter(adapter).await
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    async fn pick_adapter(instance: &wgpu::Instance, choice: BackendChoice) -> Result<wgpu::Adapter> {
+        let mut adapters = instance.enumerate_adapters(choice.backends()).await;
+        adapters.sort_by_key(|a| {
+            let i = a.get_info();
+            (rank(i.device_type), backend_rank(i.backend))
+        });
+        adapters
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NoAdapter(choice.to_string()))
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    async fn pick_adapter(instance: &wgpu::Instance, choice: BackendChoice) -> Result<wgpu::Adapter> {
+        let _ = (rank, backend_rank);
+        instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::NoAdapter(format!("{choice}: {e}")))
+    }
+
+    async fn from_adapter(adapter: wgpu::Adapter) -> Result<Arc<Gpu>> {
+        let info = adapter.get_info();
+        let available = adapter.features();
+        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
+        let features = available & wanted;
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("kestrel"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        let alims = adapter.limits();
+        let caps = Caps {
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_min_size: adapter.get_info().subgroup_min_size,
+            subgroup_max_size: adapter.get_info().subgroup_max_size,
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            max_storage_binding: alims.max_storage_buffer_binding_size,
+            max_buffer_size: alims.max_buffer_size,
+            max_storage_buffers_per_stage: alims.max_storage_buffers_per_shader_stage,
+            max_invocations_per_workgroup: alims.max_compute_invocations_per_workgroup,
+            max_workgroup_storage: alims.max_compute_workgroup_storage_size,
+            max_workgroups_per_dim: alims.max_compute_workgroups_per_dimension,
+            min_storage_offset_alignment: alims.min_storage_buffer_offset_alignment,
+        };
+        let lost = Arc::new(Mutex::new(None));
+        let lost2 = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut l) = lost2.lock() {
+                *l = Some(format!("{reason:?}: {msg}"));
+            }
+        });
+        let uncaptured: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let unc2 = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut u) = unc2.lock() {
+                if u.is_none() {
+                    *u = Some(e.to_string());
+                }
+            }
+        }));
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Arc::new(Gpu {
+            dummy,
+            device,
+            queue,
+            info,
+            caps,
+            pipelines: Mutex::new(HashMap::new()),
+            lost,
+            uncaptured,
+        }))
+    }
+
+    /// Lower the binding limit (tests use this to force weight splitting on small tensors).
+    pub fn with_max_binding(self: &Arc<Gpu>, max: u64) -> Arc<Gpu> {
+        let caps = Caps {
+            max_storage_binding: max.min(self.caps.max_storage_binding),
+            ..self.caps.clone()
+        };
+        Arc::new(Gpu {
+            device: self.device.clone(),
+            queue: self.queue.clone(),
+            info: self.info.clone(),
+            caps,
+            dummy: self.dummy.clone(),
+            pipelines: Mutex::new(HashMap::new()),
+            lost: self.lost.clone(),
+            uncaptured: self.uncaptured.clone(),
+        })
+    }
+
+    /// Fails if the device was lost or an uncaptured GPU error happened since the last check.
+    pub fn check(&self) -> Result<()> {
+        if let Some(m) = self.lost.lock().ok().and_then(|l| l.clone()) {
+            return Err(Error::DeviceLost(m));
+        }
+        if let Some(m) = self.uncaptured.lock().ok().and_then(|mut u| u.take()) {
+            if m.to_lowercase().contains("out of memory") {
+                return Err(Error::OutOfMemory(m));
+            }
+            return Err(Error::Validation {
+                context: "GPU work".into(),
+                message: m,
+            });
+        }
+        Ok(())
+    }
+
+    /// The backend in use, in words.
+    pub fn backend_name(&self) -> String {
+        format!("{:?}", self.info.backend).to_lowercase()
+    }
+
+    /// A one-line description of the adapter (for reports and benchmarks).
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({}, {:?}, driver {} {})",
+            self.info.name,
+            self.backend_name(),
+            self.info.device_type,
+            self.info.driver,
+            self.info.driver_info
+        )
+    }
+
+    /// A compute pipeline for `kernel` specialised by `defs`, compiled once and cached.
+    pub fn pipeline(&self, name: &str, source: &str, defs: &ShaderDefs) -> Result<wgpu::ComputePipeline> {
+        let key = format!("{name}|{}", defs.key());
+        if let Some(p) = self.pipelines.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(p);
+        }
+        let code = defs.render(source, self.caps.shader_f16);
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(code.into()),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(name),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions::default(),
+            cache: None,
+        });
+        if let Ok(mut m) = self.pipelines.lock() {
+            m.insert(key, pipeline.clone());
+        }
+        Ok(pipeline)
+    }
+
+    pub fn storage_buffer(&self, label: &str, size: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    pub fn storage_buffer_init(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        let buf = self.storage_buffer(label, bytes.len() as u64);
+        self.write_padded(&buf, 0, bytes);
+        buf
+    }
+
+    pub fn uniform_buffer_init(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (bytes.len() as u64).next_multiple_of(16).max(16),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.write_padded(&buf, 0, bytes);
+        buf
+    }
+
+    /// `queue.write_buffer` needs a length that is a multiple of 4; pad with zeros.
+    pub fn write_padded(&self, buf: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        if bytes.len() % 4 == 0 {
+            self.queue.write_buffer(buf, offset, bytes);
+        } else {
+            let mut v = bytes.to_vec();
+            v.resize(bytes.len().next_multiple_of(4), 0);
+            self.queue.write_buffer(buf, offset, &v);
+        }
+    }
+
+    /// The number of workgroups along x and y for `groups` workgroups, within the per-dimension limit.
+    pub fn grid(&self, groups: u32) -> [u32; 3] {
+        let max = self.caps.max_workgroups_per_dim.max(1);
+        if groups <= max {
+            [groups.max(1), 1, 1]
+        } else {
+            let y = groups.div_ceil(max);
+            [groups.div_ceil(y), y, 1]
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The executor: lowers a graph once into buffers, bind groups and dispatches (a [`Plan`]),
+//! then replays it with a new [`Step`] uniform for every run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Op, Source, TensorId};
+use crate::kernels::{self, copy::CopyParams, Dispatch, Step};
+use crate::planner;
+use crate::readback;
+use crate::session::StateStore;
+use crate::tensor::{check_binding, DType, GpuTensor, GpuWeight};
+
+pub struct Plan {
+    gpu: Arc<Gpu>,
+    step: wgpu::Buffer,
+    dispatches: Vec<Dispatch>,
+    inputs: HashMap<String, GpuTensor>,
+    outputs: Vec<GpuTensor>,
+    /// Bytes of pooled activation buffers after liveness reuse.
+    pub activation_bytes: u64,
+    /// Bytes the activations would take without reuse.
+    pub activation_bytes_unplanned: u64,
+}
+
+enum Bound {
+    Buffer(wgpu::Buffer),
+    Weight(Arc<GpuWeight>),
+}
+
+impl Plan {
+    pub fn new(gpu: &Arc<Gpu>, graph: &Graph, states: &StateStore) -> Result<Plan> {
+        let assignment = planner::plan(graph);
+        let mut slots = Vec::new();
+        for (i, &bytes) in assignment.slot_bytes.iter().enumerate() {
+            check_binding(gpu, &format!("activation slot {i}"), bytes)?;
+            slots.push(gpu.storage_buffer("activation", bytes));
+        }
+        let mut inputs = HashMap::new();
+        let mut bound = Vec::with_capacity(graph.tensors.len());
+        for (t, desc) in graph.tensors.iter().enumerate() {
+            bound.push(match &desc.source {
+                Source::Activation => match assignment.slot_of[t] {
+                    Some(s) => Bound::Buffer(slots[s].clone()),
+                    None => Bound::Buffer(GpuTensor::new(gpu, "output", &desc.shape, desc.dtype)?.buffer),
+                },
+                Source::Input(name) => {
+                    let tensor = GpuTensor::new(gpu, name, &desc.shape, desc.dtype)?;
+                    let b = tensor.buffer.clone();
+                    inputs.insert(name.clone(), tensor);
+                    Bound::Buffer(b)
+                }
+                Source::Weight(w) => Bound::Weight(w.clone()),
+                Source::State(name) => {
+                    let s = states.get(name)?;
+                    if s.shape != desc.shape {
+                        return Err(Error::ShapeMismatch {
+                            context: format!("state {name}"),
+                            expected: desc.shape.clone(),
+                            got: s.shape.clone(),
+                        });
+                    }
+                    Bound::Buffer(s.buffer.clone())
+                }
+            });
+        }
+        let outputs = graph
+            .outputs
+            .iter()
+            .map(|&t| match &bound[t] {
+                Bound::Buffer(b) => Ok(GpuTensor {
+                    buffer: b.clone(),
+                    shape: graph.tensors[t].shape.clone(),
+                    dtype: graph.tensors[t].dtype,
+                }),
+                Bound::Weight(_) => Err(Error::Graph("a weight cannot be a graph output".into())),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let step = gpu.uniform_buffer_init("step", bytemuck::bytes_of(&Step::default()));
+        let mut lower = Lowering {
+            gpu,
+            graph,
+            bound: &bound,
+            step: &step,
+            dispatches: Vec::new(),
+        };
+        for op in &graph.ops {
+            lower.op(op)?;
+        }
+        let dispatches = lower.dispatches;
+        let unplanned = graph
+            .tensors
+            .iter()
+            .filter(|d| matches!(d.source, Source::Activation))
+            .map(|d| d.dtype.bytes(d.numel()))
+            .sum();
+        gpu.check()?;
+        Ok(Plan {
+            gpu: gpu.clone(),
+            step,
+            dispatches,
+            inputs,
+            outputs,
+            activation_bytes: assignment.total_bytes(),
+            activation_bytes_unplanned: unplanned,
+        })
+    }
+
+    pub fn write_input(&self, name: &str, data: &[u32]) -> Result<()> {
+        let t = self
+            .inputs
+            .get(name)
+            .ok_or_else(|| Error::Graph(format!("the graph has no input named {name}")))?;
+        if t.numel() != data.len() {
+            return Err(Error::ShapeMismatch {
+                context: format!("input {name}"),
+                expected: t.shape.clone(),
+                got: vec![data.len()],
+            });
+        }
+        self.gpu.write_padded(&t.buffer, 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Replay the plan with new step values. Returns as soon as the work is submitted.
+    pub fn run(&self, step: &Step) -> Result<()> {
+        self.gpu.check()?;
+        self.gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(step));
+        kernels::submit(&self.gpu, &self.dispatches);
+        Ok(())
+    }
+
+    pub fn output(&self, i: usize) -> &GpuTensor {
+        &self.outputs[i]
+    }
+
+    pub fn dispatch_count(&self) -> usize {
+        self.dispatches.len()
+    }
+
+    pub async fn read_f32(&self, i: usize) -> Result<Vec<f32>> {
+        let t = &self.outputs[i];
+        readback::read_f32(&self.gpu, &t.buffer, 0, t.numel()).await
+    }
+
+    pub async fn read_u32(&self, i: usize) -> Result<Vec<u32>> {
+        let t = &self.outputs[i];
+        readback::read_u32(&self.gpu, &t.buffer, 0, t.numel()).await
+    }
+}
+
+struct Lowering<'a> {
+    gpu: &'a Arc<Gpu>,
+    graph: &'a Graph,
+    bound: &'a [Bound],
+    step: &'a wgpu::Buffer,
+    dispatches: Vec<Dispatch>,
+}
+
+impl Lowering<'_> {
+    fn buf(&self, t: TensorId) -> Result<&wgpu::Buffer> {
+        match &self.bound[t] {
+            Bound::Buffer(b) => Ok(b),
+            Bound::Weight(w) => w.single(),
+        }
+    }
+
+    fn weight(&self, t: TensorId) -> Result<&Arc<GpuWeight>> {
+        match &self.bound[t] {
+            Bound::Weight(w) => Ok(w),
+            Bound::Buffer(_) => Err(Error::Graph(format!("tensor {t} should be a weight"))),
+        }
+    }
+
+    fn shape(&self, t: TensorId) -> &[usize] {
+        self.graph.shape(t)
+    }
+
+    fn op(&mut self, op: &Op) -> Result<()> {
+        use kernels::*;
+        let gpu = self.gpu;
+        match *op {
+            Op::Embedding { ids, table, out } => {
+                let n = self.shape(ids)[0];
+                let d = embedding::launch(gpu, self.buf(ids)?, self.weight(table)?, self.buf(out)?, n)?;
+                self.dispatches.extend(d);
+            }
+            Op::RmsNorm { x, w, out, eps } => {
+                let s = self.shape(x);
+                let d = rms_norm::launch(gpu, self.buf(x)?, self.buf(w)?, self.buf(out)?, s[0], s[1], eps)?;
+                self.dispatches.push(d);
+            }
+            Op::Linear { x, w, bias, out } => {
+                let m = self.shape(x)[0];
+                let bias = bias.map(|b| self.buf(b)).transpose()?;
+                let w = self.weight(w)?;
+                let d = if m == 1 {
+                    matvec::launch(gpu, self.buf(x)?, w, bias, self.buf(out)?)?
+                } else {
+                    matmul::launch(gpu, self.buf(x)?, w, bias, self.buf(out)?, m)?
+                };
+                self.dispatches.extend(d);
+            }
+            Op::Rope { x, inv_freq, heads, head_dim, rot_dims } => {
+                let n = self.shape(x)[0];
+                let d = rope::launch(gpu, self.step, self.buf(x)?, self.buf(inv_freq)?, n, heads, head_dim, rot_dims)?;
+                self.dispatches.push(d);
+            }
+            Op::CacheWrite { src, cache } => {
+                let s = self.shape(src);
+                let p = CopyParams {
+                    n: (s[0] * s[1]) as u32,
+                    src_offset: 0,
+                    dst_offset: 0,
+                    dst_pos_stride: s[1] as u32,
+                };
+                let d = copy::launch(gpu, self.step, self.buf(src)?, self.buf(cache)?, p)?;
+                self.dispatches.push(d);
+            }
+            Op::Attention { q, k_cache, v_cache, out, shape, causal } => {
+                let n = self.shape(q)[0];
+                let (qb, kb, vb, ob) = (self.buf(q)?, self.buf(k_cache)?, self.buf(v_cache)?, self.buf(out)?);
+                let d = if n == 1 && causal {
+                    let capacity = self.shape(k_cache)[0];
+                    let scratch = GpuTensor::new(gpu, "attention scores", &[shape.heads, capacity], DType::F32)?;
+                    decode_attention::launch(gpu, self.step, qb, kb, vb, &scratch.buffer, ob, shape, capacity)?
+                } else {
+                    attention::launch(gpu, self.step, qb, kb, vb, ob, shape, n, causal)?
+                };
+                self.dispatches.push(d);
+            }
+            Op::Elementwise { op, a, b, out } => {
+                let n = self.graph.tensors[a].numel();
+                let d = elementwise::launch(gpu, op, self.buf(a)?, self.buf(b)?, self.buf(out)?, n)?;
+                self.dispatches.push(d);
+            }
+            Op::LastRow { x, out } => {
+                let s = self.shape(x);
+                let p = CopyParams {
+                    n: s[1] as u32,
+                    src_offset: ((s[0] - 1) * s[1]) as u32,
+                    dst_offset: 0,
+                    dst_pos_stride: 0,
+                };
+                let d = copy::launch(gpu, self.step, self.buf(x)?, self.buf(out)?, p)?;
+                self.dispatches.push(d);
+            }
+            Op::Softmax { x, out } => {
+                let s = self.shape(x);
+                let d = softmax::launch(gpu, self.buf(x)?, self.buf(out)?, s[0], s[1])?;
+                self.dispatches.push(d);
+            }
+            Op::Sample { logits, out } => {
+                let s = self.shape(logits);
+                let d = sample::launch(gpu, self.step, self.buf(logits)?, self.buf(out)?, s[1], (s[0] - 1) * s[1])?;
+                self.dispatches.push(d);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,240 @@
+//! The graph an architecture builds: tensors (activations, inputs, weights, states) and ops in
+//! execution order. Builders check shapes, so a misshaped model fails here with a clear error
+//! rather than on the GPU. Only the executor turns a graph into GPU work.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::kernels::attention::AttnShape;
+use crate::kernels::elementwise::Elementwise;
+use crate::tensor::{DType, GpuWeight};
+
+pub type TensorId = usize;
+
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Produced and consumed inside one run; the planner assigns it a pooled buffer.
+    Activation,
+    /// Written by the caller before each run (token ids).
+    Input(String),
+    Weight(Arc<GpuWeight>),
+    /// Persistent per-sequence state (a KV cache), bound from a [`crate::session::StateStore`].
+    State(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct TensorDesc {
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub source: Source,
+}
+
+impl TensorDesc {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    Embedding { ids: TensorId, table: TensorId, out: TensorId },
+    RmsNorm { x: TensorId, w: TensorId, out: TensorId, eps: f32 },
+    Linear { x: TensorId, w: TensorId, bias: Option<TensorId>, out: TensorId },
+    /// In place on `x` [T, heads * head_dim].
+    Rope { x: TensorId, inv_freq: TensorId, heads: usize, head_dim: usize, rot_dims: usize },
+    /// Append the rows of `src` [T, W] to `cache` [capacity, W] at the current position.
+    CacheWrite { src: TensorId, cache: TensorId },
+    Attention { q: TensorId, k_cache: TensorId, v_cache: TensorId, out: TensorId, shape: AttnShape, causal: bool },
+    Elementwise { op: Elementwise, a: TensorId, b: TensorId, out: TensorId },
+    LastRow { x: TensorId, out: TensorId },
+    Softmax { x: TensorId, out: TensorId },
+    Sample { logits: TensorId, out: TensorId },
+}
+
+impl Op {
+    /// Tensors the op reads and tensors it writes (in-place ops list the tensor in both).
+    pub fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        match *self {
+            Op::Embedding { ids, table, out } => (vec![ids, table], vec![out]),
+            Op::RmsNorm { x, w, out, .. } => (vec![x, w], vec![out]),
+            Op::Linear { x, w, bias, out } => {
+                let mut r = vec![x, w];
+                r.extend(bias);
+                (r, vec![out])
+            }
+            Op::Rope { x, inv_freq, .. } => (vec![x, inv_freq], vec![x]),
+            Op::CacheWrite { src, cache } => (vec![src], vec![cache]),
+            Op::Attention { q, k_cache, v_cache, out, .. } => (vec![q, k_cache, v_cache], vec![out]),
+            Op::Elementwise { a, b, out, .. } => (vec![a, b], vec![out]),
+            Op::LastRow { x, out } => (vec![x], vec![out]),
+            Op::Softmax { x, out } => (vec![x], vec![out]),
+            Op::Sample { logits, out } => (vec![logits], vec![out]),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    pub tensors: Vec<TensorDesc>,
+    pub ops: Vec<Op>,
+    pub outputs: Vec<TensorId>,
+}
+
+fn mismatch(context: &str, expected: &[usize], got: &[usize]) -> Error {
+    Error::ShapeMismatch {
+        context: context.to_string(),
+        expected: expected.to_vec(),
+        got: got.to_vec(),
+    }
+}
+
+impl Graph {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn add(&mut self, shape: Vec<usize>, dtype: DType, source: Source) -> TensorId {
+        self.tensors.push(TensorDesc { shape, dtype, source });
+        self.tensors.len() - 1
+    }
+
+    pub fn shape(&self, t: TensorId) -> &[usize] {
+        &self.tensors[t].shape
+    }
+
+    fn weight_of(&self, t: TensorId) -> Result<&Arc<GpuWeight>> {
+        match &self.tensors[t].source {
+            Source::Weight(w) => Ok(w),
+            _ => Err(Error::Graph(format!("tensor {t} is not a weight"))),
+        }
+    }
+
+    fn activation(&mut self, shape: Vec<usize>) -> TensorId {
+        self.add(shape, DType::F32, Source::Activation)
+    }
+
+    pub fn input(&mut self, name: &str, shape: &[usize], dtype: DType) -> TensorId {
+        self.add(shape.to_vec(), dtype, Source::Input(name.to_string()))
+    }
+
+    pub fn weight(&mut self, w: &Arc<GpuWeight>) -> TensorId {
+        self.add(vec![w.rows, w.cols], w.dtype, Source::Weight(w.clone()))
+    }
+
+    pub fn state(&mut self, name: &str, shape: &[usize]) -> TensorId {
+        self.add(shape.to_vec(), DType::F32, Source::State(name.to_string()))
+    }
+
+    pub fn output(&mut self, t: TensorId) {
+        self.outputs.push(t);
+    }
+
+    /// Check that a vector weight has `n` entries.
+    fn expect_vector(&self, w: TensorId, n: usize, what: &str) -> Result<()> {
+        let s = self.shape(w);
+        if s.iter().product::<usize>() != n {
+            return Err(mismatch(&format!("{what} ({})", self.weight_of(w)?.name), &[n], s));
+        }
+        Ok(())
+    }
+
+    pub fn embedding(&mut self, table: TensorId, ids: TensorId) -> Result<TensorId> {
+        let n = self.shape(ids)[0];
+        let dim = self.shape(table)[1];
+        let out = self.activation(vec![n, dim]);
+        self.ops.push(Op::Embedding { ids, table, out });
+        Ok(out)
+    }
+
+    pub fn rms_norm(&mut self, x: TensorId, w: TensorId, eps: f32) -> Result<TensorId> {
+        let s = self.shape(x).to_vec();
+        self.expect_vector(w, s[1], "norm weight")?;
+        let out = self.activation(s);
+        self.ops.push(Op::RmsNorm { x, w, out, eps });
+        Ok(out)
+    }
+
+    pub fn linear(&mut self, x: TensorId, w: TensorId, bias: Option<TensorId>) -> Result<TensorId> {
+        let xs = self.shape(x).to_vec();
+        let ws = self.shape(w).to_vec();
+        if xs[1] != ws[1] {
+            let name = &self.weight_of(w)?.name;
+            return Err(mismatch(&format!("weight {name} (input features)"), &[ws[0], xs[1]], &ws));
+        }
+        if let Some(b) = bias {
+            self.expect_vector(b, ws[0], "bias")?;
+        }
+        let out = self.activation(vec![xs[0], ws[0]]);
+        self.ops.push(Op::Linear { x, w, bias, out });
+        Ok(out)
+    }
+
+    pub fn rope(&mut self, x: TensorId, inv_freq: TensorId, heads: usize, head_dim: usize) -> Result<TensorId> {
+        let rot_dims = 2 * self.shape(inv_freq).iter().product::<usize>();
+        if self.shape(x)[1] != heads * head_dim || rot_dims > head_dim {
+            return Err(mismatch("rope input", &[self.shape(x)[0], heads * head_dim], self.shape(x)));
+        }
+        self.ops.push(Op::Rope { x, inv_freq, heads, head_dim, rot_dims });
+        Ok(x)
+    }
+
+    pub fn cache_write(&mut self, src: TensorId, cache: TensorId) -> Result<()> {
+        if self.shape(src)[1] != self.shape(cache)[1] {
+            return Err(mismatch("cache write", self.shape(cache), self.shape(src)));
+        }
+        self.ops.push(Op::CacheWrite { src, cache });
+        Ok(())
+    }
+
+    pub fn attention(&mut self, q: TensorId, k_cache: TensorId, v_cache: TensorId, shape: AttnShape, causal: bool) -> Result<TensorId> {
+        shape.validate()?;
+        let qs = self.shape(q).to_vec();
+        if qs[1] != shape.heads * shape.head_dim {
+            return Err(mismatch("attention queries", &[qs[0], shape.heads * shape.head_dim], &qs));
+        }
+        let kv = shape.kv_heads * shape.head_dim;
+        if self.shape(k_cache)[1] != kv || self.shape(v_cache)[1] != kv {
+            return Err(mismatch("attention KV cache", &[self.shape(k_cache)[0], kv], self.shape(k_cache)));
+        }
+        let out = self.activation(qs);
+        self.ops.push(Op::Attention { q, k_cache, v_cache, out, shape, causal });
+        Ok(out)
+    }
+
+    pub fn elementwise(&mut self, op: Elementwise, a: TensorId, b: TensorId) -> Result<TensorId> {
+        if self.shape(a) != self.shape(b) {
+            return Err(mismatch(&format!("{op:?}"), self.shape(a), self.shape(b)));
+        }
+        let out = self.activation(self.shape(a).to_vec());
+        self.ops.push(Op::Elementwise { op, a, b, out });
+        Ok(out)
+    }
+
+    pub fn add_tensors(&mut self, a: TensorId, b: TensorId) -> Result<TensorId> {
+        self.elementwise(Elementwise::Add, a, b)
+    }
+
+    pub fn swiglu(&mut self, gate: TensorId, up: TensorId) -> Result<TensorId> {
+        self.elementwise(Elementwise::SwiGlu, gate, up)
+    }
+
+    pub fn last_row(&mut self, x: TensorId) -> Result<TensorId> {
+        let w = self.shape(x)[1];
+        let out = self.activation(vec![1, w]);
+        self.ops.push(Op::LastRow { x, out });
+        Ok(out)
+    }
+
+    pub fn softmax(&mut self, x: TensorId) -> Result<TensorId> {
+        let out = self.activation(self.shape(x).to_vec());
+        self.ops.push(Op::Softmax { x, out });
+        Ok(out)
+    }
+
+    /// Sample one token id from the last row of `logits` with the step's settings.
+    pub fn sample(&mut self, logits: TensorId) -> Result<TensorId> {
+        let out = self.add(vec![1], DType::U32, Source::Activation);
+        self.ops.push(Op::Sample { logits, out });
+        Ok(out)
+    }
+}

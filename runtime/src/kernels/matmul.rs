@@ -1,0 +1,62 @@
+//! Register-blocked tiled matmul for prefill: `Y = X Wᵀ + b`, X [M, K], W [N, K] in f32 or
+//! packed f16, 64×64 tiles with 4×4 outputs per thread.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{kernel, weight_defs, Dispatch};
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::shader::ShaderDefs;
+use crate::tensor::GpuWeight;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    ldy: u32,
+    col_offset: u32,
+    _p: [u32; 3],
+}
+
+/// One dispatch per weight chunk, each writing its columns of `y` [M, N].
+pub fn launch(gpu: &Gpu, x: &wgpu::Buffer, w: &GpuWeight, bias: Option<&wgpu::Buffer>, y: &wgpu::Buffer, m: usize) -> Result<Vec<Dispatch>> {
+    let defs = weight_defs(ShaderDefs::new(), w.dtype).bool("HAS_BIAS", bias.is_some());
+    let bias = bias.unwrap_or(&gpu.dummy);
+    let groups_m = (m as u32).div_ceil(64);
+    if groups_m > gpu.caps.max_workgroups_per_dim {
+        return Err(Error::LimitExceeded {
+            what: "matmul rows".into(),
+            needed: m as u64,
+            allowed: gpu.caps.max_workgroups_per_dim as u64 * 64,
+        });
+    }
+    w.chunks
+        .iter()
+        .map(|c| {
+            let params = Params {
+                m: m as u32,
+                n: c.rows as u32,
+                k: w.cols as u32,
+                ldy: w.rows as u32,
+                col_offset: c.row_start as u32,
+                _p: [0; 3],
+            };
+            let groups_n = (c.rows as u32).div_ceil(64);
+            kernel!("matmul").dispatch(gpu, &defs, &params, &[x, &c.buffer, bias, y], [groups_n, groups_m, 1])
+        })
+        .collect()
+}
+
+/// `y[i, n] = sum_k x[i, k] w[n, k] + b[n]`.
+pub fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut y = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let dot: f32 = (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum();
+            y[i * n + j] = dot + bias.map_or(0.0, |b| b[j]);
+        }
+    }
+    y
+}

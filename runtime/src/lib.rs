@@ -1,0 +1,20 @@
+//! kestrel-runtime: the device, kernels, graph, planner and executor. It knows no model:
+//! architectures (in kestrel-models) build a [`graph::Graph`] of ops, and the executor plans
+//! it once and replays it on the GPU.
+
+pub mod device;
+pub mod error;
+pub mod executor;
+pub mod graph;
+pub mod kernels;
+pub mod planner;
+pub mod readback;
+pub mod rng;
+pub mod session;
+pub mod shader;
+pub mod tensor;
+
+pub use device::{BackendChoice, Caps, Gpu};
+pub use error::{Error, Result};
+pub use graph::{Graph, Op, TensorId};
+pub use tensor::{DType, GpuTensor, GpuWeight};

@@ -1,0 +1,197 @@
+//! A sequence being generated: its persistent state (KV caches and any other per-layer state
+//! an architecture declares), its position, and the plans it replays.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::executor::Plan;
+use crate::graph::Graph;
+use crate::kernels::Step;
+use crate::rng::pcg_hash;
+use crate::tensor::{DType, GpuTensor};
+
+/// One named piece of per-sequence state, e.g. `layer.3.k` with shape [capacity, kv_dim].
+#[derive(Debug, Clone)]
+pub struct StateSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+/// What the last op of a graph produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Head {
+    /// Logits for every position [T, vocab].
+    AllLogits,
+    /// One sampled token id, drawn on the GPU from the last position.
+    Sample,
+}
+
+/// What a model must provide to run in a session. Models build graphs; they never touch wgpu.
+pub trait Architecture {
+    fn vocab_size(&self) -> usize;
+    /// The longest sequence the model supports (its position limit).
+    fn max_context(&self) -> usize;
+    fn states(&self, capacity: usize) -> Vec<StateSpec>;
+    /// The forward graph for `n_tokens` new tokens (input "tokens"), ending in `head`.
+    fn build(&self, n_tokens: usize, capacity: usize, head: Head) -> Result<Graph>;
+}
+
+#[derive(Default)]
+pub struct StateStore {
+    tensors: HashMap<String, GpuTensor>,
+}
+
+impl StateStore {
+    pub fn allocate(gpu: &Gpu, specs: &[StateSpec]) -> Result<StateStore> {
+        let mut tensors = HashMap::new();
+        for s in specs {
+            tensors.insert(s.name.clone(), GpuTensor::new(gpu, &s.name, &s.shape, DType::F32)?);
+        }
+        Ok(StateStore { tensors })
+    }
+    pub fn get(&self, name: &str) -> Result<&GpuTensor> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| Error::Graph(format!("no state named {name}")))
+    }
+    pub fn bytes(&self) -> u64 {
+        self.tensors.values().map(|t| t.bytes()).sum()
+    }
+}
+
+/// Sampling settings; temperature 0 is greedy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub seed: u32,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+pub struct Session {
+    gpu: Arc<Gpu>,
+    arch: Arc<dyn Architecture>,
+    states: StateStore,
+    capacity: usize,
+    pos: usize,
+    plans: HashMap<(usize, Head), Plan>,
+}
+
+/// Prefill plans for distinct lengths are kept up to this many; decode plans always stay.
+const MAX_CACHED_PLANS: usize = 8;
+
+impl Session {
+    /// A new sequence with room for `capacity` tokens (at most the model's context).
+    pub fn new(gpu: &Arc<Gpu>, arch: Arc<dyn Architecture>, capacity: usize) -> Result<Session> {
+        let capacity = capacity.min(arch.max_context()).max(1);
+        let states = StateStore::allocate(gpu, &arch.states(capacity))?;
+        Ok(Session {
+            gpu: gpu.clone(),
+            arch,
+            states,
+            capacity,
+            pos: 0,
+            plans: HashMap::new(),
+        })
+    }
+
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    pub fn state_bytes(&self) -> u64 {
+        self.states.bytes()
+    }
+    /// Forget the sequence (the cache is overwritten from position 0).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::InputOutOfRange("no tokens given".into()));
+        }
+        let vocab = self.arch.vocab_size();
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::InputOutOfRange(format!("token id {t} is not below the vocabulary size {vocab}")));
+        }
+        if self.pos + tokens.len() > self.capacity {
+            return Err(Error::InputOutOfRange(format!(
+                "{} tokens after {} cached exceed the context of {} tokens",
+                tokens.len(),
+                self.pos,
+                self.capacity
+            )));
+        }
+        Ok(())
+    }
+
+    fn plan(&mut self, n: usize, head: Head) -> Result<&Plan> {
+        if !self.plans.contains_key(&(n, head)) {
+            if self.plans.len() >= MAX_CACHED_PLANS {
+                self.plans.retain(|(len, _), _| *len == 1);
+            }
+            let graph = self.arch.build(n, self.capacity, head)?;
+            let plan = Plan::new(&self.gpu, &graph, &self.states)?;
+            self.plans.insert((n, head), plan);
+        }
+        Ok(&self.plans[&(n, head)])
+    }
+
+    fn step_for(&self, n: usize, s: &Sampling) -> Step {
+        Step {
+            pos: self.pos as u32,
+            n_tokens: n as u32,
+            seed: pcg_hash(s.seed ^ pcg_hash(self.pos as u32)),
+            top_k: s.top_k,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            _pad0: 0,
+            _pad1: 0,
+        }
+    }
+
+    /// Append `tokens` and return the logits after each of them, [T * vocab] row-major.
+    pub async fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.check_tokens(tokens)?;
+        let step = self.step_for(tokens.len(), &Sampling::default());
+        let plan = self.plan(tokens.len(), Head::AllLogits)?;
+        plan.write_input("tokens", tokens)?;
+        plan.run(&step)?;
+        let out = plan.read_f32(0).await?;
+        self.pos += tokens.len();
+        Ok(out)
+    }
+
+    /// Append `tokens` and draw the next token on the GPU; only its id is read back.
+    pub async fn next_token(&mut self, tokens: &[u32], sampling: &Sampling) -> Result<u32> {
+        self.check_tokens(tokens)?;
+        let step = self.step_for(tokens.len(), sampling);
+        let plan = self.plan(tokens.len(), Head::Sample)?;
+        plan.write_input("tokens", tokens)?;
+        plan.run(&step)?;
+        let out = plan.read_u32(0).await?;
+        self.pos += tokens.len();
+        out.first()
+            .copied()
+            .ok_or_else(|| Error::Readback("sampler produced no token".into()))
+    }
+}

@@ -1,0 +1,59 @@
+//! A small typed preprocessor: each kernel is one WGSL file in shaders/, specialised by typed
+//! constants that are prepended as `const NAME: T = v;` declarations, after the shared
+//! prelude (shaders/common.wgsl: the `Step` uniform and grid helpers).
+
+use std::fmt::Write;
+
+pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Def {
+    U32(u32),
+    F32(f32),
+    Bool(bool),
+}
+
+/// Typed specialisation constants for one pipeline.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ShaderDefs(Vec<(&'static str, Def)>);
+
+impl ShaderDefs {
+    pub fn new() -> Self {
+        ShaderDefs(Vec::new())
+    }
+    pub fn u32(mut self, name: &'static str, v: u32) -> Self {
+        self.0.push((name, Def::U32(v)));
+        self
+    }
+    pub fn f32(mut self, name: &'static str, v: f32) -> Self {
+        self.0.push((name, Def::F32(v)));
+        self
+    }
+    pub fn bool(mut self, name: &'static str, v: bool) -> Self {
+        self.0.push((name, Def::Bool(v)));
+        self
+    }
+    /// The cache key of this specialisation.
+    pub fn key(&self) -> String {
+        let mut s = String::new();
+        for (n, d) in &self.0 {
+            let _ = write!(s, "{n}={d:?};");
+        }
+        s
+    }
+    /// The full WGSL source: constants, prelude, kernel.
+    pub fn render(&self, kernel: &str, _shader_f16: bool) -> String {
+        let mut s = String::new();
+        for (n, d) in &self.0 {
+            let _ = match d {
+                Def::U32(v) => writeln!(s, "const {n}: u32 = {v}u;"),
+                Def::F32(v) => writeln!(s, "const {n}: f32 = {v:?};"),
+                Def::Bool(v) => writeln!(s, "const {n}: bool = {v};"),
+            };
+        }
+        s.push_str(COMMON);
+        s.push('\n');
+        s.push_str(kernel);
+        s
+    }
+}

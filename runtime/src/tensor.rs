@@ -1,0 +1,166 @@
+//! GPU tensors: activations and states (one buffer), and weights (row chunks, so that a
+//! tensor larger than the adapter's storage-binding limit is split and each chunk bound alone).
+
+use std::sync::Arc;
+
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    /// IEEE half, stored packed two per u32 word.
+    F16,
+    U32,
+}
+
+impl DType {
+    /// Bytes for `n` elements, rounded up to whole u32 words.
+    pub fn bytes(self, n: usize) -> u64 {
+        match self {
+            DType::F32 | DType::U32 => 4 * n as u64,
+            DType::F16 => (2 * n as u64).next_multiple_of(4),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::U32 => "u32",
+        }
+    }
+}
+
+/// A tensor that lives in one GPU buffer (activations, inputs, outputs, states).
+#[derive(Debug, Clone)]
+pub struct GpuTensor {
+    pub buffer: wgpu::Buffer,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+impl GpuTensor {
+    pub fn new(gpu: &Gpu, label: &str, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
+        let n: usize = shape.iter().product();
+        let bytes = dtype.bytes(n);
+        check_binding(gpu, label, bytes)?;
+        Ok(GpuTensor {
+            buffer: gpu.storage_buffer(label, bytes),
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn bytes(&self) -> u64 {
+        self.dtype.bytes(self.numel())
+    }
+}
+
+pub fn check_binding(gpu: &Gpu, what: &str, bytes: u64) -> Result<()> {
+    if bytes > gpu.caps.max_storage_binding {
+        return Err(Error::LimitExceeded {
+            what: format!("tensor {what} ({bytes} bytes)"),
+            needed: bytes,
+            allowed: gpu.caps.max_storage_binding,
+        });
+    }
+    Ok(())
+}
+
+/// A contiguous block of rows of a weight, in its own buffer.
+#[derive(Debug, Clone)]
+pub struct WeightChunk {
+    pub buffer: wgpu::Buffer,
+    pub row_start: usize,
+    pub rows: usize,
+}
+
+/// A weight matrix [rows, cols] (a vector is [1, n]), split by rows into chunks that each fit
+/// one storage binding.
+#[derive(Debug)]
+pub struct GpuWeight {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub dtype: DType,
+    pub chunks: Vec<WeightChunk>,
+}
+
+/// Host-side weight data handed to [`GpuWeight::upload`].
+pub enum HostData<'a> {
+    F32(&'a [f32]),
+    /// f16 bit patterns.
+    F16(&'a [u16]),
+}
+
+impl GpuWeight {
+    pub fn upload(gpu: &Gpu, name: &str, rows: usize, cols: usize, data: HostData<'_>) -> Result<Arc<GpuWeight>> {
+        let (dtype, n) = match &data {
+            HostData::F32(d) => (DType::F32, d.len()),
+            HostData::F16(d) => (DType::F16, d.len()),
+        };
+        if n != rows * cols {
+            return Err(Error::ShapeMismatch {
+                context: format!("weight {name}"),
+                expected: vec![rows, cols],
+                got: vec![n],
+            });
+        }
+        let row_bytes = dtype.bytes(cols).max(1);
+        let limit = gpu.caps.max_storage_binding.min(gpu.caps.max_buffer_size);
+        let mut per_chunk = ((limit / row_bytes) as usize).max(1);
+        // Packed f16 chunks must start on a word boundary: keep rows*cols even.
+        if dtype == DType::F16 && cols % 2 == 1 && per_chunk > 1 {
+            per_chunk -= per_chunk % 2;
+        }
+        if row_bytes > limit {
+            return Err(Error::LimitExceeded {
+                what: format!("one row of weight {name}"),
+                needed: row_bytes,
+                allowed: limit,
+            });
+        }
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let count = per_chunk.min(rows - start);
+            let (a, b) = (start * cols, (start + count) * cols);
+            let bytes: &[u8] = match &data {
+                HostData::F32(d) => bytemuck::cast_slice(&d[a..b]),
+                HostData::F16(d) => bytemuck::cast_slice(&d[a..b]),
+            };
+            let buffer = gpu.storage_buffer_init(name, bytes);
+            chunks.push(WeightChunk {
+                buffer,
+                row_start: start,
+                rows: count,
+            });
+            start += count;
+        }
+        Ok(Arc::new(GpuWeight {
+            name: name.to_string(),
+            rows,
+            cols,
+            dtype,
+            chunks,
+        }))
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.chunks.iter().map(|c| c.buffer.size()).sum()
+    }
+
+    /// The single buffer of a weight that is never split (norm weights, biases, tables of frequencies).
+    pub fn single(&self) -> Result<&wgpu::Buffer> {
+        match self.chunks.as_slice() {
+            [c] => Ok(&c.buffer),
+            _ => Err(Error::LimitExceeded {
+                what: format!("vector weight {}", self.name),
+                needed: self.bytes(),
+                allowed: 0,
+            }),
+        }
+    }
+}

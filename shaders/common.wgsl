@@ -1,0 +1,25 @@
+// Shared prelude, prepended to every kernel (runtime/src/shader.rs).
+
+// Per-step values, written once per run of a plan; mirrors `Step` in runtime/src/kernels/mod.rs.
+struct Step {
+    pos: u32,          // tokens already in the cache before this step
+    n_tokens: u32,     // tokens in this step
+    seed: u32,         // sampling seed for this step
+    top_k: u32,        // 0 = off
+    temperature: f32,  // 0 = greedy (argmax)
+    top_p: f32,        // >= 1 = off
+    _pad0: u32,
+    _pad1: u32,
+}
+
+// Linear workgroup index for grids split over x and y (see Gpu::grid).
+fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}
+
+// Weights are stored as u32 words: f32 bits, or two packed f16 values (readable without shader-f16).
+// Element `i` of a packed f16 array lives in word i/2; this picks its half.
+fn half_of(word: u32, i: u32) -> f32 {
+    let pair = unpack2x16float(word);
+    return select(pair.x, pair.y, (i & 1u) == 1u);
+}
