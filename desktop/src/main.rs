@@ -1,1 +1,192 @@
-fn main(){}
+//! The `kestrel` command. Native front end: the only place that blocks on GPU futures.
+
+mod args;
+mod bench;
+mod npy;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use kestrel_models::{Model, TextStream};
+use kestrel_runtime::session::Sampling;
+use kestrel_runtime::{BackendChoice, Gpu};
+
+use args::Args;
+
+const USAGE: &str = "kestrel — LLMs on any GPU through WebGPU/wgpu
+
+usage:
+  kestrel info [--backend auto|vulkan|gl|metal|dx12]
+  kestrel logits --model PATH --tokens 5,17,42 [--mode prefill|decode] [--backend B] --out FILE.npy
+  kestrel generate --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
+                   [--top-p P] [--seed S] [--ctx N] [--backend B]
+  kestrel bench --model PATH [--json] [--backend B]";
+
+type CliResult = Result<(), String>;
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let result = Args::parse(&argv).and_then(|a| run(&a));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(a: &Args) -> CliResult {
+    match a.command.as_str() {
+        "info" => info(a),
+        "logits" => logits(a),
+        "generate" => generate(a),
+        "bench" => bench::run(a),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        "chat" | "serve" | "diffuse" | "app" => Err(format!("'{}' is not implemented yet", a.command)),
+        other => Err(format!("unknown command '{other}'\n{USAGE}")),
+    }
+}
+
+pub fn open_gpu(a: &Args) -> Result<Arc<Gpu>, String> {
+    let choice: BackendChoice = a.get("backend").unwrap_or("auto").parse().map_err(|e| format!("{e}"))?;
+    pollster::block_on(Gpu::new(choice)).map_err(|e| e.to_string())
+}
+
+pub fn open_model(gpu: &Arc<Gpu>, a: &Args) -> Result<Model, String> {
+    let path = a.required("model")?;
+    kestrel_models::load(gpu, Path::new(path)).map_err(|e| e.to_string())
+}
+
+fn info(a: &Args) -> CliResult {
+    a.only(&["backend"])?;
+    let gpu = open_gpu(a)?;
+    let c = &gpu.caps;
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    println!("adapter: {}", gpu.info.name);
+    println!("backend: {}", gpu.backend_name());
+    println!("device type: {:?}", gpu.info.device_type);
+    println!("driver: {} {}", gpu.info.driver, gpu.info.driver_info);
+    println!("features:");
+    println!("  shader-f16: {}", yes(c.shader_f16));
+    if c.subgroups {
+        println!("  subgroups: yes (size {}..{})", c.subgroup_min_size, c.subgroup_max_size);
+    } else {
+        println!("  subgroups: no");
+    }
+    println!("  timestamp queries: {}", yes(c.timestamps));
+    println!("limits:");
+    println!("  max storage buffer binding: {} MiB", c.max_storage_binding >> 20);
+    println!("  max buffer size: {} MiB", c.max_buffer_size >> 20);
+    println!("  storage buffers per stage: {}", c.max_storage_buffers_per_stage);
+    println!("  invocations per workgroup: {}", c.max_invocations_per_workgroup);
+    println!("  workgroup storage: {} bytes", c.max_workgroup_storage);
+    println!("  workgroups per dimension: {}", c.max_workgroups_per_dim);
+    Ok(())
+}
+
+fn parse_tokens(s: &str) -> Result<Vec<u32>, String> {
+    s.split(',')
+        .map(|t| t.trim().parse::<u32>().map_err(|_| format!("--tokens: '{t}' is not a token id")))
+        .collect()
+}
+
+fn logits(a: &Args) -> CliResult {
+    a.only(&["model", "tokens", "mode", "backend", "out"])?;
+    let tokens = parse_tokens(a.required("tokens")?)?;
+    let out = a.required("out")?;
+    let mode = a.get("mode").unwrap_or("prefill");
+    if mode != "prefill" && mode != "decode" {
+        return Err(format!("--mode must be prefill or decode, not '{mode}'"));
+    }
+    let gpu = open_gpu(a)?;
+    let model = open_model(&gpu, a)?;
+    let vocab = model.config().vocab;
+    let max = model.config().max_positions;
+    if tokens.len() > max {
+        return Err(format!("{} tokens exceed the model's context of {max} positions", tokens.len()));
+    }
+    let mut session = model.session(&gpu, tokens.len()).map_err(|e| e.to_string())?;
+    let rows = if mode == "prefill" {
+        pollster::block_on(session.logits(&tokens)).map_err(|e| e.to_string())?
+    } else {
+        let mut all = Vec::with_capacity(tokens.len() * vocab);
+        for t in &tokens {
+            all.extend(pollster::block_on(session.logits(&[*t])).map_err(|e| e.to_string())?);
+        }
+        all
+    };
+    npy::write_f32(Path::new(out), &[tokens.len(), vocab], &rows).map_err(|e| format!("cannot write {out}: {e}"))
+}
+
+fn generate(a: &Args) -> CliResult {
+    a.only(&["model", "prompt", "max-tokens", "temperature", "top-k", "top-p", "seed", "ctx", "backend"])?;
+    let prompt = a.required("prompt")?;
+    let max_tokens: usize = a.parsed("max-tokens", 64)?;
+    let sampling = Sampling {
+        temperature: a.parsed("temperature", 0.0)?,
+        top_k: a.parsed("top-k", 0)?,
+        top_p: a.parsed("top-p", 1.0)?,
+        seed: a.parsed("seed", 0)?,
+    };
+    let ctx: usize = a.parsed("ctx", 4096)?;
+    let gpu = open_gpu(a)?;
+    let model = open_model(&gpu, a)?;
+    let tok = model
+        .tokenizer
+        .as_ref()
+        .ok_or("the model has no tokenizer.json, so it cannot take a text prompt")?;
+    let ids = tok.encode(prompt).map_err(|e| e.to_string())?;
+    if ids.is_empty() {
+        return Err("the prompt encodes to no tokens".into());
+    }
+    let mut session = model.session(&gpu, ctx).map_err(|e| e.to_string())?;
+    if ids.len() >= session.capacity() {
+        return Err(format!(
+            "the prompt has {} tokens, more than the context of {} leaves room for",
+            ids.len(),
+            session.capacity()
+        ));
+    }
+    let max_tokens = max_tokens.min(session.capacity() - ids.len());
+    let mut stream = TextStream::default();
+    let mut stdout = std::io::stdout();
+    let t0 = Instant::now();
+    let mut next = pollster::block_on(session.next_token(&ids, &sampling)).map_err(|e| e.to_string())?;
+    let prefill = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut produced = 0;
+    while produced < max_tokens {
+        produced += 1;
+        if model.eos().contains(&next) {
+            break;
+        }
+        let piece = stream.push(tok, next).map_err(|e| e.to_string())?;
+        print!("{piece}");
+        let _ = stdout.flush();
+        if produced == max_tokens {
+            break;
+        }
+        next = pollster::block_on(session.next_token(&[next], &sampling)).map_err(|e| e.to_string())?;
+    }
+    let decode = t1.elapsed().as_secs_f64();
+    println!();
+    let decoded = produced.saturating_sub(1);
+    eprintln!(
+        "prefill: {} tokens in {:.3} s ({:.1} tokens/s); decode: {} tokens in {:.3} s ({:.1} tokens/s) on {}",
+        ids.len(),
+        prefill,
+        ids.len() as f64 / prefill,
+        decoded,
+        decode,
+        if decode > 0.0 { decoded as f64 / decode } else { 0.0 },
+        gpu.info.name
+    );
+    Ok(())
+}

@@ -249,6 +249,15 @@ impl Gpu {
         Ok(())
     }
 
+    /// Block until all submitted work is done (native front ends and benchmarks only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        self.check()
+    }
+
     /// The backend in use, in words.
     pub fn backend_name(&self) -> String {
         format!("{:?}", self.info.backend).to_lowercase()

@@ -1,0 +1,288 @@
+//! The Llama family as one configurable decoder: LlamaForCausalLM (GQA, tied or untied
+//! embeddings, Llama-3 RoPE scaling) and Qwen2ForCausalLM (q/k/v biases).
+
+use std::sync::Arc;
+
+use kestrel_runtime::graph::Graph;
+use kestrel_runtime::kernels::attention::AttnShape;
+use kestrel_runtime::kernels::rope::{self, Llama3Scaling};
+use kestrel_runtime::session::{Architecture, Head, StateSpec};
+use kestrel_runtime::tensor::{DType, GpuWeight};
+
+use crate::config::JsonConfig;
+use crate::error::{ModelError, Result};
+use crate::weights::Uploader;
+
+pub const SUPPORTED: &[&str] = &["LlamaForCausalLM", "Qwen2ForCausalLM"];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub architecture: String,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub max_positions: usize,
+    pub eps: f32,
+    pub rope_theta: f64,
+    pub llama3: Option<Llama3Scaling>,
+    pub tie_embeddings: bool,
+    pub qkv_bias: bool,
+    pub bos: Vec<u32>,
+    pub eos: Vec<u32>,
+}
+
+impl LlamaConfig {
+    pub fn from_json(c: &JsonConfig) -> Result<LlamaConfig> {
+        let architecture = c.architecture()?;
+        let qwen2 = match architecture.as_str() {
+            "LlamaForCausalLM" | "llama" => false,
+            "Qwen2ForCausalLM" | "qwen2" => true,
+            _ => {
+                return Err(ModelError::UnsupportedArchitecture {
+                    file: c.path.clone(),
+                    arch: architecture,
+                    supported: SUPPORTED.join(", "),
+                })
+            }
+        };
+        let hidden = c.positive("hidden_size")?;
+        let heads = c.positive("num_attention_heads")?;
+        let kv_heads = c.opt_usize("num_key_value_heads")?.unwrap_or(heads);
+        let bad = |key: &str, message: String| ModelError::BadConfigValue {
+            file: c.path.clone(),
+            key: key.into(),
+            message,
+        };
+        if kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(bad(
+                "num_key_value_heads",
+                format!("({kv_heads}) must divide num_attention_heads ({heads})"),
+            ));
+        }
+        let head_dim = c.opt_usize("head_dim")?.unwrap_or(hidden / heads);
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(bad("head_dim", format!("({head_dim}) must be positive and even")));
+        }
+        // transformers 5 nests RoPE settings under rope_parameters; older configs keep them
+        // at the top level (rope_theta, rope_scaling).
+        let nested = c.get("rope_parameters");
+        let rope_theta = match c.opt_f64("rope_theta")? {
+            Some(t) => t,
+            None => nested
+                .and_then(|r| r.get("rope_theta"))
+                .and_then(|v| v.as_f64())
+                .unwrap_or(10000.0),
+        };
+        let scaling = c.get("rope_scaling").or(nested);
+        let llama3 = match scaling {
+            None => None,
+            Some(s) => {
+                let kind = s.get("rope_type").or(s.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+                match kind {
+                    "default" => None,
+                    "llama3" => {
+                        let f = |k: &str| {
+                            s.get(k)
+                                .and_then(|v| v.as_f64())
+                                .map(|v| v as f32)
+                                .ok_or_else(|| bad(&format!("rope_scaling.{k}"), "is missing or not a number".into()))
+                        };
+                        Some(Llama3Scaling {
+                            factor: f("factor")?,
+                            low_freq_factor: f("low_freq_factor")?,
+                            high_freq_factor: f("high_freq_factor")?,
+                            original_max_position: f("original_max_position_embeddings")?,
+                        })
+                    }
+                    other => return Err(bad("rope_scaling", format!("type '{other}' is not supported (default, llama3)"))),
+                }
+            }
+        };
+        Ok(LlamaConfig {
+            hidden,
+            intermediate: c.positive("intermediate_size")?,
+            layers: c.positive("num_hidden_layers")?,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab: c.positive("vocab_size")?,
+            max_positions: c.positive("max_position_embeddings")?,
+            eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
+            rope_theta,
+            llama3,
+            tie_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            qkv_bias: qwen2 || c.opt_bool("attention_bias")?.unwrap_or(false),
+            bos: c.opt_token_ids("bos_token_id"),
+            eos: c.opt_token_ids("eos_token_id"),
+            architecture,
+        })
+    }
+
+    fn attn_shape(&self) -> AttnShape {
+        AttnShape {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: Arc<GpuWeight>,
+    q: Arc<GpuWeight>,
+    k: Arc<GpuWeight>,
+    v: Arc<GpuWeight>,
+    q_bias: Option<Arc<GpuWeight>>,
+    k_bias: Option<Arc<GpuWeight>>,
+    v_bias: Option<Arc<GpuWeight>>,
+    o: Arc<GpuWeight>,
+    mlp_norm: Arc<GpuWeight>,
+    gate: Arc<GpuWeight>,
+    up: Arc<GpuWeight>,
+    down: Arc<GpuWeight>,
+}
+
+pub struct Llama {
+    pub config: LlamaConfig,
+    embed: Arc<GpuWeight>,
+    layers: Vec<Layer>,
+    norm: Arc<GpuWeight>,
+    lm_head: Arc<GpuWeight>,
+    inv_freq: Arc<GpuWeight>,
+    /// Bytes of weights on the GPU.
+    pub weight_bytes: u64,
+}
+
+impl Llama {
+    /// Upload the weights named as in Hugging Face checkpoints.
+    pub fn load(config: LlamaConfig, up: &mut Uploader<'_>) -> Result<Llama> {
+        let c = &config;
+        let (h, kvd, qd) = (c.hidden, c.kv_heads * c.head_dim, c.heads * c.head_dim);
+        let embed = up.matrix("model.embed_tokens.weight", c.vocab, h)?;
+        let mut layers = Vec::with_capacity(c.layers);
+        for l in 0..c.layers {
+            let p = format!("model.layers.{l}");
+            let bias = |up: &mut Uploader<'_>, name: &str, n: usize| -> Result<Option<Arc<GpuWeight>>> {
+                if c.qkv_bias {
+                    up.vector(&format!("{p}.self_attn.{name}.bias"), n).map(Some)
+                } else {
+                    up.optional_vector(&format!("{p}.self_attn.{name}.bias"), n)
+                }
+            };
+            layers.push(Layer {
+                attn_norm: up.vector(&format!("{p}.input_layernorm.weight"), h)?,
+                q: up.matrix(&format!("{p}.self_attn.q_proj.weight"), qd, h)?,
+                k: up.matrix(&format!("{p}.self_attn.k_proj.weight"), kvd, h)?,
+                v: up.matrix(&format!("{p}.self_attn.v_proj.weight"), kvd, h)?,
+                q_bias: bias(up, "q_proj", qd)?,
+                k_bias: bias(up, "k_proj", kvd)?,
+                v_bias: bias(up, "v_proj", kvd)?,
+                o: up.matrix(&format!("{p}.self_attn.o_proj.weight"), h, qd)?,
+                mlp_norm: up.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                gate: up.matrix(&format!("{p}.mlp.gate_proj.weight"), c.intermediate, h)?,
+                up: up.matrix(&format!("{p}.mlp.up_proj.weight"), c.intermediate, h)?,
+                down: up.matrix(&format!("{p}.mlp.down_proj.weight"), h, c.intermediate)?,
+            });
+        }
+        let norm = up.vector("model.norm.weight", h)?;
+        let lm_head = if c.tie_embeddings && !up.source.contains("lm_head.weight") {
+            embed.clone()
+        } else {
+            up.matrix("lm_head.weight", c.vocab, h)?
+        };
+        let inv_freq = up.vector_from("rope.inv_freq", &rope::inv_freq(c.rope_theta, c.head_dim, c.llama3))?;
+        Ok(Llama {
+            weight_bytes: up.gpu_bytes,
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        })
+    }
+}
+
+impl Architecture for Llama {
+    fn vocab_size(&self) -> usize {
+        self.config.vocab
+    }
+
+    fn max_context(&self) -> usize {
+        self.config.max_positions
+    }
+
+    fn states(&self, capacity: usize) -> Vec<StateSpec> {
+        let kvd = self.config.kv_heads * self.config.head_dim;
+        (0..self.config.layers)
+            .flat_map(|l| {
+                ["k", "v"].map(|kind| StateSpec {
+                    name: format!("layer.{l}.{kind}"),
+                    shape: vec![capacity, kvd],
+                })
+            })
+            .collect()
+    }
+
+    fn build(&self, n: usize, capacity: usize, head: Head) -> kestrel_runtime::Result<Graph> {
+        let c = &self.config;
+        let kvd = c.kv_heads * c.head_dim;
+        let mut g = Graph::new();
+        let ids = g.input("tokens", &[n], DType::U32);
+        let embed = g.weight(&self.embed);
+        let inv_freq = g.weight(&self.inv_freq);
+        let mut x = g.embedding(embed, ids)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let w = |g: &mut Graph, w: &Arc<GpuWeight>| g.weight(w);
+            let norm = w(&mut g, &layer.attn_norm);
+            let h = g.rms_norm(x, norm, c.eps)?;
+            let proj = |g: &mut Graph, m: &Arc<GpuWeight>, b: &Option<Arc<GpuWeight>>| {
+                let mw = g.weight(m);
+                let bw = b.as_ref().map(|b| g.weight(b));
+                g.linear(h, mw, bw)
+            };
+            let q = proj(&mut g, &layer.q, &layer.q_bias)?;
+            let k = proj(&mut g, &layer.k, &layer.k_bias)?;
+            let v = proj(&mut g, &layer.v, &layer.v_bias)?;
+            let q = g.rope(q, inv_freq, c.heads, c.head_dim)?;
+            let k = g.rope(k, inv_freq, c.kv_heads, c.head_dim)?;
+            let k_cache = g.state(&format!("layer.{l}.k"), &[capacity, kvd]);
+            let v_cache = g.state(&format!("layer.{l}.v"), &[capacity, kvd]);
+            g.cache_write(k, k_cache)?;
+            g.cache_write(v, v_cache)?;
+            let a = g.attention(q, k_cache, v_cache, c.attn_shape(), true)?;
+            let o = w(&mut g, &layer.o);
+            let o = g.linear(a, o, None)?;
+            x = g.add_tensors(x, o)?;
+            let norm = w(&mut g, &layer.mlp_norm);
+            let h = g.rms_norm(x, norm, c.eps)?;
+            let (gw, uw, dw) = (w(&mut g, &layer.gate), w(&mut g, &layer.up), w(&mut g, &layer.down));
+            let gate = g.linear(h, gw, None)?;
+            let up = g.linear(h, uw, None)?;
+            let act = g.swiglu(gate, up)?;
+            let down = g.linear(act, dw, None)?;
+            x = g.add_tensors(x, down)?;
+        }
+        let norm = g.weight(&self.norm);
+        let x = g.rms_norm(x, norm, c.eps)?;
+        let lm_head = g.weight(&self.lm_head);
+        match head {
+            Head::AllLogits => {
+                let logits = g.linear(x, lm_head, None)?;
+                g.output(logits);
+            }
+            Head::Sample => {
+                let last = g.last_row(x)?;
+                let logits = g.linear(last, lm_head, None)?;
+                let token = g.sample(logits)?;
+                g.output(token);
+            }
+        }
+        Ok(g)
+    }
+}

@@ -1,0 +1,181 @@
+//! Safetensors files: one `model.safetensors`, or shards listed by
+//! `model.safetensors.index.json`. Memory-mapped natively, owned bytes in the browser.
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::Metadata;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{ModelError, Result};
+use crate::weights::{HostDType, HostTensor, TensorSource};
+
+pub enum Blob {
+    #[cfg(not(target_arch = "wasm32"))]
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Deref for Blob {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            Blob::Mapped(m) => m,
+            Blob::Owned(v) => v,
+        }
+    }
+}
+
+struct Shard {
+    path: PathBuf,
+    blob: Blob,
+    meta: Metadata,
+    data_start: usize,
+}
+
+pub struct SafetensorsFiles {
+    shards: Vec<Shard>,
+    index: HashMap<String, usize>,
+    origin: PathBuf,
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> ModelError {
+    ModelError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn map_file(path: &Path) -> Result<Blob> {
+    let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+    // SAFETY: the file is opened read-only and model files are not modified while loaded.
+    let m = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io_err(path, e))?;
+    Ok(Blob::Mapped(m))
+}
+
+impl SafetensorsFiles {
+    /// Open the safetensors of a Hugging Face model directory.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_dir(dir: &Path) -> Result<SafetensorsFiles> {
+        let index = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let files: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| io_err(&index, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+                path: index.clone(),
+                message: e.to_string(),
+            })?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::MissingConfigKey {
+                file: index.clone(),
+                key: "weight_map".into(),
+            })?;
+            let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else if single.exists() {
+            vec![single]
+        } else {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| io_err(dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                return Err(ModelError::UnsupportedFormat {
+                    path: dir.to_path_buf(),
+                    message: "no *.safetensors files in the model directory".into(),
+                });
+            }
+            found
+        };
+        let blobs = files
+            .into_iter()
+            .map(|p| {
+                if !p.exists() {
+                    return Err(ModelError::Io {
+                        path: p.clone(),
+                        message: "shard listed in the index is missing".into(),
+                    });
+                }
+                let b = map_file(&p)?;
+                Ok((p, b))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_blobs(dir, blobs)
+    }
+
+    /// Parse already loaded files (each a whole safetensors file).
+    pub fn from_blobs(origin: &Path, blobs: Vec<(PathBuf, Blob)>) -> Result<SafetensorsFiles> {
+        let mut shards = Vec::new();
+        let mut index = HashMap::new();
+        for (path, blob) in blobs {
+            // Full validation (header, offsets within the file) before anything is used.
+            SafeTensors::deserialize(&blob).map_err(|e| ModelError::Safetensors {
+                file: path.clone(),
+                message: e.to_string(),
+            })?;
+            let (n, meta) = SafeTensors::read_metadata(&blob).map_err(|e| ModelError::Safetensors {
+                file: path.clone(),
+                message: e.to_string(),
+            })?;
+            for name in meta.tensors().keys() {
+                index.insert(name.clone(), shards.len());
+            }
+            shards.push(Shard {
+                path,
+                blob,
+                meta,
+                data_start: 8 + n,
+            });
+        }
+        Ok(SafetensorsFiles {
+            shards,
+            index,
+            origin: origin.to_path_buf(),
+        })
+    }
+}
+
+impl TensorSource for SafetensorsFiles {
+    fn tensor(&self, name: &str) -> Result<HostTensor<'_>> {
+        let missing = || ModelError::MissingTensor {
+            file: self.origin.clone(),
+            name: name.to_string(),
+        };
+        let shard = &self.shards[*self.index.get(name).ok_or_else(missing)?];
+        let info = shard.meta.info(name).ok_or_else(missing)?;
+        let dtype = match info.dtype {
+            Dtype::F32 => HostDType::F32,
+            Dtype::F16 => HostDType::F16,
+            Dtype::BF16 => HostDType::BF16,
+            other => {
+                return Err(ModelError::UnsupportedDtype {
+                    file: shard.path.clone(),
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        let (a, b) = info.data_offsets;
+        Ok(HostTensor {
+            name: name.to_string(),
+            file: shard.path.clone(),
+            shape: info.shape.clone(),
+            dtype,
+            bytes: &shard.blob[shard.data_start + a..shard.data_start + b],
+        })
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    fn origin(&self) -> &Path {
+        &self.origin
+    }
+}

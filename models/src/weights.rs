@@ -1,0 +1,116 @@
+//! Host-side tensors from model files, and their upload to the GPU with shape checks.
+//! Matrices keep their f16 storage on the GPU; BF16 is widened to f32; vectors become f32.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kestrel_runtime::tensor::{GpuWeight, HostData};
+use kestrel_runtime::Gpu;
+
+use crate::error::{ModelError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostDType {
+    F32,
+    F16,
+    BF16,
+}
+
+/// A tensor's bytes as stored in its file.
+pub struct HostTensor<'a> {
+    pub name: String,
+    pub file: PathBuf,
+    pub shape: Vec<usize>,
+    pub dtype: HostDType,
+    pub bytes: &'a [u8],
+}
+
+/// Anything that yields named tensors (safetensors shards today; GGUF next).
+pub trait TensorSource {
+    fn tensor(&self, name: &str) -> Result<HostTensor<'_>>;
+    fn contains(&self, name: &str) -> bool;
+    /// The file reported in errors about this source.
+    fn origin(&self) -> &Path;
+}
+
+impl HostTensor<'_> {
+    fn to_f32(&self) -> Vec<f32> {
+        match self.dtype {
+            HostDType::F32 => bytemuck::pod_collect_to_vec(self.bytes),
+            HostDType::F16 => self
+                .bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            HostDType::BF16 => self
+                .bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        }
+    }
+
+    fn expect_numel(&self, expected: &[usize]) -> Result<()> {
+        let n: usize = expected.iter().product();
+        let shape_ok = self.shape == expected || (self.shape.iter().product::<usize>() == n && expected.len() == 1);
+        if !shape_ok {
+            return Err(ModelError::TensorShape {
+                file: self.file.clone(),
+                name: self.name.clone(),
+                expected: expected.to_vec(),
+                got: self.shape.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Uploads tensors from a source, checking shapes, and counts the bytes on the GPU.
+pub struct Uploader<'a> {
+    pub gpu: &'a Arc<Gpu>,
+    pub source: &'a dyn TensorSource,
+    pub gpu_bytes: u64,
+}
+
+impl<'a> Uploader<'a> {
+    pub fn new(gpu: &'a Arc<Gpu>, source: &'a dyn TensorSource) -> Self {
+        Uploader { gpu, source, gpu_bytes: 0 }
+    }
+
+    /// A matrix [rows, cols], kept in f16 when stored as f16.
+    pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Arc<GpuWeight>> {
+        let t = self.source.tensor(name)?;
+        t.expect_numel(&[rows, cols])?;
+        let w = match t.dtype {
+            HostDType::F16 => {
+                let bits: Vec<u16> = bytemuck::pod_collect_to_vec(t.bytes);
+                GpuWeight::upload(self.gpu, name, rows, cols, HostData::F16(&bits))?
+            }
+            _ => GpuWeight::upload(self.gpu, name, rows, cols, HostData::F32(&t.to_f32()))?,
+        };
+        self.gpu_bytes += w.bytes();
+        Ok(w)
+    }
+
+    /// A vector of `n` values, always f32 on the GPU.
+    pub fn vector(&mut self, name: &str, n: usize) -> Result<Arc<GpuWeight>> {
+        let t = self.source.tensor(name)?;
+        t.expect_numel(&[n])?;
+        self.vector_from(name, &t.to_f32())
+    }
+
+    /// Upload computed values (e.g. RoPE frequencies) as a vector.
+    pub fn vector_from(&mut self, name: &str, data: &[f32]) -> Result<Arc<GpuWeight>> {
+        let w = GpuWeight::upload(self.gpu, name, 1, data.len(), HostData::F32(data))?;
+        self.gpu_bytes += w.bytes();
+        Ok(w)
+    }
+
+    pub fn optional_vector(&mut self, name: &str, n: usize) -> Result<Option<Arc<GpuWeight>>> {
+        if self.source.contains(name) {
+            self.vector(name, n).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
