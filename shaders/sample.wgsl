@@ -160,9 +160,9 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     let total = workgroupUniformLoad(&uni_f);
     storageBarrier();
-    let target = rng_unit(pcg_hash(step.seed)) * total;
+    let goal_mass = rng_unit(pcg_hash(step.seed)) * total;
     let before = red_f[lid];
-    if (target >= before && target < before + local) {
+    if (goal_mass >= before && goal_mass < before + local) {
         var run = before;
         var pick = 0xffffffffu;
         for (var i = start; i < end; i++) {
@@ -170,7 +170,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             if (key_of(v) >= thr) {
                 pick = i; // the last kept token of the chunk if rounding never crosses the target
                 run += exp((v - max_v) * inv_t);
-                if (run > target) {
+                if (run > goal_mass) {
                     break;
                 }
             }

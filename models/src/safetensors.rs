@@ -41,6 +41,7 @@ pub struct SafetensorsFiles {
     origin: PathBuf,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn io_err(path: &Path, e: std::io::Error) -> ModelError {
     ModelError::Io {
         path: path.to_path_buf(),

@@ -18,6 +18,7 @@ struct Slot {
 
 /// Resolves to the bytes of the requested range once the GPU has finished writing them.
 pub struct ReadFuture {
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     gpu: Arc<Gpu>,
     staging: wgpu::Buffer,
     size: u64,

@@ -1,0 +1,140 @@
+//! Fixture models (tests/fixtures, made by tests/fixtures/generate.py with Hugging Face
+//! transformers) against Kestrel, in prefill and decode modes, on every test backend.
+//!
+//! Tolerance: relative error ||out - ref|| / ||ref|| <= 1e-4 (the bound). Both sides
+//! compute in f32; the fixtures' own f32-vs-f64 gap is about 1e-5 absolute on logits of
+//! magnitude ~1, so 1e-4 relative leaves room for summation order and nothing more.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kestrel_runtime::session::Sampling;
+use kestrel_runtime::Gpu;
+use kestrel_tests::{gpus, rel_err};
+
+const MODELS: &[&str] = &["llama_gqa", "llama_tied", "qwen2"];
+const TOL: f64 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// Read a float32 .npy file: (shape, data).
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "{} is not .npy", path.display());
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + hlen]).expect("npy header");
+    assert!(header.contains("'<f4'"), "{} is not float32", path.display());
+    let shape_txt = header.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).expect("shape");
+    let shape: Vec<usize> = shape_txt
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().expect("dim"))
+        .collect();
+    let data = bytemuck::pod_collect_to_vec(&bytes[10 + hlen..]);
+    (shape, data)
+}
+
+fn tokens(name: &str) -> Vec<u32> {
+    let text = std::fs::read_to_string(fixture(name).join("tokens.json")).expect("tokens.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["tokens"].as_array().expect("tokens").iter().map(|t| t.as_u64().expect("id") as u32).collect()
+}
+
+fn argmax_rows(data: &[f32], vocab: usize) -> Vec<usize> {
+    data.chunks(vocab)
+        .map(|r| (0..vocab).fold(0, |b, i| if r[i] > r[b] { i } else { b }))
+        .collect()
+}
+
+fn check(what: &str, out: &[f32], reference: &[f32], vocab: usize) {
+    let e = rel_err(out, reference);
+    assert!(e <= TOL, "{what}: relative error {e:e} > {TOL:e}");
+    assert_eq!(argmax_rows(out, vocab), argmax_rows(reference, vocab), "{what}: argmax differs");
+}
+
+fn run_modes(gpu: &Arc<Gpu>, name: &str) -> (Vec<f32>, Vec<f32>) {
+    let model = kestrel_models::load(gpu, &fixture(name)).expect("load fixture");
+    let toks = tokens(name);
+    let mut s = model.session(gpu, toks.len()).expect("session");
+    let prefill = pollster::block_on(s.logits(&toks)).expect("prefill");
+    s.reset();
+    let mut decode = Vec::new();
+    for &t in &toks {
+        decode.extend(pollster::block_on(s.logits(&[t])).expect("decode"));
+    }
+    (prefill, decode)
+}
+
+#[test]
+fn fixtures_match_transformers_in_prefill_and_decode() {
+    for name in MODELS {
+        let (shape, want_prefill) = read_npy(&fixture(name).join("logits_prefill.npy"));
+        let (_, want_decode) = read_npy(&fixture(name).join("logits_decode.npy"));
+        let vocab = shape[1];
+        let mut per_backend = Vec::new();
+        for gpu in gpus() {
+            let b = gpu.backend_name();
+            let (prefill, decode) = run_modes(&gpu, name);
+            check(&format!("{name} prefill on {b}"), &prefill, &want_prefill, vocab);
+            check(&format!("{name} decode on {b}"), &decode, &want_decode, vocab);
+            per_backend.push((b, prefill));
+        }
+        for w in per_backend.windows(2) {
+            let e = rel_err(&w[0].1, &w[1].1);
+            assert!(e <= 1e-5, "{name}: {} and {} disagree (relative {e:e})", w[0].0, w[1].0);
+        }
+    }
+}
+
+#[test]
+fn split_weights_give_the_same_logits() {
+    // A 40000-byte binding limit splits the embedding table, the LM head and the MLP weights
+    // (each 40960 bytes or more) into row chunks while every activation still fits.
+    let name = "llama_gqa";
+    let (shape, want) = read_npy(&fixture(name).join("logits_prefill.npy"));
+    for gpu in gpus() {
+        let small = gpu.with_max_binding(40000);
+        let model = kestrel_models::load(&small, &fixture(name)).expect("load");
+        let toks = tokens(name);
+        let mut s = model.session(&small, toks.len()).expect("session");
+        let got = pollster::block_on(s.logits(&toks)).expect("prefill");
+        check(&format!("{name} split on {}", gpu.backend_name()), &got, &want, shape[1]);
+    }
+}
+
+#[test]
+fn gpu_greedy_sampling_follows_the_reference_argmax() {
+    // Greedy decode on the GPU reads back one id per step; each must be the argmax of the
+    // reference logits for the same prefix (teacher-forced with the fixture's tokens).
+    let name = "qwen2";
+    let (shape, want) = read_npy(&fixture(name).join("logits_decode.npy"));
+    let expected = argmax_rows(&want, shape[1]);
+    for gpu in gpus() {
+        let model = kestrel_models::load(&gpu, &fixture(name)).expect("load");
+        let toks = tokens(name);
+        let mut s = model.session(&gpu, toks.len()).expect("session");
+        for (i, &t) in toks.iter().enumerate() {
+            let got = pollster::block_on(s.next_token(&[t], &Sampling::default())).expect("step");
+            assert_eq!(got as usize, expected[i], "position {i} on {}", gpu.backend_name());
+        }
+    }
+}
+
+#[test]
+fn prefill_then_decode_continues_the_cache() {
+    // Prefill the first half, decode the rest: the rows must equal the reference rows.
+    let name = "llama_tied";
+    let (shape, want) = read_npy(&fixture(name).join("logits_prefill.npy"));
+    let vocab = shape[1];
+    for gpu in gpus() {
+        let model = kestrel_models::load(&gpu, &fixture(name)).expect("load");
+        let toks = tokens(name);
+        let half = toks.len() / 2;
+        let mut s = model.session(&gpu, toks.len()).expect("session");
+        let mut got = pollster::block_on(s.logits(&toks[..half])).expect("prefill");
+        got.extend(pollster::block_on(s.logits(&toks[half..])).expect("second chunk"));
+        check(&format!("{name} chunked on {}", gpu.backend_name()), &got, &want, vocab);
+    }
+}
