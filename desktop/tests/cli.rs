@@ -1,0 +1,172 @@
+//! Bad input through the `kestrel` command: each case must exit non-zero with exactly one
+//! line on stderr that starts with "error:" and names the cause, and must never panic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+}
+
+/// A private copy of a fixture directory to break.
+fn copy_fixture(name: &str, tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kestrel-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for e in std::fs::read_dir(fixture(name)).expect("fixture") {
+        let p = e.expect("entry").path();
+        std::fs::copy(&p, dir.join(p.file_name().expect("name"))).expect("copy");
+    }
+    dir
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
+    f(&mut v);
+    std::fs::write(&p, serde_json::to_string_pretty(&v).expect("json")).expect("write");
+}
+
+fn kestrel(args: &[&str]) -> (i32, String, String) {
+    let xdg = std::env::temp_dir().join("kestrel-tests-xdg");
+    let _ = std::fs::create_dir_all(&xdg);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .output()
+        .expect("run kestrel");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Run `logits` and expect a one-line error containing every fragment of `expect`.
+fn expect_error(model: &Path, tokens: &str, expect: &[&str]) {
+    let out = std::env::temp_dir().join(format!("kestrel-cli-{}.npy", std::process::id()));
+    let (code, _, err) = kestrel(&[
+        "logits",
+        "--model",
+        model.to_str().expect("utf8"),
+        "--tokens",
+        tokens,
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert_ne!(code, 0, "expected failure, stderr: {err}");
+    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    for e in expect {
+        assert!(lines[0].contains(e), "'{}' does not mention '{e}'", lines[0]);
+    }
+}
+
+#[test]
+fn missing_config_key() {
+    let dir = copy_fixture("llama_tied", "nokey");
+    edit_config(&dir, |v| {
+        v.as_object_mut().expect("object").remove("hidden_size");
+    });
+    expect_error(&dir, "1,2,3", &["config.json", "hidden_size"]);
+}
+
+#[test]
+fn missing_tensor() {
+    // The config asks for a third layer the weights do not have.
+    let dir = copy_fixture("llama_tied", "notensor");
+    edit_config(&dir, |v| v["num_hidden_layers"] = 3.into());
+    expect_error(&dir, "1,2,3", &["missing tensor", "model.layers.2."]);
+}
+
+#[test]
+fn misshaped_tensor() {
+    let dir = copy_fixture("llama_tied", "shape");
+    edit_config(&dir, |v| v["intermediate_size"] = 100.into());
+    expect_error(&dir, "1,2,3", &["mlp.gate_proj.weight", "shape"]);
+}
+
+#[test]
+fn truncated_weights() {
+    let dir = copy_fixture("llama_tied", "truncated");
+    let p = dir.join("model.safetensors");
+    let bytes = std::fs::read(&p).expect("read");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).expect("write");
+    expect_error(&dir, "1,2,3", &["model.safetensors"]);
+}
+
+#[test]
+fn unknown_architecture() {
+    let dir = copy_fixture("llama_tied", "arch");
+    edit_config(&dir, |v| v["architectures"] = serde_json::json!(["FooForCausalLM"]));
+    expect_error(&dir, "1,2,3", &["unsupported architecture", "FooForCausalLM"]);
+}
+
+#[test]
+fn token_id_past_vocab() {
+    expect_error(&fixture("llama_tied"), "1,300,2", &["token id 300", "vocabulary size 300"]);
+}
+
+#[test]
+fn sequence_past_context() {
+    let tokens: Vec<String> = (0..65).map(|i| (i % 10).to_string()).collect();
+    expect_error(&fixture("llama_tied"), &tokens.join(","), &["65 tokens", "64"]);
+}
+
+#[test]
+fn model_path_missing() {
+    expect_error(Path::new("/nonexistent/kestrel-model"), "1", &["/nonexistent/kestrel-model", "does not exist"]);
+}
+
+#[test]
+fn bad_token_list_and_unknown_backend() {
+    let (code, _, err) = kestrel(&["logits", "--model", "x", "--tokens", "1,a", "--out", "/tmp/x.npy"]);
+    assert_ne!(code, 0);
+    assert!(err.starts_with("error: ") && err.contains("'a'"), "{err}");
+    let (code, _, err) = kestrel(&["info", "--backend", "quantum"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown backend 'quantum'"), "{err}");
+}
+
+#[test]
+fn logits_writes_npy_of_the_contract_shape() {
+    let out = std::env::temp_dir().join(format!("kestrel-cli-ok-{}.npy", std::process::id()));
+    let (code, _, err) = kestrel(&[
+        "logits",
+        "--model",
+        fixture("llama_tied").to_str().expect("utf8"),
+        "--tokens",
+        "5,17,42",
+        "--mode",
+        "decode",
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let bytes = std::fs::read(&out).expect("npy");
+    let header = String::from_utf8_lossy(&bytes[10..10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize]).into_owned();
+    assert!(header.contains("'shape': (3, 300)"), "{header}");
+    assert_eq!(bytes.len(), 10 + header.len() + 3 * 300 * 4);
+}
+
+#[test]
+fn generate_streams_text_and_reports_speed() {
+    let (code, _, err) = kestrel(&[
+        "generate",
+        "--model",
+        fixture("llama_tied").to_str().expect("utf8"),
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "8",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("prefill:") && err.contains("decode:") && err.contains("tokens/s"), "{err}");
+}
