@@ -26,11 +26,17 @@ impl Args {
             } else if SWITCHES.contains(&name) {
                 flags.push(name.to_string());
             } else {
-                let v = it.next().ok_or_else(|| format!("option --{name} needs a value"))?;
+                let v = it
+                    .next()
+                    .ok_or_else(|| format!("option --{name} needs a value"))?;
                 values.insert(name.to_string(), v.clone());
             }
         }
-        Ok(Args { command, values, flags })
+        Ok(Args {
+            command,
+            values,
+            flags,
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -38,7 +44,8 @@ impl Args {
     }
 
     pub fn required(&self, name: &str) -> Result<&str, String> {
-        self.get(name).ok_or_else(|| format!("{} needs --{name}", self.command))
+        self.get(name)
+            .ok_or_else(|| format!("{} needs --{name}", self.command))
     }
 
     pub fn flag(&self, name: &str) -> bool {
@@ -48,7 +55,9 @@ impl Args {
     pub fn parsed<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
         match self.get(name) {
             None => Ok(default),
-            Some(v) => v.parse().map_err(|_| format!("--{name}: cannot parse '{v}'")),
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("--{name}: cannot parse '{v}'")),
         }
     }
 

@@ -26,10 +26,18 @@ fn time_gpu(gpu: &Gpu, iters: usize, mut f: impl FnMut()) -> Result<f64, String>
     Ok(t.elapsed().as_secs_f64() / iters as f64)
 }
 
-fn upload_random(gpu: &Arc<Gpu>, rows: usize, cols: usize, f16: bool) -> Result<Arc<GpuWeight>, String> {
+fn upload_random(
+    gpu: &Arc<Gpu>,
+    rows: usize,
+    cols: usize,
+    f16: bool,
+) -> Result<Arc<GpuWeight>, String> {
     let data = Rng::new(7).vec(rows * cols, 1.0);
     let w = if f16 {
-        let bits: Vec<u16> = data.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+        let bits: Vec<u16> = data
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_bits())
+            .collect();
         GpuWeight::upload(gpu, "bench", rows, cols, HostData::F16(&bits))
     } else {
         GpuWeight::upload(gpu, "bench", rows, cols, HostData::F32(&data))
@@ -72,10 +80,18 @@ pub fn run(a: &Args) -> Result<(), String> {
     let gpu = open_gpu(a)?;
     let model = open_model(&gpu, a)?;
     let cfg = model.config().clone();
-    let prompt_len: usize = a.parsed("prompt-tokens", 64usize)?.clamp(1, cfg.max_positions - 1);
-    let decode_len: usize = a.parsed("decode-tokens", 32usize)?.min(cfg.max_positions - prompt_len);
+    // Defaults fit the model's context: half for the prompt, up to 32 decoded tokens after it.
+    let half = (cfg.max_positions / 2).max(1);
+    let prompt_len: usize = a
+        .parsed("prompt-tokens", 64usize.min(half))?
+        .clamp(1, cfg.max_positions);
+    let decode_len: usize = a
+        .parsed("decode-tokens", 32usize)?
+        .min(cfg.max_positions - prompt_len);
     let mut rng = Rng::new(3);
-    let prompt: Vec<u32> = (0..prompt_len).map(|_| rng.below(cfg.vocab as u32)).collect();
+    let prompt: Vec<u32> = (0..prompt_len)
+        .map(|_| rng.below(cfg.vocab as u32))
+        .collect();
     let err = |e: kestrel_models::ModelError| e.to_string();
     let rt = |e: kestrel_runtime::Error| e.to_string();
 
@@ -114,14 +130,38 @@ pub fn run(a: &Args) -> Result<(), String> {
         println!("{report:#}");
     } else {
         let r = &report;
-        println!("adapter: {} ({})", r["adapter"].as_str().unwrap_or(""), r["backend"].as_str().unwrap_or(""));
+        println!(
+            "adapter: {} ({})",
+            r["adapter"].as_str().unwrap_or(""),
+            r["backend"].as_str().unwrap_or("")
+        );
         println!("model: {}", r["model"].as_str().unwrap_or(""));
-        println!("weights on GPU: {:.2} MiB; KV cache: {:.2} MiB", model.weight_bytes() as f64 / 1048576.0, session.state_bytes() as f64 / 1048576.0);
-        println!("prefill: {:.1} tokens/s ({prompt_len} tokens)", r["prefill_tokens_per_s"].as_f64().unwrap_or(0.0));
-        println!("decode: {:.1} tokens/s ({decode_len} tokens)", r["decode_tokens_per_s"].as_f64().unwrap_or(0.0));
-        println!("matmul 512x512x512 f32: {:.2} GFLOP/s", r["matmul_512_gflops"].as_f64().unwrap_or(0.0));
-        println!("matvec 4096x4096: {:.2} GB/s f32, {:.2} GB/s f16", r["matvec_4096x4096_f32_gbs"].as_f64().unwrap_or(0.0), r["matvec_4096x4096_f16_gbs"].as_f64().unwrap_or(0.0));
-        println!("buffer copy: {:.2} GB/s (read + write)", r["copy_gbs"].as_f64().unwrap_or(0.0));
+        println!(
+            "weights on GPU: {:.2} MiB; KV cache: {:.2} MiB",
+            model.weight_bytes() as f64 / 1048576.0,
+            session.state_bytes() as f64 / 1048576.0
+        );
+        println!(
+            "prefill: {:.1} tokens/s ({prompt_len} tokens)",
+            r["prefill_tokens_per_s"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "decode: {:.1} tokens/s ({decode_len} tokens)",
+            r["decode_tokens_per_s"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "matmul 512x512x512 f32: {:.2} GFLOP/s",
+            r["matmul_512_gflops"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "matvec 4096x4096: {:.2} GB/s f32, {:.2} GB/s f16",
+            r["matvec_4096x4096_f32_gbs"].as_f64().unwrap_or(0.0),
+            r["matvec_4096x4096_f16_gbs"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "buffer copy: {:.2} GB/s (read + write)",
+            r["copy_gbs"].as_f64().unwrap_or(0.0)
+        );
     }
     Ok(())
 }

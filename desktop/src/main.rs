@@ -49,13 +49,19 @@ fn run(a: &Args) -> CliResult {
             println!("{USAGE}");
             Ok(())
         }
-        "chat" | "serve" | "diffuse" | "app" => Err(format!("'{}' is not implemented yet", a.command)),
+        "chat" | "serve" | "diffuse" | "app" => {
+            Err(format!("'{}' is not implemented yet", a.command))
+        }
         other => Err(format!("unknown command '{other}'\n{USAGE}")),
     }
 }
 
 pub fn open_gpu(a: &Args) -> Result<Arc<Gpu>, String> {
-    let choice: BackendChoice = a.get("backend").unwrap_or("auto").parse().map_err(|e| format!("{e}"))?;
+    let choice: BackendChoice = a
+        .get("backend")
+        .unwrap_or("auto")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
     pollster::block_on(Gpu::new(choice)).map_err(|e| e.to_string())
 }
 
@@ -76,16 +82,28 @@ fn info(a: &Args) -> CliResult {
     println!("features:");
     println!("  shader-f16: {}", yes(c.shader_f16));
     if c.subgroups {
-        println!("  subgroups: yes (size {}..{})", c.subgroup_min_size, c.subgroup_max_size);
+        println!(
+            "  subgroups: yes (size {}..{})",
+            c.subgroup_min_size, c.subgroup_max_size
+        );
     } else {
         println!("  subgroups: no");
     }
     println!("  timestamp queries: {}", yes(c.timestamps));
     println!("limits:");
-    println!("  max storage buffer binding: {} MiB", c.max_storage_binding >> 20);
+    println!(
+        "  max storage buffer binding: {} MiB",
+        c.max_storage_binding >> 20
+    );
     println!("  max buffer size: {} MiB", c.max_buffer_size >> 20);
-    println!("  storage buffers per stage: {}", c.max_storage_buffers_per_stage);
-    println!("  invocations per workgroup: {}", c.max_invocations_per_workgroup);
+    println!(
+        "  storage buffers per stage: {}",
+        c.max_storage_buffers_per_stage
+    );
+    println!(
+        "  invocations per workgroup: {}",
+        c.max_invocations_per_workgroup
+    );
     println!("  workgroup storage: {} bytes", c.max_workgroup_storage);
     println!("  workgroups per dimension: {}", c.max_workgroups_per_dim);
     Ok(())
@@ -93,7 +111,11 @@ fn info(a: &Args) -> CliResult {
 
 fn parse_tokens(s: &str) -> Result<Vec<u32>, String> {
     s.split(',')
-        .map(|t| t.trim().parse::<u32>().map_err(|_| format!("--tokens: '{t}' is not a token id")))
+        .map(|t| {
+            t.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("--tokens: '{t}' is not a token id"))
+        })
         .collect()
 }
 
@@ -110,9 +132,14 @@ fn logits(a: &Args) -> CliResult {
     let vocab = model.config().vocab;
     let max = model.config().max_positions;
     if tokens.len() > max {
-        return Err(format!("{} tokens exceed the model's context of {max} positions", tokens.len()));
+        return Err(format!(
+            "{} tokens exceed the model's context of {max} positions",
+            tokens.len()
+        ));
     }
-    let mut session = model.session(&gpu, tokens.len()).map_err(|e| e.to_string())?;
+    let mut session = model
+        .session(&gpu, tokens.len())
+        .map_err(|e| e.to_string())?;
     let rows = if mode == "prefill" {
         pollster::block_on(session.logits(&tokens)).map_err(|e| e.to_string())?
     } else {
@@ -122,11 +149,22 @@ fn logits(a: &Args) -> CliResult {
         }
         all
     };
-    npy::write_f32(Path::new(out), &[tokens.len(), vocab], &rows).map_err(|e| format!("cannot write {out}: {e}"))
+    npy::write_f32(Path::new(out), &[tokens.len(), vocab], &rows)
+        .map_err(|e| format!("cannot write {out}: {e}"))
 }
 
 fn generate(a: &Args) -> CliResult {
-    a.only(&["model", "prompt", "max-tokens", "temperature", "top-k", "top-p", "seed", "ctx", "backend"])?;
+    a.only(&[
+        "model",
+        "prompt",
+        "max-tokens",
+        "temperature",
+        "top-k",
+        "top-p",
+        "seed",
+        "ctx",
+        "backend",
+    ])?;
     let prompt = a.required("prompt")?;
     let max_tokens: usize = a.parsed("max-tokens", 64)?;
     let sampling = Sampling {
@@ -158,7 +196,8 @@ fn generate(a: &Args) -> CliResult {
     let mut stream = TextStream::default();
     let mut stdout = std::io::stdout();
     let t0 = Instant::now();
-    let mut next = pollster::block_on(session.next_token(&ids, &sampling)).map_err(|e| e.to_string())?;
+    let mut next =
+        pollster::block_on(session.next_token(&ids, &sampling)).map_err(|e| e.to_string())?;
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut produced = 0;
@@ -173,7 +212,8 @@ fn generate(a: &Args) -> CliResult {
         if produced == max_tokens {
             break;
         }
-        next = pollster::block_on(session.next_token(&[next], &sampling)).map_err(|e| e.to_string())?;
+        next = pollster::block_on(session.next_token(&[next], &sampling))
+            .map_err(|e| e.to_string())?;
     }
     let decode = t1.elapsed().as_secs_f64();
     println!();

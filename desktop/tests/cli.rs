@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
 }
 
 /// A private copy of a fixture directory to break.
@@ -22,7 +24,8 @@ fn copy_fixture(name: &str, tag: &str) -> PathBuf {
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let p = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
     f(&mut v);
     std::fs::write(&p, serde_json::to_string_pretty(&v).expect("json")).expect("write");
 }
@@ -60,12 +63,19 @@ fn expect_error(model: &Path, tokens: &str, expect: &[&str]) {
         out.to_str().expect("utf8"),
     ]);
     assert_ne!(code, 0, "expected failure, stderr: {err}");
-    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error: {err}"
+    );
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {err}");
     assert!(lines[0].starts_with("error: "), "{err}");
     for e in expect {
-        assert!(lines[0].contains(e), "'{}' does not mention '{e}'", lines[0]);
+        assert!(
+            lines[0].contains(e),
+            "'{}' does not mention '{e}'",
+            lines[0]
+        );
     }
 }
 
@@ -105,29 +115,55 @@ fn truncated_weights() {
 #[test]
 fn unknown_architecture() {
     let dir = copy_fixture("llama_tied", "arch");
-    edit_config(&dir, |v| v["architectures"] = serde_json::json!(["FooForCausalLM"]));
-    expect_error(&dir, "1,2,3", &["unsupported architecture", "FooForCausalLM"]);
+    edit_config(&dir, |v| {
+        v["architectures"] = serde_json::json!(["FooForCausalLM"])
+    });
+    expect_error(
+        &dir,
+        "1,2,3",
+        &["unsupported architecture", "FooForCausalLM"],
+    );
 }
 
 #[test]
 fn token_id_past_vocab() {
-    expect_error(&fixture("llama_tied"), "1,300,2", &["token id 300", "vocabulary size 300"]);
+    expect_error(
+        &fixture("llama_tied"),
+        "1,300,2",
+        &["token id 300", "vocabulary size 300"],
+    );
 }
 
 #[test]
 fn sequence_past_context() {
     let tokens: Vec<String> = (0..65).map(|i| (i % 10).to_string()).collect();
-    expect_error(&fixture("llama_tied"), &tokens.join(","), &["65 tokens", "64"]);
+    expect_error(
+        &fixture("llama_tied"),
+        &tokens.join(","),
+        &["65 tokens", "64"],
+    );
 }
 
 #[test]
 fn model_path_missing() {
-    expect_error(Path::new("/nonexistent/kestrel-model"), "1", &["/nonexistent/kestrel-model", "does not exist"]);
+    expect_error(
+        Path::new("/nonexistent/kestrel-model"),
+        "1",
+        &["/nonexistent/kestrel-model", "does not exist"],
+    );
 }
 
 #[test]
 fn bad_token_list_and_unknown_backend() {
-    let (code, _, err) = kestrel(&["logits", "--model", "x", "--tokens", "1,a", "--out", "/tmp/x.npy"]);
+    let (code, _, err) = kestrel(&[
+        "logits",
+        "--model",
+        "x",
+        "--tokens",
+        "1,a",
+        "--out",
+        "/tmp/x.npy",
+    ]);
     assert_ne!(code, 0);
     assert!(err.starts_with("error: ") && err.contains("'a'"), "{err}");
     let (code, _, err) = kestrel(&["info", "--backend", "quantum"]);
@@ -151,7 +187,9 @@ fn logits_writes_npy_of_the_contract_shape() {
     ]);
     assert_eq!(code, 0, "{err}");
     let bytes = std::fs::read(&out).expect("npy");
-    let header = String::from_utf8_lossy(&bytes[10..10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize]).into_owned();
+    let header =
+        String::from_utf8_lossy(&bytes[10..10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize])
+            .into_owned();
     assert!(header.contains("'shape': (3, 300)"), "{header}");
     assert_eq!(bytes.len(), 10 + header.len() + 3 * 300 * 4);
 }
@@ -168,5 +206,8 @@ fn generate_streams_text_and_reports_speed() {
         "8",
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("prefill:") && err.contains("decode:") && err.contains("tokens/s"), "{err}");
+    assert!(
+        err.contains("prefill:") && err.contains("decode:") && err.contains("tokens/s"),
+        "{err}"
+    );
 }

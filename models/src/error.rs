@@ -15,9 +15,17 @@ pub enum ModelError {
     #[error("{file}: missing config key '{key}'")]
     MissingConfigKey { file: PathBuf, key: String },
     #[error("{file}: config key '{key}' {message}")]
-    BadConfigValue { file: PathBuf, key: String, message: String },
+    BadConfigValue {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
     #[error("{file}: unsupported architecture '{arch}' (supported: {supported})")]
-    UnsupportedArchitecture { file: PathBuf, arch: String, supported: String },
+    UnsupportedArchitecture {
+        file: PathBuf,
+        arch: String,
+        supported: String,
+    },
     #[error("{path}: unsupported model format ({message})")]
     UnsupportedFormat { path: PathBuf, message: String },
     #[error("{file}: missing tensor '{name}'")]
@@ -30,7 +38,11 @@ pub enum ModelError {
         got: Vec<usize>,
     },
     #[error("{file}: tensor '{name}' has unsupported dtype {dtype}")]
-    UnsupportedDtype { file: PathBuf, name: String, dtype: String },
+    UnsupportedDtype {
+        file: PathBuf,
+        name: String,
+        dtype: String,
+    },
     #[error("{file}: invalid safetensors data: {message}")]
     Safetensors { file: PathBuf, message: String },
     #[error("{file}: cannot load tokenizer: {message}")]

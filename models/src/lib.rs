@@ -81,7 +81,8 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
         let message = if path.extension().is_some_and(|e| e == "gguf") {
             "GGUF files are not supported yet; use a Hugging Face directory".to_string()
         } else {
-            "expected a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)".to_string()
+            "expected a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)"
+                .to_string()
         };
         return Err(ModelError::UnsupportedFormat {
             path: path.to_path_buf(),

@@ -65,7 +65,10 @@ impl LlamaConfig {
         }
         let head_dim = c.opt_usize("head_dim")?.unwrap_or(hidden / heads);
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(bad("head_dim", format!("({head_dim}) must be positive and even")));
+            return Err(bad(
+                "head_dim",
+                format!("({head_dim}) must be positive and even"),
+            ));
         }
         // transformers 5 nests RoPE settings under rope_parameters; older configs keep them
         // at the top level (rope_theta, rope_scaling).
@@ -81,7 +84,11 @@ impl LlamaConfig {
         let llama3 = match scaling {
             None => None,
             Some(s) => {
-                let kind = s.get("rope_type").or(s.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+                let kind = s
+                    .get("rope_type")
+                    .or(s.get("type"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("default");
                 match kind {
                     "default" => None,
                     "llama3" => {
@@ -89,7 +96,12 @@ impl LlamaConfig {
                             s.get(k)
                                 .and_then(|v| v.as_f64())
                                 .map(|v| v as f32)
-                                .ok_or_else(|| bad(&format!("rope_scaling.{k}"), "is missing or not a number".into()))
+                                .ok_or_else(|| {
+                                    bad(
+                                        &format!("rope_scaling.{k}"),
+                                        "is missing or not a number".into(),
+                                    )
+                                })
                         };
                         Some(Llama3Scaling {
                             factor: f("factor")?,
@@ -98,7 +110,12 @@ impl LlamaConfig {
                             original_max_position: f("original_max_position_embeddings")?,
                         })
                     }
-                    other => return Err(bad("rope_scaling", format!("type '{other}' is not supported (default, llama3)"))),
+                    other => {
+                        return Err(bad(
+                            "rope_scaling",
+                            format!("type '{other}' is not supported (default, llama3)"),
+                        ))
+                    }
                 }
             }
         };
@@ -167,13 +184,15 @@ impl Llama {
         let mut layers = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
             let p = format!("model.layers.{l}");
-            let bias = |up: &mut Uploader<'_>, name: &str, n: usize| -> Result<Option<Arc<GpuWeight>>> {
-                if c.qkv_bias {
-                    up.vector(&format!("{p}.self_attn.{name}.bias"), n).map(Some)
-                } else {
-                    up.optional_vector(&format!("{p}.self_attn.{name}.bias"), n)
-                }
-            };
+            let bias =
+                |up: &mut Uploader<'_>, name: &str, n: usize| -> Result<Option<Arc<GpuWeight>>> {
+                    if c.qkv_bias {
+                        up.vector(&format!("{p}.self_attn.{name}.bias"), n)
+                            .map(Some)
+                    } else {
+                        up.optional_vector(&format!("{p}.self_attn.{name}.bias"), n)
+                    }
+                };
             layers.push(Layer {
                 attn_norm: up.vector(&format!("{p}.input_layernorm.weight"), h)?,
                 q: up.matrix(&format!("{p}.self_attn.q_proj.weight"), qd, h)?,
@@ -195,7 +214,10 @@ impl Llama {
         } else {
             up.matrix("lm_head.weight", c.vocab, h)?
         };
-        let inv_freq = up.vector_from("rope.inv_freq", &rope::inv_freq(c.rope_theta, c.head_dim, c.llama3))?;
+        let inv_freq = up.vector_from(
+            "rope.inv_freq",
+            &rope::inv_freq(c.rope_theta, c.head_dim, c.llama3),
+        )?;
         Ok(Llama {
             weight_bytes: up.gpu_bytes,
             config,
@@ -261,7 +283,11 @@ impl Architecture for Llama {
             x = g.add_tensors(x, o)?;
             let norm = w(&mut g, &layer.mlp_norm);
             let h = g.rms_norm(x, norm, c.eps)?;
-            let (gw, uw, dw) = (w(&mut g, &layer.gate), w(&mut g, &layer.up), w(&mut g, &layer.down));
+            let (gw, uw, dw) = (
+                w(&mut g, &layer.gate),
+                w(&mut g, &layer.up),
+                w(&mut g, &layer.down),
+            );
             let gate = g.linear(h, gw, None)?;
             let up = g.linear(h, uw, None)?;
             let act = g.swiglu(gate, up)?;

@@ -65,15 +65,22 @@ impl SafetensorsFiles {
         let single = dir.join("model.safetensors");
         let files: Vec<PathBuf> = if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| io_err(&index, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
-                path: index.clone(),
-                message: e.to_string(),
-            })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::MissingConfigKey {
-                file: index.clone(),
-                key: "weight_map".into(),
-            })?;
-            let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| ModelError::Json {
+                    path: index.clone(),
+                    message: e.to_string(),
+                })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ModelError::MissingConfigKey {
+                    file: index.clone(),
+                    key: "weight_map".into(),
+                })?;
+            let mut names: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect();
             names.sort();
             names.dedup();
             names.into_iter().map(|n| dir.join(n)).collect()
@@ -120,10 +127,11 @@ impl SafetensorsFiles {
                 file: path.clone(),
                 message: e.to_string(),
             })?;
-            let (n, meta) = SafeTensors::read_metadata(&blob).map_err(|e| ModelError::Safetensors {
-                file: path.clone(),
-                message: e.to_string(),
-            })?;
+            let (n, meta) =
+                SafeTensors::read_metadata(&blob).map_err(|e| ModelError::Safetensors {
+                    file: path.clone(),
+                    message: e.to_string(),
+                })?;
             for name in meta.tensors().keys() {
                 index.insert(name.clone(), shards.len());
             }

@@ -11,10 +11,11 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<TextTokenizer> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| ModelError::Tokenizer {
-            file: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| ModelError::Tokenizer {
+                file: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         Ok(TextTokenizer {
             inner,
             path: path.to_path_buf(),
@@ -55,7 +56,10 @@ impl TextStream {
     pub fn push(&mut self, tok: &TextTokenizer, id: u32) -> Result<String> {
         self.ids.push(id);
         let text = tok.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}') || text.len() < self.printed || !text.is_char_boundary(self.printed) {
+        if text.ends_with('\u{FFFD}')
+            || text.len() < self.printed
+            || !text.is_char_boundary(self.printed)
+        {
             return Ok(String::new());
         }
         let piece = text[self.printed..].to_string();

@@ -52,7 +52,8 @@ impl HostTensor<'_> {
 
     fn expect_numel(&self, expected: &[usize]) -> Result<()> {
         let n: usize = expected.iter().product();
-        let shape_ok = self.shape == expected || (self.shape.iter().product::<usize>() == n && expected.len() == 1);
+        let shape_ok = self.shape == expected
+            || (self.shape.iter().product::<usize>() == n && expected.len() == 1);
         if !shape_ok {
             return Err(ModelError::TensorShape {
                 file: self.file.clone(),
@@ -74,7 +75,11 @@ pub struct Uploader<'a> {
 
 impl<'a> Uploader<'a> {
     pub fn new(gpu: &'a Arc<Gpu>, source: &'a dyn TensorSource) -> Self {
-        Uploader { gpu, source, gpu_bytes: 0 }
+        Uploader {
+            gpu,
+            source,
+            gpu_bytes: 0,
+        }
     }
 
     /// A matrix [rows, cols], kept in f16 when stored as f16.

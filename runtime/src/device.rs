@@ -124,7 +124,10 @@ impl Gpu {
     }
 
     #[cfg(not(target_arch = "wasm32"))]
-    async fn pick_adapter(instance: &wgpu::Instance, choice: BackendChoice) -> Result<wgpu::Adapter> {
+    async fn pick_adapter(
+        instance: &wgpu::Instance,
+        choice: BackendChoice,
+    ) -> Result<wgpu::Adapter> {
         let mut adapters = instance.enumerate_adapters(choice.backends()).await;
         adapters.sort_by_key(|a| {
             let i = a.get_info();
@@ -137,7 +140,10 @@ impl Gpu {
     }
 
     #[cfg(target_arch = "wasm32")]
-    async fn pick_adapter(instance: &wgpu::Instance, choice: BackendChoice) -> Result<wgpu::Adapter> {
+    async fn pick_adapter(
+        instance: &wgpu::Instance,
+        choice: BackendChoice,
+    ) -> Result<wgpu::Adapter> {
         let _ = (rank, backend_rank);
         instance
             .request_adapter(&wgpu::RequestAdapterOptions {
@@ -151,7 +157,8 @@ impl Gpu {
     async fn from_adapter(adapter: wgpu::Adapter) -> Result<Arc<Gpu>> {
         let info = adapter.get_info();
         let available = adapter.features();
-        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
+        let wanted =
+            wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
         let features = available & wanted;
         let limits = adapter.limits();
         let (device, queue) = adapter
@@ -276,24 +283,38 @@ impl Gpu {
     }
 
     /// A compute pipeline for `kernel` specialised by `defs`, compiled once and cached.
-    pub fn pipeline(&self, name: &str, source: &str, defs: &ShaderDefs) -> Result<wgpu::ComputePipeline> {
+    pub fn pipeline(
+        &self,
+        name: &str,
+        source: &str,
+        defs: &ShaderDefs,
+    ) -> Result<wgpu::ComputePipeline> {
         let key = format!("{name}|{}", defs.key());
-        if let Some(p) = self.pipelines.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
             return Ok(p);
         }
         let code = defs.render(source, self.caps.shader_f16);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(code.into()),
-        });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(name),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: wgpu::PipelineCompilationOptions::default(),
-            cache: None,
-        });
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(code.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(name),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions::default(),
+                cache: None,
+            });
         if let Ok(mut m) = self.pipelines.lock() {
             m.insert(key, pipeline.clone());
         }
@@ -304,7 +325,9 @@ impl Gpu {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: size.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
     }
@@ -328,7 +351,7 @@ impl Gpu {
 
     /// `queue.write_buffer` needs a length that is a multiple of 4; pad with zeros.
     pub fn write_padded(&self, buf: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
-        if bytes.len() % 4 == 0 {
+        if bytes.len().is_multiple_of(4) {
             self.queue.write_buffer(buf, offset, bytes);
         } else {
             let mut v = bytes.to_vec();

@@ -20,7 +20,7 @@ pub struct AttnShape {
 
 impl AttnShape {
     pub fn validate(&self) -> Result<()> {
-        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 || self.head_dim == 0 {
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) || self.head_dim == 0 {
             return Err(Error::Graph(format!(
                 "attention heads {} must be a positive multiple of kv heads {}",
                 self.heads, self.kv_heads
@@ -80,12 +80,25 @@ pub fn launch(
         _p: 0,
     };
     let groups = [(n_tokens as u32).div_ceil(BQ), shape.heads as u32, 1];
-    kernel!("attention").dispatch(gpu, &defs, &params, &[step, q, k_cache, v_cache, out], groups)
+    kernel!("attention").dispatch(
+        gpu,
+        &defs,
+        &params,
+        &[step, q, k_cache, v_cache, out],
+        groups,
+    )
 }
 
 /// Attention of `q` [T, heads*D] (queries at positions pos..pos+T) over `k`/`v`
 /// [>= pos+T, kv_heads*D], in f64 accumulation.
-pub fn reference(q: &[f32], k: &[f32], v: &[f32], shape: AttnShape, pos: usize, causal: bool) -> Vec<f32> {
+pub fn reference(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: AttnShape,
+    pos: usize,
+    causal: bool,
+) -> Vec<f32> {
     let d = shape.head_dim;
     let t_count = q.len() / (shape.heads * d);
     let kv_len = pos + t_count;
@@ -99,14 +112,20 @@ pub fn reference(q: &[f32], k: &[f32], v: &[f32], shape: AttnShape, pos: usize, 
             let scores: Vec<f64> = (0..end)
                 .map(|j| {
                     let krow = &k[(j * shape.kv_heads + kvh) * d..][..d];
-                    qrow.iter().zip(krow).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() * shape.scale as f64
+                    qrow.iter()
+                        .zip(krow)
+                        .map(|(a, b)| (*a as f64) * (*b as f64))
+                        .sum::<f64>()
+                        * shape.scale as f64
                 })
                 .collect();
             let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
             let sum: f64 = e.iter().sum();
             for i in 0..d {
-                let acc: f64 = (0..end).map(|j| e[j] * v[(j * shape.kv_heads + kvh) * d + i] as f64).sum();
+                let acc: f64 = (0..end)
+                    .map(|j| e[j] * v[(j * shape.kv_heads + kvh) * d + i] as f64)
+                    .sum();
                 out[(t * shape.heads + h) * d + i] = (acc / sum) as f32;
             }
         }

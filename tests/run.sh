@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command: set-up, formatting and lints, every test (GPU tests on lavapipe Vulkan
+# and llvmpipe GL), and the wasm32 build of the runtime, the models and the web crate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tests/setup-debian.sh
+
+# Mesa warns on every device open without a private runtime dir.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+chmod 700 "$XDG_RUNTIME_DIR"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
+cargo build --target wasm32-unknown-unknown -p kestrel-runtime -p kestrel-models -p kestrel-web
+echo "tests/run.sh: all checks passed"
