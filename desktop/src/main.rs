@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod fetch;
 mod npy;
 
 use std::io::Write;

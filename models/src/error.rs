@@ -45,8 +45,12 @@ pub enum ModelError {
     },
     #[error("{file}: invalid safetensors data: {message}")]
     Safetensors { file: PathBuf, message: String },
+    #[error("{file}: invalid GGUF file: {message}")]
+    Gguf { file: PathBuf, message: String },
     #[error("{file}: cannot load tokenizer: {message}")]
     Tokenizer { file: PathBuf, message: String },
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
     #[error("{0}")]
     Runtime(#[from] kestrel_runtime::Error),
 }

@@ -1,6 +1,7 @@
 //! kestrel-models: loaders (config.json, safetensors, tokenizer.json) and architectures.
 //! An architecture uploads its weights and builds graphs for the runtime; it never calls wgpu.
 
+pub mod chat_template;
 pub mod config;
 pub mod error;
 pub mod llama;
