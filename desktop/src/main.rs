@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod chat;
 mod fetch;
 mod npy;
 
@@ -24,7 +25,10 @@ usage:
   kestrel logits --model PATH --tokens 5,17,42 [--mode prefill|decode] [--backend B] --out FILE.npy
   kestrel generate --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
                    [--top-p P] [--seed S] [--ctx N] [--backend B]
-  kestrel bench --model PATH [--json] [--backend B]";
+  kestrel bench --model PATH [--json] [--backend B]
+  kestrel chat [--model PATH] [--system TEXT] [--max-tokens N] [--temperature T] [--top-k K]
+               [--top-p P] [--seed S] [--ctx N] [--backend B]
+               (without --model: SmolLM2-135M-Instruct, downloaded once into the cache)";
 
 type CliResult = Result<(), String>;
 
@@ -46,11 +50,12 @@ fn run(a: &Args) -> CliResult {
         "logits" => logits(a),
         "generate" => generate(a),
         "bench" => bench::run(a),
+        "chat" => chat::run(a),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
         }
-        "chat" | "serve" | "diffuse" | "app" => {
+        "serve" | "diffuse" | "app" => {
             Err(format!("'{}' is not implemented yet", a.command))
         }
         other => Err(format!("unknown command '{other}'\n{USAGE}")),

@@ -18,6 +18,7 @@ use kestrel_runtime::Gpu;
 pub use error::{ModelError, Result};
 pub use tokenizer::{TextStream, TextTokenizer};
 
+use chat_template::ChatTemplate;
 use config::JsonConfig;
 use llama::{Llama, LlamaConfig};
 use weights::{TensorSource, Uploader};
@@ -28,6 +29,15 @@ pub struct Model {
     pub path: PathBuf,
     pub llama: Arc<Llama>,
     pub tokenizer: Option<TextTokenizer>,
+    /// The model's own chat template and its BOS/EOS strings, if it ships them.
+    pub chat: ChatInfo,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ChatInfo {
+    pub template: Option<String>,
+    pub bos_token: String,
+    pub eos_token: String,
 }
 
 impl Model {
@@ -43,6 +53,10 @@ impl Model {
     pub fn eos(&self) -> &[u32] {
         &self.llama.config.eos
     }
+    /// The model's chat template, or ChatML when it has none.
+    pub fn chat_template(&self) -> Result<ChatTemplate> {
+        ChatTemplate::or_fallback(self.chat.template.as_deref(), &self.chat.bos_token, &self.chat.eos_token)
+    }
     /// A new sequence with a KV cache for `capacity` tokens (capped at the model's context).
     pub fn session(&self, gpu: &Arc<Gpu>, capacity: usize) -> Result<Session> {
         Ok(Session::new(gpu, self.architecture(), capacity)?)
@@ -56,6 +70,7 @@ pub fn build_model(
     config: &JsonConfig,
     source: &dyn TensorSource,
     tokenizer: Option<TextTokenizer>,
+    chat: ChatInfo,
 ) -> Result<Model> {
     let cfg = LlamaConfig::from_json(config)?;
     let mut up = Uploader::new(gpu, source);
@@ -69,6 +84,7 @@ pub fn build_model(
         path: path.to_path_buf(),
         llama: Arc::new(llama),
         tokenizer,
+        chat,
     })
 }
 
@@ -108,5 +124,44 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
     } else {
         None
     };
-    build_model(gpu, path, &config, &source, tokenizer)
+    let chat = read_tokenizer_config(&path.join("tokenizer_config.json"))?;
+    build_model(gpu, path, &config, &source, tokenizer, chat)
+}
+
+/// Chat template and BOS/EOS strings from tokenizer_config.json, when the file exists.
+#[cfg(not(target_arch = "wasm32"))]
+fn read_tokenizer_config(path: &Path) -> Result<ChatInfo> {
+    if !path.exists() {
+        return Ok(ChatInfo::default());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(chat_info_from_tokenizer_config(&JsonConfig::parse(path, &text)?))
+}
+
+/// `chat_template` may be a string or a list of named templates (the one named "default"
+/// is used); special tokens may be strings or objects with a `content` field.
+pub fn chat_info_from_tokenizer_config(c: &JsonConfig) -> ChatInfo {
+    let token = |key: &str| match c.get(key) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.get("content").and_then(|s| s.as_str()).unwrap_or_default().to_string(),
+        None => String::new(),
+    };
+    let template = match c.get("chat_template") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .or(list.first())
+            .and_then(|t| t.get("template").and_then(|s| s.as_str()))
+            .map(str::to_string),
+        _ => None,
+    };
+    ChatInfo {
+        template,
+        bos_token: token("bos_token"),
+        eos_token: token("eos_token"),
+    }
 }

@@ -47,7 +47,10 @@ impl StateStore {
     pub fn allocate(gpu: &Gpu, specs: &[StateSpec]) -> Result<StateStore> {
         let mut tensors = HashMap::new();
         for s in specs {
-            tensors.insert(s.name.clone(), GpuTensor::new(gpu, &s.name, &s.shape, DType::F32)?);
+            tensors.insert(
+                s.name.clone(),
+                GpuTensor::new(gpu, &s.name, &s.shape, DType::F32)?,
+            );
         }
         Ok(StateStore { tensors })
     }
@@ -121,6 +124,11 @@ impl Session {
     pub fn reset(&mut self) {
         self.pos = 0;
     }
+    /// Keep only the first `len` cached tokens (to reuse a shared prefix); later ones are
+    /// overwritten by the next run.
+    pub fn truncate(&mut self, len: usize) {
+        self.pos = self.pos.min(len);
+    }
     pub fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu
     }
@@ -131,7 +139,9 @@ impl Session {
         }
         let vocab = self.arch.vocab_size();
         if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::InputOutOfRange(format!("token id {t} is not below the vocabulary size {vocab}")));
+            return Err(Error::InputOutOfRange(format!(
+                "token id {t} is not below the vocabulary size {vocab}"
+            )));
         }
         if self.pos + tokens.len() > self.capacity {
             return Err(Error::InputOutOfRange(format!(

@@ -1,0 +1,180 @@
+//! `kestrel chat`: an interactive terminal chat that streams replies, keeps the KV cache
+//! between turns (a new turn prefills only the tokens the cache does not hold yet), stops a
+//! reply on Ctrl-C, and drops the oldest turns when the context fills up.
+
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use kestrel_models::chat_template::Message;
+use kestrel_models::{Model, TextStream};
+use kestrel_runtime::session::{Sampling, Session};
+
+use crate::args::Args;
+use crate::{fetch, open_gpu};
+
+/// Set by Ctrl-C while a reply is streaming; Ctrl-C at the prompt ends the program.
+static STOP: AtomicBool = AtomicBool::new(false);
+static GENERATING: AtomicBool = AtomicBool::new(false);
+
+pub fn run(a: &Args) -> Result<(), String> {
+    a.only(&["model", "backend", "system", "max-tokens", "temperature", "top-k", "top-p", "seed", "ctx"])?;
+    let max_tokens: usize = a.parsed("max-tokens", 512)?;
+    let mut sampling = Sampling {
+        temperature: a.parsed("temperature", 0.7)?,
+        top_k: a.parsed("top-k", 40)?,
+        top_p: a.parsed("top-p", 0.95)?,
+        seed: a.parsed("seed", 0)?,
+    };
+    let ctx: usize = a.parsed("ctx", 4096)?;
+    let path = match a.get("model") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => fetch::SMOLLM2.obtain()?,
+    };
+    let gpu = open_gpu(a)?;
+    let t = Instant::now();
+    let model = kestrel_models::load(&gpu, &path).map_err(|e| e.to_string())?;
+    let tok = model.tokenizer.as_ref().ok_or("the model has no tokenizer, so it cannot chat")?;
+    let template = model.chat_template().map_err(|e| e.to_string())?;
+    let mut session = model.session(&gpu, ctx).map_err(|e| e.to_string())?;
+    eprintln!(
+        "{} on {} — loaded in {:.1} s, context {} tokens{}",
+        model.name,
+        gpu.info.name,
+        t.elapsed().as_secs_f64(),
+        session.capacity(),
+        if template.is_fallback { " (no chat template in the model: using ChatML)" } else { "" }
+    );
+    eprintln!("type a message; /reset starts over, /exit quits; Ctrl-C stops a reply");
+    ctrlc::set_handler(|| {
+        if GENERATING.load(Ordering::SeqCst) {
+            STOP.store(true, Ordering::SeqCst);
+        } else {
+            eprintln!();
+            std::process::exit(130);
+        }
+    })
+    .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+
+    let system: Vec<Message> = a.get("system").map(|s| Message::new("system", s)).into_iter().collect();
+    let mut history: Vec<Message> = Vec::new();
+    // Token ids whose keys and values are in the cache, in order.
+    let mut cached: Vec<u32> = Vec::new();
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            eprintln!();
+            return Ok(());
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => return Ok(()),
+            "/reset" => {
+                history.clear();
+                cached.clear();
+                session.reset();
+                eprintln!("[conversation cleared]");
+                continue;
+            }
+            _ => {}
+        }
+        history.push(Message::new("user", line));
+        // Render the conversation; drop the oldest turns until it fits with room for a reply.
+        let room = max_tokens.min(session.capacity() / 2);
+        let ids = loop {
+            let msgs: Vec<Message> = system.iter().chain(history.iter()).cloned().collect();
+            let text = template.render(&msgs, true).map_err(|e| e.to_string())?;
+            let ids = tok.encode(&text).map_err(|e| e.to_string())?;
+            if ids.len() + room <= session.capacity() {
+                break Some(ids);
+            }
+            if history.len() <= 1 {
+                break None;
+            }
+            let dropped = if history.len() >= 3 { 2 } else { 1 };
+            history.drain(..dropped);
+            eprintln!("[context full: dropped the {dropped} oldest message(s)]");
+        };
+        let Some(ids) = ids else {
+            history.pop();
+            eprintln!("[that message is too long for the context of {} tokens]", session.capacity());
+            continue;
+        };
+        // Reuse the cached prefix; prefill only what differs.
+        let keep = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        session.truncate(keep);
+        cached.truncate(keep);
+        sampling.seed = sampling.seed.wrapping_add(1);
+        let reply = respond(&model, tok, &mut session, &mut cached, &ids[keep..], &sampling, room)?;
+        history.push(Message::new("assistant", &reply));
+    }
+}
+
+/// Stream one reply; returns its text. `cached` follows what the session holds.
+fn respond(
+    model: &Model,
+    tok: &kestrel_models::TextTokenizer,
+    session: &mut Session,
+    cached: &mut Vec<u32>,
+    new: &[u32],
+    sampling: &Sampling,
+    max_tokens: usize,
+) -> Result<String, String> {
+    STOP.store(false, Ordering::SeqCst);
+    GENERATING.store(true, Ordering::SeqCst);
+    let result = stream_reply(model, tok, session, cached, new, sampling, max_tokens);
+    GENERATING.store(false, Ordering::SeqCst);
+    result
+}
+
+fn stream_reply(
+    model: &Model,
+    tok: &kestrel_models::TextTokenizer,
+    session: &mut Session,
+    cached: &mut Vec<u32>,
+    new: &[u32],
+    sampling: &Sampling,
+    max_tokens: usize,
+) -> Result<String, String> {
+    let mut stream = TextStream::default();
+    let mut reply = String::new();
+    let mut out = std::io::stdout();
+    let t = Instant::now();
+    let mut next = pollster::block_on(session.next_token(new, sampling)).map_err(|e| e.to_string())?;
+    cached.extend_from_slice(new);
+    let prefill = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut produced = 0;
+    loop {
+        if model.eos().contains(&next) || STOP.load(Ordering::SeqCst) {
+            break;
+        }
+        let piece = stream.push(tok, next).map_err(|e| e.to_string())?;
+        reply.push_str(&piece);
+        print!("{piece}");
+        let _ = out.flush();
+        produced += 1;
+        if produced >= max_tokens || session.pos() + 1 >= session.capacity() {
+            break;
+        }
+        let fed = next;
+        next = pollster::block_on(session.next_token(&[fed], sampling)).map_err(|e| e.to_string())?;
+        cached.push(fed);
+    }
+    println!();
+    if STOP.load(Ordering::SeqCst) {
+        eprintln!("[stopped]");
+    }
+    let decode = t.elapsed().as_secs_f64();
+    eprintln!(
+        "[{} new prompt tokens at {:.0} tokens/s; {} tokens at {:.1} tokens/s]",
+        new.len(),
+        new.len() as f64 / prefill.max(1e-9),
+        produced,
+        produced.saturating_sub(1) as f64 / decode.max(1e-9)
+    );
+    Ok(reply)
+}
