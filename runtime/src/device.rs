@@ -312,7 +312,12 @@ impl Gpu {
                 layout: None,
                 module: &module,
                 entry_point: Some("main"),
-                compilation_options: wgpu::PipelineCompilationOptions::default(),
+                // Every kernel writes its workgroup memory before reading it; wgpu's zero-fill
+            // becomes huge array constructors that llvmpipe's GL compiler takes minutes over.
+            compilation_options: wgpu::PipelineCompilationOptions {
+                zero_initialize_workgroup_memory: false,
+                ..Default::default()
+            },
                 cache: None,
             });
         if let Ok(mut m) = self.pipelines.lock() {

@@ -44,7 +44,9 @@ impl Plan {
             bound.push(match &desc.source {
                 Source::Activation => match assignment.slot_of[t] {
                     Some(s) => Bound::Buffer(slots[s].clone()),
-                    None => Bound::Buffer(GpuTensor::new(gpu, "output", &desc.shape, desc.dtype)?.buffer),
+                    None => Bound::Buffer(
+                        GpuTensor::new(gpu, "output", &desc.shape, desc.dtype)?.buffer,
+                    ),
                 },
                 Source::Input(name) => {
                     let tensor = GpuTensor::new(gpu, name, &desc.shape, desc.dtype)?;
@@ -120,14 +122,17 @@ impl Plan {
                 got: vec![data.len()],
             });
         }
-        self.gpu.write_padded(&t.buffer, 0, bytemuck::cast_slice(data));
+        self.gpu
+            .write_padded(&t.buffer, 0, bytemuck::cast_slice(data));
         Ok(())
     }
 
     /// Replay the plan with new step values. Returns as soon as the work is submitted.
     pub fn run(&self, step: &Step) -> Result<()> {
         self.gpu.check()?;
-        self.gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(step));
+        self.gpu
+            .queue
+            .write_buffer(&self.step, 0, bytemuck::bytes_of(step));
         kernels::submit(&self.gpu, &self.dispatches);
         Ok(())
     }
@@ -184,12 +189,21 @@ impl Lowering<'_> {
         match *op {
             Op::Embedding { ids, table, out } => {
                 let n = self.shape(ids)[0];
-                let d = embedding::launch(gpu, self.buf(ids)?, self.weight(table)?, self.buf(out)?, n)?;
+                let d =
+                    embedding::launch(gpu, self.buf(ids)?, self.weight(table)?, self.buf(out)?, n)?;
                 self.dispatches.extend(d);
             }
             Op::RmsNorm { x, w, out, eps } => {
                 let s = self.shape(x);
-                let d = rms_norm::launch(gpu, self.buf(x)?, self.buf(w)?, self.buf(out)?, s[0], s[1], eps)?;
+                let d = rms_norm::launch(
+                    gpu,
+                    self.buf(x)?,
+                    self.buf(w)?,
+                    self.buf(out)?,
+                    s[0],
+                    s[1],
+                    eps,
+                )?;
                 self.dispatches.push(d);
             }
             Op::Linear { x, w, bias, out } => {
@@ -203,9 +217,24 @@ impl Lowering<'_> {
                 };
                 self.dispatches.extend(d);
             }
-            Op::Rope { x, inv_freq, heads, head_dim, rot_dims } => {
+            Op::Rope {
+                x,
+                inv_freq,
+                heads,
+                head_dim,
+                rot_dims,
+            } => {
                 let n = self.shape(x)[0];
-                let d = rope::launch(gpu, self.step, self.buf(x)?, self.buf(inv_freq)?, n, heads, head_dim, rot_dims)?;
+                let d = rope::launch(
+                    gpu,
+                    self.step,
+                    self.buf(x)?,
+                    self.buf(inv_freq)?,
+                    n,
+                    heads,
+                    head_dim,
+                    rot_dims,
+                )?;
                 self.dispatches.push(d);
             }
             Op::CacheWrite { src, cache } => {
@@ -219,13 +248,40 @@ impl Lowering<'_> {
                 let d = copy::launch(gpu, self.step, self.buf(src)?, self.buf(cache)?, p)?;
                 self.dispatches.push(d);
             }
-            Op::Attention { q, k_cache, v_cache, out, shape, causal } => {
+            Op::Attention {
+                q,
+                k_cache,
+                v_cache,
+                out,
+                shape,
+                causal,
+            } => {
                 let n = self.shape(q)[0];
-                let (qb, kb, vb, ob) = (self.buf(q)?, self.buf(k_cache)?, self.buf(v_cache)?, self.buf(out)?);
+                let (qb, kb, vb, ob) = (
+                    self.buf(q)?,
+                    self.buf(k_cache)?,
+                    self.buf(v_cache)?,
+                    self.buf(out)?,
+                );
                 let d = if n == 1 && causal {
                     let capacity = self.shape(k_cache)[0];
-                    let scratch = GpuTensor::new(gpu, "attention scores", &[shape.heads, capacity], DType::F32)?;
-                    decode_attention::launch(gpu, self.step, qb, kb, vb, &scratch.buffer, ob, shape, capacity)?
+                    let scratch = GpuTensor::new(
+                        gpu,
+                        "attention scores",
+                        &[shape.heads, capacity],
+                        DType::F32,
+                    )?;
+                    decode_attention::launch(
+                        gpu,
+                        self.step,
+                        qb,
+                        kb,
+                        vb,
+                        &scratch.buffer,
+                        ob,
+                        shape,
+                        capacity,
+                    )?
                 } else {
                     attention::launch(gpu, self.step, qb, kb, vb, ob, shape, n, causal)?
                 };
@@ -233,7 +289,8 @@ impl Lowering<'_> {
             }
             Op::Elementwise { op, a, b, out } => {
                 let n = self.graph.tensors[a].numel();
-                let d = elementwise::launch(gpu, op, self.buf(a)?, self.buf(b)?, self.buf(out)?, n)?;
+                let d =
+                    elementwise::launch(gpu, op, self.buf(a)?, self.buf(b)?, self.buf(out)?, n)?;
                 self.dispatches.push(d);
             }
             Op::LastRow { x, out } => {
@@ -254,7 +311,14 @@ impl Lowering<'_> {
             }
             Op::Sample { logits, out } => {
                 let s = self.shape(logits);
-                let d = sample::launch(gpu, self.step, self.buf(logits)?, self.buf(out)?, s[1], (s[0] - 1) * s[1])?;
+                let d = sample::launch(
+                    gpu,
+                    self.step,
+                    self.buf(logits)?,
+                    self.buf(out)?,
+                    s[1],
+                    (s[0] - 1) * s[1],
+                )?;
                 self.dispatches.push(d);
             }
         }

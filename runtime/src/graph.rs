@@ -37,18 +37,62 @@ impl TensorDesc {
 
 #[derive(Debug, Clone)]
 pub enum Op {
-    Embedding { ids: TensorId, table: TensorId, out: TensorId },
-    RmsNorm { x: TensorId, w: TensorId, out: TensorId, eps: f32 },
-    Linear { x: TensorId, w: TensorId, bias: Option<TensorId>, out: TensorId },
+    Embedding {
+        ids: TensorId,
+        table: TensorId,
+        out: TensorId,
+    },
+    RmsNorm {
+        x: TensorId,
+        w: TensorId,
+        out: TensorId,
+        eps: f32,
+    },
+    Linear {
+        x: TensorId,
+        w: TensorId,
+        bias: Option<TensorId>,
+        out: TensorId,
+    },
     /// In place on `x` [T, heads * head_dim].
-    Rope { x: TensorId, inv_freq: TensorId, heads: usize, head_dim: usize, rot_dims: usize },
+    Rope {
+        x: TensorId,
+        inv_freq: TensorId,
+        heads: usize,
+        head_dim: usize,
+        rot_dims: usize,
+    },
     /// Append the rows of `src` [T, W] to `cache` [capacity, W] at the current position.
-    CacheWrite { src: TensorId, cache: TensorId },
-    Attention { q: TensorId, k_cache: TensorId, v_cache: TensorId, out: TensorId, shape: AttnShape, causal: bool },
-    Elementwise { op: Elementwise, a: TensorId, b: TensorId, out: TensorId },
-    LastRow { x: TensorId, out: TensorId },
-    Softmax { x: TensorId, out: TensorId },
-    Sample { logits: TensorId, out: TensorId },
+    CacheWrite {
+        src: TensorId,
+        cache: TensorId,
+    },
+    Attention {
+        q: TensorId,
+        k_cache: TensorId,
+        v_cache: TensorId,
+        out: TensorId,
+        shape: AttnShape,
+        causal: bool,
+    },
+    Elementwise {
+        op: Elementwise,
+        a: TensorId,
+        b: TensorId,
+        out: TensorId,
+    },
+    LastRow {
+        x: TensorId,
+        out: TensorId,
+    },
+    Softmax {
+        x: TensorId,
+        out: TensorId,
+    },
+    Sample {
+        logits: TensorId,
+        out: TensorId,
+    },
 }
 
 impl Op {
@@ -64,7 +108,13 @@ impl Op {
             }
             Op::Rope { x, inv_freq, .. } => (vec![x, inv_freq], vec![x]),
             Op::CacheWrite { src, cache } => (vec![src], vec![cache]),
-            Op::Attention { q, k_cache, v_cache, out, .. } => (vec![q, k_cache, v_cache], vec![out]),
+            Op::Attention {
+                q,
+                k_cache,
+                v_cache,
+                out,
+                ..
+            } => (vec![q, k_cache, v_cache], vec![out]),
             Op::Elementwise { a, b, out, .. } => (vec![a, b], vec![out]),
             Op::LastRow { x, out } => (vec![x], vec![out]),
             Op::Softmax { x, out } => (vec![x], vec![out]),
@@ -94,7 +144,11 @@ impl Graph {
     }
 
     fn add(&mut self, shape: Vec<usize>, dtype: DType, source: Source) -> TensorId {
-        self.tensors.push(TensorDesc { shape, dtype, source });
+        self.tensors.push(TensorDesc {
+            shape,
+            dtype,
+            source,
+        });
         self.tensors.len() - 1
     }
 
@@ -133,7 +187,11 @@ impl Graph {
     fn expect_vector(&self, w: TensorId, n: usize, what: &str) -> Result<()> {
         let s = self.shape(w);
         if s.iter().product::<usize>() != n {
-            return Err(mismatch(&format!("{what} ({})", self.weight_of(w)?.name), &[n], s));
+            return Err(mismatch(
+                &format!("{what} ({})", self.weight_of(w)?.name),
+                &[n],
+                s,
+            ));
         }
         Ok(())
     }
@@ -159,7 +217,11 @@ impl Graph {
         let ws = self.shape(w).to_vec();
         if xs[1] != ws[1] {
             let name = &self.weight_of(w)?.name;
-            return Err(mismatch(&format!("weight {name} (input features)"), &[ws[0], xs[1]], &ws));
+            return Err(mismatch(
+                &format!("weight {name} (input features)"),
+                &[ws[0], xs[1]],
+                &ws,
+            ));
         }
         if let Some(b) = bias {
             self.expect_vector(b, ws[0], "bias")?;
@@ -169,12 +231,28 @@ impl Graph {
         Ok(out)
     }
 
-    pub fn rope(&mut self, x: TensorId, inv_freq: TensorId, heads: usize, head_dim: usize) -> Result<TensorId> {
+    pub fn rope(
+        &mut self,
+        x: TensorId,
+        inv_freq: TensorId,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<TensorId> {
         let rot_dims = 2 * self.shape(inv_freq).iter().product::<usize>();
         if self.shape(x)[1] != heads * head_dim || rot_dims > head_dim {
-            return Err(mismatch("rope input", &[self.shape(x)[0], heads * head_dim], self.shape(x)));
+            return Err(mismatch(
+                "rope input",
+                &[self.shape(x)[0], heads * head_dim],
+                self.shape(x),
+            ));
         }
-        self.ops.push(Op::Rope { x, inv_freq, heads, head_dim, rot_dims });
+        self.ops.push(Op::Rope {
+            x,
+            inv_freq,
+            heads,
+            head_dim,
+            rot_dims,
+        });
         Ok(x)
     }
 
@@ -186,18 +264,40 @@ impl Graph {
         Ok(())
     }
 
-    pub fn attention(&mut self, q: TensorId, k_cache: TensorId, v_cache: TensorId, shape: AttnShape, causal: bool) -> Result<TensorId> {
+    pub fn attention(
+        &mut self,
+        q: TensorId,
+        k_cache: TensorId,
+        v_cache: TensorId,
+        shape: AttnShape,
+        causal: bool,
+    ) -> Result<TensorId> {
         shape.validate()?;
         let qs = self.shape(q).to_vec();
         if qs[1] != shape.heads * shape.head_dim {
-            return Err(mismatch("attention queries", &[qs[0], shape.heads * shape.head_dim], &qs));
+            return Err(mismatch(
+                "attention queries",
+                &[qs[0], shape.heads * shape.head_dim],
+                &qs,
+            ));
         }
         let kv = shape.kv_heads * shape.head_dim;
         if self.shape(k_cache)[1] != kv || self.shape(v_cache)[1] != kv {
-            return Err(mismatch("attention KV cache", &[self.shape(k_cache)[0], kv], self.shape(k_cache)));
+            return Err(mismatch(
+                "attention KV cache",
+                &[self.shape(k_cache)[0], kv],
+                self.shape(k_cache),
+            ));
         }
         let out = self.activation(qs);
-        self.ops.push(Op::Attention { q, k_cache, v_cache, out, shape, causal });
+        self.ops.push(Op::Attention {
+            q,
+            k_cache,
+            v_cache,
+            out,
+            shape,
+            causal,
+        });
         Ok(out)
     }
 

@@ -8,6 +8,7 @@ pub mod executor;
 pub mod graph;
 pub mod kernels;
 pub mod planner;
+pub mod quant;
 pub mod readback;
 pub mod rng;
 pub mod session;

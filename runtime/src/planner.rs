@@ -40,7 +40,10 @@ pub fn plan(graph: &Graph) -> Assignment {
     // Tensors whose slot is freed after op i.
     let mut dies_after: Vec<Vec<TensorId>> = vec![Vec::new(); graph.ops.len()];
     for t in 0..n {
-        if matches!(graph.tensors[t].source, Source::Activation) && first_def[t].is_some() && last_use[t] != usize::MAX {
+        if matches!(graph.tensors[t].source, Source::Activation)
+            && first_def[t].is_some()
+            && last_use[t] != usize::MAX
+        {
             dies_after[last_use[t]].push(t);
         }
     }
@@ -49,7 +52,10 @@ pub fn plan(graph: &Graph) -> Assignment {
             if first_def[t] != Some(i) || !matches!(graph.tensors[t].source, Source::Activation) {
                 continue;
             }
-            let bytes = graph.tensors[t].dtype.bytes(graph.tensors[t].numel()).max(4);
+            let bytes = graph.tensors[t]
+                .dtype
+                .bytes(graph.tensors[t].numel())
+                .max(4);
             let slot = if last_use[t] == usize::MAX {
                 None
             } else {
@@ -76,5 +82,8 @@ pub fn plan(graph: &Graph) -> Assignment {
             }
         }
     }
-    Assignment { slot_of, slot_bytes }
+    Assignment {
+        slot_of,
+        slot_bytes,
+    }
 }

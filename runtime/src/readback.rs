@@ -36,7 +36,9 @@ pub fn read_buffer(gpu: &Arc<Gpu>, buffer: &wgpu::Buffer, offset: u64, size: u64
     });
     let mut enc = gpu
         .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("readback"),
+        });
     enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
     gpu.queue.submit([enc.finish()]);
     let slot = Arc::new(Mutex::new(Slot::default()));
@@ -104,13 +106,23 @@ impl Future for ReadFuture {
 }
 
 /// Read a buffer range as f32 values.
-pub async fn read_f32(gpu: &Arc<Gpu>, buffer: &wgpu::Buffer, offset: u64, count: usize) -> Result<Vec<f32>> {
+pub async fn read_f32(
+    gpu: &Arc<Gpu>,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    count: usize,
+) -> Result<Vec<f32>> {
     let bytes = read_buffer(gpu, buffer, offset, 4 * count as u64).await?;
     Ok(bytemuck::pod_collect_to_vec(&bytes))
 }
 
 /// Read a buffer range as u32 values.
-pub async fn read_u32(gpu: &Arc<Gpu>, buffer: &wgpu::Buffer, offset: u64, count: usize) -> Result<Vec<u32>> {
+pub async fn read_u32(
+    gpu: &Arc<Gpu>,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    count: usize,
+) -> Result<Vec<u32>> {
     let bytes = read_buffer(gpu, buffer, offset, 4 * count as u64).await?;
     Ok(bytemuck::pod_collect_to_vec(&bytes))
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::device::Gpu;
 use crate::error::{Error, Result};
+use crate::quant::{pad_blocks, QuantFormat};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -12,6 +13,8 @@ pub enum DType {
     /// IEEE half, stored packed two per u32 word.
     F16,
     U32,
+    /// ggml blocks, each padded to whole u32 words (see [`crate::quant`]).
+    Quant(QuantFormat),
 }
 
 impl DType {
@@ -20,6 +23,7 @@ impl DType {
         match self {
             DType::F32 | DType::U32 => 4 * n as u64,
             DType::F16 => (2 * n as u64).next_multiple_of(4),
+            DType::Quant(q) => q.gpu_bytes(n) as u64,
         }
     }
     pub fn name(self) -> &'static str {
@@ -27,6 +31,7 @@ impl DType {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::U32 => "u32",
+            DType::Quant(q) => q.name(),
         }
     }
 }
@@ -93,13 +98,31 @@ pub enum HostData<'a> {
     F32(&'a [f32]),
     /// f16 bit patterns.
     F16(&'a [u16]),
+    /// ggml blocks in file layout; each row is a whole number of blocks.
+    Quant(QuantFormat, &'a [u8]),
 }
 
 impl GpuWeight {
-    pub fn upload(gpu: &Gpu, name: &str, rows: usize, cols: usize, data: HostData<'_>) -> Result<Arc<GpuWeight>> {
+    pub fn upload(
+        gpu: &Gpu,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        data: HostData<'_>,
+    ) -> Result<Arc<GpuWeight>> {
         let (dtype, n) = match &data {
             HostData::F32(d) => (DType::F32, d.len()),
             HostData::F16(d) => (DType::F16, d.len()),
+            HostData::Quant(q, d) => {
+                if cols % q.block_elems() != 0 || d.len() % q.block_bytes() != 0 {
+                    return Err(Error::ShapeMismatch {
+                        context: format!("{} weight {name}: rows must be whole {}-value blocks", q.name(), q.block_elems()),
+                        expected: vec![rows, cols.next_multiple_of(q.block_elems())],
+                        got: vec![rows, cols],
+                    });
+                }
+                (DType::Quant(*q), d.len() / q.block_bytes() * q.block_elems())
+            }
         };
         if n != rows * cols {
             return Err(Error::ShapeMismatch {
@@ -127,9 +150,14 @@ impl GpuWeight {
         while start < rows {
             let count = per_chunk.min(rows - start);
             let (a, b) = (start * cols, (start + count) * cols);
+            let padded;
             let bytes: &[u8] = match &data {
                 HostData::F32(d) => bytemuck::cast_slice(&d[a..b]),
                 HostData::F16(d) => bytemuck::cast_slice(&d[a..b]),
+                HostData::Quant(q, d) => {
+                    padded = pad_blocks(*q, &d[q.file_bytes(a)..q.file_bytes(b)]);
+                    &padded
+                }
             };
             let buffer = gpu.storage_buffer_init(name, bytes);
             chunks.push(WeightChunk {

@@ -16,7 +16,9 @@ const MODELS: &[&str] = &["llama_gqa", "llama_tied", "qwen2"];
 const TOL: f64 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 /// Read a float32 .npy file: (shape, data).
@@ -25,8 +27,16 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     assert_eq!(&bytes[..6], b"\x93NUMPY", "{} is not .npy", path.display());
     let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     let header = std::str::from_utf8(&bytes[10..10 + hlen]).expect("npy header");
-    assert!(header.contains("'<f4'"), "{} is not float32", path.display());
-    let shape_txt = header.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).expect("shape");
+    assert!(
+        header.contains("'<f4'"),
+        "{} is not float32",
+        path.display()
+    );
+    let shape_txt = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("shape");
     let shape: Vec<usize> = shape_txt
         .split(',')
         .filter(|s| !s.trim().is_empty())
@@ -39,7 +49,12 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
 fn tokens(name: &str) -> Vec<u32> {
     let text = std::fs::read_to_string(fixture(name).join("tokens.json")).expect("tokens.json");
     let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-    v["tokens"].as_array().expect("tokens").iter().map(|t| t.as_u64().expect("id") as u32).collect()
+    v["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t.as_u64().expect("id") as u32)
+        .collect()
 }
 
 fn argmax_rows(data: &[f32], vocab: usize) -> Vec<usize> {
@@ -51,7 +66,11 @@ fn argmax_rows(data: &[f32], vocab: usize) -> Vec<usize> {
 fn check(what: &str, out: &[f32], reference: &[f32], vocab: usize) {
     let e = rel_err(out, reference);
     assert!(e <= TOL, "{what}: relative error {e:e} > {TOL:e}");
-    assert_eq!(argmax_rows(out, vocab), argmax_rows(reference, vocab), "{what}: argmax differs");
+    assert_eq!(
+        argmax_rows(out, vocab),
+        argmax_rows(reference, vocab),
+        "{what}: argmax differs"
+    );
 }
 
 fn run_modes(gpu: &Arc<Gpu>, name: &str) -> (Vec<f32>, Vec<f32>) {
@@ -77,13 +96,28 @@ fn fixtures_match_transformers_in_prefill_and_decode() {
         for gpu in gpus() {
             let b = gpu.backend_name();
             let (prefill, decode) = run_modes(&gpu, name);
-            check(&format!("{name} prefill on {b}"), &prefill, &want_prefill, vocab);
-            check(&format!("{name} decode on {b}"), &decode, &want_decode, vocab);
+            check(
+                &format!("{name} prefill on {b}"),
+                &prefill,
+                &want_prefill,
+                vocab,
+            );
+            check(
+                &format!("{name} decode on {b}"),
+                &decode,
+                &want_decode,
+                vocab,
+            );
             per_backend.push((b, prefill));
         }
         for w in per_backend.windows(2) {
             let e = rel_err(&w[0].1, &w[1].1);
-            assert!(e <= 1e-5, "{name}: {} and {} disagree (relative {e:e})", w[0].0, w[1].0);
+            assert!(
+                e <= 1e-5,
+                "{name}: {} and {} disagree (relative {e:e})",
+                w[0].0,
+                w[1].0
+            );
         }
     }
 }
@@ -100,7 +134,12 @@ fn split_weights_give_the_same_logits() {
         let toks = tokens(name);
         let mut s = model.session(&small, toks.len()).expect("session");
         let got = pollster::block_on(s.logits(&toks)).expect("prefill");
-        check(&format!("{name} split on {}", gpu.backend_name()), &got, &want, shape[1]);
+        check(
+            &format!("{name} split on {}", gpu.backend_name()),
+            &got,
+            &want,
+            shape[1],
+        );
     }
 }
 
@@ -117,7 +156,12 @@ fn gpu_greedy_sampling_follows_the_reference_argmax() {
         let mut s = model.session(&gpu, toks.len()).expect("session");
         for (i, &t) in toks.iter().enumerate() {
             let got = pollster::block_on(s.next_token(&[t], &Sampling::default())).expect("step");
-            assert_eq!(got as usize, expected[i], "position {i} on {}", gpu.backend_name());
+            assert_eq!(
+                got as usize,
+                expected[i],
+                "position {i} on {}",
+                gpu.backend_name()
+            );
         }
     }
 }
@@ -135,6 +179,11 @@ fn prefill_then_decode_continues_the_cache() {
         let mut s = model.session(&gpu, toks.len()).expect("session");
         let mut got = pollster::block_on(s.logits(&toks[..half])).expect("prefill");
         got.extend(pollster::block_on(s.logits(&toks[half..])).expect("second chunk"));
-        check(&format!("{name} chunked on {}", gpu.backend_name()), &got, &want, vocab);
+        check(
+            &format!("{name} chunked on {}", gpu.backend_name()),
+            &got,
+            &want,
+            vocab,
+        );
     }
 }

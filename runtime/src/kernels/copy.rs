@@ -18,8 +18,20 @@ pub struct CopyParams {
     pub dst_pos_stride: u32,
 }
 
-pub fn launch(gpu: &Gpu, step: &wgpu::Buffer, src: &wgpu::Buffer, dst: &wgpu::Buffer, p: CopyParams) -> Result<Dispatch> {
-    kernel!("copy").dispatch(gpu, &ShaderDefs::new(), &p, &[step, src, dst], gpu.grid(p.n.div_ceil(256)))
+pub fn launch(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    src: &wgpu::Buffer,
+    dst: &wgpu::Buffer,
+    p: CopyParams,
+) -> Result<Dispatch> {
+    kernel!("copy").dispatch(
+        gpu,
+        &ShaderDefs::new(),
+        &p,
+        &[step, src, dst],
+        gpu.grid(p.n.div_ceil(256)),
+    )
 }
 
 pub fn reference(src: &[f32], dst: &mut [f32], p: CopyParams, pos: u32) {

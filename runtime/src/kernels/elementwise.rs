@@ -21,10 +21,26 @@ struct Params {
     _p: [u32; 3],
 }
 
-pub fn launch(gpu: &Gpu, op: Elementwise, a: &wgpu::Buffer, b: &wgpu::Buffer, out: &wgpu::Buffer, n: usize) -> Result<Dispatch> {
+pub fn launch(
+    gpu: &Gpu,
+    op: Elementwise,
+    a: &wgpu::Buffer,
+    b: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    n: usize,
+) -> Result<Dispatch> {
     let defs = ShaderDefs::new().u32("OP", op as u32);
-    let params = Params { n: n as u32, _p: [0; 3] };
-    kernel!("elementwise").dispatch(gpu, &defs, &params, &[a, b, out], gpu.grid((n as u32).div_ceil(256)))
+    let params = Params {
+        n: n as u32,
+        _p: [0; 3],
+    };
+    kernel!("elementwise").dispatch(
+        gpu,
+        &defs,
+        &params,
+        &[a, b, out],
+        gpu.grid((n as u32).div_ceil(256)),
+    )
 }
 
 pub fn reference(op: Elementwise, a: &[f32], b: &[f32]) -> Vec<f32> {

@@ -19,7 +19,13 @@ struct Params {
 }
 
 /// One dispatch per chunk of the table; together they write every row of `out` [n_tokens, dim].
-pub fn launch(gpu: &Gpu, ids: &wgpu::Buffer, table: &GpuWeight, out: &wgpu::Buffer, n_tokens: usize) -> Result<Vec<Dispatch>> {
+pub fn launch(
+    gpu: &Gpu,
+    ids: &wgpu::Buffer,
+    table: &GpuWeight,
+    out: &wgpu::Buffer,
+    n_tokens: usize,
+) -> Result<Vec<Dispatch>> {
     let defs = weight_defs(ShaderDefs::new(), table.dtype);
     let n = (n_tokens * table.cols) as u32;
     table
@@ -32,13 +38,23 @@ pub fn launch(gpu: &Gpu, ids: &wgpu::Buffer, table: &GpuWeight, out: &wgpu::Buff
                 row_start: c.row_start as u32,
                 rows: c.rows as u32,
             };
-            kernel!("embedding").dispatch(gpu, &defs, &params, &[ids, &c.buffer, out], gpu.grid(n.div_ceil(256)))
+            kernel!("embedding").dispatch(
+                gpu,
+                &defs,
+                &params,
+                &[ids, &c.buffer, out],
+                gpu.grid(n.div_ceil(256)),
+            )
         })
         .collect()
 }
 
 pub fn reference(ids: &[u32], table: &[f32], dim: usize) -> Vec<f32> {
     ids.iter()
-        .flat_map(|&id| table[id as usize * dim..(id as usize + 1) * dim].iter().copied())
+        .flat_map(|&id| {
+            table[id as usize * dim..(id as usize + 1) * dim]
+                .iter()
+                .copied()
+        })
         .collect()
 }

@@ -21,7 +21,14 @@ struct Params {
 }
 
 /// One dispatch per weight chunk, each writing its columns of `y` [M, N].
-pub fn launch(gpu: &Gpu, x: &wgpu::Buffer, w: &GpuWeight, bias: Option<&wgpu::Buffer>, y: &wgpu::Buffer, m: usize) -> Result<Vec<Dispatch>> {
+pub fn launch(
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    w: &GpuWeight,
+    bias: Option<&wgpu::Buffer>,
+    y: &wgpu::Buffer,
+    m: usize,
+) -> Result<Vec<Dispatch>> {
     let defs = weight_defs(ShaderDefs::new(), w.dtype).bool("HAS_BIAS", bias.is_some());
     let bias = bias.unwrap_or(&gpu.dummy);
     let groups_m = (m as u32).div_ceil(64);
@@ -44,13 +51,26 @@ pub fn launch(gpu: &Gpu, x: &wgpu::Buffer, w: &GpuWeight, bias: Option<&wgpu::Bu
                 _p: [0; 3],
             };
             let groups_n = (c.rows as u32).div_ceil(64);
-            kernel!("matmul").dispatch(gpu, &defs, &params, &[x, &c.buffer, bias, y], [groups_n, groups_m, 1])
+            kernel!("matmul").dispatch(
+                gpu,
+                &defs,
+                &params,
+                &[x, &c.buffer, bias, y],
+                [groups_n, groups_m, 1],
+            )
         })
         .collect()
 }
 
 /// `y[i, n] = sum_k x[i, k] w[n, k] + b[n]`.
-pub fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
+pub fn reference(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
     let mut y = vec![0.0; m * n];
     for i in 0..m {
         for j in 0..n {

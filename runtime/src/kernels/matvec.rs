@@ -18,7 +18,13 @@ struct Params {
 }
 
 /// One dispatch per weight chunk, each writing its rows of `y` [N].
-pub fn launch(gpu: &Gpu, x: &wgpu::Buffer, w: &GpuWeight, bias: Option<&wgpu::Buffer>, y: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
+pub fn launch(
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    w: &GpuWeight,
+    bias: Option<&wgpu::Buffer>,
+    y: &wgpu::Buffer,
+) -> Result<Vec<Dispatch>> {
     let defs = weight_defs(ShaderDefs::new(), w.dtype).bool("HAS_BIAS", bias.is_some());
     let bias = bias.unwrap_or(&gpu.dummy);
     w.chunks
@@ -30,7 +36,13 @@ pub fn launch(gpu: &Gpu, x: &wgpu::Buffer, w: &GpuWeight, bias: Option<&wgpu::Bu
                 col_offset: c.row_start as u32,
                 _p: 0,
             };
-            kernel!("matvec").dispatch(gpu, &defs, &params, &[x, &c.buffer, bias, y], gpu.grid((c.rows as u32).div_ceil(8)))
+            kernel!("matvec").dispatch(
+                gpu,
+                &defs,
+                &params,
+                &[x, &c.buffer, bias, y],
+                gpu.grid((c.rows as u32).div_ceil(8)),
+            )
         })
         .collect()
 }
@@ -39,7 +51,11 @@ pub fn launch(gpu: &Gpu, x: &wgpu::Buffer, w: &GpuWeight, bias: Option<&wgpu::Bu
 pub fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, k: usize) -> Vec<f32> {
     (0..n)
         .map(|r| {
-            let dot: f32 = w[r * k..(r + 1) * k].iter().zip(x).map(|(a, b)| a * b).sum();
+            let dot: f32 = w[r * k..(r + 1) * k]
+                .iter()
+                .zip(x)
+                .map(|(a, b)| a * b)
+                .sum();
             dot + bias.map_or(0.0, |b| b[r])
         })
         .collect()

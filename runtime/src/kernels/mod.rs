@@ -101,7 +101,9 @@ pub(crate) use kernel;
 pub fn submit(gpu: &Gpu, dispatches: &[Dispatch]) {
     let mut enc = gpu
         .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kestrel") });
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("kestrel"),
+        });
     record(&mut enc, dispatches);
     gpu.queue.submit([enc.finish()]);
 }

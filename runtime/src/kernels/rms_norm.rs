@@ -16,14 +16,28 @@ struct Params {
     _p: u32,
 }
 
-pub fn launch(gpu: &Gpu, x: &wgpu::Buffer, w: &wgpu::Buffer, out: &wgpu::Buffer, rows: usize, dim: usize, eps: f32) -> Result<Dispatch> {
+pub fn launch(
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    w: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+) -> Result<Dispatch> {
     let params = Params {
         rows: rows as u32,
         dim: dim as u32,
         eps,
         _p: 0,
     };
-    kernel!("rms_norm").dispatch(gpu, &ShaderDefs::new(), &params, &[x, w, out], gpu.grid(rows as u32))
+    kernel!("rms_norm").dispatch(
+        gpu,
+        &ShaderDefs::new(),
+        &params,
+        &[x, w, out],
+        gpu.grid(rows as u32),
+    )
 }
 
 pub fn reference(x: &[f32], w: &[f32], dim: usize, eps: f32) -> Vec<f32> {

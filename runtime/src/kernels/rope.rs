@@ -35,7 +35,13 @@ pub fn launch(
         rot_half: (rot_dims / 2) as u32,
     };
     let n = (n_tokens * heads * rot_dims / 2) as u32;
-    kernel!("rope").dispatch(gpu, &ShaderDefs::new(), &params, &[step, x, inv_freq], gpu.grid(n.div_ceil(256)))
+    kernel!("rope").dispatch(
+        gpu,
+        &ShaderDefs::new(),
+        &params,
+        &[step, x, inv_freq],
+        gpu.grid(n.div_ceil(256)),
+    )
 }
 
 /// Inverse frequencies `theta^(-2i/rot_dims)`, optionally with Llama-3 frequency scaling.
@@ -79,7 +85,13 @@ impl Llama3Scaling {
     }
 }
 
-pub fn reference(x: &[f32], inv_freq: &[f32], pos: usize, heads: usize, head_dim: usize) -> Vec<f32> {
+pub fn reference(
+    x: &[f32],
+    inv_freq: &[f32],
+    pos: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Vec<f32> {
     let half = inv_freq.len();
     let mut out = x.to_vec();
     for (t, tok) in out.chunks_mut(heads * head_dim).enumerate() {

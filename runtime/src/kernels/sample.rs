@@ -18,13 +18,26 @@ struct Params {
 }
 
 /// Sample from `logits[offset .. offset + vocab]` with the settings in the step uniform.
-pub fn launch(gpu: &Gpu, step: &wgpu::Buffer, logits: &wgpu::Buffer, out: &wgpu::Buffer, vocab: usize, offset: usize) -> Result<Dispatch> {
+pub fn launch(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    logits: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    vocab: usize,
+    offset: usize,
+) -> Result<Dispatch> {
     let params = Params {
         n: vocab as u32,
         offset: offset as u32,
         _p: [0; 2],
     };
-    kernel!("sample").dispatch(gpu, &ShaderDefs::new(), &params, &[step, logits, out], [1, 1, 1])
+    kernel!("sample").dispatch(
+        gpu,
+        &ShaderDefs::new(),
+        &params,
+        &[step, logits, out],
+        [1, 1, 1],
+    )
 }
 
 /// The tokens the sampler may draw (`kept`), their unnormalised probabilities, and the draw

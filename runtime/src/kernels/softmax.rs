@@ -15,13 +15,25 @@ struct Params {
     _p: [u32; 2],
 }
 
-pub fn launch(gpu: &Gpu, x: &wgpu::Buffer, out: &wgpu::Buffer, rows: usize, dim: usize) -> Result<Dispatch> {
+pub fn launch(
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    rows: usize,
+    dim: usize,
+) -> Result<Dispatch> {
     let params = Params {
         rows: rows as u32,
         dim: dim as u32,
         _p: [0; 2],
     };
-    kernel!("softmax").dispatch(gpu, &ShaderDefs::new(), &params, &[x, out], gpu.grid(rows as u32))
+    kernel!("softmax").dispatch(
+        gpu,
+        &ShaderDefs::new(),
+        &params,
+        &[x, out],
+        gpu.grid(rows as u32),
+    )
 }
 
 pub fn reference(x: &[f32], dim: usize) -> Vec<f32> {

@@ -1,0 +1,221 @@
+//! Block-quantized weight formats (ggml's), their CPU dequantization (the reference for the
+//! GPU kernels), and the GPU layout: the same blocks, each padded to a multiple of 4 bytes
+//! so a kernel can address a block as u32 words (at most 11% larger than the file).
+
+use half::f16;
+
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantFormat {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+}
+
+pub const ALL: [QuantFormat; 8] = [
+    QuantFormat::Q4_0,
+    QuantFormat::Q4_1,
+    QuantFormat::Q5_0,
+    QuantFormat::Q5_1,
+    QuantFormat::Q8_0,
+    QuantFormat::Q4_K,
+    QuantFormat::Q5_K,
+    QuantFormat::Q6_K,
+];
+
+impl QuantFormat {
+    /// Values per block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            QuantFormat::Q4_K | QuantFormat::Q5_K | QuantFormat::Q6_K => 256,
+            _ => 32,
+        }
+    }
+
+    /// Bytes per block in a GGUF file.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QuantFormat::Q4_0 => 18,
+            QuantFormat::Q4_1 => 20,
+            QuantFormat::Q5_0 => 22,
+            QuantFormat::Q5_1 => 24,
+            QuantFormat::Q8_0 => 34,
+            QuantFormat::Q4_K => 144,
+            QuantFormat::Q5_K => 176,
+            QuantFormat::Q6_K => 210,
+        }
+    }
+
+    /// Bytes per block on the GPU (padded to whole u32 words).
+    pub fn gpu_block_bytes(self) -> usize {
+        self.block_bytes().next_multiple_of(4)
+    }
+
+    /// The `QFORMAT` constant the shaders are specialised with.
+    pub fn shader_id(self) -> u32 {
+        match self {
+            QuantFormat::Q4_0 => 2,
+            QuantFormat::Q4_1 => 3,
+            QuantFormat::Q5_0 => 6,
+            QuantFormat::Q5_1 => 7,
+            QuantFormat::Q8_0 => 8,
+            QuantFormat::Q4_K => 12,
+            QuantFormat::Q5_K => 13,
+            QuantFormat::Q6_K => 14,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantFormat::Q4_0 => "Q4_0",
+            QuantFormat::Q4_1 => "Q4_1",
+            QuantFormat::Q5_0 => "Q5_0",
+            QuantFormat::Q5_1 => "Q5_1",
+            QuantFormat::Q8_0 => "Q8_0",
+            QuantFormat::Q4_K => "Q4_K",
+            QuantFormat::Q5_K => "Q5_K",
+            QuantFormat::Q6_K => "Q6_K",
+        }
+    }
+
+    /// File bytes of `n` values (n a multiple of the block size).
+    pub fn file_bytes(self, n: usize) -> usize {
+        n / self.block_elems() * self.block_bytes()
+    }
+
+    /// GPU bytes of `n` values.
+    pub fn gpu_bytes(self, n: usize) -> usize {
+        n / self.block_elems() * self.gpu_block_bytes()
+    }
+}
+
+/// Copy file blocks into the GPU layout (each block padded with zeros to whole words).
+pub fn pad_blocks(format: QuantFormat, bytes: &[u8]) -> Vec<u8> {
+    let (b, g) = (format.block_bytes(), format.gpu_block_bytes());
+    if b == g {
+        return bytes.to_vec();
+    }
+    let mut out = Vec::with_capacity(bytes.len() / b * g);
+    for block in bytes.chunks_exact(b) {
+        out.extend_from_slice(block);
+        out.resize(out.len() + g - b, 0);
+    }
+    out
+}
+
+fn half_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Scale and min of sub-block `j` (0..8) of a Q4_K/Q5_K block's 12 packed scale bytes.
+fn scale_min_k4(j: usize, s: &[u8]) -> (f32, f32) {
+    if j < 4 {
+        ((s[j] & 63) as f32, (s[j + 4] & 63) as f32)
+    } else {
+        (
+            ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4)) as f32,
+            ((s[j + 4] >> 4) | ((s[j] >> 6) << 4)) as f32,
+        )
+    }
+}
+
+/// Dequantize one file-layout block into `y` (block_elems values).
+pub fn dequantize_block(format: QuantFormat, b: &[u8], y: &mut [f32]) {
+    match format {
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
+            let d = half_at(b, 0);
+            let (m, qs) = if format == QuantFormat::Q4_1 {
+                (half_at(b, 2), &b[4..20])
+            } else {
+                (-8.0 * d, &b[2..18])
+            };
+            for j in 0..16 {
+                y[j] = (qs[j] & 0xF) as f32 * d + m;
+                y[j + 16] = (qs[j] >> 4) as f32 * d + m;
+            }
+        }
+        QuantFormat::Q5_0 | QuantFormat::Q5_1 => {
+            let d = half_at(b, 0);
+            let (m, rest) = if format == QuantFormat::Q5_1 {
+                (half_at(b, 2), &b[4..])
+            } else {
+                (-16.0 * d, &b[2..])
+            };
+            let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            let qs = &rest[4..20];
+            for j in 0..16 {
+                let h0 = ((qh >> j) << 4) & 0x10;
+                let h1 = (qh >> (j + 12)) & 0x10;
+                y[j] = ((qs[j] & 0xF) as u32 | h0) as f32 * d + m;
+                y[j + 16] = ((qs[j] >> 4) as u32 | h1) as f32 * d + m;
+            }
+        }
+        QuantFormat::Q8_0 => {
+            let d = half_at(b, 0);
+            for j in 0..32 {
+                y[j] = (b[2 + j] as i8) as f32 * d;
+            }
+        }
+        QuantFormat::Q4_K | QuantFormat::Q5_K => {
+            let d = half_at(b, 0);
+            let dmin = half_at(b, 2);
+            let scales = &b[4..16];
+            let (qh, qs) = if format == QuantFormat::Q5_K {
+                (Some(&b[16..48]), &b[48..176])
+            } else {
+                (None, &b[16..144])
+            };
+            for chunk in 0..4 {
+                let (s1, m1) = scale_min_k4(2 * chunk, scales);
+                let (s2, m2) = scale_min_k4(2 * chunk + 1, scales);
+                let q = &qs[32 * chunk..32 * chunk + 32];
+                for l in 0..32 {
+                    let (mut lo, mut hi) = ((q[l] & 0xF) as f32, (q[l] >> 4) as f32);
+                    if let Some(qh) = qh {
+                        lo += if qh[l] & (1 << (2 * chunk)) != 0 { 16.0 } else { 0.0 };
+                        hi += if qh[l] & (2 << (2 * chunk)) != 0 { 16.0 } else { 0.0 };
+                    }
+                    y[64 * chunk + l] = d * s1 * lo - dmin * m1;
+                    y[64 * chunk + 32 + l] = d * s2 * hi - dmin * m2;
+                }
+            }
+        }
+        QuantFormat::Q6_K => {
+            let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+            let d = half_at(b, 208);
+            for half in 0..2 {
+                let (ql, qh, sc) = (&ql[64 * half..], &qh[32 * half..], &sc[8 * half..]);
+                for l in 0..32 {
+                    let is = l / 16;
+                    let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+                    let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                    let y = &mut y[128 * half..];
+                    y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+                    y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+                    y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+                    y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+                }
+            }
+        }
+    }
+}
+
+/// Dequantize file-layout blocks (the CPU reference of every quantized kernel).
+pub fn dequantize(format: QuantFormat, bytes: &[u8]) -> Vec<f32> {
+    let n = bytes.len() / format.block_bytes() * format.block_elems();
+    let mut y = vec![0.0; n];
+    for (block, out) in bytes
+        .chunks_exact(format.block_bytes())
+        .zip(y.chunks_exact_mut(format.block_elems()))
+    {
+        dequantize_block(format, block, out);
+    }
+    y
+}

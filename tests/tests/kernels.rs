@@ -1,0 +1,901 @@
+//! Every kernel against its CPU reference, on fresh random inputs, on every backend of
+//! `kestrel_tests::gpus()`; sizes are deliberately not multiples of tiles or workgroups, and
+//! every output buffer starts as NaN so an unwritten element fails the comparison.
+//! `shaders_validate_without_gpu` checks every WGSL file with naga on the CPU alone.
+//!
+//! Tolerances (relative error ||gpu - ref|| / ||ref||), none widened to make a test pass:
+//! * `EXACT` (bitwise): copies, gathers, add and mul (one correctly rounded f32 op each).
+//! * `SUM_TOL` = 1e-5: matmul, matvec, rms_norm, softmax, swiglu. The GPU sums up to about a
+//!   thousand f32 terms in another order than the CPU's sequential f32 sum (tiles, tree
+//!   reductions); for random data each side is off by about sqrt(K) * 2^-24 < 2e-6, so 1e-5
+//!   has headroom, while any indexing or masking error gives errors of order 1.
+//! * `ATTN_TOL` = 1e-5: attention against the f64 reference: f32 dot products of head_dim
+//!   terms, f32 exp, and an online-softmax rescale per key; all O(1e-6).
+//! * `ROPE_TOL` = 1e-5: the rotation angle is the same f32 product on both sides; only the
+//!   GPU's sin/cos differ from Rust's, by a few ulp of the angle (|angle| <= ~130 here).
+//! * f16 weights are rounded to f16 (the `half` crate) for the reference too, so they take
+//!   the same tolerances as f32: the GPU widens f16 to f32 exactly.
+
+use std::sync::Arc;
+
+use half::f16;
+use kestrel_runtime::kernels::attention::{self, AttnShape};
+use kestrel_runtime::kernels::copy::{self, CopyParams};
+use kestrel_runtime::kernels::elementwise::{self, Elementwise};
+use kestrel_runtime::kernels::rope::{self, Llama3Scaling};
+use kestrel_runtime::kernels::{
+    decode_attention, embedding, matmul, matvec, rms_norm, sample, softmax, Step,
+};
+use kestrel_runtime::rng::Rng;
+use kestrel_runtime::shader::ShaderDefs;
+use kestrel_runtime::tensor::{GpuWeight, HostData};
+use kestrel_runtime::Gpu;
+use kestrel_tests::*;
+
+const SUM_TOL: f64 = 1e-5;
+const ATTN_TOL: f64 = 1e-5;
+const ROPE_TOL: f64 = 1e-5;
+/// Vulkan and GL run the same WGSL; their outputs may differ only by f32 rounding.
+const BACKEND_TOL: f64 = 1e-5;
+
+/// Round to f16: the bit patterns to upload and the values the GPU will read.
+fn to_f16(v: &[f32]) -> (Vec<u16>, Vec<f32>) {
+    let bits: Vec<u16> = v.iter().map(|&x| f16::from_f32(x).to_bits()).collect();
+    let rounded = bits.iter().map(|&b| f16::from_bits(b).to_f32()).collect();
+    (bits, rounded)
+}
+
+/// Upload `data` [rows, cols] as an f32 or f16 weight; returns it with the values the GPU sees.
+fn weight(
+    gpu: &Gpu,
+    rows: usize,
+    cols: usize,
+    data: &[f32],
+    f16: bool,
+) -> (Arc<GpuWeight>, Vec<f32>) {
+    if f16 {
+        let (bits, rounded) = to_f16(data);
+        (
+            GpuWeight::upload(gpu, "w16", rows, cols, HostData::F16(&bits)).unwrap(),
+            rounded,
+        )
+    } else {
+        (
+            GpuWeight::upload(gpu, "w32", rows, cols, HostData::F32(data)).unwrap(),
+            data.to_vec(),
+        )
+    }
+}
+
+/// `gpu`, or a view of it whose binding limit splits a weight of `rows` rows of
+/// `row_bytes` into chunks of `split_rows` rows.
+fn limited(gpu: &Arc<Gpu>, split_rows: Option<usize>, row_bytes: u64) -> Arc<Gpu> {
+    match split_rows {
+        Some(r) => gpu.with_max_binding(r as u64 * row_bytes),
+        None => gpu.clone(),
+    }
+}
+
+fn f16_row_bytes(cols: usize) -> u64 {
+    (2 * cols as u64).next_multiple_of(4)
+}
+
+// ---------------------------------------------------------------- matmul / matvec
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_case(
+    gpu: &Arc<Gpu>,
+    m: usize,
+    n: usize,
+    k: usize,
+    f16: bool,
+    bias: bool,
+    split_rows: Option<usize>,
+    seed: u64,
+) -> Vec<f32> {
+    let row_bytes = if f16 { f16_row_bytes(k) } else { 4 * k as u64 };
+    let gpu = &limited(gpu, split_rows, row_bytes);
+    let mut rng = Rng::new(seed);
+    let x = rng.vec(m * k, 1.0);
+    let (w, w_ref) = weight(gpu, n, k, &rng.vec(n * k, 1.0), f16);
+    let b = bias.then(|| rng.vec(n, 1.0));
+    if split_rows.is_some() {
+        assert!(
+            w.chunks.len() > 2,
+            "weight was not split: {} chunk(s)",
+            w.chunks.len()
+        );
+    }
+    let xb = upload_f32(gpu, &x);
+    let bb = b.as_ref().map(|b| upload_f32(gpu, b));
+    let y = poisoned(gpu, m * n);
+    let d = matmul::launch(gpu, &xb, &w, bb.as_ref(), &y, m).unwrap();
+    run(gpu, &d);
+    let out = read(gpu, &y, m * n);
+    let reference = matmul::reference(&x, &w_ref, b.as_deref(), m, n, k);
+    let what = format!(
+        "matmul {m}x{n}x{k} f16={f16} bias={bias} chunks={} on {}",
+        w.chunks.len(),
+        gpu.backend_name()
+    );
+    assert_close(&what, &out, &reference, SUM_TOL);
+    out
+}
+
+#[test]
+fn matmul_matches_reference() {
+    let mut seed = 100;
+    for (m, n, k) in [(37, 70, 45), (65, 130, 64), (1, 67, 33), (130, 9, 200)] {
+        for f16 in [false, true] {
+            for bias in [false, true] {
+                seed += 1;
+                let outs: Vec<_> = gpus()
+                    .iter()
+                    .map(|g| {
+                        (
+                            g.backend_name(),
+                            matmul_case(g, m, n, k, f16, bias, None, seed),
+                        )
+                    })
+                    .collect();
+                assert_backends_agree(&format!("matmul {m}x{n}x{k} f16={f16}"), &outs, BACKEND_TOL);
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_split_weights() {
+    for gpu in gpus() {
+        // 70 rows in chunks of 17 (17, 17, 17, 17, 2): chunk edges inside the 64-wide tiles.
+        matmul_case(&gpu, 37, 70, 45, false, true, Some(17), 201);
+        matmul_case(&gpu, 37, 70, 45, true, false, Some(17), 202);
+        matmul_case(&gpu, 65, 130, 64, true, true, Some(50), 203);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matvec_case(
+    gpu: &Arc<Gpu>,
+    n: usize,
+    k: usize,
+    f16: bool,
+    bias: bool,
+    split_rows: Option<usize>,
+    seed: u64,
+) -> Vec<f32> {
+    let row_bytes = if f16 { f16_row_bytes(k) } else { 4 * k as u64 };
+    let gpu = &limited(gpu, split_rows, row_bytes);
+    let mut rng = Rng::new(seed);
+    let x = rng.vec(k, 1.0);
+    let (w, w_ref) = weight(gpu, n, k, &rng.vec(n * k, 1.0), f16);
+    let b = bias.then(|| rng.vec(n, 1.0));
+    if split_rows.is_some() {
+        assert!(
+            w.chunks.len() > 2,
+            "weight was not split: {} chunk(s)",
+            w.chunks.len()
+        );
+    }
+    let xb = upload_f32(gpu, &x);
+    let bb = b.as_ref().map(|b| upload_f32(gpu, b));
+    let y = poisoned(gpu, n);
+    let d = matvec::launch(gpu, &xb, &w, bb.as_ref(), &y).unwrap();
+    run(gpu, &d);
+    let out = read(gpu, &y, n);
+    let reference = matvec::reference(&x, &w_ref, b.as_deref(), n, k);
+    let what = format!(
+        "matvec {n}x{k} f16={f16} bias={bias} chunks={} on {}",
+        w.chunks.len(),
+        gpu.backend_name()
+    );
+    assert_close(&what, &out, &reference, SUM_TOL);
+    out
+}
+
+#[test]
+fn matvec_matches_reference() {
+    let mut seed = 300;
+    // Odd K (the f16 path reading halves across words), even K (two halves per word), long K.
+    for (n, k) in [(300, 129), (300, 128), (77, 1000), (5, 3)] {
+        for f16 in [false, true] {
+            for bias in [false, true] {
+                seed += 1;
+                let outs: Vec<_> = gpus()
+                    .iter()
+                    .map(|g| {
+                        (
+                            g.backend_name(),
+                            matvec_case(g, n, k, f16, bias, None, seed),
+                        )
+                    })
+                    .collect();
+                assert_backends_agree(&format!("matvec {n}x{k} f16={f16}"), &outs, BACKEND_TOL);
+            }
+        }
+    }
+}
+
+#[test]
+fn matvec_split_weights() {
+    for gpu in gpus() {
+        matvec_case(&gpu, 300, 129, true, true, Some(37), 401); // odd K, f16: chunks kept even
+        matvec_case(&gpu, 300, 128, true, false, Some(37), 402);
+        matvec_case(&gpu, 300, 129, false, true, Some(37), 403);
+    }
+}
+
+// ---------------------------------------------------------------- embedding
+
+fn embedding_case(
+    gpu: &Arc<Gpu>,
+    vocab: usize,
+    dim: usize,
+    f16: bool,
+    split_rows: Option<usize>,
+    seed: u64,
+) {
+    let row_bytes = if f16 {
+        f16_row_bytes(dim)
+    } else {
+        4 * dim as u64
+    };
+    let gpu = &limited(gpu, split_rows, row_bytes);
+    let mut rng = Rng::new(seed);
+    let (table, table_ref) = weight(gpu, vocab, dim, &rng.vec(vocab * dim, 1.0), f16);
+    if split_rows.is_some() {
+        assert!(
+            table.chunks.len() > 2,
+            "table was not split: {} chunk(s)",
+            table.chunks.len()
+        );
+    }
+    // The first and last ids, a repeat, and the first and last rows of chunks of 8 and 9 rows.
+    let v = vocab as u32;
+    let mut ids = vec![0, v - 1, 1, 17, 17, v / 2, v - 2, 8, 9, 16, 18, 26, 27];
+    ids.extend((0..6).map(|_| rng.below(vocab as u32)));
+    let idb = upload_u32(gpu, &ids);
+    let out = poisoned(gpu, ids.len() * dim);
+    let d = embedding::launch(gpu, &idb, &table, &out, ids.len()).unwrap();
+    run(gpu, &d);
+    let got = read(gpu, &out, ids.len() * dim);
+    let reference = embedding::reference(&ids, &table_ref, dim);
+    let what = format!(
+        "embedding {vocab}x{dim} f16={f16} chunks={} on {}",
+        table.chunks.len(),
+        gpu.backend_name()
+    );
+    assert_same_bits(&what, &got, &reference);
+}
+
+#[test]
+fn embedding_matches_reference() {
+    for gpu in gpus() {
+        let mut seed = 500;
+        for (vocab, dim) in [(103, 45), (103, 64), (1000, 7)] {
+            for f16 in [false, true] {
+                seed += 1;
+                embedding_case(&gpu, vocab, dim, f16, None, seed);
+                // Odd dims with f16 need chunks with an even number of rows.
+                embedding_case(&gpu, vocab, dim, f16, Some(9), seed + 50);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- elementwise, norms, softmax
+
+#[test]
+fn elementwise_matches_reference() {
+    for gpu in gpus() {
+        let mut seed = 600;
+        for n in [1000, 300, 1] {
+            for op in [Elementwise::Add, Elementwise::SwiGlu, Elementwise::Mul] {
+                seed += 1;
+                let mut rng = Rng::new(seed);
+                let a = rng.vec(n, 4.0);
+                let b = rng.vec(n, 2.0);
+                let (ab, bb, out) = (
+                    upload_f32(&gpu, &a),
+                    upload_f32(&gpu, &b),
+                    poisoned(&gpu, n),
+                );
+                run(
+                    &gpu,
+                    &[elementwise::launch(&gpu, op, &ab, &bb, &out, n).unwrap()],
+                );
+                let got = read(&gpu, &out, n);
+                let reference = elementwise::reference(op, &a, &b);
+                let what = format!("{op:?} n={n} on {}", gpu.backend_name());
+                match op {
+                    Elementwise::SwiGlu => assert_close(&what, &got, &reference, SUM_TOL),
+                    _ => assert_same_bits(&what, &got, &reference),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn rms_norm_matches_reference() {
+    for gpu in gpus() {
+        let mut seed = 700;
+        for (rows, dim, eps) in [
+            (3, 64, 1e-5),
+            (5, 1000, 1e-6),
+            (1, 37, 1e-5),
+            (2, 2049, 1e-5),
+        ] {
+            seed += 1;
+            let mut rng = Rng::new(seed);
+            let x = rng.vec(rows * dim, 3.0);
+            let w = rng.vec(dim, 1.5);
+            let (xb, wb, out) = (
+                upload_f32(&gpu, &x),
+                upload_f32(&gpu, &w),
+                poisoned(&gpu, rows * dim),
+            );
+            run(
+                &gpu,
+                &[rms_norm::launch(&gpu, &xb, &wb, &out, rows, dim, eps).unwrap()],
+            );
+            let got = read(&gpu, &out, rows * dim);
+            let reference = rms_norm::reference(&x, &w, dim, eps);
+            assert_close(
+                &format!("rms_norm {rows}x{dim} on {}", gpu.backend_name()),
+                &got,
+                &reference,
+                SUM_TOL,
+            );
+        }
+    }
+}
+
+#[test]
+fn softmax_matches_reference() {
+    for gpu in gpus() {
+        let mut seed = 800;
+        for (rows, dim) in [(4, 1000), (2, 37), (1, 4099), (3, 1)] {
+            seed += 1;
+            let mut rng = Rng::new(seed);
+            let x = rng.vec(rows * dim, 8.0);
+            let (xb, out) = (upload_f32(&gpu, &x), poisoned(&gpu, rows * dim));
+            run(
+                &gpu,
+                &[softmax::launch(&gpu, &xb, &out, rows, dim).unwrap()],
+            );
+            let got = read(&gpu, &out, rows * dim);
+            let reference = softmax::reference(&x, dim);
+            assert_close(
+                &format!("softmax {rows}x{dim} on {}", gpu.backend_name()),
+                &got,
+                &reference,
+                SUM_TOL,
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- rope, copy
+
+#[test]
+fn rope_matches_reference() {
+    let llama3 = Llama3Scaling {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position: 8192.0,
+    };
+    // (heads, head_dim, rot_dims, theta, scaling, pos, tokens)
+    let cases = [
+        (3, 64, 64, 10000.0, None, 0, 7),
+        (3, 64, 64, 10000.0, None, 37, 7),
+        (2, 64, 32, 10000.0, None, 11, 5), // partial rotary: dims 32..64 untouched
+        (4, 128, 128, 500000.0, Some(llama3), 100, 5),
+        (4, 128, 128, 500000.0, Some(llama3), 0, 29),
+        (1, 16, 16, 10000.0, None, 3, 1),
+    ];
+    for gpu in gpus() {
+        for (i, &(heads, hd, rot, theta, scaling, pos, t)) in cases.iter().enumerate() {
+            let mut rng = Rng::new(900 + i as u64);
+            let x = rng.vec(t * heads * hd, 2.0);
+            let freqs = rope::inv_freq(theta, rot, scaling);
+            let (xb, fb) = (upload_f32(&gpu, &x), upload_f32(&gpu, &freqs));
+            let sb = step_buffer(&gpu, &step(pos, t as u32));
+            run(
+                &gpu,
+                &[rope::launch(&gpu, &sb, &xb, &fb, t, heads, hd, rot).unwrap()],
+            );
+            let got = read(&gpu, &xb, x.len());
+            let reference = rope::reference(&x, &freqs, pos as usize, heads, hd);
+            let what = format!(
+                "rope heads={heads} hd={hd} rot={rot} pos={pos} T={t} on {}",
+                gpu.backend_name()
+            );
+            assert_close(&what, &got, &reference, ROPE_TOL);
+        }
+    }
+}
+
+#[test]
+fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
+    let s = Llama3Scaling {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position: 8192.0,
+    };
+    let plain = rope::inv_freq(500000.0, 128, None);
+    let scaled = rope::inv_freq(500000.0, 128, Some(s));
+    let mut regimes = [0; 3];
+    for (&p, &q) in plain.iter().zip(&scaled) {
+        let wavelen = 2.0 * std::f32::consts::PI / p;
+        if wavelen < 8192.0 / 4.0 {
+            assert_eq!(p, q);
+            regimes[0] += 1;
+        } else if wavelen > 8192.0 {
+            assert_eq!(p / 8.0, q);
+            regimes[2] += 1;
+        } else {
+            assert!(
+                q < p && q > p / 8.0,
+                "smoothed frequency {q} outside ({}, {p})",
+                p / 8.0
+            );
+            regimes[1] += 1;
+        }
+    }
+    assert!(
+        regimes.iter().all(|&c| c > 0),
+        "all three regimes exercised: {regimes:?}"
+    );
+}
+
+#[test]
+fn copy_matches_reference() {
+    for gpu in gpus() {
+        // Append 300 values at row pos of a cache with rows of 300, from an offset source;
+        // take the last row of a [4, 37] sequence (stride 0).
+        let cases = [
+            (
+                CopyParams {
+                    n: 300,
+                    src_offset: 7,
+                    dst_offset: 5,
+                    dst_pos_stride: 300,
+                },
+                3,
+                320,
+                5 + 300 * 5,
+            ),
+            (
+                CopyParams {
+                    n: 37,
+                    src_offset: 3 * 37,
+                    dst_offset: 0,
+                    dst_pos_stride: 0,
+                },
+                9,
+                4 * 37,
+                37,
+            ),
+            (
+                CopyParams {
+                    n: 600,
+                    src_offset: 0,
+                    dst_offset: 0,
+                    dst_pos_stride: 300,
+                },
+                2,
+                600,
+                300 * 6,
+            ),
+        ];
+        for (i, &(p, pos, src_len, dst_len)) in cases.iter().enumerate() {
+            let mut rng = Rng::new(1000 + i as u64);
+            let src = rng.vec(src_len, 1.0);
+            let (sb, db) = (upload_f32(&gpu, &src), poisoned(&gpu, dst_len));
+            let stb = step_buffer(&gpu, &step(pos, 1));
+            run(&gpu, &[copy::launch(&gpu, &stb, &sb, &db, p).unwrap()]);
+            let got = read(&gpu, &db, dst_len);
+            let mut reference = vec![f32::NAN; dst_len];
+            copy::reference(&src, &mut reference, p, pos);
+            assert_same_bits(
+                &format!("copy {p:?} pos={pos} on {}", gpu.backend_name()),
+                &got,
+                &reference,
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- attention
+
+/// A KV cache [capacity, kv_heads * hd]: random rows up to `len`, NaN after (a kernel that
+/// reads past the live length produces NaN).
+fn kv_cache(rng: &mut Rng, len: usize, capacity: usize, width: usize) -> Vec<f32> {
+    let mut c = rng.vec(len * width, 1.0);
+    c.resize(capacity * width, f32::NAN);
+    c
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_case(
+    gpu: &Arc<Gpu>,
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    t: usize,
+    pos: usize,
+    causal: bool,
+    seed: u64,
+) -> Vec<f32> {
+    let shape = AttnShape {
+        heads,
+        kv_heads,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let mut rng = Rng::new(seed);
+    let (len, capacity, kvw) = (pos + t, pos + t + 3, kv_heads * hd);
+    // Queries scaled up so the softmax is peaked and the online rescaling matters.
+    let q = rng.vec(t * heads * hd, 3.0);
+    let k = kv_cache(&mut rng, len, capacity, kvw);
+    let v = kv_cache(&mut rng, len, capacity, kvw);
+    let (qb, kb, vb) = (
+        upload_f32(gpu, &q),
+        upload_f32(gpu, &k),
+        upload_f32(gpu, &v),
+    );
+    let out = poisoned(gpu, q.len());
+    let sb = step_buffer(gpu, &step(pos as u32, t as u32));
+    run(
+        gpu,
+        &[attention::launch(gpu, &sb, &qb, &kb, &vb, &out, shape, t, causal).unwrap()],
+    );
+    let got = read(gpu, &out, q.len());
+    let reference = attention::reference(&q, &k[..len * kvw], &v[..len * kvw], shape, pos, causal);
+    let what = format!(
+        "attention heads={heads}/{kv_heads} hd={hd} T={t} pos={pos} causal={causal} on {}",
+        gpu.backend_name()
+    );
+    assert_close(&what, &got, &reference, ATTN_TOL);
+    got
+}
+
+#[test]
+fn attention_matches_reference() {
+    // (heads, kv_heads, head_dim, T, pos, causal)
+    let cases = [
+        (4, 2, 16, 29, 0, true),
+        (4, 2, 16, 29, 40, true),
+        (4, 1, 64, 29, 0, true),
+        (4, 1, 64, 29, 45, true),
+        (4, 2, 64, 70, 13, true), // two query blocks of 64
+        (2, 2, 128, 29, 20, true),
+        (3, 3, 16, 1, 9, true), // one query (prefill of a single token)
+        (4, 2, 16, 29, 0, false),
+        (4, 1, 64, 70, 0, false),
+        (4, 2, 64, 29, 10, false),
+    ];
+    for (i, &(h, kvh, hd, t, pos, causal)) in cases.iter().enumerate() {
+        let outs: Vec<_> = gpus()
+            .iter()
+            .map(|g| {
+                (
+                    g.backend_name(),
+                    attention_case(g, h, kvh, hd, t, pos, causal, 1100 + i as u64),
+                )
+            })
+            .collect();
+        assert_backends_agree(&format!("attention case {i}"), &outs, BACKEND_TOL);
+    }
+}
+
+fn decode_attention_case(
+    gpu: &Arc<Gpu>,
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    len: usize,
+    seed: u64,
+) -> Vec<f32> {
+    let shape = AttnShape {
+        heads,
+        kv_heads,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let mut rng = Rng::new(seed);
+    let (capacity, kvw) = (len + 5, kv_heads * hd);
+    let q = rng.vec(heads * hd, 3.0);
+    let k = kv_cache(&mut rng, len, capacity, kvw);
+    let v = kv_cache(&mut rng, len, capacity, kvw);
+    let (qb, kb, vb) = (
+        upload_f32(gpu, &q),
+        upload_f32(gpu, &k),
+        upload_f32(gpu, &v),
+    );
+    let scratch = poisoned(gpu, heads * capacity);
+    let out = poisoned(gpu, q.len());
+    let sb = step_buffer(gpu, &step(len as u32 - 1, 1));
+    let d =
+        decode_attention::launch(gpu, &sb, &qb, &kb, &vb, &scratch, &out, shape, capacity).unwrap();
+    run(gpu, &[d]);
+    let got = read(gpu, &out, q.len());
+    let reference =
+        decode_attention::reference(&q, &k[..len * kvw], &v[..len * kvw], shape, len - 1, true);
+    let what = format!(
+        "decode attention heads={heads}/{kv_heads} hd={hd} len={len} on {}",
+        gpu.backend_name()
+    );
+    assert_close(&what, &got, &reference, ATTN_TOL);
+    got
+}
+
+#[test]
+fn decode_attention_matches_reference() {
+    let mut seed = 1200;
+    for len in [1, 37, 300] {
+        for (h, kvh, hd) in [(4, 2, 16), (4, 1, 64), (2, 2, 128), (6, 3, 64)] {
+            seed += 1;
+            let outs: Vec<_> = gpus()
+                .iter()
+                .map(|g| {
+                    (
+                        g.backend_name(),
+                        decode_attention_case(g, h, kvh, hd, len, seed),
+                    )
+                })
+                .collect();
+            assert_backends_agree(
+                &format!("decode attention len={len} heads={h}/{kvh} hd={hd}"),
+                &outs,
+                BACKEND_TOL,
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- sampling
+
+/// Sample once per step from row `row` of `rows` rows of logits; one submission for all steps.
+fn sample_all(
+    gpu: &Arc<Gpu>,
+    logits: &[f32],
+    vocab: usize,
+    row: usize,
+    steps: &[Step],
+) -> Vec<u32> {
+    let lb = upload_f32(gpu, logits);
+    let outs: Vec<_> = steps.iter().map(|_| upload_u32(gpu, &[u32::MAX])).collect();
+    let step_bufs: Vec<_> = steps.iter().map(|s| step_buffer(gpu, s)).collect();
+    let d: Vec<_> = step_bufs
+        .iter()
+        .zip(&outs)
+        .map(|(sb, ob)| sample::launch(gpu, sb, &lb, ob, vocab, row * vocab).unwrap())
+        .collect();
+    run(gpu, &d);
+    outs.iter().map(|o| read_u32(gpu, o, 1)[0]).collect()
+}
+
+#[test]
+fn sample_greedy_is_argmax_with_ties_to_lowest() {
+    // Tied maxima placed in the same lane (44, 300), neighbouring lanes, the first and the last id.
+    let ties: [(usize, &[usize]); 7] = [
+        (1000, &[700, 5, 999]),
+        (1000, &[513, 258]),
+        (1000, &[300, 44]),
+        (1000, &[999]),
+        (1000, &[1, 0]),
+        (49152, &[49151, 30000, 256]),
+        (49152, &[40000, 39999]),
+    ];
+    for gpu in gpus() {
+        for (i, &(vocab, at)) in ties.iter().enumerate() {
+            let mut rng = Rng::new(1300 + i as u64);
+            let mut logits = rng.vec(3 * vocab, 4.0);
+            for &j in at {
+                logits[2 * vocab + j] = 9.5;
+            }
+            let expect = *at.iter().min().unwrap() as u32;
+            assert_eq!(sample::argmax(&logits[2 * vocab..]), expect);
+            let greedy = Step {
+                temperature: 0.0,
+                ..step(0, 1)
+            };
+            let top1 = Step {
+                temperature: 0.8,
+                top_k: 1,
+                seed: 5,
+                ..step(0, 1)
+            };
+            let got = sample_all(&gpu, &logits, vocab, 2, &[greedy, top1]);
+            assert_eq!(
+                got,
+                [expect, expect],
+                "vocab {vocab} ties {at:?} on {}",
+                gpu.backend_name()
+            );
+        }
+        // All logits equal: the first id.
+        let got = sample_all(&gpu, &vec![0.25; 1000], 1000, 0, &[step(0, 1)]);
+        assert_eq!(got, [0], "all-equal logits on {}", gpu.backend_name());
+    }
+}
+
+#[test]
+fn sample_temperature_top_k_top_p_matches_reference() {
+    const SEEDS: u32 = 20;
+    for gpu in gpus() {
+        for (vi, vocab) in [1000usize, 49152].into_iter().enumerate() {
+            let mut rng = Rng::new(1400 + vi as u64);
+            let logits = rng.vec(2 * vocab, 4.0);
+            let row = &logits[vocab..];
+            for (top_k, top_p) in [(0, 1.0), (20, 1.0), (0, 0.9), (20, 0.9)] {
+                let steps: Vec<Step> = (0..SEEDS)
+                    .map(|s| Step {
+                        temperature: 0.8,
+                        top_k,
+                        top_p,
+                        seed: s.wrapping_mul(2_654_435_761).wrapping_add(vi as u32),
+                        ..step(0, 1)
+                    })
+                    .collect();
+                let got = sample_all(&gpu, &logits, vocab, 1, &steps);
+                let mut exact = 0;
+                for (s, &tok) in steps.iter().zip(&got) {
+                    let cands = sample::reference(row, s);
+                    let what = format!(
+                        "sample vocab={vocab} top_k={top_k} top_p={top_p} seed={} on {}: token {tok}, reference pick {}, {} candidates",
+                        s.seed,
+                        gpu.backend_name(),
+                        cands.pick(),
+                        cands.kept.len()
+                    );
+                    assert!(cands.accepts(tok, 1e-4), "{what}: not an acceptable draw");
+                    exact += (tok == cands.pick()) as u32;
+                }
+                assert!(
+                    exact >= SEEDS - 2,
+                    "vocab={vocab} top_k={top_k} top_p={top_p} on {}: only {exact}/{SEEDS} draws equal the exact pick",
+                    gpu.backend_name()
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- shaders on the CPU
+
+/// The specialisations each shader is compiled with by its launcher (and a few more head dims).
+fn specialisations(name: &str) -> Vec<ShaderDefs> {
+    let weights = || {
+        [false, true]
+            .into_iter()
+            .flat_map(|f16| {
+                [false, true]
+                    .map(|bias| ShaderDefs::new().bool("W_F16", f16).bool("HAS_BIAS", bias))
+            })
+            .collect::<Vec<_>>()
+    };
+    match name {
+        "common" => vec![],
+        "elementwise" => (0..3).map(|op| ShaderDefs::new().u32("OP", op)).collect(),
+        "embedding" => [false, true]
+            .map(|f16| ShaderDefs::new().bool("W_F16", f16))
+            .to_vec(),
+        "matvec" | "matmul" => weights(),
+        "attention" => [16u32, 32, 64, 80, 96, 128, 256]
+            .map(|hd| {
+                // As attention::launch: BQ 64, BK keys per tile within 16 KiB of K/V tiles.
+                ShaderDefs::new()
+                    .u32("HEAD_DIM", hd)
+                    .u32("BQ", 64)
+                    .u32("BK", (2048 / hd).clamp(1, 64))
+            })
+            .to_vec(),
+        "decode_attention" => [16u32, 32, 64, 80, 128, 256]
+            .map(|hd| ShaderDefs::new().u32("HEAD_DIM", hd))
+            .to_vec(),
+        "rms_norm" | "rope" | "copy" | "softmax" | "sample" => vec![ShaderDefs::new()],
+        other => {
+            panic!("shaders/{other}.wgsl has no specialisations listed in tests/tests/kernels.rs")
+        }
+    }
+}
+
+/// Parse, validate, and translate to SPIR-V and GLSL ES 3.10 (the GL backend's language)
+/// every specialisation of every shader; also check WebGPU's default limits: at most 8 storage
+/// buffers per stage, 16 KiB of workgroup memory and 256 invocations per workgroup.
+#[test]
+fn shaders_validate_without_gpu() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shaders");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wgsl"))
+        .collect();
+    files.sort();
+    let mut checked = 0;
+    for path in files {
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let source = std::fs::read_to_string(&path).unwrap();
+        for defs in specialisations(&name) {
+            let what = format!("shaders/{name}.wgsl with {}", defs.key());
+            for shader_f16 in [false, true] {
+                let code = defs.render(&source, shader_f16);
+                check_shader(&what, &code);
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} specialisations checked");
+}
+
+fn check_shader(what: &str, code: &str) {
+    use naga::back::{glsl, spv};
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+    let module = naga::front::wgsl::parse_str(code)
+        .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(code)));
+    // unpack2x16float is core WGSL; wgpu grants naga this capability on Vulkan, GL and the web.
+    let caps = Capabilities::default() | Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    let info = Validator::new(ValidationFlags::all(), caps)
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(code)));
+
+    let storage = module
+        .global_variables
+        .iter()
+        .filter(|(_, g)| matches!(g.space, naga::AddressSpace::Storage { .. }))
+        .count();
+    assert!(
+        storage <= 8,
+        "{what}: {storage} storage buffers (WebGPU allows 8 per stage)"
+    );
+    let mut layouter = naga::proc::Layouter::default();
+    layouter.update(module.to_ctx()).unwrap();
+    let workgroup_bytes: u32 = module
+        .global_variables
+        .iter()
+        .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
+        .map(|(_, g)| layouter[g.ty].size)
+        .sum();
+    assert!(
+        workgroup_bytes <= 16384,
+        "{what}: {workgroup_bytes} bytes of workgroup memory (WebGPU allows 16384)"
+    );
+    let [ep] = module.entry_points.as_slice() else {
+        panic!("{what}: expected one entry point");
+    };
+    assert_eq!(ep.name, "main", "{what}");
+    let invocations: u32 = ep.workgroup_size.iter().product();
+    assert!(
+        invocations <= 256,
+        "{what}: workgroup of {invocations} invocations (WebGPU allows 256)"
+    );
+
+    spv::write_vec(&module, &info, &spv::Options::default(), None)
+        .unwrap_or_else(|e| panic!("{what}: SPIR-V: {e}"));
+    let mut glsl_code = String::new();
+    let options = glsl::Options {
+        version: glsl::Version::new_gles(310),
+        ..glsl::Options::default()
+    };
+    let pipeline = glsl::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: "main".into(),
+        multiview: None,
+    };
+    glsl::Writer::new(
+        &mut glsl_code,
+        &module,
+        &info,
+        &options,
+        &pipeline,
+        Default::default(),
+    )
+    .and_then(|mut w| w.write())
+    .unwrap_or_else(|e| panic!("{what}: GLSL: {e}"));
+}
