@@ -116,6 +116,7 @@ pub fn run(a: &Args) -> Result<(), String> {
         "backend": gpu.backend_name(),
         "model": model.path.display().to_string(),
         "weight_bytes": model.weight_bytes(),
+        "weight_file_bytes": model.file_bytes(),
         "kv_cache_bytes": session.state_bytes(),
         "prefill_tokens": prompt_len,
         "prefill_tokens_per_s": prompt_len as f64 / prefill_s,
@@ -137,8 +138,10 @@ pub fn run(a: &Args) -> Result<(), String> {
         );
         println!("model: {}", r["model"].as_str().unwrap_or(""));
         println!(
-            "weights on GPU: {:.2} MiB; KV cache: {:.2} MiB",
+            "weights on GPU: {:.2} MiB ({:.3} x the {:.2} MiB in the file); KV cache: {:.2} MiB",
             model.weight_bytes() as f64 / 1048576.0,
+            model.weight_bytes() as f64 / model.file_bytes().max(1) as f64,
+            model.file_bytes() as f64 / 1048576.0,
             session.state_bytes() as f64 / 1048576.0
         );
         println!(

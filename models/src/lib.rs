@@ -4,6 +4,9 @@
 pub mod chat_template;
 pub mod config;
 pub mod error;
+pub mod gguf;
+pub mod gguf_model;
+pub mod gguf_tokenizer;
 pub mod llama;
 pub mod safetensors;
 pub mod tokenizer;
@@ -22,6 +25,22 @@ use chat_template::ChatTemplate;
 use config::JsonConfig;
 use llama::{Llama, LlamaConfig};
 use weights::{TensorSource, Uploader};
+
+/// Where downloaded models are cached: `$KESTREL_CACHE`, else `$XDG_CACHE_HOME/kestrel`,
+/// else `~/.cache/kestrel`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("KESTREL_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("kestrel");
+    }
+    let home = std::env::var_os("HOME")
+        .or_else(|| std::env::var_os("USERPROFILE"))
+        .unwrap_or_default();
+    PathBuf::from(home).join(".cache").join("kestrel")
+}
 
 /// A loaded model: its architecture with weights on the GPU, and its tokenizer if it has one.
 pub struct Model {
@@ -49,6 +68,10 @@ impl Model {
     }
     pub fn weight_bytes(&self) -> u64 {
         self.llama.weight_bytes
+    }
+    /// Bytes of the loaded tensors in the model file.
+    pub fn file_bytes(&self) -> u64 {
+        self.llama.file_bytes
     }
     pub fn eos(&self) -> &[u32] {
         &self.llama.config.eos
@@ -95,15 +118,13 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
         return Err(ModelError::NotFound(path.to_path_buf()));
     }
     if path.is_file() {
-        let message = if path.extension().is_some_and(|e| e == "gguf") {
-            "GGUF files are not supported yet; use a Hugging Face directory".to_string()
-        } else {
-            "expected a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)"
-                .to_string()
-        };
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            return load_gguf(gpu, path);
+        }
         return Err(ModelError::UnsupportedFormat {
             path: path.to_path_buf(),
-            message,
+            message: "expected a .gguf file or a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)"
+                .to_string(),
         });
     }
     let read = |p: &Path| {
@@ -126,6 +147,31 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
     };
     let chat = read_tokenizer_config(&path.join("tokenizer_config.json"))?;
     build_model(gpu, path, &config, &source, tokenizer, chat)
+}
+
+/// Load a GGUF file: weights stay quantized on the GPU; tokenizer and chat template come
+/// from its metadata.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_gguf(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
+    let file = gguf::GgufFile::open(path)?;
+    model_from_gguf(gpu, &file)
+}
+
+/// Build a model from a parsed GGUF file (native or in the browser).
+pub fn model_from_gguf(gpu: &Arc<Gpu>, file: &gguf::GgufFile) -> Result<Model> {
+    let config = gguf_model::config_from_gguf(file)?;
+    LlamaConfig::from_json(&config)?;
+    let source = gguf_model::GgufSource::new(file, &config)?;
+    let tokenizer = if file.get("tokenizer.ggml.model").is_some() {
+        Some(TextTokenizer::from_tokenizer(
+            file.path(),
+            gguf_tokenizer::tokenizer_from_gguf(file)?,
+        ))
+    } else {
+        None
+    };
+    let chat = gguf_model::chat_info_from_gguf(file);
+    build_model(gpu, file.path(), &config, &source, tokenizer, chat)
 }
 
 /// Chat template and BOS/EOS strings from tokenizer_config.json, when the file exists.

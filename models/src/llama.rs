@@ -173,6 +173,8 @@ pub struct Llama {
     inv_freq: Arc<GpuWeight>,
     /// Bytes of weights on the GPU.
     pub weight_bytes: u64,
+    /// Bytes the same tensors take in the model file.
+    pub file_bytes: u64,
 }
 
 impl Llama {
@@ -220,6 +222,7 @@ impl Llama {
         )?;
         Ok(Llama {
             weight_bytes: up.gpu_bytes,
+            file_bytes: up.file_bytes,
             config,
             embed,
             layers,

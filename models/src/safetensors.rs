@@ -176,7 +176,7 @@ impl TensorSource for SafetensorsFiles {
             file: shard.path.clone(),
             shape: info.shape.clone(),
             dtype,
-            bytes: &shard.blob[shard.data_start + a..shard.data_start + b],
+            bytes: std::borrow::Cow::Borrowed(&shard.blob[shard.data_start + a..shard.data_start + b]),
         })
     }
 

@@ -22,6 +22,13 @@ impl TextTokenizer {
         })
     }
 
+    pub fn from_tokenizer(path: &Path, inner: tokenizers::Tokenizer) -> TextTokenizer {
+        TextTokenizer {
+            inner,
+            path: path.to_path_buf(),
+        }
+    }
+
     fn err(&self, e: tokenizers::Error) -> ModelError {
         ModelError::Tokenizer {
             file: self.path.clone(),

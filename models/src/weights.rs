@@ -1,9 +1,11 @@
 //! Host-side tensors from model files, and their upload to the GPU with shape checks.
 //! Matrices keep their f16 storage on the GPU; BF16 is widened to f32; vectors become f32.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use kestrel_runtime::quant::{self, QuantFormat};
 use kestrel_runtime::tensor::{GpuWeight, HostData};
 use kestrel_runtime::Gpu;
 
@@ -14,6 +16,8 @@ pub enum HostDType {
     F32,
     F16,
     BF16,
+    /// ggml blocks, kept quantized on the GPU.
+    Quant(QuantFormat),
 }
 
 /// A tensor's bytes as stored in its file.
@@ -22,7 +26,8 @@ pub struct HostTensor<'a> {
     pub file: PathBuf,
     pub shape: Vec<usize>,
     pub dtype: HostDType,
-    pub bytes: &'a [u8],
+    /// Borrowed from the file, or owned when loading had to reorder rows.
+    pub bytes: Cow<'a, [u8]>,
 }
 
 /// Anything that yields named tensors (safetensors shards today; GGUF next).
@@ -36,7 +41,8 @@ pub trait TensorSource {
 impl HostTensor<'_> {
     fn to_f32(&self) -> Vec<f32> {
         match self.dtype {
-            HostDType::F32 => bytemuck::pod_collect_to_vec(self.bytes),
+            HostDType::F32 => bytemuck::pod_collect_to_vec(&self.bytes),
+            HostDType::Quant(q) => quant::dequantize(q, &self.bytes),
             HostDType::F16 => self
                 .bytes
                 .chunks_exact(2)
@@ -71,6 +77,8 @@ pub struct Uploader<'a> {
     pub gpu: &'a Arc<Gpu>,
     pub source: &'a dyn TensorSource,
     pub gpu_bytes: u64,
+    /// Bytes those tensors take in the file (to report GPU memory against it).
+    pub file_bytes: u64,
 }
 
 impl<'a> Uploader<'a> {
@@ -79,6 +87,7 @@ impl<'a> Uploader<'a> {
             gpu,
             source,
             gpu_bytes: 0,
+            file_bytes: 0,
         }
     }
 
@@ -86,11 +95,13 @@ impl<'a> Uploader<'a> {
     pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Arc<GpuWeight>> {
         let t = self.source.tensor(name)?;
         t.expect_numel(&[rows, cols])?;
+        self.file_bytes += t.bytes.len() as u64;
         let w = match t.dtype {
             HostDType::F16 => {
-                let bits: Vec<u16> = bytemuck::pod_collect_to_vec(t.bytes);
+                let bits: Vec<u16> = bytemuck::pod_collect_to_vec(&t.bytes);
                 GpuWeight::upload(self.gpu, name, rows, cols, HostData::F16(&bits))?
             }
+            HostDType::Quant(q) => GpuWeight::upload(self.gpu, name, rows, cols, HostData::Quant(q, &t.bytes))?,
             _ => GpuWeight::upload(self.gpu, name, rows, cols, HostData::F32(&t.to_f32()))?,
         };
         self.gpu_bytes += w.bytes();
@@ -101,6 +112,7 @@ impl<'a> Uploader<'a> {
     pub fn vector(&mut self, name: &str, n: usize) -> Result<Arc<GpuWeight>> {
         let t = self.source.tensor(name)?;
         t.expect_numel(&[n])?;
+        self.file_bytes += t.bytes.len() as u64;
         self.vector_from(name, &t.to_f32())
     }
 

@@ -1,0 +1,235 @@
+//! Llama-family GGUF files into the same architecture code as Hugging Face directories:
+//! GGUF metadata becomes a config.json-shaped value, GGUF tensor names answer to Hugging
+//! Face names, and llama.cpp's Q/K row permutation is undone on load.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use kestrel_runtime::quant::QuantFormat;
+use serde_json::{json, Map, Value};
+
+use crate::config::JsonConfig;
+use crate::error::{ModelError, Result};
+use crate::gguf::{GgmlType, GgufFile};
+use crate::weights::{HostDType, HostTensor, TensorSource};
+use crate::ChatInfo;
+
+/// GGUF `general.architecture` values and the Hugging Face class they load as.
+const ARCHITECTURES: &[(&str, &str)] = &[("llama", "LlamaForCausalLM"), ("qwen2", "Qwen2ForCausalLM")];
+
+/// A config.json-shaped view of the GGUF metadata, so one parser serves both sources.
+pub fn config_from_gguf(file: &GgufFile) -> Result<JsonConfig> {
+    let arch = file.get_str("general.architecture").ok_or_else(|| ModelError::MissingConfigKey {
+        file: file.path().to_path_buf(),
+        key: "general.architecture".into(),
+    })?;
+    let class = ARCHITECTURES
+        .iter()
+        .find(|(a, _)| *a == arch)
+        .map(|(_, c)| *c)
+        .ok_or_else(|| ModelError::UnsupportedArchitecture {
+            file: file.path().to_path_buf(),
+            arch: arch.to_string(),
+            supported: ARCHITECTURES.iter().map(|(a, _)| *a).collect::<Vec<_>>().join(", "),
+        })?;
+    let mut m = Map::new();
+    m.insert("architectures".into(), json!([class]));
+    let mut int = |hf: &str, key: &str| {
+        if let Some(v) = file.get_u64(&format!("{arch}.{key}")) {
+            m.insert(hf.into(), json!(v));
+        }
+    };
+    int("hidden_size", "embedding_length");
+    int("intermediate_size", "feed_forward_length");
+    int("num_hidden_layers", "block_count");
+    int("num_attention_heads", "attention.head_count");
+    int("num_key_value_heads", "attention.head_count_kv");
+    int("head_dim", "attention.key_length");
+    int("max_position_embeddings", "context_length");
+    int("vocab_size", "vocab_size");
+    if !m.contains_key("vocab_size") {
+        let n = file
+            .get_array("tokenizer.ggml.tokens")
+            .map(|a| a.len())
+            .or_else(|| file.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).map(|&d| d as usize)));
+        if let Some(n) = n {
+            m.insert("vocab_size".into(), json!(n));
+        }
+    }
+    if let Some(eps) = file.get_f64(&format!("{arch}.attention.layer_norm_rms_epsilon")) {
+        m.insert("rms_norm_eps".into(), json!(eps));
+    }
+    if let Some(theta) = file.get_f64(&format!("{arch}.rope.freq_base")) {
+        m.insert("rope_theta".into(), json!(theta));
+    }
+    m.insert("tie_word_embeddings".into(), json!(file.tensor_info("output.weight").is_none()));
+    for (hf, key) in [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")] {
+        if let Some(v) = file.get_u64(key) {
+            m.insert(hf.into(), json!(v));
+        }
+    }
+    Ok(JsonConfig {
+        path: file.path().to_path_buf(),
+        value: Value::Object(m),
+    })
+}
+
+/// The chat template and BOS/EOS strings stored in the GGUF.
+pub fn chat_info_from_gguf(file: &GgufFile) -> ChatInfo {
+    let tokens = file.get_str_array("tokenizer.ggml.tokens").unwrap_or(&[]);
+    let token = |key: &str| {
+        file.get_u64(key)
+            .and_then(|id| tokens.get(id as usize))
+            .cloned()
+            .unwrap_or_default()
+    };
+    ChatInfo {
+        template: file.get_str("tokenizer.chat_template").map(str::to_string),
+        bos_token: token("tokenizer.ggml.bos_token_id"),
+        eos_token: token("tokenizer.ggml.eos_token_id"),
+    }
+}
+
+/// Tensors of a GGUF file under their Hugging Face names.
+pub struct GgufSource<'a> {
+    file: &'a GgufFile,
+    /// Heads of q and k, whose rows llama.cpp permuted (llama architecture only).
+    unpermute: Option<(usize, usize)>,
+}
+
+impl<'a> GgufSource<'a> {
+    pub fn new(file: &'a GgufFile, config: &JsonConfig) -> Result<GgufSource<'a>> {
+        let unpermute = if file.get_str("general.architecture") == Some("llama") {
+            let heads = config.positive("num_attention_heads")?;
+            let kv = config.opt_usize("num_key_value_heads")?.unwrap_or(heads);
+            Some((heads, kv))
+        } else {
+            None
+        };
+        Ok(GgufSource { file, unpermute })
+    }
+}
+
+/// The GGUF name of a Hugging Face tensor name.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, name) = rest.split_once('.')?;
+    let mapped = match name {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{mapped}"))
+}
+
+fn host_dtype(t: GgmlType) -> Option<HostDType> {
+    Some(match t {
+        GgmlType::F32 => HostDType::F32,
+        GgmlType::F16 => HostDType::F16,
+        GgmlType::BF16 => HostDType::BF16,
+        GgmlType::Q4_0 => HostDType::Quant(QuantFormat::Q4_0),
+        GgmlType::Q4_1 => HostDType::Quant(QuantFormat::Q4_1),
+        GgmlType::Q5_0 => HostDType::Quant(QuantFormat::Q5_0),
+        GgmlType::Q5_1 => HostDType::Quant(QuantFormat::Q5_1),
+        GgmlType::Q8_0 => HostDType::Quant(QuantFormat::Q8_0),
+        GgmlType::Q4_K => HostDType::Quant(QuantFormat::Q4_K),
+        GgmlType::Q5_K => HostDType::Quant(QuantFormat::Q5_K),
+        GgmlType::Q6_K => HostDType::Quant(QuantFormat::Q6_K),
+        _ => return None,
+    })
+}
+
+/// Undo llama.cpp's permutation of q/k rows: within each head, GGUF row `2*i + p` holds
+/// Hugging Face row `p*half + i` (rotary pairs interleaved instead of split in halves).
+pub fn unpermute_rows(bytes: &[u8], rows: usize, heads: usize) -> Vec<u8> {
+    let row_bytes = bytes.len() / rows;
+    let head_rows = rows / heads;
+    let half = head_rows / 2;
+    let mut out = vec![0u8; bytes.len()];
+    for h in 0..heads {
+        for p in 0..2 {
+            for i in 0..half {
+                let hf = h * head_rows + p * half + i;
+                let gg = h * head_rows + 2 * i + p;
+                out[hf * row_bytes..(hf + 1) * row_bytes].copy_from_slice(&bytes[gg * row_bytes..(gg + 1) * row_bytes]);
+            }
+        }
+    }
+    out
+}
+
+impl TensorSource for GgufSource<'_> {
+    fn tensor(&self, name: &str) -> Result<HostTensor<'_>> {
+        let missing = || ModelError::MissingTensor {
+            file: self.file.path().to_path_buf(),
+            name: gguf_name(name).map_or(name.to_string(), |g| format!("{g} ({name})")),
+        };
+        let gname = gguf_name(name).ok_or_else(missing)?;
+        if self.file.tensor_info(&gname).is_none() {
+            return Err(missing());
+        }
+        let (info, bytes) = self.file.tensor(&gname)?;
+        let dtype = host_dtype(info.ggml_type).ok_or_else(|| ModelError::UnsupportedDtype {
+            file: self.file.path().to_path_buf(),
+            name: gname.clone(),
+            dtype: info.ggml_type.name().to_string(),
+        })?;
+        let shape = info.shape();
+        let mut data = Cow::Borrowed(bytes);
+        if let Some((heads, kv_heads)) = self.unpermute {
+            let n_heads = if gname.ends_with("attn_q.weight") || gname.ends_with("attn_q.bias") {
+                Some(heads)
+            } else if gname.ends_with("attn_k.weight") || gname.ends_with("attn_k.bias") {
+                Some(kv_heads)
+            } else {
+                None
+            };
+            if let Some(n) = n_heads {
+                let rows = shape[0];
+                if rows % (2 * n) != 0 || (shape.len() == 1 && dtype != HostDType::F32) {
+                    return Err(ModelError::TensorShape {
+                        file: self.file.path().to_path_buf(),
+                        name: gname,
+                        expected: vec![2 * n, shape.last().copied().unwrap_or(0)],
+                        got: shape,
+                    });
+                }
+                data = Cow::Owned(unpermute_rows(bytes, rows, n));
+            }
+        }
+        Ok(HostTensor {
+            name: gname,
+            file: self.file.path().to_path_buf(),
+            shape,
+            dtype,
+            bytes: data,
+        })
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        gguf_name(name).is_some_and(|g| self.file.tensor_info(&g).is_some())
+    }
+
+    fn origin(&self) -> &Path {
+        self.file.path()
+    }
+}
