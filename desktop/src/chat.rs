@@ -18,7 +18,17 @@ static STOP: AtomicBool = AtomicBool::new(false);
 static GENERATING: AtomicBool = AtomicBool::new(false);
 
 pub fn run(a: &Args) -> Result<(), String> {
-    a.only(&["model", "backend", "system", "max-tokens", "temperature", "top-k", "top-p", "seed", "ctx"])?;
+    a.only(&[
+        "model",
+        "backend",
+        "system",
+        "max-tokens",
+        "temperature",
+        "top-k",
+        "top-p",
+        "seed",
+        "ctx",
+    ])?;
     let max_tokens: usize = a.parsed("max-tokens", 512)?;
     let mut sampling = Sampling {
         temperature: a.parsed("temperature", 0.7)?,
@@ -34,7 +44,10 @@ pub fn run(a: &Args) -> Result<(), String> {
     let gpu = open_gpu(a)?;
     let t = Instant::now();
     let model = kestrel_models::load(&gpu, &path).map_err(|e| e.to_string())?;
-    let tok = model.tokenizer.as_ref().ok_or("the model has no tokenizer, so it cannot chat")?;
+    let tok = model
+        .tokenizer
+        .as_ref()
+        .ok_or("the model has no tokenizer, so it cannot chat")?;
     let template = model.chat_template().map_err(|e| e.to_string())?;
     let mut session = model.session(&gpu, ctx).map_err(|e| e.to_string())?;
     eprintln!(
@@ -43,7 +56,11 @@ pub fn run(a: &Args) -> Result<(), String> {
         gpu.info.name,
         t.elapsed().as_secs_f64(),
         session.capacity(),
-        if template.is_fallback { " (no chat template in the model: using ChatML)" } else { "" }
+        if template.is_fallback {
+            " (no chat template in the model: using ChatML)"
+        } else {
+            ""
+        }
     );
     eprintln!("type a message; /reset starts over, /exit quits; Ctrl-C stops a reply");
     ctrlc::set_handler(|| {
@@ -56,7 +73,11 @@ pub fn run(a: &Args) -> Result<(), String> {
     })
     .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
 
-    let system: Vec<Message> = a.get("system").map(|s| Message::new("system", s)).into_iter().collect();
+    let system: Vec<Message> = a
+        .get("system")
+        .map(|s| Message::new("system", s))
+        .into_iter()
+        .collect();
     let mut history: Vec<Message> = Vec::new();
     // Token ids whose keys and values are in the cache, in order.
     let mut cached: Vec<u32> = Vec::new();
@@ -64,7 +85,12 @@ pub fn run(a: &Args) -> Result<(), String> {
     loop {
         eprint!("> ");
         let mut line = String::new();
-        if stdin.lock().read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?
+            == 0
+        {
             eprintln!();
             return Ok(());
         }
@@ -100,15 +126,31 @@ pub fn run(a: &Args) -> Result<(), String> {
         };
         let Some(ids) = ids else {
             history.pop();
-            eprintln!("[that message is too long for the context of {} tokens]", session.capacity());
+            eprintln!(
+                "[that message is too long for the context of {} tokens]",
+                session.capacity()
+            );
             continue;
         };
         // Reuse the cached prefix; prefill only what differs.
-        let keep = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        let keep = cached
+            .iter()
+            .zip(&ids)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(ids.len() - 1);
         session.truncate(keep);
         cached.truncate(keep);
         sampling.seed = sampling.seed.wrapping_add(1);
-        let reply = respond(&model, tok, &mut session, &mut cached, &ids[keep..], &sampling, room)?;
+        let reply = respond(
+            &model,
+            tok,
+            &mut session,
+            &mut cached,
+            &ids[keep..],
+            &sampling,
+            room,
+        )?;
         eprintln!("[{keep} prompt tokens reused from the cache]");
         history.push(Message::new("assistant", &reply));
     }
@@ -144,7 +186,8 @@ fn stream_reply(
     let mut reply = String::new();
     let mut out = std::io::stdout();
     let t = Instant::now();
-    let mut next = pollster::block_on(session.next_token(new, sampling)).map_err(|e| e.to_string())?;
+    let mut next =
+        pollster::block_on(session.next_token(new, sampling)).map_err(|e| e.to_string())?;
     cached.extend_from_slice(new);
     let prefill = t.elapsed().as_secs_f64();
     let t = Instant::now();
@@ -162,7 +205,8 @@ fn stream_reply(
             break;
         }
         let fed = next;
-        next = pollster::block_on(session.next_token(&[fed], sampling)).map_err(|e| e.to_string())?;
+        next =
+            pollster::block_on(session.next_token(&[fed], sampling)).map_err(|e| e.to_string())?;
         cached.push(fed);
     }
     println!();

@@ -55,9 +55,7 @@ fn run(a: &Args) -> CliResult {
             println!("{USAGE}");
             Ok(())
         }
-        "serve" | "diffuse" | "app" => {
-            Err(format!("'{}' is not implemented yet", a.command))
-        }
+        "serve" | "diffuse" | "app" => Err(format!("'{}' is not implemented yet", a.command)),
         other => Err(format!("unknown command '{other}'\n{USAGE}")),
     }
 }

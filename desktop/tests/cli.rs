@@ -221,14 +221,27 @@ fn chat_keeps_the_cache_between_turns_and_resets() {
     let dir = copy_fixture("llama_gqa", "chat");
     edit_config(&dir, |v| v["max_position_embeddings"] = 256.into());
     let mut child = Command::new(env!("CARGO_BIN_EXE_kestrel"))
-        .args(["chat", "--model", dir.to_str().expect("utf8"), "--max-tokens", "4", "--ctx", "256"])
+        .args([
+            "chat",
+            "--model",
+            dir.to_str().expect("utf8"),
+            "--max-tokens",
+            "4",
+            "--ctx",
+            "256",
+        ])
         .env("XDG_RUNTIME_DIR", &xdg)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    child.stdin.take().expect("stdin").write_all(b"hi\nok\n/reset\nhi\n").expect("write");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"hi\nok\n/reset\nhi\n")
+        .expect("write");
     let out = child.wait_with_output().expect("wait");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
@@ -246,7 +259,10 @@ fn chat_keeps_the_cache_between_turns_and_resets() {
     // The second turn reuses the first turn's cache and prefills only the rest; the turn
     // after /reset starts over like the first.
     assert_eq!(reused[0], 0, "{err}");
-    assert!(reused[1] >= new_tokens[0], "second turn should reuse the first prompt: {err}");
+    assert!(
+        reused[1] >= new_tokens[0],
+        "second turn should reuse the first prompt: {err}"
+    );
     assert_eq!((reused[2], new_tokens[2]), (0, new_tokens[0]), "{err}");
     assert!(err.contains("[conversation cleared]"), "{err}");
     assert!(!err.contains("context full"), "{err}");
@@ -258,7 +274,13 @@ fn chat_drops_the_oldest_turns_when_the_context_is_full() {
     let xdg = std::env::temp_dir().join("kestrel-tests-xdg");
     let _ = std::fs::create_dir_all(&xdg);
     let mut child = Command::new(env!("CARGO_BIN_EXE_kestrel"))
-        .args(["chat", "--model", fixture("llama_gqa").to_str().expect("utf8"), "--max-tokens", "4"])
+        .args([
+            "chat",
+            "--model",
+            fixture("llama_gqa").to_str().expect("utf8"),
+            "--max-tokens",
+            "4",
+        ])
         .env("XDG_RUNTIME_DIR", &xdg)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -276,6 +298,9 @@ fn chat_drops_the_oldest_turns_when_the_context_is_full() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("[context full: dropped the"), "{err}");
-    assert!(err.contains("too long for the context of 64 tokens"), "{err}");
+    assert!(
+        err.contains("too long for the context of 64 tokens"),
+        "{err}"
+    );
     assert_eq!(err.matches(" new prompt tokens").count(), 3, "{err}");
 }

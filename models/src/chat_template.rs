@@ -58,7 +58,11 @@ impl ChatTemplate {
     }
 
     /// The model's template when it has one, else ChatML.
-    pub fn or_fallback(source: Option<&str>, bos_token: &str, eos_token: &str) -> Result<ChatTemplate> {
+    pub fn or_fallback(
+        source: Option<&str>,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<ChatTemplate> {
         match source {
             Some(s) if !s.trim().is_empty() => Self::new(s, bos_token, eos_token),
             _ => {
@@ -72,10 +76,14 @@ impl ChatTemplate {
     fn environment(&self) -> Result<Environment<'_>> {
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, JinjaError> {
-            Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", &self.source).map_err(template_error)?;
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, JinjaError> {
+                Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_template("chat", &self.source)
+            .map_err(template_error)?;
         Ok(env)
     }
 

@@ -15,14 +15,17 @@ use crate::weights::{HostDType, HostTensor, TensorSource};
 use crate::ChatInfo;
 
 /// GGUF `general.architecture` values and the Hugging Face class they load as.
-const ARCHITECTURES: &[(&str, &str)] = &[("llama", "LlamaForCausalLM"), ("qwen2", "Qwen2ForCausalLM")];
+const ARCHITECTURES: &[(&str, &str)] =
+    &[("llama", "LlamaForCausalLM"), ("qwen2", "Qwen2ForCausalLM")];
 
 /// A config.json-shaped view of the GGUF metadata, so one parser serves both sources.
 pub fn config_from_gguf(file: &GgufFile) -> Result<JsonConfig> {
-    let arch = file.get_str("general.architecture").ok_or_else(|| ModelError::MissingConfigKey {
-        file: file.path().to_path_buf(),
-        key: "general.architecture".into(),
-    })?;
+    let arch =
+        file.get_str("general.architecture")
+            .ok_or_else(|| ModelError::MissingConfigKey {
+                file: file.path().to_path_buf(),
+                key: "general.architecture".into(),
+            })?;
     let class = ARCHITECTURES
         .iter()
         .find(|(a, _)| *a == arch)
@@ -30,7 +33,11 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<JsonConfig> {
         .ok_or_else(|| ModelError::UnsupportedArchitecture {
             file: file.path().to_path_buf(),
             arch: arch.to_string(),
-            supported: ARCHITECTURES.iter().map(|(a, _)| *a).collect::<Vec<_>>().join(", "),
+            supported: ARCHITECTURES
+                .iter()
+                .map(|(a, _)| *a)
+                .collect::<Vec<_>>()
+                .join(", "),
         })?;
     let mut m = Map::new();
     m.insert("architectures".into(), json!([class]));
@@ -51,7 +58,10 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<JsonConfig> {
         let n = file
             .get_array("tokenizer.ggml.tokens")
             .map(|a| a.len())
-            .or_else(|| file.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).map(|&d| d as usize)));
+            .or_else(|| {
+                file.tensor_info("token_embd.weight")
+                    .and_then(|t| t.dims.get(1).map(|&d| d as usize))
+            });
         if let Some(n) = n {
             m.insert("vocab_size".into(), json!(n));
         }
@@ -62,8 +72,14 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<JsonConfig> {
     if let Some(theta) = file.get_f64(&format!("{arch}.rope.freq_base")) {
         m.insert("rope_theta".into(), json!(theta));
     }
-    m.insert("tie_word_embeddings".into(), json!(file.tensor_info("output.weight").is_none()));
-    for (hf, key) in [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")] {
+    m.insert(
+        "tie_word_embeddings".into(),
+        json!(file.tensor_info("output.weight").is_none()),
+    );
+    for (hf, key) in [
+        ("bos_token_id", "tokenizer.ggml.bos_token_id"),
+        ("eos_token_id", "tokenizer.ggml.eos_token_id"),
+    ] {
         if let Some(v) = file.get_u64(key) {
             m.insert(hf.into(), json!(v));
         }
@@ -170,7 +186,8 @@ pub fn unpermute_rows(bytes: &[u8], rows: usize, heads: usize) -> Vec<u8> {
             for i in 0..half {
                 let hf = h * head_rows + p * half + i;
                 let gg = h * head_rows + 2 * i + p;
-                out[hf * row_bytes..(hf + 1) * row_bytes].copy_from_slice(&bytes[gg * row_bytes..(gg + 1) * row_bytes]);
+                out[hf * row_bytes..(hf + 1) * row_bytes]
+                    .copy_from_slice(&bytes[gg * row_bytes..(gg + 1) * row_bytes]);
             }
         }
     }

@@ -78,7 +78,11 @@ impl Model {
     }
     /// The model's chat template, or ChatML when it has none.
     pub fn chat_template(&self) -> Result<ChatTemplate> {
-        ChatTemplate::or_fallback(self.chat.template.as_deref(), &self.chat.bos_token, &self.chat.eos_token)
+        ChatTemplate::or_fallback(
+            self.chat.template.as_deref(),
+            &self.chat.bos_token,
+            &self.chat.eos_token,
+        )
     }
     /// A new sequence with a KV cache for `capacity` tokens (capped at the model's context).
     pub fn session(&self, gpu: &Arc<Gpu>, capacity: usize) -> Result<Session> {
@@ -118,7 +122,10 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
         return Err(ModelError::NotFound(path.to_path_buf()));
     }
     if path.is_file() {
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
             return load_gguf(gpu, path);
         }
         return Err(ModelError::UnsupportedFormat {
@@ -184,7 +191,9 @@ fn read_tokenizer_config(path: &Path) -> Result<ChatInfo> {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    Ok(chat_info_from_tokenizer_config(&JsonConfig::parse(path, &text)?))
+    Ok(chat_info_from_tokenizer_config(&JsonConfig::parse(
+        path, &text,
+    )?))
 }
 
 /// `chat_template` may be a string or a list of named templates (the one named "default"
@@ -192,7 +201,11 @@ fn read_tokenizer_config(path: &Path) -> Result<ChatInfo> {
 pub fn chat_info_from_tokenizer_config(c: &JsonConfig) -> ChatInfo {
     let token = |key: &str| match c.get(key) {
         Some(serde_json::Value::String(s)) => s.clone(),
-        Some(v) => v.get("content").and_then(|s| s.as_str()).unwrap_or_default().to_string(),
+        Some(v) => v
+            .get("content")
+            .and_then(|s| s.as_str())
+            .unwrap_or_default()
+            .to_string(),
         None => String::new(),
     };
     let template = match c.get("chat_template") {

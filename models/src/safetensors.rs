@@ -176,7 +176,9 @@ impl TensorSource for SafetensorsFiles {
             file: shard.path.clone(),
             shape: info.shape.clone(),
             dtype,
-            bytes: std::borrow::Cow::Borrowed(&shard.blob[shard.data_start + a..shard.data_start + b]),
+            bytes: std::borrow::Cow::Borrowed(
+                &shard.blob[shard.data_start + a..shard.data_start + b],
+            ),
         })
     }
 

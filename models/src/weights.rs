@@ -101,7 +101,9 @@ impl<'a> Uploader<'a> {
                 let bits: Vec<u16> = bytemuck::pod_collect_to_vec(&t.bytes);
                 GpuWeight::upload(self.gpu, name, rows, cols, HostData::F16(&bits))?
             }
-            HostDType::Quant(q) => GpuWeight::upload(self.gpu, name, rows, cols, HostData::Quant(q, &t.bytes))?,
+            HostDType::Quant(q) => {
+                GpuWeight::upload(self.gpu, name, rows, cols, HostData::Quant(q, &t.bytes))?
+            }
             _ => GpuWeight::upload(self.gpu, name, rows, cols, HostData::F32(&t.to_f32()))?,
         };
         self.gpu_bytes += w.bytes();

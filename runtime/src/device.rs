@@ -313,11 +313,11 @@ impl Gpu {
                 module: &module,
                 entry_point: Some("main"),
                 // Every kernel writes its workgroup memory before reading it; wgpu's zero-fill
-            // becomes huge array constructors that llvmpipe's GL compiler takes minutes over.
-            compilation_options: wgpu::PipelineCompilationOptions {
-                zero_initialize_workgroup_memory: false,
-                ..Default::default()
-            },
+                // becomes huge array constructors that llvmpipe's GL compiler takes minutes over.
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    zero_initialize_workgroup_memory: false,
+                    ..Default::default()
+                },
                 cache: None,
             });
         if let Ok(mut m) = self.pipelines.lock() {

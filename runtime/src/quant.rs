@@ -177,8 +177,16 @@ pub fn dequantize_block(format: QuantFormat, b: &[u8], y: &mut [f32]) {
                 for l in 0..32 {
                     let (mut lo, mut hi) = ((q[l] & 0xF) as f32, (q[l] >> 4) as f32);
                     if let Some(qh) = qh {
-                        lo += if qh[l] & (1 << (2 * chunk)) != 0 { 16.0 } else { 0.0 };
-                        hi += if qh[l] & (2 << (2 * chunk)) != 0 { 16.0 } else { 0.0 };
+                        lo += if qh[l] & (1 << (2 * chunk)) != 0 {
+                            16.0
+                        } else {
+                            0.0
+                        };
+                        hi += if qh[l] & (2 << (2 * chunk)) != 0 {
+                            16.0
+                        } else {
+                            0.0
+                        };
                     }
                     y[64 * chunk + l] = d * s1 * lo - dmin * m1;
                     y[64 * chunk + 32 + l] = d * s2 * hi - dmin * m2;

@@ -114,14 +114,22 @@ impl GpuWeight {
             HostData::F32(d) => (DType::F32, d.len()),
             HostData::F16(d) => (DType::F16, d.len()),
             HostData::Quant(q, d) => {
-                if cols % q.block_elems() != 0 || d.len() % q.block_bytes() != 0 {
+                if !cols.is_multiple_of(q.block_elems()) || !d.len().is_multiple_of(q.block_bytes())
+                {
                     return Err(Error::ShapeMismatch {
-                        context: format!("{} weight {name}: rows must be whole {}-value blocks", q.name(), q.block_elems()),
+                        context: format!(
+                            "{} weight {name}: rows must be whole {}-value blocks",
+                            q.name(),
+                            q.block_elems()
+                        ),
                         expected: vec![rows, cols.next_multiple_of(q.block_elems())],
                         got: vec![rows, cols],
                     });
                 }
-                (DType::Quant(*q), d.len() / q.block_bytes() * q.block_elems())
+                (
+                    DType::Quant(*q),
+                    d.len() / q.block_bytes() * q.block_elems(),
+                )
             }
         };
         if n != rows * cols {

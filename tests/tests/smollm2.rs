@@ -18,7 +18,9 @@ use kestrel_tests::{gpus, rel_err};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/smollm2").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/smollm2")
+        .join(name)
 }
 
 fn json(name: &str) -> Value {
@@ -29,25 +31,45 @@ fn messages(v: &Value) -> Vec<Message> {
     v.as_array()
         .expect("messages")
         .iter()
-        .map(|m| Message::new(m["role"].as_str().expect("role"), m["content"].as_str().expect("content")))
+        .map(|m| {
+            Message::new(
+                m["role"].as_str().expect("role"),
+                m["content"].as_str().expect("content"),
+            )
+        })
         .collect()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("ids").iter().map(|t| t.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("ids")
+        .iter()
+        .map(|t| t.as_u64().expect("id") as u32)
+        .collect()
 }
 
 #[test]
 fn chat_template_renders_like_transformers() {
     let cases = json("chat_template_cases.json");
-    let t = ChatTemplate::new(cases["chat_template"].as_str().expect("template"), "<|im_start|>", "<|im_end|>")
-        .expect("compile");
+    let t = ChatTemplate::new(
+        cases["chat_template"].as_str().expect("template"),
+        "<|im_start|>",
+        "<|im_end|>",
+    )
+    .expect("compile");
     for case in cases["cases"].as_array().expect("cases") {
         let msgs = messages(&case["messages"]);
-        assert_eq!(t.render(&msgs, true).expect("render"), case["rendered"].as_str().expect("rendered"), "{}", case["name"]);
+        assert_eq!(
+            t.render(&msgs, true).expect("render"),
+            case["rendered"].as_str().expect("rendered"),
+            "{}",
+            case["name"]
+        );
         assert_eq!(
             t.render(&msgs, false).expect("render"),
-            case["rendered_no_generation_prompt"].as_str().expect("rendered"),
+            case["rendered_no_generation_prompt"]
+                .as_str()
+                .expect("rendered"),
             "{}",
             case["name"]
         );
@@ -57,7 +79,9 @@ fn chat_template_renders_like_transformers() {
 fn model_path() -> Option<PathBuf> {
     let p = std::env::var_os("KESTREL_SMOLLM2")
         .map(PathBuf::from)
-        .unwrap_or_else(|| kestrel_models::cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        .unwrap_or_else(|| {
+            kestrel_models::cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
     if p.exists() {
         Some(p)
     } else {
@@ -90,7 +114,11 @@ fn smollm2_matches_transformers() {
     let vocab = model.config().vocab;
 
     // Template and tokenizer from the GGUF reproduce the prompt.
-    let rendered = model.chat_template().expect("template").render(&messages(&prompt["messages"]), true).expect("render");
+    let rendered = model
+        .chat_template()
+        .expect("template")
+        .render(&messages(&prompt["messages"]), true)
+        .expect("render");
     assert_eq!(rendered, prompt["rendered"].as_str().expect("rendered"));
     let tok = model.tokenizer.as_ref().expect("tokenizer");
     assert_eq!(tok.encode(&rendered).expect("encode"), tokens);
@@ -98,17 +126,32 @@ fn smollm2_matches_transformers() {
     // Logits of one prefill over the prompt.
     let mut s = model.session(&gpu, 128).expect("session");
     let all = pollster::block_on(s.logits(&tokens)).expect("prefill");
-    let got: Vec<f32> = positions.iter().flat_map(|&p| all[p * vocab..(p + 1) * vocab].iter().copied()).collect();
+    let got: Vec<f32> = positions
+        .iter()
+        .flat_map(|&p| all[p * vocab..(p + 1) * vocab].iter().copied())
+        .collect();
     let e = rel_err(&got, &want);
     let argmax = |r: &[f32]| (0..r.len()).fold(0, |b, i| if r[i] > r[b] { i } else { b });
-    let agree = got.chunks(vocab).zip(want.chunks(vocab)).filter(|(a, b)| argmax(a) == argmax(b)).count();
-    eprintln!("SmolLM2 logits: relative error {e:.2e}, top-1 agreement {agree}/{}", positions.len());
+    let agree = got
+        .chunks(vocab)
+        .zip(want.chunks(vocab))
+        .filter(|(a, b)| argmax(a) == argmax(b))
+        .count();
+    eprintln!(
+        "SmolLM2 logits: relative error {e:.2e}, top-1 agreement {agree}/{}",
+        positions.len()
+    );
     assert!(e <= 1e-2, "relative error {e:e}");
-    assert!(agree * 100 >= 95 * positions.len(), "top-1 agreement {agree}/{}", positions.len());
+    assert!(
+        agree * 100 >= 95 * positions.len(),
+        "top-1 agreement {agree}/{}",
+        positions.len()
+    );
 
     // Greedy continuation with the GPU sampler, through the KV cache, not stopping at EOS.
     s.reset();
-    let mut next = pollster::block_on(s.next_token(&tokens, &Sampling::default())).expect("prefill");
+    let mut next =
+        pollster::block_on(s.next_token(&tokens, &Sampling::default())).expect("prefill");
     let mut out = vec![next];
     while out.len() < greedy.len() {
         next = pollster::block_on(s.next_token(&[next], &Sampling::default())).expect("decode");
