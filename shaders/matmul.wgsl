@@ -1,7 +1,10 @@
 // Register-blocked tiled matmul for prefill: Y[m, col_offset + n] = sum_k X[m, k] * W[n, k]
 // (+ bias), with W one row chunk of an [N, K] weight (the layout of Hugging Face Linear).
-// 64x64 output tile per workgroup, 16x16 threads each computing 4x4, K in steps of 16
-// through workgroup memory. Edges are masked, so any M, N, K works.
+// A 64x64 output tile per workgroup of 64 invocations (8x8), each computing 8x8 outputs, K in
+// steps of TK = 32 through workgroup memory (both tiles k-major, read as vec4s: 4 loads per 64
+// multiply-adds). Edges are masked, so any M, N, K works. Weights are f32, packed f16 (W_F16)
+// or ggml blocks (QFORMAT != 0: a K step is one 32-value group, and each invocation
+// dequantizes one weight row's group with shaders/quant.wgsl; K is then a multiple of 32).
 
 struct Params { m: u32, n: u32, k: u32, ldy: u32, col_offset: u32, _p0: u32, _p1: u32, _p2: u32 }
 
@@ -11,11 +14,14 @@ struct Params { m: u32, n: u32, k: u32, ldy: u32, col_offset: u32, _p0: u32, _p1
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
-const TILE: u32 = 64u;
-const TK: u32 = 16u;
+#include "quant.wgsl"
 
-var<workgroup> a_tile: array<f32, 1024>; // [TK][TILE]
-var<workgroup> b_tile: array<f32, 1024>; // [TK][TILE]
+const TILE: u32 = 64u;
+const TK: u32 = 32u;
+
+// [TK][TILE] as vec4s: element kk * 16 + c holds rows (or columns) 4c..4c+3 at step kk.
+var<workgroup> a_tile: array<vec4<f32>, 512>;
+var<workgroup> b_tile: array<vec4<f32>, 512>;
 
 fn load_w(i: u32) -> f32 {
     if (W_F16) {
@@ -24,62 +30,106 @@ fn load_w(i: u32) -> f32 {
     return bitcast<f32>(w[i]);
 }
 
-@compute @workgroup_size(256)
+// Y[gm, gn .. gn + 3] = v (+ bias), masked at the edges.
+fn store4(gm: u32, gn: u32, v: vec4<f32>) {
+    if (gm >= p.m) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if (gn + j < p.n) {
+            var o = v[j];
+            if (HAS_BIAS) {
+                o += bias[p.col_offset + gn + j];
+            }
+            y[gm * p.ldy + p.col_offset + gn + j] = o;
+        }
+    }
+}
+
+@compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let tx = lid % 16u;
-    let ty = lid / 16u;
+    let tx = lid % 8u;
+    let ty = lid / 8u;
     let n0 = wid.x * TILE;
     let m0 = wid.y * TILE;
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
+    let row_words = p.k / QK * QWORDS;
+    let am = m0 + lid; // the X row and the W row this invocation loads
+    let bn = n0 + lid;
+    // acc[2i + h]: output row ty*8 + i, columns tx*8 + 4h .. +3.
+    var acc: array<vec4<f32>, 16>;
     for (var k0 = 0u; k0 < p.k; k0 += TK) {
-        for (var l = 0u; l < 4u; l++) {
-            let idx = lid + l * 256u;
-            let row = idx / TK;
-            let kk = idx % TK;
+        // Tiles: 64 rows x 32 k each. Invocation lid fills row lid of both, one k per step
+        // (after the first step its row's bytes come from cache; tile writes never conflict).
+        for (var kk = 0u; kk < TK; kk++) {
             let gk = k0 + kk;
-            let gm = m0 + row;
             var av = 0.0;
-            if (gm < p.m && gk < p.k) {
-                av = x[gm * p.k + gk];
+            if (am < p.m && gk < p.k) {
+                av = x[am * p.k + gk];
             }
-            a_tile[kk * TILE + row] = av;
-            let gn = n0 + row;
-            var bv = 0.0;
-            if (gn < p.n && gk < p.k) {
-                bv = load_w(gn * p.k + gk);
+            a_tile[kk * 16u + lid / 4u][lid % 4u] = av;
+            if (QFORMAT == 0u) {
+                var bv = 0.0;
+                if (bn < p.n && gk < p.k) {
+                    bv = load_w(bn * p.k + gk);
+                }
+                b_tile[kk * 16u + lid / 4u][lid % 4u] = bv;
             }
-            b_tile[kk * TILE + row] = bv;
+        }
+        if (QFORMAT != 0u) {
+            // The step is one 32-value group of weight row bn.
+            let gi = k0 / 32u;
+            var v: array<vec4<f32>, 8>;
+            if (bn < p.n) {
+                v = dequant_group(bn * row_words + gi / QGROUPS * QWORDS, gi % QGROUPS);
+            }
+            for (var t = 0u; t < 8u; t++) {
+                for (var c = 0u; c < 4u; c++) {
+                    b_tile[(4u * t + c) * 16u + lid / 4u][lid % 4u] = v[t][c];
+                }
+            }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = a_tile[kk * TILE + ty * 4u + i];
-                b[i] = b_tile[kk * TILE + tx * 4u + i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] += a[i] * b[j];
-                }
-            }
+            let a0 = a_tile[kk * 16u + 2u * ty];
+            let a1 = a_tile[kk * 16u + 2u * ty + 1u];
+            let b0 = b_tile[kk * 16u + 2u * tx];
+            let b1 = b_tile[kk * 16u + 2u * tx + 1u];
+            acc[0] += a0.x * b0;
+            acc[1] += a0.x * b1;
+            acc[2] += a0.y * b0;
+            acc[3] += a0.y * b1;
+            acc[4] += a0.z * b0;
+            acc[5] += a0.z * b1;
+            acc[6] += a0.w * b0;
+            acc[7] += a0.w * b1;
+            acc[8] += a1.x * b0;
+            acc[9] += a1.x * b1;
+            acc[10] += a1.y * b0;
+            acc[11] += a1.y * b1;
+            acc[12] += a1.z * b0;
+            acc[13] += a1.z * b1;
+            acc[14] += a1.w * b0;
+            acc[15] += a1.w * b1;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let gm = m0 + ty * 4u + i;
-        for (var j = 0u; j < 4u; j++) {
-            let gn = n0 + tx * 4u + j;
-            if (gm < p.m && gn < p.n) {
-                var v = acc[i * 4u + j];
-                if (HAS_BIAS) {
-                    v += bias[p.col_offset + gn];
-                }
-                y[gm * p.ldy + p.col_offset + gn] = v;
-            }
-        }
-    }
+    // Constant indices only, so acc stays in registers.
+    let gm = m0 + ty * 8u;
+    let gn = n0 + tx * 8u;
+    store4(gm, gn, acc[0]);
+    store4(gm, gn + 4u, acc[1]);
+    store4(gm + 1u, gn, acc[2]);
+    store4(gm + 1u, gn + 4u, acc[3]);
+    store4(gm + 2u, gn, acc[4]);
+    store4(gm + 2u, gn + 4u, acc[5]);
+    store4(gm + 3u, gn, acc[6]);
+    store4(gm + 3u, gn + 4u, acc[7]);
+    store4(gm + 4u, gn, acc[8]);
+    store4(gm + 4u, gn + 4u, acc[9]);
+    store4(gm + 5u, gn, acc[10]);
+    store4(gm + 5u, gn + 4u, acc[11]);
+    store4(gm + 6u, gn, acc[12]);
+    store4(gm + 6u, gn + 4u, acc[13]);
+    store4(gm + 7u, gn, acc[14]);
+    store4(gm + 7u, gn + 4u, acc[15]);
 }

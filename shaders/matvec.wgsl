@@ -1,6 +1,15 @@
 // Matrix-vector product for decode: y[col_offset + r] = dot(x, w[r, :]) + bias[col_offset + r]
-// for the rows r of one weight chunk. 8 rows per workgroup, 32 lanes split each row's K and
-// reduce in workgroup memory. Weights are f32 or packed f16 (W_F16), bias optional (HAS_BIAS).
+// for the rows r of one weight chunk. Weights are f32, packed f16 (W_F16), or ggml blocks
+// (QFORMAT != 0, dequantized in registers by shaders/quant.wgsl); bias optional (HAS_BIAS).
+//
+// Layout: a workgroup of 64 invocations is 64 / LANES row groups. The LANES lanes of a row
+// group read interleaved pieces of its rows: vec4s, 32-value groups, or for the K-quants
+// pairs of groups that share their quantized words. Each lane handles ROWS_PER_LANE rows, so
+// every value of x it loads serves that many rows. One barrier, then one invocation per row
+// sums its lanes. The launcher picks the layout (matvec::Layout): many rows per lane on CPU
+// drivers, which pay per value loaded, many lanes per row on GPUs, which want many
+// workgroups. With VEC4 (K a multiple of 4, of 8 for f16; always when quantized) x and w are
+// also read as vec4s through x4 and w4, bound to the same buffers as x and w.
 
 struct Params { k: u32, n: u32, col_offset: u32, _p0: u32 }
 
@@ -9,52 +18,129 @@ struct Params { k: u32, n: u32, col_offset: u32, _p0: u32 }
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> w4: array<vec4<u32>>;
 
-const ROWS: u32 = 8u;
-const LANES: u32 = 32u;
+#include "quant.wgsl"
 
-var<workgroup> partial: array<f32, 256>;
+const R: u32 = ROWS_PER_LANE;
+const ROWS: u32 = 64u / LANES * R; // rows per workgroup
 
-@compute @workgroup_size(256)
+var<workgroup> partial: array<f32, ROWS * LANES>;
+
+fn load_w(i: u32) -> f32 {
+    if (W_F16) {
+        return half_of(w[i >> 1u], i);
+    }
+    return bitcast<f32>(w[i]);
+}
+
+@compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let lane = lid % LANES;
-    let r = group_index(wid, nwg) * ROWS + lid / LANES;
-    var acc = 0.0;
-    if (r < p.n) {
-        if (W_F16 && (p.k & 1u) == 0u) {
-            // Two weights per word; rows start on a word boundary when K is even.
-            let row_words = p.k / 2u;
-            let base = r * row_words;
-            for (var j = lane; j < row_words; j += LANES) {
-                let pair = unpack2x16float(w[base + j]);
-                acc += pair.x * x[2u * j] + pair.y * x[2u * j + 1u];
+    let first = group_index(wid, nwg) * ROWS;
+    let row0 = first + (lid / LANES) * R;
+    // Rows of this row group inside the chunk (0..R).
+    let nr = min(p.n, row0 + R) - min(p.n, row0);
+    var acc: array<f32, R>;
+    for (var r = 0u; r < R; r++) {
+        acc[r] = 0.0;
+    }
+    if (QFORMAT != 0u && QK == 256u) {
+        // K-quants: each lane takes pairs of 32-value groups that share their quantized words
+        // (every LANES-th pair of the row), read once by dequant_pair.
+        let row_words = p.k / QK * QWORDS;
+        for (var pi = lane; pi < p.k / 64u; pi += LANES) {
+            let sb = pi / 4u;
+            let gs = qk_pair(pi % 4u);
+            var xa: array<vec4<f32>, 8>;
+            var xb: array<vec4<f32>, 8>;
+            for (var t = 0u; t < 8u; t++) {
+                xa[t] = x4[64u * sb + 8u * gs.x + t];
+                xb[t] = x4[64u * sb + 8u * gs.y + t];
             }
-        } else if (W_F16) {
-            let base = r * p.k;
-            for (var i = lane; i < p.k; i += LANES) {
-                acc += half_of(w[(base + i) >> 1u], base + i) * x[i];
+            for (var r = 0u; r < R; r++) {
+                if (r < nr) {
+                    let v = dequant_pair((row0 + r) * row_words + sb * QWORDS, pi % 4u);
+                    var s = 0.0;
+                    for (var t = 0u; t < 8u; t++) {
+                        s += dot(v[t], xa[t]) + dot(v[t + 8u], xb[t]);
+                    }
+                    acc[r] += s;
+                }
             }
-        } else {
-            let base = r * p.k;
-            for (var i = lane; i < p.k; i += LANES) {
-                acc += bitcast<f32>(w[base + i]) * x[i];
+        }
+    } else if (QFORMAT != 0u) {
+        // Each lane takes whole 32-value groups: every LANES-th group of the row.
+        let row_words = p.k / QK * QWORDS;
+        for (var gi = lane; gi < p.k / 32u; gi += LANES) {
+            var xs: array<vec4<f32>, 8>;
+            for (var t = 0u; t < 8u; t++) {
+                xs[t] = x4[8u * gi + t];
+            }
+            let blk = gi / QGROUPS * QWORDS;
+            let g = gi % QGROUPS;
+            for (var r = 0u; r < R; r++) {
+                if (r < nr) {
+                    let v = dequant_group((row0 + r) * row_words + blk, g);
+                    var s = 0.0;
+                    for (var t = 0u; t < 8u; t++) {
+                        s += dot(v[t], xs[t]);
+                    }
+                    acc[r] += s;
+                }
+            }
+        }
+    } else if (VEC4 && W_F16) {
+        // A vec4 of words holds 8 halves; rows start on a vec4 boundary as K % 8 == 0.
+        let q = p.k / 8u;
+        for (var j = lane; j < q; j += LANES) {
+            let xa = x4[2u * j];
+            let xb = x4[2u * j + 1u];
+            for (var r = 0u; r < R; r++) {
+                if (r < nr) {
+                    let v = w4[(row0 + r) * q + j];
+                    let lo = vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));
+                    let hi = vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w));
+                    acc[r] += dot(lo, xa) + dot(hi, xb);
+                }
+            }
+        }
+    } else if (VEC4) {
+        let q = p.k / 4u;
+        for (var j = lane; j < q; j += LANES) {
+            let xv = x4[j];
+            for (var r = 0u; r < R; r++) {
+                if (r < nr) {
+                    acc[r] += dot(bitcast<vec4<f32>>(w4[(row0 + r) * q + j]), xv);
+                }
+            }
+        }
+    } else {
+        // Any K: one value at a time (f16 halves may straddle rows when K is odd).
+        for (var i = lane; i < p.k; i += LANES) {
+            let xv = x[i];
+            for (var r = 0u; r < R; r++) {
+                if (r < nr) {
+                    acc[r] += load_w((row0 + r) * p.k + i) * xv;
+                }
             }
         }
     }
-    partial[lid] = acc;
+    for (var r = 0u; r < R; r++) {
+        partial[((lid / LANES) * R + r) * LANES + lane] = acc[r];
+    }
     workgroupBarrier();
-    for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            partial[lid] += partial[lid + s];
+    let row = first + lid;
+    if (lid < ROWS && row < p.n) {
+        var out = 0.0;
+        for (var l = 0u; l < LANES; l++) {
+            out += partial[lid * LANES + l];
         }
-        workgroupBarrier();
-    }
-    if (lane == 0u && r < p.n) {
-        var out = partial[lid];
         if (HAS_BIAS) {
-            out += bias[p.col_offset + r];
+            out += bias[p.col_offset + row];
         }
-        y[p.col_offset + r] = out;
+        y[p.col_offset + row] = out;
     }
 }

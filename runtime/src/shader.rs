@@ -1,10 +1,30 @@
 //! A small typed preprocessor: each kernel is one WGSL file in shaders/, specialised by typed
 //! constants that are prepended as `const NAME: T = v;` declarations, after the shared
-//! prelude (shaders/common.wgsl: the `Step` uniform and grid helpers).
+//! prelude (shaders/common.wgsl: the `Step` uniform and grid helpers). A kernel line
+//! `#include "NAME.wgsl"` is replaced by that shared snippet of shaders/ (see [`INCLUDES`]).
 
 use std::fmt::Write;
 
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+/// Snippets a kernel may `#include`: block dequantization (matvec, matmul, embedding).
+pub const INCLUDES: &[(&str, &str)] = &[("quant.wgsl", include_str!("../../shaders/quant.wgsl"))];
+
+/// `kernel` with every `#include "NAME"` line replaced by the snippet NAME. An unknown name
+/// is left in place, where the WGSL parser reports it with its line.
+fn expand_includes(kernel: &str, out: &mut String) {
+    for line in kernel.lines() {
+        let name = line
+            .trim()
+            .strip_prefix("#include")
+            .map(|r| r.trim().trim_matches('"'));
+        match name.and_then(|n| INCLUDES.iter().find(|(i, _)| *i == n)) {
+            Some((_, snippet)) => out.push_str(snippet),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Def {
@@ -41,7 +61,7 @@ impl ShaderDefs {
         }
         s
     }
-    /// The full WGSL source: constants, prelude, kernel.
+    /// The full WGSL source: constants, prelude, kernel (with its includes expanded).
     pub fn render(&self, kernel: &str, _shader_f16: bool) -> String {
         let mut s = String::new();
         for (n, d) in &self.0 {
@@ -53,7 +73,7 @@ impl ShaderDefs {
         }
         s.push_str(COMMON);
         s.push('\n');
-        s.push_str(kernel);
+        expand_includes(kernel, &mut s);
         s
     }
 }

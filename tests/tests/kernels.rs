@@ -770,22 +770,46 @@ fn sample_temperature_top_k_top_p_matches_reference() {
 
 /// The specialisations each shader is compiled with by its launcher (and a few more head dims).
 fn specialisations(name: &str) -> Vec<ShaderDefs> {
-    let weights = || {
-        [false, true]
-            .into_iter()
-            .flat_map(|f16| {
-                [false, true]
-                    .map(|bias| ShaderDefs::new().bool("W_F16", f16).bool("HAS_BIAS", bias))
-            })
+    // As kernels::weight_defs: f32, f16, and every ggml block format.
+    let weight_kinds = || {
+        let plain = [false, true].map(|f16| {
+            ShaderDefs::new()
+                .bool("W_F16", f16)
+                .u32("QFORMAT", 0)
+                .u32("QK", 32)
+                .u32("QWORDS", 1)
+        });
+        let quant = kestrel_runtime::quant::ALL.map(|q| {
+            ShaderDefs::new()
+                .bool("W_F16", false)
+                .u32("QFORMAT", q.shader_id())
+                .u32("QK", q.block_elems() as u32)
+                .u32("QWORDS", (q.gpu_block_bytes() / 4) as u32)
+        });
+        plain.into_iter().chain(quant).collect::<Vec<_>>()
+    };
+    let with_bias = |defs: Vec<ShaderDefs>| {
+        defs.into_iter()
+            .flat_map(|d| [false, true].map(|bias| d.clone().bool("HAS_BIAS", bias)))
             .collect::<Vec<_>>()
     };
     match name {
-        "common" => vec![],
+        "common" | "quant" => vec![], // included by the kernels below
         "elementwise" => (0..3).map(|op| ShaderDefs::new().u32("OP", op)).collect(),
-        "embedding" => [false, true]
-            .map(|f16| ShaderDefs::new().bool("W_F16", f16))
-            .to_vec(),
-        "matvec" | "matmul" => weights(),
+        "embedding" => weight_kinds(),
+        "matmul" => with_bias(weight_kinds()),
+        // As matvec::launch: VEC4 or not, in the CPU and the GPU layout.
+        "matvec" => with_bias(weight_kinds())
+            .into_iter()
+            .flat_map(|d| [false, true].map(|vec4| d.clone().bool("VEC4", vec4)))
+            .flat_map(|d| {
+                [matvec::Layout::CPU, matvec::Layout::GPU].map(|l| {
+                    d.clone()
+                        .u32("LANES", l.lanes)
+                        .u32("ROWS_PER_LANE", l.rows_per_lane)
+                })
+            })
+            .collect(),
         "attention" => [16u32, 32, 64, 80, 96, 128, 256]
             .map(|hd| {
                 // As attention::launch: BQ 64, BK keys per tile within 16 KiB of K/V tiles.

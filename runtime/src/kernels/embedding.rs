@@ -1,5 +1,5 @@
-//! Embedding gather from an f32 or packed-f16 table, split by rows when the table is larger
-//! than one storage binding.
+//! Embedding gather from an f32, packed-f16 or ggml-block table (dequantized inside the
+//! kernel, shaders/quant.wgsl), split by rows when the table is larger than one storage binding.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -7,7 +7,7 @@ use super::{kernel, weight_defs, Dispatch};
 use crate::device::Gpu;
 use crate::error::Result;
 use crate::shader::ShaderDefs;
-use crate::tensor::GpuWeight;
+use crate::tensor::{DType, GpuWeight};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -26,8 +26,14 @@ pub fn launch(
     out: &wgpu::Buffer,
     n_tokens: usize,
 ) -> Result<Vec<Dispatch>> {
-    let defs = weight_defs(ShaderDefs::new(), table.dtype);
-    let n = (n_tokens * table.cols) as u32;
+    let defs = weight_defs(ShaderDefs::new(), table, "embedding")?;
+    // One invocation per value, or per 32-value group of a quantized table.
+    let per_invocation = if matches!(table.dtype, DType::Quant(_)) {
+        32
+    } else {
+        1
+    };
+    let n = (n_tokens * table.cols / per_invocation) as u32;
     table
         .chunks
         .iter()

@@ -1,5 +1,6 @@
-//! Register-blocked tiled matmul for prefill: `Y = X Wᵀ + b`, X [M, K], W [N, K] in f32 or
-//! packed f16, 64×64 tiles with 4×4 outputs per thread.
+//! Register-blocked tiled matmul for prefill: `Y = X Wᵀ + b`, X [M, K], W [N, K] in f32,
+//! packed f16 or a ggml block format (dequantized inside the kernel, shaders/quant.wgsl),
+//! 64×64 tiles per workgroup of 64 invocations, 8×8 outputs per invocation.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -29,7 +30,7 @@ pub fn launch(
     y: &wgpu::Buffer,
     m: usize,
 ) -> Result<Vec<Dispatch>> {
-    let defs = weight_defs(ShaderDefs::new(), w.dtype).bool("HAS_BIAS", bias.is_some());
+    let defs = weight_defs(ShaderDefs::new(), w, "matmul")?.bool("HAS_BIAS", bias.is_some());
     let bias = bias.unwrap_or(&gpu.dummy);
     let groups_m = (m as u32).div_ceil(64);
     if groups_m > gpu.caps.max_workgroups_per_dim {

@@ -1,12 +1,13 @@
-//! Matrix-vector product for decode (one token): `y = W x + b`, W [N, K] in f32 or packed f16.
+//! Matrix-vector product for decode (one token): `y = W x + b`, W [N, K] in f32, packed f16
+//! or a ggml block format (dequantized inside the kernel, shaders/quant.wgsl).
 
 use bytemuck::{Pod, Zeroable};
 
 use super::{kernel, weight_defs, Dispatch};
 use crate::device::Gpu;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::shader::ShaderDefs;
-use crate::tensor::GpuWeight;
+use crate::tensor::{DType, GpuWeight};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -17,7 +18,56 @@ struct Params {
     _p: u32,
 }
 
-/// One dispatch per weight chunk, each writing its rows of `y` [N].
+/// How shaders/matvec.wgsl spreads rows over the 64 invocations of a workgroup: `lanes`
+/// invocations share a row (each reading every `lanes`-th word, vec4 or 32-value group of it),
+/// and each handles `rows_per_lane` rows, reusing every value of x it loads for all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub lanes: u32,
+    pub rows_per_lane: u32,
+}
+
+impl Layout {
+    /// For CPU drivers (lavapipe, llvmpipe), which pay per value loaded: 8 lanes per row and 8
+    /// rows per lane load x once per 8 rows (64 rows per workgroup).
+    pub const CPU: Layout = Layout {
+        lanes: 8,
+        rows_per_lane: 8,
+    };
+    /// For GPUs, which want many workgroups and wide, coalesced reads: 32 lanes per row and 2
+    /// rows per lane (4 rows per workgroup).
+    pub const GPU: Layout = Layout {
+        lanes: 32,
+        rows_per_lane: 2,
+    };
+
+    /// The layout for `gpu`'s kind of device.
+    pub fn for_device(gpu: &Gpu) -> Layout {
+        if gpu.info.device_type == wgpu::DeviceType::Cpu {
+            Layout::CPU
+        } else {
+            Layout::GPU
+        }
+    }
+
+    /// Rows per workgroup.
+    pub fn rows(self) -> u32 {
+        64 / self.lanes * self.rows_per_lane
+    }
+}
+
+/// Whether rows of `w` can be read as whole vec4s (the kernel's VEC4 paths; every row then
+/// starts on a 16-byte boundary and the buffers are whole vec4s).
+fn vec4_rows(w: &GpuWeight) -> bool {
+    match w.dtype {
+        DType::F32 => w.cols.is_multiple_of(4),
+        DType::F16 => w.cols.is_multiple_of(8),
+        DType::Quant(_) => true,
+        DType::U32 => false,
+    }
+}
+
+/// One dispatch per weight chunk, each writing its rows of `y` [N], in the layout for `gpu`.
 pub fn launch(
     gpu: &Gpu,
     x: &wgpu::Buffer,
@@ -25,8 +75,38 @@ pub fn launch(
     bias: Option<&wgpu::Buffer>,
     y: &wgpu::Buffer,
 ) -> Result<Vec<Dispatch>> {
-    let defs = weight_defs(ShaderDefs::new(), w.dtype).bool("HAS_BIAS", bias.is_some());
+    launch_with(gpu, x, w, bias, y, Layout::for_device(gpu))
+}
+
+/// [`launch`] with a given layout: `lanes` a power of two up to 64, `rows_per_lane` from 1 to
+/// `lanes` (at most 64 rows per workgroup).
+pub fn launch_with(
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    w: &GpuWeight,
+    bias: Option<&wgpu::Buffer>,
+    y: &wgpu::Buffer,
+    layout: Layout,
+) -> Result<Vec<Dispatch>> {
+    let Layout {
+        lanes,
+        rows_per_lane,
+    } = layout;
+    if !lanes.is_power_of_two() || lanes > 64 || rows_per_lane == 0 || rows_per_lane > lanes {
+        return Err(Error::Graph(format!(
+            "matvec: unsupported layout {layout:?}"
+        )));
+    }
+    let vec4 = vec4_rows(w);
+    let defs = weight_defs(ShaderDefs::new(), w, "matvec")?
+        .bool("HAS_BIAS", bias.is_some())
+        .bool("VEC4", vec4)
+        .u32("LANES", lanes)
+        .u32("ROWS_PER_LANE", rows_per_lane);
     let bias = bias.unwrap_or(&gpu.dummy);
+    // x4 and w4 alias x and the chunk when the kernel reads them (a 16-byte dummy otherwise).
+    let x4 = if vec4 { x } else { &gpu.dummy };
+    let plain = matches!(w.dtype, DType::F32 | DType::F16);
     w.chunks
         .iter()
         .map(|c| {
@@ -36,12 +116,13 @@ pub fn launch(
                 col_offset: c.row_start as u32,
                 _p: 0,
             };
+            let w4 = if vec4 && plain { &c.buffer } else { &gpu.dummy };
             kernel!("matvec").dispatch(
                 gpu,
                 &defs,
                 &params,
-                &[x, &c.buffer, bias, y],
-                gpu.grid((c.rows as u32).div_ceil(8)),
+                &[x, &c.buffer, bias, y, x4, w4],
+                gpu.grid((c.rows as u32).div_ceil(layout.rows())),
             )
         })
         .collect()

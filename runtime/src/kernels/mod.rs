@@ -19,8 +19,9 @@ pub mod softmax;
 use bytemuck::{Pod, Zeroable};
 
 use crate::device::Gpu;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::shader::ShaderDefs;
+use crate::tensor::{DType, GpuWeight};
 
 /// Per-step uniform shared by every kernel of a plan; mirrors `Step` in shaders/common.wgsl.
 #[repr(C)]
@@ -121,7 +122,36 @@ pub fn record(enc: &mut wgpu::CommandEncoder, dispatches: &[Dispatch]) {
     }
 }
 
-/// The WGSL read of weight element `i` from a `array<u32>` binding named `w`, f32 or packed f16.
-pub(crate) fn weight_defs(defs: ShaderDefs, dtype: crate::tensor::DType) -> ShaderDefs {
-    defs.bool("W_F16", dtype == crate::tensor::DType::F16)
+/// The constants that tell a kernel how to read its weight `w` (an `array<u32>` binding):
+/// `W_F16` (two f16 per word), and `QFORMAT`, `QK`, `QWORDS` for ggml blocks (the shader id,
+/// values per block and words per padded block; QFORMAT 0 for f32 and f16; see
+/// shaders/quant.wgsl). Fails for a dtype no kernel reads as a weight, and for a quantized
+/// weight whose rows are not whole blocks.
+pub(crate) fn weight_defs(defs: ShaderDefs, w: &GpuWeight, kernel: &str) -> Result<ShaderDefs> {
+    let (qformat, qk, qwords) = match w.dtype {
+        DType::F32 | DType::F16 => (0, 32, 1),
+        DType::Quant(q) => (q.shader_id(), q.block_elems(), q.gpu_block_bytes() / 4),
+        DType::U32 => {
+            return Err(Error::Graph(format!(
+                "{kernel}: weight {} is u32; weights must be f32, f16 or a quantized format",
+                w.name
+            )))
+        }
+    };
+    if qformat != 0 && !w.cols.is_multiple_of(qk) {
+        return Err(Error::ShapeMismatch {
+            context: format!(
+                "{kernel}: {} weight {}: rows must be whole {qk}-value blocks",
+                w.dtype.name(),
+                w.name
+            ),
+            expected: vec![w.rows, w.cols.next_multiple_of(qk)],
+            got: vec![w.rows, w.cols],
+        });
+    }
+    Ok(defs
+        .bool("W_F16", w.dtype == DType::F16)
+        .u32("QFORMAT", qformat)
+        .u32("QK", qk as u32)
+        .u32("QWORDS", qwords as u32))
 }
