@@ -156,6 +156,23 @@ pub fn run(a: &Args) -> Result<(), String> {
     }
 }
 
+/// Marks a reply as streaming (so Ctrl-C stops it) until dropped, even on an error.
+struct Generating;
+
+impl Generating {
+    fn start() -> Generating {
+        STOP.store(false, Ordering::SeqCst);
+        GENERATING.store(true, Ordering::SeqCst);
+        Generating
+    }
+}
+
+impl Drop for Generating {
+    fn drop(&mut self) {
+        GENERATING.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Stream one reply; returns its text. `cached` follows what the session holds.
 fn respond(
     model: &Model,
@@ -166,22 +183,7 @@ fn respond(
     sampling: &Sampling,
     max_tokens: usize,
 ) -> Result<String, String> {
-    STOP.store(false, Ordering::SeqCst);
-    GENERATING.store(true, Ordering::SeqCst);
-    let result = stream_reply(model, tok, session, cached, new, sampling, max_tokens);
-    GENERATING.store(false, Ordering::SeqCst);
-    result
-}
-
-fn stream_reply(
-    model: &Model,
-    tok: &kestrel_models::TextTokenizer,
-    session: &mut Session,
-    cached: &mut Vec<u32>,
-    new: &[u32],
-    sampling: &Sampling,
-    max_tokens: usize,
-) -> Result<String, String> {
+    let _generating = Generating::start();
     let mut stream = TextStream::default();
     let mut reply = String::new();
     let mut out = std::io::stdout();
