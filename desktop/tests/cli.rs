@@ -31,6 +31,13 @@ fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 }
 
 fn kestrel(args: &[&str]) -> (i32, String, String) {
+    kestrel_with_input(args, b"")
+}
+
+/// Run the binary with `input` on stdin; returns (exit code, stdout, stderr).
+fn kestrel_with_input(args: &[&str], input: &[u8]) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
     let xdg = std::env::temp_dir().join("kestrel-tests-xdg");
     let _ = std::fs::create_dir_all(&xdg);
     #[cfg(unix)]
@@ -38,11 +45,21 @@ fn kestrel(args: &[&str]) -> (i32, String, String) {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700));
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kestrel"))
         .args(args)
         .env("XDG_RUNTIME_DIR", &xdg)
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run kestrel");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait for kestrel");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -214,37 +231,20 @@ fn generate_streams_text_and_reports_speed() {
 
 #[test]
 fn chat_keeps_the_cache_between_turns_and_resets() {
-    use std::io::Write;
-    let xdg = std::env::temp_dir().join("kestrel-tests-xdg");
-    let _ = std::fs::create_dir_all(&xdg);
     // The fixture's 64 positions hold one ChatML turn; give the copy room for three.
     let dir = copy_fixture("llama_gqa", "chat");
     edit_config(&dir, |v| v["max_position_embeddings"] = 256.into());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kestrel"))
-        .args([
-            "chat",
-            "--model",
-            dir.to_str().expect("utf8"),
-            "--max-tokens",
-            "4",
-            "--ctx",
-            "256",
-        ])
-        .env("XDG_RUNTIME_DIR", &xdg)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"hi\nok\n/reset\nhi\n")
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let args = [
+        "chat",
+        "--model",
+        dir.to_str().expect("utf8"),
+        "--max-tokens",
+        "4",
+        "--ctx",
+        "256",
+    ];
+    let (code, _, err) = kestrel_with_input(&args, b"hi\nok\n/reset\nhi\n");
+    assert_eq!(code, 0, "{err}");
     // Each turn reports how many prompt tokens it prefilled and how many it reused.
     let count = |marker: &str| -> Vec<usize> {
         err.lines()
@@ -270,33 +270,18 @@ fn chat_keeps_the_cache_between_turns_and_resets() {
 
 #[test]
 fn chat_drops_the_oldest_turns_when_the_context_is_full() {
-    use std::io::Write;
-    let xdg = std::env::temp_dir().join("kestrel-tests-xdg");
-    let _ = std::fs::create_dir_all(&xdg);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kestrel"))
-        .args([
-            "chat",
-            "--model",
-            fixture("llama_gqa").to_str().expect("utf8"),
-            "--max-tokens",
-            "4",
-        ])
-        .env("XDG_RUNTIME_DIR", &xdg)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let model = fixture("llama_gqa");
+    let args = [
+        "chat",
+        "--model",
+        model.to_str().expect("utf8"),
+        "--max-tokens",
+        "4",
+    ];
     let long = "x".repeat(200);
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("hi\nagain\n{long}\nstill here\n").as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (code, _, err) =
+        kestrel_with_input(&args, format!("hi\nagain\n{long}\nstill here\n").as_bytes());
+    assert_eq!(code, 0, "{err}");
     assert!(err.contains("[context full: dropped the"), "{err}");
     assert!(
         err.contains("too long for the context of 64 tokens"),
