@@ -19,6 +19,8 @@ pub struct Plan {
     dispatches: Vec<Dispatch>,
     inputs: HashMap<String, GpuTensor>,
     outputs: Vec<GpuTensor>,
+    /// One mappable buffer per output, reused by every readback of this plan.
+    staging: Vec<wgpu::Buffer>,
     /// Bytes of pooled activation buffers after liveness reuse.
     pub activation_bytes: u64,
     /// Bytes the activations would take without reuse.
@@ -104,6 +106,10 @@ impl Plan {
             step,
             dispatches,
             inputs,
+            staging: outputs
+                .iter()
+                .map(|t| readback::staging_buffer(gpu, t.bytes()))
+                .collect(),
             outputs,
             activation_bytes: assignment.total_bytes(),
             activation_bytes_unplanned: unplanned,
@@ -145,14 +151,17 @@ impl Plan {
         self.dispatches.len()
     }
 
-    pub async fn read_f32(&self, i: usize) -> Result<Vec<f32>> {
+    async fn read_bytes(&self, i: usize) -> Result<Vec<u8>> {
         let t = &self.outputs[i];
-        readback::read_f32(&self.gpu, &t.buffer, 0, t.numel()).await
+        readback::read_into(&self.gpu, &t.buffer, 0, self.staging[i].clone(), t.bytes()).await
+    }
+
+    pub async fn read_f32(&self, i: usize) -> Result<Vec<f32>> {
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(i).await?))
     }
 
     pub async fn read_u32(&self, i: usize) -> Result<Vec<u32>> {
-        let t = &self.outputs[i];
-        readback::read_u32(&self.gpu, &t.buffer, 0, t.numel()).await
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(i).await?))
     }
 }
 

@@ -25,15 +25,30 @@ pub struct ReadFuture {
     slot: Arc<Mutex<Slot>>,
 }
 
-/// Start reading `size` bytes at `offset` of `buffer` (which needs COPY_SRC usage).
-pub fn read_buffer(gpu: &Arc<Gpu>, buffer: &wgpu::Buffer, offset: u64, size: u64) -> ReadFuture {
-    let padded = size.next_multiple_of(4).max(4);
-    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+/// A mappable buffer to read `size` bytes into; a plan keeps one per output and reuses it.
+pub fn staging_buffer(gpu: &Gpu, size: u64) -> wgpu::Buffer {
+    gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("readback"),
-        size: padded,
+        size: size.next_multiple_of(4).max(4),
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
-    });
+    })
+}
+
+/// Start reading `size` bytes at `offset` of `buffer` (which needs COPY_SRC usage).
+pub fn read_buffer(gpu: &Arc<Gpu>, buffer: &wgpu::Buffer, offset: u64, size: u64) -> ReadFuture {
+    read_into(gpu, buffer, offset, staging_buffer(gpu, size), size)
+}
+
+/// Like [`read_buffer`], through a given staging buffer (from [`staging_buffer`], not mapped).
+pub fn read_into(
+    gpu: &Arc<Gpu>,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    staging: wgpu::Buffer,
+    size: u64,
+) -> ReadFuture {
+    let padded = size.next_multiple_of(4).max(4);
     let mut enc = gpu
         .device
         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
