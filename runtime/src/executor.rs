@@ -89,6 +89,7 @@ impl Plan {
             bound: &bound,
             step: &step,
             dispatches: Vec::new(),
+            scores: None,
         };
         for op in &graph.ops {
             lower.op(op)?;
@@ -171,9 +172,23 @@ struct Lowering<'a> {
     bound: &'a [Bound],
     step: &'a wgpu::Buffer,
     dispatches: Vec<Dispatch>,
+    /// Decode attention's score rows, shared by every layer (their dispatches run in order).
+    scores: Option<GpuTensor>,
 }
 
 impl Lowering<'_> {
+    fn scores(&mut self, floats: usize) -> Result<wgpu::Buffer> {
+        match &self.scores {
+            Some(t) if t.numel() >= floats => Ok(t.buffer.clone()),
+            _ => {
+                let t = GpuTensor::new(self.gpu, "attention scores", &[floats], DType::F32)?;
+                let buffer = t.buffer.clone();
+                self.scores = Some(t);
+                Ok(buffer)
+            }
+        }
+    }
+
     fn buf(&self, t: TensorId) -> Result<&wgpu::Buffer> {
         match &self.bound[t] {
             Bound::Buffer(b) => Ok(b),
@@ -266,30 +281,21 @@ impl Lowering<'_> {
                 causal,
             } => {
                 let n = self.shape(q)[0];
+                let capacity = self.shape(k_cache)[0];
+                let scores = if n == 1 && causal {
+                    Some(self.scores(shape.heads * capacity)?)
+                } else {
+                    None
+                };
                 let (qb, kb, vb, ob) = (
                     self.buf(q)?,
                     self.buf(k_cache)?,
                     self.buf(v_cache)?,
                     self.buf(out)?,
                 );
-                let d = if n == 1 && causal {
-                    let capacity = self.shape(k_cache)[0];
-                    let scratch = GpuTensor::new(
-                        gpu,
-                        "attention scores",
-                        &[shape.heads, capacity],
-                        DType::F32,
-                    )?;
+                let d = if let Some(scores) = &scores {
                     decode_attention::launch(
-                        gpu,
-                        self.step,
-                        qb,
-                        kb,
-                        vb,
-                        &scratch.buffer,
-                        ob,
-                        shape,
-                        capacity,
+                        gpu, self.step, qb, kb, vb, scores, ob, shape, capacity,
                     )?
                 } else {
                     attention::launch(gpu, self.step, qb, kb, vb, ob, shape, n, causal)?
