@@ -1,18 +1,34 @@
 // Tiled attention with online softmax (flash-style) for prefill. One workgroup holds BQ query
-// rows of one query head (one thread per query), streams the K/V cache of that head's KV
-// head (GQA: kv_head = head / (heads / kv_heads), no K/V copies) through workgroup memory in
-// tiles of BK keys, and keeps a running max, denominator and accumulator per query.
-// Queries are at absolute positions step.pos + t; with CAUSAL a query sees keys <= itself.
+// rows of one query head (one thread per query), streams that head's KV head (GQA:
+// kv_head = head / (heads / kv_heads), no K/V copies) through workgroup memory in tiles of BK
+// keys, and keeps a running max, denominator and accumulator per query.
+//
+// Queries are at absolute positions step.pos + t. Which keys a query at p sees, and in which
+// cache row each key lives, follow runtime/src/kv.rs: positions [0, min(sinks, lo)) and
+// [lo, p] with lo = max(0, p + 1 - window); row(j) = j below sinks, else sinks + (j - sinks)
+// % ring. Without CAUSAL every key up to step.pos + n_tokens is seen (no window).
+//
+// ROPE (attention sinks): q and cached keys are un-rotated and rotated here with positions
+// inside the cache. A sink key j sits at cache position j and is scored against q rotated by
+// the query's cache position; for the recent keys only the distance p - j matters, so keys
+// are rotated by j - c0 and q by p - c0, with c0 a per-workgroup offset that keeps both small.
+//
+// SPARSE: workgroups cover whole 64-position query blocks (x = block - step.pos / 64) and walk
+// only the key blocks their row of the block mask lists (runtime/src/block_mask.rs).
 
 struct Params {
     n_tokens: u32,
     heads: u32,
     kv_heads: u32,
     q_stride: u32,   // floats per token row of q/out: heads * HEAD_DIM
-    kv_stride: u32,  // floats per cached position: kv_heads * HEAD_DIM
+    kv_stride: u32,  // floats per cache row: kv_heads * HEAD_DIM
     causal: u32,
     scale: f32,
-    _p0: u32,
+    sinks: u32,
+    window: u32,     // 0xffffffff: none
+    ring: u32,
+    rot_half: u32,   // ROPE: rotated pairs per head
+    blocks: u32,     // SPARSE: query blocks per head in the mask
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -21,42 +37,64 @@ struct Params {
 @group(0) @binding(3) var<storage, read> k_cache: array<f32>;
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read> inv_freq: array<f32>;
+@group(0) @binding(7) var<storage, read> mask: array<u32>;
 
 var<workgroup> k_tile: array<f32, BK * HEAD_DIM>;
 var<workgroup> v_tile: array<f32, BK * HEAD_DIM>;
+var<workgroup> block_range: vec2<u32>;
+var<workgroup> block_col: u32;
 
-@compute @workgroup_size(BQ)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let head = wid.y;
-    let kv_head = head / (p.heads / p.kv_heads);
-    let qi = wid.x * BQ + lid;
-    let valid = qi < p.n_tokens;
-    let q_abs = step.pos + qi;
-    let kv_len = step.pos + p.n_tokens;
-    var key_end = kv_len;
-    if (p.causal != 0u) {
-        key_end = min(kv_len, step.pos + min(wid.x * BQ + BQ, p.n_tokens));
+// Per query: q for recent keys, q for sink keys (ROPE only), accumulator, max, denominator.
+var<private> q_recent: array<f32, HEAD_DIM>;
+var<private> q_sink: array<f32, SINK_DIM>;
+var<private> acc: array<f32, HEAD_DIM>;
+var<private> m: f32;
+var<private> l: f32;
+
+fn kv_row(j: u32) -> u32 {
+    if (j < p.sinks) {
+        return j;
     }
+    return p.sinks + (j - p.sinks) % p.ring;
+}
 
-    var qv: array<f32, HEAD_DIM>;
-    var acc: array<f32, HEAD_DIM>;
-    for (var d = 0u; d < HEAD_DIM; d++) {
-        acc[d] = 0.0;
-        qv[d] = 0.0;
-        if (valid) {
-            qv[d] = q[qi * p.q_stride + head * HEAD_DIM + d] * p.scale;
-        }
+fn window_lo(pos: u32) -> u32 {
+    if (p.window == 0xffffffffu || pos + 1u <= p.window) {
+        return 0u;
     }
-    var m = -3.0e38;
-    var l = 0.0;
+    return pos + 1u - p.window;
+}
 
-    for (var kb = 0u; kb < key_end; kb += BK) {
+// The pair (a, b) of a rotate-half RoPE head, turned by pos * inv_freq[i].
+fn rope_pair(a: f32, b: f32, pos: u32, i: u32) -> vec2<f32> {
+    let angle = f32(pos) * inv_freq[i];
+    let c = cos(angle);
+    let s = sin(angle);
+    return vec2<f32>(a * c - b * s, b * c + a * s);
+}
+
+fn rotate_tile(k0: u32, shift: u32, lid: u32) {
+    for (var idx = lid; idx < BK * p.rot_half; idx += BQ) {
+        let at = (idx / p.rot_half) * HEAD_DIM + idx % p.rot_half;
+        let r = rope_pair(k_tile[at], k_tile[at + p.rot_half], k0 + idx / p.rot_half - shift,
+                          idx % p.rot_half);
+        k_tile[at] = r.x;
+        k_tile[at + p.rot_half] = r.y;
+    }
+}
+
+// Stream keys [k0, k1) through the tiles; this thread's query takes key j when
+// first <= j < end. sink: score with q_sink. shift: ROPE rotates key j by j - shift.
+fn attend(k0: u32, k1: u32, kv_head: u32, lid: u32, valid: bool, first: u32, end: u32,
+          sink: bool, shift: u32) {
+    for (var kb = k0; kb < k1; kb += BK) {
         for (var idx = lid; idx < BK * HEAD_DIM; idx += BQ) {
             let key = kb + idx / HEAD_DIM;
-            let src = key * p.kv_stride + kv_head * HEAD_DIM + idx % HEAD_DIM;
             var kv = 0.0;
             var vv = 0.0;
-            if (key < key_end) {
+            if (key < k1) {
+                let src = kv_row(key) * p.kv_stride + kv_head * HEAD_DIM + idx % HEAD_DIM;
                 kv = k_cache[src];
                 vv = v_cache[src];
             }
@@ -64,15 +102,28 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             v_tile[idx] = vv;
         }
         workgroupBarrier();
+        if (ROPE) {
+            rotate_tile(kb, shift, lid);
+            workgroupBarrier();
+        }
         if (valid) {
             for (var j = 0u; j < BK; j++) {
                 let key = kb + j;
-                if (key >= key_end || (p.causal != 0u && key > q_abs)) {
+                if (key >= k1 || key >= end) {
                     break;
                 }
+                if (key < first) {
+                    continue;
+                }
                 var s = 0.0;
-                for (var d = 0u; d < HEAD_DIM; d++) {
-                    s += qv[d] * k_tile[j * HEAD_DIM + d];
+                if (sink) {
+                    for (var d = 0u; d < SINK_DIM; d++) {
+                        s += q_sink[d] * k_tile[j * HEAD_DIM + d];
+                    }
+                } else {
+                    for (var d = 0u; d < HEAD_DIM; d++) {
+                        s += q_recent[d] * k_tile[j * HEAD_DIM + d];
+                    }
                 }
                 let m_new = max(m, s);
                 let corr = exp(m - m_new);
@@ -86,6 +137,79 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
+}
+
+@compute @workgroup_size(BQ)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let head = wid.y;
+    let kv_head = head / (p.heads / p.kv_heads);
+    let kv_len = step.pos + p.n_tokens;
+    // Absolute position of this thread's query and of the workgroup's first one.
+    var first_q = step.pos + wid.x * BQ;
+    if (SPARSE) {
+        first_q = (step.pos / BQ + wid.x) * BQ;
+    }
+    if (first_q >= kv_len) {
+        return;
+    }
+    let q_abs = first_q + lid;
+    let valid = q_abs >= step.pos && q_abs < kv_len;
+    let last_q = min(first_q + BQ, kv_len) - 1u;
+    let qi = q_abs - step.pos;
+
+    for (var d = 0u; d < HEAD_DIM; d++) {
+        acc[d] = 0.0;
+        q_recent[d] = 0.0;
+        if (valid) {
+            q_recent[d] = q[qi * p.q_stride + head * HEAD_DIM + d] * p.scale;
+        }
+    }
+    m = -3.0e38;
+    l = 0.0;
+
+    if (p.causal == 0u) {
+        attend(0u, kv_len, kv_head, lid, valid, 0u, kv_len, false, 0u);
+    } else if (SPARSE) {
+        let row = head * p.blocks + first_q / BQ;
+        if (lid == 0u) {
+            block_range = vec2<u32>(mask[row], mask[row + 1u]);
+        }
+        let range = workgroupUniformLoad(&block_range);
+        for (var b = range.x; b < range.y; b++) {
+            if (lid == 0u) {
+                block_col = mask[p.heads * p.blocks + 1u + b];
+            }
+            let col = workgroupUniformLoad(&block_col);
+            attend(col * BQ, min((col + 1u) * BQ, last_q + 1u), kv_head, lid, valid, 0u,
+                   q_abs + 1u, false, 0u);
+        }
+    } else {
+        let lo = window_lo(q_abs);
+        let sink_end = min(p.sinks, lo);
+        let lo_first = window_lo(first_q);
+        let sink_end_last = min(p.sinks, window_lo(last_q));
+        let c0 = lo_first - min(p.sinks, lo_first);
+        if (ROPE) {
+            for (var d = 0u; d < SINK_DIM; d++) {
+                q_sink[d] = q_recent[d];
+            }
+            // q_sink by the query's cache position, q_recent by p - c0 (see the header).
+            let q_cache_pos = sink_end + q_abs - lo;
+            for (var i = 0u; i < p.rot_half; i++) {
+                let r = rope_pair(q_recent[i], q_recent[i + p.rot_half], q_abs - c0, i);
+                q_recent[i] = r.x;
+                q_recent[i + p.rot_half] = r.y;
+                let t = rope_pair(q_sink[i], q_sink[i + p.rot_half], q_cache_pos, i);
+                q_sink[i] = t.x;
+                q_sink[i + p.rot_half] = t.y;
+            }
+        }
+        if (sink_end_last > 0u) {
+            attend(0u, sink_end_last, kv_head, lid, valid, 0u, sink_end, true, 0u);
+        }
+        attend(lo_first, last_q + 1u, kv_head, lid, valid, lo, q_abs + 1u, false, c0);
+    }
+
     if (valid) {
         let inv = 1.0 / l;
         for (var d = 0u; d < HEAD_DIM; d++) {

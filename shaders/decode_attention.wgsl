@@ -1,14 +1,28 @@
-// Attention of one new query per head over the whole KV cache (decode). One workgroup per
-// query head: scores are computed strided over the cache into a scratch row, reduced to a
-// max and a sum in workgroup memory, and each thread then produces output dimensions.
+// Decode attention, split-K (flash-decoding): one new query per head attends over the cache,
+// which is cut along the sequence into up to max_splits pieces, one workgroup per
+// (head, piece). Each workgroup streams its keys in tiles of TILE, keeps an online-softmax
+// state (max, denominator, unnormalised output) and writes it to `partial`; the kernel in
+// decode_attention_merge.wgsl combines the pieces. How many pieces are used follows the
+// number of keys the query sees (SPLIT_KEYS keys per piece at least), so a short cache takes
+// one workgroup per head and a long one spreads over the whole GPU.
+//
+// Visible keys and cache rows follow runtime/src/kv.rs (see attention.wgsl): the query at
+// p = step.pos sees [0, min(sinks, lo)) then [lo, p], numbered 0..n in that order. ROPE: the
+// cached keys are un-rotated; key number i is rotated by i and the query by n - 1 (positions
+// inside the cache). SPARSE: the keys are the blocks its mask row lists, 64 positions each,
+// those after p masked out.
 
 struct Params {
     heads: u32,
     kv_heads: u32,
-    q_stride: u32,
     kv_stride: u32,
-    scratch_stride: u32, // floats per head in the scratch buffer (the cache capacity)
     scale: f32,
+    sinks: u32,
+    window: u32,  // 0xffffffff: none
+    ring: u32,
+    rot_half: u32,
+    max_splits: u32,
+    blocks: u32,  // SPARSE: query blocks per head in the mask
     _p0: u32,
     _p1: u32,
 }
@@ -18,35 +32,31 @@ struct Params {
 @group(0) @binding(2) var<storage, read> q: array<f32>;
 @group(0) @binding(3) var<storage, read> k_cache: array<f32>;
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;
-@group(0) @binding(5) var<storage, read_write> scores: array<f32>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(6) var<storage, read> inv_freq: array<f32>;
+@group(0) @binding(7) var<storage, read> mask: array<u32>;
 
 const WG: u32 = 64u;
-var<workgroup> red: array<f32, WG>;
+const PER_THREAD: u32 = 4u;
+const TILE: u32 = WG * PER_THREAD;
+const SPLIT_KEYS: u32 = 256u;
+const DIMS_PER_THREAD: u32 = (HEAD_DIM + WG - 1u) / WG;
+
 var<workgroup> q_row: array<f32, HEAD_DIM>;
+var<workgroup> weights: array<f32, TILE>;
+var<workgroup> rows: array<u32, TILE>;
+var<workgroup> red: array<f32, WG>;
+var<workgroup> n_blocks: u32;
 
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let head = wid.x;
-    let kv_head = head / (p.heads / p.kv_heads);
-    let kv_len = step.pos + step.n_tokens;
-    let srow = head * p.scratch_stride;
-    for (var d = lid; d < HEAD_DIM; d += WG) {
-        q_row[d] = q[head * HEAD_DIM + d] * p.scale;
+fn kv_row(j: u32) -> u32 {
+    if (j < p.sinks) {
+        return j;
     }
-    workgroupBarrier();
+    return p.sinks + (j - p.sinks) % p.ring;
+}
 
-    var local_max = -3.0e38;
-    for (var j = lid; j < kv_len; j += WG) {
-        let base = j * p.kv_stride + kv_head * HEAD_DIM;
-        var s = 0.0;
-        for (var d = 0u; d < HEAD_DIM; d++) {
-            s += q_row[d] * k_cache[base + d];
-        }
-        scores[srow + j] = s;
-        local_max = max(local_max, s);
-    }
-    red[lid] = local_max;
+fn reduce_max(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (lid < s) {
@@ -54,16 +64,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
-    let row_max = red[0];
+    let r = red[0];
     workgroupBarrier();
+    return r;
+}
 
-    var local_sum = 0.0;
-    for (var j = lid; j < kv_len; j += WG) {
-        let e = exp(scores[srow + j] - row_max);
-        scores[srow + j] = e;
-        local_sum += e;
-    }
-    red[lid] = local_sum;
+fn reduce_sum(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (lid < s) {
@@ -71,15 +78,140 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
-    let inv = 1.0 / red[0];
-    storageBarrier();
+    let r = red[0];
     workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let head = wid.x;
+    let split = wid.y;
+    let kv_head = head / (p.heads / p.kv_heads);
+    let pos = step.pos;
+
+    // The visible keys: numbered 0..n; key i is absolute position sink/recent or block-based.
+    var lo = 0u;
+    if (p.window != 0xffffffffu && pos + 1u > p.window) {
+        lo = pos + 1u - p.window;
+    }
+    let sink_end = min(p.sinks, lo);
+    var n = sink_end + pos + 1u - lo;
+    let mask_row = head * p.blocks + pos / 64u;
+    if (SPARSE) {
+        if (lid == 0u) {
+            n_blocks = mask[mask_row + 1u] - mask[mask_row];
+        }
+        n = workgroupUniformLoad(&n_blocks) * 64u;
+    }
+    let splits = clamp((n + SPLIT_KEYS - 1u) / SPLIT_KEYS, 1u, p.max_splits);
+    let chunk = (n + splits - 1u) / splits;
+    let start = split * chunk;
+    let end = min(n, start + chunk);
 
     for (var d = lid; d < HEAD_DIM; d += WG) {
-        var acc = 0.0;
-        for (var j = 0u; j < kv_len; j++) {
-            acc += scores[srow + j] * v_cache[j * p.kv_stride + kv_head * HEAD_DIM + d];
+        q_row[d] = q[head * HEAD_DIM + d] * p.scale;
+    }
+    workgroupBarrier();
+    if (ROPE && lid == 0u) {
+        for (var i = 0u; i < p.rot_half; i++) {
+            let angle = f32(n - 1u) * inv_freq[i];
+            let a = q_row[i];
+            let b = q_row[i + p.rot_half];
+            q_row[i] = a * cos(angle) - b * sin(angle);
+            q_row[i + p.rot_half] = b * cos(angle) + a * sin(angle);
         }
-        out[head * HEAD_DIM + d] = acc * inv;
+    }
+    workgroupBarrier();
+
+    var m = -3.0e38;
+    var l = 0.0;
+    var acc: array<f32, DIMS_PER_THREAD>;
+    for (var r = 0u; r < DIMS_PER_THREAD; r++) {
+        acc[r] = 0.0;
+    }
+
+    for (var t0 = start; t0 < end; t0 += TILE) {
+        var tile_max = -3.0e38;
+        for (var r = 0u; r < PER_THREAD; r++) {
+            let slot = lid + r * WG;
+            let i = t0 + slot;
+            var s = -3.0e38;
+            var row = 0u;
+            if (i < end) {
+                var j = 0u;
+                if (SPARSE) {
+                    let col = mask[p.heads * p.blocks + 1u + mask[mask_row] + i / 64u];
+                    j = col * 64u + i % 64u;
+                } else if (i < sink_end) {
+                    j = i;
+                } else {
+                    j = lo + i - sink_end;
+                }
+                row = kv_row(j);
+                if (j <= pos) {
+                    let base = row * p.kv_stride + kv_head * HEAD_DIM;
+                    s = 0.0;
+                    if (ROPE) {
+                        for (var d = 0u; d < p.rot_half; d++) {
+                            let angle = f32(i) * inv_freq[d];
+                            let a = k_cache[base + d];
+                            let b = k_cache[base + d + p.rot_half];
+                            s += q_row[d] * (a * cos(angle) - b * sin(angle));
+                            s += q_row[d + p.rot_half] * (b * cos(angle) + a * sin(angle));
+                        }
+                        for (var d = 2u * p.rot_half; d < HEAD_DIM; d++) {
+                            s += q_row[d] * k_cache[base + d];
+                        }
+                    } else {
+                        for (var d = 0u; d < HEAD_DIM; d++) {
+                            s += q_row[d] * k_cache[base + d];
+                        }
+                    }
+                }
+            }
+            weights[slot] = s;
+            rows[slot] = row;
+            tile_max = max(tile_max, s);
+        }
+        let m_new = max(m, reduce_max(lid, tile_max));
+        var local_sum = 0.0;
+        for (var r = 0u; r < PER_THREAD; r++) {
+            let slot = lid + r * WG;
+            var e = 0.0;
+            if (weights[slot] > -1.0e38) {
+                e = exp(weights[slot] - m_new);
+            }
+            weights[slot] = e;
+            local_sum += e;
+        }
+        let corr = exp(m - m_new);
+        l = l * corr + reduce_sum(lid, local_sum);
+        m = m_new;
+        let count = min(TILE, end - t0);
+        for (var r = 0u; r < DIMS_PER_THREAD; r++) {
+            let d = lid + r * WG;
+            if (d < HEAD_DIM) {
+                var a = acc[r] * corr;
+                for (var k = 0u; k < count; k++) {
+                    a += weights[k] * v_cache[rows[k] * p.kv_stride + kv_head * HEAD_DIM + d];
+                }
+                acc[r] = a;
+            }
+        }
+        workgroupBarrier();
+    }
+
+    // An unused split leaves max -3e38 and denominator 0, which the merge ignores.
+    let base = (head * p.max_splits + split) * (HEAD_DIM + 2u);
+    if (lid == 0u) {
+        partial[base] = m;
+        partial[base + 1u] = l;
+    }
+    for (var r = 0u; r < DIMS_PER_THREAD; r++) {
+        let d = lid + r * WG;
+        if (d < HEAD_DIM) {
+            partial[base + 2u + d] = acc[r];
+        }
     }
 }

@@ -11,14 +11,14 @@ use kestrel_models::{Model, TextStream};
 use kestrel_runtime::session::{Sampling, Session};
 
 use crate::args::Args;
-use crate::{fetch, open_gpu};
+use crate::{apply_attention, attention_options, fetch, open_gpu, with_attention};
 
 /// Set by Ctrl-C while a reply is streaming; Ctrl-C at the prompt ends the program.
 static STOP: AtomicBool = AtomicBool::new(false);
 static GENERATING: AtomicBool = AtomicBool::new(false);
 
 pub fn run(a: &Args) -> Result<(), String> {
-    a.only(&[
+    a.only(&with_attention(&[
         "model",
         "backend",
         "system",
@@ -28,7 +28,8 @@ pub fn run(a: &Args) -> Result<(), String> {
         "top-p",
         "seed",
         "ctx",
-    ])?;
+    ]))?;
+    let attention = attention_options(a)?;
     let max_tokens: usize = a.parsed("max-tokens", 512)?;
     let mut sampling = Sampling {
         temperature: a.parsed("temperature", 0.7)?,
@@ -36,14 +37,21 @@ pub fn run(a: &Args) -> Result<(), String> {
         top_p: a.parsed("top-p", 0.95)?,
         seed: a.parsed("seed", 0)?,
     };
-    let ctx: usize = a.parsed("ctx", 4096)?;
+    // With attention sinks the conversation may grow without bound in a fixed cache.
+    let default_ctx = if attention.streaming.is_some() {
+        usize::MAX
+    } else {
+        4096
+    };
+    let ctx: usize = a.parsed("ctx", default_ctx)?;
     let path = match a.get("model") {
         Some(p) => std::path::PathBuf::from(p),
         None => fetch::SMOLLM2.obtain()?,
     };
     let gpu = open_gpu(a)?;
     let t = Instant::now();
-    let model = kestrel_models::load(&gpu, &path).map_err(|e| e.to_string())?;
+    let mut model = kestrel_models::load(&gpu, &path).map_err(|e| e.to_string())?;
+    apply_attention(&mut model, attention)?;
     let tok = model
         .tokenizer
         .as_ref()
@@ -79,8 +87,6 @@ pub fn run(a: &Args) -> Result<(), String> {
         .into_iter()
         .collect();
     let mut history: Vec<Message> = Vec::new();
-    // Token ids whose keys and values are in the cache, in order.
-    let mut cached: Vec<u32> = Vec::new();
     let stdin = std::io::stdin();
     loop {
         eprint!("> ");
@@ -100,7 +106,6 @@ pub fn run(a: &Args) -> Result<(), String> {
             "/exit" | "/quit" => return Ok(()),
             "/reset" => {
                 history.clear();
-                cached.clear();
                 session.reset();
                 eprintln!("[conversation cleared]");
                 continue;
@@ -133,24 +138,10 @@ pub fn run(a: &Args) -> Result<(), String> {
             continue;
         };
         // Reuse the cached prefix; prefill only what differs.
-        let keep = cached
-            .iter()
-            .zip(&ids)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(ids.len() - 1);
-        session.truncate(keep);
-        cached.truncate(keep);
+        let new = session.reuse_prefix(&ids);
+        let keep = ids.len() - new.len();
         sampling.seed = sampling.seed.wrapping_add(1);
-        let reply = respond(
-            &model,
-            tok,
-            &mut session,
-            &mut cached,
-            &ids[keep..],
-            &sampling,
-            room,
-        )?;
+        let reply = respond(&model, tok, &mut session, new, &sampling, room)?;
         eprintln!("[{keep} prompt tokens reused from the cache]");
         history.push(Message::new("assistant", &reply));
     }
@@ -173,12 +164,11 @@ impl Drop for Generating {
     }
 }
 
-/// Stream one reply; returns its text. `cached` follows what the session holds.
+/// Stream one reply; returns its text.
 fn respond(
     model: &Model,
     tok: &kestrel_models::TextTokenizer,
     session: &mut Session,
-    cached: &mut Vec<u32>,
     new: &[u32],
     sampling: &Sampling,
     max_tokens: usize,
@@ -190,7 +180,6 @@ fn respond(
     let t = Instant::now();
     let mut next =
         pollster::block_on(session.next_token(new, sampling)).map_err(|e| e.to_string())?;
-    cached.extend_from_slice(new);
     let prefill = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut produced = 0;
@@ -206,10 +195,8 @@ fn respond(
         if produced >= max_tokens || session.pos() + 1 >= session.capacity() {
             break;
         }
-        let fed = next;
         next =
-            pollster::block_on(session.next_token(&[fed], sampling)).map_err(|e| e.to_string())?;
-        cached.push(fed);
+            pollster::block_on(session.next_token(&[next], sampling)).map_err(|e| e.to_string())?;
     }
     println!();
     if STOP.load(Ordering::SeqCst) {

@@ -12,7 +12,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
+use kestrel_models::llama::AttentionOptions;
 use kestrel_models::{Model, TextStream};
+use kestrel_runtime::block_mask::SparseConfig;
 use kestrel_runtime::session::Sampling;
 use kestrel_runtime::{BackendChoice, Gpu};
 
@@ -28,7 +30,17 @@ usage:
   kestrel bench --model PATH [--json] [--backend B]
   kestrel chat [--model PATH] [--system TEXT] [--max-tokens N] [--temperature T] [--top-k K]
                [--top-p P] [--seed S] [--ctx N] [--backend B]
-               (without --model: SmolLM2-135M-Instruct, downloaded once into the cache)";
+               (without --model: SmolLM2-135M-Instruct, downloaded once into the cache)
+
+attention options (logits, generate, chat, bench):
+  --attention-sinks N --kv-window W   StreamingLLM: keep the first N tokens and the last W
+                                      (keys cached before RoPE, positions inside the cache),
+                                      so a sequence can grow without bound in fixed memory
+  --block-sparse SPEC                 block-sparse attention over 64x64 blocks, e.g.
+                                      local=4,global=1,random=1,dilation=1,seed=0[@LAYERS];...";
+
+/// Options every command that loads a model accepts.
+pub const ATTENTION_OPTIONS: &[&str] = &["attention-sinks", "kv-window", "block-sparse"];
 
 type CliResult = Result<(), String>;
 
@@ -71,7 +83,37 @@ pub fn open_gpu(a: &Args) -> Result<Arc<Gpu>, String> {
 
 pub fn open_model(gpu: &Arc<Gpu>, a: &Args) -> Result<Model, String> {
     let path = a.required("model")?;
-    kestrel_models::load(gpu, Path::new(path)).map_err(|e| e.to_string())
+    let options = attention_options(a)?;
+    let mut model = kestrel_models::load(gpu, Path::new(path)).map_err(|e| e.to_string())?;
+    apply_attention(&mut model, options)?;
+    Ok(model)
+}
+
+/// The attention options given on the command line (checked against the model later).
+pub fn attention_options(a: &Args) -> Result<AttentionOptions, String> {
+    let streaming = match (a.get("attention-sinks"), a.get("kv-window")) {
+        (None, None) => None,
+        (Some(_), Some(_)) => Some((a.parsed("attention-sinks", 0)?, a.parsed("kv-window", 0)?)),
+        _ => return Err("--attention-sinks and --kv-window go together".into()),
+    };
+    let sparse = a
+        .get("block-sparse")
+        .map(SparseConfig::parse)
+        .transpose()
+        .map_err(|e| format!("--block-sparse: {e}"))?;
+    Ok(AttentionOptions { streaming, sparse })
+}
+
+pub fn apply_attention(model: &mut Model, options: AttentionOptions) -> CliResult {
+    if options != AttentionOptions::default() {
+        model.set_attention(options).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// `known` plus the attention options.
+fn with_attention<'a>(known: &[&'a str]) -> Vec<&'a str> {
+    known.iter().chain(ATTENTION_OPTIONS).copied().collect()
 }
 
 fn info(a: &Args) -> CliResult {
@@ -124,7 +166,9 @@ fn parse_tokens(s: &str) -> Result<Vec<u32>, String> {
 }
 
 fn logits(a: &Args) -> CliResult {
-    a.only(&["model", "tokens", "mode", "backend", "out"])?;
+    a.only(&with_attention(&[
+        "model", "tokens", "mode", "backend", "out",
+    ]))?;
     let tokens = parse_tokens(a.required("tokens")?)?;
     let out = a.required("out")?;
     let mode = a.get("mode").unwrap_or("prefill");
@@ -134,7 +178,7 @@ fn logits(a: &Args) -> CliResult {
     let gpu = open_gpu(a)?;
     let model = open_model(&gpu, a)?;
     let vocab = model.config().vocab;
-    let max = model.config().max_positions;
+    let max = model.architecture().max_context();
     if tokens.len() > max {
         return Err(format!(
             "{} tokens exceed the model's context of {max} positions",
@@ -158,7 +202,7 @@ fn logits(a: &Args) -> CliResult {
 }
 
 fn generate(a: &Args) -> CliResult {
-    a.only(&[
+    a.only(&with_attention(&[
         "model",
         "prompt",
         "max-tokens",
@@ -168,7 +212,7 @@ fn generate(a: &Args) -> CliResult {
         "seed",
         "ctx",
         "backend",
-    ])?;
+    ]))?;
     let prompt = a.required("prompt")?;
     let max_tokens: usize = a.parsed("max-tokens", 64)?;
     let sampling = Sampling {

@@ -49,6 +49,8 @@ pub enum ModelError {
     Gguf { file: PathBuf, message: String },
     #[error("{file}: cannot load tokenizer: {message}")]
     Tokenizer { file: PathBuf, message: String },
+    #[error("{0}")]
+    BadOption(String),
     #[error("chat template: {0}")]
     ChatTemplate(String),
     #[error("{0}")]

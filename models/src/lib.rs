@@ -84,6 +84,14 @@ impl Model {
             &self.chat.eos_token,
         )
     }
+    /// Switch attention to StreamingLLM sinks or block-sparse patterns (checked against the
+    /// model); sessions made afterwards use them.
+    pub fn set_attention(&mut self, options: llama::AttentionOptions) -> Result<()> {
+        let mut llama = (*self.llama).clone();
+        llama.set_attention(options)?;
+        self.llama = Arc::new(llama);
+        Ok(())
+    }
     /// A new sequence with a KV cache for `capacity` tokens (capped at the model's context).
     pub fn session(&self, gpu: &Arc<Gpu>, capacity: usize) -> Result<Session> {
         Ok(Session::new(gpu, self.architecture(), capacity)?)

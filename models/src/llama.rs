@@ -1,11 +1,15 @@
 //! The Llama family as one configurable decoder: LlamaForCausalLM (GQA, tied or untied
-//! embeddings, Llama-3 RoPE scaling) and Qwen2ForCausalLM (q/k/v biases).
+//! embeddings, Llama-3 RoPE scaling), MistralForCausalLM (sliding-window attention) and
+//! Qwen2ForCausalLM (q/k/v biases, per-layer sliding windows). Attention can further be
+//! switched, at load time, to StreamingLLM sinks or block-sparse patterns.
 
 use std::sync::Arc;
 
+use kestrel_runtime::block_mask::{BlockMask, SparseConfig};
 use kestrel_runtime::graph::Graph;
-use kestrel_runtime::kernels::attention::AttnShape;
+use kestrel_runtime::kernels::attention::{mask_blocks, AttnShape};
 use kestrel_runtime::kernels::rope::{self, Llama3Scaling};
+use kestrel_runtime::kv::KvLayout;
 use kestrel_runtime::session::{Architecture, Head, StateSpec};
 use kestrel_runtime::tensor::{DType, GpuWeight};
 
@@ -13,7 +17,7 @@ use crate::config::JsonConfig;
 use crate::error::{ModelError, Result};
 use crate::weights::Uploader;
 
-pub const SUPPORTED: &[&str] = &["LlamaForCausalLM", "Qwen2ForCausalLM"];
+pub const SUPPORTED: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
@@ -31,6 +35,8 @@ pub struct LlamaConfig {
     pub llama3: Option<Llama3Scaling>,
     pub tie_embeddings: bool,
     pub qkv_bias: bool,
+    /// Each layer's sliding window (positions a query sees, itself included), if any.
+    pub layer_windows: Vec<Option<usize>>,
     pub bos: Vec<u32>,
     pub eos: Vec<u32>,
 }
@@ -39,7 +45,7 @@ impl LlamaConfig {
     pub fn from_json(c: &JsonConfig) -> Result<LlamaConfig> {
         let architecture = c.architecture()?;
         let qwen2 = match architecture.as_str() {
-            "LlamaForCausalLM" | "llama" => false,
+            "LlamaForCausalLM" | "llama" | "MistralForCausalLM" | "mistral" => false,
             "Qwen2ForCausalLM" | "qwen2" => true,
             _ => {
                 return Err(ModelError::UnsupportedArchitecture {
@@ -119,10 +125,13 @@ impl LlamaConfig {
                 }
             }
         };
+        let layers = c.positive("num_hidden_layers")?;
+        let layer_windows = layer_windows(c, qwen2, layers)?;
         Ok(LlamaConfig {
             hidden,
             intermediate: c.positive("intermediate_size")?,
-            layers: c.positive("num_hidden_layers")?,
+            layers,
+            layer_windows,
             heads,
             kv_heads,
             head_dim,
@@ -139,6 +148,11 @@ impl LlamaConfig {
         })
     }
 
+    /// The smallest sliding window any layer has.
+    pub fn min_window(&self) -> Option<usize> {
+        self.layer_windows.iter().flatten().copied().min()
+    }
+
     fn attn_shape(&self) -> AttnShape {
         AttnShape {
             heads: self.heads,
@@ -149,6 +163,69 @@ impl LlamaConfig {
     }
 }
 
+/// Sliding windows per layer. `layer_types` ("sliding_attention" / "full_attention") when the
+/// config lists them; else Qwen2's rule (with `use_sliding_window`, layers from
+/// `max_window_layers` on slide); else Mistral's `sliding_window` for every layer.
+fn layer_windows(c: &JsonConfig, qwen2: bool, layers: usize) -> Result<Vec<Option<usize>>> {
+    let mistral = matches!(c.architecture()?.as_str(), "MistralForCausalLM" | "mistral");
+    let bad = |key: &str, message: String| ModelError::BadConfigValue {
+        file: c.path.clone(),
+        key: key.into(),
+        message,
+    };
+    // transformers' MistralConfig defaults a missing sliding_window to 4096 (null: none).
+    let window = match c.get("sliding_window") {
+        None if mistral => Some(4096),
+        _ => c.opt_usize("sliding_window")?,
+    };
+    if window == Some(0) {
+        return Err(bad("sliding_window", "must be at least 1".into()));
+    }
+    let enabled = !qwen2 || c.opt_bool("use_sliding_window")?.unwrap_or(false);
+    let window = window.filter(|_| enabled);
+    if let Some(types) = c.get("layer_types").and_then(|v| v.as_array()) {
+        if types.len() != layers {
+            return Err(bad(
+                "layer_types",
+                format!("lists {} layers, the model has {layers}", types.len()),
+            ));
+        }
+        return types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("full_attention") => Ok(None),
+                Some("sliding_attention") => match window {
+                    Some(w) => Ok(Some(w)),
+                    None => Err(bad(
+                        "layer_types",
+                        "names a sliding_attention layer but sliding_window is not set".into(),
+                    )),
+                },
+                _ => Err(bad("layer_types", format!("entry {t} is not supported"))),
+            })
+            .collect();
+    }
+    let first_sliding = if qwen2 {
+        c.opt_usize("max_window_layers")?.unwrap_or(0)
+    } else {
+        0
+    };
+    Ok((0..layers)
+        .map(|l| window.filter(|_| l >= first_sliding))
+        .collect())
+}
+
+/// Attention choices made when running a model rather than stored in its checkpoint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AttentionOptions {
+    /// StreamingLLM: keep the first `sinks` tokens and the last `window` (keys cached before
+    /// RoPE, positions counted inside the cache).
+    pub streaming: Option<(usize, usize)>,
+    /// Block-sparse attention patterns per layer.
+    pub sparse: Option<SparseConfig>,
+}
+
+#[derive(Clone)]
 struct Layer {
     attn_norm: Arc<GpuWeight>,
     q: Arc<GpuWeight>,
@@ -164,8 +241,10 @@ struct Layer {
     down: Arc<GpuWeight>,
 }
 
+#[derive(Clone)]
 pub struct Llama {
     pub config: LlamaConfig,
+    attention: AttentionOptions,
     embed: Arc<GpuWeight>,
     layers: Vec<Layer>,
     norm: Arc<GpuWeight>,
@@ -221,6 +300,7 @@ impl Llama {
             &rope::inv_freq(c.rope_theta, c.head_dim, c.llama3),
         )?;
         Ok(Llama {
+            attention: AttentionOptions::default(),
             weight_bytes: up.gpu_bytes,
             file_bytes: up.file_bytes,
             config,
@@ -233,22 +313,95 @@ impl Llama {
     }
 }
 
+impl Llama {
+    /// Switch attention to StreamingLLM sinks or block-sparse patterns, after checking them
+    /// against the model.
+    pub fn set_attention(&mut self, options: AttentionOptions) -> Result<()> {
+        let c = &self.config;
+        let bad = |m: String| Err(ModelError::BadOption(m));
+        if let Some((sinks, window)) = options.streaming {
+            if sinks == 0 || window == 0 {
+                return bad(format!(
+                    "--attention-sinks ({sinks}) and --kv-window ({window}) must be at least 1"
+                ));
+            }
+            if sinks + window > c.max_positions {
+                return bad(format!(
+                    "--attention-sinks {sinks} plus --kv-window {window} exceed the model's context of {} positions",
+                    c.max_positions
+                ));
+            }
+            if let Some(w) = c.min_window().filter(|&w| window > w) {
+                return bad(format!(
+                    "--kv-window {window} is larger than the model's own sliding window of {w}"
+                ));
+            }
+            if options.sparse.is_some() {
+                return bad("attention sinks and block-sparse attention cannot be combined".into());
+            }
+        }
+        if let Some(sparse) = &options.sparse {
+            sparse.validate(c.layers)?;
+            if let Some(l) = (0..c.layers)
+                .find(|&l| sparse.for_layer(l).is_some() && c.layer_windows[l].is_some())
+            {
+                return bad(format!(
+                    "layer {l} has a sliding window; block-sparse patterns apply to full-attention layers"
+                ));
+            }
+        }
+        self.attention = options;
+        Ok(())
+    }
+
+    fn sparse_pattern(&self, l: usize) -> Option<kestrel_runtime::block_mask::SparsePattern> {
+        self.attention.sparse.as_ref().and_then(|s| s.for_layer(l))
+    }
+
+    /// The cache layout of layer `l` for a sequence of up to `capacity` tokens.
+    fn layout(&self, l: usize, capacity: usize) -> kestrel_runtime::Result<KvLayout> {
+        Ok(
+            match (self.attention.streaming, self.config.layer_windows[l]) {
+                (Some((sinks, window)), _) => KvLayout::streaming(sinks, window)?,
+                (None, Some(w)) => KvLayout::sliding(w, capacity)?,
+                (None, None) => KvLayout::linear(capacity),
+            },
+        )
+    }
+}
+
 impl Architecture for Llama {
     fn vocab_size(&self) -> usize {
         self.config.vocab
     }
 
+    /// With attention sinks positions stay inside the cache, so a sequence may grow without
+    /// bound; otherwise the model's position limit.
     fn max_context(&self) -> usize {
-        self.config.max_positions
+        match self.attention.streaming {
+            Some(_) => u32::MAX as usize,
+            None => self.config.max_positions,
+        }
+    }
+
+    fn kv_layouts(&self, capacity: usize) -> Vec<KvLayout> {
+        (0..self.config.layers)
+            .map(|l| {
+                self.layout(l, capacity)
+                    .unwrap_or(KvLayout::linear(capacity))
+            })
+            .collect()
     }
 
     fn states(&self, capacity: usize) -> Vec<StateSpec> {
         let kvd = self.config.kv_heads * self.config.head_dim;
-        (0..self.config.layers)
-            .flat_map(|l| {
+        self.kv_layouts(capacity)
+            .iter()
+            .enumerate()
+            .flat_map(|(l, layout)| {
                 ["k", "v"].map(|kind| StateSpec {
                     name: format!("layer.{l}.{kind}"),
-                    shape: vec![capacity, kvd],
+                    shape: vec![layout.rows, kvd],
                 })
             })
             .collect()
@@ -274,13 +427,32 @@ impl Architecture for Llama {
             let q = proj(&mut g, &layer.q, &layer.q_bias)?;
             let k = proj(&mut g, &layer.k, &layer.k_bias)?;
             let v = proj(&mut g, &layer.v, &layer.v_bias)?;
-            let q = g.rope(q, inv_freq, c.heads, c.head_dim)?;
-            let k = g.rope(k, inv_freq, c.kv_heads, c.head_dim)?;
-            let k_cache = g.state(&format!("layer.{l}.k"), &[capacity, kvd]);
-            let v_cache = g.state(&format!("layer.{l}.v"), &[capacity, kvd]);
-            g.cache_write(k, k_cache)?;
-            g.cache_write(v, v_cache)?;
-            let a = g.attention(q, k_cache, v_cache, c.attn_shape(), true)?;
+            let layout = self.layout(l, capacity)?;
+            // Keys cached before RoPE (attention sinks) are rotated inside attention.
+            let (q, k, rope) = if layout.rope_in_attention {
+                (q, k, Some(inv_freq))
+            } else {
+                let q = g.rope(q, inv_freq, c.heads, c.head_dim)?;
+                (q, g.rope(k, inv_freq, c.kv_heads, c.head_dim)?, None)
+            };
+            let k_cache = g.state(&format!("layer.{l}.k"), &[layout.rows, kvd]);
+            let v_cache = g.state(&format!("layer.{l}.v"), &[layout.rows, kvd]);
+            g.cache_write(k, k_cache, layout)?;
+            g.cache_write(v, v_cache, layout)?;
+            let mask = self.sparse_pattern(l).map(|pattern| {
+                let blocks = mask_blocks(layout.rows);
+                g.block_mask(&BlockMask::causal(&pattern, c.heads, blocks, l))
+            });
+            let a = g.attention(
+                q,
+                k_cache,
+                v_cache,
+                c.attn_shape(),
+                true,
+                layout,
+                rope,
+                mask,
+            )?;
             let o = w(&mut g, &layer.o);
             let o = g.linear(a, o, None)?;
             x = g.add_tensors(x, o)?;

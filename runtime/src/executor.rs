@@ -57,6 +57,11 @@ impl Plan {
                     Bound::Buffer(b)
                 }
                 Source::Weight(w) => Bound::Weight(w.clone()),
+                Source::Constant(words) => {
+                    let bytes: &[u8] = bytemuck::cast_slice(words);
+                    check_binding(gpu, "constant", bytes.len() as u64)?;
+                    Bound::Buffer(gpu.storage_buffer_init("constant", bytes))
+                }
                 Source::State(name) => {
                     let s = states.get(name)?;
                     if s.shape != desc.shape {
@@ -89,7 +94,7 @@ impl Plan {
             bound: &bound,
             step: &step,
             dispatches: Vec::new(),
-            scores: None,
+            partial: None,
         };
         for op in &graph.ops {
             lower.op(op)?;
@@ -172,18 +177,19 @@ struct Lowering<'a> {
     bound: &'a [Bound],
     step: &'a wgpu::Buffer,
     dispatches: Vec<Dispatch>,
-    /// Decode attention's score rows, shared by every layer (their dispatches run in order).
-    scores: Option<GpuTensor>,
+    /// Decode attention's per-piece partial results, shared by every layer (their
+    /// dispatches run in order).
+    partial: Option<GpuTensor>,
 }
 
 impl Lowering<'_> {
-    fn scores(&mut self, floats: usize) -> Result<wgpu::Buffer> {
-        match &self.scores {
+    fn partial(&mut self, floats: usize) -> Result<wgpu::Buffer> {
+        match &self.partial {
             Some(t) if t.numel() >= floats => Ok(t.buffer.clone()),
             _ => {
-                let t = GpuTensor::new(self.gpu, "attention scores", &[floats], DType::F32)?;
+                let t = GpuTensor::new(self.gpu, "attention partials", &[floats], DType::F32)?;
                 let buffer = t.buffer.clone();
-                self.scores = Some(t);
+                self.partial = Some(t);
                 Ok(buffer)
             }
         }
@@ -261,15 +267,17 @@ impl Lowering<'_> {
                 )?;
                 self.dispatches.push(d);
             }
-            Op::CacheWrite { src, cache } => {
+            Op::CacheWrite { src, cache, layout } => {
                 let s = self.shape(src);
-                let p = CopyParams {
-                    n: (s[0] * s[1]) as u32,
-                    src_offset: 0,
-                    dst_offset: 0,
-                    dst_pos_stride: s[1] as u32,
-                };
-                let d = copy::launch(gpu, self.step, self.buf(src)?, self.buf(cache)?, p)?;
+                let d = cache_write::launch(
+                    gpu,
+                    self.step,
+                    self.buf(src)?,
+                    self.buf(cache)?,
+                    layout,
+                    s[0],
+                    s[1],
+                )?;
                 self.dispatches.push(d);
             }
             Op::Attention {
@@ -279,28 +287,44 @@ impl Lowering<'_> {
                 out,
                 shape,
                 causal,
+                layout,
+                inv_freq,
+                mask,
             } => {
                 let n = self.shape(q)[0];
-                let capacity = self.shape(k_cache)[0];
-                let scores = if n == 1 && causal {
-                    Some(self.scores(shape.heads * capacity)?)
+                let partial = if n == 1 && causal {
+                    let splits = decode_attention::max_splits_for(layout.rows);
+                    let floats = decode_attention::partial_floats(&shape, splits);
+                    Some((self.partial(floats)?, splits))
                 } else {
                     None
                 };
-                let (qb, kb, vb, ob) = (
-                    self.buf(q)?,
-                    self.buf(k_cache)?,
-                    self.buf(v_cache)?,
-                    self.buf(out)?,
-                );
-                let d = if let Some(scores) = &scores {
-                    decode_attention::launch(
-                        gpu, self.step, qb, kb, vb, scores, ob, shape, capacity,
-                    )?
-                } else {
-                    attention::launch(gpu, self.step, qb, kb, vb, ob, shape, n, causal)?
+                let io = attention::AttnBuffers {
+                    q: self.buf(q)?,
+                    k_cache: self.buf(k_cache)?,
+                    v_cache: self.buf(v_cache)?,
+                    out: self.buf(out)?,
+                    inv_freq: match inv_freq {
+                        Some(f) => Some((self.buf(f)?, self.graph.tensors[f].numel())),
+                        None => None,
+                    },
+                    mask: match mask {
+                        Some(m) => Some((self.buf(m)?, attention::mask_blocks(layout.rows))),
+                        None => None,
+                    },
                 };
-                self.dispatches.push(d);
+                match &partial {
+                    Some((buffer, splits)) => {
+                        let d = decode_attention::launch(
+                            gpu, self.step, &io, buffer, shape, layout, *splits,
+                        )?;
+                        self.dispatches.extend(d);
+                    }
+                    None => {
+                        let d = attention::launch(gpu, self.step, &io, shape, layout, n, causal)?;
+                        self.dispatches.push(d);
+                    }
+                }
             }
             Op::Elementwise { op, a, b, out } => {
                 let n = self.graph.tensors[a].numel();

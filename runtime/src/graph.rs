@@ -4,9 +4,11 @@
 
 use std::sync::Arc;
 
+use crate::block_mask::BlockMask;
 use crate::error::{Error, Result};
-use crate::kernels::attention::AttnShape;
+use crate::kernels::attention::{mask_blocks, validate_mode, AttnShape};
 use crate::kernels::elementwise::Elementwise;
+use crate::kv::KvLayout;
 use crate::tensor::{DType, GpuWeight};
 
 pub type TensorId = usize;
@@ -20,6 +22,8 @@ pub enum Source {
     Weight(Arc<GpuWeight>),
     /// Persistent per-sequence state (a KV cache), bound from a [`crate::session::StateStore`].
     State(String),
+    /// Data fixed when the graph is built (a block mask), uploaded once per plan.
+    Constant(Arc<Vec<u32>>),
 }
 
 #[derive(Debug, Clone)]
@@ -62,10 +66,11 @@ pub enum Op {
         head_dim: usize,
         rot_dims: usize,
     },
-    /// Append the rows of `src` [T, W] to `cache` [capacity, W] at the current position.
+    /// Append the rows of `src` [T, W] to `cache` [layout.rows, W] at the current position.
     CacheWrite {
         src: TensorId,
         cache: TensorId,
+        layout: KvLayout,
     },
     Attention {
         q: TensorId,
@@ -74,6 +79,11 @@ pub enum Op {
         out: TensorId,
         shape: AttnShape,
         causal: bool,
+        layout: KvLayout,
+        /// RoPE frequencies when keys are cached before RoPE (`layout.rope_in_attention`).
+        inv_freq: Option<TensorId>,
+        /// A block mask (constant u32 words) for block-sparse attention.
+        mask: Option<TensorId>,
     },
     Elementwise {
         op: Elementwise,
@@ -107,14 +117,21 @@ impl Op {
                 (r, vec![out])
             }
             Op::Rope { x, inv_freq, .. } => (vec![x, inv_freq], vec![x]),
-            Op::CacheWrite { src, cache } => (vec![src], vec![cache]),
+            Op::CacheWrite { src, cache, .. } => (vec![src], vec![cache]),
             Op::Attention {
                 q,
                 k_cache,
                 v_cache,
                 out,
+                inv_freq,
+                mask,
                 ..
-            } => (vec![q, k_cache, v_cache], vec![out]),
+            } => {
+                let mut r = vec![q, k_cache, v_cache];
+                r.extend(inv_freq);
+                r.extend(mask);
+                (r, vec![out])
+            }
             Op::Elementwise { a, b, out, .. } => (vec![a, b], vec![out]),
             Op::LastRow { x, out } => (vec![x], vec![out]),
             Op::Softmax { x, out } => (vec![x], vec![out]),
@@ -256,14 +273,39 @@ impl Graph {
         Ok(x)
     }
 
-    pub fn cache_write(&mut self, src: TensorId, cache: TensorId) -> Result<()> {
-        if self.shape(src)[1] != self.shape(cache)[1] {
-            return Err(mismatch("cache write", self.shape(cache), self.shape(src)));
+    /// A constant u32 array, uploaded when the graph is planned.
+    pub fn constant(&mut self, data: Vec<u32>) -> TensorId {
+        self.add(
+            vec![data.len()],
+            DType::U32,
+            Source::Constant(Arc::new(data)),
+        )
+    }
+
+    /// A block mask as a constant for [`Graph::attention`].
+    pub fn block_mask(&mut self, mask: &BlockMask) -> TensorId {
+        self.constant(mask.to_words())
+    }
+
+    pub fn cache_write(&mut self, src: TensorId, cache: TensorId, layout: KvLayout) -> Result<()> {
+        let (s, c) = (self.shape(src), self.shape(cache));
+        if s[1] != c[1] || c[0] != layout.rows {
+            return Err(mismatch("cache write", &[layout.rows, s[1]], c));
         }
-        self.ops.push(Op::CacheWrite { src, cache });
+        if let Some(n) = layout.max_chunk.filter(|&n| s[0] > n) {
+            return Err(Error::Graph(format!(
+                "cache write of {} rows exceeds the ring cache's chunk of {n}",
+                s[0]
+            )));
+        }
+        self.ops.push(Op::CacheWrite { src, cache, layout });
         Ok(())
     }
 
+    /// Attention of `q` over a layer's caches laid out by `layout`. `inv_freq`: RoPE
+    /// frequencies for a layout that caches keys before RoPE (q is then un-rotated too).
+    /// `mask`: a [`Graph::block_mask`] over the cache's rows.
+    #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &mut self,
         q: TensorId,
@@ -271,8 +313,30 @@ impl Graph {
         v_cache: TensorId,
         shape: AttnShape,
         causal: bool,
+        layout: KvLayout,
+        inv_freq: Option<TensorId>,
+        mask: Option<TensorId>,
     ) -> Result<TensorId> {
-        shape.validate()?;
+        let rope_half = inv_freq.map(|f| self.tensors[f].numel());
+        validate_mode(&shape, &layout, causal, rope_half, mask.is_some())?;
+        if self.shape(k_cache)[0] != layout.rows {
+            return Err(mismatch(
+                "attention KV cache rows",
+                &[layout.rows, shape.kv_heads * shape.head_dim],
+                self.shape(k_cache),
+            ));
+        }
+        if let Some(m) = mask {
+            let blocks = mask_blocks(layout.rows);
+            let words = self.tensors[m].numel();
+            if words < shape.heads * blocks + 1 {
+                return Err(mismatch(
+                    "block mask",
+                    &[shape.heads * blocks + 1],
+                    &[words],
+                ));
+            }
+        }
         let qs = self.shape(q).to_vec();
         if qs[1] != shape.heads * shape.head_dim {
             return Err(mismatch(
@@ -297,6 +361,9 @@ impl Graph {
             out,
             shape,
             causal,
+            layout,
+            inv_freq,
+            mask,
         });
         Ok(out)
     }

@@ -2,11 +2,13 @@
 //! architectures (in kestrel-models) build a [`graph::Graph`] of ops, and the executor plans
 //! it once and replays it on the GPU.
 
+pub mod block_mask;
 pub mod device;
 pub mod error;
 pub mod executor;
 pub mod graph;
 pub mod kernels;
+pub mod kv;
 pub mod planner;
 pub mod quant;
 pub mod readback;

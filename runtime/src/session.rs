@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::executor::Plan;
 use crate::graph::Graph;
 use crate::kernels::Step;
+use crate::kv::KvLayout;
 use crate::rng::pcg_hash;
 use crate::tensor::{DType, GpuTensor};
 
@@ -34,6 +35,12 @@ pub trait Architecture {
     /// The longest sequence the model supports (its position limit).
     fn max_context(&self) -> usize;
     fn states(&self, capacity: usize) -> Vec<StateSpec>;
+    /// The KV cache layout of each attention layer for a sequence of up to `capacity` tokens
+    /// (none for an architecture without KV caches). Ring caches bound how many tokens one
+    /// pass may append and how far a sequence can be cut back.
+    fn kv_layouts(&self, _capacity: usize) -> Vec<KvLayout> {
+        Vec::new()
+    }
     /// The forward graph for `n_tokens` new tokens (input "tokens"), ending in `head`.
     fn build(&self, n_tokens: usize, capacity: usize, head: Head) -> Result<Graph>;
 }
@@ -89,7 +96,9 @@ pub struct Session {
     arch: Arc<dyn Architecture>,
     states: StateStore,
     capacity: usize,
-    pos: usize,
+    layouts: Vec<KvLayout>,
+    /// Every token appended so far, in order (its length is the position).
+    history: Vec<u32>,
     plans: HashMap<(usize, Head), Plan>,
 }
 
@@ -103,16 +112,25 @@ impl Session {
         let states = StateStore::allocate(gpu, &arch.states(capacity))?;
         Ok(Session {
             gpu: gpu.clone(),
+            layouts: arch.kv_layouts(capacity),
             arch,
             states,
             capacity,
-            pos: 0,
+            history: Vec::new(),
             plans: HashMap::new(),
         })
     }
 
     pub fn pos(&self) -> usize {
-        self.pos
+        self.history.len()
+    }
+    /// The tokens in the sequence so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.history
+    }
+    /// The KV cache layout of each attention layer.
+    pub fn kv_layouts(&self) -> &[KvLayout] {
+        &self.layouts
     }
     pub fn capacity(&self) -> usize {
         self.capacity
@@ -122,12 +140,38 @@ impl Session {
     }
     /// Forget the sequence (the cache is overwritten from position 0).
     pub fn reset(&mut self) {
-        self.pos = 0;
+        self.history.clear();
     }
-    /// Keep only the first `len` cached tokens (to reuse a shared prefix); later ones are
-    /// overwritten by the next run.
-    pub fn truncate(&mut self, len: usize) {
-        self.pos = self.pos.min(len);
+    /// Keep only the first `len` tokens (to reuse a shared prefix); later ones are overwritten
+    /// by the next run. When a ring cache has already overwritten keys the shortened sequence
+    /// needs, the whole sequence is dropped instead. Returns the tokens kept.
+    pub fn truncate(&mut self, len: usize) -> usize {
+        let pos = self.pos();
+        let len = len.min(pos);
+        if self.layouts.iter().all(|l| l.can_truncate(pos, len)) {
+            self.history.truncate(len);
+        } else {
+            self.history.clear();
+        }
+        self.history.len()
+    }
+    /// Prepare to run `tokens` as a whole sequence: keep the longest prefix they share with
+    /// the current sequence (leaving at least one token to run) and return the tokens still
+    /// to append.
+    pub fn reuse_prefix<'t>(&mut self, tokens: &'t [u32]) -> &'t [u32] {
+        let shared = self
+            .history
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(tokens.len().saturating_sub(1));
+        let kept = self.truncate(shared);
+        &tokens[kept..]
+    }
+    /// The most tokens one pass may append (ring caches), if limited.
+    fn max_chunk(&self) -> Option<usize> {
+        self.layouts.iter().filter_map(|l| l.max_chunk).min()
     }
     pub fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu
@@ -143,11 +187,12 @@ impl Session {
                 "token id {t} is not below the vocabulary size {vocab}"
             )));
         }
-        if self.pos + tokens.len() > self.capacity {
+        let end = self.pos() + tokens.len();
+        if end > self.capacity || end > u32::MAX as usize {
             return Err(Error::InputOutOfRange(format!(
                 "{} tokens after {} cached exceed the context of {} tokens",
                 tokens.len(),
-                self.pos,
+                self.pos(),
                 self.capacity
             )));
         }
@@ -167,10 +212,11 @@ impl Session {
     }
 
     fn step_for(&self, n: usize, s: &Sampling) -> Step {
+        let pos = self.pos() as u32;
         Step {
-            pos: self.pos as u32,
+            pos,
             n_tokens: n as u32,
-            seed: pcg_hash(s.seed ^ pcg_hash(self.pos as u32)),
+            seed: pcg_hash(s.seed ^ pcg_hash(pos)),
             top_k: s.top_k,
             temperature: s.temperature,
             top_p: s.top_p,
@@ -179,27 +225,51 @@ impl Session {
         }
     }
 
+    /// Run one pass over `tokens` (at most one chunk) with `head`; the plan's output is
+    /// ready to read when this returns.
+    fn run(&mut self, tokens: &[u32], head: Head, sampling: &Sampling) -> Result<&Plan> {
+        let step = self.step_for(tokens.len(), sampling);
+        self.plan(tokens.len(), head)?;
+        let plan = &self.plans[&(tokens.len(), head)];
+        plan.write_input("tokens", tokens)?;
+        plan.run(&step)?;
+        self.history.extend_from_slice(tokens);
+        Ok(&self.plans[&(tokens.len(), head)])
+    }
+
+    /// `tokens` cut into the passes ring caches allow.
+    fn chunks(&self, tokens: &[u32]) -> Vec<std::ops::Range<usize>> {
+        let size = self.max_chunk().unwrap_or(tokens.len()).max(1);
+        (0..tokens.len())
+            .step_by(size)
+            .map(|s| s..(s + size).min(tokens.len()))
+            .collect()
+    }
+
     /// Append `tokens` and return the logits after each of them, [T * vocab] row-major.
     pub async fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         self.check_tokens(tokens)?;
-        let step = self.step_for(tokens.len(), &Sampling::default());
-        let plan = self.plan(tokens.len(), Head::AllLogits)?;
-        plan.write_input("tokens", tokens)?;
-        plan.run(&step)?;
-        let out = plan.read_f32(0).await?;
-        self.pos += tokens.len();
+        let mut out = Vec::with_capacity(tokens.len() * self.arch.vocab_size());
+        for range in self.chunks(tokens) {
+            let plan = self.run(&tokens[range], Head::AllLogits, &Sampling::default())?;
+            out.extend(plan.read_f32(0).await?);
+        }
         Ok(out)
     }
 
     /// Append `tokens` and draw the next token on the GPU; only its id is read back.
     pub async fn next_token(&mut self, tokens: &[u32], sampling: &Sampling) -> Result<u32> {
         self.check_tokens(tokens)?;
-        let step = self.step_for(tokens.len(), sampling);
-        let plan = self.plan(tokens.len(), Head::Sample)?;
-        plan.write_input("tokens", tokens)?;
-        plan.run(&step)?;
+        let chunks = self.chunks(tokens);
+        let Some((last, earlier)) = chunks.split_last() else {
+            return Err(Error::InputOutOfRange("no tokens given".into()));
+        };
+        // Earlier chunks only fill the cache; their sampled token is never read.
+        for range in earlier {
+            self.run(&tokens[range.clone()], Head::Sample, sampling)?;
+        }
+        let plan = self.run(&tokens[last.clone()], Head::Sample, sampling)?;
         let out = plan.read_u32(0).await?;
-        self.pos += tokens.len();
         out.first()
             .copied()
             .ok_or_else(|| Error::Readback("sampler produced no token".into()))

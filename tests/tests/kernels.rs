@@ -19,13 +19,14 @@
 use std::sync::Arc;
 
 use half::f16;
-use kestrel_runtime::kernels::attention::{self, AttnShape};
+use kestrel_runtime::kernels::attention::{self, AttnBuffers, AttnShape, CacheView};
 use kestrel_runtime::kernels::copy::{self, CopyParams};
 use kestrel_runtime::kernels::elementwise::{self, Elementwise};
 use kestrel_runtime::kernels::rope::{self, Llama3Scaling};
 use kestrel_runtime::kernels::{
     decode_attention, embedding, matmul, matvec, rms_norm, sample, softmax, Step,
 };
+use kestrel_runtime::kv::KvLayout;
 use kestrel_runtime::rng::Rng;
 use kestrel_runtime::shader::ShaderDefs;
 use kestrel_runtime::tensor::{GpuWeight, HostData};
@@ -549,12 +550,26 @@ fn attention_case(
     );
     let out = poisoned(gpu, q.len());
     let sb = step_buffer(gpu, &step(pos as u32, t as u32));
+    let io = AttnBuffers {
+        q: &qb,
+        k_cache: &kb,
+        v_cache: &vb,
+        out: &out,
+        inv_freq: None,
+        mask: None,
+    };
+    let layout = KvLayout::linear(capacity);
     run(
         gpu,
-        &[attention::launch(gpu, &sb, &qb, &kb, &vb, &out, shape, t, causal).unwrap()],
+        &[attention::launch(gpu, &sb, &io, shape, layout, t, causal).unwrap()],
     );
     let got = read(gpu, &out, q.len());
-    let reference = attention::reference(&q, &k[..len * kvw], &v[..len * kvw], shape, pos, causal);
+    let cache = CacheView {
+        k: &k,
+        v: &v,
+        layout,
+    };
+    let reference = attention::reference(&q, cache, shape, pos, causal, None, None);
     let what = format!(
         "attention heads={heads}/{kv_heads} hd={hd} T={t} pos={pos} causal={causal} on {}",
         gpu.backend_name()
@@ -616,15 +631,28 @@ fn decode_attention_case(
         upload_f32(gpu, &k),
         upload_f32(gpu, &v),
     );
-    let scratch = poisoned(gpu, heads * capacity);
+    let layout = KvLayout::linear(capacity);
+    let splits = decode_attention::max_splits_for(capacity);
+    let partial = poisoned(gpu, decode_attention::partial_floats(&shape, splits));
     let out = poisoned(gpu, q.len());
     let sb = step_buffer(gpu, &step(len as u32 - 1, 1));
-    let d =
-        decode_attention::launch(gpu, &sb, &qb, &kb, &vb, &scratch, &out, shape, capacity).unwrap();
-    run(gpu, &[d]);
+    let io = AttnBuffers {
+        q: &qb,
+        k_cache: &kb,
+        v_cache: &vb,
+        out: &out,
+        inv_freq: None,
+        mask: None,
+    };
+    let d = decode_attention::launch(gpu, &sb, &io, &partial, shape, layout, splits).unwrap();
+    run(gpu, &d);
     let got = read(gpu, &out, q.len());
-    let reference =
-        decode_attention::reference(&q, &k[..len * kvw], &v[..len * kvw], shape, len - 1, true);
+    let cache = CacheView {
+        k: &k,
+        v: &v,
+        layout,
+    };
+    let reference = decode_attention::reference(&q, cache, shape, len - 1, true, None, None);
     let what = format!(
         "decode attention heads={heads}/{kv_heads} hd={hd} len={len} on {}",
         gpu.backend_name()
@@ -811,18 +839,40 @@ fn specialisations(name: &str) -> Vec<ShaderDefs> {
             })
             .collect(),
         "attention" => [16u32, 32, 64, 80, 96, 128, 256]
-            .map(|hd| {
-                // As attention::launch: BQ 64, BK keys per tile within 16 KiB of K/V tiles.
-                ShaderDefs::new()
-                    .u32("HEAD_DIM", hd)
-                    .u32("BQ", 64)
-                    .u32("BK", (2048 / hd).clamp(1, 64))
+            .into_iter()
+            .flat_map(|hd| {
+                // As attention::launch: BQ 64, BK keys per tile within 16 KiB of K/V tiles;
+                // dense, in-attention RoPE (sinks) or block-sparse.
+                [(false, 1, false), (true, hd, false), (false, 1, true)].map(
+                    |(rope, sink_dim, sparse)| {
+                        ShaderDefs::new()
+                            .u32("HEAD_DIM", hd)
+                            .u32("BQ", 64)
+                            .u32("BK", attention::keys_per_tile(hd as usize))
+                            .bool("ROPE", rope)
+                            .u32("SINK_DIM", sink_dim)
+                            .bool("SPARSE", sparse)
+                    },
+                )
             })
-            .to_vec(),
+            .collect(),
         "decode_attention" => [16u32, 32, 64, 80, 128, 256]
+            .into_iter()
+            .flat_map(|hd| {
+                [(false, false), (true, false), (false, true)].map(|(rope, sparse)| {
+                    ShaderDefs::new()
+                        .u32("HEAD_DIM", hd)
+                        .bool("ROPE", rope)
+                        .bool("SPARSE", sparse)
+                })
+            })
+            .collect(),
+        "decode_attention_merge" => [16u32, 32, 64, 80, 128, 256]
             .map(|hd| ShaderDefs::new().u32("HEAD_DIM", hd))
             .to_vec(),
-        "rms_norm" | "rope" | "copy" | "softmax" | "sample" => vec![ShaderDefs::new()],
+        "rms_norm" | "rope" | "copy" | "cache_write" | "softmax" | "sample" => {
+            vec![ShaderDefs::new()]
+        }
         other => {
             panic!("shaders/{other}.wgsl has no specialisations listed in tests/tests/kernels.rs")
         }

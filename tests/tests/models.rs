@@ -8,11 +8,20 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use kestrel_models::llama::AttentionOptions;
 use kestrel_runtime::session::Sampling;
 use kestrel_runtime::Gpu;
 use kestrel_tests::{gpus, rel_err};
 
-const MODELS: &[&str] = &["llama_gqa", "llama_tied", "qwen2"];
+/// mistral_window (sliding window 8 on every layer) and qwen2_window (layer 0 full, layers 1-2
+/// sliding) run 40 tokens, so their ring caches wrap and prefill goes in chunks.
+const MODELS: &[&str] = &[
+    "llama_gqa",
+    "llama_tied",
+    "qwen2",
+    "mistral_window",
+    "qwen2_window",
+];
 const TOL: f64 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
@@ -185,5 +194,102 @@ fn prefill_then_decode_continues_the_cache() {
             &want,
             vocab,
         );
+    }
+}
+
+#[test]
+fn sliding_window_caches_are_bounded_by_the_window() {
+    for gpu in gpus().into_iter().take(1) {
+        let model = kestrel_models::load(&gpu, &fixture("qwen2_window")).expect("load");
+        let windows = &model.config().layer_windows;
+        assert_eq!(windows, &[None, Some(8), Some(8)]);
+        let s = model.session(&gpu, 1000).expect("session");
+        assert_eq!(s.capacity(), 128, "capped at max_position_embeddings");
+        let rows: Vec<usize> = s.kv_layouts().iter().map(|l| l.rows).collect();
+        // The full layer holds the whole context; sliding ones the window plus one chunk.
+        assert_eq!(rows, vec![128, 16, 16]);
+    }
+}
+
+/// Cases of tests/fixtures/streaming (StreamingLLM decode written from the paper): sinks,
+/// window, tokens file, logits file.
+const STREAMING: &[(usize, usize, &str, &str)] = &[
+    (4, 12, "tokens.json", "logits_decode.npy"),
+    (2, 5, "tokens_s2_w5.json", "logits_decode_s2_w5.npy"),
+];
+
+#[test]
+fn attention_sinks_match_the_streaming_reference() {
+    for &(sinks, window, tokens_file, logits_file) in STREAMING {
+        let dir = fixture("streaming");
+        let text = std::fs::read_to_string(dir.join(tokens_file)).expect("tokens");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let toks: Vec<u32> = v["tokens"]
+            .as_array()
+            .expect("tokens")
+            .iter()
+            .map(|t| t.as_u64().expect("id") as u32)
+            .collect();
+        let (shape, want) = read_npy(&dir.join(logits_file));
+        for gpu in gpus() {
+            let b = gpu.backend_name();
+            let mut model = kestrel_models::load(&gpu, &fixture("llama_gqa")).expect("load");
+            model
+                .set_attention(AttentionOptions {
+                    streaming: Some((sinks, window)),
+                    sparse: None,
+                })
+                .expect("sinks");
+            // More tokens than the model's 64 positions: the cache keeps positions small.
+            let mut s = model.session(&gpu, usize::MAX).expect("session");
+            let mut decode = Vec::new();
+            for &t in &toks {
+                decode.extend(pollster::block_on(s.logits(&[t])).expect("decode"));
+            }
+            check(
+                &format!("sinks {sinks} window {window} decode on {b}"),
+                &decode,
+                &want,
+                shape[1],
+            );
+            s.reset();
+            let prefill = pollster::block_on(s.logits(&toks)).expect("prefill");
+            check(
+                &format!("sinks {sinks} window {window} prefill on {b}"),
+                &prefill,
+                &want,
+                shape[1],
+            );
+        }
+    }
+}
+
+#[test]
+fn a_shared_prefix_is_reused_and_gives_fresh_logits() {
+    // Run A, then B sharing A's first 20 tokens: B reuses them and its logits equal a fresh
+    // run of B. Also across a wrapped sliding-window ring.
+    for name in ["llama_gqa", "mistral_window"] {
+        let (shape, _) = read_npy(&fixture(name).join("logits_prefill.npy"));
+        let toks = tokens(name);
+        let a = &toks[..25];
+        let mut b = toks[..20].to_vec();
+        b.extend([7, 9, 11, 13]);
+        for gpu in gpus() {
+            let model = kestrel_models::load(&gpu, &fixture(name)).expect("load");
+            let mut fresh = model.session(&gpu, 64).expect("session");
+            let want = pollster::block_on(fresh.logits(&b)).expect("fresh");
+            let mut s = model.session(&gpu, 64).expect("session");
+            pollster::block_on(s.logits(a)).expect("first prompt");
+            let new = s.reuse_prefix(&b).to_vec();
+            assert_eq!(new.len(), 4, "{name}: 20 tokens reused");
+            let got = pollster::block_on(s.logits(&new)).expect("second prompt");
+            let tail = &want[(b.len() - new.len()) * shape[1]..];
+            check(
+                &format!("{name} prefix reuse on {}", gpu.backend_name()),
+                &got,
+                tail,
+                shape[1],
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@ use kestrel_runtime::executor::Plan;
 use kestrel_runtime::graph::Source;
 use kestrel_runtime::kernels::attention::AttnShape;
 use kestrel_runtime::kernels::{embedding, matmul, matvec, rms_norm, rope, Step};
+use kestrel_runtime::kv::KvLayout;
 use kestrel_runtime::planner::{self, Assignment};
 use kestrel_runtime::rng::Rng;
 use kestrel_runtime::session::StateStore;
@@ -290,15 +291,18 @@ fn in_place_ops_states_and_several_outputs() {
     let v = g.linear(x, wv, None).unwrap();
     let q = g.rope(q, inv_freq, heads, hd).unwrap();
     let k = g.rope(k, inv_freq, kv_heads, hd).unwrap();
-    g.cache_write(k, k_cache).unwrap();
-    g.cache_write(v, v_cache).unwrap();
+    let layout = KvLayout::linear(32);
+    g.cache_write(k, k_cache, layout).unwrap();
+    g.cache_write(v, v_cache, layout).unwrap();
     let shape = AttnShape {
         heads,
         kv_heads,
         head_dim: hd,
         scale: 0.25,
     };
-    let o = g.attention(q, k_cache, v_cache, shape, true).unwrap();
+    let o = g
+        .attention(q, k_cache, v_cache, shape, true, layout, None, None)
+        .unwrap();
     let r = g.add_tensors(x, o).unwrap();
     let last = g.last_row(r).unwrap();
     let probs = g.softmax(last).unwrap();

@@ -1,11 +1,15 @@
-//! Tiled causal attention with online softmax for prefill, and the shared CPU reference for
-//! attention over a KV cache (also used by `decode_attention`).
+//! Tiled attention with online softmax for prefill, and the shared CPU reference for
+//! attention over a KV cache (also used by `decode_attention`). Which keys a query sees and
+//! where they live in the cache follow its [`KvLayout`]; optionally a [`BlockMask`] restricts
+//! it to listed 64x64 blocks (block-sparse attention).
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, Dispatch};
+use super::{kernel, rope, Dispatch};
+use crate::block_mask::{BlockMask, BLOCK};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
+use crate::kv::KvLayout;
 use crate::shader::ShaderDefs;
 
 /// Head layout of one attention layer.
@@ -30,6 +34,51 @@ impl AttnShape {
     }
 }
 
+/// The buffers of one attention launch. `inv_freq` (with its length, the rotated pairs per
+/// head) is given exactly when the layout rotates keys inside attention; `mask` (with its
+/// query blocks per head) selects block-sparse attention.
+#[derive(Clone, Copy)]
+pub struct AttnBuffers<'a> {
+    pub q: &'a wgpu::Buffer,
+    pub k_cache: &'a wgpu::Buffer,
+    pub v_cache: &'a wgpu::Buffer,
+    pub out: &'a wgpu::Buffer,
+    pub inv_freq: Option<(&'a wgpu::Buffer, usize)>,
+    pub mask: Option<(&'a wgpu::Buffer, usize)>,
+}
+
+/// Check that a layout, causality and the optional RoPE / mask inputs fit together.
+pub fn validate_mode(
+    shape: &AttnShape,
+    layout: &KvLayout,
+    causal: bool,
+    rope_half: Option<usize>,
+    sparse: bool,
+) -> Result<()> {
+    shape.validate()?;
+    if layout.rope_in_attention != rope_half.is_some() {
+        return Err(Error::Graph(
+            "attention: in-attention RoPE needs inv_freq exactly when keys are cached before RoPE"
+                .into(),
+        ));
+    }
+    if rope_half.is_some_and(|h| h == 0 || 2 * h > shape.head_dim) {
+        return Err(Error::Graph(format!(
+            "attention: {rope_half:?} rotated pairs do not fit head_dim {}",
+            shape.head_dim
+        )));
+    }
+    if (!causal || sparse) && *layout != KvLayout::linear(layout.rows) {
+        return Err(Error::Graph(
+            "attention: windows and sinks need causal, dense attention".into(),
+        ));
+    }
+    if sparse && !causal {
+        return Err(Error::Graph("block-sparse attention is causal".into()));
+    }
+    Ok(())
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
@@ -40,35 +89,49 @@ struct Params {
     kv_stride: u32,
     causal: u32,
     scale: f32,
-    _p: u32,
+    sinks: u32,
+    window: u32,
+    ring: u32,
+    rot_half: u32,
+    blocks: u32,
 }
 
-const BQ: u32 = 64;
+/// Queries per workgroup; also the block size of block-sparse masks.
+const BQ: u32 = BLOCK as u32;
 
-/// Keys per tile: K and V tiles together stay within 16 KiB of workgroup memory.
-fn keys_per_tile(head_dim: usize) -> u32 {
-    (2048 / head_dim as u32).clamp(1, 64)
+/// Keys per tile: K and V tiles together stay within 16 KiB of workgroup memory, less a
+/// few words for the block-sparse loop.
+pub fn keys_per_tile(head_dim: usize) -> u32 {
+    ((2048 - 8) / head_dim as u32).clamp(1, 64)
 }
 
-/// `q` [T, heads*D] attends over `k_cache`/`v_cache` [capacity, kv_heads*D] at positions
-/// `0..step.pos+T`; writes `out` [T, heads*D].
-#[allow(clippy::too_many_arguments)]
+/// `q` [T, heads*D] (queries at positions `step.pos..`) attends over the caches
+/// [layout.rows, kv_heads*D]; writes `out` [T, heads*D].
 pub fn launch(
     gpu: &Gpu,
     step: &wgpu::Buffer,
-    q: &wgpu::Buffer,
-    k_cache: &wgpu::Buffer,
-    v_cache: &wgpu::Buffer,
-    out: &wgpu::Buffer,
+    io: &AttnBuffers,
     shape: AttnShape,
+    layout: KvLayout,
     n_tokens: usize,
     causal: bool,
 ) -> Result<Dispatch> {
-    shape.validate()?;
+    let rope_half = io.inv_freq.map(|(_, h)| h);
+    validate_mode(&shape, &layout, causal, rope_half, io.mask.is_some())?;
     let defs = ShaderDefs::new()
         .u32("HEAD_DIM", shape.head_dim as u32)
         .u32("BQ", BQ)
-        .u32("BK", keys_per_tile(shape.head_dim));
+        .u32("BK", keys_per_tile(shape.head_dim))
+        .bool("ROPE", rope_half.is_some())
+        .u32(
+            "SINK_DIM",
+            if rope_half.is_some() {
+                shape.head_dim as u32
+            } else {
+                1
+            },
+        )
+        .bool("SPARSE", io.mask.is_some());
     let params = Params {
         n_tokens: n_tokens as u32,
         heads: shape.heads as u32,
@@ -77,43 +140,85 @@ pub fn launch(
         kv_stride: (shape.kv_heads * shape.head_dim) as u32,
         causal: causal as u32,
         scale: shape.scale,
-        _p: 0,
+        sinks: layout.sinks as u32,
+        window: layout.window_param(),
+        ring: layout.ring() as u32,
+        rot_half: rope_half.unwrap_or(0) as u32,
+        blocks: io.mask.map_or(0, |(_, b)| b as u32),
     };
-    let groups = [(n_tokens as u32).div_ceil(BQ), shape.heads as u32, 1];
+    // Block-sparse workgroups cover whole query blocks, so a chunk not starting on a block
+    // boundary needs one more.
+    let groups_x = (n_tokens as u32).div_ceil(BQ) + io.mask.is_some() as u32;
+    let dummy = &gpu.dummy;
     kernel!("attention").dispatch(
         gpu,
         &defs,
         &params,
-        &[step, q, k_cache, v_cache, out],
-        groups,
+        &[
+            step,
+            io.q,
+            io.k_cache,
+            io.v_cache,
+            io.out,
+            io.inv_freq.map_or(dummy, |(b, _)| b),
+            io.mask.map_or(dummy, |(b, _)| b),
+        ],
+        [groups_x, shape.heads as u32, 1],
     )
 }
 
-/// Attention of `q` [T, heads*D] (queries at positions pos..pos+T) over `k`/`v`
-/// [>= pos+T, kv_heads*D], in f64 accumulation.
+/// A layer's cache as the CPU reference reads it: rows as [`KvLayout::row`] assigns them.
+#[derive(Clone, Copy)]
+pub struct CacheView<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub layout: KvLayout,
+}
+
+/// Attention of `q` [T, heads*D] (queries at positions pos..pos+T) over `cache`, in f64
+/// accumulation, written from the definitions rather than the kernels' tricks: each query
+/// gathers the positions it sees ([`KvLayout::visible_positions`], or all up to pos+T when
+/// not causal, or those a block mask allows); with `inv_freq` (keys cached before RoPE) key
+/// number i of that list is rotated by position i and the query by the list's length - 1.
 pub fn reference(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    cache: CacheView,
     shape: AttnShape,
     pos: usize,
     causal: bool,
+    inv_freq: Option<&[f32]>,
+    mask: Option<&BlockMask>,
 ) -> Vec<f32> {
     let d = shape.head_dim;
     let t_count = q.len() / (shape.heads * d);
-    let kv_len = pos + t_count;
     let group = shape.heads / shape.kv_heads;
     let mut out = vec![0.0; q.len()];
     for t in 0..t_count {
-        let end = if causal { pos + t + 1 } else { kv_len };
+        let p = pos + t;
         for h in 0..shape.heads {
             let kvh = h / group;
-            let qrow = &q[(t * shape.heads + h) * d..][..d];
-            let scores: Vec<f64> = (0..end)
-                .map(|j| {
-                    let krow = &k[(j * shape.kv_heads + kvh) * d..][..d];
+            let keys: Vec<usize> = match (causal, mask) {
+                (false, _) => (0..pos + t_count).collect(),
+                (true, Some(m)) => (0..=p).filter(|&j| m.allows(h, p, j)).collect(),
+                (true, None) => cache.layout.visible_positions(p),
+            };
+            let row = |data: &[f32], j: usize| -> Vec<f32> {
+                data[(cache.layout.row(j) * shape.kv_heads + kvh) * d..][..d].to_vec()
+            };
+            let mut qrow = q[(t * shape.heads + h) * d..][..d].to_vec();
+            if let Some(f) = inv_freq {
+                qrow = rope::reference(&qrow, f, keys.len() - 1, 1, d);
+            }
+            let scores: Vec<f64> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, &j)| {
+                    let mut krow = row(cache.k, j);
+                    if let Some(f) = inv_freq {
+                        krow = rope::reference(&krow, f, i, 1, d);
+                    }
                     qrow.iter()
-                        .zip(krow)
+                        .zip(&krow)
                         .map(|(a, b)| (*a as f64) * (*b as f64))
                         .sum::<f64>()
                         * shape.scale as f64
@@ -122,13 +227,21 @@ pub fn reference(
             let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
             let sum: f64 = e.iter().sum();
-            for i in 0..d {
-                let acc: f64 = (0..end)
-                    .map(|j| e[j] * v[(j * shape.kv_heads + kvh) * d + i] as f64)
-                    .sum();
-                out[(t * shape.heads + h) * d + i] = (acc / sum) as f32;
+            let mut acc = vec![0f64; d];
+            for (w, &j) in e.iter().zip(&keys) {
+                for (a, v) in acc.iter_mut().zip(row(cache.v, j)) {
+                    *a += w * v as f64;
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                out[(t * shape.heads + h) * d + i] = (a / sum) as f32;
             }
         }
     }
     out
+}
+
+/// Query blocks per head for a mask over `rows` positions.
+pub fn mask_blocks(rows: usize) -> usize {
+    rows.div_ceil(BLOCK)
 }

@@ -1,57 +1,115 @@
-//! Decode attention: one query per head over the whole KV cache. Its CPU reference is
-//! `attention::reference` with one token.
+//! Decode attention, split-K (flash-decoding): one query per head over the cache, cut along
+//! the sequence into pieces that run as separate workgroups and are merged by the
+//! online-softmax rule. Its CPU reference is `attention::reference` with one token.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::attention::AttnShape;
+use super::attention::{validate_mode, AttnBuffers, AttnShape};
 use super::{kernel, Dispatch};
 use crate::device::Gpu;
 use crate::error::Result;
+use crate::kv::KvLayout;
 use crate::shader::ShaderDefs;
 
 pub use super::attention::reference;
+
+/// Keys per piece below which a piece is not split further (SPLIT_KEYS in the shader).
+pub const SPLIT_KEYS: usize = 256;
+/// Most pieces per head.
+pub const MAX_SPLITS: usize = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
     heads: u32,
     kv_heads: u32,
-    q_stride: u32,
     kv_stride: u32,
-    scratch_stride: u32,
     scale: f32,
+    sinks: u32,
+    window: u32,
+    ring: u32,
+    rot_half: u32,
+    max_splits: u32,
+    blocks: u32,
     _p: [u32; 2],
 }
 
-/// `scratch` holds `heads * capacity` floats (the scores of each head).
-#[allow(clippy::too_many_arguments)]
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MergeParams {
+    heads: u32,
+    max_splits: u32,
+    _p: [u32; 2],
+}
+
+/// Pieces per head worth dispatching for a cache of `rows` rows: enough that the longest
+/// cache keeps about SPLIT_KEYS keys per piece. 1 turns flash-decoding off.
+pub fn max_splits_for(rows: usize) -> usize {
+    rows.div_ceil(SPLIT_KEYS).clamp(1, MAX_SPLITS)
+}
+
+/// Floats of the `partial` scratch buffer for `max_splits` pieces.
+pub fn partial_floats(shape: &AttnShape, max_splits: usize) -> usize {
+    shape.heads * max_splits * (shape.head_dim + 2)
+}
+
+/// The two dispatches (pieces, then merge) of one decode-attention step: `io.q` [1, heads*D]
+/// over the caches into `io.out`, with `partial` holding [`partial_floats`] floats.
 pub fn launch(
     gpu: &Gpu,
     step: &wgpu::Buffer,
-    q: &wgpu::Buffer,
-    k_cache: &wgpu::Buffer,
-    v_cache: &wgpu::Buffer,
-    scratch: &wgpu::Buffer,
-    out: &wgpu::Buffer,
+    io: &AttnBuffers,
+    partial: &wgpu::Buffer,
     shape: AttnShape,
-    capacity: usize,
-) -> Result<Dispatch> {
-    shape.validate()?;
-    let defs = ShaderDefs::new().u32("HEAD_DIM", shape.head_dim as u32);
+    layout: KvLayout,
+    max_splits: usize,
+) -> Result<[Dispatch; 2]> {
+    let rope_half = io.inv_freq.map(|(_, h)| h);
+    validate_mode(&shape, &layout, true, rope_half, io.mask.is_some())?;
+    let max_splits = max_splits.clamp(1, MAX_SPLITS);
+    let defs = ShaderDefs::new()
+        .u32("HEAD_DIM", shape.head_dim as u32)
+        .bool("ROPE", rope_half.is_some())
+        .bool("SPARSE", io.mask.is_some());
     let params = Params {
         heads: shape.heads as u32,
         kv_heads: shape.kv_heads as u32,
-        q_stride: (shape.heads * shape.head_dim) as u32,
         kv_stride: (shape.kv_heads * shape.head_dim) as u32,
-        scratch_stride: capacity as u32,
         scale: shape.scale,
+        sinks: layout.sinks as u32,
+        window: layout.window_param(),
+        ring: layout.ring() as u32,
+        rot_half: rope_half.unwrap_or(0) as u32,
+        max_splits: max_splits as u32,
+        blocks: io.mask.map_or(0, |(_, b)| b as u32),
         _p: [0; 2],
     };
-    kernel!("decode_attention").dispatch(
+    let dummy = &gpu.dummy;
+    let pieces = kernel!("decode_attention").dispatch(
         gpu,
         &defs,
         &params,
-        &[step, q, k_cache, v_cache, scratch, out],
+        &[
+            step,
+            io.q,
+            io.k_cache,
+            io.v_cache,
+            partial,
+            io.inv_freq.map_or(dummy, |(b, _)| b),
+            io.mask.map_or(dummy, |(b, _)| b),
+        ],
+        [shape.heads as u32, max_splits as u32, 1],
+    )?;
+    let merge = kernel!("decode_attention_merge").dispatch(
+        gpu,
+        &ShaderDefs::new().u32("HEAD_DIM", shape.head_dim as u32),
+        &MergeParams {
+            heads: shape.heads as u32,
+            max_splits: max_splits as u32,
+            _p: [0; 2],
+        },
+        &[partial, io.out],
         [shape.heads as u32, 1, 1],
-    )
+    )?;
+    Ok([pieces, merge])
 }

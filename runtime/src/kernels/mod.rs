@@ -5,6 +5,7 @@
 //! binding 1 the shared [`Step`] uniform where the kernel reads it, then storage buffers.
 
 pub mod attention;
+pub mod cache_write;
 pub mod copy;
 pub mod decode_attention;
 pub mod elementwise;
