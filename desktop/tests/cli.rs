@@ -69,8 +69,13 @@ fn kestrel_with_input(args: &[&str], input: &[u8]) -> (i32, String, String) {
 
 /// Run `logits` and expect a one-line error containing every fragment of `expect`.
 fn expect_error(model: &Path, tokens: &str, expect: &[&str]) {
+    expect_error_with(model, tokens, &[], expect)
+}
+
+/// As [`expect_error`], with more options.
+fn expect_error_with(model: &Path, tokens: &str, options: &[&str], expect: &[&str]) {
     let out = std::env::temp_dir().join(format!("kestrel-cli-{}.npy", std::process::id()));
-    let (code, _, err) = kestrel(&[
+    let mut args = vec![
         "logits",
         "--model",
         model.to_str().expect("utf8"),
@@ -78,7 +83,9 @@ fn expect_error(model: &Path, tokens: &str, expect: &[&str]) {
         tokens,
         "--out",
         out.to_str().expect("utf8"),
-    ]);
+    ];
+    args.extend(options);
+    let (code, _, err) = kestrel(&args);
     assert_ne!(code, 0, "expected failure, stderr: {err}");
     assert!(
         !err.contains("panicked"),
@@ -288,4 +295,109 @@ fn chat_drops_the_oldest_turns_when_the_context_is_full() {
         "{err}"
     );
     assert_eq!(err.matches(" new prompt tokens").count(), 3, "{err}");
+}
+
+#[test]
+fn bad_attention_options() {
+    let gqa = fixture("llama_gqa");
+    let cases: &[(&Path, &[&str], &[&str])] = &[
+        (
+            &gqa,
+            &["--attention-sinks", "40", "--kv-window", "40"],
+            &["exceed the model's context of 64"],
+        ),
+        (
+            &gqa,
+            &["--attention-sinks", "4", "--kv-window", "0"],
+            &["must be at least 1"],
+        ),
+        (
+            &gqa,
+            &["--attention-sinks", "0", "--kv-window", "8"],
+            &["must be at least 1"],
+        ),
+        (&gqa, &["--kv-window", "8"], &["go together"]),
+        (
+            &gqa,
+            &["--attention-sinks", "x", "--kv-window", "8"],
+            &["--attention-sinks"],
+        ),
+        (&gqa, &["--block-sparse", "local=0"], &["--block-sparse", "local"]),
+        (&gqa, &["--block-sparse", "wide=3"], &["--block-sparse", "wide"]),
+        (&gqa, &["--block-sparse", "local=2@5"], &["layer"]),
+        (
+            &gqa,
+            &[
+                "--block-sparse",
+                "local=2",
+                "--attention-sinks",
+                "4",
+                "--kv-window",
+                "8",
+            ],
+            &["cannot be combined"],
+        ),
+    ];
+    for (model, options, expect) in cases {
+        expect_error_with(model, "1,2,3", options, expect);
+    }
+    let mistral = fixture("mistral_window");
+    expect_error_with(
+        &mistral,
+        "1,2,3",
+        &["--attention-sinks", "2", "--kv-window", "20"],
+        &["larger than the model's own sliding window of 8"],
+    );
+    expect_error_with(
+        &mistral,
+        "1,2,3",
+        &["--block-sparse", "local=2"],
+        &["sliding window"],
+    );
+    let dir = copy_fixture("mistral_window", "window0");
+    edit_config(&dir, |c| c["sliding_window"] = 0.into());
+    expect_error(&dir, "1,2,3", &["sliding_window", "at least 1"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn attention_sinks_decode_past_the_trained_context() {
+    // llama_gqa has 64 positions; with sinks the 100 positions stay inside a 20-row window.
+    let out = std::env::temp_dir().join(format!("kestrel-cli-sinks-{}.npy", std::process::id()));
+    let tokens: Vec<String> = (0..100).map(|i| (i * 7 % 300).to_string()).collect();
+    let (code, _, err) = kestrel(&[
+        "logits",
+        "--model",
+        fixture("llama_gqa").to_str().expect("utf8"),
+        "--tokens",
+        &tokens.join(","),
+        "--mode",
+        "decode",
+        "--attention-sinks",
+        "4",
+        "--kv-window",
+        "16",
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let bytes = std::fs::read(&out).expect("npy");
+    let header =
+        String::from_utf8_lossy(&bytes[10..10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize])
+            .into_owned();
+    assert!(header.contains("'shape': (100, 320)"), "{header}");
+    let (code, _, err) = kestrel(&[
+        "generate",
+        "--model",
+        fixture("llama_tied").to_str().expect("utf8"),
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "150",
+        "--attention-sinks",
+        "4",
+        "--kv-window",
+        "20",
+    ]);
+    assert_eq!(code, 0, "{err}");
 }
