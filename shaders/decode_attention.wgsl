@@ -148,7 +148,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 } else {
                     j = lo + i - sink_end;
                 }
-                row = kv_row(j);
+                row = kv_row(min(j, pos)); // masked keys past pos: a row the query reads
                 if (j <= pos) {
                     let base = row * p.kv_stride + kv_head * HEAD_DIM;
                     s = 0.0;

@@ -322,8 +322,16 @@ fn bad_attention_options() {
             &["--attention-sinks", "x", "--kv-window", "8"],
             &["--attention-sinks"],
         ),
-        (&gqa, &["--block-sparse", "local=0"], &["--block-sparse", "local"]),
-        (&gqa, &["--block-sparse", "wide=3"], &["--block-sparse", "wide"]),
+        (
+            &gqa,
+            &["--block-sparse", "local=0"],
+            &["--block-sparse", "local"],
+        ),
+        (
+            &gqa,
+            &["--block-sparse", "wide=3"],
+            &["--block-sparse", "wide"],
+        ),
         (&gqa, &["--block-sparse", "local=2@5"], &["layer"]),
         (
             &gqa,
