@@ -1,10 +1,15 @@
-// Decode attention, split-K (flash-decoding): one new query per head attends over the cache,
-// which is cut along the sequence into up to max_splits pieces, one workgroup per
-// (head, piece). Each workgroup streams its keys in tiles of TILE, keeps an online-softmax
+// Decode attention, split-K (flash-decoding): each new query (step.n_tokens of them, at
+// positions step.pos + t; one in decode) attends per head over the cache, which is cut along
+// the sequence into up to max_splits pieces, one workgroup per (head, piece, query). Each workgroup streams its keys in tiles of TILE, keeps an online-softmax
 // state (max, denominator, unnormalised output) and writes it to `partial`; the kernel in
 // decode_attention_merge.wgsl combines the pieces. How many pieces are used follows the
 // number of keys the query sees (SPLIT_KEYS keys per piece at least), so a short cache takes
 // one workgroup per head and a long one spreads over the whole GPU.
+//
+// With several queries this is also the prefill path for CPU adapters: their threads share
+// the key loop (64 per query), so no invocation loops more than about TILE-times fewer
+// iterations than a thread of the tiled kernel would (llvmpipe stops any invocation after
+// 65535 loop iterations).
 //
 // Visible keys and cache rows follow runtime/src/kv.rs (see attention.wgsl): the query at
 // p = step.pos sees [0, min(sinks, lo)) then [lo, p], numbered 0..n in that order. ROPE: the
@@ -87,8 +92,9 @@ fn reduce_sum(lid: u32, v: f32) -> f32 {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let head = wid.x;
     let split = wid.y;
+    let query = wid.z;
     let kv_head = head / (p.heads / p.kv_heads);
-    let pos = step.pos;
+    let pos = step.pos + query;
 
     // The visible keys: numbered 0..n; key i is absolute position sink/recent or block-based.
     var lo = 0u;
@@ -110,7 +116,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let end = min(n, start + chunk);
 
     for (var d = lid; d < HEAD_DIM; d += WG) {
-        q_row[d] = q[head * HEAD_DIM + d] * p.scale;
+        q_row[d] = q[(query * p.heads + head) * HEAD_DIM + d] * p.scale;
     }
     workgroupBarrier();
     if (ROPE && lid == 0u) {
@@ -203,7 +209,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
 
     // An unused split leaves max -3e38 and denominator 0, which the merge ignores.
-    let base = (head * p.max_splits + split) * (HEAD_DIM + 2u);
+    let base = ((query * p.heads + head) * p.max_splits + split) * (HEAD_DIM + 2u);
     if (lid == 0u) {
         partial[base] = m;
         partial[base + 1u] = l;

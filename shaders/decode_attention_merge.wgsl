@@ -1,4 +1,5 @@
-// Second pass of split-K decode attention (decode_attention.wgsl): for each head, combine the
+// Second pass of split-K decode attention (decode_attention.wgsl): for each query and head
+// (workgroup (head, query)), combine the
 // pieces' (max m_s, denominator l_s, unnormalised output a_s) by the online-softmax rule:
 // out = sum_s exp(m_s - M) a_s / sum_s exp(m_s - M) l_s with M = max_s m_s.
 
@@ -11,8 +12,10 @@ struct Params { heads: u32, max_splits: u32, _p0: u32, _p1: u32 }
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let head = wid.x;
+    let query = wid.y;
+    let row = query * p.heads + head;
     let stride = HEAD_DIM + 2u;
-    let first = head * p.max_splits * stride;
+    let first = row * p.max_splits * stride;
     var big = -3.0e38;
     for (var s = 0u; s < p.max_splits; s++) {
         big = max(big, partial[first + s * stride]);
@@ -27,6 +30,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let base = first + s * stride;
             a += exp(partial[base] - big) * partial[base + 2u + d];
         }
-        out[head * HEAD_DIM + d] = a / denom;
+        out[row * HEAD_DIM + d] = a / denom;
     }
 }

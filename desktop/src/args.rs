@@ -9,7 +9,7 @@ pub struct Args {
 }
 
 /// Flags that take no value.
-const SWITCHES: &[&str] = &["json", "help"];
+const SWITCHES: &[&str] = &["json", "help", "attention"];
 
 impl Args {
     pub fn parse(argv: &[String]) -> Result<Args, String> {

@@ -1,5 +1,7 @@
-//! `kestrel bench`: model prefill/decode tokens/s, and kernel roofline figures on the same
-//! adapter: matmul GFLOP/s, matvec GB/s and buffer-copy GB/s (decode's bandwidth bound).
+//! `kestrel bench`: model prefill/decode tokens/s (with per-window decode time, so a long
+//! decode through attention sinks shows it stays flat), and kernel roofline figures on the
+//! same adapter: matmul GFLOP/s, matvec GB/s and buffer-copy GB/s (decode's bandwidth bound).
+//! `--attention` adds attention kernel figures (see `bench_attention`), with or without a model.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,10 +11,12 @@ use kestrel_runtime::rng::Rng;
 use kestrel_runtime::session::Sampling;
 use kestrel_runtime::tensor::{GpuWeight, HostData};
 use kestrel_runtime::Gpu;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::args::Args;
-use crate::{open_gpu, open_model};
+use crate::{
+    attention_options, bench_attention, open_gpu, open_model, with_attention, ATTENTION_OPTIONS,
+};
 
 /// Seconds per call of `f` (which submits GPU work), after one warm-up, over `iters` calls.
 fn time_gpu(gpu: &Gpu, iters: usize, mut f: impl FnMut()) -> Result<f64, String> {
@@ -76,18 +80,117 @@ fn copy_gbs(gpu: &Arc<Gpu>, bytes: u64) -> Result<f64, String> {
 }
 
 pub fn run(a: &Args) -> Result<(), String> {
-    a.only(&["model", "json", "backend", "prompt-tokens", "decode-tokens"])?;
+    a.only(&with_attention(&[
+        "model",
+        "json",
+        "backend",
+        "prompt-tokens",
+        "decode-tokens",
+        "report-every",
+        "attention",
+        "max-len",
+    ]))?;
+    let kernels = a.flag("attention");
+    if a.get("model").is_none() && !kernels {
+        return Err(
+            "bench needs --model PATH (or --attention for attention kernel figures without a model)"
+                .into(),
+        );
+    }
+    if a.get("model").is_none() {
+        if let Some(o) = ["prompt-tokens", "decode-tokens", "report-every"]
+            .iter()
+            .chain(ATTENTION_OPTIONS)
+            .find(|o| a.get(o).is_some())
+        {
+            return Err(format!("bench: --{o} needs --model"));
+        }
+    }
+    if a.get("max-len").is_some() && !kernels {
+        return Err("bench: --max-len goes with --attention".into());
+    }
+    let text = !a.flag("json");
     let gpu = open_gpu(a)?;
-    let model = open_model(&gpu, a)?;
+    if text {
+        println!("adapter: {} ({})", gpu.info.name, gpu.backend_name());
+    }
+    let mut report = json!({
+        "adapter": gpu.info.name,
+        "backend": gpu.backend_name(),
+    });
+    let mut attention = serde_json::Map::new();
+    if a.get("model").is_some() {
+        let (model_report, model_attention) = model_bench(&gpu, a, text)?;
+        merge(&mut report, model_report);
+        attention.extend(model_attention);
+    }
+    if kernels {
+        if let Value::Object(m) = bench_attention::run(&gpu, a, text)? {
+            attention.extend(m);
+        }
+    }
+    report["attention"] = Value::Object(attention);
+    if !text {
+        println!("{report:#}");
+    }
+    Ok(())
+}
+
+/// Add the keys of `extra` (an object) to `report`.
+fn merge(report: &mut Value, extra: Value) {
+    if let (Value::Object(r), Value::Object(e)) = (report, extra) {
+        r.extend(e);
+    }
+}
+
+/// Decode time over one run of consecutive tokens.
+struct DecodeWindow {
+    /// Decode steps before this window.
+    from: usize,
+    tokens: usize,
+    secs: f64,
+}
+
+/// The model figures (prefill/decode tokens/s, per-window decode time, KV cache bytes) and
+/// the roofline figures; prints them when `text`. Returns the report's keys and the model's
+/// part of its "attention" section.
+fn model_bench(
+    gpu: &Arc<Gpu>,
+    a: &Args,
+    text: bool,
+) -> Result<(Value, serde_json::Map<String, Value>), String> {
+    let options = attention_options(a)?;
+    let model = open_model(gpu, a)?;
     let cfg = model.config().clone();
+    // With attention sinks a sequence may grow without bound (the architecture says how far).
+    let max_ctx = model.architecture().max_context();
     // Defaults fit the model's context: half for the prompt, up to 32 decoded tokens after it.
     let half = (cfg.max_positions / 2).max(1);
     let prompt_len: usize = a
         .parsed("prompt-tokens", 64usize.min(half))?
-        .clamp(1, cfg.max_positions);
-    let decode_len: usize = a
-        .parsed("decode-tokens", 32usize)?
-        .min(cfg.max_positions - prompt_len);
+        .clamp(1, max_ctx.saturating_sub(1).max(1));
+    let room = max_ctx - prompt_len;
+    let decode_len: usize = match a.get("decode-tokens") {
+        None => 32usize.min(room),
+        Some(_) => {
+            let n: usize = a.parsed("decode-tokens", 0)?;
+            if n > room {
+                let hint = if options.streaming.is_some() {
+                    String::new()
+                } else {
+                    "; add --attention-sinks N --kv-window W to decode without a length limit"
+                        .to_string()
+                };
+                return Err(format!(
+                    "--decode-tokens {n} after a {prompt_len}-token prompt would pass the model's \
+                     context of {max_ctx} positions (at most {room} fit){hint}"
+                ));
+            }
+            n
+        }
+    };
+    let report_every: usize =
+        a.parsed("report-every", if decode_len >= 2000 { 1000 } else { 0 })?;
     let mut rng = Rng::new(3);
     let prompt: Vec<u32> = (0..prompt_len)
         .map(|_| rng.below(cfg.vocab as u32))
@@ -95,8 +198,14 @@ pub fn run(a: &Args) -> Result<(), String> {
     let err = |e: kestrel_models::ModelError| e.to_string();
     let rt = |e: kestrel_runtime::Error| e.to_string();
 
-    // Warm-up run (pipeline compilation), then measured runs on a fresh cache.
-    let mut session = model.session(&gpu, prompt_len + decode_len).map_err(err)?;
+    // Warm-up run (pipeline compilation), then measured runs on a fresh cache. With sinks the
+    // capacity is unbounded (the session caps it at the architecture's limit).
+    let capacity = if options.streaming.is_some() {
+        usize::MAX
+    } else {
+        prompt_len + decode_len.max(1)
+    };
+    let mut session = model.session(gpu, capacity).map_err(err)?;
     let greedy = Sampling::default();
     let first = pollster::block_on(session.next_token(&prompt, &greedy)).map_err(rt)?;
     pollster::block_on(session.next_token(&[first], &greedy)).map_err(rt)?;
@@ -104,16 +213,27 @@ pub fn run(a: &Args) -> Result<(), String> {
     let t = Instant::now();
     let mut next = pollster::block_on(session.next_token(&prompt, &greedy)).map_err(rt)?;
     let prefill_s = t.elapsed().as_secs_f64();
+    let kv_start = session.state_bytes();
+    let mut windows = Vec::new();
+    let (mut w_from, mut w_start) = (0, Instant::now());
     let t = Instant::now();
-    for _ in 0..decode_len {
+    for i in 1..=decode_len {
+        // Greedy: the sampled token is the next input.
         next = pollster::block_on(session.next_token(&[next], &greedy)).map_err(rt)?;
+        if report_every > 0 && (i % report_every == 0 || i == decode_len) {
+            windows.push(DecodeWindow {
+                from: w_from,
+                tokens: i - w_from,
+                secs: w_start.elapsed().as_secs_f64(),
+            });
+            (w_from, w_start) = (i, Instant::now());
+        }
     }
     let decode_s = t.elapsed().as_secs_f64();
+    let kv_end = session.state_bytes();
 
     let copy_bytes = (64u64 << 20).min(gpu.caps.max_storage_binding);
     let report = json!({
-        "adapter": gpu.info.name,
-        "backend": gpu.backend_name(),
         "model": model.path.display().to_string(),
         "weight_bytes": model.weight_bytes(),
         "weight_file_bytes": model.file_bytes(),
@@ -122,21 +242,60 @@ pub fn run(a: &Args) -> Result<(), String> {
         "prefill_tokens_per_s": prompt_len as f64 / prefill_s,
         "decode_tokens": decode_len,
         "decode_tokens_per_s": decode_len as f64 / decode_s,
-        "matmul_512_gflops": matmul_gflops(&gpu, 512)?,
-        "matvec_4096x4096_f32_gbs": matvec_gbs(&gpu, 4096, 4096, false)?,
-        "matvec_4096x4096_f16_gbs": matvec_gbs(&gpu, 4096, 4096, true)?,
-        "copy_gbs": copy_gbs(&gpu, copy_bytes)?,
+        "matmul_512_gflops": matmul_gflops(gpu, 512)?,
+        "matvec_4096x4096_f32_gbs": matvec_gbs(gpu, 4096, 4096, false)?,
+        "matvec_4096x4096_f16_gbs": matvec_gbs(gpu, 4096, 4096, true)?,
+        "copy_gbs": copy_gbs(gpu, copy_bytes)?,
     });
-    if a.flag("json") {
-        println!("{report:#}");
-    } else {
+    let us = |w: &DecodeWindow| w.secs * 1e6 / w.tokens.max(1) as f64;
+    let flatness = match (windows.first(), windows.last()) {
+        (Some(f), Some(l)) if windows.len() > 1 => Some(us(l) / us(f)),
+        _ => None,
+    };
+    let mut attention = serde_json::Map::new();
+    attention.insert(
+        "options".into(),
+        json!({
+            "attention_sinks": options.streaming.map(|(s, _)| s),
+            "kv_window": options.streaming.map(|(_, w)| w),
+            "block_sparse": options.sparse.as_ref().map(|s| s.to_string()),
+        }),
+    );
+    attention.insert("max_context".into(), json!(max_ctx));
+    attention.insert("session_capacity".into(), json!(session.capacity()));
+    attention.insert("kv_cache_bytes_start".into(), json!(kv_start));
+    attention.insert("kv_cache_bytes_end".into(), json!(kv_end));
+    attention.insert("decode_report_every".into(), json!(report_every));
+    attention.insert(
+        "decode_windows".into(),
+        Value::Array(
+            windows
+                .iter()
+                .map(|w| {
+                    json!({
+                        "from_token": w.from,
+                        "position": prompt_len + w.from,
+                        "tokens": w.tokens,
+                        "us_per_token": us(w),
+                        "tokens_per_s": w.tokens as f64 / w.secs,
+                    })
+                })
+                .collect(),
+        ),
+    );
+    attention.insert("decode_last_over_first_window".into(), json!(flatness));
+
+    if text {
         let r = &report;
-        println!(
-            "adapter: {} ({})",
-            r["adapter"].as_str().unwrap_or(""),
-            r["backend"].as_str().unwrap_or("")
-        );
         println!("model: {}", r["model"].as_str().unwrap_or(""));
+        let mode = match (&options.streaming, &options.sparse) {
+            (Some((s, w)), _) => format!(
+                "attention sinks {s} + window {w} (StreamingLLM), context up to {max_ctx} positions"
+            ),
+            (None, Some(sp)) => format!("block-sparse {sp}"),
+            (None, None) => format!("the model's own, context {max_ctx} positions"),
+        };
+        println!("attention: {mode}");
         println!(
             "weights on GPU: {:.2} MiB ({:.3} x the {:.2} MiB in the file); KV cache: {:.2} MiB",
             model.weight_bytes() as f64 / 1048576.0,
@@ -152,6 +311,25 @@ pub fn run(a: &Args) -> Result<(), String> {
             "decode: {:.1} tokens/s ({decode_len} tokens)",
             r["decode_tokens_per_s"].as_f64().unwrap_or(0.0)
         );
+        if !windows.is_empty() {
+            println!("decode per token, every {report_every} tokens:");
+            for w in &windows {
+                println!(
+                    "  positions {:>7}..{:<7} {:>9.1} us/token ({:.1} tokens/s)",
+                    prompt_len + w.from,
+                    prompt_len + w.from + w.tokens,
+                    us(w),
+                    w.tokens as f64 / w.secs
+                );
+            }
+            if let Some(f) = flatness {
+                println!("  last window / first window: {f:.2}x");
+            }
+        }
+        println!(
+            "KV cache bytes: {kv_start} at the start of decode, {kv_end} after {} positions",
+            session.pos()
+        );
         println!(
             "matmul 512x512x512 f32: {:.2} GFLOP/s",
             r["matmul_512_gflops"].as_f64().unwrap_or(0.0)
@@ -166,5 +344,5 @@ pub fn run(a: &Args) -> Result<(), String> {
             r["copy_gbs"].as_f64().unwrap_or(0.0)
         );
     }
-    Ok(())
+    Ok((report, attention))
 }

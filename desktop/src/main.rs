@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod bench_attention;
 mod chat;
 mod fetch;
 mod npy;
@@ -27,7 +28,8 @@ usage:
   kestrel logits --model PATH --tokens 5,17,42 [--mode prefill|decode] [--backend B] --out FILE.npy
   kestrel generate --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
                    [--top-p P] [--seed S] [--ctx N] [--backend B]
-  kestrel bench --model PATH [--json] [--backend B]
+  kestrel bench [--model PATH] [--attention [--max-len N]] [--prompt-tokens N]
+                [--decode-tokens N] [--report-every N] [--json] [--backend B]
   kestrel chat [--model PATH] [--system TEXT] [--max-tokens N] [--temperature T] [--top-k K]
                [--top-p P] [--seed S] [--ctx N] [--backend B]
                (without --model: SmolLM2-135M-Instruct, downloaded once into the cache)

@@ -292,9 +292,14 @@ impl Lowering<'_> {
                 mask,
             } => {
                 let n = self.shape(q)[0];
-                let partial = if n == 1 && causal {
-                    let splits = decode_attention::max_splits_for(layout.rows);
-                    let floats = decode_attention::partial_floats(&shape, splits);
+                // Decode splits the cache across workgroups; a row-wise prefill already has a
+                // workgroup per query and head, and keeps one piece each.
+                let partial = if causal && (n == 1 || decode_attention::rowwise_prefill(gpu)) {
+                    let splits = match n {
+                        1 => decode_attention::max_splits_for(layout.rows),
+                        _ => 1,
+                    };
+                    let floats = decode_attention::partial_floats(&shape, splits, n);
                     Some((self.partial(floats)?, splits))
                 } else {
                     None
@@ -316,7 +321,7 @@ impl Lowering<'_> {
                 match &partial {
                     Some((buffer, splits)) => {
                         let d = decode_attention::launch(
-                            gpu, self.step, &io, buffer, shape, layout, *splits,
+                            gpu, self.step, &io, buffer, shape, layout, *splits, n,
                         )?;
                         self.dispatches.extend(d);
                     }

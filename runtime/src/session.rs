@@ -220,8 +220,8 @@ impl Session {
             top_k: s.top_k,
             temperature: s.temperature,
             top_p: s.top_p,
-            _pad0: 0,
-            _pad1: 0,
+            window_start: 0,
+            window_end: 0,
         }
     }
 

@@ -260,11 +260,14 @@ fn prefill_gpu(gpu: &Arc<Gpu>, s: &Scene) -> Vec<f32> {
     read(gpu, &b.out, s.q.len())
 }
 
-/// Decode attention of the scene's one query on `gpu` with up to `max_splits` pieces.
+/// Decode attention of the scene's queries (one in decode; several for the row-wise prefill
+/// path) on `gpu` with up to `max_splits` pieces.
 fn decode_gpu(gpu: &Arc<Gpu>, s: &Scene, max_splits: usize) -> Vec<f32> {
-    assert_eq!(s.t, 1);
     let b = Bound::new(gpu, s);
-    let partial = poisoned(gpu, decode_attention::partial_floats(&s.shape, max_splits));
+    let partial = poisoned(
+        gpu,
+        decode_attention::partial_floats(&s.shape, max_splits, s.t),
+    );
     let d = decode_attention::launch(
         gpu,
         &b.step,
@@ -273,6 +276,7 @@ fn decode_gpu(gpu: &Arc<Gpu>, s: &Scene, max_splits: usize) -> Vec<f32> {
         s.shape,
         s.layout,
         max_splits,
+        s.t,
     )
     .unwrap();
     run(gpu, &d);
@@ -291,6 +295,16 @@ fn check_prefill(what: &str, s: &Scene, reference: &[f32]) -> Vec<(String, Vec<f
                 reference,
                 ATTN_TOL,
             );
+            // The row-wise path (one workgroup per query, as CPU adapters prefill), unsplit
+            // and split in two.
+            for splits in [1, 2] {
+                assert_close(
+                    &format!("{what} row-wise in {splits} on {}", g.backend_name()),
+                    &decode_gpu(g, s, splits),
+                    reference,
+                    ATTN_TOL,
+                );
+            }
             (g.backend_name(), out)
         })
         .collect();
@@ -792,4 +806,29 @@ fn graph_rejects_mismatched_attention_modes() {
     let (mut g, _, k, _, _, _) = build(linear, 300, None, false);
     let src = g.input("k_new", &[300, kvw], DType::F32);
     g.cache_write(src, k, linear).unwrap();
+}
+
+#[test]
+fn rowwise_prefill_over_long_caches() {
+    // The prefill path CPU adapters take: queries that each see 1000-3000 keys, far past
+    // what one thread of the tiled kernel can loop over on llvmpipe (about 500 keys).
+    for (i, (pos, t, hd)) in [(1000, 40, 64), (2950, 70, 128)].into_iter().enumerate() {
+        let c = case(4, 2, hd, KvLayout::linear(pos + t + 5), pos, t);
+        let s = scene(&c, 4000 + i as u64);
+        let reference = s.reference();
+        for g in gpus() {
+            for splits in [1, 3] {
+                assert_close(
+                    &format!(
+                        "row-wise prefill {} in {splits} on {}",
+                        c.describe(),
+                        g.backend_name()
+                    ),
+                    &decode_gpu(&g, &s, splits),
+                    &reference,
+                    ATTN_TOL,
+                );
+            }
+        }
+    }
 }

@@ -633,7 +633,7 @@ fn decode_attention_case(
     );
     let layout = KvLayout::linear(capacity);
     let splits = decode_attention::max_splits_for(capacity);
-    let partial = poisoned(gpu, decode_attention::partial_floats(&shape, splits));
+    let partial = poisoned(gpu, decode_attention::partial_floats(&shape, splits, 1));
     let out = poisoned(gpu, q.len());
     let sb = step_buffer(gpu, &step(len as u32 - 1, 1));
     let io = AttnBuffers {
@@ -644,7 +644,7 @@ fn decode_attention_case(
         inv_freq: None,
         mask: None,
     };
-    let d = decode_attention::launch(gpu, &sb, &io, &partial, shape, layout, splits).unwrap();
+    let d = decode_attention::launch(gpu, &sb, &io, &partial, shape, layout, splits, 1).unwrap();
     run(gpu, &d);
     let got = read(gpu, &out, q.len());
     let cache = CacheView {
@@ -873,6 +873,9 @@ fn specialisations(name: &str) -> Vec<ShaderDefs> {
         "rms_norm" | "rope" | "copy" | "cache_write" | "softmax" | "sample" => {
             vec![ShaderDefs::new()]
         }
+        "unmask" => [false, true]
+            .map(|select| ShaderDefs::new().bool("SELECT", select))
+            .to_vec(),
         other => {
             panic!("shaders/{other}.wgsl has no specialisations listed in tests/tests/kernels.rs")
         }

@@ -1,6 +1,8 @@
 //! Decode attention, split-K (flash-decoding): one query per head over the cache, cut along
 //! the sequence into pieces that run as separate workgroups and are merged by the
-//! online-softmax rule. Its CPU reference is `attention::reference` with one token.
+//! online-softmax rule. It also takes several queries (one workgroup each), the causal
+//! prefill path on CPU adapters (see [`rowwise_prefill`]). Its CPU reference is
+//! `attention::reference`.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -48,13 +50,23 @@ pub fn max_splits_for(rows: usize) -> usize {
     rows.div_ceil(SPLIT_KEYS).clamp(1, MAX_SPLITS)
 }
 
-/// Floats of the `partial` scratch buffer for `max_splits` pieces.
-pub fn partial_floats(shape: &AttnShape, max_splits: usize) -> usize {
-    shape.heads * max_splits * (shape.head_dim + 2)
+/// Floats of the `partial` scratch buffer for `max_splits` pieces of `n_queries` queries.
+pub fn partial_floats(shape: &AttnShape, max_splits: usize, n_queries: usize) -> usize {
+    n_queries * shape.heads * max_splits * (shape.head_dim + 2)
 }
 
-/// The two dispatches (pieces, then merge) of one decode-attention step: `io.q` [1, heads*D]
-/// over the caches into `io.out`, with `partial` holding [`partial_floats`] floats.
+/// Whether causal prefill should take this kernel (one workgroup per query) instead of the
+/// tiled one: on CPU adapters, where llvmpipe ends any invocation after 65535 loop
+/// iterations in all — a tiled-kernel thread loops about 2*head_dim times per key and so
+/// silently stops after a few hundred keys, while here 64 threads share the keys.
+pub fn rowwise_prefill(gpu: &Gpu) -> bool {
+    gpu.info.device_type == wgpu::DeviceType::Cpu
+}
+
+/// The two dispatches (pieces, then merge) of decode attention for `n_queries` queries at
+/// positions `step.pos..`: `io.q` [n_queries, heads*D] over the caches into `io.out`, with
+/// `partial` holding [`partial_floats`] floats.
+#[allow(clippy::too_many_arguments)]
 pub fn launch(
     gpu: &Gpu,
     step: &wgpu::Buffer,
@@ -63,6 +75,7 @@ pub fn launch(
     shape: AttnShape,
     layout: KvLayout,
     max_splits: usize,
+    n_queries: usize,
 ) -> Result<[Dispatch; 2]> {
     let rope_half = io.inv_freq.map(|(_, h)| h);
     validate_mode(&shape, &layout, true, rope_half, io.mask.is_some())?;
@@ -98,7 +111,7 @@ pub fn launch(
             io.inv_freq.map_or(dummy, |(b, _)| b),
             io.mask.map_or(dummy, |(b, _)| b),
         ],
-        [shape.heads as u32, max_splits as u32, 1],
+        [shape.heads as u32, max_splits as u32, n_queries as u32],
     )?;
     let merge = kernel!("decode_attention_merge").dispatch(
         gpu,
@@ -109,7 +122,7 @@ pub fn launch(
             _p: [0; 2],
         },
         &[partial, io.out],
-        [shape.heads as u32, 1, 1],
+        [shape.heads as u32, n_queries as u32, 1],
     )?;
     Ok([pieces, merge])
 }

@@ -34,8 +34,10 @@ pub struct Step {
     pub top_k: u32,
     pub temperature: f32,
     pub top_p: f32,
-    pub _pad0: u32,
-    pub _pad1: u32,
+    /// Diffusion sampling: the absolute positions [window_start, window_end) whose masks may
+    /// be committed in this step (the current block).
+    pub window_start: u32,
+    pub window_end: u32,
 }
 
 /// One recorded kernel launch: replayable as long as its buffers live.
