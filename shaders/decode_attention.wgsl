@@ -28,7 +28,7 @@ struct Params {
     rot_half: u32,
     max_splits: u32,
     blocks: u32,  // SPARSE: query blocks per head in the mask
-    _p0: u32,
+    causal: u32,  // 0: every query sees all step.pos + step.n_tokens keys (bidirectional)
     _p1: u32,
 }
 
@@ -94,7 +94,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let split = wid.y;
     let query = wid.z;
     let kv_head = head / (p.heads / p.kv_heads);
-    let pos = step.pos + query;
+    // The last key this query sees: itself, or every key when bidirectional.
+    var pos = step.pos + query;
+    if (p.causal == 0u) {
+        pos = step.pos + step.n_tokens - 1u;
+    }
 
     // The visible keys: numbered 0..n; key i is absolute position sink/recent or block-based.
     var lo = 0u;

@@ -161,6 +161,12 @@ fn model_bench(
 ) -> Result<(Value, serde_json::Map<String, Value>), String> {
     let options = attention_options(a)?;
     let model = open_model(gpu, a)?;
+    if !model.config().causal {
+        return Ok((
+            crate::diffuse::bench(gpu, &model, text)?,
+            Default::default(),
+        ));
+    }
     let cfg = model.config().clone();
     // With attention sinks a sequence may grow without bound (the architecture says how far).
     let max_ctx = model.architecture().max_context();

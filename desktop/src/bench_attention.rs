@@ -214,7 +214,7 @@ fn prefill(gpu: &Arc<Gpu>, kind: Kind, len: usize, warm_up: bool) -> Result<Pref
         };
         let buf = gpu.uniform_buffer_init("bench step", bytemuck::bytes_of(&step));
         if rowwise {
-            let d = decode_attention::launch(gpu, &buf, &io, &partial, shape, layout, 1, n)
+            let d = decode_attention::launch(gpu, &buf, &io, &partial, shape, layout, 1, n, true)
                 .map_err(rt)?;
             dispatches.extend(d);
         } else {
@@ -295,7 +295,7 @@ fn decode(gpu: &Arc<Gpu>, len: usize, splits: usize) -> Result<(f64, f64), Strin
         inv_freq: None,
         mask: None,
     };
-    let d = decode_attention::launch(gpu, &step, &io, &partial, shape, layout, splits, 1)
+    let d = decode_attention::launch(gpu, &step, &io, &partial, shape, layout, splits, 1, true)
         .map_err(rt)?;
     let batch: Vec<Dispatch> = (0..DECODE_REPS).flat_map(|_| d.clone()).collect();
     let (secs, _) = time_adaptive(gpu, true, 20, || kernels::submit(gpu, &batch))?;

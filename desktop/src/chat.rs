@@ -11,7 +11,7 @@ use kestrel_models::{Model, TextStream};
 use kestrel_runtime::session::{Sampling, Session};
 
 use crate::args::Args;
-use crate::{apply_attention, attention_options, fetch, open_gpu, with_attention};
+use crate::{apply_attention, attention_options, diffuse, fetch, open_gpu, with_attention};
 
 /// Set by Ctrl-C while a reply is streaming; Ctrl-C at the prompt ends the program.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -28,6 +28,12 @@ pub fn run(a: &Args) -> Result<(), String> {
         "top-p",
         "seed",
         "ctx",
+        "steps",
+        "block-length",
+        "threshold",
+        "cache",
+        "cfg-scale",
+        "remasking",
     ]))?;
     let attention = attention_options(a)?;
     let max_tokens: usize = a.parsed("max-tokens", 512)?;
@@ -141,7 +147,15 @@ pub fn run(a: &Args) -> Result<(), String> {
         let new = session.reuse_prefix(&ids);
         let keep = ids.len() - new.len();
         sampling.seed = sampling.seed.wrapping_add(1);
-        let reply = respond(&model, tok, &mut session, new, &sampling, room)?;
+        let reply = if model.config().causal {
+            respond(&model, tok, &mut session, new, &sampling, room)?
+        } else {
+            // A diffusion model regenerates the reply region from masks every turn.
+            let _generating = Generating::start();
+            let block = a.parsed("block-length", 32usize)?.max(1);
+            let config = diffuse::config(a, room.div_ceil(block) * block)?;
+            diffuse::stream(&gpu, &model, tok, &ids, &config)?
+        };
         eprintln!("[{keep} prompt tokens reused from the cache]");
         history.push(Message::new("assistant", &reply));
     }

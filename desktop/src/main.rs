@@ -4,6 +4,7 @@ mod args;
 mod bench;
 mod bench_attention;
 mod chat;
+mod diffuse;
 mod fetch;
 mod npy;
 
@@ -33,6 +34,13 @@ usage:
   kestrel chat [--model PATH] [--system TEXT] [--max-tokens N] [--temperature T] [--top-k K]
                [--top-p P] [--seed S] [--ctx N] [--backend B]
                (without --model: SmolLM2-135M-Instruct, downloaded once into the cache)
+  kestrel diffuse --model PATH --tokens IDS --gen-length G --steps S --block-length B
+                  --out FILE.json [--temperature T] [--cfg-scale C]
+                  [--remasking low_confidence|random] [--threshold X] [--cache none|prefix]
+                  [--seed S] [--backend B]
+
+diffusion models (LLaDA): generate and chat sample by masked diffusion and print each block
+as it fills; they take --block-length, --steps, --threshold, --cache, --cfg-scale, --remasking
 
 attention options (logits, generate, chat, bench):
   --attention-sinks N --kv-window W   StreamingLLM: keep the first N tokens and the last W
@@ -65,11 +73,12 @@ fn run(a: &Args) -> CliResult {
         "generate" => generate(a),
         "bench" => bench::run(a),
         "chat" => chat::run(a),
+        "diffuse" => diffuse::run(a),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
         }
-        "serve" | "diffuse" | "app" => Err(format!("'{}' is not implemented yet", a.command)),
+        "serve" | "app" => Err(format!("'{}' is not implemented yet", a.command)),
         other => Err(format!("unknown command '{other}'\n{USAGE}")),
     }
 }
@@ -114,7 +123,7 @@ pub fn apply_attention(model: &mut Model, options: AttentionOptions) -> CliResul
 }
 
 /// `known` plus the attention options.
-fn with_attention<'a>(known: &[&'a str]) -> Vec<&'a str> {
+pub fn with_attention<'a>(known: &[&'a str]) -> Vec<&'a str> {
     known.iter().chain(ATTENTION_OPTIONS).copied().collect()
 }
 
@@ -157,7 +166,7 @@ fn info(a: &Args) -> CliResult {
     Ok(())
 }
 
-fn parse_tokens(s: &str) -> Result<Vec<u32>, String> {
+pub fn parse_tokens(s: &str) -> Result<Vec<u32>, String> {
     s.split(',')
         .map(|t| {
             t.trim()
@@ -214,6 +223,13 @@ fn generate(a: &Args) -> CliResult {
         "seed",
         "ctx",
         "backend",
+        "gen-length",
+        "steps",
+        "block-length",
+        "cfg-scale",
+        "remasking",
+        "threshold",
+        "cache",
     ]))?;
     let prompt = a.required("prompt")?;
     let max_tokens: usize = a.parsed("max-tokens", 64)?;
@@ -233,6 +249,11 @@ fn generate(a: &Args) -> CliResult {
     let ids = tok.encode(prompt).map_err(|e| e.to_string())?;
     if ids.is_empty() {
         return Err("the prompt encodes to no tokens".into());
+    }
+    if !model.config().causal {
+        let config = diffuse::config(a, max_tokens)?;
+        diffuse::stream(&gpu, &model, tok, &ids, &config)?;
+        return Ok(());
     }
     let mut session = model.session(&gpu, ctx).map_err(|e| e.to_string())?;
     if ids.len() >= session.capacity() {

@@ -409,3 +409,146 @@ fn attention_sinks_decode_past_the_trained_context() {
     ]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// Run `diffuse` on a model; returns (exit code, stderr, tokens written).
+fn diffuse(model: &Path, options: &[&str]) -> (i32, String, Vec<u32>) {
+    let out = std::env::temp_dir().join(format!("kestrel-cli-diffuse-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let mut args = vec![
+        "diffuse",
+        "--model",
+        model.to_str().expect("utf8"),
+        "--out",
+        out.to_str().expect("utf8"),
+    ];
+    args.extend(options);
+    let (code, _, err) = kestrel(&args);
+    let tokens = std::fs::read_to_string(&out)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .map(|v| {
+            v["tokens"]
+                .as_array()
+                .expect("tokens")
+                .iter()
+                .map(|t| t.as_u64().expect("id") as u32)
+                .collect()
+        })
+        .unwrap_or_default();
+    (code, err, tokens)
+}
+
+#[test]
+fn diffuse_writes_the_reference_trajectory_result() {
+    // Case b of tests/fixtures/llada/trajectories.json (two commits per step).
+    let text = std::fs::read_to_string(fixture("llada").join("trajectories.json")).expect("json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let case = &v["cases"][1];
+    assert_eq!(case["steps"], 8);
+    let prompt: Vec<String> = case["prompt"]
+        .as_array()
+        .expect("prompt")
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    let want: Vec<u32> = case["final"]
+        .as_array()
+        .expect("final")
+        .iter()
+        .map(|t| t.as_u64().expect("id") as u32)
+        .collect();
+    let (code, err, got) = diffuse(
+        &fixture("llada"),
+        &[
+            "--tokens",
+            &prompt.join(","),
+            "--gen-length",
+            "16",
+            "--steps",
+            "8",
+            "--block-length",
+            "8",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(got, want);
+    assert!(err.contains("forward passes"), "{err}");
+}
+
+#[test]
+fn diffuse_rejects_bad_settings() {
+    let llada = fixture("llada");
+    let cases: &[(&Path, &[&str], &str)] = &[
+        (
+            &llada,
+            &["--gen-length", "12", "--block-length", "8", "--steps", "8"],
+            "multiple",
+        ),
+        (
+            &llada,
+            &["--gen-length", "16", "--block-length", "8", "--steps", "7"],
+            "divided",
+        ),
+        (
+            &llada,
+            &["--gen-length", "16", "--threshold", "2"],
+            "threshold",
+        ),
+        (&llada, &["--gen-length", "16", "--cache", "all"], "--cache"),
+        (
+            &llada,
+            &["--gen-length", "16", "--tokens", "1,274"],
+            "mask token",
+        ),
+        (&llada, &["--gen-length", "512"], "context"),
+        (
+            &fixture("llama_gqa"),
+            &["--gen-length", "8"],
+            "not a diffusion model",
+        ),
+    ];
+    for (model, options, expect) in cases {
+        let mut args = vec!["--tokens", "1,2,3"];
+        args.extend(options.iter());
+        if options.contains(&"--tokens") {
+            args.drain(..2);
+        }
+        let (code, err, _) = diffuse(model, &args);
+        assert_ne!(code, 0, "{options:?}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(expect),
+            "{options:?}: {err}"
+        );
+    }
+    let dir = copy_fixture("llada", "nomask");
+    edit_config(&dir, |c| {
+        c.as_object_mut().expect("object").remove("mask_token_id");
+    });
+    let (code, err, _) = diffuse(&dir, &["--tokens", "1,2", "--gen-length", "8"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("mask_token_id"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn generate_on_a_diffusion_model_streams_blocks() {
+    let (code, _, err) = kestrel(&[
+        "generate",
+        "--model",
+        fixture("llada").to_str().expect("utf8"),
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "16",
+        "--block-length",
+        "8",
+        "--threshold",
+        "0.3",
+        "--cache",
+        "prefix",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("forward passes"), "{err}");
+}

@@ -7,6 +7,7 @@ pub mod error;
 pub mod gguf;
 pub mod gguf_model;
 pub mod gguf_tokenizer;
+pub mod llada;
 pub mod llama;
 pub mod safetensors;
 pub mod tokenizer;
@@ -107,6 +108,15 @@ pub fn build_model(
     tokenizer: Option<TextTokenizer>,
     chat: ChatInfo,
 ) -> Result<Model> {
+    let llada_config;
+    let llada_source;
+    let (config, source): (&JsonConfig, &dyn TensorSource) = if llada::is_llada(config) {
+        llada_config = llada::to_hf_config(config)?;
+        llada_source = llada::LladaSource(source);
+        (&llada_config, &llada_source)
+    } else {
+        (config, source)
+    };
     let cfg = LlamaConfig::from_json(config)?;
     let mut up = Uploader::new(gpu, source);
     let llama = Llama::load(cfg, &mut up)?;
@@ -152,7 +162,11 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
     let text = read(&config_path)?;
     let config = JsonConfig::parse(&config_path, &String::from_utf8_lossy(&text))?;
     // Check the architecture before touching weights.
-    LlamaConfig::from_json(&config)?;
+    if llada::is_llada(&config) {
+        LlamaConfig::from_json(&llada::to_hf_config(&config)?)?;
+    } else {
+        LlamaConfig::from_json(&config)?;
+    }
     let source = safetensors::SafetensorsFiles::open_dir(path)?;
     let tok_path = path.join("tokenizer.json");
     let tokenizer = if tok_path.exists() {

@@ -17,7 +17,12 @@ use crate::config::JsonConfig;
 use crate::error::{ModelError, Result};
 use crate::weights::Uploader;
 
-pub const SUPPORTED: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
+pub const SUPPORTED: &[&str] = &[
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "LLaDAModelLM",
+];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
@@ -37,6 +42,10 @@ pub struct LlamaConfig {
     pub qkv_bias: bool,
     /// Each layer's sliding window (positions a query sees, itself included), if any.
     pub layer_windows: Vec<Option<usize>>,
+    /// False for bidirectional networks (diffusion LMs): every position sees every other.
+    pub causal: bool,
+    /// The token a diffusion LM predicts (LLaDA's `mask_token_id`).
+    pub mask_token: Option<u32>,
     pub bos: Vec<u32>,
     pub eos: Vec<u32>,
 }
@@ -44,9 +53,11 @@ pub struct LlamaConfig {
 impl LlamaConfig {
     pub fn from_json(c: &JsonConfig) -> Result<LlamaConfig> {
         let architecture = c.architecture()?;
-        let qwen2 = match architecture.as_str() {
-            "LlamaForCausalLM" | "llama" | "MistralForCausalLM" | "mistral" => false,
-            "Qwen2ForCausalLM" | "qwen2" => true,
+        let (qwen2, causal) = match architecture.as_str() {
+            "LlamaForCausalLM" | "llama" | "MistralForCausalLM" | "mistral" => (false, true),
+            "Qwen2ForCausalLM" | "qwen2" => (true, true),
+            // Configs in LLaDA's own format arrive translated by `llada::to_hf_config`.
+            crate::llada::ARCHITECTURE => (false, false),
             _ => {
                 return Err(ModelError::UnsupportedArchitecture {
                     file: c.path.clone(),
@@ -132,6 +143,16 @@ impl LlamaConfig {
             intermediate: c.positive("intermediate_size")?,
             layers,
             layer_windows,
+            causal,
+            mask_token: match c.opt_usize("mask_token_id")? {
+                Some(m) if m >= c.positive("vocab_size")? => {
+                    return Err(bad(
+                        "mask_token_id",
+                        format!("({m}) is not below vocab_size"),
+                    ))
+                }
+                m => m.map(|m| m as u32),
+            },
             heads,
             kv_heads,
             head_dim,
@@ -408,25 +429,75 @@ impl Architecture for Llama {
     }
 
     fn build(&self, n: usize, capacity: usize, head: Head) -> kestrel_runtime::Result<Graph> {
-        let c = &self.config;
-        let kvd = c.kv_heads * c.head_dim;
         let mut g = Graph::new();
         let ids = g.input("tokens", &[n], DType::U32);
+        let x = self.forward(&mut g, ids, capacity)?;
+        let lm_head = g.weight(&self.lm_head);
+        match head {
+            Head::AllLogits => {
+                let logits = g.linear(x, lm_head, None)?;
+                g.output(logits);
+            }
+            Head::Sample => {
+                let last = g.last_row(x)?;
+                let logits = g.linear(last, lm_head, None)?;
+                let token = g.sample(logits)?;
+                g.output(token);
+            }
+            Head::Unmask(u) => {
+                let logits = g.linear(x, lm_head, None)?;
+                // Classifier-free guidance: the prompt-masked sequence's forward runs after the
+                // conditional one in the same graph, over the same KV state (every guided step
+                // is a full forward, so no cache has to survive it).
+                let uncond = if u.cfg_scale() != 0.0 {
+                    let ids = g.input("uncond_tokens", &[n], DType::U32);
+                    let x = self.forward(&mut g, ids, capacity)?;
+                    let lm_head = g.weight(&self.lm_head);
+                    Some(g.linear(x, lm_head, None)?)
+                } else {
+                    None
+                };
+                let chosen = g.unmask(
+                    logits,
+                    uncond,
+                    ids,
+                    u.mask_id,
+                    u.cfg_scale(),
+                    u.random_remasking,
+                )?;
+                g.output(chosen);
+            }
+        }
+        Ok(g)
+    }
+}
+
+impl Llama {
+    /// The decoder over token ids `ids` [n]: embedding, the layers (writing their KV caches)
+    /// and the final norm; returns the normalised hidden states [n, hidden].
+    fn forward(
+        &self,
+        g: &mut Graph,
+        ids: kestrel_runtime::TensorId,
+        capacity: usize,
+    ) -> kestrel_runtime::Result<kestrel_runtime::TensorId> {
+        let c = &self.config;
+        let kvd = c.kv_heads * c.head_dim;
         let embed = g.weight(&self.embed);
         let inv_freq = g.weight(&self.inv_freq);
         let mut x = g.embedding(embed, ids)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let w = |g: &mut Graph, w: &Arc<GpuWeight>| g.weight(w);
-            let norm = w(&mut g, &layer.attn_norm);
+            let norm = w(g, &layer.attn_norm);
             let h = g.rms_norm(x, norm, c.eps)?;
             let proj = |g: &mut Graph, m: &Arc<GpuWeight>, b: &Option<Arc<GpuWeight>>| {
                 let mw = g.weight(m);
                 let bw = b.as_ref().map(|b| g.weight(b));
                 g.linear(h, mw, bw)
             };
-            let q = proj(&mut g, &layer.q, &layer.q_bias)?;
-            let k = proj(&mut g, &layer.k, &layer.k_bias)?;
-            let v = proj(&mut g, &layer.v, &layer.v_bias)?;
+            let q = proj(g, &layer.q, &layer.q_bias)?;
+            let k = proj(g, &layer.k, &layer.k_bias)?;
+            let v = proj(g, &layer.v, &layer.v_bias)?;
             let layout = self.layout(l, capacity)?;
             // Keys cached before RoPE (attention sinks) are rotated inside attention.
             let (q, k, rope) = if layout.rope_in_attention {
@@ -448,21 +519,17 @@ impl Architecture for Llama {
                 k_cache,
                 v_cache,
                 c.attn_shape(),
-                true,
+                c.causal,
                 layout,
                 rope,
                 mask,
             )?;
-            let o = w(&mut g, &layer.o);
+            let o = w(g, &layer.o);
             let o = g.linear(a, o, None)?;
             x = g.add_tensors(x, o)?;
-            let norm = w(&mut g, &layer.mlp_norm);
+            let norm = w(g, &layer.mlp_norm);
             let h = g.rms_norm(x, norm, c.eps)?;
-            let (gw, uw, dw) = (
-                w(&mut g, &layer.gate),
-                w(&mut g, &layer.up),
-                w(&mut g, &layer.down),
-            );
+            let (gw, uw, dw) = (w(g, &layer.gate), w(g, &layer.up), w(g, &layer.down));
             let gate = g.linear(h, gw, None)?;
             let up = g.linear(h, uw, None)?;
             let act = g.swiglu(gate, up)?;
@@ -470,20 +537,6 @@ impl Architecture for Llama {
             x = g.add_tensors(x, down)?;
         }
         let norm = g.weight(&self.norm);
-        let x = g.rms_norm(x, norm, c.eps)?;
-        let lm_head = g.weight(&self.lm_head);
-        match head {
-            Head::AllLogits => {
-                let logits = g.linear(x, lm_head, None)?;
-                g.output(logits);
-            }
-            Head::Sample => {
-                let last = g.last_row(x)?;
-                let logits = g.linear(last, lm_head, None)?;
-                let token = g.sample(logits)?;
-                g.output(token);
-            }
-        }
-        Ok(g)
+        g.rms_norm(x, norm, c.eps)
     }
 }

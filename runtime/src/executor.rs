@@ -294,10 +294,11 @@ impl Lowering<'_> {
                 let n = self.shape(q)[0];
                 // Decode splits the cache across workgroups; a row-wise prefill already has a
                 // workgroup per query and head, and keeps one piece each.
-                let partial = if causal && (n == 1 || decode_attention::rowwise_prefill(gpu)) {
-                    let splits = match n {
-                        1 => decode_attention::max_splits_for(layout.rows),
-                        _ => 1,
+                let decode = n == 1 && causal;
+                let partial = if decode || decode_attention::rowwise_prefill(gpu) {
+                    let splits = match decode {
+                        true => decode_attention::max_splits_for(layout.rows),
+                        false => 1,
                     };
                     let floats = decode_attention::partial_floats(&shape, splits, n);
                     Some((self.partial(floats)?, splits))
@@ -321,7 +322,7 @@ impl Lowering<'_> {
                 match &partial {
                     Some((buffer, splits)) => {
                         let d = decode_attention::launch(
-                            gpu, self.step, &io, buffer, shape, layout, *splits, n,
+                            gpu, self.step, &io, buffer, shape, layout, *splits, n, causal,
                         )?;
                         self.dispatches.extend(d);
                     }
@@ -352,6 +353,42 @@ impl Lowering<'_> {
                 let s = self.shape(x);
                 let d = softmax::launch(gpu, self.buf(x)?, self.buf(out)?, s[0], s[1])?;
                 self.dispatches.push(d);
+            }
+            Op::Unmask {
+                logits,
+                uncond,
+                tokens,
+                out,
+                mask_id,
+                cfg_scale,
+                random_remasking,
+            } => {
+                let s = self.shape(logits);
+                let params = unmask::Params {
+                    rows: s[0],
+                    vocab: s[1],
+                    mask_id,
+                    cfg_scale,
+                    random_remasking,
+                };
+                let scratch = GpuTensor::new(
+                    gpu,
+                    "unmask scratch",
+                    &[unmask::scratch_words(s[0])],
+                    DType::U32,
+                )?;
+                let uncond = uncond.map(|u| self.buf(u)).transpose()?;
+                let d = unmask::launch(
+                    gpu,
+                    self.step,
+                    self.buf(logits)?,
+                    uncond,
+                    self.buf(tokens)?,
+                    &scratch.buffer,
+                    self.buf(out)?,
+                    &params,
+                )?;
+                self.dispatches.extend(d);
             }
             Op::Sample { logits, out } => {
                 let s = self.shape(logits);

@@ -103,6 +103,19 @@ pub enum Op {
         logits: TensorId,
         out: TensorId,
     },
+    /// One diffusion step's choice of masked positions to commit (u32 count then
+    /// (position, token) pairs), from `logits` [T, vocab] of the positions whose current
+    /// ids are `tokens`, with the step's k / threshold / window; `uncond`: logits of the
+    /// prompt-masked sequence for classifier-free guidance.
+    Unmask {
+        logits: TensorId,
+        uncond: Option<TensorId>,
+        tokens: TensorId,
+        out: TensorId,
+        mask_id: u32,
+        cfg_scale: f32,
+        random_remasking: bool,
+    },
 }
 
 impl Op {
@@ -136,6 +149,17 @@ impl Op {
             Op::LastRow { x, out } => (vec![x], vec![out]),
             Op::Softmax { x, out } => (vec![x], vec![out]),
             Op::Sample { logits, out } => (vec![logits], vec![out]),
+            Op::Unmask {
+                logits,
+                uncond,
+                tokens,
+                out,
+                ..
+            } => {
+                let mut r = vec![logits, tokens];
+                r.extend(uncond);
+                (r, vec![out])
+            }
         }
     }
 }
@@ -395,6 +419,39 @@ impl Graph {
     pub fn softmax(&mut self, x: TensorId) -> Result<TensorId> {
         let out = self.activation(self.shape(x).to_vec());
         self.ops.push(Op::Softmax { x, out });
+        Ok(out)
+    }
+
+    /// The positions a diffusion step commits, chosen on the GPU (see [`Op::Unmask`]).
+    pub fn unmask(
+        &mut self,
+        logits: TensorId,
+        uncond: Option<TensorId>,
+        tokens: TensorId,
+        mask_id: u32,
+        cfg_scale: f32,
+        random_remasking: bool,
+    ) -> Result<TensorId> {
+        let rows = self.shape(logits)[0];
+        if self.shape(tokens) != [rows]
+            || uncond.is_some_and(|u| self.shape(u) != self.shape(logits))
+        {
+            return Err(mismatch("unmask", &[rows], self.shape(tokens)));
+        }
+        let out = self.add(
+            vec![crate::kernels::unmask::out_words(rows)],
+            DType::U32,
+            Source::Activation,
+        );
+        self.ops.push(Op::Unmask {
+            logits,
+            uncond,
+            tokens,
+            out,
+            mask_id,
+            cfg_scale,
+            random_remasking,
+        });
         Ok(out)
     }
 

@@ -4,6 +4,7 @@
 
 pub mod block_mask;
 pub mod device;
+pub mod diffusion;
 pub mod error;
 pub mod executor;
 pub mod graph;

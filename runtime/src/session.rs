@@ -27,6 +27,35 @@ pub enum Head {
     AllLogits,
     /// One sampled token id, drawn on the GPU from the last position.
     Sample,
+    /// A diffusion step: the masked positions to commit, chosen on the GPU.
+    Unmask(UnmaskHead),
+}
+
+/// The fixed settings of a diffusion step's graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UnmaskHead {
+    pub mask_id: u32,
+    /// Classifier-free guidance scale as f32 bits (0 = off: no unconditional pass).
+    pub cfg_scale_bits: u32,
+    pub random_remasking: bool,
+}
+
+impl UnmaskHead {
+    pub fn cfg_scale(&self) -> f32 {
+        f32::from_bits(self.cfg_scale_bits)
+    }
+}
+
+/// The per-step settings of a diffusion step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnmaskStep {
+    /// Positions to commit; 0 = every one at or above `threshold` (at least one).
+    pub k: u32,
+    pub threshold: f32,
+    /// Absolute positions whose masks may be committed (the current block).
+    pub window: (u32, u32),
+    pub temperature: f32,
+    pub seed: u32,
 }
 
 /// What a model must provide to run in a session. Models build graphs; they never touch wgpu.
@@ -209,6 +238,62 @@ impl Session {
             self.plans.insert((n, head), plan);
         }
         Ok(&self.plans[&(n, head)])
+    }
+
+    /// Diffusion (bidirectional models): set positions `pos..pos + tokens.len()` to `tokens`
+    /// (keeping the cache rows of earlier positions from previous runs), run them, and return
+    /// the (position, token) pairs the GPU chose to commit. With classifier-free guidance,
+    /// `uncond` holds the same positions with the prompt masked.
+    pub async fn unmask(
+        &mut self,
+        pos: usize,
+        tokens: &[u32],
+        uncond: Option<&[u32]>,
+        head: UnmaskHead,
+        choice: &UnmaskStep,
+    ) -> Result<Vec<(u32, u32)>> {
+        if pos > self.pos() {
+            return Err(Error::InputOutOfRange(format!(
+                "position {pos} is past the {} positions run so far",
+                self.pos()
+            )));
+        }
+        self.history.truncate(pos);
+        self.check_tokens(tokens)?;
+        let bad_uncond = match uncond {
+            Some(u) => u.len() != tokens.len() || head.cfg_scale() == 0.0,
+            None => head.cfg_scale() != 0.0,
+        };
+        if bad_uncond {
+            return Err(Error::Graph(
+                "unmask: unconditional tokens go with a guidance scale".into(),
+            ));
+        }
+        let mut step = self.step_for(tokens.len(), &Sampling::default());
+        step.top_k = choice.k;
+        step.top_p = choice.threshold;
+        step.temperature = choice.temperature;
+        step.seed = choice.seed;
+        step.window_start = choice.window.0;
+        step.window_end = choice.window.1;
+        let head = Head::Unmask(head);
+        self.plan(tokens.len(), head)?;
+        let plan = &self.plans[&(tokens.len(), head)];
+        plan.write_input("tokens", tokens)?;
+        if let Some(u) = uncond {
+            plan.write_input("uncond_tokens", u)?;
+        }
+        plan.run(&step)?;
+        self.history.extend_from_slice(tokens);
+        let words = self.plans[&(tokens.len(), head)].read_u32(0).await?;
+        let count = words.first().copied().unwrap_or(0) as usize;
+        if 1 + 2 * count > words.len() {
+            return Err(Error::Readback("unmask returned a bad count".into()));
+        }
+        Ok(words[1..1 + 2 * count]
+            .chunks(2)
+            .map(|c| (c[0], c[1]))
+            .collect())
     }
 
     fn step_for(&self, n: usize, s: &Sampling) -> Step {

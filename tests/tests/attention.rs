@@ -277,6 +277,7 @@ fn decode_gpu(gpu: &Arc<Gpu>, s: &Scene, max_splits: usize) -> Vec<f32> {
         s.layout,
         max_splits,
         s.t,
+        true,
     )
     .unwrap();
     run(gpu, &d);

@@ -570,6 +570,21 @@ fn attention_case(
         layout,
     };
     let reference = attention::reference(&q, cache, shape, pos, causal, None, None);
+    // The row-wise path (CPU adapters' prefill) must give the same, causal or not.
+    let partial = poisoned(gpu, decode_attention::partial_floats(&shape, 1, t));
+    let rowwise = poisoned(gpu, q.len());
+    let io = AttnBuffers {
+        out: &rowwise,
+        ..io
+    };
+    let d = decode_attention::launch(gpu, &sb, &io, &partial, shape, layout, 1, t, causal).unwrap();
+    run(gpu, &d);
+    assert_close(
+        &format!("row-wise attention T={t} pos={pos} causal={causal}"),
+        &read(gpu, &rowwise, q.len()),
+        &reference,
+        ATTN_TOL,
+    );
     let what = format!(
         "attention heads={heads}/{kv_heads} hd={hd} T={t} pos={pos} causal={causal} on {}",
         gpu.backend_name()
@@ -644,7 +659,8 @@ fn decode_attention_case(
         inv_freq: None,
         mask: None,
     };
-    let d = decode_attention::launch(gpu, &sb, &io, &partial, shape, layout, splits, 1).unwrap();
+    let d =
+        decode_attention::launch(gpu, &sb, &io, &partial, shape, layout, splits, 1, true).unwrap();
     run(gpu, &d);
     let got = read(gpu, &out, q.len());
     let cache = CacheView {

@@ -33,7 +33,8 @@ struct Params {
     rot_half: u32,
     max_splits: u32,
     blocks: u32,
-    _p: [u32; 2],
+    causal: u32,
+    _p: u32,
 }
 
 #[repr(C)]
@@ -65,7 +66,8 @@ pub fn rowwise_prefill(gpu: &Gpu) -> bool {
 
 /// The two dispatches (pieces, then merge) of decode attention for `n_queries` queries at
 /// positions `step.pos..`: `io.q` [n_queries, heads*D] over the caches into `io.out`, with
-/// `partial` holding [`partial_floats`] floats.
+/// `partial` holding [`partial_floats`] floats. Not `causal`: every query sees all
+/// `step.pos + n_queries` keys.
 #[allow(clippy::too_many_arguments)]
 pub fn launch(
     gpu: &Gpu,
@@ -76,9 +78,10 @@ pub fn launch(
     layout: KvLayout,
     max_splits: usize,
     n_queries: usize,
+    causal: bool,
 ) -> Result<[Dispatch; 2]> {
     let rope_half = io.inv_freq.map(|(_, h)| h);
-    validate_mode(&shape, &layout, true, rope_half, io.mask.is_some())?;
+    validate_mode(&shape, &layout, causal, rope_half, io.mask.is_some())?;
     let max_splits = max_splits.clamp(1, MAX_SPLITS);
     let defs = ShaderDefs::new()
         .u32("HEAD_DIM", shape.head_dim as u32)
@@ -95,7 +98,8 @@ pub fn launch(
         rot_half: rope_half.unwrap_or(0) as u32,
         max_splits: max_splits as u32,
         blocks: io.mask.map_or(0, |(_, b)| b as u32),
-        _p: [0; 2],
+        causal: causal as u32,
+        _p: 0,
     };
     let dummy = &gpu.dummy;
     let pieces = kernel!("decode_attention").dispatch(

@@ -16,6 +16,7 @@ pub mod rms_norm;
 pub mod rope;
 pub mod sample;
 pub mod softmax;
+pub mod unmask;
 
 use bytemuck::{Pod, Zeroable};
 

@@ -1,0 +1,108 @@
+//! LLaDA-style masked diffusion against tests/fixtures/llada (made by
+//! tests/fixtures/generate_llada.py): the bidirectional network's logits (relative error
+//! <= 1e-4, as for the causal fixtures), and the sampler's step-by-step trajectory, which
+//! must be identical at temperature 0 (the fixture records every step's confidence gap,
+//! all >= 1e-3, far above f32 rounding).
+
+use std::path::{Path, PathBuf};
+
+use kestrel_runtime::diffusion::{self, BlockCache, DiffusionConfig, StepReport};
+use kestrel_tests::{gpus, rel_err};
+use serde_json::Value;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llada")
+}
+
+fn json(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixture().join(name)).expect(name);
+    serde_json::from_str(&text).expect("json")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("ids")
+        .iter()
+        .map(|t| t.as_u64().expect("id") as u32)
+        .collect()
+}
+
+fn read_npy(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).expect("npy");
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytemuck::pod_collect_to_vec(&bytes[10 + hlen..])
+}
+
+#[test]
+fn bidirectional_logits_match_the_reference() {
+    let tokens = ids(&json("tokens.json")["tokens"]);
+    let want = read_npy(&fixture().join("logits.npy"));
+    for gpu in gpus() {
+        let model = kestrel_models::load(&gpu, &fixture()).expect("load");
+        assert!(!model.config().causal);
+        assert_eq!(model.config().mask_token, Some(274));
+        let mut s = model.session(&gpu, tokens.len()).expect("session");
+        let got = pollster::block_on(s.logits(&tokens)).expect("forward");
+        let e = rel_err(&got, &want);
+        assert!(e <= 1e-4, "{}: relative error {e:e}", gpu.backend_name());
+    }
+}
+
+fn case_config(case: &Value) -> DiffusionConfig {
+    let threshold = case["threshold"].as_f64().map(|t| t as f32);
+    DiffusionConfig {
+        gen_length: case["gen_length"].as_u64().unwrap() as usize,
+        block_length: case["block_length"].as_u64().unwrap() as usize,
+        steps: case["steps"].as_u64().unwrap_or(0) as usize,
+        temperature: 0.0,
+        cfg_scale: case["cfg_scale"].as_f64().unwrap() as f32,
+        random_remasking: false,
+        threshold,
+        cache: BlockCache::None,
+        seed: 0,
+    }
+}
+
+#[test]
+fn sampler_trajectories_match_the_reference() {
+    let cases = json("trajectories.json")["cases"].clone();
+    for gpu in gpus() {
+        let model = kestrel_models::load(&gpu, &fixture()).expect("load");
+        let mask = model.config().mask_token.expect("mask token");
+        for case in cases.as_array().expect("cases") {
+            let name = case["name"].as_str().unwrap();
+            let prompt = ids(&case["prompt"]);
+            let config = case_config(case);
+            let mut s = model
+                .session(&gpu, prompt.len() + config.gen_length)
+                .expect("session");
+            let mut trace: Vec<StepReport> = Vec::new();
+            let (out, stats) = pollster::block_on(diffusion::generate(
+                &mut s,
+                &prompt,
+                mask,
+                &config,
+                |step, _| trace.push(step.clone()),
+            ))
+            .expect("generate");
+            let want: Vec<Vec<(u32, u32)>> = case["trace"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    t["committed"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_u64().unwrap() as u32))
+                        .collect()
+                })
+                .collect();
+            let got: Vec<Vec<(u32, u32)>> = trace.iter().map(|t| t.committed.clone()).collect();
+            assert_eq!(got, want, "{name} on {}", gpu.backend_name());
+            assert_eq!(out, ids(&case["final"]), "{name}");
+            let cfg_passes = 1 + (config.cfg_scale != 0.0) as usize;
+            assert_eq!(stats.forwards, want.len() * cfg_passes, "{name}");
+        }
+    }
+}
