@@ -6,7 +6,7 @@
 // Queries are at absolute positions step.pos + t. Which keys a query at p sees, and in which
 // cache row each key lives, follow runtime/src/kv.rs: positions [0, min(sinks, lo)) and
 // [lo, p] with lo = max(0, p + 1 - window); row(j) = j below sinks, else sinks + (j - sinks)
-// % ring. Without CAUSAL every key up to step.pos + n_tokens is seen (no window).
+// % ring. Without causal masking every row of the cache is seen (no window).
 //
 // ROPE (attention sinks): q and cached keys are un-rotated and rotated here with positions
 // inside the cache. A sink key j sits at cache position j and is scored against q rotated by
@@ -168,7 +168,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     l = 0.0;
 
     if (p.causal == 0u) {
-        attend(0u, kv_len, kv_head, lid, valid, 0u, kv_len, false, 0u);
+        // Bidirectional: every row of the (linear) cache, including positions after this
+        // chunk that an earlier run cached (diffusion's block cache).
+        let rows = p.sinks + p.ring;
+        attend(0u, rows, kv_head, lid, valid, 0u, rows, false, 0u);
     } else if (SPARSE) {
         let row = head * p.blocks + first_q / BQ;
         if (lid == 0u) {

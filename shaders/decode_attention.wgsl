@@ -28,7 +28,7 @@ struct Params {
     rot_half: u32,
     max_splits: u32,
     blocks: u32,  // SPARSE: query blocks per head in the mask
-    causal: u32,  // 0: every query sees all step.pos + step.n_tokens keys (bidirectional)
+    causal: u32,  // 0: every query sees every row of the cache (bidirectional)
     _p1: u32,
 }
 
@@ -94,10 +94,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let split = wid.y;
     let query = wid.z;
     let kv_head = head / (p.heads / p.kv_heads);
-    // The last key this query sees: itself, or every key when bidirectional.
+    // The last key this query sees: itself, or the cache's last row when bidirectional.
     var pos = step.pos + query;
     if (p.causal == 0u) {
-        pos = step.pos + step.n_tokens - 1u;
+        pos = p.sinks + p.ring - 1u;
     }
 
     // The visible keys: numbered 0..n; key i is absolute position sink/recent or block-based.

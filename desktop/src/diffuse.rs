@@ -43,7 +43,12 @@ pub fn config(a: &Args, gen_length: usize) -> Result<DiffusionConfig, String> {
     let cache = match a.get("cache").unwrap_or("none") {
         "none" => BlockCache::None,
         "prefix" => BlockCache::Prefix,
-        other => return Err(format!("--cache must be none or prefix, not '{other}'")),
+        "dual" => BlockCache::Dual,
+        other => {
+            return Err(format!(
+                "--cache must be none, prefix or dual, not '{other}'"
+            ))
+        }
     };
     let threshold = a
         .get("threshold")
@@ -239,9 +244,24 @@ pub fn bench(gpu: &Arc<Gpu>, model: &Model, text: bool) -> Result<serde_json::Va
             },
         ),
         (
+            "threshold 0.5 + dual cache",
+            DiffusionConfig {
+                threshold: Some(0.5),
+                cache: BlockCache::Dual,
+                ..exact
+            },
+        ),
+        (
             "fixed 1 per step + prefix cache",
             DiffusionConfig {
                 cache: BlockCache::Prefix,
+                ..exact
+            },
+        ),
+        (
+            "fixed 1 per step + dual cache",
+            DiffusionConfig {
+                cache: BlockCache::Dual,
                 ..exact
             },
         ),

@@ -36,7 +36,7 @@ usage:
                (without --model: SmolLM2-135M-Instruct, downloaded once into the cache)
   kestrel diffuse --model PATH --tokens IDS --gen-length G --steps S --block-length B
                   --out FILE.json [--temperature T] [--cfg-scale C]
-                  [--remasking low_confidence|random] [--threshold X] [--cache none|prefix]
+                  [--remasking low_confidence|random] [--threshold X] [--cache none|prefix|dual]
                   [--seed S] [--backend B]
 
 diffusion models (LLaDA): generate and chat sample by masked diffusion and print each block

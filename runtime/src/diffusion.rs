@@ -7,8 +7,9 @@
 //! confident committed first; or random remasking), or Fast-dLLM's confidence threshold
 //! (every position at or above it, at least one per step). Caching: none (every step runs
 //! the whole sequence), or Fast-dLLM's prefix cache (a full forward at each block start,
-//! then steps run only from the block on, over the prefix's cached keys and values —
-//! approximate, refreshed every block).
+//! then steps run only from the block on, over the prefix's cached keys and values) or dual
+//! cache (steps run only the block, over the cached prefix and suffix) — approximate,
+//! refreshed every block.
 
 use crate::error::{Error, Result};
 use crate::rng::pcg_hash;
@@ -20,6 +21,9 @@ pub enum BlockCache {
     None,
     /// Each block's first step runs everything; later steps run from the block on.
     Prefix,
+    /// Each block's first step runs everything; later steps run only the block, over the
+    /// cached keys and values of the prefix and of the suffix (Fast-dLLM's dual cache).
+    Dual,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -161,9 +165,10 @@ pub async fn generate(
                 // LLaDA runs a step that commits nothing here; skipping it changes nothing.
                 continue;
             }
-            let from = match config.cache {
-                BlockCache::Prefix if step > 1 => start,
-                _ => 0,
+            let (from, to) = match config.cache {
+                BlockCache::Prefix if step > 1 => (start, len),
+                BlockCache::Dual if step > 1 => (start, end),
+                _ => (0, len),
             };
             let uncond: Option<Vec<u32>> = (config.cfg_scale != 0.0).then(|| {
                 let mut u = x.clone();
@@ -178,10 +183,10 @@ pub async fn generate(
                 seed: pcg_hash(config.seed ^ pcg_hash((block * 65536 + step) as u32)),
             };
             let committed = session
-                .unmask(from, &x[from..], uncond.as_deref(), head, &choice)
+                .unmask(from, &x[from..to], uncond.as_deref(), head, &choice)
                 .await?;
             stats.forwards += 1 + uncond.is_some() as usize;
-            stats.positions_run += (len - from) * (1 + uncond.is_some() as usize);
+            stats.positions_run += (to - from) * (1 + uncond.is_some() as usize);
             if committed.is_empty() {
                 return Err(Error::Readback(
                     "a diffusion step committed no token".into(),

@@ -326,7 +326,8 @@ impl Graph {
         Ok(())
     }
 
-    /// Attention of `q` over a layer's caches laid out by `layout`. `inv_freq`: RoPE
+    /// Attention of `q` over a layer's caches laid out by `layout` (not `causal`: over every
+    /// row of the cache, which must then be linear). `inv_freq`: RoPE
     /// frequencies for a layout that caches keys before RoPE (q is then un-rotated too).
     /// `mask`: a [`Graph::block_mask`] over the cache's rows.
     #[allow(clippy::too_many_arguments)]

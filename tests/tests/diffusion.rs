@@ -106,3 +106,61 @@ fn sampler_trajectories_match_the_reference() {
         }
     }
 }
+
+#[test]
+fn a_block_run_over_cached_prefix_and_suffix_equals_the_full_forward() {
+    // The dual cache's step: after a full forward, re-running only positions 8..16 attends
+    // over the cached rows before and after them; with the same tokens the logits must be
+    // the full forward's rows.
+    let tokens = ids(&json("tokens.json")["tokens"]);
+    for gpu in gpus() {
+        let model = kestrel_models::load(&gpu, &fixture()).expect("load");
+        let vocab = model.config().vocab;
+        let mut s = model.session(&gpu, tokens.len()).expect("session");
+        let full = pollster::block_on(s.logits(&tokens)).expect("full");
+        assert_eq!(s.truncate(8), 8);
+        let block = pollster::block_on(s.logits(&tokens[8..16])).expect("block");
+        let e = rel_err(&block, &full[8 * vocab..16 * vocab]);
+        assert!(e <= 1e-5, "{}: relative error {e:e}", gpu.backend_name());
+    }
+}
+
+#[test]
+fn block_caches_run_fewer_positions() {
+    let cases = json("trajectories.json")["cases"].clone();
+    let case = &cases[1];
+    let prompt = ids(&case["prompt"]);
+    let gpu = gpus().into_iter().next().expect("gpu");
+    let model = kestrel_models::load(&gpu, &fixture()).expect("load");
+    let mask = model.config().mask_token.expect("mask");
+    let mut run = |cache| {
+        let config = DiffusionConfig {
+            cache,
+            ..case_config(case)
+        };
+        let mut s = model
+            .session(&gpu, prompt.len() + config.gen_length)
+            .expect("session");
+        pollster::block_on(diffusion::generate(
+            &mut s,
+            &prompt,
+            mask,
+            &config,
+            |_, _| {},
+        ))
+        .expect("generate")
+    };
+    let (exact, e) = run(BlockCache::None);
+    let (prefix, p) = run(BlockCache::Prefix);
+    let (dual, d) = run(BlockCache::Dual);
+    // Same number of steps; each block's first step is a full forward, later ones run from
+    // the block to the end (prefix) or the block alone (dual).
+    assert_eq!((e.forwards, p.forwards, d.forwards), (8, 8, 8));
+    assert_eq!(e.positions_run, 8 * 24);
+    assert_eq!(p.positions_run, 24 + 3 * 16 + 24 + 3 * 8);
+    assert_eq!(d.positions_run, 2 * 24 + 6 * 8);
+    for out in [&exact, &prefix, &dual] {
+        assert_eq!(out.len(), 24);
+        assert!(!out.contains(&mask));
+    }
+}

@@ -538,7 +538,10 @@ fn attention_case(
         scale: 1.0 / (hd as f32).sqrt(),
     };
     let mut rng = Rng::new(seed);
-    let (len, capacity, kvw) = (pos + t, pos + t + 3, kv_heads * hd);
+    // Causal queries must ignore rows past the sequence (NaN); bidirectional ones see every
+    // row of the cache, so there it ends with the sequence.
+    let spare = if causal { 3 } else { 0 };
+    let (len, capacity, kvw) = (pos + t, pos + t + spare, kv_heads * hd);
     // Queries scaled up so the softmax is peaked and the online rescaling matters.
     let q = rng.vec(t * heads * hd, 3.0);
     let k = kv_cache(&mut rng, len, capacity, kvw);

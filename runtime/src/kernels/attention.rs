@@ -177,7 +177,7 @@ pub struct CacheView<'a> {
 
 /// Attention of `q` [T, heads*D] (queries at positions pos..pos+T) over `cache`, in f64
 /// accumulation, written from the definitions rather than the kernels' tricks: each query
-/// gathers the positions it sees ([`KvLayout::visible_positions`], or all up to pos+T when
+/// gathers the positions it sees ([`KvLayout::visible_positions`], or every cache row when
 /// not causal, or those a block mask allows); with `inv_freq` (keys cached before RoPE) key
 /// number i of that list is rotated by position i and the query by the list's length - 1.
 pub fn reference(
@@ -198,7 +198,7 @@ pub fn reference(
         for h in 0..shape.heads {
             let kvh = h / group;
             let keys: Vec<usize> = match (causal, mask) {
-                (false, _) => (0..pos + t_count).collect(),
+                (false, _) => (0..cache.layout.rows).collect(),
                 (true, Some(m)) => (0..=p).filter(|&j| m.allows(h, p, j)).collect(),
                 (true, None) => cache.layout.visible_positions(p),
             };

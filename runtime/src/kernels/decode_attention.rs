@@ -66,8 +66,8 @@ pub fn rowwise_prefill(gpu: &Gpu) -> bool {
 
 /// The two dispatches (pieces, then merge) of decode attention for `n_queries` queries at
 /// positions `step.pos..`: `io.q` [n_queries, heads*D] over the caches into `io.out`, with
-/// `partial` holding [`partial_floats`] floats. Not `causal`: every query sees all
-/// `step.pos + n_queries` keys.
+/// `partial` holding [`partial_floats`] floats. Not `causal`: every query sees every row
+/// of the cache.
 #[allow(clippy::too_many_arguments)]
 pub fn launch(
     gpu: &Gpu,
