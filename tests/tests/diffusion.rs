@@ -133,7 +133,7 @@ fn block_caches_run_fewer_positions() {
     let gpu = gpus().into_iter().next().expect("gpu");
     let model = kestrel_models::load(&gpu, &fixture()).expect("load");
     let mask = model.config().mask_token.expect("mask");
-    let mut run = |cache| {
+    let run = |cache| {
         let config = DiffusionConfig {
             cache,
             ..case_config(case)
