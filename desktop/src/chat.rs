@@ -156,7 +156,9 @@ pub fn run(a: &Args) -> Result<(), String> {
             let config = diffuse::config(a, room.div_ceil(block) * block)?;
             diffuse::stream(&gpu, &model, tok, &ids, &config)?
         };
-        eprintln!("[{keep} prompt tokens reused from the cache]");
+        if model.config().causal {
+            eprintln!("[{keep} prompt tokens reused from the cache]");
+        }
         history.push(Message::new("assistant", &reply));
     }
 }
