@@ -40,15 +40,22 @@ struct Params {
 @group(0) @binding(6) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(7) var<storage, read> mask: array<u32>;
 
-var<workgroup> k_tile: array<f32, BK * HEAD_DIM>;
-var<workgroup> v_tile: array<f32, BK * HEAD_DIM>;
+// Tiles and per-query vectors hold vec4s and the dot products are unrolled four vec4s at a
+// time (HEAD_DIM is a multiple of 16), so a thread loops about 1 + HEAD_DIM / 8 times per
+// key: CPU adapters (llvmpipe ends an invocation after 65535 loop iterations) then take
+// this kernel for thousands of keys (see attention::tiled_fits).
+const HD4: u32 = HEAD_DIM / 4u;
+const SINK4: u32 = (SINK_DIM + 3u) / 4u;
+
+var<workgroup> k_tile: array<vec4<f32>, BK * HD4>;
+var<workgroup> v_tile: array<vec4<f32>, BK * HD4>;
 var<workgroup> block_range: vec2<u32>;
 var<workgroup> block_col: u32;
 
 // Per query: q for recent keys, q for sink keys (ROPE only), accumulator, max, denominator.
-var<private> q_recent: array<f32, HEAD_DIM>;
-var<private> q_sink: array<f32, SINK_DIM>;
-var<private> acc: array<f32, HEAD_DIM>;
+var<private> q_recent: array<vec4<f32>, HD4>;
+var<private> q_sink: array<vec4<f32>, SINK4>;
+var<private> acc: array<vec4<f32>, HD4>;
 var<private> m: f32;
 var<private> l: f32;
 
@@ -77,11 +84,19 @@ fn rope_pair(a: f32, b: f32, pos: u32, i: u32) -> vec2<f32> {
 fn rotate_tile(k0: u32, shift: u32, lid: u32) {
     for (var idx = lid; idx < BK * p.rot_half; idx += BQ) {
         let at = (idx / p.rot_half) * HEAD_DIM + idx % p.rot_half;
-        let r = rope_pair(k_tile[at], k_tile[at + p.rot_half], k0 + idx / p.rot_half - shift,
-                          idx % p.rot_half);
-        k_tile[at] = r.x;
-        k_tile[at + p.rot_half] = r.y;
+        let b = at + p.rot_half;
+        let r = rope_pair(k_tile[at / 4u][at % 4u], k_tile[b / 4u][b % 4u],
+                          k0 + idx / p.rot_half - shift, idx % p.rot_half);
+        k_tile[at / 4u][at % 4u] = r.x;
+        k_tile[b / 4u][b % 4u] = r.y;
     }
+}
+
+fn load4(cache_is_k: bool, at: u32) -> vec4<f32> {
+    if (cache_is_k) {
+        return vec4<f32>(k_cache[at], k_cache[at + 1u], k_cache[at + 2u], k_cache[at + 3u]);
+    }
+    return vec4<f32>(v_cache[at], v_cache[at + 1u], v_cache[at + 2u], v_cache[at + 3u]);
 }
 
 // Stream keys [k0, k1) through the tiles; this thread's query takes key j when
@@ -89,14 +104,14 @@ fn rotate_tile(k0: u32, shift: u32, lid: u32) {
 fn attend(k0: u32, k1: u32, kv_head: u32, lid: u32, valid: bool, first: u32, end: u32,
           sink: bool, shift: u32) {
     for (var kb = k0; kb < k1; kb += BK) {
-        for (var idx = lid; idx < BK * HEAD_DIM; idx += BQ) {
-            let key = kb + idx / HEAD_DIM;
-            var kv = 0.0;
-            var vv = 0.0;
+        for (var idx = lid; idx < BK * HD4; idx += BQ) {
+            let key = kb + idx / HD4;
+            var kv = vec4<f32>(0.0);
+            var vv = vec4<f32>(0.0);
             if (key < k1) {
-                let src = kv_row(key) * p.kv_stride + kv_head * HEAD_DIM + idx % HEAD_DIM;
-                kv = k_cache[src];
-                vv = v_cache[src];
+                let src = kv_row(key) * p.kv_stride + kv_head * HEAD_DIM + 4u * (idx % HD4);
+                kv = load4(true, src);
+                vv = load4(false, src);
             }
             k_tile[idx] = kv;
             v_tile[idx] = vv;
@@ -115,22 +130,31 @@ fn attend(k0: u32, k1: u32, kv_head: u32, lid: u32, valid: bool, first: u32, end
                 if (key < first) {
                     continue;
                 }
+                let t = j * HD4;
                 var s = 0.0;
                 if (sink) {
-                    for (var d = 0u; d < SINK_DIM; d++) {
-                        s += q_sink[d] * k_tile[j * HEAD_DIM + d];
+                    for (var d = 0u; d < SINK4; d += 4u) {
+                        s += dot(q_sink[d], k_tile[t + d]) + dot(q_sink[d + 1u], k_tile[t + d + 1u])
+                            + dot(q_sink[d + 2u], k_tile[t + d + 2u])
+                            + dot(q_sink[d + 3u], k_tile[t + d + 3u]);
                     }
                 } else {
-                    for (var d = 0u; d < HEAD_DIM; d++) {
-                        s += q_recent[d] * k_tile[j * HEAD_DIM + d];
+                    for (var d = 0u; d < HD4; d += 4u) {
+                        s += dot(q_recent[d], k_tile[t + d])
+                            + dot(q_recent[d + 1u], k_tile[t + d + 1u])
+                            + dot(q_recent[d + 2u], k_tile[t + d + 2u])
+                            + dot(q_recent[d + 3u], k_tile[t + d + 3u]);
                     }
                 }
                 let m_new = max(m, s);
                 let corr = exp(m - m_new);
                 let pj = exp(s - m_new);
                 l = l * corr + pj;
-                for (var d = 0u; d < HEAD_DIM; d++) {
-                    acc[d] = acc[d] * corr + pj * v_tile[j * HEAD_DIM + d];
+                for (var d = 0u; d < HD4; d += 4u) {
+                    acc[d] = acc[d] * corr + pj * v_tile[t + d];
+                    acc[d + 1u] = acc[d + 1u] * corr + pj * v_tile[t + d + 1u];
+                    acc[d + 2u] = acc[d + 2u] * corr + pj * v_tile[t + d + 2u];
+                    acc[d + 3u] = acc[d + 3u] * corr + pj * v_tile[t + d + 3u];
                 }
                 m = m_new;
             }
@@ -157,11 +181,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let last_q = min(first_q + BQ, kv_len) - 1u;
     let qi = q_abs - step.pos;
 
-    for (var d = 0u; d < HEAD_DIM; d++) {
-        acc[d] = 0.0;
-        q_recent[d] = 0.0;
+    for (var d = 0u; d < HD4; d++) {
+        acc[d] = vec4<f32>(0.0);
+        q_recent[d] = vec4<f32>(0.0);
         if (valid) {
-            q_recent[d] = q[qi * p.q_stride + head * HEAD_DIM + d] * p.scale;
+            let at = qi * p.q_stride + head * HEAD_DIM + 4u * d;
+            q_recent[d] = vec4<f32>(q[at], q[at + 1u], q[at + 2u], q[at + 3u]) * p.scale;
         }
     }
     m = -3.0e38;
@@ -193,18 +218,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let sink_end_last = min(p.sinks, window_lo(last_q));
         let c0 = lo_first - min(p.sinks, lo_first);
         if (ROPE) {
-            for (var d = 0u; d < SINK_DIM; d++) {
+            for (var d = 0u; d < SINK4; d++) {
                 q_sink[d] = q_recent[d];
             }
             // q_sink by the query's cache position, q_recent by p - c0 (see the header).
             let q_cache_pos = sink_end + q_abs - lo;
             for (var i = 0u; i < p.rot_half; i++) {
-                let r = rope_pair(q_recent[i], q_recent[i + p.rot_half], q_abs - c0, i);
-                q_recent[i] = r.x;
-                q_recent[i + p.rot_half] = r.y;
-                let t = rope_pair(q_sink[i], q_sink[i + p.rot_half], q_cache_pos, i);
-                q_sink[i] = t.x;
-                q_sink[i + p.rot_half] = t.y;
+                let b = i + p.rot_half;
+                let r = rope_pair(q_recent[i / 4u][i % 4u], q_recent[b / 4u][b % 4u],
+                                  q_abs - c0, i);
+                q_recent[i / 4u][i % 4u] = r.x;
+                q_recent[b / 4u][b % 4u] = r.y;
+                let t = rope_pair(q_sink[i / 4u][i % 4u], q_sink[b / 4u][b % 4u], q_cache_pos, i);
+                q_sink[i / 4u][i % 4u] = t.x;
+                q_sink[b / 4u][b % 4u] = t.y;
             }
         }
         if (sink_end_last > 0u) {
@@ -215,8 +242,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
     if (valid) {
         let inv = 1.0 / l;
-        for (var d = 0u; d < HEAD_DIM; d++) {
-            out[qi * p.q_stride + head * HEAD_DIM + d] = acc[d] * inv;
+        for (var d = 0u; d < HD4; d++) {
+            let at = qi * p.q_stride + head * HEAD_DIM + 4u * d;
+            let o = acc[d] * inv;
+            out[at] = o.x;
+            out[at + 1u] = o.y;
+            out[at + 2u] = o.z;
+            out[at + 3u] = o.w;
         }
     }
 }

@@ -117,9 +117,9 @@ fn rel_err(gpu: &[f32], reference: &[f32]) -> f64 {
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Full,
-    /// Full attention through the tiled kernel even where the executor takes the row-wise
-    /// path (CPU adapters), to show why it does.
-    FullTiled,
+    /// Full attention through the row-wise kernel (one workgroup per query), which the
+    /// executor takes where the tiled one does not fit.
+    FullRowwise,
     Window,
     Sparse,
 }
@@ -128,7 +128,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Full => "full",
-            Kind::FullTiled => "tiled",
+            Kind::FullRowwise => "rowwise",
             Kind::Window => "window",
             Kind::Sparse => "sparse",
         }
@@ -160,7 +160,7 @@ fn window_blocks(len: usize) -> usize {
 fn prefill(gpu: &Arc<Gpu>, kind: Kind, len: usize, warm_up: bool) -> Result<Prefill, String> {
     let shape = shape();
     let (layout, mask) = match kind {
-        Kind::Full | Kind::FullTiled => (KvLayout::linear(len), None),
+        Kind::Full | Kind::FullRowwise => (KvLayout::linear(len), None),
         Kind::Window => (KvLayout::sliding(WINDOW, len).map_err(rt)?, None),
         Kind::Sparse => (
             KvLayout::linear(len),
@@ -185,8 +185,20 @@ fn prefill(gpu: &Arc<Gpu>, kind: Kind, len: usize, warm_up: bool) -> Result<Pref
     let k = gpu.storage_buffer_init("bench k", bytemuck::cast_slice(&kd));
     let v = gpu.storage_buffer_init("bench v", bytemuck::cast_slice(&vd));
     let out = gpu.storage_buffer("bench out", (chunk * HEADS * HEAD_DIM * 4) as u64);
-    // The kernel a session's plan would run (see Plan lowering), unless forced tiled.
-    let rowwise = kind != Kind::FullTiled && decode_attention::rowwise_prefill(gpu);
+    // The kernel a session's plan would run (see Plan lowering), unless forced row-wise.
+    let max_keys = match (&mask, kind) {
+        (Some(m), _) => {
+            (0..HEADS * m.blocks)
+                .map(|r| m.offsets[r + 1] - m.offsets[r])
+                .max()
+                .unwrap_or(0) as usize
+                * BLOCK
+        }
+        (None, Kind::Window) => WINDOW + 63,
+        (None, _) => len,
+    };
+    let rowwise =
+        kind == Kind::FullRowwise || !attention::tiled_fits(gpu, shape.head_dim, max_keys);
     let partial = gpu.storage_buffer(
         "bench partial",
         (decode_attention::partial_floats(&shape, 1, chunk) * 4) as u64,
@@ -375,11 +387,11 @@ pub fn run(gpu: &Arc<Gpu>, a: &Args, text: bool) -> Result<Value, String> {
             "attention kernels: heads {HEADS}, kv_heads {KV_HEADS}, head_dim {HEAD_DIM}, f32 \
              (window {WINDOW}; block-sparse {sparse_spec}, {BLOCK}x{BLOCK} blocks)"
         );
-        if decode_attention::rowwise_prefill(gpu) {
-            println!(
-                "prefill path on this CPU adapter: row-wise (one workgroup per query and head);                  'tiled' rows time the tiled kernel, which llvmpipe cuts off past ~500 keys"
-            );
-        }
+        println!(
+            "prefill path: the tiled kernel where it fits (on CPU adapters up to {} keys per \
+             query at this head_dim), else row-wise; 'rowwise' rows force the row-wise kernel",
+            60_000 / (3 + HEAD_DIM / 8)
+        );
         println!(
             "prefill attention, whole sequence (window: chunks of up to {} tokens through the ring, \
              one dispatch each, as a session runs it):",
@@ -397,12 +409,8 @@ pub fn run(gpu: &Arc<Gpu>, a: &Args, text: bool) -> Result<Value, String> {
     let mut prefill_rows = Vec::new();
     let mut scaling = serde_json::Map::new();
     let mut scaling_text = Vec::new();
-    let kinds: &[Kind] = if decode_attention::rowwise_prefill(gpu) {
-        &[Kind::Full, Kind::FullTiled, Kind::Window, Kind::Sparse]
-    } else {
-        &[Kind::Full, Kind::Window, Kind::Sparse]
-    };
-    for &kind in kinds {
+    let kinds = [Kind::Full, Kind::FullRowwise, Kind::Window, Kind::Sparse];
+    for kind in kinds {
         let mut prev: Option<(usize, f64)> = None;
         for &len in &lens {
             // Next to a call of a quarter second or more, the first-use costs a warm-up would
@@ -412,7 +420,7 @@ pub fn run(gpu: &Arc<Gpu>, a: &Args, text: bool) -> Result<Value, String> {
             let ratio = prev.filter(|&(n, _)| 2 * n == len).map(|(_, s)| p.secs / s);
             // Full causal attention: QK^T and PV over the lower triangle.
             let flops = 4.0 * (len * len) as f64 / 2.0 * (HEAD_DIM * HEADS) as f64;
-            let full = matches!(kind, Kind::Full | Kind::FullTiled);
+            let full = matches!(kind, Kind::Full | Kind::FullRowwise);
             let gflops = full.then(|| flops / p.secs / 1e9);
             let ok = p.err <= CHECK_TOL;
             wrong += !ok as usize;

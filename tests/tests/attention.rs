@@ -810,14 +810,22 @@ fn graph_rejects_mismatched_attention_modes() {
 }
 
 #[test]
-fn rowwise_prefill_over_long_caches() {
-    // The prefill path CPU adapters take: queries that each see 1000-3000 keys, far past
-    // what one thread of the tiled kernel can loop over on llvmpipe (about 500 keys).
-    for (i, (pos, t, hd)) in [(1000, 40, 64), (2950, 70, 128)].into_iter().enumerate() {
+fn prefill_over_long_caches() {
+    // Queries that each see 1000-3000 keys: the row-wise kernel, and the tiled one within
+    // the key count attention::tiled_fits allows on CPU adapters (llvmpipe ends an
+    // invocation after 65535 loop iterations).
+    for (i, (pos, t, hd)) in [(1000, 24, 64), (2950, 20, 128)].into_iter().enumerate() {
         let c = case(4, 2, hd, KvLayout::linear(pos + t + 5), pos, t);
         let s = scene(&c, 4000 + i as u64);
         let reference = s.reference();
         for g in gpus() {
+            assert!(attention::tiled_fits(&g, hd, pos + t));
+            assert_close(
+                &format!("tiled prefill {} on {}", c.describe(), g.backend_name()),
+                &prefill_gpu(&g, &s),
+                &reference,
+                ATTN_TOL,
+            );
             for splits in [1, 3] {
                 assert_close(
                     &format!(

@@ -118,6 +118,12 @@ pub fn launch(
 ) -> Result<Dispatch> {
     let rope_half = io.inv_freq.map(|(_, h)| h);
     validate_mode(&shape, &layout, causal, rope_half, io.mask.is_some())?;
+    if !shape.head_dim.is_multiple_of(16) {
+        return Err(Error::Graph(format!(
+            "tiled attention needs head_dim a multiple of 16, not {} (use decode_attention)",
+            shape.head_dim
+        )));
+    }
     let defs = ShaderDefs::new()
         .u32("HEAD_DIM", shape.head_dim as u32)
         .u32("BQ", BQ)
@@ -165,6 +171,15 @@ pub fn launch(
         ],
         [groups_x, shape.heads as u32, 1],
     )
+}
+
+/// Whether the tiled kernel serves a head_dim and, on CPU adapters, queries that may each see
+/// up to `max_keys` keys: llvmpipe ends an invocation after 65535 loop iterations in all,
+/// and a tiled thread loops about 3 + head_dim / 8 times per key (kept under 60000).
+pub fn tiled_fits(gpu: &Gpu, head_dim: usize, max_keys: usize) -> bool {
+    head_dim.is_multiple_of(16)
+        && (gpu.info.device_type != wgpu::DeviceType::Cpu
+            || max_keys * (3 + head_dim / 8) <= 60_000)
 }
 
 /// A layer's cache as the CPU reference reads it: rows as [`KvLayout::row`] assigns them.

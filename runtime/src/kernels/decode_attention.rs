@@ -1,7 +1,7 @@
 //! Decode attention, split-K (flash-decoding): one query per head over the cache, cut along
 //! the sequence into pieces that run as separate workgroups and are merged by the
-//! online-softmax rule. It also takes several queries (one workgroup each), the causal
-//! prefill path on CPU adapters (see [`rowwise_prefill`]). Its CPU reference is
+//! online-softmax rule. It also takes several queries (one workgroup each): the prefill path
+//! where the tiled kernel does not fit (see `attention::tiled_fits`). Its CPU reference is
 //! `attention::reference`.
 
 use bytemuck::{Pod, Zeroable};
@@ -54,14 +54,6 @@ pub fn max_splits_for(rows: usize) -> usize {
 /// Floats of the `partial` scratch buffer for `max_splits` pieces of `n_queries` queries.
 pub fn partial_floats(shape: &AttnShape, max_splits: usize, n_queries: usize) -> usize {
     n_queries * shape.heads * max_splits * (shape.head_dim + 2)
-}
-
-/// Whether causal prefill should take this kernel (one workgroup per query) instead of the
-/// tiled one: on CPU adapters, where llvmpipe ends any invocation after 65535 loop
-/// iterations in all — a tiled-kernel thread loops about 2*head_dim times per key and so
-/// silently stops after a few hundred keys, while here 64 threads share the keys.
-pub fn rowwise_prefill(gpu: &Gpu) -> bool {
-    gpu.info.device_type == wgpu::DeviceType::Cpu
 }
 
 /// The two dispatches (pieces, then merge) of decode attention for `n_queries` queries at
