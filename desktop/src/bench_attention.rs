@@ -189,26 +189,17 @@ fn prefill(gpu: &Arc<Gpu>, kind: Kind, len: usize, warm_up: bool) -> Result<Pref
     let v = gpu.storage_buffer_init("bench v", bytemuck::cast_slice(&vd));
     let out = gpu.storage_buffer("bench out", (chunk * HEADS * HEAD_DIM * 4) as u64);
     // The kernel a session's plan would run (see Plan lowering), unless forced row-wise.
-    let max_keys = match (&mask, kind) {
-        (Some(m), _) => {
-            (0..HEADS * m.blocks)
-                .map(|r| m.offsets[r + 1] - m.offsets[r])
-                .max()
-                .unwrap_or(0) as usize
-                * BLOCK
-        }
-        (None, Kind::Window) => WINDOW + 63,
-        (None, _) => len,
-    };
+    let words = mask.as_ref().map(|m| m.to_words());
+    let max_keys = attention::prefill_key_span(&layout, HEADS, words.as_deref());
     let rowwise =
         kind == Kind::FullRowwise || !attention::tiled_fits(gpu, shape.head_dim, max_keys);
     let partial = gpu.storage_buffer(
         "bench partial",
         (decode_attention::partial_floats(&shape, 1, chunk) * 4) as u64,
     );
-    let mask_buf = mask
+    let mask_buf = words
         .as_ref()
-        .map(|m| gpu.storage_buffer_init("bench mask", bytemuck::cast_slice(&m.to_words())));
+        .map(|w| gpu.storage_buffer_init("bench mask", bytemuck::cast_slice(w)));
     let io = AttnBuffers {
         q: &q,
         k_cache: &k,
@@ -393,7 +384,7 @@ pub fn run(gpu: &Arc<Gpu>, a: &Args, text: bool) -> Result<Value, String> {
         println!(
             "prefill path: the tiled kernel where it fits (on CPU adapters up to {} keys per \
              query at this head_dim), else row-wise; 'rowwise' rows force the row-wise kernel",
-            60_000 / (3 + HEAD_DIM / 8)
+            attention::cpu_tiled_key_limit(HEAD_DIM)
         );
         println!(
             "prefill attention, whole sequence (window: chunks of up to {} tokens through the ring, \

@@ -171,17 +171,6 @@ impl Plan {
     }
 }
 
-/// The most keys a block mask lets one query block see: its longest row, in positions.
-fn mask_row_keys(words: &[u32], heads: usize, rows: usize) -> usize {
-    let count = heads * crate::kernels::attention::mask_blocks(rows);
-    let longest = words
-        .get(..=count)
-        .map(|offsets| offsets.windows(2).map(|w| w[1].saturating_sub(w[0])).max())
-        .unwrap_or(None)
-        .unwrap_or(0) as usize;
-    (longest * crate::block_mask::BLOCK).min(rows)
-}
-
 struct Lowering<'a> {
     gpu: &'a Arc<Gpu>,
     graph: &'a Graph,
@@ -303,18 +292,13 @@ impl Lowering<'_> {
                 mask,
             } => {
                 let n = self.shape(q)[0];
-                // The most keys one query may see: the tiled kernel must fit them (CPU
-                // adapters cap an invocation's loop iterations); else one workgroup per query.
-                let max_keys = match mask {
-                    Some(m) => match &self.graph.tensors[m].source {
-                        Source::Constant(words) => mask_row_keys(words, shape.heads, layout.rows),
-                        _ => layout.rows,
-                    },
-                    // A workgroup's 64 queries together span their window plus 63 positions.
-                    None => layout
-                        .window
-                        .map_or(layout.rows, |w| (layout.sinks + w + 63).min(layout.rows)),
-                };
+                // The tiled kernel must fit the keys its queries stream (CPU adapters cap an
+                // invocation's loop iterations); else one workgroup per query.
+                let mask_words = mask.and_then(|m| match &self.graph.tensors[m].source {
+                    Source::Constant(words) => Some(words.as_slice()),
+                    _ => None,
+                });
+                let max_keys = attention::prefill_key_span(&layout, shape.heads, mask_words);
                 // Decode splits the cache across workgroups; a row-wise prefill already has a
                 // workgroup per query and head, and keeps one piece each.
                 let decode = n == 1 && causal;

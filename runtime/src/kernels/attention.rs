@@ -179,7 +179,31 @@ pub fn launch(
 pub fn tiled_fits(gpu: &Gpu, head_dim: usize, max_keys: usize) -> bool {
     head_dim.is_multiple_of(16)
         && (gpu.info.device_type != wgpu::DeviceType::Cpu
-            || max_keys * (3 + head_dim / 8) <= 60_000)
+            || max_keys <= cpu_tiled_key_limit(head_dim))
+}
+
+/// The most keys per query the tiled kernel takes on a CPU adapter.
+pub fn cpu_tiled_key_limit(head_dim: usize) -> usize {
+    60_000 / (3 + head_dim / 8)
+}
+
+/// The most keys a tiled workgroup's queries stream: every row of a linear cache; a window
+/// (plus the 63 positions its 64 queries span, plus sinks); or the longest row of a block
+/// mask (`mask`: its words, as uploaded) in positions.
+pub fn prefill_key_span(layout: &KvLayout, heads: usize, mask: Option<&[u32]>) -> usize {
+    let span = match (mask, layout.window) {
+        (Some(words), _) => {
+            let rows = heads * mask_blocks(layout.rows);
+            let longest = words
+                .get(..=rows)
+                .and_then(|offsets| offsets.windows(2).map(|w| w[1].saturating_sub(w[0])).max())
+                .unwrap_or(0);
+            longest as usize * BLOCK
+        }
+        (None, Some(w)) => layout.sinks + w + BQ as usize - 1,
+        (None, None) => layout.rows,
+    };
+    span.min(layout.rows)
 }
 
 /// A layer's cache as the CPU reference reads it: rows as [`KvLayout::row`] assigns them.
