@@ -195,6 +195,14 @@ fn bad_token_list_and_unknown_backend() {
     assert!(err.contains("unknown backend 'quantum'"), "{err}");
 }
 
+/// A .npy file's bytes and its header text.
+fn read_npy_header(path: &Path) -> (Vec<u8>, String) {
+    let bytes = std::fs::read(path).expect("npy");
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = String::from_utf8_lossy(&bytes[10..10 + len]).into_owned();
+    (bytes, header)
+}
+
 #[test]
 fn logits_writes_npy_of_the_contract_shape() {
     let out = std::env::temp_dir().join(format!("kestrel-cli-ok-{}.npy", std::process::id()));
@@ -210,10 +218,7 @@ fn logits_writes_npy_of_the_contract_shape() {
         out.to_str().expect("utf8"),
     ]);
     assert_eq!(code, 0, "{err}");
-    let bytes = std::fs::read(&out).expect("npy");
-    let header =
-        String::from_utf8_lossy(&bytes[10..10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize])
-            .into_owned();
+    let (bytes, header) = read_npy_header(&out);
     assert!(header.contains("'shape': (3, 300)"), "{header}");
     assert_eq!(bytes.len(), 10 + header.len() + 3 * 300 * 4);
 }
@@ -389,10 +394,7 @@ fn attention_sinks_decode_past_the_trained_context() {
         out.to_str().expect("utf8"),
     ]);
     assert_eq!(code, 0, "{err}");
-    let bytes = std::fs::read(&out).expect("npy");
-    let header =
-        String::from_utf8_lossy(&bytes[10..10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize])
-            .into_owned();
+    let (_, header) = read_npy_header(&out);
     assert!(header.contains("'shape': (100, 320)"), "{header}");
     let (code, _, err) = kestrel(&[
         "generate",
