@@ -276,16 +276,8 @@ impl Session {
         step.seed = choice.seed;
         step.window_start = choice.window.0;
         step.window_end = choice.window.1;
-        let head = Head::Unmask(head);
-        self.plan(tokens.len(), head)?;
-        let plan = &self.plans[&(tokens.len(), head)];
-        plan.write_input("tokens", tokens)?;
-        if let Some(u) = uncond {
-            plan.write_input("uncond_tokens", u)?;
-        }
-        plan.run(&step)?;
-        self.history.extend_from_slice(tokens);
-        let words = self.plans[&(tokens.len(), head)].read_u32(0).await?;
+        let plan = self.run_step(tokens, uncond, Head::Unmask(head), &step)?;
+        let words = plan.read_u32(0).await?;
         let count = words.first().copied().unwrap_or(0) as usize;
         if 1 + 2 * count > words.len() {
             return Err(Error::Readback("unmask returned a bad count".into()));
@@ -314,10 +306,25 @@ impl Session {
     /// ready to read when this returns.
     fn run(&mut self, tokens: &[u32], head: Head, sampling: &Sampling) -> Result<&Plan> {
         let step = self.step_for(tokens.len(), sampling);
+        self.run_step(tokens, None, head, &step)
+    }
+
+    /// Run `tokens` (and, for guidance, `uncond` as the graph's "uncond_tokens") with `step`
+    /// and append them to the sequence.
+    fn run_step(
+        &mut self,
+        tokens: &[u32],
+        uncond: Option<&[u32]>,
+        head: Head,
+        step: &Step,
+    ) -> Result<&Plan> {
         self.plan(tokens.len(), head)?;
         let plan = &self.plans[&(tokens.len(), head)];
         plan.write_input("tokens", tokens)?;
-        plan.run(&step)?;
+        if let Some(u) = uncond {
+            plan.write_input("uncond_tokens", u)?;
+        }
+        plan.run(step)?;
         self.history.extend_from_slice(tokens);
         Ok(&self.plans[&(tokens.len(), head)])
     }
