@@ -5,6 +5,7 @@ mod bench;
 mod bench_attention;
 mod chat;
 mod diffuse;
+mod engine;
 mod fetch;
 mod npy;
 

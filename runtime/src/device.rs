@@ -83,6 +83,9 @@ pub struct Caps {
 
 /// The device, its queue, what it can do, and caches shared by every kernel launch.
 pub struct Gpu {
+    /// Kept so a front end can draw with the same device (a window's surface needs both).
+    pub instance: wgpu::Instance,
+    pub adapter: wgpu::Adapter,
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
@@ -120,7 +123,7 @@ impl Gpu {
         desc.backends = choice.backends();
         let instance = wgpu::Instance::new(desc);
         let adapter = Self::pick_adapter(&instance, choice).await?;
-        Self::from_adapter(adapter).await
+        Self::from_adapter(instance, adapter).await
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -154,7 +157,7 @@ impl Gpu {
             .map_err(|e| Error::NoAdapter(format!("{choice}: {e}")))
     }
 
-    async fn from_adapter(adapter: wgpu::Adapter) -> Result<Arc<Gpu>> {
+    async fn from_adapter(instance: wgpu::Instance, adapter: wgpu::Adapter) -> Result<Arc<Gpu>> {
         let info = adapter.get_info();
         let available = adapter.features();
         let wanted =
@@ -210,6 +213,8 @@ impl Gpu {
             mapped_at_creation: false,
         });
         Ok(Arc::new(Gpu {
+            instance,
+            adapter,
             dummy,
             device,
             queue,
@@ -228,6 +233,8 @@ impl Gpu {
             ..self.caps.clone()
         };
         Arc::new(Gpu {
+            instance: self.instance.clone(),
+            adapter: self.adapter.clone(),
             device: self.device.clone(),
             queue: self.queue.clone(),
             info: self.info.clone(),

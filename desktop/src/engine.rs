@@ -1,0 +1,391 @@
+//! One model on one worker thread, answering chat and text-completion jobs one at a time in
+//! the order they arrive (a fair FIFO queue). The server and the desktop window both drive it;
+//! neither blocks on the GPU. Replies stream back as events over a channel, and a job stops
+//! early when its cancel flag is set or its receiver goes away (a closed window, a client
+//! that disconnected).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use kestrel_models::chat_template::Message;
+use kestrel_models::llama::AttentionOptions;
+use kestrel_models::{Model, TextStream};
+use kestrel_runtime::session::{Sampling, Session};
+use kestrel_runtime::Gpu;
+
+/// What to load.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub path: PathBuf,
+    /// Context (KV cache) length in tokens; clipped to the model's own limit.
+    pub ctx: usize,
+    pub attention: AttentionOptions,
+}
+
+/// What was loaded.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// A short id for the model (its folder or file name).
+    pub id: String,
+    pub name: String,
+    pub adapter: String,
+    pub backend: String,
+    pub context: usize,
+    pub weight_bytes: u64,
+    pub load_seconds: f64,
+    /// True when the model has no chat template of its own and ChatML stands in.
+    pub fallback_template: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    /// A conversation, rendered by the model's chat template with a generation prompt.
+    Chat(Vec<Message>),
+    /// Raw text, tokenized as is.
+    Text(String),
+}
+
+pub struct Job {
+    pub prompt: Prompt,
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    /// Generation ends before any of these strings; the reply excludes it.
+    pub stop: Vec<String>,
+    /// Set to end the reply early.
+    pub cancel: Arc<AtomicBool>,
+    pub events: mpsc::Sender<Event>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// max_tokens reached or the context is full.
+    Length,
+    /// Cancelled by the caller.
+    Cancelled,
+}
+
+impl Finish {
+    /// OpenAI's finish_reason (a cancelled reply is never seen by its client).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Finish::Stop | Finish::Cancelled => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub text: String,
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the cache of the previous job (not run again).
+    pub reused_tokens: usize,
+    pub completion_tokens: usize,
+    pub finish: Finish,
+    /// Seconds from the job's start to its first token.
+    pub first_token_seconds: f64,
+    /// Decode rate after the first token.
+    pub tokens_per_second: f64,
+}
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The job left the queue and its prompt is being run.
+    Started {
+        prompt_tokens: usize,
+    },
+    /// Text to append to the reply.
+    Piece(String),
+    Done(Summary),
+    Failed(String),
+}
+
+/// A handle on the worker thread. Dropping every handle ends the thread.
+#[derive(Clone)]
+pub struct Engine {
+    jobs: mpsc::Sender<Job>,
+    waiting: Arc<AtomicUsize>,
+    pub info: ModelInfo,
+    pub gpu: Arc<Gpu>,
+}
+
+impl Engine {
+    /// Load the model on a new worker thread; returns once it is ready (or failed).
+    /// `progress` hears what the loader is doing.
+    pub fn start(
+        gpu: Arc<Gpu>,
+        config: EngineConfig,
+        progress: impl Fn(&str) + Send + 'static,
+    ) -> Result<Engine, String> {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let worker_gpu = gpu.clone();
+        let worker_waiting = waiting.clone();
+        std::thread::Builder::new()
+            .name("kestrel-engine".into())
+            .spawn(move || {
+                let worker = match Worker::load(worker_gpu, &config, &progress) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(worker.info.clone()));
+                worker.serve(job_rx, worker_waiting);
+            })
+            .map_err(|e| format!("cannot start the engine thread: {e}"))?;
+        let info = ready_rx
+            .recv()
+            .map_err(|_| "the engine thread ended while loading".to_string())??;
+        Ok(Engine {
+            jobs,
+            waiting,
+            info,
+            gpu,
+        })
+    }
+
+    /// Queue a job; its events arrive on `job.events`.
+    pub fn submit(&self, job: Job) -> Result<(), String> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        self.jobs.send(job).map_err(|_| {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            "the engine has stopped".to_string()
+        })
+    }
+
+    /// Jobs queued or running.
+    pub fn pending(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+}
+
+struct Worker {
+    model: Model,
+    session: Session,
+    info: ModelInfo,
+}
+
+impl Worker {
+    fn load(
+        gpu: Arc<Gpu>,
+        config: &EngineConfig,
+        progress: &dyn Fn(&str),
+    ) -> Result<Worker, String> {
+        let t = Instant::now();
+        progress(&format!("loading {}", config.path.display()));
+        let mut model = kestrel_models::load(&gpu, &config.path).map_err(|e| e.to_string())?;
+        crate::apply_attention(&mut model, config.attention.clone())?;
+        if !model.config().causal {
+            return Err(format!(
+                "{} is a diffusion model; serve and app run autoregressive models \
+                 (use kestrel chat, generate or diffuse for it)",
+                model.name
+            ));
+        }
+        if model.tokenizer.is_none() {
+            return Err("the model has no tokenizer, so it cannot take text".into());
+        }
+        let template = model.chat_template().map_err(|e| e.to_string())?;
+        progress("allocating the KV cache");
+        let ctx = config.ctx.min(model.architecture().max_context());
+        let session = model.session(&gpu, ctx).map_err(|e| e.to_string())?;
+        let id = config
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| model.name.clone());
+        let info = ModelInfo {
+            id,
+            name: model.name.clone(),
+            adapter: gpu.info.name.clone(),
+            backend: gpu.backend_name().to_string(),
+            context: session.capacity(),
+            weight_bytes: model.weight_bytes(),
+            load_seconds: t.elapsed().as_secs_f64(),
+            fallback_template: template.is_fallback,
+        };
+        progress("ready");
+        Ok(Worker {
+            model,
+            session,
+            info,
+        })
+    }
+
+    fn serve(mut self, jobs: mpsc::Receiver<Job>, waiting: Arc<AtomicUsize>) {
+        while let Ok(job) = jobs.recv() {
+            let events = job.events.clone();
+            let event = match self.run(&job) {
+                Ok(summary) => Event::Done(summary),
+                Err(e) => {
+                    // A failed step may leave the cache half written: start the next job afresh.
+                    self.session.reset();
+                    Event::Failed(e)
+                }
+            };
+            let _ = events.send(event);
+            waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn run(&mut self, job: &Job) -> Result<Summary, String> {
+        let started = Instant::now();
+        let tok = self.model.tokenizer.as_ref().ok_or("no tokenizer")?;
+        let text = match &job.prompt {
+            Prompt::Chat(messages) => {
+                let template = self.model.chat_template().map_err(|e| e.to_string())?;
+                template.render(messages, true).map_err(|e| e.to_string())?
+            }
+            Prompt::Text(t) => t.clone(),
+        };
+        let ids = tok.encode(&text).map_err(|e| e.to_string())?;
+        if ids.is_empty() {
+            return Err("the prompt encodes to no tokens".into());
+        }
+        let capacity = self.session.capacity();
+        if ids.len() >= capacity {
+            return Err(format!(
+                "the prompt has {} tokens; the context holds {capacity}, with room for at least one more",
+                ids.len()
+            ));
+        }
+        let cancelled = |job: &Job| job.cancel.load(Ordering::SeqCst);
+        if cancelled(job)
+            || job
+                .events
+                .send(Event::Started {
+                    prompt_tokens: ids.len(),
+                })
+                .is_err()
+        {
+            return Ok(Summary::empty(ids.len(), Finish::Cancelled));
+        }
+        let new = self.session.reuse_prefix(&ids);
+        let reused = ids.len() - new.len();
+        let max_tokens = job.max_tokens.min(capacity - ids.len());
+        let mut stream = TextStream::default();
+        let mut reply = String::new();
+        // Text held back while it could still be the start of a stop string.
+        let mut sent = 0;
+        let mut produced = 0;
+        let mut finish = Finish::Length;
+        let mut first_token_seconds = 0.0;
+        let mut decode_start = Instant::now();
+        let mut next = pollster::block_on(self.session.next_token(new, &job.sampling))
+            .map_err(|e| e.to_string())?;
+        while produced < max_tokens {
+            if produced == 0 {
+                first_token_seconds = started.elapsed().as_secs_f64();
+                decode_start = Instant::now();
+            }
+            if self.model.eos().contains(&next) {
+                finish = Finish::Stop;
+                break;
+            }
+            produced += 1;
+            reply.push_str(&stream.push(tok, next).map_err(|e| e.to_string())?);
+            if let Some(at) = find_stop(&reply, &job.stop) {
+                reply.truncate(at);
+                finish = Finish::Stop;
+                break;
+            }
+            let safe = reply.len() - held_back(&reply, &job.stop);
+            if safe > sent {
+                if job
+                    .events
+                    .send(Event::Piece(reply[sent..safe].to_string()))
+                    .is_err()
+                {
+                    finish = Finish::Cancelled;
+                    break;
+                }
+                sent = safe;
+            }
+            if cancelled(job) {
+                finish = Finish::Cancelled;
+                break;
+            }
+            if produced == max_tokens {
+                break;
+            }
+            next = pollster::block_on(self.session.next_token(&[next], &job.sampling))
+                .map_err(|e| e.to_string())?;
+        }
+        if finish != Finish::Cancelled && reply.len() > sent {
+            let _ = job.events.send(Event::Piece(reply[sent..].to_string()));
+        }
+        let decode = decode_start.elapsed().as_secs_f64();
+        Ok(Summary {
+            text: reply,
+            prompt_tokens: ids.len(),
+            reused_tokens: reused,
+            completion_tokens: produced,
+            finish,
+            first_token_seconds,
+            tokens_per_second: if decode > 0.0 && produced > 1 {
+                (produced - 1) as f64 / decode
+            } else {
+                0.0
+            },
+        })
+    }
+}
+
+impl Summary {
+    fn empty(prompt_tokens: usize, finish: Finish) -> Summary {
+        Summary {
+            text: String::new(),
+            prompt_tokens,
+            reused_tokens: 0,
+            completion_tokens: 0,
+            finish,
+            first_token_seconds: 0.0,
+            tokens_per_second: 0.0,
+        }
+    }
+}
+
+/// Byte offset of the earliest stop string in `text`.
+fn find_stop(text: &str, stop: &[String]) -> Option<usize> {
+    stop.iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+}
+
+/// How many bytes at the end of `text` could begin a stop string (and so are not sent yet).
+fn held_back(text: &str, stop: &[String]) -> usize {
+    let mut held = 0;
+    for s in stop.iter().filter(|s| !s.is_empty()) {
+        for (i, _) in s.char_indices().skip(1) {
+            if text.ends_with(&s[..i]) {
+                held = held.max(i);
+            }
+        }
+    }
+    held
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_found_and_prefixes_held_back() {
+        let stop = vec!["</end>".to_string(), "##".to_string()];
+        assert_eq!(find_stop("abc</end>x", &stop), Some(3));
+        assert_eq!(find_stop("a##b</end>", &stop), Some(1));
+        assert_eq!(find_stop("abc", &stop), None);
+        assert_eq!(held_back("abc</e", &stop), 3);
+        assert_eq!(held_back("abc#", &stop), 1);
+        assert_eq!(held_back("abc", &stop), 0);
+        assert_eq!(held_back("abc", &[]), 0);
+    }
+}
