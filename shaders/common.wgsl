@@ -23,3 +23,13 @@ fn half_of(word: u32, i: u32) -> f32 {
     let pair = unpack2x16float(word);
     return select(pair.x, pair.y, (i & 1u) == 1u);
 }
+
+// e^x - 1 for x <= 0 without the cancellation of exp(x) - 1 near 0 (WGSL has no expm1):
+// decays close to 1 keep their full relative precision (the linear recurrences).
+fn expm1_neg(x: f32) -> f32 {
+    if (x > -0.03) {
+        // Taylor to x^5: the next term is below 2^-24 relative for |x| < 0.03.
+        return x * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (1.0 / 120.0)))));
+    }
+    return exp(x) - 1.0;
+}

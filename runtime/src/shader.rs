@@ -7,8 +7,15 @@ use std::fmt::Write;
 
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
-/// Snippets a kernel may `#include`: block dequantization (matvec, matmul, embedding).
-pub const INCLUDES: &[(&str, &str)] = &[("quant.wgsl", include_str!("../../shaders/quant.wgsl"))];
+/// Snippets a kernel may `#include`: block dequantization (matvec, matmul, embedding) and
+/// the gated linear recurrence (the linear_scan passes).
+pub const INCLUDES: &[(&str, &str)] = &[
+    ("quant.wgsl", include_str!("../../shaders/quant.wgsl")),
+    (
+        "linear_recurrence.wgsl",
+        include_str!("../../shaders/linear_recurrence.wgsl"),
+    ),
+];
 
 /// `kernel` with every `#include "NAME"` line replaced by the snippet NAME. An unknown name
 /// is left in place, where the WGSL parser reports it with its line.

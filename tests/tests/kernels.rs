@@ -841,7 +841,18 @@ fn specialisations(name: &str) -> Vec<ShaderDefs> {
             .collect::<Vec<_>>()
     };
     match name {
-        "common" | "quant" => vec![], // included by the kernels below
+        "common" | "quant" | "linear_recurrence" => vec![], // included by the kernels below
+        "linear_scan_local" => linear_scan_kinds(),
+        "linear_scan" => linear_scan_kinds()
+            .into_iter()
+            .flat_map(|d| [false, true].map(|w| d.clone().bool("WRITE_STATE", w)))
+            .collect(),
+        "linear_scan_carry" => [1u32, 16, 64, 100, 256]
+            .into_iter()
+            .flat_map(|dk| {
+                [false, true].map(|delta| ShaderDefs::new().u32("DK", dk).bool("DELTA", delta))
+            })
+            .collect(),
         "elementwise" => (0..3).map(|op| ShaderDefs::new().u32("OP", op)).collect(),
         "embedding" => weight_kinds(),
         "matmul" => with_bias(weight_kinds()),
@@ -899,6 +910,25 @@ fn specialisations(name: &str) -> Vec<ShaderDefs> {
             panic!("shaders/{other}.wgsl has no specialisations listed in tests/tests/kernels.rs")
         }
     }
+}
+
+/// The linear recurrence's kinds (as linear_scan::ScanShape::defs) at a few key dims.
+fn linear_scan_kinds() -> Vec<ShaderDefs> {
+    let mut kinds = Vec::new();
+    for dk in [1u32, 16, 64, 256] {
+        for decay in 0..3u32 {
+            for (delta, bonus) in [(false, false), (true, false), (false, true)] {
+                kinds.push(
+                    ShaderDefs::new()
+                        .u32("DK", dk)
+                        .u32("DECAY", decay)
+                        .bool("DELTA", delta)
+                        .bool("BONUS", bonus),
+                );
+            }
+        }
+    }
+    kinds
 }
 
 /// Parse, validate, and translate to SPIR-V and GLSL ES 3.10 (the GL backend's language)

@@ -10,6 +10,7 @@ pub mod copy;
 pub mod decode_attention;
 pub mod elementwise;
 pub mod embedding;
+pub mod linear_scan;
 pub mod matmul;
 pub mod matvec;
 pub mod rms_norm;

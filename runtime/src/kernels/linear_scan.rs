@@ -1,0 +1,343 @@
+//! The gated linear recurrence behind the linear-time sequence models (GLA, Mamba, Mamba-2,
+//! RWKV-6, RWKV-7, plain linear attention): per head a state S [dv, dk] whose rows update as
+//! `s_i <- s_i * w_t + (s_i . a_t) b_t + v_t,i k_t` and whose output is `q_t . s_i` (see
+//! shaders/linear_recurrence.wgsl for the exact forms). Two ways to run it:
+//! * [`launch_recurrent`]: token by token from the sequence's state, updated in place
+//!   (decode, and the reference form of prefill);
+//! * [`launch_chunked`]: the chunked scan for prefill: every chunk's effect on a state at
+//!   once (linear_scan_local), a short walk over chunk boundaries (linear_scan_carry), then
+//!   every chunk's outputs at once (linear_scan) — parallel over chunks as well as heads.
+//!
+//! [`reference`] is the f64 CPU form of the same recurrence.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{kernel, Dispatch};
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::shader::ShaderDefs;
+
+/// Where the per-token log-decay `log w` comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decay {
+    /// w = 1 (plain linear attention).
+    None,
+    /// A gate tensor g [T, heads, dk or 1] holding log w (GLA, RWKV-6, RWKV-7).
+    Gate { per_key: bool },
+    /// dt [T, heads] times a constant A [heads, dk or 1] (Mamba: dt * A).
+    DtA { per_key: bool },
+}
+
+impl Decay {
+    fn id(self) -> u32 {
+        match self {
+            Decay::None => 0,
+            Decay::Gate { .. } => 1,
+            Decay::DtA { .. } => 2,
+        }
+    }
+    fn per_key(self) -> bool {
+        matches!(
+            self,
+            Decay::Gate { per_key: true } | Decay::DtA { per_key: true }
+        )
+    }
+}
+
+/// The shape and kind of one recurrence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ScanShape {
+    pub heads: usize,
+    /// Heads of q and k; each serves heads / qk_heads state heads.
+    pub qk_heads: usize,
+    pub dk: usize,
+    pub dv: usize,
+    pub decay: Decay,
+    /// RWKV-7's delta term `(s . a) b` (input `ab` [T, heads, 2, dk]).
+    pub delta: bool,
+    /// RWKV-6's bonus: the output before the update, plus `q . (u * k) v` (input u [heads, dk]).
+    pub bonus: bool,
+}
+
+/// The largest key dim (the carry pass keeps a state row in workgroup memory).
+pub const MAX_DK: usize = 256;
+/// Tokens per chunk of the chunked scan.
+pub const CHUNK: usize = 64;
+
+impl ScanShape {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Graph(format!("linear_scan: {m}")));
+        if self.heads == 0 || self.qk_heads == 0 || self.dk == 0 || self.dv == 0 {
+            return bad(format!("empty shape {self:?}"));
+        }
+        if !self.heads.is_multiple_of(self.qk_heads) {
+            return bad(format!(
+                "{} heads do not divide into {} q/k heads",
+                self.heads, self.qk_heads
+            ));
+        }
+        if self.dk > MAX_DK {
+            return bad(format!("key dim {} is over {MAX_DK}", self.dk));
+        }
+        if self.bonus && matches!(self.decay, Decay::DtA { .. }) {
+            return bad("a bonus and a dt*A decay both need the constants input".into());
+        }
+        Ok(())
+    }
+    /// Decay values per head and token (or per head, for A).
+    pub fn gk(&self) -> usize {
+        if self.decay.per_key() {
+            self.dk
+        } else {
+            1
+        }
+    }
+    pub fn state_floats(&self) -> usize {
+        self.heads * self.dv * self.dk
+    }
+    fn trans_rows(&self) -> usize {
+        if self.delta {
+            self.dk
+        } else {
+            1
+        }
+    }
+    fn defs(&self) -> ShaderDefs {
+        ShaderDefs::new()
+            .u32("DK", self.dk as u32)
+            .u32("DECAY", self.decay.id())
+            .bool("DELTA", self.delta)
+            .bool("BONUS", self.bonus)
+    }
+}
+
+/// Floats of scratch the chunked scan needs for `tokens` tokens in chunks of `chunk`.
+pub fn scratch_floats(shape: &ScanShape, tokens: usize, chunk: usize) -> usize {
+    let chunks = tokens.div_ceil(chunk.max(1));
+    chunks * shape.heads * (shape.dv + shape.trans_rows()) * shape.dk
+}
+
+/// Tokens one invocation of the recurrent form may run: llvmpipe ends an invocation after
+/// 65535 loop iterations, and a token costs about 3 * dk of them.
+pub fn recurrent_tokens_per_dispatch(dk: usize) -> usize {
+    (50_000 / (3 * dk + 8)).max(1)
+}
+
+/// The GPU buffers of one recurrence. Inputs the kind does not use may be None.
+pub struct ScanBuffers<'a> {
+    pub q: &'a wgpu::Buffer,
+    pub k: &'a wgpu::Buffer,
+    pub v: &'a wgpu::Buffer,
+    /// g or dt, per [`Decay`].
+    pub decay: Option<&'a wgpu::Buffer>,
+    /// A (for [`Decay::DtA`]) or u (for a bonus).
+    pub consts: Option<&'a wgpu::Buffer>,
+    pub ab: Option<&'a wgpu::Buffer>,
+    /// The sequence's state [heads, dv, dk], read and updated.
+    pub state: &'a wgpu::Buffer,
+    pub out: &'a wgpu::Buffer,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    tokens: u32,
+    t0: u32,
+    heads: u32,
+    qk_heads: u32,
+    dv: u32,
+    gk: u32,
+    chunk: u32,
+    chunks: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct CarryParams {
+    heads: u32,
+    dv: u32,
+    chunks: u32,
+    _p: u32,
+}
+
+fn params(shape: &ScanShape, t0: usize, tokens: usize, chunk: usize) -> Params {
+    Params {
+        tokens: tokens as u32,
+        t0: t0 as u32,
+        heads: shape.heads as u32,
+        qk_heads: shape.qk_heads as u32,
+        dv: shape.dv as u32,
+        gk: shape.gk() as u32,
+        chunk: chunk as u32,
+        chunks: tokens.div_ceil(chunk) as u32,
+    }
+}
+
+fn check_inputs(gpu: &Gpu, shape: &ScanShape, b: &ScanBuffers) -> Result<[wgpu::Buffer; 3]> {
+    shape.validate()?;
+    let need = |what: &str, present: bool, wanted: bool| {
+        if present != wanted {
+            Err(Error::Graph(format!(
+                "linear_scan: input {what} {} for {shape:?}",
+                if wanted { "missing" } else { "not used" }
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    need("decay", b.decay.is_some(), shape.decay != Decay::None)?;
+    need(
+        "consts",
+        b.consts.is_some(),
+        shape.bonus || matches!(shape.decay, Decay::DtA { .. }),
+    )?;
+    need("ab", b.ab.is_some(), shape.delta)?;
+    let or_dummy = |x: Option<&wgpu::Buffer>| x.unwrap_or(&gpu.dummy).clone();
+    Ok([or_dummy(b.decay), or_dummy(b.consts), or_dummy(b.ab)])
+}
+
+/// Token by token over `tokens` tokens from `b.state`, which ends as the state after them.
+pub fn launch_recurrent(
+    gpu: &Gpu,
+    b: &ScanBuffers,
+    shape: &ScanShape,
+    tokens: usize,
+) -> Result<Vec<Dispatch>> {
+    let [decay, consts, ab] = check_inputs(gpu, shape, b)?;
+    let defs = shape.defs().bool("WRITE_STATE", true);
+    let per = recurrent_tokens_per_dispatch(shape.dk);
+    let rows = (shape.heads * shape.dv) as u32;
+    (0..tokens)
+        .step_by(per)
+        .map(|t0| {
+            let n = per.min(tokens - t0);
+            kernel!("linear_scan").dispatch(
+                gpu,
+                &defs,
+                &params(shape, t0, n, n),
+                &[b.k, b.v, &decay, &consts, &ab, b.q, b.state, b.out],
+                gpu.grid(rows.div_ceil(64)),
+            )
+        })
+        .collect()
+}
+
+/// The chunked scan over `tokens` tokens from `b.state` (updated to the state after them),
+/// with `scratch` of [`scratch_floats`] floats.
+pub fn launch_chunked(
+    gpu: &Gpu,
+    b: &ScanBuffers,
+    scratch: &wgpu::Buffer,
+    shape: &ScanShape,
+    tokens: usize,
+    chunk: usize,
+) -> Result<[Dispatch; 3]> {
+    let [decay, consts, ab] = check_inputs(gpu, shape, b)?;
+    let chunk = chunk.max(1);
+    let p = params(shape, 0, tokens, chunk);
+    let local_rows = p.chunks * (shape.heads * (shape.dv + shape.trans_rows())) as u32;
+    let local = kernel!("linear_scan_local").dispatch(
+        gpu,
+        &shape.defs(),
+        &p,
+        &[b.k, b.v, &decay, &consts, &ab, scratch],
+        gpu.grid(local_rows.div_ceil(64)),
+    )?;
+    let carry = kernel!("linear_scan_carry").dispatch(
+        gpu,
+        &ShaderDefs::new()
+            .u32("DK", shape.dk as u32)
+            .bool("DELTA", shape.delta),
+        &CarryParams {
+            heads: shape.heads as u32,
+            dv: shape.dv as u32,
+            chunks: p.chunks,
+            _p: 0,
+        },
+        &[b.state, scratch],
+        gpu.grid((shape.heads * shape.dv) as u32),
+    )?;
+    let rows = p.chunks * (shape.heads * shape.dv) as u32;
+    let outputs = kernel!("linear_scan").dispatch(
+        gpu,
+        &shape.defs().bool("WRITE_STATE", false),
+        &p,
+        &[b.k, b.v, &decay, &consts, &ab, b.q, scratch, b.out],
+        gpu.grid(rows.div_ceil(64)),
+    )?;
+    Ok([local, carry, outputs])
+}
+
+/// Host inputs of [`reference`], laid out as the GPU buffers.
+pub struct ScanInputs<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub decay: &'a [f32],
+    pub consts: &'a [f32],
+    pub ab: &'a [f32],
+}
+
+/// The recurrence in f64, token by token: returns the outputs [T, heads, dv] and leaves the
+/// state after the last token in `state`.
+pub fn reference(x: &ScanInputs, shape: &ScanShape, tokens: usize, state: &mut [f64]) -> Vec<f64> {
+    let ScanShape {
+        heads,
+        qk_heads,
+        dk,
+        dv,
+        ..
+    } = *shape;
+    let gk = shape.gk();
+    let mut out = vec![0.0; tokens * heads * dv];
+    for t in 0..tokens {
+        for h in 0..heads {
+            let qk = (t * qk_heads + h / (heads / qk_heads)) * dk;
+            let q = &x.q[qk..qk + dk];
+            let k = &x.k[qk..qk + dk];
+            let log_w = |j: usize| -> f64 {
+                let jj = if gk > 1 { j } else { 0 };
+                match shape.decay {
+                    Decay::None => 0.0,
+                    Decay::Gate { .. } => x.decay[(t * heads + h) * gk + jj] as f64,
+                    Decay::DtA { .. } => {
+                        x.decay[t * heads + h] as f64 * x.consts[h * gk + jj] as f64
+                    }
+                }
+            };
+            let w: Vec<f64> = (0..dk).map(|j| log_w(j).exp()).collect();
+            let ab = (t * heads + h) * 2 * dk;
+            for i in 0..dv {
+                let vi = x.v[(t * heads + h) * dv + i] as f64;
+                let s = &mut state[(h * dv + i) * dk..(h * dv + i + 1) * dk];
+                let dot = |s: &[f64]| -> f64 { (0..dk).map(|j| q[j] as f64 * s[j]).sum() };
+                let mut o = 0.0;
+                if shape.bonus {
+                    let u = &x.consts[h * dk..(h + 1) * dk];
+                    o = dot(s)
+                        + vi * (0..dk)
+                            .map(|j| q[j] as f64 * u[j] as f64 * k[j] as f64)
+                            .sum::<f64>();
+                }
+                let sa: f64 = if shape.delta {
+                    (0..dk).map(|j| s[j] * x.ab[ab + j] as f64).sum()
+                } else {
+                    0.0
+                };
+                for j in 0..dk {
+                    let b = if shape.delta {
+                        x.ab[ab + dk + j] as f64
+                    } else {
+                        0.0
+                    };
+                    s[j] = s[j] * w[j] + sa * b + vi * k[j] as f64;
+                }
+                if !shape.bonus {
+                    o = dot(s);
+                }
+                out[(t * heads + h) * dv + i] = o;
+            }
+        }
+    }
+    out
+}
