@@ -1,6 +1,9 @@
-// Elementwise binary ops over two f32 arrays: OP 0 = add (residual), 1 = SwiGLU (silu(a) * b), 2 = mul.
+// Elementwise ops over f32 arrays: out[i] = f(a[i], b[i % b_len]), so b is either the same
+// shape as a or a row vector broadcast over a's rows (a bias, a per-channel scale).
+// OP: 0 add, 1 SwiGLU silu(a) * b, 2 mul, 3 sub, 4 softplus(a + b), 5 sigmoid(a) * b,
+//     6 relu(a)^2 (b unused).
 
-struct Params { n: u32, _p0: u32, _p1: u32, _p2: u32 }
+struct Params { n: u32, b_len: u32, _p0: u32, _p1: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -15,12 +18,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     let x = a[i];
-    let y = b[i];
+    let y = b[i % p.b_len];
     if (OP == 0u) {
         out[i] = x + y;
     } else if (OP == 1u) {
         out[i] = x / (1.0 + exp(-x)) * y;
-    } else {
+    } else if (OP == 2u) {
         out[i] = x * y;
+    } else if (OP == 3u) {
+        out[i] = x - y;
+    } else if (OP == 4u) {
+        // softplus, as torch: linear above 20 (exp would overflow long before f32 matters).
+        let z = x + y;
+        out[i] = select(log(1.0 + exp(z)), z, z > 20.0);
+    } else if (OP == 5u) {
+        out[i] = y / (1.0 + exp(-x));
+    } else {
+        let r = max(x, 0.0);
+        out[i] = r * r;
     }
 }

@@ -6,7 +6,8 @@
 // The delta term (s . a) b is on with DELTA (RWKV-7's generalised delta rule). The log-decay is
 //   DECAY 0: none (w = 1, plain linear attention)
 //   DECAY 1: a gate tensor g [T, H, GK] (GLA, RWKV-6, RWKV-7)
-//   DECAY 2: dt [T, H] times a per-head constant A [H, GK] (Mamba: dt * A)
+//   DECAY 2: dt [T, H] times a per-head constant A [H, GK] (Mamba: dt * A); the value is
+//            scaled by dt too (Mamba's discretisation: the input enters as dt * B * x)
 // where GK is dk (a decay per key dim) or 1 (one scalar per head, broadcast: Mamba-2).
 // q and k have qk_heads heads, each shared by heads / qk_heads state heads (Mamba's groups).
 // Decays only ever multiply by w <= 1, so no inverse decay is formed and nothing overflows.
@@ -47,6 +48,15 @@ fn log_decay(t: u32, h: u32, j: u32) -> f32 {
         return decay[t * p.heads + h] * consts[h * p.gk + jj];
     }
     return 0.0;
+}
+
+// Value i of head h at token t, as it enters the state.
+fn value(t: u32, h: u32, i: u32) -> f32 {
+    let x = v[(t * p.heads + h) * p.dv + i];
+    if (DECAY == 2u) {
+        return x * decay[t * p.heads + h];
+    }
+    return x;
 }
 
 // One token's update of a state row `s` with value `vi` (0 for rows of a transition matrix).

@@ -30,7 +30,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let first = p.t0 + c * p.chunk;
     let last = p.t0 + min((c + 1u) * p.chunk, p.tokens);
     for (var t = first; t < last; t++) {
-        let vi = v[(t * p.heads + h) * p.dv + i];
+        let vi = value(t, h, i);
         let qb = qk_base(t, h);
         var o = 0.0;
         if (BONUS) {

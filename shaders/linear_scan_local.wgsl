@@ -31,7 +31,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     if (r < p.dv) {
         for (var t = first; t < last; t++) {
-            update_row(&s, t, h, v[(t * p.heads + h) * p.dv + r]);
+            update_row(&s, t, h, value(t, h, r));
         }
         let base = ((c * p.heads + h) * p.dv + r) * DK;
         for (var j = 0u; j < DK; j++) {

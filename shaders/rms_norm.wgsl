@@ -1,6 +1,7 @@
 // RMSNorm over the last dimension: out = x / sqrt(mean(x^2) + eps) * w. One workgroup per row.
+// Grouped: rows of `groups` groups of `dim`, each normalised alone, w spanning the whole row.
 
-struct Params { rows: u32, dim: u32, eps: f32, _p0: u32 }
+struct Params { rows: u32, dim: u32, eps: f32, groups: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -31,7 +32,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         workgroupBarrier();
     }
     let inv = inverseSqrt(partial[0] / f32(p.dim) + p.eps);
+    let wbase = (row % p.groups) * p.dim;
     for (var i = lid; i < p.dim; i += 256u) {
-        out[base + i] = x[base + i] * inv * w[i];
+        out[base + i] = x[base + i] * inv * w[wbase + i];
     }
 }

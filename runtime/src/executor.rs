@@ -223,16 +223,23 @@ impl Lowering<'_> {
                     embedding::launch(gpu, self.buf(ids)?, self.weight(table)?, self.buf(out)?, n)?;
                 self.dispatches.extend(d);
             }
-            Op::RmsNorm { x, w, out, eps } => {
+            Op::RmsNorm {
+                x,
+                w,
+                out,
+                eps,
+                groups,
+            } => {
                 let s = self.shape(x);
-                let d = rms_norm::launch(
+                let d = rms_norm::launch_grouped(
                     gpu,
                     self.buf(x)?,
                     self.buf(w)?,
                     self.buf(out)?,
                     s[0],
-                    s[1],
+                    s[1] / groups,
                     eps,
+                    groups,
                 )?;
                 self.dispatches.push(d);
             }
@@ -341,8 +348,9 @@ impl Lowering<'_> {
             }
             Op::Elementwise { op, a, b, out } => {
                 let n = self.graph.tensors[a].numel();
-                let d =
-                    elementwise::launch(gpu, op, self.buf(a)?, self.buf(b)?, self.buf(out)?, n)?;
+                let b_len = self.graph.tensors[b].numel();
+                let (a, b, out) = (self.buf(a)?, self.buf(b)?, self.buf(out)?);
+                let d = elementwise::launch(gpu, op, a, b, out, n, b_len)?;
                 self.dispatches.push(d);
             }
             Op::LastRow { x, out } => {

@@ -46,11 +46,13 @@ pub enum Op {
         table: TensorId,
         out: TensorId,
     },
+    /// Normalised per group of width / groups (1 group: the whole row).
     RmsNorm {
         x: TensorId,
         w: TensorId,
         out: TensorId,
         eps: f32,
+        groups: usize,
     },
     Linear {
         x: TensorId,
@@ -246,10 +248,33 @@ impl Graph {
     }
 
     pub fn rms_norm(&mut self, x: TensorId, w: TensorId, eps: f32) -> Result<TensorId> {
+        self.rms_norm_grouped(x, w, eps, 1)
+    }
+
+    /// RMSNorm of each group of width / `groups` columns on its own (Mamba-2's gated norm).
+    pub fn rms_norm_grouped(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        eps: f32,
+        groups: usize,
+    ) -> Result<TensorId> {
         let s = self.shape(x).to_vec();
         self.expect_vector(w, s[1], "norm weight")?;
+        if groups == 0 || !s[1].is_multiple_of(groups) {
+            return Err(Error::Graph(format!(
+                "rms norm: width {} does not split into {groups} groups",
+                s[1]
+            )));
+        }
         let out = self.activation(s);
-        self.ops.push(Op::RmsNorm { x, w, out, eps });
+        self.ops.push(Op::RmsNorm {
+            x,
+            w,
+            out,
+            eps,
+            groups,
+        });
         Ok(out)
     }
 
@@ -393,13 +418,25 @@ impl Graph {
         Ok(out)
     }
 
+    /// `op` of a and b, where b has a's shape or is a row vector of a's width (broadcast
+    /// over a's rows).
     pub fn elementwise(&mut self, op: Elementwise, a: TensorId, b: TensorId) -> Result<TensorId> {
-        if self.shape(a) != self.shape(b) {
+        let width = *self.shape(a).last().unwrap_or(&0);
+        let row_vector = self.tensors[b].numel() == width;
+        if self.shape(a) != self.shape(b) && !row_vector {
             return Err(mismatch(&format!("{op:?}"), self.shape(a), self.shape(b)));
         }
         let out = self.activation(self.shape(a).to_vec());
         self.ops.push(Op::Elementwise { op, a, b, out });
         Ok(out)
+    }
+
+    /// A unary op ([`Elementwise::unary`]) of a.
+    pub fn unary(&mut self, op: Elementwise, a: TensorId) -> Result<TensorId> {
+        if !op.unary() {
+            return Err(Error::Graph(format!("{op:?} takes two inputs")));
+        }
+        self.elementwise(op, a, a)
     }
 
     pub fn add_tensors(&mut self, a: TensorId, b: TensorId) -> Result<TensorId> {

@@ -24,7 +24,7 @@ use kestrel_runtime::kernels::copy::{self, CopyParams};
 use kestrel_runtime::kernels::elementwise::{self, Elementwise};
 use kestrel_runtime::kernels::rope::{self, Llama3Scaling};
 use kestrel_runtime::kernels::{
-    decode_attention, embedding, matmul, matvec, rms_norm, sample, softmax, Step,
+    conv1d, decode_attention, embedding, matmul, matvec, rms_norm, sample, softmax, Step,
 };
 use kestrel_runtime::kv::KvLayout;
 use kestrel_runtime::rng::Rng;
@@ -290,12 +290,21 @@ fn embedding_matches_reference() {
 fn elementwise_matches_reference() {
     for gpu in gpus() {
         let mut seed = 600;
-        for n in [1000, 300, 1] {
-            for op in [Elementwise::Add, Elementwise::SwiGlu, Elementwise::Mul] {
+        // (rows, width, b a row vector)
+        for (rows, width, row_vector) in [
+            (10, 100, false),
+            (3, 100, false),
+            (1, 1, false),
+            (7, 37, true),
+            (1, 5, true),
+        ] {
+            let n = rows * width;
+            for op in Elementwise::ALL {
                 seed += 1;
                 let mut rng = Rng::new(seed);
-                let a = rng.vec(n, 4.0);
-                let b = rng.vec(n, 2.0);
+                // Wide enough for softplus's linear branch (a + b > 20) and relu's zero side.
+                let a = rng.vec(n, 24.0);
+                let b = rng.vec(if row_vector { width } else { n }, 2.0);
                 let (ab, bb, out) = (
                     upload_f32(&gpu, &a),
                     upload_f32(&gpu, &b),
@@ -303,14 +312,23 @@ fn elementwise_matches_reference() {
                 );
                 run(
                     &gpu,
-                    &[elementwise::launch(&gpu, op, &ab, &bb, &out, n).unwrap()],
+                    &[elementwise::launch(&gpu, op, &ab, &bb, &out, n, b.len()).unwrap()],
                 );
                 let got = read(&gpu, &out, n);
                 let reference = elementwise::reference(op, &a, &b);
-                let what = format!("{op:?} n={n} on {}", gpu.backend_name());
+                let what = format!(
+                    "{op:?} {rows}x{width} (b {}) on {}",
+                    b.len(),
+                    gpu.backend_name()
+                );
                 match op {
-                    Elementwise::SwiGlu => assert_close(&what, &got, &reference, SUM_TOL),
-                    _ => assert_same_bits(&what, &got, &reference),
+                    // One correctly rounded f32 op each.
+                    Elementwise::Add
+                    | Elementwise::Mul
+                    | Elementwise::Sub
+                    | Elementwise::ReluSquare => assert_same_bits(&what, &got, &reference),
+                    // exp / log differ between the GPU and Rust by a few ulp.
+                    _ => assert_close(&what, &got, &reference, SUM_TOL),
                 }
             }
         }
@@ -321,33 +339,78 @@ fn elementwise_matches_reference() {
 fn rms_norm_matches_reference() {
     for gpu in gpus() {
         let mut seed = 700;
-        for (rows, dim, eps) in [
-            (3, 64, 1e-5),
-            (5, 1000, 1e-6),
-            (1, 37, 1e-5),
-            (2, 2049, 1e-5),
+        // (rows, dim per group, groups, eps)
+        for (rows, dim, groups, eps) in [
+            (3, 64, 1, 1e-5),
+            (5, 1000, 1, 1e-6),
+            (1, 37, 1, 1e-5),
+            (2, 2049, 1, 1e-5),
+            (3, 24, 4, 1e-5),
+            (2, 37, 3, 1e-6),
         ] {
             seed += 1;
             let mut rng = Rng::new(seed);
-            let x = rng.vec(rows * dim, 3.0);
-            let w = rng.vec(dim, 1.5);
+            let width = dim * groups;
+            let x = rng.vec(rows * width, 3.0);
+            let w = rng.vec(width, 1.5);
             let (xb, wb, out) = (
                 upload_f32(&gpu, &x),
                 upload_f32(&gpu, &w),
-                poisoned(&gpu, rows * dim),
+                poisoned(&gpu, rows * width),
             );
-            run(
-                &gpu,
-                &[rms_norm::launch(&gpu, &xb, &wb, &out, rows, dim, eps).unwrap()],
-            );
-            let got = read(&gpu, &out, rows * dim);
-            let reference = rms_norm::reference(&x, &w, dim, eps);
+            let d = rms_norm::launch_grouped(&gpu, &xb, &wb, &out, rows, dim, eps, groups);
+            run(&gpu, &[d.unwrap()]);
+            let got = read(&gpu, &out, rows * width);
+            let reference = rms_norm::reference_grouped(&x, &w, dim, eps, groups);
             assert_close(
-                &format!("rms_norm {rows}x{dim} on {}", gpu.backend_name()),
+                &format!("rms_norm {rows}x{groups}x{dim} on {}", gpu.backend_name()),
                 &got,
                 &reference,
                 SUM_TOL,
             );
+        }
+    }
+}
+
+#[test]
+fn conv1d_matches_reference_and_carries_its_state() {
+    for gpu in gpus() {
+        let mut seed = 750;
+        // (tokens, channels, kernel, silu, bias)
+        for (tokens, channels, kernel, silu, bias) in [
+            (29, 70, 4, true, true),
+            (1, 70, 4, true, true),
+            (5, 3, 2, false, false),
+            (9000, 2, 4, false, true),
+        ] {
+            seed += 1;
+            let mut rng = Rng::new(seed);
+            let x = rng.vec(tokens * channels, 2.0);
+            let w = rng.vec(channels * kernel, 1.0);
+            let b = rng.vec(channels, 1.0);
+            let mut state = rng.vec((kernel - 1) * channels, 1.0);
+            let (xb, wb, bb, sb, out) = (
+                upload_f32(&gpu, &x),
+                upload_f32(&gpu, &w),
+                upload_f32(&gpu, &b),
+                upload_f32(&gpu, &state),
+                poisoned(&gpu, tokens * channels),
+            );
+            let bias_buf = bias.then_some(&bb);
+            let d = conv1d::launch(
+                &gpu, &xb, &wb, bias_buf, &sb, &out, tokens, channels, kernel, silu,
+            );
+            run(&gpu, &d.unwrap());
+            let got = read(&gpu, &out, tokens * channels);
+            let got_state = read(&gpu, &sb, state.len());
+            let bias_ref = bias.then_some(b.as_slice());
+            let reference = conv1d::reference(&x, &w, bias_ref, &mut state, channels, kernel, silu);
+            let what = format!(
+                "conv1d T={tokens} C={channels} K={kernel} on {}",
+                gpu.backend_name()
+            );
+            assert_close(&what, &got, &reference, SUM_TOL);
+            assert_same_bits(&format!("{what} state"), &got_state, &state);
         }
     }
 }
@@ -843,6 +906,17 @@ fn specialisations(name: &str) -> Vec<ShaderDefs> {
     match name {
         "common" | "quant" | "linear_recurrence" => vec![], // included by the kernels below
         "linear_scan_local" => linear_scan_kinds(),
+        "conv1d" => [2u32, 4, 7]
+            .into_iter()
+            .flat_map(|k| {
+                [(false, false), (true, true), (true, false)].map(|(silu, bias)| {
+                    ShaderDefs::new()
+                        .u32("K", k)
+                        .bool("SILU", silu)
+                        .bool("BIAS", bias)
+                })
+            })
+            .collect(),
         "linear_scan" => linear_scan_kinds()
             .into_iter()
             .flat_map(|d| [false, true].map(|w| d.clone().bool("WRITE_STATE", w)))
@@ -853,7 +927,7 @@ fn specialisations(name: &str) -> Vec<ShaderDefs> {
                 [false, true].map(|delta| ShaderDefs::new().u32("DK", dk).bool("DELTA", delta))
             })
             .collect(),
-        "elementwise" => (0..3).map(|op| ShaderDefs::new().u32("OP", op)).collect(),
+        "elementwise" => (0..7).map(|op| ShaderDefs::new().u32("OP", op)).collect(),
         "embedding" => weight_kinds(),
         "matmul" => with_bias(weight_kinds()),
         // As matvec::launch: VEC4 or not, in the CPU and the GPU layout.

@@ -1,4 +1,6 @@
-//! Elementwise binary ops: residual add, SwiGLU (`silu(gate) * up`), multiply.
+//! Elementwise ops `out[i] = f(a[i], b[i % b_len])`: b is a's shape or a row vector
+//! broadcast over a's rows. Residual add, SwiGLU (`silu(gate) * up`), multiply, subtract,
+//! softplus of a sum (Mamba's dt + bias), sigmoid gating, squared ReLU (b unused).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -12,13 +14,54 @@ pub enum Elementwise {
     Add = 0,
     SwiGlu = 1,
     Mul = 2,
+    Sub = 3,
+    SoftplusAdd = 4,
+    SigmoidMul = 5,
+    ReluSquare = 6,
+}
+
+impl Elementwise {
+    pub const ALL: [Elementwise; 7] = [
+        Elementwise::Add,
+        Elementwise::SwiGlu,
+        Elementwise::Mul,
+        Elementwise::Sub,
+        Elementwise::SoftplusAdd,
+        Elementwise::SigmoidMul,
+        Elementwise::ReluSquare,
+    ];
+
+    /// Ops whose b is not read.
+    pub fn unary(self) -> bool {
+        self == Elementwise::ReluSquare
+    }
+
+    fn apply(self, x: f32, y: f32) -> f32 {
+        match self {
+            Elementwise::Add => x + y,
+            Elementwise::SwiGlu => x / (1.0 + (-x).exp()) * y,
+            Elementwise::Mul => x * y,
+            Elementwise::Sub => x - y,
+            Elementwise::SoftplusAdd => {
+                let z = x + y;
+                if z > 20.0 {
+                    z
+                } else {
+                    (1.0 + z.exp()).ln()
+                }
+            }
+            Elementwise::SigmoidMul => y / (1.0 + (-x).exp()),
+            Elementwise::ReluSquare => x.max(0.0) * x.max(0.0),
+        }
+    }
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
     n: u32,
-    _p: [u32; 3],
+    b_len: u32,
+    _p: [u32; 2],
 }
 
 pub fn launch(
@@ -28,11 +71,13 @@ pub fn launch(
     b: &wgpu::Buffer,
     out: &wgpu::Buffer,
     n: usize,
+    b_len: usize,
 ) -> Result<Dispatch> {
     let defs = ShaderDefs::new().u32("OP", op as u32);
     let params = Params {
         n: n as u32,
-        _p: [0; 3],
+        b_len: b_len.max(1) as u32,
+        _p: [0; 2],
     };
     kernel!("elementwise").dispatch(
         gpu,
@@ -45,11 +90,7 @@ pub fn launch(
 
 pub fn reference(op: Elementwise, a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter()
-        .zip(b)
-        .map(|(&x, &y)| match op {
-            Elementwise::Add => x + y,
-            Elementwise::SwiGlu => x / (1.0 + (-x).exp()) * y,
-            Elementwise::Mul => x * y,
-        })
+        .enumerate()
+        .map(|(i, &x)| op.apply(x, b.get(i % b.len().max(1)).copied().unwrap_or(0.0)))
         .collect()
 }

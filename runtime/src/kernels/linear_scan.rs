@@ -24,7 +24,8 @@ pub enum Decay {
     None,
     /// A gate tensor g [T, heads, dk or 1] holding log w (GLA, RWKV-6, RWKV-7).
     Gate { per_key: bool },
-    /// dt [T, heads] times a constant A [heads, dk or 1] (Mamba: dt * A).
+    /// dt [T, heads] times a constant A [heads, dk or 1] (Mamba: dt * A); values enter the
+    /// state scaled by dt as well (Mamba's discretisation of dt * B * x).
     DtA { per_key: bool },
 }
 
@@ -308,7 +309,10 @@ pub fn reference(x: &ScanInputs, shape: &ScanShape, tokens: usize, state: &mut [
             let w: Vec<f64> = (0..dk).map(|j| log_w(j).exp()).collect();
             let ab = (t * heads + h) * 2 * dk;
             for i in 0..dv {
-                let vi = x.v[(t * heads + h) * dv + i] as f64;
+                let mut vi = x.v[(t * heads + h) * dv + i] as f64;
+                if let Decay::DtA { .. } = shape.decay {
+                    vi *= x.decay[t * heads + h] as f64;
+                }
                 let s = &mut state[(h * dv + i) * dk..(h * dv + i + 1) * dk];
                 let dot = |s: &[f64]| -> f64 { (0..dk).map(|j| q[j] as f64 * s[j]).sum() };
                 let mut o = 0.0;

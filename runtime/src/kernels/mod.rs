@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod cache_write;
+pub mod conv1d;
 pub mod copy;
 pub mod decode_attention;
 pub mod elementwise;
