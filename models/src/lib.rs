@@ -9,6 +9,7 @@ pub mod gguf_model;
 pub mod gguf_tokenizer;
 pub mod llada;
 pub mod llama;
+pub mod mamba;
 pub mod safetensors;
 pub mod tokenizer;
 pub mod weights;
@@ -25,6 +26,7 @@ pub use tokenizer::{TextStream, TextTokenizer};
 use chat_template::ChatTemplate;
 use config::JsonConfig;
 use llama::{Llama, LlamaConfig};
+use mamba::{Mamba, MambaConfig};
 use weights::{TensorSource, Uploader};
 
 /// Where downloaded models are cached: `$KESTREL_CACHE`, else `$XDG_CACHE_HOME/kestrel`,
@@ -43,11 +45,85 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from(home).join(".cache").join("kestrel")
 }
 
+/// A loaded network with its weights on the GPU.
+#[derive(Clone)]
+pub enum Network {
+    /// Transformer decoders: Llama, Mistral, Qwen2, LLaDA.
+    Llama(Arc<Llama>),
+    /// Selective state-space models: Mamba, Mamba-2.
+    Mamba(Arc<Mamba>),
+}
+
+/// What every architecture's config tells the front ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub architecture: String,
+    pub vocab: usize,
+    /// The position limit (u32::MAX for recurrent models, which have none).
+    pub max_positions: usize,
+    /// False for bidirectional networks (diffusion LMs).
+    pub causal: bool,
+    /// The token a diffusion LM predicts.
+    pub mask_token: Option<u32>,
+    pub bos: Vec<u32>,
+    pub eos: Vec<u32>,
+}
+
+impl From<&LlamaConfig> for ModelConfig {
+    fn from(c: &LlamaConfig) -> ModelConfig {
+        ModelConfig {
+            architecture: c.architecture.clone(),
+            vocab: c.vocab,
+            max_positions: c.max_positions,
+            causal: c.causal,
+            mask_token: c.mask_token,
+            bos: c.bos.clone(),
+            eos: c.eos.clone(),
+        }
+    }
+}
+
+impl From<&MambaConfig> for ModelConfig {
+    fn from(c: &MambaConfig) -> ModelConfig {
+        ModelConfig {
+            architecture: mamba::ARCHITECTURES[c.version as usize - 1].to_string(),
+            vocab: c.vocab,
+            max_positions: u32::MAX as usize,
+            causal: true,
+            mask_token: None,
+            bos: c.bos.clone(),
+            eos: c.eos.clone(),
+        }
+    }
+}
+
+/// The architectures `load` accepts.
+pub fn supported_architectures() -> String {
+    llama::SUPPORTED
+        .iter()
+        .chain(mamba::ARCHITECTURES)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Check a config (architecture and settings) before any weight is read.
+pub fn check_config(config: &JsonConfig) -> Result<ModelConfig> {
+    if mamba::is_mamba(config) {
+        return Ok((&MambaConfig::from_json(config)?).into());
+    }
+    if llada::is_llada(config) {
+        return Ok((&LlamaConfig::from_json(&llada::to_hf_config(config)?)?).into());
+    }
+    Ok((&LlamaConfig::from_json(config)?).into())
+}
+
 /// A loaded model: its architecture with weights on the GPU, and its tokenizer if it has one.
 pub struct Model {
     pub name: String,
     pub path: PathBuf,
-    pub llama: Arc<Llama>,
+    pub network: Network,
+    config: ModelConfig,
     pub tokenizer: Option<TextTokenizer>,
     /// The model's own chat template and its BOS/EOS strings, if it ships them.
     pub chat: ChatInfo,
@@ -62,20 +138,36 @@ pub struct ChatInfo {
 
 impl Model {
     pub fn architecture(&self) -> Arc<dyn Architecture> {
-        self.llama.clone()
+        match &self.network {
+            Network::Llama(m) => m.clone(),
+            Network::Mamba(m) => m.clone(),
+        }
     }
-    pub fn config(&self) -> &LlamaConfig {
-        &self.llama.config
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    /// The transformer behind the model, if it is one.
+    pub fn llama(&self) -> Option<&Llama> {
+        match &self.network {
+            Network::Llama(m) => Some(m),
+            _ => None,
+        }
     }
     pub fn weight_bytes(&self) -> u64 {
-        self.llama.weight_bytes
+        match &self.network {
+            Network::Llama(m) => m.weight_bytes,
+            Network::Mamba(m) => m.weight_bytes,
+        }
     }
     /// Bytes of the loaded tensors in the model file.
     pub fn file_bytes(&self) -> u64 {
-        self.llama.file_bytes
+        match &self.network {
+            Network::Llama(m) => m.file_bytes,
+            Network::Mamba(m) => m.file_bytes,
+        }
     }
     pub fn eos(&self) -> &[u32] {
-        &self.llama.config.eos
+        &self.config.eos
     }
     /// The model's chat template, or ChatML when it has none.
     pub fn chat_template(&self) -> Result<ChatTemplate> {
@@ -88,9 +180,15 @@ impl Model {
     /// Switch attention to StreamingLLM sinks or block-sparse patterns (checked against the
     /// model); sessions made afterwards use them.
     pub fn set_attention(&mut self, options: llama::AttentionOptions) -> Result<()> {
-        let mut llama = (*self.llama).clone();
+        let Network::Llama(m) = &self.network else {
+            return Err(ModelError::BadOption(format!(
+                "attention options apply to attention models; {} has none",
+                self.config.architecture
+            )));
+        };
+        let mut llama = (**m).clone();
         llama.set_attention(options)?;
-        self.llama = Arc::new(llama);
+        self.network = Network::Llama(Arc::new(llama));
         Ok(())
     }
     /// A new sequence with a KV cache for `capacity` tokens (capped at the model's context).
@@ -108,6 +206,35 @@ pub fn build_model(
     tokenizer: Option<TextTokenizer>,
     chat: ChatInfo,
 ) -> Result<Model> {
+    let network = if mamba::is_mamba(config) {
+        let mut up = Uploader::new(gpu, source);
+        Network::Mamba(Arc::new(Mamba::load(
+            MambaConfig::from_json(config)?,
+            &mut up,
+        )?))
+    } else {
+        Network::Llama(Arc::new(load_llama(config, source, gpu)?))
+    };
+    gpu.check()?;
+    let config = match &network {
+        Network::Llama(m) => (&m.config).into(),
+        Network::Mamba(m) => (&m.config).into(),
+    };
+    Ok(Model {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into()),
+        path: path.to_path_buf(),
+        network,
+        config,
+        tokenizer,
+        chat,
+    })
+}
+
+/// A transformer (LLaDA's names and config translated onto Llama's).
+fn load_llama(config: &JsonConfig, source: &dyn TensorSource, gpu: &Arc<Gpu>) -> Result<Llama> {
     let llada_config;
     let llada_source;
     let (config, source): (&JsonConfig, &dyn TensorSource) = if llada::is_llada(config) {
@@ -119,18 +246,7 @@ pub fn build_model(
     };
     let cfg = LlamaConfig::from_json(config)?;
     let mut up = Uploader::new(gpu, source);
-    let llama = Llama::load(cfg, &mut up)?;
-    gpu.check()?;
-    Ok(Model {
-        name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into()),
-        path: path.to_path_buf(),
-        llama: Arc::new(llama),
-        tokenizer,
-        chat,
-    })
+    Llama::load(cfg, &mut up)
 }
 
 /// Load a Hugging Face-layout directory (config.json, *.safetensors, tokenizer.json).
@@ -162,11 +278,7 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
     let text = read(&config_path)?;
     let config = JsonConfig::parse(&config_path, &String::from_utf8_lossy(&text))?;
     // Check the architecture before touching weights.
-    if llada::is_llada(&config) {
-        LlamaConfig::from_json(&llada::to_hf_config(&config)?)?;
-    } else {
-        LlamaConfig::from_json(&config)?;
-    }
+    check_config(&config)?;
     let source = safetensors::SafetensorsFiles::open_dir(path)?;
     let tok_path = path.join("tokenizer.json");
     let tokenizer = if tok_path.exists() {

@@ -62,7 +62,7 @@ impl LlamaConfig {
                 return Err(ModelError::UnsupportedArchitecture {
                     file: c.path.clone(),
                     arch: architecture,
-                    supported: SUPPORTED.join(", "),
+                    supported: crate::supported_architectures(),
                 })
             }
         };
@@ -420,9 +420,8 @@ impl Architecture for Llama {
             .iter()
             .enumerate()
             .flat_map(|(l, layout)| {
-                ["k", "v"].map(|kind| StateSpec {
-                    name: format!("layer.{l}.{kind}"),
-                    shape: vec![layout.rows, kvd],
+                ["k", "v"].map(|kind| {
+                    StateSpec::cache(format!("layer.{l}.{kind}"), vec![layout.rows, kvd])
                 })
             })
             .collect()

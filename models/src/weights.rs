@@ -125,6 +125,64 @@ impl<'a> Uploader<'a> {
         Ok(w)
     }
 
+    /// A tensor of `shape` read to the host as f32 (to derive constants from it).
+    pub fn host(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let t = self.source.tensor(name)?;
+        let n: usize = shape.iter().product();
+        if t.shape.iter().product::<usize>() != n {
+            return Err(ModelError::TensorShape {
+                file: t.file.clone(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                got: t.shape.clone(),
+            });
+        }
+        self.file_bytes += t.bytes.len() as u64;
+        Ok(t.to_f32())
+    }
+
+    /// Rows `start..start + count` of a matrix [rows, cols] as a weight of its own (a fused
+    /// projection split into the parts a graph uses separately), kept in f16 or quantized
+    /// when stored so.
+    pub fn matrix_rows(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        start: usize,
+        count: usize,
+    ) -> Result<Arc<GpuWeight>> {
+        let t = self.source.tensor(name)?;
+        t.expect_numel(&[rows, cols])?;
+        let row_bytes = t.bytes.len() / rows.max(1);
+        let bytes = &t.bytes[start * row_bytes..(start + count) * row_bytes];
+        if start == 0 {
+            self.file_bytes += t.bytes.len() as u64;
+        }
+        let part = format!("{name}[{start}..{}]", start + count);
+        let w = match t.dtype {
+            HostDType::F16 => {
+                let bits: Vec<u16> = bytemuck::pod_collect_to_vec(bytes);
+                GpuWeight::upload(self.gpu, &part, count, cols, HostData::F16(&bits))?
+            }
+            HostDType::Quant(q) => {
+                GpuWeight::upload(self.gpu, &part, count, cols, HostData::Quant(q, bytes))?
+            }
+            _ => {
+                let sub = HostTensor {
+                    name: part.clone(),
+                    file: t.file.clone(),
+                    shape: vec![count, cols],
+                    dtype: t.dtype,
+                    bytes: Cow::Borrowed(bytes),
+                };
+                GpuWeight::upload(self.gpu, &part, count, cols, HostData::F32(&sub.to_f32()))?
+            }
+        };
+        self.gpu_bytes += w.bytes();
+        Ok(w)
+    }
+
     pub fn optional_vector(&mut self, name: &str, n: usize) -> Result<Option<Arc<GpuWeight>>> {
         if self.source.contains(name) {
             self.vector(name, n).map(Some)

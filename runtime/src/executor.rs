@@ -95,6 +95,7 @@ impl Plan {
             step: &step,
             dispatches: Vec::new(),
             partial: None,
+            scan_scratch: None,
         };
         for op in &graph.ops {
             lower.op(op)?;
@@ -180,7 +181,13 @@ struct Lowering<'a> {
     /// Decode attention's per-piece partial results, shared by every layer (their
     /// dispatches run in order).
     partial: Option<GpuTensor>,
+    /// The chunked linear scan's scratch, shared the same way.
+    scan_scratch: Option<GpuTensor>,
 }
+
+/// Up to this many tokens a linear recurrence runs token by token (decode); longer runs take
+/// the chunked scan.
+const RECURRENT_TOKENS: usize = 8;
 
 impl Lowering<'_> {
     fn partial(&mut self, floats: usize) -> Result<wgpu::Buffer> {
@@ -193,6 +200,22 @@ impl Lowering<'_> {
                 Ok(buffer)
             }
         }
+    }
+
+    fn scan_scratch(&mut self, floats: usize) -> Result<wgpu::Buffer> {
+        match &self.scan_scratch {
+            Some(t) if t.numel() >= floats => Ok(t.buffer.clone()),
+            _ => {
+                let t = GpuTensor::new(self.gpu, "linear scan scratch", &[floats], DType::F32)?;
+                let buffer = t.buffer.clone();
+                self.scan_scratch = Some(t);
+                Ok(buffer)
+            }
+        }
+    }
+
+    fn opt_buf(&self, t: Option<TensorId>) -> Result<Option<&wgpu::Buffer>> {
+        t.map(|t| self.buf(t)).transpose()
     }
 
     fn buf(&self, t: TensorId) -> Result<&wgpu::Buffer> {
@@ -345,6 +368,69 @@ impl Lowering<'_> {
                         self.dispatches.push(d);
                     }
                 }
+            }
+            Op::Conv1d {
+                x,
+                w,
+                bias,
+                state,
+                out,
+                kernel,
+                silu,
+            } => {
+                let s = self.shape(x);
+                let d = conv1d::launch(
+                    gpu,
+                    self.buf(x)?,
+                    self.buf(w)?,
+                    self.opt_buf(bias)?,
+                    self.buf(state)?,
+                    self.buf(out)?,
+                    s[0],
+                    s[1],
+                    kernel,
+                    silu,
+                )?;
+                self.dispatches.extend(d);
+            }
+            Op::LinearScan {
+                q,
+                k,
+                v,
+                decay,
+                consts,
+                ab,
+                state,
+                out,
+                shape,
+            } => {
+                let n = self.shape(q)[0];
+                let scratch = match n > RECURRENT_TOKENS {
+                    true => Some(self.scan_scratch(linear_scan::scratch_floats(
+                        &shape,
+                        n,
+                        linear_scan::CHUNK,
+                    ))?),
+                    false => None,
+                };
+                let b = linear_scan::ScanBuffers {
+                    q: self.buf(q)?,
+                    k: self.buf(k)?,
+                    v: self.buf(v)?,
+                    decay: self.opt_buf(decay)?,
+                    consts: self.opt_buf(consts)?,
+                    ab: self.opt_buf(ab)?,
+                    state: self.buf(state)?,
+                    out: self.buf(out)?,
+                };
+                let d = match &scratch {
+                    Some(s) => {
+                        linear_scan::launch_chunked(gpu, &b, s, &shape, n, linear_scan::CHUNK)?
+                            .to_vec()
+                    }
+                    None => linear_scan::launch_recurrent(gpu, &b, &shape, n)?,
+                };
+                self.dispatches.extend(d);
             }
             Op::Elementwise { op, a, b, out } => {
                 let n = self.graph.tensors[a].numel();

@@ -8,6 +8,7 @@ use crate::block_mask::BlockMask;
 use crate::error::{Error, Result};
 use crate::kernels::attention::{mask_blocks, validate_mode, AttnShape};
 use crate::kernels::elementwise::Elementwise;
+use crate::kernels::linear_scan::{Decay, ScanShape};
 use crate::kv::KvLayout;
 use crate::tensor::{DType, GpuWeight};
 
@@ -87,6 +88,31 @@ pub enum Op {
         /// A block mask (constant u32 words) for block-sparse attention.
         mask: Option<TensorId>,
     },
+    /// Depthwise causal conv over time: `x` [T, C] with `w` [C, kernel] (+ `bias` [C]) into
+    /// `out`, continuing from and updating `state` [kernel - 1, C]; silu after if `silu`.
+    Conv1d {
+        x: TensorId,
+        w: TensorId,
+        bias: Option<TensorId>,
+        state: TensorId,
+        out: TensorId,
+        kernel: usize,
+        silu: bool,
+    },
+    /// The gated linear recurrence (kernels::linear_scan) over T tokens from `state`
+    /// [heads * dv, dk] (updated): q, k [T, qk_heads * dk], v [T, heads * dv], decay (g or
+    /// dt), consts (A or u), ab [T, heads * 2 * dk] as `shape` needs; out [T, heads * dv].
+    LinearScan {
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        decay: Option<TensorId>,
+        consts: Option<TensorId>,
+        ab: Option<TensorId>,
+        state: TensorId,
+        out: TensorId,
+        shape: ScanShape,
+    },
     Elementwise {
         op: Elementwise,
         a: TensorId,
@@ -146,6 +172,35 @@ impl Op {
                 r.extend(inv_freq);
                 r.extend(mask);
                 (r, vec![out])
+            }
+            Op::Conv1d {
+                x,
+                w,
+                bias,
+                state,
+                out,
+                ..
+            } => {
+                let mut r = vec![x, w, state];
+                r.extend(bias);
+                (r, vec![out, state])
+            }
+            Op::LinearScan {
+                q,
+                k,
+                v,
+                decay,
+                consts,
+                ab,
+                state,
+                out,
+                ..
+            } => {
+                let mut r = vec![q, k, v, state];
+                r.extend(decay);
+                r.extend(consts);
+                r.extend(ab);
+                (r, vec![out, state])
             }
             Op::Elementwise { a, b, out, .. } => (vec![a, b], vec![out]),
             Op::LastRow { x, out } => (vec![x], vec![out]),
@@ -428,6 +483,115 @@ impl Graph {
         }
         let out = self.activation(self.shape(a).to_vec());
         self.ops.push(Op::Elementwise { op, a, b, out });
+        Ok(out)
+    }
+
+    /// Depthwise causal conv1d over time with a rolling state (see [`Op::Conv1d`]).
+    pub fn conv1d(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        bias: Option<TensorId>,
+        state: TensorId,
+        kernel: usize,
+        silu: bool,
+    ) -> Result<TensorId> {
+        crate::kernels::conv1d::validate(kernel)?;
+        let xs = self.shape(x).to_vec();
+        let c = xs[1];
+        if self.tensors[w].numel() != c * kernel {
+            return Err(mismatch("conv1d weight", &[c, kernel], self.shape(w)));
+        }
+        if let Some(b) = bias {
+            self.expect_vector(b, c, "conv1d bias")?;
+        }
+        if self.shape(state) != [kernel - 1, c] {
+            return Err(mismatch(
+                "conv1d state",
+                &[kernel - 1, c],
+                self.shape(state),
+            ));
+        }
+        let out = self.activation(xs);
+        self.ops.push(Op::Conv1d {
+            x,
+            w,
+            bias,
+            state,
+            out,
+            kernel,
+            silu,
+        });
+        Ok(out)
+    }
+
+    /// The gated linear recurrence (see [`Op::LinearScan`]); every input's shape is checked
+    /// against `shape`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_scan(
+        &mut self,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        decay: Option<TensorId>,
+        consts: Option<TensorId>,
+        ab: Option<TensorId>,
+        state: TensorId,
+        shape: ScanShape,
+    ) -> Result<TensorId> {
+        shape.validate()?;
+        let t = self.shape(q)[0];
+        let ScanShape {
+            heads,
+            qk_heads,
+            dk,
+            dv,
+            ..
+        } = shape;
+        let gk = shape.gk();
+        let expect = |g: &Graph, id: Option<TensorId>, what: &str, want: Option<Vec<usize>>| match (
+            id, want,
+        ) {
+            (None, None) => Ok(()),
+            (Some(id), Some(w)) if g.tensors[id].numel() == w.iter().product::<usize>() => Ok(()),
+            (Some(id), Some(w)) => Err(mismatch(&format!("linear scan {what}"), &w, g.shape(id))),
+            (None, Some(_)) => Err(Error::Graph(format!("linear scan: {what} missing"))),
+            (Some(_), None) => Err(Error::Graph(format!("linear scan: {what} not used"))),
+        };
+        expect(self, Some(q), "q", Some(vec![t, qk_heads * dk]))?;
+        expect(self, Some(k), "k", Some(vec![t, qk_heads * dk]))?;
+        expect(self, Some(v), "v", Some(vec![t, heads * dv]))?;
+        expect(self, Some(state), "state", Some(vec![heads * dv, dk]))?;
+        let decay_shape = match shape.decay {
+            Decay::None => None,
+            Decay::Gate { .. } => Some(vec![t, heads * gk]),
+            Decay::DtA { .. } => Some(vec![t, heads]),
+        };
+        expect(self, decay, "decay", decay_shape)?;
+        let consts_shape = match (shape.decay, shape.bonus) {
+            (Decay::DtA { .. }, _) => Some(vec![heads * gk]),
+            (_, true) => Some(vec![heads * dk]),
+            _ => None,
+        };
+        expect(self, consts, "constants", consts_shape)?;
+        expect(
+            self,
+            ab,
+            "a/b",
+            shape.delta.then(|| vec![t, heads * 2 * dk]),
+        )?;
+        let out = self.activation(vec![t, heads * dv]);
+        self.ops.push(Op::LinearScan {
+            q,
+            k,
+            v,
+            decay,
+            consts,
+            ab,
+            state,
+            out,
+            shape,
+        });
         Ok(out)
     }
 

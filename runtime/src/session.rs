@@ -18,6 +18,29 @@ use crate::tensor::{DType, GpuTensor};
 pub struct StateSpec {
     pub name: String,
     pub shape: Vec<usize>,
+    /// A recurrent state (an SSM or RWKV state, a convolution's last inputs): it summarises
+    /// the whole sequence, starts at zero, and cannot be cut back to an earlier position. A
+    /// KV cache (not recurrent) is addressed by position and needs no clearing.
+    pub recurrent: bool,
+}
+
+impl StateSpec {
+    /// A KV cache.
+    pub fn cache(name: String, shape: Vec<usize>) -> StateSpec {
+        StateSpec {
+            name,
+            shape,
+            recurrent: false,
+        }
+    }
+    /// A recurrent state.
+    pub fn recurrent(name: String, shape: Vec<usize>) -> StateSpec {
+        StateSpec {
+            name,
+            shape,
+            recurrent: true,
+        }
+    }
 }
 
 /// What the last op of a graph produces.
@@ -77,9 +100,12 @@ pub trait Architecture {
 #[derive(Default)]
 pub struct StateStore {
     tensors: HashMap<String, GpuTensor>,
+    /// Names of the recurrent states (zeroed when a sequence starts over).
+    recurrent: Vec<String>,
 }
 
 impl StateStore {
+    /// Every state, zeroed.
     pub fn allocate(gpu: &Gpu, specs: &[StateSpec]) -> Result<StateStore> {
         let mut tensors = HashMap::new();
         for s in specs {
@@ -88,7 +114,32 @@ impl StateStore {
                 GpuTensor::new(gpu, &s.name, &s.shape, DType::F32)?,
             );
         }
-        Ok(StateStore { tensors })
+        let recurrent = specs
+            .iter()
+            .filter(|s| s.recurrent)
+            .map(|s| s.name.clone())
+            .collect();
+        Ok(StateStore { tensors, recurrent })
+    }
+    pub fn has_recurrent(&self) -> bool {
+        !self.recurrent.is_empty()
+    }
+    /// Zero the recurrent states (queued before any later run).
+    pub fn clear_recurrent(&self, gpu: &Gpu) {
+        if self.recurrent.is_empty() {
+            return;
+        }
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("clear recurrent state"),
+            });
+        for name in &self.recurrent {
+            if let Some(t) = self.tensors.get(name) {
+                enc.clear_buffer(&t.buffer, 0, None);
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
     }
     pub fn get(&self, name: &str) -> Result<&GpuTensor> {
         self.tensors
@@ -167,20 +218,24 @@ impl Session {
     pub fn state_bytes(&self) -> u64 {
         self.states.bytes()
     }
-    /// Forget the sequence (the cache is overwritten from position 0).
+    /// Forget the sequence (KV caches are overwritten from position 0; recurrent states are
+    /// zeroed).
     pub fn reset(&mut self) {
         self.history.clear();
+        self.states.clear_recurrent(&self.gpu);
     }
     /// Keep only the first `len` tokens (to reuse a shared prefix); later ones are overwritten
     /// by the next run. When a ring cache has already overwritten keys the shortened sequence
-    /// needs, the whole sequence is dropped instead. Returns the tokens kept.
+    /// needs, or a recurrent state has taken in later tokens, the whole sequence is dropped
+    /// instead. Returns the tokens kept.
     pub fn truncate(&mut self, len: usize) -> usize {
         let pos = self.pos();
         let len = len.min(pos);
-        if self.layouts.iter().all(|l| l.can_truncate(pos, len)) {
+        let recurrent_ok = len == pos || !self.states.has_recurrent();
+        if recurrent_ok && self.layouts.iter().all(|l| l.can_truncate(pos, len)) {
             self.history.truncate(len);
         } else {
-            self.history.clear();
+            self.reset();
         }
         self.history.len()
     }

@@ -21,6 +21,8 @@ const MODELS: &[&str] = &[
     "qwen2",
     "mistral_window",
     "qwen2_window",
+    "mamba",
+    "mamba2",
 ];
 const TOL: f64 = 1e-4;
 
@@ -201,7 +203,7 @@ fn prefill_then_decode_continues_the_cache() {
 fn sliding_window_caches_are_bounded_by_the_window() {
     for gpu in gpus().into_iter().take(1) {
         let model = kestrel_models::load(&gpu, &fixture("qwen2_window")).expect("load");
-        let windows = &model.config().layer_windows;
+        let windows = &model.llama().expect("a transformer").config.layer_windows;
         assert_eq!(windows, &[None, Some(8), Some(8)]);
         let s = model.session(&gpu, 1000).expect("session");
         assert_eq!(s.capacity(), 128, "capped at max_position_embeddings");
@@ -308,7 +310,7 @@ fn ten_thousand_tokens_with_sinks_run_in_fixed_memory() {
             sparse: None,
         })
         .expect("sinks");
-    let c = model.config().clone();
+    let c = model.llama().expect("a transformer").config.clone();
     let mut s = model.session(&gpu, usize::MAX).expect("session");
     let rows = sinks + window + window;
     let expected = (c.layers * 2 * rows * c.kv_heads * c.head_dim * 4) as u64;
