@@ -22,6 +22,8 @@ use openai::{ApiError, CompletionRequest, Endpoint, ReplyMeta};
 
 /// How long a client may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a write may block on a client that stops reading (then its job is cancelled).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a waiting connection checks whether its client is still there.
 const POLL: Duration = Duration::from_millis(50);
 /// Connections beyond this many are refused with 503 (each holds a thread).
@@ -110,6 +112,7 @@ fn accept(server: &Arc<Server>, mut stream: TcpStream) {
 /// Answer one request, then close the connection.
 fn handle(server: &Server, mut stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let _ = stream.set_nodelay(true);
     let outcome = match http::read_request(&mut stream, server.max_body) {
         Ok(request) => route(server, &mut stream, &request),
