@@ -19,5 +19,8 @@ if ! cargo run -q -p kestrel -- chat </dev/null; then
     echo "warning: could not obtain the default model; the SmolLM2 parity test will not run" >&2
 fi
 cargo test --workspace
+# kestrel serve through the official openai Python client (installed by setup-debian.sh).
+PYENV="${KESTREL_PYENV:-$HOME/.cache/kestrel/pyenv}"
+"$PYENV/bin/python" tests/serve_openai.py target/debug/kestrel tests/fixtures/llama_gqa
 cargo build --target wasm32-unknown-unknown -p kestrel-runtime -p kestrel-models -p kestrel-web
 echo "tests/run.sh: all checks passed"

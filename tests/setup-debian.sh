@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what Kestrel needs on a fresh Debian machine: Mesa's lavapipe (CPU Vulkan) and
-# llvmpipe GL drivers, so the GPU code runs with no GPU, and Rust's wasm32 target.
+# llvmpipe GL drivers, so the GPU code runs with no GPU, Rust's wasm32 target, and a Python
+# virtual environment with the `openai` client for the server test (tests/serve_openai.py).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
-packages=(libvulkan1 mesa-vulkan-drivers libegl1 libgl1-mesa-dri)
+packages=(libvulkan1 mesa-vulkan-drivers libegl1 libgl1-mesa-dri python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -23,4 +24,12 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
     rustup target add wasm32-unknown-unknown
+fi
+
+# The openai client for tests/serve_openai.py, in a venv of its own (KESTREL_PYENV).
+pyenv="${KESTREL_PYENV:-$HOME/.cache/kestrel/pyenv}"
+if ! "$pyenv/bin/python" -c "import openai" >/dev/null 2>&1; then
+    echo "creating $pyenv with the openai client"
+    python3 -m venv "$pyenv"
+    "$pyenv/bin/pip" install -q --disable-pip-version-check openai
 fi

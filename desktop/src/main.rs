@@ -8,6 +8,7 @@ mod diffuse;
 mod engine;
 mod fetch;
 mod npy;
+mod serve;
 
 use std::io::Write;
 use std::path::Path;
@@ -39,11 +40,15 @@ usage:
                   --out FILE.json [--temperature T] [--cfg-scale C]
                   [--remasking low_confidence|random] [--threshold X] [--cache none|prefix|dual]
                   [--seed S] [--backend B]
+  kestrel serve --model PATH [--host 127.0.0.1] [--port 8080] [--ctx N] [--max-body BYTES]
+                [--backend B]
+               (OpenAI-compatible HTTP: /v1/chat/completions, /v1/completions, /v1/models,
+                /health; --port 0 picks a free port)
 
 diffusion models (LLaDA): generate and chat sample by masked diffusion and print each block
 as it fills; they take --block-length, --steps, --threshold, --cache, --cfg-scale, --remasking
 
-attention options (logits, generate, chat, bench):
+attention options (logits, generate, chat, bench, serve):
   --attention-sinks N --kv-window W   StreamingLLM: keep the first N tokens and the last W
                                       (keys cached before RoPE, positions inside the cache),
                                       so a sequence can grow without bound in fixed memory
@@ -79,7 +84,8 @@ fn run(a: &Args) -> CliResult {
             println!("{USAGE}");
             Ok(())
         }
-        "serve" | "app" => Err(format!("'{}' is not implemented yet", a.command)),
+        "serve" => serve::run(a),
+        "app" => Err(format!("'{}' is not implemented yet", a.command)),
         other => Err(format!("unknown command '{other}'\n{USAGE}")),
     }
 }

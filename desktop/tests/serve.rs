@@ -1,0 +1,398 @@
+//! `kestrel serve` end to end: the binary serves the tiny fixture model on a free port and
+//! is driven over raw HTTP/1.1 (the server closes every connection after its reply, so a
+//! reply is everything read until EOF).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/llama_gqa");
+
+/// The tests time replies, so they run one at a time (the machine may have two cores).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running server, killed on drop. Its stderr is collected (and so never fills a pipe).
+struct Server {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let xdg = std::env::temp_dir().join("kestrel-tests-xdg");
+        let _ = std::fs::create_dir_all(&xdg);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700));
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+            .args(["serve", "--model", FIXTURE, "--port", "0"])
+            .args(extra)
+            .env("XDG_RUNTIME_DIR", &xdg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kestrel serve");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut port = None;
+        let mut seen = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.expect("read stderr");
+            if let Some(addr) = line.strip_prefix("listening on http://") {
+                port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+                break;
+            }
+            seen.push(line);
+        }
+        let Some(port) = port else {
+            let _ = child.kill();
+            panic!("the server did not start: {seen:?}");
+        };
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        Server { child, port, log }
+    }
+
+    /// Log lines (after the listening line) containing `pattern`.
+    fn log_count(&self, pattern: &str) -> usize {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter().filter(|l| l.contains(pattern)).count()
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        s
+    }
+
+    /// Send raw bytes; returns the status and the body.
+    fn raw(&self, request: &[u8]) -> (u16, String) {
+        let mut s = self.connect();
+        s.write_all(request).expect("send");
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).expect("read reply");
+        let reply = String::from_utf8_lossy(&reply).into_owned();
+        let (head, body) = reply.split_once("\r\n\r\n").expect("a header");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {head:?}"));
+        (status, body.to_string())
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        self.raw(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+    }
+
+    fn post_text(&self, path: &str, body: &str) -> (u16, String) {
+        self.raw(post_request(path, body).as_bytes())
+    }
+
+    /// POST JSON expecting 200 and a JSON reply.
+    fn post(&self, path: &str, body: &Value) -> Value {
+        let (status, reply) = self.post_text(path, &body.to_string());
+        assert_eq!(status, 200, "{reply}");
+        serde_json::from_str(&reply).expect("JSON reply")
+    }
+
+    /// POST expecting an OpenAI error with `status`; returns its message.
+    fn error(&self, path: &str, body: &str, status: u16) -> String {
+        let (got, reply) = self.post_text(path, body);
+        assert_eq!(got, status, "{body} -> {reply}");
+        error_message(&reply)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn post_request(path: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn error_message(reply: &str) -> String {
+    let v: Value = serde_json::from_str(reply).expect("JSON error");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    let m = v["error"]["message"].as_str().expect("a message");
+    assert!(!m.is_empty());
+    m.to_string()
+}
+
+fn chat(content: &str, max_tokens: usize, stream: bool) -> Value {
+    json!({
+        "model": "llama_gqa",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+    })
+}
+
+/// The `data:` payloads of an event stream, checked to end with [DONE].
+fn events(body: &str) -> Vec<Value> {
+    let data: Vec<&str> = body
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").expect("a data event"))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{body}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("a JSON chunk"))
+        .collect()
+}
+
+/// Content of a non-streaming chat reply, after checking its shape.
+fn chat_content(v: &Value, max_tokens: u64) -> String {
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["id"].as_str().is_some_and(|i| i.starts_with("chatcmpl-")));
+    let choice = &v["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert!(matches!(
+        choice["finish_reason"].as_str(),
+        Some("stop" | "length")
+    ));
+    let u = &v["usage"];
+    let (p, c) = (u["prompt_tokens"].as_u64(), u["completion_tokens"].as_u64());
+    let (Some(p), Some(c)) = (p, c) else {
+        panic!("no usage in {v}")
+    };
+    assert!(p > 0 && c > 0 && c <= max_tokens, "{u}");
+    assert_eq!(u["total_tokens"].as_u64(), Some(p + c));
+    choice["message"]["content"]
+        .as_str()
+        .expect("content")
+        .to_string()
+}
+
+/// Concatenated deltas of a streamed chat reply and its finish reason.
+fn streamed_chat(body: &str) -> (String, String) {
+    let chunks = events(body);
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let mut text = String::new();
+    let mut finish = String::new();
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["id"], chunks[0]["id"]);
+        let choice = &c["choices"][0];
+        if let Some(t) = choice["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        if let Some(f) = choice["finish_reason"].as_str() {
+            finish = f.to_string();
+        }
+    }
+    (text, finish)
+}
+
+#[test]
+fn serves_models_chat_and_completions() {
+    let _one = serial();
+    let server = Server::start(&[]);
+    let (status, body) = server.get("/health");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["status"],
+        "ok"
+    );
+    let (status, body) = server.get("/v1/models");
+    assert_eq!(status, 200);
+    let models: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "llama_gqa");
+    assert_eq!(models["data"][0]["object"], "model");
+    assert_eq!(models["data"][0]["owned_by"], "kestrel");
+    assert_eq!(server.get("/v1/models/llama_gqa").0, 200);
+    assert_eq!(server.get("/v1/models/gpt-4").0, 404);
+
+    // Greedy replies are deterministic, whole or streamed.
+    let first = chat_content(
+        &server.post("/v1/chat/completions", &chat("hi", 8, false)),
+        8,
+    );
+    assert!(!first.is_empty());
+    let again = chat_content(
+        &server.post("/v1/chat/completions", &chat("hi", 8, false)),
+        8,
+    );
+    assert_eq!(first, again);
+    let (status, body) = server.post_text("/v1/chat/completions", &chat("hi", 8, true).to_string());
+    assert_eq!(status, 200);
+    let (streamed, finish) = streamed_chat(&body);
+    assert_eq!(streamed, first);
+    assert_eq!(finish, "length");
+
+    // include_usage adds a last chunk with no choices and the usage.
+    let mut with_usage = chat("hi", 8, true);
+    with_usage["stream_options"] = json!({"include_usage": true});
+    let (_, body) = server.post_text("/v1/chat/completions", &with_usage.to_string());
+    let chunks = events(&body);
+    let last = chunks.last().expect("chunks");
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["completion_tokens"], 8);
+
+    // Text completions, whole and streamed.
+    let text = json!({"prompt": "Once upon", "max_tokens": 6, "temperature": 0});
+    let whole = server.post("/v1/completions", &text);
+    assert_eq!(whole["object"], "text_completion");
+    assert_eq!(whole["usage"]["completion_tokens"], 6);
+    let mut streamed = text.clone();
+    streamed["stream"] = json!(true);
+    let (_, body) = server.post_text("/v1/completions", &streamed.to_string());
+    let joined: String = events(&body)
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(joined, whole["choices"][0]["text"].as_str().expect("text"));
+
+    // Four clients at once each get their own whole reply.
+    let prompts = ["hi", "hello", "hi", "hello"];
+    let expected: Vec<String> = ["hi", "hello"]
+        .iter()
+        .map(|p| chat_content(&server.post("/v1/chat/completions", &chat(p, 8, false)), 8))
+        .collect();
+    let port = server.port;
+    let replies: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let server = &server;
+                s.spawn(move || {
+                    assert_eq!(server.port, port);
+                    chat_content(&server.post("/v1/chat/completions", &chat(p, 8, false)), 8)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client"))
+            .collect()
+    });
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r, &expected[i % 2], "client {i}");
+    }
+}
+
+#[test]
+fn refuses_bad_requests_in_openai_form() {
+    let _one = serial();
+    let server = Server::start(&["--max-body", "4096"]);
+    let chat_path = "/v1/chat/completions";
+    let m = r#""messages":[{"role":"user","content":"hi"}]"#;
+    let msg = server.error(chat_path, "{\"messages\": [", 400);
+    assert!(msg.contains("JSON"), "{msg}");
+    let msg = server.error(chat_path, &format!("{{{m},\"bogus\":1}}"), 400);
+    assert!(msg.contains("bogus"), "{msg}");
+    let msg = server.error(chat_path, &format!("{{{m},\"n\":2}}"), 400);
+    assert!(msg.contains("'n'"), "{msg}");
+    server.error(chat_path, "{\"model\":\"x\"}", 400);
+    server.error(chat_path, &format!("{{{m},\"max_tokens\":\"ten\"}}"), 400);
+    server.error("/v1/completions", "{\"prompt\":[1,2]}", 400);
+    // A prompt past the 64-token context of the fixture.
+    let long = "hello there ".repeat(100);
+    let msg = server.error("/v1/completions", &json!({"prompt": long}).to_string(), 400);
+    assert!(msg.contains("context"), "{msg}");
+
+    // A body over --max-body is refused from its Content-Length, before it is sent.
+    let (status, body) = server
+        .raw(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n");
+    assert_eq!(status, 413);
+    error_message(&body);
+    let big = format!("{{{m},\"user\":\"{}\"}}", "x".repeat(5000));
+    server.error(chat_path, &big, 413);
+
+    let (status, body) = server.raw(b"GARBAGE\r\n\r\n");
+    assert_eq!(status, 400);
+    error_message(&body);
+    let (status, _) = server.raw(&[0xff, 0xfe, b'\r', b'\n', b'\r', b'\n']);
+    assert_eq!(status, 400);
+    let header = format!("GET /health HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(20_000));
+    assert_eq!(server.raw(header.as_bytes()).0, 431);
+    let (status, body) = server.get("/v1/nothing");
+    assert_eq!(status, 404);
+    error_message(&body);
+    assert_eq!(server.get("/v1/chat/completions").0, 405);
+    assert_eq!(server.post_text("/health", "{}").0, 405);
+
+    // Still serving after all that.
+    assert_eq!(server.get("/health").0, 200);
+}
+
+/// Clients that leave cancel their jobs, running or queued: the next request does not wait
+/// for replies nobody reads.
+#[test]
+fn disconnected_clients_cancel_their_jobs() {
+    let _one = serial();
+    // Attention sinks let the 64-position fixture run long replies.
+    let server = Server::start(&[
+        "--attention-sinks",
+        "4",
+        "--kv-window",
+        "32",
+        "--ctx",
+        "2048",
+    ]);
+    const LONG: usize = 400;
+    // How long a full reply takes here (and that this prompt really runs that long).
+    let t = Instant::now();
+    let full = server.post("/v1/chat/completions", &chat("hello", LONG, false));
+    let full_seconds = t.elapsed().as_secs_f64();
+    assert_eq!(full["usage"]["completion_tokens"], LONG, "{full}");
+
+    // A streaming client reads a little and stays; a second one queues behind it.
+    let mut streaming = server.connect();
+    let request = post_request(
+        "/v1/chat/completions",
+        &chat("hello", LONG, true).to_string(),
+    );
+    streaming.write_all(request.as_bytes()).expect("send");
+    let mut first = [0u8; 512];
+    let n = streaming.read(&mut first).expect("first bytes");
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let mut queued = server.connect();
+    let request = post_request(
+        "/v1/chat/completions",
+        &chat("hello", LONG, false).to_string(),
+    );
+    queued.write_all(request.as_bytes()).expect("send");
+    std::thread::sleep(Duration::from_millis(200));
+    // Both leave.
+    drop(queued);
+    drop(streaming);
+
+    let t = Instant::now();
+    let reply = server.post("/v1/chat/completions", &chat("hi", 4, false));
+    let waited = t.elapsed().as_secs_f64();
+    chat_content(&reply, 4);
+    assert!(
+        waited < full_seconds / 2.0,
+        "the next reply took {waited:.2} s; a whole long reply takes {full_seconds:.2} s"
+    );
+    assert_eq!(server.log_count("cancelled"), 2);
+}
