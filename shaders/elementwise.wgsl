@@ -1,7 +1,7 @@
 // Elementwise ops over f32 arrays: out[i] = f(a[i], b[i % b_len]), so b is either the same
 // shape as a or a row vector broadcast over a's rows (a bias, a per-channel scale).
 // OP: 0 add, 1 SwiGLU silu(a) * b, 2 mul, 3 sub, 4 softplus(a + b), 5 sigmoid(a) * b,
-//     6 relu(a)^2 (b unused).
+//     6 relu(a)^2, 7 tanh(a), 8 sigmoid(a), 9 -exp(a), 10 logsigmoid(a) (b unused from 6 on).
 
 struct Params { n: u32, b_len: u32, _p0: u32, _p1: u32 }
 
@@ -33,8 +33,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         out[i] = select(log(1.0 + exp(z)), z, z > 20.0);
     } else if (OP == 5u) {
         out[i] = y / (1.0 + exp(-x));
-    } else {
+    } else if (OP == 6u) {
         let r = max(x, 0.0);
         out[i] = r * r;
+    } else if (OP == 7u) {
+        out[i] = tanh(x);
+    } else if (OP == 8u) {
+        out[i] = 1.0 / (1.0 + exp(-x));
+    } else if (OP == 9u) {
+        out[i] = -exp(x);
+    } else {
+        // log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)), stable at both ends.
+        out[i] = min(x, 0.0) - log(1.0 + exp(-abs(x)));
     }
 }

@@ -249,12 +249,18 @@ impl Lowering<'_> {
             Op::RmsNorm {
                 x,
                 w,
+                bias,
                 out,
                 eps,
                 groups,
+                centered,
             } => {
                 let s = self.shape(x);
-                let d = rms_norm::launch_grouped(
+                let kind = rms_norm::NormKind {
+                    centered,
+                    bias: self.opt_buf(bias)?,
+                };
+                let d = rms_norm::launch_norm(
                     gpu,
                     self.buf(x)?,
                     self.buf(w)?,
@@ -263,6 +269,7 @@ impl Lowering<'_> {
                     s[1] / groups,
                     eps,
                     groups,
+                    kind,
                 )?;
                 self.dispatches.push(d);
             }

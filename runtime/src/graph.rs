@@ -47,13 +47,16 @@ pub enum Op {
         table: TensorId,
         out: TensorId,
     },
-    /// Normalised per group of width / groups (1 group: the whole row).
+    /// RMSNorm, or LayerNorm when `centered` (+ `bias`), per group of width / groups (1
+    /// group: the whole row).
     RmsNorm {
         x: TensorId,
         w: TensorId,
+        bias: Option<TensorId>,
         out: TensorId,
         eps: f32,
         groups: usize,
+        centered: bool,
     },
     Linear {
         x: TensorId,
@@ -151,7 +154,13 @@ impl Op {
     pub fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
         match *self {
             Op::Embedding { ids, table, out } => (vec![ids, table], vec![out]),
-            Op::RmsNorm { x, w, out, .. } => (vec![x, w], vec![out]),
+            Op::RmsNorm {
+                x, w, bias, out, ..
+            } => {
+                let mut r = vec![x, w];
+                r.extend(bias);
+                (r, vec![out])
+            }
             Op::Linear { x, w, bias, out } => {
                 let mut r = vec![x, w];
                 r.extend(bias);
@@ -314,8 +323,46 @@ impl Graph {
         eps: f32,
         groups: usize,
     ) -> Result<TensorId> {
+        self.norm(x, w, None, eps, groups, false)
+    }
+
+    /// LayerNorm with weight and bias.
+    pub fn layer_norm(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        b: TensorId,
+        eps: f32,
+    ) -> Result<TensorId> {
+        self.norm(x, w, Some(b), eps, 1, true)
+    }
+
+    /// GroupNorm: LayerNorm of each of `groups` groups of columns (RWKV's per-head ln_x).
+    pub fn group_norm(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        b: TensorId,
+        eps: f32,
+        groups: usize,
+    ) -> Result<TensorId> {
+        self.norm(x, w, Some(b), eps, groups, true)
+    }
+
+    fn norm(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        bias: Option<TensorId>,
+        eps: f32,
+        groups: usize,
+        centered: bool,
+    ) -> Result<TensorId> {
         let s = self.shape(x).to_vec();
         self.expect_vector(w, s[1], "norm weight")?;
+        if let Some(b) = bias {
+            self.expect_vector(b, s[1], "norm bias")?;
+        }
         if groups == 0 || !s[1].is_multiple_of(groups) {
             return Err(Error::Graph(format!(
                 "rms norm: width {} does not split into {groups} groups",
@@ -326,9 +373,11 @@ impl Graph {
         self.ops.push(Op::RmsNorm {
             x,
             w,
+            bias,
             out,
             eps,
             groups,
+            centered,
         });
         Ok(out)
     }

@@ -339,31 +339,43 @@ fn elementwise_matches_reference() {
 fn rms_norm_matches_reference() {
     for gpu in gpus() {
         let mut seed = 700;
-        // (rows, dim per group, groups, eps)
-        for (rows, dim, groups, eps) in [
-            (3, 64, 1, 1e-5),
-            (5, 1000, 1, 1e-6),
-            (1, 37, 1, 1e-5),
-            (2, 2049, 1, 1e-5),
-            (3, 24, 4, 1e-5),
-            (2, 37, 3, 1e-6),
+        // (rows, dim per group, groups, eps, layer norm with bias)
+        for (rows, dim, groups, eps, layer) in [
+            (3, 64, 1, 1e-5, false),
+            (5, 1000, 1, 1e-6, false),
+            (1, 37, 1, 1e-5, false),
+            (2, 2049, 1, 1e-5, false),
+            (3, 24, 4, 1e-5, false),
+            (2, 37, 3, 1e-6, false),
+            (3, 64, 1, 1e-5, true),
+            (2, 1000, 1, 1e-5, true),
+            (4, 16, 4, 64e-5, true),
         ] {
             seed += 1;
             let mut rng = Rng::new(seed);
             let width = dim * groups;
-            let x = rng.vec(rows * width, 3.0);
+            // An offset, so LayerNorm's mean matters.
+            let x: Vec<f32> = rng.vec(rows * width, 3.0).iter().map(|v| v + 1.5).collect();
             let w = rng.vec(width, 1.5);
-            let (xb, wb, out) = (
+            let b = rng.vec(width, 1.0);
+            let (xb, wb, bb, out) = (
                 upload_f32(&gpu, &x),
                 upload_f32(&gpu, &w),
+                upload_f32(&gpu, &b),
                 poisoned(&gpu, rows * width),
             );
-            let d = rms_norm::launch_grouped(&gpu, &xb, &wb, &out, rows, dim, eps, groups);
+            let kind = rms_norm::NormKind {
+                centered: layer,
+                bias: layer.then_some(&bb),
+            };
+            let d = rms_norm::launch_norm(&gpu, &xb, &wb, &out, rows, dim, eps, groups, kind);
             run(&gpu, &[d.unwrap()]);
             let got = read(&gpu, &out, rows * width);
-            let reference = rms_norm::reference_grouped(&x, &w, dim, eps, groups);
+            let bias = layer.then_some(b.as_slice());
+            let reference = rms_norm::reference_norm(&x, &w, bias, dim, eps, groups, layer);
+            let kind = if layer { "layer_norm" } else { "rms_norm" };
             assert_close(
-                &format!("rms_norm {rows}x{groups}x{dim} on {}", gpu.backend_name()),
+                &format!("{kind} {rows}x{groups}x{dim} on {}", gpu.backend_name()),
                 &got,
                 &reference,
                 SUM_TOL,
@@ -927,7 +939,7 @@ fn specialisations(name: &str) -> Vec<ShaderDefs> {
                 [false, true].map(|delta| ShaderDefs::new().u32("DK", dk).bool("DELTA", delta))
             })
             .collect(),
-        "elementwise" => (0..7).map(|op| ShaderDefs::new().u32("OP", op)).collect(),
+        "elementwise" => (0..11).map(|op| ShaderDefs::new().u32("OP", op)).collect(),
         "embedding" => weight_kinds(),
         "matmul" => with_bias(weight_kinds()),
         // As matvec::launch: VEC4 or not, in the CPU and the GPU layout.
@@ -974,7 +986,10 @@ fn specialisations(name: &str) -> Vec<ShaderDefs> {
         "decode_attention_merge" => [16u32, 32, 64, 80, 128, 256]
             .map(|hd| ShaderDefs::new().u32("HEAD_DIM", hd))
             .to_vec(),
-        "rms_norm" | "rope" | "copy" | "cache_write" | "softmax" | "sample" => {
+        "rms_norm" => [(false, false), (true, true), (true, false)]
+            .map(|(c, b)| ShaderDefs::new().bool("CENTERED", c).bool("BIAS", b))
+            .to_vec(),
+        "rope" | "copy" | "cache_write" | "softmax" | "sample" => {
             vec![ShaderDefs::new()]
         }
         "unmask" => [false, true]

@@ -1,6 +1,7 @@
 //! Elementwise ops `out[i] = f(a[i], b[i % b_len])`: b is a's shape or a row vector
 //! broadcast over a's rows. Residual add, SwiGLU (`silu(gate) * up`), multiply, subtract,
-//! softplus of a sum (Mamba's dt + bias), sigmoid gating, squared ReLU (b unused).
+//! softplus of a sum (Mamba's dt + bias), sigmoid gating, and unary ops (b unused): squared
+//! ReLU, tanh, sigmoid, -exp (RWKV-6's log decay), logsigmoid (GLA's log gate).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -18,10 +19,14 @@ pub enum Elementwise {
     SoftplusAdd = 4,
     SigmoidMul = 5,
     ReluSquare = 6,
+    Tanh = 7,
+    Sigmoid = 8,
+    NegExp = 9,
+    LogSigmoid = 10,
 }
 
 impl Elementwise {
-    pub const ALL: [Elementwise; 7] = [
+    pub const ALL: [Elementwise; 11] = [
         Elementwise::Add,
         Elementwise::SwiGlu,
         Elementwise::Mul,
@@ -29,11 +34,15 @@ impl Elementwise {
         Elementwise::SoftplusAdd,
         Elementwise::SigmoidMul,
         Elementwise::ReluSquare,
+        Elementwise::Tanh,
+        Elementwise::Sigmoid,
+        Elementwise::NegExp,
+        Elementwise::LogSigmoid,
     ];
 
     /// Ops whose b is not read.
     pub fn unary(self) -> bool {
-        self == Elementwise::ReluSquare
+        self as u32 >= Elementwise::ReluSquare as u32
     }
 
     fn apply(self, x: f32, y: f32) -> f32 {
@@ -52,6 +61,10 @@ impl Elementwise {
             }
             Elementwise::SigmoidMul => y / (1.0 + (-x).exp()),
             Elementwise::ReluSquare => x.max(0.0) * x.max(0.0),
+            Elementwise::Tanh => x.tanh(),
+            Elementwise::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Elementwise::NegExp => -x.exp(),
+            Elementwise::LogSigmoid => x.min(0.0) - (1.0 + (-x.abs()).exp()).ln(),
         }
     }
 }
