@@ -7,6 +7,7 @@ pub mod error;
 pub mod gguf;
 pub mod gguf_model;
 pub mod gguf_tokenizer;
+pub mod gla;
 pub mod llada;
 pub mod llama;
 pub mod mamba;
@@ -25,6 +26,10 @@ pub use tokenizer::{TextStream, TextTokenizer};
 
 use chat_template::ChatTemplate;
 use config::JsonConfig;
+use gla::{Gla, GlaConfig};
+use kestrel_runtime::graph::Graph;
+use kestrel_runtime::session::Head;
+use kestrel_runtime::TensorId;
 use llama::{Llama, LlamaConfig};
 use mamba::{Mamba, MambaConfig};
 use weights::{TensorSource, Uploader};
@@ -52,6 +57,66 @@ pub enum Network {
     Llama(Arc<Llama>),
     /// Selective state-space models: Mamba, Mamba-2.
     Mamba(Arc<Mamba>),
+    /// Gated linear attention.
+    Gla(Arc<Gla>),
+}
+
+impl Network {
+    fn architecture(&self) -> Arc<dyn Architecture> {
+        match self {
+            Network::Llama(m) => m.clone(),
+            Network::Mamba(m) => m.clone(),
+            Network::Gla(m) => m.clone(),
+        }
+    }
+    /// (bytes of weights on the GPU, bytes of the same tensors in the file)
+    fn bytes(&self) -> (u64, u64) {
+        match self {
+            Network::Llama(m) => (m.weight_bytes, m.file_bytes),
+            Network::Mamba(m) => (m.weight_bytes, m.file_bytes),
+            Network::Gla(m) => (m.weight_bytes, m.file_bytes),
+        }
+    }
+    fn config(&self) -> ModelConfig {
+        match self {
+            Network::Llama(m) => (&m.config).into(),
+            Network::Mamba(m) => (&m.config).into(),
+            Network::Gla(m) => ModelConfig::recurrent(
+                gla::ARCHITECTURE,
+                m.config.vocab,
+                &m.config.bos,
+                &m.config.eos,
+            ),
+        }
+    }
+}
+
+/// The output of an autoregressive network from its final hidden states `x` [T, hidden]:
+/// logits for every row, or one token sampled from the last.
+pub(crate) fn lm_head(
+    g: &mut Graph,
+    x: TensorId,
+    lm_head: TensorId,
+    head: Head,
+) -> kestrel_runtime::Result<()> {
+    match head {
+        Head::AllLogits => {
+            let logits = g.linear(x, lm_head, None)?;
+            g.output(logits);
+        }
+        Head::Sample => {
+            let last = g.last_row(x)?;
+            let logits = g.linear(last, lm_head, None)?;
+            let token = g.sample(logits)?;
+            g.output(token);
+        }
+        Head::Unmask(_) => {
+            return Err(kestrel_runtime::Error::Graph(
+                "an autoregressive network has no diffusion head".into(),
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// What every architecture's config tells the front ends.
@@ -83,17 +148,25 @@ impl From<&LlamaConfig> for ModelConfig {
     }
 }
 
-impl From<&MambaConfig> for ModelConfig {
-    fn from(c: &MambaConfig) -> ModelConfig {
+impl ModelConfig {
+    /// A causal recurrent network: no position limit.
+    fn recurrent(architecture: &str, vocab: usize, bos: &[u32], eos: &[u32]) -> ModelConfig {
         ModelConfig {
-            architecture: mamba::ARCHITECTURES[c.version as usize - 1].to_string(),
-            vocab: c.vocab,
+            architecture: architecture.to_string(),
+            vocab,
             max_positions: u32::MAX as usize,
             causal: true,
             mask_token: None,
-            bos: c.bos.clone(),
-            eos: c.eos.clone(),
+            bos: bos.to_vec(),
+            eos: eos.to_vec(),
         }
+    }
+}
+
+impl From<&MambaConfig> for ModelConfig {
+    fn from(c: &MambaConfig) -> ModelConfig {
+        let arch = mamba::ARCHITECTURES[c.version as usize - 1];
+        ModelConfig::recurrent(arch, c.vocab, &c.bos, &c.eos)
     }
 }
 
@@ -102,6 +175,7 @@ pub fn supported_architectures() -> String {
     llama::SUPPORTED
         .iter()
         .chain(mamba::ARCHITECTURES)
+        .chain(&[gla::ARCHITECTURE])
         .copied()
         .collect::<Vec<_>>()
         .join(", ")
@@ -111,6 +185,15 @@ pub fn supported_architectures() -> String {
 pub fn check_config(config: &JsonConfig) -> Result<ModelConfig> {
     if mamba::is_mamba(config) {
         return Ok((&MambaConfig::from_json(config)?).into());
+    }
+    if gla::is_gla(config) {
+        let c = GlaConfig::from_json(config)?;
+        return Ok(ModelConfig::recurrent(
+            gla::ARCHITECTURE,
+            c.vocab,
+            &c.bos,
+            &c.eos,
+        ));
     }
     if llada::is_llada(config) {
         return Ok((&LlamaConfig::from_json(&llada::to_hf_config(config)?)?).into());
@@ -138,10 +221,7 @@ pub struct ChatInfo {
 
 impl Model {
     pub fn architecture(&self) -> Arc<dyn Architecture> {
-        match &self.network {
-            Network::Llama(m) => m.clone(),
-            Network::Mamba(m) => m.clone(),
-        }
+        self.network.architecture()
     }
     pub fn config(&self) -> &ModelConfig {
         &self.config
@@ -154,17 +234,11 @@ impl Model {
         }
     }
     pub fn weight_bytes(&self) -> u64 {
-        match &self.network {
-            Network::Llama(m) => m.weight_bytes,
-            Network::Mamba(m) => m.weight_bytes,
-        }
+        self.network.bytes().0
     }
     /// Bytes of the loaded tensors in the model file.
     pub fn file_bytes(&self) -> u64 {
-        match &self.network {
-            Network::Llama(m) => m.file_bytes,
-            Network::Mamba(m) => m.file_bytes,
-        }
+        self.network.bytes().1
     }
     pub fn eos(&self) -> &[u32] {
         &self.config.eos
@@ -206,20 +280,19 @@ pub fn build_model(
     tokenizer: Option<TextTokenizer>,
     chat: ChatInfo,
 ) -> Result<Model> {
+    let mut up = Uploader::new(gpu, source);
     let network = if mamba::is_mamba(config) {
-        let mut up = Uploader::new(gpu, source);
         Network::Mamba(Arc::new(Mamba::load(
             MambaConfig::from_json(config)?,
             &mut up,
         )?))
+    } else if gla::is_gla(config) {
+        Network::Gla(Arc::new(Gla::load(GlaConfig::from_json(config)?, &mut up)?))
     } else {
         Network::Llama(Arc::new(load_llama(config, source, gpu)?))
     };
     gpu.check()?;
-    let config = match &network {
-        Network::Llama(m) => (&m.config).into(),
-        Network::Mamba(m) => (&m.config).into(),
-    };
+    let config = network.config();
     Ok(Model {
         name: path
             .file_name()

@@ -503,23 +503,7 @@ impl Architecture for Mamba {
         let norm = g.weight(&self.norm);
         let x = g.rms_norm(x, norm, c.eps)?;
         let lm_head = g.weight(&self.lm_head);
-        match head {
-            Head::AllLogits => {
-                let logits = g.linear(x, lm_head, None)?;
-                g.output(logits);
-            }
-            Head::Sample => {
-                let last = g.last_row(x)?;
-                let logits = g.linear(last, lm_head, None)?;
-                let token = g.sample(logits)?;
-                g.output(token);
-            }
-            Head::Unmask(_) => {
-                return Err(kestrel_runtime::Error::Graph(
-                    "Mamba is autoregressive; it has no diffusion head".into(),
-                ))
-            }
-        }
+        crate::lm_head(&mut g, x, lm_head, head)?;
         Ok(g)
     }
 }

@@ -23,6 +23,7 @@ const MODELS: &[&str] = &[
     "qwen2_window",
     "mamba",
     "mamba2",
+    "gla",
 ];
 const TOL: f64 = 1e-4;
 
