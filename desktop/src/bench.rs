@@ -299,11 +299,15 @@ fn model_bench(
                 "attention sinks {s} + window {w} (StreamingLLM), context up to {max_ctx} positions"
             ),
             (None, Some(sp)) => format!("block-sparse {sp}"),
+            (None, None) if model.llama().is_none() => format!(
+                "none ({}: a recurrent state of fixed size, no position limit)",
+                model.config().architecture
+            ),
             (None, None) => format!("the model's own, context {max_ctx} positions"),
         };
         println!("attention: {mode}");
         println!(
-            "weights on GPU: {:.2} MiB ({:.3} x the {:.2} MiB in the file); KV cache: {:.2} MiB",
+            "weights on GPU: {:.2} MiB ({:.3} x the {:.2} MiB in the file); sequence state (KV caches, recurrent states): {:.2} MiB",
             model.weight_bytes() as f64 / 1048576.0,
             model.weight_bytes() as f64 / model.file_bytes().max(1) as f64,
             model.file_bytes() as f64 / 1048576.0,
@@ -333,7 +337,7 @@ fn model_bench(
             }
         }
         println!(
-            "KV cache bytes: {kv_start} at the start of decode, {kv_end} after {} positions",
+            "sequence state bytes: {kv_start} at the start of decode, {kv_end} after {} positions",
             session.pos()
         );
         println!(
