@@ -10,6 +10,7 @@ pub mod gguf_tokenizer;
 pub mod llada;
 pub mod llama;
 pub mod mamba;
+pub mod rwkv;
 pub mod safetensors;
 pub mod tokenizer;
 pub mod weights;
@@ -27,6 +28,7 @@ use chat_template::ChatTemplate;
 use config::JsonConfig;
 use llama::{Llama, LlamaConfig};
 use mamba::{Mamba, MambaConfig};
+use rwkv::{Rwkv, RwkvConfig};
 use weights::{TensorSource, Uploader};
 
 /// Where downloaded models are cached: `$KESTREL_CACHE`, else `$XDG_CACHE_HOME/kestrel`,
@@ -52,6 +54,8 @@ pub enum Network {
     Llama(Arc<Llama>),
     /// Selective state-space models: Mamba, Mamba-2.
     Mamba(Arc<Mamba>),
+    /// RWKV-6 and RWKV-7.
+    Rwkv(Arc<Rwkv>),
 }
 
 /// What every architecture's config tells the front ends.
@@ -97,11 +101,26 @@ impl From<&MambaConfig> for ModelConfig {
     }
 }
 
+impl From<&RwkvConfig> for ModelConfig {
+    fn from(c: &RwkvConfig) -> ModelConfig {
+        ModelConfig {
+            architecture: c.architecture().to_string(),
+            vocab: c.vocab,
+            max_positions: u32::MAX as usize,
+            causal: true,
+            mask_token: None,
+            bos: c.bos.clone(),
+            eos: c.eos.clone(),
+        }
+    }
+}
+
 /// The architectures `load` accepts.
 pub fn supported_architectures() -> String {
     llama::SUPPORTED
         .iter()
         .chain(mamba::ARCHITECTURES)
+        .chain(rwkv::ARCHITECTURES)
         .copied()
         .collect::<Vec<_>>()
         .join(", ")
@@ -111,6 +130,9 @@ pub fn supported_architectures() -> String {
 pub fn check_config(config: &JsonConfig) -> Result<ModelConfig> {
     if mamba::is_mamba(config) {
         return Ok((&MambaConfig::from_json(config)?).into());
+    }
+    if rwkv::is_rwkv(config) {
+        return Ok((&RwkvConfig::from_json(config)?).into());
     }
     if llada::is_llada(config) {
         return Ok((&LlamaConfig::from_json(&llada::to_hf_config(config)?)?).into());
@@ -141,6 +163,7 @@ impl Model {
         match &self.network {
             Network::Llama(m) => m.clone(),
             Network::Mamba(m) => m.clone(),
+            Network::Rwkv(m) => m.clone(),
         }
     }
     pub fn config(&self) -> &ModelConfig {
@@ -157,6 +180,7 @@ impl Model {
         match &self.network {
             Network::Llama(m) => m.weight_bytes,
             Network::Mamba(m) => m.weight_bytes,
+            Network::Rwkv(m) => m.weight_bytes,
         }
     }
     /// Bytes of the loaded tensors in the model file.
@@ -164,6 +188,7 @@ impl Model {
         match &self.network {
             Network::Llama(m) => m.file_bytes,
             Network::Mamba(m) => m.file_bytes,
+            Network::Rwkv(m) => m.file_bytes,
         }
     }
     pub fn eos(&self) -> &[u32] {
@@ -212,13 +237,31 @@ pub fn build_model(
             MambaConfig::from_json(config)?,
             &mut up,
         )?))
+    } else if rwkv::is_rwkv(config) {
+        let mut up = Uploader::new(gpu, source);
+        Network::Rwkv(Arc::new(Rwkv::load(
+            RwkvConfig::from_json(config)?,
+            &mut up,
+        )?))
     } else {
         Network::Llama(Arc::new(load_llama(config, source, gpu)?))
     };
+    model_from_network(gpu, path, network, tokenizer, chat)
+}
+
+/// A model around a loaded network.
+fn model_from_network(
+    gpu: &Arc<Gpu>,
+    path: &Path,
+    network: Network,
+    tokenizer: Option<TextTokenizer>,
+    chat: ChatInfo,
+) -> Result<Model> {
     gpu.check()?;
     let config = match &network {
         Network::Llama(m) => (&m.config).into(),
         Network::Mamba(m) => (&m.config).into(),
+        Network::Rwkv(m) => (&m.config).into(),
     };
     Ok(Model {
         name: path
@@ -262,6 +305,12 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
         {
             return load_gguf(gpu, path);
         }
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("pth"))
+        {
+            return Err(rwkv::blink::pth_unsupported(path));
+        }
         return Err(ModelError::UnsupportedFormat {
             path: path.to_path_buf(),
             message: "expected a .gguf file or a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)"
@@ -275,19 +324,41 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
         })
     };
     let config_path = path.join("config.json");
+    // BlinkDL's RWKV-7 checkpoints ship no config.json.
+    let blink = match config_path.exists() {
+        true => None,
+        false => rwkv::blink::BlinkDir::open(path)?,
+    };
+    if let Some(blink) = blink {
+        let mut up = Uploader::new(gpu, &blink.source);
+        let network = Network::Rwkv(Arc::new(Rwkv::load(blink.config.clone(), &mut up)?));
+        let (tokenizer, chat) = read_tokenizer_files(path)?;
+        return model_from_network(gpu, path, network, tokenizer, chat);
+    }
     let text = read(&config_path)?;
     let config = JsonConfig::parse(&config_path, &String::from_utf8_lossy(&text))?;
     // Check the architecture before touching weights.
     check_config(&config)?;
     let source = safetensors::SafetensorsFiles::open_dir(path)?;
+    let (tokenizer, chat) = read_tokenizer_files(path)?;
+    build_model(gpu, path, &config, &source, tokenizer, chat)
+}
+
+/// tokenizer.json and tokenizer_config.json of a model directory, where they exist.
+#[cfg(not(target_arch = "wasm32"))]
+fn read_tokenizer_files(path: &Path) -> Result<(Option<TextTokenizer>, ChatInfo)> {
     let tok_path = path.join("tokenizer.json");
     let tokenizer = if tok_path.exists() {
-        Some(TextTokenizer::from_bytes(&tok_path, &read(&tok_path)?)?)
+        let bytes = std::fs::read(&tok_path).map_err(|e| ModelError::Io {
+            path: tok_path.clone(),
+            message: e.to_string(),
+        })?;
+        Some(TextTokenizer::from_bytes(&tok_path, &bytes)?)
     } else {
         None
     };
     let chat = read_tokenizer_config(&path.join("tokenizer_config.json"))?;
-    build_model(gpu, path, &config, &source, tokenizer, chat)
+    Ok((tokenizer, chat))
 }
 
 /// Load a GGUF file: weights stay quantized on the GPU; tokenizer and chat template come
