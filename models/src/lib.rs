@@ -11,6 +11,7 @@ pub mod gla;
 pub mod llada;
 pub mod llama;
 pub mod mamba;
+pub mod rwkv;
 pub mod safetensors;
 pub mod tokenizer;
 pub mod weights;
@@ -32,6 +33,7 @@ use kestrel_runtime::session::Head;
 use kestrel_runtime::TensorId;
 use llama::{Llama, LlamaConfig};
 use mamba::{Mamba, MambaConfig};
+use rwkv::{Rwkv, RwkvConfig};
 use weights::{TensorSource, Uploader};
 
 /// Where downloaded models are cached: `$KESTREL_CACHE`, else `$XDG_CACHE_HOME/kestrel`,
@@ -59,6 +61,8 @@ pub enum Network {
     Mamba(Arc<Mamba>),
     /// Gated linear attention.
     Gla(Arc<Gla>),
+    /// RWKV-6 and RWKV-7.
+    Rwkv(Arc<Rwkv>),
 }
 
 impl Network {
@@ -67,6 +71,7 @@ impl Network {
             Network::Llama(m) => m.clone(),
             Network::Mamba(m) => m.clone(),
             Network::Gla(m) => m.clone(),
+            Network::Rwkv(m) => m.clone(),
         }
     }
     /// (bytes of weights on the GPU, bytes of the same tensors in the file)
@@ -75,6 +80,7 @@ impl Network {
             Network::Llama(m) => (m.weight_bytes, m.file_bytes),
             Network::Mamba(m) => (m.weight_bytes, m.file_bytes),
             Network::Gla(m) => (m.weight_bytes, m.file_bytes),
+            Network::Rwkv(m) => (m.weight_bytes, m.file_bytes),
         }
     }
     fn config(&self) -> ModelConfig {
@@ -87,6 +93,7 @@ impl Network {
                 &m.config.bos,
                 &m.config.eos,
             ),
+            Network::Rwkv(m) => (&m.config).into(),
         }
     }
 }
@@ -170,12 +177,19 @@ impl From<&MambaConfig> for ModelConfig {
     }
 }
 
+impl From<&RwkvConfig> for ModelConfig {
+    fn from(c: &RwkvConfig) -> ModelConfig {
+        ModelConfig::recurrent(c.architecture(), c.vocab, &c.bos, &c.eos)
+    }
+}
+
 /// The architectures `load` accepts.
 pub fn supported_architectures() -> String {
     llama::SUPPORTED
         .iter()
         .chain(mamba::ARCHITECTURES)
         .chain(&[gla::ARCHITECTURE])
+        .chain(rwkv::ARCHITECTURES)
         .copied()
         .collect::<Vec<_>>()
         .join(", ")
@@ -194,6 +208,9 @@ pub fn check_config(config: &JsonConfig) -> Result<ModelConfig> {
             &c.bos,
             &c.eos,
         ));
+    }
+    if rwkv::is_rwkv(config) {
+        return Ok((&RwkvConfig::from_json(config)?).into());
     }
     if llada::is_llada(config) {
         return Ok((&LlamaConfig::from_json(&llada::to_hf_config(config)?)?).into());
@@ -288,9 +305,25 @@ pub fn build_model(
         )?))
     } else if gla::is_gla(config) {
         Network::Gla(Arc::new(Gla::load(GlaConfig::from_json(config)?, &mut up)?))
+    } else if rwkv::is_rwkv(config) {
+        Network::Rwkv(Arc::new(Rwkv::load(
+            RwkvConfig::from_json(config)?,
+            &mut up,
+        )?))
     } else {
         Network::Llama(Arc::new(load_llama(config, source, gpu)?))
     };
+    model_from_network(gpu, path, network, tokenizer, chat)
+}
+
+/// A model around a loaded network.
+fn model_from_network(
+    gpu: &Arc<Gpu>,
+    path: &Path,
+    network: Network,
+    tokenizer: Option<TextTokenizer>,
+    chat: ChatInfo,
+) -> Result<Model> {
     gpu.check()?;
     let config = network.config();
     Ok(Model {
@@ -335,6 +368,12 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
         {
             return load_gguf(gpu, path);
         }
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("pth"))
+        {
+            return Err(rwkv::blink::pth_unsupported(path));
+        }
         return Err(ModelError::UnsupportedFormat {
             path: path.to_path_buf(),
             message: "expected a .gguf file or a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)"
@@ -348,19 +387,41 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
         })
     };
     let config_path = path.join("config.json");
+    // BlinkDL's RWKV-7 checkpoints ship no config.json.
+    let blink = match config_path.exists() {
+        true => None,
+        false => rwkv::blink::BlinkDir::open(path)?,
+    };
+    if let Some(blink) = blink {
+        let mut up = Uploader::new(gpu, &blink.source);
+        let network = Network::Rwkv(Arc::new(Rwkv::load(blink.config.clone(), &mut up)?));
+        let (tokenizer, chat) = read_tokenizer_files(path)?;
+        return model_from_network(gpu, path, network, tokenizer, chat);
+    }
     let text = read(&config_path)?;
     let config = JsonConfig::parse(&config_path, &String::from_utf8_lossy(&text))?;
     // Check the architecture before touching weights.
     check_config(&config)?;
     let source = safetensors::SafetensorsFiles::open_dir(path)?;
+    let (tokenizer, chat) = read_tokenizer_files(path)?;
+    build_model(gpu, path, &config, &source, tokenizer, chat)
+}
+
+/// tokenizer.json and tokenizer_config.json of a model directory, where they exist.
+#[cfg(not(target_arch = "wasm32"))]
+fn read_tokenizer_files(path: &Path) -> Result<(Option<TextTokenizer>, ChatInfo)> {
     let tok_path = path.join("tokenizer.json");
     let tokenizer = if tok_path.exists() {
-        Some(TextTokenizer::from_bytes(&tok_path, &read(&tok_path)?)?)
+        let bytes = std::fs::read(&tok_path).map_err(|e| ModelError::Io {
+            path: tok_path.clone(),
+            message: e.to_string(),
+        })?;
+        Some(TextTokenizer::from_bytes(&tok_path, &bytes)?)
     } else {
         None
     };
     let chat = read_tokenizer_config(&path.join("tokenizer_config.json"))?;
-    build_model(gpu, path, &config, &source, tokenizer, chat)
+    Ok((tokenizer, chat))
 }
 
 /// Load a GGUF file: weights stay quantized on the GPU; tokenizer and chat template come

@@ -125,6 +125,19 @@ impl<'a> Uploader<'a> {
         Ok(w)
     }
 
+    /// Upload computed values (a re-laid-out matrix) as a matrix [rows, cols] in f32.
+    pub fn matrix_from(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+    ) -> Result<Arc<GpuWeight>> {
+        let w = GpuWeight::upload(self.gpu, name, rows, cols, HostData::F32(data))?;
+        self.gpu_bytes += w.bytes();
+        Ok(w)
+    }
+
     /// A tensor of `shape` read to the host as f32 (to derive constants from it).
     pub fn host(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let t = self.source.tensor(name)?;

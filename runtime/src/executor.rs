@@ -446,6 +446,28 @@ impl Lowering<'_> {
                 let d = elementwise::launch(gpu, op, a, b, out, n, b_len)?;
                 self.dispatches.push(d);
             }
+            Op::HeadConcat { a, b, out, heads } => {
+                let rows = self.shape(a)[0];
+                let da = self.shape(a)[1] / heads;
+                let db = self.shape(b)[1] / heads;
+                let (a, b, out) = (self.buf(a)?, self.buf(b)?, self.buf(out)?);
+                let d = head_concat::launch(gpu, a, b, out, rows, heads, da, db)?;
+                self.dispatches.push(d);
+            }
+            Op::HeadDot {
+                a,
+                b,
+                v,
+                out,
+                heads,
+            } => {
+                let rows = self.shape(a)[0];
+                let dk = self.shape(a)[1] / heads;
+                let dv = self.shape(v)[1] / heads;
+                let (a, b, v, out) = (self.buf(a)?, self.buf(b)?, self.buf(v)?, self.buf(out)?);
+                let d = head_dot::launch(gpu, a, b, v, out, rows, heads, dk, dv)?;
+                self.dispatches.push(d);
+            }
             Op::LastRow { x, out } => {
                 let s = self.shape(x);
                 let p = CopyParams {

@@ -122,6 +122,21 @@ pub enum Op {
         b: TensorId,
         out: TensorId,
     },
+    /// Per head, the columns of `a` [T, heads * da] then those of `b` [T, heads * db].
+    HeadConcat {
+        a: TensorId,
+        b: TensorId,
+        out: TensorId,
+        heads: usize,
+    },
+    /// Per head, `v` [T, heads * dv] scaled by the dot product of `a` and `b` [T, heads * dk].
+    HeadDot {
+        a: TensorId,
+        b: TensorId,
+        v: TensorId,
+        out: TensorId,
+        heads: usize,
+    },
     LastRow {
         x: TensorId,
         out: TensorId,
@@ -212,6 +227,8 @@ impl Op {
                 (r, vec![out, state])
             }
             Op::Elementwise { a, b, out, .. } => (vec![a, b], vec![out]),
+            Op::HeadConcat { a, b, out, .. } => (vec![a, b], vec![out]),
+            Op::HeadDot { a, b, v, out, .. } => (vec![a, b, v], vec![out]),
             Op::LastRow { x, out } => (vec![x], vec![out]),
             Op::Softmax { x, out } => (vec![x], vec![out]),
             Op::Sample { logits, out } => (vec![logits], vec![out]),
@@ -658,6 +675,61 @@ impl Graph {
 
     pub fn swiglu(&mut self, gate: TensorId, up: TensorId) -> Result<TensorId> {
         self.elementwise(Elementwise::SwiGlu, gate, up)
+    }
+
+    /// Per head, the columns of `a` [T, heads * da] then those of `b` [T, heads * db]:
+    /// [T, heads * (da + db)] (RWKV-7's `ab` input of [`Graph::linear_scan`]).
+    pub fn head_concat(&mut self, a: TensorId, b: TensorId, heads: usize) -> Result<TensorId> {
+        let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
+        if heads == 0
+            || sa.len() != 2
+            || sb.len() != 2
+            || sa[0] != sb[0]
+            || !sa[1].is_multiple_of(heads)
+            || !sb[1].is_multiple_of(heads)
+        {
+            return Err(Error::Graph(format!(
+                "head concat: {sa:?} and {sb:?} do not split into {heads} heads of the same rows"
+            )));
+        }
+        let out = self.activation(vec![sa[0], sa[1] + sb[1]]);
+        self.ops.push(Op::HeadConcat { a, b, out, heads });
+        Ok(out)
+    }
+
+    /// Per head, `v` [T, heads * dv] scaled by the dot product of `a` and `b`
+    /// [T, heads * dk] (RWKV-7's `((r * r_k) . k) v`).
+    pub fn head_dot(
+        &mut self,
+        a: TensorId,
+        b: TensorId,
+        v: TensorId,
+        heads: usize,
+    ) -> Result<TensorId> {
+        let (sa, sv) = (self.shape(a).to_vec(), self.shape(v).to_vec());
+        if self.shape(b) != sa.as_slice() {
+            return Err(mismatch("head dot", &sa, self.shape(b)));
+        }
+        if heads == 0
+            || sa.len() != 2
+            || sv.len() != 2
+            || sa[0] != sv[0]
+            || !sa[1].is_multiple_of(heads)
+            || !sv[1].is_multiple_of(heads)
+        {
+            return Err(Error::Graph(format!(
+                "head dot: {sa:?} and {sv:?} do not split into {heads} heads of the same rows"
+            )));
+        }
+        let out = self.activation(sv);
+        self.ops.push(Op::HeadDot {
+            a,
+            b,
+            v,
+            out,
+            heads,
+        });
+        Ok(out)
     }
 
     pub fn last_row(&mut self, x: TensorId) -> Result<TensorId> {

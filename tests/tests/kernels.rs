@@ -24,7 +24,8 @@ use kestrel_runtime::kernels::copy::{self, CopyParams};
 use kestrel_runtime::kernels::elementwise::{self, Elementwise};
 use kestrel_runtime::kernels::rope::{self, Llama3Scaling};
 use kestrel_runtime::kernels::{
-    conv1d, decode_attention, embedding, matmul, matvec, rms_norm, sample, softmax, Step,
+    conv1d, decode_attention, embedding, head_concat, head_dot, matmul, matvec, rms_norm, sample,
+    softmax, Step,
 };
 use kestrel_runtime::kv::KvLayout;
 use kestrel_runtime::rng::Rng;
@@ -423,6 +424,47 @@ fn conv1d_matches_reference_and_carries_its_state() {
             );
             assert_close(&what, &got, &reference, SUM_TOL);
             assert_same_bits(&format!("{what} state"), &got_state, &state);
+        }
+    }
+}
+
+#[test]
+fn head_concat_and_head_dot_match_reference() {
+    for gpu in gpus() {
+        let b = gpu.backend_name();
+        // (rows, heads, da / dk, db / dv)
+        for (i, (rows, heads, d1, d2)) in [(7, 3, 5, 9), (1, 4, 16, 16), (300, 2, 64, 33)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut rng = Rng::new(700 + i as u64);
+            let x = rng.vec(rows * heads * d1, 1.0);
+            let y = rng.vec(rows * heads * d2, 1.0);
+            let (xb, yb) = (upload_f32(&gpu, &x), upload_f32(&gpu, &y));
+            let n = rows * heads * (d1 + d2);
+            let out = poisoned(&gpu, n);
+            let d = head_concat::launch(&gpu, &xb, &yb, &out, rows, heads, d1, d2).unwrap();
+            run(&gpu, &[d]);
+            let want = head_concat::reference(&x, &y, heads, d1, d2);
+            assert_same_bits(
+                &format!("head_concat {rows}x{heads}x({d1}+{d2}) on {b}"),
+                &read(&gpu, &out, n),
+                &want,
+            );
+            // head_dot: a, b [rows, heads, d1], v = y [rows, heads, d2].
+            let a2 = rng.vec(rows * heads * d1, 1.0);
+            let a2b = upload_f32(&gpu, &a2);
+            let n = rows * heads * d2;
+            let out = poisoned(&gpu, n);
+            let d = head_dot::launch(&gpu, &xb, &a2b, &yb, &out, rows, heads, d1, d2).unwrap();
+            run(&gpu, &[d]);
+            let want = head_dot::reference(&x, &a2, &y, d1, d2);
+            assert_close(
+                &format!("head_dot {rows}x{heads}x{d1}->{d2} on {b}"),
+                &read(&gpu, &out, n),
+                &want,
+                SUM_TOL,
+            );
         }
     }
 }
@@ -989,7 +1031,7 @@ fn specialisations(name: &str) -> Vec<ShaderDefs> {
         "rms_norm" => [(false, false), (true, true), (true, false)]
             .map(|(c, b)| ShaderDefs::new().bool("CENTERED", c).bool("BIAS", b))
             .to_vec(),
-        "rope" | "copy" | "cache_write" | "softmax" | "sample" => {
+        "rope" | "copy" | "cache_write" | "softmax" | "sample" | "head_concat" | "head_dot" => {
             vec![ShaderDefs::new()]
         }
         "unmask" => [false, true]

@@ -24,6 +24,10 @@ const MODELS: &[&str] = &[
     "mamba",
     "mamba2",
     "gla",
+    "rwkv6",
+    "rwkv7",
+    // BlinkDL's RWKV-7 naming (no config.json; ln_x eps 64e-5), against the `rwkv` package.
+    "rwkv7_blink",
 ];
 const TOL: f64 = 1e-4;
 
@@ -77,6 +81,7 @@ fn argmax_rows(data: &[f32], vocab: usize) -> Vec<usize> {
 
 fn check(what: &str, out: &[f32], reference: &[f32], vocab: usize) {
     let e = rel_err(out, reference);
+    eprintln!("{what}: relative error {e:.2e}");
     assert!(e <= TOL, "{what}: relative error {e:e} > {TOL:e}");
     assert_eq!(
         argmax_rows(out, vocab),
@@ -323,4 +328,46 @@ fn ten_thousand_tokens_with_sinks_run_in_fixed_memory() {
     }
     assert_eq!(s.pos(), 10_000);
     assert_eq!(s.state_bytes(), expected, "KV memory grew");
+}
+
+#[test]
+fn rwkv_config_disagreeing_with_tensors_fails_clearly() {
+    // fla's rwkv7 fixture with head_dim 32 (2 heads) in config.json: r_k is [4, 16] in the
+    // file, so loading must fail naming that tensor.
+    let src = fixture("rwkv7");
+    let dir = std::env::temp_dir().join(format!("kestrel-rwkv7-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let text = std::fs::read_to_string(src.join("config.json")).expect("config");
+    let mut config: serde_json::Value = serde_json::from_str(&text).expect("json");
+    config["head_dim"] = 32.into();
+    config["num_heads"] = 2.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).expect("write config");
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).expect("copy");
+    for gpu in gpus() {
+        let err = match kestrel_models::load(&gpu, &dir) {
+            Ok(_) => panic!("a config with the wrong head size loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("model.layers.0.attn.r_k") || err.contains("model.safetensors"),
+            "unclear error: {err}"
+        );
+        assert!(
+            err.contains("[2, 16]") || err.contains("[4, 16]"),
+            "unclear error: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn rwkv_pth_checkpoints_are_refused_with_advice() {
+    let pth = fixture("rwkv7_blink").join("model.pth");
+    for gpu in gpus() {
+        let err = match kestrel_models::load(&gpu, &pth) {
+            Ok(_) => panic!(".pth loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(".pth") && err.contains("safetensors"), "{err}");
+    }
 }

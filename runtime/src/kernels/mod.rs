@@ -11,6 +11,8 @@ pub mod copy;
 pub mod decode_attention;
 pub mod elementwise;
 pub mod embedding;
+pub mod head_concat;
+pub mod head_dot;
 pub mod linear_scan;
 pub mod matmul;
 pub mod matvec;
