@@ -10,6 +10,7 @@ pub mod gguf_tokenizer;
 pub mod llada;
 pub mod llama;
 pub mod mamba;
+pub mod rwkv4;
 pub mod safetensors;
 pub mod tokenizer;
 pub mod weights;
@@ -27,6 +28,7 @@ use chat_template::ChatTemplate;
 use config::JsonConfig;
 use llama::{Llama, LlamaConfig};
 use mamba::{Mamba, MambaConfig};
+use rwkv4::{Rwkv4, Rwkv4Config};
 use weights::{TensorSource, Uploader};
 
 /// Where downloaded models are cached: `$KESTREL_CACHE`, else `$XDG_CACHE_HOME/kestrel`,
@@ -52,6 +54,8 @@ pub enum Network {
     Llama(Arc<Llama>),
     /// Selective state-space models: Mamba, Mamba-2.
     Mamba(Arc<Mamba>),
+    /// RWKV-4 (RwkvForCausalLM).
+    Rwkv4(Arc<Rwkv4>),
 }
 
 /// What every architecture's config tells the front ends.
@@ -97,11 +101,26 @@ impl From<&MambaConfig> for ModelConfig {
     }
 }
 
+impl From<&Rwkv4Config> for ModelConfig {
+    fn from(c: &Rwkv4Config) -> ModelConfig {
+        ModelConfig {
+            architecture: rwkv4::ARCHITECTURE.to_string(),
+            vocab: c.vocab,
+            max_positions: u32::MAX as usize,
+            causal: true,
+            mask_token: None,
+            bos: c.bos.clone(),
+            eos: c.eos.clone(),
+        }
+    }
+}
+
 /// The architectures `load` accepts.
 pub fn supported_architectures() -> String {
     llama::SUPPORTED
         .iter()
         .chain(mamba::ARCHITECTURES)
+        .chain([rwkv4::ARCHITECTURE].iter())
         .copied()
         .collect::<Vec<_>>()
         .join(", ")
@@ -111,6 +130,9 @@ pub fn supported_architectures() -> String {
 pub fn check_config(config: &JsonConfig) -> Result<ModelConfig> {
     if mamba::is_mamba(config) {
         return Ok((&MambaConfig::from_json(config)?).into());
+    }
+    if rwkv4::is_rwkv4(config) {
+        return Ok((&Rwkv4Config::from_json(config)?).into());
     }
     if llada::is_llada(config) {
         return Ok((&LlamaConfig::from_json(&llada::to_hf_config(config)?)?).into());
@@ -141,6 +163,7 @@ impl Model {
         match &self.network {
             Network::Llama(m) => m.clone(),
             Network::Mamba(m) => m.clone(),
+            Network::Rwkv4(m) => m.clone(),
         }
     }
     pub fn config(&self) -> &ModelConfig {
@@ -157,6 +180,7 @@ impl Model {
         match &self.network {
             Network::Llama(m) => m.weight_bytes,
             Network::Mamba(m) => m.weight_bytes,
+            Network::Rwkv4(m) => m.weight_bytes,
         }
     }
     /// Bytes of the loaded tensors in the model file.
@@ -164,6 +188,7 @@ impl Model {
         match &self.network {
             Network::Llama(m) => m.file_bytes,
             Network::Mamba(m) => m.file_bytes,
+            Network::Rwkv4(m) => m.file_bytes,
         }
     }
     pub fn eos(&self) -> &[u32] {
@@ -212,6 +237,12 @@ pub fn build_model(
             MambaConfig::from_json(config)?,
             &mut up,
         )?))
+    } else if rwkv4::is_rwkv4(config) {
+        let mut up = Uploader::new(gpu, source);
+        Network::Rwkv4(Arc::new(Rwkv4::load(
+            Rwkv4Config::from_json(config)?,
+            &mut up,
+        )?))
     } else {
         Network::Llama(Arc::new(load_llama(config, source, gpu)?))
     };
@@ -219,6 +250,7 @@ pub fn build_model(
     let config = match &network {
         Network::Llama(m) => (&m.config).into(),
         Network::Mamba(m) => (&m.config).into(),
+        Network::Rwkv4(m) => (&m.config).into(),
     };
     Ok(Model {
         name: path

@@ -23,6 +23,8 @@ const MODELS: &[&str] = &[
     "qwen2_window",
     "mamba",
     "mamba2",
+    "rwkv4",
+    "rwkv4_rescale",
 ];
 const TOL: f64 = 1e-4;
 
