@@ -12,6 +12,7 @@ pub mod llada;
 pub mod llama;
 pub mod mamba;
 pub mod rwkv;
+pub mod rwkv4;
 pub mod safetensors;
 pub mod tokenizer;
 pub mod weights;
@@ -34,6 +35,7 @@ use kestrel_runtime::TensorId;
 use llama::{Llama, LlamaConfig};
 use mamba::{Mamba, MambaConfig};
 use rwkv::{Rwkv, RwkvConfig};
+use rwkv4::{Rwkv4, Rwkv4Config};
 use weights::{TensorSource, Uploader};
 
 /// Where downloaded models are cached: `$KESTREL_CACHE`, else `$XDG_CACHE_HOME/kestrel`,
@@ -63,6 +65,8 @@ pub enum Network {
     Gla(Arc<Gla>),
     /// RWKV-6 and RWKV-7.
     Rwkv(Arc<Rwkv>),
+    /// RWKV-4 (RwkvForCausalLM).
+    Rwkv4(Arc<Rwkv4>),
 }
 
 impl Network {
@@ -72,6 +76,7 @@ impl Network {
             Network::Mamba(m) => m.clone(),
             Network::Gla(m) => m.clone(),
             Network::Rwkv(m) => m.clone(),
+            Network::Rwkv4(m) => m.clone(),
         }
     }
     /// (bytes of weights on the GPU, bytes of the same tensors in the file)
@@ -81,6 +86,7 @@ impl Network {
             Network::Mamba(m) => (m.weight_bytes, m.file_bytes),
             Network::Gla(m) => (m.weight_bytes, m.file_bytes),
             Network::Rwkv(m) => (m.weight_bytes, m.file_bytes),
+            Network::Rwkv4(m) => (m.weight_bytes, m.file_bytes),
         }
     }
     fn config(&self) -> ModelConfig {
@@ -94,6 +100,7 @@ impl Network {
                 &m.config.eos,
             ),
             Network::Rwkv(m) => (&m.config).into(),
+            Network::Rwkv4(m) => (&m.config).into(),
         }
     }
 }
@@ -177,6 +184,12 @@ impl From<&MambaConfig> for ModelConfig {
     }
 }
 
+impl From<&Rwkv4Config> for ModelConfig {
+    fn from(c: &Rwkv4Config) -> ModelConfig {
+        ModelConfig::recurrent(rwkv4::ARCHITECTURE, c.vocab, &c.bos, &c.eos)
+    }
+}
+
 impl From<&RwkvConfig> for ModelConfig {
     fn from(c: &RwkvConfig) -> ModelConfig {
         ModelConfig::recurrent(c.architecture(), c.vocab, &c.bos, &c.eos)
@@ -190,6 +203,7 @@ pub fn supported_architectures() -> String {
         .chain(mamba::ARCHITECTURES)
         .chain(&[gla::ARCHITECTURE])
         .chain(rwkv::ARCHITECTURES)
+        .chain(&[rwkv4::ARCHITECTURE])
         .copied()
         .collect::<Vec<_>>()
         .join(", ")
@@ -211,6 +225,9 @@ pub fn check_config(config: &JsonConfig) -> Result<ModelConfig> {
     }
     if rwkv::is_rwkv(config) {
         return Ok((&RwkvConfig::from_json(config)?).into());
+    }
+    if rwkv4::is_rwkv4(config) {
+        return Ok((&Rwkv4Config::from_json(config)?).into());
     }
     if llada::is_llada(config) {
         return Ok((&LlamaConfig::from_json(&llada::to_hf_config(config)?)?).into());
@@ -305,6 +322,11 @@ pub fn build_model(
         )?))
     } else if gla::is_gla(config) {
         Network::Gla(Arc::new(Gla::load(GlaConfig::from_json(config)?, &mut up)?))
+    } else if rwkv4::is_rwkv4(config) {
+        Network::Rwkv4(Arc::new(Rwkv4::load(
+            Rwkv4Config::from_json(config)?,
+            &mut up,
+        )?))
     } else if rwkv::is_rwkv(config) {
         Network::Rwkv(Arc::new(Rwkv::load(
             RwkvConfig::from_json(config)?,

@@ -439,6 +439,33 @@ impl Lowering<'_> {
                 };
                 self.dispatches.extend(d);
             }
+            Op::Wkv4 {
+                k,
+                v,
+                w,
+                u,
+                state,
+                out,
+            } => {
+                let (n, c) = (self.shape(k)[0], self.shape(k)[1]);
+                let scratch = match n > RECURRENT_TOKENS {
+                    true => Some(self.scan_scratch(wkv4::scratch_floats(c, n, wkv4::CHUNK))?),
+                    false => None,
+                };
+                let b = wkv4::Wkv4Buffers {
+                    k: self.buf(k)?,
+                    v: self.buf(v)?,
+                    w: self.buf(w)?,
+                    u: self.buf(u)?,
+                    state: self.buf(state)?,
+                    out: self.buf(out)?,
+                };
+                let d = match &scratch {
+                    Some(s) => wkv4::launch_chunked(gpu, &b, s, c, n, wkv4::CHUNK)?,
+                    None => wkv4::launch_recurrent(gpu, &b, c, n)?,
+                };
+                self.dispatches.extend(d);
+            }
             Op::Elementwise { op, a, b, out } => {
                 let n = self.graph.tensors[a].numel();
                 let b_len = self.graph.tensors[b].numel();

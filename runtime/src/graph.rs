@@ -116,6 +116,16 @@ pub enum Op {
         out: TensorId,
         shape: ScanShape,
     },
+    /// RWKV-4's WKV (kernels::wkv4) over T tokens from `state` [3, C] (updated): k, v
+    /// [T, C], w = -exp(time_decay) and u = time_first [C]; out [T, C].
+    Wkv4 {
+        k: TensorId,
+        v: TensorId,
+        w: TensorId,
+        u: TensorId,
+        state: TensorId,
+        out: TensorId,
+    },
     Elementwise {
         op: Elementwise,
         a: TensorId,
@@ -226,6 +236,14 @@ impl Op {
                 r.extend(ab);
                 (r, vec![out, state])
             }
+            Op::Wkv4 {
+                k,
+                v,
+                w,
+                u,
+                state,
+                out,
+            } => (vec![k, v, w, u, state], vec![out, state]),
             Op::Elementwise { a, b, out, .. } => (vec![a, b], vec![out]),
             Op::HeadConcat { a, b, out, .. } => (vec![a, b], vec![out]),
             Op::HeadDot { a, b, v, out, .. } => (vec![a, b, v], vec![out]),
@@ -657,6 +675,47 @@ impl Graph {
             state,
             out,
             shape,
+        });
+        Ok(out)
+    }
+
+    /// RWKV-4's WKV (see [`Op::Wkv4`]): k, v [T, C], w, u [C], state [3, C].
+    pub fn wkv4(
+        &mut self,
+        k: TensorId,
+        v: TensorId,
+        w: TensorId,
+        u: TensorId,
+        state: TensorId,
+    ) -> Result<TensorId> {
+        let ks = self.shape(k).to_vec();
+        if ks.len() != 2 || ks[1] == 0 {
+            return Err(Error::Graph(format!("wkv4: k must be [T, C], got {ks:?}")));
+        }
+        let c = ks[1];
+        if self.shape(v) != ks.as_slice() {
+            return Err(mismatch("wkv4 v", &ks, self.shape(v)));
+        }
+        for (x, what) in [(w, "w (time_decay)"), (u, "u (time_first)")] {
+            if self.tensors[x].numel() != c {
+                return Err(mismatch(&format!("wkv4 {what}"), &[c], self.shape(x)));
+            }
+        }
+        if self.shape(state) != [crate::kernels::wkv4::STATE_ROWS, c] {
+            return Err(mismatch(
+                "wkv4 state",
+                &[crate::kernels::wkv4::STATE_ROWS, c],
+                self.shape(state),
+            ));
+        }
+        let out = self.activation(ks);
+        self.ops.push(Op::Wkv4 {
+            k,
+            v,
+            w,
+            u,
+            state,
+            out,
         });
         Ok(out)
     }

@@ -15,6 +15,10 @@ pub const INCLUDES: &[(&str, &str)] = &[
         "linear_recurrence.wgsl",
         include_str!("../../shaders/linear_recurrence.wgsl"),
     ),
+    (
+        "wkv4_state.wgsl",
+        include_str!("../../shaders/wkv4_state.wgsl"),
+    ),
 ];
 
 /// `kernel` with every `#include "NAME"` line replaced by the snippet NAME. An unknown name

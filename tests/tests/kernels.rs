@@ -1034,6 +1034,11 @@ fn specialisations(name: &str) -> Vec<ShaderDefs> {
         "rope" | "copy" | "cache_write" | "softmax" | "sample" | "head_concat" | "head_dot" => {
             vec![ShaderDefs::new()]
         }
+        "wkv4_state" => vec![], // included by the wkv4 kernels
+        "wkv4" => [false, true]
+            .map(|w| ShaderDefs::new().bool("WRITE_STATE", w))
+            .to_vec(),
+        "wkv4_local" | "wkv4_carry" => vec![ShaderDefs::new()],
         "unmask" => [false, true]
             .map(|select| ShaderDefs::new().bool("SELECT", select))
             .to_vec(),

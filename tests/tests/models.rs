@@ -28,6 +28,8 @@ const MODELS: &[&str] = &[
     "rwkv7",
     // BlinkDL's RWKV-7 naming (no config.json; ln_x eps 64e-5), against the `rwkv` package.
     "rwkv7_blink",
+    "rwkv4",
+    "rwkv4_rescale",
 ];
 const TOL: f64 = 1e-4;
 

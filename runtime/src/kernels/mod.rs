@@ -21,6 +21,7 @@ pub mod rope;
 pub mod sample;
 pub mod softmax;
 pub mod unmask;
+pub mod wkv4;
 
 use bytemuck::{Pod, Zeroable};
 

@@ -1,0 +1,377 @@
+//! RWKV-4 (transformers' RwkvForCausalLM), following modeling_rwkv.py: embeddings, the first
+//! block's `pre_ln`, then per block
+//! * ln1 → attention: token shift (the previous token's ln1 output), key / value /
+//!   receptance inputs as time-mix lerps `x * mix + shifted * (1 - mix)`, the key, value and
+//!   receptance projections, the WKV recurrence (kernels::wkv4 with w = -exp(time_decay),
+//!   u = time_first), `output(sigmoid(r) * wkv)`, residual add;
+//! * ln2 → feed-forward: token shift, `value(relu(key(xk))^2)` gated by
+//!   `sigmoid(receptance(xr))`, residual add;
+//!
+//! then `ln_out` (nn.LayerNorm's default eps, 1e-5, as in HF) and `head`.
+//!
+//! The token shift is a depthwise causal conv1d of kernel 2 with weights [1, 0] per channel
+//! and no bias, whose state [1, C] is the previous token's input. The shift inputs and the
+//! WKV state [3, C] (aa, bb, pp; zero = empty, see kernels::wkv4) are recurrent session
+//! states, so nothing depends on a position.
+//!
+//! `rescale_every` (r > 0): in inference HF divides `attention.output` and
+//! `feed_forward.value` of block l by 2^(l / r) at load and halves the hidden states after
+//! every r-th block. A power of two commutes exactly with f32 rounding (barring subnormals),
+//! so here the two projections' outputs are scaled by 2^-(l / r) instead, which gives HF's
+//! numbers for weights stored in any format, and the hidden states are halved the same way.
+
+use std::sync::Arc;
+
+use kestrel_runtime::graph::Graph;
+use kestrel_runtime::kernels::elementwise::Elementwise;
+use kestrel_runtime::kernels::wkv4::STATE_ROWS;
+use kestrel_runtime::session::{Architecture, Head, StateSpec};
+use kestrel_runtime::tensor::{DType, GpuWeight};
+use kestrel_runtime::TensorId;
+
+use crate::config::JsonConfig;
+use crate::error::{ModelError, Result};
+use crate::weights::Uploader;
+
+pub const ARCHITECTURE: &str = "RwkvForCausalLM";
+
+/// Whether the config is an RWKV-4 model.
+pub fn is_rwkv4(c: &JsonConfig) -> bool {
+    c.architecture()
+        .is_ok_and(|a| matches!(a.as_str(), "RwkvForCausalLM" | "rwkv"))
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rwkv4Config {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub vocab: usize,
+    pub eps: f32,
+    /// 0: off.
+    pub rescale_every: usize,
+    pub tie_embeddings: bool,
+    pub bos: Vec<u32>,
+    pub eos: Vec<u32>,
+}
+
+impl Rwkv4Config {
+    pub fn from_json(c: &JsonConfig) -> Result<Rwkv4Config> {
+        let bad = |key: &str, message: String| ModelError::BadConfigValue {
+            file: c.path.clone(),
+            key: key.to_string(),
+            message,
+        };
+        let hidden = c.positive("hidden_size")?;
+        // HF's cached state is [hidden_size] per layer for the WKV triple too, so its
+        // recurrent form only works when the attention width equals the hidden size.
+        if let Some(att) = c.opt_usize("attention_hidden_size")? {
+            if att != hidden {
+                return Err(bad(
+                    "attention_hidden_size",
+                    format!(
+                        "{att} differs from hidden_size {hidden}; RWKV-4 with a different \
+                         attention width is not supported"
+                    ),
+                ));
+            }
+        }
+        let intermediate = match c.opt_usize("intermediate_size")? {
+            Some(0) => return Err(bad("intermediate_size", "must be positive".into())),
+            Some(n) => n,
+            None => 4 * hidden,
+        };
+        Ok(Rwkv4Config {
+            hidden,
+            intermediate,
+            layers: c.positive("num_hidden_layers")?,
+            vocab: c.positive("vocab_size")?,
+            eps: c.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5) as f32,
+            // HF: 0 or a negative number means no rescaling; the default is 6.
+            rescale_every: match c.get("rescale_every") {
+                None | Some(serde_json::Value::Null) => 6,
+                Some(v) => match v.as_i64() {
+                    Some(n) => n.max(0) as usize,
+                    None => return Err(bad("rescale_every", format!("{v} is not an integer"))),
+                },
+            },
+            tie_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            bos: c.opt_token_ids("bos_token_id"),
+            eos: c.opt_token_ids("eos_token_id"),
+        })
+    }
+
+    /// The power of two block `l`'s output projections are divided by in inference.
+    fn rescale_exponent(&self, l: usize) -> i32 {
+        match self.rescale_every {
+            0 => 0,
+            r => (l / r) as i32,
+        }
+    }
+}
+
+/// A LayerNorm's weight and bias.
+#[derive(Clone)]
+struct Norm {
+    w: Arc<GpuWeight>,
+    b: Arc<GpuWeight>,
+}
+
+/// A time-mix lerp `x * mix + shifted * (1 - mix)`.
+#[derive(Clone)]
+struct Mix {
+    mix: Arc<GpuWeight>,
+    one_minus: Arc<GpuWeight>,
+}
+
+#[derive(Clone)]
+struct Block {
+    pre_ln: Option<Norm>,
+    ln1: Norm,
+    ln2: Norm,
+    att_mix: [Mix; 3],
+    att_key: Arc<GpuWeight>,
+    att_value: Arc<GpuWeight>,
+    att_receptance: Arc<GpuWeight>,
+    att_output: Arc<GpuWeight>,
+    /// -exp(time_decay) and time_first.
+    w: Arc<GpuWeight>,
+    u: Arc<GpuWeight>,
+    ffn_mix: [Mix; 2],
+    ffn_key: Arc<GpuWeight>,
+    ffn_receptance: Arc<GpuWeight>,
+    ffn_value: Arc<GpuWeight>,
+    /// 2^-(l / rescale_every) as a row vector, when not 1.
+    rescale: Option<Arc<GpuWeight>>,
+}
+
+#[derive(Clone)]
+pub struct Rwkv4 {
+    pub config: Rwkv4Config,
+    embed: Arc<GpuWeight>,
+    blocks: Vec<Block>,
+    ln_out: Norm,
+    head: Arc<GpuWeight>,
+    /// The token shift's conv weights: [1, 0] per channel.
+    shift: Arc<GpuWeight>,
+    /// 0.5 per channel (the hidden states' halving every rescale_every blocks).
+    half: Arc<GpuWeight>,
+    pub weight_bytes: u64,
+    pub file_bytes: u64,
+}
+
+impl Rwkv4 {
+    pub fn load(config: Rwkv4Config, up: &mut Uploader<'_>) -> Result<Rwkv4> {
+        let c = &config;
+        let (h, f) = (c.hidden, c.intermediate);
+        let embed = up.matrix("rwkv.embeddings.weight", c.vocab, h)?;
+        let norm = |up: &mut Uploader<'_>, p: &str| -> Result<Norm> {
+            Ok(Norm {
+                w: up.vector(&format!("{p}.weight"), h)?,
+                b: up.vector(&format!("{p}.bias"), h)?,
+            })
+        };
+        let mix = |up: &mut Uploader<'_>, name: &str| -> Result<Mix> {
+            let m = up.host(name, &[1, 1, h])?;
+            let one_minus: Vec<f32> = m.iter().map(|x| 1.0 - x).collect();
+            Ok(Mix {
+                mix: up.vector_from(name, &m)?,
+                one_minus: up.vector_from(&format!("1 - {name}"), &one_minus)?,
+            })
+        };
+        let mut blocks = Vec::with_capacity(c.layers);
+        for l in 0..c.layers {
+            let p = format!("rwkv.blocks.{l}");
+            let a = format!("{p}.attention");
+            let ff = format!("{p}.feed_forward");
+            let decay = up.host(&format!("{a}.time_decay"), &[h])?;
+            let w: Vec<f32> = decay.iter().map(|x| -x.exp()).collect();
+            let e = c.rescale_exponent(l);
+            blocks.push(Block {
+                pre_ln: match l {
+                    0 => Some(norm(up, &format!("{p}.pre_ln"))?),
+                    _ => None,
+                },
+                ln1: norm(up, &format!("{p}.ln1"))?,
+                ln2: norm(up, &format!("{p}.ln2"))?,
+                att_mix: [
+                    mix(up, &format!("{a}.time_mix_key"))?,
+                    mix(up, &format!("{a}.time_mix_value"))?,
+                    mix(up, &format!("{a}.time_mix_receptance"))?,
+                ],
+                att_key: up.matrix(&format!("{a}.key.weight"), h, h)?,
+                att_value: up.matrix(&format!("{a}.value.weight"), h, h)?,
+                att_receptance: up.matrix(&format!("{a}.receptance.weight"), h, h)?,
+                att_output: up.matrix(&format!("{a}.output.weight"), h, h)?,
+                w: up.vector_from(&format!("-exp({a}.time_decay)"), &w)?,
+                u: up.vector(&format!("{a}.time_first"), h)?,
+                ffn_mix: [
+                    mix(up, &format!("{ff}.time_mix_key"))?,
+                    mix(up, &format!("{ff}.time_mix_receptance"))?,
+                ],
+                ffn_key: up.matrix(&format!("{ff}.key.weight"), f, h)?,
+                ffn_receptance: up.matrix(&format!("{ff}.receptance.weight"), h, h)?,
+                ffn_value: up.matrix(&format!("{ff}.value.weight"), h, f)?,
+                rescale: match e {
+                    0 => None,
+                    e => Some(
+                        up.vector_from(&format!("{p} rescale 2^-{e}"), &vec![0.5f32.powi(e); h])?,
+                    ),
+                },
+            });
+        }
+        let ln_out = norm(up, "rwkv.ln_out")?;
+        let head = if up.source.contains("head.weight") || !c.tie_embeddings {
+            up.matrix("head.weight", c.vocab, h)?
+        } else {
+            embed.clone()
+        };
+        let shift: Vec<f32> = (0..h).flat_map(|_| [1.0, 0.0]).collect();
+        let shift = up.vector_from("token shift [1, 0]", &shift)?;
+        let half = up.vector_from("rescale 0.5", &vec![0.5; h])?;
+        Ok(Rwkv4 {
+            weight_bytes: up.gpu_bytes,
+            file_bytes: up.file_bytes,
+            config,
+            embed,
+            blocks,
+            ln_out,
+            head,
+            shift,
+            half,
+        })
+    }
+
+    fn shift_state(&self, l: usize, part: &str) -> String {
+        format!("layer.{l}.{part}.shift")
+    }
+
+    fn wkv_state(&self, l: usize) -> String {
+        format!("layer.{l}.wkv")
+    }
+
+    /// One block over the hidden states `x` [T, hidden].
+    fn block(&self, g: &mut Graph, l: usize, x: TensorId) -> kestrel_runtime::Result<TensorId> {
+        let c = &self.config;
+        let b = &self.blocks[l];
+        let norm = |g: &mut Graph, x, n: &Norm, eps| {
+            let (w, bias) = (g.weight(&n.w), g.weight(&n.b));
+            g.layer_norm(x, w, bias, eps)
+        };
+        let lin = |g: &mut Graph, x, w: &Arc<GpuWeight>| {
+            let w = g.weight(w);
+            g.linear(x, w, None)
+        };
+        let shift = |g: &mut Graph, x, part: &str| {
+            let w = g.weight(&self.shift);
+            let state = g.state(&self.shift_state(l, part), &[1, c.hidden]);
+            g.conv1d(x, w, None, state, 2, false)
+        };
+        let lerp = |g: &mut Graph, x, shifted, m: &Mix| {
+            let (mix, one_minus) = (g.weight(&m.mix), g.weight(&m.one_minus));
+            let a = g.elementwise(Elementwise::Mul, x, mix)?;
+            let s = g.elementwise(Elementwise::Mul, shifted, one_minus)?;
+            g.add_tensors(a, s)
+        };
+        let rescale = |g: &mut Graph, y| match &b.rescale {
+            Some(s) => {
+                let s = g.weight(s);
+                g.elementwise(Elementwise::Mul, y, s)
+            }
+            None => Ok(y),
+        };
+        let x = match &b.pre_ln {
+            Some(n) => norm(g, x, n, c.eps)?,
+            None => x,
+        };
+        // Attention.
+        let xa = norm(g, x, &b.ln1, c.eps)?;
+        let sh = shift(g, xa, "att")?;
+        let xk = lerp(g, xa, sh, &b.att_mix[0])?;
+        let xv = lerp(g, xa, sh, &b.att_mix[1])?;
+        let xr = lerp(g, xa, sh, &b.att_mix[2])?;
+        let k = lin(g, xk, &b.att_key)?;
+        let v = lin(g, xv, &b.att_value)?;
+        let r = lin(g, xr, &b.att_receptance)?;
+        let (w, u) = (g.weight(&b.w), g.weight(&b.u));
+        let state = g.state(&self.wkv_state(l), &[STATE_ROWS, c.hidden]);
+        let wkv = g.wkv4(k, v, w, u, state)?;
+        let rw = g.elementwise(Elementwise::SigmoidMul, r, wkv)?;
+        let att = lin(g, rw, &b.att_output)?;
+        let att = rescale(g, att)?;
+        let x = g.add_tensors(x, att)?;
+        // Feed-forward.
+        let xf = norm(g, x, &b.ln2, c.eps)?;
+        let sh = shift(g, xf, "ffn")?;
+        let xk = lerp(g, xf, sh, &b.ffn_mix[0])?;
+        let xr = lerp(g, xf, sh, &b.ffn_mix[1])?;
+        let k = lin(g, xk, &b.ffn_key)?;
+        let k = g.unary(Elementwise::ReluSquare, k)?;
+        let kv = lin(g, k, &b.ffn_value)?;
+        let r = lin(g, xr, &b.ffn_receptance)?;
+        let ffn = g.elementwise(Elementwise::SigmoidMul, r, kv)?;
+        let ffn = rescale(g, ffn)?;
+        let x = g.add_tensors(x, ffn)?;
+        if c.rescale_every > 0 && (l + 1).is_multiple_of(c.rescale_every) {
+            let half = g.weight(&self.half);
+            return g.elementwise(Elementwise::Mul, x, half);
+        }
+        Ok(x)
+    }
+}
+
+impl Architecture for Rwkv4 {
+    fn vocab_size(&self) -> usize {
+        self.config.vocab
+    }
+
+    /// No position limit: the state is the same size at any length.
+    fn max_context(&self) -> usize {
+        u32::MAX as usize
+    }
+
+    fn states(&self, _capacity: usize) -> Vec<StateSpec> {
+        let h = self.config.hidden;
+        (0..self.config.layers)
+            .flat_map(|l| {
+                [
+                    StateSpec::recurrent(self.shift_state(l, "att"), vec![1, h]),
+                    StateSpec::recurrent(self.wkv_state(l), vec![STATE_ROWS, h]),
+                    StateSpec::recurrent(self.shift_state(l, "ffn"), vec![1, h]),
+                ]
+            })
+            .collect()
+    }
+
+    fn build(&self, n: usize, _capacity: usize, head: Head) -> kestrel_runtime::Result<Graph> {
+        let mut g = Graph::new();
+        let ids = g.input("tokens", &[n], DType::U32);
+        let embed = g.weight(&self.embed);
+        let mut x = g.embedding(embed, ids)?;
+        for l in 0..self.blocks.len() {
+            x = self.block(&mut g, l, x)?;
+        }
+        let (w, b) = (g.weight(&self.ln_out.w), g.weight(&self.ln_out.b));
+        // nn.LayerNorm(hidden_size) in HF: the default eps, not layer_norm_epsilon.
+        let x = g.layer_norm(x, w, b, 1e-5)?;
+        let head_w = g.weight(&self.head);
+        match head {
+            Head::AllLogits => {
+                let logits = g.linear(x, head_w, None)?;
+                g.output(logits);
+            }
+            Head::Sample => {
+                let last = g.last_row(x)?;
+                let logits = g.linear(last, head_w, None)?;
+                let token = g.sample(logits)?;
+                g.output(token);
+            }
+            Head::Unmask(_) => {
+                return Err(kestrel_runtime::Error::Graph(
+                    "RWKV-4 is autoregressive; it has no diffusion head".into(),
+                ))
+            }
+        }
+        Ok(g)
+    }
+}
