@@ -332,34 +332,131 @@ fn ten_thousand_tokens_with_sinks_run_in_fixed_memory() {
     assert_eq!(s.state_bytes(), expected, "KV memory grew");
 }
 
-#[test]
-fn rwkv_config_disagreeing_with_tensors_fails_clearly() {
-    // fla's rwkv7 fixture with head_dim 32 (2 heads) in config.json: r_k is [4, 16] in the
-    // file, so loading must fail naming that tensor.
-    let src = fixture("rwkv7");
-    let dir = std::env::temp_dir().join(format!("kestrel-rwkv7-bad-{}", std::process::id()));
+/// Load fixture `name` with `edits` applied to its config.json (in a temp copy); the error.
+fn load_error_with_config(name: &str, edits: &[(&str, serde_json::Value)]) -> String {
+    let src = fixture(name);
+    let dir = std::env::temp_dir().join(format!("kestrel-bad-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let text = std::fs::read_to_string(src.join("config.json")).expect("config");
     let mut config: serde_json::Value = serde_json::from_str(&text).expect("json");
-    config["head_dim"] = 32.into();
-    config["num_heads"] = 2.into();
+    for (key, value) in edits {
+        config[key] = value.clone();
+    }
     std::fs::write(dir.join("config.json"), config.to_string()).expect("write config");
     std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).expect("copy");
-    for gpu in gpus() {
-        let err = match kestrel_models::load(&gpu, &dir) {
-            Ok(_) => panic!("a config with the wrong head size loaded"),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            err.contains("model.layers.0.attn.r_k") || err.contains("model.safetensors"),
-            "unclear error: {err}"
-        );
-        assert!(
-            err.contains("[2, 16]") || err.contains("[4, 16]"),
-            "unclear error: {err}"
+    let gpu = gpus().into_iter().next().expect("a GPU");
+    let err = match kestrel_models::load(&gpu, &dir) {
+        Ok(_) => panic!("{name} with {edits:?} loaded"),
+        Err(e) => e.to_string(),
+    };
+    std::fs::remove_dir_all(&dir).ok();
+    err
+}
+
+/// A fixture, edits to its config.json, and what the one-line load error must name.
+type BadConfigCase = (
+    &'static str,
+    Vec<(&'static str, serde_json::Value)>,
+    &'static [&'static str],
+);
+
+#[test]
+fn recurrent_configs_disagreeing_with_tensors_fail_clearly() {
+    let cases: &[BadConfigCase] = &[
+        // 2 heads of 32 instead of 4 of 16: r_k is [4, 16] in the file, [2, 32] expected.
+        (
+            "rwkv7",
+            vec![("head_dim", 32.into()), ("num_heads", 2.into())],
+            &["model.layers.0.attn.r_k", "[2, 32]", "[4, 16]"],
+        ),
+        // 8 heads of 16 (the same 128 channels): in_proj has 4 dt rows, not 8.
+        (
+            "mamba2",
+            vec![("num_heads", 8.into()), ("head_dim", 16.into())],
+            &[
+                "backbone.layers.0.mixer.in_proj.weight",
+                "[324, 64]",
+                "[328, 64]",
+            ],
+        ),
+        // A state of 8 instead of 16.
+        (
+            "mamba",
+            vec![("state_size", 8.into())],
+            &["backbone.layers.0.mixer.", "expected"],
+        ),
+        // Heads that do not divide the channels.
+        (
+            "mamba2",
+            vec![("head_dim", 30.into())],
+            &["num_heads", "do not make"],
+        ),
+        // 8 heads: the per-head output norm has 16 values, not 8.
+        (
+            "gla",
+            vec![("num_heads", 8.into())],
+            &["g_norm_swish_gate.weight", "[16]"],
+        ),
+        (
+            "rwkv4",
+            vec![("attention_hidden_size", 32.into())],
+            &["attention_hidden_size"],
+        ),
+    ];
+    for (name, edits, needles) in cases {
+        let err = load_error_with_config(name, edits);
+        eprintln!("{name} {edits:?}: {err}");
+        for n in *needles {
+            assert!(
+                err.contains(n),
+                "{name} {edits:?}: error lacks '{n}': {err}"
+            );
+        }
+        assert!(!err.contains('\n'), "{name}: error is not one line: {err}");
+    }
+}
+
+/// A long prompt goes through several chunks of the chunked scan (and the token-by-token
+/// form in decode): both must give the same logits at every position.
+#[test]
+fn recurrent_models_prefill_many_chunks_like_decode() {
+    let mut rng = kestrel_runtime::rng::Rng::new(5);
+    for name in ["mamba", "mamba2", "gla", "rwkv6", "rwkv7", "rwkv4"] {
+        let gpu = gpus().into_iter().next().expect("a GPU");
+        let model = kestrel_models::load(&gpu, &fixture(name)).expect("load");
+        let vocab = model.config().vocab;
+        let toks: Vec<u32> = (0..300).map(|_| rng.below(vocab as u32)).collect();
+        let mut s = model.session(&gpu, toks.len()).expect("session");
+        let prefill = pollster::block_on(s.logits(&toks)).expect("prefill");
+        s.reset();
+        let mut decode = Vec::new();
+        for &t in &toks {
+            decode.extend(pollster::block_on(s.logits(&[t])).expect("decode"));
+        }
+        check(
+            &format!("{name}: 300-token prefill vs decode"),
+            &prefill,
+            &decode,
+            vocab,
         );
     }
-    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn recurrent_decode_of_4096_tokens_holds_memory_constant() {
+    let gpu = gpus().into_iter().next().expect("a GPU");
+    let model = kestrel_models::load(&gpu, &fixture("mamba2")).expect("load");
+    let vocab = model.config().vocab;
+    let mut s = model.session(&gpu, usize::MAX).expect("session");
+    let bytes = s.state_bytes();
+    assert!(bytes > 0);
+    let mut next = pollster::block_on(s.next_token(&[1, 2, 3], &Sampling::default())).unwrap();
+    while s.pos() < 4096 {
+        assert!((next as usize) < vocab);
+        next = pollster::block_on(s.next_token(&[next], &Sampling::default())).expect("step");
+    }
+    assert_eq!(s.pos(), 4096);
+    assert_eq!(s.state_bytes(), bytes, "state memory grew");
 }
 
 #[test]
