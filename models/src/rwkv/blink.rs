@@ -35,6 +35,7 @@ pub fn pth_unsupported(path: &Path) -> ModelError {
 impl BlinkDir {
     /// `Ok(None)` when `dir` is not a BlinkDL checkpoint directory (no model.safetensors with
     /// `emb.weight` and `blocks.0.att.r_k`); an error for a directory holding only a `.pth`.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn open(dir: &Path) -> Result<Option<BlinkDir>> {
         let file = dir.join("model.safetensors");
         if !file.exists() {
@@ -50,7 +51,11 @@ impl BlinkDir {
                 None => Ok(None),
             };
         }
-        let files = SafetensorsFiles::open_dir(dir)?;
+        BlinkDir::from_files(SafetensorsFiles::open_dir(dir)?, file)
+    }
+
+    /// `Ok(None)` unless `files` hold BlinkDL's RWKV-7 names (`file` is named in errors).
+    pub fn from_files(files: SafetensorsFiles, file: PathBuf) -> Result<Option<BlinkDir>> {
         if !(files.contains("emb.weight") && files.contains("blocks.0.att.r_k")) {
             return Ok(None);
         }
