@@ -34,6 +34,8 @@ pub struct ModelInfo {
     pub backend: String,
     pub context: usize,
     pub weight_bytes: u64,
+    /// GPU memory of the session's state (the KV cache), allocated once at load.
+    pub state_bytes: u64,
     pub load_seconds: f64,
     /// True when the model has no chat template of its own and ChatML stands in.
     pub fallback_template: bool,
@@ -44,6 +46,7 @@ pub enum Prompt {
     /// A conversation, rendered by the model's chat template with a generation prompt.
     Chat(Vec<Message>),
     /// Raw text, tokenized as is.
+    #[allow(dead_code)] // for `kestrel serve`'s completions; the window sends chats
     Text(String),
 }
 
@@ -70,6 +73,7 @@ pub enum Finish {
 
 impl Finish {
     /// OpenAI's finish_reason (a cancelled reply is never seen by its client).
+    #[allow(dead_code)] // for `kestrel serve`
     pub fn reason(self) -> &'static str {
         match self {
             Finish::Stop | Finish::Cancelled => "stop",
@@ -110,6 +114,7 @@ pub struct Engine {
     jobs: mpsc::Sender<Job>,
     waiting: Arc<AtomicUsize>,
     pub info: ModelInfo,
+    #[allow(dead_code)] // for `kestrel serve`
     pub gpu: Arc<Gpu>,
 }
 
@@ -161,6 +166,7 @@ impl Engine {
     }
 
     /// Jobs queued or running.
+    #[allow(dead_code)] // for `kestrel serve`
     pub fn pending(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
     }
@@ -208,6 +214,7 @@ impl Worker {
             backend: gpu.backend_name().to_string(),
             context: session.capacity(),
             weight_bytes: model.weight_bytes(),
+            state_bytes: session.state_bytes(),
             load_seconds: t.elapsed().as_secs_f64(),
             fallback_template: template.is_fallback,
         };

@@ -1,5 +1,6 @@
 //! The `kestrel` command. Native front end: the only place that blocks on GPU futures.
 
+mod app;
 mod args;
 mod bench;
 mod bench_attention;
@@ -39,6 +40,8 @@ usage:
                   --out FILE.json [--temperature T] [--cfg-scale C]
                   [--remasking low_confidence|random] [--threshold X] [--cache none|prefix|dual]
                   [--seed S] [--backend B]
+  kestrel app [--model PATH] [--system TEXT] [--ctx N] [--backend B]
+              (a desktop chat window; without --model it asks for a model path)
 
 diffusion models (LLaDA): generate and chat sample by masked diffusion and print each block
 as it fills; they take --block-length, --steps, --threshold, --cache, --cfg-scale, --remasking
@@ -79,7 +82,8 @@ fn run(a: &Args) -> CliResult {
             println!("{USAGE}");
             Ok(())
         }
-        "serve" | "app" => Err(format!("'{}' is not implemented yet", a.command)),
+        "app" => app::run(a),
+        "serve" => Err(format!("'{}' is not implemented yet", a.command)),
         other => Err(format!("unknown command '{other}'\n{USAGE}")),
     }
 }
