@@ -19,5 +19,7 @@ if ! cargo run -q -p kestrel -- chat </dev/null; then
     echo "warning: could not obtain the default model; the SmolLM2 parity test will not run" >&2
 fi
 cargo test --workspace
+# The desktop window on a virtual X server: type a message, wait for the reply, screenshot.
+tests/app_screenshot.sh
 cargo build --target wasm32-unknown-unknown -p kestrel-runtime -p kestrel-models -p kestrel-web
 echo "tests/run.sh: all checks passed"
