@@ -429,9 +429,11 @@ impl eframe::App for KestrelApp {
     }
 }
 
-/// A size in MiB, with a decimal for small ones.
+/// A size in MiB, with a decimal for small ones (KiB below one MiB).
 fn mib(m: f64) -> String {
-    if m < 10.0 {
+    if m < 1.0 {
+        format!("{:.0} KiB", m * 1024.0)
+    } else if m < 10.0 {
         format!("{m:.1} MiB")
     } else {
         format!("{m:.0} MiB")
