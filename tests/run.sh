@@ -22,5 +22,7 @@ cargo test --workspace
 # kestrel serve through the official openai Python client (installed by setup-debian.sh).
 PYENV="${KESTREL_PYENV:-$HOME/.cache/kestrel/pyenv}"
 "$PYENV/bin/python" tests/serve_openai.py target/debug/kestrel tests/fixtures/llama_gqa
+# The desktop window on a virtual X server: type a message, wait for the reply, screenshot.
+tests/app_screenshot.sh
 cargo build --target wasm32-unknown-unknown -p kestrel-runtime -p kestrel-models -p kestrel-web
 echo "tests/run.sh: all checks passed"

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs what Kestrel needs on a fresh Debian machine: Mesa's lavapipe (CPU Vulkan) and
-# llvmpipe GL drivers, so the GPU code runs with no GPU, Rust's wasm32 target, and a Python
-# virtual environment with the `openai` client for the server test (tests/serve_openai.py).
+# llvmpipe GL drivers, so the GPU code runs with no GPU, Rust's wasm32 target, a Python
+# virtual environment with the `openai` client for the server test (tests/serve_openai.py),
+# and for the `kestrel app` screenshot test a virtual X server, xdotool, xwd and netpbm, and
+# the X11 libraries winit loads at run time.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
-packages=(libvulkan1 mesa-vulkan-drivers libegl1 libgl1-mesa-dri python3-venv)
+packages=(libvulkan1 mesa-vulkan-drivers libegl1 libgl1-mesa-dri python3-venv
+    xvfb xdotool x11-apps netpbm
+    libx11-6 libx11-xcb1 libxcursor1 libxi6 libxrandr2 libxkbcommon0 libxkbcommon-x11-0)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -34,6 +34,8 @@ pub struct ModelInfo {
     pub backend: String,
     pub context: usize,
     pub weight_bytes: u64,
+    /// GPU memory of the session's state (the KV cache), allocated once at load.
+    pub state_bytes: u64,
     pub load_seconds: f64,
     /// True when the model has no chat template of its own and ChatML stands in.
     pub fallback_template: bool,
@@ -208,6 +210,7 @@ impl Worker {
             backend: gpu.backend_name().to_string(),
             context: session.capacity(),
             weight_bytes: model.weight_bytes(),
+            state_bytes: session.state_bytes(),
             load_seconds: t.elapsed().as_secs_f64(),
             fallback_template: template.is_fallback,
         };

@@ -1,5 +1,6 @@
 //! The `kestrel` command. Native front end: the only place that blocks on GPU futures.
 
+mod app;
 mod args;
 mod bench;
 mod bench_attention;
@@ -44,6 +45,8 @@ usage:
                 [--backend B]
                (OpenAI-compatible HTTP: /v1/chat/completions, /v1/completions, /v1/models,
                 /health; --port 0 picks a free port)
+  kestrel app [--model PATH] [--system TEXT] [--ctx N] [--backend B]
+              (a desktop chat window; without --model it asks for a model path)
 
 diffusion models (LLaDA): generate and chat sample by masked diffusion and print each block
 as it fills; they take --block-length, --steps, --threshold, --cache, --cfg-scale, --remasking
@@ -85,7 +88,7 @@ fn run(a: &Args) -> CliResult {
             Ok(())
         }
         "serve" => serve::run(a),
-        "app" => Err(format!("'{}' is not implemented yet", a.command)),
+        "app" => app::run(a),
         other => Err(format!("unknown command '{other}'\n{USAGE}")),
     }
 }
