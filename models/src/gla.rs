@@ -309,15 +309,7 @@ impl Architecture for Gla {
             x = g.add_tensors(x, o)?;
             let w = g.weight(&layer.mlp_norm);
             let h = g.rms_norm(x, w, c.eps)?;
-            let (gw, uw, dw) = (
-                g.weight(&layer.gate),
-                g.weight(&layer.up),
-                g.weight(&layer.down),
-            );
-            let gate = g.linear(h, gw, None)?;
-            let up = g.linear(h, uw, None)?;
-            let act = g.swiglu(gate, up)?;
-            let down = g.linear(act, dw, None)?;
+            let down = crate::swiglu_mlp(&mut g, h, [&layer.gate, &layer.up, &layer.down])?;
             x = g.add_tensors(x, down)?;
         }
         let norm = g.weight(&self.norm);

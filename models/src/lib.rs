@@ -105,6 +105,19 @@ impl Network {
     }
 }
 
+/// The SwiGLU MLP `down(silu(gate(h)) * up(h))` of Llama-style blocks.
+pub(crate) fn swiglu_mlp(
+    g: &mut Graph,
+    h: TensorId,
+    [gate, up, down]: [&Arc<kestrel_runtime::tensor::GpuWeight>; 3],
+) -> kestrel_runtime::Result<TensorId> {
+    let (gw, uw, dw) = (g.weight(gate), g.weight(up), g.weight(down));
+    let gate = g.linear(h, gw, None)?;
+    let up = g.linear(h, uw, None)?;
+    let act = g.swiglu(gate, up)?;
+    g.linear(act, dw, None)
+}
+
 /// The output of an autoregressive network from its final hidden states `x` [T, hidden]:
 /// logits for every row, or one token sampled from the last.
 pub(crate) fn lm_head(

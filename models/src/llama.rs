@@ -433,16 +433,7 @@ impl Architecture for Llama {
         let x = self.forward(&mut g, ids, capacity)?;
         let lm_head = g.weight(&self.lm_head);
         match head {
-            Head::AllLogits => {
-                let logits = g.linear(x, lm_head, None)?;
-                g.output(logits);
-            }
-            Head::Sample => {
-                let last = g.last_row(x)?;
-                let logits = g.linear(last, lm_head, None)?;
-                let token = g.sample(logits)?;
-                g.output(token);
-            }
+            Head::AllLogits | Head::Sample => crate::lm_head(&mut g, x, lm_head, head)?,
             Head::Unmask(u) => {
                 let logits = g.linear(x, lm_head, None)?;
                 // Classifier-free guidance: the prompt-masked sequence's forward runs after the
@@ -528,11 +519,7 @@ impl Llama {
             x = g.add_tensors(x, o)?;
             let norm = w(g, &layer.mlp_norm);
             let h = g.rms_norm(x, norm, c.eps)?;
-            let (gw, uw, dw) = (w(g, &layer.gate), w(g, &layer.up), w(g, &layer.down));
-            let gate = g.linear(h, gw, None)?;
-            let up = g.linear(h, uw, None)?;
-            let act = g.swiglu(gate, up)?;
-            let down = g.linear(act, dw, None)?;
+            let down = crate::swiglu_mlp(g, h, [&layer.gate, &layer.up, &layer.down])?;
             x = g.add_tensors(x, down)?;
         }
         let norm = g.weight(&self.norm);

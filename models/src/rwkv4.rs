@@ -355,23 +355,7 @@ impl Architecture for Rwkv4 {
         // nn.LayerNorm(hidden_size) in HF: the default eps, not layer_norm_epsilon.
         let x = g.layer_norm(x, w, b, 1e-5)?;
         let head_w = g.weight(&self.head);
-        match head {
-            Head::AllLogits => {
-                let logits = g.linear(x, head_w, None)?;
-                g.output(logits);
-            }
-            Head::Sample => {
-                let last = g.last_row(x)?;
-                let logits = g.linear(last, head_w, None)?;
-                let token = g.sample(logits)?;
-                g.output(token);
-            }
-            Head::Unmask(_) => {
-                return Err(kestrel_runtime::Error::Graph(
-                    "RWKV-4 is autoregressive; it has no diffusion head".into(),
-                ))
-            }
-        }
+        crate::lm_head(&mut g, x, head_w, head)?;
         Ok(g)
     }
 }

@@ -585,23 +585,7 @@ impl Architecture for Rwkv {
         }
         let x = self.norm.apply(&mut g, x, c.norm_eps, 1)?;
         let lm_head = g.weight(&self.lm_head);
-        match head {
-            Head::AllLogits => {
-                let logits = g.linear(x, lm_head, None)?;
-                g.output(logits);
-            }
-            Head::Sample => {
-                let last = g.last_row(x)?;
-                let logits = g.linear(last, lm_head, None)?;
-                let token = g.sample(logits)?;
-                g.output(token);
-            }
-            Head::Unmask(_) => {
-                return Err(kestrel_runtime::Error::Graph(
-                    "RWKV is autoregressive; it has no diffusion head".into(),
-                ))
-            }
-        }
+        crate::lm_head(&mut g, x, lm_head, head)?;
         Ok(g)
     }
 }
