@@ -247,10 +247,7 @@ impl Gla {
     fn mixer(&self, g: &mut Graph, l: usize, x: TensorId) -> kestrel_runtime::Result<TensorId> {
         let c = &self.config;
         let layer = &self.layers[l];
-        let lin = |g: &mut Graph, x, w: &Arc<GpuWeight>| {
-            let w = g.weight(w);
-            g.linear(x, w, None)
-        };
+        let lin = |g: &mut Graph, x, w| crate::lin(g, x, w, None);
         let q = lin(g, x, &layer.q)?;
         let q_scale = g.weight(&self.q_scale);
         let q = g.elementwise(Elementwise::Mul, q, q_scale)?;

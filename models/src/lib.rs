@@ -105,6 +105,18 @@ impl Network {
     }
 }
 
+/// `x @ w^T (+ bias)` with weights from the model.
+pub(crate) fn lin(
+    g: &mut Graph,
+    x: TensorId,
+    w: &Arc<kestrel_runtime::tensor::GpuWeight>,
+    bias: Option<&Arc<kestrel_runtime::tensor::GpuWeight>>,
+) -> kestrel_runtime::Result<TensorId> {
+    let w = g.weight(w);
+    let b = bias.map(|b| g.weight(b));
+    g.linear(x, w, b)
+}
+
 /// The SwiGLU MLP `down(silu(gate(h)) * up(h))` of Llama-style blocks.
 pub(crate) fn swiglu_mlp(
     g: &mut Graph,

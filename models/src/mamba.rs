@@ -409,11 +409,7 @@ impl Mamba {
     fn mixer(&self, g: &mut Graph, l: usize, x: TensorId) -> kestrel_runtime::Result<TensorId> {
         let c = &self.config;
         let layer = &self.layers[l];
-        let lin = |g: &mut Graph, x, w: &Arc<GpuWeight>, b: Option<&Arc<GpuWeight>>| {
-            let w = g.weight(w);
-            let b = b.map(|b| g.weight(b));
-            g.linear(x, w, b)
-        };
+        let lin = crate::lin;
         let opt = |w: &Option<Arc<GpuWeight>>| -> kestrel_runtime::Result<Arc<GpuWeight>> {
             w.clone()
                 .ok_or_else(|| kestrel_runtime::Error::Graph("mamba: missing weight".into()))

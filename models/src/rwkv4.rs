@@ -1,16 +1,18 @@
 //! RWKV-4 (transformers' RwkvForCausalLM), following modeling_rwkv.py: embeddings, the first
 //! block's `pre_ln`, then per block
 //! * ln1 → attention: token shift (the previous token's ln1 output), key / value /
-//!   receptance inputs as time-mix lerps `x * mix + shifted * (1 - mix)`, the key, value and
+//!   receptance inputs as time-mix lerps `x + (shifted - x) * (1 - mix)` (HF's
+//!   `x * mix + shifted * (1 - mix)`, up to rounding), the key, value and
 //!   receptance projections, the WKV recurrence (kernels::wkv4 with w = -exp(time_decay),
 //!   u = time_first), `output(sigmoid(r) * wkv)`, residual add;
 //! * ln2 → feed-forward: token shift, `value(relu(key(xk))^2)` gated by
-//!   `sigmoid(receptance(xr))`, residual add;
+//!   `sigmoid(receptance(xr))` (RWKV-6's channel mix), residual add;
 //!
 //! then `ln_out` (nn.LayerNorm's default eps, 1e-5, as in HF) and `head`.
 //!
-//! The token shift is a depthwise causal conv1d of kernel 2 with weights [1, 0] per channel
-//! and no bias, whose state [1, C] is the previous token's input. The shift inputs and the
+//! LayerNorms, the token shift (`x_prev - x` from a kernel-2 conv1d whose state [1, C] is the
+//! previous token's input), the lerps and the channel mix are the blocks RWKV-6/7 use
+//! (crate::rwkv); only the WKV recurrence and the rescaling are RWKV-4's own. The shift inputs and the
 //! WKV state [3, C] (aa, bb, pp; zero = empty, see kernels::wkv4) are recurrent session
 //! states, so nothing depends on a position.
 //!
@@ -22,6 +24,7 @@
 
 use std::sync::Arc;
 
+use crate::rwkv::{lin, mix_w, shift_weights, token_shift, ChannelMix, Norm};
 use kestrel_runtime::graph::Graph;
 use kestrel_runtime::kernels::elementwise::Elementwise;
 use kestrel_runtime::kernels::wkv4::STATE_ROWS;
@@ -110,26 +113,13 @@ impl Rwkv4Config {
     }
 }
 
-/// A LayerNorm's weight and bias.
-#[derive(Clone)]
-struct Norm {
-    w: Arc<GpuWeight>,
-    b: Arc<GpuWeight>,
-}
-
-/// A time-mix lerp `x * mix + shifted * (1 - mix)`.
-#[derive(Clone)]
-struct Mix {
-    mix: Arc<GpuWeight>,
-    one_minus: Arc<GpuWeight>,
-}
-
 #[derive(Clone)]
 struct Block {
     pre_ln: Option<Norm>,
     ln1: Norm,
     ln2: Norm,
-    att_mix: [Mix; 3],
+    /// Lerp weights (1 - time_mix) of key, value, receptance.
+    att_mix: [Arc<GpuWeight>; 3],
     att_key: Arc<GpuWeight>,
     att_value: Arc<GpuWeight>,
     att_receptance: Arc<GpuWeight>,
@@ -137,10 +127,7 @@ struct Block {
     /// -exp(time_decay) and time_first.
     w: Arc<GpuWeight>,
     u: Arc<GpuWeight>,
-    ffn_mix: [Mix; 2],
-    ffn_key: Arc<GpuWeight>,
-    ffn_receptance: Arc<GpuWeight>,
-    ffn_value: Arc<GpuWeight>,
+    ffn: ChannelMix,
     /// 2^-(l / rescale_every) as a row vector, when not 1.
     rescale: Option<Arc<GpuWeight>>,
 }
@@ -152,7 +139,7 @@ pub struct Rwkv4 {
     blocks: Vec<Block>,
     ln_out: Norm,
     head: Arc<GpuWeight>,
-    /// The token shift's conv weights: [1, 0] per channel.
+    /// The token shift's conv weights (crate::rwkv::shift_weights).
     shift: Arc<GpuWeight>,
     /// 0.5 per channel (the hidden states' halving every rescale_every blocks).
     half: Arc<GpuWeight>,
@@ -165,19 +152,12 @@ impl Rwkv4 {
         let c = &config;
         let (h, f) = (c.hidden, c.intermediate);
         let embed = up.matrix("rwkv.embeddings.weight", c.vocab, h)?;
-        let norm = |up: &mut Uploader<'_>, p: &str| -> Result<Norm> {
-            Ok(Norm {
-                w: up.vector(&format!("{p}.weight"), h)?,
-                b: up.vector(&format!("{p}.bias"), h)?,
-            })
-        };
-        let mix = |up: &mut Uploader<'_>, name: &str| -> Result<Mix> {
-            let m = up.host(name, &[1, 1, h])?;
-            let one_minus: Vec<f32> = m.iter().map(|x| 1.0 - x).collect();
-            Ok(Mix {
-                mix: up.vector_from(name, &m)?,
-                one_minus: up.vector_from(&format!("1 - {name}"), &one_minus)?,
-            })
+        let norm = |up: &mut Uploader<'_>, p: &str| Norm::layer_norm(up, p, h);
+        // HF's `x * m + shifted * (1 - m)` is the shared lerp `x + (shifted - x) * mu` with
+        // mu = 1 - m.
+        let mix = |up: &mut Uploader<'_>, name: &str| -> Result<Arc<GpuWeight>> {
+            let mu: Vec<f32> = up.host(name, &[1, 1, h])?.iter().map(|m| 1.0 - m).collect();
+            up.vector_from(&format!("1 - {name}"), &mu)
         };
         let mut blocks = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
@@ -205,13 +185,15 @@ impl Rwkv4 {
                 att_output: up.matrix(&format!("{a}.output.weight"), h, h)?,
                 w: up.vector_from(&format!("-exp({a}.time_decay)"), &w)?,
                 u: up.vector(&format!("{a}.time_first"), h)?,
-                ffn_mix: [
-                    mix(up, &format!("{ff}.time_mix_key"))?,
-                    mix(up, &format!("{ff}.time_mix_receptance"))?,
-                ],
-                ffn_key: up.matrix(&format!("{ff}.key.weight"), f, h)?,
-                ffn_receptance: up.matrix(&format!("{ff}.receptance.weight"), h, h)?,
-                ffn_value: up.matrix(&format!("{ff}.value.weight"), h, f)?,
+                ffn: ChannelMix {
+                    x_k: mix(up, &format!("{ff}.time_mix_key"))?,
+                    key: up.matrix(&format!("{ff}.key.weight"), f, h)?,
+                    value: up.matrix(&format!("{ff}.value.weight"), h, f)?,
+                    receptance: Some((
+                        mix(up, &format!("{ff}.time_mix_receptance"))?,
+                        up.matrix(&format!("{ff}.receptance.weight"), h, h)?,
+                    )),
+                },
                 rescale: match e {
                     0 => None,
                     e => Some(
@@ -226,8 +208,7 @@ impl Rwkv4 {
         } else {
             embed.clone()
         };
-        let shift: Vec<f32> = (0..h).flat_map(|_| [1.0, 0.0]).collect();
-        let shift = up.vector_from("token shift [1, 0]", &shift)?;
+        let shift = shift_weights(up, h)?;
         let half = up.vector_from("rescale 0.5", &vec![0.5; h])?;
         Ok(Rwkv4 {
             weight_bytes: up.gpu_bytes,
@@ -254,24 +235,8 @@ impl Rwkv4 {
     fn block(&self, g: &mut Graph, l: usize, x: TensorId) -> kestrel_runtime::Result<TensorId> {
         let c = &self.config;
         let b = &self.blocks[l];
-        let norm = |g: &mut Graph, x, n: &Norm, eps| {
-            let (w, bias) = (g.weight(&n.w), g.weight(&n.b));
-            g.layer_norm(x, w, bias, eps)
-        };
-        let lin = |g: &mut Graph, x, w: &Arc<GpuWeight>| {
-            let w = g.weight(w);
-            g.linear(x, w, None)
-        };
         let shift = |g: &mut Graph, x, part: &str| {
-            let w = g.weight(&self.shift);
-            let state = g.state(&self.shift_state(l, part), &[1, c.hidden]);
-            g.conv1d(x, w, None, state, 2, false)
-        };
-        let lerp = |g: &mut Graph, x, shifted, m: &Mix| {
-            let (mix, one_minus) = (g.weight(&m.mix), g.weight(&m.one_minus));
-            let a = g.elementwise(Elementwise::Mul, x, mix)?;
-            let s = g.elementwise(Elementwise::Mul, shifted, one_minus)?;
-            g.add_tensors(a, s)
+            token_shift(g, &self.shift, x, &self.shift_state(l, part), c.hidden)
         };
         let rescale = |g: &mut Graph, y| match &b.rescale {
             Some(s) => {
@@ -281,35 +246,29 @@ impl Rwkv4 {
             None => Ok(y),
         };
         let x = match &b.pre_ln {
-            Some(n) => norm(g, x, n, c.eps)?,
+            Some(n) => n.apply(g, x, c.eps, 1)?,
             None => x,
         };
         // Attention.
-        let xa = norm(g, x, &b.ln1, c.eps)?;
-        let sh = shift(g, xa, "att")?;
-        let xk = lerp(g, xa, sh, &b.att_mix[0])?;
-        let xv = lerp(g, xa, sh, &b.att_mix[1])?;
-        let xr = lerp(g, xa, sh, &b.att_mix[2])?;
-        let k = lin(g, xk, &b.att_key)?;
-        let v = lin(g, xv, &b.att_value)?;
-        let r = lin(g, xr, &b.att_receptance)?;
+        let xa = b.ln1.apply(g, x, c.eps, 1)?;
+        let delta = shift(g, xa, "att")?;
+        let xk = mix_w(g, xa, delta, &b.att_mix[0])?;
+        let xv = mix_w(g, xa, delta, &b.att_mix[1])?;
+        let xr = mix_w(g, xa, delta, &b.att_mix[2])?;
+        let k = lin(g, xk, &b.att_key, None)?;
+        let v = lin(g, xv, &b.att_value, None)?;
+        let r = lin(g, xr, &b.att_receptance, None)?;
         let (w, u) = (g.weight(&b.w), g.weight(&b.u));
         let state = g.state(&self.wkv_state(l), &[STATE_ROWS, c.hidden]);
         let wkv = g.wkv4(k, v, w, u, state)?;
         let rw = g.elementwise(Elementwise::SigmoidMul, r, wkv)?;
-        let att = lin(g, rw, &b.att_output)?;
+        let att = lin(g, rw, &b.att_output, None)?;
         let att = rescale(g, att)?;
         let x = g.add_tensors(x, att)?;
         // Feed-forward.
-        let xf = norm(g, x, &b.ln2, c.eps)?;
-        let sh = shift(g, xf, "ffn")?;
-        let xk = lerp(g, xf, sh, &b.ffn_mix[0])?;
-        let xr = lerp(g, xf, sh, &b.ffn_mix[1])?;
-        let k = lin(g, xk, &b.ffn_key)?;
-        let k = g.unary(Elementwise::ReluSquare, k)?;
-        let kv = lin(g, k, &b.ffn_value)?;
-        let r = lin(g, xr, &b.ffn_receptance)?;
-        let ffn = g.elementwise(Elementwise::SigmoidMul, r, kv)?;
+        let xf = b.ln2.apply(g, x, c.eps, 1)?;
+        let delta = shift(g, xf, "ffn")?;
+        let ffn = b.ffn.apply(g, xf, delta)?;
         let ffn = rescale(g, ffn)?;
         let x = g.add_tensors(x, ffn)?;
         if c.rescale_every > 0 && (l + 1).is_multiple_of(c.rescale_every) {
@@ -351,9 +310,8 @@ impl Architecture for Rwkv4 {
         for l in 0..self.blocks.len() {
             x = self.block(&mut g, l, x)?;
         }
-        let (w, b) = (g.weight(&self.ln_out.w), g.weight(&self.ln_out.b));
         // nn.LayerNorm(hidden_size) in HF: the default eps, not layer_norm_epsilon.
-        let x = g.layer_norm(x, w, b, 1e-5)?;
+        let x = self.ln_out.apply(&mut g, x, 1e-5, 1)?;
         let head_w = g.weight(&self.head);
         crate::lm_head(&mut g, x, head_w, head)?;
         Ok(g)

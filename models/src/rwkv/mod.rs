@@ -31,6 +31,7 @@ use kestrel_runtime::TensorId;
 
 use crate::config::JsonConfig;
 use crate::error::{ModelError, Result};
+pub(crate) use crate::lin;
 use crate::weights::Uploader;
 
 pub const ARCHITECTURES: &[&str] = &["RWKV6ForCausalLM", "RWKV7ForCausalLM"];
@@ -274,6 +275,14 @@ pub(crate) struct Norm {
 }
 
 impl Norm {
+    /// A LayerNorm `name` with `.weight` and `.bias` of `n` values.
+    pub(crate) fn layer_norm(up: &mut Uploader<'_>, name: &str, n: usize) -> Result<Norm> {
+        Ok(Norm {
+            w: up.vector(&format!("{name}.weight"), n)?,
+            b: up.vector(&format!("{name}.bias"), n)?,
+        })
+    }
+
     fn load(up: &mut Uploader<'_>, c: &RwkvConfig, name: &str, n: usize) -> Result<Norm> {
         let w = up.vector(&format!("{name}.weight"), n)?;
         let b = if c.norm_bias {
@@ -284,22 +293,16 @@ impl Norm {
         Ok(Norm { w, b })
     }
 
-    fn apply(&self, g: &mut Graph, x: TensorId, eps: f32, groups: usize) -> GResult<TensorId> {
+    pub(crate) fn apply(
+        &self,
+        g: &mut Graph,
+        x: TensorId,
+        eps: f32,
+        groups: usize,
+    ) -> GResult<TensorId> {
         let (w, b) = (g.weight(&self.w), g.weight(&self.b));
         g.group_norm(x, w, b, eps, groups)
     }
-}
-
-/// `x @ w^T (+ bias)`.
-pub(crate) fn lin(
-    g: &mut Graph,
-    x: TensorId,
-    w: &Arc<GpuWeight>,
-    bias: Option<&Arc<GpuWeight>>,
-) -> GResult<TensorId> {
-    let w = g.weight(w);
-    let b = bias.map(|b| g.weight(b));
-    g.linear(x, w, b)
 }
 
 /// `x + delta * mu`: mu a learnt row vector or a tensor of x's shape (RWKV's lerp towards the
@@ -363,11 +366,12 @@ impl Lora {
 /// The channel mix (FFN): `value(relu(key(x + delta * x_k))^2)`, times
 /// `sigmoid(receptance(x + delta * x_r))` in RWKV-6.
 #[derive(Clone)]
-struct ChannelMix {
-    x_k: Arc<GpuWeight>,
-    key: Arc<GpuWeight>,
-    value: Arc<GpuWeight>,
-    receptance: Option<(Arc<GpuWeight>, Arc<GpuWeight>)>,
+pub(crate) struct ChannelMix {
+    pub x_k: Arc<GpuWeight>,
+    pub key: Arc<GpuWeight>,
+    pub value: Arc<GpuWeight>,
+    /// (x_r, receptance): RWKV-4 and RWKV-6 gate the output, RWKV-7 does not.
+    pub receptance: Option<(Arc<GpuWeight>, Arc<GpuWeight>)>,
 }
 
 impl ChannelMix {
@@ -394,7 +398,7 @@ impl ChannelMix {
         }
     }
 
-    fn apply(&self, g: &mut Graph, x: TensorId, delta: TensorId) -> GResult<TensorId> {
+    pub(crate) fn apply(&self, g: &mut Graph, x: TensorId, delta: TensorId) -> GResult<TensorId> {
         let xk = mix_w(g, x, delta, &self.x_k)?;
         let k = lin(g, xk, &self.key, None)?;
         let k = g.unary(Elementwise::ReluSquare, k)?;
@@ -480,8 +484,7 @@ impl Rwkv {
         } else {
             embed.clone()
         };
-        let shift: Vec<f32> = (0..h).flat_map(|_| [1.0, -1.0]).collect();
-        let shift = up.vector_from("rwkv.token_shift", &shift)?;
+        let shift = shift_weights(up, h)?;
         Ok(Rwkv {
             weight_bytes: up.gpu_bytes,
             file_bytes: up.file_bytes,
@@ -502,12 +505,29 @@ impl Rwkv {
         format!("layer.{l}.wkv")
     }
 
-    /// `x_prev - x` per row, continuing from the last row of the previous call.
     fn token_shift(&self, g: &mut Graph, x: TensorId, state: &str) -> GResult<TensorId> {
-        let w = g.weight(&self.shift);
-        let s = g.state(state, &[1, self.config.hidden]);
-        g.conv1d(x, w, None, s, 2, false)
+        token_shift(g, &self.shift, x, state, self.config.hidden)
     }
+}
+
+/// The token shift's conv weights, [1, -1] per channel: `delta = x_prev - x`.
+pub(crate) fn shift_weights(up: &mut Uploader<'_>, hidden: usize) -> Result<Arc<GpuWeight>> {
+    let shift: Vec<f32> = (0..hidden).flat_map(|_| [1.0, -1.0]).collect();
+    up.vector_from("rwkv.token_shift", &shift)
+}
+
+/// `x_prev - x` per row of `x` [T, hidden], continuing from the last row of the previous
+/// call (the recurrent state `state`).
+pub(crate) fn token_shift(
+    g: &mut Graph,
+    shift: &Arc<GpuWeight>,
+    x: TensorId,
+    state: &str,
+    hidden: usize,
+) -> GResult<TensorId> {
+    let w = g.weight(shift);
+    let s = g.state(state, &[1, hidden]);
+    g.conv1d(x, w, None, s, 2, false)
 }
 
 /// The recurrence over r, k, v with log-decays `decay` (+ RWKV-6's u or RWKV-7's ab), then
