@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use kestrel_models::chat_template::Message;
+use kestrel_models::chat_template::{ChatTemplate, Message};
 use kestrel_models::llama::AttentionOptions;
 use kestrel_models::{Model, TextStream};
 use kestrel_runtime::session::{Sampling, Session};
@@ -170,6 +170,8 @@ impl Engine {
 
 struct Worker {
     model: Model,
+    /// Compiled once at load, rendered for every chat job.
+    template: ChatTemplate,
     session: Session,
     info: ModelInfo,
 }
@@ -217,6 +219,7 @@ impl Worker {
         progress("ready");
         Ok(Worker {
             model,
+            template,
             session,
             info,
         })
@@ -242,10 +245,10 @@ impl Worker {
         let started = Instant::now();
         let tok = self.model.tokenizer.as_ref().ok_or("no tokenizer")?;
         let text = match &job.prompt {
-            Prompt::Chat(messages) => {
-                let template = self.model.chat_template().map_err(|e| e.to_string())?;
-                template.render(messages, true).map_err(|e| e.to_string())?
-            }
+            Prompt::Chat(messages) => self
+                .template
+                .render(messages, true)
+                .map_err(|e| e.to_string())?,
             Prompt::Text(t) => t.clone(),
         };
         let ids = tok.encode(&text).map_err(|e| e.to_string())?;
