@@ -5,14 +5,20 @@
 // multiply-adds). Edges are masked, so any M, N, K works. Weights are f32, packed f16 (W_F16)
 // or ggml blocks (QFORMAT != 0: a K step is one 32-value group, and each invocation
 // dequantizes one weight row's group with shaders/quant.wgsl; K is then a multiple of 32).
+//
+// GROUPED (a mixture of experts): W is a chunk of stacked [N, K] expert matrices (experts
+// e0 .. e0 + ne) and the rows of Y are assignments sorted by expert (shaders/moe_permute.wgsl):
+// workgroup y takes tile y of perm's tile list, i.e. rows of one expert, and multiplies them by
+// that expert's matrix only. With GATHER row r of X is its token's row, perm[2r]; else row r.
 
-struct Params { m: u32, n: u32, k: u32, ldy: u32, col_offset: u32, _p0: u32, _p1: u32, _p2: u32 }
+struct Params { m: u32, n: u32, k: u32, ldy: u32, col_offset: u32, e0: u32, ne: u32, tiles: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> perm: array<u32>;
 
 #include "quant.wgsl"
 
@@ -22,6 +28,8 @@ const TK: u32 = 32u;
 // [TK][TILE] as vec4s: element kk * 16 + c holds rows (or columns) 4c..4c+3 at step kk.
 var<workgroup> a_tile: array<vec4<f32>, 512>;
 var<workgroup> b_tile: array<vec4<f32>, 512>;
+// GROUPED: this workgroup's first row, end row, expert within the chunk, and 1 to skip.
+var<workgroup> tile_info: vec4<u32>;
 
 fn load_w(i: u32) -> f32 {
     if (W_F16) {
@@ -31,8 +39,8 @@ fn load_w(i: u32) -> f32 {
 }
 
 // Y[gm, gn .. gn + 3] = v (+ bias), masked at the edges.
-fn store4(gm: u32, gn: u32, v: vec4<f32>) {
-    if (gm >= p.m) {
+fn store4(gm: u32, gn: u32, v: vec4<f32>, m_end: u32) {
+    if (gm >= m_end) {
         return;
     }
     for (var j = 0u; j < 4u; j++) {
@@ -51,10 +59,36 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let tx = lid % 8u;
     let ty = lid / 8u;
     let n0 = wid.x * TILE;
-    let m0 = wid.y * TILE;
+    var m0 = wid.y * TILE;
+    var m_end = p.m;
+    var w_row0 = 0u; // the chunk row where this workgroup's expert starts
+    if (GROUPED) {
+        if (lid == 0u) {
+            var info = vec4<u32>(0u, 0u, 0u, 1u);
+            if (wid.y < perm[p.tiles]) {
+                let first = perm[p.tiles + 1u + 2u * wid.y];
+                let e = perm[2u * first + 1u];
+                if (e >= p.e0 && e < p.e0 + p.ne) {
+                    info = vec4<u32>(first, first + perm[p.tiles + 2u + 2u * wid.y], e - p.e0, 0u);
+                }
+            }
+            tile_info = info;
+        }
+        let info = workgroupUniformLoad(&tile_info);
+        if (info.w != 0u) {
+            return;
+        }
+        m0 = info.x;
+        m_end = info.y;
+        w_row0 = info.z * p.n;
+    }
     let row_words = p.k / QK * QWORDS;
-    let am = m0 + lid; // the X row and the W row this invocation loads
+    let am = m0 + lid; // the Y row and the W row this invocation loads
     let bn = n0 + lid;
+    var xm = am; // the X row of Y row am
+    if (GROUPED && GATHER && am < m_end) {
+        xm = perm[2u * am];
+    }
     // acc[2i + h]: output row ty*8 + i, columns tx*8 + 4h .. +3.
     var acc: array<vec4<f32>, 16>;
     for (var k0 = 0u; k0 < p.k; k0 += TK) {
@@ -63,14 +97,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var kk = 0u; kk < TK; kk++) {
             let gk = k0 + kk;
             var av = 0.0;
-            if (am < p.m && gk < p.k) {
-                av = x[am * p.k + gk];
+            if (am < m_end && gk < p.k) {
+                av = x[xm * p.k + gk];
             }
             a_tile[kk * 16u + lid / 4u][lid % 4u] = av;
             if (QFORMAT == 0u) {
                 var bv = 0.0;
                 if (bn < p.n && gk < p.k) {
-                    bv = load_w(bn * p.k + gk);
+                    bv = load_w((w_row0 + bn) * p.k + gk);
                 }
                 b_tile[kk * 16u + lid / 4u][lid % 4u] = bv;
             }
@@ -80,7 +114,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let gi = k0 / 32u;
             var v: array<vec4<f32>, 8>;
             if (bn < p.n) {
-                v = dequant_group(bn * row_words + gi / QGROUPS * QWORDS, gi % QGROUPS);
+                v = dequant_group((w_row0 + bn) * row_words + gi / QGROUPS * QWORDS, gi % QGROUPS);
             }
             for (var t = 0u; t < 8u; t++) {
                 for (var c = 0u; c < 4u; c++) {
@@ -116,20 +150,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // Constant indices only, so acc stays in registers.
     let gm = m0 + ty * 8u;
     let gn = n0 + tx * 8u;
-    store4(gm, gn, acc[0]);
-    store4(gm, gn + 4u, acc[1]);
-    store4(gm + 1u, gn, acc[2]);
-    store4(gm + 1u, gn + 4u, acc[3]);
-    store4(gm + 2u, gn, acc[4]);
-    store4(gm + 2u, gn + 4u, acc[5]);
-    store4(gm + 3u, gn, acc[6]);
-    store4(gm + 3u, gn + 4u, acc[7]);
-    store4(gm + 4u, gn, acc[8]);
-    store4(gm + 4u, gn + 4u, acc[9]);
-    store4(gm + 5u, gn, acc[10]);
-    store4(gm + 5u, gn + 4u, acc[11]);
-    store4(gm + 6u, gn, acc[12]);
-    store4(gm + 6u, gn + 4u, acc[13]);
-    store4(gm + 7u, gn, acc[14]);
-    store4(gm + 7u, gn + 4u, acc[15]);
+    store4(gm, gn, acc[0], m_end);
+    store4(gm, gn + 4u, acc[1], m_end);
+    store4(gm + 1u, gn, acc[2], m_end);
+    store4(gm + 1u, gn + 4u, acc[3], m_end);
+    store4(gm + 2u, gn, acc[4], m_end);
+    store4(gm + 2u, gn + 4u, acc[5], m_end);
+    store4(gm + 3u, gn, acc[6], m_end);
+    store4(gm + 3u, gn + 4u, acc[7], m_end);
+    store4(gm + 4u, gn, acc[8], m_end);
+    store4(gm + 4u, gn + 4u, acc[9], m_end);
+    store4(gm + 5u, gn, acc[10], m_end);
+    store4(gm + 5u, gn + 4u, acc[11], m_end);
+    store4(gm + 6u, gn, acc[12], m_end);
+    store4(gm + 6u, gn + 4u, acc[13], m_end);
+    store4(gm + 7u, gn, acc[14], m_end);
+    store4(gm + 7u, gn + 4u, acc[15], m_end);
 }

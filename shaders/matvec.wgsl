@@ -10,8 +10,13 @@
 // drivers, which pay per value loaded, many lanes per row on GPUs, which want many
 // workgroups. With VEC4 (K a multiple of 4, of 8 for f16; always when quantized) x and w are
 // also read as vec4s through x4 and w4, bound to the same buffers as x and w.
+//
+// GROUPED (a mixture of experts at decode): one matvec per sorted row r = workgroup z of
+// perm (shaders/moe_permute.wgsl), with the matrix of that row's expert out of a chunk of
+// stacked [N, K] expert matrices (experts e0 .. e0 + ne), x the row's token (GATHER) or row r
+// of x, and the result row r of y [R, N]. Only the chosen experts' weights are read.
 
-struct Params { k: u32, n: u32, col_offset: u32, _p0: u32 }
+struct Params { k: u32, n: u32, col_offset: u32, e0: u32, ne: u32, _p0: u32, _p1: u32, _p2: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -20,6 +25,7 @@ struct Params { k: u32, n: u32, col_offset: u32, _p0: u32 }
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> w4: array<vec4<u32>>;
+@group(0) @binding(7) var<storage, read> perm: array<u32>;
 
 #include "quant.wgsl"
 
@@ -27,6 +33,8 @@ const R: u32 = ROWS_PER_LANE;
 const ROWS: u32 = 64u / LANES * R; // rows per workgroup
 
 var<workgroup> partial: array<f32, ROWS * LANES>;
+// GROUPED: the x offset, the chunk row where the expert starts, the y offset, 1 to skip.
+var<workgroup> group_info: vec4<u32>;
 
 fn load_w(i: u32) -> f32 {
     if (W_F16) {
@@ -39,8 +47,32 @@ fn load_w(i: u32) -> f32 {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let lane = lid % LANES;
+    var xo = 0u; // offset of x in floats
+    var wr = 0u; // chunk row of the matrix's first row
+    var yo = p.col_offset;
+    if (GROUPED) {
+        if (lid == 0u) {
+            let r = wid.z;
+            let e = perm[2u * r + 1u];
+            var xr = r;
+            if (GATHER) {
+                xr = perm[2u * r];
+            }
+            group_info = vec4<u32>(xr * p.k, (e - p.e0) * p.n, r * p.n,
+                                   select(1u, 0u, e >= p.e0 && e < p.e0 + p.ne));
+        }
+        let info = workgroupUniformLoad(&group_info);
+        if (info.w != 0u) {
+            return;
+        }
+        xo = info.x;
+        wr = info.y;
+        yo = info.z;
+    }
+    let xo4 = xo / 4u;
     let first = group_index(wid, nwg) * ROWS;
     let row0 = first + (lid / LANES) * R;
+    let wrow0 = wr + row0; // the chunk row of row0
     // Rows of this row group inside the chunk (0..R).
     let nr = min(p.n, row0 + R) - min(p.n, row0);
     var acc: array<f32, R>;
@@ -57,12 +89,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             var xa: array<vec4<f32>, 8>;
             var xb: array<vec4<f32>, 8>;
             for (var t = 0u; t < 8u; t++) {
-                xa[t] = x4[64u * sb + 8u * gs.x + t];
-                xb[t] = x4[64u * sb + 8u * gs.y + t];
+                xa[t] = x4[xo4 + 64u * sb + 8u * gs.x + t];
+                xb[t] = x4[xo4 + 64u * sb + 8u * gs.y + t];
             }
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
-                    let v = dequant_pair((row0 + r) * row_words + sb * QWORDS, pi % 4u);
+                    let v = dequant_pair((wrow0 + r) * row_words + sb * QWORDS, pi % 4u);
                     var s = 0.0;
                     for (var t = 0u; t < 8u; t++) {
                         s += dot(v[t], xa[t]) + dot(v[t + 8u], xb[t]);
@@ -77,13 +109,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var gi = lane; gi < p.k / 32u; gi += LANES) {
             var xs: array<vec4<f32>, 8>;
             for (var t = 0u; t < 8u; t++) {
-                xs[t] = x4[8u * gi + t];
+                xs[t] = x4[xo4 + 8u * gi + t];
             }
             let blk = gi / QGROUPS * QWORDS;
             let g = gi % QGROUPS;
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
-                    let v = dequant_group((row0 + r) * row_words + blk, g);
+                    let v = dequant_group((wrow0 + r) * row_words + blk, g);
                     var s = 0.0;
                     for (var t = 0u; t < 8u; t++) {
                         s += dot(v[t], xs[t]);
@@ -96,11 +128,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         // A vec4 of words holds 8 halves; rows start on a vec4 boundary as K % 8 == 0.
         let q = p.k / 8u;
         for (var j = lane; j < q; j += LANES) {
-            let xa = x4[2u * j];
-            let xb = x4[2u * j + 1u];
+            let xa = x4[xo4 + 2u * j];
+            let xb = x4[xo4 + 2u * j + 1u];
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
-                    let v = w4[(row0 + r) * q + j];
+                    let v = w4[(wrow0 + r) * q + j];
                     let lo = vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));
                     let hi = vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w));
                     acc[r] += dot(lo, xa) + dot(hi, xb);
@@ -110,20 +142,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     } else if (VEC4) {
         let q = p.k / 4u;
         for (var j = lane; j < q; j += LANES) {
-            let xv = x4[j];
+            let xv = x4[xo4 + j];
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
-                    acc[r] += dot(bitcast<vec4<f32>>(w4[(row0 + r) * q + j]), xv);
+                    acc[r] += dot(bitcast<vec4<f32>>(w4[(wrow0 + r) * q + j]), xv);
                 }
             }
         }
     } else {
         // Any K: one value at a time (f16 halves may straddle rows when K is odd).
         for (var i = lane; i < p.k; i += LANES) {
-            let xv = x[i];
+            let xv = x[xo + i];
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
-                    acc[r] += load_w((row0 + r) * p.k + i) * xv;
+                    acc[r] += load_w((wrow0 + r) * p.k + i) * xv;
                 }
             }
         }
@@ -141,6 +173,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         if (HAS_BIAS) {
             out += bias[p.col_offset + row];
         }
-        y[p.col_offset + row] = out;
+        y[yo + row] = out;
     }
 }

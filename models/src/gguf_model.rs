@@ -15,8 +15,12 @@ use crate::weights::{HostDType, HostTensor, TensorSource};
 use crate::ChatInfo;
 
 /// GGUF `general.architecture` values and the Hugging Face class they load as.
-const ARCHITECTURES: &[(&str, &str)] =
-    &[("llama", "LlamaForCausalLM"), ("qwen2", "Qwen2ForCausalLM")];
+/// A `llama` file with `llama.expert_count` is Mixtral.
+const ARCHITECTURES: &[(&str, &str)] = &[
+    ("llama", "LlamaForCausalLM"),
+    ("qwen2", "Qwen2ForCausalLM"),
+    ("qwen2moe", "Qwen2MoeForCausalLM"),
+];
 
 /// A config.json-shaped view of the GGUF metadata, so one parser serves both sources.
 pub fn config_from_gguf(file: &GgufFile) -> Result<JsonConfig> {
@@ -39,8 +43,19 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<JsonConfig> {
                 .collect::<Vec<_>>()
                 .join(", "),
         })?;
+    let experts = file
+        .get_u64(&format!("{arch}.expert_count"))
+        .filter(|&n| n > 0);
+    let class = match (arch, experts) {
+        ("llama", Some(_)) => "MixtralForCausalLM",
+        _ => class,
+    };
     let mut m = Map::new();
     m.insert("architectures".into(), json!([class]));
+    let experts_key = match arch {
+        "qwen2moe" => "num_experts",
+        _ => "num_local_experts",
+    };
     let mut int = |hf: &str, key: &str| {
         if let Some(v) = file.get_u64(&format!("{arch}.{key}")) {
             m.insert(hf.into(), json!(v));
@@ -54,6 +69,13 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<JsonConfig> {
     int("head_dim", "attention.key_length");
     int("max_position_embeddings", "context_length");
     int("vocab_size", "vocab_size");
+    int(experts_key, "expert_count");
+    int("num_experts_per_tok", "expert_used_count");
+    int("moe_intermediate_size", "expert_feed_forward_length");
+    int(
+        "shared_expert_intermediate_size",
+        "expert_shared_feed_forward_length",
+    );
     if !m.contains_key("vocab_size") {
         let n = file
             .get_array("tokenizer.ggml.tokens")
@@ -152,9 +174,36 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         "mlp.gate_proj.weight" => "ffn_gate.weight",
         "mlp.up_proj.weight" => "ffn_up.weight",
         "mlp.down_proj.weight" => "ffn_down.weight",
-        _ => return None,
+        // Experts: the router, stacked [E, rows, cols] expert tensors, Qwen2-MoE's shared one.
+        "block_sparse_moe.gate.weight" | "mlp.gate.weight" => "ffn_gate_inp.weight",
+        "block_sparse_moe.experts.w1.weight" | "mlp.experts.gate_proj.weight" => {
+            "ffn_gate_exps.weight"
+        }
+        "block_sparse_moe.experts.w3.weight" | "mlp.experts.up_proj.weight" => "ffn_up_exps.weight",
+        "block_sparse_moe.experts.w2.weight" | "mlp.experts.down_proj.weight" => {
+            "ffn_down_exps.weight"
+        }
+        "mlp.shared_expert.gate_proj.weight" => "ffn_gate_shexp.weight",
+        "mlp.shared_expert.up_proj.weight" => "ffn_up_shexp.weight",
+        "mlp.shared_expert.down_proj.weight" => "ffn_down_shexp.weight",
+        "mlp.shared_expert_gate.weight" => "ffn_gate_inp_shexp.weight",
+        _ => return expert_gguf_name(layer, name),
     };
     Some(format!("blk.{layer}.{mapped}"))
+}
+
+/// Older Mixtral GGUFs keep one tensor per expert: `blk.L.ffn_gate.E.weight`.
+fn expert_gguf_name(layer: &str, name: &str) -> Option<String> {
+    let rest = name.strip_prefix("block_sparse_moe.experts.")?;
+    let (e, proj) = rest.split_once('.')?;
+    let e: usize = e.parse().ok()?;
+    let kind = match proj {
+        "w1.weight" => "ffn_gate",
+        "w3.weight" => "ffn_up",
+        "w2.weight" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{kind}.{e}.weight"))
 }
 
 fn host_dtype(t: GgmlType) -> Option<HostDType> {

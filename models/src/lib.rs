@@ -8,9 +8,11 @@ pub mod gguf;
 pub mod gguf_model;
 pub mod gguf_tokenizer;
 pub mod gla;
+pub mod jamba;
 pub mod llada;
 pub mod llama;
 pub mod mamba;
+pub mod moe;
 pub mod rwkv;
 pub mod rwkv4;
 pub mod safetensors;
@@ -29,6 +31,7 @@ pub use tokenizer::{TextStream, TextTokenizer};
 use chat_template::ChatTemplate;
 use config::JsonConfig;
 use gla::{Gla, GlaConfig};
+use jamba::{Jamba, JambaConfig};
 use kestrel_runtime::graph::Graph;
 use kestrel_runtime::session::Head;
 use kestrel_runtime::TensorId;
@@ -67,6 +70,8 @@ pub enum Network {
     Rwkv(Arc<Rwkv>),
     /// RWKV-4 (RwkvForCausalLM).
     Rwkv4(Arc<Rwkv4>),
+    /// Jamba: Mamba and attention layers with sparse experts.
+    Jamba(Arc<Jamba>),
 }
 
 impl Network {
@@ -77,6 +82,7 @@ impl Network {
             Network::Gla(m) => m.clone(),
             Network::Rwkv(m) => m.clone(),
             Network::Rwkv4(m) => m.clone(),
+            Network::Jamba(m) => m.clone(),
         }
     }
     /// (bytes of weights on the GPU, bytes of the same tensors in the file)
@@ -87,6 +93,7 @@ impl Network {
             Network::Gla(m) => (m.weight_bytes, m.file_bytes),
             Network::Rwkv(m) => (m.weight_bytes, m.file_bytes),
             Network::Rwkv4(m) => (m.weight_bytes, m.file_bytes),
+            Network::Jamba(m) => (m.weight_bytes, m.file_bytes),
         }
     }
     fn config(&self) -> ModelConfig {
@@ -101,6 +108,7 @@ impl Network {
             ),
             Network::Rwkv(m) => (&m.config).into(),
             Network::Rwkv4(m) => (&m.config).into(),
+            Network::Jamba(m) => (&m.config).into(),
         }
     }
 }
@@ -115,6 +123,20 @@ pub(crate) fn lin(
     let w = g.weight(w);
     let b = bias.map(|b| g.weight(b));
     g.linear(x, w, b)
+}
+
+/// The gate, up and down matrices of a SwiGLU MLP under `prefix` (`{prefix}.gate_proj.weight`..).
+pub(crate) fn dense_mlp(
+    up: &mut weights::Uploader<'_>,
+    prefix: &str,
+    intermediate: usize,
+    hidden: usize,
+) -> Result<[Arc<kestrel_runtime::tensor::GpuWeight>; 3]> {
+    Ok([
+        up.matrix(&format!("{prefix}.gate_proj.weight"), intermediate, hidden)?,
+        up.matrix(&format!("{prefix}.up_proj.weight"), intermediate, hidden)?,
+        up.matrix(&format!("{prefix}.down_proj.weight"), hidden, intermediate)?,
+    ])
 }
 
 /// The SwiGLU MLP `down(silu(gate(h)) * up(h))` of Llama-style blocks.
@@ -202,6 +224,20 @@ impl ModelConfig {
     }
 }
 
+impl From<&JambaConfig> for ModelConfig {
+    fn from(c: &JambaConfig) -> ModelConfig {
+        ModelConfig {
+            architecture: jamba::ARCHITECTURE.to_string(),
+            vocab: c.vocab,
+            max_positions: c.max_positions,
+            causal: true,
+            mask_token: None,
+            bos: c.bos.clone(),
+            eos: c.eos.clone(),
+        }
+    }
+}
+
 impl From<&MambaConfig> for ModelConfig {
     fn from(c: &MambaConfig) -> ModelConfig {
         let arch = mamba::ARCHITECTURES[c.version as usize - 1];
@@ -228,7 +264,7 @@ pub fn supported_architectures() -> String {
         .chain(mamba::ARCHITECTURES)
         .chain(&[gla::ARCHITECTURE])
         .chain(rwkv::ARCHITECTURES)
-        .chain(&[rwkv4::ARCHITECTURE])
+        .chain(&[rwkv4::ARCHITECTURE, jamba::ARCHITECTURE])
         .copied()
         .collect::<Vec<_>>()
         .join(", ")
@@ -253,6 +289,9 @@ pub fn check_config(config: &JsonConfig) -> Result<ModelConfig> {
     }
     if rwkv4::is_rwkv4(config) {
         return Ok((&Rwkv4Config::from_json(config)?).into());
+    }
+    if jamba::is_jamba(config) {
+        return Ok((&JambaConfig::from_json(config)?).into());
     }
     if llada::is_llada(config) {
         return Ok((&LlamaConfig::from_json(&llada::to_hf_config(config)?)?).into());
@@ -355,6 +394,11 @@ pub fn build_model(
     } else if rwkv::is_rwkv(config) {
         Network::Rwkv(Arc::new(Rwkv::load(
             RwkvConfig::from_json(config)?,
+            &mut up,
+        )?))
+    } else if jamba::is_jamba(config) {
+        Network::Jamba(Arc::new(Jamba::load(
+            JambaConfig::from_json(config)?,
             &mut up,
         )?))
     } else {

@@ -1,7 +1,9 @@
 //! The Llama family as one configurable decoder: LlamaForCausalLM (GQA, tied or untied
 //! embeddings, Llama-3 RoPE scaling), MistralForCausalLM (sliding-window attention) and
-//! Qwen2ForCausalLM (q/k/v biases, per-layer sliding windows). Attention can further be
-//! switched, at load time, to StreamingLLM sinks or block-sparse patterns.
+//! Qwen2ForCausalLM (q/k/v biases, per-layer sliding windows), and their sparse
+//! mixture-of-experts variants MixtralForCausalLM and Qwen2MoeForCausalLM (crate::moe in
+//! place of the MLP). Attention can further be switched, at load time, to StreamingLLM sinks
+//! or block-sparse patterns.
 
 use std::sync::Arc;
 
@@ -12,9 +14,11 @@ use kestrel_runtime::kernels::rope::{self, Llama3Scaling};
 use kestrel_runtime::kv::KvLayout;
 use kestrel_runtime::session::{Architecture, Head, StateSpec};
 use kestrel_runtime::tensor::{DType, GpuWeight};
+use kestrel_runtime::TensorId;
 
 use crate::config::JsonConfig;
 use crate::error::{ModelError, Result};
+use crate::moe::{FeedForward, MoeConfig};
 use crate::weights::Uploader;
 
 pub const SUPPORTED: &[&str] = &[
@@ -22,6 +26,8 @@ pub const SUPPORTED: &[&str] = &[
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "LLaDAModelLM",
+    "MixtralForCausalLM",
+    "Qwen2MoeForCausalLM",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +54,9 @@ pub struct LlamaConfig {
     pub mask_token: Option<u32>,
     pub bos: Vec<u32>,
     pub eos: Vec<u32>,
+    /// Sparse experts in place of the MLP on the layers `moe_layers` marks.
+    pub moe: Option<MoeConfig>,
+    pub moe_layers: Vec<bool>,
 }
 
 impl LlamaConfig {
@@ -55,7 +64,8 @@ impl LlamaConfig {
         let architecture = c.architecture()?;
         let (qwen2, causal) = match architecture.as_str() {
             "LlamaForCausalLM" | "llama" | "MistralForCausalLM" | "mistral" => (false, true),
-            "Qwen2ForCausalLM" | "qwen2" => (true, true),
+            "MixtralForCausalLM" | "mixtral" => (false, true),
+            "Qwen2ForCausalLM" | "qwen2" | "Qwen2MoeForCausalLM" | "qwen2_moe" => (true, true),
             // Configs in LLaDA's own format arrive translated by `llada::to_hf_config`.
             crate::llada::ARCHITECTURE => (false, false),
             _ => {
@@ -138,7 +148,10 @@ impl LlamaConfig {
         };
         let layers = c.positive("num_hidden_layers")?;
         let layer_windows = layer_windows(c, qwen2, layers)?;
+        let (moe, moe_layers) = moe_config(c, &architecture, layers)?;
         Ok(LlamaConfig {
+            moe,
+            moe_layers,
             hidden,
             intermediate: c.positive("intermediate_size")?,
             layers,
@@ -174,13 +187,54 @@ impl LlamaConfig {
         self.layer_windows.iter().flatten().copied().min()
     }
 
-    fn attn_shape(&self) -> AttnShape {
+    pub(crate) fn attn_shape(&self) -> AttnShape {
         AttnShape {
             heads: self.heads,
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
             scale: 1.0 / (self.head_dim as f32).sqrt(),
         }
+    }
+}
+
+/// The experts of Mixtral (every layer; probabilities renormalised over the top k) and
+/// Qwen2-MoE (layers where (l + 1) % decoder_sparse_step == 0 and not in mlp_only_layers;
+/// norm_topk_prob; a sigmoid-gated shared expert).
+fn moe_config(
+    c: &JsonConfig,
+    architecture: &str,
+    layers: usize,
+) -> Result<(Option<MoeConfig>, Vec<bool>)> {
+    match architecture {
+        "MixtralForCausalLM" | "mixtral" => {
+            let inter = c.positive("intermediate_size")?;
+            let moe = MoeConfig::from_json(c, "num_local_experts", inter, true, None)?;
+            Ok((Some(moe), vec![true; layers]))
+        }
+        "Qwen2MoeForCausalLM" | "qwen2_moe" => {
+            let inter = c.positive("moe_intermediate_size")?;
+            let shared = c
+                .opt_usize("shared_expert_intermediate_size")?
+                .filter(|&n| n > 0);
+            let renorm = c.opt_bool("norm_topk_prob")?.unwrap_or(false);
+            let moe = MoeConfig::from_json(c, "num_experts", inter, renorm, shared)?;
+            let step = c.opt_usize("decoder_sparse_step")?.unwrap_or(1).max(1);
+            let dense: Vec<usize> = c
+                .get("mlp_only_layers")
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_u64())
+                        .map(|v| v as usize)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let sparse = (0..layers)
+                .map(|l| !dense.contains(&l) && (l + 1) % step == 0)
+                .collect();
+            Ok((Some(moe), sparse))
+        }
+        _ => Ok((None, vec![false; layers])),
     }
 }
 
@@ -199,11 +253,11 @@ fn layer_windows(c: &JsonConfig, qwen2: bool, layers: usize) -> Result<Vec<Optio
         None if mistral => Some(4096),
         _ => c.opt_usize("sliding_window")?,
     };
+    let enabled = !qwen2 || c.opt_bool("use_sliding_window")?.unwrap_or(false);
+    let window = window.filter(|_| enabled);
     if window == Some(0) {
         return Err(bad("sliding_window", "must be at least 1".into()));
     }
-    let enabled = !qwen2 || c.opt_bool("use_sliding_window")?.unwrap_or(false);
-    let window = window.filter(|_| enabled);
     if let Some(types) = c.get("layer_types").and_then(|v| v.as_array()) {
         if types.len() != layers {
             return Err(bad(
@@ -246,9 +300,9 @@ pub struct AttentionOptions {
     pub sparse: Option<SparseConfig>,
 }
 
+/// The projections of a self-attention block (Llama, Jamba's attention layers).
 #[derive(Clone)]
-struct Layer {
-    attn_norm: Arc<GpuWeight>,
+pub(crate) struct AttentionWeights {
     q: Arc<GpuWeight>,
     k: Arc<GpuWeight>,
     v: Arc<GpuWeight>,
@@ -256,10 +310,88 @@ struct Layer {
     k_bias: Option<Arc<GpuWeight>>,
     v_bias: Option<Arc<GpuWeight>>,
     o: Arc<GpuWeight>,
+}
+
+impl AttentionWeights {
+    /// `{prefix}.{q,k,v,o}_proj.weight` and q/k/v biases (required when `bias`, else
+    /// loaded when present).
+    pub fn load(
+        up: &mut Uploader<'_>,
+        prefix: &str,
+        hidden: usize,
+        shape: &AttnShape,
+        bias: bool,
+    ) -> Result<AttentionWeights> {
+        let (qd, kvd) = (
+            shape.heads * shape.head_dim,
+            shape.kv_heads * shape.head_dim,
+        );
+        let b = |up: &mut Uploader<'_>, name: &str, n: usize| -> Result<Option<Arc<GpuWeight>>> {
+            let name = format!("{prefix}.{name}.bias");
+            match bias {
+                true => up.vector(&name, n).map(Some),
+                false => up.optional_vector(&name, n),
+            }
+        };
+        Ok(AttentionWeights {
+            q: up.matrix(&format!("{prefix}.q_proj.weight"), qd, hidden)?,
+            k: up.matrix(&format!("{prefix}.k_proj.weight"), kvd, hidden)?,
+            v: up.matrix(&format!("{prefix}.v_proj.weight"), kvd, hidden)?,
+            q_bias: b(up, "q_proj", qd)?,
+            k_bias: b(up, "k_proj", kvd)?,
+            v_bias: b(up, "v_proj", kvd)?,
+            o: up.matrix(&format!("{prefix}.o_proj.weight"), hidden, qd)?,
+        })
+    }
+
+    /// Self-attention over `h` [T, hidden] through the KV cache states `{cache}.k` and
+    /// `{cache}.v` laid out as `layout`; RoPE with `inv_freq` when given (inside attention
+    /// for caches that keep keys before RoPE). Returns the output projection [T, hidden].
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        &self,
+        g: &mut Graph,
+        h: TensorId,
+        cache: &str,
+        layout: KvLayout,
+        shape: AttnShape,
+        causal: bool,
+        inv_freq: Option<TensorId>,
+        mask: Option<TensorId>,
+    ) -> kestrel_runtime::Result<TensorId> {
+        let kvd = shape.kv_heads * shape.head_dim;
+        let q = crate::lin(g, h, &self.q, self.q_bias.as_ref())?;
+        let k = crate::lin(g, h, &self.k, self.k_bias.as_ref())?;
+        let v = crate::lin(g, h, &self.v, self.v_bias.as_ref())?;
+        // Keys cached before RoPE (attention sinks) are rotated inside attention.
+        let (q, k, rope) = match inv_freq {
+            Some(f) if layout.rope_in_attention => (q, k, Some(f)),
+            Some(f) => {
+                let q = g.rope(q, f, shape.heads, shape.head_dim)?;
+                (q, g.rope(k, f, shape.kv_heads, shape.head_dim)?, None)
+            }
+            None => (q, k, None),
+        };
+        let k_cache = g.state(&format!("{cache}.k"), &[layout.rows, kvd]);
+        let v_cache = g.state(&format!("{cache}.v"), &[layout.rows, kvd]);
+        g.cache_write(k, k_cache, layout)?;
+        g.cache_write(v, v_cache, layout)?;
+        let a = g.attention(q, k_cache, v_cache, shape, causal, layout, rope, mask)?;
+        crate::lin(g, a, &self.o, None)
+    }
+}
+
+/// The K and V cache states of an attention layer named `cache`.
+pub(crate) fn cache_states(cache: &str, layout: &KvLayout, kv_dim: usize) -> [StateSpec; 2] {
+    ["k", "v"].map(|kind| StateSpec::cache(format!("{cache}.{kind}"), vec![layout.rows, kv_dim]))
+}
+
+#[derive(Clone)]
+struct Layer {
+    attn_norm: Arc<GpuWeight>,
+    attn: AttentionWeights,
     mlp_norm: Arc<GpuWeight>,
-    gate: Arc<GpuWeight>,
-    up: Arc<GpuWeight>,
-    down: Arc<GpuWeight>,
+    ffn: FeedForward,
 }
 
 #[derive(Clone)]
@@ -281,33 +413,34 @@ impl Llama {
     /// Upload the weights named as in Hugging Face checkpoints.
     pub fn load(config: LlamaConfig, up: &mut Uploader<'_>) -> Result<Llama> {
         let c = &config;
-        let (h, kvd, qd) = (c.hidden, c.kv_heads * c.head_dim, c.heads * c.head_dim);
+        let h = c.hidden;
         let embed = up.matrix("model.embed_tokens.weight", c.vocab, h)?;
         let mut layers = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
             let p = format!("model.layers.{l}");
-            let bias =
-                |up: &mut Uploader<'_>, name: &str, n: usize| -> Result<Option<Arc<GpuWeight>>> {
-                    if c.qkv_bias {
-                        up.vector(&format!("{p}.self_attn.{name}.bias"), n)
-                            .map(Some)
-                    } else {
-                        up.optional_vector(&format!("{p}.self_attn.{name}.bias"), n)
-                    }
-                };
+            let attn_shape = c.attn_shape();
             layers.push(Layer {
                 attn_norm: up.vector(&format!("{p}.input_layernorm.weight"), h)?,
-                q: up.matrix(&format!("{p}.self_attn.q_proj.weight"), qd, h)?,
-                k: up.matrix(&format!("{p}.self_attn.k_proj.weight"), kvd, h)?,
-                v: up.matrix(&format!("{p}.self_attn.v_proj.weight"), kvd, h)?,
-                q_bias: bias(up, "q_proj", qd)?,
-                k_bias: bias(up, "k_proj", kvd)?,
-                v_bias: bias(up, "v_proj", kvd)?,
-                o: up.matrix(&format!("{p}.self_attn.o_proj.weight"), h, qd)?,
+                attn: AttentionWeights::load(
+                    up,
+                    &format!("{p}.self_attn"),
+                    h,
+                    &attn_shape,
+                    c.qkv_bias,
+                )?,
                 mlp_norm: up.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                gate: up.matrix(&format!("{p}.mlp.gate_proj.weight"), c.intermediate, h)?,
-                up: up.matrix(&format!("{p}.mlp.up_proj.weight"), c.intermediate, h)?,
-                down: up.matrix(&format!("{p}.mlp.down_proj.weight"), h, c.intermediate)?,
+                ffn: {
+                    let mixtral =
+                        matches!(c.architecture.as_str(), "MixtralForCausalLM" | "mixtral");
+                    let (names, block) = match mixtral {
+                        true => (crate::moe::MIXTRAL, "block_sparse_moe"),
+                        false => (crate::moe::QWEN2_MOE, "mlp"),
+                    };
+                    let moe = c.moe.as_ref().filter(|_| c.moe_layers[l]);
+                    let block = if moe.is_some() { block } else { "mlp" };
+                    let prefix = format!("{p}.{block}");
+                    FeedForward::load(up, moe.map(|m| (m, names)), &prefix, l, h, c.intermediate)?
+                },
             });
         }
         let norm = up.vector("model.norm.weight", h)?;
@@ -416,15 +549,14 @@ impl Architecture for Llama {
 
     fn states(&self, capacity: usize) -> Vec<StateSpec> {
         let kvd = self.config.kv_heads * self.config.head_dim;
-        self.kv_layouts(capacity)
+        let mut states: Vec<StateSpec> = self
+            .kv_layouts(capacity)
             .iter()
             .enumerate()
-            .flat_map(|(l, layout)| {
-                ["k", "v"].map(|kind| {
-                    StateSpec::cache(format!("layer.{l}.{kind}"), vec![layout.rows, kvd])
-                })
-            })
-            .collect()
+            .flat_map(|(l, layout)| cache_states(&format!("layer.{l}"), layout, kvd))
+            .collect();
+        states.extend(self.layers.iter().filter_map(|l| l.ffn.state()));
+        states
     }
 
     fn build(&self, n: usize, capacity: usize, head: Head) -> kestrel_runtime::Result<Graph> {
@@ -472,7 +604,6 @@ impl Llama {
         capacity: usize,
     ) -> kestrel_runtime::Result<kestrel_runtime::TensorId> {
         let c = &self.config;
-        let kvd = c.kv_heads * c.head_dim;
         let embed = g.weight(&self.embed);
         let inv_freq = g.weight(&self.inv_freq);
         let mut x = g.embedding(embed, ids)?;
@@ -480,46 +611,25 @@ impl Llama {
             let w = |g: &mut Graph, w: &Arc<GpuWeight>| g.weight(w);
             let norm = w(g, &layer.attn_norm);
             let h = g.rms_norm(x, norm, c.eps)?;
-            let proj = |g: &mut Graph, m: &Arc<GpuWeight>, b: &Option<Arc<GpuWeight>>| {
-                let mw = g.weight(m);
-                let bw = b.as_ref().map(|b| g.weight(b));
-                g.linear(h, mw, bw)
-            };
-            let q = proj(g, &layer.q, &layer.q_bias)?;
-            let k = proj(g, &layer.k, &layer.k_bias)?;
-            let v = proj(g, &layer.v, &layer.v_bias)?;
             let layout = self.layout(l, capacity)?;
-            // Keys cached before RoPE (attention sinks) are rotated inside attention.
-            let (q, k, rope) = if layout.rope_in_attention {
-                (q, k, Some(inv_freq))
-            } else {
-                let q = g.rope(q, inv_freq, c.heads, c.head_dim)?;
-                (q, g.rope(k, inv_freq, c.kv_heads, c.head_dim)?, None)
-            };
-            let k_cache = g.state(&format!("layer.{l}.k"), &[layout.rows, kvd]);
-            let v_cache = g.state(&format!("layer.{l}.v"), &[layout.rows, kvd]);
-            g.cache_write(k, k_cache, layout)?;
-            g.cache_write(v, v_cache, layout)?;
             let mask = self.sparse_pattern(l).map(|pattern| {
                 let blocks = mask_blocks(layout.rows);
                 g.block_mask(&BlockMask::causal(&pattern, c.heads, blocks, l))
             });
-            let a = g.attention(
-                q,
-                k_cache,
-                v_cache,
+            let o = layer.attn.build(
+                g,
+                h,
+                &format!("layer.{l}"),
+                layout,
                 c.attn_shape(),
                 c.causal,
-                layout,
-                rope,
+                Some(inv_freq),
                 mask,
             )?;
-            let o = w(g, &layer.o);
-            let o = g.linear(a, o, None)?;
             x = g.add_tensors(x, o)?;
             let norm = w(g, &layer.mlp_norm);
             let h = g.rms_norm(x, norm, c.eps)?;
-            let down = crate::swiglu_mlp(g, h, [&layer.gate, &layer.up, &layer.down])?;
+            let down = layer.ffn.build(g, h)?;
             x = g.add_tensors(x, down)?;
         }
         let norm = g.weight(&self.norm);

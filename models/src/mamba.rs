@@ -57,6 +57,8 @@ pub struct MambaConfig {
     pub eps: f32,
     pub conv_bias: bool,
     pub proj_bias: bool,
+    /// Jamba: RMSNorms on dt, B and C after x_proj.
+    pub inner_norms: bool,
     pub tie_embeddings: bool,
     pub bos: Vec<u32>,
     pub eos: Vec<u32>,
@@ -152,17 +154,49 @@ impl MambaConfig {
             eps: c.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5) as f32,
             conv_bias: c.opt_bool("use_conv_bias")?.unwrap_or(true),
             proj_bias: c.opt_bool("use_bias")?.unwrap_or(false),
+            inner_norms: false,
             tie_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(true),
             bos: c.opt_token_ids("bos_token_id"),
             eos: c.opt_token_ids("eos_token_id"),
         };
-        kestrel_runtime::kernels::conv1d::validate(config.conv_kernel)
-            .map_err(|e| bad("conv_kernel", e.to_string()))?;
-        config
-            .scan_shape()
-            .validate()
-            .map_err(|e| bad("state_size", e.to_string()))?;
+        config.validate(c)?;
         Ok(config)
+    }
+
+    /// Check the conv kernel and the scan's shape against what the kernels support.
+    pub(crate) fn validate(&self, c: &JsonConfig) -> Result<()> {
+        let bad = |key: &str, message: String| ModelError::BadConfigValue {
+            file: c.path.clone(),
+            key: key.to_string(),
+            message,
+        };
+        kestrel_runtime::kernels::conv1d::validate(self.conv_kernel)
+            .map_err(|e| bad("conv_kernel", e.to_string()))?;
+        self.scan_shape()
+            .validate()
+            .map_err(|e| bad("state_size", e.to_string()))
+    }
+
+    fn conv_state(&self, l: usize, name: &str) -> String {
+        format!("layer.{l}.conv.{name}")
+    }
+
+    fn ssm_state(&self, l: usize) -> String {
+        format!("layer.{l}.ssm")
+    }
+
+    /// The recurrent states of layer `l`'s mixer: its convolutions' inputs and the scan.
+    pub(crate) fn layer_states(&self, l: usize) -> Vec<StateSpec> {
+        let shape = self.scan_shape();
+        let convs = self.convs().into_iter().map(|(name, ch)| {
+            StateSpec::recurrent(self.conv_state(l, name), vec![self.conv_kernel - 1, ch])
+        });
+        convs
+            .chain(std::iter::once(StateSpec::recurrent(
+                self.ssm_state(l),
+                vec![shape.heads * shape.dv, shape.dk],
+            )))
+            .collect()
     }
 
     fn head_dim(&self) -> usize {
@@ -208,9 +242,9 @@ struct Conv {
     bias: Option<Arc<GpuWeight>>,
 }
 
+/// One layer's mixer: everything between the layer's norm and its residual add.
 #[derive(Clone)]
-struct Layer {
-    norm: Arc<GpuWeight>,
+pub(crate) struct MambaMixer {
     /// The input projection's parts: x, z and (Mamba-2) B, C, dt.
     in_x: Arc<GpuWeight>,
     in_z: Arc<GpuWeight>,
@@ -225,6 +259,8 @@ struct Layer {
     x_b: Option<Arc<GpuWeight>>,
     x_c: Option<Arc<GpuWeight>>,
     dt_proj: Option<Arc<GpuWeight>>,
+    /// Jamba's RMSNorms of dt (low rank), B and C.
+    inner_norms: Option<[Arc<GpuWeight>; 3]>,
     /// dt_proj's bias (Mamba) or dt_bias (Mamba-2), added before softplus.
     dt_bias: Arc<GpuWeight>,
     /// -exp(A_log): [inner, state] (Mamba) or [heads] (Mamba-2).
@@ -241,7 +277,8 @@ struct Layer {
 pub struct Mamba {
     pub config: MambaConfig,
     embed: Arc<GpuWeight>,
-    layers: Vec<Layer>,
+    /// Per layer: its RMSNorm and its mixer.
+    layers: Vec<(Arc<GpuWeight>, MambaMixer)>,
     norm: Arc<GpuWeight>,
     lm_head: Arc<GpuWeight>,
     pub weight_bytes: u64,
@@ -251,134 +288,13 @@ pub struct Mamba {
 impl Mamba {
     pub fn load(config: MambaConfig, up: &mut Uploader<'_>) -> Result<Mamba> {
         let c = &config;
-        let (h, di, n, k) = (c.hidden, c.inner, c.state, c.conv_kernel);
+        let h = c.hidden;
         let embed = up.matrix("backbone.embeddings.weight", c.vocab, h)?;
         let mut layers = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
             let p = format!("backbone.layers.{l}");
-            let m = format!("{p}.mixer");
-            let bcw = c.bc_width();
-            // in_proj rows: Mamba [x, z]; Mamba-2 [z, x, B, C, dt].
-            let in_rows = match c.version {
-                1 => 2 * di,
-                _ => 2 * di + 2 * bcw + c.heads,
-            };
-            let in_name = format!("{m}.in_proj.weight");
-            let part = |up: &mut Uploader<'_>, start, count| {
-                up.matrix_rows(&in_name, in_rows, h, start, count)
-            };
-            let (x_at, z_at) = if c.version == 1 { (0, di) } else { (di, 0) };
-            let in_x = part(up, x_at, di)?;
-            let in_z = part(up, z_at, di)?;
-            let (in_b, in_c, in_dt) = if c.version == 2 {
-                (
-                    Some(part(up, 2 * di, bcw)?),
-                    Some(part(up, 2 * di + bcw, bcw)?),
-                    Some(part(up, 2 * di + 2 * bcw, c.heads)?),
-                )
-            } else {
-                (None, None, None)
-            };
-            let in_bias = if c.proj_bias {
-                if c.version == 2 {
-                    return Err(ModelError::BadOption(
-                        "Mamba-2 with use_bias (in_proj bias) is not supported".into(),
-                    ));
-                }
-                let b = up.host(&format!("{m}.in_proj.bias"), &[in_rows])?;
-                Some([
-                    up.vector_from(&format!("{m}.in_proj.bias.x"), &b[..di])?,
-                    up.vector_from(&format!("{m}.in_proj.bias.z"), &b[di..])?,
-                ])
-            } else {
-                None
-            };
-            // The conv weights [channels, 1, kernel] split by channel like in_proj.
-            let conv_channels: usize = c.convs().iter().map(|(_, ch)| ch).sum();
-            let conv_w = up.host(&format!("{m}.conv1d.weight"), &[conv_channels, 1, k])?;
-            let conv_b = if c.conv_bias {
-                Some(up.host(&format!("{m}.conv1d.bias"), &[conv_channels])?)
-            } else {
-                None
-            };
-            let mut convs = Vec::new();
-            let mut at = 0;
-            for (name, ch) in c.convs() {
-                convs.push(Conv {
-                    w: up.vector_from(
-                        &format!("{m}.conv1d.weight.{name}"),
-                        &conv_w[at * k..(at + ch) * k],
-                    )?,
-                    bias: match &conv_b {
-                        Some(b) => Some(
-                            up.vector_from(&format!("{m}.conv1d.bias.{name}"), &b[at..at + ch])?,
-                        ),
-                        None => None,
-                    },
-                });
-                at += ch;
-            }
-            let neg_exp = |v: Vec<f32>| v.into_iter().map(|x| -x.exp()).collect::<Vec<_>>();
-            let layer = if c.version == 1 {
-                let xp = format!("{m}.x_proj.weight");
-                let xrows = c.dt_rank + 2 * n;
-                Layer {
-                    norm: up.vector(&format!("{p}.norm.weight"), h)?,
-                    in_x,
-                    in_z,
-                    in_bias,
-                    in_b,
-                    in_c,
-                    in_dt,
-                    convs,
-                    x_dt: Some(up.matrix_rows(&xp, xrows, di, 0, c.dt_rank)?),
-                    x_b: Some(up.matrix_rows(&xp, xrows, di, c.dt_rank, n)?),
-                    x_c: Some(up.matrix_rows(&xp, xrows, di, c.dt_rank + n, n)?),
-                    dt_proj: Some(up.matrix(&format!("{m}.dt_proj.weight"), di, c.dt_rank)?),
-                    dt_bias: up.vector(&format!("{m}.dt_proj.bias"), di)?,
-                    a: {
-                        let a = neg_exp(up.host(&format!("{m}.A_log"), &[di, n])?);
-                        up.vector_from(&format!("{m}.A"), &a)?
-                    },
-                    d: up.vector(&format!("{m}.D"), di)?,
-                    gate_norm: None,
-                    out: up.matrix(&format!("{m}.out_proj.weight"), h, di)?,
-                    out_bias: match c.proj_bias {
-                        true => Some(up.vector(&format!("{m}.out_proj.bias"), h)?),
-                        false => None,
-                    },
-                }
-            } else {
-                let d = up.host(&format!("{m}.D"), &[c.heads])?;
-                let d: Vec<f32> = d
-                    .iter()
-                    .flat_map(|&v| std::iter::repeat_n(v, c.head_dim()))
-                    .collect();
-                Layer {
-                    norm: up.vector(&format!("{p}.norm.weight"), h)?,
-                    in_x,
-                    in_z,
-                    in_bias,
-                    in_b,
-                    in_c,
-                    in_dt,
-                    convs,
-                    x_dt: None,
-                    x_b: None,
-                    x_c: None,
-                    dt_proj: None,
-                    dt_bias: up.vector(&format!("{m}.dt_bias"), c.heads)?,
-                    a: {
-                        let a = neg_exp(up.host(&format!("{m}.A_log"), &[c.heads])?);
-                        up.vector_from(&format!("{m}.A"), &a)?
-                    },
-                    d: up.vector_from(&format!("{m}.D.per_channel"), &d)?,
-                    gate_norm: Some(up.vector(&format!("{m}.norm.weight"), di)?),
-                    out: up.matrix(&format!("{m}.out_proj.weight"), h, di)?,
-                    out_bias: None,
-                }
-            };
-            layers.push(layer);
+            let norm = up.vector(&format!("{p}.norm.weight"), h)?;
+            layers.push((norm, MambaMixer::load(c, up, &format!("{p}.mixer"))?));
         }
         let norm = up.vector("backbone.norm_f.weight", h)?;
         let lm_head = if up.source.contains("lm_head.weight") || !c.tie_embeddings {
@@ -396,19 +312,153 @@ impl Mamba {
             lm_head,
         })
     }
+}
 
-    fn conv_state(&self, l: usize, name: &str) -> String {
-        format!("layer.{l}.conv.{name}")
+impl MambaMixer {
+    /// The mixer's weights under `m` (e.g. `backbone.layers.3.mixer`).
+    pub(crate) fn load(c: &MambaConfig, up: &mut Uploader<'_>, m: &str) -> Result<MambaMixer> {
+        let (h, di, n, k) = (c.hidden, c.inner, c.state, c.conv_kernel);
+        let bcw = c.bc_width();
+        // in_proj rows: Mamba [x, z]; Mamba-2 [z, x, B, C, dt].
+        let in_rows = match c.version {
+            1 => 2 * di,
+            _ => 2 * di + 2 * bcw + c.heads,
+        };
+        let in_name = format!("{m}.in_proj.weight");
+        let part = |up: &mut Uploader<'_>, start, count| {
+            up.matrix_rows(&in_name, in_rows, h, start, count)
+        };
+        let (x_at, z_at) = if c.version == 1 { (0, di) } else { (di, 0) };
+        let in_x = part(up, x_at, di)?;
+        let in_z = part(up, z_at, di)?;
+        let (in_b, in_c, in_dt) = if c.version == 2 {
+            (
+                Some(part(up, 2 * di, bcw)?),
+                Some(part(up, 2 * di + bcw, bcw)?),
+                Some(part(up, 2 * di + 2 * bcw, c.heads)?),
+            )
+        } else {
+            (None, None, None)
+        };
+        let in_bias = if c.proj_bias {
+            if c.version == 2 {
+                return Err(ModelError::BadOption(
+                    "Mamba-2 with use_bias (in_proj bias) is not supported".into(),
+                ));
+            }
+            let b = up.host(&format!("{m}.in_proj.bias"), &[in_rows])?;
+            Some([
+                up.vector_from(&format!("{m}.in_proj.bias.x"), &b[..di])?,
+                up.vector_from(&format!("{m}.in_proj.bias.z"), &b[di..])?,
+            ])
+        } else {
+            None
+        };
+        // The conv weights [channels, 1, kernel] split by channel like in_proj.
+        let conv_channels: usize = c.convs().iter().map(|(_, ch)| ch).sum();
+        let conv_w = up.host(&format!("{m}.conv1d.weight"), &[conv_channels, 1, k])?;
+        let conv_b = if c.conv_bias {
+            Some(up.host(&format!("{m}.conv1d.bias"), &[conv_channels])?)
+        } else {
+            None
+        };
+        let mut convs = Vec::new();
+        let mut at = 0;
+        for (name, ch) in c.convs() {
+            convs.push(Conv {
+                w: up.vector_from(
+                    &format!("{m}.conv1d.weight.{name}"),
+                    &conv_w[at * k..(at + ch) * k],
+                )?,
+                bias: match &conv_b {
+                    Some(b) => {
+                        Some(up.vector_from(&format!("{m}.conv1d.bias.{name}"), &b[at..at + ch])?)
+                    }
+                    None => None,
+                },
+            });
+            at += ch;
+        }
+        let neg_exp = |v: Vec<f32>| v.into_iter().map(|x| -x.exp()).collect::<Vec<_>>();
+        let layer = if c.version == 1 {
+            let xp = format!("{m}.x_proj.weight");
+            let xrows = c.dt_rank + 2 * n;
+            let inner_norms = match c.inner_norms {
+                true => Some([
+                    up.vector(&format!("{m}.dt_layernorm.weight"), c.dt_rank)?,
+                    up.vector(&format!("{m}.b_layernorm.weight"), n)?,
+                    up.vector(&format!("{m}.c_layernorm.weight"), n)?,
+                ]),
+                false => None,
+            };
+            MambaMixer {
+                inner_norms,
+                in_x,
+                in_z,
+                in_bias,
+                in_b,
+                in_c,
+                in_dt,
+                convs,
+                x_dt: Some(up.matrix_rows(&xp, xrows, di, 0, c.dt_rank)?),
+                x_b: Some(up.matrix_rows(&xp, xrows, di, c.dt_rank, n)?),
+                x_c: Some(up.matrix_rows(&xp, xrows, di, c.dt_rank + n, n)?),
+                dt_proj: Some(up.matrix(&format!("{m}.dt_proj.weight"), di, c.dt_rank)?),
+                dt_bias: up.vector(&format!("{m}.dt_proj.bias"), di)?,
+                a: {
+                    let a = neg_exp(up.host(&format!("{m}.A_log"), &[di, n])?);
+                    up.vector_from(&format!("{m}.A"), &a)?
+                },
+                d: up.vector(&format!("{m}.D"), di)?,
+                gate_norm: None,
+                out: up.matrix(&format!("{m}.out_proj.weight"), h, di)?,
+                out_bias: match c.proj_bias {
+                    true => Some(up.vector(&format!("{m}.out_proj.bias"), h)?),
+                    false => None,
+                },
+            }
+        } else {
+            let d = up.host(&format!("{m}.D"), &[c.heads])?;
+            let d: Vec<f32> = d
+                .iter()
+                .flat_map(|&v| std::iter::repeat_n(v, c.head_dim()))
+                .collect();
+            MambaMixer {
+                inner_norms: None,
+                in_x,
+                in_z,
+                in_bias,
+                in_b,
+                in_c,
+                in_dt,
+                convs,
+                x_dt: None,
+                x_b: None,
+                x_c: None,
+                dt_proj: None,
+                dt_bias: up.vector(&format!("{m}.dt_bias"), c.heads)?,
+                a: {
+                    let a = neg_exp(up.host(&format!("{m}.A_log"), &[c.heads])?);
+                    up.vector_from(&format!("{m}.A"), &a)?
+                },
+                d: up.vector_from(&format!("{m}.D.per_channel"), &d)?,
+                gate_norm: Some(up.vector(&format!("{m}.norm.weight"), di)?),
+                out: up.matrix(&format!("{m}.out_proj.weight"), h, di)?,
+                out_bias: None,
+            }
+        };
+        Ok(layer)
     }
 
-    fn ssm_state(&self, l: usize) -> String {
-        format!("layer.{l}.ssm")
-    }
-
-    /// One layer's mixer over `x` [T, hidden] (already normalised).
-    fn mixer(&self, g: &mut Graph, l: usize, x: TensorId) -> kestrel_runtime::Result<TensorId> {
-        let c = &self.config;
-        let layer = &self.layers[l];
+    /// The mixer of layer `l` over `x` [T, hidden] (already normalised).
+    pub(crate) fn build(
+        &self,
+        g: &mut Graph,
+        c: &MambaConfig,
+        l: usize,
+        x: TensorId,
+    ) -> kestrel_runtime::Result<TensorId> {
+        let layer = self;
         let lin = crate::lin;
         let opt = |w: &Option<Arc<GpuWeight>>| -> kestrel_runtime::Result<Arc<GpuWeight>> {
             w.clone()
@@ -422,14 +472,20 @@ impl Mamba {
             let cv = &layer.convs[i];
             let w = g.weight(&cv.w);
             let b = cv.bias.as_ref().map(|b| g.weight(b));
-            let state = g.state(&self.conv_state(l, name), &[c.conv_kernel - 1, ch]);
+            let state = g.state(&c.conv_state(l, name), &[c.conv_kernel - 1, ch]);
             g.conv1d(input, w, b, state, c.conv_kernel, true)
         };
         let xc = conv(g, 0, xs)?;
         let (b, cc, dt_raw) = if c.version == 1 {
-            let dt_low = lin(g, xc, &opt(&layer.x_dt)?, None)?;
-            let b = lin(g, xc, &opt(&layer.x_b)?, None)?;
-            let cc = lin(g, xc, &opt(&layer.x_c)?, None)?;
+            let mut dt_low = lin(g, xc, &opt(&layer.x_dt)?, None)?;
+            let mut b = lin(g, xc, &opt(&layer.x_b)?, None)?;
+            let mut cc = lin(g, xc, &opt(&layer.x_c)?, None)?;
+            if let Some([dn, bn, cn]) = &layer.inner_norms {
+                for (t, w) in [(&mut dt_low, dn), (&mut b, bn), (&mut cc, cn)] {
+                    let w = g.weight(w);
+                    *t = g.rms_norm(*t, w, c.eps)?;
+                }
+            }
             (b, cc, lin(g, dt_low, &opt(&layer.dt_proj)?, None)?)
         } else {
             let b = lin(g, x, &opt(&layer.in_b)?, None)?;
@@ -441,7 +497,7 @@ impl Mamba {
         let dt = g.elementwise(Elementwise::SoftplusAdd, dt_raw, dt_bias)?;
         let a = g.weight(&layer.a);
         let shape = c.scan_shape();
-        let state = g.state(&self.ssm_state(l), &[shape.heads * shape.dv, shape.dk]);
+        let state = g.state(&c.ssm_state(l), &[shape.heads * shape.dv, shape.dk]);
         let y = g.linear_scan(cc, b, xc, Some(dt), Some(a), None, state, shape)?;
         let d = g.weight(&layer.d);
         let skip = g.elementwise(Elementwise::Mul, xc, d)?;
@@ -469,18 +525,8 @@ impl Architecture for Mamba {
     }
 
     fn states(&self, _capacity: usize) -> Vec<StateSpec> {
-        let c = &self.config;
-        let shape = c.scan_shape();
-        (0..c.layers)
-            .flat_map(|l| {
-                let convs = c.convs().into_iter().map(move |(name, ch)| {
-                    StateSpec::recurrent(self.conv_state(l, name), vec![c.conv_kernel - 1, ch])
-                });
-                convs.chain(std::iter::once(StateSpec::recurrent(
-                    self.ssm_state(l),
-                    vec![shape.heads * shape.dv, shape.dk],
-                )))
-            })
+        (0..self.config.layers)
+            .flat_map(|l| self.config.layer_states(l))
             .collect()
     }
 
@@ -490,10 +536,10 @@ impl Architecture for Mamba {
         let ids = g.input("tokens", &[n], DType::U32);
         let embed = g.weight(&self.embed);
         let mut x = g.embedding(embed, ids)?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            let norm = g.weight(&layer.norm);
+        for (l, (norm, mixer)) in self.layers.iter().enumerate() {
+            let norm = g.weight(norm);
             let h = g.rms_norm(x, norm, c.eps)?;
-            let out = self.mixer(&mut g, l, h)?;
+            let out = mixer.build(&mut g, c, l, h)?;
             x = g.add_tensors(x, out)?;
         }
         let norm = g.weight(&self.norm);

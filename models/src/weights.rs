@@ -196,6 +196,80 @@ impl<'a> Uploader<'a> {
         Ok(w)
     }
 
+    /// A mixture of experts' matrices, each [rows, cols], stacked by rows into one weight
+    /// [experts * rows, cols] (kept f16 or quantized when stored so): from one tensor per
+    /// expert (`per_expert(e)`, Hugging Face checkpoints), or from one 3-D tensor
+    /// [experts, rows, cols] named `stacked` (GGUF's `ffn_*_exps`).
+    pub fn experts(
+        &mut self,
+        stacked: &str,
+        per_expert: impl Fn(usize) -> String,
+        experts: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Arc<GpuWeight>> {
+        if !self.source.contains(&per_expert(0)) && self.source.contains(stacked) {
+            let t = self.source.tensor(stacked)?;
+            if t.shape != [experts, rows, cols] {
+                return Err(ModelError::TensorShape {
+                    file: t.file.clone(),
+                    name: t.name.clone(),
+                    expected: vec![experts, rows, cols],
+                    got: t.shape.clone(),
+                });
+            }
+            return self.upload_stacked(stacked, experts, rows, cols, vec![t]);
+        }
+        let mut parts = Vec::with_capacity(experts);
+        for e in 0..experts {
+            let t = self.source.tensor(&per_expert(e))?;
+            t.expect_numel(&[rows, cols])?;
+            if t.dtype != parts.first().map_or(t.dtype, |p: &HostTensor<'_>| p.dtype) {
+                return Err(ModelError::UnsupportedDtype {
+                    file: t.file.clone(),
+                    name: t.name.clone(),
+                    dtype: format!("{:?}, unlike expert 0's {:?}", t.dtype, parts[0].dtype),
+                });
+            }
+            parts.push(t);
+        }
+        self.upload_stacked(stacked, experts, rows, cols, parts)
+    }
+
+    fn upload_stacked(
+        &mut self,
+        name: &str,
+        experts: usize,
+        rows: usize,
+        cols: usize,
+        parts: Vec<HostTensor<'_>>,
+    ) -> Result<Arc<GpuWeight>> {
+        let all = experts * rows;
+        let bytes: Vec<u8> = parts.iter().flat_map(|t| t.bytes.iter().copied()).collect();
+        self.file_bytes += bytes.len() as u64;
+        let data_of = |t: &HostTensor<'_>| t.dtype;
+        let w = match parts.first().map(data_of) {
+            Some(HostDType::F16) => {
+                let bits: Vec<u16> = bytemuck::pod_collect_to_vec(&bytes);
+                GpuWeight::upload_experts(self.gpu, name, experts, all, cols, HostData::F16(&bits))?
+            }
+            Some(HostDType::Quant(q)) => GpuWeight::upload_experts(
+                self.gpu,
+                name,
+                experts,
+                all,
+                cols,
+                HostData::Quant(q, &bytes),
+            )?,
+            _ => {
+                let f: Vec<f32> = parts.iter().flat_map(|t| t.to_f32()).collect();
+                GpuWeight::upload_experts(self.gpu, name, experts, all, cols, HostData::F32(&f))?
+            }
+        };
+        self.gpu_bytes += w.bytes();
+        Ok(w)
+    }
+
     pub fn optional_vector(&mut self, name: &str, n: usize) -> Result<Option<Arc<GpuWeight>>> {
         if self.source.contains(name) {
             self.vector(name, n).map(Some)

@@ -495,6 +495,81 @@ impl Lowering<'_> {
                 let d = head_dot::launch(gpu, a, b, v, out, rows, heads, dk, dv)?;
                 self.dispatches.push(d);
             }
+            Op::MoeRoute {
+                logits,
+                route,
+                k,
+                renormalize,
+            } => {
+                let s = self.shape(logits);
+                let (t, e) = (s[0], s[1]);
+                let d = moe::launch_route(
+                    gpu,
+                    self.buf(logits)?,
+                    self.buf(route)?,
+                    t,
+                    e,
+                    k,
+                    renormalize,
+                )?;
+                self.dispatches.push(d);
+            }
+            Op::MoePermute {
+                route,
+                perm,
+                counts,
+                experts,
+                k,
+            } => {
+                let t = self.shape(route)[0];
+                let (route, perm, counts) = (self.buf(route)?, self.buf(perm)?, self.buf(counts)?);
+                let d = moe::launch_permute(gpu, route, perm, counts, t, experts, k)?;
+                self.dispatches.push(d);
+            }
+            Op::MoeLinear {
+                x,
+                w,
+                perm,
+                out,
+                k,
+                gather,
+            } => {
+                let rows = self.shape(out)[0];
+                let w = self.weight(w)?;
+                let (x, perm, out) = (self.buf(x)?, self.buf(perm)?, self.buf(out)?);
+                // One token: a matvec per chosen expert; else 64-row tiles per expert.
+                let d = if rows == k {
+                    matvec::launch_grouped(gpu, x, w, perm, out, rows, gather)?
+                } else {
+                    let tiles = moe::max_tiles(rows, w.experts);
+                    let offset = moe::tiles_offset(rows, w.experts);
+                    matmul::launch_grouped(gpu, x, w, perm, out, rows, offset, tiles, gather)?
+                };
+                self.dispatches.extend(d);
+            }
+            Op::MoeCombine {
+                y,
+                route,
+                perm,
+                shared,
+                out,
+                k,
+            } => {
+                let (t, width) = (self.shape(out)[0], self.shape(out)[1]);
+                let shared = match shared {
+                    Some((s, g)) => Some((self.buf(s)?, self.buf(g)?)),
+                    None => None,
+                };
+                let b = moe::CombineBuffers {
+                    route: self.buf(route)?,
+                    perm: self.buf(perm)?,
+                    y: self.buf(y)?,
+                    shared,
+                    out: self.buf(out)?,
+                };
+                let d = moe::launch_combine(gpu, &b, t, width, k)?;
+                self.dispatches.push(d);
+            }
             Op::LastRow { x, out } => {
                 let s = self.shape(x);
                 let p = CopyParams {

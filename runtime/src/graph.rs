@@ -147,6 +147,43 @@ pub enum Op {
         out: TensorId,
         heads: usize,
     },
+    /// A mixture of experts' router (kernels::moe): `logits` [T, experts] into `route`
+    /// [T, 2k] u32 (the k experts, then their weights as f32 bits).
+    MoeRoute {
+        logits: TensorId,
+        route: TensorId,
+        k: usize,
+        renormalize: bool,
+    },
+    /// The assignments of `route` sorted by expert into `perm` (u32), adding each expert's
+    /// rows to the `counts` state.
+    MoePermute {
+        route: TensorId,
+        perm: TensorId,
+        counts: TensorId,
+        experts: usize,
+        k: usize,
+    },
+    /// Each sorted row times its expert's matrix of `w` (stacked experts): `x` [T, K] read at
+    /// each row's token (`gather`) or [T * k, K] in sorted rows; out [T * k, N].
+    MoeLinear {
+        x: TensorId,
+        w: TensorId,
+        perm: TensorId,
+        out: TensorId,
+        k: usize,
+        gather: bool,
+    },
+    /// Sorted expert rows `y` [T * k, W] back to tokens, weighted by the router, plus a
+    /// shared expert's output gated by sigmoid(gate) when given: out [T, W].
+    MoeCombine {
+        y: TensorId,
+        route: TensorId,
+        perm: TensorId,
+        shared: Option<(TensorId, TensorId)>,
+        out: TensorId,
+        k: usize,
+    },
     LastRow {
         x: TensorId,
         out: TensorId,
@@ -247,6 +284,30 @@ impl Op {
             Op::Elementwise { a, b, out, .. } => (vec![a, b], vec![out]),
             Op::HeadConcat { a, b, out, .. } => (vec![a, b], vec![out]),
             Op::HeadDot { a, b, v, out, .. } => (vec![a, b, v], vec![out]),
+            Op::MoeRoute { logits, route, .. } => (vec![logits], vec![route]),
+            Op::MoePermute {
+                route,
+                perm,
+                counts,
+                ..
+            } => (vec![route, counts], vec![perm, counts]),
+            Op::MoeLinear {
+                x, w, perm, out, ..
+            } => (vec![x, w, perm], vec![out]),
+            Op::MoeCombine {
+                y,
+                route,
+                perm,
+                shared,
+                out,
+                ..
+            } => {
+                let mut r = vec![y, route, perm];
+                if let Some((s, g)) = shared {
+                    r.extend([s, g]);
+                }
+                (r, vec![out])
+            }
             Op::LastRow { x, out } => (vec![x], vec![out]),
             Op::Softmax { x, out } => (vec![x], vec![out]),
             Op::Sample { logits, out } => (vec![logits], vec![out]),
@@ -319,6 +380,11 @@ impl Graph {
 
     pub fn state(&mut self, name: &str, shape: &[usize]) -> TensorId {
         self.add(shape.to_vec(), DType::F32, Source::State(name.to_string()))
+    }
+
+    /// A u32 counter state (see `StateSpec::counters`).
+    pub fn counters(&mut self, name: &str, n: usize) -> TensorId {
+        self.add(vec![n], DType::U32, Source::State(name.to_string()))
     }
 
     pub fn output(&mut self, t: TensorId) {
@@ -787,6 +853,116 @@ impl Graph {
             v,
             out,
             heads,
+        });
+        Ok(out)
+    }
+
+    /// Route each token of `logits` [T, experts] to its top `k` experts: [T, 2k] u32.
+    pub fn moe_route(&mut self, logits: TensorId, k: usize, renormalize: bool) -> Result<TensorId> {
+        let [t, experts] = self.shape(logits) else {
+            return Err(Error::Graph(
+                "router logits must be [tokens, experts]".into(),
+            ));
+        };
+        let (t, experts) = (*t, *experts);
+        crate::kernels::moe::check_top_k(k, experts)?;
+        let route = self.add(vec![t, 2 * k], DType::U32, Source::Activation);
+        self.ops.push(Op::MoeRoute {
+            logits,
+            route,
+            k,
+            renormalize,
+        });
+        Ok(route)
+    }
+
+    /// Sort the assignments of `route` by expert; `counts` is a counter state [experts].
+    pub fn moe_permute(
+        &mut self,
+        route: TensorId,
+        experts: usize,
+        counts: TensorId,
+    ) -> Result<TensorId> {
+        let (t, k) = (self.shape(route)[0], self.shape(route)[1] / 2);
+        crate::kernels::moe::check_top_k(k, experts)?;
+        if self.shape(counts) != [experts] {
+            return Err(mismatch("expert counters", &[experts], self.shape(counts)));
+        }
+        let words = crate::kernels::moe::perm_words(t, k, experts);
+        let perm = self.add(vec![words], DType::U32, Source::Activation);
+        self.ops.push(Op::MoePermute {
+            route,
+            perm,
+            counts,
+            experts,
+            k,
+        });
+        Ok(perm)
+    }
+
+    /// The routed rows times their experts' matrices in `w` (stacked experts [E * N, K]):
+    /// `x` is [T, K] with `gather`, else [T * k, K] in sorted rows; the result [T * k, N].
+    pub fn moe_linear(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        perm: TensorId,
+        tokens: usize,
+        k: usize,
+        gather: bool,
+    ) -> Result<TensorId> {
+        let weight = self.weight_of(w)?.clone();
+        let rows = if gather { tokens } else { tokens * k };
+        let expect = [rows, weight.cols];
+        if self.shape(x) != expect {
+            return Err(mismatch(
+                &format!("input of expert weight {}", weight.name),
+                &expect,
+                self.shape(x),
+            ));
+        }
+        let out = self.activation(vec![tokens * k, weight.rows / weight.experts]);
+        self.ops.push(Op::MoeLinear {
+            x,
+            w,
+            perm,
+            out,
+            k,
+            gather,
+        });
+        Ok(out)
+    }
+
+    /// Expert rows `y` [T * k, W] back into token order, weighted by `route` [T, 2k], plus
+    /// `shared` = (a shared expert's output [T, W], its gate logits [T, 1]).
+    pub fn moe_combine(
+        &mut self,
+        y: TensorId,
+        route: TensorId,
+        perm: TensorId,
+        shared: Option<(TensorId, TensorId)>,
+    ) -> Result<TensorId> {
+        let (t, k) = (self.shape(route)[0], self.shape(route)[1] / 2);
+        let width = self.shape(y)[1];
+        if self.shape(y)[0] != t * k {
+            return Err(mismatch("expert outputs", &[t * k, width], self.shape(y)));
+        }
+        if let Some((s, g)) = shared {
+            if self.shape(s) != [t, width] {
+                return Err(mismatch("shared expert output", &[t, width], self.shape(s)));
+            }
+            if self.tensors[g].numel() != t {
+                return Err(mismatch("shared expert gate", &[t, 1], self.shape(g)));
+            }
+        }
+        let out = self.activation(vec![t, width]);
+        self.ops.push(Op::MoeCombine {
+            y,
+            route,
+            perm,
+            shared,
+            out,
+            k,
         });
         Ok(out)
     }

@@ -22,6 +22,7 @@ pub struct StateSpec {
     /// the whole sequence, starts at zero, and cannot be cut back to an earlier position. A
     /// KV cache (not recurrent) is addressed by position and needs no clearing.
     pub recurrent: bool,
+    pub dtype: DType,
 }
 
 impl StateSpec {
@@ -31,6 +32,7 @@ impl StateSpec {
             name,
             shape,
             recurrent: false,
+            dtype: DType::F32,
         }
     }
     /// A recurrent state.
@@ -39,6 +41,17 @@ impl StateSpec {
             name,
             shape,
             recurrent: true,
+            dtype: DType::F32,
+        }
+    }
+    /// u32 counters that only statistics read (a mixture of experts' tokens per expert): they
+    /// count from zero over the session's life and never affect its outputs.
+    pub fn counters(name: String, n: usize) -> StateSpec {
+        StateSpec {
+            name,
+            shape: vec![n],
+            recurrent: false,
+            dtype: DType::U32,
         }
     }
 }
@@ -111,7 +124,7 @@ impl StateStore {
         for s in specs {
             tensors.insert(
                 s.name.clone(),
-                GpuTensor::new(gpu, &s.name, &s.shape, DType::F32)?,
+                GpuTensor::new(gpu, &s.name, &s.shape, s.dtype)?,
             );
         }
         let recurrent = specs
@@ -215,6 +228,15 @@ impl Session {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+    /// Read a u32 state (counters) back.
+    pub async fn read_counters(&self, name: &str) -> Result<Vec<u32>> {
+        let t = self.states.get(name)?;
+        if t.dtype != DType::U32 {
+            return Err(Error::Graph(format!("state {name} is not a u32 counter")));
+        }
+        crate::readback::read_u32(&self.gpu, &t.buffer, 0, t.numel()).await
+    }
+
     pub fn state_bytes(&self) -> u64 {
         self.states.bytes()
     }

@@ -83,12 +83,14 @@ pub struct WeightChunk {
 }
 
 /// A weight matrix [rows, cols] (a vector is [1, n]), split by rows into chunks that each fit
-/// one storage binding.
+/// one storage binding. A mixture of experts' weights are `experts` matrices stacked by rows
+/// (expert e owns rows e * rows / experts ..); chunks then hold whole experts.
 #[derive(Debug)]
 pub struct GpuWeight {
     pub name: String,
     pub rows: usize,
     pub cols: usize,
+    pub experts: usize,
     pub dtype: DType,
     pub chunks: Vec<WeightChunk>,
 }
@@ -110,6 +112,26 @@ impl GpuWeight {
         cols: usize,
         data: HostData<'_>,
     ) -> Result<Arc<GpuWeight>> {
+        Self::upload_experts(gpu, name, 1, rows, cols, data)
+    }
+
+    /// `experts` matrices of [rows / experts, cols] stacked by rows, chunked on expert
+    /// boundaries.
+    pub fn upload_experts(
+        gpu: &Gpu,
+        name: &str,
+        experts: usize,
+        rows: usize,
+        cols: usize,
+        data: HostData<'_>,
+    ) -> Result<Arc<GpuWeight>> {
+        if experts == 0 || !rows.is_multiple_of(experts) {
+            return Err(Error::ShapeMismatch {
+                context: format!("weight {name}: {rows} rows for {experts} experts"),
+                expected: vec![rows.next_multiple_of(experts.max(1)), cols],
+                got: vec![rows, cols],
+            });
+        }
         let (dtype, n) = match &data {
             HostData::F32(d) => (DType::F32, d.len()),
             HostData::F16(d) => (DType::F16, d.len()),
@@ -153,6 +175,18 @@ impl GpuWeight {
                 allowed: limit,
             });
         }
+        // A grouped kernel binds one chunk at a time: each expert must fit in one.
+        let expert_rows = rows / experts;
+        if experts > 1 {
+            if per_chunk < expert_rows {
+                return Err(Error::LimitExceeded {
+                    what: format!("one expert of weight {name}"),
+                    needed: row_bytes * expert_rows as u64,
+                    allowed: limit,
+                });
+            }
+            per_chunk -= per_chunk % expert_rows;
+        }
         let mut chunks = Vec::new();
         let mut start = 0;
         while start < rows {
@@ -179,6 +213,7 @@ impl GpuWeight {
             name: name.to_string(),
             rows,
             cols,
+            experts,
             dtype,
             chunks,
         }))

@@ -983,7 +983,19 @@ fn specialisations(name: &str) -> Vec<ShaderDefs> {
             .collect(),
         "elementwise" => (0..11).map(|op| ShaderDefs::new().u32("OP", op)).collect(),
         "embedding" => weight_kinds(),
-        "matmul" => with_bias(weight_kinds()),
+        // Plain, and grouped over experts (no bias) with or without gathering token rows.
+        "matmul" => with_bias(weight_kinds())
+            .into_iter()
+            .map(|d| d.bool("GROUPED", false).bool("GATHER", false))
+            .chain(weight_kinds().into_iter().flat_map(|d| {
+                [false, true].map(|gather| {
+                    d.clone()
+                        .bool("HAS_BIAS", false)
+                        .bool("GROUPED", true)
+                        .bool("GATHER", gather)
+                })
+            }))
+            .collect(),
         // As matvec::launch: VEC4 or not, in the CPU and the GPU layout.
         "matvec" => with_bias(weight_kinds())
             .into_iter()
@@ -995,7 +1007,19 @@ fn specialisations(name: &str) -> Vec<ShaderDefs> {
                         .u32("ROWS_PER_LANE", l.rows_per_lane)
                 })
             })
+            // As matvec::launch_grouped: experts' rows, gathered at their tokens or not.
+            .flat_map(|d| {
+                [(false, false), (true, false), (true, true)].map(|(grouped, gather)| {
+                    d.clone().bool("GROUPED", grouped).bool("GATHER", gather)
+                })
+            })
             .collect(),
+        "moe_route" => [false, true]
+            .map(|r| ShaderDefs::new().bool("RENORMALIZE", r))
+            .to_vec(),
+        "moe_combine" => [false, true]
+            .map(|s| ShaderDefs::new().bool("SHARED", s))
+            .to_vec(),
         "attention" => [16u32, 32, 64, 80, 96, 128, 256]
             .into_iter()
             .flat_map(|hd| {
@@ -1031,9 +1055,8 @@ fn specialisations(name: &str) -> Vec<ShaderDefs> {
         "rms_norm" => [(false, false), (true, true), (true, false)]
             .map(|(c, b)| ShaderDefs::new().bool("CENTERED", c).bool("BIAS", b))
             .to_vec(),
-        "rope" | "copy" | "cache_write" | "softmax" | "sample" | "head_concat" | "head_dot" => {
-            vec![ShaderDefs::new()]
-        }
+        "rope" | "copy" | "cache_write" | "softmax" | "sample" | "head_concat" | "head_dot"
+        | "moe_permute" => vec![ShaderDefs::new()],
         "wkv4_state" => vec![], // included by the wkv4 kernels
         "wkv4" => [false, true]
             .map(|w| ShaderDefs::new().bool("WRITE_STATE", w))

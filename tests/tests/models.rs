@@ -11,7 +11,7 @@ use std::sync::Arc;
 use kestrel_models::llama::AttentionOptions;
 use kestrel_runtime::session::Sampling;
 use kestrel_runtime::Gpu;
-use kestrel_tests::{gpus, rel_err};
+use kestrel_tests::{gpus, rel_err, step};
 
 /// mistral_window (sliding window 8 on every layer) and qwen2_window (layer 0 full, layers 1-2
 /// sliding) run 40 tokens, so their ring caches wrap and prefill goes in chunks.
@@ -30,6 +30,12 @@ const MODELS: &[&str] = &[
     "rwkv7_blink",
     "rwkv4",
     "rwkv4_rescale",
+    // Sparse experts (generate_moe.py): Mixtral, a Q8_0 GGUF Mixtral, Qwen2-MoE with a shared
+    // expert and a dense layer, and Jamba (Mamba + attention + experts).
+    "mixtral",
+    "mixtral_q8",
+    "qwen2_moe",
+    "jamba",
 ];
 const TOL: f64 = 1e-4;
 
@@ -92,8 +98,17 @@ fn check(what: &str, out: &[f32], reference: &[f32], vocab: usize) {
     );
 }
 
+/// The fixture's model: its directory, or the GGUF file in it.
+fn model_path(name: &str) -> PathBuf {
+    let gguf = fixture(name).join("model.gguf");
+    match gguf.exists() {
+        true => gguf,
+        false => fixture(name),
+    }
+}
+
 fn run_modes(gpu: &Arc<Gpu>, name: &str) -> (Vec<f32>, Vec<f32>) {
-    let model = kestrel_models::load(gpu, &fixture(name)).expect("load fixture");
+    let model = kestrel_models::load(gpu, &model_path(name)).expect("load fixture");
     let toks = tokens(name);
     let mut s = model.session(gpu, toks.len()).expect("session");
     let prefill = pollster::block_on(s.logits(&toks)).expect("prefill");
@@ -468,5 +483,168 @@ fn rwkv_pth_checkpoints_are_refused_with_advice() {
             Err(e) => e.to_string(),
         };
         assert!(err.contains(".pth") && err.contains("safetensors"), "{err}");
+    }
+}
+
+/// The experts the reference's router chose (router.json): (top_k, per MoE layer in order:
+/// (layer, per token the experts)).
+fn router_choices(name: &str) -> (usize, Vec<(usize, Vec<Vec<u32>>)>) {
+    let text = std::fs::read_to_string(fixture(name).join("router.json")).expect("router.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let mut layers: Vec<(usize, Vec<Vec<u32>>)> = v["layers"]
+        .as_object()
+        .expect("layers")
+        .iter()
+        .map(|(l, rows)| {
+            let rows = rows
+                .as_array()
+                .expect("rows")
+                .iter()
+                .map(|r| {
+                    r.as_array()
+                        .expect("row")
+                        .iter()
+                        .map(|e| e.as_u64().expect("expert") as u32)
+                        .collect()
+                })
+                .collect();
+            (l.parse().expect("layer"), rows)
+        })
+        .collect();
+    layers.sort_by_key(|l| l.0);
+    (v["top_k"].as_u64().expect("top_k") as usize, layers)
+}
+
+const MOE_MODELS: [&str; 4] = ["mixtral", "mixtral_q8", "qwen2_moe", "jamba"];
+
+/// The GPU router's choices for the prefill of every MoE fixture equal the reference's, in
+/// every MoE layer (the prefill graph with each router's output added as a graph output).
+#[test]
+fn moe_router_choices_match_the_reference() {
+    use kestrel_runtime::executor::Plan;
+    use kestrel_runtime::graph::Op;
+    use kestrel_runtime::session::{Head, StateStore};
+    for gpu in gpus() {
+        for name in MOE_MODELS {
+            let model = kestrel_models::load(&gpu, &model_path(name)).expect("load");
+            let toks = tokens(name);
+            let (k, layers) = router_choices(name);
+            let arch = model.architecture();
+            let mut graph = arch
+                .build(toks.len(), toks.len(), Head::AllLogits)
+                .expect("graph");
+            let routes: Vec<usize> = graph
+                .ops
+                .iter()
+                .filter_map(|op| match op {
+                    Op::MoeRoute { route, .. } => Some(*route),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(routes.len(), layers.len(), "{name}: MoE layers");
+            let first = graph.outputs.len();
+            graph.outputs.extend(&routes);
+            let states = StateStore::allocate(&gpu, &arch.states(toks.len())).expect("states");
+            let plan = Plan::new(&gpu, &graph, &states).expect("plan");
+            plan.write_input("tokens", &toks).expect("tokens");
+            plan.run(&step(0, toks.len() as u32)).expect("run");
+            for (i, (layer, want)) in layers.iter().enumerate() {
+                let got = pollster::block_on(plan.read_u32(first + i)).expect("read");
+                let got: Vec<Vec<u32>> = got.chunks(2 * k).map(|r| r[..k].to_vec()).collect();
+                assert_eq!(
+                    &got,
+                    want,
+                    "{name} layer {layer} on {}: router choices",
+                    gpu.backend_name()
+                );
+            }
+        }
+    }
+}
+
+/// The expert counters (what `kestrel bench` reports) count every routed token once.
+#[test]
+fn expert_counters_count_the_routed_tokens() {
+    let gpu = gpus().into_iter().next().expect("a GPU");
+    for name in MOE_MODELS {
+        let model = kestrel_models::load(&gpu, &model_path(name)).expect("load");
+        let toks = tokens(name);
+        let (k, layers) = router_choices(name);
+        let mut s = model.session(&gpu, toks.len()).expect("session");
+        pollster::block_on(s.logits(&toks)).expect("prefill");
+        for (layer, rows) in &layers {
+            let counts = pollster::block_on(s.read_counters(&format!("moe.{layer}.counts")))
+                .expect("counters");
+            let mut want = vec![0u32; counts.len()];
+            for e in rows.iter().flatten() {
+                want[*e as usize] += 1;
+            }
+            assert_eq!(counts, want, "{name} layer {layer}");
+            assert_eq!(counts.iter().sum::<u32>() as usize, toks.len() * k);
+        }
+    }
+}
+
+/// 150 tokens put more than 64 rows on some experts (several tiles each): prefill and decode
+/// agree.
+#[test]
+fn moe_models_prefill_many_tokens_like_decode() {
+    let mut rng = kestrel_runtime::rng::Rng::new(6);
+    let gpu = gpus().into_iter().next().expect("a GPU");
+    for name in ["mixtral", "jamba"] {
+        let model = kestrel_models::load(&gpu, &fixture(name)).expect("load");
+        let vocab = model.config().vocab;
+        let toks: Vec<u32> = (0..150).map(|_| rng.below(vocab as u32)).collect();
+        let mut s = model.session(&gpu, toks.len()).expect("session");
+        let prefill = pollster::block_on(s.logits(&toks)).expect("prefill");
+        s.reset();
+        let mut decode = Vec::new();
+        for &t in &toks {
+            decode.extend(pollster::block_on(s.logits(&[t])).expect("decode"));
+        }
+        check(
+            &format!("{name}: 150-token prefill vs decode"),
+            &prefill,
+            &decode,
+            vocab,
+        );
+    }
+}
+
+#[test]
+fn moe_configs_disagreeing_with_tensors_fail_clearly() {
+    let cases: &[BadConfigCase] = &[
+        (
+            "mixtral",
+            vec![("num_experts_per_tok", 9.into())],
+            &["num_experts_per_tok", "(9)", "num_local_experts (8)"],
+        ),
+        // A ninth expert the file does not have.
+        (
+            "mixtral",
+            vec![("num_local_experts", 9.into())],
+            &["model.layers.0.block_sparse_moe.experts.8.w1.weight"],
+        ),
+        (
+            "qwen2_moe",
+            vec![("num_experts_per_tok", 0.into())],
+            &["num_experts_per_tok"],
+        ),
+        (
+            "jamba",
+            vec![("num_experts", 6.into())],
+            &["model.layers.1.feed_forward.experts.4.gate_proj.weight"],
+        ),
+    ];
+    for (name, edits, needles) in cases {
+        let err = load_error_with_config(name, edits);
+        eprintln!("{name} {edits:?}: {err}");
+        for n in *needles {
+            assert!(
+                err.contains(n),
+                "{name} {edits:?}: error lacks '{n}': {err}"
+            );
+        }
+        assert!(!err.contains('\n'), "{name}: error is not one line: {err}");
     }
 }

@@ -493,6 +493,7 @@ fn u32_weight_is_an_error() {
             name: "ids".into(),
             rows: 4,
             cols: 4,
+            experts: 1,
             dtype: DType::U32,
             chunks: vec![WeightChunk {
                 buffer: gpu.storage_buffer("ids", 64),

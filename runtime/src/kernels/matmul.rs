@@ -30,7 +30,10 @@ pub fn launch(
     y: &wgpu::Buffer,
     m: usize,
 ) -> Result<Vec<Dispatch>> {
-    let defs = weight_defs(ShaderDefs::new(), w, "matmul")?.bool("HAS_BIAS", bias.is_some());
+    let defs = weight_defs(ShaderDefs::new(), w, "matmul")?
+        .bool("HAS_BIAS", bias.is_some())
+        .bool("GROUPED", false)
+        .bool("GATHER", false);
     let bias = bias.unwrap_or(&gpu.dummy);
     let groups_m = (m as u32).div_ceil(64);
     if groups_m > gpu.caps.max_workgroups_per_dim {
@@ -56,8 +59,62 @@ pub fn launch(
                 gpu,
                 &defs,
                 &params,
-                &[x, &c.buffer, bias, y],
+                &[x, &c.buffer, bias, y, &gpu.dummy],
                 [groups_n, groups_m, 1],
+            )
+        })
+        .collect()
+}
+
+/// A mixture of experts' matmul over the rows that `perm` (kernels::moe::permute) sorted by
+/// expert: y [R, N] row r = x row (its token's with `gather`, else row r) times its expert's
+/// [N, K] matrix out of `w`, stacked experts. Each workgroup runs one 64-row tile of one
+/// expert; `max_tiles` bounds the tiles perm may list. One dispatch per weight chunk.
+#[allow(clippy::too_many_arguments)]
+pub fn launch_grouped(
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    w: &GpuWeight,
+    perm: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    rows: usize,
+    tiles_offset: usize,
+    max_tiles: usize,
+    gather: bool,
+) -> Result<Vec<Dispatch>> {
+    let defs = weight_defs(ShaderDefs::new(), w, "matmul")?
+        .bool("HAS_BIAS", false)
+        .bool("GROUPED", true)
+        .bool("GATHER", gather);
+    let n = w.rows / w.experts;
+    if max_tiles as u32 > gpu.caps.max_workgroups_per_dim {
+        return Err(Error::LimitExceeded {
+            what: "grouped matmul tiles".into(),
+            needed: max_tiles as u64,
+            allowed: gpu.caps.max_workgroups_per_dim as u64,
+        });
+    }
+    w.chunks
+        .iter()
+        .map(|c| {
+            let params = Params {
+                m: rows as u32,
+                n: n as u32,
+                k: w.cols as u32,
+                ldy: n as u32,
+                col_offset: 0,
+                _p: [
+                    (c.row_start / n) as u32,
+                    (c.rows / n) as u32,
+                    tiles_offset as u32,
+                ],
+            };
+            kernel!("matmul").dispatch(
+                gpu,
+                &defs,
+                &params,
+                &[x, &c.buffer, &gpu.dummy, y, perm],
+                [(n as u32).div_ceil(64), max_tiles as u32, 1],
             )
         })
         .collect()

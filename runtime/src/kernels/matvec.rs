@@ -15,7 +15,9 @@ struct Params {
     k: u32,
     n: u32,
     col_offset: u32,
-    _p: u32,
+    e0: u32,
+    ne: u32,
+    _p: [u32; 3],
 }
 
 /// How shaders/matvec.wgsl spreads rows over the 64 invocations of a workgroup: `lanes`
@@ -88,6 +90,35 @@ pub fn launch_with(
     y: &wgpu::Buffer,
     layout: Layout,
 ) -> Result<Vec<Dispatch>> {
+    launch_inner(gpu, x, w, bias, y, layout, None)
+}
+
+/// A mixture of experts' matvecs at decode: for each of the `rows` rows that `perm`
+/// (kernels::moe::permute) sorted by expert, y [rows, N] row r = its expert's [N, K] matrix
+/// (out of `w`, stacked experts) times x row r, or its token's row with `gather`. Reads only
+/// the listed experts' weights. One dispatch per weight chunk.
+pub fn launch_grouped(
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    w: &GpuWeight,
+    perm: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    rows: usize,
+    gather: bool,
+) -> Result<Vec<Dispatch>> {
+    let layout = Layout::for_device(gpu);
+    launch_inner(gpu, x, w, None, y, layout, Some((perm, rows, gather)))
+}
+
+fn launch_inner(
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    w: &GpuWeight,
+    bias: Option<&wgpu::Buffer>,
+    y: &wgpu::Buffer,
+    layout: Layout,
+    grouped: Option<(&wgpu::Buffer, usize, bool)>,
+) -> Result<Vec<Dispatch>> {
     let Layout {
         lanes,
         rows_per_lane,
@@ -102,27 +133,56 @@ pub fn launch_with(
         .bool("HAS_BIAS", bias.is_some())
         .bool("VEC4", vec4)
         .u32("LANES", lanes)
-        .u32("ROWS_PER_LANE", rows_per_lane);
+        .u32("ROWS_PER_LANE", rows_per_lane)
+        .bool("GROUPED", grouped.is_some())
+        .bool("GATHER", grouped.is_some_and(|g| g.2));
     let bias = bias.unwrap_or(&gpu.dummy);
     // x4 and w4 alias x and the chunk when the kernel reads them (a 16-byte dummy otherwise).
     let x4 = if vec4 { x } else { &gpu.dummy };
     let plain = matches!(w.dtype, DType::F32 | DType::F16);
+    let n = w.rows / w.experts;
+    let (perm, rows) = match grouped {
+        Some((perm, rows, _)) => (perm, rows),
+        None => (&gpu.dummy, 1),
+    };
+    if rows as u32 > gpu.caps.max_workgroups_per_dim {
+        return Err(Error::LimitExceeded {
+            what: "grouped matvec rows".into(),
+            needed: rows as u64,
+            allowed: gpu.caps.max_workgroups_per_dim as u64,
+        });
+    }
     w.chunks
         .iter()
         .map(|c| {
-            let params = Params {
-                k: w.cols as u32,
-                n: c.rows as u32,
-                col_offset: c.row_start as u32,
-                _p: 0,
+            // Grouped: each chunk holds whole experts and every row runs one expert's matrix.
+            let params = match grouped {
+                Some(_) => Params {
+                    k: w.cols as u32,
+                    n: n as u32,
+                    col_offset: 0,
+                    e0: (c.row_start / n) as u32,
+                    ne: (c.rows / n) as u32,
+                    _p: [0; 3],
+                },
+                None => Params {
+                    k: w.cols as u32,
+                    n: c.rows as u32,
+                    col_offset: c.row_start as u32,
+                    e0: 0,
+                    ne: 0,
+                    _p: [0; 3],
+                },
             };
             let w4 = if vec4 && plain { &c.buffer } else { &gpu.dummy };
+            let mut grid = gpu.grid((params.n).div_ceil(layout.rows()));
+            grid[2] = rows as u32;
             kernel!("matvec").dispatch(
                 gpu,
                 &defs,
                 &params,
-                &[x, &c.buffer, bias, y, x4, w4],
-                gpu.grid((c.rows as u32).div_ceil(layout.rows())),
+                &[x, &c.buffer, bias, y, x4, w4, perm],
+                grid,
             )
         })
         .collect()

@@ -16,6 +16,7 @@ pub mod head_dot;
 pub mod linear_scan;
 pub mod matmul;
 pub mod matvec;
+pub mod moe;
 pub mod rms_norm;
 pub mod rope;
 pub mod sample;
