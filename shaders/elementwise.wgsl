@@ -1,7 +1,8 @@
 // Elementwise ops over f32 arrays: out[i] = f(a[i], b[i % b_len]), so b is either the same
 // shape as a or a row vector broadcast over a's rows (a bias, a per-channel scale).
 // OP: 0 add, 1 SwiGLU silu(a) * b, 2 mul, 3 sub, 4 softplus(a + b), 5 sigmoid(a) * b,
-//     6 relu(a)^2, 7 tanh(a), 8 sigmoid(a), 9 -exp(a), 10 logsigmoid(a) (b unused from 6 on).
+//     6 relu(a)^2, 7 tanh(a), 8 sigmoid(a), 9 -exp(a), 10 logsigmoid(a) (b unused in 6-10),
+//     11 GeGLU gelu(a) * b with the exact (erf) GELU.
 
 struct Params { n: u32, b_len: u32, _p0: u32, _p1: u32 }
 
@@ -9,6 +10,15 @@ struct Params { n: u32, b_len: u32, _p0: u32, _p1: u32 }
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+// erf by Abramowitz & Stegun 7.1.26: absolute error below 1.5e-7 (WGSL has no erf).
+fn erf_approx(z: f32) -> f32 {
+    let x = abs(z);
+    let t = 1.0 / (1.0 + 0.3275911 * x);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741
+        + t * (-1.453152027 + t * 1.061405429))));
+    return sign(z) * (1.0 - poly * exp(-x * x));
+}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -42,6 +52,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         out[i] = 1.0 / (1.0 + exp(-x));
     } else if (OP == 9u) {
         out[i] = -exp(x);
+    } else if (OP == 11u) {
+        out[i] = 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752)) * y;
     } else {
         // log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)), stable at both ends.
         out[i] = min(x, 0.0) - log(1.0 + exp(-abs(x)));

@@ -28,8 +28,6 @@ const TK: u32 = 32u;
 // [TK][TILE] as vec4s: element kk * 16 + c holds rows (or columns) 4c..4c+3 at step kk.
 var<workgroup> a_tile: array<vec4<f32>, 512>;
 var<workgroup> b_tile: array<vec4<f32>, 512>;
-// GROUPED: this workgroup's first row, end row, expert within the chunk, and 1 to skip.
-var<workgroup> tile_info: vec4<u32>;
 
 fn load_w(i: u32) -> f32 {
     if (W_F16) {
@@ -63,6 +61,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var m_end = p.m;
     var w_row0 = 0u; // the chunk row where this workgroup's expert starts
     if (GROUPED) {
+        // This workgroup's first row, end row, expert within the chunk, and 1 to skip, passed
+        // through a_tile[0] (workgroup memory is full) and read back as a uniform value.
         if (lid == 0u) {
             var info = vec4<u32>(0u, 0u, 0u, 1u);
             if (wid.y < perm[p.tiles]) {
@@ -72,12 +72,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                     info = vec4<u32>(first, first + perm[p.tiles + 2u + 2u * wid.y], e - p.e0, 0u);
                 }
             }
-            tile_info = info;
+            a_tile[0] = bitcast<vec4<f32>>(info);
         }
-        let info = workgroupUniformLoad(&tile_info);
+        let info = bitcast<vec4<u32>>(workgroupUniformLoad(&a_tile[0]));
         if (info.w != 0u) {
             return;
         }
+        // Every invocation has read it before the tile loop overwrites a_tile.
+        workgroupBarrier();
         m0 = info.x;
         m_end = info.y;
         w_row0 = info.z * p.n;

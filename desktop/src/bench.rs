@@ -216,6 +216,21 @@ fn model_bench(
     let first = pollster::block_on(session.next_token(&prompt, &greedy)).map_err(rt)?;
     pollster::block_on(session.next_token(&[first], &greedy)).map_err(rt)?;
     session.reset();
+    // Expert counters run over the session's life: the measured run is the difference.
+    let counters: Vec<String> = model
+        .architecture()
+        .states(capacity)
+        .into_iter()
+        .filter(|s| s.dtype == kestrel_runtime::tensor::DType::U32)
+        .map(|s| s.name)
+        .collect();
+    let read_counters = |session: &kestrel_runtime::session::Session| {
+        counters
+            .iter()
+            .map(|n| pollster::block_on(session.read_counters(n)).map_err(rt))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let counts_before = read_counters(&session)?;
     let t = Instant::now();
     let mut next = pollster::block_on(session.next_token(&prompt, &greedy)).map_err(rt)?;
     let prefill_s = t.elapsed().as_secs_f64();
@@ -237,12 +252,28 @@ fn model_bench(
     }
     let decode_s = t.elapsed().as_secs_f64();
     let kv_end = session.state_bytes();
+    let routing: Vec<Value> = counters
+        .iter()
+        .zip(counts_before.iter().zip(read_counters(&session)?))
+        .map(|(name, (before, after))| {
+            let tokens: Vec<u32> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+            let mean = tokens.iter().sum::<u32>() as f64 / tokens.len().max(1) as f64;
+            let max = tokens.iter().copied().max().unwrap_or(0) as f64;
+            json!({
+                "layer": name.trim_start_matches("moe.").trim_end_matches(".counts"),
+                "tokens_per_expert": tokens,
+                "max_over_mean": if mean > 0.0 { max / mean } else { 0.0 },
+            })
+        })
+        .collect();
 
     let copy_bytes = (64u64 << 20).min(gpu.caps.max_storage_binding);
     let report = json!({
         "model": model.path.display().to_string(),
         "weight_bytes": model.weight_bytes(),
         "weight_file_bytes": model.file_bytes(),
+        "weight_bytes_read_per_decode_token": model.weight_bytes_per_token(),
+        "routing": routing,
         "kv_cache_bytes": session.state_bytes(),
         "prefill_tokens": prompt_len,
         "prefill_tokens_per_s": prompt_len as f64 / prefill_s,
@@ -313,6 +344,23 @@ fn model_bench(
             model.file_bytes() as f64 / 1048576.0,
             session.state_bytes() as f64 / 1048576.0
         );
+        if model.weight_bytes_per_token() != model.weight_bytes() {
+            println!(
+                "weights read per decoded token: {:.2} MiB (the routed experts only)",
+                model.weight_bytes_per_token() as f64 / 1048576.0
+            );
+        }
+        if !routing.is_empty() {
+            println!("routing (tokens per expert over this run: prefill + decode):");
+            for r in &routing {
+                println!(
+                    "  layer {:>3}: {} (max/mean {:.2})",
+                    r["layer"].as_str().unwrap_or(""),
+                    r["tokens_per_expert"],
+                    r["max_over_mean"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
         println!(
             "prefill: {:.1} tokens/s ({prompt_len} tokens)",
             r["prefill_tokens_per_s"].as_f64().unwrap_or(0.0)

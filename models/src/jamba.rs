@@ -188,7 +188,7 @@ impl Jamba {
                 true => Mixer::Attention(AttentionWeights::load(
                     up,
                     &format!("{p}.self_attn"),
-                    h,
+                    [h, h],
                     &c.attn,
                     false,
                 )?),
@@ -224,6 +224,16 @@ impl Jamba {
             norm,
             lm_head,
         })
+    }
+}
+
+impl Jamba {
+    /// Bytes of expert weights a decoded token does not read (0 for a dense model).
+    pub fn unread_expert_bytes(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|l| l.ffn.unread_bytes_per_token())
+            .sum()
     }
 }
 

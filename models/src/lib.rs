@@ -18,6 +18,7 @@ pub mod rwkv4;
 pub mod safetensors;
 pub mod tokenizer;
 pub mod weights;
+pub mod zamba2;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use mamba::{Mamba, MambaConfig};
 use rwkv::{Rwkv, RwkvConfig};
 use rwkv4::{Rwkv4, Rwkv4Config};
 use weights::{TensorSource, Uploader};
+use zamba2::{Zamba2, Zamba2Config};
 
 /// Where downloaded models are cached: `$KESTREL_CACHE`, else `$XDG_CACHE_HOME/kestrel`,
 /// else `~/.cache/kestrel`.
@@ -72,6 +74,8 @@ pub enum Network {
     Rwkv4(Arc<Rwkv4>),
     /// Jamba: Mamba and attention layers with sparse experts.
     Jamba(Arc<Jamba>),
+    /// Zamba2: Mamba-2 layers and a shared attention block.
+    Zamba2(Arc<Zamba2>),
 }
 
 impl Network {
@@ -83,6 +87,18 @@ impl Network {
             Network::Rwkv(m) => m.clone(),
             Network::Rwkv4(m) => m.clone(),
             Network::Jamba(m) => m.clone(),
+            Network::Zamba2(m) => m.clone(),
+        }
+    }
+    fn zamba2_config(c: &Zamba2Config) -> ModelConfig {
+        ModelConfig {
+            architecture: zamba2::ARCHITECTURE.to_string(),
+            vocab: c.vocab,
+            max_positions: c.max_positions,
+            causal: true,
+            mask_token: None,
+            bos: c.bos.clone(),
+            eos: c.eos.clone(),
         }
     }
     /// (bytes of weights on the GPU, bytes of the same tensors in the file)
@@ -94,6 +110,7 @@ impl Network {
             Network::Rwkv(m) => (m.weight_bytes, m.file_bytes),
             Network::Rwkv4(m) => (m.weight_bytes, m.file_bytes),
             Network::Jamba(m) => (m.weight_bytes, m.file_bytes),
+            Network::Zamba2(m) => (m.weight_bytes, m.file_bytes),
         }
     }
     fn config(&self) -> ModelConfig {
@@ -109,6 +126,7 @@ impl Network {
             Network::Rwkv(m) => (&m.config).into(),
             Network::Rwkv4(m) => (&m.config).into(),
             Network::Jamba(m) => (&m.config).into(),
+            Network::Zamba2(m) => Network::zamba2_config(&m.config),
         }
     }
 }
@@ -264,7 +282,11 @@ pub fn supported_architectures() -> String {
         .chain(mamba::ARCHITECTURES)
         .chain(&[gla::ARCHITECTURE])
         .chain(rwkv::ARCHITECTURES)
-        .chain(&[rwkv4::ARCHITECTURE, jamba::ARCHITECTURE])
+        .chain(&[
+            rwkv4::ARCHITECTURE,
+            jamba::ARCHITECTURE,
+            zamba2::ARCHITECTURE,
+        ])
         .copied()
         .collect::<Vec<_>>()
         .join(", ")
@@ -292,6 +314,10 @@ pub fn check_config(config: &JsonConfig) -> Result<ModelConfig> {
     }
     if jamba::is_jamba(config) {
         return Ok((&JambaConfig::from_json(config)?).into());
+    }
+    if zamba2::is_zamba2(config) {
+        let c = Zamba2Config::from_json(config)?;
+        return Ok(Network::zamba2_config(&c));
     }
     if llada::is_llada(config) {
         return Ok((&LlamaConfig::from_json(&llada::to_hf_config(config)?)?).into());
@@ -333,6 +359,16 @@ impl Model {
     }
     pub fn weight_bytes(&self) -> u64 {
         self.network.bytes().0
+    }
+    /// Bytes of weights one decoded token reads: all but the experts its router passes over
+    /// (every weight is counted as read, the embedding table included).
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        let unread = match &self.network {
+            Network::Llama(m) => m.unread_expert_bytes(),
+            Network::Jamba(m) => m.unread_expert_bytes(),
+            _ => 0,
+        };
+        self.weight_bytes() - unread
     }
     /// Bytes of the loaded tensors in the model file.
     pub fn file_bytes(&self) -> u64 {
@@ -394,6 +430,11 @@ pub fn build_model(
     } else if rwkv::is_rwkv(config) {
         Network::Rwkv(Arc::new(Rwkv::load(
             RwkvConfig::from_json(config)?,
+            &mut up,
+        )?))
+    } else if zamba2::is_zamba2(config) {
+        Network::Zamba2(Arc::new(Zamba2::load(
+            Zamba2Config::from_json(config)?,
             &mut up,
         )?))
     } else if jamba::is_jamba(config) {

@@ -314,11 +314,11 @@ pub(crate) struct AttentionWeights {
 
 impl AttentionWeights {
     /// `{prefix}.{q,k,v,o}_proj.weight` and q/k/v biases (required when `bias`, else
-    /// loaded when present).
+    /// loaded when present), for inputs of width `hidden` and outputs of width `out`.
     pub fn load(
         up: &mut Uploader<'_>,
         prefix: &str,
-        hidden: usize,
+        [hidden, out]: [usize; 2],
         shape: &AttnShape,
         bias: bool,
     ) -> Result<AttentionWeights> {
@@ -340,7 +340,7 @@ impl AttentionWeights {
             q_bias: b(up, "q_proj", qd)?,
             k_bias: b(up, "k_proj", kvd)?,
             v_bias: b(up, "v_proj", kvd)?,
-            o: up.matrix(&format!("{prefix}.o_proj.weight"), hidden, qd)?,
+            o: up.matrix(&format!("{prefix}.o_proj.weight"), out, qd)?,
         })
     }
 
@@ -359,10 +359,33 @@ impl AttentionWeights {
         inv_freq: Option<TensorId>,
         mask: Option<TensorId>,
     ) -> kestrel_runtime::Result<TensorId> {
+        let qkv = self.qkv(g, h)?;
+        self.attend(g, qkv, cache, layout, shape, causal, inv_freq, mask)
+    }
+
+    /// The q, k and v projections of `h`.
+    pub fn qkv(&self, g: &mut Graph, h: TensorId) -> kestrel_runtime::Result<[TensorId; 3]> {
+        Ok([
+            crate::lin(g, h, &self.q, self.q_bias.as_ref())?,
+            crate::lin(g, h, &self.k, self.k_bias.as_ref())?,
+            crate::lin(g, h, &self.v, self.v_bias.as_ref())?,
+        ])
+    }
+
+    /// [`AttentionWeights::build`] from projections already made.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend(
+        &self,
+        g: &mut Graph,
+        [q, k, v]: [TensorId; 3],
+        cache: &str,
+        layout: KvLayout,
+        shape: AttnShape,
+        causal: bool,
+        inv_freq: Option<TensorId>,
+        mask: Option<TensorId>,
+    ) -> kestrel_runtime::Result<TensorId> {
         let kvd = shape.kv_heads * shape.head_dim;
-        let q = crate::lin(g, h, &self.q, self.q_bias.as_ref())?;
-        let k = crate::lin(g, h, &self.k, self.k_bias.as_ref())?;
-        let v = crate::lin(g, h, &self.v, self.v_bias.as_ref())?;
         // Keys cached before RoPE (attention sinks) are rotated inside attention.
         let (q, k, rope) = match inv_freq {
             Some(f) if layout.rope_in_attention => (q, k, Some(f)),
@@ -424,7 +447,7 @@ impl Llama {
                 attn: AttentionWeights::load(
                     up,
                     &format!("{p}.self_attn"),
-                    h,
+                    [h, h],
                     &attn_shape,
                     c.qkv_bias,
                 )?,
@@ -521,6 +544,16 @@ impl Llama {
                 (None, None) => KvLayout::linear(capacity),
             },
         )
+    }
+}
+
+impl Llama {
+    /// Bytes of expert weights a decoded token does not read (0 for a dense model).
+    pub fn unread_expert_bytes(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|l| l.ffn.unread_bytes_per_token())
+            .sum()
     }
 }
 

@@ -155,6 +155,13 @@ impl MoeBlock {
         })
     }
 
+    /// Bytes of expert weights one token does not read: (experts - k) / experts of them.
+    pub fn unread_bytes_per_token(&self) -> u64 {
+        let all: u64 = self.experts.iter().map(|w| w.bytes()).sum();
+        let c = &self.config;
+        all / c.experts as u64 * (c.experts - c.top_k) as u64
+    }
+
     /// The block's counter state.
     pub fn state(&self) -> StateSpec {
         StateSpec::counters(counts_name(self.layer), self.config.experts)
@@ -215,6 +222,13 @@ impl FeedForward {
         match self {
             FeedForward::Dense([gate, up, down]) => crate::swiglu_mlp(g, h, [gate, up, down]),
             FeedForward::Moe(m) => m.build(g, h),
+        }
+    }
+
+    pub fn unread_bytes_per_token(&self) -> u64 {
+        match self {
+            FeedForward::Dense(_) => 0,
+            FeedForward::Moe(m) => m.unread_bytes_per_token(),
         }
     }
 

@@ -981,7 +981,7 @@ fn specialisations(name: &str) -> Vec<ShaderDefs> {
                 [false, true].map(|delta| ShaderDefs::new().u32("DK", dk).bool("DELTA", delta))
             })
             .collect(),
-        "elementwise" => (0..11).map(|op| ShaderDefs::new().u32("OP", op)).collect(),
+        "elementwise" => (0..12).map(|op| ShaderDefs::new().u32("OP", op)).collect(),
         "embedding" => weight_kinds(),
         // Plain, and grouped over experts (no bias) with or without gathering token rows.
         "matmul" => with_bias(weight_kinds())

@@ -36,6 +36,8 @@ const MODELS: &[&str] = &[
     "mixtral_q8",
     "qwen2_moe",
     "jamba",
+    // Mamba-2 layers with two shared attention blocks and per-use adapters.
+    "zamba2",
 ];
 const TOL: f64 = 1e-4;
 
@@ -585,13 +587,13 @@ fn expert_counters_count_the_routed_tokens() {
     }
 }
 
-/// 150 tokens put more than 64 rows on some experts (several tiles each): prefill and decode
-/// agree.
+/// 150 tokens put more than 64 rows on some experts (several tiles each) and take the
+/// hybrids' scans through many chunks: prefill and decode agree.
 #[test]
-fn moe_models_prefill_many_tokens_like_decode() {
+fn moe_and_hybrid_models_prefill_many_tokens_like_decode() {
     let mut rng = kestrel_runtime::rng::Rng::new(6);
     let gpu = gpus().into_iter().next().expect("a GPU");
-    for name in ["mixtral", "jamba"] {
+    for name in ["mixtral", "jamba", "zamba2"] {
         let model = kestrel_models::load(&gpu, &fixture(name)).expect("load");
         let vocab = model.config().vocab;
         let toks: Vec<u32> = (0..150).map(|_| rng.below(vocab as u32)).collect();
@@ -612,7 +614,7 @@ fn moe_models_prefill_many_tokens_like_decode() {
 }
 
 #[test]
-fn moe_configs_disagreeing_with_tensors_fail_clearly() {
+fn moe_and_hybrid_configs_disagreeing_with_tensors_fail_clearly() {
     let cases: &[BadConfigCase] = &[
         (
             "mixtral",
@@ -634,6 +636,12 @@ fn moe_configs_disagreeing_with_tensors_fail_clearly() {
             "jamba",
             vec![("num_experts", 6.into())],
             &["model.layers.1.feed_forward.experts.4.gate_proj.weight"],
+        ),
+        // A third shared block, which the file does not hold (it would live with layer 4).
+        (
+            "zamba2",
+            vec![("num_mem_blocks", 3.into())],
+            &["model.layers.4.shared_transformer"],
         ),
     ];
     for (name, edits, needles) in cases {

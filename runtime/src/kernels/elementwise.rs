@@ -23,10 +23,12 @@ pub enum Elementwise {
     Sigmoid = 8,
     NegExp = 9,
     LogSigmoid = 10,
+    /// GeGLU: gelu(a) * b with the exact (erf) GELU.
+    GeluMul = 11,
 }
 
 impl Elementwise {
-    pub const ALL: [Elementwise; 11] = [
+    pub const ALL: [Elementwise; 12] = [
         Elementwise::Add,
         Elementwise::SwiGlu,
         Elementwise::Mul,
@@ -38,11 +40,19 @@ impl Elementwise {
         Elementwise::Sigmoid,
         Elementwise::NegExp,
         Elementwise::LogSigmoid,
+        Elementwise::GeluMul,
     ];
 
     /// Ops whose b is not read.
     pub fn unary(self) -> bool {
-        self as u32 >= Elementwise::ReluSquare as u32
+        matches!(
+            self,
+            Elementwise::ReluSquare
+                | Elementwise::Tanh
+                | Elementwise::Sigmoid
+                | Elementwise::NegExp
+                | Elementwise::LogSigmoid
+        )
     }
 
     fn apply(self, x: f32, y: f32) -> f32 {
@@ -65,8 +75,30 @@ impl Elementwise {
             Elementwise::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Elementwise::NegExp => -x.exp(),
             Elementwise::LogSigmoid => x.min(0.0) - (1.0 + (-x.abs()).exp()).ln(),
+            Elementwise::GeluMul => {
+                let x = x as f64;
+                (0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))) as f32 * y
+            }
         }
     }
+}
+
+/// erf in f64 for the reference: its Taylor series below 4 (alternating terms up to ~1e7,
+/// so about 1e-9 absolute after cancellation), else ±1 (erfc(4) = 1.5e-8).
+fn erf(z: f64) -> f64 {
+    if z.abs() >= 4.0 {
+        return z.signum();
+    }
+    let (mut term, mut sum) = (z, z);
+    for n in 1..200 {
+        term *= -z * z / n as f64;
+        let next = term / (2 * n + 1) as f64;
+        sum += next;
+        if next.abs() < 1e-17 {
+            break;
+        }
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
 }
 
 #[repr(C)]
