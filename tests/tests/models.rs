@@ -488,12 +488,14 @@ fn rwkv_pth_checkpoints_are_refused_with_advice() {
     }
 }
 
-/// The experts the reference's router chose (router.json): (top_k, per MoE layer in order:
-/// (layer, per token the experts)).
-fn router_choices(name: &str) -> (usize, Vec<(usize, Vec<Vec<u32>>)>) {
+/// Per MoE layer in order: (layer, per token the experts the router chose).
+type LayerChoices = Vec<(usize, Vec<Vec<u32>>)>;
+
+/// The experts the reference's router chose (router.json): (top_k, the layers' choices).
+fn router_choices(name: &str) -> (usize, LayerChoices) {
     let text = std::fs::read_to_string(fixture(name).join("router.json")).expect("router.json");
     let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-    let mut layers: Vec<(usize, Vec<Vec<u32>>)> = v["layers"]
+    let mut layers: LayerChoices = v["layers"]
         .as_object()
         .expect("layers")
         .iter()
