@@ -433,29 +433,35 @@ fn recurrent_configs_disagreeing_with_tensors_fail_clearly() {
     }
 }
 
+/// `n` random tokens of fixture `name` in one prefill and one token at a time: the logits
+/// must agree at every position.
+fn long_prefill_matches_decode(rng: &mut kestrel_runtime::rng::Rng, name: &str, n: usize) {
+    let gpu = gpus().into_iter().next().expect("a GPU");
+    let model = kestrel_models::load(&gpu, &fixture(name)).expect("load");
+    let vocab = model.config().vocab;
+    let toks: Vec<u32> = (0..n).map(|_| rng.below(vocab as u32)).collect();
+    let mut s = model.session(&gpu, toks.len()).expect("session");
+    let prefill = pollster::block_on(s.logits(&toks)).expect("prefill");
+    s.reset();
+    let mut decode = Vec::new();
+    for &t in &toks {
+        decode.extend(pollster::block_on(s.logits(&[t])).expect("decode"));
+    }
+    check(
+        &format!("{name}: {n}-token prefill vs decode"),
+        &prefill,
+        &decode,
+        vocab,
+    );
+}
+
 /// A long prompt goes through several chunks of the chunked scan (and the token-by-token
 /// form in decode): both must give the same logits at every position.
 #[test]
 fn recurrent_models_prefill_many_chunks_like_decode() {
     let mut rng = kestrel_runtime::rng::Rng::new(5);
     for name in ["mamba", "mamba2", "gla", "rwkv6", "rwkv7", "rwkv4"] {
-        let gpu = gpus().into_iter().next().expect("a GPU");
-        let model = kestrel_models::load(&gpu, &fixture(name)).expect("load");
-        let vocab = model.config().vocab;
-        let toks: Vec<u32> = (0..300).map(|_| rng.below(vocab as u32)).collect();
-        let mut s = model.session(&gpu, toks.len()).expect("session");
-        let prefill = pollster::block_on(s.logits(&toks)).expect("prefill");
-        s.reset();
-        let mut decode = Vec::new();
-        for &t in &toks {
-            decode.extend(pollster::block_on(s.logits(&[t])).expect("decode"));
-        }
-        check(
-            &format!("{name}: 300-token prefill vs decode"),
-            &prefill,
-            &decode,
-            vocab,
-        );
+        long_prefill_matches_decode(&mut rng, name, 300);
     }
 }
 
@@ -594,24 +600,8 @@ fn expert_counters_count_the_routed_tokens() {
 #[test]
 fn moe_and_hybrid_models_prefill_many_tokens_like_decode() {
     let mut rng = kestrel_runtime::rng::Rng::new(6);
-    let gpu = gpus().into_iter().next().expect("a GPU");
     for name in ["mixtral", "jamba", "zamba2"] {
-        let model = kestrel_models::load(&gpu, &fixture(name)).expect("load");
-        let vocab = model.config().vocab;
-        let toks: Vec<u32> = (0..150).map(|_| rng.below(vocab as u32)).collect();
-        let mut s = model.session(&gpu, toks.len()).expect("session");
-        let prefill = pollster::block_on(s.logits(&toks)).expect("prefill");
-        s.reset();
-        let mut decode = Vec::new();
-        for &t in &toks {
-            decode.extend(pollster::block_on(s.logits(&[t])).expect("decode"));
-        }
-        check(
-            &format!("{name}: 150-token prefill vs decode"),
-            &prefill,
-            &decode,
-            vocab,
-        );
+        long_prefill_matches_decode(&mut rng, name, 150);
     }
 }
 
