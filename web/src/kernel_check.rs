@@ -233,6 +233,31 @@ impl Checker {
         Ok(())
     }
 
+    async fn matmul_quant(
+        &mut self,
+        format: QuantFormat,
+        m: usize,
+        n: usize,
+        k: usize,
+        seed: u64,
+    ) -> Result<()> {
+        let mut rng = Rng::new(seed);
+        let x = rng.vec(m * k, 1.0);
+        let (w, w_ref) = self.quant_weight(format, n, k, &mut rng)?;
+        let (xb, y) = (self.upload(&x), self.poisoned(m * n));
+        let d = matmul::launch(&self.gpu, &xb, &w, None, &y, m)?;
+        let out = self.run(&d, &y, m * n).await?;
+        let want = matmul::reference(&x, &w_ref, None, m, n, k);
+        self.record(
+            "matmul",
+            format!("{} {m}x{n}x{k}", format.name()),
+            &out,
+            &want,
+            SUM_TOL,
+        );
+        Ok(())
+    }
+
     async fn embedding(
         &mut self,
         format: Option<QuantFormat>,
@@ -575,6 +600,7 @@ async fn run_all(c: &mut Checker) -> Result<()> {
     {
         let k = if format.block_elems() == 32 { 576 } else { 512 };
         c.matvec_quant(format, 37, k, 400 + i as u64).await?;
+        c.matmul_quant(format, 27, 70, k, 420 + i as u64).await?;
         c.embedding(Some(format), 103, k, 450 + i as u64).await?;
     }
     c.embedding(None, 103, 45, 500).await?;

@@ -129,8 +129,10 @@ try {
   check(kc.ok && Object.keys(kc.kernels).length >= 10, `kernel checks (${kc.cases.length} cases, ${((Date.now() - t) / 1000).toFixed(1)} s)`);
 
   // (b) logits.
-  async function browserLogits(model, tokens) {
-    const r = await api(async ({ model, tokens }) => {
+  // Load `model` in a fresh engine, take the logits of `tokens`; with `chat`, also time a
+  // greedy completion and check that an AbortSignal stops a stream.
+  async function browserRun(model, tokens, chat = false) {
+    const r = await api(async ({ model, tokens, chat }) => {
       const k = await import('/kestrel.js');
       const e = await k.createEngine({ model });
       try {
@@ -139,27 +141,43 @@ try {
         const bytes = new Uint8Array(l.buffer, l.byteOffset, l.byteLength);
         let s = '';
         for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-        return { b64: btoa(s), info };
+        if (!chat) return { b64: btoa(s), info };
+        const r = await e.chat.completions.create({ messages: [{ role: 'user', content: 'What is the capital of France?' }], max_tokens: 12, temperature: 0 });
+        // Abort: a streamed reply stopped after its first piece rejects with AbortError.
+        const ac = new AbortController();
+        let pieces = 0, aborted = null;
+        try {
+          for await (const c of await e.chat.completions.create({ messages: [{ role: 'user', content: 'Count to fifty.' }], stream: true, max_tokens: 64, signal: ac.signal })) {
+            if (c.choices[0].delta.content) {
+              pieces++;
+              ac.abort();
+            }
+          }
+        } catch (err) {
+          aborted = err.name;
+        }
+        return { b64: btoa(s), info, perf: { r, pieces, aborted } };
       } finally {
         await e.dispose();
       }
-    }, { model, tokens });
+    }, { model, tokens, chat });
     const buf = Buffer.from(r.b64, 'base64');
-    return { logits: new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4), info: r.info };
+    return { logits: new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4), info: r.info, perf: r.perf };
   }
   const gqaTokens = JSON.parse(fs.readFileSync(path.join(repo, 'tests/fixtures/llama_gqa/tokens.json'))).tokens;
-  const gqa = await browserLogits('/fixtures/llama_gqa/', gqaTokens);
+  const gqa = await browserRun('/fixtures/llama_gqa/', gqaTokens, !haveSmol);
+  let perf = gqa.perf && { ...gqa.perf, info: gqa.info };
+  console.log(`llama_gqa: load ${(gqa.info.timings.loadMs / 1000).toFixed(2)} s, pipeline creation (first prefill + decode step) ${(gqa.info.timings.pipelineMs / 1000).toFixed(2)} s`);
   const gqaNative = nativeDir && fs.existsSync(path.join(nativeDir, 'llama_gqa.npy'))
     ? { what: 'native kestrel logits', ...readNpy(path.join(nativeDir, 'llama_gqa.npy')) }
     : { what: 'committed prefill logits', ...readNpy(path.join(repo, 'tests/fixtures/llama_gqa/logits_prefill.npy')) };
   const e1 = relErr(gqa.logits, gqaNative.data);
   check(e1 <= LOGITS_TOL, `llama_gqa (Hugging Face folder, safetensors) logits [${gqaTokens.length}x${gqa.info.model.vocab}] vs ${gqaNative.what}: rel error ${e1.toExponential(2)} (tol ${LOGITS_TOL})`);
 
-  let smolInfo = null;
   if (haveSmol) {
     const prompt = JSON.parse(fs.readFileSync(path.join(repo, 'tests/fixtures/smollm2/prompt.json')));
-    const smol = await browserLogits(`/models/${SMOLLM2}`, prompt.tokens);
-    smolInfo = smol.info;
+    const smol = await browserRun(`/models/${SMOLLM2}`, prompt.tokens, true);
+    perf = { ...smol.perf, info: smol.info };
     const nativeNpy = nativeDir && path.join(nativeDir, 'smollm2.npy');
     if (nativeNpy && fs.existsSync(nativeNpy)) {
       const e = relErr(smol.logits, readNpy(nativeNpy).data);
@@ -167,9 +185,13 @@ try {
     } else {
       check(false, `SmolLM2 GGUF: no native logits at ${nativeNpy} (tests/run.sh writes them with target/debug/kestrel logits)`);
     }
+    // The transformers fixture holds the rows at prompt.logit_positions only.
     const ref = readNpy(path.join(repo, 'tests/fixtures/smollm2/logits.npy'));
-    const eRef = relErr(smol.logits, ref.data);
-    const top1 = top1Agreement(smol.logits, ref.data, smol.info.model.vocab);
+    const V = smol.info.model.vocab;
+    const rows = new Float32Array(prompt.logit_positions.length * V);
+    prompt.logit_positions.forEach((p, i) => rows.set(smol.logits.subarray(p * V, (p + 1) * V), i * V));
+    const eRef = relErr(rows, ref.data);
+    const top1 = top1Agreement(rows, ref.data, V);
     check(eRef <= 1e-2 && top1 >= 0.95, `SmolLM2 GGUF logits vs transformers fixture: rel error ${eRef.toExponential(2)} (tol 1e-2), top-1 agreement ${(top1 * 100).toFixed(0)}%`);
   } else {
     console.log(`note: ${smolPath} is absent (tests/run.sh fetches it with \`kestrel chat\`); the GGUF logits and the SmolLM2 chat are not checked`);
@@ -188,30 +210,6 @@ try {
 
   // Timings through the API: pipeline creation at load, TTFT and decode tokens/s.
   const chatModel = haveSmol ? `/models/${SMOLLM2}` : '/fixtures/llama_gqa/';
-  const perf = await api(async (model) => {
-    const k = await import('/kestrel.js');
-    const e = await k.createEngine({ model });
-    try {
-      const info = await e.info();
-      const r = await e.chat.completions.create({ messages: [{ role: 'user', content: 'What is the capital of France?' }], max_tokens: 24, temperature: 0 });
-      // Abort: a streamed reply stopped after its first piece ends with finish_reason "abort".
-      const ac = new AbortController();
-      let pieces = 0, aborted = null;
-      try {
-        for await (const c of await e.chat.completions.create({ messages: [{ role: 'user', content: 'Count to fifty.' }], stream: true, max_tokens: 64, signal: ac.signal })) {
-          if (c.choices[0].delta.content) {
-            pieces++;
-            ac.abort();
-          }
-        }
-      } catch (err) {
-        aborted = err.name;
-      }
-      return { info, r, pieces, aborted };
-    } finally {
-      await e.dispose();
-    }
-  }, chatModel);
   const m = perf.info.model;
   console.log(`model ${m.name}: weights ${m.weightBytes} B, KV ${m.stateBytes} B; load ${(perf.info.timings.loadMs / 1000).toFixed(2)} s; ` +
     `pipeline creation (first prefill + decode step) ${(perf.info.timings.pipelineMs / 1000).toFixed(2)} s`);
@@ -228,10 +226,14 @@ try {
   check((await chat.getAttribute('body', 'data-ready')) === 'true', `chat page loaded ${chatModel}: ${await chat.textContent('#status')}`);
   await chat.fill('#prompt', 'Hello! Who are you?');
   await chat.press('#prompt', 'Enter');
+  // Let a few words stream in, then press Stop (SwiftShader decodes well under 1 token/s).
+  await chat.waitForFunction(() => (document.querySelector('.msg.assistant .text')?.textContent || '').split(/\s+/).length >= 4, null, { timeout: 600_000 });
+  await chat.click('#stop');
   await chat.waitForSelector('body[data-replying="false"]', { timeout: 600_000 });
   const reply = await chat.textContent('.msg.assistant .text');
+  const stats = await chat.textContent('#stats');
   check(reply.length > 0, `the chat page streamed a reply: ${JSON.stringify(reply.slice(0, 120))}`);
-  console.log(`page stats: ${await chat.textContent('#stats')}`);
+  check(/stopped/.test(stats), `the Stop button ended the reply: ${stats}`);
   const shot = path.join(repo, 'target/artifacts/web-chat.png');
   fs.mkdirSync(path.dirname(shot), { recursive: true });
   await chat.screenshot({ path: shot });
