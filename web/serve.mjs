@@ -53,6 +53,10 @@ const server = http.createServer((req, res) => {
     res.end(JSON.stringify(requests));
     return;
   }
+  if (p === '/favicon.ico') {
+    res.writeHead(204).end();
+    return;
+  }
   if (req.method === 'GET') requests[p] = (requests[p] || 0) + 1;
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     res.writeHead(405).end();

@@ -39,8 +39,13 @@ pub async fn open_gpu() -> Result<Arc<Gpu>> {
 /// The adapter, its features and limits (what `engine.info()` returns, less the model).
 pub fn gpu_info(gpu: &Gpu) -> serde_json::Value {
     let c = &gpu.caps;
+    // Browsers may hide the adapter's name (SwiftShader's is empty).
+    let name = match gpu.info.name.trim() {
+        "" => "WebGPU adapter (name not given by the browser)",
+        n => n,
+    };
     json!({
-        "adapter": gpu.info.name,
+        "adapter": name,
         "backend": gpu.backend_name(),
         "driver": gpu.info.driver,
         "features": {

@@ -246,11 +246,39 @@ try {
   const counts = await requests();
   const modelFiles = Object.entries(counts).filter(([p]) => p.endsWith('.gguf') || p.endsWith('.safetensors'));
   check(modelFiles.length > 0 && modelFiles.every(([p, n]) => n === 1 || p.includes('no-such-model')), `each model file was downloaded once: ${JSON.stringify(Object.fromEntries(modelFiles))}`);
+
+  // A full storage quota: the model still loads, and the page says it was not cached.
+  const small = await browser.newContext();
+  const qpage = await small.newPage();
+  const cdp = await small.newCDPSession(qpage);
+  await cdp.send('Storage.overrideQuotaForOrigin', { origin: base, quotaSize: 4096 });
+  await qpage.goto(`${base}/?model=${encodeURIComponent('/fixtures/llama_gqa/')}`);
+  await qpage.waitForSelector('body[data-ready]', { timeout: 600_000 });
+  const warning = (await qpage.textContent('#error')) || '';
+  check((await qpage.getAttribute('body', 'data-ready')) === 'true' && /quota is full/.test(warning), `a full quota is shown in the page: ${JSON.stringify(warning.slice(0, 140))}`);
+  await small.close();
 } catch (e) {
   check(false, `browser test: ${e.stack || e}`);
 } finally {
   await browser.close();
   server.kill();
+}
+// No WebGPU (Chromium without --enable-unsafe-webgpu): the page says so.
+{
+  const { proc: server2, base: base2 } = await startServer();
+  const plain = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS.filter((f) => f !== '--enable-unsafe-webgpu').concat(['--disable-features=WebGPU']) });
+  try {
+    const p = await plain.newPage();
+    await p.goto(`${base2}/?model=${encodeURIComponent('/fixtures/llama_gqa/')}`);
+    await p.waitForSelector('body[data-ready]', { timeout: 120_000 });
+    const msg = (await p.textContent('#error')) || '';
+    check((await p.getAttribute('body', 'data-ready')) === 'error' && /WebGPU/.test(msg), `without WebGPU the page says: ${JSON.stringify(msg.slice(0, 140))}`);
+  } catch (e) {
+    check(false, `no-WebGPU page: ${e.stack || e}`);
+  } finally {
+    await plain.close();
+    server2.kill();
+  }
 }
 console.log(`browser tests: ${failures ? failures + ' failure(s)' : 'all passed'} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 process.exit(failures ? 1 : 0);
