@@ -51,7 +51,9 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "node and npm not found: install Node.js 20 or later first" >&2
     exit 1
 fi
-if ! cmp -s web/tests/package-lock.json web/tests/node_modules/.package-lock.json; then
+# npm ci again only when package-lock.json changed since the last install.
+if ! cmp -s web/tests/package-lock.json web/tests/node_modules/.kestrel-installed-lock; then
     echo "installing web/tests npm packages"
-    (cd web/tests && npm ci --no-audit --no-fund --loglevel=error)
+    (cd web/tests && npm ci --no-audit --no-fund --loglevel=error &&
+        cp package-lock.json node_modules/.kestrel-installed-lock)
 fi

@@ -247,6 +247,16 @@ try {
   const modelFiles = Object.entries(counts).filter(([p]) => p.endsWith('.gguf') || p.endsWith('.safetensors'));
   check(modelFiles.length > 0 && modelFiles.every(([p, n]) => n === 1 || p.includes('no-such-model')), `each model file was downloaded once: ${JSON.stringify(Object.fromEntries(modelFiles))}`);
 
+  // A Hugging Face folder chosen as Files in the page's file input.
+  const files = await context.newPage();
+  await files.goto(`${base}/?model=`);
+  const dir = path.join(repo, 'tests/fixtures/llama_gqa');
+  await files.setInputFiles('#model-files', fs.readdirSync(dir).filter((f) => /\.(json|safetensors)$/.test(f)).map((f) => path.join(dir, f)));
+  await files.click('#load');
+  await files.waitForSelector('body[data-ready]', { timeout: 600_000 });
+  check((await files.getAttribute('body', 'data-ready')) === 'true', `a Hugging Face folder chosen as files loads: ${await files.textContent('#status')}`);
+  await files.close();
+
   // A full storage quota: the model still loads, and the page says it was not cached.
   const small = await browser.newContext();
   const qpage = await small.newPage();

@@ -154,7 +154,12 @@ async function start() {
     document.body.dataset.ready = 'error';
     return;
   }
-  const asked = new URLSearchParams(location.search).get('model');
+  const params = new URLSearchParams(location.search);
+  const asked = params.get('model');
+  if (params.has('model') && !asked) {
+    status('no model loaded: give a URL or choose a .gguf file (or a Hugging Face folder\'s files)');
+    return;
+  }
   if (asked) {
     $('model-url').value = asked;
     return load(asked);

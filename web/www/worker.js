@@ -8,6 +8,7 @@ const ready = init();
 let engine = null;
 let modelName = '';
 const aborted = new Set();
+let queue = Promise.resolve();
 
 const post = (m, transfer) => self.postMessage(m, transfer || []);
 const progress = (id, p) => post({ id, type: 'progress', progress: p });
@@ -208,7 +209,12 @@ async function chat(id, request) {
 
 const handlers = {
   load: (id, m) => load(id, m),
-  chat: (id, m) => chat(id, m.request),
+  // Replies queue first come, first served (as in the native engine).
+  chat: (id, m) => {
+    const run = queue.then(() => chat(id, m.request));
+    queue = run.catch(() => {});
+    return run;
+  },
   abort: (_id, m) => {
     aborted.add(m.target);
     return null;
