@@ -8,6 +8,7 @@
 # binaryen's wasm-opt).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 packages=(libvulkan1 mesa-vulkan-drivers libegl1 libgl1-mesa-dri python3-venv
     xvfb xdotool x11-apps netpbm
