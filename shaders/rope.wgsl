@@ -22,8 +22,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let h = rem / p.rot_half;
     let i = rem % p.rot_half;
     let angle = f32(step.pos + t) * inv_freq[i];
-    let c = cos(angle);
-    let s = sin(angle);
+    let cs = sin_cos(angle);
+    let c = cs.x;
+    let s = cs.y;
     let base = (t * p.heads + h) * p.head_dim;
     let x1 = x[base + i];
     let x2 = x[base + i + p.rot_half];

@@ -24,5 +24,22 @@ PYENV="${KESTREL_PYENV:-$HOME/.cache/kestrel/pyenv}"
 "$PYENV/bin/python" tests/serve_openai.py target/debug/kestrel tests/fixtures/llama_gqa
 # The desktop window on a virtual X server: type a message, wait for the reply, screenshot.
 tests/app_screenshot.sh
-cargo build --target wasm32-unknown-unknown -p kestrel-runtime -p kestrel-models -p kestrel-web
+# The browser engine: lints for wasm32, the release wasm (built once), then headless
+# Chromium on SwiftShader WebGPU: kernels against CPU references, fixture logits against
+# native ones, the chat page (target/artifacts/web-chat.png) and the weights cache.
+cargo clippy --target wasm32-unknown-unknown -p kestrel-web -- -D warnings
+web_start=$SECONDS
+web/build.sh
+mkdir -p target/web-test
+target/debug/kestrel logits --model tests/fixtures/llama_gqa \
+    --tokens "$(node -p 'require("./tests/fixtures/llama_gqa/tokens.json").tokens.join(",")')" \
+    --out target/web-test/llama_gqa.npy
+smollm2="${KESTREL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kestrel}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ -f "$smollm2" ]; then
+    target/debug/kestrel logits --model "$smollm2" \
+        --tokens "$(node -p 'require("./tests/fixtures/smollm2/prompt.json").tokens.join(",")')" \
+        --out target/web-test/smollm2.npy
+fi
+node web/tests/browser.mjs --native-dir target/web-test
+echo "browser step: $((SECONDS - web_start)) s"
 echo "tests/run.sh: all checks passed"

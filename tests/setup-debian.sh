@@ -3,13 +3,17 @@
 # llvmpipe GL drivers, so the GPU code runs with no GPU, Rust's wasm32 target, a Python
 # virtual environment with the `openai` client for the server test (tests/serve_openai.py),
 # and for the `kestrel app` screenshot test a virtual X server, xdotool, xwd and netpbm, and
-# the X11 libraries winit loads at run time.
+# the X11 libraries winit loads at run time; for the browser tests Debian's chromium,
+# wasm-bindgen-cli at the version in Cargo.lock, and web/tests' npm packages (playwright-core,
+# binaryen's wasm-opt).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 packages=(libvulkan1 mesa-vulkan-drivers libegl1 libgl1-mesa-dri python3-venv
     xvfb xdotool x11-apps netpbm
-    libx11-6 libx11-xcb1 libxcursor1 libxi6 libxrandr2 libxkbcommon0 libxkbcommon-x11-0)
+    libx11-6 libx11-xcb1 libxcursor1 libxi6 libxrandr2 libxkbcommon0 libxkbcommon-x11-0
+    chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -36,4 +40,21 @@ if ! "$pyenv/bin/python" -c "import openai" >/dev/null 2>&1; then
     echo "creating $pyenv with the openai client"
     python3 -m venv "$pyenv"
     "$pyenv/bin/pip" install -q --disable-pip-version-check openai
+fi
+
+# The browser engine's build and tests (web/build.sh, web/tests/browser.mjs).
+wb_version=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"$/\1/p')
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wb_version" ]; then
+    echo "installing wasm-bindgen-cli $wb_version (the version in Cargo.lock)"
+    cargo install -q wasm-bindgen-cli --version "$wb_version"
+fi
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "node and npm not found: install Node.js 20 or later first" >&2
+    exit 1
+fi
+# npm ci again only when package-lock.json changed since the last install.
+if ! cmp -s web/tests/package-lock.json web/tests/node_modules/.kestrel-installed-lock; then
+    echo "installing web/tests npm packages"
+    (cd web/tests && npm ci --no-audit --no-fund --loglevel=error &&
+        cp package-lock.json node_modules/.kestrel-installed-lock)
 fi

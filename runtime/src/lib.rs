@@ -2,6 +2,9 @@
 //! architectures (in kestrel-models) build a [`graph::Graph`] of ops, and the executor plans
 //! it once and replays it on the GPU.
 
+// On wasm32, wgpu's WebGPU objects are neither Send nor Sync (one thread); the Arcs stay.
+#![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+
 pub mod block_mask;
 pub mod device;
 pub mod diffusion;

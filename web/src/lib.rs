@@ -1,23 +1,28 @@
-//! kestrel-web: the browser entry points (wasm-bindgen). A skeleton for now: it opens the
-//! WebGPU device through the same runtime and reports what the adapter offers.
+//! kestrel-web: the browser engine. The runtime and the models compiled to wasm32, on
+//! wgpu's WebGPU backend, behind wasm-bindgen entry points that web/www/worker.js drives
+//! (the page talks to the worker through web/www/kestrel.js, an OpenAI-shaped API).
+//!
+//! * [`engine`]: load a model from bytes, chat replies one token per call, logits, info.
+//! * [`kernel_check`]: the runtime's kernels against their CPU references, in the browser.
+//! * [`limits`]: what the kernels need from an adapter.
+
+pub mod error;
+pub mod limits;
+pub mod load;
+
+#[cfg(target_arch = "wasm32")]
+pub mod engine;
+#[cfg(target_arch = "wasm32")]
+pub mod kernel_check;
 
 use wasm_bindgen::prelude::*;
 
-use kestrel_runtime::{BackendChoice, Gpu};
-
-/// Describe the WebGPU adapter: name, backend and features (a JSON string).
-#[wasm_bindgen]
+/// Describe the WebGPU adapter: name, backend, features and limits (a JSON string).
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen(js_name = adapterInfo)]
 pub async fn adapter_info() -> Result<String, JsValue> {
-    let gpu = Gpu::new(BackendChoice::WebGpu)
-        .await
-        .map_err(|e| JsValue::from_str(&e.to_string()))?;
-    Ok(format!(
-        "{{\"adapter\":\"{}\",\"backend\":\"{}\",\"shader_f16\":{},\"max_storage_binding\":{}}}",
-        gpu.info.name.replace('"', "'"),
-        gpu.backend_name(),
-        gpu.caps.shader_f16,
-        gpu.caps.max_storage_binding
-    ))
+    let gpu = engine::open_gpu().await?;
+    Ok(engine::gpu_info(&gpu).to_string())
 }
 
 /// The runtime version, to check the module loaded.
@@ -25,6 +30,3 @@ pub async fn adapter_info() -> Result<String, JsValue> {
 pub fn version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
 }
-
-// Keep the models crate linked so the wasm build checks it too.
-pub use kestrel_models::ModelError;

@@ -1,0 +1,415 @@
+//! The engine the worker drives: one model, one chat session (its KV cache kept between
+//! requests, so a conversation that grows by a turn prefills only the new tokens), and a
+//! generation advanced one token per call. The worker calls [`Engine::chat_next`] in a loop
+//! and stops calling it to abort, so nothing here blocks and no call outlives a reply.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use js_sys::{Float32Array, Promise};
+use kestrel_models::chat_template::{ChatTemplate, Message};
+use kestrel_models::{Model, TextStream};
+use kestrel_runtime::session::{Sampling, Session};
+use kestrel_runtime::{BackendChoice, Gpu};
+use serde::Deserialize;
+use serde_json::json;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use crate::error::{Result, WebError};
+use crate::{limits, load};
+
+/// Open the WebGPU device and refuse it, with the reason, when its limits are too small.
+pub async fn open_gpu() -> Result<Arc<Gpu>> {
+    let gpu = Gpu::new(BackendChoice::WebGpu)
+        .await
+        .map_err(|e| WebError::NoWebGpu(e.to_string()))?;
+    let short = limits::shortfalls(&gpu.caps);
+    if !short.is_empty() {
+        return Err(WebError::Limits(format!(
+            "{} offers {}",
+            gpu.info.name,
+            short.join(", ")
+        )));
+    }
+    Ok(gpu)
+}
+
+/// The adapter, its features and limits (what `engine.info()` returns, less the model).
+pub fn gpu_info(gpu: &Gpu) -> serde_json::Value {
+    let c = &gpu.caps;
+    // Browsers may hide the adapter's name (SwiftShader's is empty).
+    let name = match gpu.info.name.trim() {
+        "" => "WebGPU adapter (name not given by the browser)",
+        n => n,
+    };
+    json!({
+        "adapter": name,
+        "backend": gpu.backend_name(),
+        "driver": gpu.info.driver,
+        "features": {
+            "shader-f16": c.shader_f16,
+            "subgroups": c.subgroups,
+            "timestamp-query": c.timestamps,
+        },
+        "limits": {
+            "maxStorageBufferBindingSize": c.max_storage_binding,
+            "maxBufferSize": c.max_buffer_size,
+            "maxStorageBuffersPerShaderStage": c.max_storage_buffers_per_stage,
+            "maxComputeInvocationsPerWorkgroup": c.max_invocations_per_workgroup,
+            "maxComputeWorkgroupStorageSize": c.max_workgroup_storage,
+            "maxComputeWorkgroupsPerDimension": c.max_workgroups_per_dim,
+        },
+        // The kernels take the f32 path (f16 weights unpacked in the shader) without it.
+        "f16Kernels": c.shader_f16,
+    })
+}
+
+/// One message of a request (OpenAI's shape; only the text content is used).
+#[derive(Deserialize)]
+struct RequestMessage {
+    role: String,
+    content: String,
+}
+
+/// The fields of `chat.completions.create` that the engine uses.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatRequest {
+    messages: Vec<RequestMessage>,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    top_k: Option<u32>,
+    #[serde(default)]
+    seed: Option<u32>,
+}
+
+/// A reply in progress.
+struct Generation {
+    /// Tokens to feed at the next step: the unseen part of the prompt, then the last token.
+    feed: Vec<u32>,
+    sampling: Sampling,
+    stream: TextStream,
+    produced: usize,
+    max_tokens: usize,
+}
+
+struct Inner {
+    model: Model,
+    template: ChatTemplate,
+    session: Session,
+    generation: Option<Generation>,
+}
+
+/// A loaded model on the WebGPU device.
+#[wasm_bindgen]
+pub struct Engine {
+    gpu: Arc<Gpu>,
+    inner: Rc<RefCell<Option<Inner>>>,
+    info: serde_json::Value,
+}
+
+/// Load a GGUF file (its bytes) with a context of `ctx` tokens (0: the model's own).
+#[wasm_bindgen(js_name = loadGguf)]
+pub async fn load_gguf(
+    name: String,
+    bytes: Vec<u8>,
+    ctx: u32,
+) -> std::result::Result<Engine, JsValue> {
+    let gpu = open_gpu().await?;
+    let model = load::gguf(&gpu, &name, bytes)?;
+    Ok(Engine::new(gpu, model, ctx)?)
+}
+
+/// Load a Hugging Face folder from its files: `names[i]` is the file name of `files[i]`.
+#[wasm_bindgen(js_name = loadHfFiles)]
+pub async fn load_hf_files(
+    folder: String,
+    names: Vec<String>,
+    files: Vec<js_sys::Uint8Array>,
+    ctx: u32,
+) -> std::result::Result<Engine, JsValue> {
+    if names.len() != files.len() {
+        return Err(WebError::BadRequest("one name per file".into()).into());
+    }
+    let gpu = open_gpu().await?;
+    let files = names
+        .into_iter()
+        .zip(files.iter().map(|f| f.to_vec()))
+        .collect();
+    let model = load::hf_files(&gpu, &folder, files)?;
+    Ok(Engine::new(gpu, model, ctx)?)
+}
+
+impl Engine {
+    fn new(gpu: Arc<Gpu>, model: Model, ctx: u32) -> Result<Engine> {
+        if !model.config().causal {
+            return Err(WebError::BadRequest(format!(
+                "{} is a diffusion model; the browser engine runs autoregressive models",
+                model.name
+            )));
+        }
+        let template = model.chat_template()?;
+        let max = model.architecture().max_context();
+        let ctx = match ctx {
+            0 => max.min(2048),
+            n => (n as usize).min(max),
+        };
+        let session = model.session(&gpu, ctx)?;
+        let c = model.config();
+        let mut info = gpu_info(&gpu);
+        info["model"] = json!({
+            "name": model.name,
+            "architecture": c.architecture,
+            "vocab": c.vocab,
+            "context": session.capacity(),
+            "weightBytes": model.weight_bytes(),
+            "stateBytes": session.state_bytes(),
+            "hasTokenizer": model.tokenizer.is_some(),
+            "fallbackTemplate": template.is_fallback,
+        });
+        Ok(Engine {
+            gpu,
+            info,
+            inner: Rc::new(RefCell::new(Some(Inner {
+                model,
+                template,
+                session,
+                generation: None,
+            }))),
+        })
+    }
+}
+
+/// The engine's state, taken out of its cell for one call and put back when the lease
+/// drops (also on errors), so no `RefCell` borrow is held across an `await`; a second call
+/// while one runs finds the cell empty and gets [`WebError::Busy`].
+struct Lease {
+    cell: Rc<RefCell<Option<Inner>>>,
+    inner: Option<Inner>,
+}
+
+impl std::ops::Deref for Lease {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        self.inner
+            .as_ref()
+            .expect("a lease holds the state until it drops")
+    }
+}
+
+impl std::ops::DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut Inner {
+        self.inner
+            .as_mut()
+            .expect("a lease holds the state until it drops")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        *self.cell.borrow_mut() = self.inner.take();
+    }
+}
+
+fn take(cell: &Rc<RefCell<Option<Inner>>>) -> Result<Lease> {
+    let inner = cell.borrow_mut().take().ok_or(WebError::Busy)?;
+    Ok(Lease {
+        cell: cell.clone(),
+        inner: Some(inner),
+    })
+}
+
+fn promise<F, T>(f: F) -> Promise
+where
+    F: std::future::Future<Output = Result<T>> + 'static,
+    T: Into<JsValue>,
+{
+    future_to_promise(async move { f.await.map(Into::into).map_err(Into::into) })
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// Adapter, features, limits and the model (a JSON string).
+    pub fn info(&self) -> String {
+        self.info.to_string()
+    }
+
+    /// Compile the pipelines of a prefill and of a decode step by running both once on a
+    /// scratch session (so the first reply does not pay for it); resolves to nothing.
+    #[wasm_bindgen(js_name = warmUp)]
+    pub fn warm_up(&self) -> Promise {
+        let inner = self.inner.clone();
+        let gpu = self.gpu.clone();
+        promise(async move {
+            let this = take(&inner)?;
+            let mut s = this.model.session(&gpu, 4)?;
+            let first = this.model.config().bos.first().copied().unwrap_or(0);
+            let greedy = Sampling::default();
+            let next = s.next_token(&[first, first], &greedy).await?;
+            s.next_token(&[next], &greedy).await?;
+            gpu.check()?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// Logits after each of `tokens` in one prefill on a fresh sequence: T×V row-major.
+    pub fn logits(&self, tokens: Vec<u32>) -> Promise {
+        let inner = self.inner.clone();
+        let gpu = self.gpu.clone();
+        promise(async move {
+            let this = take(&inner)?;
+            if tokens.is_empty() {
+                return Err(WebError::BadRequest("logits of no tokens".into()));
+            }
+            let mut s = this.model.session(&gpu, tokens.len())?;
+            if s.capacity() < tokens.len() {
+                return Err(WebError::BadRequest(format!(
+                    "{} tokens exceed the model's context of {}",
+                    tokens.len(),
+                    s.capacity()
+                )));
+            }
+            let out = s.logits(&tokens).await?;
+            Ok(Float32Array::from(&out[..]))
+        })
+    }
+
+    /// Start a reply to `request` (the JSON of `chat.completions.create`'s fields); returns
+    /// `{"prompt_tokens": n, "reused_tokens": r}`. Ends any reply in progress.
+    #[wasm_bindgen(js_name = chatBegin)]
+    pub fn chat_begin(&self, request: &str) -> std::result::Result<String, JsValue> {
+        Ok(self.begin(request)?)
+    }
+
+    /// The next piece of the reply: resolves to `{"text": ..., "done": bool,
+    /// "finish_reason": null | "stop" | "length", "completion_tokens": n}`.
+    #[wasm_bindgen(js_name = chatNext)]
+    pub fn chat_next(&self) -> Promise {
+        let inner = self.inner.clone();
+        promise(async move {
+            let mut this = take(&inner)?;
+            let r = step(&mut this).await;
+            if r.is_err() {
+                // A failed step may leave the cache half written: start the next reply afresh.
+                this.session.reset();
+                this.generation = None;
+            }
+            r.map(|v| JsValue::from_str(&v.to_string()))
+        })
+    }
+
+    /// End the reply in progress (the stop button, an aborted request).
+    #[wasm_bindgen(js_name = chatEnd)]
+    pub fn chat_end(&self) -> std::result::Result<(), JsValue> {
+        take(&self.inner)?.generation = None;
+        Ok(())
+    }
+
+    /// Forget the conversation in the KV cache.
+    pub fn reset(&self) -> std::result::Result<(), JsValue> {
+        let mut this = take(&self.inner)?;
+        this.generation = None;
+        this.session.reset();
+        Ok(())
+    }
+}
+
+impl Engine {
+    fn begin(&self, request: &str) -> Result<String> {
+        let req: ChatRequest =
+            serde_json::from_str(request).map_err(|e| WebError::BadRequest(e.to_string()))?;
+        let mut this = take(&self.inner)?;
+        let this = &mut *this;
+        this.generation = None;
+        let tok = this
+            .model
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| WebError::BadRequest("the model has no tokenizer".into()))?;
+        if req.messages.is_empty() {
+            return Err(WebError::BadRequest("messages is empty".into()));
+        }
+        let messages: Vec<Message> = req
+            .messages
+            .iter()
+            .map(|m| Message::new(&m.role, &m.content))
+            .collect();
+        let text = this.template.render(&messages, true)?;
+        let ids = tok.encode(&text)?;
+        if ids.is_empty() {
+            return Err(WebError::BadRequest(
+                "the prompt encodes to no tokens".into(),
+            ));
+        }
+        let capacity = this.session.capacity();
+        if ids.len() >= capacity {
+            return Err(WebError::BadRequest(format!(
+                "the prompt has {} tokens; the context holds {capacity}, with room for at least one more",
+                ids.len()
+            )));
+        }
+        let temperature = req.temperature.unwrap_or(1.0);
+        let top_p = req.top_p.unwrap_or(1.0);
+        let top_p_ok = top_p > 0.0 && top_p <= 1.0;
+        if !top_p_ok || !(0.0..=100.0).contains(&temperature) {
+            return Err(WebError::BadRequest(
+                "temperature must be in [0, 100] and top_p in (0, 1]".into(),
+            ));
+        }
+        let sampling = Sampling {
+            temperature,
+            top_k: req.top_k.unwrap_or(0),
+            top_p,
+            seed: req
+                .seed
+                .unwrap_or_else(|| (js_sys::Math::random() * u32::MAX as f64) as u32),
+        };
+        let new = this.session.reuse_prefix(&ids).to_vec();
+        let reused = ids.len() - new.len();
+        let room = capacity - ids.len();
+        this.generation = Some(Generation {
+            feed: new,
+            sampling,
+            stream: TextStream::default(),
+            produced: 0,
+            max_tokens: req.max_tokens.unwrap_or(room).min(room),
+        });
+        Ok(json!({"prompt_tokens": ids.len(), "reused_tokens": reused}).to_string())
+    }
+}
+
+/// One step of the reply in progress.
+async fn step(this: &mut Inner) -> Result<serde_json::Value> {
+    let done = |reason: Option<&str>, produced: usize| json!({"text": "", "done": true, "finish_reason": reason, "completion_tokens": produced});
+    let Some(g) = this.generation.as_mut() else {
+        return Ok(done(None, 0));
+    };
+    if g.produced >= g.max_tokens {
+        let p = g.produced;
+        this.generation = None;
+        return Ok(done(Some("length"), p));
+    }
+    let feed = std::mem::take(&mut g.feed);
+    let next = this.session.next_token(&feed, &g.sampling).await?;
+    if this.model.eos().contains(&next) {
+        let p = g.produced;
+        this.generation = None;
+        return Ok(done(Some("stop"), p));
+    }
+    let tok = this
+        .model
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| WebError::BadRequest("the model has no tokenizer".into()))?;
+    let text = g.stream.push(tok, next)?;
+    g.produced += 1;
+    g.feed = vec![next];
+    Ok(json!({"text": text, "done": false, "finish_reason": null, "completion_tokens": g.produced}))
+}

@@ -1,0 +1,294 @@
+// Kestrel's browser tests, in headless Chromium (Debian's, on SwiftShader WebGPU) through
+// playwright-core. Run by tests/run.sh after web/build.sh:
+//   node web/tests/browser.mjs [--native-dir DIR]
+// (a) the runtime's kernels against their CPU references, in the browser;
+// (b) fixture models' logits in the browser against native ones (llama_gqa, a Hugging Face
+//     folder, against the committed prefill logits; SmolLM2's GGUF, when in the cache,
+//     against `kestrel logits` output in DIR/smollm2.npy, or else the transformers fixture);
+// (c) the chat page loads a model, a message is sent, the reply streams in; screenshot in
+//     target/artifacts/web-chat.png;
+// (d) a reload takes the weights from the browser cache (no second GET on the server);
+// plus a failed download gives a clear error. Prints the .wasm size, pipeline-creation
+// time, time to first token and decode tokens/s. Exits non-zero on any failure.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repo = path.resolve(here, '../..');
+const args = process.argv.slice(2);
+const nativeDir = args.includes('--native-dir') ? path.resolve(args[args.indexOf('--native-dir') + 1]) : null;
+const CHROMIUM = process.env.KESTREL_CHROMIUM || '/usr/lib/chromium/chromium';
+const FLAGS = [
+  '--enable-unsafe-webgpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--disable-quic',
+  '--no-pings',
+  '--gaia-url=http://127.0.0.1:9',
+  '--component-updater=url-source=http://127.0.0.1:9/',
+  '--no-sandbox',
+];
+const LOGITS_TOL = 1e-4;
+const SMOLLM2 = 'SmolLM2-135M-Instruct.Q4_1.gguf';
+const cacheDir = process.env.KESTREL_CACHE || (process.env.XDG_CACHE_HOME ? path.join(process.env.XDG_CACHE_HOME, 'kestrel') : path.join(os.homedir(), '.cache', 'kestrel'));
+const smolPath = path.join(cacheDir, 'models', SMOLLM2);
+const haveSmol = fs.existsSync(smolPath);
+
+let failures = 0;
+const t0 = Date.now();
+function check(ok, what) {
+  console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}`);
+  if (!ok) failures++;
+}
+
+// float32 .npy (little-endian, C order) → { shape, data }
+function readNpy(file) {
+  const buf = fs.readFileSync(file);
+  const hlen = buf.readUInt16LE(8);
+  const header = buf.toString('latin1', 10, 10 + hlen);
+  if (!header.includes("'<f4'") || header.includes("'fortran_order': True")) throw new Error(`${file}: not a C-order float32 .npy`);
+  const shape = header.match(/'shape': \(([^)]*)\)/)[1].split(',').filter((s) => s.trim()).map(Number);
+  const off = 10 + hlen;
+  const data = new Float32Array(buf.buffer.slice(buf.byteOffset + off, buf.byteOffset + buf.length));
+  return { shape, data };
+}
+
+function relErr(out, ref) {
+  if (out.length !== ref.length) return NaN;
+  let d = 0, n = 0;
+  for (let i = 0; i < ref.length; i++) {
+    const x = out[i] - ref[i];
+    d += x * x;
+    n += ref[i] * ref[i];
+  }
+  return Math.sqrt(n ? d / n : d);
+}
+
+function top1Agreement(out, ref, vocab) {
+  let same = 0;
+  const rows = ref.length / vocab;
+  const argmax = (a, r) => {
+    let best = 0;
+    for (let i = 1; i < vocab; i++) if (a[r * vocab + i] > a[r * vocab + best]) best = i;
+    return best;
+  };
+  for (let r = 0; r < rows; r++) if (argmax(out, r) === argmax(ref, r)) same++;
+  return same / rows;
+}
+
+// The static server on a free port.
+function startServer() {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [path.join(repo, 'web/serve.mjs'), '--port', '0', '--fixtures', path.join(repo, 'tests/fixtures'), '--models', path.dirname(smolPath)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    p.stdout.on('data', (d) => {
+      const m = String(d).match(/http:\/\/127\.0\.0\.1:(\d+)\//);
+      if (m) resolve({ proc: p, base: `http://127.0.0.1:${m[1]}` });
+    });
+    p.on('exit', (code) => reject(new Error(`server exited with ${code}`)));
+  });
+}
+
+const wasmFile = path.join(repo, 'web/www/pkg/kestrel_web_bg.wasm');
+if (!fs.existsSync(wasmFile)) {
+  console.error('web/www/pkg is missing: run web/build.sh first');
+  process.exit(1);
+}
+console.log(`kestrel_web_bg.wasm: ${fs.statSync(wasmFile).size} bytes (${(fs.statSync(wasmFile).size / 1048576).toFixed(2)} MiB, after wasm-opt)`);
+
+const { proc: server, base } = await startServer();
+const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS });
+const requests = async () => (await fetch(`${base}/__requests`)).json();
+try {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.on('console', (m) => {
+    if (m.type() === 'error') console.log(`[page error] ${m.text()}`);
+  });
+  page.on('pageerror', (e) => console.log(`[page exception] ${e.message}`));
+  // Any same-origin page will do for the API (a secure context on 127.0.0.1).
+  await page.goto(`${base}/kestrel.d.ts`);
+  const api = (fn, arg) => page.evaluate(fn, arg);
+
+  const info = await api(async () => (await import('/kestrel.js')).adapterInfo());
+  console.log(`adapter: ${info.adapter} (${info.backend}); shader-f16 ${info.features['shader-f16']}; ` +
+    `limits: ${info.limits.maxStorageBuffersPerShaderStage} storage buffers/stage, ${info.limits.maxComputeInvocationsPerWorkgroup} invocations/workgroup, ` +
+    `${info.limits.maxStorageBufferBindingSize} B storage binding`);
+
+  // (a) kernels against their CPU references.
+  const t = Date.now();
+  const kc = await api(async () => (await import('/kestrel.js')).runKernelChecks());
+  for (const [name, k] of Object.entries(kc.kernels)) {
+    check(k.ok, `kernel ${name}: ${k.cases} cases, max rel error ${typeof k.max_err === 'number' ? k.max_err.toExponential(2) : k.max_err}`);
+  }
+  for (const c of kc.cases.filter((c) => !c.ok)) console.log(`     failed: ${c.kernel} ${c.what}: ${c.err} > ${c.tol}`);
+  check(kc.ok && Object.keys(kc.kernels).length >= 10, `kernel checks (${kc.cases.length} cases, ${((Date.now() - t) / 1000).toFixed(1)} s)`);
+
+  // (b) logits.
+  // Load `model` in a fresh engine, take the logits of `tokens`; with `chat`, also time a
+  // greedy completion and check that an AbortSignal stops a stream.
+  async function browserRun(model, tokens, chat = false) {
+    const r = await api(async ({ model, tokens, chat }) => {
+      const k = await import('/kestrel.js');
+      const e = await k.createEngine({ model });
+      try {
+        const l = await e.logits(tokens);
+        const info = await e.info();
+        const bytes = new Uint8Array(l.buffer, l.byteOffset, l.byteLength);
+        let s = '';
+        for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+        if (!chat) return { b64: btoa(s), info };
+        const r = await e.chat.completions.create({ messages: [{ role: 'user', content: 'What is the capital of France?' }], max_tokens: 12, temperature: 0 });
+        // Abort: a streamed reply stopped after its first piece rejects with AbortError.
+        const ac = new AbortController();
+        let pieces = 0, aborted = null;
+        try {
+          for await (const c of await e.chat.completions.create({ messages: [{ role: 'user', content: 'Count to fifty.' }], stream: true, max_tokens: 64, signal: ac.signal })) {
+            if (c.choices[0].delta.content) {
+              pieces++;
+              ac.abort();
+            }
+          }
+        } catch (err) {
+          aborted = err.name;
+        }
+        return { b64: btoa(s), info, perf: { r, pieces, aborted } };
+      } finally {
+        await e.dispose();
+      }
+    }, { model, tokens, chat });
+    const buf = Buffer.from(r.b64, 'base64');
+    return { logits: new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4), info: r.info, perf: r.perf };
+  }
+  const gqaTokens = JSON.parse(fs.readFileSync(path.join(repo, 'tests/fixtures/llama_gqa/tokens.json'))).tokens;
+  const gqa = await browserRun('/fixtures/llama_gqa/', gqaTokens, !haveSmol);
+  let perf = gqa.perf && { ...gqa.perf, info: gqa.info };
+  console.log(`llama_gqa: load ${(gqa.info.timings.loadMs / 1000).toFixed(2)} s, pipeline creation (first prefill + decode step) ${(gqa.info.timings.pipelineMs / 1000).toFixed(2)} s`);
+  const gqaNative = nativeDir && fs.existsSync(path.join(nativeDir, 'llama_gqa.npy'))
+    ? { what: 'native kestrel logits', ...readNpy(path.join(nativeDir, 'llama_gqa.npy')) }
+    : { what: 'committed prefill logits', ...readNpy(path.join(repo, 'tests/fixtures/llama_gqa/logits_prefill.npy')) };
+  const e1 = relErr(gqa.logits, gqaNative.data);
+  check(e1 <= LOGITS_TOL, `llama_gqa (Hugging Face folder, safetensors) logits [${gqaTokens.length}x${gqa.info.model.vocab}] vs ${gqaNative.what}: rel error ${e1.toExponential(2)} (tol ${LOGITS_TOL})`);
+
+  if (haveSmol) {
+    const prompt = JSON.parse(fs.readFileSync(path.join(repo, 'tests/fixtures/smollm2/prompt.json')));
+    const smol = await browserRun(`/models/${SMOLLM2}`, prompt.tokens, true);
+    perf = { ...smol.perf, info: smol.info };
+    const nativeNpy = nativeDir && path.join(nativeDir, 'smollm2.npy');
+    if (nativeNpy && fs.existsSync(nativeNpy)) {
+      const e = relErr(smol.logits, readNpy(nativeNpy).data);
+      check(e <= LOGITS_TOL, `SmolLM2 GGUF (Q4_1) logits [${prompt.tokens.length}x${smol.info.model.vocab}] vs native kestrel logits: rel error ${e.toExponential(2)} (tol ${LOGITS_TOL})`);
+    } else {
+      check(false, `SmolLM2 GGUF: no native logits at ${nativeNpy} (tests/run.sh writes them with target/debug/kestrel logits)`);
+    }
+    // The transformers fixture holds the rows at prompt.logit_positions only.
+    const ref = readNpy(path.join(repo, 'tests/fixtures/smollm2/logits.npy'));
+    const V = smol.info.model.vocab;
+    const rows = new Float32Array(prompt.logit_positions.length * V);
+    prompt.logit_positions.forEach((p, i) => rows.set(smol.logits.subarray(p * V, (p + 1) * V), i * V));
+    const eRef = relErr(rows, ref.data);
+    const top1 = top1Agreement(rows, ref.data, V);
+    check(eRef <= 1e-2 && top1 >= 0.95, `SmolLM2 GGUF logits vs transformers fixture: rel error ${eRef.toExponential(2)} (tol 1e-2), top-1 agreement ${(top1 * 100).toFixed(0)}%`);
+  } else {
+    console.log(`note: ${smolPath} is absent (tests/run.sh fetches it with \`kestrel chat\`); the GGUF logits and the SmolLM2 chat are not checked`);
+  }
+
+  // A failed download is a clear error.
+  const bad = await api(async () => {
+    try {
+      await (await import('/kestrel.js')).createEngine({ model: '/models/no-such-model.gguf' });
+      return null;
+    } catch (e) {
+      return { name: e.name, message: e.message };
+    }
+  });
+  check(bad && bad.name === 'KestrelDownloadError' && /404/.test(bad.message), `a missing model gives ${bad && bad.name}: ${bad && bad.message}`);
+
+  // Timings through the API: pipeline creation at load, TTFT and decode tokens/s.
+  const chatModel = haveSmol ? `/models/${SMOLLM2}` : '/fixtures/llama_gqa/';
+  const m = perf.info.model;
+  console.log(`model ${m.name}: weights ${m.weightBytes} B, KV ${m.stateBytes} B; load ${(perf.info.timings.loadMs / 1000).toFixed(2)} s; ` +
+    `pipeline creation (first prefill + decode step) ${(perf.info.timings.pipelineMs / 1000).toFixed(2)} s`);
+  console.log(`reply (${perf.r.usage.completion_tokens} tokens, ${perf.r.choices[0].finish_reason}): ${JSON.stringify(perf.r.choices[0].message.content)}`);
+  console.log(`time to first token ${(perf.r.timings.ttft_ms / 1000).toFixed(2)} s (prompt ${perf.r.usage.prompt_tokens} tokens); decode ${perf.r.timings.decode_tokens_per_s?.toFixed(2)} tokens/s`);
+  check(perf.r.usage.completion_tokens > 0 && perf.r.choices[0].message.content.length > 0, 'a non-streamed completion has text');
+  check(perf.aborted === 'AbortError' && perf.pieces >= 1 && perf.pieces <= 2, `abort via AbortSignal stops the stream (${perf.pieces} piece(s), ${perf.aborted})`);
+
+  // (c) the chat page.
+  const chat = await context.newPage();
+  chat.on('pageerror', (e) => console.log(`[chat page exception] ${e.message}`));
+  await chat.goto(`${base}/?model=${encodeURIComponent(chatModel)}`);
+  await chat.waitForSelector('body[data-ready]', { timeout: 600_000 });
+  check((await chat.getAttribute('body', 'data-ready')) === 'true', `chat page loaded ${chatModel}: ${await chat.textContent('#status')}`);
+  await chat.fill('#prompt', 'Hello! Who are you?');
+  await chat.press('#prompt', 'Enter');
+  // Let a few words stream in, then press Stop (SwiftShader decodes well under 1 token/s).
+  await chat.waitForFunction(() => (document.querySelector('.msg.assistant .text')?.textContent || '').split(/\s+/).length >= 4, null, { timeout: 600_000 });
+  await chat.click('#stop');
+  await chat.waitForSelector('body[data-replying="false"]', { timeout: 600_000 });
+  const reply = await chat.textContent('.msg.assistant .text');
+  const stats = await chat.textContent('#stats');
+  check(reply.length > 0, `the chat page streamed a reply: ${JSON.stringify(reply.slice(0, 120))}`);
+  check(/stopped/.test(stats), `the Stop button ended the reply: ${stats}`);
+  const shot = path.join(repo, 'target/artifacts/web-chat.png');
+  fs.mkdirSync(path.dirname(shot), { recursive: true });
+  await chat.screenshot({ path: shot });
+  console.log(`screenshot: ${shot}`);
+
+  // (d) a reload serves the weights from the Cache API: no second GET of any model file.
+  await chat.reload();
+  await chat.waitForSelector('body[data-ready]', { timeout: 600_000 });
+  check((await chat.getAttribute('body', 'data-ready')) === 'true', 'the chat page loaded the model again after a reload');
+  const counts = await requests();
+  const modelFiles = Object.entries(counts).filter(([p]) => p.endsWith('.gguf') || p.endsWith('.safetensors'));
+  check(modelFiles.length > 0 && modelFiles.every(([p, n]) => n === 1 || p.includes('no-such-model')), `each model file was downloaded once: ${JSON.stringify(Object.fromEntries(modelFiles))}`);
+
+  // A Hugging Face folder chosen as Files in the page's file input.
+  const files = await context.newPage();
+  await files.goto(`${base}/?model=`);
+  const dir = path.join(repo, 'tests/fixtures/llama_gqa');
+  await files.setInputFiles('#model-files', fs.readdirSync(dir).filter((f) => /\.(json|safetensors)$/.test(f)).map((f) => path.join(dir, f)));
+  await files.click('#load');
+  await files.waitForSelector('body[data-ready]', { timeout: 600_000 });
+  check((await files.getAttribute('body', 'data-ready')) === 'true', `a Hugging Face folder chosen as files loads: ${await files.textContent('#status')}`);
+  await files.close();
+
+  // A full storage quota: the model still loads, and the page says it was not cached.
+  const small = await browser.newContext();
+  const qpage = await small.newPage();
+  const cdp = await small.newCDPSession(qpage);
+  await cdp.send('Storage.overrideQuotaForOrigin', { origin: base, quotaSize: 4096 });
+  await qpage.goto(`${base}/?model=${encodeURIComponent('/fixtures/llama_gqa/')}`);
+  await qpage.waitForSelector('body[data-ready]', { timeout: 600_000 });
+  const warning = (await qpage.textContent('#error')) || '';
+  check((await qpage.getAttribute('body', 'data-ready')) === 'true' && /quota is full/.test(warning), `a full quota is shown in the page: ${JSON.stringify(warning.slice(0, 140))}`);
+  await small.close();
+} catch (e) {
+  check(false, `browser test: ${e.stack || e}`);
+} finally {
+  await browser.close();
+  server.kill();
+}
+// No WebGPU (Chromium without --enable-unsafe-webgpu): the page says so.
+{
+  const { proc: server2, base: base2 } = await startServer();
+  const plain = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS.filter((f) => f !== '--enable-unsafe-webgpu').concat(['--disable-features=WebGPU']) });
+  try {
+    const p = await plain.newPage();
+    await p.goto(`${base2}/?model=${encodeURIComponent('/fixtures/llama_gqa/')}`);
+    await p.waitForSelector('body[data-ready]', { timeout: 120_000 });
+    const msg = (await p.textContent('#error')) || '';
+    check((await p.getAttribute('body', 'data-ready')) === 'error' && /WebGPU/.test(msg), `without WebGPU the page says: ${JSON.stringify(msg.slice(0, 140))}`);
+  } catch (e) {
+    check(false, `no-WebGPU page: ${e.stack || e}`);
+  } finally {
+    await plain.close();
+    server2.kill();
+  }
+}
+console.log(`browser tests: ${failures ? failures + ' failure(s)' : 'all passed'} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+process.exit(failures ? 1 : 0);

@@ -1,0 +1,148 @@
+// Types of kestrel.js: Kestrel's browser engine (an OpenAI-shaped API over a Web Worker).
+
+export type KestrelErrorName =
+  | 'KestrelNoWebGpuError'
+  | 'KestrelLimitsError'
+  | 'KestrelDownloadError'
+  | 'KestrelModelError'
+  | 'KestrelGpuError'
+  | 'KestrelRequestError'
+  | 'KestrelBusyError'
+  | 'KestrelStateError'
+  | 'KestrelWorkerError'
+  | 'KestrelDisposedError';
+
+export class KestrelError extends Error {
+  name: KestrelErrorName | string;
+}
+
+export interface Progress {
+  phase: 'download' | 'cache' | 'read' | 'load' | 'compile' | 'warning';
+  url?: string;
+  loaded?: number;
+  total?: number;
+  message?: string;
+}
+
+/** A URL (a .gguf file, or a Hugging Face folder's base URL ending in '/'), a .gguf File,
+ * or the files of a Hugging Face folder (config.json, *.safetensors, tokenizer.json,
+ * tokenizer_config.json). */
+export type ModelSource = string | URL | File | File[] | FileList;
+
+export interface CreateEngineOptions {
+  model: ModelSource;
+  onProgress?: (p: Progress) => void;
+  /** KV cache length in tokens; 0 (default) = the model's context, at most 2048. */
+  ctx?: number;
+  workerUrl?: string | URL;
+}
+
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant' | string;
+  content: string | { type: 'text'; text: string }[];
+}
+
+export interface ChatCompletionRequest {
+  messages: ChatMessage[];
+  stream?: boolean;
+  max_tokens?: number;
+  /** Default 1; 0 is greedy. */
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  seed?: number;
+  signal?: AbortSignal;
+}
+
+export type FinishReason = 'stop' | 'length' | 'abort' | null;
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+export interface Timings {
+  /** Prompt tokens served from the KV cache of the previous turn. */
+  reused_tokens: number;
+  ttft_ms: number | null;
+  decode_tokens_per_s: number | null;
+  total_ms: number;
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: 'chat.completion';
+  created: number;
+  model: string;
+  choices: { index: 0; message: { role: 'assistant'; content: string }; finish_reason: FinishReason }[];
+  usage: Usage;
+  timings: Timings;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: 'chat.completion.chunk';
+  created: number;
+  model: string;
+  choices: { index: 0; delta: { role?: 'assistant'; content?: string }; finish_reason: FinishReason }[];
+  /** On the last chunk only. */
+  usage?: Usage;
+  timings?: Timings;
+}
+
+export interface EngineInfo {
+  adapter: string;
+  backend: string;
+  driver: string;
+  features: { 'shader-f16': boolean; subgroups: boolean; 'timestamp-query': boolean };
+  limits: {
+    maxStorageBufferBindingSize: number;
+    maxBufferSize: number;
+    maxStorageBuffersPerShaderStage: number;
+    maxComputeInvocationsPerWorkgroup: number;
+    maxComputeWorkgroupStorageSize: number;
+    maxComputeWorkgroupsPerDimension: number;
+  };
+  f16Kernels: boolean;
+  model?: {
+    name: string;
+    architecture: string;
+    vocab: number;
+    context: number;
+    weightBytes: number;
+    stateBytes: number;
+    hasTokenizer: boolean;
+    fallbackTemplate: boolean;
+  };
+  timings?: { loadMs: number; pipelineMs: number };
+}
+
+export interface Engine {
+  chat: {
+    completions: {
+      create(req: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
+      create(req: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
+    };
+  };
+  /** Logits after each token (a fresh sequence, one prefill): T×V row-major. */
+  logits(tokens: ArrayLike<number>): Promise<Float32Array>;
+  info(): Promise<EngineInfo>;
+  /** Stop the reply in progress; its stream ends with finish_reason 'abort'. */
+  interrupt(): void;
+  /** Forget the conversation kept in the KV cache. */
+  reset(): Promise<void>;
+  dispose(): Promise<void>;
+}
+
+export function webgpuAvailable(): boolean;
+export function createEngine(options: CreateEngineOptions): Promise<Engine>;
+
+export interface KernelCheckReport {
+  adapter: EngineInfo;
+  ok: boolean;
+  kernels: Record<string, { max_err: number | 'NaN'; cases: number; ok: boolean }>;
+  cases: { kernel: string; what: string; err: number | 'NaN'; tol: number; ok: boolean }[];
+}
+export function runKernelChecks(options?: { workerUrl?: string | URL }): Promise<KernelCheckReport>;
+export function adapterInfo(options?: { workerUrl?: string | URL }): Promise<EngineInfo>;

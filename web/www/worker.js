@@ -1,0 +1,257 @@
+// The Kestrel worker: owns the wasm engine and the WebGPU device, so the page never blocks.
+// Messages in: {id, type, ...}; out: {id, type: 'result'|'error'|'chunk'|'progress', ...}.
+// Model bytes are fetched through the Cache API, so a reload does not download them again.
+import init, * as wasm from './pkg/kestrel_web.js';
+
+const CACHE = 'kestrel-models-v1';
+const ready = init();
+let engine = null;
+let modelName = '';
+const aborted = new Set();
+let queue = Promise.resolve();
+
+const post = (m, transfer) => self.postMessage(m, transfer || []);
+const progress = (id, p) => post({ id, type: 'progress', progress: p });
+
+function named(name, message) {
+  const e = new Error(message);
+  e.name = name;
+  return e;
+}
+
+async function openCache() {
+  if (typeof caches === 'undefined') return null;
+  try {
+    return await caches.open(CACHE);
+  } catch {
+    return null;
+  }
+}
+
+// Fetch `url` whole: from the cache when it is there, else from the network (then cached).
+async function fetchBytes(id, url, { optional = false } = {}) {
+  const abs = new URL(url, self.location.href).href;
+  const cache = await openCache();
+  const hit = cache && (await cache.match(abs));
+  if (hit) {
+    const bytes = new Uint8Array(await hit.arrayBuffer());
+    progress(id, { phase: 'cache', url: abs, loaded: bytes.length, total: bytes.length });
+    return bytes;
+  }
+  let resp;
+  try {
+    resp = await fetch(abs);
+  } catch (e) {
+    throw named('KestrelDownloadError', `download of ${abs} failed: ${e.message || e} (network error or server unreachable)`);
+  }
+  if (!resp.ok) {
+    if (optional && resp.status === 404) return null;
+    throw named('KestrelDownloadError', `download of ${abs} failed: HTTP ${resp.status} ${resp.statusText}`);
+  }
+  const total = Number(resp.headers.get('content-length')) || 0;
+  const reader = resp.body.getReader();
+  const parts = [];
+  let loaded = 0;
+  let last = 0;
+  for (;;) {
+    let r;
+    try {
+      r = await reader.read();
+    } catch (e) {
+      throw named('KestrelDownloadError', `download of ${abs} broke off after ${loaded} bytes: ${e.message || e}`);
+    }
+    if (r.done) break;
+    parts.push(r.value);
+    loaded += r.value.length;
+    if (loaded - last > (1 << 20) || loaded === total) {
+      last = loaded;
+      progress(id, { phase: 'download', url: abs, loaded, total });
+    }
+  }
+  if (total && loaded !== total) {
+    throw named('KestrelDownloadError', `download of ${abs} is incomplete: ${loaded} of ${total} bytes`);
+  }
+  const bytes = new Uint8Array(loaded);
+  let at = 0;
+  for (const p of parts) {
+    bytes.set(p, at);
+    at += p.length;
+  }
+  if (cache) {
+    try {
+      await cache.put(abs, new Response(bytes, { headers: { 'content-type': 'application/octet-stream' } }));
+    } catch (e) {
+      const quota = e && (e.name === 'QuotaExceededError' || /quota/i.test(e.message || ''));
+      progress(id, {
+        phase: 'warning',
+        message: quota
+          ? `the browser's storage quota is full: ${abs} (${loaded} bytes) was not cached and will be downloaded again next time`
+          : `could not cache ${abs}: ${e.message || e}`,
+      });
+    }
+  }
+  return bytes;
+}
+
+const base = (s) => s.split('/').filter(Boolean).pop() || s;
+
+// Files of a Hugging Face folder at `baseUrl`: config.json, tokenizer files, safetensors.
+async function fetchHfFolder(id, baseUrl) {
+  const dir = baseUrl.endsWith('/') ? baseUrl : baseUrl + '/';
+  const files = [];
+  const get = async (name, optional) => {
+    const b = await fetchBytes(id, dir + name, { optional });
+    if (b) files.push([name, b]);
+    return b;
+  };
+  await get('config.json', false);
+  await get('tokenizer.json', true);
+  await get('tokenizer_config.json', true);
+  const index = await get('model.safetensors.index.json', true);
+  if (index) {
+    let map;
+    try {
+      map = JSON.parse(new TextDecoder().decode(index)).weight_map;
+    } catch (e) {
+      throw named('KestrelModelError', `${dir}model.safetensors.index.json: ${e.message}`);
+    }
+    for (const shard of [...new Set(Object.values(map || {}))].sort()) await get(shard, false);
+  } else {
+    await get('model.safetensors', false);
+  }
+  return files;
+}
+
+async function load(id, { source, ctx }) {
+  await ready;
+  const started = performance.now();
+  let e;
+  if (source.kind === 'url' && !source.url.endsWith('/')) {
+    const bytes = await fetchBytes(id, source.url);
+    progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
+    modelName = base(source.url);
+    e = await wasm.loadGguf(modelName, bytes, ctx || 0);
+  } else if (source.kind === 'url') {
+    const files = await fetchHfFolder(id, source.url);
+    progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
+    modelName = base(source.url);
+    e = await wasm.loadHfFiles(modelName, files.map((f) => f[0]), files.map((f) => f[1]), ctx || 0);
+  } else {
+    const files = source.files;
+    const gguf = files.find((f) => /\.gguf$/i.test(f.name));
+    progress(id, { phase: 'read', message: `reading ${files.length} file(s)` });
+    if (gguf) {
+      modelName = gguf.name;
+      e = await wasm.loadGguf(gguf.name, new Uint8Array(await gguf.arrayBuffer()), ctx || 0);
+    } else {
+      const bytes = await Promise.all(files.map(async (f) => new Uint8Array(await f.arrayBuffer())));
+      const folder = (files[0]?.webkitRelativePath || '').split('/')[0] || 'model';
+      modelName = folder;
+      e = await wasm.loadHfFiles(folder, files.map((f) => f.name), bytes, ctx || 0);
+    }
+  }
+  const loadMs = performance.now() - started;
+  progress(id, { phase: 'compile', message: 'compiling GPU pipelines' });
+  const t = performance.now();
+  await e.warmUp();
+  const pipelineMs = performance.now() - t;
+  engine = e;
+  const info = JSON.parse(engine.info());
+  info.timings = { loadMs, pipelineMs };
+  return info;
+}
+
+async function chat(id, request) {
+  if (!engine) throw named('KestrelStateError', 'no model is loaded');
+  const t0 = performance.now();
+  const begun = JSON.parse(engine.chatBegin(JSON.stringify(request)));
+  let first = 0;
+  let finish = null;
+  let completion = 0;
+  try {
+    for (;;) {
+      if (aborted.has(id)) {
+        finish = 'abort';
+        break;
+      }
+      const piece = JSON.parse(await engine.chatNext());
+      completion = piece.completion_tokens;
+      if (piece.done) {
+        finish = piece.finish_reason;
+        break;
+      }
+      if (!first) first = performance.now();
+      post({ id, type: 'chunk', text: piece.text });
+    }
+  } finally {
+    aborted.delete(id);
+    try {
+      engine.chatEnd();
+    } catch {}
+  }
+  const end = performance.now();
+  const decodeS = first ? (end - first) / 1000 : 0;
+  return {
+    finish_reason: finish,
+    usage: {
+      prompt_tokens: begun.prompt_tokens,
+      completion_tokens: completion,
+      total_tokens: begun.prompt_tokens + completion,
+    },
+    timings: {
+      reused_tokens: begun.reused_tokens,
+      ttft_ms: first ? first - t0 : null,
+      decode_tokens_per_s: completion > 1 && decodeS > 0 ? (completion - 1) / decodeS : null,
+      total_ms: end - t0,
+    },
+  };
+}
+
+const handlers = {
+  load: (id, m) => load(id, m),
+  // Replies queue first come, first served (as in the native engine).
+  chat: (id, m) => {
+    const run = queue.then(() => chat(id, m.request));
+    queue = run.catch(() => {});
+    return run;
+  },
+  abort: (_id, m) => {
+    aborted.add(m.target);
+    return null;
+  },
+  logits: async (_id, m) => {
+    if (!engine) throw named('KestrelStateError', 'no model is loaded');
+    return await engine.logits(Uint32Array.from(m.tokens));
+  },
+  info: async () => {
+    if (engine) return JSON.parse(engine.info());
+    await ready;
+    return JSON.parse(await wasm.adapterInfo());
+  },
+  reset: () => engine && engine.reset(),
+  kernelChecks: async () => {
+    await ready;
+    return JSON.parse(await wasm.runKernelChecks());
+  },
+  dispose: () => {
+    if (engine) engine.free();
+    engine = null;
+    return null;
+  },
+};
+
+self.onmessage = async (ev) => {
+  const { id, type } = ev.data;
+  const h = handlers[type];
+  if (!h) {
+    post({ id, type: 'error', error: { name: 'KestrelRequestError', message: `unknown message ${type}` } });
+    return;
+  }
+  try {
+    const value = await h(id, ev.data);
+    post({ id, type: 'result', value }, value instanceof Float32Array ? [value.buffer] : undefined);
+  } catch (e) {
+    const name = e && e.name ? e.name : 'Error';
+    post({ id, type: 'error', error: { name, message: e && e.message ? e.message : String(e) } });
+  }
+};
