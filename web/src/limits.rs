@@ -3,9 +3,9 @@
 
 use kestrel_runtime::Caps;
 
-/// The most storage buffers any one kernel binds (attention, decode attention, matvec and
-/// wkv4 bind six). WebGPU guarantees eight per stage.
-pub const STORAGE_BUFFERS_PER_STAGE: u32 = 6;
+/// The most storage buffers any one kernel binds (matvec binds seven: its grouped mode for
+/// mixtures of experts reads the expert permutation too). WebGPU guarantees eight per stage.
+pub const STORAGE_BUFFERS_PER_STAGE: u32 = 7;
 /// The largest `@workgroup_size` of any kernel. WebGPU guarantees 256.
 pub const INVOCATIONS_PER_WORKGROUP: u32 = 256;
 /// The storage binding below which weights would be split into absurdly many chunks: a
