@@ -377,6 +377,21 @@ type BadConfigCase = (
     &'static [&'static str],
 );
 
+/// Each case fails to load with a one-line error naming what it must.
+fn assert_bad_configs(cases: &[BadConfigCase]) {
+    for (name, edits, needles) in cases {
+        let err = load_error_with_config(name, edits);
+        eprintln!("{name} {edits:?}: {err}");
+        for n in *needles {
+            assert!(
+                err.contains(n),
+                "{name} {edits:?}: error lacks '{n}': {err}"
+            );
+        }
+        assert!(!err.contains('\n'), "{name}: error is not one line: {err}");
+    }
+}
+
 #[test]
 fn recurrent_configs_disagreeing_with_tensors_fail_clearly() {
     let cases: &[BadConfigCase] = &[
@@ -420,17 +435,7 @@ fn recurrent_configs_disagreeing_with_tensors_fail_clearly() {
             &["attention_hidden_size"],
         ),
     ];
-    for (name, edits, needles) in cases {
-        let err = load_error_with_config(name, edits);
-        eprintln!("{name} {edits:?}: {err}");
-        for n in *needles {
-            assert!(
-                err.contains(n),
-                "{name} {edits:?}: error lacks '{n}': {err}"
-            );
-        }
-        assert!(!err.contains('\n'), "{name}: error is not one line: {err}");
-    }
+    assert_bad_configs(cases);
 }
 
 /// `n` random tokens of fixture `name` in one prefill and one token at a time: the logits
@@ -636,15 +641,5 @@ fn moe_and_hybrid_configs_disagreeing_with_tensors_fail_clearly() {
             &["model.layers.4.shared_transformer"],
         ),
     ];
-    for (name, edits, needles) in cases {
-        let err = load_error_with_config(name, edits);
-        eprintln!("{name} {edits:?}: {err}");
-        for n in *needles {
-            assert!(
-                err.contains(n),
-                "{name} {edits:?}: error lacks '{n}': {err}"
-            );
-        }
-        assert!(!err.contains('\n'), "{name}: error is not one line: {err}");
-    }
+    assert_bad_configs(cases);
 }
