@@ -15,7 +15,7 @@ use kestrel_runtime::kernels::attention::{self, AttnBuffers, AttnShape, CacheVie
 use kestrel_runtime::kernels::elementwise::{self, Elementwise};
 use kestrel_runtime::kernels::linear_scan::{self, Decay, ScanBuffers, ScanInputs, ScanShape};
 use kestrel_runtime::kernels::{
-    self as kernels, decode_attention, embedding, matmul, matvec, rms_norm, rope, softmax,
+    self as kernels, decode_attention, embedding, matmul, matvec, moe, rms_norm, rope, softmax,
     Dispatch, Step,
 };
 use kestrel_runtime::kv::KvLayout;
@@ -573,6 +573,112 @@ impl Checker {
     }
 }
 
+impl Checker {
+    /// A whole mixture-of-experts block (as tests/tests/moe.rs): route, permute, grouped
+    /// gate/up (gathering token rows), SwiGLU, grouped down, combine (+ a gated shared
+    /// expert). The last expert is never chosen and its weights are NaN, so reading it fails.
+    async fn moe(
+        &mut self,
+        t: usize,
+        e: usize,
+        k: usize,
+        hn: [usize; 2],
+        shared: bool,
+        seed: u64,
+    ) -> Result<()> {
+        let [h, n] = hn;
+        let mut rng = Rng::new(seed);
+        let x = rng.vec(t * h, 1.0);
+        let mut logits = rng.vec(t * e, 3.0);
+        for row in logits.chunks_mut(e) {
+            row[e - 1] = -100.0;
+        }
+        let routes = moe::route_reference(&logits, e, k, true);
+        let gpu = self.gpu.clone();
+        let mut stacked = |rows: usize, cols: usize| -> Result<(Arc<GpuWeight>, Vec<f32>)> {
+            let mut w = rng.vec(e * rows * cols, 0.3);
+            w[(e - 1) * rows * cols..].fill(f32::NAN);
+            let up =
+                GpuWeight::upload_experts(&gpu, "experts", e, e * rows, cols, HostData::F32(&w))?;
+            Ok((up, w))
+        };
+        let (wg, wg_ref) = stacked(n, h)?;
+        let (wu, wu_ref) = stacked(n, h)?;
+        let (wd, wd_ref) = stacked(h, n)?;
+        let shared_out = rng.vec(t * h, 1.0);
+        let shared_gate = rng.vec(t, 2.0);
+        let r = t * k;
+        let (logits_b, xb) = (self.upload(&logits), self.upload(&x));
+        let route = self.upload_u32(&vec![u32::MAX; t * 2 * k]);
+        let perm = self.upload_u32(&vec![u32::MAX; moe::perm_words(t, k, e)]);
+        let counts = self.upload_u32(&vec![0; e]);
+        let (gate, up, act) = (
+            self.poisoned(r * n),
+            self.poisoned(r * n),
+            self.poisoned(r * n),
+        );
+        let (y, out) = (self.poisoned(r * h), self.poisoned(t * h));
+        let (sb, sg) = (self.upload(&shared_out), self.upload(&shared_gate));
+        let g = &self.gpu;
+        let grouped = |x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer, gather: bool| {
+            if t == 1 {
+                matvec::launch_grouped(g, x, w, &perm, y, r, gather)
+            } else {
+                let (offset, tiles) = (moe::tiles_offset(r, e), moe::max_tiles(r, e));
+                matmul::launch_grouped(g, x, w, &perm, y, r, offset, tiles, gather)
+            }
+        };
+        let mut d = vec![
+            moe::launch_route(g, &logits_b, &route, t, e, k, true)?,
+            moe::launch_permute(g, &route, &perm, &counts, t, e, k)?,
+        ];
+        d.extend(grouped(&xb, &wg, &gate, true)?);
+        d.extend(grouped(&xb, &wu, &up, true)?);
+        d.push(elementwise::launch(
+            g,
+            Elementwise::SwiGlu,
+            &gate,
+            &up,
+            &act,
+            r * n,
+            r * n,
+        )?);
+        d.extend(grouped(&act, &wd, &y, false)?);
+        let b = moe::CombineBuffers {
+            route: &route,
+            perm: &perm,
+            y: &y,
+            shared: shared.then_some((&sb, &sg)),
+            out: &out,
+        };
+        d.push(moe::launch_combine(g, &b, t, h, k)?);
+        let got = self.run(&d, &out, t * h).await?;
+        let rows = |w: &[f32], v: &[f32], rows: usize, cols: usize, ex: u32| {
+            let m = &w[ex as usize * rows * cols..(ex as usize + 1) * rows * cols];
+            matvec::reference(v, m, None, rows, cols)
+        };
+        let expert = |ex: u32, tok: usize| {
+            let xt = &x[tok * h..(tok + 1) * h];
+            let gate = rows(&wg_ref, xt, n, h, ex);
+            let a =
+                elementwise::reference(Elementwise::SwiGlu, &gate, &rows(&wu_ref, xt, n, h, ex));
+            rows(&wd_ref, &a, h, n, ex)
+        };
+        let shared_fn = |tok: usize| -> Vec<f32> {
+            let sig = 1.0 / (1.0 + (-shared_gate[tok]).exp());
+            shared_out[tok * h..(tok + 1) * h]
+                .iter()
+                .map(|v| v * sig)
+                .collect()
+        };
+        let shared_ref: Option<&dyn Fn(usize) -> Vec<f32>> = shared.then_some(&shared_fn);
+        let want = moe::combine_reference(&routes, h, expert, shared_ref);
+        let what = format!("T={t} E={e} k={k} H={h} I={n} shared={shared}");
+        self.record("moe", what, &got, &want, SUM_TOL);
+        Ok(())
+    }
+}
+
 async fn run_all(c: &mut Checker) -> Result<()> {
     for (i, &(m, n, k)) in [(37, 70, 45), (1, 67, 33), (65, 130, 64)]
         .iter()
@@ -658,6 +764,10 @@ async fn run_all(c: &mut Checker) -> Result<()> {
         c.linear_scan(name, shape, 150, Some(linear_scan::CHUNK), 1301)
             .await?;
     }
+    // Decode (grouped matvec) and prefill (grouped tiles, some experts over 64 rows).
+    c.moe(1, 8, 2, [40, 24], false, 1400).await?;
+    c.moe(29, 5, 2, [36, 52], true, 1401).await?;
+    c.moe(150, 4, 2, [32, 20], true, 1402).await?;
     Ok(())
 }
 
