@@ -219,11 +219,7 @@ impl Gla {
             });
         }
         let norm = up.vector("model.norm.weight", h)?;
-        let lm_head = if c.tie_embeddings && !up.source.contains("lm_head.weight") {
-            embed.clone()
-        } else {
-            up.matrix("lm_head.weight", c.vocab, h)?
-        };
+        let lm_head = up.lm_head(&embed, c.tie_embeddings, c.vocab, h)?;
         let q_scale = up.vector_from("gla.q_scale", &vec![1.0 / (c.head_k() as f32).sqrt(); kd])?;
         let gate_scale =
             up.vector_from("gla.gate_scale", &vec![1.0 / GATE_LOGIT_NORMALIZER; kd])?;

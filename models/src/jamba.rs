@@ -210,11 +210,7 @@ impl Jamba {
             });
         }
         let norm = up.vector("model.final_layernorm.weight", h)?;
-        let lm_head = if c.tie_embeddings && !up.source.contains("lm_head.weight") {
-            embed.clone()
-        } else {
-            up.matrix("lm_head.weight", c.vocab, h)?
-        };
+        let lm_head = up.lm_head(&embed, c.tie_embeddings, c.vocab, h)?;
         Ok(Jamba {
             weight_bytes: up.gpu_bytes,
             file_bytes: up.file_bytes,

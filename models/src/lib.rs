@@ -93,17 +93,6 @@ impl Network {
             Network::Zamba2(m) => m.clone(),
         }
     }
-    fn zamba2_config(c: &Zamba2Config) -> ModelConfig {
-        ModelConfig {
-            architecture: zamba2::ARCHITECTURE.to_string(),
-            vocab: c.vocab,
-            max_positions: c.max_positions,
-            causal: true,
-            mask_token: None,
-            bos: c.bos.clone(),
-            eos: c.eos.clone(),
-        }
-    }
     /// (bytes of weights on the GPU, bytes of the same tensors in the file)
     fn bytes(&self) -> (u64, u64) {
         match self {
@@ -129,7 +118,7 @@ impl Network {
             Network::Rwkv(m) => (&m.config).into(),
             Network::Rwkv4(m) => (&m.config).into(),
             Network::Jamba(m) => (&m.config).into(),
-            Network::Zamba2(m) => Network::zamba2_config(&m.config),
+            Network::Zamba2(m) => (&m.config).into(),
         }
     }
 }
@@ -231,31 +220,42 @@ impl From<&LlamaConfig> for ModelConfig {
 }
 
 impl ModelConfig {
-    /// A causal recurrent network: no position limit.
-    fn recurrent(architecture: &str, vocab: usize, bos: &[u32], eos: &[u32]) -> ModelConfig {
+    /// A causal network with a position limit and no mask token.
+    fn causal(
+        architecture: &str,
+        vocab: usize,
+        max_positions: usize,
+        bos: &[u32],
+        eos: &[u32],
+    ) -> ModelConfig {
         ModelConfig {
             architecture: architecture.to_string(),
             vocab,
-            max_positions: u32::MAX as usize,
+            max_positions,
             causal: true,
             mask_token: None,
             bos: bos.to_vec(),
             eos: eos.to_vec(),
         }
     }
+
+    /// A causal recurrent network: no position limit.
+    fn recurrent(architecture: &str, vocab: usize, bos: &[u32], eos: &[u32]) -> ModelConfig {
+        ModelConfig::causal(architecture, vocab, u32::MAX as usize, bos, eos)
+    }
 }
 
 impl From<&JambaConfig> for ModelConfig {
     fn from(c: &JambaConfig) -> ModelConfig {
-        ModelConfig {
-            architecture: jamba::ARCHITECTURE.to_string(),
-            vocab: c.vocab,
-            max_positions: c.max_positions,
-            causal: true,
-            mask_token: None,
-            bos: c.bos.clone(),
-            eos: c.eos.clone(),
-        }
+        let arch = jamba::ARCHITECTURE;
+        ModelConfig::causal(arch, c.vocab, c.max_positions, &c.bos, &c.eos)
+    }
+}
+
+impl From<&Zamba2Config> for ModelConfig {
+    fn from(c: &Zamba2Config) -> ModelConfig {
+        let arch = zamba2::ARCHITECTURE;
+        ModelConfig::causal(arch, c.vocab, c.max_positions, &c.bos, &c.eos)
     }
 }
 
@@ -319,8 +319,7 @@ pub fn check_config(config: &JsonConfig) -> Result<ModelConfig> {
         return Ok((&JambaConfig::from_json(config)?).into());
     }
     if zamba2::is_zamba2(config) {
-        let c = Zamba2Config::from_json(config)?;
-        return Ok(Network::zamba2_config(&c));
+        return Ok((&Zamba2Config::from_json(config)?).into());
     }
     if llada::is_llada(config) {
         return Ok((&LlamaConfig::from_json(&llada::to_hf_config(config)?)?).into());

@@ -467,11 +467,7 @@ impl Llama {
             });
         }
         let norm = up.vector("model.norm.weight", h)?;
-        let lm_head = if c.tie_embeddings && !up.source.contains("lm_head.weight") {
-            embed.clone()
-        } else {
-            up.matrix("lm_head.weight", c.vocab, h)?
-        };
+        let lm_head = up.lm_head(&embed, c.tie_embeddings, c.vocab, h)?;
         let inv_freq = up.vector_from(
             "rope.inv_freq",
             &rope::inv_freq(c.rope_theta, c.head_dim, c.llama3),

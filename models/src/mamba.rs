@@ -297,11 +297,7 @@ impl Mamba {
             layers.push((norm, MambaMixer::load(c, up, &format!("{p}.mixer"))?));
         }
         let norm = up.vector("backbone.norm_f.weight", h)?;
-        let lm_head = if up.source.contains("lm_head.weight") || !c.tie_embeddings {
-            up.matrix("lm_head.weight", c.vocab, h)?
-        } else {
-            embed.clone()
-        };
+        let lm_head = up.lm_head(&embed, c.tie_embeddings, c.vocab, h)?;
         Ok(Mamba {
             weight_bytes: up.gpu_bytes,
             file_bytes: up.file_bytes,

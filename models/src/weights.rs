@@ -110,6 +110,21 @@ impl<'a> Uploader<'a> {
         Ok(w)
     }
 
+    /// The output projection `lm_head.weight` [vocab, hidden], or the embedding table when
+    /// the embeddings are tied and the file has no separate head.
+    pub fn lm_head(
+        &mut self,
+        embed: &Arc<GpuWeight>,
+        tie: bool,
+        vocab: usize,
+        hidden: usize,
+    ) -> Result<Arc<GpuWeight>> {
+        if tie && !self.source.contains("lm_head.weight") {
+            return Ok(embed.clone());
+        }
+        self.matrix("lm_head.weight", vocab, hidden)
+    }
+
     /// A vector of `n` values, always f32 on the GPU.
     pub fn vector(&mut self, name: &str, n: usize) -> Result<Arc<GpuWeight>> {
         let t = self.source.tensor(name)?;
@@ -245,22 +260,18 @@ impl<'a> Uploader<'a> {
         parts: Vec<HostTensor<'_>>,
     ) -> Result<Arc<GpuWeight>> {
         let all = experts * rows;
-        let bytes: Vec<u8> = parts.iter().flat_map(|t| t.bytes.iter().copied()).collect();
-        self.file_bytes += bytes.len() as u64;
-        let data_of = |t: &HostTensor<'_>| t.dtype;
-        let w = match parts.first().map(data_of) {
+        self.file_bytes += parts.iter().map(|t| t.bytes.len() as u64).sum::<u64>();
+        let stored = || -> Vec<u8> { parts.iter().flat_map(|t| t.bytes.iter().copied()).collect() };
+        let w = match parts.first().map(|t| t.dtype) {
             Some(HostDType::F16) => {
-                let bits: Vec<u16> = bytemuck::pod_collect_to_vec(&bytes);
+                let bits: Vec<u16> = bytemuck::pod_collect_to_vec(&stored());
                 GpuWeight::upload_experts(self.gpu, name, experts, all, cols, HostData::F16(&bits))?
             }
-            Some(HostDType::Quant(q)) => GpuWeight::upload_experts(
-                self.gpu,
-                name,
-                experts,
-                all,
-                cols,
-                HostData::Quant(q, &bytes),
-            )?,
+            Some(HostDType::Quant(q)) => {
+                let bytes = stored();
+                let data = HostData::Quant(q, &bytes);
+                GpuWeight::upload_experts(self.gpu, name, experts, all, cols, data)?
+            }
             _ => {
                 let f: Vec<f32> = parts.iter().flat_map(|t| t.to_f32()).collect();
                 GpuWeight::upload_experts(self.gpu, name, experts, all, cols, HostData::F32(&f))?

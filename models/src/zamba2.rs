@@ -325,11 +325,7 @@ impl Zamba2 {
             });
         }
         let norm = up.vector("model.final_layernorm.weight", h)?;
-        let lm_head = if c.tie_embeddings && !up.source.contains("lm_head.weight") {
-            embed.clone()
-        } else {
-            up.matrix("lm_head.weight", c.vocab, h)?
-        };
+        let lm_head = up.lm_head(&embed, c.tie_embeddings, c.vocab, h)?;
         let inv_freq = match c.rope_theta {
             Some(theta) => Some(up.vector_from(
                 "rope.inv_freq",
