@@ -217,3 +217,16 @@ pub fn assert_backends_agree(what: &str, outputs: &[(String, Vec<f32>)], tol: f6
         }
     }
 }
+
+/// Round to f16: the bit patterns to upload and the values the GPU will read.
+pub fn to_f16(v: &[f32]) -> (Vec<u16>, Vec<f32>) {
+    let bits: Vec<u16> = v
+        .iter()
+        .map(|&x| half::f16::from_f32(x).to_bits())
+        .collect();
+    let rounded = bits
+        .iter()
+        .map(|&b| half::f16::from_bits(b).to_f32())
+        .collect();
+    (bits, rounded)
+}

@@ -18,7 +18,6 @@
 
 use std::sync::Arc;
 
-use half::f16;
 use kestrel_runtime::kernels::attention::{self, AttnBuffers, AttnShape, CacheView};
 use kestrel_runtime::kernels::copy::{self, CopyParams};
 use kestrel_runtime::kernels::elementwise::{self, Elementwise};
@@ -39,13 +38,6 @@ const ATTN_TOL: f64 = 1e-5;
 const ROPE_TOL: f64 = 1e-5;
 /// Vulkan and GL run the same WGSL; their outputs may differ only by f32 rounding.
 const BACKEND_TOL: f64 = 1e-5;
-
-/// Round to f16: the bit patterns to upload and the values the GPU will read.
-fn to_f16(v: &[f32]) -> (Vec<u16>, Vec<f32>) {
-    let bits: Vec<u16> = v.iter().map(|&x| f16::from_f32(x).to_bits()).collect();
-    let rounded = bits.iter().map(|&b| f16::from_bits(b).to_f32()).collect();
-    (bits, rounded)
-}
 
 /// Upload `data` [rows, cols] as an f32 or f16 weight; returns it with the values the GPU sees.
 fn weight(

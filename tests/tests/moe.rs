@@ -32,18 +32,6 @@ struct Case {
     chunk_experts: Option<usize>,
 }
 
-fn to_f16(v: &[f32]) -> (Vec<u16>, Vec<f32>) {
-    let bits: Vec<u16> = v
-        .iter()
-        .map(|&x| half::f16::from_f32(x).to_bits())
-        .collect();
-    let rounded = bits
-        .iter()
-        .map(|&b| half::f16::from_bits(b).to_f32())
-        .collect();
-    (bits, rounded)
-}
-
 /// Stacked expert weights [experts * rows, cols] with the unused experts' values NaN.
 fn experts_weight(
     gpu: &Gpu,
