@@ -5,11 +5,15 @@ struct Step {
     pos: u32,          // tokens already in the cache before this step
     n_tokens: u32,     // tokens in this step
     seed: u32,         // sampling seed for this step
-    top_k: u32,        // 0 = off; diffusion: tokens to unmask (0 = by threshold)
-    temperature: f32,  // 0 = greedy (argmax)
-    top_p: f32,        // >= 1 = off; diffusion: confidence threshold
+    top_k: u32,        // 0 = off
+    temperature: f32,  // 0 = greedy (argmax); diffusion: Gumbel noise scale
+    top_p: f32,        // >= 1 = off
     window_start: u32, // diffusion: positions [window_start, window_end) may be unmasked
     window_end: u32,
+    unmask_k: u32,     // diffusion: positions to commit (0 = every one at or above threshold)
+    threshold: f32,    // diffusion: confidence threshold
+    _pad0: u32,
+    _pad1: u32,
 }
 
 // Linear workgroup index for grids split over x and y (see Gpu::grid).

@@ -191,10 +191,10 @@ fn select_rows(lid: u32) {
             rank += select(0u, 1u, kj > key || (kj == key && j < r));
         }
         var take: bool;
-        if (step.top_k > 0u) {
-            take = rank < step.top_k;
+        if (step.unmask_k > 0u) {
+            take = rank < step.unmask_k;
         } else {
-            take = rank == 0u || bitcast<f32>(key - 1u) >= step.top_p;
+            take = rank == 0u || bitcast<f32>(key - 1u) >= step.threshold;
         }
         if (take) {
             chosen |= 1u << (r - start);

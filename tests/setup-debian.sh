@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Installs what Kestrel needs on a fresh Debian machine: Mesa's lavapipe (CPU Vulkan) and
-# llvmpipe GL drivers, so the GPU code runs with no GPU, Rust's wasm32 target, a Python
-# virtual environment with the `openai` client for the server test (tests/serve_openai.py),
-# and for the `kestrel app` screenshot test a virtual X server, xdotool, xwd and netpbm, and
-# the X11 libraries winit loads at run time; for the browser tests Debian's chromium,
-# wasm-bindgen-cli at the version in Cargo.lock, and web/tests' npm packages (playwright-core,
-# binaryen's wasm-opt).
+# What the tests need on Debian, beyond running Kestrel (desktop/setup-debian.sh, run first):
+# Mesa's lavapipe Vulkan and llvmpipe GL drivers (the GPU tests run on both, with no GPU), Rust's
+# wasm32 target, a Python virtual environment with the `openai` client (tests/serve_openai.py),
+# for the `kestrel app` screenshot test a virtual X server, xdotool, xwd and netpbm and the X11
+# libraries winit loads at run time, and for the browser tests Node.js and npm (from Debian when
+# missing), Debian's chromium, wasm-bindgen-cli at the version in Cargo.lock and web/tests' npm
+# packages (playwright-core, binaryen's wasm-opt).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+desktop/setup-debian.sh
 
 packages=(libvulkan1 mesa-vulkan-drivers libegl1 libgl1-mesa-dri python3-venv
     xvfb xdotool x11-apps netpbm
     libx11-6 libx11-xcb1 libxcursor1 libxi6 libxrandr2 libxkbcommon0 libxkbcommon-x11-0
     chromium)
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -21,15 +25,11 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    echo "installing: ${missing[*]}"
+    echo "installing ${missing[*]} (test drivers, X server, browser and their tools)"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if ! command -v cargo >/dev/null 2>&1; then
-    echo "cargo not found: install Rust from https://rustup.rs first" >&2
-    exit 1
-fi
 if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
     rustup target add wasm32-unknown-unknown
 fi
@@ -47,10 +47,6 @@ wb_version=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version 
 if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wb_version" ]; then
     echo "installing wasm-bindgen-cli $wb_version (the version in Cargo.lock)"
     cargo install -q wasm-bindgen-cli --version "$wb_version"
-fi
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-    echo "node and npm not found: install Node.js 20 or later first" >&2
-    exit 1
 fi
 # npm ci again only when package-lock.json changed since the last install.
 if ! cmp -s web/tests/package-lock.json web/tests/node_modules/.kestrel-installed-lock; then

@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use kestrel_models::chat_template::{ChatTemplate, Message};
-use kestrel_models::llama::AttentionOptions;
+use kestrel_models::AttentionOptions;
 use kestrel_models::{Model, TextStream};
 use kestrel_runtime::session::{Sampling, Session};
 use kestrel_runtime::Gpu;

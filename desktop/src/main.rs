@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kestrel_models::llama::AttentionOptions;
+use kestrel_models::AttentionOptions;
 use kestrel_models::{Model, TextStream};
 use kestrel_runtime::block_mask::SparseConfig;
 use kestrel_runtime::session::Sampling;

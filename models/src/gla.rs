@@ -10,10 +10,11 @@
 
 use std::sync::Arc;
 
+use kestrel_runtime::arch::{Architecture, Head};
 use kestrel_runtime::graph::Graph;
 use kestrel_runtime::kernels::elementwise::Elementwise;
 use kestrel_runtime::kernels::linear_scan::{Decay, ScanShape};
-use kestrel_runtime::session::{Architecture, Head, StateSpec};
+use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::{DType, GpuWeight};
 use kestrel_runtime::TensorId;
 

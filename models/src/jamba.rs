@@ -7,10 +7,11 @@
 
 use std::sync::Arc;
 
+use kestrel_runtime::arch::{Architecture, Head};
 use kestrel_runtime::graph::Graph;
 use kestrel_runtime::kernels::attention::AttnShape;
 use kestrel_runtime::kv::KvLayout;
-use kestrel_runtime::session::{Architecture, Head, StateSpec};
+use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::{DType, GpuWeight};
 
 use crate::config::JsonConfig;

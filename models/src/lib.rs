@@ -26,18 +26,20 @@ pub mod zamba2;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kestrel_runtime::session::{Architecture, Session};
+use kestrel_runtime::arch::Architecture;
+use kestrel_runtime::session::Session;
 use kestrel_runtime::Gpu;
 
 pub use error::{ModelError, Result};
+pub use llama::AttentionOptions;
 pub use tokenizer::{TextStream, TextTokenizer};
 
 use chat_template::ChatTemplate;
 use config::JsonConfig;
 use gla::{Gla, GlaConfig};
 use jamba::{Jamba, JambaConfig};
+use kestrel_runtime::arch::Head;
 use kestrel_runtime::graph::Graph;
-use kestrel_runtime::session::Head;
 use kestrel_runtime::TensorId;
 use llama::{Llama, LlamaConfig};
 use mamba::{Mamba, MambaConfig};

@@ -7,12 +7,13 @@
 
 use std::sync::Arc;
 
+use kestrel_runtime::arch::{Architecture, Head};
 use kestrel_runtime::block_mask::{BlockMask, SparseConfig};
 use kestrel_runtime::graph::Graph;
 use kestrel_runtime::kernels::attention::{mask_blocks, AttnShape};
 use kestrel_runtime::kernels::rope::{self, Llama3Scaling};
 use kestrel_runtime::kv::KvLayout;
-use kestrel_runtime::session::{Architecture, Head, StateSpec};
+use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::{DType, GpuWeight};
 use kestrel_runtime::TensorId;
 

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use kestrel_runtime::graph::Graph;
-use kestrel_runtime::session::StateSpec;
+use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::GpuWeight;
 use kestrel_runtime::TensorId;
 

@@ -25,10 +25,11 @@
 use std::sync::Arc;
 
 use crate::rwkv::{lin, mix_w, shift_weights, token_shift, ChannelMix, Norm};
+use kestrel_runtime::arch::{Architecture, Head};
 use kestrel_runtime::graph::Graph;
 use kestrel_runtime::kernels::elementwise::Elementwise;
 use kestrel_runtime::kernels::wkv4::STATE_ROWS;
-use kestrel_runtime::session::{Architecture, Head, StateSpec};
+use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::{DType, GpuWeight};
 use kestrel_runtime::TensorId;
 

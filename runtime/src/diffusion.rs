@@ -11,9 +11,10 @@
 //! cache (steps run only the block, over the cached prefix and suffix) — approximate,
 //! refreshed every block.
 
+use crate::arch::{UnmaskHead, UnmaskStep};
 use crate::error::{Error, Result};
 use crate::rng::pcg_hash;
-use crate::session::{Session, UnmaskHead, UnmaskStep};
+use crate::session::Session;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockCache {

@@ -10,7 +10,7 @@ use crate::graph::{Graph, Op, Source, TensorId};
 use crate::kernels::{self, copy::CopyParams, Dispatch, Step};
 use crate::planner;
 use crate::readback;
-use crate::session::StateStore;
+use crate::state::StateStore;
 use crate::tensor::{check_binding, DType, GpuTensor, GpuWeight};
 
 pub struct Plan {

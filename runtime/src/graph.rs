@@ -21,7 +21,7 @@ pub enum Source {
     /// Written by the caller before each run (token ids).
     Input(String),
     Weight(Arc<GpuWeight>),
-    /// Persistent per-sequence state (a KV cache), bound from a [`crate::session::StateStore`].
+    /// Persistent per-sequence state (a KV cache), bound from a [`crate::state::StateStore`].
     State(String),
     /// Data fixed when the graph is built (a block mask), uploaded once per plan.
     Constant(Arc<Vec<u32>>),

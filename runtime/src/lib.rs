@@ -5,6 +5,7 @@
 // On wasm32, wgpu's WebGPU objects are neither Send nor Sync (one thread); the Arcs stay.
 #![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
+pub mod arch;
 pub mod block_mask;
 pub mod device;
 pub mod diffusion;
@@ -19,6 +20,7 @@ pub mod readback;
 pub mod rng;
 pub mod session;
 pub mod shader;
+pub mod state;
 pub mod tensor;
 
 pub use device::{BackendChoice, Caps, Gpu};

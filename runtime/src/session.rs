@@ -4,165 +4,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::arch::{Architecture, Head, UnmaskHead, UnmaskStep};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::executor::Plan;
-use crate::graph::Graph;
 use crate::kernels::Step;
 use crate::kv::KvLayout;
 use crate::rng::pcg_hash;
-use crate::tensor::{DType, GpuTensor};
-
-/// One named piece of per-sequence state, e.g. `layer.3.k` with shape [capacity, kv_dim].
-#[derive(Debug, Clone)]
-pub struct StateSpec {
-    pub name: String,
-    pub shape: Vec<usize>,
-    /// A recurrent state (an SSM or RWKV state, a convolution's last inputs): it summarises
-    /// the whole sequence, starts at zero, and cannot be cut back to an earlier position. A
-    /// KV cache (not recurrent) is addressed by position and needs no clearing.
-    pub recurrent: bool,
-    pub dtype: DType,
-}
-
-impl StateSpec {
-    /// A KV cache.
-    pub fn cache(name: String, shape: Vec<usize>) -> StateSpec {
-        StateSpec {
-            name,
-            shape,
-            recurrent: false,
-            dtype: DType::F32,
-        }
-    }
-    /// A recurrent state.
-    pub fn recurrent(name: String, shape: Vec<usize>) -> StateSpec {
-        StateSpec {
-            name,
-            shape,
-            recurrent: true,
-            dtype: DType::F32,
-        }
-    }
-    /// u32 counters that only statistics read (a mixture of experts' tokens per expert): they
-    /// count from zero over the session's life and never affect its outputs.
-    pub fn counters(name: String, n: usize) -> StateSpec {
-        StateSpec {
-            name,
-            shape: vec![n],
-            recurrent: false,
-            dtype: DType::U32,
-        }
-    }
-}
-
-/// What the last op of a graph produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Head {
-    /// Logits for every position [T, vocab].
-    AllLogits,
-    /// One sampled token id, drawn on the GPU from the last position.
-    Sample,
-    /// A diffusion step: the masked positions to commit, chosen on the GPU.
-    Unmask(UnmaskHead),
-}
-
-/// The fixed settings of a diffusion step's graph.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct UnmaskHead {
-    pub mask_id: u32,
-    /// Classifier-free guidance scale as f32 bits (0 = off: no unconditional pass).
-    pub cfg_scale_bits: u32,
-    pub random_remasking: bool,
-}
-
-impl UnmaskHead {
-    pub fn cfg_scale(&self) -> f32 {
-        f32::from_bits(self.cfg_scale_bits)
-    }
-}
-
-/// The per-step settings of a diffusion step.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct UnmaskStep {
-    /// Positions to commit; 0 = every one at or above `threshold` (at least one).
-    pub k: u32,
-    pub threshold: f32,
-    /// Absolute positions whose masks may be committed (the current block).
-    pub window: (u32, u32),
-    pub temperature: f32,
-    pub seed: u32,
-}
-
-/// What a model must provide to run in a session. Models build graphs; they never touch wgpu.
-pub trait Architecture {
-    fn vocab_size(&self) -> usize;
-    /// The longest sequence the model supports (its position limit).
-    fn max_context(&self) -> usize;
-    fn states(&self, capacity: usize) -> Vec<StateSpec>;
-    /// The KV cache layout of each attention layer for a sequence of up to `capacity` tokens
-    /// (none for an architecture without KV caches). Ring caches bound how many tokens one
-    /// pass may append and how far a sequence can be cut back.
-    fn kv_layouts(&self, _capacity: usize) -> Vec<KvLayout> {
-        Vec::new()
-    }
-    /// The forward graph for `n_tokens` new tokens (input "tokens"), ending in `head`.
-    fn build(&self, n_tokens: usize, capacity: usize, head: Head) -> Result<Graph>;
-}
-
-#[derive(Default)]
-pub struct StateStore {
-    tensors: HashMap<String, GpuTensor>,
-    /// Names of the recurrent states (zeroed when a sequence starts over).
-    recurrent: Vec<String>,
-}
-
-impl StateStore {
-    /// Every state, zeroed.
-    pub fn allocate(gpu: &Gpu, specs: &[StateSpec]) -> Result<StateStore> {
-        let mut tensors = HashMap::new();
-        for s in specs {
-            tensors.insert(
-                s.name.clone(),
-                GpuTensor::new(gpu, &s.name, &s.shape, s.dtype)?,
-            );
-        }
-        let recurrent = specs
-            .iter()
-            .filter(|s| s.recurrent)
-            .map(|s| s.name.clone())
-            .collect();
-        Ok(StateStore { tensors, recurrent })
-    }
-    pub fn has_recurrent(&self) -> bool {
-        !self.recurrent.is_empty()
-    }
-    /// Zero the recurrent states (queued before any later run).
-    pub fn clear_recurrent(&self, gpu: &Gpu) {
-        if self.recurrent.is_empty() {
-            return;
-        }
-        let mut enc = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("clear recurrent state"),
-            });
-        for name in &self.recurrent {
-            if let Some(t) = self.tensors.get(name) {
-                enc.clear_buffer(&t.buffer, 0, None);
-            }
-        }
-        gpu.queue.submit([enc.finish()]);
-    }
-    pub fn get(&self, name: &str) -> Result<&GpuTensor> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| Error::Graph(format!("no state named {name}")))
-    }
-    pub fn bytes(&self) -> u64 {
-        self.tensors.values().map(|t| t.bytes()).sum()
-    }
-}
+use crate::state::StateStore;
+use crate::tensor::DType;
 
 /// Sampling settings; temperature 0 is greedy.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -347,8 +197,8 @@ impl Session {
             ));
         }
         let mut step = self.step_for(tokens.len(), &Sampling::default());
-        step.top_k = choice.k;
-        step.top_p = choice.threshold;
+        step.unmask_k = choice.k;
+        step.threshold = choice.threshold;
         step.temperature = choice.temperature;
         step.seed = choice.seed;
         step.window_start = choice.window.0;
@@ -374,8 +224,7 @@ impl Session {
             top_k: s.top_k,
             temperature: s.temperature,
             top_p: s.top_p,
-            window_start: 0,
-            window_end: 0,
+            ..Step::default()
         }
     }
 

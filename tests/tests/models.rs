@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kestrel_models::llama::AttentionOptions;
+use kestrel_models::AttentionOptions;
 use kestrel_runtime::session::Sampling;
 use kestrel_runtime::Gpu;
 use kestrel_tests::{gpus, rel_err, step};
@@ -536,9 +536,10 @@ const MOE_MODELS: [&str; 4] = ["mixtral", "mixtral_q8", "qwen2_moe", "jamba"];
 /// every MoE layer (the prefill graph with each router's output added as a graph output).
 #[test]
 fn moe_router_choices_match_the_reference() {
+    use kestrel_runtime::arch::Head;
     use kestrel_runtime::executor::Plan;
     use kestrel_runtime::graph::Op;
-    use kestrel_runtime::session::{Head, StateStore};
+    use kestrel_runtime::state::StateStore;
     for gpu in gpus() {
         for name in MOE_MODELS {
             let model = kestrel_models::load(&gpu, &model_path(name)).expect("load");

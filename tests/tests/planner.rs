@@ -11,7 +11,7 @@ use kestrel_runtime::kernels::{embedding, matmul, matvec, rms_norm, rope, Step};
 use kestrel_runtime::kv::KvLayout;
 use kestrel_runtime::planner::{self, Assignment};
 use kestrel_runtime::rng::Rng;
-use kestrel_runtime::session::StateStore;
+use kestrel_runtime::state::StateStore;
 use kestrel_runtime::tensor::{DType, GpuWeight, HostData};
 use kestrel_runtime::{Gpu, Graph, TensorId};
 use kestrel_tests::*;

@@ -62,8 +62,8 @@ impl Case {
             s.pos,
             s.window_start,
             s.window_end,
-            s.top_k,
-            s.top_p,
+            s.unmask_k,
+            s.threshold,
             s.temperature,
             s.seed,
             p.cfg_scale,
@@ -85,9 +85,9 @@ fn robust(case: &Case) -> bool {
     c.sort_by(|a, b| b.total_cmp(a));
     // Wider gaps, so that thresholds placed midway keep CONF_GAP.
     let gaps_ok = c.windows(2).all(|w| w[0] - w[1] >= 3.0 * CONF_GAP * w[0]);
-    let thr = case.step.top_p as f64;
+    let thr = case.step.threshold as f64;
     let threshold_ok =
-        case.step.top_k > 0 || c.iter().all(|&v| (v - thr).abs() >= CONF_GAP * v.max(thr));
+        case.step.unmask_k > 0 || c.iter().all(|&v| (v - thr).abs() >= CONF_GAP * v.max(thr));
     gaps_ok && threshold_ok
 }
 
@@ -171,11 +171,12 @@ fn draw(spec: Spec, seed: u64) -> Case {
             pos,
             n_tokens: rows as u32,
             seed: (seed as u32).wrapping_mul(2_654_435_761),
-            top_k: spec.top_k,
+            unmask_k: spec.top_k,
             temperature: spec.temperature,
-            top_p: spec.threshold,
+            threshold: spec.threshold,
             window_start,
             window_end,
+            ..Step::default()
         },
     }
 }
@@ -364,7 +365,7 @@ fn threshold_cases(base: Spec, seed: u64) {
         thresholds.push(((c[c.len() - 1] / 2.0) as f32, c.len()));
         for (threshold, n) in thresholds {
             let mut case = first.clone();
-            case.step.top_p = threshold;
+            case.step.threshold = threshold;
             if !base.random_remasking {
                 assert!(robust(&case), "{}: not robust", case.describe());
             }
@@ -468,11 +469,12 @@ fn unmask_gumbel_noise_is_accurate() {
                 pos,
                 n_tokens: rows as u32,
                 seed,
-                top_k: rows as u32,
+                unmask_k: rows as u32,
                 temperature: 1.0,
-                top_p: 1.0,
+                threshold: 1.0,
                 window_start: 0,
                 window_end: u32::MAX,
+                ..Step::default()
             },
         }
     };
@@ -564,8 +566,8 @@ fn unmask_ties() {
         n_tokens: rows as u32,
         window_start: 40,
         window_end: 45,
-        top_k: 1,
-        top_p: 1.0,
+        unmask_k: 1,
+        threshold: 1.0,
         ..Step::default()
     };
     let base = Case {
@@ -577,11 +579,11 @@ fn unmask_ties() {
     };
     assert_eq!(check(&base), vec![(41, 77)]);
     let mut two = base.clone();
-    two.step.top_k = 2;
+    two.step.unmask_k = 2;
     assert_eq!(check(&two), vec![(41, 77), (43, 77)]);
     let mut thr = base.clone();
-    thr.step.top_k = 0;
-    thr.step.top_p = 1.0;
+    thr.step.unmask_k = 0;
+    thr.step.threshold = 1.0;
     assert_eq!(check(&thr), vec![(41, 77)]);
     // Row 0's argmax: the lowest of the tied ids.
     let mut row0 = base.clone();
@@ -648,11 +650,12 @@ fn unmask_max_rows() {
                     pos: 7,
                     n_tokens: rows as u32,
                     seed: 99,
-                    top_k,
+                    unmask_k: top_k,
                     temperature: 0.0,
-                    top_p,
+                    threshold: top_p,
                     window_start: 20,
                     window_end: 1000,
+                    ..Step::default()
                 },
             };
             assert!(random_remasking || robust(&case), "{}", case.describe());

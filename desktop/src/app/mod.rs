@@ -18,7 +18,7 @@ pub struct Options {
     pub model: Option<String>,
     pub ctx: usize,
     pub system: String,
-    pub attention: kestrel_models::llama::AttentionOptions,
+    pub attention: kestrel_models::AttentionOptions,
     pub launched: Instant,
 }
 

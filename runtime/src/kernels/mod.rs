@@ -45,6 +45,12 @@ pub struct Step {
     /// be committed in this step (the current block).
     pub window_start: u32,
     pub window_end: u32,
+    /// Diffusion sampling: how many masked positions to commit (0 = every one whose
+    /// confidence reaches `threshold`, at least one).
+    pub unmask_k: u32,
+    pub threshold: f32,
+    /// Pads the uniform to a multiple of 16 bytes.
+    pub _pad: [u32; 2],
 }
 
 /// One recorded kernel launch: replayable as long as its buffers live.

@@ -6,7 +6,7 @@
 //! `uncond` [rows, vocab] for classifier-free guidance, and `tokens` [rows] (the current tokens;
 //! a row is masked iff its token is `mask_id`). From the [`Step`] uniform: `window_start` /
 //! `window_end` (only masked rows in that range of absolute positions may be committed),
-//! `top_k` (how many to commit; 0 = threshold mode), `top_p` (the threshold),
+//! `unmask_k` (how many to commit; 0 = threshold mode), `threshold`,
 //! `temperature` and `seed`.
 //!
 //! Pass 1, per row: x0 = argmax(l) (ties to the lowest id), or with temperature T > 0
@@ -19,7 +19,7 @@
 //! confidence >= threshold. `out` = [count, then count (position, token) pairs sorted by
 //! position]; the words after them are left as they were.
 //!
-//! Callers: a step whose schedule commits 0 tokens must be skipped (top_k = 0 means threshold).
+//! Callers: a step whose schedule commits 0 tokens must be skipped (unmask_k = 0 means threshold).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -282,10 +282,10 @@ pub fn select(preds: &[Prediction], step: &Step) -> Vec<(u32, u32)> {
         .iter()
         .enumerate()
         .filter(|&(rank, p)| {
-            if step.top_k > 0 {
-                rank < step.top_k as usize
+            if step.unmask_k > 0 {
+                rank < step.unmask_k as usize
             } else {
-                rank == 0 || p.confidence >= step.top_p as f64
+                rank == 0 || p.confidence >= step.threshold as f64
             }
         })
         .map(|(_, p)| (p.position, p.token))

@@ -1,0 +1,105 @@
+//! Per-sequence state: what an architecture declares (KV caches, recurrent states,
+//! counters) and the store of GPU tensors a session binds into its plans by name.
+
+use std::collections::HashMap;
+
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, GpuTensor};
+
+/// One named piece of per-sequence state, e.g. `layer.3.k` with shape [capacity, kv_dim].
+#[derive(Debug, Clone)]
+pub struct StateSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// A recurrent state (an SSM or RWKV state, a convolution's last inputs): it summarises
+    /// the whole sequence, starts at zero, and cannot be cut back to an earlier position. A
+    /// KV cache (not recurrent) is addressed by position and needs no clearing.
+    pub recurrent: bool,
+    pub dtype: DType,
+}
+
+impl StateSpec {
+    /// A KV cache.
+    pub fn cache(name: String, shape: Vec<usize>) -> StateSpec {
+        StateSpec {
+            name,
+            shape,
+            recurrent: false,
+            dtype: DType::F32,
+        }
+    }
+    /// A recurrent state.
+    pub fn recurrent(name: String, shape: Vec<usize>) -> StateSpec {
+        StateSpec {
+            name,
+            shape,
+            recurrent: true,
+            dtype: DType::F32,
+        }
+    }
+    /// u32 counters that only statistics read (a mixture of experts' tokens per expert): they
+    /// count from zero over the session's life and never affect its outputs.
+    pub fn counters(name: String, n: usize) -> StateSpec {
+        StateSpec {
+            name,
+            shape: vec![n],
+            recurrent: false,
+            dtype: DType::U32,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct StateStore {
+    tensors: HashMap<String, GpuTensor>,
+    /// Names of the recurrent states (zeroed when a sequence starts over).
+    recurrent: Vec<String>,
+}
+
+impl StateStore {
+    /// Every state, zeroed.
+    pub fn allocate(gpu: &Gpu, specs: &[StateSpec]) -> Result<StateStore> {
+        let mut tensors = HashMap::new();
+        for s in specs {
+            tensors.insert(
+                s.name.clone(),
+                GpuTensor::new(gpu, &s.name, &s.shape, s.dtype)?,
+            );
+        }
+        let recurrent = specs
+            .iter()
+            .filter(|s| s.recurrent)
+            .map(|s| s.name.clone())
+            .collect();
+        Ok(StateStore { tensors, recurrent })
+    }
+    pub fn has_recurrent(&self) -> bool {
+        !self.recurrent.is_empty()
+    }
+    /// Zero the recurrent states (queued before any later run).
+    pub fn clear_recurrent(&self, gpu: &Gpu) {
+        if self.recurrent.is_empty() {
+            return;
+        }
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("clear recurrent state"),
+            });
+        for name in &self.recurrent {
+            if let Some(t) = self.tensors.get(name) {
+                enc.clear_buffer(&t.buffer, 0, None);
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+    }
+    pub fn get(&self, name: &str) -> Result<&GpuTensor> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| Error::Graph(format!("no state named {name}")))
+    }
+    pub fn bytes(&self) -> u64 {
+        self.tensors.values().map(|t| t.bytes()).sum()
+    }
+}
