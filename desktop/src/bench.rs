@@ -330,7 +330,7 @@ fn model_bench(
                 "attention sinks {s} + window {w} (StreamingLLM), context up to {max_ctx} positions"
             ),
             (None, Some(sp)) => format!("block-sparse {sp}"),
-            (None, None) if model.llama().is_none() => format!(
+            (None, None) if !model.has_attention() => format!(
                 "none ({}: a recurrent state of fixed size, no position limit)",
                 model.config().architecture
             ),

@@ -127,7 +127,15 @@ pub fn attention_options(a: &Args) -> Result<AttentionOptions, String> {
 
 pub fn apply_attention(model: &mut Model, options: AttentionOptions) -> CliResult {
     if options != AttentionOptions::default() {
-        model.set_attention(options).map_err(|e| e.to_string())?;
+        model.set_attention(options).map_err(|e| match e {
+            // The model names the option; the command line names its flag.
+            kestrel_models::ModelError::Attention(e) => e.describe(|field| match field {
+                kestrel_models::AttentionField::AttentionSinks => "--attention-sinks",
+                kestrel_models::AttentionField::KvWindow => "--kv-window",
+                kestrel_models::AttentionField::BlockSparse => "--block-sparse",
+            }),
+            e => e.to_string(),
+        })?;
     }
     Ok(())
 }

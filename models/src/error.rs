@@ -51,6 +51,8 @@ pub enum ModelError {
     Tokenizer { file: PathBuf, message: String },
     #[error("{0}")]
     BadOption(String),
+    #[error("{0}")]
+    Attention(#[from] crate::blocks::attention_options::AttentionError),
     #[error("chat template: {0}")]
     ChatTemplate(String),
     #[error("{0}")]

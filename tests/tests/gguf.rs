@@ -5,10 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use kestrel_models::gguf::{
+use kestrel_models::formats::gguf::{
     GgmlType, GgufArray, GgufFile, GgufValue, GgufValueType, DEFAULT_ALIGNMENT,
 };
-use kestrel_models::safetensors::Blob;
+use kestrel_models::formats::safetensors::Blob;
 use kestrel_models::ModelError;
 
 /// A minimal GGUF writer for the tests.

@@ -11,8 +11,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use kestrel_models::gguf::{GgufArray, GgufFile, GgufValue};
-use kestrel_models::gguf_tokenizer::{
+use kestrel_models::formats::gguf::{GgufArray, GgufFile, GgufValue};
+use kestrel_models::formats::gguf_tokenizer::{
     build_tokenizer, supported_pre_types, token_type, GgufVocab, Tokenizer,
 };
 

@@ -228,8 +228,7 @@ fn prefill_then_decode_continues_the_cache() {
 fn sliding_window_caches_are_bounded_by_the_window() {
     for gpu in gpus().into_iter().take(1) {
         let model = kestrel_models::load(&gpu, &fixture("qwen2_window")).expect("load");
-        let windows = &model.llama().expect("a transformer").config.layer_windows;
-        assert_eq!(windows, &[None, Some(8), Some(8)]);
+        assert_eq!(model.attention_windows(), [None, Some(8), Some(8)]);
         let s = model.session(&gpu, 1000).expect("session");
         assert_eq!(s.capacity(), 128, "capped at max_position_embeddings");
         let rows: Vec<usize> = s.kv_layouts().iter().map(|l| l.rows).collect();
@@ -335,14 +334,19 @@ fn ten_thousand_tokens_with_sinks_run_in_fixed_memory() {
             sparse: None,
         })
         .expect("sinks");
-    let c = model.llama().expect("a transformer").config.clone();
+    // The cache's size from the fixture's config: K and V rows of kv_heads * head_dim f32s.
+    let text = std::fs::read_to_string(fixture("llama_gqa").join("config.json")).expect("config");
+    let c: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let key = |k: &str| c[k].as_u64().expect(k) as usize;
+    let kv_dim = key("num_key_value_heads") * key("head_dim");
     let mut s = model.session(&gpu, usize::MAX).expect("session");
     let rows = sinks + window + window;
-    let expected = (c.layers * 2 * rows * c.kv_heads * c.head_dim * 4) as u64;
+    let expected = (key("num_hidden_layers") * 2 * rows * kv_dim * 4) as u64;
     assert_eq!(s.state_bytes(), expected);
+    let vocab = model.config().vocab;
     let mut next = pollster::block_on(s.next_token(&[1, 2, 3], &Sampling::default())).unwrap();
     while s.pos() < 10_000 {
-        assert!((next as usize) < c.vocab);
+        assert!((next as usize) < vocab);
         next = pollster::block_on(s.next_token(&[next], &Sampling::default())).expect("step");
     }
     assert_eq!(s.pos(), 10_000);

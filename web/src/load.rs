@@ -1,13 +1,16 @@
 //! Models from bytes the page fetched or the user picked: a GGUF file, or the files of a
 //! Hugging Face folder (config.json, *.safetensors, tokenizer.json, tokenizer_config.json).
-//! Uses the same loaders as the native `kestrel_models::load`; nothing is memory-mapped.
+//! Goes through the same registry path as the native `kestrel_models::load`: the family and
+//! its config first (from config.json, or from the tensors of a folder without one, such as
+//! BlinkDL's RWKV-7), then the weights. Nothing is memory-mapped.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kestrel_models::config::JsonConfig;
-use kestrel_models::gguf::GgufFile;
-use kestrel_models::safetensors::{Blob, SafetensorsFiles};
+use kestrel_models::families;
+use kestrel_models::formats::config::JsonConfig;
+use kestrel_models::formats::gguf::GgufFile;
+use kestrel_models::formats::safetensors::{Blob, SafetensorsFiles};
 use kestrel_models::{Model, ModelError, TextTokenizer};
 use kestrel_runtime::Gpu;
 
@@ -38,17 +41,25 @@ pub fn hf_files(gpu: &Arc<Gpu>, folder: &str, files: Vec<(String, Vec<u8>)>) -> 
             _ => {}
         }
     }
-    let (config_path, config_bytes) =
-        config.ok_or_else(|| ModelError::NotFound(dir.join("config.json")))?;
     if shards.is_empty() {
         return Err(ModelError::NotFound(dir.join("model.safetensors")).into());
     }
-    let config = JsonConfig::parse(&config_path, &String::from_utf8_lossy(&config_bytes))?;
-    // The architecture is checked before any weight is read, as natively.
-    kestrel_models::check_config(&config)?;
+    // The family and its config before any weight is read, as natively.
+    let network = match config {
+        Some((path, bytes)) => Some(families::from_config(&JsonConfig::parse(
+            &path,
+            &String::from_utf8_lossy(&bytes),
+        )?)?),
+        None => None,
+    };
     // Shards in name order, like the index of a sharded checkpoint.
     shards.sort_by(|a, b| a.0.cmp(&b.0));
     let source = SafetensorsFiles::from_blobs(&dir, shards)?;
+    let network = match network {
+        Some(n) => n,
+        None => families::from_tensors(&source)?
+            .ok_or_else(|| ModelError::NotFound(dir.join("config.json")))?,
+    };
     let tokenizer = match tokenizer {
         Some((path, bytes)) => Some(TextTokenizer::from_bytes(&path, &bytes)?),
         None => None,
@@ -60,6 +71,5 @@ pub fn hf_files(gpu: &Arc<Gpu>, folder: &str, files: Vec<(String, Vec<u8>)>) -> 
         )?),
         None => Default::default(),
     };
-    kestrel_models::build_model(gpu, &dir, &config, &source, tokenizer, chat)
-        .map_err(WebError::from)
+    kestrel_models::build_model(gpu, dir, network, &source, tokenizer, chat).map_err(WebError::from)
 }

@@ -1,78 +1,61 @@
 //! RWKV-7 checkpoints in BlinkDL's own naming (`emb.weight`, `blocks.{i}.att.*`, ...): a
-//! directory with `model.safetensors` and no config.json. Sizes come from the tensor shapes
-//! (`att.r_k` is [heads, head_size]), the tensors answer to fla's names through [`BlinkSource`]
-//! (LoRA factors transposed), and `ln_x` takes BlinkDL's fixed eps 64e-5. `.pth` checkpoints
-//! (Python pickles) are not read: convert them to safetensors first.
+//! directory with `model.safetensors` and no config.json, recognised by its tensors. Sizes
+//! come from the tensor shapes (`att.r_k` is [heads, head_size]), the tensors answer to fla's
+//! names through [`BlinkSource`] (LoRA factors transposed) so the RWKV network (`rwkv.rs`)
+//! loads them, and `ln_x` takes BlinkDL's fixed eps 64e-5. `.pth` checkpoints (Python
+//! pickles) are not read: convert them to safetensors first.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::RwkvConfig;
+use super::rwkv::{Rwkv, RwkvConfig};
+use super::{Family, Network, NetworkConfig};
+use crate::blocks::rwkv::LayerConfig;
 use crate::error::{ModelError, Result};
-use crate::safetensors::SafetensorsFiles;
-use crate::weights::{HostDType, HostTensor, TensorSource};
+use crate::formats::host::{HostDType, HostTensor, TensorSource};
+use crate::model::ModelConfig;
+use crate::vars::Vars;
 
 /// BlinkDL's `ln_x` GroupNorm eps (the `rwkv` package and RWKV-LM), whatever the head size.
 pub const LN_X_EPS: f32 = 64e-5;
 
-/// A BlinkDL RWKV-7 checkpoint directory, opened.
-pub struct BlinkDir {
-    pub config: RwkvConfig,
-    pub source: BlinkSource,
-}
+pub const FAMILY: Family = Family {
+    classes: &[],
+    model_types: &[],
+    gguf: &[],
+    parse: None,
+    from_tensors: Some(|source| Ok(blink_config(source)?.map(|c| Box::new(c) as _))),
+};
 
-/// The message for `.pth` checkpoints.
-pub fn pth_unsupported(path: &Path) -> ModelError {
-    ModelError::UnsupportedFormat {
-        path: path.to_path_buf(),
-        message: "PyTorch .pth checkpoints are not supported; convert the state dict to \
-                  model.safetensors (e.g. safetensors.torch.save_file(torch.load(path), \
-                  'model.safetensors')) in a directory of its own"
-            .into(),
+/// An RWKV-7 config read from a BlinkDL checkpoint's shapes.
+struct BlinkConfig(RwkvConfig);
+
+impl NetworkConfig for BlinkConfig {
+    fn load(self: Box<Self>, vb: &Vars<'_>) -> Result<Arc<dyn Network>> {
+        let source = BlinkSource {
+            files: vb.source(),
+            file: vb.source().origin().join("model.safetensors"),
+        };
+        Ok(Arc::new(Rwkv::load(self.0, &vb.with_source(&source))?))
     }
 }
 
-impl BlinkDir {
-    /// `Ok(None)` when `dir` is not a BlinkDL checkpoint directory (no model.safetensors with
-    /// `emb.weight` and `blocks.0.att.r_k`); an error for a directory holding only a `.pth`.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn open(dir: &Path) -> Result<Option<BlinkDir>> {
-        let file = dir.join("model.safetensors");
-        if !file.exists() {
-            let pth = std::fs::read_dir(dir)
-                .ok()
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("pth")));
-            return match pth {
-                Some(p) => Err(pth_unsupported(&p)),
-                None => Ok(None),
-            };
-        }
-        BlinkDir::from_files(SafetensorsFiles::open_dir(dir)?, file)
+/// `Ok(None)` unless `files` hold BlinkDL's RWKV-7 names (`emb.weight`, `blocks.0.att.r_k`).
+fn blink_config(files: &dyn TensorSource) -> Result<Option<BlinkConfig>> {
+    if !(files.contains("emb.weight") && files.contains("blocks.0.att.r_k")) {
+        return Ok(None);
     }
-
-    /// `Ok(None)` unless `files` hold BlinkDL's RWKV-7 names (`file` is named in errors).
-    pub fn from_files(files: SafetensorsFiles, file: PathBuf) -> Result<Option<BlinkDir>> {
-        if !(files.contains("emb.weight") && files.contains("blocks.0.att.r_k")) {
-            return Ok(None);
-        }
-        let config = config_from_shapes(&files, &file)?;
-        Ok(Some(BlinkDir {
-            config,
-            source: BlinkSource { files, file },
-        }))
-    }
+    let file = files.origin().join("model.safetensors");
+    Ok(Some(BlinkConfig(config_from_shapes(files, &file)?)))
 }
 
-fn shape(files: &SafetensorsFiles, name: &str) -> Result<Vec<usize>> {
+fn shape(files: &dyn TensorSource, name: &str) -> Result<Vec<usize>> {
     Ok(files.tensor(name)?.shape)
 }
 
 /// The config BlinkDL does not ship, from the tensor shapes.
-fn config_from_shapes(files: &SafetensorsFiles, file: &Path) -> Result<RwkvConfig> {
+fn config_from_shapes(files: &dyn TensorSource, file: &Path) -> Result<RwkvConfig> {
     let bad = |name: &str, expected: Vec<usize>, got: Vec<usize>| ModelError::TensorShape {
         file: file.to_path_buf(),
         name: name.to_string(),
@@ -110,29 +93,30 @@ fn config_from_shapes(files: &SafetensorsFiles, file: &Path) -> Result<RwkvConfi
         _ => rank("blocks.1.att.v1")?,
     };
     let config = RwkvConfig {
-        version: 7,
-        hidden,
+        model: ModelConfig::recurrent("RWKV7ForCausalLM", vocab),
+        layer: LayerConfig {
+            version: 7,
+            hidden,
+            heads,
+            head_k: head_size,
+            head_v: head_size,
+            intermediate: two("blocks.0.ffn.key.weight")?.0,
+            mix_rank: 0,
+            decay_rank: rank("blocks.0.att.w1")?,
+            a_rank: rank("blocks.0.att.a1")?,
+            v_rank,
+            gate_rank: rank("blocks.0.att.g1")?,
+            ln_x_eps: LN_X_EPS,
+            l2_eps: 1e-24,
+            norm_bias: true,
+        },
         layers,
-        vocab,
-        heads,
-        head_k: head_size,
-        head_v: head_size,
-        intermediate: two("blocks.0.ffn.key.weight")?.0,
-        mix_rank: 0,
-        decay_rank: rank("blocks.0.att.w1")?,
-        a_rank: rank("blocks.0.att.a1")?,
-        v_rank,
-        gate_rank: rank("blocks.0.att.g1")?,
         norm_eps: 1e-5,
-        ln_x_eps: LN_X_EPS,
-        l2_eps: 1e-24,
         pre_norm: true,
-        norm_bias: true,
         tie_embeddings: false,
-        bos: vec![],
-        eos: vec![],
     };
     config
+        .layer
         .scan_shape()
         .validate()
         .map_err(|e| ModelError::UnsupportedFormat {
@@ -143,8 +127,8 @@ fn config_from_shapes(files: &SafetensorsFiles, file: &Path) -> Result<RwkvConfi
 }
 
 /// The checkpoint's tensors under fla's names.
-pub struct BlinkSource {
-    files: SafetensorsFiles,
+struct BlinkSource<'a> {
+    files: &'a dyn TensorSource,
     file: PathBuf,
 }
 
@@ -194,7 +178,7 @@ fn blink_name(fla: &str) -> Option<(String, bool)> {
     }
 }
 
-impl TensorSource for BlinkSource {
+impl TensorSource for BlinkSource<'_> {
     fn tensor(&self, name: &str) -> Result<HostTensor<'_>> {
         let Some((blink, transposed)) = blink_name(name) else {
             return Err(ModelError::MissingTensor {

@@ -12,9 +12,11 @@ use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::GpuWeight;
 use kestrel_runtime::TensorId;
 
-use crate::config::JsonConfig;
+use super::mlp::{lin, Mlp, MlpNames, MLP};
+use super::GResult;
 use crate::error::{ModelError, Result};
-use crate::weights::Uploader;
+use crate::formats::config::JsonConfig;
+use crate::vars::Vars;
 
 /// How a family configures its experts.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,32 +59,32 @@ impl MoeConfig {
     }
 }
 
-/// Tensor names of a family's MoE block under its prefix (e.g. `model.layers.3.mlp`).
-#[derive(Debug, Clone, Copy)]
+/// Tensor names of a family's MoE block in its scope (e.g. `model.layers.3.mlp`).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MoeNames {
     pub router: &'static str,
-    /// Per expert: gate, up and down projections (`experts.{e}.{name}.weight`).
-    pub projections: [&'static str; 3],
+    /// Per expert (in scope `experts.{e}`, or stacked in scope `experts`): gate, up and down.
+    pub projections: MlpNames,
 }
 
 /// Mixtral: `block_sparse_moe.gate`, `experts.{e}.w1/w3/w2`.
 pub const MIXTRAL: MoeNames = MoeNames {
-    router: "gate",
-    projections: ["w1", "w3", "w2"],
+    router: "gate.weight",
+    projections: ["w1.weight", "w3.weight", "w2.weight"],
 };
 /// Qwen2-MoE: `mlp.gate`, `experts.{e}.gate_proj/up_proj/down_proj`.
 pub const QWEN2_MOE: MoeNames = MoeNames {
-    router: "gate",
-    projections: ["gate_proj", "up_proj", "down_proj"],
+    router: "gate.weight",
+    projections: MLP,
 };
 /// Jamba: `feed_forward.router`, `experts.{e}.gate_proj/up_proj/down_proj`.
 pub const JAMBA: MoeNames = MoeNames {
-    router: "router",
-    projections: ["gate_proj", "up_proj", "down_proj"],
+    router: "router.weight",
+    projections: MLP,
 };
 
 struct SharedExpert {
-    mlp: [Arc<GpuWeight>; 3],
+    mlp: Mlp,
     gate: Arc<GpuWeight>,
 }
 
@@ -102,49 +104,30 @@ pub fn counts_name(layer: usize) -> String {
 }
 
 impl MoeBlock {
+    /// The block in scope `vb` (e.g. `model.layers.3.mlp`).
     pub fn load(
-        up: &mut Uploader<'_>,
+        vb: &Vars<'_>,
         config: &MoeConfig,
         names: MoeNames,
-        prefix: &str,
         layer: usize,
         hidden: usize,
     ) -> Result<MoeBlock> {
         let c = config;
-        let [gate, upp, down] = names.projections;
-        let mut load = |proj: &str, rows: usize, cols: usize| {
-            up.experts(
-                &format!("{prefix}.experts.{proj}.weight"),
-                |e| format!("{prefix}.experts.{e}.{proj}.weight"),
-                c.experts,
-                rows,
-                cols,
-            )
-        };
+        let [gate, up, down] = names.projections;
+        let e = vb.pp("experts");
         let experts = [
-            load(gate, c.intermediate, hidden)?,
-            load(upp, c.intermediate, hidden)?,
-            load(down, hidden, c.intermediate)?,
+            e.experts(gate, c.experts, c.intermediate, hidden)?,
+            e.experts(up, c.experts, c.intermediate, hidden)?,
+            e.experts(down, c.experts, hidden, c.intermediate)?,
         ];
         // After the experts, so a config with more experts than the file names the missing one.
-        let router = up.matrix(
-            &format!("{prefix}.{}.weight", names.router),
-            c.experts,
-            hidden,
-        )?;
+        let router = vb.matrix(names.router, c.experts, hidden)?;
         let shared = match c.shared {
             None => None,
-            Some(n) => {
-                let p = format!("{prefix}.shared_expert");
-                Some(SharedExpert {
-                    mlp: [
-                        up.matrix(&format!("{p}.gate_proj.weight"), n, hidden)?,
-                        up.matrix(&format!("{p}.up_proj.weight"), n, hidden)?,
-                        up.matrix(&format!("{p}.down_proj.weight"), hidden, n)?,
-                    ],
-                    gate: up.matrix(&format!("{prefix}.shared_expert_gate.weight"), 1, hidden)?,
-                })
-            }
+            Some(n) => Some(SharedExpert {
+                mlp: Mlp::load(&vb.pp("shared_expert"), MLP, n, hidden)?,
+                gate: vb.matrix("shared_expert_gate.weight", 1, hidden)?,
+            }),
         };
         Ok(MoeBlock {
             config: c.clone(),
@@ -168,10 +151,10 @@ impl MoeBlock {
     }
 
     /// The block over `h` [T, hidden]: [T, hidden].
-    pub fn build(&self, g: &mut Graph, h: TensorId) -> kestrel_runtime::Result<TensorId> {
+    pub fn build(&self, g: &mut Graph, h: TensorId) -> GResult<TensorId> {
         let c = &self.config;
         let t = g.shape(h)[0];
-        let logits = crate::lin(g, h, &self.router, None)?;
+        let logits = lin(g, h, &self.router, None)?;
         let route = g.moe_route(logits, c.top_k, c.renormalize)?;
         let counts = g.counters(&counts_name(self.layer), c.experts);
         let perm = g.moe_permute(route, c.experts, counts)?;
@@ -182,11 +165,7 @@ impl MoeBlock {
         let y = g.moe_linear(act, dw, perm, t, c.top_k, false)?;
         let shared = match &self.shared {
             None => None,
-            Some(s) => {
-                let [a, b, d] = &s.mlp;
-                let out = crate::swiglu_mlp(g, h, [a, b, d])?;
-                Some((out, crate::lin(g, h, &s.gate, None)?))
-            }
+            Some(s) => Some((s.mlp.apply(g, h)?, lin(g, h, &s.gate, None)?)),
         };
         g.moe_combine(y, route, perm, shared)
     }
@@ -194,33 +173,32 @@ impl MoeBlock {
 
 /// A layer's feed-forward block: a dense SwiGLU MLP or sparse experts.
 #[derive(Clone)]
-pub(crate) enum FeedForward {
-    /// gate, up, down.
-    Dense([Arc<GpuWeight>; 3]),
+pub enum FeedForward {
+    Dense(Mlp),
     Moe(Arc<MoeBlock>),
 }
 
 impl FeedForward {
-    /// Experts when `moe` is given, else the dense MLP under `{prefix}.{dense_name}`.
+    /// Experts named `names` when `moe` is given, else the dense MLP named `dense`, in scope
+    /// `vb`.
     pub fn load(
-        up: &mut Uploader<'_>,
+        vb: &Vars<'_>,
         moe: Option<(&MoeConfig, MoeNames)>,
-        prefix: &str,
+        dense: MlpNames,
         layer: usize,
-        hidden: usize,
-        intermediate: usize,
+        [hidden, intermediate]: [usize; 2],
     ) -> Result<FeedForward> {
         Ok(match moe {
-            Some((c, names)) => FeedForward::Moe(Arc::new(MoeBlock::load(
-                up, c, names, prefix, layer, hidden,
-            )?)),
-            None => FeedForward::Dense(crate::dense_mlp(up, prefix, intermediate, hidden)?),
+            Some((c, names)) => {
+                FeedForward::Moe(Arc::new(MoeBlock::load(vb, c, names, layer, hidden)?))
+            }
+            None => FeedForward::Dense(Mlp::load(vb, dense, intermediate, hidden)?),
         })
     }
 
-    pub fn build(&self, g: &mut Graph, h: TensorId) -> kestrel_runtime::Result<TensorId> {
+    pub fn build(&self, g: &mut Graph, h: TensorId) -> GResult<TensorId> {
         match self {
-            FeedForward::Dense([gate, up, down]) => crate::swiglu_mlp(g, h, [gate, up, down]),
+            FeedForward::Dense(mlp) => mlp.apply(g, h),
             FeedForward::Moe(m) => m.build(g, h),
         }
     }

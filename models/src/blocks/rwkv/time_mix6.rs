@@ -14,12 +14,15 @@ use kestrel_runtime::kernels::elementwise::Elementwise;
 use kestrel_runtime::tensor::GpuWeight;
 use kestrel_runtime::TensorId;
 
-use super::{expect_shape, lin, mix, mix_w, recurrence, GResult, Lora, MixInput, Norm, RwkvConfig};
+use super::{mix, mix_w, recurrence, LayerConfig, Lora, MixInput};
+use crate::blocks::mlp::lin;
+use crate::blocks::norm::LayerNorm;
+use crate::blocks::GResult;
 use crate::error::Result;
-use crate::weights::Uploader;
+use crate::vars::Vars;
 
 #[derive(Clone)]
-pub(crate) struct TimeMix {
+pub struct TimeMix {
     /// The shared first mix's vector.
     mu: Arc<GpuWeight>,
     /// The data-dependent mixes of r, w, k, v, g (tanh LoRAs with x_bias rows as bias).
@@ -30,24 +33,18 @@ pub(crate) struct TimeMix {
     v: Arc<GpuWeight>,
     g: Arc<GpuWeight>,
     bonus: Arc<GpuWeight>,
-    ln_x: Norm,
+    ln_x: LayerNorm,
     o: Arc<GpuWeight>,
 }
 
 impl TimeMix {
-    pub(crate) fn load(
-        up: &mut Uploader<'_>,
-        c: &RwkvConfig,
-        _l: usize,
-        p: &str,
-    ) -> Result<TimeMix> {
+    /// fla's `RWKV6Attention` in scope `vb` (e.g. `model.layers.3.attn`).
+    pub fn load(vb: &Vars<'_>, c: &LayerConfig) -> Result<TimeMix> {
         let (h, dk, dv, rank) = (c.hidden, c.key_dim(), c.value_dim(), c.mix_rank);
-        expect_shape(up, &format!("{p}.bonus"), &[c.heads, c.head_k])?;
-        let downs = format!("{p}.x_proj.0.linear.weight");
-        let ups_name = format!("{p}.x_proj.2.weight");
-        let ups = up.host(&ups_name, &[h, 5 * rank])?;
-        let bias_name = format!("{p}.x_bias");
-        let bias = up.host(&bias_name, &[5, h])?;
+        vb.expect_shape("bonus", &[c.heads, c.head_k])?;
+        let downs = "x_proj.0.linear.weight";
+        let ups = vb.host("x_proj.2.weight", &[h, 5 * rank])?;
+        let bias = vb.host("x_bias", &[5, h])?;
         let mut ddlerp = Vec::with_capacity(5);
         for n in 0..5 {
             let cols: Vec<f32> = ups
@@ -55,44 +52,34 @@ impl TimeMix {
                 .flat_map(|row| &row[n * rank..(n + 1) * rank])
                 .copied()
                 .collect();
+            let part = vb.pp("ddlerp").pp(n);
             ddlerp.push(Lora {
-                down: up.matrix_rows(&downs, 5 * rank, h, n * rank, rank)?,
-                up: up.matrix_from(&format!("{ups_name}[:, {n}]"), h, rank, &cols)?,
-                bias: Some(
-                    up.vector_from(&format!("{bias_name}[{n}]"), &bias[n * h..(n + 1) * h])?,
-                ),
+                down: vb.matrix_rows(downs, [5 * rank, h], n * rank, rank)?,
+                up: part.computed_matrix("up", h, rank, &cols)?,
+                bias: Some(part.computed_vector("bias", &bias[n * h..(n + 1) * h])?),
                 act: Some(Elementwise::Tanh),
             });
         }
-        let proj = |up: &mut Uploader<'_>, n: &str, rows| {
-            up.matrix(&format!("{p}.{n}_proj.linear.weight"), rows, h)
-        };
         Ok(TimeMix {
-            mu: up.vector(&format!("{p}.x_proj.0.mu"), h)?,
+            mu: vb.vector("x_proj.0.mu", h)?,
             ddlerp,
-            r: proj(up, "r", dk)?,
+            r: vb.matrix("r_proj.linear.weight", dk, h)?,
             w_lora: Lora::load(
-                up,
-                &format!("{p}.w_proj.linear"),
+                &vb.pp("w_proj.linear"),
                 (h, c.decay_rank, dk),
                 true,
                 Some(Elementwise::Tanh),
             )?,
-            k: proj(up, "k", dk)?,
-            v: proj(up, "v", dv)?,
-            g: proj(up, "g", dv)?,
-            bonus: up.vector(&format!("{p}.bonus"), dk)?,
-            ln_x: Norm::load(up, c, &format!("{p}.g_norm"), dv)?,
-            o: up.matrix(&format!("{p}.o_proj.weight"), h, dv)?,
+            k: vb.matrix("k_proj.linear.weight", dk, h)?,
+            v: vb.matrix("v_proj.linear.weight", dv, h)?,
+            g: vb.matrix("g_proj.linear.weight", dv, h)?,
+            bonus: vb.vector("bonus", dk)?,
+            ln_x: LayerNorm::load(&vb.pp("g_norm"), dv, c.norm_bias)?,
+            o: vb.matrix("o_proj.weight", h, dv)?,
         })
     }
 
-    pub(crate) fn apply(
-        &self,
-        g: &mut Graph,
-        c: &RwkvConfig,
-        input: &MixInput,
-    ) -> GResult<TensorId> {
+    pub fn apply(&self, g: &mut Graph, c: &LayerConfig, input: &MixInput) -> GResult<TensorId> {
         let (x, delta) = (input.x, input.delta);
         let shared = mix_w(g, x, delta, &self.mu)?;
         let mut mixed = |i: usize| -> GResult<TensorId> {

@@ -39,7 +39,7 @@ pub use tokenizers;
 pub use tokenizers::Tokenizer;
 
 use crate::error::{ModelError, Result};
-use crate::gguf::{GgufFile, GgufValue};
+use crate::formats::gguf::{GgufFile, GgufValue};
 
 /// llama.cpp's token types (`tokenizer.ggml.token_type`).
 pub mod token_type {

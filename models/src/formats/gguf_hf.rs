@@ -1,6 +1,6 @@
-//! Llama-family GGUF files into the same architecture code as Hugging Face directories:
-//! GGUF metadata becomes a config.json-shaped value, GGUF tensor names answer to Hugging
-//! Face names, and llama.cpp's Q/K row permutation is undone on load.
+//! A GGUF file read as a Hugging Face checkpoint, so the same family code loads both: its
+//! metadata becomes a config.json-shaped value, its tensor names answer to Hugging Face
+//! names, and llama.cpp's Q/K row permutation is undone on load.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -8,41 +8,17 @@ use std::path::Path;
 use kestrel_runtime::quant::QuantFormat;
 use serde_json::{json, Map, Value};
 
-use crate::config::JsonConfig;
 use crate::error::{ModelError, Result};
-use crate::gguf::{GgmlType, GgufFile};
-use crate::weights::{HostDType, HostTensor, TensorSource};
-use crate::ChatInfo;
+use crate::formats::config::JsonConfig;
+use crate::formats::gguf::{GgmlType, GgufFile};
+use crate::formats::host::{HostDType, HostTensor, TensorSource};
+use crate::model::ChatInfo;
 
-/// GGUF `general.architecture` values and the Hugging Face class they load as.
-/// A `llama` file with `llama.expert_count` is Mixtral.
-const ARCHITECTURES: &[(&str, &str)] = &[
-    ("llama", "LlamaForCausalLM"),
-    ("qwen2", "Qwen2ForCausalLM"),
-    ("qwen2moe", "Qwen2MoeForCausalLM"),
-];
-
-/// A config.json-shaped view of the GGUF metadata, so one parser serves both sources.
-pub fn config_from_gguf(file: &GgufFile) -> Result<JsonConfig> {
-    let arch =
-        file.get_str("general.architecture")
-            .ok_or_else(|| ModelError::MissingConfigKey {
-                file: file.path().to_path_buf(),
-                key: "general.architecture".into(),
-            })?;
-    let class = ARCHITECTURES
-        .iter()
-        .find(|(a, _)| *a == arch)
-        .map(|(_, c)| *c)
-        .ok_or_else(|| ModelError::UnsupportedArchitecture {
-            file: file.path().to_path_buf(),
-            arch: arch.to_string(),
-            supported: ARCHITECTURES
-                .iter()
-                .map(|(a, _)| *a)
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
+/// A config.json-shaped view of the GGUF metadata, so one parser serves both sources. `arch`
+/// is the file's `general.architecture`, `class` the config.json class its family reads it
+/// as (see `families::for_gguf`); llama.cpp stores Mixtral as `llama` with
+/// `llama.expert_count`, which makes it Mixtral's class here.
+pub fn config_from_gguf(file: &GgufFile, arch: &str, class: &str) -> JsonConfig {
     let experts = file
         .get_u64(&format!("{arch}.expert_count"))
         .filter(|&n| n > 0);
@@ -106,10 +82,10 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<JsonConfig> {
             m.insert(hf.into(), json!(v));
         }
     }
-    Ok(JsonConfig {
+    JsonConfig {
         path: file.path().to_path_buf(),
         value: Value::Object(m),
-    })
+    }
 }
 
 /// The chat template and BOS/EOS strings stored in the GGUF.

@@ -11,15 +11,18 @@ use kestrel_runtime::kernels::elementwise::Elementwise;
 use kestrel_runtime::tensor::GpuWeight;
 use kestrel_runtime::TensorId;
 
-use super::{expect_shape, lin, mix_w, recurrence, GResult, Lora, MixInput, Norm, RwkvConfig};
+use super::{mix_w, recurrence, LayerConfig, Lora, MixInput};
+use crate::blocks::mlp::lin;
+use crate::blocks::norm::LayerNorm;
+use crate::blocks::GResult;
 use crate::error::Result;
-use crate::weights::Uploader;
+use crate::vars::Vars;
 
 /// fla's and BlinkDL's bound on the log-decay: -exp(-0.5).
 const DECAY_SCALE: f32 = -0.606_530_66;
 
 #[derive(Clone)]
-pub(crate) struct TimeMix {
+pub struct TimeMix {
     /// Token-shift mixes of r, w, k, v, a, g.
     x: [Arc<GpuWeight>; 6],
     r: Arc<GpuWeight>,
@@ -36,81 +39,68 @@ pub(crate) struct TimeMix {
     /// 1 - k_a.
     one_minus_k_a: Arc<GpuWeight>,
     r_k: Arc<GpuWeight>,
-    ln_x: Norm,
+    ln_x: LayerNorm,
     /// Constants: DECAY_SCALE per key channel; +-1/sqrt(head_k) (L2 norm as grouped RMSNorm).
     decay_scale: Arc<GpuWeight>,
     l2: [Arc<GpuWeight>; 2],
 }
 
 impl TimeMix {
-    pub(crate) fn load(
-        up: &mut Uploader<'_>,
-        c: &RwkvConfig,
-        l: usize,
-        p: &str,
-    ) -> Result<TimeMix> {
+    /// fla's `RWKV7Attention` of layer `l` in scope `vb` (e.g. `model.layers.3.attn`).
+    pub fn load(vb: &Vars<'_>, c: &LayerConfig, l: usize) -> Result<TimeMix> {
         let (h, dk, dv) = (c.hidden, c.key_dim(), c.value_dim());
-        let vec = |up: &mut Uploader<'_>, n: &str, len| up.vector(&format!("{p}.{n}"), len);
         let x = [
-            vec(up, "x_r", h)?,
-            vec(up, "x_w", h)?,
-            vec(up, "x_k", h)?,
-            vec(up, "x_v", h)?,
-            vec(up, "x_a", h)?,
-            vec(up, "x_g", h)?,
+            vb.vector("x_r", h)?,
+            vb.vector("x_w", h)?,
+            vb.vector("x_k", h)?,
+            vb.vector("x_v", h)?,
+            vb.vector("x_a", h)?,
+            vb.vector("x_g", h)?,
         ];
-        expect_shape(up, &format!("{p}.r_k"), &[c.heads, c.head_k])?;
-        let k_a_host = up.host(&format!("{p}.k_a"), &[dk])?;
+        vb.expect_shape("r_k", &[c.heads, c.head_k])?;
+        let k_a_host = vb.host("k_a", &[dk])?;
         let one_minus: Vec<f32> = k_a_host.iter().map(|v| 1.0 - v).collect();
         let inv = 1.0 / (c.head_k as f32).sqrt();
         Ok(TimeMix {
             x,
-            r: up.matrix(&format!("{p}.r_proj.weight"), dk, h)?,
-            k: up.matrix(&format!("{p}.k_proj.weight"), dk, h)?,
-            v: up.matrix(&format!("{p}.v_proj.weight"), dv, h)?,
-            o: up.matrix(&format!("{p}.o_proj.weight"), h, dv)?,
+            r: vb.matrix("r_proj.weight", dk, h)?,
+            k: vb.matrix("k_proj.weight", dk, h)?,
+            v: vb.matrix("v_proj.weight", dv, h)?,
+            o: vb.matrix("o_proj.weight", h, dv)?,
             w_lora: Lora::load(
-                up,
-                &format!("{p}.w_lora"),
+                &vb.pp("w_lora"),
                 (h, c.decay_rank, dk),
                 true,
                 Some(Elementwise::Tanh),
             )?,
-            a_lora: Lora::load(up, &format!("{p}.a_lora"), (h, c.a_rank, dk), true, None)?,
+            a_lora: Lora::load(&vb.pp("a_lora"), (h, c.a_rank, dk), true, None)?,
             v_lora: match l {
                 0 => None,
-                _ => Some(Lora::load(
-                    up,
-                    &format!("{p}.v_lora"),
-                    (h, c.v_rank, dv),
-                    true,
-                    None,
-                )?),
+                _ => Some(Lora::load(&vb.pp("v_lora"), (h, c.v_rank, dv), true, None)?),
             },
             g_lora: Lora::load(
-                up,
-                &format!("{p}.g_lora"),
+                &vb.pp("g_lora"),
                 (h, c.gate_rank, dv),
                 false,
                 Some(Elementwise::Sigmoid),
             )?,
-            k_k: vec(up, "k_k", dk)?,
-            k_a: up.vector_from(&format!("{p}.k_a"), &k_a_host)?,
-            one_minus_k_a: up.vector_from(&format!("{p}.k_a(1-)"), &one_minus)?,
-            r_k: vec(up, "r_k", dk)?,
-            ln_x: Norm::load(up, c, &format!("{p}.g_norm"), dv)?,
-            decay_scale: up.vector_from("rwkv7.decay_scale", &vec![DECAY_SCALE; dk])?,
+            k_k: vb.vector("k_k", dk)?,
+            k_a: vb.computed_vector("k_a", &k_a_host)?,
+            one_minus_k_a: vb.computed_vector("k_a(1-)", &one_minus)?,
+            r_k: vb.vector("r_k", dk)?,
+            ln_x: LayerNorm::load(&vb.pp("g_norm"), dv, c.norm_bias)?,
+            decay_scale: vb.computed_vector("decay_scale", &vec![DECAY_SCALE; dk])?,
             l2: [
-                up.vector_from("rwkv7.l2(+)", &vec![inv; dk])?,
-                up.vector_from("rwkv7.l2(-)", &vec![-inv; dk])?,
+                vb.computed_vector("l2(+)", &vec![inv; dk])?,
+                vb.computed_vector("l2(-)", &vec![-inv; dk])?,
             ],
         })
     }
 
-    pub(crate) fn apply(
+    pub fn apply(
         &self,
         g: &mut Graph,
-        c: &RwkvConfig,
+        c: &LayerConfig,
         input: &MixInput,
         v_first: &mut Option<TensorId>,
     ) -> GResult<TensorId> {

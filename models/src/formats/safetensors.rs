@@ -9,7 +9,7 @@ use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{ModelError, Result};
-use crate::weights::{HostDType, HostTensor, TensorSource};
+use crate::formats::host::{HostDType, HostTensor, TensorSource};
 
 pub enum Blob {
     #[cfg(not(target_arch = "wasm32"))]

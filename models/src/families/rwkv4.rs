@@ -12,7 +12,7 @@
 //!
 //! LayerNorms, the token shift (`x_prev - x` from a kernel-2 conv1d whose state [1, C] is the
 //! previous token's input), the lerps and the channel mix are the blocks RWKV-6/7 use
-//! (crate::rwkv); only the WKV recurrence and the rescaling are RWKV-4's own. The shift inputs and the
+//! (`blocks::rwkv`); only the WKV recurrence and the rescaling are RWKV-4's own. The shift inputs and the
 //! WKV state [3, C] (aa, bb, pp; zero = empty, see kernels::wkv4) are recurrent session
 //! states, so nothing depends on a position.
 //!
@@ -24,7 +24,6 @@
 
 use std::sync::Arc;
 
-use crate::rwkv::{lin, mix_w, shift_weights, token_shift, ChannelMix, Norm};
 use kestrel_runtime::arch::{Architecture, Head};
 use kestrel_runtime::graph::Graph;
 use kestrel_runtime::kernels::elementwise::Elementwise;
@@ -33,30 +32,36 @@ use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::{DType, GpuWeight};
 use kestrel_runtime::TensorId;
 
-use crate::config::JsonConfig;
+use super::{Family, Network, NetworkConfig};
+use crate::blocks::lm_head::LmHead;
+use crate::blocks::mlp::lin;
+use crate::blocks::norm::LayerNorm;
+use crate::blocks::rwkv::{mix_w, shift_weights, token_shift, ChannelMix};
 use crate::error::{ModelError, Result};
-use crate::weights::Uploader;
+use crate::formats::config::JsonConfig;
+use crate::model::ModelConfig;
+use crate::vars::Vars;
 
 pub const ARCHITECTURE: &str = "RwkvForCausalLM";
 
-/// Whether the config is an RWKV-4 model.
-pub fn is_rwkv4(c: &JsonConfig) -> bool {
-    c.architecture()
-        .is_ok_and(|a| matches!(a.as_str(), "RwkvForCausalLM" | "rwkv"))
-}
+pub const FAMILY: Family = Family {
+    classes: &[ARCHITECTURE],
+    model_types: &["rwkv"],
+    gguf: &[],
+    parse: Some(|c| Ok(Box::new(Rwkv4Config::from_json(c)?))),
+    from_tensors: None,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rwkv4Config {
+    pub model: ModelConfig,
     pub hidden: usize,
     pub intermediate: usize,
     pub layers: usize,
-    pub vocab: usize,
     pub eps: f32,
     /// 0: off.
     pub rescale_every: usize,
     pub tie_embeddings: bool,
-    pub bos: Vec<u32>,
-    pub eos: Vec<u32>,
 }
 
 impl Rwkv4Config {
@@ -85,11 +90,14 @@ impl Rwkv4Config {
             Some(n) => n,
             None => 4 * hidden,
         };
+        let layers = c.positive("num_hidden_layers")?;
+        let model = ModelConfig::recurrent(ARCHITECTURE, c.positive("vocab_size")?)
+            .with_special_tokens(c);
         Ok(Rwkv4Config {
+            model,
             hidden,
             intermediate,
-            layers: c.positive("num_hidden_layers")?,
-            vocab: c.positive("vocab_size")?,
+            layers,
             eps: c.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5) as f32,
             // HF: 0 or a negative number means no rescaling; the default is 6.
             rescale_every: match c.get("rescale_every") {
@@ -100,8 +108,6 @@ impl Rwkv4Config {
                 },
             },
             tie_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-            bos: c.opt_token_ids("bos_token_id"),
-            eos: c.opt_token_ids("eos_token_id"),
         })
     }
 
@@ -114,11 +120,16 @@ impl Rwkv4Config {
     }
 }
 
-#[derive(Clone)]
+impl NetworkConfig for Rwkv4Config {
+    fn load(self: Box<Self>, vb: &Vars<'_>) -> Result<Arc<dyn Network>> {
+        Ok(Arc::new(Rwkv4::load(*self, vb)?))
+    }
+}
+
 struct Block {
-    pre_ln: Option<Norm>,
-    ln1: Norm,
-    ln2: Norm,
+    pre_ln: Option<LayerNorm>,
+    ln1: LayerNorm,
+    ln2: LayerNorm,
     /// Lerp weights (1 - time_mix) of key, value, receptance.
     att_mix: [Arc<GpuWeight>; 3],
     att_key: Arc<GpuWeight>,
@@ -133,87 +144,76 @@ struct Block {
     rescale: Option<Arc<GpuWeight>>,
 }
 
-#[derive(Clone)]
 pub struct Rwkv4 {
-    pub config: Rwkv4Config,
+    config: Rwkv4Config,
     embed: Arc<GpuWeight>,
     blocks: Vec<Block>,
-    ln_out: Norm,
-    head: Arc<GpuWeight>,
-    /// The token shift's conv weights (crate::rwkv::shift_weights).
+    ln_out: LayerNorm,
+    head: LmHead,
+    /// The token shift's conv weights (`blocks::rwkv::shift_weights`).
     shift: Arc<GpuWeight>,
     /// 0.5 per channel (the hidden states' halving every rescale_every blocks).
     half: Arc<GpuWeight>,
-    pub weight_bytes: u64,
-    pub file_bytes: u64,
 }
 
 impl Rwkv4 {
-    pub fn load(config: Rwkv4Config, up: &mut Uploader<'_>) -> Result<Rwkv4> {
+    fn load(config: Rwkv4Config, vb: &Vars<'_>) -> Result<Rwkv4> {
         let c = &config;
         let (h, f) = (c.hidden, c.intermediate);
-        let embed = up.matrix("rwkv.embeddings.weight", c.vocab, h)?;
-        let norm = |up: &mut Uploader<'_>, p: &str| Norm::layer_norm(up, p, h);
+        let body = vb.pp("rwkv");
+        let embed = body.matrix("embeddings.weight", c.model.vocab, h)?;
+        let norm = |vb: &Vars<'_>| LayerNorm::load(vb, h, true);
         // HF's `x * m + shifted * (1 - m)` is the shared lerp `x + (shifted - x) * mu` with
         // mu = 1 - m.
-        let mix = |up: &mut Uploader<'_>, name: &str| -> Result<Arc<GpuWeight>> {
-            let mu: Vec<f32> = up.host(name, &[1, 1, h])?.iter().map(|m| 1.0 - m).collect();
-            up.vector_from(&format!("1 - {name}"), &mu)
+        let mix = |vb: &Vars<'_>, leaf: &str| -> Result<Arc<GpuWeight>> {
+            let mu: Vec<f32> = vb.host(leaf, &[1, 1, h])?.iter().map(|m| 1.0 - m).collect();
+            vb.computed_vector(&format!("(1 - {leaf})"), &mu)
         };
         let mut blocks = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
-            let p = format!("rwkv.blocks.{l}");
-            let a = format!("{p}.attention");
-            let ff = format!("{p}.feed_forward");
-            let decay = up.host(&format!("{a}.time_decay"), &[h])?;
+            let p = body.pp("blocks").pp(l);
+            let (a, ff) = (p.pp("attention"), p.pp("feed_forward"));
+            let decay = a.host("time_decay", &[h])?;
             let w: Vec<f32> = decay.iter().map(|x| -x.exp()).collect();
             let e = c.rescale_exponent(l);
             blocks.push(Block {
                 pre_ln: match l {
-                    0 => Some(norm(up, &format!("{p}.pre_ln"))?),
+                    0 => Some(norm(&p.pp("pre_ln"))?),
                     _ => None,
                 },
-                ln1: norm(up, &format!("{p}.ln1"))?,
-                ln2: norm(up, &format!("{p}.ln2"))?,
+                ln1: norm(&p.pp("ln1"))?,
+                ln2: norm(&p.pp("ln2"))?,
                 att_mix: [
-                    mix(up, &format!("{a}.time_mix_key"))?,
-                    mix(up, &format!("{a}.time_mix_value"))?,
-                    mix(up, &format!("{a}.time_mix_receptance"))?,
+                    mix(&a, "time_mix_key")?,
+                    mix(&a, "time_mix_value")?,
+                    mix(&a, "time_mix_receptance")?,
                 ],
-                att_key: up.matrix(&format!("{a}.key.weight"), h, h)?,
-                att_value: up.matrix(&format!("{a}.value.weight"), h, h)?,
-                att_receptance: up.matrix(&format!("{a}.receptance.weight"), h, h)?,
-                att_output: up.matrix(&format!("{a}.output.weight"), h, h)?,
-                w: up.vector_from(&format!("-exp({a}.time_decay)"), &w)?,
-                u: up.vector(&format!("{a}.time_first"), h)?,
+                att_key: a.matrix("key.weight", h, h)?,
+                att_value: a.matrix("value.weight", h, h)?,
+                att_receptance: a.matrix("receptance.weight", h, h)?,
+                att_output: a.matrix("output.weight", h, h)?,
+                w: a.computed_vector("-exp(time_decay)", &w)?,
+                u: a.vector("time_first", h)?,
                 ffn: ChannelMix {
-                    x_k: mix(up, &format!("{ff}.time_mix_key"))?,
-                    key: up.matrix(&format!("{ff}.key.weight"), f, h)?,
-                    value: up.matrix(&format!("{ff}.value.weight"), h, f)?,
+                    x_k: mix(&ff, "time_mix_key")?,
+                    key: ff.matrix("key.weight", f, h)?,
+                    value: ff.matrix("value.weight", h, f)?,
                     receptance: Some((
-                        mix(up, &format!("{ff}.time_mix_receptance"))?,
-                        up.matrix(&format!("{ff}.receptance.weight"), h, h)?,
+                        mix(&ff, "time_mix_receptance")?,
+                        ff.matrix("receptance.weight", h, h)?,
                     )),
                 },
                 rescale: match e {
                     0 => None,
-                    e => Some(
-                        up.vector_from(&format!("{p} rescale 2^-{e}"), &vec![0.5f32.powi(e); h])?,
-                    ),
+                    e => Some(p.computed_vector(&format!("rescale 2^-{e}"), &vec![0.5f32.powi(e); h])?),
                 },
             });
         }
-        let ln_out = norm(up, "rwkv.ln_out")?;
-        let head = if up.source.contains("head.weight") || !c.tie_embeddings {
-            up.matrix("head.weight", c.vocab, h)?
-        } else {
-            embed.clone()
-        };
-        let shift = shift_weights(up, h)?;
-        let half = up.vector_from("rescale 0.5", &vec![0.5; h])?;
+        let ln_out = norm(&body.pp("ln_out"))?;
+        let head = LmHead::load(vb, "head.weight", &embed, c.tie_embeddings, [c.model.vocab, h])?;
+        let shift = shift_weights(&body, h)?;
+        let half = vb.computed_vector("rescale 0.5", &vec![0.5; h])?;
         Ok(Rwkv4 {
-            weight_bytes: up.gpu_bytes,
-            file_bytes: up.file_bytes,
             config,
             embed,
             blocks,
@@ -280,9 +280,15 @@ impl Rwkv4 {
     }
 }
 
+impl Network for Rwkv4 {
+    fn config(&self) -> &ModelConfig {
+        &self.config.model
+    }
+}
+
 impl Architecture for Rwkv4 {
     fn vocab_size(&self) -> usize {
-        self.config.vocab
+        self.config.model.vocab
     }
 
     /// No position limit: the state is the same size at any length.
@@ -313,8 +319,7 @@ impl Architecture for Rwkv4 {
         }
         // nn.LayerNorm(hidden_size) in HF: the default eps, not layer_norm_epsilon.
         let x = self.ln_out.apply(&mut g, x, 1e-5, 1)?;
-        let head_w = g.weight(&self.head);
-        crate::lm_head(&mut g, x, head_w, head)?;
+        self.head.apply(&mut g, x, head)?;
         Ok(g)
     }
 }

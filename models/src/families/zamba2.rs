@@ -1,7 +1,7 @@
-//! Zamba2 (Zamba2ForCausalLM): Mamba-2 layers (`mamba::MambaMixer`), and on the "hybrid"
+//! Zamba2 (Zamba2ForCausalLM): Mamba-2 layers (`blocks::mamba::MambaMixer`), and on the "hybrid"
 //! layers a transformer block whose weights are shared: `num_mem_blocks` blocks used in turn.
 //! A hybrid layer feeds the block the concatenation of its input and the token embeddings
-//! [T, 2 * hidden]: RMSNorm, attention (`llama::AttentionWeights`, head_dim = 2 * hidden /
+//! [T, 2 * hidden]: RMSNorm, attention (`blocks::attention::AttentionWeights`, head_dim = 2 * hidden /
 //! heads, scale 1/sqrt(head_dim / 2), RoPE when use_mem_rope), RMSNorm, a GeGLU (or SwiGLU)
 //! MLP, with per-use LoRA adapters on q, k, v (use_shared_attention_adapter) and on the MLP's
 //! gate/up projection, then the layer's own linear; the result is added to the Mamba layer's
@@ -23,26 +23,33 @@ use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::{DType, GpuWeight};
 use kestrel_runtime::TensorId;
 
-use crate::config::JsonConfig;
+use super::{Family, Network, NetworkConfig};
+use crate::blocks::attention::{AttentionWeights, KvCache, ATTENTION};
+use crate::blocks::lm_head::LmHead;
+use crate::blocks::mamba::{MambaMixer, MixerConfig};
+use crate::blocks::mlp::lin;
+use crate::blocks::norm::RmsNorm;
 use crate::error::{ModelError, Result};
-use crate::llama::{cache_states, AttentionWeights};
-use crate::mamba::{MambaConfig, MambaMixer};
-use crate::weights::Uploader;
+use crate::formats::config::JsonConfig;
+use crate::model::ModelConfig;
+use crate::vars::Vars;
 
 pub const ARCHITECTURE: &str = "Zamba2ForCausalLM";
 
-pub fn is_zamba2(c: &JsonConfig) -> bool {
-    c.architecture()
-        .is_ok_and(|a| a == ARCHITECTURE || a == "zamba2")
-}
+pub const FAMILY: Family = Family {
+    classes: &[ARCHITECTURE],
+    model_types: &["zamba2"],
+    gguf: &[],
+    parse: Some(|c| Ok(Box::new(Zamba2Config::from_json(c)?))),
+    from_tensors: None,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Zamba2Config {
+    pub model: ModelConfig,
     pub hidden: usize,
     pub intermediate: usize,
     pub layers: usize,
-    pub vocab: usize,
-    pub max_positions: usize,
     pub eps: f32,
     /// The layers with a shared transformer block.
     pub hybrid: Vec<usize>,
@@ -54,10 +61,8 @@ pub struct Zamba2Config {
     pub rope_theta: Option<f64>,
     /// GeGLU (gelu) or SwiGLU (silu).
     pub mlp_act: Elementwise,
-    pub mamba: MambaConfig,
+    pub mamba: MixerConfig,
     pub tie_embeddings: bool,
-    pub bos: Vec<u32>,
-    pub eos: Vec<u32>,
 }
 
 impl Zamba2Config {
@@ -153,12 +158,10 @@ impl Zamba2Config {
                 format!("{m_heads} heads in {groups} groups do not fit {inner} channels"),
             ));
         }
-        let mamba = MambaConfig {
+        let mamba = MixerConfig {
             version: 2,
             hidden,
             inner,
-            layers,
-            vocab,
             state: c.opt_usize("mamba_d_state")?.unwrap_or(64),
             conv_kernel: c.opt_usize("mamba_d_conv")?.unwrap_or(4),
             dt_rank: 0,
@@ -169,17 +172,15 @@ impl Zamba2Config {
             conv_bias: c.opt_bool("use_conv_bias")?.unwrap_or(true),
             proj_bias: false,
             inner_norms: false,
-            tie_embeddings: false,
-            bos: Vec::new(),
-            eos: Vec::new(),
         };
         mamba.validate(c)?;
+        let intermediate = c.opt_usize("intermediate_size")?.unwrap_or(4 * hidden);
+        let max_positions = c.positive("max_position_embeddings")?;
         Ok(Zamba2Config {
+            model: ModelConfig::causal(ARCHITECTURE, vocab, max_positions).with_special_tokens(c),
             hidden,
-            intermediate: c.opt_usize("intermediate_size")?.unwrap_or(4 * hidden),
+            intermediate,
             layers,
-            vocab,
-            max_positions: c.positive("max_position_embeddings")?,
             eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-5) as f32,
             hybrid,
             mem_blocks: c.opt_usize("num_mem_blocks")?.unwrap_or(1).max(1),
@@ -195,9 +196,13 @@ impl Zamba2Config {
             mlp_act,
             mamba,
             tie_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(true),
-            bos: c.opt_token_ids("bos_token_id"),
-            eos: c.opt_token_ids("eos_token_id"),
         })
+    }
+}
+
+impl NetworkConfig for Zamba2Config {
+    fn load(self: Box<Self>, vb: &Vars<'_>) -> Result<Arc<dyn Network>> {
+        Ok(Arc::new(Zamba2::load(*self, vb)?))
     }
 }
 
@@ -208,17 +213,26 @@ struct Lora {
 }
 
 impl Lora {
+    /// `{list}.{n}.0.weight` [rank, input] and `{list}.{n}.1.weight` [output, rank] in
+    /// scope `vb` (the adapter list's entry n).
+    fn load(vb: &Vars<'_>, rank: usize, [output, input]: [usize; 2]) -> Result<Lora> {
+        Ok(Lora {
+            a: vb.matrix("0.weight", rank, input)?,
+            b: vb.matrix("1.weight", output, rank)?,
+        })
+    }
+
     fn build(&self, g: &mut Graph, x: TensorId) -> kestrel_runtime::Result<TensorId> {
-        let low = crate::lin(g, x, &self.a, None)?;
-        crate::lin(g, low, &self.b, None)
+        let low = lin(g, x, &self.a, None)?;
+        lin(g, low, &self.b, None)
     }
 }
 
 /// A shared transformer block.
 struct SharedBlock {
-    input_norm: Arc<GpuWeight>,
+    input_norm: RmsNorm,
     attn: AttentionWeights,
-    pre_ff_norm: Arc<GpuWeight>,
+    pre_ff_norm: RmsNorm,
     gate: Arc<GpuWeight>,
     up: Arc<GpuWeight>,
     down: Arc<GpuWeight>,
@@ -235,55 +249,55 @@ struct HybridUse {
 }
 
 struct Layer {
-    norm: Arc<GpuWeight>,
+    norm: RmsNorm,
     mixer: MambaMixer,
     hybrid: Option<HybridUse>,
 }
 
 pub struct Zamba2 {
-    pub config: Zamba2Config,
+    config: Zamba2Config,
     embed: Arc<GpuWeight>,
     blocks: Vec<SharedBlock>,
     layers: Vec<Layer>,
-    norm: Arc<GpuWeight>,
-    lm_head: Arc<GpuWeight>,
+    norm: RmsNorm,
+    lm_head: LmHead,
     inv_freq: Option<Arc<GpuWeight>>,
-    pub weight_bytes: u64,
-    pub file_bytes: u64,
 }
 
 impl Zamba2 {
-    pub fn load(config: Zamba2Config, up: &mut Uploader<'_>) -> Result<Zamba2> {
+    fn load(config: Zamba2Config, vb: &Vars<'_>) -> Result<Zamba2> {
         let c = &config;
-        let (h, i, r) = (c.hidden, c.intermediate, c.adapter_rank);
-        let embed = up.matrix("model.embed_tokens.weight", c.vocab, h)?;
+        let (h, i, r, eps) = (c.hidden, c.intermediate, c.adapter_rank, c.eps);
+        let body = vb.pp("model");
+        let embed = body.matrix("embed_tokens.weight", c.model.vocab, h)?;
         // Block b's weights are stored with its first user, hybrid layer b.
-        let source = |b: usize| format!("model.layers.{}.shared_transformer", c.hybrid[b]);
+        let source = |b: usize| body.pp("layers").pp(c.hybrid[b]).pp("shared_transformer");
         let mut blocks = Vec::new();
         for b in 0..c.mem_blocks.min(c.hybrid.len()) {
             let p = source(b);
-            let gate_up = format!("{p}.feed_forward.gate_up_proj.weight");
+            let ff = p.pp("feed_forward");
+            let gate_up = |start| ff.matrix_rows("gate_up_proj.weight", [2 * i, h], start, i);
             blocks.push(SharedBlock {
-                input_norm: up.vector(&format!("{p}.input_layernorm.weight"), 2 * h)?,
+                input_norm: RmsNorm::load(&p.pp("input_layernorm"), 2 * h, eps)?,
                 attn: AttentionWeights::load(
-                    up,
-                    &format!("{p}.self_attn"),
+                    &p.pp("self_attn"),
+                    ATTENTION,
                     [2 * h, h],
                     &c.attn,
                     false,
                 )?,
-                pre_ff_norm: up.vector(&format!("{p}.pre_ff_layernorm.weight"), h)?,
-                gate: up.matrix_rows(&gate_up, 2 * i, h, 0, i)?,
-                up: up.matrix_rows(&gate_up, 2 * i, h, i, i)?,
-                down: up.matrix(&format!("{p}.feed_forward.down_proj.weight"), h, i)?,
+                pre_ff_norm: RmsNorm::load(&p.pp("pre_ff_layernorm"), h, eps)?,
+                gate: gate_up(0)?,
+                up: gate_up(i)?,
+                down: ff.matrix("down_proj.weight", h, i)?,
             });
         }
         let mut layers = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
-            let p = format!("model.layers.{l}");
+            let p = body.pp("layers").pp(l);
             let use_of = c.hybrid.iter().position(|&x| x == l);
             let m = match use_of {
-                Some(_) => format!("{p}.mamba_decoder"),
+                Some(_) => p.pp("mamba_decoder"),
                 None => p.clone(),
             };
             let hybrid = match use_of {
@@ -291,52 +305,43 @@ impl Zamba2 {
                 Some(n) => {
                     let block = n % c.mem_blocks;
                     let s = source(block);
-                    let ad = |up: &mut Uploader<'_>, list: &str, out: usize, inp: usize| {
-                        Ok::<_, ModelError>(Lora {
-                            a: up.matrix(&format!("{s}.self_attn.{list}.{n}.0.weight"), r, inp)?,
-                            b: up.matrix(&format!("{s}.self_attn.{list}.{n}.1.weight"), out, r)?,
-                        })
-                    };
+                    let attn = s.pp("self_attn");
+                    let ad = |list: &str| Lora::load(&attn.pp(list).pp(n), r, [2 * h, 2 * h]);
                     let qkv_adapters = match c.attention_adapters {
                         true => Some([
-                            ad(up, "linear_q_adapter_list", 2 * h, 2 * h)?,
-                            ad(up, "linear_k_adapter_list", 2 * h, 2 * h)?,
-                            ad(up, "linear_v_adapter_list", 2 * h, 2 * h)?,
+                            ad("linear_q_adapter_list")?,
+                            ad("linear_k_adapter_list")?,
+                            ad("linear_v_adapter_list")?,
                         ]),
                         false => None,
                     };
-                    let mlp = format!("{s}.feed_forward.gate_up_proj_adapter_list.{n}");
-                    let b_name = format!("{mlp}.1.weight");
+                    let mlp = s.pp("feed_forward.gate_up_proj_adapter_list").pp(n);
+                    let mlp_b = |start| mlp.matrix_rows("1.weight", [2 * i, r], start, i);
                     Some(HybridUse {
                         block,
                         qkv_adapters,
-                        mlp_a: up.matrix(&format!("{mlp}.0.weight"), r, h)?,
-                        mlp_b: [
-                            up.matrix_rows(&b_name, 2 * i, r, 0, i)?,
-                            up.matrix_rows(&b_name, 2 * i, r, i, i)?,
-                        ],
-                        linear: up.matrix(&format!("{p}.linear.weight"), h, h)?,
+                        mlp_a: mlp.matrix("0.weight", r, h)?,
+                        mlp_b: [mlp_b(0)?, mlp_b(i)?],
+                        linear: p.matrix("linear.weight", h, h)?,
                     })
                 }
             };
             layers.push(Layer {
-                norm: up.vector(&format!("{m}.input_layernorm.weight"), h)?,
-                mixer: MambaMixer::load(&c.mamba, up, &format!("{m}.mamba"))?,
+                norm: RmsNorm::load(&m.pp("input_layernorm"), h, eps)?,
+                mixer: MambaMixer::load(&c.mamba, &m.pp("mamba"))?,
                 hybrid,
             });
         }
-        let norm = up.vector("model.final_layernorm.weight", h)?;
-        let lm_head = up.lm_head(&embed, c.tie_embeddings, c.vocab, h)?;
+        let norm = RmsNorm::load(&body.pp("final_layernorm"), h, eps)?;
+        let lm_head = LmHead::load(vb, "lm_head.weight", &embed, c.tie_embeddings, [c.model.vocab, h])?;
         let inv_freq = match c.rope_theta {
-            Some(theta) => Some(up.vector_from(
+            Some(theta) => Some(vb.computed_vector(
                 "rope.inv_freq",
                 &rope::inv_freq(theta, c.attn.head_dim, None),
             )?),
             None => None,
         };
         Ok(Zamba2 {
-            weight_bytes: up.gpu_bytes,
-            file_bytes: up.file_bytes,
             config,
             embed,
             blocks,
@@ -361,8 +366,7 @@ impl Zamba2 {
         let c = &self.config;
         let blk = &self.blocks[u.block];
         let cat = g.head_concat(x, emb, 1)?;
-        let norm = g.weight(&blk.input_norm);
-        let hn = g.rms_norm(cat, norm, c.eps)?;
+        let hn = blk.input_norm.apply(g, cat)?;
         let mut qkv = blk.attn.qkv(g, hn)?;
         if let Some(adapters) = &u.qkv_adapters {
             for (t, a) in qkv.iter_mut().zip(adapters) {
@@ -372,32 +376,41 @@ impl Zamba2 {
         }
         let inv_freq = self.inv_freq.as_ref().map(|f| g.weight(f));
         let layout = KvLayout::linear(capacity);
-        let cache = format!("layer.{l}");
+        let cache = KvCache { layer: l };
         let a = blk
             .attn
             .attend(g, qkv, &cache, layout, c.attn, true, inv_freq, None)?;
-        let norm = g.weight(&blk.pre_ff_norm);
-        let f = g.rms_norm(a, norm, c.eps)?;
-        let low = crate::lin(g, f, &u.mlp_a, None)?;
+        let f = blk.pre_ff_norm.apply(g, a)?;
+        let low = lin(g, f, &u.mlp_a, None)?;
         let mut gate_up = [0; 2];
         for (j, w) in [&blk.gate, &blk.up].into_iter().enumerate() {
-            let full = crate::lin(g, f, w, None)?;
-            let delta = crate::lin(g, low, &u.mlp_b[j], None)?;
+            let full = lin(g, f, w, None)?;
+            let delta = lin(g, low, &u.mlp_b[j], None)?;
             gate_up[j] = g.add_tensors(full, delta)?;
         }
         let act = g.elementwise(c.mlp_act, gate_up[0], gate_up[1])?;
-        let m = crate::lin(g, act, &blk.down, None)?;
-        crate::lin(g, m, &u.linear, None)
+        let m = lin(g, act, &blk.down, None)?;
+        lin(g, m, &u.linear, None)
+    }
+}
+
+impl Network for Zamba2 {
+    fn config(&self) -> &ModelConfig {
+        &self.config.model
+    }
+
+    fn attention_windows(&self) -> Vec<Option<usize>> {
+        vec![None; self.config.hybrid.len()]
     }
 }
 
 impl Architecture for Zamba2 {
     fn vocab_size(&self) -> usize {
-        self.config.vocab
+        self.config.model.vocab
     }
 
     fn max_context(&self) -> usize {
-        self.config.max_positions
+        self.config.model.max_positions
     }
 
     fn kv_layouts(&self, capacity: usize) -> Vec<KvLayout> {
@@ -412,7 +425,7 @@ impl Architecture for Zamba2 {
         let mut states = Vec::new();
         for l in 0..c.layers {
             if c.hybrid.contains(&l) {
-                states.extend(cache_states(&format!("layer.{l}"), &layout, kvd));
+                states.extend(KvCache { layer: l }.states(&layout, kvd));
             }
             states.extend(c.mamba.layer_states(l));
         }
@@ -434,15 +447,12 @@ impl Architecture for Zamba2 {
                 }
                 None => x,
             };
-            let norm = g.weight(&layer.norm);
-            let h = g.rms_norm(input, norm, c.eps)?;
+            let h = layer.norm.apply(&mut g, input)?;
             let out = layer.mixer.build(&mut g, &c.mamba, l, h)?;
             x = g.add_tensors(x, out)?;
         }
-        let norm = g.weight(&self.norm);
-        let x = g.rms_norm(x, norm, c.eps)?;
-        let lm_head = g.weight(&self.lm_head);
-        crate::lm_head(&mut g, x, lm_head, head)?;
+        let x = self.norm.apply(&mut g, x)?;
+        self.lm_head.apply(&mut g, x, head)?;
         Ok(g)
     }
 }

@@ -1,7 +1,7 @@
 //! Jamba (JambaForCausalLM): a hybrid of Mamba and attention layers, with sparse experts on
-//! some layers, built from the shared blocks: `mamba::MambaMixer` (with Jamba's RMSNorms on dt,
-//! B and C), `llama::AttentionWeights` (no positional encoding: Jamba's attention has no RoPE)
-//! and `moe::FeedForward`. Layer l attends when l % attn_layer_period == attn_layer_offset
+//! some layers, built from the shared blocks: `blocks::mamba::MambaMixer` (with Jamba's RMSNorms
+//! on dt, B and C), `blocks::attention::AttentionWeights` (no positional encoding: Jamba's attention has no RoPE)
+//! and `blocks::moe::FeedForward`. Layer l attends when l % attn_layer_period == attn_layer_offset
 //! and has experts when l % expert_layer_period == expert_layer_offset. A sequence carries a
 //! KV cache for each attention layer and conv/scan states for each Mamba layer, side by side.
 
@@ -14,36 +14,41 @@ use kestrel_runtime::kv::KvLayout;
 use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::{DType, GpuWeight};
 
-use crate::config::JsonConfig;
+use super::{Family, Network, NetworkConfig};
+use crate::blocks::attention::{AttentionWeights, KvCache, ATTENTION};
+use crate::blocks::lm_head::LmHead;
+use crate::blocks::mamba::{MambaMixer, MixerConfig};
+use crate::blocks::mlp::MLP;
+use crate::blocks::moe::{FeedForward, MoeConfig, JAMBA};
+use crate::blocks::norm::RmsNorm;
 use crate::error::{ModelError, Result};
-use crate::llama::{cache_states, AttentionWeights};
-use crate::mamba::{MambaConfig, MambaMixer};
-use crate::moe::{FeedForward, MoeConfig};
-use crate::weights::Uploader;
+use crate::formats::config::JsonConfig;
+use crate::model::ModelConfig;
+use crate::vars::Vars;
 
 pub const ARCHITECTURE: &str = "JambaForCausalLM";
 
-pub fn is_jamba(c: &JsonConfig) -> bool {
-    c.architecture()
-        .is_ok_and(|a| a == ARCHITECTURE || a == "jamba")
-}
+pub const FAMILY: Family = Family {
+    classes: &[ARCHITECTURE],
+    model_types: &["jamba"],
+    gguf: &[],
+    parse: Some(|c| Ok(Box::new(JambaConfig::from_json(c)?))),
+    from_tensors: None,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct JambaConfig {
+    pub model: ModelConfig,
     pub hidden: usize,
     pub intermediate: usize,
     pub layers: usize,
-    pub vocab: usize,
-    pub max_positions: usize,
     pub eps: f32,
     pub attn: AttnShape,
     /// Per layer: (attention rather than Mamba, experts rather than a dense MLP).
     pub kinds: Vec<(bool, bool)>,
-    pub mamba: MambaConfig,
+    pub mamba: MixerConfig,
     pub moe: Option<MoeConfig>,
     pub tie_embeddings: bool,
-    pub bos: Vec<u32>,
-    pub eos: Vec<u32>,
 }
 
 impl JambaConfig {
@@ -112,12 +117,10 @@ impl JambaConfig {
             _ => c.opt_usize("mamba_dt_rank")?.unwrap_or(hidden.div_ceil(16)),
         };
         let inner = c.opt_usize("mamba_expand")?.unwrap_or(2) * hidden;
-        let mamba = MambaConfig {
+        let mamba = MixerConfig {
             version: 1,
             hidden,
             inner,
-            layers,
-            vocab,
             state: c.opt_usize("mamba_d_state")?.unwrap_or(16),
             conv_kernel: c.opt_usize("mamba_d_conv")?.unwrap_or(4),
             dt_rank,
@@ -127,17 +130,14 @@ impl JambaConfig {
             conv_bias: c.opt_bool("mamba_conv_bias")?.unwrap_or(true),
             proj_bias: c.opt_bool("mamba_proj_bias")?.unwrap_or(false),
             inner_norms: true,
-            tie_embeddings: false,
-            bos: Vec::new(),
-            eos: Vec::new(),
         };
         mamba.validate(c)?;
+        let max_positions = c.positive("max_position_embeddings")?;
         Ok(JambaConfig {
+            model: ModelConfig::causal(ARCHITECTURE, vocab, max_positions).with_special_tokens(c),
             hidden,
             intermediate,
             layers,
-            vocab,
-            max_positions: c.positive("max_position_embeddings")?,
             eps,
             attn: AttnShape {
                 heads,
@@ -149,9 +149,13 @@ impl JambaConfig {
             mamba,
             moe,
             tie_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-            bos: c.opt_token_ids("bos_token_id"),
-            eos: c.opt_token_ids("eos_token_id"),
         })
+    }
+}
+
+impl NetworkConfig for JambaConfig {
+    fn load(self: Box<Self>, vb: &Vars<'_>) -> Result<Arc<dyn Network>> {
+        Ok(Arc::new(Jamba::load(*self, vb)?))
     }
 }
 
@@ -161,60 +165,56 @@ enum Mixer {
 }
 
 struct Layer {
-    input_norm: Arc<GpuWeight>,
+    input_norm: RmsNorm,
     mixer: Mixer,
-    ff_norm: Arc<GpuWeight>,
+    ff_norm: RmsNorm,
     ffn: FeedForward,
 }
 
 pub struct Jamba {
-    pub config: JambaConfig,
+    config: JambaConfig,
     embed: Arc<GpuWeight>,
     layers: Vec<Layer>,
-    norm: Arc<GpuWeight>,
-    lm_head: Arc<GpuWeight>,
-    pub weight_bytes: u64,
-    pub file_bytes: u64,
+    norm: RmsNorm,
+    lm_head: LmHead,
 }
 
 impl Jamba {
-    pub fn load(config: JambaConfig, up: &mut Uploader<'_>) -> Result<Jamba> {
+    fn load(config: JambaConfig, vb: &Vars<'_>) -> Result<Jamba> {
         let c = &config;
-        let h = c.hidden;
-        let embed = up.matrix("model.embed_tokens.weight", c.vocab, h)?;
+        let (h, eps) = (c.hidden, c.eps);
+        let body = vb.pp("model");
+        let embed = body.matrix("embed_tokens.weight", c.model.vocab, h)?;
         let mut layers = Vec::with_capacity(c.layers);
         for (l, &(attention, experts)) in c.kinds.iter().enumerate() {
-            let p = format!("model.layers.{l}");
+            let p = body.pp("layers").pp(l);
             let mixer = match attention {
                 true => Mixer::Attention(AttentionWeights::load(
-                    up,
-                    &format!("{p}.self_attn"),
+                    &p.pp("self_attn"),
+                    ATTENTION,
                     [h, h],
                     &c.attn,
                     false,
                 )?),
-                false => Mixer::Mamba(MambaMixer::load(&c.mamba, up, &format!("{p}.mamba"))?),
+                false => Mixer::Mamba(MambaMixer::load(&c.mamba, &p.pp("mamba"))?),
             };
             let moe = c.moe.as_ref().filter(|_| experts);
             layers.push(Layer {
-                input_norm: up.vector(&format!("{p}.input_layernorm.weight"), h)?,
+                input_norm: RmsNorm::load(&p.pp("input_layernorm"), h, eps)?,
                 mixer,
-                ff_norm: up.vector(&format!("{p}.pre_ff_layernorm.weight"), h)?,
+                ff_norm: RmsNorm::load(&p.pp("pre_ff_layernorm"), h, eps)?,
                 ffn: FeedForward::load(
-                    up,
-                    moe.map(|m| (m, crate::moe::JAMBA)),
-                    &format!("{p}.feed_forward"),
+                    &p.pp("feed_forward"),
+                    moe.map(|m| (m, JAMBA)),
+                    MLP,
                     l,
-                    h,
-                    c.intermediate,
+                    [h, c.intermediate],
                 )?,
             });
         }
-        let norm = up.vector("model.final_layernorm.weight", h)?;
-        let lm_head = up.lm_head(&embed, c.tie_embeddings, c.vocab, h)?;
+        let norm = RmsNorm::load(&body.pp("final_layernorm"), h, eps)?;
+        let lm_head = LmHead::load(vb, "lm_head.weight", &embed, c.tie_embeddings, [c.model.vocab, h])?;
         Ok(Jamba {
-            weight_bytes: up.gpu_bytes,
-            file_bytes: up.file_bytes,
             config,
             embed,
             layers,
@@ -224,23 +224,31 @@ impl Jamba {
     }
 }
 
-impl Jamba {
-    /// Bytes of expert weights a decoded token does not read (0 for a dense model).
-    pub fn unread_expert_bytes(&self) -> u64 {
+impl Network for Jamba {
+    fn config(&self) -> &ModelConfig {
+        &self.config.model
+    }
+
+    fn unread_expert_bytes(&self) -> u64 {
         self.layers
             .iter()
             .map(|l| l.ffn.unread_bytes_per_token())
             .sum()
     }
+
+    fn attention_windows(&self) -> Vec<Option<usize>> {
+        let attention = self.config.kinds.iter().filter(|k| k.0).count();
+        vec![None; attention]
+    }
 }
 
 impl Architecture for Jamba {
     fn vocab_size(&self) -> usize {
-        self.config.vocab
+        self.config.model.vocab
     }
 
     fn max_context(&self) -> usize {
-        self.config.max_positions
+        self.config.model.max_positions
     }
 
     fn kv_layouts(&self, capacity: usize) -> Vec<KvLayout> {
@@ -257,9 +265,7 @@ impl Architecture for Jamba {
         let mut states = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
             match layer.mixer {
-                Mixer::Attention(_) => {
-                    states.extend(cache_states(&format!("layer.{l}"), &layout, kvd))
-                }
+                Mixer::Attention(_) => states.extend(KvCache { layer: l }.states(&layout, kvd)),
                 Mixer::Mamba(_) => states.extend(c.mamba.layer_states(l)),
             }
             states.extend(layer.ffn.state());
@@ -274,26 +280,22 @@ impl Architecture for Jamba {
         let embed = g.weight(&self.embed);
         let mut x = g.embedding(embed, ids)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            let norm = g.weight(&layer.input_norm);
-            let h = g.rms_norm(x, norm, c.eps)?;
+            let h = layer.input_norm.apply(&mut g, x)?;
             let o = match &layer.mixer {
                 Mixer::Attention(a) => {
                     let layout = KvLayout::linear(capacity);
-                    let cache = format!("layer.{l}");
+                    let cache = KvCache { layer: l };
                     a.build(&mut g, h, &cache, layout, c.attn, true, None, None)?
                 }
                 Mixer::Mamba(m) => m.build(&mut g, &c.mamba, l, h)?,
             };
             x = g.add_tensors(x, o)?;
-            let norm = g.weight(&layer.ff_norm);
-            let h = g.rms_norm(x, norm, c.eps)?;
+            let h = layer.ff_norm.apply(&mut g, x)?;
             let f = layer.ffn.build(&mut g, h)?;
             x = g.add_tensors(x, f)?;
         }
-        let norm = g.weight(&self.norm);
-        let x = g.rms_norm(x, norm, c.eps)?;
-        let lm_head = g.weight(&self.lm_head);
-        crate::lm_head(&mut g, x, lm_head, head)?;
+        let x = self.norm.apply(&mut g, x)?;
+        self.lm_head.apply(&mut g, x, head)?;
         Ok(g)
     }
 }

@@ -18,22 +18,31 @@ use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::{DType, GpuWeight};
 use kestrel_runtime::TensorId;
 
-use crate::config::JsonConfig;
+use super::{Family, Network, NetworkConfig};
+use crate::blocks::lm_head::LmHead;
+use crate::blocks::mlp::{lin, Mlp, MLP};
+use crate::blocks::norm::RmsNorm;
 use crate::error::{ModelError, Result};
-use crate::weights::Uploader;
+use crate::formats::config::JsonConfig;
+use crate::model::ModelConfig;
+use crate::vars::Vars;
 
 pub const ARCHITECTURE: &str = "GLAForCausalLM";
+
+pub const FAMILY: Family = Family {
+    classes: &[ARCHITECTURE],
+    model_types: &["gla"],
+    gguf: &[],
+    parse: Some(|c| Ok(Box::new(GlaConfig::from_json(c)?))),
+    from_tensors: None,
+};
 
 /// fla's default: gate logits are divided by this before use as log-decays.
 const GATE_LOGIT_NORMALIZER: f32 = 16.0;
 
-pub fn is_gla(c: &JsonConfig) -> bool {
-    c.architecture()
-        .is_ok_and(|a| a == ARCHITECTURE || a == "gla")
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct GlaConfig {
+    pub model: ModelConfig,
     pub hidden: usize,
     pub layers: usize,
     pub heads: usize,
@@ -41,12 +50,9 @@ pub struct GlaConfig {
     pub value_dim: usize,
     pub gate_rank: usize,
     pub intermediate: usize,
-    pub vocab: usize,
     pub eps: f32,
     pub output_gate: bool,
     pub tie_embeddings: bool,
-    pub bos: Vec<u32>,
-    pub eos: Vec<u32>,
 }
 
 impl GlaConfig {
@@ -108,20 +114,22 @@ impl GlaConfig {
             Some(n) => n,
             None => (hidden * ratio * 2 / 3).next_multiple_of(256),
         };
+        let layers = c.positive("num_hidden_layers")?;
+        let (key_dim, value_dim) = (dim("expand_k", 0.5)?, dim("expand_v", 1.0)?);
+        let gate_rank = c.opt_usize("gate_low_rank_dim")?.unwrap_or(16);
         let config = GlaConfig {
+            model: ModelConfig::recurrent(ARCHITECTURE, c.positive("vocab_size")?)
+                .with_special_tokens(c),
             hidden,
-            layers: c.positive("num_hidden_layers")?,
+            layers,
             heads,
-            key_dim: dim("expand_k", 0.5)?,
-            value_dim: dim("expand_v", 1.0)?,
-            gate_rank: c.opt_usize("gate_low_rank_dim")?.unwrap_or(16),
+            key_dim,
+            value_dim,
+            gate_rank,
             intermediate,
-            vocab: c.positive("vocab_size")?,
             eps: c.opt_f64("norm_eps")?.unwrap_or(1e-6) as f32,
             output_gate: c.opt_bool("use_output_gate")?.unwrap_or(true),
             tie_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-            bos: c.opt_token_ids("bos_token_id"),
-            eos: c.opt_token_ids("eos_token_id"),
         };
         config
             .scan_shape()
@@ -151,9 +159,14 @@ impl GlaConfig {
     }
 }
 
-#[derive(Clone)]
+impl NetworkConfig for GlaConfig {
+    fn load(self: Box<Self>, vb: &Vars<'_>) -> Result<Arc<dyn Network>> {
+        Ok(Arc::new(Gla::load(*self, vb)?))
+    }
+}
+
 struct Layer {
-    attn_norm: Arc<GpuWeight>,
+    attn_norm: RmsNorm,
     q: Arc<GpuWeight>,
     k: Arc<GpuWeight>,
     v: Arc<GpuWeight>,
@@ -164,69 +177,62 @@ struct Layer {
     /// The per-head output norm's weight, repeated over the heads.
     out_norm: Arc<GpuWeight>,
     o: Arc<GpuWeight>,
-    mlp_norm: Arc<GpuWeight>,
-    gate: Arc<GpuWeight>,
-    up: Arc<GpuWeight>,
-    down: Arc<GpuWeight>,
+    mlp_norm: RmsNorm,
+    mlp: Mlp,
 }
 
-#[derive(Clone)]
 pub struct Gla {
-    pub config: GlaConfig,
+    config: GlaConfig,
     embed: Arc<GpuWeight>,
     layers: Vec<Layer>,
-    norm: Arc<GpuWeight>,
-    lm_head: Arc<GpuWeight>,
+    norm: RmsNorm,
+    lm_head: LmHead,
     /// 1/sqrt(head_k_dim) per key column (q's scale), and 1/16 (the gate normaliser).
     q_scale: Arc<GpuWeight>,
     gate_scale: Arc<GpuWeight>,
-    pub weight_bytes: u64,
-    pub file_bytes: u64,
 }
 
 impl Gla {
-    pub fn load(config: GlaConfig, up: &mut Uploader<'_>) -> Result<Gla> {
+    fn load(config: GlaConfig, vb: &Vars<'_>) -> Result<Gla> {
         let c = &config;
         let (h, kd, vd) = (c.hidden, c.key_dim, c.value_dim);
-        let embed = up.matrix("model.embeddings.weight", c.vocab, h)?;
+        let body = vb.pp("model");
+        let embed = body.matrix("embeddings.weight", c.model.vocab, h)?;
         let mut layers = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
-            let p = format!("model.layers.{l}");
-            let a = format!("{p}.attn");
+            let p = body.pp("layers").pp(l);
+            let a = p.pp("attn");
             let norm_name = match c.output_gate {
-                true => format!("{a}.g_norm_swish_gate.weight"),
-                false => format!("{a}.g_norm.weight"),
+                true => "g_norm_swish_gate",
+                false => "g_norm",
             };
-            let head_norm = up.host(&norm_name, &[c.head_v()])?;
+            let head_norm = a.pp(norm_name).host("weight", &[c.head_v()])?;
             let out_norm: Vec<f32> = (0..c.heads).flat_map(|_| head_norm.clone()).collect();
             layers.push(Layer {
-                attn_norm: up.vector(&format!("{p}.attn_norm.weight"), h)?,
-                q: up.matrix(&format!("{a}.q_proj.weight"), kd, h)?,
-                k: up.matrix(&format!("{a}.k_proj.weight"), kd, h)?,
-                v: up.matrix(&format!("{a}.v_proj.weight"), vd, h)?,
+                attn_norm: RmsNorm::load(&p.pp("attn_norm"), h, c.eps)?,
+                q: a.matrix("q_proj.weight", kd, h)?,
+                k: a.matrix("k_proj.weight", kd, h)?,
+                v: a.matrix("v_proj.weight", vd, h)?,
                 g: match c.output_gate {
-                    true => Some(up.matrix(&format!("{a}.g_proj.weight"), vd, h)?),
+                    true => Some(a.matrix("g_proj.weight", vd, h)?),
                     false => None,
                 },
-                gk_down: up.matrix(&format!("{a}.gk_proj.0.weight"), c.gate_rank, h)?,
-                gk_up: up.matrix(&format!("{a}.gk_proj.1.weight"), kd, c.gate_rank)?,
-                gk_bias: up.vector(&format!("{a}.gk_proj.1.bias"), kd)?,
-                out_norm: up.vector_from(&format!("{norm_name}.per_head"), &out_norm)?,
-                o: up.matrix(&format!("{a}.o_proj.weight"), h, vd)?,
-                mlp_norm: up.vector(&format!("{p}.mlp_norm.weight"), h)?,
-                gate: up.matrix(&format!("{p}.mlp.gate_proj.weight"), c.intermediate, h)?,
-                up: up.matrix(&format!("{p}.mlp.up_proj.weight"), c.intermediate, h)?,
-                down: up.matrix(&format!("{p}.mlp.down_proj.weight"), h, c.intermediate)?,
+                gk_down: a.matrix("gk_proj.0.weight", c.gate_rank, h)?,
+                gk_up: a.matrix("gk_proj.1.weight", kd, c.gate_rank)?,
+                gk_bias: a.vector("gk_proj.1.bias", kd)?,
+                out_norm: a.pp(norm_name).computed_vector("weight.per_head", &out_norm)?,
+                o: a.matrix("o_proj.weight", h, vd)?,
+                mlp_norm: RmsNorm::load(&p.pp("mlp_norm"), h, c.eps)?,
+                mlp: Mlp::load(&p.pp("mlp"), MLP, c.intermediate, h)?,
             });
         }
-        let norm = up.vector("model.norm.weight", h)?;
-        let lm_head = up.lm_head(&embed, c.tie_embeddings, c.vocab, h)?;
-        let q_scale = up.vector_from("gla.q_scale", &vec![1.0 / (c.head_k() as f32).sqrt(); kd])?;
+        let norm = RmsNorm::load(&body.pp("norm"), h, c.eps)?;
+        let lm_head = LmHead::load(vb, "lm_head.weight", &embed, c.tie_embeddings, [c.model.vocab, h])?;
+        let scales = vb.pp("gla");
+        let q_scale = scales.computed_vector("q_scale", &vec![1.0 / (c.head_k() as f32).sqrt(); kd])?;
         let gate_scale =
-            up.vector_from("gla.gate_scale", &vec![1.0 / GATE_LOGIT_NORMALIZER; kd])?;
+            scales.computed_vector("gate_scale", &vec![1.0 / GATE_LOGIT_NORMALIZER; kd])?;
         Ok(Gla {
-            weight_bytes: up.gpu_bytes,
-            file_bytes: up.file_bytes,
             config,
             embed,
             layers,
@@ -244,13 +250,13 @@ impl Gla {
     fn mixer(&self, g: &mut Graph, l: usize, x: TensorId) -> kestrel_runtime::Result<TensorId> {
         let c = &self.config;
         let layer = &self.layers[l];
-        let lin = |g: &mut Graph, x, w| crate::lin(g, x, w, None);
-        let q = lin(g, x, &layer.q)?;
+        let proj = |g: &mut Graph, x, w| lin(g, x, w, None);
+        let q = proj(g, x, &layer.q)?;
         let q_scale = g.weight(&self.q_scale);
         let q = g.elementwise(Elementwise::Mul, q, q_scale)?;
-        let k = lin(g, x, &layer.k)?;
-        let v = lin(g, x, &layer.v)?;
-        let gk = lin(g, x, &layer.gk_down)?;
+        let k = proj(g, x, &layer.k)?;
+        let v = proj(g, x, &layer.v)?;
+        let gk = proj(g, x, &layer.gk_down)?;
         let gk_up = g.weight(&layer.gk_up);
         let gk_bias = g.weight(&layer.gk_bias);
         let gk = g.linear(gk, gk_up, Some(gk_bias))?;
@@ -264,18 +270,24 @@ impl Gla {
         let o = g.rms_norm_grouped(o, norm, c.eps, c.heads)?;
         let o = match &layer.g {
             Some(gw) => {
-                let gate = lin(g, x, gw)?;
+                let gate = proj(g, x, gw)?;
                 g.swiglu(gate, o)?
             }
             None => o,
         };
-        lin(g, o, &layer.o)
+        proj(g, o, &layer.o)
+    }
+}
+
+impl Network for Gla {
+    fn config(&self) -> &ModelConfig {
+        &self.config.model
     }
 }
 
 impl Architecture for Gla {
     fn vocab_size(&self) -> usize {
-        self.config.vocab
+        self.config.model.vocab
     }
 
     /// No position limit: the state is the same size at any length.
@@ -291,25 +303,20 @@ impl Architecture for Gla {
     }
 
     fn build(&self, n: usize, _capacity: usize, head: Head) -> kestrel_runtime::Result<Graph> {
-        let c = &self.config;
         let mut g = Graph::new();
         let ids = g.input("tokens", &[n], DType::U32);
         let embed = g.weight(&self.embed);
         let mut x = g.embedding(embed, ids)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            let w = g.weight(&layer.attn_norm);
-            let h = g.rms_norm(x, w, c.eps)?;
+            let h = layer.attn_norm.apply(&mut g, x)?;
             let o = self.mixer(&mut g, l, h)?;
             x = g.add_tensors(x, o)?;
-            let w = g.weight(&layer.mlp_norm);
-            let h = g.rms_norm(x, w, c.eps)?;
-            let down = crate::swiglu_mlp(&mut g, h, [&layer.gate, &layer.up, &layer.down])?;
+            let h = layer.mlp_norm.apply(&mut g, x)?;
+            let down = layer.mlp.apply(&mut g, h)?;
             x = g.add_tensors(x, down)?;
         }
-        let norm = g.weight(&self.norm);
-        let x = g.rms_norm(x, norm, c.eps)?;
-        let lm_head = g.weight(&self.lm_head);
-        crate::lm_head(&mut g, x, lm_head, head)?;
+        let x = self.norm.apply(&mut g, x)?;
+        self.lm_head.apply(&mut g, x, head)?;
         Ok(g)
     }
 }

@@ -1,0 +1,64 @@
+//! The output projection of a language model and the head its graph ends in.
+
+use std::sync::Arc;
+
+use kestrel_runtime::arch::Head;
+use kestrel_runtime::graph::Graph;
+use kestrel_runtime::tensor::GpuWeight;
+use kestrel_runtime::TensorId;
+
+use super::GResult;
+use crate::error::Result;
+use crate::vars::Vars;
+
+#[derive(Clone)]
+pub struct LmHead {
+    w: Arc<GpuWeight>,
+}
+
+impl LmHead {
+    /// The matrix `leaf` [vocab, hidden] in scope `vb`, or the embedding table when the
+    /// embeddings are tied and the file has no separate head.
+    pub fn load(
+        vb: &Vars<'_>,
+        leaf: &str,
+        embed: &Arc<GpuWeight>,
+        tie: bool,
+        [vocab, hidden]: [usize; 2],
+    ) -> Result<LmHead> {
+        let w = match tie && !vb.contains(leaf) {
+            true => embed.clone(),
+            false => vb.matrix(leaf, vocab, hidden)?,
+        };
+        Ok(LmHead { w })
+    }
+
+    /// Logits [T, vocab] of the hidden states `x` [T, hidden].
+    pub fn logits(&self, g: &mut Graph, x: TensorId) -> GResult<TensorId> {
+        let w = g.weight(&self.w);
+        g.linear(x, w, None)
+    }
+
+    /// The output of an autoregressive network from its final hidden states `x`: logits for
+    /// every row, or one token sampled from the last.
+    pub fn apply(&self, g: &mut Graph, x: TensorId, head: Head) -> GResult<()> {
+        match head {
+            Head::AllLogits => {
+                let logits = self.logits(g, x)?;
+                g.output(logits);
+            }
+            Head::Sample => {
+                let last = g.last_row(x)?;
+                let logits = self.logits(g, last)?;
+                let token = g.sample(logits)?;
+                g.output(token);
+            }
+            Head::Unmask(_) => {
+                return Err(kestrel_runtime::Error::Graph(
+                    "an autoregressive network has no diffusion head".into(),
+                ))
+            }
+        }
+        Ok(())
+    }
+}

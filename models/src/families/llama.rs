@@ -1,0 +1,586 @@
+//! The Llama family as one configurable decoder: LlamaForCausalLM (GQA, tied or untied
+//! embeddings, Llama-3 RoPE scaling), MistralForCausalLM (sliding-window attention) and
+//! Qwen2ForCausalLM (q/k/v biases, per-layer sliding windows), and their sparse
+//! mixture-of-experts variants MixtralForCausalLM and Qwen2MoeForCausalLM (experts in place
+//! of the MLP). LLaDA (`llada.rs`) runs the same decoder bidirectionally. Attention can
+//! further be switched, at load time, to StreamingLLM sinks or block-sparse patterns.
+
+use std::sync::Arc;
+
+use kestrel_runtime::arch::{Architecture, Head};
+use kestrel_runtime::block_mask::{BlockMask, SparsePattern};
+use kestrel_runtime::graph::Graph;
+use kestrel_runtime::kernels::attention::{mask_blocks, AttnShape};
+use kestrel_runtime::kernels::rope::{self, Llama3Scaling};
+use kestrel_runtime::kv::KvLayout;
+use kestrel_runtime::state::StateSpec;
+use kestrel_runtime::tensor::{DType, GpuWeight};
+use kestrel_runtime::TensorId;
+
+use super::{Family, Network, NetworkConfig};
+use crate::blocks::attention::{AttentionNames, AttentionWeights, KvCache, ATTENTION};
+use crate::blocks::attention_options::{AttentionError, AttentionOptions};
+use crate::blocks::lm_head::LmHead;
+use crate::blocks::mlp::{MlpNames, MLP};
+use crate::blocks::moe::{FeedForward, MoeConfig, MoeNames, MIXTRAL, QWEN2_MOE};
+use crate::blocks::norm::RmsNorm;
+use crate::error::{ModelError, Result};
+use crate::formats::config::JsonConfig;
+use crate::model::ModelConfig;
+use crate::vars::Vars;
+
+pub const FAMILY: Family = Family {
+    classes: &[
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "Qwen2ForCausalLM",
+        "MixtralForCausalLM",
+        "Qwen2MoeForCausalLM",
+    ],
+    model_types: &["llama", "mistral", "qwen2", "mixtral", "qwen2_moe"],
+    gguf: &[
+        ("llama", "LlamaForCausalLM"),
+        ("qwen2", "Qwen2ForCausalLM"),
+        ("qwen2moe", "Qwen2MoeForCausalLM"),
+    ],
+    parse: Some(|c| Ok(Box::new(DecoderConfig::from_json(c)?))),
+    from_tensors: None,
+};
+
+/// Where a decoder's tensors are in its checkpoints. Scopes may be empty (the enclosing
+/// scope itself).
+#[derive(Debug, PartialEq)]
+pub struct DecoderNames {
+    /// The scope of the embedding, the layers and the final norm.
+    pub body: &'static str,
+    pub embed: &'static str,
+    pub layers: &'static str,
+    /// In a layer: the norms, the attention and the MLP.
+    pub attn_norm: &'static str,
+    pub attention: &'static str,
+    pub projections: AttentionNames,
+    pub mlp_norm: &'static str,
+    pub mlp: &'static str,
+    pub mlp_projections: MlpNames,
+    /// In the body.
+    pub norm: &'static str,
+    /// From the root.
+    pub lm_head: &'static str,
+}
+
+/// Hugging Face's names (`model.layers.3.self_attn.q_proj.weight`).
+pub const HF: DecoderNames = DecoderNames {
+    body: "model",
+    embed: "embed_tokens.weight",
+    layers: "layers",
+    attn_norm: "input_layernorm",
+    attention: "self_attn",
+    projections: ATTENTION,
+    mlp_norm: "post_attention_layernorm",
+    mlp: "mlp",
+    mlp_projections: MLP,
+    norm: "norm",
+    lm_head: "lm_head.weight",
+};
+
+/// A layer's sparse experts: their config, their names and their scope in the layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderExperts {
+    pub config: MoeConfig,
+    pub names: MoeNames,
+    pub scope: &'static str,
+    /// The layers that have experts (the others a dense MLP).
+    pub layers: Vec<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderConfig {
+    pub model: ModelConfig,
+    pub names: &'static DecoderNames,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub eps: f32,
+    pub rope_theta: f64,
+    pub llama3: Option<Llama3Scaling>,
+    pub tie_embeddings: bool,
+    pub qkv_bias: bool,
+    /// Each layer's sliding window (positions a query sees, itself included), if any.
+    pub layer_windows: Vec<Option<usize>>,
+    pub experts: Option<DecoderExperts>,
+}
+
+impl DecoderConfig {
+    /// A Hugging Face config of one of the family's classes.
+    pub fn from_json(c: &JsonConfig) -> Result<DecoderConfig> {
+        let architecture = c.architecture()?;
+        let qwen2 = matches!(
+            architecture.as_str(),
+            "Qwen2ForCausalLM" | "qwen2" | "Qwen2MoeForCausalLM" | "qwen2_moe"
+        );
+        let hidden = c.positive("hidden_size")?;
+        let heads = c.positive("num_attention_heads")?;
+        let kv_heads = c.opt_usize("num_key_value_heads")?.unwrap_or(heads);
+        let head_dim = c.opt_usize("head_dim")?.unwrap_or(hidden / heads);
+        check_heads(
+            c,
+            ["num_attention_heads", "num_key_value_heads", "head_dim"],
+            [heads, kv_heads, head_dim],
+        )?;
+        let bad = |key: &str, message: String| bad(c, key, message);
+        // transformers 5 nests RoPE settings under rope_parameters; older configs keep them
+        // at the top level (rope_theta, rope_scaling).
+        let nested = c.get("rope_parameters");
+        let rope_theta = match c.opt_f64("rope_theta")? {
+            Some(t) => t,
+            None => nested
+                .and_then(|r| r.get("rope_theta"))
+                .and_then(|v| v.as_f64())
+                .unwrap_or(10000.0),
+        };
+        let scaling = c.get("rope_scaling").or(nested);
+        let llama3 = match scaling {
+            None => None,
+            Some(s) => {
+                let kind = s
+                    .get("rope_type")
+                    .or(s.get("type"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("default");
+                match kind {
+                    "default" => None,
+                    "llama3" => {
+                        let f = |k: &str| {
+                            s.get(k)
+                                .and_then(|v| v.as_f64())
+                                .map(|v| v as f32)
+                                .ok_or_else(|| {
+                                    bad(
+                                        &format!("rope_scaling.{k}"),
+                                        "is missing or not a number".into(),
+                                    )
+                                })
+                        };
+                        Some(Llama3Scaling {
+                            factor: f("factor")?,
+                            low_freq_factor: f("low_freq_factor")?,
+                            high_freq_factor: f("high_freq_factor")?,
+                            original_max_position: f("original_max_position_embeddings")?,
+                        })
+                    }
+                    other => {
+                        return Err(bad(
+                            "rope_scaling",
+                            format!("type '{other}' is not supported (default, llama3)"),
+                        ))
+                    }
+                }
+            }
+        };
+        let layers = c.positive("num_hidden_layers")?;
+        let layer_windows = layer_windows(c, &architecture, qwen2, layers)?;
+        let experts = experts(c, &architecture, layers)?;
+        let intermediate = c.positive("intermediate_size")?;
+        let mask_token = match c.opt_usize("mask_token_id")? {
+            Some(m) if m >= c.positive("vocab_size")? => {
+                return Err(bad(
+                    "mask_token_id",
+                    format!("({m}) is not below vocab_size"),
+                ))
+            }
+            m => m.map(|m| m as u32),
+        };
+        let model = ModelConfig {
+            mask_token,
+            ..ModelConfig::causal(
+                &architecture,
+                c.positive("vocab_size")?,
+                c.positive("max_position_embeddings")?,
+            )
+            .with_special_tokens(c)
+        };
+        Ok(DecoderConfig {
+            model,
+            names: &HF,
+            hidden,
+            intermediate,
+            layers,
+            heads,
+            kv_heads,
+            head_dim,
+            eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
+            rope_theta,
+            llama3,
+            tie_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            qkv_bias: qwen2 || c.opt_bool("attention_bias")?.unwrap_or(false),
+            layer_windows,
+            experts,
+        })
+    }
+
+    pub(crate) fn attn_shape(&self) -> AttnShape {
+        AttnShape {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
+        }
+    }
+}
+
+impl NetworkConfig for DecoderConfig {
+    fn load(self: Box<Self>, vb: &Vars<'_>) -> Result<Arc<dyn Network>> {
+        Ok(Arc::new(Decoder::load(*self, vb)?))
+    }
+}
+
+fn bad(c: &JsonConfig, key: &str, message: String) -> ModelError {
+    ModelError::BadConfigValue {
+        file: c.path.clone(),
+        key: key.into(),
+        message,
+    }
+}
+
+/// Check attention heads against each other: kv heads divide heads, the head dim is even
+/// (RoPE rotates pairs). `keys` name heads, kv heads and the head dim in errors.
+pub(crate) fn check_heads(
+    c: &JsonConfig,
+    [heads_key, kv_key, dim_key]: [&str; 3],
+    [heads, kv_heads, head_dim]: [usize; 3],
+) -> Result<()> {
+    if kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(bad(
+            c,
+            kv_key,
+            format!("({kv_heads}) must divide {heads_key} ({heads})"),
+        ));
+    }
+    if head_dim == 0 || head_dim % 2 != 0 {
+        return Err(bad(
+            c,
+            dim_key,
+            format!("({head_dim}) must be positive and even"),
+        ));
+    }
+    Ok(())
+}
+
+/// The experts of Mixtral (every layer; probabilities renormalised over the top k) and
+/// Qwen2-MoE (layers where (l + 1) % decoder_sparse_step == 0 and not in mlp_only_layers;
+/// norm_topk_prob; a sigmoid-gated shared expert).
+fn experts(c: &JsonConfig, architecture: &str, layers: usize) -> Result<Option<DecoderExperts>> {
+    match architecture {
+        "MixtralForCausalLM" | "mixtral" => {
+            let inter = c.positive("intermediate_size")?;
+            Ok(Some(DecoderExperts {
+                config: MoeConfig::from_json(c, "num_local_experts", inter, true, None)?,
+                names: MIXTRAL,
+                scope: "block_sparse_moe",
+                layers: vec![true; layers],
+            }))
+        }
+        "Qwen2MoeForCausalLM" | "qwen2_moe" => {
+            let inter = c.positive("moe_intermediate_size")?;
+            let shared = c
+                .opt_usize("shared_expert_intermediate_size")?
+                .filter(|&n| n > 0);
+            let renorm = c.opt_bool("norm_topk_prob")?.unwrap_or(false);
+            let config = MoeConfig::from_json(c, "num_experts", inter, renorm, shared)?;
+            let step = c.opt_usize("decoder_sparse_step")?.unwrap_or(1).max(1);
+            let dense: Vec<usize> = c
+                .get("mlp_only_layers")
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_u64())
+                        .map(|v| v as usize)
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(Some(DecoderExperts {
+                config,
+                names: QWEN2_MOE,
+                scope: "mlp",
+                layers: (0..layers)
+                    .map(|l| !dense.contains(&l) && (l + 1) % step == 0)
+                    .collect(),
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Sliding windows per layer. `layer_types` ("sliding_attention" / "full_attention") when the
+/// config lists them; else Qwen2's rule (with `use_sliding_window`, layers from
+/// `max_window_layers` on slide); else Mistral's `sliding_window` for every layer.
+fn layer_windows(
+    c: &JsonConfig,
+    architecture: &str,
+    qwen2: bool,
+    layers: usize,
+) -> Result<Vec<Option<usize>>> {
+    let mistral = matches!(architecture, "MistralForCausalLM" | "mistral");
+    let bad = |key: &str, message: String| bad(c, key, message);
+    // transformers' MistralConfig defaults a missing sliding_window to 4096 (null: none).
+    let window = match c.get("sliding_window") {
+        None if mistral => Some(4096),
+        _ => c.opt_usize("sliding_window")?,
+    };
+    let enabled = !qwen2 || c.opt_bool("use_sliding_window")?.unwrap_or(false);
+    let window = window.filter(|_| enabled);
+    if window == Some(0) {
+        return Err(bad("sliding_window", "must be at least 1".into()));
+    }
+    if let Some(types) = c.get("layer_types").and_then(|v| v.as_array()) {
+        if types.len() != layers {
+            return Err(bad(
+                "layer_types",
+                format!("lists {} layers, the model has {layers}", types.len()),
+            ));
+        }
+        return types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("full_attention") => Ok(None),
+                Some("sliding_attention") => match window {
+                    Some(w) => Ok(Some(w)),
+                    None => Err(bad(
+                        "layer_types",
+                        "names a sliding_attention layer but sliding_window is not set".into(),
+                    )),
+                },
+                _ => Err(bad("layer_types", format!("entry {t} is not supported"))),
+            })
+            .collect();
+    }
+    let first_sliding = if qwen2 {
+        c.opt_usize("max_window_layers")?.unwrap_or(0)
+    } else {
+        0
+    };
+    Ok((0..layers)
+        .map(|l| window.filter(|_| l >= first_sliding))
+        .collect())
+}
+
+#[derive(Clone)]
+struct Layer {
+    attn_norm: RmsNorm,
+    attn: AttentionWeights,
+    mlp_norm: RmsNorm,
+    ffn: FeedForward,
+}
+
+/// The decoder with its weights on the GPU.
+#[derive(Clone)]
+pub struct Decoder {
+    pub config: DecoderConfig,
+    attention: AttentionOptions,
+    embed: Arc<GpuWeight>,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: LmHead,
+    inv_freq: Arc<GpuWeight>,
+}
+
+impl Decoder {
+    /// Upload the weights, named as `config.names` says, from the root scope `vb`.
+    pub fn load(config: DecoderConfig, vb: &Vars<'_>) -> Result<Decoder> {
+        let c = &config;
+        let (n, h) = (c.names, c.hidden);
+        let body = vb.pp(n.body);
+        let embed = body.matrix(n.embed, c.model.vocab, h)?;
+        let mut layers = Vec::with_capacity(c.layers);
+        for l in 0..c.layers {
+            let p = body.pp(n.layers).pp(l);
+            let experts = c.experts.as_ref().filter(|e| e.layers[l]);
+            let ffn_scope = p.pp(experts.map_or(n.mlp, |e| e.scope));
+            layers.push(Layer {
+                attn_norm: RmsNorm::load(&p.pp(n.attn_norm), h, c.eps)?,
+                attn: AttentionWeights::load(
+                    &p.pp(n.attention),
+                    n.projections,
+                    [h, h],
+                    &c.attn_shape(),
+                    c.qkv_bias,
+                )?,
+                mlp_norm: RmsNorm::load(&p.pp(n.mlp_norm), h, c.eps)?,
+                ffn: FeedForward::load(
+                    &ffn_scope,
+                    experts.map(|e| (&e.config, e.names)),
+                    n.mlp_projections,
+                    l,
+                    [h, c.intermediate],
+                )?,
+            });
+        }
+        let norm = RmsNorm::load(&body.pp(n.norm), h, c.eps)?;
+        let lm_head = LmHead::load(vb, n.lm_head, &embed, c.tie_embeddings, [c.model.vocab, h])?;
+        let inv_freq = vb.computed_vector(
+            "rope.inv_freq",
+            &rope::inv_freq(c.rope_theta, c.head_dim, c.llama3),
+        )?;
+        Ok(Decoder {
+            attention: AttentionOptions::default(),
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        })
+    }
+
+    fn sparse_pattern(&self, l: usize) -> Option<SparsePattern> {
+        self.attention.sparse.as_ref().and_then(|s| s.for_layer(l))
+    }
+
+    /// The cache layout of layer `l` for a sequence of up to `capacity` tokens.
+    fn layout(&self, l: usize, capacity: usize) -> kestrel_runtime::Result<KvLayout> {
+        Ok(
+            match (self.attention.streaming, self.config.layer_windows[l]) {
+                (Some((sinks, window)), _) => KvLayout::streaming(sinks, window)?,
+                (None, Some(w)) => KvLayout::sliding(w, capacity)?,
+                (None, None) => KvLayout::linear(capacity),
+            },
+        )
+    }
+
+    /// The decoder over token ids `ids` [n]: embedding, the layers (writing their KV caches)
+    /// and the final norm; returns the normalised hidden states [n, hidden].
+    fn forward(
+        &self,
+        g: &mut Graph,
+        ids: TensorId,
+        capacity: usize,
+    ) -> kestrel_runtime::Result<TensorId> {
+        let c = &self.config;
+        let embed = g.weight(&self.embed);
+        let inv_freq = g.weight(&self.inv_freq);
+        let mut x = g.embedding(embed, ids)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn_norm.apply(g, x)?;
+            let layout = self.layout(l, capacity)?;
+            let mask = self.sparse_pattern(l).map(|pattern| {
+                let blocks = mask_blocks(layout.rows);
+                g.block_mask(&BlockMask::causal(&pattern, c.heads, blocks, l))
+            });
+            let o = layer.attn.build(
+                g,
+                h,
+                &KvCache { layer: l },
+                layout,
+                c.attn_shape(),
+                c.model.causal,
+                Some(inv_freq),
+                mask,
+            )?;
+            x = g.add_tensors(x, o)?;
+            let h = layer.mlp_norm.apply(g, x)?;
+            let down = layer.ffn.build(g, h)?;
+            x = g.add_tensors(x, down)?;
+        }
+        self.norm.apply(g, x)
+    }
+}
+
+impl Network for Decoder {
+    fn config(&self) -> &ModelConfig {
+        &self.config.model
+    }
+
+    fn unread_expert_bytes(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|l| l.ffn.unread_bytes_per_token())
+            .sum()
+    }
+
+    fn attention_windows(&self) -> Vec<Option<usize>> {
+        self.config.layer_windows.clone()
+    }
+
+    fn with_attention(
+        &self,
+        options: &AttentionOptions,
+    ) -> Result<Arc<dyn Network>, AttentionError> {
+        let c = &self.config;
+        options.check(&c.layer_windows, c.model.max_positions)?;
+        Ok(Arc::new(Decoder {
+            attention: options.clone(),
+            ..self.clone()
+        }))
+    }
+}
+
+impl Architecture for Decoder {
+    fn vocab_size(&self) -> usize {
+        self.config.model.vocab
+    }
+
+    /// With attention sinks positions stay inside the cache, so a sequence may grow without
+    /// bound; otherwise the model's position limit.
+    fn max_context(&self) -> usize {
+        match self.attention.streaming {
+            Some(_) => u32::MAX as usize,
+            None => self.config.model.max_positions,
+        }
+    }
+
+    fn kv_layouts(&self, capacity: usize) -> Vec<KvLayout> {
+        (0..self.config.layers)
+            .map(|l| {
+                self.layout(l, capacity)
+                    .unwrap_or(KvLayout::linear(capacity))
+            })
+            .collect()
+    }
+
+    fn states(&self, capacity: usize) -> Vec<StateSpec> {
+        let kvd = self.config.kv_heads * self.config.head_dim;
+        let mut states: Vec<StateSpec> = self
+            .kv_layouts(capacity)
+            .iter()
+            .enumerate()
+            .flat_map(|(l, layout)| KvCache { layer: l }.states(layout, kvd))
+            .collect();
+        states.extend(self.layers.iter().filter_map(|l| l.ffn.state()));
+        states
+    }
+
+    fn build(&self, n: usize, capacity: usize, head: Head) -> kestrel_runtime::Result<Graph> {
+        let mut g = Graph::new();
+        let ids = g.input("tokens", &[n], DType::U32);
+        let x = self.forward(&mut g, ids, capacity)?;
+        match head {
+            Head::AllLogits | Head::Sample => self.lm_head.apply(&mut g, x, head)?,
+            Head::Unmask(u) => {
+                let logits = self.lm_head.logits(&mut g, x)?;
+                // Classifier-free guidance: the prompt-masked sequence's forward runs after the
+                // conditional one in the same graph, over the same KV state (every guided step
+                // is a full forward, so no cache has to survive it).
+                let uncond = if u.cfg_scale() != 0.0 {
+                    let ids = g.input("uncond_tokens", &[n], DType::U32);
+                    let x = self.forward(&mut g, ids, capacity)?;
+                    Some(self.lm_head.logits(&mut g, x)?)
+                } else {
+                    None
+                };
+                let chosen = g.unmask(
+                    logits,
+                    uncond,
+                    ids,
+                    u.mask_id,
+                    u.cfg_scale(),
+                    u.random_remasking,
+                )?;
+                g.output(chosen);
+            }
+        }
+        Ok(g)
+    }
+}

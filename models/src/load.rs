@@ -1,0 +1,160 @@
+//! From files to a [`Model`]: a Hugging Face-layout folder or a GGUF file, natively or from
+//! bytes in the browser, all through one path — the registry finds the family and parses
+//! its config (before any weight is read, so config errors come first), then the weights
+//! are uploaded through scoped names.
+
+use std::cell::Cell;
+#[cfg(not(target_arch = "wasm32"))]
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kestrel_runtime::Gpu;
+
+use crate::error::{ModelError, Result};
+use crate::families::{self, NetworkConfig};
+use crate::formats::gguf::GgufFile;
+use crate::formats::host::TensorSource;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::formats::{self, config::JsonConfig, safetensors::SafetensorsFiles, tokenizer_config};
+use crate::formats::{gguf_hf, gguf_tokenizer};
+use crate::model::{ChatInfo, Model};
+use crate::tokenizer::TextTokenizer;
+use crate::vars::{Vars, WeightBytes};
+
+/// Load the weights `config` describes from `source` and make the model (`path` names it).
+pub fn build_model(
+    gpu: &Arc<Gpu>,
+    path: PathBuf,
+    config: Box<dyn NetworkConfig>,
+    source: &dyn TensorSource,
+    tokenizer: Option<TextTokenizer>,
+    chat: ChatInfo,
+) -> Result<Model> {
+    let bytes = Cell::new(WeightBytes::default());
+    let network = config.load(&Vars::root(gpu, source, &bytes))?;
+    gpu.check()?;
+    Ok(Model::new(path, network, bytes.get(), tokenizer, chat))
+}
+
+/// Build a model from a parsed GGUF file (native or in the browser): weights stay quantized
+/// on the GPU; the tokenizer and chat template come from its metadata.
+pub fn model_from_gguf(gpu: &Arc<Gpu>, file: &GgufFile) -> Result<Model> {
+    let path = file.path();
+    let arch =
+        file.get_str("general.architecture")
+            .ok_or_else(|| ModelError::MissingConfigKey {
+                file: path.to_path_buf(),
+                key: "general.architecture".into(),
+            })?;
+    let class = families::for_gguf(arch, path)?;
+    let config = gguf_hf::config_from_gguf(file, arch, class);
+    let network = families::from_config(&config)?;
+    let source = gguf_hf::GgufSource::new(file, &config)?;
+    let tokenizer = match file.get("tokenizer.ggml.model") {
+        Some(_) => Some(TextTokenizer::from_tokenizer(
+            path,
+            gguf_tokenizer::tokenizer_from_gguf(file)?,
+        )),
+        None => None,
+    };
+    let chat = gguf_hf::chat_info_from_gguf(file);
+    build_model(gpu, path.to_path_buf(), network, &source, tokenizer, chat)
+}
+
+/// Load a model: a GGUF file, or a Hugging Face-layout directory (config.json, *.safetensors,
+/// tokenizer.json, tokenizer_config.json; BlinkDL's RWKV-7 folders have no config.json).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
+    if !path.exists() {
+        return Err(ModelError::NotFound(path.to_path_buf()));
+    }
+    let extension = |ext: &str| {
+        path.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case(ext))
+    };
+    if path.is_file() {
+        if extension("gguf") {
+            return load_gguf(gpu, path);
+        }
+        if extension("pth") {
+            return Err(formats::pth_unsupported(path));
+        }
+        return Err(ModelError::UnsupportedFormat {
+            path: path.to_path_buf(),
+            message: "expected a .gguf file or a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)"
+                .to_string(),
+        });
+    }
+    let config_path = path.join("config.json");
+    let (network, source) = if config_path.exists() {
+        let text = read(&config_path)?;
+        let config = JsonConfig::parse(&config_path, &String::from_utf8_lossy(&text))?;
+        let network = families::from_config(&config)?;
+        (network, SafetensorsFiles::open_dir(path)?)
+    } else if let Some(found) = without_config(path)? {
+        found
+    } else {
+        // Neither: the error of reading the missing config.json.
+        read(&config_path)?;
+        return Err(ModelError::NotFound(config_path));
+    };
+    let (tokenizer, chat) = read_tokenizer_files(path)?;
+    build_model(gpu, path.to_path_buf(), network, &source, tokenizer, chat)
+}
+
+/// A directory without config.json: a family recognised by its tensors (BlinkDL's RWKV-7),
+/// or `None`; an error for a directory that holds only a `.pth` checkpoint.
+#[cfg(not(target_arch = "wasm32"))]
+fn without_config(dir: &Path) -> Result<Option<(Box<dyn NetworkConfig>, SafetensorsFiles)>> {
+    if !dir.join("model.safetensors").exists() {
+        let pth = std::fs::read_dir(dir)
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("pth")));
+        return match pth {
+            Some(p) => Err(formats::pth_unsupported(&p)),
+            None => Ok(None),
+        };
+    }
+    let files = SafetensorsFiles::open_dir(dir)?;
+    Ok(families::from_tensors(&files)?.map(|network| (network, files)))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| ModelError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Load a GGUF file.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_gguf(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
+    let file = GgufFile::open(path)?;
+    model_from_gguf(gpu, &file)
+}
+
+/// tokenizer.json and tokenizer_config.json of a model directory, where they exist.
+#[cfg(not(target_arch = "wasm32"))]
+fn read_tokenizer_files(dir: &Path) -> Result<(Option<TextTokenizer>, ChatInfo)> {
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = match tok_path.exists() {
+        true => Some(TextTokenizer::from_bytes(&tok_path, &read(&tok_path)?)?),
+        false => None,
+    };
+    let config_path = dir.join("tokenizer_config.json");
+    let chat = match config_path.exists() {
+        true => {
+            let text = read(&config_path)?;
+            let config = JsonConfig::parse(&config_path, &String::from_utf8_lossy(&text))?;
+            tokenizer_config::chat_info_from_tokenizer_config(&config)
+        }
+        false => ChatInfo::default(),
+    };
+    Ok((tokenizer, chat))
+}
