@@ -1,9 +1,9 @@
 //! Jamba (JambaForCausalLM): a hybrid of Mamba and attention layers, with sparse experts on
-//! some layers, built from the shared blocks: `blocks::mamba::MambaMixer` (with Jamba's RMSNorms
-//! on dt, B and C), `blocks::attention::AttentionWeights` (no positional encoding: Jamba's attention has no RoPE)
-//! and `blocks::moe::FeedForward`. Layer l attends when l % attn_layer_period == attn_layer_offset
-//! and has experts when l % expert_layer_period == expert_layer_offset. A sequence carries a
-//! KV cache for each attention layer and conv/scan states for each Mamba layer, side by side.
+//! some layers, built from the shared blocks: the Mamba mixer (with Jamba's RMSNorms on dt, B
+//! and C), attention (no positional encoding: Jamba's attention has no RoPE) and
+//! `FeedForward`. Layer l attends when l % attn_layer_period == attn_layer_offset and has
+//! experts when l % expert_layer_period == expert_layer_offset. A sequence carries a KV cache
+//! for each attention layer and conv/scan states for each Mamba layer, side by side.
 
 use std::sync::Arc;
 

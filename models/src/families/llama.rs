@@ -378,7 +378,7 @@ struct Layer {
 /// The decoder with its weights on the GPU.
 #[derive(Clone)]
 pub struct Decoder {
-    pub config: DecoderConfig,
+    config: DecoderConfig,
     attention: AttentionOptions,
     embed: Arc<GpuWeight>,
     layers: Vec<Layer>,

@@ -29,10 +29,23 @@ pub struct Family {
     pub gguf: &'static [(&'static str, &'static str)],
     /// Parse and check the config, before any weight is read (for a family that names
     /// classes or model types).
-    pub parse: Option<fn(&JsonConfig) -> Result<Box<dyn NetworkConfig>>>,
+    pub parse: Option<ParseConfig>,
     /// For a checkpoint without config.json: the config read from its tensors, when they are
     /// this family's (`Ok(None)` otherwise).
-    pub from_tensors: Option<fn(&dyn TensorSource) -> Result<Option<Box<dyn NetworkConfig>>>>,
+    pub from_tensors: Option<FromTensors>,
+}
+
+/// Reads a family's config from config.json.
+pub type ParseConfig = fn(&JsonConfig) -> Result<Box<dyn NetworkConfig>>;
+
+/// Reads a family's config from the tensors of a checkpoint without config.json.
+pub type FromTensors = fn(&dyn TensorSource) -> Result<Option<Box<dyn NetworkConfig>>>;
+
+impl Family {
+    /// Whether config.json's architecture name (a class or a model type) is this family's.
+    fn is_named(&self, arch: &str) -> bool {
+        self.classes.contains(&arch) || self.model_types.contains(&arch)
+    }
 }
 
 /// A family's parsed config, ready to load its weights.
@@ -99,9 +112,11 @@ pub fn supported() -> String {
 /// parsed and checked.
 pub fn from_config(config: &JsonConfig) -> Result<Box<dyn NetworkConfig>> {
     let arch = config.architecture()?;
-    let named =
-        |f: &&&Family| f.classes.contains(&arch.as_str()) || f.model_types.contains(&arch.as_str());
-    match FAMILIES.iter().find(named).and_then(|f| f.parse) {
+    match FAMILIES
+        .iter()
+        .find(|f| f.is_named(&arch))
+        .and_then(|f| f.parse)
+    {
         Some(parse) => parse(config),
         None => Err(ModelError::UnsupportedArchitecture {
             file: config.path.clone(),
@@ -139,6 +154,14 @@ pub fn for_gguf(arch: &str, file: &std::path::Path) -> Result<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error of parsing `config` (a parsed config is not Debug, so no `expect_err`).
+    fn parse_error(config: &JsonConfig) -> String {
+        match from_config(config) {
+            Ok(_) => panic!("{} parsed", config.value),
+            Err(e) => e.to_string(),
+        }
+    }
 
     #[test]
     fn every_name_belongs_to_one_family() {
@@ -184,7 +207,7 @@ mod tests {
         let path = std::path::Path::new("config.json");
         let config =
             JsonConfig::parse(path, r#"{"architectures": ["FooForCausalLM"]}"#).expect("json");
-        let err = from_config(&config).err().expect("unsupported").to_string();
+        let err = parse_error(&config);
         assert!(
             err.contains("unsupported architecture 'FooForCausalLM'"),
             "{err}"
@@ -197,10 +220,7 @@ mod tests {
         ] {
             assert!(err.contains(class), "{err}");
         }
-        let err = for_gguf("gpt2", path)
-            .err()
-            .expect("unsupported")
-            .to_string();
+        let err = for_gguf("gpt2", path).expect_err("unsupported").to_string();
         assert!(err.contains("'gpt2'") && err.contains("qwen2moe"), "{err}");
     }
 
@@ -216,7 +236,7 @@ mod tests {
         ] {
             let text = format!(r#"{{"model_type": "{model_type}"}}"#);
             let config = JsonConfig::parse(path, &text).expect("json");
-            let err = from_config(&config).err().expect("incomplete").to_string();
+            let err = parse_error(&config);
             assert!(
                 err.contains(&format!("missing config key '{key}'")),
                 "{model_type}: {err}"

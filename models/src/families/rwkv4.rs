@@ -12,9 +12,9 @@
 //!
 //! LayerNorms, the token shift (`x_prev - x` from a kernel-2 conv1d whose state [1, C] is the
 //! previous token's input), the lerps and the channel mix are the blocks RWKV-6/7 use
-//! (`blocks::rwkv`); only the WKV recurrence and the rescaling are RWKV-4's own. The shift inputs and the
-//! WKV state [3, C] (aa, bb, pp; zero = empty, see kernels::wkv4) are recurrent session
-//! states, so nothing depends on a position.
+//! (`blocks::rwkv`); only the WKV recurrence and the rescaling are RWKV-4's own. The shift
+//! inputs and the WKV state [3, C] (aa, bb, pp; zero = empty, see kernels::wkv4) are
+//! recurrent session states, so nothing depends on a position.
 //!
 //! `rescale_every` (r > 0): in inference HF divides `attention.output` and
 //! `feed_forward.value` of block l by 2^(l / r) at load and halves the hidden states after

@@ -1,8 +1,8 @@
-//! Zamba2 (Zamba2ForCausalLM): Mamba-2 layers (`blocks::mamba::MambaMixer`), and on the "hybrid"
+//! Zamba2 (Zamba2ForCausalLM): Mamba-2 layers (the shared Mamba mixer), and on the "hybrid"
 //! layers a transformer block whose weights are shared: `num_mem_blocks` blocks used in turn.
 //! A hybrid layer feeds the block the concatenation of its input and the token embeddings
-//! [T, 2 * hidden]: RMSNorm, attention (`blocks::attention::AttentionWeights`, head_dim = 2 * hidden /
-//! heads, scale 1/sqrt(head_dim / 2), RoPE when use_mem_rope), RMSNorm, a GeGLU (or SwiGLU)
+//! [T, 2 * hidden]: RMSNorm, attention (the shared block, head_dim = 2 * hidden / heads,
+//! scale 1/sqrt(head_dim / 2), RoPE when use_mem_rope), RMSNorm, a GeGLU (or SwiGLU)
 //! MLP, with per-use LoRA adapters on q, k, v (use_shared_attention_adapter) and on the MLP's
 //! gate/up projection, then the layer's own linear; the result is added to the Mamba layer's
 //! input (not to its residual). Each hybrid layer has its own KV cache; every layer has its
