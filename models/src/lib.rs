@@ -22,7 +22,7 @@ pub use blocks::attention_options::{AttentionError, AttentionField, AttentionOpt
 pub use error::{ModelError, Result};
 pub use families::{Network, NetworkConfig};
 pub use formats::tokenizer_config::chat_info_from_tokenizer_config;
-pub use load::{build_model, model_from_gguf};
+pub use load::{build_model, model_from_files, model_from_gguf};
 #[cfg(not(target_arch = "wasm32"))]
 pub use load::{load, load_gguf};
 pub use model::{ChatInfo, Model, ModelConfig};

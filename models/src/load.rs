@@ -1,23 +1,23 @@
 //! From files to a [`Model`]: a Hugging Face-layout folder or a GGUF file, natively or from
 //! bytes in the browser, all through one path — the registry finds the family and parses
-//! its config (before any weight is read, so config errors come first), then the weights
-//! are uploaded through scoped names.
+//! its config (before any weight is read, so config errors come first), then
+//! [`build_model`] uploads the weights through scoped names.
 
 use std::cell::Cell;
-#[cfg(not(target_arch = "wasm32"))]
-use std::path::Path;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kestrel_runtime::Gpu;
 
 use crate::error::{ModelError, Result};
 use crate::families::{self, NetworkConfig};
+use crate::formats::config::JsonConfig;
 use crate::formats::gguf::GgufFile;
 use crate::formats::host::TensorSource;
 #[cfg(not(target_arch = "wasm32"))]
-use crate::formats::{self, config::JsonConfig, safetensors::SafetensorsFiles, tokenizer_config};
-use crate::formats::{gguf_hf, gguf_tokenizer};
+use crate::formats::pth_unsupported;
+use crate::formats::safetensors::{Blob, SafetensorsFiles};
+use crate::formats::{gguf_hf, gguf_tokenizer, tokenizer_config};
 use crate::model::{ChatInfo, Model};
 use crate::tokenizer::TextTokenizer;
 use crate::vars::{Vars, WeightBytes};
@@ -62,6 +62,60 @@ pub fn model_from_gguf(gpu: &Arc<Gpu>, file: &GgufFile) -> Result<Model> {
     build_model(gpu, path.to_path_buf(), network, &source, tokenizer, chat)
 }
 
+/// A model from the files of a Hugging Face folder given as (file name, bytes), as the browser
+/// has them: config.json (or, for BlinkDL's RWKV-7, none), *.safetensors, tokenizer.json,
+/// tokenizer_config.json. Only the base name of each file counts; other files are ignored.
+/// `dir` names the folder in errors.
+pub fn model_from_files(
+    gpu: &Arc<Gpu>,
+    dir: &Path,
+    files: Vec<(String, Vec<u8>)>,
+) -> Result<Model> {
+    let mut config = None;
+    let mut tokenizer = None;
+    let mut tokenizer_config = None;
+    let mut shards = Vec::new();
+    for (name, bytes) in files {
+        let base = name.rsplit('/').next().unwrap_or(&name).to_string();
+        let path = dir.join(&base);
+        match base.as_str() {
+            "config.json" => config = Some((path, bytes)),
+            "tokenizer.json" => tokenizer = Some((path, bytes)),
+            "tokenizer_config.json" => tokenizer_config = Some((path, bytes)),
+            b if b.ends_with(".safetensors") => shards.push((path, Blob::Owned(bytes))),
+            _ => {}
+        }
+    }
+    if shards.is_empty() {
+        return Err(ModelError::NotFound(dir.join("model.safetensors")));
+    }
+    let json = |(path, bytes): (PathBuf, Vec<u8>)| {
+        JsonConfig::parse(&path, &String::from_utf8_lossy(&bytes))
+    };
+    // The family and its config before any weight is read, as from a directory.
+    let network = match config {
+        Some(file) => Some(families::from_config(&json(file)?)?),
+        None => None,
+    };
+    // Shards in name order, like the index of a sharded checkpoint.
+    shards.sort_by(|a, b| a.0.cmp(&b.0));
+    let source = SafetensorsFiles::from_blobs(dir, shards)?;
+    let network = match network {
+        Some(n) => n,
+        None => families::from_tensors(&source)?
+            .ok_or_else(|| ModelError::NotFound(dir.join("config.json")))?,
+    };
+    let tokenizer = match tokenizer {
+        Some((path, bytes)) => Some(TextTokenizer::from_bytes(&path, &bytes)?),
+        None => None,
+    };
+    let chat = match tokenizer_config {
+        Some(file) => tokenizer_config::chat_info_from_tokenizer_config(&json(file)?),
+        None => ChatInfo::default(),
+    };
+    build_model(gpu, dir.to_path_buf(), network, &source, tokenizer, chat)
+}
+
 /// Load a model: a GGUF file, or a Hugging Face-layout directory (config.json, *.safetensors,
 /// tokenizer.json, tokenizer_config.json; BlinkDL's RWKV-7 folders have no config.json).
 #[cfg(not(target_arch = "wasm32"))]
@@ -78,7 +132,7 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
             return load_gguf(gpu, path);
         }
         if extension("pth") {
-            return Err(formats::pth_unsupported(path));
+            return Err(pth_unsupported(path));
         }
         return Err(ModelError::UnsupportedFormat {
             path: path.to_path_buf(),
@@ -116,7 +170,7 @@ fn without_config(dir: &Path) -> Result<Option<(Box<dyn NetworkConfig>, Safetens
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("pth")));
         return match pth {
-            Some(p) => Err(formats::pth_unsupported(&p)),
+            Some(p) => Err(pth_unsupported(&p)),
             None => Ok(None),
         };
     }
