@@ -648,3 +648,119 @@ fn moe_and_hybrid_configs_disagreeing_with_tensors_fail_clearly() {
     ];
     assert_bad_configs(cases);
 }
+
+/// Tensors a fixture stores that its network never reads: BlinkDL's RWKV-7 keeps layer 0's
+/// value-residual LoRA, which layer 0 has no use for (its values are the residual).
+const UNREAD: &[(&str, &[&str])] = &[(
+    "rwkv7_blink",
+    &["blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"],
+)];
+
+/// Bytes of every tensor stored in a fixture's model files (the safetensors headers' data
+/// ranges, or the GGUF tensor infos) but those in `UNREAD`.
+fn stored_tensor_bytes(name: &str) -> u64 {
+    let unread = UNREAD.iter().find(|u| u.0 == name).map_or(&[][..], |u| u.1);
+    let path = model_path(name);
+    if path.extension().is_some_and(|e| e == "gguf") {
+        let file = kestrel_models::formats::gguf::GgufFile::open(&path).expect("gguf");
+        return file.tensor_infos().iter().map(|t| t.n_bytes).sum();
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(&path).expect("fixture dir") {
+        let file = entry.expect("entry").path();
+        if file.extension().is_none_or(|e| e != "safetensors") {
+            continue;
+        }
+        let bytes = std::fs::read(&file).expect("safetensors");
+        let n = u64::from_le_bytes(bytes[..8].try_into().expect("header length")) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("header");
+        for (tensor, info) in header.as_object().expect("header object") {
+            if tensor != "__metadata__" && !unread.contains(&tensor.as_str()) {
+                let range = &info["data_offsets"];
+                let (a, b) = (range[0].as_u64(), range[1].as_u64());
+                total += b.expect("end") - a.expect("start");
+            }
+        }
+    }
+    total
+}
+
+/// Loading reads every tensor of a fixture once: the scoped loaders count each in
+/// `file_bytes` exactly once, however it is split (fused projections, stacked experts,
+/// per-head constants) or however often its shape is checked.
+#[test]
+fn every_stored_tensor_is_counted_once() {
+    let gpu = gpus().into_iter().next().expect("a GPU");
+    for name in MODELS {
+        let model = kestrel_models::load(&gpu, &model_path(name)).expect("load");
+        assert_eq!(model.file_bytes(), stored_tensor_bytes(name), "{name}");
+        assert!(model.weight_bytes() > 0, "{name}");
+    }
+}
+
+/// A folder given as bytes (what the browser has) loads through the same registry path as a
+/// directory: the family from config.json, or for BlinkDL's RWKV-7 from its tensors.
+#[test]
+fn folders_given_as_bytes_load_like_directories() {
+    let gpu = gpus().into_iter().next().expect("a GPU");
+    for name in ["llama_gqa", "rwkv7_blink", "mamba2"] {
+        let dir = fixture(name);
+        let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+            .expect("fixture dir")
+            .map(|e| {
+                let path = e.expect("entry").path();
+                let name = path
+                    .file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned();
+                (name, std::fs::read(&path).expect("read"))
+            })
+            .collect();
+        let model = kestrel_models::model_from_files(&gpu, &dir, files).expect("load bytes");
+        let toks = tokens(name);
+        let mut s = model.session(&gpu, toks.len()).expect("session");
+        let got = pollster::block_on(s.logits(&toks)).expect("prefill");
+        let (shape, want) = read_npy(&dir.join("logits_prefill.npy"));
+        check(&format!("{name} from bytes"), &got, &want, shape[1]);
+        let from_dir = kestrel_models::load(&gpu, &dir).expect("load dir");
+        assert_eq!(model.file_bytes(), from_dir.file_bytes(), "{name}");
+        assert_eq!(model.config(), from_dir.config(), "{name}");
+    }
+}
+
+/// What the front ends ask of a model's attention: the windows of its attention layers
+/// (none for a recurrent model) and the typed error of options it cannot take.
+#[test]
+fn attention_layers_and_option_errors_are_reported_by_field() {
+    use kestrel_models::{AttentionError, AttentionField, ModelError};
+    let gpu = gpus().into_iter().next().expect("a GPU");
+    let windows = |name: &str| {
+        let model = kestrel_models::load(&gpu, &model_path(name)).expect("load");
+        (model.attention_windows(), model.has_attention())
+    };
+    assert_eq!(windows("mistral_window"), (vec![Some(8); 2], true));
+    assert_eq!(windows("jamba"), (vec![None], true));
+    assert_eq!(windows("mamba"), (vec![], false));
+    let mut model = kestrel_models::load(&gpu, &fixture("mistral_window")).expect("load");
+    let err = model
+        .set_attention(AttentionOptions {
+            streaming: Some((2, 20)),
+            sparse: None,
+        })
+        .expect_err("a window wider than the model's");
+    match err {
+        ModelError::Attention(e) => {
+            assert_eq!(
+                e,
+                AttentionError::WiderThanModel {
+                    window: 20,
+                    model_window: 8
+                }
+            );
+            assert_eq!(e.fields(), [AttentionField::KvWindow]);
+            assert!(e.to_string().starts_with("kv_window 20 "), "{e}");
+        }
+        other => panic!("not an attention error: {other}"),
+    }
+}
