@@ -7,6 +7,7 @@
 pub mod chat_template;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod gguf;
 pub mod gguf_model;
 pub mod gguf_tokenizer;
@@ -31,6 +32,7 @@ use kestrel_runtime::session::Session;
 use kestrel_runtime::Gpu;
 
 pub use error::{ModelError, Result};
+pub use generate::{Finish, GenerateError, Generation, Prompt, Request, Step};
 pub use llama::AttentionOptions;
 pub use tokenizer::{TextStream, TextTokenizer};
 
