@@ -219,7 +219,8 @@ fn model_bench(
         prompt_len + decode_len.max(1)
     };
     let mut session = model.session(gpu, capacity).map_err(err)?;
-    let mut warm = Generation::new(&model, &mut session, prompt.clone(), &run(2)).map_err(gen_err)?;
+    let mut warm =
+        Generation::new(&model, &mut session, prompt.clone(), &run(2)).map_err(gen_err)?;
     for _ in 0..2 {
         pollster::block_on(warm.step(&model, &mut session)).map_err(gen_err)?;
     }
@@ -240,7 +241,8 @@ fn model_bench(
     };
     let counts_before = read_counters(&session)?;
     // The prompt's step draws the first token; each later step decodes one.
-    let mut g = Generation::new(&model, &mut session, prompt, &run(decode_len + 1)).map_err(gen_err)?;
+    let mut g =
+        Generation::new(&model, &mut session, prompt, &run(decode_len + 1)).map_err(gen_err)?;
     let t = Instant::now();
     pollster::block_on(g.step(&model, &mut session)).map_err(gen_err)?;
     let prefill_s = t.elapsed().as_secs_f64();

@@ -12,8 +12,8 @@ use kestrel_runtime::session::Sampling;
 
 use crate::args::Args;
 use crate::{
-    apply_attention, attention_options, cli_error, diffuse, fetch, open_gpu, print_reply,
-    request, with_attention,
+    apply_attention, attention_options, cli_error, diffuse, fetch, open_gpu, print_reply, request,
+    with_attention,
 };
 
 /// Set by Ctrl-C while a reply is streaming; Ctrl-C at the prompt ends the program.
@@ -168,7 +168,10 @@ pub fn run(a: &Args) -> Result<(), String> {
                 produced,
                 produced.saturating_sub(1) as f64 / times.rest.max(1e-9)
             );
-            eprintln!("[{} prompt tokens reused from the cache]", g.reused_tokens());
+            eprintln!(
+                "[{} prompt tokens reused from the cache]",
+                g.reused_tokens()
+            );
             g.reply().to_string()
         } else {
             // A diffusion model regenerates the reply region from masks every turn.

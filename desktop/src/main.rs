@@ -311,9 +311,7 @@ pub fn request(a: &Args, max_tokens: usize, sampling: Sampling) -> Result<Reques
 /// A generator error in the command line's words (settings named by their flags).
 pub fn cli_error(e: GenerateError) -> String {
     match e {
-        GenerateError::Request(e) => {
-            e.message(|field| format!("--{}", field.replace('_', "-")))
-        }
+        GenerateError::Request(e) => e.message(|field| format!("--{}", field.replace('_', "-"))),
         GenerateError::Diffusion(DiffusionError::Config(e)) => diffuse::config_error(&e),
         e => e.to_string(),
     }

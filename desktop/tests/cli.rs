@@ -270,14 +270,21 @@ fn generate_ends_before_a_stop_string_and_checks_ranges() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, format!("{want}\n"));
     // The ranges every front end shares, named by their flags.
-    for (flag, value) in [("--temperature", "3"), ("--top-p", "0"), ("--max-tokens", "0")] {
+    for (flag, value) in [
+        ("--temperature", "3"),
+        ("--top-p", "0"),
+        ("--max-tokens", "0"),
+    ] {
         let mut args = base.to_vec();
         args.extend([flag, value]);
         let (code, _, err) = kestrel(&args);
         assert_ne!(code, 0);
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{err}");
-        assert!(lines[0].starts_with(&format!("error: {flag} must be")), "{err}");
+        assert!(
+            lines[0].starts_with(&format!("error: {flag} must be")),
+            "{err}"
+        );
     }
 }
 

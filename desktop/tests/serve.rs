@@ -328,7 +328,10 @@ fn refuses_bad_requests_in_openai_form() {
     server.error(chat_path, &format!("{{{m},\"max_tokens\":\"ten\"}}"), 400);
     // The generator's ranges, the same as the browser's and the command line's.
     let msg = server.error(chat_path, &format!("{{{m},\"temperature\":2.5}}"), 400);
-    assert!(msg.contains("'temperature'") && msg.contains("from 0 to 2"), "{msg}");
+    assert!(
+        msg.contains("'temperature'") && msg.contains("from 0 to 2"),
+        "{msg}"
+    );
     let five = r#""stop":["a","b","c","d","e"]"#;
     let msg = server.error(chat_path, &format!("{{{m},{five}}}"), 400);
     assert!(msg.contains("'stop'"), "{msg}");

@@ -555,7 +555,9 @@ mod tests {
         assert_eq!(field(with(|r| r.max_tokens = 0)), Err("max_tokens"));
         assert_eq!(field(with(|r| r.stop.push("b".into()))), Err("stop"));
         assert_eq!(field(with(|r| r.stop[0].clear())), Err("stop"));
-        let e = with(|r| r.sampling.temperature = 3.0).validate().unwrap_err();
+        let e = with(|r| r.sampling.temperature = 3.0)
+            .validate()
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "temperature must be a number from 0 to 2, not 3"

@@ -144,7 +144,10 @@ mod tests {
         // A byte-level vocabulary of 272: most of these characters are several tokens.
         let text = "Grüße, 世界! Ωmega — ok 🦅 done";
         let ids = tok.encode(text).expect("encode");
-        assert!(ids.len() > text.chars().count(), "characters split over tokens");
+        assert!(
+            ids.len() > text.chars().count(),
+            "characters split over tokens"
+        );
         let mut stream = TextStream::default();
         let mut pieces = Vec::new();
         for &id in &ids {
@@ -154,7 +157,10 @@ mod tests {
         }
         assert_eq!(stream.finish(&tok).expect("finish"), "");
         assert_eq!(pieces.concat(), tok.decode(&ids).expect("decode"));
-        assert!(pieces.iter().filter(|p| p.is_empty()).count() > 0, "held back");
+        assert!(
+            pieces.iter().filter(|p| p.is_empty()).count() > 0,
+            "held back"
+        );
     }
 
     #[test]
@@ -175,7 +181,9 @@ mod tests {
         // random bytes may leave an invalid one at the end for a while): never the reply.
         assert!(widest < 40, "window of {widest} ids");
         // Text a model would write, and a run of special tokens in the middle.
-        let mut ids = tok.encode("Hello there, how are you? Fine: ünïcödé 世界").expect("encode");
+        let mut ids = tok
+            .encode("Hello there, how are you? Fine: ünïcödé 世界")
+            .expect("encode");
         let special = tok.inner().token_to_id("</s>").expect("a special token");
         ids.splice(5..5, std::iter::repeat_n(special, 50));
         let widest = stream_matches_whole_decode(&tok, &ids);

@@ -94,7 +94,11 @@ impl ConfigError {
         use Setting::*;
         match *self {
             ConfigError::ZeroLength => {
-                format!("{} and {} must be at least 1", name(GenLength), name(BlockLength))
+                format!(
+                    "{} and {} must be at least 1",
+                    name(GenLength),
+                    name(BlockLength)
+                )
             }
             ConfigError::NotMultiple {
                 gen_length,
@@ -333,7 +337,13 @@ impl DiffusionSampler {
                 seed: pcg_hash(config.seed ^ pcg_hash((block * 65536 + step) as u32)),
             };
             let committed = session
-                .unmask(from, &self.x[from..to], uncond.as_deref(), self.head, &choice)
+                .unmask(
+                    from,
+                    &self.x[from..to],
+                    uncond.as_deref(),
+                    self.head,
+                    &choice,
+                )
                 .await?;
             let passes = 1 + uncond.is_some() as usize;
             self.stats.forwards += passes;
@@ -426,7 +436,10 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert_eq!(e.to_string(), "gen_length 12 is not a multiple of block_length 8");
+        assert_eq!(
+            e.to_string(),
+            "gen_length 12 is not a multiple of block_length 8"
+        );
         let flag = |s: Setting| format!("--{}", s.field().replace('_', "-"));
         assert_eq!(
             e.message(flag),

@@ -195,7 +195,10 @@ fn a_sampler_refuses_what_it_cannot_run_naming_the_setting() {
         "{e}"
     );
     let e = refuse(&mut s, &[1, mask], ok);
-    assert!(matches!(e, DiffusionError::MaskInPrompt(m) if m == mask), "{e}");
+    assert!(
+        matches!(e, DiffusionError::MaskInPrompt(m) if m == mask),
+        "{e}"
+    );
     let e = refuse(&mut s, &[1; 9], ok);
     assert!(
         matches!(

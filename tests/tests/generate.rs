@@ -137,7 +137,12 @@ fn limits_stop_strings_and_prefix_reuse() {
         };
         let mut g = Generation::new(&model, s, prompt.to_vec(), &request).expect("start");
         let (_, finish) = run(&mut g, &model, s);
-        (g.completion_tokens(), g.sampled_tokens(), g.reused_tokens(), finish)
+        (
+            g.completion_tokens(),
+            g.sampled_tokens(),
+            g.reused_tokens(),
+            finish,
+        )
     };
     assert_eq!(count(5, &prompt, &mut s), (5, 5, 0, Finish::Length));
     // The same prompt again: all but its last token come from the cache.
@@ -205,11 +210,11 @@ fn bad_requests_are_refused_before_anything_runs() {
     let gpu = gpus().into_iter().next().expect("gpu");
     let model = kestrel_models::load(&gpu, &fixture("llama_gqa")).expect("load");
     let mut s = model.session(&gpu, 64).expect("session");
-    let start = |s: &mut Session, prompt: Vec<u32>, r: &Request| {
-        match Generation::new(&model, s, prompt, r) {
-            Err(e) => e,
-            Ok(_) => panic!("{r:?} was accepted"),
-        }
+    let start = |s: &mut Session, prompt: Vec<u32>, r: &Request| match Generation::new(
+        &model, s, prompt, r,
+    ) {
+        Err(e) => e,
+        Ok(_) => panic!("{r:?} was accepted"),
     };
     let mut hot = greedy(4);
     hot.sampling.temperature = 2.5;
@@ -259,8 +264,8 @@ fn a_diffusion_model_gives_one_block_per_step() {
     let mut s = model
         .session(&gpu, ids.len() + config.gen_length)
         .expect("session");
-    let (all, _) = pollster::block_on(diffusion::generate(&mut s, &ids, mask, &config))
-        .expect("sampler");
+    let (all, _) =
+        pollster::block_on(diffusion::generate(&mut s, &ids, mask, &config)).expect("sampler");
     let generated = &all[ids.len()..];
     let end = generated
         .iter()
@@ -284,14 +289,21 @@ fn a_diffusion_model_gives_one_block_per_step() {
     let blocks_run = if end < 16 { end / 4 + 1 } else { 4 };
     assert_eq!(tokens, blocks_run * 4);
     assert!(stats.forwards >= tokens / 4);
-    let expected = if end < 16 { Finish::Stop } else { Finish::Length };
+    let expected = if end < 16 {
+        Finish::Stop
+    } else {
+        Finish::Length
+    };
     assert_eq!(finish, expected);
     assert!(pieces.len() <= blocks_run + 1);
 
     // With a token of the second block as end-of-sequence, the reply stops there and the
     // blocks after it are never run.
     let eos = generated[5];
-    let end = generated.iter().position(|&t| t == eos).expect("in the reply");
+    let end = generated
+        .iter()
+        .position(|&t| t == eos)
+        .expect("in the reply");
     let dir = with_eos("llada", eos);
     let model = kestrel_models::load(&gpu, &dir).expect("load");
     let mut g = Generation::new(&model, &mut s, g_ids, &request).expect("start");

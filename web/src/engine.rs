@@ -353,7 +353,9 @@ impl Engine {
             };
             let produced = g.completion_tokens();
             let reply = match step {
-                Step::Text(text) => json!({"text": text, "done": false, "finish_reason": null, "completion_tokens": produced}),
+                Step::Text(text) => {
+                    json!({"text": text, "done": false, "finish_reason": null, "completion_tokens": produced})
+                }
                 Step::Done(finish) => {
                     this.generation = None;
                     json!({"text": "", "done": true, "finish_reason": finish.reason(), "completion_tokens": produced})

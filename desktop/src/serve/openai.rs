@@ -611,10 +611,7 @@ mod tests {
             param(&format!("{{{m},\"temperature\":2.5}}")),
             Some("temperature".into())
         );
-        assert_eq!(
-            param(&format!("{{{m},\"top_p\":0}}")),
-            Some("top_p".into())
-        );
+        assert_eq!(param(&format!("{{{m},\"top_p\":0}}")), Some("top_p".into()));
         assert_eq!(
             param(&format!("{{{m},\"max_completion_tokens\":0}}")),
             Some("max_completion_tokens".into())
