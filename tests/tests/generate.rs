@@ -314,3 +314,72 @@ fn a_diffusion_model_gives_one_block_per_step() {
     assert!(end / 4 + 1 < 4, "blocks left unrun");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SmolLM2's GGUF (a real 49152-token byte-level BPE vocabulary), when in Kestrel's cache
+/// (`kestrel chat` puts it there; tests/run.sh does so) or at `$KESTREL_SMOLLM2`.
+fn smollm2() -> Option<PathBuf> {
+    let p = std::env::var_os("KESTREL_SMOLLM2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            kestrel_models::cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SmolLM2 is not at {}: its generator checks not run",
+            p.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn smollm2_replies_stream_like_whole_decodes() {
+    let Some(path) = smollm2() else { return };
+    let gpu = gpus().into_iter().next().expect("gpu");
+    let model = kestrel_models::load(&gpu, &path).expect("load SmolLM2");
+    let tok = model.tokenizer.as_ref().expect("tokenizer");
+    // Its greedy reply to the fixture prompt (tests/fixtures/smollm2), through the generator.
+    let prompt: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("smollm2/prompt.json")).expect("prompt"),
+    )
+    .expect("json");
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .expect("ids")
+            .iter()
+            .map(|t| t.as_u64().expect("id") as u32)
+            .collect()
+    };
+    let greedy_ids = ids(&prompt["greedy"]);
+    let mut s = model.session(&gpu, 128).expect("session");
+    let request = Request {
+        max_tokens: greedy_ids.len(),
+        ignore_eos: true,
+        ..Request::default()
+    };
+    let mut g = Generation::new(&model, &mut s, ids(&prompt["tokens"]), &request).expect("start");
+    let (pieces, _) = run(&mut g, &model, &mut s);
+    let want = tok.decode(&greedy_ids).expect("decode");
+    eprintln!("SmolLM2: {want:?}");
+    assert_eq!(pieces.concat(), want);
+
+    // Thousands of random ids (split characters, invalid bytes, special tokens) stream as
+    // they decode whole.
+    let vocab = tok.inner().get_vocab_size(true) as u32;
+    let mut state = 99u32;
+    let random: Vec<u32> = (0..3000)
+        .map(|_| {
+            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+            (state >> 8) % vocab
+        })
+        .collect();
+    let mut stream = kestrel_models::TextStream::default();
+    let mut text = String::new();
+    for &id in &random {
+        text.push_str(&stream.push(tok, id).expect("push"));
+    }
+    text.push_str(&stream.finish(tok).expect("finish"));
+    assert_eq!(text, tok.decode(&random).expect("decode"));
+}
