@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use kestrel_models::generate::{Generation, Request};
 use kestrel_runtime::kernels::{self, matmul, matvec};
 use kestrel_runtime::rng::Rng;
-use kestrel_runtime::session::Sampling;
 use kestrel_runtime::tensor::{GpuWeight, HostData};
 use kestrel_runtime::Gpu;
 use serde_json::{json, Value};
@@ -203,6 +203,13 @@ fn model_bench(
         .collect();
     let err = |e: kestrel_models::ModelError| e.to_string();
     let rt = |e: kestrel_runtime::Error| e.to_string();
+    let gen_err = |e: kestrel_models::GenerateError| e.to_string();
+    // Greedy, a fixed count of tokens through any end-of-sequence token (as llama-bench).
+    let run = |tokens: usize| Request {
+        max_tokens: tokens,
+        ignore_eos: true,
+        ..Request::default()
+    };
 
     // Warm-up run (pipeline compilation), then measured runs on a fresh cache. With sinks the
     // capacity is unbounded (the session caps it at the architecture's limit).
@@ -212,9 +219,11 @@ fn model_bench(
         prompt_len + decode_len.max(1)
     };
     let mut session = model.session(gpu, capacity).map_err(err)?;
-    let greedy = Sampling::default();
-    let first = pollster::block_on(session.next_token(&prompt, &greedy)).map_err(rt)?;
-    pollster::block_on(session.next_token(&[first], &greedy)).map_err(rt)?;
+    let mut warm =
+        Generation::new(&model, &mut session, prompt.clone(), &run(2)).map_err(gen_err)?;
+    for _ in 0..2 {
+        pollster::block_on(warm.step(&model, &mut session)).map_err(gen_err)?;
+    }
     session.reset();
     // Expert counters run over the session's life: the measured run is the difference.
     let counters: Vec<String> = model
@@ -231,16 +240,18 @@ fn model_bench(
             .collect::<Result<Vec<_>, _>>()
     };
     let counts_before = read_counters(&session)?;
+    // The prompt's step draws the first token; each later step decodes one.
+    let mut g =
+        Generation::new(&model, &mut session, prompt, &run(decode_len + 1)).map_err(gen_err)?;
     let t = Instant::now();
-    let mut next = pollster::block_on(session.next_token(&prompt, &greedy)).map_err(rt)?;
+    pollster::block_on(g.step(&model, &mut session)).map_err(gen_err)?;
     let prefill_s = t.elapsed().as_secs_f64();
     let kv_start = session.state_bytes();
     let mut windows = Vec::new();
     let (mut w_from, mut w_start) = (0, Instant::now());
     let t = Instant::now();
     for i in 1..=decode_len {
-        // Greedy: the sampled token is the next input.
-        next = pollster::block_on(session.next_token(&[next], &greedy)).map_err(rt)?;
+        pollster::block_on(g.step(&model, &mut session)).map_err(gen_err)?;
         if report_every > 0 && (i % report_every == 0 || i == decode_len) {
             windows.push(DecodeWindow {
                 from: w_from,
@@ -251,6 +262,13 @@ fn model_bench(
         }
     }
     let decode_s = t.elapsed().as_secs_f64();
+    if g.sampled_tokens() != decode_len + 1 {
+        return Err(format!(
+            "bench: {} tokens drawn, {} expected",
+            g.sampled_tokens(),
+            decode_len + 1
+        ));
+    }
     let kv_end = session.state_bytes();
     let routing: Vec<Value> = counters
         .iter()

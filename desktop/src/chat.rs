@@ -2,16 +2,19 @@
 //! between turns (a new turn prefills only the tokens the cache does not hold yet), stops a
 //! reply on Ctrl-C, and drops the oldest turns when the context fills up.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use kestrel_models::chat_template::Message;
-use kestrel_models::{Model, TextStream};
-use kestrel_runtime::session::{Sampling, Session};
+use kestrel_models::generate::{Generation, Prompt};
+use kestrel_runtime::session::Sampling;
 
 use crate::args::Args;
-use crate::{apply_attention, attention_options, diffuse, fetch, open_gpu, with_attention};
+use crate::{
+    apply_attention, attention_options, cli_error, diffuse, fetch, open_gpu, print_reply, request,
+    with_attention,
+};
 
 /// Set by Ctrl-C while a reply is streaming; Ctrl-C at the prompt ends the program.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -27,6 +30,7 @@ pub fn run(a: &Args) -> Result<(), String> {
         "top-k",
         "top-p",
         "seed",
+        "stop",
         "ctx",
         "steps",
         "block-length",
@@ -37,12 +41,13 @@ pub fn run(a: &Args) -> Result<(), String> {
     ]))?;
     let attention = attention_options(a)?;
     let max_tokens: usize = a.parsed("max-tokens", 512)?;
-    let mut sampling = Sampling {
-        temperature: a.parsed("temperature", 0.7)?,
-        top_k: a.parsed("top-k", 40)?,
-        top_p: a.parsed("top-p", 0.95)?,
-        seed: a.parsed("seed", 0)?,
+    let defaults = Sampling {
+        temperature: 0.7,
+        top_k: 40,
+        top_p: 0.95,
+        seed: 0,
     };
+    let mut request = request(a, max_tokens, defaults)?;
     // With attention sinks the conversation may grow without bound in a fixed cache.
     let default_ctx = if attention.streaming.is_some() {
         usize::MAX
@@ -58,10 +63,9 @@ pub fn run(a: &Args) -> Result<(), String> {
     let t = Instant::now();
     let mut model = kestrel_models::load(&gpu, &path).map_err(|e| e.to_string())?;
     apply_attention(&mut model, attention)?;
-    let tok = model
-        .tokenizer
-        .as_ref()
-        .ok_or("the model has no tokenizer, so it cannot chat")?;
+    if model.tokenizer.is_none() {
+        return Err("the model has no tokenizer, so it cannot chat".into());
+    }
     let template = model.chat_template().map_err(|e| e.to_string())?;
     let mut session = model.session(&gpu, ctx).map_err(|e| e.to_string())?;
     eprintln!(
@@ -123,8 +127,9 @@ pub fn run(a: &Args) -> Result<(), String> {
         let room = max_tokens.min(session.capacity() / 2);
         let ids = loop {
             let msgs: Vec<Message> = system.iter().chain(history.iter()).cloned().collect();
-            let text = template.render(&msgs, true).map_err(|e| e.to_string())?;
-            let ids = tok.encode(&text).map_err(|e| e.to_string())?;
+            let ids = Prompt::Chat(msgs)
+                .encode(&model, Some(&template))
+                .map_err(cli_error)?;
             if ids.len() + room <= session.capacity() {
                 break Some(ids);
             }
@@ -143,22 +148,46 @@ pub fn run(a: &Args) -> Result<(), String> {
             );
             continue;
         };
-        // Reuse the cached prefix; prefill only what differs.
-        let new = session.reuse_prefix(&ids);
-        let keep = ids.len() - new.len();
-        sampling.seed = sampling.seed.wrapping_add(1);
+        request.sampling.seed = request.sampling.seed.wrapping_add(1);
+        request.max_tokens = room.max(1);
+        let stopped = || STOP.load(Ordering::SeqCst);
+        let _generating = Generating::start();
         let reply = if model.config().causal {
-            respond(&model, tok, &mut session, new, &sampling, room)?
+            // Reuses the cached prefix; prefills only what differs.
+            let mut g = Generation::new(&model, &mut session, ids, &request).map_err(cli_error)?;
+            let times = print_reply(&model, &mut session, &mut g, stopped)?;
+            if stopped() {
+                eprintln!("[stopped]");
+            }
+            let new = g.prompt_tokens() - g.reused_tokens();
+            let produced = g.completion_tokens();
+            eprintln!(
+                "[{} new prompt tokens at {:.0} tokens/s; {} tokens at {:.1} tokens/s]",
+                new,
+                new as f64 / times.first.max(1e-9),
+                produced,
+                produced.saturating_sub(1) as f64 / times.rest.max(1e-9)
+            );
+            eprintln!(
+                "[{} prompt tokens reused from the cache]",
+                g.reused_tokens()
+            );
+            g.reply().to_string()
         } else {
             // A diffusion model regenerates the reply region from masks every turn.
-            let _generating = Generating::start();
             let block = a.parsed("block-length", 32usize)?.max(1);
             let config = diffuse::config(a, room.div_ceil(block) * block)?;
-            diffuse::stream(&gpu, &model, tok, &ids, &config)?
+            request.diffusion = Some(config);
+            let mut s = model
+                .session(&gpu, ids.len() + config.gen_length)
+                .map_err(|e| e.to_string())?;
+            let mut g = Generation::new(&model, &mut s, ids, &request).map_err(cli_error)?;
+            let times = print_reply(&model, &mut s, &mut g, stopped)?;
+            if let Some((generated, stats)) = g.diffusion_stats() {
+                diffuse::report(&gpu, generated, &stats, times.first + times.rest);
+            }
+            g.reply().to_string()
         };
-        if model.config().causal {
-            eprintln!("[{keep} prompt tokens reused from the cache]");
-        }
         history.push(Message::new("assistant", &reply));
     }
 }
@@ -178,53 +207,4 @@ impl Drop for Generating {
     fn drop(&mut self) {
         GENERATING.store(false, Ordering::SeqCst);
     }
-}
-
-/// Stream one reply; returns its text.
-fn respond(
-    model: &Model,
-    tok: &kestrel_models::TextTokenizer,
-    session: &mut Session,
-    new: &[u32],
-    sampling: &Sampling,
-    max_tokens: usize,
-) -> Result<String, String> {
-    let _generating = Generating::start();
-    let mut stream = TextStream::default();
-    let mut reply = String::new();
-    let mut out = std::io::stdout();
-    let t = Instant::now();
-    let mut next =
-        pollster::block_on(session.next_token(new, sampling)).map_err(|e| e.to_string())?;
-    let prefill = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let mut produced = 0;
-    loop {
-        if model.eos().contains(&next) || STOP.load(Ordering::SeqCst) {
-            break;
-        }
-        let piece = stream.push(tok, next).map_err(|e| e.to_string())?;
-        reply.push_str(&piece);
-        print!("{piece}");
-        let _ = out.flush();
-        produced += 1;
-        if produced >= max_tokens || session.pos() + 1 >= session.capacity() {
-            break;
-        }
-        next =
-            pollster::block_on(session.next_token(&[next], sampling)).map_err(|e| e.to_string())?;
-    }
-    println!();
-    if STOP.load(Ordering::SeqCst) {
-        eprintln!("[stopped]");
-    }
-    let decode = t.elapsed().as_secs_f64();
-    eprintln!(
-        "[{} new prompt tokens at {:.0} tokens/s; {} tokens at {:.1} tokens/s]",
-        new.len(),
-        new.len() as f64 / prefill.max(1e-9),
-        produced,
-        produced.saturating_sub(1) as f64 / decode.max(1e-9)
-    );
-    Ok(reply)
 }

@@ -1,14 +1,16 @@
 //! Diffusion LMs on the command line: `kestrel diffuse` (the contract: ids in, the whole
-//! sequence out as JSON) and the block-by-block streaming that `generate` and `chat` use
-//! for a bidirectional model.
+//! sequence out as JSON), the sampler settings that `generate` and `chat` also take for a
+//! bidirectional model (the generator then streams it block by block), and its bench.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kestrel_models::{Model, TextStream, TextTokenizer};
-use kestrel_runtime::diffusion::{self, BlockCache, DiffusionConfig, DiffusionStats};
+use kestrel_models::generate::mask_token;
+use kestrel_models::Model;
+use kestrel_runtime::diffusion::{
+    self, BlockCache, ConfigError, DiffusionConfig, DiffusionStats, Setting,
+};
 use kestrel_runtime::Gpu;
 
 use crate::args::Args;
@@ -68,46 +70,30 @@ pub fn config(a: &Args, gen_length: usize) -> Result<DiffusionConfig, String> {
         cache,
         seed: a.parsed("seed", 0)?,
     };
-    config.validate().map_err(|e| e.to_string())?;
+    config.validate().map_err(|e| config_error(&e))?;
     Ok(config)
 }
 
-/// The mask token of a diffusion model, or a clear error for any other model.
-pub fn mask_token(model: &Model) -> Result<u32, String> {
-    match (model.config().causal, model.config().mask_token) {
-        (false, Some(m)) => Ok(m),
-        (false, None) => Err(format!(
-            "{} is bidirectional but has no mask_token_id, so it cannot be sampled by diffusion",
-            model.name
-        )),
-        (true, _) => Err(format!(
-            "{} is not a diffusion model (it is causal and has no mask token)",
-            model.name
-        )),
-    }
+/// A sampler setting error in the command line's words: the settings named by their flags.
+pub fn config_error(e: &ConfigError) -> String {
+    let flag = |s: Setting| format!("--{}", s.field().replace('_', "-"));
+    format!("input out of range: {}", e.message(flag))
 }
 
-/// Run the sampler after `prompt`; returns the whole sequence and the counters.
-/// `on_step` sees the sequence after each step.
+/// Run the sampler after `prompt`, block by block; returns the whole sequence and the
+/// counters.
 pub fn generate(
     gpu: &Arc<Gpu>,
     model: &Model,
     prompt: &[u32],
     config: &DiffusionConfig,
-    on_step: impl FnMut(&diffusion::StepReport, &[u32]),
 ) -> Result<(Vec<u32>, DiffusionStats), String> {
-    let mask = mask_token(model)?;
+    let mask = mask_token(model).map_err(|e| e.to_string())?;
     let mut session = model
         .session(gpu, prompt.len() + config.gen_length)
         .map_err(|e| e.to_string())?;
-    pollster::block_on(diffusion::generate(
-        &mut session,
-        prompt,
-        mask,
-        config,
-        on_step,
-    ))
-    .map_err(|e| e.to_string())
+    pollster::block_on(diffusion::generate(&mut session, prompt, mask, config))
+        .map_err(|e| e.to_string())
 }
 
 /// `kestrel diffuse`: write {"tokens": [...]} for prompt + generation.
@@ -122,7 +108,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     let gpu = open_gpu(a)?;
     let model = open_model(&gpu, a)?;
     let t = Instant::now();
-    let (all, stats) = generate(&gpu, &model, &tokens, &config, |_, _| {})?;
+    let (all, stats) = generate(&gpu, &model, &tokens, &config)?;
     report(&gpu, config.gen_length, &stats, t.elapsed().as_secs_f64());
     let text = serde_json::json!({ "tokens": all }).to_string();
     std::fs::write(Path::new(out), text).map_err(|e| format!("cannot write {out}: {e}"))
@@ -140,61 +126,12 @@ pub fn report(gpu: &Gpu, generated: usize, stats: &DiffusionStats, secs: f64) {
     );
 }
 
-/// Generate after `prompt` and print the text block by block as each block fills, up to
-/// the first end-of-sequence token; returns the reply's text.
-pub fn stream(
-    gpu: &Arc<Gpu>,
-    model: &Model,
-    tok: &TextTokenizer,
-    prompt: &[u32],
-    config: &DiffusionConfig,
-) -> Result<String, String> {
-    let mask = mask_token(model)?;
-    let mut text = TextStream::default();
-    let mut reply = String::new();
-    let mut printed = prompt.len();
-    let mut ended = false;
-    let mut error = None;
-    let mut out = std::io::stdout();
-    let t = Instant::now();
-    let (_, stats) = generate(gpu, model, prompt, config, |_, x| {
-        // Print every finished block not printed yet, in order.
-        while !ended && printed < x.len() {
-            let end = printed + config.block_length;
-            if x[printed..end].contains(&mask) {
-                break;
-            }
-            for &id in &x[printed..end] {
-                if model.eos().contains(&id) {
-                    ended = true;
-                    break;
-                }
-                match text.push(tok, id) {
-                    Ok(piece) => {
-                        print!("{piece}");
-                        reply.push_str(&piece);
-                    }
-                    Err(e) => error = Some(e.to_string()),
-                }
-            }
-            let _ = out.flush();
-            printed = end;
-        }
-    })?;
-    println!();
-    if let Some(e) = error {
-        return Err(e);
-    }
-    report(gpu, config.gen_length, &stats, t.elapsed().as_secs_f64());
-    Ok(reply)
-}
-
 /// `kestrel bench` on a diffusion model: forward passes per token, tokens/s and agreement
 /// with exact decoding (one token per step, no cache) for fewer steps, threshold decoding
 /// and threshold decoding with the prefix cache.
 pub fn bench(gpu: &Arc<Gpu>, model: &Model, text: bool) -> Result<serde_json::Value, String> {
     let vocab = model.config().vocab as u32;
-    let mask = mask_token(model)?;
+    let mask = mask_token(model).map_err(|e| e.to_string())?;
     let prompt: Vec<u32> = (1..=16u32)
         .map(|i| i * 37 % vocab)
         .filter(|&t| t != mask)
@@ -277,12 +214,12 @@ pub fn bench(gpu: &Arc<Gpu>, model: &Model, text: bool) -> Result<serde_json::Va
         );
     }
     // Warm the pipelines and plans once.
-    generate(gpu, model, &prompt, &exact, |_, _| {})?;
+    generate(gpu, model, &prompt, &exact)?;
     let mut reference: Option<Vec<u32>> = None;
     let mut rows = Vec::new();
     for (name, config) in variants {
         let t = Instant::now();
-        let (out, stats) = generate(gpu, model, &prompt, &config, |_, _| {})?;
+        let (out, stats) = generate(gpu, model, &prompt, &config)?;
         let secs = t.elapsed().as_secs_f64();
         let generated = &out[prompt.len()..];
         let reference = reference.get_or_insert_with(|| generated.to_vec());

@@ -9,11 +9,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use kestrel_models::chat_template::{ChatTemplate, Message};
+use kestrel_models::chat_template::ChatTemplate;
+use kestrel_models::generate::{Generation, Request, Step};
 use kestrel_models::AttentionOptions;
-use kestrel_models::{Model, TextStream};
-use kestrel_runtime::session::{Sampling, Session};
+use kestrel_models::Model;
+use kestrel_runtime::session::Session;
 use kestrel_runtime::Gpu;
+
+pub use kestrel_models::generate::{Finish, Prompt};
 
 /// What to load.
 #[derive(Clone, Debug)]
@@ -41,43 +44,13 @@ pub struct ModelInfo {
     pub fallback_template: bool,
 }
 
-#[derive(Clone, Debug)]
-pub enum Prompt {
-    /// A conversation, rendered by the model's chat template with a generation prompt.
-    Chat(Vec<Message>),
-    /// Raw text, tokenized as is.
-    Text(String),
-}
-
 pub struct Job {
     pub prompt: Prompt,
-    pub max_tokens: usize,
-    pub sampling: Sampling,
-    /// Generation ends before any of these strings; the reply excludes it.
-    pub stop: Vec<String>,
+    /// Sampling, max_tokens and stop strings, checked by the generator.
+    pub request: Request,
     /// Set to end the reply early.
     pub cancel: Arc<AtomicBool>,
     pub events: mpsc::Sender<Event>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Finish {
-    /// An end-of-sequence token or a stop string.
-    Stop,
-    /// max_tokens reached or the context is full.
-    Length,
-    /// Cancelled by the caller.
-    Cancelled,
-}
-
-impl Finish {
-    /// OpenAI's finish_reason (a cancelled reply is never seen by its client).
-    pub fn reason(self) -> &'static str {
-        match self {
-            Finish::Stop | Finish::Cancelled => "stop",
-            Finish::Length => "length",
-        }
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -241,100 +214,48 @@ impl Worker {
         }
     }
 
+    /// Drive the generator through one job, sending its pieces as they come.
     fn run(&mut self, job: &Job) -> Result<Summary, String> {
         let started = Instant::now();
-        let tok = self.model.tokenizer.as_ref().ok_or("no tokenizer")?;
-        let text = match &job.prompt {
-            Prompt::Chat(messages) => self
-                .template
-                .render(messages, true)
-                .map_err(|e| e.to_string())?,
-            Prompt::Text(t) => t.clone(),
-        };
-        let ids = tok.encode(&text).map_err(|e| e.to_string())?;
-        if ids.is_empty() {
-            return Err("the prompt encodes to no tokens".into());
-        }
-        let capacity = self.session.capacity();
-        if ids.len() >= capacity {
-            return Err(format!(
-                "the prompt has {} tokens; the context holds {capacity}, with room for at least one more",
-                ids.len()
-            ));
-        }
-        let cancelled = |job: &Job| job.cancel.load(Ordering::SeqCst);
-        if cancelled(job)
-            || job
-                .events
-                .send(Event::Started {
-                    prompt_tokens: ids.len(),
-                })
-                .is_err()
-        {
-            return Ok(Summary::empty(ids.len(), Finish::Cancelled));
-        }
-        let new = self.session.reuse_prefix(&ids);
-        let reused = ids.len() - new.len();
-        let max_tokens = job.max_tokens.min(capacity - ids.len());
-        let mut stream = TextStream::default();
-        let mut reply = String::new();
-        // Text held back while it could still be the start of a stop string.
-        let mut sent = 0;
-        let mut produced = 0;
-        let mut finish = Finish::Length;
-        let mut first_token_seconds = 0.0;
-        let mut decode_start = Instant::now();
-        let mut next = pollster::block_on(self.session.next_token(new, &job.sampling))
+        let model = &self.model;
+        let ids = job
+            .prompt
+            .encode(model, Some(&self.template))
             .map_err(|e| e.to_string())?;
-        while produced < max_tokens {
-            if produced == 0 {
-                first_token_seconds = started.elapsed().as_secs_f64();
+        let mut g = Generation::new(model, &mut self.session, ids, &job.request)
+            .map_err(|e| e.to_string())?;
+        let cancelled = || job.cancel.load(Ordering::SeqCst);
+        let prompt_tokens = g.prompt_tokens();
+        if cancelled() || job.events.send(Event::Started { prompt_tokens }).is_err() {
+            return Ok(Summary::empty(prompt_tokens, Finish::Cancelled));
+        }
+        let mut first_token_seconds = None;
+        let mut decode_start = Instant::now();
+        loop {
+            let step =
+                pollster::block_on(g.step(model, &mut self.session)).map_err(|e| e.to_string())?;
+            if first_token_seconds.is_none() {
+                first_token_seconds = Some(started.elapsed().as_secs_f64());
                 decode_start = Instant::now();
             }
-            if self.model.eos().contains(&next) {
-                finish = Finish::Stop;
+            let piece = match step {
+                Step::Done(_) => break,
+                Step::Text(piece) => piece,
+            };
+            if (!piece.is_empty() && job.events.send(Event::Piece(piece)).is_err()) || cancelled() {
+                g.cancel();
                 break;
             }
-            produced += 1;
-            reply.push_str(&stream.push(tok, next).map_err(|e| e.to_string())?);
-            if let Some(at) = find_stop(&reply, &job.stop) {
-                reply.truncate(at);
-                finish = Finish::Stop;
-                break;
-            }
-            let safe = reply.len() - held_back(&reply, &job.stop);
-            if safe > sent {
-                if job
-                    .events
-                    .send(Event::Piece(reply[sent..safe].to_string()))
-                    .is_err()
-                {
-                    finish = Finish::Cancelled;
-                    break;
-                }
-                sent = safe;
-            }
-            if cancelled(job) {
-                finish = Finish::Cancelled;
-                break;
-            }
-            if produced == max_tokens {
-                break;
-            }
-            next = pollster::block_on(self.session.next_token(&[next], &job.sampling))
-                .map_err(|e| e.to_string())?;
-        }
-        if finish != Finish::Cancelled && reply.len() > sent {
-            let _ = job.events.send(Event::Piece(reply[sent..].to_string()));
         }
         let decode = decode_start.elapsed().as_secs_f64();
+        let produced = g.completion_tokens();
         Ok(Summary {
-            text: reply,
-            prompt_tokens: ids.len(),
-            reused_tokens: reused,
+            text: g.reply().to_string(),
+            prompt_tokens,
+            reused_tokens: g.reused_tokens(),
             completion_tokens: produced,
-            finish,
-            first_token_seconds,
+            finish: g.finish().unwrap_or(Finish::Cancelled),
+            first_token_seconds: first_token_seconds.unwrap_or(0.0),
             tokens_per_second: if decode > 0.0 && produced > 1 {
                 (produced - 1) as f64 / decode
             } else {
@@ -355,43 +276,5 @@ impl Summary {
             first_token_seconds: 0.0,
             tokens_per_second: 0.0,
         }
-    }
-}
-
-/// Byte offset of the earliest stop string in `text`.
-fn find_stop(text: &str, stop: &[String]) -> Option<usize> {
-    stop.iter()
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| text.find(s.as_str()))
-        .min()
-}
-
-/// How many bytes at the end of `text` could begin a stop string (and so are not sent yet).
-fn held_back(text: &str, stop: &[String]) -> usize {
-    let mut held = 0;
-    for s in stop.iter().filter(|s| !s.is_empty()) {
-        for (i, _) in s.char_indices().skip(1) {
-            if text.ends_with(&s[..i]) {
-                held = held.max(i);
-            }
-        }
-    }
-    held
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_strings_are_found_and_prefixes_held_back() {
-        let stop = vec!["</end>".to_string(), "##".to_string()];
-        assert_eq!(find_stop("abc</end>x", &stop), Some(3));
-        assert_eq!(find_stop("a##b</end>", &stop), Some(1));
-        assert_eq!(find_stop("abc", &stop), None);
-        assert_eq!(held_back("abc</e", &stop), 3);
-        assert_eq!(held_back("abc#", &stop), 1);
-        assert_eq!(held_back("abc", &stop), 0);
-        assert_eq!(held_back("abc", &[]), 0);
     }
 }

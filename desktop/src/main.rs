@@ -17,10 +17,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
+use kestrel_models::generate::{GenerateError, Generation, Prompt, Request, Step};
 use kestrel_models::AttentionOptions;
-use kestrel_models::{Model, TextStream};
+use kestrel_models::Model;
 use kestrel_runtime::block_mask::SparseConfig;
-use kestrel_runtime::session::Sampling;
+use kestrel_runtime::diffusion::DiffusionError;
+use kestrel_runtime::session::{Sampling, Session};
 use kestrel_runtime::{BackendChoice, Gpu};
 
 use args::Args;
@@ -31,11 +33,11 @@ usage:
   kestrel info [--backend auto|vulkan|gl|metal|dx12]
   kestrel logits --model PATH --tokens 5,17,42 [--mode prefill|decode] [--backend B] --out FILE.npy
   kestrel generate --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
-                   [--top-p P] [--seed S] [--ctx N] [--backend B]
+                   [--top-p P] [--seed S] [--stop TEXT] [--ctx N] [--backend B]
   kestrel bench [--model PATH] [--attention [--max-len N]] [--prompt-tokens N]
                 [--decode-tokens N] [--report-every N] [--json] [--backend B]
   kestrel chat [--model PATH] [--system TEXT] [--max-tokens N] [--temperature T] [--top-k K]
-               [--top-p P] [--seed S] [--ctx N] [--backend B]
+               [--top-p P] [--seed S] [--stop TEXT] [--ctx N] [--backend B]
                (without --model: SmolLM2-135M-Instruct, downloaded once into the cache)
   kestrel diffuse --model PATH --tokens IDS --gen-length G --steps S --block-length B
                   --out FILE.json [--temperature T] [--cfg-scale C]
@@ -47,6 +49,9 @@ usage:
                 /health; --port 0 picks a free port)
   kestrel app [--model PATH] [--system TEXT] [--ctx N] [--backend B]
               (a desktop chat window; without --model it asks for a model path)
+
+sampling (generate, chat): --temperature in [0, 2] (0 is greedy), --top-p in (0, 1], --top-k
+(0 = off); a reply ends before --stop TEXT
 
 diffusion models (LLaDA): generate and chat sample by masked diffusion and print each block
 as it fills; they take --block-length, --steps, --threshold, --cache, --cfg-scale, --remasking
@@ -239,6 +244,7 @@ fn generate(a: &Args) -> CliResult {
         "top-k",
         "top-p",
         "seed",
+        "stop",
         "ctx",
         "backend",
         "gen-length",
@@ -251,71 +257,114 @@ fn generate(a: &Args) -> CliResult {
     ]))?;
     let prompt = a.required("prompt")?;
     let max_tokens: usize = a.parsed("max-tokens", 64)?;
-    let sampling = Sampling {
-        temperature: a.parsed("temperature", 0.0)?,
-        top_k: a.parsed("top-k", 0)?,
-        top_p: a.parsed("top-p", 1.0)?,
-        seed: a.parsed("seed", 0)?,
-    };
+    let mut request = request(a, max_tokens, Sampling::default())?;
     let ctx: usize = a.parsed("ctx", 4096)?;
     let gpu = open_gpu(a)?;
     let model = open_model(&gpu, a)?;
-    let tok = model
-        .tokenizer
-        .as_ref()
-        .ok_or("the model has no tokenizer.json, so it cannot take a text prompt")?;
-    let ids = tok.encode(prompt).map_err(|e| e.to_string())?;
-    if ids.is_empty() {
-        return Err("the prompt encodes to no tokens".into());
-    }
-    if !model.config().causal {
-        let config = diffuse::config(a, max_tokens)?;
-        diffuse::stream(&gpu, &model, tok, &ids, &config)?;
+    let ids = Prompt::Text(prompt.to_string())
+        .encode(&model, None)
+        .map_err(cli_error)?;
+    // A diffusion model's sequence is the prompt and the region it fills.
+    let capacity = match model.config().causal {
+        true => ctx,
+        false => {
+            let config = diffuse::config(a, max_tokens)?;
+            request.diffusion = Some(config);
+            ids.len() + config.gen_length
+        }
+    };
+    let mut session = model.session(&gpu, capacity).map_err(|e| e.to_string())?;
+    let mut g = Generation::new(&model, &mut session, ids, &request).map_err(cli_error)?;
+    let times = print_reply(&model, &mut session, &mut g, || false)?;
+    if let Some((generated, stats)) = g.diffusion_stats() {
+        diffuse::report(&gpu, generated, &stats, times.first + times.rest);
         return Ok(());
     }
-    let mut session = model.session(&gpu, ctx).map_err(|e| e.to_string())?;
-    if ids.len() >= session.capacity() {
-        return Err(format!(
-            "the prompt has {} tokens, more than the context of {} leaves room for",
-            ids.len(),
-            session.capacity()
-        ));
-    }
-    let max_tokens = max_tokens.min(session.capacity() - ids.len());
-    let mut stream = TextStream::default();
-    let mut stdout = std::io::stdout();
-    let t0 = Instant::now();
-    let mut next =
-        pollster::block_on(session.next_token(&ids, &sampling)).map_err(|e| e.to_string())?;
-    let prefill = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let mut produced = 0;
-    while produced < max_tokens {
-        produced += 1;
-        if model.eos().contains(&next) {
-            break;
-        }
-        let piece = stream.push(tok, next).map_err(|e| e.to_string())?;
-        print!("{piece}");
-        let _ = stdout.flush();
-        if produced == max_tokens {
-            break;
-        }
-        next = pollster::block_on(session.next_token(&[next], &sampling))
-            .map_err(|e| e.to_string())?;
-    }
-    let decode = t1.elapsed().as_secs_f64();
-    println!();
-    let decoded = produced.saturating_sub(1);
+    let prompt_tokens = g.prompt_tokens();
+    let decoded = g.sampled_tokens().saturating_sub(1);
     eprintln!(
         "prefill: {} tokens in {:.3} s ({:.1} tokens/s); decode: {} tokens in {:.3} s ({:.1} tokens/s) on {}",
-        ids.len(),
-        prefill,
-        ids.len() as f64 / prefill,
+        prompt_tokens,
+        times.first,
+        prompt_tokens as f64 / times.first,
         decoded,
-        decode,
-        if decode > 0.0 { decoded as f64 / decode } else { 0.0 },
+        times.rest,
+        if times.rest > 0.0 { decoded as f64 / times.rest } else { 0.0 },
         gpu.info.name
     );
     Ok(())
+}
+
+/// The generator's request from `--temperature`, `--top-k`, `--top-p`, `--seed` and
+/// `--stop` (`sampling` where a flag is absent) and `max_tokens`, checked, its errors
+/// naming the flags.
+pub fn request(a: &Args, max_tokens: usize, sampling: Sampling) -> Result<Request, String> {
+    let request = Request {
+        sampling: Sampling {
+            temperature: a.parsed("temperature", sampling.temperature)?,
+            top_k: a.parsed("top-k", sampling.top_k)?,
+            top_p: a.parsed("top-p", sampling.top_p)?,
+            seed: a.parsed("seed", sampling.seed)?,
+        },
+        max_tokens,
+        stop: a.get("stop").map(str::to_string).into_iter().collect(),
+        ..Request::default()
+    };
+    request
+        .validate()
+        .map_err(|e| e.message(|field| format!("--{}", field.replace('_', "-"))))?;
+    Ok(request)
+}
+
+/// A generator error in the command line's words (settings named by their flags).
+pub fn cli_error(e: GenerateError) -> String {
+    match e {
+        GenerateError::Request(e) => e.message(|field| format!("--{}", field.replace('_', "-"))),
+        GenerateError::Diffusion(DiffusionError::Config(e)) => diffuse::config_error(&e),
+        e => e.to_string(),
+    }
+}
+
+/// How long a reply took: its first step (the prompt and the first token, or the first
+/// diffusion block) and the rest.
+pub struct ReplyTimes {
+    pub first: f64,
+    pub rest: f64,
+}
+
+/// Drive `g` to its end, printing each piece on stdout as it comes (then a newline);
+/// `stop()` ends it early (Ctrl-C in `chat`).
+pub fn print_reply(
+    model: &Model,
+    session: &mut Session,
+    g: &mut Generation,
+    stop: impl Fn() -> bool,
+) -> Result<ReplyTimes, String> {
+    let mut out = std::io::stdout();
+    let start = Instant::now();
+    let mut first = None;
+    let mut rest = Instant::now();
+    loop {
+        let step = pollster::block_on(g.step(model, session)).map_err(cli_error)?;
+        if first.is_none() {
+            first = Some(start.elapsed().as_secs_f64());
+            rest = Instant::now();
+        }
+        match step {
+            Step::Done(_) => break,
+            Step::Text(piece) => {
+                print!("{piece}");
+                let _ = out.flush();
+            }
+        }
+        if stop() {
+            g.cancel();
+            break;
+        }
+    }
+    println!();
+    Ok(ReplyTimes {
+        first: first.unwrap_or(0.0),
+        rest: rest.elapsed().as_secs_f64(),
+    })
 }

@@ -307,9 +307,7 @@ impl<'s> RunningJob<'s> {
         engine
             .submit(Job {
                 prompt: r.prompt.clone(),
-                max_tokens: r.max_tokens,
-                sampling: r.sampling,
-                stop: r.stop.clone(),
+                request: r.request.clone(),
                 cancel: cancel.clone(),
                 events: tx,
             })

@@ -242,6 +242,53 @@ fn generate_streams_text_and_reports_speed() {
 }
 
 #[test]
+fn generate_ends_before_a_stop_string_and_checks_ranges() {
+    let model = fixture("llama_tied");
+    let base = [
+        "generate",
+        "--model",
+        model.to_str().expect("utf8"),
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "12",
+    ];
+    let (code, out, err) = kestrel(&base);
+    assert_eq!(code, 0, "{err}");
+    let full = out.strip_suffix('\n').expect("a reply line");
+    let chars: Vec<char> = full.chars().collect();
+    assert!(chars.len() >= 4, "a reply long enough to cut: {full:?}");
+    // Two characters from the middle (a command line cannot carry a NUL).
+    let stop: String = (chars.len() / 2..chars.len() - 1)
+        .map(|i| chars[i..i + 2].iter().collect::<String>())
+        .find(|s: &String| !s.contains('\0'))
+        .expect("a stop string");
+    let want = &full[..full.find(&stop).expect("in the reply")];
+    let mut args = base.to_vec();
+    args.extend(["--stop", &stop]);
+    let (code, out, err) = kestrel(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{want}\n"));
+    // The ranges every front end shares, named by their flags.
+    for (flag, value) in [
+        ("--temperature", "3"),
+        ("--top-p", "0"),
+        ("--max-tokens", "0"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend([flag, value]);
+        let (code, _, err) = kestrel(&args);
+        assert_ne!(code, 0);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(
+            lines[0].starts_with(&format!("error: {flag} must be")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn chat_keeps_the_cache_between_turns_and_resets() {
     // The fixture's 64 positions hold one ChatML turn; give the copy room for three.
     let dir = copy_fixture("llama_gqa", "chat");

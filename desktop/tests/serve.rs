@@ -248,6 +248,19 @@ fn serves_models_chat_and_completions() {
     assert_eq!(streamed, first);
     assert_eq!(finish, "length");
 
+    // A stop string ends the reply before it, whole or streamed; its text never shows.
+    let chars: Vec<char> = first.chars().collect();
+    let stop: String = chars[chars.len() / 2..].iter().take(2).collect();
+    let want = &first[..first.find(&stop).expect("in the reply")];
+    let mut stopped = chat("hi", 8, false);
+    stopped["stop"] = json!([stop, "never said"]);
+    let whole = server.post("/v1/chat/completions", &stopped);
+    assert_eq!(chat_content(&whole, 8), want);
+    assert_eq!(whole["choices"][0]["finish_reason"], "stop");
+    stopped["stream"] = json!(true);
+    let (_, body) = server.post_text("/v1/chat/completions", &stopped.to_string());
+    assert_eq!(streamed_chat(&body), (want.to_string(), "stop".to_string()));
+
     // include_usage adds a last chunk with no choices and the usage.
     let mut with_usage = chat("hi", 8, true);
     with_usage["stream_options"] = json!({"include_usage": true});
@@ -313,6 +326,15 @@ fn refuses_bad_requests_in_openai_form() {
     assert!(msg.contains("'n'"), "{msg}");
     server.error(chat_path, "{\"model\":\"x\"}", 400);
     server.error(chat_path, &format!("{{{m},\"max_tokens\":\"ten\"}}"), 400);
+    // The generator's ranges, the same as the browser's and the command line's.
+    let msg = server.error(chat_path, &format!("{{{m},\"temperature\":2.5}}"), 400);
+    assert!(
+        msg.contains("'temperature'") && msg.contains("from 0 to 2"),
+        "{msg}"
+    );
+    let five = r#""stop":["a","b","c","d","e"]"#;
+    let msg = server.error(chat_path, &format!("{{{m},{five}}}"), 400);
+    assert!(msg.contains("'stop'"), "{msg}");
     server.error("/v1/completions", "{\"prompt\":[1,2]}", 400);
     // A prompt past the 64-token context of the fixture.
     let long = "hello there ".repeat(100);

@@ -10,6 +10,7 @@ pub mod chat_template;
 pub mod error;
 pub mod families;
 pub mod formats;
+pub mod generate;
 mod load;
 mod model;
 pub mod tokenizer;
@@ -22,6 +23,7 @@ pub use blocks::attention_options::{AttentionError, AttentionField, AttentionOpt
 pub use error::{ModelError, Result};
 pub use families::{Network, NetworkConfig};
 pub use formats::tokenizer_config::chat_info_from_tokenizer_config;
+pub use generate::{Finish, GenerateError, Generation, Prompt, Request, Step};
 pub use load::{build_model, model_from_files, model_from_gguf};
 #[cfg(not(target_arch = "wasm32"))]
 pub use load::{load, load_gguf};

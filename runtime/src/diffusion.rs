@@ -44,41 +44,142 @@ pub struct DiffusionConfig {
     pub seed: u32,
 }
 
+/// A setting of [`DiffusionConfig`] that an error names; front ends map it to their own
+/// spelling (a command-line flag, a request field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    GenLength,
+    BlockLength,
+    Steps,
+    Threshold,
+    CfgScale,
+    Temperature,
+}
+
+impl Setting {
+    /// The field's name in [`DiffusionConfig`].
+    pub fn field(self) -> &'static str {
+        match self {
+            Setting::GenLength => "gen_length",
+            Setting::BlockLength => "block_length",
+            Setting::Steps => "steps",
+            Setting::Threshold => "threshold",
+            Setting::CfgScale => "cfg_scale",
+            Setting::Temperature => "temperature",
+        }
+    }
+}
+
+/// Settings that do not make a sampler.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ConfigError {
+    ZeroLength,
+    NotMultiple {
+        gen_length: usize,
+        block_length: usize,
+    },
+    UnevenSteps {
+        steps: usize,
+        blocks: usize,
+    },
+    Threshold(f32),
+    CfgScale(f32),
+    GuidanceWithCache,
+    Temperature(f32),
+}
+
+impl ConfigError {
+    /// The message, with every setting spelled by `name`.
+    pub fn message(&self, name: impl Fn(Setting) -> String) -> String {
+        use Setting::*;
+        match *self {
+            ConfigError::ZeroLength => {
+                format!(
+                    "{} and {} must be at least 1",
+                    name(GenLength),
+                    name(BlockLength)
+                )
+            }
+            ConfigError::NotMultiple {
+                gen_length,
+                block_length,
+            } => format!(
+                "{} {gen_length} is not a multiple of {} {block_length}",
+                name(GenLength),
+                name(BlockLength)
+            ),
+            ConfigError::UnevenSteps { steps, blocks } => format!(
+                "{} {steps} cannot be divided evenly across {blocks} blocks",
+                name(Steps)
+            ),
+            ConfigError::Threshold(t) => format!("{} {t} must be in (0, 1]", name(Threshold)),
+            ConfigError::CfgScale(c) => format!("{} {c} must be 0 or more", name(CfgScale)),
+            ConfigError::GuidanceWithCache => {
+                "classifier-free guidance runs without the block cache".to_string()
+            }
+            ConfigError::Temperature(t) => {
+                format!("{} {t} must be 0 or more", name(Temperature))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message(|s| s.field().to_string()))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Why a sampler could not start or a step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffusionError {
+    #[error("input out of range: {0}")]
+    Config(#[from] ConfigError),
+    #[error("input out of range: the prompt contains the mask token {0}")]
+    MaskInPrompt(u32),
+    #[error("input out of range: {prompt} prompt tokens and {gen_length} to generate exceed the context of {context} tokens")]
+    PastContext {
+        prompt: usize,
+        gen_length: usize,
+        context: usize,
+    },
+    #[error(transparent)]
+    Runtime(#[from] Error),
+}
+
 impl DiffusionConfig {
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::InputOutOfRange(m));
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         if self.gen_length == 0 || self.block_length == 0 {
-            return bad("--gen-length and --block-length must be at least 1".into());
+            return Err(ConfigError::ZeroLength);
         }
         if !self.gen_length.is_multiple_of(self.block_length) {
-            return bad(format!(
-                "--gen-length {} is not a multiple of --block-length {}",
-                self.gen_length, self.block_length
-            ));
+            return Err(ConfigError::NotMultiple {
+                gen_length: self.gen_length,
+                block_length: self.block_length,
+            });
         }
-        let blocks = self.gen_length / self.block_length;
+        let blocks = self.blocks();
         if self.threshold.is_none() && (self.steps == 0 || !self.steps.is_multiple_of(blocks)) {
-            return bad(format!(
-                "--steps {} cannot be divided evenly across {blocks} blocks",
-                self.steps
-            ));
+            return Err(ConfigError::UnevenSteps {
+                steps: self.steps,
+                blocks,
+            });
         }
         if let Some(t) = self.threshold {
             if !(t > 0.0 && t <= 1.0) {
-                return bad(format!("--threshold {t} must be in (0, 1]"));
+                return Err(ConfigError::Threshold(t));
             }
         }
         if self.cfg_scale < 0.0 || !self.cfg_scale.is_finite() {
-            return bad(format!("--cfg-scale {} must be 0 or more", self.cfg_scale));
+            return Err(ConfigError::CfgScale(self.cfg_scale));
         }
         if self.cfg_scale != 0.0 && self.cache != BlockCache::None {
-            return bad("classifier-free guidance runs without the block cache".into());
+            return Err(ConfigError::GuidanceWithCache);
         }
         if self.temperature < 0.0 || !self.temperature.is_finite() {
-            return bad(format!(
-                "--temperature {} must be 0 or more",
-                self.temperature
-            ));
+            return Err(ConfigError::Temperature(self.temperature));
         }
         Ok(())
     }
@@ -110,50 +211,102 @@ pub struct DiffusionStats {
     pub positions_run: usize,
 }
 
-/// Generate `config.gen_length` tokens after `prompt`; returns the whole sequence.
-/// `on_step` sees each step's commits and the sequence after them (stream a block when its
-/// last mask is filled). The session's capacity must hold prompt + generation.
-pub async fn generate(
-    session: &mut Session,
-    prompt: &[u32],
+/// One filled block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block {
+    pub index: usize,
+    /// The block's tokens.
+    pub tokens: Vec<u32>,
+    /// Each step's commits, in order.
+    pub steps: Vec<StepReport>,
+}
+
+/// The sampler as a step machine: each [`DiffusionSampler::next_block`] fills one block (in
+/// as many network passes as its steps take), so a front end can show each block as it
+/// fills and stop between blocks. It owns its sequence and borrows the session per call.
+pub struct DiffusionSampler {
+    config: DiffusionConfig,
+    prompt_len: usize,
     mask_id: u32,
-    config: &DiffusionConfig,
-    mut on_step: impl FnMut(&StepReport, &[u32]),
-) -> Result<(Vec<u32>, DiffusionStats)> {
-    config.validate()?;
-    if prompt.contains(&mask_id) {
-        return Err(Error::InputOutOfRange(format!(
-            "the prompt contains the mask token {mask_id}"
-        )));
+    /// Prompt then generation region: mask tokens until committed.
+    x: Vec<u32>,
+    head: UnmaskHead,
+    /// The next block to fill.
+    block: usize,
+    stats: DiffusionStats,
+}
+
+impl DiffusionSampler {
+    /// A sampler for `config.gen_length` tokens after `prompt`, on `session` (which must
+    /// hold prompt + generation; it is reset).
+    pub fn new(
+        session: &mut Session,
+        prompt: &[u32],
+        mask_id: u32,
+        config: &DiffusionConfig,
+    ) -> std::result::Result<DiffusionSampler, DiffusionError> {
+        config.validate()?;
+        if prompt.contains(&mask_id) {
+            return Err(DiffusionError::MaskInPrompt(mask_id));
+        }
+        let mut x = prompt.to_vec();
+        x.resize(prompt.len() + config.gen_length, mask_id);
+        if x.len() > session.capacity() {
+            return Err(DiffusionError::PastContext {
+                prompt: prompt.len(),
+                gen_length: config.gen_length,
+                context: session.capacity(),
+            });
+        }
+        session.reset();
+        Ok(DiffusionSampler {
+            config: *config,
+            prompt_len: prompt.len(),
+            mask_id,
+            x,
+            head: UnmaskHead {
+                mask_id,
+                cfg_scale_bits: config.cfg_scale.to_bits(),
+                random_remasking: config.random_remasking,
+            },
+            block: 0,
+            stats: DiffusionStats::default(),
+        })
     }
-    let mut x = prompt.to_vec();
-    x.resize(prompt.len() + config.gen_length, mask_id);
-    let len = x.len();
-    if len > session.capacity() {
-        return Err(Error::InputOutOfRange(format!(
-            "{} prompt tokens and {} to generate exceed the context of {} tokens",
-            prompt.len(),
-            config.gen_length,
-            session.capacity()
-        )));
+
+    /// The whole sequence: the prompt, filled blocks, then masks.
+    pub fn sequence(&self) -> &[u32] {
+        &self.x
     }
-    let head = UnmaskHead {
-        mask_id,
-        cfg_scale_bits: config.cfg_scale.to_bits(),
-        random_remasking: config.random_remasking,
-    };
-    let mut stats = DiffusionStats::default();
-    session.reset();
-    for block in 0..config.blocks() {
-        let start = prompt.len() + block * config.block_length;
+
+    pub fn stats(&self) -> DiffusionStats {
+        self.stats
+    }
+
+    /// Tokens generated so far (the filled blocks).
+    pub fn generated(&self) -> usize {
+        self.block * self.config.block_length
+    }
+
+    /// Fill the next block; None once every block is filled.
+    pub async fn next_block(&mut self, session: &mut Session) -> Result<Option<Block>> {
+        let config = &self.config;
+        if self.block == config.blocks() {
+            return Ok(None);
+        }
+        let block = self.block;
+        let mask_id = self.mask_id;
+        let len = self.x.len();
+        let start = self.prompt_len + block * config.block_length;
         let end = start + config.block_length;
         let masked = |x: &[u32]| x[start..end].iter().filter(|&&t| t == mask_id).count();
         let schedule = match config.threshold {
             Some(_) => Vec::new(),
-            None => transfer_schedule(masked(&x), config.steps / config.blocks()),
+            None => transfer_schedule(masked(&self.x), config.steps / config.blocks()),
         };
+        let mut steps = Vec::new();
         let mut step = 0;
-        while masked(&x) > 0 {
+        while masked(&self.x) > 0 {
             let k = match config.threshold {
                 Some(_) => 0,
                 None => match schedule.get(step) {
@@ -172,8 +325,8 @@ pub async fn generate(
                 _ => (0, len),
             };
             let uncond: Option<Vec<u32>> = (config.cfg_scale != 0.0).then(|| {
-                let mut u = x.clone();
-                u[..prompt.len()].fill(mask_id);
+                let mut u = self.x.clone();
+                u[..self.prompt_len].fill(mask_id);
                 u
             });
             let choice = UnmaskStep {
@@ -184,10 +337,17 @@ pub async fn generate(
                 seed: pcg_hash(config.seed ^ pcg_hash((block * 65536 + step) as u32)),
             };
             let committed = session
-                .unmask(from, &x[from..to], uncond.as_deref(), head, &choice)
+                .unmask(
+                    from,
+                    &self.x[from..to],
+                    uncond.as_deref(),
+                    self.head,
+                    &choice,
+                )
                 .await?;
-            stats.forwards += 1 + uncond.is_some() as usize;
-            stats.positions_run += (to - from) * (1 + uncond.is_some() as usize);
+            let passes = 1 + uncond.is_some() as usize;
+            self.stats.forwards += passes;
+            self.stats.positions_run += (to - from) * passes;
             if committed.is_empty() {
                 return Err(Error::Readback(
                     "a diffusion step committed no token".into(),
@@ -195,17 +355,35 @@ pub async fn generate(
             }
             for &(p, t) in &committed {
                 let p = p as usize;
-                if p < start || p >= end || x[p] != mask_id {
+                if p < start || p >= end || self.x[p] != mask_id {
                     return Err(Error::Readback(format!(
                         "the sampler committed position {p}, not a masked one of block {start}..{end}"
                     )));
                 }
-                x[p] = t;
+                self.x[p] = t;
             }
-            on_step(&StepReport { block, committed }, &x);
+            steps.push(StepReport { block, committed });
         }
+        self.block += 1;
+        Ok(Some(Block {
+            index: block,
+            tokens: self.x[start..end].to_vec(),
+            steps,
+        }))
     }
-    Ok((x, stats))
+}
+
+/// Generate `config.gen_length` tokens after `prompt` (every block, in one call); returns
+/// the whole sequence and the counters.
+pub async fn generate(
+    session: &mut Session,
+    prompt: &[u32],
+    mask_id: u32,
+    config: &DiffusionConfig,
+) -> std::result::Result<(Vec<u32>, DiffusionStats), DiffusionError> {
+    let mut sampler = DiffusionSampler::new(session, prompt, mask_id, config)?;
+    while sampler.next_block(session).await?.is_some() {}
+    Ok((sampler.x, sampler.stats))
 }
 
 #[cfg(test)]
@@ -251,5 +429,21 @@ mod tests {
             ..ok
         })
         .contains("threshold"));
+        // Errors name the config's fields; a front end may spell them its own way.
+        let e = DiffusionConfig {
+            gen_length: 12,
+            ..ok
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "gen_length 12 is not a multiple of block_length 8"
+        );
+        let flag = |s: Setting| format!("--{}", s.field().replace('_', "-"));
+        assert_eq!(
+            e.message(flag),
+            "--gen-length 12 is not a multiple of --block-length 8"
+        );
     }
 }

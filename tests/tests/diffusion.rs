@@ -2,11 +2,14 @@
 //! tests/fixtures/generate_llada.py): the bidirectional network's logits (relative error
 //! <= 1e-4, as for the causal fixtures), and the sampler's step-by-step trajectory, which
 //! must be identical at temperature 0 (the fixture records every step's confidence gap,
-//! all >= 1e-3, far above f32 rounding).
+//! all >= 1e-3, far above f32 rounding). The sampler runs as a step machine, one block per
+//! call, as the generator drives it.
 
 use std::path::{Path, PathBuf};
 
-use kestrel_runtime::diffusion::{self, BlockCache, DiffusionConfig, StepReport};
+use kestrel_runtime::diffusion::{
+    self, BlockCache, DiffusionConfig, DiffusionError, DiffusionSampler, StepReport,
+};
 use kestrel_tests::{gpus, rel_err};
 use serde_json::Value;
 
@@ -76,15 +79,29 @@ fn sampler_trajectories_match_the_reference() {
             let mut s = model
                 .session(&gpu, prompt.len() + config.gen_length)
                 .expect("session");
+            let mut sampler =
+                DiffusionSampler::new(&mut s, &prompt, mask, &config).expect("sampler");
             let mut trace: Vec<StepReport> = Vec::new();
-            let (out, stats) = pollster::block_on(diffusion::generate(
-                &mut s,
-                &prompt,
-                mask,
-                &config,
-                |step, _| trace.push(step.clone()),
-            ))
-            .expect("generate");
+            let mut blocks = 0;
+            while let Some(block) =
+                pollster::block_on(sampler.next_block(&mut s)).expect("next block")
+            {
+                // Each call fills exactly its block, in order.
+                assert_eq!(block.index, blocks, "{name}");
+                let start = prompt.len() + blocks * config.block_length;
+                assert_eq!(
+                    block.tokens,
+                    sampler.sequence()[start..start + config.block_length],
+                    "{name}"
+                );
+                assert!(!block.tokens.contains(&mask), "{name}");
+                assert!(block.steps.iter().all(|t| t.block == blocks), "{name}");
+                trace.extend(block.steps);
+                blocks += 1;
+            }
+            assert_eq!(blocks, config.gen_length / config.block_length, "{name}");
+            assert_eq!(sampler.generated(), config.gen_length, "{name}");
+            let (out, stats) = (sampler.sequence().to_vec(), sampler.stats());
             let want: Vec<Vec<(u32, u32)>> = case["trace"]
                 .as_array()
                 .unwrap()
@@ -141,14 +158,7 @@ fn block_caches_run_fewer_positions() {
         let mut s = model
             .session(&gpu, prompt.len() + config.gen_length)
             .expect("session");
-        pollster::block_on(diffusion::generate(
-            &mut s,
-            &prompt,
-            mask,
-            &config,
-            |_, _| {},
-        ))
-        .expect("generate")
+        pollster::block_on(diffusion::generate(&mut s, &prompt, mask, &config)).expect("generate")
     };
     let (exact, e) = run(BlockCache::None);
     let (prefix, p) = run(BlockCache::Prefix);
@@ -163,4 +173,42 @@ fn block_caches_run_fewer_positions() {
         assert_eq!(out.len(), 24);
         assert!(!out.contains(&mask));
     }
+}
+
+#[test]
+fn a_sampler_refuses_what_it_cannot_run_naming_the_setting() {
+    let gpu = gpus().into_iter().next().expect("gpu");
+    let model = kestrel_models::load(&gpu, &fixture()).expect("load");
+    let mask = model.config().mask_token.expect("mask");
+    let case = &json("trajectories.json")["cases"][1];
+    let ok = case_config(case);
+    let mut s = model.session(&gpu, 24).expect("session");
+    let refuse = |s: &mut kestrel_runtime::session::Session, prompt: &[u32], c: DiffusionConfig| {
+        match DiffusionSampler::new(s, prompt, mask, &c) {
+            Err(e) => e,
+            Ok(_) => panic!("{c:?} was accepted"),
+        }
+    };
+    let e = refuse(&mut s, &[1, 2], DiffusionConfig { steps: 7, ..ok });
+    assert!(
+        matches!(e, DiffusionError::Config(_)) && e.to_string().contains("steps 7"),
+        "{e}"
+    );
+    let e = refuse(&mut s, &[1, mask], ok);
+    assert!(
+        matches!(e, DiffusionError::MaskInPrompt(m) if m == mask),
+        "{e}"
+    );
+    let e = refuse(&mut s, &[1; 9], ok);
+    assert!(
+        matches!(
+            e,
+            DiffusionError::PastContext {
+                prompt: 9,
+                gen_length: 16,
+                context: 24
+            }
+        ),
+        "{e}"
+    );
 }

@@ -1,7 +1,8 @@
 //! The engine the worker drives: one model, one chat session (its KV cache kept between
-//! requests, so a conversation that grows by a turn prefills only the new tokens), and a
-//! generation advanced one token per call. The worker calls [`Engine::chat_next`] in a loop
-//! and stops calling it to abort, so nothing here blocks and no call outlives a reply.
+//! requests, so a conversation that grows by a turn prefills only the new tokens), and the
+//! models crate's generator advanced one step (one token) per call. The worker calls
+//! [`Engine::chat_next`] in a loop and stops calling it to abort, so nothing here blocks and
+//! no call outlives a reply.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -9,7 +10,8 @@ use std::sync::Arc;
 
 use js_sys::{Float32Array, Promise};
 use kestrel_models::chat_template::{ChatTemplate, Message};
-use kestrel_models::{Model, TextStream};
+use kestrel_models::generate::{GenerateError, Generation, Prompt, Request, Step};
+use kestrel_models::Model;
 use kestrel_runtime::session::{Sampling, Session};
 use kestrel_runtime::{BackendChoice, Gpu};
 use serde::Deserialize;
@@ -73,6 +75,14 @@ struct RequestMessage {
     content: String,
 }
 
+/// `stop`: one string or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
 /// The fields of `chat.completions.create` that the engine uses.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,22 +98,48 @@ struct ChatRequest {
     top_k: Option<u32>,
     #[serde(default)]
     seed: Option<u32>,
+    #[serde(default)]
+    stop: Option<StopField>,
 }
 
-/// A reply in progress.
-struct Generation {
-    /// Tokens to feed at the next step: the unseen part of the prompt, then the last token.
-    feed: Vec<u32>,
-    sampling: Sampling,
-    stream: TextStream,
-    produced: usize,
-    max_tokens: usize,
+impl ChatRequest {
+    /// The generator's request (checked by it); defaults follow OpenAI: temperature 1,
+    /// top_p 1, no top_k, a reply up to the end of the context.
+    fn request(&self) -> Request {
+        Request {
+            sampling: Sampling {
+                temperature: self.temperature.unwrap_or(1.0),
+                top_k: self.top_k.unwrap_or(0),
+                top_p: self.top_p.unwrap_or(1.0),
+                seed: self
+                    .seed
+                    .unwrap_or_else(|| (js_sys::Math::random() * u32::MAX as f64) as u32),
+            },
+            max_tokens: self.max_tokens.unwrap_or(usize::MAX),
+            stop: match &self.stop {
+                None => Vec::new(),
+                Some(StopField::One(s)) => vec![s.clone()],
+                Some(StopField::Many(list)) => list.clone(),
+            },
+            ..Request::default()
+        }
+    }
+}
+
+/// A generator error as the page sees it: the request's own faults are bad requests.
+fn web_error(e: GenerateError) -> WebError {
+    match e {
+        GenerateError::Model(e) => WebError::Model(e),
+        GenerateError::Runtime(e) => WebError::Gpu(e),
+        e => WebError::BadRequest(e.to_string()),
+    }
 }
 
 struct Inner {
     model: Model,
     template: ChatTemplate,
     session: Session,
+    /// The reply in progress, kept between `chatNext` calls.
     generation: Option<Generation>,
 }
 
@@ -251,9 +287,16 @@ impl Engine {
             let this = take(&inner)?;
             let mut s = this.model.session(&gpu, 4)?;
             let first = this.model.config().bos.first().copied().unwrap_or(0);
-            let greedy = Sampling::default();
-            let next = s.next_token(&[first, first], &greedy).await?;
-            s.next_token(&[next], &greedy).await?;
+            let two = Request {
+                max_tokens: 2,
+                ignore_eos: true,
+                ..Request::default()
+            };
+            let mut g = Generation::new(&this.model, &mut s, vec![first, first], &two)
+                .map_err(web_error)?;
+            for _ in 0..2 {
+                g.step(&this.model, &mut s).await.map_err(web_error)?;
+            }
             gpu.check()?;
             Ok(JsValue::UNDEFINED)
         })
@@ -294,14 +337,31 @@ impl Engine {
     pub fn chat_next(&self) -> Promise {
         let inner = self.inner.clone();
         promise(async move {
-            let mut this = take(&inner)?;
-            let r = step(&mut this).await;
-            if r.is_err() {
-                // A failed step may leave the cache half written: start the next reply afresh.
-                this.session.reset();
-                this.generation = None;
-            }
-            r.map(|v| JsValue::from_str(&v.to_string()))
+            let mut lease = take(&inner)?;
+            let this = &mut *lease;
+            let Some(g) = this.generation.as_mut() else {
+                return Ok(JsValue::from_str(&json!({"text": "", "done": true, "finish_reason": null, "completion_tokens": 0}).to_string()));
+            };
+            let step = match g.step(&this.model, &mut this.session).await {
+                Ok(step) => step,
+                Err(e) => {
+                    // A failed step may leave the cache half written: start the next reply afresh.
+                    this.session.reset();
+                    this.generation = None;
+                    return Err(web_error(e));
+                }
+            };
+            let produced = g.completion_tokens();
+            let reply = match step {
+                Step::Text(text) => {
+                    json!({"text": text, "done": false, "finish_reason": null, "completion_tokens": produced})
+                }
+                Step::Done(finish) => {
+                    this.generation = None;
+                    json!({"text": "", "done": true, "finish_reason": finish.reason(), "completion_tokens": produced})
+                }
+            };
+            Ok(JsValue::from_str(&reply.to_string()))
         })
     }
 
@@ -325,14 +385,9 @@ impl Engine {
     fn begin(&self, request: &str) -> Result<String> {
         let req: ChatRequest =
             serde_json::from_str(request).map_err(|e| WebError::BadRequest(e.to_string()))?;
-        let mut this = take(&self.inner)?;
-        let this = &mut *this;
+        let mut lease = take(&self.inner)?;
+        let this = &mut *lease;
         this.generation = None;
-        let tok = this
-            .model
-            .tokenizer
-            .as_ref()
-            .ok_or_else(|| WebError::BadRequest("the model has no tokenizer".into()))?;
         if req.messages.is_empty() {
             return Err(WebError::BadRequest("messages is empty".into()));
         }
@@ -341,75 +396,13 @@ impl Engine {
             .iter()
             .map(|m| Message::new(&m.role, &m.content))
             .collect();
-        let text = this.template.render(&messages, true)?;
-        let ids = tok.encode(&text)?;
-        if ids.is_empty() {
-            return Err(WebError::BadRequest(
-                "the prompt encodes to no tokens".into(),
-            ));
-        }
-        let capacity = this.session.capacity();
-        if ids.len() >= capacity {
-            return Err(WebError::BadRequest(format!(
-                "the prompt has {} tokens; the context holds {capacity}, with room for at least one more",
-                ids.len()
-            )));
-        }
-        let temperature = req.temperature.unwrap_or(1.0);
-        let top_p = req.top_p.unwrap_or(1.0);
-        let top_p_ok = top_p > 0.0 && top_p <= 1.0;
-        if !top_p_ok || !(0.0..=100.0).contains(&temperature) {
-            return Err(WebError::BadRequest(
-                "temperature must be in [0, 100] and top_p in (0, 1]".into(),
-            ));
-        }
-        let sampling = Sampling {
-            temperature,
-            top_k: req.top_k.unwrap_or(0),
-            top_p,
-            seed: req
-                .seed
-                .unwrap_or_else(|| (js_sys::Math::random() * u32::MAX as f64) as u32),
-        };
-        let new = this.session.reuse_prefix(&ids).to_vec();
-        let reused = ids.len() - new.len();
-        let room = capacity - ids.len();
-        this.generation = Some(Generation {
-            feed: new,
-            sampling,
-            stream: TextStream::default(),
-            produced: 0,
-            max_tokens: req.max_tokens.unwrap_or(room).min(room),
-        });
-        Ok(json!({"prompt_tokens": ids.len(), "reused_tokens": reused}).to_string())
+        let ids = Prompt::Chat(messages)
+            .encode(&this.model, Some(&this.template))
+            .map_err(web_error)?;
+        let g = Generation::new(&this.model, &mut this.session, ids, &req.request())
+            .map_err(web_error)?;
+        let begun = json!({"prompt_tokens": g.prompt_tokens(), "reused_tokens": g.reused_tokens()});
+        this.generation = Some(g);
+        Ok(begun.to_string())
     }
-}
-
-/// One step of the reply in progress.
-async fn step(this: &mut Inner) -> Result<serde_json::Value> {
-    let done = |reason: Option<&str>, produced: usize| json!({"text": "", "done": true, "finish_reason": reason, "completion_tokens": produced});
-    let Some(g) = this.generation.as_mut() else {
-        return Ok(done(None, 0));
-    };
-    if g.produced >= g.max_tokens {
-        let p = g.produced;
-        this.generation = None;
-        return Ok(done(Some("length"), p));
-    }
-    let feed = std::mem::take(&mut g.feed);
-    let next = this.session.next_token(&feed, &g.sampling).await?;
-    if this.model.eos().contains(&next) {
-        let p = g.produced;
-        this.generation = None;
-        return Ok(done(Some("stop"), p));
-    }
-    let tok = this
-        .model
-        .tokenizer
-        .as_ref()
-        .ok_or_else(|| WebError::BadRequest("the model has no tokenizer".into()))?;
-    let text = g.stream.push(tok, next)?;
-    g.produced += 1;
-    g.feed = vec![next];
-    Ok(json!({"text": text, "done": false, "finish_reason": null, "completion_tokens": g.produced}))
 }

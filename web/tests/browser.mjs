@@ -8,7 +8,8 @@
 // (c) the chat page loads a model, a message is sent, the reply streams in; screenshot in
 //     target/artifacts/web-chat.png;
 // (d) a reload takes the weights from the browser cache (no second GET on the server);
-// plus a failed download gives a clear error. Prints the .wasm size, pipeline-creation
+// plus a failed download gives a clear error, stop strings end a reply, and out-of-range
+// sampling settings are refused. Prints the .wasm size, pipeline-creation
 // time, time to first token and decode tokens/s. Exits non-zero on any failure.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -142,7 +143,26 @@ try {
         let s = '';
         for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
         if (!chat) return { b64: btoa(s), info };
-        const r = await e.chat.completions.create({ messages: [{ role: 'user', content: 'What is the capital of France?' }], max_tokens: 12, temperature: 0 });
+        const question = [{ role: 'user', content: 'What is the capital of France?' }];
+        const r = await e.chat.completions.create({ messages: question, max_tokens: 12, temperature: 0 });
+        // Stop strings: the same greedy reply, streamed, ends before a few characters from its
+        // middle (whole code points), which never show in a piece.
+        const text = r.choices[0].message.content;
+        const chars = [...text];
+        const at = Math.max(1, Math.floor(chars.length / 2));
+        const stopAt = chars.slice(at, at + 3).join('');
+        const stop = { stop: stopAt, want: text.slice(0, text.indexOf(stopAt)), cut: '', finish: null };
+        for await (const c of await e.chat.completions.create({ messages: question, max_tokens: 12, temperature: 0, stream: true, stop: [stopAt, 'never in the reply'] })) {
+          stop.cut += c.choices[0].delta.content ?? '';
+          stop.finish = c.choices[0].finish_reason ?? stop.finish;
+        }
+        // The browser takes the server's ranges: temperature in [0, 2].
+        let refused = null;
+        try {
+          await e.chat.completions.create({ messages: question, max_tokens: 2, temperature: 3 });
+        } catch (err) {
+          refused = `${err.name}: ${err.message}`;
+        }
         // Abort: a streamed reply stopped after its first piece rejects with AbortError.
         const ac = new AbortController();
         let pieces = 0, aborted = null;
@@ -156,7 +176,7 @@ try {
         } catch (err) {
           aborted = err.name;
         }
-        return { b64: btoa(s), info, perf: { r, pieces, aborted } };
+        return { b64: btoa(s), info, perf: { r, pieces, aborted, stop, refused } };
       } finally {
         await e.dispose();
       }
@@ -217,6 +237,8 @@ try {
   console.log(`time to first token ${(perf.r.timings.ttft_ms / 1000).toFixed(2)} s (prompt ${perf.r.usage.prompt_tokens} tokens); decode ${perf.r.timings.decode_tokens_per_s?.toFixed(2)} tokens/s`);
   check(perf.r.usage.completion_tokens > 0 && perf.r.choices[0].message.content.length > 0, 'a non-streamed completion has text');
   check(perf.aborted === 'AbortError' && perf.pieces >= 1 && perf.pieces <= 2, `abort via AbortSignal stops the stream (${perf.pieces} piece(s), ${perf.aborted})`);
+  check(perf.stop.stop.length > 0 && perf.stop.finish === 'stop' && perf.stop.cut === perf.stop.want, `a stop string ends the streamed reply before it: ${JSON.stringify(perf.stop)}`);
+  check(/^KestrelRequestError: .*temperature/.test(perf.refused || ''), `temperature 3 is refused: ${perf.refused}`);
 
   // (c) the chat page.
   const chat = await context.newPage();

@@ -46,11 +46,16 @@ export interface ChatCompletionRequest {
   messages: ChatMessage[];
   stream?: boolean;
   max_tokens?: number;
-  /** Default 1; 0 is greedy. */
+  /** In [0, 2] (as OpenAI's); default 1; 0 is greedy. */
   temperature?: number;
+  /** In (0, 1]; default 1. */
   top_p?: number;
+  /** 0 (default) is off. */
   top_k?: number;
   seed?: number;
+  /** Up to 4 non-empty strings: the reply ends before the first one (which it leaves out),
+   * with finish_reason 'stop'. */
+  stop?: string | string[];
   signal?: AbortSignal;
 }
 

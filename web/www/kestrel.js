@@ -110,7 +110,7 @@ class Engine {
   create(req) {
     const { stream = false, signal, ...fields } = req || {};
     const request = {};
-    for (const k of ['messages', 'max_tokens', 'temperature', 'top_p', 'top_k', 'seed']) {
+    for (const k of ['messages', 'max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop']) {
       if (fields[k] !== undefined && fields[k] !== null) request[k] = fields[k];
     }
     if (Array.isArray(request.messages)) {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 use kestrel_models::chat_template::Message;
+use kestrel_models::generate::{Request, MAX_TEMPERATURE};
 use kestrel_runtime::session::Sampling;
 
 use crate::engine::{Event, Finish, Job, ModelInfo, Prompt, Summary};
@@ -129,14 +130,16 @@ impl Chat {
         });
         Ok(Job {
             prompt: Prompt::Chat(messages),
-            max_tokens: self.max_tokens.max(1),
-            sampling: Sampling {
-                temperature: self.temperature.max(0.0),
-                top_k: 0,
-                top_p: 1.0,
-                seed: self.seed,
+            request: Request {
+                sampling: Sampling {
+                    temperature: self.temperature.clamp(0.0, MAX_TEMPERATURE),
+                    top_k: 0,
+                    top_p: 1.0,
+                    seed: self.seed,
+                },
+                max_tokens: self.max_tokens.max(1),
+                ..Request::default()
             },
-            stop: vec![],
             cancel,
             events,
         })
@@ -344,7 +347,7 @@ mod tests {
                     Message::new("user", "hello")
                 ]
             ),
-            Prompt::Text(_) => panic!("a chat job"),
+            _ => panic!("a chat job"),
         }
         assert!(chat.generating());
         assert_eq!(chat.entries[1].status, EntryStatus::Waiting);

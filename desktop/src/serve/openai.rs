@@ -1,10 +1,12 @@
 //! OpenAI's request and reply JSON for /v1/chat/completions and /v1/completions: requests
-//! are checked field by field (an unknown or unsupported field is a 400 naming it, never
-//! silently ignored) and turned into engine jobs; replies and stream chunks are built here.
+//! are read field by field (an unknown or unsupported field is a 400 naming it, never
+//! silently ignored), their ranges checked by the generator's `Request::validate`, and
+//! turned into engine jobs; replies and stream chunks are built here.
 
 use serde_json::{json, Map, Value};
 
 use kestrel_models::chat_template::Message;
+use kestrel_models::generate::Request;
 use kestrel_runtime::session::Sampling;
 
 use crate::engine::{Prompt, Summary};
@@ -74,9 +76,7 @@ impl Endpoint {
 #[derive(Debug)]
 pub struct CompletionRequest {
     pub prompt: Prompt,
-    pub max_tokens: usize,
-    pub sampling: Sampling,
-    pub stop: Vec<String>,
+    pub request: Request,
     pub stream: bool,
     pub include_usage: bool,
 }
@@ -143,30 +143,43 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<CompletionRequest, ApiEr
     }
     let f = Fields(&map);
     f.common_defaults()?;
+    // Chat requests may name the limit by its newer name.
+    let max_key = match f.get("max_completion_tokens") {
+        Some(_) if endpoint == Endpoint::Chat => "max_completion_tokens",
+        _ => "max_tokens",
+    };
     let (prompt, max_tokens) = match endpoint {
         Endpoint::Chat => {
             f.chat_defaults()?;
             let messages = f.get("messages").ok_or_else(|| {
                 ApiError::invalid("you must provide a messages parameter", Some("messages"))
             })?;
-            let max = f
-                .count("max_completion_tokens")?
-                .or(f.count("max_tokens")?)
-                .unwrap_or(usize::MAX);
+            let max = f.count(max_key)?.unwrap_or(usize::MAX);
             (Prompt::Chat(parse_messages(messages)?), max)
         }
         Endpoint::Text => {
             f.text_defaults()?;
-            let max = f.count("max_tokens")?.unwrap_or(DEFAULT_TEXT_MAX_TOKENS);
+            let max = f.count(max_key)?.unwrap_or(DEFAULT_TEXT_MAX_TOKENS);
             (Prompt::Text(f.prompt()?), max)
         }
     };
+    let request = Request {
+        sampling: f.sampling()?,
+        max_tokens,
+        stop: f.stop()?,
+        ..Request::default()
+    };
+    request.validate().map_err(|e| {
+        let key = match e.field() {
+            "max_tokens" => max_key,
+            field => field,
+        };
+        ApiError::invalid(e.message(|_| format!("'{key}'")), Some(key))
+    })?;
     let stream = f.bool("stream")?.unwrap_or(false);
     Ok(CompletionRequest {
         prompt,
-        max_tokens,
-        sampling: f.sampling()?,
-        stop: f.stop()?,
+        request,
         stream,
         include_usage: f.include_usage()?,
     })
@@ -190,25 +203,25 @@ impl Fields<'_> {
             .transpose()
     }
 
-    fn number(&self, key: &str, min: f64, max: f64) -> Result<Option<f32>, ApiError> {
-        let Some(v) = self.get(key) else {
-            return Ok(None);
-        };
-        match v.as_f64() {
-            Some(x) if (min..=max).contains(&x) => Ok(Some(x as f32)),
-            _ => Err(self.wrong(key, &format!("a number from {min} to {max}"))),
-        }
+    fn number(&self, key: &str) -> Result<Option<f32>, ApiError> {
+        self.get(key)
+            .map(|v| {
+                v.as_f64()
+                    .map(|x| x as f32)
+                    .ok_or_else(|| self.wrong(key, "a number"))
+            })
+            .transpose()
     }
 
-    /// A token count of at least 1.
+    /// A token count (the generator's checks want at least 1).
     fn count(&self, key: &str) -> Result<Option<usize>, ApiError> {
-        let Some(v) = self.get(key) else {
-            return Ok(None);
-        };
-        match v.as_u64() {
-            Some(n) if n >= 1 => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
-            _ => Err(self.wrong(key, "an integer of at least 1")),
-        }
+        self.get(key)
+            .map(|v| {
+                v.as_u64()
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                    .ok_or_else(|| self.wrong(key, "an integer of at least 1"))
+            })
+            .transpose()
     }
 
     fn sampling(&self) -> Result<Sampling, ApiError> {
@@ -226,27 +239,21 @@ impl Fields<'_> {
                 .map(fold_seed)
                 .ok_or_else(|| self.wrong("seed", "an integer"))?,
         };
-        let top_p = self.number("top_p", 0.0, 1.0)?.unwrap_or(1.0);
-        if top_p <= 0.0 {
-            return Err(self.wrong("top_p", "greater than 0"));
-        }
         Ok(Sampling {
-            temperature: self
-                .number("temperature", 0.0, 2.0)?
-                .unwrap_or(DEFAULT_TEMPERATURE),
+            temperature: self.number("temperature")?.unwrap_or(DEFAULT_TEMPERATURE),
             top_k,
-            top_p,
+            top_p: self.number("top_p")?.unwrap_or(1.0),
             seed,
         })
     }
 
-    /// A string or an array of up to four strings.
+    /// A string or an array of strings (the generator takes up to four).
     fn stop(&self) -> Result<Vec<String>, ApiError> {
         let wrong = || self.wrong("stop", "a string or an array of up to 4 strings");
         match self.get("stop") {
             None => Ok(Vec::new()),
             Some(Value::String(s)) => Ok(vec![s.clone()]),
-            Some(Value::Array(a)) if a.len() <= 4 => a
+            Some(Value::Array(a)) => a
                 .iter()
                 .map(|s| s.as_str().map(str::to_string).ok_or_else(wrong))
                 .collect(),
@@ -574,10 +581,10 @@ mod tests {
         };
         assert_eq!(m[0].role, "system");
         assert_eq!(m[1].content, "a\nb");
-        assert_eq!(r.max_tokens, 5);
-        assert_eq!(r.sampling.temperature, 0.0);
-        assert_eq!(r.sampling.seed, 7);
-        assert_eq!(r.stop, vec!["x", "y"]);
+        assert_eq!(r.request.max_tokens, 5);
+        assert_eq!(r.request.sampling.temperature, 0.0);
+        assert_eq!(r.request.sampling.seed, 7);
+        assert_eq!(r.request.stop, vec!["x", "y"]);
         assert!(r.stream && r.include_usage);
     }
 
@@ -599,6 +606,24 @@ mod tests {
             Some("max_tokens".into())
         );
         assert_eq!(param(&format!("{{{m},\"stop\":5}}")), Some("stop".into()));
+        // Ranges are the generator's: the same everywhere.
+        assert_eq!(
+            param(&format!("{{{m},\"temperature\":2.5}}")),
+            Some("temperature".into())
+        );
+        assert_eq!(param(&format!("{{{m},\"top_p\":0}}")), Some("top_p".into()));
+        assert_eq!(
+            param(&format!("{{{m},\"max_completion_tokens\":0}}")),
+            Some("max_completion_tokens".into())
+        );
+        assert_eq!(
+            param(&format!("{{{m},\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}}")),
+            Some("stop".into())
+        );
+        assert_eq!(
+            param(&format!("{{{m},\"stop\":[\"\"]}}")),
+            Some("stop".into())
+        );
         assert_eq!(
             param(r#"{"messages":[{"role":"tool","content":"x"}]}"#),
             Some("messages[0].role".into())
@@ -615,8 +640,8 @@ mod tests {
         let text = |body: &str| parse(Endpoint::Text, body.as_bytes());
         let r = text(r#"{"prompt":["once"]}"#).expect("valid");
         assert!(matches!(r.prompt, Prompt::Text(ref t) if t == "once"));
-        assert_eq!(r.max_tokens, DEFAULT_TEXT_MAX_TOKENS);
-        assert_eq!(r.sampling.temperature, DEFAULT_TEMPERATURE);
+        assert_eq!(r.request.max_tokens, DEFAULT_TEXT_MAX_TOKENS);
+        assert_eq!(r.request.sampling.temperature, DEFAULT_TEMPERATURE);
         assert!(text(r#"{"prompt":[1,2]}"#).is_err());
         assert!(text(r#"{"prompt":"a","messages":[]}"#).is_err());
         assert!(text(r#"{"prompt":"a","echo":true}"#).is_err());
