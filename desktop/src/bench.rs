@@ -3,6 +3,7 @@
 //! same adapter: matmul GFLOP/s, matvec GB/s and buffer-copy GB/s (decode's bandwidth bound).
 //! `--attention` adds attention kernel figures (see `bench_attention`), with or without a model.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,10 +14,9 @@ use kestrel_runtime::tensor::{GpuWeight, HostData};
 use kestrel_runtime::Gpu;
 use serde_json::{json, Value};
 
-use crate::args::Args;
-use crate::{
-    attention_options, bench_attention, open_gpu, open_model, with_attention, ATTENTION_OPTIONS,
-};
+use crate::cli::BenchArgs;
+use crate::stdout::outln;
+use crate::{bench_attention, open_gpu, open_model};
 
 /// Seconds per call of `f` (which submits GPU work), after one warm-up, over `iters` calls.
 fn time_gpu(gpu: &Gpu, iters: usize, mut f: impl FnMut()) -> Result<f64, String> {
@@ -79,59 +79,31 @@ fn copy_gbs(gpu: &Arc<Gpu>, bytes: u64) -> Result<f64, String> {
     Ok(2.0 * bytes as f64 / secs / 1e9)
 }
 
-pub fn run(a: &Args) -> Result<(), String> {
-    a.only(&with_attention(&[
-        "model",
-        "json",
-        "backend",
-        "prompt-tokens",
-        "decode-tokens",
-        "report-every",
-        "attention",
-        "max-len",
-    ]))?;
-    let kernels = a.flag("attention");
-    if a.get("model").is_none() && !kernels {
-        return Err(
-            "bench needs --model PATH (or --attention for attention kernel figures without a model)"
-                .into(),
-        );
-    }
-    if a.get("model").is_none() {
-        if let Some(o) = ["prompt-tokens", "decode-tokens", "report-every"]
-            .iter()
-            .chain(ATTENTION_OPTIONS)
-            .find(|o| a.get(o).is_some())
-        {
-            return Err(format!("bench: --{o} needs --model"));
-        }
-    }
-    if a.get("max-len").is_some() && !kernels {
-        return Err("bench: --max-len goes with --attention".into());
-    }
-    let text = !a.flag("json");
-    let gpu = open_gpu(a)?;
+pub fn run(a: &BenchArgs) -> Result<(), String> {
+    let text = !a.json;
+    let gpu = open_gpu(&a.device)?;
     if text {
-        println!("adapter: {} ({})", gpu.info.name, gpu.backend_name());
+        outln!("adapter: {} ({})", gpu.info.name, gpu.backend_name());
     }
     let mut report = json!({
         "adapter": gpu.info.name,
         "backend": gpu.backend_name(),
     });
     let mut attention = serde_json::Map::new();
-    if a.get("model").is_some() {
-        let (model_report, model_attention) = model_bench(&gpu, a, text)?;
+    if let Some(path) = &a.model {
+        let (model_report, model_attention) = model_bench(&gpu, path, a, text)?;
         merge(&mut report, model_report);
         attention.extend(model_attention);
     }
-    if kernels {
-        if let Value::Object(m) = bench_attention::run(&gpu, a, text)? {
+    if a.attention {
+        let max_len = a.max_len.unwrap_or(4096);
+        if let Value::Object(m) = bench_attention::run(&gpu, max_len, text)? {
             attention.extend(m);
         }
     }
     report["attention"] = Value::Object(attention);
     if !text {
-        println!("{report:#}");
+        outln!("{report:#}");
     }
     Ok(())
 }
@@ -156,11 +128,12 @@ struct DecodeWindow {
 /// part of its "attention" section.
 fn model_bench(
     gpu: &Arc<Gpu>,
-    a: &Args,
+    path: &Path,
+    a: &BenchArgs,
     text: bool,
 ) -> Result<(Value, serde_json::Map<String, Value>), String> {
-    let options = attention_options(a)?;
-    let model = open_model(gpu, a)?;
+    let options = a.attention_options.options();
+    let model = open_model(gpu, path, options.clone())?;
     if !model.config().causal {
         return Ok((
             crate::diffuse::bench(gpu, &model, text)?,
@@ -172,14 +145,14 @@ fn model_bench(
     let max_ctx = model.architecture().max_context();
     // Defaults fit the model's context: half for the prompt, up to 32 decoded tokens after it.
     let half = (cfg.max_positions / 2).max(1);
-    let prompt_len: usize = a
-        .parsed("prompt-tokens", 64usize.min(half))?
+    let prompt_len = a
+        .prompt_tokens
+        .unwrap_or(64usize.min(half))
         .clamp(1, max_ctx.saturating_sub(1).max(1));
     let room = max_ctx - prompt_len;
-    let decode_len: usize = match a.get("decode-tokens") {
+    let decode_len = match a.decode_tokens {
         None => 32usize.min(room),
-        Some(_) => {
-            let n: usize = a.parsed("decode-tokens", 0)?;
+        Some(n) => {
             if n > room {
                 let hint = if options.streaming.is_some() {
                     String::new()
@@ -195,8 +168,9 @@ fn model_bench(
             n
         }
     };
-    let report_every: usize =
-        a.parsed("report-every", if decode_len >= 2000 { 1000 } else { 0 })?;
+    let report_every = a
+        .report_every
+        .unwrap_or(if decode_len >= 2000 { 1000 } else { 0 });
     let mut rng = Rng::new(3);
     let prompt: Vec<u32> = (0..prompt_len)
         .map(|_| rng.below(cfg.vocab as u32))
@@ -342,7 +316,7 @@ fn model_bench(
 
     if text {
         let r = &report;
-        println!("model: {}", r["model"].as_str().unwrap_or(""));
+        outln!("model: {}", r["model"].as_str().unwrap_or(""));
         let mode = match (&options.streaming, &options.sparse) {
             (Some((s, w)), _) => format!(
                 "attention sinks {s} + window {w} (StreamingLLM), context up to {max_ctx} positions"
@@ -354,8 +328,8 @@ fn model_bench(
             ),
             (None, None) => format!("the model's own, context {max_ctx} positions"),
         };
-        println!("attention: {mode}");
-        println!(
+        outln!("attention: {mode}");
+        outln!(
             "weights on GPU: {:.2} MiB ({:.3} x the {:.2} MiB in the file); sequence state (KV caches, recurrent states): {:.2} MiB",
             model.weight_bytes() as f64 / 1048576.0,
             model.weight_bytes() as f64 / model.file_bytes().max(1) as f64,
@@ -363,15 +337,15 @@ fn model_bench(
             session.state_bytes() as f64 / 1048576.0
         );
         if model.weight_bytes_per_token() != model.weight_bytes() {
-            println!(
+            outln!(
                 "weights read per decoded token: {:.2} MiB (the routed experts only)",
                 model.weight_bytes_per_token() as f64 / 1048576.0
             );
         }
         if !routing.is_empty() {
-            println!("routing (tokens per expert over this run: prefill + decode):");
+            outln!("routing (tokens per expert over this run: prefill + decode):");
             for r in &routing {
-                println!(
+                outln!(
                     "  layer {:>3}: {} (max/mean {:.2})",
                     r["layer"].as_str().unwrap_or(""),
                     r["tokens_per_expert"],
@@ -379,18 +353,18 @@ fn model_bench(
                 );
             }
         }
-        println!(
+        outln!(
             "prefill: {:.1} tokens/s ({prompt_len} tokens)",
             r["prefill_tokens_per_s"].as_f64().unwrap_or(0.0)
         );
-        println!(
+        outln!(
             "decode: {:.1} tokens/s ({decode_len} tokens)",
             r["decode_tokens_per_s"].as_f64().unwrap_or(0.0)
         );
         if !windows.is_empty() {
-            println!("decode per token, every {report_every} tokens:");
+            outln!("decode per token, every {report_every} tokens:");
             for w in &windows {
-                println!(
+                outln!(
                     "  positions {:>7}..{:<7} {:>9.1} us/token ({:.1} tokens/s)",
                     prompt_len + w.from,
                     prompt_len + w.from + w.tokens,
@@ -399,23 +373,23 @@ fn model_bench(
                 );
             }
             if let Some(f) = flatness {
-                println!("  last window / first window: {f:.2}x");
+                outln!("  last window / first window: {f:.2}x");
             }
         }
-        println!(
+        outln!(
             "sequence state bytes: {kv_start} at the start of decode, {kv_end} after {} positions",
             session.pos()
         );
-        println!(
+        outln!(
             "matmul 512x512x512 f32: {:.2} GFLOP/s",
             r["matmul_512_gflops"].as_f64().unwrap_or(0.0)
         );
-        println!(
+        outln!(
             "matvec 4096x4096: {:.2} GB/s f32, {:.2} GB/s f16",
             r["matvec_4096x4096_f32_gbs"].as_f64().unwrap_or(0.0),
             r["matvec_4096x4096_f16_gbs"].as_f64().unwrap_or(0.0)
         );
-        println!(
+        outln!(
             "buffer copy: {:.2} GB/s (read + write)",
             r["copy_gbs"].as_f64().unwrap_or(0.0)
         );

@@ -25,7 +25,7 @@ use kestrel_runtime::rng::Rng;
 use kestrel_runtime::Gpu;
 use serde_json::{json, Value};
 
-use crate::args::Args;
+use crate::stdout::outln;
 
 const HEADS: usize = 8;
 const KV_HEADS: usize = 2;
@@ -330,14 +330,17 @@ fn kv_reference(text: bool) -> Result<Value, String> {
         ("sinks(4, 2044)", |_| KvLayout::streaming(4, 2044)),
     ];
     if text {
-        println!(
+        outln!(
             "KV cache of {REF_MODEL} ({REF_LAYERS} layers, {REF_KV_HEADS} kv heads x {REF_HEAD_DIM}, f32 K and V): \
              linear {per_token} bytes ({:.1} KiB) per token; sliding and sinks fixed",
             per_token as f64 / 1024.0
         );
-        println!(
+        outln!(
             "  {:<16}{:>14}{:>14}{:>14}",
-            "kind", "1k tokens", "8k tokens", "64k tokens"
+            "kind",
+            "1k tokens",
+            "8k tokens",
+            "64k tokens"
         );
     }
     let mut rows = Vec::new();
@@ -351,7 +354,7 @@ fn kv_reference(text: bool) -> Result<Value, String> {
             totals.push(json!({"tokens": n, "rows": l.rows, "bytes": bytes}));
         }
         if text {
-            println!("{line}");
+            outln!("{line}");
         }
         rows.push(json!({"kind": name, "totals": totals}));
     }
@@ -368,8 +371,7 @@ fn kv_reference(text: bool) -> Result<Value, String> {
 
 /// Run the attention kernel figures; print them as they come when `text`. Returns the
 /// "attention" section of the JSON report.
-pub fn run(gpu: &Arc<Gpu>, a: &Args, text: bool) -> Result<Value, String> {
-    let max_len: usize = a.parsed("max-len", 4096usize)?;
+pub fn run(gpu: &Arc<Gpu>, max_len: usize, text: bool) -> Result<Value, String> {
     let lens: Vec<usize> = PREFILL_LENS
         .iter()
         .copied()
@@ -377,16 +379,16 @@ pub fn run(gpu: &Arc<Gpu>, a: &Args, text: bool) -> Result<Value, String> {
         .collect();
     let sparse_spec = PATTERN.to_string();
     if text {
-        println!(
+        outln!(
             "attention kernels: heads {HEADS}, kv_heads {KV_HEADS}, head_dim {HEAD_DIM}, f32 \
              (window {WINDOW}; block-sparse {sparse_spec}, {BLOCK}x{BLOCK} blocks)"
         );
-        println!(
+        outln!(
             "prefill path: the tiled kernel where it fits (on CPU adapters up to {} keys per \
              query at this head_dim), else row-wise; 'rowwise' rows force the row-wise kernel",
             attention::cpu_tiled_key_limit(HEAD_DIM)
         );
-        println!(
+        outln!(
             "prefill attention, whole sequence (window: chunks of up to {} tokens through the ring, \
              one dispatch each, as a session runs it):",
             KvLayout::sliding(WINDOW, usize::MAX)
@@ -394,9 +396,17 @@ pub fn run(gpu: &Arc<Gpu>, a: &Args, text: bool) -> Result<Value, String> {
                 .max_chunk
                 .unwrap_or(0)
         );
-        println!(
+        outln!(
             "  {:<7}{:>6}{:>11}{:>8}{:>9}{:>10}{:>9}{:>8}{:>6}  rel err (last rows vs CPU)",
-            "kind", "len", "ms", "x prev", "blocks", "us/block", "GFLOP/s", "chunks", "iters"
+            "kind",
+            "len",
+            "ms",
+            "x prev",
+            "blocks",
+            "us/block",
+            "GFLOP/s",
+            "chunks",
+            "iters"
         );
     }
     let mut wrong = 0;
@@ -423,7 +433,7 @@ pub fn run(gpu: &Arc<Gpu>, a: &Args, text: bool) -> Result<Value, String> {
             let ok = p.err <= CHECK_TOL;
             wrong += !ok as usize;
             if text {
-                println!(
+                outln!(
                     "  {:<7}{:>6}{:>11.3}{:>8}{:>9}{:>10.3}{:>9}{:>8}{:>6}  {:.1e}{}",
                     kind.name(),
                     len,
@@ -459,7 +469,7 @@ pub fn run(gpu: &Arc<Gpu>, a: &Args, text: bool) -> Result<Value, String> {
         }
     }
     if let (true, Some(n)) = (text && !scaling_text.is_empty(), lens.last()) {
-        println!(
+        outln!(
             "  time({n})/time({}): {} (quadratic: 4x, linear: 2x)",
             n / 2,
             scaling_text.join(", ")
@@ -467,12 +477,16 @@ pub fn run(gpu: &Arc<Gpu>, a: &Args, text: bool) -> Result<Value, String> {
     }
 
     if text {
-        println!(
+        outln!(
             "decode attention per token (one query per head; {DECODE_REPS} steps per submission):"
         );
-        println!(
+        outln!(
             "  {:>7}{:>8}{:>14}{:>14}{:>10}  rel err (split-K, 1 piece)",
-            "cache", "splits", "split-K us", "1 piece us", "speed-up"
+            "cache",
+            "splits",
+            "split-K us",
+            "1 piece us",
+            "speed-up"
         );
     }
     let mut decode_rows = Vec::new();
@@ -483,7 +497,7 @@ pub fn run(gpu: &Arc<Gpu>, a: &Args, text: bool) -> Result<Value, String> {
         let ok = flash_err <= CHECK_TOL && single_err <= CHECK_TOL;
         wrong += !ok as usize;
         if text {
-            println!(
+            outln!(
                 "  {:>7}{:>8}{:>14.1}{:>14.1}{:>9.2}x  {:.1e}, {:.1e}{}",
                 len,
                 splits,
@@ -507,7 +521,7 @@ pub fn run(gpu: &Arc<Gpu>, a: &Args, text: bool) -> Result<Value, String> {
         }));
     }
     if text && wrong > 0 {
-        println!(
+        outln!(
             "  {wrong} figure(s) marked WRONG: the output differs from the CPU reference (relative \
              error over {CHECK_TOL:e}), so those times do not measure the whole computation"
         );

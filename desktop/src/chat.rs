@@ -8,61 +8,33 @@ use std::time::Instant;
 
 use kestrel_models::chat_template::Message;
 use kestrel_models::generate::{Generation, Prompt};
-use kestrel_runtime::session::Sampling;
 
-use crate::args::Args;
-use crate::{
-    apply_attention, attention_options, cli_error, diffuse, fetch, open_gpu, print_reply, request,
-    with_attention,
-};
+use crate::cli::{ChatArgs, CHAT_SAMPLING};
+use crate::generate::{cli_error, print_reply};
+use crate::{fetch, open_gpu, open_model};
 
 /// Set by Ctrl-C while a reply is streaming; Ctrl-C at the prompt ends the program.
 static STOP: AtomicBool = AtomicBool::new(false);
 static GENERATING: AtomicBool = AtomicBool::new(false);
 
-pub fn run(a: &Args) -> Result<(), String> {
-    a.only(&with_attention(&[
-        "model",
-        "backend",
-        "system",
-        "max-tokens",
-        "temperature",
-        "top-k",
-        "top-p",
-        "seed",
-        "stop",
-        "ctx",
-        "steps",
-        "block-length",
-        "threshold",
-        "cache",
-        "cfg-scale",
-        "remasking",
-    ]))?;
-    let attention = attention_options(a)?;
-    let max_tokens: usize = a.parsed("max-tokens", 512)?;
-    let defaults = Sampling {
-        temperature: 0.7,
-        top_k: 40,
-        top_p: 0.95,
-        seed: 0,
-    };
-    let mut request = request(a, max_tokens, defaults)?;
+pub fn run(a: &ChatArgs) -> Result<(), String> {
+    let attention = a.attention.options();
+    let max_tokens = a.max_tokens;
+    let mut request = a.sampling.request(max_tokens, CHAT_SAMPLING)?;
     // With attention sinks the conversation may grow without bound in a fixed cache.
     let default_ctx = if attention.streaming.is_some() {
         usize::MAX
     } else {
         4096
     };
-    let ctx: usize = a.parsed("ctx", default_ctx)?;
-    let path = match a.get("model") {
-        Some(p) => std::path::PathBuf::from(p),
+    let ctx = a.ctx.unwrap_or(default_ctx);
+    let path = match &a.model {
+        Some(p) => p.clone(),
         None => fetch::SMOLLM2.obtain()?,
     };
-    let gpu = open_gpu(a)?;
+    let gpu = open_gpu(&a.device)?;
     let t = Instant::now();
-    let mut model = kestrel_models::load(&gpu, &path).map_err(|e| e.to_string())?;
-    apply_attention(&mut model, attention)?;
+    let model = open_model(&gpu, &path, attention)?;
     if model.tokenizer.is_none() {
         return Err("the model has no tokenizer, so it cannot chat".into());
     }
@@ -92,7 +64,8 @@ pub fn run(a: &Args) -> Result<(), String> {
     .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
 
     let system: Vec<Message> = a
-        .get("system")
+        .system
+        .as_deref()
         .map(|s| Message::new("system", s))
         .into_iter()
         .collect();
@@ -175,8 +148,12 @@ pub fn run(a: &Args) -> Result<(), String> {
             g.reply().to_string()
         } else {
             // A diffusion model regenerates the reply region from masks every turn.
-            let block = a.parsed("block-length", 32usize)?.max(1);
-            let config = diffuse::config(a, room.div_ceil(block) * block)?;
+            let block = a.diffusion.block_length.unwrap_or(32).max(1);
+            let config = a.diffusion.config(
+                room.div_ceil(block) * block,
+                a.sampling.temperature.unwrap_or(0.0),
+                a.sampling.seed.unwrap_or(0),
+            )?;
             request.diffusion = Some(config);
             let mut s = model
                 .session(&gpu, ids.len() + config.gen_length)
@@ -184,7 +161,7 @@ pub fn run(a: &Args) -> Result<(), String> {
             let mut g = Generation::new(&model, &mut s, ids, &request).map_err(cli_error)?;
             let times = print_reply(&model, &mut s, &mut g, stopped)?;
             if let Some((generated, stats)) = g.diffusion_stats() {
-                diffuse::report(&gpu, generated, &stats, times.first + times.rest);
+                crate::diffuse::report(&gpu, generated, &stats, times.first + times.rest);
             }
             g.reply().to_string()
         };

@@ -1,84 +1,18 @@
 //! Diffusion LMs on the command line: `kestrel diffuse` (the contract: ids in, the whole
-//! sequence out as JSON), the sampler settings that `generate` and `chat` also take for a
-//! bidirectional model (the generator then streams it block by block), and its bench.
+//! sequence out as JSON), the speed report that `generate` and `chat` also print for a
+//! bidirectional model, and its bench. The sampler's options are `cli::DiffusionArgs`.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use kestrel_models::generate::mask_token;
 use kestrel_models::Model;
-use kestrel_runtime::diffusion::{
-    self, BlockCache, ConfigError, DiffusionConfig, DiffusionStats, Setting,
-};
+use kestrel_runtime::diffusion::{self, BlockCache, DiffusionConfig, DiffusionStats};
 use kestrel_runtime::Gpu;
 
-use crate::args::Args;
-use crate::{open_gpu, open_model, parse_tokens, with_attention};
-
-/// Options of the diffusion sampler, shared by `diffuse`, `generate` and `chat`.
-pub const OPTIONS: &[&str] = &[
-    "gen-length",
-    "steps",
-    "block-length",
-    "temperature",
-    "cfg-scale",
-    "remasking",
-    "threshold",
-    "cache",
-    "seed",
-];
-
-/// The sampler settings from the command line; `gen_length` when `--gen-length` is absent.
-pub fn config(a: &Args, gen_length: usize) -> Result<DiffusionConfig, String> {
-    let gen_length = a.parsed("gen-length", gen_length)?;
-    let block_length = a.parsed("block-length", gen_length.min(32))?;
-    let random_remasking = match a.get("remasking").unwrap_or("low_confidence") {
-        "low_confidence" => false,
-        "random" => true,
-        other => {
-            return Err(format!(
-                "--remasking must be low_confidence or random, not '{other}'"
-            ))
-        }
-    };
-    let cache = match a.get("cache").unwrap_or("none") {
-        "none" => BlockCache::None,
-        "prefix" => BlockCache::Prefix,
-        "dual" => BlockCache::Dual,
-        other => {
-            return Err(format!(
-                "--cache must be none, prefix or dual, not '{other}'"
-            ))
-        }
-    };
-    let threshold = a
-        .get("threshold")
-        .map(|t| {
-            t.parse::<f32>()
-                .map_err(|_| format!("--threshold: cannot parse '{t}'"))
-        })
-        .transpose()?;
-    let config = DiffusionConfig {
-        gen_length,
-        block_length,
-        steps: a.parsed("steps", gen_length)?,
-        temperature: a.parsed("temperature", 0.0)?,
-        cfg_scale: a.parsed("cfg-scale", 0.0)?,
-        random_remasking,
-        threshold,
-        cache,
-        seed: a.parsed("seed", 0)?,
-    };
-    config.validate().map_err(|e| config_error(&e))?;
-    Ok(config)
-}
-
-/// A sampler setting error in the command line's words: the settings named by their flags.
-pub fn config_error(e: &ConfigError) -> String {
-    let flag = |s: Setting| format!("--{}", s.field().replace('_', "-"));
-    format!("input out of range: {}", e.message(flag))
-}
+use crate::cli::DiffuseArgs;
+use crate::stdout::outln;
+use crate::{open_gpu, open_model};
 
 /// Run the sampler after `prompt`, block by block; returns the whole sequence and the
 /// counters.
@@ -97,21 +31,15 @@ pub fn generate(
 }
 
 /// `kestrel diffuse`: write {"tokens": [...]} for prompt + generation.
-pub fn run(a: &Args) -> Result<(), String> {
-    let mut known = vec!["model", "tokens", "out", "backend"];
-    known.extend(OPTIONS);
-    a.only(&with_attention(&known))?;
-    let tokens = parse_tokens(a.required("tokens")?)?;
-    let out = a.required("out")?;
-    a.required("gen-length")?;
-    let config = config(a, 0)?;
-    let gpu = open_gpu(a)?;
-    let model = open_model(&gpu, a)?;
+pub fn run(a: &DiffuseArgs) -> Result<(), String> {
+    let config = a.diffusion.config(a.gen_length, a.temperature, a.seed)?;
+    let gpu = open_gpu(&a.device)?;
+    let model = open_model(&gpu, &a.model, a.attention.options())?;
     let t = Instant::now();
-    let (all, stats) = generate(&gpu, &model, &tokens, &config)?;
+    let (all, stats) = generate(&gpu, &model, &a.tokens.0, &config)?;
     report(&gpu, config.gen_length, &stats, t.elapsed().as_secs_f64());
     let text = serde_json::json!({ "tokens": all }).to_string();
-    std::fs::write(Path::new(out), text).map_err(|e| format!("cannot write {out}: {e}"))
+    std::fs::write(&a.out, text).map_err(|e| format!("cannot write {}: {e}", a.out.display()))
 }
 
 /// Forward passes per generated token and tokens/s, on stderr.
@@ -204,13 +132,18 @@ pub fn bench(gpu: &Arc<Gpu>, model: &Model, text: bool) -> Result<serde_json::Va
         ),
     ];
     if text {
-        println!(
+        outln!(
             "diffusion: prompt {} tokens, {gen_length} generated in blocks of {block}",
             prompt.len()
         );
-        println!(
+        outln!(
             "  {:<34}{:>9}{:>10}{:>12}{:>10}{:>9}",
-            "sampler", "forwards", "per token", "positions", "tokens/s", "match"
+            "sampler",
+            "forwards",
+            "per token",
+            "positions",
+            "tokens/s",
+            "match"
         );
     }
     // Warm the pipelines and plans once.
@@ -230,7 +163,7 @@ pub fn bench(gpu: &Arc<Gpu>, model: &Model, text: bool) -> Result<serde_json::Va
             .count();
         let rate = same as f64 / gen_length as f64;
         if text {
-            println!(
+            outln!(
                 "  {name:<34}{:>9}{:>10.2}{:>12}{:>10.1}{:>8.0}%",
                 stats.forwards,
                 stats.forwards as f64 / gen_length as f64,

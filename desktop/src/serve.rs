@@ -7,16 +7,15 @@ mod http;
 mod openai;
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::args::Args;
+use crate::cli::ServeArgs;
 use crate::engine::{Engine, EngineConfig, Event, Finish, Job, Summary};
-use crate::{attention_options, open_gpu, with_attention};
+use crate::open_gpu;
 use http::{ReadError, Request};
 use openai::{ApiError, CompletionRequest, Endpoint, ReplyMeta};
 
@@ -36,25 +35,17 @@ struct Server {
     serial: AtomicU64,
 }
 
-pub fn run(a: &Args) -> Result<(), String> {
-    a.only(&with_attention(&[
-        "model", "host", "port", "ctx", "backend", "max-body",
-    ]))?;
-    let path = PathBuf::from(a.required("model")?);
-    let host = a.get("host").unwrap_or("127.0.0.1");
-    let port: u16 = a.parsed("port", 8080)?;
-    let ctx: usize = a.parsed("ctx", 4096)?;
-    let max_body: usize = a.parsed("max-body", 1 << 20)?;
-    let attention = attention_options(a)?;
+pub fn run(a: &ServeArgs) -> Result<(), String> {
+    let (host, port) = (a.host.as_str(), a.port);
     // Bind first so a taken port fails before the model loads.
     let listener = TcpListener::bind((host, port))
         .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let gpu = open_gpu(a)?;
+    let gpu = open_gpu(&a.device)?;
     let config = EngineConfig {
-        path,
-        ctx,
-        attention,
+        path: a.model.clone(),
+        ctx: a.ctx,
+        attention: a.attention.options(),
     };
     let engine = Engine::start(gpu, config, |m| eprintln!("{m}"))?;
     let i = &engine.info;
@@ -77,7 +68,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     eprintln!("listening on http://{addr}");
     let server = Arc::new(Server {
         engine,
-        max_body,
+        max_body: a.max_body,
         open: AtomicUsize::new(0),
         serial: AtomicU64::new(0),
     });

@@ -10,7 +10,7 @@ use std::time::Instant;
 use eframe::egui;
 use eframe::egui_wgpu::{WgpuConfiguration, WgpuSetup, WgpuSetupExisting};
 
-use crate::args::Args;
+use crate::cli::AppArgs;
 use crate::CliResult;
 
 /// What the window starts with.
@@ -22,22 +22,19 @@ pub struct Options {
     pub launched: Instant,
 }
 
-pub fn run(a: &Args) -> CliResult {
+pub fn run(a: &AppArgs) -> CliResult {
     let launched = Instant::now();
-    a.only(&crate::with_attention(&[
-        "model", "backend", "ctx", "system",
-    ]))?;
     let options = Options {
-        model: a.get("model").map(str::to_string),
-        ctx: a.parsed("ctx", 4096)?,
-        system: a.get("system").unwrap_or_default().to_string(),
-        attention: crate::attention_options(a)?,
+        model: a.model.as_ref().map(|p| p.display().to_string()),
+        ctx: a.ctx,
+        system: a.system.clone().unwrap_or_default(),
+        attention: a.attention.options(),
         launched,
     };
     if options.ctx == 0 {
         return Err("--ctx must be at least 1".into());
     }
-    let gpu = crate::open_gpu(a)?;
+    let gpu = crate::open_gpu(&a.device)?;
     let wgpu_options = WgpuConfiguration {
         wgpu_setup: WgpuSetup::Existing(WgpuSetupExisting {
             instance: gpu.instance.clone(),
