@@ -96,8 +96,7 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         attention.extend(model_attention);
     }
     if a.attention {
-        let max_len = a.max_len.unwrap_or(4096);
-        if let Value::Object(m) = bench_attention::run(&gpu, max_len, text)? {
+        if let Value::Object(m) = bench_attention::run(&gpu, a.max_len, text)? {
             attention.extend(m);
         }
     }

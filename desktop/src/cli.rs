@@ -338,8 +338,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub attention: bool,
     /// With --attention: the longest sequence timed
-    #[arg(long, value_name = "N", requires = "attention")]
-    pub max_len: Option<usize>,
+    #[arg(long, value_name = "N", default_value_t = 4096, requires = "attention")]
+    pub max_len: usize,
     #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]
