@@ -29,10 +29,10 @@ use cli::{Cli, Command, DeviceArgs};
 type CliResult = Result<(), String>;
 
 fn main() -> ExitCode {
-    // Before any thread starts (it sets an environment variable) and any device opens.
-    runtime_dir::ensure();
     // A usage error ends here: clap prints it with the usage line and a hint, and exits 2.
     let cli = Cli::parse();
+    // Before any thread starts (it sets an environment variable) and any device opens.
+    runtime_dir::ensure();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
