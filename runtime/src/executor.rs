@@ -54,7 +54,9 @@ fn bind(
         bound.push(match &desc.source {
             Source::Activation => match assignment.slot_of[t] {
                 Some(s) => Bound::Buffer(slots[s].clone()),
-                None => Bound::Buffer(GpuTensor::new(gpu, "output", &desc.shape, desc.dtype)?.buffer),
+                None => {
+                    Bound::Buffer(GpuTensor::new(gpu, "output", &desc.shape, desc.dtype)?.buffer)
+                }
             },
             Source::Input(name) => {
                 let tensor = GpuTensor::new(gpu, name, &desc.shape, desc.dtype)?;

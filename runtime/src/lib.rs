@@ -7,6 +7,8 @@
 
 pub mod arch;
 pub mod block_mask;
+#[cfg(feature = "kernel-cases")]
+pub mod cases;
 pub mod device;
 pub mod diffusion;
 pub mod error;

@@ -345,7 +345,15 @@ impl Op for MoeRoute {
     fn lower(&self, cx: &mut Lowering) -> Result<()> {
         let s = cx.shape(self.logits);
         let (logits, route) = (cx.buf(self.logits)?, cx.buf(self.route)?);
-        let d = launch_route(cx.gpu(), logits, route, s[0], s[1], self.k, self.renormalize)?;
+        let d = launch_route(
+            cx.gpu(),
+            logits,
+            route,
+            s[0],
+            s[1],
+            self.k,
+            self.renormalize,
+        )?;
         cx.push([d]);
         Ok(())
     }
@@ -362,7 +370,11 @@ impl Op for MoePermute {
 
     fn lower(&self, cx: &mut Lowering) -> Result<()> {
         let t = cx.shape(self.route)[0];
-        let (route, perm, counts) = (cx.buf(self.route)?, cx.buf(self.perm)?, cx.buf(self.counts)?);
+        let (route, perm, counts) = (
+            cx.buf(self.route)?,
+            cx.buf(self.perm)?,
+            cx.buf(self.counts)?,
+        );
         let d = launch_permute(cx.gpu(), route, perm, counts, t, self.experts, self.k)?;
         cx.push([d]);
         Ok(())

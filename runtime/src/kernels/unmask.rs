@@ -161,20 +161,8 @@ pub fn launch(
         _p: [0; 3],
     };
     let buffers = [step, logits, uncond, tokens, scratch, out];
-    let predict = KERNEL.dispatch(
-        gpu,
-        &defs(false),
-        &uniform,
-        &buffers,
-        gpu.grid(rows as u32),
-    )?;
-    let select = KERNEL.dispatch(
-        gpu,
-        &defs(true),
-        &uniform,
-        &buffers,
-        [1, 1, 1],
-    )?;
+    let predict = KERNEL.dispatch(gpu, &defs(false), &uniform, &buffers, gpu.grid(rows as u32))?;
+    let select = KERNEL.dispatch(gpu, &defs(true), &uniform, &buffers, [1, 1, 1])?;
     Ok([predict, select])
 }
 

@@ -210,11 +210,7 @@ impl Graph {
             }
         }
         if self.shape(state) != [STATE_ROWS, c] {
-            return Err(mismatch(
-                "wkv4 state",
-                &[STATE_ROWS, c],
-                self.shape(state),
-            ));
+            return Err(mismatch("wkv4 state", &[STATE_ROWS, c], self.shape(state)));
         }
         let out = self.activation(ks);
         self.push(Wkv4 {
