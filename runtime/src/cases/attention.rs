@@ -513,11 +513,11 @@ fn sparse_patterns() -> Vec<SparseKind> {
     ]
 }
 
-/// Every block-sparse case: (pattern name, spec, seed) for prefill, then for decode.
-fn sparse_specs() -> (
-    Vec<(&'static str, Spec, u64)>,
-    Vec<(&'static str, Spec, u64)>,
-) {
+/// A block-sparse case: its pattern's name, its spec and its seed.
+type SparseCase = (&'static str, Spec, u64);
+
+/// Every block-sparse case, for prefill, then for decode.
+fn sparse_specs() -> (Vec<SparseCase>, Vec<SparseCase>) {
     let layout = KvLayout::linear(SPARSE_CAPACITY);
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
     let (mut p_seed, mut d_seed) = (5000, 6000);

@@ -7,15 +7,15 @@ use crate::rng::Rng;
 
 pub fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
-    let mut seed = 750;
     // (tokens, channels, kernel, silu, bias); 9000 tokens take several dispatches.
-    for (tokens, channels, kernel, silu, bias) in [
+    let specs = [
         (29, 70, 4, true, true),
         (1, 70, 4, true, true),
         (5, 3, 2, false, false),
         (9000, 2, 4, false, true),
-    ] {
-        seed += 1;
+    ];
+    for (i, (tokens, channels, kernel, silu, bias)) in specs.into_iter().enumerate() {
+        let seed = 751 + i as u64;
         let what = format!("T={tokens} C={channels} K={kernel} silu={silu} bias={bias}");
         cases.push(Case::new("conv1d", what, move |gpu| {
             let mut rng = Rng::new(seed);

@@ -131,8 +131,14 @@ pub struct Case {
     pub quantized: bool,
     /// Its outputs are compared between backends too (within [`BACKEND_TOL`]).
     pub agree: bool,
-    prepare: Box<dyn Fn(&Arc<Gpu>) -> Result<Prepared>>,
+    prepare: Box<PrepareFn>,
 }
+
+/// What a case does to be run: draw, reference, upload, record.
+type PrepareFn = dyn Fn(&Arc<Gpu>) -> Result<Prepared>;
+
+/// Picks or transforms the words read from an output before the comparison.
+type DeriveFn = dyn Fn(&[u32]) -> Vec<u32>;
 
 impl Case {
     pub fn new(
@@ -271,7 +277,7 @@ pub struct Output {
     /// u32 words read from the start of the buffer.
     words: usize,
     /// Picks or transforms the words read before the comparison.
-    derive: Option<Box<dyn Fn(&[u32]) -> Vec<u32>>>,
+    derive: Option<Box<DeriveFn>>,
     expect: Expect,
 }
 

@@ -6,9 +6,8 @@ use crate::rng::Rng;
 
 pub fn rms_norm() -> Vec<Case> {
     let mut cases = Vec::new();
-    let mut seed = 700;
     // (rows, dim per group, groups, eps, layer norm with bias)
-    for (rows, dim, groups, eps, layer) in [
+    let specs = [
         (3, 64, 1, 1e-5, false),
         (5, 1000, 1, 1e-6, false),
         (1, 37, 1, 1e-5, false),
@@ -18,8 +17,9 @@ pub fn rms_norm() -> Vec<Case> {
         (3, 64, 1, 1e-5, true),
         (2, 1000, 1, 1e-5, true),
         (4, 16, 4, 64e-5, true),
-    ] {
-        seed += 1;
+    ];
+    for (i, (rows, dim, groups, eps, layer)) in specs.into_iter().enumerate() {
+        let seed = 701 + i as u64;
         let kind = if layer { "layer_norm" } else { "rms_norm" };
         let what = format!("{kind} {rows}x{groups}x{dim} eps={eps:e}");
         let case = Case::new("rms_norm", what, move |gpu| {
