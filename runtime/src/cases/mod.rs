@@ -127,7 +127,7 @@ pub struct Case {
     pub what: String,
     /// In the browser's representative subset (the browser runs on SwiftShader: keep it quick).
     pub browser: bool,
-    /// Its reads quantized weights (tests/tests/quant.rs runs these).
+    /// It reads quantized weights (tests/tests/quant.rs runs these).
     pub quantized: bool,
     /// Its outputs are compared between backends too (within [`BACKEND_TOL`]).
     pub agree: bool,
