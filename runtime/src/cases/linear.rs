@@ -98,7 +98,12 @@ impl Spec {
             false => matmul::reference(&x, &w_ref, b.as_deref(), m, n, k),
         };
         let out = Output::close("", &y, want, SUM_TOL);
-        let flops = 2.0 * (m * n * k) as f64;
+        // A matvec reads each weight once and is bounded by bandwidth: it declares bytes only.
+        let flops = if self.matvec {
+            0.0
+        } else {
+            2.0 * (m * n * k) as f64
+        };
         let bytes = w.bytes() as f64 + 4.0 * (m * k + m * n) as f64;
         Ok(Prepared::new(gpu, d, vec![out]).work(flops, bytes))
     }
