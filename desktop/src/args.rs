@@ -9,7 +9,7 @@ pub struct Args {
 }
 
 /// Flags that take no value.
-const SWITCHES: &[&str] = &["json", "help", "attention"];
+const SWITCHES: &[&str] = &["json", "help", "attention", "kernels"];
 
 impl Args {
     pub fn parse(argv: &[String]) -> Result<Args, String> {

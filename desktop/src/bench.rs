@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 
 use crate::args::Args;
 use crate::{
-    attention_options, bench_attention, open_gpu, open_model, with_attention, ATTENTION_OPTIONS,
+    attention_options, bench_attention, bench_kernels, open_gpu, open_model, with_attention,
+    ATTENTION_OPTIONS,
 };
 
 /// Seconds per call of `f` (which submits GPU work), after one warm-up, over `iters` calls.
@@ -89,7 +90,11 @@ pub fn run(a: &Args) -> Result<(), String> {
         "report-every",
         "attention",
         "max-len",
+        "kernels",
     ]))?;
+    if a.flag("kernels") {
+        return bench_kernels::run(&open_gpu(a)?, a.flag("json"));
+    }
     let kernels = a.flag("attention");
     if a.get("model").is_none() && !kernels {
         return Err(

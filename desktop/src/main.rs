@@ -4,6 +4,7 @@ mod app;
 mod args;
 mod bench;
 mod bench_attention;
+mod bench_kernels;
 mod chat;
 mod diffuse;
 mod engine;
@@ -36,6 +37,7 @@ usage:
                    [--top-p P] [--seed S] [--stop TEXT] [--ctx N] [--backend B]
   kestrel bench [--model PATH] [--attention [--max-len N]] [--prompt-tokens N]
                 [--decode-tokens N] [--report-every N] [--json] [--backend B]
+  kestrel bench --kernels [--json] [--backend B]   (every kernel case, timed and checked)
   kestrel chat [--model PATH] [--system TEXT] [--max-tokens N] [--temperature T] [--top-k K]
                [--top-p P] [--seed S] [--stop TEXT] [--ctx N] [--backend B]
                (without --model: SmolLM2-135M-Instruct, downloaded once into the cache)
