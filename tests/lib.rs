@@ -1,5 +1,6 @@
-//! Shared helpers of Kestrel's cross-crate tests: the GPUs to test on, buffers poisoned with
-//! NaN, blocking readback, and error measures.
+//! Shared helpers of Kestrel's cross-crate tests: the GPUs to test on, the runner of the
+//! runtime's table of kernel cases ([`check_cases`]), blocking readback, and error measures
+//! (the runtime's [`rel_err`] and the buffer helpers of its case table, re-exported).
 //!
 //! GPU tests run on every backend named in `KESTREL_TEST_BACKENDS` (comma-separated, default
 //! `vulkan,gl`). A backend that cannot be opened fails the test loudly: tests never skip.
@@ -14,8 +15,12 @@
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use kestrel_runtime::kernels::{self, Dispatch, Step};
+use kestrel_runtime::cases::{Case, BACKEND_TOL};
+use kestrel_runtime::kernels::{self, Dispatch};
 use kestrel_runtime::{readback, BackendChoice, Gpu};
+
+pub use kestrel_runtime::cases::weights::to_f16;
+pub use kestrel_runtime::cases::{poisoned, rel_err, step, step_buffer, upload_f32, upload_u32};
 
 /// The backends the GPU tests run on.
 pub fn backends() -> Vec<BackendChoice> {
@@ -88,37 +93,6 @@ pub fn gpus() -> Vec<Arc<Gpu>> {
     .clone()
 }
 
-/// A storage buffer of `n` f32 values, all NaN: whatever a kernel fails to write stays NaN
-/// and makes the comparison fail.
-pub fn poisoned(gpu: &Gpu, n: usize) -> wgpu::Buffer {
-    gpu.storage_buffer_init("poisoned", bytemuck::cast_slice(&vec![f32::NAN; n.max(1)]))
-}
-
-/// A storage buffer holding `data`.
-pub fn upload_f32(gpu: &Gpu, data: &[f32]) -> wgpu::Buffer {
-    gpu.storage_buffer_init("test f32", bytemuck::cast_slice(data))
-}
-
-/// A storage buffer holding `data`.
-pub fn upload_u32(gpu: &Gpu, data: &[u32]) -> wgpu::Buffer {
-    gpu.storage_buffer_init("test u32", bytemuck::cast_slice(data))
-}
-
-/// A `Step` with the given position and token count, greedy sampling settings.
-pub fn step(pos: u32, n_tokens: u32) -> Step {
-    Step {
-        pos,
-        n_tokens,
-        top_p: 1.0,
-        ..Step::default()
-    }
-}
-
-/// The uniform buffer of a `Step`.
-pub fn step_buffer(gpu: &Gpu, step: &Step) -> wgpu::Buffer {
-    gpu.uniform_buffer_init("step", bytemuck::bytes_of(step))
-}
-
 /// Submit `dispatches` in one pass, wait for them, and panic on any GPU error they raised.
 pub fn run(gpu: &Gpu, dispatches: &[Dispatch]) {
     kernels::submit(gpu, dispatches);
@@ -139,24 +113,6 @@ pub fn read(gpu: &Arc<Gpu>, buf: &wgpu::Buffer, n: usize) -> Vec<f32> {
 pub fn read_u32(gpu: &Arc<Gpu>, buf: &wgpu::Buffer, n: usize) -> Vec<u32> {
     pollster::block_on(readback::read_u32(gpu, buf, 0, n))
         .unwrap_or_else(|e| panic!("{}: readback failed: {e}", gpu.backend_name()))
-}
-
-/// `||out - reference|| / ||reference||` in f64 (the plain norm of `out - reference` when the
-/// reference is zero). NaN if `out` holds a NaN, so `rel_err(..) <= tol` fails on it.
-pub fn rel_err(out: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(out.len(), reference.len(), "rel_err: lengths differ");
-    let mut diff = 0.0f64;
-    let mut norm = 0.0f64;
-    for (&o, &r) in out.iter().zip(reference) {
-        let d = o as f64 - r as f64;
-        diff += d * d;
-        norm += (r as f64) * (r as f64);
-    }
-    if norm == 0.0 {
-        diff.sqrt()
-    } else {
-        (diff / norm).sqrt()
-    }
 }
 
 /// Panic unless `rel_err(out, reference) <= tol`, naming the first NaN and the largest
@@ -218,15 +174,45 @@ pub fn assert_backends_agree(what: &str, outputs: &[(String, Vec<f32>)], tol: f6
     }
 }
 
-/// Round to f16: the bit patterns to upload and the values the GPU will read.
-pub fn to_f16(v: &[f32]) -> (Vec<u16>, Vec<f32>) {
-    let bits: Vec<u16> = v
-        .iter()
-        .map(|&x| half::f16::from_f32(x).to_bits())
-        .collect();
-    let rounded = bits
-        .iter()
-        .map(|&b| half::f16::from_bits(b).to_f32())
-        .collect();
-    (bits, rounded)
+/// Run `cases` on every backend: every output within its tolerance, and for cases marked
+/// `agree`, every backend's outputs within `BACKEND_TOL` of the first backend's. Panics at
+/// the first failure, naming the case, the output, the backend and where it went wrong.
+pub fn check_cases(cases: impl IntoIterator<Item = Case>) {
+    let gpus = gpus();
+    let verbose = std::env::var_os("KESTREL_TEST_VERBOSE").is_some();
+    let mut count = 0;
+    for case in cases {
+        let mut first: Option<(String, Vec<Vec<f32>>)> = None;
+        for gpu in &gpus {
+            let backend = gpu.backend_name();
+            let outcomes =
+                pollster::block_on(case.run(gpu)).unwrap_or_else(|e| panic!("on {backend}: {e}"));
+            for o in &outcomes {
+                if verbose {
+                    eprintln!(
+                        "{} {} on {backend}: error {:.2e} (tolerance {:.0e})",
+                        o.kernel, o.what, o.err, o.tol
+                    );
+                }
+                assert!(
+                    o.ok,
+                    "{} {} on {backend}: error {:.3e} > {:.0e}; {}",
+                    o.kernel, o.what, o.err, o.tol, o.note
+                );
+            }
+            let values: Vec<Vec<f32>> = outcomes.into_iter().map(|o| o.values).collect();
+            match &first {
+                None => first = Some((backend, values)),
+                Some((name, want)) if case.agree => {
+                    for (got, want) in values.iter().zip(want) {
+                        let what = format!("{} {}: {backend} vs {name}", case.kernel, case.what);
+                        assert_close(&what, got, want, BACKEND_TOL);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        count += 1;
+    }
+    assert!(count > 0, "no cases to check");
 }

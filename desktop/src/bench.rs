@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::cli::BenchArgs;
 use crate::stdout::outln;
-use crate::{bench_attention, open_gpu, open_model};
+use crate::{bench_attention, bench_kernels, open_gpu, open_model};
 
 /// Seconds per call of `f` (which submits GPU work), after one warm-up, over `iters` calls.
 fn time_gpu(gpu: &Gpu, iters: usize, mut f: impl FnMut()) -> Result<f64, String> {
@@ -80,6 +80,9 @@ fn copy_gbs(gpu: &Arc<Gpu>, bytes: u64) -> Result<f64, String> {
 }
 
 pub fn run(a: &BenchArgs) -> Result<(), String> {
+    if a.kernels {
+        return bench_kernels::run(&open_gpu(&a.device)?, a.json);
+    }
     let text = !a.json;
     let gpu = open_gpu(&a.device)?;
     if text {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kestrel_runtime::block_mask::{BlockMask, SparsePattern, BLOCK};
+use kestrel_runtime::cases::rel_err;
 use kestrel_runtime::kernels::attention::{self, mask_blocks, AttnBuffers, AttnShape, CacheView};
 use kestrel_runtime::kernels::{self, decode_attention, Dispatch, Step};
 use kestrel_runtime::kv::KvLayout;
@@ -102,16 +103,6 @@ fn time_adaptive(
 /// `floats` random values in [-1, 1).
 fn random(floats: usize, seed: u64) -> Vec<f32> {
     Rng::new(seed).vec(floats.max(1), 1.0)
-}
-
-/// ||gpu - reference|| / ||reference||.
-fn rel_err(gpu: &[f32], reference: &[f32]) -> f64 {
-    let (mut diff, mut norm) = (0f64, 0f64);
-    for (g, r) in gpu.iter().zip(reference) {
-        diff += (*g as f64 - *r as f64).powi(2);
-        norm += (*r as f64).powi(2);
-    }
-    (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
 }
 
 /// Longest sequence the forced row-wise comparison runs.

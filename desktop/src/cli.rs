@@ -315,9 +315,9 @@ pub struct GenerateArgs {
         .requires("model")
 ))]
 pub struct BenchArgs {
-    /// The model to time (optional with --attention). A Hugging Face-layout directory or a
-    /// .gguf file
-    #[arg(long, value_name = "PATH", required_unless_present = "attention")]
+    /// The model to time (optional with --attention and --kernels). A Hugging Face-layout
+    /// directory or a .gguf file
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["attention", "kernels"])]
     pub model: Option<PathBuf>,
     /// Print one JSON report instead of text
     #[arg(long)]
@@ -340,6 +340,10 @@ pub struct BenchArgs {
     /// With --attention: the longest sequence timed
     #[arg(long, value_name = "N", default_value_t = 4096, requires = "attention")]
     pub max_len: usize,
+    /// Time every kernel case of the runtime's table, each checked against its CPU
+    /// reference (GFLOP/s or GB/s where a case declares its work)
+    #[arg(long, conflicts_with_all = ["model", "attention"])]
+    pub kernels: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]
@@ -518,6 +522,7 @@ mod tests {
                     "report-every",
                     "attention",
                     "max-len",
+                    "kernels",
                 ],
             ),
             (

@@ -3,6 +3,7 @@
 mod app;
 mod bench;
 mod bench_attention;
+mod bench_kernels;
 mod chat;
 mod cli;
 mod diffuse;

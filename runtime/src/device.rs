@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::requirements;
 use crate::shader::ShaderDefs;
 
 /// Which wgpu backend to use. `Auto` prefers a discrete GPU, then an integrated one, then
@@ -107,6 +108,10 @@ fn rank(t: wgpu::DeviceType) -> u32 {
     }
 }
 
+fn backend_name(b: wgpu::Backend) -> String {
+    format!("{b:?}").to_lowercase()
+}
+
 fn backend_rank(b: wgpu::Backend) -> u32 {
     // Among equally ranked devices prefer the native modern API over GL.
     match b {
@@ -157,39 +162,51 @@ impl Gpu {
             .map_err(|e| Error::NoAdapter(format!("{choice}: {e}")))
     }
 
+    /// Open a device on `adapter` with its own limits, after checking them against what the
+    /// kernels need ([`requirements`]).
     async fn from_adapter(instance: wgpu::Instance, adapter: wgpu::Adapter) -> Result<Arc<Gpu>> {
         let info = adapter.get_info();
-        let available = adapter.features();
         let wanted =
             wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
-        let features = available & wanted;
+        let features = adapter.features() & wanted;
         let limits = adapter.limits();
+        let caps = Caps {
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            max_storage_binding: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+            max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
+            max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+            min_storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
+        };
+        let short = requirements::shortfalls(&caps);
+        if !short.is_empty() {
+            // Browsers may hide the adapter's name.
+            let name = match info.name.trim() {
+                "" => "(unnamed)",
+                n => n,
+            };
+            return Err(Error::AdapterTooSmall {
+                adapter: format!("'{name}' ({})", backend_name(info.backend)),
+                shortfalls: short.join(", "),
+            });
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("kestrel"),
                 required_features: features,
-                required_limits: limits.clone(),
+                required_limits: limits,
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
             .await
             .map_err(|e| Error::RequestDevice(e.to_string()))?;
-        let alims = adapter.limits();
-        let caps = Caps {
-            shader_f16: features.contains(wgpu::Features::SHADER_F16),
-            subgroups: features.contains(wgpu::Features::SUBGROUP),
-            subgroup_min_size: adapter.get_info().subgroup_min_size,
-            subgroup_max_size: adapter.get_info().subgroup_max_size,
-            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
-            max_storage_binding: alims.max_storage_buffer_binding_size,
-            max_buffer_size: alims.max_buffer_size,
-            max_storage_buffers_per_stage: alims.max_storage_buffers_per_shader_stage,
-            max_invocations_per_workgroup: alims.max_compute_invocations_per_workgroup,
-            max_workgroup_storage: alims.max_compute_workgroup_storage_size,
-            max_workgroups_per_dim: alims.max_compute_workgroups_per_dimension,
-            min_storage_offset_alignment: alims.min_storage_buffer_offset_alignment,
-        };
         let lost = Arc::new(Mutex::new(None));
         let lost2 = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
@@ -274,7 +291,7 @@ impl Gpu {
 
     /// The backend in use, in words.
     pub fn backend_name(&self) -> String {
-        format!("{:?}", self.info.backend).to_lowercase()
+        backend_name(self.info.backend)
     }
 
     /// A one-line description of the adapter (for reports and benchmarks).

@@ -8,6 +8,9 @@ pub enum Error {
     NoAdapter(String),
     #[error("unknown backend '{0}' (expected auto, vulkan, gl, metal, dx12 or webgpu)")]
     UnknownBackend(String),
+    /// The adapter's limits are below what the kernels need ([`crate::requirements`]).
+    #[error("the GPU adapter {adapter} cannot run Kestrel's kernels: it offers {shortfalls}")]
+    AdapterTooSmall { adapter: String, shortfalls: String },
     #[error("could not open the GPU device: {0}")]
     RequestDevice(String),
     #[error("GPU device lost: {0}")]

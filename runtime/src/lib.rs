@@ -7,6 +7,8 @@
 
 pub mod arch;
 pub mod block_mask;
+#[cfg(feature = "kernel-cases")]
+pub mod cases;
 pub mod device;
 pub mod diffusion;
 pub mod error;
@@ -14,9 +16,11 @@ pub mod executor;
 pub mod graph;
 pub mod kernels;
 pub mod kv;
+pub mod op;
 pub mod planner;
 pub mod quant;
 pub mod readback;
+pub mod requirements;
 pub mod rng;
 pub mod session;
 pub mod shader;
@@ -25,5 +29,6 @@ pub mod tensor;
 
 pub use device::{BackendChoice, Caps, Gpu};
 pub use error::{Error, Result};
-pub use graph::{Graph, Op, TensorId};
+pub use graph::{Graph, TensorId};
+pub use op::Op;
 pub use tensor::{DType, GpuTensor, GpuWeight};

@@ -542,7 +542,6 @@ const MOE_MODELS: [&str; 4] = ["mixtral", "mixtral_q8", "qwen2_moe", "jamba"];
 fn moe_router_choices_match_the_reference() {
     use kestrel_runtime::arch::Head;
     use kestrel_runtime::executor::Plan;
-    use kestrel_runtime::graph::Op;
     use kestrel_runtime::state::StateStore;
     for gpu in gpus() {
         for name in MOE_MODELS {
@@ -556,10 +555,8 @@ fn moe_router_choices_match_the_reference() {
             let routes: Vec<usize> = graph
                 .ops
                 .iter()
-                .filter_map(|op| match op {
-                    Op::MoeRoute { route, .. } => Some(*route),
-                    _ => None,
-                })
+                .filter(|op| op.name() == "moe_route")
+                .map(|op| op.reads_writes().1[0])
                 .collect();
             assert_eq!(routes.len(), layers.len(), "{name}: MoE layers");
             let first = graph.outputs.len();

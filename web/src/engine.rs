@@ -20,22 +20,15 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use crate::error::{Result, WebError};
-use crate::{limits, load};
+use crate::load;
 
-/// Open the WebGPU device and refuse it, with the reason, when its limits are too small.
+/// Open the WebGPU device; the runtime refuses an adapter whose limits are too small for the
+/// kernels, with the reason.
 pub async fn open_gpu() -> Result<Arc<Gpu>> {
-    let gpu = Gpu::new(BackendChoice::WebGpu)
-        .await
-        .map_err(|e| WebError::NoWebGpu(e.to_string()))?;
-    let short = limits::shortfalls(&gpu.caps);
-    if !short.is_empty() {
-        return Err(WebError::Limits(format!(
-            "{} offers {}",
-            gpu.info.name,
-            short.join(", ")
-        )));
-    }
-    Ok(gpu)
+    Gpu::new(BackendChoice::WebGpu).await.map_err(|e| match e {
+        kestrel_runtime::Error::AdapterTooSmall { .. } => WebError::Limits(e.to_string()),
+        e => WebError::NoWebGpu(e.to_string()),
+    })
 }
 
 /// The adapter, its features and limits (what `engine.info()` returns, less the model).

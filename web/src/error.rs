@@ -10,7 +10,7 @@ pub enum WebError {
     #[error("WebGPU is not available: {0}")]
     NoWebGpu(String),
     /// The adapter's limits are below what the kernels need.
-    #[error("this GPU's WebGPU limits are too small for Kestrel: {0}")]
+    #[error("{0}")]
     Limits(String),
     /// Loading or running the model failed (file, tensor, shape, tokenizer, template).
     #[error("{0}")]

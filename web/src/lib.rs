@@ -4,10 +4,8 @@
 //!
 //! * [`engine`]: load a model from bytes, chat replies one token per call, logits, info.
 //! * [`kernel_check`]: the runtime's kernels against their CPU references, in the browser.
-//! * [`limits`]: what the kernels need from an adapter.
 
 pub mod error;
-pub mod limits;
 pub mod load;
 
 #[cfg(target_arch = "wasm32")]

@@ -5,12 +5,20 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, rope, Dispatch};
+use super::{decode_attention, kernel, rope, Dispatch, Kernel};
 use crate::block_mask::{BlockMask, BLOCK};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
+use crate::executor::Lowering;
+use crate::graph::{mismatch, Graph, TensorId};
 use crate::kv::KvLayout;
+use crate::op::Op;
 use crate::shader::ShaderDefs;
+
+pub const KERNEL: Kernel = kernel!("attention", variants);
+
+/// Head dims the shader-validation test compiles every mode at.
+pub const HEAD_DIMS: [usize; 7] = [16, 32, 64, 80, 96, 128, 256];
 
 /// Head layout of one attention layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -124,20 +132,7 @@ pub fn launch(
             shape.head_dim
         )));
     }
-    let defs = ShaderDefs::new()
-        .u32("HEAD_DIM", shape.head_dim as u32)
-        .u32("BQ", BQ)
-        .u32("BK", keys_per_tile(shape.head_dim))
-        .bool("ROPE", rope_half.is_some())
-        .u32(
-            "SINK_DIM",
-            if rope_half.is_some() {
-                shape.head_dim as u32
-            } else {
-                1
-            },
-        )
-        .bool("SPARSE", io.mask.is_some());
+    let defs = defs(shape.head_dim, rope_half.is_some(), io.mask.is_some());
     let params = Params {
         n_tokens: n_tokens as u32,
         heads: shape.heads as u32,
@@ -156,7 +151,7 @@ pub fn launch(
     // boundary needs one more.
     let groups_x = (n_tokens as u32).div_ceil(BQ) + io.mask.is_some() as u32;
     let dummy = &gpu.dummy;
-    kernel!("attention").dispatch(
+    KERNEL.dispatch(
         gpu,
         &defs,
         &params,
@@ -171,6 +166,26 @@ pub fn launch(
         ],
         [groups_x, shape.heads as u32, 1],
     )
+}
+
+/// The tiled kernel for `head_dim`: BQ queries per workgroup, keys per tile within 16 KiB of
+/// K/V tiles; keys rotated in attention (`rope`, sinks) or a block mask (`sparse`).
+fn defs(head_dim: usize, rope: bool, sparse: bool) -> ShaderDefs {
+    ShaderDefs::new()
+        .u32("HEAD_DIM", head_dim as u32)
+        .u32("BQ", BQ)
+        .u32("BK", keys_per_tile(head_dim))
+        .bool("ROPE", rope)
+        .u32("SINK_DIM", if rope { head_dim as u32 } else { 1 })
+        .bool("SPARSE", sparse)
+}
+
+/// Dense, in-attention RoPE and block-sparse, at each of [`HEAD_DIMS`].
+pub fn variants() -> Vec<ShaderDefs> {
+    HEAD_DIMS
+        .into_iter()
+        .flat_map(|hd| [(false, false), (true, false), (false, true)].map(|(r, s)| defs(hd, r, s)))
+        .collect()
 }
 
 /// Whether the tiled kernel serves a head_dim and, on CPU adapters, queries that may each see
@@ -283,4 +298,155 @@ pub fn reference(
 /// Query blocks per head for a mask over `rows` positions.
 pub fn mask_blocks(rows: usize) -> usize {
     rows.div_ceil(BLOCK)
+}
+
+/// Attention of `q` [T, heads * head_dim] over a layer's caches, into `out` (see
+/// [`Graph::attention`]).
+#[derive(Debug)]
+pub struct Attention {
+    pub q: TensorId,
+    pub k_cache: TensorId,
+    pub v_cache: TensorId,
+    pub out: TensorId,
+    pub shape: AttnShape,
+    pub causal: bool,
+    pub layout: KvLayout,
+    /// RoPE frequencies when keys are cached before RoPE (`layout.rope_in_attention`).
+    pub inv_freq: Option<TensorId>,
+    /// A block mask (constant u32 words) for block-sparse attention.
+    pub mask: Option<TensorId>,
+}
+
+impl Graph {
+    /// A block mask as a constant for [`Graph::attention`].
+    pub fn block_mask(&mut self, mask: &BlockMask) -> TensorId {
+        self.constant(mask.to_words())
+    }
+
+    /// Attention of `q` over a layer's caches laid out by `layout` (not `causal`: over every
+    /// row of the cache, which must then be linear). `inv_freq`: RoPE
+    /// frequencies for a layout that caches keys before RoPE (q is then un-rotated too).
+    /// `mask`: a [`Graph::block_mask`] over the cache's rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &mut self,
+        q: TensorId,
+        k_cache: TensorId,
+        v_cache: TensorId,
+        shape: AttnShape,
+        causal: bool,
+        layout: KvLayout,
+        inv_freq: Option<TensorId>,
+        mask: Option<TensorId>,
+    ) -> Result<TensorId> {
+        let rope_half = inv_freq.map(|f| self.numel(f));
+        validate_mode(&shape, &layout, causal, rope_half, mask.is_some())?;
+        if self.shape(k_cache)[0] != layout.rows {
+            return Err(mismatch(
+                "attention KV cache rows",
+                &[layout.rows, shape.kv_heads * shape.head_dim],
+                self.shape(k_cache),
+            ));
+        }
+        if let Some(m) = mask {
+            let blocks = mask_blocks(layout.rows);
+            let words = self.numel(m);
+            if words < shape.heads * blocks + 1 {
+                return Err(mismatch(
+                    "block mask",
+                    &[shape.heads * blocks + 1],
+                    &[words],
+                ));
+            }
+        }
+        let qs = self.shape(q).to_vec();
+        if qs[1] != shape.heads * shape.head_dim {
+            return Err(mismatch(
+                "attention queries",
+                &[qs[0], shape.heads * shape.head_dim],
+                &qs,
+            ));
+        }
+        let kv = shape.kv_heads * shape.head_dim;
+        if self.shape(k_cache)[1] != kv || self.shape(v_cache)[1] != kv {
+            return Err(mismatch(
+                "attention KV cache",
+                &[self.shape(k_cache)[0], kv],
+                self.shape(k_cache),
+            ));
+        }
+        let out = self.activation(qs);
+        self.push(Attention {
+            q,
+            k_cache,
+            v_cache,
+            out,
+            shape,
+            causal,
+            layout,
+            inv_freq,
+            mask,
+        });
+        Ok(out)
+    }
+}
+
+impl Op for Attention {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        let mut r = vec![self.q, self.k_cache, self.v_cache];
+        r.extend(self.inv_freq);
+        r.extend(self.mask);
+        (r, vec![self.out])
+    }
+
+    /// The tiled kernel for prefill where it fits; else (and for decode) the split-K kernel
+    /// of decode_attention, whose partial results share one scratch across layers.
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let gpu = cx.gpu();
+        let (shape, layout, causal) = (self.shape, self.layout, self.causal);
+        let n = cx.shape(self.q)[0];
+        // The tiled kernel must fit the keys its queries stream (CPU adapters cap an
+        // invocation's loop iterations); else one workgroup per query.
+        let mask_words = self.mask.and_then(|m| cx.constant(m));
+        let max_keys = prefill_key_span(&layout, shape.heads, mask_words);
+        // Decode splits the cache across workgroups; a row-wise prefill already has a
+        // workgroup per query and head, and keeps one piece each.
+        let decode = n == 1 && causal;
+        let partial = if decode || !tiled_fits(gpu, shape.head_dim, max_keys) {
+            let splits = match decode {
+                true => decode_attention::max_splits_for(layout.rows),
+                false => 1,
+            };
+            let floats = decode_attention::partial_floats(&shape, splits, n);
+            Some((cx.scratch("attention partials", floats)?, splits))
+        } else {
+            None
+        };
+        let io = AttnBuffers {
+            q: cx.buf(self.q)?,
+            k_cache: cx.buf(self.k_cache)?,
+            v_cache: cx.buf(self.v_cache)?,
+            out: cx.buf(self.out)?,
+            inv_freq: match self.inv_freq {
+                Some(f) => Some((cx.buf(f)?, cx.numel(f))),
+                None => None,
+            },
+            mask: match self.mask {
+                Some(m) => Some((cx.buf(m)?, mask_blocks(layout.rows))),
+                None => None,
+            },
+        };
+        let step = cx.step();
+        match &partial {
+            Some((buffer, splits)) => cx.push(decode_attention::launch(
+                gpu, step, &io, buffer, shape, layout, *splits, n, causal,
+            )?),
+            None => cx.push([launch(gpu, step, &io, shape, layout, n, causal)?]),
+        }
+        Ok(())
+    }
 }

@@ -3,10 +3,119 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, Dispatch};
+use super::{kernel, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
+use crate::executor::Lowering;
+use crate::graph::{mismatch, Graph, TensorId};
+use crate::op::Op;
 use crate::shader::ShaderDefs;
+
+pub const KERNEL: Kernel = kernel!("conv1d", variants);
+
+fn defs(kernel: usize, silu: bool, bias: bool) -> ShaderDefs {
+    ShaderDefs::new()
+        .u32("K", kernel as u32)
+        .bool("SILU", silu)
+        .bool("BIAS", bias)
+}
+
+/// Kernel sizes 2, 4 (Mamba's), 7 and 16 (the largest), with and without silu and bias.
+pub fn variants() -> Vec<ShaderDefs> {
+    let mut out = Vec::new();
+    for k in [2, 4, 7, 16] {
+        for silu in [false, true] {
+            for bias in [false, true] {
+                out.push(defs(k, silu, bias));
+            }
+        }
+    }
+    out
+}
+
+/// Depthwise causal conv over time: `x` [T, C] with `w` [C, kernel] (+ `bias` [C]) into
+/// `out`, continuing from and updating `state` [kernel - 1, C]; silu after if `silu`.
+#[derive(Debug)]
+pub struct Conv1d {
+    pub x: TensorId,
+    pub w: TensorId,
+    pub bias: Option<TensorId>,
+    pub state: TensorId,
+    pub out: TensorId,
+    pub kernel: usize,
+    pub silu: bool,
+}
+
+impl Graph {
+    /// Depthwise causal conv1d over time with a rolling state (see [`Conv1d`]).
+    pub fn conv1d(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        bias: Option<TensorId>,
+        state: TensorId,
+        kernel: usize,
+        silu: bool,
+    ) -> Result<TensorId> {
+        validate(kernel)?;
+        let xs = self.shape(x).to_vec();
+        let c = xs[1];
+        if self.numel(w) != c * kernel {
+            return Err(mismatch("conv1d weight", &[c, kernel], self.shape(w)));
+        }
+        if let Some(b) = bias {
+            self.expect_vector(b, c, "conv1d bias")?;
+        }
+        if self.shape(state) != [kernel - 1, c] {
+            return Err(mismatch(
+                "conv1d state",
+                &[kernel - 1, c],
+                self.shape(state),
+            ));
+        }
+        let out = self.activation(xs);
+        self.push(Conv1d {
+            x,
+            w,
+            bias,
+            state,
+            out,
+            kernel,
+            silu,
+        });
+        Ok(out)
+    }
+}
+
+impl Op for Conv1d {
+    fn name(&self) -> &'static str {
+        "conv1d"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        let mut r = vec![self.x, self.w, self.state];
+        r.extend(self.bias);
+        (r, vec![self.out, self.state])
+    }
+
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let s = cx.shape(self.x);
+        let d = launch(
+            cx.gpu(),
+            cx.buf(self.x)?,
+            cx.buf(self.w)?,
+            cx.opt_buf(self.bias)?,
+            cx.buf(self.state)?,
+            cx.buf(self.out)?,
+            s[0],
+            s[1],
+            self.kernel,
+            self.silu,
+        )?;
+        cx.push(d);
+        Ok(())
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -47,10 +156,7 @@ pub fn launch(
     silu: bool,
 ) -> Result<Vec<Dispatch>> {
     validate(kernel)?;
-    let defs = ShaderDefs::new()
-        .u32("K", kernel as u32)
-        .bool("SILU", silu)
-        .bool("BIAS", bias.is_some());
+    let defs = defs(kernel, silu, bias.is_some());
     let per = tokens_per_dispatch(kernel);
     (0..tokens)
         .step_by(per)
@@ -61,7 +167,7 @@ pub fn launch(
                 t0: t0 as u32,
                 _p: 0,
             };
-            kernel!("conv1d").dispatch(
+            KERNEL.dispatch(
                 gpu,
                 &defs,
                 &params,

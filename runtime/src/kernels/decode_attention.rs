@@ -7,11 +7,41 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::attention::{validate_mode, AttnBuffers, AttnShape};
-use super::{kernel, Dispatch};
+use super::{kernel, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::Result;
 use crate::kv::KvLayout;
 use crate::shader::ShaderDefs;
+
+/// The pieces pass and the merge pass.
+pub const KERNEL: Kernel = kernel!("decode_attention", variants);
+pub const MERGE: Kernel = kernel!("decode_attention_merge", merge_variants);
+
+/// Head dims the shader-validation test compiles every mode at.
+pub const HEAD_DIMS: [usize; 6] = [16, 32, 64, 80, 128, 256];
+
+fn defs(head_dim: usize, rope: bool, sparse: bool) -> ShaderDefs {
+    ShaderDefs::new()
+        .u32("HEAD_DIM", head_dim as u32)
+        .bool("ROPE", rope)
+        .bool("SPARSE", sparse)
+}
+
+fn merge_defs(head_dim: usize) -> ShaderDefs {
+    ShaderDefs::new().u32("HEAD_DIM", head_dim as u32)
+}
+
+/// Dense, in-attention RoPE and block-sparse, at each of [`HEAD_DIMS`].
+pub fn variants() -> Vec<ShaderDefs> {
+    HEAD_DIMS
+        .into_iter()
+        .flat_map(|hd| [(false, false), (true, false), (false, true)].map(|(r, s)| defs(hd, r, s)))
+        .collect()
+}
+
+pub fn merge_variants() -> Vec<ShaderDefs> {
+    HEAD_DIMS.map(merge_defs).to_vec()
+}
 
 pub use super::attention::reference;
 
@@ -75,10 +105,7 @@ pub fn launch(
     let rope_half = io.inv_freq.map(|(_, h)| h);
     validate_mode(&shape, &layout, causal, rope_half, io.mask.is_some())?;
     let max_splits = max_splits.clamp(1, MAX_SPLITS);
-    let defs = ShaderDefs::new()
-        .u32("HEAD_DIM", shape.head_dim as u32)
-        .bool("ROPE", rope_half.is_some())
-        .bool("SPARSE", io.mask.is_some());
+    let defs = defs(shape.head_dim, rope_half.is_some(), io.mask.is_some());
     let params = Params {
         heads: shape.heads as u32,
         kv_heads: shape.kv_heads as u32,
@@ -94,7 +121,7 @@ pub fn launch(
         _p: 0,
     };
     let dummy = &gpu.dummy;
-    let pieces = kernel!("decode_attention").dispatch(
+    let pieces = KERNEL.dispatch(
         gpu,
         &defs,
         &params,
@@ -109,9 +136,9 @@ pub fn launch(
         ],
         [shape.heads as u32, max_splits as u32, n_queries as u32],
     )?;
-    let merge = kernel!("decode_attention_merge").dispatch(
+    let merge = MERGE.dispatch(
         gpu,
-        &ShaderDefs::new().u32("HEAD_DIM", shape.head_dim as u32),
+        &merge_defs(shape.head_dim),
         &MergeParams {
             heads: shape.heads as u32,
             max_splits: max_splits as u32,

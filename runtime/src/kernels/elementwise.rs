@@ -5,10 +5,24 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, Dispatch};
+use super::{kernel, Dispatch, Kernel};
 use crate::device::Gpu;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::executor::Lowering;
+use crate::graph::{mismatch, Graph, TensorId};
+use crate::op::Op;
 use crate::shader::ShaderDefs;
+
+pub const KERNEL: Kernel = kernel!("elementwise", variants);
+
+fn defs(op: Elementwise) -> ShaderDefs {
+    ShaderDefs::new().u32("OP", op as u32)
+}
+
+/// Every op.
+pub fn variants() -> Vec<ShaderDefs> {
+    Elementwise::ALL.map(defs).to_vec()
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Elementwise {
@@ -118,15 +132,14 @@ pub fn launch(
     n: usize,
     b_len: usize,
 ) -> Result<Dispatch> {
-    let defs = ShaderDefs::new().u32("OP", op as u32);
     let params = Params {
         n: n as u32,
         b_len: b_len.max(1) as u32,
         _p: [0; 2],
     };
-    kernel!("elementwise").dispatch(
+    KERNEL.dispatch(
         gpu,
-        &defs,
+        &defs(op),
         &params,
         &[a, b, out],
         gpu.grid((n as u32).div_ceil(256)),
@@ -138,4 +151,66 @@ pub fn reference(op: Elementwise, a: &[f32], b: &[f32]) -> Vec<f32> {
         .enumerate()
         .map(|(i, &x)| op.apply(x, b.get(i % b.len().max(1)).copied().unwrap_or(0.0)))
         .collect()
+}
+
+/// `out = kind(a, b)`, b of a's shape or a row vector of its width.
+#[derive(Debug)]
+pub struct ElementwiseOp {
+    pub kind: Elementwise,
+    pub a: TensorId,
+    pub b: TensorId,
+    pub out: TensorId,
+}
+
+impl Graph {
+    /// `op` of a and b, where b has a's shape or is a row vector of a's width (broadcast
+    /// over a's rows).
+    pub fn elementwise(&mut self, op: Elementwise, a: TensorId, b: TensorId) -> Result<TensorId> {
+        let width = *self.shape(a).last().unwrap_or(&0);
+        let row_vector = self.numel(b) == width;
+        if self.shape(a) != self.shape(b) && !row_vector {
+            return Err(mismatch(&format!("{op:?}"), self.shape(a), self.shape(b)));
+        }
+        let out = self.activation(self.shape(a).to_vec());
+        self.push(ElementwiseOp {
+            kind: op,
+            a,
+            b,
+            out,
+        });
+        Ok(out)
+    }
+
+    /// A unary op ([`Elementwise::unary`]) of a.
+    pub fn unary(&mut self, op: Elementwise, a: TensorId) -> Result<TensorId> {
+        if !op.unary() {
+            return Err(Error::Graph(format!("{op:?} takes two inputs")));
+        }
+        self.elementwise(op, a, a)
+    }
+
+    pub fn add_tensors(&mut self, a: TensorId, b: TensorId) -> Result<TensorId> {
+        self.elementwise(Elementwise::Add, a, b)
+    }
+
+    pub fn swiglu(&mut self, gate: TensorId, up: TensorId) -> Result<TensorId> {
+        self.elementwise(Elementwise::SwiGlu, gate, up)
+    }
+}
+
+impl Op for ElementwiseOp {
+    fn name(&self) -> &'static str {
+        "elementwise"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        (vec![self.a, self.b], vec![self.out])
+    }
+
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let (n, b_len) = (cx.numel(self.a), cx.numel(self.b));
+        let (a, b, out) = (cx.buf(self.a)?, cx.buf(self.b)?, cx.buf(self.out)?);
+        cx.push([launch(cx.gpu(), self.kind, a, b, out, n, b_len)?]);
+        Ok(())
+    }
 }

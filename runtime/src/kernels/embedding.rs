@@ -3,11 +3,59 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, weight_defs, Dispatch};
+use super::{dtype_defs, kernel, weight_defs, weight_dtypes, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::Result;
+use crate::executor::Lowering;
+use crate::graph::{Graph, TensorId};
+use crate::op::Op;
 use crate::shader::ShaderDefs;
 use crate::tensor::{DType, GpuWeight};
+
+pub const KERNEL: Kernel = kernel!("embedding", variants);
+
+/// Every weight dtype.
+pub fn variants() -> Vec<ShaderDefs> {
+    weight_dtypes()
+        .into_iter()
+        .filter_map(|d| dtype_defs(ShaderDefs::new(), d))
+        .collect()
+}
+
+/// Rows of `table` [vocab, dim] gathered at `ids` [T]: out [T, dim].
+#[derive(Debug)]
+pub struct Embedding {
+    pub ids: TensorId,
+    pub table: TensorId,
+    pub out: TensorId,
+}
+
+impl Graph {
+    pub fn embedding(&mut self, table: TensorId, ids: TensorId) -> Result<TensorId> {
+        let n = self.shape(ids)[0];
+        let dim = self.shape(table)[1];
+        let out = self.activation(vec![n, dim]);
+        self.push(Embedding { ids, table, out });
+        Ok(out)
+    }
+}
+
+impl Op for Embedding {
+    fn name(&self) -> &'static str {
+        "embedding"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        (vec![self.ids, self.table], vec![self.out])
+    }
+
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let n = cx.shape(self.ids)[0];
+        let (ids, table, out) = (cx.buf(self.ids)?, cx.weight(self.table)?, cx.buf(self.out)?);
+        cx.push(launch(cx.gpu(), ids, table, out, n)?);
+        Ok(())
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -44,7 +92,7 @@ pub fn launch(
                 row_start: c.row_start as u32,
                 rows: c.rows as u32,
             };
-            kernel!("embedding").dispatch(
+            KERNEL.dispatch(
                 gpu,
                 &defs,
                 &params,

@@ -4,10 +4,15 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, Dispatch};
+use super::{kernel, no_variants, Dispatch, Kernel};
 use crate::device::Gpu;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::executor::Lowering;
+use crate::graph::{mismatch, Graph, TensorId};
+use crate::op::Op;
 use crate::shader::ShaderDefs;
+
+pub const KERNEL: Kernel = kernel!("head_dot", no_variants);
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -37,7 +42,7 @@ pub fn launch(
         dk: dk as u32,
         dv: dv as u32,
     };
-    kernel!("head_dot").dispatch(
+    KERNEL.dispatch(
         gpu,
         &ShaderDefs::new(),
         &params,
@@ -55,4 +60,71 @@ pub fn reference(a: &[f32], b: &[f32], v: &[f32], dk: usize, dv: usize) -> Vec<f
             vs.iter().map(move |x| s * x)
         })
         .collect()
+}
+
+/// Per head, `v` [T, heads * dv] scaled by the dot product of `a` and `b` [T, heads * dk].
+#[derive(Debug)]
+pub struct HeadDot {
+    pub a: TensorId,
+    pub b: TensorId,
+    pub v: TensorId,
+    pub out: TensorId,
+    pub heads: usize,
+}
+
+impl Graph {
+    /// Per head, `v` [T, heads * dv] scaled by the dot product of `a` and `b`
+    /// [T, heads * dk] (RWKV-7's `((r * r_k) . k) v`).
+    pub fn head_dot(
+        &mut self,
+        a: TensorId,
+        b: TensorId,
+        v: TensorId,
+        heads: usize,
+    ) -> Result<TensorId> {
+        let (sa, sv) = (self.shape(a).to_vec(), self.shape(v).to_vec());
+        if self.shape(b) != sa.as_slice() {
+            return Err(mismatch("head dot", &sa, self.shape(b)));
+        }
+        if heads == 0
+            || sa.len() != 2
+            || sv.len() != 2
+            || sa[0] != sv[0]
+            || !sa[1].is_multiple_of(heads)
+            || !sv[1].is_multiple_of(heads)
+        {
+            return Err(Error::Graph(format!(
+                "head dot: {sa:?} and {sv:?} do not split into {heads} heads of the same rows"
+            )));
+        }
+        let out = self.activation(sv);
+        self.push(HeadDot {
+            a,
+            b,
+            v,
+            out,
+            heads,
+        });
+        Ok(out)
+    }
+}
+
+impl Op for HeadDot {
+    fn name(&self) -> &'static str {
+        "head_dot"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        (vec![self.a, self.b, self.v], vec![self.out])
+    }
+
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let rows = cx.shape(self.a)[0];
+        let dk = cx.shape(self.a)[1] / self.heads;
+        let dv = cx.shape(self.v)[1] / self.heads;
+        let (a, b, v) = (cx.buf(self.a)?, cx.buf(self.b)?, cx.buf(self.v)?);
+        let out = cx.buf(self.out)?;
+        cx.push([launch(cx.gpu(), a, b, v, out, rows, self.heads, dk, dv)?]);
+        Ok(())
+    }
 }

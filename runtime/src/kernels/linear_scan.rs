@@ -12,10 +12,22 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, Dispatch};
+use super::{kernel, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
+use crate::executor::Lowering;
+use crate::graph::{mismatch, Graph, TensorId};
+use crate::op::Op;
 use crate::shader::ShaderDefs;
+
+/// The outputs pass (also the token-by-token form), the chunk-local pass and the carry pass.
+pub const KERNEL: Kernel = kernel!("linear_scan", variants);
+pub const LOCAL: Kernel = kernel!("linear_scan_local", local_variants);
+pub const CARRY: Kernel = kernel!("linear_scan_carry", carry_variants);
+
+/// Up to this many tokens a recurrence runs token by token (decode); longer runs take the
+/// chunked scan.
+pub const RECURRENT_TOKENS: usize = 8;
 
 /// Where the per-token log-decay `log w` comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,13 +115,65 @@ impl ScanShape {
             1
         }
     }
-    fn defs(&self) -> ShaderDefs {
+    pub(crate) fn defs(&self) -> ShaderDefs {
         ShaderDefs::new()
             .u32("DK", self.dk as u32)
             .u32("DECAY", self.decay.id())
             .bool("DELTA", self.delta)
             .bool("BONUS", self.bonus)
     }
+}
+
+/// Every valid kind (decay, delta, bonus) at key dims 1, 16, 64 and 256.
+fn kinds() -> Vec<ScanShape> {
+    let mut out = Vec::new();
+    for dk in [1, 16, 64, 256] {
+        for decay in [
+            Decay::None,
+            Decay::Gate { per_key: true },
+            Decay::DtA { per_key: true },
+        ] {
+            for (delta, bonus) in [(false, false), (true, false), (false, true)] {
+                let shape = ScanShape {
+                    heads: 1,
+                    qk_heads: 1,
+                    dk,
+                    dv: 1,
+                    decay,
+                    delta,
+                    bonus,
+                };
+                if shape.validate().is_ok() {
+                    out.push(shape);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The outputs pass writing the state (token by token) or not (after the carry), per kind.
+pub fn variants() -> Vec<ShaderDefs> {
+    kinds()
+        .iter()
+        .flat_map(|k| [false, true].map(|w| k.defs().bool("WRITE_STATE", w)))
+        .collect()
+}
+
+pub fn local_variants() -> Vec<ShaderDefs> {
+    kinds().iter().map(ScanShape::defs).collect()
+}
+
+fn carry_defs(dk: usize, delta: bool) -> ShaderDefs {
+    ShaderDefs::new().u32("DK", dk as u32).bool("DELTA", delta)
+}
+
+/// Key dims from 1 to MAX_DK, with and without the delta term.
+pub fn carry_variants() -> Vec<ShaderDefs> {
+    [1, 16, 64, 100, MAX_DK]
+        .into_iter()
+        .flat_map(|dk| [false, true].map(|delta| carry_defs(dk, delta)))
+        .collect()
 }
 
 /// Floats of scratch the chunked scan needs for `tokens` tokens in chunks of `chunk`.
@@ -212,7 +276,7 @@ pub fn launch_recurrent(
         .step_by(per)
         .map(|t0| {
             let n = per.min(tokens - t0);
-            kernel!("linear_scan").dispatch(
+            KERNEL.dispatch(
                 gpu,
                 &defs,
                 &params(shape, t0, n, n),
@@ -237,18 +301,16 @@ pub fn launch_chunked(
     let chunk = chunk.max(1);
     let p = params(shape, 0, tokens, chunk);
     let local_rows = p.chunks * (shape.heads * (shape.dv + shape.trans_rows())) as u32;
-    let local = kernel!("linear_scan_local").dispatch(
+    let local = LOCAL.dispatch(
         gpu,
         &shape.defs(),
         &p,
         &[b.k, b.v, &decay, &consts, &ab, scratch],
         gpu.grid(local_rows.div_ceil(64)),
     )?;
-    let carry = kernel!("linear_scan_carry").dispatch(
+    let carry = CARRY.dispatch(
         gpu,
-        &ShaderDefs::new()
-            .u32("DK", shape.dk as u32)
-            .bool("DELTA", shape.delta),
+        &carry_defs(shape.dk, shape.delta),
         &CarryParams {
             heads: shape.heads as u32,
             dv: shape.dv as u32,
@@ -259,7 +321,7 @@ pub fn launch_chunked(
         gpu.grid((shape.heads * shape.dv) as u32),
     )?;
     let rows = p.chunks * (shape.heads * shape.dv) as u32;
-    let outputs = kernel!("linear_scan").dispatch(
+    let outputs = KERNEL.dispatch(
         gpu,
         &shape.defs().bool("WRITE_STATE", false),
         &p,
@@ -267,6 +329,137 @@ pub fn launch_chunked(
         gpu.grid(rows.div_ceil(64)),
     )?;
     Ok([local, carry, outputs])
+}
+
+/// The gated linear recurrence over T tokens from `state` [heads * dv, dk] (updated):
+/// q, k [T, qk_heads * dk], v [T, heads * dv], decay (g or dt), consts (A or u), ab
+/// [T, heads * 2 * dk] as `shape` needs; out [T, heads * dv].
+#[derive(Debug)]
+pub struct LinearScan {
+    pub q: TensorId,
+    pub k: TensorId,
+    pub v: TensorId,
+    pub decay: Option<TensorId>,
+    pub consts: Option<TensorId>,
+    pub ab: Option<TensorId>,
+    pub state: TensorId,
+    pub out: TensorId,
+    pub shape: ScanShape,
+}
+
+impl Graph {
+    /// The gated linear recurrence (see [`LinearScan`]); every input's shape is checked
+    /// against `shape`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_scan(
+        &mut self,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        decay: Option<TensorId>,
+        consts: Option<TensorId>,
+        ab: Option<TensorId>,
+        state: TensorId,
+        shape: ScanShape,
+    ) -> Result<TensorId> {
+        shape.validate()?;
+        let t = self.shape(q)[0];
+        let ScanShape {
+            heads,
+            qk_heads,
+            dk,
+            dv,
+            ..
+        } = shape;
+        let gk = shape.gk();
+        let expect = |g: &Graph, id: Option<TensorId>, what: &str, want: Option<Vec<usize>>| match (
+            id, want,
+        ) {
+            (None, None) => Ok(()),
+            (Some(id), Some(w)) if g.numel(id) == w.iter().product::<usize>() => Ok(()),
+            (Some(id), Some(w)) => Err(mismatch(&format!("linear scan {what}"), &w, g.shape(id))),
+            (None, Some(_)) => Err(Error::Graph(format!("linear scan: {what} missing"))),
+            (Some(_), None) => Err(Error::Graph(format!("linear scan: {what} not used"))),
+        };
+        expect(self, Some(q), "q", Some(vec![t, qk_heads * dk]))?;
+        expect(self, Some(k), "k", Some(vec![t, qk_heads * dk]))?;
+        expect(self, Some(v), "v", Some(vec![t, heads * dv]))?;
+        expect(self, Some(state), "state", Some(vec![heads * dv, dk]))?;
+        let decay_shape = match shape.decay {
+            Decay::None => None,
+            Decay::Gate { .. } => Some(vec![t, heads * gk]),
+            Decay::DtA { .. } => Some(vec![t, heads]),
+        };
+        expect(self, decay, "decay", decay_shape)?;
+        let consts_shape = match (shape.decay, shape.bonus) {
+            (Decay::DtA { .. }, _) => Some(vec![heads * gk]),
+            (_, true) => Some(vec![heads * dk]),
+            _ => None,
+        };
+        expect(self, consts, "constants", consts_shape)?;
+        expect(
+            self,
+            ab,
+            "a/b",
+            shape.delta.then(|| vec![t, heads * 2 * dk]),
+        )?;
+        let out = self.activation(vec![t, heads * dv]);
+        self.push(LinearScan {
+            q,
+            k,
+            v,
+            decay,
+            consts,
+            ab,
+            state,
+            out,
+            shape,
+        });
+        Ok(out)
+    }
+}
+
+impl Op for LinearScan {
+    fn name(&self) -> &'static str {
+        "linear_scan"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        let mut r = vec![self.q, self.k, self.v, self.state];
+        r.extend(self.decay);
+        r.extend(self.consts);
+        r.extend(self.ab);
+        (r, vec![self.out, self.state])
+    }
+
+    /// Token by token up to [`RECURRENT_TOKENS`], else the chunked scan with a scratch shared
+    /// by every layer.
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let n = cx.shape(self.q)[0];
+        let scratch = match n > RECURRENT_TOKENS {
+            true => {
+                let floats = scratch_floats(&self.shape, n, CHUNK);
+                Some(cx.scratch("linear scan scratch", floats)?)
+            }
+            false => None,
+        };
+        let b = ScanBuffers {
+            q: cx.buf(self.q)?,
+            k: cx.buf(self.k)?,
+            v: cx.buf(self.v)?,
+            decay: cx.opt_buf(self.decay)?,
+            consts: cx.opt_buf(self.consts)?,
+            ab: cx.opt_buf(self.ab)?,
+            state: cx.buf(self.state)?,
+            out: cx.buf(self.out)?,
+        };
+        let gpu = cx.gpu();
+        match &scratch {
+            Some(s) => cx.push(launch_chunked(gpu, &b, s, &self.shape, n, CHUNK)?),
+            None => cx.push(launch_recurrent(gpu, &b, &self.shape, n)?),
+        }
+        Ok(())
+    }
 }
 
 /// Host inputs of [`reference`], laid out as the GPU buffers.

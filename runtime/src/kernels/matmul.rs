@@ -4,11 +4,41 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, weight_defs, Dispatch};
+use super::{dtype_defs, kernel, weight_defs, weight_dtypes, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::shader::ShaderDefs;
 use crate::tensor::GpuWeight;
+
+pub const KERNEL: Kernel = kernel!("matmul", variants);
+
+/// The specialisation after the weight's constants: bias, or `grouped` (Some(gather): a
+/// mixture of experts' rows, gathered at their tokens or not; never with a bias).
+fn defs(weight: ShaderDefs, bias: bool, grouped: Option<bool>) -> ShaderDefs {
+    weight
+        .bool("HAS_BIAS", bias)
+        .bool("GROUPED", grouped.is_some())
+        .bool("GATHER", grouped == Some(true))
+}
+
+/// Every weight dtype: plain with and without bias, and grouped with and without gathering.
+pub fn variants() -> Vec<ShaderDefs> {
+    let mut out = Vec::new();
+    for dtype in weight_dtypes() {
+        let Some(weight) = dtype_defs(ShaderDefs::new(), dtype) else {
+            continue;
+        };
+        for (bias, grouped) in [
+            (false, None),
+            (true, None),
+            (false, Some(false)),
+            (false, Some(true)),
+        ] {
+            out.push(defs(weight.clone(), bias, grouped));
+        }
+    }
+    out
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -30,10 +60,11 @@ pub fn launch(
     y: &wgpu::Buffer,
     m: usize,
 ) -> Result<Vec<Dispatch>> {
-    let defs = weight_defs(ShaderDefs::new(), w, "matmul")?
-        .bool("HAS_BIAS", bias.is_some())
-        .bool("GROUPED", false)
-        .bool("GATHER", false);
+    let defs = defs(
+        weight_defs(ShaderDefs::new(), w, "matmul")?,
+        bias.is_some(),
+        None,
+    );
     let bias = bias.unwrap_or(&gpu.dummy);
     let groups_m = (m as u32).div_ceil(64);
     if groups_m > gpu.caps.max_workgroups_per_dim {
@@ -55,7 +86,7 @@ pub fn launch(
                 _p: [0; 3],
             };
             let groups_n = (c.rows as u32).div_ceil(64);
-            kernel!("matmul").dispatch(
+            KERNEL.dispatch(
                 gpu,
                 &defs,
                 &params,
@@ -82,10 +113,11 @@ pub fn launch_grouped(
     max_tiles: usize,
     gather: bool,
 ) -> Result<Vec<Dispatch>> {
-    let defs = weight_defs(ShaderDefs::new(), w, "matmul")?
-        .bool("HAS_BIAS", false)
-        .bool("GROUPED", true)
-        .bool("GATHER", gather);
+    let defs = defs(
+        weight_defs(ShaderDefs::new(), w, "matmul")?,
+        false,
+        Some(gather),
+    );
     let n = w.rows / w.experts;
     if max_tiles as u32 > gpu.caps.max_workgroups_per_dim {
         return Err(Error::LimitExceeded {
@@ -109,7 +141,7 @@ pub fn launch_grouped(
                     tiles_offset as u32,
                 ],
             };
-            kernel!("matmul").dispatch(
+            KERNEL.dispatch(
                 gpu,
                 &defs,
                 &params,

@@ -3,11 +3,13 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, weight_defs, Dispatch};
+use super::{dtype_defs, kernel, weight_defs, weight_dtypes, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::shader::ShaderDefs;
 use crate::tensor::{DType, GpuWeight};
+
+pub const KERNEL: Kernel = kernel!("matvec", variants);
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -129,13 +131,14 @@ fn launch_inner(
         )));
     }
     let vec4 = vec4_rows(w);
-    let defs = weight_defs(ShaderDefs::new(), w, "matvec")?
-        .bool("HAS_BIAS", bias.is_some())
-        .bool("VEC4", vec4)
-        .u32("LANES", lanes)
-        .u32("ROWS_PER_LANE", rows_per_lane)
-        .bool("GROUPED", grouped.is_some())
-        .bool("GATHER", grouped.is_some_and(|g| g.2));
+    let grouping = grouped.map(|g| g.2);
+    let defs = defs(
+        weight_defs(ShaderDefs::new(), w, "matvec")?,
+        bias.is_some(),
+        vec4,
+        layout,
+        grouping,
+    );
     let bias = bias.unwrap_or(&gpu.dummy);
     // x4 and w4 alias x and the chunk when the kernel reads them (a 16-byte dummy otherwise).
     let x4 = if vec4 { x } else { &gpu.dummy };
@@ -177,7 +180,7 @@ fn launch_inner(
             let w4 = if vec4 && plain { &c.buffer } else { &gpu.dummy };
             let mut grid = gpu.grid((params.n).div_ceil(layout.rows()));
             grid[2] = rows as u32;
-            kernel!("matvec").dispatch(
+            KERNEL.dispatch(
                 gpu,
                 &defs,
                 &params,
@@ -186,6 +189,45 @@ fn launch_inner(
             )
         })
         .collect()
+}
+
+/// The specialisation after the weight's constants: bias, vec4 reads, layout, and
+/// `grouped` (Some(gather) for a mixture of experts' rows).
+fn defs(
+    weight: ShaderDefs,
+    bias: bool,
+    vec4: bool,
+    layout: Layout,
+    grouped: Option<bool>,
+) -> ShaderDefs {
+    weight
+        .bool("HAS_BIAS", bias)
+        .bool("VEC4", vec4)
+        .u32("LANES", layout.lanes)
+        .u32("ROWS_PER_LANE", layout.rows_per_lane)
+        .bool("GROUPED", grouped.is_some())
+        .bool("GATHER", grouped == Some(true))
+}
+
+/// Every weight dtype, with and without bias and vec4 reads, in the CPU and the GPU layout,
+/// plain and grouped (gathering token rows or not).
+pub fn variants() -> Vec<ShaderDefs> {
+    let mut out = Vec::new();
+    for dtype in weight_dtypes() {
+        let Some(weight) = dtype_defs(ShaderDefs::new(), dtype) else {
+            continue;
+        };
+        for bias in [false, true] {
+            for vec4 in [false, true] {
+                for layout in [Layout::CPU, Layout::GPU] {
+                    for grouped in [None, Some(false), Some(true)] {
+                        out.push(defs(weight.clone(), bias, vec4, layout, grouped));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `y[n] = sum_k w[n, k] x[k] + b[n]`.

@@ -1,5 +1,11 @@
 //! Kernels. Each module pairs a WGSL file in shaders/ of the same name with its Rust launcher
-//! (`launch`, which builds a [`Dispatch`]) and its CPU reference (`reference`).
+//! (`launch`, which builds a [`Dispatch`]), its CPU reference (`reference`), the ops that use
+//! it (their parameters, the `Graph` builder that validates them, and their lowering: see
+//! [`crate::op::Op`]), and `variants()`: every specialisation of its shader the runtime
+//! creates. [`ALL`] lists every kernel; the shader-validation test compiles each variant.
+//!
+//! Adding a kernel: its WGSL file, its module here, and one line in [`ALL`] (and its cases in
+//! the table of kernel cases, `crate::cases`).
 //!
 //! Binding convention for every kernel: binding 0 is the kernel's own uniform parameters,
 //! binding 1 the shared [`Step`] uniform where the kernel reads it, then storage buffers.
@@ -13,6 +19,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod head_concat;
 pub mod head_dot;
+pub mod linear;
 pub mod linear_scan;
 pub mod matmul;
 pub mod matvec;
@@ -62,10 +69,50 @@ pub struct Dispatch {
     pub workgroups: [u32; 3],
 }
 
-/// A kernel family: its name (the WGSL file's) and source.
+/// One kernel: its name (the WGSL file's), its source and its specialisations.
+#[derive(Clone, Copy)]
 pub struct Kernel {
     pub name: &'static str,
     pub source: &'static str,
+    /// Every specialisation of the shader the runtime creates (at representative sizes where
+    /// a constant is a size, such as `HEAD_DIM`).
+    pub variants: fn() -> Vec<ShaderDefs>,
+}
+
+/// Every kernel, one line each: the WGSL files of shaders/ other than the prelude and the
+/// snippets they include ([`crate::shader::INCLUDES`]).
+pub const ALL: &[Kernel] = &[
+    attention::KERNEL,
+    cache_write::KERNEL,
+    conv1d::KERNEL,
+    copy::KERNEL,
+    decode_attention::KERNEL,
+    decode_attention::MERGE,
+    elementwise::KERNEL,
+    embedding::KERNEL,
+    head_concat::KERNEL,
+    head_dot::KERNEL,
+    linear_scan::KERNEL,
+    linear_scan::LOCAL,
+    linear_scan::CARRY,
+    matmul::KERNEL,
+    matvec::KERNEL,
+    moe::ROUTE,
+    moe::PERMUTE,
+    moe::COMBINE,
+    rms_norm::KERNEL,
+    rope::KERNEL,
+    sample::KERNEL,
+    softmax::KERNEL,
+    unmask::KERNEL,
+    wkv4::KERNEL,
+    wkv4::LOCAL,
+    wkv4::CARRY,
+];
+
+/// The variants of a kernel with no specialisation constants.
+pub fn no_variants() -> Vec<ShaderDefs> {
+    vec![ShaderDefs::new()]
 }
 
 impl Kernel {
@@ -104,11 +151,13 @@ impl Kernel {
     }
 }
 
+/// `kernel!("name", variants)`: the kernel of shaders/name.wgsl.
 macro_rules! kernel {
-    ($name:literal) => {
+    ($name:literal, $variants:expr) => {
         $crate::kernels::Kernel {
             name: $name,
             source: include_str!(concat!("../../../shaders/", $name, ".wgsl")),
+            variants: $variants,
         }
     };
 }
@@ -138,36 +187,53 @@ pub fn record(enc: &mut wgpu::CommandEncoder, dispatches: &[Dispatch]) {
     }
 }
 
-/// The constants that tell a kernel how to read its weight `w` (an `array<u32>` binding):
-/// `W_F16` (two f16 per word), and `QFORMAT`, `QK`, `QWORDS` for ggml blocks (the shader id,
-/// values per block and words per padded block; QFORMAT 0 for f32 and f16; see
-/// shaders/quant.wgsl). Fails for a dtype no kernel reads as a weight, and for a quantized
-/// weight whose rows are not whole blocks.
-pub(crate) fn weight_defs(defs: ShaderDefs, w: &GpuWeight, kernel: &str) -> Result<ShaderDefs> {
-    let (qformat, qk, qwords) = match w.dtype {
+/// The dtypes a kernel may read as a weight: f32, f16 and every ggml block format.
+pub fn weight_dtypes() -> Vec<DType> {
+    [DType::F32, DType::F16]
+        .into_iter()
+        .chain(crate::quant::ALL.map(DType::Quant))
+        .collect()
+}
+
+/// The constants that tell a kernel how to read a weight of `dtype` (an `array<u32>`
+/// binding): `W_F16` (two f16 per word), and `QFORMAT`, `QK`, `QWORDS` for ggml blocks (the
+/// shader id, values per block and words per padded block; QFORMAT 0 for f32 and f16; see
+/// shaders/quant.wgsl). None for a dtype no kernel reads as a weight.
+pub fn dtype_defs(defs: ShaderDefs, dtype: DType) -> Option<ShaderDefs> {
+    let (qformat, qk, qwords) = match dtype {
         DType::F32 | DType::F16 => (0, 32, 1),
         DType::Quant(q) => (q.shader_id(), q.block_elems(), q.gpu_block_bytes() / 4),
-        DType::U32 => {
-            return Err(Error::Graph(format!(
-                "{kernel}: weight {} is u32; weights must be f32, f16 or a quantized format",
-                w.name
-            )))
-        }
+        DType::U32 => return None,
     };
-    if qformat != 0 && !w.cols.is_multiple_of(qk) {
-        return Err(Error::ShapeMismatch {
-            context: format!(
-                "{kernel}: {} weight {}: rows must be whole {qk}-value blocks",
-                w.dtype.name(),
-                w.name
-            ),
-            expected: vec![w.rows, w.cols.next_multiple_of(qk)],
-            got: vec![w.rows, w.cols],
-        });
+    Some(
+        defs.bool("W_F16", dtype == DType::F16)
+            .u32("QFORMAT", qformat)
+            .u32("QK", qk as u32)
+            .u32("QWORDS", qwords as u32),
+    )
+}
+
+/// [`dtype_defs`] for weight `w`. Fails for a dtype no kernel reads as a weight, and for a
+/// quantized weight whose rows are not whole blocks.
+pub(crate) fn weight_defs(defs: ShaderDefs, w: &GpuWeight, kernel: &str) -> Result<ShaderDefs> {
+    if let DType::Quant(q) = w.dtype {
+        let qk = q.block_elems();
+        if !w.cols.is_multiple_of(qk) {
+            return Err(Error::ShapeMismatch {
+                context: format!(
+                    "{kernel}: {} weight {}: rows must be whole {qk}-value blocks",
+                    w.dtype.name(),
+                    w.name
+                ),
+                expected: vec![w.rows, w.cols.next_multiple_of(qk)],
+                got: vec![w.rows, w.cols],
+            });
+        }
     }
-    Ok(defs
-        .bool("W_F16", w.dtype == DType::F16)
-        .u32("QFORMAT", qformat)
-        .u32("QK", qk as u32)
-        .u32("QWORDS", qwords as u32))
+    dtype_defs(defs, w.dtype).ok_or_else(|| {
+        Error::Graph(format!(
+            "{kernel}: weight {} is u32; weights must be f32, f16 or a quantized format",
+            w.name
+        ))
+    })
 }

@@ -6,10 +6,36 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, Dispatch};
+use super::{kernel, matmul, matvec, no_variants, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
+use crate::executor::Lowering;
+use crate::graph::{mismatch, Graph, Source, TensorId};
+use crate::op::Op;
 use crate::shader::ShaderDefs;
+use crate::tensor::DType;
+
+pub const ROUTE: Kernel = kernel!("moe_route", route_variants);
+pub const PERMUTE: Kernel = kernel!("moe_permute", no_variants);
+pub const COMBINE: Kernel = kernel!("moe_combine", combine_variants);
+
+fn route_defs(renormalize: bool) -> ShaderDefs {
+    ShaderDefs::new().bool("RENORMALIZE", renormalize)
+}
+
+fn combine_defs(shared: bool) -> ShaderDefs {
+    ShaderDefs::new().bool("SHARED", shared)
+}
+
+/// With and without renormalising the top-k weights.
+pub fn route_variants() -> Vec<ShaderDefs> {
+    [false, true].map(route_defs).to_vec()
+}
+
+/// With and without a shared expert.
+pub fn combine_variants() -> Vec<ShaderDefs> {
+    [false, true].map(combine_defs).to_vec()
+}
 
 /// Rows of one grouped matmul tile (shaders/matmul.wgsl's TILE).
 pub const TILE: usize = 64;
@@ -67,10 +93,9 @@ pub fn launch_route(
         k: k as u32,
         _p: 0,
     };
-    let defs = ShaderDefs::new().bool("RENORMALIZE", renormalize);
-    kernel!("moe_route").dispatch(
+    ROUTE.dispatch(
         gpu,
-        &defs,
+        &route_defs(renormalize),
         &params,
         &[logits, route],
         gpu.grid((tokens as u32).div_ceil(64)),
@@ -106,7 +131,7 @@ pub fn launch_permute(
         k: k as u32,
         _p: 0,
     };
-    kernel!("moe_permute").dispatch(
+    PERMUTE.dispatch(
         gpu,
         &ShaderDefs::new(),
         &params,
@@ -141,15 +166,277 @@ pub fn launch_combine(
         k: k as u32,
         _p: 0,
     };
-    let defs = ShaderDefs::new().bool("SHARED", b.shared.is_some());
     let (shared, gate) = b.shared.unwrap_or((&gpu.dummy, &gpu.dummy));
-    kernel!("moe_combine").dispatch(
+    COMBINE.dispatch(
         gpu,
-        &defs,
+        &combine_defs(b.shared.is_some()),
         &params,
         &[b.route, b.perm, b.y, shared, gate, b.out],
         gpu.grid(((tokens * width) as u32).div_ceil(64)),
     )
+}
+
+/// A mixture of experts' router: `logits` [T, experts] into `route` [T, 2k] u32 (the k
+/// experts, then their weights as f32 bits).
+#[derive(Debug)]
+pub struct MoeRoute {
+    pub logits: TensorId,
+    pub route: TensorId,
+    pub k: usize,
+    pub renormalize: bool,
+}
+
+/// The assignments of `route` sorted by expert into `perm` (u32), adding each expert's rows
+/// to the `counts` state.
+#[derive(Debug)]
+pub struct MoePermute {
+    pub route: TensorId,
+    pub perm: TensorId,
+    pub counts: TensorId,
+    pub experts: usize,
+    pub k: usize,
+}
+
+/// Each sorted row times its expert's matrix of `w` (stacked experts): `x` [T, K] read at
+/// each row's token (`gather`) or [T * k, K] in sorted rows; out [T * k, N].
+#[derive(Debug)]
+pub struct MoeLinear {
+    pub x: TensorId,
+    pub w: TensorId,
+    pub perm: TensorId,
+    pub out: TensorId,
+    pub k: usize,
+    pub gather: bool,
+}
+
+/// Sorted expert rows `y` [T * k, W] back to tokens, weighted by the router, plus a shared
+/// expert's output gated by sigmoid(gate) when given: out [T, W].
+#[derive(Debug)]
+pub struct MoeCombine {
+    pub y: TensorId,
+    pub route: TensorId,
+    pub perm: TensorId,
+    pub shared: Option<(TensorId, TensorId)>,
+    pub out: TensorId,
+    pub k: usize,
+}
+
+impl Graph {
+    /// Route each token of `logits` [T, experts] to its top `k` experts: [T, 2k] u32.
+    pub fn moe_route(&mut self, logits: TensorId, k: usize, renormalize: bool) -> Result<TensorId> {
+        let [t, experts] = self.shape(logits) else {
+            return Err(Error::Graph(
+                "router logits must be [tokens, experts]".into(),
+            ));
+        };
+        let (t, experts) = (*t, *experts);
+        check_top_k(k, experts)?;
+        let route = self.add(vec![t, 2 * k], DType::U32, Source::Activation);
+        self.push(MoeRoute {
+            logits,
+            route,
+            k,
+            renormalize,
+        });
+        Ok(route)
+    }
+
+    /// Sort the assignments of `route` by expert; `counts` is a counter state [experts].
+    pub fn moe_permute(
+        &mut self,
+        route: TensorId,
+        experts: usize,
+        counts: TensorId,
+    ) -> Result<TensorId> {
+        let (t, k) = (self.shape(route)[0], self.shape(route)[1] / 2);
+        check_top_k(k, experts)?;
+        if self.shape(counts) != [experts] {
+            return Err(mismatch("expert counters", &[experts], self.shape(counts)));
+        }
+        let words = perm_words(t, k, experts);
+        let perm = self.add(vec![words], DType::U32, Source::Activation);
+        self.push(MoePermute {
+            route,
+            perm,
+            counts,
+            experts,
+            k,
+        });
+        Ok(perm)
+    }
+
+    /// The routed rows times their experts' matrices in `w` (stacked experts [E * N, K]):
+    /// `x` is [T, K] with `gather`, else [T * k, K] in sorted rows; the result [T * k, N].
+    pub fn moe_linear(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        perm: TensorId,
+        tokens: usize,
+        k: usize,
+        gather: bool,
+    ) -> Result<TensorId> {
+        let weight = self.weight_of(w)?.clone();
+        let rows = if gather { tokens } else { tokens * k };
+        let expect = [rows, weight.cols];
+        if self.shape(x) != expect {
+            return Err(mismatch(
+                &format!("input of expert weight {}", weight.name),
+                &expect,
+                self.shape(x),
+            ));
+        }
+        let out = self.activation(vec![tokens * k, weight.rows / weight.experts]);
+        self.push(MoeLinear {
+            x,
+            w,
+            perm,
+            out,
+            k,
+            gather,
+        });
+        Ok(out)
+    }
+
+    /// Expert rows `y` [T * k, W] back into token order, weighted by `route` [T, 2k], plus
+    /// `shared` = (a shared expert's output [T, W], its gate logits [T, 1]).
+    pub fn moe_combine(
+        &mut self,
+        y: TensorId,
+        route: TensorId,
+        perm: TensorId,
+        shared: Option<(TensorId, TensorId)>,
+    ) -> Result<TensorId> {
+        let (t, k) = (self.shape(route)[0], self.shape(route)[1] / 2);
+        let width = self.shape(y)[1];
+        if self.shape(y)[0] != t * k {
+            return Err(mismatch("expert outputs", &[t * k, width], self.shape(y)));
+        }
+        if let Some((s, g)) = shared {
+            if self.shape(s) != [t, width] {
+                return Err(mismatch("shared expert output", &[t, width], self.shape(s)));
+            }
+            if self.numel(g) != t {
+                return Err(mismatch("shared expert gate", &[t, 1], self.shape(g)));
+            }
+        }
+        let out = self.activation(vec![t, width]);
+        self.push(MoeCombine {
+            y,
+            route,
+            perm,
+            shared,
+            out,
+            k,
+        });
+        Ok(out)
+    }
+}
+
+impl Op for MoeRoute {
+    fn name(&self) -> &'static str {
+        "moe_route"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        (vec![self.logits], vec![self.route])
+    }
+
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let s = cx.shape(self.logits);
+        let (logits, route) = (cx.buf(self.logits)?, cx.buf(self.route)?);
+        let d = launch_route(
+            cx.gpu(),
+            logits,
+            route,
+            s[0],
+            s[1],
+            self.k,
+            self.renormalize,
+        )?;
+        cx.push([d]);
+        Ok(())
+    }
+}
+
+impl Op for MoePermute {
+    fn name(&self) -> &'static str {
+        "moe_permute"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        (vec![self.route, self.counts], vec![self.perm, self.counts])
+    }
+
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let t = cx.shape(self.route)[0];
+        let (route, perm, counts) = (
+            cx.buf(self.route)?,
+            cx.buf(self.perm)?,
+            cx.buf(self.counts)?,
+        );
+        let d = launch_permute(cx.gpu(), route, perm, counts, t, self.experts, self.k)?;
+        cx.push([d]);
+        Ok(())
+    }
+}
+
+impl Op for MoeLinear {
+    fn name(&self) -> &'static str {
+        "moe_linear"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        (vec![self.x, self.w, self.perm], vec![self.out])
+    }
+
+    /// One token: a matvec per chosen expert; else 64-row tiles per expert.
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let gpu = cx.gpu();
+        let rows = cx.shape(self.out)[0];
+        let w = cx.weight(self.w)?;
+        let (x, perm, out) = (cx.buf(self.x)?, cx.buf(self.perm)?, cx.buf(self.out)?);
+        let d = if rows == self.k {
+            matvec::launch_grouped(gpu, x, w, perm, out, rows, self.gather)?
+        } else {
+            let tiles = max_tiles(rows, w.experts);
+            let offset = tiles_offset(rows, w.experts);
+            matmul::launch_grouped(gpu, x, w, perm, out, rows, offset, tiles, self.gather)?
+        };
+        cx.push(d);
+        Ok(())
+    }
+}
+
+impl Op for MoeCombine {
+    fn name(&self) -> &'static str {
+        "moe_combine"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        let mut r = vec![self.y, self.route, self.perm];
+        if let Some((s, g)) = self.shared {
+            r.extend([s, g]);
+        }
+        (r, vec![self.out])
+    }
+
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let (t, width) = (cx.shape(self.out)[0], cx.shape(self.out)[1]);
+        let shared = match self.shared {
+            Some((s, g)) => Some((cx.buf(s)?, cx.buf(g)?)),
+            None => None,
+        };
+        let b = CombineBuffers {
+            route: cx.buf(self.route)?,
+            perm: cx.buf(self.perm)?,
+            y: cx.buf(self.y)?,
+            shared,
+            out: cx.buf(self.out)?,
+        };
+        cx.push([launch_combine(cx.gpu(), &b, t, width, self.k)?]);
+        Ok(())
+    }
 }
 
 /// The router's choice for each token: (experts, weights), top-k of the softmax in the order

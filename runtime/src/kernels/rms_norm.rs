@@ -4,10 +4,139 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, Dispatch};
+use super::{kernel, Dispatch, Kernel};
 use crate::device::Gpu;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::executor::Lowering;
+use crate::graph::{Graph, TensorId};
+use crate::op::Op;
 use crate::shader::ShaderDefs;
+
+pub const KERNEL: Kernel = kernel!("rms_norm", variants);
+
+fn defs(centered: bool, bias: bool) -> ShaderDefs {
+    ShaderDefs::new()
+        .bool("CENTERED", centered)
+        .bool("BIAS", bias)
+}
+
+/// RMSNorm and LayerNorm, each with and without a bias.
+pub fn variants() -> Vec<ShaderDefs> {
+    [(false, false), (false, true), (true, false), (true, true)]
+        .map(|(c, b)| defs(c, b))
+        .to_vec()
+}
+
+/// RMSNorm, or LayerNorm when `centered` (+ `bias`), per group of width / groups columns (1
+/// group: the whole row); the weight spans the whole row.
+#[derive(Debug)]
+pub struct Norm {
+    pub x: TensorId,
+    pub w: TensorId,
+    pub bias: Option<TensorId>,
+    pub out: TensorId,
+    pub eps: f32,
+    pub groups: usize,
+    pub centered: bool,
+}
+
+impl Graph {
+    pub fn rms_norm(&mut self, x: TensorId, w: TensorId, eps: f32) -> Result<TensorId> {
+        self.rms_norm_grouped(x, w, eps, 1)
+    }
+
+    /// RMSNorm of each group of width / `groups` columns on its own (Mamba-2's gated norm).
+    pub fn rms_norm_grouped(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        eps: f32,
+        groups: usize,
+    ) -> Result<TensorId> {
+        self.norm(x, w, None, eps, groups, false)
+    }
+
+    /// LayerNorm with weight and bias.
+    pub fn layer_norm(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        b: TensorId,
+        eps: f32,
+    ) -> Result<TensorId> {
+        self.norm(x, w, Some(b), eps, 1, true)
+    }
+
+    /// GroupNorm: LayerNorm of each of `groups` groups of columns (RWKV's per-head ln_x).
+    pub fn group_norm(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        b: TensorId,
+        eps: f32,
+        groups: usize,
+    ) -> Result<TensorId> {
+        self.norm(x, w, Some(b), eps, groups, true)
+    }
+
+    fn norm(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        bias: Option<TensorId>,
+        eps: f32,
+        groups: usize,
+        centered: bool,
+    ) -> Result<TensorId> {
+        let s = self.shape(x).to_vec();
+        self.expect_vector(w, s[1], "norm weight")?;
+        if let Some(b) = bias {
+            self.expect_vector(b, s[1], "norm bias")?;
+        }
+        if groups == 0 || !s[1].is_multiple_of(groups) {
+            return Err(Error::Graph(format!(
+                "rms norm: width {} does not split into {groups} groups",
+                s[1]
+            )));
+        }
+        let out = self.activation(s);
+        self.push(Norm {
+            x,
+            w,
+            bias,
+            out,
+            eps,
+            groups,
+            centered,
+        });
+        Ok(out)
+    }
+}
+
+impl Op for Norm {
+    fn name(&self) -> &'static str {
+        "norm"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        let mut r = vec![self.x, self.w];
+        r.extend(self.bias);
+        (r, vec![self.out])
+    }
+
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let s = cx.shape(self.x);
+        let kind = NormKind {
+            centered: self.centered,
+            bias: cx.opt_buf(self.bias)?,
+        };
+        let (x, w, out) = (cx.buf(self.x)?, cx.buf(self.w)?, cx.buf(self.out)?);
+        let (rows, dim) = (s[0], s[1] / self.groups);
+        let d = launch_norm(cx.gpu(), x, w, out, rows, dim, self.eps, self.groups, kind)?;
+        cx.push([d]);
+        Ok(())
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -77,12 +206,9 @@ pub fn launch_norm(
         eps,
         groups: groups as u32,
     };
-    let defs = ShaderDefs::new()
-        .bool("CENTERED", kind.centered)
-        .bool("BIAS", kind.bias.is_some());
-    kernel!("rms_norm").dispatch(
+    KERNEL.dispatch(
         gpu,
-        &defs,
+        &defs(kind.centered, kind.bias.is_some()),
         &params,
         &[x, w, out, kind.bias.unwrap_or(&gpu.dummy)],
         gpu.grid((rows * groups) as u32),

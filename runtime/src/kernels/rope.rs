@@ -2,10 +2,81 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, Dispatch};
+use super::{kernel, no_variants, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::Result;
+use crate::executor::Lowering;
+use crate::graph::{mismatch, Graph, TensorId};
+use crate::op::Op;
 use crate::shader::ShaderDefs;
+
+pub const KERNEL: Kernel = kernel!("rope", no_variants);
+
+/// In place on `x` [T, heads * head_dim]: the first `rot_dims` of each head rotated.
+#[derive(Debug)]
+pub struct Rope {
+    pub x: TensorId,
+    pub inv_freq: TensorId,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub rot_dims: usize,
+}
+
+impl Graph {
+    /// Rotate `x` in place by its positions (from the step uniform); `inv_freq` holds
+    /// rot_dims / 2 frequencies. Returns `x`.
+    pub fn rope(
+        &mut self,
+        x: TensorId,
+        inv_freq: TensorId,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<TensorId> {
+        let rot_dims = 2 * self.numel(inv_freq);
+        if self.shape(x)[1] != heads * head_dim || rot_dims > head_dim {
+            return Err(mismatch(
+                "rope input",
+                &[self.shape(x)[0], heads * head_dim],
+                self.shape(x),
+            ));
+        }
+        self.push(Rope {
+            x,
+            inv_freq,
+            heads,
+            head_dim,
+            rot_dims,
+        });
+        Ok(x)
+    }
+}
+
+impl Op for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        (vec![self.x, self.inv_freq], vec![self.x])
+    }
+
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let n = cx.shape(self.x)[0];
+        let (x, f) = (cx.buf(self.x)?, cx.buf(self.inv_freq)?);
+        let d = launch(
+            cx.gpu(),
+            cx.step(),
+            x,
+            f,
+            n,
+            self.heads,
+            self.head_dim,
+            self.rot_dims,
+        )?;
+        cx.push([d]);
+        Ok(())
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -35,7 +106,7 @@ pub fn launch(
         rot_half: (rot_dims / 2) as u32,
     };
     let n = (n_tokens * heads * rot_dims / 2) as u32;
-    kernel!("rope").dispatch(
+    KERNEL.dispatch(
         gpu,
         &ShaderDefs::new(),
         &params,

@@ -3,11 +3,51 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, Dispatch, Step};
+use super::{kernel, no_variants, Dispatch, Kernel, Step};
 use crate::device::Gpu;
 use crate::error::Result;
+use crate::executor::Lowering;
+use crate::graph::{Graph, Source, TensorId};
+use crate::op::Op;
 use crate::rng::{pcg_hash, unit_f32};
 use crate::shader::ShaderDefs;
+use crate::tensor::DType;
+
+pub const KERNEL: Kernel = kernel!("sample", no_variants);
+
+/// One token id drawn from the last row of `logits` with the step's settings.
+#[derive(Debug)]
+pub struct Sample {
+    pub logits: TensorId,
+    pub out: TensorId,
+}
+
+impl Graph {
+    /// Sample one token id from the last row of `logits` with the step's settings.
+    pub fn sample(&mut self, logits: TensorId) -> Result<TensorId> {
+        let out = self.add(vec![1], DType::U32, Source::Activation);
+        self.push(Sample { logits, out });
+        Ok(out)
+    }
+}
+
+impl Op for Sample {
+    fn name(&self) -> &'static str {
+        "sample"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        (vec![self.logits], vec![self.out])
+    }
+
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let s = cx.shape(self.logits);
+        let (logits, out) = (cx.buf(self.logits)?, cx.buf(self.out)?);
+        let d = launch(cx.gpu(), cx.step(), logits, out, s[1], (s[0] - 1) * s[1])?;
+        cx.push([d]);
+        Ok(())
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -31,7 +71,7 @@ pub fn launch(
         offset: offset as u32,
         _p: [0; 2],
     };
-    kernel!("sample").dispatch(
+    KERNEL.dispatch(
         gpu,
         &ShaderDefs::new(),
         &params,

@@ -23,11 +23,26 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, Dispatch, Step};
+use super::{kernel, Dispatch, Kernel, Step};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
+use crate::executor::Lowering;
+use crate::graph::{mismatch, Graph, Source, TensorId};
+use crate::op::Op;
 use crate::rng::pcg_hash;
 use crate::shader::ShaderDefs;
+use crate::tensor::DType;
+
+/// Pass 1 (per-row predictions) and pass 2 (the selection), by `SELECT`.
+pub const KERNEL: Kernel = kernel!("unmask", variants);
+
+fn defs(select: bool) -> ShaderDefs {
+    ShaderDefs::new().bool("SELECT", select)
+}
+
+pub fn variants() -> Vec<ShaderDefs> {
+    [false, true].map(defs).to_vec()
+}
 
 /// The most rows one launch takes (pass 2 ranks them in one workgroup's memory).
 pub const MAX_ROWS: usize = 1024;
@@ -146,22 +161,91 @@ pub fn launch(
         _p: [0; 3],
     };
     let buffers = [step, logits, uncond, tokens, scratch, out];
-    let k = kernel!("unmask");
-    let predict = k.dispatch(
-        gpu,
-        &ShaderDefs::new().bool("SELECT", false),
-        &uniform,
-        &buffers,
-        gpu.grid(rows as u32),
-    )?;
-    let select = k.dispatch(
-        gpu,
-        &ShaderDefs::new().bool("SELECT", true),
-        &uniform,
-        &buffers,
-        [1, 1, 1],
-    )?;
+    let predict = KERNEL.dispatch(gpu, &defs(false), &uniform, &buffers, gpu.grid(rows as u32))?;
+    let select = KERNEL.dispatch(gpu, &defs(true), &uniform, &buffers, [1, 1, 1])?;
     Ok([predict, select])
+}
+
+/// One diffusion step's choice of masked positions to commit (u32 count then (position,
+/// token) pairs), from `logits` [T, vocab] of the positions whose current ids are `tokens`,
+/// with the step's k / threshold / window; `uncond`: logits of the prompt-masked sequence for
+/// classifier-free guidance.
+#[derive(Debug)]
+pub struct Unmask {
+    pub logits: TensorId,
+    pub uncond: Option<TensorId>,
+    pub tokens: TensorId,
+    pub out: TensorId,
+    pub mask_id: u32,
+    pub cfg_scale: f32,
+    pub random_remasking: bool,
+}
+
+impl Graph {
+    /// The positions a diffusion step commits, chosen on the GPU (see [`Unmask`]).
+    pub fn unmask(
+        &mut self,
+        logits: TensorId,
+        uncond: Option<TensorId>,
+        tokens: TensorId,
+        mask_id: u32,
+        cfg_scale: f32,
+        random_remasking: bool,
+    ) -> Result<TensorId> {
+        let rows = self.shape(logits)[0];
+        if self.shape(tokens) != [rows]
+            || uncond.is_some_and(|u| self.shape(u) != self.shape(logits))
+        {
+            return Err(mismatch("unmask", &[rows], self.shape(tokens)));
+        }
+        let out = self.add(vec![out_words(rows)], DType::U32, Source::Activation);
+        self.push(Unmask {
+            logits,
+            uncond,
+            tokens,
+            out,
+            mask_id,
+            cfg_scale,
+            random_remasking,
+        });
+        Ok(out)
+    }
+}
+
+impl Op for Unmask {
+    fn name(&self) -> &'static str {
+        "unmask"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        let mut r = vec![self.logits, self.tokens];
+        r.extend(self.uncond);
+        (r, vec![self.out])
+    }
+
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let s = cx.shape(self.logits);
+        let params = Params {
+            rows: s[0],
+            vocab: s[1],
+            mask_id: self.mask_id,
+            cfg_scale: self.cfg_scale,
+            random_remasking: self.random_remasking,
+        };
+        let scratch = cx.scratch("unmask scratch", scratch_words(s[0]))?;
+        let d = launch(
+            cx.gpu(),
+            cx.step(),
+            cx.buf(self.logits)?,
+            cx.opt_buf(self.uncond)?,
+            cx.buf(self.tokens)?,
+            &scratch,
+            cx.buf(self.out)?,
+            &params,
+        )?;
+        cx.push(d);
+        Ok(())
+    }
 }
 
 /// The hash behind the Gumbel noise of token `token` at absolute position `position`.

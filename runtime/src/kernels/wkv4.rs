@@ -17,10 +17,28 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, Dispatch};
+use super::linear_scan::RECURRENT_TOKENS;
+use super::{kernel, no_variants, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
+use crate::executor::Lowering;
+use crate::graph::{mismatch, Graph, TensorId};
+use crate::op::Op;
 use crate::shader::ShaderDefs;
+
+/// The outputs pass (also the token-by-token form), the chunk-local pass and the carry pass.
+pub const KERNEL: Kernel = kernel!("wkv4", variants);
+pub const LOCAL: Kernel = kernel!("wkv4_local", no_variants);
+pub const CARRY: Kernel = kernel!("wkv4_carry", no_variants);
+
+fn defs(write_state: bool) -> ShaderDefs {
+    ShaderDefs::new().bool("WRITE_STATE", write_state)
+}
+
+/// The outputs pass writing the state (token by token) or not (after the carry).
+pub fn variants() -> Vec<ShaderDefs> {
+    [false, true].map(defs).to_vec()
+}
 
 /// Tokens per chunk of the chunked form.
 pub const CHUNK: usize = 32;
@@ -97,14 +115,14 @@ pub fn launch_recurrent(
     tokens: usize,
 ) -> Result<Vec<Dispatch>> {
     check(channels)?;
-    let defs = ShaderDefs::new().bool("WRITE_STATE", true);
+    let defs = defs(true);
     let per = recurrent_tokens_per_dispatch();
     let groups = (channels as u32).div_ceil(64);
     (0..tokens)
         .step_by(per)
         .map(|t0| {
             let n = per.min(tokens - t0);
-            kernel!("wkv4").dispatch(
+            KERNEL.dispatch(
                 gpu,
                 &defs,
                 &params(channels, t0, n, n),
@@ -129,7 +147,7 @@ pub fn launch_chunked(
     let chunk = chunk.max(1);
     let p = params(channels, 0, tokens, chunk);
     let rows = p.chunks * channels as u32;
-    let mut d = vec![kernel!("wkv4_local").dispatch(
+    let mut d = vec![LOCAL.dispatch(
         gpu,
         &ShaderDefs::new(),
         &p,
@@ -138,7 +156,7 @@ pub fn launch_chunked(
     )?];
     for c0 in (0..p.chunks).step_by(CARRY_CHUNKS_PER_DISPATCH) {
         let c1 = (c0 + CARRY_CHUNKS_PER_DISPATCH as u32).min(p.chunks);
-        d.push(kernel!("wkv4_carry").dispatch(
+        d.push(CARRY.dispatch(
             gpu,
             &ShaderDefs::new(),
             &Params { c0, c1, ..p },
@@ -146,14 +164,102 @@ pub fn launch_chunked(
             gpu.grid((channels as u32).div_ceil(64)),
         )?);
     }
-    d.push(kernel!("wkv4").dispatch(
+    d.push(KERNEL.dispatch(
         gpu,
-        &ShaderDefs::new().bool("WRITE_STATE", false),
+        &defs(false),
         &p,
         &[b.k, b.v, b.w, b.u, scratch, b.out],
         gpu.grid(rows.div_ceil(64)),
     )?);
     Ok(d)
+}
+
+/// RWKV-4's WKV over T tokens from `state` [3, C] (updated): k, v [T, C], w =
+/// -exp(time_decay) and u = time_first [C]; out [T, C].
+#[derive(Debug)]
+pub struct Wkv4 {
+    pub k: TensorId,
+    pub v: TensorId,
+    pub w: TensorId,
+    pub u: TensorId,
+    pub state: TensorId,
+    pub out: TensorId,
+}
+
+impl Graph {
+    /// RWKV-4's WKV (see [`Wkv4`]): k, v [T, C], w, u [C], state [3, C].
+    pub fn wkv4(
+        &mut self,
+        k: TensorId,
+        v: TensorId,
+        w: TensorId,
+        u: TensorId,
+        state: TensorId,
+    ) -> Result<TensorId> {
+        let ks = self.shape(k).to_vec();
+        if ks.len() != 2 || ks[1] == 0 {
+            return Err(Error::Graph(format!("wkv4: k must be [T, C], got {ks:?}")));
+        }
+        let c = ks[1];
+        if self.shape(v) != ks.as_slice() {
+            return Err(mismatch("wkv4 v", &ks, self.shape(v)));
+        }
+        for (x, what) in [(w, "w (time_decay)"), (u, "u (time_first)")] {
+            if self.numel(x) != c {
+                return Err(mismatch(&format!("wkv4 {what}"), &[c], self.shape(x)));
+            }
+        }
+        if self.shape(state) != [STATE_ROWS, c] {
+            return Err(mismatch("wkv4 state", &[STATE_ROWS, c], self.shape(state)));
+        }
+        let out = self.activation(ks);
+        self.push(Wkv4 {
+            k,
+            v,
+            w,
+            u,
+            state,
+            out,
+        });
+        Ok(out)
+    }
+}
+
+impl Op for Wkv4 {
+    fn name(&self) -> &'static str {
+        "wkv4"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        (
+            vec![self.k, self.v, self.w, self.u, self.state],
+            vec![self.out, self.state],
+        )
+    }
+
+    /// Token by token up to [`RECURRENT_TOKENS`], else the chunked form with a scratch shared
+    /// by every layer.
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let (n, c) = (cx.shape(self.k)[0], cx.shape(self.k)[1]);
+        let scratch = match n > RECURRENT_TOKENS {
+            true => Some(cx.scratch("wkv4 scratch", scratch_floats(c, n, CHUNK))?),
+            false => None,
+        };
+        let b = Wkv4Buffers {
+            k: cx.buf(self.k)?,
+            v: cx.buf(self.v)?,
+            w: cx.buf(self.w)?,
+            u: cx.buf(self.u)?,
+            state: cx.buf(self.state)?,
+            out: cx.buf(self.out)?,
+        };
+        let gpu = cx.gpu();
+        match &scratch {
+            Some(s) => cx.push(launch_chunked(gpu, &b, s, c, n, CHUNK)?),
+            None => cx.push(launch_recurrent(gpu, &b, c, n)?),
+        }
+        Ok(())
+    }
 }
 
 /// The recurrence in f64, token by token, exactly as transformers' CPU form (with an empty

@@ -1,11 +1,13 @@
-//! What the kernels need from an adapter, checked once when the device opens so that a GPU
-//! that cannot run them is refused with a message instead of failing at the first dispatch.
+//! What the kernels need from an adapter. [`crate::Gpu::new`] checks it on every backend
+//! before opening the device, so an adapter that cannot run them is refused with one message
+//! naming each shortfall, instead of failing at the first dispatch.
 
-use kestrel_runtime::Caps;
+use crate::device::Caps;
 
-/// The most storage buffers any one kernel binds (matvec binds seven: its grouped mode for
-/// mixtures of experts reads the expert permutation too). WebGPU guarantees eight per stage.
-pub const STORAGE_BUFFERS_PER_STAGE: u32 = 7;
+/// The most storage buffers any one kernel binds: the linear recurrence's outputs pass binds
+/// eight (k, v, decay, constants, a/b, q, state, out), matvec seven. WebGPU guarantees eight
+/// per stage.
+pub const STORAGE_BUFFERS_PER_STAGE: u32 = 8;
 /// The largest `@workgroup_size` of any kernel. WebGPU guarantees 256.
 pub const INVOCATIONS_PER_WORKGROUP: u32 = 256;
 /// The storage binding below which weights would be split into absurdly many chunks: a
@@ -40,8 +42,9 @@ pub fn shortfalls(caps: &Caps) -> Vec<String> {
 mod tests {
     use super::*;
 
-    /// The constants must cover every shader in shaders/: count the storage bindings and
-    /// read the literal workgroup sizes of each file.
+    /// The constants must cover every shader in shaders/: count the storage bindings (its
+    /// own and those of the snippets it includes) and read the literal workgroup sizes of
+    /// each file.
     #[test]
     fn constants_cover_every_shader() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shaders");
@@ -51,7 +54,14 @@ mod tests {
             if path.extension().and_then(|e| e.to_str()) != Some("wgsl") {
                 continue;
             }
-            let text = std::fs::read_to_string(&path).expect("read shader");
+            let own = std::fs::read_to_string(&path).expect("read shader");
+            let mut text = own.clone();
+            for line in own.lines() {
+                if let Some(name) = line.trim().strip_prefix("#include") {
+                    let name = name.trim().trim_matches('"');
+                    text += &std::fs::read_to_string(dir.join(name)).expect("read include");
+                }
+            }
             let storage = text.matches("var<storage").count() as u32;
             assert!(
                 storage <= STORAGE_BUFFERS_PER_STAGE,
@@ -89,9 +99,11 @@ mod tests {
         let s = shortfalls(&caps);
         assert_eq!(s.len(), 3, "{s:?}");
         assert!(s[0].contains("storage buffers"));
+        assert!(s[1].contains("invocations"));
+        assert!(s[2].contains("storage binding"));
         let ok = Caps {
             max_storage_binding: 128 << 20,
-            max_storage_buffers_per_stage: 8,
+            max_storage_buffers_per_stage: STORAGE_BUFFERS_PER_STAGE,
             max_invocations_per_workgroup: 256,
             ..caps
         };

@@ -1,0 +1,280 @@
+//! matmul (prefill) and matvec (decode) for every weight kind, with and without bias, at
+//! ragged sizes; weights split into several bindings (chunk edges inside tiles and row
+//! groups); and every matvec layout, the GPU layout included (which CPU adapters never pick).
+
+use std::sync::Arc;
+
+use super::{poisoned, upload_f32, weights, Case, Output, Prepared, SUM_TOL};
+use crate::device::Gpu;
+use crate::error::Result;
+use crate::kernels::matvec::Layout;
+use crate::kernels::{matmul, matvec};
+use crate::quant::{self, QuantFormat};
+use crate::rng::Rng;
+use crate::tensor::DType;
+
+/// One product: y [m, n] = x [m, k] times a weight [n, k] of `dtype`.
+#[derive(Clone, Copy)]
+struct Spec {
+    matvec: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    dtype: DType,
+    bias: bool,
+    /// Rows per weight chunk, under a binding limit that forces the split.
+    split: Option<usize>,
+    /// A matvec layout other than the device's own.
+    layout: Option<Layout>,
+    seed: u64,
+}
+
+impl Spec {
+    fn new(matvec: bool, (m, n, k): (usize, usize, usize), dtype: DType, seed: u64) -> Spec {
+        Spec {
+            matvec,
+            m,
+            n,
+            k,
+            dtype,
+            bias: false,
+            split: None,
+            layout: None,
+            seed,
+        }
+    }
+
+    fn bias(self, bias: bool) -> Spec {
+        Spec { bias, ..self }
+    }
+
+    fn split(self, rows: usize) -> Spec {
+        Spec {
+            split: Some(rows),
+            ..self
+        }
+    }
+
+    fn case(self) -> Case {
+        let Spec { m, n, k, .. } = self;
+        let (kernel, size) = match self.matvec {
+            true => ("matvec", format!("{n}x{k}")),
+            false => ("matmul", format!("{m}x{n}x{k}")),
+        };
+        let mut what = format!("{size} {} bias={}", self.dtype.name(), self.bias);
+        if let Some(r) = self.split {
+            what += &format!(" split={r}");
+        }
+        if let Some(l) = self.layout {
+            what += &format!(" lanes={} rows_per_lane={}", l.lanes, l.rows_per_lane);
+        }
+        Case::new(kernel, what, move |gpu| self.prepare(gpu))
+            .quantized(matches!(self.dtype, DType::Quant(_)))
+    }
+
+    fn prepare(&self, gpu: &Arc<Gpu>) -> Result<Prepared> {
+        let Spec { m, n, k, .. } = *self;
+        let gpu = &weights::limited(gpu, self.split, self.dtype, k);
+        let mut rng = Rng::new(self.seed);
+        let x = rng.vec(m * k, 1.0);
+        let (w, w_ref) = weights::random(gpu, self.dtype, 1, n, k, &mut rng)?;
+        let b = self.bias.then(|| rng.vec(n, 1.0));
+        if self.split.is_some() && w.chunks.len() <= 2 {
+            return Err(super::bad_case(format!(
+                "weight not split: {} chunk(s)",
+                w.chunks.len()
+            )));
+        }
+        let xb = upload_f32(gpu, &x);
+        let bb = b.as_ref().map(|b| upload_f32(gpu, b));
+        let y = poisoned(gpu, m * n);
+        let d = match (self.matvec, self.layout) {
+            (true, Some(l)) => matvec::launch_with(gpu, &xb, &w, bb.as_ref(), &y, l)?,
+            (true, None) => matvec::launch(gpu, &xb, &w, bb.as_ref(), &y)?,
+            (false, _) => matmul::launch(gpu, &xb, &w, bb.as_ref(), &y, m)?,
+        };
+        let want = match self.matvec {
+            true => matvec::reference(&x, &w_ref, b.as_deref(), n, k),
+            false => matmul::reference(&x, &w_ref, b.as_deref(), m, n, k),
+        };
+        let out = Output::close("", &y, want, SUM_TOL);
+        // A matvec reads each weight once and is bounded by bandwidth: it declares bytes only.
+        let flops = if self.matvec {
+            0.0
+        } else {
+            2.0 * (m * n * k) as f64
+        };
+        let bytes = w.bytes() as f64 + 4.0 * (m * k + m * n) as f64;
+        Ok(Prepared::new(gpu, d, vec![out]).work(flops, bytes))
+    }
+}
+
+/// Row lengths K to test a quantized `format` with: two and three blocks; for the 32-value
+/// formats also 576 (18 groups, a real hidden size: more groups than the 8 lanes of a row
+/// group), for the K-quants also one superblock (4 pairs of groups: fewer than the lanes of a
+/// row group).
+fn quant_ks(format: QuantFormat) -> Vec<usize> {
+    match format.block_elems() {
+        32 => vec![64, 96, 576],
+        b => vec![b, 2 * b, 3 * b],
+    }
+}
+
+/// The quantized formats the browser runs: two 32-value ones and two K-quants.
+const BROWSER_QUANTS: [QuantFormat; 4] = [
+    QuantFormat::Q4_1,
+    QuantFormat::Q8_0,
+    QuantFormat::Q4_K,
+    QuantFormat::Q6_K,
+];
+
+/// A K of 576 (32-value blocks) or 512 (K-quants): a real hidden size.
+fn browser_k(format: QuantFormat) -> usize {
+    match format.block_elems() {
+        32 => 576,
+        _ => 512,
+    }
+}
+
+pub fn matmul() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let mut seed = 100;
+    for (m, n, k) in [(37, 70, 45), (65, 130, 64), (1, 67, 33), (130, 9, 200)] {
+        for dtype in [DType::F32, DType::F16] {
+            for bias in [false, true] {
+                seed += 1;
+                let browser = bias && n != 9;
+                let spec = Spec::new(false, (m, n, k), dtype, seed).bias(bias);
+                cases.push(spec.case().agree().browser(browser));
+            }
+        }
+    }
+    // 70 rows in chunks of 17 (17, 17, 17, 17, 2): chunk edges inside the 64-wide tiles.
+    for (dtype, bias, rows, shape, seed) in [
+        (DType::F32, true, 17, (37, 70, 45), 201),
+        (DType::F16, false, 17, (37, 70, 45), 202),
+        (DType::F16, true, 50, (65, 130, 64), 203),
+    ] {
+        cases.push(
+            Spec::new(false, shape, dtype, seed)
+                .bias(bias)
+                .split(rows)
+                .case(),
+        );
+    }
+    for (i, format) in quant::ALL.into_iter().enumerate() {
+        let dtype = DType::Quant(format);
+        // Half the formats with a bias: each specialisation costs llvmpipe seconds to compile.
+        let bias = i % 2 == 1;
+        for k in quant_ks(format) {
+            // M and N not multiples of the 64x64 tile; M = 65 spills a row into a second tile.
+            for (m, n) in [(37, 70), (65, 37)] {
+                seed += 1;
+                let spec = Spec::new(false, (m, n, k), dtype, 3000 + seed);
+                cases.push(spec.bias(bias).case().agree());
+            }
+        }
+        let k = 2 * format.block_elems();
+        let spec = Spec::new(false, (37, 70, k), dtype, 3100 + i as u64);
+        cases.push(spec.bias(bias).split(17).case());
+    }
+    for (i, format) in BROWSER_QUANTS.into_iter().enumerate() {
+        let shape = (27, 70, browser_k(format));
+        let spec = Spec::new(false, shape, DType::Quant(format), 420 + i as u64);
+        cases.push(spec.case().browser(true));
+    }
+    cases
+}
+
+pub fn matvec() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let mut seed = 300;
+    // Odd K (the f16 path reading halves across words), even K (two halves per word), long K.
+    for (n, k) in [(300, 129), (300, 128), (77, 1000), (5, 3)] {
+        for dtype in [DType::F32, DType::F16] {
+            for bias in [false, true] {
+                seed += 1;
+                let spec = Spec::new(true, (1, n, k), dtype, seed).bias(bias);
+                cases.push(spec.case().agree());
+            }
+        }
+    }
+    for (n, k) in [(70, 45), (300, 576), (1, 33)] {
+        for dtype in [DType::F32, DType::F16] {
+            seed += 1;
+            cases.push(Spec::new(true, (1, n, k), dtype, seed).case().browser(true));
+        }
+    }
+    // Odd K with f16: chunks keep an even number of rows.
+    for (dtype, bias, (n, k), seed) in [
+        (DType::F16, true, (300, 129), 401),
+        (DType::F16, false, (300, 128), 402),
+        (DType::F32, true, (300, 129), 403),
+    ] {
+        cases.push(
+            Spec::new(true, (1, n, k), dtype, seed)
+                .bias(bias)
+                .split(37)
+                .case(),
+        );
+    }
+    for (i, format) in quant::ALL.into_iter().enumerate() {
+        let dtype = DType::Quant(format);
+        for k in quant_ks(format) {
+            // 70 rows: one full workgroup of 64 and a ragged one; 37: one ragged row group.
+            for (n, bias) in [(70, false), (37, true)] {
+                seed += 1;
+                let spec = Spec::new(true, (1, n, k), dtype, 2000 + seed);
+                cases.push(spec.bias(bias).case().agree());
+            }
+        }
+        // 70 rows in chunks of 17: chunk edges inside row groups.
+        let k = 2 * format.block_elems();
+        let spec = Spec::new(true, (1, 70, k), dtype, 2100 + i as u64);
+        cases.push(spec.bias(i % 2 == 0).split(17).case());
+    }
+    for (i, format) in BROWSER_QUANTS.into_iter().enumerate() {
+        let shape = (1, 37, browser_k(format));
+        let spec = Spec::new(true, shape, DType::Quant(format), 400 + i as u64);
+        cases.push(spec.case().browser(true));
+    }
+    // Every layout computes the same product: the GPU layout and odd ones, for f32 (any K and
+    // K % 4 == 0), f16 (odd K, K % 8 == 0) and a 32-value and a 256-value block format, with
+    // rows not a multiple of any layout's.
+    let layouts = [
+        Layout::CPU,
+        Layout::GPU,
+        Layout {
+            lanes: 1,
+            rows_per_lane: 1,
+        },
+        Layout {
+            lanes: 64,
+            rows_per_lane: 3,
+        },
+        Layout {
+            lanes: 4,
+            rows_per_lane: 4,
+        },
+    ];
+    let mut seed = 2200;
+    for layout in layouts {
+        let quants =
+            [QuantFormat::Q5_1, QuantFormat::Q6_K].map(|f| (DType::Quant(f), 3 * f.block_elems()));
+        let plain = [
+            (DType::F32, 129),
+            (DType::F32, 128),
+            (DType::F16, 129),
+            (DType::F16, 136),
+        ];
+        for (dtype, k) in quants.into_iter().chain(plain) {
+            seed += 1;
+            let spec = Spec {
+                layout: Some(layout),
+                ..Spec::new(true, (1, 70, k), dtype, seed).bias(true)
+            };
+            cases.push(spec.case());
+        }
+    }
+    cases
+}

@@ -1,0 +1,310 @@
+//! The gated linear recurrence (kernels::linear_scan) against its f64 CPU reference, in both
+//! forms — token by token (decode) and the chunked scan (prefill) — for every kind the
+//! linear-time models use: GLA (per-key gate), Mamba (dt * A per key, one value per head,
+//! q/k shared by all heads), Mamba-2 (dt * A per head, grouped q/k), RWKV-6 (per-key decay and
+//! the bonus u), RWKV-7 (per-key decay and the delta term) and plain linear attention.
+//! Sizes are ragged (token counts not multiples of the chunk, key dims not multiples of 64),
+//! the sequence starts from a random non-zero state, outputs and scratch start as NaN, and
+//! the final state is compared as well as the outputs.
+//!
+//! Tolerance [`SCAN_TOL`] = 1e-5 relative: each output is an f32 dot product of dk terms
+//! over an f32 state that took one multiply-add per token; decays are <= 1 so old rounding
+//! errors shrink, and with no decay (linear attention) they add up like a random walk: about
+//! sqrt(T) * 2^-24 ~ 3e-6 after 2,048 tokens. Any indexing, ordering or chunk-boundary error
+//! is of order 1. The 2,048-token runs also cover decays from 1 - 1e-4 (long memory) to
+//! e^-20 (none), where a form that divided by cumulative decays would overflow.
+
+use super::{poisoned, upload_f32, Case, Output, Prepared, SCAN_TOL};
+use crate::device::Gpu;
+use crate::error::Result;
+use crate::kernels::linear_scan::{self, Decay, ScanBuffers, ScanInputs, ScanShape, CHUNK};
+use crate::kernels::Dispatch;
+use crate::rng::Rng;
+
+/// Random inputs of one recurrence kind, drawn the way its models produce them.
+struct Draw {
+    shape: ScanShape,
+    tokens: usize,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    decay: Vec<f32>,
+    consts: Vec<f32>,
+    ab: Vec<f32>,
+    state: Vec<f32>,
+}
+
+/// Log-decays between `lo` and `hi` (both <= 0).
+fn log_decays(rng: &mut Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| lo + (hi - lo) * (rng.uniform() + 1.0) / 2.0)
+        .collect()
+}
+
+impl Draw {
+    fn new(shape: ScanShape, tokens: usize, seed: u64, decay_range: (f32, f32)) -> Draw {
+        let mut rng = Rng::new(seed);
+        let ScanShape {
+            heads,
+            qk_heads,
+            dk,
+            dv,
+            ..
+        } = shape;
+        let positive = matches!(shape.decay, Decay::None);
+        let mut feature = |n: usize| -> Vec<f32> {
+            let x = rng.vec(n, 1.0);
+            // Linear attention's feature maps (elu + 1) are positive.
+            if positive {
+                x.iter().map(|v| v.abs() + 0.05).collect()
+            } else {
+                x
+            }
+        };
+        let q = feature(tokens * qk_heads * dk);
+        let k = feature(tokens * qk_heads * dk);
+        let v = rng.vec(tokens * heads * dv, 1.0);
+        let (lo, hi) = decay_range;
+        let gk = shape.gk();
+        let (decay, consts) = match shape.decay {
+            Decay::None => (vec![], vec![]),
+            Decay::Gate { .. } => (log_decays(&mut rng, tokens * heads * gk, lo, hi), vec![]),
+            // dt in (0, 1]; A = -exp(uniform) so dt * A spans the range asked for.
+            Decay::DtA { .. } => {
+                let dt = (0..tokens * heads)
+                    .map(|_| 0.5 * (rng.uniform() + 1.0) + 1e-3)
+                    .collect();
+                (dt, log_decays(&mut rng, heads * gk, lo, hi))
+            }
+        };
+        let consts = if shape.bonus {
+            rng.vec(heads * dk, 1.0)
+        } else {
+            consts
+        };
+        // RWKV-7: a = -kk, b = kk * rate with kk a unit vector and rate in (0, 1), so the
+        // transition diag(w) - kk^T (kk * rate) stays a contraction as in the model.
+        let mut ab = Vec::new();
+        if shape.delta {
+            for _ in 0..tokens * heads {
+                let kk = rng.vec(dk, 1.0);
+                let norm = kk.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+                let rate: Vec<f32> = (0..dk).map(|_| (rng.uniform() + 1.0) / 2.0).collect();
+                ab.extend(kk.iter().map(|x| -x / norm));
+                ab.extend(kk.iter().zip(&rate).map(|(x, r)| x / norm * r));
+            }
+        }
+        let state = rng.vec(heads * dv * dk, 0.5);
+        Draw {
+            shape,
+            tokens,
+            q,
+            k,
+            v,
+            decay,
+            consts,
+            ab,
+            state,
+        }
+    }
+
+    /// The f64 reference: outputs and the final state.
+    fn reference(&self) -> (Vec<f32>, Vec<f32>) {
+        let inputs = ScanInputs {
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            decay: &self.decay,
+            consts: &self.consts,
+            ab: &self.ab,
+        };
+        let mut state: Vec<f64> = self.state.iter().map(|&x| x as f64).collect();
+        let out = linear_scan::reference(&inputs, &self.shape, self.tokens, &mut state);
+        (
+            out.iter().map(|&x| x as f32).collect(),
+            state.iter().map(|&x| x as f32).collect(),
+        )
+    }
+
+    /// Tokens t0..t1 of the draw, from `state` (a GPU buffer the run updates): the
+    /// dispatches, token by token (`chunk` None) or by the chunked scan, and the outputs.
+    fn launch(
+        &self,
+        gpu: &Gpu,
+        state: &wgpu::Buffer,
+        (t0, t1): (usize, usize),
+        chunk: Option<usize>,
+    ) -> Result<(Vec<Dispatch>, wgpu::Buffer)> {
+        let s = self.shape;
+        let tokens = t1 - t0;
+        let rows = |x: &[f32], per: usize| upload_f32(gpu, &x[t0 * per..t1 * per]);
+        let opt = |x: &[f32], per: usize| (!x.is_empty()).then(|| rows(x, per));
+        let qk = s.qk_heads * s.dk;
+        let (q, k, v) = (
+            rows(&self.q, qk),
+            rows(&self.k, qk),
+            rows(&self.v, s.heads * s.dv),
+        );
+        let decay = opt(&self.decay, self.decay.len() / self.tokens.max(1));
+        let consts = (!self.consts.is_empty()).then(|| upload_f32(gpu, &self.consts));
+        let ab = opt(&self.ab, s.heads * 2 * s.dk);
+        let out = poisoned(gpu, tokens * s.heads * s.dv);
+        let b = ScanBuffers {
+            q: &q,
+            k: &k,
+            v: &v,
+            decay: decay.as_ref(),
+            consts: consts.as_ref(),
+            ab: ab.as_ref(),
+            state,
+            out: &out,
+        };
+        let d = match chunk {
+            None => linear_scan::launch_recurrent(gpu, &b, &s, tokens)?,
+            Some(c) => {
+                let scratch = poisoned(gpu, linear_scan::scratch_floats(&s, tokens, c));
+                linear_scan::launch_chunked(gpu, &b, &scratch, &s, tokens, c)?.to_vec()
+            }
+        };
+        Ok((d, out))
+    }
+}
+
+fn shape(heads: usize, qk_heads: usize, dk: usize, dv: usize, decay: Decay) -> ScanShape {
+    ScanShape {
+        heads,
+        qk_heads,
+        dk,
+        dv,
+        decay,
+        delta: false,
+        bonus: false,
+    }
+}
+
+/// Every kind, named, at small ragged sizes.
+fn kinds() -> Vec<(&'static str, ScanShape)> {
+    let gate = Decay::Gate { per_key: true };
+    vec![
+        ("gla", shape(4, 4, 16, 24, gate)),
+        ("mamba", shape(40, 1, 16, 1, Decay::DtA { per_key: true })),
+        ("mamba2", shape(4, 2, 16, 32, Decay::DtA { per_key: false })),
+        (
+            "rwkv6",
+            ScanShape {
+                bonus: true,
+                ..shape(3, 3, 16, 16, gate)
+            },
+        ),
+        (
+            "rwkv7",
+            ScanShape {
+                delta: true,
+                ..shape(2, 2, 16, 16, gate)
+            },
+        ),
+        ("linear attention", shape(2, 2, 8, 8, Decay::None)),
+        (
+            "gla scalar gate, dk 100",
+            shape(2, 1, 100, 3, Decay::Gate { per_key: false }),
+        ),
+        (
+            "rwkv7 dk 72",
+            ScanShape {
+                delta: true,
+                ..shape(1, 1, 72, 5, gate)
+            },
+        ),
+    ]
+}
+
+/// One run of a draw in one form: outputs and final state against the reference.
+fn case(
+    name: &str,
+    shape: ScanShape,
+    tokens: usize,
+    seed: u64,
+    decays: (f32, f32),
+    chunk: Option<usize>,
+) -> Case {
+    let form = chunk.map_or("recurrent".to_string(), |c| format!("chunked({c})"));
+    let what = format!("{name} T={tokens} decays {decays:?} {form}");
+    Case::new("linear_scan", what, move |gpu| {
+        let draw = Draw::new(shape, tokens, seed, decays);
+        let (want_out, want_state) = draw.reference();
+        let state = upload_f32(gpu, &draw.state);
+        let (d, out) = draw.launch(gpu, &state, (0, tokens), chunk)?;
+        let outputs = vec![
+            Output::close("outputs", &out, want_out, SCAN_TOL),
+            Output::close("final state", &state, want_state, SCAN_TOL),
+        ];
+        Ok(Prepared::new(gpu, d, outputs))
+    })
+}
+
+pub fn cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (i, (name, shape)) in kinds().into_iter().enumerate() {
+        for (j, tokens) in [1usize, 29, 100].into_iter().enumerate() {
+            let seed = 100 + 10 * i as u64 + j as u64;
+            for chunk in [None, Some(16), Some(CHUNK)] {
+                cases.push(case(name, shape, tokens, seed, (-1.0, -0.01), chunk));
+            }
+        }
+        // 2,048 tokens with long memory (decays 1 - 1e-4 .. 1 - 1e-2) and decays down to e^-20.
+        for (j, decays) in [(-1e-2, -1e-4), (-20.0, -0.5)].into_iter().enumerate() {
+            if shape.decay == Decay::None && j == 1 {
+                continue; // no decay to vary
+            }
+            let seed = 900 + 10 * i as u64 + j as u64;
+            for chunk in [None, Some(CHUNK)] {
+                cases.push(case(name, shape, 2048, seed, decays, chunk));
+            }
+        }
+    }
+    // The browser's: GLA and RWKV-6 decoding a few tokens and prefilling a few chunks.
+    for (name, shape) in kinds()
+        .into_iter()
+        .filter(|(n, _)| ["gla", "rwkv6"].contains(n))
+    {
+        for (tokens, chunk) in [(5, None), (150, Some(CHUNK))] {
+            cases.push(case(name, shape, tokens, 1300, (-3.0, 0.0), chunk).browser(true));
+        }
+    }
+    cases.push(prefill_then_decode());
+    cases
+}
+
+/// A chunked prefill of 37 tokens, then 5 single-token steps from its state, in one pass:
+/// the same as 42 tokens token by token.
+fn prefill_then_decode() -> Case {
+    let (name, shape) = kinds().swap_remove(4);
+    let what = format!("{name} prefill 37 chunked(16) then 5 decode steps");
+    Case::new("linear_scan", what, move |gpu| {
+        let draw = Draw::new(shape, 42, 7, (-1.0, -0.01));
+        let (want_out, want_state) = draw.reference();
+        let state = upload_f32(gpu, &draw.state);
+        let (mut d, prefill) = draw.launch(gpu, &state, (0, 37), Some(16))?;
+        let split = 37 * shape.heads * shape.dv;
+        let mut outputs = vec![Output::close(
+            "prefill outputs",
+            &prefill,
+            want_out[..split].to_vec(),
+            SCAN_TOL,
+        )];
+        for t in 37..42 {
+            let (step, out) = draw.launch(gpu, &state, (t, t + 1), None)?;
+            d.extend(step);
+            let n = shape.heads * shape.dv;
+            let want = want_out[t * n..(t + 1) * n].to_vec();
+            outputs.push(Output::close(
+                &format!("step {t} outputs"),
+                &out,
+                want,
+                SCAN_TOL,
+            ));
+        }
+        outputs.push(Output::close("final state", &state, want_state, SCAN_TOL));
+        Ok(Prepared::new(gpu, d, outputs))
+    })
+}
