@@ -19,7 +19,10 @@ apt_install() {
 missing=()
 dpkg -s libvulkan1 >/dev/null 2>&1 || missing+=(libvulkan1)
 # A Vulkan driver registers an ICD manifest; with none, the CPU driver stands in for a GPU.
-if ! ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1; then
+shopt -s nullglob
+drivers=(/usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json)
+shopt -u nullglob
+if [ ${#drivers[@]} -eq 0 ]; then
     missing+=(mesa-vulkan-drivers)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
