@@ -15,7 +15,7 @@ use kestrel_runtime::TensorId;
 use super::mlp::{lin, Mlp, MlpNames, MLP};
 use super::GResult;
 use crate::error::{ModelError, Result};
-use crate::formats::config::JsonConfig;
+use crate::formats::config::{Dim, JsonConfig};
 use crate::vars::Vars;
 
 /// How a family configures its experts.
@@ -40,8 +40,8 @@ impl MoeConfig {
         renormalize: bool,
         shared: Option<usize>,
     ) -> Result<MoeConfig> {
-        let experts = c.positive(experts_key)?;
-        let top_k = c.positive("num_experts_per_tok")?;
+        let experts = c.dim(experts_key, Dim::Experts)?;
+        let top_k = c.dim("num_experts_per_tok", Dim::Experts)?;
         if top_k > experts {
             return Err(ModelError::BadConfigValue {
                 file: c.path.clone(),

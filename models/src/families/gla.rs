@@ -23,7 +23,7 @@ use crate::blocks::lm_head::LmHead;
 use crate::blocks::mlp::{lin, Mlp, MLP};
 use crate::blocks::norm::RmsNorm;
 use crate::error::{ModelError, Result};
-use crate::formats::config::JsonConfig;
+use crate::formats::config::{why, ConfigKey, Dim, JsonConfig};
 use crate::model::ModelConfig;
 use crate::vars::Vars;
 
@@ -35,7 +35,46 @@ pub const FAMILY: Family = Family {
     gguf: &[],
     parse: Some(|c| Ok(Box::new(GlaConfig::from_json(c)?))),
     from_tensors: None,
+    keys: KEYS,
 };
+
+/// The keys fla's GLAConfig and GLAForCausalLM read.
+const KEYS: &[ConfigKey] = &[
+    ConfigKey::honoured("hidden_size", "128"),
+    ConfigKey::honoured("num_hidden_layers", "1"),
+    ConfigKey::honoured("num_heads", "2"),
+    ConfigKey::honoured("vocab_size", "4096"),
+    ConfigKey::honoured("expand_k", "1.0"),
+    ConfigKey::honoured("expand_v", "0.5"),
+    ConfigKey::honoured("hidden_ratio", "8"),
+    ConfigKey::honoured("intermediate_size", "64"),
+    ConfigKey::honoured("gate_low_rank_dim", "8"),
+    ConfigKey::honoured("norm_eps", "0.001"),
+    ConfigKey::honoured("use_output_gate", "false"),
+    // Names the output norm (g_norm_swish_gate fused with the gate, else g_norm): the same
+    // function either way.
+    ConfigKey::honoured("fuse_norm", "false"),
+    ConfigKey::honoured("tie_word_embeddings", "true"),
+    // Grouped k/v heads: only as many as the heads.
+    ConfigKey::refused("num_kv_heads", "2"),
+    ConfigKey::refused("hidden_act", "\"gelu\""),
+    ConfigKey::refused("use_short_conv", "true"),
+    ConfigKey::refused("use_gv", "true"),
+    ConfigKey::refused("use_gk", "false"),
+    ConfigKey::refused("feature_map", "\"relu\""),
+    ConfigKey::refused("clamp_min", "-5.0"),
+    ConfigKey::refused("attn", r#"{"layers": [1], "num_heads": 4}"#),
+    ConfigKey::refused("attnres_block_size", "4"),
+    ConfigKey::refused("elementwise_affine", "false"),
+    ConfigKey::inert("conv_size", "read only with use_short_conv, which is refused"),
+    ConfigKey::inert("attn_mode", why::FUSED),
+    ConfigKey::inert("fuse_swiglu", why::FUSED),
+    ConfigKey::inert("fuse_cross_entropy", why::TRAINING),
+    ConfigKey::inert("fuse_linear_cross_entropy", why::TRAINING),
+    ConfigKey::inert("use_l2warp", why::TRAINING),
+    ConfigKey::inert("max_position_embeddings", why::POSITIONS),
+];
+
 
 /// fla's default: gate logits are divided by this before use as log-decays.
 const GATE_LOGIT_NORMALIZER: f32 = 16.0;
@@ -52,6 +91,10 @@ pub struct GlaConfig {
     pub intermediate: usize,
     pub eps: f32,
     pub output_gate: bool,
+    /// The per-head output norm's name: fla's GatedLinearAttention fuses it with the gate
+    /// (`g_norm_swish_gate`) when fuse_norm and use_output_gate, else keeps `g_norm`; the
+    /// function is the same.
+    pub out_norm: &'static str,
     pub tie_embeddings: bool,
 }
 
@@ -62,8 +105,8 @@ impl GlaConfig {
             key: key.to_string(),
             message,
         };
-        let hidden = c.positive("hidden_size")?;
-        let heads = c.positive("num_heads")?;
+        let hidden = c.dim("hidden_size", Dim::Hidden)?;
+        let heads = c.dim("num_heads", Dim::Heads)?;
         if let Some(kv) = c.opt_usize("num_kv_heads")? {
             if kv != heads {
                 return Err(bad(
@@ -82,6 +125,9 @@ impl GlaConfig {
                     return Err(bad(key, format!("{v} is not supported")));
                 }
             }
+        }
+        if !c.opt_bool("elementwise_affine")?.unwrap_or(true) {
+            return Err(bad("elementwise_affine", "false is not supported".into()));
         }
         for key in ["feature_map", "clamp_min", "attn", "attnres_block_size"] {
             if c.get(key).is_some() {
@@ -108,17 +154,21 @@ impl GlaConfig {
             }
             Ok(d as usize)
         };
-        let ratio = c.opt_usize("hidden_ratio")?.unwrap_or(4);
+        let ratio = c.opt_dim("hidden_ratio", Dim::Size)?.unwrap_or(4);
         // fla's GatedMLP: 2/3 of hidden * ratio, rounded up to a multiple of 256.
-        let intermediate = match c.opt_usize("intermediate_size")? {
+        let intermediate = match c.opt_dim("intermediate_size", Dim::Intermediate)? {
             Some(n) => n,
-            None => (hidden * ratio * 2 / 3).next_multiple_of(256),
+            None => {
+                let n = c.product("hidden_ratio", Dim::Intermediate, &[hidden, ratio, 2])?;
+                (n / 3).next_multiple_of(256)
+            }
         };
-        let layers = c.positive("num_hidden_layers")?;
+        let layers = c.dim("num_hidden_layers", Dim::Layers)?;
+        let output_gate = c.opt_bool("use_output_gate")?.unwrap_or(true);
         let (key_dim, value_dim) = (dim("expand_k", 0.5)?, dim("expand_v", 1.0)?);
-        let gate_rank = c.opt_usize("gate_low_rank_dim")?.unwrap_or(16);
+        let gate_rank = c.opt_dim("gate_low_rank_dim", Dim::Size)?.unwrap_or(16);
         let config = GlaConfig {
-            model: ModelConfig::recurrent(ARCHITECTURE, c.positive("vocab_size")?)
+            model: ModelConfig::recurrent(ARCHITECTURE, c.dim("vocab_size", Dim::Vocab)?)
                 .with_special_tokens(c),
             hidden,
             layers,
@@ -128,7 +178,11 @@ impl GlaConfig {
             gate_rank,
             intermediate,
             eps: c.opt_f64("norm_eps")?.unwrap_or(1e-6) as f32,
-            output_gate: c.opt_bool("use_output_gate")?.unwrap_or(true),
+            output_gate,
+            out_norm: match output_gate && c.opt_bool("fuse_norm")?.unwrap_or(true) {
+                true => "g_norm_swish_gate",
+                false => "g_norm",
+            },
             tie_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
         };
         config
@@ -202,10 +256,7 @@ impl Gla {
         for l in 0..c.layers {
             let p = body.pp("layers").pp(l);
             let a = p.pp("attn");
-            let norm_name = match c.output_gate {
-                true => "g_norm_swish_gate",
-                false => "g_norm",
-            };
+            let norm_name = c.out_norm;
             let head_norm = a.pp(norm_name).host("weight", &[c.head_v()])?;
             let out_norm: Vec<f32> = (0..c.heads).flat_map(|_| head_norm.clone()).collect();
             layers.push(Layer {

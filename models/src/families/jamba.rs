@@ -22,7 +22,7 @@ use crate::blocks::mlp::MLP;
 use crate::blocks::moe::{FeedForward, MoeConfig, JAMBA};
 use crate::blocks::norm::RmsNorm;
 use crate::error::{ModelError, Result};
-use crate::formats::config::JsonConfig;
+use crate::formats::config::{why, ConfigKey, Dim, JsonConfig};
 use crate::model::ModelConfig;
 use crate::vars::Vars;
 
@@ -34,7 +34,45 @@ pub const FAMILY: Family = Family {
     gguf: &[],
     parse: Some(|c| Ok(Box::new(JambaConfig::from_json(c)?))),
     from_tensors: None,
+    keys: KEYS,
 };
+
+/// The keys transformers' JambaConfig and JambaForCausalLM read.
+const KEYS: &[ConfigKey] = &[
+    ConfigKey::honoured("hidden_size", "128"),
+    ConfigKey::honoured("num_hidden_layers", "8"),
+    ConfigKey::honoured("vocab_size", "4096"),
+    ConfigKey::honoured("num_attention_heads", "8"),
+    ConfigKey::honoured("num_key_value_heads", "1"),
+    ConfigKey::honoured("intermediate_size", "64"),
+    ConfigKey::honoured("rms_norm_eps", "0.001"),
+    ConfigKey::honoured("max_position_embeddings", "64"),
+    ConfigKey::honoured("tie_word_embeddings", "true"),
+    ConfigKey::honoured("attn_layer_period", "2"),
+    ConfigKey::honoured("attn_layer_offset", "0"),
+    ConfigKey::honoured("expert_layer_period", "3"),
+    ConfigKey::honoured("expert_layer_offset", "0"),
+    ConfigKey::honoured("num_experts", "3"),
+    ConfigKey::honoured("num_local_experts", "3"),
+    ConfigKey::honoured("num_experts_per_tok", "1"),
+    ConfigKey::honoured("mamba_d_state", "8"),
+    ConfigKey::honoured("mamba_d_conv", "2"),
+    ConfigKey::honoured("mamba_expand", "4"),
+    ConfigKey::honoured("mamba_dt_rank", "2"),
+    ConfigKey::honoured("mamba_conv_bias", "false"),
+    ConfigKey::honoured("mamba_proj_bias", "true"),
+    ConfigKey::refused("hidden_act", "\"gelu\""),
+    ConfigKey::inert("layers_block_type", why::DERIVED),
+    ConfigKey::inert("layer_types", why::DERIVED),
+    ConfigKey::inert("layers_num_experts", why::DERIVED),
+    ConfigKey::inert("attention_dropout", why::TRAINING),
+    ConfigKey::inert("router_aux_loss_coef", why::TRAINING),
+    ConfigKey::inert("output_router_logits", why::RUNTIME),
+    ConfigKey::inert("use_associative_scan", why::RUNTIME),
+    ConfigKey::inert("use_mamba_kernels", why::RUNTIME),
+    ConfigKey::inert("use_mambapy", why::RUNTIME),
+];
+
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct JambaConfig {
@@ -58,10 +96,10 @@ impl JambaConfig {
             key: key.to_string(),
             message,
         };
-        let hidden = c.positive("hidden_size")?;
-        let layers = c.positive("num_hidden_layers")?;
-        let heads = c.positive("num_attention_heads")?;
-        let kv_heads = c.opt_usize("num_key_value_heads")?.unwrap_or(heads);
+        let hidden = c.dim("hidden_size", Dim::Hidden)?;
+        let layers = c.dim("num_hidden_layers", Dim::Layers)?;
+        let heads = c.dim("num_attention_heads", Dim::Heads)?;
+        let kv_heads = c.opt_dim("num_key_value_heads", Dim::Heads)?.unwrap_or(heads);
         if kv_heads == 0 || heads % kv_heads != 0 || hidden % heads != 0 {
             return Err(bad(
                 "num_key_value_heads",
@@ -84,14 +122,18 @@ impl JambaConfig {
             period("expert_layer_period", 2)?,
             c.opt_usize("expert_layer_offset")?.unwrap_or(1),
         );
-        let experts = c.opt_usize("num_experts")?.unwrap_or(16);
-        let intermediate = c.positive("intermediate_size")?;
+        // transformers maps the legacy num_local_experts onto num_experts.
+        let experts_key = match c.get("num_experts") {
+            None if c.get("num_local_experts").is_some() => "num_local_experts",
+            _ => "num_experts",
+        };
+        let experts = c.opt_dim(experts_key, Dim::Experts)?.unwrap_or(16);
+        let intermediate = c.dim("intermediate_size", Dim::Intermediate)?;
         let moe = match experts {
-            0 => return Err(bad("num_experts", "must be at least 1".into())),
             1 => None,
             _ => Some(MoeConfig::from_json(
                 c,
-                "num_experts",
+                experts_key,
                 intermediate,
                 false,
                 None,
@@ -111,18 +153,19 @@ impl JambaConfig {
             ));
         }
         let eps = c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32;
-        let vocab = c.positive("vocab_size")?;
+        let vocab = c.dim("vocab_size", Dim::Vocab)?;
         let dt_rank = match c.get("mamba_dt_rank") {
             Some(serde_json::Value::String(s)) if s == "auto" => hidden.div_ceil(16),
-            _ => c.opt_usize("mamba_dt_rank")?.unwrap_or(hidden.div_ceil(16)),
+            _ => c.opt_dim("mamba_dt_rank", Dim::Size)?.unwrap_or(hidden.div_ceil(16)),
         };
-        let inner = c.opt_usize("mamba_expand")?.unwrap_or(2) * hidden;
+        let expand = c.opt_dim("mamba_expand", Dim::Size)?.unwrap_or(2);
+        let inner = c.product("mamba_expand", Dim::Intermediate, &[expand, hidden])?;
         let mamba = MixerConfig {
             version: 1,
             hidden,
             inner,
-            state: c.opt_usize("mamba_d_state")?.unwrap_or(16),
-            conv_kernel: c.opt_usize("mamba_d_conv")?.unwrap_or(4),
+            state: c.opt_dim("mamba_d_state", Dim::Size)?.unwrap_or(16),
+            conv_kernel: c.opt_dim("mamba_d_conv", Dim::Size)?.unwrap_or(4),
             dt_rank,
             heads: inner,
             groups: 1,
@@ -132,7 +175,7 @@ impl JambaConfig {
             inner_norms: true,
         };
         mamba.validate(c)?;
-        let max_positions = c.positive("max_position_embeddings")?;
+        let max_positions = c.dim("max_position_embeddings", Dim::Context)?;
         Ok(JambaConfig {
             model: ModelConfig::causal(ARCHITECTURE, vocab, max_positions).with_special_tokens(c),
             hidden,

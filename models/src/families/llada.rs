@@ -5,7 +5,7 @@
 use super::llama::{check_heads, DecoderConfig, DecoderNames};
 use super::Family;
 use crate::error::{ModelError, Result};
-use crate::formats::config::JsonConfig;
+use crate::formats::config::{why, ConfigKey, Dim, JsonConfig};
 use crate::model::ModelConfig;
 
 pub const ARCHITECTURE: &str = "LLaDAModelLM";
@@ -16,7 +16,56 @@ pub const FAMILY: Family = Family {
     gguf: &[],
     parse: Some(|c| Ok(Box::new(config(c)?))),
     from_tensors: None,
+    keys: KEYS,
 };
+
+/// The keys LLaDA's remote code (configuration_llada.py, modeling_llada.py: OLMo's config)
+/// reads.
+const KEYS: &[ConfigKey] = &[
+    ConfigKey::honoured("d_model", "128"),
+    ConfigKey::honoured("n_heads", "8"),
+    ConfigKey::honoured("n_kv_heads", "1"),
+    ConfigKey::honoured("n_layers", "1"),
+    ConfigKey::honoured("mlp_hidden_size", "64"),
+    ConfigKey::honoured("vocab_size", "300"),
+    ConfigKey::honoured("embedding_size", "4096"),
+    ConfigKey::honoured("max_sequence_length", "64"),
+    ConfigKey::honoured("rms_norm_eps", "0.001"),
+    ConfigKey::honoured("rope_theta", "500000.0"),
+    ConfigKey::honoured("weight_tying", "true"),
+    ConfigKey::refused("include_bias", "true"),
+    ConfigKey::honoured("include_qkv_bias", "true"),
+    ConfigKey::honoured("mask_token_id", "5"),
+    ConfigKey::refused("block_type", "\"sequential\""),
+    ConfigKey::refused("activation_type", "\"gelu\""),
+    ConfigKey::refused("layer_norm_type", "\"default\""),
+    ConfigKey::refused("alibi", "true"),
+    ConfigKey::refused("rope", "false"),
+    ConfigKey::refused("attention_layer_norm", "true"),
+    ConfigKey::refused("layer_norm_with_affine", "false"),
+    ConfigKey::refused("bias_for_layer_norm", "true"),
+    ConfigKey::refused("input_emb_norm", "true"),
+    ConfigKey::refused("scale_logits", "true"),
+    ConfigKey::refused("multi_query_attention", "true"),
+    ConfigKey::refused("block_group_size", "2"),
+    ConfigKey::inert("mlp_ratio", "mlp_hidden_size, when set, overrides it"),
+    ConfigKey::inert("alibi_bias_max", "read only with alibi, which is refused"),
+    ConfigKey::inert(
+        "attention_layer_norm_with_affine",
+        "read only with attention_layer_norm, which is refused",
+    ),
+    ConfigKey::inert("rope_full_precision", "Kestrel computes RoPE in f32 always"),
+    ConfigKey::inert("precision", why::RUNTIME),
+    ConfigKey::inert("flash_attention", why::RUNTIME),
+    ConfigKey::inert("init_device", why::RUNTIME),
+    ConfigKey::inert("attention_dropout", why::TRAINING),
+    ConfigKey::inert("residual_dropout", why::TRAINING),
+    ConfigKey::inert("embedding_dropout", why::TRAINING),
+    ConfigKey::inert("init_fn", why::TRAINING),
+    ConfigKey::inert("init_std", why::TRAINING),
+    ConfigKey::inert("init_cutoff_factor", why::TRAINING),
+];
+
 
 /// OLMo's names (`model.transformer.blocks.3.ff_proj.weight`).
 pub const NAMES: DecoderNames = DecoderNames {
@@ -57,18 +106,43 @@ fn config(c: &JsonConfig) -> Result<DecoderConfig> {
             return Err(bad(key, format!("is '{got}'; only '{want}' is supported")));
         }
     }
-    if c.opt_bool("alibi")?.unwrap_or(false) || !c.opt_bool("rope")?.unwrap_or(true) {
-        return Err(bad(
-            "rope",
-            "only rotary position embeddings are supported".into(),
-        ));
+    if c.opt_bool("alibi")?.unwrap_or(false) {
+        return Err(bad("alibi", "true is not supported (rotary embeddings are)".into()));
+    }
+    if !c.opt_bool("rope")?.unwrap_or(true) {
+        return Err(bad("rope", "false is not supported (rotary embeddings are)".into()));
+    }
+    // OLMo options that change the block, each supported at its default only.
+    for (key, default) in [
+        ("attention_layer_norm", false),
+        ("layer_norm_with_affine", true),
+        ("bias_for_layer_norm", false),
+        ("input_emb_norm", false),
+        ("scale_logits", false),
+        ("multi_query_attention", false),
+        // OLMo's include_bias biases every linear layer; only q/k/v biases are implemented.
+        ("include_bias", false),
+    ] {
+        if c.opt_bool(key)?.is_some_and(|v| v != default) {
+            return Err(bad(key, format!("{} is not supported", !default)));
+        }
+    }
+    if c.opt_usize("block_group_size")?.is_some_and(|g| g != 1) {
+        return Err(bad("block_group_size", "other than 1 is not supported".into()));
     }
     let mask = c.usize("mask_token_id")?;
-    let heads = c.positive("n_heads")?;
+    let heads = c.dim("n_heads", Dim::Heads)?;
     // embedding_size may pad vocab_size; the embedding and the LM head have that many rows.
-    let vocab = match c.opt_usize("embedding_size")? {
+    let vocab_size = c.dim("vocab_size", Dim::Vocab)?;
+    let vocab = match c.opt_dim("embedding_size", Dim::Vocab)? {
+        Some(n) if n < vocab_size => {
+            return Err(bad(
+                "embedding_size",
+                format!("({n}) is below vocab_size ({vocab_size})"),
+            ))
+        }
         Some(n) => n,
-        None => c.positive("vocab_size")?,
+        None => vocab_size,
     };
     if mask >= vocab {
         return Err(bad(
@@ -76,23 +150,26 @@ fn config(c: &JsonConfig) -> Result<DecoderConfig> {
             format!("({mask}) is not below the vocabulary size ({vocab})"),
         ));
     }
-    let qkv_bias = c.opt_bool("include_bias")?.unwrap_or(false)
-        || c.opt_bool("include_qkv_bias")?.unwrap_or(false);
-    let hidden = c.positive("d_model")?;
-    let kv_heads = c.opt_usize("n_kv_heads")?.unwrap_or(heads);
-    let head_dim = hidden / heads;
+    let qkv_bias = c.opt_bool("include_qkv_bias")?.unwrap_or(false);
+    let hidden = c.dim("d_model", Dim::Hidden)?;
+    let kv_heads = c.opt_dim("n_kv_heads", Dim::Heads)?.unwrap_or(heads);
+    let head_dim = c.divide("n_heads", hidden, heads)?;
     check_heads(c, ["n_heads", "n_kv_heads", "d_model"], [heads, kv_heads, head_dim])?;
-    let layers = c.positive("n_layers")?;
+    let layers = c.dim("n_layers", Dim::Layers)?;
     Ok(DecoderConfig {
         model: ModelConfig {
             causal: false,
             mask_token: Some(mask as u32),
-            ..ModelConfig::causal(ARCHITECTURE, vocab, c.positive("max_sequence_length")?)
+            ..ModelConfig::causal(
+                ARCHITECTURE,
+                vocab,
+                c.dim("max_sequence_length", Dim::Context)?,
+            )
                 .with_special_tokens(c)
         },
         names: &NAMES,
         hidden,
-        intermediate: c.positive("mlp_hidden_size")?,
+        intermediate: c.dim("mlp_hidden_size", Dim::Intermediate)?,
         layers,
         heads,
         kv_heads,

@@ -25,7 +25,7 @@ use crate::blocks::mlp::{MlpNames, MLP};
 use crate::blocks::moe::{FeedForward, MoeConfig, MoeNames, MIXTRAL, QWEN2_MOE};
 use crate::blocks::norm::RmsNorm;
 use crate::error::{ModelError, Result};
-use crate::formats::config::JsonConfig;
+use crate::formats::config::{why, ConfigKey, Dim, JsonConfig};
 use crate::model::ModelConfig;
 use crate::vars::Vars;
 
@@ -45,7 +45,70 @@ pub const FAMILY: Family = Family {
     ],
     parse: Some(|c| Ok(Box::new(DecoderConfig::from_json(c)?))),
     from_tensors: None,
+    keys: KEYS,
 };
+
+/// The keys transformers 5's Llama, Mistral, Qwen2, Mixtral and Qwen2-MoE configs and
+/// modeling code read (a key one class reads is ignored by the others' reference, and so
+/// here).
+const KEYS: &[ConfigKey] = &[
+    ConfigKey::honoured("hidden_size", "128"),
+    ConfigKey::honoured("intermediate_size", "64"),
+    ConfigKey::honoured("num_hidden_layers", "1"),
+    ConfigKey::honoured("num_attention_heads", "8"),
+    ConfigKey::honoured("num_key_value_heads", "1"),
+    ConfigKey::honoured("head_dim", "32"),
+    ConfigKey::honoured("vocab_size", "4096"),
+    ConfigKey::honoured("max_position_embeddings", "64"),
+    ConfigKey::honoured("rms_norm_eps", "0.001"),
+    ConfigKey::honoured("tie_word_embeddings", "true"),
+    ConfigKey::honoured("rope_theta", "500000.0"),
+    ConfigKey::limited(
+        "rope_parameters",
+        r#"{"rope_type": "default", "rope_theta": 1234.0}"#,
+        r#"{"rope_type": "yarn", "factor": 4.0}"#,
+    ),
+    ConfigKey::limited(
+        "rope_scaling",
+        r#"{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32}"#,
+        r#"{"type": "linear", "factor": 2.0}"#,
+    ),
+    ConfigKey::limited("is_causal", "false", "\"no\""),
+    ConfigKey::refused("hidden_act", "\"gelu\""),
+    // Llama: biases on q, k, v and o (Kestrel has no o_proj bias) / on the MLP.
+    ConfigKey::refused("attention_bias", "true"),
+    ConfigKey::refused("mlp_bias", "true"),
+    ConfigKey::inert(
+        "pretraining_tp",
+        "transformers 5 no longer reads it (it split matmuls, same result)",
+    ),
+    ConfigKey::refused("partial_rotary_factor", "0.5"),
+    ConfigKey::inert("attention_dropout", why::TRAINING),
+    // Sliding windows (Mistral, Mixtral, Qwen2, Qwen2-MoE).
+    ConfigKey::honoured("sliding_window", "2"),
+    ConfigKey::honoured("use_sliding_window", "false"),
+    ConfigKey::honoured("max_window_layers", "2"),
+    ConfigKey::limited(
+        "layer_types",
+        r#"["full_attention", "sliding_attention"]"#,
+        r#"["full_attention", "chunked_attention"]"#,
+    ),
+    // Experts (Mixtral, Qwen2-MoE); Qwen2-MoE's attention biases.
+    ConfigKey::honoured("num_local_experts", "3"),
+    ConfigKey::honoured("num_experts", "6"),
+    ConfigKey::honoured("num_experts_per_tok", "1"),
+    ConfigKey::honoured("moe_intermediate_size", "16"),
+    ConfigKey::honoured("shared_expert_intermediate_size", "16"),
+    ConfigKey::honoured("norm_topk_prob", "true"),
+    ConfigKey::honoured("decoder_sparse_step", "2"),
+    ConfigKey::honoured("mlp_only_layers", "[0]"),
+    ConfigKey::honoured("qkv_bias", "false"),
+    ConfigKey::inert("router_aux_loss_coef", why::TRAINING),
+    ConfigKey::inert("router_jitter_noise", why::TRAINING),
+    ConfigKey::inert("output_router_logits", why::RUNTIME),
+    // Kestrel's own (LLaDA-style diffusion over a Llama config).
+    ConfigKey::honoured("mask_token_id", "5"),
+];
 
 /// Where a decoder's tensors are in its checkpoints. Scopes may be empty (the enclosing
 /// scope itself).
@@ -117,32 +180,52 @@ impl DecoderConfig {
     /// A Hugging Face config of one of the family's classes.
     pub fn from_json(c: &JsonConfig) -> Result<DecoderConfig> {
         let architecture = c.architecture()?;
-        let qwen2 = matches!(
-            architecture.as_str(),
-            "Qwen2ForCausalLM" | "qwen2" | "Qwen2MoeForCausalLM" | "qwen2_moe"
-        );
-        let hidden = c.positive("hidden_size")?;
-        let heads = c.positive("num_attention_heads")?;
-        let kv_heads = c.opt_usize("num_key_value_heads")?.unwrap_or(heads);
-        let head_dim = c.opt_usize("head_dim")?.unwrap_or(hidden / heads);
+        let qwen2_moe = matches!(architecture.as_str(), "Qwen2MoeForCausalLM" | "qwen2_moe");
+        let qwen2 = qwen2_moe || matches!(architecture.as_str(), "Qwen2ForCausalLM" | "qwen2");
+        let llama = matches!(architecture.as_str(), "LlamaForCausalLM" | "llama");
+        let hidden = c.dim("hidden_size", Dim::Hidden)?;
+        let heads = c.dim("num_attention_heads", Dim::Heads)?;
+        let kv_heads = c.opt_dim("num_key_value_heads", Dim::Heads)?.unwrap_or(heads);
+        let head_dim = match c.opt_dim("head_dim", Dim::HeadDim)? {
+            Some(d) => d,
+            None => c.divide("num_attention_heads", hidden, heads)?,
+        };
         check_heads(
             c,
             ["num_attention_heads", "num_key_value_heads", "head_dim"],
             [heads, kv_heads, head_dim],
         )?;
         let bad = |key: &str, message: String| bad(c, key, message);
-        // transformers 5 nests RoPE settings under rope_parameters; older configs keep them
-        // at the top level (rope_theta, rope_scaling).
-        let nested = c.get("rope_parameters");
-        let rope_theta = match c.opt_f64("rope_theta")? {
-            Some(t) => t,
-            None => nested
-                .and_then(|r| r.get("rope_theta"))
-                .and_then(|v| v.as_f64())
-                .unwrap_or(10000.0),
+        let act = c.get("hidden_act").and_then(|v| v.as_str());
+        if !matches!(act, None | Some("silu")) {
+            return Err(bad("hidden_act", format!("{} is not supported (silu)", c.value["hidden_act"])));
+        }
+        // Llama's attention_bias also biases o_proj, which Kestrel does not implement;
+        // mlp_bias biases the MLP. The other classes' references read neither.
+        for key in ["attention_bias", "mlp_bias"] {
+            if llama && c.opt_bool(key)?.unwrap_or(false) {
+                return Err(bad(key, "true is not supported".into()));
+            }
+        }
+        // transformers 5 reads RoPE settings from rope_scaling when set, else from
+        // rope_parameters; a top-level rope_theta is the default of the dict's own.
+        let (rope_key, rope) = match c.get("rope_scaling") {
+            Some(s) => ("rope_scaling", Some(s)),
+            None => ("rope_parameters", c.get("rope_parameters")),
         };
-        let scaling = c.get("rope_scaling").or(nested);
-        let llama3 = match scaling {
+        let rope_theta = match rope.and_then(|r| r.get("rope_theta")) {
+            Some(t) => t.as_f64().ok_or_else(|| {
+                bad(&format!("{rope_key}.rope_theta"), "must be a number".into())
+            })?,
+            None => c.opt_f64("rope_theta")?.unwrap_or(10000.0),
+        };
+        for key in ["partial_rotary_factor"] {
+            let factor = rope.and_then(|r| r.get(key)).or(c.get(key));
+            if factor.is_some_and(|f| f.as_f64() != Some(1.0)) {
+                return Err(bad(key, "other than 1.0 is not supported".into()));
+            }
+        }
+        let llama3 = match rope {
             None => None,
             Some(s) => {
                 let kind = s
@@ -159,7 +242,7 @@ impl DecoderConfig {
                                 .map(|v| v as f32)
                                 .ok_or_else(|| {
                                     bad(
-                                        &format!("rope_scaling.{k}"),
+                                        &format!("{rope_key}.{k}"),
                                         "is missing or not a number".into(),
                                     )
                                 })
@@ -173,19 +256,30 @@ impl DecoderConfig {
                     }
                     other => {
                         return Err(bad(
-                            "rope_scaling",
+                            rope_key,
                             format!("type '{other}' is not supported (default, llama3)"),
                         ))
                     }
                 }
             }
         };
-        let layers = c.positive("num_hidden_layers")?;
+        let layers = c.dim("num_hidden_layers", Dim::Layers)?;
         let layer_windows = layer_windows(c, &architecture, qwen2, layers)?;
         let experts = experts(c, &architecture, layers)?;
-        let intermediate = c.positive("intermediate_size")?;
+        let intermediate = c.dim("intermediate_size", Dim::Intermediate)?;
+        let vocab = c.dim("vocab_size", Dim::Vocab)?;
+        // transformers 5 makes a decoder bidirectional with `is_causal: false`
+        // (masking_utils.create_causal_mask); LLaDA's path runs it.
+        let causal = c.opt_bool("is_causal")?.unwrap_or(true);
+        if !causal && layer_windows.iter().any(Option::is_some) {
+            return Err(bad(
+                "is_causal",
+                "false with sliding-window layers (bidirectional windows) is not supported"
+                    .into(),
+            ));
+        }
         let mask_token = match c.opt_usize("mask_token_id")? {
-            Some(m) if m >= c.positive("vocab_size")? => {
+            Some(m) if m >= vocab => {
                 return Err(bad(
                     "mask_token_id",
                     format!("({m}) is not below vocab_size"),
@@ -195,10 +289,11 @@ impl DecoderConfig {
         };
         let model = ModelConfig {
             mask_token,
+            causal,
             ..ModelConfig::causal(
                 &architecture,
-                c.positive("vocab_size")?,
-                c.positive("max_position_embeddings")?,
+                vocab,
+                c.dim("max_position_embeddings", Dim::Context)?,
             )
             .with_special_tokens(c)
         };
@@ -215,7 +310,11 @@ impl DecoderConfig {
             rope_theta,
             llama3,
             tie_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-            qkv_bias: qwen2 || c.opt_bool("attention_bias")?.unwrap_or(false),
+            // Qwen2 always biases q, k and v; Qwen2-MoE as its qkv_bias says (default true).
+            qkv_bias: match qwen2_moe {
+                true => c.opt_bool("qkv_bias")?.unwrap_or(true),
+                false => qwen2,
+            },
             layer_windows,
             experts,
         })
@@ -275,7 +374,7 @@ pub(crate) fn check_heads(
 fn experts(c: &JsonConfig, architecture: &str, layers: usize) -> Result<Option<DecoderExperts>> {
     match architecture {
         "MixtralForCausalLM" | "mixtral" => {
-            let inter = c.positive("intermediate_size")?;
+            let inter = c.dim("intermediate_size", Dim::Intermediate)?;
             Ok(Some(DecoderExperts {
                 config: MoeConfig::from_json(c, "num_local_experts", inter, true, None)?,
                 names: MIXTRAL,
@@ -284,10 +383,12 @@ fn experts(c: &JsonConfig, architecture: &str, layers: usize) -> Result<Option<D
             }))
         }
         "Qwen2MoeForCausalLM" | "qwen2_moe" => {
-            let inter = c.positive("moe_intermediate_size")?;
-            let shared = c
-                .opt_usize("shared_expert_intermediate_size")?
-                .filter(|&n| n > 0);
+            let inter = c.dim("moe_intermediate_size", Dim::Intermediate)?;
+            // 0: no shared expert.
+            let shared = match c.opt_usize("shared_expert_intermediate_size")? {
+                Some(0) | None => None,
+                Some(_) => c.opt_dim("shared_expert_intermediate_size", Dim::Intermediate)?,
+            };
             let renorm = c.opt_bool("norm_topk_prob")?.unwrap_or(false);
             let config = MoeConfig::from_json(c, "num_experts", inter, renorm, shared)?;
             let step = c.opt_usize("decoder_sparse_step")?.unwrap_or(1).max(1);
@@ -328,7 +429,7 @@ fn layer_windows(
     // transformers' MistralConfig defaults a missing sliding_window to 4096 (null: none).
     let window = match c.get("sliding_window") {
         None if mistral => Some(4096),
-        _ => c.opt_usize("sliding_window")?,
+        _ => c.opt_usize("sliding_window")?.map(|w| w.min(Dim::Context.max())),
     };
     let enabled = !qwen2 || c.opt_bool("use_sliding_window")?.unwrap_or(false);
     let window = window.filter(|_| enabled);
@@ -346,13 +447,9 @@ fn layer_windows(
             .iter()
             .map(|t| match t.as_str() {
                 Some("full_attention") => Ok(None),
-                Some("sliding_attention") => match window {
-                    Some(w) => Ok(Some(w)),
-                    None => Err(bad(
-                        "layer_types",
-                        "names a sliding_attention layer but sliding_window is not set".into(),
-                    )),
-                },
+                // Without a window (unset, or Qwen2's use_sliding_window false) transformers
+                // runs a sliding_attention layer with full attention.
+                Some("sliding_attention") => Ok(window),
                 _ => Err(bad("layer_types", format!("entry {t} is not supported"))),
             })
             .collect();

@@ -14,7 +14,7 @@ use crate::blocks::lm_head::LmHead;
 use crate::blocks::mamba::{MambaMixer, MixerConfig};
 use crate::blocks::norm::RmsNorm;
 use crate::error::{ModelError, Result};
-use crate::formats::config::JsonConfig;
+use crate::formats::config::{why, ConfigKey, Dim, JsonConfig};
 use crate::model::ModelConfig;
 use crate::vars::Vars;
 
@@ -26,7 +26,47 @@ pub const FAMILY: Family = Family {
     gguf: &[],
     parse: Some(|c| Ok(Box::new(MambaConfig::from_json(c)?))),
     from_tensors: None,
+    keys: KEYS,
 };
+
+/// The keys transformers' MambaConfig / Mamba2Config and their models read.
+const KEYS: &[ConfigKey] = &[
+    ConfigKey::honoured("hidden_size", "128"),
+    ConfigKey::honoured("num_hidden_layers", "1"),
+    ConfigKey::honoured("vocab_size", "4096"),
+    ConfigKey::honoured("expand", "4"),
+    ConfigKey::honoured("state_size", "8"),
+    ConfigKey::honoured("time_step_rank", "2"),
+    ConfigKey::honoured("conv_kernel", "2"),
+    ConfigKey::honoured("layer_norm_epsilon", "0.001"),
+    ConfigKey::honoured("use_conv_bias", "false"),
+    ConfigKey::honoured("tie_word_embeddings", "true"),
+    // Mamba: an in_proj/out_proj bias; Mamba-2: refused.
+    ConfigKey::limited("use_bias", "true", "true"),
+    // Mamba-2.
+    ConfigKey::honoured("num_heads", "8"),
+    ConfigKey::honoured("head_dim", "64"),
+    ConfigKey::honoured("n_groups", "1"),
+    ConfigKey::refused("time_step_limit", "[0.001, 0.1]"),
+    ConfigKey::refused("norm_before_gate", "true"),
+    ConfigKey::refused("hidden_act", "\"gelu\""),
+    ConfigKey::inert(
+        "residual_in_fp32",
+        "Kestrel keeps the residual stream in f32 always",
+    ),
+    ConfigKey::inert("rescale_prenorm_residual", why::TRAINING),
+    ConfigKey::inert("time_step_floor", why::TRAINING),
+    ConfigKey::inert("time_step_init_scheme", why::TRAINING),
+    ConfigKey::inert("time_step_max", why::TRAINING),
+    ConfigKey::inert("time_step_min", why::TRAINING),
+    ConfigKey::inert("time_step_scale", why::TRAINING),
+    ConfigKey::inert("use_associative_scan", why::RUNTIME),
+    ConfigKey::inert("use_mambapy", why::RUNTIME),
+    ConfigKey::inert("chunk_size", why::RUNTIME),
+    ConfigKey::inert("layer_types", why::DERIVED),
+    ConfigKey::inert("intermediate_size", why::DERIVED),
+];
+
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MambaConfig {
@@ -49,13 +89,12 @@ impl MambaConfig {
             key: key.to_string(),
             message,
         };
-        let hidden = c.positive("hidden_size")?;
-        let expand = c.opt_usize("expand")?.unwrap_or(2);
-        let inner = match c.opt_usize("intermediate_size")? {
-            Some(n) if version == 1 => n,
-            _ => expand * hidden,
-        };
-        let state = c.opt_usize("state_size")?.unwrap_or(16);
+        let hidden = c.dim("hidden_size", Dim::Hidden)?;
+        let expand = c.opt_dim("expand", Dim::Size)?.unwrap_or(2);
+        // transformers derives the inner width from expand (a stored intermediate_size is
+        // overwritten).
+        let inner = c.product("expand", Dim::Intermediate, &[expand, hidden])?;
+        let state = c.opt_dim("state_size", Dim::Size)?.unwrap_or(16);
         let dt_rank = match c.get("time_step_rank") {
             Some(serde_json::Value::String(s)) if s == "auto" => hidden.div_ceil(16),
             _ => c
@@ -63,8 +102,8 @@ impl MambaConfig {
                 .unwrap_or(hidden.div_ceil(16)),
         };
         let (heads, groups) = if version == 2 {
-            let heads = c.positive("num_heads")?;
-            let head_dim = c.positive("head_dim")?;
+            let heads = c.dim("num_heads", Dim::Heads)?;
+            let head_dim = c.dim("head_dim", Dim::HeadDim)?;
             if heads * head_dim != inner {
                 return Err(bad(
                     "num_heads",
@@ -74,7 +113,7 @@ impl MambaConfig {
                     ),
                 ));
             }
-            let groups = c.opt_usize("n_groups")?.unwrap_or(1);
+            let groups = c.opt_dim("n_groups", Dim::Heads)?.unwrap_or(1);
             if groups == 0 || !heads.is_multiple_of(groups) {
                 return Err(bad(
                     "n_groups",
@@ -117,7 +156,7 @@ impl MambaConfig {
             hidden,
             inner,
             state,
-            conv_kernel: c.opt_usize("conv_kernel")?.unwrap_or(4),
+            conv_kernel: c.opt_dim("conv_kernel", Dim::Size)?.unwrap_or(4),
             dt_rank,
             heads,
             groups,
@@ -126,8 +165,8 @@ impl MambaConfig {
             proj_bias: c.opt_bool("use_bias")?.unwrap_or(false),
             inner_norms: false,
         };
-        let layers = c.positive("num_hidden_layers")?;
-        let model = ModelConfig::recurrent(CLASSES[version as usize - 1], c.positive("vocab_size")?)
+        let layers = c.dim("num_hidden_layers", Dim::Layers)?;
+        let model = ModelConfig::recurrent(CLASSES[version as usize - 1], c.dim("vocab_size", Dim::Vocab)?)
             .with_special_tokens(c);
         let tie_embeddings = c.opt_bool("tie_word_embeddings")?.unwrap_or(true);
         mixer.validate(c)?;

@@ -13,7 +13,7 @@ use kestrel_runtime::arch::Architecture;
 
 use crate::blocks::attention_options::{AttentionError, AttentionOptions};
 use crate::error::{ModelError, Result};
-use crate::formats::config::JsonConfig;
+use crate::formats::config::{ConfigKey, JsonConfig};
 use crate::formats::host::TensorSource;
 use crate::model::ModelConfig;
 use crate::vars::Vars;
@@ -33,6 +33,11 @@ pub struct Family {
     /// For a checkpoint without config.json: the config read from its tensors, when they are
     /// this family's (`Ok(None)` otherwise).
     pub from_tensors: Option<FromTensors>,
+    /// The config.json keys the family's reference implementation reads, each honoured,
+    /// refused when its value is not implemented, or inert (besides
+    /// [`COMMON_KEYS`](crate::formats::config::COMMON_KEYS)). Other keys are tolerated with a
+    /// warning.
+    pub keys: &'static [ConfigKey],
 }
 
 /// Reads a family's config from config.json.
@@ -48,8 +53,9 @@ impl Family {
     }
 }
 
-/// A family's parsed config, ready to load its weights.
-pub trait NetworkConfig {
+/// A family's parsed config, ready to load its weights (Debug: what was parsed, which the
+/// config-key tests compare).
+pub trait NetworkConfig: std::fmt::Debug {
     /// Upload the weights from the checkpoint's root scope `vb`.
     fn load(self: Box<Self>, vb: &Vars<'_>) -> Result<Arc<dyn Network>>;
 }
@@ -108,19 +114,36 @@ pub fn supported() -> String {
     classes.join(", ")
 }
 
-/// The family a config.json names (`architectures[0]`, else `model_type`), its config
-/// parsed and checked.
-pub fn from_config(config: &JsonConfig) -> Result<Box<dyn NetworkConfig>> {
+/// The family a config.json names (`architectures[0]`, else `model_type`).
+pub fn family_of(config: &JsonConfig) -> Result<&'static Family> {
     let arch = config.architecture()?;
-    match FAMILIES
+    FAMILIES
         .iter()
-        .find(|f| f.is_named(&arch))
-        .and_then(|f| f.parse)
-    {
+        .copied()
+        .find(|f| f.is_named(&arch) && f.parse.is_some())
+        .ok_or_else(|| ModelError::UnsupportedArchitecture {
+            file: config.path.clone(),
+            arch,
+            supported: supported(),
+        })
+}
+
+/// The family a config.json names, its config parsed and checked. Keys its table does not
+/// list are tolerated with a warning (they are not read).
+pub fn from_config(config: &JsonConfig) -> Result<Box<dyn NetworkConfig>> {
+    let family = family_of(config)?;
+    for key in config.unknown_keys(family.keys) {
+        log::warn!(
+            "{}: config key '{key}' is not one {} reads; ignored",
+            config.path.display(),
+            family.classes.first().copied().unwrap_or("this family"),
+        );
+    }
+    match family.parse {
         Some(parse) => parse(config),
         None => Err(ModelError::UnsupportedArchitecture {
             file: config.path.clone(),
-            arch,
+            arch: config.architecture()?,
             supported: supported(),
         }),
     }

@@ -21,7 +21,7 @@ use crate::blocks::rwkv::{
 };
 use crate::blocks::GResult;
 use crate::error::{ModelError, Result};
-use crate::formats::config::JsonConfig;
+use crate::formats::config::{why, ConfigKey, Dim, JsonConfig};
 use crate::model::ModelConfig;
 use crate::vars::Vars;
 
@@ -31,7 +31,46 @@ pub const FAMILY: Family = Family {
     gguf: &[],
     parse: Some(|c| Ok(Box::new(RwkvConfig::from_json(c)?))),
     from_tensors: None,
+    keys: KEYS,
 };
+
+/// The keys fla's RWKV6Config / RWKV7Config and their models read.
+const KEYS: &[ConfigKey] = &[
+    ConfigKey::honoured("hidden_size", "128"),
+    ConfigKey::honoured("num_hidden_layers", "1"),
+    ConfigKey::honoured("num_heads", "2"),
+    ConfigKey::honoured("head_dim", "32"),
+    ConfigKey::honoured("vocab_size", "4096"),
+    ConfigKey::honoured("hidden_ratio", "2.0"),
+    ConfigKey::honoured("intermediate_size", "64"),
+    ConfigKey::honoured("norm_eps", "0.001"),
+    ConfigKey::honoured("norm_bias", "false"),
+    ConfigKey::honoured("norm_first", "false"),
+    ConfigKey::honoured("tie_word_embeddings", "true"),
+    // RWKV-6.
+    ConfigKey::honoured("expand_k", "1.0"),
+    ConfigKey::honoured("expand_v", "0.5"),
+    ConfigKey::honoured("proj_low_rank_dim", "16"),
+    // RWKV-6 and -7.
+    ConfigKey::honoured("gate_low_rank_dim", "8"),
+    // RWKV-7.
+    ConfigKey::limited("value_dim", "32", "[64, 32]"),
+    ConfigKey::honoured("decay_low_rank_dim", "8"),
+    ConfigKey::honoured("a_low_rank_dim", "8"),
+    ConfigKey::honoured("v_low_rank_dim", "16"),
+    ConfigKey::refused("hidden_act", "\"gelu\""),
+    ConfigKey::refused("attn", r#"{"layers": [1], "num_heads": 4}"#),
+    ConfigKey::inert(
+        "fuse_norm",
+        "picks fla's fused GroupNorm kernel; the norm (g_norm) is the same",
+    ),
+    ConfigKey::inert("attn_mode", why::FUSED),
+    ConfigKey::inert("fuse_cross_entropy", why::TRAINING),
+    ConfigKey::inert("fuse_linear_cross_entropy", why::TRAINING),
+    ConfigKey::inert("use_l2warp", why::TRAINING),
+    ConfigKey::inert("max_position_embeddings", why::POSITIONS),
+];
+
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RwkvConfig {
@@ -56,7 +95,7 @@ impl RwkvConfig {
             "RWKV6ForCausalLM" | "rwkv6" => 6,
             _ => 7,
         };
-        let hidden = c.positive("hidden_size")?;
+        let hidden = c.dim("hidden_size", Dim::Hidden)?;
         let act = c
             .get("hidden_act")
             .and_then(|v| v.as_str())
@@ -70,7 +109,7 @@ impl RwkvConfig {
         let ratio =
             |default: f64| -> Result<f64> { Ok(c.opt_f64("hidden_ratio")?.unwrap_or(default)) };
         let intermediate = |default_ratio: f64| -> Result<usize> {
-            Ok(match c.opt_usize("intermediate_size")? {
+            Ok(match c.opt_dim("intermediate_size", Dim::Intermediate)? {
                 Some(n) => n,
                 None => ((hidden as f64 * ratio(default_ratio)?) as usize).next_multiple_of(32),
             })
@@ -86,7 +125,7 @@ impl RwkvConfig {
             Ok(dim / heads)
         };
         let (heads, head_k, head_v, ranks, ffn, ln_x_eps) = if version == 6 {
-            let heads = c.positive("num_heads")?;
+            let heads = c.dim("num_heads", Dim::Heads)?;
             let dim = |key: &str, default: f64| -> Result<usize> {
                 let e = c.opt_f64(key)?.unwrap_or(default);
                 let d = hidden as f64 * e;
@@ -100,8 +139,8 @@ impl RwkvConfig {
             };
             let head_k = divide("expand_k", dim("expand_k", 0.5)?, heads)?;
             let head_v = divide("expand_v", dim("expand_v", 1.0)?, heads)?;
-            let mix = c.opt_usize("proj_low_rank_dim")?.unwrap_or(32);
-            let decay = c.opt_usize("gate_low_rank_dim")?.unwrap_or(64);
+            let mix = c.opt_dim("proj_low_rank_dim", Dim::Size)?.unwrap_or(32);
+            let decay = c.opt_dim("gate_low_rank_dim", Dim::Size)?.unwrap_or(64);
             (
                 heads,
                 head_k,
@@ -111,7 +150,7 @@ impl RwkvConfig {
                 norm_eps,
             )
         } else {
-            let (heads, head_k) = match (c.opt_usize("head_dim")?, c.opt_usize("num_heads")?) {
+            let (heads, head_k) = match (c.opt_dim("head_dim", Dim::HeadDim)?, c.opt_dim("num_heads", Dim::Heads)?) {
                 (Some(d), _) => (divide("head_dim", hidden, d)?, d),
                 (None, Some(h)) => (h, divide("num_heads", hidden, h)?),
                 (None, None) => return Err(bad("head_dim", "or num_heads must be set".into())),
@@ -156,9 +195,15 @@ impl RwkvConfig {
                 head_k as f32 * norm_eps,
             )
         };
-        let layers = c.positive("num_hidden_layers")?;
+        if c.get("attn").is_some() {
+            return Err(bad(
+                "attn",
+                "(hybrid attention layers) is not supported (must be null)".into(),
+            ));
+        }
+        let layers = c.dim("num_hidden_layers", Dim::Layers)?;
         let architecture = FAMILY.classes[if version == 6 { 0 } else { 1 }];
-        let model = ModelConfig::recurrent(architecture, c.positive("vocab_size")?);
+        let model = ModelConfig::recurrent(architecture, c.dim("vocab_size", Dim::Vocab)?);
         let layer = LayerConfig {
             version,
             hidden,

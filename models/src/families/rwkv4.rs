@@ -38,7 +38,7 @@ use crate::blocks::mlp::lin;
 use crate::blocks::norm::LayerNorm;
 use crate::blocks::rwkv::{mix_w, shift_weights, token_shift, ChannelMix};
 use crate::error::{ModelError, Result};
-use crate::formats::config::JsonConfig;
+use crate::formats::config::{ConfigKey, Dim, JsonConfig};
 use crate::model::ModelConfig;
 use crate::vars::Vars;
 
@@ -50,7 +50,25 @@ pub const FAMILY: Family = Family {
     gguf: &[],
     parse: Some(|c| Ok(Box::new(Rwkv4Config::from_json(c)?))),
     from_tensors: None,
+    keys: KEYS,
 };
+
+/// The keys transformers' RwkvConfig and RwkvForCausalLM read.
+const KEYS: &[ConfigKey] = &[
+    ConfigKey::honoured("hidden_size", "128"),
+    ConfigKey::honoured("num_hidden_layers", "1"),
+    ConfigKey::honoured("vocab_size", "4096"),
+    ConfigKey::honoured("intermediate_size", "64"),
+    ConfigKey::honoured("layer_norm_epsilon", "0.001"),
+    ConfigKey::honoured("rescale_every", "1"),
+    ConfigKey::honoured("tie_word_embeddings", "true"),
+    ConfigKey::refused("attention_hidden_size", "16"),
+    ConfigKey::inert(
+        "context_length",
+        "sizes transformers' CUDA kernel; the recurrence has no position limit",
+    ),
+];
+
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rwkv4Config {
@@ -71,10 +89,10 @@ impl Rwkv4Config {
             key: key.to_string(),
             message,
         };
-        let hidden = c.positive("hidden_size")?;
+        let hidden = c.dim("hidden_size", Dim::Hidden)?;
         // HF's cached state is [hidden_size] per layer for the WKV triple too, so its
         // recurrent form only works when the attention width equals the hidden size.
-        if let Some(att) = c.opt_usize("attention_hidden_size")? {
+        if let Some(att) = c.opt_dim("attention_hidden_size", Dim::Hidden)? {
             if att != hidden {
                 return Err(bad(
                     "attention_hidden_size",
@@ -85,13 +103,13 @@ impl Rwkv4Config {
                 ));
             }
         }
-        let intermediate = match c.opt_usize("intermediate_size")? {
+        let intermediate = match c.opt_dim("intermediate_size", Dim::Intermediate)? {
             Some(0) => return Err(bad("intermediate_size", "must be positive".into())),
             Some(n) => n,
             None => 4 * hidden,
         };
-        let layers = c.positive("num_hidden_layers")?;
-        let model = ModelConfig::recurrent(ARCHITECTURE, c.positive("vocab_size")?)
+        let layers = c.dim("num_hidden_layers", Dim::Layers)?;
+        let model = ModelConfig::recurrent(ARCHITECTURE, c.dim("vocab_size", Dim::Vocab)?)
             .with_special_tokens(c);
         Ok(Rwkv4Config {
             model,

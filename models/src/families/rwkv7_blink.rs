@@ -26,9 +26,12 @@ pub const FAMILY: Family = Family {
     gguf: &[],
     parse: None,
     from_tensors: Some(|source| Ok(blink_config(source)?.map(|c| Box::new(c) as _))),
+    // No config.json: everything is read from the tensors.
+    keys: &[],
 };
 
 /// An RWKV-7 config read from a BlinkDL checkpoint's shapes.
+#[derive(Debug)]
 struct BlinkConfig(RwkvConfig);
 
 impl NetworkConfig for BlinkConfig {

@@ -30,7 +30,7 @@ use crate::blocks::mamba::{MambaMixer, MixerConfig};
 use crate::blocks::mlp::lin;
 use crate::blocks::norm::RmsNorm;
 use crate::error::{ModelError, Result};
-use crate::formats::config::JsonConfig;
+use crate::formats::config::{why, ConfigKey, Dim, JsonConfig};
 use crate::model::ModelConfig;
 use crate::vars::Vars;
 
@@ -42,7 +42,63 @@ pub const FAMILY: Family = Family {
     gguf: &[],
     parse: Some(|c| Ok(Box::new(Zamba2Config::from_json(c)?))),
     from_tensors: None,
+    keys: KEYS,
 };
+
+/// The keys transformers' Zamba2Config and Zamba2ForCausalLM read.
+const KEYS: &[ConfigKey] = &[
+    ConfigKey::honoured("hidden_size", "128"),
+    ConfigKey::honoured("num_hidden_layers", "4"),
+    ConfigKey::honoured("vocab_size", "4096"),
+    ConfigKey::honoured("num_attention_heads", "8"),
+    ConfigKey::honoured("num_key_value_heads", "1"),
+    ConfigKey::honoured("intermediate_size", "32"),
+    ConfigKey::honoured("rms_norm_eps", "0.001"),
+    ConfigKey::honoured("max_position_embeddings", "64"),
+    ConfigKey::honoured("tie_word_embeddings", "true"),
+    ConfigKey::limited(
+        "layers_block_type",
+        r#"["mamba", "mamba", "mamba", "mamba", "hybrid"]"#,
+        r#"["mamba", "attention", "mamba", "mamba", "mamba"]"#,
+    ),
+    // An alias of layers_block_type (read when that is absent, refused when they disagree).
+    ConfigKey::refused(
+        "layer_types",
+        r#"["mamba", "mamba", "mamba", "mamba", "mamba", "mamba"]"#,
+    ),
+    ConfigKey::honoured("num_mem_blocks", "1"),
+    ConfigKey::honoured("use_shared_attention_adapter", "false"),
+    ConfigKey::honoured("adapter_rank", "4"),
+    ConfigKey::honoured("use_mem_rope", "false"),
+    ConfigKey::honoured("rope_theta", "500.0"),
+    ConfigKey::honoured("rope_parameters", r#"{"rope_type": "default", "rope_theta": 500.0}"#),
+    ConfigKey::honoured("mamba_d_state", "8"),
+    ConfigKey::honoured("mamba_d_conv", "2"),
+    ConfigKey::honoured("mamba_expand", "4"),
+    ConfigKey::honoured("n_mamba_heads", "8"),
+    ConfigKey::honoured("mamba_ngroups", "1"),
+    ConfigKey::honoured("use_conv_bias", "false"),
+    ConfigKey::limited("hidden_act", "\"silu\"", "\"relu\""),
+    ConfigKey::refused("add_bias_linear", "true"),
+    ConfigKey::refused("use_long_context", "true"),
+    ConfigKey::inert("attention_hidden_size", why::DERIVED),
+    ConfigKey::inert("attention_head_dim", why::DERIVED),
+    ConfigKey::inert("head_dim", why::DERIVED),
+    ConfigKey::inert("kv_channels", why::DERIVED),
+    ConfigKey::inert("num_query_groups", why::DERIVED),
+    ConfigKey::inert("hybrid_layer_ids", why::DERIVED),
+    ConfigKey::inert("mamba_headdim", why::DERIVED),
+    ConfigKey::inert("attention_dropout", why::TRAINING),
+    ConfigKey::inert("time_step_floor", why::TRAINING),
+    ConfigKey::inert("time_step_max", why::TRAINING),
+    ConfigKey::inert("time_step_min", why::TRAINING),
+    ConfigKey::inert("time_step_limit", "Zamba2 clamps dt to (0, inf) whatever it says"),
+    ConfigKey::inert("chunk_size", why::RUNTIME),
+    ConfigKey::inert("use_mamba_kernels", why::RUNTIME),
+    ConfigKey::inert("use_mem_eff_path", why::RUNTIME),
+    ConfigKey::inert("num_logits_to_keep", why::RUNTIME),
+];
+
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Zamba2Config {
@@ -72,19 +128,32 @@ impl Zamba2Config {
             key: key.to_string(),
             message,
         };
-        let hidden = c.positive("hidden_size")?;
-        let layers = c.positive("num_hidden_layers")?;
-        let kinds = c
-            .get("layers_block_type")
-            .or(c.get("layer_types"))
-            .and_then(|v| v.as_array())
-            .ok_or_else(|| ModelError::MissingConfigKey {
-                file: c.path.clone(),
-                key: "layers_block_type".into(),
-            })?;
+        let hidden = c.dim("hidden_size", Dim::Hidden)?;
+        let layers = c.dim("num_hidden_layers", Dim::Layers)?;
+        // transformers maps layer_types onto layers_block_type: either may be given, and
+        // when both are they must agree.
+        let (key, kinds) = match (c.get("layers_block_type"), c.get("layer_types")) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(bad(
+                    "layer_types",
+                    "disagrees with layers_block_type".into(),
+                ))
+            }
+            (Some(a), _) => ("layers_block_type", a),
+            (None, Some(b)) => ("layer_types", b),
+            (None, None) => {
+                return Err(ModelError::MissingConfigKey {
+                    file: c.path.clone(),
+                    key: "layers_block_type".into(),
+                })
+            }
+        };
+        let kinds = kinds
+            .as_array()
+            .ok_or_else(|| bad(key, "must be a list".into()))?;
         if kinds.len() != layers {
             return Err(bad(
-                "layers_block_type",
+                key,
                 format!("lists {} layers, the model has {layers}", kinds.len()),
             ));
         }
@@ -95,19 +164,25 @@ impl Zamba2Config {
                 Some("mamba" | "linear_attention") => {}
                 _ => {
                     return Err(bad(
-                        "layers_block_type",
+                        key,
                         format!("entry {k} is not supported"),
                     ))
                 }
             }
         }
-        let heads = c.positive("num_attention_heads")?;
-        let kv_heads = c.opt_usize("num_key_value_heads")?.unwrap_or(heads);
+        let heads = c.dim("num_attention_heads", Dim::Heads)?;
+        let kv_heads = c.opt_dim("num_key_value_heads", Dim::Heads)?.unwrap_or(heads);
         let attention_adapters = c.opt_bool("use_shared_attention_adapter")?.unwrap_or(false);
-        if 2 * hidden % heads != 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        if !heads.is_multiple_of(kv_heads) {
+            return Err(bad(
+                "num_key_value_heads",
+                format!("({kv_heads}) must divide num_attention_heads ({heads})"),
+            ));
+        }
+        if !(2 * hidden).is_multiple_of(heads) {
             return Err(bad(
                 "num_attention_heads",
-                format!("{heads} heads ({kv_heads} kv) do not divide 2 * hidden_size"),
+                format!("({heads}) must divide 2 * hidden_size ({})", 2 * hidden),
             ));
         }
         if attention_adapters && kv_heads != heads {
@@ -148,10 +223,11 @@ impl Zamba2Config {
                     .unwrap_or(10000.0),
             }),
         };
-        let vocab = c.positive("vocab_size")?;
-        let inner = c.opt_usize("mamba_expand")?.unwrap_or(2) * hidden;
-        let m_heads = c.opt_usize("n_mamba_heads")?.unwrap_or(8);
-        let groups = c.opt_usize("mamba_ngroups")?.unwrap_or(1);
+        let vocab = c.dim("vocab_size", Dim::Vocab)?;
+        let expand = c.opt_dim("mamba_expand", Dim::Size)?.unwrap_or(2);
+        let inner = c.product("mamba_expand", Dim::Intermediate, &[expand, hidden])?;
+        let m_heads = c.opt_dim("n_mamba_heads", Dim::Heads)?.unwrap_or(8);
+        let groups = c.opt_dim("mamba_ngroups", Dim::Heads)?.unwrap_or(1);
         if m_heads == 0 || inner % m_heads != 0 || groups == 0 || m_heads % groups != 0 {
             return Err(bad(
                 "n_mamba_heads",
@@ -162,8 +238,8 @@ impl Zamba2Config {
             version: 2,
             hidden,
             inner,
-            state: c.opt_usize("mamba_d_state")?.unwrap_or(64),
-            conv_kernel: c.opt_usize("mamba_d_conv")?.unwrap_or(4),
+            state: c.opt_dim("mamba_d_state", Dim::Size)?.unwrap_or(64),
+            conv_kernel: c.opt_dim("mamba_d_conv", Dim::Size)?.unwrap_or(4),
             dt_rank: 0,
             heads: m_heads,
             groups,
@@ -174,8 +250,8 @@ impl Zamba2Config {
             inner_norms: false,
         };
         mamba.validate(c)?;
-        let intermediate = c.opt_usize("intermediate_size")?.unwrap_or(4 * hidden);
-        let max_positions = c.positive("max_position_embeddings")?;
+        let intermediate = c.opt_dim("intermediate_size", Dim::Intermediate)?.unwrap_or(4 * hidden);
+        let max_positions = c.dim("max_position_embeddings", Dim::Context)?;
         Ok(Zamba2Config {
             model: ModelConfig::causal(ARCHITECTURE, vocab, max_positions).with_special_tokens(c),
             hidden,
@@ -183,7 +259,7 @@ impl Zamba2Config {
             layers,
             eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-5) as f32,
             hybrid,
-            mem_blocks: c.opt_usize("num_mem_blocks")?.unwrap_or(1).max(1),
+            mem_blocks: c.opt_dim("num_mem_blocks", Dim::Size)?.unwrap_or(1).max(1),
             attn: AttnShape {
                 heads,
                 kv_heads,
@@ -191,7 +267,7 @@ impl Zamba2Config {
                 scale: 1.0 / (head_dim as f32 / 2.0).sqrt(),
             },
             attention_adapters,
-            adapter_rank: c.opt_usize("adapter_rank")?.unwrap_or(128),
+            adapter_rank: c.opt_dim("adapter_rank", Dim::Size)?.unwrap_or(128),
             rope_theta,
             mlp_act,
             mamba,

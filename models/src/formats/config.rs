@@ -1,4 +1,6 @@
-//! Reading config.json with errors that name the file and the key.
+//! Reading config.json with errors that name the file and the key, hyper-parameters checked
+//! against sane limits ([`Dim`]) before anything is sized from them, and each family's table
+//! of the keys its reference implementation reads ([`ConfigKey`]).
 
 use std::path::{Path, PathBuf};
 
@@ -34,7 +36,7 @@ impl JsonConfig {
         self.value.get(key).filter(|v| !v.is_null())
     }
 
-    fn bad(&self, key: &str, message: &str) -> ModelError {
+    pub fn bad(&self, key: &str, message: &str) -> ModelError {
         ModelError::BadConfigValue {
             file: self.path.clone(),
             key: key.to_string(),
@@ -56,11 +58,47 @@ impl JsonConfig {
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
+            // try_from: on 32-bit targets a large u64 must not wrap to a small size.
             Some(v) => v
                 .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| self.bad(key, "must be a non-negative integer")),
+                .and_then(|n| usize::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| self.bad(key, "must be a non-negative integer that fits usize")),
         }
+    }
+
+    /// A required hyper-parameter of kind `dim`: positive and within the kind's limit.
+    pub fn dim(&self, key: &str, dim: Dim) -> Result<usize> {
+        self.opt_dim(key, dim)?.ok_or_else(|| self.missing(key))
+    }
+
+    /// An optional hyper-parameter of kind `dim`: when given (not null), positive and within
+    /// the kind's limit.
+    pub fn opt_dim(&self, key: &str, dim: Dim) -> Result<Option<usize>> {
+        match self.opt_usize(key)? {
+            None => Ok(None),
+            Some(v) => dim.check(v).map(Some).map_err(|m| self.bad(key, &m)),
+        }
+    }
+
+    /// `factors` multiplied with checked arithmetic, the product a hyper-parameter of kind
+    /// `dim` (an error names `key`, the setting the product is derived from).
+    pub fn product(&self, key: &str, dim: Dim, factors: &[usize]) -> Result<usize> {
+        let product = factors
+            .iter()
+            .try_fold(1usize, |p, &f| p.checked_mul(f))
+            .ok_or_else(|| self.bad(key, &format!("gives a size {factors:?} that overflows")))?;
+        dim.check(product)
+            .map_err(|m| self.bad(key, &format!("gives {} = {m}", join_product(factors))))
+    }
+
+    /// `whole / parts` when `parts` divides `whole` (e.g. the head dim from hidden and heads);
+    /// an error names `key`.
+    pub fn divide(&self, key: &str, whole: usize, parts: usize) -> Result<usize> {
+        if parts == 0 || !whole.is_multiple_of(parts) {
+            return Err(self.bad(key, &format!("({parts}) must divide {whole}")));
+        }
+        Ok(whole / parts)
     }
 
     pub fn positive(&self, key: &str) -> Result<usize> {
@@ -114,5 +152,231 @@ impl JsonConfig {
             .and_then(|v| v.as_str())
             .map(str::to_string)
             .ok_or_else(|| self.missing("architectures"))
+    }
+}
+
+fn join_product(factors: &[usize]) -> String {
+    factors
+        .iter()
+        .map(|f| f.to_string())
+        .collect::<Vec<_>>()
+        .join(" * ")
+}
+
+/// Kinds of hyper-parameters and their limits. A config beyond them is refused by name before
+/// anything is allocated: the limits are far above any released model (the largest have
+/// ~200 layers, 128 heads, head dim 256, hidden 16k-25k, intermediate ~100k, vocab ~260k,
+/// 256 experts, 10M positions) yet keep every product of two or three of them far from
+/// overflowing 64 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dim {
+    Layers,
+    /// Attention heads, k/v heads, Mamba-2 heads and groups.
+    Heads,
+    HeadDim,
+    /// The model width (and widths derived from it, e.g. Mamba's inner size).
+    Hidden,
+    /// Feed-forward widths (dense or per expert).
+    Intermediate,
+    Vocab,
+    Experts,
+    /// The position limit (max_position_embeddings and its synonyms).
+    Context,
+    /// Other sizes: state sizes, low ranks, convolution kernels, sliding windows.
+    Size,
+}
+
+impl Dim {
+    /// The largest value accepted.
+    pub const fn max(self) -> usize {
+        match self {
+            Dim::Layers => 4096,
+            Dim::Heads => 4096,
+            Dim::HeadDim => 4096,
+            Dim::Hidden => 1 << 20,
+            Dim::Intermediate => 1 << 22,
+            Dim::Vocab => 1 << 24,
+            Dim::Experts => 4096,
+            Dim::Context => 1 << 30,
+            Dim::Size => 1 << 20,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Dim::Layers => "layers",
+            Dim::Heads => "heads",
+            Dim::HeadDim => "head dim",
+            Dim::Hidden => "hidden size",
+            Dim::Intermediate => "intermediate size",
+            Dim::Vocab => "vocabulary size",
+            Dim::Experts => "experts",
+            Dim::Context => "positions",
+            Dim::Size => "size",
+        }
+    }
+
+    /// `v` if positive and within the limit, else why not.
+    pub fn check(self, v: usize) -> std::result::Result<usize, String> {
+        if v == 0 {
+            return Err("must be positive".into());
+        }
+        if v > self.max() {
+            return Err(format!(
+                "({v}) is beyond the limit of {} {}",
+                self.max(),
+                self.what()
+            ));
+        }
+        Ok(v)
+    }
+}
+
+/// A config.json key a family's reference implementation (transformers, fla, rwkv, the
+/// model's own remote code) reads, and what Kestrel does with it. Each family lists its keys
+/// in one table ([`Family::keys`](crate::families::Family)); keys every config carries are in
+/// [`COMMON_KEYS`]. A key in neither is tolerated with a warning, as llama.cpp tolerates
+/// unknown metadata: only keys known to change the math are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigKey {
+    pub name: &'static str,
+    pub role: KeyRole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    /// Read, and changes Kestrel's network as it changes the reference's; `changed` is
+    /// another value (JSON) that changes the parsed config, `refused` one Kestrel does not
+    /// implement and refuses naming the key, if there is such a value.
+    Honoured {
+        changed: &'static str,
+        refused: Option<&'static str>,
+    },
+    /// Kestrel implements only the default; `refused` (JSON) is refused naming the key.
+    Refused { refused: &'static str },
+    /// Does not change the network's math, for the reason given.
+    Inert { why: &'static str },
+}
+
+impl ConfigKey {
+    /// A key Kestrel reads; `changed`: another value that changes the parsed config.
+    pub const fn honoured(name: &'static str, changed: &'static str) -> ConfigKey {
+        ConfigKey {
+            name,
+            role: KeyRole::Honoured {
+                changed,
+                refused: None,
+            },
+        }
+    }
+
+    /// A key Kestrel reads for some values (`changed` changes the parsed config) and refuses
+    /// for others (`refused`).
+    pub const fn limited(
+        name: &'static str,
+        changed: &'static str,
+        refused: &'static str,
+    ) -> ConfigKey {
+        ConfigKey {
+            name,
+            role: KeyRole::Honoured {
+                changed,
+                refused: Some(refused),
+            },
+        }
+    }
+
+    /// A key whose only implemented value is the default; `refused` is refused by name.
+    pub const fn refused(name: &'static str, refused: &'static str) -> ConfigKey {
+        ConfigKey {
+            name,
+            role: KeyRole::Refused { refused },
+        }
+    }
+
+    /// A key that does not change the math, and why.
+    pub const fn inert(name: &'static str, why: &'static str) -> ConfigKey {
+        ConfigKey {
+            name,
+            role: KeyRole::Inert { why },
+        }
+    }
+}
+
+/// Reasons shared by the tables.
+pub mod why {
+    pub const TRAINING: &str = "training only (dropout, initialisation, losses)";
+    pub const RUNTIME: &str =
+        "how the reference runs (cache, kernels, precision), not what it computes";
+    pub const DERIVED: &str =
+        "derived by the reference from other keys (recomputed, a stored value is not read)";
+    pub const NAMING: &str = "names the model; the family is chosen from it";
+    pub const FUSED: &str = "selects fused kernels that compute the same function";
+    pub const POSITIONS: &str =
+        "a recurrent network has no position limit; the reference does not read it either";
+}
+use why::{NAMING, RUNTIME, TRAINING};
+
+/// Keys any config may carry, for every family: none changes the network's math.
+pub const COMMON_KEYS: &[ConfigKey] = &[
+    ConfigKey::inert("architectures", NAMING),
+    ConfigKey::inert("model_type", NAMING),
+    ConfigKey::inert("auto_map", "remote-code class paths"),
+    ConfigKey::inert("_name_or_path", "where the checkpoint came from"),
+    ConfigKey::inert("transformers_version", "the writer's version"),
+    ConfigKey::inert(
+        "dtype",
+        "the checkpoint's storage type; weights are converted on load",
+    ),
+    ConfigKey::inert(
+        "torch_dtype",
+        "the checkpoint's storage type; weights are converted on load",
+    ),
+    ConfigKey::inert("use_cache", RUNTIME),
+    ConfigKey::inert("initializer_range", TRAINING),
+    ConfigKey::inert(
+        "pad_token_id",
+        "padding; Kestrel runs unpadded sequences (the embedding row is read as stored)",
+    ),
+    ConfigKey::inert("output_attentions", RUNTIME),
+    ConfigKey::inert("output_hidden_states", RUNTIME),
+    ConfigKey::inert("return_dict", RUNTIME),
+    ConfigKey::inert("chunk_size_feed_forward", RUNTIME),
+    ConfigKey::inert(
+        "id2label",
+        "classification heads, which Kestrel does not load",
+    ),
+    ConfigKey::inert(
+        "label2id",
+        "classification heads, which Kestrel does not load",
+    ),
+    ConfigKey::inert(
+        "problem_type",
+        "classification heads, which Kestrel does not load",
+    ),
+    ConfigKey::inert(
+        "num_labels",
+        "classification heads, which Kestrel does not load",
+    ),
+    ConfigKey::inert(
+        "quantization_config",
+        "weights are read as their stored dtype",
+    ),
+    ConfigKey::inert(
+        "task_specific_params",
+        "generation defaults, not the network",
+    ),
+    ConfigKey::honoured("bos_token_id", "7"),
+    ConfigKey::honoured("eos_token_id", "[7, 8]"),
+];
+
+impl JsonConfig {
+    /// The keys of this config that neither `table` nor [`COMMON_KEYS`] lists.
+    pub fn unknown_keys(&self, table: &[ConfigKey]) -> Vec<String> {
+        let known = |k: &str| table.iter().chain(COMMON_KEYS).any(|key| key.name == k);
+        match &self.value {
+            Value::Object(map) => map.keys().filter(|k| !known(k)).cloned().collect(),
+            _ => Vec::new(),
+        }
     }
 }
