@@ -412,3 +412,21 @@ fn is_causal_false_gives_a_bidirectional_decoder() {
     let err = parse(&with_key(mistral, "is_causal", Some("false"))).expect_err("refused");
     assert!(err.contains("'is_causal'"), "{err}");
 }
+
+#[test]
+fn unknown_keys_are_tolerated_and_listed() {
+    let configs = fixture_configs();
+    for (name, family, config) in &configs {
+        let c = with_key(config, "kestrel_test_unknown_key", Some("123"));
+        assert_eq!(
+            c.unknown_keys(family.keys),
+            vec!["kestrel_test_unknown_key".to_string()],
+            "{name}"
+        );
+        assert_eq!(
+            parse(&c),
+            parse(config),
+            "{name}: an unknown key changed the config"
+        );
+    }
+}

@@ -48,7 +48,12 @@ fn safetensors(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .expect("fixture dir")
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), read(&p)))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                read(&p),
+            )
+        })
         .collect();
     files.sort();
     assert!(!files.is_empty(), "{}: no safetensors", dir.display());
@@ -94,9 +99,18 @@ fn check_logits(dir: &Path, files: &[(String, Vec<u8>)], tokens: &[u32], want: &
         let e = rel_err(&got, want);
         assert!(e <= TOL, "{}: relative error {e:e}", gpu.backend_name());
         for (t, (g, w)) in got.chunks(vocab).zip(want.chunks(vocab)).enumerate() {
-            assert_eq!(argmax(g), argmax(w), "{}: argmax of row {t}", gpu.backend_name());
+            assert_eq!(
+                argmax(g),
+                argmax(w),
+                "{}: argmax of row {t}",
+                gpu.backend_name()
+            );
         }
-        println!("{}: {} relative error {e:.2e}", gpu.backend_name(), dir.display());
+        println!(
+            "{}: {} relative error {e:.2e}",
+            gpu.backend_name(),
+            dir.display()
+        );
     }
 }
 
@@ -121,7 +135,10 @@ fn gla_output_norm_follows_fuse_norm() {
     assert_eq!(config["fuse_norm"], Value::Bool(true));
     assert_eq!(config["use_output_gate"], Value::Bool(true));
     config["fuse_norm"] = Value::Bool(false);
-    let config = ("config.json".to_string(), serde_json::to_vec(&config).expect("json"));
+    let config = (
+        "config.json".to_string(),
+        serde_json::to_vec(&config).expect("json"),
+    );
     let fused = safetensors(&dir);
     let unfused: Vec<(String, Vec<u8>)> = fused
         .iter()

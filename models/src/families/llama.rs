@@ -365,6 +365,8 @@ pub(crate) fn check_heads(
             format!("({head_dim}) must be positive and even"),
         ));
     }
+    // The q projection's width.
+    c.product(heads_key, Dim::Hidden, &[heads, head_dim])?;
     Ok(())
 }
 
