@@ -70,9 +70,12 @@ fn with_key(config: &JsonConfig, key: &str, value: Option<&str>) -> JsonConfig {
     }
 }
 
+/// Keys set with their values (JSON).
+type Edits = &'static [(&'static str, &'static str)];
+
 /// Keys that must change together with the one under test to keep a config consistent:
 /// (fixture, key) → the other keys' values.
-const COMPANIONS: &[(&str, &str, &[(&str, &str)])] = &[
+const COMPANIONS: &[(&str, &str, Edits)] = &[
     ("mamba2", "num_heads", &[("head_dim", "16")]),
     ("mamba2", "head_dim", &[("num_heads", "2")]),
     ("rwkv4", "hidden_size", &[("attention_hidden_size", "128")]),

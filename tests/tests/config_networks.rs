@@ -69,7 +69,7 @@ fn rename_tensors(bytes: &[u8], rename: impl Fn(&str) -> String) -> Vec<u8> {
     let renamed: serde_json::Map<String, Value> =
         header.into_iter().map(|(k, v)| (rename(&k), v)).collect();
     let mut text = serde_json::to_vec(&renamed).expect("json");
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

@@ -219,11 +219,11 @@ impl DecoderConfig {
             })?,
             None => c.opt_f64("rope_theta")?.unwrap_or(10000.0),
         };
-        for key in ["partial_rotary_factor"] {
-            let factor = rope.and_then(|r| r.get(key)).or(c.get(key));
-            if factor.is_some_and(|f| f.as_f64() != Some(1.0)) {
-                return Err(bad(key, "other than 1.0 is not supported".into()));
-            }
+        // Rotating part of each head is not implemented.
+        let partial = "partial_rotary_factor";
+        let factor = rope.and_then(|r| r.get(partial)).or(c.get(partial));
+        if factor.is_some_and(|f| f.as_f64() != Some(1.0)) {
+            return Err(bad(partial, "other than 1.0 is not supported".into()));
         }
         let llama3 = match rope {
             None => None,
