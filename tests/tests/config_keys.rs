@@ -433,3 +433,26 @@ fn unknown_keys_are_tolerated_and_listed() {
         );
     }
 }
+
+#[test]
+fn absurd_ratios_are_refused_by_name() {
+    let configs = fixture_configs();
+    for (name, key) in [
+        ("gla", "expand_k"),
+        ("gla", "expand_v"),
+        ("rwkv6", "expand_k"),
+        ("rwkv6", "hidden_ratio"),
+        ("rwkv7", "hidden_ratio"),
+        ("rwkv7", "value_dim"),
+    ] {
+        let (_, _, config) = configs.iter().find(|(n, _, _)| n == name).expect(name);
+        // hidden_ratio only counts without intermediate_size.
+        let config = with_key(config, "intermediate_size", None);
+        for value in ["1e300", "-1.0", "1099511627776"] {
+            match parse(&with_key(&config, key, Some(value))) {
+                Ok(_) => panic!("{name}: {key} = {value} parsed"),
+                Err(e) => assert!(e.contains(&format!("'{key}'")), "{name} {key}={value}: {e}"),
+            }
+        }
+    }
+}

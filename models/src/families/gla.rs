@@ -143,8 +143,8 @@ impl GlaConfig {
         }
         let dim = |key: &str, default: f64| -> Result<usize> {
             let e = c.opt_f64(key)?.unwrap_or(default);
-            let d = hidden as f64 * e;
-            if d.fract() != 0.0 || d < 1.0 || !(d as usize).is_multiple_of(heads) {
+            let d = c.scaled(key, Dim::Intermediate, hidden, e)?;
+            if d.fract() != 0.0 || !(d as usize).is_multiple_of(heads) {
                 return Err(bad(
                     key,
                     format!(

@@ -71,7 +71,6 @@ const KEYS: &[ConfigKey] = &[
     ConfigKey::inert("max_position_embeddings", why::POSITIONS),
 ];
 
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct RwkvConfig {
     pub model: ModelConfig,
@@ -111,7 +110,10 @@ impl RwkvConfig {
         let intermediate = |default_ratio: f64| -> Result<usize> {
             Ok(match c.opt_dim("intermediate_size", Dim::Intermediate)? {
                 Some(n) => n,
-                None => ((hidden as f64 * ratio(default_ratio)?) as usize).next_multiple_of(32),
+                None => {
+                    let n = c.scaled("hidden_ratio", Dim::Intermediate, hidden, ratio(default_ratio)?)?;
+                    (n as usize).next_multiple_of(32)
+                }
             })
         };
         let norm_eps = c.opt_f64("norm_eps")?.unwrap_or(1e-5) as f32;
@@ -128,8 +130,8 @@ impl RwkvConfig {
             let heads = c.dim("num_heads", Dim::Heads)?;
             let dim = |key: &str, default: f64| -> Result<usize> {
                 let e = c.opt_f64(key)?.unwrap_or(default);
-                let d = hidden as f64 * e;
-                if d.round() != d || d < 1.0 {
+                let d = c.scaled(key, Dim::Intermediate, hidden, e)?;
+                if d.round() != d {
                     return Err(bad(
                         key,
                         format!("{e} * hidden_size {hidden} is not a whole number of channels"),
@@ -171,6 +173,9 @@ impl RwkvConfig {
                 Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(0) as usize,
                 _ => hidden,
             };
+            let value_dim = Dim::Intermediate
+                .check(value_dim)
+                .map_err(|m| bad("value_dim", m))?;
             let head_v = divide("value_dim", value_dim, heads)?;
             // fla's defaults (RWKV7Attention): multiples of 32 from sqrt(hidden).
             let factor = head_k as f64 / 64.0;

@@ -92,6 +92,19 @@ impl JsonConfig {
             .map_err(|m| self.bad(key, &format!("gives {} = {m}", join_product(factors))))
     }
 
+    /// `base * factor` (a width given as a ratio, e.g. fla's expand_k), positive, finite and
+    /// within the limit of `dim`, before any cast to an integer; an error names `key`.
+    pub fn scaled(&self, key: &str, dim: Dim, base: usize, factor: f64) -> Result<f64> {
+        let v = base as f64 * factor;
+        if !v.is_finite() || v < 1.0 || v > dim.max() as f64 {
+            return Err(self.bad(
+                key,
+                &format!("({factor}) gives a size of {v}, outside 1..={}", dim.max()),
+            ));
+        }
+        Ok(v)
+    }
+
     /// `whole / parts` when `parts` divides `whole` (e.g. the head dim from hidden and heads);
     /// an error names `key`.
     pub fn divide(&self, key: &str, whole: usize, parts: usize) -> Result<usize> {
