@@ -29,6 +29,9 @@ pub struct ModelConfig {
     pub mask_token: Option<u32>,
     pub bos: Vec<u32>,
     pub eos: Vec<u32>,
+    /// config.json keys that no table of the family lists: tolerated, not read (front ends
+    /// may show them; they are also logged as warnings).
+    pub unread_keys: Vec<String>,
 }
 
 impl ModelConfig {
@@ -42,6 +45,7 @@ impl ModelConfig {
             mask_token: None,
             bos: Vec::new(),
             eos: Vec::new(),
+            unread_keys: Vec::new(),
         }
     }
 
@@ -50,11 +54,17 @@ impl ModelConfig {
         ModelConfig::causal(architecture, vocab, u32::MAX as usize)
     }
 
-    /// With the BOS and EOS ids of config.json (`bos_token_id`, `eos_token_id`).
-    pub fn with_special_tokens(self, c: &JsonConfig) -> ModelConfig {
+    /// With what config.json says beyond the network: the BOS and EOS ids (`bos_token_id`,
+    /// `eos_token_id`) and the keys its family's table does not list.
+    pub fn with_config(self, c: &JsonConfig) -> ModelConfig {
+        let unread_keys = match crate::families::family_of(c) {
+            Ok(family) => c.unknown_keys(family.keys),
+            Err(_) => Vec::new(),
+        };
         ModelConfig {
             bos: c.opt_token_ids("bos_token_id"),
             eos: c.opt_token_ids("eos_token_id"),
+            unread_keys,
             ..self
         }
     }

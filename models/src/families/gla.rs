@@ -169,7 +169,7 @@ impl GlaConfig {
         let gate_rank = c.opt_dim("gate_low_rank_dim", Dim::Size)?.unwrap_or(16);
         let config = GlaConfig {
             model: ModelConfig::recurrent(ARCHITECTURE, c.dim("vocab_size", Dim::Vocab)?)
-                .with_special_tokens(c),
+                .with_config(c),
             hidden,
             layers,
             heads,

@@ -177,7 +177,7 @@ impl JambaConfig {
         mamba.validate(c)?;
         let max_positions = c.dim("max_position_embeddings", Dim::Context)?;
         Ok(JambaConfig {
-            model: ModelConfig::causal(ARCHITECTURE, vocab, max_positions).with_special_tokens(c),
+            model: ModelConfig::causal(ARCHITECTURE, vocab, max_positions).with_config(c),
             hidden,
             intermediate,
             layers,

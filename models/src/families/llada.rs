@@ -165,7 +165,7 @@ fn config(c: &JsonConfig) -> Result<DecoderConfig> {
                 vocab,
                 c.dim("max_sequence_length", Dim::Context)?,
             )
-                .with_special_tokens(c)
+                .with_config(c)
         },
         names: &NAMES,
         hidden,

@@ -295,7 +295,7 @@ impl DecoderConfig {
                 vocab,
                 c.dim("max_position_embeddings", Dim::Context)?,
             )
-            .with_special_tokens(c)
+            .with_config(c)
         };
         Ok(DecoderConfig {
             model,

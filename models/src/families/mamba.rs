@@ -167,7 +167,7 @@ impl MambaConfig {
         };
         let layers = c.dim("num_hidden_layers", Dim::Layers)?;
         let model = ModelConfig::recurrent(CLASSES[version as usize - 1], c.dim("vocab_size", Dim::Vocab)?)
-            .with_special_tokens(c);
+            .with_config(c);
         let tie_embeddings = c.opt_bool("tie_word_embeddings")?.unwrap_or(true);
         mixer.validate(c)?;
         Ok(MambaConfig {

@@ -226,7 +226,7 @@ impl RwkvConfig {
             norm_bias: c.opt_bool("norm_bias")?.unwrap_or(true),
         };
         let config = RwkvConfig {
-            model: model.with_special_tokens(c),
+            model: model.with_config(c),
             layer,
             layers,
             norm_eps,

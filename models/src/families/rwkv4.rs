@@ -110,7 +110,7 @@ impl Rwkv4Config {
         };
         let layers = c.dim("num_hidden_layers", Dim::Layers)?;
         let model = ModelConfig::recurrent(ARCHITECTURE, c.dim("vocab_size", Dim::Vocab)?)
-            .with_special_tokens(c);
+            .with_config(c);
         Ok(Rwkv4Config {
             model,
             hidden,

@@ -253,7 +253,7 @@ impl Zamba2Config {
         let intermediate = c.opt_dim("intermediate_size", Dim::Intermediate)?.unwrap_or(4 * hidden);
         let max_positions = c.dim("max_position_embeddings", Dim::Context)?;
         Ok(Zamba2Config {
-            model: ModelConfig::causal(ARCHITECTURE, vocab, max_positions).with_special_tokens(c),
+            model: ModelConfig::causal(ARCHITECTURE, vocab, max_positions).with_config(c),
             hidden,
             intermediate,
             layers,
