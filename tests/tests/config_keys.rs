@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kestrel_models::families::{self, Family};
-use kestrel_models::formats::config::{ConfigKey, JsonConfig, KeyRole, COMMON_KEYS};
+use kestrel_models::formats::config::keys::{ConfigKey, KeyRole, COMMON_KEYS};
+use kestrel_models::formats::config::JsonConfig;
 use serde_json::Value;
 
 /// Every fixture's config.json, with its family.
@@ -455,5 +456,25 @@ fn absurd_ratios_are_refused_by_name() {
                 Err(e) => assert!(e.contains(&format!("'{key}'")), "{name} {key}={value}: {e}"),
             }
         }
+    }
+}
+
+#[test]
+fn llama_ignores_the_window_keys_its_reference_does_not_read() {
+    let configs = fixture_configs();
+    let (_, _, llama) = configs
+        .iter()
+        .find(|(n, _, _)| n == "llama_gqa")
+        .expect("llama_gqa");
+    let base = parse(llama).expect("parses");
+    for (key, value) in [
+        ("sliding_window", "4"),
+        (
+            "layer_types",
+            r#"["sliding_attention", "sliding_attention"]"#,
+        ),
+    ] {
+        let parsed = parse(&with_key(llama, key, Some(value))).expect("parses");
+        assert_eq!(parsed, base, "{key}");
     }
 }

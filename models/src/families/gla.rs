@@ -23,7 +23,8 @@ use crate::blocks::lm_head::LmHead;
 use crate::blocks::mlp::{lin, Mlp, MLP};
 use crate::blocks::norm::RmsNorm;
 use crate::error::{ModelError, Result};
-use crate::formats::config::{why, ConfigKey, Dim, JsonConfig};
+use crate::formats::config::{Dim, JsonConfig};
+use crate::formats::config::keys::{why, ConfigKey};
 use crate::model::ModelConfig;
 use crate::vars::Vars;
 

@@ -22,7 +22,8 @@ use crate::blocks::mlp::MLP;
 use crate::blocks::moe::{FeedForward, MoeConfig, JAMBA};
 use crate::blocks::norm::RmsNorm;
 use crate::error::{ModelError, Result};
-use crate::formats::config::{why, ConfigKey, Dim, JsonConfig};
+use crate::formats::config::{Dim, JsonConfig};
+use crate::formats::config::keys::{why, ConfigKey};
 use crate::model::ModelConfig;
 use crate::vars::Vars;
 

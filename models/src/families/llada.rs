@@ -5,7 +5,8 @@
 use super::llama::{check_heads, DecoderConfig, DecoderNames};
 use super::Family;
 use crate::error::{ModelError, Result};
-use crate::formats::config::{why, ConfigKey, Dim, JsonConfig};
+use crate::formats::config::{Dim, JsonConfig};
+use crate::formats::config::keys::{why, ConfigKey};
 use crate::model::ModelConfig;
 
 pub const ARCHITECTURE: &str = "LLaDAModelLM";

@@ -25,7 +25,8 @@ use crate::blocks::mlp::{MlpNames, MLP};
 use crate::blocks::moe::{FeedForward, MoeConfig, MoeNames, MIXTRAL, QWEN2_MOE};
 use crate::blocks::norm::RmsNorm;
 use crate::error::{ModelError, Result};
-use crate::formats::config::{why, ConfigKey, Dim, JsonConfig};
+use crate::formats::config::{Dim, JsonConfig};
+use crate::formats::config::keys::{why, ConfigKey};
 use crate::model::ModelConfig;
 use crate::vars::Vars;
 
@@ -417,9 +418,10 @@ fn experts(c: &JsonConfig, architecture: &str, layers: usize) -> Result<Option<D
     }
 }
 
-/// Sliding windows per layer. `layer_types` ("sliding_attention" / "full_attention") when the
-/// config lists them; else Qwen2's rule (with `use_sliding_window`, layers from
-/// `max_window_layers` on slide); else Mistral's `sliding_window` for every layer.
+/// Sliding windows per layer (none for Llama). `layer_types` ("sliding_attention" /
+/// "full_attention") when the config lists them; else Qwen2's rule (with
+/// `use_sliding_window`, layers from `max_window_layers` on slide); else Mistral's
+/// `sliding_window` for every layer.
 fn layer_windows(
     c: &JsonConfig,
     architecture: &str,
@@ -427,6 +429,10 @@ fn layer_windows(
     layers: usize,
 ) -> Result<Vec<Option<usize>>> {
     let mistral = matches!(architecture, "MistralForCausalLM" | "mistral");
+    // transformers' Llama reads neither sliding_window nor layer_types: full attention.
+    if matches!(architecture, "LlamaForCausalLM" | "llama") {
+        return Ok(vec![None; layers]);
+    }
     let bad = |key: &str, message: String| bad(c, key, message);
     // transformers' MistralConfig defaults a missing sliding_window to 4096 (null: none).
     let window = match c.get("sliding_window") {

@@ -13,7 +13,8 @@ use kestrel_runtime::arch::Architecture;
 
 use crate::blocks::attention_options::{AttentionError, AttentionOptions};
 use crate::error::{ModelError, Result};
-use crate::formats::config::{ConfigKey, JsonConfig};
+use crate::formats::config::keys::ConfigKey;
+use crate::formats::config::JsonConfig;
 use crate::formats::host::TensorSource;
 use crate::model::ModelConfig;
 use crate::vars::Vars;
@@ -35,7 +36,7 @@ pub struct Family {
     pub from_tensors: Option<FromTensors>,
     /// The config.json keys the family's reference implementation reads, each honoured,
     /// refused when its value is not implemented, or inert (besides
-    /// [`COMMON_KEYS`](crate::formats::config::COMMON_KEYS)). Other keys are tolerated with a
+    /// [`COMMON_KEYS`](crate::formats::config::keys::COMMON_KEYS)). Other keys are tolerated with a
     /// warning.
     pub keys: &'static [ConfigKey],
 }

@@ -21,7 +21,8 @@ use crate::blocks::rwkv::{
 };
 use crate::blocks::GResult;
 use crate::error::{ModelError, Result};
-use crate::formats::config::{why, ConfigKey, Dim, JsonConfig};
+use crate::formats::config::{Dim, JsonConfig};
+use crate::formats::config::keys::{why, ConfigKey};
 use crate::model::ModelConfig;
 use crate::vars::Vars;
 

@@ -38,7 +38,8 @@ use crate::blocks::mlp::lin;
 use crate::blocks::norm::LayerNorm;
 use crate::blocks::rwkv::{mix_w, shift_weights, token_shift, ChannelMix};
 use crate::error::{ModelError, Result};
-use crate::formats::config::{ConfigKey, Dim, JsonConfig};
+use crate::formats::config::{Dim, JsonConfig};
+use crate::formats::config::keys::ConfigKey;
 use crate::model::ModelConfig;
 use crate::vars::Vars;
 

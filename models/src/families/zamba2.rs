@@ -30,7 +30,8 @@ use crate::blocks::mamba::{MambaMixer, MixerConfig};
 use crate::blocks::mlp::lin;
 use crate::blocks::norm::RmsNorm;
 use crate::error::{ModelError, Result};
-use crate::formats::config::{why, ConfigKey, Dim, JsonConfig};
+use crate::formats::config::{Dim, JsonConfig};
+use crate::formats::config::keys::{why, ConfigKey};
 use crate::model::ModelConfig;
 use crate::vars::Vars;
 
