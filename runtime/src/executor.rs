@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Source, TensorId};
@@ -17,12 +18,12 @@ use crate::tensor::{check_binding, DType, GpuTensor, GpuWeight};
 
 pub struct Plan {
     gpu: Arc<Gpu>,
-    step: wgpu::Buffer,
+    step: GpuBuffer,
     dispatches: Vec<Dispatch>,
     inputs: HashMap<String, GpuTensor>,
     outputs: Vec<GpuTensor>,
     /// One mappable buffer per output, reused by every readback of this plan.
-    staging: Vec<wgpu::Buffer>,
+    staging: Vec<GpuBuffer>,
     /// Bytes of pooled activation buffers after liveness reuse.
     pub activation_bytes: u64,
     /// Bytes the activations would take without reuse.
@@ -31,7 +32,7 @@ pub struct Plan {
 
 /// What a tensor is bound to in a plan.
 enum Bound {
-    Buffer(wgpu::Buffer),
+    Buffer(GpuBuffer),
     Weight(Arc<GpuWeight>),
 }
 
@@ -248,7 +249,7 @@ impl<'a> Lowering<'a> {
 
     /// A scratch buffer of at least `words` 4-byte words, shared by every op that asks for
     /// `name`; a larger request replaces it (earlier dispatches keep the old one).
-    pub fn scratch(&mut self, name: &'static str, words: usize) -> Result<wgpu::Buffer> {
+    pub fn scratch(&mut self, name: &'static str, words: usize) -> Result<GpuBuffer> {
         match self.scratch.get(name) {
             Some(t) if t.numel() >= words => Ok(t.buffer.clone()),
             _ => {

@@ -172,6 +172,7 @@ pub fn submit(gpu: &Gpu, dispatches: &[Dispatch]) {
         });
     record(&mut enc, dispatches);
     gpu.queue.submit([enc.finish()]);
+    gpu.work.submit(dispatches.len());
 }
 
 /// Record dispatches into one compute pass of `enc`.
