@@ -10,7 +10,10 @@
 //! in both figures. Both checks were seen to fail: leaking one 256-byte GPU buffer per step
 //! grew the GPU count by 2.5 MB and RSS by 15 MB; leaking 1 KiB of host memory per step
 //! grew RSS by 8 MB, twice `RSS_SLACK`. This binary holds no other test, so nothing else
-//! allocates while it measures.
+//! allocates while it measures (its tests take turns on the GPU).
+//!
+//! The count itself is checked too: a buffer is counted until its last clone drops, and a
+//! dropped session or model gives back every byte it allocated.
 
 use std::path::{Path, PathBuf};
 
@@ -120,4 +123,41 @@ fn ten_thousand_tokens_of_a_recurrent_model_run_in_constant_memory() {
     let gpu = gpus().into_iter().next().expect("a GPU");
     let model = kestrel_models::load(&gpu, &fixture("mamba2")).expect("load");
     assert_memory_flat("mamba2", &gpu, &model);
+}
+
+#[test]
+fn gpu_buffers_are_counted_until_their_last_clone_drops() {
+    let gpu = gpus().into_iter().next().expect("a GPU");
+    let base = gpu.allocated_bytes();
+    // Sizes round up to 4 bytes, as the buffer is created.
+    let a = gpu.storage_buffer("counted", 1001);
+    assert_eq!(gpu.allocated_bytes(), base + 1004);
+    let b = a.clone();
+    drop(a);
+    assert_eq!(gpu.allocated_bytes(), base + 1004, "a clone still holds it");
+    drop(b);
+    assert_eq!(gpu.allocated_bytes(), base);
+    assert!(gpu.peak_allocated_bytes() >= base + 1004);
+
+    // A session and its plans: counted while they live (at least the model's state), all
+    // returned when the session is dropped.
+    let model = kestrel_models::load(&gpu, &fixture("llama_gqa")).expect("load");
+    let loaded = gpu.allocated_bytes();
+    assert!(loaded >= base + model.weight_bytes(), "weights not counted");
+    let mut s = model.session(&gpu, 32).expect("session");
+    pollster::block_on(s.logits(&[1, 2, 3])).expect("prefill");
+    pollster::block_on(s.logits(&[4])).expect("decode");
+    assert!(gpu.allocated_bytes() >= loaded + s.state_bytes());
+    drop(s);
+    assert_eq!(
+        gpu.allocated_bytes(),
+        loaded,
+        "a dropped session left buffers behind"
+    );
+    drop(model);
+    assert_eq!(
+        gpu.allocated_bytes(),
+        base,
+        "a dropped model left buffers behind"
+    );
 }
