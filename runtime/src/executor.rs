@@ -24,6 +24,9 @@ pub struct Plan {
     outputs: Vec<GpuTensor>,
     /// One mappable buffer per output, reused by every readback of this plan.
     staging: Vec<GpuBuffer>,
+    /// Every buffer the bind groups use (activations, constants, scratch): the bind groups
+    /// keep them alive, this keeps them on the device's byte count while the plan lives.
+    _held: Vec<GpuBuffer>,
     /// Bytes of pooled activation buffers after liveness reuse.
     pub activation_bytes: u64,
     /// Bytes the activations would take without reuse.
@@ -112,11 +115,17 @@ impl Plan {
             step: &step,
             dispatches: Vec::new(),
             scratch: HashMap::new(),
+            scratch_made: Vec::new(),
         };
         for op in &graph.ops {
             op.lower(&mut cx)?;
         }
         let dispatches = cx.dispatches;
+        let mut held = cx.scratch_made;
+        held.extend(bound.iter().filter_map(|b| match b {
+            Bound::Buffer(b) => Some(b.clone()),
+            Bound::Weight(_) => None,
+        }));
         let unplanned = graph
             .tensors
             .iter()
@@ -134,6 +143,7 @@ impl Plan {
                 .map(|t| readback::staging_buffer(gpu, t.bytes()))
                 .collect(),
             outputs,
+            _held: held,
             activation_bytes: assignment.total_bytes(),
             activation_bytes_unplanned: unplanned,
         })
@@ -200,6 +210,8 @@ pub struct Lowering<'a> {
     /// Scratch buffers by name, shared by every op that asks for the same name (their
     /// dispatches run in order, so one layer's scratch is free again for the next).
     scratch: HashMap<&'static str, GpuTensor>,
+    /// Every scratch buffer made, replaced ones included (earlier dispatches still bind them).
+    scratch_made: Vec<GpuBuffer>,
 }
 
 impl<'a> Lowering<'a> {
@@ -255,6 +267,7 @@ impl<'a> Lowering<'a> {
             _ => {
                 let t = GpuTensor::new(self.gpu, name, &[words], DType::U32)?;
                 let buffer = t.buffer.clone();
+                self.scratch_made.push(buffer.clone());
                 self.scratch.insert(name, t);
                 Ok(buffer)
             }
