@@ -161,3 +161,47 @@ fn gpu_buffers_are_counted_until_their_last_clone_drops() {
         "a dropped model left buffers behind"
     );
 }
+
+/// A plan's buffers (pooled activations, inputs, outputs, staging, step and parameter
+/// uniforms) are counted for as long as the plan lives, although its bind groups alone would
+/// keep them alive: at least the activations it planned, all returned when it is dropped.
+#[test]
+fn a_plan_is_counted_while_it_lives() {
+    use kestrel_runtime::executor::Plan;
+    use kestrel_runtime::state::StateStore;
+    use kestrel_runtime::tensor::{DType, GpuWeight, HostData};
+    use kestrel_runtime::Graph;
+
+    let gpu = gpus().into_iter().next().expect("a GPU");
+    let (vocab, dim, tokens) = (50, 24, 7);
+    let mut rng = kestrel_runtime::rng::Rng::new(3);
+    let upload = |name: &str, rows: usize, data: &[f32]| {
+        GpuWeight::upload(&gpu, name, rows, dim, HostData::F32(data)).expect("upload")
+    };
+    let table = upload("table", vocab, &rng.vec(vocab * dim, 1.0));
+    let norm = upload("norm", 1, &rng.vec(dim, 1.0));
+    let head = upload("head", vocab, &rng.vec(vocab * dim, 1.0));
+    let mut g = Graph::new();
+    let ids = g.input("tokens", &[tokens], DType::U32);
+    let (t, n, h) = (g.weight(&table), g.weight(&norm), g.weight(&head));
+    let x = g.embedding(t, ids).expect("embedding");
+    let y = g.rms_norm(x, n, 1e-5).expect("norm");
+    let logits = g.linear(y, h, None).expect("head");
+    g.output(logits);
+
+    let before = gpu.allocated_bytes();
+    let plan = Plan::new(&gpu, &g, &StateStore::default()).expect("plan");
+    let held = gpu.allocated_bytes() - before;
+    // Activations, the input ids, and the output's staging buffer at least.
+    let least = plan.activation_bytes + (tokens * 4) as u64 + (tokens * vocab * 4) as u64;
+    assert!(
+        held >= least,
+        "a plan holds {held} bytes, at least {least} expected"
+    );
+    drop(plan);
+    assert_eq!(
+        gpu.allocated_bytes(),
+        before,
+        "a dropped plan left buffers behind"
+    );
+}
