@@ -12,7 +12,8 @@
 //! grew RSS by 8 MB, twice `RSS_SLACK`. This binary holds no other test, so nothing else
 //! allocates while it measures (its tests take turns on the GPU).
 //!
-//! The count itself is checked too: a buffer is counted until its last clone drops, and a
+//! The count itself is checked too: a buffer is counted until its last clone drops, a plan
+//! while it lives (its bind groups alone would keep its buffers alive uncounted), and a
 //! dropped session or model gives back every byte it allocated.
 
 use std::path::{Path, PathBuf};
