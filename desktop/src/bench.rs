@@ -80,6 +80,8 @@ fn copy_gbs(gpu: &Arc<Gpu>, bytes: u64) -> Result<f64, String> {
 }
 
 pub fn run(a: &BenchArgs) -> Result<(), String> {
+    // Cold start counts from here: device, model load, pipeline compiles, first token.
+    let start = Instant::now();
     if a.kernels {
         return bench_kernels::run(&open_gpu(&a.device)?, a.json);
     }
@@ -94,7 +96,7 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
     });
     let mut attention = serde_json::Map::new();
     if let Some(path) = &a.model {
-        let (model_report, model_attention) = model_bench(&gpu, path, a, text)?;
+        let (model_report, model_attention) = model_bench(&gpu, path, a, text, start)?;
         merge(&mut report, model_report);
         attention.extend(model_attention);
     }
@@ -125,22 +127,40 @@ struct DecodeWindow {
     secs: f64,
 }
 
-/// The model figures (prefill/decode tokens/s, per-window decode time, KV cache bytes) and
-/// the roofline figures; prints them when `text`. Returns the report's keys and the model's
-/// part of its "attention" section.
+/// The bytes of the GPU buffers the runtime holds now and at its peak (weights, sequence
+/// state, plan activations and scratch, uniforms, staging), as counted by the runtime.
+fn gpu_memory(gpu: &Gpu) -> Value {
+    json!({ "gpu_bytes": gpu.allocated_bytes(), "gpu_peak_bytes": gpu.peak_allocated_bytes() })
+}
+
+/// The human line of a report's `gpu_bytes` and `gpu_peak_bytes`.
+fn print_gpu_memory(r: &Value) {
+    outln!(
+        "GPU buffers: {:.2} MiB held, {:.2} MiB at the peak",
+        r["gpu_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+        r["gpu_peak_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+    );
+}
+
+/// The model figures (cold start, prefill/decode tokens/s, GPU work per decoded token,
+/// per-window decode time, KV cache and GPU buffer bytes) and the roofline figures; prints
+/// them when `text`. Returns the report's keys and the model's part of its "attention" section.
 fn model_bench(
     gpu: &Arc<Gpu>,
     path: &Path,
     a: &BenchArgs,
     text: bool,
+    start: Instant,
 ) -> Result<(Value, serde_json::Map<String, Value>), String> {
     let options = a.attention_options.options();
     let model = open_model(gpu, path, options.clone())?;
     if !model.config().causal {
-        return Ok((
-            crate::diffuse::bench(gpu, &model, text)?,
-            Default::default(),
-        ));
+        let mut report = crate::diffuse::bench(gpu, &model, text)?;
+        merge(&mut report, gpu_memory(gpu));
+        if text {
+            print_gpu_memory(&report);
+        }
+        return Ok((report, Default::default()));
     }
     let cfg = model.config().clone();
     // With attention sinks a sequence may grow without bound (the architecture says how far).
@@ -197,8 +217,12 @@ fn model_bench(
     let mut session = model.session(gpu, capacity).map_err(err)?;
     let mut warm =
         Generation::new(&model, &mut session, prompt.clone(), &run(2)).map_err(gen_err)?;
-    for _ in 0..2 {
+    let mut cold_start_s = 0.0;
+    for i in 0..2 {
         pollster::block_on(warm.step(&model, &mut session)).map_err(gen_err)?;
+        if i == 0 {
+            cold_start_s = start.elapsed().as_secs_f64();
+        }
     }
     session.reset();
     // Expert counters run over the session's life: the measured run is the difference.
@@ -225,6 +249,7 @@ fn model_bench(
     let kv_start = session.state_bytes();
     let mut windows = Vec::new();
     let (mut w_from, mut w_start) = (0, Instant::now());
+    let work_start = gpu.work();
     let t = Instant::now();
     for i in 1..=decode_len {
         pollster::block_on(g.step(&model, &mut session)).map_err(gen_err)?;
@@ -238,6 +263,8 @@ fn model_bench(
         }
     }
     let decode_s = t.elapsed().as_secs_f64();
+    let work = gpu.work().since(&work_start);
+    let per_token = |n: u64| n as f64 / decode_len.max(1) as f64;
     if g.sampled_tokens() != decode_len + 1 {
         return Err(format!(
             "bench: {} tokens drawn, {} expected",
@@ -261,8 +288,10 @@ fn model_bench(
         })
         .collect();
 
+    // Before the roofline figures below allocate their own buffers.
+    let memory = gpu_memory(gpu);
     let copy_bytes = (64u64 << 20).min(gpu.caps.max_storage_binding);
-    let report = json!({
+    let mut report = json!({
         "model": model.path.display().to_string(),
         "weight_bytes": model.weight_bytes(),
         "weight_file_bytes": model.file_bytes(),
@@ -273,11 +302,16 @@ fn model_bench(
         "prefill_tokens_per_s": prompt_len as f64 / prefill_s,
         "decode_tokens": decode_len,
         "decode_tokens_per_s": decode_len as f64 / decode_s,
+        "cold_start_s": cold_start_s,
+        "dispatches_per_decode_token": per_token(work.dispatches),
+        "submits_per_decode_token": per_token(work.submits),
+        "host_round_trips_per_decode_token": per_token(work.readbacks),
         "matmul_512_gflops": matmul_gflops(gpu, 512)?,
         "matvec_4096x4096_f32_gbs": matvec_gbs(gpu, 4096, 4096, false)?,
         "matvec_4096x4096_f16_gbs": matvec_gbs(gpu, 4096, 4096, true)?,
         "copy_gbs": copy_gbs(gpu, copy_bytes)?,
     });
+    merge(&mut report, memory);
     let us = |w: &DecodeWindow| w.secs * 1e6 / w.tokens.max(1) as f64;
     let flatness = match (windows.first(), windows.last()) {
         (Some(f), Some(l)) if windows.len() > 1 => Some(us(l) / us(f)),
@@ -355,6 +389,8 @@ fn model_bench(
                 );
             }
         }
+        print_gpu_memory(r);
+        outln!("cold start: {cold_start_s:.2} s (device, model, pipelines, first token)");
         outln!(
             "prefill: {:.1} tokens/s ({prompt_len} tokens)",
             r["prefill_tokens_per_s"].as_f64().unwrap_or(0.0)
@@ -362,6 +398,12 @@ fn model_bench(
         outln!(
             "decode: {:.1} tokens/s ({decode_len} tokens)",
             r["decode_tokens_per_s"].as_f64().unwrap_or(0.0)
+        );
+        outln!(
+            "per decoded token: {:.1} dispatches, {:.1} submits, {:.1} host round trips",
+            per_token(work.dispatches),
+            per_token(work.submits),
+            per_token(work.readbacks)
         );
         if !windows.is_empty() {
             outln!("decode per token, every {report_every} tokens:");

@@ -197,7 +197,7 @@ fn prefill(gpu: &Arc<Gpu>, kind: Kind, len: usize, warm_up: bool) -> Result<Pref
         v_cache: &v,
         out: &out,
         inv_freq: None,
-        mask: mask_buf.as_ref().map(|b| (b, mask_blocks(layout.rows))),
+        mask: mask_buf.as_deref().map(|b| (b, mask_blocks(layout.rows))),
     };
     // One Step uniform per chunk, as a session writes one per pass.
     let mut steps = Vec::new();

@@ -6,6 +6,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
+use crate::buffer::GpuBuffer;
+use crate::counters::{MemoryCount, Work, WorkCount};
 use crate::error::{Error, Result};
 use crate::requirements;
 use crate::shader::ShaderDefs;
@@ -92,7 +94,11 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub caps: Caps,
     /// A small storage buffer bound where a kernel's optional input (a bias) is absent.
-    pub dummy: wgpu::Buffer,
+    pub dummy: GpuBuffer,
+    /// Bytes of every buffer allocated through this device (shared by `with_max_binding`).
+    memory: Arc<MemoryCount>,
+    /// Submits, dispatches and readbacks on this device (also shared by `with_max_binding`).
+    pub(crate) work: Arc<WorkCount>,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Option<String>>>,
@@ -223,16 +229,23 @@ impl Gpu {
                 }
             }
         }));
-        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("dummy"),
-            size: 16,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
+        let memory = Arc::new(MemoryCount::default());
+        let dummy = GpuBuffer::new(
+            &device,
+            &memory,
+            &wgpu::BufferDescriptor {
+                label: Some("dummy"),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            },
+        );
         Ok(Arc::new(Gpu {
             instance,
             adapter,
             dummy,
+            memory,
+            work: Arc::default(),
             device,
             queue,
             info,
@@ -257,6 +270,8 @@ impl Gpu {
             info: self.info.clone(),
             caps,
             dummy: self.dummy.clone(),
+            memory: self.memory.clone(),
+            work: self.work.clone(),
             pipelines: Mutex::new(HashMap::new()),
             lost: self.lost.clone(),
             uncaptured: self.uncaptured.clone(),
@@ -350,8 +365,29 @@ impl Gpu {
         Ok(pipeline)
     }
 
-    pub fn storage_buffer(&self, label: &str, size: u64) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor {
+    /// Bytes of the GPU buffers the runtime holds now (every allocation goes through
+    /// [`Gpu::buffer`]; see [`crate::buffer`]).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.memory.live()
+    }
+
+    /// The most [`Gpu::allocated_bytes`] has been since the device was opened.
+    pub fn peak_allocated_bytes(&self) -> u64 {
+        self.memory.peak()
+    }
+
+    /// The GPU work submitted since the device was opened.
+    pub fn work(&self) -> Work {
+        self.work.get()
+    }
+
+    /// A new buffer on this device's byte count: the one place the runtime allocates.
+    pub fn buffer(&self, desc: &wgpu::BufferDescriptor) -> GpuBuffer {
+        GpuBuffer::new(&self.device, &self.memory, desc)
+    }
+
+    pub fn storage_buffer(&self, label: &str, size: u64) -> GpuBuffer {
+        self.buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: size.max(4).next_multiple_of(4),
             usage: wgpu::BufferUsages::STORAGE
@@ -361,14 +397,14 @@ impl Gpu {
         })
     }
 
-    pub fn storage_buffer_init(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+    pub fn storage_buffer_init(&self, label: &str, bytes: &[u8]) -> GpuBuffer {
         let buf = self.storage_buffer(label, bytes.len() as u64);
         self.write_padded(&buf, 0, bytes);
         buf
     }
 
-    pub fn uniform_buffer_init(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
-        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+    pub fn uniform_buffer_init(&self, label: &str, bytes: &[u8]) -> GpuBuffer {
+        let buf = self.buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: (bytes.len() as u64).next_multiple_of(16).max(16),
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Source, TensorId};
@@ -17,12 +18,15 @@ use crate::tensor::{check_binding, DType, GpuTensor, GpuWeight};
 
 pub struct Plan {
     gpu: Arc<Gpu>,
-    step: wgpu::Buffer,
+    step: GpuBuffer,
     dispatches: Vec<Dispatch>,
     inputs: HashMap<String, GpuTensor>,
     outputs: Vec<GpuTensor>,
     /// One mappable buffer per output, reused by every readback of this plan.
-    staging: Vec<wgpu::Buffer>,
+    staging: Vec<GpuBuffer>,
+    /// Every buffer the bind groups use (activations, constants, scratch): the bind groups
+    /// keep them alive, this keeps them on the device's byte count while the plan lives.
+    _held: Vec<GpuBuffer>,
     /// Bytes of pooled activation buffers after liveness reuse.
     pub activation_bytes: u64,
     /// Bytes the activations would take without reuse.
@@ -31,7 +35,7 @@ pub struct Plan {
 
 /// What a tensor is bound to in a plan.
 enum Bound {
-    Buffer(wgpu::Buffer),
+    Buffer(GpuBuffer),
     Weight(Arc<GpuWeight>),
 }
 
@@ -111,11 +115,17 @@ impl Plan {
             step: &step,
             dispatches: Vec::new(),
             scratch: HashMap::new(),
+            scratch_made: Vec::new(),
         };
         for op in &graph.ops {
             op.lower(&mut cx)?;
         }
         let dispatches = cx.dispatches;
+        let mut held = cx.scratch_made;
+        held.extend(bound.iter().filter_map(|b| match b {
+            Bound::Buffer(b) => Some(b.clone()),
+            Bound::Weight(_) => None,
+        }));
         let unplanned = graph
             .tensors
             .iter()
@@ -133,6 +143,7 @@ impl Plan {
                 .map(|t| readback::staging_buffer(gpu, t.bytes()))
                 .collect(),
             outputs,
+            _held: held,
             activation_bytes: assignment.total_bytes(),
             activation_bytes_unplanned: unplanned,
         })
@@ -199,6 +210,8 @@ pub struct Lowering<'a> {
     /// Scratch buffers by name, shared by every op that asks for the same name (their
     /// dispatches run in order, so one layer's scratch is free again for the next).
     scratch: HashMap<&'static str, GpuTensor>,
+    /// Every scratch buffer made, replaced ones included (earlier dispatches still bind them).
+    scratch_made: Vec<GpuBuffer>,
 }
 
 impl<'a> Lowering<'a> {
@@ -248,12 +261,13 @@ impl<'a> Lowering<'a> {
 
     /// A scratch buffer of at least `words` 4-byte words, shared by every op that asks for
     /// `name`; a larger request replaces it (earlier dispatches keep the old one).
-    pub fn scratch(&mut self, name: &'static str, words: usize) -> Result<wgpu::Buffer> {
+    pub fn scratch(&mut self, name: &'static str, words: usize) -> Result<GpuBuffer> {
         match self.scratch.get(name) {
             Some(t) if t.numel() >= words => Ok(t.buffer.clone()),
             _ => {
                 let t = GpuTensor::new(self.gpu, name, &[words], DType::U32)?;
                 let buffer = t.buffer.clone();
+                self.scratch_made.push(buffer.clone());
                 self.scratch.insert(name, t);
                 Ok(buffer)
             }

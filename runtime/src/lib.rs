@@ -7,8 +7,10 @@
 
 pub mod arch;
 pub mod block_mask;
+pub mod buffer;
 #[cfg(feature = "kernel-cases")]
 pub mod cases;
+pub mod counters;
 pub mod device;
 pub mod diffusion;
 pub mod error;
@@ -27,6 +29,7 @@ pub mod shader;
 pub mod state;
 pub mod tensor;
 
+pub use buffer::GpuBuffer;
 pub use device::{BackendChoice, Caps, Gpu};
 pub use error::{Error, Result};
 pub use graph::{Graph, TensorId};

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
+use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 
@@ -20,14 +21,14 @@ struct Slot {
 pub struct ReadFuture {
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     gpu: Arc<Gpu>,
-    staging: wgpu::Buffer,
+    staging: GpuBuffer,
     size: u64,
     slot: Arc<Mutex<Slot>>,
 }
 
 /// A mappable buffer to read `size` bytes into; a plan keeps one per output and reuses it.
-pub fn staging_buffer(gpu: &Gpu, size: u64) -> wgpu::Buffer {
-    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+pub fn staging_buffer(gpu: &Gpu, size: u64) -> GpuBuffer {
+    gpu.buffer(&wgpu::BufferDescriptor {
         label: Some("readback"),
         size: size.next_multiple_of(4).max(4),
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
@@ -45,7 +46,7 @@ pub fn read_into(
     gpu: &Arc<Gpu>,
     buffer: &wgpu::Buffer,
     offset: u64,
-    staging: wgpu::Buffer,
+    staging: GpuBuffer,
     size: u64,
 ) -> ReadFuture {
     let padded = size.next_multiple_of(4).max(4);
@@ -56,6 +57,8 @@ pub fn read_into(
         });
     enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
     gpu.queue.submit([enc.finish()]);
+    gpu.work.submit(0);
+    gpu.work.readback();
     let slot = Arc::new(Mutex::new(Slot::default()));
     let s2 = slot.clone();
     staging.map_async(wgpu::MapMode::Read, .., move |r| {

@@ -93,6 +93,7 @@ impl StateStore {
             }
         }
         gpu.queue.submit([enc.finish()]);
+        gpu.work.submit(0);
     }
     pub fn get(&self, name: &str) -> Result<&GpuTensor> {
         self.tensors

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::quant::{pad_blocks, QuantFormat};
@@ -39,7 +40,7 @@ impl DType {
 /// A tensor that lives in one GPU buffer (activations, inputs, outputs, states).
 #[derive(Debug, Clone)]
 pub struct GpuTensor {
-    pub buffer: wgpu::Buffer,
+    pub buffer: GpuBuffer,
     pub shape: Vec<usize>,
     pub dtype: DType,
 }
@@ -77,7 +78,7 @@ pub fn check_binding(gpu: &Gpu, what: &str, bytes: u64) -> Result<()> {
 /// A contiguous block of rows of a weight, in its own buffer.
 #[derive(Debug, Clone)]
 pub struct WeightChunk {
-    pub buffer: wgpu::Buffer,
+    pub buffer: GpuBuffer,
     pub row_start: usize,
     pub rows: usize,
 }

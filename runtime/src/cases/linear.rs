@@ -89,9 +89,9 @@ impl Spec {
         let bb = b.as_ref().map(|b| upload_f32(gpu, b));
         let y = poisoned(gpu, m * n);
         let d = match (self.matvec, self.layout) {
-            (true, Some(l)) => matvec::launch_with(gpu, &xb, &w, bb.as_ref(), &y, l)?,
-            (true, None) => matvec::launch(gpu, &xb, &w, bb.as_ref(), &y)?,
-            (false, _) => matmul::launch(gpu, &xb, &w, bb.as_ref(), &y, m)?,
+            (true, Some(l)) => matvec::launch_with(gpu, &xb, &w, bb.as_deref(), &y, l)?,
+            (true, None) => matvec::launch(gpu, &xb, &w, bb.as_deref(), &y)?,
+            (false, _) => matmul::launch(gpu, &xb, &w, bb.as_deref(), &y, m)?,
         };
         let want = match self.matvec {
             true => matvec::reference(&x, &w_ref, b.as_deref(), n, k),

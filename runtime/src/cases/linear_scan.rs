@@ -15,6 +15,7 @@
 //! e^-20 (none), where a form that divided by cumulative decays would overflow.
 
 use super::{poisoned, upload_f32, Case, Output, Prepared, SCAN_TOL};
+use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::Result;
 use crate::kernels::linear_scan::{self, Decay, ScanBuffers, ScanInputs, ScanShape, CHUNK};
@@ -134,7 +135,7 @@ impl Draw {
         state: &wgpu::Buffer,
         (t0, t1): (usize, usize),
         chunk: Option<usize>,
-    ) -> Result<(Vec<Dispatch>, wgpu::Buffer)> {
+    ) -> Result<(Vec<Dispatch>, GpuBuffer)> {
         let s = self.shape;
         let tokens = t1 - t0;
         let rows = |x: &[f32], per: usize| upload_f32(gpu, &x[t0 * per..t1 * per]);
@@ -153,9 +154,9 @@ impl Draw {
             q: &q,
             k: &k,
             v: &v,
-            decay: decay.as_ref(),
-            consts: consts.as_ref(),
-            ab: ab.as_ref(),
+            decay: decay.as_deref(),
+            consts: consts.as_deref(),
+            ab: ab.as_deref(),
             state,
             out: &out,
         };

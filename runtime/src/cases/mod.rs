@@ -56,6 +56,7 @@ pub use unmask::{draw as unmask_draw, robust as unmask_robust, UnmaskCase, Unmas
 
 use std::sync::Arc;
 
+use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::kernels::{self, Dispatch, Step};
@@ -273,7 +274,7 @@ pub enum Expect {
 /// One output buffer of a case and what it must hold.
 pub struct Output {
     label: String,
-    buffer: wgpu::Buffer,
+    buffer: GpuBuffer,
     /// u32 words read from the start of the buffer.
     words: usize,
     /// Picks or transforms the words read before the comparison.
@@ -284,7 +285,7 @@ pub struct Output {
 impl Output {
     /// `buffer` read as `words` words, compared by `expect`. With [`Expect::Like`] give
     /// the words to read.
-    pub fn new(label: &str, buffer: &wgpu::Buffer, expect: Expect) -> Output {
+    pub fn new(label: &str, buffer: &GpuBuffer, expect: Expect) -> Output {
         let words = match &expect {
             Expect::Close(w, _)
             | Expect::Bits(w)
@@ -303,22 +304,16 @@ impl Output {
         }
     }
 
-    pub fn close(label: &str, buffer: &wgpu::Buffer, want: Vec<f32>, tol: f64) -> Output {
+    pub fn close(label: &str, buffer: &GpuBuffer, want: Vec<f32>, tol: f64) -> Output {
         Output::new(label, buffer, Expect::Close(want, tol))
     }
 
-    pub fn bits(label: &str, buffer: &wgpu::Buffer, want: Vec<f32>) -> Output {
+    pub fn bits(label: &str, buffer: &GpuBuffer, want: Vec<f32>) -> Output {
         Output::new(label, buffer, Expect::Bits(want))
     }
 
     /// `words` values of `buffer` within `tol` of those of output `other` of the same case.
-    pub fn like(
-        label: &str,
-        buffer: &wgpu::Buffer,
-        words: usize,
-        other: usize,
-        tol: f64,
-    ) -> Output {
+    pub fn like(label: &str, buffer: &GpuBuffer, words: usize, other: usize, tol: f64) -> Output {
         Output {
             words,
             ..Output::new(label, buffer, Expect::Like(other, tol))
@@ -481,18 +476,18 @@ pub struct Outcome {
 }
 
 /// A storage buffer holding `data`.
-pub fn upload_f32(gpu: &Gpu, data: &[f32]) -> wgpu::Buffer {
+pub fn upload_f32(gpu: &Gpu, data: &[f32]) -> GpuBuffer {
     gpu.storage_buffer_init("case f32", bytemuck::cast_slice(data))
 }
 
 /// A storage buffer holding `data`.
-pub fn upload_u32(gpu: &Gpu, data: &[u32]) -> wgpu::Buffer {
+pub fn upload_u32(gpu: &Gpu, data: &[u32]) -> GpuBuffer {
     gpu.storage_buffer_init("case u32", bytemuck::cast_slice(data))
 }
 
 /// A storage buffer of `n` f32 values, all NaN: whatever a kernel fails to write stays NaN
 /// and makes the comparison fail.
-pub fn poisoned(gpu: &Gpu, n: usize) -> wgpu::Buffer {
+pub fn poisoned(gpu: &Gpu, n: usize) -> GpuBuffer {
     upload_f32(gpu, &vec![f32::NAN; n.max(1)])
 }
 
@@ -507,7 +502,7 @@ pub fn step(pos: u32, n_tokens: u32) -> Step {
 }
 
 /// The uniform buffer of a [`Step`].
-pub fn step_buffer(gpu: &Gpu, step: &Step) -> wgpu::Buffer {
+pub fn step_buffer(gpu: &Gpu, step: &Step) -> GpuBuffer {
     gpu.uniform_buffer_init("step", bytemuck::bytes_of(step))
 }
 

@@ -88,7 +88,7 @@ impl UnmaskCase {
             gpu,
             &sb,
             &lb,
-            ub.as_ref(),
+            ub.as_deref(),
             &tb,
             &scratch,
             &out,

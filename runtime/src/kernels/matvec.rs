@@ -141,10 +141,10 @@ fn launch_inner(
     );
     let bias = bias.unwrap_or(&gpu.dummy);
     // x4 and w4 alias x and the chunk when the kernel reads them (a 16-byte dummy otherwise).
-    let x4 = if vec4 { x } else { &gpu.dummy };
+    let x4: &wgpu::Buffer = if vec4 { x } else { &gpu.dummy };
     let plain = matches!(w.dtype, DType::F32 | DType::F16);
     let n = w.rows / w.experts;
-    let (perm, rows) = match grouped {
+    let (perm, rows): (&wgpu::Buffer, usize) = match grouped {
         Some((perm, rows, _)) => (perm, rows),
         None => (&gpu.dummy, 1),
     };

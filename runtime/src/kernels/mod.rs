@@ -33,6 +33,7 @@ pub mod wkv4;
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::shader::ShaderDefs;
@@ -67,6 +68,9 @@ pub struct Dispatch {
     pub pipeline: wgpu::ComputePipeline,
     pub bind_group: wgpu::BindGroup,
     pub workgroups: [u32; 3],
+    /// The parameters uniform the bind group holds: kept here so it stays on the device's
+    /// byte count as long as the dispatch can run.
+    _params: GpuBuffer,
 }
 
 /// One kernel: its name (the WGSL file's), its source and its specialisations.
@@ -147,6 +151,7 @@ impl Kernel {
             pipeline,
             bind_group,
             workgroups,
+            _params: params_buf,
         })
     }
 }
@@ -172,6 +177,7 @@ pub fn submit(gpu: &Gpu, dispatches: &[Dispatch]) {
         });
     record(&mut enc, dispatches);
     gpu.queue.submit([enc.finish()]);
+    gpu.work.submit(dispatches.len());
 }
 
 /// Record dispatches into one compute pass of `enc`.

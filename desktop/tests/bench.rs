@@ -1,0 +1,269 @@
+//! `kestrel bench` on a fixture model (a few tokens, on lavapipe): the `--json` report has
+//! exactly the keys listed here, with their types and sane values (the keys the design's
+//! command-line contract keeps stable among them), and the human output has its lines.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+/// The backend the GPU tests run on first (`KESTREL_TEST_BACKENDS`, default vulkan).
+fn backend() -> String {
+    std::env::var("KESTREL_TEST_BACKENDS")
+        .ok()
+        .and_then(|l| l.split(',').next().map(|b| b.trim().to_string()))
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "vulkan".to_string())
+}
+
+const PROMPT: usize = 8;
+const DECODE: usize = 6;
+const EVERY: usize = 3;
+
+/// `kestrel bench` on llama_gqa with a short prompt and decode; its stdout. Fails on a
+/// non-zero exit or any "error:" line.
+fn bench(extra: &[&str]) -> String {
+    let xdg = std::env::temp_dir().join("kestrel-tests-xdg");
+    let _ = std::fs::create_dir_all(&xdg);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700));
+    }
+    let model = fixture("llama_gqa");
+    let (prompt, decode, every) = (PROMPT.to_string(), DECODE.to_string(), EVERY.to_string());
+    let mut args = vec![
+        "bench",
+        "--model",
+        model.to_str().expect("utf-8 path"),
+        "--prompt-tokens",
+        &prompt,
+        "--decode-tokens",
+        &decode,
+        "--report-every",
+        &every,
+    ];
+    let backend = backend();
+    args.extend(["--backend", backend.as_str()]);
+    args.extend(extra);
+    let out = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .args(&args)
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .output()
+        .expect("run kestrel");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "kestrel {args:?}: {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("error:"), "{stderr}");
+    stdout
+}
+
+fn positive(r: &Value, key: &str) -> f64 {
+    let v = r[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key}: not a number: {}", r[key]));
+    assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    v
+}
+
+fn count(r: &Value, key: &str) -> u64 {
+    r[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key}: not an unsigned integer: {}", r[key]))
+}
+
+fn keys(v: &Value) -> Vec<&str> {
+    let mut k: Vec<&str> = v
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    k.sort_unstable();
+    k
+}
+
+/// Every key of the report. The design's contract keeps prefill_tokens_per_s,
+/// decode_tokens_per_s, kv_cache_bytes, weight_bytes_read_per_decode_token,
+/// dispatches_per_decode_token, submits_per_decode_token, host_round_trips_per_decode_token
+/// and cold_start_s stable; the README documents the rest (adapter, the roofline figures,
+/// decode windows, KV bytes at start and end, GPU buffer bytes).
+const REPORT_KEYS: &[&str] = &[
+    "adapter",
+    "attention",
+    "backend",
+    "cold_start_s",
+    "copy_gbs",
+    "decode_tokens",
+    "decode_tokens_per_s",
+    "dispatches_per_decode_token",
+    "gpu_bytes",
+    "gpu_peak_bytes",
+    "host_round_trips_per_decode_token",
+    "kv_cache_bytes",
+    "matmul_512_gflops",
+    "matvec_4096x4096_f16_gbs",
+    "matvec_4096x4096_f32_gbs",
+    "model",
+    "prefill_tokens",
+    "prefill_tokens_per_s",
+    "routing",
+    "submits_per_decode_token",
+    "weight_bytes",
+    "weight_bytes_read_per_decode_token",
+    "weight_file_bytes",
+];
+
+const ATTENTION_KEYS: &[&str] = &[
+    "decode_last_over_first_window",
+    "decode_report_every",
+    "decode_windows",
+    "kv_cache_bytes_end",
+    "kv_cache_bytes_start",
+    "max_context",
+    "options",
+    "session_capacity",
+];
+
+#[test]
+fn bench_json_has_every_documented_key_with_sane_values() {
+    let out = bench(&["--json"]);
+    let r: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let mut want = REPORT_KEYS.to_vec();
+    want.sort_unstable();
+    assert_eq!(keys(&r), want, "{r:#}");
+
+    assert!(!r["adapter"].as_str().expect("adapter").is_empty());
+    assert_eq!(r["backend"].as_str(), Some(backend().as_str()));
+    assert!(r["model"].as_str().expect("model").ends_with("llama_gqa"));
+    for key in [
+        "cold_start_s",
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+        "matmul_512_gflops",
+        "matvec_4096x4096_f32_gbs",
+        "matvec_4096x4096_f16_gbs",
+        "copy_gbs",
+    ] {
+        positive(&r, key);
+    }
+    assert_eq!(count(&r, "prefill_tokens"), PROMPT as u64);
+    assert_eq!(count(&r, "decode_tokens"), DECODE as u64);
+
+    // Bytes: the weights on the GPU, all read by a dense model's decoded token; the KV cache
+    // fits the prompt and decode; the runtime's buffer count holds both, and its peak more.
+    let weights = count(&r, "weight_bytes");
+    assert!(weights > 0 && count(&r, "weight_file_bytes") > 0);
+    assert_eq!(count(&r, "weight_bytes_read_per_decode_token"), weights);
+    let kv = count(&r, "kv_cache_bytes");
+    assert!(kv > 0);
+    let gpu = count(&r, "gpu_bytes");
+    assert!(
+        gpu >= weights + kv,
+        "gpu_bytes {gpu} < weights {weights} + KV {kv}"
+    );
+    assert!(count(&r, "gpu_peak_bytes") >= gpu);
+
+    // GPU work per decoded token: one plan replay (some dispatches, at least one submit) and
+    // one readback of the sampled id (sampling runs on the GPU).
+    let dispatches = positive(&r, "dispatches_per_decode_token");
+    let submits = positive(&r, "submits_per_decode_token");
+    assert!(
+        dispatches >= submits,
+        "{dispatches} dispatches, {submits} submits"
+    );
+    assert_eq!(r["host_round_trips_per_decode_token"].as_f64(), Some(1.0));
+    assert_eq!(
+        r["routing"],
+        Value::Array(vec![]),
+        "a dense model routes nothing"
+    );
+
+    let a = &r["attention"];
+    let mut want = ATTENTION_KEYS.to_vec();
+    want.sort_unstable();
+    assert_eq!(keys(a), want, "{a:#}");
+    assert_eq!(count(a, "kv_cache_bytes_start"), kv);
+    assert_eq!(count(a, "kv_cache_bytes_end"), kv);
+    assert_eq!(count(a, "decode_report_every"), EVERY as u64);
+    assert!(count(a, "session_capacity") >= (PROMPT + DECODE) as u64);
+    assert!(count(a, "max_context") >= count(a, "session_capacity"));
+    let windows = a["decode_windows"].as_array().expect("decode_windows");
+    assert_eq!(windows.len(), DECODE / EVERY);
+    for (i, w) in windows.iter().enumerate() {
+        assert_eq!(
+            keys(w),
+            [
+                "from_token",
+                "position",
+                "tokens",
+                "tokens_per_s",
+                "us_per_token"
+            ]
+        );
+        assert_eq!(count(w, "from_token"), (i * EVERY) as u64);
+        assert_eq!(count(w, "position"), (PROMPT + i * EVERY) as u64);
+        assert_eq!(count(w, "tokens"), EVERY as u64);
+        positive(w, "tokens_per_s");
+        positive(w, "us_per_token");
+    }
+    positive(a, "decode_last_over_first_window");
+    assert_eq!(
+        a["options"],
+        serde_json::json!({"attention_sinks": null, "kv_window": null, "block_sparse": null})
+    );
+}
+
+#[test]
+fn bench_prints_each_figure_on_its_line() {
+    let out = bench(&[]);
+    // Each line's prefix, and whether a positive figure must follow it.
+    let lines: &[(&str, bool)] = &[
+        ("adapter: ", false),
+        ("model: ", false),
+        ("attention: the model's own, context ", true),
+        ("weights on GPU: ", true),
+        ("GPU buffers: ", true),
+        ("cold start: ", true),
+        ("prefill: ", true),
+        ("decode: ", true),
+        ("per decoded token: ", true),
+        ("decode per token, every 3 tokens:", false),
+        ("  positions ", true),
+        ("sequence state bytes: ", true),
+        ("matmul 512x512x512 f32: ", true),
+        ("matvec 4096x4096: ", true),
+        ("buffer copy: ", true),
+    ];
+    for &(prefix, figure) in lines {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{out}"));
+        if figure {
+            // The first word that is a number ("8..11" is not; "13775.6" is).
+            let first = line[prefix.len()..]
+                .split(|c: char| c.is_whitespace() || c == '(' || c == ',')
+                .find_map(|w| w.parse::<f64>().ok());
+            assert!(
+                first.is_some_and(|v| v > 0.0),
+                "{line:?}: no positive figure"
+            );
+        }
+    }
+    let windows = out
+        .lines()
+        .filter(|l| l.starts_with("  positions "))
+        .count();
+    assert_eq!(windows, DECODE / EVERY, "{out}");
+}

@@ -1,0 +1,67 @@
+//! GPU buffers that count their bytes. Every buffer the runtime allocates (weights, states and
+//! KV caches, plan activations and scratch, constants, uniforms, staging for readback) is a
+//! [`GpuBuffer`] made by [`crate::Gpu`]; the device's [`MemoryCount`](crate::counters::MemoryCount) goes up when one is
+//! created and down when its last clone is dropped, so [`crate::Gpu::allocated_bytes`] is
+//! what the runtime holds now, not a figure fixed when a session was set up.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use crate::counters::MemoryCount;
+
+/// Takes its bytes off the count when dropped (once, when the last clone of the buffer goes).
+struct Counted {
+    bytes: u64,
+    count: Arc<MemoryCount>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.count.sub(self.bytes);
+    }
+}
+
+/// A wgpu buffer on the device's count. Derefs to [`wgpu::Buffer`]; clones share the buffer
+/// and its count. (A clone of the inner `wgpu::Buffer` taken through the deref is not
+/// counted: keep `GpuBuffer`s, not raw buffers.)
+#[derive(Clone)]
+pub struct GpuBuffer {
+    buffer: wgpu::Buffer,
+    counted: Arc<Counted>,
+}
+
+impl GpuBuffer {
+    /// Create a buffer and add its size to `count`.
+    pub(crate) fn new(
+        device: &wgpu::Device,
+        count: &Arc<MemoryCount>,
+        desc: &wgpu::BufferDescriptor,
+    ) -> GpuBuffer {
+        let buffer = device.create_buffer(desc);
+        count.add(desc.size);
+        GpuBuffer {
+            buffer,
+            counted: Arc::new(Counted {
+                bytes: desc.size,
+                count: count.clone(),
+            }),
+        }
+    }
+}
+
+impl Deref for GpuBuffer {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl fmt::Debug for GpuBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GpuBuffer")
+            .field("buffer", &self.buffer)
+            .field("bytes", &self.counted.bytes)
+            .finish()
+    }
+}
