@@ -332,7 +332,10 @@ fn check_state_sizes(gpu: &Gpu, specs: &[StateSpec], capacity: usize) -> Result<
         };
         if needed > allowed {
             return Err(Error::LimitExceeded {
-                what: format!("state {} for a context of {capacity} tokens (bytes)", s.name),
+                what: format!(
+                    "state {} for a context of {capacity} tokens (bytes)",
+                    s.name
+                ),
                 needed,
                 allowed,
             });

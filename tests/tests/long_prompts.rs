@@ -81,14 +81,20 @@ fn one_and_several(gpu: &Arc<Gpu>, name: &str, options: AttentionOptions) -> (Ve
         }
     };
     // The [T, vocab] output alone is over the limit, so one pass cannot hold it.
-    assert!(logits_bytes > limit, "{name}: a state is as large as the logits");
+    assert!(
+        logits_bytes > limit,
+        "{name}: a state is as large as the logits"
+    );
     let several = pollster::block_on(split.logits(&toks)).expect("several passes");
     // Generation's prefill (only the last row sampled) goes through the same passes.
     split.reset();
     let last = &one[one.len() - model.config().vocab..];
     let argmax = (0..last.len()).fold(0, |b, i| if last[i] > last[b] { i } else { b });
     let next = pollster::block_on(split.next_token(&toks, &Sampling::default())).expect("sample");
-    assert_eq!(next as usize, argmax, "{name}: greedy token after the prompt");
+    assert_eq!(
+        next as usize, argmax,
+        "{name}: greedy token after the prompt"
+    );
     (one, several)
 }
 
@@ -124,7 +130,10 @@ fn attention_options_take_prompts_in_passes() {
     };
     for gpu in gpus() {
         let b = gpu.backend_name();
-        for (what, options) in [("sinks 4 window 8", sinks.clone()), ("block-sparse", sparse.clone())] {
+        for (what, options) in [
+            ("sinks 4 window 8", sinks.clone()),
+            ("block-sparse", sparse.clone()),
+        ] {
             let (one, several) = one_and_several(&gpu, "llama_gqa", options);
             check(&format!("llama_gqa {what} on {b}"), &one, &several);
         }
