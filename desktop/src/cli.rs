@@ -557,7 +557,16 @@ mod tests {
             ),
             (
                 "serve",
-                vec!["model", "host", "port", "ctx", "backend", "max-body"],
+                vec![
+                    "model",
+                    "host",
+                    "port",
+                    "ctx",
+                    "backend",
+                    "max-body",
+                    "max-connections",
+                    "request-timeout",
+                ],
             ),
             ("app", vec!["model", "backend", "ctx", "system"]),
         ];
