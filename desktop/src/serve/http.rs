@@ -383,6 +383,63 @@ mod tests {
         }
     }
 
+    /// A client that sends `bytes` and then neither sends more nor closes (reads time out).
+    struct Stalled {
+        bytes: io::Cursor<Vec<u8>>,
+    }
+
+    impl Read for Stalled {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.bytes.read(buf)? {
+                0 => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+                n => Ok(n),
+            }
+        }
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Connection for Stalled {
+        fn set_read_timeout(&mut self, _: Duration) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn read(bytes: &[u8], allowed: Duration) -> Result<Request, ReadError> {
+        let mut c = Stalled {
+            bytes: io::Cursor::new(bytes.to_vec()),
+        };
+        read_request(&mut c, 100, Deadline::after(allowed))
+    }
+
+    #[test]
+    fn the_deadline_ends_stalled_heads_and_bodies() {
+        let long = Duration::from_secs(60);
+        let r = read(b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", long).expect("whole");
+        assert_eq!(r.body, b"abc");
+        let short = Duration::from_millis(50);
+        for partial in [
+            &b""[..],
+            b"GET /health HTTP/1.1\r\n",
+            b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nab",
+        ] {
+            let t = Instant::now();
+            let e = read(partial, short).err();
+            assert_eq!(e.as_ref().map(ReadError::status), Some(408), "{partial:?}");
+            assert!(t.elapsed() < Duration::from_secs(5));
+        }
+    }
+
     #[test]
     fn headers_are_split_and_trimmed() {
         assert_eq!(
