@@ -127,9 +127,14 @@ fn route(server: &Server, stream: &mut TcpStream, r: &Request) -> Result<(), Api
     let post = r.method == "POST";
     match r.path.as_str() {
         "/health" | "/v1/models" if !get => Err(method_not_allowed("GET")),
+        // Connections open now, this one included.
         "/health" => ok(
             stream,
-            &json!({"status": "ok", "jobs": server.engine.pending()}),
+            &json!({
+                "status": "ok",
+                "jobs": server.engine.pending(),
+                "connections": server.open.load(Ordering::SeqCst),
+            }),
         ),
         "/v1/models" => ok(
             stream,
