@@ -5,7 +5,8 @@
 
 mod reply;
 
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -87,7 +88,18 @@ fn accept(server: &Arc<Server>, mut stream: TcpStream) {
     if server.open.fetch_add(1, Ordering::SeqCst) >= server.max_connections {
         server.open.fetch_sub(1, Ordering::SeqCst);
         let e = ApiError::with_status(503, "too many connections; try again later");
+        // Take what the client already sent (without waiting: this is the accept loop), so
+        // closing with unread bytes does not reset the connection before it reads the 503.
+        let _ = stream.set_nonblocking(true);
+        let mut sink = [0u8; 4096];
+        for _ in 0..16 {
+            if !matches!(stream.read(&mut sink), Ok(n) if n > 0) {
+                break;
+            }
+        }
+        let _ = stream.set_nonblocking(false);
         let _ = http::write_json(&mut stream, e.status, &e.body(), &[]);
+        let _ = stream.shutdown(Shutdown::Write);
         return;
     }
     let server = server.clone();
