@@ -298,3 +298,42 @@ fn disconnected_clients_cancel_their_jobs() {
     }
     assert_eq!(server.log_count("cancelled"), 2);
 }
+
+/// A context far beyond what the adapter can hold is refused with one clear line, before
+/// any KV cache is allocated, and the server exits 1.
+#[test]
+fn a_context_beyond_the_adapter_is_refused_before_allocating() {
+    // The fixture with a context of 10^8 positions (its KV cache would be 12.8 GB a layer).
+    let dir = std::env::temp_dir().join(format!("kestrel-huge-ctx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for entry in std::fs::read_dir(support::FIXTURE).expect("fixture") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
+    }
+    let config = dir.join("config.json");
+    let mut c: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).expect("config")).expect("json");
+    c["max_position_embeddings"] = json!(100_000_000);
+    std::fs::write(&config, c.to_string()).expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .args(["serve", "--port", "0", "--ctx", "100000000", "--model"])
+        .arg(&dir)
+        .env(
+            "XDG_RUNTIME_DIR",
+            std::env::temp_dir().join("kestrel-tests-xdg"),
+        )
+        .output()
+        .expect("run kestrel serve");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in {stderr}"));
+    assert!(
+        error.contains("100000000 tokens") && error.contains("--ctx"),
+        "{error}"
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
+}
