@@ -88,6 +88,14 @@ pub struct AttentionArgs {
     pub block_sparse: Option<SparseConfig>,
 }
 
+/// A duration in seconds: finite, above 0 and at most a day.
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 86400.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a number of seconds in (0, 86400]")),
+    }
+}
+
 fn parse_sparse(s: &str) -> Result<SparseConfig, String> {
     SparseConfig::parse(s).map_err(|e| e.to_string())
 }
@@ -427,6 +435,12 @@ pub struct ServeArgs {
     /// Largest request body accepted (larger ones get a 413)
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     pub max_body: usize,
+    /// Connections open at once; more are answered 503 at once (each holds a thread)
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536))]
+    pub max_connections: usize,
+    /// Seconds a client may take to send its whole request (slower ones get a 408)
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = positive_seconds)]
+    pub request_timeout: f64,
     #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]
@@ -543,7 +557,16 @@ mod tests {
             ),
             (
                 "serve",
-                vec!["model", "host", "port", "ctx", "backend", "max-body"],
+                vec![
+                    "model",
+                    "host",
+                    "port",
+                    "ctx",
+                    "backend",
+                    "max-body",
+                    "max-connections",
+                    "request-timeout",
+                ],
             ),
             ("app", vec!["model", "backend", "ctx", "system"]),
         ];

@@ -172,7 +172,10 @@ impl Worker {
         let template = model.chat_template().map_err(|e| e.to_string())?;
         progress("allocating the KV cache");
         let ctx = config.ctx.min(model.architecture().max_context());
-        let session = model.session(&gpu, ctx).map_err(|e| e.to_string())?;
+        // A context whose KV cache cannot be bound is refused before anything is allocated.
+        let session = model
+            .session(&gpu, ctx)
+            .map_err(|e| format!("{e} (--ctx {ctx}: choose a smaller --ctx)"))?;
         let id = config
             .path
             .file_name()

@@ -56,8 +56,22 @@ fn run(command: Command) -> CliResult {
     }
 }
 
+/// `KESTREL_MAX_STORAGE_BINDING=BYTES` lowers the adapter's storage-binding limit (never
+/// raises it), so a large adapter can try what a small one does: split weights, prompts
+/// run in several passes.
+const MAX_BINDING_VAR: &str = "KESTREL_MAX_STORAGE_BINDING";
+
 pub fn open_gpu(device: &DeviceArgs) -> Result<Arc<Gpu>, String> {
-    pollster::block_on(Gpu::new(device.backend)).map_err(|e| e.to_string())
+    let gpu = pollster::block_on(Gpu::new(device.backend)).map_err(|e| e.to_string())?;
+    match std::env::var(MAX_BINDING_VAR) {
+        Ok(v) => match v.parse::<u64>() {
+            Ok(bytes) if bytes >= 1024 => Ok(gpu.with_max_binding(bytes)),
+            _ => Err(format!(
+                "{MAX_BINDING_VAR}={v} is not a number of bytes (at least 1024)"
+            )),
+        },
+        Err(_) => Ok(gpu),
+    }
 }
 
 /// Load the model at `path` and set its attention options.

@@ -3,10 +3,10 @@
 //! arrival order. A client that disconnects cancels its job, whether it is running or
 //! still waiting in the queue.
 
-mod http;
-mod openai;
+mod reply;
 
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -16,21 +16,22 @@ use serde_json::{json, Value};
 use crate::cli::ServeArgs;
 use crate::engine::{Engine, EngineConfig, Event, Finish, Job, Summary};
 use crate::open_gpu;
-use http::{ReadError, Request};
-use openai::{ApiError, CompletionRequest, Endpoint, ReplyMeta};
+use kestrel::serve::http::{self, Deadline, ReadError, Request};
+use kestrel::serve::openai::{self, ApiError, CompletionRequest, Endpoint};
+use reply::ReplyMeta;
 
-/// How long a client may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a write may block on a client that stops reading (then its job is cancelled).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a waiting connection checks whether its client is still there.
 const POLL: Duration = Duration::from_millis(50);
-/// Connections beyond this many are refused with 503 (each holds a thread).
-const MAX_CONNECTIONS: usize = 512;
 
 struct Server {
     engine: Engine,
     max_body: usize,
+    /// Connections beyond this many are refused with 503 at once (each holds a thread).
+    max_connections: usize,
+    /// How long a client may take to send its whole request (then 408).
+    request_timeout: Duration,
     open: AtomicUsize,
     serial: AtomicU64,
 }
@@ -69,6 +70,8 @@ pub fn run(a: &ServeArgs) -> Result<(), String> {
     let server = Arc::new(Server {
         engine,
         max_body: a.max_body,
+        max_connections: a.max_connections,
+        request_timeout: Duration::from_secs_f64(a.request_timeout),
         open: AtomicUsize::new(0),
         serial: AtomicU64::new(0),
     });
@@ -82,10 +85,21 @@ pub fn run(a: &ServeArgs) -> Result<(), String> {
 }
 
 fn accept(server: &Arc<Server>, mut stream: TcpStream) {
-    if server.open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+    if server.open.fetch_add(1, Ordering::SeqCst) >= server.max_connections {
         server.open.fetch_sub(1, Ordering::SeqCst);
         let e = ApiError::with_status(503, "too many connections; try again later");
+        // Take what the client already sent (without waiting: this is the accept loop), so
+        // closing with unread bytes does not reset the connection before it reads the 503.
+        let _ = stream.set_nonblocking(true);
+        let mut sink = [0u8; 4096];
+        for _ in 0..16 {
+            if !matches!(stream.read(&mut sink), Ok(n) if n > 0) {
+                break;
+            }
+        }
+        let _ = stream.set_nonblocking(false);
         let _ = http::write_json(&mut stream, e.status, &e.body(), &[]);
+        let _ = stream.shutdown(Shutdown::Write);
         return;
     }
     let server = server.clone();
@@ -102,10 +116,10 @@ fn accept(server: &Arc<Server>, mut stream: TcpStream) {
 
 /// Answer one request, then close the connection.
 fn handle(server: &Server, mut stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let deadline = Deadline::after(server.request_timeout);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let _ = stream.set_nodelay(true);
-    let outcome = match http::read_request(&mut stream, server.max_body) {
+    let outcome = match http::read_request(&mut stream, server.max_body, deadline) {
         Ok(request) => route(server, &mut stream, &request),
         Err(ReadError::Closed) => return,
         Err(e) => Err(ApiError::with_status(e.status(), e.message())),
@@ -125,9 +139,14 @@ fn route(server: &Server, stream: &mut TcpStream, r: &Request) -> Result<(), Api
     let post = r.method == "POST";
     match r.path.as_str() {
         "/health" | "/v1/models" if !get => Err(method_not_allowed("GET")),
+        // Connections open now, this one included.
         "/health" => ok(
             stream,
-            &json!({"status": "ok", "jobs": server.engine.pending()}),
+            &json!({
+                "status": "ok",
+                "jobs": server.engine.pending(),
+                "connections": server.open.load(Ordering::SeqCst),
+            }),
         ),
         "/v1/models" => ok(
             stream,

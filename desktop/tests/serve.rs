@@ -2,146 +2,21 @@
 //! is driven over raw HTTP/1.1 (the server closes every connection after its reply, so a
 //! reply is everything read until EOF).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+mod support;
+
+use std::io::{Read, Write};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/llama_gqa");
+use support::{error_message, post_request, Server};
 
 /// The tests time replies, so they run one at a time (the machine may have two cores).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A running server, killed on drop. Its stderr is collected (and so never fills a pipe).
-struct Server {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Server {
-        let xdg = std::env::temp_dir().join("kestrel-tests-xdg");
-        let _ = std::fs::create_dir_all(&xdg);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700));
-        }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kestrel"))
-            .args(["serve", "--model", FIXTURE, "--port", "0"])
-            .args(extra)
-            .env("XDG_RUNTIME_DIR", &xdg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start kestrel serve");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let mut port = None;
-        let mut seen = Vec::new();
-        for line in lines.by_ref() {
-            let line = line.expect("read stderr");
-            if let Some(addr) = line.strip_prefix("listening on http://") {
-                port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
-                break;
-            }
-            seen.push(line);
-        }
-        let Some(port) = port else {
-            let _ = child.kill();
-            panic!("the server did not start: {seen:?}");
-        };
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
-        Server { child, port, log }
-    }
-
-    /// Log lines (after the listening line) containing `pattern`.
-    fn log_count(&self, pattern: &str) -> usize {
-        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        log.iter().filter(|l| l.contains(pattern)).count()
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        s
-    }
-
-    /// Send raw bytes; returns the status and the body.
-    fn raw(&self, request: &[u8]) -> (u16, String) {
-        let mut s = self.connect();
-        s.write_all(request).expect("send");
-        let mut reply = Vec::new();
-        s.read_to_end(&mut reply).expect("read reply");
-        let reply = String::from_utf8_lossy(&reply).into_owned();
-        let (head, body) = reply.split_once("\r\n\r\n").expect("a header");
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no status in {head:?}"));
-        (status, body.to_string())
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        self.raw(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-    }
-
-    fn post_text(&self, path: &str, body: &str) -> (u16, String) {
-        self.raw(post_request(path, body).as_bytes())
-    }
-
-    /// POST JSON expecting 200 and a JSON reply.
-    fn post(&self, path: &str, body: &Value) -> Value {
-        let (status, reply) = self.post_text(path, &body.to_string());
-        assert_eq!(status, 200, "{reply}");
-        serde_json::from_str(&reply).expect("JSON reply")
-    }
-
-    /// POST expecting an OpenAI error with `status`; returns its message.
-    fn error(&self, path: &str, body: &str, status: u16) -> String {
-        let (got, reply) = self.post_text(path, body);
-        assert_eq!(got, status, "{body} -> {reply}");
-        error_message(&reply)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn post_request(path: &str, body: &str) -> String {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-fn error_message(reply: &str) -> String {
-    let v: Value = serde_json::from_str(reply).expect("JSON error");
-    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
-    let m = v["error"]["message"].as_str().expect("a message");
-    assert!(!m.is_empty());
-    m.to_string()
 }
 
 fn chat(content: &str, max_tokens: usize, stream: bool) -> Value {
@@ -416,5 +291,49 @@ fn disconnected_clients_cancel_their_jobs() {
         waited < full_seconds / 2.0,
         "the next reply took {waited:.2} s; a whole long reply takes {full_seconds:.2} s"
     );
+    // Each connection thread logs its cancellation when it notices; give the last a moment.
+    let t = Instant::now();
+    while server.log_count("cancelled") < 2 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(server.log_count("cancelled"), 2);
+}
+
+/// A context far beyond what the adapter can hold is refused with one clear line, before
+/// any KV cache is allocated, and the server exits 1.
+#[test]
+fn a_context_beyond_the_adapter_is_refused_before_allocating() {
+    // The fixture with a context of 10^8 positions (its KV cache would be 12.8 GB a layer).
+    let dir = std::env::temp_dir().join(format!("kestrel-huge-ctx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for entry in std::fs::read_dir(support::FIXTURE).expect("fixture") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
+    }
+    let config = dir.join("config.json");
+    let mut c: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).expect("config")).expect("json");
+    c["max_position_embeddings"] = json!(100_000_000);
+    std::fs::write(&config, c.to_string()).expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .args(["serve", "--port", "0", "--ctx", "100000000", "--model"])
+        .arg(&dir)
+        .env(
+            "XDG_RUNTIME_DIR",
+            std::env::temp_dir().join("kestrel-tests-xdg"),
+        )
+        .output()
+        .expect("run kestrel serve");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in {stderr}"));
+    assert!(
+        error.contains("100000000 tokens") && error.contains("--ctx"),
+        "{error}"
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
 }

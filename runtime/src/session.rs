@@ -11,7 +11,7 @@ use crate::executor::Plan;
 use crate::kernels::Step;
 use crate::kv::KvLayout;
 use crate::rng::pcg_hash;
-use crate::state::StateStore;
+use crate::state::{StateSpec, StateStore};
 use crate::tensor::DType;
 
 /// Sampling settings; temperature 0 is greedy.
@@ -43,6 +43,9 @@ pub struct Session {
     /// Every token appended so far, in order (its length is the position).
     history: Vec<u32>,
     plans: HashMap<(usize, Head), Plan>,
+    /// The most tokens one pass of each head fits in the adapter's storage bindings, learnt
+    /// from the first pass that did not fit (see [`Session::pass`]).
+    pass_limit: HashMap<Head, usize>,
 }
 
 /// Prefill plans for distinct lengths are kept up to this many; decode plans always stay.
@@ -52,7 +55,9 @@ impl Session {
     /// A new sequence with room for `capacity` tokens (at most the model's context).
     pub fn new(gpu: &Arc<Gpu>, arch: Arc<dyn Architecture>, capacity: usize) -> Result<Session> {
         let capacity = capacity.min(arch.max_context()).max(1);
-        let states = StateStore::allocate(gpu, &arch.states(capacity))?;
+        let specs = arch.states(capacity);
+        check_state_sizes(gpu, &specs, capacity)?;
+        let states = StateStore::allocate(gpu, &specs)?;
         Ok(Session {
             gpu: gpu.clone(),
             layouts: arch.kv_layouts(capacity),
@@ -61,6 +66,7 @@ impl Session {
             capacity,
             history: Vec::new(),
             plans: HashMap::new(),
+            pass_limit: HashMap::new(),
         })
     }
 
@@ -255,22 +261,44 @@ impl Session {
         Ok(&self.plans[&(tokens.len(), head)])
     }
 
-    /// `tokens` cut into the passes ring caches allow.
-    fn chunks(&self, tokens: &[u32]) -> Vec<std::ops::Range<usize>> {
-        let size = self.max_chunk().unwrap_or(tokens.len()).max(1);
-        (0..tokens.len())
-            .step_by(size)
-            .map(|s| s..(s + size).min(tokens.len()))
-            .collect()
+    /// Run the longest prefix of `rest` that one pass may take and return its length; the
+    /// plan of that length holds the pass's output. A pass is bounded by ring caches
+    /// (`max_chunk`) and by the storage-binding limit: activations, logits and scratch grow
+    /// with the tokens of a pass, so a pass whose plan would exceed a binding is retried
+    /// shorter, in proportion to the excess (the cache or recurrent state carries the
+    /// sequence from one pass to the next, as in decoding).
+    fn pass(&mut self, rest: &[u32], head: Head, sampling: &Sampling) -> Result<usize> {
+        loop {
+            let n = [self.max_chunk(), self.pass_limit.get(&head).copied()]
+                .into_iter()
+                .flatten()
+                .fold(rest.len(), usize::min)
+                .max(1);
+            match self.plan(n, head) {
+                Ok(_) => {
+                    self.run(&rest[..n], head, sampling)?;
+                    return Ok(n);
+                }
+                Err(Error::LimitExceeded {
+                    needed, allowed, ..
+                }) if n > 1 && needed > 0 => {
+                    let fit = (n as u128 * allowed as u128 / needed as u128) as usize;
+                    self.pass_limit.insert(head, fit.clamp(1, n - 1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Append `tokens` and return the logits after each of them, [T * vocab] row-major.
     pub async fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         self.check_tokens(tokens)?;
         let mut out = Vec::with_capacity(tokens.len() * self.arch.vocab_size());
-        for range in self.chunks(tokens) {
-            let plan = self.run(&tokens[range], Head::AllLogits, &Sampling::default())?;
-            out.extend(plan.read_f32(0).await?);
+        let mut done = 0;
+        while done < tokens.len() {
+            let n = self.pass(&tokens[done..], Head::AllLogits, &Sampling::default())?;
+            out.extend(self.plans[&(n, Head::AllLogits)].read_f32(0).await?);
+            done += n;
         }
         Ok(out)
     }
@@ -278,18 +306,40 @@ impl Session {
     /// Append `tokens` and draw the next token on the GPU; only its id is read back.
     pub async fn next_token(&mut self, tokens: &[u32], sampling: &Sampling) -> Result<u32> {
         self.check_tokens(tokens)?;
-        let chunks = self.chunks(tokens);
-        let Some((last, earlier)) = chunks.split_last() else {
-            return Err(Error::InputOutOfRange("no tokens given".into()));
-        };
-        // Earlier chunks only fill the cache; their sampled token is never read.
-        for range in earlier {
-            self.run(&tokens[range.clone()], Head::Sample, sampling)?;
+        // Earlier passes only fill the cache; their sampled token is never read.
+        let mut done = 0;
+        let mut n = 0;
+        while done < tokens.len() {
+            n = self.pass(&tokens[done..], Head::Sample, sampling)?;
+            done += n;
         }
-        let plan = self.run(&tokens[last.clone()], Head::Sample, sampling)?;
-        let out = plan.read_u32(0).await?;
+        let out = self.plans[&(n, Head::Sample)].read_u32(0).await?;
         out.first()
             .copied()
             .ok_or_else(|| Error::Readback("sampler produced no token".into()))
     }
+}
+
+/// Refuse, before allocating anything, a context whose per-sequence state (a layer's KV
+/// cache grows with it) cannot be bound: a clear error instead of a failed allocation part
+/// way through the layers. Sizes use checked arithmetic, so an absurd context cannot wrap.
+fn check_state_sizes(gpu: &Gpu, specs: &[StateSpec], capacity: usize) -> Result<()> {
+    let allowed = gpu.caps.max_storage_binding.min(gpu.caps.max_buffer_size);
+    for s in specs {
+        let needed = match s.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) {
+            Some(n) if n <= (u64::MAX / 8) as usize => s.dtype.bytes(n),
+            _ => u64::MAX,
+        };
+        if needed > allowed {
+            return Err(Error::LimitExceeded {
+                what: format!(
+                    "state {} for a context of {capacity} tokens (bytes)",
+                    s.name
+                ),
+                needed,
+                allowed,
+            });
+        }
+    }
+    Ok(())
 }

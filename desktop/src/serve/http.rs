@@ -4,10 +4,22 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The most bytes a request line plus headers may take.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// What reading a request needs from a connection: bytes in (and out, for `100 Continue`)
+/// and a read timeout, shortened before every read so the whole request meets its deadline.
+pub trait Connection: Read + Write {
+    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()>;
+}
+
+impl Connection for TcpStream {
+    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, Some(timeout))
+    }
+}
 
 pub struct Request {
     pub method: String,
@@ -37,6 +49,10 @@ pub enum ReadError {
         limit: usize,
     },
     LengthRequired,
+    /// The request was not complete by its deadline (a slow or stalled client).
+    Timeout {
+        seconds: f64,
+    },
 }
 
 impl ReadError {
@@ -46,6 +62,7 @@ impl ReadError {
             ReadError::HeaderTooLarge => 431,
             ReadError::BodyTooLarge { .. } => 413,
             ReadError::LengthRequired => 411,
+            ReadError::Timeout { .. } => 408,
         }
     }
 
@@ -62,13 +79,21 @@ impl ReadError {
             ReadError::LengthRequired => {
                 "the request needs a Content-Length (chunked bodies are not supported)".into()
             }
+            ReadError::Timeout { seconds } => {
+                format!("the request was not complete within {seconds} s (--request-timeout)")
+            }
         }
     }
 }
 
-/// Read one request; the body is read only when Content-Length is within `max_body`.
-pub fn read_request(stream: &mut TcpStream, max_body: usize) -> Result<Request, ReadError> {
-    let (mut buf, head_end) = read_head(stream)?;
+/// Read one request, all of it before `deadline`; the body is read only when its
+/// Content-Length is within `max_body`.
+pub fn read_request(
+    stream: &mut impl Connection,
+    max_body: usize,
+    deadline: Deadline,
+) -> Result<Request, ReadError> {
+    let (mut buf, head_end) = read_head(stream, deadline)?;
     let head = std::str::from_utf8(&buf[..head_end])
         .map_err(|_| ReadError::Malformed("the request header is not UTF-8".into()))?;
     let mut lines = head.split("\r\n");
@@ -95,16 +120,18 @@ pub fn read_request(stream: &mut TcpStream, max_body: usize) -> Result<Request, 
         }
         let mut body = buf.split_off(head_end + 4);
         body.truncate(length);
-        let missing = (length - body.len()) as u64;
-        // `take` bounds the read, so the body never grows past the limit checked above.
-        stream
-            .take(missing)
-            .read_to_end(&mut body)
-            .map_err(|_| ReadError::Closed)?;
-        if body.len() < length {
-            return Err(ReadError::Malformed(
-                "the request body is shorter than its Content-Length".into(),
-            ));
+        // Reads stop at `length`, so the body never grows past the limit checked above.
+        let mut chunk = [0u8; 4096];
+        while body.len() < length {
+            let want = (length - body.len()).min(chunk.len());
+            match read_some(stream, &mut chunk[..want], deadline)? {
+                0 => {
+                    return Err(ReadError::Malformed(
+                        "the request body is shorter than its Content-Length".into(),
+                    ))
+                }
+                n => body.extend_from_slice(&chunk[..n]),
+            }
         }
         request.body = body;
     }
@@ -113,7 +140,10 @@ pub fn read_request(stream: &mut TcpStream, max_body: usize) -> Result<Request, 
 
 /// Read up to the blank line after the headers; returns the bytes read and where it starts.
 /// The request line is checked as soon as it arrives, so garbage is refused at once.
-fn read_head(stream: &mut TcpStream) -> Result<(Vec<u8>, usize), ReadError> {
+fn read_head(
+    stream: &mut impl Connection,
+    deadline: Deadline,
+) -> Result<(Vec<u8>, usize), ReadError> {
     let mut buf = Vec::with_capacity(2048);
     let mut chunk = [0u8; 4096];
     let mut line_checked = false;
@@ -134,11 +164,7 @@ fn read_head(stream: &mut TcpStream) -> Result<(Vec<u8>, usize), ReadError> {
         if buf.len() > MAX_HEADER_BYTES {
             return Err(ReadError::HeaderTooLarge);
         }
-        let n = match stream.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return Err(ReadError::Closed),
-        };
+        let n = read_some(stream, &mut chunk, deadline)?;
         if n == 0 {
             return Err(if buf.is_empty() {
                 ReadError::Closed
@@ -147,6 +173,53 @@ fn read_head(stream: &mut TcpStream) -> Result<(Vec<u8>, usize), ReadError> {
             });
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// When a request must be complete: its start plus the allowed time.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub at: Instant,
+    pub seconds: f64,
+}
+
+impl Deadline {
+    pub fn after(allowed: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now() + allowed,
+            seconds: allowed.as_secs_f64(),
+        }
+    }
+}
+
+/// One read that returns by the deadline: 0 at end of stream, `Timeout` once it has passed.
+fn read_some(
+    stream: &mut impl Connection,
+    buf: &mut [u8],
+    deadline: Deadline,
+) -> Result<usize, ReadError> {
+    let timeout = ReadError::Timeout {
+        seconds: deadline.seconds,
+    };
+    loop {
+        let left = deadline.at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timeout);
+        }
+        stream
+            .set_read_timeout(left)
+            .map_err(|_| ReadError::Closed)?;
+        match stream.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A read timeout (WouldBlock or TimedOut, by platform): the loop checks the clock.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Err(ReadError::Closed),
+        }
     }
 }
 
@@ -205,6 +278,7 @@ pub fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         411 => "Length Required",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
@@ -306,6 +380,63 @@ mod tests {
             "GET /x HTTP/1.1 extra",
         ] {
             assert!(parse_request_line(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A client that sends `bytes` and then neither sends more nor closes (reads time out).
+    struct Stalled {
+        bytes: io::Cursor<Vec<u8>>,
+    }
+
+    impl Read for Stalled {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.bytes.read(buf)? {
+                0 => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+                n => Ok(n),
+            }
+        }
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Connection for Stalled {
+        fn set_read_timeout(&mut self, _: Duration) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn read(bytes: &[u8], allowed: Duration) -> Result<Request, ReadError> {
+        let mut c = Stalled {
+            bytes: io::Cursor::new(bytes.to_vec()),
+        };
+        read_request(&mut c, 100, Deadline::after(allowed))
+    }
+
+    #[test]
+    fn the_deadline_ends_stalled_heads_and_bodies() {
+        let long = Duration::from_secs(60);
+        let r = read(b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", long).expect("whole");
+        assert_eq!(r.body, b"abc");
+        let short = Duration::from_millis(50);
+        for partial in [
+            &b""[..],
+            b"GET /health HTTP/1.1\r\n",
+            b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nab",
+        ] {
+            let t = Instant::now();
+            let e = read(partial, short).err();
+            assert_eq!(e.as_ref().map(ReadError::status), Some(408), "{partial:?}");
+            assert!(t.elapsed() < Duration::from_secs(5));
         }
     }
 
