@@ -181,6 +181,12 @@ impl DecoderConfig {
             }
         };
         let layers = c.positive("num_hidden_layers")?;
+        if layers > 4096 {
+            return Err(bad(
+                "num_hidden_layers",
+                format!("({layers}) is beyond the limit of 4096 layers"),
+            ));
+        }
         let layer_windows = layer_windows(c, &architecture, qwen2, layers)?;
         let experts = experts(c, &architecture, layers)?;
         let intermediate = c.positive("intermediate_size")?;
