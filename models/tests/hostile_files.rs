@@ -1,0 +1,224 @@
+//! Files written by strangers: every broken one gives a typed error naming the file and the
+//! cause, never a panic, an abort or an allocation sized by a header; files named inside a
+//! model folder stay inside it. Each crash the fuzz targets (tests/fuzz) found is here too.
+
+mod common;
+
+use std::path::Path;
+
+use common::{llama, temp_dir};
+use kestrel_models::chat_template::{ChatTemplate, Message};
+use kestrel_models::formats::gguf::GgufFile;
+use kestrel_models::formats::host::TensorSource;
+use kestrel_models::formats::safetensors::{Blob, SafetensorsFiles};
+use kestrel_models::{gguf_parts, ModelError};
+
+fn parse(bytes: Vec<u8>) -> GgufFile {
+    GgufFile::parse(Path::new("crafted.gguf"), Blob::Owned(bytes)).expect("a valid GGUF")
+}
+
+/// The message of `r`'s error, which must name the crafted file and contain `needle`.
+fn expect_err<T>(r: Result<T, ModelError>, file: &str, needle: &str) -> String {
+    let msg = match r {
+        Ok(_) => panic!("expected an error containing {needle:?}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(msg.contains(file), "{msg:?} does not name {file}");
+    assert!(msg.contains(needle), "{msg:?} does not contain {needle:?}");
+    msg
+}
+
+/// The issue's report: an `attn_q` with a zero dimension panicked at load (a division by its
+/// row count while undoing llama.cpp's row permutation).
+#[test]
+fn gguf_attn_q_with_a_zero_dimension_is_an_error() {
+    for dims in [[8u64, 0], [0, 8]] {
+        let file = parse(
+            llama(1)
+                .tensor("blk.0.attn_q.weight", &dims)
+                .tensor("blk.0.attn_k.weight", &[8, 8])
+                .bytes(),
+        );
+        let parts = gguf_parts(&file).expect("the config is valid");
+        let q = parts.source.tensor("model.layers.0.self_attn.q_proj.weight");
+        expect_err(q, "crafted.gguf", "has a zero dimension");
+    }
+}
+
+/// A q tensor whose rows do not split into the heads, a scalar q, and a config with zero
+/// key/value heads are shape errors, not divisions by zero or out-of-range indexing.
+#[test]
+fn gguf_q_k_rows_that_do_not_split_into_heads_are_errors() {
+    let file = parse(llama(1).tensor("blk.0.attn_q.weight", &[8, 3]).bytes());
+    let parts = gguf_parts(&file).expect("the config is valid");
+    let q = parts.source.tensor("model.layers.0.self_attn.q_proj.weight");
+    expect_err(q, "crafted.gguf", "blk.0.attn_q.weight");
+
+    let file = parse(llama(1).tensor("blk.0.attn_k.weight", &[]).bytes());
+    let parts = gguf_parts(&file).expect("the config is valid");
+    let k = parts.source.tensor("model.layers.0.self_attn.k_proj.weight");
+    expect_err(k, "crafted.gguf", "blk.0.attn_k.weight");
+}
+
+/// The issue's report: `block_count` 2^40 aborted the process (an allocation per layer).
+#[test]
+fn gguf_absurd_block_count_is_an_error() {
+    let file = parse(llama(1 << 40).bytes());
+    expect_err(gguf_parts(&file), "crafted.gguf", "num_hidden_layers");
+}
+
+/// A token text of a megabyte would make the SentencePiece merge table quadratic in it.
+#[test]
+fn gguf_vocabulary_with_a_huge_token_is_an_error() {
+    let long = "a".repeat(1 << 20);
+    let file = parse(
+        llama(1)
+            .str("tokenizer.ggml.model", "llama")
+            .strs("tokenizer.ggml.tokens", &["<unk>", "<s>", "</s>", &long])
+            .bytes(),
+    );
+    expect_err(gguf_parts(&file), "crafted.gguf", "bytes long");
+}
+
+/// A safetensors file with `n` f32 tensors named `t0..` of `shape`, as raw bytes.
+fn safetensors(shape: &[usize]) -> Vec<u8> {
+    let n: usize = shape.iter().product();
+    let header = format!(
+        "{{\"t\":{{\"dtype\":\"F32\",\"shape\":{shape:?},\"data_offsets\":[0,{}]}}}}",
+        n * 4
+    );
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(header.as_bytes());
+    b.extend(std::iter::repeat_n(0u8, n * 4));
+    b
+}
+
+#[test]
+fn safetensors_zero_dimension_and_corrupt_headers_are_errors() {
+    let path = Path::new("crafted.safetensors");
+    let files = SafetensorsFiles::from_blobs(
+        path,
+        vec![(path.to_path_buf(), Blob::Owned(safetensors(&[4, 0])))],
+    )
+    .expect("a valid file");
+    expect_err(files.tensor("t"), "crafted.safetensors", "zero dimension");
+
+    let mut huge_header = u64::MAX.to_le_bytes().to_vec();
+    huge_header.extend_from_slice(b"{}");
+    let mut past_end = safetensors(&[4]);
+    past_end.truncate(past_end.len() - 1);
+    for bytes in [huge_header, past_end, vec![1, 2, 3]] {
+        let r = SafetensorsFiles::from_blobs(path, vec![(path.to_path_buf(), Blob::Owned(bytes))]);
+        expect_err(r, "crafted.safetensors", "invalid safetensors");
+    }
+}
+
+/// A sharded checkpoint's folder: `model.safetensors.index.json` naming `shard`.
+fn sharded_folder(name: &str, shard: &str) -> std::path::PathBuf {
+    let dir = temp_dir(name);
+    let index = format!("{{\"weight_map\": {{\"t\": {}}}}}", serde_json::json!(shard));
+    std::fs::write(dir.join("model.safetensors.index.json"), index).unwrap();
+    dir
+}
+
+#[test]
+fn index_entries_outside_the_folder_are_refused() {
+    let outside = temp_dir("outside_target");
+    std::fs::write(outside.join("x.safetensors"), safetensors(&[4])).unwrap();
+    let absolute = outside.join("x.safetensors").display().to_string();
+    for (name, entry, needle) in [
+        ("dotdot", "../outside_target/x.safetensors", "'..'"),
+        ("absolute", absolute.as_str(), "absolute path"),
+        ("empty", "", "empty file name"),
+    ] {
+        let dir = sharded_folder(name, entry);
+        let msg = expect_err(
+            SafetensorsFiles::open_dir(&dir),
+            "model.safetensors.index.json",
+            needle,
+        );
+        assert!(msg.contains(&format!("'{entry}'")), "{msg:?} names no entry");
+    }
+    let dir = sharded_folder("not_a_string", "x");
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        r#"{"weight_map": {"t": 5}}"#,
+    )
+    .unwrap();
+    expect_err(
+        SafetensorsFiles::open_dir(&dir),
+        "model.safetensors.index.json",
+        "weight_map.t",
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinks_escaping_the_folder_are_refused() {
+    let outside = temp_dir("symlink_target");
+    std::fs::write(outside.join("x.safetensors"), safetensors(&[4])).unwrap();
+    std::fs::write(outside.join("tokenizer.json"), "{}").unwrap();
+
+    // A shard the index lists, and a single model.safetensors.
+    let dir = sharded_folder("symlink_shard", "x.safetensors");
+    std::os::unix::fs::symlink(outside.join("x.safetensors"), dir.join("x.safetensors")).unwrap();
+    expect_err(SafetensorsFiles::open_dir(&dir), "model.safetensors.index.json", "symlink");
+    let dir = temp_dir("symlink_single");
+    std::os::unix::fs::symlink(outside.join("x.safetensors"), dir.join("model.safetensors"))
+        .unwrap();
+    expect_err(SafetensorsFiles::open_dir(&dir), "symlink_single", "'model.safetensors'");
+
+    // A file named by convention (tokenizer.json).
+    let dir = temp_dir("symlink_tokenizer");
+    std::os::unix::fs::symlink(outside.join("tokenizer.json"), dir.join("tokenizer.json"))
+        .unwrap();
+    let r = kestrel_models::formats::folder::file_in_folder(&dir, "tokenizer.json", &dir);
+    expect_err(r, "symlink_tokenizer", "outside the model folder");
+}
+
+#[cfg(unix)]
+#[test]
+fn files_inside_the_folder_and_hub_cache_blobs_are_accepted() {
+    // A shard in a subfolder, through a symlink that stays inside.
+    let dir = sharded_folder("inside", "sub/x.safetensors");
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("real.safetensors"), safetensors(&[4])).unwrap();
+    std::os::unix::fs::symlink(dir.join("real.safetensors"), dir.join("sub/x.safetensors"))
+        .unwrap();
+    let files = SafetensorsFiles::open_dir(&dir).expect("a shard inside the folder");
+    assert!(files.contains("t"));
+
+    // Hugging Face's hub cache: snapshots/<rev>/file -> ../../blobs/<hash>.
+    let repo = temp_dir("hub_cache");
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots/rev")).unwrap();
+    std::fs::write(repo.join("blobs/abc"), safetensors(&[4])).unwrap();
+    std::os::unix::fs::symlink("../../blobs/abc", repo.join("snapshots/rev/model.safetensors"))
+        .unwrap();
+    let files = SafetensorsFiles::open_dir(&repo.join("snapshots/rev")).expect("a hub snapshot");
+    assert!(files.contains("t"));
+}
+
+/// A template that never ends (or builds ever larger strings) runs out of fuel.
+#[test]
+fn chat_template_that_loops_forever_stops() {
+    let messages = [Message::new("user", "hi")];
+    for source in [
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}",
+        "{% set ns = namespace(s='x') %}{% for i in range(100000) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}",
+        "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+    ] {
+        let t = ChatTemplate::new(source, "<s>", "</s>").expect("compiles");
+        let start = std::time::Instant::now();
+        let r = t.render(&messages, true);
+        assert!(r.is_err(), "{source} rendered");
+        assert!(start.elapsed().as_secs() < 10, "{source} took {:?}", start.elapsed());
+    }
+    // A real template over a long conversation has fuel to spare.
+    let t = ChatTemplate::or_fallback(None, "", "").unwrap();
+    let long: Vec<Message> = (0..2000)
+        .map(|i| Message::new("user", &format!("message {i} {}", "word ".repeat(200))))
+        .collect();
+    let text = t.render(&long, true).expect("a 2 MB conversation renders");
+    assert!(text.len() > 2_000_000);
+}
