@@ -14,9 +14,9 @@ use crate::families::{self, NetworkConfig};
 use crate::formats::config::JsonConfig;
 use crate::formats::gguf::GgufFile;
 use crate::formats::host::TensorSource;
+use crate::formats::safetensors::{Blob, SafetensorsFiles};
 #[cfg(not(target_arch = "wasm32"))]
 use crate::formats::{folder::file_in_folder, pth_unsupported};
-use crate::formats::safetensors::{Blob, SafetensorsFiles};
 use crate::formats::{gguf_hf, gguf_tokenizer, tokenizer_config};
 use crate::model::{ChatInfo, Model};
 use crate::tokenizer::TextTokenizer;

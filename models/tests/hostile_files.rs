@@ -40,7 +40,9 @@ fn gguf_attn_q_with_a_zero_dimension_is_an_error() {
                 .bytes(),
         );
         let parts = gguf_parts(&file).expect("the config is valid");
-        let q = parts.source.tensor("model.layers.0.self_attn.q_proj.weight");
+        let q = parts
+            .source
+            .tensor("model.layers.0.self_attn.q_proj.weight");
         expect_err(q, "crafted.gguf", "has a zero dimension");
     }
 }
@@ -51,12 +53,16 @@ fn gguf_attn_q_with_a_zero_dimension_is_an_error() {
 fn gguf_q_k_rows_that_do_not_split_into_heads_are_errors() {
     let file = parse(llama(1).tensor("blk.0.attn_q.weight", &[8, 3]).bytes());
     let parts = gguf_parts(&file).expect("the config is valid");
-    let q = parts.source.tensor("model.layers.0.self_attn.q_proj.weight");
+    let q = parts
+        .source
+        .tensor("model.layers.0.self_attn.q_proj.weight");
     expect_err(q, "crafted.gguf", "blk.0.attn_q.weight");
 
     let file = parse(llama(1).tensor("blk.0.attn_k.weight", &[]).bytes());
     let parts = gguf_parts(&file).expect("the config is valid");
-    let k = parts.source.tensor("model.layers.0.self_attn.k_proj.weight");
+    let k = parts
+        .source
+        .tensor("model.layers.0.self_attn.k_proj.weight");
     expect_err(k, "crafted.gguf", "blk.0.attn_k.weight");
 }
 
@@ -116,7 +122,10 @@ fn safetensors_zero_dimension_and_corrupt_headers_are_errors() {
 /// A sharded checkpoint's folder: `model.safetensors.index.json` naming `shard`.
 fn sharded_folder(name: &str, shard: &str) -> std::path::PathBuf {
     let dir = temp_dir(name);
-    let index = format!("{{\"weight_map\": {{\"t\": {}}}}}", serde_json::json!(shard));
+    let index = format!(
+        "{{\"weight_map\": {{\"t\": {}}}}}",
+        serde_json::json!(shard)
+    );
     std::fs::write(dir.join("model.safetensors.index.json"), index).unwrap();
     dir
 }
@@ -137,7 +146,10 @@ fn index_entries_outside_the_folder_are_refused() {
             "model.safetensors.index.json",
             needle,
         );
-        assert!(msg.contains(&format!("'{entry}'")), "{msg:?} names no entry");
+        assert!(
+            msg.contains(&format!("'{entry}'")),
+            "{msg:?} names no entry"
+        );
     }
     let dir = sharded_folder("not_a_string", "x");
     std::fs::write(
@@ -162,16 +174,23 @@ fn symlinks_escaping_the_folder_are_refused() {
     // A shard the index lists, and a single model.safetensors.
     let dir = sharded_folder("symlink_shard", "x.safetensors");
     std::os::unix::fs::symlink(outside.join("x.safetensors"), dir.join("x.safetensors")).unwrap();
-    expect_err(SafetensorsFiles::open_dir(&dir), "model.safetensors.index.json", "symlink");
+    expect_err(
+        SafetensorsFiles::open_dir(&dir),
+        "model.safetensors.index.json",
+        "symlink",
+    );
     let dir = temp_dir("symlink_single");
     std::os::unix::fs::symlink(outside.join("x.safetensors"), dir.join("model.safetensors"))
         .unwrap();
-    expect_err(SafetensorsFiles::open_dir(&dir), "symlink_single", "'model.safetensors'");
+    expect_err(
+        SafetensorsFiles::open_dir(&dir),
+        "symlink_single",
+        "'model.safetensors'",
+    );
 
     // A file named by convention (tokenizer.json).
     let dir = temp_dir("symlink_tokenizer");
-    std::os::unix::fs::symlink(outside.join("tokenizer.json"), dir.join("tokenizer.json"))
-        .unwrap();
+    std::os::unix::fs::symlink(outside.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
     let r = kestrel_models::formats::folder::file_in_folder(&dir, "tokenizer.json", &dir);
     expect_err(r, "symlink_tokenizer", "outside the model folder");
 }
@@ -193,8 +212,11 @@ fn files_inside_the_folder_and_hub_cache_blobs_are_accepted() {
     std::fs::create_dir_all(repo.join("blobs")).unwrap();
     std::fs::create_dir_all(repo.join("snapshots/rev")).unwrap();
     std::fs::write(repo.join("blobs/abc"), safetensors(&[4])).unwrap();
-    std::os::unix::fs::symlink("../../blobs/abc", repo.join("snapshots/rev/model.safetensors"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        "../../blobs/abc",
+        repo.join("snapshots/rev/model.safetensors"),
+    )
+    .unwrap();
     let files = SafetensorsFiles::open_dir(&repo.join("snapshots/rev")).expect("a hub snapshot");
     assert!(files.contains("t"));
 }

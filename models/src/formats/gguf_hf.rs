@@ -267,7 +267,10 @@ impl TensorSource for GgufSource<'_> {
                         return Err(ModelError::TensorShape {
                             file: t.file,
                             name: t.name,
-                            expected: vec![n.saturating_mul(2), t.shape.last().copied().unwrap_or(0)],
+                            expected: vec![
+                                n.saturating_mul(2),
+                                t.shape.last().copied().unwrap_or(0),
+                            ],
                             got: t.shape,
                         })
                     }
