@@ -65,7 +65,7 @@ impl MambaConfig {
         let (heads, groups) = if version == 2 {
             let heads = c.positive("num_heads")?;
             let head_dim = c.positive("head_dim")?;
-            if heads * head_dim != inner {
+            if heads.checked_mul(head_dim) != Some(inner) {
                 return Err(bad(
                     "num_heads",
                     format!(
