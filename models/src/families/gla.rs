@@ -112,7 +112,11 @@ impl GlaConfig {
         // fla's GatedMLP: 2/3 of hidden * ratio, rounded up to a multiple of 256.
         let intermediate = match c.opt_usize("intermediate_size")? {
             Some(n) => n,
-            None => (hidden * ratio * 2 / 3).next_multiple_of(256),
+            None => hidden
+                .checked_mul(ratio)
+                .and_then(|n| n.checked_mul(2))
+                .map(|n| (n / 3).next_multiple_of(256))
+                .ok_or_else(|| bad("hidden_ratio", format!("hidden_size * {ratio} overflows")))?,
         };
         let layers = c.positive("num_hidden_layers")?;
         let (key_dim, value_dim) = (dim("expand_k", 0.5)?, dim("expand_v", 1.0)?);
