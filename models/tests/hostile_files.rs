@@ -8,6 +8,8 @@ use std::path::Path;
 
 use common::{llama, temp_dir};
 use kestrel_models::chat_template::{ChatTemplate, Message};
+use kestrel_models::families;
+use kestrel_models::formats::config::JsonConfig;
 use kestrel_models::formats::gguf::GgufFile;
 use kestrel_models::formats::host::TensorSource;
 use kestrel_models::formats::safetensors::{Blob, SafetensorsFiles};
@@ -243,4 +245,79 @@ fn chat_template_that_loops_forever_stops() {
         .collect();
     let text = t.render(&long, true).expect("a 2 MB conversation renders");
     assert!(text.len() > 2_000_000);
+}
+
+/// A fixture's config.json with `edit` applied.
+fn fixture_config(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> JsonConfig {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+        .join("config.json");
+    let text = std::fs::read_to_string(&path).expect("a fixture config");
+    let mut config = JsonConfig::parse(&path, &text).expect("a fixture config parses");
+    edit(&mut config.value);
+    config
+}
+
+/// Found by the config fuzz target: Mamba-2's num_heads * head_dim overflowed (a panic).
+#[test]
+fn config_mamba2_heads_times_head_dim_overflow_is_an_error() {
+    let config = fixture_config("mamba2", |v| {
+        v["num_heads"] = serde_json::json!(1u64 << 62);
+        v["head_dim"] = serde_json::json!(8);
+    });
+    expect_err(families::from_config(&config), "config.json", "num_heads");
+}
+
+/// Found by the tokenizer fuzz target: a syntax error inside tokenizer.json's "decoder"
+/// made tokenizers 0.22 panic ("Helper").
+#[test]
+fn tokenizer_json_with_a_syntax_error_in_the_decoder_is_an_error() {
+    let json = b"{\"decoder\": {\"type\": \"ByteLevel\", \"x\": \"a\x01b\"}}";
+    let r = kestrel_models::TextTokenizer::from_bytes(Path::new("crafted/tokenizer.json"), json);
+    expect_err(r, "crafted/tokenizer.json", "control character");
+}
+
+/// Reading tokenizer.json through a parsed value (the fix above) tokenizes as before.
+#[test]
+fn fixture_tokenizers_still_match_their_cases() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama_gqa");
+    let bytes = std::fs::read(dir.join("tokenizer.json")).unwrap();
+    let tok = kestrel_models::TextTokenizer::from_bytes(&dir.join("tokenizer.json"), &bytes)
+        .expect("the fixture tokenizer loads");
+    let cases: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("tokenizer_cases.json")).unwrap()).unwrap();
+    let cases = cases["cases"].as_array().expect("cases");
+    assert!(!cases.is_empty());
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let got = tok.encode(text).unwrap();
+        // The cases hold ids without special tokens; the tokenizer may add a BOS.
+        assert!(got.ends_with(&ids), "{text:?}: {got:?} vs {ids:?}");
+    }
+}
+
+/// Found by the config fuzz target: GLA's default intermediate size overflowed (hidden_size
+/// times hidden_ratio, a panic).
+#[test]
+fn config_gla_hidden_ratio_overflow_is_an_error() {
+    let config = fixture_config("gla", |v| {
+        v["hidden_ratio"] = serde_json::json!(1u64 << 62);
+        v.as_object_mut().unwrap().remove("intermediate_size");
+    });
+    expect_err(
+        families::from_config(&config),
+        "config.json",
+        "hidden_ratio",
+    );
+}
+
+/// Found by the tokenizer fuzz target: an invalid \u escape inside the "decoder" object
+/// also made tokenizers panic.
+#[test]
+fn tokenizer_json_with_a_bad_escape_in_the_decoder_is_an_error() {
+    let json = br#"{"decoder": {"type": "ByteLevel", "x": "\ud800"}}"#;
+    let r = kestrel_models::TextTokenizer::from_bytes(Path::new("crafted/tokenizer.json"), json);
+    expect_err(r, "crafted/tokenizer.json", "escape");
 }
