@@ -53,7 +53,9 @@ impl MambaConfig {
         let expand = c.opt_usize("expand")?.unwrap_or(2);
         let inner = match c.opt_usize("intermediate_size")? {
             Some(n) if version == 1 => n,
-            _ => expand * hidden,
+            _ => expand
+                .checked_mul(hidden)
+                .ok_or_else(|| bad("expand", format!("{expand} * hidden_size overflows")))?,
         };
         let state = c.opt_usize("state_size")?.unwrap_or(16);
         let dt_rank = match c.get("time_step_rank") {
