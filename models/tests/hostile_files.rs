@@ -321,3 +321,12 @@ fn tokenizer_json_with_a_bad_escape_in_the_decoder_is_an_error() {
     let r = kestrel_models::TextTokenizer::from_bytes(Path::new("crafted/tokenizer.json"), json);
     expect_err(r, "crafted/tokenizer.json", "escape");
 }
+
+/// Found by the config fuzz target: Mamba's expand * hidden_size overflowed (a panic).
+#[test]
+fn config_mamba_expand_overflow_is_an_error() {
+    let config = fixture_config("mamba2", |v| {
+        v["expand"] = serde_json::json!(1u64 << 62);
+    });
+    expect_err(families::from_config(&config), "config.json", "expand");
+}

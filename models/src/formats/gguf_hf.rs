@@ -204,7 +204,7 @@ fn host_dtype(t: GgmlType) -> Option<HostDType> {
 /// `None` unless `rows` is a positive multiple of `2 * heads` that divides the bytes.
 pub fn unpermute_rows(bytes: &[u8], rows: usize, heads: usize) -> Option<Vec<u8>> {
     let pairs = heads.checked_mul(2)?;
-    if rows == 0 || pairs == 0 || rows % pairs != 0 || bytes.len() % rows != 0 {
+    if rows == 0 || pairs == 0 || !rows.is_multiple_of(pairs) || !bytes.len().is_multiple_of(rows) {
         return None;
     }
     let row_bytes = bytes.len() / rows;
