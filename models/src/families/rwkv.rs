@@ -72,7 +72,13 @@ impl RwkvConfig {
         let intermediate = |default_ratio: f64| -> Result<usize> {
             Ok(match c.opt_usize("intermediate_size")? {
                 Some(n) => n,
-                None => ((hidden as f64 * ratio(default_ratio)?) as usize).next_multiple_of(32),
+                None => ((hidden as f64 * ratio(default_ratio)?) as usize)
+                    .checked_next_multiple_of(32)
+                    .ok_or_else(|| ModelError::BadConfigValue {
+                        file: c.path.clone(),
+                        key: "hidden_ratio".into(),
+                        message: "times hidden_size overflows".into(),
+                    })?,
             })
         };
         let norm_eps = c.opt_f64("norm_eps")?.unwrap_or(1e-5) as f32;
