@@ -330,3 +330,18 @@ fn config_mamba_expand_overflow_is_an_error() {
     });
     expect_err(families::from_config(&config), "config.json", "expand");
 }
+
+/// Found by the config fuzz target: RWKV's default intermediate size (hidden_size times
+/// hidden_ratio, rounded up) overflowed (a panic).
+#[test]
+fn config_rwkv_hidden_ratio_overflow_is_an_error() {
+    let config = fixture_config("rwkv7", |v| {
+        v["hidden_ratio"] = serde_json::json!(1e300);
+        v.as_object_mut().unwrap().remove("intermediate_size");
+    });
+    expect_err(
+        families::from_config(&config),
+        "config.json",
+        "hidden_ratio",
+    );
+}

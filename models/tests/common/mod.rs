@@ -58,7 +58,7 @@ impl Gguf {
 
     /// An f32 tensor with `dims` in ggml order (row length first), filled with 0.5.
     pub fn tensor(mut self, name: &str, dims: &[u64]) -> Self {
-        while self.data.len() % 32 != 0 {
+        while !self.data.len().is_multiple_of(32) {
             self.data.push(0);
         }
         put_str(&mut self.infos, name);
@@ -85,7 +85,7 @@ impl Gguf {
         b.extend_from_slice(&self.n_kv.to_le_bytes());
         b.extend_from_slice(&self.kvs);
         b.extend_from_slice(&self.infos);
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
         b.extend_from_slice(&self.data);
