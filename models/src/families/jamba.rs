@@ -60,6 +60,9 @@ impl JambaConfig {
         };
         let hidden = c.positive("hidden_size")?;
         let layers = c.positive("num_hidden_layers")?;
+        if layers > 4096 {
+            return Err(bad("num_hidden_layers", format!("({layers}) is beyond the limit of 4096 layers")));
+        }
         let heads = c.positive("num_attention_heads")?;
         let kv_heads = c.opt_usize("num_key_value_heads")?.unwrap_or(heads);
         if kv_heads == 0 || heads % kv_heads != 0 || hidden % heads != 0 {

@@ -83,6 +83,9 @@ fn config(c: &JsonConfig) -> Result<DecoderConfig> {
     let head_dim = hidden / heads;
     check_heads(c, ["n_heads", "n_kv_heads", "d_model"], [heads, kv_heads, head_dim])?;
     let layers = c.positive("n_layers")?;
+    if layers > 4096 {
+        return Err(bad("n_layers", format!("({layers}) is beyond the limit of 4096 layers")));
+    }
     Ok(DecoderConfig {
         model: ModelConfig {
             causal: false,
