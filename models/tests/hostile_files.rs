@@ -345,3 +345,13 @@ fn config_rwkv_hidden_ratio_overflow_is_an_error() {
         "hidden_ratio",
     );
 }
+
+/// Found by the config fuzz target: LLaDA's (and Jamba's) layer count sized a table before
+/// any limit (an abort on allocation).
+#[test]
+fn config_absurd_layer_counts_are_errors() {
+    for (fixture, key) in [("llada", "n_layers"), ("jamba", "num_hidden_layers")] {
+        let config = fixture_config(fixture, |v| v[key] = serde_json::json!(1u64 << 60));
+        expect_err(families::from_config(&config), "config.json", key);
+    }
+}
