@@ -57,6 +57,9 @@ impl MambaConfig {
                 .checked_mul(hidden)
                 .ok_or_else(|| bad("expand", format!("{expand} * hidden_size overflows")))?,
         };
+        if inner == 0 {
+            return Err(bad("intermediate_size", "(the channels) must be positive".into()));
+        }
         let state = c.opt_usize("state_size")?.unwrap_or(16);
         let dt_rank = match c.get("time_step_rank") {
             Some(serde_json::Value::String(s)) if s == "auto" => hidden.div_ceil(16),
