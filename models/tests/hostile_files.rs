@@ -355,3 +355,14 @@ fn config_absurd_layer_counts_are_errors() {
         expect_err(families::from_config(&config), "config.json", key);
     }
 }
+
+/// Found by the config fuzz target: Mamba-1 with intermediate_size 0 divided by zero.
+#[test]
+fn config_mamba_zero_channels_is_an_error() {
+    let config = fixture_config("mamba", |v| v["intermediate_size"] = serde_json::json!(0));
+    expect_err(
+        families::from_config(&config),
+        "config.json",
+        "intermediate_size",
+    );
+}

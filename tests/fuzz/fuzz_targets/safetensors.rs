@@ -20,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
             for name in names {
                 if let Ok(p) = file_in_folder(Path::new("/nonexistent/model"), &name, index) {
                     assert!(p.starts_with("/nonexistent/model"), "{name} -> {p:?}");
-                    assert!(!name.contains(".."), "{name} accepted");
+                    let up = Path::new(&name)
+                        .components()
+                        .any(|c| c == std::path::Component::ParentDir);
+                    assert!(!up, "{name} accepted");
                 }
             }
         }
