@@ -366,3 +366,14 @@ fn config_mamba_zero_channels_is_an_error() {
         "intermediate_size",
     );
 }
+
+/// Found by the config fuzz target: a Mamba mixer of zero channels (mamba_expand 0) in a
+/// hybrid divided by zero when its scan shape was checked.
+#[test]
+fn config_hybrid_mamba_zero_channels_are_errors() {
+    for fixture in ["jamba", "zamba2"] {
+        let config = fixture_config(fixture, |v| v["mamba_expand"] = serde_json::json!(0));
+        let r = families::from_config(&config);
+        assert!(r.is_err(), "{fixture} with mamba_expand 0 was accepted");
+    }
+}
