@@ -149,7 +149,11 @@ impl Zamba2Config {
             }),
         };
         let vocab = c.positive("vocab_size")?;
-        let inner = c.opt_usize("mamba_expand")?.unwrap_or(2) * hidden;
+        let inner = c
+            .opt_usize("mamba_expand")?
+            .unwrap_or(2)
+            .checked_mul(hidden)
+            .ok_or_else(|| bad("mamba_expand", "times hidden_size overflows".into()))?;
         let m_heads = c.opt_usize("n_mamba_heads")?.unwrap_or(8);
         let groups = c.opt_usize("mamba_ngroups")?.unwrap_or(1);
         if m_heads == 0 || inner % m_heads != 0 || groups == 0 || m_heads % groups != 0 {
