@@ -377,3 +377,16 @@ fn config_hybrid_mamba_zero_channels_are_errors() {
         assert!(r.is_err(), "{fixture} with mamba_expand 0 was accepted");
     }
 }
+
+/// Found by the config fuzz target: Zamba2's mamba_expand * hidden_size overflowed.
+#[test]
+fn config_zamba2_expand_overflow_is_an_error() {
+    let config = fixture_config("zamba2", |v| {
+        v["mamba_expand"] = serde_json::json!(1u64 << 62)
+    });
+    expect_err(
+        families::from_config(&config),
+        "config.json",
+        "mamba_expand",
+    );
+}
