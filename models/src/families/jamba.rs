@@ -119,7 +119,11 @@ impl JambaConfig {
             Some(serde_json::Value::String(s)) if s == "auto" => hidden.div_ceil(16),
             _ => c.opt_usize("mamba_dt_rank")?.unwrap_or(hidden.div_ceil(16)),
         };
-        let inner = c.opt_usize("mamba_expand")?.unwrap_or(2) * hidden;
+        let inner = c
+            .opt_usize("mamba_expand")?
+            .unwrap_or(2)
+            .checked_mul(hidden)
+            .ok_or_else(|| bad("mamba_expand", "times hidden_size overflows".into()))?;
         let mamba = MixerConfig {
             version: 1,
             hidden,
