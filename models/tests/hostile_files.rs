@@ -390,3 +390,16 @@ fn config_zamba2_expand_overflow_is_an_error() {
         "mamba_expand",
     );
 }
+
+/// Found by the config fuzz target: Jamba's mamba_expand * hidden_size overflowed.
+#[test]
+fn config_jamba_expand_overflow_is_an_error() {
+    let config = fixture_config("jamba", |v| {
+        v["mamba_expand"] = serde_json::json!(1u64 << 62)
+    });
+    expect_err(
+        families::from_config(&config),
+        "config.json",
+        "mamba_expand",
+    );
+}
