@@ -27,6 +27,8 @@ elif ! cargo run -q -p kestrel -- chat </dev/null; then
     exit 1
 fi
 cargo test --workspace
+# Every fuzz target (tests/fuzz: model files, tokenizers, templates) for 20 s each; a crash fails.
+tests/fuzz.sh 20
 # kestrel serve through the official openai Python client (installed by setup-debian.sh).
 PYENV="${KESTREL_PYENV:-$HOME/.cache/kestrel/pyenv}"
 "$PYENV/bin/python" tests/serve_openai.py target/debug/kestrel tests/fixtures/llama_gqa

@@ -10,6 +10,13 @@ use crate::error::{ModelError, Result};
 /// ChatML, the fallback for models without a template.
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// The work one render may do, in minijinja's fuel units (about one per instruction and one
+/// per byte a value allocates), so that a template from a stranger's file that loops without
+/// end or builds huge strings stops with an error: a base for the template's own work, plus
+/// a share per byte of the conversation (templates copy each message a few times).
+pub const RENDER_FUEL_BASE: u64 = 1 << 22;
+pub const RENDER_FUEL_PER_BYTE: u64 = 32;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Message {
     pub role: String,
@@ -90,7 +97,13 @@ impl ChatTemplate {
     /// The prompt text for `messages`; with `add_generation_prompt` it ends where the
     /// assistant's reply begins.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let env = self.environment()?;
+        let mut env = self.environment()?;
+        let bytes: usize = messages
+            .iter()
+            .map(|m| m.role.len() + m.content.len())
+            .sum();
+        let per_byte = RENDER_FUEL_PER_BYTE.saturating_mul(bytes as u64);
+        env.set_fuel(Some(RENDER_FUEL_BASE.saturating_add(per_byte)));
         let tmpl = env.get_template("chat").map_err(template_error)?;
         tmpl.render(context! {
             messages => messages.iter().map(|m| context! { role => m.role.clone(), content => m.content.clone() }).collect::<Vec<_>>(),

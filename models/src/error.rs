@@ -37,6 +37,12 @@ pub enum ModelError {
         expected: Vec<usize>,
         got: Vec<usize>,
     },
+    #[error("{file}: tensor '{name}' has a zero dimension (shape {shape:?})")]
+    EmptyTensor {
+        file: PathBuf,
+        name: String,
+        shape: Vec<usize>,
+    },
     #[error("{file}: tensor '{name}' has unsupported dtype {dtype}")]
     UnsupportedDtype {
         file: PathBuf,
@@ -47,6 +53,12 @@ pub enum ModelError {
     Safetensors { file: PathBuf, message: String },
     #[error("{file}: invalid GGUF file: {message}")]
     Gguf { file: PathBuf, message: String },
+    #[error("{file}: '{entry}' {message}")]
+    OutsideFolder {
+        file: PathBuf,
+        entry: String,
+        message: String,
+    },
     #[error("{file}: cannot load tokenizer: {message}")]
     Tokenizer { file: PathBuf, message: String },
     #[error("{0}")]

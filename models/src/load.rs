@@ -14,9 +14,9 @@ use crate::families::{self, NetworkConfig};
 use crate::formats::config::JsonConfig;
 use crate::formats::gguf::GgufFile;
 use crate::formats::host::TensorSource;
-#[cfg(not(target_arch = "wasm32"))]
-use crate::formats::pth_unsupported;
 use crate::formats::safetensors::{Blob, SafetensorsFiles};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::formats::{folder::file_in_folder, pth_unsupported};
 use crate::formats::{gguf_hf, gguf_tokenizer, tokenizer_config};
 use crate::model::{ChatInfo, Model};
 use crate::tokenizer::TextTokenizer;
@@ -37,9 +37,19 @@ pub fn build_model(
     Ok(Model::new(path, network, bytes.get(), tokenizer, chat))
 }
 
-/// Build a model from a parsed GGUF file (native or in the browser): weights stay quantized
-/// on the GPU; the tokenizer and chat template come from its metadata.
-pub fn model_from_gguf(gpu: &Arc<Gpu>, file: &GgufFile) -> Result<Model> {
+/// Everything of a GGUF model that needs no GPU: its family's config (checked), its tensors
+/// under Hugging Face names, its tokenizer and chat template. [`model_from_gguf`] uploads the
+/// weights from here; the fuzz targets stop here.
+pub struct GgufParts<'a> {
+    pub config: JsonConfig,
+    pub network: Box<dyn NetworkConfig>,
+    pub source: gguf_hf::GgufSource<'a>,
+    pub tokenizer: Option<TextTokenizer>,
+    pub chat: ChatInfo,
+}
+
+/// Read a parsed GGUF file up to the weights' upload (see [`GgufParts`]).
+pub fn gguf_parts(file: &GgufFile) -> Result<GgufParts<'_>> {
     let path = file.path();
     let arch =
         file.get_str("general.architecture")
@@ -59,7 +69,28 @@ pub fn model_from_gguf(gpu: &Arc<Gpu>, file: &GgufFile) -> Result<Model> {
         None => None,
     };
     let chat = gguf_hf::chat_info_from_gguf(file);
-    build_model(gpu, path.to_path_buf(), network, &source, tokenizer, chat)
+    Ok(GgufParts {
+        config,
+        network,
+        source,
+        tokenizer,
+        chat,
+    })
+}
+
+/// Build a model from a parsed GGUF file (native or in the browser): weights stay quantized
+/// on the GPU; the tokenizer and chat template come from its metadata.
+pub fn model_from_gguf(gpu: &Arc<Gpu>, file: &GgufFile) -> Result<Model> {
+    let parts = gguf_parts(file)?;
+    let path = file.path().to_path_buf();
+    build_model(
+        gpu,
+        path,
+        parts.network,
+        &parts.source,
+        parts.tokenizer,
+        parts.chat,
+    )
 }
 
 /// A model from the files of a Hugging Face folder given as (file name, bytes), as the browser
@@ -117,7 +148,8 @@ pub fn model_from_files(
 }
 
 /// Load a model: a GGUF file, or a Hugging Face-layout directory (config.json, *.safetensors,
-/// tokenizer.json, tokenizer_config.json; BlinkDL's RWKV-7 folders have no config.json).
+/// tokenizer.json, tokenizer_config.json; BlinkDL's RWKV-7 folders have no config.json),
+/// every file of which must be inside the directory (see `formats::folder`).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
     if !path.exists() {
@@ -140,7 +172,7 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
                 .to_string(),
         });
     }
-    let config_path = path.join("config.json");
+    let config_path = file_in_folder(path, "config.json", path)?;
     let (network, source) = if config_path.exists() {
         let text = read(&config_path)?;
         let config = JsonConfig::parse(&config_path, &String::from_utf8_lossy(&text))?;
@@ -196,12 +228,12 @@ pub fn load_gguf(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
 /// tokenizer.json and tokenizer_config.json of a model directory, where they exist.
 #[cfg(not(target_arch = "wasm32"))]
 fn read_tokenizer_files(dir: &Path) -> Result<(Option<TextTokenizer>, ChatInfo)> {
-    let tok_path = dir.join("tokenizer.json");
+    let tok_path = file_in_folder(dir, "tokenizer.json", dir)?;
     let tokenizer = match tok_path.exists() {
         true => Some(TextTokenizer::from_bytes(&tok_path, &read(&tok_path)?)?),
         false => None,
     };
-    let config_path = dir.join("tokenizer_config.json");
+    let config_path = file_in_folder(dir, "tokenizer_config.json", dir)?;
     let chat = match config_path.exists() {
         true => {
             let text = read(&config_path)?;

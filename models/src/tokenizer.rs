@@ -14,11 +14,17 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<TextTokenizer> {
-        let inner =
-            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| ModelError::Tokenizer {
-                file: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        let err = |message: String| ModelError::Tokenizer {
+            file: path.to_path_buf(),
+            message,
+        };
+        // Parsed as JSON first, then read from the parsed value: tokenizers 0.22 panics
+        // (an `expect`) on a JSON syntax error inside the "decoder" object (found by the
+        // tokenizer fuzz target), which cannot happen on an already parsed value.
+        let json: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| err(e.to_string()))?;
+        let inner: tokenizers::Tokenizer =
+            serde_json::from_value(json).map_err(|e| err(e.to_string()))?;
         Ok(TextTokenizer::from_tokenizer(path, inner))
     }
 

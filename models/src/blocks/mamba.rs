@@ -58,6 +58,15 @@ impl MixerConfig {
             key: key.to_string(),
             message,
         };
+        if self.inner == 0 || self.heads == 0 {
+            return Err(bad(
+                "intermediate_size",
+                format!(
+                    "{} channels in {} heads: both must be positive",
+                    self.inner, self.heads
+                ),
+            ));
+        }
         if self.version == 2 && self.proj_bias {
             return Err(bad(
                 "use_bias",

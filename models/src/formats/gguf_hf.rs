@@ -201,7 +201,12 @@ fn host_dtype(t: GgmlType) -> Option<HostDType> {
 
 /// Undo llama.cpp's permutation of q/k rows: within each head, GGUF row `2*i + p` holds
 /// Hugging Face row `p*half + i` (rotary pairs interleaved instead of split in halves).
-pub fn unpermute_rows(bytes: &[u8], rows: usize, heads: usize) -> Vec<u8> {
+/// `None` unless `rows` is a positive multiple of `2 * heads` that divides the bytes.
+pub fn unpermute_rows(bytes: &[u8], rows: usize, heads: usize) -> Option<Vec<u8>> {
+    let pairs = heads.checked_mul(2)?;
+    if rows == 0 || pairs == 0 || !rows.is_multiple_of(pairs) || !bytes.len().is_multiple_of(rows) {
+        return None;
+    }
     let row_bytes = bytes.len() / rows;
     let head_rows = rows / heads;
     let half = head_rows / 2;
@@ -216,7 +221,7 @@ pub fn unpermute_rows(bytes: &[u8], rows: usize, heads: usize) -> Vec<u8> {
             }
         }
     }
-    out
+    Some(out)
 }
 
 impl TensorSource for GgufSource<'_> {
@@ -235,36 +240,44 @@ impl TensorSource for GgufSource<'_> {
             name: gname.clone(),
             dtype: info.ggml_type.name().to_string(),
         })?;
-        let shape = info.shape();
-        let mut data = Cow::Borrowed(bytes);
+        let mut t = HostTensor {
+            name: gname,
+            file: self.file.path().to_path_buf(),
+            shape: info.shape(),
+            dtype,
+            bytes: Cow::Borrowed(bytes),
+        }
+        .non_empty()?;
         if let Some((heads, kv_heads)) = self.unpermute {
-            let n_heads = if gname.ends_with("attn_q.weight") || gname.ends_with("attn_q.bias") {
+            let name = &t.name;
+            let n_heads = if name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias") {
                 Some(heads)
-            } else if gname.ends_with("attn_k.weight") || gname.ends_with("attn_k.bias") {
+            } else if name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias") {
                 Some(kv_heads)
             } else {
                 None
             };
             if let Some(n) = n_heads {
-                let rows = shape[0];
-                if rows % (2 * n) != 0 || (shape.len() == 1 && dtype != HostDType::F32) {
-                    return Err(ModelError::TensorShape {
-                        file: self.file.path().to_path_buf(),
-                        name: gname,
-                        expected: vec![2 * n, shape.last().copied().unwrap_or(0)],
-                        got: shape,
-                    });
+                let rows = t.shape.first().copied().unwrap_or(0);
+                // Only f32 vectors can be unpermuted (a quantized bias's blocks span rows).
+                let permutable = t.shape.len() > 1 || dtype == HostDType::F32;
+                match unpermute_rows(bytes, rows, n).filter(|_| permutable) {
+                    Some(rows) => t.bytes = Cow::Owned(rows),
+                    None => {
+                        return Err(ModelError::TensorShape {
+                            file: t.file,
+                            name: t.name,
+                            expected: vec![
+                                n.saturating_mul(2),
+                                t.shape.last().copied().unwrap_or(0),
+                            ],
+                            got: t.shape,
+                        })
+                    }
                 }
-                data = Cow::Owned(unpermute_rows(bytes, rows, n));
             }
         }
-        Ok(HostTensor {
-            name: gname,
-            file: self.file.path().to_path_buf(),
-            shape,
-            dtype,
-            bytes: data,
-        })
+        Ok(t)
     }
 
     fn contains(&self, name: &str) -> bool {

@@ -534,7 +534,23 @@ fn bpe_merges(v: &GgufVocab, vocab: &Vocab) -> Vec<(String, String)> {
 /// by the merged token's score (highest first), then by the merged token's id, then by the
 /// ids of the parts — Hugging Face's `SentencePieceExtractor` order, under which BPE picks
 /// the same merges as llama.cpp's score-ordered SPM tokenizer.
-fn spm_merges(v: &GgufVocab, texts: &[String], vocab: &Vocab) -> Vec<(String, String)> {
+fn spm_merges(v: &GgufVocab, texts: &[String], vocab: &Vocab) -> Result<Vec<(String, String)>> {
+    // Each split of a token looks both halves up: quadratic in its length, so a corrupt
+    // vocabulary's megabyte-long token is refused instead of computed for hours.
+    if let Some((id, t)) = texts
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.len() > MAX_SPM_TOKEN_BYTES)
+    {
+        return Err(tok_err(
+            &v.origin,
+            format!(
+                "token {id} is {} bytes long (a SentencePiece vocabulary's tokens are at most \
+                 {MAX_SPM_TOKEN_BYTES} here)",
+                t.len()
+            ),
+        ));
+    }
     let mut merges: Vec<(f32, u32, u32, u32, usize)> = Vec::new();
     for (id, t) in texts.iter().enumerate() {
         if vocab.get(t) != Some(&(id as u32)) {
@@ -553,14 +569,17 @@ fn spm_merges(v: &GgufVocab, texts: &[String], vocab: &Vocab) -> Vec<(String, St
             .then(a.2.cmp(&b.2))
             .then(a.3.cmp(&b.3))
     });
-    merges
+    Ok(merges
         .into_iter()
         .map(|(_, id, _, _, split)| {
             let t = &texts[id as usize];
             (t[..split].to_string(), t[split..].to_string())
         })
-        .collect()
+        .collect())
 }
+
+/// The longest token text of a SentencePiece vocabulary (real ones stay under a hundred).
+const MAX_SPM_TOKEN_BYTES: usize = 1024;
 
 /// Build the tokenizer that reproduces llama.cpp's tokenization of this vocabulary.
 pub fn build_tokenizer(v: &GgufVocab) -> Result<Tokenizer> {
@@ -629,7 +648,7 @@ pub fn build_tokenizer(v: &GgufVocab) -> Result<Tokenizer> {
             t
         }
         "llama" => {
-            let merges = spm_merges(v, &texts, &vocab);
+            let merges = spm_merges(v, &texts, &vocab)?;
             let mut b = BPE::builder()
                 .vocab_and_merges(vocab, merges)
                 .byte_fallback(true)

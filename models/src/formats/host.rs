@@ -57,9 +57,10 @@ impl HostTensor<'_> {
 
     /// Check the shape against `expected` (a vector may be stored with extra unit dims).
     pub fn expect_numel(&self, expected: &[usize]) -> Result<()> {
-        let n: usize = expected.iter().product();
         let shape_ok = self.shape == expected
-            || (self.shape.iter().product::<usize>() == n && expected.len() == 1);
+            || (expected.len() == 1
+                && numel(&self.shape).is_some()
+                && numel(&self.shape) == numel(expected));
         if !shape_ok {
             return Err(ModelError::TensorShape {
                 file: self.file.clone(),
@@ -70,4 +71,21 @@ impl HostTensor<'_> {
         }
         Ok(())
     }
+
+    /// This tensor, or an error when a dimension is zero: every weight holds values.
+    pub fn non_empty(self) -> Result<Self> {
+        if self.shape.contains(&0) {
+            return Err(ModelError::EmptyTensor {
+                file: self.file,
+                name: self.name,
+                shape: self.shape,
+            });
+        }
+        Ok(self)
+    }
+}
+
+/// The element count of `shape`, or `None` when it overflows.
+pub fn numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
 }

@@ -1,12 +1,14 @@
 //! Model file formats: config.json, safetensors, GGUF (the reader, its metadata read as a
 //! config and its tensors under Hugging Face names, its tokenizer), tokenizer_config.json,
-//! and the host tensors every format hands out.
+//! the host tensors every format hands out, and files kept inside their model folder.
 
 use std::path::Path;
 
 use crate::error::ModelError;
 
 pub mod config;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod folder;
 pub mod gguf;
 pub mod gguf_hf;
 pub mod gguf_tokenizer;

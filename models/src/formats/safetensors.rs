@@ -9,6 +9,8 @@ use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{ModelError, Result};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::formats::folder::file_in_folder;
 use crate::formats::host::{HostDType, HostTensor, TensorSource};
 
 pub enum Blob {
@@ -58,34 +60,20 @@ fn map_file(path: &Path) -> Result<Blob> {
 }
 
 impl SafetensorsFiles {
-    /// Open the safetensors of a Hugging Face model directory.
+    /// Open the safetensors of a Hugging Face model directory: the shards its index lists,
+    /// else model.safetensors, else every *.safetensors; all inside the directory.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open_dir(dir: &Path) -> Result<SafetensorsFiles> {
         let index = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let files: Vec<PathBuf> = if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|e| io_err(&index, e))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| ModelError::Json {
-                    path: index.clone(),
-                    message: e.to_string(),
-                })?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| ModelError::MissingConfigKey {
-                    file: index.clone(),
-                    key: "weight_map".into(),
-                })?;
-            let mut names: Vec<String> = map
-                .values()
-                .filter_map(|f| f.as_str().map(str::to_string))
-                .collect();
-            names.sort();
-            names.dedup();
-            names.into_iter().map(|n| dir.join(n)).collect()
+            let text = std::fs::read(&index).map_err(|e| io_err(&index, e))?;
+            shard_names(&index, &text)?
+                .iter()
+                .map(|name| file_in_folder(dir, name, &index))
+                .collect::<Result<_>>()?
         } else if single.exists() {
-            vec![single]
+            vec![file_in_folder(dir, "model.safetensors", dir)?]
         } else {
             let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
                 .map_err(|e| io_err(dir, e))?
@@ -98,6 +86,10 @@ impl SafetensorsFiles {
                     path: dir.to_path_buf(),
                     message: "no *.safetensors files in the model directory".into(),
                 });
+            }
+            for p in &found {
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                file_in_folder(dir, &name, dir)?;
             }
             found
         };
@@ -148,6 +140,43 @@ impl SafetensorsFiles {
             origin: origin.to_path_buf(),
         })
     }
+
+    /// The names of every tensor of every shard.
+    pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+}
+
+/// The shard file names of a sharded checkpoint's index (`weight_map`: tensor name → file
+/// name), sorted and without repeats; `index` names the file in errors. The names are not
+/// yet checked to be inside the folder (see [`file_in_folder`]).
+pub fn shard_names(index: &Path, text: &[u8]) -> Result<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_slice(text).map_err(|e| ModelError::Json {
+        path: index.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| ModelError::MissingConfigKey {
+            file: index.to_path_buf(),
+            key: "weight_map".into(),
+        })?;
+    let mut names = map
+        .iter()
+        .map(|(tensor, file)| {
+            file.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| ModelError::BadConfigValue {
+                    file: index.to_path_buf(),
+                    key: format!("weight_map.{tensor}"),
+                    message: format!("should be a file name, got {file}"),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 impl TensorSource for SafetensorsFiles {
@@ -171,15 +200,16 @@ impl TensorSource for SafetensorsFiles {
             }
         };
         let (a, b) = info.data_offsets;
-        Ok(HostTensor {
+        // In the file: from_blobs checked every tensor's offsets against its shard.
+        let bytes = &shard.blob[shard.data_start + a..shard.data_start + b];
+        HostTensor {
             name: name.to_string(),
             file: shard.path.clone(),
             shape: info.shape.clone(),
             dtype,
-            bytes: std::borrow::Cow::Borrowed(
-                &shard.blob[shard.data_start + a..shard.data_start + b],
-            ),
-        })
+            bytes: std::borrow::Cow::Borrowed(bytes),
+        }
+        .non_empty()
     }
 
     fn contains(&self, name: &str) -> bool {
