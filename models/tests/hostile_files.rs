@@ -356,15 +356,12 @@ fn config_absurd_layer_counts_are_errors() {
     }
 }
 
-/// Found by the config fuzz target: Mamba-1 with intermediate_size 0 divided by zero.
+/// Found by the config fuzz target: a Mamba-1 mixer of zero channels divided by zero.
 #[test]
 fn config_mamba_zero_channels_is_an_error() {
-    let config = fixture_config("mamba", |v| v["intermediate_size"] = serde_json::json!(0));
-    expect_err(
-        families::from_config(&config),
-        "config.json",
-        "intermediate_size",
-    );
+    // The inner width is expand * hidden_size (transformers overwrites intermediate_size).
+    let config = fixture_config("mamba", |v| v["expand"] = serde_json::json!(0));
+    expect_err(families::from_config(&config), "config.json", "expand");
 }
 
 /// Found by the config fuzz target: a Mamba mixer of zero channels (mamba_expand 0) in a
