@@ -159,6 +159,9 @@ impl Worker {
         progress(&format!("loading {}", config.path.display()));
         let mut model = kestrel_models::load(&gpu, &config.path).map_err(|e| e.to_string())?;
         crate::apply_attention(&mut model, config.attention.clone())?;
+        if let Some(note) = crate::unread_keys_note(&model) {
+            progress(&note);
+        }
         if !model.config().causal {
             return Err(format!(
                 "{} is a diffusion model; serve and app run autoregressive models \

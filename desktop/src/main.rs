@@ -78,7 +78,23 @@ pub fn open_gpu(device: &DeviceArgs) -> Result<Arc<Gpu>, String> {
 pub fn open_model(gpu: &Arc<Gpu>, path: &Path, options: AttentionOptions) -> Result<Model, String> {
     let mut model = kestrel_models::load(gpu, path).map_err(|e| e.to_string())?;
     apply_attention(&mut model, options)?;
+    if let Some(note) = unread_keys_note(&model) {
+        eprintln!("{note}");
+    }
     Ok(model)
+}
+
+/// A line naming the config.json keys no table of the model's family lists: tolerated (as
+/// llama.cpp tolerates unknown metadata) but said, since Kestrel does not act on them.
+pub fn unread_keys_note(model: &Model) -> Option<String> {
+    let keys = &model.config().unread_keys;
+    (!keys.is_empty()).then(|| {
+        format!(
+            "note: config.json keys that Kestrel's {} table does not list, so not read: {}",
+            model.config().architecture,
+            keys.join(", ")
+        )
+    })
 }
 
 pub fn apply_attention(model: &mut Model, options: AttentionOptions) -> CliResult {

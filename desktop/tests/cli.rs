@@ -963,3 +963,33 @@ fn a_closed_stdout_ends_the_program_quietly() {
     let (code, _) = kestrel_into_a_closed_pipe(&["info"]);
     assert_eq!(code, 141, "info writes after its reader left");
 }
+
+/// A config.json key no table of the family lists is tolerated (the logits are the
+/// fixture's) and named in one note on stderr; a fixture's own keys give no note.
+#[test]
+fn unknown_config_keys_are_tolerated_and_named() {
+    let dir = copy_fixture("llama_gqa", "unread");
+    edit_config(&dir, |v| v["kestrel_unheard_of"] = serde_json::json!(3));
+    let out = std::env::temp_dir().join(format!("kestrel-cli-unread-{}.npy", std::process::id()));
+    let run = |model: &Path| {
+        kestrel(&[
+            "logits",
+            "--model",
+            model.to_str().expect("path"),
+            "--tokens",
+            "1,2,3",
+            "--out",
+            out.to_str().expect("path"),
+        ])
+    };
+    let (code, _, err) = run(&dir);
+    assert_eq!(code, 0, "{err}");
+    let notes: Vec<&str> = err.lines().filter(|l| l.starts_with("note:")).collect();
+    assert_eq!(notes.len(), 1, "{err}");
+    assert!(notes[0].contains("kestrel_unheard_of"), "{err}");
+    let (code, _, err) = run(&fixture("llama_gqa"));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("note:"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&out);
+}

@@ -58,6 +58,9 @@ impl Session {
         let specs = arch.states(capacity);
         check_state_sizes(gpu, &specs, capacity)?;
         let states = StateStore::allocate(gpu, &specs)?;
+        // A context whose states fit each binding may still exceed the adapter's memory
+        // (wgpu does not say how much it has): the allocation's error, not a later failure.
+        gpu.check()?;
         Ok(Session {
             gpu: gpu.clone(),
             layouts: arch.kv_layouts(capacity),
