@@ -12,7 +12,7 @@ use crate::kernels::Step;
 use crate::kv::KvLayout;
 use crate::rng::pcg_hash;
 use crate::state::{StateSpec, StateStore};
-use crate::tensor::DType;
+use crate::tensor::{check_binding, shape_bytes, DType};
 
 /// Sampling settings; temperature 0 is greedy.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -325,24 +325,11 @@ impl Session {
 
 /// Refuse, before allocating anything, a context whose per-sequence state (a layer's KV
 /// cache grows with it) cannot be bound: a clear error instead of a failed allocation part
-/// way through the layers. Sizes use checked arithmetic, so an absurd context cannot wrap.
+/// way through the layers.
 fn check_state_sizes(gpu: &Gpu, specs: &[StateSpec], capacity: usize) -> Result<()> {
-    let allowed = gpu.caps.max_storage_binding.min(gpu.caps.max_buffer_size);
     for s in specs {
-        let needed = match s.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) {
-            Some(n) if n <= (u64::MAX / 8) as usize => s.dtype.bytes(n),
-            _ => u64::MAX,
-        };
-        if needed > allowed {
-            return Err(Error::LimitExceeded {
-                what: format!(
-                    "state {} for a context of {capacity} tokens (bytes)",
-                    s.name
-                ),
-                needed,
-                allowed,
-            });
-        }
+        let what = format!("state {} for a context of {capacity} tokens", s.name);
+        check_binding(gpu, &what, shape_bytes(&s.shape, s.dtype))?;
     }
     Ok(())
 }

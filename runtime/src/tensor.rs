@@ -47,8 +47,7 @@ pub struct GpuTensor {
 
 impl GpuTensor {
     pub fn new(gpu: &Gpu, label: &str, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
-        let n: usize = shape.iter().product();
-        let bytes = dtype.bytes(n);
+        let bytes = shape_bytes(shape, dtype);
         check_binding(gpu, label, bytes)?;
         Ok(GpuTensor {
             buffer: gpu.storage_buffer(label, bytes),
@@ -61,6 +60,15 @@ impl GpuTensor {
     }
     pub fn bytes(&self) -> u64 {
         self.dtype.bytes(self.numel())
+    }
+}
+
+/// The bytes of a tensor of `shape`, u64::MAX when the product overflows (so an absurd shape
+/// fails the binding check instead of wrapping).
+pub fn shape_bytes(shape: &[usize], dtype: DType) -> u64 {
+    match shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) {
+        Some(n) if n <= (u64::MAX / 8) as usize => dtype.bytes(n),
+        _ => u64::MAX,
     }
 }
 
