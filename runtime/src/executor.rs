@@ -184,6 +184,11 @@ impl Plan {
         self.dispatches.len()
     }
 
+    /// The plan's recorded dispatches, in order (for profiling).
+    pub fn dispatches(&self) -> &[Dispatch] {
+        &self.dispatches
+    }
+
     async fn read_bytes(&self, i: usize) -> Result<Vec<u8>> {
         let t = &self.outputs[i];
         readback::read_into(&self.gpu, &t.buffer, 0, self.staging[i].clone(), t.bytes()).await

@@ -164,7 +164,8 @@ impl Session {
         Ok(())
     }
 
-    fn plan(&mut self, n: usize, head: Head) -> Result<&Plan> {
+    /// The plan for passes of `n` tokens with `head` (made and cached on first use).
+    pub fn plan(&mut self, n: usize, head: Head) -> Result<&Plan> {
         if !self.plans.contains_key(&(n, head)) {
             if self.plans.len() >= MAX_CACHED_PLANS {
                 self.plans.retain(|(len, _), _| *len == 1);
