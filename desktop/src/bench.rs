@@ -207,7 +207,8 @@ fn model_bench(
         ..Request::default()
     };
 
-    // Warm-up run (pipeline compilation), then measured runs on a fresh cache. With sinks the
+    // Warm-up run (pipeline compilation; its second step is a batch of two decode steps, so
+    // the decode loop is made too), then measured runs on a fresh cache. With sinks the
     // capacity is unbounded (the session caps it at the architecture's limit).
     let capacity = if options.streaming.is_some() {
         usize::MAX
@@ -216,7 +217,7 @@ fn model_bench(
     };
     let mut session = model.session(gpu, capacity).map_err(err)?;
     let mut warm =
-        Generation::new(&model, &mut session, prompt.clone(), &run(2)).map_err(gen_err)?;
+        Generation::new(&model, &mut session, prompt.clone(), &run(3)).map_err(gen_err)?;
     let mut cold_start_s = 0.0;
     for i in 0..2 {
         pollster::block_on(warm.step(&model, &mut session)).map_err(gen_err)?;

@@ -238,8 +238,10 @@ impl Worker {
         let mut first_token_seconds = None;
         let mut decode_start = Instant::now();
         loop {
+            let t = Instant::now();
             let step =
                 pollster::block_on(g.step(model, &mut self.session)).map_err(|e| e.to_string())?;
+            g.observe_step_time(t.elapsed().as_secs_f64());
             if first_token_seconds.is_none() {
                 first_token_seconds = Some(started.elapsed().as_secs_f64());
                 decode_start = Instant::now();

@@ -82,7 +82,9 @@ pub fn print_reply(
     let mut first = None;
     let mut rest = Instant::now();
     loop {
+        let t = Instant::now();
         let step = pollster::block_on(g.step(model, session)).map_err(cli_error)?;
+        g.observe_step_time(t.elapsed().as_secs_f64());
         if first.is_none() {
             first = Some(start.elapsed().as_secs_f64());
             rest = Instant::now();

@@ -10,9 +10,12 @@
 //! borrows the model and session only during a step, so a browser can keep it between calls;
 //! it never blocks and keeps no time (front ends time steps themselves).
 
+use std::collections::VecDeque;
+
 use kestrel_runtime::diffusion::{
     DiffusionConfig, DiffusionError, DiffusionSampler, DiffusionStats,
 };
+use kestrel_runtime::kernels::decode_gate::MAX_END_IDS;
 use kestrel_runtime::session::{Sampling, Session};
 
 use crate::chat_template::{ChatTemplate, Message};
@@ -24,6 +27,12 @@ use crate::Model;
 pub const MAX_TEMPERATURE: f32 = 2.0;
 /// The most stop strings a request may carry (OpenAI's limit).
 pub const MAX_STOP_STRINGS: usize = 4;
+/// The most decode steps run in one submission (one host round trip per batch).
+pub const MAX_DECODE_BATCH: usize = 16;
+const _: () = assert!(MAX_DECODE_BATCH <= kestrel_runtime::decode_loop::MAX_STEPS);
+/// A streaming front end wants text at least this often: batches are sized to take no
+/// longer, from the step times it reports ([`Generation::observe_step_time`]).
+pub const STREAM_INTERVAL_S: f64 = 0.1;
 
 /// What to continue.
 #[derive(Clone, Debug, PartialEq)]
@@ -234,9 +243,13 @@ pub enum Step {
 
 /// How tokens are drawn.
 enum Sampler {
-    /// One token per step; `feed` is what the next step runs: the part of the prompt the
-    /// session does not hold yet, then the last token.
-    Autoregressive { feed: Vec<u32> },
+    /// One token per step; `feed` is what the next draw runs: the part of the prompt the
+    /// session does not hold yet, then the last token. Decoding runs batches of steps on the
+    /// GPU (`Session::decode`); `pending` holds the tokens of the last batch not yet taken.
+    Autoregressive {
+        feed: Vec<u32>,
+        pending: VecDeque<u32>,
+    },
     /// One block per step.
     Diffusion(Box<DiffusionSampler>),
 }
@@ -260,6 +273,13 @@ pub struct Generation {
     completion_tokens: usize,
     sampled: usize,
     finish: Option<Finish>,
+    /// The size of the next decode batch (doubling up to `max_batch`).
+    batch: usize,
+    /// The largest batch: [`MAX_DECODE_BATCH`], or what keeps a batch within
+    /// [`STREAM_INTERVAL_S`] once a front end reports step times.
+    max_batch: usize,
+    /// Tokens the last draw decoded on the GPU (0 when it took a pending token).
+    last_decoded: usize,
 }
 
 impl Generation {
@@ -286,7 +306,10 @@ impl Generation {
             let room = capacity - prompt.len() + request.ignore_eos as usize;
             let feed = session.reuse_prefix(&prompt).to_vec();
             let reused = prompt.len() - feed.len();
-            let sampler = Sampler::Autoregressive { feed };
+            let sampler = Sampler::Autoregressive {
+                feed,
+                pending: VecDeque::new(),
+            };
             (sampler, request.max_tokens.min(room), reused)
         } else {
             let config = request
@@ -312,7 +335,23 @@ impl Generation {
             completion_tokens: 0,
             sampled: 0,
             finish: None,
+            batch: 2,
+            max_batch: MAX_DECODE_BATCH,
+            last_decoded: 0,
         })
+    }
+
+    /// A streaming front end reports how long its last [`Generation::step`] took; later
+    /// decode batches are kept short enough that text arrives every
+    /// [`STREAM_INTERVAL_S`]. Front ends that do not stream (benchmarks) do not call it.
+    pub fn observe_step_time(&mut self, seconds: f64) {
+        if self.last_decoded == 0 || !seconds.is_finite() || seconds <= 0.0 {
+            return;
+        }
+        let per_token = seconds / self.last_decoded as f64;
+        let fits = (STREAM_INTERVAL_S / per_token).floor() as usize;
+        self.max_batch = fits.clamp(1, MAX_DECODE_BATCH);
+        self.batch = self.batch.min(self.max_batch);
     }
 
     /// Advance the reply by one token (one block for a diffusion model).
@@ -356,11 +395,34 @@ impl Generation {
         if self.completion_tokens >= self.limit {
             return Ok(Some(Finish::Length));
         }
+        self.last_decoded = 0;
         let tokens = match &mut self.sampler {
-            Sampler::Autoregressive { feed } => {
-                let next = session.next_token(feed, &self.sampling).await?;
-                *feed = vec![next];
-                vec![next]
+            Sampler::Autoregressive { feed, pending } => {
+                if pending.is_empty() {
+                    // A batch of steps when only the last token is left to feed: as many as
+                    // the reply may still take and the context can hold.
+                    let room = session.capacity().saturating_sub(session.pos());
+                    let n = self
+                        .batch
+                        .min(self.limit - self.completion_tokens)
+                        .min(room);
+                    let ids = if feed.len() == 1 && n > 1 {
+                        let ends = match self.ignore_eos {
+                            true => &[][..],
+                            false => model.eos(),
+                        };
+                        let ends = &ends[..ends.len().min(MAX_END_IDS)];
+                        let ids = session.decode(feed[0], n, &self.sampling, ends).await?;
+                        self.batch = (2 * self.batch).min(self.max_batch);
+                        ids
+                    } else {
+                        vec![session.next_token(feed, &self.sampling).await?]
+                    };
+                    self.last_decoded = ids.len();
+                    *feed = ids.last().copied().into_iter().collect();
+                    pending.extend(ids);
+                }
+                pending.pop_front().into_iter().collect()
             }
             Sampler::Diffusion(sampler) => match sampler.next_block(session).await? {
                 Some(block) => block.tokens,
@@ -495,7 +557,10 @@ mod tests {
         assert_eq!(find_stop("é</end>", &stop, 1), Some(2));
         // Piece by piece, the reply is searched once and cut at the stop string.
         let mut g = Generation {
-            sampler: Sampler::Autoregressive { feed: vec![] },
+            sampler: Sampler::Autoregressive {
+                feed: vec![],
+                pending: VecDeque::new(),
+            },
             sampling: Sampling::default(),
             limit: 100,
             stop: vec!["STOP".into(), "\n\n".into()],
@@ -509,6 +574,9 @@ mod tests {
             completion_tokens: 0,
             sampled: 0,
             finish: None,
+            batch: 2,
+            max_batch: MAX_DECODE_BATCH,
+            last_decoded: 0,
         };
         for piece in ["Hello", " wor", "ld S", "T"] {
             assert!(!g.append(piece));

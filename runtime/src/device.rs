@@ -132,6 +132,11 @@ impl Gpu {
     pub async fn new(choice: BackendChoice) -> Result<Arc<Gpu>> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = choice.backends();
+        // wgpu's validation of indirect dispatch arguments adds a pass per indirect dispatch;
+        // Kestrel's only indirect arguments are its decode gate's (crate::decode_loop), zeros
+        // or the counts of dispatches the planner already checked against the limits.
+        desc.flags
+            .remove(wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL);
         let instance = wgpu::Instance::new(desc);
         let adapter = Self::pick_adapter(&instance, choice).await?;
         Self::from_adapter(instance, adapter).await

@@ -176,6 +176,16 @@ impl Plan {
         Ok(())
     }
 
+    /// The buffer of input `name`, if the graph has one.
+    pub fn input(&self, name: &str) -> Option<&wgpu::Buffer> {
+        self.inputs.get(name).map(|t| &*t.buffer)
+    }
+
+    /// The [`Step`] uniform every dispatch reads.
+    pub fn step(&self) -> &wgpu::Buffer {
+        &self.step
+    }
+
     pub fn output(&self, i: usize) -> &GpuTensor {
         &self.outputs[i]
     }

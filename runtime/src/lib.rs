@@ -11,6 +11,7 @@ pub mod buffer;
 #[cfg(feature = "kernel-cases")]
 pub mod cases;
 pub mod counters;
+pub mod decode_loop;
 pub mod device;
 pub mod diffusion;
 pub mod error;

@@ -58,6 +58,12 @@ pub fn read_into(
     enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
     gpu.queue.submit([enc.finish()]);
     gpu.work.submit(0);
+    map_staging(gpu, staging, size)
+}
+
+/// Read the first `size` bytes of `staging` (from [`staging_buffer`], not mapped) once the
+/// work already submitted, which fills it, is done.
+pub fn map_staging(gpu: &Arc<Gpu>, staging: GpuBuffer, size: u64) -> ReadFuture {
     gpu.work.readback();
     let slot = Arc::new(Mutex::new(Slot::default()));
     let s2 = slot.clone();

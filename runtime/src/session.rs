@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::arch::{Architecture, Head, UnmaskHead, UnmaskStep};
+use crate::decode_loop::{DecodeLoop, MAX_STEPS};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::executor::Plan;
@@ -46,6 +47,8 @@ pub struct Session {
     /// The most tokens one pass of each head fits in the adapter's storage bindings, learnt
     /// from the first pass that did not fit (see [`Session::pass`]).
     pass_limit: HashMap<Head, usize>,
+    /// The batched decode of the one-token sampling plan, made on first use.
+    decode_loop: Option<DecodeLoop>,
 }
 
 /// Prefill plans for distinct lengths are kept up to this many; decode plans always stay.
@@ -70,6 +73,7 @@ impl Session {
             history: Vec::new(),
             plans: HashMap::new(),
             pass_limit: HashMap::new(),
+            decode_loop: None,
         })
     }
 
@@ -173,6 +177,9 @@ impl Session {
             let graph = self.arch.build(n, self.capacity, head)?;
             let plan = Plan::new(&self.gpu, &graph, &self.states)?;
             self.plans.insert((n, head), plan);
+            if (n, head) == (1, Head::Sample) {
+                self.decode_loop = None;
+            }
         }
         Ok(&self.plans[&(n, head)])
     }
@@ -226,16 +233,7 @@ impl Session {
     }
 
     fn step_for(&self, n: usize, s: &Sampling) -> Step {
-        let pos = self.pos() as u32;
-        Step {
-            pos,
-            n_tokens: n as u32,
-            seed: pcg_hash(s.seed ^ pcg_hash(pos)),
-            top_k: s.top_k,
-            temperature: s.temperature,
-            top_p: s.top_p,
-            ..Step::default()
-        }
+        step_at(self.pos(), n, s)
     }
 
     /// Run one pass over `tokens` (at most one chunk) with `head`; the plan's output is
@@ -321,6 +319,66 @@ impl Session {
         out.first()
             .copied()
             .ok_or_else(|| Error::Readback("sampler produced no token".into()))
+    }
+}
+
+impl Session {
+    /// Decode `n` tokens in one submission with the token loop on the GPU: feed `first`,
+    /// then each sampled token, and return the `n` tokens sampled — the same tokens as `n`
+    /// calls of [`Session::next_token`] — or fewer, ending with the first token of
+    /// `end_ids` that was sampled: the steps after it do not run and the sequence holds
+    /// the tokens fed up to it. `n` is at most [`MAX_STEPS`], `end_ids` at most
+    /// [`crate::kernels::decode_gate::MAX_END_IDS`] tokens.
+    pub async fn decode(
+        &mut self,
+        first: u32,
+        n: usize,
+        sampling: &Sampling,
+        end_ids: &[u32],
+    ) -> Result<Vec<u32>> {
+        if n <= 1 {
+            return Ok(vec![self.next_token(&[first], sampling).await?]);
+        }
+        if n > MAX_STEPS {
+            return Err(Error::InputOutOfRange(format!(
+                "{n} decode steps in one batch; at most {MAX_STEPS}"
+            )));
+        }
+        // The n tokens fed: `first` now, the others as they are sampled (all below the
+        // vocabulary: the sampler draws from it).
+        self.check_tokens(&vec![first; n])?;
+        self.plan(1, Head::Sample)?;
+        let plan = &self.plans[&(1, Head::Sample)];
+        if self.decode_loop.is_none() {
+            self.decode_loop = Some(DecodeLoop::new(&self.gpu, plan)?);
+        }
+        plan.write_input("tokens", &[first])?;
+        let pos = self.pos();
+        let steps: Vec<Step> = (0..n).map(|k| step_at(pos + k, 1, sampling)).collect();
+        let Some(looped) = &self.decode_loop else {
+            return Err(Error::Graph("no decode loop".into()));
+        };
+        let mut ids = looped.run(&self.gpu, plan, &steps, end_ids).await?;
+        if let Some(end) = ids.iter().position(|t| end_ids.contains(t)) {
+            ids.truncate(end + 1);
+        }
+        self.history.push(first);
+        self.history.extend_from_slice(&ids[..ids.len() - 1]);
+        Ok(ids)
+    }
+}
+
+/// The step uniform of a pass of `n` tokens at `pos`.
+fn step_at(pos: usize, n: usize, s: &Sampling) -> Step {
+    let pos = pos as u32;
+    Step {
+        pos,
+        n_tokens: n as u32,
+        seed: pcg_hash(s.seed ^ pcg_hash(pos)),
+        top_k: s.top_k,
+        temperature: s.temperature,
+        top_p: s.top_p,
+        ..Step::default()
     }
 }
 

@@ -102,6 +102,11 @@ fn copy_matches_reference() {
 }
 
 #[test]
+fn decode_gate_matches_reference() {
+    check_cases(cases::family("decode_gate"));
+}
+
+#[test]
 fn sample_greedy_matches_reference() {
     check_cases(cases::family("sample"));
 }

@@ -335,8 +335,12 @@ impl Engine {
             let Some(g) = this.generation.as_mut() else {
                 return Ok(JsValue::from_str(&json!({"text": "", "done": true, "finish_reason": null, "completion_tokens": 0}).to_string()));
             };
+            let t = js_sys::Date::now();
             let step = match g.step(&this.model, &mut this.session).await {
-                Ok(step) => step,
+                Ok(step) => {
+                    g.observe_step_time((js_sys::Date::now() - t) / 1000.0);
+                    step
+                }
                 Err(e) => {
                     // A failed step may leave the cache half written: start the next reply afresh.
                     this.session.reset();

@@ -38,6 +38,7 @@
 mod attention;
 mod conv1d;
 mod copy;
+mod decode_gate;
 mod elementwise;
 mod embedding;
 mod heads;
@@ -82,6 +83,7 @@ pub fn all() -> Vec<Case> {
         heads::head_dot(),
         rope::cases(),
         copy::cases(),
+        decode_gate::cases(),
         sample::cases(),
         attention::prefill(),
         attention::decode(),

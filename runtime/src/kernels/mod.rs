@@ -15,6 +15,7 @@ pub mod cache_write;
 pub mod conv1d;
 pub mod copy;
 pub mod decode_attention;
+pub mod decode_gate;
 pub mod elementwise;
 pub mod embedding;
 pub mod head_concat;
@@ -92,6 +93,7 @@ pub const ALL: &[Kernel] = &[
     copy::KERNEL,
     decode_attention::KERNEL,
     decode_attention::MERGE,
+    decode_gate::KERNEL,
     elementwise::KERNEL,
     embedding::KERNEL,
     head_concat::KERNEL,
@@ -190,6 +192,28 @@ pub fn record(enc: &mut wgpu::CommandEncoder, dispatches: &[Dispatch]) {
         pass.set_pipeline(&d.pipeline);
         pass.set_bind_group(0, &d.bind_group, &[]);
         pass.dispatch_workgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+    }
+}
+
+/// Record `gate` and then `dispatches` with indirect arguments (three words each, in order,
+/// in `args`, which the gate writes) into one compute pass of `enc`.
+pub fn record_gated(
+    enc: &mut wgpu::CommandEncoder,
+    gate: &Dispatch,
+    dispatches: &[Dispatch],
+    args: &wgpu::Buffer,
+) {
+    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("kestrel gated"),
+        timestamp_writes: None,
+    });
+    pass.set_pipeline(&gate.pipeline);
+    pass.set_bind_group(0, &gate.bind_group, &[]);
+    pass.dispatch_workgroups(gate.workgroups[0], gate.workgroups[1], gate.workgroups[2]);
+    for (i, d) in dispatches.iter().enumerate() {
+        pass.set_pipeline(&d.pipeline);
+        pass.set_bind_group(0, &d.bind_group, &[]);
+        pass.dispatch_workgroups_indirect(args, 12 * i as u64);
     }
 }
 
