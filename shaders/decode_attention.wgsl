@@ -16,6 +16,11 @@
 // cached keys are un-rotated; key number i is rotated by i and the query by n - 1 (positions
 // inside the cache). SPARSE: the keys are the blocks its mask row lists, 64 positions each,
 // those after p masked out.
+//
+// GQA: a workgroup serves GROUP query heads that share one KV head (runtime/src/kernels/
+// decode_attention.rs picks GROUP: a divisor of heads / kv_heads whose workgroup memory fits;
+// 1 with a block-sparse mask, whose rows differ per head), so each key and value is read once
+// for all of them.
 
 struct Params {
     heads: u32,
@@ -46,9 +51,10 @@ const PER_THREAD: u32 = 4u;
 const TILE: u32 = WG * PER_THREAD;
 const SPLIT_KEYS: u32 = 256u;
 const DIMS_PER_THREAD: u32 = (HEAD_DIM + WG - 1u) / WG;
+const G: u32 = GROUP;
 
-var<workgroup> q_row: array<f32, HEAD_DIM>;
-var<workgroup> weights: array<f32, TILE>;
+var<workgroup> q_row: array<f32, G * HEAD_DIM>;
+var<workgroup> weights: array<f32, G * TILE>;
 var<workgroup> rows: array<u32, TILE>;
 var<workgroup> red: array<f32, WG>;
 var<workgroup> n_blocks: u32;
@@ -90,10 +96,10 @@ fn reduce_sum(lid: u32, v: f32) -> f32 {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let head = wid.x;
+    let head0 = wid.x * G; // this workgroup's first query head
     let split = wid.y;
     let query = wid.z;
-    let kv_head = head / (p.heads / p.kv_heads);
+    let kv_head = head0 / (p.heads / p.kv_heads);
     // The last key this query sees: itself, or the cache's last row when bidirectional.
     var pos = step.pos + query;
     if (p.causal == 0u) {
@@ -107,7 +113,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let sink_end = min(p.sinks, lo);
     var n = sink_end + pos + 1u - lo;
-    let mask_row = head * p.blocks + pos / 64u;
+    let mask_row = head0 * p.blocks + pos / 64u; // SPARSE: G is 1
     if (SPARSE) {
         if (lid == 0u) {
             n_blocks = mask[mask_row + 1u] - mask[mask_row];
@@ -119,34 +125,45 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let start = split * chunk;
     let end = min(n, start + chunk);
 
-    for (var d = lid; d < HEAD_DIM; d += WG) {
-        q_row[d] = q[(query * p.heads + head) * HEAD_DIM + d] * p.scale;
+    for (var d = lid; d < G * HEAD_DIM; d += WG) {
+        q_row[d] = q[(query * p.heads + head0) * HEAD_DIM + d] * p.scale;
     }
     workgroupBarrier();
-    if (ROPE && lid == 0u) {
+    if (ROPE && lid < G) {
+        let o = lid * HEAD_DIM;
         for (var i = 0u; i < p.rot_half; i++) {
             let angle = f32(n - 1u) * inv_freq[i];
-            let a = q_row[i];
-            let b = q_row[i + p.rot_half];
-            q_row[i] = a * cos(angle) - b * sin(angle);
-            q_row[i + p.rot_half] = b * cos(angle) + a * sin(angle);
+            let a = q_row[o + i];
+            let b = q_row[o + i + p.rot_half];
+            q_row[o + i] = a * cos(angle) - b * sin(angle);
+            q_row[o + i + p.rot_half] = b * cos(angle) + a * sin(angle);
         }
     }
     workgroupBarrier();
 
-    var m = -3.0e38;
-    var l = 0.0;
-    var acc: array<f32, DIMS_PER_THREAD>;
-    for (var r = 0u; r < DIMS_PER_THREAD; r++) {
-        acc[r] = 0.0;
+    var m: array<f32, G>;
+    var l: array<f32, G>;
+    var acc: array<f32, G * DIMS_PER_THREAD>;
+    for (var g = 0u; g < G; g++) {
+        m[g] = -3.0e38;
+        l[g] = 0.0;
+        for (var r = 0u; r < DIMS_PER_THREAD; r++) {
+            acc[g * DIMS_PER_THREAD + r] = 0.0;
+        }
     }
 
     for (var t0 = start; t0 < end; t0 += TILE) {
-        var tile_max = -3.0e38;
+        var tile_max: array<f32, G>;
+        for (var g = 0u; g < G; g++) {
+            tile_max[g] = -3.0e38;
+        }
         for (var r = 0u; r < PER_THREAD; r++) {
             let slot = lid + r * WG;
             let i = t0 + slot;
-            var s = -3.0e38;
+            var s: array<f32, G>;
+            for (var g = 0u; g < G; g++) {
+                s[g] = -3.0e38;
+            }
             var row = 0u;
             if (i < end) {
                 var j = 0u;
@@ -161,67 +178,94 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 row = kv_row(min(j, pos)); // masked keys past pos: a row the query reads
                 if (j <= pos) {
                     let base = row * p.kv_stride + kv_head * HEAD_DIM;
-                    s = 0.0;
+                    for (var g = 0u; g < G; g++) {
+                        s[g] = 0.0;
+                    }
                     if (ROPE) {
                         for (var d = 0u; d < p.rot_half; d++) {
                             let angle = f32(i) * inv_freq[d];
                             let a = k_cache[base + d];
                             let b = k_cache[base + d + p.rot_half];
-                            s += q_row[d] * (a * cos(angle) - b * sin(angle));
-                            s += q_row[d + p.rot_half] * (b * cos(angle) + a * sin(angle));
+                            let ka = a * cos(angle) - b * sin(angle);
+                            let kb = b * cos(angle) + a * sin(angle);
+                            for (var g = 0u; g < G; g++) {
+                                s[g] += q_row[g * HEAD_DIM + d] * ka;
+                                s[g] += q_row[g * HEAD_DIM + d + p.rot_half] * kb;
+                            }
                         }
                         for (var d = 2u * p.rot_half; d < HEAD_DIM; d++) {
-                            s += q_row[d] * k_cache[base + d];
+                            let kd = k_cache[base + d];
+                            for (var g = 0u; g < G; g++) {
+                                s[g] += q_row[g * HEAD_DIM + d] * kd;
+                            }
                         }
                     } else {
                         for (var d = 0u; d < HEAD_DIM; d++) {
-                            s += q_row[d] * k_cache[base + d];
+                            let kd = k_cache[base + d];
+                            for (var g = 0u; g < G; g++) {
+                                s[g] += q_row[g * HEAD_DIM + d] * kd;
+                            }
                         }
                     }
                 }
             }
-            weights[slot] = s;
-            rows[slot] = row;
-            tile_max = max(tile_max, s);
-        }
-        let m_new = max(m, reduce_max(lid, tile_max));
-        var local_sum = 0.0;
-        for (var r = 0u; r < PER_THREAD; r++) {
-            let slot = lid + r * WG;
-            var e = 0.0;
-            if (weights[slot] > -1.0e38) {
-                e = exp(weights[slot] - m_new);
+            for (var g = 0u; g < G; g++) {
+                weights[g * TILE + slot] = s[g];
+                tile_max[g] = max(tile_max[g], s[g]);
             }
-            weights[slot] = e;
-            local_sum += e;
+            rows[slot] = row;
         }
-        let corr = exp(m - m_new);
-        l = l * corr + reduce_sum(lid, local_sum);
-        m = m_new;
+        var corr: array<f32, G>;
+        for (var g = 0u; g < G; g++) {
+            let m_new = max(m[g], reduce_max(lid, tile_max[g]));
+            var local_sum = 0.0;
+            for (var r = 0u; r < PER_THREAD; r++) {
+                let slot = g * TILE + lid + r * WG;
+                var e = 0.0;
+                if (weights[slot] > -1.0e38) {
+                    e = exp(weights[slot] - m_new);
+                }
+                weights[slot] = e;
+                local_sum += e;
+            }
+            corr[g] = exp(m[g] - m_new);
+            l[g] = l[g] * corr[g] + reduce_sum(lid, local_sum);
+            m[g] = m_new;
+        }
         let count = min(TILE, end - t0);
         for (var r = 0u; r < DIMS_PER_THREAD; r++) {
             let d = lid + r * WG;
             if (d < HEAD_DIM) {
-                var a = acc[r] * corr;
-                for (var k = 0u; k < count; k++) {
-                    a += weights[k] * v_cache[rows[k] * p.kv_stride + kv_head * HEAD_DIM + d];
+                var a: array<f32, G>;
+                for (var g = 0u; g < G; g++) {
+                    a[g] = acc[g * DIMS_PER_THREAD + r] * corr[g];
                 }
-                acc[r] = a;
+                for (var k = 0u; k < count; k++) {
+                    let v = v_cache[rows[k] * p.kv_stride + kv_head * HEAD_DIM + d];
+                    for (var g = 0u; g < G; g++) {
+                        a[g] += weights[g * TILE + k] * v;
+                    }
+                }
+                for (var g = 0u; g < G; g++) {
+                    acc[g * DIMS_PER_THREAD + r] = a[g];
+                }
             }
         }
         workgroupBarrier();
     }
 
     // An unused split leaves max -3e38 and denominator 0, which the merge ignores.
-    let base = ((query * p.heads + head) * p.max_splits + split) * (HEAD_DIM + 2u);
-    if (lid == 0u) {
-        partial[base] = m;
-        partial[base + 1u] = l;
-    }
-    for (var r = 0u; r < DIMS_PER_THREAD; r++) {
-        let d = lid + r * WG;
-        if (d < HEAD_DIM) {
-            partial[base + 2u + d] = acc[r];
+    for (var g = 0u; g < G; g++) {
+        let base = ((query * p.heads + head0 + g) * p.max_splits + split) * (HEAD_DIM + 2u);
+        if (lid == 0u) {
+            partial[base] = m[g];
+            partial[base + 1u] = l[g];
+        }
+        for (var r = 0u; r < DIMS_PER_THREAD; r++) {
+            let d = lid + r * WG;
+            if (d < HEAD_DIM) {
+                partial[base + 2u + d] = acc[g * DIMS_PER_THREAD + r];
+            }
         }
     }
 }

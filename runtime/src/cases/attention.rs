@@ -598,7 +598,17 @@ pub fn decode() -> Vec<Case> {
     let mut cases = Vec::new();
     let mut seed = 1200;
     for len in [1, 37, 300] {
-        for (h, kvh, hd) in [(4, 2, 16), (4, 1, 64), (2, 2, 128), (6, 3, 64)] {
+        // Query heads per KV head 2, 4, 1, 2, then SmolLM2's 3, Qwen2.5-0.5B's 7 and 8 (each a
+        // workgroup's whole group, decode_attention::group).
+        for (h, kvh, hd) in [
+            (4, 2, 16),
+            (4, 1, 64),
+            (2, 2, 128),
+            (6, 3, 64),
+            (9, 3, 64),
+            (14, 2, 64),
+            (16, 2, 128),
+        ] {
             seed += 1;
             let browser = matches!(
                 (len, h, kvh, hd),

@@ -20,23 +20,62 @@ pub const MERGE: Kernel = kernel!("decode_attention_merge", merge_variants);
 /// Head dims the shader-validation test compiles every mode at.
 pub const HEAD_DIMS: [usize; 6] = [16, 32, 64, 80, 128, 256];
 
-fn defs(head_dim: usize, rope: bool, sparse: bool) -> ShaderDefs {
+fn defs(head_dim: usize, rope: bool, sparse: bool, group: usize) -> ShaderDefs {
     ShaderDefs::new()
         .u32("HEAD_DIM", head_dim as u32)
         .bool("ROPE", rope)
         .bool("SPARSE", sparse)
+        .u32("GROUP", group as u32)
+}
+
+/// Workgroup memory the pieces kernel may use: WebGPU's guaranteed minimum.
+const WORKGROUP_BYTES: usize = 16384;
+/// Keys per tile and invocations per workgroup (TILE and WG in the shader).
+const TILE: usize = 256;
+const WG: usize = 64;
+/// The most query heads one workgroup serves.
+const MAX_GROUP: usize = 8;
+
+/// Query heads per workgroup: the largest divisor of the heads sharing a KV head (at most
+/// [`MAX_GROUP`]) whose query rows and tile weights fit the workgroup memory; 1 with a
+/// block-sparse mask (each head has its own mask rows).
+pub fn group(shape: &AttnShape, sparse: bool) -> usize {
+    let share = shape.heads / shape.kv_heads.max(1);
+    let fits = |g: usize| g * (shape.head_dim + TILE) * 4 + (TILE + WG + 1) * 4 <= WORKGROUP_BYTES;
+    match sparse {
+        true => 1,
+        false => (1..=share.min(MAX_GROUP))
+            .rev()
+            .find(|&g| share.is_multiple_of(g) && fits(g))
+            .unwrap_or(1),
+    }
 }
 
 fn merge_defs(head_dim: usize) -> ShaderDefs {
     ShaderDefs::new().u32("HEAD_DIM", head_dim as u32)
 }
 
-/// Dense, in-attention RoPE and block-sparse, at each of [`HEAD_DIMS`].
+/// Dense and in-attention RoPE serving 1, 3 or 8 query heads per workgroup (where they fit),
+/// and block-sparse (one head), at each of [`HEAD_DIMS`].
 pub fn variants() -> Vec<ShaderDefs> {
-    HEAD_DIMS
-        .into_iter()
-        .flat_map(|hd| [(false, false), (true, false), (false, true)].map(|(r, s)| defs(hd, r, s)))
-        .collect()
+    let mut out = Vec::new();
+    for hd in HEAD_DIMS {
+        for rope in [false, true] {
+            for g in [1, 3, 8] {
+                let shape = AttnShape {
+                    heads: g,
+                    kv_heads: 1,
+                    head_dim: hd,
+                    scale: 1.0,
+                };
+                if group(&shape, false) == g {
+                    out.push(defs(hd, rope, false, g));
+                }
+            }
+        }
+        out.push(defs(hd, false, true, 1));
+    }
+    out
 }
 
 pub fn merge_variants() -> Vec<ShaderDefs> {
@@ -105,7 +144,9 @@ pub fn launch(
     let rope_half = io.inv_freq.map(|(_, h)| h);
     validate_mode(&shape, &layout, causal, rope_half, io.mask.is_some())?;
     let max_splits = max_splits.clamp(1, MAX_SPLITS);
-    let defs = defs(shape.head_dim, rope_half.is_some(), io.mask.is_some());
+    let sparse = io.mask.is_some();
+    let group = group(&shape, sparse);
+    let defs = defs(shape.head_dim, rope_half.is_some(), sparse, group);
     let params = Params {
         heads: shape.heads as u32,
         kv_heads: shape.kv_heads as u32,
@@ -134,7 +175,11 @@ pub fn launch(
             io.inv_freq.map_or(dummy, |(b, _)| b),
             io.mask.map_or(dummy, |(b, _)| b),
         ],
-        [shape.heads as u32, max_splits as u32, n_queries as u32],
+        [
+            (shape.heads / group) as u32,
+            max_splits as u32,
+            n_queries as u32,
+        ],
     )?;
     let merge = MERGE.dispatch(
         gpu,
