@@ -353,6 +353,7 @@ fn model_bench(
         ));
     }
     let kv_end = session.state_bytes();
+    let positions = session.pos();
     let routing: Vec<Value> = counters
         .iter()
         .zip(counts_before.iter().zip(read_counters(&session)?))
@@ -485,8 +486,9 @@ fn model_bench(
         print_gpu_memory(r);
         outln!("cold start: {cold_start_s:.2} s (device, model, pipelines, first token)");
         outln!(
-            "pipeline creation: {pipeline_creation_s:.3} s for {} pipelines (shader modules \
-             and pipelines; a driver may finish compiling at the first dispatch)",
+            "pipeline creation: {pipeline_creation_s:.3} s for {} pipelines (the prefill and \
+             decode plans' shader modules and pipelines; a driver may finish compiling at the \
+             first dispatch)",
             pipelines.pipelines
         );
         outln!(
@@ -524,8 +526,7 @@ fn model_bench(
             }
         }
         outln!(
-            "sequence state bytes: {kv_start} at the start of decode, {kv_end} after {} positions",
-            session.pos()
+            "sequence state bytes: {kv_start} at the start of decode, {kv_end} after {positions} positions"
         );
         outln!(
             "matmul 512x512x512 f32: {:.2} GFLOP/s",
