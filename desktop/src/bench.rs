@@ -1,6 +1,9 @@
 //! `kestrel bench`: model prefill/decode tokens/s (with per-window decode time, so a long
-//! decode through attention sinks shows it stays flat), and kernel roofline figures on the
-//! same adapter: matmul GFLOP/s, matvec GB/s and buffer-copy GB/s (decode's bandwidth bound).
+//! decode through attention sinks shows it stays flat), the GPU work of a decoded token
+//! (dispatches, submits, round trips, weight bytes read per second, and its GPU time by
+//! kernel class from timestamp queries), cold start and pipeline creation, and kernel
+//! roofline figures on the same adapter: matmul GFLOP/s, matvec GB/s and buffer-copy GB/s
+//! (decode's bandwidth bound).
 //! `--attention` adds attention kernel figures (see `bench_attention`), with or without a model.
 
 use std::path::Path;
@@ -8,8 +11,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kestrel_models::generate::{Generation, Request};
+use kestrel_runtime::arch::Head;
 use kestrel_runtime::kernels::{self, matmul, matvec};
+use kestrel_runtime::profile::{self, KernelTimes};
 use kestrel_runtime::rng::Rng;
+use kestrel_runtime::session::{Sampling, Session};
 use kestrel_runtime::tensor::{GpuWeight, HostData};
 use kestrel_runtime::Gpu;
 use serde_json::{json, Value};
@@ -110,6 +116,77 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         outln!("{report:#}");
     }
     Ok(())
+}
+
+/// A decode token's GPU time by kernel class (None where the adapter has no timestamp
+/// queries). Replays the session's decode plan at its last position, after running that
+/// position again so the plan and its step exist: this rewrites a KV cache row with the same
+/// values but advances a recurrent state, so the session must not be used afterwards.
+fn decode_profile(session: &mut Session) -> kestrel_runtime::Result<Option<KernelTimes>> {
+    let gpu = session.gpu().clone();
+    if !gpu.caps.timestamps {
+        return Ok(None);
+    }
+    let pos = session.pos();
+    let Some(&last) = session.tokens().last() else {
+        return Ok(None);
+    };
+    // Where the cache cannot drop one position (a recurrent state), it starts over: a
+    // recurrent decode step costs the same at any position.
+    session.truncate(pos - 1);
+    pollster::block_on(session.next_token(&[last], &Sampling::default()))?;
+    let plan = session.plan(1, Head::Sample)?;
+    pollster::block_on(profile::kernel_times(&gpu, plan.dispatches()))
+}
+
+/// Kernel class -> `f(ms)` as a JSON object.
+fn class_map(k: &KernelTimes, f: impl Fn(f64) -> f64) -> Value {
+    Value::Object(
+        k.classes
+            .iter()
+            .map(|c| (c.name.to_string(), json!(f(c.ms))))
+            .collect(),
+    )
+}
+
+/// The human table of a decode token's time by kernel class, slowest first.
+fn print_kernel_times(k: Option<&KernelTimes>) {
+    let Some(k) = k else {
+        outln!("decode by kernel class: not measured (the adapter has no timestamp queries)");
+        return;
+    };
+    let total = k.total_ms();
+    let share = |ms: f64| if total > 0.0 { 100.0 * ms / total } else { 0.0 };
+    outln!(
+        "decode by kernel class (timestamp queries; one pass per dispatch, fastest of 3 replays):"
+    );
+    outln!(
+        "  {:<22} {:>10} {:>12} {:>7}",
+        "class",
+        "dispatches",
+        "ms/token",
+        "share"
+    );
+    let mut classes: Vec<_> = k.classes.iter().collect();
+    classes.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    for c in classes {
+        outln!(
+            "  {:<22} {:>10} {:>12.3} {:>6.1}%",
+            c.name,
+            c.dispatches,
+            c.ms,
+            share(c.ms)
+        );
+    }
+    let dispatches: usize = k.classes.iter().map(|c| c.dispatches).sum();
+    outln!(
+        "  {:<22} {:>10} {:>12.3} {:>6.1}%  (first start to last end: {:.3} ms)",
+        "all",
+        dispatches,
+        total,
+        100.0,
+        k.span_ms
+    );
 }
 
 /// Add the keys of `extra` (an object) to `report`.
@@ -225,6 +302,9 @@ fn model_bench(
             cold_start_s = start.elapsed().as_secs_f64();
         }
     }
+    // Every pipeline of the prefill and decode plans exists now.
+    let pipelines = gpu.pipeline_work();
+    let pipeline_creation_s = pipelines.secs.unwrap_or(0.0);
     session.reset();
     // Expert counters run over the session's life: the measured run is the difference.
     let counters: Vec<String> = model
@@ -274,6 +354,7 @@ fn model_bench(
         ));
     }
     let kv_end = session.state_bytes();
+    let positions = session.pos();
     let routing: Vec<Value> = counters
         .iter()
         .zip(counts_before.iter().zip(read_counters(&session)?))
@@ -288,6 +369,10 @@ fn model_bench(
             })
         })
         .collect();
+    // Last, as it replays a decode step on the session (see `decode_profile`).
+    let kernel_times = decode_profile(&mut session).map_err(rt)?;
+    let decode_tokens_per_s = decode_len as f64 / decode_s;
+    let decode_weight_gbs = model.weight_bytes_per_token() as f64 * decode_tokens_per_s / 1e9;
 
     // Before the roofline figures below allocate their own buffers.
     let memory = gpu_memory(gpu);
@@ -302,11 +387,20 @@ fn model_bench(
         "prefill_tokens": prompt_len,
         "prefill_tokens_per_s": prompt_len as f64 / prefill_s,
         "decode_tokens": decode_len,
-        "decode_tokens_per_s": decode_len as f64 / decode_s,
+        "decode_tokens_per_s": decode_tokens_per_s,
+        "decode_weight_gbs": decode_weight_gbs,
         "cold_start_s": cold_start_s,
+        "pipeline_creation_s": pipeline_creation_s,
+        "pipelines_created": pipelines.pipelines,
         "dispatches_per_decode_token": per_token(work.dispatches),
         "submits_per_decode_token": per_token(work.submits),
         "host_round_trips_per_decode_token": per_token(work.readbacks),
+        "decode_kernel_ms": kernel_times.as_ref().map(|k| class_map(k, |ms| ms)),
+        "decode_kernel_share": kernel_times.as_ref().map(|k| {
+            let total = k.total_ms();
+            class_map(k, |ms| if total > 0.0 { ms / total } else { 0.0 })
+        }),
+        "decode_kernel_span_ms": kernel_times.as_ref().map(|k| k.span_ms),
         "matmul_512_gflops": matmul_gflops(gpu, 512)?,
         "matvec_4096x4096_f32_gbs": matvec_gbs(gpu, 4096, 4096, false)?,
         "matvec_4096x4096_f16_gbs": matvec_gbs(gpu, 4096, 4096, true)?,
@@ -393,6 +487,12 @@ fn model_bench(
         print_gpu_memory(r);
         outln!("cold start: {cold_start_s:.2} s (device, model, pipelines, first token)");
         outln!(
+            "pipeline creation: {pipeline_creation_s:.3} s for {} pipelines (the prefill and \
+             decode plans' shader modules and pipelines; a driver may finish compiling at the \
+             first dispatch)",
+            pipelines.pipelines
+        );
+        outln!(
             "prefill: {:.1} tokens/s ({prompt_len} tokens)",
             r["prefill_tokens_per_s"].as_f64().unwrap_or(0.0)
         );
@@ -406,6 +506,11 @@ fn model_bench(
             per_token(work.submits),
             per_token(work.readbacks)
         );
+        outln!(
+            "weights read in decode: {decode_weight_gbs:.3} GB/s ({:.2} MiB per token)",
+            model.weight_bytes_per_token() as f64 / 1048576.0
+        );
+        print_kernel_times(kernel_times.as_ref());
         if !windows.is_empty() {
             outln!("decode per token, every {report_every} tokens:");
             for w in &windows {
@@ -422,8 +527,7 @@ fn model_bench(
             }
         }
         outln!(
-            "sequence state bytes: {kv_start} at the start of decode, {kv_end} after {} positions",
-            session.pos()
+            "sequence state bytes: {kv_start} at the start of decode, {kv_end} after {positions} positions"
         );
         outln!(
             "matmul 512x512x512 f32: {:.2} GFLOP/s",

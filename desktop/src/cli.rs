@@ -45,7 +45,8 @@ pub enum Command {
     Logits(LogitsArgs),
     /// Text from a prompt, streamed, then prefill and decode tokens/s on stderr
     Generate(GenerateArgs),
-    /// Prefill and decode tokens/s, kernel roofline figures, attention kernels
+    /// Prefill and decode tokens/s, a decoded token's GPU work and time by kernel class,
+    /// cold start, kernel roofline figures, attention kernels
     Bench(BenchArgs),
     /// A chat in the terminal that keeps the KV cache between turns
     Chat(ChatArgs),
@@ -322,6 +323,15 @@ pub struct GenerateArgs {
         .multiple(true)
         .requires("model")
 ))]
+#[command(
+    after_help = "With --model: cold start (process start to the first token) and the \
+    time spent creating pipelines; prefill and decode tokens/s; per decoded token the \
+    dispatches, submits and host round trips, the weight bytes read per second and, where the \
+    adapter has timestamp queries, the GPU time by kernel class (one decode token replayed with \
+    timestamps around each dispatch, fastest of 3). Every command keeps the pipelines it \
+    compiles in the cache directory ($KESTREL_CACHE, else $XDG_CACHE_HOME/kestrel) where the \
+    backend has a pipeline cache (Vulkan)."
+)]
 pub struct BenchArgs {
     /// The model to time (optional with --attention and --kernels). A Hugging Face-layout
     /// directory or a .gguf file

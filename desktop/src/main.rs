@@ -13,6 +13,7 @@ mod generate;
 mod info;
 mod logits;
 mod npy;
+mod pipeline_cache;
 mod runtime_dir;
 mod serve;
 mod stdout;
@@ -34,7 +35,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before any thread starts (it sets an environment variable) and any device opens.
     runtime_dir::ensure();
-    match run(cli.command) {
+    let result = run(cli.command);
+    // Whatever the command's outcome, the pipelines it compiled are kept for the next run.
+    pipeline_cache::save_all();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -61,8 +65,11 @@ fn run(command: Command) -> CliResult {
 /// run in several passes.
 const MAX_BINDING_VAR: &str = "KESTREL_MAX_STORAGE_BINDING";
 
+/// Open the device for `device`, its pipeline cache started from the cache directory's file
+/// (see [`pipeline_cache`]; `main` writes it back when the command ends).
 pub fn open_gpu(device: &DeviceArgs) -> Result<Arc<Gpu>, String> {
     let gpu = pollster::block_on(Gpu::new(device.backend)).map_err(|e| e.to_string())?;
+    pipeline_cache::load(&gpu);
     match std::env::var(MAX_BINDING_VAR) {
         Ok(v) => match v.parse::<u64>() {
             Ok(bytes) if bytes >= 1024 => Ok(gpu.with_max_binding(bytes)),

@@ -52,9 +52,12 @@ fn bench(extra: &[&str]) -> String {
     let backend = backend();
     args.extend(["--backend", backend.as_str()]);
     args.extend(extra);
+    // The pipeline cache goes to a directory of the tests', not the user's cache.
+    let cache = std::env::temp_dir().join("kestrel-tests-bench-cache");
     let out = Command::new(env!("CARGO_BIN_EXE_kestrel"))
         .args(&args)
         .env("XDG_RUNTIME_DIR", &xdg)
+        .env("KESTREL_CACHE", &cache)
         .output()
         .expect("run kestrel");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -104,8 +107,12 @@ const REPORT_KEYS: &[&str] = &[
     "backend",
     "cold_start_s",
     "copy_gbs",
+    "decode_kernel_ms",
+    "decode_kernel_share",
+    "decode_kernel_span_ms",
     "decode_tokens",
     "decode_tokens_per_s",
+    "decode_weight_gbs",
     "dispatches_per_decode_token",
     "gpu_bytes",
     "gpu_peak_bytes",
@@ -115,6 +122,8 @@ const REPORT_KEYS: &[&str] = &[
     "matvec_4096x4096_f16_gbs",
     "matvec_4096x4096_f32_gbs",
     "model",
+    "pipeline_creation_s",
+    "pipelines_created",
     "prefill_tokens",
     "prefill_tokens_per_s",
     "routing",
@@ -154,9 +163,22 @@ fn bench_json_has_every_documented_key_with_sane_values() {
         "matvec_4096x4096_f32_gbs",
         "matvec_4096x4096_f16_gbs",
         "copy_gbs",
+        "pipeline_creation_s",
+        "decode_weight_gbs",
     ] {
         positive(&r, key);
     }
+    assert!(count(&r, "pipelines_created") > 0);
+    let gbs = r["weight_bytes_read_per_decode_token"]
+        .as_f64()
+        .expect("bytes")
+        * r["decode_tokens_per_s"].as_f64().expect("tokens/s")
+        / 1e9;
+    assert!(
+        (positive(&r, "decode_weight_gbs") - gbs).abs() <= 1e-12 * gbs,
+        "decode_weight_gbs is bytes per token x tokens/s"
+    );
+    check_kernel_times(&r);
     assert_eq!(count(&r, "prefill_tokens"), PROMPT as u64);
     assert_eq!(count(&r, "decode_tokens"), DECODE as u64);
 
@@ -224,6 +246,38 @@ fn bench_json_has_every_documented_key_with_sane_values() {
     );
 }
 
+/// The decode token's time by kernel class: on lavapipe (Vulkan, with timestamp queries) an
+/// object per figure over the same classes, times non-negative, not all zero and within the
+/// span, shares summing to 1; elsewhere null where the adapter has no timestamp queries.
+fn check_kernel_times(r: &Value) {
+    let ms = &r["decode_kernel_ms"];
+    if ms.is_null() && backend() != "vulkan" {
+        assert!(r["decode_kernel_share"].is_null() && r["decode_kernel_span_ms"].is_null());
+        return;
+    }
+    let share = &r["decode_kernel_share"];
+    assert_eq!(keys(ms), keys(share), "{ms} {share}");
+    for class in ["matvec", "decode_attention", "sample"] {
+        assert!(ms.get(class).is_some(), "no {class} in {ms}");
+    }
+    let values = |v: &Value| -> Vec<f64> {
+        v.as_object()
+            .expect("an object")
+            .values()
+            .map(|x| x.as_f64().expect("a number"))
+            .collect()
+    };
+    let total: f64 = values(ms).iter().sum();
+    assert!(
+        values(ms).iter().all(|&v| v.is_finite() && v >= 0.0),
+        "{ms}"
+    );
+    assert!(total > 0.0, "{ms}");
+    assert!(total <= positive(r, "decode_kernel_span_ms") * (1.0 + 1e-9));
+    let shares: f64 = values(share).iter().sum();
+    assert!((shares - 1.0).abs() < 1e-9, "shares sum to {shares}");
+}
+
 #[test]
 fn bench_prints_each_figure_on_its_line() {
     let out = bench(&[]);
@@ -235,9 +289,12 @@ fn bench_prints_each_figure_on_its_line() {
         ("weights on GPU: ", true),
         ("GPU buffers: ", true),
         ("cold start: ", true),
+        ("pipeline creation: ", true),
         ("prefill: ", true),
         ("decode: ", true),
         ("per decoded token: ", true),
+        ("weights read in decode: ", true),
+        ("decode by kernel class", false),
         ("decode per token, every 3 tokens:", false),
         ("  positions ", true),
         ("sequence state bytes: ", true),
@@ -266,4 +323,9 @@ fn bench_prints_each_figure_on_its_line() {
         .filter(|l| l.starts_with("  positions "))
         .count();
     assert_eq!(windows, DECODE / EVERY, "{out}");
+    if backend() == "vulkan" {
+        // lavapipe has timestamp queries: the table has a row per class and a total row.
+        assert!(out.lines().any(|l| l.starts_with("  matvec ")), "{out}");
+        assert!(out.lines().any(|l| l.starts_with("  all ")), "{out}");
+    }
 }

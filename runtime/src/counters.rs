@@ -75,3 +75,36 @@ impl WorkCount {
         self.readbacks.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// Pipelines created on one device (cache misses of [`crate::Gpu::pipeline`]) and the time
+/// spent creating them: shader module and compute pipeline, the driver's compile included
+/// where the driver compiles there (some, such as llvmpipe's, finish at the first dispatch).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PipelineWork {
+    pub pipelines: u64,
+    /// None where the platform has no clock the runtime reads (wasm32: the browser compiles
+    /// asynchronously anyway, so the calls' time would say little).
+    pub secs: Option<f64>,
+}
+
+/// The atomic counters behind [`PipelineWork`].
+#[derive(Debug, Default)]
+pub struct PipelineCount {
+    pipelines: AtomicU64,
+    nanos: AtomicU64,
+}
+
+impl PipelineCount {
+    pub fn get(&self) -> PipelineWork {
+        PipelineWork {
+            pipelines: self.pipelines.load(Ordering::Relaxed),
+            secs: cfg!(not(target_arch = "wasm32"))
+                .then(|| self.nanos.load(Ordering::Relaxed) as f64 * 1e-9),
+        }
+    }
+    /// One pipeline created in `nanos` nanoseconds (0 where there is no clock).
+    pub(crate) fn created(&self, nanos: u64) {
+        self.pipelines.fetch_add(1, Ordering::Relaxed);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}

@@ -1,5 +1,8 @@
 //! Adapter choice, device creation with the adapter's own limits, capabilities, and the
-//! pipeline cache. One [`Gpu`] is shared (through `Arc`) by everything that records work.
+//! pipelines: compiled once per process (a map by kernel and specialisation) and, where the
+//! backend has one (Vulkan), through a wgpu pipeline cache whose data a front end may keep
+//! between processes ([`Gpu::load_pipeline_cache`], [`Gpu::pipeline_cache_data`]).
+//! One [`Gpu`] is shared (through `Arc`) by everything that records work.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -7,7 +10,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use crate::buffer::GpuBuffer;
-use crate::counters::{MemoryCount, Work, WorkCount};
+use crate::counters::{MemoryCount, PipelineCount, PipelineWork, Work, WorkCount};
 use crate::error::{Error, Result};
 use crate::requirements;
 use crate::shader::ShaderDefs;
@@ -100,9 +103,18 @@ pub struct Gpu {
     /// Submits, dispatches and readbacks on this device (also shared by `with_max_binding`).
     pub(crate) work: Arc<WorkCount>,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
+    /// Pipelines created and the time spent (shared by `with_max_binding`).
+    pipeline_count: Arc<PipelineCount>,
+    /// The driver's pipeline cache every pipeline is created through, where the backend
+    /// has one (shared by `with_max_binding`; replaced by `load_pipeline_cache`).
+    pipeline_cache: Arc<Mutex<Option<wgpu::PipelineCache>>>,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Option<String>>>,
 }
+
+/// wgpu's major version, part of the pipeline cache key (wgpu's header also carries its
+/// own format version).
+const WGPU_MAJOR: u32 = 30;
 
 fn rank(t: wgpu::DeviceType) -> u32 {
     match t {
@@ -177,8 +189,10 @@ impl Gpu {
     /// kernels need ([`requirements`]).
     async fn from_adapter(instance: wgpu::Instance, adapter: wgpu::Adapter) -> Result<Arc<Gpu>> {
         let info = adapter.get_info();
-        let wanted =
-            wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
+        let wanted = wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::PIPELINE_CACHE;
         let features = adapter.features() & wanted;
         let limits = adapter.limits();
         let caps = Caps {
@@ -234,6 +248,16 @@ impl Gpu {
                 }
             }
         }));
+        let pipeline_cache = features.contains(wgpu::Features::PIPELINE_CACHE).then(|| {
+            // SAFETY: no initial data, so there is nothing the driver could misread.
+            unsafe {
+                device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                    label: Some("kestrel"),
+                    data: None,
+                    fallback: true,
+                })
+            }
+        });
         let memory = Arc::new(MemoryCount::default());
         let dummy = GpuBuffer::new(
             &device,
@@ -256,6 +280,8 @@ impl Gpu {
             info,
             caps,
             pipelines: Mutex::new(HashMap::new()),
+            pipeline_count: Arc::default(),
+            pipeline_cache: Arc::new(Mutex::new(pipeline_cache)),
             lost,
             uncaptured,
         }))
@@ -278,6 +304,8 @@ impl Gpu {
             memory: self.memory.clone(),
             work: self.work.clone(),
             pipelines: Mutex::new(HashMap::new()),
+            pipeline_count: self.pipeline_count.clone(),
+            pipeline_cache: self.pipeline_cache.clone(),
             lost: self.lost.clone(),
             uncaptured: self.uncaptured.clone(),
         })
@@ -342,6 +370,9 @@ impl Gpu {
         {
             return Ok(p);
         }
+        #[cfg(not(target_arch = "wasm32"))]
+        let started = std::time::Instant::now();
+        let cache = self.pipeline_cache.lock().ok().and_then(|c| c.clone());
         let code = defs.render(source, self.caps.shader_f16);
         let module = self
             .device
@@ -362,8 +393,13 @@ impl Gpu {
                     zero_initialize_workgroup_memory: false,
                     ..Default::default()
                 },
-                cache: None,
+                cache: cache.as_ref(),
             });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.pipeline_count
+            .created(started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX));
+        #[cfg(target_arch = "wasm32")]
+        self.pipeline_count.created(0);
         if let Ok(mut m) = self.pipelines.lock() {
             m.insert(key, pipeline.clone());
         }
@@ -384,6 +420,78 @@ impl Gpu {
     /// The GPU work submitted since the device was opened.
     pub fn work(&self) -> Work {
         self.work.get()
+    }
+
+    /// The pipelines created since the device was opened and the time spent creating them.
+    pub fn pipeline_work(&self) -> PipelineWork {
+        self.pipeline_count.get()
+    }
+
+    /// A name for this adapter's pipeline cache data (adapter, driver and wgpu's own key),
+    /// safe as a file name; None where the backend has no pipeline cache.
+    pub fn pipeline_cache_key(&self) -> Option<String> {
+        let has_cache = self.pipeline_cache.lock().ok()?.is_some();
+        let wgpu_key = wgpu::util::pipeline_cache_key(&self.info).filter(|_| has_cache)?;
+        let words = format!(
+            "{wgpu_key}_{}_{}_{}_wgpu{WGPU_MAJOR}",
+            self.info.name, self.info.driver, self.info.driver_info
+        );
+        let safe: String = words
+            .chars()
+            .map(|c| match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' => c,
+                _ => '_',
+            })
+            .take(160)
+            .collect();
+        Some(safe)
+    }
+
+    /// Start the pipeline cache from `data` that [`Gpu::pipeline_cache_data`] returned on the
+    /// same adapter and driver (in an earlier process), before any pipeline is created (the
+    /// ones created earlier stay, but are not in the new cache). wgpu checks the data's
+    /// header (format, wgpu version, adapter, driver); data it refuses (corrupt, truncated,
+    /// another adapter's) is an error and the cache stays empty, the device as usable as
+    /// before. Does nothing where the backend has no pipeline cache.
+    pub async fn load_pipeline_cache(&self, data: &[u8]) -> Result<()> {
+        let has_cache = self
+            .pipeline_cache
+            .lock()
+            .map(|c| c.is_some())
+            .unwrap_or(false);
+        if !has_cache {
+            return Ok(());
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        // SAFETY: wgpu reads its own header first (magic, version, pointer size, backend,
+        // adapter, the driver's cache UUID, length) and refuses data that does not match;
+        // Vulkan drivers check their own header of what follows. Front ends keep the data
+        // under a checksum of their own (a file torn or changed on disk never gets here).
+        let cache = unsafe {
+            self.device
+                .create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                    label: Some("kestrel"),
+                    data: Some(data),
+                    fallback: false,
+                })
+        };
+        if let Some(e) = scope.pop().await {
+            return Err(Error::Validation {
+                context: "pipeline cache data".into(),
+                message: e.to_string(),
+            });
+        }
+        if let Ok(mut c) = self.pipeline_cache.lock() {
+            *c = Some(cache);
+        }
+        Ok(())
+    }
+
+    /// The pipeline cache's data, for [`Gpu::load_pipeline_cache`] in a later process; None
+    /// where the backend has no pipeline cache.
+    pub fn pipeline_cache_data(&self) -> Option<Vec<u8>> {
+        let cache = self.pipeline_cache.lock().ok()?.clone()?;
+        cache.get_data()
     }
 
     /// A new buffer on this device's byte count: the one place the runtime allocates.

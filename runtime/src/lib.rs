@@ -21,6 +21,7 @@ pub mod kernels;
 pub mod kv;
 pub mod op;
 pub mod planner;
+pub mod profile;
 pub mod quant;
 pub mod readback;
 pub mod requirements;

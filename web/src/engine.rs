@@ -12,6 +12,7 @@ use js_sys::{Float32Array, Promise};
 use kestrel_models::chat_template::{ChatTemplate, Message};
 use kestrel_models::generate::{GenerateError, Generation, Prompt, Request, Step};
 use kestrel_models::Model;
+use kestrel_runtime::counters::Work;
 use kestrel_runtime::session::{Sampling, Session};
 use kestrel_runtime::{BackendChoice, Gpu};
 use serde::Deserialize;
@@ -136,12 +137,39 @@ struct Inner {
     generation: Option<Generation>,
 }
 
+/// GPU work summed over a reply's decode steps (every step after the prompt's).
+#[derive(Default)]
+struct ReplyWork {
+    work: Work,
+    decode_tokens: u64,
+}
+
+impl ReplyWork {
+    fn add(&mut self, work: Work, tokens: usize) {
+        self.work.submits += work.submits;
+        self.work.dispatches += work.dispatches;
+        self.work.readbacks += work.readbacks;
+        self.decode_tokens += tokens as u64;
+    }
+
+    /// `n` per decoded token; null before a reply has decoded a token.
+    fn per_token(&self, n: u64) -> serde_json::Value {
+        match self.decode_tokens {
+            0 => serde_json::Value::Null,
+            t => json!(n as f64 / t as f64),
+        }
+    }
+}
+
 /// A loaded model on the WebGPU device.
 #[wasm_bindgen]
 pub struct Engine {
     gpu: Arc<Gpu>,
     inner: Rc<RefCell<Option<Inner>>>,
     info: serde_json::Value,
+    /// The GPU work of the decode steps of the last (or current) reply: outside `inner`, so
+    /// `info()` reads it while a reply step holds the engine.
+    reply: Rc<RefCell<ReplyWork>>,
 }
 
 /// Load a GGUF file (its bytes) with a context of `ctx` tokens (0: the model's own).
@@ -199,6 +227,7 @@ impl Engine {
             "vocab": c.vocab,
             "context": session.capacity(),
             "weightBytes": model.weight_bytes(),
+            "weightBytesReadPerDecodeToken": model.weight_bytes_per_token(),
             "stateBytes": session.state_bytes(),
             "hasTokenizer": model.tokenizer.is_some(),
             "fallbackTemplate": template.is_fallback,
@@ -212,6 +241,7 @@ impl Engine {
                 session,
                 generation: None,
             }))),
+            reply: Rc::default(),
         })
     }
 }
@@ -265,9 +295,25 @@ where
 
 #[wasm_bindgen]
 impl Engine {
-    /// Adapter, features, limits and the model (a JSON string).
+    /// Adapter, features, limits, the model and the counters (a JSON string): GPU work per
+    /// decoded token of the last reply, pipelines created, GPU buffer and weight bytes.
     pub fn info(&self) -> String {
-        self.info.to_string()
+        let mut info = self.info.clone();
+        let pipelines = self.gpu.pipeline_work();
+        let r = self.reply.borrow();
+        info["counters"] = json!({
+            "decodeTokens": r.decode_tokens,
+            "dispatchesPerDecodeToken": r.per_token(r.work.dispatches),
+            "submitsPerDecodeToken": r.per_token(r.work.submits),
+            "hostRoundTripsPerDecodeToken": r.per_token(r.work.readbacks),
+            "pipelinesCreated": pipelines.pipelines,
+            "pipelineCreationS": pipelines.secs,
+            "gpuBytes": self.gpu.allocated_bytes(),
+            "gpuPeakBytes": self.gpu.peak_allocated_bytes(),
+            "weightBytes": self.info["model"]["weightBytes"],
+            "weightBytesReadPerDecodeToken": self.info["model"]["weightBytesReadPerDecodeToken"],
+        });
+        info.to_string()
     }
 
     /// Compile the pipelines of a prefill and of a decode step by running both once on a
@@ -329,14 +375,25 @@ impl Engine {
     #[wasm_bindgen(js_name = chatNext)]
     pub fn chat_next(&self) -> Promise {
         let inner = self.inner.clone();
+        let gpu = self.gpu.clone();
+        let reply_work = self.reply.clone();
         promise(async move {
             let mut lease = take(&inner)?;
             let this = &mut *lease;
             let Some(g) = this.generation.as_mut() else {
                 return Ok(JsValue::from_str(&json!({"text": "", "done": true, "finish_reason": null, "completion_tokens": 0}).to_string()));
             };
+            let (work_before, drawn_before) = (gpu.work(), g.sampled_tokens());
             let t = js_sys::Date::now();
-            let step = match g.step(&this.model, &mut this.session).await {
+            let result = g.step(&this.model, &mut this.session).await;
+            // The prompt's step draws the first token; every later step decodes.
+            if drawn_before > 0 {
+                let drawn = g.sampled_tokens() - drawn_before;
+                reply_work
+                    .borrow_mut()
+                    .add(gpu.work().since(&work_before), drawn);
+            }
+            let step = match result {
                 Ok(step) => {
                     g.observe_step_time((js_sys::Date::now() - t) / 1000.0);
                     step
@@ -398,6 +455,7 @@ impl Engine {
             .map_err(web_error)?;
         let g = Generation::new(&this.model, &mut this.session, ids, &req.request())
             .map_err(web_error)?;
+        *self.reply.borrow_mut() = ReplyWork::default();
         let begun = json!({"prompt_tokens": g.prompt_tokens(), "reused_tokens": g.reused_tokens()});
         this.generation = Some(g);
         Ok(begun.to_string())

@@ -145,6 +145,8 @@ try {
         if (!chat) return { b64: btoa(s), info };
         const question = [{ role: 'user', content: 'What is the capital of France?' }];
         const r = await e.chat.completions.create({ messages: question, max_tokens: 12, temperature: 0 });
+        // The counters of that reply (info() reports the last reply's).
+        const counters = (await e.info()).counters;
         // Stop strings: the same greedy reply, streamed, ends before a few characters from its
         // middle (whole code points), which never show in a piece.
         const text = r.choices[0].message.content;
@@ -176,7 +178,7 @@ try {
         } catch (err) {
           aborted = err.name;
         }
-        return { b64: btoa(s), info, perf: { r, pieces, aborted, stop, refused } };
+        return { b64: btoa(s), info, perf: { r, counters, pieces, aborted, stop, refused } };
       } finally {
         await e.dispose();
       }
@@ -236,6 +238,21 @@ try {
   console.log(`reply (${perf.r.usage.completion_tokens} tokens, ${perf.r.choices[0].finish_reason}): ${JSON.stringify(perf.r.choices[0].message.content)}`);
   console.log(`time to first token ${(perf.r.timings.ttft_ms / 1000).toFixed(2)} s (prompt ${perf.r.usage.prompt_tokens} tokens); decode ${perf.r.timings.decode_tokens_per_s?.toFixed(2)} tokens/s`);
   check(perf.r.usage.completion_tokens > 0 && perf.r.choices[0].message.content.length > 0, 'a non-streamed completion has text');
+  // The counters info() reports after that reply: GPU work per decoded token (the prompt's
+  // step draws the first token; an end-of-sequence token drawn is decoded too), pipelines,
+  // GPU buffer and weight bytes.
+  const c = perf.counters;
+  console.log(`counters: ${c.decodeTokens} decoded tokens; per decoded token ${c.dispatchesPerDecodeToken?.toFixed(1)} dispatches, ` +
+    `${c.submitsPerDecodeToken?.toFixed(2)} submits, ${c.hostRoundTripsPerDecodeToken?.toFixed(2)} host round trips; ` +
+    `${c.pipelinesCreated} pipelines, creation ${c.pipelineCreationS?.toFixed(2)} s; GPU buffers ${c.gpuBytes} B (peak ${c.gpuPeakBytes} B); ` +
+    `weights ${c.weightBytes} B, ${c.weightBytesReadPerDecodeToken} B read per decoded token`);
+  const decoded = perf.r.usage.completion_tokens - 1;
+  const perToken = [c.dispatchesPerDecodeToken, c.submitsPerDecodeToken, c.hostRoundTripsPerDecodeToken];
+  check((decoded === 0 || c.decodeTokens >= decoded) && c.decodeTokens <= decoded + 1 &&
+    (c.decodeTokens === 0 ? perToken.every((v) => v === null) : perToken.every((v) => v > 0)) &&
+    c.dispatchesPerDecodeToken >= c.submitsPerDecodeToken && c.pipelinesCreated > 0 && c.pipelineCreationS > 0 &&
+    c.weightBytes === m.weightBytes && c.weightBytesReadPerDecodeToken > 0 && c.gpuBytes >= c.weightBytes && c.gpuPeakBytes >= c.gpuBytes,
+  `info() counters of the last reply are consistent: ${JSON.stringify(c)}`);
   check(perf.aborted === 'AbortError' && perf.pieces >= 1 && perf.pieces <= 2, `abort via AbortSignal stops the stream (${perf.pieces} piece(s), ${perf.aborted})`);
   check(perf.stop.stop.length > 0 && perf.stop.finish === 'stop' && perf.stop.cut === perf.stop.want, `a stop string ends the streamed reply before it: ${JSON.stringify(perf.stop)}`);
   check(/^KestrelRequestError: .*temperature/.test(perf.refused || ''), `temperature 3 is refused: ${perf.refused}`);

@@ -116,11 +116,34 @@ export interface EngineInfo {
     vocab: number;
     context: number;
     weightBytes: number;
+    /** Weight bytes a decoded token reads (less than weightBytes for routed experts). */
+    weightBytesReadPerDecodeToken: number;
     stateBytes: number;
     hasTokenizer: boolean;
     fallbackTemplate: boolean;
   };
   timings?: { loadMs: number; pipelineMs: number };
+  /** What the engine's GPU device has done (with a model loaded). */
+  counters?: EngineCounters;
+}
+
+export interface EngineCounters {
+  /** Tokens decoded in the last (or current) reply, the prompt's first token not counted. */
+  decodeTokens: number;
+  /** GPU work per decoded token of that reply; null before it has decoded one. */
+  dispatchesPerDecodeToken: number | null;
+  submitsPerDecodeToken: number | null;
+  /** Readbacks the worker waited on, per decoded token. */
+  hostRoundTripsPerDecodeToken: number | null;
+  pipelinesCreated: number;
+  /** Seconds creating pipelines. The browser compiles them after its calls return, so this
+   * is the warm-up's time (first prefill and decode step, timings.pipelineMs). */
+  pipelineCreationS: number | null;
+  /** Bytes of the GPU buffers the runtime holds now, and at most so far. */
+  gpuBytes: number;
+  gpuPeakBytes: number;
+  weightBytes: number;
+  weightBytesReadPerDecodeToken: number;
 }
 
 export interface Engine {

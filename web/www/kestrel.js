@@ -77,10 +77,15 @@ class Engine {
     this.chat = { completions: { create: (req) => this.create(req) } };
   }
 
-  /** Adapter (name, features, limits) and the model. */
+  /** Adapter (name, features, limits), the model, timings and counters. */
   async info() {
     const { promise } = this.rpc.call('info');
-    return { ...(await promise), timings: this.loaded.timings };
+    const info = { ...(await promise), timings: this.loaded.timings };
+    // A browser compiles pipelines after its create calls return, so the runtime cannot
+    // time them: the warm-up (first prefill and decode step, where they compile) stands in.
+    const c = info.counters;
+    if (c && c.pipelineCreationS == null && info.timings) c.pipelineCreationS = info.timings.pipelineMs / 1000;
+    return info;
   }
 
   /** Logits after each token: a Float32Array of T×V, row-major. */
