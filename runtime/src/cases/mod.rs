@@ -43,6 +43,7 @@ mod embedding;
 mod heads;
 mod linear;
 mod linear_scan;
+mod matmul;
 mod moe;
 mod norm;
 mod rope;
@@ -72,6 +73,7 @@ pub const BACKEND_TOL: f64 = 1e-5;
 pub fn all() -> Vec<Case> {
     [
         linear::matmul(),
+        matmul::cases(),
         linear::matvec(),
         embedding::cases(),
         elementwise::cases(),
