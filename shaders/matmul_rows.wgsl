@@ -8,7 +8,8 @@
 //   invocation owns C columns (lid, lid + 64, ...) and keeps RB x C sums in registers.
 // * K runs in 32-value groups. Each invocation reads its columns' weights for the group once
 //   (f32, packed f16 or one ggml block group, dequantized in registers with shaders/quant.wgsl)
-//   and uses them for all RB rows.
+//   and uses them for all RB rows. K-quants run in pairs of groups that share their quantized
+//   words (dequant_pair), read once for both.
 // * Per row and group, lane j (0..7) of each subgroup loads values 4j..4j+3 of the group's X
 //   slice (one vec4); subgroupBroadcast hands each vec4 to every lane, so X costs one load per
 //   lane per 32 values instead of 32.
@@ -94,6 +95,15 @@ fn w_group(row: u32, g: u32) -> array<vec4<f32>, 8> {
     return v;
 }
 
+// Elements o..o+7 of a pair's 16.
+fn half8(v: array<vec4<f32>, 16>, o: u32) -> array<vec4<f32>, 8> {
+    var h: array<vec4<f32>, 8>;
+    for (var t = 0u; t < 8u; t++) {
+        h[t] = v[o + t];
+    }
+    return h;
+}
+
 // The dot products of one row's group (xl: this lane's slice) with up to four columns' groups.
 fn row_dot(xl: vec4<f32>, v0: array<vec4<f32>, 8>, v1: array<vec4<f32>, 8>,
            v2: array<vec4<f32>, 8>, v3: array<vec4<f32>, 8>) -> vec4<f32> {
@@ -164,22 +174,51 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let j = lane % 8u;
     var acc: array<vec4<f32>, RB>;
-    var v1: array<vec4<f32>, 8>;
-    var v2: array<vec4<f32>, 8>;
-    var v3: array<vec4<f32>, 8>;
-    for (var g = 0u; g < (p.k + 31u) / 32u; g++) {
-        let v0 = w_group(wr[0], g);
-        if (C > 1u) {
-            v1 = w_group(wr[1], g);
+    if (QK == 256u) {
+        // K-quants: step s is pair s % 4 of superblock s / 4 (groups gs.x and gs.y).
+        let row_words = p.k / QK * QWORDS;
+        var v1: array<vec4<f32>, 16>;
+        var v2: array<vec4<f32>, 16>;
+        var v3: array<vec4<f32>, 16>;
+        for (var s = 0u; s < p.k / 64u; s++) {
+            let sb = s / 4u;
+            let gs = 8u * sb + qk_pair(s % 4u);
+            let b = sb * QWORDS;
+            let v0 = dequant_pair(wr[0] * row_words + b, s % 4u);
+            if (C > 1u) {
+                v1 = dequant_pair(wr[1] * row_words + b, s % 4u);
+            }
+            if (C > 2u) {
+                v2 = dequant_pair(wr[2] * row_words + b, s % 4u);
+            }
+            if (C > 3u) {
+                v3 = dequant_pair(wr[3] * row_words + b, s % 4u);
+            }
+            for (var r = 0u; r < RB; r++) {
+                let x0 = x_slice(xm[r], gs.x, j);
+                let x1 = x_slice(xm[r], gs.y, j);
+                acc[r] += row_dot(x0, half8(v0, 0u), half8(v1, 0u), half8(v2, 0u), half8(v3, 0u));
+                acc[r] += row_dot(x1, half8(v0, 8u), half8(v1, 8u), half8(v2, 8u), half8(v3, 8u));
+            }
         }
-        if (C > 2u) {
-            v2 = w_group(wr[2], g);
-        }
-        if (C > 3u) {
-            v3 = w_group(wr[3], g);
-        }
-        for (var r = 0u; r < RB; r++) {
-            acc[r] += row_dot(x_slice(xm[r], g, j), v0, v1, v2, v3);
+    } else {
+        var v1: array<vec4<f32>, 8>;
+        var v2: array<vec4<f32>, 8>;
+        var v3: array<vec4<f32>, 8>;
+        for (var g = 0u; g < (p.k + 31u) / 32u; g++) {
+            let v0 = w_group(wr[0], g);
+            if (C > 1u) {
+                v1 = w_group(wr[1], g);
+            }
+            if (C > 2u) {
+                v2 = w_group(wr[2], g);
+            }
+            if (C > 3u) {
+                v3 = w_group(wr[3], g);
+            }
+            for (var r = 0u; r < RB; r++) {
+                acc[r] += row_dot(x_slice(xm[r], g, j), v0, v1, v2, v3);
+            }
         }
     }
     for (var c = 0u; c < C; c++) {

@@ -1,5 +1,5 @@
 //! matmul in each layout, not only the one the adapter picks (runtime/src/cases/linear.rs
-//! runs that one): the tiled layout, and the rows layout with 4 and 8 rows per workgroup and
+//! runs that one): the tiled layout, and the rows layout with 4 and 32 rows per workgroup and
 //! 1 to 4 columns per invocation, at ragged sizes, for f32 (K a multiple of 4 or not), f16 (K
 //! a multiple of 8 but not of 32, or odd), a 32-value and a 256-value block format. The rows
 //! layout needs subgroups of at least 8 lanes: on an adapter without them (llvmpipe GL) its
@@ -50,8 +50,7 @@ impl Spec {
         let bb = b.as_ref().map(|b| upload_f32(gpu, b));
         let y = poisoned(gpu, m * n);
         let launch = |layout| matmul::launch_with(gpu, &xb, &w, bb.as_deref(), &y, m, layout);
-        let runs_rows = gpu.caps.subgroups && gpu.caps.subgroup_min_size >= 8;
-        let d = match (self.layout, runs_rows) {
+        let d = match (self.layout, matmul::runs_rows(gpu)) {
             (Layout::Rows { .. }, false) => match launch(self.layout) {
                 Err(Error::Graph(_)) => launch(Layout::Tiles)?,
                 other => {
@@ -74,10 +73,10 @@ pub fn cases() -> Vec<Case> {
     let layouts = [
         Layout::Tiles,
         Layout::Rows { rows: 4 },
-        Layout::Rows { rows: 8 },
+        Layout::Rows { rows: 32 },
     ];
     // N = 37, 70, 150, 200 take 1, 2, 3 and 4 columns per invocation in the rows layout; M = 66
-    // spans two 64-row tiles and ragged row groups of 4 and 8.
+    // spans two 64-row tiles and ragged row groups of 4 and 32.
     let shapes = [
         (DType::F32, (37, 37, 45), true),
         (DType::F32, (66, 150, 64), false),
