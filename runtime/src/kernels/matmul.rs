@@ -201,7 +201,15 @@ pub fn launch_with(
                 _p: [0; 3],
             };
             let groups_n = (c.rows as u32).div_ceil(kernel.columns);
-            kernel.dispatch(gpu, &params, c, bias, y, &gpu.dummy, [groups_n, groups_m, 1])
+            kernel.dispatch(
+                gpu,
+                &params,
+                c,
+                bias,
+                y,
+                &gpu.dummy,
+                [groups_n, groups_m, 1],
+            )
         })
         .collect()
 }
