@@ -318,12 +318,15 @@ fn check_shader(what: &str, code: &str) {
     let caps = Capabilities::default() | Capabilities::SHADER_FLOAT16_IN_FLOAT32;
     // A kernel that needs subgroup operations (the runtime picks it only on adapters with the
     // subgroup feature, never on GL) is validated with that capability and not as GLSL.
-    let plain = Validator::new(ValidationFlags::all(), caps).validate(&module);
-    let subgroups = plain.is_err();
-    let info = plain
-        .or_else(|_| {
-            Validator::new(ValidationFlags::all(), caps | Capabilities::SUBGROUP).validate(&module)
-        })
+    let subgroups = Validator::new(ValidationFlags::all(), caps)
+        .validate(&module)
+        .is_err();
+    let caps = match subgroups {
+        true => caps | Capabilities::SUBGROUP,
+        false => caps,
+    };
+    let info = Validator::new(ValidationFlags::all(), caps)
+        .validate(&module)
         .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(code)));
 
     let storage = module
