@@ -273,10 +273,9 @@ struct Launch<'a> {
     /// Columns of Y per workgroup.
     columns: u32,
     x: &'a wgpu::Buffer,
-    /// X as vec4s (the rows layout, K % 4 == 0), else a dummy.
-    x4: &'a wgpu::Buffer,
-    /// Whether the weight chunks are bound a second time as vec4s (rows layout, f32 and f16).
-    w4: bool,
+    /// The rows layout's extra bindings: X as vec4s (X itself where K % 4 == 0, else a
+    /// dummy), and whether the weight chunk is bound a second time as vec4s (f32 and f16).
+    vec4s: Option<(&'a wgpu::Buffer, bool)>,
 }
 
 impl<'a> Launch<'a> {
@@ -297,8 +296,7 @@ impl<'a> Launch<'a> {
                 defs,
                 columns: 64,
                 x,
-                x4: &gpu.dummy,
-                w4: false,
+                vec4s: None,
             },
             Layout::Rows { rows } => {
                 if !(64 % rows == 0 && runs_rows(gpu)) {
@@ -320,8 +318,7 @@ impl<'a> Launch<'a> {
                     defs: rows_defs(defs, rows, columns, x_vec4, w_vec4),
                     columns: 64 * columns,
                     x,
-                    x4: if x_vec4 { x } else { &gpu.dummy },
-                    w4: w_vec4,
+                    vec4s: Some((if x_vec4 { x } else { &gpu.dummy }, w_vec4)),
                 }
             }
         })
@@ -340,9 +337,9 @@ impl<'a> Launch<'a> {
         grid: [u32; 3],
     ) -> Result<Dispatch> {
         let mut buffers = vec![self.x, &c.buffer, bias, y, perm];
-        if self.kernel.name == ROWS.name {
-            buffers.push(self.x4);
-            buffers.push(if self.w4 { &c.buffer } else { &gpu.dummy });
+        if let Some((x4, w4)) = self.vec4s {
+            buffers.push(x4);
+            buffers.push(if w4 { &c.buffer } else { &gpu.dummy });
         }
         self.kernel
             .dispatch(gpu, &self.defs, params, &buffers, grid)
