@@ -321,6 +321,15 @@ fn check_shader(what: &str, code: &str) {
         .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(code)));
     // unpack2x16float is core WGSL; wgpu grants naga this capability on Vulkan, GL and the web.
     let caps = Capabilities::default() | Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    // A kernel that needs subgroup operations (the runtime picks it only on adapters with the
+    // subgroup feature, never on GL) is validated with that capability and not as GLSL.
+    let subgroups = Validator::new(ValidationFlags::all(), caps)
+        .validate(&module)
+        .is_err();
+    let caps = match subgroups {
+        true => caps | Capabilities::SUBGROUP,
+        false => caps,
+    };
     let info = Validator::new(ValidationFlags::all(), caps)
         .validate(&module)
         .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(code)));
@@ -358,6 +367,9 @@ fn check_shader(what: &str, code: &str) {
 
     spv::write_vec(&module, &info, &spv::Options::default(), None)
         .unwrap_or_else(|e| panic!("{what}: SPIR-V: {e}"));
+    if subgroups {
+        return;
+    }
     let mut glsl_code = String::new();
     let options = glsl::Options {
         version: glsl::Version::new_gles(310),

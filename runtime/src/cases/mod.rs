@@ -44,6 +44,7 @@ mod embedding;
 mod heads;
 mod linear;
 mod linear_scan;
+mod matmul;
 mod moe;
 mod norm;
 mod rope;
@@ -73,6 +74,7 @@ pub const BACKEND_TOL: f64 = 1e-5;
 pub fn all() -> Vec<Case> {
     [
         linear::matmul(),
+        matmul::cases(),
         linear::matvec(),
         embedding::cases(),
         elementwise::cases(),

@@ -1,6 +1,12 @@
-//! Register-blocked tiled matmul for prefill: `Y = X Wᵀ + b`, X [M, K], W [N, K] in f32,
-//! packed f16 or a ggml block format (dequantized inside the kernel, shaders/quant.wgsl),
-//! 64×64 tiles per workgroup of 64 invocations, 8×8 outputs per invocation.
+//! Matmul for prefill: `Y = X Wᵀ + b`, X [M, K], W [N, K] in f32, packed f16 or a ggml block
+//! format (dequantized inside the kernel, shaders/quant.wgsl), in one of two layouts:
+//! * [`Layout::Tiles`] (shaders/matmul.wgsl), for GPUs and any adapter: 64×64 output tiles per
+//!   workgroup of 64 invocations, 8×8 outputs per invocation, the weight tile dequantized once
+//!   per tile into workgroup memory.
+//! * [`Layout::Rows`] (shaders/matmul_rows.wgsl), for CPU adapters with subgroups of at least
+//!   8 lanes (lavapipe): 16 or 32 rows per workgroup, up to 4 columns per invocation, each
+//!   weight group dequantized once per workgroup in registers, X shared across a subgroup by
+//!   broadcasts.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -8,9 +14,69 @@ use super::{dtype_defs, kernel, weight_defs, weight_dtypes, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::shader::ShaderDefs;
-use crate::tensor::GpuWeight;
+use crate::tensor::{DType, GpuWeight, WeightChunk};
 
 pub const KERNEL: Kernel = kernel!("matmul", variants);
+pub const ROWS: Kernel = kernel!("matmul_rows", rows_variants);
+
+/// How a matmul spreads its outputs over workgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// shaders/matmul.wgsl: 64×64 tiles through workgroup memory.
+    Tiles,
+    /// shaders/matmul_rows.wgsl: `rows` rows (a divisor of 64) per workgroup; needs subgroups
+    /// of at least 8 lanes.
+    Rows { rows: u32 },
+}
+
+impl Layout {
+    /// The layout for `gpu`'s kind of device and a weight of `dtype`. CPU drivers pay per value
+    /// loaded (a load is a loop over the SIMD lanes) and little per arithmetic instruction, so
+    /// where they have subgroups they take the rows layout, with [`rows_for`] rows.
+    pub fn for_device(gpu: &Gpu, dtype: DType) -> Layout {
+        let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
+        if cpu && runs_rows(gpu) {
+            Layout::Rows {
+                rows: rows_for(dtype),
+            }
+        } else {
+            Layout::Tiles
+        }
+    }
+
+    /// Rows of Y per workgroup.
+    fn rows(self) -> u32 {
+        match self {
+            Layout::Tiles => 64,
+            Layout::Rows { rows } => rows,
+        }
+    }
+}
+
+/// Whether `gpu` can run the rows layout: subgroups of at least 8 lanes.
+pub fn runs_rows(gpu: &Gpu) -> bool {
+    gpu.caps.subgroups && gpu.caps.subgroup_min_size >= 8
+}
+
+/// Rows per workgroup of the rows layout for a weight of `dtype`: every weight group an
+/// invocation dequantizes serves this many rows. On lavapipe (2 cores, 128 rows) 16 rows ran
+/// 1.1-1.4x faster than 4 or 8 for f16 and the 32-value formats, and the K-quants, whose groups
+/// take more loads, gained 1.1-1.3x more from 32.
+fn rows_for(dtype: DType) -> u32 {
+    match dtype {
+        DType::Quant(q) if q.block_elems() == 256 => 32,
+        _ => 16,
+    }
+}
+
+/// Columns per invocation of the rows layout for `n` columns: the most (up to 4) that pads
+/// `n` to whole workgroups (64 invocations) the least, so SmolLM2's 576 takes 3 and 1536 4.
+fn columns_per_invocation(n: usize) -> u32 {
+    (1..=4u32)
+        .rev()
+        .min_by_key(|&c| n.div_ceil(64 * c as usize) * 64 * c as usize)
+        .unwrap_or(1)
+}
 
 /// The specialisation after the weight's constants: bias, or `grouped` (Some(gather): a
 /// mixture of experts' rows, gathered at their tokens or not; never with a bias).
@@ -21,22 +87,60 @@ fn defs(weight: ShaderDefs, bias: bool, grouped: Option<bool>) -> ShaderDefs {
         .bool("GATHER", grouped == Some(true))
 }
 
-/// Every weight dtype: plain with and without bias, and grouped with and without gathering.
+/// The rows layout's constants after [`defs`]': rows per workgroup, columns per invocation,
+/// and whether X and the weight rows are read as vec4s.
+fn rows_defs(defs: ShaderDefs, rows: u32, columns: u32, x_vec4: bool, w_vec4: bool) -> ShaderDefs {
+    defs.u32("RB", rows)
+        .u32("C", columns)
+        .bool("X_VEC4", x_vec4)
+        .bool("W_VEC4", w_vec4)
+}
+
+/// The bias and grouping modes: plain with and without bias, grouped with and without
+/// gathering.
+const MODES: [(bool, Option<bool>); 4] = [
+    (false, None),
+    (true, None),
+    (false, Some(false)),
+    (false, Some(true)),
+];
+
+/// Every weight dtype in every mode.
 pub fn variants() -> Vec<ShaderDefs> {
     let mut out = Vec::new();
     for dtype in weight_dtypes() {
         let Some(weight) = dtype_defs(ShaderDefs::new(), dtype) else {
             continue;
         };
-        for (bias, grouped) in [
-            (false, None),
-            (true, None),
-            (false, Some(false)),
-            (false, Some(true)),
-        ] {
+        for (bias, grouped) in MODES {
             out.push(defs(weight.clone(), bias, grouped));
         }
     }
+    out
+}
+
+/// Every weight dtype in every mode with its rows per workgroup, 1 to 4 columns per
+/// invocation, X read as vec4s or not, and (f32 and f16) weights read as vec4s or not.
+pub fn rows_variants() -> Vec<ShaderDefs> {
+    let mut out = Vec::new();
+    for dtype in weight_dtypes() {
+        let Some(weight) = dtype_defs(ShaderDefs::new(), dtype) else {
+            continue;
+        };
+        let rows = rows_for(dtype);
+        let plain = matches!(dtype, DType::F32 | DType::F16);
+        for (bias, grouped) in MODES {
+            for columns in 1..=4 {
+                for x_vec4 in [false, true] {
+                    for w_vec4 in [false, plain] {
+                        let d = defs(weight.clone(), bias, grouped);
+                        out.push(rows_defs(d, rows, columns, x_vec4, w_vec4));
+                    }
+                }
+            }
+        }
+    }
+    out.dedup();
     out
 }
 
@@ -51,7 +155,8 @@ struct Params {
     _p: [u32; 3],
 }
 
-/// One dispatch per weight chunk, each writing its columns of `y` [M, N].
+/// One dispatch per weight chunk, each writing its columns of `y` [M, N], in the layout for
+/// `gpu` and the weight's dtype.
 pub fn launch(
     gpu: &Gpu,
     x: &wgpu::Buffer,
@@ -60,20 +165,30 @@ pub fn launch(
     y: &wgpu::Buffer,
     m: usize,
 ) -> Result<Vec<Dispatch>> {
-    let defs = defs(
-        weight_defs(ShaderDefs::new(), w, "matmul")?,
-        bias.is_some(),
-        None,
-    );
-    let bias = bias.unwrap_or(&gpu.dummy);
-    let groups_m = (m as u32).div_ceil(64);
+    launch_with(gpu, x, w, bias, y, m, Layout::for_device(gpu, w.dtype))
+}
+
+/// [`launch`] in a given layout (rows: a divisor of 64, and an adapter with subgroups of at
+/// least 8 lanes).
+pub fn launch_with(
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    w: &GpuWeight,
+    bias: Option<&wgpu::Buffer>,
+    y: &wgpu::Buffer,
+    m: usize,
+    layout: Layout,
+) -> Result<Vec<Dispatch>> {
+    let groups_m = (m as u32).div_ceil(layout.rows());
     if groups_m > gpu.caps.max_workgroups_per_dim {
         return Err(Error::LimitExceeded {
             what: "matmul rows".into(),
             needed: m as u64,
-            allowed: gpu.caps.max_workgroups_per_dim as u64 * 64,
+            allowed: gpu.caps.max_workgroups_per_dim as u64 * layout.rows() as u64,
         });
     }
+    let kernel = Launch::new(gpu, x, w, layout, w.rows, bias.is_some(), None)?;
+    let bias = bias.unwrap_or(&gpu.dummy);
     w.chunks
         .iter()
         .map(|c| {
@@ -85,12 +200,14 @@ pub fn launch(
                 col_offset: c.row_start as u32,
                 _p: [0; 3],
             };
-            let groups_n = (c.rows as u32).div_ceil(64);
-            KERNEL.dispatch(
+            let groups_n = (c.rows as u32).div_ceil(kernel.columns);
+            kernel.dispatch(
                 gpu,
-                &defs,
                 &params,
-                &[x, &c.buffer, bias, y, &gpu.dummy],
+                c,
+                bias,
+                y,
+                &gpu.dummy,
                 [groups_n, groups_m, 1],
             )
         })
@@ -99,8 +216,9 @@ pub fn launch(
 
 /// A mixture of experts' matmul over the rows that `perm` (kernels::moe::permute) sorted by
 /// expert: y [R, N] row r = x row (its token's with `gather`, else row r) times its expert's
-/// [N, K] matrix out of `w`, stacked experts. Each workgroup runs one 64-row tile of one
-/// expert; `max_tiles` bounds the tiles perm may list. One dispatch per weight chunk.
+/// [N, K] matrix out of `w`, stacked experts. Each tile perm lists holds 64 rows of one
+/// expert (`moe::TILE`); `max_tiles` bounds the tiles perm may list. One dispatch per
+/// weight chunk.
 #[allow(clippy::too_many_arguments)]
 pub fn launch_grouped(
     gpu: &Gpu,
@@ -113,19 +231,19 @@ pub fn launch_grouped(
     max_tiles: usize,
     gather: bool,
 ) -> Result<Vec<Dispatch>> {
-    let defs = defs(
-        weight_defs(ShaderDefs::new(), w, "matmul")?,
-        false,
-        Some(gather),
-    );
+    let layout = Layout::for_device(gpu, w.dtype);
     let n = w.rows / w.experts;
-    if max_tiles as u32 > gpu.caps.max_workgroups_per_dim {
+    // Workgroups per perm tile.
+    let parts = 64 / layout.rows();
+    let groups_m = max_tiles as u64 * parts as u64;
+    if groups_m > gpu.caps.max_workgroups_per_dim as u64 {
         return Err(Error::LimitExceeded {
             what: "grouped matmul tiles".into(),
             needed: max_tiles as u64,
-            allowed: gpu.caps.max_workgroups_per_dim as u64,
+            allowed: (gpu.caps.max_workgroups_per_dim / parts) as u64,
         });
     }
+    let kernel = Launch::new(gpu, x, w, layout, n, false, Some(gather))?;
     w.chunks
         .iter()
         .map(|c| {
@@ -141,15 +259,91 @@ pub fn launch_grouped(
                     tiles_offset as u32,
                 ],
             };
-            KERNEL.dispatch(
-                gpu,
-                &defs,
-                &params,
-                &[x, &c.buffer, &gpu.dummy, y, perm],
-                [(n as u32).div_ceil(64), max_tiles as u32, 1],
-            )
+            let groups_n = (n as u32).div_ceil(kernel.columns);
+            let grid = [groups_n, groups_m as u32, 1];
+            kernel.dispatch(gpu, &params, c, &gpu.dummy, y, perm, grid)
         })
         .collect()
+}
+
+/// The kernel, specialisation and bindings a layout uses for one weight.
+struct Launch<'a> {
+    kernel: Kernel,
+    defs: ShaderDefs,
+    /// Columns of Y per workgroup.
+    columns: u32,
+    x: &'a wgpu::Buffer,
+    /// The rows layout's extra bindings: X as vec4s (X itself where K % 4 == 0, else a
+    /// dummy), and whether the weight chunk is bound a second time as vec4s (f32 and f16).
+    vec4s: Option<(&'a wgpu::Buffer, bool)>,
+}
+
+impl<'a> Launch<'a> {
+    /// For weight `w` with `n` columns of Y per matrix (per expert when grouped).
+    fn new(
+        gpu: &'a Gpu,
+        x: &'a wgpu::Buffer,
+        w: &GpuWeight,
+        layout: Layout,
+        n: usize,
+        bias: bool,
+        grouped: Option<bool>,
+    ) -> Result<Launch<'a>> {
+        let defs = defs(weight_defs(ShaderDefs::new(), w, "matmul")?, bias, grouped);
+        Ok(match layout {
+            Layout::Tiles => Launch {
+                kernel: KERNEL,
+                defs,
+                columns: 64,
+                x,
+                vec4s: None,
+            },
+            Layout::Rows { rows } => {
+                if !(64 % rows == 0 && runs_rows(gpu)) {
+                    return Err(Error::Graph(format!(
+                        "matmul: the rows layout ({rows} rows) needs a divisor of 64 and \
+                         subgroups of at least 8 lanes"
+                    )));
+                }
+                let columns = columns_per_invocation(n);
+                let k = w.cols;
+                let x_vec4 = k.is_multiple_of(4);
+                let w_vec4 = match w.dtype {
+                    DType::F32 => k.is_multiple_of(4),
+                    DType::F16 => k.is_multiple_of(8),
+                    _ => false,
+                };
+                Launch {
+                    kernel: ROWS,
+                    defs: rows_defs(defs, rows, columns, x_vec4, w_vec4),
+                    columns: 64 * columns,
+                    x,
+                    vec4s: Some((if x_vec4 { x } else { &gpu.dummy }, w_vec4)),
+                }
+            }
+        })
+    }
+
+    /// The dispatch for weight chunk `c`.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &self,
+        gpu: &Gpu,
+        params: &Params,
+        c: &WeightChunk,
+        bias: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        perm: &wgpu::Buffer,
+        grid: [u32; 3],
+    ) -> Result<Dispatch> {
+        let mut buffers = vec![self.x, &c.buffer, bias, y, perm];
+        if let Some((x4, w4)) = self.vec4s {
+            buffers.push(x4);
+            buffers.push(if w4 { &c.buffer } else { &gpu.dummy });
+        }
+        self.kernel
+            .dispatch(gpu, &self.defs, params, &buffers, grid)
+    }
 }
 
 /// `y[i, n] = sum_k x[i, k] w[n, k] + b[n]`.

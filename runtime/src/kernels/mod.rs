@@ -102,6 +102,7 @@ pub const ALL: &[Kernel] = &[
     linear_scan::LOCAL,
     linear_scan::CARRY,
     matmul::KERNEL,
+    matmul::ROWS,
     matvec::KERNEL,
     moe::ROUTE,
     moe::PERMUTE,

@@ -1,0 +1,106 @@
+//! matmul in each layout, not only the one the adapter picks (runtime/src/cases/linear.rs
+//! runs that one): the tiled layout, and the rows layout with 4 and 32 rows per workgroup and
+//! 1 to 4 columns per invocation, at ragged sizes, for f32 (K a multiple of 4 or not), f16 (K
+//! a multiple of 8 but not of 32, or odd), a 32-value and a 256-value block format. The rows
+//! layout needs subgroups of at least 8 lanes: on an adapter without them (llvmpipe GL) its
+//! cases check that it is refused with an error, then run the tiled layout.
+
+use std::sync::Arc;
+
+use super::{poisoned, upload_f32, weights, Case, Output, Prepared, SUM_TOL};
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::kernels::matmul::{self, Layout};
+use crate::quant::QuantFormat;
+use crate::rng::Rng;
+use crate::tensor::DType;
+
+/// y [m, n] = x [m, k] times a weight [n, k] of `dtype` (+ a bias) in `layout`.
+#[derive(Clone, Copy)]
+struct Spec {
+    m: usize,
+    n: usize,
+    k: usize,
+    dtype: DType,
+    bias: bool,
+    layout: Layout,
+    seed: u64,
+}
+
+impl Spec {
+    fn case(self) -> Case {
+        let Spec { m, n, k, .. } = self;
+        let what = format!(
+            "{m}x{n}x{k} {} bias={} {:?}",
+            self.dtype.name(),
+            self.bias,
+            self.layout
+        );
+        Case::new("matmul", what, move |gpu| self.prepare(gpu))
+            .quantized(matches!(self.dtype, DType::Quant(_)))
+    }
+
+    fn prepare(&self, gpu: &Arc<Gpu>) -> Result<Prepared> {
+        let Spec { m, n, k, .. } = *self;
+        let mut rng = Rng::new(self.seed);
+        let x = rng.vec(m * k, 1.0);
+        let (w, w_ref) = weights::random(gpu, self.dtype, 1, n, k, &mut rng)?;
+        let b = self.bias.then(|| rng.vec(n, 1.0));
+        let xb = upload_f32(gpu, &x);
+        let bb = b.as_ref().map(|b| upload_f32(gpu, b));
+        let y = poisoned(gpu, m * n);
+        let launch = |layout| matmul::launch_with(gpu, &xb, &w, bb.as_deref(), &y, m, layout);
+        let d = match (self.layout, matmul::runs_rows(gpu)) {
+            (Layout::Rows { .. }, false) => match launch(self.layout) {
+                Err(Error::Graph(_)) => launch(Layout::Tiles)?,
+                other => {
+                    return Err(super::bad_case(format!(
+                        "the rows layout was not refused without subgroups: {:?}",
+                        other.map(|d| d.len())
+                    )))
+                }
+            },
+            _ => launch(self.layout)?,
+        };
+        let want = matmul::reference(&x, &w_ref, b.as_deref(), m, n, k);
+        let out = Output::close("", &y, want, SUM_TOL);
+        let bytes = w.bytes() as f64 + 4.0 * (m * k + m * n) as f64;
+        Ok(Prepared::new(gpu, d, vec![out]).work(2.0 * (m * n * k) as f64, bytes))
+    }
+}
+
+pub fn cases() -> Vec<Case> {
+    let layouts = [
+        Layout::Tiles,
+        Layout::Rows { rows: 4 },
+        Layout::Rows { rows: 32 },
+    ];
+    // N = 37, 70, 150, 200 take 1, 2, 3 and 4 columns per invocation in the rows layout; M = 66
+    // spans two 64-row tiles and ragged row groups of 4 and 32.
+    let shapes = [
+        (DType::F32, (37, 37, 45), true),
+        (DType::F32, (66, 150, 64), false),
+        (DType::F16, (37, 70, 45), false),
+        (DType::F16, (66, 200, 72), true),
+        (DType::Quant(QuantFormat::Q4_1), (37, 150, 96), true),
+        (DType::Quant(QuantFormat::Q6_K), (66, 70, 512), false),
+    ];
+    let mut cases = Vec::new();
+    let mut seed = 4000;
+    for layout in layouts {
+        for (dtype, (m, n, k), bias) in shapes {
+            seed += 1;
+            let spec = Spec {
+                m,
+                n,
+                k,
+                dtype,
+                bias,
+                layout,
+                seed,
+            };
+            cases.push(spec.case());
+        }
+    }
+    cases
+}
