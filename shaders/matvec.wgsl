@@ -15,8 +15,19 @@
 // perm (shaders/moe_permute.wgsl), with the matrix of that row's expert out of a chunk of
 // stacked [N, K] expert matrices (experts e0 .. e0 + ne), x the row's token (GATHER) or row r
 // of x, and the result row r of y [R, N]. Only the chosen experts' weights are read.
+//
+// Fusions (decode's Linear op, kernels/linear.rs; never with GROUPED). Prologues, on x:
+//   NORM: x is RMS-normalised as it is loaded: every workgroup first sums x² itself (K is
+//     small) and scales each value by inverseSqrt(mean + eps) and the norm weight (aux).
+//   MERGE: x is split-K decode attention's partial results ([heads, splits, HEAD_DIM + 2],
+//     shaders/decode_attention.wgsl): every workgroup first finds each head's max and
+//     denominator over its used pieces, then merges each value as it is loaded, by the
+//     online-softmax rule of shaders/decode_attention_merge.wgsl.
+// Epilogues, on the row sums: ACCUM: y[row] += sum (the residual add, in place). GLU: rows
+//   come in interleaved pairs (gate row i, up row i) and y[i] = silu(gate) * up.
 
-struct Params { k: u32, n: u32, col_offset: u32, e0: u32, ne: u32, _p0: u32, _p1: u32, _p2: u32 }
+struct Params { k: u32, n: u32, col_offset: u32, e0: u32, ne: u32, eps: f32, head_dim: u32,
+                splits: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -25,7 +36,8 @@ struct Params { k: u32, n: u32, col_offset: u32, e0: u32, ne: u32, _p0: u32, _p1
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> w4: array<vec4<u32>>;
-@group(0) @binding(7) var<storage, read> perm: array<u32>;
+// GROUPED: the permutation of rows by expert; NORM: the norm weight (f32 bits).
+@group(0) @binding(7) var<storage, read> aux: array<u32>;
 
 #include "quant.wgsl"
 
@@ -35,6 +47,100 @@ const ROWS: u32 = 64u / LANES * R; // rows per workgroup
 var<workgroup> partial: array<f32, ROWS * LANES>;
 // GROUPED: the x offset, the chunk row where the expert starts, the y offset, 1 to skip.
 var<workgroup> group_info: vec4<u32>;
+// MERGE: per head, the max over its pieces, the softmax denominator and the pieces used.
+var<workgroup> merge_head: array<vec4<f32>, MAX_MERGE_HEADS>;
+
+// Where x starts (floats, and vec4s), and NORM's inverse RMS.
+var<private> xo: u32;
+var<private> xo4: u32;
+var<private> inv_rms: f32;
+
+// The merged attention output at x index i (MERGE).
+fn merged(i: u32) -> f32 {
+    let h = i / p.head_dim;
+    let info = merge_head[h];
+    let stride = p.head_dim + 2u;
+    let first = h * p.splits * stride;
+    var a = 0.0;
+    for (var s = 0u; s < u32(info.z); s++) {
+        let base = first + s * stride;
+        a += exp(x[base] - info.x) * x[base + 2u + i % p.head_dim];
+    }
+    return a / info.y;
+}
+
+// The norm scale of x index i (NORM).
+fn norm_scale(i: u32) -> f32 {
+    return inv_rms * bitcast<f32>(aux[i]);
+}
+
+// x at index i of the row, after the prologue.
+fn x_at(i: u32) -> f32 {
+    if (MERGE) {
+        return merged(i);
+    }
+    if (NORM) {
+        return x[xo + i] * norm_scale(i);
+    }
+    return x[xo + i];
+}
+
+// x at vec4 index j of the row, after the prologue.
+fn x4_at(j: u32) -> vec4<f32> {
+    let i = 4u * j;
+    if (MERGE) {
+        return vec4<f32>(merged(i), merged(i + 1u), merged(i + 2u), merged(i + 3u));
+    }
+    if (NORM) {
+        let s = vec4<f32>(norm_scale(i), norm_scale(i + 1u), norm_scale(i + 2u),
+                          norm_scale(i + 3u));
+        return x4[xo4 + j] * s;
+    }
+    return x4[xo4 + j];
+}
+
+// The prologue's per-workgroup work: NORM's inverse RMS, MERGE's per-head softmax terms.
+// Every invocation calls it (it has barriers).
+fn prologue(lid: u32) {
+    if (NORM) {
+        var acc = 0.0;
+        for (var i = lid; i < p.k; i += 64u) {
+            let v = x[xo + i];
+            acc += v * v;
+        }
+        partial[lid] = acc;
+        workgroupBarrier();
+        for (var s = 32u; s > 0u; s >>= 1u) {
+            if (lid < s) {
+                partial[lid] += partial[lid + s];
+            }
+            workgroupBarrier();
+        }
+        inv_rms = inverseSqrt(partial[0] / f32(p.k) + p.eps);
+        workgroupBarrier();
+    }
+    if (MERGE) {
+        let stride = p.head_dim + 2u;
+        for (var h = lid; h < p.k / p.head_dim; h += 64u) {
+            let first = h * p.splits * stride;
+            var big = -3.0e38;
+            var used = 0u;
+            for (var s = 0u; s < p.splits; s++) {
+                big = max(big, x[first + s * stride]);
+                // Unused pieces (denominator 0) form a tail: shaders/decode_attention.wgsl.
+                if (x[first + s * stride + 1u] > 0.0) {
+                    used = s + 1u;
+                }
+            }
+            var denom = 0.0;
+            for (var s = 0u; s < used; s++) {
+                denom += exp(x[first + s * stride] - big) * x[first + s * stride + 1u];
+            }
+            merge_head[h] = vec4<f32>(big, denom, f32(used), 0.0);
+        }
+        workgroupBarrier();
+    }
+}
 
 fn load_w(i: u32) -> f32 {
     if (W_F16) {
@@ -47,16 +153,16 @@ fn load_w(i: u32) -> f32 {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let lane = lid % LANES;
-    var xo = 0u; // offset of x in floats
+    xo = 0u;
     var wr = 0u; // chunk row of the matrix's first row
     var yo = p.col_offset;
     if (GROUPED) {
         if (lid == 0u) {
             let r = wid.z;
-            let e = perm[2u * r + 1u];
+            let e = aux[2u * r + 1u];
             var xr = r;
             if (GATHER) {
-                xr = perm[2u * r];
+                xr = aux[2u * r];
             }
             group_info = vec4<u32>(xr * p.k, (e - p.e0) * p.n, r * p.n,
                                    select(1u, 0u, e >= p.e0 && e < p.e0 + p.ne));
@@ -69,7 +175,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         wr = info.y;
         yo = info.z;
     }
-    let xo4 = xo / 4u;
+    xo4 = xo / 4u;
+    prologue(lid);
     let first = group_index(wid, nwg) * ROWS;
     let row0 = first + (lid / LANES) * R;
     let wrow0 = wr + row0; // the chunk row of row0
@@ -89,8 +196,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             var xa: array<vec4<f32>, 8>;
             var xb: array<vec4<f32>, 8>;
             for (var t = 0u; t < 8u; t++) {
-                xa[t] = x4[xo4 + 64u * sb + 8u * gs.x + t];
-                xb[t] = x4[xo4 + 64u * sb + 8u * gs.y + t];
+                xa[t] = x4_at(64u * sb + 8u * gs.x + t);
+                xb[t] = x4_at(64u * sb + 8u * gs.y + t);
             }
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
@@ -109,7 +216,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var gi = lane; gi < p.k / 32u; gi += LANES) {
             var xs: array<vec4<f32>, 8>;
             for (var t = 0u; t < 8u; t++) {
-                xs[t] = x4[xo4 + 8u * gi + t];
+                xs[t] = x4_at(8u * gi + t);
             }
             let blk = gi / QGROUPS * QWORDS;
             let g = gi % QGROUPS;
@@ -128,8 +235,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         // A vec4 of words holds 8 halves; rows start on a vec4 boundary as K % 8 == 0.
         let q = p.k / 8u;
         for (var j = lane; j < q; j += LANES) {
-            let xa = x4[xo4 + 2u * j];
-            let xb = x4[xo4 + 2u * j + 1u];
+            let xa = x4_at(2u * j);
+            let xb = x4_at(2u * j + 1u);
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
                     let v = w4[(wrow0 + r) * q + j];
@@ -142,7 +249,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     } else if (VEC4) {
         let q = p.k / 4u;
         for (var j = lane; j < q; j += LANES) {
-            let xv = x4[xo4 + j];
+            let xv = x4_at(j);
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
                     acc[r] += dot(bitcast<vec4<f32>>(w4[(wrow0 + r) * q + j]), xv);
@@ -152,7 +259,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     } else {
         // Any K: one value at a time (f16 halves may straddle rows when K is odd).
         for (var i = lane; i < p.k; i += LANES) {
-            let xv = x[xo + i];
+            let xv = x_at(i);
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
                     acc[r] += load_w((wrow0 + r) * p.k + i) * xv;
@@ -164,6 +271,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         partial[((lid / LANES) * R + r) * LANES + lane] = acc[r];
     }
     workgroupBarrier();
+    if (GLU) {
+        // Pair i of the workgroup: rows 2i (gate) and 2i + 1 (up); the chunk starts on a pair.
+        let row = first + 2u * lid;
+        if (lid < ROWS / 2u && row < p.n) {
+            var g = 0.0;
+            var u = 0.0;
+            for (var l = 0u; l < LANES; l++) {
+                g += partial[2u * lid * LANES + l];
+                u += partial[(2u * lid + 1u) * LANES + l];
+            }
+            y[(yo + row) / 2u] = g / (1.0 + exp(-g)) * u;
+        }
+        return;
+    }
     let row = first + lid;
     if (lid < ROWS && row < p.n) {
         var out = 0.0;
@@ -172,6 +293,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         if (HAS_BIAS) {
             out += bias[p.col_offset + row];
+        }
+        if (ACCUM) {
+            out += y[yo + row];
         }
         y[yo + row] = out;
     }

@@ -1,37 +1,126 @@
-//! The Linear op, `y = x Wᵀ + b` for x [T, K] and a weight W [N, K] of any weight dtype: the
-//! matvec kernel for one row (decode), the tiled matmul otherwise (prefill).
+//! The Linear op, `y = x Wᵀ + b` for x [T, K] and a weight W [N, K] of any weight dtype, with
+//! the work around it a model asks for: an RMSNorm of x or the merge of split-K attention
+//! pieces before ([`LinearInput`]), a residual add or SwiGLU of row pairs after
+//! ([`LinearOutput`]). Lowering: for one row (decode) one fused matvec per weight chunk; for
+//! more rows (prefill) the tiled matmul between separate dispatches that do the same (norm
+//! into scratch, then an elementwise epilogue), so fusion stays inside this op.
 
-use super::{matmul, matvec};
-use crate::error::Result;
+use super::elementwise::{self, Elementwise};
+use super::matvec::{self, Epilogue, Fusion, Prologue};
+use super::{matmul, rms_norm};
+use crate::error::{Error, Result};
 use crate::executor::Lowering;
 use crate::graph::{mismatch, Graph, TensorId};
 use crate::op::Op;
+
+/// What the op reads as x.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LinearInput {
+    /// x itself.
+    Plain,
+    /// RMSNorm of x with `weight` [K] and `eps`.
+    Norm { weight: TensorId, eps: f32 },
+    /// x is one query's split-K attention pieces (kernels::decode_attention::Graph::
+    /// attention_pieces) for heads of `head_dim` values in `splits` pieces: their merge,
+    /// [1, K], is the input. Decode only.
+    Merged { head_dim: usize, splits: usize },
+}
+
+/// What the op writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinearOutput {
+    /// A new tensor [T, N].
+    New,
+    /// Adds the product into this tensor [T, N] in place (a residual stream), and returns it.
+    AddTo(TensorId),
+    /// The weight's rows are interleaved (gate, up) pairs: `silu(gate) * up`, [T, N / 2].
+    Glu,
+}
 
 #[derive(Debug)]
 pub struct Linear {
     pub x: TensorId,
     pub w: TensorId,
     pub bias: Option<TensorId>,
+    pub input: LinearInput,
+    pub output: LinearOutput,
     pub out: TensorId,
 }
 
 impl Graph {
     pub fn linear(&mut self, x: TensorId, w: TensorId, bias: Option<TensorId>) -> Result<TensorId> {
+        self.linear_fused(x, w, bias, LinearInput::Plain, LinearOutput::New)
+    }
+
+    /// [`Graph::linear`] with the work before and after it.
+    pub fn linear_fused(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        bias: Option<TensorId>,
+        input: LinearInput,
+        output: LinearOutput,
+    ) -> Result<TensorId> {
         let xs = self.shape(x).to_vec();
         let ws = self.shape(w).to_vec();
-        if xs[1] != ws[1] {
-            let name = &self.weight_of(w)?.name;
-            return Err(mismatch(
-                &format!("weight {name} (input features)"),
-                &[ws[0], xs[1]],
-                &ws,
-            ));
-        }
+        let (n, k) = (ws[0], ws[1]);
+        let name = self.weight_of(w)?.name.clone();
+        let rows = match input {
+            LinearInput::Merged { head_dim, splits } => {
+                let floats = match head_dim {
+                    0 => 0,
+                    d => k / d * splits * (d + 2),
+                };
+                if head_dim == 0 || !k.is_multiple_of(head_dim) || xs[1] != floats || xs[0] != 1 {
+                    return Err(mismatch(
+                        &format!("attention pieces into weight {name}"),
+                        &[1, floats],
+                        &xs,
+                    ));
+                }
+                1
+            }
+            _ if xs[1] != k => {
+                return Err(mismatch(
+                    &format!("weight {name} (input features)"),
+                    &[n, xs[1]],
+                    &ws,
+                ))
+            }
+            LinearInput::Norm { weight, .. } => {
+                self.expect_vector(weight, k, "norm weight")?;
+                xs[0]
+            }
+            LinearInput::Plain => xs[0],
+        };
         if let Some(b) = bias {
-            self.expect_vector(b, ws[0], "bias")?;
+            self.expect_vector(b, n, "bias")?;
         }
-        let out = self.activation(vec![xs[0], ws[0]]);
-        self.push(Linear { x, w, bias, out });
+        let out = match output {
+            LinearOutput::New => self.activation(vec![rows, n]),
+            LinearOutput::AddTo(r) => {
+                if self.shape(r) != [rows, n] {
+                    return Err(mismatch("residual of a linear", &[rows, n], self.shape(r)));
+                }
+                r
+            }
+            LinearOutput::Glu => {
+                if !n.is_multiple_of(2) || bias.is_some() {
+                    return Err(Error::Graph(format!(
+                        "SwiGLU linear {name}: needs (gate, up) row pairs and no bias"
+                    )));
+                }
+                self.activation(vec![rows, n / 2])
+            }
+        };
+        self.push(Linear {
+            x,
+            w,
+            bias,
+            input,
+            output,
+            out,
+        });
         Ok(out)
     }
 }
@@ -44,20 +133,70 @@ impl Op for Linear {
     fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
         let mut r = vec![self.x, self.w];
         r.extend(self.bias);
+        if let LinearInput::Norm { weight, .. } = self.input {
+            r.push(weight);
+        }
+        if let LinearOutput::AddTo(t) = self.output {
+            r.push(t);
+        }
         (r, vec![self.out])
     }
 
     fn lower(&self, cx: &mut Lowering) -> Result<()> {
         let gpu = cx.gpu();
-        let m = cx.shape(self.x)[0];
+        let m = cx.shape(self.out)[0];
         let (x, w, out) = (cx.buf(self.x)?, cx.weight(self.w)?, cx.buf(self.out)?);
         let bias = cx.opt_buf(self.bias)?;
-        let d = if m == 1 {
-            matvec::launch(gpu, x, w, bias, out)?
-        } else {
-            matmul::launch(gpu, x, w, bias, out, m)?
+        let norm = match self.input {
+            LinearInput::Norm { weight, eps } => Some((cx.buf(weight)?, eps)),
+            _ => None,
         };
-        cx.push(d);
+        if m == 1 {
+            let prologue = match (self.input, norm) {
+                (LinearInput::Merged { head_dim, splits }, _) => {
+                    Prologue::Merge { head_dim, splits }
+                }
+                (_, Some((weight, eps))) => Prologue::Norm(weight, eps),
+                _ => Prologue::None,
+            };
+            let epilogue = match self.output {
+                LinearOutput::New => Epilogue::Store,
+                LinearOutput::AddTo(_) => Epilogue::Accumulate,
+                LinearOutput::Glu => Epilogue::Glu,
+            };
+            let fusion = Fusion { prologue, epilogue };
+            cx.push(matvec::launch_fused(gpu, x, w, bias, out, fusion, None)?);
+            return Ok(());
+        }
+        // Prefill: the same as separate dispatches.
+        let (n, k) = (w.rows, w.cols);
+        let normed;
+        let x = match (self.input, norm) {
+            (LinearInput::Merged { .. }, _) => {
+                return Err(Error::Graph(format!(
+                    "linear {}: merged attention pieces are one query's (decode)",
+                    w.name
+                )))
+            }
+            (_, Some((weight, eps))) => {
+                normed = cx.scratch("linear normed input", m * k)?;
+                cx.push([rms_norm::launch(gpu, x, weight, &normed, m, k, eps)?]);
+                &*normed
+            }
+            _ => x,
+        };
+        let (op, count) = match self.output {
+            LinearOutput::New => {
+                cx.push(matmul::launch(gpu, x, w, bias, out, m)?);
+                return Ok(());
+            }
+            LinearOutput::AddTo(_) => (Elementwise::Accumulate, m * n),
+            LinearOutput::Glu => (Elementwise::GluPairs, m * n / 2),
+        };
+        let product = cx.scratch("linear product", m * n)?;
+        cx.push(matmul::launch(gpu, x, w, bias, &product, m)?);
+        let d = elementwise::launch(gpu, op, &product, &gpu.dummy, out, count, 1)?;
+        cx.push([d]);
         Ok(())
     }
 }
