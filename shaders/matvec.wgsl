@@ -17,8 +17,10 @@
 // of x, and the result row r of y [R, N]. Only the chosen experts' weights are read.
 //
 // Fusions (decode's Linear op, kernels/linear.rs; never with GROUPED). Prologues, on x:
-//   NORM: x is RMS-normalised as it is loaded: every workgroup first sums x² itself (K is
-//     small) and scales each value by inverseSqrt(mean + eps) and the norm weight (aux).
+//   NORM: RMSNorm of x, without a pass of its own: the product runs on x times the norm
+//     weight (aux, nw4), while the lanes of the first row group, which load all of x between
+//     them, also sum x²; the epilogue scales each row's sum by inverseSqrt(mean + eps), the
+//     same for every row (W (x w / rms) = (W (x w)) / rms), so no barrier is added.
 //   MERGE: x is split-K decode attention's partial results ([heads, splits, HEAD_DIM + 2],
 //     shaders/decode_attention.wgsl): every workgroup first finds each head's max and
 //     denominator over its used pieces, then merges each value as it is loaded, by the
@@ -36,8 +38,10 @@ struct Params { k: u32, n: u32, col_offset: u32, e0: u32, ne: u32, eps: f32, hea
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> w4: array<vec4<u32>>;
-// GROUPED: the permutation of rows by expert; NORM: the norm weight (f32 bits).
+// GROUPED: the permutation of rows by expert; NORM: the norm weight (f32 bits), also as
+// vec4s through nw4 with VEC4.
 @group(0) @binding(7) var<storage, read> aux: array<u32>;
+@group(0) @binding(8) var<storage, read> nw4: array<vec4<f32>>;
 
 #include "quant.wgsl"
 
@@ -49,11 +53,13 @@ var<workgroup> partial: array<f32, ROWS * LANES>;
 var<workgroup> group_info: vec4<u32>;
 // MERGE: per head, the max over its pieces, the softmax denominator and the pieces used.
 var<workgroup> merge_head: array<vec4<f32>, MAX_MERGE_HEADS>;
+// NORM: each lane's sum of x² in the first row group.
+var<workgroup> squares: array<f32, LANES>;
 
-// Where x starts (floats, and vec4s), and NORM's inverse RMS.
+// Where x starts (floats, and vec4s), and NORM's sum of the squares this lane loaded.
 var<private> xo: u32;
 var<private> xo4: u32;
-var<private> inv_rms: f32;
+var<private> square_sum: f32;
 
 // The merged attention output at x index i (MERGE).
 fn merged(i: u32) -> f32 {
@@ -69,18 +75,15 @@ fn merged(i: u32) -> f32 {
     return a / info.y;
 }
 
-// The norm scale of x index i (NORM).
-fn norm_scale(i: u32) -> f32 {
-    return inv_rms * bitcast<f32>(aux[i]);
-}
-
 // x at index i of the row, after the prologue.
 fn x_at(i: u32) -> f32 {
     if (MERGE) {
         return merged(i);
     }
     if (NORM) {
-        return x[xo + i] * norm_scale(i);
+        let v = x[xo + i];
+        square_sum += v * v;
+        return v * bitcast<f32>(aux[i]);
     }
     return x[xo + i];
 }
@@ -92,33 +95,16 @@ fn x4_at(j: u32) -> vec4<f32> {
         return vec4<f32>(merged(i), merged(i + 1u), merged(i + 2u), merged(i + 3u));
     }
     if (NORM) {
-        let s = vec4<f32>(norm_scale(i), norm_scale(i + 1u), norm_scale(i + 2u),
-                          norm_scale(i + 3u));
-        return x4[xo4 + j] * s;
+        let v = x4[xo4 + j];
+        square_sum += dot(v, v);
+        return v * nw4[j];
     }
     return x4[xo4 + j];
 }
 
-// The prologue's per-workgroup work: NORM's inverse RMS, MERGE's per-head softmax terms.
-// Every invocation calls it (it has barriers).
-fn prologue(lid: u32) {
-    if (NORM) {
-        var acc = 0.0;
-        for (var i = lid; i < p.k; i += 64u) {
-            let v = x[xo + i];
-            acc += v * v;
-        }
-        partial[lid] = acc;
-        workgroupBarrier();
-        for (var s = 32u; s > 0u; s >>= 1u) {
-            if (lid < s) {
-                partial[lid] += partial[lid + s];
-            }
-            workgroupBarrier();
-        }
-        inv_rms = inverseSqrt(partial[0] / f32(p.k) + p.eps);
-        workgroupBarrier();
-    }
+// MERGE's per-workgroup work: each head's max and softmax denominator. Every invocation
+// calls it (it has a barrier).
+fn merge_prologue(lid: u32) {
     if (MERGE) {
         let stride = p.head_dim + 2u;
         for (var h = lid; h < p.k / p.head_dim; h += 64u) {
@@ -176,7 +162,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         yo = info.z;
     }
     xo4 = xo / 4u;
-    prologue(lid);
+    merge_prologue(lid);
     let first = group_index(wid, nwg) * ROWS;
     let row0 = first + (lid / LANES) * R;
     let wrow0 = wr + row0; // the chunk row of row0
@@ -270,7 +256,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var r = 0u; r < R; r++) {
         partial[((lid / LANES) * R + r) * LANES + lane] = acc[r];
     }
+    if (NORM && lid < LANES) {
+        squares[lane] = square_sum;
+    }
     workgroupBarrier();
+    // NORM: the inverse RMS of x, by which every row's sum is scaled.
+    var inv = 1.0;
+    if (NORM) {
+        var total = 0.0;
+        for (var l = 0u; l < LANES; l++) {
+            total += squares[l];
+        }
+        inv = inverseSqrt(total / f32(p.k) + p.eps);
+    }
     if (GLU) {
         // Pair i of the workgroup: rows 2i (gate) and 2i + 1 (up); the chunk starts on a pair.
         let row = first + 2u * lid;
@@ -281,6 +279,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 g += partial[2u * lid * LANES + l];
                 u += partial[(2u * lid + 1u) * LANES + l];
             }
+            g *= inv;
+            u *= inv;
             y[(yo + row) / 2u] = g / (1.0 + exp(-g)) * u;
         }
         return;
@@ -291,6 +291,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var l = 0u; l < LANES; l++) {
             out += partial[lid * LANES + l];
         }
+        out *= inv;
         if (HAS_BIAS) {
             out += bias[p.col_offset + row];
         }

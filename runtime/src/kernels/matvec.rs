@@ -218,6 +218,11 @@ fn launch_inner(
         (None, Prologue::Norm(weight, _)) => (weight, 1),
         (None, _) => (&gpu.dummy, 1),
     };
+    // The norm weight as vec4s, read by the VEC4 paths.
+    let nw4: &wgpu::Buffer = match fusion.prologue {
+        Prologue::Norm(weight, _) if vec4 => weight,
+        _ => &gpu.dummy,
+    };
     if rows as u32 > gpu.caps.max_workgroups_per_dim {
         return Err(Error::LimitExceeded {
             what: "grouped matvec rows".into(),
@@ -258,7 +263,7 @@ fn launch_inner(
                 gpu,
                 &defs,
                 &params,
-                &[x, &c.buffer, bias, y, x4, w4, aux],
+                &[x, &c.buffer, bias, y, x4, w4, aux, nw4],
                 grid,
             )
         })
