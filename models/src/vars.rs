@@ -282,7 +282,9 @@ impl<'a> Vars<'a> {
                 let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| t.bytes.to_vec()).collect();
                 let data = stored(&bytes);
                 match first.dtype {
-                    HostDType::Quant(q) => self.upload(&name, rows, cols, HostData::Quant(q, &data)),
+                    HostDType::Quant(q) => {
+                        self.upload(&name, rows, cols, HostData::Quant(q, &data))
+                    }
                     _ => {
                         let bits: Vec<u16> = bytemuck::pod_collect_to_vec(&data);
                         self.upload(&name, rows, cols, HostData::F16(&bits))

@@ -104,7 +104,10 @@ impl AttentionWeights {
             false => None,
         };
         let qkv = match fused {
-            Some(w) => vec![(w, vb.concat_vectors("qkv.bias", &parts(&biases, widths), bias)?)],
+            Some(w) => vec![(
+                w,
+                vb.concat_vectors("qkv.bias", &parts(&biases, widths), bias)?,
+            )],
             None => {
                 let mut qkv = Vec::with_capacity(3);
                 for (n, width) in [q, k, v].into_iter().zip(widths) {
@@ -149,7 +152,12 @@ impl AttentionWeights {
         self.project(g, h, None)
     }
 
-    fn project(&self, g: &mut Graph, x: TensorId, norm: Option<&RmsNorm>) -> GResult<Vec<TensorId>> {
+    fn project(
+        &self,
+        g: &mut Graph,
+        x: TensorId,
+        norm: Option<&RmsNorm>,
+    ) -> GResult<Vec<TensorId>> {
         let (x, input) = match norm {
             Some(n) => n.for_linears(g, x, self.qkv.len())?,
             None => (x, LinearInput::Plain),
@@ -198,7 +206,9 @@ impl AttentionWeights {
             };
             return g.linear_fused(pieces, o, None, input, output);
         }
-        let a = g.attention(q, k_cache, v_cache, shape, run.causal, run.layout, inside, run.mask)?;
+        let a = g.attention(
+            q, k_cache, v_cache, shape, run.causal, run.layout, inside, run.mask,
+        )?;
         g.linear_fused(a, o, None, LinearInput::Plain, output)
     }
 }

@@ -42,7 +42,10 @@ enum Input {
     /// RMSNorm of x (eps 1e-5).
     Norm,
     /// Attention pieces of heads of `head_dim` values in `splits` pieces.
-    Merge { head_dim: usize, splits: usize },
+    Merge {
+        head_dim: usize,
+        splits: usize,
+    },
 }
 
 const NORM_EPS: f32 = 1e-5;
@@ -68,7 +71,9 @@ fn pieces(rng: &mut Rng, heads: usize, head_dim: usize, splits: usize) -> (Vec<f
             }
         }
         let piece = |s: usize| &partial[(h * splits + s) * stride..][..stride];
-        let big = (0..used).map(|s| piece(s)[0] as f64).fold(f64::MIN, f64::max);
+        let big = (0..used)
+            .map(|s| piece(s)[0] as f64)
+            .fold(f64::MIN, f64::max);
         let w = |s: usize| (piece(s)[0] as f64 - big).exp();
         let denom: f64 = (0..used).map(|s| w(s) * piece(s)[1] as f64).sum();
         for d in 0..head_dim {

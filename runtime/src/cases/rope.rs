@@ -68,7 +68,8 @@ pub fn rope_cache_write() -> Vec<Case> {
     ];
     let mut cases = Vec::new();
     for (i, (layout, h, kvh, hd, rot, pos, t, fused)) in specs.into_iter().enumerate() {
-        let what = format!("{layout:?} heads={h}/{kvh} hd={hd} rot={rot} pos={pos} T={t} fused={fused}");
+        let what =
+            format!("{layout:?} heads={h}/{kvh} hd={hd} rot={rot} pos={pos} T={t} fused={fused}");
         let seed = 950 + i as u64;
         let heads = Heads {
             heads: h,
@@ -92,9 +93,16 @@ pub fn rope_cache_write() -> Vec<Case> {
                     })
                     .collect();
                 let w = qd + 2 * kvd;
-                (vec![upload_f32(gpu, &rows)], [(w, 0), (w, qd), (w, qd + kvd)])
+                (
+                    vec![upload_f32(gpu, &rows)],
+                    [(w, 0), (w, qd), (w, qd + kvd)],
+                )
             } else {
-                let bufs = vec![upload_f32(gpu, &q), upload_f32(gpu, &k), upload_f32(gpu, &v)];
+                let bufs = vec![
+                    upload_f32(gpu, &q),
+                    upload_f32(gpu, &k),
+                    upload_f32(gpu, &v),
+                ];
                 (bufs, [(qd, 0), (kvd, 0), (kvd, 0)])
             };
             let src = [0, 1, 2].map(|j| &*bufs[j.min(bufs.len() - 1)]);
@@ -122,7 +130,10 @@ pub fn rope_cache_write() -> Vec<Case> {
             };
             let pick = |x: &[f32], keep: bool| -> Vec<f32> {
                 let words: Vec<u32> = x.iter().map(|v| v.to_bits()).collect();
-                split(&words, keep).into_iter().map(f32::from_bits).collect()
+                split(&words, keep)
+                    .into_iter()
+                    .map(f32::from_bits)
+                    .collect()
             };
             let words = rows * kvd;
             let mut outputs = vec![Output::close("q", &q_out, want_q, ROPE_TOL)];

@@ -108,7 +108,9 @@ pub fn launch(
     causal: bool,
 ) -> Result<[Dispatch; 2]> {
     let max_splits = max_splits.clamp(1, MAX_SPLITS);
-    let pieces = launch_pieces(gpu, step, io, partial, shape, layout, max_splits, n_queries, causal)?;
+    let pieces = launch_pieces(
+        gpu, step, io, partial, shape, layout, max_splits, n_queries, causal,
+    )?;
     let merge = MERGE.dispatch(
         gpu,
         &merge_defs(shape.head_dim),
@@ -204,14 +206,27 @@ impl Graph {
         inv_freq: Option<TensorId>,
         mask: Option<TensorId>,
     ) -> Result<(TensorId, usize)> {
-        validate_mode(&shape, &layout, true, inv_freq.map(|f| self.numel(f)), mask.is_some())?;
-        let (qd, kvd) = (shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim);
+        validate_mode(
+            &shape,
+            &layout,
+            true,
+            inv_freq.map(|f| self.numel(f)),
+            mask.is_some(),
+        )?;
+        let (qd, kvd) = (
+            shape.heads * shape.head_dim,
+            shape.kv_heads * shape.head_dim,
+        );
         if self.shape(q) != [1, qd] {
             return Err(mismatch("attention pieces' query", &[1, qd], self.shape(q)));
         }
         for cache in [k_cache, v_cache] {
             if self.shape(cache) != [layout.rows, kvd] {
-                return Err(mismatch("attention KV cache", &[layout.rows, kvd], self.shape(cache)));
+                return Err(mismatch(
+                    "attention KV cache",
+                    &[layout.rows, kvd],
+                    self.shape(cache),
+                ));
             }
         }
         if let Some(m) = mask {
@@ -266,7 +281,17 @@ impl Op for AttentionPieces {
             },
         };
         let (gpu, step) = (cx.gpu(), cx.step());
-        let d = launch_pieces(gpu, step, &io, partial, self.shape, self.layout, self.splits, 1, true)?;
+        let d = launch_pieces(
+            gpu,
+            step,
+            &io,
+            partial,
+            self.shape,
+            self.layout,
+            self.splits,
+            1,
+            true,
+        )?;
         cx.push([d]);
         Ok(())
     }

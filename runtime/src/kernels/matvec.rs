@@ -37,7 +37,10 @@ pub enum Prologue<'a> {
     Norm(&'a wgpu::Buffer, f32),
     /// x is split-K decode attention's partial results for heads of `head_dim` values cut in
     /// `splits` pieces (kernels::decode_attention::launch_pieces), merged as loaded.
-    Merge { head_dim: usize, splits: usize },
+    Merge {
+        head_dim: usize,
+        splits: usize,
+    },
 }
 
 /// What the kernel does with each row's sum.
@@ -166,7 +169,16 @@ pub fn launch_grouped(
     gather: bool,
 ) -> Result<Vec<Dispatch>> {
     let layout = Layout::for_device(gpu);
-    launch_inner(gpu, x, w, None, y, layout, Some((perm, rows, gather)), Fusion::NONE)
+    launch_inner(
+        gpu,
+        x,
+        w,
+        None,
+        y,
+        layout,
+        Some((perm, rows, gather)),
+        Fusion::NONE,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -360,7 +372,15 @@ pub fn variants() -> Vec<ShaderDefs> {
             for vec4 in [false, true] {
                 for layout in [Layout::CPU, Layout::GPU] {
                     let d = |grouped, prologue, epilogue| {
-                        defs(weight.clone(), bias, vec4, layout, grouped, prologue, epilogue)
+                        defs(
+                            weight.clone(),
+                            bias,
+                            vec4,
+                            layout,
+                            grouped,
+                            prologue,
+                            epilogue,
+                        )
                     };
                     for grouped in [Some(false), Some(true)] {
                         out.push(d(grouped, Kind::Plain, Epilogue::Store));

@@ -64,7 +64,11 @@ impl Graph {
         let qkv = match *qkv {
             [fused] => {
                 if self.shape(fused) != [t, qd + 2 * kvd] {
-                    return Err(mismatch("fused q/k/v", &[t, qd + 2 * kvd], self.shape(fused)));
+                    return Err(mismatch(
+                        "fused q/k/v",
+                        &[t, qd + 2 * kvd],
+                        self.shape(fused),
+                    ));
                 }
                 let at = |offset| Columns {
                     tensor: fused,
@@ -89,7 +93,7 @@ impl Graph {
             }
             _ => return Err(Error::Graph("rope_cache_write takes 1 or 3 tensors".into())),
         };
-        if heads.head_dim % 2 != 0 {
+        if !heads.head_dim.is_multiple_of(2) {
             return Err(Error::Graph(format!(
                 "rope_cache_write: odd head_dim {}",
                 heads.head_dim
@@ -97,12 +101,20 @@ impl Graph {
         }
         if let Some(f) = inv_freq {
             if 2 * self.numel(f) > heads.head_dim {
-                return Err(mismatch("RoPE frequencies", &[heads.head_dim / 2], self.shape(f)));
+                return Err(mismatch(
+                    "RoPE frequencies",
+                    &[heads.head_dim / 2],
+                    self.shape(f),
+                ));
             }
         }
         for cache in [k_cache, v_cache] {
             if self.shape(cache) != [layout.rows, kvd] {
-                return Err(mismatch("cache write", &[layout.rows, kvd], self.shape(cache)));
+                return Err(mismatch(
+                    "cache write",
+                    &[layout.rows, kvd],
+                    self.shape(cache),
+                ));
             }
         }
         if let Some(n) = layout.max_chunk.filter(|&n| t > n) {
