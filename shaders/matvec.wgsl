@@ -21,10 +21,9 @@
 //     weight (aux, nw4), while the lanes of the first row group, which load all of x between
 //     them, also sum x²; the epilogue scales each row's sum by inverseSqrt(mean + eps), the
 //     same for every row (W (x w / rms) = (W (x w)) / rms), so no barrier is added.
-//   MERGE: x is split-K decode attention's partial results ([heads, splits, HEAD_DIM + 2],
-//     shaders/decode_attention.wgsl): every workgroup first finds each head's max and
-//     denominator over its used pieces, then merges each value as it is loaded, by the
-//     online-softmax rule of shaders/decode_attention_merge.wgsl.
+//   MERGE: x is split-K decode attention's partial results ([heads, splits, head_dim + 2],
+//     shaders/decode_attention.wgsl): every workgroup first merges them into workgroup
+//     memory by the online-softmax rule of shaders/decode_attention_merge.wgsl (one barrier).
 // Epilogues, on the row sums: ACCUM: y[row] += sum (the residual add, in place). GLU: rows
 //   come in interleaved pairs (gate row i, up row i) and y[i] = silu(gate) * up.
 
@@ -51,8 +50,6 @@ const ROWS: u32 = 64u / LANES * R; // rows per workgroup
 var<workgroup> partial: array<f32, ROWS * LANES>;
 // GROUPED: the x offset, the chunk row where the expert starts, the y offset, 1 to skip.
 var<workgroup> group_info: vec4<u32>;
-// MERGE: per head, the max over its pieces, the softmax denominator and the pieces used.
-var<workgroup> merge_head: array<vec4<f32>, MAX_MERGE_HEADS>;
 // NORM: each lane's sum of x² in the first row group.
 var<workgroup> squares: array<f32, LANES>;
 
@@ -61,24 +58,45 @@ var<private> xo: u32;
 var<private> xo4: u32;
 var<private> square_sum: f32;
 
-// The merged attention output at x index i (MERGE).
+// MERGE: the head whose max over its pieces and softmax denominator (merge_info) this
+// invocation found last, found again only when its head changes. Unused pieces (max -3e38,
+// denominator 0 and output 0: shaders/decode_attention.wgsl) add exactly 0.
+var<private> merge_head: u32;
+var<private> merge_info: vec2<f32>;
+// MERGE: x as the product sees it (K <= MERGE_K), merged once per workgroup. Merging as
+// values are loaded would put the pieces loop inside the loads, which keeps the loads'
+// arrays in memory and makes lavapipe allocate (and not free) scratch on every dispatch.
+var<workgroup> merged_x: array<f32, MERGE_K>;
+
+// The merged attention output at x index i (MERGE's first step).
 fn merged(i: u32) -> f32 {
     let h = i / p.head_dim;
-    let info = merge_head[h];
     let stride = p.head_dim + 2u;
     let first = h * p.splits * stride;
-    var a = 0.0;
-    for (var s = 0u; s < u32(info.z); s++) {
-        let base = first + s * stride;
-        a += exp(x[base] - info.x) * x[base + 2u + i % p.head_dim];
+    if (h != merge_head) {
+        var big = -3.0e38;
+        for (var s = 0u; s < p.splits; s++) {
+            big = max(big, x[first + s * stride]);
+        }
+        var denom = 0.0;
+        for (var s = 0u; s < p.splits; s++) {
+            denom += exp(x[first + s * stride] - big) * x[first + s * stride + 1u];
+        }
+        merge_head = h;
+        merge_info = vec2<f32>(big, denom);
     }
-    return a / info.y;
+    var a = 0.0;
+    for (var s = 0u; s < p.splits; s++) {
+        let base = first + s * stride;
+        a += exp(x[base] - merge_info.x) * x[base + 2u + i % p.head_dim];
+    }
+    return a / merge_info.y;
 }
 
 // x at index i of the row, after the prologue.
 fn x_at(i: u32) -> f32 {
     if (MERGE) {
-        return merged(i);
+        return merged_x[i];
     }
     if (NORM) {
         let v = x[xo + i];
@@ -92,7 +110,7 @@ fn x_at(i: u32) -> f32 {
 fn x4_at(j: u32) -> vec4<f32> {
     let i = 4u * j;
     if (MERGE) {
-        return vec4<f32>(merged(i), merged(i + 1u), merged(i + 2u), merged(i + 3u));
+        return vec4<f32>(merged_x[i], merged_x[i + 1u], merged_x[i + 2u], merged_x[i + 3u]);
     }
     if (NORM) {
         let v = x4[xo4 + j];
@@ -100,32 +118,6 @@ fn x4_at(j: u32) -> vec4<f32> {
         return v * nw4[j];
     }
     return x4[xo4 + j];
-}
-
-// MERGE's per-workgroup work: each head's max and softmax denominator. Every invocation
-// calls it (it has a barrier).
-fn merge_prologue(lid: u32) {
-    if (MERGE) {
-        let stride = p.head_dim + 2u;
-        for (var h = lid; h < p.k / p.head_dim; h += 64u) {
-            let first = h * p.splits * stride;
-            var big = -3.0e38;
-            var used = 0u;
-            for (var s = 0u; s < p.splits; s++) {
-                big = max(big, x[first + s * stride]);
-                // Unused pieces (denominator 0) form a tail: shaders/decode_attention.wgsl.
-                if (x[first + s * stride + 1u] > 0.0) {
-                    used = s + 1u;
-                }
-            }
-            var denom = 0.0;
-            for (var s = 0u; s < used; s++) {
-                denom += exp(x[first + s * stride] - big) * x[first + s * stride + 1u];
-            }
-            merge_head[h] = vec4<f32>(big, denom, f32(used), 0.0);
-        }
-        workgroupBarrier();
-    }
 }
 
 fn load_w(i: u32) -> f32 {
@@ -162,7 +154,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         yo = info.z;
     }
     xo4 = xo / 4u;
-    merge_prologue(lid);
+    if (MERGE) {
+        merge_head = 0xffffffffu;
+        for (var i = lid; i < p.k; i += 64u) {
+            merged_x[i] = merged(i);
+        }
+        workgroupBarrier();
+    }
     let first = group_index(wid, nwg) * ROWS;
     let row0 = first + (lid / LANES) * R;
     let wrow0 = wr + row0; // the chunk row of row0

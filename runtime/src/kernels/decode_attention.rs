@@ -111,18 +111,31 @@ pub fn launch(
     let pieces = launch_pieces(
         gpu, step, io, partial, shape, layout, max_splits, n_queries, causal,
     )?;
-    let merge = MERGE.dispatch(
+    let merge = launch_merge(gpu, partial, io.out, shape, max_splits, n_queries)?;
+    Ok([pieces, merge])
+}
+
+/// The merge pass of [`launch`]: `partial` ([`launch_pieces`]) into `out` [n_queries,
+/// heads * head_dim].
+pub fn launch_merge(
+    gpu: &Gpu,
+    partial: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    shape: AttnShape,
+    max_splits: usize,
+    n_queries: usize,
+) -> Result<Dispatch> {
+    MERGE.dispatch(
         gpu,
         &merge_defs(shape.head_dim),
         &MergeParams {
             heads: shape.heads as u32,
-            max_splits: max_splits as u32,
+            max_splits: max_splits.clamp(1, MAX_SPLITS) as u32,
             _p: [0; 2],
         },
-        &[partial, io.out],
+        &[partial, out],
         [shape.heads as u32, n_queries as u32, 1],
-    )?;
-    Ok([pieces, merge])
+    )
 }
 
 /// The pieces pass of [`launch`] alone (`io.out` unused): `partial` [n_queries, heads,

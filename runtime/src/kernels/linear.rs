@@ -5,9 +5,10 @@
 //! more rows (prefill) the tiled matmul between separate dispatches that do the same (norm
 //! into scratch, then an elementwise epilogue), so fusion stays inside this op.
 
+use super::attention::AttnShape;
 use super::elementwise::{self, Elementwise};
 use super::matvec::{self, Epilogue, Fusion, Prologue};
-use super::{matmul, rms_norm};
+use super::{decode_attention, matmul, rms_norm};
 use crate::error::{Error, Result};
 use crate::executor::Lowering;
 use crate::graph::{mismatch, Graph, TensorId};
@@ -125,6 +126,17 @@ impl Graph {
     }
 }
 
+impl Linear {
+    /// The matvec epilogue for the output.
+    fn epilogue(&self) -> Epilogue {
+        match self.output {
+            LinearOutput::New => Epilogue::Store,
+            LinearOutput::AddTo(_) => Epilogue::Accumulate,
+            LinearOutput::Glu => Epilogue::Glu,
+        }
+    }
+}
+
 impl Op for Linear {
     fn name(&self) -> &'static str {
         "linear"
@@ -151,6 +163,32 @@ impl Op for Linear {
             LinearInput::Norm { weight, eps } => Some((cx.buf(weight)?, eps)),
             _ => None,
         };
+        if let (1, LinearInput::Merged { head_dim, splits }) = (m, self.input) {
+            // The merge pass of its own, into scratch, then the matvec. The matvec's MERGE
+            // prologue (checked by the kernel cases) is not used: on lavapipe every dispatch
+            // of it grows resident memory by ~300 KB (constant_memory's sinks test, 7 GB over
+            // 10k tokens), cause not found; it would save one dispatch per layer.
+            {
+                let shape = AttnShape {
+                    heads: w.cols / head_dim,
+                    kv_heads: 1,
+                    head_dim,
+                    scale: 1.0,
+                };
+                let merged = cx.scratch("linear merged input", w.cols)?;
+                cx.push([decode_attention::launch_merge(
+                    gpu, x, &merged, shape, splits, 1,
+                )?]);
+                let fusion = Fusion {
+                    prologue: Prologue::None,
+                    epilogue: self.epilogue(),
+                };
+                cx.push(matvec::launch_fused(
+                    gpu, &merged, w, bias, out, fusion, None,
+                )?);
+                return Ok(());
+            }
+        }
         if m == 1 {
             let prologue = match (self.input, norm) {
                 (LinearInput::Merged { head_dim, splits }, _) => {
@@ -159,12 +197,10 @@ impl Op for Linear {
                 (_, Some((weight, eps))) => Prologue::Norm(weight, eps),
                 _ => Prologue::None,
             };
-            let epilogue = match self.output {
-                LinearOutput::New => Epilogue::Store,
-                LinearOutput::AddTo(_) => Epilogue::Accumulate,
-                LinearOutput::Glu => Epilogue::Glu,
+            let fusion = Fusion {
+                prologue,
+                epilogue: self.epilogue(),
             };
-            let fusion = Fusion { prologue, epilogue };
             cx.push(matvec::launch_fused(gpu, x, w, bias, out, fusion, None)?);
             return Ok(());
         }

@@ -26,8 +26,8 @@ struct Params {
     splits: u32,
 }
 
-/// Most heads a MERGE prologue takes (its per-head workgroup table).
-pub const MAX_MERGE_HEADS: usize = 256;
+/// The longest x a MERGE prologue takes (its workgroup copy of the merged x: 8 KiB).
+pub const MERGE_MAX_K: usize = 2048;
 
 /// What the kernel does to x as it loads it.
 #[derive(Debug, Clone, Copy)]
@@ -283,8 +283,8 @@ fn launch_inner(
 }
 
 /// Fusions the kernel cannot do: any with grouped rows; SwiGLU with a bias, a chunk edge
-/// inside a pair or an odd number of rows per workgroup; more heads than the merge table
-/// holds, a merge whose x is not whole heads.
+/// inside a pair or an odd number of rows per workgroup; a merge whose x is not whole heads
+/// or longer than [`MERGE_MAX_K`].
 fn check_fusion(
     w: &GpuWeight,
     bias: bool,
@@ -308,8 +308,8 @@ fn check_fusion(
         if head_dim == 0 || splits == 0 || !w.cols.is_multiple_of(head_dim) {
             return bad("merged attention input is not whole heads");
         }
-        if w.cols / head_dim > MAX_MERGE_HEADS {
-            return bad(&format!("more than {MAX_MERGE_HEADS} heads to merge"));
+        if w.cols > MERGE_MAX_K {
+            return bad(&format!("merged attention input longer than {MERGE_MAX_K}"));
         }
     }
     Ok(())
@@ -335,7 +335,14 @@ fn defs(
         .bool("GATHER", grouped == Some(true))
         .bool("NORM", prologue == Kind::Norm)
         .bool("MERGE", prologue == Kind::Merge)
-        .u32("MAX_MERGE_HEADS", MAX_MERGE_HEADS as u32)
+        .u32(
+            "MERGE_K",
+            if prologue == Kind::Merge {
+                MERGE_MAX_K as u32
+            } else {
+                4
+            },
+        )
         .bool("ACCUM", epilogue == Epilogue::Accumulate)
         .bool("GLU", epilogue == Epilogue::Glu)
 }
