@@ -360,41 +360,6 @@ pub fn matvec() -> Vec<Case> {
     ];
     let mut seed = 2200;
     for layout in layouts {
-        // Every fusion in every layout, at ragged sizes, f32 (K % 4 == 0: vec4 loads, and not)
-        // and a 32-value and a 256-value block format; 64 heads of 2 to merge (the pieces
-        // prologue's loop over heads runs twice per invocation at lanes 1... 64).
-        for (dtype, k) in [
-            (DType::F32, 130),
-            (DType::F32, 128),
-            (DType::Quant(QuantFormat::Q4_1), 96),
-            (DType::Quant(QuantFormat::Q4_K), 256),
-        ] {
-            let glu = layout.rows().is_multiple_of(2);
-            let merge = Input::Merge {
-                head_dim: 2,
-                splits: 3,
-            };
-            let fusions = [
-                (Input::Norm, Epilogue::Store, true),
-                (merge, Epilogue::Accumulate, false),
-                (Input::Norm, Epilogue::Glu, false),
-                (Input::Plain, Epilogue::Accumulate, true),
-                (Input::Plain, Epilogue::Glu, false),
-            ];
-            for (input, epilogue, bias) in fusions {
-                if epilogue == Epilogue::Glu && !glu {
-                    continue;
-                }
-                seed += 1;
-                let spec = Spec {
-                    layout: Some(layout),
-                    ..Spec::new(true, (1, 70, k), dtype, seed)
-                        .bias(bias)
-                        .fused(input, epilogue)
-                };
-                cases.push(spec.case());
-            }
-        }
         let quants =
             [QuantFormat::Q5_1, QuantFormat::Q6_K].map(|f| (DType::Quant(f), 3 * f.block_elems()));
         let plain = [
@@ -412,5 +377,53 @@ pub fn matvec() -> Vec<Case> {
             cases.push(spec.case());
         }
     }
+    cases.extend(fused_matvec());
     cases
+}
+
+/// The matvec's fusions, each a pipeline of its own (CPU drivers take a while to compile
+/// each, so the set is small): every fusion in the CPU and the GPU layout with vec4 loads
+/// (f32, K % 4 == 0); the prologues on the one-value path (K = 130) and with a 32-value and a
+/// 256-value block format. 70 rows: ragged row groups and workgroups; 48 to 128 heads of 2
+/// to merge, in 3 pieces of which some are unused.
+fn fused_matvec() -> Vec<Case> {
+    let merge = Input::Merge {
+        head_dim: 2,
+        splits: 3,
+    };
+    let all = [
+        (Input::Norm, Epilogue::Store, true),
+        (merge, Epilogue::Accumulate, false),
+        (Input::Norm, Epilogue::Glu, false),
+        (Input::Plain, Epilogue::Accumulate, true),
+        (Input::Plain, Epilogue::Glu, false),
+    ];
+    let prologues = [
+        (Input::Norm, Epilogue::Glu, false),
+        (merge, Epilogue::Accumulate, true),
+    ];
+    let mut specs = Vec::new();
+    for layout in [Layout::CPU, Layout::GPU] {
+        specs.extend(all.map(|f| (DType::F32, 128, layout, f)));
+    }
+    for (dtype, k) in [
+        (DType::F32, 130),
+        (DType::Quant(QuantFormat::Q4_1), 96),
+        (DType::Quant(QuantFormat::Q4_K), 256),
+    ] {
+        specs.extend(prologues.map(|f| (dtype, k, Layout::CPU, f)));
+    }
+    specs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (dtype, k, layout, (input, epilogue, bias)))| {
+            let spec = Spec {
+                layout: Some(layout),
+                ..Spec::new(true, (1, 70, k), dtype, 2300 + i as u64)
+                    .bias(bias)
+                    .fused(input, epilogue)
+            };
+            spec.case()
+        })
+        .collect()
 }

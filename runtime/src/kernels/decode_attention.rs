@@ -3,7 +3,7 @@
 //! online-softmax rule. It also takes several queries (one workgroup each): the prefill path
 //! where the tiled kernel does not fit (see `attention::tiled_fits`). Its CPU reference is
 //! `attention::reference`. A decoder's attention block at decode runs the pieces alone
-//! ([`Graph::attention_pieces`]) and leaves the merge to the output projection's matvec
+//! ([`Graph::attention_pieces`]) and leaves the merge to the output projection's Linear op
 //! (kernels::linear's `LinearInput::Merged`).
 
 use bytemuck::{Pod, Zeroable};

@@ -21,9 +21,9 @@ pub enum LinearInput {
     Plain,
     /// RMSNorm of x with `weight` [K] and `eps`.
     Norm { weight: TensorId, eps: f32 },
-    /// x is one query's split-K attention pieces (kernels::decode_attention::Graph::
-    /// attention_pieces) for heads of `head_dim` values in `splits` pieces: their merge,
-    /// [1, K], is the input. Decode only.
+    /// x is one query's split-K attention pieces (`Graph::attention_pieces` in
+    /// kernels::decode_attention) for heads of `head_dim` values in `splits` pieces: their
+    /// merge, [1, K], is the input. Decode only; lowered as the merge pass, then the matvec.
     Merged { head_dim: usize, splits: usize },
 }
 
@@ -165,29 +165,26 @@ impl Op for Linear {
         };
         if let (1, LinearInput::Merged { head_dim, splits }) = (m, self.input) {
             // The merge pass of its own, into scratch, then the matvec. The matvec's MERGE
-            // prologue (checked by the kernel cases) is not used: on lavapipe every dispatch
-            // of it grows resident memory by ~300 KB (constant_memory's sinks test, 7 GB over
-            // 10k tokens), cause not found; it would save one dispatch per layer.
-            {
-                let shape = AttnShape {
-                    heads: w.cols / head_dim,
-                    kv_heads: 1,
-                    head_dim,
-                    scale: 1.0,
-                };
-                let merged = cx.scratch("linear merged input", w.cols)?;
-                cx.push([decode_attention::launch_merge(
-                    gpu, x, &merged, shape, splits, 1,
-                )?]);
-                let fusion = Fusion {
-                    prologue: Prologue::None,
-                    epilogue: self.epilogue(),
-                };
-                cx.push(matvec::launch_fused(
-                    gpu, &merged, w, bias, out, fusion, None,
-                )?);
-                return Ok(());
-            }
+            // prologue (checked by the kernel cases; the arm below) is not used: on lavapipe
+            // every dispatch of it grows resident memory by ~300 KB (constant_memory's sinks
+            // test: 7 GB over 10k tokens), cause not found; it would save a dispatch a layer.
+            let shape = AttnShape {
+                heads: w.cols / head_dim,
+                kv_heads: 1,
+                head_dim,
+                scale: 1.0,
+            };
+            let merged = cx.scratch("linear merged input", w.cols)?;
+            let merge = decode_attention::launch_merge(gpu, x, &merged, shape, splits, 1)?;
+            cx.push([merge]);
+            let fusion = Fusion {
+                prologue: Prologue::None,
+                epilogue: self.epilogue(),
+            };
+            cx.push(matvec::launch_fused(
+                gpu, &merged, w, bias, out, fusion, None,
+            )?);
+            return Ok(());
         }
         if m == 1 {
             let prologue = match (self.input, norm) {
