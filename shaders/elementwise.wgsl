@@ -3,6 +3,9 @@
 // OP: 0 add, 1 SwiGLU silu(a) * b, 2 mul, 3 sub, 4 softplus(a + b), 5 sigmoid(a) * b,
 //     6 relu(a)^2, 7 tanh(a), 8 sigmoid(a), 9 -exp(a), 10 logsigmoid(a) (b unused in 6-10),
 //     11 GeGLU gelu(a) * b with the exact (erf) GELU.
+// The epilogues of a prefill Linear op (kernels/linear.rs; b unused): 12 SwiGLU of a's
+// interleaved (gate, up) pairs, out[i] = silu(a[2i]) * a[2i + 1] (out half a's size);
+// 13 out[i] += a[i] (a residual add in place).
 
 struct Params { n: u32, b_len: u32, _p0: u32, _p1: u32 }
 
@@ -25,6 +28,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {
     let i = group_index(wid, nwg) * 256u + lid;
     if (i >= p.n) {
+        return;
+    }
+    if (OP == 12u) {
+        let g = a[2u * i];
+        out[i] = g / (1.0 + exp(-g)) * a[2u * i + 1u];
+        return;
+    }
+    if (OP == 13u) {
+        out[i] = out[i] + a[i];
         return;
     }
     let x = a[i];

@@ -15,8 +15,20 @@
 // perm (shaders/moe_permute.wgsl), with the matrix of that row's expert out of a chunk of
 // stacked [N, K] expert matrices (experts e0 .. e0 + ne), x the row's token (GATHER) or row r
 // of x, and the result row r of y [R, N]. Only the chosen experts' weights are read.
+//
+// Fusions (decode's Linear op, kernels/linear.rs; never with GROUPED). Prologues, on x:
+//   NORM: RMSNorm of x, without a pass of its own: the product runs on x times the norm
+//     weight (aux, nw4), while the lanes of the first row group, which load all of x between
+//     them, also sum x²; the epilogue scales each row's sum by inverseSqrt(mean + eps), the
+//     same for every row (W (x w / rms) = (W (x w)) / rms), so no barrier is added.
+//   MERGE: x is split-K decode attention's partial results ([heads, splits, head_dim + 2],
+//     shaders/decode_attention.wgsl): every workgroup first merges them into workgroup
+//     memory by the online-softmax rule of shaders/decode_attention_merge.wgsl (one barrier).
+// Epilogues, on the row sums: ACCUM: y[row] += sum (the residual add, in place). GLU: rows
+//   come in interleaved pairs (gate row i, up row i) and y[i] = silu(gate) * up.
 
-struct Params { k: u32, n: u32, col_offset: u32, e0: u32, ne: u32, _p0: u32, _p1: u32, _p2: u32 }
+struct Params { k: u32, n: u32, col_offset: u32, e0: u32, ne: u32, eps: f32, head_dim: u32,
+                splits: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -25,7 +37,10 @@ struct Params { k: u32, n: u32, col_offset: u32, e0: u32, ne: u32, _p0: u32, _p1
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> w4: array<vec4<u32>>;
-@group(0) @binding(7) var<storage, read> perm: array<u32>;
+// GROUPED: the permutation of rows by expert; NORM: the norm weight (f32 bits), also as
+// vec4s through nw4 with VEC4.
+@group(0) @binding(7) var<storage, read> aux: array<u32>;
+@group(0) @binding(8) var<storage, read> nw4: array<vec4<f32>>;
 
 #include "quant.wgsl"
 
@@ -35,6 +50,75 @@ const ROWS: u32 = 64u / LANES * R; // rows per workgroup
 var<workgroup> partial: array<f32, ROWS * LANES>;
 // GROUPED: the x offset, the chunk row where the expert starts, the y offset, 1 to skip.
 var<workgroup> group_info: vec4<u32>;
+// NORM: each lane's sum of x² in the first row group.
+var<workgroup> squares: array<f32, LANES>;
+
+// Where x starts (floats, and vec4s), and NORM's sum of the squares this lane loaded.
+var<private> xo: u32;
+var<private> xo4: u32;
+var<private> square_sum: f32;
+
+// MERGE: the head whose max over its pieces and softmax denominator (merge_info) this
+// invocation found last, found again only when its head changes. Unused pieces (max -3e38,
+// denominator 0 and output 0: shaders/decode_attention.wgsl) add exactly 0.
+var<private> merge_head: u32;
+var<private> merge_info: vec2<f32>;
+// MERGE: x as the product sees it (K <= MERGE_K), merged once per workgroup. Merging as
+// values are loaded would put the pieces loop inside the loads, which keeps the loads'
+// arrays in memory and makes lavapipe allocate (and not free) scratch on every dispatch.
+var<workgroup> merged_x: array<f32, MERGE_K>;
+
+// The merged attention output at x index i (MERGE's first step).
+fn merged(i: u32) -> f32 {
+    let h = i / p.head_dim;
+    let stride = p.head_dim + 2u;
+    let first = h * p.splits * stride;
+    if (h != merge_head) {
+        var big = -3.0e38;
+        for (var s = 0u; s < p.splits; s++) {
+            big = max(big, x[first + s * stride]);
+        }
+        var denom = 0.0;
+        for (var s = 0u; s < p.splits; s++) {
+            denom += exp(x[first + s * stride] - big) * x[first + s * stride + 1u];
+        }
+        merge_head = h;
+        merge_info = vec2<f32>(big, denom);
+    }
+    var a = 0.0;
+    for (var s = 0u; s < p.splits; s++) {
+        let base = first + s * stride;
+        a += exp(x[base] - merge_info.x) * x[base + 2u + i % p.head_dim];
+    }
+    return a / merge_info.y;
+}
+
+// x at index i of the row, after the prologue.
+fn x_at(i: u32) -> f32 {
+    if (MERGE) {
+        return merged_x[i];
+    }
+    if (NORM) {
+        let v = x[xo + i];
+        square_sum += v * v;
+        return v * bitcast<f32>(aux[i]);
+    }
+    return x[xo + i];
+}
+
+// x at vec4 index j of the row, after the prologue.
+fn x4_at(j: u32) -> vec4<f32> {
+    let i = 4u * j;
+    if (MERGE) {
+        return vec4<f32>(merged_x[i], merged_x[i + 1u], merged_x[i + 2u], merged_x[i + 3u]);
+    }
+    if (NORM) {
+        let v = x4[xo4 + j];
+        square_sum += dot(v, v);
+        return v * nw4[j];
+    }
+    return x4[xo4 + j];
+}
 
 fn load_w(i: u32) -> f32 {
     if (W_F16) {
@@ -47,16 +131,16 @@ fn load_w(i: u32) -> f32 {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let lane = lid % LANES;
-    var xo = 0u; // offset of x in floats
+    xo = 0u;
     var wr = 0u; // chunk row of the matrix's first row
     var yo = p.col_offset;
     if (GROUPED) {
         if (lid == 0u) {
             let r = wid.z;
-            let e = perm[2u * r + 1u];
+            let e = aux[2u * r + 1u];
             var xr = r;
             if (GATHER) {
-                xr = perm[2u * r];
+                xr = aux[2u * r];
             }
             group_info = vec4<u32>(xr * p.k, (e - p.e0) * p.n, r * p.n,
                                    select(1u, 0u, e >= p.e0 && e < p.e0 + p.ne));
@@ -69,7 +153,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         wr = info.y;
         yo = info.z;
     }
-    let xo4 = xo / 4u;
+    xo4 = xo / 4u;
+    if (MERGE) {
+        merge_head = 0xffffffffu;
+        for (var i = lid; i < p.k; i += 64u) {
+            merged_x[i] = merged(i);
+        }
+        workgroupBarrier();
+    }
     let first = group_index(wid, nwg) * ROWS;
     let row0 = first + (lid / LANES) * R;
     let wrow0 = wr + row0; // the chunk row of row0
@@ -89,8 +180,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             var xa: array<vec4<f32>, 8>;
             var xb: array<vec4<f32>, 8>;
             for (var t = 0u; t < 8u; t++) {
-                xa[t] = x4[xo4 + 64u * sb + 8u * gs.x + t];
-                xb[t] = x4[xo4 + 64u * sb + 8u * gs.y + t];
+                xa[t] = x4_at(64u * sb + 8u * gs.x + t);
+                xb[t] = x4_at(64u * sb + 8u * gs.y + t);
             }
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
@@ -109,7 +200,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var gi = lane; gi < p.k / 32u; gi += LANES) {
             var xs: array<vec4<f32>, 8>;
             for (var t = 0u; t < 8u; t++) {
-                xs[t] = x4[xo4 + 8u * gi + t];
+                xs[t] = x4_at(8u * gi + t);
             }
             let blk = gi / QGROUPS * QWORDS;
             let g = gi % QGROUPS;
@@ -128,8 +219,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         // A vec4 of words holds 8 halves; rows start on a vec4 boundary as K % 8 == 0.
         let q = p.k / 8u;
         for (var j = lane; j < q; j += LANES) {
-            let xa = x4[xo4 + 2u * j];
-            let xb = x4[xo4 + 2u * j + 1u];
+            let xa = x4_at(2u * j);
+            let xb = x4_at(2u * j + 1u);
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
                     let v = w4[(wrow0 + r) * q + j];
@@ -142,7 +233,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     } else if (VEC4) {
         let q = p.k / 4u;
         for (var j = lane; j < q; j += LANES) {
-            let xv = x4[xo4 + j];
+            let xv = x4_at(j);
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
                     acc[r] += dot(bitcast<vec4<f32>>(w4[(wrow0 + r) * q + j]), xv);
@@ -152,7 +243,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     } else {
         // Any K: one value at a time (f16 halves may straddle rows when K is odd).
         for (var i = lane; i < p.k; i += LANES) {
-            let xv = x[xo + i];
+            let xv = x_at(i);
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
                     acc[r] += load_w((wrow0 + r) * p.k + i) * xv;
@@ -163,15 +254,47 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var r = 0u; r < R; r++) {
         partial[((lid / LANES) * R + r) * LANES + lane] = acc[r];
     }
+    if (NORM && lid < LANES) {
+        squares[lane] = square_sum;
+    }
     workgroupBarrier();
+    // NORM: the inverse RMS of x, by which every row's sum is scaled.
+    var inv = 1.0;
+    if (NORM) {
+        var total = 0.0;
+        for (var l = 0u; l < LANES; l++) {
+            total += squares[l];
+        }
+        inv = inverseSqrt(total / f32(p.k) + p.eps);
+    }
+    if (GLU) {
+        // Pair i of the workgroup: rows 2i (gate) and 2i + 1 (up); the chunk starts on a pair.
+        let row = first + 2u * lid;
+        if (lid < ROWS / 2u && row < p.n) {
+            var g = 0.0;
+            var u = 0.0;
+            for (var l = 0u; l < LANES; l++) {
+                g += partial[2u * lid * LANES + l];
+                u += partial[(2u * lid + 1u) * LANES + l];
+            }
+            g *= inv;
+            u *= inv;
+            y[(yo + row) / 2u] = g / (1.0 + exp(-g)) * u;
+        }
+        return;
+    }
     let row = first + lid;
     if (lid < ROWS && row < p.n) {
         var out = 0.0;
         for (var l = 0u; l < LANES; l++) {
             out += partial[lid * LANES + l];
         }
+        out *= inv;
         if (HAS_BIAS) {
             out += bias[p.col_offset + row];
+        }
+        if (ACCUM) {
+            out += y[yo + row];
         }
         y[yo + row] = out;
     }

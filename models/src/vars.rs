@@ -232,6 +232,98 @@ impl<'a> Vars<'a> {
         self.upload_stored(&part.name, &part, count, cols)
     }
 
+    /// Matrices `parts` (leaf, rows) of width `cols` as one weight labelled `label`, when the
+    /// file stores them in one dtype (None otherwise: the caller keeps them apart). Stacked
+    /// by rows (q, k and v as one projection), or with `interleave` row i of each part in
+    /// turn (gate and up as (gate, up) row pairs; every part then has the same rows). f16
+    /// and ggml blocks stay as stored.
+    pub fn concat_matrices(
+        &self,
+        label: &str,
+        parts: &[(&str, usize)],
+        cols: usize,
+        interleave: bool,
+    ) -> Result<Option<Arc<GpuWeight>>> {
+        let mut tensors = Vec::with_capacity(parts.len());
+        for &(leaf, rows) in parts {
+            let t = self.tensor(leaf)?;
+            t.expect_numel(&[rows, cols])?;
+            tensors.push(t);
+        }
+        let Some(first) = tensors.first() else {
+            return Ok(None);
+        };
+        if tensors.iter().any(|t| t.dtype != first.dtype)
+            || (interleave && parts.iter().any(|p| p.1 != parts[0].1))
+        {
+            return Ok(None);
+        }
+        let rows: usize = parts.iter().map(|p| p.1).sum();
+        self.count(0, tensors.iter().map(|t| t.bytes.len() as u64).sum());
+        // The parts' rows in the weight's order, as (part, row) pairs.
+        let order: Vec<(usize, usize)> = match interleave {
+            true => (0..parts[0].1)
+                .flat_map(|r| (0..parts.len()).map(move |p| (p, r)))
+                .collect(),
+            false => (0..parts.len())
+                .flat_map(|p| (0..parts[p].1).map(move |r| (p, r)))
+                .collect(),
+        };
+        let name = self.name(label);
+        let stored = |bytes: &[Vec<u8>]| -> Vec<u8> {
+            let row = |p: usize| bytes[p].len() / parts[p].1.max(1);
+            order
+                .iter()
+                .flat_map(|&(p, r)| bytes[p][r * row(p)..(r + 1) * row(p)].iter().copied())
+                .collect()
+        };
+        let w = match first.dtype {
+            HostDType::F16 | HostDType::Quant(_) => {
+                let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| t.bytes.to_vec()).collect();
+                let data = stored(&bytes);
+                match first.dtype {
+                    HostDType::Quant(q) => {
+                        self.upload(&name, rows, cols, HostData::Quant(q, &data))
+                    }
+                    _ => {
+                        let bits: Vec<u16> = bytemuck::pod_collect_to_vec(&data);
+                        self.upload(&name, rows, cols, HostData::F16(&bits))
+                    }
+                }
+            }
+            _ => {
+                let values: Vec<Vec<f32>> = tensors.iter().map(|t| t.to_f32()).collect();
+                let f: Vec<f32> = order
+                    .iter()
+                    .flat_map(|&(p, r)| values[p][r * cols..(r + 1) * cols].iter().copied())
+                    .collect();
+                self.upload(&name, rows, cols, HostData::F32(&f))
+            }
+        }?;
+        Ok(Some(w))
+    }
+
+    /// Vectors `parts` (leaf, length) one after another as one f32 vector labelled `label`;
+    /// a part the file lacks is zeros, unless `required`. None when the file has none.
+    pub fn concat_vectors(
+        &self,
+        label: &str,
+        parts: &[(&str, usize)],
+        required: bool,
+    ) -> Result<Option<Arc<GpuWeight>>> {
+        if !required && !parts.iter().any(|(leaf, _)| self.contains(leaf)) {
+            return Ok(None);
+        }
+        let mut all = Vec::new();
+        for &(leaf, n) in parts {
+            match required || self.contains(leaf) {
+                true => all.extend(self.host(leaf, &[n])?),
+                false => all.resize(all.len() + n, 0.0),
+            }
+        }
+        self.computed_vector(label, &all).map(Some)
+    }
+
     /// A mixture of experts' matrices, each [rows, cols], stacked by rows into one weight
     /// [experts * rows, cols] (kept f16 or quantized when stored so). This scope is the
     /// experts' (e.g. `model.layers.3.mlp.experts`): one tensor per expert `{e}.{leaf}`

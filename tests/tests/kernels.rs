@@ -97,6 +97,11 @@ fn rope_matches_reference() {
 }
 
 #[test]
+fn rope_cache_write_matches_reference() {
+    check_cases(cases::family("rope_cache_write"));
+}
+
+#[test]
 fn copy_matches_reference() {
     check_cases(cases::family("copy"));
 }

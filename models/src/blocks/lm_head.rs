@@ -4,9 +4,11 @@ use std::sync::Arc;
 
 use kestrel_runtime::arch::Head;
 use kestrel_runtime::graph::Graph;
+use kestrel_runtime::kernels::linear::{LinearInput, LinearOutput};
 use kestrel_runtime::tensor::GpuWeight;
 use kestrel_runtime::TensorId;
 
+use super::norm::RmsNorm;
 use super::GResult;
 use crate::error::Result;
 use crate::vars::Vars;
@@ -42,14 +44,37 @@ impl LmHead {
     /// The output of an autoregressive network from its final hidden states `x`: logits for
     /// every row, or one token sampled from the last.
     pub fn apply(&self, g: &mut Graph, x: TensorId, head: Head) -> GResult<()> {
+        self.head(g, x, None, head)
+    }
+
+    /// [`LmHead::apply`] to `norm(x)`, the norm inside the projection.
+    pub fn apply_normed(
+        &self,
+        g: &mut Graph,
+        x: TensorId,
+        norm: &RmsNorm,
+        head: Head,
+    ) -> GResult<()> {
+        self.head(g, x, Some(norm), head)
+    }
+
+    fn head(&self, g: &mut Graph, x: TensorId, norm: Option<&RmsNorm>, head: Head) -> GResult<()> {
+        let logits = |g: &mut Graph, x| -> GResult<TensorId> {
+            let (x, input) = match norm {
+                Some(n) => n.for_linears(g, x, 1)?,
+                None => (x, LinearInput::Plain),
+            };
+            let w = g.weight(&self.w);
+            g.linear_fused(x, w, None, input, LinearOutput::New)
+        };
         match head {
             Head::AllLogits => {
-                let logits = self.logits(g, x)?;
+                let logits = logits(g, x)?;
                 g.output(logits);
             }
             Head::Sample => {
                 let last = g.last_row(x)?;
-                let logits = self.logits(g, last)?;
+                let logits = logits(g, last)?;
                 let token = g.sample(logits)?;
                 g.output(token);
             }

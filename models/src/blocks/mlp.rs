@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use kestrel_runtime::graph::Graph;
+use kestrel_runtime::kernels::linear::{LinearInput, LinearOutput};
 use kestrel_runtime::tensor::GpuWeight;
 use kestrel_runtime::TensorId;
 
+use super::norm::RmsNorm;
 use super::GResult;
 use crate::error::Result;
 use crate::vars::Vars;
@@ -28,11 +30,20 @@ pub type MlpNames = [&'static str; 3];
 /// Hugging Face's names (Llama, Qwen2, GLA, Qwen2-MoE's shared expert, ...).
 pub const MLP: MlpNames = ["gate_proj.weight", "up_proj.weight", "down_proj.weight"];
 
+/// The gate and up projections.
+#[derive(Clone)]
+enum GateUp {
+    /// One weight of interleaved (gate row i, up row i) pairs: one matvec with SwiGLU in its
+    /// epilogue at decode.
+    Pairs(Arc<GpuWeight>),
+    /// Apart (the file stores them in different dtypes).
+    Apart(Arc<GpuWeight>, Arc<GpuWeight>),
+}
+
 /// The SwiGLU MLP `down(silu(gate(h)) * up(h))`.
 #[derive(Clone)]
 pub struct Mlp {
-    gate: Arc<GpuWeight>,
-    up: Arc<GpuWeight>,
+    gate_up: GateUp,
     down: Arc<GpuWeight>,
 }
 
@@ -40,17 +51,58 @@ impl Mlp {
     /// The three projections in scope `vb`, named `names`.
     pub fn load(vb: &Vars<'_>, names: MlpNames, intermediate: usize, hidden: usize) -> Result<Mlp> {
         let [gate, up, down] = names;
+        let parts = [(gate, intermediate), (up, intermediate)];
+        let pairs = vb.concat_matrices("gate_up.weight", &parts, hidden, true)?;
+        // A weight split into chunks must keep each pair in one (the matvec's epilogue).
+        let pairs = pairs.filter(|w| w.chunks.iter().all(|c| c.row_start % 2 + c.rows % 2 == 0));
+        let gate_up = match pairs {
+            Some(w) => GateUp::Pairs(w),
+            None => GateUp::Apart(
+                vb.matrix(gate, intermediate, hidden)?,
+                vb.matrix(up, intermediate, hidden)?,
+            ),
+        };
         Ok(Mlp {
-            gate: vb.matrix(gate, intermediate, hidden)?,
-            up: vb.matrix(up, intermediate, hidden)?,
+            gate_up,
             down: vb.matrix(down, hidden, intermediate)?,
         })
     }
 
+    /// The MLP of `h` [T, hidden].
     pub fn apply(&self, g: &mut Graph, h: TensorId) -> GResult<TensorId> {
-        let gate = lin(g, h, &self.gate, None)?;
-        let up = lin(g, h, &self.up, None)?;
-        let act = g.swiglu(gate, up)?;
-        lin(g, act, &self.down, None)
+        self.forward(g, h, LinearInput::Plain, LinearOutput::New)
+    }
+
+    /// `x + mlp(norm(x))`, added into the residual stream `x` in place; returns x.
+    pub fn residual(&self, g: &mut Graph, x: TensorId, norm: &RmsNorm) -> GResult<TensorId> {
+        let projections = match self.gate_up {
+            GateUp::Pairs(_) => 1,
+            GateUp::Apart(..) => 2,
+        };
+        let (h, input) = norm.for_linears(g, x, projections)?;
+        self.forward(g, h, input, LinearOutput::AddTo(x))
+    }
+
+    fn forward(
+        &self,
+        g: &mut Graph,
+        h: TensorId,
+        input: LinearInput,
+        output: LinearOutput,
+    ) -> GResult<TensorId> {
+        let act = match &self.gate_up {
+            GateUp::Pairs(w) => {
+                let w = g.weight(w);
+                g.linear_fused(h, w, None, input, LinearOutput::Glu)?
+            }
+            GateUp::Apart(gate, up) => {
+                let (gate, up) = (g.weight(gate), g.weight(up));
+                let gate = g.linear_fused(h, gate, None, input, LinearOutput::New)?;
+                let up = g.linear_fused(h, up, None, input, LinearOutput::New)?;
+                g.swiglu(gate, up)?
+            }
+        };
+        let down = g.weight(&self.down);
+        g.linear_fused(act, down, None, LinearInput::Plain, output)
     }
 }

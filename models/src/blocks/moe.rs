@@ -13,6 +13,7 @@ use kestrel_runtime::tensor::GpuWeight;
 use kestrel_runtime::TensorId;
 
 use super::mlp::{lin, Mlp, MlpNames, MLP};
+use super::norm::RmsNorm;
 use super::GResult;
 use crate::error::{ModelError, Result};
 use crate::formats::config::{Dim, JsonConfig};
@@ -200,6 +201,19 @@ impl FeedForward {
         match self {
             FeedForward::Dense(mlp) => mlp.apply(g, h),
             FeedForward::Moe(m) => m.build(g, h),
+        }
+    }
+
+    /// `x + block(norm(x))`: in place into the residual stream `x` for a dense MLP (whose
+    /// projections take the norm and the add, [`Mlp::residual`]), a new tensor for experts.
+    pub fn residual(&self, g: &mut Graph, x: TensorId, norm: &RmsNorm) -> GResult<TensorId> {
+        match self {
+            FeedForward::Dense(mlp) => mlp.residual(g, x, norm),
+            FeedForward::Moe(m) => {
+                let h = norm.apply(g, x)?;
+                let y = m.build(g, h)?;
+                g.add_tensors(x, y)
+            }
         }
     }
 

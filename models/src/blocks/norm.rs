@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use kestrel_runtime::graph::Graph;
+use kestrel_runtime::kernels::linear::LinearInput;
 use kestrel_runtime::tensor::GpuWeight;
 use kestrel_runtime::TensorId;
 
@@ -29,6 +30,23 @@ impl RmsNorm {
     pub fn apply(&self, g: &mut Graph, x: TensorId) -> GResult<TensorId> {
         let w = g.weight(&self.w);
         g.rms_norm(x, w, self.eps)
+    }
+
+    /// What `projections` linear ops read for the norm of `x`: x with the norm fused into
+    /// each when there is one, or x is one row (decode: fused costs no dispatch); else the
+    /// norm once, as a dispatch of its own, and the plain result.
+    pub fn for_linears(
+        &self,
+        g: &mut Graph,
+        x: TensorId,
+        projections: usize,
+    ) -> GResult<(TensorId, LinearInput)> {
+        if projections == 1 || g.shape(x)[0] == 1 {
+            let weight = g.weight(&self.w);
+            let eps = self.eps;
+            return Ok((x, LinearInput::Norm { weight, eps }));
+        }
+        Ok((self.apply(g, x)?, LinearInput::Plain))
     }
 }
 

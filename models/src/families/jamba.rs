@@ -15,7 +15,7 @@ use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::{DType, GpuWeight};
 
 use super::{Family, Network, NetworkConfig};
-use crate::blocks::attention::{AttentionWeights, KvCache, ATTENTION};
+use crate::blocks::attention::{AttentionRun, AttentionWeights, KvCache, ATTENTION};
 use crate::blocks::lm_head::LmHead;
 use crate::blocks::mamba::{MambaMixer, MixerConfig};
 use crate::blocks::mlp::MLP;
@@ -329,7 +329,15 @@ impl Architecture for Jamba {
                 Mixer::Attention(a) => {
                     let layout = KvLayout::linear(capacity);
                     let cache = KvCache { layer: l };
-                    a.build(&mut g, h, &cache, layout, c.attn, true, None, None)?
+                    let run = AttentionRun {
+                        cache: &cache,
+                        layout,
+                        shape: c.attn,
+                        causal: true,
+                        inv_freq: None,
+                        mask: None,
+                    };
+                    a.build(&mut g, h, run)?
                 }
                 Mixer::Mamba(m) => m.build(&mut g, &c.mamba, l, h)?,
             };

@@ -18,7 +18,9 @@ use kestrel_runtime::tensor::{DType, GpuWeight};
 use kestrel_runtime::TensorId;
 
 use super::{Family, Network, NetworkConfig};
-use crate::blocks::attention::{AttentionNames, AttentionWeights, KvCache, ATTENTION};
+use crate::blocks::attention::{
+    AttentionNames, AttentionRun, AttentionWeights, KvCache, ATTENTION,
+};
 use crate::blocks::attention_options::{AttentionError, AttentionOptions};
 use crate::blocks::lm_head::LmHead;
 use crate::blocks::mlp::{MlpNames, MLP};
@@ -555,8 +557,8 @@ impl Decoder {
         )
     }
 
-    /// The decoder over token ids `ids` [n]: embedding, the layers (writing their KV caches)
-    /// and the final norm; returns the normalised hidden states [n, hidden].
+    /// The decoder over token ids `ids` [n]: embedding and the layers (writing their KV
+    /// caches); returns the hidden states [n, hidden] before the final norm.
     fn forward(
         &self,
         g: &mut Graph,
@@ -568,28 +570,24 @@ impl Decoder {
         let inv_freq = g.weight(&self.inv_freq);
         let mut x = g.embedding(embed, ids)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = layer.attn_norm.apply(g, x)?;
             let layout = self.layout(l, capacity)?;
             let mask = self.sparse_pattern(l).map(|pattern| {
                 let blocks = mask_blocks(layout.rows);
                 g.block_mask(&BlockMask::causal(&pattern, c.heads, blocks, l))
             });
-            let o = layer.attn.build(
-                g,
-                h,
-                &KvCache { layer: l },
+            let run = AttentionRun {
+                cache: &KvCache { layer: l },
                 layout,
-                c.attn_shape(),
-                c.model.causal,
-                Some(inv_freq),
+                shape: c.attn_shape(),
+                causal: c.model.causal,
+                inv_freq: Some(inv_freq),
                 mask,
-            )?;
-            x = g.add_tensors(x, o)?;
-            let h = layer.mlp_norm.apply(g, x)?;
-            let down = layer.ffn.build(g, h)?;
-            x = g.add_tensors(x, down)?;
+            };
+            // Each block's norm and residual add live in its projections (kernels/linear.rs).
+            x = layer.attn.residual(g, x, &layer.attn_norm, run)?;
+            x = layer.ffn.residual(g, x, &layer.mlp_norm)?;
         }
-        self.norm.apply(g, x)
+        Ok(x)
     }
 }
 
@@ -662,8 +660,11 @@ impl Architecture for Decoder {
         let ids = g.input("tokens", &[n], DType::U32);
         let x = self.forward(&mut g, ids, capacity)?;
         match head {
-            Head::AllLogits | Head::Sample => self.lm_head.apply(&mut g, x, head)?,
+            Head::AllLogits | Head::Sample => {
+                self.lm_head.apply_normed(&mut g, x, &self.norm, head)?
+            }
             Head::Unmask(u) => {
+                let x = self.norm.apply(&mut g, x)?;
                 let logits = self.lm_head.logits(&mut g, x)?;
                 // Classifier-free guidance: the prompt-masked sequence's forward runs after the
                 // conditional one in the same graph, over the same KV state (every guided step
@@ -671,6 +672,7 @@ impl Architecture for Decoder {
                 let uncond = if u.cfg_scale() != 0.0 {
                     let ids = g.input("uncond_tokens", &[n], DType::U32);
                     let x = self.forward(&mut g, ids, capacity)?;
+                    let x = self.norm.apply(&mut g, x)?;
                     Some(self.lm_head.logits(&mut g, x)?)
                 } else {
                     None

@@ -24,7 +24,8 @@ use kestrel_runtime::tensor::{DType, GpuWeight};
 use kestrel_runtime::TensorId;
 
 use super::{Family, Network, NetworkConfig};
-use crate::blocks::attention::{AttentionWeights, KvCache, ATTENTION};
+use crate::blocks::attention::{AttentionRun, AttentionWeights, KvCache, ATTENTION};
+use kestrel_runtime::kernels::linear::LinearOutput;
 use crate::blocks::lm_head::LmHead;
 use crate::blocks::mamba::{MambaMixer, MixerConfig};
 use crate::blocks::mlp::lin;
@@ -356,7 +357,7 @@ impl Zamba2 {
             let gate_up = |start| ff.matrix_rows("gate_up_proj.weight", [2 * i, h], start, i);
             blocks.push(SharedBlock {
                 input_norm: RmsNorm::load(&p.pp("input_layernorm"), 2 * h, eps)?,
-                attn: AttentionWeights::load(
+                attn: AttentionWeights::load_apart(
                     &p.pp("self_attn"),
                     ATTENTION,
                     [2 * h, h],
@@ -454,9 +455,15 @@ impl Zamba2 {
         let inv_freq = self.inv_freq.as_ref().map(|f| g.weight(f));
         let layout = KvLayout::linear(capacity);
         let cache = KvCache { layer: l };
-        let a = blk
-            .attn
-            .attend(g, qkv, &cache, layout, c.attn, true, inv_freq, None)?;
+        let run = AttentionRun {
+            cache: &cache,
+            layout,
+            shape: c.attn,
+            causal: true,
+            inv_freq,
+            mask: None,
+        };
+        let a = blk.attn.attend(g, &qkv, LinearOutput::New, run)?;
         let f = blk.pre_ff_norm.apply(g, a)?;
         let low = lin(g, f, &u.mlp_a, None)?;
         let mut gate_up = [0; 2];

@@ -1,4 +1,5 @@
-//! Every elementwise op, with b of a's shape or a row vector broadcast over a's rows.
+//! Every elementwise op, with b of a's shape or a row vector broadcast over a's rows; the
+//! prefill Linear op's epilogues (SwiGLU of row pairs, an add in place).
 
 use super::{poisoned, upload_f32, Case, Expect, Output, Prepared, SUM_TOL};
 use crate::kernels::elementwise::{self, Elementwise};
@@ -42,6 +43,36 @@ pub fn cases() -> Vec<Case> {
             });
             cases.push(case.browser((rows, width, row_vector) == (7, 37, false)));
         }
+    }
+    for (n, seed) in [(1, 700), (259, 701)] {
+        cases.push(Case::new(
+            "elementwise",
+            format!("GluPairs n={n}"),
+            move |gpu| {
+                let a = Rng::new(seed).vec(2 * n, 8.0);
+                let (ab, out) = (upload_f32(gpu, &a), poisoned(gpu, n));
+                let d =
+                    elementwise::launch(gpu, Elementwise::GluPairs, &ab, &gpu.dummy, &out, n, 1)?;
+                let want = elementwise::reference_glu_pairs(&a);
+                let output = Output::close("", &out, want, SUM_TOL);
+                Ok(Prepared::new(gpu, vec![d], vec![output]).work(0.0, 12.0 * n as f64))
+            },
+        ));
+        cases.push(Case::new(
+            "elementwise",
+            format!("Accumulate n={n}"),
+            move |gpu| {
+                let mut rng = Rng::new(seed + 10);
+                let (a, r) = (rng.vec(n, 4.0), rng.vec(n, 4.0));
+                let (ab, out) = (upload_f32(gpu, &a), upload_f32(gpu, &r));
+                let d =
+                    elementwise::launch(gpu, Elementwise::Accumulate, &ab, &gpu.dummy, &out, n, 1)?;
+                // One correctly rounded add.
+                let want = r.iter().zip(&a).map(|(r, a)| r + a).collect();
+                let output = Output::new("", &out, Expect::Bits(want));
+                Ok(Prepared::new(gpu, vec![d], vec![output]).work(0.0, 12.0 * n as f64))
+            },
+        ));
     }
     cases
 }

@@ -1,14 +1,17 @@
 //! matmul (prefill) and matvec (decode) for every weight kind, with and without bias, at
 //! ragged sizes; weights split into several bindings (chunk edges inside tiles and row
 //! groups); and every matvec layout, the GPU layout included (which CPU adapters never pick).
+//! The matvec's fusions (decode's Linear op): an RMSNorm or a merge of attention pieces as x
+//! is loaded, a residual add or SwiGLU of row pairs on the way out.
 
 use std::sync::Arc;
 
 use super::{poisoned, upload_f32, weights, Case, Output, Prepared, SUM_TOL};
 use crate::device::Gpu;
 use crate::error::Result;
-use crate::kernels::matvec::Layout;
-use crate::kernels::{matmul, matvec};
+use crate::kernels::elementwise::reference_glu_pairs;
+use crate::kernels::matvec::{Epilogue, Fusion, Layout, Prologue};
+use crate::kernels::{matmul, matvec, rms_norm};
 use crate::quant::{self, QuantFormat};
 use crate::rng::Rng;
 use crate::tensor::DType;
@@ -26,7 +29,59 @@ struct Spec {
     split: Option<usize>,
     /// A matvec layout other than the device's own.
     layout: Option<Layout>,
+    /// Matvec fusions: the prologue (x's [`Input`]) and the epilogue.
+    input: Input,
+    epilogue: Epilogue,
     seed: u64,
+}
+
+/// What a fused matvec reads as x.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    Plain,
+    /// RMSNorm of x (eps 1e-5).
+    Norm,
+    /// Attention pieces of heads of `head_dim` values in `splits` pieces.
+    Merge {
+        head_dim: usize,
+        splits: usize,
+    },
+}
+
+const NORM_EPS: f32 = 1e-5;
+
+/// Random split-K attention pieces [heads, splits, head_dim + 2] and their merge [heads *
+/// head_dim] (in f64): head h uses its first splits - h % splits pieces (at least one), the
+/// rest unused as shaders/decode_attention.wgsl leaves them (max -3e38, denominator 0).
+fn pieces(rng: &mut Rng, heads: usize, head_dim: usize, splits: usize) -> (Vec<f32>, Vec<f32>) {
+    let stride = head_dim + 2;
+    let mut partial = vec![0.0f32; heads * splits * stride];
+    let mut merged = Vec::with_capacity(heads * head_dim);
+    for h in 0..heads {
+        let used = (splits - h % splits).max(1);
+        for s in 0..splits {
+            let p = &mut partial[(h * splits + s) * stride..][..stride];
+            if s < used {
+                let v = rng.vec(stride, 1.0);
+                p[0] = 3.0 * v[0];
+                p[1] = 1.5 + v[1];
+                p[2..].copy_from_slice(&v[2..]);
+            } else {
+                p[0] = -3.0e38;
+            }
+        }
+        let piece = |s: usize| &partial[(h * splits + s) * stride..][..stride];
+        let big = (0..used)
+            .map(|s| piece(s)[0] as f64)
+            .fold(f64::MIN, f64::max);
+        let w = |s: usize| (piece(s)[0] as f64 - big).exp();
+        let denom: f64 = (0..used).map(|s| w(s) * piece(s)[1] as f64).sum();
+        for d in 0..head_dim {
+            let a: f64 = (0..used).map(|s| w(s) * piece(s)[2 + d] as f64).sum();
+            merged.push((a / denom) as f32);
+        }
+    }
+    (partial, merged)
 }
 
 impl Spec {
@@ -40,7 +95,17 @@ impl Spec {
             bias: false,
             split: None,
             layout: None,
+            input: Input::Plain,
+            epilogue: Epilogue::Store,
             seed,
+        }
+    }
+
+    fn fused(self, input: Input, epilogue: Epilogue) -> Spec {
+        Spec {
+            input,
+            epilogue,
+            ..self
         }
     }
 
@@ -68,6 +133,9 @@ impl Spec {
         if let Some(l) = self.layout {
             what += &format!(" lanes={} rows_per_lane={}", l.lanes, l.rows_per_lane);
         }
+        if self.input != Input::Plain || self.epilogue != Epilogue::Store {
+            what += &format!(" {:?} {:?}", self.input, self.epilogue);
+        }
         Case::new(kernel, what, move |gpu| self.prepare(gpu))
             .quantized(matches!(self.dtype, DType::Quant(_)))
     }
@@ -85,17 +153,50 @@ impl Spec {
                 w.chunks.len()
             )));
         }
-        let xb = upload_f32(gpu, &x);
+        // x as the kernel reads it (pieces for a merge) and as the product sees it.
+        let (x_in, x) = match self.input {
+            Input::Merge { head_dim, splits } => pieces(&mut rng, k / head_dim, head_dim, splits),
+            _ => (x.clone(), x),
+        };
+        let norm_w = rng.vec(k, 1.0);
+        let x = match self.input {
+            Input::Norm => rms_norm::reference(&x, &norm_w, k, NORM_EPS),
+            _ => x,
+        };
+        let residual = rng.vec(m * n, 1.0);
+        let xb = upload_f32(gpu, &x_in);
         let bb = b.as_ref().map(|b| upload_f32(gpu, b));
-        let y = poisoned(gpu, m * n);
+        let nwb = upload_f32(gpu, &norm_w);
+        let y = match self.epilogue {
+            Epilogue::Store => poisoned(gpu, m * n),
+            Epilogue::Accumulate => upload_f32(gpu, &residual),
+            Epilogue::Glu => poisoned(gpu, m * n / 2),
+        };
+        let prologue = match self.input {
+            Input::Plain => Prologue::None,
+            Input::Norm => Prologue::Norm(&nwb, NORM_EPS),
+            Input::Merge { head_dim, splits } => Prologue::Merge { head_dim, splits },
+        };
+        let fusion = Fusion {
+            prologue,
+            epilogue: self.epilogue,
+        };
+        let bias = bb.as_deref();
         let d = match (self.matvec, self.layout) {
-            (true, Some(l)) => matvec::launch_with(gpu, &xb, &w, bb.as_deref(), &y, l)?,
-            (true, None) => matvec::launch(gpu, &xb, &w, bb.as_deref(), &y)?,
-            (false, _) => matmul::launch(gpu, &xb, &w, bb.as_deref(), &y, m)?,
+            (true, Some(l)) if fusion.epilogue == Epilogue::Store && self.input == Input::Plain => {
+                matvec::launch_with(gpu, &xb, &w, bias, &y, l)?
+            }
+            (true, l) => matvec::launch_fused(gpu, &xb, &w, bias, &y, fusion, l)?,
+            (false, _) => matmul::launch(gpu, &xb, &w, bias, &y, m)?,
         };
         let want = match self.matvec {
             true => matvec::reference(&x, &w_ref, b.as_deref(), n, k),
             false => matmul::reference(&x, &w_ref, b.as_deref(), m, n, k),
+        };
+        let want = match self.epilogue {
+            Epilogue::Store => want,
+            Epilogue::Accumulate => want.iter().zip(&residual).map(|(a, r)| a + r).collect(),
+            Epilogue::Glu => reference_glu_pairs(&want),
         };
         let out = Output::close("", &y, want, SUM_TOL);
         // A matvec reads each weight once and is bounded by bandwidth: it declares bytes only.
@@ -104,7 +205,7 @@ impl Spec {
         } else {
             2.0 * (m * n * k) as f64
         };
-        let bytes = w.bytes() as f64 + 4.0 * (m * k + m * n) as f64;
+        let bytes = w.bytes() as f64 + 4.0 * (x_in.len() + m * n) as f64;
         Ok(Prepared::new(gpu, d, vec![out]).work(flops, bytes))
     }
 }
@@ -276,5 +377,53 @@ pub fn matvec() -> Vec<Case> {
             cases.push(spec.case());
         }
     }
+    cases.extend(fused_matvec());
     cases
+}
+
+/// The matvec's fusions, each a pipeline of its own (CPU drivers take a while to compile
+/// each, so the set is small): every fusion in the CPU and the GPU layout with vec4 loads
+/// (f32, K % 4 == 0); the prologues on the one-value path (K = 130) and with a 32-value and a
+/// 256-value block format. 70 rows: ragged row groups and workgroups; 48 to 128 heads of 2
+/// to merge, in 3 pieces of which some are unused.
+fn fused_matvec() -> Vec<Case> {
+    let merge = Input::Merge {
+        head_dim: 2,
+        splits: 3,
+    };
+    let all = [
+        (Input::Norm, Epilogue::Store, true),
+        (merge, Epilogue::Accumulate, false),
+        (Input::Norm, Epilogue::Glu, false),
+        (Input::Plain, Epilogue::Accumulate, true),
+        (Input::Plain, Epilogue::Glu, false),
+    ];
+    let prologues = [
+        (Input::Norm, Epilogue::Glu, false),
+        (merge, Epilogue::Accumulate, true),
+    ];
+    let mut specs = Vec::new();
+    for layout in [Layout::CPU, Layout::GPU] {
+        specs.extend(all.map(|f| (DType::F32, 128, layout, f)));
+    }
+    for (dtype, k) in [
+        (DType::F32, 130),
+        (DType::Quant(QuantFormat::Q4_1), 96),
+        (DType::Quant(QuantFormat::Q4_K), 256),
+    ] {
+        specs.extend(prologues.map(|f| (dtype, k, Layout::CPU, f)));
+    }
+    specs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (dtype, k, layout, (input, epilogue, bias)))| {
+            let spec = Spec {
+                layout: Some(layout),
+                ..Spec::new(true, (1, 70, k), dtype, 2300 + i as u64)
+                    .bias(bias)
+                    .fused(input, epilogue)
+            };
+            spec.case()
+        })
+        .collect()
 }

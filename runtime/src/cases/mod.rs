@@ -84,6 +84,7 @@ pub fn all() -> Vec<Case> {
         heads::head_concat(),
         heads::head_dot(),
         rope::cases(),
+        rope::rope_cache_write(),
         copy::cases(),
         decode_gate::cases(),
         sample::cases(),

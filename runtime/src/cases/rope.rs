@@ -1,7 +1,10 @@
-//! RoPE in place at several positions, partial rotation and Llama-3 frequency scaling.
+//! RoPE in place at several positions, partial rotation and Llama-3 frequency scaling; RoPE
+//! fused with the K/V cache writes.
 
-use super::{step, step_buffer, upload_f32, Case, Output, Prepared, ROPE_TOL};
+use super::{poisoned, step, step_buffer, upload_f32, Case, Expect, Output, Prepared, ROPE_TOL};
 use crate::kernels::rope::{self, Llama3Scaling};
+use crate::kernels::rope_cache_write::{self, Heads, Io};
+use crate::kv::KvLayout;
 use crate::rng::Rng;
 
 pub fn cases() -> Vec<Case> {
@@ -41,6 +44,113 @@ pub fn cases() -> Vec<Case> {
             ))
         });
         cases.push(case.browser(rot == hd && scaling.is_none()));
+    }
+    cases
+}
+
+/// RoPE of q and k with both cache writes in one kernel (kernels::rope_cache_write), from one
+/// fused q/k/v projection or three tensors, for every cache layout, with partial rotation
+/// and without RoPE (keys cached before it). Rotated q and cached k within [`ROPE_TOL`] (the
+/// same f32 angle as rope's; the GPU's sin/cos), v exact; cache rows not written stay NaN.
+pub fn rope_cache_write() -> Vec<Case> {
+    let linear = KvLayout::linear;
+    let sliding = |w, c| KvLayout::sliding(w, c).expect("a valid sliding window");
+    let streaming = |s, w| KvLayout::streaming(s, w).expect("a valid sink + window layout");
+    // (layout, heads, kv_heads, head_dim, rot_dims (0: no RoPE), pos, T, fused)
+    let specs = [
+        (linear(40), 3, 1, 16, 16, 0, 7, true),
+        (linear(40), 3, 1, 16, 16, 9, 1, false),
+        (linear(40), 4, 2, 32, 16, 5, 3, true), // partial rotary
+        (sliding(8, 4096), 2, 2, 8, 8, 29, 6, true), // ring wrap
+        (sliding(8, 4096), 2, 1, 8, 8, 1003, 1, false),
+        (streaming(3, 10), 2, 1, 8, 0, 1, 9, true), // sinks: keys cached unrotated
+        (streaming(2, 5), 5, 5, 6, 0, 103, 1, false),
+    ];
+    let mut cases = Vec::new();
+    for (i, (layout, h, kvh, hd, rot, pos, t, fused)) in specs.into_iter().enumerate() {
+        let what =
+            format!("{layout:?} heads={h}/{kvh} hd={hd} rot={rot} pos={pos} T={t} fused={fused}");
+        let seed = 950 + i as u64;
+        let heads = Heads {
+            heads: h,
+            kv_heads: kvh,
+            head_dim: hd,
+        };
+        cases.push(Case::new("rope_cache_write", what, move |gpu| {
+            let (qd, kvd) = (h * hd, kvh * hd);
+            let mut rng = Rng::new(seed);
+            let [q, k, v] = [qd, kvd, kvd].map(|w| rng.vec(t * w, 2.0));
+            let freqs = rope::inv_freq(10000.0, rot, None);
+            let sb = step_buffer(gpu, &step(pos as u32, t as u32));
+            let fb = upload_f32(gpu, &freqs);
+            let inv_freq = (rot > 0).then_some((&*fb, freqs.len()));
+            // One [T, qd + 2 kvd] buffer or three.
+            let (bufs, cols) = if fused {
+                let rows: Vec<f32> = (0..t)
+                    .flat_map(|r| {
+                        let row = |x: &[f32], w: usize| x[r * w..(r + 1) * w].to_vec();
+                        [row(&q, qd), row(&k, kvd), row(&v, kvd)].concat()
+                    })
+                    .collect();
+                let w = qd + 2 * kvd;
+                (
+                    vec![upload_f32(gpu, &rows)],
+                    [(w, 0), (w, qd), (w, qd + kvd)],
+                )
+            } else {
+                let bufs = vec![
+                    upload_f32(gpu, &q),
+                    upload_f32(gpu, &k),
+                    upload_f32(gpu, &v),
+                ];
+                (bufs, [(qd, 0), (kvd, 0), (kvd, 0)])
+            };
+            let src = [0, 1, 2].map(|j| &*bufs[j.min(bufs.len() - 1)]);
+            let q_out = poisoned(gpu, t * qd);
+            let caches = [0, 1].map(|_| poisoned(gpu, layout.rows * kvd));
+            let io = Io {
+                src,
+                inv_freq,
+                q_out: &q_out,
+                caches: [&caches[0], &caches[1]],
+            };
+            let d = rope_cache_write::launch(gpu, &sb, &io, cols, t, heads, layout)?;
+            let mut want = [0, 1].map(|_| vec![f32::NAN; layout.rows * kvd]);
+            let [wk, wv] = &mut want;
+            let want_q =
+                rope_cache_write::reference([&q, &k, &v], &freqs, [wk, wv], layout, pos, heads);
+            // The written rows of a cache, then the others (which must stay NaN).
+            let written: Vec<usize> = (pos..pos + t).map(|j| layout.row(j)).collect();
+            let rows = layout.rows;
+            let split = move |words: &[u32], keep: bool| -> Vec<u32> {
+                (0..rows)
+                    .filter(|r| written.contains(r) == keep)
+                    .flat_map(|r| words[r * kvd..(r + 1) * kvd].to_vec())
+                    .collect()
+            };
+            let pick = |x: &[f32], keep: bool| -> Vec<f32> {
+                let words: Vec<u32> = x.iter().map(|v| v.to_bits()).collect();
+                split(&words, keep)
+                    .into_iter()
+                    .map(f32::from_bits)
+                    .collect()
+            };
+            let words = rows * kvd;
+            let mut outputs = vec![Output::close("q", &q_out, want_q, ROPE_TOL)];
+            for (label, cache, want) in [("k", &caches[0], &want[0]), ("v", &caches[1], &want[1])] {
+                let expect = match label == "k" && rot > 0 {
+                    true => Expect::Close(pick(want, true), ROPE_TOL),
+                    false => Expect::Bits(pick(want, true)),
+                };
+                let s = split.clone();
+                outputs.push(Output::new(label, cache, expect).derived(words, move |w| s(w, true)));
+                let s = split.clone();
+                let stale = format!("{label} untouched rows");
+                let untouched = Output::bits(&stale, cache, pick(want, false));
+                outputs.push(untouched.derived(words, move |w| s(w, false)));
+            }
+            Ok(Prepared::new(gpu, vec![d], outputs))
+        }));
     }
     cases
 }

@@ -2,15 +2,20 @@
 //! the sequence into pieces that run as separate workgroups and are merged by the
 //! online-softmax rule. It also takes several queries (one workgroup each): the prefill path
 //! where the tiled kernel does not fit (see `attention::tiled_fits`). Its CPU reference is
-//! `attention::reference`.
+//! `attention::reference`. A decoder's attention block at decode runs the pieces alone
+//! ([`Graph::attention_pieces`]) and leaves the merge to the output projection's Linear op
+//! (kernels::linear's `LinearInput::Merged`).
 
 use bytemuck::{Pod, Zeroable};
 
-use super::attention::{validate_mode, AttnBuffers, AttnShape};
+use super::attention::{mask_blocks, validate_mode, AttnBuffers, AttnShape};
 use super::{kernel, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::Result;
+use crate::executor::Lowering;
+use crate::graph::{mismatch, Graph, TensorId};
 use crate::kv::KvLayout;
+use crate::op::Op;
 use crate::shader::ShaderDefs;
 
 /// The pieces pass and the merge pass.
@@ -141,6 +146,51 @@ pub fn launch(
     n_queries: usize,
     causal: bool,
 ) -> Result<[Dispatch; 2]> {
+    let max_splits = max_splits.clamp(1, MAX_SPLITS);
+    let pieces = launch_pieces(
+        gpu, step, io, partial, shape, layout, max_splits, n_queries, causal,
+    )?;
+    let merge = launch_merge(gpu, partial, io.out, shape, max_splits, n_queries)?;
+    Ok([pieces, merge])
+}
+
+/// The merge pass of [`launch`]: `partial` ([`launch_pieces`]) into `out` [n_queries,
+/// heads * head_dim].
+pub fn launch_merge(
+    gpu: &Gpu,
+    partial: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    shape: AttnShape,
+    max_splits: usize,
+    n_queries: usize,
+) -> Result<Dispatch> {
+    MERGE.dispatch(
+        gpu,
+        &merge_defs(shape.head_dim),
+        &MergeParams {
+            heads: shape.heads as u32,
+            max_splits: max_splits.clamp(1, MAX_SPLITS) as u32,
+            _p: [0; 2],
+        },
+        &[partial, out],
+        [shape.heads as u32, n_queries as u32, 1],
+    )
+}
+
+/// The pieces pass of [`launch`] alone (`io.out` unused): `partial` [n_queries, heads,
+/// max_splits, head_dim + 2] holds each piece's (max, denominator, unnormalised output).
+#[allow(clippy::too_many_arguments)]
+pub fn launch_pieces(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    io: &AttnBuffers,
+    partial: &wgpu::Buffer,
+    shape: AttnShape,
+    layout: KvLayout,
+    max_splits: usize,
+    n_queries: usize,
+    causal: bool,
+) -> Result<Dispatch> {
     let rope_half = io.inv_freq.map(|(_, h)| h);
     validate_mode(&shape, &layout, causal, rope_half, io.mask.is_some())?;
     let max_splits = max_splits.clamp(1, MAX_SPLITS);
@@ -162,7 +212,7 @@ pub fn launch(
         _p: 0,
     };
     let dummy = &gpu.dummy;
-    let pieces = KERNEL.dispatch(
+    KERNEL.dispatch(
         gpu,
         &defs,
         &params,
@@ -180,17 +230,127 @@ pub fn launch(
             max_splits as u32,
             n_queries as u32,
         ],
-    )?;
-    let merge = MERGE.dispatch(
-        gpu,
-        &merge_defs(shape.head_dim),
-        &MergeParams {
-            heads: shape.heads as u32,
-            max_splits: max_splits as u32,
-            _p: [0; 2],
-        },
-        &[partial, io.out],
-        [shape.heads as u32, n_queries as u32, 1],
-    )?;
-    Ok([pieces, merge])
+    )
+}
+
+/// One causal query's split-K attention pieces over a layer's caches (see
+/// [`Graph::attention_pieces`]).
+#[derive(Debug)]
+pub struct AttentionPieces {
+    pub q: TensorId,
+    pub k_cache: TensorId,
+    pub v_cache: TensorId,
+    pub partial: TensorId,
+    pub shape: AttnShape,
+    pub layout: KvLayout,
+    pub splits: usize,
+    pub inv_freq: Option<TensorId>,
+    pub mask: Option<TensorId>,
+}
+
+impl Graph {
+    /// Decode attention of one causal query `q` [1, heads * head_dim] over a layer's caches
+    /// without the merge: returns the pieces [1, heads * splits * (head_dim + 2)] and
+    /// `splits`, for a `LinearInput::Merged` projection. `inv_freq` and `mask` as for
+    /// [`Graph::attention`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_pieces(
+        &mut self,
+        q: TensorId,
+        k_cache: TensorId,
+        v_cache: TensorId,
+        shape: AttnShape,
+        layout: KvLayout,
+        inv_freq: Option<TensorId>,
+        mask: Option<TensorId>,
+    ) -> Result<(TensorId, usize)> {
+        validate_mode(
+            &shape,
+            &layout,
+            true,
+            inv_freq.map(|f| self.numel(f)),
+            mask.is_some(),
+        )?;
+        let (qd, kvd) = (
+            shape.heads * shape.head_dim,
+            shape.kv_heads * shape.head_dim,
+        );
+        if self.shape(q) != [1, qd] {
+            return Err(mismatch("attention pieces' query", &[1, qd], self.shape(q)));
+        }
+        for cache in [k_cache, v_cache] {
+            if self.shape(cache) != [layout.rows, kvd] {
+                return Err(mismatch(
+                    "attention KV cache",
+                    &[layout.rows, kvd],
+                    self.shape(cache),
+                ));
+            }
+        }
+        if let Some(m) = mask {
+            let words = shape.heads * mask_blocks(layout.rows) + 1;
+            if self.numel(m) < words {
+                return Err(mismatch("block mask", &[words], &[self.numel(m)]));
+            }
+        }
+        let splits = max_splits_for(layout.rows);
+        let partial = self.activation(vec![1, partial_floats(&shape, splits, 1)]);
+        self.push(AttentionPieces {
+            q,
+            k_cache,
+            v_cache,
+            partial,
+            shape,
+            layout,
+            splits,
+            inv_freq,
+            mask,
+        });
+        Ok((partial, splits))
+    }
+}
+
+impl Op for AttentionPieces {
+    fn name(&self) -> &'static str {
+        "attention_pieces"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        let mut r = vec![self.q, self.k_cache, self.v_cache];
+        r.extend(self.inv_freq);
+        r.extend(self.mask);
+        (r, vec![self.partial])
+    }
+
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let partial = cx.buf(self.partial)?;
+        let io = AttnBuffers {
+            q: cx.buf(self.q)?,
+            k_cache: cx.buf(self.k_cache)?,
+            v_cache: cx.buf(self.v_cache)?,
+            out: partial,
+            inv_freq: match self.inv_freq {
+                Some(f) => Some((cx.buf(f)?, cx.numel(f))),
+                None => None,
+            },
+            mask: match self.mask {
+                Some(m) => Some((cx.buf(m)?, mask_blocks(self.layout.rows))),
+                None => None,
+            },
+        };
+        let (gpu, step) = (cx.gpu(), cx.step());
+        let d = launch_pieces(
+            gpu,
+            step,
+            &io,
+            partial,
+            self.shape,
+            self.layout,
+            self.splits,
+            1,
+            true,
+        )?;
+        cx.push([d]);
+        Ok(())
+    }
 }

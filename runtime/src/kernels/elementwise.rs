@@ -1,7 +1,9 @@
 //! Elementwise ops `out[i] = f(a[i], b[i % b_len])`: b is a's shape or a row vector
 //! broadcast over a's rows. Residual add, SwiGLU (`silu(gate) * up`), multiply, subtract,
 //! softplus of a sum (Mamba's dt + bias), sigmoid gating, and unary ops (b unused): squared
-//! ReLU, tanh, sigmoid, -exp (RWKV-6's log decay), logsigmoid (GLA's log gate).
+//! ReLU, tanh, sigmoid, -exp (RWKV-6's log decay), logsigmoid (GLA's log gate). Two more
+//! are the epilogues of a prefill Linear op ([`Elementwise::LINEAR_EPILOGUES`]), which no
+//! graph builds on its own.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -21,7 +23,11 @@ fn defs(op: Elementwise) -> ShaderDefs {
 
 /// Every op.
 pub fn variants() -> Vec<ShaderDefs> {
-    Elementwise::ALL.map(defs).to_vec()
+    Elementwise::ALL
+        .into_iter()
+        .chain(Elementwise::LINEAR_EPILOGUES)
+        .map(defs)
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +45,11 @@ pub enum Elementwise {
     LogSigmoid = 10,
     /// GeGLU: gelu(a) * b with the exact (erf) GELU.
     GeluMul = 11,
+    /// SwiGLU of a's interleaved (gate, up) pairs: `out[i] = silu(a[2i]) * a[2i + 1]`, n =
+    /// out's length (b unused).
+    GluPairs = 12,
+    /// `out[i] += a[i]` (b unused).
+    Accumulate = 13,
 }
 
 impl Elementwise {
@@ -56,6 +67,10 @@ impl Elementwise {
         Elementwise::LogSigmoid,
         Elementwise::GeluMul,
     ];
+
+    /// The ops only kernels::linear launches (not in [`Elementwise::ALL`]: their operands
+    /// are not a and b of one shape).
+    pub const LINEAR_EPILOGUES: [Elementwise; 2] = [Elementwise::GluPairs, Elementwise::Accumulate];
 
     /// Ops whose b is not read.
     pub fn unary(self) -> bool {
@@ -89,6 +104,9 @@ impl Elementwise {
             Elementwise::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Elementwise::NegExp => -x.exp(),
             Elementwise::LogSigmoid => x.min(0.0) - (1.0 + (-x.abs()).exp()).ln(),
+            // Per pair or in place: see reference_glu_pairs and the accumulate case.
+            Elementwise::GluPairs => Elementwise::SwiGlu.apply(x, y),
+            Elementwise::Accumulate => x + y,
             Elementwise::GeluMul => {
                 let x = x as f64;
                 (0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))) as f32 * y
@@ -146,6 +164,13 @@ pub fn launch(
     )
 }
 
+/// [`Elementwise::GluPairs`] of `a`.
+pub fn reference_glu_pairs(a: &[f32]) -> Vec<f32> {
+    a.chunks(2)
+        .map(|p| Elementwise::SwiGlu.apply(p[0], p[1]))
+        .collect()
+}
+
 pub fn reference(op: Elementwise, a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter()
         .enumerate()
@@ -166,6 +191,9 @@ impl Graph {
     /// `op` of a and b, where b has a's shape or is a row vector of a's width (broadcast
     /// over a's rows).
     pub fn elementwise(&mut self, op: Elementwise, a: TensorId, b: TensorId) -> Result<TensorId> {
+        if Elementwise::LINEAR_EPILOGUES.contains(&op) {
+            return Err(Error::Graph(format!("{op:?} is a Linear op's epilogue")));
+        }
         let width = *self.shape(a).last().unwrap_or(&0);
         let row_vector = self.numel(b) == width;
         if self.shape(a) != self.shape(b) && !row_vector {

@@ -1,38 +1,139 @@
-//! The Linear op, `y = x Wᵀ + b` for x [T, K] and a weight W [N, K] of any weight dtype: the
-//! matvec kernel for one row (decode), the tiled matmul otherwise (prefill).
+//! The Linear op, `y = x Wᵀ + b` for x [T, K] and a weight W [N, K] of any weight dtype, with
+//! the work around it a model asks for: an RMSNorm of x or the merge of split-K attention
+//! pieces before ([`LinearInput`]), a residual add or SwiGLU of row pairs after
+//! ([`LinearOutput`]). Lowering: for one row (decode) one fused matvec per weight chunk; for
+//! more rows (prefill) the tiled matmul between separate dispatches that do the same (norm
+//! into scratch, then an elementwise epilogue), so fusion stays inside this op.
 
-use super::{matmul, matvec};
-use crate::error::Result;
+use super::attention::AttnShape;
+use super::elementwise::{self, Elementwise};
+use super::matvec::{self, Epilogue, Fusion, Prologue};
+use super::{decode_attention, matmul, rms_norm};
+use crate::error::{Error, Result};
 use crate::executor::Lowering;
 use crate::graph::{mismatch, Graph, TensorId};
 use crate::op::Op;
+
+/// What the op reads as x.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LinearInput {
+    /// x itself.
+    Plain,
+    /// RMSNorm of x with `weight` [K] and `eps`.
+    Norm { weight: TensorId, eps: f32 },
+    /// x is one query's split-K attention pieces (`Graph::attention_pieces` in
+    /// kernels::decode_attention) for heads of `head_dim` values in `splits` pieces: their
+    /// merge, [1, K], is the input. Decode only; lowered as the merge pass, then the matvec.
+    Merged { head_dim: usize, splits: usize },
+}
+
+/// What the op writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinearOutput {
+    /// A new tensor [T, N].
+    New,
+    /// Adds the product into this tensor [T, N] in place (a residual stream), and returns it.
+    AddTo(TensorId),
+    /// The weight's rows are interleaved (gate, up) pairs: `silu(gate) * up`, [T, N / 2].
+    Glu,
+}
 
 #[derive(Debug)]
 pub struct Linear {
     pub x: TensorId,
     pub w: TensorId,
     pub bias: Option<TensorId>,
+    pub input: LinearInput,
+    pub output: LinearOutput,
     pub out: TensorId,
 }
 
 impl Graph {
     pub fn linear(&mut self, x: TensorId, w: TensorId, bias: Option<TensorId>) -> Result<TensorId> {
+        self.linear_fused(x, w, bias, LinearInput::Plain, LinearOutput::New)
+    }
+
+    /// [`Graph::linear`] with the work before and after it.
+    pub fn linear_fused(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        bias: Option<TensorId>,
+        input: LinearInput,
+        output: LinearOutput,
+    ) -> Result<TensorId> {
         let xs = self.shape(x).to_vec();
         let ws = self.shape(w).to_vec();
-        if xs[1] != ws[1] {
-            let name = &self.weight_of(w)?.name;
-            return Err(mismatch(
-                &format!("weight {name} (input features)"),
-                &[ws[0], xs[1]],
-                &ws,
-            ));
-        }
+        let (n, k) = (ws[0], ws[1]);
+        let name = self.weight_of(w)?.name.clone();
+        let rows = match input {
+            LinearInput::Merged { head_dim, splits } => {
+                let floats = match head_dim {
+                    0 => 0,
+                    d => k / d * splits * (d + 2),
+                };
+                if head_dim == 0 || !k.is_multiple_of(head_dim) || xs[1] != floats || xs[0] != 1 {
+                    return Err(mismatch(
+                        &format!("attention pieces into weight {name}"),
+                        &[1, floats],
+                        &xs,
+                    ));
+                }
+                1
+            }
+            _ if xs[1] != k => {
+                return Err(mismatch(
+                    &format!("weight {name} (input features)"),
+                    &[n, xs[1]],
+                    &ws,
+                ))
+            }
+            LinearInput::Norm { weight, .. } => {
+                self.expect_vector(weight, k, "norm weight")?;
+                xs[0]
+            }
+            LinearInput::Plain => xs[0],
+        };
         if let Some(b) = bias {
-            self.expect_vector(b, ws[0], "bias")?;
+            self.expect_vector(b, n, "bias")?;
         }
-        let out = self.activation(vec![xs[0], ws[0]]);
-        self.push(Linear { x, w, bias, out });
+        let out = match output {
+            LinearOutput::New => self.activation(vec![rows, n]),
+            LinearOutput::AddTo(r) => {
+                if self.shape(r) != [rows, n] {
+                    return Err(mismatch("residual of a linear", &[rows, n], self.shape(r)));
+                }
+                r
+            }
+            LinearOutput::Glu => {
+                if !n.is_multiple_of(2) || bias.is_some() {
+                    return Err(Error::Graph(format!(
+                        "SwiGLU linear {name}: needs (gate, up) row pairs and no bias"
+                    )));
+                }
+                self.activation(vec![rows, n / 2])
+            }
+        };
+        self.push(Linear {
+            x,
+            w,
+            bias,
+            input,
+            output,
+            out,
+        });
         Ok(out)
+    }
+}
+
+impl Linear {
+    /// The matvec epilogue for the output.
+    fn epilogue(&self) -> Epilogue {
+        match self.output {
+            LinearOutput::New => Epilogue::Store,
+            LinearOutput::AddTo(_) => Epilogue::Accumulate,
+            LinearOutput::Glu => Epilogue::Glu,
+        }
     }
 }
 
@@ -44,20 +145,91 @@ impl Op for Linear {
     fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
         let mut r = vec![self.x, self.w];
         r.extend(self.bias);
+        if let LinearInput::Norm { weight, .. } = self.input {
+            r.push(weight);
+        }
+        if let LinearOutput::AddTo(t) = self.output {
+            r.push(t);
+        }
         (r, vec![self.out])
     }
 
     fn lower(&self, cx: &mut Lowering) -> Result<()> {
         let gpu = cx.gpu();
-        let m = cx.shape(self.x)[0];
+        let m = cx.shape(self.out)[0];
         let (x, w, out) = (cx.buf(self.x)?, cx.weight(self.w)?, cx.buf(self.out)?);
         let bias = cx.opt_buf(self.bias)?;
-        let d = if m == 1 {
-            matvec::launch(gpu, x, w, bias, out)?
-        } else {
-            matmul::launch(gpu, x, w, bias, out, m)?
+        let norm = match self.input {
+            LinearInput::Norm { weight, eps } => Some((cx.buf(weight)?, eps)),
+            _ => None,
         };
-        cx.push(d);
+        if let (1, LinearInput::Merged { head_dim, splits }) = (m, self.input) {
+            // The merge pass of its own, into scratch, then the matvec. The matvec's MERGE
+            // prologue (checked by the kernel cases; the arm below) is not used: on lavapipe
+            // every dispatch of it grows resident memory by ~300 KB (constant_memory's sinks
+            // test: 7 GB over 10k tokens), cause not found; it would save a dispatch a layer.
+            let shape = AttnShape {
+                heads: w.cols / head_dim,
+                kv_heads: 1,
+                head_dim,
+                scale: 1.0,
+            };
+            let merged = cx.scratch("linear merged input", w.cols)?;
+            let merge = decode_attention::launch_merge(gpu, x, &merged, shape, splits, 1)?;
+            cx.push([merge]);
+            let fusion = Fusion {
+                prologue: Prologue::None,
+                epilogue: self.epilogue(),
+            };
+            cx.push(matvec::launch_fused(
+                gpu, &merged, w, bias, out, fusion, None,
+            )?);
+            return Ok(());
+        }
+        if m == 1 {
+            let prologue = match (self.input, norm) {
+                (LinearInput::Merged { head_dim, splits }, _) => {
+                    Prologue::Merge { head_dim, splits }
+                }
+                (_, Some((weight, eps))) => Prologue::Norm(weight, eps),
+                _ => Prologue::None,
+            };
+            let fusion = Fusion {
+                prologue,
+                epilogue: self.epilogue(),
+            };
+            cx.push(matvec::launch_fused(gpu, x, w, bias, out, fusion, None)?);
+            return Ok(());
+        }
+        // Prefill: the same as separate dispatches.
+        let (n, k) = (w.rows, w.cols);
+        let normed;
+        let x = match (self.input, norm) {
+            (LinearInput::Merged { .. }, _) => {
+                return Err(Error::Graph(format!(
+                    "linear {}: merged attention pieces are one query's (decode)",
+                    w.name
+                )))
+            }
+            (_, Some((weight, eps))) => {
+                normed = cx.scratch("linear normed input", m * k)?;
+                cx.push([rms_norm::launch(gpu, x, weight, &normed, m, k, eps)?]);
+                &*normed
+            }
+            _ => x,
+        };
+        let (op, count) = match self.output {
+            LinearOutput::New => {
+                cx.push(matmul::launch(gpu, x, w, bias, out, m)?);
+                return Ok(());
+            }
+            LinearOutput::AddTo(_) => (Elementwise::Accumulate, m * n),
+            LinearOutput::Glu => (Elementwise::GluPairs, m * n / 2),
+        };
+        let product = cx.scratch("linear product", m * n)?;
+        cx.push(matmul::launch(gpu, x, w, bias, &product, m)?);
+        let d = elementwise::launch(gpu, op, &product, &gpu.dummy, out, count, 1)?;
+        cx.push([d]);
         Ok(())
     }
 }

@@ -1,5 +1,7 @@
 //! Matrix-vector product for decode (one token): `y = W x + b`, W [N, K] in f32, packed f16
-//! or a ggml block format (dequantized inside the kernel, shaders/quant.wgsl).
+//! or a ggml block format (dequantized inside the kernel, shaders/quant.wgsl), with the
+//! fusions decode's Linear op asks for ([`Fusion`]): an RMSNorm of x or the merge of split-K
+//! attention pieces as x is loaded, a residual add or SwiGLU of row pairs on the way out.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -19,7 +21,51 @@ struct Params {
     col_offset: u32,
     e0: u32,
     ne: u32,
-    _p: [u32; 3],
+    eps: f32,
+    head_dim: u32,
+    splits: u32,
+}
+
+/// The longest x a MERGE prologue takes (its workgroup copy of the merged x: 8 KiB).
+pub const MERGE_MAX_K: usize = 2048;
+
+/// What the kernel does to x as it loads it.
+#[derive(Debug, Clone, Copy)]
+pub enum Prologue<'a> {
+    None,
+    /// RMSNorm of x with this weight [K] (f32) and eps.
+    Norm(&'a wgpu::Buffer, f32),
+    /// x is split-K decode attention's partial results for heads of `head_dim` values cut in
+    /// `splits` pieces (kernels::decode_attention::launch_pieces), merged as loaded.
+    Merge {
+        head_dim: usize,
+        splits: usize,
+    },
+}
+
+/// What the kernel does with each row's sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epilogue {
+    /// `y[r] = sum`.
+    Store,
+    /// `y[r] += sum`: a residual add into y, in place.
+    Accumulate,
+    /// Rows are interleaved (gate, up) pairs: `y[i] = silu(sum[2i]) * sum[2i + 1]`.
+    Glu,
+}
+
+/// A matvec's fusions.
+#[derive(Debug, Clone, Copy)]
+pub struct Fusion<'a> {
+    pub prologue: Prologue<'a>,
+    pub epilogue: Epilogue,
+}
+
+impl Fusion<'_> {
+    pub const NONE: Fusion<'static> = Fusion {
+        prologue: Prologue::None,
+        epilogue: Epilogue::Store,
+    };
 }
 
 /// How shaders/matvec.wgsl spreads rows over the 64 invocations of a workgroup: `lanes`
@@ -92,7 +138,21 @@ pub fn launch_with(
     y: &wgpu::Buffer,
     layout: Layout,
 ) -> Result<Vec<Dispatch>> {
-    launch_inner(gpu, x, w, bias, y, layout, None)
+    launch_inner(gpu, x, w, bias, y, layout, None, Fusion::NONE)
+}
+
+/// [`launch`] with `fusion`, in the layout for `gpu` or the given one.
+pub fn launch_fused(
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    w: &GpuWeight,
+    bias: Option<&wgpu::Buffer>,
+    y: &wgpu::Buffer,
+    fusion: Fusion,
+    layout: Option<Layout>,
+) -> Result<Vec<Dispatch>> {
+    let layout = layout.unwrap_or_else(|| Layout::for_device(gpu));
+    launch_inner(gpu, x, w, bias, y, layout, None, fusion)
 }
 
 /// A mixture of experts' matvecs at decode: for each of the `rows` rows that `perm`
@@ -109,9 +169,19 @@ pub fn launch_grouped(
     gather: bool,
 ) -> Result<Vec<Dispatch>> {
     let layout = Layout::for_device(gpu);
-    launch_inner(gpu, x, w, None, y, layout, Some((perm, rows, gather)))
+    launch_inner(
+        gpu,
+        x,
+        w,
+        None,
+        y,
+        layout,
+        Some((perm, rows, gather)),
+        Fusion::NONE,
+    )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn launch_inner(
     gpu: &Gpu,
     x: &wgpu::Buffer,
@@ -120,7 +190,9 @@ fn launch_inner(
     y: &wgpu::Buffer,
     layout: Layout,
     grouped: Option<(&wgpu::Buffer, usize, bool)>,
+    fusion: Fusion,
 ) -> Result<Vec<Dispatch>> {
+    check_fusion(w, bias.is_some(), grouped.is_some(), fusion, layout)?;
     let Layout {
         lanes,
         rows_per_lane,
@@ -138,15 +210,30 @@ fn launch_inner(
         vec4,
         layout,
         grouping,
+        fusion.prologue.kind(),
+        fusion.epilogue,
     );
     let bias = bias.unwrap_or(&gpu.dummy);
-    // x4 and w4 alias x and the chunk when the kernel reads them (a 16-byte dummy otherwise).
-    let x4: &wgpu::Buffer = if vec4 { x } else { &gpu.dummy };
+    let merge = matches!(fusion.prologue, Prologue::Merge { .. });
+    // x4 and w4 alias x and the chunk when the kernel reads them (a 16-byte dummy otherwise;
+    // a merged x is read one value at a time).
+    let x4: &wgpu::Buffer = if vec4 && !merge { x } else { &gpu.dummy };
+    let (eps, head_dim, splits) = match fusion.prologue {
+        Prologue::None => (0.0, 0, 0),
+        Prologue::Norm(_, eps) => (eps, 0, 0),
+        Prologue::Merge { head_dim, splits } => (0.0, head_dim as u32, splits as u32),
+    };
     let plain = matches!(w.dtype, DType::F32 | DType::F16);
     let n = w.rows / w.experts;
-    let (perm, rows): (&wgpu::Buffer, usize) = match grouped {
-        Some((perm, rows, _)) => (perm, rows),
-        None => (&gpu.dummy, 1),
+    let (aux, rows): (&wgpu::Buffer, usize) = match (grouped, fusion.prologue) {
+        (Some((perm, rows, _)), _) => (perm, rows),
+        (None, Prologue::Norm(weight, _)) => (weight, 1),
+        (None, _) => (&gpu.dummy, 1),
+    };
+    // The norm weight as vec4s, read by the VEC4 paths.
+    let nw4: &wgpu::Buffer = match fusion.prologue {
+        Prologue::Norm(weight, _) if vec4 => weight,
+        _ => &gpu.dummy,
     };
     if rows as u32 > gpu.caps.max_workgroups_per_dim {
         return Err(Error::LimitExceeded {
@@ -166,7 +253,9 @@ fn launch_inner(
                     col_offset: 0,
                     e0: (c.row_start / n) as u32,
                     ne: (c.rows / n) as u32,
-                    _p: [0; 3],
+                    eps,
+                    head_dim,
+                    splits,
                 },
                 None => Params {
                     k: w.cols as u32,
@@ -174,7 +263,9 @@ fn launch_inner(
                     col_offset: c.row_start as u32,
                     e0: 0,
                     ne: 0,
-                    _p: [0; 3],
+                    eps,
+                    head_dim,
+                    splits,
                 },
             };
             let w4 = if vec4 && plain { &c.buffer } else { &gpu.dummy };
@@ -184,21 +275,56 @@ fn launch_inner(
                 gpu,
                 &defs,
                 &params,
-                &[x, &c.buffer, bias, y, x4, w4, perm],
+                &[x, &c.buffer, bias, y, x4, w4, aux, nw4],
                 grid,
             )
         })
         .collect()
 }
 
-/// The specialisation after the weight's constants: bias, vec4 reads, layout, and
-/// `grouped` (Some(gather) for a mixture of experts' rows).
+/// Fusions the kernel cannot do: any with grouped rows; SwiGLU with a bias, a chunk edge
+/// inside a pair or an odd number of rows per workgroup; a merge whose x is not whole heads
+/// or longer than [`MERGE_MAX_K`].
+fn check_fusion(
+    w: &GpuWeight,
+    bias: bool,
+    grouped: bool,
+    fusion: Fusion,
+    layout: Layout,
+) -> Result<()> {
+    let unfused = matches!(fusion.prologue, Prologue::None) && fusion.epilogue == Epilogue::Store;
+    let bad = |why: &str| Err(Error::Graph(format!("matvec of {}: {why}", w.name)));
+    if grouped && !unfused {
+        return bad("grouped rows take no fusion");
+    }
+    if fusion.epilogue == Epilogue::Glu
+        && (bias
+            || !layout.rows().is_multiple_of(2)
+            || w.chunks.iter().any(|c| c.row_start % 2 + c.rows % 2 != 0))
+    {
+        return bad("SwiGLU needs whole (gate, up) row pairs in every chunk and workgroup");
+    }
+    if let Prologue::Merge { head_dim, splits } = fusion.prologue {
+        if head_dim == 0 || splits == 0 || !w.cols.is_multiple_of(head_dim) {
+            return bad("merged attention input is not whole heads");
+        }
+        if w.cols > MERGE_MAX_K {
+            return bad(&format!("merged attention input longer than {MERGE_MAX_K}"));
+        }
+    }
+    Ok(())
+}
+
+/// The specialisation after the weight's constants: bias, vec4 reads, layout,
+/// `grouped` (Some(gather) for a mixture of experts' rows) and the fusion.
 fn defs(
     weight: ShaderDefs,
     bias: bool,
     vec4: bool,
     layout: Layout,
     grouped: Option<bool>,
+    prologue: Kind,
+    epilogue: Epilogue,
 ) -> ShaderDefs {
     weight
         .bool("HAS_BIAS", bias)
@@ -207,11 +333,43 @@ fn defs(
         .u32("ROWS_PER_LANE", layout.rows_per_lane)
         .bool("GROUPED", grouped.is_some())
         .bool("GATHER", grouped == Some(true))
+        .bool("NORM", prologue == Kind::Norm)
+        .bool("MERGE", prologue == Kind::Merge)
+        .u32(
+            "MERGE_K",
+            if prologue == Kind::Merge {
+                MERGE_MAX_K as u32
+            } else {
+                4
+            },
+        )
+        .bool("ACCUM", epilogue == Epilogue::Accumulate)
+        .bool("GLU", epilogue == Epilogue::Glu)
 }
 
-/// Every weight dtype, with and without bias and vec4 reads, in the CPU and the GPU layout,
-/// plain and grouped (gathering token rows or not).
+/// A prologue's kind (its shader constants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    Norm,
+    Merge,
+}
+
+impl Prologue<'_> {
+    fn kind(self) -> Kind {
+        match self {
+            Prologue::None => Kind::Plain,
+            Prologue::Norm(..) => Kind::Norm,
+            Prologue::Merge { .. } => Kind::Merge,
+        }
+    }
+}
+
+/// Every weight dtype, with and without bias and vec4 reads, in the CPU and the GPU layout:
+/// grouped (gathering token rows or not), and plain with every prologue and epilogue.
 pub fn variants() -> Vec<ShaderDefs> {
+    let prologues = [Kind::Plain, Kind::Norm, Kind::Merge];
+    let epilogues = [Epilogue::Store, Epilogue::Accumulate, Epilogue::Glu];
     let mut out = Vec::new();
     for dtype in weight_dtypes() {
         let Some(weight) = dtype_defs(ShaderDefs::new(), dtype) else {
@@ -220,8 +378,24 @@ pub fn variants() -> Vec<ShaderDefs> {
         for bias in [false, true] {
             for vec4 in [false, true] {
                 for layout in [Layout::CPU, Layout::GPU] {
-                    for grouped in [None, Some(false), Some(true)] {
-                        out.push(defs(weight.clone(), bias, vec4, layout, grouped));
+                    let d = |grouped, prologue, epilogue| {
+                        defs(
+                            weight.clone(),
+                            bias,
+                            vec4,
+                            layout,
+                            grouped,
+                            prologue,
+                            epilogue,
+                        )
+                    };
+                    for grouped in [Some(false), Some(true)] {
+                        out.push(d(grouped, Kind::Plain, Epilogue::Store));
+                    }
+                    for prologue in prologues {
+                        for epilogue in epilogues {
+                            out.push(d(None, prologue, epilogue));
+                        }
                     }
                 }
             }

@@ -27,6 +27,7 @@ pub mod matvec;
 pub mod moe;
 pub mod rms_norm;
 pub mod rope;
+pub mod rope_cache_write;
 pub mod sample;
 pub mod softmax;
 pub mod unmask;
@@ -109,6 +110,7 @@ pub const ALL: &[Kernel] = &[
     moe::COMBINE,
     rms_norm::KERNEL,
     rope::KERNEL,
+    rope_cache_write::KERNEL,
     sample::KERNEL,
     softmax::KERNEL,
     unmask::KERNEL,

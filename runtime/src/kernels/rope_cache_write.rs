@@ -1,0 +1,257 @@
+//! RoPE of q and k and the K/V cache writes as one kernel: between a layer's projections and
+//! its attention, for any number of tokens. Reads q, k and v from one fused projection or
+//! three tensors; writes rotated q to a new tensor and rotated k and v into the cache rows
+//! their [`KvLayout`] assigns. Caches that keep keys before RoPE get them unrotated.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{cache_write, kernel, no_variants, rope, Dispatch, Kernel};
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::executor::Lowering;
+use crate::graph::{mismatch, Graph, TensorId};
+use crate::kv::KvLayout;
+use crate::op::Op;
+use crate::shader::ShaderDefs;
+
+pub const KERNEL: Kernel = kernel!("rope_cache_write", no_variants);
+
+/// Where q, k and v come from: columns `offset..` of rows of `stride` floats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Columns {
+    pub tensor: TensorId,
+    pub stride: usize,
+    pub offset: usize,
+}
+
+/// The heads of one attention layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// See the module doc; `inv_freq` None copies q and k unrotated.
+#[derive(Debug)]
+pub struct RopeCacheWrite {
+    pub qkv: [Columns; 3],
+    pub inv_freq: Option<TensorId>,
+    pub q_out: TensorId,
+    pub k_cache: TensorId,
+    pub v_cache: TensorId,
+    pub layout: KvLayout,
+    pub heads: Heads,
+}
+
+impl Graph {
+    /// Rotate q (into a new tensor [T, heads * head_dim], returned) and k by RoPE with
+    /// `inv_freq` (None: not rotated), and write k and v to their caches [layout.rows,
+    /// kv_heads * head_dim]. `qkv`: the projections, either one tensor [T, qd + 2 kvd] or
+    /// three.
+    pub fn rope_cache_write(
+        &mut self,
+        qkv: &[TensorId],
+        inv_freq: Option<TensorId>,
+        [k_cache, v_cache]: [TensorId; 2],
+        layout: KvLayout,
+        heads: Heads,
+    ) -> Result<TensorId> {
+        let qd = heads.heads * heads.head_dim;
+        let kvd = heads.kv_heads * heads.head_dim;
+        let t = self.shape(qkv[0])[0];
+        let widths = [qd, kvd, kvd];
+        let qkv = match *qkv {
+            [fused] => {
+                if self.shape(fused) != [t, qd + 2 * kvd] {
+                    return Err(mismatch(
+                        "fused q/k/v",
+                        &[t, qd + 2 * kvd],
+                        self.shape(fused),
+                    ));
+                }
+                let at = |offset| Columns {
+                    tensor: fused,
+                    stride: qd + 2 * kvd,
+                    offset,
+                };
+                [at(0), at(qd), at(qd + kvd)]
+            }
+            [q, k, v] => {
+                let mut cols = [q, k, v].map(|tensor| Columns {
+                    tensor,
+                    stride: 0,
+                    offset: 0,
+                });
+                for (c, w) in cols.iter_mut().zip(widths) {
+                    if self.shape(c.tensor) != [t, w] {
+                        return Err(mismatch("q, k or v", &[t, w], self.shape(c.tensor)));
+                    }
+                    c.stride = w;
+                }
+                cols
+            }
+            _ => return Err(Error::Graph("rope_cache_write takes 1 or 3 tensors".into())),
+        };
+        if !heads.head_dim.is_multiple_of(2) {
+            return Err(Error::Graph(format!(
+                "rope_cache_write: odd head_dim {}",
+                heads.head_dim
+            )));
+        }
+        if let Some(f) = inv_freq {
+            if 2 * self.numel(f) > heads.head_dim {
+                return Err(mismatch(
+                    "RoPE frequencies",
+                    &[heads.head_dim / 2],
+                    self.shape(f),
+                ));
+            }
+        }
+        for cache in [k_cache, v_cache] {
+            if self.shape(cache) != [layout.rows, kvd] {
+                return Err(mismatch(
+                    "cache write",
+                    &[layout.rows, kvd],
+                    self.shape(cache),
+                ));
+            }
+        }
+        if let Some(n) = layout.max_chunk.filter(|&n| t > n) {
+            return Err(Error::Graph(format!(
+                "cache write of {t} rows exceeds the ring cache's chunk of {n}"
+            )));
+        }
+        let q_out = self.activation(vec![t, qd]);
+        self.push(RopeCacheWrite {
+            qkv,
+            inv_freq,
+            q_out,
+            k_cache,
+            v_cache,
+            layout,
+            heads,
+        });
+        Ok(q_out)
+    }
+}
+
+impl Op for RopeCacheWrite {
+    fn name(&self) -> &'static str {
+        "rope_cache_write"
+    }
+
+    fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        let mut r: Vec<TensorId> = self.qkv.iter().map(|c| c.tensor).collect();
+        r.extend(self.inv_freq);
+        (r, vec![self.q_out, self.k_cache, self.v_cache])
+    }
+
+    fn lower(&self, cx: &mut Lowering) -> Result<()> {
+        let n = cx.shape(self.q_out)[0];
+        let [q, k, v] = self.qkv.map(|c| cx.buf(c.tensor));
+        let freq = match self.inv_freq {
+            Some(f) => Some((cx.buf(f)?, cx.numel(f))),
+            None => None,
+        };
+        let io = Io {
+            src: [q?, k?, v?],
+            inv_freq: freq,
+            q_out: cx.buf(self.q_out)?,
+            caches: [cx.buf(self.k_cache)?, cx.buf(self.v_cache)?],
+        };
+        let cols = self.qkv.map(|c| (c.stride, c.offset));
+        let d = launch(cx.gpu(), cx.step(), &io, cols, n, self.heads, self.layout)?;
+        cx.push([d]);
+        Ok(())
+    }
+}
+
+/// The kernel's buffers: q, k and v sources, RoPE frequencies and their count, rotated q's
+/// destination and the K and V caches.
+pub struct Io<'a> {
+    pub src: [&'a wgpu::Buffer; 3],
+    pub inv_freq: Option<(&'a wgpu::Buffer, usize)>,
+    pub q_out: &'a wgpu::Buffer,
+    pub caches: [&'a wgpu::Buffer; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n_tokens: u32,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    rot_half: u32,
+    sinks: u32,
+    ring: u32,
+    _p0: u32,
+    /// (stride, offset) of q, k and v.
+    cols: [[u32; 2]; 3],
+    _p1: [u32; 2],
+}
+
+/// One dispatch for `n_tokens` tokens; `cols` the (row stride, column offset) of q, k and v
+/// in their sources.
+pub fn launch(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    io: &Io,
+    cols: [(usize, usize); 3],
+    n_tokens: usize,
+    heads: Heads,
+    layout: KvLayout,
+) -> Result<Dispatch> {
+    let Heads {
+        heads: h,
+        kv_heads,
+        head_dim,
+    } = heads;
+    let params = Params {
+        n_tokens: n_tokens as u32,
+        heads: h as u32,
+        kv_heads: kv_heads as u32,
+        head_dim: head_dim as u32,
+        rot_half: io.inv_freq.map_or(0, |(_, n)| n) as u32,
+        sinks: layout.sinks as u32,
+        ring: layout.ring() as u32,
+        _p0: 0,
+        cols: cols.map(|(s, o)| [s as u32, o as u32]),
+        _p1: [0; 2],
+    };
+    let items = n_tokens * ((h + kv_heads) * head_dim / 2 + kv_heads * head_dim);
+    let [q, k, v] = io.src;
+    let [k_cache, v_cache] = io.caches;
+    let freq: &wgpu::Buffer = io.inv_freq.map_or(&gpu.dummy, |(b, _)| b);
+    KERNEL.dispatch(
+        gpu,
+        &ShaderDefs::new(),
+        &params,
+        &[step, q, k, v, freq, io.q_out, k_cache, v_cache],
+        gpu.grid((items as u32).div_ceil(256)),
+    )
+}
+
+/// The CPU reference: rotated q [T, qd] (returned) and the caches written, from separate q
+/// [T, qd], k and v [T, kvd] at positions `pos..`; `inv_freq` empty: no rotation.
+#[allow(clippy::too_many_arguments)]
+pub fn reference(
+    [q, k, v]: [&[f32]; 3],
+    inv_freq: &[f32],
+    [k_cache, v_cache]: [&mut [f32]; 2],
+    layout: KvLayout,
+    pos: usize,
+    heads: Heads,
+) -> Vec<f32> {
+    let Heads {
+        heads: h,
+        kv_heads,
+        head_dim,
+    } = heads;
+    let kvd = kv_heads * head_dim;
+    let k = rope::reference(k, inv_freq, pos, kv_heads, head_dim);
+    cache_write::reference(&k, k_cache, layout, pos, kvd);
+    cache_write::reference(v, v_cache, layout, pos, kvd);
+    rope::reference(q, inv_freq, pos, h, head_dim)
+}
