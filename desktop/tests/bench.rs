@@ -196,15 +196,25 @@ fn bench_json_has_every_documented_key_with_sane_values() {
     );
     assert!(count(&r, "gpu_peak_bytes") >= gpu);
 
-    // GPU work per decoded token: one plan replay (some dispatches, at least one submit) and
-    // one readback of the sampled id (sampling runs on the GPU).
+    // GPU work per decoded token: decode steps run in batches on the GPU (the sampled token
+    // feeds the next step there), sizes doubling from 2 to MAX_DECODE_BATCH, with one
+    // readback of the batch's ids each.
     let dispatches = positive(&r, "dispatches_per_decode_token");
     let submits = positive(&r, "submits_per_decode_token");
     assert!(
         dispatches >= submits,
         "{dispatches} dispatches, {submits} submits"
     );
-    assert_eq!(r["host_round_trips_per_decode_token"].as_f64(), Some(1.0));
+    let (mut left, mut batch, mut batches) = (DECODE, 2, 0);
+    while left > 0 {
+        left -= batch.min(left);
+        batch = (2 * batch).min(kestrel_models::generate::MAX_DECODE_BATCH);
+        batches += 1;
+    }
+    assert_eq!(
+        r["host_round_trips_per_decode_token"].as_f64(),
+        Some(batches as f64 / DECODE as f64)
+    );
     assert_eq!(
         r["routing"],
         Value::Array(vec![]),
