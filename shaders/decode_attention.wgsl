@@ -56,7 +56,7 @@ const G: u32 = GROUP;
 var<workgroup> q_row: array<f32, G * HEAD_DIM>;
 var<workgroup> weights: array<f32, G * TILE>;
 var<workgroup> rows: array<u32, TILE>;
-var<workgroup> red: array<f32, WG>;
+var<workgroup> red: array<f32, G * WG>;
 var<workgroup> n_blocks: u32;
 
 fn kv_row(j: u32) -> u32 {
@@ -66,30 +66,46 @@ fn kv_row(j: u32) -> u32 {
     return p.sinks + (j - p.sinks) % p.ring;
 }
 
-fn reduce_max(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
+// The G heads' maxima (sums) over the workgroup, reduced together: one tree, so the barriers
+// do not grow with the group (CPU drivers pay per barrier).
+fn reduce_max(lid: u32, v: array<f32, G>) -> array<f32, G> {
+    for (var g = 0u; g < G; g++) {
+        red[g * WG + lid] = v[g];
+    }
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (lid < s) {
-            red[lid] = max(red[lid], red[lid + s]);
+            for (var g = 0u; g < G; g++) {
+                red[g * WG + lid] = max(red[g * WG + lid], red[g * WG + lid + s]);
+            }
         }
         workgroupBarrier();
     }
-    let r = red[0];
+    var r: array<f32, G>;
+    for (var g = 0u; g < G; g++) {
+        r[g] = red[g * WG];
+    }
     workgroupBarrier();
     return r;
 }
 
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
+fn reduce_sum(lid: u32, v: array<f32, G>) -> array<f32, G> {
+    for (var g = 0u; g < G; g++) {
+        red[g * WG + lid] = v[g];
+    }
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (lid < s) {
-            red[lid] += red[lid + s];
+            for (var g = 0u; g < G; g++) {
+                red[g * WG + lid] += red[g * WG + lid + s];
+            }
         }
         workgroupBarrier();
     }
-    let r = red[0];
+    var r: array<f32, G>;
+    for (var g = 0u; g < G; g++) {
+        r[g] = red[g * WG];
+    }
     workgroupBarrier();
     return r;
 }
@@ -215,10 +231,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
             rows[slot] = row;
         }
+        let tile_maxes = reduce_max(lid, tile_max);
         var corr: array<f32, G>;
+        var local_sum: array<f32, G>;
         for (var g = 0u; g < G; g++) {
-            let m_new = max(m[g], reduce_max(lid, tile_max[g]));
-            var local_sum = 0.0;
+            let m_new = max(m[g], tile_maxes[g]);
+            local_sum[g] = 0.0;
             for (var r = 0u; r < PER_THREAD; r++) {
                 let slot = g * TILE + lid + r * WG;
                 var e = 0.0;
@@ -226,11 +244,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                     e = exp(weights[slot] - m_new);
                 }
                 weights[slot] = e;
-                local_sum += e;
+                local_sum[g] += e;
             }
             corr[g] = exp(m[g] - m_new);
-            l[g] = l[g] * corr[g] + reduce_sum(lid, local_sum);
             m[g] = m_new;
+        }
+        let sums = reduce_sum(lid, local_sum);
+        for (var g = 0u; g < G; g++) {
+            l[g] = l[g] * corr[g] + sums[g];
         }
         let count = min(TILE, end - t0);
         for (var r = 0u; r < DIMS_PER_THREAD; r++) {

@@ -46,7 +46,8 @@ const MAX_GROUP: usize = 8;
 /// block-sparse mask (each head has its own mask rows).
 pub fn group(shape: &AttnShape, sparse: bool) -> usize {
     let share = shape.heads / shape.kv_heads.max(1);
-    let fits = |g: usize| g * (shape.head_dim + TILE) * 4 + (TILE + WG + 1) * 4 <= WORKGROUP_BYTES;
+    // Per head: its query row, tile weights and reduction slots; then the tile's rows.
+    let fits = |g: usize| g * (shape.head_dim + TILE + WG) * 4 + (TILE + 1) * 4 <= WORKGROUP_BYTES;
     match sparse {
         true => 1,
         false => (1..=share.min(MAX_GROUP))
