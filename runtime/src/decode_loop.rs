@@ -40,9 +40,7 @@ pub struct DecodeLoop {
 
 impl DecodeLoop {
     pub fn new(gpu: &Gpu, plan: &Plan) -> Result<DecodeLoop> {
-        let token = plan
-            .input("tokens")
-            .ok_or_else(|| Error::Graph("the decode plan has no \"tokens\" input".into()))?;
+        let token = token_input(plan)?;
         let counts: Vec<u32> = plan
             .dispatches()
             .iter()
@@ -100,9 +98,7 @@ impl DecodeLoop {
             )));
         }
         gpu.check()?;
-        let token = plan
-            .input("tokens")
-            .ok_or_else(|| Error::Graph("the decode plan has no \"tokens\" input".into()))?;
+        let token = token_input(plan)?;
         let sampled = &plan.output(0).buffer;
         let mut ids = vec![end_ids.len() as u32];
         ids.extend_from_slice(end_ids);
@@ -131,4 +127,10 @@ impl DecodeLoop {
         let bytes = readback::map_staging(gpu, self.staging.clone(), 4 * n as u64).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
+}
+
+/// The decode plan's token input (each step's token; the next step's, copied from the sampler).
+fn token_input(plan: &Plan) -> Result<&wgpu::Buffer> {
+    plan.input("tokens")
+        .ok_or_else(|| Error::Graph("the decode plan has no \"tokens\" input".into()))
 }
