@@ -1,7 +1,8 @@
-//! The real model the tests check Kestrel against: SmolLM2-135M-Instruct (Q4_1 GGUF), in the
-//! cache that `kestrel chat` downloads it to (desktop/src/fetch.rs; `KESTREL_CACHE`, else
-//! `$XDG_CACHE_HOME/kestrel`, else `~/.cache/kestrel`). tests/run.sh fetches it before the
-//! tests run.
+//! The real models the tests check Kestrel against: SmolLM2-135M-Instruct (Q4_1 GGUF, the
+//! default chat model) and the catalogue models of tests/tests/real_models.rs, in the cache
+//! that `kestrel chat` / `kestrel pull` download them to (desktop/src/fetch.rs;
+//! `KESTREL_CACHE`, else `$XDG_CACHE_HOME/kestrel`, else `~/.cache/kestrel`). tests/run.sh
+//! fetches them before the tests run.
 //!
 //! A test that needs it and does not find it FAILS, saying how to get it. Only with
 //! `KESTREL_OFFLINE=1` does it pass without checking: it prints what it did not check (to
@@ -21,23 +22,36 @@ pub fn offline() -> bool {
 
 /// Where SmolLM2 lives in Kestrel's cache.
 pub fn smollm2_path() -> PathBuf {
-    kestrel_models::cache_dir()
-        .join("models")
-        .join(SMOLLM2_FILE)
+    cached_path(SMOLLM2_FILE)
+}
+
+/// Where `kestrel pull` puts the catalogue model stored as `file`.
+pub fn cached_path(file: &str) -> PathBuf {
+    kestrel_models::cache_dir().join("models").join(file)
 }
 
 /// SmolLM2's GGUF for the check described by `what`. Panics when it is missing, unless
 /// `KESTREL_OFFLINE=1`: then reports `what` as not checked and returns None.
 pub fn smollm2(what: &str) -> Option<PathBuf> {
-    let path = smollm2_path();
+    cached(
+        SMOLLM2_FILE,
+        "cargo run -p kestrel -- chat </dev/null",
+        what,
+    )
+}
+
+/// The cached model `file` (fetched by `fetch`, a command) for the check `what`; as
+/// [`smollm2`]: missing, it panics unless `KESTREL_OFFLINE=1`.
+pub fn cached(file: &str, fetch: &str, what: &str) -> Option<PathBuf> {
+    let path = cached_path(file);
     if path.is_file() {
         return Some(path);
     }
     if !offline() {
         panic!(
-            "{} is missing, so {what} cannot be checked. Fetch it once with `cargo run -p \
-             kestrel -- chat </dev/null` (tests/run.sh does), or set KESTREL_OFFLINE=1 to \
-             skip the real-model checks on purpose.",
+            "{} is missing, so {what} cannot be checked. Fetch it once with `{fetch}` \
+             (tests/run.sh does), or set KESTREL_OFFLINE=1 to skip the real-model checks on \
+             purpose.",
             path.display()
         );
     }
