@@ -49,6 +49,7 @@ const DECODERS: &[(&str, bool)] = &[
     ("qwen3_moe", true),
     ("gemma3", true),
     ("smollm3", true),
+    ("olmo2", true),
 ];
 const TOL: f64 = 1e-4;
 

@@ -47,11 +47,7 @@ const KEYS: &[ConfigKey] = &[
         r#"{"full_attention": {"rope_type": "default", "rope_theta": 1234.0}, "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}"#,
         r#"{"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}, "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}"#,
     ),
-    ConfigKey::limited(
-        "hidden_activation",
-        "\"gelu_pytorch_tanh\"",
-        "\"gelu\"",
-    ),
+    ConfigKey::refused("hidden_activation", "\"gelu\""),
     ConfigKey::inert(
         "_sliding_window_pattern",
         "transformers' copy of the pattern it built layer_types from; layer_types decide",

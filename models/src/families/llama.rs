@@ -507,7 +507,7 @@ fn experts(c: &JsonConfig, architecture: &str, layers: usize) -> Result<Option<D
             };
             let renorm = c.opt_bool("norm_topk_prob")?.unwrap_or(false);
             // transformers 5 writes Qwen3-MoE's count as num_local_experts, 4 as num_experts.
-            let count = match c.get("num_local_experts") {
+            let count = match c.get("num_local_experts").filter(|v| !v.is_null()) {
                 Some(_) => "num_local_experts",
                 None => "num_experts",
             };

@@ -109,7 +109,8 @@ registry!(
     zamba2,
     qwen3,
     gemma,
-    smollm3
+    smollm3,
+    olmo2
 );
 
 /// The architectures a config.json may name, for "unsupported architecture" errors.

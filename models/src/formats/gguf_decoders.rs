@@ -1,5 +1,5 @@
 //! llama.cpp's GGUF conventions for the families configured on the shared decoder (Qwen3,
-//! Qwen3-MoE, Gemma 3, SmolLM3), beside Llama's in `gguf_hf.rs`: the config values their
+//! Qwen3-MoE, Gemma 3, SmolLM3, OLMo-2), beside Llama's in `gguf_hf.rs`: the config values their
 //! parsers need that the common metadata lacks (some of which llama.cpp fixes in code rather
 //! than in the file), the tensor names that differ from Llama's, and Gemma's norm weights,
 //! which llama.cpp's converter stores as 1 + w (read back as w, the Hugging Face value).
@@ -74,14 +74,15 @@ pub fn config_keys(file: &GgufFile, arch: &str, m: &mut Map<String, Value>) {
 /// names it other than Llama's table in `gguf_hf::gguf_name` does.
 pub fn layer_name(arch: &str, name: &str) -> Option<&'static str> {
     let gemma = matches!(arch, "gemma3");
+    let post_norms = gemma || arch == "olmo2";
     Some(match name {
         "self_attn.q_norm.weight" => "attn_q_norm.weight",
         "self_attn.k_norm.weight" => "attn_k_norm.weight",
         // Sandwich norms: the norm after attention has its own name, the MLP's pre-norm is
         // ffn_norm.
-        "post_attention_layernorm.weight" if gemma => "post_attention_norm.weight",
+        "post_attention_layernorm.weight" if post_norms => "post_attention_norm.weight",
         "pre_feedforward_layernorm.weight" if gemma => "ffn_norm.weight",
-        "post_feedforward_layernorm.weight" if gemma => "post_ffw_norm.weight",
+        "post_feedforward_layernorm.weight" if post_norms => "post_ffw_norm.weight",
         _ => return None,
     })
 }
