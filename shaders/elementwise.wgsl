@@ -5,7 +5,8 @@
 //     11 GeGLU gelu(a) * b with the exact (erf) GELU.
 // The epilogues of a prefill Linear op (kernels/linear.rs; b unused): 12 SwiGLU of a's
 // interleaved (gate, up) pairs, out[i] = silu(a[2i]) * a[2i + 1] (out half a's size);
-// 13 out[i] += a[i] (a residual add in place).
+// 13 out[i] += a[i] (a residual add in place); 14 as 12 with the tanh GELU,
+// out[i] = gelu_tanh(a[2i]) * a[2i + 1] (Gemma's GeGLU). 15: gelu_tanh(a) * b.
 
 struct Params { n: u32, b_len: u32, _p0: u32, _p1: u32 }
 
@@ -23,6 +24,13 @@ fn erf_approx(z: f32) -> f32 {
     return sign(z) * (1.0 - poly * exp(-x * x));
 }
 
+// GELU's tanh approximation (torch's gelu(approximate="tanh")); the argument of tanh is
+// clamped where tanh is 1 in f32, as some drivers' tanh overflows to NaN beyond.
+fn gelu_tanh(x: f32) -> f32 {
+    let inner = clamp(0.7978845608028654 * (x + 0.044715 * x * x * x), -15.0, 15.0);
+    return 0.5 * x * (1.0 + tanh(inner));
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -33,6 +41,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (OP == 12u) {
         let g = a[2u * i];
         out[i] = g / (1.0 + exp(-g)) * a[2u * i + 1u];
+        return;
+    }
+    if (OP == 14u) {
+        out[i] = gelu_tanh(a[2u * i]) * a[2u * i + 1u];
         return;
     }
     if (OP == 13u) {
@@ -64,6 +76,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         out[i] = 1.0 / (1.0 + exp(-x));
     } else if (OP == 9u) {
         out[i] = -exp(x);
+    } else if (OP == 15u) {
+        out[i] = gelu_tanh(x) * y;
     } else if (OP == 11u) {
         out[i] = 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752)) * y;
     } else {

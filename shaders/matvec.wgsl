@@ -25,7 +25,8 @@
 //     shaders/decode_attention.wgsl): every workgroup first merges them into workgroup
 //     memory by the online-softmax rule of shaders/decode_attention_merge.wgsl (one barrier).
 // Epilogues, on the row sums: ACCUM: y[row] += sum (the residual add, in place). GLU: rows
-//   come in interleaved pairs (gate row i, up row i) and y[i] = silu(gate) * up.
+//   come in interleaved pairs (gate row i, up row i) and y[i] = silu(gate) * up, or with
+//   GELU_TANH gelu_tanh(gate) * up (Gemma's GeGLU).
 
 struct Params { k: u32, n: u32, col_offset: u32, e0: u32, ne: u32, eps: f32, head_dim: u32,
                 splits: u32 }
@@ -279,7 +280,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
             g *= inv;
             u *= inv;
-            y[(yo + row) / 2u] = g / (1.0 + exp(-g)) * u;
+            var act = g / (1.0 + exp(-g));
+            if (GELU_TANH) {
+                // tanh's argument clamped where tanh is 1 in f32 (some drivers overflow).
+                let inner = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
+                act = 0.5 * g * (1.0 + tanh(inner));
+            }
+            y[(yo + row) / 2u] = act * u;
         }
         return;
     }

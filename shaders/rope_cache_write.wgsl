@@ -5,6 +5,10 @@
 // 0 copies q and k unrotated (caches that keep keys before RoPE rotate inside attention).
 // q, k and v are read from rows of stride *_stride at column offset *_offset: three
 // bindings of one fused [T, qd + 2 kvd] projection, or three separate tensors.
+// norm != 0: q and k are first RMS-normalised (eps) per head (norm 1; weights [head_dim] for
+// q, then for k, in qk_norm) or over a token's whole q or k (norm 2; weights [qd], then
+// [kvd]). Each invocation sums the squares of its own group: no barrier, and the same
+// order for every pair of a group.
 //
 // One invocation per (token, item): items are the heads * head_dim / 2 pairs of q, the
 // kv_heads * head_dim / 2 pairs of k and the kv_heads * head_dim values of v. A pair i of a
@@ -12,9 +16,9 @@
 
 struct Params {
     n_tokens: u32, heads: u32, kv_heads: u32, head_dim: u32,
-    rot_half: u32, sinks: u32, ring: u32, _p0: u32,
+    rot_half: u32, sinks: u32, ring: u32, norm: u32,
     q_stride: u32, q_offset: u32, k_stride: u32, k_offset: u32,
-    v_stride: u32, v_offset: u32, _p1: u32, _p2: u32,
+    v_stride: u32, v_offset: u32, eps: f32, _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -26,6 +30,26 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> q_out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(8) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(9) var<storage, read> qk_norm: array<f32>;
+
+// The inverse RMS of n values of q_src (k_src) from start.
+fn inv_rms_q(start: u32, n: u32) -> f32 {
+    var s = 0.0;
+    for (var i = 0u; i < n; i++) {
+        let x = q_src[start + i];
+        s += x * x;
+    }
+    return inverseSqrt(s / f32(n) + p.eps);
+}
+
+fn inv_rms_k(start: u32, n: u32) -> f32 {
+    var s = 0.0;
+    for (var i = 0u; i < n; i++) {
+        let x = k_src[start + i];
+        s += x * x;
+    }
+    return inverseSqrt(s / f32(n) + p.eps);
+}
 
 // The two dims of pair i of a head, and whether they rotate.
 fn pair_dims(i: u32) -> vec3<u32> {
@@ -68,7 +92,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let base = (j / half) * p.head_dim;
         let dims = pair_dims(j % half);
         let src = t * p.q_stride + p.q_offset + base;
-        let r = rotate(q_src[src + dims.x], q_src[src + dims.y], dims, pos);
+        var a = q_src[src + dims.x];
+        var b = q_src[src + dims.y];
+        if (p.norm == 1u) {
+            let inv = inv_rms_q(src, p.head_dim);
+            a = a * inv * qk_norm[dims.x];
+            b = b * inv * qk_norm[dims.y];
+        } else if (p.norm == 2u) {
+            let inv = inv_rms_q(t * p.q_stride + p.q_offset, p.heads * p.head_dim);
+            a = a * inv * qk_norm[base + dims.x];
+            b = b * inv * qk_norm[base + dims.y];
+        }
+        let r = rotate(a, b, dims, pos);
         let dst = t * p.heads * p.head_dim + base;
         q_out[dst + dims.x] = r.x;
         q_out[dst + dims.y] = r.y;
@@ -79,7 +114,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let base = (j / half) * p.head_dim;
         let dims = pair_dims(j % half);
         let src = t * p.k_stride + p.k_offset + base;
-        let r = rotate(k_src[src + dims.x], k_src[src + dims.y], dims, pos);
+        var a = k_src[src + dims.x];
+        var b = k_src[src + dims.y];
+        if (p.norm == 1u) {
+            let inv = inv_rms_k(src, p.head_dim);
+            a = a * inv * qk_norm[p.head_dim + dims.x];
+            b = b * inv * qk_norm[p.head_dim + dims.y];
+        } else if (p.norm == 2u) {
+            let inv = inv_rms_k(t * p.k_stride + p.k_offset, kvd);
+            let qd = p.heads * p.head_dim;
+            a = a * inv * qk_norm[qd + base + dims.x];
+            b = b * inv * qk_norm[qd + base + dims.y];
+        }
+        let r = rotate(a, b, dims, pos);
         let dst = row * kvd + base;
         if (dst + p.head_dim <= arrayLength(&k_cache)) {
             k_cache[dst + dims.x] = r.x;

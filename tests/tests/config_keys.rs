@@ -37,16 +37,30 @@ fn fixture_configs() -> Vec<(String, &'static Family, JsonConfig)> {
         configs.len()
     );
     // Configs written before transformers 5 have no layer_types (the windows follow
-    // sliding_window, use_sliding_window and max_window_layers): the Qwen2 fixtures without.
+    // sliding_window, use_sliding_window and max_window_layers): the Qwen2 and Qwen3 fixtures
+    // without; nor Gemma 3's RoPE per layer type (rope_theta, rope_local_base_freq); SmolLM3's
+    // no_rope_layers may be left to no_rope_layer_interval.
+    const DERIVED: &[(&str, &[&str])] = &[
+        ("qwen2", &["layer_types"]),
+        ("qwen3", &["layer_types"]),
+        ("gemma3", &["layer_types", "rope_parameters"]),
+        ("smollm3", &["no_rope_layers"]),
+    ];
     let legacy: Vec<_> = configs
         .iter()
-        .filter(|(name, _, c)| name.starts_with("qwen2") && c.get("layer_types").is_some())
-        .map(|(name, f, c)| {
-            (
-                format!("{name} (no layer_types)"),
-                *f,
-                with_key(c, "layer_types", None),
-            )
+        .flat_map(|(name, f, c)| {
+            DERIVED
+                .iter()
+                .filter(|(prefix, keys)| {
+                    name.starts_with(prefix) && keys.iter().all(|k| c.get(k).is_some())
+                })
+                .map(move |(_, keys)| {
+                    let mut c = with_key(c, keys[0], None);
+                    for k in &keys[1..] {
+                        c = with_key(&c, k, None);
+                    }
+                    (format!("{name} (no {})", keys.join(", ")), *f, c)
+                })
         })
         .collect();
     configs.into_iter().chain(legacy).collect()
@@ -81,6 +95,20 @@ const COMPANIONS: &[(&str, &str, Edits)] = &[
     ("mamba2", "head_dim", &[("num_heads", "2")]),
     ("rwkv4", "hidden_size", &[("attention_hidden_size", "128")]),
     ("jamba", "num_local_experts", &[("num_experts", "null")]),
+    ("qwen3_moe", "num_experts", &[("num_local_experts", "null")]),
+    (
+        "gemma3",
+        "num_hidden_layers",
+        &[("layer_types", r#"["full_attention"]"#)],
+    ),
+    (
+        "smollm3",
+        "num_hidden_layers",
+        &[
+            ("no_rope_layers", "[1]"),
+            ("layer_types", r#"["full_attention"]"#),
+        ],
+    ),
     ("llada", "vocab_size", &[("embedding_size", "null")]),
     (
         "zamba2",

@@ -39,6 +39,18 @@ const MODELS: &[&str] = &[
     // Mamba-2 layers with two shared attention blocks and per-use adapters.
     "zamba2",
 ];
+/// Families configured on the shared decoder (generate_decoders.py), each from its folder and,
+/// where llama.cpp has the architecture in that form, from `model-f32.gguf`: the same f32
+/// weights under llama.cpp's names and metadata (Gemma's norms stored as 1 + w).
+const DECODERS: &[(&str, bool)] = &[
+    ("qwen3", true),
+    // Qwen3 with sliding layers (llama.cpp's qwen3 has no windows: no GGUF).
+    ("qwen3_window", false),
+    ("qwen3_moe", true),
+    ("gemma3", true),
+    ("smollm3", true),
+    ("olmo2", true),
+];
 const TOL: f64 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
@@ -109,8 +121,9 @@ fn model_path(name: &str) -> PathBuf {
     }
 }
 
-fn run_modes(gpu: &Arc<Gpu>, name: &str) -> (Vec<f32>, Vec<f32>) {
-    let model = kestrel_models::load(gpu, &model_path(name)).expect("load fixture");
+fn run_modes(gpu: &Arc<Gpu>, name: &str, path: &Path) -> (Vec<f32>, Vec<f32>) {
+    let model =
+        kestrel_models::load(gpu, path).unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
     let toks = tokens(name);
     let mut s = model.session(gpu, toks.len()).expect("session");
     let prefill = pollster::block_on(s.logits(&toks)).expect("prefill");
@@ -125,36 +138,53 @@ fn run_modes(gpu: &Arc<Gpu>, name: &str) -> (Vec<f32>, Vec<f32>) {
 #[test]
 fn fixtures_match_transformers_in_prefill_and_decode() {
     for name in MODELS {
-        let (shape, want_prefill) = read_npy(&fixture(name).join("logits_prefill.npy"));
-        let (_, want_decode) = read_npy(&fixture(name).join("logits_decode.npy"));
-        let vocab = shape[1];
-        let mut per_backend = Vec::new();
-        for gpu in gpus() {
-            let b = gpu.backend_name();
-            let (prefill, decode) = run_modes(&gpu, name);
-            check(
-                &format!("{name} prefill on {b}"),
-                &prefill,
-                &want_prefill,
-                vocab,
-            );
-            check(
-                &format!("{name} decode on {b}"),
-                &decode,
-                &want_decode,
-                vocab,
-            );
-            per_backend.push((b, prefill));
+        check_fixture(name, name, &model_path(name));
+    }
+}
+
+#[test]
+fn decoder_families_match_transformers_from_folders_and_gguf() {
+    for &(name, gguf) in DECODERS {
+        check_fixture(name, name, &fixture(name));
+        if gguf {
+            let path = fixture(name).join("model-f32.gguf");
+            check_fixture(&format!("{name} (GGUF)"), name, &path);
         }
-        for w in per_backend.windows(2) {
-            let e = rel_err(&w[0].1, &w[1].1);
-            assert!(
-                e <= 1e-5,
-                "{name}: {} and {} disagree (relative {e:e})",
-                w[0].0,
-                w[1].0
-            );
-        }
+    }
+}
+
+/// The model at `path` against fixture `name`'s logits, prefill and decode, on every test
+/// backend; the backends against each other.
+fn check_fixture(label: &str, name: &str, path: &Path) {
+    let (shape, want_prefill) = read_npy(&fixture(name).join("logits_prefill.npy"));
+    let (_, want_decode) = read_npy(&fixture(name).join("logits_decode.npy"));
+    let vocab = shape[1];
+    let mut per_backend = Vec::new();
+    for gpu in gpus() {
+        let b = gpu.backend_name();
+        let (prefill, decode) = run_modes(&gpu, name, path);
+        check(
+            &format!("{label} prefill on {b}"),
+            &prefill,
+            &want_prefill,
+            vocab,
+        );
+        check(
+            &format!("{label} decode on {b}"),
+            &decode,
+            &want_decode,
+            vocab,
+        );
+        per_backend.push((b, prefill));
+    }
+    for w in per_backend.windows(2) {
+        let e = rel_err(&w[0].1, &w[1].1);
+        assert!(
+            e <= 1e-5,
+            "{label}: {} and {} disagree (relative {e:e})",
+            w[0].0,
+            w[1].0
+        );
     }
 }
 

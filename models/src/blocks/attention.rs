@@ -13,7 +13,7 @@ use std::sync::Arc;
 use kestrel_runtime::graph::Graph;
 use kestrel_runtime::kernels::attention::AttnShape;
 use kestrel_runtime::kernels::linear::{LinearInput, LinearOutput};
-use kestrel_runtime::kernels::rope_cache_write::Heads;
+use kestrel_runtime::kernels::rope_cache_write::{Heads, QkNorm};
 use kestrel_runtime::kv::KvLayout;
 use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::GpuWeight;
@@ -44,7 +44,7 @@ pub struct AttentionWeights {
 
 /// The attention's query and cache: which layer's cache, laid out how, the heads, whether
 /// causal, RoPE frequencies (applied inside attention for caches that keep keys before
-/// RoPE) and a block mask.
+/// RoPE; none: a layer without RoPE), an RMSNorm of q and k before RoPE and a block mask.
 #[derive(Clone, Copy)]
 pub struct AttentionRun<'a> {
     pub cache: &'a KvCache,
@@ -52,6 +52,7 @@ pub struct AttentionRun<'a> {
     pub shape: AttnShape,
     pub causal: bool,
     pub inv_freq: Option<TensorId>,
+    pub qk_norm: Option<QkNorm>,
     pub mask: Option<TensorId>,
 }
 
@@ -134,6 +135,19 @@ impl AttentionWeights {
         self.attend(g, &qkv, LinearOutput::New, run)
     }
 
+    /// `attention(norm(x))` as a new tensor [T, out] (no norm: of x itself), for blocks that
+    /// normalise the output before the residual add.
+    pub fn normed(
+        &self,
+        g: &mut Graph,
+        x: TensorId,
+        norm: Option<&RmsNorm>,
+        run: AttentionRun,
+    ) -> GResult<TensorId> {
+        let qkv = self.project(g, x, norm)?;
+        self.attend(g, &qkv, LinearOutput::New, run)
+    }
+
     /// `x + attention(norm(x))`, added into the residual stream `x` [T, hidden] in place
     /// (out = hidden); returns x.
     pub fn residual(
@@ -194,7 +208,8 @@ impl AttentionWeights {
             kv_heads: shape.kv_heads,
             head_dim: shape.head_dim,
         };
-        let q = g.rope_cache_write(qkv, before, [k_cache, v_cache], run.layout, heads)?;
+        let caches = [k_cache, v_cache];
+        let q = g.rope_cache_write(qkv, before, run.qk_norm, caches, run.layout, heads)?;
         let o = g.weight(&self.o);
         // One causal query: attention's pieces, merged inside the output projection.
         if g.shape(q)[0] == 1 && run.causal {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use kestrel_runtime::graph::Graph;
+use kestrel_runtime::kernels::elementwise::Gate;
 use kestrel_runtime::kernels::linear::{LinearInput, LinearOutput};
 use kestrel_runtime::tensor::GpuWeight;
 use kestrel_runtime::TensorId;
@@ -40,11 +41,12 @@ enum GateUp {
     Apart(Arc<GpuWeight>, Arc<GpuWeight>),
 }
 
-/// The SwiGLU MLP `down(silu(gate(h)) * up(h))`.
+/// The gated MLP `down(act(gate(h)) * up(h))`: SwiGLU, or GeGLU with the tanh GELU.
 #[derive(Clone)]
 pub struct Mlp {
     gate_up: GateUp,
     down: Arc<GpuWeight>,
+    act: Gate,
 }
 
 impl Mlp {
@@ -65,7 +67,13 @@ impl Mlp {
         Ok(Mlp {
             gate_up,
             down: vb.matrix(down, hidden, intermediate)?,
+            act: Gate::Silu,
         })
+    }
+
+    /// The same MLP with `act` as its gate's activation.
+    pub fn with_gate(self, act: Gate) -> Mlp {
+        Mlp { act, ..self }
     }
 
     /// The MLP of `h` [T, hidden].
@@ -73,13 +81,26 @@ impl Mlp {
         self.forward(g, h, LinearInput::Plain, LinearOutput::New)
     }
 
-    /// `x + mlp(norm(x))`, added into the residual stream `x` in place; returns x.
-    pub fn residual(&self, g: &mut Graph, x: TensorId, norm: &RmsNorm) -> GResult<TensorId> {
-        let projections = match self.gate_up {
+    /// `mlp(norm(x))` as a new tensor (no norm: of x itself), for blocks that normalise the
+    /// output before the residual add.
+    pub fn normed(&self, g: &mut Graph, x: TensorId, norm: Option<&RmsNorm>) -> GResult<TensorId> {
+        let (h, input) = match norm {
+            Some(n) => n.for_linears(g, x, self.projections())?,
+            None => (x, LinearInput::Plain),
+        };
+        self.forward(g, h, input, LinearOutput::New)
+    }
+
+    fn projections(&self) -> usize {
+        match self.gate_up {
             GateUp::Pairs(_) => 1,
             GateUp::Apart(..) => 2,
-        };
-        let (h, input) = norm.for_linears(g, x, projections)?;
+        }
+    }
+
+    /// `x + mlp(norm(x))`, added into the residual stream `x` in place; returns x.
+    pub fn residual(&self, g: &mut Graph, x: TensorId, norm: &RmsNorm) -> GResult<TensorId> {
+        let (h, input) = norm.for_linears(g, x, self.projections())?;
         self.forward(g, h, input, LinearOutput::AddTo(x))
     }
 
@@ -93,13 +114,13 @@ impl Mlp {
         let act = match &self.gate_up {
             GateUp::Pairs(w) => {
                 let w = g.weight(w);
-                g.linear_fused(h, w, None, input, LinearOutput::Glu)?
+                g.linear_fused(h, w, None, input, LinearOutput::Glu(self.act))?
             }
             GateUp::Apart(gate, up) => {
                 let (gate, up) = (g.weight(gate), g.weight(up));
                 let gate = g.linear_fused(h, gate, None, input, LinearOutput::New)?;
                 let up = g.linear_fused(h, up, None, input, LinearOutput::New)?;
-                g.swiglu(gate, up)?
+                g.elementwise(self.act.mul(), gate, up)?
             }
         };
         let down = g.weight(&self.down);

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use kestrel_runtime::graph::Graph;
+use kestrel_runtime::kernels::elementwise::Gate;
 use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::GpuWeight;
 use kestrel_runtime::TensorId;
@@ -201,6 +202,28 @@ impl FeedForward {
         match self {
             FeedForward::Dense(mlp) => mlp.apply(g, h),
             FeedForward::Moe(m) => m.build(g, h),
+        }
+    }
+
+    /// `block(norm(x))` as a new tensor (no norm: of x itself).
+    pub fn normed(&self, g: &mut Graph, x: TensorId, norm: Option<&RmsNorm>) -> GResult<TensorId> {
+        match self {
+            FeedForward::Dense(mlp) => mlp.normed(g, x, norm),
+            FeedForward::Moe(m) => {
+                let h = match norm {
+                    Some(n) => n.apply(g, x)?,
+                    None => x,
+                };
+                m.build(g, h)
+            }
+        }
+    }
+
+    /// The dense MLP's gate activation (experts keep SwiGLU).
+    pub fn with_gate(self, act: Gate) -> FeedForward {
+        match self {
+            FeedForward::Dense(mlp) => FeedForward::Dense(mlp.with_gate(act)),
+            moe => moe,
         }
     }
 

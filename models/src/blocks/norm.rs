@@ -27,6 +27,23 @@ impl RmsNorm {
         })
     }
 
+    /// A norm whose checkpoint stores `w` for a scale of `offset + w` (Gemma's `1 + w`): the
+    /// offset added once here, so the kernels see the scale itself.
+    pub fn load_offset(vb: &Vars<'_>, n: usize, eps: f32, offset: f32) -> Result<RmsNorm> {
+        if offset == 0.0 {
+            return Self::load(vb, n, eps);
+        }
+        let w: Vec<f32> = vb
+            .host("weight", &[n])?
+            .iter()
+            .map(|w| w + offset)
+            .collect();
+        Ok(RmsNorm {
+            w: vb.computed_vector("weight", &w)?,
+            eps,
+        })
+    }
+
     pub fn apply(&self, g: &mut Graph, x: TensorId) -> GResult<TensorId> {
         let w = g.weight(&self.w);
         g.rms_norm(x, w, self.eps)

@@ -335,6 +335,7 @@ impl Architecture for Jamba {
                         shape: c.attn,
                         causal: true,
                         inv_freq: None,
+                        qk_norm: None,
                         mask: None,
                     };
                     a.build(&mut g, h, run)?

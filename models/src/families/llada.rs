@@ -79,6 +79,10 @@ pub const NAMES: DecoderNames = DecoderNames {
     mlp_norm: "ff_norm",
     mlp: "",
     mlp_projections: ["ff_proj.weight", "up_proj.weight", "ff_out.weight"],
+    post_attn_norm: "",
+    post_mlp_norm: "",
+    q_norm: "",
+    k_norm: "",
     norm: "ln_f",
     lm_head: "model.transformer.ff_out.weight",
 };
@@ -182,5 +186,6 @@ fn config(c: &JsonConfig) -> Result<DecoderConfig> {
         qkv_bias,
         layer_windows: vec![None; layers],
         experts: None,
+        options: Default::default(),
     })
 }

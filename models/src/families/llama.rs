@@ -4,6 +4,9 @@
 //! mixture-of-experts variants MixtralForCausalLM and Qwen2MoeForCausalLM (experts in place
 //! of the MLP). LLaDA (`llada.rs`) runs the same decoder bidirectionally. Attention can
 //! further be switched, at load time, to StreamingLLM sinks or block-sparse patterns.
+//! Other families configure the same decoder through [`DecoderOptions`] (QK-norm, norm
+//! placement, the MLP's activation, embedding scale, attention scale, per-layer RoPE):
+//! `qwen3.rs`, `gemma.rs`, `smollm3.rs`, `olmo2.rs`.
 
 use std::sync::Arc;
 
@@ -11,7 +14,9 @@ use kestrel_runtime::arch::{Architecture, Head};
 use kestrel_runtime::block_mask::{BlockMask, SparsePattern};
 use kestrel_runtime::graph::Graph;
 use kestrel_runtime::kernels::attention::{mask_blocks, AttnShape};
+use kestrel_runtime::kernels::elementwise::{Elementwise, Gate};
 use kestrel_runtime::kernels::rope::{self, Llama3Scaling};
+use kestrel_runtime::kernels::rope_cache_write::{QkNorm, QkSpan};
 use kestrel_runtime::kv::KvLayout;
 use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::{DType, GpuWeight};
@@ -128,6 +133,12 @@ pub struct DecoderNames {
     pub mlp_norm: &'static str,
     pub mlp: &'static str,
     pub mlp_projections: MlpNames,
+    /// Norms of the attention's and the MLP's outputs (sandwich and post-norm blocks).
+    pub post_attn_norm: &'static str,
+    pub post_mlp_norm: &'static str,
+    /// In the attention: q's and k's norms (QK-norm).
+    pub q_norm: &'static str,
+    pub k_norm: &'static str,
     /// In the body.
     pub norm: &'static str,
     /// From the root.
@@ -145,9 +156,69 @@ pub const HF: DecoderNames = DecoderNames {
     mlp_norm: "post_attention_layernorm",
     mlp: "mlp",
     mlp_projections: MLP,
+    post_attn_norm: "",
+    post_mlp_norm: "",
+    q_norm: "q_norm",
+    k_norm: "k_norm",
     norm: "norm",
     lm_head: "lm_head.weight",
 };
+
+/// Where a layer's norms sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NormPlacement {
+    /// Before the attention and the MLP (Llama): `x + f(norm(x))`.
+    #[default]
+    Pre,
+    /// Before and after (Gemma): `x + post(f(pre(x)))`.
+    Sandwich,
+    /// After only (OLMo-2): `x + post(f(x))`.
+    Post,
+}
+
+/// A layer's RoPE.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LayerRope {
+    /// The model's (`rope_theta` and its scaling).
+    Default,
+    /// Its own base, unscaled (Gemma's sliding layers).
+    Theta(f64),
+    /// None (SmolLM3's NoPE layers).
+    NoPe,
+}
+
+/// What families other than Llama's change in the shared decoder. The default is Llama.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderOptions {
+    /// RMSNorm of q and k before RoPE, per head or over the whole projection.
+    pub qk_norm: Option<QkSpan>,
+    pub norms: NormPlacement,
+    /// The MLP gate's activation.
+    pub act: Gate,
+    /// The embeddings multiplied by this (Gemma: sqrt(hidden)).
+    pub embed_scale: Option<f32>,
+    /// The attention's scale when not 1/sqrt(head_dim) (Gemma's query_pre_attn_scalar).
+    pub attn_scale: Option<f32>,
+    /// Norm weights stored as `w` for a scale of `norm_offset + w` (Gemma: 1), folded into
+    /// the weights at load.
+    pub norm_offset: f32,
+    /// Each layer's RoPE; empty: every layer the default.
+    pub layer_rope: Vec<LayerRope>,
+}
+
+impl Default for DecoderOptions {
+    fn default() -> DecoderOptions {
+        DecoderOptions {
+            qk_norm: None,
+            norms: NormPlacement::Pre,
+            act: Gate::Silu,
+            embed_scale: None,
+            attn_scale: None,
+            norm_offset: 0.0,
+            layer_rope: Vec::new(),
+        }
+    }
+}
 
 /// A layer's sparse experts: their config, their names and their scope in the layer.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,6 +248,7 @@ pub struct DecoderConfig {
     /// Each layer's sliding window (positions a query sees, itself included), if any.
     pub layer_windows: Vec<Option<usize>>,
     pub experts: Option<DecoderExperts>,
+    pub options: DecoderOptions,
 }
 
 impl DecoderConfig {
@@ -185,6 +257,12 @@ impl DecoderConfig {
         let architecture = c.architecture()?;
         let qwen2_moe = matches!(architecture.as_str(), "Qwen2MoeForCausalLM" | "qwen2_moe");
         let qwen2 = qwen2_moe || matches!(architecture.as_str(), "Qwen2ForCausalLM" | "qwen2");
+        // Qwen3 and Qwen3-MoE pick sliding layers by Qwen2's rule.
+        let qwen_windows = qwen2
+            || matches!(
+                architecture.as_str(),
+                "Qwen3ForCausalLM" | "qwen3" | "Qwen3MoeForCausalLM" | "qwen3_moe"
+            );
         let llama = matches!(architecture.as_str(), "LlamaForCausalLM" | "llama");
         let hidden = c.dim("hidden_size", Dim::Hidden)?;
         let heads = c.dim("num_attention_heads", Dim::Heads)?;
@@ -267,7 +345,7 @@ impl DecoderConfig {
             }
         };
         let layers = c.dim("num_hidden_layers", Dim::Layers)?;
-        let layer_windows = layer_windows(c, &architecture, qwen2, layers)?;
+        let layer_windows = layer_windows(c, &architecture, qwen_windows, layers)?;
         let experts = experts(c, &architecture, layers)?;
         let intermediate = c.dim("intermediate_size", Dim::Intermediate)?;
         let vocab = c.dim("vocab_size", Dim::Vocab)?;
@@ -320,6 +398,7 @@ impl DecoderConfig {
             },
             layer_windows,
             experts,
+            options: DecoderOptions::default(),
         })
     }
 
@@ -328,8 +407,20 @@ impl DecoderConfig {
             heads: self.heads,
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
-            scale: 1.0 / (self.head_dim as f32).sqrt(),
+            scale: self
+                .options
+                .attn_scale
+                .unwrap_or(1.0 / (self.head_dim as f32).sqrt()),
         }
+    }
+
+    /// Layer `l`'s RoPE.
+    fn layer_rope(&self, l: usize) -> LayerRope {
+        self.options
+            .layer_rope
+            .get(l)
+            .copied()
+            .unwrap_or(LayerRope::Default)
     }
 }
 
@@ -339,7 +430,27 @@ impl NetworkConfig for DecoderConfig {
     }
 }
 
-fn bad(c: &JsonConfig, key: &str, message: String) -> ModelError {
+/// Layer scope `attention`'s q and k norm weights as one vector (q's, then k's; see
+/// `QkNorm`), with the norm offset folded in.
+fn qk_norm_weights(
+    c: &DecoderConfig,
+    attention: &Vars<'_>,
+    span: QkSpan,
+) -> Result<Arc<GpuWeight>> {
+    let (n, hd) = (c.names, c.head_dim);
+    let [q, k] = match span {
+        QkSpan::Head => [hd, hd],
+        QkSpan::Whole => [c.heads * hd, c.kv_heads * hd],
+    };
+    let mut w = attention.pp(n.q_norm).host("weight", &[q])?;
+    w.extend(attention.pp(n.k_norm).host("weight", &[k])?);
+    for v in &mut w {
+        *v += c.options.norm_offset;
+    }
+    attention.computed_vector("qk_norm.weight", &w)
+}
+
+pub(crate) fn bad(c: &JsonConfig, key: &str, message: String) -> ModelError {
     ModelError::BadConfigValue {
         file: c.path.clone(),
         key: key.into(),
@@ -387,7 +498,7 @@ fn experts(c: &JsonConfig, architecture: &str, layers: usize) -> Result<Option<D
                 layers: vec![true; layers],
             }))
         }
-        "Qwen2MoeForCausalLM" | "qwen2_moe" => {
+        "Qwen2MoeForCausalLM" | "qwen2_moe" | "Qwen3MoeForCausalLM" | "qwen3_moe" => {
             let inter = c.dim("moe_intermediate_size", Dim::Intermediate)?;
             // 0: no shared expert.
             let shared = match c.opt_usize("shared_expert_intermediate_size")? {
@@ -395,7 +506,12 @@ fn experts(c: &JsonConfig, architecture: &str, layers: usize) -> Result<Option<D
                 Some(_) => c.opt_dim("shared_expert_intermediate_size", Dim::Intermediate)?,
             };
             let renorm = c.opt_bool("norm_topk_prob")?.unwrap_or(false);
-            let config = MoeConfig::from_json(c, "num_experts", inter, renorm, shared)?;
+            // transformers 5 writes Qwen3-MoE's count as num_local_experts, 4 as num_experts.
+            let count = match c.get("num_local_experts").filter(|v| !v.is_null()) {
+                Some(_) => "num_local_experts",
+                None => "num_experts",
+            };
+            let config = MoeConfig::from_json(c, count, inter, renorm, shared)?;
             let step = c.opt_usize("decoder_sparse_step")?.unwrap_or(1).max(1);
             let dense: Vec<usize> = c
                 .get("mlp_only_layers")
@@ -476,10 +592,41 @@ fn layer_windows(
 
 #[derive(Clone)]
 struct Layer {
-    attn_norm: RmsNorm,
+    /// Pre- and post-norms of the attention and the MLP, as the placement has them.
+    attn_norm: Option<RmsNorm>,
+    post_attn_norm: Option<RmsNorm>,
     attn: AttentionWeights,
-    mlp_norm: RmsNorm,
+    /// q's then k's norm weights (QK-norm).
+    qk_norm: Option<Arc<GpuWeight>>,
+    /// Index into the decoder's RoPE frequencies; None: no RoPE.
+    rope: Option<usize>,
+    mlp_norm: Option<RmsNorm>,
+    post_mlp_norm: Option<RmsNorm>,
     ffn: FeedForward,
+}
+
+impl Layer {
+    /// `x + post(f(pre(x)))` with the norms this layer has: the pre-norm and the add fused
+    /// into the projections when there is no post-norm (`residual`), else `normed` (f of the
+    /// pre-normed x as a new tensor), its norm and an add.
+    fn block(
+        g: &mut Graph,
+        x: TensorId,
+        [pre, post]: [Option<&RmsNorm>; 2],
+        residual: impl FnOnce(&mut Graph, &RmsNorm) -> kestrel_runtime::Result<TensorId>,
+        normed: impl FnOnce(&mut Graph, Option<&RmsNorm>) -> kestrel_runtime::Result<TensorId>,
+    ) -> kestrel_runtime::Result<TensorId> {
+        match (pre, post) {
+            (Some(pre), None) => residual(g, pre),
+            (pre, post) => {
+                let mut y = normed(g, pre)?;
+                if let Some(post) = post {
+                    y = post.apply(g, y)?;
+                }
+                g.add_tensors(x, y)
+            }
+        }
+    }
 }
 
 /// The decoder with its weights on the GPU.
@@ -491,46 +638,89 @@ pub struct Decoder {
     layers: Vec<Layer>,
     norm: RmsNorm,
     lm_head: LmHead,
-    inv_freq: Arc<GpuWeight>,
+    /// The distinct RoPE frequencies of the layers.
+    inv_freqs: Vec<Arc<GpuWeight>>,
+    /// [hidden] copies of the embedding scale.
+    embed_scale: Option<Arc<GpuWeight>>,
 }
 
 impl Decoder {
     /// Upload the weights, named as `config.names` says, from the root scope `vb`.
     pub fn load(config: DecoderConfig, vb: &Vars<'_>) -> Result<Decoder> {
         let c = &config;
-        let (n, h) = (c.names, c.hidden);
+        let (n, h, o) = (c.names, c.hidden, &c.options);
         let body = vb.pp(n.body);
         let embed = body.matrix(n.embed, c.model.vocab, h)?;
+        let norm = |scope: &Vars<'_>, name: &str| {
+            RmsNorm::load_offset(&scope.pp(name), h, c.eps, o.norm_offset)
+        };
+        let (pre, post) = match o.norms {
+            NormPlacement::Pre => (true, false),
+            NormPlacement::Sandwich => (true, true),
+            NormPlacement::Post => (false, true),
+        };
+        // Distinct RoPE frequencies, by (theta, scaled).
+        let mut ropes: Vec<(f64, bool)> = Vec::new();
+        let mut inv_freqs = Vec::new();
         let mut layers = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
             let p = body.pp(n.layers).pp(l);
             let experts = c.experts.as_ref().filter(|e| e.layers[l]);
             let ffn_scope = p.pp(experts.map_or(n.mlp, |e| e.scope));
+            let attention = p.pp(n.attention);
+            let rope = match c.layer_rope(l) {
+                LayerRope::NoPe => None,
+                LayerRope::Default => Some((c.rope_theta, true)),
+                LayerRope::Theta(t) => Some((t, false)),
+            };
+            let rope = match rope {
+                None => None,
+                Some(key) => Some(match ropes.iter().position(|r| *r == key) {
+                    Some(i) => i,
+                    None => {
+                        let scaling = if key.1 { c.llama3 } else { None };
+                        let freqs = rope::inv_freq(key.0, c.head_dim, scaling);
+                        let label = format!("rope.inv_freq.{}", ropes.len());
+                        inv_freqs.push(vb.computed_vector(&label, &freqs)?);
+                        ropes.push(key);
+                        ropes.len() - 1
+                    }
+                }),
+            };
+            let qk_norm = match o.qk_norm {
+                None => None,
+                Some(span) => Some(qk_norm_weights(c, &attention, span)?),
+            };
+            let ffn = FeedForward::load(
+                &ffn_scope,
+                experts.map(|e| (&e.config, e.names)),
+                n.mlp_projections,
+                l,
+                [h, c.intermediate],
+            )?;
             layers.push(Layer {
-                attn_norm: RmsNorm::load(&p.pp(n.attn_norm), h, c.eps)?,
+                attn_norm: pre.then(|| norm(&p, n.attn_norm)).transpose()?,
+                post_attn_norm: post.then(|| norm(&p, n.post_attn_norm)).transpose()?,
                 attn: AttentionWeights::load(
-                    &p.pp(n.attention),
+                    &attention,
                     n.projections,
                     [h, h],
                     &c.attn_shape(),
                     c.qkv_bias,
                 )?,
-                mlp_norm: RmsNorm::load(&p.pp(n.mlp_norm), h, c.eps)?,
-                ffn: FeedForward::load(
-                    &ffn_scope,
-                    experts.map(|e| (&e.config, e.names)),
-                    n.mlp_projections,
-                    l,
-                    [h, c.intermediate],
-                )?,
+                qk_norm,
+                rope,
+                mlp_norm: pre.then(|| norm(&p, n.mlp_norm)).transpose()?,
+                post_mlp_norm: post.then(|| norm(&p, n.post_mlp_norm)).transpose()?,
+                ffn: ffn.with_gate(o.act),
             });
         }
-        let norm = RmsNorm::load(&body.pp(n.norm), h, c.eps)?;
+        let norm = norm(&body, n.norm)?;
         let lm_head = LmHead::load(vb, n.lm_head, &embed, c.tie_embeddings, [c.model.vocab, h])?;
-        let inv_freq = vb.computed_vector(
-            "rope.inv_freq",
-            &rope::inv_freq(c.rope_theta, c.head_dim, c.llama3),
-        )?;
+        let embed_scale = match o.embed_scale {
+            Some(s) => Some(vb.computed_vector("embed_scale", &vec![s; h])?),
+            None => None,
+        };
         Ok(Decoder {
             attention: AttentionOptions::default(),
             config,
@@ -538,7 +728,8 @@ impl Decoder {
             layers,
             norm,
             lm_head,
-            inv_freq,
+            inv_freqs,
+            embed_scale,
         })
     }
 
@@ -567,8 +758,12 @@ impl Decoder {
     ) -> kestrel_runtime::Result<TensorId> {
         let c = &self.config;
         let embed = g.weight(&self.embed);
-        let inv_freq = g.weight(&self.inv_freq);
+        let inv_freqs: Vec<TensorId> = self.inv_freqs.iter().map(|f| g.weight(f)).collect();
         let mut x = g.embedding(embed, ids)?;
+        if let Some(s) = &self.embed_scale {
+            let s = g.weight(s);
+            x = g.elementwise(Elementwise::Mul, x, s)?;
+        }
         for (l, layer) in self.layers.iter().enumerate() {
             let layout = self.layout(l, capacity)?;
             let mask = self.sparse_pattern(l).map(|pattern| {
@@ -580,12 +775,36 @@ impl Decoder {
                 layout,
                 shape: c.attn_shape(),
                 causal: c.model.causal,
-                inv_freq: Some(inv_freq),
+                inv_freq: layer.rope.map(|i| inv_freqs[i]),
+                qk_norm: match (&layer.qk_norm, c.options.qk_norm) {
+                    (Some(w), Some(span)) => Some(QkNorm {
+                        weight: g.weight(w),
+                        eps: c.eps,
+                        span,
+                    }),
+                    _ => None,
+                },
                 mask,
             };
-            // Each block's norm and residual add live in its projections (kernels/linear.rs).
-            x = layer.attn.residual(g, x, &layer.attn_norm, run)?;
-            x = layer.ffn.residual(g, x, &layer.mlp_norm)?;
+            // Without post-norms each block's norm and residual add live in its projections
+            // (kernels/linear.rs).
+            let (attn, ffn) = (&layer.attn, &layer.ffn);
+            let norms = [layer.attn_norm.as_ref(), layer.post_attn_norm.as_ref()];
+            x = Layer::block(
+                g,
+                x,
+                norms,
+                |g, pre| attn.residual(g, x, pre, run),
+                |g, pre| attn.normed(g, x, pre, run),
+            )?;
+            let norms = [layer.mlp_norm.as_ref(), layer.post_mlp_norm.as_ref()];
+            x = Layer::block(
+                g,
+                x,
+                norms,
+                |g, pre| ffn.residual(g, x, pre),
+                |g, pre| ffn.normed(g, x, pre),
+            )?;
         }
         Ok(x)
     }

@@ -106,7 +106,11 @@ registry!(
     rwkv7_blink,
     rwkv4,
     jamba,
-    zamba2
+    zamba2,
+    qwen3,
+    gemma,
+    smollm3,
+    olmo2
 );
 
 /// The architectures a config.json may name, for "unsupported architecture" errors.

@@ -461,6 +461,7 @@ impl Zamba2 {
             shape: c.attn,
             causal: true,
             inv_freq,
+            qk_norm: None,
             mask: None,
         };
         let a = blk.attn.attend(g, &qkv, LinearOutput::New, run)?;

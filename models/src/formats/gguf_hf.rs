@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{ModelError, Result};
 use crate::formats::config::JsonConfig;
 use crate::formats::gguf::{GgmlType, GgufFile};
+use crate::formats::gguf_decoders;
 use crate::formats::host::{HostDType, HostTensor, TensorSource};
 use crate::model::ChatInfo;
 
@@ -82,6 +83,7 @@ pub fn config_from_gguf(file: &GgufFile, arch: &str, class: &str) -> JsonConfig 
             m.insert(hf.into(), json!(v));
         }
     }
+    gguf_decoders::config_keys(file, arch, &mut m);
     JsonConfig {
         path: file.path().to_path_buf(),
         value: Value::Object(m),
@@ -109,6 +111,8 @@ pub struct GgufSource<'a> {
     file: &'a GgufFile,
     /// Heads of q and k, whose rows llama.cpp permuted (llama architecture only).
     unpermute: Option<(usize, usize)>,
+    /// `general.architecture`, for its own tensor names (`gguf_decoders`).
+    arch: String,
 }
 
 impl<'a> GgufSource<'a> {
@@ -120,7 +124,25 @@ impl<'a> GgufSource<'a> {
         } else {
             None
         };
-        Ok(GgufSource { file, unpermute })
+        let arch = file
+            .get_str("general.architecture")
+            .unwrap_or("")
+            .to_string();
+        Ok(GgufSource {
+            file,
+            unpermute,
+            arch,
+        })
+    }
+
+    /// The GGUF name of a Hugging Face tensor name in this file's architecture.
+    fn gguf_name(&self, hf: &str) -> Option<String> {
+        let own = hf.strip_prefix("model.layers.").and_then(|rest| {
+            let (layer, name) = rest.split_once('.')?;
+            let mapped = gguf_decoders::layer_name(&self.arch, name)?;
+            Some(format!("blk.{layer}.{mapped}"))
+        });
+        own.or_else(|| gguf_name(hf))
     }
 }
 
@@ -228,9 +250,11 @@ impl TensorSource for GgufSource<'_> {
     fn tensor(&self, name: &str) -> Result<HostTensor<'_>> {
         let missing = || ModelError::MissingTensor {
             file: self.file.path().to_path_buf(),
-            name: gguf_name(name).map_or(name.to_string(), |g| format!("{g} ({name})")),
+            name: self
+                .gguf_name(name)
+                .map_or(name.to_string(), |g| format!("{g} ({name})")),
         };
-        let gname = gguf_name(name).ok_or_else(missing)?;
+        let gname = self.gguf_name(name).ok_or_else(missing)?;
         if self.file.tensor_info(&gname).is_none() {
             return Err(missing());
         }
@@ -248,6 +272,13 @@ impl TensorSource for GgufSource<'_> {
             bytes: Cow::Borrowed(bytes),
         }
         .non_empty()?;
+        // Gemma's converter stored its norms' 1 + w: back to w, as the Hugging Face file has it.
+        let offset = gguf_decoders::norm_offset(&self.arch);
+        if offset != 0.0 && name.ends_with("norm.weight") {
+            let w: Vec<f32> = t.to_f32().iter().map(|w| w - offset).collect();
+            t.bytes = Cow::Owned(bytemuck::cast_slice(&w).to_vec());
+            t.dtype = HostDType::F32;
+        }
         if let Some((heads, kv_heads)) = self.unpermute {
             let name = &t.name;
             let n_heads = if name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias") {
@@ -281,7 +312,8 @@ impl TensorSource for GgufSource<'_> {
     }
 
     fn contains(&self, name: &str) -> bool {
-        gguf_name(name).is_some_and(|g| self.file.tensor_info(&g).is_some())
+        self.gguf_name(name)
+            .is_some_and(|g| self.file.tensor_info(&g).is_some())
     }
 
     fn origin(&self) -> &Path {

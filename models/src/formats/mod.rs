@@ -10,6 +10,7 @@ pub mod config;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod folder;
 pub mod gguf;
+pub mod gguf_decoders;
 pub mod gguf_hf;
 pub mod gguf_tokenizer;
 pub mod host;

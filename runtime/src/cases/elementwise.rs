@@ -2,7 +2,7 @@
 //! prefill Linear op's epilogues (SwiGLU of row pairs, an add in place).
 
 use super::{poisoned, upload_f32, Case, Expect, Output, Prepared, SUM_TOL};
-use crate::kernels::elementwise::{self, Elementwise};
+use crate::kernels::elementwise::{self, Elementwise, Gate};
 use crate::rng::Rng;
 
 pub fn cases() -> Vec<Case> {
@@ -45,19 +45,21 @@ pub fn cases() -> Vec<Case> {
         }
     }
     for (n, seed) in [(1, 700), (259, 701)] {
-        cases.push(Case::new(
-            "elementwise",
-            format!("GluPairs n={n}"),
-            move |gpu| {
-                let a = Rng::new(seed).vec(2 * n, 8.0);
-                let (ab, out) = (upload_f32(gpu, &a), poisoned(gpu, n));
-                let d =
-                    elementwise::launch(gpu, Elementwise::GluPairs, &ab, &gpu.dummy, &out, n, 1)?;
-                let want = elementwise::reference_glu_pairs(&a);
-                let output = Output::close("", &out, want, SUM_TOL);
-                Ok(Prepared::new(gpu, vec![d], vec![output]).work(0.0, 12.0 * n as f64))
-            },
-        ));
+        for gate in [Gate::Silu, Gate::GeluTanh] {
+            cases.push(Case::new(
+                "elementwise",
+                format!("{:?} n={n}", gate.pairs()),
+                move |gpu| {
+                    // Scale 8: both tails of the gate (tanh saturated, exp under/overflowing).
+                    let a = Rng::new(seed).vec(2 * n, 8.0);
+                    let (ab, out) = (upload_f32(gpu, &a), poisoned(gpu, n));
+                    let d = elementwise::launch(gpu, gate.pairs(), &ab, &gpu.dummy, &out, n, 1)?;
+                    let want = elementwise::reference_glu_pairs(&a, gate);
+                    let output = Output::close("", &out, want, SUM_TOL);
+                    Ok(Prepared::new(gpu, vec![d], vec![output]).work(0.0, 12.0 * n as f64))
+                },
+            ));
+        }
         cases.push(Case::new(
             "elementwise",
             format!("Accumulate n={n}"),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::{poisoned, upload_f32, weights, Case, Output, Prepared, SUM_TOL};
 use crate::device::Gpu;
 use crate::error::Result;
-use crate::kernels::elementwise::reference_glu_pairs;
+use crate::kernels::elementwise::{reference_glu_pairs, Gate};
 use crate::kernels::matvec::{Epilogue, Fusion, Layout, Prologue};
 use crate::kernels::{matmul, matvec, rms_norm};
 use crate::quant::{self, QuantFormat};
@@ -170,7 +170,7 @@ impl Spec {
         let y = match self.epilogue {
             Epilogue::Store => poisoned(gpu, m * n),
             Epilogue::Accumulate => upload_f32(gpu, &residual),
-            Epilogue::Glu => poisoned(gpu, m * n / 2),
+            Epilogue::Glu(_) => poisoned(gpu, m * n / 2),
         };
         let prologue = match self.input {
             Input::Plain => Prologue::None,
@@ -196,7 +196,7 @@ impl Spec {
         let want = match self.epilogue {
             Epilogue::Store => want,
             Epilogue::Accumulate => want.iter().zip(&residual).map(|(a, r)| a + r).collect(),
-            Epilogue::Glu => reference_glu_pairs(&want),
+            Epilogue::Glu(gate) => reference_glu_pairs(&want, gate),
         };
         let out = Output::close("", &y, want, SUM_TOL);
         // A matvec reads each weight once and is bounded by bandwidth: it declares bytes only.
@@ -394,12 +394,13 @@ fn fused_matvec() -> Vec<Case> {
     let all = [
         (Input::Norm, Epilogue::Store, true),
         (merge, Epilogue::Accumulate, false),
-        (Input::Norm, Epilogue::Glu, false),
+        (Input::Norm, Epilogue::Glu(Gate::Silu), false),
         (Input::Plain, Epilogue::Accumulate, true),
-        (Input::Plain, Epilogue::Glu, false),
+        (Input::Plain, Epilogue::Glu(Gate::Silu), false),
+        (Input::Norm, Epilogue::Glu(Gate::GeluTanh), false),
     ];
     let prologues = [
-        (Input::Norm, Epilogue::Glu, false),
+        (Input::Norm, Epilogue::Glu(Gate::Silu), false),
         (merge, Epilogue::Accumulate, true),
     ];
     let mut specs = Vec::new();

@@ -3,7 +3,7 @@
 
 use super::{poisoned, step, step_buffer, upload_f32, Case, Expect, Output, Prepared, ROPE_TOL};
 use crate::kernels::rope::{self, Llama3Scaling};
-use crate::kernels::rope_cache_write::{self, Heads, Io};
+use crate::kernels::rope_cache_write::{self, Heads, Io, QkNorm, QkSpan};
 use crate::kv::KvLayout;
 use crate::rng::Rng;
 
@@ -50,26 +50,35 @@ pub fn cases() -> Vec<Case> {
 
 /// RoPE of q and k with both cache writes in one kernel (kernels::rope_cache_write), from one
 /// fused q/k/v projection or three tensors, for every cache layout, with partial rotation
-/// and without RoPE (keys cached before it). Rotated q and cached k within [`ROPE_TOL`] (the
-/// same f32 angle as rope's; the GPU's sin/cos), v exact; cache rows not written stay NaN.
+/// and without RoPE (keys cached before it), with q/k RMSNorms per head and over the whole
+/// projection. Rotated q and cached k within [`ROPE_TOL`] (the same f32 angle as rope's; the
+/// GPU's sin/cos; a norm adds an f32 sum of at most a few hundred squares, ~1e-7 relative),
+/// v exact; cache rows not written stay NaN.
 pub fn rope_cache_write() -> Vec<Case> {
     let linear = KvLayout::linear;
     let sliding = |w, c| KvLayout::sliding(w, c).expect("a valid sliding window");
     let streaming = |s, w| KvLayout::streaming(s, w).expect("a valid sink + window layout");
-    // (layout, heads, kv_heads, head_dim, rot_dims (0: no RoPE), pos, T, fused)
+    let (head, whole) = (Some(QkSpan::Head), Some(QkSpan::Whole));
+    // (layout, heads, kv_heads, head_dim, rot_dims (0: no RoPE), pos, T, fused, q/k norm)
     let specs = [
-        (linear(40), 3, 1, 16, 16, 0, 7, true),
-        (linear(40), 3, 1, 16, 16, 9, 1, false),
-        (linear(40), 4, 2, 32, 16, 5, 3, true), // partial rotary
-        (sliding(8, 4096), 2, 2, 8, 8, 29, 6, true), // ring wrap
-        (sliding(8, 4096), 2, 1, 8, 8, 1003, 1, false),
-        (streaming(3, 10), 2, 1, 8, 0, 1, 9, true), // sinks: keys cached unrotated
-        (streaming(2, 5), 5, 5, 6, 0, 103, 1, false),
+        (linear(40), 3, 1, 16, 16, 0, 7, true, None),
+        (linear(40), 3, 1, 16, 16, 9, 1, false, None),
+        (linear(40), 4, 2, 32, 16, 5, 3, true, None), // partial rotary
+        (sliding(8, 4096), 2, 2, 8, 8, 29, 6, true, None), // ring wrap
+        (sliding(8, 4096), 2, 1, 8, 8, 1003, 1, false, None),
+        (streaming(3, 10), 2, 1, 8, 0, 1, 9, true, None), // sinks: keys cached unrotated
+        (streaming(2, 5), 5, 5, 6, 0, 103, 1, false, None),
+        (linear(40), 3, 1, 24, 24, 4, 5, true, head), // Qwen3, Gemma 3
+        (sliding(8, 4096), 4, 2, 16, 16, 13, 1, true, head),
+        (linear(40), 4, 2, 16, 0, 2, 3, false, head), // a NoPE layer
+        (linear(40), 3, 3, 10, 10, 6, 4, true, whole), // OLMo-2
+        (linear(40), 2, 1, 8, 4, 0, 1, false, whole),
     ];
     let mut cases = Vec::new();
-    for (i, (layout, h, kvh, hd, rot, pos, t, fused)) in specs.into_iter().enumerate() {
-        let what =
-            format!("{layout:?} heads={h}/{kvh} hd={hd} rot={rot} pos={pos} T={t} fused={fused}");
+    for (i, (layout, h, kvh, hd, rot, pos, t, fused, span)) in specs.into_iter().enumerate() {
+        let what = format!(
+            "{layout:?} heads={h}/{kvh} hd={hd} rot={rot} pos={pos} T={t} fused={fused} norm={span:?}"
+        );
         let seed = 950 + i as u64;
         let heads = Heads {
             heads: h,
@@ -84,6 +93,18 @@ pub fn rope_cache_write() -> Vec<Case> {
             let sb = step_buffer(gpu, &step(pos as u32, t as u32));
             let fb = upload_f32(gpu, &freqs);
             let inv_freq = (rot > 0).then_some((&*fb, freqs.len()));
+            // Norm weights around 1 (as trained ones are), eps as Qwen3's.
+            let norm_w: Vec<f32> = match span {
+                Some(s) => rng
+                    .vec(QkNorm::len(s, heads), 0.5)
+                    .into_iter()
+                    .map(|w| 1.0 + w)
+                    .collect(),
+                None => Vec::new(),
+            };
+            let nb = upload_f32(gpu, &norm_w);
+            let eps = 1e-6;
+            let qk_norm = span.map(|s| (&*nb, eps, s));
             // One [T, qd + 2 kvd] buffer or three.
             let (bufs, cols) = if fused {
                 let rows: Vec<f32> = (0..t)
@@ -111,14 +132,23 @@ pub fn rope_cache_write() -> Vec<Case> {
             let io = Io {
                 src,
                 inv_freq,
+                qk_norm,
                 q_out: &q_out,
                 caches: [&caches[0], &caches[1]],
             };
             let d = rope_cache_write::launch(gpu, &sb, &io, cols, t, heads, layout)?;
             let mut want = [0, 1].map(|_| vec![f32::NAN; layout.rows * kvd]);
             let [wk, wv] = &mut want;
-            let want_q =
-                rope_cache_write::reference([&q, &k, &v], &freqs, [wk, wv], layout, pos, heads);
+            let norm = span.map(|s| (&norm_w[..], eps, s));
+            let want_q = rope_cache_write::reference(
+                [&q, &k, &v],
+                &freqs,
+                norm,
+                [wk, wv],
+                layout,
+                pos,
+                heads,
+            );
             // The written rows of a cache, then the others (which must stay NaN).
             let written: Vec<usize> = (pos..pos + t).map(|j| layout.row(j)).collect();
             let rows = layout.rows;
@@ -138,7 +168,7 @@ pub fn rope_cache_write() -> Vec<Case> {
             let words = rows * kvd;
             let mut outputs = vec![Output::close("q", &q_out, want_q, ROPE_TOL)];
             for (label, cache, want) in [("k", &caches[0], &want[0]), ("v", &caches[1], &want[1])] {
-                let expect = match label == "k" && rot > 0 {
+                let expect = match label == "k" && (rot > 0 || span.is_some()) {
                     true => Expect::Close(pick(want, true), ROPE_TOL),
                     false => Expect::Bits(pick(want, true)),
                 };

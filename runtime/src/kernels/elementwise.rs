@@ -1,7 +1,7 @@
 //! Elementwise ops `out[i] = f(a[i], b[i % b_len])`: b is a's shape or a row vector
 //! broadcast over a's rows. Residual add, SwiGLU (`silu(gate) * up`), multiply, subtract,
 //! softplus of a sum (Mamba's dt + bias), sigmoid gating, and unary ops (b unused): squared
-//! ReLU, tanh, sigmoid, -exp (RWKV-6's log decay), logsigmoid (GLA's log gate). Two more
+//! ReLU, tanh, sigmoid, -exp (RWKV-6's log decay), logsigmoid (GLA's log gate). Three more
 //! are the epilogues of a prefill Linear op ([`Elementwise::LINEAR_EPILOGUES`]), which no
 //! graph builds on its own.
 
@@ -50,10 +50,54 @@ pub enum Elementwise {
     GluPairs = 12,
     /// `out[i] += a[i]` (b unused).
     Accumulate = 13,
+    /// GeGLU of a's interleaved (gate, up) pairs with the tanh GELU (Gemma's
+    /// `gelu_pytorch_tanh`): `out[i] = gelu_tanh(a[2i]) * a[2i + 1]`, as GluPairs.
+    GeluTanhPairs = 14,
+    /// GeGLU with the tanh GELU: `gelu_tanh(a) * b`.
+    GeluTanhMul = 15,
+}
+
+/// The activation of a GLU's gate: `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// SwiGLU (Llama, Qwen, ...).
+    Silu,
+    /// GeGLU with the tanh approximation of GELU (Gemma).
+    GeluTanh,
+}
+
+impl Gate {
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Gate::Silu => x / (1.0 + (-x).exp()),
+            Gate::GeluTanh => {
+                // In f64: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+                let x = x as f64;
+                let inner = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+                (0.5 * x * (1.0 + inner.tanh())) as f32
+            }
+        }
+    }
+
+    /// The prefill Linear op's epilogue over row pairs.
+    pub fn pairs(self) -> Elementwise {
+        match self {
+            Gate::Silu => Elementwise::GluPairs,
+            Gate::GeluTanh => Elementwise::GeluTanhPairs,
+        }
+    }
+
+    /// `act(a) * b` for a gate and an up tensor apart.
+    pub fn mul(self) -> Elementwise {
+        match self {
+            Gate::Silu => Elementwise::SwiGlu,
+            Gate::GeluTanh => Elementwise::GeluTanhMul,
+        }
+    }
 }
 
 impl Elementwise {
-    pub const ALL: [Elementwise; 12] = [
+    pub const ALL: [Elementwise; 13] = [
         Elementwise::Add,
         Elementwise::SwiGlu,
         Elementwise::Mul,
@@ -66,11 +110,16 @@ impl Elementwise {
         Elementwise::NegExp,
         Elementwise::LogSigmoid,
         Elementwise::GeluMul,
+        Elementwise::GeluTanhMul,
     ];
 
     /// The ops only kernels::linear launches (not in [`Elementwise::ALL`]: their operands
     /// are not a and b of one shape).
-    pub const LINEAR_EPILOGUES: [Elementwise; 2] = [Elementwise::GluPairs, Elementwise::Accumulate];
+    pub const LINEAR_EPILOGUES: [Elementwise; 3] = [
+        Elementwise::GluPairs,
+        Elementwise::Accumulate,
+        Elementwise::GeluTanhPairs,
+    ];
 
     /// Ops whose b is not read.
     pub fn unary(self) -> bool {
@@ -87,7 +136,7 @@ impl Elementwise {
     fn apply(self, x: f32, y: f32) -> f32 {
         match self {
             Elementwise::Add => x + y,
-            Elementwise::SwiGlu => x / (1.0 + (-x).exp()) * y,
+            Elementwise::SwiGlu => Gate::Silu.apply(x) * y,
             Elementwise::Mul => x * y,
             Elementwise::Sub => x - y,
             Elementwise::SoftplusAdd => {
@@ -106,6 +155,7 @@ impl Elementwise {
             Elementwise::LogSigmoid => x.min(0.0) - (1.0 + (-x.abs()).exp()).ln(),
             // Per pair or in place: see reference_glu_pairs and the accumulate case.
             Elementwise::GluPairs => Elementwise::SwiGlu.apply(x, y),
+            Elementwise::GeluTanhPairs | Elementwise::GeluTanhMul => Gate::GeluTanh.apply(x) * y,
             Elementwise::Accumulate => x + y,
             Elementwise::GeluMul => {
                 let x = x as f64;
@@ -164,11 +214,9 @@ pub fn launch(
     )
 }
 
-/// [`Elementwise::GluPairs`] of `a`.
-pub fn reference_glu_pairs(a: &[f32]) -> Vec<f32> {
-    a.chunks(2)
-        .map(|p| Elementwise::SwiGlu.apply(p[0], p[1]))
-        .collect()
+/// [`Elementwise::GluPairs`] (or [`Elementwise::GeluTanhPairs`]: `gate`) of `a`.
+pub fn reference_glu_pairs(a: &[f32], gate: Gate) -> Vec<f32> {
+    a.chunks(2).map(|p| gate.apply(p[0]) * p[1]).collect()
 }
 
 pub fn reference(op: Elementwise, a: &[f32], b: &[f32]) -> Vec<f32> {

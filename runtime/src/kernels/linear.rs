@@ -6,7 +6,7 @@
 //! into scratch, then an elementwise epilogue), so fusion stays inside this op.
 
 use super::attention::AttnShape;
-use super::elementwise::{self, Elementwise};
+use super::elementwise::{self, Elementwise, Gate};
 use super::matvec::{self, Epilogue, Fusion, Prologue};
 use super::{decode_attention, matmul, rms_norm};
 use crate::error::{Error, Result};
@@ -34,8 +34,8 @@ pub enum LinearOutput {
     New,
     /// Adds the product into this tensor [T, N] in place (a residual stream), and returns it.
     AddTo(TensorId),
-    /// The weight's rows are interleaved (gate, up) pairs: `silu(gate) * up`, [T, N / 2].
-    Glu,
+    /// The weight's rows are interleaved (gate, up) pairs: `act(gate) * up`, [T, N / 2].
+    Glu(Gate),
 }
 
 #[derive(Debug)]
@@ -105,7 +105,7 @@ impl Graph {
                 }
                 r
             }
-            LinearOutput::Glu => {
+            LinearOutput::Glu(_) => {
                 if !n.is_multiple_of(2) || bias.is_some() {
                     return Err(Error::Graph(format!(
                         "SwiGLU linear {name}: needs (gate, up) row pairs and no bias"
@@ -132,7 +132,7 @@ impl Linear {
         match self.output {
             LinearOutput::New => Epilogue::Store,
             LinearOutput::AddTo(_) => Epilogue::Accumulate,
-            LinearOutput::Glu => Epilogue::Glu,
+            LinearOutput::Glu(gate) => Epilogue::Glu(gate),
         }
     }
 }
@@ -224,7 +224,7 @@ impl Op for Linear {
                 return Ok(());
             }
             LinearOutput::AddTo(_) => (Elementwise::Accumulate, m * n),
-            LinearOutput::Glu => (Elementwise::GluPairs, m * n / 2),
+            LinearOutput::Glu(gate) => (gate.pairs(), m * n / 2),
         };
         let product = cx.scratch("linear product", m * n)?;
         cx.push(matmul::launch(gpu, x, w, bias, &product, m)?);

@@ -5,6 +5,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::elementwise::Gate;
 use super::{dtype_defs, kernel, weight_defs, weight_dtypes, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
@@ -50,8 +51,8 @@ pub enum Epilogue {
     Store,
     /// `y[r] += sum`: a residual add into y, in place.
     Accumulate,
-    /// Rows are interleaved (gate, up) pairs: `y[i] = silu(sum[2i]) * sum[2i + 1]`.
-    Glu,
+    /// Rows are interleaved (gate, up) pairs: `y[i] = act(sum[2i]) * sum[2i + 1]`.
+    Glu(Gate),
 }
 
 /// A matvec's fusions.
@@ -297,7 +298,7 @@ fn check_fusion(
     if grouped && !unfused {
         return bad("grouped rows take no fusion");
     }
-    if fusion.epilogue == Epilogue::Glu
+    if matches!(fusion.epilogue, Epilogue::Glu(_))
         && (bias
             || !layout.rows().is_multiple_of(2)
             || w.chunks.iter().any(|c| c.row_start % 2 + c.rows % 2 != 0))
@@ -344,7 +345,8 @@ fn defs(
             },
         )
         .bool("ACCUM", epilogue == Epilogue::Accumulate)
-        .bool("GLU", epilogue == Epilogue::Glu)
+        .bool("GLU", matches!(epilogue, Epilogue::Glu(_)))
+        .bool("GELU_TANH", epilogue == Epilogue::Glu(Gate::GeluTanh))
 }
 
 /// A prologue's kind (its shader constants).
@@ -369,7 +371,12 @@ impl Prologue<'_> {
 /// grouped (gathering token rows or not), and plain with every prologue and epilogue.
 pub fn variants() -> Vec<ShaderDefs> {
     let prologues = [Kind::Plain, Kind::Norm, Kind::Merge];
-    let epilogues = [Epilogue::Store, Epilogue::Accumulate, Epilogue::Glu];
+    let epilogues = [
+        Epilogue::Store,
+        Epilogue::Accumulate,
+        Epilogue::Glu(Gate::Silu),
+        Epilogue::Glu(Gate::GeluTanh),
+    ];
     let mut out = Vec::new();
     for dtype in weight_dtypes() {
         let Some(weight) = dtype_defs(ShaderDefs::new(), dtype) else {

@@ -1,7 +1,9 @@
 //! RoPE of q and k and the K/V cache writes as one kernel: between a layer's projections and
 //! its attention, for any number of tokens. Reads q, k and v from one fused projection or
 //! three tensors; writes rotated q to a new tensor and rotated k and v into the cache rows
-//! their [`KvLayout`] assigns. Caches that keep keys before RoPE get them unrotated.
+//! their [`KvLayout`] assigns. Caches that keep keys before RoPE get them unrotated. q and k
+//! may first be RMS-normalised ([`QkNorm`]: per head as Qwen3 and Gemma 3, or over the whole
+//! projection as OLMo-2).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -32,11 +34,41 @@ pub struct Heads {
     pub head_dim: usize,
 }
 
+/// The span an RMSNorm of q and k normalises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkSpan {
+    /// Each head's `head_dim` values (Qwen3, Gemma 3): weights [head_dim] for q, then for k.
+    Head,
+    /// A token's whole projection (OLMo-2): weights [heads * head_dim] for q, then [kv_heads *
+    /// head_dim] for k.
+    Whole,
+}
+
+/// RMSNorm of q and k before RoPE: `weight` holds q's weights then k's (one binding, to stay
+/// within WebGPU's 8 storage buffers per stage).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QkNorm {
+    pub weight: TensorId,
+    pub eps: f32,
+    pub span: QkSpan,
+}
+
+impl QkNorm {
+    /// The weight's length for these heads.
+    pub fn len(span: QkSpan, heads: Heads) -> usize {
+        match span {
+            QkSpan::Head => 2 * heads.head_dim,
+            QkSpan::Whole => (heads.heads + heads.kv_heads) * heads.head_dim,
+        }
+    }
+}
+
 /// See the module doc; `inv_freq` None copies q and k unrotated.
 #[derive(Debug)]
 pub struct RopeCacheWrite {
     pub qkv: [Columns; 3],
     pub inv_freq: Option<TensorId>,
+    pub qk_norm: Option<QkNorm>,
     pub q_out: TensorId,
     pub k_cache: TensorId,
     pub v_cache: TensorId,
@@ -48,11 +80,12 @@ impl Graph {
     /// Rotate q (into a new tensor [T, heads * head_dim], returned) and k by RoPE with
     /// `inv_freq` (None: not rotated), and write k and v to their caches [layout.rows,
     /// kv_heads * head_dim]. `qkv`: the projections, either one tensor [T, qd + 2 kvd] or
-    /// three.
+    /// three. `qk_norm`: an RMSNorm of q and k before RoPE.
     pub fn rope_cache_write(
         &mut self,
         qkv: &[TensorId],
         inv_freq: Option<TensorId>,
+        qk_norm: Option<QkNorm>,
         [k_cache, v_cache]: [TensorId; 2],
         layout: KvLayout,
         heads: Heads,
@@ -108,6 +141,9 @@ impl Graph {
                 ));
             }
         }
+        if let Some(n) = qk_norm {
+            self.expect_vector(n.weight, QkNorm::len(n.span, heads), "q/k norm weights")?;
+        }
         for cache in [k_cache, v_cache] {
             if self.shape(cache) != [layout.rows, kvd] {
                 return Err(mismatch(
@@ -126,6 +162,7 @@ impl Graph {
         self.push(RopeCacheWrite {
             qkv,
             inv_freq,
+            qk_norm,
             q_out,
             k_cache,
             v_cache,
@@ -144,6 +181,7 @@ impl Op for RopeCacheWrite {
     fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
         let mut r: Vec<TensorId> = self.qkv.iter().map(|c| c.tensor).collect();
         r.extend(self.inv_freq);
+        r.extend(self.qk_norm.map(|n| n.weight));
         (r, vec![self.q_out, self.k_cache, self.v_cache])
     }
 
@@ -154,9 +192,14 @@ impl Op for RopeCacheWrite {
             Some(f) => Some((cx.buf(f)?, cx.numel(f))),
             None => None,
         };
+        let qk_norm = match self.qk_norm {
+            Some(n) => Some((cx.buf(n.weight)?, n.eps, n.span)),
+            None => None,
+        };
         let io = Io {
             src: [q?, k?, v?],
             inv_freq: freq,
+            qk_norm,
             q_out: cx.buf(self.q_out)?,
             caches: [cx.buf(self.k_cache)?, cx.buf(self.v_cache)?],
         };
@@ -167,11 +210,12 @@ impl Op for RopeCacheWrite {
     }
 }
 
-/// The kernel's buffers: q, k and v sources, RoPE frequencies and their count, rotated q's
-/// destination and the K and V caches.
+/// The kernel's buffers: q, k and v sources, RoPE frequencies and their count, the q/k norm
+/// weights with eps and span, rotated q's destination and the K and V caches.
 pub struct Io<'a> {
     pub src: [&'a wgpu::Buffer; 3],
     pub inv_freq: Option<(&'a wgpu::Buffer, usize)>,
+    pub qk_norm: Option<(&'a wgpu::Buffer, f32, QkSpan)>,
     pub q_out: &'a wgpu::Buffer,
     pub caches: [&'a wgpu::Buffer; 2],
 }
@@ -186,10 +230,12 @@ struct Params {
     rot_half: u32,
     sinks: u32,
     ring: u32,
-    _p0: u32,
+    /// 0: no q/k norm, 1: per head, 2: over the whole projection.
+    norm: u32,
     /// (stride, offset) of q, k and v.
     cols: [[u32; 2]; 3],
-    _p1: [u32; 2],
+    eps: f32,
+    _p1: u32,
 }
 
 /// One dispatch for `n_tokens` tokens; `cols` the (row stride, column offset) of q, k and v
@@ -216,29 +262,37 @@ pub fn launch(
         rot_half: io.inv_freq.map_or(0, |(_, n)| n) as u32,
         sinks: layout.sinks as u32,
         ring: layout.ring() as u32,
-        _p0: 0,
+        norm: match io.qk_norm {
+            None => 0,
+            Some((_, _, QkSpan::Head)) => 1,
+            Some((_, _, QkSpan::Whole)) => 2,
+        },
         cols: cols.map(|(s, o)| [s as u32, o as u32]),
-        _p1: [0; 2],
+        eps: io.qk_norm.map_or(0.0, |(_, eps, _)| eps),
+        _p1: 0,
     };
     let items = n_tokens * ((h + kv_heads) * head_dim / 2 + kv_heads * head_dim);
     let [q, k, v] = io.src;
     let [k_cache, v_cache] = io.caches;
     let freq: &wgpu::Buffer = io.inv_freq.map_or(&gpu.dummy, |(b, _)| b);
+    let norm: &wgpu::Buffer = io.qk_norm.map_or(&gpu.dummy, |(b, _, _)| b);
     KERNEL.dispatch(
         gpu,
         &ShaderDefs::new(),
         &params,
-        &[step, q, k, v, freq, io.q_out, k_cache, v_cache],
+        &[step, q, k, v, freq, io.q_out, k_cache, v_cache, norm],
         gpu.grid((items as u32).div_ceil(256)),
     )
 }
 
 /// The CPU reference: rotated q [T, qd] (returned) and the caches written, from separate q
-/// [T, qd], k and v [T, kvd] at positions `pos..`; `inv_freq` empty: no rotation.
+/// [T, qd], k and v [T, kvd] at positions `pos..`; `inv_freq` empty: no rotation;
+/// `qk_norm`: q's and k's norm weights (as [`QkNorm`]), eps and span.
 #[allow(clippy::too_many_arguments)]
 pub fn reference(
     [q, k, v]: [&[f32]; 3],
     inv_freq: &[f32],
+    qk_norm: Option<(&[f32], f32, QkSpan)>,
     [k_cache, v_cache]: [&mut [f32]; 2],
     layout: KvLayout,
     pos: usize,
@@ -250,8 +304,36 @@ pub fn reference(
         head_dim,
     } = heads;
     let kvd = kv_heads * head_dim;
+    let (q, k) = match qk_norm {
+        None => (q.to_vec(), k.to_vec()),
+        Some((w, eps, span)) => {
+            let group = |width: usize| match span {
+                QkSpan::Head => head_dim,
+                QkSpan::Whole => width,
+            };
+            let (wq, wk) = w.split_at(group(h * head_dim));
+            (
+                reference_norm(q, wq, eps, group(h * head_dim)),
+                reference_norm(k, wk, eps, group(kvd)),
+            )
+        }
+    };
+    let (q, k) = (&q[..], &k[..]);
     let k = rope::reference(k, inv_freq, pos, kv_heads, head_dim);
     cache_write::reference(&k, k_cache, layout, pos, kvd);
     cache_write::reference(v, v_cache, layout, pos, kvd);
     rope::reference(q, inv_freq, pos, h, head_dim)
+}
+
+/// RMSNorm of each group of `n` values of `x` (in f64), times `w` [n].
+fn reference_norm(x: &[f32], w: &[f32], eps: f32, n: usize) -> Vec<f32> {
+    x.chunks(n)
+        .flat_map(|g| {
+            let ms = g.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / n as f64;
+            let inv = 1.0 / (ms + eps as f64).sqrt();
+            g.iter()
+                .zip(w)
+                .map(move |(&v, &w)| (v as f64 * inv) as f32 * w)
+        })
+        .collect()
 }

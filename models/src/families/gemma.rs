@@ -1,0 +1,156 @@
+//! Gemma 3 (text) on the shared decoder (`llama.rs`): sandwich norms (a norm before and
+//! after the attention and the MLP, the second before the residual add), `1 + w` RMSNorms
+//! (the 1 folded into the weights at load), embeddings scaled by sqrt(hidden), GeGLU with the
+//! tanh GELU, QK-norm per head, the attention scale `query_pre_attn_scalar^-0.5`, and local
+//! (sliding-window) and global layers with RoPE bases of their own; tied embeddings.
+
+use kestrel_runtime::kernels::elementwise::Gate;
+use kestrel_runtime::kernels::rope_cache_write::QkSpan;
+use serde_json::Value;
+
+use super::llama::{bad, DecoderConfig, DecoderNames, LayerRope, NormPlacement, HF};
+use super::Family;
+use crate::error::Result;
+use crate::formats::config::keys::{why, ConfigKey};
+use crate::formats::config::JsonConfig;
+
+pub const FAMILY: Family = Family {
+    classes: &["Gemma3ForCausalLM"],
+    model_types: &["gemma3_text"],
+    gguf: &[("gemma3", "Gemma3ForCausalLM")],
+    parse: Some(|c| Ok(Box::new(config(c)?))),
+    from_tensors: None,
+    keys: KEYS,
+};
+
+/// The keys transformers 5's Gemma3TextConfig and its modeling code read.
+const KEYS: &[ConfigKey] = &[
+    ConfigKey::honoured("hidden_size", "128"),
+    ConfigKey::honoured("intermediate_size", "64"),
+    ConfigKey::honoured("num_hidden_layers", "1"),
+    ConfigKey::honoured("num_attention_heads", "8"),
+    ConfigKey::honoured("num_key_value_heads", "1"),
+    ConfigKey::honoured("head_dim", "32"),
+    ConfigKey::honoured("vocab_size", "4096"),
+    ConfigKey::honoured("max_position_embeddings", "64"),
+    ConfigKey::honoured("rms_norm_eps", "0.001"),
+    ConfigKey::honoured("tie_word_embeddings", "false"),
+    ConfigKey::honoured("query_pre_attn_scalar", "64"),
+    ConfigKey::honoured("sliding_window", "2"),
+    ConfigKey::limited(
+        "layer_types",
+        r#"["full_attention", "full_attention", "full_attention", "full_attention", "full_attention", "full_attention"]"#,
+        r#"["chunked_attention", "full_attention", "full_attention", "full_attention", "full_attention", "full_attention"]"#,
+    ),
+    ConfigKey::limited(
+        "rope_parameters",
+        r#"{"full_attention": {"rope_type": "default", "rope_theta": 1234.0}, "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}"#,
+        r#"{"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}, "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}"#,
+    ),
+    ConfigKey::refused("hidden_activation", "\"gelu\""),
+    ConfigKey::inert(
+        "_sliding_window_pattern",
+        "transformers' copy of the pattern it built layer_types from; layer_types decide",
+    ),
+    ConfigKey::refused("attention_bias", "true"),
+    ConfigKey::refused("attn_logit_softcapping", "50.0"),
+    ConfigKey::refused("final_logit_softcapping", "30.0"),
+    ConfigKey::refused("use_bidirectional_attention", "true"),
+    ConfigKey::inert("attention_dropout", why::TRAINING),
+];
+
+/// Gemma's names: the MLP's pre-norm and the two post-norms besides Llama's.
+pub const GEMMA: DecoderNames = DecoderNames {
+    mlp_norm: "pre_feedforward_layernorm",
+    post_attn_norm: "post_attention_layernorm",
+    post_mlp_norm: "post_feedforward_layernorm",
+    ..HF
+};
+
+fn config(c: &JsonConfig) -> Result<DecoderConfig> {
+    let mut d = DecoderConfig::from_json(c)?;
+    for key in ["attention_bias", "use_bidirectional_attention"] {
+        if c.opt_bool(key)?.unwrap_or(false) {
+            return Err(bad(c, key, "true is not supported".into()));
+        }
+    }
+    for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if c.get(key).is_some_and(|v| !v.is_null()) {
+            return Err(bad(c, key, "soft-capping is not supported".into()));
+        }
+    }
+    let act = c.get("hidden_activation").or(c.get("hidden_act"));
+    if !matches!(act.and_then(Value::as_str), None | Some("gelu_pytorch_tanh")) {
+        let key = match c.get("hidden_activation") {
+            Some(_) => "hidden_activation",
+            None => "hidden_act",
+        };
+        return Err(bad(c, key, "other than gelu_pytorch_tanh is not supported".into()));
+    }
+    // Local layers: layer_types, else every layer but each `sliding_window_pattern`-th.
+    let sliding: Vec<bool> = match c.get("layer_types").and_then(Value::as_array) {
+        // Checked by the shared parser (full or sliding, one per layer).
+        Some(types) => types
+            .iter()
+            .map(|t| t.as_str() == Some("sliding_attention"))
+            .collect(),
+        None => {
+            let pattern = c.opt_usize("sliding_window_pattern")?.unwrap_or(6).max(1);
+            (0..d.layers).map(|l| (l + 1) % pattern != 0).collect()
+        }
+    };
+    // transformers defaults the window to 4096; null: local layers attend to everything.
+    let window = match c.get("sliding_window") {
+        None => Some(4096),
+        Some(_) => c.opt_usize("sliding_window")?,
+    };
+    if window == Some(0) {
+        return Err(bad(c, "sliding_window", "must be at least 1".into()));
+    }
+    d.layer_windows = sliding.iter().map(|&s| window.filter(|_| s)).collect();
+    // RoPE per layer type (transformers 5), or the legacy rope_theta / rope_local_base_freq.
+    let params = c.get("rope_parameters");
+    let theta = |kind: &str, legacy: &str, default: f64| -> Result<f64> {
+        let key = format!("rope_parameters.{kind}");
+        match params.and_then(|p| p.get(kind)) {
+            Some(p) => {
+                let t = p.get("rope_type").and_then(Value::as_str).unwrap_or("default");
+                if t != "default" {
+                    return Err(bad(c, &key, format!("type '{t}' is not supported (default)")));
+                }
+                match p.get("rope_theta") {
+                    None => Ok(default),
+                    Some(v) => v
+                        .as_f64()
+                        .ok_or_else(|| bad(c, &format!("{key}.rope_theta"), "must be a number".into())),
+                }
+            }
+            None => Ok(c.opt_f64(legacy)?.unwrap_or(default)),
+        }
+    };
+    d.rope_theta = theta("full_attention", "rope_theta", 1_000_000.0)?;
+    d.llama3 = None;
+    let local = theta("sliding_attention", "rope_local_base_freq", 10_000.0)?;
+    let o = &mut d.options;
+    o.layer_rope = sliding
+        .iter()
+        .map(|&s| match s {
+            true => LayerRope::Theta(local),
+            false => LayerRope::Default,
+        })
+        .collect();
+    o.qk_norm = Some(QkSpan::Head);
+    o.norms = NormPlacement::Sandwich;
+    o.act = Gate::GeluTanh;
+    o.embed_scale = Some((d.hidden as f32).sqrt());
+    let scalar = c.opt_f64("query_pre_attn_scalar")?.unwrap_or(256.0);
+    if !(scalar > 0.0) {
+        return Err(bad(c, "query_pre_attn_scalar", "must be positive".into()));
+    }
+    o.attn_scale = Some(scalar.powf(-0.5) as f32);
+    o.norm_offset = 1.0;
+    d.names = &GEMMA;
+    d.qkv_bias = false;
+    d.tie_embeddings = c.opt_bool("tie_word_embeddings")?.unwrap_or(true);
+    Ok(d)
+}
