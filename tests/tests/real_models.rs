@@ -2,7 +2,8 @@
 //! dequantized to f32 (tests/fixtures/real/<name>, made by tests/fixtures/real/generate.py):
 //! Qwen2.5-Coder-0.5B-Instruct (qwen2, Q4_K_M) and Gemma-3-270M (gemma3, Q4_K_M).
 //!
-//! The chat-template checks need only the fixtures. The others need the GGUF in Kestrel's
+//! The chat-template checks need only the fixtures (Gemma's: the template of Gemma 3's
+//! instruction-tuned models, as the base GGUF carries none). The others need the GGUF in Kestrel's
 //! cache (`kestrel pull NAME`; tests/run.sh pulls them): without it they fail, unless
 //! `KESTREL_OFFLINE=1` (see `kestrel_tests::real_model`).
 //!
@@ -203,15 +204,11 @@ fn logits_and_greedy_match_transformers(m: &Real) {
     );
 }
 
-#[test]
-fn qwen_chat_template_renders_like_transformers() {
-    let cases = QWEN.json("chat_template_cases.json");
-    let t = ChatTemplate::new(
-        cases["chat_template"].as_str().expect("template"),
-        "",
-        "<|im_end|>",
-    )
-    .expect("compile");
+/// The chat template renders every conversation as transformers' `apply_chat_template`.
+fn chat_template_renders_like_transformers(m: &Real, bos: &str, eos: &str) {
+    let cases = m.json("chat_template_cases.json");
+    let t = ChatTemplate::new(cases["chat_template"].as_str().expect("template"), bos, eos)
+        .expect("compile");
     for case in cases["cases"].as_array().expect("cases") {
         let msgs = messages(&case["messages"]);
         for (generation_prompt, key) in
@@ -220,11 +217,22 @@ fn qwen_chat_template_renders_like_transformers() {
             assert_eq!(
                 t.render(&msgs, generation_prompt).expect("render"),
                 case[key].as_str().expect("rendered"),
-                "{} {key}",
+                "{} {} {key}",
+                m.name,
                 case["name"]
             );
         }
     }
+}
+
+#[test]
+fn qwen_chat_template_renders_like_transformers() {
+    chat_template_renders_like_transformers(&QWEN, "", "<|im_end|>");
+}
+
+#[test]
+fn gemma_chat_template_renders_like_transformers() {
+    chat_template_renders_like_transformers(&GEMMA, "<bos>", "<end_of_turn>");
 }
 
 #[test]
