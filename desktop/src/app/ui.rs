@@ -74,6 +74,7 @@ impl KestrelApp {
             path: PathBuf::from(self.model_path.trim()),
             ctx: self.options.ctx,
             attention: self.options.attention.clone(),
+            offline: self.options.offline,
         };
         let (tx, rx) = mpsc::channel();
         self.loader = Some(rx);
