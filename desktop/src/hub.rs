@@ -90,7 +90,8 @@ impl HubModel {
                 if status.is_none() {
                     if let Some(path) = self.cached(&cache) {
                         eprintln!(
-                            "note: cannot reach {endpoint} ({e}); using {} from the cache",
+                            "note: cannot reach {endpoint} ({}); using {} from the cache",
+                            unreachable_reason(&e),
                             self.repo
                         );
                         return Ok(path);
@@ -283,6 +284,17 @@ fn status_of(e: &ApiError) -> Option<u16> {
             ureq2::Error::Transport(_) => None,
         },
         _ => None,
+    }
+}
+
+/// Why a request got no answer, in a few words ("Connection Failed", "Dns Failed").
+fn unreachable_reason(e: &ApiError) -> String {
+    match e {
+        ApiError::RequestError(e) => match e.as_ref() {
+            ureq2::Error::Transport(t) => t.kind().to_string(),
+            ureq2::Error::Status(code, _) => format!("HTTP {code}"),
+        },
+        e => e.to_string(),
     }
 }
 

@@ -50,6 +50,8 @@ fn repo_of_folder(id: &'static str, dir: &Path) -> FakeRepo {
 /// answers for *.safetensors stop halfway through, as a dropped connection does.
 struct FakeHub {
     endpoint: String,
+    /// Requests answered so far.
+    requests: Arc<AtomicUsize>,
     cut: Arc<AtomicUsize>,
     ranges: Arc<Mutex<Vec<String>>>,
     down: Arc<AtomicBool>,
@@ -62,17 +64,20 @@ impl FakeHub {
         let cut = Arc::new(AtomicUsize::new(0));
         let ranges: Arc<Mutex<Vec<String>>> = Arc::default();
         let down = Arc::new(AtomicBool::new(false));
-        let (c, r, d) = (cut.clone(), ranges.clone(), down.clone());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (c, r, d, n) = (cut.clone(), ranges.clone(), down.clone(), requests.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 if d.load(Ordering::SeqCst) {
                     break; // the listener closes: the Hub is unreachable from now on
                 }
+                n.fetch_add(1, Ordering::SeqCst);
                 answer(stream, &repos, &c, &r);
             }
         });
         FakeHub {
             endpoint,
+            requests,
             cut,
             ranges,
             down,
@@ -228,14 +233,15 @@ fn kestrel(home: &Path, env: &[(&str, &str)], args: &[&str]) -> (i32, String, St
     )
 }
 
-/// `kestrel logits` of `model` over `tokens`, the .npy's bytes; or the one error line.
+/// `kestrel logits` of `model` over `tokens`: the .npy's bytes (and stderr), or the one
+/// error line.
 fn logits(
     home: &Path,
     env: &[(&str, &str)],
     model: &str,
     tokens: &str,
     extra: &[&str],
-) -> Result<Vec<u8>, String> {
+) -> Result<(Vec<u8>, String), String> {
     let out = home.join("logits.npy");
     let _ = std::fs::remove_file(&out);
     let mut args = vec![
@@ -256,7 +262,7 @@ fn logits(
         return Err(lines[0].to_string());
     }
     assert!(!err.contains("error:"), "{err}");
-    Ok(std::fs::read(&out).expect("npy"))
+    Ok((std::fs::read(&out).expect("npy"), err))
 }
 
 fn tokens_of(fixture_name: &str) -> String {
@@ -281,8 +287,9 @@ fn a_hub_folder_repository_gives_the_local_folders_logits_resumed_and_offline() 
     let env = [("HF_ENDPOINT", hub.endpoint.as_str())];
     let tokens = tokens_of("llama_gqa");
     let local = fixture("llama_gqa");
-    let want =
-        logits(&home, &[], local.to_str().expect("utf8"), &tokens, &[]).expect("local logits");
+    let want = logits(&home, &[], local.to_str().expect("utf8"), &tokens, &[])
+        .expect("local logits")
+        .0;
 
     // The first weights answer is cut off: one error line naming the repository and file.
     hub.cut.store(1, Ordering::SeqCst);
@@ -292,7 +299,9 @@ fn a_hub_folder_repository_gives_the_local_folders_logits_resumed_and_offline() 
         "{err}"
     );
     // The next run continues that file where it stopped.
-    let got = logits(&home, &env, "kestrel-test/llama-gqa", &tokens, &[]).expect("hub logits");
+    let got = logits(&home, &env, "kestrel-test/llama-gqa", &tokens, &[])
+        .expect("hub logits")
+        .0;
     assert_eq!(
         got, want,
         "logits of the Hub's copy equal the local folder's"
@@ -325,24 +334,41 @@ fn a_hub_folder_repository_gives_the_local_folders_logits_resumed_and_offline() 
     // Only what the loader reads was fetched (not the fixture's .npy files).
     assert!(!snapshot.join("logits_prefill.npy").exists());
 
-    // The Hub gone: offline by the environment or by the flag, from the cache.
-    hub.stop();
+    // Offline, by the environment or by the flag: the cache only, nothing asked of the Hub,
+    // whether it is up or gone.
     let offline = [("HF_HUB_OFFLINE", "1"), env[0]];
-    let got =
-        logits(&home, &offline, "kestrel-test/llama-gqa", &tokens, &[]).expect("HF_HUB_OFFLINE");
-    assert_eq!(got, want);
-    let got = logits(
-        &home,
-        &env,
-        "kestrel-test/llama-gqa",
-        &tokens,
-        &["--offline"],
-    )
-    .expect("--offline");
-    assert_eq!(got, want);
+    let asked = hub.requests.load(Ordering::SeqCst);
+    for stop in [false, true] {
+        if stop {
+            hub.stop();
+        }
+        let got = logits(&home, &offline, "kestrel-test/llama-gqa", &tokens, &[])
+            .expect("HF_HUB_OFFLINE");
+        assert_eq!(got.0, want);
+        let got = logits(
+            &home,
+            &env,
+            "kestrel-test/llama-gqa",
+            &tokens,
+            &["--offline"],
+        )
+        .expect("--offline");
+        assert_eq!(got.0, want);
+        assert!(!got.1.contains("cannot reach"), "{}", got.1);
+    }
+    assert_eq!(
+        hub.requests.load(Ordering::SeqCst),
+        asked,
+        "offline runs ask nothing"
+    );
     // Online with the Hub unreachable: the cached snapshot, with a note.
-    let got = logits(&home, &env, "kestrel-test/llama-gqa", &tokens, &[]).expect("unreachable");
+    let (got, note) =
+        logits(&home, &env, "kestrel-test/llama-gqa", &tokens, &[]).expect("unreachable");
     assert_eq!(got, want);
+    assert!(
+        note.contains("note: cannot reach") && note.contains("from the cache"),
+        "{note}"
+    );
     // Offline and not cached: a clear error.
     let err =
         logits(&home, &env, "kestrel-test/other", &tokens, &["--offline"]).expect_err("absent");
@@ -380,7 +406,9 @@ fn a_gguf_file_of_a_hub_repository_and_the_hubs_404s() {
     ]);
     let env = [("HF_ENDPOINT", hub.endpoint.as_str())];
     let tokens = tokens_of("mixtral_q8");
-    let want = logits(&home, &[], gguf.to_str().expect("utf8"), &tokens, &[]).expect("local");
+    let want = logits(&home, &[], gguf.to_str().expect("utf8"), &tokens, &[])
+        .expect("local")
+        .0;
     let got = logits(
         &home,
         &env,
@@ -388,8 +416,13 @@ fn a_gguf_file_of_a_hub_repository_and_the_hubs_404s() {
         &tokens,
         &[],
     )
-    .expect("hub gguf");
+    .expect("hub gguf")
+    .0;
     assert_eq!(got, want);
+    let snapshot = home
+        .join("hf/hub/models--kestrel-test--mixtral-q8-GGUF/snapshots")
+        .join(COMMIT);
+    assert!(snapshot.join("model.gguf").exists() && !snapshot.join("README.md").exists());
 
     let cases: [(&str, &[&str]); 4] = [
         (
