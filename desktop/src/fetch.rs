@@ -309,12 +309,14 @@ pub mod tests {
         hex(&Sha256::digest(bytes))
     }
 
+    type Files = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
     /// A local HTTP server for the download tests: files by path, `Range: bytes=N-`
     /// honoured (206, or 416 past the end), and the first `cut` answers of a file cut off
     /// after half its body, as a dropped connection would.
     pub struct FileServer {
         pub base: String,
-        pub files: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+        pub files: Files,
         pub cut: Arc<AtomicUsize>,
         pub ranges: Arc<Mutex<Vec<String>>>,
     }
@@ -323,7 +325,7 @@ pub mod tests {
         pub fn start() -> FileServer {
             let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
             let base = format!("http://{}", listener.local_addr().expect("addr"));
-            let files: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+            let files: Files = Arc::default();
             let cut = Arc::new(AtomicUsize::new(0));
             let ranges: Arc<Mutex<Vec<String>>> = Arc::default();
             let (f, c, r) = (files.clone(), cut.clone(), ranges.clone());

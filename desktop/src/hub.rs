@@ -187,14 +187,10 @@ impl HubModel {
         let dir = repo_dir(cache, &self.repo);
         let commit = std::fs::read_to_string(dir.join("refs").join("main")).ok()?;
         let snapshot = dir.join("snapshots").join(commit.trim());
-        let path = match &self.file {
-            Some(file) => snapshot.join(file),
-            None => snapshot.join("config.json"),
-        };
-        path.exists().then(|| match &self.file {
-            Some(_) => path,
-            None => snapshot,
-        })
+        match &self.file {
+            Some(file) => Some(snapshot.join(file)).filter(|p| p.exists()),
+            None => Some(snapshot).filter(|s| s.join("config.json").exists()),
+        }
     }
 
     fn spec(&self) -> String {
