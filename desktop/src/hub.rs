@@ -76,7 +76,7 @@ impl HubModel {
         let mut builder = ApiBuilder::from_cache(Cache::new(cache.clone()))
             .with_endpoint(endpoint.clone())
             .with_progress(false);
-        if let Ok(token) = std::env::var("HF_TOKEN") {
+        if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
             builder = builder.with_token(Some(token));
         }
         let api = builder
@@ -98,12 +98,14 @@ impl HubModel {
                     }
                 }
                 return Err(match status {
-                    Some(404) => format!(
+                    // The Hub answers 401 for a repository that does not exist, unless a
+                    // token is sent; its error code tells the two apart.
+                    Some((404, _)) | Some((_, Some("RepoNotFound"))) => format!(
                         "no model repository {} on {endpoint} (and no file or folder of \
                          that name here)",
                         self.repo
                     ),
-                    Some(401 | 403) => format!(
+                    Some((401 | 403, _)) => format!(
                         "{} on {endpoint} is private or gated: accept its terms on the Hub \
                          and set HF_TOKEN",
                         self.repo
@@ -223,7 +225,7 @@ fn fetch_file(repo: &ApiRepo, id: &str, snapshot: &Path, file: &str) -> Result<(
     let path = repo
         .download_with_progress(file, HubProgress(Progress::new(file, None, 0)))
         .map_err(|e| match status_of(&e) {
-            Some(404) => format!("{id} has no file {file} on {} (HTTP 404)", endpoint()),
+            Some((404, _)) => format!("{id} has no file {file} on {} (HTTP 404)", endpoint()),
             _ => format!("cannot download {file} of {id}: {e}"),
         })?;
     let blob = std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -272,11 +274,12 @@ fn listing(listed: &[String], ext: &str) -> String {
     }
 }
 
-/// The HTTP status of a failed request, None when no answer came (no connection).
-fn status_of(e: &ApiError) -> Option<u16> {
+/// The HTTP status of a failed request and the Hub's error code (`x-error-code`:
+/// RepoNotFound, GatedRepo, EntryNotFound), None when no answer came (no connection).
+fn status_of(e: &ApiError) -> Option<(u16, Option<&str>)> {
     match e {
         ApiError::RequestError(e) => match e.as_ref() {
-            ureq2::Error::Status(code, _) => Some(*code),
+            ureq2::Error::Status(code, answer) => Some((*code, answer.header("x-error-code"))),
             ureq2::Error::Transport(_) => None,
         },
         _ => None,

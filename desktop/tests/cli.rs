@@ -656,7 +656,10 @@ const COMMANDS: &[(&str, &[&str])] = &[
             "--backend",
         ],
     ),
-    ("app", &["--model", "--system", "--ctx", "--backend", "--offline"]),
+    (
+        "app",
+        &["--model", "--system", "--ctx", "--backend", "--offline"],
+    ),
     ("models", &["--json"]),
     ("pull", &["<NAME>"]),
 ];

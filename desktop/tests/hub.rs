@@ -108,9 +108,11 @@ fn answer(stream: TcpStream, repos: &[FakeRepo], cut: &AtomicUsize, ranges: &Mut
         }
     }
     let mut s = stream;
-    let not_found = |s: &mut TcpStream| {
-        let _ = s.write_all(
-            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nx-error-code: RepoNotFound\r\nconnection: close\r\n\r\n",
+    // As the Hub answers without a token: 401 for a repository that is not there.
+    let not_found = |s: &mut TcpStream, status: &str, code: &str| {
+        let _ = write!(
+            s,
+            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nx-error-code: {code}\r\nconnection: close\r\n\r\n"
         );
     };
     if let Some(rest) = path.strip_prefix("/api/models/") {
@@ -118,7 +120,7 @@ fn answer(stream: TcpStream, repos: &[FakeRepo], cut: &AtomicUsize, ranges: &Mut
             .strip_suffix("/revision/main")
             .and_then(|id| repos.iter().find(|r| r.id == id))
         else {
-            return not_found(&mut s);
+            return not_found(&mut s, "401 Unauthorized", "RepoNotFound");
         };
         let siblings: Vec<_> = repo
             .files
@@ -141,7 +143,7 @@ fn answer(stream: TcpStream, repos: &[FakeRepo], cut: &AtomicUsize, ranges: &Mut
         r.files.iter().find(|f| f.0 == rest)
     });
     let Some((name, body)) = file else {
-        return not_found(&mut s);
+        return not_found(&mut s, "404 Not Found", "EntryNotFound");
     };
     let n = body.len();
     let (a, b) = match &range {
