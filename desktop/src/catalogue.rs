@@ -148,7 +148,8 @@ impl CatalogueModel {
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let checked = dest.is_file() && {
+        let size = std::fs::metadata(&dest).map(|m| m.len()).ok();
+        let checked = size == Some(self.size) && {
             eprintln!("kestrel: checking {}", dest.display());
             fetch::sha256_file(&dest)? == self.sha256
         };

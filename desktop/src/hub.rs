@@ -114,6 +114,14 @@ impl HubModel {
                 });
             }
         };
+        // The commit names a folder of the cache: a git hash, nothing else.
+        if !(40..=64).contains(&info.sha.len()) || !info.sha.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(format!(
+                "{endpoint} gave {} a commit that is not a hash: {:?}",
+                self.repo, info.sha
+            ));
+        }
         let listed: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
         let snapshot = repo_dir(&cache, &self.repo)
             .join("snapshots")
@@ -228,6 +236,12 @@ fn fetch_file(repo: &ApiRepo, id: &str, snapshot: &Path, file: &str) -> Result<(
             Some((404, _)) => format!("{id} has no file {file} on {} (HTTP 404)", endpoint()),
             _ => format!("cannot download {file} of {id}: {e}"),
         })?;
+    // hf-hub files it under the commit the file's answer names.
+    if path != snapshot.join(file) {
+        return Err(format!(
+            "{id} changed on the Hub while {file} was downloading; run again"
+        ));
+    }
     let blob = std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let etag = blob.file_name().unwrap_or_default().to_string_lossy();
     if etag.len() == 64 && etag.bytes().all(|b| b.is_ascii_hexdigit()) {
