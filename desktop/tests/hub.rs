@@ -116,6 +116,10 @@ fn answer(stream: TcpStream, repos: &[FakeRepo], cut: &AtomicUsize, ranges: &Mut
         );
     };
     if let Some(rest) = path.strip_prefix("/api/models/") {
+        // A gated repository, asked without a token.
+        if rest == "kestrel-test/gated/revision/main" {
+            return not_found(&mut s, "401 Unauthorized", "GatedRepo");
+        }
         let Some(repo) = rest
             .strip_suffix("/revision/main")
             .and_then(|id| repos.iter().find(|r| r.id == id))
@@ -437,7 +441,11 @@ fn a_gguf_file_of_a_hub_repository_and_the_hubs_404s() {
         .join(COMMIT);
     assert!(snapshot.join("model.gguf").exists() && !snapshot.join("README.md").exists());
 
-    let cases: [(&str, &[&str]); 4] = [
+    let cases: [(&str, &[&str]); 5] = [
+        (
+            "kestrel-test/gated",
+            &["kestrel-test/gated on", "private or gated", "HF_TOKEN"],
+        ),
         (
             "kestrel-test/absent",
             &["no model repository kestrel-test/absent", &hub.endpoint],
