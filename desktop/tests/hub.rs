@@ -395,6 +395,7 @@ fn a_hub_folder_repository_gives_the_local_folders_logits_resumed_and_offline() 
             && err.contains("offline"),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(&home);
 }
 
 #[test]
@@ -476,6 +477,7 @@ fn a_gguf_file_of_a_hub_repository_and_the_hubs_404s() {
             assert!(err.contains(e), "{model}: '{e}' not in {err}");
         }
     }
+    let _ = std::fs::remove_dir_all(&home);
 }
 
 /// The catalogue: listed with its fields, by text and JSON, nothing cached in a new cache;
@@ -568,4 +570,5 @@ fn the_catalogue_lists_its_models_and_names_them_in_errors() {
             "kestrel pull gemma-3-270m",
         ],
     );
+    let _ = std::fs::remove_dir_all(&home);
 }
