@@ -92,6 +92,10 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         return bench_kernels::run(&open_gpu(&a.device)?, a.json);
     }
     let text = !a.json;
+    let path = match &a.model {
+        Some(spec) => Some(crate::model_ref::resolve(spec, a.fetch.offline)?),
+        None => None,
+    };
     let gpu = open_gpu(&a.device)?;
     if text {
         outln!("adapter: {} ({})", gpu.info.name, gpu.backend_name());
@@ -101,7 +105,7 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         "backend": gpu.backend_name(),
     });
     let mut attention = serde_json::Map::new();
-    if let Some(path) = &a.model {
+    if let Some(path) = &path {
         let (model_report, model_attention) = model_bench(&gpu, path, a, text, start)?;
         merge(&mut report, model_report);
         attention.extend(model_attention);

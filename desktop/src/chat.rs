@@ -11,7 +11,7 @@ use kestrel_models::generate::{Generation, Prompt};
 
 use crate::cli::{ChatArgs, CHAT_SAMPLING};
 use crate::generate::{cli_error, print_reply};
-use crate::{fetch, open_gpu, open_model};
+use crate::{catalogue, model_ref, open_gpu, open_model};
 
 /// Set by Ctrl-C while a reply is streaming; Ctrl-C at the prompt ends the program.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -28,10 +28,8 @@ pub fn run(a: &ChatArgs) -> Result<(), String> {
         4096
     };
     let ctx = a.ctx.unwrap_or(default_ctx);
-    let path = match &a.model {
-        Some(p) => p.clone(),
-        None => fetch::SMOLLM2.obtain()?,
-    };
+    let default = || catalogue::default_model().name.into();
+    let path = model_ref::resolve(&a.model.clone().unwrap_or_else(default), a.fetch.offline)?;
     let gpu = open_gpu(&a.device)?;
     let t = Instant::now();
     let model = open_model(&gpu, &path, attention)?;

@@ -18,8 +18,9 @@ use kestrel_runtime::diffusion::{BlockCache, ConfigError, DiffusionConfig, Setti
 use kestrel_runtime::session::Sampling;
 use kestrel_runtime::BackendChoice;
 
-const MODEL_HELP: &str =
-    "A Hugging Face-layout directory (config.json, *.safetensors, tokenizer.json) or a .gguf file";
+const MODEL_HELP: &str = "A Hugging Face-layout directory (config.json, *.safetensors, \
+    tokenizer.json) or a .gguf file; or a name from `kestrel models`; or a Hugging Face \
+    repository, org/name or org/name:FILE.gguf";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,6 +57,19 @@ pub enum Command {
     Serve(ServeArgs),
     /// A desktop chat window (without --model it asks for a model path)
     App(AppArgs),
+    /// The catalogue of verified models: name, size, licence, SHA-256, source, cached or not
+    Models(ModelsArgs),
+    /// Download a model of the catalogue (or a Hugging Face repository) into its cache
+    Pull(PullArgs),
+}
+
+/// Where a model named by catalogue name or Hugging Face repository comes from.
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    /// Use only models already downloaded (Kestrel's cache, the Hugging Face cache), as
+    /// HF_HUB_OFFLINE=1 does
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// The device: every command opens one.
@@ -278,6 +292,8 @@ pub struct LogitsArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]
+    pub fetch: FetchArgs,
+    #[command(flatten)]
     pub attention: AttentionArgs,
 }
 
@@ -300,6 +316,8 @@ pub struct GenerateArgs {
     pub ctx: usize,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]
@@ -334,7 +352,7 @@ pub struct GenerateArgs {
 )]
 pub struct BenchArgs {
     /// The model to time (optional with --attention and --kernels). A Hugging Face-layout
-    /// directory or a .gguf file
+    /// directory or a .gguf file, a catalogue name or a Hugging Face repository
     #[arg(long, value_name = "PATH", required_unless_present_any = ["attention", "kernels"])]
     pub model: Option<PathBuf>,
     /// Print one JSON report instead of text
@@ -365,6 +383,8 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]
+    pub fetch: FetchArgs,
+    #[command(flatten)]
     pub attention_options: AttentionArgs,
 }
 
@@ -375,8 +395,8 @@ pub struct BenchArgs {
                         and printed block by block."
 )]
 pub struct ChatArgs {
-    /// A Hugging Face-layout directory or a .gguf file (default: SmolLM2-135M-Instruct,
-    /// downloaded once into the cache)
+    /// A Hugging Face-layout directory or a .gguf file, a catalogue name or a Hugging Face
+    /// repository (default: smollm2-135m-instruct, downloaded once into the cache)
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// A system prompt for the conversation
@@ -390,6 +410,8 @@ pub struct ChatArgs {
     pub ctx: Option<usize>,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]
@@ -419,6 +441,8 @@ pub struct DiffuseArgs {
     pub seed: u32,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
     #[command(flatten)]
     pub diffusion: DiffusionArgs,
     #[command(flatten)]
@@ -454,12 +478,30 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]
+    pub fetch: FetchArgs,
+    #[command(flatten)]
     pub attention: AttentionArgs,
 }
 
 #[derive(Args, Debug)]
+pub struct ModelsArgs {
+    /// Print one JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// A name from `kestrel models`, or a Hugging Face repository (org/name,
+    /// org/name:FILE.gguf)
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
 pub struct AppArgs {
-    /// A Hugging Face-layout directory or a .gguf file (without it the window asks)
+    /// A Hugging Face-layout directory or a .gguf file, a catalogue name or a Hugging Face
+    /// repository (without it the window asks)
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// The system prompt the window starts with
@@ -470,6 +512,8 @@ pub struct AppArgs {
     pub ctx: usize,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
     #[command(flatten)]
     pub attention: AttentionArgs,
 }
@@ -508,7 +552,8 @@ mod tests {
     }
 
     /// Each command takes exactly the options the hand-written parser took (its tables of
-    /// known options before clap), so no script's command line changes.
+    /// known options before clap), so no script's command line changes; those with --model
+    /// take --offline too (for catalogue and Hub models).
     #[test]
     fn the_same_option_names_as_before() {
         let attention = ["attention-sinks", "kv-window", "block-sparse"];
@@ -591,6 +636,8 @@ mod tests {
             }
             if *command == "info" {
                 want.retain(|o| !attention.contains(o));
+            } else {
+                want.push("offline");
             }
             want.sort_unstable();
             let sub = cli.find_subcommand(command).expect("a command");

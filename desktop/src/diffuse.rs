@@ -33,8 +33,9 @@ pub fn generate(
 /// `kestrel diffuse`: write {"tokens": [...]} for prompt + generation.
 pub fn run(a: &DiffuseArgs) -> Result<(), String> {
     let config = a.diffusion.config(a.gen_length, a.temperature, a.seed)?;
+    let path = crate::model_ref::resolve(&a.model, a.fetch.offline)?;
     let gpu = open_gpu(&a.device)?;
-    let model = open_model(&gpu, &a.model, a.attention.options())?;
+    let model = open_model(&gpu, &path, a.attention.options())?;
     let t = Instant::now();
     let (all, stats) = generate(&gpu, &model, &a.tokens.0, &config)?;
     report(&gpu, config.gen_length, &stats, t.elapsed().as_secs_f64());

@@ -25,12 +25,15 @@ pub struct EngineConfig {
     /// Context (KV cache) length in tokens; clipped to the model's own limit.
     pub ctx: usize,
     pub attention: AttentionOptions,
+    /// Use caches only for a catalogue or Hub model.
+    pub offline: bool,
 }
 
 /// What was loaded.
 #[derive(Clone, Debug)]
 pub struct ModelInfo {
-    /// A short id for the model (its folder or file name).
+    /// A short id for the model (its catalogue name or Hub repository, else its folder or
+    /// file name).
     pub id: String,
     pub name: String,
     pub adapter: String,
@@ -156,8 +159,9 @@ impl Worker {
         progress: &dyn Fn(&str),
     ) -> Result<Worker, String> {
         let t = Instant::now();
-        progress(&format!("loading {}", config.path.display()));
-        let mut model = kestrel_models::load(&gpu, &config.path).map_err(|e| e.to_string())?;
+        let path = crate::model_ref::resolve(&config.path, config.offline)?;
+        progress(&format!("loading {}", path.display()));
+        let mut model = kestrel_models::load(&gpu, &path).map_err(|e| e.to_string())?;
         crate::apply_attention(&mut model, config.attention.clone())?;
         if let Some(note) = crate::unread_keys_note(&model) {
             progress(&note);
@@ -179,11 +183,7 @@ impl Worker {
         let session = model
             .session(&gpu, ctx)
             .map_err(|e| format!("{e} (--ctx {ctx}: choose a smaller --ctx)"))?;
-        let id = config
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| model.name.clone());
+        let id = crate::model_ref::short_id(&config.path).unwrap_or_else(|| model.name.clone());
         let info = ModelInfo {
             id,
             name: model.name.clone(),

@@ -10,12 +10,13 @@ use kestrel_runtime::session::{Sampling, Session};
 
 use crate::cli::{self, GenerateArgs};
 use crate::stdout::{out, outln};
-use crate::{diffuse, open_gpu, open_model, CliResult};
+use crate::{diffuse, model_ref, open_gpu, open_model, CliResult};
 
 pub fn run(a: &GenerateArgs) -> CliResult {
     let mut request = a.sampling.request(a.max_tokens, Sampling::default())?;
+    let path = model_ref::resolve(&a.model, a.fetch.offline)?;
     let gpu = open_gpu(&a.device)?;
-    let model = open_model(&gpu, &a.model, a.attention.options())?;
+    let model = open_model(&gpu, &path, a.attention.options())?;
     let ids = Prompt::Text(a.prompt.clone())
         .encode(&model, None)
         .map_err(cli_error)?;

@@ -2,12 +2,13 @@
 //! [T, vocab], by one prefill or token by token through the cache (the contract's command).
 
 use crate::cli::{LogitsArgs, Mode};
-use crate::{npy, open_gpu, open_model, CliResult};
+use crate::{model_ref, npy, open_gpu, open_model, CliResult};
 
 pub fn run(a: &LogitsArgs) -> CliResult {
     let tokens = &a.tokens.0;
+    let path = model_ref::resolve(&a.model, a.fetch.offline)?;
     let gpu = open_gpu(&a.device)?;
-    let model = open_model(&gpu, &a.model, a.attention.options())?;
+    let model = open_model(&gpu, &path, a.attention.options())?;
     let vocab = model.config().vocab;
     let max = model.architecture().max_context();
     if tokens.len() > max {

@@ -4,16 +4,20 @@ mod app;
 mod bench;
 mod bench_attention;
 mod bench_kernels;
+mod catalogue;
 mod chat;
 mod cli;
 mod diffuse;
 mod engine;
 mod fetch;
 mod generate;
+mod hub;
 mod info;
 mod logits;
+mod model_ref;
 mod npy;
 mod pipeline_cache;
+mod pull;
 mod runtime_dir;
 mod serve;
 mod stdout;
@@ -57,6 +61,8 @@ fn run(command: Command) -> CliResult {
         Command::Diffuse(a) => diffuse::run(&a),
         Command::Serve(a) => serve::run(&a),
         Command::App(a) => app::run(&a),
+        Command::Models(a) => pull::models(&a),
+        Command::Pull(a) => pull::pull(&a),
     }
 }
 

@@ -47,6 +47,7 @@ pub fn run(a: &ServeArgs) -> Result<(), String> {
         path: a.model.clone(),
         ctx: a.ctx,
         attention: a.attention.options(),
+        offline: a.fetch.offline,
     };
     let engine = Engine::start(gpu, config, |m| eprintln!("{m}"))?;
     let i = &engine.info;

@@ -656,7 +656,12 @@ const COMMANDS: &[(&str, &[&str])] = &[
             "--backend",
         ],
     ),
-    ("app", &["--model", "--system", "--ctx", "--backend"]),
+    (
+        "app",
+        &["--model", "--system", "--ctx", "--backend", "--offline"],
+    ),
+    ("models", &["--json"]),
+    ("pull", &["<NAME>"]),
 ];
 
 #[test]

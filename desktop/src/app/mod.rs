@@ -19,6 +19,7 @@ pub struct Options {
     pub ctx: usize,
     pub system: String,
     pub attention: kestrel_models::AttentionOptions,
+    pub offline: bool,
     pub launched: Instant,
 }
 
@@ -29,6 +30,7 @@ pub fn run(a: &AppArgs) -> CliResult {
         ctx: a.ctx,
         system: a.system.clone().unwrap_or_default(),
         attention: a.attention.options(),
+        offline: a.fetch.offline,
         launched,
     };
     if options.ctx == 0 {

@@ -282,7 +282,10 @@ impl ModelStatus {
     pub fn start(path: &str) -> Result<ModelStatus, String> {
         let path = path.trim();
         if path.is_empty() {
-            return Err("enter the path of a model folder or file".into());
+            return Err(
+                "enter a model folder or file, a catalogue name or a Hugging Face repository"
+                    .into(),
+            );
         }
         Ok(ModelStatus::Loading {
             path: path.to_string(),

@@ -74,6 +74,7 @@ impl KestrelApp {
             path: PathBuf::from(self.model_path.trim()),
             ctx: self.options.ctx,
             attention: self.options.attention.clone(),
+            offline: self.options.offline,
         };
         let (tx, rx) = mpsc::channel();
         self.loader = Some(rx);
@@ -170,7 +171,9 @@ impl KestrelApp {
             ui.label("Model");
             let field = ui.add(
                 egui::TextEdit::singleline(&mut self.model_path)
-                    .hint_text("path to a model folder (safetensors + tokenizer.json)")
+                    .hint_text(
+                        "a model folder or .gguf file, a catalogue name, or org/name on the Hub",
+                    )
                     .desired_width((ui.available_width() - 220.0).max(160.0)),
             );
             let enter = field.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter));
@@ -314,8 +317,8 @@ impl KestrelApp {
                     ModelStatus::Ready(_) => "Ask something below.",
                     ModelStatus::Loading { .. } => "Loading the model…",
                     _ => {
-                        "No model loaded. Enter the path of a model folder above \
-                         and press Open."
+                        "No model loaded. Enter a model folder or file, a name from \
+                         `kestrel models` or a Hugging Face repository above and press Open."
                     }
                 };
                 ui.label(RichText::new(text).size(16.0).weak());
