@@ -1,6 +1,6 @@
 //! The real models the tests check Kestrel against: SmolLM2-135M-Instruct (Q4_1 GGUF, the
 //! default chat model) and the catalogue models of tests/tests/real_models.rs, in the cache
-//! that `kestrel chat` / `kestrel pull` download them to (desktop/src/fetch.rs;
+//! that `kestrel chat` / `kestrel pull` download them to (desktop/src/catalogue.rs;
 //! `KESTREL_CACHE`, else `$XDG_CACHE_HOME/kestrel`, else `~/.cache/kestrel`). tests/run.sh
 //! fetches them before the tests run.
 //!
@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-/// The file name `kestrel chat` gives the model in the cache (`SMOLLM2.member` in fetch.rs).
+/// The file name `kestrel chat` gives the model in the cache (its `file` in desktop/src/catalogue.rs).
 const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// Whether `KESTREL_OFFLINE=1` is set: tests that need a download may go unchecked.
