@@ -21,13 +21,6 @@ fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
 
-// Weights are stored as u32 words: f32 bits, or two packed f16 values (readable without shader-f16).
-// Element `i` of a packed f16 array lives in word i/2; this picks its half.
-fn half_of(word: u32, i: u32) -> f32 {
-    let pair = unpack2x16float(word);
-    return select(pair.x, pair.y, (i & 1u) == 1u);
-}
-
 // e^x - 1 for x <= 0 without the cancellation of exp(x) - 1 near 0 (WGSL has no expm1):
 // decays close to 1 keep their full relative precision (the linear recurrences).
 fn expm1_neg(x: f32) -> f32 {

@@ -1,7 +1,7 @@
 // Embedding gather: out[t, j] = table[ids[t] - row_start, j] for the ids that fall in this
 // chunk of the table (a table larger than one binding is split by rows, one dispatch per chunk).
-// The table is f32, packed f16 (W_F16) or ggml blocks (QFORMAT != 0): then each invocation
-// dequantizes one 32-value group of a row with shaders/quant.wgsl.
+// The table is f32, packed f16 or bf16 (W_HALF), or ggml blocks (QFORMAT != 0): then each
+// invocation dequantizes one 32-value group of a row with shaders/quant.wgsl.
 
 struct Params { n_tokens: u32, dim: u32, row_start: u32, rows: u32 }
 
@@ -11,13 +11,6 @@ struct Params { n_tokens: u32, dim: u32, row_start: u32, rows: u32 }
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 #include "quant.wgsl"
-
-fn load_table(i: u32) -> f32 {
-    if (W_F16) {
-        return half_of(w[i >> 1u], i);
-    }
-    return bitcast<f32>(w[i]);
-}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -51,6 +44,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let j = idx % p.dim;
     let id = ids[t];
     if (id >= p.row_start && id < p.row_start + p.rows) {
-        out[idx] = load_table((id - p.row_start) * p.dim + j);
+        out[idx] = weight_at((id - p.row_start) * p.dim + j);
     }
 }

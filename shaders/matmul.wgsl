@@ -2,8 +2,8 @@
 // (+ bias), with W one row chunk of an [N, K] weight (the layout of Hugging Face Linear).
 // A 64x64 output tile per workgroup of 64 invocations (8x8), each computing 8x8 outputs, K in
 // steps of TK = 32 through workgroup memory (both tiles k-major, read as vec4s: 4 loads per 64
-// multiply-adds). Edges are masked, so any M, N, K works. Weights are f32, packed f16 (W_F16)
-// or ggml blocks (QFORMAT != 0: a K step is one 32-value group, and each invocation
+// multiply-adds). Edges are masked, so any M, N, K works. Weights are f32, packed f16 or bf16
+// (W_HALF) or ggml blocks (QFORMAT != 0: a K step is one 32-value group, and each invocation
 // dequantizes one weight row's group with shaders/quant.wgsl; K is then a multiple of 32).
 //
 // GROUPED (a mixture of experts): W is a chunk of stacked [N, K] expert matrices (experts
@@ -28,13 +28,6 @@ const TK: u32 = 32u;
 // [TK][TILE] as vec4s: element kk * 16 + c holds rows (or columns) 4c..4c+3 at step kk.
 var<workgroup> a_tile: array<vec4<f32>, 512>;
 var<workgroup> b_tile: array<vec4<f32>, 512>;
-
-fn load_w(i: u32) -> f32 {
-    if (W_F16) {
-        return half_of(w[i >> 1u], i);
-    }
-    return bitcast<f32>(w[i]);
-}
 
 // Y[gm, gn .. gn + 3] = v (+ bias), masked at the edges.
 fn store4(gm: u32, gn: u32, v: vec4<f32>, m_end: u32) {
@@ -106,7 +99,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (QFORMAT == 0u) {
                 var bv = 0.0;
                 if (bn < p.n && gk < p.k) {
-                    bv = load_w((w_row0 + bn) * p.k + gk);
+                    bv = weight_at((w_row0 + bn) * p.k + gk);
                 }
                 b_tile[kk * 16u + lid / 4u][lid % 4u] = bv;
             }

@@ -7,16 +7,16 @@
 // * A workgroup owns RB rows of Y (the same for every invocation) and 64 * C columns; each
 //   invocation owns C columns (lid, lid + 64, ...) and keeps RB x C sums in registers.
 // * K runs in 32-value groups. Each invocation reads its columns' weights for the group once
-//   (f32, packed f16 or one ggml block group, dequantized in registers with shaders/quant.wgsl)
-//   and uses them for all RB rows. K-quants run in pairs of groups that share their quantized
-//   words (dequant_pair), read once for both.
+//   (f32, packed f16 or bf16, or one ggml block group, dequantized in registers with
+//   shaders/quant.wgsl) and uses them for all RB rows. K-quants run in pairs of groups that
+//   share their quantized words (dequant_pair), read once for both.
 // * Per row and group, lane j (0..7) of each subgroup loads values 4j..4j+3 of the group's X
 //   slice (one vec4); subgroupBroadcast hands each vec4 to every lane, so X costs one load per
 //   lane per 32 values instead of 32.
 //
-// Edges are masked (any M, N; any K for f32 and f16, whole blocks for ggml formats).
-// X_VEC4: X rows are whole vec4s (K % 4 == 0). W_VEC4: f32 or f16 weight rows are whole vec4s
-// of words (K % 4 == 0, K % 8 == 0), read through w4, an alias of w.
+// Edges are masked (any M, N; any K for f32, f16 and bf16, whole blocks for ggml formats).
+// X_VEC4: X rows are whole vec4s (K % 4 == 0). W_VEC4: f32, f16 or bf16 weight rows are whole
+// vec4s of words (K % 4 == 0, K % 8 == 0), read through w4, an alias of w.
 //
 // GROUPED (a mixture of experts), as in shaders/matmul.wgsl: rows of Y are assignments sorted
 // by expert, in 64-row tiles listed by perm (shaders/moe_permute.wgsl); workgroup y runs part
@@ -64,12 +64,12 @@ fn w_group(row: u32, g: u32) -> array<vec4<f32>, 8> {
     var v: array<vec4<f32>, 8>;
     let i0 = row * p.k + 32u * g; // the row's first value of the group, counted in values
     if (W_VEC4) {
-        if (W_F16) { // 8 halves per vec4 of words
+        if (W_HALF) { // 8 halves per vec4 of words
             for (var t = 0u; t < 4u; t++) {
                 let inside = 32u * g + 8u * t < p.k;
                 let q = select(vec4<u32>(0u), w4[i0 / 8u + select(0u, t, inside)], inside);
-                v[2u * t] = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-                v[2u * t + 1u] = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+                v[2u * t] = vec4<f32>(halves(q.x), halves(q.y));
+                v[2u * t + 1u] = vec4<f32>(halves(q.z), halves(q.w));
             }
         } else {
             for (var t = 0u; t < 8u; t++) {
@@ -84,11 +84,7 @@ fn w_group(row: u32, g: u32) -> array<vec4<f32>, 8> {
         for (var c = 0u; c < 4u; c++) {
             let i = i0 + 4u * t + c;
             if (32u * g + 4u * t + c < p.k) {
-                if (W_F16) {
-                    v[t][c] = half_of(w[i >> 1u], i);
-                } else {
-                    v[t][c] = bitcast<f32>(w[i]);
-                }
+                v[t][c] = weight_at(i);
             }
         }
     }

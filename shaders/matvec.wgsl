@@ -1,6 +1,7 @@
 // Matrix-vector product for decode: y[col_offset + r] = dot(x, w[r, :]) + bias[col_offset + r]
-// for the rows r of one weight chunk. Weights are f32, packed f16 (W_F16), or ggml blocks
-// (QFORMAT != 0, dequantized in registers by shaders/quant.wgsl); bias optional (HAS_BIAS).
+// for the rows r of one weight chunk. Weights are f32, packed f16 or bf16 (W_HALF), or ggml
+// blocks (QFORMAT != 0, dequantized in registers by shaders/quant.wgsl); bias optional
+// (HAS_BIAS).
 //
 // Layout: a workgroup of 64 invocations is 64 / LANES row groups. The LANES lanes of a row
 // group read interleaved pieces of its rows: vec4s, 32-value groups, or for the K-quants
@@ -8,8 +9,8 @@
 // every value of x it loads serves that many rows. One barrier, then one invocation per row
 // sums its lanes. The launcher picks the layout (matvec::Layout): many rows per lane on CPU
 // drivers, which pay per value loaded, many lanes per row on GPUs, which want many
-// workgroups. With VEC4 (K a multiple of 4, of 8 for f16; always when quantized) x and w are
-// also read as vec4s through x4 and w4, bound to the same buffers as x and w.
+// workgroups. With VEC4 (K a multiple of 4, of 8 for 16-bit floats; always when quantized) x
+// and w are also read as vec4s through x4 and w4, bound to the same buffers as x and w.
 //
 // GROUPED (a mixture of experts at decode): one matvec per sorted row r = workgroup z of
 // perm (shaders/moe_permute.wgsl), with the matrix of that row's expert out of a chunk of
@@ -121,13 +122,6 @@ fn x4_at(j: u32) -> vec4<f32> {
     return x4[xo4 + j];
 }
 
-fn load_w(i: u32) -> f32 {
-    if (W_F16) {
-        return half_of(w[i >> 1u], i);
-    }
-    return bitcast<f32>(w[i]);
-}
-
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -216,7 +210,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 }
             }
         }
-    } else if (VEC4 && W_F16) {
+    } else if (VEC4 && W_HALF) {
         // A vec4 of words holds 8 halves; rows start on a vec4 boundary as K % 8 == 0.
         let q = p.k / 8u;
         for (var j = lane; j < q; j += LANES) {
@@ -225,8 +219,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
                     let v = w4[(wrow0 + r) * q + j];
-                    let lo = vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));
-                    let hi = vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w));
+                    let lo = vec4<f32>(halves(v.x), halves(v.y));
+                    let hi = vec4<f32>(halves(v.z), halves(v.w));
                     acc[r] += dot(lo, xa) + dot(hi, xb);
                 }
             }
@@ -242,12 +236,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
     } else {
-        // Any K: one value at a time (f16 halves may straddle rows when K is odd).
+        // Any K: one value at a time (16-bit halves may straddle rows when K is odd).
         for (var i = lane; i < p.k; i += LANES) {
             let xv = x_at(i);
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
-                    acc[r] += load_w((wrow0 + r) * p.k + i) * xv;
+                    acc[r] += weight_at((wrow0 + r) * p.k + i) * xv;
                 }
             }
         }

@@ -1,7 +1,12 @@
-// Dequantization of ggml blocks, shared by matvec, matmul and embedding (pulled in with
-// `#include "quant.wgsl"`, see runtime/src/shader.rs). The including kernel declares the
-// weights as `w: array<u32>`; the launcher defines QFORMAT (QuantFormat::shader_id, 0 = not
-// quantized), QK and QWORDS (kernels::weight_defs).
+// How matvec, matmul and embedding read weights (pulled in with `#include "quant.wgsl"`, see
+// runtime/src/shader.rs): 16-bit floats two per word, and the dequantization of ggml blocks.
+// The including kernel declares the weights as `w: array<u32>`; the launcher defines W_HALF
+// and W_BF16, QFORMAT (QuantFormat::shader_id, 0 = not quantized), QK and QWORDS
+// (kernels::dtype_defs).
+//
+// Unquantized weights are u32 words of f32 bits, or (W_HALF) two 16-bit floats, the lower
+// half first: IEEE f16, or bf16 with W_BF16. A bf16 is the top half of an f32, so widening it
+// is a shift: exact, and no shader-f16 is needed for either.
 //
 // Blocks are ggml's, each zero-padded to whole u32 words (runtime/src/quant.rs); fields are
 // read from words by their byte offsets in the block. Each value is computed as the CPU
@@ -23,6 +28,24 @@ const Q6_K: u32 = 14u;
 
 // 32-value groups per block (QK: values per block; QWORDS: words per padded block).
 const QGROUPS: u32 = QK / 32u;
+
+// The two 16-bit floats of word `v` (W_HALF), lower half first.
+fn halves(v: u32) -> vec2<f32> {
+    if (W_BF16) {
+        return bitcast<vec2<f32>>(vec2<u32>(v << 16u, v & 0xFFFF0000u));
+    }
+    return unpack2x16float(v);
+}
+
+// Value `i` of an unquantized weight (f32 or W_HALF; element i of a packed array is a half of
+// word i / 2).
+fn weight_at(i: u32) -> f32 {
+    if (W_HALF) {
+        let pair = halves(w[i >> 1u]);
+        return select(pair.x, pair.y, (i & 1u) == 1u);
+    }
+    return bitcast<f32>(w[i]);
+}
 
 // The four bytes of a word, lowest first.
 fn q_bytes(v: u32) -> vec4<u32> {

@@ -3,10 +3,9 @@
 //! for leaves (`attn.matrix("q_proj.weight", rows, cols)`); it never formats a full name.
 //! Errors still name the full tensor and its file.
 //!
-//! Uploads check shapes and count bytes: matrices keep their f16 storage or ggml blocks on the
-//! GPU, BF16 is widened to f32, vectors become f32.
+//! Uploads check shapes and count bytes: matrices keep their f16 or bf16 storage or ggml
+//! blocks on the GPU (see [`upload_as_stored`]), vectors become f32.
 
-use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt::Display;
 use std::sync::Arc;
@@ -116,31 +115,27 @@ impl<'a> Vars<'a> {
         Ok(w)
     }
 
-    /// A stored tensor's bytes as a matrix [rows, cols]: f16 and ggml blocks as stored, any
-    /// other dtype as f32.
+    /// `experts` stacked matrices [rows, cols] in all stored as `dtype` (see
+    /// [`upload_as_stored`]), counting their GPU bytes.
     fn upload_stored(
         &self,
         name: &str,
-        t: &HostTensor<'_>,
-        rows: usize,
-        cols: usize,
+        experts: usize,
+        [rows, cols]: [usize; 2],
+        dtype: HostDType,
+        bytes: &[u8],
     ) -> Result<Arc<GpuWeight>> {
-        match t.dtype {
-            HostDType::F16 => {
-                let bits: Vec<u16> = bytemuck::pod_collect_to_vec(&t.bytes);
-                self.upload(name, rows, cols, HostData::F16(&bits))
-            }
-            HostDType::Quant(q) => self.upload(name, rows, cols, HostData::Quant(q, &t.bytes)),
-            _ => self.upload(name, rows, cols, HostData::F32(&t.to_f32())),
-        }
+        let w = upload_as_stored(self.gpu, name, experts, [rows, cols], dtype, bytes)?;
+        self.count(w.bytes(), 0);
+        Ok(w)
     }
 
-    /// A matrix [rows, cols], kept in f16 when stored as f16.
+    /// A matrix [rows, cols], kept as stored (see [`upload_as_stored`]).
     pub fn matrix(&self, leaf: &str, rows: usize, cols: usize) -> Result<Arc<GpuWeight>> {
         let t = self.tensor(leaf)?;
         t.expect_numel(&[rows, cols])?;
         self.count(0, t.bytes.len() as u64);
-        self.upload_stored(&self.name(leaf), &t, rows, cols)
+        self.upload_stored(&self.name(leaf), 1, [rows, cols], t.dtype, &t.bytes)
     }
 
     /// A vector of `n` values, always f32 on the GPU.
@@ -207,8 +202,8 @@ impl<'a> Vars<'a> {
     }
 
     /// Rows `start..start + count` of a matrix [rows, cols] as a weight of its own (a fused
-    /// projection split into the parts a graph uses separately), kept in f16 or quantized
-    /// when stored so. The file's bytes are counted with the part at row 0.
+    /// projection split into the parts a graph uses separately), kept as stored. The file's
+    /// bytes are counted with the part at row 0.
     pub fn matrix_rows(
         &self,
         leaf: &str,
@@ -222,21 +217,16 @@ impl<'a> Vars<'a> {
         if start == 0 {
             self.count(0, t.bytes.len() as u64);
         }
-        let part = HostTensor {
-            name: format!("{}[{start}..{}]", self.name(leaf), start + count),
-            file: t.file.clone(),
-            shape: vec![count, cols],
-            dtype: t.dtype,
-            bytes: Cow::Borrowed(&t.bytes[start * row_bytes..(start + count) * row_bytes]),
-        };
-        self.upload_stored(&part.name, &part, count, cols)
+        let name = format!("{}[{start}..{}]", self.name(leaf), start + count);
+        let part = &t.bytes[start * row_bytes..(start + count) * row_bytes];
+        self.upload_stored(&name, 1, [count, cols], t.dtype, part)
     }
 
     /// Matrices `parts` (leaf, rows) of width `cols` as one weight labelled `label`, when the
     /// file stores them in one dtype (None otherwise: the caller keeps them apart). Stacked
     /// by rows (q, k and v as one projection), or with `interleave` row i of each part in
-    /// turn (gate and up as (gate, up) row pairs; every part then has the same rows). f16
-    /// and ggml blocks stay as stored.
+    /// turn (gate and up as (gate, up) row pairs; every part then has the same rows), kept as
+    /// stored.
     pub fn concat_matrices(
         &self,
         label: &str,
@@ -269,37 +259,15 @@ impl<'a> Vars<'a> {
                 .flat_map(|p| (0..parts[p].1).map(move |r| (p, r)))
                 .collect(),
         };
+        // Rows are whole in every stored dtype (a quantized row is whole blocks).
+        let row = |p: usize| tensors[p].bytes.len() / parts[p].1.max(1);
+        let bytes: Vec<u8> = order
+            .iter()
+            .flat_map(|&(p, r)| &tensors[p].bytes[r * row(p)..(r + 1) * row(p)])
+            .copied()
+            .collect();
         let name = self.name(label);
-        let stored = |bytes: &[Vec<u8>]| -> Vec<u8> {
-            let row = |p: usize| bytes[p].len() / parts[p].1.max(1);
-            order
-                .iter()
-                .flat_map(|&(p, r)| bytes[p][r * row(p)..(r + 1) * row(p)].iter().copied())
-                .collect()
-        };
-        let w = match first.dtype {
-            HostDType::F16 | HostDType::Quant(_) => {
-                let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| t.bytes.to_vec()).collect();
-                let data = stored(&bytes);
-                match first.dtype {
-                    HostDType::Quant(q) => {
-                        self.upload(&name, rows, cols, HostData::Quant(q, &data))
-                    }
-                    _ => {
-                        let bits: Vec<u16> = bytemuck::pod_collect_to_vec(&data);
-                        self.upload(&name, rows, cols, HostData::F16(&bits))
-                    }
-                }
-            }
-            _ => {
-                let values: Vec<Vec<f32>> = tensors.iter().map(|t| t.to_f32()).collect();
-                let f: Vec<f32> = order
-                    .iter()
-                    .flat_map(|&(p, r)| values[p][r * cols..(r + 1) * cols].iter().copied())
-                    .collect();
-                self.upload(&name, rows, cols, HostData::F32(&f))
-            }
-        }?;
+        let w = self.upload_stored(&name, 1, [rows, cols], first.dtype, &bytes)?;
         Ok(Some(w))
     }
 
@@ -325,7 +293,7 @@ impl<'a> Vars<'a> {
     }
 
     /// A mixture of experts' matrices, each [rows, cols], stacked by rows into one weight
-    /// [experts * rows, cols] (kept f16 or quantized when stored so). This scope is the
+    /// [experts * rows, cols] (kept as stored). This scope is the
     /// experts' (e.g. `model.layers.3.mlp.experts`): one tensor per expert `{e}.{leaf}`
     /// (Hugging Face checkpoints), or one 3-D tensor [experts, rows, cols] named `leaf`
     /// (GGUF's `ffn_*_exps`).
@@ -372,26 +340,29 @@ impl<'a> Vars<'a> {
         [rows, cols]: [usize; 2],
         parts: Vec<HostTensor<'_>>,
     ) -> Result<Arc<GpuWeight>> {
-        let all = experts * rows;
         self.count(0, parts.iter().map(|t| t.bytes.len() as u64).sum::<u64>());
-        let stored = || -> Vec<u8> { parts.iter().flat_map(|t| t.bytes.iter().copied()).collect() };
-        let gpu = self.gpu;
-        let w = match parts.first().map(|t| t.dtype) {
-            Some(HostDType::F16) => {
-                let bits: Vec<u16> = bytemuck::pod_collect_to_vec(&stored());
-                GpuWeight::upload_experts(gpu, name, experts, all, cols, HostData::F16(&bits))?
-            }
-            Some(HostDType::Quant(q)) => {
-                let bytes = stored();
-                let data = HostData::Quant(q, &bytes);
-                GpuWeight::upload_experts(gpu, name, experts, all, cols, data)?
-            }
-            _ => {
-                let f: Vec<f32> = parts.iter().flat_map(|t| t.to_f32()).collect();
-                GpuWeight::upload_experts(gpu, name, experts, all, cols, HostData::F32(&f))?
-            }
-        };
-        self.count(w.bytes(), 0);
-        Ok(w)
+        let dtype = parts.first().map_or(HostDType::F32, |t| t.dtype);
+        let bytes: Vec<u8> = parts.iter().flat_map(|t| t.bytes.iter().copied()).collect();
+        self.upload_stored(name, experts, [experts * rows, cols], dtype, &bytes)
     }
+}
+
+/// `experts` stacked matrices [rows, cols] in all, from `bytes` stored as `dtype`: f16, bf16
+/// and ggml blocks stay as stored on the GPU (the kernels read them as they are), f32 stays
+/// f32.
+fn upload_as_stored(
+    gpu: &Gpu,
+    name: &str,
+    experts: usize,
+    [rows, cols]: [usize; 2],
+    dtype: HostDType,
+    bytes: &[u8],
+) -> Result<Arc<GpuWeight>> {
+    let up = |data: HostData<'_>| GpuWeight::upload_experts(gpu, name, experts, rows, cols, data);
+    Ok(match dtype {
+        HostDType::F32 => up(HostData::F32(&bytemuck::pod_collect_to_vec(bytes)))?,
+        HostDType::F16 => up(HostData::F16(&bytemuck::pod_collect_to_vec(bytes)))?,
+        HostDType::BF16 => up(HostData::BF16(&bytemuck::pod_collect_to_vec(bytes)))?,
+        HostDType::Quant(q) => up(HostData::Quant(q, bytes))?,
+    })
 }

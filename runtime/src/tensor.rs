@@ -13,6 +13,8 @@ pub enum DType {
     F32,
     /// IEEE half, stored packed two per u32 word.
     F16,
+    /// bfloat16 (the top half of an f32), stored packed two per u32 word like [`DType::F16`].
+    BF16,
     U32,
     /// ggml blocks, each padded to whole u32 words (see [`crate::quant`]).
     Quant(QuantFormat),
@@ -23,14 +25,19 @@ impl DType {
     pub fn bytes(self, n: usize) -> u64 {
         match self {
             DType::F32 | DType::U32 => 4 * n as u64,
-            DType::F16 => (2 * n as u64).next_multiple_of(4),
+            DType::F16 | DType::BF16 => (2 * n as u64).next_multiple_of(4),
             DType::Quant(q) => q.gpu_bytes(n) as u64,
         }
+    }
+    /// 16-bit floats packed two per word (f16 or bf16).
+    pub fn is_half(self) -> bool {
+        matches!(self, DType::F16 | DType::BF16)
     }
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
+            DType::BF16 => "bf16",
             DType::U32 => "u32",
             DType::Quant(q) => q.name(),
         }
@@ -109,6 +116,8 @@ pub enum HostData<'a> {
     F32(&'a [f32]),
     /// f16 bit patterns.
     F16(&'a [u16]),
+    /// bf16 bit patterns.
+    BF16(&'a [u16]),
     /// ggml blocks in file layout; each row is a whole number of blocks.
     Quant(QuantFormat, &'a [u8]),
 }
@@ -144,6 +153,7 @@ impl GpuWeight {
         let (dtype, n) = match &data {
             HostData::F32(d) => (DType::F32, d.len()),
             HostData::F16(d) => (DType::F16, d.len()),
+            HostData::BF16(d) => (DType::BF16, d.len()),
             HostData::Quant(q, d) => {
                 if !cols.is_multiple_of(q.block_elems()) || !d.len().is_multiple_of(q.block_bytes())
                 {
@@ -173,8 +183,8 @@ impl GpuWeight {
         let row_bytes = dtype.bytes(cols).max(1);
         let limit = gpu.caps.max_storage_binding.min(gpu.caps.max_buffer_size);
         let mut per_chunk = ((limit / row_bytes) as usize).max(1);
-        // Packed f16 chunks must start on a word boundary: keep rows*cols even.
-        if dtype == DType::F16 && cols % 2 == 1 && per_chunk > 1 {
+        // Packed 16-bit chunks must start on a word boundary: keep rows*cols even.
+        if dtype.is_half() && cols % 2 == 1 && per_chunk > 1 {
             per_chunk -= per_chunk % 2;
         }
         if row_bytes > limit {
@@ -204,7 +214,7 @@ impl GpuWeight {
             let padded;
             let bytes: &[u8] = match &data {
                 HostData::F32(d) => bytemuck::cast_slice(&d[a..b]),
-                HostData::F16(d) => bytemuck::cast_slice(&d[a..b]),
+                HostData::F16(d) | HostData::BF16(d) => bytemuck::cast_slice(&d[a..b]),
                 HostData::Quant(q, d) => {
                     padded = pad_blocks(*q, &d[q.file_bytes(a)..q.file_bytes(b)]);
                     &padded

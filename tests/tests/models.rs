@@ -124,12 +124,20 @@ fn model_path(name: &str) -> PathBuf {
 fn run_modes(gpu: &Arc<Gpu>, name: &str, path: &Path) -> (Vec<f32>, Vec<f32>) {
     let model =
         kestrel_models::load(gpu, path).unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
-    let toks = tokens(name);
+    logits_in_both_modes(gpu, &model, &tokens(name))
+}
+
+/// The logits of `toks` in one prefill, then with the same tokens decoded one at a time.
+fn logits_in_both_modes(
+    gpu: &Arc<Gpu>,
+    model: &kestrel_models::Model,
+    toks: &[u32],
+) -> (Vec<f32>, Vec<f32>) {
     let mut s = model.session(gpu, toks.len()).expect("session");
-    let prefill = pollster::block_on(s.logits(&toks)).expect("prefill");
+    let prefill = pollster::block_on(s.logits(toks)).expect("prefill");
     s.reset();
     let mut decode = Vec::new();
-    for &t in &toks {
+    for &t in toks {
         decode.extend(pollster::block_on(s.logits(&[t])).expect("decode"));
     }
     (prefill, decode)
@@ -742,5 +750,59 @@ fn attention_layers_and_option_errors_are_reported_by_field() {
             assert!(e.to_string().starts_with("kv_window 20 "), "{e}");
         }
         other => panic!("not an attention error: {other}"),
+    }
+}
+
+/// BF16 checkpoints stay BF16 on the GPU: llama_bf16 (llama_tied's weights rounded to bf16,
+/// by generate_bf16.py) as BF16 safetensors and as a BF16 GGUF of the same values, against
+/// transformers' f32 logits of the rounded weights in prefill and decode on every backend
+/// (TOL, as every fixture: bf16 widens to f32 exactly, so only summation order differs); and
+/// the GPU memory that loading allocates is the model's weight bytes and at most 1.05x the
+/// tensors' bytes in the file (the f32 norm weights are the excess; widened to f32, the
+/// matrices alone would make it 2x).
+#[test]
+fn bf16_checkpoints_stay_bf16_on_the_gpu() {
+    let name = "llama_bf16";
+    let dir = fixture(name);
+    let (shape, want_prefill) = read_npy(&dir.join("logits_prefill.npy"));
+    let (_, want_decode) = read_npy(&dir.join("logits_decode.npy"));
+    let gguf = dir.join("model.bf16.gguf");
+    let gguf_bytes: u64 = kestrel_models::formats::gguf::GgufFile::open(&gguf)
+        .expect("gguf")
+        .tensor_infos()
+        .iter()
+        .map(|t| t.n_bytes)
+        .sum();
+    for (path, file_bytes) in [(dir.clone(), stored_tensor_bytes(name)), (gguf, gguf_bytes)] {
+        let file = path.file_name().expect("name").to_string_lossy();
+        for gpu in gpus() {
+            let b = gpu.backend_name();
+            let before = gpu.allocated_bytes();
+            let model = kestrel_models::load(&gpu, &path).expect("load");
+            let allocated = gpu.allocated_bytes() - before;
+            assert_eq!(model.file_bytes(), file_bytes, "{file}");
+            assert_eq!(
+                model.weight_bytes(),
+                allocated,
+                "{file}: weights are all it allocates"
+            );
+            let ratio = allocated as f64 / file_bytes as f64;
+            eprintln!("{file} on {b}: {allocated} bytes on the GPU, {ratio:.4} x the file's");
+            assert!(ratio <= 1.05, "{file} on {b}: {ratio} x the file's bytes");
+            let (prefill, decode) = logits_in_both_modes(&gpu, &model, &tokens(name));
+            let vocab = shape[1];
+            check(
+                &format!("{file} prefill on {b}"),
+                &prefill,
+                &want_prefill,
+                vocab,
+            );
+            check(
+                &format!("{file} decode on {b}"),
+                &decode,
+                &want_decode,
+                vocab,
+            );
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! The embedding gather from f32, f16 and quantized tables, whole and split into chunks:
-//! exact (a gather copies; a quantized value is a scale times a small integer).
+//! The embedding gather from f32, f16, bf16 and quantized tables, whole and split into chunks:
+//! exact (a gather copies, widening f16 and bf16 exactly; a quantized value is a scale times a
+//! small integer).
 
 use super::{poisoned, upload_u32, weights, Case, Expect, Output, Prepared};
 use crate::kernels::embedding;
@@ -53,6 +54,9 @@ pub fn cases() -> Vec<Case> {
             // Odd dims with f16 need chunks with an even number of rows.
             cases.push(case(vocab, dim, dtype, Some(9), seed + 50));
         }
+        let browser = (vocab, dim) == (103, 64);
+        cases.push(case(vocab, dim, DType::BF16, None, seed + 20).browser(browser));
+        cases.push(case(vocab, dim, DType::BF16, Some(9), seed + 70));
     }
     // The browser runs two 32-value formats at a real hidden size (18 groups) and two
     // K-quants at two superblocks.

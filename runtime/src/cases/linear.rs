@@ -3,6 +3,10 @@
 //! groups); and every matvec layout, the GPU layout included (which CPU adapters never pick).
 //! The matvec's fusions (decode's Linear op): an RMSNorm or a merge of attention pieces as x
 //! is loaded, a residual add or SwiGLU of row pairs on the way out.
+//!
+//! bf16 weights share the f16 paths (two 16-bit values per word, read one at a time for odd K
+//! and as vec4s of words for K % 8 == 0); only the unpacking differs, so they get the same
+//! shapes, fewer of each: every path once rather than every size twice.
 
 use std::sync::Arc;
 
@@ -250,11 +254,21 @@ pub fn matmul() -> Vec<Case> {
             }
         }
     }
+    // bf16: odd K (halves straddling rows), K % 8 == 0 with bias, a single row.
+    for (shape, bias, seed) in [
+        ((37, 70, 45), false, 151),
+        ((65, 130, 64), true, 152),
+        ((1, 67, 33), true, 153),
+    ] {
+        let spec = Spec::new(false, shape, DType::BF16, seed).bias(bias);
+        cases.push(spec.case().agree());
+    }
     // 70 rows in chunks of 17 (17, 17, 17, 17, 2): chunk edges inside the 64-wide tiles.
     for (dtype, bias, rows, shape, seed) in [
         (DType::F32, true, 17, (37, 70, 45), 201),
         (DType::F16, false, 17, (37, 70, 45), 202),
         (DType::F16, true, 50, (65, 130, 64), 203),
+        (DType::BF16, true, 17, (37, 70, 45), 204),
     ] {
         cases.push(
             Spec::new(false, shape, dtype, seed)
@@ -306,11 +320,30 @@ pub fn matvec() -> Vec<Case> {
             cases.push(Spec::new(true, (1, n, k), dtype, seed).case().browser(true));
         }
     }
-    // Odd K with f16: chunks keep an even number of rows.
+    // bf16: odd K, K % 8 == 0, a tiny one; the browser's at a real hidden size.
+    for (n, k, bias, seed) in [
+        (300, 129, true, 351),
+        (300, 128, false, 352),
+        (5, 3, true, 353),
+    ] {
+        cases.push(
+            Spec::new(true, (1, n, k), DType::BF16, seed)
+                .bias(bias)
+                .case()
+                .agree(),
+        );
+    }
+    cases.push(
+        Spec::new(true, (1, 70, 576), DType::BF16, 354)
+            .case()
+            .browser(true),
+    );
+    // Odd K with f16 and bf16: chunks keep an even number of rows.
     for (dtype, bias, (n, k), seed) in [
         (DType::F16, true, (300, 129), 401),
         (DType::F16, false, (300, 128), 402),
         (DType::F32, true, (300, 129), 403),
+        (DType::BF16, true, (300, 129), 404),
     ] {
         cases.push(
             Spec::new(true, (1, n, k), dtype, seed)
@@ -340,8 +373,8 @@ pub fn matvec() -> Vec<Case> {
         cases.push(spec.case().browser(true));
     }
     // Every layout computes the same product: the GPU layout and odd ones, for f32 (any K and
-    // K % 4 == 0), f16 (odd K, K % 8 == 0) and a 32-value and a 256-value block format, with
-    // rows not a multiple of any layout's.
+    // K % 4 == 0), f16 (odd K, K % 8 == 0), bf16 (K % 8 == 0) and a 32-value and a 256-value
+    // block format, with rows not a multiple of any layout's.
     let layouts = [
         Layout::CPU,
         Layout::GPU,
@@ -376,6 +409,11 @@ pub fn matvec() -> Vec<Case> {
             };
             cases.push(spec.case());
         }
+        let spec = Spec {
+            layout: Some(layout),
+            ..Spec::new(true, (1, 70, 136), DType::BF16, seed + 100).bias(true)
+        };
+        cases.push(spec.case());
     }
     cases.extend(fused_matvec());
     cases
@@ -383,9 +421,10 @@ pub fn matvec() -> Vec<Case> {
 
 /// The matvec's fusions, each a pipeline of its own (CPU drivers take a while to compile
 /// each, so the set is small): every fusion in the CPU and the GPU layout with vec4 loads
-/// (f32, K % 4 == 0); the prologues on the one-value path (K = 130) and with a 32-value and a
-/// 256-value block format. 70 rows: ragged row groups and workgroups; 48 to 128 heads of 2
-/// to merge, in 3 pieces of which some are unused.
+/// (f32, K % 4 == 0), and in the CPU layout with bf16 weights (K % 8 == 0: a bf16 checkpoint
+/// runs them all at decode); the prologues on the one-value path (K = 130, f32 and bf16) and
+/// with a 32-value and a 256-value block format. 70 rows: ragged row groups and workgroups;
+/// 48 to 128 heads of 2 to merge, in 3 pieces of which some are unused.
 fn fused_matvec() -> Vec<Case> {
     let merge = Input::Merge {
         head_dim: 2,
@@ -414,6 +453,8 @@ fn fused_matvec() -> Vec<Case> {
     ] {
         specs.extend(prologues.map(|f| (dtype, k, Layout::CPU, f)));
     }
+    specs.extend(all.map(|f| (DType::BF16, 136, Layout::CPU, f)));
+    specs.extend(prologues.map(|f| (DType::BF16, 130, Layout::CPU, f)));
     specs
         .into_iter()
         .enumerate()

@@ -1,7 +1,7 @@
 //! matmul in each layout, not only the one the adapter picks (runtime/src/cases/linear.rs
 //! runs that one): the tiled layout, and the rows layout with 4 and 32 rows per workgroup and
-//! 1 to 4 columns per invocation, at ragged sizes, for f32 (K a multiple of 4 or not), f16 (K
-//! a multiple of 8 but not of 32, or odd), a 32-value and a 256-value block format. The rows
+//! 1 to 4 columns per invocation, at ragged sizes, for f32 (K a multiple of 4 or not), f16 and
+//! bf16 (K a multiple of 8 but not of 32, or odd), a 32-value and a 256-value block format. The rows
 //! layout needs subgroups of at least 8 lanes: on an adapter without them (llvmpipe GL) its
 //! cases check that it is refused with an error, then run the tiled layout.
 
@@ -84,6 +84,8 @@ pub fn cases() -> Vec<Case> {
         (DType::F16, (66, 200, 72), true),
         (DType::Quant(QuantFormat::Q4_1), (37, 150, 96), true),
         (DType::Quant(QuantFormat::Q6_K), (66, 70, 512), false),
+        (DType::BF16, (37, 150, 45), true),
+        (DType::BF16, (66, 200, 72), false),
     ];
     let mut cases = Vec::new();
     let mut seed = 4000;

@@ -30,7 +30,8 @@ struct Spec {
     inter: usize,
     renormalize: bool,
     shared: bool,
-    f16: bool,
+    /// The expert weights' dtype: f32, f16 or bf16.
+    dtype: DType,
     /// Experts per weight chunk (forces the grouped kernels over several chunks).
     chunk_experts: Option<usize>,
 }
@@ -49,8 +50,7 @@ fn experts_weight(
             data[e * rows * cols..(e + 1) * rows * cols].fill(f32::NAN);
         }
     }
-    let dtype = if c.f16 { DType::F16 } else { DType::F32 };
-    weights::upload(gpu, dtype, c.experts, c.experts * rows, cols, data)
+    weights::upload(gpu, c.dtype, c.experts, c.experts * rows, cols, data)
 }
 
 fn rows_of(w: &[f32], x: &[f32], rows: usize, cols: usize, e: u32) -> Vec<f32> {
@@ -67,7 +67,7 @@ fn rows_of(w: &[f32], x: &[f32], rows: usize, cols: usize, e: u32) -> Vec<f32> {
 impl Spec {
     fn describe(&self) -> String {
         format!(
-            "T={} E={} k={} H={} I={} renorm={} shared={} f16={} chunk_experts={:?}",
+            "T={} E={} k={} H={} I={} renorm={} shared={} {} chunk_experts={:?}",
             self.tokens,
             self.experts,
             self.k,
@@ -75,7 +75,7 @@ impl Spec {
             self.inter,
             self.renormalize,
             self.shared,
-            self.f16,
+            self.dtype.name(),
             self.chunk_experts
         )
     }
@@ -97,7 +97,7 @@ impl Spec {
                 used[i as usize] = true;
             }
         }
-        let row_bytes = if c.f16 { 2 * h as u64 } else { 4 * h as u64 };
+        let row_bytes = c.dtype.bytes(h);
         let g = &match c.chunk_experts {
             Some(ce) => gpu.with_max_binding((ce * n.max(h)) as u64 * row_bytes.max(4 * n as u64)),
             None => gpu.clone(),
@@ -212,7 +212,7 @@ pub fn cases() -> Vec<Case> {
         inter: 24,
         renormalize: true,
         shared: false,
-        f16: false,
+        dtype: DType::F32,
         chunk_experts: None,
     };
     // (spec, in the browser)
@@ -224,7 +224,7 @@ pub fn cases() -> Vec<Case> {
                 k: 3,
                 renormalize: false,
                 shared: true,
-                f16: true,
+                dtype: DType::F16,
                 ..base
             },
             false,
@@ -272,7 +272,7 @@ pub fn cases() -> Vec<Case> {
                 k: 1,
                 hidden: 44,
                 inter: 96,
-                f16: true,
+                dtype: DType::F16,
                 renormalize: false,
                 ..base
             },
@@ -299,6 +299,30 @@ pub fn cases() -> Vec<Case> {
                 hidden: 32,
                 inter: 16,
                 chunk_experts: Some(2),
+                ..base
+            },
+            false,
+        ),
+        // bf16 experts: the grouped matvec (odd hidden: halves straddling rows) and the
+        // grouped matmul.
+        (
+            Spec {
+                k: 3,
+                hidden: 41,
+                shared: true,
+                dtype: DType::BF16,
+                ..base
+            },
+            false,
+        ),
+        (
+            Spec {
+                tokens: 29,
+                experts: 5,
+                k: 2,
+                hidden: 36,
+                inter: 52,
+                dtype: DType::BF16,
                 ..base
             },
             false,

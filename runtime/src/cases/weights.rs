@@ -1,9 +1,9 @@
-//! Random weights of every kind a kernel reads (f32, f16, each ggml block format), with the
-//! values the GPU sees, and views of a device whose binding limit splits them into chunks.
+//! Random weights of every kind a kernel reads (f32, f16, bf16, each ggml block format), with
+//! the values the GPU sees, and views of a device whose binding limit splits them into chunks.
 
 use std::sync::Arc;
 
-use half::f16;
+use half::{bf16, f16};
 
 use crate::device::Gpu;
 use crate::error::Result;
@@ -44,7 +44,15 @@ pub fn to_f16(v: &[f32]) -> (Vec<u16>, Vec<f32>) {
     (bits, rounded)
 }
 
-/// A random [rows, cols] weight of `dtype` (values in [-1, 1) for f32 and f16), uploaded as
+/// Round to bf16 (to nearest, ties to even): the bit patterns to upload and the values the
+/// GPU will read (a bf16 widens to f32 exactly, on the GPU by a shift).
+pub fn to_bf16(v: &[f32]) -> (Vec<u16>, Vec<f32>) {
+    let bits: Vec<u16> = v.iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
+    let rounded = bits.iter().map(|&b| bf16::from_bits(b).to_f32()).collect();
+    (bits, rounded)
+}
+
+/// A random [rows, cols] weight of `dtype` (values in [-1, 1) unless quantized), uploaded as
 /// `experts` stacked matrices; returns it with the values the GPU sees.
 pub fn random(
     gpu: &Gpu,
@@ -66,8 +74,8 @@ pub fn random(
     }
 }
 
-/// `values` [rows, cols] uploaded as an f32 or f16 weight of `experts` stacked matrices;
-/// returns it with the values the GPU sees.
+/// `values` [rows, cols] uploaded as an f32, f16 or bf16 weight (any other dtype: f32) of
+/// `experts` stacked matrices; returns it with the values the GPU sees.
 pub fn upload(
     gpu: &Gpu,
     dtype: DType,
@@ -76,15 +84,20 @@ pub fn upload(
     cols: usize,
     values: Vec<f32>,
 ) -> Result<(Arc<GpuWeight>, Vec<f32>)> {
-    let name = dtype.name();
-    if dtype == DType::F16 {
-        let (bits, rounded) = to_f16(&values);
-        let w = GpuWeight::upload_experts(gpu, name, experts, rows, cols, HostData::F16(&bits))?;
-        Ok((w, rounded))
-    } else {
-        let w = GpuWeight::upload_experts(gpu, name, experts, rows, cols, HostData::F32(&values))?;
-        Ok((w, values))
-    }
+    let up = |data: HostData<'_>| {
+        GpuWeight::upload_experts(gpu, dtype.name(), experts, rows, cols, data)
+    };
+    Ok(match dtype {
+        DType::F16 => {
+            let (bits, seen) = to_f16(&values);
+            (up(HostData::F16(&bits))?, seen)
+        }
+        DType::BF16 => {
+            let (bits, seen) = to_bf16(&values);
+            (up(HostData::BF16(&bits))?, seen)
+        }
+        _ => (up(HostData::F32(&values))?, values),
+    })
 }
 
 /// `gpu`, or a view of it whose binding limit splits a weight of `dtype` with rows of `cols`

@@ -1,5 +1,6 @@
-//! Embedding gather from an f32, packed-f16 or ggml-block table (dequantized inside the
-//! kernel, shaders/quant.wgsl), split by rows when the table is larger than one storage binding.
+//! Embedding gather from an f32, packed f16 or bf16, or ggml-block table (dequantized inside
+//! the kernel, shaders/quant.wgsl), split by rows when the table is larger than one storage
+//! binding.
 
 use bytemuck::{Pod, Zeroable};
 

@@ -1,5 +1,5 @@
-//! Matmul for prefill: `Y = X Wᵀ + b`, X [M, K], W [N, K] in f32, packed f16 or a ggml block
-//! format (dequantized inside the kernel, shaders/quant.wgsl), in one of two layouts:
+//! Matmul for prefill: `Y = X Wᵀ + b`, X [M, K], W [N, K] in f32, packed f16 or bf16, or a
+//! ggml block format (dequantized inside the kernel, shaders/quant.wgsl), in one of two layouts:
 //! * [`Layout::Tiles`] (shaders/matmul.wgsl), for GPUs and any adapter: 64×64 output tiles per
 //!   workgroup of 64 invocations, 8×8 outputs per invocation, the weight tile dequantized once
 //!   per tile into workgroup memory.
@@ -120,7 +120,7 @@ pub fn variants() -> Vec<ShaderDefs> {
 }
 
 /// Every weight dtype in every mode with its rows per workgroup, 1 to 4 columns per
-/// invocation, X read as vec4s or not, and (f32 and f16) weights read as vec4s or not.
+/// invocation, X read as vec4s or not, and (f32, f16 and bf16) weights read as vec4s or not.
 pub fn rows_variants() -> Vec<ShaderDefs> {
     let mut out = Vec::new();
     for dtype in weight_dtypes() {
@@ -128,7 +128,7 @@ pub fn rows_variants() -> Vec<ShaderDefs> {
             continue;
         };
         let rows = rows_for(dtype);
-        let plain = matches!(dtype, DType::F32 | DType::F16);
+        let plain = matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
         for (bias, grouped) in MODES {
             for columns in 1..=4 {
                 for x_vec4 in [false, true] {
@@ -274,7 +274,7 @@ struct Launch<'a> {
     columns: u32,
     x: &'a wgpu::Buffer,
     /// The rows layout's extra bindings: X as vec4s (X itself where K % 4 == 0, else a
-    /// dummy), and whether the weight chunk is bound a second time as vec4s (f32 and f16).
+    /// dummy), and whether the weight chunk is bound a second time as vec4s (f32, f16, bf16).
     vec4s: Option<(&'a wgpu::Buffer, bool)>,
 }
 
@@ -310,7 +310,7 @@ impl<'a> Launch<'a> {
                 let x_vec4 = k.is_multiple_of(4);
                 let w_vec4 = match w.dtype {
                     DType::F32 => k.is_multiple_of(4),
-                    DType::F16 => k.is_multiple_of(8),
+                    DType::F16 | DType::BF16 => k.is_multiple_of(8),
                     _ => false,
                 };
                 Launch {

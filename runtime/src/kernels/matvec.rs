@@ -1,5 +1,5 @@
 //! Matrix-vector product for decode (one token): `y = W x + b`, W [N, K] in f32, packed f16
-//! or a ggml block format (dequantized inside the kernel, shaders/quant.wgsl), with the
+//! or bf16, or a ggml block format (dequantized inside the kernel, shaders/quant.wgsl), with the
 //! fusions decode's Linear op asks for ([`Fusion`]): an RMSNorm of x or the merge of split-K
 //! attention pieces as x is loaded, a residual add or SwiGLU of row pairs on the way out.
 
@@ -112,7 +112,7 @@ impl Layout {
 fn vec4_rows(w: &GpuWeight) -> bool {
     match w.dtype {
         DType::F32 => w.cols.is_multiple_of(4),
-        DType::F16 => w.cols.is_multiple_of(8),
+        DType::F16 | DType::BF16 => w.cols.is_multiple_of(8),
         DType::Quant(_) => true,
         DType::U32 => false,
     }
@@ -224,7 +224,7 @@ fn launch_inner(
         Prologue::Norm(_, eps) => (eps, 0, 0),
         Prologue::Merge { head_dim, splits } => (0.0, head_dim as u32, splits as u32),
     };
-    let plain = matches!(w.dtype, DType::F32 | DType::F16);
+    let plain = matches!(w.dtype, DType::F32 | DType::F16 | DType::BF16);
     let n = w.rows / w.experts;
     let (aux, rows): (&wgpu::Buffer, usize) = match (grouped, fusion.prologue) {
         (Some((perm, rows, _)), _) => (perm, rows),

@@ -220,26 +220,28 @@ pub fn record_gated(
     }
 }
 
-/// The dtypes a kernel may read as a weight: f32, f16 and every ggml block format.
+/// The dtypes a kernel may read as a weight: f32, f16, bf16 and every ggml block format.
 pub fn weight_dtypes() -> Vec<DType> {
-    [DType::F32, DType::F16]
+    [DType::F32, DType::F16, DType::BF16]
         .into_iter()
         .chain(crate::quant::ALL.map(DType::Quant))
         .collect()
 }
 
 /// The constants that tell a kernel how to read a weight of `dtype` (an `array<u32>`
-/// binding): `W_F16` (two f16 per word), and `QFORMAT`, `QK`, `QWORDS` for ggml blocks (the
-/// shader id, values per block and words per padded block; QFORMAT 0 for f32 and f16; see
-/// shaders/quant.wgsl). None for a dtype no kernel reads as a weight.
+/// binding): `W_HALF` (two 16-bit floats per word) with `W_BF16` (bf16 rather than f16), and
+/// `QFORMAT`, `QK`, `QWORDS` for ggml blocks (the shader id, values per block and words per
+/// padded block; QFORMAT 0 for f32, f16 and bf16; see shaders/quant.wgsl). None for a dtype
+/// no kernel reads as a weight.
 pub fn dtype_defs(defs: ShaderDefs, dtype: DType) -> Option<ShaderDefs> {
     let (qformat, qk, qwords) = match dtype {
-        DType::F32 | DType::F16 => (0, 32, 1),
+        DType::F32 | DType::F16 | DType::BF16 => (0, 32, 1),
         DType::Quant(q) => (q.shader_id(), q.block_elems(), q.gpu_block_bytes() / 4),
         DType::U32 => return None,
     };
     Some(
-        defs.bool("W_F16", dtype == DType::F16)
+        defs.bool("W_HALF", dtype.is_half())
+            .bool("W_BF16", dtype == DType::BF16)
             .u32("QFORMAT", qformat)
             .u32("QK", qk as u32)
             .u32("QWORDS", qwords as u32),
@@ -265,7 +267,7 @@ pub(crate) fn weight_defs(defs: ShaderDefs, w: &GpuWeight, kernel: &str) -> Resu
     }
     dtype_defs(defs, w.dtype).ok_or_else(|| {
         Error::Graph(format!(
-            "{kernel}: weight {} is u32; weights must be f32, f16 or a quantized format",
+            "{kernel}: weight {} is u32; weights must be f32, f16, bf16 or a quantized format",
             w.name
         ))
     })
