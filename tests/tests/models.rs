@@ -48,6 +48,7 @@ const DECODERS: &[(&str, bool)] = &[
     ("qwen3_window", false),
     ("qwen3_moe", true),
     ("gemma3", true),
+    ("gemma2", true),
     ("smollm3", true),
     ("olmo2", true),
 ];

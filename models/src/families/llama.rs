@@ -204,6 +204,9 @@ pub struct DecoderOptions {
     pub norm_offset: f32,
     /// Each layer's RoPE; empty: every layer the default.
     pub layer_rope: Vec<LayerRope>,
+    /// Soft-capping of the attention scores and of the final logits (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    pub final_softcap: Option<f32>,
 }
 
 impl Default for DecoderOptions {
@@ -216,6 +219,8 @@ impl Default for DecoderOptions {
             attn_scale: None,
             norm_offset: 0.0,
             layer_rope: Vec::new(),
+            attn_softcap: None,
+            final_softcap: None,
         }
     }
 }
@@ -404,6 +409,7 @@ impl DecoderConfig {
 
     pub(crate) fn attn_shape(&self) -> AttnShape {
         AttnShape {
+            softcap: self.options.attn_softcap,
             heads: self.heads,
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
@@ -716,7 +722,11 @@ impl Decoder {
             });
         }
         let norm = norm(&body, n.norm)?;
-        let lm_head = LmHead::load(vb, n.lm_head, &embed, c.tie_embeddings, [c.model.vocab, h])?;
+        let mut lm_head =
+            LmHead::load(vb, n.lm_head, &embed, c.tie_embeddings, [c.model.vocab, h])?;
+        if let Some(cap) = o.final_softcap {
+            lm_head = lm_head.with_softcap(vb, cap)?;
+        }
         let embed_scale = match o.embed_scale {
             Some(s) => Some(vb.computed_vector("embed_scale", &vec![s; h])?),
             None => None,
