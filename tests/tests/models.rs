@@ -51,6 +51,7 @@ const DECODERS: &[(&str, bool)] = &[
     ("gemma2", true),
     ("smollm3", true),
     ("olmo2", true),
+    ("phi3", true),
 ];
 const TOL: f64 = 1e-4;
 

@@ -204,6 +204,8 @@ pub struct DecoderOptions {
     pub norm_offset: f32,
     /// Each layer's RoPE; empty: every layer the default.
     pub layer_rope: Vec<LayerRope>,
+    /// Dims of each head RoPE rotates (0: all; Phi-3's partial rotary factor).
+    pub rotary_dims: usize,
     /// Soft-capping of the attention scores and of the final logits (Gemma 2).
     pub attn_softcap: Option<f32>,
     pub final_softcap: Option<f32>,
@@ -219,6 +221,7 @@ impl Default for DecoderOptions {
             attn_scale: None,
             norm_offset: 0.0,
             layer_rope: Vec::new(),
+            rotary_dims: 0,
             attn_softcap: None,
             final_softcap: None,
         }
@@ -305,12 +308,24 @@ impl DecoderConfig {
             })?,
             None => c.opt_f64("rope_theta")?.unwrap_or(10000.0),
         };
-        // Rotating part of each head is not implemented.
+        // RoPE over part of each head: Phi-3's (the other classes refuse it).
         let partial = "partial_rotary_factor";
         let factor = rope.and_then(|r| r.get(partial)).or(c.get(partial));
-        if factor.is_some_and(|f| f.as_f64() != Some(1.0)) {
-            return Err(bad(partial, "other than 1.0 is not supported".into()));
-        }
+        let phi3 = matches!(architecture.as_str(), "Phi3ForCausalLM" | "phi3");
+        let rotary_dims = match factor.map(|f| (f.as_f64(), f)) {
+            None | Some((Some(1.0), _)) => head_dim,
+            Some((Some(f), _)) if phi3 && f > 0.0 && f < 1.0 => {
+                // transformers: int(head_dim * factor), rotated in pairs.
+                let dims = (head_dim as f64 * f) as usize;
+                if dims == 0 || dims % 2 != 0 {
+                    return Err(bad(partial, format!("gives {dims} rotated dims (not even)")));
+                }
+                dims
+            }
+            Some((_, f)) => {
+                return Err(bad(partial, format!("{f} is not supported (1.0)")));
+            }
+        };
         let llama3 = match rope {
             None => None,
             Some(s) => {
@@ -403,7 +418,10 @@ impl DecoderConfig {
             },
             layer_windows,
             experts,
-            options: DecoderOptions::default(),
+            options: DecoderOptions {
+                rotary_dims,
+                ..DecoderOptions::default()
+            },
         })
     }
 
@@ -685,7 +703,11 @@ impl Decoder {
                     Some(i) => i,
                     None => {
                         let scaling = if key.1 { c.llama3 } else { None };
-                        let freqs = rope::inv_freq(key.0, c.head_dim, scaling);
+                        let dims = match o.rotary_dims {
+                            0 => c.head_dim,
+                            d => d,
+                        };
+                        let freqs = rope::inv_freq(key.0, dims, scaling);
                         let label = format!("rope.inv_freq.{}", ropes.len());
                         inv_freqs.push(vb.computed_vector(&label, &freqs)?);
                         ropes.push(key);

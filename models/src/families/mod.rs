@@ -110,7 +110,8 @@ registry!(
     qwen3,
     gemma,
     smollm3,
-    olmo2
+    olmo2,
+    phi3
 );
 
 /// The architectures a config.json may name, for "unsupported architecture" errors.

@@ -1,5 +1,5 @@
 //! llama.cpp's GGUF conventions for the families configured on the shared decoder (Qwen3,
-//! Qwen3-MoE, Gemma 2 and 3, SmolLM3, OLMo-2), beside Llama's in `gguf_hf.rs`: the config values their
+//! Qwen3-MoE, Gemma 2 and 3, SmolLM3, OLMo-2, Phi-3), beside Llama's in `gguf_hf.rs`: the config values their
 //! parsers need that the common metadata lacks (some of which llama.cpp fixes in code rather
 //! than in the file), the tensor names that differ from Llama's, and Gemma's norm weights,
 //! which llama.cpp's converter stores as 1 + w (read back as w, the Hugging Face value).
@@ -90,6 +90,19 @@ pub fn config_keys(file: &GgufFile, arch: &str, m: &mut Map<String, Value>) {
                 m.insert("query_pre_attn_scalar".into(), json!(s));
             }
         }
+        // Phi-3: its window and rotated dims (partial rotary) are in the file.
+        "phi3" => {
+            if let Some(w) = u64_key("attention.sliding_window").filter(|&w| w > 0) {
+                m.insert("sliding_window".into(), json!(w));
+            }
+            let heads = u64_key("attention.head_count").unwrap_or(1).max(1);
+            let head_dim = u64_key("embedding_length").map(|h| h / heads);
+            if let (Some(rot), Some(d)) = (u64_key("rope.dimension_count"), head_dim) {
+                if d > 0 && rot != d {
+                    m.insert("partial_rotary_factor".into(), json!(rot as f64 / d as f64));
+                }
+            }
+        }
         // llama.cpp's smollm3 skips RoPE on every fourth layer, fixed in code.
         "smollm3" => {
             m.insert("no_rope_layer_interval".into(), json!(4));
@@ -106,6 +119,9 @@ pub fn layer_name(arch: &str, name: &str) -> Option<&'static str> {
     Some(match name {
         "self_attn.q_norm.weight" => "attn_q_norm.weight",
         "self_attn.k_norm.weight" => "attn_k_norm.weight",
+        // Phi-3's fused projections (gate's rows, then up's, in ffn_up).
+        "self_attn.qkv_proj.weight" => "attn_qkv.weight",
+        "mlp.gate_up_proj.weight" if arch == "phi3" => "ffn_up.weight",
         // Sandwich norms: the norm after attention has its own name, the MLP's pre-norm is
         // ffn_norm.
         "post_attention_layernorm.weight" if post_norms => "post_attention_norm.weight",
