@@ -91,7 +91,7 @@ fn config(c: &JsonConfig) -> Result<DecoderConfig> {
             Some(_) => c.opt_f64(key)?,
         };
         match cap {
-            Some(v) if !(v > 0.0) => Err(bad(c, key, "must be positive or null".into())),
+            Some(v) if v.is_nan() || v <= 0.0 => Err(bad(c, key, "must be positive or null".into())),
             v => Ok(v.map(|v| v as f32)),
         }
     };
@@ -166,7 +166,7 @@ fn config(c: &JsonConfig) -> Result<DecoderConfig> {
     o.act = Gate::GeluTanh;
     o.embed_scale = Some((d.hidden as f32).sqrt());
     let scalar = c.opt_f64("query_pre_attn_scalar")?.unwrap_or(256.0);
-    if !(scalar > 0.0) {
+    if scalar.is_nan() || scalar <= 0.0 {
         return Err(bad(c, "query_pre_attn_scalar", "must be positive".into()));
     }
     o.attn_scale = Some(scalar.powf(-0.5) as f32);

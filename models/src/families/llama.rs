@@ -317,7 +317,7 @@ impl DecoderConfig {
             Some((Some(f), _)) if phi3 && f > 0.0 && f < 1.0 => {
                 // transformers: int(head_dim * factor), rotated in pairs.
                 let dims = (head_dim as f64 * f) as usize;
-                if dims == 0 || dims % 2 != 0 {
+                if dims == 0 || !dims.is_multiple_of(2) {
                     return Err(bad(partial, format!("gives {dims} rotated dims (not even)")));
                 }
                 dims
