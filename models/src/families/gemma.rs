@@ -10,7 +10,8 @@ use kestrel_runtime::kernels::elementwise::Gate;
 use kestrel_runtime::kernels::rope_cache_write::QkSpan;
 use serde_json::Value;
 
-use super::llama::{bad, DecoderConfig, DecoderNames, LayerRope, NormPlacement, HF};
+use super::decoder_options::{LayerRope, NormPlacement};
+use super::llama::{bad, DecoderConfig, DecoderNames, HF};
 use super::Family;
 use crate::error::Result;
 use crate::formats::config::keys::{why, ConfigKey};

@@ -4,9 +4,8 @@
 //! mixture-of-experts variants MixtralForCausalLM and Qwen2MoeForCausalLM (experts in place
 //! of the MLP). LLaDA (`llada.rs`) runs the same decoder bidirectionally. Attention can
 //! further be switched, at load time, to StreamingLLM sinks or block-sparse patterns.
-//! Other families configure the same decoder through [`DecoderOptions`] (QK-norm, norm
-//! placement, the MLP's activation, embedding scale, attention scale, per-layer RoPE):
-//! `qwen3.rs`, `gemma.rs`, `smollm3.rs`, `olmo2.rs`.
+//! Other families configure the same decoder through [`DecoderOptions`]
+//! (`decoder_options.rs`): `qwen3.rs`, `gemma.rs`, `smollm3.rs`, `olmo2.rs`, `phi3.rs`.
 
 use std::sync::Arc;
 
@@ -14,7 +13,7 @@ use kestrel_runtime::arch::{Architecture, Head};
 use kestrel_runtime::block_mask::{BlockMask, SparsePattern};
 use kestrel_runtime::graph::Graph;
 use kestrel_runtime::kernels::attention::{mask_blocks, AttnShape};
-use kestrel_runtime::kernels::elementwise::{Elementwise, Gate};
+use kestrel_runtime::kernels::elementwise::Elementwise;
 use kestrel_runtime::kernels::rope::{self, Llama3Scaling};
 use kestrel_runtime::kernels::rope_cache_write::{QkNorm, QkSpan};
 use kestrel_runtime::kv::KvLayout;
@@ -22,6 +21,7 @@ use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::{DType, GpuWeight};
 use kestrel_runtime::TensorId;
 
+use super::decoder_options::{DecoderOptions, LayerRope, NormPlacement};
 use super::{Family, Network, NetworkConfig};
 use crate::blocks::attention::{
     AttentionNames, AttentionRun, AttentionWeights, KvCache, ATTENTION,
@@ -163,70 +163,6 @@ pub const HF: DecoderNames = DecoderNames {
     norm: "norm",
     lm_head: "lm_head.weight",
 };
-
-/// Where a layer's norms sit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum NormPlacement {
-    /// Before the attention and the MLP (Llama): `x + f(norm(x))`.
-    #[default]
-    Pre,
-    /// Before and after (Gemma): `x + post(f(pre(x)))`.
-    Sandwich,
-    /// After only (OLMo-2): `x + post(f(x))`.
-    Post,
-}
-
-/// A layer's RoPE.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum LayerRope {
-    /// The model's (`rope_theta` and its scaling).
-    Default,
-    /// Its own base, unscaled (Gemma's sliding layers).
-    Theta(f64),
-    /// None (SmolLM3's NoPE layers).
-    NoPe,
-}
-
-/// What families other than Llama's change in the shared decoder. The default is Llama.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DecoderOptions {
-    /// RMSNorm of q and k before RoPE, per head or over the whole projection.
-    pub qk_norm: Option<QkSpan>,
-    pub norms: NormPlacement,
-    /// The MLP gate's activation.
-    pub act: Gate,
-    /// The embeddings multiplied by this (Gemma: sqrt(hidden)).
-    pub embed_scale: Option<f32>,
-    /// The attention's scale when not 1/sqrt(head_dim) (Gemma's query_pre_attn_scalar).
-    pub attn_scale: Option<f32>,
-    /// Norm weights stored as `w` for a scale of `norm_offset + w` (Gemma: 1), folded into
-    /// the weights at load.
-    pub norm_offset: f32,
-    /// Each layer's RoPE; empty: every layer the default.
-    pub layer_rope: Vec<LayerRope>,
-    /// Dims of each head RoPE rotates (0: all; Phi-3's partial rotary factor).
-    pub rotary_dims: usize,
-    /// Soft-capping of the attention scores and of the final logits (Gemma 2).
-    pub attn_softcap: Option<f32>,
-    pub final_softcap: Option<f32>,
-}
-
-impl Default for DecoderOptions {
-    fn default() -> DecoderOptions {
-        DecoderOptions {
-            qk_norm: None,
-            norms: NormPlacement::Pre,
-            act: Gate::Silu,
-            embed_scale: None,
-            attn_scale: None,
-            norm_offset: 0.0,
-            layer_rope: Vec::new(),
-            rotary_dims: 0,
-            attn_softcap: None,
-            final_softcap: None,
-        }
-    }
-}
 
 /// A layer's sparse experts: their config, their names and their scope in the layer.
 #[derive(Debug, Clone, PartialEq)]

@@ -87,6 +87,8 @@ pub trait Network: Architecture {
     }
 }
 
+pub mod decoder_options;
+
 /// Declares the family modules and the table of them, in one list.
 macro_rules! registry {
     ($($family:ident),* $(,)?) => {

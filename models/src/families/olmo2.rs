@@ -4,7 +4,8 @@
 
 use kestrel_runtime::kernels::rope_cache_write::QkSpan;
 
-use super::llama::{bad, DecoderConfig, DecoderNames, NormPlacement, HF};
+use super::decoder_options::NormPlacement;
+use super::llama::{bad, DecoderConfig, DecoderNames, HF};
 use super::Family;
 use crate::error::Result;
 use crate::formats::config::keys::{why, ConfigKey};

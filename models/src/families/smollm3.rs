@@ -4,7 +4,8 @@
 
 use serde_json::Value;
 
-use super::llama::{bad, DecoderConfig, LayerRope};
+use super::decoder_options::LayerRope;
+use super::llama::{bad, DecoderConfig};
 use super::Family;
 use crate::error::Result;
 use crate::formats::config::keys::{why, ConfigKey};
