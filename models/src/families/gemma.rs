@@ -55,6 +55,16 @@ const KEYS: &[ConfigKey] = &[
     ),
     ConfigKey::refused("hidden_activation", "\"gelu\""),
     ConfigKey::inert(
+        "hidden_act",
+        "Gemma 2 configs carry it beside hidden_activation, which transformers reads",
+    ),
+    // transformers 4's spellings (Hub checkpoints), read when rope_parameters and
+    // layer_types are absent.
+    ConfigKey::honoured("rope_theta", "1234.0"),
+    ConfigKey::honoured("rope_local_base_freq", "1234.0"),
+    ConfigKey::honoured("sliding_window_pattern", "3"),
+    ConfigKey::inert("cache_implementation", why::RUNTIME),
+    ConfigKey::inert(
         "_sliding_window_pattern",
         "transformers' copy of the pattern it built layer_types from; layer_types decide",
     ),
@@ -98,13 +108,10 @@ fn config(c: &JsonConfig) -> Result<DecoderConfig> {
     };
     d.options.attn_softcap = cap("attn_logit_softcapping", 50.0)?;
     d.options.final_softcap = cap("final_logit_softcapping", 30.0)?;
-    let act = c.get("hidden_activation").or(c.get("hidden_act"));
-    if !matches!(act.and_then(Value::as_str), None | Some("gelu_pytorch_tanh")) {
-        let key = match c.get("hidden_activation") {
-            Some(_) => "hidden_activation",
-            None => "hidden_act",
-        };
-        return Err(bad(c, key, "other than gelu_pytorch_tanh is not supported".into()));
+    let act = c.get("hidden_activation").and_then(Value::as_str);
+    if !matches!(act, None | Some("gelu_pytorch_tanh")) {
+        let message = "other than gelu_pytorch_tanh is not supported".into();
+        return Err(bad(c, "hidden_activation", message));
     }
     // Local layers: layer_types, else every layer but each `sliding_window_pattern`-th.
     let sliding: Vec<bool> = match c.get("layer_types").and_then(Value::as_array) {

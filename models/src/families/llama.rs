@@ -221,8 +221,14 @@ impl DecoderConfig {
             [heads, kv_heads, head_dim],
         )?;
         let bad = |key: &str, message: String| bad(c, key, message);
+        // transformers' Gemma reads hidden_activation (its own check); Gemma 2 configs on the
+        // Hub carry a hidden_act beside it that nothing reads.
+        let gemma = matches!(
+            architecture.as_str(),
+            "Gemma2ForCausalLM" | "gemma2" | "Gemma3ForCausalLM" | "gemma3_text"
+        );
         let act = c.get("hidden_act").and_then(|v| v.as_str());
-        if !matches!(act, None | Some("silu")) {
+        if !gemma && !matches!(act, None | Some("silu")) {
             return Err(bad("hidden_act", format!("{} is not supported (silu)", c.value["hidden_act"])));
         }
         // Llama's attention_bias also biases o_proj, which Kestrel does not implement;
