@@ -46,6 +46,10 @@ fn fixture_configs() -> Vec<(String, &'static Family, JsonConfig)> {
         ("qwen3", &["layer_types"]),
         ("gemma3", &["layer_types", "rope_parameters"]),
         ("smollm3", &["no_rope_layers"]),
+        // RoPE settings as top-level keys (transformers 4, and GGUF metadata).
+        ("qwen3", &["rope_parameters"]),
+        ("smollm3", &["rope_parameters"]),
+        ("olmo2", &["rope_parameters"]),
         // transformers 4's Phi-3 configs: partial_rotary_factor and rope_theta at the top.
         ("phi3", &["rope_parameters"]),
     ];

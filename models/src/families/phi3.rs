@@ -44,6 +44,9 @@ const KEYS: &[ConfigKey] = &[
         r#"{"rope_type": "default", "rope_theta": 1234.0}"#,
         r#"{"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}"#,
     ),
+    // transformers 4's spelling (and the GGUF metadata's), read without rope_parameters.
+    ConfigKey::honoured("rope_theta", "1234.0"),
+    ConfigKey::honoured("head_dim", "32"),
     ConfigKey::refused("hidden_act", "\"gelu\""),
     ConfigKey::inert(
         "original_max_position_embeddings",

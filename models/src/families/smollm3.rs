@@ -41,6 +41,9 @@ const KEYS: &[ConfigKey] = &[
     ),
     ConfigKey::honoured("no_rope_layers", "[1, 1, 1, 1]"),
     ConfigKey::honoured("no_rope_layer_interval", "2"),
+    // transformers 4's spelling (and the GGUF metadata's), read without rope_parameters.
+    ConfigKey::honoured("rope_theta", "1234.0"),
+    ConfigKey::honoured("head_dim", "32"),
     ConfigKey::refused("hidden_act", "\"gelu\""),
     ConfigKey::refused("attention_bias", "true"),
     ConfigKey::refused("mlp_bias", "true"),

@@ -90,8 +90,12 @@ pub fn config_keys(file: &GgufFile, arch: &str, m: &mut Map<String, Value>) {
                 m.insert("query_pre_attn_scalar".into(), json!(s));
             }
         }
-        // Phi-3: its window and rotated dims (partial rotary) are in the file.
+        // Phi-3: its window and rotated dims (partial rotary) are in the file; LongRoPE's
+        // factors are tensors, which make the config ask for (and be refused) LongRoPE.
         "phi3" => {
+            if file.tensor_info("rope_factors_long.weight").is_some() {
+                m.insert("rope_scaling".into(), json!({"rope_type": "longrope"}));
+            }
             if let Some(w) = u64_key("attention.sliding_window").filter(|&w| w > 0) {
                 m.insert("sliding_window".into(), json!(w));
             }
