@@ -29,6 +29,10 @@ struct Params {
     ring: u32,
     rot_half: u32,   // ROPE: rotated pairs per head
     blocks: u32,     // SPARSE: query blocks per head in the mask
+    softcap: f32,    // > 0: scores soft-capped (soft_cap)
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,6 +43,12 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(7) var<storage, read> mask: array<u32>;
+
+// Gemma 2's logit soft-capping of a scaled score: cap * tanh(s / cap) (tanh's argument
+// clamped where tanh is 1 in f32, as some drivers' tanh overflows to NaN beyond).
+fn soft_cap(s: f32) -> f32 {
+    return p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
+}
 
 // Tiles and per-query vectors hold vec4s and the dot products are unrolled four vec4s at a
 // time (HEAD_DIM is a multiple of 16), so a thread loops about 1 + HEAD_DIM / 8 times per
@@ -145,6 +155,9 @@ fn attend(k0: u32, k1: u32, kv_head: u32, lid: u32, valid: bool, first: u32, end
                             + dot(q_recent[d + 2u], k_tile[t + d + 2u])
                             + dot(q_recent[d + 3u], k_tile[t + d + 3u]);
                     }
+                }
+                if (p.softcap > 0.0) {
+                    s = soft_cap(s);
                 }
                 let m_new = max(m, s);
                 let corr = exp(m - m_new);

@@ -34,7 +34,7 @@ struct Params {
     max_splits: u32,
     blocks: u32,  // SPARSE: query blocks per head in the mask
     causal: u32,  // 0: every query sees every row of the cache (bidirectional)
-    _p1: u32,
+    softcap: f32, // > 0: scores soft-capped (soft_cap)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -45,6 +45,12 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(6) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(7) var<storage, read> mask: array<u32>;
+
+// Gemma 2's logit soft-capping of a scaled score: cap * tanh(s / cap) (tanh's argument
+// clamped where tanh is 1 in f32, as some drivers' tanh overflows to NaN beyond).
+fn soft_cap(s: f32) -> f32 {
+    return p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
+}
 
 const WG: u32 = 64u;
 const PER_THREAD: u32 = 4u;
@@ -221,6 +227,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                             for (var g = 0u; g < G; g++) {
                                 s[g] += q_row[g * HEAD_DIM + d] * kd;
                             }
+                        }
+                    }
+                    if (p.softcap > 0.0) {
+                        for (var g = 0u; g < G; g++) {
+                            s[g] = soft_cap(s[g]);
                         }
                     }
                 }

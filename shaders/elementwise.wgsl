@@ -6,7 +6,8 @@
 // The epilogues of a prefill Linear op (kernels/linear.rs; b unused): 12 SwiGLU of a's
 // interleaved (gate, up) pairs, out[i] = silu(a[2i]) * a[2i + 1] (out half a's size);
 // 13 out[i] += a[i] (a residual add in place); 14 as 12 with the tanh GELU,
-// out[i] = gelu_tanh(a[2i]) * a[2i + 1] (Gemma's GeGLU). 15: gelu_tanh(a) * b.
+// out[i] = gelu_tanh(a[2i]) * a[2i + 1] (Gemma's GeGLU). 15: gelu_tanh(a) * b. 16:
+// b * tanh(a / b), soft-capping to ±b (Gemma 2's logits).
 
 struct Params { n: u32, b_len: u32, _p0: u32, _p1: u32 }
 
@@ -76,6 +77,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         out[i] = 1.0 / (1.0 + exp(-x));
     } else if (OP == 9u) {
         out[i] = -exp(x);
+    } else if (OP == 16u) {
+        out[i] = y * tanh(clamp(x / y, -15.0, 15.0));
     } else if (OP == 15u) {
         out[i] = gelu_tanh(x) * y;
     } else if (OP == 11u) {

@@ -62,6 +62,7 @@ const REF_TOKENS: [usize; 3] = [1024, 8192, 65536];
 
 fn shape() -> AttnShape {
     AttnShape {
+        softcap: None,
         heads: HEADS,
         kv_heads: KV_HEADS,
         head_dim: HEAD_DIM,

@@ -93,6 +93,7 @@ fn rejected<T>(what: &str, r: Result<T, Error>) {
 fn graph_rejects_mismatched_attention_modes() {
     let (heads, kv_heads, hd) = (4, 2, 64);
     let shape = AttnShape {
+        softcap: None,
         heads,
         kv_heads,
         head_dim: hd,

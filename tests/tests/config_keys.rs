@@ -39,12 +39,19 @@ fn fixture_configs() -> Vec<(String, &'static Family, JsonConfig)> {
     // Configs written before transformers 5 have no layer_types (the windows follow
     // sliding_window, use_sliding_window and max_window_layers): the Qwen2 and Qwen3 fixtures
     // without; nor Gemma 3's RoPE per layer type (rope_theta, rope_local_base_freq); SmolLM3's
-    // no_rope_layers may be left to no_rope_layer_interval.
+    // no_rope_layers may be left to no_rope_layer_interval; Phi-3's RoPE settings were
+    // top-level keys.
     const DERIVED: &[(&str, &[&str])] = &[
         ("qwen2", &["layer_types"]),
         ("qwen3", &["layer_types"]),
         ("gemma3", &["layer_types", "rope_parameters"]),
         ("smollm3", &["no_rope_layers"]),
+        // RoPE settings as top-level keys (transformers 4, and GGUF metadata).
+        ("qwen3", &["rope_parameters"]),
+        ("smollm3", &["rope_parameters"]),
+        ("olmo2", &["rope_parameters"]),
+        // transformers 4's Phi-3 configs: partial_rotary_factor and rope_theta at the top.
+        ("phi3", &["rope_parameters"]),
     ];
     let legacy: Vec<_> = configs
         .iter()

@@ -48,8 +48,10 @@ const DECODERS: &[(&str, bool)] = &[
     ("qwen3_window", false),
     ("qwen3_moe", true),
     ("gemma3", true),
+    ("gemma2", true),
     ("smollm3", true),
     ("olmo2", true),
+    ("phi3", true),
 ];
 const TOL: f64 = 1e-4;
 

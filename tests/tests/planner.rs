@@ -295,6 +295,7 @@ fn in_place_ops_states_and_several_outputs() {
     g.cache_write(k, k_cache, layout).unwrap();
     g.cache_write(v, v_cache, layout).unwrap();
     let shape = AttnShape {
+        softcap: None,
         heads,
         kv_heads,
         head_dim: hd,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use kestrel_runtime::arch::Head;
 use kestrel_runtime::graph::Graph;
+use kestrel_runtime::kernels::elementwise::Elementwise;
 use kestrel_runtime::kernels::linear::{LinearInput, LinearOutput};
 use kestrel_runtime::tensor::GpuWeight;
 use kestrel_runtime::TensorId;
@@ -16,6 +17,8 @@ use crate::vars::Vars;
 #[derive(Clone)]
 pub struct LmHead {
     w: Arc<GpuWeight>,
+    /// Soft-capping of the logits (Gemma 2): [vocab] copies of the cap.
+    softcap: Option<Arc<GpuWeight>>,
 }
 
 impl LmHead {
@@ -32,13 +35,34 @@ impl LmHead {
             true => embed.clone(),
             false => vb.matrix(leaf, vocab, hidden)?,
         };
-        Ok(LmHead { w })
+        Ok(LmHead { w, softcap: None })
+    }
+
+    /// The same head with its logits soft-capped to ±`cap` (`cap * tanh(logit / cap)`).
+    pub fn with_softcap(self, vb: &Vars<'_>, cap: f32) -> Result<LmHead> {
+        let caps = vec![cap; self.w.rows];
+        Ok(LmHead {
+            softcap: Some(vb.computed_vector("lm_head.softcap", &caps)?),
+            ..self
+        })
     }
 
     /// Logits [T, vocab] of the hidden states `x` [T, hidden].
     pub fn logits(&self, g: &mut Graph, x: TensorId) -> GResult<TensorId> {
         let w = g.weight(&self.w);
-        g.linear(x, w, None)
+        let logits = g.linear(x, w, None)?;
+        self.cap(g, logits)
+    }
+
+    /// `logits` soft-capped when the head caps them.
+    fn cap(&self, g: &mut Graph, logits: TensorId) -> GResult<TensorId> {
+        match &self.softcap {
+            Some(caps) => {
+                let caps = g.weight(caps);
+                g.elementwise(Elementwise::SoftCap, logits, caps)
+            }
+            None => Ok(logits),
+        }
     }
 
     /// The output of an autoregressive network from its final hidden states `x`: logits for
@@ -65,7 +89,8 @@ impl LmHead {
                 None => (x, LinearInput::Plain),
             };
             let w = g.weight(&self.w);
-            g.linear_fused(x, w, None, input, LinearOutput::New)
+            let logits = g.linear_fused(x, w, None, input, LinearOutput::New)?;
+            self.cap(g, logits)
         };
         match head {
             Head::AllLogits => {

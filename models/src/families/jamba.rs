@@ -184,6 +184,7 @@ impl JambaConfig {
             layers,
             eps,
             attn: AttnShape {
+                softcap: None,
                 heads,
                 kv_heads,
                 head_dim,

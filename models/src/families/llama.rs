@@ -4,9 +4,8 @@
 //! mixture-of-experts variants MixtralForCausalLM and Qwen2MoeForCausalLM (experts in place
 //! of the MLP). LLaDA (`llada.rs`) runs the same decoder bidirectionally. Attention can
 //! further be switched, at load time, to StreamingLLM sinks or block-sparse patterns.
-//! Other families configure the same decoder through [`DecoderOptions`] (QK-norm, norm
-//! placement, the MLP's activation, embedding scale, attention scale, per-layer RoPE):
-//! `qwen3.rs`, `gemma.rs`, `smollm3.rs`, `olmo2.rs`.
+//! Other families configure the same decoder through [`DecoderOptions`]
+//! (`decoder_options.rs`): `qwen3.rs`, `gemma.rs`, `smollm3.rs`, `olmo2.rs`, `phi3.rs`.
 
 use std::sync::Arc;
 
@@ -14,7 +13,7 @@ use kestrel_runtime::arch::{Architecture, Head};
 use kestrel_runtime::block_mask::{BlockMask, SparsePattern};
 use kestrel_runtime::graph::Graph;
 use kestrel_runtime::kernels::attention::{mask_blocks, AttnShape};
-use kestrel_runtime::kernels::elementwise::{Elementwise, Gate};
+use kestrel_runtime::kernels::elementwise::Elementwise;
 use kestrel_runtime::kernels::rope::{self, Llama3Scaling};
 use kestrel_runtime::kernels::rope_cache_write::{QkNorm, QkSpan};
 use kestrel_runtime::kv::KvLayout;
@@ -22,6 +21,7 @@ use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::{DType, GpuWeight};
 use kestrel_runtime::TensorId;
 
+use super::decoder_options::{DecoderOptions, LayerRope, NormPlacement};
 use super::{Family, Network, NetworkConfig};
 use crate::blocks::attention::{
     AttentionNames, AttentionRun, AttentionWeights, KvCache, ATTENTION,
@@ -164,62 +164,6 @@ pub const HF: DecoderNames = DecoderNames {
     lm_head: "lm_head.weight",
 };
 
-/// Where a layer's norms sit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum NormPlacement {
-    /// Before the attention and the MLP (Llama): `x + f(norm(x))`.
-    #[default]
-    Pre,
-    /// Before and after (Gemma): `x + post(f(pre(x)))`.
-    Sandwich,
-    /// After only (OLMo-2): `x + post(f(x))`.
-    Post,
-}
-
-/// A layer's RoPE.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum LayerRope {
-    /// The model's (`rope_theta` and its scaling).
-    Default,
-    /// Its own base, unscaled (Gemma's sliding layers).
-    Theta(f64),
-    /// None (SmolLM3's NoPE layers).
-    NoPe,
-}
-
-/// What families other than Llama's change in the shared decoder. The default is Llama.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DecoderOptions {
-    /// RMSNorm of q and k before RoPE, per head or over the whole projection.
-    pub qk_norm: Option<QkSpan>,
-    pub norms: NormPlacement,
-    /// The MLP gate's activation.
-    pub act: Gate,
-    /// The embeddings multiplied by this (Gemma: sqrt(hidden)).
-    pub embed_scale: Option<f32>,
-    /// The attention's scale when not 1/sqrt(head_dim) (Gemma's query_pre_attn_scalar).
-    pub attn_scale: Option<f32>,
-    /// Norm weights stored as `w` for a scale of `norm_offset + w` (Gemma: 1), folded into
-    /// the weights at load.
-    pub norm_offset: f32,
-    /// Each layer's RoPE; empty: every layer the default.
-    pub layer_rope: Vec<LayerRope>,
-}
-
-impl Default for DecoderOptions {
-    fn default() -> DecoderOptions {
-        DecoderOptions {
-            qk_norm: None,
-            norms: NormPlacement::Pre,
-            act: Gate::Silu,
-            embed_scale: None,
-            attn_scale: None,
-            norm_offset: 0.0,
-            layer_rope: Vec::new(),
-        }
-    }
-}
-
 /// A layer's sparse experts: their config, their names and their scope in the layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderExperts {
@@ -277,8 +221,14 @@ impl DecoderConfig {
             [heads, kv_heads, head_dim],
         )?;
         let bad = |key: &str, message: String| bad(c, key, message);
+        // transformers' Gemma reads hidden_activation (its own check); Gemma 2 configs on the
+        // Hub carry a hidden_act beside it that nothing reads.
+        let gemma = matches!(
+            architecture.as_str(),
+            "Gemma2ForCausalLM" | "gemma2" | "Gemma3ForCausalLM" | "gemma3_text"
+        );
         let act = c.get("hidden_act").and_then(|v| v.as_str());
-        if !matches!(act, None | Some("silu")) {
+        if !gemma && !matches!(act, None | Some("silu")) {
             return Err(bad("hidden_act", format!("{} is not supported (silu)", c.value["hidden_act"])));
         }
         // Llama's attention_bias also biases o_proj, which Kestrel does not implement;
@@ -300,12 +250,24 @@ impl DecoderConfig {
             })?,
             None => c.opt_f64("rope_theta")?.unwrap_or(10000.0),
         };
-        // Rotating part of each head is not implemented.
+        // RoPE over part of each head: Phi-3's (the other classes refuse it).
         let partial = "partial_rotary_factor";
         let factor = rope.and_then(|r| r.get(partial)).or(c.get(partial));
-        if factor.is_some_and(|f| f.as_f64() != Some(1.0)) {
-            return Err(bad(partial, "other than 1.0 is not supported".into()));
-        }
+        let phi3 = matches!(architecture.as_str(), "Phi3ForCausalLM" | "phi3");
+        let rotary_dims = match factor.map(|f| (f.as_f64(), f)) {
+            None | Some((Some(1.0), _)) => head_dim,
+            Some((Some(f), _)) if phi3 && f > 0.0 && f < 1.0 => {
+                // transformers: int(head_dim * factor), rotated in pairs.
+                let dims = (head_dim as f64 * f) as usize;
+                if dims == 0 || !dims.is_multiple_of(2) {
+                    return Err(bad(partial, format!("gives {dims} rotated dims (not even)")));
+                }
+                dims
+            }
+            Some((_, f)) => {
+                return Err(bad(partial, format!("{f} is not supported (1.0)")));
+            }
+        };
         let llama3 = match rope {
             None => None,
             Some(s) => {
@@ -398,12 +360,16 @@ impl DecoderConfig {
             },
             layer_windows,
             experts,
-            options: DecoderOptions::default(),
+            options: DecoderOptions {
+                rotary_dims,
+                ..DecoderOptions::default()
+            },
         })
     }
 
     pub(crate) fn attn_shape(&self) -> AttnShape {
         AttnShape {
+            softcap: self.options.attn_softcap,
             heads: self.heads,
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
@@ -679,7 +645,11 @@ impl Decoder {
                     Some(i) => i,
                     None => {
                         let scaling = if key.1 { c.llama3 } else { None };
-                        let freqs = rope::inv_freq(key.0, c.head_dim, scaling);
+                        let dims = match o.rotary_dims {
+                            0 => c.head_dim,
+                            d => d,
+                        };
+                        let freqs = rope::inv_freq(key.0, dims, scaling);
                         let label = format!("rope.inv_freq.{}", ropes.len());
                         inv_freqs.push(vb.computed_vector(&label, &freqs)?);
                         ropes.push(key);
@@ -716,7 +686,11 @@ impl Decoder {
             });
         }
         let norm = norm(&body, n.norm)?;
-        let lm_head = LmHead::load(vb, n.lm_head, &embed, c.tie_embeddings, [c.model.vocab, h])?;
+        let mut lm_head =
+            LmHead::load(vb, n.lm_head, &embed, c.tie_embeddings, [c.model.vocab, h])?;
+        if let Some(cap) = o.final_softcap {
+            lm_head = lm_head.with_softcap(vb, cap)?;
+        }
         let embed_scale = match o.embed_scale {
             Some(s) => Some(vb.computed_vector("embed_scale", &vec![s; h])?),
             None => None,

@@ -87,6 +87,8 @@ pub trait Network: Architecture {
     }
 }
 
+pub mod decoder_options;
+
 /// Declares the family modules and the table of them, in one list.
 macro_rules! registry {
     ($($family:ident),* $(,)?) => {
@@ -110,7 +112,8 @@ registry!(
     qwen3,
     gemma,
     smollm3,
-    olmo2
+    olmo2,
+    phi3
 );
 
 /// The architectures a config.json may name, for "unsupported architecture" errors.

@@ -4,7 +4,8 @@
 
 use kestrel_runtime::kernels::rope_cache_write::QkSpan;
 
-use super::llama::{bad, DecoderConfig, DecoderNames, NormPlacement, HF};
+use super::decoder_options::NormPlacement;
+use super::llama::{bad, DecoderConfig, DecoderNames, HF};
 use super::Family;
 use crate::error::Result;
 use crate::formats::config::keys::{why, ConfigKey};
@@ -35,6 +36,9 @@ const KEYS: &[ConfigKey] = &[
         r#"{"rope_type": "default", "rope_theta": 1234.0}"#,
         r#"{"rope_type": "yarn", "factor": 4.0}"#,
     ),
+    // transformers 4's spelling (and the GGUF metadata's), read without rope_parameters.
+    ConfigKey::honoured("rope_theta", "1234.0"),
+    ConfigKey::honoured("head_dim", "32"),
     ConfigKey::refused("hidden_act", "\"gelu\""),
     // Biases on q, k, v and o (Kestrel has no o_proj bias).
     ConfigKey::refused("attention_bias", "true"),

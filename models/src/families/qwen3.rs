@@ -40,6 +40,8 @@ const KEYS: &[ConfigKey] = &[
         r#"{"rope_type": "default", "rope_theta": 1234.0}"#,
         r#"{"rope_type": "yarn", "factor": 4.0}"#,
     ),
+    // transformers 4's spelling (and the GGUF metadata's), read without rope_parameters.
+    ConfigKey::honoured("rope_theta", "1234.0"),
     ConfigKey::refused("hidden_act", "\"gelu\""),
     // Biases on q, k, v and o (Kestrel has no o_proj bias).
     ConfigKey::refused("attention_bias", "true"),

@@ -4,7 +4,8 @@
 
 use serde_json::Value;
 
-use super::llama::{bad, DecoderConfig, LayerRope};
+use super::decoder_options::LayerRope;
+use super::llama::{bad, DecoderConfig};
 use super::Family;
 use crate::error::Result;
 use crate::formats::config::keys::{why, ConfigKey};
@@ -40,6 +41,9 @@ const KEYS: &[ConfigKey] = &[
     ),
     ConfigKey::honoured("no_rope_layers", "[1, 1, 1, 1]"),
     ConfigKey::honoured("no_rope_layer_interval", "2"),
+    // transformers 4's spelling (and the GGUF metadata's), read without rope_parameters.
+    ConfigKey::honoured("rope_theta", "1234.0"),
+    ConfigKey::honoured("head_dim", "32"),
     ConfigKey::refused("hidden_act", "\"gelu\""),
     ConfigKey::refused("attention_bias", "true"),
     ConfigKey::refused("mlp_bias", "true"),

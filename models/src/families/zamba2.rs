@@ -263,6 +263,7 @@ impl Zamba2Config {
             hybrid,
             mem_blocks: c.opt_dim("num_mem_blocks", Dim::Size)?.unwrap_or(1).max(1),
             attn: AttnShape {
+                softcap: None,
                 heads,
                 kv_heads,
                 head_dim,

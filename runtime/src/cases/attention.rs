@@ -58,6 +58,8 @@ struct Spec {
     causal: bool,
     /// A block-sparse pattern: Some(None) is `BlockMask::dense_causal`.
     sparse: Option<Option<SparsePattern>>,
+    /// Logit soft-capping (Gemma 2).
+    softcap: Option<f32>,
 }
 
 fn spec(heads: usize, kv_heads: usize, hd: usize, layout: KvLayout, pos: usize, t: usize) -> Spec {
@@ -72,6 +74,7 @@ fn spec(heads: usize, kv_heads: usize, hd: usize, layout: KvLayout, pos: usize, 
         rot_dims: hd,
         causal: true,
         sparse: None,
+        softcap: None,
     }
 }
 
@@ -95,6 +98,13 @@ impl Spec {
         Spec { rot_dims, ..self }
     }
 
+    fn softcap(self, cap: f32) -> Spec {
+        Spec {
+            softcap: Some(cap),
+            ..self
+        }
+    }
+
     fn describe(&self) -> String {
         let l = &self.layout;
         let kind = match (l.window, l.rope_in_attention) {
@@ -113,8 +123,11 @@ impl Spec {
             (true, Some(None)) => " sparse dense_causal".to_string(),
             (true, None) => String::new(),
         };
+        let cap = self
+            .softcap
+            .map_or(String::new(), |c| format!(" softcap={c}"));
         format!(
-            "heads={}/{} hd={} {kind}{mode} pos={} T={} fill={:?}",
+            "heads={}/{} hd={} {kind}{mode}{cap} pos={} T={} fill={:?}",
             self.heads, self.kv_heads, self.hd, self.pos, self.t, self.fill
         )
     }
@@ -163,6 +176,7 @@ impl Scene {
             _ => {}
         }
         let shape = AttnShape {
+            softcap: c.softcap,
             heads: c.heads,
             kv_heads: c.kv_heads,
             head_dim: c.hd,
@@ -584,6 +598,11 @@ pub fn prefill() -> Vec<Case> {
     for (_, c, seed) in sparse_specs().0 {
         cases.push(prefill_case(c, seed, 2, false));
     }
+    // Soft-capped scores (Gemma 2): caps below the scores' spread (queries are scaled by 3),
+    // so tanh saturates for some keys; a sliding window as Gemma 2's local layers.
+    for (i, c) in softcap_specs(29).into_iter().enumerate() {
+        cases.push(prefill_case(c, 4100 + i as u64, 2, false));
+    }
     // Queries that each see 1000-3000 keys: the row-wise kernel, and the tiled one within
     // the key count `attention::tiled_fits` allows on CPU adapters (llvmpipe ends an
     // invocation after 65535 loop iterations).
@@ -633,7 +652,19 @@ pub fn decode() -> Vec<Case> {
     for (_, c, seed) in sparse_specs().1 {
         cases.push(decode_case(c, seed));
     }
+    for (i, c) in softcap_specs(1).into_iter().enumerate() {
+        cases.push(decode_case(c, 4200 + i as u64));
+    }
     cases
+}
+
+/// Soft-capped attention over `t` queries: a linear cache and a sliding window.
+fn softcap_specs(t: usize) -> Vec<Spec> {
+    vec![
+        spec(4, 2, 16, KvLayout::linear(300), 40, t).softcap(2.0),
+        // At most the ring's chunk of queries.
+        spec(4, 1, 64, sliding(8, 4096), 77, t.min(8)).softcap(5.0),
+    ]
 }
 
 pub fn cache_write() -> Vec<Case> {

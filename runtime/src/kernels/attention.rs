@@ -28,6 +28,8 @@ pub struct AttnShape {
     pub head_dim: usize,
     /// Score scale, usually 1/sqrt(head_dim).
     pub scale: f32,
+    /// Logit soft-capping (Gemma 2): each scaled score s becomes `cap * tanh(s / cap)`.
+    pub softcap: Option<f32>,
 }
 
 impl AttnShape {
@@ -102,6 +104,8 @@ struct Params {
     ring: u32,
     rot_half: u32,
     blocks: u32,
+    softcap: f32,
+    _p: [u32; 3],
 }
 
 /// Queries per workgroup; also the block size of block-sparse masks.
@@ -146,6 +150,8 @@ pub fn launch(
         ring: layout.ring() as u32,
         rot_half: rope_half.unwrap_or(0) as u32,
         blocks: io.mask.map_or(0, |(_, b)| b as u32),
+        softcap: shape.softcap.unwrap_or(0.0),
+        _p: [0; 3],
     };
     // Block-sparse workgroups cover whole query blocks, so a chunk not starting on a block
     // boundary needs one more.
@@ -271,11 +277,16 @@ pub fn reference(
                     if let Some(f) = inv_freq {
                         krow = rope::reference(&krow, f, i, 1, d);
                     }
-                    qrow.iter()
+                    let s = qrow
+                        .iter()
                         .zip(&krow)
                         .map(|(a, b)| (*a as f64) * (*b as f64))
                         .sum::<f64>()
-                        * shape.scale as f64
+                        * shape.scale as f64;
+                    match shape.softcap {
+                        Some(cap) => cap as f64 * (s / cap as f64).tanh(),
+                        None => s,
+                    }
                 })
                 .collect();
             let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);

@@ -69,6 +69,7 @@ pub fn variants() -> Vec<ShaderDefs> {
         for rope in [false, true] {
             for g in [1, 3, 8] {
                 let shape = AttnShape {
+                    softcap: None,
                     heads: g,
                     kv_heads: 1,
                     head_dim: hd,
@@ -109,7 +110,7 @@ struct Params {
     max_splits: u32,
     blocks: u32,
     causal: u32,
-    _p: u32,
+    softcap: f32,
 }
 
 #[repr(C)]
@@ -210,7 +211,7 @@ pub fn launch_pieces(
         max_splits: max_splits as u32,
         blocks: io.mask.map_or(0, |(_, b)| b as u32),
         causal: causal as u32,
-        _p: 0,
+        softcap: shape.softcap.unwrap_or(0.0),
     };
     let dummy = &gpu.dummy;
     KERNEL.dispatch(

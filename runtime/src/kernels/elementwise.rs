@@ -55,6 +55,8 @@ pub enum Elementwise {
     GeluTanhPairs = 14,
     /// GeGLU with the tanh GELU: `gelu_tanh(a) * b`.
     GeluTanhMul = 15,
+    /// Soft-capping to ±b (Gemma 2's final logits): `b * tanh(a / b)`.
+    SoftCap = 16,
 }
 
 /// The activation of a GLU's gate: `act(gate) * up`.
@@ -97,7 +99,7 @@ impl Gate {
 }
 
 impl Elementwise {
-    pub const ALL: [Elementwise; 13] = [
+    pub const ALL: [Elementwise; 14] = [
         Elementwise::Add,
         Elementwise::SwiGlu,
         Elementwise::Mul,
@@ -111,6 +113,7 @@ impl Elementwise {
         Elementwise::LogSigmoid,
         Elementwise::GeluMul,
         Elementwise::GeluTanhMul,
+        Elementwise::SoftCap,
     ];
 
     /// The ops only kernels::linear launches (not in [`Elementwise::ALL`]: their operands
@@ -156,6 +159,7 @@ impl Elementwise {
             // Per pair or in place: see reference_glu_pairs and the accumulate case.
             Elementwise::GluPairs => Elementwise::SwiGlu.apply(x, y),
             Elementwise::GeluTanhPairs | Elementwise::GeluTanhMul => Gate::GeluTanh.apply(x) * y,
+            Elementwise::SoftCap => (y as f64 * (x as f64 / y as f64).tanh()) as f32,
             Elementwise::Accumulate => x + y,
             Elementwise::GeluMul => {
                 let x = x as f64;

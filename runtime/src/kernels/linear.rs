@@ -169,6 +169,7 @@ impl Op for Linear {
             // every dispatch of it grows resident memory by ~300 KB (constant_memory's sinks
             // test: 7 GB over 10k tokens), cause not found; it would save a dispatch a layer.
             let shape = AttnShape {
+                softcap: None,
                 heads: w.cols / head_dim,
                 kv_heads: 1,
                 head_dim,
