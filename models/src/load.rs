@@ -17,7 +17,7 @@ use crate::formats::host::TensorSource;
 use crate::formats::safetensors::{Blob, SafetensorsFiles};
 #[cfg(not(target_arch = "wasm32"))]
 use crate::formats::{folder::file_in_folder, pth_unsupported};
-use crate::formats::{gguf_hf, gguf_tokenizer, tokenizer_config};
+use crate::formats::{gguf_hf, gguf_hf_recurrent, gguf_tokenizer, tokenizer_config};
 use crate::model::{ChatInfo, Model};
 use crate::tokenizer::TextTokenizer;
 use crate::vars::{Vars, WeightBytes};
@@ -59,7 +59,7 @@ pub fn gguf_parts(file: &GgufFile) -> Result<GgufParts<'_>> {
             })?;
     let class = families::for_gguf(arch, path)?;
     let config = gguf_hf::config_from_gguf(file, arch, class);
-    let network = families::from_config(&config)?;
+    let network = gguf_hf_recurrent::network_config(&config, arch)?;
     let source = gguf_hf::GgufSource::new(file, &config)?;
     let tokenizer = match file.get("tokenizer.ggml.model") {
         Some(_) => Some(TextTokenizer::from_tokenizer(

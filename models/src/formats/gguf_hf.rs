@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{ModelError, Result};
 use crate::formats::config::JsonConfig;
 use crate::formats::gguf::{GgmlType, GgufFile};
+use crate::formats::gguf_hf_recurrent;
 use crate::formats::host::{HostDType, HostTensor, TensorSource};
 use crate::model::ChatInfo;
 
@@ -82,6 +83,7 @@ pub fn config_from_gguf(file: &GgufFile, arch: &str, class: &str) -> JsonConfig 
             m.insert(hf.into(), json!(v));
         }
     }
+    gguf_hf_recurrent::adapt_config(file, arch, &mut m);
     JsonConfig {
         path: file.path().to_path_buf(),
         value: Value::Object(m),
@@ -109,6 +111,8 @@ pub struct GgufSource<'a> {
     file: &'a GgufFile,
     /// Heads of q and k, whose rows llama.cpp permuted (llama architecture only).
     unpermute: Option<(usize, usize)>,
+    /// The architecture of a recurrent file (`gguf_hf_recurrent` names its tensors).
+    recurrent: Option<String>,
 }
 
 impl<'a> GgufSource<'a> {
@@ -120,7 +124,15 @@ impl<'a> GgufSource<'a> {
         } else {
             None
         };
-        Ok(GgufSource { file, unpermute })
+        let recurrent = file
+            .get_str("general.architecture")
+            .filter(|a| gguf_hf_recurrent::is_recurrent(a))
+            .map(str::to_string);
+        Ok(GgufSource {
+            file,
+            unpermute,
+            recurrent,
+        })
     }
 }
 
@@ -182,7 +194,7 @@ fn expert_gguf_name(layer: &str, name: &str) -> Option<String> {
     Some(format!("blk.{layer}.{kind}.{e}.weight"))
 }
 
-fn host_dtype(t: GgmlType) -> Option<HostDType> {
+pub(crate) fn host_dtype(t: GgmlType) -> Option<HostDType> {
     Some(match t {
         GgmlType::F32 => HostDType::F32,
         GgmlType::F16 => HostDType::F16,
@@ -226,6 +238,9 @@ pub fn unpermute_rows(bytes: &[u8], rows: usize, heads: usize) -> Option<Vec<u8>
 
 impl TensorSource for GgufSource<'_> {
     fn tensor(&self, name: &str) -> Result<HostTensor<'_>> {
+        if let Some(arch) = &self.recurrent {
+            return gguf_hf_recurrent::tensor(self.file, arch, name);
+        }
         let missing = || ModelError::MissingTensor {
             file: self.file.path().to_path_buf(),
             name: gguf_name(name).map_or(name.to_string(), |g| format!("{g} ({name})")),
@@ -281,6 +296,9 @@ impl TensorSource for GgufSource<'_> {
     }
 
     fn contains(&self, name: &str) -> bool {
+        if let Some(arch) = &self.recurrent {
+            return gguf_hf_recurrent::contains(self.file, arch, name);
+        }
         gguf_name(name).is_some_and(|g| self.file.tensor_info(&g).is_some())
     }
 

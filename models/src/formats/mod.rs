@@ -11,6 +11,7 @@ pub mod config;
 pub mod folder;
 pub mod gguf;
 pub mod gguf_hf;
+pub mod gguf_hf_recurrent;
 pub mod gguf_tokenizer;
 pub mod host;
 pub mod safetensors;
