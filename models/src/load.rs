@@ -13,7 +13,9 @@ use crate::error::{ModelError, Result};
 use crate::families::{self, NetworkConfig};
 use crate::formats::config::JsonConfig;
 use crate::formats::gguf::GgufFile;
+use crate::formats::gguf_tokenizer::GgufVocab;
 use crate::formats::host::TensorSource;
+use crate::formats::rwkv_tokenizer::RwkvTokenizer;
 use crate::formats::safetensors::{Blob, SafetensorsFiles};
 #[cfg(not(target_arch = "wasm32"))]
 use crate::formats::{folder::file_in_folder, pth_unsupported};
@@ -62,11 +64,15 @@ pub fn gguf_parts(file: &GgufFile) -> Result<GgufParts<'_>> {
     let network = gguf_hf_recurrent::network_config(&config, arch)?;
     let source = gguf_hf::GgufSource::new(file, &config)?;
     let tokenizer = match file.get("tokenizer.ggml.model") {
+        None => None,
+        Some(m) if m.as_str() == Some("rwkv") => Some(TextTokenizer::from_rwkv(
+            path,
+            RwkvTokenizer::new(&GgufVocab::from_gguf(file)?),
+        )),
         Some(_) => Some(TextTokenizer::from_tokenizer(
             path,
             gguf_tokenizer::tokenizer_from_gguf(file)?,
         )),
-        None => None,
     };
     let chat = gguf_hf::chat_info_from_gguf(file);
     Ok(GgufParts {

@@ -14,7 +14,11 @@ use kestrel_tests::{gpus, rel_err};
 const TOL: f64 = 1e-4;
 
 /// (GGUF file, fixture folder holding its reference logits and tokens)
-const CASES: &[(&str, &str)] = &[("mamba", "mamba"), ("mamba2", "mamba2")];
+const CASES: &[(&str, &str)] = &[
+    ("mamba", "mamba"),
+    ("mamba2", "mamba2"),
+    ("rwkv7", "rwkv7_blink"),
+];
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -109,4 +113,35 @@ fn recurrent_ggufs_match_their_folders_reference() {
             );
         }
     }
+}
+
+/// rwkv7.gguf's world tokenizer (a trie, greedy longest match) against BlinkDL's
+/// TRIE_TOKENIZER over the same vocabulary (rwkv7_tokenizer_cases.json, written by the
+/// generator): the same ids for every text, and the ids decode back to the text.
+#[test]
+fn rwkv_world_tokenizer_matches_the_trie_tokenizer() {
+    let dir = fixtures().join("gguf_recurrent");
+    let file =
+        kestrel_models::formats::gguf::GgufFile::open(&dir.join("rwkv7.gguf")).expect("open GGUF");
+    let parts = kestrel_models::gguf_parts(&file).expect("GGUF parts");
+    let tok = parts.tokenizer.expect("the GGUF's tokenizer");
+    let text = std::fs::read_to_string(dir.join("rwkv7_tokenizer_cases.json")).expect("cases");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let cases = v["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 20);
+    for case in cases {
+        let text = case["text"].as_str().expect("text");
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|i| i.as_u64().expect("id") as u32)
+            .collect();
+        assert_eq!(tok.encode(text).expect("encode"), want, "{text:?}");
+        assert_eq!(tok.decode(&want).expect("decode"), text, "{want:?}");
+    }
+    // The converter's `<s>` (id 0, a control token) is skipped in decoding, like
+    // llama.cpp's detokenizer without special tokens.
+    assert!(tok.is_special(0));
+    assert_eq!(tok.decode(&[0, 259]).expect("decode"), " the");
 }

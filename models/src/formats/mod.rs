@@ -14,6 +14,7 @@ pub mod gguf_hf;
 pub mod gguf_hf_recurrent;
 pub mod gguf_tokenizer;
 pub mod host;
+pub mod rwkv_tokenizer;
 pub mod safetensors;
 pub mod tokenizer_config;
 
