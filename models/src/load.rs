@@ -62,7 +62,7 @@ pub fn gguf_parts(file: &GgufFile) -> Result<GgufParts<'_>> {
             })?;
     let class = families::for_gguf(arch, path)?;
     let config = gguf_hf::config_from_gguf(file, arch, class);
-    let network = gguf_hf_recurrent::network_config(&config, arch)?;
+    let network = gguf_hf_recurrent::network_config(file, &config, arch)?;
     let source = gguf_hf::GgufSource::new(file, &config)?;
     let tokenizer = match file.get("tokenizer.ggml.model") {
         None => None,

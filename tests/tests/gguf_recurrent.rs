@@ -18,6 +18,7 @@ const CASES: &[(&str, &str)] = &[
     ("mamba", "mamba"),
     ("mamba2", "mamba2"),
     ("rwkv7", "rwkv7_blink"),
+    ("jamba", "jamba"),
 ];
 
 fn fixtures() -> PathBuf {

@@ -1,5 +1,6 @@
-//! GGUF files of llama.cpp's recurrent families — `mamba`, `mamba2`, `rwkv7` — read as the
-//! checkpoints Kestrel's families load (Hugging Face's Mamba / Mamba-2, fla's RWKV-7), the
+//! GGUF files of llama.cpp's recurrent families — `mamba`, `mamba2`, `rwkv7`, and the hybrid
+//! `jamba` — read as the checkpoints Kestrel's families load (Hugging Face's Mamba / Mamba-2 /
+//! Jamba, fla's RWKV-7), the
 //! other half of [`gguf_hf`](super::gguf_hf): the metadata becomes their config.json keys,
 //! their tensor names find llama.cpp's (`convert_hf_to_gguf.py` and gguf-py's
 //! `tensor_mapping.py` are the reference), and the converter's transforms are undone:
@@ -8,6 +9,9 @@
 //!   -exp again);
 //! - `ssm_conv1d.weight` was squeezed from [channels, 1, kernel]; Mamba-2's `ssm_a`/`ssm_d`
 //!   were unsqueezed to [heads, 1] and `ssm_norm` reshaped to [groups, inner / groups];
+//! - Jamba's layer pattern is stored per layer (`head_count_kv` 0 for Mamba layers, router
+//!   tensors only in expert layers): [`network_config`] checks it is the periodic one
+//!   transformers' config describes, from which [`adapt_config`] read its period and offset;
 //! - RWKV-7's six token-shift mixes are stacked in `time_mix_lerp_fused` [6, 1, 1, hidden]
 //!   (order r, w, k, v, a, g), `r_k` is flattened, and LoRA factors keep fla's layout.
 //!
@@ -29,7 +33,7 @@ use crate::formats::host::{numel, HostDType, HostTensor};
 
 /// The GGUF architectures this file reads.
 pub fn is_recurrent(arch: &str) -> bool {
-    matches!(arch, "mamba" | "mamba2" | "rwkv7")
+    matches!(arch, "mamba" | "mamba2" | "rwkv7" | "jamba")
 }
 
 /// Rewrite the config.json-shaped view `m` that `gguf_hf::config_from_gguf` made of a
@@ -40,15 +44,17 @@ pub fn adapt_config(file: &GgufFile, arch: &str, m: &mut Map<String, Value>) {
     }
     let key = |k: &str| format!("{arch}.{k}");
     // Written by the converter only because llama.cpp requires them (0, or an arbitrary 2^20
-    // context): not part of these networks.
-    for k in [
-        "num_attention_heads",
-        "num_key_value_heads",
-        "max_position_embeddings",
-        "rms_norm_eps",
-        "intermediate_size",
-    ] {
-        m.remove(k);
+    // context): not part of these networks (Jamba's attention has them).
+    if arch != "jamba" {
+        for k in [
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+            "rms_norm_eps",
+            "intermediate_size",
+        ] {
+            m.remove(k);
+        }
     }
     // The embedding's rows (the converter pads the token list, never the weights).
     if let Some(rows) = file
@@ -102,6 +108,45 @@ pub fn adapt_config(file: &GgufFile, arch: &str, m: &mut Map<String, Value>) {
                 copy(m, "n_groups", "ssm.group_count");
             }
         }
+        "jamba" => {
+            copy(m, "mamba_d_state", "ssm.state_size");
+            copy(m, "mamba_d_conv", "ssm.conv_kernel");
+            copy(m, "mamba_dt_rank", "ssm.time_step_rank");
+            let hidden = file.get_u64(&key("embedding_length")).unwrap_or(0);
+            let inner = file.get_u64(&key("ssm.inner_size")).unwrap_or(0);
+            let expand = match hidden > 0 && inner % hidden == 0 {
+                true => json!(inner / hidden),
+                false => json!(inner as f64 / hidden.max(1) as f64),
+            };
+            m.insert("mamba_expand".into(), expand);
+            let layers = jamba_layers(file);
+            let any =
+                |t: &str| (0..layers.len()).any(|l| file.contains_tensor(&format!("blk.{l}.{t}")));
+            m.insert("mamba_conv_bias".into(), json!(any("ssm_conv1d.bias")));
+            m.insert("mamba_proj_bias".into(), json!(any("ssm_in.bias")));
+            if let Some(&kv) = layers.iter().filter_map(|l| l.0).max().as_ref() {
+                m.insert("num_key_value_heads".into(), json!(kv));
+            }
+            for (what, period_key, offset_key) in [
+                (0, "attn_layer_period", "attn_layer_offset"),
+                (1, "expert_layer_period", "expert_layer_offset"),
+            ] {
+                let at: Vec<usize> = (0..layers.len())
+                    .filter(|&l| match what {
+                        0 => layers[l].0.is_some(),
+                        _ => layers[l].1,
+                    })
+                    .collect();
+                if let Some(&offset) = at.first() {
+                    let period = match at.get(1) {
+                        Some(next) => next - offset,
+                        None => layers.len().max(offset + 1),
+                    };
+                    m.insert(period_key.into(), json!(period));
+                    m.insert(offset_key.into(), json!(offset));
+                }
+            }
+        }
         _ => {
             copy(m, "head_dim", "wkv.head_size");
             copy(m, "intermediate_size", "feed_forward_length");
@@ -122,9 +167,36 @@ pub fn adapt_config(file: &GgufFile, arch: &str, m: &mut Map<String, Value>) {
     }
 }
 
+/// Per layer of a Jamba file: its attention's KV heads (`None`: a Mamba layer) and whether
+/// it has experts.
+fn jamba_layers(file: &GgufFile) -> Vec<(Option<u64>, bool)> {
+    let n = file.get_u64("jamba.block_count").unwrap_or(0) as usize;
+    let kv = file
+        .get_array("jamba.attention.head_count_kv")
+        .and_then(|a| a.to_i64_vec())
+        .unwrap_or_default();
+    (0..n)
+        .map(|l| {
+            let heads = kv.get(l).copied().filter(|&h| h > 0).map(|h| h as u64);
+            (
+                heads,
+                file.contains_tensor(&format!("blk.{l}.ffn_gate_inp.weight")),
+            )
+        })
+        .collect()
+}
+
 /// The network a GGUF file's config describes: its family's, with llama.cpp's fixed RWKV-7
-/// eps for `rwkv7` files.
-pub fn network_config(config: &JsonConfig, arch: &str) -> Result<Box<dyn NetworkConfig>> {
+/// eps for `rwkv7` files, and for `jamba` files once their layers are checked to follow the
+/// periods and offsets read from them.
+pub fn network_config(
+    file: &GgufFile,
+    config: &JsonConfig,
+    arch: &str,
+) -> Result<Box<dyn NetworkConfig>> {
+    if arch == "jamba" {
+        jamba_check(file, config)?;
+    }
     if arch != "rwkv7" {
         return families::from_config(config);
     }
@@ -133,6 +205,44 @@ pub fn network_config(config: &JsonConfig, arch: &str) -> Result<Box<dyn Network
     // ggml_l2_norm clamps the norm at 1e-12, i.e. the squared norm at 1e-24.
     c.layer.l2_eps = 1e-24;
     Ok(Box::new(c))
+}
+
+/// Jamba's config can only say "every `period` layers from `offset`": a file whose attention
+/// or expert layers follow another pattern is refused, naming it.
+fn jamba_check(file: &GgufFile, config: &JsonConfig) -> Result<()> {
+    let layers = jamba_layers(file);
+    let rule = |period: &str, offset: &str| -> Result<(usize, usize)> {
+        Ok((
+            config.opt_usize(period)?.unwrap_or(usize::MAX).max(1),
+            config.opt_usize(offset)?.unwrap_or(usize::MAX),
+        ))
+    };
+    let (ap, ao) = rule("attn_layer_period", "attn_layer_offset")?;
+    let (ep, eo) = rule("expert_layer_period", "expert_layer_offset")?;
+    let kv = layers.iter().filter_map(|l| l.0).max();
+    for (l, &(heads, experts)) in layers.iter().enumerate() {
+        let irregular = |key: &str, what: &str| ModelError::BadConfigValue {
+            file: file.path().to_path_buf(),
+            key: key.into(),
+            message: format!(
+                "gives layer {l} {what}, which Jamba's periodic layout (a period and an \
+                 offset) cannot describe"
+            ),
+        };
+        if heads.is_some() != (l % ap == ao) || (heads.is_some() && heads != kv) {
+            return Err(irregular(
+                "jamba.attention.head_count_kv",
+                "another kind or KV width",
+            ));
+        }
+        if experts != (l % ep == eo) {
+            return Err(irregular(
+                "blk.N.ffn_gate_inp.weight",
+                "experts out of period",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// How a Hugging Face tensor is stored in a recurrent GGUF file.
@@ -168,6 +278,7 @@ fn stored(arch: &str, hf: &str) -> Option<Stored> {
     match arch {
         "mamba" | "mamba2" => mamba_stored(hf),
         "rwkv7" => rwkv7_stored(hf),
+        "jamba" => jamba_stored(hf),
         _ => None,
     }
 }
@@ -182,24 +293,68 @@ fn mamba_stored(hf: &str) -> Option<Stored> {
     }
     let rest = hf.strip_prefix("backbone.layers.")?;
     let (layer, leaf) = rest.split_once('.')?;
+    match leaf {
+        "norm.weight" => Some(Stored::Plain(format!("blk.{layer}.attn_norm.weight"))),
+        _ => mixer_stored(layer, leaf.strip_prefix("mixer.")?),
+    }
+}
+
+/// A Mamba mixer's tensor `leaf` in layer `layer` (Mamba, Mamba-2 and Jamba's).
+fn mixer_stored(layer: &str, leaf: &str) -> Option<Stored> {
     let b = |s: &str| format!("blk.{layer}.{s}");
     Some(match leaf {
-        "norm.weight" => Stored::Plain(b("attn_norm.weight")),
-        "mixer.in_proj.weight" => Stored::Plain(b("ssm_in.weight")),
-        "mixer.in_proj.bias" => Stored::Plain(b("ssm_in.bias")),
-        "mixer.conv1d.weight" => Stored::Unsqueezed(b("ssm_conv1d.weight")),
-        "mixer.conv1d.bias" => Stored::Plain(b("ssm_conv1d.bias")),
-        "mixer.x_proj.weight" => Stored::Plain(b("ssm_x.weight")),
-        "mixer.dt_proj.weight" => Stored::Plain(b("ssm_dt.weight")),
+        "in_proj.weight" => Stored::Plain(b("ssm_in.weight")),
+        "in_proj.bias" => Stored::Plain(b("ssm_in.bias")),
+        "conv1d.weight" => Stored::Unsqueezed(b("ssm_conv1d.weight")),
+        "conv1d.bias" => Stored::Plain(b("ssm_conv1d.bias")),
+        "x_proj.weight" => Stored::Plain(b("ssm_x.weight")),
+        "dt_proj.weight" => Stored::Plain(b("ssm_dt.weight")),
         // Mamba's dt_proj bias and Mamba-2's dt_bias are both `ssm_dt.bias`.
-        "mixer.dt_proj.bias" | "mixer.dt_bias" => Stored::Plain(b("ssm_dt.bias")),
-        "mixer.A_log" => Stored::NegExp(b("ssm_a")),
-        "mixer.D" => Stored::Plain(b("ssm_d")),
-        "mixer.norm.weight" => Stored::Plain(b("ssm_norm.weight")),
-        "mixer.out_proj.weight" => Stored::Plain(b("ssm_out.weight")),
-        "mixer.out_proj.bias" => Stored::Plain(b("ssm_out.bias")),
+        "dt_proj.bias" | "dt_bias" => Stored::Plain(b("ssm_dt.bias")),
+        "A_log" => Stored::NegExp(b("ssm_a")),
+        "D" => Stored::Plain(b("ssm_d")),
+        "norm.weight" => Stored::Plain(b("ssm_norm.weight")),
+        "out_proj.weight" => Stored::Plain(b("ssm_out.weight")),
+        "out_proj.bias" => Stored::Plain(b("ssm_out.bias")),
+        // Jamba's RMSNorms of dt, B and C.
+        "dt_layernorm.weight" => Stored::Plain(b("ssm_dt_norm.weight")),
+        "b_layernorm.weight" => Stored::Plain(b("ssm_b_norm.weight")),
+        "c_layernorm.weight" => Stored::Plain(b("ssm_c_norm.weight")),
         _ => return None,
     })
+}
+
+fn jamba_stored(hf: &str) -> Option<Stored> {
+    let plain = |s: String| Some(Stored::Plain(s));
+    match hf {
+        "model.embed_tokens.weight" => return plain("token_embd.weight".into()),
+        "model.final_layernorm.weight" => return plain("output_norm.weight".into()),
+        "lm_head.weight" => return plain("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, leaf) = rest.split_once('.')?;
+    if let Some(m) = leaf.strip_prefix("mamba.") {
+        return mixer_stored(layer, m);
+    }
+    let name = match leaf {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "pre_ff_layernorm.weight" => "ffn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "feed_forward.gate_proj.weight" => "ffn_gate.weight",
+        "feed_forward.up_proj.weight" => "ffn_up.weight",
+        "feed_forward.down_proj.weight" => "ffn_down.weight",
+        "feed_forward.router.weight" => "ffn_gate_inp.weight",
+        // The experts stacked [experts, rows, cols].
+        "feed_forward.experts.gate_proj.weight" => "ffn_gate_exps.weight",
+        "feed_forward.experts.up_proj.weight" => "ffn_up_exps.weight",
+        "feed_forward.experts.down_proj.weight" => "ffn_down_exps.weight",
+        _ => return None,
+    };
+    plain(format!("blk.{layer}.{name}"))
 }
 
 /// fla's token-shift mixes, in the order llama.cpp stacks them.
