@@ -181,6 +181,7 @@ fn one_pth<T>(mut found: Vec<(PathBuf, T)>, dir: &Path) -> Result<(PathBuf, T)> 
 }
 
 /// The family of a `.pth` checkpoint, recognised by its tensors (BlinkDL's RWKV-7).
+#[cfg(not(target_arch = "wasm32"))]
 fn pth_network(file: &PthFile) -> Result<Box<dyn NetworkConfig>> {
     families::from_tensors(file)?.ok_or_else(|| ModelError::UnsupportedFormat {
         path: file.origin().to_path_buf(),

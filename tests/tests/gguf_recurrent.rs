@@ -43,8 +43,7 @@ fn read_npy(path: &Path) -> (Vec<f32>, usize) {
         .expect("shape");
     let last = dims
         .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .next_back()
+        .rfind(|s| !s.trim().is_empty())
         .and_then(|s| s.trim().parse().ok())
         .expect("last dim");
     (bytemuck::pod_collect_to_vec(&bytes[10 + hlen..]), last)
@@ -145,4 +144,20 @@ fn rwkv_world_tokenizer_matches_the_trie_tokenizer() {
     // llama.cpp's detokenizer without special tokens.
     assert!(tok.is_special(0));
     assert_eq!(tok.decode(&[0, 259]).expect("decode"), " the");
+}
+
+/// A Jamba file whose attention layers (1 and 2 of 4) follow no period is refused before any
+/// weight is read, naming the metadata key (jamba_irregular.gguf: metadata only).
+#[test]
+fn an_irregular_jamba_layout_is_refused() {
+    let path = fixtures().join("gguf_recurrent/jamba_irregular.gguf");
+    let file = kestrel_models::formats::gguf::GgufFile::open(&path).expect("open GGUF");
+    match kestrel_models::gguf_parts(&file) {
+        Err(kestrel_models::ModelError::BadConfigValue { key, message, .. }) => {
+            assert_eq!(key, "jamba.attention.head_count_kv");
+            assert!(message.contains("layer 1 "), "{message}");
+        }
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("an irregular Jamba layout was accepted"),
+    }
 }

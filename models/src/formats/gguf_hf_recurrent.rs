@@ -78,15 +78,8 @@ pub fn adapt_config(file: &GgufFile, arch: &str, m: &mut Map<String, Value>) {
             copy(m, "state_size", "ssm.state_size");
             copy(m, "conv_kernel", "ssm.conv_kernel");
             copy(m, "layer_norm_epsilon", "attention.layer_norm_rms_epsilon");
-            let hidden = file.get_u64(&key("embedding_length")).unwrap_or(0);
+            m.insert("expand".into(), expand(file, arch));
             let inner = file.get_u64(&key("ssm.inner_size")).unwrap_or(0);
-            // transformers derives the inner width from `expand`; a width that is no multiple
-            // of hidden_size stays fractional, which the family's parser refuses by name.
-            let expand = match hidden > 0 && inner % hidden == 0 {
-                true => json!(inner / hidden),
-                false => json!(inner as f64 / hidden.max(1) as f64),
-            };
-            m.insert("expand".into(), expand);
             let has = |t: &str| file.contains_tensor(t);
             m.insert("use_conv_bias".into(), json!(has("blk.0.ssm_conv1d.bias")));
             m.insert("use_bias".into(), json!(has("blk.0.ssm_in.bias")));
@@ -112,13 +105,7 @@ pub fn adapt_config(file: &GgufFile, arch: &str, m: &mut Map<String, Value>) {
             copy(m, "mamba_d_state", "ssm.state_size");
             copy(m, "mamba_d_conv", "ssm.conv_kernel");
             copy(m, "mamba_dt_rank", "ssm.time_step_rank");
-            let hidden = file.get_u64(&key("embedding_length")).unwrap_or(0);
-            let inner = file.get_u64(&key("ssm.inner_size")).unwrap_or(0);
-            let expand = match hidden > 0 && inner % hidden == 0 {
-                true => json!(inner / hidden),
-                false => json!(inner as f64 / hidden.max(1) as f64),
-            };
-            m.insert("mamba_expand".into(), expand);
+            m.insert("mamba_expand".into(), expand(file, arch));
             let layers = jamba_layers(file);
             let any =
                 |t: &str| (0..layers.len()).any(|l| file.contains_tensor(&format!("blk.{l}.{t}")));
@@ -164,6 +151,20 @@ pub fn adapt_config(file: &GgufFile, arch: &str, m: &mut Map<String, Value>) {
                 json!(file.contains_tensor("token_embd_norm.weight")),
             );
         }
+    }
+}
+
+/// The Mamba mixer's `expand` (inner width / hidden size). transformers derives the inner
+/// width from it; a width that is no multiple of the hidden size stays fractional, which the
+/// family's parser refuses by name.
+fn expand(file: &GgufFile, arch: &str) -> Value {
+    let hidden = file
+        .get_u64(&format!("{arch}.embedding_length"))
+        .unwrap_or(0);
+    let inner = file.get_u64(&format!("{arch}.ssm.inner_size")).unwrap_or(0);
+    match hidden > 0 && inner.is_multiple_of(hidden) {
+        true => json!(inner / hidden),
+        false => json!(inner as f64 / hidden.max(1) as f64),
     }
 }
 
