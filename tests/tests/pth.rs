@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use kestrel_models::formats::pth::{PthError, PthFile};
 use kestrel_models::formats::safetensors::Blob;
+use kestrel_models::formats::zip_stored::ZipError;
 use kestrel_models::ModelError;
 use kestrel_tests::{gpus, rel_err};
 
@@ -121,7 +122,7 @@ fn hostile_and_unsupported_checkpoints_are_refused_by_name() {
     );
     assert!(matches!(
         pth_error(&dir.join("compressed.pth")),
-        PthError::Compressed(name) if name.ends_with("data.pkl")
+        PthError::Zip(ZipError::Compressed(name)) if name.ends_with("data.pkl")
     ));
     assert!(matches!(
         pth_error(&dir.join("view.pth")),

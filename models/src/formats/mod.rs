@@ -15,3 +15,4 @@ pub mod pth;
 pub mod rwkv_tokenizer;
 pub mod safetensors;
 pub mod tokenizer_config;
+pub mod zip_stored;
