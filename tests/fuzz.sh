@@ -49,6 +49,7 @@ for t in $(cargo fuzz list --fuzz-dir tests/fuzz); do
         seed safetensors "$fixtures"/qwen2/model.safetensors "$fixtures"/llama_gqa/*.index.json \
             tests/fuzz/seeds/safetensors/*
         ;;
+    pth) seed pth "$fixtures"/rwkv7_blink/model.pth "$fixtures"/pth_hostile/*.pth ;;
     config) seed config "$fixtures"/*/config.json ;;
     http_request | openai_request) seed "$t" tests/fuzz/seeds/"$t"/* ;;
     tokenizer)

@@ -51,6 +51,11 @@ pub enum ModelError {
     },
     #[error("{file}: invalid safetensors data: {message}")]
     Safetensors { file: PathBuf, message: String },
+    #[error("{file}: invalid PyTorch checkpoint: {error}")]
+    Pth {
+        file: PathBuf,
+        error: crate::formats::pth::PthError,
+    },
     #[error("{file}: invalid GGUF file: {message}")]
     Gguf { file: PathBuf, message: String },
     #[error("{file}: '{entry}' {message}")]

@@ -12,12 +12,15 @@ use kestrel_runtime::Gpu;
 use crate::error::{ModelError, Result};
 use crate::families::{self, NetworkConfig};
 use crate::formats::config::JsonConfig;
-use crate::formats::gguf::GgufFile;
-use crate::formats::host::TensorSource;
-use crate::formats::safetensors::{Blob, SafetensorsFiles};
 #[cfg(not(target_arch = "wasm32"))]
-use crate::formats::{folder::file_in_folder, pth_unsupported};
-use crate::formats::{gguf_hf, gguf_tokenizer, tokenizer_config};
+use crate::formats::folder::file_in_folder;
+use crate::formats::gguf::GgufFile;
+use crate::formats::gguf_tokenizer::GgufVocab;
+use crate::formats::host::TensorSource;
+use crate::formats::pth::PthFile;
+use crate::formats::rwkv_tokenizer::RwkvTokenizer;
+use crate::formats::safetensors::{Blob, SafetensorsFiles};
+use crate::formats::{gguf_hf, gguf_hf_recurrent, gguf_tokenizer, tokenizer_config};
 use crate::model::{ChatInfo, Model};
 use crate::tokenizer::TextTokenizer;
 use crate::vars::{Vars, WeightBytes};
@@ -59,14 +62,18 @@ pub fn gguf_parts(file: &GgufFile) -> Result<GgufParts<'_>> {
             })?;
     let class = families::for_gguf(arch, path)?;
     let config = gguf_hf::config_from_gguf(file, arch, class);
-    let network = families::from_config(&config)?;
+    let network = gguf_hf_recurrent::network_config(file, &config, arch)?;
     let source = gguf_hf::GgufSource::new(file, &config)?;
     let tokenizer = match file.get("tokenizer.ggml.model") {
+        None => None,
+        Some(m) if m.as_str() == Some("rwkv") => Some(TextTokenizer::from_rwkv(
+            path,
+            RwkvTokenizer::new(&GgufVocab::from_gguf(file)?),
+        )),
         Some(_) => Some(TextTokenizer::from_tokenizer(
             path,
             gguf_tokenizer::tokenizer_from_gguf(file)?,
         )),
-        None => None,
     };
     let chat = gguf_hf::chat_info_from_gguf(file);
     Ok(GgufParts {
@@ -94,9 +101,9 @@ pub fn model_from_gguf(gpu: &Arc<Gpu>, file: &GgufFile) -> Result<Model> {
 }
 
 /// A model from the files of a Hugging Face folder given as (file name, bytes), as the browser
-/// has them: config.json (or, for BlinkDL's RWKV-7, none), *.safetensors, tokenizer.json,
-/// tokenizer_config.json. Only the base name of each file counts; other files are ignored.
-/// `dir` names the folder in errors.
+/// has them: config.json (or, for BlinkDL's RWKV-7, none), *.safetensors (or BlinkDL's
+/// `.pth`), tokenizer.json, tokenizer_config.json. Only the base name of each file counts;
+/// other files are ignored. `dir` names the folder in errors.
 pub fn model_from_files(
     gpu: &Arc<Gpu>,
     dir: &Path,
@@ -106,6 +113,7 @@ pub fn model_from_files(
     let mut tokenizer = None;
     let mut tokenizer_config = None;
     let mut shards = Vec::new();
+    let mut pth = Vec::new();
     for (name, bytes) in files {
         let base = name.rsplit('/').next().unwrap_or(&name).to_string();
         let path = dir.join(&base);
@@ -114,10 +122,11 @@ pub fn model_from_files(
             "tokenizer.json" => tokenizer = Some((path, bytes)),
             "tokenizer_config.json" => tokenizer_config = Some((path, bytes)),
             b if b.ends_with(".safetensors") => shards.push((path, Blob::Owned(bytes))),
+            b if b.ends_with(".pth") => pth.push((path, bytes)),
             _ => {}
         }
     }
-    if shards.is_empty() {
+    if shards.is_empty() && pth.is_empty() {
         return Err(ModelError::NotFound(dir.join("model.safetensors")));
     }
     let json = |(path, bytes): (PathBuf, Vec<u8>)| {
@@ -128,12 +137,17 @@ pub fn model_from_files(
         Some(file) => Some(families::from_config(&json(file)?)?),
         None => None,
     };
-    // Shards in name order, like the index of a sharded checkpoint.
-    shards.sort_by(|a, b| a.0.cmp(&b.0));
-    let source = SafetensorsFiles::from_blobs(dir, shards)?;
+    let source: Box<dyn TensorSource> = if shards.is_empty() {
+        let (path, bytes) = one_pth(pth, dir)?;
+        Box::new(PthFile::parse(&path, Blob::Owned(bytes))?)
+    } else {
+        // Shards in name order, like the index of a sharded checkpoint.
+        shards.sort_by(|a, b| a.0.cmp(&b.0));
+        Box::new(SafetensorsFiles::from_blobs(dir, shards)?)
+    };
     let network = match network {
         Some(n) => n,
-        None => families::from_tensors(&source)?
+        None => families::from_tensors(source.as_ref())?
             .ok_or_else(|| ModelError::NotFound(dir.join("config.json")))?,
     };
     let tokenizer = match tokenizer {
@@ -144,7 +158,38 @@ pub fn model_from_files(
         Some(file) => tokenizer_config::chat_info_from_tokenizer_config(&json(file)?),
         None => ChatInfo::default(),
     };
-    build_model(gpu, dir.to_path_buf(), network, &source, tokenizer, chat)
+    build_model(
+        gpu,
+        dir.to_path_buf(),
+        network,
+        source.as_ref(),
+        tokenizer,
+        chat,
+    )
+}
+
+/// The one `.pth` checkpoint among `found` (a folder holding several is ambiguous).
+fn one_pth<T>(mut found: Vec<(PathBuf, T)>, dir: &Path) -> Result<(PathBuf, T)> {
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(ModelError::NotFound(dir.join("model.safetensors"))),
+        n => Err(ModelError::UnsupportedFormat {
+            path: dir.to_path_buf(),
+            message: format!("{n} .pth checkpoints and no config.json; pass one .pth file"),
+        }),
+    }
+}
+
+/// The family of a `.pth` checkpoint, recognised by its tensors (BlinkDL's RWKV-7).
+#[cfg(not(target_arch = "wasm32"))]
+fn pth_network(file: &PthFile) -> Result<Box<dyn NetworkConfig>> {
+    families::from_tensors(file)?.ok_or_else(|| ModelError::UnsupportedFormat {
+        path: file.origin().to_path_buf(),
+        message: "a PyTorch checkpoint whose tensors are no family's Kestrel recognises \
+                  without config.json (BlinkDL's RWKV-7 is); other models need config.json \
+                  and *.safetensors"
+            .into(),
+    })
 }
 
 /// Load a model: a GGUF file, or a Hugging Face-layout directory (config.json, *.safetensors,
@@ -164,20 +209,20 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
             return load_gguf(gpu, path);
         }
         if extension("pth") {
-            return Err(pth_unsupported(path));
+            return load_pth(gpu, path);
         }
         return Err(ModelError::UnsupportedFormat {
             path: path.to_path_buf(),
-            message: "expected a .gguf file or a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)"
+            message: "expected a .gguf file, a BlinkDL RWKV-7 .pth, or a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)"
                 .to_string(),
         });
     }
     let config_path = file_in_folder(path, "config.json", path)?;
-    let (network, source) = if config_path.exists() {
+    let (network, source): (_, Box<dyn TensorSource>) = if config_path.exists() {
         let text = read(&config_path)?;
         let config = JsonConfig::parse(&config_path, &String::from_utf8_lossy(&text))?;
         let network = families::from_config(&config)?;
-        (network, SafetensorsFiles::open_dir(path)?)
+        (network, Box::new(SafetensorsFiles::open_dir(path)?))
     } else if let Some(found) = without_config(path)? {
         found
     } else {
@@ -186,28 +231,58 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
         return Err(ModelError::NotFound(config_path));
     };
     let (tokenizer, chat) = read_tokenizer_files(path)?;
-    build_model(gpu, path.to_path_buf(), network, &source, tokenizer, chat)
+    build_model(
+        gpu,
+        path.to_path_buf(),
+        network,
+        source.as_ref(),
+        tokenizer,
+        chat,
+    )
 }
 
-/// A directory without config.json: a family recognised by its tensors (BlinkDL's RWKV-7),
-/// or `None`; an error for a directory that holds only a `.pth` checkpoint.
+/// A directory without config.json: a family recognised by the tensors of its
+/// model.safetensors or, failing that, of its one `.pth` checkpoint (BlinkDL's RWKV-7); or
+/// `None`.
 #[cfg(not(target_arch = "wasm32"))]
-fn without_config(dir: &Path) -> Result<Option<(Box<dyn NetworkConfig>, SafetensorsFiles)>> {
+#[allow(clippy::type_complexity)]
+fn without_config(dir: &Path) -> Result<Option<(Box<dyn NetworkConfig>, Box<dyn TensorSource>)>> {
     if !dir.join("model.safetensors").exists() {
-        let pth = std::fs::read_dir(dir)
+        let mut pth: Vec<(PathBuf, ())> = std::fs::read_dir(dir)
             .ok()
             .into_iter()
             .flatten()
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("pth")));
-        return match pth {
-            Some(p) => Err(pth_unsupported(&p)),
-            None => Ok(None),
-        };
+            .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("pth")))
+            .map(|p| (p, ()))
+            .collect();
+        if pth.is_empty() {
+            return Ok(None);
+        }
+        pth.sort();
+        let (p, ()) = one_pth(pth, dir)?;
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+        let p = file_in_folder(dir, name.as_deref().unwrap_or_default(), dir)?;
+        let file = PthFile::open(&p)?;
+        return Ok(Some((pth_network(&file)?, Box::new(file))));
     }
     let files = SafetensorsFiles::open_dir(dir)?;
-    Ok(families::from_tensors(&files)?.map(|network| (network, files)))
+    Ok(families::from_tensors(&files)?.map(|network| (network, Box::new(files) as _)))
+}
+
+/// Load a PyTorch checkpoint of a family recognised by its tensors (BlinkDL's RWKV-7), with
+/// the tokenizer.json and tokenizer_config.json beside it, where they exist.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_pth(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
+    let file = PthFile::open(path)?;
+    let network = pth_network(&file)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let (tokenizer, chat) = read_tokenizer_files(dir)?;
+    build_model(gpu, path.to_path_buf(), network, &file, tokenizer, chat)
 }
 
 #[cfg(not(target_arch = "wasm32"))]

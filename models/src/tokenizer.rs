@@ -1,15 +1,22 @@
-//! Text to token ids and back, through the `tokenizers` crate (tokenizer.json).
+//! Text to token ids and back, through the `tokenizers` crate (tokenizer.json and GGUF
+//! vocabularies) or, for RWKV's world vocabulary in GGUF files, its trie.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ModelError, Result};
+use crate::formats::rwkv_tokenizer::RwkvTokenizer;
 
 pub struct TextTokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Inner,
     path: PathBuf,
     /// Special tokens: decoding skips them.
     special: HashSet<u32>,
+}
+
+enum Inner {
+    Hf(Box<tokenizers::Tokenizer>),
+    Rwkv(RwkvTokenizer),
 }
 
 impl TextTokenizer {
@@ -36,7 +43,18 @@ impl TextTokenizer {
             .map(|(id, _)| id)
             .collect();
         TextTokenizer {
-            inner,
+            inner: Inner::Hf(Box::new(inner)),
+            path: path.to_path_buf(),
+            special,
+        }
+    }
+
+    pub fn from_rwkv(path: &Path, rwkv: RwkvTokenizer) -> TextTokenizer {
+        let special = (0..rwkv.vocab_size() as u32)
+            .filter(|&id| rwkv.is_special(id))
+            .collect();
+        TextTokenizer {
+            inner: Inner::Rwkv(rwkv),
             path: path.to_path_buf(),
             special,
         }
@@ -51,13 +69,21 @@ impl TextTokenizer {
 
     /// Token ids of `text`, with the tokenizer's own special-token handling.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, true).map_err(|e| self.err(e))?;
-        Ok(enc.get_ids().to_vec())
+        match &self.inner {
+            Inner::Hf(t) => {
+                let enc = t.encode(text, true).map_err(|e| self.err(e))?;
+                Ok(enc.get_ids().to_vec())
+            }
+            Inner::Rwkv(t) => Ok(t.encode(text)),
+        }
     }
 
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(|e| self.err(e))
+        match &self.inner {
+            Inner::Hf(t) => t.decode(ids, true).map_err(|e| self.err(e)),
+            Inner::Rwkv(t) => Ok(t.decode(ids)),
+        }
     }
 
     /// True for a special token (which [`TextTokenizer::decode`] skips).
@@ -65,8 +91,20 @@ impl TextTokenizer {
         self.special.contains(&id)
     }
 
-    pub fn inner(&self) -> &tokenizers::Tokenizer {
-        &self.inner
+    /// The underlying Hugging Face tokenizer; None for RWKV's world tokenizer.
+    pub fn hf(&self) -> Option<&tokenizers::Tokenizer> {
+        match &self.inner {
+            Inner::Hf(t) => Some(t),
+            Inner::Rwkv(_) => None,
+        }
+    }
+
+    /// The number of ids, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        match &self.inner {
+            Inner::Hf(t) => t.get_vocab_size(true),
+            Inner::Rwkv(t) => t.vocab_size(),
+        }
     }
 }
 
@@ -295,7 +333,7 @@ mod tests {
     #[test]
     fn a_long_random_reply_streams_like_a_whole_decode_in_a_short_window() {
         let tok = fixture_tokenizer();
-        let vocab = tok.inner().get_vocab_size(true) as u32;
+        let vocab = tok.vocab_size() as u32;
         // Random ids: invalid byte sequences, split characters and special tokens included.
         let mut state = 12345u32;
         let ids: Vec<u32> = (0..4000)
@@ -312,7 +350,9 @@ mod tests {
         let mut ids = tok
             .encode("Hello there, how are you? Fine: ünïcödé 世界")
             .expect("encode");
-        let special = tok.inner().token_to_id("</s>").expect("a special token");
+        // `</s>` in the fixtures' tokenizer (tests/fixtures/README.md).
+        let special = 273;
+        assert!(tok.is_special(special));
         ids.splice(5..5, std::iter::repeat_n(special, 50));
         let widest = stream_matches_whole_decode(&tok, &ids);
         assert!(widest <= 8, "window of {widest} ids");

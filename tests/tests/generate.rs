@@ -353,7 +353,7 @@ fn smollm2_replies_stream_like_whole_decodes() {
 
     // Thousands of random ids (split characters, invalid bytes, special tokens) stream as
     // they decode whole.
-    let vocab = tok.inner().get_vocab_size(true) as u32;
+    let vocab = tok.vocab_size() as u32;
     let mut state = 99u32;
     let random: Vec<u32> = (0..3000)
         .map(|_| {

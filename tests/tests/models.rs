@@ -484,17 +484,7 @@ fn recurrent_models_prefill_many_chunks_like_decode() {
 // The constant-memory tests are in constant_memory.rs (a binary of their own: they measure
 // the process's resident memory).
 
-#[test]
-fn rwkv_pth_checkpoints_are_refused_with_advice() {
-    let pth = fixture("rwkv7_blink").join("model.pth");
-    for gpu in gpus() {
-        let err = match kestrel_models::load(&gpu, &pth) {
-            Ok(_) => panic!(".pth loaded"),
-            Err(e) => e.to_string(),
-        };
-        assert!(err.contains(".pth") && err.contains("safetensors"), "{err}");
-    }
-}
+// BlinkDL's .pth checkpoints: tests/tests/pth.rs.
 
 /// Per MoE layer in order: (layer, per token the experts the router chose).
 type LayerChoices = Vec<(usize, Vec<Vec<u32>>)>;

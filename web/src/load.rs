@@ -1,5 +1,6 @@
 //! Models from bytes the page fetched or the user picked: a GGUF file, or the files of a
-//! Hugging Face folder (config.json, *.safetensors, tokenizer.json, tokenizer_config.json).
+//! Hugging Face folder (config.json, *.safetensors or BlinkDL's RWKV-7 .pth, tokenizer.json,
+//! tokenizer_config.json).
 //! Both go through the same registry path as the native `kestrel_models::load`: the family
 //! and its config first (from config.json, or from the tensors of a folder without one, such
 //! as BlinkDL's RWKV-7), then the weights. Nothing is memory-mapped.

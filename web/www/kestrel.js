@@ -5,9 +5,10 @@
 //   for await (const chunk of await engine.chat.completions.create({ messages, stream: true }))
 //     out += chunk.choices[0].delta.content ?? '';
 //
-// `model` is a URL (a .gguf file, or a Hugging Face folder's base URL ending in '/'), a File
-// (.gguf), or an array/FileList of a Hugging Face folder's files (config.json,
-// *.safetensors, tokenizer.json, tokenizer_config.json). Downloads are kept in the Cache API.
+// `model` is a URL (a .gguf file, BlinkDL's RWKV-7 .pth, or a Hugging Face folder's base URL
+// ending in '/'), a File (.gguf or .pth), or an array/FileList of a Hugging Face folder's files
+// (config.json — none for BlinkDL's RWKV-7 —, *.safetensors or a .pth, tokenizer.json,
+// tokenizer_config.json). Downloads are kept in the Cache API.
 
 export class KestrelError extends Error {
   constructor(name, message) {

@@ -95,7 +95,8 @@ async function fetchBytes(id, url, { optional = false } = {}) {
 
 const base = (s) => s.split('/').filter(Boolean).pop() || s;
 
-// Files of a Hugging Face folder at `baseUrl`: config.json, tokenizer files, safetensors.
+// Files of a Hugging Face folder at `baseUrl`: config.json (none in BlinkDL's RWKV-7
+// folders, whose family the engine reads from the tensors), tokenizer files, safetensors.
 async function fetchHfFolder(id, baseUrl) {
   const dir = baseUrl.endsWith('/') ? baseUrl : baseUrl + '/';
   const files = [];
@@ -104,7 +105,7 @@ async function fetchHfFolder(id, baseUrl) {
     if (b) files.push([name, b]);
     return b;
   };
-  await get('config.json', false);
+  await get('config.json', true);
   await get('tokenizer.json', true);
   await get('tokenizer_config.json', true);
   const index = await get('model.safetensors.index.json', true);
@@ -126,7 +127,13 @@ async function load(id, { source, ctx }) {
   await ready;
   const started = performance.now();
   let e;
-  if (source.kind === 'url' && !source.url.endsWith('/')) {
+  if (source.kind === 'url' && /\.pth$/i.test(source.url)) {
+    // BlinkDL's RWKV-7 .pth release: read like a folder holding only it.
+    const bytes = await fetchBytes(id, source.url);
+    progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
+    modelName = base(source.url);
+    e = await wasm.loadHfFiles(modelName, [modelName], [bytes], ctx || 0);
+  } else if (source.kind === 'url' && !source.url.endsWith('/')) {
     const bytes = await fetchBytes(id, source.url);
     progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
     modelName = base(source.url);

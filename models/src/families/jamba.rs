@@ -32,7 +32,7 @@ pub const ARCHITECTURE: &str = "JambaForCausalLM";
 pub const FAMILY: Family = Family {
     classes: &[ARCHITECTURE],
     model_types: &["jamba"],
-    gguf: &[],
+    gguf: &[("jamba", "JambaForCausalLM")],
     parse: Some(|c| Ok(Box::new(JambaConfig::from_json(c)?))),
     from_tensors: None,
     keys: KEYS,

@@ -24,7 +24,7 @@ const CLASSES: [&str; 2] = ["MambaForCausalLM", "Mamba2ForCausalLM"];
 pub const FAMILY: Family = Family {
     classes: &CLASSES,
     model_types: &["mamba", "mamba2"],
-    gguf: &[],
+    gguf: &[("mamba", "MambaForCausalLM"), ("mamba2", "Mamba2ForCausalLM")],
     parse: Some(|c| Ok(Box::new(MambaConfig::from_json(c)?))),
     from_tensors: None,
     keys: KEYS,

@@ -29,7 +29,8 @@ use crate::vars::Vars;
 pub const FAMILY: Family = Family {
     classes: &["RWKV6ForCausalLM", "RWKV7ForCausalLM"],
     model_types: &["rwkv6", "rwkv7"],
-    gguf: &[],
+    // llama.cpp's RWKV-7 files (see formats::gguf_hf_recurrent).
+    gguf: &[("rwkv7", "RWKV7ForCausalLM")],
     parse: Some(|c| Ok(Box::new(RwkvConfig::from_json(c)?))),
     from_tensors: None,
     keys: KEYS,

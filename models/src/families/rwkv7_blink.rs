@@ -1,9 +1,9 @@
 //! RWKV-7 checkpoints in BlinkDL's own naming (`emb.weight`, `blocks.{i}.att.*`, ...): a
-//! directory with `model.safetensors` and no config.json, recognised by its tensors. Sizes
+//! directory with `model.safetensors` and no config.json, or BlinkDL's `.pth` release itself
+//! (`formats::pth`), recognised by its tensors. Sizes
 //! come from the tensor shapes (`att.r_k` is [heads, head_size]), the tensors answer to fla's
 //! names through [`BlinkSource`] (LoRA factors transposed) so the RWKV network (`rwkv.rs`)
-//! loads them, and `ln_x` takes BlinkDL's fixed eps 64e-5. `.pth` checkpoints (Python
-//! pickles) are not read: convert them to safetensors first.
+//! loads them, and `ln_x` takes BlinkDL's fixed eps 64e-5.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -38,7 +38,7 @@ impl NetworkConfig for BlinkConfig {
     fn load(self: Box<Self>, vb: &Vars<'_>) -> Result<Arc<dyn Network>> {
         let source = BlinkSource {
             files: vb.source(),
-            file: vb.source().origin().join("model.safetensors"),
+            file: checkpoint_file(vb.source()),
         };
         Ok(Arc::new(Rwkv::load(self.0, &vb.with_source(&source))?))
     }
@@ -49,8 +49,17 @@ fn blink_config(files: &dyn TensorSource) -> Result<Option<BlinkConfig>> {
     if !(files.contains("emb.weight") && files.contains("blocks.0.att.r_k")) {
         return Ok(None);
     }
-    let file = files.origin().join("model.safetensors");
+    let file = checkpoint_file(files);
     Ok(Some(BlinkConfig(config_from_shapes(files, &file)?)))
+}
+
+/// The file errors name: a `.pth` checkpoint itself, or a folder's model.safetensors.
+fn checkpoint_file(files: &dyn TensorSource) -> PathBuf {
+    let origin = files.origin();
+    match origin.extension().is_some_and(|e| e.eq_ignore_ascii_case("pth")) {
+        true => origin.to_path_buf(),
+        false => origin.join("model.safetensors"),
+    }
 }
 
 fn shape(files: &dyn TensorSource, name: &str) -> Result<Vec<usize>> {

@@ -12,6 +12,7 @@ use crate::error::{ModelError, Result};
 use crate::formats::config::JsonConfig;
 use crate::formats::gguf::{GgmlType, GgufFile};
 use crate::formats::gguf_decoders;
+use crate::formats::gguf_hf_recurrent;
 use crate::formats::host::{HostDType, HostTensor, TensorSource};
 use crate::model::ChatInfo;
 
@@ -84,6 +85,7 @@ pub fn config_from_gguf(file: &GgufFile, arch: &str, class: &str) -> JsonConfig 
         }
     }
     gguf_decoders::config_keys(file, arch, &mut m);
+    gguf_hf_recurrent::adapt_config(file, arch, &mut m);
     JsonConfig {
         path: file.path().to_path_buf(),
         value: Value::Object(m),
@@ -113,6 +115,8 @@ pub struct GgufSource<'a> {
     unpermute: Option<(usize, usize)>,
     /// `general.architecture`, for its own tensor names (`gguf_decoders`).
     arch: String,
+    /// The architecture of a recurrent file (`gguf_hf_recurrent` names its tensors).
+    recurrent: Option<String>,
 }
 
 impl<'a> GgufSource<'a> {
@@ -128,10 +132,12 @@ impl<'a> GgufSource<'a> {
             .get_str("general.architecture")
             .unwrap_or("")
             .to_string();
+        let recurrent = Some(arch.clone()).filter(|a| gguf_hf_recurrent::is_recurrent(a));
         Ok(GgufSource {
             file,
             unpermute,
             arch,
+            recurrent,
         })
     }
 
@@ -204,7 +210,7 @@ fn expert_gguf_name(layer: &str, name: &str) -> Option<String> {
     Some(format!("blk.{layer}.{kind}.{e}.weight"))
 }
 
-fn host_dtype(t: GgmlType) -> Option<HostDType> {
+pub(crate) fn host_dtype(t: GgmlType) -> Option<HostDType> {
     Some(match t {
         GgmlType::F32 => HostDType::F32,
         GgmlType::F16 => HostDType::F16,
@@ -248,6 +254,9 @@ pub fn unpermute_rows(bytes: &[u8], rows: usize, heads: usize) -> Option<Vec<u8>
 
 impl TensorSource for GgufSource<'_> {
     fn tensor(&self, name: &str) -> Result<HostTensor<'_>> {
+        if let Some(arch) = &self.recurrent {
+            return gguf_hf_recurrent::tensor(self.file, arch, name);
+        }
         let missing = || ModelError::MissingTensor {
             file: self.file.path().to_path_buf(),
             name: self
@@ -312,6 +321,9 @@ impl TensorSource for GgufSource<'_> {
     }
 
     fn contains(&self, name: &str) -> bool {
+        if let Some(arch) = &self.recurrent {
+            return gguf_hf_recurrent::contains(self.file, arch, name);
+        }
         self.gguf_name(name)
             .is_some_and(|g| self.file.tensor_info(&g).is_some())
     }

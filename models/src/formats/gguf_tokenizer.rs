@@ -350,9 +350,12 @@ impl GgufVocab {
                 };
                 (bos, Some(11), None, p.add_bos, false)
             }
+            // RWKV's world vocabulary: no special ids unless the file names them
+            // (formats::rwkv_tokenizer).
+            "rwkv" => (None, None, None, false, false),
             other => {
                 return Err(err(format!(
-                    "unsupported tokenizer model '{other}' (tokenizer.ggml.model; supported: gpt2, llama)"
+                    "unsupported tokenizer model '{other}' (tokenizer.ggml.model; supported: gpt2, llama, rwkv)"
                 )))
             }
         };

@@ -52,7 +52,7 @@ fn io_err(path: &Path, e: std::io::Error) -> ModelError {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-fn map_file(path: &Path) -> Result<Blob> {
+pub(crate) fn map_file(path: &Path) -> Result<Blob> {
     let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
     // SAFETY: the file is opened read-only and model files are not modified while loaded.
     let m = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io_err(path, e))?;
