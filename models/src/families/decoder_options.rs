@@ -28,6 +28,19 @@ pub enum LayerRope {
     NoPe,
 }
 
+/// LongRoPE (Phi-3.5, Phi-4-mini): frequencies divided per rotated pair by `short` factors
+/// for a context (the session's capacity) of at most `original_max` positions, else by
+/// `long` ones, fixed for the session as llama.cpp does (the KV cache holds rotated keys;
+/// transformers switches by the current length instead); cos and sin times
+/// `attention_factor`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    pub short: Vec<f32>,
+    pub long: Vec<f32>,
+    pub original_max: usize,
+    pub attention_factor: f32,
+}
+
 /// What families other than Llama's change in the shared decoder. The default is Llama.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderOptions {
