@@ -209,6 +209,15 @@ fn phi3_longrope_factors_follow_the_session_context() {
             );
         }
     }
+    // Attention sinks rotate keys inside attention, which has no attention factor: refused.
+    let gpu = gpus().into_iter().next().expect("a GPU");
+    let mut model = kestrel_models::load(&gpu, &fixture(name)).expect("load");
+    let sinks = AttentionOptions {
+        streaming: Some((4, 8)),
+        sparse: None,
+    };
+    let e = model.set_attention(sinks).expect_err("sinks with LongRoPE");
+    assert!(e.to_string().contains("LongRoPE"), "{e}");
 }
 
 /// The model at `path` against fixture `name`'s logits, prefill and decode, on every test

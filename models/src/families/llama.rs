@@ -20,6 +20,7 @@ use kestrel_runtime::kv::KvLayout;
 use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::{DType, GpuWeight};
 use kestrel_runtime::TensorId;
+use serde_json::Value;
 
 use super::decoder_options::{DecoderOptions, LayerRope, LongRope, NormPlacement};
 use super::{Family, Network, NetworkConfig};
@@ -33,7 +34,6 @@ use crate::blocks::moe::{FeedForward, MoeConfig, MoeNames, MIXTRAL, QWEN2_MOE};
 use crate::blocks::norm::RmsNorm;
 use crate::error::{ModelError, Result};
 use crate::formats::config::{Dim, JsonConfig};
-use serde_json::Value;
 use crate::formats::config::keys::{why, ConfigKey};
 use crate::model::ModelConfig;
 use crate::vars::Vars;
