@@ -20,7 +20,6 @@ use kestrel_runtime::kv::KvLayout;
 use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::{DType, GpuWeight};
 use kestrel_runtime::TensorId;
-use serde_json::Value;
 
 use super::decoder_options::{DecoderOptions, LayerRope, LongRope, NormPlacement};
 use super::{Family, Network, NetworkConfig};
@@ -277,7 +276,7 @@ impl DecoderConfig {
         // transformers' Phi-3 reads "su" (and "yarn") as LongRoPE.
         let longrope = match (rope, kind) {
             (Some(s), "longrope" | "su" | "yarn") if phi3 => {
-                Some(longrope(c, rope_key, s, rotary_dims)?)
+                Some(LongRope::from_json(c, rope_key, s, rotary_dims)?)
             }
             _ => None,
         };
@@ -424,63 +423,6 @@ fn qk_norm_weights(
         *v += c.options.norm_offset;
     }
     attention.computed_vector("qk_norm.weight", &w)
-}
-
-/// LongRoPE from `rope` (the config's `rope_key` dict) for `rotary_dims` rotated dims, as
-/// transformers' `_compute_longrope_parameters` reads it: the pretraining context from the
-/// top-level `original_max_position_embeddings` (Phi-3's spelling, preferred), else the
-/// dict's, else Phi3Config's default 4096; the attention factor given, else
-/// sqrt(1 + ln(s) / ln(original)) for s = `factor` or max_position_embeddings / original
-/// above 1, else 1.
-fn longrope(c: &JsonConfig, rope_key: &str, rope: &Value, rotary_dims: usize) -> Result<LongRope> {
-    let bad = |key: &str, message: String| bad(c, &format!("{rope_key}.{key}"), message);
-    let factors = |key: &str| -> Result<Vec<f32>> {
-        let list = rope.get(key).and_then(|v| v.as_array());
-        let f: Option<Vec<f32>> = list.and_then(|l| {
-            l.iter()
-                .map(|v| v.as_f64().filter(|f| *f > 0.0).map(|f| f as f32))
-                .collect()
-        });
-        match f {
-            Some(f) if f.len() == rotary_dims / 2 => Ok(f),
-            _ => Err(bad(
-                key,
-                format!("must be {} positive numbers (one per rotated pair)", rotary_dims / 2),
-            )),
-        }
-    };
-    let key = "original_max_position_embeddings";
-    let original_max = match (c.opt_usize(key)?, rope.get(key)) {
-        (Some(n), _) => n,
-        (None, Some(v)) => v
-            .as_u64()
-            .ok_or_else(|| bad(key, "must be a whole number".into()))? as usize,
-        (None, None) => 4096,
-    };
-    if original_max < 2 {
-        return Err(bad(key, format!("({original_max}) must be at least 2")));
-    }
-    let number = |key: &str| match rope.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .filter(|f| f.is_finite() && *f > 0.0)
-            .map(Some)
-            .ok_or_else(|| bad(key, "must be a positive number".into())),
-    };
-    let max_positions = c.dim("max_position_embeddings", Dim::Context)?;
-    let factor = number("factor")?.unwrap_or(max_positions as f64 / original_max as f64);
-    let attention_factor = match number("attention_factor")? {
-        Some(a) => a,
-        None if factor <= 1.0 => 1.0,
-        None => (1.0 + factor.ln() / (original_max as f64).ln()).sqrt(),
-    };
-    Ok(LongRope {
-        short: factors("short_factor")?,
-        long: factors("long_factor")?,
-        original_max,
-        attention_factor: attention_factor as f32,
-    })
 }
 
 pub(crate) fn bad(c: &JsonConfig, key: &str, message: String) -> ModelError {
