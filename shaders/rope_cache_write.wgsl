@@ -1,7 +1,8 @@
 // The step between a layer's q/k/v projections and its attention, for T tokens at positions
 // step.pos + t: q rotated by RoPE into q_out [T, heads, head_dim], k rotated and v as they
 // are into their cache rows (kv_row(pos) as shaders/cache_write.wgsl). RoPE is the
-// rotate-half layout of shaders/rope.wgsl (dims i and i + rot_half, i < rot_half); rot_half
+// rotate-half layout of shaders/rope.wgsl (dims i and i + rot_half, i < rot_half), with cos
+// and sin times rope_scale (LongRoPE's attention factor, else 1); rot_half
 // 0 copies q and k unrotated (caches that keep keys before RoPE rotate inside attention).
 // q, k and v are read from rows of stride *_stride at column offset *_offset: three
 // bindings of one fused [T, qd + 2 kvd] projection, or three separate tensors.
@@ -18,7 +19,7 @@ struct Params {
     n_tokens: u32, heads: u32, kv_heads: u32, head_dim: u32,
     rot_half: u32, sinks: u32, ring: u32, norm: u32,
     q_stride: u32, q_offset: u32, k_stride: u32, k_offset: u32,
-    v_stride: u32, v_offset: u32, eps: f32, _p1: u32,
+    v_stride: u32, v_offset: u32, eps: f32, rope_scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -65,7 +66,7 @@ fn rotate(a: f32, b: f32, dims: vec3<u32>, pos: u32) -> vec2<f32> {
     if (dims.z == 0u) {
         return vec2<f32>(a, b);
     }
-    let cs = sin_cos(f32(pos) * inv_freq[dims.x]);
+    let cs = sin_cos(f32(pos) * inv_freq[dims.x]) * p.rope_scale;
     return vec2<f32>(a * cs.x - b * cs.y, b * cs.x + a * cs.y);
 }
 

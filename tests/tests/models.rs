@@ -124,9 +124,14 @@ fn model_path(name: &str) -> PathBuf {
 }
 
 fn run_modes(gpu: &Arc<Gpu>, name: &str, path: &Path) -> (Vec<f32>, Vec<f32>) {
+    run_tokens(gpu, path, &tokens(name))
+}
+
+/// Prefill and decode logits of `toks` in a session of exactly their length.
+fn run_tokens(gpu: &Arc<Gpu>, path: &Path, toks: &[u32]) -> (Vec<f32>, Vec<f32>) {
     let model =
         kestrel_models::load(gpu, path).unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
-    logits_in_both_modes(gpu, &model, &tokens(name))
+    logits_in_both_modes(gpu, &model, toks)
 }
 
 /// The logits of `toks` in one prefill, then with the same tokens decoded one at a time.
@@ -161,6 +166,67 @@ fn decoder_families_match_transformers_from_folders_and_gguf() {
             check_fixture(&format!("{name} (GGUF)"), name, &path);
         }
     }
+}
+
+/// Phi-3 with LongRoPE (pretraining context 16), from its folder and its GGUF: a session of
+/// 29 tokens uses the long factors in prefill and decode alike (against transformers'
+/// prefill, which uses them past 16 tokens); a session of 16 the short ones (against
+/// transformers' token-by-token decode, whose first 16 rows use them; its later rows
+/// switch factors mid-sequence and are no reference).
+#[test]
+fn phi3_longrope_factors_follow_the_session_context() {
+    let name = "phi3_longrope";
+    let (shape, want_long) = read_npy(&fixture(name).join("logits_prefill.npy"));
+    let (_, want_decode) = read_npy(&fixture(name).join("logits_decode.npy"));
+    let vocab = shape[1];
+    let toks = tokens(name);
+    let short = 16;
+    assert!(toks.len() > short);
+    let want_short = &want_decode[..short * vocab];
+    for path in [fixture(name), fixture(name).join("model-f32.gguf")] {
+        let label = match path.extension() {
+            Some(_) => format!("{name} (GGUF)"),
+            None => name.to_string(),
+        };
+        for gpu in gpus() {
+            let b = gpu.backend_name();
+            let (prefill, decode) = run_tokens(&gpu, &path, &toks);
+            check(
+                &format!("{label} long prefill on {b}"),
+                &prefill,
+                &want_long,
+                vocab,
+            );
+            check(
+                &format!("{label} long decode on {b}"),
+                &decode,
+                &prefill,
+                vocab,
+            );
+            let (prefill, decode) = run_tokens(&gpu, &path, &toks[..short]);
+            check(
+                &format!("{label} short prefill on {b}"),
+                &prefill,
+                want_short,
+                vocab,
+            );
+            check(
+                &format!("{label} short decode on {b}"),
+                &decode,
+                want_short,
+                vocab,
+            );
+        }
+    }
+    // Attention sinks rotate keys inside attention, which has no attention factor: refused.
+    let gpu = gpus().into_iter().next().expect("a GPU");
+    let mut model = kestrel_models::load(&gpu, &fixture(name)).expect("load");
+    let sinks = AttentionOptions {
+        streaming: Some((4, 8)),
+        sparse: None,
+    };
+    let e = model.set_attention(sinks).expect_err("sinks with LongRoPE");
+    assert!(e.to_string().contains("LongRoPE"), "{e}");
 }
 
 /// The model at `path` against fixture `name`'s logits, prefill and decode, on every test

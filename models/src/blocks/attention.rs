@@ -13,7 +13,7 @@ use std::sync::Arc;
 use kestrel_runtime::graph::Graph;
 use kestrel_runtime::kernels::attention::AttnShape;
 use kestrel_runtime::kernels::linear::{LinearInput, LinearOutput};
-use kestrel_runtime::kernels::rope_cache_write::{Heads, QkNorm};
+use kestrel_runtime::kernels::rope_cache_write::{Heads, QkNorm, Rotary};
 use kestrel_runtime::kv::KvLayout;
 use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::GpuWeight;
@@ -44,7 +44,8 @@ pub struct AttentionWeights {
 
 /// The attention's query and cache: which layer's cache, laid out how, the heads, whether
 /// causal, RoPE frequencies (applied inside attention for caches that keep keys before
-/// RoPE; none: a layer without RoPE), an RMSNorm of q and k before RoPE and a block mask.
+/// RoPE; none: a layer without RoPE) and the factor on rotated dims (LongRoPE's attention
+/// factor, else 1), an RMSNorm of q and k before RoPE and a block mask.
 #[derive(Clone, Copy)]
 pub struct AttentionRun<'a> {
     pub cache: &'a KvCache,
@@ -52,6 +53,7 @@ pub struct AttentionRun<'a> {
     pub shape: AttnShape,
     pub causal: bool,
     pub inv_freq: Option<TensorId>,
+    pub rope_scale: f32,
     pub qk_norm: Option<QkNorm>,
     pub mask: Option<TensorId>,
 }
@@ -198,11 +200,22 @@ impl AttentionWeights {
         let [k_name, v_name] = run.cache.names();
         let k_cache = g.state(&k_name, &[run.layout.rows, kvd]);
         let v_cache = g.state(&v_name, &[run.layout.rows, kvd]);
-        // Keys cached before RoPE (attention sinks) are rotated inside attention.
+        // Keys cached before RoPE (attention sinks) are rotated inside attention, which has
+        // no factor on rotated dims (the decoder refuses sinks with LongRoPE).
         let (before, inside) = match run.layout.rope_in_attention {
+            true if run.rope_scale != 1.0 => {
+                return Err(kestrel_runtime::Error::Graph(
+                    "RoPE rotated inside attention (attention sinks) has no attention factor"
+                        .into(),
+                ))
+            }
             true => (None, run.inv_freq),
             false => (run.inv_freq, None),
         };
+        let before = before.map(|inv_freq| Rotary {
+            inv_freq,
+            scale: run.rope_scale,
+        });
         let heads = Heads {
             heads: shape.heads,
             kv_heads: shape.kv_heads,

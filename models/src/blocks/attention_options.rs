@@ -55,6 +55,8 @@ pub enum AttentionError {
     WiderThanModel { window: usize, model_window: usize },
     /// Sinks and block-sparse patterns at once.
     SinksWithSparse,
+    /// Sinks rotate keys inside attention, which has no LongRoPE attention factor.
+    SinksWithLongRope,
     /// The block-sparse patterns do not fit the model's layers (the runtime's message).
     SparseLayers { message: String },
     /// A block-sparse pattern on a sliding-window layer.
@@ -72,6 +74,7 @@ impl AttentionError {
             }
             AttentionError::WiderThanModel { .. } => &[KvWindow],
             AttentionError::SinksWithSparse => &[AttentionSinks, BlockSparse],
+            AttentionError::SinksWithLongRope => &[AttentionSinks],
             AttentionError::SparseLayers { .. } | AttentionError::SparseOnSlidingLayer { .. } => {
                 &[BlockSparse]
             }
@@ -106,6 +109,9 @@ impl AttentionError {
             ),
             AttentionError::SinksWithSparse => {
                 "attention sinks and block-sparse attention cannot be combined".into()
+            }
+            AttentionError::SinksWithLongRope => {
+                "attention sinks are not supported with LongRoPE scaling".into()
             }
             AttentionError::SparseLayers { message } => message.clone(),
             AttentionError::SparseOnSlidingLayer { layer } => format!(

@@ -336,6 +336,7 @@ impl Architecture for Jamba {
                         shape: c.attn,
                         causal: true,
                         inv_freq: None,
+                        rope_scale: 1.0,
                         qk_norm: None,
                         mask: None,
                     };

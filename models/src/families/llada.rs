@@ -182,6 +182,7 @@ fn config(c: &JsonConfig) -> Result<DecoderConfig> {
         eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-5) as f32,
         rope_theta: c.opt_f64("rope_theta")?.unwrap_or(10000.0),
         llama3: None,
+        longrope: None,
         tie_embeddings: c.opt_bool("weight_tying")?.unwrap_or(false),
         qkv_bias,
         layer_windows: vec![None; layers],

@@ -21,7 +21,7 @@ use kestrel_runtime::state::StateSpec;
 use kestrel_runtime::tensor::{DType, GpuWeight};
 use kestrel_runtime::TensorId;
 
-use super::decoder_options::{DecoderOptions, LayerRope, NormPlacement};
+use super::decoder_options::{DecoderOptions, LayerRope, LongRope, NormPlacement};
 use super::{Family, Network, NetworkConfig};
 use crate::blocks::attention::{
     AttentionNames, AttentionRun, AttentionWeights, KvCache, ATTENTION,
@@ -187,6 +187,7 @@ pub struct DecoderConfig {
     pub eps: f32,
     pub rope_theta: f64,
     pub llama3: Option<Llama3Scaling>,
+    pub longrope: Option<LongRope>,
     pub tie_embeddings: bool,
     pub qkv_bias: bool,
     /// Each layer's sliding window (positions a query sees, itself included), if any.
@@ -268,14 +269,21 @@ impl DecoderConfig {
                 return Err(bad(partial, format!("{f} is not supported (1.0)")));
             }
         };
+        let kind = rope
+            .and_then(|s| s.get("rope_type").or(s.get("type")))
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
+        // transformers' Phi-3 reads "su" (and "yarn") as LongRoPE.
+        let longrope = match (rope, kind) {
+            (Some(s), "longrope" | "su" | "yarn") if phi3 => {
+                Some(LongRope::from_json(c, rope_key, s, rotary_dims)?)
+            }
+            _ => None,
+        };
         let llama3 = match rope {
             None => None,
+            Some(_) if longrope.is_some() => None,
             Some(s) => {
-                let kind = s
-                    .get("rope_type")
-                    .or(s.get("type"))
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("default");
                 match kind {
                     "default" => None,
                     "llama3" => {
@@ -352,6 +360,7 @@ impl DecoderConfig {
             eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
             rope_theta,
             llama3,
+            longrope,
             tie_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
             // Qwen2 always biases q, k and v; Qwen2-MoE as its qkv_bias says (default true).
             qkv_bias: match qwen2_moe {
@@ -595,6 +604,15 @@ impl Layer {
     }
 }
 
+/// LongRoPE's frequencies on the GPU: `inv_freqs[index]` holds the short ones.
+#[derive(Clone)]
+struct LongRopeFreqs {
+    index: usize,
+    long: Arc<GpuWeight>,
+    original_max: usize,
+    scale: f32,
+}
+
 /// The decoder with its weights on the GPU.
 #[derive(Clone)]
 pub struct Decoder {
@@ -606,6 +624,7 @@ pub struct Decoder {
     lm_head: LmHead,
     /// The distinct RoPE frequencies of the layers.
     inv_freqs: Vec<Arc<GpuWeight>>,
+    longrope: Option<LongRopeFreqs>,
     /// [hidden] copies of the embedding scale.
     embed_scale: Option<Arc<GpuWeight>>,
 }
@@ -628,6 +647,7 @@ impl Decoder {
         // Distinct RoPE frequencies, by (theta, scaled).
         let mut ropes: Vec<(f64, bool)> = Vec::new();
         let mut inv_freqs = Vec::new();
+        let mut longrope = None;
         let mut layers = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
             let p = body.pp(n.layers).pp(l);
@@ -649,8 +669,21 @@ impl Decoder {
                             0 => c.head_dim,
                             d => d,
                         };
-                        let freqs = rope::inv_freq(key.0, dims, scaling);
                         let label = format!("rope.inv_freq.{}", ropes.len());
+                        let freqs = match c.longrope.as_ref().filter(|_| key.1) {
+                            // The short factors here, the long ones beside.
+                            Some(lr) => {
+                                let long = rope::longrope_inv_freq(key.0, &lr.long);
+                                longrope = Some(LongRopeFreqs {
+                                    index: ropes.len(),
+                                    long: vb.computed_vector(&format!("{label}.long"), &long)?,
+                                    original_max: lr.original_max,
+                                    scale: lr.attention_factor,
+                                });
+                                rope::longrope_inv_freq(key.0, &lr.short)
+                            }
+                            None => rope::inv_freq(key.0, dims, scaling),
+                        };
                         inv_freqs.push(vb.computed_vector(&label, &freqs)?);
                         ropes.push(key);
                         ropes.len() - 1
@@ -703,6 +736,7 @@ impl Decoder {
             norm,
             lm_head,
             inv_freqs,
+            longrope,
             embed_scale,
         })
     }
@@ -732,7 +766,16 @@ impl Decoder {
     ) -> kestrel_runtime::Result<TensorId> {
         let c = &self.config;
         let embed = g.weight(&self.embed);
-        let inv_freqs: Vec<TensorId> = self.inv_freqs.iter().map(|f| g.weight(f)).collect();
+        let mut inv_freqs: Vec<TensorId> = self.inv_freqs.iter().map(|f| g.weight(f)).collect();
+        // LongRoPE: the long factors for a session longer than the pretraining context
+        // (llama.cpp's rule; fixed for the session, as the cache holds rotated keys).
+        let mut scaled = None;
+        if let Some(lr) = &self.longrope {
+            if capacity > lr.original_max {
+                inv_freqs[lr.index] = g.weight(&lr.long);
+            }
+            scaled = Some((lr.index, lr.scale));
+        }
         let mut x = g.embedding(embed, ids)?;
         if let Some(s) = &self.embed_scale {
             let s = g.weight(s);
@@ -750,6 +793,10 @@ impl Decoder {
                 shape: c.attn_shape(),
                 causal: c.model.causal,
                 inv_freq: layer.rope.map(|i| inv_freqs[i]),
+                rope_scale: match (layer.rope, scaled) {
+                    (Some(i), Some((j, scale))) if i == j => scale,
+                    _ => 1.0,
+                },
                 qk_norm: match (&layer.qk_norm, c.options.qk_norm) {
                     (Some(w), Some(span)) => Some(QkNorm {
                         weight: g.weight(w),
@@ -806,6 +853,9 @@ impl Network for Decoder {
     ) -> Result<Arc<dyn Network>, AttentionError> {
         let c = &self.config;
         options.check(&c.layer_windows, c.model.max_positions)?;
+        if options.streaming.is_some() && self.longrope.is_some() {
+            return Err(AttentionError::SinksWithLongRope);
+        }
         Ok(Arc::new(Decoder {
             attention: options.clone(),
             ..self.clone()

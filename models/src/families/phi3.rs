@@ -3,7 +3,8 @@
 //! through a view that answers to Llama's separate names with row ranges of the fused
 //! tensors (the decoder then fuses them its own way); RoPE over part of each head
 //! (`partial_rotary_factor`); a sliding window on every layer when the config sets one.
-//! LongRoPE (`rope_scaling` type `longrope`) is not implemented and is refused by name.
+//! LongRoPE (`rope_parameters` type `longrope`, Phi-3.5/4-mini): short or long per-pair
+//! factors chosen by the session's context, fixed for the session (`LongRope`).
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -44,14 +45,19 @@ const KEYS: &[ConfigKey] = &[
         r#"{"rope_type": "default", "rope_theta": 1234.0}"#,
         r#"{"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}"#,
     ),
+    // transformers 4's spelling (Phi-3.5's Hub configs: `type` longrope; the GGUF
+    // metadata's), read in preference to rope_parameters as transformers 5 does.
+    ConfigKey::limited(
+        "rope_scaling",
+        r#"{"rope_type": "default", "rope_theta": 1234.0}"#,
+        r#"{"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}"#,
+    ),
     // transformers 4's spelling (and the GGUF metadata's), read without rope_parameters.
     ConfigKey::honoured("rope_theta", "1234.0"),
     ConfigKey::honoured("head_dim", "32"),
     ConfigKey::refused("hidden_act", "\"gelu\""),
-    ConfigKey::inert(
-        "original_max_position_embeddings",
-        "read by LongRoPE only, which is refused",
-    ),
+    // Read by LongRoPE only (the pretraining context that picks short or long factors).
+    ConfigKey::honoured("original_max_position_embeddings", "8"),
     ConfigKey::inert("resid_pdrop", why::TRAINING),
     ConfigKey::inert("embd_pdrop", why::TRAINING),
     ConfigKey::inert("attention_dropout", why::TRAINING),

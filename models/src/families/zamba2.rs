@@ -462,6 +462,7 @@ impl Zamba2 {
             shape: c.attn,
             causal: true,
             inv_freq,
+            rope_scale: 1.0,
             qk_norm: None,
             mask: None,
         };

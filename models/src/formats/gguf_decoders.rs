@@ -6,7 +6,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::formats::gguf::GgufFile;
+use crate::formats::gguf::{GgmlType, GgufFile};
 
 /// `arch`'s config.json keys that the common metadata mapping (`gguf_hf::config_from_gguf`)
 /// does not give, added to `m`.
@@ -91,10 +91,35 @@ pub fn config_keys(file: &GgufFile, arch: &str, m: &mut Map<String, Value>) {
             }
         }
         // Phi-3: its window and rotated dims (partial rotary) are in the file; LongRoPE's
-        // factors are tensors, which make the config ask for (and be refused) LongRoPE.
+        // factors are f32 tensors beside its attention factor and pretraining context
+        // (llama.cpp's converter, Phi3MiniModel). Factors that cannot be read are left out,
+        // for the config to refuse by name.
         "phi3" => {
+            let factors = |name: &str| -> Value {
+                match file.tensor(name) {
+                    Ok((info, bytes)) if info.ggml_type == GgmlType::F32 => {
+                        let f: Vec<f32> = bytes
+                            .chunks_exact(4)
+                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                            .collect();
+                        json!(f)
+                    }
+                    _ => Value::Null,
+                }
+            };
             if file.tensor_info("rope_factors_long.weight").is_some() {
-                m.insert("rope_scaling".into(), json!({"rope_type": "longrope"}));
+                let mut rope = json!({
+                    "rope_type": "longrope",
+                    "long_factor": factors("rope_factors_long.weight"),
+                    "short_factor": factors("rope_factors_short.weight"),
+                });
+                if let Some(a) = file.get_f64(&format!("{arch}.rope.scaling.attn_factor")) {
+                    rope["attention_factor"] = json!(a);
+                }
+                m.insert("rope_scaling".into(), rope);
+                if let Some(n) = u64_key("rope.scaling.original_context_length") {
+                    m.insert("original_max_position_embeddings".into(), json!(n));
+                }
             }
             if let Some(w) = u64_key("attention.sliding_window").filter(|&w| w > 0) {
                 m.insert("sliding_window".into(), json!(w));

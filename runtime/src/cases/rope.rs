@@ -51,33 +51,40 @@ pub fn cases() -> Vec<Case> {
 /// RoPE of q and k with both cache writes in one kernel (kernels::rope_cache_write), from one
 /// fused q/k/v projection or three tensors, for every cache layout, with partial rotation
 /// and without RoPE (keys cached before it), with q/k RMSNorms per head and over the whole
-/// projection. Rotated q and cached k within [`ROPE_TOL`] (the same f32 angle as rope's; the
-/// GPU's sin/cos; a norm adds an f32 sum of at most a few hundred squares, ~1e-7 relative),
-/// v exact; cache rows not written stay NaN.
+/// projection, with LongRoPE's per-pair factors and attention factor (scale 1.22: one more
+/// f32 product, 1 ulp). Rotated q and cached k within [`ROPE_TOL`] (the same f32 angle as
+/// rope's; the GPU's sin/cos; a norm adds an f32 sum of at most a few hundred squares, ~1e-7
+/// relative), v exact; cache rows not written stay NaN.
 pub fn rope_cache_write() -> Vec<Case> {
     let linear = KvLayout::linear;
     let sliding = |w, c| KvLayout::sliding(w, c).expect("a valid sliding window");
     let streaming = |s, w| KvLayout::streaming(s, w).expect("a valid sink + window layout");
     let (head, whole) = (Some(QkSpan::Head), Some(QkSpan::Whole));
-    // (layout, heads, kv_heads, head_dim, rot_dims (0: no RoPE), pos, T, fused, q/k norm)
+    // LongRoPE (Phi-3.5): factors per rotated pair, cos and sin times the attention factor.
+    let long = Some(1.2247449);
+    // (layout, heads, kv_heads, head_dim, rot_dims (0: no RoPE), pos, T, fused, q/k norm,
+    // LongRoPE attention factor)
     let specs = [
-        (linear(40), 3, 1, 16, 16, 0, 7, true, None),
-        (linear(40), 3, 1, 16, 16, 9, 1, false, None),
-        (linear(40), 4, 2, 32, 16, 5, 3, true, None), // partial rotary
-        (sliding(8, 4096), 2, 2, 8, 8, 29, 6, true, None), // ring wrap
-        (sliding(8, 4096), 2, 1, 8, 8, 1003, 1, false, None),
-        (streaming(3, 10), 2, 1, 8, 0, 1, 9, true, None), // sinks: keys cached unrotated
-        (streaming(2, 5), 5, 5, 6, 0, 103, 1, false, None),
-        (linear(40), 3, 1, 24, 24, 4, 5, true, head), // Qwen3, Gemma 3
-        (sliding(8, 4096), 4, 2, 16, 16, 13, 1, true, head),
-        (linear(40), 4, 2, 16, 0, 2, 3, false, head), // a NoPE layer
-        (linear(40), 3, 3, 10, 10, 6, 4, true, whole), // OLMo-2
-        (linear(40), 2, 1, 8, 4, 0, 1, false, whole),
+        (linear(40), 3, 1, 16, 16, 0, 7, true, None, None),
+        (linear(40), 3, 1, 16, 16, 9, 1, false, None, None),
+        (linear(40), 4, 2, 32, 16, 5, 3, true, None, None), // partial rotary
+        (sliding(8, 4096), 2, 2, 8, 8, 29, 6, true, None, None), // ring wrap
+        (sliding(8, 4096), 2, 1, 8, 8, 1003, 1, false, None, None),
+        (streaming(3, 10), 2, 1, 8, 0, 1, 9, true, None, None), // sinks: keys cached unrotated
+        (streaming(2, 5), 5, 5, 6, 0, 103, 1, false, None, None),
+        (linear(40), 3, 1, 24, 24, 4, 5, true, head, None), // Qwen3, Gemma 3
+        (sliding(8, 4096), 4, 2, 16, 16, 13, 1, true, head, None),
+        (linear(40), 4, 2, 16, 0, 2, 3, false, head, None), // a NoPE layer
+        (linear(40), 3, 3, 10, 10, 6, 4, true, whole, None), // OLMo-2
+        (linear(40), 2, 1, 8, 4, 0, 1, false, whole, None),
+        (linear(40), 4, 2, 16, 12, 5, 7, true, None, long), // Phi-4-mini's partial rotary
+        (sliding(8, 4096), 3, 1, 24, 24, 17, 1, false, None, long),
     ];
     let mut cases = Vec::new();
-    for (i, (layout, h, kvh, hd, rot, pos, t, fused, span)) in specs.into_iter().enumerate() {
+    for (i, spec) in specs.into_iter().enumerate() {
+        let (layout, h, kvh, hd, rot, pos, t, fused, span, long) = spec;
         let what = format!(
-            "{layout:?} heads={h}/{kvh} hd={hd} rot={rot} pos={pos} T={t} fused={fused} norm={span:?}"
+            "{layout:?} heads={h}/{kvh} hd={hd} rot={rot} pos={pos} T={t} fused={fused} norm={span:?} longrope={long:?}"
         );
         let seed = 950 + i as u64;
         let heads = Heads {
@@ -89,7 +96,16 @@ pub fn rope_cache_write() -> Vec<Case> {
             let (qd, kvd) = (h * hd, kvh * hd);
             let mut rng = Rng::new(seed);
             let [q, k, v] = [qd, kvd, kvd].map(|w| rng.vec(t * w, 2.0));
-            let freqs = rope::inv_freq(10000.0, rot, None);
+            let freqs = match long {
+                // Factors as Phi-3.5's: from 1 (short) up to tens (long).
+                Some(_) => {
+                    let factors: Vec<f32> =
+                        (0..rot / 2).map(|_| 11.0 + 10.0 * rng.uniform()).collect();
+                    rope::longrope_inv_freq(10000.0, &factors)
+                }
+                None => rope::inv_freq(10000.0, rot, None),
+            };
+            let rope_scale = long.unwrap_or(1.0);
             let sb = step_buffer(gpu, &step(pos as u32, t as u32));
             let fb = upload_f32(gpu, &freqs);
             let inv_freq = (rot > 0).then_some((&*fb, freqs.len()));
@@ -132,6 +148,7 @@ pub fn rope_cache_write() -> Vec<Case> {
             let io = Io {
                 src,
                 inv_freq,
+                rope_scale,
                 qk_norm,
                 q_out: &q_out,
                 caches: [&caches[0], &caches[1]],
@@ -142,7 +159,7 @@ pub fn rope_cache_write() -> Vec<Case> {
             let norm = span.map(|s| (&norm_w[..], eps, s));
             let want_q = rope_cache_write::reference(
                 [&q, &k, &v],
-                &freqs,
+                (&freqs, rope_scale),
                 norm,
                 [wk, wv],
                 layout,

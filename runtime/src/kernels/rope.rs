@@ -130,6 +130,21 @@ pub fn inv_freq(theta: f64, rot_dims: usize, llama3: Option<Llama3Scaling>) -> V
         .collect()
 }
 
+/// LongRoPE's inverse frequencies (`rope_type: longrope`, Phi-3.5/4-mini): one factor per
+/// rotated pair, `1 / (factor[i] * theta^(2i/rot_dims))`, rot_dims = 2 * factors.len().
+pub fn longrope_inv_freq(theta: f64, factors: &[f32]) -> Vec<f32> {
+    let rot_dims = 2 * factors.len();
+    factors
+        .iter()
+        .enumerate()
+        .map(|(i, &factor)| {
+            // As transformers' _compute_longrope_parameters, in f32.
+            let exponent = (2 * i) as f32 / rot_dims as f32;
+            1.0f32 / (factor * (theta as f32).powf(exponent))
+        })
+        .collect()
+}
+
 /// Llama-3 RoPE scaling (`rope_type: llama3`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Llama3Scaling {

@@ -63,11 +63,19 @@ impl QkNorm {
     }
 }
 
-/// See the module doc; `inv_freq` None copies q and k unrotated.
+/// A layer's RoPE: `inv_freq` (rotated pairs per head) and a factor on the rotated dims
+/// (cos and sin times `scale`: LongRoPE's attention factor; 1 otherwise).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rotary {
+    pub inv_freq: TensorId,
+    pub scale: f32,
+}
+
+/// See the module doc; `rope` None copies q and k unrotated.
 #[derive(Debug)]
 pub struct RopeCacheWrite {
     pub qkv: [Columns; 3],
-    pub inv_freq: Option<TensorId>,
+    pub rope: Option<Rotary>,
     pub qk_norm: Option<QkNorm>,
     pub q_out: TensorId,
     pub k_cache: TensorId,
@@ -78,13 +86,13 @@ pub struct RopeCacheWrite {
 
 impl Graph {
     /// Rotate q (into a new tensor [T, heads * head_dim], returned) and k by RoPE with
-    /// `inv_freq` (None: not rotated), and write k and v to their caches [layout.rows,
+    /// `rope` (None: not rotated), and write k and v to their caches [layout.rows,
     /// kv_heads * head_dim]. `qkv`: the projections, either one tensor [T, qd + 2 kvd] or
     /// three. `qk_norm`: an RMSNorm of q and k before RoPE.
     pub fn rope_cache_write(
         &mut self,
         qkv: &[TensorId],
-        inv_freq: Option<TensorId>,
+        rope: Option<Rotary>,
         qk_norm: Option<QkNorm>,
         [k_cache, v_cache]: [TensorId; 2],
         layout: KvLayout,
@@ -132,7 +140,7 @@ impl Graph {
                 heads.head_dim
             )));
         }
-        if let Some(f) = inv_freq {
+        if let Some(Rotary { inv_freq: f, .. }) = rope {
             if 2 * self.numel(f) > heads.head_dim {
                 return Err(mismatch(
                     "RoPE frequencies",
@@ -161,7 +169,7 @@ impl Graph {
         let q_out = self.activation(vec![t, qd]);
         self.push(RopeCacheWrite {
             qkv,
-            inv_freq,
+            rope,
             qk_norm,
             q_out,
             k_cache,
@@ -180,7 +188,7 @@ impl Op for RopeCacheWrite {
 
     fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
         let mut r: Vec<TensorId> = self.qkv.iter().map(|c| c.tensor).collect();
-        r.extend(self.inv_freq);
+        r.extend(self.rope.map(|r| r.inv_freq));
         r.extend(self.qk_norm.map(|n| n.weight));
         (r, vec![self.q_out, self.k_cache, self.v_cache])
     }
@@ -188,8 +196,8 @@ impl Op for RopeCacheWrite {
     fn lower(&self, cx: &mut Lowering) -> Result<()> {
         let n = cx.shape(self.q_out)[0];
         let [q, k, v] = self.qkv.map(|c| cx.buf(c.tensor));
-        let freq = match self.inv_freq {
-            Some(f) => Some((cx.buf(f)?, cx.numel(f))),
+        let freq = match self.rope {
+            Some(r) => Some((cx.buf(r.inv_freq)?, cx.numel(r.inv_freq))),
             None => None,
         };
         let qk_norm = match self.qk_norm {
@@ -199,6 +207,7 @@ impl Op for RopeCacheWrite {
         let io = Io {
             src: [q?, k?, v?],
             inv_freq: freq,
+            rope_scale: self.rope.map_or(1.0, |r| r.scale),
             qk_norm,
             q_out: cx.buf(self.q_out)?,
             caches: [cx.buf(self.k_cache)?, cx.buf(self.v_cache)?],
@@ -210,11 +219,13 @@ impl Op for RopeCacheWrite {
     }
 }
 
-/// The kernel's buffers: q, k and v sources, RoPE frequencies and their count, the q/k norm
-/// weights with eps and span, rotated q's destination and the K and V caches.
+/// The kernel's buffers: q, k and v sources, RoPE frequencies and their count with the
+/// factor on rotated dims ([`Rotary::scale`]), the q/k norm weights with eps and span,
+/// rotated q's destination and the K and V caches.
 pub struct Io<'a> {
     pub src: [&'a wgpu::Buffer; 3],
     pub inv_freq: Option<(&'a wgpu::Buffer, usize)>,
+    pub rope_scale: f32,
     pub qk_norm: Option<(&'a wgpu::Buffer, f32, QkSpan)>,
     pub q_out: &'a wgpu::Buffer,
     pub caches: [&'a wgpu::Buffer; 2],
@@ -235,7 +246,7 @@ struct Params {
     /// (stride, offset) of q, k and v.
     cols: [[u32; 2]; 3],
     eps: f32,
-    _p1: u32,
+    rope_scale: f32,
 }
 
 /// One dispatch for `n_tokens` tokens; `cols` the (row stride, column offset) of q, k and v
@@ -269,7 +280,7 @@ pub fn launch(
         },
         cols: cols.map(|(s, o)| [s as u32, o as u32]),
         eps: io.qk_norm.map_or(0.0, |(_, eps, _)| eps),
-        _p1: 0,
+        rope_scale: io.rope_scale,
     };
     let items = n_tokens * ((h + kv_heads) * head_dim / 2 + kv_heads * head_dim);
     let [q, k, v] = io.src;
@@ -286,12 +297,13 @@ pub fn launch(
 }
 
 /// The CPU reference: rotated q [T, qd] (returned) and the caches written, from separate q
-/// [T, qd], k and v [T, kvd] at positions `pos..`; `inv_freq` empty: no rotation;
-/// `qk_norm`: q's and k's norm weights (as [`QkNorm`]), eps and span.
+/// [T, qd], k and v [T, kvd] at positions `pos..`; `inv_freq` empty: no rotation, else
+/// rotated dims times `rope_scale`; `qk_norm`: q's and k's norm weights (as [`QkNorm`]), eps
+/// and span.
 #[allow(clippy::too_many_arguments)]
 pub fn reference(
     [q, k, v]: [&[f32]; 3],
-    inv_freq: &[f32],
+    (inv_freq, rope_scale): (&[f32], f32),
     qk_norm: Option<(&[f32], f32, QkSpan)>,
     [k_cache, v_cache]: [&mut [f32]; 2],
     layout: KvLayout,
@@ -319,10 +331,17 @@ pub fn reference(
         }
     };
     let (q, k) = (&q[..], &k[..]);
-    let k = rope::reference(k, inv_freq, pos, kv_heads, head_dim);
+    let rotated = 2 * inv_freq.len();
+    let scaled = |mut x: Vec<f32>| {
+        for head in x.chunks_mut(head_dim) {
+            head[..rotated].iter_mut().for_each(|v| *v *= rope_scale);
+        }
+        x
+    };
+    let k = scaled(rope::reference(k, inv_freq, pos, kv_heads, head_dim));
     cache_write::reference(&k, k_cache, layout, pos, kvd);
     cache_write::reference(v, v_cache, layout, pos, kvd);
-    rope::reference(q, inv_freq, pos, h, head_dim)
+    scaled(rope::reference(q, inv_freq, pos, h, head_dim))
 }
 
 /// RMSNorm of each group of `n` values of `x` (in f64), times `w` [n].
