@@ -26,15 +26,19 @@ use serde_json::Value;
 struct Real {
     name: &'static str,
     file: &'static str,
+    /// The ids that end a reply (llama.cpp's end-of-generation set for this file).
+    ends: &'static [u32],
 }
 
 const QWEN: Real = Real {
     name: "qwen2.5-coder-0.5b-instruct",
     file: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    ends: &[151643, 151645], // <|endoftext|>, <|im_end|>
 };
 const GEMMA: Real = Real {
     name: "gemma-3-270m",
     file: "gemma-3-270m-q4_k_m.gguf",
+    ends: &[1, 106], // <eos>, <end_of_turn>
 };
 
 impl Real {
@@ -98,7 +102,8 @@ fn argmax(r: &[f32]) -> usize {
 }
 
 /// The GGUF's tokenizer gives transformers' ids for every case, with and without the
-/// tokenizer's special tokens (BOS), and decodes them back to the same text.
+/// tokenizer's special tokens (BOS), and decodes them back to the same text; a reply ends
+/// at the file's end-of-turn tokens.
 fn tokenizer_matches_transformers(m: &Real) {
     let Some(path) = m.gguf("tokenizer vs transformers") else {
         return;
@@ -106,6 +111,9 @@ fn tokenizer_matches_transformers(m: &Real) {
     let model = kestrel_models::load(&gpus()[0], &path).expect("load");
     let tok = model.tokenizer.as_ref().expect("tokenizer");
     let hf = tok.hf().expect("a Hugging Face tokenizer");
+    let mut ends = model.eos().to_vec();
+    ends.sort_unstable();
+    assert_eq!(ends, m.ends, "{}: end-of-generation ids", m.name);
     let cases = m.json("tokenizer_cases.json");
     for case in cases["cases"].as_array().expect("cases") {
         let text = case["text"].as_str().expect("text");

@@ -76,13 +76,12 @@ pub fn config_from_gguf(file: &GgufFile, arch: &str, class: &str) -> JsonConfig 
         "tie_word_embeddings".into(),
         json!(file.tensor_info("output.weight").is_none()),
     );
-    for (hf, key) in [
-        ("bos_token_id", "tokenizer.ggml.bos_token_id"),
-        ("eos_token_id", "tokenizer.ggml.eos_token_id"),
-    ] {
-        if let Some(v) = file.get_u64(key) {
-            m.insert(hf.into(), json!(v));
-        }
+    if let Some(v) = file.get_u64("tokenizer.ggml.bos_token_id") {
+        m.insert("bos_token_id".into(), json!(v));
+    }
+    let ends = end_of_generation_ids(file);
+    if !ends.is_empty() {
+        m.insert("eos_token_id".into(), json!(ends));
     }
     gguf_decoders::config_keys(file, arch, &mut m);
     gguf_hf_recurrent::adapt_config(file, arch, &mut m);
@@ -90,6 +89,41 @@ pub fn config_from_gguf(file: &GgufFile, arch: &str, class: &str) -> JsonConfig 
         path: file.path().to_path_buf(),
         value: Value::Object(m),
     }
+}
+
+/// Tokens that end a turn although the file may not name them as its EOS: llama.cpp
+/// treats these as end-of-generation whatever the metadata says (a Gemma GGUF's EOS is
+/// `<eos>`, yet its chat turns end with `<end_of_turn>`; Qwen's `<|endoftext|>` beside its
+/// `<|im_end|>`).
+const END_OF_TURN_TOKENS: &[&str] = &[
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<EOT>",
+    "<|end_of_text|>",
+];
+
+/// The ids that end generation: the file's EOS, EOT and EOM ids, then the end-of-turn
+/// tokens of its vocabulary (llama.cpp's end-of-generation set).
+fn end_of_generation_ids(file: &GgufFile) -> Vec<u64> {
+    let mut ids: Vec<u64> = [
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.eot_token_id",
+        "tokenizer.ggml.eom_token_id",
+    ]
+    .iter()
+    .filter_map(|key| file.get_u64(key))
+    .collect();
+    let tokens = file.get_str_array("tokenizer.ggml.tokens").unwrap_or(&[]);
+    for (id, text) in tokens.iter().enumerate() {
+        if END_OF_TURN_TOKENS.contains(&text.as_str()) && !ids.contains(&(id as u64)) {
+            ids.push(id as u64);
+        }
+    }
+    ids
 }
 
 /// The chat template and BOS/EOS strings stored in the GGUF.
