@@ -14,6 +14,7 @@
 //! which llvmpipe does while it compiles a shader or runs a long dispatch; and lavapipe and
 //! llvmpipe use every core for one dispatch anyway.
 
+pub mod fixture;
 pub mod real_model;
 
 use std::cell::RefCell;

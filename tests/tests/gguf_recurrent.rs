@@ -7,9 +7,10 @@
 //! BlinkDL's fixed ln_x eps, so its reference is `rwkv7_blink` (the same weights through the
 //! `rwkv` package, which uses that eps), not fla's logits.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use kestrel_tests::{gpus, rel_err};
+use kestrel_tests::fixture::{self, assert_logits, read_npy, tokens};
+use kestrel_tests::gpus;
 
 const TOL: f64 = 1e-4;
 
@@ -22,60 +23,11 @@ const CASES: &[(&str, &str)] = &[
 ];
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
-}
-
-/// A float32 .npy file's data and its last dimension.
-fn read_npy(path: &Path) -> (Vec<f32>, usize) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}", path.display());
-    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..10 + hlen]).expect("npy header");
-    assert!(
-        header.contains("'<f4'"),
-        "{} is not float32",
-        path.display()
-    );
-    let dims = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .expect("shape");
-    let last = dims
-        .split(',')
-        .rfind(|s| !s.trim().is_empty())
-        .and_then(|s| s.trim().parse().ok())
-        .expect("last dim");
-    (bytemuck::pod_collect_to_vec(&bytes[10 + hlen..]), last)
-}
-
-fn tokens(folder: &str) -> Vec<u32> {
-    let text =
-        std::fs::read_to_string(fixtures().join(folder).join("tokens.json")).expect("tokens.json");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-    v["tokens"]
-        .as_array()
-        .expect("tokens")
-        .iter()
-        .map(|t| t.as_u64().expect("id") as u32)
-        .collect()
-}
-
-fn argmax_rows(data: &[f32], vocab: usize) -> Vec<usize> {
-    data.chunks(vocab)
-        .map(|r| (0..vocab).fold(0, |b, i| if r[i] > r[b] { i } else { b }))
-        .collect()
+    fixture::dir("")
 }
 
 fn check(what: &str, out: &[f32], reference: &[f32], vocab: usize) {
-    let e = rel_err(out, reference);
-    eprintln!("{what}: relative error {e:.2e}");
-    assert!(e <= TOL, "{what}: relative error {e:e} > {TOL:e}");
-    assert_eq!(
-        argmax_rows(out, vocab),
-        argmax_rows(reference, vocab),
-        "{what}: argmax differs"
-    );
+    assert_logits(what, out, reference, vocab, TOL);
 }
 
 #[test]
@@ -85,8 +37,9 @@ fn recurrent_ggufs_match_their_folders_reference() {
             .join("gguf_recurrent")
             .join(format!("{gguf}.gguf"));
         let dir = fixtures().join(folder);
-        let (want_prefill, vocab) = read_npy(&dir.join("logits_prefill.npy"));
-        let (want_decode, _) = read_npy(&dir.join("logits_decode.npy"));
+        let (shape, want_prefill) = read_npy(&dir.join("logits_prefill.npy"));
+        let vocab = shape[1];
+        let (_, want_decode) = read_npy(&dir.join("logits_decode.npy"));
         let toks = tokens(folder);
         for gpu in gpus() {
             let b = gpu.backend_name();

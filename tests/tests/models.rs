@@ -11,6 +11,7 @@ use std::sync::Arc;
 use kestrel_models::AttentionOptions;
 use kestrel_runtime::session::Sampling;
 use kestrel_runtime::Gpu;
+use kestrel_tests::fixture::{argmax_rows, assert_logits, dir as fixture, read_npy, tokens};
 use kestrel_tests::{gpus, rel_err, step};
 
 /// mistral_window (sliding window 8 on every layer) and qwen2_window (layer 0 full, layers 1-2
@@ -55,63 +56,8 @@ const DECODERS: &[(&str, bool)] = &[
 ];
 const TOL: f64 = 1e-4;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
-
-/// Read a float32 .npy file: (shape, data).
-fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{} is not .npy", path.display());
-    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..10 + hlen]).expect("npy header");
-    assert!(
-        header.contains("'<f4'"),
-        "{} is not float32",
-        path.display()
-    );
-    let shape_txt = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .expect("shape");
-    let shape: Vec<usize> = shape_txt
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().expect("dim"))
-        .collect();
-    let data = bytemuck::pod_collect_to_vec(&bytes[10 + hlen..]);
-    (shape, data)
-}
-
-fn tokens(name: &str) -> Vec<u32> {
-    let text = std::fs::read_to_string(fixture(name).join("tokens.json")).expect("tokens.json");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-    v["tokens"]
-        .as_array()
-        .expect("tokens")
-        .iter()
-        .map(|t| t.as_u64().expect("id") as u32)
-        .collect()
-}
-
-fn argmax_rows(data: &[f32], vocab: usize) -> Vec<usize> {
-    data.chunks(vocab)
-        .map(|r| (0..vocab).fold(0, |b, i| if r[i] > r[b] { i } else { b }))
-        .collect()
-}
-
 fn check(what: &str, out: &[f32], reference: &[f32], vocab: usize) {
-    let e = rel_err(out, reference);
-    eprintln!("{what}: relative error {e:.2e}");
-    assert!(e <= TOL, "{what}: relative error {e:e} > {TOL:e}");
-    assert_eq!(
-        argmax_rows(out, vocab),
-        argmax_rows(reference, vocab),
-        "{what}: argmax differs"
-    );
+    assert_logits(what, out, reference, vocab, TOL);
 }
 
 /// The fixture's model: its directory, or the GGUF file in it.

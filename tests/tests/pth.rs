@@ -13,31 +13,18 @@ use kestrel_models::formats::pth::{PthError, PthFile};
 use kestrel_models::formats::safetensors::Blob;
 use kestrel_models::formats::zip_stored::ZipError;
 use kestrel_models::ModelError;
-use kestrel_tests::{gpus, rel_err};
+use kestrel_tests::fixture::{self, assert_logits};
+use kestrel_tests::gpus;
 
 const TOL: f64 = 1e-4;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    fixture::dir("")
 }
 
-/// A float32 .npy file's data (the fixtures' logits).
-fn read_npy(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}", path.display());
-    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    bytemuck::pod_collect_to_vec(&bytes[10 + hlen..])
-}
-
+/// The rwkv7_blink fixture's tokens.
 fn tokens() -> Vec<u32> {
-    let text = std::fs::read_to_string(fixtures().join("rwkv7_blink/tokens.json")).expect("json");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-    v["tokens"]
-        .as_array()
-        .expect("tokens")
-        .iter()
-        .map(|t| t.as_u64().expect("id") as u32)
-        .collect()
+    fixture::tokens("rwkv7_blink")
 }
 
 fn prefill(model: &kestrel_models::Model, gpu: &std::sync::Arc<kestrel_runtime::Gpu>) -> Vec<f32> {
@@ -50,8 +37,9 @@ fn prefill(model: &kestrel_models::Model, gpu: &std::sync::Arc<kestrel_runtime::
 fn blinkdl_pth_gives_the_reference_logits() {
     let dir = fixtures().join("rwkv7_blink");
     let pth = dir.join("model.pth");
-    let want = read_npy(&dir.join("logits_prefill.npy"));
-    let want_decode = read_npy(&dir.join("logits_decode.npy"));
+    let (shape, want) = fixture::read_npy(&dir.join("logits_prefill.npy"));
+    let (_, want_decode) = fixture::read_npy(&dir.join("logits_decode.npy"));
+    let vocab = shape[1];
     // A folder holding only the .pth (and the tokenizer), as BlinkDL ships it.
     let only = std::env::temp_dir().join(format!("kestrel-pth-{}", std::process::id()));
     std::fs::create_dir_all(&only).expect("temp dir");
@@ -63,18 +51,26 @@ fn blinkdl_pth_gives_the_reference_logits() {
         let model = kestrel_models::load(&gpu, &pth).expect("load .pth");
         assert!(model.tokenizer.is_some(), "tokenizer.json beside the .pth");
         let got = prefill(&model, &gpu);
-        let e = rel_err(&got, &want);
-        eprintln!("model.pth prefill on {b}: relative error {e:.2e}");
-        assert!(e <= TOL, "{b}: relative error {e:e}");
+        assert_logits(
+            &format!("model.pth prefill on {b}"),
+            &got,
+            &want,
+            vocab,
+            TOL,
+        );
         let toks = tokens();
         let mut s = model.session(&gpu, toks.len()).expect("session");
         let mut decode = Vec::new();
         for &t in &toks {
             decode.extend(pollster::block_on(s.logits(&[t])).expect("decode"));
         }
-        let e = rel_err(&decode, &want_decode);
-        eprintln!("model.pth decode on {b}: relative error {e:.2e}");
-        assert!(e <= TOL, "{b}: decode relative error {e:e}");
+        assert_logits(
+            &format!("model.pth decode on {b}"),
+            &decode,
+            &want_decode,
+            vocab,
+            TOL,
+        );
         // The same tensors as the safetensors folder: the same logits, bit for bit.
         let from_dir = kestrel_models::load(&gpu, &dir).expect("load folder");
         assert_eq!(

@@ -16,8 +16,9 @@
 
 use std::path::{Path, PathBuf};
 
-use kestrel_models::chat_template::{ChatTemplate, Message};
+use kestrel_models::chat_template::ChatTemplate;
 use kestrel_runtime::session::Sampling;
+use kestrel_tests::fixture::{argmax_rows, ids, messages, read_npy};
 use kestrel_tests::{gpus, real_model, rel_err};
 use serde_json::Value;
 
@@ -59,46 +60,6 @@ impl Real {
         let pull = format!("cargo run -p kestrel -- pull {}", self.name);
         real_model::cached(self.file, &pull, &format!("{}: {what}", self.name))
     }
-}
-
-fn messages(v: &Value) -> Vec<Message> {
-    v.as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| {
-            Message::new(
-                m["role"].as_str().expect("role"),
-                m["content"].as_str().expect("content"),
-            )
-        })
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("ids")
-        .iter()
-        .map(|t| t.as_u64().expect("id") as u32)
-        .collect()
-}
-
-/// A float16 `.npy` file as f32.
-fn read_npy_f16(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).expect("npy");
-    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = String::from_utf8_lossy(&bytes[10..10 + hlen]);
-    assert!(
-        header.contains("'<f2'"),
-        "{path:?} is not float16: {header}"
-    );
-    bytes[10 + hlen..]
-        .chunks_exact(2)
-        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-        .collect()
-}
-
-fn argmax(r: &[f32]) -> usize {
-    (0..r.len()).fold(0, |b, i| if r[i] > r[b] { i } else { b })
 }
 
 /// The GGUF's tokenizer gives transformers' ids for every case, with and without the
@@ -146,7 +107,7 @@ fn logits_and_greedy_match_transformers(m: &Real) {
     let greedy = ids(&prompt["greedy"]);
     let want_argmax = ids(&prompt["argmax"]);
     let positions = ids(&prompt["logit_positions"]);
-    let want = read_npy_f16(&m.fixture("logits.npy"));
+    let (_, want) = read_npy(&m.fixture("logits.npy"));
     let gpu = gpus().into_iter().next().expect("a GPU");
     let model = kestrel_models::load(&gpu, &path).expect("load");
     let vocab = model.config().vocab;
@@ -177,10 +138,10 @@ fn logits_and_greedy_match_transformers(m: &Real) {
         })
         .collect();
     let e = rel_err(&got, &want);
-    let agree = all
-        .chunks(vocab)
+    let agree = argmax_rows(&all, vocab)
+        .iter()
         .zip(&want_argmax)
-        .filter(|(row, &a)| argmax(row) == a as usize)
+        .filter(|(&got, &a)| got == a as usize)
         .count();
     eprintln!(
         "{}: relative error {e:.2e} over {} rows, top-1 agreement {agree}/{}",

@@ -10,42 +10,20 @@
 //! (whose own f32-vs-f64 error is 9e-5 absolute), so it should land far inside these; the
 //! greedy 32-token continuation must be identical.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use kestrel_models::chat_template::{ChatTemplate, Message};
+use kestrel_models::chat_template::ChatTemplate;
 use kestrel_runtime::session::Sampling;
+use kestrel_tests::fixture::{ids, messages, read_npy};
 use kestrel_tests::{gpus, real_model, rel_err};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/smollm2")
-        .join(name)
+    kestrel_tests::fixture::dir("smollm2").join(name)
 }
 
 fn json(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(name)).expect("fixture")).expect("json")
-}
-
-fn messages(v: &Value) -> Vec<Message> {
-    v.as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| {
-            Message::new(
-                m["role"].as_str().expect("role"),
-                m["content"].as_str().expect("content"),
-            )
-        })
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("ids")
-        .iter()
-        .map(|t| t.as_u64().expect("id") as u32)
-        .collect()
 }
 
 #[test]
@@ -76,12 +54,6 @@ fn chat_template_renders_like_transformers() {
     }
 }
 
-fn read_npy(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).expect("npy");
-    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    bytemuck::pod_collect_to_vec(&bytes[10 + hlen..])
-}
-
 #[test]
 fn smollm2_matches_transformers() {
     let Some(path) = real_model::smollm2("SmolLM2 logits and greedy continuation vs transformers")
@@ -97,7 +69,7 @@ fn smollm2_matches_transformers() {
         .iter()
         .map(|p| p.as_u64().expect("pos") as usize)
         .collect();
-    let want = read_npy(&fixture("logits.npy"));
+    let (_, want) = read_npy(&fixture("logits.npy"));
     let gpu = gpus().into_iter().next().expect("a GPU");
     let model = kestrel_models::load(&gpu, &path).expect("load SmolLM2");
     let vocab = model.config().vocab;
