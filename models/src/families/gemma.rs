@@ -11,7 +11,7 @@ use kestrel_runtime::kernels::rope_cache_write::QkSpan;
 use serde_json::Value;
 
 use super::decoder_options::{LayerRope, NormPlacement};
-use super::llama::{bad, DecoderConfig, DecoderNames, HF};
+use super::llama::{bad, refuse_true, DecoderConfig, DecoderNames, HF};
 use super::Family;
 use crate::error::Result;
 use crate::formats::config::keys::{why, ConfigKey};
@@ -89,11 +89,7 @@ fn config(c: &JsonConfig) -> Result<DecoderConfig> {
         c.architecture()?.as_str(),
         "Gemma2ForCausalLM" | "gemma2"
     );
-    for key in ["attention_bias", "use_bidirectional_attention"] {
-        if c.opt_bool(key)?.unwrap_or(false) {
-            return Err(bad(c, key, "true is not supported".into()));
-        }
-    }
+    refuse_true(c, &["attention_bias", "use_bidirectional_attention"])?;
     // Gemma 2 caps by default (50 and 30), Gemma 3 not; null: no cap.
     let cap = |key: &str, default: f64| -> Result<Option<f32>> {
         let cap = match c.get(key) {

@@ -433,6 +433,16 @@ pub(crate) fn bad(c: &JsonConfig, key: &str, message: String) -> ModelError {
     }
 }
 
+/// Refuse, naming the key, any of `keys` set to true: options the family does not implement.
+pub(crate) fn refuse_true(c: &JsonConfig, keys: &[&str]) -> Result<()> {
+    for &key in keys {
+        if c.opt_bool(key)?.unwrap_or(false) {
+            return Err(bad(c, key, "true is not supported".into()));
+        }
+    }
+    Ok(())
+}
+
 /// Check attention heads against each other: kv heads divide heads, the head dim is even
 /// (RoPE rotates pairs). `keys` name heads, kv heads and the head dim in errors.
 pub(crate) fn check_heads(

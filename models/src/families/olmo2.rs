@@ -5,7 +5,7 @@
 use kestrel_runtime::kernels::rope_cache_write::QkSpan;
 
 use super::decoder_options::NormPlacement;
-use super::llama::{bad, DecoderConfig, DecoderNames, HF};
+use super::llama::{refuse_true, DecoderConfig, DecoderNames, HF};
 use super::Family;
 use crate::error::Result;
 use crate::formats::config::keys::{why, ConfigKey};
@@ -54,9 +54,7 @@ pub const OLMO2: DecoderNames = DecoderNames {
 
 fn config(c: &JsonConfig) -> Result<DecoderConfig> {
     let mut d = DecoderConfig::from_json(c)?;
-    if c.opt_bool("attention_bias")?.unwrap_or(false) {
-        return Err(bad(c, "attention_bias", "true is not supported".into()));
-    }
+    refuse_true(c, &["attention_bias"])?;
     d.qkv_bias = false;
     d.names = &OLMO2;
     d.options.norms = NormPlacement::Post;

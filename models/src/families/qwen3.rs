@@ -5,7 +5,7 @@
 
 use kestrel_runtime::kernels::rope_cache_write::QkSpan;
 
-use super::llama::{bad, DecoderConfig};
+use super::llama::{refuse_true, DecoderConfig};
 use super::Family;
 use crate::error::Result;
 use crate::formats::config::keys::{why, ConfigKey};
@@ -70,9 +70,7 @@ const KEYS: &[ConfigKey] = &[
 fn config(c: &JsonConfig) -> Result<DecoderConfig> {
     let mut d = DecoderConfig::from_json(c)?;
     // transformers' Qwen3 biases q, k, v and o alike by attention_bias.
-    if c.opt_bool("attention_bias")?.unwrap_or(false) {
-        return Err(bad(c, "attention_bias", "true is not supported".into()));
-    }
+    refuse_true(c, &["attention_bias"])?;
     d.qkv_bias = false;
     d.options.qk_norm = Some(QkSpan::Head);
     Ok(d)

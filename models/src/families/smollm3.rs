@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::decoder_options::LayerRope;
-use super::llama::{bad, DecoderConfig};
+use super::llama::{bad, refuse_true, DecoderConfig};
 use super::Family;
 use crate::error::Result;
 use crate::formats::config::keys::{why, ConfigKey};
@@ -56,11 +56,7 @@ const KEYS: &[ConfigKey] = &[
 
 fn config(c: &JsonConfig) -> Result<DecoderConfig> {
     let mut d = DecoderConfig::from_json(c)?;
-    for key in ["attention_bias", "mlp_bias", "use_sliding_window"] {
-        if c.opt_bool(key)?.unwrap_or(false) {
-            return Err(bad(c, key, "true is not supported".into()));
-        }
-    }
+    refuse_true(c, &["attention_bias", "mlp_bias", "use_sliding_window"])?;
     // transformers reads sliding layers only with use_sliding_window.
     d.layer_windows = vec![None; d.layers];
     d.qkv_bias = false;
