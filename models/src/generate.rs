@@ -416,7 +416,14 @@ impl Generation {
                         self.batch = (2 * self.batch).min(self.max_batch);
                         ids
                     } else {
-                        vec![session.next_token(feed, &self.sampling).await?]
+                        let id = session.next_token(feed, &self.sampling).await?;
+                        if self.sampled == 0 {
+                            // The prompt is in: a reply cut back at a stop string (past it,
+                            // decode batches may have run) continues from here, not from
+                            // the start, in the next turn of a recurrent model.
+                            session.checkpoint()?;
+                        }
+                        vec![id]
                     };
                     self.last_decoded = ids.len();
                     *feed = ids.last().copied().into_iter().collect();

@@ -12,7 +12,7 @@ use crate::executor::Plan;
 use crate::kernels::Step;
 use crate::kv::KvLayout;
 use crate::rng::pcg_hash;
-use crate::state::{StateSpec, StateStore};
+use crate::state::{StateCopies, StateSpec, StateStore};
 use crate::tensor::{check_binding, shape_bytes, DType};
 
 /// Sampling settings; temperature 0 is greedy.
@@ -49,6 +49,9 @@ pub struct Session {
     pass_limit: HashMap<Head, usize>,
     /// The batched decode of the one-token sampling plan, made on first use.
     decode_loop: Option<DecodeLoop>,
+    /// The recurrent states as they were at a position (see [`Session::checkpoint`]).
+    checkpoint: Option<usize>,
+    checkpoint_states: StateCopies,
 }
 
 /// Prefill plans for distinct lengths are kept up to this many; decode plans always stay.
@@ -74,6 +77,8 @@ impl Session {
             plans: HashMap::new(),
             pass_limit: HashMap::new(),
             decode_loop: None,
+            checkpoint: None,
+            checkpoint_states: StateCopies::default(),
         })
     }
 
@@ -107,22 +112,55 @@ impl Session {
     /// zeroed).
     pub fn reset(&mut self) {
         self.history.clear();
+        self.checkpoint = None;
         self.states.clear_recurrent(&self.gpu);
     }
+    /// Remember the recurrent states at the current position, so that [`Session::truncate`]
+    /// can go back to any later position without starting over: a reply that ran past a stop
+    /// string (a decode batch samples several tokens before the host sees the text) is cut
+    /// back to it, and the next chat turn continues from there. One GPU copy of the
+    /// recurrent states; nothing for a model without them.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        if self.states.has_recurrent() {
+            self.states
+                .save_recurrent(&self.gpu, &mut self.checkpoint_states)?;
+            self.checkpoint = Some(self.pos());
+        }
+        Ok(())
+    }
     /// Keep only the first `len` tokens (to reuse a shared prefix); later ones are overwritten
-    /// by the next run. When a ring cache has already overwritten keys the shortened sequence
-    /// needs, or a recurrent state has taken in later tokens, the whole sequence is dropped
-    /// instead. Returns the tokens kept.
+    /// by the next run. Recurrent states, which cannot be cut back, go back to the
+    /// checkpoint (if it is at or before `len`) and take in the kept tokens after it again.
+    /// When a ring cache has already overwritten keys the shortened sequence needs, or a
+    /// recurrent state has taken in later tokens and no checkpoint serves, the whole
+    /// sequence is dropped instead. Returns the tokens kept.
     pub fn truncate(&mut self, len: usize) -> usize {
         let pos = self.pos();
         let len = len.min(pos);
-        let recurrent_ok = len == pos || !self.states.has_recurrent();
-        if recurrent_ok && self.layouts.iter().all(|l| l.can_truncate(pos, len)) {
+        let caches_ok = |from: usize| self.layouts.iter().all(|l| l.can_truncate(pos, from));
+        if len == pos || (!self.states.has_recurrent() && caches_ok(len)) {
             self.history.truncate(len);
+        } else if let Some(at) = self.checkpoint.filter(|&at| at <= len && caches_ok(at)) {
+            if self.replay_from_checkpoint(at, len).is_err() {
+                self.reset();
+            }
         } else {
             self.reset();
         }
         self.history.len()
+    }
+    /// Restore the checkpoint taken at `at` and run the tokens `at..len` of the sequence
+    /// again.
+    fn replay_from_checkpoint(&mut self, at: usize, len: usize) -> Result<()> {
+        let again = self.history[at..len].to_vec();
+        self.history.truncate(at);
+        self.states
+            .restore_recurrent(&self.gpu, &self.checkpoint_states)?;
+        let mut done = 0;
+        while done < again.len() {
+            done += self.pass(&again[done..], Head::Sample, &Sampling::default())?;
+        }
+        Ok(())
     }
     /// Prepare to run `tokens` as a whole sequence: keep the longest prefix they share with
     /// the current sequence (leaving at least one token to run) and return the tokens still

@@ -50,6 +50,10 @@ impl StateSpec {
     }
 }
 
+/// GPU copies of a store's recurrent states, in the store's order.
+#[derive(Default)]
+pub struct StateCopies(Vec<GpuTensor>);
+
 #[derive(Default)]
 pub struct StateStore {
     tensors: HashMap<String, GpuTensor>,
@@ -94,6 +98,42 @@ impl StateStore {
         }
         gpu.queue.submit([enc.finish()]);
         gpu.work.submit(0);
+    }
+    /// Copy the recurrent states into `copies` (made on first use, then reused), queued
+    /// after the work already submitted.
+    pub fn save_recurrent(&self, gpu: &Gpu, copies: &mut StateCopies) -> Result<()> {
+        if copies.0.is_empty() {
+            for name in &self.recurrent {
+                let t = self.get(name)?;
+                copies.0.push(GpuTensor::new(gpu, name, &t.shape, t.dtype)?);
+            }
+        }
+        self.copy_recurrent(gpu, copies, true)
+    }
+    /// Put the recurrent states back as [`StateStore::save_recurrent`] copied them.
+    pub fn restore_recurrent(&self, gpu: &Gpu, copies: &StateCopies) -> Result<()> {
+        self.copy_recurrent(gpu, copies, false)
+    }
+    fn copy_recurrent(&self, gpu: &Gpu, copies: &StateCopies, save: bool) -> Result<()> {
+        if copies.0.len() != self.recurrent.len() {
+            return Err(Error::Graph("state copies of another session".into()));
+        }
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("copy recurrent state"),
+            });
+        for (name, copy) in self.recurrent.iter().zip(&copies.0) {
+            let t = self.get(name)?;
+            let (from, to) = match save {
+                true => (&t.buffer, &copy.buffer),
+                false => (&copy.buffer, &t.buffer),
+            };
+            enc.copy_buffer_to_buffer(from, 0, to, 0, t.bytes());
+        }
+        gpu.queue.submit([enc.finish()]);
+        gpu.work.submit(0);
+        Ok(())
     }
     pub fn get(&self, name: &str) -> Result<&GpuTensor> {
         self.tensors

@@ -69,6 +69,17 @@ fn with_eos(name: &str, eos: u32) -> PathBuf {
     dir
 }
 
+/// Two characters from the second half of `reply`, neither a replacement character: a stop
+/// string that cuts it.
+fn stop_in_second_half(reply: &str) -> String {
+    let chars: Vec<char> = reply.chars().collect();
+    assert!(chars.len() >= 8, "a reply long enough to cut: {reply:?}");
+    (chars.len() / 2..chars.len() - 1)
+        .map(|i| chars[i..i + 2].iter().collect::<String>())
+        .find(|s: &String| !s.contains('\u{FFFD}'))
+        .expect("a stop string")
+}
+
 fn greedy(max_tokens: usize) -> Request {
     Request {
         max_tokens,
@@ -170,13 +181,7 @@ fn limits_stop_strings_and_prefix_reuse() {
     let mut g = Generation::new(&model, &mut s, ids.clone(), &thirty).expect("start");
     run(&mut g, &model, &mut s);
     let full = g.reply().to_string();
-    let chars: Vec<char> = full.chars().collect();
-    assert!(chars.len() >= 8, "a reply long enough to cut: {full:?}");
-    // Two characters from the second half, neither a replacement character.
-    let stop: String = (chars.len() / 2..chars.len() - 1)
-        .map(|i| chars[i..i + 2].iter().collect::<String>())
-        .find(|s: &String| !s.contains('\u{FFFD}'))
-        .expect("a stop string");
+    let stop = stop_in_second_half(&full);
     let want = &full[..full.find(&stop).expect("in the reply")];
     eprintln!("stop {stop:?} cuts {full:?} to {want:?}");
     let request = Request {
@@ -203,6 +208,49 @@ fn limits_stop_strings_and_prefix_reuse() {
         pollster::block_on(g.step(&model, &mut s)).expect("step"),
         Step::Done(Finish::Cancelled)
     );
+}
+
+/// A recurrent model's state cannot be cut back, and a reply cut at a stop string has run
+/// past it (decode batches sample several tokens before the host sees the text): the
+/// session goes back to the checkpoint the generator takes after the prompt, so the next
+/// turn reuses the prompt and the reply instead of starting over, and continues exactly as
+/// a fresh session would.
+#[test]
+fn a_recurrent_reply_cut_at_a_stop_string_is_reused_by_the_next_turn() {
+    let gpu = gpus().into_iter().next().expect("gpu");
+    for name in ["mamba2", "rwkv7", "jamba"] {
+        let model = kestrel_models::load(&gpu, &fixture(name)).expect("load");
+        let ids = Prompt::Text("Once upon".into())
+            .encode(&model, None)
+            .expect("encode");
+        let thirty = Request {
+            max_tokens: 30,
+            ignore_eos: true,
+            ..Request::default()
+        };
+        let mut s = model.session(&gpu, 128).expect("session");
+        let mut g = Generation::new(&model, &mut s, ids.clone(), &thirty).expect("start");
+        run(&mut g, &model, &mut s);
+        let stop = stop_in_second_half(g.reply());
+        s.reset();
+        let request = Request {
+            stop: vec![stop],
+            ..thirty
+        };
+        let mut g = Generation::new(&model, &mut s, ids.clone(), &request).expect("start");
+        assert_eq!(run(&mut g, &model, &mut s).1, Finish::Stop, "{name}");
+        // The next turn: the prompt, the reply's first tokens, then new tokens.
+        let kept = ids.len() + 3;
+        let mut next = s.tokens()[..kept].to_vec();
+        next.extend([1, 2]);
+        let mut g = Generation::new(&model, &mut s, next.clone(), &greedy(8)).expect("start");
+        assert_eq!(g.reused_tokens(), kept, "{name}");
+        let (pieces, _) = run(&mut g, &model, &mut s);
+        let mut fresh = model.session(&gpu, 128).expect("session");
+        let mut f = Generation::new(&model, &mut fresh, next, &greedy(8)).expect("start");
+        let (want, _) = run(&mut f, &model, &mut fresh);
+        assert_eq!(pieces.concat(), want.concat(), "{name}");
+    }
 }
 
 #[test]
