@@ -35,6 +35,8 @@ pub struct Plan {
 
 /// What a tensor is bound to in a plan.
 enum Bound {
+    /// A value fused away (`Source::Fused`): nothing to bind.
+    Nothing,
     Buffer(GpuBuffer),
     Weight(Arc<GpuWeight>),
 }
@@ -69,6 +71,7 @@ fn bind(
                 Bound::Buffer(b)
             }
             Source::Weight(w) => Bound::Weight(w.clone()),
+            Source::Fused => Bound::Nothing,
             Source::Constant(words) => {
                 let bytes: &[u8] = bytemuck::cast_slice(words);
                 check_binding(gpu, "constant", bytes.len() as u64)?;
@@ -105,6 +108,9 @@ impl Plan {
                     dtype: graph.tensors[t].dtype,
                 }),
                 Bound::Weight(_) => Err(Error::Graph("a weight cannot be a graph output".into())),
+                Bound::Nothing => Err(Error::Graph(
+                    "a fused value cannot be a graph output".into(),
+                )),
             })
             .collect::<Result<Vec<_>>>()?;
         let step = gpu.uniform_buffer_init("step", bytemuck::bytes_of(&Step::default()));
@@ -124,7 +130,7 @@ impl Plan {
         let mut held = cx.scratch_made;
         held.extend(bound.iter().filter_map(|b| match b {
             Bound::Buffer(b) => Some(b.clone()),
-            Bound::Weight(_) => None,
+            Bound::Weight(_) | Bound::Nothing => None,
         }));
         let unplanned = graph
             .tensors
@@ -252,6 +258,7 @@ impl<'a> Lowering<'a> {
         match &self.bound[t] {
             Bound::Buffer(b) => Ok(b),
             Bound::Weight(w) => w.single(),
+            Bound::Nothing => Err(Error::Graph(format!("tensor {t} was fused away"))),
         }
     }
 
@@ -262,7 +269,9 @@ impl<'a> Lowering<'a> {
     pub fn weight(&self, t: TensorId) -> Result<&'a Arc<GpuWeight>> {
         match &self.bound[t] {
             Bound::Weight(w) => Ok(w),
-            Bound::Buffer(_) => Err(Error::Graph(format!("tensor {t} should be a weight"))),
+            Bound::Buffer(_) | Bound::Nothing => {
+                Err(Error::Graph(format!("tensor {t} should be a weight")))
+            }
         }
     }
 

@@ -23,6 +23,9 @@ pub enum Source {
     State(String),
     /// Data fixed when the graph is built (a block mask), uploaded once per plan.
     Constant(Arc<Vec<u32>>),
+    /// An intermediate value of a fused chain of ops (runtime/src/fusion.rs), kept in
+    /// registers: no op reads or writes it any more, and it has no buffer.
+    Fused,
 }
 
 #[derive(Debug, Clone)]

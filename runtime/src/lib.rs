@@ -16,6 +16,7 @@ pub mod device;
 pub mod diffusion;
 pub mod error;
 pub mod executor;
+pub mod fusion;
 pub mod graph;
 pub mod kernels;
 pub mod kv;

@@ -8,6 +8,7 @@ use std::fmt;
 use crate::error::Result;
 use crate::executor::Lowering;
 use crate::graph::TensorId;
+use crate::kernels::elementwise::ElementwiseOp;
 
 pub trait Op: fmt::Debug {
     /// A short name for reports and tests, e.g. `linear` or `moe_route`.
@@ -19,4 +20,10 @@ pub trait Op: fmt::Debug {
     /// Choose the kernels (and any scratch) for this op's shapes on `cx`'s device and push
     /// their dispatches, in the order they must run.
     fn lower(&self, cx: &mut Lowering) -> Result<()>;
+
+    /// The plain elementwise op this is, if it is one: what the fusion of elementwise chains
+    /// (runtime/src/fusion.rs) merges.
+    fn as_elementwise(&self) -> Option<&ElementwiseOp> {
+        None
+    }
 }

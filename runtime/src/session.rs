@@ -212,7 +212,8 @@ impl Session {
             if self.plans.len() >= MAX_CACHED_PLANS {
                 self.plans.retain(|(len, _), _| *len == 1);
             }
-            let graph = self.arch.build(n, self.capacity, head)?;
+            let mut graph = self.arch.build(n, self.capacity, head)?;
+            crate::fusion::fuse_elementwise(&mut graph);
             let plan = Plan::new(&self.gpu, &graph, &self.states)?;
             self.plans.insert((n, head), plan);
             if (n, head) == (1, Head::Sample) {

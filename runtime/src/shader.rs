@@ -7,9 +7,13 @@ use std::fmt::Write;
 
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
-/// Snippets a kernel may `#include`: block dequantization (matvec, matmul, embedding) and
-/// the gated linear recurrence (the linear_scan passes).
+/// Snippets a kernel may `#include`: block dequantization (matvec, matmul, embedding), the
+/// gated linear recurrence (the linear_scan passes), the elementwise ops (plain and fused).
 pub const INCLUDES: &[(&str, &str)] = &[
+    (
+        "elementwise_ops.wgsl",
+        include_str!("../../shaders/elementwise_ops.wgsl"),
+    ),
     ("quant.wgsl", include_str!("../../shaders/quant.wgsl")),
     (
         "linear_recurrence.wgsl",

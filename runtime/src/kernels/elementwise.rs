@@ -136,7 +136,7 @@ impl Elementwise {
         )
     }
 
-    fn apply(self, x: f32, y: f32) -> f32 {
+    pub(crate) fn apply(self, x: f32, y: f32) -> f32 {
         match self {
             Elementwise::Add => x + y,
             Elementwise::SwiGlu => Gate::Silu.apply(x) * y,
@@ -285,6 +285,10 @@ impl Op for ElementwiseOp {
 
     fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
         (vec![self.a, self.b], vec![self.out])
+    }
+
+    fn as_elementwise(&self) -> Option<&ElementwiseOp> {
+        Some(self)
     }
 
     fn lower(&self, cx: &mut Lowering) -> Result<()> {

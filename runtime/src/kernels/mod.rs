@@ -17,6 +17,7 @@ pub mod copy;
 pub mod decode_attention;
 pub mod decode_gate;
 pub mod elementwise;
+pub mod elementwise_fused;
 pub mod embedding;
 pub mod head_concat;
 pub mod head_dot;
@@ -96,6 +97,7 @@ pub const ALL: &[Kernel] = &[
     decode_attention::MERGE,
     decode_gate::KERNEL,
     elementwise::KERNEL,
+    elementwise_fused::KERNEL,
     embedding::KERNEL,
     head_concat::KERNEL,
     head_dot::KERNEL,
