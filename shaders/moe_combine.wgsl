@@ -1,7 +1,8 @@
 // Back to token order: out[t, c] = sum_j weight[t, j] * y[row(t, j), c], where y holds the
 // experts' outputs in sorted rows (moe_permute.wgsl) and the weights come from route
 // (moe_route.wgsl). With SHARED, Qwen2-MoE's shared expert is added, scaled by the sigmoid
-// of its gate: + sigmoid(gate[t]) * shared[t, c].
+// of its gate: + sigmoid(gate[t]) * shared[t, c]. With ACCUM the sum is added to out in place
+// (the residual stream) instead of replacing it.
 
 struct Params { tokens: u32, width: u32, k: u32, _p: u32 }
 
@@ -32,5 +33,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (SHARED) {
         o += shared_out[i] / (1.0 + exp(-shared_gate[t]));
     }
-    out[i] = o;
+    if (ACCUM) {
+        out[i] = out[i] + o;
+    } else {
+        out[i] = o;
+    }
 }

@@ -152,8 +152,13 @@ impl MoeBlock {
         StateSpec::counters(counts_name(self.layer), self.config.experts)
     }
 
-    /// The block over `h` [T, hidden]: [T, hidden].
-    pub fn build(&self, g: &mut Graph, h: TensorId) -> GResult<TensorId> {
+    /// The block over `h` [T, hidden]: [T, hidden], or added into `residual` in place.
+    pub fn build(
+        &self,
+        g: &mut Graph,
+        h: TensorId,
+        residual: Option<TensorId>,
+    ) -> GResult<TensorId> {
         let c = &self.config;
         let t = g.shape(h)[0];
         let logits = lin(g, h, &self.router, None)?;
@@ -169,7 +174,10 @@ impl MoeBlock {
             None => None,
             Some(s) => Some((s.mlp.apply(g, h)?, lin(g, h, &s.gate, None)?)),
         };
-        g.moe_combine(y, route, perm, shared)
+        match residual {
+            Some(x) => g.moe_combine_into(y, route, perm, shared, x),
+            None => g.moe_combine(y, route, perm, shared),
+        }
     }
 }
 
@@ -201,7 +209,7 @@ impl FeedForward {
     pub fn build(&self, g: &mut Graph, h: TensorId) -> GResult<TensorId> {
         match self {
             FeedForward::Dense(mlp) => mlp.apply(g, h),
-            FeedForward::Moe(m) => m.build(g, h),
+            FeedForward::Moe(m) => m.build(g, h, None),
         }
     }
 
@@ -214,7 +222,7 @@ impl FeedForward {
                     Some(n) => n.apply(g, x)?,
                     None => x,
                 };
-                m.build(g, h)
+                m.build(g, h, None)
             }
         }
     }
@@ -227,15 +235,15 @@ impl FeedForward {
         }
     }
 
-    /// `x + block(norm(x))`: in place into the residual stream `x` for a dense MLP (whose
-    /// projections take the norm and the add, [`Mlp::residual`]), a new tensor for experts.
+    /// `x + block(norm(x))`, in place into the residual stream `x`: a dense MLP's
+    /// projections take the norm and the add ([`Mlp::residual`]); experts' combine takes the
+    /// add.
     pub fn residual(&self, g: &mut Graph, x: TensorId, norm: &RmsNorm) -> GResult<TensorId> {
         match self {
             FeedForward::Dense(mlp) => mlp.residual(g, x, norm),
             FeedForward::Moe(m) => {
                 let h = norm.apply(g, x)?;
-                let y = m.build(g, h)?;
-                g.add_tensors(x, y)
+                m.build(g, h, Some(x))
             }
         }
     }

@@ -34,6 +34,8 @@ struct Spec {
     dtype: DType,
     /// Experts per weight chunk (forces the grouped kernels over several chunks).
     chunk_experts: Option<usize>,
+    /// The block's output added into a residual stream in place.
+    residual: bool,
 }
 
 /// Stacked expert weights [experts * rows, cols] of scale 0.3, the unused experts' NaN.
@@ -67,7 +69,7 @@ fn rows_of(w: &[f32], x: &[f32], rows: usize, cols: usize, e: u32) -> Vec<f32> {
 impl Spec {
     fn describe(&self) -> String {
         format!(
-            "T={} E={} k={} H={} I={} renorm={} shared={} {} chunk_experts={:?}",
+            "T={} E={} k={} H={} I={} renorm={} shared={} {} chunk_experts={:?} residual={}",
             self.tokens,
             self.experts,
             self.k,
@@ -76,7 +78,8 @@ impl Spec {
             self.renormalize,
             self.shared,
             self.dtype.name(),
-            self.chunk_experts
+            self.chunk_experts,
+            self.residual
         )
     }
 
@@ -122,7 +125,12 @@ impl Spec {
             moe::launch_permute(g, &route, &perm, &counts, t, e, k)?,
         ];
         let (gate, up, act) = (poisoned(g, r * n), poisoned(g, r * n), poisoned(g, r * n));
-        let (y, out) = (poisoned(g, r * h), poisoned(g, t * h));
+        let residual = rng.vec(t * h, 1.0);
+        let y = poisoned(g, r * h);
+        let out = match c.residual {
+            true => upload_f32(g, &residual),
+            false => poisoned(g, t * h),
+        };
         let xb = upload_f32(g, &x);
         let grouped = |x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer, gather: bool| {
             if t == 1 {
@@ -151,6 +159,7 @@ impl Spec {
             y: &y,
             shared: c.shared.then_some((&sb, &sg)),
             out: &out,
+            accumulate: c.residual,
         };
         d.push(moe::launch_combine(g, &b, t, h, k)?);
 
@@ -183,7 +192,12 @@ impl Spec {
                 .collect()
         };
         let shared_ref: Option<&dyn Fn(usize) -> Vec<f32>> = c.shared.then_some(&shared_fn);
-        let want = moe::combine_reference(&routes, h, expert, shared_ref);
+        let mut want = moe::combine_reference(&routes, h, expert, shared_ref);
+        if c.residual {
+            for (w, r) in want.iter_mut().zip(&residual) {
+                *w += r;
+            }
+        }
         let route_words = t * 2 * k;
         let outputs = vec![
             Output::new("router experts", &route, Expect::Words(ids.concat()))
@@ -214,6 +228,7 @@ pub fn cases() -> Vec<Case> {
         shared: false,
         dtype: DType::F32,
         chunk_experts: None,
+        residual: false,
     };
     // (spec, in the browser)
     let specs = [
@@ -225,6 +240,7 @@ pub fn cases() -> Vec<Case> {
                 renormalize: false,
                 shared: true,
                 dtype: DType::F16,
+                residual: true,
                 ..base
             },
             false,
@@ -261,6 +277,7 @@ pub fn cases() -> Vec<Case> {
                 hidden: 32,
                 inter: 20,
                 shared: true,
+                residual: true,
                 ..base
             },
             true,

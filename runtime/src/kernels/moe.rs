@@ -23,8 +23,10 @@ fn route_defs(renormalize: bool) -> ShaderDefs {
     ShaderDefs::new().bool("RENORMALIZE", renormalize)
 }
 
-fn combine_defs(shared: bool) -> ShaderDefs {
-    ShaderDefs::new().bool("SHARED", shared)
+fn combine_defs(shared: bool, accumulate: bool) -> ShaderDefs {
+    ShaderDefs::new()
+        .bool("SHARED", shared)
+        .bool("ACCUM", accumulate)
 }
 
 /// With and without renormalising the top-k weights.
@@ -32,9 +34,11 @@ pub fn route_variants() -> Vec<ShaderDefs> {
     [false, true].map(route_defs).to_vec()
 }
 
-/// With and without a shared expert.
+/// With and without a shared expert, into a new tensor or added in place.
 pub fn combine_variants() -> Vec<ShaderDefs> {
-    [false, true].map(combine_defs).to_vec()
+    [(false, false), (true, false), (false, true), (true, true)]
+        .map(|(s, a)| combine_defs(s, a))
+        .to_vec()
 }
 
 /// Rows of one grouped matmul tile (shaders/matmul.wgsl's TILE).
@@ -149,6 +153,8 @@ pub struct CombineBuffers<'a> {
     /// A shared expert's output [tokens, width] and its gate logits [tokens].
     pub shared: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
     pub out: &'a wgpu::Buffer,
+    /// Add the result to `out` in place (a residual stream) instead of replacing it.
+    pub accumulate: bool,
 }
 
 /// Combine: out [tokens, width] = the weighted sum of each token's expert rows (+ the gated
@@ -169,7 +175,7 @@ pub fn launch_combine(
     let (shared, gate) = b.shared.unwrap_or((&gpu.dummy, &gpu.dummy));
     COMBINE.dispatch(
         gpu,
-        &combine_defs(b.shared.is_some()),
+        &combine_defs(b.shared.is_some(), b.accumulate),
         &params,
         &[b.route, b.perm, b.y, shared, gate, b.out],
         gpu.grid(((tokens * width) as u32).div_ceil(64)),
@@ -210,7 +216,8 @@ pub struct MoeLinear {
 }
 
 /// Sorted expert rows `y` [T * k, W] back to tokens, weighted by the router, plus a shared
-/// expert's output gated by sigmoid(gate) when given: out [T, W].
+/// expert's output gated by sigmoid(gate) when given: out [T, W], or added into `out` in
+/// place when `accumulate` (the residual stream: one dispatch instead of two).
 #[derive(Debug)]
 pub struct MoeCombine {
     pub y: TensorId,
@@ -219,6 +226,7 @@ pub struct MoeCombine {
     pub shared: Option<(TensorId, TensorId)>,
     pub out: TensorId,
     pub k: usize,
+    pub accumulate: bool,
 }
 
 impl Graph {
@@ -307,10 +315,39 @@ impl Graph {
         perm: TensorId,
         shared: Option<(TensorId, TensorId)>,
     ) -> Result<TensorId> {
+        let width = *self.shape(y).last().unwrap_or(&0);
+        let out = self.activation(vec![self.shape(route)[0], width]);
+        self.combine(y, route, perm, shared, out, false)
+    }
+
+    /// [`Graph::moe_combine`] added into `residual` [T, W] in place; returns it.
+    pub fn moe_combine_into(
+        &mut self,
+        y: TensorId,
+        route: TensorId,
+        perm: TensorId,
+        shared: Option<(TensorId, TensorId)>,
+        residual: TensorId,
+    ) -> Result<TensorId> {
+        self.combine(y, route, perm, shared, residual, true)
+    }
+
+    fn combine(
+        &mut self,
+        y: TensorId,
+        route: TensorId,
+        perm: TensorId,
+        shared: Option<(TensorId, TensorId)>,
+        out: TensorId,
+        accumulate: bool,
+    ) -> Result<TensorId> {
         let (t, k) = (self.shape(route)[0], self.shape(route)[1] / 2);
         let width = self.shape(y)[1];
         if self.shape(y)[0] != t * k {
             return Err(mismatch("expert outputs", &[t * k, width], self.shape(y)));
+        }
+        if self.shape(out) != [t, width] {
+            return Err(mismatch("residual stream", &[t, width], self.shape(out)));
         }
         if let Some((s, g)) = shared {
             if self.shape(s) != [t, width] {
@@ -320,7 +357,6 @@ impl Graph {
                 return Err(mismatch("shared expert gate", &[t, 1], self.shape(g)));
             }
         }
-        let out = self.activation(vec![t, width]);
         self.push(MoeCombine {
             y,
             route,
@@ -328,6 +364,7 @@ impl Graph {
             shared,
             out,
             k,
+            accumulate,
         });
         Ok(out)
     }
@@ -418,6 +455,9 @@ impl Op for MoeCombine {
         if let Some((s, g)) = self.shared {
             r.extend([s, g]);
         }
+        if self.accumulate {
+            r.push(self.out);
+        }
         (r, vec![self.out])
     }
 
@@ -433,6 +473,7 @@ impl Op for MoeCombine {
             y: cx.buf(self.y)?,
             shared,
             out: cx.buf(self.out)?,
+            accumulate: self.accumulate,
         };
         cx.push([launch_combine(cx.gpu(), &b, t, width, self.k)?]);
         Ok(())
