@@ -5,7 +5,9 @@
 //!
 //! rwkv7.gguf holds the `rwkv7` fixture's weights; llama.cpp runs every RWKV-7 file with
 //! BlinkDL's fixed ln_x eps, so its reference is `rwkv7_blink` (the same weights through the
-//! `rwkv` package, which uses that eps), not fla's logits.
+//! `rwkv` package, which uses that eps), not fla's logits. rwkv6.gguf holds the `rwkv6_finch`
+//! fixture's weights (fla's RWKV-6 with key width = hidden, as llama.cpp's rwkv6 has it, and
+//! every eps at llama.cpp's fixed ln_x eps), written through Hugging Face's Rwkv6 layout.
 
 use std::path::PathBuf;
 
@@ -19,6 +21,7 @@ const CASES: &[(&str, &str)] = &[
     ("mamba", "mamba"),
     ("mamba2", "mamba2"),
     ("rwkv7", "rwkv7_blink"),
+    ("rwkv6", "rwkv6_finch"),
     ("jamba", "jamba"),
 ];
 
