@@ -682,6 +682,70 @@ mod tests {
     }
 
     #[test]
+    fn every_fla_rwkv6_tensor_has_a_gguf_name() {
+        for (hf, gguf) in [
+            ("model.layers.0.pre_norm.bias", "token_embd_norm.bias"),
+            ("model.layers.1.ffn_norm.weight", "blk.1.attn_norm_2.weight"),
+            (
+                "model.layers.1.attn.x_bias",
+                "blk.1.time_mix_lerp_fused.weight",
+            ),
+            (
+                "model.layers.1.attn.x_proj.0.mu",
+                "blk.1.time_mix_lerp_x.weight",
+            ),
+            (
+                "model.layers.1.attn.w_proj.linear.lora.2.bias",
+                "blk.1.time_mix_decay.weight",
+            ),
+            ("model.layers.1.attn.bonus", "blk.1.time_mix_first.weight"),
+            ("model.layers.1.attn.g_norm.bias", "blk.1.time_mix_ln.bias"),
+            (
+                "model.layers.1.ffn.receptance.mu",
+                "blk.1.channel_mix_lerp_r.weight",
+            ),
+        ] {
+            assert_eq!(
+                stored("rwkv6", hf).map(|s| s.name().to_string()),
+                Some(gguf.into())
+            );
+        }
+        assert_eq!(
+            stored("rwkv6", "model.layers.0.attn.x_proj.2.weight"),
+            Some(Stored::Restacked {
+                name: "blk.0.time_mix_w2.weight".into(),
+                order: [3, 0, 1, 2, 4],
+                side_by_side: true,
+            })
+        );
+        assert_eq!(stored("rwkv6", "model.layers.1.pre_norm.weight"), None);
+        assert_eq!(stored("rwkv6", "model.layers.0.attn.x_k"), None);
+    }
+
+    /// rwkv6.gguf (llama.cpp's converter over the rwkv6_finch fixture's weights, f32, no
+    /// rescaling) gives back every fla tensor of the fixture with its shape and bytes — the
+    /// restacked mixes included — and uses every tensor of the file.
+    #[test]
+    fn the_rwkv6_gguf_gives_back_every_fla_tensor() {
+        use crate::formats::host::TensorSource;
+        use crate::formats::safetensors::SafetensorsFiles;
+        use std::path::Path;
+
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let fla = SafetensorsFiles::open_dir(&fixtures.join("rwkv6_finch")).expect("fixture");
+        let file = GgufFile::open(&fixtures.join("gguf_recurrent/rwkv6.gguf")).expect("GGUF");
+        let mut used = std::collections::BTreeSet::new();
+        for name in fla.tensor_names() {
+            let want = fla.tensor(name).expect("fla tensor");
+            let got = tensor(&file, "rwkv6", name).expect("GGUF tensor");
+            assert_eq!(got.shape, want.shape, "{name}");
+            assert!(got.bytes == want.bytes, "{name}: other values");
+            used.insert(stored("rwkv6", name).expect("stored").name().to_string());
+        }
+        assert_eq!(used.len(), file.tensor_infos().len());
+    }
+
+    #[test]
     fn mamba_transforms_are_named() {
         assert_eq!(
             stored("mamba2", "backbone.layers.2.mixer.A_log"),
