@@ -19,8 +19,8 @@
 //!   stacked `time_mix_lerp_fused` [5, 1, 1, hidden] (fla's `x_bias`), `time_mix_w1`
 //!   [5 * rank, hidden] (the LoRA downs, a block of rows each) and `time_mix_w2`
 //!   [5, hidden, rank] (the ups, which fla keeps side by side as [hidden, 5 * rank]) are
-//!   restacked in fla's order. The decay LoRA, the bonus (`time_mix_first`) and the rest keep
-//!   fla's layout.
+//!   restacked in fla's order (llama.cpp's quantizer leaves these three unquantized). The
+//!   decay LoRA, the bonus (`time_mix_first`) and the rest keep fla's layout.
 //!
 //! llama.cpp runs every `rwkv6` and `rwkv7` file with BlinkDL's fixed `ln_x` eps (64e-5), and
 //! RWKV-7 with its L2-norm clamp, so those are what [`network_config`] sets, whatever fla
@@ -222,8 +222,8 @@ fn jamba_layers(file: &GgufFile) -> Vec<(Option<u64>, bool)> {
 }
 
 /// The network a GGUF file's config describes: its family's, with llama.cpp's fixed RWKV eps
-/// for `rwkv6` and `rwkv7` files, and for `jamba` files once their layers are checked to follow the
-/// periods and offsets read from them.
+/// for `rwkv6` and `rwkv7` files, and for `jamba` files once their layers are checked to
+/// follow the periods and offsets read from them.
 pub fn network_config(
     file: &GgufFile,
     config: &JsonConfig,
