@@ -26,6 +26,8 @@ const MODELS: &[&str] = &[
     "mamba2",
     "gla",
     "rwkv6",
+    // RWKV-6 with key width = hidden, as BlinkDL's Finch and llama.cpp's rwkv6 have it.
+    "rwkv6_finch",
     "rwkv7",
     // BlinkDL's RWKV-7 naming (no config.json; ln_x eps 64e-5), against the `rwkv` package.
     "rwkv7_blink",

@@ -3,7 +3,9 @@
 //! layer (layer 0 first normalising the embeddings with `pre_norm`) a LayerNorm, the
 //! version's time mix (`blocks::rwkv::time_mix6` / `time_mix7`), a residual, a LayerNorm,
 //! the channel mix and a residual; a final LayerNorm and the LM head. Token shifts and the
-//! recurrence are session states, so nothing depends on a position.
+//! recurrence are session states, so nothing depends on a position. llama.cpp's `rwkv6` and
+//! `rwkv7` GGUF files read as these (formats::gguf_hf_recurrent); `rescale_every`, which
+//! fla's config does not have, comes from an `rwkv6` file.
 
 use std::sync::Arc;
 
@@ -17,7 +19,7 @@ use super::{Family, Network, NetworkConfig};
 use crate::blocks::lm_head::LmHead;
 use crate::blocks::norm::LayerNorm;
 use crate::blocks::rwkv::{
-    shift_weights, time_mix6, time_mix7, token_shift, ChannelMix, LayerConfig, MixInput,
+    shift_weights, time_mix6, time_mix7, token_shift, ChannelMix, Halving, LayerConfig, MixInput,
 };
 use crate::blocks::GResult;
 use crate::error::{ModelError, Result};
@@ -29,8 +31,8 @@ use crate::vars::Vars;
 pub const FAMILY: Family = Family {
     classes: &["RWKV6ForCausalLM", "RWKV7ForCausalLM"],
     model_types: &["rwkv6", "rwkv7"],
-    // llama.cpp's RWKV-7 files (see formats::gguf_hf_recurrent).
-    gguf: &[("rwkv7", "RWKV7ForCausalLM")],
+    // llama.cpp's RWKV-6 and RWKV-7 files (see formats::gguf_hf_recurrent).
+    gguf: &[("rwkv6", "RWKV6ForCausalLM"), ("rwkv7", "RWKV7ForCausalLM")],
     parse: Some(|c| Ok(Box::new(RwkvConfig::from_json(c)?))),
     from_tensors: None,
     keys: KEYS,
@@ -49,6 +51,8 @@ const KEYS: &[ConfigKey] = &[
     ConfigKey::honoured("norm_bias", "false"),
     ConfigKey::honoured("norm_first", "false"),
     ConfigKey::honoured("tie_word_embeddings", "true"),
+    // Not fla's: an `rwkv6` GGUF's rescale_every_n_layers.
+    ConfigKey::honoured("rescale_every", "1"),
     // RWKV-6.
     ConfigKey::honoured("expand_k", "1.0"),
     ConfigKey::honoured("expand_v", "0.5"),
@@ -83,6 +87,8 @@ pub struct RwkvConfig {
     /// Layer 0 normalises the embeddings first (fla's norm_first; BlinkDL's ln0).
     pub pre_norm: bool,
     pub tie_embeddings: bool,
+    /// Halve the hidden states after every n-th layer (0: never; see `blocks::rwkv::Halving`).
+    pub rescale_every: usize,
 }
 
 impl RwkvConfig {
@@ -234,6 +240,7 @@ impl RwkvConfig {
             norm_eps,
             pre_norm: c.opt_bool("norm_first")?.unwrap_or(true),
             tie_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            rescale_every: c.opt_usize("rescale_every")?.unwrap_or(0),
         };
         config
             .layer
@@ -272,6 +279,7 @@ pub struct Rwkv {
     lm_head: LmHead,
     /// The token-shift conv weights: [1, -1] per channel (delta = x_prev - x).
     shift: Arc<GpuWeight>,
+    halving: Option<Halving>,
 }
 
 impl Rwkv {
@@ -304,6 +312,7 @@ impl Rwkv {
         let norm = LayerNorm::load(&body.pp("norm"), h, bias)?;
         let lm_head = LmHead::load(vb, "lm_head.weight", &embed, c.tie_embeddings, [c.model.vocab, h])?;
         let shift = shift_weights(&vb.pp("rwkv"), h)?;
+        let halving = Halving::load(vb, h, c.rescale_every)?;
         Ok(Rwkv {
             config,
             embed,
@@ -311,6 +320,7 @@ impl Rwkv {
             norm,
             lm_head,
             shift,
+            halving,
         })
     }
 
@@ -388,6 +398,9 @@ impl Architecture for Rwkv {
             let delta = self.token_shift(&mut g, h, &self.shift_state(l, "ffn"))?;
             let out = layer.ffn.apply(&mut g, h, delta)?;
             x = g.add_tensors(x, out)?;
+            if let Some(halving) = &self.halving {
+                x = halving.apply(&mut g, x, l)?;
+            }
         }
         let x = self.norm.apply(&mut g, x, c.norm_eps, 1)?;
         self.lm_head.apply(&mut g, x, head)?;

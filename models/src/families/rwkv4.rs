@@ -36,7 +36,7 @@ use super::{Family, Network, NetworkConfig};
 use crate::blocks::lm_head::LmHead;
 use crate::blocks::mlp::lin;
 use crate::blocks::norm::LayerNorm;
-use crate::blocks::rwkv::{mix_w, shift_weights, token_shift, ChannelMix};
+use crate::blocks::rwkv::{mix_w, shift_weights, token_shift, ChannelMix, Halving};
 use crate::error::{ModelError, Result};
 use crate::formats::config::{Dim, JsonConfig};
 use crate::formats::config::keys::ConfigKey;
@@ -171,8 +171,7 @@ pub struct Rwkv4 {
     head: LmHead,
     /// The token shift's conv weights (`blocks::rwkv::shift_weights`).
     shift: Arc<GpuWeight>,
-    /// 0.5 per channel (the hidden states' halving every rescale_every blocks).
-    half: Arc<GpuWeight>,
+    halving: Option<Halving>,
 }
 
 impl Rwkv4 {
@@ -231,7 +230,7 @@ impl Rwkv4 {
         let ln_out = norm(&body.pp("ln_out"))?;
         let head = LmHead::load(vb, "head.weight", &embed, c.tie_embeddings, [c.model.vocab, h])?;
         let shift = shift_weights(&body, h)?;
-        let half = vb.computed_vector("rescale 0.5", &vec![0.5; h])?;
+        let halving = Halving::load(vb, h, c.rescale_every)?;
         Ok(Rwkv4 {
             config,
             embed,
@@ -239,7 +238,7 @@ impl Rwkv4 {
             ln_out,
             head,
             shift,
-            half,
+            halving,
         })
     }
 
@@ -291,11 +290,10 @@ impl Rwkv4 {
         let ffn = b.ffn.apply(g, xf, delta)?;
         let ffn = rescale(g, ffn)?;
         let x = g.add_tensors(x, ffn)?;
-        if c.rescale_every > 0 && (l + 1).is_multiple_of(c.rescale_every) {
-            let half = g.weight(&self.half);
-            return g.elementwise(Elementwise::Mul, x, half);
+        match &self.halving {
+            Some(h) => h.apply(g, x, l),
+            None => Ok(x),
         }
-        Ok(x)
     }
 }
 

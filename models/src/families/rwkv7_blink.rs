@@ -126,6 +126,7 @@ fn config_from_shapes(files: &dyn TensorSource, file: &Path) -> Result<RwkvConfi
         norm_eps: 1e-5,
         pre_norm: true,
         tie_embeddings: false,
+        rescale_every: 0,
     };
     config
         .layer

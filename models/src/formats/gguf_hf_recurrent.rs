@@ -1,6 +1,6 @@
-//! GGUF files of llama.cpp's recurrent families — `mamba`, `mamba2`, `rwkv7`, and the hybrid
-//! `jamba` — read as the checkpoints Kestrel's families load (Hugging Face's Mamba / Mamba-2 /
-//! Jamba, fla's RWKV-7), the
+//! GGUF files of llama.cpp's recurrent families — `mamba`, `mamba2`, `rwkv6`, `rwkv7`, and the
+//! hybrid `jamba` — read as the checkpoints Kestrel's families load (Hugging Face's Mamba /
+//! Mamba-2 / Jamba, fla's RWKV-6 and RWKV-7), the
 //! other half of [`gguf_hf`](super::gguf_hf): the metadata becomes their config.json keys,
 //! their tensor names find llama.cpp's (`convert_hf_to_gguf.py` and gguf-py's
 //! `tensor_mapping.py` are the reference), and the converter's transforms are undone:
@@ -14,9 +14,19 @@
 //!   transformers' config describes, from which [`adapt_config`] read its period and offset;
 //! - RWKV-7's six token-shift mixes are stacked in `time_mix_lerp_fused` [6, 1, 1, hidden]
 //!   (order r, w, k, v, a, g), `r_k` is flattened, and LoRA factors keep fla's layout.
+//! - RWKV-6 (BlinkDL's Finch, key width = hidden: fla's `expand_k` 1) keeps its five
+//!   token-shift mixes in BlinkDL's order w, k, v, r, g where fla has r, w, k, v, g: the
+//!   stacked `time_mix_lerp_fused` [5, 1, 1, hidden] (fla's `x_bias`), `time_mix_w1`
+//!   [5 * rank, hidden] (the LoRA downs, a block of rows each) and `time_mix_w2`
+//!   [5, hidden, rank] (the ups, which fla keeps side by side as [hidden, 5 * rank]) are
+//!   restacked in fla's order (llama.cpp's quantizer leaves these three unquantized). The
+//!   decay LoRA, the bonus (`time_mix_first`) and the rest keep fla's layout.
 //!
-//! llama.cpp runs every `rwkv7` file with BlinkDL's fixed `ln_x` eps (64e-5) and its L2-norm
-//! clamp, so those are what [`network_config`] sets, whatever fla would derive.
+//! llama.cpp runs every `rwkv6` and `rwkv7` file with BlinkDL's fixed `ln_x` eps (64e-5), and
+//! RWKV-7 with its L2-norm clamp, so those are what [`network_config`] sets, whatever fla
+//! would derive. An `rwkv6` file's `rescale_every_n_layers` (the converter divided layer l's
+//! output projections by 2^(l / n)) becomes the family's `rescale_every`: the hidden states
+//! are halved after every n-th layer, as llama.cpp does.
 
 use std::borrow::Cow;
 
@@ -33,7 +43,7 @@ use crate::formats::host::{numel, HostDType, HostTensor};
 
 /// The GGUF architectures this file reads.
 pub fn is_recurrent(arch: &str) -> bool {
-    matches!(arch, "mamba" | "mamba2" | "rwkv7" | "jamba")
+    matches!(arch, "mamba" | "mamba2" | "rwkv6" | "rwkv7" | "jamba")
 }
 
 /// Rewrite the config.json-shaped view `m` that `gguf_hf::config_from_gguf` made of a
@@ -134,6 +144,30 @@ pub fn adapt_config(file: &GgufFile, arch: &str, m: &mut Map<String, Value>) {
                 }
             }
         }
+        "rwkv6" => {
+            copy(m, "intermediate_size", "feed_forward_length");
+            copy(m, "norm_eps", "attention.layer_norm_epsilon");
+            copy(m, "proj_low_rank_dim", "time_mix_extra_dim");
+            copy(m, "gate_low_rank_dim", "time_decay_extra_dim");
+            copy(m, "rescale_every", "rescale_every_n_layers");
+            // Keys, receptances and decays as wide as the hidden state, in heads of
+            // `wkv.head_size` (a size that does not divide it stays fractional, which the
+            // family's parser refuses by name).
+            let hidden = file.get_u64("rwkv6.embedding_length").unwrap_or(0);
+            if let Some(size) = file.get_u64("rwkv6.wkv.head_size").filter(|&s| s > 0) {
+                let heads = match hidden.is_multiple_of(size) {
+                    true => json!(hidden / size),
+                    false => json!(hidden as f64 / size as f64),
+                };
+                m.insert("num_heads".into(), heads);
+            }
+            m.insert("expand_k".into(), json!(1.0));
+            m.insert("expand_v".into(), json!(1.0));
+            m.insert(
+                "norm_first".into(),
+                json!(file.contains_tensor("token_embd_norm.weight")),
+            );
+        }
         _ => {
             copy(m, "head_dim", "wkv.head_size");
             copy(m, "intermediate_size", "feed_forward_length");
@@ -187,9 +221,9 @@ fn jamba_layers(file: &GgufFile) -> Vec<(Option<u64>, bool)> {
         .collect()
 }
 
-/// The network a GGUF file's config describes: its family's, with llama.cpp's fixed RWKV-7
-/// eps for `rwkv7` files, and for `jamba` files once their layers are checked to follow the
-/// periods and offsets read from them.
+/// The network a GGUF file's config describes: its family's, with llama.cpp's fixed RWKV eps
+/// for `rwkv6` and `rwkv7` files, and for `jamba` files once their layers are checked to
+/// follow the periods and offsets read from them.
 pub fn network_config(
     file: &GgufFile,
     config: &JsonConfig,
@@ -198,12 +232,12 @@ pub fn network_config(
     if arch == "jamba" {
         jamba_check(file, config)?;
     }
-    if arch != "rwkv7" {
+    if !matches!(arch, "rwkv6" | "rwkv7") {
         return families::from_config(config);
     }
     let mut c = RwkvConfig::from_json(config)?;
     c.layer.ln_x_eps = LN_X_EPS;
-    // ggml_l2_norm clamps the norm at 1e-12, i.e. the squared norm at 1e-24.
+    // ggml_l2_norm clamps the norm at 1e-12, i.e. the squared norm at 1e-24 (RWKV-7's).
     c.layer.l2_eps = 1e-24;
     Ok(Box::new(c))
 }
@@ -263,13 +297,22 @@ enum Stored {
         index: usize,
         parts: usize,
     },
+    /// Equal parts stacked along the outermost dimension, restacked so that part `i` is the
+    /// file's part `order[i]`: one after the other (unit dimensions dropped), or with
+    /// `side_by_side` parts of shape [rows, cols] placed next to each other as
+    /// [rows, parts * cols].
+    Restacked {
+        name: String,
+        order: [usize; 5],
+        side_by_side: bool,
+    },
 }
 
 impl Stored {
     fn name(&self) -> &str {
         match self {
             Stored::Plain(n) | Stored::Unsqueezed(n) | Stored::Heads(n) | Stored::NegExp(n) => n,
-            Stored::Part { name, .. } => name,
+            Stored::Part { name, .. } | Stored::Restacked { name, .. } => name,
         }
     }
 }
@@ -278,6 +321,7 @@ impl Stored {
 fn stored(arch: &str, hf: &str) -> Option<Stored> {
     match arch {
         "mamba" | "mamba2" => mamba_stored(hf),
+        "rwkv6" => rwkv6_stored(hf),
         "rwkv7" => rwkv7_stored(hf),
         "jamba" => jamba_stored(hf),
         _ => None,
@@ -356,6 +400,61 @@ fn jamba_stored(hf: &str) -> Option<Stored> {
         _ => return None,
     };
     plain(format!("blk.{layer}.{name}"))
+}
+
+/// Where fla's RWKV-6 token-shift mixes (r, w, k, v, g) are in llama.cpp's stacks (BlinkDL's
+/// order w, k, v, r, g).
+const RWKV6_MIXES: [usize; 5] = [3, 0, 1, 2, 4];
+
+fn rwkv6_stored(hf: &str) -> Option<Stored> {
+    let plain = |s: String| Some(Stored::Plain(s));
+    match hf {
+        "model.embeddings.weight" => return plain("token_embd.weight".into()),
+        "lm_head.weight" => return plain("output.weight".into()),
+        _ => {}
+    }
+    if let Some(leaf) = hf.strip_prefix("model.norm.") {
+        return plain(format!("output_norm.{leaf}"));
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let b = |s: &str| format!("blk.{layer}.{s}");
+    let (part, leaf) = rest.split_once('.')?;
+    let restacked = |s: &str, side_by_side| {
+        Some(Stored::Restacked {
+            name: b(s),
+            order: RWKV6_MIXES,
+            side_by_side,
+        })
+    };
+    let name = match (part, leaf) {
+        ("pre_norm", _) if layer == "0" => return plain(format!("token_embd_norm.{leaf}")),
+        ("attn_norm", _) => return plain(b(&format!("attn_norm.{leaf}"))),
+        ("ffn_norm", _) => return plain(b(&format!("attn_norm_2.{leaf}"))),
+        ("attn", "g_norm.weight" | "g_norm.bias") => {
+            return plain(b(&format!("time_mix_ln.{}", &leaf["g_norm.".len()..])))
+        }
+        ("attn", "x_bias") => return restacked("time_mix_lerp_fused.weight", false),
+        ("attn", "x_proj.0.linear.weight") => return restacked("time_mix_w1.weight", false),
+        ("attn", "x_proj.2.weight") => return restacked("time_mix_w2.weight", true),
+        ("attn", "x_proj.0.mu") => "time_mix_lerp_x.weight",
+        ("attn", "w_proj.linear.lora.0.weight") => "time_mix_decay_w1.weight",
+        ("attn", "w_proj.linear.lora.2.weight") => "time_mix_decay_w2.weight",
+        ("attn", "w_proj.linear.lora.2.bias") => "time_mix_decay.weight",
+        ("attn", "bonus") => "time_mix_first.weight",
+        ("attn", "r_proj.linear.weight") => "time_mix_receptance.weight",
+        ("attn", "k_proj.linear.weight") => "time_mix_key.weight",
+        ("attn", "v_proj.linear.weight") => "time_mix_value.weight",
+        ("attn", "g_proj.linear.weight") => "time_mix_gate.weight",
+        ("attn", "o_proj.weight") => "time_mix_output.weight",
+        ("ffn", "key.mu") => "channel_mix_lerp_k.weight",
+        ("ffn", "receptance.mu") => "channel_mix_lerp_r.weight",
+        ("ffn", "key.linear.weight") => "channel_mix_key.weight",
+        ("ffn", "receptance.linear.weight") => "channel_mix_receptance.weight",
+        ("ffn", "value.weight") => "channel_mix_value.weight",
+        _ => return None,
+    };
+    plain(b(name))
 }
 
 /// fla's token-shift mixes, in the order llama.cpp stacks them.
@@ -506,6 +605,39 @@ pub fn tensor<'a>(file: &'a GgufFile, arch: &str, hf: &str) -> Result<HostTensor
                 Cow::Owned(b) => Cow::Owned(b[index * len..(index + 1) * len].to_vec()),
             };
         }
+        Stored::Restacked {
+            order,
+            side_by_side,
+            ..
+        } => {
+            let parts = order.len();
+            let outer = t.shape.first().copied().unwrap_or(0);
+            let rows = match side_by_side {
+                true => t.shape.get(1).copied().unwrap_or(0),
+                false => 1,
+            };
+            let fits = match side_by_side {
+                true => outer == parts && t.shape.len() == 3,
+                false => outer.is_multiple_of(parts),
+            };
+            if !unquantized || !fits || rows == 0 || outer == 0 {
+                return Err(bad_shape(t, vec![parts]));
+            }
+            // Each part is [rows, cols]: row r of every part in turn.
+            let row = t.bytes.len() / parts / rows;
+            let mut out = Vec::with_capacity(t.bytes.len());
+            for r in 0..rows {
+                for &p in &order {
+                    let at = (p * rows + r) * row;
+                    out.extend_from_slice(&t.bytes[at..at + row]);
+                }
+            }
+            t.shape = match side_by_side {
+                true => vec![rows, parts * t.shape[2]],
+                false => t.shape.iter().copied().filter(|&d| d != 1).collect(),
+            };
+            t.bytes = Cow::Owned(out);
+        }
     }
     Ok(t)
 }
@@ -547,6 +679,70 @@ mod tests {
             stored("rwkv7", "model.layers.1.attn.q_lora.lora.0.weight"),
             None
         );
+    }
+
+    #[test]
+    fn every_fla_rwkv6_tensor_has_a_gguf_name() {
+        for (hf, gguf) in [
+            ("model.layers.0.pre_norm.bias", "token_embd_norm.bias"),
+            ("model.layers.1.ffn_norm.weight", "blk.1.attn_norm_2.weight"),
+            (
+                "model.layers.1.attn.x_bias",
+                "blk.1.time_mix_lerp_fused.weight",
+            ),
+            (
+                "model.layers.1.attn.x_proj.0.mu",
+                "blk.1.time_mix_lerp_x.weight",
+            ),
+            (
+                "model.layers.1.attn.w_proj.linear.lora.2.bias",
+                "blk.1.time_mix_decay.weight",
+            ),
+            ("model.layers.1.attn.bonus", "blk.1.time_mix_first.weight"),
+            ("model.layers.1.attn.g_norm.bias", "blk.1.time_mix_ln.bias"),
+            (
+                "model.layers.1.ffn.receptance.mu",
+                "blk.1.channel_mix_lerp_r.weight",
+            ),
+        ] {
+            assert_eq!(
+                stored("rwkv6", hf).map(|s| s.name().to_string()),
+                Some(gguf.into())
+            );
+        }
+        assert_eq!(
+            stored("rwkv6", "model.layers.0.attn.x_proj.2.weight"),
+            Some(Stored::Restacked {
+                name: "blk.0.time_mix_w2.weight".into(),
+                order: [3, 0, 1, 2, 4],
+                side_by_side: true,
+            })
+        );
+        assert_eq!(stored("rwkv6", "model.layers.1.pre_norm.weight"), None);
+        assert_eq!(stored("rwkv6", "model.layers.0.attn.x_k"), None);
+    }
+
+    /// rwkv6.gguf (llama.cpp's converter over the rwkv6_finch fixture's weights, f32, no
+    /// rescaling) gives back every fla tensor of the fixture with its shape and bytes — the
+    /// restacked mixes included — and uses every tensor of the file.
+    #[test]
+    fn the_rwkv6_gguf_gives_back_every_fla_tensor() {
+        use crate::formats::host::TensorSource;
+        use crate::formats::safetensors::SafetensorsFiles;
+        use std::path::Path;
+
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let fla = SafetensorsFiles::open_dir(&fixtures.join("rwkv6_finch")).expect("fixture");
+        let file = GgufFile::open(&fixtures.join("gguf_recurrent/rwkv6.gguf")).expect("GGUF");
+        let mut used = std::collections::BTreeSet::new();
+        for name in fla.tensor_names() {
+            let want = fla.tensor(name).expect("fla tensor");
+            let got = tensor(&file, "rwkv6", name).expect("GGUF tensor");
+            assert_eq!(got.shape, want.shape, "{name}");
+            assert!(got.bytes == want.bytes, "{name}: other values");
+            used.insert(stored("rwkv6", name).expect("stored").name().to_string());
+        }
+        assert_eq!(used.len(), file.tensor_infos().len());
     }
 
     #[test]

@@ -189,6 +189,37 @@ impl ChannelMix {
     }
 }
 
+/// `rescale_every` (r > 0) of Hugging Face's RWKV-4/6 and llama.cpp's `rwkv6`: the hidden
+/// states are halved after every r-th layer (layer l's output projections being divided by
+/// 2^(l / r), in the file or by the family).
+pub struct Halving {
+    every: usize,
+    /// 0.5 per channel.
+    half: Arc<GpuWeight>,
+}
+
+impl Halving {
+    /// `None` when `every` is 0 (no rescaling).
+    pub fn load(vb: &Vars<'_>, hidden: usize, every: usize) -> Result<Option<Halving>> {
+        Ok(match every {
+            0 => None,
+            every => Some(Halving {
+                every,
+                half: vb.computed_vector("rescale 0.5", &vec![0.5; hidden])?,
+            }),
+        })
+    }
+
+    /// The hidden states `x` after layer `l`.
+    pub fn apply(&self, g: &mut Graph, x: TensorId, l: usize) -> GResult<TensorId> {
+        if !(l + 1).is_multiple_of(self.every) {
+            return Ok(x);
+        }
+        let half = g.weight(&self.half);
+        g.elementwise(Elementwise::Mul, x, half)
+    }
+}
+
 /// The token shift's conv weights, [1, -1] per channel (`delta = x_prev - x`), labelled in
 /// scope `vb`.
 pub fn shift_weights(vb: &Vars<'_>, hidden: usize) -> Result<Arc<GpuWeight>> {
