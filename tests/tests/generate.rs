@@ -80,6 +80,20 @@ fn stop_in_second_half(reply: &str) -> String {
         .expect("a stop string")
 }
 
+/// A text prompt and a request for exactly 30 tokens (EOS ignored): fresh sessions draw the
+/// same reply, long enough to cut with a stop string.
+fn once_upon(model: &Model) -> (Vec<u32>, Request) {
+    let ids = Prompt::Text("Once upon".into())
+        .encode(model, None)
+        .expect("encode");
+    let thirty = Request {
+        max_tokens: 30,
+        ignore_eos: true,
+        ..Request::default()
+    };
+    (ids, thirty)
+}
+
 fn greedy(max_tokens: usize) -> Request {
     Request {
         max_tokens,
@@ -169,14 +183,7 @@ fn limits_stop_strings_and_prefix_reuse() {
 
     // Stop strings: the reply ends before the first one, which no piece shows. (Fresh
     // sessions and a fixed length, so both runs draw the same tokens.)
-    let ids = Prompt::Text("Once upon".into())
-        .encode(&model, None)
-        .expect("encode");
-    let thirty = Request {
-        max_tokens: 30,
-        ignore_eos: true,
-        ..Request::default()
-    };
+    let (ids, thirty) = once_upon(&model);
     s.reset();
     let mut g = Generation::new(&model, &mut s, ids.clone(), &thirty).expect("start");
     run(&mut g, &model, &mut s);
@@ -220,14 +227,7 @@ fn a_recurrent_reply_cut_at_a_stop_string_is_reused_by_the_next_turn() {
     let gpu = gpus().into_iter().next().expect("gpu");
     for name in ["mamba2", "rwkv7", "jamba"] {
         let model = kestrel_models::load(&gpu, &fixture(name)).expect("load");
-        let ids = Prompt::Text("Once upon".into())
-            .encode(&model, None)
-            .expect("encode");
-        let thirty = Request {
-            max_tokens: 30,
-            ignore_eos: true,
-            ..Request::default()
-        };
+        let (ids, thirty) = once_upon(&model);
         let mut s = model.session(&gpu, 128).expect("session");
         let mut g = Generation::new(&model, &mut s, ids.clone(), &thirty).expect("start");
         run(&mut g, &model, &mut s);

@@ -402,24 +402,42 @@ fn jamba_stored(hf: &str) -> Option<Stored> {
     plain(format!("blk.{layer}.{name}"))
 }
 
+/// A name of fla's RWKV-6 and RWKV-7 models: one llama.cpp stores under a name of its own
+/// that all layers share, or a layer's tensor as (layer, part, leaf).
+enum FlaName<'a> {
+    Whole(Stored),
+    Layer(&'a str, &'a str, &'a str),
+}
+
+/// The embeddings, head and final norm, which fla's RWKV-6 and RWKV-7 name alike, or a
+/// layer's tensor name split.
+fn fla_rwkv_name(hf: &str) -> Option<FlaName<'_>> {
+    let whole = |s: String| Some(FlaName::Whole(Stored::Plain(s)));
+    match hf {
+        "model.embeddings.weight" => return whole("token_embd.weight".into()),
+        "lm_head.weight" => return whole("output.weight".into()),
+        _ => {}
+    }
+    if let Some(leaf) = hf.strip_prefix("model.norm.") {
+        return whole(format!("output_norm.{leaf}"));
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (part, leaf) = rest.split_once('.')?;
+    Some(FlaName::Layer(layer, part, leaf))
+}
+
 /// Where fla's RWKV-6 token-shift mixes (r, w, k, v, g) are in llama.cpp's stacks (BlinkDL's
 /// order w, k, v, r, g).
 const RWKV6_MIXES: [usize; 5] = [3, 0, 1, 2, 4];
 
 fn rwkv6_stored(hf: &str) -> Option<Stored> {
     let plain = |s: String| Some(Stored::Plain(s));
-    match hf {
-        "model.embeddings.weight" => return plain("token_embd.weight".into()),
-        "lm_head.weight" => return plain("output.weight".into()),
-        _ => {}
-    }
-    if let Some(leaf) = hf.strip_prefix("model.norm.") {
-        return plain(format!("output_norm.{leaf}"));
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
+    let (layer, part, leaf) = match fla_rwkv_name(hf)? {
+        FlaName::Whole(stored) => return Some(stored),
+        FlaName::Layer(layer, part, leaf) => (layer, part, leaf),
+    };
     let b = |s: &str| format!("blk.{layer}.{s}");
-    let (part, leaf) = rest.split_once('.')?;
     let restacked = |s: &str, side_by_side| {
         Some(Stored::Restacked {
             name: b(s),
@@ -462,18 +480,11 @@ const RWKV7_LERPS: [&str; 6] = ["x_r", "x_w", "x_k", "x_v", "x_a", "x_g"];
 
 fn rwkv7_stored(hf: &str) -> Option<Stored> {
     let plain = |s: String| Some(Stored::Plain(s));
-    match hf {
-        "model.embeddings.weight" => return plain("token_embd.weight".into()),
-        "lm_head.weight" => return plain("output.weight".into()),
-        _ => {}
-    }
-    if let Some(leaf) = hf.strip_prefix("model.norm.") {
-        return plain(format!("output_norm.{leaf}"));
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
+    let (layer, part, leaf) = match fla_rwkv_name(hf)? {
+        FlaName::Whole(stored) => return Some(stored),
+        FlaName::Layer(layer, part, leaf) => (layer, part, leaf),
+    };
     let b = |s: &str| format!("blk.{layer}.{s}");
-    let (part, leaf) = rest.split_once('.')?;
     match part {
         "pre_norm" if layer == "0" => return plain(format!("token_embd_norm.{leaf}")),
         "attn_norm" => return plain(b(&format!("attn_norm.{leaf}"))),
