@@ -25,6 +25,24 @@ pub(crate) fn lin(
     g.linear(x, w, b)
 }
 
+/// `residual += x @ w^T`, in place (the residual stream; at decode the add runs in the
+/// matvec's epilogue). Returns `residual`.
+pub(crate) fn lin_into(
+    g: &mut Graph,
+    x: TensorId,
+    w: &Arc<GpuWeight>,
+    residual: TensorId,
+) -> GResult<TensorId> {
+    let w = g.weight(w);
+    g.linear_fused(
+        x,
+        w,
+        None,
+        LinearInput::Plain,
+        LinearOutput::AddTo(residual),
+    )
+}
+
 /// The gate, up and down projections' tensor names in a checkpoint.
 pub type MlpNames = [&'static str; 3];
 

@@ -386,18 +386,18 @@ impl Architecture for Rwkv {
             let input = MixInput {
                 x: h,
                 delta,
+                residual: x,
                 state,
                 shape,
             };
-            let out = match &layer.time {
+            // Both mixes add into the residual stream x in place.
+            x = match &layer.time {
                 TimeMix::V6(t) => t.apply(&mut g, &c.layer, &input)?,
                 TimeMix::V7(t) => t.apply(&mut g, &c.layer, &input, &mut v_first)?,
             };
-            x = g.add_tensors(x, out)?;
             let h = layer.ffn_norm.apply(&mut g, x, c.norm_eps, 1)?;
             let delta = self.token_shift(&mut g, h, &self.shift_state(l, "ffn"))?;
-            let out = layer.ffn.apply(&mut g, h, delta)?;
-            x = g.add_tensors(x, out)?;
+            x = layer.ffn.apply_into(&mut g, h, delta, x)?;
             if let Some(halving) = &self.halving {
                 x = halving.apply(&mut g, x, l)?;
             }

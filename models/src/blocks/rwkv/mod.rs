@@ -23,7 +23,7 @@ use kestrel_runtime::kernels::linear_scan::{Decay, ScanShape};
 use kestrel_runtime::tensor::GpuWeight;
 use kestrel_runtime::TensorId;
 
-use super::mlp::lin;
+use super::mlp::{lin, lin_into};
 use super::norm::LayerNorm;
 use super::GResult;
 use crate::error::Result;
@@ -174,18 +174,53 @@ impl ChannelMix {
     }
 
     pub fn apply(&self, g: &mut Graph, x: TensorId, delta: TensorId) -> GResult<TensorId> {
-        let xk = mix_w(g, x, delta, &self.x_k)?;
-        let k = lin(g, xk, &self.key, None)?;
-        let k = g.unary(Elementwise::ReluSquare, k)?;
+        let k = self.key(g, x, delta)?;
         let v = lin(g, k, &self.value, None)?;
         match &self.receptance {
-            Some((mu, w)) => {
-                let xr = mix_w(g, x, delta, mu)?;
-                let r = lin(g, xr, w, None)?;
-                g.elementwise(Elementwise::SigmoidMul, r, v)
-            }
+            Some((mu, w)) => self.gated(g, x, delta, (mu, w), v),
             None => Ok(v),
         }
+    }
+
+    /// `residual + apply(x, delta)`, in place into `residual` (the value projection's
+    /// epilogue adds it when there is no receptance gate); returns `residual`.
+    pub fn apply_into(
+        &self,
+        g: &mut Graph,
+        x: TensorId,
+        delta: TensorId,
+        residual: TensorId,
+    ) -> GResult<TensorId> {
+        let k = self.key(g, x, delta)?;
+        match &self.receptance {
+            Some((mu, w)) => {
+                let v = lin(g, k, &self.value, None)?;
+                let out = self.gated(g, x, delta, (mu, w), v)?;
+                g.add_tensors(residual, out)
+            }
+            None => lin_into(g, k, &self.value, residual),
+        }
+    }
+
+    /// relu(key(mix_k(x)))².
+    fn key(&self, g: &mut Graph, x: TensorId, delta: TensorId) -> GResult<TensorId> {
+        let xk = mix_w(g, x, delta, &self.x_k)?;
+        let k = lin(g, xk, &self.key, None)?;
+        g.unary(Elementwise::ReluSquare, k)
+    }
+
+    /// sigmoid(receptance(mix_r(x))) * v.
+    fn gated(
+        &self,
+        g: &mut Graph,
+        x: TensorId,
+        delta: TensorId,
+        (mu, w): (&Arc<GpuWeight>, &Arc<GpuWeight>),
+        v: TensorId,
+    ) -> GResult<TensorId> {
+        let xr = mix_w(g, x, delta, mu)?;
+        let r = lin(g, xr, w, None)?;
+        g.elementwise(Elementwise::SigmoidMul, r, v)
     }
 }
 
@@ -246,6 +281,8 @@ pub struct MixInput {
     /// The normalised input [T, hidden] and its token shift.
     pub x: TensorId,
     pub delta: TensorId,
+    /// The residual stream the mix's output projection adds into, in place.
+    pub residual: TensorId,
     /// The recurrence's state and shape.
     pub state: TensorId,
     pub shape: ScanShape,

@@ -15,7 +15,7 @@ use kestrel_runtime::tensor::GpuWeight;
 use kestrel_runtime::TensorId;
 
 use super::{mix, mix_w, recurrence, LayerConfig, Lora, MixInput};
-use crate::blocks::mlp::lin;
+use crate::blocks::mlp::{lin, lin_into};
 use crate::blocks::norm::LayerNorm;
 use crate::blocks::GResult;
 use crate::error::Result;
@@ -96,6 +96,6 @@ impl TimeMix {
         let u = g.weight(&self.bonus);
         let o = recurrence(g, c, input, (r, k, v), decay, Some(u), None, &self.ln_x)?;
         let o = g.swiglu(gate, o)?;
-        lin(g, o, &self.o, None)
+        lin_into(g, o, &self.o, input.residual)
     }
 }

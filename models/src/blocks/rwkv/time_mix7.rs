@@ -12,7 +12,7 @@ use kestrel_runtime::tensor::GpuWeight;
 use kestrel_runtime::TensorId;
 
 use super::{mix_w, recurrence, LayerConfig, Lora, MixInput};
-use crate::blocks::mlp::lin;
+use crate::blocks::mlp::{lin, lin_into};
 use crate::blocks::norm::LayerNorm;
 use crate::blocks::GResult;
 use crate::error::Result;
@@ -149,6 +149,6 @@ impl TimeMix {
         let bonus = g.head_dot(rr, k, v, c.heads)?;
         let o = g.add_tensors(o, bonus)?;
         let o = g.elementwise(Elementwise::Mul, o, gate)?;
-        lin(g, o, &self.o, None)
+        lin_into(g, o, &self.o, input.residual)
     }
 }
