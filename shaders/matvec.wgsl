@@ -1,6 +1,7 @@
 // Matrix-vector product for decode: y[col_offset + r] = dot(x, w[r, :]) + bias[col_offset + r]
 // for the rows r of one weight chunk. Weights are f32, packed f16 or bf16 (W_HALF), or ggml
-// blocks (QFORMAT != 0, dequantized in registers by shaders/quant.wgsl); bias optional
+// blocks (QFORMAT != 0, multiplied in place by shaders/quant.wgsl's group_dot and pair_dot);
+// bias optional
 // (HAS_BIAS).
 //
 // Layout: a workgroup of 64 invocations is 64 / LANES row groups. The LANES lanes of a row
@@ -167,46 +168,45 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     if (QFORMAT != 0u && QK == 256u) {
         // K-quants: each lane takes pairs of 32-value groups that share their quantized words
-        // (every LANES-th pair of the row), read once by dequant_pair.
+        // (every LANES-th pair of the row), read once by pair_dot.
         let row_words = p.k / QK * QWORDS;
         for (var pi = lane; pi < p.k / 64u; pi += LANES) {
             let sb = pi / 4u;
             let gs = qk_pair(pi % 4u);
             var xa: array<vec4<f32>, 8>;
             var xb: array<vec4<f32>, 8>;
+            var sa = vec2<f32>(0.0);
+            var sbs = vec2<f32>(0.0);
             for (var t = 0u; t < 8u; t++) {
-                xa[t] = x4_at(64u * sb + 8u * gs.x + t);
-                xb[t] = x4_at(64u * sb + 8u * gs.y + t);
+                let va = x4_at(64u * sb + 8u * gs.x + t);
+                let vb = x4_at(64u * sb + 8u * gs.y + t);
+                xa[t] = va * x_scale();
+                xb[t] = vb * x_scale();
+                let which_half = select(vec2<f32>(0.0, 1.0), vec2<f32>(1.0, 0.0), t < 4u);
+                sa += which_half * dot(va, vec4<f32>(1.0));
+                sbs += which_half * dot(vb, vec4<f32>(1.0));
             }
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
-                    let v = dequant_pair((wrow0 + r) * row_words + sb * QWORDS, pi % 4u);
-                    var s = 0.0;
-                    for (var t = 0u; t < 8u; t++) {
-                        s += dot(v[t], xa[t]) + dot(v[t + 8u], xb[t]);
-                    }
-                    acc[r] += s;
+                    let b = (wrow0 + r) * row_words + sb * QWORDS;
+                    acc[r] += pair_dot(b, pi % 4u, xa, xb, sa, sbs);
                 }
             }
         }
     } else if (QFORMAT != 0u) {
-        // Each lane takes whole 32-value groups: every LANES-th group of the row.
+        // Each lane takes whole 32-value blocks: every LANES-th block of the row.
         let row_words = p.k / QK * QWORDS;
         for (var gi = lane; gi < p.k / 32u; gi += LANES) {
             var xs: array<vec4<f32>, 8>;
+            var x_sum = 0.0;
             for (var t = 0u; t < 8u; t++) {
-                xs[t] = x4_at(8u * gi + t);
+                let v = x4_at(8u * gi + t);
+                xs[t] = v * x_scale();
+                x_sum += dot(v, vec4<f32>(1.0));
             }
-            let blk = gi / QGROUPS * QWORDS;
-            let g = gi % QGROUPS;
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
-                    let v = dequant_group((wrow0 + r) * row_words + blk, g);
-                    var s = 0.0;
-                    for (var t = 0u; t < 8u; t++) {
-                        s += dot(v[t], xs[t]);
-                    }
-                    acc[r] += s;
+                    acc[r] += group_dot((wrow0 + r) * row_words + gi * QWORDS, xs, x_sum);
                 }
             }
         }

@@ -8,14 +8,18 @@
 // half first: IEEE f16, or bf16 with W_BF16. A bf16 is the top half of an f32, so widening it
 // is a shift: exact, and no shader-f16 is needed for either.
 //
-// Blocks are ggml's, each zero-padded to whole u32 words (runtime/src/quant.rs); fields are
-// read from words by their byte offsets in the block. Each value is computed as the CPU
+// Blocks are ggml's, each zero-padded to whole u32 words (runtime/src/quant.rs): after the f16
+// scale of Q4_0, Q5_0 and Q8_0, so that their quants start on a word, at the end of the
+// others; every field is then read as whole words. Each value is computed as the CPU
 // reference does (quant::dequantize_block): a scale times a small integer, exact in f32, then
 // at most one rounding, so the GPU's values equal the reference's (up to the sign of zero).
 //
 // Every format is read as 32-value groups (dequant_group): one group per block for the
 // 32-value formats, eight per 256-value superblock for the K-quants, where dequant_pair also
-// reads two groups that share their quantized words at once.
+// reads two groups that share their quantized words at once. Quantized values are first
+// gathered four to a word, one per byte (byte lanes: q_lanes, qk_lanes), from which
+// dequant_group widens them and the matvec's dot products (group_dot, pair_dot) read them in
+// place.
 
 const Q4_0: u32 = 2u;
 const Q4_1: u32 = 3u;
@@ -58,13 +62,38 @@ fn q_sbytes(v: u32) -> vec4<i32> {
 }
 
 // Bits 0..3 of `v`, each moved to bit 4 of its own byte lane (the fifth bit of Q5_0/Q5_1).
-fn q_bit4(v: u32) -> vec4<u32> {
-    return ((vec4<u32>(v) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u)) << vec4<u32>(4u);
+fn q_bit4(v: u32) -> u32 {
+    return ((v & 1u) | ((v & 2u) << 7u) | ((v & 4u) << 14u) | ((v & 8u) << 21u)) << 4u;
 }
 
-// The word at byte offset 4*i + 2 of the block at word `b` (fields after an f16 header).
-fn q_word2(b: u32, i: u32) -> u32 {
-    return (w[b + i] >> 16u) | (w[b + i + 1u] << 16u);
+// Q4_0, Q4_1, Q5_0, Q5_1: the byte lanes of values 4k..4k+3 (x) and 16+4k..16+4k+3 (y) of
+// the block at word b, which share their word of quants. The blocks are d, [m or padding,]
+// [qh,] qs.
+fn q_lanes(b: u32, k: u32) -> vec2<u32> {
+    let five = QFORMAT == Q5_0 || QFORMAT == Q5_1;
+    let qs = w[b + select(1u, 2u, five) + k];
+    var lanes = vec2<u32>(qs, qs >> 4u) & vec2<u32>(0x0F0F0F0Fu);
+    if (five) {
+        let qh = w[b + 1u];
+        lanes |= vec2<u32>(q_bit4(qh >> (4u * k)), q_bit4(qh >> (16u + 4u * k)));
+    }
+    return lanes;
+}
+
+// Q4_0, Q4_1, Q5_0, Q5_1: a value of the block at word b is q * s.x + s.y.
+fn q_affine(b: u32) -> vec2<f32> {
+    let dm = unpack2x16float(w[b]);
+    switch QFORMAT {
+        case Q4_0: {
+            return vec2<f32>(dm.x, -8.0 * dm.x);
+        }
+        case Q5_0: {
+            return vec2<f32>(dm.x, -16.0 * dm.x);
+        }
+        default: {
+            return dm;
+        }
+    }
 }
 
 // Byte `j` (0..3) of word `v`.
@@ -77,53 +106,18 @@ fn q_byte(v: u32, j: u32) -> u32 {
 fn dequant_group(b: u32, g: u32) -> array<vec4<f32>, 8> {
     var v: array<vec4<f32>, 8>;
     switch QFORMAT {
-        case Q4_0, Q5_0: { // d, [qh,] qs; value = q * d - 8d (-16d)
-            // Everything after d is read as words shifted by 2 bytes (q_word2).
-            let d = unpack2x16float(w[b]).x;
-            var qh = 0u;
-            var qs0 = 0u;
-            var m = -8.0 * d;
-            if (QFORMAT == Q5_0) {
-                qh = q_word2(b, 0u);
-                qs0 = 1u;
-                m = -16.0 * d;
-            }
+        case Q4_0, Q4_1, Q5_0, Q5_1: { // value = q * d + m (Q4_0: m = -8d, Q5_0: -16d)
+            let a = q_affine(b);
             for (var k = 0u; k < 4u; k++) {
-                let qs = q_word2(b, qs0 + k);
-                var lo = q_bytes(qs & 0x0F0F0F0Fu);
-                var hi = q_bytes((qs >> 4u) & 0x0F0F0F0Fu);
-                if (QFORMAT == Q5_0) {
-                    lo |= q_bit4(qh >> (4u * k));
-                    hi |= q_bit4(qh >> (16u + 4u * k));
-                }
-                v[k] = vec4<f32>(lo) * d + m;
-                v[k + 4u] = vec4<f32>(hi) * d + m;
+                let lanes = q_lanes(b, k);
+                v[k] = vec4<f32>(q_bytes(lanes.x)) * a.x + a.y;
+                v[k + 4u] = vec4<f32>(q_bytes(lanes.y)) * a.x + a.y;
             }
         }
-        case Q4_1, Q5_1: { // d, m, [qh,] qs; value = q * d + m
-            let dm = unpack2x16float(w[b]);
-            var qh = 0u;
-            var qs0 = 1u;
-            if (QFORMAT == Q5_1) {
-                qh = w[b + 1u];
-                qs0 = 2u;
-            }
-            for (var k = 0u; k < 4u; k++) {
-                let qs = w[b + qs0 + k];
-                var lo = q_bytes(qs & 0x0F0F0F0Fu);
-                var hi = q_bytes((qs >> 4u) & 0x0F0F0F0Fu);
-                if (QFORMAT == Q5_1) {
-                    lo |= q_bit4(qh >> (4u * k));
-                    hi |= q_bit4(qh >> (16u + 4u * k));
-                }
-                v[k] = vec4<f32>(lo) * dm.x + dm.y;
-                v[k + 4u] = vec4<f32>(hi) * dm.x + dm.y;
-            }
-        }
-        case Q8_0: { // d, 32 signed bytes; value = q * d
+        case Q8_0: { // d, padding, 32 signed bytes; value = q * d
             let d = unpack2x16float(w[b]).x;
             for (var k = 0u; k < 8u; k++) {
-                v[k] = vec4<f32>(q_sbytes(q_word2(b, k))) * d;
+                v[k] = vec4<f32>(q_sbytes(w[b + 1u + k])) * d;
             }
         }
         case Q4_K, Q5_K, Q6_K: { // K-quants: see the qk_ helpers below
@@ -202,23 +196,31 @@ fn qk_words(b: u32, g: u32, k: u32) -> vec2<u32> {
     }
 }
 
-// The quantized values of values 4k..4k+3 of group g (Q6_K: minus 32), from qk_words.
-fn qk_quad(words: vec2<u32>, g: u32) -> vec4<f32> {
+// The byte lanes of values 4k..4k+3 of group g, from qk_words (Q6_K: q + 32, 0..63).
+fn qk_lanes(words: vec2<u32>, g: u32) -> u32 {
     switch QFORMAT {
         case Q4_K: { // low nibbles for even groups, high for odd
-            return vec4<f32>(q_bytes((words.x >> (4u * (g & 1u))) & 0x0F0F0F0Fu));
+            return (words.x >> (4u * (g & 1u))) & 0x0F0F0F0Fu;
         }
         case Q5_K: { // and bit g of each qh byte as the fifth bit
             let lo = (words.x >> (4u * (g & 1u))) & 0x0F0F0F0Fu;
-            return vec4<f32>(q_bytes(lo | (((words.y >> g) & 0x01010101u) << 4u)));
+            return lo | (((words.y >> g) & 0x01010101u) << 4u);
         }
         default: { // nibble j / 2 of ql, bits 2j, 2j + 1 of qh (j = g % 4)
             let j = g & 3u;
             let lo = (words.x >> (4u * (j >> 1u))) & 0x0F0F0F0Fu;
-            let q = lo | (((words.y >> (2u * j)) & 0x03030303u) << 4u);
-            return vec4<f32>(vec4<i32>(q_bytes(q)) - vec4<i32>(32));
+            return lo | (((words.y >> (2u * j)) & 0x03030303u) << 4u);
         }
     }
+}
+
+// The quantized values of values 4k..4k+3 of group g (Q6_K: minus 32), from qk_words.
+fn qk_quad(words: vec2<u32>, g: u32) -> vec4<f32> {
+    let q = q_bytes(qk_lanes(words, g));
+    if (QFORMAT == Q6_K) {
+        return vec4<f32>(vec4<i32>(q) - vec4<i32>(32));
+    }
+    return vec4<f32>(q);
 }
 
 // The two groups of pair pc (0..3) of a K-quant superblock, which share their words.
@@ -248,4 +250,85 @@ fn dequant_pair(b: u32, pc: u32) -> array<vec4<f32>, 16> {
         v[k + 8u] = qk_quad(words, gs.y) * c1.x - c1.y;
     }
     return v;
+}
+
+// ---------------------------------------------------------------- dot products (matvec)
+// The matvec takes dot products of x with the quantized values as they lie in their byte
+// lanes, without shifting each value down: lane c of a word is read as the integer
+// q * 2^(8c) (lane_values: exact in f32, as q < 128), and x is scaled by 2^(-8c) to match
+// (x_scale: exact, powers of two). Q8_0's signed bytes are each moved to the top lane (q *
+// 2^24). The scales and offsets of a group are applied once to its sums: a group's dot
+// product is s * dot(q, x) + m * sum(x), with sum(x) taken once per group of x and shared by
+// all rows. This is the dequantized dot product summed in another order (within the kernel
+// cases' SUM_TOL), and it costs about three operations per weight instead of five.
+
+// What x is multiplied by, four values at a time, before group_dot and pair_dot.
+fn x_scale() -> vec4<f32> {
+    if (QFORMAT == Q8_0) {
+        return vec4<f32>(1.0 / 16777216.0);
+    }
+    return vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);
+}
+
+// The four byte lanes of v, each in place (lane c is q * 2^(8c)).
+fn lane_values(v: u32) -> vec4<f32> {
+    let masks = vec4<u32>(0xFFu, 0xFF00u, 0xFF0000u, 0xFF000000u);
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(v) & masks));
+}
+
+// The four signed bytes of v, each moved to the top byte (q * 2^24).
+fn top_sbytes(v: u32) -> vec4<f32> {
+    let top = (vec4<u32>(v) << vec4<u32>(24u, 16u, 8u, 0u)) & vec4<u32>(0xFF000000u);
+    return vec4<f32>(bitcast<vec4<i32>>(top));
+}
+
+// 32-value formats: dot(values of the block at word b, x), for xs = x * x_scale() (element
+// t: values 4t..4t+3) and x_sum the sum of x's 32 values.
+fn group_dot(b: u32, xs: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
+    if (QFORMAT == Q8_0) {
+        var s = 0.0;
+        for (var k = 0u; k < 8u; k++) {
+            s += dot(top_sbytes(w[b + 1u + k]), xs[k]);
+        }
+        return unpack2x16float(w[b]).x * s;
+    }
+    var s = 0.0;
+    for (var k = 0u; k < 4u; k++) {
+        let lanes = q_lanes(b, k);
+        s += dot(lane_values(lanes.x), xs[k]) + dot(lane_values(lanes.y), xs[k + 4u]);
+    }
+    let a = q_affine(b);
+    return a.x * s + a.y * x_sum;
+}
+
+// K-quants: qk_scales as (scale, offset) pairs for values 0..15 and 16..31 (value = q * s.x +
+// s.y), q from qk_lanes (Q6_K: q + 32).
+fn qk_affine(s: vec4<f32>) -> vec4<f32> {
+    if (QFORMAT == Q6_K) {
+        return vec4<f32>(s.x, -32.0 * s.x, s.z, -32.0 * s.z);
+    }
+    return vec4<f32>(s.x, -s.y, s.z, -s.w);
+}
+
+// K-quants: dot(values of pair pc of the superblock at word b, x) for the pair's two groups of
+// x (xa, xb, scaled as in group_dot) and their sums over values 0..15 and 16..31 (sa, sb).
+fn pair_dot(b: u32, pc: u32, xa: array<vec4<f32>, 8>, xb: array<vec4<f32>, 8>, sa: vec2<f32>,
+            sb: vec2<f32>) -> f32 {
+    let gs = qk_pair(pc);
+    let head = qk_head(b);
+    let s0 = qk_affine(qk_scales(head, b, gs.x));
+    let s1 = qk_affine(qk_scales(head, b, gs.y));
+    // Halves: values 0..15 (k < 4) and 16..31 of each group.
+    var d0 = vec2<f32>(0.0);
+    var d1 = vec2<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        let lo = qk_words(b, gs.x, k);
+        let hi = qk_words(b, gs.x, k + 4u);
+        d0 += vec2<f32>(dot(lane_values(qk_lanes(lo, gs.x)), xa[k]),
+                        dot(lane_values(qk_lanes(hi, gs.x)), xa[k + 4u]));
+        d1 += vec2<f32>(dot(lane_values(qk_lanes(lo, gs.y)), xb[k]),
+                        dot(lane_values(qk_lanes(hi, gs.y)), xb[k + 4u]));
+    }
+    return dot(vec4<f32>(s0.x, s0.z, s1.x, s1.z), vec4<f32>(d0, d1))
+         + dot(vec4<f32>(s0.y, s0.w, s1.y, s1.w), vec4<f32>(sa, sb));
 }

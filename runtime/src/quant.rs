@@ -1,6 +1,8 @@
 //! Block-quantized weight formats (ggml's), their CPU dequantization (the reference for the
 //! GPU kernels), and the GPU layout: the same blocks, each padded to a multiple of 4 bytes
-//! so a kernel can address a block as u32 words (at most 11% larger than the file).
+//! so a kernel can address a block as u32 words (at most 11% larger than the file). The
+//! padding goes where it aligns the fields that follow: after the leading f16 scale of Q4_0,
+//! Q5_0 and Q8_0 (whose quants then start on a word), at the end of the other blocks.
 
 use half::f16;
 
@@ -56,6 +58,15 @@ impl QuantFormat {
         self.block_bytes().next_multiple_of(4)
     }
 
+    /// Where a GPU block's padding goes (a byte offset in the file block): after the f16
+    /// scale when the fields after it would otherwise straddle words, else at the end.
+    pub fn pad_offset(self) -> usize {
+        match self {
+            QuantFormat::Q4_0 | QuantFormat::Q5_0 | QuantFormat::Q8_0 => 2,
+            _ => self.block_bytes(),
+        }
+    }
+
     /// The `QFORMAT` constant the shaders are specialised with.
     pub fn shader_id(self) -> u32 {
         match self {
@@ -94,16 +105,19 @@ impl QuantFormat {
     }
 }
 
-/// Copy file blocks into the GPU layout (each block padded with zeros to whole words).
+/// Copy file blocks into the GPU layout (each block padded with zeros to whole words at
+/// [`QuantFormat::pad_offset`]).
 pub fn pad_blocks(format: QuantFormat, bytes: &[u8]) -> Vec<u8> {
     let (b, g) = (format.block_bytes(), format.gpu_block_bytes());
     if b == g {
         return bytes.to_vec();
     }
+    let at = format.pad_offset();
     let mut out = Vec::with_capacity(bytes.len() / b * g);
     for block in bytes.chunks_exact(b) {
-        out.extend_from_slice(block);
+        out.extend_from_slice(&block[..at]);
         out.resize(out.len() + g - b, 0);
+        out.extend_from_slice(&block[at..]);
     }
     out
 }

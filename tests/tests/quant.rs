@@ -69,23 +69,29 @@ fn dequantize_matches_gguf_py() {
             &got,
             &expected,
         );
-        // The GPU layout holds the same blocks, each padded with zeros to whole words.
+        // The GPU layout holds the same blocks, each padded with zeros to whole words at its
+        // pad offset (after the f16 scale or at the end).
         let padded = quant::pad_blocks(format, &blocks);
         assert_eq!(
             padded.len(),
             format.gpu_bytes(rows * cols),
             "{name}: padded size"
         );
+        let (at, pad) = (
+            format.pad_offset(),
+            format.gpu_block_bytes() - format.block_bytes(),
+        );
         for (i, (p, b)) in padded
             .chunks_exact(format.gpu_block_bytes())
             .zip(blocks.chunks_exact(format.block_bytes()))
             .enumerate()
         {
-            assert_eq!(&p[..b.len()], b, "{name}: padded block {i}");
+            assert_eq!(&p[..at], &b[..at], "{name}: padded block {i} head");
             assert!(
-                p[b.len()..].iter().all(|&z| z == 0),
+                p[at..at + pad].iter().all(|&z| z == 0),
                 "{name}: padding of block {i}"
             );
+            assert_eq!(&p[at + pad..], &b[at..], "{name}: padded block {i} tail");
         }
     }
 }
