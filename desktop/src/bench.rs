@@ -314,6 +314,7 @@ fn model_bench(
     }
     // Every pipeline of the prefill and decode plans exists now.
     let pipelines = gpu.pipeline_work();
+    crate::prebuild::settle(gpu);
     let pipeline_creation_s = pipelines.secs.unwrap_or(0.0);
     session.reset();
     // Expert counters run over the session's life: the measured run is the difference.
@@ -406,6 +407,7 @@ fn model_bench(
         "weight_upload_s": model.load_times.upload_s,
         "first_step_s": first_step_s,
         "pipeline_creation_s": pipeline_creation_s,
+        "pipeline_wait_s": pipelines.wait_secs.unwrap_or(0.0),
         "pipelines_created": pipelines.pipelines,
         "dispatches_per_decode_token": per_token(work.dispatches),
         "submits_per_decode_token": per_token(work.submits),
