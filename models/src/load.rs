@@ -41,17 +41,22 @@ pub struct LoadTimes {
 /// Seconds since it was started (always 0 on wasm32, where std has no clock).
 struct Stopwatch(#[cfg(not(target_arch = "wasm32"))] std::time::Instant);
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Stopwatch {
     fn start() -> Stopwatch {
-        Stopwatch(
-            #[cfg(not(target_arch = "wasm32"))]
-            std::time::Instant::now(),
-        )
+        Stopwatch(std::time::Instant::now())
     }
     fn secs(&self) -> f64 {
-        #[cfg(not(target_arch = "wasm32"))]
-        return self.0.elapsed().as_secs_f64();
-        #[cfg(target_arch = "wasm32")]
+        self.0.elapsed().as_secs_f64()
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+impl Stopwatch {
+    fn start() -> Stopwatch {
+        Stopwatch()
+    }
+    fn secs(&self) -> f64 {
         0.0
     }
 }

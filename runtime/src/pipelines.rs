@@ -70,6 +70,8 @@ impl Gpu {
         #[cfg(not(target_arch = "wasm32"))]
         self.pipeline_count
             .waited(started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX));
+        #[cfg(target_arch = "wasm32")]
+        self.pipeline_count.waited(0);
         Ok(p)
     }
 
