@@ -3,7 +3,8 @@
 //! key a line, one file per model file and adapter (the hash: SHA-256 of the model's
 //! canonical path, the adapter's name, backend, driver and driver info, and the binding
 //! limit). A later run on the same model and adapter creates them on background threads
-//! ([`Gpu::prebuild`]) while the model loads, so its first prompt finds them made. A list
+//! ([`Gpu::prebuild`]) while the model loads, so its first prompt finds them made (not on a
+//! CPU adapter, see [`start`]). A list
 //! is only a hint: a key that no kernel has, or a pipeline the device refuses, is skipped
 //! (see `Gpu::prebuild`), and the list is rewritten when the command ends (atomically: a
 //! temporary file renamed over the old one).
@@ -43,10 +44,16 @@ fn path(gpu: &Gpu, model: &Path) -> PathBuf {
         .join(format!("{hash}.txt"))
 }
 
-/// Start creating the pipelines that `model` used on this adapter in an earlier run, if
-/// there is a list, on a background thread per core but one; remember the
+/// Start creating the pipelines that `model` used on this adapter (not a CPU one) in an
+/// earlier run, if there is a list, on a background thread per core but one; remember the
 /// model so that [`save_all`] writes the list of this run.
 pub fn start(gpu: &Arc<Gpu>, model: &Path) {
+    // Not on a CPU adapter (lavapipe), whose cores also run the kernels: there the threads
+    // slowed the load down and put the decode plan's pipelines inside the first prompt's
+    // prefill, a net loss of seconds on 2 cores (measured), so nothing is made ahead.
+    if gpu.info.device_type == eframe::wgpu::DeviceType::Cpu {
+        return;
+    }
     let file = path(gpu, model);
     let keys: Vec<String> = match std::fs::metadata(&file) {
         Ok(m) if m.len() <= MAX_FILE_BYTES => std::fs::read_to_string(&file)
