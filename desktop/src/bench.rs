@@ -97,12 +97,14 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         None => None,
     };
     let gpu = open_gpu(&a.device)?;
+    let device_open_s = start.elapsed().as_secs_f64();
     if text {
         outln!("adapter: {} ({})", gpu.info.name, gpu.backend_name());
     }
     let mut report = json!({
         "adapter": gpu.info.name,
         "backend": gpu.backend_name(),
+        "device_open_s": device_open_s,
     });
     let mut attention = serde_json::Map::new();
     if let Some(path) = &path {
@@ -234,7 +236,9 @@ fn model_bench(
     start: Instant,
 ) -> Result<(Value, serde_json::Map<String, Value>), String> {
     let options = a.attention_options.options();
+    let t = Instant::now();
     let model = open_model(gpu, path, options.clone())?;
+    let model_load_s = t.elapsed().as_secs_f64();
     if !model.config().causal {
         let mut report = crate::diffuse::bench(gpu, &model, text)?;
         merge(&mut report, gpu_memory(gpu));
@@ -299,15 +303,18 @@ fn model_bench(
     let mut session = model.session(gpu, capacity).map_err(err)?;
     let mut warm =
         Generation::new(&model, &mut session, prompt.clone(), &run(3)).map_err(gen_err)?;
-    let mut cold_start_s = 0.0;
+    let (mut cold_start_s, mut first_step_s) = (0.0, 0.0);
     for i in 0..2 {
+        let t = Instant::now();
         pollster::block_on(warm.step(&model, &mut session)).map_err(gen_err)?;
         if i == 0 {
             cold_start_s = start.elapsed().as_secs_f64();
+            first_step_s = t.elapsed().as_secs_f64();
         }
     }
     // Every pipeline of the prefill and decode plans exists now.
     let pipelines = gpu.pipeline_work();
+    crate::prebuild::settle(gpu);
     let pipeline_creation_s = pipelines.secs.unwrap_or(0.0);
     session.reset();
     // Expert counters run over the session's life: the measured run is the difference.
@@ -394,7 +401,13 @@ fn model_bench(
         "decode_tokens_per_s": decode_tokens_per_s,
         "decode_weight_gbs": decode_weight_gbs,
         "cold_start_s": cold_start_s,
+        "model_load_s": model_load_s,
+        "load_parse_s": model.load_times.parse_s,
+        "tokenizer_s": model.load_times.tokenizer_s,
+        "weight_upload_s": model.load_times.upload_s,
+        "first_step_s": first_step_s,
         "pipeline_creation_s": pipeline_creation_s,
+        "pipeline_wait_s": pipelines.wait_secs.unwrap_or(0.0),
         "pipelines_created": pipelines.pipelines,
         "dispatches_per_decode_token": per_token(work.dispatches),
         "submits_per_decode_token": per_token(work.submits),
@@ -490,6 +503,15 @@ fn model_bench(
         }
         print_gpu_memory(r);
         outln!("cold start: {cold_start_s:.2} s (device, model, pipelines, first token)");
+        let times = &model.load_times;
+        outln!(
+            "  model load: {model_load_s:.2} s (files parsed {:.2} s, weights uploaded {:.2} s, \
+             tokenizer built beside the upload {:.2} s); first step: {first_step_s:.2} s \
+             (plan, pipelines, prefill of {prompt_len} tokens)",
+            times.parse_s,
+            times.upload_s,
+            times.tokenizer_s
+        );
         outln!(
             "pipeline creation: {pipeline_creation_s:.3} s for {} pipelines (the prefill and \
              decode plans' shader modules and pipelines; a driver may finish compiling at the \

@@ -161,6 +161,7 @@ impl Worker {
         let t = Instant::now();
         let path = crate::model_ref::resolve(&config.path, config.offline)?;
         progress(&format!("loading {}", path.display()));
+        crate::prebuild::start(&gpu, &path);
         let mut model = kestrel_models::load(&gpu, &path).map_err(|e| e.to_string())?;
         crate::apply_attention(&mut model, config.attention.clone())?;
         if let Some(note) = crate::unread_keys_note(&model) {

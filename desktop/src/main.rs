@@ -17,6 +17,7 @@ mod logits;
 mod model_ref;
 mod npy;
 mod pipeline_cache;
+mod prebuild;
 mod pull;
 mod runtime_dir;
 mod serve;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
     let result = run(cli.command);
     // Whatever the command's outcome, the pipelines it compiled are kept for the next run.
     pipeline_cache::save_all();
+    prebuild::save_all();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -87,8 +89,10 @@ pub fn open_gpu(device: &DeviceArgs) -> Result<Arc<Gpu>, String> {
     }
 }
 
-/// Load the model at `path` and set its attention options.
+/// Load the model at `path` and set its attention options, creating the pipelines it used in
+/// an earlier run meanwhile (see `prebuild`).
 pub fn open_model(gpu: &Arc<Gpu>, path: &Path, options: AttentionOptions) -> Result<Model, String> {
+    prebuild::start(gpu, path);
     let mut model = kestrel_models::load(gpu, path).map_err(|e| e.to_string())?;
     apply_attention(&mut model, options)?;
     if let Some(note) = unread_keys_note(&model) {

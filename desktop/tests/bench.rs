@@ -113,24 +113,31 @@ const REPORT_KEYS: &[&str] = &[
     "decode_tokens",
     "decode_tokens_per_s",
     "decode_weight_gbs",
+    "device_open_s",
     "dispatches_per_decode_token",
+    "first_step_s",
     "gpu_bytes",
     "gpu_peak_bytes",
     "host_round_trips_per_decode_token",
     "kv_cache_bytes",
+    "load_parse_s",
     "matmul_512_gflops",
     "matvec_4096x4096_f16_gbs",
     "matvec_4096x4096_f32_gbs",
     "model",
+    "model_load_s",
     "pipeline_creation_s",
+    "pipeline_wait_s",
     "pipelines_created",
     "prefill_tokens",
     "prefill_tokens_per_s",
     "routing",
     "submits_per_decode_token",
+    "tokenizer_s",
     "weight_bytes",
     "weight_bytes_read_per_decode_token",
     "weight_file_bytes",
+    "weight_upload_s",
 ];
 
 const ATTENTION_KEYS: &[&str] = &[
@@ -164,10 +171,24 @@ fn bench_json_has_every_documented_key_with_sane_values() {
         "matvec_4096x4096_f16_gbs",
         "copy_gbs",
         "pipeline_creation_s",
+        "pipeline_wait_s",
         "decode_weight_gbs",
+        "device_open_s",
+        "model_load_s",
+        "load_parse_s",
+        "tokenizer_s",
+        "weight_upload_s",
+        "first_step_s",
     ] {
         positive(&r, key);
     }
+    // The phases of a cold start lie within it (the tokenizer is built beside the upload).
+    let load = positive(&r, "model_load_s");
+    assert!(positive(&r, "load_parse_s") + positive(&r, "weight_upload_s") <= load);
+    assert!(
+        positive(&r, "device_open_s") + load + positive(&r, "first_step_s")
+            <= positive(&r, "cold_start_s")
+    );
     assert!(count(&r, "pipelines_created") > 0);
     let gbs = r["weight_bytes_read_per_decode_token"]
         .as_f64()

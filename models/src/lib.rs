@@ -24,7 +24,7 @@ pub use error::{ModelError, Result};
 pub use families::{Network, NetworkConfig};
 pub use formats::tokenizer_config::chat_info_from_tokenizer_config;
 pub use generate::{Finish, GenerateError, Generation, Prompt, Request, Step};
-pub use load::{build_model, gguf_parts, model_from_files, model_from_gguf, GgufParts};
+pub use load::{build_model, gguf_parts, model_from_files, model_from_gguf, GgufParts, LoadTimes};
 #[cfg(not(target_arch = "wasm32"))]
 pub use load::{load, load_gguf};
 pub use model::{ChatInfo, Model, ModelConfig};

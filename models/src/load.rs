@@ -25,19 +25,96 @@ use crate::model::{ChatInfo, Model};
 use crate::tokenizer::TextTokenizer;
 use crate::vars::{Vars, WeightBytes};
 
-/// Load the weights `config` describes from `source` and make the model (`path` names it).
+/// Where loading a model spent its time, in seconds (zeros on wasm32, where the crate reads
+/// no clock). Natively the tokenizer is built on a thread of its own while the weights
+/// upload, so `tokenizer_s` overlaps `upload_s`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadTimes {
+    /// Opening and parsing the files up to the weights: headers, metadata, the config.
+    pub parse_s: f64,
+    /// Building the tokenizer and reading the chat template.
+    pub tokenizer_s: f64,
+    /// Reading the weights (with any conversion on the host) and uploading them.
+    pub upload_s: f64,
+}
+
+/// Seconds since it was started (always 0 on wasm32, where std has no clock).
+struct Stopwatch(#[cfg(not(target_arch = "wasm32"))] std::time::Instant);
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Stopwatch {
+    fn start() -> Stopwatch {
+        Stopwatch(std::time::Instant::now())
+    }
+    fn secs(&self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+impl Stopwatch {
+    fn start() -> Stopwatch {
+        Stopwatch()
+    }
+    fn secs(&self) -> f64 {
+        0.0
+    }
+}
+
+/// `f`'s result and the seconds it took.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let started = Stopwatch::start();
+    let out = f();
+    (out, started.secs())
+}
+
+/// The tokenizer and chat template of a model, made by a [`build_model`] caller.
+type TextParts = (Option<TextTokenizer>, ChatInfo);
+
+/// Load the weights `config` describes from `source` and make the model (`path` names it),
+/// with the tokenizer and chat template that `text` makes: natively on a thread of its own
+/// while the weights upload (both take a CPU core for a while), in turn on wasm32. A
+/// tokenizer error is reported before an upload error, as if it had been made first.
+/// `parse_s`: the seconds the caller spent reading the files up to here.
 pub fn build_model(
     gpu: &Arc<Gpu>,
     path: PathBuf,
     config: Box<dyn NetworkConfig>,
     source: &dyn TensorSource,
-    tokenizer: Option<TextTokenizer>,
-    chat: ChatInfo,
+    text: impl FnOnce() -> Result<TextParts> + Send,
+    parse_s: f64,
 ) -> Result<Model> {
     let bytes = Cell::new(WeightBytes::default());
-    let network = config.load(&Vars::root(gpu, source, &bytes))?;
-    gpu.check()?;
-    Ok(Model::new(path, network, bytes.get(), tokenizer, chat))
+    let upload = || -> Result<_> {
+        let network = config.load(&Vars::root(gpu, source, &bytes))?;
+        gpu.check()?;
+        Ok(network)
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    let ((text, tokenizer_s), (network, upload_s)) = std::thread::scope(|s| {
+        let text = s.spawn(|| timed(text));
+        let network = timed(upload);
+        match text.join() {
+            Ok(text) => (text, network),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    });
+    #[cfg(target_arch = "wasm32")]
+    let ((text, tokenizer_s), (network, upload_s)) = (timed(text), timed(upload));
+    let (tokenizer, chat) = text?;
+    let times = LoadTimes {
+        parse_s,
+        tokenizer_s,
+        upload_s,
+    };
+    Ok(Model::new(
+        path,
+        network?,
+        bytes.get(),
+        tokenizer,
+        chat,
+        times,
+    ))
 }
 
 /// Everything of a GGUF model that needs no GPU: its family's config (checked), its tensors
@@ -53,6 +130,21 @@ pub struct GgufParts<'a> {
 
 /// Read a parsed GGUF file up to the weights' upload (see [`GgufParts`]).
 pub fn gguf_parts(file: &GgufFile) -> Result<GgufParts<'_>> {
+    let (config, network, source) = gguf_network(file)?;
+    let (tokenizer, chat) = gguf_text(file)?;
+    Ok(GgufParts {
+        config,
+        network,
+        source,
+        tokenizer,
+        chat,
+    })
+}
+
+/// A GGUF file's family config (checked) and its tensors under Hugging Face names.
+fn gguf_network(
+    file: &GgufFile,
+) -> Result<(JsonConfig, Box<dyn NetworkConfig>, gguf_hf::GgufSource<'_>)> {
     let path = file.path();
     let arch =
         file.get_str("general.architecture")
@@ -64,6 +156,12 @@ pub fn gguf_parts(file: &GgufFile) -> Result<GgufParts<'_>> {
     let config = gguf_hf::config_from_gguf(file, arch, class);
     let network = gguf_hf_recurrent::network_config(file, &config, arch)?;
     let source = gguf_hf::GgufSource::new(file, &config)?;
+    Ok((config, network, source))
+}
+
+/// A GGUF file's tokenizer and chat template, from its metadata.
+fn gguf_text(file: &GgufFile) -> Result<TextParts> {
+    let path = file.path();
     let tokenizer = match file.get("tokenizer.ggml.model") {
         None => None,
         Some(m) if m.as_str() == Some("rwkv") => Some(TextTokenizer::from_rwkv(
@@ -75,28 +173,25 @@ pub fn gguf_parts(file: &GgufFile) -> Result<GgufParts<'_>> {
             gguf_tokenizer::tokenizer_from_gguf(file)?,
         )),
     };
-    let chat = gguf_hf::chat_info_from_gguf(file);
-    Ok(GgufParts {
-        config,
-        network,
-        source,
-        tokenizer,
-        chat,
-    })
+    Ok((tokenizer, gguf_hf::chat_info_from_gguf(file)))
 }
 
 /// Build a model from a parsed GGUF file (native or in the browser): weights stay quantized
 /// on the GPU; the tokenizer and chat template come from its metadata.
 pub fn model_from_gguf(gpu: &Arc<Gpu>, file: &GgufFile) -> Result<Model> {
-    let parts = gguf_parts(file)?;
-    let path = file.path().to_path_buf();
+    model_from_gguf_since(gpu, file, Stopwatch::start())
+}
+
+/// [`model_from_gguf`], its parse time counted from `started`.
+fn model_from_gguf_since(gpu: &Arc<Gpu>, file: &GgufFile, started: Stopwatch) -> Result<Model> {
+    let (_, network, source) = gguf_network(file)?;
     build_model(
         gpu,
-        path,
-        parts.network,
-        &parts.source,
-        parts.tokenizer,
-        parts.chat,
+        file.path().to_path_buf(),
+        network,
+        &source,
+        || gguf_text(file),
+        started.secs(),
     )
 }
 
@@ -109,6 +204,7 @@ pub fn model_from_files(
     dir: &Path,
     files: Vec<(String, Vec<u8>)>,
 ) -> Result<Model> {
+    let started = Stopwatch::start();
     let mut config = None;
     let mut tokenizer = None;
     let mut tokenizer_config = None;
@@ -150,21 +246,24 @@ pub fn model_from_files(
         None => families::from_tensors(source.as_ref())?
             .ok_or_else(|| ModelError::NotFound(dir.join("config.json")))?,
     };
-    let tokenizer = match tokenizer {
-        Some((path, bytes)) => Some(TextTokenizer::from_bytes(&path, &bytes)?),
-        None => None,
-    };
-    let chat = match tokenizer_config {
-        Some(file) => tokenizer_config::chat_info_from_tokenizer_config(&json(file)?),
-        None => ChatInfo::default(),
+    let text = move || -> Result<TextParts> {
+        let tokenizer = match tokenizer {
+            Some((path, bytes)) => Some(TextTokenizer::from_bytes(&path, &bytes)?),
+            None => None,
+        };
+        let chat = match tokenizer_config {
+            Some(file) => tokenizer_config::chat_info_from_tokenizer_config(&json(file)?),
+            None => ChatInfo::default(),
+        };
+        Ok((tokenizer, chat))
     };
     build_model(
         gpu,
         dir.to_path_buf(),
         network,
         source.as_ref(),
-        tokenizer,
-        chat,
+        text,
+        started.secs(),
     )
 }
 
@@ -197,6 +296,7 @@ fn pth_network(file: &PthFile) -> Result<Box<dyn NetworkConfig>> {
 /// every file of which must be inside the directory (see `formats::folder`).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
+    let started = Stopwatch::start();
     if !path.exists() {
         return Err(ModelError::NotFound(path.to_path_buf()));
     }
@@ -206,7 +306,7 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
     };
     if path.is_file() {
         if extension("gguf") {
-            return load_gguf(gpu, path);
+            return model_from_gguf_since(gpu, &GgufFile::open(path)?, started);
         }
         if extension("pth") {
             return load_pth(gpu, path);
@@ -230,14 +330,13 @@ pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
         read(&config_path)?;
         return Err(ModelError::NotFound(config_path));
     };
-    let (tokenizer, chat) = read_tokenizer_files(path)?;
     build_model(
         gpu,
         path.to_path_buf(),
         network,
         source.as_ref(),
-        tokenizer,
-        chat,
+        || read_tokenizer_files(path),
+        started.secs(),
     )
 }
 
@@ -275,14 +374,22 @@ fn without_config(dir: &Path) -> Result<Option<(Box<dyn NetworkConfig>, Box<dyn 
 /// the tokenizer.json and tokenizer_config.json beside it, where they exist.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_pth(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
+    let started = Stopwatch::start();
     let file = PthFile::open(path)?;
     let network = pth_network(&file)?;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let (tokenizer, chat) = read_tokenizer_files(dir)?;
-    build_model(gpu, path.to_path_buf(), network, &file, tokenizer, chat)
+    let text = || read_tokenizer_files(dir);
+    build_model(
+        gpu,
+        path.to_path_buf(),
+        network,
+        &file,
+        text,
+        started.secs(),
+    )
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -296,13 +403,13 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 /// Load a GGUF file.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_gguf(gpu: &Arc<Gpu>, path: &Path) -> Result<Model> {
-    let file = GgufFile::open(path)?;
-    model_from_gguf(gpu, &file)
+    let started = Stopwatch::start();
+    model_from_gguf_since(gpu, &GgufFile::open(path)?, started)
 }
 
 /// tokenizer.json and tokenizer_config.json of a model directory, where they exist.
 #[cfg(not(target_arch = "wasm32"))]
-fn read_tokenizer_files(dir: &Path) -> Result<(Option<TextTokenizer>, ChatInfo)> {
+fn read_tokenizer_files(dir: &Path) -> Result<TextParts> {
     let tok_path = file_in_folder(dir, "tokenizer.json", dir)?;
     let tokenizer = match tok_path.exists() {
         true => Some(TextTokenizer::from_bytes(&tok_path, &read(&tok_path)?)?),

@@ -13,6 +13,7 @@ use crate::chat_template::ChatTemplate;
 use crate::error::Result;
 use crate::families::Network;
 use crate::formats::config::JsonConfig;
+use crate::load::LoadTimes;
 use crate::tokenizer::TextTokenizer;
 use crate::vars::WeightBytes;
 
@@ -87,6 +88,8 @@ pub struct Model {
     pub tokenizer: Option<TextTokenizer>,
     /// The model's own chat template and its BOS/EOS strings, if it ships them.
     pub chat: ChatInfo,
+    /// Where loading spent its time.
+    pub load_times: LoadTimes,
 }
 
 impl Model {
@@ -97,6 +100,7 @@ impl Model {
         bytes: WeightBytes,
         tokenizer: Option<TextTokenizer>,
         chat: ChatInfo,
+        load_times: LoadTimes,
     ) -> Model {
         Model {
             name: path
@@ -108,6 +112,7 @@ impl Model {
             bytes,
             tokenizer,
             chat,
+            load_times,
         }
     }
 

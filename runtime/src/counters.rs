@@ -83,8 +83,12 @@ impl WorkCount {
 pub struct PipelineWork {
     pub pipelines: u64,
     /// None where the platform has no clock the runtime reads (wasm32: the browser compiles
-    /// asynchronously anyway, so the calls' time would say little).
+    /// asynchronously anyway, so the calls' time would say little). Summed over threads: with
+    /// pipelines made ahead of use ([`crate::Gpu::prebuild`]) it may exceed the wall time.
     pub secs: Option<f64>,
+    /// The time plans spent getting their pipelines: creating them, or waiting for the thread
+    /// creating them; what pipeline creation added to a first prompt. None as `secs`.
+    pub wait_secs: Option<f64>,
 }
 
 /// The atomic counters behind [`PipelineWork`].
@@ -92,6 +96,7 @@ pub struct PipelineWork {
 pub struct PipelineCount {
     pipelines: AtomicU64,
     nanos: AtomicU64,
+    wait_nanos: AtomicU64,
 }
 
 impl PipelineCount {
@@ -100,7 +105,13 @@ impl PipelineCount {
             pipelines: self.pipelines.load(Ordering::Relaxed),
             secs: cfg!(not(target_arch = "wasm32"))
                 .then(|| self.nanos.load(Ordering::Relaxed) as f64 * 1e-9),
+            wait_secs: cfg!(not(target_arch = "wasm32"))
+                .then(|| self.wait_nanos.load(Ordering::Relaxed) as f64 * 1e-9),
         }
+    }
+    /// A plan waited `nanos` nanoseconds for a pipeline.
+    pub(crate) fn waited(&self, nanos: u64) {
+        self.wait_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
     /// One pipeline created in `nanos` nanoseconds (0 where there is no clock).
     pub(crate) fn created(&self, nanos: u64) {

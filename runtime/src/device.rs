@@ -1,10 +1,9 @@
 //! Adapter choice, device creation with the adapter's own limits, capabilities, and the
-//! pipelines: compiled once per process (a map by kernel and specialisation) and, where the
-//! backend has one (Vulkan), through a wgpu pipeline cache whose data a front end may keep
+//! pipelines: compiled once per process (a map by kernel and specialisation, see
+//! [`crate::pipelines`]) and, where the backend has one (Vulkan), through a wgpu pipeline cache whose data a front end may keep
 //! between processes ([`Gpu::load_pipeline_cache`], [`Gpu::pipeline_cache_data`]).
 //! One [`Gpu`] is shared (through `Arc`) by everything that records work.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -12,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use crate::buffer::GpuBuffer;
 use crate::counters::{MemoryCount, PipelineCount, PipelineWork, Work, WorkCount};
 use crate::error::{Error, Result};
+use crate::pipelines::Pipelines;
 use crate::requirements;
 use crate::shader::ShaderDefs;
 
@@ -102,9 +102,10 @@ pub struct Gpu {
     memory: Arc<MemoryCount>,
     /// Submits, dispatches and readbacks on this device (also shared by `with_max_binding`).
     pub(crate) work: Arc<WorkCount>,
-    pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
+    /// Pipelines by kernel and specialisation (see [`crate::pipelines`]).
+    pub(crate) pipelines: Pipelines,
     /// Pipelines created and the time spent (shared by `with_max_binding`).
-    pipeline_count: Arc<PipelineCount>,
+    pub(crate) pipeline_count: Arc<PipelineCount>,
     /// The driver's pipeline cache every pipeline is created through, where the backend
     /// has one (shared by `with_max_binding`; replaced by `load_pipeline_cache`).
     pipeline_cache: Arc<Mutex<Option<wgpu::PipelineCache>>>,
@@ -279,7 +280,7 @@ impl Gpu {
             queue,
             info,
             caps,
-            pipelines: Mutex::new(HashMap::new()),
+            pipelines: Pipelines::default(),
             pipeline_count: Arc::default(),
             pipeline_cache: Arc::new(Mutex::new(pipeline_cache)),
             lost,
@@ -303,7 +304,7 @@ impl Gpu {
             dummy: self.dummy.clone(),
             memory: self.memory.clone(),
             work: self.work.clone(),
-            pipelines: Mutex::new(HashMap::new()),
+            pipelines: Pipelines::default(),
             pipeline_count: self.pipeline_count.clone(),
             pipeline_cache: self.pipeline_cache.clone(),
             lost: self.lost.clone(),
@@ -354,22 +355,15 @@ impl Gpu {
         )
     }
 
-    /// A compute pipeline for `kernel` specialised by `defs`, compiled once and cached.
-    pub fn pipeline(
+    /// Create a compute pipeline for `kernel` specialised by `defs` (through the driver's
+    /// pipeline cache where there is one), counting it and its time. See [`Gpu::pipeline`]
+    /// for the pipelines made once and shared.
+    pub(crate) fn create_pipeline(
         &self,
         name: &str,
         source: &str,
         defs: &ShaderDefs,
-    ) -> Result<wgpu::ComputePipeline> {
-        let key = format!("{name}|{}", defs.key());
-        if let Some(p) = self
-            .pipelines
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key).cloned())
-        {
-            return Ok(p);
-        }
+    ) -> wgpu::ComputePipeline {
         #[cfg(not(target_arch = "wasm32"))]
         let started = std::time::Instant::now();
         let cache = self.pipeline_cache.lock().ok().and_then(|c| c.clone());
@@ -400,10 +394,7 @@ impl Gpu {
             .created(started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX));
         #[cfg(target_arch = "wasm32")]
         self.pipeline_count.created(0);
-        if let Ok(mut m) = self.pipelines.lock() {
-            m.insert(key, pipeline.clone());
-        }
-        Ok(pipeline)
+        pipeline
     }
 
     /// Bytes of the GPU buffers the runtime holds now (every allocation goes through

@@ -21,6 +21,7 @@ pub mod graph;
 pub mod kernels;
 pub mod kv;
 pub mod op;
+pub mod pipelines;
 pub mod planner;
 pub mod profile;
 pub mod quant;

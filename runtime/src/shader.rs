@@ -3,6 +3,7 @@
 //! prelude (shaders/common.wgsl: the `Step` uniform and grid helpers). A kernel line
 //! `#include "NAME.wgsl"` is replaced by that shared snippet of shaders/ (see [`INCLUDES`]).
 
+use std::borrow::Cow;
 use std::fmt::Write;
 
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
@@ -48,24 +49,38 @@ pub enum Def {
     Bool(bool),
 }
 
+impl Def {
+    /// The value as [`ShaderDefs::key`] writes it (`U32(3)`, `F32(0.5)`, `Bool(true)`).
+    fn parse(s: &str) -> Option<Def> {
+        let (kind, rest) = s.split_once('(')?;
+        let v = rest.strip_suffix(')')?;
+        match kind {
+            "U32" => v.parse().ok().map(Def::U32),
+            "F32" => v.parse().ok().map(Def::F32),
+            "Bool" => v.parse().ok().map(Def::Bool),
+            _ => None,
+        }
+    }
+}
+
 /// Typed specialisation constants for one pipeline.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ShaderDefs(Vec<(&'static str, Def)>);
+pub struct ShaderDefs(Vec<(Cow<'static, str>, Def)>);
 
 impl ShaderDefs {
     pub fn new() -> Self {
         ShaderDefs(Vec::new())
     }
     pub fn u32(mut self, name: &'static str, v: u32) -> Self {
-        self.0.push((name, Def::U32(v)));
+        self.0.push((name.into(), Def::U32(v)));
         self
     }
     pub fn f32(mut self, name: &'static str, v: f32) -> Self {
-        self.0.push((name, Def::F32(v)));
+        self.0.push((name.into(), Def::F32(v)));
         self
     }
     pub fn bool(mut self, name: &'static str, v: bool) -> Self {
-        self.0.push((name, Def::Bool(v)));
+        self.0.push((name.into(), Def::Bool(v)));
         self
     }
     /// The cache key of this specialisation.
@@ -75,6 +90,25 @@ impl ShaderDefs {
             let _ = write!(s, "{n}={d:?};");
         }
         s
+    }
+    /// The specialisation `key` wrote, where every constant is a WGSL name with a value of
+    /// its type (a key from a file of an earlier run may be neither; it is then None).
+    pub fn from_key(key: &str) -> Option<ShaderDefs> {
+        let mut defs = ShaderDefs::new();
+        for item in key.split_terminator(';') {
+            let (name, value) = item.split_once('=')?;
+            let word = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !word {
+                return None;
+            }
+            defs.0
+                .push((Cow::Owned(name.to_string()), Def::parse(value)?));
+        }
+        Some(defs)
     }
     /// The full WGSL source: constants, prelude, kernel (with its includes expanded).
     pub fn render(&self, kernel: &str, _shader_f16: bool) -> String {
@@ -90,5 +124,25 @@ impl ShaderDefs {
         s.push('\n');
         expand_includes(kernel, &mut s);
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_gives_back_its_defs() {
+        let defs = ShaderDefs::new()
+            .u32("HEAD_DIM", 64)
+            .f32("SCALE", 0.125)
+            .f32("EPS", 1e-6)
+            .bool("HAS_BIAS", true);
+        assert_eq!(ShaderDefs::from_key(&defs.key()), Some(defs.clone()));
+        assert_eq!(ShaderDefs::from_key(""), Some(ShaderDefs::new()));
+        // Not a WGSL name, a value of no type, a value that does not parse, no `=`.
+        for bad in ["A B=U32(1);", "A=I32(1);", "A=U32(-1);", "A=F32(x);", "A;"] {
+            assert_eq!(ShaderDefs::from_key(bad), None, "{bad}");
+        }
     }
 }

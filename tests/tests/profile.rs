@@ -1,7 +1,8 @@
 //! Counters of the device: a decode token's GPU time by kernel class from timestamp queries
 //! (`kestrel_runtime::profile`), pipeline creation counted, and the driver's pipeline cache
 //! handed from one device to the next (`Gpu::pipeline_cache_data` /
-//! `Gpu::load_pipeline_cache`), garbage refused without harm. On the fixture llama_gqa.
+//! `Gpu::load_pipeline_cache`), garbage refused without harm; pipelines made ahead of use on
+//! threads (`Gpu::prebuild`), bad hints dropped without harm. On the fixture llama_gqa.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -162,5 +163,58 @@ fn a_second_device_starts_from_the_first_ones_pipeline_cache() {
             "{choice}: after refused data"
         );
         third.check().unwrap_or_else(|e| panic!("{choice}: {e}"));
+    }
+}
+
+#[test]
+fn pipelines_made_ahead_of_use_are_the_ones_a_plan_takes() {
+    // Take the test process's GPU turn (this test opens devices of its own).
+    let _ = gpus();
+    for choice in backends() {
+        let first = open(choice);
+        let reference = logits(&first, &llama_gqa(&first));
+        let keys = first.pipeline_keys();
+        assert!(!keys.is_empty(), "{choice}: a prefill lists its pipelines");
+
+        let second = open(choice);
+        let mut hints = keys.clone();
+        // A key of no kernel, one without a specialisation, one whose value is no WGSL
+        // constant, and one the device refuses (rms_norm needs BIAS): skipped or dropped.
+        hints.extend(
+            [
+                "no_such_kernel|",
+                "rms_norm",
+                "rms_norm|CENTERED=Bool(maybe);BIAS=Bool(false);",
+                "rms_norm|CENTERED=Bool(false);",
+            ]
+            .map(String::from),
+        );
+        for thread in second.prebuild(hints, 2) {
+            thread.join().expect("a prebuild thread");
+        }
+        second
+            .check()
+            .unwrap_or_else(|e| panic!("{choice}: a refused pipeline reached the device: {e}"));
+        // Every listed pipeline, and the refused one, was created; the plan creates none.
+        let made = second.pipeline_work().pipelines;
+        assert_eq!(made, keys.len() as u64 + 1, "{choice}");
+        assert!(second.pipeline_keys().is_empty(), "{choice}: none used yet");
+        let out = logits(&second, &llama_gqa(&second));
+        assert_eq!(
+            second.pipeline_work().pipelines,
+            made,
+            "{choice}: made again"
+        );
+        assert_eq!(
+            out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            reference.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{choice}: the pipelines made ahead compute the same logits"
+        );
+        let mut used = second.pipeline_keys();
+        let mut want = keys.clone();
+        used.sort();
+        want.sort();
+        assert_eq!(used, want, "{choice}: the same pipelines used");
+        second.check().unwrap_or_else(|e| panic!("{choice}: {e}"));
     }
 }

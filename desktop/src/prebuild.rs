@@ -1,0 +1,120 @@
+//! Pipelines made ahead of use: the keys of the pipelines a model used on an adapter
+//! ([`Gpu::pipeline_keys`]) are kept in the cache directory, `pipeline_keys/<hash>.txt`, one
+//! key a line, one file per model file and adapter (the hash: SHA-256 of the model's
+//! canonical path, the adapter's name, backend, driver and driver info, and the binding
+//! limit). A later run on the same model and adapter creates them on background threads
+//! ([`Gpu::prebuild`]) while the model loads, so its first prompt finds them made (not on a
+//! CPU adapter, see [`start`]). A list
+//! is only a hint: a key that no kernel has, or a pipeline the device refuses, is skipped
+//! (see `Gpu::prebuild`), and the list is rewritten when the command ends (atomically: a
+//! temporary file renamed over the old one).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use kestrel_runtime::Gpu;
+use sha2::{Digest, Sha256};
+
+/// Devices, the list files of the models loaded on them, and the list if already taken (see
+/// [`settle`]), for [`save_all`].
+type Started = (Arc<Gpu>, PathBuf, Option<Vec<String>>);
+static STARTED: Mutex<Vec<Started>> = Mutex::new(Vec::new());
+
+/// A list longer than this is not Kestrel's (a model uses a few dozen pipelines).
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+fn path(gpu: &Gpu, model: &Path) -> PathBuf {
+    let model = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf());
+    let info = &gpu.info;
+    let identity = format!(
+        "{}\n{}\n{:?}\n{}\n{}\n{}",
+        model.display(),
+        info.name,
+        info.backend,
+        info.driver,
+        info.driver_info,
+        gpu.caps.max_storage_binding
+    );
+    let hash: String = Sha256::digest(identity.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    kestrel_models::cache_dir()
+        .join("pipeline_keys")
+        .join(format!("{hash}.txt"))
+}
+
+/// Start creating the pipelines that `model` used on this adapter (not a CPU one) in an
+/// earlier run, if there is a list, on a background thread per core but one; remember the
+/// model so that [`save_all`] writes the list of this run.
+pub fn start(gpu: &Arc<Gpu>, model: &Path) {
+    // Not on a CPU adapter (lavapipe), whose cores also run the kernels: there the threads
+    // slowed the load down and put the decode plan's pipelines inside the first prompt's
+    // prefill, a net loss of seconds on 2 cores (measured), so nothing is made ahead.
+    if gpu.info.device_type == eframe::wgpu::DeviceType::Cpu {
+        return;
+    }
+    let file = path(gpu, model);
+    let keys: Vec<String> = match std::fs::metadata(&file) {
+        Ok(m) if m.len() <= MAX_FILE_BYTES => std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    };
+    if !keys.is_empty() {
+        // The load takes a core (and builds the tokenizer on a second one for a while).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = cores.saturating_sub(1).max(1);
+        // Detached: a run that ends first simply stops them.
+        drop(gpu.prebuild(keys, threads));
+    }
+    if let Ok(mut started) = STARTED.lock() {
+        started.push((gpu.clone(), file, None));
+    }
+}
+
+/// Take the list of `gpu`'s pipelines now: every pipeline the model needs exists, and what
+/// the command creates later (`kestrel bench`'s kernel figures) is not the model's.
+pub fn settle(gpu: &Arc<Gpu>) {
+    if let Ok(mut started) = STARTED.lock() {
+        for (g, _, keys) in started.iter_mut() {
+            if Arc::ptr_eq(g, gpu) && keys.is_none() {
+                *keys = Some(gpu.pipeline_keys());
+            }
+        }
+    }
+}
+
+/// Write the list of pipelines each device that [`start`] saw has used, or the list
+/// [`settle`] took (errors are notes: the list only saves time).
+pub fn save_all() {
+    let started = match STARTED.lock() {
+        Ok(mut s) => std::mem::take(&mut *s),
+        Err(_) => return,
+    };
+    for (gpu, file, keys) in started {
+        let keys = keys.unwrap_or_else(|| gpu.pipeline_keys());
+        if keys.is_empty() {
+            continue;
+        }
+        if let Err(e) = save(&file, &keys) {
+            eprintln!("note: could not save the list of pipelines used: {e}");
+        }
+    }
+}
+
+fn save(file: &Path, keys: &[String]) -> Result<(), String> {
+    let dir = file.parent().ok_or("bad cache path")?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut text = keys.join("\n");
+    text.push('\n');
+    // A name of this process's own, so concurrent runs never write the same temporary file.
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, file).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("{}: {e}", file.display())
+    })
+}

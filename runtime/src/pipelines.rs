@@ -1,0 +1,158 @@
+//! The compute pipelines of one device: each (kernel, specialisation) created once and shared
+//! by every dispatch ([`Gpu::pipeline`]). A front end may list the pipelines this process used
+//! ([`Gpu::pipeline_keys`]) and, in a later process, have them created ahead of use on
+//! threads of their own ([`Gpu::prebuild`], native only) while the model loads: a plan then
+//! finds each one made, or waits for the thread making it. Creating a pipeline is the
+//! driver's shader compile (or, with its disk cache warm, its translation and cache lookup),
+//! a CPU task of tens of milliseconds each on lavapipe.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::device::Gpu;
+use crate::error::Result;
+use crate::shader::ShaderDefs;
+
+/// One pipeline, made by whichever thread locks it first while the others wait.
+type Slot = Arc<Mutex<Option<wgpu::ComputePipeline>>>;
+
+/// The pipelines of one device by key ([`key`]).
+#[derive(Default)]
+pub(crate) struct Pipelines(Mutex<Table>);
+
+#[derive(Default)]
+struct Table {
+    slots: HashMap<String, Slot>,
+    /// Keys asked for by [`Gpu::pipeline`], in first-use order (not those only prebuilt).
+    used: Vec<String>,
+}
+
+/// The key of `kernel` specialised by `defs`; what [`Gpu::pipeline_keys`] lists.
+fn key(kernel: &str, defs: &ShaderDefs) -> String {
+    format!("{kernel}|{}", defs.key())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A thread that panicked while holding a lock left whole values: a slot holds a pipeline
+    // or none, the table whole entries.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Pipelines {
+    /// The slot of `key`, recorded as used when `used`.
+    fn slot(&self, key: &str, used: bool) -> Slot {
+        let mut t = lock(&self.0);
+        let slot = t.slots.entry(key.to_string()).or_default().clone();
+        if used && !t.used.iter().any(|k| k == key) {
+            t.used.push(key.to_string());
+        }
+        slot
+    }
+}
+
+impl Gpu {
+    /// A compute pipeline for `kernel` specialised by `defs`, created once and shared.
+    pub fn pipeline(
+        &self,
+        name: &str,
+        source: &str,
+        defs: &ShaderDefs,
+    ) -> Result<wgpu::ComputePipeline> {
+        #[cfg(not(target_arch = "wasm32"))]
+        let started = std::time::Instant::now();
+        let slot = self.pipelines.slot(&key(name, defs), true);
+        let mut made = lock(&slot);
+        let p = match &*made {
+            Some(p) => p.clone(),
+            None => self.create_pipeline(name, source, defs),
+        };
+        *made = Some(p.clone());
+        #[cfg(not(target_arch = "wasm32"))]
+        self.pipeline_count
+            .waited(started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX));
+        #[cfg(target_arch = "wasm32")]
+        self.pipeline_count.waited(0);
+        Ok(p)
+    }
+
+    /// The keys of the pipelines asked for on this device so far, in first-use order: what
+    /// [`Gpu::prebuild`] takes in a later process.
+    pub fn pipeline_keys(&self) -> Vec<String> {
+        lock(&self.pipelines.0).used.clone()
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Gpu {
+    /// Create the pipelines of `keys` ([`Gpu::pipeline_keys`] of an earlier process on this
+    /// adapter) ahead of use, in order, on `threads` background threads; returns at once with
+    /// the threads' handles. A key that names no kernel of [`crate::kernels::ALL`] or holds a
+    /// malformed specialisation is skipped. A pipeline the device refuses (a key written by
+    /// another version of Kestrel) is dropped inside error scopes of the thread's own, so the
+    /// device's error handler never sees it, and is created again if a plan asks for it.
+    pub fn prebuild(
+        self: &Arc<Gpu>,
+        keys: Vec<String>,
+        threads: usize,
+    ) -> Vec<std::thread::JoinHandle<()>> {
+        let queue = Arc::new((keys, std::sync::atomic::AtomicUsize::new(0)));
+        (0..threads.max(1))
+            .map(|_| {
+                let (gpu, queue) = (self.clone(), queue.clone());
+                std::thread::spawn(move || {
+                    let (keys, next) = &*queue;
+                    while let Some(k) =
+                        keys.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    {
+                        gpu.prebuild_one(k);
+                    }
+                })
+            })
+            .collect()
+    }
+
+    fn prebuild_one(&self, k: &str) {
+        let Some((name, defs)) = k.split_once('|') else {
+            return;
+        };
+        let Some(kernel) = crate::kernels::ALL
+            .iter()
+            .find(|kernel| kernel.name == name)
+        else {
+            return;
+        };
+        let Some(defs) = ShaderDefs::from_key(defs) else {
+            return;
+        };
+        // Only a key as this process writes it: another spelling would make a second slot.
+        if key(kernel.name, &defs) != k {
+            return;
+        }
+        let slot = self.pipelines.slot(k, false);
+        let mut made = lock(&slot);
+        if made.is_some() {
+            return;
+        }
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let p = self.create_pipeline(kernel.name, kernel.source, &defs);
+        let refused = [internal.pop(), validation.pop()]
+            .into_iter()
+            .any(|f| !matches!(ready(f), Some(None)));
+        if !refused {
+            *made = Some(p);
+        }
+    }
+}
+
+/// The output of a future that is ready when first polled (wgpu's native error scopes), else
+/// None.
+#[cfg(not(target_arch = "wasm32"))]
+fn ready<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
