@@ -75,6 +75,8 @@ pub enum Kernels {
 }
 
 impl Kernels {
+    /// The pieces kernel for `gpu` and heads of this shape (`rope_half`: pairs rotated inside
+    /// attention).
     pub fn for_device(gpu: &Gpu, shape: &AttnShape, rope_half: Option<usize>) -> Kernels {
         let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
         let lanes = gpu.caps.subgroups && gpu.caps.subgroup_min_size >= 8;
@@ -196,9 +198,11 @@ pub fn max_splits_for(rows: usize) -> usize {
 }
 
 /// The pieces per head a decode step dispatches on this adapter, for a graph that allows up
-/// to `max_splits`. A CPU adapter (lavapipe, SwiftShader) runs workgroups on a few threads,
-/// which the heads' workgroups already keep busy: more pieces only add the merge dispatch
-/// and its work, so it takes one and the pieces pass writes the output. GPUs keep split-K.
+/// to `max_splits`. A CPU adapter (lavapipe, SwiftShader) runs workgroups on a few threads:
+/// more pieces could balance them better at long contexts (SmolLM2's 3 head groups on
+/// lavapipe's 2 threads leave one idle part of the time), but would add the merge dispatch
+/// and its work at every length, so it takes one and the pieces pass writes the output
+/// (6 dispatches per Llama layer). GPUs keep split-K.
 pub fn splits_on(gpu: &Gpu, max_splits: usize) -> usize {
     match gpu.info.device_type {
         wgpu::DeviceType::Cpu => 1,
