@@ -1,8 +1,10 @@
 // Decode attention, split-K (flash-decoding): each new query (step.n_tokens of them, at
 // positions step.pos + t; one in decode) attends per head over the cache, which is cut along
 // the sequence into up to max_splits pieces, one workgroup per (head, piece, query). Each workgroup streams its keys in tiles of TILE, keeps an online-softmax
-// state (max, denominator, unnormalised output) and writes it to `partial`; the kernel in
-// decode_attention_merge.wgsl combines the pieces. How many pieces are used follows the
+// state (reference max, denominator, unnormalised output) and writes it to `partial`; the
+// kernel in decode_attention_merge.wgsl combines the pieces. With max_splits 1 there is one
+// piece and this kernel writes the normalised output itself (no merge runs). CPU adapters
+// with subgroups take decode_attention_lanes.wgsl instead. How many pieces are used follows the
 // number of keys the query sees (SPLIT_KEYS keys per piece at least), so a short cache takes
 // one workgroup per head and a long one spreads over the whole GPU.
 //
@@ -42,7 +44,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> q: array<f32>;
 @group(0) @binding(3) var<storage, read> k_cache: array<f32>;
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;
-@group(0) @binding(5) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(5) var<storage, read_write> partial: array<f32>; // with one piece: the output
 @group(0) @binding(6) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(7) var<storage, read> mask: array<u32>;
 
@@ -58,12 +60,16 @@ const TILE: u32 = WG * PER_THREAD;
 const SPLIT_KEYS: u32 = 256u;
 const DIMS_PER_THREAD: u32 = (HEAD_DIM + WG - 1u) / WG;
 const G: u32 = GROUP;
+// How far a score may lie above the reference its weight is taken against (weights stay
+// below e^8, sums of them far inside f32) before the reference is raised to the tile's max.
+const HEADROOM: f32 = 8.0;
 
 var<workgroup> q_row: array<f32, G * HEAD_DIM>;
 var<workgroup> weights: array<f32, G * TILE>;
 var<workgroup> rows: array<u32, TILE>;
 var<workgroup> red: array<f32, G * WG>;
 var<workgroup> n_blocks: u32;
+var<workgroup> raise: u32; // 1: a score of this tile is above its reference by over HEADROOM
 
 fn kv_row(j: u32) -> u32 {
     if (j < p.sinks) {
@@ -72,9 +78,9 @@ fn kv_row(j: u32) -> u32 {
     return p.sinks + (j - p.sinks) % p.ring;
 }
 
-// The G heads' maxima (sums) over the workgroup, reduced together: one tree, so the barriers
-// do not grow with the group (CPU drivers pay per barrier).
-fn reduce_max(lid: u32, v: array<f32, G>) -> array<f32, G> {
+// The G heads' maxima (`take_max`) or sums over the workgroup, reduced together: one tree, so
+// the barriers do not grow with the group (CPU drivers pay per barrier).
+fn reduce(lid: u32, v: array<f32, G>, take_max: bool) -> array<f32, G> {
     for (var g = 0u; g < G; g++) {
         red[g * WG + lid] = v[g];
     }
@@ -82,7 +88,9 @@ fn reduce_max(lid: u32, v: array<f32, G>) -> array<f32, G> {
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (lid < s) {
             for (var g = 0u; g < G; g++) {
-                red[g * WG + lid] = max(red[g * WG + lid], red[g * WG + lid + s]);
+                let a = red[g * WG + lid];
+                let b = red[g * WG + lid + s];
+                red[g * WG + lid] = select(a + b, max(a, b), take_max);
             }
         }
         workgroupBarrier();
@@ -95,25 +103,9 @@ fn reduce_max(lid: u32, v: array<f32, G>) -> array<f32, G> {
     return r;
 }
 
-fn reduce_sum(lid: u32, v: array<f32, G>) -> array<f32, G> {
-    for (var g = 0u; g < G; g++) {
-        red[g * WG + lid] = v[g];
-    }
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            for (var g = 0u; g < G; g++) {
-                red[g * WG + lid] += red[g * WG + lid + s];
-            }
-        }
-        workgroupBarrier();
-    }
-    var r: array<f32, G>;
-    for (var g = 0u; g < G; g++) {
-        r[g] = red[g * WG];
-    }
-    workgroupBarrier();
-    return r;
+// The softmax weight of score s against the reference m; 0 for a masked key.
+fn weight(s: f32, m: f32) -> f32 {
+    return select(0.0, exp(s - m), s > -1.0e38);
 }
 
 @compute @workgroup_size(WG)
@@ -163,6 +155,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
 
+    // Online softmax with a lazily raised reference: weights are exp(score - m[g]) with m[g]
+    // the same in every invocation; it is raised (and what was summed rescaled) only when a
+    // tile holds a score more than HEADROOM above it, so most tiles need no reduction. Each
+    // invocation sums its own keys' weights into l; they are added up once at the end.
     var m: array<f32, G>;
     var l: array<f32, G>;
     var acc: array<f32, G * DIMS_PER_THREAD>;
@@ -175,10 +171,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
 
     for (var t0 = start; t0 < end; t0 += TILE) {
-        var tile_max: array<f32, G>;
-        for (var g = 0u; g < G; g++) {
-            tile_max[g] = -3.0e38;
-        }
+        // QK: one invocation per key, PER_THREAD keys each, scores kept for a raise.
+        var scores: array<f32, G * PER_THREAD>;
+        var above = false;
         for (var r = 0u; r < PER_THREAD; r++) {
             let slot = lid + r * WG;
             let i = t0 + slot;
@@ -237,40 +232,54 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 }
             }
             for (var g = 0u; g < G; g++) {
-                weights[g * TILE + slot] = s[g];
-                tile_max[g] = max(tile_max[g], s[g]);
+                scores[r * G + g] = s[g];
+                weights[g * TILE + slot] = weight(s[g], m[g]);
+                above = above || s[g] > m[g] + HEADROOM;
             }
             rows[slot] = row;
         }
-        let tile_maxes = reduce_max(lid, tile_max);
-        var corr: array<f32, G>;
-        var local_sum: array<f32, G>;
-        for (var g = 0u; g < G; g++) {
-            let m_new = max(m[g], tile_maxes[g]);
-            local_sum[g] = 0.0;
-            for (var r = 0u; r < PER_THREAD; r++) {
-                let slot = g * TILE + lid + r * WG;
-                var e = 0.0;
-                if (weights[slot] > -1.0e38) {
-                    e = exp(weights[slot] - m_new);
+        if (above) {
+            raise = 1u; // every writer writes the same value
+        }
+        if (workgroupUniformLoad(&raise) == 1u) {
+            var tile_max: array<f32, G>;
+            for (var g = 0u; g < G; g++) {
+                tile_max[g] = -3.0e38;
+                for (var r = 0u; r < PER_THREAD; r++) {
+                    tile_max[g] = max(tile_max[g], scores[r * G + g]);
                 }
-                weights[slot] = e;
-                local_sum[g] += e;
             }
-            corr[g] = exp(m[g] - m_new);
-            m[g] = m_new;
+            let maxes = reduce(lid, tile_max, true);
+            if (lid == 0u) {
+                raise = 0u; // every invocation has read it: reduce's barriers came after
+            }
+            for (var g = 0u; g < G; g++) {
+                let m_new = max(m[g], maxes[g]);
+                let corr = exp(m[g] - m_new);
+                l[g] *= corr;
+                for (var r = 0u; r < DIMS_PER_THREAD; r++) {
+                    acc[g * DIMS_PER_THREAD + r] *= corr;
+                }
+                m[g] = m_new;
+                for (var r = 0u; r < PER_THREAD; r++) {
+                    weights[g * TILE + lid + r * WG] = weight(scores[r * G + g], m_new);
+                }
+            }
+            workgroupBarrier();
         }
-        let sums = reduce_sum(lid, local_sum);
         for (var g = 0u; g < G; g++) {
-            l[g] = l[g] * corr[g] + sums[g];
+            for (var r = 0u; r < PER_THREAD; r++) {
+                l[g] += weights[g * TILE + lid + r * WG];
+            }
         }
+        // P·V: invocations over the head's dims, keys in turn.
         let count = min(TILE, end - t0);
         for (var r = 0u; r < DIMS_PER_THREAD; r++) {
             let d = lid + r * WG;
             if (d < HEAD_DIM) {
                 var a: array<f32, G>;
                 for (var g = 0u; g < G; g++) {
-                    a[g] = acc[g * DIMS_PER_THREAD + r] * corr[g];
+                    a[g] = acc[g * DIMS_PER_THREAD + r];
                 }
                 for (var k = 0u; k < count; k++) {
                     let v = v_cache[rows[k] * p.kv_stride + kv_head * HEAD_DIM + d];
@@ -286,17 +295,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         workgroupBarrier();
     }
 
-    // An unused split leaves max -3e38 and denominator 0, which the merge ignores.
+    // One piece (max_splits 1): the normalised output itself, [queries, heads, HEAD_DIM].
+    // Else this piece's (reference, denominator, unnormalised output) for the merge; an
+    // unused split leaves -3e38 and 0, which the merge ignores.
+    let sums = reduce(lid, l, false);
     for (var g = 0u; g < G; g++) {
-        let base = ((query * p.heads + head0 + g) * p.max_splits + split) * (HEAD_DIM + 2u);
-        if (lid == 0u) {
+        let head_row = query * p.heads + head0 + g;
+        let base = (head_row * p.max_splits + split) * (HEAD_DIM + 2u);
+        if (lid == 0u && p.max_splits > 1u) {
             partial[base] = m[g];
-            partial[base + 1u] = l[g];
+            partial[base + 1u] = sums[g];
         }
         for (var r = 0u; r < DIMS_PER_THREAD; r++) {
             let d = lid + r * WG;
             if (d < HEAD_DIM) {
-                partial[base + 2u + d] = acc[g * DIMS_PER_THREAD + r];
+                let a = acc[g * DIMS_PER_THREAD + r];
+                if (p.max_splits == 1u) {
+                    partial[head_row * HEAD_DIM + d] = a / sums[g];
+                } else {
+                    partial[base + 2u + d] = a;
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 // Second pass of split-K decode attention (decode_attention.wgsl): for each query and head
 // (workgroup (head, query)), combine the
-// pieces' (max m_s, denominator l_s, unnormalised output a_s) by the online-softmax rule:
+// pieces' (reference m_s: the piece's max or less, denominator l_s, unnormalised output a_s,
+// both taken against m_s) by the online-softmax rule:
 // out = sum_s exp(m_s - M) a_s / sum_s exp(m_s - M) l_s with M = max_s m_s.
 
 struct Params { heads: u32, max_splits: u32, _p0: u32, _p1: u32 }

@@ -6,10 +6,13 @@
 //! cases exercise what they are for (stale ring rows, keys dropped by masks), and the graph
 //! builder rejecting layouts and inputs that do not fit together.
 
+use kestrel_runtime::arch::Head;
 use kestrel_runtime::block_mask::BlockMask;
 use kestrel_runtime::cases;
 use kestrel_runtime::kernels::attention::{self, mask_blocks, AttnShape};
+use kestrel_runtime::kernels::decode_attention;
 use kestrel_runtime::kv::KvLayout;
+use kestrel_runtime::session::Sampling;
 use kestrel_runtime::{DType, Error, Graph};
 use kestrel_tests::*;
 
@@ -21,6 +24,50 @@ fn prefill_matches_reference() {
 #[test]
 fn decode_matches_reference() {
     check_cases(cases::family("decode_attention"));
+}
+
+/// Decode attention's pieces per head follow the adapter: one on CPU adapters (the pieces
+/// pass writes the output and no merge is recorded: 6 dispatches per Llama layer), with the
+/// subgroup kernel where subgroups have 8 lanes or more; split-K on GPUs. Checked on the
+/// fixture llama_gqa's decode plan.
+#[test]
+fn decode_attention_pieces_follow_the_adapter() {
+    for gpu in gpus() {
+        let backend = gpu.backend_name();
+        let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
+        let want = match cpu {
+            true => 1,
+            false => decode_attention::MAX_SPLITS,
+        };
+        assert_eq!(
+            decode_attention::splits_on(&gpu, decode_attention::MAX_SPLITS),
+            want
+        );
+
+        let model = kestrel_models::load(&gpu, &fixture::dir("llama_gqa")).expect("llama_gqa");
+        let mut s = model.session(&gpu, 64).expect("session");
+        let greedy = Sampling::default();
+        let next = pollster::block_on(s.next_token(&[5, 17, 42], &greedy)).expect("prefill");
+        pollster::block_on(s.next_token(&[next], &greedy)).expect("decode");
+        let plan = s.plan(1, Head::Sample).expect("decode plan");
+        let count = |name: &str| plan.dispatches().iter().filter(|d| d.name == name).count();
+        let (tiles, lanes) = (count("decode_attention"), count("decode_attention_lanes"));
+        let layers = count("rope_cache_write");
+        assert!(layers > 0, "{backend}: a decode plan with attention layers");
+        assert_eq!(
+            tiles + lanes,
+            layers,
+            "{backend}: one attention dispatch a layer"
+        );
+        // The fixture's 64-row cache keeps one piece everywhere: no merge on any adapter.
+        assert_eq!(count("decode_attention_merge"), 0, "{backend}");
+        let subgroups = gpu.caps.subgroups && gpu.caps.subgroup_min_size >= 8;
+        assert_eq!(
+            lanes == layers,
+            cpu && subgroups,
+            "{backend}: the lanes kernel"
+        );
+    }
 }
 
 #[test]

@@ -429,7 +429,9 @@ impl Op for Attention {
         let decode = n == 1 && causal;
         let partial = if decode || !tiled_fits(gpu, shape.head_dim, max_keys) {
             let splits = match decode {
-                true => decode_attention::max_splits_for(layout.rows),
+                true => {
+                    decode_attention::splits_on(gpu, decode_attention::max_splits_for(layout.rows))
+                }
                 false => 1,
             };
             let floats = decode_attention::partial_floats(&shape, splits, n);

@@ -1,10 +1,11 @@
 //! Decode attention, split-K (flash-decoding): one query per head over the cache, cut along
 //! the sequence into pieces that run as separate workgroups and are merged by the
-//! online-softmax rule. It also takes several queries (one workgroup each): the prefill path
+//! online-softmax rule. With one piece per head the pieces pass writes the output itself and
+//! no merge runs. It also takes several queries (one workgroup each): the prefill path
 //! where the tiled kernel does not fit (see `attention::tiled_fits`). Its CPU reference is
 //! `attention::reference`. A decoder's attention block at decode runs the pieces alone
-//! ([`Graph::attention_pieces`]) and leaves the merge to the output projection's Linear op
-//! (kernels::linear's `LinearInput::Merged`).
+//! ([`Graph::attention_pieces`]) and leaves the merge, when there is one, to the output
+//! projection's Linear op (kernels::linear's `LinearInput::Merged`).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -21,6 +22,8 @@ use crate::shader::ShaderDefs;
 /// The pieces pass and the merge pass.
 pub const KERNEL: Kernel = kernel!("decode_attention", variants);
 pub const MERGE: Kernel = kernel!("decode_attention_merge", merge_variants);
+/// The pieces pass for CPU adapters with subgroups (see [`Kernels::Lanes`]).
+pub const LANES: Kernel = kernel!("decode_attention_lanes", lanes_variants);
 
 /// Head dims the shader-validation test compiles every mode at.
 pub const HEAD_DIMS: [usize; 6] = [16, 32, 64, 80, 128, 256];
@@ -46,8 +49,9 @@ const MAX_GROUP: usize = 8;
 /// block-sparse mask (each head has its own mask rows).
 pub fn group(shape: &AttnShape, sparse: bool) -> usize {
     let share = shape.heads / shape.kv_heads.max(1);
-    // Per head: its query row, tile weights and reduction slots; then the tile's rows.
-    let fits = |g: usize| g * (shape.head_dim + TILE + WG) * 4 + (TILE + 1) * 4 <= WORKGROUP_BYTES;
+    // Per head: its query row, tile weights and reduction slots; then the tile's rows and
+    // two flags.
+    let fits = |g: usize| g * (shape.head_dim + TILE + WG) * 4 + (TILE + 2) * 4 <= WORKGROUP_BYTES;
     match sparse {
         true => 1,
         false => (1..=share.min(MAX_GROUP))
@@ -55,6 +59,72 @@ pub fn group(shape: &AttnShape, sparse: bool) -> usize {
             .find(|&g| share.is_multiple_of(g) && fits(g))
             .unwrap_or(1),
     }
+}
+
+/// Which pieces kernel runs on an adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// shaders/decode_attention.wgsl: 64 invocations over a tile of keys, then over dims.
+    Tiles,
+    /// shaders/decode_attention_lanes.wgsl: one subgroup of 8 lanes over the head's dims,
+    /// four per vec4, keys in turn. CPU drivers pay per load (a loop over the SIMD lanes) and
+    /// little per arithmetic instruction; this reads each K and V value with one lane's vec4
+    /// load for all the group's heads. Needs subgroups of at least 8 lanes, head dims and
+    /// rotated pairs in multiples of 4.
+    Lanes,
+}
+
+impl Kernels {
+    /// The pieces kernel for `gpu` and heads of this shape (`rope_half`: pairs rotated inside
+    /// attention).
+    pub fn for_device(gpu: &Gpu, shape: &AttnShape, rope_half: Option<usize>) -> Kernels {
+        let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
+        let lanes = gpu.caps.subgroups && gpu.caps.subgroup_min_size >= 8;
+        let fours =
+            shape.head_dim.is_multiple_of(4) && rope_half.is_none_or(|h| h.is_multiple_of(4));
+        match cpu && lanes && fours {
+            true => Kernels::Lanes,
+            false => Kernels::Tiles,
+        }
+    }
+}
+
+/// Query heads per workgroup of the lanes kernel: the largest divisor of the heads sharing a
+/// KV head (at most [`MAX_GROUP`]) whose query and output chunks (2 * group * head_dim / 8
+/// floats a lane) stay within 128 registers' worth; 1 with a block-sparse mask.
+pub fn lanes_group(shape: &AttnShape, sparse: bool) -> usize {
+    let share = shape.heads / shape.kv_heads.max(1);
+    match sparse {
+        true => 1,
+        false => (1..=share.min(MAX_GROUP))
+            .rev()
+            .find(|&g| share.is_multiple_of(g) && g * shape.head_dim <= 512)
+            .unwrap_or(1),
+    }
+}
+
+/// The lanes kernel dense and with in-attention RoPE serving 1, 3, 7 or 8 query heads (where
+/// they fit), and block-sparse, at each of [`HEAD_DIMS`].
+pub fn lanes_variants() -> Vec<ShaderDefs> {
+    let mut out = Vec::new();
+    for hd in HEAD_DIMS {
+        for rope in [false, true] {
+            for g in [1, 3, 7, 8] {
+                let shape = AttnShape {
+                    softcap: None,
+                    heads: g,
+                    kv_heads: 1,
+                    head_dim: hd,
+                    scale: 1.0,
+                };
+                if lanes_group(&shape, false) == g {
+                    out.push(defs(hd, rope, false, g));
+                }
+            }
+        }
+        out.push(defs(hd, false, true, 1));
+    }
+    out
 }
 
 fn merge_defs(head_dim: usize) -> ShaderDefs {
@@ -127,14 +197,28 @@ pub fn max_splits_for(rows: usize) -> usize {
     rows.div_ceil(SPLIT_KEYS).clamp(1, MAX_SPLITS)
 }
 
+/// The pieces per head a decode step dispatches on this adapter, for a graph that allows up
+/// to `max_splits`. A CPU adapter (lavapipe, SwiftShader) runs workgroups on a few threads:
+/// more pieces could balance them better at long contexts (SmolLM2's 3 head groups on
+/// lavapipe's 2 threads leave one idle part of the time), but would add the merge dispatch
+/// and its work at every length, so it takes one and the pieces pass writes the output
+/// (6 dispatches per Llama layer). GPUs keep split-K.
+pub fn splits_on(gpu: &Gpu, max_splits: usize) -> usize {
+    match gpu.info.device_type {
+        wgpu::DeviceType::Cpu => 1,
+        _ => max_splits.clamp(1, MAX_SPLITS),
+    }
+}
+
 /// Floats of the `partial` scratch buffer for `max_splits` pieces of `n_queries` queries.
 pub fn partial_floats(shape: &AttnShape, max_splits: usize, n_queries: usize) -> usize {
     n_queries * shape.heads * max_splits * (shape.head_dim + 2)
 }
 
-/// The two dispatches (pieces, then merge) of decode attention for `n_queries` queries at
-/// positions `step.pos..`: `io.q` [n_queries, heads*D] over the caches into `io.out`, with
-/// `partial` holding [`partial_floats`] floats. Not `causal`: every query sees every row
+/// The dispatches of decode attention for `n_queries` queries at positions `step.pos..`:
+/// `io.q` [n_queries, heads*D] over the caches into `io.out`, with `partial` holding
+/// [`partial_floats`] floats: pieces, then merge; with one piece (`max_splits` 1) the pieces
+/// pass alone, writing `io.out` (`partial` unused). Not `causal`: every query sees every row
 /// of the cache.
 #[allow(clippy::too_many_arguments)]
 pub fn launch(
@@ -147,13 +231,20 @@ pub fn launch(
     max_splits: usize,
     n_queries: usize,
     causal: bool,
-) -> Result<[Dispatch; 2]> {
+) -> Result<Vec<Dispatch>> {
     let max_splits = max_splits.clamp(1, MAX_SPLITS);
+    let into = match max_splits {
+        1 => io.out,
+        _ => partial,
+    };
     let pieces = launch_pieces(
-        gpu, step, io, partial, shape, layout, max_splits, n_queries, causal,
+        gpu, step, io, into, shape, layout, max_splits, n_queries, causal,
     )?;
+    if max_splits == 1 {
+        return Ok(vec![pieces]);
+    }
     let merge = launch_merge(gpu, partial, io.out, shape, max_splits, n_queries)?;
-    Ok([pieces, merge])
+    Ok(vec![pieces, merge])
 }
 
 /// The merge pass of [`launch`]: `partial` ([`launch_pieces`]) into `out` [n_queries,
@@ -180,7 +271,8 @@ pub fn launch_merge(
 }
 
 /// The pieces pass of [`launch`] alone (`io.out` unused): `partial` [n_queries, heads,
-/// max_splits, head_dim + 2] holds each piece's (max, denominator, unnormalised output).
+/// max_splits, head_dim + 2] holds each piece's (reference max, denominator, unnormalised
+/// output); with `max_splits` 1 it is the output itself, [n_queries, heads * head_dim].
 #[allow(clippy::too_many_arguments)]
 pub fn launch_pieces(
     gpu: &Gpu,
@@ -197,7 +289,10 @@ pub fn launch_pieces(
     validate_mode(&shape, &layout, causal, rope_half, io.mask.is_some())?;
     let max_splits = max_splits.clamp(1, MAX_SPLITS);
     let sparse = io.mask.is_some();
-    let group = group(&shape, sparse);
+    let (kernel, group) = match Kernels::for_device(gpu, &shape, rope_half) {
+        Kernels::Tiles => (KERNEL, group(&shape, sparse)),
+        Kernels::Lanes => (LANES, lanes_group(&shape, sparse)),
+    };
     let defs = defs(shape.head_dim, rope_half.is_some(), sparse, group);
     let params = Params {
         heads: shape.heads as u32,
@@ -214,7 +309,7 @@ pub fn launch_pieces(
         softcap: shape.softcap.unwrap_or(0.0),
     };
     let dummy = &gpu.dummy;
-    KERNEL.dispatch(
+    kernel.dispatch(
         gpu,
         &defs,
         &params,
@@ -253,8 +348,9 @@ pub struct AttentionPieces {
 impl Graph {
     /// Decode attention of one causal query `q` [1, heads * head_dim] over a layer's caches
     /// without the merge: returns the pieces [1, heads * splits * (head_dim + 2)] and
-    /// `splits`, for a `LinearInput::Merged` projection. `inv_freq` and `mask` as for
-    /// [`Graph::attention`].
+    /// `splits`, the most pieces per head, for a `LinearInput::Merged` projection. Where the
+    /// adapter takes one piece ([`splits_on`]) the tensor's first heads * head_dim floats
+    /// are the attention output itself. `inv_freq` and `mask` as for [`Graph::attention`].
     #[allow(clippy::too_many_arguments)]
     pub fn attention_pieces(
         &mut self,
@@ -348,7 +444,7 @@ impl Op for AttentionPieces {
             partial,
             self.shape,
             self.layout,
-            self.splits,
+            splits_on(gpu, self.splits),
             1,
             true,
         )?;

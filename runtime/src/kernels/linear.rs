@@ -23,7 +23,9 @@ pub enum LinearInput {
     Norm { weight: TensorId, eps: f32 },
     /// x is one query's split-K attention pieces (`Graph::attention_pieces` in
     /// kernels::decode_attention) for heads of `head_dim` values in `splits` pieces: their
-    /// merge, [1, K], is the input. Decode only; lowered as the merge pass, then the matvec.
+    /// merge, [1, K], is the input. Decode only; lowered as the merge pass, then the matvec,
+    /// or the matvec alone where the adapter takes one piece (`decode_attention::splits_on`:
+    /// the pieces pass then wrote the merged input itself).
     Merged { head_dim: usize, splits: usize },
 }
 
@@ -163,7 +165,14 @@ impl Op for Linear {
             LinearInput::Norm { weight, eps } => Some((cx.buf(weight)?, eps)),
             _ => None,
         };
-        if let (1, LinearInput::Merged { head_dim, splits }) = (m, self.input) {
+        let input = match self.input {
+            // One piece per head: the attention pieces pass wrote the output itself.
+            LinearInput::Merged { splits, .. } if decode_attention::splits_on(gpu, splits) == 1 => {
+                LinearInput::Plain
+            }
+            input => input,
+        };
+        if let (1, LinearInput::Merged { head_dim, splits }) = (m, input) {
             // The merge pass of its own, into scratch, then the matvec. The matvec's MERGE
             // prologue (checked by the kernel cases; the arm below) is not used: on lavapipe
             // every dispatch of it grows resident memory by ~300 KB (constant_memory's sinks
@@ -188,7 +197,7 @@ impl Op for Linear {
             return Ok(());
         }
         if m == 1 {
-            let prologue = match (self.input, norm) {
+            let prologue = match (input, norm) {
                 (LinearInput::Merged { head_dim, splits }, _) => {
                     Prologue::Merge { head_dim, splits }
                 }

@@ -95,6 +95,7 @@ pub const ALL: &[Kernel] = &[
     copy::KERNEL,
     decode_attention::KERNEL,
     decode_attention::MERGE,
+    decode_attention::LANES,
     decode_gate::KERNEL,
     elementwise::KERNEL,
     elementwise_fused::KERNEL,
