@@ -288,9 +288,14 @@ fn check_kernel_times(r: &Value) {
     }
     let share = &r["decode_kernel_share"];
     assert_eq!(keys(ms), keys(share), "{ms} {share}");
-    for class in ["matvec", "decode_attention", "sample"] {
+    for class in ["matvec", "sample"] {
         assert!(ms.get(class).is_some(), "no {class} in {ms}");
     }
+    // The tiled kernel, or the lanes kernel of CPU drivers with subgroups.
+    assert!(
+        keys(ms).iter().any(|k| k.starts_with("decode_attention")),
+        "no decode attention in {ms}"
+    );
     let values = |v: &Value| -> Vec<f64> {
         v.as_object()
             .expect("an object")
