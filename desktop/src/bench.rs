@@ -107,6 +107,12 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         "device_open_s": device_open_s,
     });
     let mut attention = serde_json::Map::new();
+    let mut tuning = Value::Null;
+    let mut start = start;
+    if let (true, Some(path)) = (a.tune, &path) {
+        tuning = crate::tune::tune(&gpu, path, text)?;
+        start = Instant::now();
+    }
     if let Some(path) = &path {
         let (model_report, model_attention) = model_bench(&gpu, path, a, text, start)?;
         merge(&mut report, model_report);
@@ -118,6 +124,10 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         }
     }
     report["attention"] = Value::Object(attention);
+    report["tuning"] = crate::tune::report(&gpu.tuning());
+    if !tuning.is_null() {
+        report["tuning"]["timed"] = tuning;
+    }
     if !text {
         outln!("{report:#}");
     }

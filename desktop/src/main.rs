@@ -22,6 +22,7 @@ mod pull;
 mod runtime_dir;
 mod serve;
 mod stdout;
+mod tune;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -74,10 +75,12 @@ fn run(command: Command) -> CliResult {
 const MAX_BINDING_VAR: &str = "KESTREL_MAX_STORAGE_BINDING";
 
 /// Open the device for `device`, its pipeline cache started from the cache directory's file
-/// (see [`pipeline_cache`]; `main` writes it back when the command ends).
+/// (see [`pipeline_cache`]; `main` writes it back when the command ends) and its kernel
+/// choices from `bench --tune`'s (see [`tune`]).
 pub fn open_gpu(device: &DeviceArgs) -> Result<Arc<Gpu>, String> {
     let gpu = pollster::block_on(Gpu::new(device.backend)).map_err(|e| e.to_string())?;
     pipeline_cache::load(&gpu);
+    tune::load(&gpu);
     match std::env::var(MAX_BINDING_VAR) {
         Ok(v) => match v.parse::<u64>() {
             Ok(bytes) if bytes >= 1024 => Ok(gpu.with_max_binding(bytes)),

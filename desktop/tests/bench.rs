@@ -29,6 +29,16 @@ const EVERY: usize = 3;
 /// `kestrel bench` on llama_gqa with a short prompt and decode; its stdout. Fails on a
 /// non-zero exit or any "error:" line.
 fn bench(extra: &[&str]) -> String {
+    // The pipeline cache goes to a directory of the tests', not the user's cache.
+    bench_in(
+        &std::env::temp_dir().join("kestrel-tests-bench-cache"),
+        extra,
+    )
+    .0
+}
+
+/// [`bench`] with `cache` as the cache directory; stdout and stderr.
+fn bench_in(cache: &Path, extra: &[&str]) -> (String, String) {
     let xdg = std::env::temp_dir().join("kestrel-tests-xdg");
     let _ = std::fs::create_dir_all(&xdg);
     #[cfg(unix)]
@@ -52,12 +62,10 @@ fn bench(extra: &[&str]) -> String {
     let backend = backend();
     args.extend(["--backend", backend.as_str()]);
     args.extend(extra);
-    // The pipeline cache goes to a directory of the tests', not the user's cache.
-    let cache = std::env::temp_dir().join("kestrel-tests-bench-cache");
     let out = Command::new(env!("CARGO_BIN_EXE_kestrel"))
         .args(&args)
         .env("XDG_RUNTIME_DIR", &xdg)
-        .env("KESTREL_CACHE", &cache)
+        .env("KESTREL_CACHE", cache)
         .output()
         .expect("run kestrel");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -68,7 +76,7 @@ fn bench(extra: &[&str]) -> String {
         out.status
     );
     assert!(!stderr.contains("error:"), "{stderr}");
-    stdout
+    (stdout, stderr)
 }
 
 fn positive(r: &Value, key: &str) -> f64 {
@@ -134,6 +142,7 @@ const REPORT_KEYS: &[&str] = &[
     "routing",
     "submits_per_decode_token",
     "tokenizer_s",
+    "tuning",
     "weight_bytes",
     "weight_bytes_read_per_decode_token",
     "weight_file_bytes",
@@ -364,4 +373,55 @@ fn bench_prints_each_figure_on_its_line() {
         assert!(out.lines().any(|l| l.starts_with("  matvec ")), "{out}");
         assert!(out.lines().any(|l| l.starts_with("  all ")), "{out}");
     }
+}
+
+/// The name of the largest figure of `rates` (an object of tokens/s).
+fn fastest(rates: &Value) -> String {
+    let m = rates.as_object().expect("an object of rates");
+    let (name, _) = m
+        .iter()
+        .max_by(|a, b| a.1.as_f64().partial_cmp(&b.1.as_f64()).expect("numbers"))
+        .expect("a rate");
+    name.clone()
+}
+
+/// `bench --tune` times every matvec layout and matmul, keeps the fastest for the adapter,
+/// and the next command starts with them; a damaged file is ignored with a note.
+#[test]
+fn bench_tune_keeps_the_fastest_choices_for_the_adapter() {
+    let cache = std::env::temp_dir().join(format!("kestrel-tests-tune-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let (out, _) = bench_in(&cache, &["--json", "--tune"]);
+    let r: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let t = &r["tuning"];
+    let decode = &t["timed"]["decode_tokens_per_s"];
+    assert_eq!(
+        keys(decode),
+        ["16x16", "32x2", "32x4", "4x4", "8x8"],
+        "every matvec candidate timed: {t:#}"
+    );
+    assert_eq!(t["matvec"], Value::String(fastest(decode)), "{t:#}");
+    assert_eq!(
+        t["matmul"],
+        Value::String(fastest(&t["timed"]["prefill_tokens_per_s"])),
+        "{t:#}"
+    );
+    let files: Vec<_> = std::fs::read_dir(cache.join("tuning"))
+        .expect("a tuning folder")
+        .collect();
+    assert_eq!(files.len(), 1, "one file per adapter");
+    // The next command starts with the choices.
+    let (out, _) = bench_in(&cache, &["--json"]);
+    let again: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(again["tuning"]["matvec"], t["matvec"]);
+    assert_eq!(again["tuning"]["matmul"], t["matmul"]);
+    assert!(again["tuning"].get("timed").is_none());
+    // A damaged file: ignored, with a note, and the adapter's defaults.
+    let file = files[0].as_ref().expect("an entry").path();
+    std::fs::write(&file, "matvec 3 3\n").expect("write");
+    let (out, err) = bench_in(&cache, &["--json"]);
+    let plain: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(err.contains("ignoring the kernel tuning"), "{err}");
+    assert_eq!(plain["tuning"]["matvec"], Value::Null);
+    let _ = std::fs::remove_dir_all(&cache);
 }

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::pipelines::Pipelines;
 use crate::requirements;
 use crate::shader::ShaderDefs;
+use crate::tuning::Tuning;
 
 /// Which wgpu backend to use. `Auto` prefers a discrete GPU, then an integrated one, then
 /// anything (including a CPU Vulkan device such as lavapipe).
@@ -111,6 +112,8 @@ pub struct Gpu {
     pipeline_cache: Arc<Mutex<Option<wgpu::PipelineCache>>>,
     lost: Arc<Mutex<Option<String>>>,
     uncaptured: Arc<Mutex<Option<String>>>,
+    /// Kernel choices made by timing (shared by `with_max_binding`).
+    tuning: Arc<Mutex<Tuning>>,
 }
 
 /// wgpu's major version, part of the pipeline cache key (wgpu's header also carries its
@@ -285,6 +288,7 @@ impl Gpu {
             pipeline_cache: Arc::new(Mutex::new(pipeline_cache)),
             lost,
             uncaptured,
+            tuning: Arc::default(),
         }))
     }
 
@@ -309,7 +313,21 @@ impl Gpu {
             pipeline_cache: self.pipeline_cache.clone(),
             lost: self.lost.clone(),
             uncaptured: self.uncaptured.clone(),
+            tuning: self.tuning.clone(),
         })
+    }
+
+    /// Kernel choices made by timing on this adapter (see [`crate::tuning`]); plans made
+    /// after this call use them.
+    pub fn set_tuning(&self, tuning: Tuning) {
+        if let Ok(mut t) = self.tuning.lock() {
+            *t = tuning;
+        }
+    }
+
+    /// The kernel choices made by timing, if any (default: none).
+    pub fn tuning(&self) -> Tuning {
+        self.tuning.lock().map(|t| *t).unwrap_or_default()
     }
 
     /// Fails if the device was lost or an uncaptured GPU error happened since the last check.

@@ -32,6 +32,7 @@ pub mod session;
 pub mod shader;
 pub mod state;
 pub mod tensor;
+pub mod tuning;
 
 pub use buffer::GpuBuffer;
 pub use device::{BackendChoice, Caps, Gpu};

@@ -19,6 +19,7 @@ use crate::kernels::{matmul, matvec, rms_norm};
 use crate::quant::{self, QuantFormat};
 use crate::rng::Rng;
 use crate::tensor::DType;
+use crate::tuning::MATVEC_CANDIDATES;
 
 /// One product: y [m, n] = x [m, k] times a weight [n, k] of `dtype`.
 #[derive(Clone, Copy)]
@@ -372,12 +373,11 @@ pub fn matvec() -> Vec<Case> {
         let spec = Spec::new(true, shape, DType::Quant(format), 400 + i as u64);
         cases.push(spec.case().browser(true));
     }
-    // Every layout computes the same product: the GPU layout and odd ones, for f32 (any K and
-    // K % 4 == 0), f16 (odd K, K % 8 == 0), bf16 (K % 8 == 0) and a 32-value and a 256-value
-    // block format, with rows not a multiple of any layout's.
-    let layouts = [
-        Layout::CPU,
-        Layout::GPU,
+    // Every layout computes the same product: each one `bench --tune` may choose (the CPU
+    // and GPU defaults among them) and odd ones, for f32 (any K and K % 4 == 0), f16 (odd K,
+    // K % 8 == 0), bf16 (K % 8 == 0) and a 32-value and a 256-value block format, with rows
+    // not a multiple of any layout's.
+    let odd = [
         Layout {
             lanes: 1,
             rows_per_lane: 1,
@@ -386,13 +386,9 @@ pub fn matvec() -> Vec<Case> {
             lanes: 64,
             rows_per_lane: 3,
         },
-        Layout {
-            lanes: 4,
-            rows_per_lane: 4,
-        },
     ];
     let mut seed = 2200;
-    for layout in layouts {
+    for layout in MATVEC_CANDIDATES.into_iter().chain(odd) {
         let quants =
             [QuantFormat::Q5_1, QuantFormat::Q6_K].map(|f| (DType::Quant(f), 3 * f.block_elems()));
         let plain = [
@@ -421,6 +417,7 @@ pub fn matvec() -> Vec<Case> {
 
 /// The matvec's fusions, each a pipeline of its own (CPU drivers take a while to compile
 /// each, so the set is small): every fusion in the CPU and the GPU layout with vec4 loads
+/// (and two in each other layout `bench --tune` may choose)
 /// (f32, K % 4 == 0), and in the CPU layout with bf16 weights (K % 8 == 0: a bf16 checkpoint
 /// runs them all at decode); the prologues on the one-value path (K = 130, f32 and bf16) and
 /// with a 32-value and a 256-value block format. 70 rows: ragged row groups and workgroups;
@@ -445,6 +442,11 @@ fn fused_matvec() -> Vec<Case> {
     let mut specs = Vec::new();
     for layout in [Layout::CPU, Layout::GPU] {
         specs.extend(all.map(|f| (DType::F32, 128, layout, f)));
+    }
+    // The other layouts `bench --tune` may choose: a norm prologue with the SwiGLU epilogue
+    // (row pairs in every workgroup) and a residual add.
+    for layout in MATVEC_CANDIDATES.into_iter().skip(2) {
+        specs.extend([all[2], all[3]].map(|f| (DType::F32, 128, layout, f)));
     }
     for (dtype, k) in [
         (DType::F32, 130),

@@ -33,9 +33,11 @@ impl Layout {
     /// The layout for `gpu`'s kind of device and a weight of `dtype`. CPU drivers pay per value
     /// loaded (a load is a loop over the SIMD lanes) and little per arithmetic instruction, so
     /// where they have subgroups they take the rows layout, with [`rows_for`] rows.
+    /// `bench --tune`'s choice, where it made one, comes first (rows only where they run).
     pub fn for_device(gpu: &Gpu, dtype: DType) -> Layout {
         let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
-        if cpu && runs_rows(gpu) {
+        let rows = gpu.tuning().matmul_rows.unwrap_or(cpu);
+        if rows && runs_rows(gpu) {
             Layout::Rows {
                 rows: rows_for(dtype),
             }

@@ -94,9 +94,11 @@ impl Layout {
         rows_per_lane: 2,
     };
 
-    /// The layout for `gpu`'s kind of device.
+    /// The layout `bench --tune` chose for `gpu`, else the one for its kind of device.
     pub fn for_device(gpu: &Gpu) -> Layout {
-        if gpu.info.device_type == wgpu::DeviceType::Cpu {
+        if let Some(tuned) = gpu.tuning().matvec {
+            tuned
+        } else if gpu.info.device_type == wgpu::DeviceType::Cpu {
             Layout::CPU
         } else {
             Layout::GPU

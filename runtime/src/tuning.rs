@@ -1,0 +1,107 @@
+//! Kernel choices made by timing on one adapter (`kestrel bench --tune`) instead of by the
+//! adapter's kind: which layout the decode matvec takes and whether prefill uses the rows
+//! matmul. A [`Gpu`](crate::Gpu) starts untuned (each kernel's `Layout::for_device`
+//! decides); front ends load a saved choice with [`crate::Gpu::set_tuning`] before they plan.
+//! Every choice offered here is one the kernel cases check against the CPU reference, so a
+//! tuning changes speed, never results beyond their tolerances.
+
+use crate::kernels::matvec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tuning {
+    /// The decode matvec's layout.
+    pub matvec: Option<matvec::Layout>,
+    /// Prefill through the rows matmul (true; only where the adapter runs it) or 64×64
+    /// tiles (false).
+    pub matmul_rows: Option<bool>,
+}
+
+/// The matvec layouts `bench --tune` times: the CPU and GPU defaults and three between,
+/// each with an even number of rows per workgroup (a SwiGLU epilogue takes row pairs) and
+/// each among the kernel cases' layouts or as the defaults.
+pub const MATVEC_CANDIDATES: [matvec::Layout; 5] = [
+    matvec::Layout::CPU,
+    matvec::Layout::GPU,
+    matvec::Layout {
+        lanes: 8,
+        rows_per_lane: 8,
+    },
+    matvec::Layout {
+        lanes: 32,
+        rows_per_lane: 4,
+    },
+    matvec::Layout {
+        lanes: 4,
+        rows_per_lane: 4,
+    },
+];
+
+impl Tuning {
+    /// One line a value: `matvec LANES ROWS_PER_LANE`, `matmul rows|tiles`.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        if let Some(l) = self.matvec {
+            s.push_str(&format!("matvec {} {}\n", l.lanes, l.rows_per_lane));
+        }
+        if let Some(rows) = self.matmul_rows {
+            s.push_str(&format!("matmul {}\n", if rows { "rows" } else { "tiles" }));
+        }
+        s
+    }
+
+    /// Read [`Tuning::to_text`]'s format back; a line it does not know, or a matvec layout
+    /// that is not one of [`MATVEC_CANDIDATES`], is an error naming it.
+    pub fn from_text(text: &str) -> Result<Tuning, String> {
+        let mut t = Tuning::default();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["matvec", lanes, rows] => {
+                    let layout = matvec::Layout {
+                        lanes: lanes.parse().map_err(|_| format!("bad line {line:?}"))?,
+                        rows_per_lane: rows.parse().map_err(|_| format!("bad line {line:?}"))?,
+                    };
+                    if !MATVEC_CANDIDATES.contains(&layout) {
+                        return Err(format!("{line:?} is not a matvec layout Kestrel times"));
+                    }
+                    t.matvec = Some(layout);
+                }
+                ["matmul", "rows"] => t.matmul_rows = Some(true),
+                ["matmul", "tiles"] => t.matmul_rows = Some(false),
+                _ => return Err(format!("bad line {line:?}")),
+            }
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunings_read_back_and_odd_files_are_refused() {
+        for t in [
+            Tuning::default(),
+            Tuning {
+                matvec: Some(MATVEC_CANDIDATES[2]),
+                matmul_rows: Some(false),
+            },
+            Tuning {
+                matvec: Some(matvec::Layout::GPU),
+                matmul_rows: Some(true),
+            },
+        ] {
+            assert_eq!(Tuning::from_text(&t.to_text()), Ok(t));
+        }
+        for bad in [
+            "matvec 3 3",
+            "matvec x 2",
+            "matmul fast",
+            "speed 9",
+            "matvec 16",
+        ] {
+            assert!(Tuning::from_text(bad).is_err(), "{bad}");
+        }
+    }
+}
