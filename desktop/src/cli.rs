@@ -597,6 +597,7 @@ mod tests {
                     "attention",
                     "max-len",
                     "kernels",
+                    "tune",
                 ],
             ),
             (
