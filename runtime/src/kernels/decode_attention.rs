@@ -106,10 +106,17 @@ pub fn lanes_group(shape: &AttnShape, sparse: bool) -> usize {
 /// The lanes kernel dense and with in-attention RoPE serving 1, 3, 7 or 8 query heads (where
 /// they fit), and block-sparse, at each of [`HEAD_DIMS`].
 pub fn lanes_variants() -> Vec<ShaderDefs> {
+    variants_serving(&[1, 3, 7, 8], lanes_group)
+}
+
+/// Dense and in-attention RoPE serving each of `groups` query heads per workgroup where
+/// `fits` (the kernel's group size for a shape) allows it, and block-sparse (one head), at
+/// each of [`HEAD_DIMS`].
+fn variants_serving(groups: &[usize], fits: fn(&AttnShape, bool) -> usize) -> Vec<ShaderDefs> {
     let mut out = Vec::new();
     for hd in HEAD_DIMS {
         for rope in [false, true] {
-            for g in [1, 3, 7, 8] {
+            for &g in groups {
                 let shape = AttnShape {
                     softcap: None,
                     heads: g,
@@ -117,7 +124,7 @@ pub fn lanes_variants() -> Vec<ShaderDefs> {
                     head_dim: hd,
                     scale: 1.0,
                 };
-                if lanes_group(&shape, false) == g {
+                if fits(&shape, false) == g {
                     out.push(defs(hd, rope, false, g));
                 }
             }
@@ -134,25 +141,7 @@ fn merge_defs(head_dim: usize) -> ShaderDefs {
 /// Dense and in-attention RoPE serving 1, 3 or 8 query heads per workgroup (where they fit),
 /// and block-sparse (one head), at each of [`HEAD_DIMS`].
 pub fn variants() -> Vec<ShaderDefs> {
-    let mut out = Vec::new();
-    for hd in HEAD_DIMS {
-        for rope in [false, true] {
-            for g in [1, 3, 8] {
-                let shape = AttnShape {
-                    softcap: None,
-                    heads: g,
-                    kv_heads: 1,
-                    head_dim: hd,
-                    scale: 1.0,
-                };
-                if group(&shape, false) == g {
-                    out.push(defs(hd, rope, false, g));
-                }
-            }
-        }
-        out.push(defs(hd, false, true, 1));
-    }
-    out
+    variants_serving(&[1, 3, 8], group)
 }
 
 pub fn merge_variants() -> Vec<ShaderDefs> {
