@@ -24,20 +24,6 @@
 // 1 with a block-sparse mask, whose rows differ per head), so each key and value is read once
 // for all of them.
 
-struct Params {
-    heads: u32,
-    kv_heads: u32,
-    kv_stride: u32,
-    scale: f32,
-    sinks: u32,
-    window: u32,  // 0xffffffff: none
-    ring: u32,
-    rot_half: u32,
-    max_splits: u32,
-    blocks: u32,  // SPARSE: query blocks per head in the mask
-    causal: u32,  // 0: every query sees every row of the cache (bidirectional)
-    softcap: f32, // > 0: scores soft-capped (soft_cap)
-}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -48,11 +34,7 @@ struct Params {
 @group(0) @binding(6) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(7) var<storage, read> mask: array<u32>;
 
-// Gemma 2's logit soft-capping of a scaled score: cap * tanh(s / cap) (tanh's argument
-// clamped where tanh is 1 in f32, as some drivers' tanh overflows to NaN beyond).
-fn soft_cap(s: f32) -> f32 {
-    return p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
-}
+#include "decode_keys.wgsl"
 
 const WG: u32 = 64u;
 const PER_THREAD: u32 = 4u;
@@ -70,13 +52,6 @@ var<workgroup> rows: array<u32, TILE>;
 var<workgroup> red: array<f32, G * WG>;
 var<workgroup> n_blocks: u32;
 var<workgroup> raise: u32; // 1: a score of this tile is above its reference by over HEADROOM
-
-fn kv_row(j: u32) -> u32 {
-    if (j < p.sinks) {
-        return j;
-    }
-    return p.sinks + (j - p.sinks) % p.ring;
-}
 
 // The G heads' maxima (`take_max`) or sums over the workgroup, reduced together: one tree, so
 // the barriers do not grow with the group (CPU drivers pay per barrier).
@@ -103,41 +78,13 @@ fn reduce(lid: u32, v: array<f32, G>, take_max: bool) -> array<f32, G> {
     return r;
 }
 
-// The softmax weight of score s against the reference m; 0 for a masked key.
-fn weight(s: f32, m: f32) -> f32 {
-    return select(0.0, exp(s - m), s > -1.0e38);
-}
-
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let head0 = wid.x * G; // this workgroup's first query head
     let split = wid.y;
     let query = wid.z;
     let kv_head = head0 / (p.heads / p.kv_heads);
-    // The last key this query sees: itself, or the cache's last row when bidirectional.
-    var pos = step.pos + query;
-    if (p.causal == 0u) {
-        pos = p.sinks + p.ring - 1u;
-    }
-
-    // The visible keys: numbered 0..n; key i is absolute position sink/recent or block-based.
-    var lo = 0u;
-    if (p.window != 0xffffffffu && pos + 1u > p.window) {
-        lo = pos + 1u - p.window;
-    }
-    let sink_end = min(p.sinks, lo);
-    var n = sink_end + pos + 1u - lo;
-    let mask_row = head0 * p.blocks + pos / 64u; // SPARSE: G is 1
-    if (SPARSE) {
-        if (lid == 0u) {
-            n_blocks = mask[mask_row + 1u] - mask[mask_row];
-        }
-        n = workgroupUniformLoad(&n_blocks) * 64u;
-    }
-    let splits = clamp((n + SPLIT_KEYS - 1u) / SPLIT_KEYS, 1u, p.max_splits);
-    let chunk = (n + splits - 1u) / splits;
-    let start = split * chunk;
-    let end = min(n, start + chunk);
+    let keys = visible_keys(head0, query, split, lid);
 
     for (var d = lid; d < G * HEAD_DIM; d += WG) {
         q_row[d] = q[(query * p.heads + head0) * HEAD_DIM + d] * p.scale;
@@ -146,7 +93,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (ROPE && lid < G) {
         let o = lid * HEAD_DIM;
         for (var i = 0u; i < p.rot_half; i++) {
-            let angle = f32(n - 1u) * inv_freq[i];
+            let angle = f32(keys.n - 1u) * inv_freq[i];
             let a = q_row[o + i];
             let b = q_row[o + i + p.rot_half];
             q_row[o + i] = a * cos(angle) - b * sin(angle);
@@ -170,7 +117,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
     }
 
-    for (var t0 = start; t0 < end; t0 += TILE) {
+    for (var t0 = keys.start; t0 < keys.end; t0 += TILE) {
         // QK: one invocation per key, PER_THREAD keys each, scores kept for a raise.
         var scores: array<f32, G * PER_THREAD>;
         var above = false;
@@ -182,18 +129,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 s[g] = -3.0e38;
             }
             var row = 0u;
-            if (i < end) {
-                var j = 0u;
-                if (SPARSE) {
-                    let col = mask[p.heads * p.blocks + 1u + mask[mask_row] + i / 64u];
-                    j = col * 64u + i % 64u;
-                } else if (i < sink_end) {
-                    j = i;
-                } else {
-                    j = lo + i - sink_end;
-                }
-                row = kv_row(min(j, pos)); // masked keys past pos: a row the query reads
-                if (j <= pos) {
+            if (i < keys.end) {
+                let j = key_position(keys, i);
+                row = kv_row(min(j, keys.pos)); // masked keys past pos: a row the query reads
+                if (j <= keys.pos) {
                     let base = row * p.kv_stride + kv_head * HEAD_DIM;
                     for (var g = 0u; g < G; g++) {
                         s[g] = 0.0;
@@ -273,7 +212,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
         // P·V: invocations over the head's dims, keys in turn.
-        let count = min(TILE, end - t0);
+        let count = min(TILE, keys.end - t0);
         for (var r = 0u; r < DIMS_PER_THREAD; r++) {
             let d = lid + r * WG;
             if (d < HEAD_DIM) {

@@ -9,20 +9,6 @@
 // runtime/src/kernels/decode_attention.rs picks this kernel (head dims and RoPE pairs in
 // multiples of 4) and its GROUP.
 
-struct Params {
-    heads: u32,
-    kv_heads: u32,
-    kv_stride: u32,
-    scale: f32,
-    sinks: u32,
-    window: u32,  // 0xffffffff: none
-    ring: u32,
-    rot_half: u32,
-    max_splits: u32,
-    blocks: u32,  // SPARSE: query blocks per head in the mask
-    causal: u32,  // 0: every query sees every row of the cache (bidirectional)
-    softcap: f32, // > 0: scores soft-capped (soft_cap)
-}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -32,6 +18,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> partial: array<f32>; // with one piece: the output
 @group(0) @binding(6) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(7) var<storage, read> mask: array<u32>;
+
+#include "decode_keys.wgsl"
 
 const LANES: u32 = 8u;
 const CHUNKS: u32 = HEAD_DIM / 4u; // vec4s per head
@@ -43,23 +31,6 @@ const KEYS_PER_PASS: u32 = 4096u;
 const G: u32 = GROUP;
 
 var<workgroup> n_blocks: u32;
-
-fn soft_cap(s: f32) -> f32 {
-    return p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
-}
-
-// The cache row of position j; the division only once the ring has wrapped (a CPU divides
-// each lane apart).
-fn kv_row(j: u32) -> u32 {
-    if (j < p.sinks) {
-        return j;
-    }
-    let r = j - p.sinks;
-    if (r < p.ring) {
-        return p.sinks + r;
-    }
-    return p.sinks + r % p.ring;
-}
 
 // The vec4 of dims 4c..4c+3 rotated by `at` positions, given the vec4 its rotation pairs it
 // with (dims +- rot_half) and the four frequencies; dims past the rotated pairs unchanged.
@@ -95,38 +66,13 @@ fn freqs(c: u32) -> vec4<f32> {
     return vec4<f32>(inv_freq[d], inv_freq[d + 1u], inv_freq[d + 2u], inv_freq[d + 3u]);
 }
 
-// The softmax weight of score s against the running max m; 0 for a masked key.
-fn weight(s: f32, m: f32) -> f32 {
-    return select(0.0, exp(s - m), s > -1.0e38);
-}
-
 @compute @workgroup_size(LANES)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let head0 = wid.x * G; // this workgroup's first query head
     let split = wid.y;
     let query = wid.z;
     let kv_head = head0 / (p.heads / p.kv_heads);
-    var pos = step.pos + query;
-    if (p.causal == 0u) {
-        pos = p.sinks + p.ring - 1u;
-    }
-    var lo = 0u;
-    if (p.window != 0xffffffffu && pos + 1u > p.window) {
-        lo = pos + 1u - p.window;
-    }
-    let sink_end = min(p.sinks, lo);
-    var n = sink_end + pos + 1u - lo;
-    let mask_row = head0 * p.blocks + pos / 64u; // SPARSE: G is 1
-    if (SPARSE) {
-        if (lid == 0u) {
-            n_blocks = mask[mask_row + 1u] - mask[mask_row];
-        }
-        n = workgroupUniformLoad(&n_blocks) * 64u;
-    }
-    let splits = clamp((n + SPLIT_KEYS - 1u) / SPLIT_KEYS, 1u, p.max_splits);
-    let chunk = (n + splits - 1u) / splits;
-    let start = split * chunk;
-    let end = min(n, start + chunk);
+    let keys = visible_keys(head0, query, split, lid);
 
     // This lane's chunks of the G queries, scaled (and rotated by n - 1).
     var freq: array<vec4<f32>, PER_LANE>;
@@ -142,7 +88,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 var x = q[at + c] * p.scale;
                 if (ROPE) {
                     let partner = q[at + partner_of(c)] * p.scale;
-                    x = rotate(x, partner, c, freq[r], f32(n - 1u));
+                    x = rotate(x, partner, c, freq[r], f32(keys.n - 1u));
                 }
                 qv[g * PER_LANE + r] = x;
             }
@@ -156,19 +102,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         m[g] = -3.0e38;
         l[g] = 0.0;
     }
-    for (var t0 = start; t0 < end; t0 += KEYS_PER_PASS) {
-        for (var i = t0; i < min(end, t0 + KEYS_PER_PASS); i++) {
-            var j = 0u;
-            if (SPARSE) {
-                let col = mask[p.heads * p.blocks + 1u + mask[mask_row] + i / 64u];
-                j = col * 64u + i % 64u;
-            } else if (i < sink_end) {
-                j = i;
-            } else {
-                j = lo + i - sink_end;
-            }
+    for (var t0 = keys.start; t0 < keys.end; t0 += KEYS_PER_PASS) {
+        for (var i = t0; i < min(keys.end, t0 + KEYS_PER_PASS); i++) {
+            let j = key_position(keys, i);
             // Masked keys past pos read a row the query sees and weigh 0.
-            let base = (kv_row(min(j, pos)) * p.kv_stride + kv_head * HEAD_DIM) / 4u;
+            let base = (kv_row(min(j, keys.pos)) * p.kv_stride + kv_head * HEAD_DIM) / 4u;
             var dots: array<f32, G>;
             for (var r = 0u; r < PER_LANE; r++) {
                 let c = lid + r * LANES;
@@ -188,7 +126,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 if (p.softcap > 0.0) {
                     s = soft_cap(s);
                 }
-                s = select(-3.0e38, s, j <= pos);
+                s = select(-3.0e38, s, j <= keys.pos);
                 if (s > m[g]) {
                     let corr = exp(m[g] - s);
                     l[g] *= corr;

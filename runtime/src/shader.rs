@@ -9,8 +9,13 @@ use std::fmt::Write;
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 /// Snippets a kernel may `#include`: block dequantization (matvec, matmul, embedding), the
-/// gated linear recurrence (the linear_scan passes), the elementwise ops (plain and fused).
+/// gated linear recurrence (the linear_scan passes), the elementwise ops (plain and fused),
+/// the keys a decode attention query sees (both decode attention kernels).
 pub const INCLUDES: &[(&str, &str)] = &[
+    (
+        "decode_keys.wgsl",
+        include_str!("../../shaders/decode_keys.wgsl"),
+    ),
     (
         "elementwise_ops.wgsl",
         include_str!("../../shaders/elementwise_ops.wgsl"),
