@@ -185,20 +185,25 @@ impl Session {
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
-        if tokens.is_empty() {
+        self.check_appending(tokens, tokens.len())
+    }
+
+    /// Check `given`, the first of `count` tokens to append (the others are drawn on the GPU
+    /// from the vocabulary): ids below the vocabulary size, and room in the context.
+    fn check_appending(&self, given: &[u32], count: usize) -> Result<()> {
+        if given.is_empty() {
             return Err(Error::InputOutOfRange("no tokens given".into()));
         }
         let vocab = self.arch.vocab_size();
-        if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        if let Some(t) = given.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::InputOutOfRange(format!(
                 "token id {t} is not below the vocabulary size {vocab}"
             )));
         }
-        let end = self.pos() + tokens.len();
+        let end = self.pos() + count;
         if end > self.capacity || end > u32::MAX as usize {
             return Err(Error::InputOutOfRange(format!(
-                "{} tokens after {} cached exceed the context of {} tokens",
-                tokens.len(),
+                "{count} tokens after {} cached exceed the context of {} tokens",
                 self.pos(),
                 self.capacity
             )));
@@ -385,7 +390,7 @@ impl Session {
         }
         // The n tokens fed: `first` now, the others as they are sampled (all below the
         // vocabulary: the sampler draws from it).
-        self.check_tokens(&vec![first; n])?;
+        self.check_appending(&[first], n)?;
         self.plan(1, Head::Sample)?;
         let plan = &self.plans[&(1, Head::Sample)];
         if self.decode_loop.is_none() {
