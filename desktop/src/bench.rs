@@ -393,7 +393,10 @@ fn model_bench(
     // Last, as it replays a decode step on the session (see `decode_profile`).
     let kernel_times = decode_profile(&mut session).map_err(rt)?;
     let decode_tokens_per_s = decode_len as f64 / decode_s;
-    let decode_weight_gbs = model.weight_bytes_per_token() as f64 * decode_tokens_per_s / 1e9;
+    let read_per_token = model
+        .weight_bytes_per_token(&session)
+        .map_err(|e| e.to_string())?;
+    let decode_weight_gbs = read_per_token as f64 * decode_tokens_per_s / 1e9;
 
     // Before the roofline figures below allocate their own buffers.
     let memory = gpu_memory(gpu);
@@ -402,7 +405,7 @@ fn model_bench(
         "model": model.path.display().to_string(),
         "weight_bytes": model.weight_bytes(),
         "weight_file_bytes": model.file_bytes(),
-        "weight_bytes_read_per_decode_token": model.weight_bytes_per_token(),
+        "weight_bytes_read_per_decode_token": read_per_token,
         "routing": routing,
         "kv_cache_bytes": session.state_bytes(),
         "prefill_tokens": prompt_len,
@@ -494,12 +497,11 @@ fn model_bench(
             model.file_bytes() as f64 / 1048576.0,
             session.state_bytes() as f64 / 1048576.0
         );
-        if model.weight_bytes_per_token() != model.weight_bytes() {
-            outln!(
-                "weights read per decoded token: {:.2} MiB (the routed experts only)",
-                model.weight_bytes_per_token() as f64 / 1048576.0
-            );
-        }
+        outln!(
+            "weights read per decoded token: {:.2} MiB (an untied embedding table one row, \
+             routed experts only those chosen)",
+            read_per_token as f64 / 1048576.0
+        );
         if !routing.is_empty() {
             outln!("routing (tokens per expert over this run: prefill + decode):");
             for r in &routing {
@@ -544,7 +546,7 @@ fn model_bench(
         );
         outln!(
             "weights read in decode: {decode_weight_gbs:.3} GB/s ({:.2} MiB per token)",
-            model.weight_bytes_per_token() as f64 / 1048576.0
+            read_per_token as f64 / 1048576.0
         );
         print_kernel_times(kernel_times.as_ref());
         if !windows.is_empty() {

@@ -140,10 +140,13 @@ impl Model {
         self.bytes.gpu
     }
 
-    /// Bytes of weights one decoded token reads: all but the experts its router passes over
-    /// (every weight is counted as read, the embedding table included).
-    pub fn weight_bytes_per_token(&self) -> u64 {
-        self.weight_bytes() - self.network.unread_expert_bytes()
+    /// Bytes of weights one decoded token reads: what `session`'s decode step reads (an
+    /// untied embedding table one row; [`Session::decode_weight_bytes`]) less the experts
+    /// its router passes over.
+    pub fn weight_bytes_per_token(&self, session: &Session) -> Result<u64> {
+        Ok(session
+            .decode_weight_bytes()?
+            .saturating_sub(self.network.unread_expert_bytes()))
     }
 
     /// Bytes of the loaded tensors in the model file.

@@ -4,6 +4,7 @@
 //! (kernels/*.rs), so a misshaped model fails at build time with a clear error rather than on
 //! the GPU. Only the executor turns a graph into GPU work.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -89,6 +90,42 @@ impl Graph {
             Source::Weight(w) => Ok(w),
             _ => Err(Error::Graph(format!("tensor {t} is not a weight"))),
         }
+    }
+
+    /// Bytes of weights one run of this graph reads: each weight an op other than an
+    /// embedding lookup reads, whole; of a table that is only looked up, the rows looked up
+    /// (so an untied embedding table counts one row per token, a tied one whole). A weight
+    /// bound to several tensors counts once.
+    pub fn weight_bytes_read(&self) -> u64 {
+        // Per weight: read whole, or the rows looked up.
+        let mut read: HashMap<*const GpuWeight, (&GpuWeight, bool, u64)> = HashMap::new();
+        for op in &self.ops {
+            let (reads, _) = op.reads_writes();
+            let lookup = op.name() == "embedding";
+            let rows: u64 = match lookup {
+                true => reads
+                    .iter()
+                    .map(|&t| match self.tensors[t].source {
+                        Source::Weight(_) => 0,
+                        _ => self.numel(t) as u64,
+                    })
+                    .sum(),
+                false => 0,
+            };
+            for &t in &reads {
+                if let Source::Weight(w) = &self.tensors[t].source {
+                    let e = read.entry(Arc::as_ptr(w)).or_insert((w, false, 0));
+                    e.1 |= !lookup;
+                    e.2 += rows;
+                }
+            }
+        }
+        read.values()
+            .map(|&(w, whole, rows)| match whole {
+                true => w.bytes(),
+                false => (w.bytes() * rows.min(w.rows as u64)).div_ceil(w.rows.max(1) as u64),
+            })
+            .sum()
     }
 
     /// A new f32 activation.

@@ -96,6 +96,14 @@ impl Session {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+    /// Bytes of weights one decode step reads ([`crate::Graph::weight_bytes_read`] of the
+    /// one-token sampling graph, built but not planned).
+    pub fn decode_weight_bytes(&self) -> Result<u64> {
+        Ok(self
+            .arch
+            .build(1, self.capacity, Head::Sample)?
+            .weight_bytes_read())
+    }
     /// Read a u32 state (counters) back.
     pub async fn read_counters(&self, name: &str) -> Result<Vec<u32>> {
         let t = self.states.get(name)?;

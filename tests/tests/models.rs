@@ -692,6 +692,19 @@ fn every_stored_tensor_is_counted_once() {
     }
 }
 
+/// A decoded token reads one row of an untied embedding table (llama_gqa: 320 x 64 in f32)
+/// and the whole of a table that is also the LM head (llama_tied); every other weight whole.
+#[test]
+fn weights_read_per_token_count_an_untied_table_by_its_row() {
+    let gpu = gpus().into_iter().next().expect("a GPU");
+    for (name, unread) in [("llama_gqa", (320 - 1) * 64 * 4), ("llama_tied", 0)] {
+        let model = kestrel_models::load(&gpu, &model_path(name)).expect("load");
+        let session = model.session(&gpu, 16).expect("session");
+        let read = model.weight_bytes_per_token(&session).expect("bytes read");
+        assert_eq!(model.weight_bytes() - read, unread, "{name}");
+    }
+}
+
 /// A folder given as bytes (what the browser has) loads through the same registry path as a
 /// directory: the family from config.json, or for BlinkDL's RWKV-7 from its tensors.
 #[test]

@@ -227,7 +227,7 @@ impl Engine {
             "vocab": c.vocab,
             "context": session.capacity(),
             "weightBytes": model.weight_bytes(),
-            "weightBytesReadPerDecodeToken": model.weight_bytes_per_token(),
+            "weightBytesReadPerDecodeToken": model.weight_bytes_per_token(&session)?,
             "stateBytes": session.state_bytes(),
             "hasTokenizer": model.tokenizer.is_some(),
             "fallbackTemplate": template.is_fallback,
