@@ -345,6 +345,7 @@ fn model_bench(
     // The prompt's step draws the first token; each later step decodes one.
     let mut g =
         Generation::new(&model, &mut session, prompt, &run(decode_len + 1)).map_err(gen_err)?;
+    g.unstreamed();
     let t = Instant::now();
     pollster::block_on(g.step(&model, &mut session)).map_err(gen_err)?;
     let prefill_s = t.elapsed().as_secs_f64();

@@ -212,11 +212,15 @@ fn bench_json_has_every_documented_key_with_sane_values() {
     assert_eq!(count(&r, "prefill_tokens"), PROMPT as u64);
     assert_eq!(count(&r, "decode_tokens"), DECODE as u64);
 
-    // Bytes: the weights on the GPU, all read by a dense model's decoded token; the KV cache
-    // fits the prompt and decode; the runtime's buffer count holds both, and its peak more.
+    // Bytes: the weights on the GPU, all read by a dense model's decoded token but for one
+    // row of its untied embedding table (320 x 64 f32); the KV cache fits the prompt and
+    // decode; the runtime's buffer count holds both, and its peak more.
     let weights = count(&r, "weight_bytes");
     assert!(weights > 0 && count(&r, "weight_file_bytes") > 0);
-    assert_eq!(count(&r, "weight_bytes_read_per_decode_token"), weights);
+    assert_eq!(
+        count(&r, "weight_bytes_read_per_decode_token"),
+        weights - 319 * 64 * 4
+    );
     let kv = count(&r, "kv_cache_bytes");
     assert!(kv > 0);
     let gpu = count(&r, "gpu_bytes");
@@ -227,20 +231,15 @@ fn bench_json_has_every_documented_key_with_sane_values() {
     assert!(count(&r, "gpu_peak_bytes") >= gpu);
 
     // GPU work per decoded token: decode steps run in batches on the GPU (the sampled token
-    // feeds the next step there), sizes doubling from 2 to MAX_DECODE_BATCH, with one
-    // readback of the batch's ids each.
+    // feeds the next step there), MAX_DECODE_BATCH steps each (the bench does not stream),
+    // with one readback of the batch's ids each.
     let dispatches = positive(&r, "dispatches_per_decode_token");
     let submits = positive(&r, "submits_per_decode_token");
     assert!(
         dispatches >= submits,
         "{dispatches} dispatches, {submits} submits"
     );
-    let (mut left, mut batch, mut batches) = (DECODE, 2, 0);
-    while left > 0 {
-        left -= batch.min(left);
-        batch = (2 * batch).min(kestrel_models::generate::MAX_DECODE_BATCH);
-        batches += 1;
-    }
+    let batches = DECODE.div_ceil(kestrel_models::generate::MAX_DECODE_BATCH);
     assert_eq!(
         r["host_round_trips_per_decode_token"].as_f64(),
         Some(batches as f64 / DECODE as f64)

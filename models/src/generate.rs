@@ -273,7 +273,8 @@ pub struct Generation {
     completion_tokens: usize,
     sampled: usize,
     finish: Option<Finish>,
-    /// The size of the next decode batch (doubling up to `max_batch`).
+    /// The size of the next decode batch (doubling up to `max_batch`, or `max_batch` from the
+    /// start when [`Generation::unstreamed`]).
     batch: usize,
     /// The largest batch: [`MAX_DECODE_BATCH`], or what keeps a batch within
     /// [`STREAM_INTERVAL_S`] once a front end reports step times.
@@ -352,6 +353,12 @@ impl Generation {
         let fits = (STREAM_INTERVAL_S / per_token).floor() as usize;
         self.max_batch = fits.clamp(1, MAX_DECODE_BATCH);
         self.batch = self.batch.min(self.max_batch);
+    }
+
+    /// The front end does not stream this reply (a benchmark): decode batches start at the
+    /// largest instead of doubling from 2, since nobody waits for text between them.
+    pub fn unstreamed(&mut self) {
+        self.batch = self.max_batch;
     }
 
     /// Advance the reply by one token (one block for a diffusion model).
