@@ -51,6 +51,9 @@ pub struct Job {
     pub prompt: Prompt,
     /// Sampling, max_tokens and stop strings, checked by the generator.
     pub request: Request,
+    /// Whether the client waits for text as it comes (else the reply decodes in the largest
+    /// batches: [`Generation::unstreamed`]).
+    pub streamed: bool,
     /// Set to end the reply early.
     pub cancel: Arc<AtomicBool>,
     pub events: mpsc::Sender<Event>,
@@ -231,6 +234,9 @@ impl Worker {
             .map_err(|e| e.to_string())?;
         let mut g = Generation::new(model, &mut self.session, ids, &job.request)
             .map_err(|e| e.to_string())?;
+        if !job.streamed {
+            g.unstreamed();
+        }
         let cancelled = || job.cancel.load(Ordering::SeqCst);
         let prompt_tokens = g.prompt_tokens();
         if cancelled() || job.events.send(Event::Started { prompt_tokens }).is_err() {

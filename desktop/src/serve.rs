@@ -319,6 +319,7 @@ impl<'s> RunningJob<'s> {
             .submit(Job {
                 prompt: r.prompt.clone(),
                 request: r.request.clone(),
+                streamed: r.stream,
                 cancel: cancel.clone(),
                 events: tx,
             })

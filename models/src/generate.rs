@@ -281,6 +281,8 @@ pub struct Generation {
     max_batch: usize,
     /// Tokens the last draw decoded on the GPU (0 when it took a pending token).
     last_decoded: usize,
+    /// Whether a front end waits for text between steps (see [`Generation::unstreamed`]).
+    streamed: bool,
 }
 
 impl Generation {
@@ -339,6 +341,7 @@ impl Generation {
             batch: 2,
             max_batch: MAX_DECODE_BATCH,
             last_decoded: 0,
+            streamed: true,
         })
     }
 
@@ -346,7 +349,7 @@ impl Generation {
     /// decode batches are kept short enough that text arrives every
     /// [`STREAM_INTERVAL_S`]. Front ends that do not stream (benchmarks) do not call it.
     pub fn observe_step_time(&mut self, seconds: f64) {
-        if self.last_decoded == 0 || !seconds.is_finite() || seconds <= 0.0 {
+        if !self.streamed || self.last_decoded == 0 || !seconds.is_finite() || seconds <= 0.0 {
             return;
         }
         let per_token = seconds / self.last_decoded as f64;
@@ -355,9 +358,11 @@ impl Generation {
         self.batch = self.batch.min(self.max_batch);
     }
 
-    /// The front end does not stream this reply (a benchmark): decode batches start at the
-    /// largest instead of doubling from 2, since nobody waits for text between them.
+    /// The front end does not stream this reply (a benchmark, a request for the whole
+    /// reply): decode batches are the largest from the start instead of doubling from 2, and
+    /// step times do not shorten them, since nobody waits for text between them.
     pub fn unstreamed(&mut self) {
+        self.streamed = false;
         self.batch = self.max_batch;
     }
 
@@ -560,17 +565,10 @@ mod tests {
         assert_eq!(held_back("abc", &[]), 0);
     }
 
-    #[test]
-    fn stop_search_looks_only_where_a_new_match_can_end() {
-        let stop = vec!["</end>".to_string()];
-        // Text before `from` was searched: a match must end after it.
-        assert_eq!(find_stop("xx</end>", &stop, 7), Some(2));
-        assert_eq!(find_stop("xx</end>", &stop, 3), Some(2));
-        // Multi-byte characters before the window are skipped whole.
-        assert_eq!(find_stop("ééé</end>", &stop, 8), Some(6));
-        assert_eq!(find_stop("é</end>", &stop, 1), Some(2));
-        // Piece by piece, the reply is searched once and cut at the stop string.
-        let mut g = Generation {
+    /// A reply with nothing drawn yet (stop strings "STOP" and a blank line), for the tests
+    /// of its bookkeeping.
+    fn bare_generation() -> Generation {
+        Generation {
             sampler: Sampler::Autoregressive {
                 feed: vec![],
                 pending: VecDeque::new(),
@@ -591,7 +589,36 @@ mod tests {
             batch: 2,
             max_batch: MAX_DECODE_BATCH,
             last_decoded: 0,
-        };
+            streamed: true,
+        }
+    }
+
+    #[test]
+    fn a_reply_nobody_streams_decodes_in_the_largest_batches() {
+        // Streamed: 2 steps took a second, so batches shrink to what fits 100 ms.
+        let mut g = bare_generation();
+        g.last_decoded = 2;
+        g.observe_step_time(1.0);
+        assert_eq!((g.batch, g.max_batch), (1, 1));
+        // Not streamed: the largest from the start, whatever the step times.
+        let mut g = bare_generation();
+        g.unstreamed();
+        g.last_decoded = 2;
+        g.observe_step_time(1.0);
+        assert_eq!((g.batch, g.max_batch), (MAX_DECODE_BATCH, MAX_DECODE_BATCH));
+    }
+
+    #[test]
+    fn stop_search_looks_only_where_a_new_match_can_end() {
+        let stop = vec!["</end>".to_string()];
+        // Text before `from` was searched: a match must end after it.
+        assert_eq!(find_stop("xx</end>", &stop, 7), Some(2));
+        assert_eq!(find_stop("xx</end>", &stop, 3), Some(2));
+        // Multi-byte characters before the window are skipped whole.
+        assert_eq!(find_stop("ééé</end>", &stop, 8), Some(6));
+        assert_eq!(find_stop("é</end>", &stop, 1), Some(2));
+        // Piece by piece, the reply is searched once and cut at the stop string.
+        let mut g = bare_generation();
         for piece in ["Hello", " wor", "ld S", "T"] {
             assert!(!g.append(piece));
         }

@@ -94,6 +94,14 @@ struct ChatRequest {
     seed: Option<u32>,
     #[serde(default)]
     stop: Option<StopField>,
+    /// Whether the caller streams the reply (kestrel.js sends its `stream`); a whole reply
+    /// decodes in the largest batches.
+    #[serde(default = "streamed_by_default")]
+    stream: bool,
+}
+
+fn streamed_by_default() -> bool {
+    true
 }
 
 impl ChatRequest {
@@ -453,8 +461,11 @@ impl Engine {
         let ids = Prompt::Chat(messages)
             .encode(&this.model, Some(&this.template))
             .map_err(web_error)?;
-        let g = Generation::new(&this.model, &mut this.session, ids, &req.request())
+        let mut g = Generation::new(&this.model, &mut this.session, ids, &req.request())
             .map_err(web_error)?;
+        if !req.stream {
+            g.unstreamed();
+        }
         *self.reply.borrow_mut() = ReplyWork::default();
         let begun = json!({"prompt_tokens": g.prompt_tokens(), "reused_tokens": g.reused_tokens()});
         this.generation = Some(g);

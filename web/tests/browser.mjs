@@ -253,6 +253,11 @@ try {
     c.dispatchesPerDecodeToken >= c.submitsPerDecodeToken && c.pipelinesCreated > 0 && c.pipelineCreationS > 0 &&
     c.weightBytes === m.weightBytes && c.weightBytesReadPerDecodeToken > 0 && c.gpuBytes >= c.weightBytes && c.gpuPeakBytes >= c.gpuBytes,
   `info() counters of the last reply are consistent: ${JSON.stringify(c)}`);
+  // That reply was not streamed: its decode ran in batches of 16 (MAX_DECODE_BATCH), one
+  // readback each, whatever the adapter's speed.
+  const readbacks = Math.round(c.hostRoundTripsPerDecodeToken * c.decodeTokens);
+  check(c.decodeTokens === 0 || readbacks === Math.ceil(c.decodeTokens / 16),
+    `a whole (not streamed) reply reads back once per 16 decoded tokens: ${readbacks} host round trips for ${c.decodeTokens} tokens`);
   check(perf.aborted === 'AbortError' && perf.pieces >= 1 && perf.pieces <= 2, `abort via AbortSignal stops the stream (${perf.pieces} piece(s), ${perf.aborted})`);
   check(perf.stop.stop.length > 0 && perf.stop.finish === 'stop' && perf.stop.cut === perf.stop.want, `a stop string ends the streamed reply before it: ${JSON.stringify(perf.stop)}`);
   check(/^KestrelRequestError: .*temperature/.test(perf.refused || ''), `temperature 3 is refused: ${perf.refused}`);

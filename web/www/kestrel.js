@@ -119,6 +119,8 @@ class Engine {
     for (const k of ['messages', 'max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop']) {
       if (fields[k] !== undefined && fields[k] !== null) request[k] = fields[k];
     }
+    // A whole reply (no stream) decodes in the largest batches: nobody waits in between.
+    request.stream = Boolean(stream);
     if (Array.isArray(request.messages)) {
       request.messages = request.messages.map((m) => ({
         role: m.role,

@@ -140,6 +140,7 @@ impl Chat {
                 max_tokens: self.max_tokens.max(1),
                 ..Request::default()
             },
+            streamed: true,
             cancel,
             events,
         })
