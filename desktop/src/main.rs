@@ -97,7 +97,7 @@ pub fn open_model(gpu: &Arc<Gpu>, path: &Path, options: AttentionOptions) -> Res
     prebuild::start(gpu, path);
     let mut model = kestrel_models::load(gpu, path).map_err(|e| e.to_string())?;
     apply_attention(&mut model, options)?;
-    tune::ensure(gpu, &model)?;
+    tune::ensure(gpu, &model);
     if let Some(note) = unread_keys_note(&model) {
         eprintln!("{note}");
     }

@@ -58,8 +58,15 @@ fn on_first_use() -> bool {
 
 /// Start `gpu` with the choices saved for its adapter and `model`'s dtype class; where there
 /// are none (or they do not read back), tune now, save and say so, unless [`TUNE_VAR`] turns
-/// that off. Call before any session of the model plans.
-pub fn ensure(gpu: &Arc<Gpu>, model: &kestrel_models::Model) -> Result<(), String> {
+/// that off. Call before any session of the model plans. A tuning that fails is a note: the
+/// adapter's defaults serve.
+pub fn ensure(gpu: &Arc<Gpu>, model: &kestrel_models::Model) {
+    if let Err(e) = load_or_tune(gpu, model) {
+        eprintln!("note: the kernels were not tuned ({e}); the adapter's defaults serve");
+    }
+}
+
+fn load_or_tune(gpu: &Arc<Gpu>, model: &kestrel_models::Model) -> Result<(), String> {
     let class = class_of(model)?;
     let file = path(gpu, &class);
     if let Ok(text) = std::fs::read_to_string(&file) {
@@ -196,7 +203,8 @@ fn matvec_name(t: &Tuning) -> Option<String> {
 }
 
 fn matmul_name(t: &Tuning) -> Option<&'static str> {
-    t.matmul_rows.map(|rows| if rows { "rows" } else { "tiles" })
+    t.matmul_rows
+        .map(|rows| if rows { "rows" } else { "tiles" })
 }
 
 /// The choices in a report: each layout, or null where the adapter's kind decides.

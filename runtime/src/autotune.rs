@@ -69,8 +69,9 @@ pub struct Report {
     pub seconds: f64,
 }
 
-/// The weight dtypes a model's Linear ops read, named and sorted (e.g. `q4_1+q8_0`): what a
-/// tuning depends on besides the adapter.
+/// The weight dtypes the tuner times for a model (the [`DTYPES`] that its decode's Linear
+/// ops read the most bytes of), named and sorted, e.g. `Q4_1+Q8_0`: what a tuning depends on
+/// besides the adapter.
 pub fn dtype_class(arch: &dyn Architecture) -> Result<String> {
     let mut names: Vec<&str> = samples(&decode_graph(arch)?, 1)
         .iter()
@@ -87,6 +88,9 @@ fn decode_graph(arch: &dyn Architecture) -> Result<Graph> {
 /// Time the candidates on `arch`'s weights; `gpu` is left with the chosen tuning.
 pub async fn tune(gpu: &Arc<Gpu>, arch: &dyn Architecture) -> Result<Report> {
     let start = Instant::now();
+    // A handle of its own on the same device, sharing the tuning: the candidates' pipelines
+    // stay out of the model's list of pipelines to make ahead (`Gpu::pipeline_keys`).
+    let gpu = &gpu.with_max_binding(gpu.caps.max_storage_binding);
     let decode = samples(&decode_graph(arch)?, 1);
     let rows = PREFILL_ROWS.min(arch.max_context());
     let prefill = samples(&arch.build(rows, rows, Head::Sample)?, rows);
@@ -105,8 +109,10 @@ pub async fn tune(gpu: &Arc<Gpu>, arch: &dyn Architecture) -> Result<Report> {
         })
         .collect::<Result<_>>()?;
     let (matvec_ms, mut rounds) = time_candidates(gpu, &matvec_sets, &decode).await?;
-    let best = argmin(&matvec_ms);
-    chosen.matvec = Some(MATVEC_CANDIDATES[best]);
+    // Nothing timed (no matrix), no choice: the adapter's kind decides.
+    if !decode.is_empty() {
+        chosen.matvec = Some(MATVEC_CANDIDATES[argmin(&matvec_ms)]);
+    }
 
     // Prefill: the tiled matmul, and the rows matmul where the adapter runs it.
     let kinds: Vec<bool> = if matmul::runs_rows(gpu) {
@@ -131,7 +137,9 @@ pub async fn tune(gpu: &Arc<Gpu>, arch: &dyn Architecture) -> Result<Report> {
     }
     let (matmul_ms, r) = time_candidates(gpu, &matmul_sets, &prefill).await?;
     rounds = rounds.min(r);
-    chosen.matmul_rows = Some(kinds[argmin(&matmul_ms)]);
+    if !prefill.is_empty() {
+        chosen.matmul_rows = Some(kinds[argmin(&matmul_ms)]);
+    }
     gpu.set_tuning(chosen);
     Ok(Report {
         tuning: chosen,
@@ -249,7 +257,10 @@ async fn time_candidates(
     let estimate = |b: &[f64]| -> f64 { b.iter().zip(samples).map(|(ms, s)| ms * s.scale).sum() };
     let mut rounds = 0;
     while rounds < ROUNDS && (rounds == 0 || start.elapsed() < BUDGET) {
-        let least = best.iter().map(|b| estimate(b)).fold(f64::INFINITY, f64::min);
+        let least = best
+            .iter()
+            .map(|b| estimate(b))
+            .fold(f64::INFINITY, f64::min);
         for (c, set) in sets.iter().enumerate() {
             // After the first round, a candidate at over twice the best is out.
             if estimate(&best[c]) > DROP * least {
