@@ -9,7 +9,8 @@
 //! of quant types weighs as it does in a real token. Candidates are timed in interleaved
 //! rounds (each round times every candidate once, so load on a shared machine falls on all
 //! alike) and each keeps its best round; after the first round a candidate at over [`DROP`]
-//! times the best is out. Times come from timestamp queries where the adapter has them, else
+//! times the best is out, and the adapter kind's default stays unless a candidate beats it
+//! by [`MARGIN`]. Times come from timestamp queries where the adapter has them, else
 //! from the wall clock around a submit and wait. A class's rounds stop at [`ROUNDS`] or after
 //! [`BUDGET`] from its warm-up, whichever is first (at least one round). Most of a tuning's
 //! time on a CPU adapter is making the candidates' pipelines (2 dtypes × 5 matvec layouts and
@@ -41,6 +42,9 @@ const SAMPLE_BYTES: u64 = 2 << 20;
 
 /// After the first round, candidates slower than this times the best are timed no more.
 const DROP: f64 = 2.0;
+
+/// How much faster than the adapter's default a candidate must be to be chosen instead.
+const MARGIN: f64 = 1.15;
 
 /// The weight dtypes timed: the ones with the most bytes.
 const DTYPES: usize = 2;
@@ -91,6 +95,13 @@ pub async fn tune(gpu: &Arc<Gpu>, arch: &dyn Architecture) -> Result<Report> {
     // A handle of its own on the same device, sharing the tuning: the candidates' pipelines
     // stay out of the model's list of pipelines to make ahead (`Gpu::pipeline_keys`).
     let gpu = &gpu.with_max_binding(gpu.caps.max_storage_binding);
+    // The adapter kind's defaults, which a candidate must beat by [`MARGIN`].
+    gpu.set_tuning(Tuning::default());
+    let default_layout = matvec::Layout::for_device(gpu);
+    let default_rows = matches!(
+        matmul::Layout::for_device(gpu, DType::F32),
+        matmul::Layout::Rows { .. }
+    );
     let decode = samples(&decode_graph(arch)?, 1);
     let rows = PREFILL_ROWS.min(arch.max_context());
     let prefill = samples(&arch.build(rows, rows, Head::Sample)?, rows);
@@ -111,7 +122,8 @@ pub async fn tune(gpu: &Arc<Gpu>, arch: &dyn Architecture) -> Result<Report> {
     let (matvec_ms, mut rounds) = time_candidates(gpu, &matvec_sets, &decode).await?;
     // Nothing timed (no matrix), no choice: the adapter's kind decides.
     if !decode.is_empty() {
-        chosen.matvec = Some(MATVEC_CANDIDATES[argmin(&matvec_ms)]);
+        let default = MATVEC_CANDIDATES.iter().position(|&l| l == default_layout);
+        chosen.matvec = Some(MATVEC_CANDIDATES[choose(&matvec_ms, default)]);
     }
 
     // Prefill: the tiled matmul, and the rows matmul where the adapter runs it.
@@ -138,7 +150,8 @@ pub async fn tune(gpu: &Arc<Gpu>, arch: &dyn Architecture) -> Result<Report> {
     let (matmul_ms, r) = time_candidates(gpu, &matmul_sets, &prefill).await?;
     rounds = rounds.min(r);
     if !prefill.is_empty() {
-        chosen.matmul_rows = Some(kinds[argmin(&matmul_ms)]);
+        let default = kinds.iter().position(|&rows| rows == default_rows);
+        chosen.matmul_rows = Some(kinds[choose(&matmul_ms, default)]);
     }
     gpu.set_tuning(chosen);
     Ok(Report {
@@ -288,13 +301,18 @@ async fn time_ms(gpu: &Arc<Gpu>, dispatches: &[Dispatch]) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
-/// The index of the least time (the first of equals).
-fn argmin(ms: &[f64]) -> usize {
+/// The index of the least time (the first of equals), or `default`'s unless the least beats
+/// it by [`MARGIN`]: timings on a busy machine move by more than the gap between close
+/// candidates, and the defaults were chosen by whole-model A/B runs.
+fn choose(ms: &[f64], default: Option<usize>) -> usize {
     let mut best = 0;
     for (i, &m) in ms.iter().enumerate() {
         if m < ms[best] {
             best = i;
         }
     }
-    best
+    match default {
+        Some(d) if ms[best] * MARGIN >= ms[d] => d,
+        _ => best,
+    }
 }
