@@ -110,7 +110,8 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
     let mut tuning = Value::Null;
     let mut start = start;
     if let (true, Some(path)) = (a.tune, &path) {
-        tuning = crate::tune::tune(&gpu, path, text)?;
+        let model = kestrel_models::load(&gpu, path).map_err(|e| e.to_string())?;
+        tuning = crate::tune::tune(&gpu, &model, text)?;
         start = Instant::now();
     }
     if let Some(path) = &path {

@@ -167,6 +167,7 @@ impl Worker {
         crate::prebuild::start(&gpu, &path);
         let mut model = kestrel_models::load(&gpu, &path).map_err(|e| e.to_string())?;
         crate::apply_attention(&mut model, config.attention.clone())?;
+        crate::tune::ensure(&gpu, &model);
         if let Some(note) = crate::unread_keys_note(&model) {
             progress(&note);
         }

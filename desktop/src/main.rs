@@ -80,7 +80,6 @@ const MAX_BINDING_VAR: &str = "KESTREL_MAX_STORAGE_BINDING";
 pub fn open_gpu(device: &DeviceArgs) -> Result<Arc<Gpu>, String> {
     let gpu = pollster::block_on(Gpu::new(device.backend)).map_err(|e| e.to_string())?;
     pipeline_cache::load(&gpu);
-    tune::load(&gpu);
     match std::env::var(MAX_BINDING_VAR) {
         Ok(v) => match v.parse::<u64>() {
             Ok(bytes) if bytes >= 1024 => Ok(gpu.with_max_binding(bytes)),
@@ -98,6 +97,7 @@ pub fn open_model(gpu: &Arc<Gpu>, path: &Path, options: AttentionOptions) -> Res
     prebuild::start(gpu, path);
     let mut model = kestrel_models::load(gpu, path).map_err(|e| e.to_string())?;
     apply_attention(&mut model, options)?;
+    tune::ensure(gpu, &model);
     if let Some(note) = unread_keys_note(&model) {
         eprintln!("{note}");
     }

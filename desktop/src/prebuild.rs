@@ -50,7 +50,10 @@ fn path(gpu: &Gpu, model: &Path) -> PathBuf {
 pub fn start(gpu: &Arc<Gpu>, model: &Path) {
     // Not on a CPU adapter (lavapipe), whose cores also run the kernels: there the threads
     // slowed the load down and put the decode plan's pipelines inside the first prompt's
-    // prefill, a net loss of seconds on 2 cores (measured), so nothing is made ahead.
+    // prefill, a net loss of seconds on 2 cores (measured), so nothing is made ahead. One
+    // thread fared no better (Qwen2.5-0.5B cold start 13.6 and 17.8 s against 14.9 and 14.9
+    // without, lavapipe under load 8: the wait for pipelines fell from 4-5 s to 0.6 s, but the
+    // weight upload slowed by as much).
     if gpu.info.device_type == eframe::wgpu::DeviceType::Cpu {
         return;
     }

@@ -1,15 +1,21 @@
-//! Kernel choices by timing on this adapter (issue 17's tuning): `kestrel bench --tune`
-//! times each matvec layout of [`MATVEC_CANDIDATES`] on the model's decode and the tiled
-//! and rows matmuls on its prefill, keeps the fastest in the cache directory
-//! (`tuning/<hash>.txt`, one file per adapter: SHA-256 of its name, backend, driver and
-//! driver info), and every later command on that adapter starts with it ([`load`]). Each
-//! choice is one the kernel cases check, so it changes speed only. A file that does not
-//! read back is ignored with a note.
+//! Kernel choices by timing on this adapter (issue 17's tuning). The first command that
+//! opens a model on an adapter with no saved choice for it tunes ([`ensure`]): the runtime's
+//! quick tuner (`kestrel_runtime::autotune`, about a second) times the decode matvec's layouts
+//! and the prefill matmuls on the model's own weights, the choice is kept in the cache
+//! directory and said in one line on stderr, and later commands read it back. A choice is kept
+//! per adapter (its name, backend, driver and driver info) and per weight-dtype class of the
+//! model (e.g. `q4_1+q8_0`): the kernels' relative speed depends on how a format is decoded,
+//! so a Q4_K model's best layout need not be a Q4_1 model's. `kestrel bench --tune` tunes
+//! again, by timing whole decodes and prefills ([`tune`]). `KESTREL_TUNE=off` turns tuning on first use off (saved choices are still read).
+//! Each choice is one the kernel cases check, so it changes speed only. A file that does not
+//! read back is ignored with a note and tuned again.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
 use std::time::Instant;
 
+use kestrel_runtime::autotune::{self, Report};
 use kestrel_runtime::kernels::{matmul, matvec};
 use kestrel_runtime::rng::Rng;
 use kestrel_runtime::session::{Sampling, Session};
@@ -20,11 +26,14 @@ use sha2::{Digest, Sha256};
 
 use crate::stdout::outln;
 
-/// Prompt and decode lengths of one timing (short: the choice is relative).
+/// Prompt and decode lengths of one `bench --tune` timing (short: the choice is relative).
 const PROMPT: usize = 32;
 const DECODE: usize = 16;
 
-fn path(gpu: &Gpu) -> PathBuf {
+/// The variable that turns tuning on first use off (`off`, `0` or `no`).
+pub const TUNE_VAR: &str = "KESTREL_TUNE";
+
+fn path(gpu: &Gpu, class: &str) -> PathBuf {
     let info = &gpu.info;
     let identity = format!(
         "{}\n{:?}\n{}\n{}",
@@ -36,30 +45,57 @@ fn path(gpu: &Gpu) -> PathBuf {
         .collect();
     kestrel_models::cache_dir()
         .join("tuning")
-        .join(format!("{hash}.txt"))
+        .join(format!("{hash}-{class}.txt"))
 }
 
-/// Start `gpu` with the choices saved for its adapter, if any.
-pub fn load(gpu: &Gpu) {
-    let file = path(gpu);
-    let Ok(text) = std::fs::read_to_string(&file) else {
-        return;
-    };
-    match Tuning::from_text(&text) {
-        Ok(t) => gpu.set_tuning(t),
-        Err(why) => eprintln!(
-            "note: ignoring the kernel tuning in {}: {why} (`kestrel bench --tune` rewrites it)",
-            file.display()
-        ),
+/// Whether tuning on first use is on (not turned off by [`TUNE_VAR`]).
+fn on_first_use() -> bool {
+    !matches!(
+        std::env::var(TUNE_VAR).as_deref(),
+        Ok("off" | "0" | "no" | "false")
+    )
+}
+
+/// Start `gpu` with the choices saved for its adapter and `model`'s dtype class; where there
+/// are none (or they do not read back), tune now, save and say so, unless [`TUNE_VAR`] turns
+/// that off. Call before any session of the model plans. A tuning that fails is a note: the
+/// adapter's defaults serve.
+pub fn ensure(gpu: &Arc<Gpu>, model: &kestrel_models::Model) {
+    if let Err(e) = load_or_tune(gpu, model) {
+        eprintln!("note: the kernels were not tuned ({e}); the adapter's defaults serve");
     }
 }
 
-/// The choices in a report: each layout, or null where the adapter's kind decides.
-pub fn report(t: &Tuning) -> Value {
-    json!({
-        "matvec": t.matvec.map(|l| format!("{}x{}", l.lanes, l.rows_per_lane)),
-        "matmul": t.matmul_rows.map(|rows| if rows { "rows" } else { "tiles" }),
-    })
+fn load_or_tune(gpu: &Arc<Gpu>, model: &kestrel_models::Model) -> Result<(), String> {
+    let class = class_of(model)?;
+    let file = path(gpu, &class);
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        match Tuning::from_text(&text) {
+            Ok(t) => {
+                gpu.set_tuning(t);
+                return Ok(());
+            }
+            Err(why) => eprintln!(
+                "note: ignoring the kernel tuning in {}: {why}",
+                file.display()
+            ),
+        }
+    }
+    if !on_first_use() {
+        return Ok(());
+    }
+    let report = run(gpu, model, &class)?;
+    eprintln!(
+        "tuned the kernels for {} ({}) on {class} weights in {:.1} s: matvec {}, matmul {} \
+         (kept in {}; {TUNE_VAR}=off skips this)",
+        gpu.info.name,
+        gpu.backend_name(),
+        report.seconds,
+        matvec_name(&report.tuning).unwrap_or_default(),
+        matmul_name(&report.tuning).unwrap_or_default(),
+        file.display()
+    );
+    Ok(())
 }
 
 /// Decode and prefill tokens/s of `model` on `gpu` as it is tuned now, the better of two
@@ -89,10 +125,12 @@ fn time(gpu: &Arc<Gpu>, model: &kestrel_models::Model) -> Result<(f64, f64), Str
     Ok((decode, prefill))
 }
 
-/// Time the candidates on the model at `path`, keep the fastest for this adapter and set
-/// them on `gpu`; the report of what was timed.
-pub fn tune(gpu: &Arc<Gpu>, path: &Path, text: bool) -> Result<Value, String> {
-    let model = kestrel_models::load(gpu, path).map_err(|e| e.to_string())?;
+/// `kestrel bench --tune`: time the candidates on whole decodes and prefills of `model`
+/// (best of three short runs each, about a minute for SmolLM2 on lavapipe), keep the fastest
+/// for this adapter and the model's class and set them on `gpu`; the report of what was
+/// timed. Slower than the quick tuner of a first use, and its measure is the real one (on a
+/// loaded lavapipe the quick tuner's kernel timings did not always pick the same layout).
+pub fn tune(gpu: &Arc<Gpu>, model: &kestrel_models::Model, text: bool) -> Result<Value, String> {
     if !model.config().causal {
         return Err("--tune times decode and prefill, which a diffusion model has not".into());
     }
@@ -104,7 +142,7 @@ pub fn tune(gpu: &Arc<Gpu>, path: &Path, text: bool) -> Result<Value, String> {
             matvec: Some(layout),
             ..chosen
         });
-        let (decode, _) = time(gpu, &model)?;
+        let (decode, _) = time(gpu, model)?;
         let name = format!("{}x{}", layout.lanes, layout.rows_per_lane);
         if text {
             outln!("tune: matvec {name}: {decode:.2} decode tokens/s");
@@ -126,7 +164,7 @@ pub fn tune(gpu: &Arc<Gpu>, path: &Path, text: bool) -> Result<Value, String> {
             // Too few subgroup lanes for the rows matmul.
             continue;
         }
-        let (_, prefill) = time(gpu, &model)?;
+        let (_, prefill) = time(gpu, model)?;
         let name = if rows { "rows" } else { "tiles" };
         if text {
             outln!("tune: matmul {name}: {prefill:.2} prefill tokens/s");
@@ -138,25 +176,48 @@ pub fn tune(gpu: &Arc<Gpu>, path: &Path, text: bool) -> Result<Value, String> {
     }
     chosen.matmul_rows = Some(best_rows.1);
     gpu.set_tuning(chosen);
-    save(gpu, &chosen)?;
+    let class = class_of(model)?;
+    let file = path(gpu, &class);
+    save(&file, &chosen)?;
     Ok(json!({
         "decode_tokens_per_s": decode_rates,
         "prefill_tokens_per_s": prefill_rates,
-        "file": path_string(gpu),
+        "class": class,
+        "file": file.display().to_string(),
     }))
 }
 
-fn path_string(gpu: &Gpu) -> String {
-    path(gpu).display().to_string()
+fn class_of(model: &kestrel_models::Model) -> Result<String, String> {
+    autotune::dtype_class(model.architecture().as_ref()).map_err(|e| e.to_string())
+}
+
+fn run(gpu: &Arc<Gpu>, model: &kestrel_models::Model, class: &str) -> Result<Report, String> {
+    let report = pollster::block_on(autotune::tune(gpu, model.architecture().as_ref()))
+        .map_err(|e| format!("tuning the kernels: {e}"))?;
+    save(&path(gpu, class), &report.tuning)?;
+    Ok(report)
+}
+
+fn matvec_name(t: &Tuning) -> Option<String> {
+    t.matvec.map(|l| format!("{}x{}", l.lanes, l.rows_per_lane))
+}
+
+fn matmul_name(t: &Tuning) -> Option<&'static str> {
+    t.matmul_rows
+        .map(|rows| if rows { "rows" } else { "tiles" })
+}
+
+/// The choices in a report: each layout, or null where the adapter's kind decides.
+pub fn report(t: &Tuning) -> Value {
+    json!({ "matvec": matvec_name(t), "matmul": matmul_name(t) })
 }
 
 /// Write the choices atomically (a temporary file renamed over the old one).
-fn save(gpu: &Gpu, t: &Tuning) -> Result<(), String> {
-    let file = path(gpu);
+fn save(file: &Path, t: &Tuning) -> Result<(), String> {
     let dir = file.parent().unwrap_or(Path::new("."));
     let io = |e: std::io::Error| format!("writing the kernel tuning to {}: {e}", file.display());
     std::fs::create_dir_all(dir).map_err(io)?;
     let tmp = file.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, t.to_text()).map_err(io)?;
-    std::fs::rename(&tmp, &file).map_err(io)
+    std::fs::rename(&tmp, file).map_err(io)
 }

@@ -37,8 +37,15 @@ fn bench(extra: &[&str]) -> String {
     .0
 }
 
-/// [`bench`] with `cache` as the cache directory; stdout and stderr.
+/// [`bench`] with `cache` as the cache directory; stdout and stderr. Without tuning on first
+/// use (the tests' default: no process pays it; [`first_use_tunes_once_and_later_runs_reuse_it`]
+/// turns it on).
 fn bench_in(cache: &Path, extra: &[&str]) -> (String, String) {
+    bench_env(cache, extra, &[("KESTREL_TUNE", "off")])
+}
+
+/// [`bench_in`] with these environment variables.
+fn bench_env(cache: &Path, extra: &[&str], env: &[(&str, &str)]) -> (String, String) {
     let xdg = std::env::temp_dir().join("kestrel-tests-xdg");
     let _ = std::fs::create_dir_all(&xdg);
     #[cfg(unix)]
@@ -66,6 +73,7 @@ fn bench_in(cache: &Path, extra: &[&str]) -> (String, String) {
         .args(&args)
         .env("XDG_RUNTIME_DIR", &xdg)
         .env("KESTREL_CACHE", cache)
+        .envs(env.iter().copied())
         .output()
         .expect("run kestrel");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -386,6 +394,56 @@ fn fastest(rates: &Value) -> String {
 
 /// `bench --tune` times every matvec layout and matmul, keeps the fastest for the adapter,
 /// and the next command starts with them; a damaged file is ignored with a note.
+#[test]
+fn first_use_tunes_once_and_later_runs_reuse_it() {
+    let cache =
+        std::env::temp_dir().join(format!("kestrel-tests-first-use-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let on = [("KESTREL_TUNE", "on")];
+    let (out, err) = bench_env(&cache, &["--json"], &on);
+    let first: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("tuned the kernels"))
+        .collect();
+    assert_eq!(said.len(), 1, "one line says the tuning: {err}");
+    let files: Vec<_> = std::fs::read_dir(cache.join("tuning"))
+        .expect("a tuning folder")
+        .map(|e| e.expect("an entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let saved = std::fs::read_to_string(&files[0]).expect("read the tuning");
+    assert!(
+        saved.contains("matvec ") && saved.contains("matmul "),
+        "{saved}"
+    );
+    // The choice is in use, and it is the one saved.
+    let t = &first["tuning"];
+    let matvec = t["matvec"]
+        .as_str()
+        .expect("a matvec layout")
+        .replace('x', " ");
+    assert!(
+        saved.contains(&format!("matvec {matvec}\n")),
+        "{t:#} against {saved}"
+    );
+    assert!(saved.contains(&format!(
+        "matmul {}\n",
+        t["matmul"].as_str().expect("a matmul")
+    )));
+    // The second start reads it back and times nothing.
+    let modified = std::fs::metadata(&files[0]).and_then(|m| m.modified()).ok();
+    let (out, err) = bench_env(&cache, &["--json"], &on);
+    let second: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(!err.contains("tuned the kernels"), "{err}");
+    assert_eq!(second["tuning"], first["tuning"]);
+    assert_eq!(
+        std::fs::metadata(&files[0]).and_then(|m| m.modified()).ok(),
+        modified
+    );
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
 #[test]
 fn bench_tune_keeps_the_fastest_choices_for_the_adapter() {
     let cache = std::env::temp_dir().join(format!("kestrel-tests-tune-{}", std::process::id()));

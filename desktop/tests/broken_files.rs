@@ -12,6 +12,7 @@ use common::{llama, temp_dir};
 /// Run `kestrel logits` on `model`; expect exit 1 and one error line containing `expect`.
 fn expect_error(model: &Path, expect: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .env("KESTREL_TUNE", "off")
         .args(["logits", "--model"])
         .arg(model)
         .args(["--tokens", "1,2", "--out"])

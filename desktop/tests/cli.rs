@@ -49,6 +49,7 @@ fn kestrel_with_input(args: &[&str], input: &[u8]) -> (i32, String, String) {
         let _ = std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700));
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .env("KESTREL_TUNE", "off")
         .args(args)
         .env("XDG_RUNTIME_DIR", &xdg)
         .stdin(Stdio::piped())
@@ -877,6 +878,7 @@ fn values_keep_their_spellings() {
 /// Run `args` with XDG_RUNTIME_DIR unset; returns (exit code, stdout, stderr).
 fn kestrel_without_runtime_dir(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .env("KESTREL_TUNE", "off")
         .args(args)
         .env_remove("XDG_RUNTIME_DIR")
         .output()
@@ -922,6 +924,7 @@ fn kestrel_into_a_closed_pipe(args: &[&str]) -> (i32, String) {
     use std::io::Read;
     use std::process::Stdio;
     let mut child = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .env("KESTREL_TUNE", "off")
         .args(args)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .stdin(Stdio::null())

@@ -222,6 +222,7 @@ fn kestrel(home: &Path, env: &[(&str, &str)], args: &[&str]) -> (i32, String, St
         let _ = std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700));
     }
     let out = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .env("KESTREL_TUNE", "off")
         .args(args)
         .env("XDG_RUNTIME_DIR", &xdg)
         .env("HF_HOME", home.join("hf"))

@@ -22,6 +22,7 @@ fn logits(cache: &Path) -> String {
     }
     let out_file = cache.join("logits.npy");
     let out = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .env("KESTREL_TUNE", "off")
         .args(["logits", "--model"])
         .arg(fixture("llama_gqa"))
         .args(["--tokens", "5,17,42", "--backend", "vulkan", "--out"])

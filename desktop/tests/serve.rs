@@ -316,6 +316,7 @@ fn a_context_beyond_the_adapter_is_refused_before_allocating() {
     c["max_position_embeddings"] = json!(100_000_000);
     std::fs::write(&config, c.to_string()).expect("write config");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .env("KESTREL_TUNE", "off")
         .args(["serve", "--port", "0", "--ctx", "100000000", "--model"])
         .arg(&dir)
         .env(

@@ -6,6 +6,8 @@
 #![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
 pub mod arch;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod autotune;
 pub mod block_mask;
 pub mod buffer;
 #[cfg(feature = "kernel-cases")]

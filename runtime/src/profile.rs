@@ -97,6 +97,21 @@ pub async fn kernel_times(gpu: &Arc<Gpu>, dispatches: &[Dispatch]) -> Result<Opt
     }))
 }
 
+/// The GPU time of one run of `dispatches`, milliseconds (each in its own pass, as
+/// [`kernel_times`] runs them, but once). None where the adapter has no timestamp queries.
+pub async fn once_ms(gpu: &Arc<Gpu>, dispatches: &[Dispatch]) -> Result<Option<f64>> {
+    if !gpu.caps.timestamps {
+        return Ok(None);
+    }
+    let mut ticks = 0;
+    for chunk in dispatches.chunks(CHUNK) {
+        ticks += time_each(gpu, chunk).await?.0.into_iter().sum::<u64>();
+    }
+    Ok(Some(
+        ticks as f64 * gpu.queue.get_timestamp_period() as f64 * 1e-6,
+    ))
+}
+
 /// Run each dispatch in its own compute pass between two timestamps: the ticks of each, and
 /// from the first start to the last end.
 async fn time_each(gpu: &Arc<Gpu>, dispatches: &[Dispatch]) -> Result<(Vec<u64>, u64)> {

@@ -30,6 +30,7 @@ impl Server {
             let _ = std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700));
         }
         let mut child = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+            .env("KESTREL_TUNE", "off")
             .args(["serve", "--model", FIXTURE, "--port", "0"])
             .args(extra)
             .env("XDG_RUNTIME_DIR", &xdg)
