@@ -61,8 +61,11 @@ impl Layout {
     }
 }
 
-/// Whether the tiled layout takes f16 tiles where the adapter has shader-f16.
-const F16_TILES: bool = true;
+/// Whether the tiled layout takes f16 tiles where the adapter has shader-f16. Not by default:
+/// with them forced on lavapipe the llama_gqa fixture's prefill logits are off by 1.4e-3
+/// (relative), against the fixtures' 1e-4; they stay a variant (`Layout::Tiles { f16: true }`,
+/// checked by the kernel cases) for a tuner to offer.
+const F16_TILES: bool = false;
 
 /// Whether `gpu` can run the rows layout: subgroups of at least 8 lanes.
 pub fn runs_rows(gpu: &Gpu) -> bool {
