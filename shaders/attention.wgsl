@@ -1,7 +1,9 @@
-// Tiled attention with online softmax (flash-style) for prefill. One workgroup holds BQ query
-// rows of one query head (one thread per query), streams that head's KV head (GQA:
-// kv_head = head / (heads / kv_heads), no K/V copies) through workgroup memory in tiles of BK
-// keys, and keeps a running max, denominator and accumulator per query.
+// Tiled attention with online softmax (flash-style) for prefill. One workgroup holds QP query
+// positions of HG query heads that share one KV head (GQA: kv_head = head / (heads /
+// kv_heads); HG is all of them, or 1), one thread per query: invocation lid takes position
+// lid / HG of the workgroup and head lid % HG of its group. It streams the KV head through
+// workgroup memory in tiles of BK keys, each tile loaded once for all HG heads, and keeps a
+// running max, denominator and accumulator per query.
 //
 // Queries are at absolute positions step.pos + t. Which keys a query at p sees, and in which
 // cache row each key lives, follow runtime/src/kv.rs: positions [0, min(sinks, lo)) and
@@ -13,8 +15,9 @@
 // the query's cache position; for the recent keys only the distance p - j matters, so keys
 // are rotated by j - c0 and q by p - c0, with c0 a per-workgroup offset that keeps both small.
 //
-// SPARSE: workgroups cover whole 64-position query blocks (x = block - step.pos / 64) and walk
-// only the key blocks their row of the block mask lists (runtime/src/block_mask.rs).
+// SPARSE (one head per workgroup, QP = 64, the mask's block size): workgroups cover whole
+// 64-position query blocks (x = block - step.pos / 64) and walk only the key blocks their
+// head's row of the block mask lists (runtime/src/block_mask.rs).
 
 struct Params {
     n_tokens: u32,
@@ -92,7 +95,7 @@ fn rope_pair(a: f32, b: f32, pos: u32, i: u32) -> vec2<f32> {
 }
 
 fn rotate_tile(k0: u32, shift: u32, lid: u32) {
-    for (var idx = lid; idx < BK * p.rot_half; idx += BQ) {
+    for (var idx = lid; idx < BK * p.rot_half; idx += QP * HG) {
         let at = (idx / p.rot_half) * HEAD_DIM + idx % p.rot_half;
         let b = at + p.rot_half;
         let r = rope_pair(k_tile[at / 4u][at % 4u], k_tile[b / 4u][b % 4u],
@@ -114,7 +117,7 @@ fn load4(cache_is_k: bool, at: u32) -> vec4<f32> {
 fn attend(k0: u32, k1: u32, kv_head: u32, lid: u32, valid: bool, first: u32, end: u32,
           sink: bool, shift: u32) {
     for (var kb = k0; kb < k1; kb += BK) {
-        for (var idx = lid; idx < BK * HD4; idx += BQ) {
+        for (var idx = lid; idx < BK * HD4; idx += QP * HG) {
             let key = kb + idx / HD4;
             var kv = vec4<f32>(0.0);
             var vv = vec4<f32>(0.0);
@@ -176,22 +179,22 @@ fn attend(k0: u32, k1: u32, kv_head: u32, lid: u32, valid: bool, first: u32, end
     }
 }
 
-@compute @workgroup_size(BQ)
+@compute @workgroup_size(QP * HG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let head = wid.y;
-    let kv_head = head / (p.heads / p.kv_heads);
+    let head = wid.y * HG + lid % HG;
+    let kv_head = wid.y * HG / (p.heads / p.kv_heads);
     let kv_len = step.pos + p.n_tokens;
     // Absolute position of this thread's query and of the workgroup's first one.
-    var first_q = step.pos + wid.x * BQ;
+    var first_q = step.pos + wid.x * QP;
     if (SPARSE) {
-        first_q = (step.pos / BQ + wid.x) * BQ;
+        first_q = (step.pos / QP + wid.x) * QP;
     }
     if (first_q >= kv_len) {
         return;
     }
-    let q_abs = first_q + lid;
+    let q_abs = first_q + lid / HG;
     let valid = q_abs >= step.pos && q_abs < kv_len;
-    let last_q = min(first_q + BQ, kv_len) - 1u;
+    let last_q = min(first_q + QP, kv_len) - 1u;
     let qi = q_abs - step.pos;
 
     for (var d = 0u; d < HD4; d++) {
@@ -211,7 +214,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let rows = p.sinks + p.ring;
         attend(0u, rows, kv_head, lid, valid, 0u, rows, false, 0u);
     } else if (SPARSE) {
-        let row = head * p.blocks + first_q / BQ;
+        let row = head * p.blocks + first_q / QP;
         if (lid == 0u) {
             block_range = vec2<u32>(mask[row], mask[row + 1u]);
         }
@@ -221,7 +224,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 block_col = mask[p.heads * p.blocks + 1u + b];
             }
             let col = workgroupUniformLoad(&block_col);
-            attend(col * BQ, min((col + 1u) * BQ, last_q + 1u), kv_head, lid, valid, 0u,
+            attend(col * QP, min((col + 1u) * QP, last_q + 1u), kv_head, lid, valid, 0u,
                    q_abs + 1u, false, 0u);
         }
     } else {

@@ -10,7 +10,8 @@ pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 /// Snippets a kernel may `#include`: block dequantization (matvec, matmul, embedding), the
 /// gated linear recurrence (the linear_scan passes), the elementwise ops (plain and fused),
-/// the keys a decode attention query sees (both decode attention kernels).
+/// the keys a decode attention query sees (both decode attention kernels), the tiled matmul
+/// (its f32 and f16 kernels).
 pub const INCLUDES: &[(&str, &str)] = &[
     (
         "decode_keys.wgsl",
@@ -22,6 +23,10 @@ pub const INCLUDES: &[(&str, &str)] = &[
     ),
     ("quant.wgsl", include_str!("../../shaders/quant.wgsl")),
     (
+        "matmul_tiles.wgsl",
+        include_str!("../../shaders/matmul_tiles.wgsl"),
+    ),
+    (
         "linear_recurrence.wgsl",
         include_str!("../../shaders/linear_recurrence.wgsl"),
     ),
@@ -31,16 +36,21 @@ pub const INCLUDES: &[(&str, &str)] = &[
     ),
 ];
 
-/// `kernel` with every `#include "NAME"` line replaced by the snippet NAME. An unknown name
-/// is left in place, where the WGSL parser reports it with its line.
+/// Whether a kernel line is an `enable` directive, which [`ShaderDefs::render`] moves to the top.
+fn is_directive(line: &str) -> bool {
+    line.trim_start().starts_with("enable ")
+}
+
+/// `kernel` with every `#include "NAME"` line replaced by the snippet NAME, expanded in turn
+/// (and directives left out). An unknown name is left in place, where the WGSL parser reports it with its line.
 fn expand_includes(kernel: &str, out: &mut String) {
-    for line in kernel.lines() {
+    for line in kernel.lines().filter(|l| !is_directive(l)) {
         let name = line
             .trim()
             .strip_prefix("#include")
             .map(|r| r.trim().trim_matches('"'));
         match name.and_then(|n| INCLUDES.iter().find(|(i, _)| *i == n)) {
-            Some((_, snippet)) => out.push_str(snippet),
+            Some((_, snippet)) => expand_includes(snippet, out),
             None => out.push_str(line),
         }
         out.push('\n');
@@ -116,8 +126,13 @@ impl ShaderDefs {
         Some(defs)
     }
     /// The full WGSL source: constants, prelude, kernel (with its includes expanded).
+    /// A kernel's `enable` directives (e.g. `enable f16;`) come first, as WGSL requires.
     pub fn render(&self, kernel: &str, _shader_f16: bool) -> String {
         let mut s = String::new();
+        for line in kernel.lines().filter(|l| is_directive(l)) {
+            s.push_str(line);
+            s.push('\n');
+        }
         for (n, d) in &self.0 {
             let _ = match d {
                 Def::U32(v) => writeln!(s, "const {n}: u32 = {v}u;"),

@@ -326,13 +326,14 @@ fn check_shader(what: &str, code: &str) {
         .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(code)));
     // unpack2x16float is core WGSL; wgpu grants naga this capability on Vulkan, GL and the web.
     let caps = Capabilities::default() | Capabilities::SHADER_FLOAT16_IN_FLOAT32;
-    // A kernel that needs subgroup operations (the runtime picks it only on adapters with the
-    // subgroup feature, never on GL) is validated with that capability and not as GLSL.
+    // A kernel that needs subgroup operations or f16 arithmetic (`enable f16`; the runtime
+    // picks either only on adapters with the feature, never on GL) is validated with that
+    // capability and not as GLSL.
     let subgroups = Validator::new(ValidationFlags::all(), caps)
         .validate(&module)
         .is_err();
     let caps = match subgroups {
-        true => caps | Capabilities::SUBGROUP,
+        true => caps | Capabilities::SUBGROUP | Capabilities::SHADER_FLOAT16,
         false => caps,
     };
     let info = Validator::new(ValidationFlags::all(), caps)

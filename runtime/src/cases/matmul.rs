@@ -1,9 +1,13 @@
 //! matmul in each layout, not only the one the adapter picks (runtime/src/cases/linear.rs
-//! runs that one): the tiled layout, and the rows layout with 4 and 32 rows per workgroup and
+//! runs that one): the tiled layout with f32 and f16 tiles, and the rows layout with 4 and 32 rows per workgroup and
 //! 1 to 4 columns per invocation, at ragged sizes, for f32 (K a multiple of 4 or not), f16 and
 //! bf16 (K a multiple of 8 but not of 32, or odd), a 32-value and a 256-value block format. The rows
 //! layout needs subgroups of at least 8 lanes: on an adapter without them (llvmpipe GL) its
-//! cases check that it is refused with an error, then run the tiled layout.
+//! cases check that it is refused with an error, then run the tiled layout; f16 tiles need
+//! shader-f16, and where it is missing (GL) their cases check the same and run f32 tiles.
+//!
+//! f16 tiles round X and W to f16 and multiply in f16, so their cases take a tolerance
+//! computed from the case's own data: see [`f16_tolerance`].
 
 use std::sync::Arc;
 
@@ -50,28 +54,66 @@ impl Spec {
         let bb = b.as_ref().map(|b| upload_f32(gpu, b));
         let y = poisoned(gpu, m * n);
         let launch = |layout| matmul::launch_with(gpu, &xb, &w, bb.as_deref(), &y, m, layout);
-        let d = match (self.layout, matmul::runs_rows(gpu)) {
-            (Layout::Rows { .. }, false) => match launch(self.layout) {
-                Err(Error::Graph(_)) => launch(Layout::Tiles)?,
+        let runs = match self.layout {
+            Layout::Rows { .. } => matmul::runs_rows(gpu),
+            Layout::Tiles { f16 } => !f16 || gpu.caps.shader_f16,
+        };
+        let d = match runs {
+            false => match launch(self.layout) {
+                Err(Error::Graph(_)) => launch(Layout::Tiles { f16: false })?,
                 other => {
                     return Err(super::bad_case(format!(
-                        "the rows layout was not refused without subgroups: {:?}",
+                        "{:?} was not refused on this adapter: {:?}",
+                        self.layout,
                         other.map(|d| d.len())
                     )))
                 }
             },
-            _ => launch(self.layout)?,
+            true => launch(self.layout)?,
         };
         let want = matmul::reference(&x, &w_ref, b.as_deref(), m, n, k);
-        let out = Output::close("", &y, want, SUM_TOL);
+        let tol = match (self.layout, runs) {
+            (Layout::Tiles { f16: true }, true) => f16_tolerance(&x, &w_ref, &want, m, n, k),
+            _ => SUM_TOL,
+        };
+        let out = Output::close("", &y, want, tol);
         let bytes = w.bytes() as f64 + 4.0 * (m * k + m * n) as f64;
         Ok(Prepared::new(gpu, d, vec![out]).work(2.0 * (m * n * k) as f64, bytes))
     }
 }
 
+/// The relative (L2) error f16 tiles may make in `y` = x wᵀ (+ bias), from first-order
+/// rounding bounds. Each term x·w becomes f16(f16(x)·f16(w)): three roundings of relative
+/// error at most u = 2^-11 (f16's unit roundoff), plus, where a value or the product falls
+/// below f16's normal range, an absolute error of at most half its subnormal spacing, 2^-25,
+/// each (times the other factor for an input's). So |Δy_ij| <= Σ_k 3u|x_ik w_jk| + 2^-25
+/// (1 + |x_ik| + |w_jk|) (the f32 sums add SUM_TOL's share), and the tolerance is the L2 norm
+/// of that bound over the L2 norm of y. For random data the real error is about sqrt(K)
+/// times smaller (the roundings do not all point the same way); an indexing error in a tile
+/// is of the order of y itself.
+fn f16_tolerance(x: &[f32], w: &[f32], y: &[f32], m: usize, n: usize, k: usize) -> f64 {
+    let u = 2f64.powi(-11);
+    let tiny = 2f64.powi(-25);
+    let (mut bound, mut norm) = (0.0, 0.0);
+    for i in 0..m {
+        for j in 0..n {
+            let b: f64 = (0..k)
+                .map(|t| {
+                    let (a, c) = (x[i * k + t].abs() as f64, w[j * k + t].abs() as f64);
+                    3.0 * u * a * c + tiny * (1.0 + a + c)
+                })
+                .sum();
+            bound += b * b;
+            norm += (y[i * n + j] as f64).powi(2);
+        }
+    }
+    (bound / norm).sqrt() + SUM_TOL
+}
+
 pub fn cases() -> Vec<Case> {
     let layouts = [
-        Layout::Tiles,
+        Layout::Tiles { f16: false },
+        Layout::Tiles { f16: true },
         Layout::Rows { rows: 4 },
         Layout::Rows { rows: 32 },
     ];
@@ -101,7 +143,9 @@ pub fn cases() -> Vec<Case> {
                 layout,
                 seed,
             };
-            cases.push(spec.case());
+            // One f16-tile case in the browser (where WebGPU has shader-f16).
+            let browser = layout == Layout::Tiles { f16: true } && seed == 4010;
+            cases.push(spec.case().browser(browser));
         }
     }
     cases

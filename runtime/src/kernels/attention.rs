@@ -108,8 +108,39 @@ struct Params {
     _p: [u32; 3],
 }
 
-/// Queries per workgroup; also the block size of block-sparse masks.
+/// Query positions per workgroup of one head; also the block size of block-sparse masks.
 const BQ: u32 = BLOCK as u32;
+
+/// The most queries (threads) per workgroup.
+const MAX_QUERIES: u32 = 256;
+
+/// How a prefill workgroup's queries are laid out: `positions` query positions of `heads`
+/// query heads that share one KV head, one thread each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryTile {
+    pub positions: u32,
+    pub heads: u32,
+}
+
+impl QueryTile {
+    /// Every query head of a KV head in one workgroup (GQA groups of up to 32 heads), with as
+    /// many positions as fit [`MAX_QUERIES`] (at most [`BQ`]), so each K/V tile serves all of
+    /// them; one head of [`BQ`] positions for block-sparse attention (masks are per head and
+    /// per 64-position block) and larger groups.
+    pub fn for_shape(shape: &AttnShape, sparse: bool) -> QueryTile {
+        let group = (shape.heads / shape.kv_heads) as u32;
+        if sparse || group > 32 {
+            return QueryTile {
+                positions: BQ,
+                heads: 1,
+            };
+        }
+        QueryTile {
+            positions: (MAX_QUERIES / group).min(BQ),
+            heads: group,
+        }
+    }
+}
 
 /// Keys per tile: K and V tiles together stay within 16 KiB of workgroup memory, less a
 /// few words for the block-sparse loop.
@@ -136,7 +167,8 @@ pub fn launch(
             shape.head_dim
         )));
     }
-    let defs = defs(shape.head_dim, rope_half.is_some(), io.mask.is_some());
+    let tile = QueryTile::for_shape(&shape, io.mask.is_some());
+    let defs = defs(shape.head_dim, rope_half.is_some(), io.mask.is_some(), tile);
     let params = Params {
         n_tokens: n_tokens as u32,
         heads: shape.heads as u32,
@@ -155,7 +187,7 @@ pub fn launch(
     };
     // Block-sparse workgroups cover whole query blocks, so a chunk not starting on a block
     // boundary needs one more.
-    let groups_x = (n_tokens as u32).div_ceil(BQ) + io.mask.is_some() as u32;
+    let groups_x = (n_tokens as u32).div_ceil(tile.positions) + io.mask.is_some() as u32;
     let dummy = &gpu.dummy;
     KERNEL.dispatch(
         gpu,
@@ -170,28 +202,45 @@ pub fn launch(
             io.inv_freq.map_or(dummy, |(b, _)| b),
             io.mask.map_or(dummy, |(b, _)| b),
         ],
-        [groups_x, shape.heads as u32, 1],
+        [groups_x, shape.heads as u32 / tile.heads, 1],
     )
 }
 
-/// The tiled kernel for `head_dim`: BQ queries per workgroup, keys per tile within 16 KiB of
-/// K/V tiles; keys rotated in attention (`rope`, sinks) or a block mask (`sparse`).
-fn defs(head_dim: usize, rope: bool, sparse: bool) -> ShaderDefs {
+/// The tiled kernel for `head_dim`: `tile`'s queries per workgroup, keys per tile within 16 KiB
+/// of K/V tiles; keys rotated in attention (`rope`, sinks) or a block mask (`sparse`).
+fn defs(head_dim: usize, rope: bool, sparse: bool, tile: QueryTile) -> ShaderDefs {
     ShaderDefs::new()
         .u32("HEAD_DIM", head_dim as u32)
-        .u32("BQ", BQ)
+        .u32("QP", tile.positions)
+        .u32("HG", tile.heads)
         .u32("BK", keys_per_tile(head_dim))
         .bool("ROPE", rope)
         .u32("SINK_DIM", if rope { head_dim as u32 } else { 1 })
         .bool("SPARSE", sparse)
 }
 
-/// Dense, in-attention RoPE and block-sparse, at each of [`HEAD_DIMS`].
+/// Dense, in-attention RoPE and block-sparse, at each of [`HEAD_DIMS`]; dense and RoPE for
+/// GQA groups of 1, 3, 4 and 7 query heads (64, 64, 64 and 36 positions).
 pub fn variants() -> Vec<ShaderDefs> {
-    HEAD_DIMS
-        .into_iter()
-        .flat_map(|hd| [(false, false), (true, false), (false, true)].map(|(r, s)| defs(hd, r, s)))
-        .collect()
+    let mut out = Vec::new();
+    for hd in HEAD_DIMS {
+        for group in [1, 3, 4, 7] {
+            let shape = AttnShape {
+                heads: group,
+                kv_heads: 1,
+                head_dim: hd,
+                scale: 1.0,
+                softcap: None,
+            };
+            for (rope, sparse) in [(false, false), (true, false), (false, true)] {
+                let d = defs(hd, rope, sparse, QueryTile::for_shape(&shape, sparse));
+                if !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Whether the tiled kernel serves a head_dim and, on CPU adapters, queries that may each see

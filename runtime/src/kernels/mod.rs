@@ -106,6 +106,7 @@ pub const ALL: &[Kernel] = &[
     linear_scan::LOCAL,
     linear_scan::CARRY,
     matmul::KERNEL,
+    matmul::KERNEL_F16,
     matmul::ROWS,
     matvec::KERNEL,
     moe::ROUTE,
