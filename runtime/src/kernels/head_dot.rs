@@ -1,7 +1,9 @@
 //! Per head, a value vector scaled by a dot product: `out[t, h, :] = (a[t, h, :] . b[t, h, :])
 //! * v[t, h, :]` with a, b [rows, heads, dk] and v [rows, heads, dv] (RWKV-7's bonus term
-//! `((r * r_k) . k) v`). Where [`linear_scan::lanes_on`] (CPU adapters with subgroups of at
-//! least 8 lanes) shaders/head_dot_lanes.wgsl forms each product once per (row, head).
+//! `((r * r_k) . k) v`).
+//!
+//! Where [`linear_scan::lanes_on`] (CPU adapters with subgroups of at least 8 lanes),
+//! shaders/head_dot_lanes.wgsl forms each product once per (row, head).
 
 use bytemuck::{Pod, Zeroable};
 

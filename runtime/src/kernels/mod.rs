@@ -16,6 +16,7 @@ pub mod conv1d;
 pub mod copy;
 pub mod decode_attention;
 pub mod decode_gate;
+pub mod delta_ab;
 pub mod elementwise;
 pub mod elementwise_fused;
 pub mod embedding;
@@ -31,6 +32,7 @@ pub mod rope;
 pub mod rope_cache_write;
 pub mod sample;
 pub mod softmax;
+pub mod token_mix;
 pub mod unmask;
 pub mod wkv4;
 
@@ -97,6 +99,7 @@ pub const ALL: &[Kernel] = &[
     decode_attention::MERGE,
     decode_attention::LANES,
     decode_gate::KERNEL,
+    delta_ab::KERNEL,
     elementwise::KERNEL,
     elementwise_fused::KERNEL,
     embedding::KERNEL,
@@ -119,6 +122,7 @@ pub const ALL: &[Kernel] = &[
     rope_cache_write::KERNEL,
     sample::KERNEL,
     softmax::KERNEL,
+    token_mix::KERNEL,
     unmask::KERNEL,
     wkv4::KERNEL,
     wkv4::LOCAL,
