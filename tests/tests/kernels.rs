@@ -92,6 +92,16 @@ fn head_concat_and_head_dot_match_reference() {
 }
 
 #[test]
+fn token_mix_matches_reference() {
+    check_cases(cases::family("token_mix"));
+}
+
+#[test]
+fn delta_ab_matches_reference() {
+    check_cases(cases::family("delta_ab"));
+}
+
+#[test]
 fn rope_matches_reference() {
     check_cases(cases::family("rope"));
 }

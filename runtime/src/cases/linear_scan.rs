@@ -1,5 +1,7 @@
-//! The gated linear recurrence (kernels::linear_scan) against its f64 CPU reference, in both
-//! forms — token by token (decode) and the chunked scan (prefill) — for every kind the
+//! The gated linear recurrence (kernels::linear_scan) against its f64 CPU reference, in every
+//! form — token by token (decode) with an invocation per state row or on the lanes kernel
+//! (CPU adapters; on an adapter without subgroups of 8 its cases check that it is refused,
+//! then run the rows form), and the chunked scan (prefill) — for every kind the
 //! linear-time models use: GLA (per-key gate), Mamba (dt * A per key, one value per head,
 //! q/k shared by all heads), Mamba-2 (dt * A per head, grouped q/k), RWKV-6 (per-key decay and
 //! the bonus u), RWKV-7 (per-key decay and the delta term) and plain linear attention.
@@ -17,10 +19,21 @@
 use super::{poisoned, upload_f32, Case, Output, Prepared, SCAN_TOL};
 use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernels::linear_scan::{self, Decay, ScanBuffers, ScanInputs, ScanShape, CHUNK};
 use crate::kernels::Dispatch;
 use crate::rng::Rng;
+
+/// How a case runs the recurrence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Form {
+    /// Token by token, an invocation per state row (linear_scan.wgsl).
+    Rows,
+    /// Token by token on linear_scan_lanes.wgsl.
+    Lanes,
+    /// The chunked scan with chunks of this many tokens.
+    Chunked(usize),
+}
 
 /// Random inputs of one recurrence kind, drawn the way its models produce them.
 struct Draw {
@@ -128,13 +141,13 @@ impl Draw {
     }
 
     /// Tokens t0..t1 of the draw, from `state` (a GPU buffer the run updates): the
-    /// dispatches, token by token (`chunk` None) or by the chunked scan, and the outputs.
+    /// dispatches in `form`, and the outputs.
     fn launch(
         &self,
         gpu: &Gpu,
         state: &wgpu::Buffer,
         (t0, t1): (usize, usize),
-        chunk: Option<usize>,
+        form: Form,
     ) -> Result<(Vec<Dispatch>, GpuBuffer)> {
         let s = self.shape;
         let tokens = t1 - t0;
@@ -160,9 +173,21 @@ impl Draw {
             state,
             out: &out,
         };
-        let d = match chunk {
-            None => linear_scan::launch_recurrent(gpu, &b, &s, tokens)?,
-            Some(c) => {
+        let d = match form {
+            Form::Rows => linear_scan::launch_rows(gpu, &b, &s, tokens)?,
+            Form::Lanes if linear_scan::runs_lanes(gpu) => {
+                linear_scan::launch_lanes(gpu, &b, &s, tokens)?
+            }
+            Form::Lanes => match linear_scan::launch_lanes(gpu, &b, &s, tokens) {
+                Err(Error::Graph(_)) => linear_scan::launch_rows(gpu, &b, &s, tokens)?,
+                other => {
+                    return Err(super::bad_case(format!(
+                        "the lanes kernel was not refused without subgroups: {:?}",
+                        other.map(|d| d.len())
+                    )))
+                }
+            },
+            Form::Chunked(c) => {
                 let scratch = poisoned(gpu, linear_scan::scratch_floats(&s, tokens, c));
                 linear_scan::launch_chunked(gpu, &b, &scratch, &s, tokens, c)?.to_vec()
             }
@@ -226,15 +251,14 @@ fn case(
     tokens: usize,
     seed: u64,
     decays: (f32, f32),
-    chunk: Option<usize>,
+    form: Form,
 ) -> Case {
-    let form = chunk.map_or("recurrent".to_string(), |c| format!("chunked({c})"));
-    let what = format!("{name} T={tokens} decays {decays:?} {form}");
+    let what = format!("{name} T={tokens} decays {decays:?} {form:?}");
     Case::new("linear_scan", what, move |gpu| {
         let draw = Draw::new(shape, tokens, seed, decays);
         let (want_out, want_state) = draw.reference();
         let state = upload_f32(gpu, &draw.state);
-        let (d, out) = draw.launch(gpu, &state, (0, tokens), chunk)?;
+        let (d, out) = draw.launch(gpu, &state, (0, tokens), form)?;
         let outputs = vec![
             Output::close("outputs", &out, want_out, SCAN_TOL),
             Output::close("final state", &state, want_state, SCAN_TOL),
@@ -248,8 +272,13 @@ pub fn cases() -> Vec<Case> {
     for (i, (name, shape)) in kinds().into_iter().enumerate() {
         for (j, tokens) in [1usize, 29, 100].into_iter().enumerate() {
             let seed = 100 + 10 * i as u64 + j as u64;
-            for chunk in [None, Some(16), Some(CHUNK)] {
-                cases.push(case(name, shape, tokens, seed, (-1.0, -0.01), chunk));
+            for form in [
+                Form::Rows,
+                Form::Lanes,
+                Form::Chunked(16),
+                Form::Chunked(CHUNK),
+            ] {
+                cases.push(case(name, shape, tokens, seed, (-1.0, -0.01), form));
             }
         }
         // 2,048 tokens with long memory (decays 1 - 1e-4 .. 1 - 1e-2) and decays down to e^-20.
@@ -258,8 +287,8 @@ pub fn cases() -> Vec<Case> {
                 continue; // no decay to vary
             }
             let seed = 900 + 10 * i as u64 + j as u64;
-            for chunk in [None, Some(CHUNK)] {
-                cases.push(case(name, shape, 2048, seed, decays, chunk));
+            for form in [Form::Rows, Form::Lanes, Form::Chunked(CHUNK)] {
+                cases.push(case(name, shape, 2048, seed, decays, form));
             }
         }
     }
@@ -268,8 +297,8 @@ pub fn cases() -> Vec<Case> {
         .into_iter()
         .filter(|(n, _)| ["gla", "rwkv6"].contains(n))
     {
-        for (tokens, chunk) in [(5, None), (150, Some(CHUNK))] {
-            cases.push(case(name, shape, tokens, 1300, (-3.0, 0.0), chunk).browser(true));
+        for (tokens, form) in [(5, Form::Rows), (150, Form::Chunked(CHUNK))] {
+            cases.push(case(name, shape, tokens, 1300, (-3.0, 0.0), form).browser(true));
         }
     }
     cases.push(prefill_then_decode());
@@ -285,7 +314,7 @@ fn prefill_then_decode() -> Case {
         let draw = Draw::new(shape, 42, 7, (-1.0, -0.01));
         let (want_out, want_state) = draw.reference();
         let state = upload_f32(gpu, &draw.state);
-        let (mut d, prefill) = draw.launch(gpu, &state, (0, 37), Some(16))?;
+        let (mut d, prefill) = draw.launch(gpu, &state, (0, 37), Form::Chunked(16))?;
         let split = 37 * shape.heads * shape.dv;
         let mut outputs = vec![Output::close(
             "prefill outputs",
@@ -294,7 +323,7 @@ fn prefill_then_decode() -> Case {
             SCAN_TOL,
         )];
         for t in 37..42 {
-            let (step, out) = draw.launch(gpu, &state, (t, t + 1), None)?;
+            let (step, out) = draw.launch(gpu, &state, (t, t + 1), Form::Lanes)?;
             d.extend(step);
             let n = shape.heads * shape.dv;
             let want = want_out[t * n..(t + 1) * n].to_vec();

@@ -49,6 +49,7 @@ mod moe;
 mod norm;
 mod rope;
 mod sample;
+mod token_mix;
 mod unmask;
 pub mod weights;
 mod wkv4;
@@ -83,6 +84,8 @@ pub fn all() -> Vec<Case> {
         conv1d::cases(),
         heads::head_concat(),
         heads::head_dot(),
+        token_mix::cases(),
+        token_mix::delta_ab(),
         rope::cases(),
         rope::rope_cache_write(),
         copy::cases(),

@@ -18,34 +18,41 @@ pub fn rms_norm() -> Vec<Case> {
         (2, 1000, 1, 1e-5, true),
         (4, 16, 4, 64e-5, true),
     ];
+    let layouts = [rms_norm::Layout::Workgroup, rms_norm::Layout::Lanes];
     for (i, (rows, dim, groups, eps, layer)) in specs.into_iter().enumerate() {
-        let seed = 701 + i as u64;
-        let kind = if layer { "layer_norm" } else { "rms_norm" };
-        let what = format!("{kind} {rows}x{groups}x{dim} eps={eps:e}");
-        let case = Case::new("rms_norm", what, move |gpu| {
-            let mut rng = Rng::new(seed);
-            let width = dim * groups;
-            // An offset, so LayerNorm's mean matters.
-            let x: Vec<f32> = rng.vec(rows * width, 3.0).iter().map(|v| v + 1.5).collect();
-            let w = rng.vec(width, 1.5);
-            let b = rng.vec(width, 1.0);
-            let (xb, wb, bb) = (
-                upload_f32(gpu, &x),
-                upload_f32(gpu, &w),
-                upload_f32(gpu, &b),
-            );
-            let out = poisoned(gpu, rows * width);
-            let kind = rms_norm::NormKind {
-                centered: layer,
-                bias: layer.then_some(&bb),
-            };
-            let d = rms_norm::launch_norm(gpu, &xb, &wb, &out, rows, dim, eps, groups, kind)?;
-            let bias = layer.then_some(b.as_slice());
-            let want = rms_norm::reference_norm(&x, &w, bias, dim, eps, groups, layer);
-            let output = Output::close("", &out, want, SUM_TOL);
-            Ok(Prepared::new(gpu, vec![d], vec![output]).work(0.0, 8.0 * (rows * width) as f64))
-        });
-        cases.push(case.browser(!layer && groups == 1));
+        for layout in layouts {
+            let seed = 701 + i as u64;
+            let kind = if layer { "layer_norm" } else { "rms_norm" };
+            let what = format!("{kind} {rows}x{groups}x{dim} eps={eps:e} {layout:?}");
+            let case =
+                Case::new("rms_norm", what, move |gpu| {
+                    let mut rng = Rng::new(seed);
+                    let width = dim * groups;
+                    // An offset, so LayerNorm's mean matters.
+                    let x: Vec<f32> = rng.vec(rows * width, 3.0).iter().map(|v| v + 1.5).collect();
+                    let w = rng.vec(width, 1.5);
+                    let b = rng.vec(width, 1.0);
+                    let (xb, wb, bb) = (
+                        upload_f32(gpu, &x),
+                        upload_f32(gpu, &w),
+                        upload_f32(gpu, &b),
+                    );
+                    let out = poisoned(gpu, rows * width);
+                    let kind = rms_norm::NormKind {
+                        centered: layer,
+                        bias: layer.then_some(&bb),
+                    };
+                    let d = rms_norm::launch_layout(
+                        gpu, layout, &xb, &wb, &out, rows, dim, eps, groups, kind,
+                    )?;
+                    let bias = layer.then_some(b.as_slice());
+                    let want = rms_norm::reference_norm(&x, &w, bias, dim, eps, groups, layer);
+                    let output = Output::close("", &out, want, SUM_TOL);
+                    Ok(Prepared::new(gpu, vec![d], vec![output])
+                        .work(0.0, 8.0 * (rows * width) as f64))
+                });
+            cases.push(case.browser(!layer && groups == 1));
+        }
     }
     cases
 }

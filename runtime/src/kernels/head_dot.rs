@@ -1,10 +1,13 @@
 //! Per head, a value vector scaled by a dot product: `out[t, h, :] = (a[t, h, :] . b[t, h, :])
 //! * v[t, h, :]` with a, b [rows, heads, dk] and v [rows, heads, dv] (RWKV-7's bonus term
 //! `((r * r_k) . k) v`).
+//!
+//! Where [`linear_scan::lanes_on`] (CPU adapters with subgroups of at least 8 lanes),
+//! shaders/head_dot_lanes.wgsl forms each product once per (row, head).
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, no_variants, Dispatch, Kernel};
+use super::{kernel, linear_scan, no_variants, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::executor::Lowering;
@@ -13,6 +16,7 @@ use crate::op::Op;
 use crate::shader::ShaderDefs;
 
 pub const KERNEL: Kernel = kernel!("head_dot", no_variants);
+pub const LANES: Kernel = kernel!("head_dot_lanes", no_variants);
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -23,9 +27,29 @@ struct Params {
     dv: u32,
 }
 
+/// On the lanes kernel where [`linear_scan::lanes_on`].
 #[allow(clippy::too_many_arguments)]
 pub fn launch(
     gpu: &Gpu,
+    a: &wgpu::Buffer,
+    b: &wgpu::Buffer,
+    v: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    rows: usize,
+    heads: usize,
+    dk: usize,
+    dv: usize,
+) -> Result<Dispatch> {
+    let lanes = linear_scan::lanes_on(gpu);
+    launch_with(gpu, lanes, a, b, v, out, rows, heads, dk, dv)
+}
+
+/// [`launch`] on the lanes kernel or not; the lanes kernel is an error where the adapter
+/// lacks subgroups of at least 8 lanes.
+#[allow(clippy::too_many_arguments)]
+pub fn launch_with(
+    gpu: &Gpu,
+    lanes: bool,
     a: &wgpu::Buffer,
     b: &wgpu::Buffer,
     v: &wgpu::Buffer,
@@ -42,12 +66,21 @@ pub fn launch(
         dk: dk as u32,
         dv: dv as u32,
     };
-    KERNEL.dispatch(
+    if lanes && !linear_scan::runs_lanes(gpu) {
+        return Err(Error::Graph(
+            "head_dot: the lanes kernel needs subgroups of at least 8 lanes".into(),
+        ));
+    }
+    let (kernel, workgroups) = match lanes {
+        true => (LANES, (rows * heads) as u32),
+        false => (KERNEL, (n as u32).div_ceil(256)),
+    };
+    kernel.dispatch(
         gpu,
         &ShaderDefs::new(),
         &params,
         &[a, b, v, out],
-        gpu.grid((n as u32).div_ceil(256)),
+        gpu.grid(workgroups),
     )
 }
 

@@ -3,7 +3,9 @@
 //! `s_i <- s_i * w_t + (s_i . a_t) b_t + v_t,i k_t` and whose output is `q_t . s_i` (see
 //! shaders/linear_recurrence.wgsl for the exact forms). Two ways to run it:
 //! * [`launch_recurrent`]: token by token from the sequence's state, updated in place
-//!   (decode, and the reference form of prefill);
+//!   (decode, and the reference form of prefill). On CPU adapters with subgroups of at least
+//!   8 lanes it runs shaders/linear_scan_lanes.wgsl (a subgroup over the key dims and a block
+//!   of state rows), which also takes their prefill: see [`lanes_on`];
 //! * [`launch_chunked`]: the chunked scan for prefill: every chunk's effect on a state at
 //!   once (linear_scan_local), a short walk over chunk boundaries (linear_scan_carry), then
 //!   every chunk's outputs at once (linear_scan) — parallel over chunks as well as heads.
@@ -24,6 +26,11 @@ use crate::shader::ShaderDefs;
 pub const KERNEL: Kernel = kernel!("linear_scan", variants);
 pub const LOCAL: Kernel = kernel!("linear_scan_local", local_variants);
 pub const CARRY: Kernel = kernel!("linear_scan_carry", carry_variants);
+pub const LANES: Kernel = kernel!("linear_scan_lanes", lanes_variants);
+
+/// State rows per workgroup of the lanes kernel: each lane's loads of a token's k, q, a, b
+/// and decays serve this many rows.
+const LANES_ROWS: u32 = 16;
 
 /// Up to this many tokens a recurrence runs token by token (decode); longer runs take the
 /// chunked scan.
@@ -160,6 +167,14 @@ pub fn variants() -> Vec<ShaderDefs> {
         .collect()
 }
 
+fn lanes_defs(shape: &ScanShape) -> ShaderDefs {
+    shape.defs().u32("ROWS", LANES_ROWS)
+}
+
+pub fn lanes_variants() -> Vec<ShaderDefs> {
+    kinds().iter().map(lanes_defs).collect()
+}
+
 pub fn local_variants() -> Vec<ShaderDefs> {
     kinds().iter().map(ScanShape::defs).collect()
 }
@@ -261,8 +276,74 @@ fn check_inputs(gpu: &Gpu, shape: &ScanShape, b: &ScanBuffers) -> Result<[wgpu::
     Ok([or_dummy(b.decay), or_dummy(b.consts), or_dummy(b.ab)])
 }
 
-/// Token by token over `tokens` tokens from `b.state`, which ends as the state after them.
+/// Whether `gpu` runs the recurrence on shaders/linear_scan_lanes.wgsl, for decode and
+/// prefill alike: CPU adapters with subgroups of at least 8 lanes. There the chunked scan's
+/// parallelism over chunks buys nothing (a CPU has few cores, and heads times value rows
+/// already fill them) while its local pass repeats the recurrence for the transition rows.
+pub fn lanes_on(gpu: &Gpu) -> bool {
+    gpu.info.device_type == wgpu::DeviceType::Cpu && runs_lanes(gpu)
+}
+
+/// Whether `gpu` can run the lanes kernel at all: subgroups of at least 8 lanes.
+pub fn runs_lanes(gpu: &Gpu) -> bool {
+    gpu.caps.subgroups && gpu.caps.subgroup_min_size >= 8
+}
+
+/// Token by token over `tokens` tokens from `b.state`, which ends as the state after them,
+/// on the lanes kernel where [`lanes_on`].
 pub fn launch_recurrent(
+    gpu: &Gpu,
+    b: &ScanBuffers,
+    shape: &ScanShape,
+    tokens: usize,
+) -> Result<Vec<Dispatch>> {
+    match lanes_on(gpu) {
+        true => launch_lanes(gpu, b, shape, tokens),
+        false => launch_rows(gpu, b, shape, tokens),
+    }
+}
+
+/// Tokens one dispatch of the lanes kernel may run (see [`recurrent_tokens_per_dispatch`]):
+/// a token costs about 3 * ROWS * dk / 8 loop iterations.
+fn lanes_tokens_per_dispatch(dk: usize) -> usize {
+    let per_lane = dk.div_ceil(8);
+    (50_000 / (3 * LANES_ROWS as usize * per_lane + per_lane + 8)).max(1)
+}
+
+/// Token by token on shaders/linear_scan_lanes.wgsl; an error where the adapter lacks
+/// subgroups of at least 8 lanes.
+pub fn launch_lanes(
+    gpu: &Gpu,
+    b: &ScanBuffers,
+    shape: &ScanShape,
+    tokens: usize,
+) -> Result<Vec<Dispatch>> {
+    let [decay, consts, ab] = check_inputs(gpu, shape, b)?;
+    if !runs_lanes(gpu) {
+        return Err(Error::Graph(
+            "linear_scan: the lanes kernel needs subgroups of at least 8 lanes".into(),
+        ));
+    }
+    let defs = lanes_defs(shape);
+    let per = lanes_tokens_per_dispatch(shape.dk);
+    let groups = (shape.heads * shape.dv.div_ceil(LANES_ROWS as usize)) as u32;
+    (0..tokens)
+        .step_by(per)
+        .map(|t0| {
+            let n = per.min(tokens - t0);
+            LANES.dispatch(
+                gpu,
+                &defs,
+                &params(shape, t0, n, n),
+                &[b.k, b.v, &decay, &consts, &ab, b.q, b.state, b.out],
+                gpu.grid(groups),
+            )
+        })
+        .collect()
+}
+
+/// Token by token on shaders/linear_scan.wgsl, an invocation per state row.
+pub fn launch_rows(
     gpu: &Gpu,
     b: &ScanBuffers,
     shape: &ScanShape,
@@ -432,11 +513,11 @@ impl Op for LinearScan {
         (r, vec![self.out, self.state])
     }
 
-    /// Token by token up to [`RECURRENT_TOKENS`], else the chunked scan with a scratch shared
-    /// by every layer.
+    /// Token by token up to [`RECURRENT_TOKENS`] (at any length where [`lanes_on`]), else
+    /// the chunked scan with a scratch shared by every layer.
     fn lower(&self, cx: &mut Lowering) -> Result<()> {
         let n = cx.shape(self.q)[0];
-        let scratch = match n > RECURRENT_TOKENS {
+        let scratch = match n > RECURRENT_TOKENS && !lanes_on(cx.gpu()) {
             true => {
                 let floats = scratch_floats(&self.shape, n, CHUNK);
                 Some(cx.scratch("linear scan scratch", floats)?)

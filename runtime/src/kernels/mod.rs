@@ -16,6 +16,7 @@ pub mod conv1d;
 pub mod copy;
 pub mod decode_attention;
 pub mod decode_gate;
+pub mod delta_ab;
 pub mod elementwise;
 pub mod elementwise_fused;
 pub mod embedding;
@@ -31,6 +32,7 @@ pub mod rope;
 pub mod rope_cache_write;
 pub mod sample;
 pub mod softmax;
+pub mod token_mix;
 pub mod unmask;
 pub mod wkv4;
 
@@ -97,14 +99,17 @@ pub const ALL: &[Kernel] = &[
     decode_attention::MERGE,
     decode_attention::LANES,
     decode_gate::KERNEL,
+    delta_ab::KERNEL,
     elementwise::KERNEL,
     elementwise_fused::KERNEL,
     embedding::KERNEL,
     head_concat::KERNEL,
     head_dot::KERNEL,
+    head_dot::LANES,
     linear_scan::KERNEL,
     linear_scan::LOCAL,
     linear_scan::CARRY,
+    linear_scan::LANES,
     matmul::KERNEL,
     matmul::KERNEL_F16,
     matmul::ROWS,
@@ -113,10 +118,12 @@ pub const ALL: &[Kernel] = &[
     moe::PERMUTE,
     moe::COMBINE,
     rms_norm::KERNEL,
+    rms_norm::LANES,
     rope::KERNEL,
     rope_cache_write::KERNEL,
     sample::KERNEL,
     softmax::KERNEL,
+    token_mix::KERNEL,
     unmask::KERNEL,
     wkv4::KERNEL,
     wkv4::LOCAL,

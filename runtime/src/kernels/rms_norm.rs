@@ -1,6 +1,7 @@
 //! RMSNorm `x / sqrt(mean(x²) + eps) * w` and LayerNorm `(x - mean) / sqrt(var + eps) * w + b`,
 //! one workgroup per row; grouped (Mamba-2's gated norm, RWKV's GroupNorm): each row of width
-//! `groups * dim` normalised per group of `dim`, the weights spanning the whole row.
+//! `groups * dim` normalised per group of `dim`, the weights spanning the whole row. CPU
+//! adapters take shaders/rms_norm_lanes.wgsl instead: one row per invocation, no barriers.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -13,6 +14,26 @@ use crate::op::Op;
 use crate::shader::ShaderDefs;
 
 pub const KERNEL: Kernel = kernel!("rms_norm", variants);
+pub const LANES: Kernel = kernel!("rms_norm_lanes", variants);
+
+/// Which kernel normalises the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One workgroup of 256 per row, reducing in workgroup memory (GPUs).
+    Workgroup,
+    /// One row per invocation (CPU adapters, where barriers cost a switch between the
+    /// workgroup's SIMD vectors and a short group leaves most of a workgroup idle).
+    Lanes,
+}
+
+impl Layout {
+    pub fn for_device(gpu: &Gpu) -> Layout {
+        match gpu.info.device_type {
+            wgpu::DeviceType::Cpu => Layout::Lanes,
+            _ => Layout::Workgroup,
+        }
+    }
+}
 
 fn defs(centered: bool, bias: bool) -> ShaderDefs {
     ShaderDefs::new()
@@ -187,10 +208,29 @@ pub fn launch_grouped(
     launch_norm(gpu, x, w, out, rows, dim, eps, groups, rms)
 }
 
-/// RMSNorm or LayerNorm (`kind`) of `rows` rows of `groups` groups of `dim` values.
+/// RMSNorm or LayerNorm (`kind`) of `rows` rows of `groups` groups of `dim` values, with the
+/// device's [`Layout`].
 #[allow(clippy::too_many_arguments)]
 pub fn launch_norm(
     gpu: &Gpu,
+    x: &wgpu::Buffer,
+    w: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+    groups: usize,
+    kind: NormKind,
+) -> Result<Dispatch> {
+    let layout = Layout::for_device(gpu);
+    launch_layout(gpu, layout, x, w, out, rows, dim, eps, groups, kind)
+}
+
+/// [`launch_norm`] with a given layout.
+#[allow(clippy::too_many_arguments)]
+pub fn launch_layout(
+    gpu: &Gpu,
+    layout: Layout,
     x: &wgpu::Buffer,
     w: &wgpu::Buffer,
     out: &wgpu::Buffer,
@@ -206,12 +246,17 @@ pub fn launch_norm(
         eps,
         groups: groups as u32,
     };
-    KERNEL.dispatch(
+    let n = (rows * groups) as u32;
+    let (kernel, workgroups) = match layout {
+        Layout::Workgroup => (KERNEL, n),
+        Layout::Lanes => (LANES, n.div_ceil(8)),
+    };
+    kernel.dispatch(
         gpu,
         &defs(kind.centered, kind.bias.is_some()),
         &params,
         &[x, w, out, kind.bias.unwrap_or(&gpu.dummy)],
-        gpu.grid((rows * groups) as u32),
+        gpu.grid(workgroups),
     )
 }
 

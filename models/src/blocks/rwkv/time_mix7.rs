@@ -9,9 +9,9 @@ use std::sync::Arc;
 use kestrel_runtime::graph::Graph;
 use kestrel_runtime::kernels::elementwise::Elementwise;
 use kestrel_runtime::tensor::GpuWeight;
-use kestrel_runtime::TensorId;
+use kestrel_runtime::{Error, TensorId};
 
-use super::{mix_w, recurrence, LayerConfig, Lora, MixInput};
+use super::{recurrence, LayerConfig, Lora, MixInput};
 use crate::blocks::mlp::{lin, lin_into};
 use crate::blocks::norm::LayerNorm;
 use crate::blocks::GResult;
@@ -23,8 +23,8 @@ const DECAY_SCALE: f32 = -0.606_530_66;
 
 #[derive(Clone)]
 pub struct TimeMix {
-    /// Token-shift mixes of r, w, k, v, a, g.
-    x: [Arc<GpuWeight>; 6],
+    /// Token-shift mixes of r, w, k, v, a, g: [6, hidden] (one `Graph::token_mix`).
+    x: Arc<GpuWeight>,
     r: Arc<GpuWeight>,
     k: Arc<GpuWeight>,
     v: Arc<GpuWeight>,
@@ -40,27 +40,22 @@ pub struct TimeMix {
     one_minus_k_a: Arc<GpuWeight>,
     r_k: Arc<GpuWeight>,
     ln_x: LayerNorm,
-    /// Constants: DECAY_SCALE per key channel; +-1/sqrt(head_k) (L2 norm as grouped RMSNorm).
+    /// DECAY_SCALE per key channel.
     decay_scale: Arc<GpuWeight>,
-    l2: [Arc<GpuWeight>; 2],
 }
 
 impl TimeMix {
     /// fla's `RWKV7Attention` of layer `l` in scope `vb` (e.g. `model.layers.3.attn`).
     pub fn load(vb: &Vars<'_>, c: &LayerConfig, l: usize) -> Result<TimeMix> {
         let (h, dk, dv) = (c.hidden, c.key_dim(), c.value_dim());
-        let x = [
-            vb.vector("x_r", h)?,
-            vb.vector("x_w", h)?,
-            vb.vector("x_k", h)?,
-            vb.vector("x_v", h)?,
-            vb.vector("x_a", h)?,
-            vb.vector("x_g", h)?,
-        ];
+        let mut mixes = Vec::with_capacity(6 * h);
+        for name in ["x_r", "x_w", "x_k", "x_v", "x_a", "x_g"] {
+            mixes.extend(vb.host(name, &[h])?);
+        }
+        let x = vb.computed_matrix("x_rwkvag", 6, h, &mixes)?;
         vb.expect_shape("r_k", &[c.heads, c.head_k])?;
         let k_a_host = vb.host("k_a", &[dk])?;
         let one_minus: Vec<f32> = k_a_host.iter().map(|v| 1.0 - v).collect();
-        let inv = 1.0 / (c.head_k as f32).sqrt();
         Ok(TimeMix {
             x,
             r: vb.matrix("r_proj.weight", dk, h)?,
@@ -90,10 +85,6 @@ impl TimeMix {
             r_k: vb.vector("r_k", dk)?,
             ln_x: LayerNorm::load(&vb.pp("g_norm"), dv, c.norm_bias)?,
             decay_scale: vb.computed_vector("decay_scale", &vec![DECAY_SCALE; dk])?,
-            l2: [
-                vb.computed_vector("l2(+)", &vec![inv; dk])?,
-                vb.computed_vector("l2(-)", &vec![-inv; dk])?,
-            ],
         })
     }
 
@@ -104,10 +95,14 @@ impl TimeMix {
         input: &MixInput,
         v_first: &mut Option<TensorId>,
     ) -> GResult<TensorId> {
-        let (x, delta) = (input.x, input.delta);
-        let mut mixed = |i: usize| mix_w(g, x, delta, &self.x[i]);
-        let (xr, xw, xk) = (mixed(0)?, mixed(1)?, mixed(2)?);
-        let (xv, xa, xg) = (mixed(3)?, mixed(4)?, mixed(5)?);
+        let mu = g.weight(&self.x);
+        let mixes = g.token_mix(input.x, input.delta, mu)?;
+        let &[xr, xw, xk, xv, xa, xg] = mixes.as_slice() else {
+            return Err(Error::Graph(format!(
+                "{} token mixes, 6 expected",
+                mixes.len()
+            )));
+        };
         let r = lin(g, xr, &self.r, None)?;
         let w = self.w_lora.apply(g, xw)?;
         let w = g.unary(Elementwise::Sigmoid, w)?;
@@ -130,13 +125,7 @@ impl TimeMix {
         let gate = self.g_lora.apply(g, xg)?;
         // kk = normalize(k * k_k) per head; the delta rule's a = -kk, b = kk * a.
         let k_k = g.weight(&self.k_k);
-        let kk = g.elementwise(Elementwise::Mul, k, k_k)?;
-        let l2_eps = c.l2_eps / c.head_k as f32;
-        let (pos, neg) = (g.weight(&self.l2[0]), g.weight(&self.l2[1]));
-        let kk_pos = g.rms_norm_grouped(kk, pos, l2_eps, c.heads)?;
-        let kk_neg = g.rms_norm_grouped(kk, neg, l2_eps, c.heads)?;
-        let b = g.elementwise(Elementwise::Mul, kk_pos, a)?;
-        let ab = g.head_concat(kk_neg, b, c.heads)?;
+        let ab = g.delta_ab(k, k_k, a, c.heads, c.l2_eps)?;
         // k = k * (1 + (a - 1) * k_a) = k * (a * k_a + (1 - k_a)).
         let k_a = g.weight(&self.k_a);
         let t = g.elementwise(Elementwise::Mul, a, k_a)?;
