@@ -380,8 +380,8 @@ pub struct BenchArgs {
     /// reference (GFLOP/s or GB/s where a case declares its work)
     #[arg(long, conflicts_with_all = ["model", "attention"])]
     pub kernels: bool,
-    /// Tune again, as the first command on an adapter does (KESTREL_TUNE=off turns that
-    /// off): time the decode matvec's layouts and the prefill matmuls on this model's
+    /// Tune again, as the first command on a GPU does (KESTREL_TUNE=off turns that off,
+    /// KESTREL_TUNE=on extends it to CPU drivers): time the decode matvec's layouts and the prefill matmuls on this model's
     /// weights, keep the fastest for the adapter and the model's weight types in the cache
     /// directory (later commands start with them), then bench with them (cold start then
     /// counts from after the tuning)

@@ -6,7 +6,9 @@
 //! per adapter (its name, backend, driver and driver info) and per weight-dtype class of the
 //! model (e.g. `q4_1+q8_0`): the kernels' relative speed depends on how a format is decoded,
 //! so a Q4_K model's best layout need not be a Q4_1 model's. `kestrel bench --tune` tunes
-//! again, by timing whole decodes and prefills ([`tune`]). `KESTREL_TUNE=off` turns tuning on first use off (saved choices are still read).
+//! again, by timing whole decodes and prefills ([`tune`]). CPU drivers are not tuned on first
+//! use unless `KESTREL_TUNE=on` (see [`on_first_use`]); `KESTREL_TUNE=off` turns it off
+//! everywhere (saved choices are still read).
 //! Each choice is one the kernel cases check, so it changes speed only. A file that does not
 //! read back is ignored with a note and tuned again.
 
@@ -30,7 +32,7 @@ use crate::stdout::outln;
 const PROMPT: usize = 32;
 const DECODE: usize = 16;
 
-/// The variable that turns tuning on first use off (`off`, `0` or `no`).
+/// The variable that turns tuning on first use off (`off`) or on for CPU drivers too (`on`).
 pub const TUNE_VAR: &str = "KESTREL_TUNE";
 
 fn path(gpu: &Gpu, class: &str) -> PathBuf {
@@ -49,11 +51,17 @@ fn path(gpu: &Gpu, class: &str) -> PathBuf {
 }
 
 /// Whether tuning on first use is on (not turned off by [`TUNE_VAR`]).
-fn on_first_use() -> bool {
-    !matches!(
-        std::env::var(TUNE_VAR).as_deref(),
-        Ok("off" | "0" | "no" | "false")
-    )
+/// Whether to tune on first use: `KESTREL_TUNE=off` (or 0, no, false) never, `on` (or 1,
+/// yes, true) always, and by default on every adapter but CPU drivers. There the quick
+/// tuner's one-matrix timings misjudge the fused model kernels (on a busy lavapipe it kept
+/// matvec 4x4 for SmolLM2, which whole decodes time at 0.78x the default 16x16), while the
+/// CPU defaults were chosen by A/B runs of whole decodes; `bench --tune` still tunes them.
+fn on_first_use(gpu: &Gpu) -> bool {
+    match std::env::var(TUNE_VAR).as_deref() {
+        Ok("off" | "0" | "no" | "false") => false,
+        Ok("on" | "1" | "yes" | "true") => true,
+        _ => gpu.info.device_type != eframe::wgpu::DeviceType::Cpu,
+    }
 }
 
 /// Start `gpu` with the choices saved for its adapter and `model`'s dtype class; where there
@@ -81,7 +89,7 @@ fn load_or_tune(gpu: &Arc<Gpu>, model: &kestrel_models::Model) -> Result<(), Str
             ),
         }
     }
-    if !on_first_use() {
+    if !on_first_use(gpu) {
         return Ok(());
     }
     let report = run(gpu, model, &class)?;
