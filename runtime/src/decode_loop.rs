@@ -123,9 +123,16 @@ impl DecodeLoop {
         }
         enc.copy_buffer_to_buffer(&self.ids, 0, &self.staging, 0, 4 * n as u64);
         gpu.queue.submit([enc.finish()]);
-        gpu.work.submit(n * (plan.dispatches().len() + 1) - 1);
         let bytes = readback::map_staging(gpu, self.staging.clone(), 4 * n as u64).await?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        let ids: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
+        // The work counted is the steps that ran: after the step that sampled an end token
+        // the gate gives every dispatch zero workgroups.
+        let ran = ids
+            .iter()
+            .position(|t| end_ids.contains(t))
+            .map_or(n, |e| e + 1);
+        gpu.work.submit(ran * (plan.dispatches().len() + 1) - 1);
+        Ok(ids)
     }
 }
 
