@@ -318,28 +318,12 @@ pub fn launch_lanes(
     shape: &ScanShape,
     tokens: usize,
 ) -> Result<Vec<Dispatch>> {
-    let [decay, consts, ab] = check_inputs(gpu, shape, b)?;
     if !runs_lanes(gpu) {
         return Err(Error::Graph(
             "linear_scan: the lanes kernel needs subgroups of at least 8 lanes".into(),
         ));
     }
-    let defs = lanes_defs(shape);
-    let per = lanes_tokens_per_dispatch(shape.dk);
-    let groups = (shape.heads * shape.dv.div_ceil(LANES_ROWS as usize)) as u32;
-    (0..tokens)
-        .step_by(per)
-        .map(|t0| {
-            let n = per.min(tokens - t0);
-            LANES.dispatch(
-                gpu,
-                &defs,
-                &params(shape, t0, n, n),
-                &[b.k, b.v, &decay, &consts, &ab, b.q, b.state, b.out],
-                gpu.grid(groups),
-            )
-        })
-        .collect()
+    token_by_token(gpu, b, shape, tokens, true)
 }
 
 /// Token by token on shaders/linear_scan.wgsl, an invocation per state row.
@@ -349,20 +333,43 @@ pub fn launch_rows(
     shape: &ScanShape,
     tokens: usize,
 ) -> Result<Vec<Dispatch>> {
+    token_by_token(gpu, b, shape, tokens, false)
+}
+
+/// The token-by-token kernels' dispatches: as many tokens per dispatch as the kernel's loop
+/// limit allows, a workgroup per 16 rows of a head (lanes) or per 64 state rows.
+fn token_by_token(
+    gpu: &Gpu,
+    b: &ScanBuffers,
+    shape: &ScanShape,
+    tokens: usize,
+    lanes: bool,
+) -> Result<Vec<Dispatch>> {
     let [decay, consts, ab] = check_inputs(gpu, shape, b)?;
-    let defs = shape.defs().bool("WRITE_STATE", true);
-    let per = recurrent_tokens_per_dispatch(shape.dk);
-    let rows = (shape.heads * shape.dv) as u32;
+    let (kernel, defs, per, groups) = match lanes {
+        true => (
+            LANES,
+            lanes_defs(shape),
+            lanes_tokens_per_dispatch(shape.dk),
+            (shape.heads * shape.dv.div_ceil(LANES_ROWS as usize)) as u32,
+        ),
+        false => (
+            KERNEL,
+            shape.defs().bool("WRITE_STATE", true),
+            recurrent_tokens_per_dispatch(shape.dk),
+            ((shape.heads * shape.dv) as u32).div_ceil(64),
+        ),
+    };
     (0..tokens)
         .step_by(per)
         .map(|t0| {
             let n = per.min(tokens - t0);
-            KERNEL.dispatch(
+            kernel.dispatch(
                 gpu,
                 &defs,
                 &params(shape, t0, n, n),
                 &[b.k, b.v, &decay, &consts, &ab, b.q, b.state, b.out],
-                gpu.grid(rows.div_ceil(64)),
+                gpu.grid(groups),
             )
         })
         .collect()
