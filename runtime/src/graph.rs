@@ -101,7 +101,7 @@ impl Graph {
         let mut read: HashMap<*const GpuWeight, (&GpuWeight, bool, u64)> = HashMap::new();
         for op in &self.ops {
             let (reads, _) = op.reads_writes();
-            let lookup = op.name() == "embedding";
+            let lookup = op.name() == crate::kernels::embedding::OP_NAME;
             let rows: u64 = match lookup {
                 true => reads
                     .iter()

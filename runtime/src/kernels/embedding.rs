@@ -41,9 +41,13 @@ impl Graph {
     }
 }
 
+/// The embedding op's name: [`crate::Graph::weight_bytes_read`] counts the rows it looks up,
+/// not its whole table.
+pub const OP_NAME: &str = "embedding";
+
 impl Op for Embedding {
     fn name(&self) -> &'static str {
-        "embedding"
+        OP_NAME
     }
 
     fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
