@@ -2,6 +2,10 @@
 //! constants that are prepended as `const NAME: T = v;` declarations, after the shared
 //! prelude (shaders/common.wgsl: the `Step` uniform and grid helpers). A kernel line
 //! `#include "NAME.wgsl"` is replaced by that shared snippet of shaders/ (see [`INCLUDES`]).
+//! Lines between `#if NAME` and `#else` (or `#endif`) are kept only where the bool constant
+//! NAME is true, those between `#else` and `#endif` only where it is false (nested blocks
+//! allowed): for code a device without a feature must not see at all, such as subgroup
+//! builtins, which naga refuses without the SUBGROUP capability even in an untaken branch.
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -41,16 +45,78 @@ fn is_directive(line: &str) -> bool {
     line.trim_start().starts_with("enable ")
 }
 
-/// `kernel` with every `#include "NAME"` line replaced by the snippet NAME, expanded in turn
-/// (and directives left out). An unknown name is left in place, where the WGSL parser reports it with its line.
-fn expand_includes(kernel: &str, out: &mut String) {
-    for line in kernel.lines().filter(|l| !is_directive(l)) {
+/// One line of `#if` / `#else` / `#endif`, as [`Cond::parse`] reads it.
+enum Cond<'a> {
+    If(&'a str),
+    Else,
+    EndIf,
+}
+
+impl Cond<'_> {
+    fn parse(line: &str) -> Option<Cond<'_>> {
+        let mut words = line.split_whitespace();
+        let cond = match (words.next()?, words.next()) {
+            ("#if", Some(name)) => Cond::If(name),
+            ("#else", None) => Cond::Else,
+            ("#endif", None) => Cond::EndIf,
+            _ => return None,
+        };
+        words.next().is_none().then_some(cond)
+    }
+}
+
+/// `kernel` with every `#include "NAME"` line replaced by the snippet NAME, expanded in turn,
+/// and the lines of `#if` blocks kept or dropped by `defs` (each kept `enable` directive goes
+/// to `directives` instead). `#if` lines push to `stack` (whether the lines around the block
+/// are kept, whether its `#if` part is), `#endif` lines pop. An unknown include or a condition
+/// that is not a bool constant is left in place, where the WGSL parser reports it with its
+/// line; so is an `#else` or `#endif` without its `#if`.
+fn expand(
+    kernel: &str,
+    defs: &ShaderDefs,
+    stack: &mut Vec<(bool, bool)>,
+    out: &mut String,
+    directives: &mut String,
+) {
+    for line in kernel.lines() {
+        let active = stack.last().is_none_or(|&(outer, this)| outer && this);
+        match Cond::parse(line) {
+            Some(Cond::If(name)) => {
+                // A condition that is no bool constant still opens a block, so that the
+                // `#else` and `#endif` after it stay paired with it.
+                let v = defs.get(name);
+                stack.push((active, v != Some(Def::Bool(false))));
+                if matches!(v, Some(Def::Bool(_))) {
+                    continue;
+                }
+            }
+            Some(Cond::Else) => {
+                if let Some((_, this)) = stack.last_mut() {
+                    *this = !*this;
+                    continue;
+                }
+            }
+            Some(Cond::EndIf) => {
+                if stack.pop().is_some() {
+                    continue;
+                }
+            }
+            None => {}
+        }
+        if !active {
+            continue;
+        }
+        if is_directive(line) {
+            directives.push_str(line);
+            directives.push('\n');
+            continue;
+        }
         let name = line
             .trim()
             .strip_prefix("#include")
             .map(|r| r.trim().trim_matches('"'));
         match name.and_then(|n| INCLUDES.iter().find(|(i, _)| *i == n)) {
-            Some((_, snippet)) => expand_includes(snippet, out),
+            Some((_, snippet)) => expand(snippet, defs, stack, out, directives),
             None => out.push_str(line),
         }
         out.push('\n');
@@ -125,14 +191,21 @@ impl ShaderDefs {
         }
         Some(defs)
     }
-    /// The full WGSL source: constants, prelude, kernel (with its includes expanded).
-    /// A kernel's `enable` directives (e.g. `enable f16;`) come first, as WGSL requires.
+    /// The value of constant `name`, the last one given under that name.
+    fn get(&self, name: &str) -> Option<Def> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|&(_, d)| d)
+    }
+    /// The full WGSL source: constants, prelude, kernel (with its includes expanded and its
+    /// `#if` blocks resolved). A kernel's `enable` directives (e.g. `enable f16;`) come
+    /// first, as WGSL requires.
     pub fn render(&self, kernel: &str, _shader_f16: bool) -> String {
-        let mut s = String::new();
-        for line in kernel.lines().filter(|l| is_directive(l)) {
-            s.push_str(line);
-            s.push('\n');
-        }
+        let (mut body, mut directives) = (String::new(), String::new());
+        expand(kernel, self, &mut Vec::new(), &mut body, &mut directives);
+        let mut s = directives;
         for (n, d) in &self.0 {
             let _ = match d {
                 Def::U32(v) => writeln!(s, "const {n}: u32 = {v}u;"),
@@ -142,7 +215,7 @@ impl ShaderDefs {
         }
         s.push_str(COMMON);
         s.push('\n');
-        expand_includes(kernel, &mut s);
+        s.push_str(&body);
         s
     }
 }
@@ -164,5 +237,32 @@ mod tests {
         for bad in ["A B=U32(1);", "A=I32(1);", "A=U32(-1);", "A=F32(x);", "A;"] {
             assert_eq!(ShaderDefs::from_key(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn if_blocks_keep_the_lines_of_their_condition() {
+        let kernel = "a\n#if A\nenable x;\nb\n#if B\nc\n#else\nd\n#endif\n#else\ne\n#endif\nf\n";
+        let body = |a: bool, b: bool| {
+            let s = ShaderDefs::new()
+                .bool("A", a)
+                .bool("B", b)
+                .render(kernel, false);
+            let tail = &s[s.find(COMMON).unwrap() + COMMON.len()..];
+            (
+                s.starts_with("enable x;\n"),
+                tail.split_whitespace().collect::<String>(),
+            )
+        };
+        assert_eq!(body(true, true), (true, "abcf".into()));
+        assert_eq!(body(true, false), (true, "abdf".into()));
+        assert_eq!(body(false, true), (false, "aef".into()));
+        assert_eq!(body(false, false), (false, "aef".into()));
+        // Not a bool constant (its block still pairs with its `#endif`), no `#if` to close:
+        // left for the WGSL parser to report.
+        let s = ShaderDefs::new()
+            .u32("N", 1)
+            .render("#if N\n#if M\n#endif\n#endif\n#endif\n", false);
+        let kept: Vec<&str> = s.lines().filter(|l| l.starts_with('#')).collect();
+        assert_eq!(kept, ["#if N", "#if M", "#endif"]);
     }
 }
