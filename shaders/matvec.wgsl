@@ -8,10 +8,20 @@
 // group read interleaved pieces of its rows: vec4s, 32-value groups, or for the K-quants
 // pairs of groups that share their quantized words. Each lane handles ROWS_PER_LANE rows, so
 // every value of x it loads serves that many rows. One barrier, then one invocation per row
-// sums its lanes. The launcher picks the layout (matvec::Layout): many rows per lane on CPU
-// drivers, which pay per value loaded, many lanes per row on GPUs, which want many
-// workgroups. With VEC4 (K a multiple of 4, of 8 for 16-bit floats; always when quantized) x
-// and w are also read as vec4s through x4 and w4, bound to the same buffers as x and w.
+// sums its lanes through workgroup memory (partial); or with SUBGROUP, a butterfly of
+// subgroupShuffleXor over the row group's lanes gives each lane the sums, with no workgroup
+// memory and no barrier. The launcher picks the layout (matvec::Layout): many rows per lane
+// on CPU drivers, which pay per value loaded, many lanes per row on GPUs, which want many
+// workgroups, and the subgroup reduction where every subgroup holds whole row groups. With
+// VEC4 (K a multiple of 4, of 8 for 16-bit floats; always when quantized) x and w are also
+// read as vec4s through x4 and w4, bound to the same buffers as x and w.
+//
+// SUBGROUP: Vulkan ties subgroup invocation ids to no local invocation index, so the
+// invocation's place in the workgroup (lid below) is subgroup_id * subgroup_size +
+// subgroup_invocation_id: a row group is then LANES consecutive invocations of one subgroup
+// whenever LANES divides the subgroup size (powers of two; the launcher asks for LANES <= the
+// adapter's smallest subgroup size) and the subgroups are full (the largest subgroup size <=
+// 64, so every size divides the workgroup's 64 invocations).
 //
 // GROUPED (a mixture of experts at decode): one matvec per sorted row r = workgroup z of
 // perm (shaders/moe_permute.wgsl), with the matrix of that row's expert out of a chunk of
@@ -21,8 +31,9 @@
 // Fusions (decode's Linear op, kernels/linear.rs; never with GROUPED). Prologues, on x:
 //   NORM: RMSNorm of x, without a pass of its own: the product runs on x times the norm
 //     weight (aux, nw4), while the lanes of the first row group, which load all of x between
-//     them, also sum x²; the epilogue scales each row's sum by inverseSqrt(mean + eps), the
-//     same for every row (W (x w / rms) = (W (x w)) / rms), so no barrier is added.
+//     them, also sum x² (with SUBGROUP, every row group's lanes, for that row group); the
+//     epilogue scales each row's sum by inverseSqrt(mean + eps), the same for every row
+//     (W (x w / rms) = (W (x w)) / rms), so no barrier is added.
 //   MERGE: x is split-K decode attention's partial results ([heads, splits, head_dim + 2],
 //     shaders/decode_attention.wgsl): every workgroup first merges them into workgroup
 //     memory by the online-softmax rule of shaders/decode_attention_merge.wgsl (one barrier).
@@ -50,11 +61,23 @@ struct Params { k: u32, n: u32, col_offset: u32, e0: u32, ne: u32, eps: f32, hea
 const R: u32 = ROWS_PER_LANE;
 const ROWS: u32 = 64u / LANES * R; // rows per workgroup
 
+#if SUBGROUP
+// The sum of v over the LANES lanes of this invocation's row group, in every lane (the xor
+// partners of a lane lie in its row group: lanes are aligned runs of LANES subgroup ids).
+fn lanes_sum(v: f32) -> f32 {
+    var s = v;
+    for (var m = LANES / 2u; m > 0u; m /= 2u) {
+        s += subgroupShuffleXor(s, m);
+    }
+    return s;
+}
+#else
 var<workgroup> partial: array<f32, ROWS * LANES>;
-// GROUPED: the x offset, the chunk row where the expert starts, the y offset, 1 to skip.
-var<workgroup> group_info: vec4<u32>;
 // NORM: each lane's sum of x² in the first row group.
 var<workgroup> squares: array<f32, LANES>;
+#endif
+// GROUPED: the x offset, the chunk row where the expert starts, the y offset, 1 to skip.
+var<workgroup> group_info: vec4<u32>;
 
 // Where x starts (floats, and vec4s), and NORM's sum of the squares this lane loaded.
 var<private> xo: u32;
@@ -123,9 +146,41 @@ fn x4_at(j: u32) -> vec4<f32> {
     return x4[xo4 + j];
 }
 
+// The output of row `row` (of the chunk) from its sum over the lanes; `inv` is NORM's inverse
+// RMS of x (else 1).
+fn store_row(yo: u32, row: u32, sum: f32, inv: f32) {
+    var out = sum * inv;
+    if (HAS_BIAS) {
+        out += bias[p.col_offset + row];
+    }
+    if (ACCUM) {
+        out += y[yo + row];
+    }
+    y[yo + row] = out;
+}
+
+// GLU: the output of the pair of rows `row` (gate, even) and row + 1 (up) from their sums.
+fn store_pair(yo: u32, row: u32, gate: f32, up: f32, inv: f32) {
+    let g = gate * inv;
+    var act = g / (1.0 + exp(-g));
+    if (GELU_TANH) {
+        // tanh's argument clamped where tanh is 1 in f32 (some drivers overflow).
+        let inner = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
+        act = 0.5 * g * (1.0 + tanh(inner));
+    }
+    y[(yo + row) / 2u] = act * (up * inv);
+}
+
 @compute @workgroup_size(64)
+#if SUBGROUP
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(subgroup_id) sg: u32, @builtin(subgroup_size) sg_size: u32,
+        @builtin(subgroup_invocation_id) sg_lane: u32) {
+    let lid = sg * sg_size + sg_lane;
+#else
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
+#endif
     let lane = lid % LANES;
     xo = 0u;
     var wr = 0u; // chunk row of the matrix's first row
@@ -246,6 +301,32 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
     }
+#if SUBGROUP
+    // NORM: every row group's lanes load all of x between them, so each row group finds the
+    // inverse RMS itself.
+    var inv = 1.0;
+    if (NORM) {
+        inv = inverseSqrt(lanes_sum(square_sum) / f32(p.k) + p.eps);
+    }
+    // Every lane sums every row (the shuffles need all lanes); lane r stores row r, or with
+    // GLU lane i the pair of rows 2i, 2i + 1 (R is even then: no pair straddles row groups).
+    if (GLU) {
+        for (var r = 0u; r < R; r += 2u) {
+            let gate = lanes_sum(acc[r]);
+            let up = lanes_sum(acc[r + 1u]);
+            if (lane == r / 2u && r < nr) {
+                store_pair(yo, row0 + r, gate, up, inv);
+            }
+        }
+        return;
+    }
+    for (var r = 0u; r < R; r++) {
+        let sum = lanes_sum(acc[r]);
+        if (lane == r && r < nr) {
+            store_row(yo, row0 + r, sum, inv);
+        }
+    }
+#else
     for (var r = 0u; r < R; r++) {
         partial[((lid / LANES) * R + r) * LANES + lane] = acc[r];
     }
@@ -272,15 +353,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 g += partial[2u * lid * LANES + l];
                 u += partial[(2u * lid + 1u) * LANES + l];
             }
-            g *= inv;
-            u *= inv;
-            var act = g / (1.0 + exp(-g));
-            if (GELU_TANH) {
-                // tanh's argument clamped where tanh is 1 in f32 (some drivers overflow).
-                let inner = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
-                act = 0.5 * g * (1.0 + tanh(inner));
-            }
-            y[(yo + row) / 2u] = act * u;
+            store_pair(yo, row, g, u, inv);
         }
         return;
     }
@@ -290,13 +363,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var l = 0u; l < LANES; l++) {
             out += partial[lid * LANES + l];
         }
-        out *= inv;
-        if (HAS_BIAS) {
-            out += bias[p.col_offset + row];
-        }
-        if (ACCUM) {
-            out += y[yo + row];
-        }
-        y[yo + row] = out;
+        store_row(yo, row, out, inv);
     }
+#endif
 }

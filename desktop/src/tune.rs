@@ -21,7 +21,7 @@ use kestrel_runtime::autotune::{self, Report};
 use kestrel_runtime::kernels::{matmul, matvec};
 use kestrel_runtime::rng::Rng;
 use kestrel_runtime::session::{Sampling, Session};
-use kestrel_runtime::tuning::{Tuning, MATVEC_CANDIDATES};
+use kestrel_runtime::tuning::{self, Tuning};
 use kestrel_runtime::Gpu;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -145,13 +145,13 @@ pub fn tune(gpu: &Arc<Gpu>, model: &kestrel_models::Model, text: bool) -> Result
     let mut chosen = Tuning::default();
     let mut decode_rates = serde_json::Map::new();
     let mut best = (0.0, matvec::Layout::for_device(gpu));
-    for layout in MATVEC_CANDIDATES {
+    for layout in tuning::matvec_candidates(gpu) {
         gpu.set_tuning(Tuning {
             matvec: Some(layout),
             ..chosen
         });
         let (decode, _) = time(gpu, model)?;
-        let name = format!("{}x{}", layout.lanes, layout.rows_per_lane);
+        let name = layout_name(layout);
         if text {
             outln!("tune: matvec {name}: {decode:.2} decode tokens/s");
         }
@@ -207,7 +207,13 @@ fn run(gpu: &Arc<Gpu>, model: &kestrel_models::Model, class: &str) -> Result<Rep
 }
 
 fn matvec_name(t: &Tuning) -> Option<String> {
-    t.matvec.map(|l| format!("{}x{}", l.lanes, l.rows_per_lane))
+    t.matvec.map(layout_name)
+}
+
+/// `LANESxROWS`, then ` subgroup` when its lanes are summed by subgroup.
+fn layout_name(l: matvec::Layout) -> String {
+    let by = if l.subgroup { " subgroup" } else { "" };
+    format!("{}x{}{by}", l.lanes, l.rows_per_lane)
 }
 
 fn matmul_name(t: &Tuning) -> Option<&'static str> {

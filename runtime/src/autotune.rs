@@ -1,5 +1,6 @@
 //! The quick kernel tuner (issue 17's tuning on first use): for each kernel class with
-//! variants — the decode matvec's layouts ([`MATVEC_CANDIDATES`]) and prefill's rows or
+//! variants — the decode matvec's layouts (the [`tuning::MATVEC_CANDIDATES`] the adapter
+//! runs: those summed by subgroup only where its subgroups hold their lanes) and prefill's rows or
 //! tiled matmul — time every candidate on the model's own weights, and choose the one with
 //! the least estimated time per token.
 //!
@@ -13,7 +14,7 @@
 //! by [`MARGIN`]. Times come from timestamp queries where the adapter has them, else
 //! from the wall clock around a submit and wait. A class's rounds stop at [`ROUNDS`] or after
 //! [`BUDGET`] from its warm-up, whichever is first (at least one round). Most of a tuning's
-//! time on a CPU adapter is making the candidates' pipelines (2 dtypes × 5 matvec layouts and
+//! time on a CPU adapter is making the candidates' pipelines (2 dtypes × 5 to 9 matvec layouts and
 //! 2 × 2 matmuls), not timing them.
 //!
 //! Native only: the wall-clock fallback and the wait need a blocking device poll, which the
@@ -29,7 +30,7 @@ use crate::graph::{Graph, Source};
 use crate::kernels::{self, matmul, matvec, Dispatch};
 use crate::profile;
 use crate::tensor::{DType, GpuWeight, WeightChunk};
-use crate::tuning::{Tuning, MATVEC_CANDIDATES};
+use crate::tuning::{self, Tuning};
 
 /// Rows of the prefill chunk whose matmuls are timed.
 pub const PREFILL_ROWS: usize = 32;
@@ -110,7 +111,8 @@ pub async fn tune(gpu: &Arc<Gpu>, arch: &dyn Architecture) -> Result<Report> {
     // Decode: one matvec per sampled weight, in each layout.
     let x = scratch(gpu, &decode, 1, |w| w.cols)?;
     let y = scratch(gpu, &decode, 1, |w| w.rows)?;
-    let matvec_sets: Vec<Vec<Vec<Dispatch>>> = MATVEC_CANDIDATES
+    let candidates = tuning::matvec_candidates(gpu);
+    let matvec_sets: Vec<Vec<Vec<Dispatch>>> = candidates
         .iter()
         .map(|&layout| {
             decode
@@ -122,8 +124,8 @@ pub async fn tune(gpu: &Arc<Gpu>, arch: &dyn Architecture) -> Result<Report> {
     let (matvec_ms, mut rounds) = time_candidates(gpu, &matvec_sets, &decode).await?;
     // Nothing timed (no matrix), no choice: the adapter's kind decides.
     if !decode.is_empty() {
-        let default = MATVEC_CANDIDATES.iter().position(|&l| l == default_layout);
-        chosen.matvec = Some(MATVEC_CANDIDATES[choose(&matvec_ms, default)]);
+        let default = candidates.iter().position(|&l| l == default_layout);
+        chosen.matvec = Some(candidates[choose(&matvec_ms, default)]);
     }
 
     // Prefill: the tiled matmul, and the rows matmul where the adapter runs it.
@@ -156,7 +158,7 @@ pub async fn tune(gpu: &Arc<Gpu>, arch: &dyn Architecture) -> Result<Report> {
     gpu.set_tuning(chosen);
     Ok(Report {
         tuning: chosen,
-        matvec_ms: MATVEC_CANDIDATES.iter().copied().zip(matvec_ms).collect(),
+        matvec_ms: candidates.into_iter().zip(matvec_ms).collect(),
         matmul_ms: kinds.into_iter().zip(matmul_ms).collect(),
         rounds,
         seconds: start.elapsed().as_secs_f64(),

@@ -6,6 +6,7 @@
 //! tuning changes speed, never results beyond their tolerances.
 
 use crate::kernels::matvec;
+use crate::Gpu;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Tuning {
@@ -17,31 +18,52 @@ pub struct Tuning {
 }
 
 /// The matvec layouts `bench --tune` times: the CPU and GPU defaults and three between,
-/// each with an even number of rows per workgroup (a SwiGLU epilogue takes row pairs) and
-/// each among the kernel cases' layouts or as the defaults.
-pub const MATVEC_CANDIDATES: [matvec::Layout; 5] = [
+/// each with an even number of rows per lane (a SwiGLU epilogue takes row pairs, within a
+/// row group when summed by subgroup) and each among the kernel cases' layouts or as the
+/// defaults; then the four that fit in subgroups of 32 or fewer lanes again, summed by
+/// subgroup (timed only where the adapter runs them: [`matvec_candidates`]).
+pub const MATVEC_CANDIDATES: [matvec::Layout; 9] = [
     matvec::Layout::CPU,
     matvec::Layout::GPU,
-    matvec::Layout {
-        lanes: 8,
-        rows_per_lane: 8,
-    },
-    matvec::Layout {
-        lanes: 32,
-        rows_per_lane: 4,
-    },
-    matvec::Layout {
-        lanes: 4,
-        rows_per_lane: 4,
-    },
+    L8X8,
+    L32X4,
+    L4X4,
+    matvec::Layout::GPU.by_subgroup(),
+    L8X8.by_subgroup(),
+    L32X4.by_subgroup(),
+    L4X4.by_subgroup(),
 ];
 
+const L8X8: matvec::Layout = layout(8, 8);
+const L32X4: matvec::Layout = layout(32, 4);
+const L4X4: matvec::Layout = layout(4, 4);
+
+/// `lanes` by `rows_per_lane`, summed through workgroup memory.
+const fn layout(lanes: u32, rows_per_lane: u32) -> matvec::Layout {
+    matvec::Layout {
+        lanes,
+        rows_per_lane,
+        subgroup: false,
+    }
+}
+
+/// The [`MATVEC_CANDIDATES`] that `gpu` runs (those summed by subgroup only where its
+/// subgroups hold their lanes).
+pub fn matvec_candidates(gpu: &Gpu) -> Vec<matvec::Layout> {
+    MATVEC_CANDIDATES
+        .into_iter()
+        .filter(|&l| matvec::runs(gpu, l))
+        .collect()
+}
+
 impl Tuning {
-    /// One line a value: `matvec LANES ROWS_PER_LANE`, `matmul rows|tiles`.
+    /// One line a value: `matvec LANES ROWS_PER_LANE` (then ` subgroup` when summed by
+    /// subgroup), `matmul rows|tiles`.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         if let Some(l) = self.matvec {
-            s.push_str(&format!("matvec {} {}\n", l.lanes, l.rows_per_lane));
+            let by = if l.subgroup { " subgroup" } else { "" };
+            s.push_str(&format!("matvec {} {}{by}\n", l.lanes, l.rows_per_lane));
         }
         if let Some(rows) = self.matmul_rows {
             s.push_str(&format!("matmul {}\n", if rows { "rows" } else { "tiles" }));
@@ -56,10 +78,11 @@ impl Tuning {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
-                ["matvec", lanes, rows] => {
+                ["matvec", lanes, rows, by @ ..] if matches!(by, [] | ["subgroup"]) => {
                     let layout = matvec::Layout {
                         lanes: lanes.parse().map_err(|_| format!("bad line {line:?}"))?,
                         rows_per_lane: rows.parse().map_err(|_| format!("bad line {line:?}"))?,
+                        subgroup: !by.is_empty(),
                     };
                     if !MATVEC_CANDIDATES.contains(&layout) {
                         return Err(format!("{line:?} is not a matvec layout Kestrel times"));
@@ -91,6 +114,10 @@ mod tests {
                 matvec: Some(matvec::Layout::GPU),
                 matmul_rows: Some(true),
             },
+            Tuning {
+                matvec: Some(matvec::Layout::GPU.by_subgroup()),
+                matmul_rows: None,
+            },
         ] {
             assert_eq!(Tuning::from_text(&t.to_text()), Ok(t));
         }
@@ -100,6 +127,9 @@ mod tests {
             "matmul fast",
             "speed 9",
             "matvec 16",
+            "matvec 32 2 shuffle",
+            "matvec 32 2 subgroup x",
+            "matvec 16 16 subgroup",
         ] {
             assert!(Tuning::from_text(bad).is_err(), "{bad}");
         }

@@ -128,6 +128,7 @@ fn bad_matvec_layout_is_an_error() {
         let bad = Layout {
             lanes: 8,
             rows_per_lane: 9,
+            subgroup: false,
         };
         let (w, _) = weights::random(
             &gpu,
@@ -168,5 +169,40 @@ fn u32_weight_is_an_error() {
         assert!(matmul::launch(&gpu, &x, &w, None, &y, 4).is_err());
         let ids = upload_u32(&gpu, &[0]);
         assert!(embedding::launch(&gpu, &ids, &w, &y, 1).is_err());
+    }
+}
+
+/// A matvec summed by subgroup runs only where every subgroup holds whole row groups: it is
+/// refused without subgroups (llvmpipe GL) or with fewer subgroup lanes than row-group lanes
+/// (8 lanes on SwiftShader's subgroups of 4), and the device's own layout is always one it
+/// runs.
+#[test]
+fn subgroup_matvec_is_refused_where_subgroups_cannot_hold_its_lanes() {
+    for gpu in gpus() {
+        let (w, _) = weights::random(&gpu, DType::F32, 1, 4, 32, &mut Rng::new(1)).unwrap();
+        let (x, y) = (upload_f32(&gpu, &[0.0; 32]), poisoned(&gpu, 4));
+        for lanes in [4, 8, 32] {
+            let layout = Layout {
+                lanes,
+                rows_per_lane: 2,
+                subgroup: true,
+            };
+            let runs = matvec::runs(&gpu, layout);
+            let caps = &gpu.caps;
+            eprintln!(
+                "{}: subgroups {} ({} to {}): {lanes} lanes by subgroup {}",
+                gpu.describe(),
+                caps.subgroups,
+                caps.subgroup_min_size,
+                caps.subgroup_max_size,
+                if runs { "runs" } else { "refused" }
+            );
+            if !caps.subgroups || lanes > caps.subgroup_min_size {
+                assert!(!runs);
+            }
+            let launched = matvec::launch_with(&gpu, &x, &w, None, &y, layout);
+            assert_eq!(launched.is_ok(), runs, "{layout:?}");
+        }
+        assert!(matvec::runs(&gpu, Layout::for_device(&gpu)));
     }
 }

@@ -1,6 +1,11 @@
 //! matmul (prefill) and matvec (decode) for every weight kind, with and without bias, at
 //! ragged sizes; weights split into several bindings (chunk edges inside tiles and row
-//! groups); and every matvec layout, the GPU layout included (which CPU adapters never pick).
+//! groups); and every matvec layout, the GPU layout included (which CPU adapters never pick),
+//! each also with its lanes summed by subgroup shuffles: where the adapter cannot run that
+//! (no subgroups, as llvmpipe GL, or fewer lanes in a subgroup than in a row group, as 8 lanes
+//! on SwiftShader's subgroups of 4) the case checks that it is refused and runs the layout
+//! summed through workgroup memory instead. The same tolerance for both sums: only the
+//! order of the f32 additions differs.
 //! The matvec's fusions (decode's Linear op): an RMSNorm or a merge of attention pieces as x
 //! is loaded, a residual add or SwiGLU of row pairs on the way out.
 //!
@@ -12,9 +17,10 @@ use std::sync::Arc;
 
 use super::{poisoned, upload_f32, weights, Case, Output, Prepared, SUM_TOL};
 use crate::device::Gpu;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernels::elementwise::{reference_glu_pairs, Gate};
 use crate::kernels::matvec::{Epilogue, Fusion, Layout, Prologue};
+use crate::kernels::Dispatch;
 use crate::kernels::{matmul, matvec, rms_norm};
 use crate::quant::{self, QuantFormat};
 use crate::rng::Rng;
@@ -137,6 +143,9 @@ impl Spec {
         }
         if let Some(l) = self.layout {
             what += &format!(" lanes={} rows_per_lane={}", l.lanes, l.rows_per_lane);
+            if l.subgroup {
+                what += " subgroup";
+            }
         }
         if self.input != Input::Plain || self.epilogue != Epilogue::Store {
             what += &format!(" {:?} {:?}", self.input, self.epilogue);
@@ -187,12 +196,33 @@ impl Spec {
             epilogue: self.epilogue,
         };
         let bias = bb.as_deref();
-        let d = match (self.matvec, self.layout) {
-            (true, Some(l)) if fusion.epilogue == Epilogue::Store && self.input == Input::Plain => {
-                matvec::launch_with(gpu, &xb, &w, bias, &y, l)?
+        let launch = |layout: Option<Layout>| -> Result<Vec<Dispatch>> {
+            match (self.matvec, layout) {
+                (true, Some(l))
+                    if fusion.epilogue == Epilogue::Store && self.input == Input::Plain =>
+                {
+                    matvec::launch_with(gpu, &xb, &w, bias, &y, l)
+                }
+                (true, l) => matvec::launch_fused(gpu, &xb, &w, bias, &y, fusion, l),
+                (false, _) => matmul::launch(gpu, &xb, &w, bias, &y, m),
             }
-            (true, l) => matvec::launch_fused(gpu, &xb, &w, bias, &y, fusion, l)?,
-            (false, _) => matmul::launch(gpu, &xb, &w, bias, &y, m)?,
+        };
+        let d = match self.layout {
+            // A subgroup reduction this adapter cannot run: refused, then summed through
+            // workgroup memory.
+            Some(l) if self.matvec && !matvec::runs(gpu, l) => match launch(Some(l)) {
+                Err(Error::Graph(_)) => launch(Some(Layout {
+                    subgroup: false,
+                    ..l
+                }))?,
+                other => {
+                    return Err(super::bad_case(format!(
+                        "the subgroup reduction was not refused on this adapter: {:?}",
+                        other.map(|d| d.len())
+                    )))
+                }
+            },
+            l => launch(l)?,
         };
         let want = match self.matvec {
             true => matvec::reference(&x, &w_ref, b.as_deref(), n, k),
@@ -381,10 +411,18 @@ pub fn matvec() -> Vec<Case> {
         Layout {
             lanes: 1,
             rows_per_lane: 1,
+            subgroup: false,
         },
         Layout {
             lanes: 64,
             rows_per_lane: 3,
+            subgroup: false,
+        },
+        // One lane per row: nothing to shuffle; an odd row count per lane.
+        Layout {
+            lanes: 1,
+            rows_per_lane: 1,
+            subgroup: true,
         },
     ];
     let mut seed = 2200;
@@ -417,7 +455,9 @@ pub fn matvec() -> Vec<Case> {
 
 /// The matvec's fusions, each a pipeline of its own (CPU drivers take a while to compile
 /// each, so the set is small): every fusion in the CPU and the GPU layout with vec4 loads
-/// (and two in each other layout `bench --tune` may choose)
+/// (and two in each other layout `bench --tune` may choose; then every fusion summed by
+/// subgroup in the GPU layout and in 8 and 4 lanes, which lavapipe's subgroups of 8 and
+/// SwiftShader's of 4 run, and the prologues' other paths in 4 lanes)
 /// (f32, K % 4 == 0), and in the CPU layout with bf16 weights (K % 8 == 0: a bf16 checkpoint
 /// runs them all at decode); the prologues on the one-value path (K = 130, f32 and bf16) and
 /// with a 32-value and a 256-value block format. 70 rows: ragged row groups and workgroups;
@@ -445,7 +485,11 @@ fn fused_matvec() -> Vec<Case> {
     }
     // The other layouts `bench --tune` may choose: a norm prologue with the SwiGLU epilogue
     // (row pairs in every workgroup) and a residual add.
-    for layout in MATVEC_CANDIDATES.into_iter().skip(2) {
+    for layout in MATVEC_CANDIDATES
+        .into_iter()
+        .skip(2)
+        .filter(|l| !l.subgroup)
+    {
         specs.extend([all[2], all[3]].map(|f| (DType::F32, 128, layout, f)));
     }
     for (dtype, k) in [
@@ -457,6 +501,24 @@ fn fused_matvec() -> Vec<Case> {
     }
     specs.extend(all.map(|f| (DType::BF16, 136, Layout::CPU, f)));
     specs.extend(prologues.map(|f| (DType::BF16, 130, Layout::CPU, f)));
+    let by_subgroup = |lanes, rows_per_lane| Layout {
+        lanes,
+        rows_per_lane,
+        subgroup: true,
+    };
+    let (lanes8, lanes4) = (by_subgroup(8, 8), by_subgroup(4, 4));
+    for layout in [Layout::GPU.by_subgroup(), lanes8, lanes4] {
+        specs.extend(all.map(|f| (DType::F32, 128, layout, f)));
+    }
+    specs.extend([all[2], all[3]].map(|f| (DType::F32, 128, by_subgroup(32, 4), f)));
+    for (dtype, k) in [
+        (DType::F32, 130),
+        (DType::Quant(QuantFormat::Q4_1), 96),
+        (DType::Quant(QuantFormat::Q4_K), 256),
+        (DType::BF16, 136),
+    ] {
+        specs.extend(prologues.map(|f| (dtype, k, lanes4, f)));
+    }
     specs
         .into_iter()
         .enumerate()

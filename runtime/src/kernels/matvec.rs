@@ -2,6 +2,8 @@
 //! or bf16, or a ggml block format (dequantized inside the kernel, shaders/quant.wgsl), with the
 //! fusions decode's Linear op asks for ([`Fusion`]): an RMSNorm of x or the merge of split-K
 //! attention pieces as x is loaded, a residual add or SwiGLU of row pairs on the way out.
+//! The lanes that share a row add their partial sums through workgroup memory, or by
+//! subgroup shuffles where the adapter's subgroups hold them ([`Layout::subgroup`], [`runs`]).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -72,10 +74,13 @@ impl Fusion<'_> {
 /// How shaders/matvec.wgsl spreads rows over the 64 invocations of a workgroup: `lanes`
 /// invocations share a row (each reading every `lanes`-th word, vec4 or 32-value group of it),
 /// and each handles `rows_per_lane` rows, reusing every value of x it loads for all of them.
+/// With `subgroup` the lanes' partial sums are added by subgroup shuffles (no workgroup
+/// memory, no barrier), where the adapter runs that ([`runs`]); else through workgroup memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     pub lanes: u32,
     pub rows_per_lane: u32,
+    pub subgroup: bool,
 }
 
 impl Layout {
@@ -86,22 +91,44 @@ impl Layout {
     pub const CPU: Layout = Layout {
         lanes: 16,
         rows_per_lane: 16,
+        subgroup: false,
     };
     /// For GPUs, which want many workgroups and wide, coalesced reads: 32 lanes per row and 2
-    /// rows per lane (4 rows per workgroup).
+    /// rows per lane (4 rows per workgroup). [`Layout::for_device`] sums the lanes by subgroup
+    /// where the adapter's subgroups hold 32 lanes or more (NVIDIA's 32, AMD's 32 or 64).
     pub const GPU: Layout = Layout {
         lanes: 32,
         rows_per_lane: 2,
+        subgroup: false,
     };
 
-    /// The layout `bench --tune` chose for `gpu`, else the one for its kind of device.
+    /// This layout with its lanes summed by subgroup shuffles.
+    pub const fn by_subgroup(self) -> Layout {
+        Layout {
+            subgroup: true,
+            ..self
+        }
+    }
+
+    /// The layout `bench --tune` chose for `gpu`, else the one for its kind of device: on
+    /// GPUs summed by subgroup where [`runs`] allows it. On CPU adapters the CPU layout keeps
+    /// workgroup memory: its 16 lanes exceed lavapipe's subgroups of 8 (and SwiftShader's 4).
+    /// A tuned subgroup layout the adapter cannot run (another driver since) sums through
+    /// workgroup memory instead.
     pub fn for_device(gpu: &Gpu) -> Layout {
-        if let Some(tuned) = gpu.tuning().matvec {
+        let layout = if let Some(tuned) = gpu.tuning().matvec {
             tuned
         } else if gpu.info.device_type == wgpu::DeviceType::Cpu {
             Layout::CPU
         } else {
-            Layout::GPU
+            Layout::GPU.by_subgroup()
+        };
+        match runs(gpu, layout) {
+            true => layout,
+            false => Layout {
+                subgroup: false,
+                ..layout
+            },
         }
     }
 
@@ -109,6 +136,19 @@ impl Layout {
     pub fn rows(self) -> u32 {
         64 / self.lanes * self.rows_per_lane
     }
+}
+
+/// Whether `gpu` runs `layout`: any layout that sums through workgroup memory; one summed by
+/// subgroup where every subgroup holds whole row groups, i.e. natively on an adapter with
+/// subgroups of at least `lanes` invocations and at most the workgroup's 64 (so subgroups
+/// are full; see shaders/matvec.wgsl). Not in the browser: WGSL there needs `enable
+/// subgroups;`, which naga 30 refuses, and the kernel's `subgroup_id` is a later extension.
+pub fn runs(gpu: &Gpu, layout: Layout) -> bool {
+    !layout.subgroup
+        || (cfg!(not(target_arch = "wasm32"))
+            && gpu.caps.subgroups
+            && layout.lanes <= gpu.caps.subgroup_min_size
+            && gpu.caps.subgroup_max_size <= 64)
 }
 
 /// Whether rows of `w` can be read as whole vec4s (the kernel's VEC4 paths; every row then
@@ -201,10 +241,18 @@ fn launch_inner(
     let Layout {
         lanes,
         rows_per_lane,
+        ..
     } = layout;
     if !lanes.is_power_of_two() || lanes > 64 || rows_per_lane == 0 || rows_per_lane > lanes {
         return Err(Error::Graph(format!(
             "matvec: unsupported layout {layout:?}"
+        )));
+    }
+    if !runs(gpu, layout) {
+        return Err(Error::Graph(format!(
+            "matvec: the subgroup reduction of {layout:?} needs subgroups of {lanes} to 64 \
+             invocations (this adapter: {}, {} to {})",
+            gpu.caps.subgroups, gpu.caps.subgroup_min_size, gpu.caps.subgroup_max_size
         )));
     }
     let vec4 = vec4_rows(w);
@@ -288,7 +336,8 @@ fn launch_inner(
 }
 
 /// Fusions the kernel cannot do: any with grouped rows; SwiGLU with a bias, a chunk edge
-/// inside a pair or an odd number of rows per workgroup; a merge whose x is not whole heads
+/// inside a pair, an odd number of rows per workgroup or, summed by subgroup, per lane (a
+/// pair would straddle two row groups); a merge whose x is not whole heads
 /// or longer than [`MERGE_MAX_K`].
 fn check_fusion(
     w: &GpuWeight,
@@ -305,9 +354,13 @@ fn check_fusion(
     if matches!(fusion.epilogue, Epilogue::Glu(_))
         && (bias
             || !layout.rows().is_multiple_of(2)
+            || (layout.subgroup && !layout.rows_per_lane.is_multiple_of(2))
             || w.chunks.iter().any(|c| c.row_start % 2 + c.rows % 2 != 0))
     {
-        return bad("SwiGLU needs whole (gate, up) row pairs in every chunk and workgroup");
+        return bad(
+            "SwiGLU needs whole (gate, up) row pairs in every chunk, workgroup and (summed by \
+             subgroup) row group",
+        );
     }
     if let Prologue::Merge { head_dim, splits } = fusion.prologue {
         if head_dim == 0 || splits == 0 || !w.cols.is_multiple_of(head_dim) {
@@ -336,6 +389,7 @@ fn defs(
         .bool("VEC4", vec4)
         .u32("LANES", layout.lanes)
         .u32("ROWS_PER_LANE", layout.rows_per_lane)
+        .bool("SUBGROUP", layout.subgroup)
         .bool("GROUPED", grouped.is_some())
         .bool("GATHER", grouped == Some(true))
         .bool("NORM", prologue == Kind::Norm)
@@ -371,8 +425,9 @@ impl Prologue<'_> {
     }
 }
 
-/// Every weight dtype, with and without bias and vec4 reads, in the CPU and the GPU layout:
-/// grouped (gathering token rows or not), and plain with every prologue and epilogue.
+/// Every weight dtype, with and without bias and vec4 reads, in the CPU and the GPU layout,
+/// the latter also summed by subgroup: grouped (gathering token rows or not), and plain with
+/// every prologue and epilogue.
 pub fn variants() -> Vec<ShaderDefs> {
     let prologues = [Kind::Plain, Kind::Norm, Kind::Merge];
     let epilogues = [
@@ -388,7 +443,7 @@ pub fn variants() -> Vec<ShaderDefs> {
         };
         for bias in [false, true] {
             for vec4 in [false, true] {
-                for layout in [Layout::CPU, Layout::GPU] {
+                for layout in [Layout::CPU, Layout::GPU, Layout::GPU.by_subgroup()] {
                     let d = |grouped, prologue, epilogue| {
                         defs(
                             weight.clone(),
