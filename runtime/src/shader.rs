@@ -80,28 +80,27 @@ fn expand(
 ) {
     for line in kernel.lines() {
         let active = stack.last().is_none_or(|&(outer, this)| outer && this);
-        match Cond::parse(line) {
+        // Whether the line was a condition, consumed here.
+        let consumed = match Cond::parse(line) {
             Some(Cond::If(name)) => {
                 // A condition that is no bool constant still opens a block, so that the
                 // `#else` and `#endif` after it stay paired with it.
                 let v = defs.get(name);
                 stack.push((active, v != Some(Def::Bool(false))));
-                if matches!(v, Some(Def::Bool(_))) {
-                    continue;
-                }
+                matches!(v, Some(Def::Bool(_)))
             }
-            Some(Cond::Else) => {
-                if let Some((_, this)) = stack.last_mut() {
+            Some(Cond::Else) => match stack.last_mut() {
+                Some((_, this)) => {
                     *this = !*this;
-                    continue;
+                    true
                 }
-            }
-            Some(Cond::EndIf) => {
-                if stack.pop().is_some() {
-                    continue;
-                }
-            }
-            None => {}
+                None => false,
+            },
+            Some(Cond::EndIf) => stack.pop().is_some(),
+            None => false,
+        };
+        if consumed {
+            continue;
         }
         if !active {
             continue;
