@@ -34,7 +34,7 @@ fn layer(gpu: &Arc<Gpu>) -> Graph {
         let (w, _) = weights::random(gpu, dtype, 1, rows, cols, &mut rng).expect("weight");
         g.weight(&w)
     };
-    let q = |f| DType::Quant(f);
+    let q = DType::Quant;
     let wo = weight(&mut g, q(QuantFormat::Q4_1), DIM, DIM);
     let wgu = weight(&mut g, q(QuantFormat::Q8_0), 2 * HIDDEN, DIM);
     let wd = weight(&mut g, q(QuantFormat::Q5_0), DIM, HIDDEN);

@@ -176,9 +176,9 @@ pub fn block_ints(format: QuantFormat, b: &[u8]) -> ([i32; BLOCK], f32, f32) {
     let mut q = [0i32; BLOCK];
     // Nibbles: value j from the low nibble of qs[j], value j + 16 from its high nibble.
     let nibbles = |q: &mut [i32; BLOCK], qs: &[u8]| {
-        for j in 0..16 {
-            q[j] = (qs[j] & 15) as i32;
-            q[j + 16] = (qs[j] >> 4) as i32;
+        for (j, &byte) in qs.iter().enumerate() {
+            q[j] = (byte & 15) as i32;
+            q[j + 16] = (byte >> 4) as i32;
         }
     };
     let fifth = |q: &mut [i32; BLOCK], qh: u32| {
@@ -261,9 +261,8 @@ mod tests {
             let want = quant::dequantize(format, &bytes);
             for (i, b) in bytes.chunks_exact(format.block_bytes()).enumerate() {
                 let (q, ax, ay) = block_ints(format, b);
-                for j in 0..BLOCK {
-                    let got = q[j] as f32 * ax + ay;
-                    let w = want[i * BLOCK + j];
+                for (j, (&q, &w)) in q.iter().zip(&want[i * BLOCK..]).enumerate() {
+                    let got = q as f32 * ax + ay;
                     assert!(
                         (got - w).abs() <= 1e-6 * w.abs().max(ax.abs()),
                         "{format:?} block {i} value {j}: {got} vs {w}"
