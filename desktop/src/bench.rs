@@ -97,14 +97,17 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         None => None,
     };
     let gpu = open_gpu(&a.device)?;
+    a.precision.apply(&gpu);
     let device_open_s = start.elapsed().as_secs_f64();
     if text {
         outln!("adapter: {} ({})", gpu.info.name, gpu.backend_name());
+        outln!("matvec precision: {}", gpu.matvec_precision().name());
     }
     let mut report = json!({
         "adapter": gpu.info.name,
         "backend": gpu.backend_name(),
         "device_open_s": device_open_s,
+        "matvec_precision": gpu.matvec_precision().name(),
     });
     let mut attention = serde_json::Map::new();
     let mut tuning = Value::Null;

@@ -15,8 +15,9 @@ use kestrel_models::generate::Request;
 use kestrel_models::{AttentionField, AttentionOptions};
 use kestrel_runtime::block_mask::SparseConfig;
 use kestrel_runtime::diffusion::{BlockCache, ConfigError, DiffusionConfig, Setting};
+use kestrel_runtime::kernels::matvec_q8::MatvecPrecision;
 use kestrel_runtime::session::Sampling;
-use kestrel_runtime::BackendChoice;
+use kestrel_runtime::{BackendChoice, Gpu};
 
 const MODEL_HELP: &str = "A Hugging Face-layout directory (config.json, *.safetensors, \
     tokenizer.json) or a .gguf file; or a name from `kestrel models`; or a Hugging Face \
@@ -83,6 +84,29 @@ pub struct DeviceArgs {
 
 fn parse_backend(s: &str) -> Result<BackendChoice, String> {
     s.parse().map_err(|e: kestrel_runtime::Error| e.to_string())
+}
+
+/// The decode matvec's arithmetic, chosen when running (before any plan is made).
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Kernel options")]
+pub struct PrecisionArgs {
+    /// The decode matvec's arithmetic: f32 (exact, the default) or int8 (x quantized to 8-bit
+    /// integers per 32-value block, llama.cpp's q8_1, and integer dot products with Q4_0,
+    /// Q4_1, Q5_0, Q5_1 and Q8_0 weights; other weights stay f32). int8 changes the logits
+    /// slightly (see the README)
+    #[arg(long, value_name = "MODE", default_value = "f32", value_parser = parse_precision)]
+    pub matvec_precision: MatvecPrecision,
+}
+
+fn parse_precision(s: &str) -> Result<MatvecPrecision, String> {
+    s.parse().map_err(|e: kestrel_runtime::Error| e.to_string())
+}
+
+impl PrecisionArgs {
+    /// Set the precision on `gpu` (before any model's plans are made).
+    pub fn apply(&self, gpu: &Gpu) {
+        gpu.set_matvec_precision(self.matvec_precision);
+    }
 }
 
 /// Attention chosen when running, checked against the model once it is loaded.
@@ -295,6 +319,8 @@ pub struct LogitsArgs {
     pub fetch: FetchArgs,
     #[command(flatten)]
     pub attention: AttentionArgs,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 #[derive(Args, Debug)]
@@ -331,6 +357,8 @@ pub struct GenerateArgs {
     pub gen_length: Option<usize>,
     #[command(flatten)]
     pub diffusion: DiffusionArgs,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 #[derive(Args, Debug)]
@@ -393,6 +421,8 @@ pub struct BenchArgs {
     pub fetch: FetchArgs,
     #[command(flatten)]
     pub attention_options: AttentionArgs,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 #[derive(Args, Debug)]
@@ -425,6 +455,8 @@ pub struct ChatArgs {
     pub attention: AttentionArgs,
     #[command(flatten)]
     pub diffusion: DiffusionArgs,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 #[derive(Args, Debug)]
@@ -488,6 +520,8 @@ pub struct ServeArgs {
     pub fetch: FetchArgs,
     #[command(flatten)]
     pub attention: AttentionArgs,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 #[derive(Args, Debug)]
@@ -573,6 +607,8 @@ mod tests {
             "remasking",
         ];
         let sampling = ["temperature", "top-k", "top-p", "seed", "stop"];
+        // Added since: the decode matvec's precision.
+        let precision = ["logits", "generate", "bench", "chat", "serve"];
         let before: &[(&str, Vec<&str>)] = &[
             ("info", vec!["backend"]),
             ("logits", vec!["model", "tokens", "mode", "backend", "out"]),
@@ -641,6 +677,9 @@ mod tests {
             }
             if matches!(*command, "generate" | "chat" | "diffuse") {
                 want.extend(diffusion);
+            }
+            if precision.contains(command) {
+                want.push("matvec-precision");
             }
             if *command == "info" {
                 want.retain(|o| !attention.contains(o));

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use crate::buffer::GpuBuffer;
 use crate::counters::{MemoryCount, PipelineCount, PipelineWork, Work, WorkCount};
 use crate::error::{Error, Result};
+use crate::kernels::matvec_q8::MatvecPrecision;
 use crate::pipelines::Pipelines;
 use crate::requirements;
 use crate::shader::ShaderDefs;
@@ -114,6 +115,8 @@ pub struct Gpu {
     uncaptured: Arc<Mutex<Option<String>>>,
     /// Kernel choices made by timing (shared by `with_max_binding`).
     tuning: Arc<Mutex<Tuning>>,
+    /// The decode matvec's arithmetic (shared by `with_max_binding`).
+    matvec_precision: Arc<Mutex<MatvecPrecision>>,
 }
 
 /// wgpu's major version, part of the pipeline cache key (wgpu's header also carries its
@@ -289,6 +292,7 @@ impl Gpu {
             lost,
             uncaptured,
             tuning: Arc::default(),
+            matvec_precision: Arc::default(),
         }))
     }
 
@@ -314,6 +318,7 @@ impl Gpu {
             lost: self.lost.clone(),
             uncaptured: self.uncaptured.clone(),
             tuning: self.tuning.clone(),
+            matvec_precision: self.matvec_precision.clone(),
         })
     }
 
@@ -323,6 +328,18 @@ impl Gpu {
         if let Ok(mut t) = self.tuning.lock() {
             *t = tuning;
         }
+    }
+
+    /// The decode matvec's arithmetic ([`MatvecPrecision`]: f32 unless a front end opts in);
+    /// plans made after this call use it.
+    pub fn set_matvec_precision(&self, precision: MatvecPrecision) {
+        if let Ok(mut p) = self.matvec_precision.lock() {
+            *p = precision;
+        }
+    }
+
+    pub fn matvec_precision(&self) -> MatvecPrecision {
+        self.matvec_precision.lock().map(|p| *p).unwrap_or_default()
     }
 
     /// The kernel choices made by timing, if any (default: none).

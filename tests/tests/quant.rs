@@ -111,6 +111,18 @@ fn matvec_quantized_matches_reference() {
     check_cases(quantized("matvec"));
 }
 
+/// The int8 decode matvec (`--matvec-precision int8`): x's quantization and the integer
+/// product, each against a CPU reference of the same arithmetic (runtime/src/cases/matvec_q8.rs).
+#[test]
+fn quantize_q8_matches_reference() {
+    check_cases(cases::family("quantize_q8"));
+}
+
+#[test]
+fn matvec_q8_matches_reference() {
+    check_cases(cases::family("matvec_q8"));
+}
+
 #[test]
 fn matmul_quantized_matches_reference() {
     check_cases(quantized("matmul"));

@@ -45,6 +45,7 @@ mod heads;
 mod linear;
 mod linear_scan;
 mod matmul;
+pub mod matvec_q8;
 mod moe;
 mod norm;
 mod rope;
@@ -77,6 +78,7 @@ pub fn all() -> Vec<Case> {
         linear::matmul(),
         matmul::cases(),
         linear::matvec(),
+        matvec_q8::cases(),
         embedding::cases(),
         elementwise::cases(),
         norm::rms_norm(),

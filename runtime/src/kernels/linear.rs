@@ -8,11 +8,13 @@
 use super::attention::AttnShape;
 use super::elementwise::{self, Elementwise, Gate};
 use super::matvec::{self, Epilogue, Fusion, Prologue};
-use super::{decode_attention, matmul, rms_norm};
+use super::matvec_q8::{self, MatvecPrecision};
+use super::{decode_attention, matmul, quantize_q8, rms_norm};
 use crate::error::{Error, Result};
 use crate::executor::Lowering;
 use crate::graph::{mismatch, Graph, TensorId};
 use crate::op::Op;
+use crate::tensor::GpuWeight;
 
 /// What the op reads as x.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -137,6 +139,31 @@ impl Linear {
             LinearOutput::Glu(gate) => Epilogue::Glu(gate),
         }
     }
+
+    /// The decode matvec in int8 where the device asks for it (`--matvec-precision int8`) and
+    /// the kernel reads the weight's format: x (with the norm, if any) quantized into
+    /// scratch, then the int8 product with this op's epilogue. False, and nothing pushed,
+    /// otherwise: other formats (f32, f16, bf16, the K-quants) keep the f32 matvec.
+    fn int8_matvec(
+        &self,
+        cx: &mut Lowering,
+        x: &wgpu::Buffer,
+        w: &GpuWeight,
+        bias: Option<&wgpu::Buffer>,
+        out: &wgpu::Buffer,
+        norm: Option<(&wgpu::Buffer, f32)>,
+    ) -> Result<bool> {
+        let gpu = cx.gpu();
+        if gpu.matvec_precision() != MatvecPrecision::Int8 || !matvec_q8::reads(w) {
+            return Ok(false);
+        }
+        let xq = cx.scratch("linear int8 input", quantize_q8::words(w.cols))?;
+        let quantize = quantize_q8::launch(gpu, x, norm, &xq, w.cols)?;
+        let product = matvec_q8::launch(gpu, &xq, w, bias, out, self.epilogue(), None)?;
+        cx.push([quantize]);
+        cx.push(product);
+        Ok(true)
+    }
 }
 
 impl Op for Linear {
@@ -187,6 +214,9 @@ impl Op for Linear {
             let merged = cx.scratch("linear merged input", w.cols)?;
             let merge = decode_attention::launch_merge(gpu, x, &merged, shape, splits, 1)?;
             cx.push([merge]);
+            if self.int8_matvec(cx, &merged, w, bias, out, None)? {
+                return Ok(());
+            }
             let fusion = Fusion {
                 prologue: Prologue::None,
                 epilogue: self.epilogue(),
@@ -197,6 +227,12 @@ impl Op for Linear {
             return Ok(());
         }
         if m == 1 {
+            // A merge prologue (never reached: the arm above takes merged inputs) keeps f32.
+            if !matches!(input, LinearInput::Merged { .. })
+                && self.int8_matvec(cx, x, w, bias, out, norm)?
+            {
+                return Ok(());
+            }
             let prologue = match (input, norm) {
                 (LinearInput::Merged { head_dim, splits }, _) => {
                     Prologue::Merge { head_dim, splits }

@@ -26,7 +26,9 @@ pub mod linear;
 pub mod linear_scan;
 pub mod matmul;
 pub mod matvec;
+pub mod matvec_q8;
 pub mod moe;
+pub mod quantize_q8;
 pub mod rms_norm;
 pub mod rope;
 pub mod rope_cache_write;
@@ -114,9 +116,11 @@ pub const ALL: &[Kernel] = &[
     matmul::KERNEL_F16,
     matmul::ROWS,
     matvec::KERNEL,
+    matvec_q8::KERNEL,
     moe::ROUTE,
     moe::PERMUTE,
     moe::COMBINE,
+    quantize_q8::KERNEL,
     rms_norm::KERNEL,
     rms_norm::LANES,
     rope::KERNEL,

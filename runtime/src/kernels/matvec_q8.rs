@@ -1,0 +1,274 @@
+//! The int8 decode matvec, an opt-in precision (`--matvec-precision int8`,
+//! [`MatvecPrecision`]): x quantized to int8 blocks of 32 by [`super::quantize_q8`], then per
+//! weight block `d_x * (a.x * sum(q_w q_x) + a.y * sum(q_x))` with exact integer sums by
+//! WGSL's `dot4I8Packed` (SPIR-V's OpSDot where the Vulkan device has
+//! shaderIntegerDotProduct, else naga's bit-field polyfill; GLSL always the polyfill), for the
+//! 32-value ggml formats. See shaders/matvec_q8.wgsl. Results differ from the f32 matvec by x's
+//! quantization (relative error about 1e-2 per product), hence opt-in.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::elementwise::Gate;
+use super::matvec::{Epilogue, Layout};
+use super::quantize_q8::{Block, BLOCK, BLOCK_WORDS};
+use super::{dtype_defs, kernel, weight_defs, Dispatch, Kernel};
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::quant::QuantFormat;
+use crate::shader::ShaderDefs;
+use crate::tensor::{DType, GpuWeight};
+
+pub const KERNEL: Kernel = kernel!("matvec_q8", variants);
+
+/// The arithmetic of the decode matvec (the Linear op at one token), chosen when running
+/// ([`Gpu::set_matvec_precision`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatvecPrecision {
+    /// x and products in f32 (the default; every other path is checked against it).
+    #[default]
+    F32,
+    /// x quantized to int8 per 32-value block, integer dot products with the weights' quants,
+    /// for weights in [`FORMATS`]; other weights, and fusions this kernel lacks, keep f32.
+    Int8,
+}
+
+impl MatvecPrecision {
+    pub fn name(self) -> &'static str {
+        match self {
+            MatvecPrecision::F32 => "f32",
+            MatvecPrecision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::str::FromStr for MatvecPrecision {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(MatvecPrecision::F32),
+            "int8" => Ok(MatvecPrecision::Int8),
+            _ => Err(Error::InputOutOfRange(format!(
+                "matvec precision '{s}' (expected f32 or int8)"
+            ))),
+        }
+    }
+}
+
+/// The weight formats the int8 matvec reads: ggml's 32-value blocks.
+pub const FORMATS: [QuantFormat; 5] = [
+    QuantFormat::Q4_0,
+    QuantFormat::Q4_1,
+    QuantFormat::Q5_0,
+    QuantFormat::Q5_1,
+    QuantFormat::Q8_0,
+];
+
+/// Whether the int8 matvec reads `w` (one of [`FORMATS`]; rows are then whole blocks).
+pub fn reads(w: &GpuWeight) -> bool {
+    matches!(w.dtype, DType::Quant(q) if FORMATS.contains(&q)) && w.experts == 1
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    k: u32,
+    n: u32,
+    col_offset: u32,
+}
+
+fn defs(weight: ShaderDefs, bias: bool, layout: Layout, epilogue: Epilogue) -> ShaderDefs {
+    let glu_op = match epilogue {
+        Epilogue::Glu(gate) => gate.mul() as u32,
+        _ => 0,
+    };
+    weight
+        .bool("HAS_BIAS", bias)
+        .u32("LANES", layout.lanes)
+        .u32("ROWS_PER_LANE", layout.rows_per_lane)
+        .u32("Q8_WORDS", BLOCK_WORDS as u32)
+        .bool("ACCUM", epilogue == Epilogue::Accumulate)
+        .bool("GLU", matches!(epilogue, Epilogue::Glu(_)))
+        .u32("GLU_OP", glu_op)
+}
+
+/// Every format, with and without bias, in the CPU and the GPU layout, with every epilogue.
+pub fn variants() -> Vec<ShaderDefs> {
+    let epilogues = [
+        Epilogue::Store,
+        Epilogue::Accumulate,
+        Epilogue::Glu(Gate::Silu),
+        Epilogue::Glu(Gate::GeluTanh),
+    ];
+    let mut out = Vec::new();
+    for format in FORMATS {
+        let Some(weight) = dtype_defs(ShaderDefs::new(), DType::Quant(format)) else {
+            continue;
+        };
+        for bias in [false, true] {
+            for layout in [Layout::CPU, Layout::GPU] {
+                for epilogue in epilogues {
+                    out.push(defs(weight.clone(), bias, layout, epilogue));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `y = W x + b` for `xq` the quantized x ([`super::quantize_q8::launch`]), one dispatch per
+/// weight chunk, in `layout` or the f32 matvec's for `gpu`. SwiGLU needs whole (gate, up)
+/// pairs in every chunk and workgroup and no bias, as the f32 matvec.
+pub fn launch(
+    gpu: &Gpu,
+    xq: &wgpu::Buffer,
+    w: &GpuWeight,
+    bias: Option<&wgpu::Buffer>,
+    y: &wgpu::Buffer,
+    epilogue: Epilogue,
+    layout: Option<Layout>,
+) -> Result<Vec<Dispatch>> {
+    let layout = layout.unwrap_or_else(|| Layout::for_device(gpu));
+    let bad = |why: &str| Err(Error::Graph(format!("int8 matvec of {}: {why}", w.name)));
+    if !reads(w) {
+        return bad(&format!("{} weights are not read in int8", w.dtype.name()));
+    }
+    if !layout.lanes.is_power_of_two()
+        || layout.lanes > 64
+        || layout.rows_per_lane == 0
+        || layout.rows_per_lane > layout.lanes
+    {
+        return bad(&format!("unsupported layout {layout:?}"));
+    }
+    if matches!(epilogue, Epilogue::Glu(_))
+        && (bias.is_some()
+            || !layout.rows().is_multiple_of(2)
+            || w.chunks.iter().any(|c| c.row_start % 2 + c.rows % 2 != 0))
+    {
+        return bad("SwiGLU needs whole (gate, up) row pairs in every chunk and workgroup");
+    }
+    let defs = defs(
+        weight_defs(ShaderDefs::new(), w, "matvec_q8")?,
+        bias.is_some(),
+        layout,
+        epilogue,
+    );
+    let bias = bias.unwrap_or(&gpu.dummy);
+    w.chunks
+        .iter()
+        .map(|c| {
+            let params = Params {
+                k: w.cols as u32,
+                n: c.rows as u32,
+                col_offset: c.row_start as u32,
+            };
+            let grid = gpu.grid(params.n.div_ceil(layout.rows()));
+            KERNEL.dispatch(gpu, &defs, &params, &[xq, &c.buffer, bias, y], grid)
+        })
+        .collect()
+}
+
+/// A block of a 32-value format in file layout as the kernel reads it: its 32 quants (Q5's
+/// fifth bit included, no offset) and (a.x, a.y) with each value q * a.x + a.y.
+pub fn block_ints(format: QuantFormat, b: &[u8]) -> ([i32; BLOCK], f32, f32) {
+    let f16_at = |o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
+    let d = f16_at(0);
+    let mut q = [0i32; BLOCK];
+    // Nibbles: value j from the low nibble of qs[j], value j + 16 from its high nibble.
+    let nibbles = |q: &mut [i32; BLOCK], qs: &[u8]| {
+        for (j, &byte) in qs.iter().enumerate() {
+            q[j] = (byte & 15) as i32;
+            q[j + 16] = (byte >> 4) as i32;
+        }
+    };
+    let fifth = |q: &mut [i32; BLOCK], qh: u32| {
+        for (j, q) in q.iter_mut().enumerate() {
+            *q |= (((qh >> j) & 1) << 4) as i32;
+        }
+    };
+    let qh_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    match format {
+        QuantFormat::Q4_0 => {
+            nibbles(&mut q, &b[2..18]);
+            (q, d, -8.0 * d)
+        }
+        QuantFormat::Q4_1 => {
+            nibbles(&mut q, &b[4..20]);
+            (q, d, f16_at(2))
+        }
+        QuantFormat::Q5_0 => {
+            nibbles(&mut q, &b[6..22]);
+            fifth(&mut q, qh_at(2));
+            (q, d, -16.0 * d)
+        }
+        QuantFormat::Q5_1 => {
+            nibbles(&mut q, &b[8..24]);
+            fifth(&mut q, qh_at(4));
+            (q, d, f16_at(2))
+        }
+        _ => {
+            // Q8_0 (the only other format of FORMATS): signed bytes.
+            for (q, &v) in q.iter_mut().zip(&b[2..34]) {
+                *q = v as i8 as i32;
+            }
+            (q, d, 0.0)
+        }
+    }
+}
+
+/// `y[r] = sum over blocks of d_x (a.x sum(q_w q_x) + a.y sum(q_x)) + b[r]` for a weight
+/// [n, k] of `format` in file layout and x's blocks: the kernel's arithmetic, each block's
+/// term as the kernel forms it (integer sums exact), the terms summed in f64.
+pub fn reference(
+    format: QuantFormat,
+    blocks: &[u8],
+    x: &[Block],
+    bias: Option<&[f32]>,
+    n: usize,
+) -> Vec<f32> {
+    let per_row = x.len();
+    let bytes = format.block_bytes();
+    (0..n)
+        .map(|r| {
+            let sum: f64 = x
+                .iter()
+                .enumerate()
+                .map(|(i, xb)| {
+                    let wb = &blocks[(r * per_row + i) * bytes..][..bytes];
+                    let (q, ax, ay) = block_ints(format, wb);
+                    let dot: i32 = q.iter().zip(&xb.q).map(|(&w, &x)| w * x as i32).sum();
+                    (xb.d * (ax * dot as f32 + ay * xb.sum() as f32)) as f64
+                })
+                .sum();
+            sum as f32 + bias.map_or(0.0, |b| b[r])
+        })
+        .collect()
+}
+
+#[cfg(all(test, feature = "kernel-cases"))]
+mod tests {
+    use super::*;
+    use crate::cases::weights::random_blocks;
+    use crate::quant;
+    use crate::rng::Rng;
+
+    /// q * a.x + a.y is the CPU dequantization of every value (within one rounding).
+    #[test]
+    fn block_ints_agree_with_dequantize() {
+        let mut rng = Rng::new(7);
+        for format in FORMATS {
+            let bytes = random_blocks(format, 4, 64, &mut rng);
+            let want = quant::dequantize(format, &bytes);
+            for (i, b) in bytes.chunks_exact(format.block_bytes()).enumerate() {
+                let (q, ax, ay) = block_ints(format, b);
+                for (j, (&q, &w)) in q.iter().zip(&want[i * BLOCK..]).enumerate() {
+                    let got = q as f32 * ax + ay;
+                    assert!(
+                        (got - w).abs() <= 1e-6 * w.abs().max(ax.abs()),
+                        "{format:?} block {i} value {j}: {got} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}

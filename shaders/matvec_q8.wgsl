@@ -1,0 +1,117 @@
+// The int8 decode matvec (`--matvec-precision int8`): y[col_offset + r] = dot(x, w[r, :]) for
+// the rows r of one weight chunk of a 32-value ggml format (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1),
+// with x quantized by shaders/quantize_q8.wgsl (blocks of 32 int8 q_x with a scale d_x and
+// the block's sum of q_x). Per block, with the weight's values q_w * a.x + a.y
+// (shaders/quant.wgsl's q_affine; Q8_0: a = (d, 0)):
+//   d_x * (a.x * sum(q_w q_x) + a.y * sum(q_x)),
+// where sum(q_w q_x) is an exact integer sum of dot4I8Packed over packed words (the weight's
+// nibbles, with Q5's fifth bit, are unsigned bytes 0..31, valid int8 lanes). Then f32 as the
+// f32 matvec: each lane sums its blocks, one invocation per row sums its lanes.
+//
+// Layout as shaders/matvec.wgsl: 64 / LANES row groups of LANES lanes, ROWS_PER_LANE rows a
+// lane, each lane taking every LANES-th block of the row. Epilogues as there: HAS_BIAS,
+// ACCUM (y += sum) and GLU (interleaved gate/up row pairs, y[i] = act(gate) * up with the
+// elementwise op GLU_OP). The RMSNorm prologue is the quantize kernel's.
+
+struct Params { k: u32, n: u32, col_offset: u32 }
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> xq: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+#include "quant.wgsl"
+#include "elementwise_ops.wgsl"
+
+const R: u32 = ROWS_PER_LANE;
+const ROWS: u32 = 64u / LANES * R; // rows per workgroup
+
+var<workgroup> partial: array<f32, ROWS * LANES>;
+
+// The exact integer dot product of a weight block at word b with a block of packed q_x.
+fn block_dot(b: u32, q: array<u32, 8>) -> i32 {
+    var s = 0;
+    if (QFORMAT == Q8_0) {
+        for (var k = 0u; k < 8u; k++) {
+            s += dot4I8Packed(w[b + 1u + k], q[k]);
+        }
+        return s;
+    }
+    for (var k = 0u; k < 4u; k++) {
+        let lanes = q_lanes(b, k);
+        s += dot4I8Packed(lanes.x, q[k]) + dot4I8Packed(lanes.y, q[k + 4u]);
+    }
+    return s;
+}
+
+// The block's (a.x, a.y): a weight value is q_w * a.x + a.y.
+fn block_affine(b: u32) -> vec2<f32> {
+    if (QFORMAT == Q8_0) {
+        return vec2<f32>(unpack2x16float(w[b]).x, 0.0);
+    }
+    return q_affine(b);
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let lane = lid % LANES;
+    let first = group_index(wid, nwg) * ROWS;
+    let row0 = first + (lid / LANES) * R;
+    // Rows of this row group inside the chunk (0..R).
+    let nr = min(p.n, row0 + R) - min(p.n, row0);
+    var acc: array<f32, R>;
+    for (var r = 0u; r < R; r++) {
+        acc[r] = 0.0;
+    }
+    let row_words = p.k / 32u * QWORDS;
+    for (var gi = lane; gi < p.k / 32u; gi += LANES) {
+        let xb = Q8_WORDS * gi;
+        let dx = bitcast<f32>(xq[xb]);
+        let sx = f32(bitcast<i32>(xq[xb + 1u]));
+        var q: array<u32, 8>;
+        for (var t = 0u; t < 8u; t++) {
+            q[t] = xq[xb + 2u + t];
+        }
+        for (var r = 0u; r < R; r++) {
+            if (r < nr) {
+                let b = (row0 + r) * row_words + gi * QWORDS;
+                let a = block_affine(b);
+                acc[r] += dx * (a.x * f32(block_dot(b, q)) + a.y * sx);
+            }
+        }
+    }
+    for (var r = 0u; r < R; r++) {
+        partial[((lid / LANES) * R + r) * LANES + lane] = acc[r];
+    }
+    workgroupBarrier();
+    if (GLU) {
+        // Pair i of the workgroup: rows 2i (gate) and 2i + 1 (up); the chunk starts on a pair.
+        let row = first + 2u * lid;
+        if (lid < ROWS / 2u && row < p.n) {
+            var g = 0.0;
+            var u = 0.0;
+            for (var l = 0u; l < LANES; l++) {
+                g += partial[2u * lid * LANES + l];
+                u += partial[(2u * lid + 1u) * LANES + l];
+            }
+            y[(p.col_offset + row) / 2u] = elementwise_op(GLU_OP, g, u);
+        }
+        return;
+    }
+    let row = first + lid;
+    if (lid < ROWS && row < p.n) {
+        var out = 0.0;
+        for (var l = 0u; l < LANES; l++) {
+            out += partial[lid * LANES + l];
+        }
+        if (HAS_BIAS) {
+            out += bias[p.col_offset + row];
+        }
+        if (ACCUM) {
+            out += y[p.col_offset + row];
+        }
+        y[p.col_offset + row] = out;
+    }
+}
