@@ -57,9 +57,12 @@ pub fn start(gpu: &Arc<Gpu>, model: &Path) {
     // pipelines and on one thread: made while the weights upload (one core) and the tokenizer
     // builds, and beside the plan that asks for them; the decode plan's would run inside the
     // first prefill and slow it (all of them, on every core but one, were a net loss on 2
-    // cores). Measured: Qwen2.5-Coder-0.5B cold start 17.6, 16.5, 17.7 s against 16.5, 18.0,
-    // 19.0 s without, alternated, lavapipe on 2 cores at load 12 (the plans' wait for
-    // pipelines fell from 3.7-5.0 s to 1.6-2.2 s, the weight upload slowed by about 2 s).
+    // cores). Measured on lavapipe, 2 cores at load 9-13, alternated: Qwen2.5-Coder-0.5B cold
+    // start with a 64-token prompt 17.6, 16.5, 17.7 s against 16.5, 18.0, 19.0 s without,
+    // with a 30-token one 13.7, 11.3, 11.8 s against 13.1, 12.1, 11.1 s: within the noise
+    // (the plans' wait for pipelines fell from 3.3-5.0 s to 1.4-2.2 s, the weight upload and
+    // the tokenizer, sharing the cores, slowed by as much). Not measured on an idle machine,
+    // where the thread would share the upload's free core with the tokenizer only.
     let cpu = gpu.info.device_type == eframe::wgpu::DeviceType::Cpu;
     let file = path(gpu, model);
     let text = match std::fs::metadata(&file) {
