@@ -10,7 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kestrel_models::generate::{Generation, Request};
+use kestrel_models::chat_template::Message;
+use kestrel_models::generate::{Generation, Prompt, Request};
 use kestrel_runtime::arch::Head;
 use kestrel_runtime::kernels::{self, matmul, matvec};
 use kestrel_runtime::profile::{self, KernelTimes};
@@ -23,6 +24,9 @@ use serde_json::{json, Value};
 use crate::cli::BenchArgs;
 use crate::stdout::outln;
 use crate::{bench_attention, bench_kernels, open_gpu, open_model};
+
+/// The user's message of the chat turn whose first token is the cold start.
+const COLD_START_MESSAGE: &str = "Hello";
 
 /// Seconds per call of `f` (which submits GPU work), after one warm-up, over `iters` calls.
 fn time_gpu(gpu: &Gpu, iters: usize, mut f: impl FnMut()) -> Result<f64, String> {
@@ -314,9 +318,18 @@ fn model_bench(
     } else {
         prompt_len + decode_len.max(1)
     };
+    // The warm-up is the cold start as a user meets it: a first chat turn (COLD_START_MESSAGE
+    // through the model's chat template, as `kestrel chat` renders it) to its first token.
+    // A model without a tokenizer or a chat template, or a context too small for the turn,
+    // starts with the benchmark's prompt instead.
+    let chat_turn = Prompt::Chat(vec![Message::new("user", COLD_START_MESSAGE)])
+        .encode(&model, None)
+        .ok()
+        .filter(|ids| !ids.is_empty() && ids.len().saturating_add(3) <= capacity);
+    let cold_prompt = chat_turn.clone().unwrap_or_else(|| prompt.clone());
     let mut session = model.session(gpu, capacity).map_err(err)?;
     let mut warm =
-        Generation::new(&model, &mut session, prompt.clone(), &run(3)).map_err(gen_err)?;
+        Generation::new(&model, &mut session, cold_prompt.clone(), &run(3)).map_err(gen_err)?;
     let (mut cold_start_s, mut first_step_s) = (0.0, 0.0);
     for i in 0..2 {
         let t = Instant::now();
@@ -325,6 +338,14 @@ fn model_bench(
             cold_start_s = start.elapsed().as_secs_f64();
             first_step_s = t.elapsed().as_secs_f64();
         }
+    }
+    if chat_turn.is_some() {
+        // The benchmark prompt's prefill plan (its length may pick other pipelines), so the
+        // measured prefill below creates nothing.
+        session.reset();
+        let mut warm =
+            Generation::new(&model, &mut session, prompt.clone(), &run(1)).map_err(gen_err)?;
+        pollster::block_on(warm.step(&model, &mut session)).map_err(gen_err)?;
     }
     // Every pipeline of the prefill and decode plans exists now.
     let pipelines = gpu.pipeline_work();
@@ -419,6 +440,8 @@ fn model_bench(
         "decode_tokens_per_s": decode_tokens_per_s,
         "decode_weight_gbs": decode_weight_gbs,
         "cold_start_s": cold_start_s,
+        "cold_start_prompt": if chat_turn.is_some() { "chat turn" } else { "benchmark prompt" },
+        "cold_start_prompt_tokens": cold_prompt.len(),
         "model_load_s": model_load_s,
         "load_parse_s": model.load_times.parse_s,
         "tokenizer_s": model.load_times.tokenizer_s,
@@ -519,15 +542,22 @@ fn model_bench(
             }
         }
         print_gpu_memory(r);
-        outln!("cold start: {cold_start_s:.2} s (device, model, pipelines, first token)");
+        outln!(
+            "cold start: {cold_start_s:.2} s (device, model, pipelines, first token of {})",
+            match chat_turn {
+                Some(_) => format!("a {}-token chat turn", cold_prompt.len()),
+                None => format!("the {prompt_len}-token benchmark prompt"),
+            }
+        );
         let times = &model.load_times;
         outln!(
             "  model load: {model_load_s:.2} s (files parsed {:.2} s, weights uploaded {:.2} s, \
              tokenizer built beside the upload {:.2} s); first step: {first_step_s:.2} s \
-             (plan, pipelines, prefill of {prompt_len} tokens)",
+             (plan, pipelines, prefill of {} tokens)",
             times.parse_s,
             times.upload_s,
-            times.tokenizer_s
+            times.tokenizer_s,
+            cold_prompt.len()
         );
         outln!(
             "pipeline creation: {pipeline_creation_s:.3} s for {} pipelines (the prefill and \

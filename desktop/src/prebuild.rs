@@ -3,8 +3,8 @@
 //! key a line, one file per model file and adapter (the hash: SHA-256 of the model's
 //! canonical path, the adapter's name, backend, driver and driver info, and the binding
 //! limit). A later run on the same model and adapter creates them on background threads
-//! ([`Gpu::prebuild`]) while the model loads, so its first prompt finds them made (not on a
-//! CPU adapter, see [`start`]). A list
+//! ([`Gpu::prebuild`]) while the model loads, so its first prompt finds them made (on a CPU
+//! adapter only the first prompt's, see [`start`]). A list
 //! is only a hint: a key that no kernel has, or a pipeline the device refuses, is skipped
 //! (see `Gpu::prebuild`), and the list is rewritten when the command ends (atomically: a
 //! temporary file renamed over the old one).
@@ -44,32 +44,45 @@ fn path(gpu: &Gpu, model: &Path) -> PathBuf {
         .join(format!("{hash}.txt"))
 }
 
-/// Start creating the pipelines that `model` used on this adapter (not a CPU one) in an
-/// earlier run, if there is a list, on a background thread per core but one; remember the
-/// model so that [`save_all`] writes the list of this run.
+/// The line that ends, in a list file, the keys a first prompt waits for (those asked for
+/// before the device's first compute dispatch, [`Gpu::pipeline_keys_before_first_dispatch`]);
+/// not a key, so an older Kestrel reading the file skips it.
+const FIRST_DISPATCH: &str = "# first dispatch";
+
+/// Start creating the pipelines that `model` used on this adapter in an earlier run, if there
+/// is a list, on background threads; remember the model so that [`save_all`] writes the list
+/// of this run. On a GPU every pipeline of the list, on a thread per core but one.
 pub fn start(gpu: &Arc<Gpu>, model: &Path) {
-    // Not on a CPU adapter (lavapipe), whose cores also run the kernels: there the threads
-    // slowed the load down and put the decode plan's pipelines inside the first prompt's
-    // prefill, a net loss of seconds on 2 cores (measured), so nothing is made ahead. One
-    // thread fared no better (Qwen2.5-0.5B cold start 13.6 and 17.8 s against 14.9 and 14.9
-    // without, lavapipe under load 8: the wait for pipelines fell from 4-5 s to 0.6 s, but the
-    // weight upload slowed by as much).
-    if gpu.info.device_type == eframe::wgpu::DeviceType::Cpu {
-        return;
-    }
+    // On a CPU adapter (lavapipe), whose cores also run the kernels, only the first prompt's
+    // pipelines and on one thread: made while the weights upload (one core) and the tokenizer
+    // builds, and beside the plan that asks for them; the decode plan's would run inside the
+    // first prefill and slow it (all of them, on every core but one, were a net loss on 2
+    // cores). Measured on lavapipe, 2 cores at load 9-13, alternated: Qwen2.5-Coder-0.5B cold
+    // start with a 64-token prompt 17.6, 16.5, 17.7 s against 16.5, 18.0, 19.0 s without,
+    // with a 30-token one 13.7, 11.3, 11.8 s against 13.1, 12.1, 11.1 s: within the noise
+    // (the plans' wait for pipelines fell from 3.3-5.0 s to 1.4-2.2 s, the weight upload and
+    // the tokenizer, sharing the cores, slowed by as much). Not measured on an idle machine,
+    // where the thread would share the upload's free core with the tokenizer only.
+    let cpu = gpu.info.device_type == eframe::wgpu::DeviceType::Cpu;
     let file = path(gpu, model);
-    let keys: Vec<String> = match std::fs::metadata(&file) {
-        Ok(m) if m.len() <= MAX_FILE_BYTES => std::fs::read_to_string(&file)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect(),
-        _ => Vec::new(),
+    let text = match std::fs::metadata(&file) {
+        Ok(m) if m.len() <= MAX_FILE_BYTES => std::fs::read_to_string(&file).unwrap_or_default(),
+        _ => String::new(),
     };
+    let keys: Vec<String> = text
+        .lines()
+        .take_while(|l| !(cpu && *l == FIRST_DISPATCH))
+        .filter(|l| *l != FIRST_DISPATCH)
+        .map(str::to_string)
+        .collect();
     if !keys.is_empty() {
-        // The load takes a core (and builds the tokenizer on a second one for a while).
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = cores.saturating_sub(1).max(1);
+        let threads = if cpu {
+            1
+        } else {
+            // The load takes a core (and builds the tokenizer on a second one for a while).
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            cores.saturating_sub(1).max(1)
+        };
         // Detached: a run that ends first simply stops them.
         drop(gpu.prebuild(keys, threads));
     }
@@ -78,13 +91,22 @@ pub fn start(gpu: &Arc<Gpu>, model: &Path) {
     }
 }
 
+/// The list of `gpu`'s pipelines as a file holds it: the keys in first-use order, with
+/// [`FIRST_DISPATCH`] after those a first prompt waits for.
+fn list(gpu: &Gpu) -> Vec<String> {
+    let mut keys = gpu.pipeline_keys();
+    let first = gpu.pipeline_keys_before_first_dispatch().min(keys.len());
+    keys.insert(first, FIRST_DISPATCH.to_string());
+    keys
+}
+
 /// Take the list of `gpu`'s pipelines now: every pipeline the model needs exists, and what
 /// the command creates later (`kestrel bench`'s kernel figures) is not the model's.
 pub fn settle(gpu: &Arc<Gpu>) {
     if let Ok(mut started) = STARTED.lock() {
         for (g, _, keys) in started.iter_mut() {
             if Arc::ptr_eq(g, gpu) && keys.is_none() {
-                *keys = Some(gpu.pipeline_keys());
+                *keys = Some(list(gpu));
             }
         }
     }
@@ -98,8 +120,8 @@ pub fn save_all() {
         Err(_) => return,
     };
     for (gpu, file, keys) in started {
-        let keys = keys.unwrap_or_else(|| gpu.pipeline_keys());
-        if keys.is_empty() {
+        let keys = keys.unwrap_or_else(|| list(&gpu));
+        if keys.len() <= 1 {
             continue;
         }
         if let Err(e) = save(&file, &keys) {

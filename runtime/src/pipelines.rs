@@ -25,6 +25,9 @@ struct Table {
     slots: HashMap<String, Slot>,
     /// Keys asked for by [`Gpu::pipeline`], in first-use order (not those only prebuilt).
     used: Vec<String>,
+    /// How many of `used` were first asked for before the device's first compute dispatch:
+    /// the first plan's pipelines (a first prompt's), on the path to the first token.
+    before_first_dispatch: usize,
 }
 
 /// The key of `kernel` specialised by `defs`; what [`Gpu::pipeline_keys`] lists.
@@ -39,12 +42,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Pipelines {
-    /// The slot of `key`, recorded as used when `used`.
-    fn slot(&self, key: &str, used: bool) -> Slot {
+    /// The slot of `key`, recorded as used when `used`; `dispatched`: whether the device has
+    /// run a compute dispatch yet.
+    fn slot(&self, key: &str, used: bool, dispatched: bool) -> Slot {
         let mut t = lock(&self.0);
         let slot = t.slots.entry(key.to_string()).or_default().clone();
         if used && !t.used.iter().any(|k| k == key) {
             t.used.push(key.to_string());
+            if !dispatched {
+                t.before_first_dispatch = t.used.len();
+            }
         }
         slot
     }
@@ -60,7 +67,8 @@ impl Gpu {
     ) -> Result<wgpu::ComputePipeline> {
         #[cfg(not(target_arch = "wasm32"))]
         let started = std::time::Instant::now();
-        let slot = self.pipelines.slot(&key(name, defs), true);
+        let dispatched = self.work.get().dispatches > 0;
+        let slot = self.pipelines.slot(&key(name, defs), true, dispatched);
         let mut made = lock(&slot);
         let p = match &*made {
             Some(p) => p.clone(),
@@ -79,6 +87,12 @@ impl Gpu {
     /// [`Gpu::prebuild`] takes in a later process.
     pub fn pipeline_keys(&self) -> Vec<String> {
         lock(&self.pipelines.0).used.clone()
+    }
+
+    /// How many of [`Gpu::pipeline_keys`] (the first ones) were asked for before this device
+    /// ran its first compute dispatch: those a first prompt waits for.
+    pub fn pipeline_keys_before_first_dispatch(&self) -> usize {
+        lock(&self.pipelines.0).before_first_dispatch
     }
 }
 
@@ -128,7 +142,7 @@ impl Gpu {
         if key(kernel.name, &defs) != k {
             return;
         }
-        let slot = self.pipelines.slot(k, false);
+        let slot = self.pipelines.slot(k, false, true);
         let mut made = lock(&slot);
         if made.is_some() {
             return;

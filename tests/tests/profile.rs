@@ -218,3 +218,36 @@ fn pipelines_made_ahead_of_use_are_the_ones_a_plan_takes() {
         second.check().unwrap_or_else(|e| panic!("{choice}: {e}"));
     }
 }
+
+#[test]
+fn the_first_prompts_pipelines_are_told_from_later_ones() {
+    // Take the test process's GPU turn (this test opens devices of its own: the shared ones
+    // have run other tests' dispatches).
+    let _ = gpus();
+    for choice in backends() {
+        let gpu = open(choice);
+        let backend = choice;
+        let model = llama_gqa(&gpu);
+        let mut s = model.session(&gpu, 16).expect("session");
+        let greedy = Sampling::default();
+        let next = pollster::block_on(s.next_token(&PROMPT, &greedy)).expect("prefill");
+        let prefill = gpu.pipeline_keys().len();
+        assert!(prefill > 0, "{backend}: a prefill lists its pipelines");
+        assert_eq!(
+            gpu.pipeline_keys_before_first_dispatch(),
+            prefill,
+            "{backend}: every prefill pipeline came before the first dispatch"
+        );
+        // The decode plan's pipelines (matvec, decode attention) come after it.
+        pollster::block_on(s.next_token(&[next], &greedy)).expect("decode");
+        assert!(
+            gpu.pipeline_keys().len() > prefill,
+            "{backend}: decode adds pipelines"
+        );
+        assert_eq!(
+            gpu.pipeline_keys_before_first_dispatch(),
+            prefill,
+            "{backend}: decode's pipelines are not the first prompt's"
+        );
+    }
+}
