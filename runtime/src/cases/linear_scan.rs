@@ -2,10 +2,11 @@
 //! form — token by token (decode) with an invocation per state row or on the lanes kernel
 //! (CPU adapters; on an adapter without subgroups of 8 its cases check that it is refused,
 //! then run the rows form), the chunked scan (prefill) and its matmul form (prefill of the
-//! kinds without the delta term; forced here on every adapter) — for every kind the
-//! linear-time models use: GLA (per-key gate), Mamba (dt * A per key, one value per head,
-//! q/k shared by all heads), Mamba-2 (dt * A per head, grouped q/k), RWKV-6 (per-key decay and
-//! the bonus u), RWKV-7 (per-key decay and the delta term) and plain linear attention.
+//! kinds without the delta term on non-CPU adapters; forced here on every adapter) — for
+//! every kind the linear-time models use: GLA (per-key gate), Mamba (dt * A per key, one
+//! value per head, q/k shared by all heads), Mamba-2 (dt * A per head, grouped q/k), RWKV-6
+//! (per-key decay and the bonus u), RWKV-7 (per-key decay and the delta term) and plain
+//! linear attention.
 //! Sizes are ragged (token counts not multiples of the chunk, key dims not multiples of 64),
 //! the sequence starts from a random non-zero state, outputs and scratch start as NaN, and
 //! the final state is compared as well as the outputs.

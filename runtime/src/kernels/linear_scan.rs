@@ -11,8 +11,8 @@
 //!   every chunk's outputs at once (linear_scan) — parallel over chunks as well as heads;
 //! * [`launch_matmul`]: the same three passes with the chunk-local ones in matmul form
 //!   (fla's chunked form: shaders/linear_scan_mm_local.wgsl, shaders/linear_scan_mm.wgsl),
-//!   for the kinds without the delta term; the prefill of [`LinearScan`] wherever the
-//!   chunked scan runs and the state has at least [`MM_MIN_DV`] value rows.
+//!   for the kinds without the delta term; the prefill of [`LinearScan`] where
+//!   [`matmul_on`].
 //!
 //! [`reference`] is the f64 CPU form of the same recurrence.
 
@@ -317,6 +317,16 @@ pub fn lanes_on(gpu: &Gpu) -> bool {
     gpu.info.device_type == wgpu::DeviceType::Cpu && runs_lanes(gpu)
 }
 
+/// Whether prefill of `shape` on `gpu` takes the matmul form of the chunked scan: kinds
+/// without the delta term, heads of at least [`MM_MIN_DV`] value rows, and not on CPU
+/// adapters. There, where the chunked scan runs at all (llvmpipe GL, no subgroups), its
+/// token-by-token chunk passes were the faster at 512 tokens: the matmul form took 1.12x
+/// their time for RWKV-6 0.1B's scan and 1.04x for a Mamba-2 mixer's (a CPU gains nothing
+/// from the matmul form's extra work for A, nor from its workgroup barriers).
+pub fn matmul_on(gpu: &Gpu, shape: &ScanShape) -> bool {
+    shape.matmul_form() && shape.dv >= MM_MIN_DV && gpu.info.device_type != wgpu::DeviceType::Cpu
+}
+
 /// Whether `gpu` can run the lanes kernel at all: subgroups of at least 8 lanes.
 pub fn runs_lanes(gpu: &Gpu) -> bool {
     gpu.caps.subgroups && gpu.caps.subgroup_min_size >= 8
@@ -607,11 +617,11 @@ impl Op for LinearScan {
     }
 
     /// Token by token up to [`RECURRENT_TOKENS`] (at any length where [`lanes_on`]), else
-    /// the chunked scan — in matmul form where the kind and [`MM_MIN_DV`] allow — with a
-    /// scratch shared by every layer.
+    /// the chunked scan — in matmul form where [`matmul_on`] — with a scratch shared by
+    /// every layer.
     fn lower(&self, cx: &mut Lowering) -> Result<()> {
         let n = cx.shape(self.q)[0];
-        let matmul = self.shape.matmul_form() && self.shape.dv >= MM_MIN_DV;
+        let matmul = matmul_on(cx.gpu(), &self.shape);
         let chunk = if matmul { MM_CHUNK } else { CHUNK };
         let scratch = match n > RECURRENT_TOKENS && !lanes_on(cx.gpu()) {
             true => {
