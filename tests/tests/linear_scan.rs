@@ -56,4 +56,18 @@ fn bad_shapes_are_errors() {
     let err = linear_scan::launch_recurrent(gpu, &b, &shape(1, 1, 4, 4, gate), 1)
         .expect_err("a gate decay without its input was accepted");
     assert!(err.to_string().contains("decay"), "{err}");
+    // The matmul form refuses the delta term and chunks it has no room for.
+    let plain = shape(1, 1, 4, 4, Decay::None);
+    let delta = ScanShape {
+        delta: true,
+        ..plain
+    };
+    let with_ab = ScanBuffers { ab: Some(&x), ..b };
+    let err = linear_scan::launch_matmul(gpu, &with_ab, &x, &delta, 4, 4)
+        .expect_err("the matmul form took the delta term");
+    assert!(err.to_string().contains("delta"), "{err}");
+    let chunk = linear_scan::MM_CHUNK + 1;
+    let err = linear_scan::launch_matmul(gpu, &b, &x, &plain, 64, chunk)
+        .expect_err("the matmul form took chunks over MM_CHUNK");
+    assert!(err.to_string().contains("chunks of"), "{err}");
 }

@@ -1,10 +1,12 @@
 //! The gated linear recurrence (kernels::linear_scan) against its f64 CPU reference, in every
 //! form — token by token (decode) with an invocation per state row or on the lanes kernel
 //! (CPU adapters; on an adapter without subgroups of 8 its cases check that it is refused,
-//! then run the rows form), and the chunked scan (prefill) — for every kind the
-//! linear-time models use: GLA (per-key gate), Mamba (dt * A per key, one value per head,
-//! q/k shared by all heads), Mamba-2 (dt * A per head, grouped q/k), RWKV-6 (per-key decay and
-//! the bonus u), RWKV-7 (per-key decay and the delta term) and plain linear attention.
+//! then run the rows form), the chunked scan (prefill) and its matmul form (prefill of the
+//! kinds without the delta term on non-CPU adapters; forced here on every adapter) — for
+//! every kind the linear-time models use: GLA (per-key gate), Mamba (dt * A per key, one
+//! value per head, q/k shared by all heads), Mamba-2 (dt * A per head, grouped q/k), RWKV-6
+//! (per-key decay and the bonus u), RWKV-7 (per-key decay and the delta term) and plain
+//! linear attention.
 //! Sizes are ragged (token counts not multiples of the chunk, key dims not multiples of 64),
 //! the sequence starts from a random non-zero state, outputs and scratch start as NaN, and
 //! the final state is compared as well as the outputs.
@@ -15,12 +17,20 @@
 //! sqrt(T) * 2^-24 ~ 3e-6 after 2,048 tokens. Any indexing, ordering or chunk-boundary error
 //! is of order 1. The 2,048-token runs also cover decays from 1 - 1e-4 (long memory) to
 //! e^-20 (none), where a form that divided by cumulative decays would overflow.
+//!
+//! The matmul form keeps the same tolerance: it reorders the sums (a chunk's outputs are
+//! dot products over keys, then over the chunk's tokens, each term weighted by e^(a sum of
+//! at most 31 log-decays) computed directly, never as a difference of cumulative sums), so
+//! its rounding is of the same 2^-24 per term as the token-by-token forms', and the state
+//! between chunks still takes one multiply-add per chunk in the carry pass.
 
 use super::{poisoned, upload_f32, Case, Output, Prepared, SCAN_TOL};
 use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::kernels::linear_scan::{self, Decay, ScanBuffers, ScanInputs, ScanShape, CHUNK};
+use crate::kernels::linear_scan::{
+    self, Decay, ScanBuffers, ScanInputs, ScanShape, CHUNK, MM_CHUNK,
+};
 use crate::kernels::Dispatch;
 use crate::rng::Rng;
 
@@ -33,6 +43,8 @@ enum Form {
     Lanes,
     /// The chunked scan with chunks of this many tokens.
     Chunked(usize),
+    /// Its matmul form with chunks of this many tokens.
+    Matmul(usize),
 }
 
 /// Random inputs of one recurrence kind, drawn the way its models produce them.
@@ -191,6 +203,10 @@ impl Draw {
                 let scratch = poisoned(gpu, linear_scan::scratch_floats(&s, tokens, c));
                 linear_scan::launch_chunked(gpu, &b, &scratch, &s, tokens, c)?.to_vec()
             }
+            Form::Matmul(c) => {
+                let scratch = poisoned(gpu, linear_scan::scratch_floats(&s, tokens, c));
+                linear_scan::launch_matmul(gpu, &b, &scratch, &s, tokens, c)?.to_vec()
+            }
         };
         Ok((d, out))
     }
@@ -241,6 +257,15 @@ fn kinds() -> Vec<(&'static str, ScanShape)> {
                 ..shape(1, 1, 72, 5, gate)
             },
         ),
+        // Several key and value tiles of the matmul form, both ragged.
+        ("gla dk 72 dv 40", shape(2, 1, 72, 40, gate)),
+        (
+            "rwkv6 dk 40 dv 70",
+            ScanShape {
+                bonus: true,
+                ..shape(1, 1, 40, 70, gate)
+            },
+        ),
     ]
 }
 
@@ -267,19 +292,35 @@ fn case(
     })
 }
 
+/// `others`, then, for a kind without the delta term, the matmul form with chunks of each
+/// length in `matmul`.
+fn forms(shape: ScanShape, others: &[Form], matmul: &[usize]) -> Vec<Form> {
+    let mm = matmul.iter().map(|&c| Form::Matmul(c));
+    let mm: Vec<Form> = match shape.matmul_form() {
+        true => mm.collect(),
+        false => vec![],
+    };
+    others.iter().copied().chain(mm).collect()
+}
+
 pub fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
     for (i, (name, shape)) in kinds().into_iter().enumerate() {
         for (j, tokens) in [1usize, 29, 100].into_iter().enumerate() {
             let seed = 100 + 10 * i as u64 + j as u64;
-            for form in [
+            let all = [
                 Form::Rows,
                 Form::Lanes,
                 Form::Chunked(16),
                 Form::Chunked(CHUNK),
-            ] {
+            ];
+            for form in forms(shape, &all, &[16, MM_CHUNK]) {
                 cases.push(case(name, shape, tokens, seed, (-1.0, -0.01), form));
             }
+        }
+        // The matmul form at 257 tokens (nine chunks, the last of one token), chunks of 31.
+        for form in forms(shape, &[], &[31, MM_CHUNK]) {
+            cases.push(case(name, shape, 257, 500 + i as u64, (-3.0, 0.0), form));
         }
         // 2,048 tokens with long memory (decays 1 - 1e-4 .. 1 - 1e-2) and decays down to e^-20.
         for (j, decays) in [(-1e-2, -1e-4), (-20.0, -0.5)].into_iter().enumerate() {
@@ -287,7 +328,8 @@ pub fn cases() -> Vec<Case> {
                 continue; // no decay to vary
             }
             let seed = 900 + 10 * i as u64 + j as u64;
-            for form in [Form::Rows, Form::Lanes, Form::Chunked(CHUNK)] {
+            let all = [Form::Rows, Form::Lanes, Form::Chunked(CHUNK)];
+            for form in forms(shape, &all, &[MM_CHUNK]) {
                 cases.push(case(name, shape, 2048, seed, decays, form));
             }
         }
@@ -301,20 +343,43 @@ pub fn cases() -> Vec<Case> {
             cases.push(case(name, shape, tokens, 1300, (-3.0, 0.0), form).browser(true));
         }
     }
-    cases.push(prefill_then_decode());
+    // Model-sized prefills of 512 tokens in each form a prefill may take, for
+    // `kestrel bench --kernels`: RWKV-6 0.1B's time mix (12 heads of 64) and a Mamba-2
+    // mixer (24 heads of 64 values, one group of 128 state dims).
+    let model_sized = [
+        (
+            "rwkv6 0.1B",
+            ScanShape {
+                bonus: true,
+                ..shape(12, 12, 64, 64, Decay::Gate { per_key: true })
+            },
+        ),
+        (
+            "mamba2",
+            shape(24, 1, 128, 64, Decay::DtA { per_key: false }),
+        ),
+    ];
+    for (name, shape) in model_sized {
+        let all = [Form::Lanes, Form::Chunked(CHUNK)];
+        for form in forms(shape, &all, &[MM_CHUNK]) {
+            cases.push(case(name, shape, 512, 1400, (-3.0, 0.0), form));
+        }
+    }
+    cases.push(prefill_then_decode(4, Form::Chunked(16)));
+    cases.push(prefill_then_decode(3, Form::Matmul(MM_CHUNK)));
     cases
 }
 
-/// A chunked prefill of 37 tokens, then 5 single-token steps from its state, in one pass:
-/// the same as 42 tokens token by token.
-fn prefill_then_decode() -> Case {
-    let (name, shape) = kinds().swap_remove(4);
-    let what = format!("{name} prefill 37 chunked(16) then 5 decode steps");
+/// A chunked prefill of 37 tokens of kind `kind` in `form`, then 5 single-token steps from
+/// its state, in one pass: the same as 42 tokens token by token.
+fn prefill_then_decode(kind: usize, form: Form) -> Case {
+    let (name, shape) = kinds().swap_remove(kind);
+    let what = format!("{name} prefill 37 {form:?} then 5 decode steps");
     Case::new("linear_scan", what, move |gpu| {
         let draw = Draw::new(shape, 42, 7, (-1.0, -0.01));
         let (want_out, want_state) = draw.reference();
         let state = upload_f32(gpu, &draw.state);
-        let (mut d, prefill) = draw.launch(gpu, &state, (0, 37), Form::Chunked(16))?;
+        let (mut d, prefill) = draw.launch(gpu, &state, (0, 37), form)?;
         let split = 37 * shape.heads * shape.dv;
         let mut outputs = vec![Output::close(
             "prefill outputs",

@@ -8,7 +8,11 @@
 //!   of state rows), which also takes their prefill: see [`lanes_on`];
 //! * [`launch_chunked`]: the chunked scan for prefill: every chunk's effect on a state at
 //!   once (linear_scan_local), a short walk over chunk boundaries (linear_scan_carry), then
-//!   every chunk's outputs at once (linear_scan) — parallel over chunks as well as heads.
+//!   every chunk's outputs at once (linear_scan) — parallel over chunks as well as heads;
+//! * [`launch_matmul`]: the same three passes with the chunk-local ones in matmul form
+//!   (fla's chunked form: shaders/linear_scan_mm_local.wgsl, shaders/linear_scan_mm.wgsl),
+//!   for the kinds without the delta term; the prefill of [`LinearScan`] where
+//!   [`matmul_on`].
 //!
 //! [`reference`] is the f64 CPU form of the same recurrence.
 
@@ -27,6 +31,9 @@ pub const KERNEL: Kernel = kernel!("linear_scan", variants);
 pub const LOCAL: Kernel = kernel!("linear_scan_local", local_variants);
 pub const CARRY: Kernel = kernel!("linear_scan_carry", carry_variants);
 pub const LANES: Kernel = kernel!("linear_scan_lanes", lanes_variants);
+/// The matmul form's chunk-local pass and outputs pass.
+pub const MM_LOCAL: Kernel = kernel!("linear_scan_mm_local", mm_variants);
+pub const MM: Kernel = kernel!("linear_scan_mm", mm_variants);
 
 /// State rows per workgroup of the lanes kernel: each lane's loads of a token's k, q, a, b
 /// and decays serve this many rows.
@@ -83,6 +90,18 @@ pub struct ScanShape {
 pub const MAX_DK: usize = 256;
 /// Tokens per chunk of the chunked scan.
 pub const CHUNK: usize = 64;
+/// Tokens per chunk of the matmul form, at most (the shaders' LC: a chunk's A [LC, LC] and
+/// the tiles it is made from fit in 13 KiB of workgroup memory).
+pub const MM_CHUNK: usize = 32;
+/// Value rows per workgroup of both matmul-form passes (TV) and keys per workgroup of its
+/// local pass (TK in linear_scan_mm_local.wgsl).
+const MM_ROWS: usize = 32;
+const MM_LOCAL_KEYS: usize = 32;
+/// The fewest value rows per head for which prefill takes the matmul form: a workgroup
+/// builds its chunk's A [LC, LC] over all dk keys for one tile of value rows, work that the
+/// rows form does not have, paid back only when the tile has rows to share it (Mamba's
+/// heads have one value row each and keep the rows form).
+pub const MM_MIN_DV: usize = 16;
 
 impl ScanShape {
     pub fn validate(&self) -> Result<()> {
@@ -114,6 +133,11 @@ impl ScanShape {
     }
     pub fn state_floats(&self) -> usize {
         self.heads * self.dv * self.dk
+    }
+    /// Whether the matmul form runs this kind: all but the delta term, whose chunks need the
+    /// WY representation.
+    pub fn matmul_form(&self) -> bool {
+        !self.delta
     }
     fn trans_rows(&self) -> usize {
         if self.delta {
@@ -177,6 +201,15 @@ pub fn lanes_variants() -> Vec<ShaderDefs> {
 
 pub fn local_variants() -> Vec<ShaderDefs> {
     kinds().iter().map(ScanShape::defs).collect()
+}
+
+/// Every kind the matmul form runs.
+pub fn mm_variants() -> Vec<ShaderDefs> {
+    kinds()
+        .iter()
+        .filter(|k| k.matmul_form())
+        .map(ScanShape::defs)
+        .collect()
 }
 
 fn carry_defs(dk: usize, delta: bool) -> ShaderDefs {
@@ -282,6 +315,16 @@ fn check_inputs(gpu: &Gpu, shape: &ScanShape, b: &ScanBuffers) -> Result<[wgpu::
 /// already fill them) while its local pass repeats the recurrence for the transition rows.
 pub fn lanes_on(gpu: &Gpu) -> bool {
     gpu.info.device_type == wgpu::DeviceType::Cpu && runs_lanes(gpu)
+}
+
+/// Whether prefill of `shape` on `gpu` takes the matmul form of the chunked scan: kinds
+/// without the delta term, heads of at least [`MM_MIN_DV`] value rows, and not on CPU
+/// adapters. There, where the chunked scan runs at all (llvmpipe GL, no subgroups), its
+/// token-by-token chunk passes were the faster at 512 tokens: the matmul form took 1.12x
+/// their time for RWKV-6 0.1B's scan and 1.04x for a Mamba-2 mixer's (a CPU gains nothing
+/// from the matmul form's extra work for A, nor from its workgroup barriers).
+pub fn matmul_on(gpu: &Gpu, shape: &ScanShape) -> bool {
+    shape.matmul_form() && shape.dv >= MM_MIN_DV && gpu.info.device_type != wgpu::DeviceType::Cpu
 }
 
 /// Whether `gpu` can run the lanes kernel at all: subgroups of at least 8 lanes.
@@ -396,18 +439,7 @@ pub fn launch_chunked(
         &[b.k, b.v, &decay, &consts, &ab, scratch],
         gpu.grid(local_rows.div_ceil(64)),
     )?;
-    let carry = CARRY.dispatch(
-        gpu,
-        &carry_defs(shape.dk, shape.delta),
-        &CarryParams {
-            heads: shape.heads as u32,
-            dv: shape.dv as u32,
-            chunks: p.chunks,
-            _p: 0,
-        },
-        &[b.state, scratch],
-        gpu.grid((shape.heads * shape.dv) as u32),
-    )?;
+    let carry = launch_carry(gpu, b, scratch, shape, p.chunks)?;
     let rows = p.chunks * (shape.heads * shape.dv) as u32;
     let outputs = KERNEL.dispatch(
         gpu,
@@ -415,6 +447,70 @@ pub fn launch_chunked(
         &p,
         &[b.k, b.v, &decay, &consts, &ab, b.q, scratch, b.out],
         gpu.grid(rows.div_ceil(64)),
+    )?;
+    Ok([local, carry, outputs])
+}
+
+/// The carry pass of both chunked forms over `chunks` chunks.
+fn launch_carry(
+    gpu: &Gpu,
+    b: &ScanBuffers,
+    scratch: &wgpu::Buffer,
+    shape: &ScanShape,
+    chunks: u32,
+) -> Result<Dispatch> {
+    CARRY.dispatch(
+        gpu,
+        &carry_defs(shape.dk, shape.delta),
+        &CarryParams {
+            heads: shape.heads as u32,
+            dv: shape.dv as u32,
+            chunks,
+            _p: 0,
+        },
+        &[b.state, scratch],
+        gpu.grid((shape.heads * shape.dv) as u32),
+    )
+}
+
+/// The chunked scan with its chunk-local passes in matmul form (kinds without the delta
+/// term, chunks of 1 to [`MM_CHUNK`] tokens), as [`launch_chunked`] otherwise: the same
+/// scratch, the same carry.
+pub fn launch_matmul(
+    gpu: &Gpu,
+    b: &ScanBuffers,
+    scratch: &wgpu::Buffer,
+    shape: &ScanShape,
+    tokens: usize,
+    chunk: usize,
+) -> Result<[Dispatch; 3]> {
+    let [decay, consts, ab] = check_inputs(gpu, shape, b)?;
+    if !shape.matmul_form() {
+        return Err(Error::Graph(
+            "linear_scan: the matmul form has no delta term".into(),
+        ));
+    }
+    if chunk == 0 || chunk > MM_CHUNK {
+        return Err(Error::Graph(format!(
+            "linear_scan: chunks of {chunk} tokens in the matmul form (1 to {MM_CHUNK})"
+        )));
+    }
+    let p = params(shape, 0, tokens, chunk);
+    let tiles = p.chunks * (shape.heads * shape.dv.div_ceil(MM_ROWS)) as u32;
+    let local = MM_LOCAL.dispatch(
+        gpu,
+        &shape.defs(),
+        &p,
+        &[b.k, b.v, &decay, &consts, &ab, scratch],
+        gpu.grid(tiles * shape.dk.div_ceil(MM_LOCAL_KEYS) as u32),
+    )?;
+    let carry = launch_carry(gpu, b, scratch, shape, p.chunks)?;
+    let outputs = MM.dispatch(
+        gpu,
+        &shape.defs(),
+        &p,
+        &[b.k, b.v, &decay, &consts, &ab, b.q, scratch, b.out],
+        gpu.grid(tiles),
     )?;
     Ok([local, carry, outputs])
 }
@@ -521,12 +617,15 @@ impl Op for LinearScan {
     }
 
     /// Token by token up to [`RECURRENT_TOKENS`] (at any length where [`lanes_on`]), else
-    /// the chunked scan with a scratch shared by every layer.
+    /// the chunked scan — in matmul form where [`matmul_on`] — with a scratch shared by
+    /// every layer.
     fn lower(&self, cx: &mut Lowering) -> Result<()> {
         let n = cx.shape(self.q)[0];
+        let matmul = matmul_on(cx.gpu(), &self.shape);
+        let chunk = if matmul { MM_CHUNK } else { CHUNK };
         let scratch = match n > RECURRENT_TOKENS && !lanes_on(cx.gpu()) {
             true => {
-                let floats = scratch_floats(&self.shape, n, CHUNK);
+                let floats = scratch_floats(&self.shape, n, chunk);
                 Some(cx.scratch("linear scan scratch", floats)?)
             }
             false => None,
@@ -543,7 +642,8 @@ impl Op for LinearScan {
         };
         let gpu = cx.gpu();
         match &scratch {
-            Some(s) => cx.push(launch_chunked(gpu, &b, s, &self.shape, n, CHUNK)?),
+            Some(s) if matmul => cx.push(launch_matmul(gpu, &b, s, &self.shape, n, chunk)?),
+            Some(s) => cx.push(launch_chunked(gpu, &b, s, &self.shape, n, chunk)?),
             None => cx.push(launch_recurrent(gpu, &b, &self.shape, n)?),
         }
         Ok(())

@@ -112,6 +112,8 @@ pub const ALL: &[Kernel] = &[
     linear_scan::LOCAL,
     linear_scan::CARRY,
     linear_scan::LANES,
+    linear_scan::MM_LOCAL,
+    linear_scan::MM,
     matmul::KERNEL,
     matmul::KERNEL_F16,
     matmul::ROWS,
