@@ -121,6 +121,8 @@ const REPORT_KEYS: &[&str] = &[
     "adapter",
     "attention",
     "backend",
+    "cold_start_prompt",
+    "cold_start_prompt_tokens",
     "cold_start_s",
     "copy_gbs",
     "decode_kernel_ms",
@@ -140,6 +142,7 @@ const REPORT_KEYS: &[&str] = &[
     "matmul_512_gflops",
     "matvec_4096x4096_f16_gbs",
     "matvec_4096x4096_f32_gbs",
+    "matvec_precision",
     "model",
     "model_load_s",
     "pipeline_creation_s",
@@ -179,6 +182,11 @@ fn bench_json_has_every_documented_key_with_sane_values() {
     assert!(!r["adapter"].as_str().expect("adapter").is_empty());
     assert_eq!(r["backend"].as_str(), Some(backend().as_str()));
     assert!(r["model"].as_str().expect("model").ends_with("llama_gqa"));
+    // The fixture has no chat template: the cold start is the benchmark prompt's, and the
+    // matvec stays exact unless asked.
+    assert_eq!(r["cold_start_prompt"].as_str(), Some("benchmark prompt"));
+    assert_eq!(r["cold_start_prompt_tokens"], r["prefill_tokens"]);
+    assert_eq!(r["matvec_precision"].as_str(), Some("f32"));
     for key in [
         "cold_start_s",
         "prefill_tokens_per_s",
