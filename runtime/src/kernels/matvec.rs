@@ -84,6 +84,23 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// Whether the kernels take this layout: `lanes` a power of two up to 64, 1 to `lanes`
+    /// rows per lane.
+    pub fn is_valid(&self) -> bool {
+        self.lanes.is_power_of_two()
+            && self.lanes <= 64
+            && self.rows_per_lane != 0
+            && self.rows_per_lane <= self.lanes
+    }
+
+    /// Whether a SwiGLU epilogue finds whole (gate, up) row pairs in every chunk of `w`, every
+    /// workgroup and, summed by subgroup, every row group.
+    pub fn holds_row_pairs(&self, w: &GpuWeight) -> bool {
+        self.rows().is_multiple_of(2)
+            && (!self.subgroup || self.rows_per_lane.is_multiple_of(2))
+            && w.chunks.iter().all(|c| c.row_start % 2 + c.rows % 2 == 0)
+    }
+
     /// For CPU drivers (lavapipe, llvmpipe), which pay per value loaded and per operation: 16
     /// lanes per row and 16 rows per lane load x, and scale and sum it for the quantized dot
     /// products, once per 16 rows (64 rows per workgroup). On lavapipe this took less matvec
@@ -238,12 +255,8 @@ fn launch_inner(
     fusion: Fusion,
 ) -> Result<Vec<Dispatch>> {
     check_fusion(w, bias.is_some(), grouped.is_some(), fusion, layout)?;
-    let Layout {
-        lanes,
-        rows_per_lane,
-        ..
-    } = layout;
-    if !lanes.is_power_of_two() || lanes > 64 || rows_per_lane == 0 || rows_per_lane > lanes {
+    let lanes = layout.lanes;
+    if !layout.is_valid() {
         return Err(Error::Graph(format!(
             "matvec: unsupported layout {layout:?}"
         )));
@@ -351,12 +364,7 @@ fn check_fusion(
     if grouped && !unfused {
         return bad("grouped rows take no fusion");
     }
-    if matches!(fusion.epilogue, Epilogue::Glu(_))
-        && (bias
-            || !layout.rows().is_multiple_of(2)
-            || (layout.subgroup && !layout.rows_per_lane.is_multiple_of(2))
-            || w.chunks.iter().any(|c| c.row_start % 2 + c.rows % 2 != 0))
-    {
+    if matches!(fusion.epilogue, Epilogue::Glu(_)) && (bias || !layout.holds_row_pairs(w)) {
         return bad(
             "SwiGLU needs whole (gate, up) row pairs in every chunk, workgroup and (summed by \
              subgroup) row group",

@@ -133,18 +133,10 @@ pub fn launch(
     if !reads(w) {
         return bad(&format!("{} weights are not read in int8", w.dtype.name()));
     }
-    if !layout.lanes.is_power_of_two()
-        || layout.lanes > 64
-        || layout.rows_per_lane == 0
-        || layout.rows_per_lane > layout.lanes
-    {
+    if !layout.is_valid() {
         return bad(&format!("unsupported layout {layout:?}"));
     }
-    if matches!(epilogue, Epilogue::Glu(_))
-        && (bias.is_some()
-            || !layout.rows().is_multiple_of(2)
-            || w.chunks.iter().any(|c| c.row_start % 2 + c.rows % 2 != 0))
-    {
+    if matches!(epilogue, Epilogue::Glu(_)) && (bias.is_some() || !layout.holds_row_pairs(w)) {
         return bad("SwiGLU needs whole (gate, up) row pairs in every chunk and workgroup");
     }
     let defs = defs(
