@@ -138,41 +138,69 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (f32, f32) {
     }
 }
 
+/// A block of a 32-value format (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) in file layout as integers:
+/// its 32 quants (Q5's fifth bit included, no offset applied) and (a, c) with each value
+/// q * a + c. None for the other formats. [`dequantize_block`] and the int8 matvec's reference
+/// (kernels::matvec_q8) both read these formats through it.
+pub fn block32_ints(format: QuantFormat, b: &[u8]) -> Option<([i32; 32], f32, f32)> {
+    let d = half_at(b, 0);
+    let mut q = [0i32; 32];
+    // Nibbles: value j from the low nibble of qs[j], value j + 16 from its high nibble.
+    let nibbles = |q: &mut [i32; 32], qs: &[u8]| {
+        for (j, &byte) in qs.iter().enumerate() {
+            q[j] = (byte & 15) as i32;
+            q[j + 16] = (byte >> 4) as i32;
+        }
+    };
+    // Q5: bit j of qh is the fifth bit of value j.
+    let fifth = |q: &mut [i32; 32], o: usize| {
+        let qh = u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        for (j, q) in q.iter_mut().enumerate() {
+            *q |= (((qh >> j) & 1) << 4) as i32;
+        }
+    };
+    let affine = match format {
+        QuantFormat::Q4_0 => {
+            nibbles(&mut q, &b[2..18]);
+            (d, -8.0 * d)
+        }
+        QuantFormat::Q4_1 => {
+            nibbles(&mut q, &b[4..20]);
+            (d, half_at(b, 2))
+        }
+        QuantFormat::Q5_0 => {
+            nibbles(&mut q, &b[6..22]);
+            fifth(&mut q, 2);
+            (d, -16.0 * d)
+        }
+        QuantFormat::Q5_1 => {
+            nibbles(&mut q, &b[8..24]);
+            fifth(&mut q, 4);
+            (d, half_at(b, 2))
+        }
+        QuantFormat::Q8_0 => {
+            for (q, &v) in q.iter_mut().zip(&b[2..34]) {
+                *q = v as i8 as i32;
+            }
+            (d, 0.0)
+        }
+        _ => return None,
+    };
+    Some((q, affine.0, affine.1))
+}
+
 /// Dequantize one file-layout block into `y` (block_elems values).
 pub fn dequantize_block(format: QuantFormat, b: &[u8], y: &mut [f32]) {
     match format {
-        QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
-            let d = half_at(b, 0);
-            let (m, qs) = if format == QuantFormat::Q4_1 {
-                (half_at(b, 2), &b[4..20])
-            } else {
-                (-8.0 * d, &b[2..18])
-            };
-            for j in 0..16 {
-                y[j] = (qs[j] & 0xF) as f32 * d + m;
-                y[j + 16] = (qs[j] >> 4) as f32 * d + m;
-            }
-        }
-        QuantFormat::Q5_0 | QuantFormat::Q5_1 => {
-            let d = half_at(b, 0);
-            let (m, rest) = if format == QuantFormat::Q5_1 {
-                (half_at(b, 2), &b[4..])
-            } else {
-                (-16.0 * d, &b[2..])
-            };
-            let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-            let qs = &rest[4..20];
-            for j in 0..16 {
-                let h0 = ((qh >> j) << 4) & 0x10;
-                let h1 = (qh >> (j + 12)) & 0x10;
-                y[j] = ((qs[j] & 0xF) as u32 | h0) as f32 * d + m;
-                y[j + 16] = ((qs[j] >> 4) as u32 | h1) as f32 * d + m;
-            }
-        }
-        QuantFormat::Q8_0 => {
-            let d = half_at(b, 0);
-            for j in 0..32 {
-                y[j] = (b[2 + j] as i8) as f32 * d;
+        QuantFormat::Q4_0
+        | QuantFormat::Q4_1
+        | QuantFormat::Q5_0
+        | QuantFormat::Q5_1
+        | QuantFormat::Q8_0 => {
+            if let Some((q, a, c)) = block32_ints(format, b) {
+                for (y, q) in y.iter_mut().zip(q) {
+                    *y = q as f32 * a + c;
+                }
             }
         }
         QuantFormat::Q4_K | QuantFormat::Q5_K => {

@@ -10,11 +10,11 @@ use bytemuck::{Pod, Zeroable};
 
 use super::elementwise::Gate;
 use super::matvec::{Epilogue, Layout};
-use super::quantize_q8::{Block, BLOCK, BLOCK_WORDS};
+use super::quantize_q8::{Block, BLOCK_WORDS};
 use super::{dtype_defs, kernel, weight_defs, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::quant::QuantFormat;
+use crate::quant::{self, QuantFormat};
 use crate::shader::ShaderDefs;
 use crate::tensor::{DType, GpuWeight};
 
@@ -160,54 +160,6 @@ pub fn launch(
         .collect()
 }
 
-/// A block of a 32-value format in file layout as the kernel reads it: its 32 quants (Q5's
-/// fifth bit included, no offset) and (a.x, a.y) with each value q * a.x + a.y.
-pub fn block_ints(format: QuantFormat, b: &[u8]) -> ([i32; BLOCK], f32, f32) {
-    let f16_at = |o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
-    let d = f16_at(0);
-    let mut q = [0i32; BLOCK];
-    // Nibbles: value j from the low nibble of qs[j], value j + 16 from its high nibble.
-    let nibbles = |q: &mut [i32; BLOCK], qs: &[u8]| {
-        for (j, &byte) in qs.iter().enumerate() {
-            q[j] = (byte & 15) as i32;
-            q[j + 16] = (byte >> 4) as i32;
-        }
-    };
-    let fifth = |q: &mut [i32; BLOCK], qh: u32| {
-        for (j, q) in q.iter_mut().enumerate() {
-            *q |= (((qh >> j) & 1) << 4) as i32;
-        }
-    };
-    let qh_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    match format {
-        QuantFormat::Q4_0 => {
-            nibbles(&mut q, &b[2..18]);
-            (q, d, -8.0 * d)
-        }
-        QuantFormat::Q4_1 => {
-            nibbles(&mut q, &b[4..20]);
-            (q, d, f16_at(2))
-        }
-        QuantFormat::Q5_0 => {
-            nibbles(&mut q, &b[6..22]);
-            fifth(&mut q, qh_at(2));
-            (q, d, -16.0 * d)
-        }
-        QuantFormat::Q5_1 => {
-            nibbles(&mut q, &b[8..24]);
-            fifth(&mut q, qh_at(4));
-            (q, d, f16_at(2))
-        }
-        _ => {
-            // Q8_0 (the only other format of FORMATS): signed bytes.
-            for (q, &v) in q.iter_mut().zip(&b[2..34]) {
-                *q = v as i8 as i32;
-            }
-            (q, d, 0.0)
-        }
-    }
-}
-
 /// `y[r] = sum over blocks of d_x (a.x sum(q_w q_x) + a.y sum(q_x)) + b[r]` for a weight
 /// [n, k] of `format` in file layout and x's blocks: the kernel's arithmetic, each block's
 /// term as the kernel forms it (integer sums exact), the terms summed in f64.
@@ -227,7 +179,8 @@ pub fn reference(
                 .enumerate()
                 .map(|(i, xb)| {
                     let wb = &blocks[(r * per_row + i) * bytes..][..bytes];
-                    let (q, ax, ay) = block_ints(format, wb);
+                    let (q, ax, ay) = quant::block32_ints(format, wb)
+                        .expect("the int8 matvec's FORMATS are 32-value formats");
                     let dot: i32 = q.iter().zip(&xb.q).map(|(&w, &x)| w * x as i32).sum();
                     (xb.d * (ax * dot as f32 + ay * xb.sum() as f32)) as f64
                 })
@@ -235,32 +188,4 @@ pub fn reference(
             sum as f32 + bias.map_or(0.0, |b| b[r])
         })
         .collect()
-}
-
-#[cfg(all(test, feature = "kernel-cases"))]
-mod tests {
-    use super::*;
-    use crate::cases::weights::random_blocks;
-    use crate::quant;
-    use crate::rng::Rng;
-
-    /// q * a.x + a.y is the CPU dequantization of every value (within one rounding).
-    #[test]
-    fn block_ints_agree_with_dequantize() {
-        let mut rng = Rng::new(7);
-        for format in FORMATS {
-            let bytes = random_blocks(format, 4, 64, &mut rng);
-            let want = quant::dequantize(format, &bytes);
-            for (i, b) in bytes.chunks_exact(format.block_bytes()).enumerate() {
-                let (q, ax, ay) = block_ints(format, b);
-                for (j, (&q, &w)) in q.iter().zip(&want[i * BLOCK..]).enumerate() {
-                    let got = q as f32 * ax + ay;
-                    assert!(
-                        (got - w).abs() <= 1e-6 * w.abs().max(ax.abs()),
-                        "{format:?} block {i} value {j}: {got} vs {w}"
-                    );
-                }
-            }
-        }
-    }
 }
