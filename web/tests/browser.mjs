@@ -219,6 +219,30 @@ try {
     console.log(`note: ${smolPath} is absent (tests/run.sh fetches it with \`kestrel chat\`); the GGUF logits and the SmolLM2 chat are not checked`);
   }
 
+  // createEngine's matvecPrecision: reported by info(); an unknown value is a request error
+  // before anything downloads. (The fixture's weights are f32/f16, which keep the f32 matvec;
+  // the int8 kernels themselves are among the kernel checks above.)
+  const precision = await api(async () => {
+    const k = await import('/kestrel.js');
+    const e = await k.createEngine({ model: '/fixtures/llama_gqa/', matvecPrecision: 'int8' });
+    let reported;
+    try {
+      reported = (await e.info()).matvecPrecision;
+    } finally {
+      await e.dispose();
+    }
+    try {
+      await k.createEngine({ model: '/models/no-such-model.gguf', matvecPrecision: 'int4' });
+      return { reported, refused: null };
+    } catch (err) {
+      return { reported, refused: { name: err.name, message: err.message } };
+    }
+  });
+  check(precision.reported === 'int8', `createEngine({ matvecPrecision: 'int8' }): info() reports ${precision.reported}`);
+  const refused = precision.refused;
+  check(refused && refused.name === 'KestrelRequestError' && /matvecPrecision/.test(refused.message),
+    `an unknown matvecPrecision gives ${refused && refused.name}: ${refused && refused.message}`);
+
   // A failed download is a clear error.
   const bad = await api(async () => {
     try {
