@@ -77,19 +77,26 @@ struct Params {
     col_offset: u32,
 }
 
-fn defs(weight: ShaderDefs, bias: bool, layout: Layout, epilogue: Epilogue) -> ShaderDefs {
-    let glu_op = match epilogue {
-        Epilogue::Glu(gate) => gate.mul() as u32,
-        _ => 0,
-    };
+/// The constants of the int8 and f16 matvecs' layout and of the row stores they share with
+/// the f32 matvec (shaders/matvec_store.wgsl): lanes summed through workgroup memory.
+pub(crate) fn store_defs(
+    weight: ShaderDefs,
+    bias: bool,
+    layout: Layout,
+    epilogue: Epilogue,
+) -> ShaderDefs {
     weight
         .bool("HAS_BIAS", bias)
         .u32("LANES", layout.lanes)
         .u32("ROWS_PER_LANE", layout.rows_per_lane)
-        .u32("Q8_WORDS", BLOCK_WORDS as u32)
+        .bool("SUBGROUP", false)
         .bool("ACCUM", epilogue == Epilogue::Accumulate)
         .bool("GLU", matches!(epilogue, Epilogue::Glu(_)))
-        .u32("GLU_OP", glu_op)
+        .bool("GELU_TANH", epilogue == Epilogue::Glu(Gate::GeluTanh))
+}
+
+fn defs(weight: ShaderDefs, bias: bool, layout: Layout, epilogue: Epilogue) -> ShaderDefs {
+    store_defs(weight, bias, layout, epilogue).u32("Q8_WORDS", BLOCK_WORDS as u32)
 }
 
 /// Every format, with and without bias, in the CPU and the GPU layout, with every epilogue.
