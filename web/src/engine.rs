@@ -247,7 +247,8 @@ impl Engine {
             n => (n as usize).min(max),
         };
         // Before any plan is made (plans are made on first use, and kept).
-        gpu.set_matvec_precision(precision);
+        gpu.set_matvec_precision(precision)
+            .map_err(|e| WebError::BadRequest(format!("matvecPrecision: {e}")))?;
         let session = model.session(&gpu, ctx)?;
         let c = model.config();
         let mut info = gpu_info(&gpu);

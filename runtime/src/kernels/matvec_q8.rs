@@ -30,6 +30,9 @@ pub enum MatvecPrecision {
     /// x quantized to int8 per 32-value block, integer dot products with the weights' quants,
     /// for weights in [`FORMATS`]; other weights, and fusions this kernel lacks, keep f32.
     Int8,
+    /// x, weights and products in f16, sums in f32 ([`super::matvec_f16`]), for f16 weights
+    /// and those in [`FORMATS`]; other weights keep f32. Needs an adapter with shader-f16.
+    F16,
 }
 
 impl MatvecPrecision {
@@ -37,6 +40,7 @@ impl MatvecPrecision {
         match self {
             MatvecPrecision::F32 => "f32",
             MatvecPrecision::Int8 => "int8",
+            MatvecPrecision::F16 => "f16",
         }
     }
 }
@@ -48,8 +52,9 @@ impl std::str::FromStr for MatvecPrecision {
         match s {
             "f32" => Ok(MatvecPrecision::F32),
             "int8" => Ok(MatvecPrecision::Int8),
+            "f16" => Ok(MatvecPrecision::F16),
             _ => Err(Error::InputOutOfRange(format!(
-                "matvec precision '{s}' (expected f32 or int8)"
+                "matvec precision '{s}' (expected f32, int8 or f16)"
             ))),
         }
     }
