@@ -57,6 +57,7 @@ struct Params { k: u32, n: u32, col_offset: u32, e0: u32, ne: u32, eps: f32, hea
 @group(0) @binding(8) var<storage, read> nw4: array<vec4<f32>>;
 
 #include "quant.wgsl"
+#include "matvec_store.wgsl"
 
 const R: u32 = ROWS_PER_LANE;
 const ROWS: u32 = 64u / LANES * R; // rows per workgroup
@@ -72,7 +73,6 @@ fn lanes_sum(v: f32) -> f32 {
     return s;
 }
 #else
-var<workgroup> partial: array<f32, ROWS * LANES>;
 // NORM: each lane's sum of x² in the first row group.
 var<workgroup> squares: array<f32, LANES>;
 #endif
@@ -144,31 +144,6 @@ fn x4_at(j: u32) -> vec4<f32> {
         return v * nw4[j];
     }
     return x4[xo4 + j];
-}
-
-// The output of row `row` (of the chunk) from its sum over the lanes; `inv` is NORM's inverse
-// RMS of x (else 1).
-fn store_row(yo: u32, row: u32, sum: f32, inv: f32) {
-    var out = sum * inv;
-    if (HAS_BIAS) {
-        out += bias[p.col_offset + row];
-    }
-    if (ACCUM) {
-        out += y[yo + row];
-    }
-    y[yo + row] = out;
-}
-
-// GLU: the output of the pair of rows `row` (gate, even) and row + 1 (up) from their sums.
-fn store_pair(yo: u32, row: u32, gate: f32, up: f32, inv: f32) {
-    let g = gate * inv;
-    var act = g / (1.0 + exp(-g));
-    if (GELU_TANH) {
-        // tanh's argument clamped where tanh is 1 in f32 (some drivers overflow).
-        let inner = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
-        act = 0.5 * g * (1.0 + tanh(inner));
-    }
-    y[(yo + row) / 2u] = act * (up * inv);
 }
 
 @compute @workgroup_size(64)
@@ -327,9 +302,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     }
 #else
-    for (var r = 0u; r < R; r++) {
-        partial[((lid / LANES) * R + r) * LANES + lane] = acc[r];
-    }
+    put_partials(lid, acc);
     if (NORM && lid < LANES) {
         squares[lane] = square_sum;
     }
@@ -343,27 +316,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         inv = inverseSqrt(total / f32(p.k) + p.eps);
     }
-    if (GLU) {
-        // Pair i of the workgroup: rows 2i (gate) and 2i + 1 (up); the chunk starts on a pair.
-        let row = first + 2u * lid;
-        if (lid < ROWS / 2u && row < p.n) {
-            var g = 0.0;
-            var u = 0.0;
-            for (var l = 0u; l < LANES; l++) {
-                g += partial[2u * lid * LANES + l];
-                u += partial[(2u * lid + 1u) * LANES + l];
-            }
-            store_pair(yo, row, g, u, inv);
-        }
-        return;
-    }
-    let row = first + lid;
-    if (lid < ROWS && row < p.n) {
-        var out = 0.0;
-        for (var l = 0u; l < LANES; l++) {
-            out += partial[lid * LANES + l];
-        }
-        store_row(yo, row, out, inv);
-    }
+    store_partials(lid, first, yo, inv);
 #endif
 }

@@ -9,9 +9,9 @@
 // f32 matvec: each lane sums its blocks, one invocation per row sums its lanes.
 //
 // Layout as shaders/matvec.wgsl: 64 / LANES row groups of LANES lanes, ROWS_PER_LANE rows a
-// lane, each lane taking every LANES-th block of the row. Epilogues as there: HAS_BIAS,
-// ACCUM (y += sum) and GLU (interleaved gate/up row pairs, y[i] = act(gate) * up with the
-// elementwise op GLU_OP). The RMSNorm prologue is the quantize kernel's.
+// lane, each lane taking every LANES-th block of the row, the lanes summed through workgroup
+// memory. Epilogues as there (shaders/matvec_store.wgsl): HAS_BIAS, ACCUM (y += sum) and GLU
+// (interleaved gate/up row pairs). The RMSNorm prologue is the quantize kernel's.
 
 struct Params { k: u32, n: u32, col_offset: u32 }
 
@@ -22,12 +22,10 @@ struct Params { k: u32, n: u32, col_offset: u32 }
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 #include "quant.wgsl"
-#include "elementwise_ops.wgsl"
+#include "matvec_store.wgsl"
 
 const R: u32 = ROWS_PER_LANE;
 const ROWS: u32 = 64u / LANES * R; // rows per workgroup
-
-var<workgroup> partial: array<f32, ROWS * LANES>;
 
 // The exact integer dot product of a weight block at word b with a block of packed q_x.
 fn block_dot(b: u32, q: array<u32, 8>) -> i32 {
@@ -82,36 +80,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
     }
-    for (var r = 0u; r < R; r++) {
-        partial[((lid / LANES) * R + r) * LANES + lane] = acc[r];
-    }
+    put_partials(lid, acc);
     workgroupBarrier();
-    if (GLU) {
-        // Pair i of the workgroup: rows 2i (gate) and 2i + 1 (up); the chunk starts on a pair.
-        let row = first + 2u * lid;
-        if (lid < ROWS / 2u && row < p.n) {
-            var g = 0.0;
-            var u = 0.0;
-            for (var l = 0u; l < LANES; l++) {
-                g += partial[2u * lid * LANES + l];
-                u += partial[(2u * lid + 1u) * LANES + l];
-            }
-            y[(p.col_offset + row) / 2u] = elementwise_op(GLU_OP, g, u);
-        }
-        return;
-    }
-    let row = first + lid;
-    if (lid < ROWS && row < p.n) {
-        var out = 0.0;
-        for (var l = 0u; l < LANES; l++) {
-            out += partial[lid * LANES + l];
-        }
-        if (HAS_BIAS) {
-            out += bias[p.col_offset + row];
-        }
-        if (ACCUM) {
-            out += y[p.col_offset + row];
-        }
-        y[p.col_offset + row] = out;
-    }
+    store_partials(lid, first, p.col_offset, 1.0);
 }

@@ -101,7 +101,7 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         None => None,
     };
     let gpu = open_gpu(&a.device)?;
-    a.precision.apply(&gpu);
+    a.precision.apply(&gpu)?;
     let device_open_s = start.elapsed().as_secs_f64();
     if text {
         outln!("adapter: {} ({})", gpu.info.name, gpu.backend_name());

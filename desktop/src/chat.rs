@@ -31,7 +31,7 @@ pub fn run(a: &ChatArgs) -> Result<(), String> {
     let default = || catalogue::default_model().name.into();
     let path = model_ref::resolve(&a.model.clone().unwrap_or_else(default), a.fetch.offline)?;
     let gpu = open_gpu(&a.device)?;
-    a.precision.apply(&gpu);
+    a.precision.apply(&gpu)?;
     let t = Instant::now();
     let model = open_model(&gpu, &path, attention)?;
     if model.tokenizer.is_none() {

@@ -90,10 +90,11 @@ fn parse_backend(s: &str) -> Result<BackendChoice, String> {
 #[derive(Args, Debug)]
 #[command(next_help_heading = "Kernel options")]
 pub struct PrecisionArgs {
-    /// The decode matvec's arithmetic: f32 (exact, the default) or int8 (x quantized to 8-bit
+    /// The decode matvec's arithmetic: f32 (exact, the default), int8 (x quantized to 8-bit
     /// integers per 32-value block, llama.cpp's q8_1, and integer dot products with Q4_0,
-    /// Q4_1, Q5_0, Q5_1 and Q8_0 weights; other weights stay f32). int8 changes the logits
-    /// slightly (see the README)
+    /// Q4_1, Q5_0, Q5_1 and Q8_0 weights; other weights stay f32) or f16 (x, weights and
+    /// products in f16, sums in f32, for f16 weights and those five formats; needs an adapter
+    /// with shader-f16). int8 and f16 change the logits slightly (see the README)
     #[arg(long, value_name = "MODE", default_value = "f32", value_parser = parse_precision)]
     pub matvec_precision: MatvecPrecision,
 }
@@ -103,9 +104,11 @@ fn parse_precision(s: &str) -> Result<MatvecPrecision, String> {
 }
 
 impl PrecisionArgs {
-    /// Set the precision on `gpu` (before any model's plans are made).
-    pub fn apply(&self, gpu: &Gpu) {
-        gpu.set_matvec_precision(self.matvec_precision);
+    /// Set the precision on `gpu` (before any model's plans are made); f16 on an adapter
+    /// without shader-f16 is an error naming the option.
+    pub fn apply(&self, gpu: &Gpu) -> Result<(), String> {
+        gpu.set_matvec_precision(self.matvec_precision)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -16,7 +16,7 @@ pub fn run(a: &GenerateArgs) -> CliResult {
     let mut request = a.sampling.request(a.max_tokens, Sampling::default())?;
     let path = model_ref::resolve(&a.model, a.fetch.offline)?;
     let gpu = open_gpu(&a.device)?;
-    a.precision.apply(&gpu);
+    a.precision.apply(&gpu)?;
     let model = open_model(&gpu, &path, a.attention.options())?;
     let ids = Prompt::Text(a.prompt.clone())
         .encode(&model, None)

@@ -8,7 +8,7 @@ pub fn run(a: &LogitsArgs) -> CliResult {
     let tokens = &a.tokens.0;
     let path = model_ref::resolve(&a.model, a.fetch.offline)?;
     let gpu = open_gpu(&a.device)?;
-    a.precision.apply(&gpu);
+    a.precision.apply(&gpu)?;
     let model = open_model(&gpu, &path, a.attention.options())?;
     let vocab = model.config().vocab;
     let max = model.architecture().max_context();

@@ -43,7 +43,7 @@ pub fn run(a: &ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let gpu = open_gpu(&a.device)?;
-    a.precision.apply(&gpu);
+    a.precision.apply(&gpu)?;
     let config = EngineConfig {
         path: a.model.clone(),
         ctx: a.ctx,

@@ -331,11 +331,16 @@ impl Gpu {
     }
 
     /// The decode matvec's arithmetic ([`MatvecPrecision`]: f32 unless a front end opts in);
-    /// plans made after this call use it.
-    pub fn set_matvec_precision(&self, precision: MatvecPrecision) {
+    /// plans made after this call use it. f16 on an adapter without shader-f16 is refused
+    /// ([`Error::MissingFeature`]) and leaves the precision as it was.
+    pub fn set_matvec_precision(&self, precision: MatvecPrecision) -> Result<()> {
+        if precision == MatvecPrecision::F16 {
+            crate::kernels::matvec_f16::check_adapter(self)?;
+        }
         if let Ok(mut p) = self.matvec_precision.lock() {
             *p = precision;
         }
+        Ok(())
     }
 
     pub fn matvec_precision(&self) -> MatvecPrecision {

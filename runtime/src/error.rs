@@ -37,6 +37,13 @@ pub enum Error {
     Readback(String),
     #[error("input out of range: {0}")]
     InputOutOfRange(String),
+    /// An option the user chose needs an adapter feature this adapter lacks.
+    #[error("{option} needs the adapter feature {feature}, which {adapter} does not offer")]
+    MissingFeature {
+        option: String,
+        feature: &'static str,
+        adapter: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

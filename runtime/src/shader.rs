@@ -15,7 +15,7 @@ pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 /// Snippets a kernel may `#include`: block dequantization (matvec, matmul, embedding), the
 /// gated linear recurrence (the linear_scan passes), the elementwise ops (plain and fused),
 /// the keys a decode attention query sees (both decode attention kernels), the tiled matmul
-/// (its f32 and f16 kernels).
+/// (its f32 and f16 kernels), the decode matvecs' row stores (f32, int8 and f16).
 pub const INCLUDES: &[(&str, &str)] = &[
     (
         "decode_keys.wgsl",
@@ -26,6 +26,10 @@ pub const INCLUDES: &[(&str, &str)] = &[
         include_str!("../../shaders/elementwise_ops.wgsl"),
     ),
     ("quant.wgsl", include_str!("../../shaders/quant.wgsl")),
+    (
+        "matvec_store.wgsl",
+        include_str!("../../shaders/matvec_store.wgsl"),
+    ),
     (
         "matmul_tiles.wgsl",
         include_str!("../../shaders/matmul_tiles.wgsl"),

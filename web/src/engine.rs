@@ -13,6 +13,7 @@ use kestrel_models::chat_template::{ChatTemplate, Message};
 use kestrel_models::generate::{GenerateError, Generation, Prompt, Request, Step};
 use kestrel_models::Model;
 use kestrel_runtime::counters::Work;
+use kestrel_runtime::kernels::matvec_q8::MatvecPrecision;
 use kestrel_runtime::session::{Sampling, Session};
 use kestrel_runtime::{BackendChoice, Gpu};
 use serde::Deserialize;
@@ -180,16 +181,33 @@ pub struct Engine {
     reply: Rc<RefCell<ReplyWork>>,
 }
 
-/// Load a GGUF file (its bytes) with a context of `ctx` tokens (0: the model's own).
+/// `createEngine`'s `matvecPrecision` (the decode matvec's arithmetic, as the command line's
+/// `--matvec-precision`); an unknown name is a request error naming the option.
+fn matvec_precision(name: &str) -> Result<MatvecPrecision> {
+    name.parse()
+        .map_err(|e| WebError::BadRequest(format!("matvecPrecision: {e}")))
+}
+
+/// Check `createEngine`'s `matvecPrecision` before anything is downloaded.
+#[wasm_bindgen(js_name = checkMatvecPrecision)]
+pub fn check_matvec_precision(name: &str) -> std::result::Result<(), JsValue> {
+    matvec_precision(name)?;
+    Ok(())
+}
+
+/// Load a GGUF file (its bytes) with a context of `ctx` tokens (0: the model's own) and the
+/// decode matvec's precision (`"f32"`, `"int8"`, ...).
 #[wasm_bindgen(js_name = loadGguf)]
 pub async fn load_gguf(
     name: String,
     bytes: Vec<u8>,
     ctx: u32,
+    precision: String,
 ) -> std::result::Result<Engine, JsValue> {
+    let precision = matvec_precision(&precision)?;
     let gpu = open_gpu().await?;
     let model = load::gguf(&gpu, &name, bytes)?;
-    Ok(Engine::new(gpu, model, ctx)?)
+    Ok(Engine::new(gpu, model, ctx, precision)?)
 }
 
 /// Load a Hugging Face folder from its files: `names[i]` is the file name of `files[i]`.
@@ -199,7 +217,9 @@ pub async fn load_hf_files(
     names: Vec<String>,
     files: Vec<js_sys::Uint8Array>,
     ctx: u32,
+    precision: String,
 ) -> std::result::Result<Engine, JsValue> {
+    let precision = matvec_precision(&precision)?;
     if names.len() != files.len() {
         return Err(WebError::BadRequest("one name per file".into()).into());
     }
@@ -209,11 +229,11 @@ pub async fn load_hf_files(
         .zip(files.iter().map(|f| f.to_vec()))
         .collect();
     let model = load::hf_files(&gpu, &folder, files)?;
-    Ok(Engine::new(gpu, model, ctx)?)
+    Ok(Engine::new(gpu, model, ctx, precision)?)
 }
 
 impl Engine {
-    fn new(gpu: Arc<Gpu>, model: Model, ctx: u32) -> Result<Engine> {
+    fn new(gpu: Arc<Gpu>, model: Model, ctx: u32, precision: MatvecPrecision) -> Result<Engine> {
         if !model.config().causal {
             return Err(WebError::BadRequest(format!(
                 "{} is a diffusion model; the browser engine runs autoregressive models",
@@ -226,9 +246,13 @@ impl Engine {
             0 => max.min(2048),
             n => (n as usize).min(max),
         };
+        // Before any plan is made (plans are made on first use, and kept).
+        gpu.set_matvec_precision(precision)
+            .map_err(|e| WebError::BadRequest(format!("matvecPrecision: {e}")))?;
         let session = model.session(&gpu, ctx)?;
         let c = model.config();
         let mut info = gpu_info(&gpu);
+        info["matvecPrecision"] = json!(precision.name());
         info["model"] = json!({
             "name": model.name,
             "architecture": c.architecture,

@@ -219,6 +219,48 @@ try {
     console.log(`note: ${smolPath} is absent (tests/run.sh fetches it with \`kestrel chat\`); the GGUF logits and the SmolLM2 chat are not checked`);
   }
 
+  // createEngine's matvecPrecision: reported by info(); an unknown value is a request error
+  // before anything downloads. (The fixture's weights are f32/f16, which keep the f32 matvec;
+  // the int8 kernels themselves are among the kernel checks above.)
+  const precision = await api(async () => {
+    const k = await import('/kestrel.js');
+    const e = await k.createEngine({ model: '/fixtures/llama_gqa/', matvecPrecision: 'int8' });
+    let reported;
+    try {
+      reported = (await e.info()).matvecPrecision;
+    } finally {
+      await e.dispose();
+    }
+    try {
+      await k.createEngine({ model: '/models/no-such-model.gguf', matvecPrecision: 'int4' });
+      return { reported, refused: null };
+    } catch (err) {
+      return { reported, refused: { name: err.name, message: err.message } };
+    }
+  });
+  check(precision.reported === 'int8', `createEngine({ matvecPrecision: 'int8' }): info() reports ${precision.reported}`);
+  const refused = precision.refused;
+  check(refused && refused.name === 'KestrelRequestError' && /matvecPrecision/.test(refused.message),
+    `an unknown matvecPrecision gives ${refused && refused.name}: ${refused && refused.message}`);
+  // 'f16' needs shader-f16: taken where the adapter has it, else refused by name.
+  const f16 = await api(async () => {
+    const k = await import('/kestrel.js');
+    try {
+      const e = await k.createEngine({ model: '/fixtures/llama_gqa/', matvecPrecision: 'f16' });
+      const reported = (await e.info()).matvecPrecision;
+      await e.dispose();
+      return { reported };
+    } catch (err) {
+      return { error: { name: err.name, message: err.message } };
+    }
+  });
+  if (info.features['shader-f16']) {
+    check(f16.reported === 'f16', `createEngine({ matvecPrecision: 'f16' }) with shader-f16: ${JSON.stringify(f16)}`);
+  } else {
+    check(f16.error && f16.error.name === 'KestrelRequestError' && /shader-f16/.test(f16.error.message),
+      `matvecPrecision 'f16' without shader-f16 is refused: ${JSON.stringify(f16)}`);
+  }
+
   // A failed download is a clear error.
   const bad = await api(async () => {
     try {

@@ -34,8 +34,16 @@ export interface CreateEngineOptions {
   onProgress?: (p: Progress) => void;
   /** KV cache length in tokens; 0 (default) = the model's context, at most 2048. */
   ctx?: number;
+  /** The decode matvec's arithmetic (the command line's --matvec-precision): 'f32' (default);
+   * 'int8': x quantized per 32-value block, integer dot products, for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0
+   * weights; 'f16': x, weights and products in f16, sums in f32, for f16 weights and those
+   * formats, on adapters with shader-f16 only. Other weights keep f32. Another value, or
+   * 'f16' without shader-f16, rejects with KestrelRequestError. */
+  matvecPrecision?: MatvecPrecision;
   workerUrl?: string | URL;
 }
+
+export type MatvecPrecision = 'f32' | 'int8' | 'f16';
 
 export interface ChatMessage {
   role: 'system' | 'user' | 'assistant' | string;
@@ -110,6 +118,8 @@ export interface EngineInfo {
     maxComputeWorkgroupsPerDimension: number;
   };
   f16Kernels: boolean;
+  /** The decode matvec's arithmetic the engine was created with (with a model loaded). */
+  matvecPrecision?: MatvecPrecision;
   model?: {
     name: string;
     architecture: string;

@@ -123,8 +123,11 @@ async function fetchHfFolder(id, baseUrl) {
   return files;
 }
 
-async function load(id, { source, ctx }) {
+async function load(id, { source, ctx, matvecPrecision }) {
   await ready;
+  // An unknown precision is refused before anything is downloaded.
+  const precision = String(matvecPrecision ?? 'f32');
+  wasm.checkMatvecPrecision(precision);
   const started = performance.now();
   let e;
   if (source.kind === 'url' && /\.pth$/i.test(source.url)) {
@@ -132,29 +135,29 @@ async function load(id, { source, ctx }) {
     const bytes = await fetchBytes(id, source.url);
     progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
     modelName = base(source.url);
-    e = await wasm.loadHfFiles(modelName, [modelName], [bytes], ctx || 0);
+    e = await wasm.loadHfFiles(modelName, [modelName], [bytes], ctx || 0, precision);
   } else if (source.kind === 'url' && !source.url.endsWith('/')) {
     const bytes = await fetchBytes(id, source.url);
     progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
     modelName = base(source.url);
-    e = await wasm.loadGguf(modelName, bytes, ctx || 0);
+    e = await wasm.loadGguf(modelName, bytes, ctx || 0, precision);
   } else if (source.kind === 'url') {
     const files = await fetchHfFolder(id, source.url);
     progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
     modelName = base(source.url);
-    e = await wasm.loadHfFiles(modelName, files.map((f) => f[0]), files.map((f) => f[1]), ctx || 0);
+    e = await wasm.loadHfFiles(modelName, files.map((f) => f[0]), files.map((f) => f[1]), ctx || 0, precision);
   } else {
     const files = source.files;
     const gguf = files.find((f) => /\.gguf$/i.test(f.name));
     progress(id, { phase: 'read', message: `reading ${files.length} file(s)` });
     if (gguf) {
       modelName = gguf.name;
-      e = await wasm.loadGguf(gguf.name, new Uint8Array(await gguf.arrayBuffer()), ctx || 0);
+      e = await wasm.loadGguf(gguf.name, new Uint8Array(await gguf.arrayBuffer()), ctx || 0, precision);
     } else {
       const bytes = await Promise.all(files.map(async (f) => new Uint8Array(await f.arrayBuffer())));
       const folder = (files[0]?.webkitRelativePath || '').split('/')[0] || 'model';
       modelName = folder;
-      e = await wasm.loadHfFiles(folder, files.map((f) => f.name), bytes, ctx || 0);
+      e = await wasm.loadHfFiles(folder, files.map((f) => f.name), bytes, ctx || 0, precision);
     }
   }
   const loadMs = performance.now() - started;

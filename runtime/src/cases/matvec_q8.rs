@@ -52,7 +52,8 @@ fn quantize() -> Vec<Case> {
         let case = Case::new("quantize_q8", what, move |gpu| {
             quantize_case(gpu, k, norm, seed)
         });
-        cases.push(case);
+        // The browser: a real hidden size with the norm.
+        cases.push(case.browser((k, norm) == (576, true)));
     }
     cases
 }
@@ -216,7 +217,11 @@ fn matvec() -> Vec<Case> {
         ] {
             seed += 1;
             let s = spec(format, shape, bias, layout, Epilogue::Store, seed);
-            cases.push(s.case());
+            // The browser: two formats (a 4-bit one with an offset, Q8_0's signed bytes) at a
+            // real hidden size.
+            let browser =
+                shape == (70, 576) && matches!(format, QuantFormat::Q4_1 | QuantFormat::Q8_0);
+            cases.push(s.case().browser(browser));
         }
     }
     let fused = [
@@ -232,7 +237,10 @@ fn matvec() -> Vec<Case> {
     ];
     for (format, epilogue, layout) in fused {
         seed += 1;
-        cases.push(spec(format, (70, 576), false, layout, epilogue, seed).case());
+        let case = spec(format, (70, 576), false, layout, epilogue, seed).case();
+        // The browser: the residual add and SwiGLU, in the GPU layout.
+        cases
+            .push(case.browser(layout == Layout::GPU && epilogue != Epilogue::Glu(Gate::GeluTanh)));
     }
     for (format, epilogue, rows) in [
         (QuantFormat::Q4_1, Epilogue::Store, 17),

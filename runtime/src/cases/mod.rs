@@ -45,6 +45,7 @@ mod heads;
 mod linear;
 mod linear_scan;
 mod matmul;
+pub mod matvec_f16;
 pub mod matvec_q8;
 mod moe;
 mod norm;
@@ -79,6 +80,7 @@ pub fn all() -> Vec<Case> {
         matmul::cases(),
         linear::matvec(),
         matvec_q8::cases(),
+        matvec_f16::cases(),
         embedding::cases(),
         elementwise::cases(),
         norm::rms_norm(),

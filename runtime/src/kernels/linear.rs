@@ -8,6 +8,7 @@
 use super::attention::AttnShape;
 use super::elementwise::{self, Elementwise, Gate};
 use super::matvec::{self, Epilogue, Fusion, Prologue};
+use super::matvec_f16;
 use super::matvec_q8::{self, MatvecPrecision};
 use super::{decode_attention, matmul, quantize_q8, rms_norm};
 use crate::error::{Error, Result};
@@ -140,11 +141,12 @@ impl Linear {
         }
     }
 
-    /// The decode matvec in int8 where the device asks for it (`--matvec-precision int8`) and
-    /// the kernel reads the weight's format: x (with the norm, if any) quantized into
-    /// scratch, then the int8 product with this op's epilogue. False, and nothing pushed,
-    /// otherwise: other formats (f32, f16, bf16, the K-quants) keep the f32 matvec.
-    fn int8_matvec(
+    /// The decode matvec in int8 or f16 where the device asks for it (`--matvec-precision`)
+    /// and that kernel reads the weight (int8: x, with the norm if any, quantized into
+    /// scratch, then the int8 product; f16: one kernel, the norm inside), with this op's
+    /// epilogue. False, and nothing pushed, otherwise: the weights neither reads (f32, bf16,
+    /// the K-quants; int8 also f16) keep the f32 matvec, per op.
+    fn precision_matvec(
         &self,
         cx: &mut Lowering,
         x: &wgpu::Buffer,
@@ -154,15 +156,24 @@ impl Linear {
         norm: Option<(&wgpu::Buffer, f32)>,
     ) -> Result<bool> {
         let gpu = cx.gpu();
-        if gpu.matvec_precision() != MatvecPrecision::Int8 || !matvec_q8::reads(w) {
-            return Ok(false);
+        match gpu.matvec_precision() {
+            MatvecPrecision::Int8 if matvec_q8::reads(w) => {
+                let xq = cx.scratch("linear int8 input", quantize_q8::words(w.cols))?;
+                let quantize = quantize_q8::launch(gpu, x, norm, &xq, w.cols)?;
+                let product = matvec_q8::launch(gpu, &xq, w, bias, out, self.epilogue(), None)?;
+                cx.push([quantize]);
+                cx.push(product);
+                Ok(true)
+            }
+            MatvecPrecision::F16 if matvec_f16::reads(w) => {
+                let epilogue = self.epilogue();
+                cx.push(matvec_f16::launch(
+                    gpu, x, norm, w, bias, out, epilogue, None,
+                )?);
+                Ok(true)
+            }
+            _ => Ok(false),
         }
-        let xq = cx.scratch("linear int8 input", quantize_q8::words(w.cols))?;
-        let quantize = quantize_q8::launch(gpu, x, norm, &xq, w.cols)?;
-        let product = matvec_q8::launch(gpu, &xq, w, bias, out, self.epilogue(), None)?;
-        cx.push([quantize]);
-        cx.push(product);
-        Ok(true)
     }
 }
 
@@ -214,7 +225,7 @@ impl Op for Linear {
             let merged = cx.scratch("linear merged input", w.cols)?;
             let merge = decode_attention::launch_merge(gpu, x, &merged, shape, splits, 1)?;
             cx.push([merge]);
-            if self.int8_matvec(cx, &merged, w, bias, out, None)? {
+            if self.precision_matvec(cx, &merged, w, bias, out, None)? {
                 return Ok(());
             }
             let fusion = Fusion {
@@ -229,7 +240,7 @@ impl Op for Linear {
         if m == 1 {
             // A merge prologue (never reached: the arm above takes merged inputs) keeps f32.
             if !matches!(input, LinearInput::Merged { .. })
-                && self.int8_matvec(cx, x, w, bias, out, norm)?
+                && self.precision_matvec(cx, x, w, bias, out, norm)?
             {
                 return Ok(());
             }

@@ -30,6 +30,9 @@ pub enum MatvecPrecision {
     /// x quantized to int8 per 32-value block, integer dot products with the weights' quants,
     /// for weights in [`FORMATS`]; other weights, and fusions this kernel lacks, keep f32.
     Int8,
+    /// x, weights and products in f16, sums in f32 ([`super::matvec_f16`]), for f16 weights
+    /// and those in [`FORMATS`]; other weights keep f32. Needs an adapter with shader-f16.
+    F16,
 }
 
 impl MatvecPrecision {
@@ -37,6 +40,7 @@ impl MatvecPrecision {
         match self {
             MatvecPrecision::F32 => "f32",
             MatvecPrecision::Int8 => "int8",
+            MatvecPrecision::F16 => "f16",
         }
     }
 }
@@ -48,8 +52,9 @@ impl std::str::FromStr for MatvecPrecision {
         match s {
             "f32" => Ok(MatvecPrecision::F32),
             "int8" => Ok(MatvecPrecision::Int8),
+            "f16" => Ok(MatvecPrecision::F16),
             _ => Err(Error::InputOutOfRange(format!(
-                "matvec precision '{s}' (expected f32 or int8)"
+                "matvec precision '{s}' (expected f32, int8 or f16)"
             ))),
         }
     }
@@ -77,19 +82,26 @@ struct Params {
     col_offset: u32,
 }
 
-fn defs(weight: ShaderDefs, bias: bool, layout: Layout, epilogue: Epilogue) -> ShaderDefs {
-    let glu_op = match epilogue {
-        Epilogue::Glu(gate) => gate.mul() as u32,
-        _ => 0,
-    };
+/// The constants of the int8 and f16 matvecs' layout and of the row stores they share with
+/// the f32 matvec (shaders/matvec_store.wgsl): lanes summed through workgroup memory.
+pub(crate) fn store_defs(
+    weight: ShaderDefs,
+    bias: bool,
+    layout: Layout,
+    epilogue: Epilogue,
+) -> ShaderDefs {
     weight
         .bool("HAS_BIAS", bias)
         .u32("LANES", layout.lanes)
         .u32("ROWS_PER_LANE", layout.rows_per_lane)
-        .u32("Q8_WORDS", BLOCK_WORDS as u32)
+        .bool("SUBGROUP", false)
         .bool("ACCUM", epilogue == Epilogue::Accumulate)
         .bool("GLU", matches!(epilogue, Epilogue::Glu(_)))
-        .u32("GLU_OP", glu_op)
+        .bool("GELU_TANH", epilogue == Epilogue::Glu(Gate::GeluTanh))
+}
+
+fn defs(weight: ShaderDefs, bias: bool, layout: Layout, epilogue: Epilogue) -> ShaderDefs {
+    store_defs(weight, bias, layout, epilogue).u32("Q8_WORDS", BLOCK_WORDS as u32)
 }
 
 /// Every format, with and without bias, in the CPU and the GPU layout, with every epilogue.

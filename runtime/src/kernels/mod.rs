@@ -26,6 +26,7 @@ pub mod linear;
 pub mod linear_scan;
 pub mod matmul;
 pub mod matvec;
+pub mod matvec_f16;
 pub mod matvec_q8;
 pub mod moe;
 pub mod quantize_q8;
@@ -118,6 +119,7 @@ pub const ALL: &[Kernel] = &[
     matmul::KERNEL_F16,
     matmul::ROWS,
     matvec::KERNEL,
+    matvec_f16::KERNEL,
     matvec_q8::KERNEL,
     moe::ROUTE,
     moe::PERMUTE,
