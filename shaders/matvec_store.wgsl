@@ -44,30 +44,35 @@ fn put_partials(lid: u32, acc: array<f32, R>) {
     }
 }
 
-// After the barrier: invocation lid sums the lanes of row first + lid of the workgroup and
-// stores it, or with GLU those of the pair of rows first + 2 lid (gate) and + 1 (up); the
-// chunk starts on a pair.
+// After the barrier: invocation lid sums the lanes of rows first + lid, + 64, ... of the
+// workgroup and stores them, or with GLU those of the pairs of rows first + 2 lid (gate) and
+// + 1 (up), then 128 rows on; the chunk starts on a pair. A workgroup holds more than 64 rows
+// where lanes are few and rows per lane many (CPU drivers' f16 and K-quant layouts).
 fn store_partials(lid: u32, first: u32, yo: u32, inv: f32) {
     if (GLU) {
-        let row = first + 2u * lid;
-        if (lid < ROWS / 2u && row < p.n) {
-            var g = 0.0;
-            var u = 0.0;
-            for (var l = 0u; l < LANES; l++) {
-                g += partial[2u * lid * LANES + l];
-                u += partial[(2u * lid + 1u) * LANES + l];
+        for (var i = lid; i < ROWS / 2u; i += 64u) {
+            let row = first + 2u * i;
+            if (row < p.n) {
+                var g = 0.0;
+                var u = 0.0;
+                for (var l = 0u; l < LANES; l++) {
+                    g += partial[2u * i * LANES + l];
+                    u += partial[(2u * i + 1u) * LANES + l];
+                }
+                store_pair(yo, row, g, u, inv);
             }
-            store_pair(yo, row, g, u, inv);
         }
         return;
     }
-    let row = first + lid;
-    if (lid < ROWS && row < p.n) {
-        var out = 0.0;
-        for (var l = 0u; l < LANES; l++) {
-            out += partial[lid * LANES + l];
+    for (var i = lid; i < ROWS; i += 64u) {
+        let row = first + i;
+        if (row < p.n) {
+            var out = 0.0;
+            for (var l = 0u; l < LANES; l++) {
+                out += partial[i * LANES + l];
+            }
+            store_row(yo, row, out, inv);
         }
-        store_row(yo, row, out, inv);
     }
 }
 #endif

@@ -144,7 +144,18 @@ pub fn tune(gpu: &Arc<Gpu>, model: &kestrel_models::Model, text: bool) -> Result
     }
     let mut chosen = Tuning::default();
     let mut decode_rates = serde_json::Map::new();
-    let mut best = (0.0, matvec::Layout::for_device(gpu));
+    // First the adapter's defaults (on CPU drivers a layout per weight type), then each
+    // candidate for every weight.
+    gpu.set_tuning(Tuning {
+        matvec: None,
+        ..chosen
+    });
+    let (decode, _) = time(gpu, model)?;
+    if text {
+        outln!("tune: matvec default: {decode:.2} decode tokens/s");
+    }
+    decode_rates.insert("default".into(), json!(decode));
+    let mut best = (decode, None);
     for layout in tuning::matvec_candidates(gpu) {
         gpu.set_tuning(Tuning {
             matvec: Some(layout),
@@ -157,10 +168,10 @@ pub fn tune(gpu: &Arc<Gpu>, model: &kestrel_models::Model, text: bool) -> Result
         }
         decode_rates.insert(name, json!(decode));
         if decode > best.0 {
-            best = (decode, layout);
+            best = (decode, Some(layout));
         }
     }
-    chosen.matvec = Some(best.1);
+    chosen.matvec = best.1;
     let mut prefill_rates = serde_json::Map::new();
     let mut best_rows = (0.0, false);
     for rows in [false, true] {

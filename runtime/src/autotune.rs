@@ -98,12 +98,18 @@ pub async fn tune(gpu: &Arc<Gpu>, arch: &dyn Architecture) -> Result<Report> {
     let gpu = &gpu.with_max_binding(gpu.caps.max_storage_binding);
     // The adapter kind's defaults, which a candidate must beat by [`MARGIN`].
     gpu.set_tuning(Tuning::default());
-    let default_layout = matvec::Layout::for_device(gpu);
+    // The decode graph's largest weight names the matvec's default layout (on CPU drivers
+    // it depends on the weight type; the tuner then chooses one for all).
+    let decode = samples(&decode_graph(arch)?, 1);
+    let main_dtype = decode
+        .iter()
+        .max_by_key(|s| s.weight.bytes())
+        .map_or(DType::F32, |s| s.weight.dtype);
+    let default_layout = matvec::Layout::for_device(gpu, main_dtype);
     let default_rows = matches!(
         matmul::Layout::for_device(gpu, DType::F32),
         matmul::Layout::Rows { .. }
     );
-    let decode = samples(&decode_graph(arch)?, 1);
     let rows = PREFILL_ROWS.min(arch.max_context());
     let prefill = samples(&arch.build(rows, rows, Head::Sample)?, rows);
     let mut chosen = Tuning::default();

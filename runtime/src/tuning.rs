@@ -17,13 +17,14 @@ pub struct Tuning {
     pub matmul_rows: Option<bool>,
 }
 
-/// The matvec layouts `bench --tune` times: the CPU and GPU defaults and three between,
+/// The matvec layouts `bench --tune` times: the CPU (two) and GPU defaults and three between,
 /// each with an even number of rows per lane (a SwiGLU epilogue takes row pairs, within a
 /// row group when summed by subgroup) and each among the kernel cases' layouts or as the
 /// defaults; then the four that fit in subgroups of 32 or fewer lanes again, summed by
 /// subgroup (timed only where the adapter runs them: [`matvec_candidates`]).
-pub const MATVEC_CANDIDATES: [matvec::Layout; 9] = [
+pub const MATVEC_CANDIDATES: [matvec::Layout; 10] = [
     matvec::Layout::CPU,
+    matvec::Layout::CPU_STREAM,
     matvec::Layout::GPU,
     L8X8,
     L32X4,

@@ -133,15 +133,16 @@ fn embedding_quantized_matches_reference() {
     check_cases(quantized("embedding"));
 }
 
-/// A matvec layout outside what the kernel supports is an error.
+/// A matvec layout outside what the kernel supports is an error: lanes not a power of two,
+/// more than 32 rows per lane, or, summed by subgroup, more rows per lane than lanes.
 #[test]
 fn bad_matvec_layout_is_an_error() {
+    let layout = |lanes, rows_per_lane, subgroup| Layout {
+        lanes,
+        rows_per_lane,
+        subgroup,
+    };
     for gpu in gpus() {
-        let bad = Layout {
-            lanes: 8,
-            rows_per_lane: 9,
-            subgroup: false,
-        };
         let (w, _) = weights::random(
             &gpu,
             DType::Quant(QuantFormat::Q4_0),
@@ -152,7 +153,14 @@ fn bad_matvec_layout_is_an_error() {
         )
         .unwrap();
         let (x, y) = (upload_f32(&gpu, &[0.0; 32]), poisoned(&gpu, 4));
-        assert!(matvec::launch_with(&gpu, &x, &w, None, &y, bad).is_err());
+        for bad in [
+            layout(3, 1, false),
+            layout(8, 33, false),
+            layout(4, 8, true),
+        ] {
+            assert!(!bad.is_valid(), "{bad:?}");
+            assert!(matvec::launch_with(&gpu, &x, &w, None, &y, bad).is_err());
+        }
     }
 }
 
@@ -215,6 +223,12 @@ fn subgroup_matvec_is_refused_where_subgroups_cannot_hold_its_lanes() {
             let launched = matvec::launch_with(&gpu, &x, &w, None, &y, layout);
             assert_eq!(launched.is_ok(), runs, "{layout:?}");
         }
-        assert!(matvec::runs(&gpu, Layout::for_device(&gpu)));
+        for dtype in [
+            DType::F32,
+            DType::Quant(QuantFormat::Q4_1),
+            DType::Quant(QuantFormat::Q4_K),
+        ] {
+            assert!(matvec::runs(&gpu, Layout::for_device(&gpu, dtype)));
+        }
     }
 }

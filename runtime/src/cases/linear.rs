@@ -454,7 +454,7 @@ pub fn matvec() -> Vec<Case> {
 }
 
 /// The matvec's fusions, each a pipeline of its own (CPU drivers take a while to compile
-/// each, so the set is small): every fusion in the CPU and the GPU layout with vec4 loads
+/// each, so the set is small): every fusion in the CPU layouts and the GPU layout with vec4 loads
 /// (and two in each other layout `bench --tune` may choose; then every fusion summed by
 /// subgroup in the GPU layout and in 8 and 4 lanes, which lavapipe's subgroups of 8 and
 /// SwiftShader's of 4 run, and the prologues' other paths in 4 lanes)
@@ -480,27 +480,28 @@ fn fused_matvec() -> Vec<Case> {
         (merge, Epilogue::Accumulate, true),
     ];
     let mut specs = Vec::new();
-    for layout in [Layout::CPU, Layout::GPU] {
+    let defaults = [Layout::CPU, Layout::CPU_STREAM, Layout::GPU];
+    for layout in defaults {
         specs.extend(all.map(|f| (DType::F32, 128, layout, f)));
     }
     // The other layouts `bench --tune` may choose: a norm prologue with the SwiGLU epilogue
     // (row pairs in every workgroup) and a residual add.
     for layout in MATVEC_CANDIDATES
         .into_iter()
-        .skip(2)
-        .filter(|l| !l.subgroup)
+        .filter(|l| !l.subgroup && !defaults.contains(l))
     {
         specs.extend([all[2], all[3]].map(|f| (DType::F32, 128, layout, f)));
     }
-    for (dtype, k) in [
-        (DType::F32, 130),
-        (DType::Quant(QuantFormat::Q4_1), 96),
-        (DType::Quant(QuantFormat::Q4_K), 256),
+    // Each in the layout CPU drivers give its weight type.
+    for (dtype, k, layout) in [
+        (DType::F32, 130, Layout::CPU_STREAM),
+        (DType::Quant(QuantFormat::Q4_1), 96, Layout::CPU),
+        (DType::Quant(QuantFormat::Q4_K), 256, Layout::CPU_STREAM),
     ] {
-        specs.extend(prologues.map(|f| (dtype, k, Layout::CPU, f)));
+        specs.extend(prologues.map(|f| (dtype, k, layout, f)));
     }
-    specs.extend(all.map(|f| (DType::BF16, 136, Layout::CPU, f)));
-    specs.extend(prologues.map(|f| (DType::BF16, 130, Layout::CPU, f)));
+    specs.extend(all.map(|f| (DType::BF16, 136, Layout::CPU_STREAM, f)));
+    specs.extend(prologues.map(|f| (DType::BF16, 130, Layout::CPU_STREAM, f)));
     let by_subgroup = |lanes, rows_per_lane| Layout {
         lanes,
         rows_per_lane,

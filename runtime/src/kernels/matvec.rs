@@ -84,13 +84,15 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// Whether the kernels take this layout: `lanes` a power of two up to 64, 1 to `lanes`
-    /// rows per lane.
+    /// Whether the kernels take this layout: `lanes` a power of two up to 64, 1 to 32 rows per
+    /// lane (a workgroup sums its rows 64 at a time), at most `lanes` when summed by subgroup
+    /// (lane r of a row group stores row r).
     pub fn is_valid(&self) -> bool {
         self.lanes.is_power_of_two()
             && self.lanes <= 64
             && self.rows_per_lane != 0
-            && self.rows_per_lane <= self.lanes
+            && self.rows_per_lane <= 32
+            && (!self.subgroup || self.rows_per_lane <= self.lanes)
     }
 
     /// Whether a SwiGLU epilogue finds whole (gate, up) row pairs in every chunk of `w`, every
@@ -107,6 +109,19 @@ impl Layout {
     /// time than 8 lanes by 8 rows (SmolLM2 Q4_1 and Qwen2.5-0.5B Q4_K_M decode, A/B runs).
     pub const CPU: Layout = Layout {
         lanes: 16,
+        rows_per_lane: 16,
+        subgroup: false,
+    };
+    /// For CPU drivers and weights read as vec4s of words (f32, f16, bf16) or as K-quant
+    /// superblocks: 2 lanes per row and 16 rows per lane (512 rows per workgroup). Each step
+    /// of a lane's loop reads the next words of its rows, so every row is read front to back
+    /// a few words at a time. On lavapipe (Mesa 22.3, 2 cores) the decode matvec's time was
+    /// dominated by the first load of each cache line, and this order took RWKV-7 0.1B f16
+    /// from 287 to 101 ms of matvec per token and Qwen2.5-Coder-0.5B Q4_K_M from 246 to 165
+    /// against [`Layout::CPU`], while SmolLM2's Q4_1 and Q8_0 stayed faster with CPU
+    /// (alternated runs, one session).
+    pub const CPU_STREAM: Layout = Layout {
+        lanes: 2,
         rows_per_lane: 16,
         subgroup: false,
     };
@@ -127,16 +142,20 @@ impl Layout {
         }
     }
 
-    /// The layout `bench --tune` chose for `gpu`, else the one for its kind of device: on
-    /// GPUs summed by subgroup where [`runs`] allows it. On CPU adapters the CPU layout keeps
-    /// workgroup memory: its 16 lanes exceed lavapipe's subgroups of 8 (and SwiftShader's 4).
-    /// A tuned subgroup layout the adapter cannot run (another driver since) sums through
-    /// workgroup memory instead.
-    pub fn for_device(gpu: &Gpu) -> Layout {
+    /// The layout `bench --tune` chose for `gpu`, else the one for its kind of device and a
+    /// weight of `dtype`: on GPUs summed by subgroup where [`runs`] allows it; on CPU
+    /// adapters [`Layout::CPU`] for the 32-value ggml formats and [`Layout::CPU_STREAM`] for
+    /// the others, both through workgroup memory (their lanes exceed lavapipe's subgroups of
+    /// 8 and SwiftShader's 4, or their rows per lane do). A tuned subgroup layout the adapter
+    /// cannot run (another driver since) sums through workgroup memory instead.
+    pub fn for_device(gpu: &Gpu, dtype: DType) -> Layout {
         let layout = if let Some(tuned) = gpu.tuning().matvec {
             tuned
         } else if gpu.info.device_type == wgpu::DeviceType::Cpu {
-            Layout::CPU
+            match dtype {
+                DType::Quant(q) if q.block_elems() == 32 => Layout::CPU,
+                _ => Layout::CPU_STREAM,
+            }
         } else {
             Layout::GPU.by_subgroup()
         };
@@ -187,11 +206,10 @@ pub fn launch(
     bias: Option<&wgpu::Buffer>,
     y: &wgpu::Buffer,
 ) -> Result<Vec<Dispatch>> {
-    launch_with(gpu, x, w, bias, y, Layout::for_device(gpu))
+    launch_with(gpu, x, w, bias, y, Layout::for_device(gpu, w.dtype))
 }
 
-/// [`launch`] with a given layout: `lanes` a power of two up to 64, `rows_per_lane` from 1 to
-/// `lanes` (at most 64 rows per workgroup).
+/// [`launch`] with a given layout ([`Layout::is_valid`]).
 pub fn launch_with(
     gpu: &Gpu,
     x: &wgpu::Buffer,
@@ -213,7 +231,7 @@ pub fn launch_fused(
     fusion: Fusion,
     layout: Option<Layout>,
 ) -> Result<Vec<Dispatch>> {
-    let layout = layout.unwrap_or_else(|| Layout::for_device(gpu));
+    let layout = layout.unwrap_or_else(|| Layout::for_device(gpu, w.dtype));
     launch_inner(gpu, x, w, bias, y, layout, None, fusion)
 }
 
@@ -230,7 +248,7 @@ pub fn launch_grouped(
     rows: usize,
     gather: bool,
 ) -> Result<Vec<Dispatch>> {
-    let layout = Layout::for_device(gpu);
+    let layout = Layout::for_device(gpu, w.dtype);
     launch_inner(
         gpu,
         x,

@@ -117,7 +117,7 @@ pub fn launch(
     layout: Option<Layout>,
 ) -> Result<Vec<Dispatch>> {
     check_adapter(gpu)?;
-    let layout = layout.unwrap_or_else(|| Layout::for_device(gpu));
+    let layout = layout.unwrap_or_else(|| Layout::for_device(gpu, w.dtype));
     let bad = |why: &str| Err(Error::Graph(format!("f16 matvec of {}: {why}", w.name)));
     if !reads(w) {
         return bad(&format!(

@@ -140,7 +140,7 @@ pub fn launch(
     epilogue: Epilogue,
     layout: Option<Layout>,
 ) -> Result<Vec<Dispatch>> {
-    let layout = layout.unwrap_or_else(|| Layout::for_device(gpu));
+    let layout = layout.unwrap_or_else(|| Layout::for_device(gpu, w.dtype));
     let bad = |why: &str| Err(Error::Graph(format!("int8 matvec of {}: {why}", w.name)));
     if !reads(w) {
         return bad(&format!("{} weights are not read in int8", w.dtype.name()));
