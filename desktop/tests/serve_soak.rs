@@ -239,7 +239,7 @@ fn valid_client(server: &Server, solo: &[String], rounds: usize, tally: &Tally) 
 /// Open connections as /health counts them (its own included); None when the probe itself
 /// was refused (503, or reset: a refused connection is closed without reading its request).
 fn open_connections(server: &Server) -> Option<u64> {
-    let (status, reply) = exchange(server, b"GET /health HTTP/1.1\r\n\r\n");
+    let (status, reply) = exchange(server, b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n");
     if status != Some(200) {
         return None;
     }
