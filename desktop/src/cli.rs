@@ -516,7 +516,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000_000))]
     pub max_queue: usize,
     /// Seconds a client may take to send its whole request (slower ones get a 408); an idle
-    /// kept-alive connection is closed after as long
+    /// kept-alive connection is closed after as long, and so is a reply the client stops
+    /// reading (its job cancelled)
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = positive_seconds)]
     pub request_timeout: f64,
     /// Let pages from ORIGIN (e.g. http://localhost:3000, or * for any) call the server from

@@ -288,8 +288,9 @@ impl Worker {
                     Event::Failed(e)
                 }
             };
-            let _ = events.send(event);
+            // Counted out before its last event, so that whoever hears it sees the job gone.
             waiting.fetch_sub(1, Ordering::SeqCst);
+            let _ = events.send(event);
         }
     }
 

@@ -21,11 +21,20 @@ use api::{Cors, Server};
 const GRACE: Duration = Duration::from_secs(10);
 /// Tokio's worker threads: they only move bytes (the engine has its own thread).
 const WORKERS: usize = 2;
+/// Connections the kernel holds until they are accepted.
+const BACKLOG: u32 = 1024;
 
 pub fn run(a: &ServeArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .thread_name("kestrel-http")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the server's runtime: {e}"))?;
     let (host, port) = (a.host.as_str(), a.port);
     // Bind first so a taken port fails before the model loads.
-    let listener = std::net::TcpListener::bind((host, port))
+    let listener = runtime
+        .block_on(listen(host, port))
         .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let gpu = open_gpu(&a.device)?;
@@ -71,21 +80,30 @@ pub fn run(a: &ServeArgs) -> Result<(), String> {
         serial: AtomicU64::new(0),
         metrics: metrics::Metrics::new(),
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(WORKERS)
-        .thread_name("kestrel-http")
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the server's runtime: {e}"))?;
     runtime.block_on(async {
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
         eprintln!("listening on http://{addr}");
         let router = api::router(server.clone());
         conn::serve(listener, server, router, GRACE).await;
-        Ok::<(), String>(())
-    })?;
+    });
     // Replies still running after the grace period are not waited for.
     runtime.shutdown_background();
     Ok(())
+}
+
+/// A listening socket whose backlog holds a burst of connections (std's holds 128).
+async fn listen(host: &str, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = match addr {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the host has no address")))
 }

@@ -1,7 +1,8 @@
 //! Connections: accepted on tokio, served by hyper's HTTP/1.1 (keep-alive, chunked bodies)
 //! with the axum router, each under --max-connections (more are answered 503 at once) and a
 //! request deadline (--request-timeout: a request not read whole by then gets a 408; an idle
-//! kept-alive connection is closed quietly), and all of them drained on SIGINT/SIGTERM.
+//! kept-alive connection is closed quietly, and so is one whose client stopped reading its
+//! reply for as long, which cancels the job), and all of them drained on SIGINT/SIGTERM.
 
 use std::io::Write;
 use std::pin::Pin;
@@ -118,6 +119,7 @@ fn accept(
         busy: 0,
         idle_since: Instant::now(),
         served: false,
+        stalled_since: None,
     }));
     let timeout = server.request_timeout;
     let service = {
@@ -134,7 +136,11 @@ fn accept(
             }
         })
     };
-    let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+    let io = Watched {
+        io: TokioIo::new(stream),
+        clock: clock.clone(),
+    };
+    let connection = graceful.watch(http.serve_connection(io, service));
     let server = server.clone();
     tokio::spawn(async move {
         let _open = open;
@@ -145,8 +151,9 @@ fn accept(
                 _ = &mut connection => return,
                 _ = tokio::time::sleep_until(wake) => match Clock::expired(&clock, timeout) {
                     Expired::No => {}
-                    // A kept-alive connection with no new request: close it quietly.
-                    Expired::Idle => return,
+                    // A kept-alive connection with no new request, or a client that stopped
+                    // reading its reply: close it (the reply's job is cancelled).
+                    Expired::Idle | Expired::Stalled => return,
                     Expired::Request => break,
                 },
             }
@@ -193,12 +200,15 @@ struct Clock {
     idle_since: Instant,
     /// A request was answered on this connection (it is kept alive).
     served: bool,
+    /// Since when a write has been waiting for the client to read.
+    stalled_since: Option<Instant>,
 }
 
 enum Expired {
     No,
     Idle,
     Request,
+    Stalled,
 }
 
 impl Clock {
@@ -211,7 +221,8 @@ impl Clock {
     fn wake_at(clock: &Mutex<Clock>, timeout: Duration) -> Instant {
         let c = Clock::lock(clock);
         if c.busy > 0 {
-            Instant::now() + timeout
+            let later = Instant::now() + timeout;
+            c.stalled_since.map_or(later, |t| later.min(t + timeout))
         } else {
             c.idle_since + timeout
         }
@@ -219,7 +230,10 @@ impl Clock {
 
     fn expired(clock: &Mutex<Clock>, timeout: Duration) -> Expired {
         let c = Clock::lock(clock);
-        if c.busy > 0 || Instant::now() < c.idle_since + timeout {
+        let now = Instant::now();
+        if c.stalled_since.is_some_and(|t| now >= t + timeout) {
+            Expired::Stalled
+        } else if c.busy > 0 || now < c.idle_since + timeout {
             Expired::No
         } else if c.served {
             Expired::Idle
@@ -283,6 +297,71 @@ impl HttpBody for Guarded {
     }
 }
 
+/// The connection's socket for hyper, noting when writes stall (a client that stopped
+/// reading).
+struct Watched {
+    io: TokioIo<TcpStream>,
+    clock: Arc<Mutex<Clock>>,
+}
+
+impl Watched {
+    /// A write that waits starts the stall clock (unless it runs); one that goes through
+    /// stops it.
+    fn note<T>(&self, p: Poll<T>) -> Poll<T> {
+        let mut c = Clock::lock(&self.clock);
+        match p {
+            Poll::Pending => {
+                c.stalled_since.get_or_insert_with(Instant::now);
+            }
+            Poll::Ready(_) => c.stalled_since = None,
+        }
+        p
+    }
+}
+
+impl hyper::rt::Read for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let p = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.note(p)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let p = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.note(p)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        hyper::rt::Write::is_write_vectored(&self.io)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // A socket's flush is always ready: it says nothing of the client reading.
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// A whole HTTP/1.1 reply, written by hand where hyper does not hold the connection.
 fn raw_reply(e: &ApiError) -> Vec<u8> {
     let body = e.body().to_string();
@@ -325,5 +404,45 @@ async fn linger_close(mut stream: TcpStream) {
             Ok(Ok(n)) if n > 0 => drained += n,
             _ => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock(busy: usize, served: bool, idle_for: u64, stalled_for: Option<u64>) -> Mutex<Clock> {
+        let ago = |s: u64| Instant::now() - Duration::from_secs(s);
+        Mutex::new(Clock {
+            busy,
+            idle_since: ago(idle_for),
+            served,
+            stalled_since: stalled_for.map(ago),
+        })
+    }
+
+    /// (The end-to-end tests cannot stall a write: the fixture's longest replies fit in the
+    /// loopback socket's buffers.)
+    #[test]
+    fn deadlines_end_slow_requests_idle_connections_and_stalled_replies() {
+        let t = Duration::from_secs(5);
+        let expired = |c: &Mutex<Clock>| match Clock::expired(c, t) {
+            Expired::No => "no",
+            Expired::Idle => "idle",
+            Expired::Request => "request",
+            Expired::Stalled => "stalled",
+        };
+        // Nothing sent within the deadline: a 408.
+        assert_eq!(expired(&clock(0, false, 1, None)), "no");
+        assert_eq!(expired(&clock(0, false, 6, None)), "request");
+        // Kept alive and idle past it: closed quietly.
+        assert_eq!(expired(&clock(0, true, 6, None)), "idle");
+        // A reply being written never expires, unless its writes stall that long.
+        assert_eq!(expired(&clock(1, true, 60, None)), "no");
+        assert_eq!(expired(&clock(1, true, 60, Some(1))), "no");
+        assert_eq!(expired(&clock(1, true, 60, Some(6))), "stalled");
+        // The connection wakes by the stall's deadline, not a full timeout later.
+        let c = clock(1, true, 60, Some(4));
+        assert!(Clock::wake_at(&c, t) <= Instant::now() + Duration::from_secs(1));
     }
 }
