@@ -520,6 +520,10 @@ pub struct ServeArgs {
     /// reading (its job cancelled)
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = positive_seconds)]
     pub request_timeout: f64,
+    /// The longest a completion may generate, from its start; then it ends with what it has
+    /// and finish_reason "length". No limit by default
+    #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
+    pub max_reply_seconds: Option<f64>,
     /// Let pages from ORIGIN (e.g. http://localhost:3000, or * for any) call the server from
     /// a browser (CORS; repeatable). Off by default
     #[arg(long, value_name = "ORIGIN")]
@@ -684,6 +688,7 @@ mod tests {
                     "max-connections",
                     "max-queue",
                     "request-timeout",
+                    "max-reply-seconds",
                     "cors-origin",
                     "api-key",
                 ],

@@ -74,6 +74,7 @@ pub fn run(a: &ServeArgs) -> Result<(), String> {
         max_queue: a.max_queue,
         max_connections: a.max_connections,
         request_timeout: Duration::from_secs_f64(a.request_timeout),
+        max_reply: a.max_reply_seconds.map(Duration::from_secs_f64),
         cors,
         api_key: a.api_key.clone().filter(|k| !k.is_empty()),
         open: AtomicUsize::new(0),

@@ -645,3 +645,40 @@ fn sigterm_lets_running_replies_finish() {
     // Nobody listens any more.
     assert!(std::net::TcpStream::connect(("127.0.0.1", server.port)).is_err());
 }
+
+/// --max-reply-seconds ends a long reply with what it has, as finish_reason "length".
+#[test]
+fn a_reply_past_its_time_ends_as_length() {
+    let _one = serial();
+    let server = Server::start(&[
+        "--max-reply-seconds",
+        "0.2",
+        "--attention-sinks",
+        "4",
+        "--kv-window",
+        "32",
+        "--ctx",
+        "2048",
+    ]);
+    // Unlimited, this reply runs its 2000 tokens to the context (1998) in over a second.
+    let t = Instant::now();
+    let whole = server.post("/v1/chat/completions", &chat("hello", 2000, false));
+    let seconds = t.elapsed().as_secs_f64();
+    let tokens = whole["usage"]["completion_tokens"].as_u64().expect("usage");
+    assert_eq!(whole["choices"][0]["finish_reason"], "length", "{whole}");
+    assert!(
+        tokens > 0 && tokens < 1998,
+        "{tokens} tokens in {seconds:.2} s"
+    );
+    let (status, body) = server.post_text(
+        "/v1/chat/completions",
+        &chat("hello", 2000, true).to_string(),
+    );
+    assert_eq!(status, 200);
+    let (text, finish) = streamed_chat(&body);
+    assert_eq!(finish, "length");
+    assert!(!text.is_empty());
+    // A short reply is not cut.
+    let short = server.post("/v1/chat/completions", &chat("hi", 4, false));
+    assert_eq!(short["usage"]["completion_tokens"], 4);
+}

@@ -33,6 +33,8 @@ pub struct Server {
     pub max_connections: usize,
     /// How long a client may take to send a whole request (then 408).
     pub request_timeout: Duration,
+    /// The longest a reply may generate (--max-reply-seconds).
+    pub max_reply: Option<Duration>,
     pub cors: Option<Cors>,
     pub api_key: Option<String>,
     /// Connections open now.
@@ -369,7 +371,12 @@ async fn complete(
     };
     // Wait in the queue; a prompt the engine refuses is still the client's error.
     match job.next().await {
-        Event::Started { prompt_tokens } => job.prompt_tokens = Some(prompt_tokens),
+        Event::Started { prompt_tokens } => {
+            job.prompt_tokens = Some(prompt_tokens);
+            if let Some(limit) = server.max_reply {
+                job.set_deadline(limit);
+            }
+        }
         Event::Failed(e) => {
             job.ended();
             return error_reply(&ApiError::invalid(e, Some(prompt_param(endpoint))));
@@ -421,6 +428,10 @@ struct RunningJob {
     /// Known once the job started.
     prompt_tokens: Option<usize>,
     ended: bool,
+    /// Set when --max-reply-seconds ended the reply.
+    timed_out: Arc<AtomicBool>,
+    /// The timer that ends it.
+    deadline: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningJob {
@@ -466,14 +477,33 @@ impl RunningJob {
             arrived,
             prompt_tokens: None,
             ended: false,
+            timed_out: Arc::default(),
+            deadline: None,
         })
     }
 
+    /// End the reply `limit` from now (with what it has, as if max_tokens were reached).
+    fn set_deadline(&mut self, limit: Duration) {
+        let (cancel, timed_out) = (self.cancel.clone(), self.timed_out.clone());
+        self.deadline = Some(tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            timed_out.store(true, Ordering::SeqCst);
+            cancel.store(true, Ordering::SeqCst);
+        }));
+    }
+
     async fn next(&mut self) -> Event {
-        self.events
-            .recv()
-            .await
-            .unwrap_or_else(|| Event::Failed("the engine stopped".into()))
+        match self.events.recv().await {
+            // Cut by the deadline: the reply is as long as it could be.
+            Some(Event::Done(mut s))
+                if s.finish == Finish::Cancelled && self.timed_out.load(Ordering::SeqCst) =>
+            {
+                s.finish = Finish::Length;
+                Event::Done(s)
+            }
+            Some(event) => event,
+            None => Event::Failed("the engine stopped".into()),
+        }
     }
 
     /// The job is over (its last event came): dropping it cancels nothing.
@@ -515,6 +545,9 @@ impl RunningJob {
 
 impl Drop for RunningJob {
     fn drop(&mut self) {
+        if let Some(timer) = &self.deadline {
+            timer.abort();
+        }
         if self.ended {
             return;
         }
@@ -612,12 +645,7 @@ impl Stream {
                         self.out.push_back(meta.usage_chunk(&s).to_string());
                     }
                     self.out.push_back("[DONE]".into());
-                    if s.finish == Finish::Cancelled {
-                        // Only we cancel, and only once the stream is gone: not reached.
-                        self.job.ended();
-                    } else {
-                        self.job.done(&s);
-                    }
+                    self.job.done(&s);
                 }
                 Event::Failed(e) => {
                     self.over = true;
