@@ -36,7 +36,6 @@ pub fn run(a: &ServeArgs) -> Result<(), String> {
     let listener = runtime
         .block_on(listen(host, port))
         .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let gpu = open_gpu(&a.device)?;
     a.precision.apply(&gpu);
     let config = EngineConfig {
@@ -81,11 +80,8 @@ pub fn run(a: &ServeArgs) -> Result<(), String> {
         serial: AtomicU64::new(0),
         metrics: metrics::Metrics::new(),
     });
-    runtime.block_on(async {
-        eprintln!("listening on http://{addr}");
-        let router = api::router(server.clone());
-        conn::serve(listener, server, router, GRACE).await;
-    });
+    let router = api::router(server.clone());
+    runtime.block_on(conn::serve(listener, server, router, GRACE))?;
     // Replies still running after the grace period are not waited for.
     runtime.shutdown_background();
     Ok(())

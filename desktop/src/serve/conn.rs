@@ -31,15 +31,22 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Accept and serve until SIGINT or SIGTERM, then stop accepting and give open replies up to
 /// `grace` to finish.
-pub async fn serve(listener: TcpListener, server: Arc<Server>, router: Router, grace: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    server: Arc<Server>,
+    router: Router,
+    grace: Duration,
+) -> Result<(), String> {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true)
         // The request deadline is ours (below), answered with a 408.
         .header_read_timeout(None);
-    let stop = shutdown_signal();
+    let stop = shutdown_signal()?;
     tokio::pin!(stop);
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    eprintln!("listening on http://{addr}");
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -65,28 +72,33 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, router: Router, g
             server.open.load(Ordering::SeqCst)
         ),
     }
+    Ok(())
 }
 
-/// Which signal ended the server.
-async fn shutdown_signal() -> &'static str {
+/// Which signal ended the server. The handlers are installed when this is called (before
+/// "listening" is printed), not when the future is first polled.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = &'static str>, String> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => "SIGINT",
+        let caught = |kind| signal(kind).map_err(|e| format!("cannot catch signals: {e}"));
+        let (mut int, mut term) = (
+            caught(SignalKind::interrupt())?,
+            caught(SignalKind::terminate())?,
+        );
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => "SIGINT",
                 _ = term.recv() => "SIGTERM",
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
             }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        })
     }
 }
 
