@@ -277,6 +277,17 @@ async fn model(State(server): State<Arc<Server>>, Path(m): Path<String>) -> Resp
     }
 }
 
+/// The reply to a request not read whole within --request-timeout.
+pub fn too_slow(timeout: Duration) -> ApiError {
+    ApiError::with_status(
+        408,
+        format!(
+            "the request was not complete within {} s (--request-timeout)",
+            timeout.as_secs_f64()
+        ),
+    )
+}
+
 /// The whole body, within --max-body and the request's deadline.
 async fn read_body(server: &Server, request: Request) -> Result<Bytes, ApiError> {
     let deadline = request
@@ -305,18 +316,11 @@ async fn read_body(server: &Server, request: Request) -> Result<Bytes, ApiError>
     }
     let mut bytes = Vec::new();
     let mut over = false;
+    let mut drained = 0;
     loop {
         let chunk = match tokio::time::timeout_at(deadline, body.next()).await {
             Err(_) if over => return Err(too_large()),
-            Err(_) => {
-                return Err(ApiError::with_status(
-                    408,
-                    format!(
-                        "the request was not complete within {} s (--request-timeout)",
-                        server.request_timeout.as_secs_f64()
-                    ),
-                ))
-            }
+            Err(_) => return Err(too_slow(server.request_timeout)),
             Ok(None) => break,
             Ok(Some(Err(_))) if over => return Err(too_large()),
             Ok(Some(Err(e))) => {
@@ -328,6 +332,10 @@ async fn read_body(server: &Server, request: Request) -> Result<Bytes, ApiError>
             Ok(Some(Ok(chunk))) => chunk,
         };
         if over {
+            drained += chunk.len();
+            if drained > DRAIN_LIMIT {
+                return Err(too_large());
+            }
             continue;
         }
         bytes.extend_from_slice(&chunk);

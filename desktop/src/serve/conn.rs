@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::api::{ReadDeadline, Server};
+use super::api::{too_slow, ReadDeadline, Server};
 use kestrel::serve::openai::ApiError;
 
 /// The largest request head (request line and headers); a larger one gets a 431.
@@ -173,15 +173,8 @@ fn accept(
         // The first request was not read whole in time: answer 408 on the second handle,
         // then close (hyper's handle first).
         server.metrics.request("other", 408);
-        let e = ApiError::with_status(
-            408,
-            format!(
-                "the request was not complete within {} s (--request-timeout)",
-                timeout.as_secs_f64()
-            ),
-        );
         let mut side = side;
-        let _ = side.write_all(&raw_reply(&e));
+        let _ = side.write_all(&raw_reply(&too_slow(timeout)));
         drop(connection);
         if let Ok(side) = TcpStream::from_std(side) {
             linger_close(side).await;
