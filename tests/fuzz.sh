@@ -51,7 +51,7 @@ for t in $(cargo fuzz list --fuzz-dir tests/fuzz); do
         ;;
     pth) seed pth "$fixtures"/rwkv7_blink/model.pth "$fixtures"/pth_hostile/*.pth ;;
     config) seed config "$fixtures"/*/config.json ;;
-    http_request | openai_request) seed "$t" tests/fuzz/seeds/"$t"/* ;;
+    openai_request) seed "$t" tests/fuzz/seeds/"$t"/* ;;
     tokenizer)
         seed tokenizer "$fixtures"/gla/tokenizer.json "$fixtures"/llada/tokenizer.json
         printf '%s\0%s' "$(cat "$fixtures"/gla/tokenizer.json)" "Hello wörld <|endoftext|> 12" \

@@ -511,12 +511,34 @@ pub struct ServeArgs {
     /// Largest request body accepted (larger ones get a 413)
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     pub max_body: usize,
-    /// Connections open at once; more are answered 503 at once (each holds a thread)
+    /// Connections open at once; more are answered 503 at once
     #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536))]
     pub max_connections: usize,
-    /// Seconds a client may take to send its whole request (slower ones get a 408)
+    /// Completion requests that may wait behind the running one; more are answered 429 at
+    /// once
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000_000))]
+    pub max_queue: usize,
+    /// Seconds a client may take to send its whole request (slower ones get a 408); an idle
+    /// kept-alive connection is closed after as long, and so is a reply the client stops
+    /// reading (its job cancelled)
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = positive_seconds)]
     pub request_timeout: f64,
+    /// The longest a completion may generate, from its start; then it ends with what it has
+    /// and finish_reason "length". No limit by default
+    #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
+    pub max_reply_seconds: Option<f64>,
+    /// Let pages from ORIGIN (e.g. http://localhost:3000, or * for any) call the server from
+    /// a browser (CORS; repeatable). Off by default
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors_origin: Vec<String>,
+    /// Require `Authorization: Bearer KEY` on every route but /health (401 otherwise)
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "KESTREL_API_KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
     #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]
@@ -667,7 +689,11 @@ mod tests {
                     "backend",
                     "max-body",
                     "max-connections",
+                    "max-queue",
                     "request-timeout",
+                    "max-reply-seconds",
+                    "cors-origin",
+                    "api-key",
                 ],
             ),
             ("app", vec!["model", "backend", "ctx", "system"]),

@@ -56,7 +56,34 @@ pub struct Job {
     pub streamed: bool,
     /// Set to end the reply early.
     pub cancel: Arc<AtomicBool>,
-    pub events: mpsc::Sender<Event>,
+    pub events: Events,
+}
+
+/// Where a job's events go: a std channel (the window polls it) or a tokio one (the server's
+/// handlers await it without a thread each).
+#[derive(Clone)]
+pub enum Events {
+    Std(mpsc::Sender<Event>),
+    Tokio(tokio::sync::mpsc::UnboundedSender<Event>),
+}
+
+/// The receiver of a job's events has gone.
+#[derive(Debug)]
+pub struct Gone;
+
+impl Events {
+    pub fn send(&self, event: Event) -> Result<(), Gone> {
+        match self {
+            Events::Std(tx) => tx.send(event).map_err(|_| Gone),
+            Events::Tokio(tx) => tx.send(event).map_err(|_| Gone),
+        }
+    }
+}
+
+impl From<mpsc::Sender<Event>> for Events {
+    fn from(tx: mpsc::Sender<Event>) -> Events {
+        Events::Std(tx)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -71,6 +98,9 @@ pub struct Summary {
     pub first_token_seconds: f64,
     /// Decode rate after the first token.
     pub tokens_per_second: f64,
+    /// When the first token was sampled (the server's time-to-first-token counts from the
+    /// request's arrival, queueing included).
+    pub first_token_at: Option<Instant>,
 }
 
 #[derive(Clone, Debug)]
@@ -90,6 +120,8 @@ pub enum Event {
 pub struct Engine {
     jobs: mpsc::Sender<Job>,
     waiting: Arc<AtomicUsize>,
+    /// Jobs running now (0 or 1: one worker, one sequence at a time).
+    running: Arc<AtomicUsize>,
     pub info: ModelInfo,
     pub gpu: Arc<Gpu>,
 }
@@ -105,8 +137,10 @@ impl Engine {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (jobs, job_rx) = mpsc::channel::<Job>();
         let waiting = Arc::new(AtomicUsize::new(0));
+        let running = Arc::new(AtomicUsize::new(0));
         let worker_gpu = gpu.clone();
         let worker_waiting = waiting.clone();
+        let worker_running = running.clone();
         std::thread::Builder::new()
             .name("kestrel-engine".into())
             .spawn(move || {
@@ -118,7 +152,7 @@ impl Engine {
                     }
                 };
                 let _ = ready_tx.send(Ok(worker.info.clone()));
-                worker.serve(job_rx, worker_waiting);
+                worker.serve(job_rx, worker_waiting, worker_running);
             })
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
         let info = ready_rx
@@ -127,6 +161,7 @@ impl Engine {
         Ok(Engine {
             jobs,
             waiting,
+            running,
             info,
             gpu,
         })
@@ -141,10 +176,35 @@ impl Engine {
         })
     }
 
+    /// Queue a job unless `limit` jobs are already queued or running (then it comes back).
+    pub fn try_submit(&self, job: Job, limit: usize) -> Result<(), Refused> {
+        self.waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .map_err(|_| Refused::Full)?;
+        self.jobs.send(job).map_err(|_| {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            Refused::Stopped
+        })
+    }
+
     /// Jobs queued or running.
     pub fn pending(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
     }
+
+    /// Jobs running now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+}
+
+/// Why [`Engine::try_submit`] refused a job.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    Full,
+    Stopped,
 }
 
 struct Worker {
@@ -209,10 +269,18 @@ impl Worker {
         })
     }
 
-    fn serve(mut self, jobs: mpsc::Receiver<Job>, waiting: Arc<AtomicUsize>) {
+    fn serve(
+        mut self,
+        jobs: mpsc::Receiver<Job>,
+        waiting: Arc<AtomicUsize>,
+        running: Arc<AtomicUsize>,
+    ) {
         while let Ok(job) = jobs.recv() {
             let events = job.events.clone();
-            let event = match self.run(&job) {
+            running.fetch_add(1, Ordering::SeqCst);
+            let outcome = self.run(&job);
+            running.fetch_sub(1, Ordering::SeqCst);
+            let event = match outcome {
                 Ok(summary) => Event::Done(summary),
                 Err(e) => {
                     // A failed step may leave the cache half written: start the next job afresh.
@@ -220,8 +288,9 @@ impl Worker {
                     Event::Failed(e)
                 }
             };
-            let _ = events.send(event);
+            // Counted out before its last event, so that whoever hears it sees the job gone.
             waiting.fetch_sub(1, Ordering::SeqCst);
+            let _ = events.send(event);
         }
     }
 
@@ -244,6 +313,7 @@ impl Worker {
             return Ok(Summary::empty(prompt_tokens, Finish::Cancelled));
         }
         let mut first_token_seconds = None;
+        let mut first_token_at = None;
         let mut decode_start = Instant::now();
         loop {
             let t = Instant::now();
@@ -252,6 +322,7 @@ impl Worker {
             g.observe_step_time(t.elapsed().as_secs_f64());
             if first_token_seconds.is_none() {
                 first_token_seconds = Some(started.elapsed().as_secs_f64());
+                first_token_at = Some(Instant::now());
                 decode_start = Instant::now();
             }
             let piece = match step {
@@ -277,6 +348,7 @@ impl Worker {
             } else {
                 0.0
             },
+            first_token_at,
         })
     }
 }
@@ -291,6 +363,7 @@ impl Summary {
             finish,
             first_token_seconds: 0.0,
             tokens_per_second: 0.0,
+            first_token_at: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `kestrel serve` end to end: the binary serves the tiny fixture model on a free port and
-//! is driven over raw HTTP/1.1 (the server closes every connection after its reply, so a
-//! reply is everything read until EOF).
+//! is driven over raw HTTP/1.1 (most requests say `Connection: close`, so a reply is
+//! everything read until EOF; the keep-alive test reads replies by their length).
 
 mod support;
 
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use support::{error_message, post_request, Server};
+use support::{error_message, post_request, split_reply, Server};
 
 /// The tests time replies, so they run one at a time (the machine may have two cores).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -224,9 +224,9 @@ fn refuses_bad_requests_in_openai_form() {
     let big = format!("{{{m},\"user\":\"{}\"}}", "x".repeat(5000));
     server.error(chat_path, &big, 413);
 
-    let (status, body) = server.raw(b"GARBAGE\r\n\r\n");
+    // Bytes that are not HTTP get hyper's own 400, which has no body.
+    let (status, _) = server.raw(b"GARBAGE\r\n\r\n");
     assert_eq!(status, 400);
-    error_message(&body);
     let (status, _) = server.raw(&[0xff, 0xfe, b'\r', b'\n', b'\r', b'\n']);
     assert_eq!(status, 400);
     let header = format!("GET /health HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(20_000));
@@ -337,4 +337,348 @@ fn a_context_beyond_the_adapter_is_refused_before_allocating() {
         "{error}"
     );
     assert!(!stderr.contains("listening on"), "{stderr}");
+}
+
+/// One reply read off a kept-alive connection (by its Content-Length): status, head, body.
+fn read_reply(s: &mut std::net::TcpStream) -> (u16, String, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).expect("a reply head"), 1, "closed early");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length in {head}"));
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).expect("the body");
+    buf.extend_from_slice(&body);
+    split_reply(&buf)
+}
+
+/// A header's value in a reply head (names compared without case).
+fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// A metric's value in the Prometheus text (the line starting with `series `).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// Several requests on one connection, a chunked request body, and /metrics after them.
+#[test]
+fn keeps_connections_alive_reads_chunked_bodies_and_counts_metrics() {
+    let _one = serial();
+    let server = Server::start(&[]);
+    let whole = chat_content(
+        &server.post("/v1/chat/completions", &chat("hi", 8, false)),
+        8,
+    );
+
+    // Three requests on one TCP connection: a GET, a POST, a chunked POST.
+    let mut s = server.connect();
+    s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let (status, _, body) = read_reply(&mut s);
+    assert_eq!(status, 200, "{body}");
+    let body = chat("hi", 8, false).to_string();
+    s.write_all(
+        post_request("/v1/chat/completions", &body)
+            .replace("Connection: close\r\n", "")
+            .as_bytes(),
+    )
+    .expect("send on the same connection");
+    let (status, _, reply) = read_reply(&mut s);
+    assert_eq!(status, 200, "{reply}");
+    let v: Value = serde_json::from_str(&reply).expect("json");
+    assert_eq!(chat_content(&v, 8), whole);
+    // The body in three chunks of its own sizes.
+    let (a, rest) = body.split_at(5);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    let mut chunked = String::from(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n",
+    );
+    for part in [a, b, c] {
+        chunked.push_str(&format!("{:x}\r\n{part}\r\n", part.len()));
+    }
+    chunked.push_str("0\r\n\r\n");
+    s.write_all(chunked.as_bytes()).expect("send chunked");
+    let (status, _, reply) = read_reply(&mut s);
+    assert_eq!(status, 200, "{reply}");
+    let v: Value = serde_json::from_str(&reply).expect("json");
+    assert_eq!(chat_content(&v, 8), whole);
+    drop(s);
+
+    // A streamed reply too, then the counters.
+    let (status, _) = server.post_text("/v1/chat/completions", &chat("hi", 8, true).to_string());
+    assert_eq!(status, 200);
+    let (status, text) = server.get("/metrics");
+    assert_eq!(status, 200);
+    let chats = r#"kestrel_requests_total{route="/v1/chat/completions",status="200"}"#;
+    assert_eq!(metric(&text, chats), 4.0, "{text}");
+    assert_eq!(metric(&text, "kestrel_completion_tokens_total"), 32.0);
+    assert!(metric(&text, "kestrel_prompt_tokens_total") > 0.0);
+    assert_eq!(metric(&text, "kestrel_queue_length"), 0.0);
+    assert_eq!(metric(&text, "kestrel_running_jobs"), 0.0);
+    for name in [
+        "kestrel_time_to_first_token_seconds",
+        "kestrel_time_per_output_token_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} histogram\n")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("# HELP {name} ")), "{text}");
+        let buckets: Vec<(f64, f64)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
+            .map(|l| {
+                let (le, n) = l.split_once("\"} ").expect("a bucket");
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().expect("le")
+                };
+                (le, n.parse().expect("a count"))
+            })
+            .collect();
+        assert!(buckets.len() > 2, "{text}");
+        assert!(
+            buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{name} buckets not cumulative: {buckets:?}"
+        );
+        let (last_le, last) = *buckets.last().expect("buckets");
+        assert_eq!(last_le, f64::INFINITY);
+        assert_eq!(last, metric(&text, &format!("{name}_count")));
+        assert!(metric(&text, &format!("{name}_sum")) > 0.0);
+    }
+    // Four replies, each timed to its first token; 7 tokens after the first in each.
+    assert_eq!(
+        metric(&text, "kestrel_time_to_first_token_seconds_count"),
+        4.0
+    );
+    assert_eq!(
+        metric(&text, "kestrel_time_per_output_token_seconds_count"),
+        28.0
+    );
+}
+
+/// CORS preflights and headers, and the bearer check.
+#[test]
+fn answers_cors_and_checks_the_api_key() {
+    let _one = serial();
+    let origin = "http://app.example";
+    let server = Server::start(&["--cors-origin", origin, "--api-key", "sekret"]);
+    let send = |request: String| {
+        let mut s = server.connect();
+        s.write_all(request.as_bytes()).expect("send");
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).expect("read");
+        split_reply(&reply)
+    };
+    let get = |path: &str, extra: &str| {
+        send(format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n"
+        ))
+    };
+    // A preflight needs no key.
+    let (status, head, _) = send(format!(
+        "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Origin: {origin}\r\nAccess-Control-Request-Method: POST\r\n\
+         Access-Control-Request-Headers: authorization, content-type\r\n\r\n"
+    ));
+    assert_eq!(status, 204, "{head}");
+    assert_eq!(header(&head, "access-control-allow-origin"), Some(origin));
+    assert!(header(&head, "access-control-allow-methods").is_some_and(|m| m.contains("POST")));
+    assert_eq!(
+        header(&head, "access-control-allow-headers"),
+        Some("authorization, content-type")
+    );
+    // Another origin is not named.
+    let (status, head, _) = get("/health", "Origin: http://elsewhere.example\r\n");
+    assert_eq!(status, 200);
+    assert_eq!(header(&head, "access-control-allow-origin"), None);
+
+    // /health is open; the rest need the key, and the refusal is readable cross-origin.
+    let with_origin = format!("Origin: {origin}\r\n");
+    let (status, head, _) = get("/health", &with_origin);
+    assert_eq!(status, 200);
+    assert_eq!(header(&head, "access-control-allow-origin"), Some(origin));
+    let (status, head, body) = get("/v1/models", &with_origin);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(header(&head, "access-control-allow-origin"), Some(origin));
+    assert!(error_message(&body).contains("API key"));
+    let (status, _, body) = get("/metrics", "Authorization: Bearer wrong\r\n");
+    assert_eq!(status, 401, "{body}");
+    error_message(&body);
+    let key = "Authorization: Bearer sekret\r\n";
+    assert_eq!(get("/v1/models", key).0, 200);
+    assert_eq!(get("/metrics", key).0, 200);
+
+    // A streamed reply carries the header too.
+    let body = chat("hi", 4, true).to_string();
+    let request = post_request("/v1/chat/completions", &body)
+        .replace("Host: x\r\n", &format!("Host: x\r\n{key}{with_origin}"));
+    let (status, head, body) = send(request);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&head, "content-type"), Some("text/event-stream"));
+    assert_eq!(header(&head, "access-control-allow-origin"), Some(origin));
+    assert_eq!(streamed_chat(&body).1, "length");
+}
+
+/// With the queue full (--max-queue 1: one job waiting behind the running one), a request
+/// is answered 429 at once.
+#[test]
+fn a_full_queue_answers_429() {
+    let _one = serial();
+    let server = Server::start(&[
+        "--max-queue",
+        "1",
+        "--attention-sinks",
+        "4",
+        "--kv-window",
+        "32",
+        "--ctx",
+        "2048",
+    ]);
+    let send = |body: Value| {
+        let mut s = server.connect();
+        let request = post_request("/v1/chat/completions", &body.to_string());
+        s.write_all(request.as_bytes()).expect("send");
+        s
+    };
+    // One running (its reply started), one queued behind it.
+    let mut running = send(chat("hello", 1500, true));
+    let mut first = [0u8; 64];
+    let n = running.read(&mut first).expect("first bytes");
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let queued = send(chat("hello", 1500, false));
+    let t = Instant::now();
+    loop {
+        let (_, body) = server.get("/health");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        if v["jobs"] == 2 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = Instant::now();
+    let (status, head, body) = {
+        let mut s = send(chat("hi", 4, false));
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).expect("read");
+        split_reply(&reply)
+    };
+    assert_eq!(status, 429, "{body}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(header(&head, "retry-after"), Some("1"));
+    assert!(error_message(&body).contains("--max-queue"));
+    let (_, text) = server.get("/metrics");
+    assert_eq!(metric(&text, "kestrel_queue_length"), 1.0);
+    assert_eq!(metric(&text, "kestrel_running_jobs"), 1.0);
+    drop(queued);
+    drop(running);
+}
+
+/// SIGTERM: the server stops accepting, lets a running streamed reply finish, and exits 0.
+#[cfg(unix)]
+#[test]
+fn sigterm_lets_running_replies_finish() {
+    let _one = serial();
+    let mut server = Server::start(&[
+        "--attention-sinks",
+        "4",
+        "--kv-window",
+        "32",
+        "--ctx",
+        "2048",
+    ]);
+    let mut s = server.connect();
+    let request = post_request(
+        "/v1/chat/completions",
+        &chat("hello", 200, true).to_string(),
+    );
+    s.write_all(request.as_bytes()).expect("send");
+    let mut reply = vec![0u8; 64];
+    let n = s.read(&mut reply).expect("first bytes");
+    reply.truncate(n);
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    s.read_to_end(&mut reply).expect("the rest of the reply");
+    let (status, _, body) = split_reply(&reply);
+    assert_eq!(status, 200);
+    let (_, finish) = streamed_chat(&body);
+    assert_eq!(finish, "length");
+    let t = Instant::now();
+    let code = loop {
+        if let Some(status) = server.child.try_wait().expect("wait") {
+            break status.code();
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0));
+    // The log thread may still be reading the last lines.
+    let t = Instant::now();
+    while server.log_count("exiting") == 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.log_count("SIGTERM"), 1);
+    assert_eq!(server.log_count("all connections closed; exiting"), 1);
+    // Nobody listens any more.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", server.port)).is_err());
+}
+
+/// --max-reply-seconds ends a long reply with what it has, as finish_reason "length".
+#[test]
+fn a_reply_past_its_time_ends_as_length() {
+    let _one = serial();
+    let server = Server::start(&[
+        "--max-reply-seconds",
+        "0.2",
+        "--attention-sinks",
+        "4",
+        "--kv-window",
+        "32",
+        "--ctx",
+        "2048",
+    ]);
+    // Unlimited, this reply runs its 2000 tokens to the context (1998) in over a second.
+    let t = Instant::now();
+    let whole = server.post("/v1/chat/completions", &chat("hello", 2000, false));
+    let seconds = t.elapsed().as_secs_f64();
+    let tokens = whole["usage"]["completion_tokens"].as_u64().expect("usage");
+    assert_eq!(whole["choices"][0]["finish_reason"], "length", "{whole}");
+    assert!(
+        tokens > 0 && tokens < 1998,
+        "{tokens} tokens in {seconds:.2} s"
+    );
+    let (status, body) = server.post_text(
+        "/v1/chat/completions",
+        &chat("hello", 2000, true).to_string(),
+    );
+    assert_eq!(status, 200);
+    let (text, finish) = streamed_chat(&body);
+    assert_eq!(finish, "length");
+    assert!(!text.is_empty());
+    // A short reply is not cut.
+    let short = server.post("/v1/chat/completions", &chat("hi", 4, false));
+    assert_eq!(short["usage"]["completion_tokens"], 4);
 }

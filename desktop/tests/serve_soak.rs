@@ -34,6 +34,13 @@ const RSS_SLACK: u64 = 2 << 20;
 /// From the solo warm-up (model and plans loaded) to the end: the first round's arenas too.
 const RSS_SLACK_FROM_START: u64 = 8 << 20;
 
+/// The tests time replies and load the machine: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Statuses seen per kind of request, printed at the end.
 type Tally = Arc<Mutex<BTreeMap<&'static str, BTreeMap<u16, usize>>>>;
 
@@ -239,7 +246,7 @@ fn valid_client(server: &Server, solo: &[String], rounds: usize, tally: &Tally) 
 /// Open connections as /health counts them (its own included); None when the probe itself
 /// was refused (503, or reset: a refused connection is closed without reading its request).
 fn open_connections(server: &Server) -> Option<u64> {
-    let (status, reply) = exchange(server, b"GET /health HTTP/1.1\r\n\r\n");
+    let (status, reply) = exchange(server, b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n");
     if status != Some(200) {
         return None;
     }
@@ -302,6 +309,7 @@ fn connection_flood(server: &Server, tally: &Tally) {
 
 #[test]
 fn serves_correctly_under_abuse_in_flat_memory() {
+    let _one = serial();
     let started = Instant::now();
     let mut server = Server::start(&[
         "--request-timeout",
@@ -370,4 +378,73 @@ fn serves_correctly_under_abuse_in_flat_memory() {
         "RSS grew {:.1} MiB from the solo runs to round 4",
         mib(grown)
     );
+}
+
+/// A thousand completion requests at once (--max-queue 256): each is queued and answered in
+/// full, or refused at once with 429; none hangs, and the server serves on.
+#[test]
+fn a_burst_of_a_thousand_requests_is_queued_or_refused() {
+    const CLIENTS: usize = 1000;
+    const QUEUE: usize = 256;
+    let _one = serial();
+    let mut server = Server::start(&["--max-connections", "2048"]);
+    let (path, body) = valid(0);
+    let solo = reply_text(path, &server.post(path, &body));
+    let request = post_request(path, &body.to_string());
+    let started = Instant::now();
+    let results: Vec<(u16, String, f64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let (server, request) = (&server, &request);
+                std::thread::Builder::new()
+                    .stack_size(256 << 10)
+                    .spawn_scoped(scope, move || {
+                        let t = Instant::now();
+                        let (status, reply) = exchange(server, request.as_bytes());
+                        let reply = String::from_utf8_lossy(&reply).into_owned();
+                        (status.unwrap_or(0), reply, t.elapsed().as_secs_f64())
+                    })
+                    .expect("a client thread")
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client"))
+            .collect()
+    });
+    let mut answered = 0;
+    let mut refused = 0;
+    let mut slowest_refusal: f64 = 0.0;
+    for (status, reply, seconds) in &results {
+        let (_, json) = reply.split_once("\r\n\r\n").expect("a header");
+        let v: Value = serde_json::from_str(json).expect("JSON reply");
+        match status {
+            200 => {
+                assert_eq!(reply_text(path, &v), solo);
+                answered += 1;
+            }
+            429 => {
+                assert!(v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("queue")));
+                slowest_refusal = slowest_refusal.max(*seconds);
+                refused += 1;
+            }
+            _ => panic!("status {status}: {reply}"),
+        }
+    }
+    eprintln!(
+        "burst: {CLIENTS} requests in {:.1} s: {answered} answered, {refused} refused \
+         (the slowest refusal {slowest_refusal:.2} s)",
+        started.elapsed().as_secs_f64()
+    );
+    // A refusal means the queue was full then: everything in it was answered.
+    if refused > 0 {
+        assert!(answered > QUEUE, "{answered} answered");
+    }
+    assert!(server.is_running(), "the server died");
+    let (_, body) = server.get("/health");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["jobs"], 0, "{v}");
+    assert_eq!(reply_text(path, &server.post(path, &valid(0).1)), solo);
 }

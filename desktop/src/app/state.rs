@@ -142,7 +142,7 @@ impl Chat {
             },
             streamed: true,
             cancel,
-            events,
+            events: events.into(),
         })
     }
 
@@ -336,6 +336,7 @@ mod tests {
             finish,
             first_token_seconds: 0.1,
             tokens_per_second: 20.0,
+            first_token_at: None,
         }
     }
 

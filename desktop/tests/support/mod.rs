@@ -1,5 +1,6 @@
-//! A `kestrel serve` child process on the tiny fixture model, driven over raw HTTP/1.1 (the
-//! server closes every connection after its reply, so a reply is everything read until EOF).
+//! A `kestrel serve` child process on the tiny fixture model, driven over raw HTTP/1.1. The
+//! server keeps connections alive; these requests say `Connection: close`, so a reply is
+//! everything read until EOF (a streamed one chunked: see [`dechunk`]).
 //! Shared by the server's test binaries, each of which uses a part of it.
 #![allow(dead_code)]
 
@@ -83,18 +84,12 @@ impl Server {
         s.write_all(request).expect("send");
         let mut reply = Vec::new();
         s.read_to_end(&mut reply).expect("read reply");
-        let reply = String::from_utf8_lossy(&reply).into_owned();
-        let (head, body) = reply.split_once("\r\n\r\n").expect("a header");
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no status in {head:?}"));
-        (status, body.to_string())
+        let (status, _, body) = split_reply(&reply);
+        (status, body)
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
-        self.raw(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        self.raw(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
     }
 
     pub fn post_text(&self, path: &str, body: &str) -> (u16, String) {
@@ -126,7 +121,7 @@ impl Drop for Server {
 pub fn post_request(path: &str, body: &str) -> String {
     format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
+         Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
 }
@@ -162,4 +157,40 @@ impl Server {
 pub fn status_of(reply: &[u8]) -> Option<u16> {
     let head = String::from_utf8_lossy(reply.get(..reply.len().min(64))?).into_owned();
     head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// A whole raw reply: its status, its head and its body (dechunked when chunked).
+pub fn split_reply(reply: &[u8]) -> (u16, String, String) {
+    let reply = String::from_utf8_lossy(reply).into_owned();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a header");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+/// A chunked body's data (the chunk sizes and the last, empty chunk removed).
+pub fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16)
+            .unwrap_or_else(|_| panic!("a chunk size, not {size:?}"));
+        if n == 0 {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+    out
 }
