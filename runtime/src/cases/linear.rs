@@ -493,15 +493,16 @@ fn fused_matvec() -> Vec<Case> {
         specs.extend([all[2], all[3]].map(|f| (DType::F32, 128, layout, f)));
     }
     // Each in the layout CPU drivers give its weight type.
-    for (dtype, k, layout) in [
-        (DType::F32, 130, Layout::CPU_STREAM),
-        (DType::Quant(QuantFormat::Q4_1), 96, Layout::CPU),
-        (DType::Quant(QuantFormat::Q4_K), 256, Layout::CPU_STREAM),
+    for (dtype, k) in [
+        (DType::F32, 130),
+        (DType::Quant(QuantFormat::Q4_1), 96),
+        (DType::Quant(QuantFormat::Q4_K), 256),
     ] {
-        specs.extend(prologues.map(|f| (dtype, k, layout, f)));
+        specs.extend(prologues.map(|f| (dtype, k, Layout::for_cpu(dtype), f)));
     }
-    specs.extend(all.map(|f| (DType::BF16, 136, Layout::CPU_STREAM, f)));
-    specs.extend(prologues.map(|f| (DType::BF16, 130, Layout::CPU_STREAM, f)));
+    let bf16 = Layout::for_cpu(DType::BF16);
+    specs.extend(all.map(|f| (DType::BF16, 136, bf16, f)));
+    specs.extend(prologues.map(|f| (DType::BF16, 130, bf16, f)));
     let by_subgroup = |lanes, rows_per_lane| Layout {
         lanes,
         rows_per_lane,

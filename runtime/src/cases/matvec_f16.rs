@@ -124,8 +124,8 @@ impl Spec {
 
 /// f16 weights and every 32-value format at two and three blocks and at 576 (18 blocks: more
 /// than a row group's lanes), 70 rows (a full CPU-layout workgroup and a ragged one) and 37
-/// (one ragged row group), in the CPU layouts (f16 in the streaming one) and the GPU layout; the
-/// norm with every epilogue; weights
+/// (one ragged row group), in the layout CPU drivers give each weight type and the GPU layout;
+/// the norm with every epilogue; weights
 /// split in chunks of 17 rows (34 with SwiGLU, which needs whole pairs per chunk). The browser
 /// runs f16 and Q4_1 at 576 and a fused norm + SwiGLU.
 pub fn cases() -> Vec<Case> {
@@ -143,11 +143,8 @@ pub fn cases() -> Vec<Case> {
         seed,
     };
     for dtype in std::iter::once(DType::F16).chain(FORMATS.map(DType::Quant)) {
-        // On CPU drivers f16 weights take the streaming layout (512 rows a workgroup).
-        let cpu = match dtype {
-            DType::F16 => Layout::CPU_STREAM,
-            _ => Layout::CPU,
-        };
+        // The layout CPU drivers give the weight type.
+        let cpu = Layout::for_cpu(dtype);
         for (shape, bias, layout) in [
             ((70, 64), false, cpu),
             ((37, 96), true, Layout::GPU),

@@ -210,10 +210,12 @@ fn matvec() -> Vec<Case> {
         seed,
     };
     for format in matvec_q8::FORMATS {
+        // The layout CPU drivers give the weight type.
+        let cpu = Layout::for_cpu(DType::Quant(format));
         for (shape, bias, layout) in [
-            ((70, 64), false, Layout::CPU),
+            ((70, 64), false, cpu),
             ((37, 96), true, Layout::GPU),
-            ((70, 576), true, Layout::CPU),
+            ((70, 576), true, cpu),
         ] {
             seed += 1;
             let s = spec(format, shape, bias, layout, Epilogue::Store, seed);
@@ -227,6 +229,7 @@ fn matvec() -> Vec<Case> {
     let fused = [
         (QuantFormat::Q4_1, Epilogue::Accumulate, Layout::CPU),
         (QuantFormat::Q4_0, Epilogue::Glu(Gate::Silu), Layout::CPU),
+        (QuantFormat::Q8_0, Epilogue::Accumulate, Layout::CPU_STREAM),
         (
             QuantFormat::Q8_0,
             Epilogue::Glu(Gate::GeluTanh),

@@ -11,6 +11,7 @@ use super::elementwise::Gate;
 use super::{dtype_defs, kernel, weight_defs, weight_dtypes, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
+use crate::quant::QuantFormat;
 use crate::shader::ShaderDefs;
 use crate::tensor::{DType, GpuWeight};
 
@@ -112,14 +113,13 @@ impl Layout {
         rows_per_lane: 16,
         subgroup: false,
     };
-    /// For CPU drivers and weights read as vec4s of words (f32, f16, bf16) or as K-quant
-    /// superblocks: 2 lanes per row and 16 rows per lane (512 rows per workgroup). Each step
-    /// of a lane's loop reads the next words of its rows, so every row is read front to back
-    /// a few words at a time. On lavapipe (Mesa 22.3, 2 cores) the decode matvec's time was
-    /// dominated by the first load of each cache line, and this order took RWKV-7 0.1B f16
-    /// from 287 to 101 ms of matvec per token and Qwen2.5-Coder-0.5B Q4_K_M from 246 to 165
-    /// against [`Layout::CPU`], while SmolLM2's Q4_1 and Q8_0 stayed faster with CPU
-    /// (alternated runs, one session).
+    /// For CPU drivers and most weight types ([`Layout::for_cpu`]): 2 lanes per row and 16
+    /// rows per lane (512 rows per workgroup). Each step of a lane's loop reads the next words
+    /// of its rows, so every row is read front to back a few words at a time. On lavapipe
+    /// (Mesa 22.3, 2 cores) the decode matvec's time was dominated by the first load of each
+    /// cache line, and this order took RWKV-7 0.1B f16 from 287 to 101 ms of matvec per token
+    /// and Qwen2.5-Coder-0.5B Q4_K_M from 246 to 165 against [`Layout::CPU`] (alternated runs,
+    /// one session).
     pub const CPU_STREAM: Layout = Layout {
         lanes: 2,
         rows_per_lane: 16,
@@ -142,20 +142,29 @@ impl Layout {
         }
     }
 
+    /// The layout CPU adapters take, untuned, for a weight of `dtype`: [`Layout::CPU`] for
+    /// Q4_0 and Q4_1, [`Layout::CPU_STREAM`] for every other type. Both sum through workgroup
+    /// memory (their lanes exceed lavapipe's subgroups of 8 and SwiftShader's 4, or their
+    /// rows per lane do). On lavapipe SmolLM2's Q4_1 layers were faster in 16x16 and its Q8_0
+    /// head in 2x16 (matvec 50-52 against 53-55 ms a token); Qwen2.5-Coder-0.5B's Q5_0, Q8_0
+    /// and K-quant weights all in 2x16 (165 against 222-237 ms with Q5_0 and Q8_0 in 16x16).
+    /// Q4_0 reads its blocks as Q4_1 does (five words, nibbles), so it goes with it.
+    pub fn for_cpu(dtype: DType) -> Layout {
+        match dtype {
+            DType::Quant(QuantFormat::Q4_0 | QuantFormat::Q4_1) => Layout::CPU,
+            _ => Layout::CPU_STREAM,
+        }
+    }
+
     /// The layout `bench --tune` chose for `gpu`, else the one for its kind of device and a
-    /// weight of `dtype`: on GPUs summed by subgroup where [`runs`] allows it; on CPU
-    /// adapters [`Layout::CPU`] for the 32-value ggml formats and [`Layout::CPU_STREAM`] for
-    /// the others, both through workgroup memory (their lanes exceed lavapipe's subgroups of
-    /// 8 and SwiftShader's 4, or their rows per lane do). A tuned subgroup layout the adapter
-    /// cannot run (another driver since) sums through workgroup memory instead.
+    /// weight of `dtype`: on GPUs summed by subgroup where [`runs`] allows it; on CPU adapters
+    /// [`Layout::for_cpu`]. A tuned subgroup layout the adapter cannot run (another driver
+    /// since) sums through workgroup memory instead.
     pub fn for_device(gpu: &Gpu, dtype: DType) -> Layout {
         let layout = if let Some(tuned) = gpu.tuning().matvec {
             tuned
         } else if gpu.info.device_type == wgpu::DeviceType::Cpu {
-            match dtype {
-                DType::Quant(q) if q.block_elems() == 32 => Layout::CPU,
-                _ => Layout::CPU_STREAM,
-            }
+            Layout::for_cpu(dtype)
         } else {
             Layout::GPU.by_subgroup()
         };
