@@ -96,6 +96,22 @@ impl Layout {
             && (!self.subgroup || self.rows_per_lane <= self.lanes)
     }
 
+    /// Why this layout cannot take `w` with `epilogue` (with a bias or not), if it cannot: the
+    /// checks the f32, int8 and f16 decode matvecs share.
+    pub fn refusal(&self, w: &GpuWeight, bias: bool, epilogue: Epilogue) -> Option<String> {
+        if !self.is_valid() {
+            return Some(format!("unsupported layout {self:?}"));
+        }
+        if matches!(epilogue, Epilogue::Glu(_)) && (bias || !self.holds_row_pairs(w)) {
+            return Some(
+                "SwiGLU needs whole (gate, up) row pairs in every chunk, workgroup and (summed \
+                 by subgroup) row group"
+                    .into(),
+            );
+        }
+        None
+    }
+
     /// Whether a SwiGLU epilogue finds whole (gate, up) row pairs in every chunk of `w`, every
     /// workgroup and, summed by subgroup, every row group.
     pub fn holds_row_pairs(&self, w: &GpuWeight) -> bool {
@@ -283,11 +299,6 @@ fn launch_inner(
 ) -> Result<Vec<Dispatch>> {
     check_fusion(w, bias.is_some(), grouped.is_some(), fusion, layout)?;
     let lanes = layout.lanes;
-    if !layout.is_valid() {
-        return Err(Error::Graph(format!(
-            "matvec: unsupported layout {layout:?}"
-        )));
-    }
     if !runs(gpu, layout) {
         return Err(Error::Graph(format!(
             "matvec: the subgroup reduction of {layout:?} needs subgroups of {lanes} to 64 \
@@ -391,11 +402,8 @@ fn check_fusion(
     if grouped && !unfused {
         return bad("grouped rows take no fusion");
     }
-    if matches!(fusion.epilogue, Epilogue::Glu(_)) && (bias || !layout.holds_row_pairs(w)) {
-        return bad(
-            "SwiGLU needs whole (gate, up) row pairs in every chunk, workgroup and (summed by \
-             subgroup) row group",
-        );
+    if let Some(why) = layout.refusal(w, bias, fusion.epilogue) {
+        return bad(&why);
     }
     if let Prologue::Merge { head_dim, splits } = fusion.prologue {
         if head_dim == 0 || splits == 0 || !w.cols.is_multiple_of(head_dim) {

@@ -126,11 +126,8 @@ pub fn launch(
             w.cols
         ));
     }
-    if !layout.is_valid() {
-        return bad(&format!("unsupported layout {layout:?}"));
-    }
-    if matches!(epilogue, Epilogue::Glu(_)) && (bias.is_some() || !layout.holds_row_pairs(w)) {
-        return bad("SwiGLU needs whole (gate, up) row pairs in every chunk and workgroup");
+    if let Some(why) = layout.refusal(w, bias.is_some(), epilogue) {
+        return bad(&why);
     }
     let defs = defs(
         weight_defs(ShaderDefs::new(), w, "matvec_f16")?,
