@@ -480,7 +480,7 @@ fn fused_matvec() -> Vec<Case> {
         (merge, Epilogue::Accumulate, true),
     ];
     let mut specs = Vec::new();
-    let defaults = [Layout::CPU, Layout::CPU_STREAM, Layout::GPU];
+    let defaults = Layout::DEFAULTS;
     for layout in defaults {
         specs.extend(all.map(|f| (DType::F32, 128, layout, f)));
     }

@@ -58,6 +58,16 @@ pub enum Epilogue {
     Glu(Gate),
 }
 
+impl Epilogue {
+    /// Every epilogue (both SwiGLU gates).
+    pub const ALL: [Epilogue; 4] = [
+        Epilogue::Store,
+        Epilogue::Accumulate,
+        Epilogue::Glu(Gate::Silu),
+        Epilogue::Glu(Gate::GeluTanh),
+    ];
+}
+
 /// A matvec's fusions.
 #[derive(Debug, Clone, Copy)]
 pub struct Fusion<'a> {
@@ -149,6 +159,10 @@ impl Layout {
         rows_per_lane: 2,
         subgroup: false,
     };
+
+    /// The layouts an untuned device takes: CPU drivers' two ([`Layout::for_cpu`]) and GPUs'
+    /// (which [`Layout::for_device`] sums by subgroup where it can).
+    pub const DEFAULTS: [Layout; 3] = [Layout::CPU, Layout::CPU_STREAM, Layout::GPU];
 
     /// This layout with its lanes summed by subgroup shuffles.
     pub const fn by_subgroup(self) -> Layout {
@@ -468,17 +482,14 @@ impl Prologue<'_> {
     }
 }
 
-/// Every weight dtype, with and without bias and vec4 reads, in the CPU and the GPU layout,
-/// the latter also summed by subgroup: grouped (gathering token rows or not), and plain with
+/// Every weight dtype, with and without bias and vec4 reads, in the default layouts and the
+/// GPU one summed by subgroup: grouped (gathering token rows or not), and plain with
 /// every prologue and epilogue.
 pub fn variants() -> Vec<ShaderDefs> {
     let prologues = [Kind::Plain, Kind::Norm, Kind::Merge];
-    let epilogues = [
-        Epilogue::Store,
-        Epilogue::Accumulate,
-        Epilogue::Glu(Gate::Silu),
-        Epilogue::Glu(Gate::GeluTanh),
-    ];
+    let layouts = Layout::DEFAULTS
+        .into_iter()
+        .chain([Layout::GPU.by_subgroup()]);
     let mut out = Vec::new();
     for dtype in weight_dtypes() {
         let Some(weight) = dtype_defs(ShaderDefs::new(), dtype) else {
@@ -486,7 +497,7 @@ pub fn variants() -> Vec<ShaderDefs> {
         };
         for bias in [false, true] {
             for vec4 in [false, true] {
-                for layout in [Layout::CPU, Layout::GPU, Layout::GPU.by_subgroup()] {
+                for layout in layouts.clone() {
                     let d = |grouped, prologue, epilogue| {
                         defs(
                             weight.clone(),
@@ -502,7 +513,7 @@ pub fn variants() -> Vec<ShaderDefs> {
                         out.push(d(grouped, Kind::Plain, Epilogue::Store));
                     }
                     for prologue in prologues {
-                        for epilogue in epilogues {
+                        for epilogue in Epilogue::ALL {
                             out.push(d(None, prologue, epilogue));
                         }
                     }

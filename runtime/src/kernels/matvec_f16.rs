@@ -9,7 +9,6 @@
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
-use super::elementwise::Gate;
 use super::matvec::{Epilogue, Layout};
 use super::matvec_q8::{store_defs, MatvecPrecision, FORMATS};
 use super::{dtype_defs, kernel, weight_defs, Dispatch, Kernel};
@@ -74,15 +73,9 @@ fn defs(
     store_defs(weight, bias, layout, epilogue).bool("NORM", norm)
 }
 
-/// f16 and every 32-value format, with and without bias and norm, in the CPU and the GPU
-/// layout, with every epilogue.
+/// f16 and every 32-value format, with and without bias and norm, in the default layouts,
+/// with every epilogue.
 pub fn variants() -> Vec<ShaderDefs> {
-    let epilogues = [
-        Epilogue::Store,
-        Epilogue::Accumulate,
-        Epilogue::Glu(Gate::Silu),
-        Epilogue::Glu(Gate::GeluTanh),
-    ];
     let mut out = Vec::new();
     for dtype in std::iter::once(DType::F16).chain(FORMATS.map(DType::Quant)) {
         let Some(weight) = dtype_defs(ShaderDefs::new(), dtype) else {
@@ -90,8 +83,8 @@ pub fn variants() -> Vec<ShaderDefs> {
         };
         for bias in [false, true] {
             for norm in [false, true] {
-                for layout in [Layout::CPU, Layout::GPU] {
-                    for epilogue in epilogues {
+                for layout in Layout::DEFAULTS {
+                    for epilogue in Epilogue::ALL {
                         out.push(defs(weight.clone(), bias, layout, epilogue, norm));
                     }
                 }

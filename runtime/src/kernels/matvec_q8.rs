@@ -104,22 +104,16 @@ fn defs(weight: ShaderDefs, bias: bool, layout: Layout, epilogue: Epilogue) -> S
     store_defs(weight, bias, layout, epilogue).u32("Q8_WORDS", BLOCK_WORDS as u32)
 }
 
-/// Every format, with and without bias, in the CPU and the GPU layout, with every epilogue.
+/// Every format, with and without bias, in the default layouts, with every epilogue.
 pub fn variants() -> Vec<ShaderDefs> {
-    let epilogues = [
-        Epilogue::Store,
-        Epilogue::Accumulate,
-        Epilogue::Glu(Gate::Silu),
-        Epilogue::Glu(Gate::GeluTanh),
-    ];
     let mut out = Vec::new();
     for format in FORMATS {
         let Some(weight) = dtype_defs(ShaderDefs::new(), DType::Quant(format)) else {
             continue;
         };
         for bias in [false, true] {
-            for layout in [Layout::CPU, Layout::GPU] {
-                for epilogue in epilogues {
+            for layout in Layout::DEFAULTS {
+                for epilogue in Epilogue::ALL {
                     out.push(defs(weight.clone(), bias, layout, epilogue));
                 }
             }
