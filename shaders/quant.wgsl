@@ -63,7 +63,7 @@ fn q_sbytes(v: u32) -> vec4<i32> {
 
 // Bits 0..3 of `v`, each moved to bit 4 of its own byte lane (the fifth bit of Q5_0/Q5_1).
 fn q_bit4(v: u32) -> u32 {
-    return ((v & 1u) | ((v & 2u) << 7u) | ((v & 4u) << 14u) | ((v & 8u) << 21u)) << 4u;
+    return (((v & 0xFu) * 0x00204081u) & 0x01010101u) << 4u;
 }
 
 // Q4_0, Q4_1, Q5_0, Q5_1: the byte lanes of values 4k..4k+3 (x) and 16+4k..16+4k+3 (y) of
