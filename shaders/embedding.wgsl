@@ -26,8 +26,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let gi = idx % groups;
         let id = ids[t];
         if (id >= p.row_start && id < p.row_start + p.rows) {
-            let row = (id - p.row_start) * (p.dim / QK * QWORDS);
-            let v = dequant_group(row + gi / QGROUPS * QWORDS, gi % QGROUPS);
+            let blk = (id - p.row_start) * (p.dim / QK) + gi / QGROUPS;
+            let v = dequant_group(blk, gi % QGROUPS);
             let o = t * p.dim + 32u * gi;
             for (var k = 0u; k < 8u; k++) {
                 for (var c = 0u; c < 4u; c++) {

@@ -58,8 +58,7 @@ fn x_slice(xm: u32, g: u32, j: u32) -> vec4<f32> {
 // Group g of weight row `row` (of the chunk): element t holds values 4t..4t+3 (zero past K).
 fn w_group(row: u32, g: u32) -> array<vec4<f32>, 8> {
     if (QFORMAT != 0u) {
-        let row_words = p.k / QK * QWORDS;
-        return dequant_group(row * row_words + g / QGROUPS * QWORDS, g % QGROUPS);
+        return dequant_group(row * (p.k / QK) + g / QGROUPS, g % QGROUPS);
     }
     var v: array<vec4<f32>, 8>;
     let i0 = row * p.k + 32u * g; // the row's first value of the group, counted in values

@@ -99,7 +99,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         m_end = info.y;
         w_row0 = info.z * p.n;
     }
-    let row_words = p.k / QK * QWORDS;
+    let row_blocks = p.k / QK;
     // Scalar loads: this invocation walks row lid of both tiles.
     let am = m0 + lid;
     let bn = n0 + lid;
@@ -149,7 +149,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let gi = k0 / 32u;
             var v: array<vec4<f32>, 8>;
             if (bn < p.n) {
-                v = dequant_group((w_row0 + bn) * row_words + gi / QGROUPS * QWORDS, gi % QGROUPS);
+                v = dequant_group((w_row0 + bn) * row_blocks + gi / QGROUPS, gi % QGROUPS);
             }
             for (var t = 0u; t < 8u; t++) {
                 b_tile[(4u * t) * 16u + lid / 4u][lid % 4u] = tile_t(v[t].x);

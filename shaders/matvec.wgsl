@@ -1,8 +1,7 @@
 // Matrix-vector product for decode: y[col_offset + r] = dot(x, w[r, :]) + bias[col_offset + r]
 // for the rows r of one weight chunk. Weights are f32, packed f16 or bf16 (W_HALF), or ggml
-// blocks (QFORMAT != 0, multiplied in place by shaders/quant.wgsl's group_dot and pair_dot);
-// bias optional
-// (HAS_BIAS).
+// blocks (QFORMAT != 0, multiplied in place by shaders/quant.wgsl's group_dot and pair_dot;
+// the tiled formats' quants loaded as vec4s through w4); bias optional (HAS_BIAS).
 //
 // Layout: a workgroup of 64 invocations is 64 / LANES row groups. The LANES lanes of a row
 // group read interleaved pieces of its rows: vec4s, 32-value groups, or for the K-quants
@@ -225,7 +224,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     } else if (QFORMAT != 0u) {
         // Each lane takes whole 32-value blocks: every LANES-th block of the row.
-        let row_words = p.k / QK * QWORDS;
+        let row_blocks = p.k / 32u;
         for (var gi = lane; gi < p.k / 32u; gi += LANES) {
             var xs: array<vec4<f32>, 8>;
             var x_sum = 0.0;
@@ -236,7 +235,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
-                    acc[r] += group_dot((wrow0 + r) * row_words + gi * QWORDS, xs, x_sum);
+                    // A tiled block's quants as one vec4 (Q8_0 reads its own words).
+                    let blk = (wrow0 + r) * row_blocks + gi;
+                    var qa = vec4<u32>(0u);
+                    if (TILED) {
+                        qa = w4[q_at(blk) / 4u];
+                    }
+                    acc[r] += group_dot(blk, qa, xs, x_sum);
                 }
             }
         }

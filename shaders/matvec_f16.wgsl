@@ -56,7 +56,7 @@ fn x16(gi: u32, t: u32, inv: f32) -> vec4<f16> {
 fn w16(row: u32, gi: u32) -> array<vec4<f16>, 8> {
     var v: array<vec4<f16>, 8>;
     if (QFORMAT != 0u) {
-        let f = dequant_group((row * (p.k / 32u) + gi) * QWORDS, 0u);
+        let f = dequant_group(row * (p.k / 32u) + gi, 0u);
         for (var t = 0u; t < 8u; t++) {
             v[t] = vec4<f16>(f[t]);
         }

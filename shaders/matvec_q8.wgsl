@@ -27,28 +27,20 @@ struct Params { k: u32, n: u32, col_offset: u32 }
 const R: u32 = ROWS_PER_LANE;
 const ROWS: u32 = 64u / LANES * R; // rows per workgroup
 
-// The exact integer dot product of a weight block at word b with a block of packed q_x.
-fn block_dot(b: u32, q: array<u32, 8>) -> i32 {
+// The exact integer dot product of weight block blk with a block of packed q_x.
+fn block_dot(blk: u32, q: array<u32, 8>) -> i32 {
     var s = 0;
     if (QFORMAT == Q8_0) {
         for (var k = 0u; k < 8u; k++) {
-            s += dot4I8Packed(w[b + 1u + k], q[k]);
+            s += dot4I8Packed(q_word(blk, k), q[k]);
         }
         return s;
     }
     for (var k = 0u; k < 4u; k++) {
-        let lanes = q_lanes(b, k);
+        let lanes = q_lanes(blk, k, q_word(blk, k));
         s += dot4I8Packed(lanes.x, q[k]) + dot4I8Packed(lanes.y, q[k + 4u]);
     }
     return s;
-}
-
-// The block's (a.x, a.y): a weight value is q_w * a.x + a.y.
-fn block_affine(b: u32) -> vec2<f32> {
-    if (QFORMAT == Q8_0) {
-        return vec2<f32>(unpack2x16float(w[b]).x, 0.0);
-    }
-    return q_affine(b);
 }
 
 @compute @workgroup_size(64)
@@ -63,7 +55,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var r = 0u; r < R; r++) {
         acc[r] = 0.0;
     }
-    let row_words = p.k / 32u * QWORDS;
     for (var gi = lane; gi < p.k / 32u; gi += LANES) {
         let xb = Q8_WORDS * gi;
         let dx = bitcast<f32>(xq[xb]);
@@ -74,9 +65,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         for (var r = 0u; r < R; r++) {
             if (r < nr) {
-                let b = (row0 + r) * row_words + gi * QWORDS;
-                let a = block_affine(b);
-                acc[r] += dx * (a.x * f32(block_dot(b, q)) + a.y * sx);
+                let blk = (row0 + r) * (p.k / 32u) + gi;
+                let a = q_affine(blk);
+                acc[r] += dx * (a.x * f32(block_dot(blk, q)) + a.y * sx);
             }
         }
     }

@@ -8,18 +8,18 @@
 // half first: IEEE f16, or bf16 with W_BF16. A bf16 is the top half of an f32, so widening it
 // is a shift: exact, and no shader-f16 is needed for either.
 //
-// Blocks are ggml's, each zero-padded to whole u32 words (runtime/src/quant.rs): after the f16
-// scale of Q4_0, Q5_0 and Q8_0, so that their quants start on a word, at the end of the
-// others; every field is then read as whole words. Each value is computed as the CPU
-// reference does (quant::dequantize_block): a scale times a small integer, exact in f32, then
-// at most one rounding, so the GPU's values equal the reference's (up to the sign of zero).
-//
-// Every format is read as 32-value groups (dequant_group): one group per block for the
-// 32-value formats, eight per 256-value superblock for the K-quants, where dequant_pair also
-// reads two groups that share their quantized words at once. Quantized values are first
-// gathered four to a word, one per byte (byte lanes: q_lanes, qk_lanes), from which
-// dequant_group widens them and the matvec's dot products (group_dot, pair_dot) read them in
-// place.
+// Blocks are ggml's in the GPU layout of runtime/src/quant.rs, every field on a word:
+// - Q4_0, Q4_1, Q5_0 and Q5_1 in tiles of Q_TILE blocks with their fields apart: the quants
+//   of the tile's blocks (four words each: one aligned vec4), their fifth bits (Q5_0/Q5_1: a
+//   word each), their scales (an f16 each, two to a word, or d|m in a word for Q4_1/Q5_1);
+// - Q8_0 and the K-quants as blocks of QWORDS words each, zero-padded (Q8_0 after its f16
+//   scale, so its quants start on a word; the K-quants at the end), a block's first word
+//   being `b = blk * QWORDS`.
+// Kernels address blocks by index: `blk` is the block's index in its weight chunk (row *
+// blocks per row + block in row); q_word, qh_word and q_affine find a 32-value block's fields.
+// Each value is computed as the CPU reference does (quant::dequantize_block): a scale times a
+// small integer, exact in f32, then at most one rounding, so the GPU's values equal the
+// reference's (up to the sign of zero).
 
 const Q4_0: u32 = 2u;
 const Q4_1: u32 = 3u;
@@ -30,8 +30,36 @@ const Q4_K: u32 = 12u;
 const Q5_K: u32 = 13u;
 const Q6_K: u32 = 14u;
 
-// 32-value groups per block (QK: values per block; QWORDS: words per padded block).
+// 32-value groups per block (QK: values per block).
 const QGROUPS: u32 = QK / 32u;
+
+// The tile layout of Q4_0, Q4_1, Q5_0, Q5_1 (runtime/src/quant.rs, quant::to_gpu): quants,
+// fifth bits, scales.
+const TILED: bool = QFORMAT == Q4_0 || QFORMAT == Q4_1 || QFORMAT == Q5_0 || QFORMAT == Q5_1;
+const FIVE_BITS: bool = QFORMAT == Q5_0 || QFORMAT == Q5_1;
+const HAS_MIN: bool = QFORMAT == Q4_1 || QFORMAT == Q5_1;
+const Q_TILE: u32 = 8u;
+const QH_AT: u32 = Q_TILE * 4u;
+const SCALES_AT: u32 = QH_AT + select(0u, Q_TILE, FIVE_BITS);
+const Q_TILE_WORDS: u32 = SCALES_AT + select(Q_TILE / 2u, Q_TILE, HAS_MIN);
+
+// The first word of tiled block blk's quants (a multiple of 4: a vec4 where a kernel can).
+fn q_at(blk: u32) -> u32 {
+    return blk / Q_TILE * Q_TILE_WORDS + blk % Q_TILE * 4u;
+}
+
+// Word k of block blk's quants (Q8_0: after its padded d).
+fn q_word(blk: u32, k: u32) -> u32 {
+    if (TILED) {
+        return w[q_at(blk) + k];
+    }
+    return w[blk * QWORDS + 1u + k];
+}
+
+// Block blk's fifth bits (Q5_0, Q5_1).
+fn qh_word(blk: u32) -> u32 {
+    return w[blk / Q_TILE * Q_TILE_WORDS + QH_AT + blk % Q_TILE];
+}
 
 // The two 16-bit floats of word `v` (W_HALF), lower half first.
 fn halves(v: u32) -> vec2<f32> {
@@ -67,33 +95,28 @@ fn q_bit4(v: u32) -> u32 {
 }
 
 // Q4_0, Q4_1, Q5_0, Q5_1: the byte lanes of values 4k..4k+3 (x) and 16+4k..16+4k+3 (y) of
-// the block at word b, which share their word of quants. The blocks are d, [m or padding,]
-// [qh,] qs.
-fn q_lanes(b: u32, k: u32) -> vec2<u32> {
-    let five = QFORMAT == Q5_0 || QFORMAT == Q5_1;
-    let qs = w[b + select(1u, 2u, five) + k];
+// block blk, which share their word of quants `qs` (q_word(blk, k)).
+fn q_lanes(blk: u32, k: u32, qs: u32) -> vec2<u32> {
     var lanes = vec2<u32>(qs, qs >> 4u) & vec2<u32>(0x0F0F0F0Fu);
-    if (five) {
-        let qh = w[b + 1u];
+    if (FIVE_BITS) {
+        let qh = qh_word(blk);
         lanes |= vec2<u32>(q_bit4(qh >> (4u * k)), q_bit4(qh >> (16u + 4u * k)));
     }
     return lanes;
 }
 
-// Q4_0, Q4_1, Q5_0, Q5_1: a value of the block at word b is q * s.x + s.y.
-fn q_affine(b: u32) -> vec2<f32> {
-    let dm = unpack2x16float(w[b]);
-    switch QFORMAT {
-        case Q4_0: {
-            return vec2<f32>(dm.x, -8.0 * dm.x);
-        }
-        case Q5_0: {
-            return vec2<f32>(dm.x, -16.0 * dm.x);
-        }
-        default: {
-            return dm;
-        }
+// A value of block blk is q * s.x + s.y (Q8_0: q signed).
+fn q_affine(blk: u32) -> vec2<f32> {
+    if (!TILED) { // Q8_0
+        return vec2<f32>(unpack2x16float(w[blk * QWORDS]).x, 0.0);
     }
+    let at = blk / Q_TILE * Q_TILE_WORDS + SCALES_AT;
+    if (HAS_MIN) {
+        return unpack2x16float(w[at + blk % Q_TILE]);
+    }
+    let ds = unpack2x16float(w[at + blk % Q_TILE / 2u]);
+    let d = select(ds.x, ds.y, blk % 2u == 1u);
+    return vec2<f32>(d, select(-8.0, -16.0, FIVE_BITS) * d);
 }
 
 // Byte `j` (0..3) of word `v`.
@@ -101,26 +124,27 @@ fn q_byte(v: u32, j: u32) -> u32 {
     return (v >> (8u * j)) & 0xFFu;
 }
 
-// The 32 values of group `g` of the block whose first word is `b`: element t holds values
-// 4t..4t+3 of the group.
-fn dequant_group(b: u32, g: u32) -> array<vec4<f32>, 8> {
+// The 32 values of group `g` of block `blk` (group 0 of a 32-value block; 0..7 of a K-quant
+// superblock): element t holds values 4t..4t+3 of the group.
+fn dequant_group(blk: u32, g: u32) -> array<vec4<f32>, 8> {
     var v: array<vec4<f32>, 8>;
     switch QFORMAT {
         case Q4_0, Q4_1, Q5_0, Q5_1: { // value = q * d + m (Q4_0: m = -8d, Q5_0: -16d)
-            let a = q_affine(b);
+            let a = q_affine(blk);
             for (var k = 0u; k < 4u; k++) {
-                let lanes = q_lanes(b, k);
+                let lanes = q_lanes(blk, k, q_word(blk, k));
                 v[k] = vec4<f32>(q_bytes(lanes.x)) * a.x + a.y;
                 v[k + 4u] = vec4<f32>(q_bytes(lanes.y)) * a.x + a.y;
             }
         }
-        case Q8_0: { // d, padding, 32 signed bytes; value = q * d
-            let d = unpack2x16float(w[b]).x;
+        case Q8_0: { // 32 signed bytes; value = q * d
+            let d = q_affine(blk).x;
             for (var k = 0u; k < 8u; k++) {
-                v[k] = vec4<f32>(q_sbytes(w[b + 1u + k])) * d;
+                v[k] = vec4<f32>(q_sbytes(q_word(blk, k))) * d;
             }
         }
         case Q4_K, Q5_K, Q6_K: { // K-quants: see the qk_ helpers below
+            let b = blk * QWORDS;
             let s = qk_scales(qk_head(b), b, g);
             for (var k = 0u; k < 8u; k++) {
                 let sc = select(s.zw, s.xy, k < 4u);
@@ -232,9 +256,9 @@ fn qk_pair(pc: u32) -> vec2<u32> {
     return vec2<u32>(2u * pc, 2u * pc + 1u);
 }
 
-// The 64 values of pair pc of the K-quant superblock at word b: elements 0..7 are group
-// qk_pair(pc).x as in dequant_group, 8..15 group qk_pair(pc).y. Equal to two dequant_group
-// calls, reading each word once.
+// The 64 values of pair pc of the K-quant superblock at word b (blk * QWORDS): elements 0..7
+// are group qk_pair(pc).x as in dequant_group, 8..15 group qk_pair(pc).y. Equal to two
+// dequant_group calls, reading each word once.
 fn dequant_pair(b: u32, pc: u32) -> array<vec4<f32>, 16> {
     var v: array<vec4<f32>, 16>;
     let gs = qk_pair(pc);
@@ -282,22 +306,27 @@ fn top_sbytes(v: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(top));
 }
 
-// 32-value formats: dot(values of the block at word b, x), for xs = x * x_scale() (element
-// t: values 4t..4t+3) and x_sum the sum of x's 32 values.
-fn group_dot(b: u32, xs: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
+// Q4_0, Q4_1, Q5_0, Q5_1: dot(q, x) over values 4k..4k+3 and 16+4k..16+4k+3 of block blk,
+// whose quant word k is qs, for xs as in group_dot.
+fn nibbles_dot(blk: u32, k: u32, qs: u32, xs: array<vec4<f32>, 8>) -> f32 {
+    let lanes = q_lanes(blk, k, qs);
+    return dot(lane_values(lanes.x), xs[k]) + dot(lane_values(lanes.y), xs[k + 4u]);
+}
+
+// 32-value formats: dot(values of block blk, x), for xs = x * x_scale() (element t: values
+// 4t..4t+3) and x_sum the sum of x's 32 values; a tiled block's quants are given (qa, one
+// vec4) and taken word by word (written out: no vector indexed by a loop variable).
+fn group_dot(blk: u32, qa: vec4<u32>, xs: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
+    let a = q_affine(blk);
     if (QFORMAT == Q8_0) {
         var s = 0.0;
         for (var k = 0u; k < 8u; k++) {
-            s += dot(top_sbytes(w[b + 1u + k]), xs[k]);
+            s += dot(top_sbytes(q_word(blk, k)), xs[k]);
         }
-        return unpack2x16float(w[b]).x * s;
+        return a.x * s;
     }
-    var s = 0.0;
-    for (var k = 0u; k < 4u; k++) {
-        let lanes = q_lanes(b, k);
-        s += dot(lane_values(lanes.x), xs[k]) + dot(lane_values(lanes.y), xs[k + 4u]);
-    }
-    let a = q_affine(b);
+    let s = nibbles_dot(blk, 0u, qa.x, xs) + nibbles_dot(blk, 1u, qa.y, xs)
+          + nibbles_dot(blk, 2u, qa.z, xs) + nibbles_dot(blk, 3u, qa.w, xs);
     return a.x * s + a.y * x_sum;
 }
 
@@ -310,8 +339,9 @@ fn qk_affine(s: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(s.x, -s.y, s.z, -s.w);
 }
 
-// K-quants: dot(values of pair pc of the superblock at word b, x) for the pair's two groups of
-// x (xa, xb, scaled as in group_dot) and their sums over values 0..15 and 16..31 (sa, sb).
+// K-quants: dot(values of pair pc of the superblock at word b (blk * QWORDS), x) for the
+// pair's two groups of x (xa, xb, scaled as in group_dot) and their sums over values 0..15
+// and 16..31 (sa, sb).
 fn pair_dot(b: u32, pc: u32, xa: array<vec4<f32>, 8>, xb: array<vec4<f32>, 8>, sa: vec2<f32>,
             sb: vec2<f32>) -> f32 {
     let gs = qk_pair(pc);

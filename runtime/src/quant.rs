@@ -1,8 +1,16 @@
 //! Block-quantized weight formats (ggml's), their CPU dequantization (the reference for the
-//! GPU kernels), and the GPU layout: the same blocks, each padded to a multiple of 4 bytes
-//! so a kernel can address a block as u32 words (at most 11% larger than the file). The
-//! padding goes where it aligns the fields that follow: after the leading f16 scale of Q4_0,
-//! Q5_0 and Q8_0 (whose quants then start on a word), at the end of the other blocks.
+//! GPU kernels), and the GPU layout ([`to_gpu`]), in which every field starts on a u32 word:
+//! * Q4_0, Q4_1, Q5_0 and Q5_1 are repacked in tiles of [`TILE_BLOCKS`] blocks, fields
+//!   apart: the tile's quants (16 bytes a block, so each block's quants are one aligned
+//!   vec4), then its fifth bits (Q5_0/Q5_1, a word a block), then its scales (an f16 a block,
+//!   or d and m in one word for Q4_1/Q5_1). No byte is padding except the zero blocks that
+//!   fill a chunk's last tile, so the GPU holds the file's bytes (padded blocks took 20 for
+//!   Q4_0's 18 and 24 for Q5_0's 22);
+//! * Q8_0 and the K-quants keep their blocks, each padded to whole words: Q8_0 after its f16
+//!   scale (so its quants start on a word; 34 bytes to 36), the K-quants at the end (Q6_K's
+//!   210 bytes to 212). Q8_0 in tiles (its quants as two vec4s) was built and read slower on
+//!   lavapipe: Qwen2.5-Coder-0.5B's Q8_0 LM head 58.5 against 39.3 ms a token (timestamps,
+//!   quiet machine), where its Q5_0 gate/up matrices went from 72-75 to 65 ms in tiles.
 
 use half::f16;
 
@@ -53,17 +61,29 @@ impl QuantFormat {
         }
     }
 
-    /// Bytes per block on the GPU (padded to whole u32 words).
-    pub fn gpu_block_bytes(self) -> usize {
-        self.block_bytes().next_multiple_of(4)
+    /// Whether blocks are repacked in tiles on the GPU (Q4_0, Q4_1, Q5_0, Q5_1).
+    pub fn tiled(self) -> bool {
+        matches!(
+            self,
+            QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 | QuantFormat::Q5_1
+        )
     }
 
-    /// Where a GPU block's padding goes (a byte offset in the file block): after the f16
-    /// scale when the fields after it would otherwise straddle words, else at the end.
-    pub fn pad_offset(self) -> usize {
+    /// Where an untiled block's padding goes (a byte offset in the file block): after Q8_0's
+    /// f16 scale, so its quants start on a word; at the end of the K-quants.
+    fn pad_offset(self) -> usize {
         match self {
-            QuantFormat::Q4_0 | QuantFormat::Q5_0 | QuantFormat::Q8_0 => 2,
+            QuantFormat::Q8_0 => 2,
             _ => self.block_bytes(),
+        }
+    }
+
+    /// Bytes per block on the GPU: the file's for the tiled formats, whole words otherwise.
+    pub fn gpu_block_bytes(self) -> usize {
+        if self.tiled() {
+            self.block_bytes()
+        } else {
+            self.block_bytes().next_multiple_of(4)
         }
     }
 
@@ -99,26 +119,89 @@ impl QuantFormat {
         n / self.block_elems() * self.block_bytes()
     }
 
-    /// GPU bytes of `n` values.
+    /// GPU bytes of `n` values (the tiled formats: whole tiles).
     pub fn gpu_bytes(self, n: usize) -> usize {
-        n / self.block_elems() * self.gpu_block_bytes()
+        let blocks = n / self.block_elems();
+        if self.tiled() {
+            blocks.next_multiple_of(TILE_BLOCKS) * self.block_bytes()
+        } else {
+            blocks * self.gpu_block_bytes()
+        }
+    }
+
+    /// The fields of a tiled block as byte ranges of the file block, in their order in a
+    /// tile: quants, fifth bits (empty for Q4_0/Q4_1), scales (d, or d then m).
+    fn fields(self) -> [std::ops::Range<usize>; 3] {
+        match self {
+            QuantFormat::Q4_0 => [2..18, 2..2, 0..2],
+            QuantFormat::Q4_1 => [4..20, 4..4, 0..4],
+            QuantFormat::Q5_0 => [6..22, 2..6, 0..2],
+            QuantFormat::Q5_1 => [8..24, 4..8, 0..4],
+            _ => unreachable!("{} is not tiled", self.name()),
+        }
     }
 }
 
-/// Copy file blocks into the GPU layout (each block padded with zeros to whole words at
-/// [`QuantFormat::pad_offset`]).
-pub fn pad_blocks(format: QuantFormat, bytes: &[u8]) -> Vec<u8> {
-    let (b, g) = (format.block_bytes(), format.gpu_block_bytes());
-    if b == g {
-        return bytes.to_vec();
+/// Blocks per GPU tile of the tiled formats.
+pub const TILE_BLOCKS: usize = 8;
+
+/// File blocks in the GPU layout (see the module's comment): the tiled formats repacked in
+/// tiles, their last tile filled with zero blocks; the others padded to whole words.
+pub fn to_gpu(format: QuantFormat, bytes: &[u8]) -> Vec<u8> {
+    let b = format.block_bytes();
+    if !format.tiled() {
+        let g = format.gpu_block_bytes();
+        if b == g {
+            return bytes.to_vec();
+        }
+        let at = format.pad_offset();
+        let mut out = Vec::with_capacity(bytes.len() / b * g);
+        for block in bytes.chunks_exact(b) {
+            out.extend_from_slice(&block[..at]);
+            out.resize(out.len() + g - b, 0);
+            out.extend_from_slice(&block[at..]);
+        }
+        return out;
     }
-    let at = format.pad_offset();
-    let mut out = Vec::with_capacity(bytes.len() / b * g);
-    for block in bytes.chunks_exact(b) {
-        out.extend_from_slice(&block[..at]);
-        out.resize(out.len() + g - b, 0);
-        out.extend_from_slice(&block[at..]);
+    let mut out = Vec::with_capacity(format.gpu_bytes(bytes.len() / b * 32));
+    let zero = vec![0u8; b];
+    let blocks: Vec<&[u8]> = bytes.chunks_exact(b).collect();
+    for tile in blocks.chunks(TILE_BLOCKS) {
+        let block = |i: usize| tile.get(i).copied().unwrap_or(zero.as_slice());
+        for field in format.fields() {
+            for i in 0..TILE_BLOCKS {
+                out.extend_from_slice(&block(i)[field.clone()]);
+            }
+        }
     }
+    out
+}
+
+/// The file blocks of `n_blocks` blocks in the GPU layout: [`to_gpu`]'s inverse.
+pub fn from_gpu(format: QuantFormat, gpu: &[u8], n_blocks: usize) -> Vec<u8> {
+    let b = format.block_bytes();
+    if !format.tiled() {
+        let (g, at) = (format.gpu_block_bytes(), format.pad_offset());
+        return gpu
+            .chunks_exact(g)
+            .take(n_blocks)
+            .flat_map(|block| block[..at].iter().chain(&block[at + g - b..]))
+            .copied()
+            .collect();
+    }
+    let mut out = vec![0u8; n_blocks.next_multiple_of(TILE_BLOCKS) * b];
+    for (t, tile) in gpu.chunks_exact(TILE_BLOCKS * b).enumerate() {
+        let mut at = 0;
+        for field in format.fields() {
+            for i in 0..TILE_BLOCKS {
+                let block = (t * TILE_BLOCKS + i) * b;
+                out[block + field.start..block + field.end]
+                    .copy_from_slice(&tile[at..at + field.len()]);
+                at += field.len();
+            }
+        }
+    }
+    out.truncate(n_blocks * b);
     out
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::quant::{pad_blocks, QuantFormat};
+use crate::quant::{to_gpu, QuantFormat};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -16,7 +16,8 @@ pub enum DType {
     /// bfloat16 (the top half of an f32), stored packed two per u32 word like [`DType::F16`].
     BF16,
     U32,
-    /// ggml blocks, each padded to whole u32 words (see [`crate::quant`]).
+    /// ggml blocks in the GPU layout of [`crate::quant`] (tiles of fields apart, or blocks
+    /// padded to whole words).
     Quant(QuantFormat),
 }
 
@@ -216,7 +217,7 @@ impl GpuWeight {
                 HostData::F32(d) => bytemuck::cast_slice(&d[a..b]),
                 HostData::F16(d) | HostData::BF16(d) => bytemuck::cast_slice(&d[a..b]),
                 HostData::Quant(q, d) => {
-                    padded = pad_blocks(*q, &d[q.file_bytes(a)..q.file_bytes(b)]);
+                    padded = to_gpu(*q, &d[q.file_bytes(a)..q.file_bytes(b)]);
                     &padded
                 }
             };

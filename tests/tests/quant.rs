@@ -69,29 +69,28 @@ fn dequantize_matches_gguf_py() {
             &got,
             &expected,
         );
-        // The GPU layout holds the same blocks, each padded with zeros to whole words at its
-        // pad offset (after the f16 scale or at the end).
-        let padded = quant::pad_blocks(format, &blocks);
+        // The GPU layout holds the same bytes (Q4_0/Q4_1/Q5_0/Q5_1 in tiles of fields apart,
+        // the last tile filled with zero blocks; the others padded to whole words) and gives
+        // them back.
+        let n_blocks = rows * cols / format.block_elems();
+        let gpu = quant::to_gpu(format, &blocks);
+        assert_eq!(gpu.len(), format.gpu_bytes(rows * cols), "{name}: GPU size");
         assert_eq!(
-            padded.len(),
-            format.gpu_bytes(rows * cols),
-            "{name}: padded size"
+            quant::from_gpu(format, &gpu, n_blocks),
+            blocks,
+            "{name}: GPU layout round trip"
         );
-        let (at, pad) = (
-            format.pad_offset(),
-            format.gpu_block_bytes() - format.block_bytes(),
-        );
-        for (i, (p, b)) in padded
-            .chunks_exact(format.gpu_block_bytes())
-            .zip(blocks.chunks_exact(format.block_bytes()))
-            .enumerate()
-        {
-            assert_eq!(&p[..at], &b[..at], "{name}: padded block {i} head");
-            assert!(
-                p[at..at + pad].iter().all(|&z| z == 0),
-                "{name}: padding of block {i}"
+        if format.tiled() {
+            // Tiles are whole vec4s and open with their blocks' quants (the end of each file
+            // block), so every block's quants are whole vec4s.
+            assert_eq!(gpu.len() % 16, 0, "{name}: GPU bytes are whole vec4s");
+            let (b, q) = (format.block_bytes(), 16);
+            assert_eq!(&gpu[..q], &blocks[b - q..b], "{name}: block 0's quants");
+            assert_eq!(
+                &gpu[q..2 * q],
+                &blocks[2 * b - q..2 * b],
+                "{name}: block 1's quants"
             );
-            assert_eq!(&p[at + pad..], &b[at..], "{name}: padded block {i} tail");
         }
     }
 }

@@ -341,7 +341,12 @@ fn launch_inner(
         Prologue::Norm(_, eps) => (eps, 0, 0),
         Prologue::Merge { head_dim, splits } => (0.0, head_dim as u32, splits as u32),
     };
-    let plain = matches!(w.dtype, DType::F32 | DType::F16 | DType::BF16);
+    // The kernel reads the weights as vec4s too: floats, and the tiled formats' quants.
+    let reads_w4 = match w.dtype {
+        DType::F32 | DType::F16 | DType::BF16 => true,
+        DType::Quant(q) => q.tiled(),
+        DType::U32 => false,
+    };
     let n = w.rows / w.experts;
     let (aux, rows): (&wgpu::Buffer, usize) = match (grouped, fusion.prologue) {
         (Some((perm, rows, _)), _) => (perm, rows),
@@ -386,7 +391,11 @@ fn launch_inner(
                     splits,
                 },
             };
-            let w4 = if vec4 && plain { &c.buffer } else { &gpu.dummy };
+            let w4 = if vec4 && reads_w4 {
+                &c.buffer
+            } else {
+                &gpu.dummy
+            };
             let mut grid = gpu.grid((params.n).div_ceil(layout.rows()));
             grid[2] = rows as u32;
             KERNEL.dispatch(

@@ -249,12 +249,14 @@ pub fn weight_dtypes() -> Vec<DType> {
 
 /// The constants that tell a kernel how to read a weight of `dtype` (an `array<u32>`
 /// binding): `W_HALF` (two 16-bit floats per word) with `W_BF16` (bf16 rather than f16), and
-/// `QFORMAT`, `QK`, `QWORDS` for ggml blocks (the shader id, values per block and words per
-/// padded block; QFORMAT 0 for f32, f16 and bf16; see shaders/quant.wgsl). None for a dtype
-/// no kernel reads as a weight.
+/// `QFORMAT`, `QK`, `QWORDS` for ggml blocks (the shader id, values per block and, for the
+/// K-quants, words per padded block; QFORMAT 0 for f32, f16 and bf16; see shaders/quant.wgsl).
+/// None for a dtype no kernel reads as a weight.
 pub fn dtype_defs(defs: ShaderDefs, dtype: DType) -> Option<ShaderDefs> {
     let (qformat, qk, qwords) = match dtype {
         DType::F32 | DType::F16 | DType::BF16 => (0, 32, 1),
+        // Tiled formats have no words per block (shaders/quant.wgsl finds a block's fields).
+        DType::Quant(q) if q.tiled() => (q.shader_id(), q.block_elems(), 0),
         DType::Quant(q) => (q.shader_id(), q.block_elems(), q.gpu_block_bytes() / 4),
         DType::U32 => return None,
     };
