@@ -1,6 +1,7 @@
 // Chunked scan, pass 2 of 3: one workgroup per (head, state row) walks the chunks in order,
 //   start(0) = state;  start(c+1) = start(c) * trans(c) + local(c)
-// (a matrix product with DELTA, else exp(summed log-decay) per key dim), overwriting each
+// (with DELTA start(c) + start(c) * (P - I), trans holding P - I; else exp(summed log-decay)
+// per key dim), overwriting each
 // chunk's local row with its start row for linear_scan, and leaves the final row in state.
 // Requires consts DK (<= 256) and DELTA; scratch as written by linear_scan_local.
 
@@ -46,6 +47,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             if (j < DK) {
                 var x = 0.0;
                 if (DELTA) {
+                    x = row[j];
                     for (var l = 0u; l < DK; l++) {
                         x += row[l] * scratch[tb + l * DK + j];
                     }
