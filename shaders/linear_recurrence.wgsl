@@ -57,9 +57,9 @@ fn ab_at(t: u32, h: u32, which: u32, j: u32) -> f32 {
 
 // Where the delta kind's matmul form (linear_scan_mm_delta_local.wgsl, chunks of up to lc
 // tokens) keeps what its outputs pass reads, per (chunk, head): U [lc, DK], X0 [lc, dv],
-// Aqb [lc, lc], Aqk [lc, lc], after the local rows and the transition matrices.
+// Aqb [lc, lc], Aqk [lc, lc], after the local rows and the transitions (2 lc + 1 rows of DK).
 fn wy_base(c: u32, h: u32, lc: u32) -> u32 {
-    let after = p.chunks * p.heads * (p.dv + DK) * DK;
+    let after = p.chunks * p.heads * (p.dv + 2u * lc + 1u) * DK;
     return after + (c * p.heads + h) * lc * (DK + p.dv + 2u * lc);
 }
 

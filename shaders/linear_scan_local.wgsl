@@ -1,13 +1,10 @@
 // Chunked scan, pass 1 of 3 (then linear_scan_carry, then linear_scan): per chunk, in
 // parallel, what the chunk does to a state, from shaders/linear_recurrence.wgsl's update:
 //   local[c, h, i, :]   the state row i after the chunk's tokens from a zero start;
-//   trans[c, h, r, :]   with DELTA, row r of P - I, P the chunk's transition matrix (the
-//                       product of its tokens' diag(w) + a b^T, from the identity, with no
-//                       value term); without, trans[c, h, 0, :] = the chunk's summed
-//                       log-decays.
-// so that start(c+1) = start(c) + start(c) * (P - I) + local(c) (with DELTA; without, a
-// diagonal product). P - I, not P: the matmul form (linear_scan_mm_delta_local) writes its
-// diagonal as expm1 of the chunk's log-decays, exact for decays near 1.
+//   trans[c, h, r, :]   with DELTA, row r of the chunk's transition matrix (the product of
+//                       its tokens' diag(w) + a b^T, from the identity, with no value term);
+//                       without, trans[c, h, 0, :] = the chunk's summed log-decays.
+// so that start(c+1) = start(c) * trans(c) + local(c) (a diagonal product without DELTA).
 // scratch holds local [chunks, H, dv, DK] then trans [chunks, H, DELTA ? DK : 1, DK].
 
 #include "linear_recurrence.wgsl"
@@ -48,7 +45,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var t = first; t < last; t++) {
             update_row(&s, t, h, 0.0);
         }
-        s[tr] -= 1.0;
     } else {
         for (var t = first; t < last; t++) {
             for (var j = 0u; j < DK; j++) {

@@ -9,7 +9,9 @@
 // This pass writes, per (chunk, head),
 //   local[c, h, i, :]  = sum_r (X0_r,i b^_r + v_r,i k^_r)   the chunk's effect from zero,
 //                        X0 = (T Aak) V,  b^_r = b_r G_(r+1)..end (k^ alike);
-//   trans[c, h, l, :]  = (P - I)[l, :], P = G_1..end + A~^T W, W = T^T b^   (carry: s0 P)
+//   trans[c, h]        the chunk's transition P = diag(G_1..end) + A~^T W, W = T^T b^, in WY
+//                      form for linear_scan_carry (WY = LC): A~ [LC, DK], W [LC, DK] and the
+//                      chunk's summed log-decays [DK];
 //   and for linear_scan_mm_delta (the layout of wy_base): U = T A~ [LC, DK], X0 [LC, dv],
 //   Aqb [LC, LC] and Aqk [LC, LC] (r <= t, log-decays r+1 ..= t: the output after the update).
 // The four A matrices are built over key tiles from sub-blocks of SB tokens, as
@@ -42,8 +44,8 @@ const AH_: u32 = 6u * N;
 const KH_: u32 = 7u * N;
 const BH_: u32 = 8u * N;
 const DB_: u32 = 9u * N;
-// Then: Aab (later T Aak), Aak, T [LC, LC]; a value tile and its X0 [LC, TV]; b^, k^, A~
-// and W tiles [LC, TK]; the chunk's summed log-decays of a key tile [TK].
+// Then: Aab (later T Aak), Aak, T [LC, LC]; a value tile and its X0 [LC, TV]; b^, k^ and
+// A~ tiles [LC, TK].
 const M_: u32 = 0u;
 const AK_: u32 = N;
 const T_: u32 = 2u * N;
@@ -51,9 +53,7 @@ const V_: u32 = 3u * N;
 const X_: u32 = 4u * N;
 const BT_: u32 = 5u * N;
 const KT_: u32 = 6u * N;
-const W_: u32 = 7u * N;
-const AT_: u32 = 8u * N;
-const GL_: u32 = 9u * N;
+const AT_: u32 = 7u * N;
 var<workgroup> sh: array<f32, 9u * N + 4u * TK>;
 
 // b^ and k^ of key tile j0 (b, k decayed to the chunk's end), by the first TK threads.
@@ -290,51 +290,32 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         workgroupBarrier();
     }
 
-    // Per key tile j0: U = T A~ and W = T^T b^, then (P - I)[:, j0..] over key tiles l0.
-    let trans = p.chunks * p.heads * p.dv * DK + (c * p.heads + h) * DK * DK;
+    // Per key tile: U = T A~ for the outputs; A~, W = T^T b^ and the summed log-decays for
+    // the carry.
+    let trans = p.chunks * p.heads * p.dv * DK + (c * p.heads + h) * (2u * LC + 1u) * DK;
     for (var j0 = 0u; j0 < DK; j0 += TK) {
         workgroupBarrier();
         suffix_tiles(lid, first, n, h, j0);
         let total = prefix_a(lid, first, n, h, j0);
-        if (lid < TK) {
-            sh[GL_ + lid] = total;
+        if (lid < TK && j0 + lid < DK) {
+            scratch[trans + 2u * LC * DK + j0 + lid] = total;
         }
         workgroupBarrier();
         for (var e = lid; e < N; e += 64u) {
             let t = e / TK;
-            let jj = e % TK;
+            let j = j0 + e % TK;
             var u = 0.0;
             for (var r = 0u; r <= t; r++) {
-                u += sh[T_ + t * LC + r] * sh[AT_ + r * TK + jj];
+                u += sh[T_ + t * LC + r] * sh[AT_ + r * TK + e % TK];
             }
             var w = 0.0;
             for (var r = t; r < LC; r++) {
-                w += sh[T_ + r * LC + t] * sh[BT_ + r * TK + jj];
+                w += sh[T_ + r * LC + t] * sh[BT_ + r * TK + e % TK];
             }
-            sh[W_ + e] = w;
-            if (j0 + jj < DK) {
-                scratch[wy + t * DK + j0 + jj] = u;
-            }
-        }
-        for (var l0 = 0u; l0 < DK; l0 += TK) {
-            workgroupBarrier();
-            _ = prefix_a(lid, first, n, h, l0);
-            workgroupBarrier();
-            for (var e = lid; e < N; e += 64u) {
-                let ll = e / TK;
-                let jj = e % TK;
-                var x = 0.0;
-                for (var r = 0u; r < LC; r++) {
-                    x += sh[AT_ + r * TK + ll] * sh[W_ + r * TK + jj];
-                }
-                let l = l0 + ll;
-                let j = j0 + jj;
-                if (l == j) {
-                    x += expm1_neg(sh[GL_ + jj]);
-                }
-                if (l < DK && j < DK) {
-                    scratch[trans + l * DK + j] = x;
-                }
+            if (j < DK) {
+                scratch[wy + t * DK + j] = u;
+                scratch[trans + t * DK + j] = sh[AT_ + e];
+                scratch[trans + (LC + t) * DK + j] = w;
             }
         }
     }

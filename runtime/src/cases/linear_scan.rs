@@ -29,9 +29,9 @@
 //! So does the delta kind's WY form: within a chunk of 16 it sums the same terms through
 //! T = (I - Aab)^-1, found by forward substitution, whose entries stay O(1) for the models'
 //! contractions (|a| |b| <= 1), so each of its products adds a few 2^-24 relative; the
-//! chunk's transition keeps its diagonal as expm1 of the summed log-decays (P - I), so long
-//! memories keep their precision across chunk boundaries. Measured on lavapipe, llvmpipe GL
-//! and SwiftShader: <= 6.3e-7 for the models' a/b at 2,048 tokens of long memory, 2.3e-6
+//! carry applies the chunk's transition in WY form with its diagonal as expm1 of the summed
+//! log-decays, so long memories keep their precision across chunk boundaries. Measured on lavapipe, llvmpipe GL
+//! and SwiftShader: <= 5.4e-7 for the models' a/b at 2,048 tokens of long memory, 2.3e-6
 //! for random a/b (a transition that is no contraction grows rounding errors instead of
 //! shrinking them; the token-by-token forms reach 7.5e-7 there) — under the 1e-5 kept.
 

@@ -237,15 +237,23 @@ pub fn mm_delta_variants() -> Vec<ShaderDefs> {
         .collect()
 }
 
-fn carry_defs(dk: usize, delta: bool) -> ShaderDefs {
-    ShaderDefs::new().u32("DK", dk as u32).bool("DELTA", delta)
+/// The carry's specialisation: with `wy` > 0 it reads the delta kind's transitions in the WY
+/// form of chunks of `wy` tokens (the matmul form's), else as linear_scan_local writes them.
+fn carry_defs(dk: usize, delta: bool, wy: usize) -> ShaderDefs {
+    ShaderDefs::new()
+        .u32("DK", dk as u32)
+        .bool("DELTA", delta)
+        .u32("WY", wy as u32)
 }
 
-/// Key dims from 1 to MAX_DK, with and without the delta term.
+/// Key dims from 1 to MAX_DK, without the delta term, with it, and with it in WY form.
 pub fn carry_variants() -> Vec<ShaderDefs> {
     [1, 16, 64, 100, MAX_DK]
         .into_iter()
-        .flat_map(|dk| [false, true].map(|delta| carry_defs(dk, delta)))
+        .flat_map(|dk| {
+            [(false, 0), (true, 0), (true, MM_DELTA_CHUNK)]
+                .map(|(delta, wy)| carry_defs(dk, delta, wy))
+        })
         .collect()
 }
 
@@ -256,16 +264,16 @@ pub fn scratch_floats(shape: &ScanShape, tokens: usize, chunk: usize) -> usize {
 }
 
 /// Floats of scratch the matmul form needs for `tokens` tokens in chunks of `chunk`: the
-/// chunked scan's, and with the delta term per chunk and head what its outputs pass reads
-/// (U [LC, dk], X0 [LC, dv], two [LC, LC]; `wy_base` in shaders/linear_recurrence.wgsl).
+/// chunked scan's, but with the delta term, per chunk and head, the local rows, the
+/// transition in WY form (2 LC + 1 rows of dk) and what its outputs pass reads (U [LC, dk],
+/// X0 [LC, dv], two [LC, LC]; `wy_base` in shaders/linear_recurrence.wgsl).
 pub fn matmul_scratch_floats(shape: &ScanShape, tokens: usize, chunk: usize) -> usize {
+    if !shape.delta {
+        return scratch_floats(shape, tokens, chunk);
+    }
     let chunks = tokens.div_ceil(chunk.max(1));
-    let lc = MM_DELTA_CHUNK;
-    let wy = match shape.delta {
-        true => chunks * shape.heads * lc * (shape.dk + shape.dv + 2 * lc),
-        false => 0,
-    };
-    scratch_floats(shape, tokens, chunk) + wy
+    let (lc, dk, dv) = (MM_DELTA_CHUNK, shape.dk, shape.dv);
+    chunks * shape.heads * ((dv + 2 * lc + 1) * dk + lc * (dk + dv + 2 * lc))
 }
 
 /// Tokens one invocation of the recurrent form may run: llvmpipe ends an invocation after
@@ -477,7 +485,7 @@ pub fn launch_chunked(
         &[b.k, b.v, &decay, &consts, &ab, scratch],
         gpu.grid(local_rows.div_ceil(64)),
     )?;
-    let carry = launch_carry(gpu, b, scratch, shape, p.chunks)?;
+    let carry = launch_carry(gpu, b, scratch, shape, p.chunks, 0)?;
     let rows = p.chunks * (shape.heads * shape.dv) as u32;
     let outputs = KERNEL.dispatch(
         gpu,
@@ -489,17 +497,18 @@ pub fn launch_chunked(
     Ok([local, carry, outputs])
 }
 
-/// The carry pass of both chunked forms over `chunks` chunks.
+/// The carry pass of both chunked forms over `chunks` chunks (`wy`: see [`carry_defs`]).
 fn launch_carry(
     gpu: &Gpu,
     b: &ScanBuffers,
     scratch: &wgpu::Buffer,
     shape: &ScanShape,
     chunks: u32,
+    wy: usize,
 ) -> Result<Dispatch> {
     CARRY.dispatch(
         gpu,
-        &carry_defs(shape.dk, shape.delta),
+        &carry_defs(shape.dk, shape.delta, wy),
         &CarryParams {
             heads: shape.heads as u32,
             dv: shape.dv as u32,
@@ -543,7 +552,7 @@ pub fn launch_matmul(
             &[b.k, b.v, &decay, &consts, &ab, scratch, b.q],
             gpu.grid(p.chunks * shape.heads as u32),
         )?;
-        let carry = launch_carry(gpu, b, scratch, shape, p.chunks)?;
+        let carry = launch_carry(gpu, b, scratch, shape, p.chunks, MM_DELTA_CHUNK)?;
         let tiles = p.chunks * (shape.heads * shape.dv.div_ceil(MM_DELTA_ROWS)) as u32;
         let outputs = MM_DELTA.dispatch(
             gpu,
@@ -562,7 +571,7 @@ pub fn launch_matmul(
         &[b.k, b.v, &decay, &consts, &ab, scratch],
         gpu.grid(tiles * shape.dk.div_ceil(MM_LOCAL_KEYS) as u32),
     )?;
-    let carry = launch_carry(gpu, b, scratch, shape, p.chunks)?;
+    let carry = launch_carry(gpu, b, scratch, shape, p.chunks, 0)?;
     let outputs = MM.dispatch(
         gpu,
         &shape.defs(),
