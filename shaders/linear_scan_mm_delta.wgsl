@@ -17,10 +17,12 @@ const TK: u32 = 16u; // keys per tile
 const TV: u32 = 16u; // value rows per workgroup
 const N: u32 = 256u; // one tile: LC * TK = LC * TV = TV * TK = LC * LC
 
-// Per key tile: U, Q~ [LC, TK], S0 [TV, TK]; then X, V [LC, TV], Aqb, Aqk [LC, LC].
+// Per key tile: U, Q~ [LC, TK], S0 [TV, TK], log-decays [LC, TK]; then X, V [LC, TV], Aqb,
+// Aqk [LC, LC].
 const U_: u32 = 0u;
 const QT_: u32 = N;
 const S0_: u32 = 2u * N;
+const G_: u32 = 3u * N;
 const X_: u32 = 0u;
 const V_: u32 = N;
 const AQB_: u32 = 2u * N;
@@ -69,17 +71,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 s0 = start[((c * p.heads + h) * p.dv + i) * DK + j];
             }
             sh[S0_ + e] = s0;
+            var qv = 0.0;
+            var gv = 0.0;
+            if (t < n && j < DK) {
+                qv = q[qk_base(first + t, h) + j];
+                gv = log_decay(first + t, h, j);
+            }
+            sh[QT_ + e] = qv;
+            sh[G_ + e] = gv;
         }
+        workgroupBarrier();
         if (lid < TK) {
-            let j = j0 + lid;
             var pre = 0.0;
             for (var t = 0u; t < LC; t++) {
-                var qv = 0.0;
-                if (t < n && j < DK) {
-                    qv = q[qk_base(first + t, h) + j];
-                    pre += log_decay(first + t, h, j);
-                }
-                sh[QT_ + t * TK + lid] = qv * exp(pre);
+                pre += sh[G_ + t * TK + lid];
+                sh[QT_ + t * TK + lid] *= exp(pre);
             }
         }
         workgroupBarrier();

@@ -44,8 +44,8 @@ const AH_: u32 = 6u * N;
 const KH_: u32 = 7u * N;
 const BH_: u32 = 8u * N;
 const DB_: u32 = 9u * N;
-// Then: Aab (later T Aak), Aak, T [LC, LC]; a value tile and its X0 [LC, TV]; b^, k^ and
-// A~ tiles [LC, TK].
+// Then: Aab (later T Aak), Aak, T [LC, LC]; a value tile and its X0 [LC, TV]; b^, k^, A~
+// and log-decay tiles [LC, TK].
 const M_: u32 = 0u;
 const AK_: u32 = N;
 const T_: u32 = 2u * N;
@@ -54,52 +54,8 @@ const X_: u32 = 4u * N;
 const BT_: u32 = 5u * N;
 const KT_: u32 = 6u * N;
 const AT_: u32 = 7u * N;
+const GT_: u32 = 8u * N;
 var<workgroup> sh: array<f32, 9u * N + 4u * TK>;
-
-// b^ and k^ of key tile j0 (b, k decayed to the chunk's end), by the first TK threads.
-fn suffix_tiles(lid: u32, first: u32, n: u32, h: u32, j0: u32) {
-    if (lid >= TK) {
-        return;
-    }
-    let j = j0 + lid;
-    var suf = 0.0;
-    for (var r = LC; r > 0u; r--) {
-        let t = r - 1u;
-        var bv = 0.0;
-        var kv = 0.0;
-        var gv = 0.0;
-        if (t < n && j < DK) {
-            bv = ab_at(first + t, h, 1u, j);
-            kv = k[qk_base(first + t, h) + j];
-            gv = log_decay(first + t, h, j);
-        }
-        let f = exp(suf);
-        sh[BT_ + t * TK + lid] = bv * f;
-        sh[KT_ + t * TK + lid] = kv * f;
-        suf += gv;
-    }
-}
-
-// A~ of key tile j0 (a decayed from the chunk's start through the token before), by the
-// first TK threads, each returning its key's log-decay summed over the chunk.
-fn prefix_a(lid: u32, first: u32, n: u32, h: u32, j0: u32) -> f32 {
-    if (lid >= TK) {
-        return 0.0;
-    }
-    let j = j0 + lid;
-    var pre = 0.0;
-    for (var t = 0u; t < LC; t++) {
-        var av = 0.0;
-        var gv = 0.0;
-        if (t < n && j < DK) {
-            av = ab_at(first + t, h, 0u, j);
-            gv = log_decay(first + t, h, j);
-        }
-        sh[AT_ + t * TK + lid] = av * exp(pre);
-        pre += gv;
-    }
-    return pre;
-}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -244,61 +200,50 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     workgroupBarrier();
 
-    // Per value tile: X0 = (T Aak) V, then local = X0^T b^ + V^T k^ per key tile.
-    for (var i0 = 0u; i0 < p.dv; i0 += TV) {
-        for (var e = lid; e < N; e += 64u) {
-            let t = e / TV;
-            let i = i0 + e % TV;
-            var x = 0.0;
-            if (t < n && i < p.dv) {
-                x = value(first + t, h, i);
-            }
-            sh[V_ + e] = x;
-        }
-        workgroupBarrier();
-        for (var e = lid; e < N; e += 64u) {
-            let t = e / TV;
-            let i = i0 + e % TV;
-            var x = 0.0;
-            for (var r = 0u; r < t; r++) {
-                x += sh[M_ + t * LC + r] * sh[V_ + r * TV + e % TV];
-            }
-            sh[X_ + e] = x;
-            if (i < p.dv) {
-                scratch[wy + LC * DK + t * p.dv + i] = x;
-            }
-        }
-        for (var j0 = 0u; j0 < DK; j0 += TK) {
-            workgroupBarrier();
-            suffix_tiles(lid, first, n, h, j0);
-            workgroupBarrier();
-            for (var e = lid; e < N; e += 64u) {
-                let ii = e / TK;
-                let jj = e % TK;
-                var x = 0.0;
-                for (var r = 0u; r < LC; r++) {
-                    x += sh[X_ + r * TV + ii] * sh[BT_ + r * TK + jj]
-                        + sh[V_ + r * TV + ii] * sh[KT_ + r * TK + jj];
-                }
-                let i = i0 + ii;
-                let j = j0 + jj;
-                if (i < p.dv && j < DK) {
-                    scratch[((c * p.heads + h) * p.dv + i) * DK + j] = x;
-                }
-            }
-        }
-        workgroupBarrier();
-    }
-
-    // Per key tile: U = T A~ for the outputs; A~, W = T^T b^ and the summed log-decays for
-    // the carry.
+    // Per key tile: A~ (a decayed from the chunk's start through the token before), b^ and
+    // k^ (b, k decayed to its end) from tiles loaded in parallel; U = T A~ for the outputs;
+    // A~, W = T^T b^ and the summed log-decays for the carry; then per value tile
+    // X0 = (T Aak) V (written once) and local = X0^T b^ + V^T k^.
     let trans = p.chunks * p.heads * p.dv * DK + (c * p.heads + h) * (2u * LC + 1u) * DK;
     for (var j0 = 0u; j0 < DK; j0 += TK) {
         workgroupBarrier();
-        suffix_tiles(lid, first, n, h, j0);
-        let total = prefix_a(lid, first, n, h, j0);
-        if (lid < TK && j0 + lid < DK) {
-            scratch[trans + 2u * LC * DK + j0 + lid] = total;
+        for (var e = lid; e < N; e += 64u) {
+            let t = e / TK;
+            let j = j0 + e % TK;
+            var av = 0.0;
+            var bv = 0.0;
+            var kv = 0.0;
+            var gv = 0.0;
+            if (t < n && j < DK) {
+                av = ab_at(first + t, h, 0u, j);
+                bv = ab_at(first + t, h, 1u, j);
+                kv = k[qk_base(first + t, h) + j];
+                gv = log_decay(first + t, h, j);
+            }
+            sh[AT_ + e] = av;
+            sh[BT_ + e] = bv;
+            sh[KT_ + e] = kv;
+            sh[GT_ + e] = gv;
+        }
+        workgroupBarrier();
+        if (lid < TK) {
+            var pre = 0.0;
+            for (var t = 0u; t < LC; t++) {
+                let x = t * TK + lid;
+                sh[AT_ + x] *= exp(pre);
+                pre += sh[GT_ + x];
+            }
+            if (j0 + lid < DK) {
+                scratch[trans + 2u * LC * DK + j0 + lid] = pre;
+            }
+            var suf = 0.0;
+            for (var r = LC; r > 0u; r--) {
+                let x = (r - 1u) * TK + lid;
+                let f = exp(suf);
+                sh[BT_ + x] *= f;
+                sh[KT_ + x] *= f;
+                suf += sh[GT_ + x];
+            }
         }
         workgroupBarrier();
         for (var e = lid; e < N; e += 64u) {
@@ -316,6 +261,46 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 scratch[wy + t * DK + j] = u;
                 scratch[trans + t * DK + j] = sh[AT_ + e];
                 scratch[trans + (LC + t) * DK + j] = w;
+            }
+        }
+        for (var i0 = 0u; i0 < p.dv; i0 += TV) {
+            workgroupBarrier();
+            for (var e = lid; e < N; e += 64u) {
+                let t = e / TV;
+                let i = i0 + e % TV;
+                var x = 0.0;
+                if (t < n && i < p.dv) {
+                    x = value(first + t, h, i);
+                }
+                sh[V_ + e] = x;
+            }
+            workgroupBarrier();
+            for (var e = lid; e < N; e += 64u) {
+                let t = e / TV;
+                let i = i0 + e % TV;
+                var x = 0.0;
+                for (var r = 0u; r < t; r++) {
+                    x += sh[M_ + t * LC + r] * sh[V_ + r * TV + e % TV];
+                }
+                sh[X_ + e] = x;
+                if (j0 == 0u && i < p.dv) {
+                    scratch[wy + LC * DK + t * p.dv + i] = x;
+                }
+            }
+            workgroupBarrier();
+            for (var e = lid; e < N; e += 64u) {
+                let ii = e / TK;
+                let jj = e % TK;
+                var x = 0.0;
+                for (var r = 0u; r < LC; r++) {
+                    x += sh[X_ + r * TV + ii] * sh[BT_ + r * TK + jj]
+                        + sh[V_ + r * TV + ii] * sh[KT_ + r * TK + jj];
+                }
+                let i = i0 + ii;
+                let j = j0 + jj;
+                if (i < p.dv && j < DK) {
+                    scratch[((c * p.heads + h) * p.dv + i) * DK + j] = x;
+                }
             }
         }
     }
