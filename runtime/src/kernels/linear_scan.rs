@@ -365,10 +365,12 @@ pub fn lanes_on(gpu: &Gpu) -> bool {
 
 /// Whether prefill of `shape` on `gpu` takes the matmul form of the chunked scan: every kind
 /// a model has (with the delta term or without), heads of at least [`MM_MIN_DV`] value rows,
-/// and not on CPU adapters. There, where the chunked scan runs at all (llvmpipe GL, no subgroups), its
-/// token-by-token chunk passes were the faster at 512 tokens: the matmul form took 1.12x
-/// their time for RWKV-6 0.1B's scan and 1.04x for a Mamba-2 mixer's (a CPU gains nothing
-/// from the matmul form's extra work for A, nor from its workgroup barriers).
+/// and not on CPU adapters. There, where the chunked scan runs at all (llvmpipe GL, no
+/// subgroups), its token-by-token chunk passes were the faster at 512 tokens: the matmul
+/// form took 1.12x their time for RWKV-6 0.1B's scan, 1.04x for a Mamba-2 mixer's and about
+/// 1.7x for RWKV-7 0.1B's (the delta kind: chunks of 16, so four times the carry's steps, and
+/// the WY form's extra matrices; a CPU gains nothing from the matmul form's extra work for A,
+/// nor from its workgroup barriers).
 pub fn matmul_on(gpu: &Gpu, shape: &ScanShape) -> bool {
     shape.matmul_form() && shape.dv >= MM_MIN_DV && gpu.info.device_type != wgpu::DeviceType::Cpu
 }
