@@ -50,6 +50,19 @@ fn log_decay(t: u32, h: u32, j: u32) -> f32 {
     return 0.0;
 }
 
+// The delta term's a (which = 0) or b (which = 1) at token t, head h, key j.
+fn ab_at(t: u32, h: u32, which: u32, j: u32) -> f32 {
+    return ab[((t * p.heads + h) * 2u + which) * DK + j];
+}
+
+// Where the delta kind's matmul form (linear_scan_mm_delta_local.wgsl, chunks of up to lc
+// tokens) keeps what its outputs pass reads, per (chunk, head): U [lc, DK], X0 [lc, dv],
+// Aqb [lc, lc], Aqk [lc, lc], after the local rows and the transitions (2 lc + 1 rows of DK).
+fn wy_base(c: u32, h: u32, lc: u32) -> u32 {
+    let after = p.chunks * p.heads * (p.dv + 2u * lc + 1u) * DK;
+    return after + (c * p.heads + h) * lc * (DK + p.dv + 2u * lc);
+}
+
 // Value i of head h at token t, as it enters the state.
 fn value(t: u32, h: u32, i: u32) -> f32 {
     let x = v[(t * p.heads + h) * p.dv + i];

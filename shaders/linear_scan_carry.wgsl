@@ -2,7 +2,11 @@
 //   start(0) = state;  start(c+1) = start(c) * trans(c) + local(c)
 // (a matrix product with DELTA, else exp(summed log-decay) per key dim), overwriting each
 // chunk's local row with its start row for linear_scan, and leaves the final row in state.
-// Requires consts DK (<= 256) and DELTA; scratch as written by linear_scan_local.
+// Requires consts DK (<= 256), DELTA and WY; scratch as written by linear_scan_local, or with
+// WY > 0 (DELTA in matmul form, linear_scan_mm_delta_local) trans in WY form: per chunk and
+// head A~ [WY, DK], W [WY, DK] and the summed log-decays gl [DK], P = diag(e^gl) + A~^T W, so
+//   start(c+1) = start(c) + start(c) * expm1(gl) + (start(c) . A~_m)_m W + local(c)
+// (2 WY DK products a row instead of DK^2, and decays near 1 keep their precision).
 
 struct Params {
     heads: u32,
@@ -18,6 +22,8 @@ struct Params {
 const PER_THREAD: u32 = (DK + 63u) / 64u;
 
 var<workgroup> row: array<f32, DK>;
+// With WY: the partial sums of start(c) . A~_m, four per m (WY <= 16).
+var<workgroup> xs: array<f32, 64>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -35,17 +41,37 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     }
     workgroupBarrier();
-    let trans_rows = select(1u, DK, DELTA);
+    var trans_rows = select(1u, DK, DELTA);
+    if (WY > 0u) {
+        trans_rows = 2u * WY + 1u;
+    }
     let trans_base = p.chunks * p.heads * p.dv * DK;
     var next: array<f32, PER_THREAD>;
     for (var c = 0u; c < p.chunks; c++) {
         let local_base = ((c * p.heads + h) * p.dv + i) * DK;
         let tb = trans_base + (c * p.heads + h) * trans_rows * DK;
+        if (WY > 0u) {
+            let m = lid / 4u;
+            var x = 0.0;
+            if (m < WY) {
+                for (var l = lid % 4u; l < DK; l += 4u) {
+                    x += row[l] * scratch[tb + m * DK + l];
+                }
+            }
+            xs[lid] = x;
+            workgroupBarrier();
+        }
         for (var n = 0u; n < PER_THREAD; n++) {
             let j = lid + 64u * n;
             if (j < DK) {
                 var x = 0.0;
-                if (DELTA) {
+                if (WY > 0u) {
+                    x = row[j] + row[j] * expm1_neg(scratch[tb + 2u * WY * DK + j]);
+                    for (var m = 0u; m < WY; m++) {
+                        let xm = xs[4u * m] + xs[4u * m + 1u] + xs[4u * m + 2u] + xs[4u * m + 3u];
+                        x += xm * scratch[tb + (WY + m) * DK + j];
+                    }
+                } else if (DELTA) {
                     for (var l = 0u; l < DK; l++) {
                         x += row[l] * scratch[tb + l * DK + j];
                     }

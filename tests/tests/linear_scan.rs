@@ -56,18 +56,30 @@ fn bad_shapes_are_errors() {
     let err = linear_scan::launch_recurrent(gpu, &b, &shape(1, 1, 4, 4, gate), 1)
         .expect_err("a gate decay without its input was accepted");
     assert!(err.to_string().contains("decay"), "{err}");
-    // The matmul form refuses the delta term and chunks it has no room for.
+    // The matmul form refuses the delta term with a bonus and chunks it has no room for.
     let plain = shape(1, 1, 4, 4, Decay::None);
     let delta = ScanShape {
         delta: true,
         ..plain
     };
     let with_ab = ScanBuffers { ab: Some(&x), ..b };
-    let err = linear_scan::launch_matmul(gpu, &with_ab, &x, &delta, 4, 4)
-        .expect_err("the matmul form took the delta term");
+    let with_u = ScanBuffers {
+        consts: Some(&x),
+        ..with_ab
+    };
+    let both = ScanShape {
+        bonus: true,
+        ..delta
+    };
+    let err = linear_scan::launch_matmul(gpu, &with_u, &x, &both, 4, 4)
+        .expect_err("the matmul form took the delta term with a bonus");
     assert!(err.to_string().contains("delta"), "{err}");
     let chunk = linear_scan::MM_CHUNK + 1;
     let err = linear_scan::launch_matmul(gpu, &b, &x, &plain, 64, chunk)
         .expect_err("the matmul form took chunks over MM_CHUNK");
+    assert!(err.to_string().contains("chunks of"), "{err}");
+    let chunk = linear_scan::MM_DELTA_CHUNK + 1;
+    let err = linear_scan::launch_matmul(gpu, &with_ab, &x, &delta, 64, chunk)
+        .expect_err("the delta kind's matmul form took chunks over MM_DELTA_CHUNK");
     assert!(err.to_string().contains("chunks of"), "{err}");
 }

@@ -1,11 +1,13 @@
 //! The gated linear recurrence (kernels::linear_scan) against its f64 CPU reference, in every
 //! form — token by token (decode) with an invocation per state row or on the lanes kernel
 //! (CPU adapters; on an adapter without subgroups of 8 its cases check that it is refused,
-//! then run the rows form), the chunked scan (prefill) and its matmul form (prefill of the
-//! kinds without the delta term on non-CPU adapters; forced here on every adapter) — for
-//! every kind the linear-time models use: GLA (per-key gate), Mamba (dt * A per key, one
-//! value per head, q/k shared by all heads), Mamba-2 (dt * A per head, grouped q/k), RWKV-6
-//! (per-key decay and the bonus u), RWKV-7 (per-key decay and the delta term) and plain
+//! then run the rows form), the chunked scan (prefill) and its matmul form (prefill on
+//! non-CPU adapters; forced here on every adapter; with the delta term its WY form, chunks of
+//! up to 16) — for every kind the linear-time models use: GLA (per-key gate), Mamba (dt * A
+//! per key, one value per head, q/k shared by all heads), Mamba-2 (dt * A per head, grouped
+//! q/k), RWKV-6 (per-key decay and the bonus u), RWKV-7 (per-key decay and the delta term,
+//! a = -kk, b = kk * rate), gated DeltaNet (one decay per head and the delta term, a =
+//! -beta k, b = k with k unit), the delta term with unrelated random a and b, and plain
 //! linear attention.
 //! Sizes are ragged (token counts not multiples of the chunk, key dims not multiples of 64),
 //! the sequence starts from a random non-zero state, outputs and scratch start as NaN, and
@@ -23,13 +25,22 @@
 //! at most 31 log-decays) computed directly, never as a difference of cumulative sums), so
 //! its rounding is of the same 2^-24 per term as the token-by-token forms', and the state
 //! between chunks still takes one multiply-add per chunk in the carry pass.
+//!
+//! So does the delta kind's WY form: within a chunk of 16 it sums the same terms through
+//! T = (I - Aab)^-1, found by forward substitution, whose entries stay O(1) for the models'
+//! contractions (|a| |b| <= 1), so each of its products adds a few 2^-24 relative; the
+//! carry applies the chunk's transition in WY form with its diagonal as expm1 of the summed
+//! log-decays, so long memories keep their precision across chunk boundaries. Measured on lavapipe, llvmpipe GL
+//! and SwiftShader: <= 5.4e-7 for the models' a/b at 2,048 tokens of long memory, 2.3e-6
+//! for random a/b (a transition that is no contraction grows rounding errors instead of
+//! shrinking them; the token-by-token forms reach 7.5e-7 there) — under the 1e-5 kept.
 
 use super::{poisoned, upload_f32, Case, Output, Prepared, SCAN_TOL};
 use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::kernels::linear_scan::{
-    self, Decay, ScanBuffers, ScanInputs, ScanShape, CHUNK, MM_CHUNK,
+    self, Decay, ScanBuffers, ScanInputs, ScanShape, CHUNK, MM_CHUNK, MM_DELTA_CHUNK,
 };
 use crate::kernels::Dispatch;
 use crate::rng::Rng;
@@ -45,6 +56,38 @@ enum Form {
     Chunked(usize),
     /// Its matmul form with chunks of this many tokens.
     Matmul(usize),
+}
+
+/// How a case draws the delta term's a and b.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum AbDraw {
+    /// RWKV-7: a = -kk, b = kk * rate, kk a unit vector and rate in (0, 1) per key.
+    Rwkv7,
+    /// Gated DeltaNet: a = -beta kn, b = kn, kn the token's key made unit, beta in (0, 1).
+    DeltaNet,
+    /// a and b in independent random directions, each of norm 0.7: a transition that is no
+    /// contraction, unlike the models' (|s . a| |b| may exceed |s| by half).
+    Random,
+}
+
+impl AbDraw {
+    /// The draw of a kind, by its name in [`kinds`].
+    fn of(name: &str) -> AbDraw {
+        if name.contains("deltanet") {
+            AbDraw::DeltaNet
+        } else if name.contains("random a/b") {
+            AbDraw::Random
+        } else {
+            AbDraw::Rwkv7
+        }
+    }
+}
+
+/// A random vector of n values with Euclidean norm `norm`.
+fn direction(rng: &mut Rng, n: usize, norm: f32) -> Vec<f32> {
+    let x = rng.vec(n, 1.0);
+    let len = x.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-6);
+    x.iter().map(|v| v * norm / len).collect()
 }
 
 /// Random inputs of one recurrence kind, drawn the way its models produce them.
@@ -68,7 +111,13 @@ fn log_decays(rng: &mut Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
 }
 
 impl Draw {
-    fn new(shape: ScanShape, tokens: usize, seed: u64, decay_range: (f32, f32)) -> Draw {
+    fn new(
+        shape: ScanShape,
+        tokens: usize,
+        seed: u64,
+        decay_range: (f32, f32),
+        ab_draw: AbDraw,
+    ) -> Draw {
         let mut rng = Rng::new(seed);
         let ScanShape {
             heads,
@@ -108,16 +157,34 @@ impl Draw {
         } else {
             consts
         };
-        // RWKV-7: a = -kk, b = kk * rate with kk a unit vector and rate in (0, 1), so the
-        // transition diag(w) - kk^T (kk * rate) stays a contraction as in the model.
+        // RWKV-7 and DeltaNet draw a transition diag(w) + a b^T that stays a contraction
+        // as in their models (see AbDraw).
         let mut ab = Vec::new();
         if shape.delta {
-            for _ in 0..tokens * heads {
-                let kk = rng.vec(dk, 1.0);
-                let norm = kk.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
-                let rate: Vec<f32> = (0..dk).map(|_| (rng.uniform() + 1.0) / 2.0).collect();
-                ab.extend(kk.iter().map(|x| -x / norm));
-                ab.extend(kk.iter().zip(&rate).map(|(x, r)| x / norm * r));
+            for t in 0..tokens {
+                for h in 0..heads {
+                    match ab_draw {
+                        AbDraw::Rwkv7 => {
+                            let kk = direction(&mut rng, dk, 1.0);
+                            let rate: Vec<f32> =
+                                (0..dk).map(|_| (rng.uniform() + 1.0) / 2.0).collect();
+                            ab.extend(kk.iter().map(|x| -x));
+                            ab.extend(kk.iter().zip(&rate).map(|(x, r)| x * r));
+                        }
+                        AbDraw::DeltaNet => {
+                            let qk = (t * qk_heads + h / (heads / qk_heads)) * dk;
+                            let key = &k[qk..qk + dk];
+                            let len = key.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+                            let beta = (rng.uniform() + 1.0) / 2.0;
+                            ab.extend(key.iter().map(|x| -beta * x / len));
+                            ab.extend(key.iter().map(|x| x / len));
+                        }
+                        AbDraw::Random => {
+                            ab.extend(direction(&mut rng, dk, 0.7));
+                            ab.extend(direction(&mut rng, dk, 0.7));
+                        }
+                    }
+                }
             }
         }
         let state = rng.vec(heads * dv * dk, 0.5);
@@ -204,7 +271,8 @@ impl Draw {
                 linear_scan::launch_chunked(gpu, &b, &scratch, &s, tokens, c)?.to_vec()
             }
             Form::Matmul(c) => {
-                let scratch = poisoned(gpu, linear_scan::scratch_floats(&s, tokens, c));
+                let floats = linear_scan::matmul_scratch_floats(&s, tokens, c);
+                let scratch = poisoned(gpu, floats);
                 linear_scan::launch_matmul(gpu, &b, &scratch, &s, tokens, c)?.to_vec()
             }
         };
@@ -257,6 +325,23 @@ fn kinds() -> Vec<(&'static str, ScanShape)> {
                 ..shape(1, 1, 72, 5, gate)
             },
         ),
+        // Gated DeltaNet: the delta term with one decay per head, dk past a key tile.
+        (
+            "gated deltanet",
+            ScanShape {
+                delta: true,
+                ..shape(3, 3, 24, 20, Decay::Gate { per_key: false })
+            },
+        ),
+        // The delta term with a and b unrelated to each other (AbDraw::Random), several
+        // key and value tiles of the delta kind's matmul form, both ragged.
+        (
+            "rwkv7 random a/b dk 40 dv 24",
+            ScanShape {
+                delta: true,
+                ..shape(2, 2, 40, 24, gate)
+            },
+        ),
         // Several key and value tiles of the matmul form, both ragged.
         ("gla dk 72 dv 40", shape(2, 1, 72, 40, gate)),
         (
@@ -279,8 +364,9 @@ fn case(
     form: Form,
 ) -> Case {
     let what = format!("{name} T={tokens} decays {decays:?} {form:?}");
+    let ab_draw = AbDraw::of(name);
     Case::new("linear_scan", what, move |gpu| {
-        let draw = Draw::new(shape, tokens, seed, decays);
+        let draw = Draw::new(shape, tokens, seed, decays, ab_draw);
         let (want_out, want_state) = draw.reference();
         let state = upload_f32(gpu, &draw.state);
         let (d, out) = draw.launch(gpu, &state, (0, tokens), form)?;
@@ -292,10 +378,12 @@ fn case(
     })
 }
 
-/// `others`, then, for a kind without the delta term, the matmul form with chunks of each
-/// length in `matmul`.
+/// `others`, then the matmul form with chunks of each length in `matmul` (lengths up to
+/// [`MM_CHUNK`]; for the delta kind, whose chunks are shorter, the same fraction of
+/// [`MM_DELTA_CHUNK`]: 31 and 32 become 15 and 16).
 fn forms(shape: ScanShape, others: &[Form], matmul: &[usize]) -> Vec<Form> {
-    let mm = matmul.iter().map(|&c| Form::Matmul(c));
+    let most = shape.matmul_chunk();
+    let mm = matmul.iter().map(|&c| Form::Matmul(c * most / MM_CHUNK));
     let mm: Vec<Form> = match shape.matmul_form() {
         true => mm.collect(),
         false => vec![],
@@ -344,8 +432,17 @@ pub fn cases() -> Vec<Case> {
         }
     }
     // Model-sized prefills of 512 tokens in each form a prefill may take, for
-    // `kestrel bench --kernels`: RWKV-6 0.1B's time mix (12 heads of 64) and a Mamba-2
-    // mixer (24 heads of 64 values, one group of 128 state dims).
+    // `kestrel bench --kernels`: RWKV-6 0.1B's time mix (12 heads of 64), a Mamba-2
+    // mixer (24 heads of 64 values, one group of 128 state dims) and RWKV-7 0.1B's (12
+    // heads of 64, the delta term; also at 128 tokens).
+    let rwkv7 = ScanShape {
+        delta: true,
+        ..shape(12, 12, 64, 64, Decay::Gate { per_key: true })
+    };
+    for form in forms(rwkv7, &[Form::Lanes, Form::Chunked(CHUNK)], &[MM_CHUNK]) {
+        cases.push(case("rwkv7 0.1B", rwkv7, 128, 1401, (-0.6, 0.0), form));
+        cases.push(case("rwkv7 0.1B", rwkv7, 512, 1400, (-0.6, 0.0), form));
+    }
     let model_sized = [
         (
             "rwkv6 0.1B",
@@ -367,6 +464,8 @@ pub fn cases() -> Vec<Case> {
     }
     cases.push(prefill_then_decode(4, Form::Chunked(16)));
     cases.push(prefill_then_decode(3, Form::Matmul(MM_CHUNK)));
+    cases.push(prefill_then_decode(4, Form::Matmul(MM_DELTA_CHUNK)));
+    cases.push(prefill_then_decode(8, Form::Matmul(MM_DELTA_CHUNK)));
     cases
 }
 
@@ -376,7 +475,7 @@ fn prefill_then_decode(kind: usize, form: Form) -> Case {
     let (name, shape) = kinds().swap_remove(kind);
     let what = format!("{name} prefill 37 {form:?} then 5 decode steps");
     Case::new("linear_scan", what, move |gpu| {
-        let draw = Draw::new(shape, 42, 7, (-1.0, -0.01));
+        let draw = Draw::new(shape, 42, 7, (-1.0, -0.01), AbDraw::of(name));
         let (want_out, want_state) = draw.reference();
         let state = upload_f32(gpu, &draw.state);
         let (mut d, prefill) = draw.launch(gpu, &state, (0, 37), form)?;

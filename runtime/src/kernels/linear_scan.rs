@@ -10,9 +10,10 @@
 //!   once (linear_scan_local), a short walk over chunk boundaries (linear_scan_carry), then
 //!   every chunk's outputs at once (linear_scan) — parallel over chunks as well as heads;
 //! * [`launch_matmul`]: the same three passes with the chunk-local ones in matmul form
-//!   (fla's chunked form: shaders/linear_scan_mm_local.wgsl, shaders/linear_scan_mm.wgsl),
-//!   for the kinds without the delta term; the prefill of [`LinearScan`] where
-//!   [`matmul_on`].
+//!   (fla's chunked form: shaders/linear_scan_mm_local.wgsl, shaders/linear_scan_mm.wgsl;
+//!   with the delta term fla's WY / UT form of the diagonal-plus-low-rank rule:
+//!   shaders/linear_scan_mm_delta_local.wgsl, shaders/linear_scan_mm_delta.wgsl); the
+//!   prefill of [`LinearScan`] where [`matmul_on`].
 //!
 //! [`reference`] is the f64 CPU form of the same recurrence.
 
@@ -31,9 +32,11 @@ pub const KERNEL: Kernel = kernel!("linear_scan", variants);
 pub const LOCAL: Kernel = kernel!("linear_scan_local", local_variants);
 pub const CARRY: Kernel = kernel!("linear_scan_carry", carry_variants);
 pub const LANES: Kernel = kernel!("linear_scan_lanes", lanes_variants);
-/// The matmul form's chunk-local pass and outputs pass.
+/// The matmul form's chunk-local pass and outputs pass, without and with the delta term.
 pub const MM_LOCAL: Kernel = kernel!("linear_scan_mm_local", mm_variants);
 pub const MM: Kernel = kernel!("linear_scan_mm", mm_variants);
+pub const MM_DELTA_LOCAL: Kernel = kernel!("linear_scan_mm_delta_local", mm_delta_variants);
+pub const MM_DELTA: Kernel = kernel!("linear_scan_mm_delta", mm_delta_variants);
 
 /// State rows per workgroup of the lanes kernel: each lane's loads of a token's k, q, a, b
 /// and decays serve this many rows.
@@ -93,10 +96,16 @@ pub const CHUNK: usize = 64;
 /// Tokens per chunk of the matmul form, at most (the shaders' LC: a chunk's A [LC, LC] and
 /// the tiles it is made from fit in 13 KiB of workgroup memory).
 pub const MM_CHUNK: usize = 32;
+/// Tokens per chunk of the matmul form with the delta term, at most (its shaders' LC: the
+/// four [LC, LC] matrices of the WY form and the key tiles they are built from fit in
+/// 9.5 KiB of workgroup memory, and T's forward substitution takes LC steps).
+pub const MM_DELTA_CHUNK: usize = 16;
 /// Value rows per workgroup of both matmul-form passes (TV) and keys per workgroup of its
 /// local pass (TK in linear_scan_mm_local.wgsl).
 const MM_ROWS: usize = 32;
 const MM_LOCAL_KEYS: usize = 32;
+/// Value rows per workgroup of the delta kind's outputs pass (TV in linear_scan_mm_delta.wgsl).
+const MM_DELTA_ROWS: usize = 16;
 /// The fewest value rows per head for which prefill takes the matmul form: a workgroup
 /// builds its chunk's A [LC, LC] over all dk keys for one tile of value rows, work that the
 /// rows form does not have, paid back only when the tile has rows to share it (Mamba's
@@ -134,10 +143,17 @@ impl ScanShape {
     pub fn state_floats(&self) -> usize {
         self.heads * self.dv * self.dk
     }
-    /// Whether the matmul form runs this kind: all but the delta term, whose chunks need the
-    /// WY representation.
+    /// Whether the matmul form runs this kind: all but the delta term with a bonus, which no
+    /// model has (the delta kind's shaders write the output after the update).
     pub fn matmul_form(&self) -> bool {
-        !self.delta
+        !(self.delta && self.bonus)
+    }
+    /// The longest chunk of the matmul form for this kind.
+    pub fn matmul_chunk(&self) -> usize {
+        match self.delta {
+            true => MM_DELTA_CHUNK,
+            false => MM_CHUNK,
+        }
     }
     fn trans_rows(&self) -> usize {
         if self.delta {
@@ -203,24 +219,41 @@ pub fn local_variants() -> Vec<ShaderDefs> {
     kinds().iter().map(ScanShape::defs).collect()
 }
 
-/// Every kind the matmul form runs.
+/// Every kind the matmul form runs without the delta term.
 pub fn mm_variants() -> Vec<ShaderDefs> {
     kinds()
         .iter()
-        .filter(|k| k.matmul_form())
+        .filter(|k| k.matmul_form() && !k.delta)
         .map(ScanShape::defs)
         .collect()
 }
 
-fn carry_defs(dk: usize, delta: bool) -> ShaderDefs {
-    ShaderDefs::new().u32("DK", dk as u32).bool("DELTA", delta)
+/// Every kind the matmul form runs with the delta term.
+pub fn mm_delta_variants() -> Vec<ShaderDefs> {
+    kinds()
+        .iter()
+        .filter(|k| k.matmul_form() && k.delta)
+        .map(ScanShape::defs)
+        .collect()
 }
 
-/// Key dims from 1 to MAX_DK, with and without the delta term.
+/// The carry's specialisation: with `wy` > 0 it reads the delta kind's transitions in the WY
+/// form of chunks of `wy` tokens (the matmul form's), else as linear_scan_local writes them.
+fn carry_defs(dk: usize, delta: bool, wy: usize) -> ShaderDefs {
+    ShaderDefs::new()
+        .u32("DK", dk as u32)
+        .bool("DELTA", delta)
+        .u32("WY", wy as u32)
+}
+
+/// Key dims from 1 to MAX_DK, without the delta term, with it, and with it in WY form.
 pub fn carry_variants() -> Vec<ShaderDefs> {
     [1, 16, 64, 100, MAX_DK]
         .into_iter()
-        .flat_map(|dk| [false, true].map(|delta| carry_defs(dk, delta)))
+        .flat_map(|dk| {
+            [(false, 0), (true, 0), (true, MM_DELTA_CHUNK)]
+                .map(|(delta, wy)| carry_defs(dk, delta, wy))
+        })
         .collect()
 }
 
@@ -228,6 +261,19 @@ pub fn carry_variants() -> Vec<ShaderDefs> {
 pub fn scratch_floats(shape: &ScanShape, tokens: usize, chunk: usize) -> usize {
     let chunks = tokens.div_ceil(chunk.max(1));
     chunks * shape.heads * (shape.dv + shape.trans_rows()) * shape.dk
+}
+
+/// Floats of scratch the matmul form needs for `tokens` tokens in chunks of `chunk`: the
+/// chunked scan's, but with the delta term, per chunk and head, the local rows, the
+/// transition in WY form (2 LC + 1 rows of dk) and what its outputs pass reads (U [LC, dk],
+/// X0 [LC, dv], two [LC, LC]; `wy_base` in shaders/linear_recurrence.wgsl).
+pub fn matmul_scratch_floats(shape: &ScanShape, tokens: usize, chunk: usize) -> usize {
+    if !shape.delta {
+        return scratch_floats(shape, tokens, chunk);
+    }
+    let chunks = tokens.div_ceil(chunk.max(1));
+    let (lc, dk, dv) = (MM_DELTA_CHUNK, shape.dk, shape.dv);
+    chunks * shape.heads * ((dv + 2 * lc + 1) * dk + lc * (dk + dv + 2 * lc))
 }
 
 /// Tokens one invocation of the recurrent form may run: llvmpipe ends an invocation after
@@ -317,12 +363,14 @@ pub fn lanes_on(gpu: &Gpu) -> bool {
     gpu.info.device_type == wgpu::DeviceType::Cpu && runs_lanes(gpu)
 }
 
-/// Whether prefill of `shape` on `gpu` takes the matmul form of the chunked scan: kinds
-/// without the delta term, heads of at least [`MM_MIN_DV`] value rows, and not on CPU
-/// adapters. There, where the chunked scan runs at all (llvmpipe GL, no subgroups), its
-/// token-by-token chunk passes were the faster at 512 tokens: the matmul form took 1.12x
-/// their time for RWKV-6 0.1B's scan and 1.04x for a Mamba-2 mixer's (a CPU gains nothing
-/// from the matmul form's extra work for A, nor from its workgroup barriers).
+/// Whether prefill of `shape` on `gpu` takes the matmul form of the chunked scan: every kind
+/// a model has (with the delta term or without), heads of at least [`MM_MIN_DV`] value rows,
+/// and not on CPU adapters. There, where the chunked scan runs at all (llvmpipe GL, no
+/// subgroups), its token-by-token chunk passes were the faster at 512 tokens: the matmul
+/// form took 1.12x their time for RWKV-6 0.1B's scan, 1.04x for a Mamba-2 mixer's and about
+/// 1.7x for RWKV-7 0.1B's (the delta kind: chunks of 16, so four times the carry's steps, and
+/// the WY form's extra matrices; a CPU gains nothing from the matmul form's extra work for A,
+/// nor from its workgroup barriers).
 pub fn matmul_on(gpu: &Gpu, shape: &ScanShape) -> bool {
     shape.matmul_form() && shape.dv >= MM_MIN_DV && gpu.info.device_type != wgpu::DeviceType::Cpu
 }
@@ -439,7 +487,7 @@ pub fn launch_chunked(
         &[b.k, b.v, &decay, &consts, &ab, scratch],
         gpu.grid(local_rows.div_ceil(64)),
     )?;
-    let carry = launch_carry(gpu, b, scratch, shape, p.chunks)?;
+    let carry = launch_carry(gpu, b, scratch, shape, p.chunks, 0)?;
     let rows = p.chunks * (shape.heads * shape.dv) as u32;
     let outputs = KERNEL.dispatch(
         gpu,
@@ -451,17 +499,18 @@ pub fn launch_chunked(
     Ok([local, carry, outputs])
 }
 
-/// The carry pass of both chunked forms over `chunks` chunks.
+/// The carry pass of both chunked forms over `chunks` chunks (`wy`: see [`carry_defs`]).
 fn launch_carry(
     gpu: &Gpu,
     b: &ScanBuffers,
     scratch: &wgpu::Buffer,
     shape: &ScanShape,
     chunks: u32,
+    wy: usize,
 ) -> Result<Dispatch> {
     CARRY.dispatch(
         gpu,
-        &carry_defs(shape.dk, shape.delta),
+        &carry_defs(shape.dk, shape.delta, wy),
         &CarryParams {
             heads: shape.heads as u32,
             dv: shape.dv as u32,
@@ -473,9 +522,9 @@ fn launch_carry(
     )
 }
 
-/// The chunked scan with its chunk-local passes in matmul form (kinds without the delta
-/// term, chunks of 1 to [`MM_CHUNK`] tokens), as [`launch_chunked`] otherwise: the same
-/// scratch, the same carry.
+/// The chunked scan with its chunk-local passes in matmul form (chunks of 1 to
+/// [`ScanShape::matmul_chunk`] tokens), as [`launch_chunked`] otherwise: the same carry, and
+/// scratch of [`matmul_scratch_floats`] floats (the delta kind's outputs pass reads more).
 pub fn launch_matmul(
     gpu: &Gpu,
     b: &ScanBuffers,
@@ -487,15 +536,35 @@ pub fn launch_matmul(
     let [decay, consts, ab] = check_inputs(gpu, shape, b)?;
     if !shape.matmul_form() {
         return Err(Error::Graph(
-            "linear_scan: the matmul form has no delta term".into(),
+            "linear_scan: the matmul form has no delta term with a bonus".into(),
         ));
     }
-    if chunk == 0 || chunk > MM_CHUNK {
+    let most = shape.matmul_chunk();
+    if chunk == 0 || chunk > most {
         return Err(Error::Graph(format!(
-            "linear_scan: chunks of {chunk} tokens in the matmul form (1 to {MM_CHUNK})"
+            "linear_scan: chunks of {chunk} tokens in the matmul form of {shape:?} (1 to {most})"
         )));
     }
     let p = params(shape, 0, tokens, chunk);
+    if shape.delta {
+        let local = MM_DELTA_LOCAL.dispatch(
+            gpu,
+            &shape.defs(),
+            &p,
+            &[b.k, b.v, &decay, &consts, &ab, scratch, b.q],
+            gpu.grid(p.chunks * shape.heads as u32),
+        )?;
+        let carry = launch_carry(gpu, b, scratch, shape, p.chunks, MM_DELTA_CHUNK)?;
+        let tiles = p.chunks * (shape.heads * shape.dv.div_ceil(MM_DELTA_ROWS)) as u32;
+        let outputs = MM_DELTA.dispatch(
+            gpu,
+            &shape.defs(),
+            &p,
+            &[b.k, b.v, &decay, &consts, &ab, b.q, scratch, b.out],
+            gpu.grid(tiles),
+        )?;
+        return Ok([local, carry, outputs]);
+    }
     let tiles = p.chunks * (shape.heads * shape.dv.div_ceil(MM_ROWS)) as u32;
     let local = MM_LOCAL.dispatch(
         gpu,
@@ -504,7 +573,7 @@ pub fn launch_matmul(
         &[b.k, b.v, &decay, &consts, &ab, scratch],
         gpu.grid(tiles * shape.dk.div_ceil(MM_LOCAL_KEYS) as u32),
     )?;
-    let carry = launch_carry(gpu, b, scratch, shape, p.chunks)?;
+    let carry = launch_carry(gpu, b, scratch, shape, p.chunks, 0)?;
     let outputs = MM.dispatch(
         gpu,
         &shape.defs(),
@@ -622,10 +691,17 @@ impl Op for LinearScan {
     fn lower(&self, cx: &mut Lowering) -> Result<()> {
         let n = cx.shape(self.q)[0];
         let matmul = matmul_on(cx.gpu(), &self.shape);
-        let chunk = if matmul { MM_CHUNK } else { CHUNK };
+        let chunk = if matmul {
+            self.shape.matmul_chunk()
+        } else {
+            CHUNK
+        };
         let scratch = match n > RECURRENT_TOKENS && !lanes_on(cx.gpu()) {
             true => {
-                let floats = scratch_floats(&self.shape, n, chunk);
+                let floats = match matmul {
+                    true => matmul_scratch_floats(&self.shape, n, chunk),
+                    false => scratch_floats(&self.shape, n, chunk),
+                };
                 Some(cx.scratch("linear scan scratch", floats)?)
             }
             false => None,

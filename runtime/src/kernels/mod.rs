@@ -115,6 +115,8 @@ pub const ALL: &[Kernel] = &[
     linear_scan::LANES,
     linear_scan::MM_LOCAL,
     linear_scan::MM,
+    linear_scan::MM_DELTA_LOCAL,
+    linear_scan::MM_DELTA,
     matmul::KERNEL,
     matmul::KERNEL_F16,
     matmul::ROWS,
