@@ -472,3 +472,38 @@ fn models_that_cannot_speculate_are_refused_by_name() {
         ));
     }
 }
+
+#[test]
+fn smollm2_greedy_prompt_lookup_is_the_plain_reply() {
+    let Some(path) =
+        kestrel_tests::real_model::smollm2("SmolLM2 greedy replies with prompt lookup")
+    else {
+        return;
+    };
+    let gpu = gpus().into_iter().next().expect("gpu");
+    let model = kestrel_models::load(&gpu, &path).expect("load SmolLM2");
+    // One reply that repeats its prompt (lookup drafts most of it) and one that does not.
+    let asks = [
+        "Repeat the following text exactly: The kestrel hovers in place, facing into the \
+         wind, then drops onto voles and mice in the grass below.",
+        "Name three colours.",
+    ];
+    for ask in asks {
+        let prompt = Prompt::Chat(vec![kestrel_models::chat_template::Message::new(
+            "user", ask,
+        )])
+        .encode(&model, None)
+        .expect("encode");
+        let request = Request {
+            max_tokens: 48,
+            ..Request::default()
+        };
+        let mut plain_s = model.session(&gpu, 256).expect("session");
+        let (want, _, _) = reply(&model, &mut plain_s, &prompt, &request, None);
+        let mut s = model.session(&gpu, 256).expect("session");
+        let spec = Speculator::ngram(6).expect("ngram");
+        let (got, stats, _) = reply(&model, &mut s, &prompt, &request, Some(spec));
+        eprintln!("SmolLM2 {ask:?}: {:?}, {stats:?}", want.text);
+        assert_eq!(got, want, "{ask}");
+    }
+}
