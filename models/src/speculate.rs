@@ -23,6 +23,8 @@ pub const NGRAM_MAX: usize = 3;
 pub const DEFAULT_DRAFT_TOKENS: usize = 6;
 /// The most drafts of one verification pass (each length of pass keeps a plan).
 pub const MAX_DRAFT_TOKENS: usize = 16;
+/// The most tokens decoded plainly after verification passes that accepted nothing.
+const MAX_BACKOFF: usize = 16;
 
 /// Where drafts come from.
 pub enum Drafter {
@@ -65,6 +67,12 @@ pub struct Speculator {
     drafter: Drafter,
     draft_tokens: usize,
     stats: SpeculationStats,
+    /// Tokens to decode plainly before drafting again, and how many the next pass that
+    /// accepts nothing will set that to (doubling from 1 to [`MAX_BACKOFF`]; 1 again after
+    /// a pass that accepts a draft). A verification pass costs several decode steps on some
+    /// adapters, so text that does not repeat is decoded in plain batches most of the time.
+    plain_left: usize,
+    backoff: usize,
 }
 
 impl Speculator {
@@ -115,6 +123,8 @@ impl Speculator {
             drafter,
             draft_tokens,
             stats: SpeculationStats::default(),
+            plain_left: 0,
+            backoff: 1,
         })
     }
 
@@ -124,9 +134,11 @@ impl Speculator {
     pub fn stats(&self) -> SpeculationStats {
         self.stats
     }
-    /// Start counting again (a new reply).
+    /// Start counting again (a new reply), drafting from its first token.
     pub fn reset_stats(&mut self) {
         self.stats = SpeculationStats::default();
+        self.plain_left = 0;
+        self.backoff = 1;
     }
     /// The draft model, if any (its name for a front end's report).
     pub fn draft(&self) -> Option<&DraftModel> {
@@ -162,6 +174,12 @@ impl Speculator {
         sampling: &Sampling,
         ends: &[u32],
     ) -> Result<Vec<u32>, GenerateError> {
+        if self.plain_left > 0 {
+            // Backing off after drafts that were all rejected: a plain decode batch.
+            let steps = self.plain_left.min(n).max(1);
+            self.plain_left -= steps.min(self.plain_left);
+            return Ok(session.decode(last, steps, sampling, ends).await?);
+        }
         let k = self.draft_tokens.min(n.saturating_sub(1));
         let mut history = session.tokens().to_vec();
         history.push(last);
@@ -182,6 +200,12 @@ impl Speculator {
         self.stats.drafted += drafts.len();
         self.stats.accepted += kept;
         self.stats.passes += 1;
+        if kept == 0 {
+            self.plain_left = self.backoff;
+            self.backoff = (2 * self.backoff).min(MAX_BACKOFF);
+        } else {
+            self.backoff = 1;
+        }
         // An end token drawn inside the accepted run ends the reply there: nothing after it
         // was fed in plain decoding either.
         let take = drawn[..kept]
