@@ -775,6 +775,9 @@ mod tests {
             if precision.contains(command) {
                 want.push("matvec-precision");
             }
+            if matches!(*command, "generate" | "chat" | "serve" | "bench") {
+                want.extend(["speculate", "draft-model", "draft-tokens"]);
+            }
             if *command == "info" {
                 want.retain(|o| !attention.contains(o));
             } else {
