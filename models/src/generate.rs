@@ -465,8 +465,12 @@ impl Generation {
                     let ids = if let (1, Some(spec)) = (feed.len(), &mut self.speculator) {
                         // Drafts verified in one pass, as many as the reply and the context
                         // may still take (not bounded by the batch: the drafts are).
-                        let n = (self.limit - self.completion_tokens).min(room);
-                        spec.step(session, feed[0], n, &self.sampling, ends).await?
+                        let most = (self.limit - self.completion_tokens).min(room);
+                        let ids = spec
+                            .step(session, feed[0], most, n, &self.sampling, ends)
+                            .await?;
+                        self.batch = (2 * self.batch).min(self.max_batch);
+                        ids
                     } else if feed.len() == 1 && n > 1 {
                         let ids = session.decode(feed[0], n, &self.sampling, ends).await?;
                         self.batch = (2 * self.batch).min(self.max_batch);

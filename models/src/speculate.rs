@@ -166,17 +166,20 @@ impl Speculator {
     /// be drawn and fed), and return the tokens drawn: the accepted drafts and the target's
     /// own token after them — or, when the drawn tokens hold one of `ends`, up to it. The
     /// session keeps the tokens fed before the last one returned, as `Session::decode` does.
+    /// While backing off, a plain decode batch of at most `batch` steps (the generator's,
+    /// which a streaming front end keeps short) runs instead.
     pub async fn step(
         &mut self,
         session: &mut Session,
         last: u32,
         n: usize,
+        batch: usize,
         sampling: &Sampling,
         ends: &[u32],
     ) -> Result<Vec<u32>, GenerateError> {
         if self.plain_left > 0 {
             // Backing off after drafts that were all rejected: a plain decode batch.
-            let steps = self.plain_left.min(n).max(1);
+            let steps = self.plain_left.min(batch).min(n).max(1);
             self.plain_left -= steps.min(self.plain_left);
             return Ok(session.decode(last, steps, sampling, ends).await?);
         }
