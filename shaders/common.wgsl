@@ -12,8 +12,8 @@ struct Step {
     window_end: u32,
     unmask_k: u32,     // diffusion: positions to commit (0 = every one at or above threshold)
     threshold: f32,    // diffusion: confidence threshold
+    seed_base: u32,    // the request's seed before mixing with the position (per-row draws)
     _pad0: u32,
-    _pad1: u32,
 }
 
 // Linear workgroup index for grids split over x and y (see Gpu::grid).

@@ -1,4 +1,8 @@
 // Token sampling on the GPU, so decode reads back one id instead of the logits.
+// One workgroup per row: workgroup r samples row r after `offset` into out[r]. Row 0 draws
+// with the step's seed; row r > 0 with the seed the decode step at pos + r would have, so a
+// pass that samples every row of a drafted run (speculative verification) draws each token
+// exactly as plain decoding would from the same logits.
 // Greedy (temperature 0 or top_k 1): argmax, ties to the lowest id.
 // Otherwise: p_i = exp((l_i - max) / T); the top-k and top-p cut-offs are found by a
 // bitwise search over order-preserving u32 keys of the logits (exact counts, 32 passes);
@@ -60,12 +64,15 @@ fn sum_u(lid: u32, v: u32) -> u32 {
 }
 
 @compute @workgroup_size(WG)
-fn main(@builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let row = wid.x;
+    let base = p.offset + row * p.n;
+    let seed = select(pcg_hash(step.seed_base ^ pcg_hash(step.pos + row)), step.seed, row == 0u);
     // Argmax with ties to the lowest index.
     var best_v = -3.4e38;
     var best_i = 0xffffffffu;
     for (var i = lid; i < p.n; i += WG) {
-        let v = logits[p.offset + i];
+        let v = logits[base + i];
         if (v > best_v) {
             best_v = v;
             best_i = i;
@@ -90,7 +97,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     workgroupBarrier();
     if (step.temperature <= 0.0 || step.top_k == 1u) {
         if (lid == 0u) {
-            out[0] = arg;
+            out[row] = arg;
         }
         return;
     }
@@ -104,7 +111,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             let cand = t | (1u << u32(b));
             var c = 0u;
             for (var i = lid; i < p.n; i += WG) {
-                c += select(0u, 1u, key_of(logits[p.offset + i]) >= cand);
+                c += select(0u, 1u, key_of(logits[base + i]) >= cand);
             }
             if (sum_u(lid, c) >= step.top_k) {
                 t = cand;
@@ -116,7 +123,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     if (step.top_p < 1.0) {
         var kept = 0.0;
         for (var i = lid; i < p.n; i += WG) {
-            let v = logits[p.offset + i];
+            let v = logits[base + i];
             kept += select(0.0, exp((v - max_v) * inv_t), key_of(v) >= thr);
         }
         let goal = step.top_p * sum_f(lid, kept);
@@ -126,7 +133,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             let cut = max(cand, thr);
             var mass = 0.0;
             for (var i = lid; i < p.n; i += WG) {
-                let v = logits[p.offset + i];
+                let v = logits[base + i];
                 mass += select(0.0, exp((v - max_v) * inv_t), key_of(v) >= cut);
             }
             if (sum_f(lid, mass) >= goal) {
@@ -142,7 +149,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     let end = min(start + chunk, p.n);
     var local = 0.0;
     for (var i = start; i < end; i++) {
-        let v = logits[p.offset + i];
+        let v = logits[base + i];
         local += select(0.0, exp((v - max_v) * inv_t), key_of(v) >= thr);
     }
     red_f[lid] = local;
@@ -156,17 +163,17 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         }
         uni_f = run;
         // Fallback if rounding puts the draw past the end: the most likely token.
-        out[0] = arg;
+        out[row] = arg;
     }
     let total = workgroupUniformLoad(&uni_f);
     storageBarrier();
-    let goal_mass = rng_unit(pcg_hash(step.seed)) * total;
+    let goal_mass = rng_unit(pcg_hash(seed)) * total;
     let before = red_f[lid];
     if (goal_mass >= before && goal_mass < before + local) {
         var run = before;
         var pick = 0xffffffffu;
         for (var i = start; i < end; i++) {
-            let v = logits[p.offset + i];
+            let v = logits[base + i];
             if (key_of(v) >= thr) {
                 pick = i; // the last kept token of the chunk if rounding never crosses the target
                 run += exp((v - max_v) * inv_t);
@@ -176,7 +183,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             }
         }
         if (pick != 0xffffffffu) {
-            out[0] = pick;
+            out[row] = pick;
         }
     }
 }

@@ -5,6 +5,8 @@
 //! roofline figures on the same adapter: matmul GFLOP/s, matvec GB/s and buffer-copy GB/s
 //! (decode's bandwidth bound).
 //! `--attention` adds attention kernel figures (see `bench_attention`), with or without a model.
+//! `--speculate ngram` or `--draft-model PATH` times decoding with and without speculation
+//! instead of the model figures (see `bench_speculate`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,9 +23,9 @@ use kestrel_runtime::tensor::{GpuWeight, HostData};
 use kestrel_runtime::Gpu;
 use serde_json::{json, Value};
 
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, Speculation};
 use crate::stdout::outln;
-use crate::{bench_attention, bench_kernels, open_gpu, open_model};
+use crate::{bench_attention, bench_kernels, bench_speculate, open_gpu, open_model};
 
 /// The user's message of the chat turn whose first token is the cold start.
 const COLD_START_MESSAGE: &str = "Hello";
@@ -121,7 +123,10 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         tuning = crate::tune::tune(&gpu, &model, text)?;
         start = Instant::now();
     }
-    if let Some(path) = &path {
+    let speculation = a.speculate.speculation();
+    if let (Some(path), false) = (&path, speculation == Speculation::Off) {
+        report["speculation"] = bench_speculate::run(&gpu, path, a, &speculation, text)?;
+    } else if let Some(path) = &path {
         let (model_report, model_attention) = model_bench(&gpu, path, a, text, start)?;
         merge(&mut report, model_report);
         attention.extend(model_attention);

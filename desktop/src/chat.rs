@@ -11,7 +11,7 @@ use kestrel_models::generate::{Generation, Prompt};
 
 use crate::cli::{ChatArgs, CHAT_SAMPLING};
 use crate::generate::{cli_error, print_reply};
-use crate::{catalogue, model_ref, open_gpu, open_model};
+use crate::{catalogue, model_ref, open_gpu, open_model, speculate};
 
 /// Set by Ctrl-C while a reply is streaming; Ctrl-C at the prompt ends the program.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -39,6 +39,13 @@ pub fn run(a: &ChatArgs) -> Result<(), String> {
     }
     let template = model.chat_template().map_err(|e| e.to_string())?;
     let mut session = model.session(&gpu, ctx).map_err(|e| e.to_string())?;
+    // Kept between turns (a draft model's session reuses the conversation's prefix too).
+    let capacity = session.capacity();
+    let spec = a.speculate.speculation();
+    let mut speculator = speculate::open(&gpu, &spec, &model, capacity, a.fetch.offline)?;
+    if let Some(s) = &speculator {
+        s.check_target(&model, &session).map_err(cli_error)?;
+    }
     eprintln!(
         "{} on {} — loaded in {:.1} s, context {} tokens{}",
         model.name,
@@ -127,10 +134,17 @@ pub fn run(a: &ChatArgs) -> Result<(), String> {
         let reply = if model.config().causal {
             // Reuses the cached prefix; prefills only what differs.
             let mut g = Generation::new(&model, &mut session, ids, &request).map_err(cli_error)?;
+            if let Some(s) = speculator.take() {
+                g.speculate(&model, &session, s).map_err(cli_error)?;
+            }
             let times = print_reply(&model, &mut session, &mut g, stopped)?;
             if stopped() {
                 eprintln!("[stopped]");
             }
+            if let Some(stats) = g.speculation_stats() {
+                eprintln!("[{}]", speculate::describe(&stats));
+            }
+            speculator = g.take_speculator();
             let new = g.prompt_tokens() - g.reused_tokens();
             let produced = g.completion_tokens();
             eprintln!(

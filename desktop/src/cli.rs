@@ -12,6 +12,7 @@ use std::str::FromStr;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use kestrel_models::generate::Request;
+use kestrel_models::speculate::{DEFAULT_DRAFT_TOKENS, MAX_DRAFT_TOKENS};
 use kestrel_models::{AttentionField, AttentionOptions};
 use kestrel_runtime::block_mask::SparseConfig;
 use kestrel_runtime::diffusion::{BlockCache, ConfigError, DiffusionConfig, Setting};
@@ -173,6 +174,59 @@ pub struct SamplingArgs {
     /// End the reply before this text (up to 4: --stop A --stop B)
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     pub stop: Vec<String>,
+}
+
+/// Speculative decoding for `generate`, `chat`, `serve` and `bench`: drafts verified in one
+/// forward of the model, the reply unchanged (token for token when greedy).
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Speculative decoding")]
+pub struct SpeculateArgs {
+    /// Draft by prompt lookup: the tokens that followed the latest earlier occurrence of the
+    /// last 3 (else 2, else 1) tokens; fastest where the reply repeats its prompt
+    #[arg(long, value_name = "KIND")]
+    pub speculate: Option<SpeculateKind>,
+    /// Draft with this smaller model (same vocabulary and tokenizer as --model), decoding
+    /// greedily: a path, catalogue name or Hugging Face repository, as --model
+    #[arg(long, value_name = "PATH", conflicts_with = "speculate")]
+    pub draft_model: Option<PathBuf>,
+    /// Draft tokens per verification, 1 to 16
+    #[arg(long, value_name = "K", default_value_t = DEFAULT_DRAFT_TOKENS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_DRAFT_TOKENS as u64))]
+    pub draft_tokens: usize,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpeculateKind {
+    /// Prompt lookup (n-grams of the text so far)
+    Ngram,
+}
+
+/// What to speculate with, as plain settings (the engine loads a draft model on its thread).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Speculation {
+    #[default]
+    Off,
+    Ngram {
+        draft_tokens: usize,
+    },
+    Draft {
+        path: PathBuf,
+        draft_tokens: usize,
+    },
+}
+
+impl SpeculateArgs {
+    pub fn speculation(&self) -> Speculation {
+        let draft_tokens = self.draft_tokens;
+        match (&self.draft_model, self.speculate) {
+            (Some(path), _) => Speculation::Draft {
+                path: path.clone(),
+                draft_tokens,
+            },
+            (None, Some(SpeculateKind::Ngram)) => Speculation::Ngram { draft_tokens },
+            (None, None) => Speculation::Off,
+        }
+    }
 }
 
 /// The sampling defaults of `chat`.
@@ -362,13 +416,15 @@ pub struct GenerateArgs {
     pub diffusion: DiffusionArgs,
     #[command(flatten)]
     pub precision: PrecisionArgs,
+    #[command(flatten)]
+    pub speculate: SpeculateArgs,
 }
 
 #[derive(Args, Debug)]
 #[command(group(
     ArgGroup::new("model_runs")
         .args(["prompt_tokens", "decode_tokens", "report_every",
-               "attention_sinks", "kv_window", "block_sparse"])
+               "attention_sinks", "kv_window", "block_sparse", "speculate", "draft_model"])
         .multiple(true)
         .requires("model")
 ))]
@@ -379,7 +435,10 @@ pub struct GenerateArgs {
     adapter has timestamp queries, the GPU time by kernel class (one decode token replayed with \
     timestamps around each dispatch, fastest of 3). Every command keeps the pipelines it \
     compiles in the cache directory ($KESTREL_CACHE, else $XDG_CACHE_HOME/kestrel) where the \
-    backend has a pipeline cache (Vulkan)."
+    backend has a pipeline cache (Vulkan). With --speculate or --draft-model instead: greedy \
+    decode tokens/s with and without speculative decoding on a prompt whose answer repeats \
+    it (--decode-tokens reply tokens, default 128; alternated runs), the acceptance rate and \
+    whether the text is identical."
 )]
 pub struct BenchArgs {
     /// The model to time (optional with --attention and --kernels). A Hugging Face-layout
@@ -426,6 +485,8 @@ pub struct BenchArgs {
     pub attention_options: AttentionArgs,
     #[command(flatten)]
     pub precision: PrecisionArgs,
+    #[command(flatten)]
+    pub speculate: SpeculateArgs,
 }
 
 #[derive(Args, Debug)]
@@ -460,6 +521,8 @@ pub struct ChatArgs {
     pub diffusion: DiffusionArgs,
     #[command(flatten)]
     pub precision: PrecisionArgs,
+    #[command(flatten)]
+    pub speculate: SpeculateArgs,
 }
 
 #[derive(Args, Debug)]
@@ -547,6 +610,8 @@ pub struct ServeArgs {
     pub attention: AttentionArgs,
     #[command(flatten)]
     pub precision: PrecisionArgs,
+    #[command(flatten)]
+    pub speculate: SpeculateArgs,
 }
 
 #[derive(Args, Debug)]
@@ -709,6 +774,9 @@ mod tests {
             }
             if precision.contains(command) {
                 want.push("matvec-precision");
+            }
+            if matches!(*command, "generate" | "chat" | "serve" | "bench") {
+                want.extend(["speculate", "draft-model", "draft-tokens"]);
             }
             if *command == "info" {
                 want.retain(|o| !attention.contains(o));

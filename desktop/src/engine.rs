@@ -11,10 +11,13 @@ use std::time::Instant;
 
 use kestrel_models::chat_template::ChatTemplate;
 use kestrel_models::generate::{Generation, Request, Step};
+use kestrel_models::speculate::{SpeculationStats, Speculator};
 use kestrel_models::AttentionOptions;
 use kestrel_models::Model;
 use kestrel_runtime::session::Session;
 use kestrel_runtime::Gpu;
+
+use crate::cli::Speculation;
 
 pub use kestrel_models::generate::{Finish, Prompt};
 
@@ -27,6 +30,8 @@ pub struct EngineConfig {
     pub attention: AttentionOptions,
     /// Use caches only for a catalogue or Hub model.
     pub offline: bool,
+    /// Every job decoded speculatively this way (a draft model is loaded with the model).
+    pub speculation: Speculation,
 }
 
 /// What was loaded.
@@ -43,6 +48,8 @@ pub struct ModelInfo {
     /// GPU memory of the session's state (the KV cache), allocated once at load.
     pub state_bytes: u64,
     pub load_seconds: f64,
+    /// Drafts per verification and the draft model's name, when speculating.
+    pub speculation: Option<String>,
     /// True when the model has no chat template of its own and ChatML stands in.
     pub fallback_template: bool,
 }
@@ -101,6 +108,8 @@ pub struct Summary {
     /// When the first token was sampled (the server's time-to-first-token counts from the
     /// request's arrival, queueing included).
     pub first_token_at: Option<Instant>,
+    /// Drafted and accepted tokens, when speculating.
+    pub speculation: Option<SpeculationStats>,
 }
 
 #[derive(Clone, Debug)]
@@ -213,6 +222,8 @@ struct Worker {
     template: ChatTemplate,
     session: Session,
     info: ModelInfo,
+    /// Lent to each job's generation and taken back after it.
+    speculator: Option<Speculator>,
 }
 
 impl Worker {
@@ -248,6 +259,23 @@ impl Worker {
         let session = model
             .session(&gpu, ctx)
             .map_err(|e| format!("{e} (--ctx {ctx}: choose a smaller --ctx)"))?;
+        let capacity = session.capacity();
+        let speculator = match &config.speculation {
+            Speculation::Off => None,
+            spec => {
+                progress("loading the speculative drafter");
+                let s = crate::speculate::open(&gpu, spec, &model, capacity, config.offline)?;
+                if let Some(s) = &s {
+                    s.check_target(&model, &session)
+                        .map_err(crate::generate::cli_error)?;
+                }
+                s
+            }
+        };
+        let speculation = speculator.as_ref().map(|s| match s.draft() {
+            Some(d) => format!("{} drafts by {}", s.draft_tokens(), d.model.name),
+            None => format!("{} drafts by prompt lookup", s.draft_tokens()),
+        });
         let id = crate::model_ref::short_id(&config.path).unwrap_or_else(|| model.name.clone());
         let info = ModelInfo {
             id,
@@ -258,6 +286,7 @@ impl Worker {
             weight_bytes: model.weight_bytes(),
             state_bytes: session.state_bytes(),
             load_seconds: t.elapsed().as_secs_f64(),
+            speculation,
             fallback_template: template.is_fallback,
         };
         progress("ready");
@@ -266,6 +295,7 @@ impl Worker {
             template,
             session,
             info,
+            speculator,
         })
     }
 
@@ -307,6 +337,10 @@ impl Worker {
         if !job.streamed {
             g.unstreamed();
         }
+        if let Some(s) = self.speculator.take() {
+            g.speculate(model, &self.session, s)
+                .map_err(|e| e.to_string())?;
+        }
         let cancelled = || job.cancel.load(Ordering::SeqCst);
         let prompt_tokens = g.prompt_tokens();
         if cancelled() || job.events.send(Event::Started { prompt_tokens }).is_err() {
@@ -315,10 +349,17 @@ impl Worker {
         let mut first_token_seconds = None;
         let mut first_token_at = None;
         let mut decode_start = Instant::now();
+        // A failed step ends the loop so that the speculator is taken back first.
+        let mut failed = None;
         loop {
             let t = Instant::now();
-            let step =
-                pollster::block_on(g.step(model, &mut self.session)).map_err(|e| e.to_string())?;
+            let step = match pollster::block_on(g.step(model, &mut self.session)) {
+                Ok(step) => step,
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            };
             g.observe_step_time(t.elapsed().as_secs_f64());
             if first_token_seconds.is_none() {
                 first_token_seconds = Some(started.elapsed().as_secs_f64());
@@ -333,6 +374,11 @@ impl Worker {
                 g.cancel();
                 break;
             }
+        }
+        let speculation = g.speculation_stats();
+        self.speculator = g.take_speculator();
+        if let Some(e) = failed {
+            return Err(e);
         }
         let decode = decode_start.elapsed().as_secs_f64();
         let produced = g.completion_tokens();
@@ -349,6 +395,7 @@ impl Worker {
                 0.0
             },
             first_token_at,
+            speculation,
         })
     }
 }
@@ -364,6 +411,7 @@ impl Summary {
             first_token_seconds: 0.0,
             tokens_per_second: 0.0,
             first_token_at: None,
+            speculation: None,
         }
     }
 }

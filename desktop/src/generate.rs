@@ -10,7 +10,7 @@ use kestrel_runtime::session::{Sampling, Session};
 
 use crate::cli::{self, GenerateArgs};
 use crate::stdout::{out, outln};
-use crate::{diffuse, model_ref, open_gpu, open_model, CliResult};
+use crate::{diffuse, model_ref, open_gpu, open_model, speculate, CliResult};
 
 pub fn run(a: &GenerateArgs) -> CliResult {
     let mut request = a.sampling.request(a.max_tokens, Sampling::default())?;
@@ -36,6 +36,11 @@ pub fn run(a: &GenerateArgs) -> CliResult {
     };
     let mut session = model.session(&gpu, capacity).map_err(|e| e.to_string())?;
     let mut g = Generation::new(&model, &mut session, ids, &request).map_err(cli_error)?;
+    let spec = a.speculate.speculation();
+    let offline = a.fetch.offline;
+    if let Some(s) = speculate::open(&gpu, &spec, &model, session.capacity(), offline)? {
+        g.speculate(&model, &session, s).map_err(cli_error)?;
+    }
     let times = print_reply(&model, &mut session, &mut g, || false)?;
     if let Some((generated, stats)) = g.diffusion_stats() {
         diffuse::report(&gpu, generated, &stats, times.first + times.rest);
@@ -43,8 +48,12 @@ pub fn run(a: &GenerateArgs) -> CliResult {
     }
     let prompt_tokens = g.prompt_tokens();
     let decoded = g.sampled_tokens().saturating_sub(1);
+    let speculation = match g.speculation_stats() {
+        Some(stats) => format!("; {}", speculate::describe(&stats)),
+        None => String::new(),
+    };
     eprintln!(
-        "prefill: {} tokens in {:.3} s ({:.1} tokens/s); decode: {} tokens in {:.3} s ({:.1} tokens/s) on {}",
+        "prefill: {} tokens in {:.3} s ({:.1} tokens/s); decode: {} tokens in {:.3} s ({:.1} tokens/s) on {}{speculation}",
         prompt_tokens,
         times.first,
         prompt_tokens as f64 / times.first,

@@ -4,6 +4,7 @@ mod app;
 mod bench;
 mod bench_attention;
 mod bench_kernels;
+mod bench_speculate;
 mod catalogue;
 mod chat;
 mod cli;
@@ -21,6 +22,7 @@ mod prebuild;
 mod pull;
 mod runtime_dir;
 mod serve;
+mod speculate;
 mod stdout;
 mod tune;
 

@@ -43,9 +43,13 @@ pub fn run(a: &ServeArgs) -> Result<(), String> {
         ctx: a.ctx,
         attention: a.attention.options(),
         offline: a.fetch.offline,
+        speculation: a.speculate.speculation(),
     };
     let engine = Engine::start(gpu, config, |m| eprintln!("{m}"))?;
     let i = &engine.info;
+    if let Some(s) = &i.speculation {
+        eprintln!("speculative decoding: {s}");
+    }
     eprintln!(
         "{} ({}, {:.1} MiB) on {} via {} (driver {}): context {} tokens, loaded in {:.1} s{}",
         i.id,

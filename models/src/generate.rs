@@ -20,6 +20,7 @@ use kestrel_runtime::session::{Sampling, Session};
 
 use crate::chat_template::{ChatTemplate, Message};
 use crate::error::ModelError;
+use crate::speculate::{SpeculationStats, Speculator, MAX_DRAFT_TOKENS};
 use crate::tokenizer::{TextStream, TextTokenizer};
 use crate::Model;
 
@@ -193,6 +194,16 @@ pub enum GenerateError {
     NoMaskToken(String),
     #[error("{0} is a diffusion model, and the request has no diffusion settings")]
     NoDiffusionSettings(String),
+    #[error("{model} cannot be decoded speculatively: {why}")]
+    CannotSpeculate { model: String, why: &'static str },
+    #[error("the draft model {draft} cannot draft for {target}: {why} (a draft model needs the target's vocabulary)")]
+    DraftVocabulary {
+        target: String,
+        draft: String,
+        why: String,
+    },
+    #[error("draft tokens must be from 1 to {MAX_DRAFT_TOKENS}, not {0}")]
+    DraftTokens(usize),
     #[error(transparent)]
     Diffusion(#[from] DiffusionError),
     #[error(transparent)]
@@ -283,6 +294,8 @@ pub struct Generation {
     last_decoded: usize,
     /// Whether a front end waits for text between steps (see [`Generation::unstreamed`]).
     streamed: bool,
+    /// Speculative decoding, when asked for ([`Generation::speculate`]).
+    speculator: Option<Speculator>,
 }
 
 impl Generation {
@@ -342,7 +355,33 @@ impl Generation {
             max_batch: MAX_DECODE_BATCH,
             last_decoded: 0,
             streamed: true,
+            speculator: None,
         })
+    }
+
+    /// Decode speculatively with `speculator` (its counters start again): the same reply,
+    /// token for token at temperature 0 and in distribution with sampling. Refused by name
+    /// for a model whose state cannot be cut back for free after rejected drafts.
+    pub fn speculate(
+        &mut self,
+        model: &Model,
+        session: &Session,
+        mut speculator: Speculator,
+    ) -> Result<(), GenerateError> {
+        speculator.check_target(model, session)?;
+        speculator.reset_stats();
+        self.speculator = Some(speculator);
+        Ok(())
+    }
+
+    /// The speculator back (a front end keeps a draft model's session between replies).
+    pub fn take_speculator(&mut self) -> Option<Speculator> {
+        self.speculator.take()
+    }
+
+    /// Drafted and accepted tokens so far, when speculating.
+    pub fn speculation_stats(&self) -> Option<SpeculationStats> {
+        self.speculator.as_ref().map(Speculator::stats)
     }
 
     /// A streaming front end reports how long its last [`Generation::step`] took; later
@@ -418,12 +457,21 @@ impl Generation {
                         .batch
                         .min(self.limit - self.completion_tokens)
                         .min(room);
-                    let ids = if feed.len() == 1 && n > 1 {
-                        let ends = match self.ignore_eos {
-                            true => &[][..],
-                            false => model.eos(),
-                        };
-                        let ends = &ends[..ends.len().min(MAX_END_IDS)];
+                    let ends = match self.ignore_eos {
+                        true => &[][..],
+                        false => model.eos(),
+                    };
+                    let ends = &ends[..ends.len().min(MAX_END_IDS)];
+                    let ids = if let (1, Some(spec)) = (feed.len(), &mut self.speculator) {
+                        // Drafts verified in one pass, as many as the reply and the context
+                        // may still take (not bounded by the batch: the drafts are).
+                        let most = (self.limit - self.completion_tokens).min(room);
+                        let ids = spec
+                            .step(session, feed[0], most, n, &self.sampling, ends)
+                            .await?;
+                        self.batch = (2 * self.batch).min(self.max_batch);
+                        ids
+                    } else if feed.len() == 1 && n > 1 {
                         let ids = session.decode(feed[0], n, &self.sampling, ends).await?;
                         self.batch = (2 * self.batch).min(self.max_batch);
                         ids
@@ -590,6 +638,7 @@ mod tests {
             max_batch: MAX_DECODE_BATCH,
             last_decoded: 0,
             streamed: true,
+            speculator: None,
         }
     }
 

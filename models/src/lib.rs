@@ -13,6 +13,7 @@ pub mod formats;
 pub mod generate;
 mod load;
 mod model;
+pub mod speculate;
 pub mod tokenizer;
 pub mod vars;
 

@@ -13,6 +13,9 @@ pub enum Head {
     AllLogits,
     /// One sampled token id, drawn on the GPU from the last position.
     Sample,
+    /// One token id drawn from every position [T], each as the decode step there would
+    /// draw it: the verification of a speculative draft (`kernels::sample`).
+    Verify,
     /// A diffusion step: the masked positions to commit, chosen on the GPU.
     Unmask(UnmaskHead),
 }

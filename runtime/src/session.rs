@@ -54,7 +54,8 @@ pub struct Session {
     checkpoint_states: StateCopies,
 }
 
-/// Prefill plans for distinct lengths are kept up to this many; decode plans always stay.
+/// Prefill plans for distinct lengths are kept up to this many; decode and verification
+/// plans always stay.
 const MAX_CACHED_PLANS: usize = 8;
 
 impl Session {
@@ -223,7 +224,9 @@ impl Session {
     pub fn plan(&mut self, n: usize, head: Head) -> Result<&Plan> {
         if !self.plans.contains_key(&(n, head)) {
             if self.plans.len() >= MAX_CACHED_PLANS {
-                self.plans.retain(|(len, _), _| *len == 1);
+                // Verification passes are as long as a speculative draft allows (a few).
+                self.plans
+                    .retain(|(len, head), _| *len == 1 || *head == Head::Verify);
             }
             let mut graph = self.arch.build(n, self.capacity, head)?;
             crate::fusion::fuse_elementwise(&mut graph);
@@ -357,6 +360,34 @@ impl Session {
         Ok(out)
     }
 
+    /// Append `tokens` and draw a token after each of them on the GPU, each as
+    /// [`Session::next_token`] would draw it at that position with `sampling` (the
+    /// verification of a speculative draft: `tokens` are the last token and the drafts);
+    /// only the ids are read back.
+    pub async fn verify(&mut self, tokens: &[u32], sampling: &Sampling) -> Result<Vec<u32>> {
+        self.check_tokens(tokens)?;
+        let mut out = Vec::with_capacity(tokens.len());
+        while out.len() < tokens.len() {
+            let n = self.pass(&tokens[out.len()..], Head::Verify, sampling)?;
+            let ids = self.plans[&(n, Head::Verify)].read_u32(0).await?;
+            if ids.len() != n {
+                return Err(Error::Readback(format!(
+                    "verification returned {} ids for {n} tokens",
+                    ids.len()
+                )));
+            }
+            out.extend(ids);
+        }
+        Ok(out)
+    }
+
+    /// Whether the last `k` tokens can always be cut off again by [`Session::truncate`]
+    /// without replaying or dropping the sequence: no recurrent state, and every ring cache
+    /// keeps `k` rows beyond its window (speculative decoding cuts back rejected drafts).
+    pub fn rewinds(&self, k: usize) -> bool {
+        !self.states.has_recurrent() && self.layouts.iter().all(|l| l.can_truncate(k, 0))
+    }
+
     /// Append `tokens` and draw the next token on the GPU; only its id is read back.
     pub async fn next_token(&mut self, tokens: &[u32], sampling: &Sampling) -> Result<u32> {
         self.check_tokens(tokens)?;
@@ -427,6 +458,7 @@ fn step_at(pos: usize, n: usize, s: &Sampling) -> Step {
         pos,
         n_tokens: n as u32,
         seed: pcg_hash(s.seed ^ pcg_hash(pos)),
+        seed_base: s.seed,
         top_k: s.top_k,
         temperature: s.temperature,
         top_p: s.top_p,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use js_sys::{Float32Array, Promise};
 use kestrel_models::chat_template::{ChatTemplate, Message};
 use kestrel_models::generate::{GenerateError, Generation, Prompt, Request, Step};
+use kestrel_models::speculate::{Speculator, DEFAULT_DRAFT_TOKENS};
 use kestrel_models::Model;
 use kestrel_runtime::counters::Work;
 use kestrel_runtime::kernels::matvec_q8::MatvecPrecision;
@@ -144,6 +145,17 @@ struct Inner {
     session: Session,
     /// The reply in progress, kept between `chatNext` calls.
     generation: Option<Generation>,
+    /// Speculative decoding (`createEngine({speculate: 'ngram'})`), lent to each reply.
+    speculator: Option<Speculator>,
+}
+
+impl Inner {
+    /// Drop the reply in progress, taking its speculator back.
+    fn end_reply(&mut self) {
+        if let Some(s) = self.generation.take().and_then(|mut g| g.take_speculator()) {
+            self.speculator = Some(s);
+        }
+    }
 }
 
 /// GPU work summed over a reply's decode steps (every step after the prompt's).
@@ -151,6 +163,9 @@ struct Inner {
 struct ReplyWork {
     work: Work,
     decode_tokens: u64,
+    /// Drafted and accepted tokens of the reply, when speculating.
+    drafted: u64,
+    accepted: u64,
 }
 
 impl ReplyWork {
@@ -272,6 +287,7 @@ impl Engine {
                 template,
                 session,
                 generation: None,
+                speculator: None,
             }))),
             reply: Rc::default(),
         })
@@ -344,6 +360,8 @@ impl Engine {
             "gpuPeakBytes": self.gpu.peak_allocated_bytes(),
             "weightBytes": self.info["model"]["weightBytes"],
             "weightBytesReadPerDecodeToken": self.info["model"]["weightBytesReadPerDecodeToken"],
+            "draftTokens": r.drafted,
+            "acceptedDraftTokens": r.accepted,
         });
         info.to_string()
     }
@@ -371,6 +389,43 @@ impl Engine {
             gpu.check()?;
             Ok(JsValue::UNDEFINED)
         })
+    }
+
+    /// Decode every later reply speculatively: `kind` "ngram" (prompt lookup) with
+    /// `draft_tokens` drafts a pass (0: the default), or "off". A model whose state cannot be
+    /// cut back after rejected drafts (recurrent) is refused, naming it.
+    #[wasm_bindgen(js_name = setSpeculation)]
+    pub fn set_speculation(
+        &mut self,
+        kind: &str,
+        draft_tokens: u32,
+    ) -> std::result::Result<(), JsValue> {
+        let mut this = take(&self.inner)?;
+        this.end_reply();
+        let draft_tokens = match draft_tokens {
+            0 => DEFAULT_DRAFT_TOKENS,
+            k => k as usize,
+        };
+        let bad = |e: GenerateError| WebError::BadRequest(format!("speculate: {e}"));
+        this.speculator = match kind {
+            "off" => None,
+            "ngram" => {
+                let s = Speculator::ngram(draft_tokens).map_err(bad)?;
+                s.check_target(&this.model, &this.session).map_err(bad)?;
+                Some(s)
+            }
+            other => {
+                return Err(WebError::BadRequest(format!(
+                    "speculate must be 'ngram' or 'off', not {other:?}"
+                ))
+                .into())
+            }
+        };
+        self.info["speculation"] = match &this.speculator {
+            Some(s) => json!({"kind": kind, "draftTokens": s.draft_tokens()}),
+            None => serde_json::Value::Null,
+        };
+        Ok(())
     }
 
     /// Logits after each of `tokens` in one prefill on a fresh sequence: T×V row-major.
@@ -425,6 +480,10 @@ impl Engine {
                     .borrow_mut()
                     .add(gpu.work().since(&work_before), drawn);
             }
+            if let Some(s) = g.speculation_stats() {
+                let mut r = reply_work.borrow_mut();
+                (r.drafted, r.accepted) = (s.drafted as u64, s.accepted as u64);
+            }
             let step = match result {
                 Ok(step) => {
                     g.observe_step_time((js_sys::Date::now() - t) / 1000.0);
@@ -433,7 +492,7 @@ impl Engine {
                 Err(e) => {
                     // A failed step may leave the cache half written: start the next reply afresh.
                     this.session.reset();
-                    this.generation = None;
+                    this.end_reply();
                     return Err(web_error(e));
                 }
             };
@@ -443,7 +502,7 @@ impl Engine {
                     json!({"text": text, "done": false, "finish_reason": null, "completion_tokens": produced})
                 }
                 Step::Done(finish) => {
-                    this.generation = None;
+                    this.end_reply();
                     json!({"text": "", "done": true, "finish_reason": finish.reason(), "completion_tokens": produced})
                 }
             };
@@ -454,14 +513,14 @@ impl Engine {
     /// End the reply in progress (the stop button, an aborted request).
     #[wasm_bindgen(js_name = chatEnd)]
     pub fn chat_end(&self) -> std::result::Result<(), JsValue> {
-        take(&self.inner)?.generation = None;
+        take(&self.inner)?.end_reply();
         Ok(())
     }
 
     /// Forget the conversation in the KV cache.
     pub fn reset(&self) -> std::result::Result<(), JsValue> {
         let mut this = take(&self.inner)?;
-        this.generation = None;
+        this.end_reply();
         this.session.reset();
         Ok(())
     }
@@ -473,7 +532,7 @@ impl Engine {
             serde_json::from_str(request).map_err(|e| WebError::BadRequest(e.to_string()))?;
         let mut lease = take(&self.inner)?;
         let this = &mut *lease;
-        this.generation = None;
+        this.end_reply();
         if req.messages.is_empty() {
             return Err(WebError::BadRequest("messages is empty".into()));
         }
@@ -489,6 +548,10 @@ impl Engine {
             .map_err(web_error)?;
         if !req.stream {
             g.unstreamed();
+        }
+        if let Some(s) = this.speculator.take() {
+            g.speculate(&this.model, &this.session, s)
+                .map_err(web_error)?;
         }
         *self.reply.borrow_mut() = ReplyWork::default();
         let begun = json!({"prompt_tokens": g.prompt_tokens(), "reused_tokens": g.reused_tokens()});

@@ -254,6 +254,35 @@ try {
       return { error: { name: err.name, message: err.message } };
     }
   });
+  // createEngine({ speculate: 'ngram' }): the same greedy reply as without, drafts counted;
+  // an unknown kind is a request error naming the option.
+  const spec = await api(async () => {
+    const k = await import('/kestrel.js');
+    const ask = { messages: [{ role: 'user', content: 'ab ab ab' }], max_tokens: 12, temperature: 0 };
+    const reply = async (opts) => {
+      const e = await k.createEngine({ model: '/fixtures/llama_gqa/', ...opts });
+      try {
+        const r = await e.chat.completions.create(ask);
+        const i = await e.info();
+        return { text: r.choices[0].message.content, speculation: i.speculation, drafted: i.counters.draftTokens };
+      } finally {
+        await e.dispose();
+      }
+    };
+    const plain = await reply({});
+    const fast = await reply({ speculate: 'ngram', draftTokens: 4 });
+    let refused = null;
+    try {
+      await k.createEngine({ model: '/fixtures/llama_gqa/', speculate: 'tree' });
+    } catch (err) {
+      refused = { name: err.name, message: err.message };
+    }
+    return { plain, fast, refused };
+  });
+  check(spec.fast.text === spec.plain.text && spec.fast.speculation && spec.fast.speculation.kind === 'ngram' && spec.fast.speculation.draftTokens === 4,
+    `createEngine({ speculate: 'ngram' }) replies as without it: ${JSON.stringify(spec)}`);
+  check(spec.refused && spec.refused.name === 'KestrelRequestError' && /speculate/.test(spec.refused.message),
+    `an unknown speculate gives ${JSON.stringify(spec.refused)}`);
   if (info.features['shader-f16']) {
     check(f16.reported === 'f16', `createEngine({ matvecPrecision: 'f16' }) with shader-f16: ${JSON.stringify(f16)}`);
   } else {

@@ -40,6 +40,13 @@ export interface CreateEngineOptions {
    * formats, on adapters with shader-f16 only. Other weights keep f32. Another value, or
    * 'f16' without shader-f16, rejects with KestrelRequestError. */
   matvecPrecision?: MatvecPrecision;
+  /** Speculative decoding: 'ngram' drafts by prompt lookup (the tokens after the latest
+   * earlier occurrence of the last few tokens) and verifies the drafts in one forward; the
+   * reply is unchanged (token for token when greedy), faster where it repeats the prompt.
+   * A recurrent model rejects with KestrelRequestError. */
+  speculate?: 'ngram';
+  /** Drafts per verification with `speculate`, 1 to 16 (default 6). */
+  draftTokens?: number;
   workerUrl?: string | URL;
 }
 
@@ -133,6 +140,8 @@ export interface EngineInfo {
     fallbackTemplate: boolean;
   };
   timings?: { loadMs: number; pipelineMs: number };
+  /** The speculative decoding the engine was created with (absent or null: none). */
+  speculation?: { kind: 'ngram'; draftTokens: number } | null;
   /** What the engine's GPU device has done (with a model loaded). */
   counters?: EngineCounters;
 }
@@ -154,6 +163,9 @@ export interface EngineCounters {
   gpuPeakBytes: number;
   weightBytes: number;
   weightBytesReadPerDecodeToken: number;
+  /** With speculate: draft tokens verified in the last reply, and those accepted. */
+  draftTokens: number;
+  acceptedDraftTokens: number;
 }
 
 export interface Engine {

@@ -200,14 +200,14 @@ class Engine {
  * Rejects with a KestrelError whose name says what went wrong (KestrelNoWebGpuError,
  * KestrelLimitsError, KestrelDownloadError, KestrelModelError, ...).
  */
-export async function createEngine({ model, onProgress, ctx = 0, matvecPrecision = 'f32', workerUrl } = {}) {
+export async function createEngine({ model, onProgress, ctx = 0, matvecPrecision = 'f32', speculate, draftTokens, workerUrl } = {}) {
   if (!webgpuAvailable()) {
     throw new KestrelError('KestrelNoWebGpuError', 'WebGPU is not available in this browser (navigator.gpu is missing; it needs a secure context such as https or http://127.0.0.1)');
   }
   const source = sourceOf(model);
   const rpc = new Rpc(workerUrl || new URL('./worker.js', import.meta.url));
   try {
-    const { promise } = rpc.call('load', { source, ctx, matvecPrecision }, { onProgress });
+    const { promise } = rpc.call('load', { source, ctx, matvecPrecision, speculate, draftTokens }, { onProgress });
     const info = await promise;
     return new Engine(rpc, info);
   } catch (e) {

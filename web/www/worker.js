@@ -123,7 +123,7 @@ async function fetchHfFolder(id, baseUrl) {
   return files;
 }
 
-async function load(id, { source, ctx, matvecPrecision }) {
+async function load(id, { source, ctx, matvecPrecision, speculate, draftTokens }) {
   await ready;
   // An unknown precision is refused before anything is downloaded.
   const precision = String(matvecPrecision ?? 'f32');
@@ -160,6 +160,7 @@ async function load(id, { source, ctx, matvecPrecision }) {
       e = await wasm.loadHfFiles(folder, files.map((f) => f.name), bytes, ctx || 0, precision);
     }
   }
+  if (speculate) e.setSpeculation(String(speculate), Number(draftTokens ?? 0));
   const loadMs = performance.now() - started;
   progress(id, { phase: 'compile', message: 'compiling GPU pipelines' });
   const t = performance.now();

@@ -337,6 +337,7 @@ mod tests {
             first_token_seconds: 0.1,
             tokens_per_second: 20.0,
             first_token_at: None,
+            speculation: None,
         }
     }
 
@@ -462,6 +463,7 @@ mod tests {
             weight_bytes: 1 << 20,
             state_bytes: 1 << 10,
             load_seconds: 0.1,
+            speculation: None,
             fallback_template: false,
         };
         assert!(ModelStatus::start("  ").is_err());

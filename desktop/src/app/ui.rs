@@ -75,6 +75,7 @@ impl KestrelApp {
             ctx: self.options.ctx,
             attention: self.options.attention.clone(),
             offline: self.options.offline,
+            speculation: crate::cli::Speculation::Off,
         };
         let (tx, rx) = mpsc::channel();
         self.loader = Some(rx);

@@ -531,6 +531,9 @@ impl RunningJob {
             ttft,
             s.tokens_per_second,
         );
+        if let Some(spec) = &s.speculation {
+            self.server.metrics.speculation(spec.drafted, spec.accepted);
+        }
         eprintln!(
             "{}: {} prompt tokens ({} reused) + {} completion tokens, finish {}, \
              first token {:.3} s, {:.1} tokens/s, total {:.2} s",

@@ -66,7 +66,7 @@ impl LmHead {
     }
 
     /// The output of an autoregressive network from its final hidden states `x`: logits for
-    /// every row, or one token sampled from the last.
+    /// every row, one token sampled from the last, or one sampled from every row.
     pub fn apply(&self, g: &mut Graph, x: TensorId, head: Head) -> GResult<()> {
         self.head(g, x, None, head)
     }
@@ -102,6 +102,11 @@ impl LmHead {
                 let logits = logits(g, last)?;
                 let token = g.sample(logits)?;
                 g.output(token);
+            }
+            Head::Verify => {
+                let logits = logits(g, x)?;
+                let tokens = g.sample_rows(logits)?;
+                g.output(tokens);
             }
             Head::Unmask(_) => {
                 return Err(kestrel_runtime::Error::Graph(

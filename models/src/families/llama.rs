@@ -913,7 +913,7 @@ impl Architecture for Decoder {
         let ids = g.input("tokens", &[n], DType::U32);
         let x = self.forward(&mut g, ids, capacity)?;
         match head {
-            Head::AllLogits | Head::Sample => {
+            Head::AllLogits | Head::Sample | Head::Verify => {
                 self.lm_head.apply_normed(&mut g, x, &self.norm, head)?
             }
             Head::Unmask(u) => {

@@ -65,8 +65,12 @@ pub struct Step {
     /// confidence reaches `threshold`, at least one).
     pub unmask_k: u32,
     pub threshold: f32,
+    /// The request's own seed, before it is mixed with the position into `seed`: a pass
+    /// that samples every row (speculative verification) draws row r with the seed the
+    /// decode step at `pos + r` would have (see `kernels::sample`).
+    pub seed_base: u32,
     /// Pads the uniform to a multiple of 16 bytes.
-    pub _pad: [u32; 2],
+    pub _pad: u32,
 }
 
 /// One recorded kernel launch: replayable as long as its buffers live.

@@ -1,5 +1,17 @@
-//! Sampling on the GPU: argmax, or temperature / top-k / top-p with a seeded draw. Reads one
-//! row of logits and writes one token id.
+//! Sampling on the GPU: argmax, or temperature / top-k / top-p with a seeded draw. Reads the
+//! last row of logits and writes one token id, or (speculative verification) every row and
+//! one id per row, row r drawn with the seed of the decode step at `pos + r` ([`row_step`]).
+//!
+//! The accept rule of speculative decoding for a deterministic draft (prompt lookup, a
+//! draft model decoding greedily) runs on top of this: the drafted run is verified in one
+//! forward that samples every row, and draft token x at row r is accepted iff the token
+//! drawn there equals x ([`accepted`]); the first drawn token that differs replaces it.
+//! That is the standard rule (accept x with probability min(1, p(x)/q(x)) = p(x) for a draft
+//! distribution q that is one-hot at x; on rejection draw from max(0, p - q) renormalised,
+//! i.e. from p with x removed), realised by one draw from p: P(emit x) = p(x) and
+//! P(emit y != x) = p(y). Each emitted token thus has the target distribution, and since
+//! row r's seed is the plain decode's, a seeded speculative run draws the same tokens as
+//! plain decoding wherever the logits are the same.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -15,18 +27,37 @@ use crate::tensor::DType;
 
 pub const KERNEL: Kernel = kernel!("sample", no_variants);
 
-/// One token id drawn from the last row of `logits` with the step's settings.
+/// One token id drawn from the last row of `logits` with the step's settings, or one per
+/// row (`every_row`).
 #[derive(Debug)]
 pub struct Sample {
     pub logits: TensorId,
     pub out: TensorId,
+    pub every_row: bool,
 }
 
 impl Graph {
     /// Sample one token id from the last row of `logits` with the step's settings.
     pub fn sample(&mut self, logits: TensorId) -> Result<TensorId> {
         let out = self.add(vec![1], DType::U32, Source::Activation);
-        self.push(Sample { logits, out });
+        self.push(Sample {
+            logits,
+            out,
+            every_row: false,
+        });
+        Ok(out)
+    }
+
+    /// Sample one token id from every row r of `logits` [T, vocab] with the settings of the
+    /// decode step at `pos + r` (speculative verification): [T] ids.
+    pub fn sample_rows(&mut self, logits: TensorId) -> Result<TensorId> {
+        let rows = self.shape(logits)[0];
+        let out = self.add(vec![rows], DType::U32, Source::Activation);
+        self.push(Sample {
+            logits,
+            out,
+            every_row: true,
+        });
         Ok(out)
     }
 }
@@ -43,7 +74,10 @@ impl Op for Sample {
     fn lower(&self, cx: &mut Lowering) -> Result<()> {
         let s = cx.shape(self.logits);
         let (logits, out) = (cx.buf(self.logits)?, cx.buf(self.out)?);
-        let d = launch(cx.gpu(), cx.step(), logits, out, s[1], (s[0] - 1) * s[1])?;
+        let d = match self.every_row {
+            true => launch_rows(cx.gpu(), cx.step(), logits, out, s[1], 0, s[0])?,
+            false => launch(cx.gpu(), cx.step(), logits, out, s[1], (s[0] - 1) * s[1])?,
+        };
         cx.push([d]);
         Ok(())
     }
@@ -66,6 +100,20 @@ pub fn launch(
     vocab: usize,
     offset: usize,
 ) -> Result<Dispatch> {
+    launch_rows(gpu, step, logits, out, vocab, offset, 1)
+}
+
+/// Sample each of `rows` rows of `vocab` logits from `offset` into `out[r]`, row r with the
+/// settings of [`row_step`]`(step, r)`.
+pub fn launch_rows(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    logits: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    vocab: usize,
+    offset: usize,
+    rows: usize,
+) -> Result<Dispatch> {
     let params = Params {
         n: vocab as u32,
         offset: offset as u32,
@@ -76,8 +124,37 @@ pub fn launch(
         &ShaderDefs::new(),
         &params,
         &[step, logits, out],
-        [1, 1, 1],
+        [rows as u32, 1, 1],
     )
+}
+
+/// The settings row `row` of a per-row pass draws with: those of the decode step at
+/// `step.pos + row` (row 0 keeps the step's own seed).
+pub fn row_step(step: &Step, row: usize) -> Step {
+    let seed = match row {
+        0 => step.seed,
+        _ => pcg_hash(step.seed_base ^ pcg_hash(step.pos.wrapping_add(row as u32))),
+    };
+    Step { seed, ..*step }
+}
+
+/// The accept rule on the host: how many of `drafts` are accepted, given `drawn`, the token
+/// the verification pass drew after each fed token (the last one before the drafts, then each
+/// draft). Draft i is accepted iff every earlier one was and `drawn[i]` equals it; the
+/// emitted tokens are then `drawn[..=accepted]`.
+pub fn accepted(drafts: &[u32], drawn: &[u32]) -> usize {
+    drafts.iter().zip(drawn).take_while(|(d, t)| d == t).count()
+}
+
+/// CPU reference of a verification pass: the token drawn from each row of `logits`
+/// ([T * vocab]) with [`row_step`] (the sampler's exact pick; f32 rounding on the GPU may
+/// move a draw that falls within rounding of a boundary, see [`Candidates::accepts`]).
+pub fn reference_rows(logits: &[f32], vocab: usize, step: &Step) -> Vec<Candidates> {
+    logits
+        .chunks(vocab)
+        .enumerate()
+        .map(|(r, row)| reference(row, &row_step(step, r)))
+        .collect()
 }
 
 /// The tokens the sampler may draw (`kept`), their unnormalised probabilities, and the draw
