@@ -9,12 +9,12 @@
 // is a shift: exact, and no shader-f16 is needed for either.
 //
 // Blocks are ggml's in the GPU layout of runtime/src/quant.rs, every field on a word:
-// - Q4_0, Q4_1, Q5_0 and Q5_1 in tiles of Q_TILE blocks with their fields apart: the quants
-//   of the tile's blocks (four words each: one aligned vec4), their fifth bits (Q5_0/Q5_1: a
-//   word each), their scales (an f16 each, two to a word, or d|m in a word for Q4_1/Q5_1);
-// - Q8_0 and the K-quants as blocks of QWORDS words each, zero-padded (Q8_0 after its f16
-//   scale, so its quants start on a word; the K-quants at the end), a block's first word
-//   being `b = blk * QWORDS`.
+// - Q4_0 and Q4_1 in tiles of Q_TILE blocks with their fields apart: the quants of the tile's
+//   blocks (four words each: one aligned vec4), then their scales (an f16 each, two to a
+//   word, or d|m in a word for Q4_1);
+// - the other formats as blocks of QWORDS words each, zero-padded (Q5_0 and Q8_0 after their
+//   f16 scale, so the fields after it start on a word; the others at the end), a block's
+//   first word being `b = blk * QWORDS`.
 // Kernels address blocks by index: `blk` is the block's index in its weight chunk (row *
 // blocks per row + block in row); q_word, qh_word and q_affine find a 32-value block's fields.
 // Each value is computed as the CPU reference does (quant::dequantize_block): a scale times a
@@ -33,32 +33,31 @@ const Q6_K: u32 = 14u;
 // 32-value groups per block (QK: values per block).
 const QGROUPS: u32 = QK / 32u;
 
-// The tile layout of Q4_0, Q4_1, Q5_0, Q5_1 (runtime/src/quant.rs, quant::to_gpu): quants,
-// fifth bits, scales.
-const TILED: bool = QFORMAT == Q4_0 || QFORMAT == Q4_1 || QFORMAT == Q5_0 || QFORMAT == Q5_1;
-const FIVE_BITS: bool = QFORMAT == Q5_0 || QFORMAT == Q5_1;
-const HAS_MIN: bool = QFORMAT == Q4_1 || QFORMAT == Q5_1;
+// The tile layout of Q4_0 and Q4_1 (runtime/src/quant.rs, quant::to_gpu): quants, then scales.
+const TILED: bool = QFORMAT == Q4_0 || QFORMAT == Q4_1;
 const Q_TILE: u32 = 8u;
-const QH_AT: u32 = Q_TILE * 4u;
-const SCALES_AT: u32 = QH_AT + select(0u, Q_TILE, FIVE_BITS);
-const Q_TILE_WORDS: u32 = SCALES_AT + select(Q_TILE / 2u, Q_TILE, HAS_MIN);
+const SCALES_AT: u32 = Q_TILE * 4u;
+const Q_TILE_WORDS: u32 = SCALES_AT + select(Q_TILE / 2u, Q_TILE, QFORMAT == Q4_1);
+
+// Q5_0 and Q5_1: blocks with a fifth bit per value.
+const FIVE_BITS: bool = QFORMAT == Q5_0 || QFORMAT == Q5_1;
 
 // The first word of tiled block blk's quants (a multiple of 4: a vec4 where a kernel can).
 fn q_at(blk: u32) -> u32 {
     return blk / Q_TILE * Q_TILE_WORDS + blk % Q_TILE * 4u;
 }
 
-// Word k of block blk's quants (Q8_0: after its padded d).
+// Word k of block blk's quants (untiled: after d, or d and the fifth bits).
 fn q_word(blk: u32, k: u32) -> u32 {
     if (TILED) {
         return w[q_at(blk) + k];
     }
-    return w[blk * QWORDS + 1u + k];
+    return w[blk * QWORDS + select(1u, 2u, FIVE_BITS) + k];
 }
 
-// Block blk's fifth bits (Q5_0, Q5_1).
+// Block blk's fifth bits (Q5_0, Q5_1: the word after d, or d|m).
 fn qh_word(blk: u32) -> u32 {
-    return w[blk / Q_TILE * Q_TILE_WORDS + QH_AT + blk % Q_TILE];
+    return w[blk * QWORDS + 1u];
 }
 
 // The two 16-bit floats of word `v` (W_HALF), lower half first.
@@ -107,16 +106,31 @@ fn q_lanes(blk: u32, k: u32, qs: u32) -> vec2<u32> {
 
 // A value of block blk is q * s.x + s.y (Q8_0: q signed).
 fn q_affine(blk: u32) -> vec2<f32> {
-    if (!TILED) { // Q8_0
-        return vec2<f32>(unpack2x16float(w[blk * QWORDS]).x, 0.0);
+    var dm: vec2<f32>;
+    if (TILED) {
+        let at = blk / Q_TILE * Q_TILE_WORDS + SCALES_AT;
+        if (QFORMAT == Q4_1) {
+            return unpack2x16float(w[at + blk % Q_TILE]);
+        }
+        let ds = unpack2x16float(w[at + blk % Q_TILE / 2u]);
+        dm = vec2<f32>(select(ds.x, ds.y, blk % 2u == 1u), 0.0);
+    } else {
+        dm = unpack2x16float(w[blk * QWORDS]);
     }
-    let at = blk / Q_TILE * Q_TILE_WORDS + SCALES_AT;
-    if (HAS_MIN) {
-        return unpack2x16float(w[at + blk % Q_TILE]);
+    switch QFORMAT {
+        case Q4_0: {
+            return vec2<f32>(dm.x, -8.0 * dm.x);
+        }
+        case Q5_0: {
+            return vec2<f32>(dm.x, -16.0 * dm.x);
+        }
+        case Q8_0: {
+            return vec2<f32>(dm.x, 0.0);
+        }
+        default: { // Q4_1, Q5_1: d and m
+            return dm;
+        }
     }
-    let ds = unpack2x16float(w[at + blk % Q_TILE / 2u]);
-    let d = select(ds.x, ds.y, blk % 2u == 1u);
-    return vec2<f32>(d, select(-8.0, -16.0, FIVE_BITS) * d);
 }
 
 // Byte `j` (0..3) of word `v`.
@@ -315,18 +329,25 @@ fn nibbles_dot(blk: u32, k: u32, qs: u32, xs: array<vec4<f32>, 8>) -> f32 {
 
 // 32-value formats: dot(values of block blk, x), for xs = x * x_scale() (element t: values
 // 4t..4t+3) and x_sum the sum of x's 32 values; a tiled block's quants are given (qa, one
-// vec4) and taken word by word (written out: no vector indexed by a loop variable).
+// vec4) and taken word by word (written out: no vector indexed by a loop variable), the
+// others' read here.
 fn group_dot(blk: u32, qa: vec4<u32>, xs: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
     let a = q_affine(blk);
+    var s = 0.0;
     if (QFORMAT == Q8_0) {
-        var s = 0.0;
         for (var k = 0u; k < 8u; k++) {
             s += dot(top_sbytes(q_word(blk, k)), xs[k]);
         }
         return a.x * s;
     }
-    let s = nibbles_dot(blk, 0u, qa.x, xs) + nibbles_dot(blk, 1u, qa.y, xs)
+    if (TILED) {
+        s = nibbles_dot(blk, 0u, qa.x, xs) + nibbles_dot(blk, 1u, qa.y, xs)
           + nibbles_dot(blk, 2u, qa.z, xs) + nibbles_dot(blk, 3u, qa.w, xs);
+    } else {
+        for (var k = 0u; k < 4u; k++) {
+            s += nibbles_dot(blk, k, q_word(blk, k), xs);
+        }
+    }
     return a.x * s + a.y * x_sum;
 }
 

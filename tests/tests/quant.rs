@@ -69,7 +69,7 @@ fn dequantize_matches_gguf_py() {
             &got,
             &expected,
         );
-        // The GPU layout holds the same bytes (Q4_0/Q4_1/Q5_0/Q5_1 in tiles of fields apart,
+        // The GPU layout holds the same bytes (Q4_0/Q4_1 in tiles of fields apart,
         // the last tile filled with zero blocks; the others padded to whole words) and gives
         // them back.
         let n_blocks = rows * cols / format.block_elems();
