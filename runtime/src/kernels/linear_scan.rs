@@ -546,35 +546,31 @@ pub fn launch_matmul(
         )));
     }
     let p = params(shape, 0, tokens, chunk);
-    if shape.delta {
-        let local = MM_DELTA_LOCAL.dispatch(
+    // The delta kind's outputs pass takes tiles of MM_DELTA_ROWS value rows and its carry the
+    // WY form of chunks of MM_DELTA_CHUNK; the other kinds' MM_ROWS and dense transitions (0).
+    let (out_kernel, rows, wy_chunk) = match shape.delta {
+        true => (MM_DELTA, MM_DELTA_ROWS, MM_DELTA_CHUNK),
+        false => (MM, MM_ROWS, 0),
+    };
+    let tiles = p.chunks * (shape.heads * shape.dv.div_ceil(rows)) as u32;
+    let local = match shape.delta {
+        true => MM_DELTA_LOCAL.dispatch(
             gpu,
             &shape.defs(),
             &p,
             &[b.k, b.v, &decay, &consts, &ab, scratch, b.q],
             gpu.grid(p.chunks * shape.heads as u32),
-        )?;
-        let carry = launch_carry(gpu, b, scratch, shape, p.chunks, MM_DELTA_CHUNK)?;
-        let tiles = p.chunks * (shape.heads * shape.dv.div_ceil(MM_DELTA_ROWS)) as u32;
-        let outputs = MM_DELTA.dispatch(
+        )?,
+        false => MM_LOCAL.dispatch(
             gpu,
             &shape.defs(),
             &p,
-            &[b.k, b.v, &decay, &consts, &ab, b.q, scratch, b.out],
-            gpu.grid(tiles),
-        )?;
-        return Ok([local, carry, outputs]);
-    }
-    let tiles = p.chunks * (shape.heads * shape.dv.div_ceil(MM_ROWS)) as u32;
-    let local = MM_LOCAL.dispatch(
-        gpu,
-        &shape.defs(),
-        &p,
-        &[b.k, b.v, &decay, &consts, &ab, scratch],
-        gpu.grid(tiles * shape.dk.div_ceil(MM_LOCAL_KEYS) as u32),
-    )?;
-    let carry = launch_carry(gpu, b, scratch, shape, p.chunks, 0)?;
-    let outputs = MM.dispatch(
+            &[b.k, b.v, &decay, &consts, &ab, scratch],
+            gpu.grid(tiles * shape.dk.div_ceil(MM_LOCAL_KEYS) as u32),
+        )?,
+    };
+    let carry = launch_carry(gpu, b, scratch, shape, p.chunks, wy_chunk)?;
+    let outputs = out_kernel.dispatch(
         gpu,
         &shape.defs(),
         &p,
