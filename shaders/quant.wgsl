@@ -1,7 +1,7 @@
 // How matvec, matmul and embedding read weights (pulled in with `#include "quant.wgsl"`, see
 // runtime/src/shader.rs): 16-bit floats two per word, and the dequantization of ggml blocks.
 // The including kernel declares the weights as `w: array<u32>`; the launcher defines W_HALF
-// and W_BF16, QFORMAT (QuantFormat::shader_id, 0 = not quantized), QK and QWORDS
+// and W_BF16, QFORMAT (QuantFormat::shader_id, 0 = not quantized), QK, QWORDS and Q_TILE
 // (kernels::dtype_defs).
 //
 // Unquantized weights are u32 words of f32 bits, or (W_HALF) two 16-bit floats, the lower
@@ -33,9 +33,9 @@ const Q6_K: u32 = 14u;
 // 32-value groups per block (QK: values per block).
 const QGROUPS: u32 = QK / 32u;
 
-// The tile layout of Q4_0 and Q4_1 (runtime/src/quant.rs, quant::to_gpu): quants, then scales.
+// The tile layout of Q4_0 and Q4_1 (runtime/src/quant.rs, quant::to_gpu): Q_TILE blocks'
+// quants, then their scales.
 const TILED: bool = QFORMAT == Q4_0 || QFORMAT == Q4_1;
-const Q_TILE: u32 = 8u;
 const SCALES_AT: u32 = Q_TILE * 4u;
 const Q_TILE_WORDS: u32 = SCALES_AT + select(Q_TILE / 2u, Q_TILE, QFORMAT == Q4_1);
 

@@ -256,7 +256,8 @@ pub fn weight_dtypes() -> Vec<DType> {
 /// The constants that tell a kernel how to read a weight of `dtype` (an `array<u32>`
 /// binding): `W_HALF` (two 16-bit floats per word) with `W_BF16` (bf16 rather than f16), and
 /// `QFORMAT`, `QK`, `QWORDS` for ggml blocks (the shader id, values per block and, for the
-/// K-quants, words per padded block; QFORMAT 0 for f32, f16 and bf16; see shaders/quant.wgsl).
+/// untiled formats, words per padded block; QFORMAT 0 for f32, f16 and bf16), and `Q_TILE`,
+/// the blocks of a tile ([`crate::quant::TILE_BLOCKS`]; see shaders/quant.wgsl).
 /// None for a dtype no kernel reads as a weight.
 pub fn dtype_defs(defs: ShaderDefs, dtype: DType) -> Option<ShaderDefs> {
     let (qformat, qk, qwords) = match dtype {
@@ -271,7 +272,8 @@ pub fn dtype_defs(defs: ShaderDefs, dtype: DType) -> Option<ShaderDefs> {
             .bool("W_BF16", dtype == DType::BF16)
             .u32("QFORMAT", qformat)
             .u32("QK", qk as u32)
-            .u32("QWORDS", qwords as u32),
+            .u32("QWORDS", qwords as u32)
+            .u32("Q_TILE", crate::quant::TILE_BLOCKS as u32),
     )
 }
 
