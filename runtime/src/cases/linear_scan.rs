@@ -422,12 +422,15 @@ pub fn cases() -> Vec<Case> {
             }
         }
     }
-    // The browser's: GLA and RWKV-6 decoding a few tokens and prefilling a few chunks.
+    // The browser's: GLA, RWKV-6 and RWKV-7 decoding a few tokens and prefilling a few
+    // chunks, token by token and in the matmul form (which a browser adapter may take).
     for (name, shape) in kinds()
         .into_iter()
-        .filter(|(n, _)| ["gla", "rwkv6"].contains(n))
+        .filter(|(n, _)| ["gla", "rwkv6", "rwkv7"].contains(n))
     {
-        for (tokens, form) in [(5, Form::Rows), (150, Form::Chunked(CHUNK))] {
+        let others = [Form::Rows, Form::Chunked(CHUNK)];
+        for form in forms(shape, &others, &[MM_CHUNK]) {
+            let tokens = if form == Form::Rows { 5 } else { 150 };
             cases.push(case(name, shape, tokens, 1300, (-3.0, 0.0), form).browser(true));
         }
     }
