@@ -7,7 +7,11 @@ struct Params { n_tokens: u32, dim: u32, row_start: u32, rows: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
+#if W_TEXTURE
+@group(0) @binding(2) var w_tex: texture_2d<u32>;
+#else
 @group(0) @binding(2) var<storage, read> w: array<u32>; // the table chunk
+#endif
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 #include "quant.wgsl"

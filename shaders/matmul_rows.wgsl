@@ -27,12 +27,19 @@ struct Params { m: u32, n: u32, k: u32, ldy: u32, col_offset: u32, e0: u32, ne: 
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+#if W_TEXTURE
+@group(0) @binding(2) var w_tex: texture_2d<u32>;
+#else
 @group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(7) var<storage, read> w4: array<vec4<u32>>;
+fn w_quad(j: u32) -> vec4<u32> {
+    return w4[j];
+}
+#endif
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> perm: array<u32>;
 @group(0) @binding(6) var<storage, read> x4: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read> w4: array<vec4<u32>>;
 
 #include "quant.wgsl"
 
@@ -66,14 +73,14 @@ fn w_group(row: u32, g: u32) -> array<vec4<f32>, 8> {
         if (W_HALF) { // 8 halves per vec4 of words
             for (var t = 0u; t < 4u; t++) {
                 let inside = 32u * g + 8u * t < p.k;
-                let q = select(vec4<u32>(0u), w4[i0 / 8u + select(0u, t, inside)], inside);
+                let q = select(vec4<u32>(0u), w_quad(i0 / 8u + select(0u, t, inside)), inside);
                 v[2u * t] = vec4<f32>(halves(q.x), halves(q.y));
                 v[2u * t + 1u] = vec4<f32>(halves(q.z), halves(q.w));
             }
         } else {
             for (var t = 0u; t < 8u; t++) {
                 let inside = 32u * g + 4u * t < p.k;
-                let q = select(vec4<u32>(0u), w4[i0 / 4u + select(0u, t, inside)], inside);
+                let q = select(vec4<u32>(0u), w_quad(i0 / 4u + select(0u, t, inside)), inside);
                 v[t] = bitcast<vec4<f32>>(q);
             }
         }

@@ -24,12 +24,19 @@ struct Params { m: u32, n: u32, k: u32, ldy: u32, col_offset: u32, e0: u32, ne: 
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+#if W_TEXTURE
+@group(0) @binding(2) var w_tex: texture_2d<u32>;
+#else
 @group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(7) var<storage, read> w4: array<vec4<u32>>;
+fn w_quad(j: u32) -> vec4<u32> {
+    return w4[j];
+}
+#endif
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> perm: array<u32>;
 @group(0) @binding(6) var<storage, read> x4: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read> w4: array<vec4<u32>>;
 
 #include "quant.wgsl"
 
@@ -164,7 +171,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 let r = lid / 4u + 16u * t;
                 var q = vec4<u32>(0u);
                 if (n0 + r < p.n && gk < p.k) {
-                    q = w4[((w_row0 + n0 + r) * p.k + gk) / 8u];
+                    q = w_quad(((w_row0 + n0 + r) * p.k + gk) / 8u);
                 }
                 let lo = vec4<f32>(halves(q.x), halves(q.y));
                 let hi = vec4<f32>(halves(q.z), halves(q.w));
@@ -180,7 +187,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 let r = lid / 8u + 8u * t;
                 var v = vec4<f32>(0.0);
                 if (n0 + r < p.n && gk < p.k) {
-                    v = bitcast<vec4<f32>>(w4[((w_row0 + n0 + r) * p.k + gk) / 4u]);
+                    v = bitcast<vec4<f32>>(w_quad(((w_row0 + n0 + r) * p.k + gk) / 4u));
                 }
                 for (var j = 0u; j < 4u; j++) {
                     put_b(4u * c + j, r, v[j]);

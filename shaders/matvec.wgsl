@@ -45,7 +45,14 @@ struct Params { k: u32, n: u32, col_offset: u32, e0: u32, ne: u32, eps: f32, hea
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+#if W_TEXTURE
+@group(0) @binding(2) var w_tex: texture_2d<u32>;
+#else
 @group(0) @binding(2) var<storage, read> w: array<u32>;
+fn w_quad(j: u32) -> vec4<u32> {
+    return w4[j];
+}
+#endif
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
@@ -235,13 +242,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
-                    // A tiled block's quants as one vec4 (Q8_0 reads its own words).
+                    // The block's quants as one vec4 (Q8_0: two).
                     let blk = (wrow0 + r) * row_blocks + gi;
-                    var qa = vec4<u32>(0u);
-                    if (TILED) {
-                        qa = w4[q_at(blk) / 4u];
+                    let at = q_at(blk) / 4u;
+                    var qb = vec4<u32>(0u);
+                    if (QFORMAT == Q8_0) {
+                        qb = w_quad(at + 1u);
                     }
-                    acc[r] += group_dot(blk, qa, xs, x_sum);
+                    acc[r] += group_dot(blk, w_quad(at), qb, xs, x_sum);
                 }
             }
         }
@@ -253,7 +261,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let xb = x4_at(2u * j + 1u);
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
-                    let v = w4[(wrow0 + r) * q + j];
+                    let v = w_quad((wrow0 + r) * q + j);
                     let lo = vec4<f32>(halves(v.x), halves(v.y));
                     let hi = vec4<f32>(halves(v.z), halves(v.w));
                     acc[r] += dot(lo, xa) + dot(hi, xb);
@@ -266,7 +274,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let xv = x4_at(j);
             for (var r = 0u; r < R; r++) {
                 if (r < nr) {
-                    acc[r] += dot(bitcast<vec4<f32>>(w4[(wrow0 + r) * q + j]), xv);
+                    acc[r] += dot(bitcast<vec4<f32>>(w_quad((wrow0 + r) * q + j)), xv);
                 }
             }
         }

@@ -25,7 +25,11 @@ struct Params { k: u32, n: u32, col_offset: u32, eps: f32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+#if W_TEXTURE
+@group(0) @binding(2) var w_tex: texture_2d<u32>;
+#else
 @group(0) @binding(2) var<storage, read> w: array<u32>;
+#endif
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 // NORM: the norm weight [K].
@@ -65,8 +69,8 @@ fn w16(row: u32, gi: u32) -> array<vec4<f16>, 8> {
     // f16 weights, two per word: rows are whole blocks (K % 32 == 0), 16 words each.
     let base = (row * p.k + 32u * gi) / 2u;
     for (var t = 0u; t < 8u; t++) {
-        let lo = unpack2x16float(w[base + 2u * t]);
-        let hi = unpack2x16float(w[base + 2u * t + 1u]);
+        let lo = unpack2x16float(w_word(base + 2u * t));
+        let hi = unpack2x16float(w_word(base + 2u * t + 1u));
         v[t] = vec4<f16>(vec4<f32>(lo, hi));
     }
     return v;

@@ -17,7 +17,11 @@ struct Params { k: u32, n: u32, col_offset: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> xq: array<u32>;
+#if W_TEXTURE
+@group(0) @binding(2) var w_tex: texture_2d<u32>;
+#else
 @group(0) @binding(2) var<storage, read> w: array<u32>;
+#endif
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 

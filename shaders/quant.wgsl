@@ -1,25 +1,44 @@
 // How matvec, matmul and embedding read weights (pulled in with `#include "quant.wgsl"`, see
 // runtime/src/shader.rs): 16-bit floats two per word, and the dequantization of ggml blocks.
-// The including kernel declares the weights as `w: array<u32>`; the launcher defines W_HALF
-// and W_BF16, QFORMAT (QuantFormat::shader_id, 0 = not quantized), QK, QWORDS and Q_TILE
-// (kernels::dtype_defs).
+// The including kernel declares the weights at binding 2: as `w: array<u32>`, or with
+// W_TEXTURE as `w_tex: texture_2d<u32>` of rgba32uint texels, TEX_WIDTH a row (word i is
+// component i % 4 of texel i / 4; runtime/src/device.rs, Gpu::weight_texture), read through
+// w_word (and w_quad, four words, which a kernel with a vec4 view `w4` declares for
+// buffers). The launcher defines W_HALF and W_BF16, QFORMAT (QuantFormat::shader_id, 0 = not
+// quantized), QK, QWORDS, Q_TILE, W_TEXTURE and TEX_WIDTH (kernels::dtype_defs).
 //
 // Unquantized weights are u32 words of f32 bits, or (W_HALF) two 16-bit floats, the lower
 // half first: IEEE f16, or bf16 with W_BF16. A bf16 is the top half of an f32, so widening it
 // is a shift: exact, and no shader-f16 is needed for either.
 //
 // Blocks are ggml's in the GPU layout of runtime/src/quant.rs, every field on a word:
-// - Q4_0 and Q4_1 in tiles of Q_TILE blocks with their fields apart: the quants of the tile's
-//   blocks (four words each: one aligned vec4), then their scales (an f16 each, two to a
-//   word, or d|m in a word for Q4_1);
-// - the other formats as blocks of QWORDS words each, zero-padded (Q5_0 and Q8_0 after their
-//   f16 scale, so the fields after it start on a word; the others at the end), a block's
-//   first word being `b = blk * QWORDS`.
+// - the 32-value formats in tiles of Q_TILE blocks with their fields apart: the quants of
+//   the tile's blocks (four words each, eight for Q8_0: aligned vec4s), their fifth bits
+//   (Q5_0/Q5_1: a word each), their scales (an f16 each, two to a word, or d|m in a word for
+//   Q4_1/Q5_1);
+// - the K-quants as blocks of QWORDS words each, zero-padded at the end, a block's first
+//   word being `b = blk * QWORDS`.
 // Kernels address blocks by index: `blk` is the block's index in its weight chunk (row *
 // blocks per row + block in row); q_word, qh_word and q_affine find a 32-value block's fields.
 // Each value is computed as the CPU reference does (quant::dequantize_block): a scale times a
 // small integer, exact in f32, then at most one rounding, so the GPU's values equal the
 // reference's (up to the sign of zero).
+
+#if W_TEXTURE
+// Word i of the weight chunk, from its texture (rows of TEX_WIDTH texels of 4 words).
+fn w_word(i: u32) -> u32 {
+    let t = textureLoad(w_tex, vec2<u32>((i >> 2u) % TEX_WIDTH, (i >> 2u) / TEX_WIDTH), 0);
+    return t[i & 3u];
+}
+// Words 4j..4j+3 of the weight chunk.
+fn w_quad(j: u32) -> vec4<u32> {
+    return textureLoad(w_tex, vec2<u32>(j % TEX_WIDTH, j / TEX_WIDTH), 0);
+}
+#else
+fn w_word(i: u32) -> u32 {
+    return w[i];
+}
+#endif
 
 const Q4_0: u32 = 2u;
 const Q4_1: u32 = 3u;
@@ -33,31 +52,31 @@ const Q6_K: u32 = 14u;
 // 32-value groups per block (QK: values per block).
 const QGROUPS: u32 = QK / 32u;
 
-// The tile layout of Q4_0 and Q4_1 (runtime/src/quant.rs, quant::to_gpu): Q_TILE blocks'
-// quants, then their scales.
-const TILED: bool = QFORMAT == Q4_0 || QFORMAT == Q4_1;
-const SCALES_AT: u32 = Q_TILE * 4u;
-const Q_TILE_WORDS: u32 = SCALES_AT + select(Q_TILE / 2u, Q_TILE, QFORMAT == Q4_1);
-
-// Q5_0 and Q5_1: blocks with a fifth bit per value.
+// The tile layout of the 32-value formats (runtime/src/quant.rs, quant::to_gpu): Q_TILE
+// blocks' quants (QS_WORDS words each: one or, for Q8_0, two aligned vec4s), their fifth bits
+// (Q5_0/Q5_1: a word each), their scales (an f16 each, two to a word, or d|m in a word for
+// Q4_1/Q5_1).
+const TILED: bool = QK == 32u && QFORMAT != 0u;
 const FIVE_BITS: bool = QFORMAT == Q5_0 || QFORMAT == Q5_1;
+const HAS_MIN: bool = QFORMAT == Q4_1 || QFORMAT == Q5_1;
+const QS_WORDS: u32 = select(4u, 8u, QFORMAT == Q8_0);
+const QH_AT: u32 = Q_TILE * QS_WORDS;
+const SCALES_AT: u32 = QH_AT + select(0u, Q_TILE, FIVE_BITS);
+const Q_TILE_WORDS: u32 = SCALES_AT + select(Q_TILE / 2u, Q_TILE, HAS_MIN);
 
 // The first word of tiled block blk's quants (a multiple of 4: a vec4 where a kernel can).
 fn q_at(blk: u32) -> u32 {
-    return blk / Q_TILE * Q_TILE_WORDS + blk % Q_TILE * 4u;
+    return blk / Q_TILE * Q_TILE_WORDS + blk % Q_TILE * QS_WORDS;
 }
 
-// Word k of block blk's quants (untiled: after d, or d and the fifth bits).
+// Word k of block blk's quants.
 fn q_word(blk: u32, k: u32) -> u32 {
-    if (TILED) {
-        return w[q_at(blk) + k];
-    }
-    return w[blk * QWORDS + select(1u, 2u, FIVE_BITS) + k];
+    return w_word(q_at(blk) + k);
 }
 
-// Block blk's fifth bits (Q5_0, Q5_1: the word after d, or d|m).
+// Block blk's fifth bits (Q5_0, Q5_1).
 fn qh_word(blk: u32) -> u32 {
-    return w[blk * QWORDS + 1u];
+    return w_word(blk / Q_TILE * Q_TILE_WORDS + QH_AT + blk % Q_TILE);
 }
 
 // The two 16-bit floats of word `v` (W_HALF), lower half first.
@@ -72,10 +91,10 @@ fn halves(v: u32) -> vec2<f32> {
 // word i / 2).
 fn weight_at(i: u32) -> f32 {
     if (W_HALF) {
-        let pair = halves(w[i >> 1u]);
+        let pair = halves(w_word(i >> 1u));
         return select(pair.x, pair.y, (i & 1u) == 1u);
     }
-    return bitcast<f32>(w[i]);
+    return bitcast<f32>(w_word(i));
 }
 
 // The four bytes of a word, lowest first.
@@ -106,29 +125,21 @@ fn q_lanes(blk: u32, k: u32, qs: u32) -> vec2<u32> {
 
 // A value of block blk is q * s.x + s.y (Q8_0: q signed).
 fn q_affine(blk: u32) -> vec2<f32> {
-    var dm: vec2<f32>;
-    if (TILED) {
-        let at = blk / Q_TILE * Q_TILE_WORDS + SCALES_AT;
-        if (QFORMAT == Q4_1) {
-            return unpack2x16float(w[at + blk % Q_TILE]);
-        }
-        let ds = unpack2x16float(w[at + blk % Q_TILE / 2u]);
-        dm = vec2<f32>(select(ds.x, ds.y, blk % 2u == 1u), 0.0);
-    } else {
-        dm = unpack2x16float(w[blk * QWORDS]);
+    let at = blk / Q_TILE * Q_TILE_WORDS + SCALES_AT;
+    if (HAS_MIN) {
+        return unpack2x16float(w_word(at + blk % Q_TILE));
     }
+    let ds = unpack2x16float(w_word(at + blk % Q_TILE / 2u));
+    let d = select(ds.x, ds.y, blk % 2u == 1u);
     switch QFORMAT {
         case Q4_0: {
-            return vec2<f32>(dm.x, -8.0 * dm.x);
+            return vec2<f32>(d, -8.0 * d);
         }
         case Q5_0: {
-            return vec2<f32>(dm.x, -16.0 * dm.x);
+            return vec2<f32>(d, -16.0 * d);
         }
-        case Q8_0: {
-            return vec2<f32>(dm.x, 0.0);
-        }
-        default: { // Q4_1, Q5_1: d and m
-            return dm;
+        default: { // Q8_0
+            return vec2<f32>(d, 0.0);
         }
     }
 }
@@ -185,9 +196,9 @@ fn dequant_group(blk: u32, g: u32) -> array<vec4<f32>, 8> {
 // the word holding d.
 fn qk_head(b: u32) -> vec4<u32> {
     if (QFORMAT == Q6_K) {
-        return vec4<u32>(w[b + 52u], 0u, 0u, 0u);
+        return vec4<u32>(w_word(b + 52u), 0u, 0u, 0u);
     }
-    return vec4<u32>(w[b], w[b + 1u], w[b + 2u], w[b + 3u]);
+    return vec4<u32>(w_word(b), w_word(b + 1u), w_word(b + 2u), w_word(b + 3u));
 }
 
 // Group g's values are q * s.x - s.y (values 0..15) and q * s.z - s.w (values 16..31).
@@ -196,7 +207,7 @@ fn qk_scales(head: vec4<u32>, b: u32, g: u32) -> vec4<f32> {
         // Scales 8h + 2j and 8h + 2j + 1 of group j of half h: d times a signed byte.
         let d = unpack2x16float(head.x).x;
         let si = 8u * (g >> 2u) + 2u * (g & 3u);
-        let sw = w[b + 48u + si / 4u];
+        let sw = w_word(b + 48u + si / 4u);
         let lo = bitcast<i32>(q_byte(sw, si % 4u) << 24u) >> 24u;
         let hi = bitcast<i32>(q_byte(sw, si % 4u + 1u) << 24u) >> 24u;
         return vec4<f32>(d * f32(lo), 0.0, d * f32(hi), 0.0);
@@ -222,14 +233,14 @@ fn qk_scales(head: vec4<u32>, b: u32, g: u32) -> vec4<f32> {
 fn qk_words(b: u32, g: u32, k: u32) -> vec2<u32> {
     switch QFORMAT {
         case Q4_K: { // qs from byte 16, 32 bytes per pair of groups
-            return vec2<u32>(w[b + 4u + 8u * (g >> 1u) + k], 0u);
+            return vec2<u32>(w_word(b + 4u + 8u * (g >> 1u) + k), 0u);
         }
         case Q5_K: { // qh (32 bytes, one bit per group) from byte 16, qs from byte 48
-            return vec2<u32>(w[b + 12u + 8u * (g >> 1u) + k], w[b + 4u + k]);
+            return vec2<u32>(w_word(b + 12u + 8u * (g >> 1u) + k), w_word(b + 4u + k));
         }
         default: { // Q6_K: ql (64 bytes per half), qh from byte 128 (32 bytes per half)
             let h = g >> 2u;
-            return vec2<u32>(w[b + 16u * h + 8u * (g & 1u) + k], w[b + 32u + 8u * h + k]);
+            return vec2<u32>(w_word(b + 16u * h + 8u * (g & 1u) + k), w_word(b + 32u + 8u * h + k));
         }
     }
 }
@@ -328,26 +339,20 @@ fn nibbles_dot(blk: u32, k: u32, qs: u32, xs: array<vec4<f32>, 8>) -> f32 {
 }
 
 // 32-value formats: dot(values of block blk, x), for xs = x * x_scale() (element t: values
-// 4t..4t+3) and x_sum the sum of x's 32 values; a tiled block's quants are given (qa, one
-// vec4) and taken word by word (written out: no vector indexed by a loop variable), the
-// others' read here.
-fn group_dot(blk: u32, qa: vec4<u32>, xs: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
+// 4t..4t+3) and x_sum the sum of x's 32 values; the block's quants are given (qa, and qb for
+// Q8_0's second vec4) and taken word by word (written out: no vector indexed by a loop
+// variable).
+fn group_dot(blk: u32, qa: vec4<u32>, qb: vec4<u32>, xs: array<vec4<f32>, 8>, x_sum: f32) -> f32 {
     let a = q_affine(blk);
-    var s = 0.0;
     if (QFORMAT == Q8_0) {
-        for (var k = 0u; k < 8u; k++) {
-            s += dot(top_sbytes(q_word(blk, k)), xs[k]);
-        }
+        let s = dot(top_sbytes(qa.x), xs[0]) + dot(top_sbytes(qa.y), xs[1])
+              + dot(top_sbytes(qa.z), xs[2]) + dot(top_sbytes(qa.w), xs[3])
+              + dot(top_sbytes(qb.x), xs[4]) + dot(top_sbytes(qb.y), xs[5])
+              + dot(top_sbytes(qb.z), xs[6]) + dot(top_sbytes(qb.w), xs[7]);
         return a.x * s;
     }
-    if (TILED) {
-        s = nibbles_dot(blk, 0u, qa.x, xs) + nibbles_dot(blk, 1u, qa.y, xs)
+    let s = nibbles_dot(blk, 0u, qa.x, xs) + nibbles_dot(blk, 1u, qa.y, xs)
           + nibbles_dot(blk, 2u, qa.z, xs) + nibbles_dot(blk, 3u, qa.w, xs);
-    } else {
-        for (var k = 0u; k < 4u; k++) {
-            s += nibbles_dot(blk, k, q_word(blk, k), xs);
-        }
-    }
     return a.x * s + a.y * x_sum;
 }
 

@@ -90,7 +90,21 @@ pub fn gpus() -> Vec<Arc<Gpu>> {
                          (set KESTREL_TEST_BACKENDS to the backends this machine has, e.g. \"vulkan\")"
                     )
                 });
-                eprintln!("test device [{choice}]: {}", gpu.describe());
+                // On CPU adapters weight matrices live in textures; GL (llvmpipe) keeps them in
+                // storage buffers here, so the tests run both paths (GPUs and browsers take
+                // buffers).
+                let gpu = match choice {
+                    BackendChoice::Gl => gpu.without_weight_textures(),
+                    _ => gpu,
+                };
+                eprintln!(
+                    "test device [{choice}]: {} (weights in {})",
+                    gpu.describe(),
+                    match gpu.caps.weight_texture_bytes {
+                        0 => "storage buffers",
+                        _ => "textures",
+                    }
+                );
                 gpu
             })
             .collect()

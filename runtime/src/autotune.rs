@@ -236,7 +236,7 @@ fn leading_rows(w: &Arc<GpuWeight>) -> Arc<GpuWeight> {
         experts: 1,
         dtype: w.dtype,
         chunks: vec![WeightChunk {
-            buffer: first.buffer.clone(),
+            data: first.data.clone(),
             row_start: 0,
             rows,
         }],

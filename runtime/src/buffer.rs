@@ -65,3 +65,53 @@ impl fmt::Debug for GpuBuffer {
             .finish()
     }
 }
+
+/// A weight chunk held in a 2D texture of `rgba32uint` texels (see
+/// [`crate::Gpu::weight_texture`]), on the device's count like a [`GpuBuffer`].
+#[derive(Clone)]
+pub struct GpuTexture {
+    pub texture: wgpu::Texture,
+    pub view: wgpu::TextureView,
+    bytes: u64,
+    _counted: Arc<Counted>,
+    /// A storage-buffer copy, made the first time a kernel that reads weights only from
+    /// buffers binds this one ([`crate::tensor::GpuWeight::single`]).
+    pub(crate) plain: Arc<std::sync::OnceLock<GpuBuffer>>,
+}
+
+impl GpuTexture {
+    pub(crate) fn new(
+        device: &wgpu::Device,
+        count: &Arc<MemoryCount>,
+        desc: &wgpu::TextureDescriptor,
+    ) -> GpuTexture {
+        let texture = device.create_texture(desc);
+        let bytes = 16 * desc.size.width as u64 * desc.size.height as u64;
+        count.add(bytes);
+        let view = texture.create_view(&Default::default());
+        let counted = Arc::new(Counted {
+            bytes,
+            count: count.clone(),
+        });
+        GpuTexture {
+            texture,
+            view,
+            bytes,
+            _counted: counted,
+            plain: Arc::default(),
+        }
+    }
+
+    /// Bytes the texture holds (whole rows of texels).
+    pub fn size(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl fmt::Debug for GpuTexture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GpuTexture")
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}

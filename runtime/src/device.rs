@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use crate::buffer::GpuBuffer;
+use crate::buffer::{GpuBuffer, GpuTexture};
 use crate::counters::{MemoryCount, PipelineCount, PipelineWork, Work, WorkCount};
 use crate::error::{Error, Result};
 use crate::kernels::matvec_q8::MatvecPrecision;
@@ -87,6 +87,9 @@ pub struct Caps {
     pub max_workgroup_storage: u32,
     pub max_workgroups_per_dim: u32,
     pub min_storage_offset_alignment: u32,
+    /// Whether weight matrices are held in textures ([`Gpu::weight_texture`]), and how many
+    /// bytes one holds (0 where they are not).
+    pub weight_texture_bytes: u64,
 }
 
 /// The device, its queue, what it can do, and caches shared by every kernel launch.
@@ -122,6 +125,31 @@ pub struct Gpu {
 /// wgpu's major version, part of the pipeline cache key (wgpu's header also carries its
 /// own format version).
 const WGPU_MAJOR: u32 = 30;
+
+/// How many bytes a weight texture holds where weight matrices are held in textures
+/// ([`Gpu::weight_texture`]), 0 where they are not: on CPU adapters, natively. Lavapipe (Mesa
+/// 22.3) turns a storage-buffer load whose address differs between invocations into a loop
+/// over the SIMD lanes (per lane: mask test, bounds test, the binding's base and size, the
+/// load), where a texel fetch is straight-line code, so the decode matvec reads weights
+/// faster from a texture (lavapipe, timestamps, alternated runs: Qwen2.5-Coder-0.5B Q4_K_M's
+/// matvecs 158 against 175-193 ms a token, SmolLM2-135M Q4_1's 32-34 against 50-55).
+/// `KESTREL_WEIGHT_TEXTURES=0` keeps them in storage buffers. A texture holds
+/// [`WEIGHT_TEXTURE_WIDTH`] texels of 16 bytes a row, as many rows as the adapter's 2D
+/// textures take.
+fn weight_texture_bytes(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> u64 {
+    let on = cfg!(not(target_arch = "wasm32"))
+        && info.device_type == wgpu::DeviceType::Cpu
+        && limits.max_texture_dimension_2d as usize >= WEIGHT_TEXTURE_WIDTH
+        && std::env::var("KESTREL_WEIGHT_TEXTURES").map_or(true, |v| v != "0");
+    match on {
+        true => 16 * WEIGHT_TEXTURE_WIDTH as u64 * limits.max_texture_dimension_2d as u64,
+        false => 0,
+    }
+}
+
+/// Texels (of 16 bytes) per row of a weight texture ([`Gpu::weight_texture`]); the shaders
+/// get it as `TEX_WIDTH` (kernels::dtype_defs).
+pub const WEIGHT_TEXTURE_WIDTH: usize = 1024;
 
 fn rank(t: wgpu::DeviceType) -> u32 {
     match t {
@@ -215,6 +243,7 @@ impl Gpu {
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
             min_storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
+            weight_texture_bytes: weight_texture_bytes(&info, &limits),
         };
         let short = requirements::shortfalls(&caps);
         if !short.is_empty() {
@@ -298,10 +327,24 @@ impl Gpu {
 
     /// Lower the binding limit (tests use this to force weight splitting on small tensors).
     pub fn with_max_binding(self: &Arc<Gpu>, max: u64) -> Arc<Gpu> {
-        let caps = Caps {
+        self.with_caps(Caps {
             max_storage_binding: max.min(self.caps.max_storage_binding),
             ..self.caps.clone()
-        };
+        })
+    }
+
+    /// The same device with weight matrices uploaded from now on in storage buffers (tests
+    /// run the buffer path this way on CPU adapters, which otherwise take textures).
+    pub fn without_weight_textures(self: &Arc<Gpu>) -> Arc<Gpu> {
+        self.with_caps(Caps {
+            weight_texture_bytes: 0,
+            ..self.caps.clone()
+        })
+    }
+
+    /// The same device with other caps: fresh pipelines, every count, cache and setting
+    /// shared.
+    fn with_caps(self: &Arc<Gpu>, caps: Caps) -> Arc<Gpu> {
         Arc::new(Gpu {
             instance: self.instance.clone(),
             adapter: self.adapter.clone(),
@@ -384,6 +427,7 @@ impl Gpu {
     }
 
     /// A one-line description of the adapter (for reports and benchmarks).
+    /// The adapter: name, backend, type, driver.
     pub fn describe(&self) -> String {
         format!(
             "{} ({}, {:?}, driver {} {})",
@@ -528,6 +572,97 @@ impl Gpu {
     /// A new buffer on this device's byte count: the one place the runtime allocates.
     pub fn buffer(&self, desc: &wgpu::BufferDescriptor) -> GpuBuffer {
         GpuBuffer::new(&self.device, &self.memory, desc)
+    }
+
+    /// `bytes` (a weight chunk in its GPU layout) as a texture of `rgba32uint` texels,
+    /// [`WEIGHT_TEXTURE_WIDTH`] a row: word i is component i % 4 of texel i / 4, texel j at
+    /// (j % width, j / width). The last row is filled with zeros.
+    pub fn weight_texture(&self, label: &str, bytes: &[u8]) -> GpuTexture {
+        let row = 16 * WEIGHT_TEXTURE_WIDTH;
+        let height = bytes.len().div_ceil(row).max(1);
+        let out = GpuTexture::new(
+            &self.device,
+            &self.memory,
+            &wgpu::TextureDescriptor {
+                label: Some(label),
+                size: wgpu::Extent3d {
+                    width: WEIGHT_TEXTURE_WIDTH as u32,
+                    height: height as u32,
+                    depth_or_array_layers: 1,
+                },
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: wgpu::TextureFormat::Rgba32Uint,
+                usage: wgpu::TextureUsages::TEXTURE_BINDING
+                    | wgpu::TextureUsages::COPY_DST
+                    | wgpu::TextureUsages::COPY_SRC,
+                view_formats: &[],
+            },
+        );
+        let whole = bytes.len() / row;
+        let write = |data: &[u8], y: usize, rows: usize| {
+            self.queue.write_texture(
+                wgpu::TexelCopyTextureInfo {
+                    texture: &out.texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d {
+                        x: 0,
+                        y: y as u32,
+                        z: 0,
+                    },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                data,
+                wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(row as u32),
+                    rows_per_image: None,
+                },
+                wgpu::Extent3d {
+                    width: WEIGHT_TEXTURE_WIDTH as u32,
+                    height: rows as u32,
+                    depth_or_array_layers: 1,
+                },
+            );
+        };
+        if whole > 0 {
+            write(&bytes[..whole * row], 0, whole);
+        }
+        if whole < height {
+            let mut last = bytes[whole * row..].to_vec();
+            last.resize(row, 0);
+            write(&last, whole, 1);
+        }
+        out
+    }
+
+    /// A storage buffer with the bytes of weight texture `t`, copied on the device once
+    /// (kept with the texture) for kernels that read a weight only from buffers.
+    pub fn texture_as_buffer<'a>(&self, t: &'a GpuTexture) -> &'a GpuBuffer {
+        t.plain.get_or_init(|| {
+            let buf = self.storage_buffer("weight texture copy", t.size());
+            let mut enc = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("weight texture copy"),
+                });
+            let row = 16 * WEIGHT_TEXTURE_WIDTH as u32;
+            enc.copy_texture_to_buffer(
+                t.texture.as_image_copy(),
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &buf,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: 0,
+                        bytes_per_row: Some(row),
+                        rows_per_image: None,
+                    },
+                },
+                t.texture.size(),
+            );
+            self.queue.submit([enc.finish()]);
+            buf
+        })
     }
 
     pub fn storage_buffer(&self, label: &str, size: u64) -> GpuBuffer {

@@ -257,7 +257,7 @@ impl<'a> Lowering<'a> {
     pub fn buf(&self, t: TensorId) -> Result<&'a wgpu::Buffer> {
         match &self.bound[t] {
             Bound::Buffer(b) => Ok(b),
-            Bound::Weight(w) => w.single(),
+            Bound::Weight(w) => w.single(self.gpu),
             Bound::Nothing => Err(Error::Graph(format!("tensor {t} was fused away"))),
         }
     }

@@ -36,7 +36,7 @@ pub mod state;
 pub mod tensor;
 pub mod tuning;
 
-pub use buffer::GpuBuffer;
+pub use buffer::{GpuBuffer, GpuTexture};
 pub use device::{BackendChoice, Caps, Gpu};
 pub use error::{Error, Result};
 pub use graph::{Graph, TensorId};

@@ -1,17 +1,16 @@
 //! Block-quantized weight formats (ggml's), their CPU dequantization (the reference for the
 //! GPU kernels), and the GPU layout ([`to_gpu`]), in which every field starts on a u32 word:
-//! * Q4_0 and Q4_1 are repacked in tiles of [`TILE_BLOCKS`] blocks, fields apart: the tile's
-//!   quants (16 bytes a block, so each block's quants are one aligned vec4), then its scales
-//!   (an f16 a block, or d and m in one word for Q4_1). No byte is padding except the zero
-//!   blocks that fill a chunk's last tile, so the GPU holds the file's bytes (Q4_0's padded
-//!   blocks took 20 bytes for 18);
-//! * the other formats keep their blocks, each padded to whole words: Q5_0 and Q8_0 after
-//!   their f16 scale (so the fields after it start on a word; 22 bytes to 24, 34 to 36), the
-//!   K-quants at the end (Q6_K's 210 bytes to 212). Q5_0/Q5_1 and Q8_0 were built in tiles
-//!   too and measured on lavapipe with Qwen2.5-Coder-0.5B (mostly Q5_0 and Q8_0): tiled Q8_0
-//!   read its LM head in 58.5 against 39.3 ms a token; with Q5_0 tiled (Q8_0 not) its gate/up
-//!   matrices went from 70-75 to 65-72 ms but whole decodes from 5.40 to 5.04 tokens/s
-//!   (side by side, one run each), so both stay padded here.
+//! * the 32-value formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) are repacked in tiles of
+//!   [`TILE_BLOCKS`] blocks, fields apart: the tile's quants (16 bytes a block, 32 for Q8_0,
+//!   so each block's quants are one or two aligned vec4s), then its fifth bits (Q5_0/Q5_1, a
+//!   word a block), then its scales (an f16 a block, or d and m in one word for Q4_1/Q5_1).
+//!   No byte is padding except the zero blocks that fill a chunk's last tile, so the GPU
+//!   holds the file's bytes (padded blocks took 20 for Q4_0's 18, 24 for Q5_0's 22 and 36
+//!   for Q8_0's 34). Every field is then one texel fetch where weights live in textures
+//!   (CPU adapters, [`crate::tensor::ChunkData`]): Qwen2.5-Coder-0.5B's Q8_0 LM head read
+//!   in 35-39 ms a token there, against 42 padded and 60 tiled in storage buffers (lavapipe);
+//! * the K-quants keep their blocks, each padded at the end to whole words (Q6_K's 210 bytes
+//!   to 212).
 
 use half::f16;
 
@@ -62,18 +61,9 @@ impl QuantFormat {
         }
     }
 
-    /// Whether blocks are repacked in tiles on the GPU (Q4_0, Q4_1).
+    /// Whether blocks are repacked in tiles on the GPU (the 32-value formats).
     pub fn tiled(self) -> bool {
-        matches!(self, QuantFormat::Q4_0 | QuantFormat::Q4_1)
-    }
-
-    /// Where an untiled block's padding goes (a byte offset in the file block): after the f16
-    /// scale of Q5_0 and Q8_0, so the fields after it start on a word; else at the end.
-    fn pad_offset(self) -> usize {
-        match self {
-            QuantFormat::Q5_0 | QuantFormat::Q8_0 => 2,
-            _ => self.block_bytes(),
-        }
+        self.block_elems() == 32
     }
 
     /// Bytes per block on the GPU: the file's for the tiled formats, whole words otherwise.
@@ -128,11 +118,14 @@ impl QuantFormat {
     }
 
     /// The fields of a tiled block as byte ranges of the file block, in their order in a
-    /// tile: quants, then scales (d, or d then m).
-    fn fields(self) -> [std::ops::Range<usize>; 2] {
+    /// tile: quants, fifth bits (empty for Q4_0/Q4_1), scales (d, or d then m).
+    fn fields(self) -> [std::ops::Range<usize>; 3] {
         match self {
-            QuantFormat::Q4_0 => [2..18, 0..2],
-            QuantFormat::Q4_1 => [4..20, 0..4],
+            QuantFormat::Q4_0 => [2..18, 2..2, 0..2],
+            QuantFormat::Q4_1 => [4..20, 4..4, 0..4],
+            QuantFormat::Q5_0 => [6..22, 2..6, 0..2],
+            QuantFormat::Q5_1 => [8..24, 4..8, 0..4],
+            QuantFormat::Q8_0 => [2..34, 2..2, 0..2],
             _ => unreachable!("{} is not tiled", self.name()),
         }
     }
@@ -150,12 +143,10 @@ pub fn to_gpu(format: QuantFormat, bytes: &[u8]) -> Vec<u8> {
         if b == g {
             return bytes.to_vec();
         }
-        let at = format.pad_offset();
         let mut out = Vec::with_capacity(bytes.len() / b * g);
         for block in bytes.chunks_exact(b) {
-            out.extend_from_slice(&block[..at]);
+            out.extend_from_slice(block);
             out.resize(out.len() + g - b, 0);
-            out.extend_from_slice(&block[at..]);
         }
         return out;
     }
@@ -177,11 +168,11 @@ pub fn to_gpu(format: QuantFormat, bytes: &[u8]) -> Vec<u8> {
 pub fn from_gpu(format: QuantFormat, gpu: &[u8], n_blocks: usize) -> Vec<u8> {
     let b = format.block_bytes();
     if !format.tiled() {
-        let (g, at) = (format.gpu_block_bytes(), format.pad_offset());
+        let g = format.gpu_block_bytes();
         return gpu
             .chunks_exact(g)
             .take(n_blocks)
-            .flat_map(|block| block[..at].iter().chain(&block[at + g - b..]))
+            .flat_map(|block| &block[..b])
             .copied()
             .collect();
     }

@@ -95,6 +95,7 @@ mod tests {
             max_workgroup_storage: 16384,
             max_workgroups_per_dim: 65535,
             min_storage_offset_alignment: 256,
+            weight_texture_bytes: 0,
         };
         let s = shortfalls(&caps);
         assert_eq!(s.len(), 3, "{s:?}");

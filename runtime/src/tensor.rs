@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::buffer::GpuBuffer;
+use crate::buffer::{GpuBuffer, GpuTexture};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::quant::{to_gpu, QuantFormat};
@@ -91,10 +91,28 @@ pub fn check_binding(gpu: &Gpu, what: &str, bytes: u64) -> Result<()> {
     Ok(())
 }
 
-/// A contiguous block of rows of a weight, in its own buffer.
+/// Where a weight chunk's bytes live.
+#[derive(Debug, Clone)]
+pub enum ChunkData {
+    Buffer(GpuBuffer),
+    /// A texture of `rgba32uint` texels (weight matrices on CPU adapters,
+    /// [`Gpu::weight_textures`]); kernels read it with `W_TEXTURE` (shaders/quant.wgsl).
+    Texture(GpuTexture),
+}
+
+impl ChunkData {
+    pub fn size(&self) -> u64 {
+        match self {
+            ChunkData::Buffer(b) => b.size(),
+            ChunkData::Texture(t) => t.size(),
+        }
+    }
+}
+
+/// A contiguous block of rows of a weight, in its own buffer or texture.
 #[derive(Debug, Clone)]
 pub struct WeightChunk {
-    pub buffer: GpuBuffer,
+    pub data: ChunkData,
     pub row_start: usize,
     pub rows: usize,
 }
@@ -182,7 +200,12 @@ impl GpuWeight {
             });
         }
         let row_bytes = dtype.bytes(cols).max(1);
-        let limit = gpu.caps.max_storage_binding.min(gpu.caps.max_buffer_size);
+        // Matrices go to textures where the device keeps them there; vectors stay buffers.
+        let textured = rows > 1 && gpu.caps.weight_texture_bytes > 0;
+        let mut limit = gpu.caps.max_storage_binding.min(gpu.caps.max_buffer_size);
+        if textured {
+            limit = limit.min(gpu.caps.weight_texture_bytes);
+        }
         let mut per_chunk = ((limit / row_bytes) as usize).max(1);
         // Packed 16-bit chunks must start on a word boundary: keep rows*cols even.
         if dtype.is_half() && cols % 2 == 1 && per_chunk > 1 {
@@ -221,9 +244,12 @@ impl GpuWeight {
                     &padded
                 }
             };
-            let buffer = gpu.storage_buffer_init(name, bytes);
+            let data = match textured {
+                true => ChunkData::Texture(gpu.weight_texture(name, bytes)),
+                false => ChunkData::Buffer(gpu.storage_buffer_init(name, bytes)),
+            };
             chunks.push(WeightChunk {
-                buffer,
+                data,
                 row_start: start,
                 rows: count,
             });
@@ -240,13 +266,25 @@ impl GpuWeight {
     }
 
     pub fn bytes(&self) -> u64 {
-        self.chunks.iter().map(|c| c.buffer.size()).sum()
+        self.chunks.iter().map(|c| c.data.size()).sum()
     }
 
-    /// The single buffer of a weight that is never split (norm weights, biases, tables of frequencies).
-    pub fn single(&self) -> Result<&wgpu::Buffer> {
+    /// Whether the chunks are textures (then every one is).
+    pub fn textured(&self) -> bool {
+        self.chunks
+            .iter()
+            .any(|c| matches!(c.data, ChunkData::Texture(_)))
+    }
+
+    /// The single buffer of a weight that is never split (norm weights, biases, tables of
+    /// frequencies, small matrices such as RWKV's token-shift mixes). A weight held in a
+    /// texture gets a buffer copy the first time (kept with it).
+    pub fn single<'a>(&'a self, gpu: &Gpu) -> Result<&'a wgpu::Buffer> {
         match self.chunks.as_slice() {
-            [c] => Ok(&c.buffer),
+            [c] => Ok(match &c.data {
+                ChunkData::Buffer(b) => b,
+                ChunkData::Texture(t) => gpu.texture_as_buffer(t),
+            }),
             _ => Err(Error::LimitExceeded {
                 what: format!("vector weight {}", self.name),
                 needed: self.bytes(),

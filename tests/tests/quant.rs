@@ -20,7 +20,7 @@ use kestrel_runtime::kernels::matvec::Layout;
 use kestrel_runtime::kernels::{embedding, matmul, matvec};
 use kestrel_runtime::quant::{self, QuantFormat};
 use kestrel_runtime::rng::Rng;
-use kestrel_runtime::tensor::{DType, GpuWeight, WeightChunk};
+use kestrel_runtime::tensor::{ChunkData, DType, GpuWeight, WeightChunk};
 use kestrel_tests::*;
 
 /// Panic unless `got` and `expected` hold equal values (-0 == +0; NaN equals nothing).
@@ -69,8 +69,8 @@ fn dequantize_matches_gguf_py() {
             &got,
             &expected,
         );
-        // The GPU layout holds the same bytes (Q4_0/Q4_1 in tiles of fields apart,
-        // the last tile filled with zero blocks; the others padded to whole words) and gives
+        // The GPU layout holds the same bytes (the 32-value formats in tiles of fields apart,
+        // the last tile filled with zero blocks; the K-quants padded to whole words) and gives
         // them back.
         let n_blocks = rows * cols / format.block_elems();
         let gpu = quant::to_gpu(format, &blocks);
@@ -82,9 +82,10 @@ fn dequantize_matches_gguf_py() {
         );
         if format.tiled() {
             // Tiles are whole vec4s and open with their blocks' quants (the end of each file
-            // block), so every block's quants are whole vec4s.
+            // block: 16 bytes, Q8_0's 32), so every block's quants are whole vec4s.
             assert_eq!(gpu.len() % 16, 0, "{name}: GPU bytes are whole vec4s");
-            let (b, q) = (format.block_bytes(), 16);
+            let b = format.block_bytes();
+            let q = if format == QuantFormat::Q8_0 { 32 } else { 16 };
             assert_eq!(&gpu[..q], &blocks[b - q..b], "{name}: block 0's quants");
             assert_eq!(
                 &gpu[q..2 * q],
@@ -176,7 +177,7 @@ fn u32_weight_is_an_error() {
             experts: 1,
             dtype: DType::U32,
             chunks: vec![WeightChunk {
-                buffer: gpu.storage_buffer("ids", 64),
+                data: ChunkData::Buffer(gpu.storage_buffer("ids", 64)),
                 row_start: 0,
                 rows: 4,
             }],

@@ -481,8 +481,17 @@ fn fused_matvec() -> Vec<Case> {
     ];
     let mut specs = Vec::new();
     let defaults = Layout::DEFAULTS;
+    // (A merged attention input takes at most MERGE_MAX_ROWS_PER_LANE rows per lane.)
     for layout in defaults {
-        specs.extend(all.map(|f| (DType::F32, 128, layout, f)));
+        let takes = |f: &(Input, Epilogue, bool)| {
+            !matches!(f.0, Input::Merge { .. })
+                || layout.rows_per_lane <= matvec::MERGE_MAX_ROWS_PER_LANE
+        };
+        specs.extend(
+            all.into_iter()
+                .filter(takes)
+                .map(|f| (DType::F32, 128, layout, f)),
+        );
     }
     // The other layouts `bench --tune` may choose: a norm prologue with the SwiGLU epilogue
     // (row pairs in every workgroup) and a residual add.

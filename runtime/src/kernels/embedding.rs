@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{dtype_defs, kernel, weight_defs, weight_dtypes, Dispatch, Kernel};
+use super::{kernel, weight_binding, weight_defs, weight_specs, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::Result;
 use crate::executor::Lowering;
@@ -17,10 +17,7 @@ pub const KERNEL: Kernel = kernel!("embedding", variants);
 
 /// Every weight dtype.
 pub fn variants() -> Vec<ShaderDefs> {
-    weight_dtypes()
-        .into_iter()
-        .filter_map(|d| dtype_defs(ShaderDefs::new(), d))
-        .collect()
+    weight_specs().into_iter().map(|(_, d)| d).collect()
 }
 
 /// Rows of `table` [vocab, dim] gathered at `ids` [T]: out [T, dim].
@@ -97,11 +94,15 @@ pub fn launch(
                 row_start: c.row_start as u32,
                 rows: c.rows as u32,
             };
-            KERNEL.dispatch(
+            KERNEL.dispatch_resources(
                 gpu,
                 &defs,
                 &params,
-                &[ids, &c.buffer, out],
+                &[
+                    Some(ids.as_entire_binding()),
+                    weight_binding(c),
+                    Some(out.as_entire_binding()),
+                ],
                 gpu.grid(n.div_ceil(256)),
             )
         })

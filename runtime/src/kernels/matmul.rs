@@ -12,7 +12,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{dtype_defs, kernel, weight_defs, weight_dtypes, Dispatch, Kernel};
+use super::{kernel, weight4_binding, weight_binding, weight_defs, weight_specs, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::shader::ShaderDefs;
@@ -140,10 +140,7 @@ fn vec4_loads(dtype: DType, k: usize) -> (bool, bool) {
 /// read as vec4s or not.
 pub fn variants() -> Vec<ShaderDefs> {
     let mut out = Vec::new();
-    for dtype in weight_dtypes() {
-        let Some(weight) = dtype_defs(ShaderDefs::new(), dtype) else {
-            continue;
-        };
+    for (dtype, weight) in weight_specs() {
         let plain = matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
         for (bias, grouped) in MODES {
             for x_vec4 in [false, true] {
@@ -162,10 +159,7 @@ pub fn variants() -> Vec<ShaderDefs> {
 /// invocation, X read as vec4s or not, and (f32, f16 and bf16) weights read as vec4s or not.
 pub fn rows_variants() -> Vec<ShaderDefs> {
     let mut out = Vec::new();
-    for dtype in weight_dtypes() {
-        let Some(weight) = dtype_defs(ShaderDefs::new(), dtype) else {
-            continue;
-        };
+    for (dtype, weight) in weight_specs() {
         let rows = rows_for(dtype);
         let plain = matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
         for (bias, grouped) in MODES {
@@ -377,10 +371,17 @@ impl<'a> Launch<'a> {
         grid: [u32; 3],
     ) -> Result<Dispatch> {
         let (x4, w4) = self.vec4s;
-        let w4 = if w4 { &c.buffer } else { &gpu.dummy };
-        let buffers = [self.x, &c.buffer, bias, y, perm, x4, w4];
+        let resources = [
+            Some(self.x.as_entire_binding()),
+            weight_binding(c),
+            Some(bias.as_entire_binding()),
+            Some(y.as_entire_binding()),
+            Some(perm.as_entire_binding()),
+            Some(x4.as_entire_binding()),
+            weight4_binding(c, w4, &gpu.dummy),
+        ];
         self.kernel
-            .dispatch(gpu, &self.defs, params, &buffers, grid)
+            .dispatch_resources(gpu, &self.defs, params, &resources, grid)
     }
 }
 

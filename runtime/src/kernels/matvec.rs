@@ -8,7 +8,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::elementwise::Gate;
-use super::{dtype_defs, kernel, weight_defs, weight_dtypes, Dispatch, Kernel};
+use super::{kernel, weight4_binding, weight_binding, weight_defs, weight_specs, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::quant::QuantFormat;
@@ -32,6 +32,10 @@ struct Params {
 
 /// The longest x a MERGE prologue takes (its workgroup copy of the merged x: 8 KiB).
 pub const MERGE_MAX_K: usize = 2048;
+
+/// The most rows per lane with a MERGE prologue: its merged x (8 KiB) and the lanes' partial
+/// sums (64 x rows per lane floats) share WebGPU's 16 KiB of workgroup memory.
+pub const MERGE_MAX_ROWS_PER_LANE: u32 = 16;
 
 /// What the kernel does to x as it loads it.
 #[derive(Debug, Clone, Copy)]
@@ -160,9 +164,32 @@ impl Layout {
         subgroup: false,
     };
 
-    /// The layouts an untuned device takes: CPU drivers' two ([`Layout::for_cpu`]) and GPUs'
-    /// (which [`Layout::for_device`] sums by subgroup where it can).
-    pub const DEFAULTS: [Layout; 3] = [Layout::CPU, Layout::CPU_STREAM, Layout::GPU];
+    /// For CPU drivers and weights in textures ([`Layout::for_cpu_texture`]): 8 lanes per row
+    /// and 16 rows per lane (128 rows per workgroup).
+    pub const CPU_TEXTURE: Layout = Layout {
+        lanes: 8,
+        rows_per_lane: 16,
+        subgroup: false,
+    };
+    /// For CPU drivers and Q8_0 matrices of many rows (LM heads) in textures: one lane per
+    /// row, 32 rows per lane (2048 rows per workgroup), each block of x loaded once for 32
+    /// rows.
+    pub const CPU_TEXTURE_WIDE: Layout = Layout {
+        lanes: 1,
+        rows_per_lane: 32,
+        subgroup: false,
+    };
+
+    /// The layouts an untuned device takes: CPU drivers' for buffers ([`Layout::for_cpu`])
+    /// and textures ([`Layout::for_cpu_texture`]) and GPUs' (which [`Layout::for_device`] sums
+    /// by subgroup where it can).
+    pub const DEFAULTS: [Layout; 5] = [
+        Layout::CPU,
+        Layout::CPU_STREAM,
+        Layout::CPU_TEXTURE,
+        Layout::CPU_TEXTURE_WIDE,
+        Layout::GPU,
+    ];
 
     /// This layout with its lanes summed by subgroup shuffles.
     pub const fn by_subgroup(self) -> Layout {
@@ -183,6 +210,37 @@ impl Layout {
         match dtype {
             DType::Quant(QuantFormat::Q4_0 | QuantFormat::Q4_1) => Layout::CPU,
             _ => Layout::CPU_STREAM,
+        }
+    }
+
+    /// The layout CPU adapters take, untuned, for a weight of `dtype` held in textures with
+    /// `rows` rows (per expert): [`Layout::CPU_TEXTURE_WIDE`] for Q8_0 matrices of at least 16
+    /// of its workgroups, [`Layout::CPU_STREAM`] for the K-quants, [`Layout::CPU_TEXTURE`]
+    /// for the rest. On lavapipe, with textures (timestamps, alternated runs):
+    /// Qwen2.5-Coder-0.5B's Q8_0 LM head 35-39 ms a token against 47-51 in 2x16, 4x16 or
+    /// 8x16; its Q5_0 gate/up 49 ms in 8x16 against 53-56 in 16x16, 1x32 or 1x16; its K-quant
+    /// down 35-37 in 2x16 or 16x16 against 39 in 8x16; RWKV-7 0.1B's f16 matvecs 45-47
+    /// against 48-51 in 16x16 and 58 in 2x16; SmolLM2's Q4_1 layers alike in 8x16 and 16x16.
+    pub fn for_cpu_texture(dtype: DType, rows: usize) -> Layout {
+        match dtype {
+            DType::Quant(QuantFormat::Q8_0)
+                if rows >= 16 * Layout::CPU_TEXTURE_WIDE.rows() as usize =>
+            {
+                Layout::CPU_TEXTURE_WIDE
+            }
+            DType::Quant(q) if q.block_elems() == 256 => Layout::CPU_STREAM,
+            _ => Layout::CPU_TEXTURE,
+        }
+    }
+
+    /// The layout for weight `w` on `gpu`: [`Layout::for_device`], but on an untuned CPU
+    /// adapter that holds `w` in textures [`Layout::for_cpu_texture`].
+    pub fn for_weight(gpu: &Gpu, w: &GpuWeight) -> Layout {
+        let untuned_cpu =
+            gpu.tuning().matvec.is_none() && gpu.info.device_type == wgpu::DeviceType::Cpu;
+        match untuned_cpu && w.textured() {
+            true => Layout::for_cpu_texture(w.dtype, w.rows / w.experts.max(1)),
+            false => Layout::for_device(gpu, w.dtype),
         }
     }
 
@@ -245,7 +303,7 @@ pub fn launch(
     bias: Option<&wgpu::Buffer>,
     y: &wgpu::Buffer,
 ) -> Result<Vec<Dispatch>> {
-    launch_with(gpu, x, w, bias, y, Layout::for_device(gpu, w.dtype))
+    launch_with(gpu, x, w, bias, y, Layout::for_weight(gpu, w))
 }
 
 /// [`launch`] with a given layout ([`Layout::is_valid`]).
@@ -270,7 +328,12 @@ pub fn launch_fused(
     fusion: Fusion,
     layout: Option<Layout>,
 ) -> Result<Vec<Dispatch>> {
-    let layout = layout.unwrap_or_else(|| Layout::for_device(gpu, w.dtype));
+    let layout = layout.unwrap_or_else(|| match Layout::for_weight(gpu, w) {
+        l if l.rows_per_lane > MERGE_MAX_ROWS_PER_LANE && fusion.prologue.kind() == Kind::Merge => {
+            Layout::CPU_TEXTURE
+        }
+        l => l,
+    });
     launch_inner(gpu, x, w, bias, y, layout, None, fusion)
 }
 
@@ -287,7 +350,7 @@ pub fn launch_grouped(
     rows: usize,
     gather: bool,
 ) -> Result<Vec<Dispatch>> {
-    let layout = Layout::for_device(gpu, w.dtype);
+    let layout = Layout::for_weight(gpu, w);
     launch_inner(
         gpu,
         x,
@@ -391,20 +454,19 @@ fn launch_inner(
                     splits,
                 },
             };
-            let w4 = if vec4 && reads_w4 {
-                &c.buffer
-            } else {
-                &gpu.dummy
-            };
             let mut grid = gpu.grid((params.n).div_ceil(layout.rows()));
             grid[2] = rows as u32;
-            KERNEL.dispatch(
-                gpu,
-                &defs,
-                &params,
-                &[x, &c.buffer, bias, y, x4, w4, aux, nw4],
-                grid,
-            )
+            let resources = [
+                Some(x.as_entire_binding()),
+                weight_binding(c),
+                Some(bias.as_entire_binding()),
+                Some(y.as_entire_binding()),
+                Some(x4.as_entire_binding()),
+                weight4_binding(c, vec4 && reads_w4, &gpu.dummy),
+                Some(aux.as_entire_binding()),
+                Some(nw4.as_entire_binding()),
+            ];
+            KERNEL.dispatch_resources(gpu, &defs, &params, &resources, grid)
         })
         .collect()
 }
@@ -434,6 +496,9 @@ fn check_fusion(
         }
         if w.cols > MERGE_MAX_K {
             return bad(&format!("merged attention input longer than {MERGE_MAX_K}"));
+        }
+        if layout.rows_per_lane > MERGE_MAX_ROWS_PER_LANE {
+            return bad("a merged attention input takes at most 16 rows per lane");
         }
     }
     Ok(())
@@ -500,10 +565,7 @@ pub fn variants() -> Vec<ShaderDefs> {
         .into_iter()
         .chain([Layout::GPU.by_subgroup()]);
     let mut out = Vec::new();
-    for dtype in weight_dtypes() {
-        let Some(weight) = dtype_defs(ShaderDefs::new(), dtype) else {
-            continue;
-        };
+    for (_, weight) in weight_specs() {
         for bias in [false, true] {
             for vec4 in [false, true] {
                 for layout in layouts.clone() {
@@ -522,6 +584,10 @@ pub fn variants() -> Vec<ShaderDefs> {
                         out.push(d(grouped, Kind::Plain, Epilogue::Store));
                     }
                     for prologue in prologues {
+                        if prologue == Kind::Merge && layout.rows_per_lane > MERGE_MAX_ROWS_PER_LANE
+                        {
+                            continue;
+                        }
                         for epilogue in Epilogue::ALL {
                             out.push(d(None, prologue, epilogue));
                         }

@@ -11,7 +11,7 @@ use half::f16;
 
 use super::matvec::{Epilogue, Layout};
 use super::matvec_q8::{store_defs, MatvecPrecision, FORMATS};
-use super::{dtype_defs, kernel, weight_defs, Dispatch, Kernel};
+use super::{kernel, weight_binding, weight_defs, weight_specs, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::shader::ShaderDefs;
@@ -77,10 +77,13 @@ fn defs(
 /// with every epilogue.
 pub fn variants() -> Vec<ShaderDefs> {
     let mut out = Vec::new();
-    for dtype in std::iter::once(DType::F16).chain(FORMATS.map(DType::Quant)) {
-        let Some(weight) = dtype_defs(ShaderDefs::new(), dtype) else {
-            continue;
-        };
+    let dtypes: Vec<DType> = std::iter::once(DType::F16)
+        .chain(FORMATS.map(DType::Quant))
+        .collect();
+    for (_, weight) in weight_specs()
+        .into_iter()
+        .filter(|(d, _)| dtypes.contains(d))
+    {
         for bias in [false, true] {
             for norm in [false, true] {
                 for layout in Layout::DEFAULTS {
@@ -110,7 +113,7 @@ pub fn launch(
     layout: Option<Layout>,
 ) -> Result<Vec<Dispatch>> {
     check_adapter(gpu)?;
-    let layout = layout.unwrap_or_else(|| Layout::for_device(gpu, w.dtype));
+    let layout = layout.unwrap_or_else(|| Layout::for_weight(gpu, w));
     let bad = |why: &str| Err(Error::Graph(format!("f16 matvec of {}: {why}", w.name)));
     if !reads(w) {
         return bad(&format!(
@@ -141,7 +144,14 @@ pub fn launch(
                 eps,
             };
             let grid = gpu.grid(params.n.div_ceil(layout.rows()));
-            KERNEL.dispatch(gpu, &defs, &params, &[x, &c.buffer, bias, y, nw], grid)
+            let resources = [
+                Some(x.as_entire_binding()),
+                weight_binding(c),
+                Some(bias.as_entire_binding()),
+                Some(y.as_entire_binding()),
+                Some(nw.as_entire_binding()),
+            ];
+            KERNEL.dispatch_resources(gpu, &defs, &params, &resources, grid)
         })
         .collect()
 }

@@ -11,7 +11,7 @@ use bytemuck::{Pod, Zeroable};
 use super::elementwise::Gate;
 use super::matvec::{Epilogue, Layout};
 use super::quantize_q8::{Block, BLOCK_WORDS};
-use super::{dtype_defs, kernel, weight_defs, Dispatch, Kernel};
+use super::{kernel, weight_binding, weight_defs, weight_specs, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::quant::{self, QuantFormat};
@@ -107,10 +107,11 @@ fn defs(weight: ShaderDefs, bias: bool, layout: Layout, epilogue: Epilogue) -> S
 /// Every format, with and without bias, in the default layouts, with every epilogue.
 pub fn variants() -> Vec<ShaderDefs> {
     let mut out = Vec::new();
-    for format in FORMATS {
-        let Some(weight) = dtype_defs(ShaderDefs::new(), DType::Quant(format)) else {
-            continue;
-        };
+    let dtypes = FORMATS.map(DType::Quant);
+    for (_, weight) in weight_specs()
+        .into_iter()
+        .filter(|(d, _)| dtypes.contains(d))
+    {
         for bias in [false, true] {
             for layout in Layout::DEFAULTS {
                 for epilogue in Epilogue::ALL {
@@ -134,7 +135,7 @@ pub fn launch(
     epilogue: Epilogue,
     layout: Option<Layout>,
 ) -> Result<Vec<Dispatch>> {
-    let layout = layout.unwrap_or_else(|| Layout::for_device(gpu, w.dtype));
+    let layout = layout.unwrap_or_else(|| Layout::for_weight(gpu, w));
     let bad = |why: &str| Err(Error::Graph(format!("int8 matvec of {}: {why}", w.name)));
     if !reads(w) {
         return bad(&format!("{} weights are not read in int8", w.dtype.name()));
@@ -158,7 +159,13 @@ pub fn launch(
                 col_offset: c.row_start as u32,
             };
             let grid = gpu.grid(params.n.div_ceil(layout.rows()));
-            KERNEL.dispatch(gpu, &defs, &params, &[xq, &c.buffer, bias, y], grid)
+            let resources = [
+                Some(xq.as_entire_binding()),
+                weight_binding(c),
+                Some(bias.as_entire_binding()),
+                Some(y.as_entire_binding()),
+            ];
+            KERNEL.dispatch_resources(gpu, &defs, &params, &resources, grid)
         })
         .collect()
 }

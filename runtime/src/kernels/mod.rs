@@ -45,7 +45,7 @@ use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::shader::ShaderDefs;
-use crate::tensor::{DType, GpuWeight};
+use crate::tensor::{ChunkData, DType, GpuWeight, WeightChunk};
 
 /// Per-step uniform shared by every kernel of a plan; mirrors `Step` in shaders/common.wgsl.
 #[repr(C)]
@@ -159,17 +159,36 @@ impl Kernel {
         buffers: &[&wgpu::Buffer],
         workgroups: [u32; 3],
     ) -> Result<Dispatch> {
+        let resources: Vec<_> = buffers
+            .iter()
+            .map(|b| Some(b.as_entire_binding()))
+            .collect();
+        self.dispatch_resources(gpu, defs, params, &resources, workgroups)
+    }
+
+    /// Build a dispatch: `params` becomes binding 0, then `resources` in order from binding
+    /// 1, a None leaving its binding out (a binding the specialisation does not declare).
+    pub fn dispatch_resources<P: Pod>(
+        &self,
+        gpu: &Gpu,
+        defs: &ShaderDefs,
+        params: &P,
+        resources: &[Option<wgpu::BindingResource<'_>>],
+        workgroups: [u32; 3],
+    ) -> Result<Dispatch> {
         let pipeline = gpu.pipeline(self.name, self.source, defs)?;
         let params_buf = gpu.uniform_buffer_init(self.name, bytemuck::bytes_of(params));
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: params_buf.as_entire_binding(),
         }];
-        for (i, b) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
-                resource: b.as_entire_binding(),
-            });
+        for (i, r) in resources.iter().enumerate() {
+            if let Some(r) = r {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: i as u32 + 1,
+                    resource: r.clone(),
+                });
+            }
         }
         let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(self.name),
@@ -183,6 +202,30 @@ impl Kernel {
             workgroups,
             _params: params_buf,
         })
+    }
+}
+
+/// How a kernel binds weight chunk `c` (shaders/quant.wgsl): its buffer, or its texture with
+/// `W_TEXTURE` ([`weight_defs`]).
+pub fn weight_binding(c: &WeightChunk) -> Option<wgpu::BindingResource<'_>> {
+    Some(match &c.data {
+        ChunkData::Buffer(b) => b.as_entire_binding(),
+        ChunkData::Texture(t) => wgpu::BindingResource::TextureView(&t.view),
+    })
+}
+
+/// The binding of a kernel's vec4 view of chunk `c` (`w4`): the chunk's buffer where the
+/// kernel reads it as vec4s (`reads`), else `dummy`; none for a texture, which `w_quad` reads
+/// (the specialisation declares no `w4`).
+pub fn weight4_binding<'a>(
+    c: &'a WeightChunk,
+    reads: bool,
+    dummy: &'a wgpu::Buffer,
+) -> Option<wgpu::BindingResource<'a>> {
+    match &c.data {
+        ChunkData::Buffer(b) if reads => Some(b.as_entire_binding()),
+        ChunkData::Buffer(_) => Some(dummy.as_entire_binding()),
+        ChunkData::Texture(_) => None,
     }
 }
 
@@ -253,6 +296,20 @@ pub fn weight_dtypes() -> Vec<DType> {
         .collect()
 }
 
+/// Every weight dtype's constants ([`dtype_defs`]) for weights in storage buffers and in
+/// textures (`W_TEXTURE`): what a weight kernel's `variants()` specialise.
+pub fn weight_specs() -> Vec<(DType, ShaderDefs)> {
+    let mut out = Vec::new();
+    for dtype in weight_dtypes() {
+        for textured in [false, true] {
+            if let Some(d) = dtype_defs_tex(ShaderDefs::new(), dtype, textured) {
+                out.push((dtype, d));
+            }
+        }
+    }
+    out
+}
+
 /// The constants that tell a kernel how to read a weight of `dtype` (an `array<u32>`
 /// binding): `W_HALF` (two 16-bit floats per word) with `W_BF16` (bf16 rather than f16), and
 /// `QFORMAT`, `QK`, `QWORDS` for ggml blocks (the shader id, values per block and, for the
@@ -260,6 +317,12 @@ pub fn weight_dtypes() -> Vec<DType> {
 /// the blocks of a tile ([`crate::quant::TILE_BLOCKS`]; see shaders/quant.wgsl).
 /// None for a dtype no kernel reads as a weight.
 pub fn dtype_defs(defs: ShaderDefs, dtype: DType) -> Option<ShaderDefs> {
+    dtype_defs_tex(defs, dtype, false)
+}
+
+/// [`dtype_defs`] for a weight in a texture (`textured`, see [`crate::tensor::ChunkData`]) or
+/// in storage buffers.
+pub fn dtype_defs_tex(defs: ShaderDefs, dtype: DType, textured: bool) -> Option<ShaderDefs> {
     let (qformat, qk, qwords) = match dtype {
         DType::F32 | DType::F16 | DType::BF16 => (0, 32, 1),
         // Tiled formats have no words per block (shaders/quant.wgsl finds a block's fields).
@@ -273,7 +336,9 @@ pub fn dtype_defs(defs: ShaderDefs, dtype: DType) -> Option<ShaderDefs> {
             .u32("QFORMAT", qformat)
             .u32("QK", qk as u32)
             .u32("QWORDS", qwords as u32)
-            .u32("Q_TILE", crate::quant::TILE_BLOCKS as u32),
+            .u32("Q_TILE", crate::quant::TILE_BLOCKS as u32)
+            .bool("W_TEXTURE", textured)
+            .u32("TEX_WIDTH", crate::device::WEIGHT_TEXTURE_WIDTH as u32),
     )
 }
 
@@ -294,7 +359,7 @@ pub(crate) fn weight_defs(defs: ShaderDefs, w: &GpuWeight, kernel: &str) -> Resu
             });
         }
     }
-    dtype_defs(defs, w.dtype).ok_or_else(|| {
+    dtype_defs_tex(defs, w.dtype, w.textured()).ok_or_else(|| {
         Error::Graph(format!(
             "{kernel}: weight {} is u32; weights must be f32, f16, bf16 or a quantized format",
             w.name
