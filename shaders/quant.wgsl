@@ -34,9 +34,16 @@ fn w_word(i: u32) -> u32 {
 fn w_quad(j: u32) -> vec4<u32> {
     return textureLoad(w_tex, vec2<u32>(j % TEX_WIDTH, j / TEX_WIDTH), 0);
 }
+// Words 4j..4j+3 of the weight chunk, as one vec4 (K-quants' shared words).
+fn w_words4(j: u32) -> vec4<u32> {
+    return w_quad(j);
+}
 #else
 fn w_word(i: u32) -> u32 {
     return w[i];
+}
+fn w_words4(j: u32) -> vec4<u32> {
+    return vec4<u32>(w[4u * j], w[4u * j + 1u], w[4u * j + 2u], w[4u * j + 3u]);
 }
 #endif
 
@@ -198,7 +205,7 @@ fn qk_head(b: u32) -> vec4<u32> {
     if (QFORMAT == Q6_K) {
         return vec4<u32>(w_word(b + 52u), 0u, 0u, 0u);
     }
-    return vec4<u32>(w_word(b), w_word(b + 1u), w_word(b + 2u), w_word(b + 3u));
+    return w_words4(b / 4u);
 }
 
 // Group g's values are q * s.x - s.y (values 0..15) and q * s.z - s.w (values 16..31).
@@ -243,6 +250,27 @@ fn qk_words(b: u32, g: u32, k: u32) -> vec2<u32> {
             return vec2<u32>(w_word(b + 16u * h + 8u * (g & 1u) + k), w_word(b + 32u + 8u * h + k));
         }
     }
+}
+
+// The words of qk_words for k = h..h + 3 (h = 0 or 4) of group g, as vec4s: .x the low bits'
+// words, .y the high bits' (blocks are whole vec4s, and so are these runs of words).
+fn qk_words4(b: u32, g: u32, h: u32) -> array<vec4<u32>, 2> {
+    var out: array<vec4<u32>, 2>;
+    switch QFORMAT {
+        case Q4_K: {
+            out[0] = w_words4((b + 4u + 8u * (g >> 1u) + h) / 4u);
+        }
+        case Q5_K: {
+            out[0] = w_words4((b + 12u + 8u * (g >> 1u) + h) / 4u);
+            out[1] = w_words4((b + 4u + h) / 4u);
+        }
+        default: {
+            let half = g >> 2u;
+            out[0] = w_words4((b + 16u * half + 8u * (g & 1u) + h) / 4u);
+            out[1] = w_words4((b + 32u + 8u * half + h) / 4u);
+        }
+    }
+    return out;
 }
 
 // The byte lanes of values 4k..4k+3 of group g, from qk_words (Q6_K: q + 32, 0..63).
@@ -377,9 +405,11 @@ fn pair_dot(b: u32, pc: u32, xa: array<vec4<f32>, 8>, xb: array<vec4<f32>, 8>, s
     // Halves: values 0..15 (k < 4) and 16..31 of each group.
     var d0 = vec2<f32>(0.0);
     var d1 = vec2<f32>(0.0);
+    var lo4 = qk_words4(b, gs.x, 0u);
+    var hi4 = qk_words4(b, gs.x, 4u);
     for (var k = 0u; k < 4u; k++) {
-        let lo = qk_words(b, gs.x, k);
-        let hi = qk_words(b, gs.x, k + 4u);
+        let lo = vec2<u32>(lo4[0][k], lo4[1][k]);
+        let hi = vec2<u32>(hi4[0][k], hi4[1][k]);
         d0 += vec2<f32>(dot(lane_values(qk_lanes(lo, gs.x)), xa[k]),
                         dot(lane_values(qk_lanes(hi, gs.x)), xa[k + 4u]));
         d1 += vec2<f32>(dot(lane_values(qk_lanes(lo, gs.y)), xb[k]),

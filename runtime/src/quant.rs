@@ -9,8 +9,9 @@
 //!   for Q8_0's 34). Every field is then one texel fetch where weights live in textures
 //!   (CPU adapters, [`crate::tensor::ChunkData`]): Qwen2.5-Coder-0.5B's Q8_0 LM head read
 //!   in 35-39 ms a token there, against 42 padded and 60 tiled in storage buffers (lavapipe);
-//! * the K-quants keep their blocks, each padded at the end to whole words (Q6_K's 210 bytes
-//!   to 212).
+//! * the K-quants keep their blocks, each padded at the end to whole vec4s (Q6_K's 210 bytes
+//!   to 224; Q4_K's 144 and Q5_K's 176 are), so the words a pair of groups shares are whole
+//!   vec4s: one texel fetch each where weights live in textures.
 
 use half::f16;
 
@@ -71,7 +72,7 @@ impl QuantFormat {
         if self.tiled() {
             self.block_bytes()
         } else {
-            self.block_bytes().next_multiple_of(4)
+            self.block_bytes().next_multiple_of(16)
         }
     }
 
