@@ -236,39 +236,40 @@ fn qk_scales(head: vec4<u32>, b: u32, g: u32) -> vec4<f32> {
     return vec4<f32>(a, c, a, c);
 }
 
-// The words holding the low bits (x) and the high bits (y) of values 4k..4k+3 of group g.
-fn qk_words(b: u32, g: u32, k: u32) -> vec2<u32> {
+// Where group g's words start in the superblock at word b: the low bits' (x) and the high
+// bits' (y); word k (0..7) of each holds values 4k..4k+3. Q4_K has no high bits (y unused).
+fn qk_word_bases(b: u32, g: u32) -> vec2<u32> {
     switch QFORMAT {
         case Q4_K: { // qs from byte 16, 32 bytes per pair of groups
-            return vec2<u32>(w_word(b + 4u + 8u * (g >> 1u) + k), 0u);
+            return vec2<u32>(b + 4u + 8u * (g >> 1u), b);
         }
         case Q5_K: { // qh (32 bytes, one bit per group) from byte 16, qs from byte 48
-            return vec2<u32>(w_word(b + 12u + 8u * (g >> 1u) + k), w_word(b + 4u + k));
+            return vec2<u32>(b + 12u + 8u * (g >> 1u), b + 4u);
         }
         default: { // Q6_K: ql (64 bytes per half), qh from byte 128 (32 bytes per half)
             let h = g >> 2u;
-            return vec2<u32>(w_word(b + 16u * h + 8u * (g & 1u) + k), w_word(b + 32u + 8u * h + k));
+            return vec2<u32>(b + 16u * h + 8u * (g & 1u), b + 32u + 8u * h);
         }
     }
 }
 
-// The words of qk_words for k = h..h + 3 (h = 0 or 4) of group g, as vec4s: .x the low bits'
-// words, .y the high bits' (blocks are whole vec4s, and so are these runs of words).
+// The words holding the low bits (x) and the high bits (y) of values 4k..4k+3 of group g.
+fn qk_words(b: u32, g: u32, k: u32) -> vec2<u32> {
+    let at = qk_word_bases(b, g) + k;
+    if (QFORMAT == Q4_K) {
+        return vec2<u32>(w_word(at.x), 0u);
+    }
+    return vec2<u32>(w_word(at.x), w_word(at.y));
+}
+
+// qk_words for k = h..h + 3 (h = 0 or 4) of group g as vec4s: [0] the low bits' words, [1]
+// the high bits' (blocks are whole vec4s, and so are these runs of words).
 fn qk_words4(b: u32, g: u32, h: u32) -> array<vec4<u32>, 2> {
+    let at = (qk_word_bases(b, g) + h) / 4u;
     var out: array<vec4<u32>, 2>;
-    switch QFORMAT {
-        case Q4_K: {
-            out[0] = w_words4((b + 4u + 8u * (g >> 1u) + h) / 4u);
-        }
-        case Q5_K: {
-            out[0] = w_words4((b + 12u + 8u * (g >> 1u) + h) / 4u);
-            out[1] = w_words4((b + 4u + h) / 4u);
-        }
-        default: {
-            let half = g >> 2u;
-            out[0] = w_words4((b + 16u * half + 8u * (g & 1u) + h) / 4u);
-            out[1] = w_words4((b + 32u + 8u * half + h) / 4u);
-        }
+    out[0] = w_words4(at.x);
+    if (QFORMAT != Q4_K) {
+        out[1] = w_words4(at.y);
     }
     return out;
 }

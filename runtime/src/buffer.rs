@@ -72,8 +72,7 @@ impl fmt::Debug for GpuBuffer {
 pub struct GpuTexture {
     pub texture: wgpu::Texture,
     pub view: wgpu::TextureView,
-    bytes: u64,
-    _counted: Arc<Counted>,
+    counted: Arc<Counted>,
     /// A storage-buffer copy, made the first time a kernel that reads weights only from
     /// buffers binds this one ([`crate::tensor::GpuWeight::single`]).
     pub(crate) plain: Arc<std::sync::OnceLock<GpuBuffer>>,
@@ -96,22 +95,21 @@ impl GpuTexture {
         GpuTexture {
             texture,
             view,
-            bytes,
-            _counted: counted,
+            counted,
             plain: Arc::default(),
         }
     }
 
     /// Bytes the texture holds (whole rows of texels).
     pub fn size(&self) -> u64 {
-        self.bytes
+        self.counted.bytes
     }
 }
 
 impl fmt::Debug for GpuTexture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GpuTexture")
-            .field("bytes", &self.bytes)
+            .field("bytes", &self.counted.bytes)
             .finish()
     }
 }

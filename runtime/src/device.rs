@@ -131,8 +131,9 @@ const WGPU_MAJOR: u32 = 30;
 /// 22.3) turns a storage-buffer load whose address differs between invocations into a loop
 /// over the SIMD lanes (per lane: mask test, bounds test, the binding's base and size, the
 /// load), where a texel fetch is straight-line code, so the decode matvec reads weights
-/// faster from a texture (lavapipe, timestamps, alternated runs: Qwen2.5-Coder-0.5B Q4_K_M's
-/// matvecs 158 against 175-193 ms a token, SmolLM2-135M Q4_1's 32-34 against 50-55).
+/// faster from a texture (lavapipe, timestamps, SmolLM2-135M Q4_1's matvecs 38-40 ms a
+/// token against 56-63, RWKV-7 0.1B f16's 45-47 against 68-88; Qwen2.5-Coder-0.5B Q4_K_M's
+/// 122-127 against 175 for the buffers of the build before).
 /// `KESTREL_WEIGHT_TEXTURES=0` keeps them in storage buffers. A texture holds
 /// [`WEIGHT_TEXTURE_WIDTH`] texels of 16 bytes a row, as many rows as the adapter's 2D
 /// textures take.
@@ -427,7 +428,6 @@ impl Gpu {
     }
 
     /// A one-line description of the adapter (for reports and benchmarks).
-    /// The adapter: name, backend, type, driver.
     pub fn describe(&self) -> String {
         format!(
             "{} ({}, {:?}, driver {} {})",

@@ -96,7 +96,7 @@ pub fn check_binding(gpu: &Gpu, what: &str, bytes: u64) -> Result<()> {
 pub enum ChunkData {
     Buffer(GpuBuffer),
     /// A texture of `rgba32uint` texels (weight matrices on CPU adapters,
-    /// [`Gpu::weight_textures`]); kernels read it with `W_TEXTURE` (shaders/quant.wgsl).
+    /// [`crate::Caps::weight_texture_bytes`]); kernels read it with `W_TEXTURE` (shaders/quant.wgsl).
     Texture(GpuTexture),
 }
 

@@ -239,7 +239,7 @@ impl Layout {
         let untuned_cpu =
             gpu.tuning().matvec.is_none() && gpu.info.device_type == wgpu::DeviceType::Cpu;
         match untuned_cpu && w.textured() {
-            true => Layout::for_cpu_texture(w.dtype, w.rows / w.experts.max(1)),
+            true => Layout::for_cpu_texture(w.dtype, w.rows / w.experts),
             false => Layout::for_device(gpu, w.dtype),
         }
     }
@@ -263,6 +263,12 @@ impl Layout {
                 ..layout
             },
         }
+    }
+
+    /// Whether the kernel in this layout takes a prologue of `kind`: a merge only up to
+    /// [`MERGE_MAX_ROWS_PER_LANE`] rows per lane.
+    fn takes(self, kind: Kind) -> bool {
+        kind != Kind::Merge || self.rows_per_lane <= MERGE_MAX_ROWS_PER_LANE
     }
 
     /// Rows per workgroup.
@@ -328,10 +334,9 @@ pub fn launch_fused(
     fusion: Fusion,
     layout: Option<Layout>,
 ) -> Result<Vec<Dispatch>> {
+    // A default layout too wide for a merge prologue's workgroup memory narrows.
     let layout = layout.unwrap_or_else(|| match Layout::for_weight(gpu, w) {
-        l if l.rows_per_lane > MERGE_MAX_ROWS_PER_LANE && fusion.prologue.kind() == Kind::Merge => {
-            Layout::CPU_TEXTURE
-        }
+        l if !l.takes(fusion.prologue.kind()) => Layout::CPU_TEXTURE,
         l => l,
     });
     launch_inner(gpu, x, w, bias, y, layout, None, fusion)
@@ -497,8 +502,10 @@ fn check_fusion(
         if w.cols > MERGE_MAX_K {
             return bad(&format!("merged attention input longer than {MERGE_MAX_K}"));
         }
-        if layout.rows_per_lane > MERGE_MAX_ROWS_PER_LANE {
-            return bad("a merged attention input takes at most 16 rows per lane");
+        if !layout.takes(Kind::Merge) {
+            return bad(&format!(
+                "a merged attention input takes at most {MERGE_MAX_ROWS_PER_LANE} rows per lane"
+            ));
         }
     }
     Ok(())
@@ -584,8 +591,7 @@ pub fn variants() -> Vec<ShaderDefs> {
                         out.push(d(grouped, Kind::Plain, Epilogue::Store));
                     }
                     for prologue in prologues {
-                        if prologue == Kind::Merge && layout.rows_per_lane > MERGE_MAX_ROWS_PER_LANE
-                        {
+                        if !layout.takes(prologue) {
                             continue;
                         }
                         for epilogue in Epilogue::ALL {
