@@ -18,6 +18,7 @@ pub mod fixture;
 pub mod real_model;
 
 use std::cell::RefCell;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use kestrel_runtime::cases::{Case, BACKEND_TOL};
@@ -234,4 +235,28 @@ pub fn check_cases(cases: impl IntoIterator<Item = Case>) {
         count += 1;
     }
     assert!(count > 0, "no cases to check");
+}
+
+/// The test fixture folder `name` (tests/fixtures, made by the fixture generator).
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// A private copy of fixture `name` whose config names `eos` as its end-of-sequence token.
+pub fn fixture_with_eos(name: &str, eos: u32) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kestrel-eos{eos}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for e in std::fs::read_dir(fixture(name)).expect("fixture") {
+        let p = e.expect("entry").path();
+        std::fs::copy(&p, dir.join(p.file_name().expect("name"))).expect("copy");
+    }
+    let config = dir.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).expect("read")).expect("json");
+    v["eos_token_id"] = eos.into();
+    std::fs::write(&config, v.to_string()).expect("write");
+    dir
 }

@@ -8,18 +8,12 @@
 //!   `o * swish(g)`; the fused kernel does both at once), so the gla fixture, with its norm's
 //!   tensors renamed in the safetensors header, must give the gla fixture's logits.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use kestrel_tests::{gpus, rel_err};
+use kestrel_tests::{fixture, gpus, rel_err};
 use serde_json::Value;
 
 const TOL: f64 = 1e-4;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
 
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

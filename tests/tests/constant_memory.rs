@@ -16,25 +16,17 @@
 //! while it lives (its bind groups alone would keep its buffers alive uncounted), and a
 //! dropped session or model gives back every byte it allocated.
 
-use std::path::{Path, PathBuf};
-
 use kestrel_models::{AttentionOptions, Model};
 use kestrel_runtime::session::{Sampling, Session};
 use std::sync::Arc;
 
 use kestrel_runtime::Gpu;
-use kestrel_tests::gpus;
+use kestrel_tests::{fixture, gpus};
 
 const EARLY: usize = 64;
 const LATE: usize = 10_000;
 /// Resident memory growth allowed between EARLY and LATE (allocator noise, see above).
 const RSS_SLACK: u64 = 4 << 20;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
 
 /// The process's resident set in bytes (VmRSS of /proc/self/status).
 fn rss_bytes() -> u64 {

@@ -5,16 +5,8 @@
 //! twice or too far) — greedy and sampled; a batch stops at an end token without running the
 //! steps after it; and it takes one submit and one readback.
 
-use std::path::{Path, PathBuf};
-
 use kestrel_runtime::session::{Sampling, Session};
-use kestrel_tests::gpus;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
+use kestrel_tests::{fixture, gpus};
 
 const PROMPT: [u32; 5] = [3, 17, 42, 5, 9];
 

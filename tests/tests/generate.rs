@@ -3,7 +3,6 @@
 //! reference implementations elsewhere), and its limits, stop strings, prefix reuse and
 //! errors behave as every front end relies on. Greedy sampling throughout, so runs repeat.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kestrel_models::generate::{
@@ -13,13 +12,7 @@ use kestrel_models::Model;
 use kestrel_runtime::diffusion::{self, BlockCache, DiffusionConfig};
 use kestrel_runtime::session::{Sampling, Session};
 use kestrel_runtime::Gpu;
-use kestrel_tests::gpus;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
+use kestrel_tests::{fixture, fixture_with_eos, gpus};
 
 /// Run `g` to its end; returns the pieces (one per step until Done) and how it ended.
 fn run(g: &mut Generation, model: &Model, session: &mut Session) -> (Vec<String>, Finish) {
@@ -50,23 +43,6 @@ fn reference(model: &Model, gpu: &Arc<Gpu>, prompt: &[u32], n: usize) -> Vec<u32
         }
     }
     out
-}
-
-/// A private copy of a fixture whose config names `eos` as its end-of-sequence token.
-fn with_eos(name: &str, eos: u32) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kestrel-generate-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    for e in std::fs::read_dir(fixture(name)).expect("fixture") {
-        let p = e.expect("entry").path();
-        std::fs::copy(&p, dir.join(p.file_name().expect("name"))).expect("copy");
-    }
-    let config = dir.join("config.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config).expect("read")).expect("json");
-    v["eos_token_id"] = eos.into();
-    std::fs::write(&config, v.to_string()).expect("write");
-    dir
 }
 
 /// Two characters from the second half of `reply`, neither a replacement character: a stop
@@ -134,7 +110,7 @@ fn text_is_the_greedy_tokens_detokenized() {
         // The same model with a token of that reply as its end-of-sequence token stops there.
         let eos = want[6];
         let end = want.iter().position(|&t| t == eos).expect("in the reply");
-        let dir = with_eos("llama_gqa", eos);
+        let dir = fixture_with_eos("llama_gqa", eos);
         let model = kestrel_models::load(&gpu, &dir).expect("load");
         let mut s = model.session(&gpu, 64).expect("session");
         let mut g = Generation::new(&model, &mut s, ids, &greedy(20)).expect("start");
@@ -352,7 +328,7 @@ fn a_diffusion_model_gives_one_block_per_step() {
         .iter()
         .position(|&t| t == eos)
         .expect("in the reply");
-    let dir = with_eos("llada", eos);
+    let dir = fixture_with_eos("llada", eos);
     let model = kestrel_models::load(&gpu, &dir).expect("load");
     let mut g = Generation::new(&model, &mut s, g_ids, &request).expect("start");
     let (_, finish) = run(&mut g, &model, &mut s);

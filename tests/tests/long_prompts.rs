@@ -9,14 +9,13 @@
 //! keys, the chunked scan's chunk boundaries), which changes summation order and nothing
 //! more — the gap seen is ~1e-7.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kestrel_models::{AttentionOptions, ModelError};
 use kestrel_runtime::block_mask::SparseConfig;
 use kestrel_runtime::session::Sampling;
 use kestrel_runtime::{Error, Gpu};
-use kestrel_tests::{gpus, rel_err};
+use kestrel_tests::{fixture, gpus, rel_err};
 
 const TOL: f64 = 1e-5;
 
@@ -38,12 +37,6 @@ const MODELS: &[&str] = &[
     "jamba",
     "zamba2",
 ];
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
 
 fn tokens(name: &str) -> Vec<u32> {
     let text = std::fs::read_to_string(fixture(name).join("tokens.json")).expect("tokens.json");

@@ -5,7 +5,6 @@
 //! threads (`Gpu::prebuild`), bad hints dropped without harm. On the fixture llama_gqa.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kestrel_models::Model;
@@ -13,15 +12,9 @@ use kestrel_runtime::arch::Head;
 use kestrel_runtime::profile;
 use kestrel_runtime::session::Sampling;
 use kestrel_runtime::{BackendChoice, Gpu};
-use kestrel_tests::{backends, gpus};
+use kestrel_tests::{backends, fixture, gpus};
 
 const PROMPT: [u32; 5] = [5, 17, 42, 3, 9];
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
 
 fn llama_gqa(gpu: &Arc<Gpu>) -> Model {
     kestrel_models::load(gpu, &fixture("llama_gqa")).expect("load llama_gqa")

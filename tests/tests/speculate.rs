@@ -5,7 +5,6 @@
 //! sampler's every-row draws match that reference on the GPU; models that cannot be cut back
 //! and draft models with another vocabulary are refused by name.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kestrel_models::generate::{Finish, GenerateError, Generation, Prompt, Request, Step};
@@ -16,12 +15,6 @@ use kestrel_runtime::rng::{pcg_hash, Rng};
 use kestrel_runtime::session::{Sampling, Session};
 use kestrel_runtime::Gpu;
 use kestrel_tests::*;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
 
 /// A reply driven to its end: its text (the pieces joined), how it ended, the tokens of the
 /// reply and drawn, and the speculation counters.
@@ -65,23 +58,6 @@ fn reply(
     }
     let r = drive(&mut g, model, s);
     (r, g.speculation_stats(), g.take_speculator())
-}
-
-/// A private copy of a fixture whose config names `eos` as its end-of-sequence token.
-fn with_eos(name: &str, eos: u32) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kestrel-speculate-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    for e in std::fs::read_dir(fixture(name)).expect("fixture") {
-        let p = e.expect("entry").path();
-        std::fs::copy(&p, dir.join(p.file_name().expect("name"))).expect("copy");
-    }
-    let config = dir.join("config.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config).expect("read")).expect("json");
-    v["eos_token_id"] = eos.into();
-    std::fs::write(&config, v.to_string()).expect("write");
-    dir
 }
 
 /// The prompts of the exactness tests: one whose text repeats (prompt lookup finds it), one
@@ -227,7 +203,7 @@ fn an_end_token_inside_a_draft_ends_the_reply_there() {
     let ids = s.tokens()[prompt.len()..].to_vec();
     assert!(stats.expect("stats").accepted > 0);
     for &eos in ids.iter().skip(3).take(6) {
-        let dir = with_eos("llama_gqa", eos);
+        let dir = fixture_with_eos("llama_gqa", eos);
         let model = kestrel_models::load(&gpu, &dir).expect("load");
         let request = Request {
             max_tokens: 40,
