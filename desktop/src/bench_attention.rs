@@ -183,8 +183,8 @@ fn prefill(gpu: &Arc<Gpu>, kind: Kind, len: usize, warm_up: bool) -> Result<Pref
     // The kernel a session's plan would run (see Plan lowering), unless forced row-wise.
     let words = mask.as_ref().map(|m| m.to_words());
     let max_keys = attention::prefill_key_span(&layout, HEADS, words.as_deref());
-    let rowwise =
-        kind == Kind::FullRowwise || !attention::tiled_fits(gpu, shape.head_dim, max_keys);
+    let rowwise = kind == Kind::FullRowwise
+        || attention::prefill_rowwise(gpu, &shape, None, mask.is_some(), max_keys);
     let partial = gpu.storage_buffer(
         "bench partial",
         (decode_attention::partial_floats(&shape, 1, chunk) * 4) as u64,
@@ -377,8 +377,13 @@ pub fn run(gpu: &Arc<Gpu>, max_len: usize, text: bool) -> Result<Value, String> 
         );
         outln!(
             "prefill path: the tiled kernel where it fits (on CPU adapters up to {} keys per \
-             query at this head_dim), else row-wise; 'rowwise' rows force the row-wise kernel",
-            attention::cpu_tiled_key_limit(HEAD_DIM)
+             query at this head_dim) and is the faster, else row-wise ({}); 'rowwise' rows \
+             force the row-wise kernel",
+            attention::cpu_tiled_key_limit(HEAD_DIM),
+            match attention::prefill_rowwise(gpu, &shape(), None, false, HEAD_DIM) {
+                true => "this adapter's dense prefill",
+                false => "none here",
+            }
         );
         outln!(
             "prefill attention, whole sequence (window: chunks of up to {} tokens through the ring, \

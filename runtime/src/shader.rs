@@ -6,6 +6,10 @@
 //! NAME is true, those between `#else` and `#endif` only where it is false (nested blocks
 //! allowed): for code a device without a feature must not see at all, such as subgroup
 //! builtins, which naga refuses without the SUBGROUP capability even in an untaken branch.
+//! Lines between `#for NAME in COUNT` and `#endfor` (COUNT a u32 constant or a number,
+//! optionally `/ N`; nested blocks allowed) are repeated COUNT times, with `${NAME}` replaced by 0, 1, ...:
+//! loops unrolled in the source, for drivers that keep private arrays indexed in a loop in
+//! memory (lavapipe; see shaders/decode_attention_lanes.wgsl).
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -69,8 +73,70 @@ impl Cond<'_> {
     }
 }
 
+/// A `#for NAME in COUNT` line's name and count: a u32 constant of `defs` or a number,
+/// optionally divided by another (`#for c in HEAD_DIM / 4`).
+fn parse_for(line: &str, defs: &ShaderDefs) -> Option<(String, u32)> {
+    let value = |w: &str| match defs.get(w) {
+        Some(Def::U32(n)) => Some(n),
+        _ => w.parse().ok(),
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let count = match words[..] {
+        ["#for", _, "in", n] => value(n)?,
+        ["#for", _, "in", n, "/", d] => value(n)?.checked_div(value(d)?)?,
+        _ => return None,
+    };
+    Some((format!("${{{}}}", words[1]), count))
+}
+
+/// `lines` with their `#for` blocks repeated (see the module's doc) and `bound`'s
+/// placeholders replaced, into `out`. A `#for` whose count is no u32 constant or number, or
+/// that has no `#endfor`, is left in place, where the WGSL parser reports it with its line.
+fn unroll(lines: &[&str], defs: &ShaderDefs, bound: &mut Vec<(String, u32)>, out: &mut String) {
+    let mut at = 0;
+    while at < lines.len() {
+        let line = lines[at];
+        at += 1;
+        let head = parse_for(line, defs);
+        // The matching `#endfor`: the first one at depth 0 after the body's own blocks.
+        let end = head.as_ref().and_then(|_| {
+            let mut depth = 0usize;
+            lines[at..].iter().position(|l| match l.trim() {
+                t if t.starts_with("#for ") => {
+                    depth += 1;
+                    false
+                }
+                "#endfor" if depth == 0 => true,
+                "#endfor" => {
+                    depth -= 1;
+                    false
+                }
+                _ => false,
+            })
+        });
+        match (head, end) {
+            (Some((name, count)), Some(len)) => {
+                for i in 0..count {
+                    bound.push((name.clone(), i));
+                    unroll(&lines[at..at + len], defs, bound, out);
+                    bound.pop();
+                }
+                at += len + 1;
+            }
+            _ => {
+                let mut line = line.to_string();
+                for (name, i) in bound.iter() {
+                    line = line.replace(name.as_str(), &i.to_string());
+                }
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+    }
+}
+
 /// `kernel` with every `#include "NAME"` line replaced by the snippet NAME, expanded in turn,
-/// and the lines of `#if` blocks kept or dropped by `defs` (each kept `enable` directive goes
+/// its `#for` blocks repeated, and the lines of `#if` blocks kept or dropped by `defs` (each kept `enable` directive goes
 /// to `directives` instead). `#if` lines push to `stack` (whether the lines around the block
 /// are kept, whether its `#if` part is), `#endif` lines pop. An unknown include or a condition
 /// that is not a bool constant is left in place, where the WGSL parser reports it with its
@@ -82,7 +148,10 @@ fn expand(
     out: &mut String,
     directives: &mut String,
 ) {
-    for line in kernel.lines() {
+    let mut unrolled = String::new();
+    let lines: Vec<&str> = kernel.lines().collect();
+    unroll(&lines, defs, &mut Vec::new(), &mut unrolled);
+    for line in unrolled.lines() {
         let active = stack.last().is_none_or(|&(outer, this)| outer && this);
         // Whether the line was a condition, consumed here.
         let consumed = match Cond::parse(line) {
@@ -267,5 +336,29 @@ mod tests {
             .render("#if N\n#if M\n#endif\n#endif\n#endif\n", false);
         let kept: Vec<&str> = s.lines().filter(|l| l.starts_with('#')).collect();
         assert_eq!(kept, ["#if N", "#if M", "#endif"]);
+    }
+
+    #[test]
+    fn for_blocks_repeat_their_lines() {
+        let kernel = "a\n#for g in G\n#for c in G2 / 2\nx${g}_${c}\n#endfor\n#if B\ny${g}\n#endif\n#endfor\nz\n";
+        let tail = |defs: ShaderDefs| {
+            let s = defs.render(kernel, false);
+            s[s.find(COMMON).unwrap() + COMMON.len()..]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let b = |g: u32, b: bool| ShaderDefs::new().u32("G", g).u32("G2", 5).bool("B", b);
+        assert_eq!(tail(b(2, true)), "a x0_0 x0_1 y0 x1_0 x1_1 y1 z");
+        assert_eq!(tail(b(1, false)), "a x0_0 x0_1 z");
+        assert_eq!(tail(b(0, true)), "a z");
+        // A count that is no u32 constant or number, a block without its `#endfor`: left
+        // for the WGSL parser to report.
+        let s = ShaderDefs::new()
+            .bool("B", true)
+            .render("#for g in B\nx\n#endfor\n", false);
+        assert!(s.contains("#for g in B"));
+        let s = ShaderDefs::new().render("#for g in 2\nx${g}\n", false);
+        assert!(s.contains("#for g in 2\nx${g}"));
     }
 }

@@ -252,6 +252,24 @@ pub fn tiled_fits(gpu: &Gpu, head_dim: usize, max_keys: usize) -> bool {
             || max_keys <= cpu_tiled_key_limit(head_dim))
 }
 
+/// Whether a prefill runs the row-wise kernel (decode_attention's, a workgroup per query and
+/// group of heads) rather than the tiled one: where the tiled kernel does not fit
+/// ([`tiled_fits`]), and without a block-sparse mask on adapters that run decode attention's
+/// lanes kernel, faster there at every length (lavapipe, 8 heads of 64 over 2 KV heads,
+/// 1024 tokens: full 81 against 185 ms, a 256 window 34 against 85; block-sparse, one head
+/// per workgroup, 139 against 121: `kestrel bench --attention`).
+pub fn prefill_rowwise(
+    gpu: &Gpu,
+    shape: &AttnShape,
+    rope_half: Option<usize>,
+    sparse: bool,
+    max_keys: usize,
+) -> bool {
+    let lanes = decode_attention::Kernels::for_device(gpu, shape, rope_half);
+    !tiled_fits(gpu, shape.head_dim, max_keys)
+        || (!sparse && lanes == decode_attention::Kernels::Lanes)
+}
+
 /// The most keys per query the tiled kernel takes on a CPU adapter.
 pub fn cpu_tiled_key_limit(head_dim: usize) -> usize {
     60_000 / (3 + head_dim / 8)
@@ -470,13 +488,16 @@ impl Op for Attention {
         let (shape, layout, causal) = (self.shape, self.layout, self.causal);
         let n = cx.shape(self.q)[0];
         // The tiled kernel must fit the keys its queries stream (CPU adapters cap an
-        // invocation's loop iterations); else one workgroup per query.
+        // invocation's loop iterations) and be the faster; else one workgroup per query.
         let mask_words = self.mask.and_then(|m| cx.constant(m));
         let max_keys = prefill_key_span(&layout, shape.heads, mask_words);
         // Decode splits the cache across workgroups; a row-wise prefill already has a
         // workgroup per query and head, and keeps one piece each.
         let decode = n == 1 && causal;
-        let partial = if decode || !tiled_fits(gpu, shape.head_dim, max_keys) {
+        let rope_half = self.inv_freq.map(|f| cx.numel(f));
+        let partial = if decode
+            || prefill_rowwise(gpu, &shape, rope_half, self.mask.is_some(), max_keys)
+        {
             let splits = match decode {
                 true => {
                     decode_attention::splits_on(gpu, decode_attention::max_splits_for(layout.rows))
