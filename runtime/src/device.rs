@@ -178,6 +178,15 @@ fn backend_rank(b: wgpu::Backend) -> u32 {
 impl Gpu {
     /// Open the best adapter for `choice` and a device with the adapter's own limits.
     pub async fn new(choice: BackendChoice) -> Result<Arc<Gpu>> {
+        Self::new_on(choice, false).await
+    }
+
+    /// [`Gpu::new`], told whether the adapter runs on the CPU where the backend may not say
+    /// so: a browser reports its software adapter (Chromium's SwiftShader) as a CPU one only
+    /// when it was asked for a fallback adapter, so the web engine reads the browser's own
+    /// adapter description and passes `cpu` here. With it the adapter's kernels and layouts
+    /// are those of a native CPU driver (the same SwiftShader natively reports itself as one).
+    pub async fn new_on(choice: BackendChoice, cpu: bool) -> Result<Arc<Gpu>> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = choice.backends();
         // wgpu's validation of indirect dispatch arguments adds a pass per indirect dispatch;
@@ -187,7 +196,7 @@ impl Gpu {
             .remove(wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL);
         let instance = wgpu::Instance::new(desc);
         let adapter = Self::pick_adapter(&instance, choice).await?;
-        Self::from_adapter(instance, adapter).await
+        Self::from_adapter(instance, adapter, cpu).await
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -222,9 +231,16 @@ impl Gpu {
     }
 
     /// Open a device on `adapter` with its own limits, after checking them against what the
-    /// kernels need ([`requirements`]).
-    async fn from_adapter(instance: wgpu::Instance, adapter: wgpu::Adapter) -> Result<Arc<Gpu>> {
-        let info = adapter.get_info();
+    /// kernels need ([`requirements`]); `cpu`: known to run on the CPU ([`Gpu::new_on`]).
+    async fn from_adapter(
+        instance: wgpu::Instance,
+        adapter: wgpu::Adapter,
+        cpu: bool,
+    ) -> Result<Arc<Gpu>> {
+        let mut info = adapter.get_info();
+        if cpu {
+            info.device_type = wgpu::DeviceType::Cpu;
+        }
         let wanted = wgpu::Features::SHADER_F16
             | wgpu::Features::SUBGROUP
             | wgpu::Features::TIMESTAMP_QUERY
