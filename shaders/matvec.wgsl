@@ -78,12 +78,15 @@ fn lanes_sum(v: f32) -> f32 {
     }
     return s;
 }
-#else
+#endif
+#if WORKGROUP_SUMS
 // NORM: each lane's sum of x² in the first row group.
 var<workgroup> squares: array<f32, LANES>;
 #endif
+#if GROUPED
 // GROUPED: the x offset, the chunk row where the expert starts, the y offset, 1 to skip.
 var<workgroup> group_info: vec4<u32>;
+#endif
 
 // Where x starts (floats, and vec4s), and NORM's sum of the squares this lane loaded.
 var<private> xo: u32;
@@ -95,10 +98,12 @@ var<private> square_sum: f32;
 // denominator 0 and output 0: shaders/decode_attention.wgsl) add exactly 0.
 var<private> merge_head: u32;
 var<private> merge_info: vec2<f32>;
+#if MERGE
 // MERGE: x as the product sees it (K <= MERGE_K), merged once per workgroup. Merging as
 // values are loaded would put the pieces loop inside the loads, which keeps the loads'
 // arrays in memory and makes lavapipe allocate (and not free) scratch on every dispatch.
 var<workgroup> merged_x: array<f32, MERGE_K>;
+#endif
 
 // The merged attention output at x index i (MERGE's first step).
 fn merged(i: u32) -> f32 {
@@ -127,9 +132,9 @@ fn merged(i: u32) -> f32 {
 
 // x at index i of the row, after the prologue.
 fn x_at(i: u32) -> f32 {
-    if (MERGE) {
-        return merged_x[i];
-    }
+#if MERGE
+    return merged_x[i];
+#endif
     if (NORM) {
         let v = x[xo + i];
         square_sum += v * v;
@@ -141,9 +146,9 @@ fn x_at(i: u32) -> f32 {
 // x at vec4 index j of the row, after the prologue.
 fn x4_at(j: u32) -> vec4<f32> {
     let i = 4u * j;
-    if (MERGE) {
-        return vec4<f32>(merged_x[i], merged_x[i + 1u], merged_x[i + 2u], merged_x[i + 3u]);
-    }
+#if MERGE
+    return vec4<f32>(merged_x[i], merged_x[i + 1u], merged_x[i + 2u], merged_x[i + 3u]);
+#endif
     if (NORM) {
         let v = x4[xo4 + j];
         square_sum += dot(v, v);
@@ -166,7 +171,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     xo = 0u;
     var wr = 0u; // chunk row of the matrix's first row
     var yo = p.col_offset;
-    if (GROUPED) {
+#if GROUPED
+    {
         if (lid == 0u) {
             let r = wid.z;
             let e = aux[2u * r + 1u];
@@ -185,14 +191,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         wr = info.y;
         yo = info.z;
     }
+#endif
     xo4 = xo / 4u;
-    if (MERGE) {
-        merge_head = 0xffffffffu;
-        for (var i = lid; i < p.k; i += 64u) {
-            merged_x[i] = merged(i);
-        }
-        workgroupBarrier();
+#if MERGE
+    merge_head = 0xffffffffu;
+    for (var i = lid; i < p.k; i += 64u) {
+        merged_x[i] = merged(i);
     }
+    workgroupBarrier();
+#endif
     let first = group_index(wid, nwg) * ROWS;
     let row0 = first + (lid / LANES) * R;
     let wrow0 = wr + row0; // the chunk row of row0
@@ -315,6 +322,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     }
 #else
+#if WORKGROUP_SUMS
     put_partials(lid, acc);
     if (NORM && lid < LANES) {
         squares[lane] = square_sum;
@@ -330,5 +338,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         inv = inverseSqrt(total / f32(p.k) + p.eps);
     }
     store_partials(lid, first, yo, inv);
+#else
+    // One lane per row: its sums are the rows', and it loaded all of x (NORM's sum of
+    // squares). No workgroup memory, so no barrier (and none where a browser would
+    // zero-initialise it).
+    var inv = 1.0;
+    if (NORM) {
+        inv = inverseSqrt(square_sum / f32(p.k) + p.eps);
+    }
+    for (var r = 0u; r < R; r++) {
+        if (r < nr) {
+            if (GLU && r % 2u == 0u) {
+                store_pair(yo, row0 + r, acc[r], acc[r + 1u], inv);
+            } else if (!GLU) {
+                store_row(yo, row0 + r, acc[r], inv);
+            }
+        }
+    }
+#endif
 #endif
 }

@@ -6,8 +6,8 @@
 //
 // The including kernel declares p (with col_offset), bias and y, and the constants HAS_BIAS,
 // ACCUM, GLU, GELU_TANH, SUBGROUP, LANES, R (rows per lane) and ROWS (rows per workgroup).
-// Without SUBGROUP the lanes' sums go through workgroup memory: put_partials before a barrier,
-// store_partials after it.
+// With WORKGROUP_SUMS (neither SUBGROUP nor one lane per row) the lanes' sums go through
+// workgroup memory: put_partials before a barrier, store_partials after it.
 
 // The output of row `row` (of the chunk) from its sum over the lanes.
 fn store_row(yo: u32, row: u32, sum: f32, inv: f32) {
@@ -33,8 +33,7 @@ fn store_pair(yo: u32, row: u32, gate: f32, up: f32, inv: f32) {
     y[(yo + row) / 2u] = act * (up * inv);
 }
 
-#if SUBGROUP
-#else
+#if WORKGROUP_SUMS
 var<workgroup> partial: array<f32, ROWS * LANES>;
 
 // Invocation lid's partial sums of its row group's R rows, into workgroup memory.

@@ -62,7 +62,7 @@ if [ -f "$smollm2" ]; then
 else
     echo "KESTREL_OFFLINE=1: not checked: SmolLM2 in the browser" >>"$KESTREL_UNCHECKED"
 fi
-node web/tests/browser.mjs --native-dir target/web-test
+node web/tests/browser.mjs --native-dir target/web-test --native-bin target/debug/kestrel
 echo "browser step: $((SECONDS - web_start)) s"
 if [ -s "$KESTREL_UNCHECKED" ]; then
     echo "tests/run.sh: passed, but these were NOT checked (KESTREL_OFFLINE=1):"

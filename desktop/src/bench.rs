@@ -14,11 +14,9 @@ use std::time::Instant;
 
 use kestrel_models::chat_template::Message;
 use kestrel_models::generate::{Generation, Prompt, Request};
-use kestrel_runtime::arch::Head;
 use kestrel_runtime::kernels::{self, matmul, matvec};
 use kestrel_runtime::profile::{self, KernelTimes};
 use kestrel_runtime::rng::Rng;
-use kestrel_runtime::session::{Sampling, Session};
 use kestrel_runtime::tensor::{GpuWeight, HostData};
 use kestrel_runtime::Gpu;
 use serde_json::{json, Value};
@@ -145,27 +143,6 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         outln!("{report:#}");
     }
     Ok(())
-}
-
-/// A decode token's GPU time by kernel class (None where the adapter has no timestamp
-/// queries). Replays the session's decode plan at its last position, after running that
-/// position again so the plan and its step exist: this rewrites a KV cache row with the same
-/// values but advances a recurrent state, so the session must not be used afterwards.
-fn decode_profile(session: &mut Session) -> kestrel_runtime::Result<Option<KernelTimes>> {
-    let gpu = session.gpu().clone();
-    if !gpu.caps.timestamps {
-        return Ok(None);
-    }
-    let pos = session.pos();
-    let Some(&last) = session.tokens().last() else {
-        return Ok(None);
-    };
-    // Where the cache cannot drop one position (a recurrent state), it starts over: a
-    // recurrent decode step costs the same at any position.
-    session.truncate(pos - 1);
-    pollster::block_on(session.next_token(&[last], &Sampling::default()))?;
-    let plan = session.plan(1, Head::Sample)?;
-    pollster::block_on(profile::kernel_times(&gpu, plan.dispatches()))
 }
 
 /// Kernel class -> `f(ms)` as a JSON object.
@@ -421,8 +398,8 @@ fn model_bench(
             })
         })
         .collect();
-    // Last, as it replays a decode step on the session (see `decode_profile`).
-    let kernel_times = decode_profile(&mut session).map_err(rt)?;
+    // Last, as it replays a decode step on the session (see `profile::decode_times`).
+    let kernel_times = pollster::block_on(profile::decode_times(&mut session)).map_err(rt)?;
     let decode_tokens_per_s = decode_len as f64 / decode_s;
     let read_per_token = model
         .weight_bytes_per_token(&session)

@@ -127,21 +127,23 @@ pub struct Gpu {
 const WGPU_MAJOR: u32 = 30;
 
 /// How many bytes a weight texture holds where weight matrices are held in textures
-/// ([`Gpu::weight_texture`]), 0 where they are not: on CPU adapters, natively. Lavapipe (Mesa
+/// ([`Gpu::weight_texture`]), 0 where they are not: on CPU adapters. Lavapipe (Mesa
 /// 22.3) turns a storage-buffer load whose address differs between invocations into a loop
 /// over the SIMD lanes (per lane: mask test, bounds test, the binding's base and size, the
 /// load), where a texel fetch is straight-line code, so the decode matvec reads weights
 /// faster from a texture (lavapipe, timestamps, SmolLM2-135M Q4_1's matvecs 38-40 ms a
 /// token against 56-63, RWKV-7 0.1B f16's 45-47 against 68-88; Qwen2.5-Coder-0.5B Q4_K_M's
 /// 122-127 against 175 for the buffers of the build before).
-/// `KESTREL_WEIGHT_TEXTURES=0` keeps them in storage buffers. A texture holds
+/// In a browser on SwiftShader ([`Gpu::new_on`]) SmolLM2's matvecs took 208 ms a token
+/// against 254 from buffers (headless Chromium, `decodeProfile`).
+/// `KESTREL_WEIGHT_TEXTURES=0` keeps them in storage buffers natively. A texture holds
 /// [`WEIGHT_TEXTURE_WIDTH`] texels of 16 bytes a row, as many rows as the adapter's 2D
 /// textures take.
 fn weight_texture_bytes(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> u64 {
-    let on = cfg!(not(target_arch = "wasm32"))
-        && info.device_type == wgpu::DeviceType::Cpu
+    let on = info.device_type == wgpu::DeviceType::Cpu
         && limits.max_texture_dimension_2d as usize >= WEIGHT_TEXTURE_WIDTH
-        && std::env::var("KESTREL_WEIGHT_TEXTURES").map_or(true, |v| v != "0");
+        && (cfg!(target_arch = "wasm32")
+            || std::env::var("KESTREL_WEIGHT_TEXTURES").map_or(true, |v| v != "0"));
     match on {
         true => 16 * WEIGHT_TEXTURE_WIDTH as u64 * limits.max_texture_dimension_2d as u64,
         false => 0,

@@ -12,10 +12,12 @@
 
 use std::sync::Arc;
 
+use crate::arch::Head;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::kernels::Dispatch;
 use crate::readback;
+use crate::session::{Sampling, Session};
 
 /// Replays of the dispatches. Each dispatch's time is its fastest replay, and so is the
 /// span: the least disturbed by other work on the machine, and the sum of the dispatches'
@@ -95,6 +97,29 @@ pub async fn kernel_times(gpu: &Arc<Gpu>, dispatches: &[Dispatch]) -> Result<Opt
             .collect(),
         span_ms: span as f64 * ms_per_tick,
     }))
+}
+
+/// A decode token's GPU time by kernel class (None where the adapter has no timestamp
+/// queries or the session has no token yet). Replays the session's decode plan at its last
+/// position, after running that position again so the plan and its step exist: this
+/// rewrites a KV cache row with the same values but advances a recurrent state, so the
+/// session must not be used afterwards (`kestrel bench` and the browser's `decodeProfile`
+/// profile a throwaway one).
+pub async fn decode_times(session: &mut Session) -> Result<Option<KernelTimes>> {
+    let gpu = session.gpu().clone();
+    if !gpu.caps.timestamps {
+        return Ok(None);
+    }
+    let pos = session.pos();
+    let Some(&last) = session.tokens().last() else {
+        return Ok(None);
+    };
+    // Where the cache cannot drop one position (a recurrent state), it starts over: a
+    // recurrent decode step costs the same at any position.
+    session.truncate(pos - 1);
+    session.next_token(&[last], &Sampling::default()).await?;
+    let plan = session.plan(1, Head::Sample)?;
+    kernel_times(&gpu, plan.dispatches()).await
 }
 
 /// The GPU time of one run of `dispatches`, milliseconds (each in its own pass, as

@@ -422,6 +422,39 @@ impl Engine {
         })
     }
 
+    /// A decode step's GPU time by kernel class, from timestamp queries (the same figures
+    /// as `kestrel bench`'s "decode by kernel class"): a scratch session prefills
+    /// `prompt_tokens` tokens, decodes one, and its decode plan is replayed with a timestamp
+    /// around every dispatch. Resolves to a JSON string, `{"classes": [{"name",
+    /// "dispatches", "ms"}], "spanMs", "totalMs"}`, or "null" where the adapter has no
+    /// timestamp queries. The conversation's own session is untouched.
+    #[wasm_bindgen(js_name = decodeProfile)]
+    pub fn decode_profile(&self, prompt_tokens: u32) -> Promise {
+        let inner = self.inner.clone();
+        let gpu = self.gpu.clone();
+        promise(async move {
+            let this = take(&inner)?;
+            let limit = this.model.config().max_positions.saturating_sub(2).max(1);
+            let n = (prompt_tokens as usize).clamp(1, limit);
+            let mut s = this.model.session(&gpu, n + 2)?;
+            let first = this.model.config().bos.first().copied().unwrap_or(0);
+            let sampling = Sampling::default();
+            let next = s.next_token(&vec![first; n], &sampling).await?;
+            s.next_token(&[next], &sampling).await?;
+            let times = kestrel_runtime::profile::decode_times(&mut s).await?;
+            gpu.check()?;
+            let json = times.map(|t| {
+                let classes: Vec<_> = t
+                    .classes
+                    .iter()
+                    .map(|c| json!({"name": c.name, "dispatches": c.dispatches, "ms": c.ms}))
+                    .collect();
+                json!({"classes": classes, "spanMs": t.span_ms, "totalMs": t.total_ms()})
+            });
+            Ok(JsValue::from_str(&json.unwrap_or_default().to_string()))
+        })
+    }
+
     /// Decode every later reply speculatively: `kind` "ngram" (prompt lookup) with
     /// `draft_tokens` drafts a pass (0: the default), or "off". A model whose state cannot be
     /// cut back after rejected drafts (recurrent) is refused, naming it.

@@ -1,6 +1,6 @@
 // Kestrel's browser tests, in headless Chromium (Debian's, on SwiftShader WebGPU) through
 // playwright-core. Run by tests/run.sh after web/build.sh:
-//   node web/tests/browser.mjs [--native-dir DIR]
+//   node web/tests/browser.mjs [--native-dir DIR] [--native-bin BIN]
 // (a) the runtime's kernels against their CPU references, in the browser;
 // (b) fixture models' logits in the browser against native ones (llama_gqa, a Hugging Face
 //     folder, against the committed prefill logits; SmolLM2's GGUF, when in the cache,
@@ -8,10 +8,13 @@
 // (c) the chat page loads a model, a message is sent, the reply streams in; screenshot in
 //     target/artifacts/web-chat.png;
 // (d) a reload takes the weights from the browser cache (no second GET on the server);
+// (e) with --native-bin BIN and SmolLM2 in the cache: SmolLM2's decode tokens/s and GPU time
+//     by kernel class in the browser and, in the same run, natively (BIN bench) on the
+//     SwiftShader Vulkan driver Chromium ships, the engine the browser runs on;
 // plus a failed download gives a clear error, stop strings end a reply, and out-of-range
 // sampling settings are refused. Prints the .wasm size, pipeline-creation
 // time, time to first token and decode tokens/s. Exits non-zero on any failure.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -22,6 +25,10 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, '../..');
 const args = process.argv.slice(2);
 const nativeDir = args.includes('--native-dir') ? path.resolve(args[args.indexOf('--native-dir') + 1]) : null;
+const nativeBin = args.includes('--native-bin') ? path.resolve(args[args.indexOf('--native-bin') + 1]) : null;
+// The SwiftShader Vulkan driver Debian's chromium ships: native Kestrel on it runs the engine
+// the browser's WebGPU runs on.
+const SWIFTSHADER_ICD = process.env.KESTREL_SWIFTSHADER_ICD || '/usr/lib/chromium/vk_swiftshader_icd.json';
 const CHROMIUM = process.env.KESTREL_CHROMIUM || '/usr/lib/chromium/chromium';
 const FLAGS = [
   '--enable-unsafe-webgpu',
@@ -33,6 +40,9 @@ const FLAGS = [
   '--gaia-url=http://127.0.0.1:9',
   '--component-updater=url-source=http://127.0.0.1:9/',
   '--no-sandbox',
+  // Exact timestamp queries (Chromium rounds them to 100 us otherwise) for decodeProfile.
+  '--enable-dawn-features=allow_unsafe_apis',
+  '--disable-dawn-features=timestamp_quantization',
 ];
 const LOGITS_TOL = 1e-4;
 const SMOLLM2 = 'SmolLM2-135M-Instruct.Q4_1.gguf';
@@ -116,6 +126,14 @@ try {
   const api = (fn, arg) => page.evaluate(fn, arg);
 
   const info = await api(async () => (await import('/kestrel.js')).adapterInfo());
+  // The engine takes CPU kernels and layouts exactly where the browser's adapter says it is
+  // a fallback adapter or SwiftShader.
+  const gpuInfo = await api(async () => {
+    const a = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' });
+    return { architecture: a.info.architecture, vendor: a.info.vendor, fallback: a.info.isFallbackAdapter };
+  });
+  check(info.runsOnCpu === (gpuInfo.fallback === true || gpuInfo.architecture === 'swiftshader'),
+    `info() runsOnCpu ${info.runsOnCpu} for the browser's adapter ${JSON.stringify(gpuInfo)}`);
   console.log(`adapter: ${info.adapter} (${info.backend}); shader-f16 ${info.features['shader-f16']}; ` +
     `limits: ${info.limits.maxStorageBuffersPerShaderStage} storage buffers/stage, ${info.limits.maxComputeInvocationsPerWorkgroup} invocations/workgroup, ` +
     `${info.limits.maxStorageBufferBindingSize} B storage binding`);
@@ -382,6 +400,41 @@ try {
   const warning = (await qpage.textContent('#error')) || '';
   check((await qpage.getAttribute('body', 'data-ready')) === 'true' && /quota is full/.test(warning), `a full quota is shown in the page: ${JSON.stringify(warning.slice(0, 140))}`);
   await small.close();
+
+  // (e) SmolLM2's decode in the browser and natively on the same SwiftShader, one run
+  // (printed, not checked: timings are for benchmarks, and this machine is shared).
+  if (haveSmol && nativeBin && fs.existsSync(SWIFTSHADER_ICD)) {
+    const DECODE = 48;
+    const b = await api(async ({ model, DECODE }) => {
+      const k = await import('/kestrel.js');
+      const e = await k.createEngine({ model });
+      try {
+        const rates = [];
+        for (let i = 0; i < 2; i++) {
+          const r = await e.chat.completions.create({ messages: [{ role: 'user', content: 'Write a long story about a cat who learns to fly.' }], max_tokens: DECODE + 1, temperature: 0 });
+          rates.push({ tokens: r.usage.completion_tokens, rate: r.timings.decode_tokens_per_s });
+          await e.reset();
+        }
+        return { rates, profile: await e.decodeProfile(32) };
+      } finally {
+        await e.dispose();
+      }
+    }, { model: `/models/${SMOLLM2}`, DECODE });
+    const n = spawnSync(nativeBin, ['bench', '--model', smolPath, '--prompt-tokens', '32', '--decode-tokens', String(DECODE), '--json'],
+      { env: { ...process.env, VK_ICD_FILENAMES: SWIFTSHADER_ICD }, encoding: 'utf8', maxBuffer: 1 << 26 });
+    const native = n.status === 0 ? JSON.parse(n.stdout) : null;
+    check(native !== null, `native kestrel bench on SwiftShader ran${native ? '' : `: ${n.stderr.slice(-400)}`}`);
+    const browserRate = Math.max(...b.rates.map((r) => r.rate || 0));
+    const fmt = (m) => m ? Object.entries(m).sort((x, y) => y[1] - x[1]).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ') : 'no timestamp queries';
+    const browserClasses = b.profile && Object.fromEntries(b.profile.classes.map((c) => [c.name, c.ms]));
+    if (native) {
+      console.log(`SwiftShader decode, SmolLM2 Q4_1, one run: browser ${browserRate.toFixed(2)} tokens/s (best of ${b.rates.length} replies of ${b.rates.map((r) => r.tokens).join(', ')} tokens), ` +
+        `native ${native.decode_tokens_per_s.toFixed(2)} tokens/s (${native.adapter}, ${DECODE} tokens after a 32-token prompt): browser/native ${(100 * browserRate / native.decode_tokens_per_s).toFixed(0)}%`);
+      console.log(`  ms a decoded token by kernel class: browser ${fmt(browserClasses)}; native ${fmt(native.decode_kernel_ms)}`);
+    }
+  } else {
+    console.log(`not measured: SmolLM2 browser vs native on SwiftShader (needs the model in the cache, --native-bin and ${SWIFTSHADER_ICD})`);
+  }
 } catch (e) {
   check(false, `browser test: ${e.stack || e}`);
 } finally {

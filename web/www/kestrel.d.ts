@@ -115,6 +115,9 @@ export interface EngineInfo {
   adapter: string;
   backend: string;
   driver: string;
+  /** Kernels and layouts chosen for a CPU driver: the browser calls its adapter a fallback
+   * one or SwiftShader. */
+  runsOnCpu: boolean;
   features: { 'shader-f16': boolean; subgroups: boolean; 'timestamp-query': boolean };
   limits: {
     maxStorageBufferBindingSize: number;
@@ -168,6 +171,14 @@ export interface EngineCounters {
   acceptedDraftTokens: number;
 }
 
+export interface DecodeProfile {
+  /** Kernel classes in the order the decode step first runs them. */
+  classes: { name: string; dispatches: number; ms: number }[];
+  /** First dispatch's start to the last one's end (gaps included), and the dispatches' sum. */
+  spanMs: number;
+  totalMs: number;
+}
+
 export interface Engine {
   chat: {
     completions: {
@@ -178,6 +189,10 @@ export interface Engine {
   /** Logits after each token (a fresh sequence, one prefill): T×V row-major. */
   logits(tokens: ArrayLike<number>): Promise<Float32Array>;
   info(): Promise<EngineInfo>;
+  /** A decode step's GPU time by kernel class from timestamp queries (as `kestrel bench`
+   * prints it), on a scratch sequence of `promptTokens` tokens (default 32); the
+   * conversation is untouched. null where the adapter has no timestamp queries. */
+  decodeProfile(promptTokens?: number): Promise<DecodeProfile | null>;
   /** Stop the reply in progress; its stream ends with finish_reason 'abort'. */
   interrupt(): void;
   /** Forget the conversation kept in the KV cache. */

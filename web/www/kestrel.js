@@ -95,6 +95,12 @@ class Engine {
     return await promise;
   }
 
+  /** A decode step's GPU time by kernel class from timestamp queries, on a scratch sequence
+   * of `promptTokens` tokens (null without timestamp queries). */
+  async decodeProfile(promptTokens = 32) {
+    return await this.rpc.call('decodeProfile', { promptTokens }).promise;
+  }
+
   /** Stop the reply in progress (its stream ends with finish_reason "abort"). */
   interrupt() {
     if (this.current) this.rpc.call('abort', { target: this.current });

@@ -240,6 +240,10 @@ const handlers = {
     return JSON.parse(await wasm.adapterInfo());
   },
   reset: () => engine && engine.reset(),
+  decodeProfile: async (_id, m) => {
+    if (!engine) throw named('KestrelStateError', 'no model is loaded');
+    return JSON.parse(await engine.decodeProfile(m.promptTokens));
+  },
   kernelChecks: async () => {
     await ready;
     return JSON.parse(await wasm.runKernelChecks());

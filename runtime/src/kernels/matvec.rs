@@ -180,14 +180,29 @@ impl Layout {
         subgroup: false,
     };
 
+    /// For CPU adapters in a browser ([`Layout::for_cpu`], [`Layout::for_cpu_texture`]): one
+    /// lane per row and 8 rows per lane (512 rows per workgroup). A browser zero-initialises
+    /// a kernel's workgroup memory before it starts, which costs a barrier per workgroup, and
+    /// SwiftShader's barriers are dear; with one lane per row the matvec has no workgroup
+    /// memory (see shaders/matvec.wgsl's WORKGROUP_SUMS). Headless Chromium, SwiftShader, 2
+    /// cores, SmolLM2-135M Q4_1 with weights in textures: matvec 159 ms a token against 196
+    /// in 8x16, 177-181 in 1x4 and 1x16 (`decodeProfile`). Natively (no zero-initialisation)
+    /// SwiftShader takes 8x16: 144-158 against 161-163 ms in 1x8.
+    pub const BROWSER_CPU: Layout = Layout {
+        lanes: 1,
+        rows_per_lane: 8,
+        subgroup: false,
+    };
+
     /// The layouts an untuned device takes: CPU drivers' for buffers ([`Layout::for_cpu`])
-    /// and textures ([`Layout::for_cpu_texture`]) and GPUs' (which [`Layout::for_device`] sums
-    /// by subgroup where it can).
-    pub const DEFAULTS: [Layout; 5] = [
+    /// and textures ([`Layout::for_cpu_texture`]), in a browser too, and GPUs' (which
+    /// [`Layout::for_device`] sums by subgroup where it can).
+    pub const DEFAULTS: [Layout; 6] = [
         Layout::CPU,
         Layout::CPU_STREAM,
         Layout::CPU_TEXTURE,
         Layout::CPU_TEXTURE_WIDE,
+        Layout::BROWSER_CPU,
         Layout::GPU,
     ];
 
@@ -205,8 +220,12 @@ impl Layout {
     /// rows per lane do). On lavapipe SmolLM2's Q4_1 layers were faster in 16x16 and its Q8_0
     /// head in 2x16 (matvec 50-52 against 53-55 ms a token); Qwen2.5-Coder-0.5B's Q5_0, Q8_0
     /// and K-quant weights all in 2x16 (165 against 222-237 ms with Q5_0 and Q8_0 in 16x16).
-    /// Q4_0 reads its blocks as Q4_1 does (five words, nibbles), so it goes with it.
+    /// Q4_0 reads its blocks as Q4_1 does (five words, nibbles), so it goes with it. In a
+    /// browser, [`Layout::BROWSER_CPU`].
     pub fn for_cpu(dtype: DType) -> Layout {
+        if cfg!(target_arch = "wasm32") {
+            return Layout::BROWSER_CPU;
+        }
         match dtype {
             DType::Quant(QuantFormat::Q4_0 | QuantFormat::Q4_1) => Layout::CPU,
             _ => Layout::CPU_STREAM,
@@ -221,6 +240,7 @@ impl Layout {
     /// 8x16; its Q5_0 gate/up 49 ms in 8x16 against 53-56 in 16x16, 1x32 or 1x16; its K-quant
     /// down 35-37 in 2x16 or 16x16 against 39 in 8x16; RWKV-7 0.1B's f16 matvecs 45-47
     /// against 48-51 in 16x16 and 58 in 2x16; SmolLM2's Q4_1 layers alike in 8x16 and 16x16.
+    /// In a browser, [`Layout::BROWSER_CPU`] for all but those Q8_0 matrices.
     pub fn for_cpu_texture(dtype: DType, rows: usize) -> Layout {
         match dtype {
             DType::Quant(QuantFormat::Q8_0)
@@ -228,6 +248,7 @@ impl Layout {
             {
                 Layout::CPU_TEXTURE_WIDE
             }
+            _ if cfg!(target_arch = "wasm32") => Layout::BROWSER_CPU,
             DType::Quant(q) if q.block_elems() == 256 => Layout::CPU_STREAM,
             _ => Layout::CPU_TEXTURE,
         }
@@ -528,6 +549,7 @@ fn defs(
         .u32("LANES", layout.lanes)
         .u32("ROWS_PER_LANE", layout.rows_per_lane)
         .bool("SUBGROUP", layout.subgroup)
+        .bool("WORKGROUP_SUMS", !layout.subgroup && layout.lanes > 1)
         .bool("GROUPED", grouped.is_some())
         .bool("GATHER", grouped == Some(true))
         .bool("NORM", prologue == Kind::Norm)

@@ -95,6 +95,7 @@ pub(crate) fn store_defs(
         .u32("LANES", layout.lanes)
         .u32("ROWS_PER_LANE", layout.rows_per_lane)
         .bool("SUBGROUP", false)
+        .bool("WORKGROUP_SUMS", true)
         .bool("ACCUM", epilogue == Epilogue::Accumulate)
         .bool("GLU", matches!(epilogue, Epilogue::Glu(_)))
         .bool("GELU_TANH", epilogue == Epilogue::Glu(Gate::GeluTanh))
