@@ -134,7 +134,8 @@ const WGPU_MAJOR: u32 = 30;
 /// faster from a texture (lavapipe, timestamps, SmolLM2-135M Q4_1's matvecs 38-40 ms a
 /// token against 56-63, RWKV-7 0.1B f16's 45-47 against 68-88; Qwen2.5-Coder-0.5B Q4_K_M's
 /// 122-127 against 175 for the buffers of the build before).
-/// In a browser on SwiftShader ([`Gpu::new_on`]) SmolLM2's matvecs took 208 ms a token
+/// In a browser on SwiftShader (a fallback adapter, which wgpu reports as a CPU one)
+/// SmolLM2's matvecs took 208 ms a token
 /// against 254 from buffers (headless Chromium, `decodeProfile`).
 /// `KESTREL_WEIGHT_TEXTURES=0` keeps them in storage buffers natively. A texture holds
 /// [`WEIGHT_TEXTURE_WIDTH`] texels of 16 bytes a row, as many rows as the adapter's 2D
@@ -180,15 +181,6 @@ fn backend_rank(b: wgpu::Backend) -> u32 {
 impl Gpu {
     /// Open the best adapter for `choice` and a device with the adapter's own limits.
     pub async fn new(choice: BackendChoice) -> Result<Arc<Gpu>> {
-        Self::new_on(choice, false).await
-    }
-
-    /// [`Gpu::new`], told whether the adapter runs on the CPU where the backend may not say
-    /// so: a browser reports its software adapter (Chromium's SwiftShader) as a CPU one only
-    /// when it was asked for a fallback adapter, so the web engine reads the browser's own
-    /// adapter description and passes `cpu` here. With it the adapter's kernels and layouts
-    /// are those of a native CPU driver (the same SwiftShader natively reports itself as one).
-    pub async fn new_on(choice: BackendChoice, cpu: bool) -> Result<Arc<Gpu>> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = choice.backends();
         // wgpu's validation of indirect dispatch arguments adds a pass per indirect dispatch;
@@ -198,7 +190,7 @@ impl Gpu {
             .remove(wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL);
         let instance = wgpu::Instance::new(desc);
         let adapter = Self::pick_adapter(&instance, choice).await?;
-        Self::from_adapter(instance, adapter, cpu).await
+        Self::from_adapter(instance, adapter).await
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -233,16 +225,9 @@ impl Gpu {
     }
 
     /// Open a device on `adapter` with its own limits, after checking them against what the
-    /// kernels need ([`requirements`]); `cpu`: known to run on the CPU ([`Gpu::new_on`]).
-    async fn from_adapter(
-        instance: wgpu::Instance,
-        adapter: wgpu::Adapter,
-        cpu: bool,
-    ) -> Result<Arc<Gpu>> {
-        let mut info = adapter.get_info();
-        if cpu {
-            info.device_type = wgpu::DeviceType::Cpu;
-        }
+    /// kernels need ([`requirements`]).
+    async fn from_adapter(instance: wgpu::Instance, adapter: wgpu::Adapter) -> Result<Arc<Gpu>> {
+        let info = adapter.get_info();
         let wanted = wgpu::Features::SHADER_F16
             | wgpu::Features::SUBGROUP
             | wgpu::Features::TIMESTAMP_QUERY

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use js_sys::{Float32Array, Function, Object, Promise, Reflect};
+use js_sys::{Float32Array, Promise};
 use kestrel_models::chat_template::{ChatTemplate, Message};
 use kestrel_models::generate::{GenerateError, Generation, Prompt, Request, Step};
 use kestrel_models::speculate::{Speculator, DEFAULT_DRAFT_TOKENS};
@@ -20,7 +20,7 @@ use kestrel_runtime::{BackendChoice, Gpu};
 use serde::Deserialize;
 use serde_json::json;
 use wasm_bindgen::prelude::*;
-use wasm_bindgen_futures::{future_to_promise, JsFuture};
+use wasm_bindgen_futures::future_to_promise;
 
 use crate::error::{Result, WebError};
 use crate::load;
@@ -28,39 +28,10 @@ use crate::load;
 /// Open the WebGPU device; the runtime refuses an adapter whose limits are too small for the
 /// kernels, with the reason.
 pub async fn open_gpu() -> Result<Arc<Gpu>> {
-    let cpu = adapter_on_cpu().await;
-    Gpu::new_on(BackendChoice::WebGpu, cpu)
-        .await
-        .map_err(|e| match e {
-            kestrel_runtime::Error::AdapterTooSmall { .. } => WebError::Limits(e.to_string()),
-            e => WebError::NoWebGpu(e.to_string()),
-        })
-}
-
-/// Whether the browser's WebGPU adapter runs on the CPU: its `GPUAdapterInfo` says it is a
-/// fallback adapter, or names SwiftShader as its architecture (Chromium's software WebGPU,
-/// which calls itself a fallback adapter only when asked for one). wgpu passes on the
-/// adapter's description alone, so this asks the browser for the adapter it would give
-/// wgpu and reads its info; false where the browser does not say.
-async fn adapter_on_cpu() -> bool {
-    let field = |o: &JsValue, name: &str| Reflect::get(o, &JsValue::from_str(name)).ok();
-    let probe = async {
-        let gpu = field(&field(&js_sys::global(), "navigator")?, "gpu")?;
-        let request: Function = field(&gpu, "requestAdapter")?.dyn_into().ok()?;
-        let options = Object::new();
-        Reflect::set(
-            &options,
-            &"powerPreference".into(),
-            &"high-performance".into(),
-        )
-        .ok()?;
-        let promise: Promise = request.call1(&gpu, &options).ok()?.dyn_into().ok()?;
-        let info = field(&JsFuture::from(promise).await.ok()?, "info")?;
-        let fallback = field(&info, "isFallbackAdapter").and_then(|v| v.as_bool());
-        let architecture = field(&info, "architecture").and_then(|v| v.as_string());
-        Some(fallback == Some(true) || architecture.as_deref() == Some("swiftshader"))
-    };
-    probe.await.unwrap_or(false)
+    Gpu::new(BackendChoice::WebGpu).await.map_err(|e| match e {
+        kestrel_runtime::Error::AdapterTooSmall { .. } => WebError::Limits(e.to_string()),
+        e => WebError::NoWebGpu(e.to_string()),
+    })
 }
 
 /// The adapter, its features and limits (what `engine.info()` returns, less the model).
@@ -75,7 +46,8 @@ pub fn gpu_info(gpu: &Gpu) -> serde_json::Value {
         "adapter": name,
         "backend": gpu.backend_name(),
         "driver": gpu.info.driver,
-        // Kernels and layouts chosen for a CPU driver (SwiftShader).
+        // Kernels and layouts chosen for a CPU driver: the browser calls its adapter a
+        // fallback one (SwiftShader), which wgpu reports as a CPU adapter.
         "runsOnCpu": gpu.info.device_type == wgpu::DeviceType::Cpu,
         "features": {
             "shader-f16": c.shader_f16,

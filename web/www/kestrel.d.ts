@@ -116,7 +116,7 @@ export interface EngineInfo {
   backend: string;
   driver: string;
   /** Kernels and layouts chosen for a CPU driver: the browser calls its adapter a fallback
-   * one or SwiftShader. */
+   * one (Chromium's SwiftShader). */
   runsOnCpu: boolean;
   features: { 'shader-f16': boolean; subgroups: boolean; 'timestamp-query': boolean };
   limits: {
