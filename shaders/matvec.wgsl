@@ -346,13 +346,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (NORM) {
         inv = inverseSqrt(square_sum / f32(p.k) + p.eps);
     }
-    for (var r = 0u; r < R; r++) {
-        if (r < nr) {
-            if (GLU && r % 2u == 0u) {
-                store_pair(yo, row0 + r, acc[r], acc[r + 1u], inv);
-            } else if (!GLU) {
-                store_row(yo, row0 + r, acc[r], inv);
-            }
+    // GLU: rows in (gate, up) pairs (R is even: no pair straddles invocations).
+    for (var r = 0u; r < nr; r += select(1u, 2u, GLU)) {
+        if (GLU) {
+            store_pair(yo, row0 + r, acc[r], acc[r + 1u], inv);
+        } else {
+            store_row(yo, row0 + r, acc[r], inv);
         }
     }
 #endif

@@ -6,8 +6,9 @@
 //
 // The including kernel declares p (with col_offset), bias and y, and the constants HAS_BIAS,
 // ACCUM, GLU, GELU_TANH, SUBGROUP, LANES, R (rows per lane) and ROWS (rows per workgroup).
-// With WORKGROUP_SUMS (neither SUBGROUP nor one lane per row) the lanes' sums go through
-// workgroup memory: put_partials before a barrier, store_partials after it.
+// With WORKGROUP_SUMS the lanes' sums go through workgroup memory: put_partials before a
+// barrier, store_partials after it (the int8 and f16 matvecs always; the f32 one unless it
+// sums by subgroup or has one lane per row, which stores its rows itself).
 
 // The output of row `row` (of the chunk) from its sum over the lanes.
 fn store_row(yo: u32, row: u32, sum: f32, inv: f32) {

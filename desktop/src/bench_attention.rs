@@ -380,7 +380,8 @@ pub fn run(gpu: &Arc<Gpu>, max_len: usize, text: bool) -> Result<Value, String> 
              query at this head_dim) and is the faster, else row-wise ({}); 'rowwise' rows \
              force the row-wise kernel",
             attention::cpu_tiled_key_limit(HEAD_DIM),
-            match attention::prefill_rowwise(gpu, &shape(), None, false, HEAD_DIM) {
+            // A dense prompt short enough for the tiled kernel: row-wise only by choice.
+            match attention::prefill_rowwise(gpu, &shape(), None, false, 1) {
                 true => "this adapter's dense prefill",
                 false => "none here",
             }

@@ -16,6 +16,17 @@ struct Counted {
     count: Arc<MemoryCount>,
 }
 
+impl Counted {
+    /// `bytes` added to `count` now, taken off when the result drops.
+    fn new(bytes: u64, count: &Arc<MemoryCount>) -> Arc<Counted> {
+        count.add(bytes);
+        Arc::new(Counted {
+            bytes,
+            count: count.clone(),
+        })
+    }
+}
+
 impl Drop for Counted {
     fn drop(&mut self) {
         self.count.sub(self.bytes);
@@ -38,14 +49,9 @@ impl GpuBuffer {
         count: &Arc<MemoryCount>,
         desc: &wgpu::BufferDescriptor,
     ) -> GpuBuffer {
-        let buffer = device.create_buffer(desc);
-        count.add(desc.size);
         GpuBuffer {
-            buffer,
-            counted: Arc::new(Counted {
-                bytes: desc.size,
-                count: count.clone(),
-            }),
+            buffer: device.create_buffer(desc),
+            counted: Counted::new(desc.size, count),
         }
     }
 }
@@ -86,16 +92,10 @@ impl GpuTexture {
     ) -> GpuTexture {
         let texture = device.create_texture(desc);
         let bytes = 16 * desc.size.width as u64 * desc.size.height as u64;
-        count.add(bytes);
-        let view = texture.create_view(&Default::default());
-        let counted = Arc::new(Counted {
-            bytes,
-            count: count.clone(),
-        });
         GpuTexture {
+            view: texture.create_view(&Default::default()),
             texture,
-            view,
-            counted,
+            counted: Counted::new(bytes, count),
             plain: Arc::default(),
         }
     }

@@ -135,9 +135,9 @@ const WGPU_MAJOR: u32 = 30;
 /// token against 56-63, RWKV-7 0.1B f16's 45-47 against 68-88; Qwen2.5-Coder-0.5B Q4_K_M's
 /// 122-127 against 175 for the buffers of the build before).
 /// In a browser on SwiftShader (a fallback adapter, which wgpu reports as a CPU one)
-/// SmolLM2's matvecs took 208 ms a token
-/// against 254 from buffers (headless Chromium, `decodeProfile`).
-/// `KESTREL_WEIGHT_TEXTURES=0` keeps them in storage buffers natively. A texture holds
+/// SmolLM2's matvecs took 208 ms a token against 254 from buffers (headless Chromium,
+/// `decodeProfile`). `KESTREL_WEIGHT_TEXTURES=0` keeps them in storage buffers natively. A
+/// texture holds
 /// [`WEIGHT_TEXTURE_WIDTH`] texels of 16 bytes a row, as many rows as the adapter's 2D
 /// textures take.
 fn weight_texture_bytes(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> u64 {

@@ -481,11 +481,9 @@ fn fused_matvec() -> Vec<Case> {
     ];
     let mut specs = Vec::new();
     let defaults = Layout::DEFAULTS;
-    // (A merged attention input takes at most MERGE_MAX_ROWS_PER_LANE rows per lane.)
     for layout in defaults {
         let takes = |f: &(Input, Epilogue, bool)| {
-            !matches!(f.0, Input::Merge { .. })
-                || layout.rows_per_lane <= matvec::MERGE_MAX_ROWS_PER_LANE
+            !matches!(f.0, Input::Merge { .. }) || layout.takes_merge()
         };
         specs.extend(
             all.into_iter()

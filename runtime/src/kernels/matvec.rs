@@ -138,11 +138,7 @@ impl Layout {
     /// lanes per row and 16 rows per lane load x, and scale and sum it for the quantized dot
     /// products, once per 16 rows (64 rows per workgroup). On lavapipe this took less matvec
     /// time than 8 lanes by 8 rows (SmolLM2 Q4_1 and Qwen2.5-0.5B Q4_K_M decode, A/B runs).
-    pub const CPU: Layout = Layout {
-        lanes: 16,
-        rows_per_lane: 16,
-        subgroup: false,
-    };
+    pub const CPU: Layout = Layout::new(16, 16);
     /// For CPU drivers and most weight types ([`Layout::for_cpu`]): 2 lanes per row and 16
     /// rows per lane (512 rows per workgroup). Each step of a lane's loop reads the next words
     /// of its rows, so every row is read front to back a few words at a time. On lavapipe
@@ -150,35 +146,19 @@ impl Layout {
     /// cache line, and this order took RWKV-7 0.1B f16 from 287 to 101 ms of matvec per token
     /// and Qwen2.5-Coder-0.5B Q4_K_M from 246 to 165 against [`Layout::CPU`] (alternated runs,
     /// one session).
-    pub const CPU_STREAM: Layout = Layout {
-        lanes: 2,
-        rows_per_lane: 16,
-        subgroup: false,
-    };
+    pub const CPU_STREAM: Layout = Layout::new(2, 16);
     /// For GPUs, which want many workgroups and wide, coalesced reads: 32 lanes per row and 2
     /// rows per lane (4 rows per workgroup). [`Layout::for_device`] sums the lanes by subgroup
     /// where the adapter's subgroups hold 32 lanes or more (NVIDIA's 32, AMD's 32 or 64).
-    pub const GPU: Layout = Layout {
-        lanes: 32,
-        rows_per_lane: 2,
-        subgroup: false,
-    };
+    pub const GPU: Layout = Layout::new(32, 2);
 
     /// For CPU drivers and weights in textures ([`Layout::for_cpu_texture`]): 8 lanes per row
     /// and 16 rows per lane (128 rows per workgroup).
-    pub const CPU_TEXTURE: Layout = Layout {
-        lanes: 8,
-        rows_per_lane: 16,
-        subgroup: false,
-    };
+    pub const CPU_TEXTURE: Layout = Layout::new(8, 16);
     /// For CPU drivers and Q8_0 matrices of many rows (LM heads) in textures: one lane per
     /// row, 32 rows per lane (2048 rows per workgroup), each block of x loaded once for 32
     /// rows.
-    pub const CPU_TEXTURE_WIDE: Layout = Layout {
-        lanes: 1,
-        rows_per_lane: 32,
-        subgroup: false,
-    };
+    pub const CPU_TEXTURE_WIDE: Layout = Layout::new(1, 32);
 
     /// For CPU adapters in a browser ([`Layout::for_cpu`], [`Layout::for_cpu_texture`]): one
     /// lane per row and 8 rows per lane (512 rows per workgroup). A browser zero-initialises
@@ -188,11 +168,7 @@ impl Layout {
     /// cores, SmolLM2-135M Q4_1 with weights in textures: matvec 159 ms a token against 196
     /// in 8x16, 177-181 in 1x4 and 1x16 (`decodeProfile`). Natively (no zero-initialisation)
     /// SwiftShader takes 8x16: 144-158 against 161-163 ms in 1x8.
-    pub const BROWSER_CPU: Layout = Layout {
-        lanes: 1,
-        rows_per_lane: 8,
-        subgroup: false,
-    };
+    pub const BROWSER_CPU: Layout = Layout::new(1, 8);
 
     /// The layouts an untuned device takes: CPU drivers' for buffers ([`Layout::for_cpu`])
     /// and textures ([`Layout::for_cpu_texture`]), in a browser too, and GPUs' (which
@@ -205,6 +181,16 @@ impl Layout {
         Layout::BROWSER_CPU,
         Layout::GPU,
     ];
+
+    /// `lanes` lanes per row and `rows_per_lane` rows per lane, summed through workgroup
+    /// memory (or, with one lane, by none).
+    pub const fn new(lanes: u32, rows_per_lane: u32) -> Layout {
+        Layout {
+            lanes,
+            rows_per_lane,
+            subgroup: false,
+        }
+    }
 
     /// This layout with its lanes summed by subgroup shuffles.
     pub const fn by_subgroup(self) -> Layout {
@@ -286,10 +272,16 @@ impl Layout {
         }
     }
 
-    /// Whether the kernel in this layout takes a prologue of `kind`: a merge only up to
-    /// [`MERGE_MAX_ROWS_PER_LANE`] rows per lane.
+    /// Whether the kernel in this layout takes a prologue of `kind`: a merge only
+    /// [`Layout::takes_merge`].
     fn takes(self, kind: Kind) -> bool {
-        kind != Kind::Merge || self.rows_per_lane <= MERGE_MAX_ROWS_PER_LANE
+        kind != Kind::Merge || self.takes_merge()
+    }
+
+    /// Whether the kernel in this layout takes a merged attention input: up to
+    /// [`MERGE_MAX_ROWS_PER_LANE`] rows per lane.
+    pub fn takes_merge(self) -> bool {
+        self.rows_per_lane <= MERGE_MAX_ROWS_PER_LANE
     }
 
     /// Rows per workgroup.

@@ -11,7 +11,7 @@ use half::f16;
 
 use super::matvec::{Epilogue, Layout};
 use super::matvec_q8::{store_defs, MatvecPrecision, FORMATS};
-use super::{kernel, weight_binding, weight_defs, weight_specs, Dispatch, Kernel};
+use super::{kernel, weight_binding, weight_defs, weight_specs_of, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::shader::ShaderDefs;
@@ -80,10 +80,7 @@ pub fn variants() -> Vec<ShaderDefs> {
     let dtypes: Vec<DType> = std::iter::once(DType::F16)
         .chain(FORMATS.map(DType::Quant))
         .collect();
-    for (_, weight) in weight_specs()
-        .into_iter()
-        .filter(|(d, _)| dtypes.contains(d))
-    {
+    for (_, weight) in weight_specs_of(&dtypes) {
         for bias in [false, true] {
             for norm in [false, true] {
                 for layout in Layout::DEFAULTS {

@@ -11,7 +11,7 @@ use bytemuck::{Pod, Zeroable};
 use super::elementwise::Gate;
 use super::matvec::{Epilogue, Layout};
 use super::quantize_q8::{Block, BLOCK_WORDS};
-use super::{kernel, weight_binding, weight_defs, weight_specs, Dispatch, Kernel};
+use super::{kernel, weight_binding, weight_defs, weight_specs_of, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::quant::{self, QuantFormat};
@@ -109,10 +109,7 @@ fn defs(weight: ShaderDefs, bias: bool, layout: Layout, epilogue: Epilogue) -> S
 pub fn variants() -> Vec<ShaderDefs> {
     let mut out = Vec::new();
     let dtypes = FORMATS.map(DType::Quant);
-    for (_, weight) in weight_specs()
-        .into_iter()
-        .filter(|(d, _)| dtypes.contains(d))
-    {
+    for (_, weight) in weight_specs_of(&dtypes) {
         for bias in [false, true] {
             for layout in Layout::DEFAULTS {
                 for epilogue in Epilogue::ALL {

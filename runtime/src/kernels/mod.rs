@@ -299,8 +299,13 @@ pub fn weight_dtypes() -> Vec<DType> {
 /// Every weight dtype's constants ([`dtype_defs`]) for weights in storage buffers and in
 /// textures (`W_TEXTURE`): what a weight kernel's `variants()` specialise.
 pub fn weight_specs() -> Vec<(DType, ShaderDefs)> {
+    weight_specs_of(&weight_dtypes())
+}
+
+/// [`weight_specs`] for `dtypes` only (kernels that read some weight types).
+pub fn weight_specs_of(dtypes: &[DType]) -> Vec<(DType, ShaderDefs)> {
     let mut out = Vec::new();
-    for dtype in weight_dtypes() {
+    for &dtype in dtypes {
         for textured in [false, true] {
             if let Some(d) = dtype_defs_tex(ShaderDefs::new(), dtype, textured) {
                 out.push((dtype, d));
