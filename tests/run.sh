@@ -10,6 +10,8 @@ tests/setup-debian.sh
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 chmod 700 "$XDG_RUNTIME_DIR"
 
+# Free disk at the start and end (a CI machine once ran out while building the fuzz targets).
+df -h . | tail -1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --no-run
@@ -64,6 +66,7 @@ else
 fi
 node web/tests/browser.mjs --native-dir target/web-test --native-bin target/debug/kestrel
 echo "browser step: $((SECONDS - web_start)) s"
+df -h . | tail -1
 if [ -s "$KESTREL_UNCHECKED" ]; then
     echo "tests/run.sh: passed, but these were NOT checked (KESTREL_OFFLINE=1):"
     sort -u "$KESTREL_UNCHECKED"
