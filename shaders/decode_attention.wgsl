@@ -32,7 +32,11 @@
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partial: array<f32>; // with one piece: the output
 @group(0) @binding(6) var<storage, read> inv_freq: array<f32>;
-@group(0) @binding(7) var<storage, read> mask: array<u32>;
+@group(0) @binding(7) var<storage, read> mask: array<u32>; // PAGED: the block table
+#if PAGED
+#include "batch.wgsl"
+@group(0) @binding(8) var<uniform> batch: Batch;
+#endif
 
 #include "decode_keys.wgsl"
 
@@ -131,7 +135,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             var row = 0u;
             if (i < keys.end) {
                 let j = key_position(keys, i);
-                row = kv_row(min(j, keys.pos)); // masked keys past pos: a row the query reads
+                row = key_row(keys, min(j, keys.pos)); // masked keys past pos: a row the query reads
                 if (j <= keys.pos) {
                     let base = row * p.kv_stride + kv_head * HEAD_DIM;
                     for (var g = 0u; g < G; g++) {

@@ -19,7 +19,11 @@
 @group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> partial: array<f32>; // with one piece: the output
 @group(0) @binding(6) var<storage, read> inv_freq: array<f32>;
-@group(0) @binding(7) var<storage, read> mask: array<u32>;
+@group(0) @binding(7) var<storage, read> mask: array<u32>; // PAGED: the block table
+#if PAGED
+#include "batch.wgsl"
+@group(0) @binding(8) var<uniform> batch: Batch;
+#endif
 
 #include "decode_keys.wgsl"
 
@@ -138,7 +142,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let i = min(i0 + lid, keys.end - 1u);
             let j = key_position(keys, i);
             let seen = j <= keys.pos && i0 + lid < keys.end;
-            let base = (kv_row(min(j, keys.pos)) * p.kv_stride + kv_head * HEAD_DIM) / 4u;
+            let base = (key_row(keys, min(j, keys.pos)) * p.kv_stride + kv_head * HEAD_DIM) / 4u;
 #for g in GROUP
             var d_${g} = vec4<f32>(0.0);
 #endfor

@@ -2,7 +2,9 @@
 // describes the visible keys, and decode_attention_lanes.wgsl): their parameters, the keys a
 // query sees and its piece of them, key numbers to positions and cache rows, the softmax
 // weight and soft-capping. The including kernel binds p, step and mask, and declares
-// SPLIT_KEYS and `var<workgroup> n_blocks: u32`.
+// SPLIT_KEYS and `var<workgroup> n_blocks: u32`. PAGED (a batched step, shaders/batch.wgsl):
+// query t's position and sequence come from the batch's rows, `mask` holds the block table
+// (p.blocks entries per sequence) and keys are read through it; no sinks, rings or masks.
 
 struct Params {
     heads: u32,
@@ -14,7 +16,7 @@ struct Params {
     ring: u32,
     rot_half: u32,
     max_splits: u32,
-    blocks: u32,  // SPARSE: query blocks per head in the mask
+    blocks: u32,  // SPARSE: query blocks per head in the mask; PAGED: the block table's width
     causal: u32,  // 0: every query sees every row of the cache (bidirectional)
     softcap: f32, // > 0: scores soft-capped (soft_cap)
 }
@@ -46,6 +48,7 @@ fn kv_row(j: u32) -> u32 {
 // The keys one query sees, numbered 0..n, and the piece [start, end) of them this workgroup
 // takes.
 struct Keys {
+    slot: u32,     // PAGED: the sequence's row of the block table
     pos: u32,      // the last key: the query itself, or the cache's last row when bidirectional
     lo: u32,       // the first recent position (a sliding window's start)
     sink_end: u32, // sinks kept before lo
@@ -59,6 +62,11 @@ struct Keys {
 // (called in uniform control flow: SPARSE reads its block count through workgroup memory).
 fn visible_keys(head0: u32, query: u32, split: u32, lid: u32) -> Keys {
     var pos = step.pos + query;
+    var slot = 0u;
+#if PAGED
+    pos = batch.rows[query].x;
+    slot = batch.rows[query].z;
+#endif
     if (p.causal == 0u) {
         pos = p.sinks + p.ring - 1u;
     }
@@ -78,7 +86,16 @@ fn visible_keys(head0: u32, query: u32, split: u32, lid: u32) -> Keys {
     let splits = clamp((n + SPLIT_KEYS - 1u) / SPLIT_KEYS, 1u, p.max_splits);
     let chunk = (n + splits - 1u) / splits;
     let start = split * chunk;
-    return Keys(pos, lo, sink_end, n, mask_row, start, min(n, start + chunk));
+    return Keys(slot, pos, lo, sink_end, n, mask_row, start, min(n, start + chunk));
+}
+
+// The cache row of the key at position j: through the block table (PAGED), else the layout's.
+fn key_row(k: Keys, j: u32) -> u32 {
+#if PAGED
+    return mask[k.slot * p.blocks + j / KV_BLOCK] * KV_BLOCK + j % KV_BLOCK;
+#else
+    return kv_row(j);
+#endif
 }
 
 // The position of key number i: a listed block's (SPARSE; past pos for masked keys), a

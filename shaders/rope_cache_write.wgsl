@@ -11,6 +11,9 @@
 // [kvd]). Each invocation sums the squares of its own group: no barrier, and the same
 // order for every pair of a group.
 //
+// PAGED (a batched step of several sequences, shaders/batch.wgsl): token t's position and
+// cache row come from the batch's rows instead of step.pos + t and the layout.
+//
 // One invocation per (token, item): items are the heads * head_dim / 2 pairs of q, the
 // kv_heads * head_dim / 2 pairs of k and the kv_heads * head_dim values of v. A pair i of a
 // head is dims (i, i + rot_half) when i < rot_half, else two unrotated dims past 2 rot_half.
@@ -32,6 +35,10 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(8) var<storage, read_write> v_cache: array<f32>;
 @group(0) @binding(9) var<storage, read> qk_norm: array<f32>;
+#if PAGED
+#include "batch.wgsl"
+@group(0) @binding(10) var<uniform> batch: Batch;
+#endif
 
 // The inverse RMS of n values of q_src (k_src) from start.
 fn inv_rms_q(start: u32, n: u32) -> f32 {
@@ -84,11 +91,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     let t = idx / per_token;
     var j = idx % per_token;
-    let pos = step.pos + t;
+    var pos = step.pos + t;
     var row = pos;
     if (pos >= p.sinks) {
         row = p.sinks + (pos - p.sinks) % p.ring;
     }
+#if PAGED
+    pos = batch.rows[t].x;
+    row = batch.rows[t].y;
+#endif
     if (j < q_items) {
         let base = (j / half) * p.head_dim;
         let dims = pair_dims(j % half);

@@ -3,6 +3,8 @@
 // with the step's seed; row r > 0 with the seed the decode step at pos + r would have, so a
 // pass that samples every row of a drafted run (speculative verification) draws each token
 // exactly as plain decoding would from the same logits.
+// PAGED (a batched step, shaders/batch.wgsl): row r is sequence r's pick, drawn with its own
+// seed, top_k, temperature and top_p from the batch instead of the step's.
 // Greedy (temperature 0 or top_k 1): argmax, ties to the lowest id.
 // Otherwise: p_i = exp((l_i - max) / T); the top-k and top-p cut-offs are found by a
 // bitwise search over order-preserving u32 keys of the logits (exact counts, 32 passes);
@@ -14,6 +16,10 @@ struct Params { n: u32, offset: u32, _p0: u32, _p1: u32 }
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<u32>;
+#if PAGED
+#include "batch.wgsl"
+@group(0) @binding(4) var<uniform> batch: Batch;
+#endif
 
 const WG: u32 = 256u;
 var<workgroup> red_f: array<f32, WG>;
@@ -67,7 +73,16 @@ fn sum_u(lid: u32, v: u32) -> u32 {
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let row = wid.x;
     let base = p.offset + row * p.n;
-    let seed = select(pcg_hash(step.seed_base ^ pcg_hash(step.pos + row)), step.seed, row == 0u);
+    var seed = select(pcg_hash(step.seed_base ^ pcg_hash(step.pos + row)), step.seed, row == 0u);
+    var top_k = step.top_k;
+    var temperature = step.temperature;
+    var top_p = step.top_p;
+#if PAGED
+    seed = batch.picks[row].y;
+    top_k = batch.picks[row].z;
+    temperature = bitcast<f32>(batch.picks[row].w);
+    top_p = bitcast<f32>(batch.pick_p[row].x);
+#endif
     // Argmax with ties to the lowest index.
     var best_v = -3.4e38;
     var best_i = 0xffffffffu;
@@ -95,17 +110,17 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let max_v = red_f[0];
     let arg = red_u[0];
     workgroupBarrier();
-    if (step.temperature <= 0.0 || step.top_k == 1u) {
+    if (temperature <= 0.0 || top_k == 1u) {
         if (lid == 0u) {
             out[row] = arg;
         }
         return;
     }
-    let inv_t = 1.0 / step.temperature;
+    let inv_t = 1.0 / temperature;
 
     // Top-k: the largest key t with count(key >= t) >= k.
     var thr = 0u;
-    if (step.top_k > 0u && step.top_k < p.n) {
+    if (top_k > 0u && top_k < p.n) {
         var t = 0u;
         for (var b = 31i; b >= 0i; b--) {
             let cand = t | (1u << u32(b));
@@ -113,20 +128,20 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             for (var i = lid; i < p.n; i += WG) {
                 c += select(0u, 1u, key_of(logits[base + i]) >= cand);
             }
-            if (sum_u(lid, c) >= step.top_k) {
+            if (sum_u(lid, c) >= top_k) {
                 t = cand;
             }
         }
         thr = t;
     }
     // Top-p over what top-k kept: the largest key t with mass(key >= t) >= top_p * mass kept.
-    if (step.top_p < 1.0) {
+    if (top_p < 1.0) {
         var kept = 0.0;
         for (var i = lid; i < p.n; i += WG) {
             let v = logits[base + i];
             kept += select(0.0, exp((v - max_v) * inv_t), key_of(v) >= thr);
         }
-        let goal = step.top_p * sum_f(lid, kept);
+        let goal = top_p * sum_f(lid, kept);
         var t = 0u;
         for (var b = 31i; b >= 0i; b--) {
             let cand = t | (1u << u32(b));

@@ -204,6 +204,8 @@ pub enum GenerateError {
     },
     #[error("draft tokens must be from 1 to {MAX_DRAFT_TOKENS}, not {0}")]
     DraftTokens(usize),
+    #[error("{model} cannot be decoded in batches: {why}")]
+    CannotBatch { model: String, why: String },
     #[error(transparent)]
     Diffusion(#[from] DiffusionError),
     #[error(transparent)]
@@ -307,10 +309,7 @@ impl Generation {
         prompt: Vec<u32>,
         request: &Request,
     ) -> Result<Generation, GenerateError> {
-        request.validate()?;
-        if prompt.is_empty() {
-            return Err(GenerateError::EmptyPrompt);
-        }
+        check_start(request, &prompt)?;
         let capacity = session.capacity();
         let (sampler, limit, reused_tokens) = if model.config().causal {
             if prompt.len() >= capacity {
@@ -336,7 +335,15 @@ impl Generation {
             let sampler = Sampler::Diffusion(Box::new(sampler));
             (sampler, config.gen_length, 0)
         };
-        Ok(Generation {
+        let mut g = Generation::start(sampler, request, limit);
+        g.prompt_tokens = prompt.len();
+        g.reused_tokens = reused_tokens;
+        Ok(g)
+    }
+
+    /// A generation with `request`'s settings that has produced nothing yet.
+    fn start(sampler: Sampler, request: &Request, limit: usize) -> Generation {
+        Generation {
             sampler,
             sampling: request.sampling,
             limit,
@@ -346,8 +353,8 @@ impl Generation {
             reply: String::new(),
             sent: 0,
             searched: 0,
-            prompt_tokens: prompt.len(),
-            reused_tokens,
+            prompt_tokens: 0,
+            reused_tokens: 0,
             completion_tokens: 0,
             sampled: 0,
             finish: None,
@@ -356,7 +363,7 @@ impl Generation {
             last_decoded: 0,
             streamed: true,
             speculator: None,
-        })
+        }
     }
 
     /// Decode speculatively with `speculator` (its counters start again): the same reply,
@@ -411,20 +418,106 @@ impl Generation {
         model: &Model,
         session: &mut Session,
     ) -> Result<Step, GenerateError> {
+        let mut ended = false;
         if self.finish.is_none() {
             self.finish = self.draw(model, session).await?;
-            if self.finish.is_some() {
-                // The end: no more bytes will complete a character or a stop string.
-                if let Some(tok) = &model.tokenizer {
-                    let rest = self.stream.finish(tok)?;
-                    self.append(&rest);
-                }
-                self.sent = self.sent.min(self.reply.len());
-                let rest = self.reply[self.sent..].to_string();
-                self.sent = self.reply.len();
-                if !rest.is_empty() {
-                    return Ok(Step::Text(rest));
-                }
+            ended = self.finish.is_some();
+        }
+        self.emit(model, ended)
+    }
+
+    /// A generation whose tokens another runs: a batched session feeds
+    /// [`Generation::to_feed`] in its steps and hands back each token drawn
+    /// ([`Generation::drawn`]). The same checks, limits, text and stop strings as
+    /// [`Generation::new`], over a sequence of up to `capacity` tokens that starts empty
+    /// (nothing reused); autoregressive models only.
+    pub fn detached(
+        model: &Model,
+        capacity: usize,
+        prompt: Vec<u32>,
+        request: &Request,
+    ) -> Result<Generation, GenerateError> {
+        check_start(request, &prompt)?;
+        if !model.config().causal {
+            return Err(GenerateError::CannotBatch {
+                model: model.name.clone(),
+                why: "it is a diffusion model".into(),
+            });
+        }
+        if prompt.len() >= capacity {
+            return Err(GenerateError::PromptTooLong {
+                tokens: prompt.len(),
+                context: capacity,
+            });
+        }
+        let room = capacity - prompt.len();
+        let mut g = Generation::start(
+            Sampler::Autoregressive {
+                feed: prompt,
+                pending: VecDeque::new(),
+            },
+            request,
+            request.max_tokens.min(room),
+        );
+        g.prompt_tokens = g.to_feed().len();
+        Ok(g)
+    }
+
+    /// The tokens the next step must append before drawing: what is left of the prompt, then
+    /// the last token drawn. Empty once the reply is finished.
+    pub fn to_feed(&self) -> &[u32] {
+        match (&self.sampler, self.finish) {
+            (Sampler::Autoregressive { feed, .. }, None) => feed,
+            _ => &[],
+        }
+    }
+
+    /// Positions the sequence may come to hold: the prompt and the longest reply.
+    pub fn reserve(&self) -> usize {
+        self.prompt_tokens + self.limit
+    }
+
+    /// The first `n` tokens of [`Generation::to_feed`] were appended without a draw (a
+    /// chunk of the prompt).
+    pub fn fed(&mut self, n: usize) {
+        if let Sampler::Autoregressive { feed, .. } = &mut self.sampler {
+            let n = n.min(feed.len().saturating_sub(1));
+            feed.drain(..n);
+        }
+    }
+
+    /// All of [`Generation::to_feed`] was appended and `id` drawn after it: take it in as
+    /// [`Generation::step`] would, and say what to send.
+    pub fn drawn(&mut self, model: &Model, id: u32) -> Result<Step, GenerateError> {
+        let mut ended = false;
+        if self.finish.is_none() {
+            if let Sampler::Autoregressive { feed, .. } = &mut self.sampler {
+                *feed = vec![id];
+            }
+            self.last_decoded = 1;
+            self.finish = self.take(model, &[id])?;
+            if self.finish.is_none() && self.completion_tokens >= self.limit {
+                self.finish = Some(Finish::Length);
+            }
+            ended = self.finish.is_some();
+        }
+        self.emit(model, ended)
+    }
+
+    /// What a step sends: the text that can no longer begin a stop string; when the reply
+    /// has just `ended`, the rest of it; then [`Step::Done`].
+    fn emit(&mut self, model: &Model, ended: bool) -> Result<Step, GenerateError> {
+        if ended {
+            // The end: no more bytes will complete a character or a stop string.
+            if let Some(tok) = &model.tokenizer {
+                let rest = self.stream.finish(tok)?;
+                self.append(&rest);
+            }
+            self.sent = self.sent.min(self.reply.len());
+            let rest = self.reply[self.sent..].to_string();
+            self.sent = self.reply.len();
+            if !rest.is_empty() {
+                return Ok(Step::Text(rest));
             }
         }
         if let Some(finish) = self.finish {
@@ -496,7 +589,12 @@ impl Generation {
                 None => return Ok(Some(Finish::Length)),
             },
         };
-        for id in tokens {
+        self.take(model, &tokens)
+    }
+
+    /// Take in drawn tokens: the end token, the limit's count, their text and stop strings.
+    fn take(&mut self, model: &Model, tokens: &[u32]) -> Result<Option<Finish>, GenerateError> {
+        for &id in tokens {
             self.sampled += 1;
             if !self.ignore_eos && model.eos().contains(&id) {
                 return Ok(Some(Finish::Stop));
@@ -568,6 +666,15 @@ impl Generation {
 
 /// Byte offset of the earliest stop string in `text`, searching only what could end after
 /// byte `from` (the text before it held none).
+/// What every generation checks first: the request's ranges and a prompt.
+fn check_start(request: &Request, prompt: &[u32]) -> Result<(), GenerateError> {
+    request.validate()?;
+    match prompt.is_empty() {
+        true => Err(GenerateError::EmptyPrompt),
+        false => Ok(()),
+    }
+}
+
 fn find_stop(text: &str, stop: &[String], from: usize) -> Option<usize> {
     let longest = stop.iter().map(String::len).max()?;
     let mut start = from

@@ -18,6 +18,18 @@ pub enum Head {
     Verify,
     /// A diffusion step: the masked positions to commit, chosen on the GPU.
     Unmask(UnmaskHead),
+    /// A batched step of several sequences (`crate::batch`): one token id per sequence,
+    /// drawn from its pick row with its own settings, [picks].
+    Batch(BatchShape),
+}
+
+/// The fixed sizes of a batched step's graph: the sequences it samples (`picks`, one row
+/// each) and its block table, `slots` rows of `table_width` block numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BatchShape {
+    pub picks: usize,
+    pub slots: usize,
+    pub table_width: usize,
 }
 
 /// The fixed settings of a diffusion step's graph.
@@ -59,6 +71,18 @@ pub trait Architecture {
     fn kv_layouts(&self, _capacity: usize) -> Vec<KvLayout> {
         Vec::new()
     }
-    /// The forward graph for `n_tokens` new tokens (input "tokens"), ending in `head`.
+    /// The forward graph for `n_tokens` new tokens (input "tokens"), ending in `head`. With
+    /// [`Head::Batch`] the tokens are rows of several sequences and `capacity` is the rows of
+    /// the KV pool ([`crate::batch`]).
     fn build(&self, n_tokens: usize, capacity: usize, head: Head) -> Result<Graph>;
+    /// The states of a batched session whose KV pool has `pool_rows` rows per layer.
+    fn batch_states(&self, pool_rows: usize) -> Vec<StateSpec> {
+        self.states(pool_rows)
+    }
+    /// Why the architecture cannot run batched steps of several sequences (per-sequence
+    /// recurrent state, attention sinks, block-sparse masks, bidirectional attention); None
+    /// when it can ([`Head::Batch`]).
+    fn batch_refusal(&self) -> Option<String> {
+        Some("it keeps per-sequence state that batched decoding does not hold yet".into())
+    }
 }

@@ -19,6 +19,8 @@ use crate::tensor::{check_binding, DType, GpuTensor, GpuWeight};
 pub struct Plan {
     gpu: Arc<Gpu>,
     step: GpuBuffer,
+    /// A batched graph's rows ([`crate::batch::BatchRows`]), written before each run.
+    batch: Option<GpuBuffer>,
     dispatches: Vec<Dispatch>,
     inputs: HashMap<String, GpuTensor>,
     outputs: Vec<GpuTensor>,
@@ -114,11 +116,16 @@ impl Plan {
             })
             .collect::<Result<Vec<_>>>()?;
         let step = gpu.uniform_buffer_init("step", bytemuck::bytes_of(&Step::default()));
+        let batch = graph.batch.map(|_| {
+            let rows = <crate::batch::BatchRows as bytemuck::Zeroable>::zeroed();
+            gpu.uniform_buffer_init("batch rows", bytemuck::bytes_of(&rows))
+        });
         let mut cx = Lowering {
             gpu,
             graph,
             bound: &bound,
             step: &step,
+            batch: batch.as_deref(),
             dispatches: Vec::new(),
             scratch: HashMap::new(),
             scratch_made: Vec::new(),
@@ -142,6 +149,7 @@ impl Plan {
         Ok(Plan {
             gpu: gpu.clone(),
             step,
+            batch,
             dispatches,
             inputs,
             staging: outputs
@@ -169,6 +177,16 @@ impl Plan {
         }
         self.gpu
             .write_padded(&t.buffer, 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Set the rows of a batched graph's next run.
+    pub fn write_batch(&self, rows: &crate::batch::BatchRows) -> Result<()> {
+        let b = self
+            .batch
+            .as_ref()
+            .ok_or_else(|| Error::Graph("the plan is not of a batched graph".into()))?;
+        self.gpu.queue.write_buffer(b, 0, bytemuck::bytes_of(rows));
         Ok(())
     }
 
@@ -227,6 +245,7 @@ pub struct Lowering<'a> {
     graph: &'a Graph,
     bound: &'a [Bound],
     step: &'a wgpu::Buffer,
+    batch: Option<&'a wgpu::Buffer>,
     dispatches: Vec<Dispatch>,
     /// Scratch buffers by name, shared by every op that asks for the same name (their
     /// dispatches run in order, so one layer's scratch is free again for the next).
@@ -243,6 +262,12 @@ impl<'a> Lowering<'a> {
     /// The plan's [`Step`] uniform.
     pub fn step(&self) -> &'a wgpu::Buffer {
         self.step
+    }
+
+    /// The rows uniform of a batched graph (shaders/batch.wgsl).
+    pub fn batch(&self) -> Result<&'a wgpu::Buffer> {
+        self.batch
+            .ok_or_else(|| Error::Graph("a batched op in a graph without batch rows".into()))
     }
 
     pub fn shape(&self, t: TensorId) -> &'a [usize] {

@@ -47,6 +47,16 @@ pub struct Graph {
     pub tensors: Vec<TensorDesc>,
     pub ops: Vec<Box<dyn Op>>,
     pub outputs: Vec<TensorId>,
+    /// Set for a batched step of several sequences ([`Graph::batched`]).
+    pub batch: Option<BatchGraph>,
+}
+
+/// What a batched graph's ops share: its rows come from the plan's batch uniform
+/// (shaders/batch.wgsl), the block table is the input "block_table" [slots * table_width].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchGraph {
+    pub table: TensorId,
+    pub shape: crate::arch::BatchShape,
 }
 
 /// The shape-mismatch error of a builder: `context` names what was checked.
@@ -61,6 +71,20 @@ pub(crate) fn mismatch(context: &str, expected: &[usize], got: &[usize]) -> Erro
 impl Graph {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A graph for a batched step of `shape` (see [`crate::batch`]): the ops that depend on a
+    /// token's sequence (RoPE and cache writes, attention, the gather of sampled rows and
+    /// sampling) read each row's position, pool row and settings from the batch.
+    pub fn batched(shape: crate::arch::BatchShape) -> Self {
+        let mut g = Self::default();
+        let table = g.input(
+            "block_table",
+            &[shape.slots * shape.table_width],
+            DType::U32,
+        );
+        g.batch = Some(BatchGraph { table, shape });
+        g
     }
 
     pub(crate) fn add(&mut self, shape: Vec<usize>, dtype: DType, source: Source) -> TensorId {

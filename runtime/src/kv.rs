@@ -78,6 +78,21 @@ impl KvLayout {
         })
     }
 
+    /// A pool of `rows` rows for batched steps (`crate::batch`): every position of every
+    /// sequence keeps its row (found through the block table), a sliding window only limits
+    /// what a query sees.
+    pub fn paged(window: Option<usize>, rows: usize) -> KvLayout {
+        KvLayout {
+            window,
+            ..KvLayout::linear(rows)
+        }
+    }
+
+    /// Whether the layout can be a batched step's pool ([`KvLayout::paged`]).
+    pub fn pages(&self) -> bool {
+        self.sinks == 0 && !self.rope_in_attention && self.max_chunk.is_none()
+    }
+
     /// Rows of the ring after the sink rows.
     pub fn ring(&self) -> usize {
         self.rows - self.sinks

@@ -8,6 +8,7 @@
 pub mod arch;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod autotune;
+pub mod batch;
 pub mod block_mask;
 pub mod buffer;
 #[cfg(feature = "kernel-cases")]

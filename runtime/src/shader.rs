@@ -21,6 +21,7 @@ pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 /// the keys a decode attention query sees (both decode attention kernels), the tiled matmul
 /// (its f32 and f16 kernels), the decode matvecs' row stores (f32, int8 and f16).
 pub const INCLUDES: &[(&str, &str)] = &[
+    ("batch.wgsl", include_str!("../../shaders/batch.wgsl")),
     (
         "decode_keys.wgsl",
         include_str!("../../shaders/decode_keys.wgsl"),

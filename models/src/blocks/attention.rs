@@ -224,8 +224,9 @@ impl AttentionWeights {
         let caches = [k_cache, v_cache];
         let q = g.rope_cache_write(qkv, before, run.qk_norm, caches, run.layout, heads)?;
         let o = g.weight(&self.o);
-        // One causal query: attention's pieces, merged inside the output projection.
-        if g.shape(q)[0] == 1 && run.causal {
+        // One causal query: attention's pieces, merged inside the output projection (a
+        // batched step's rows are of several sequences: attention row-wise).
+        if g.shape(q)[0] == 1 && run.causal && g.batch.is_none() {
             let (pieces, splits) =
                 g.attention_pieces(q, k_cache, v_cache, shape, run.layout, inside, run.mask)?;
             let input = LinearInput::Merged {

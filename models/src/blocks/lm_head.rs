@@ -108,6 +108,15 @@ impl LmHead {
                 let tokens = g.sample_rows(logits)?;
                 g.output(tokens);
             }
+            Head::Batch(_) => {
+                // Each sequence's last row only, with its own settings; the logits too
+                // (output 1) for whoever checks them.
+                let picked = g.gather_picks(x)?;
+                let logits = logits(g, picked)?;
+                let tokens = g.sample_picks(logits)?;
+                g.output(tokens);
+                g.output(logits);
+            }
             Head::Unmask(_) => {
                 return Err(kestrel_runtime::Error::Graph(
                     "an autoregressive network has no diffusion head".into(),

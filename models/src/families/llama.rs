@@ -751,6 +751,16 @@ impl Decoder {
         })
     }
 
+    /// The KV cache states for caches laid out as `layouts`, and the experts' counters.
+    fn states_of(&self, layouts: &[KvLayout]) -> Vec<StateSpec> {
+        let kvd = self.config.kv_heads * self.config.head_dim;
+        let mut states: Vec<StateSpec> = (layouts.iter().enumerate())
+            .flat_map(|(l, layout)| KvCache { layer: l }.states(layout, kvd))
+            .collect();
+        states.extend(self.layers.iter().filter_map(|l| l.ffn.state()));
+        states
+    }
+
     fn sparse_pattern(&self, l: usize) -> Option<SparsePattern> {
         self.attention.sparse.as_ref().and_then(|s| s.for_layer(l))
     }
@@ -792,7 +802,11 @@ impl Decoder {
             x = g.elementwise(Elementwise::Mul, x, s)?;
         }
         for (l, layer) in self.layers.iter().enumerate() {
-            let layout = self.layout(l, capacity)?;
+            // A batched step's caches are one pool of `capacity` rows (kernel's batch docs).
+            let layout = match g.batch {
+                Some(_) => KvLayout::paged(c.layer_windows[l], capacity),
+                None => self.layout(l, capacity)?,
+            };
             let mask = self.sparse_pattern(l).map(|pattern| {
                 let blocks = mask_blocks(layout.rows);
                 g.block_mask(&BlockMask::causal(&pattern, c.heads, blocks, l))
@@ -897,23 +911,40 @@ impl Architecture for Decoder {
     }
 
     fn states(&self, capacity: usize) -> Vec<StateSpec> {
-        let kvd = self.config.kv_heads * self.config.head_dim;
-        let mut states: Vec<StateSpec> = self
-            .kv_layouts(capacity)
-            .iter()
-            .enumerate()
-            .flat_map(|(l, layout)| KvCache { layer: l }.states(layout, kvd))
+        self.states_of(&self.kv_layouts(capacity))
+    }
+
+    fn batch_states(&self, pool_rows: usize) -> Vec<StateSpec> {
+        let layouts: Vec<KvLayout> = (self.config.layer_windows.iter())
+            .map(|&w| KvLayout::paged(w, pool_rows))
             .collect();
-        states.extend(self.layers.iter().filter_map(|l| l.ffn.state()));
-        states
+        self.states_of(&layouts)
+    }
+
+    fn batch_refusal(&self) -> Option<String> {
+        let why = if !self.config.model.causal {
+            "its attention is bidirectional"
+        } else if self.attention.streaming.is_some() {
+            "attention sinks keep a ring per sequence"
+        } else if self.attention.sparse.is_some() {
+            "block-sparse masks are not paged"
+        } else if self.longrope.is_some() {
+            "LongRoPE picks its factors by each sequence's context"
+        } else {
+            return None;
+        };
+        Some(why.into())
     }
 
     fn build(&self, n: usize, capacity: usize, head: Head) -> kestrel_runtime::Result<Graph> {
-        let mut g = Graph::new();
+        let mut g = match head {
+            Head::Batch(shape) => Graph::batched(shape),
+            _ => Graph::new(),
+        };
         let ids = g.input("tokens", &[n], DType::U32);
         let x = self.forward(&mut g, ids, capacity)?;
         match head {
-            Head::AllLogits | Head::Sample | Head::Verify => {
+            Head::AllLogits | Head::Sample | Head::Verify | Head::Batch(_) => {
                 self.lm_head.apply_normed(&mut g, x, &self.norm, head)?
             }
             Head::Unmask(u) => {

@@ -329,6 +329,7 @@ impl Bound {
                 (true, Some(b)) => Some((b, mask_blocks(s.spec.layout.rows))),
                 _ => None,
             },
+            paged: None,
         }
     }
 

@@ -152,6 +152,7 @@ pub fn rope_cache_write() -> Vec<Case> {
                 qk_norm,
                 q_out: &q_out,
                 caches: [&caches[0], &caches[1]],
+                batch: None,
             };
             let d = rope_cache_write::launch(gpu, &sb, &io, cols, t, heads, layout)?;
             let mut want = [0, 1].map(|_| vec![f32::NAN; layout.rows * kvd]);

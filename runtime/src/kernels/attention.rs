@@ -54,7 +54,12 @@ pub struct AttnBuffers<'a> {
     pub v_cache: &'a wgpu::Buffer,
     pub out: &'a wgpu::Buffer,
     pub inv_freq: Option<(&'a wgpu::Buffer, usize)>,
+    /// A block mask and its query blocks per head; with `paged`, the block table and its
+    /// width instead.
     pub mask: Option<(&'a wgpu::Buffer, usize)>,
+    /// A batched step's rows (shaders/batch.wgsl): each query's position and sequence, keys
+    /// read through the block table in `mask` (decode_attention's kernels only).
+    pub paged: Option<&'a wgpu::Buffer>,
 }
 
 /// Check that a layout, causality and the optional RoPE / mask inputs fit together.
@@ -393,6 +398,9 @@ pub struct Attention {
     pub inv_freq: Option<TensorId>,
     /// A block mask (constant u32 words) for block-sparse attention.
     pub mask: Option<TensorId>,
+    /// In a batched graph: the block table (the graph's "block_table") and its width; queries
+    /// take their positions and sequences from the batch's rows.
+    pub paged: Option<(TensorId, usize)>,
 }
 
 impl Graph {
@@ -419,6 +427,12 @@ impl Graph {
     ) -> Result<TensorId> {
         let rope_half = inv_freq.map(|f| self.numel(f));
         validate_mode(&shape, &layout, causal, rope_half, mask.is_some())?;
+        let paged = self.batch.map(|b| (b.table, b.shape.table_width));
+        if paged.is_some() && (!layout.pages() || mask.is_some() || !causal) {
+            return Err(Error::Graph(
+                "a batched step's attention is causal and dense over paged caches".into(),
+            ));
+        }
         if self.shape(k_cache)[0] != layout.rows {
             return Err(mismatch(
                 "attention KV cache rows",
@@ -464,6 +478,7 @@ impl Graph {
             layout,
             inv_freq,
             mask,
+            paged,
         });
         Ok(out)
     }
@@ -478,6 +493,7 @@ impl Op for Attention {
         let mut r = vec![self.q, self.k_cache, self.v_cache];
         r.extend(self.inv_freq);
         r.extend(self.mask);
+        r.extend(self.paged.map(|(table, _)| table));
         (r, vec![self.out])
     }
 
@@ -495,10 +511,12 @@ impl Op for Attention {
         // workgroup per query and head, and keeps one piece each.
         let decode = n == 1 && causal;
         let rope_half = self.inv_freq.map(|f| cx.numel(f));
+        // A batched step's queries are of several sequences: row-wise, one piece each.
         let partial = if decode
+            || self.paged.is_some()
             || prefill_rowwise(gpu, &shape, rope_half, self.mask.is_some(), max_keys)
         {
-            let splits = match decode {
+            let splits = match decode && self.paged.is_none() {
                 true => {
                     decode_attention::splits_on(gpu, decode_attention::max_splits_for(layout.rows))
                 }
@@ -518,8 +536,13 @@ impl Op for Attention {
                 Some(f) => Some((cx.buf(f)?, cx.numel(f))),
                 None => None,
             },
-            mask: match self.mask {
-                Some(m) => Some((cx.buf(m)?, mask_blocks(layout.rows))),
+            mask: match (self.mask, self.paged) {
+                (_, Some((table, width))) => Some((cx.buf(table)?, width)),
+                (Some(m), None) => Some((cx.buf(m)?, mask_blocks(layout.rows))),
+                (None, None) => None,
+            },
+            paged: match self.paged {
+                Some(_) => Some(cx.batch()?),
                 None => None,
             },
         };

@@ -28,12 +28,13 @@ pub const LANES: Kernel = kernel!("decode_attention_lanes", lanes_variants);
 /// Head dims the shader-validation test compiles every mode at.
 pub const HEAD_DIMS: [usize; 6] = [16, 32, 64, 80, 128, 256];
 
-fn defs(head_dim: usize, rope: bool, sparse: bool, group: usize) -> ShaderDefs {
+fn defs(head_dim: usize, rope: bool, sparse: bool, group: usize, paged: bool) -> ShaderDefs {
     ShaderDefs::new()
         .u32("HEAD_DIM", head_dim as u32)
         .bool("ROPE", rope)
         .bool("SPARSE", sparse)
         .u32("GROUP", group as u32)
+        .bool("PAGED", paged)
 }
 
 /// Workgroup memory the pieces kernel may use: WebGPU's guaranteed minimum.
@@ -128,11 +129,15 @@ fn variants_serving(groups: &[usize], fits: fn(&AttnShape, bool) -> usize) -> Ve
                     scale: 1.0,
                 };
                 if fits(&shape, false) == g {
-                    out.push(defs(hd, rope, false, g));
+                    out.push(defs(hd, rope, false, g, false));
+                    // Batched steps (no RoPE inside attention).
+                    if !rope {
+                        out.push(defs(hd, false, false, g, true));
+                    }
                 }
             }
         }
-        out.push(defs(hd, false, true, 1));
+        out.push(defs(hd, false, true, 1, false));
     }
     out
 }
@@ -278,14 +283,25 @@ pub fn launch_pieces(
     causal: bool,
 ) -> Result<Dispatch> {
     let rope_half = io.inv_freq.map(|(_, h)| h);
-    validate_mode(&shape, &layout, causal, rope_half, io.mask.is_some())?;
+    let sparse = io.mask.is_some() && io.paged.is_none();
+    validate_mode(&shape, &layout, causal, rope_half, sparse)?;
     let max_splits = max_splits.clamp(1, MAX_SPLITS);
-    let sparse = io.mask.is_some();
+    if io.paged.is_some() && (max_splits != 1 || rope_half.is_some() || !layout.pages()) {
+        return Err(crate::error::Error::Graph(
+            "paged attention takes one piece per query over a paged cache".into(),
+        ));
+    }
     let (kernel, group) = match Kernels::for_device(gpu, &shape, rope_half) {
         Kernels::Tiles => (KERNEL, group(&shape, sparse)),
         Kernels::Lanes => (LANES, lanes_group(&shape, sparse)),
     };
-    let defs = defs(shape.head_dim, rope_half.is_some(), sparse, group);
+    let defs = defs(
+        shape.head_dim,
+        rope_half.is_some(),
+        sparse,
+        group,
+        io.paged.is_some(),
+    );
     let params = Params {
         heads: shape.heads as u32,
         kv_heads: shape.kv_heads as u32,
@@ -313,7 +329,10 @@ pub fn launch_pieces(
             partial,
             io.inv_freq.map_or(dummy, |(b, _)| b),
             io.mask.map_or(dummy, |(b, _)| b),
-        ],
+        ]
+        .into_iter()
+        .chain(io.paged)
+        .collect::<Vec<_>>(),
         [
             (shape.heads / group) as u32,
             max_splits as u32,
@@ -354,6 +373,11 @@ impl Graph {
         inv_freq: Option<TensorId>,
         mask: Option<TensorId>,
     ) -> Result<(TensorId, usize)> {
+        if self.batch.is_some() {
+            return Err(crate::error::Error::Graph(
+                "a batched step's attention takes Graph::attention".into(),
+            ));
+        }
         validate_mode(
             &shape,
             &layout,
@@ -427,6 +451,7 @@ impl Op for AttentionPieces {
                 Some(m) => Some((cx.buf(m)?, mask_blocks(self.layout.rows))),
                 None => None,
             },
+            paged: None,
         };
         let (gpu, step) = (cx.gpu(), cx.step());
         let d = launch_pieces(

@@ -52,6 +52,18 @@ impl Layout {
         }
     }
 
+    /// The layout for `m` rows of X: the rows layout takes no more rows per workgroup than
+    /// there are (rounded up to a power of two), so a few rows (a batched decode step, a
+    /// speculative verification) do not pay for a prefill's 16 or 32.
+    pub fn for_rows(self, m: usize) -> Layout {
+        match self {
+            Layout::Rows { rows } => Layout::Rows {
+                rows: rows.min(m.max(1).next_power_of_two() as u32),
+            },
+            tiles => tiles,
+        }
+    }
+
     /// Rows of Y per workgroup.
     fn rows(self) -> u32 {
         match self {
@@ -198,7 +210,15 @@ pub fn launch(
     y: &wgpu::Buffer,
     m: usize,
 ) -> Result<Vec<Dispatch>> {
-    launch_with(gpu, x, w, bias, y, m, Layout::for_device(gpu, w.dtype))
+    launch_with(
+        gpu,
+        x,
+        w,
+        bias,
+        y,
+        m,
+        Layout::for_device(gpu, w.dtype).for_rows(m),
+    )
 }
 
 /// [`launch`] in a given layout (rows: a divisor of 64, and an adapter with subgroups of at

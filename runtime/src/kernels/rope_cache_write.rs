@@ -7,7 +7,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{cache_write, kernel, no_variants, rope, Dispatch, Kernel};
+use super::{cache_write, kernel, rope, Dispatch, Kernel};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::executor::Lowering;
@@ -16,7 +16,14 @@ use crate::kv::KvLayout;
 use crate::op::Op;
 use crate::shader::ShaderDefs;
 
-pub const KERNEL: Kernel = kernel!("rope_cache_write", no_variants);
+pub const KERNEL: Kernel = kernel!("rope_cache_write", variants);
+
+/// Positions from the step, and from a batched step's rows (PAGED).
+pub fn variants() -> Vec<ShaderDefs> {
+    [false, true]
+        .map(|paged| ShaderDefs::new().bool("PAGED", paged))
+        .to_vec()
+}
 
 /// Where q, k and v come from: columns `offset..` of rows of `stride` floats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +89,8 @@ pub struct RopeCacheWrite {
     pub v_cache: TensorId,
     pub layout: KvLayout,
     pub heads: Heads,
+    /// In a batched graph: positions and cache rows from the batch's rows.
+    pub paged: bool,
 }
 
 impl Graph {
@@ -161,6 +170,11 @@ impl Graph {
                 ));
             }
         }
+        if self.batch.is_some() && !layout.pages() {
+            return Err(Error::Graph(
+                "a batched step's caches are paged: no sinks or rings".into(),
+            ));
+        }
         if let Some(n) = layout.max_chunk.filter(|&n| t > n) {
             return Err(Error::Graph(format!(
                 "cache write of {t} rows exceeds the ring cache's chunk of {n}"
@@ -176,6 +190,7 @@ impl Graph {
             v_cache,
             layout,
             heads,
+            paged: self.batch.is_some(),
         });
         Ok(q_out)
     }
@@ -211,6 +226,10 @@ impl Op for RopeCacheWrite {
             qk_norm,
             q_out: cx.buf(self.q_out)?,
             caches: [cx.buf(self.k_cache)?, cx.buf(self.v_cache)?],
+            batch: match self.paged {
+                true => Some(cx.batch()?),
+                false => None,
+            },
         };
         let cols = self.qkv.map(|c| (c.stride, c.offset));
         let d = launch(cx.gpu(), cx.step(), &io, cols, n, self.heads, self.layout)?;
@@ -229,6 +248,8 @@ pub struct Io<'a> {
     pub qk_norm: Option<(&'a wgpu::Buffer, f32, QkSpan)>,
     pub q_out: &'a wgpu::Buffer,
     pub caches: [&'a wgpu::Buffer; 2],
+    /// A batched step's rows (shaders/batch.wgsl): each token's position and cache row.
+    pub batch: Option<&'a wgpu::Buffer>,
 }
 
 #[repr(C)]
@@ -287,11 +308,14 @@ pub fn launch(
     let [k_cache, v_cache] = io.caches;
     let freq: &wgpu::Buffer = io.inv_freq.map_or(&gpu.dummy, |(b, _)| b);
     let norm: &wgpu::Buffer = io.qk_norm.map_or(&gpu.dummy, |(b, _, _)| b);
+    let defs = ShaderDefs::new().bool("PAGED", io.batch.is_some());
+    let mut buffers = vec![step, q, k, v, freq, io.q_out, k_cache, v_cache, norm];
+    buffers.extend(io.batch);
     KERNEL.dispatch(
         gpu,
-        &ShaderDefs::new(),
+        &defs,
         &params,
-        &[step, q, k, v, freq, io.q_out, k_cache, v_cache, norm],
+        &buffers,
         gpu.grid((items as u32).div_ceil(256)),
     )
 }

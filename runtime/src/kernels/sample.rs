@@ -15,7 +15,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{kernel, no_variants, Dispatch, Kernel, Step};
+use super::{kernel, Dispatch, Kernel, Step};
 use crate::device::Gpu;
 use crate::error::Result;
 use crate::executor::Lowering;
@@ -25,7 +25,16 @@ use crate::rng::{pcg_hash, unit_f32};
 use crate::shader::ShaderDefs;
 use crate::tensor::DType;
 
-pub const KERNEL: Kernel = kernel!("sample", no_variants);
+pub const KERNEL: Kernel = kernel!("sample", variants);
+
+/// With the step's settings, and per sequence in a batched step (PAGED).
+pub fn variants() -> Vec<ShaderDefs> {
+    [false, true].map(defs).to_vec()
+}
+
+fn defs(paged: bool) -> ShaderDefs {
+    ShaderDefs::new().bool("PAGED", paged)
+}
 
 /// One token id drawn from the last row of `logits` with the step's settings, or one per
 /// row (`every_row`).
@@ -34,6 +43,8 @@ pub struct Sample {
     pub logits: TensorId,
     pub out: TensorId,
     pub every_row: bool,
+    /// A batched step's picks: row s drawn with sequence s's settings (shaders/batch.wgsl).
+    pub paged: bool,
 }
 
 impl Graph {
@@ -44,6 +55,7 @@ impl Graph {
             logits,
             out,
             every_row: false,
+            paged: false,
         });
         Ok(out)
     }
@@ -57,6 +69,26 @@ impl Graph {
             logits,
             out,
             every_row: true,
+            paged: false,
+        });
+        Ok(out)
+    }
+
+    /// In a batched graph, one token id from each row s of `logits` [picks, vocab] (the
+    /// gathered pick rows) with sequence s's own settings: [picks] ids.
+    pub fn sample_picks(&mut self, logits: TensorId) -> Result<TensorId> {
+        let rows = self.shape(logits)[0];
+        if self.batch.is_none_or(|b| b.shape.picks != rows) {
+            return Err(crate::error::Error::Graph(
+                "sample_picks takes a batched graph's pick rows".into(),
+            ));
+        }
+        let out = self.add(vec![rows], DType::U32, Source::Activation);
+        self.push(Sample {
+            logits,
+            out,
+            every_row: true,
+            paged: true,
         });
         Ok(out)
     }
@@ -75,6 +107,9 @@ impl Op for Sample {
         let s = cx.shape(self.logits);
         let (logits, out) = (cx.buf(self.logits)?, cx.buf(self.out)?);
         let d = match self.every_row {
+            true if self.paged => {
+                launch_picks(cx.gpu(), cx.step(), cx.batch()?, logits, out, s[1], s[0])?
+            }
             true => launch_rows(cx.gpu(), cx.step(), logits, out, s[1], 0, s[0])?,
             false => launch(cx.gpu(), cx.step(), logits, out, s[1], (s[0] - 1) * s[1])?,
         };
@@ -121,10 +156,35 @@ pub fn launch_rows(
     };
     KERNEL.dispatch(
         gpu,
-        &ShaderDefs::new(),
+        &defs(false),
         &params,
         &[step, logits, out],
         [rows as u32, 1, 1],
+    )
+}
+
+/// Sample each of `picks` rows of `vocab` logits into `out[s]` with the settings of the
+/// batch's pick s ([`crate::batch::BatchRows`]).
+pub fn launch_picks(
+    gpu: &Gpu,
+    step: &wgpu::Buffer,
+    batch: &wgpu::Buffer,
+    logits: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    vocab: usize,
+    picks: usize,
+) -> Result<Dispatch> {
+    let params = Params {
+        n: vocab as u32,
+        offset: 0,
+        _p: [0; 2],
+    };
+    KERNEL.dispatch(
+        gpu,
+        &defs(true),
+        &params,
+        &[step, logits, out, batch],
+        [picks as u32, 1, 1],
     )
 }
 

@@ -1,0 +1,336 @@
+//! Several sequences in one forward: continuous batching over a paged KV cache.
+//!
+//! A [`BatchSession`] holds one pool of KV rows per attention layer, cut into blocks of
+//! [`KV_BLOCK`] positions. Each open sequence owns a row of the block table (its slot) that
+//! lists its blocks, reserved when it is opened. A step runs a ragged batch: each sequence
+//! contributes its next tokens (a decode step's one token, or a chunk of its prompt), every
+//! token a row of one graph ([`Head::Batch`]) whose linear layers read each weight once for
+//! all rows. Each row carries its position and the pool row its K and V go to; attention
+//! reads each query's own sequence through the block table; one row per sequence (its last)
+//! is gathered, projected to logits and sampled with that sequence's own settings. Plans are
+//! made per (rows, picks) rounded up to powers of two; padding rows write to block 0, which
+//! no sequence owns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::arch::{Architecture, BatchShape, Head};
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::executor::Plan;
+use crate::kernels::Step;
+use crate::rng::pcg_hash;
+use crate::session::Sampling;
+use crate::state::StateStore;
+use crate::tensor::{check_binding, shape_bytes};
+
+/// Positions per block of the KV pool (KV_BLOCK in shaders/batch.wgsl).
+pub const KV_BLOCK: usize = 16;
+/// The most token rows one step runs (the length of `rows` in shaders/batch.wgsl).
+pub const MAX_ROWS: usize = 256;
+/// The most sequences one step samples (the length of `picks` in shaders/batch.wgsl).
+pub const MAX_SEQS: usize = 64;
+
+/// The batch uniform; mirrors `Batch` in shaders/batch.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct BatchRows {
+    /// (position, pool row, slot, 0) of each token row.
+    pub rows: [[u32; 4]; MAX_ROWS],
+    /// (row, seed, top_k, temperature bits) of each sampled sequence.
+    pub picks: [[u32; 4]; MAX_SEQS],
+    /// (top_p bits, 0, 0, 0) of each sampled sequence.
+    pub pick_p: [[u32; 4]; MAX_SEQS],
+}
+
+/// How large a batch session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Sequences open at once (at most [`MAX_SEQS`]).
+    pub max_seqs: usize,
+    /// The longest sequence (clipped to the model's context).
+    pub context: usize,
+    /// Positions the pool holds for all sequences together.
+    pub pool_tokens: usize,
+}
+
+/// An open sequence of a [`BatchSession`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SeqId(usize);
+
+/// What one sequence runs in a step: `tokens` appended (a prompt chunk or the last token),
+/// then one token drawn after the last of them with `sampling`.
+#[derive(Debug, Clone, Copy)]
+pub struct Work<'a> {
+    pub seq: SeqId,
+    pub tokens: &'a [u32],
+    pub sampling: Sampling,
+}
+
+struct Seq {
+    blocks: Vec<u32>,
+    len: usize,
+}
+
+pub struct BatchSession {
+    gpu: Arc<Gpu>,
+    arch: Arc<dyn Architecture>,
+    states: StateStore,
+    config: BatchConfig,
+    table_width: usize,
+    pool_rows: usize,
+    /// Blocks no sequence holds (block 0, the padding rows' scratch, is never free).
+    free: Vec<u32>,
+    slots: Vec<Option<Seq>>,
+    plans: HashMap<(usize, usize), Plan>,
+    /// The plan of the last step and how many sequences it sampled.
+    last: Option<((usize, usize), usize)>,
+}
+
+impl BatchSession {
+    /// A pool of `config.pool_tokens` positions (rounded up to whole blocks) for up to
+    /// `config.max_seqs` sequences of up to `config.context` tokens each. Refuses, by the
+    /// architecture's reason, a model batched steps cannot run.
+    pub fn new(
+        gpu: &Arc<Gpu>,
+        arch: Arc<dyn Architecture>,
+        config: BatchConfig,
+    ) -> Result<BatchSession> {
+        if let Some(why) = arch.batch_refusal() {
+            return Err(Error::Graph(format!("batched decoding: {why}")));
+        }
+        if config.max_seqs == 0 || config.max_seqs > MAX_SEQS {
+            return Err(Error::InputOutOfRange(format!(
+                "a batch holds 1 to {MAX_SEQS} sequences, not {}",
+                config.max_seqs
+            )));
+        }
+        let context = config.context.min(arch.max_context()).max(1);
+        let blocks = config.pool_tokens.div_ceil(KV_BLOCK).max(1) + 1;
+        let pool_rows = blocks * KV_BLOCK;
+        let specs = arch.batch_states(pool_rows);
+        for s in &specs {
+            let what = format!("state {} for a KV pool of {pool_rows} tokens", s.name);
+            check_binding(gpu, &what, shape_bytes(&s.shape, s.dtype))?;
+        }
+        let states = StateStore::allocate(gpu, &specs)?;
+        gpu.check()?;
+        Ok(BatchSession {
+            gpu: gpu.clone(),
+            arch,
+            states,
+            config: BatchConfig { context, ..config },
+            table_width: context.div_ceil(KV_BLOCK),
+            pool_rows,
+            free: (1..blocks as u32).rev().collect(),
+            slots: (0..config.max_seqs).map(|_| None).collect(),
+            plans: HashMap::new(),
+            last: None,
+        })
+    }
+
+    /// The longest sequence.
+    pub fn context(&self) -> usize {
+        self.config.context
+    }
+    pub fn max_seqs(&self) -> usize {
+        self.config.max_seqs
+    }
+    /// Positions the pool holds for sequences (block 0 aside).
+    pub fn pool_tokens(&self) -> usize {
+        self.pool_rows - KV_BLOCK
+    }
+    /// Positions not reserved by any open sequence.
+    pub fn free_tokens(&self) -> usize {
+        self.free.len() * KV_BLOCK
+    }
+    pub fn open_count(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+    pub fn state_bytes(&self) -> u64 {
+        self.states.bytes()
+    }
+    /// Tokens appended to `seq` so far.
+    pub fn len(&self, seq: SeqId) -> usize {
+        self.slots[seq.0].as_ref().map_or(0, |s| s.len)
+    }
+
+    /// Why a sequence that reserves `tokens` positions can never be opened here (longer than
+    /// the context or the whole pool); None when it can once enough is free.
+    pub fn never_fits(&self, tokens: usize) -> Option<String> {
+        if tokens > self.config.context {
+            return Some(format!(
+                "{tokens} tokens exceed the context of {} tokens",
+                self.config.context
+            ));
+        }
+        if tokens > self.pool_tokens() {
+            return Some(format!(
+                "{tokens} tokens exceed the KV pool of {} tokens",
+                self.pool_tokens()
+            ));
+        }
+        None
+    }
+
+    /// Open a sequence with `tokens` positions reserved (its prompt and the most it may
+    /// generate): None while no slot or not enough blocks are free; an error when it could
+    /// never fit ([`BatchSession::never_fits`]).
+    pub fn open(&mut self, tokens: usize) -> Result<Option<SeqId>> {
+        if let Some(why) = self.never_fits(tokens) {
+            return Err(Error::InputOutOfRange(why));
+        }
+        let need = tokens.max(1).div_ceil(KV_BLOCK);
+        let Some(slot) = self.slots.iter().position(Option::is_none) else {
+            return Ok(None);
+        };
+        if need > self.free.len() {
+            return Ok(None);
+        }
+        let blocks = self.free.split_off(self.free.len() - need);
+        self.slots[slot] = Some(Seq { blocks, len: 0 });
+        Ok(Some(SeqId(slot)))
+    }
+
+    /// Close a sequence: its blocks are free at once.
+    pub fn close(&mut self, seq: SeqId) {
+        if let Some(s) = self.slots.get_mut(seq.0).and_then(Option::take) {
+            self.free.extend(s.blocks);
+        }
+    }
+
+    /// The plan a step of `rows` token rows and `picks` sequences ran, if one did (for
+    /// profiling: `crate::profile::kernel_times` replays it, rewriting the same rows).
+    pub fn plan_of(&self, rows: usize, picks: usize) -> Option<&Plan> {
+        let (rows, picks) = (bucket(rows), bucket(picks));
+        self.plans.get(&(rows, picks.min(rows)))
+    }
+
+    /// The plan for `rows` token rows and `picks` sampled sequences (made on first use).
+    fn plan(&mut self, rows: usize, picks: usize) -> Result<&Plan> {
+        if !self.plans.contains_key(&(rows, picks)) {
+            let head = Head::Batch(BatchShape {
+                picks,
+                slots: self.config.max_seqs + 1,
+                table_width: self.table_width,
+            });
+            let mut graph = self.arch.build(rows, self.pool_rows, head)?;
+            crate::fusion::fuse_elementwise(&mut graph);
+            let plan = Plan::new(&self.gpu, &graph, &self.states)?;
+            self.plans.insert((rows, picks), plan);
+        }
+        Ok(&self.plans[&(rows, picks)])
+    }
+
+    /// Run one step: each work item's tokens appended to its sequence, then one token drawn
+    /// after each item's last token (returned in the order of `work`). Rows are at most
+    /// [`MAX_ROWS`]; a sequence appears at most once.
+    pub async fn step(&mut self, work: &[Work<'_>]) -> Result<Vec<u32>> {
+        let rows: usize = work.iter().map(|w| w.tokens.len()).sum();
+        if work.is_empty() || work.len() > self.config.max_seqs || rows > MAX_ROWS {
+            return Err(Error::InputOutOfRange(format!(
+                "a step of {} sequences and {rows} rows (1 to {} sequences, at most {MAX_ROWS} rows)",
+                work.len(),
+                self.config.max_seqs
+            )));
+        }
+        let vocab = self.arch.vocab_size();
+        let mut batch = BatchRows::zeroed();
+        let mut tokens = Vec::with_capacity(rows);
+        let mut seen = vec![false; self.slots.len()];
+        for (s, w) in work.iter().enumerate() {
+            let seq = self.slots.get(w.seq.0).and_then(Option::as_ref);
+            let Some(seq) = seq.filter(|_| !std::mem::replace(&mut seen[w.seq.0], true)) else {
+                return Err(Error::InputOutOfRange(
+                    "a step names a closed sequence, or one twice".into(),
+                ));
+            };
+            if w.tokens.is_empty() {
+                return Err(Error::InputOutOfRange("no tokens given".into()));
+            }
+            if let Some(t) = w.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::InputOutOfRange(format!(
+                    "token id {t} is not below the vocabulary size {vocab}"
+                )));
+            }
+            let end = seq.len + w.tokens.len();
+            if end > seq.blocks.len() * KV_BLOCK {
+                return Err(Error::InputOutOfRange(format!(
+                    "{end} tokens exceed the {} the sequence reserved",
+                    seq.blocks.len() * KV_BLOCK
+                )));
+            }
+            for pos in seq.len..end {
+                let row = seq.blocks[pos / KV_BLOCK] as usize * KV_BLOCK + pos % KV_BLOCK;
+                batch.rows[tokens.len()] = [pos as u32, row as u32, w.seq.0 as u32, 0];
+                tokens.push(w.tokens[pos - seq.len]);
+            }
+            let last = (end - 1) as u32;
+            let sm = w.sampling;
+            batch.picks[s] = [
+                tokens.len() as u32 - 1,
+                pcg_hash(sm.seed ^ pcg_hash(last)),
+                sm.top_k,
+                sm.temperature.to_bits(),
+            ];
+            batch.pick_p[s] = [sm.top_p.to_bits(), 0, 0, 0];
+        }
+        // Padding rows: position 0 of the padding slot (its table row is all block 0).
+        let (n_rows, n_picks) = (bucket(rows), bucket(work.len()));
+        let pad_slot = self.config.max_seqs as u32;
+        for r in rows..n_rows {
+            batch.rows[r] = [0, 0, pad_slot, 0];
+        }
+        tokens.resize(n_rows, 0);
+        let mut table = vec![0u32; (self.config.max_seqs + 1) * self.table_width];
+        for (slot, seq) in self.slots.iter().enumerate() {
+            if let Some(seq) = seq {
+                table[slot * self.table_width..][..seq.blocks.len()].copy_from_slice(&seq.blocks);
+            }
+        }
+        let key = (n_rows, n_picks.min(n_rows));
+        self.last = Some((key, work.len()));
+        let plan = self.plan(key.0, key.1)?;
+        plan.write_input("tokens", &tokens)?;
+        plan.write_input("block_table", &table)?;
+        plan.write_batch(&batch)?;
+        plan.run(&Step {
+            n_tokens: n_rows as u32,
+            ..Step::default()
+        })?;
+        let ids = plan.read_u32(0).await?;
+        if ids.len() < work.len() {
+            return Err(Error::Readback(format!(
+                "a batched step returned {} ids for {} sequences",
+                ids.len(),
+                work.len()
+            )));
+        }
+        for w in work {
+            if let Some(seq) = self.slots[w.seq.0].as_mut() {
+                seq.len += w.tokens.len();
+            }
+        }
+        Ok(ids[..work.len()].to_vec())
+    }
+}
+
+impl BatchSession {
+    /// The logits the last step drew from, one row per sequence in the order of its work
+    /// ([picks * vocab]): for checks against a sequence run alone.
+    pub async fn last_logits(&self) -> Result<Vec<f32>> {
+        let Some((key, n)) = self.last else {
+            return Err(Error::Graph("no step has run".into()));
+        };
+        let mut logits = self.plans[&key].read_f32(1).await?;
+        logits.truncate(n * self.arch.vocab_size());
+        Ok(logits)
+    }
+}
+
+/// Rows or picks rounded up to a power of two, so that few plans serve every step.
+fn bucket(n: usize) -> usize {
+    n.max(1).next_power_of_two()
+}

@@ -1,0 +1,331 @@
+//! Batched steps of several sequences over a paged KV cache (kestrel_runtime::batch): ragged
+//! steps that mix prompt chunks and decode tokens of sequences at different positions give
+//! each sequence the logits it gets alone in a session; each sequence draws with its own
+//! settings; blocks freed by a closed sequence serve a new one; a full pool, a sequence
+//! longer than the pool, a closed sequence and a model that cannot be batched are refused.
+
+use std::sync::Arc;
+
+use kestrel_runtime::batch::{BatchConfig, BatchSession, SeqId, Work};
+use kestrel_runtime::kernels::{sample, Step};
+use kestrel_runtime::rng::pcg_hash;
+use kestrel_runtime::session::Sampling;
+use kestrel_runtime::Gpu;
+use kestrel_tests::*;
+
+/// Batched logits against a session's: the same f32 arithmetic in another order (matmul rows
+/// against whole passes, attention row by row over pages against the session's kernel), so
+/// they differ by rounding, a few ulp per sum over at most a few hundred terms.
+const TOL: f64 = 2e-5;
+
+/// One sequence of the test: its tokens and how they are fed (chunk lengths, in steps).
+struct Script {
+    tokens: Vec<u32>,
+    /// Tokens fed in each step from `start` (0: not in that step).
+    chunks: Vec<usize>,
+    start: usize,
+    sampling: Sampling,
+}
+
+fn sampled() -> Sampling {
+    Sampling {
+        temperature: 0.8,
+        top_k: 20,
+        top_p: 0.9,
+        seed: 5,
+    }
+}
+
+/// Three sequences at different positions: A reads a 5-token prompt then decodes; B reads
+/// 17 tokens in chunks of 9 and 8, then decodes with sampling; C starts in the second step
+/// with one token; D starts after A is closed, on A's freed blocks.
+fn scripts(vocab: u32) -> Vec<Script> {
+    let toks = |seed: u32, n: usize| -> Vec<u32> {
+        (0..n as u32)
+            .map(|i| pcg_hash(seed * 977 + i) % vocab)
+            .collect()
+    };
+    vec![
+        Script {
+            tokens: toks(1, 9),
+            chunks: vec![5, 1, 1, 1, 1],
+            start: 0,
+            sampling: Sampling::default(),
+        },
+        Script {
+            tokens: toks(2, 22),
+            chunks: vec![9, 8, 1, 1, 1, 1, 1],
+            start: 0,
+            sampling: sampled(),
+        },
+        Script {
+            tokens: toks(3, 6),
+            chunks: vec![1, 1, 1, 1, 1, 1],
+            start: 1,
+            sampling: Sampling::default(),
+        },
+        Script {
+            tokens: toks(4, 7),
+            chunks: vec![4, 1, 1, 1],
+            start: 5,
+            sampling: Sampling::default(),
+        },
+    ]
+}
+
+/// The logits a session alone gives after each token of `tokens`.
+fn alone(gpu: &Arc<Gpu>, model: &kestrel_models::Model, tokens: &[u32]) -> Vec<f32> {
+    let mut s = model.session(gpu, 64).expect("session");
+    pollster::block_on(s.logits(tokens)).expect("logits")
+}
+
+fn check_model(gpu: &Arc<Gpu>, name: &str) {
+    let what = format!("{name} on {}", gpu.backend_name());
+    let model = kestrel_models::load(gpu, &fixture(name)).expect("load");
+    let arch = model.architecture();
+    let vocab = arch.vocab_size();
+    let config = BatchConfig {
+        max_seqs: 3,
+        context: 32,
+        pool_tokens: 3 * 32,
+    };
+    let mut batch = BatchSession::new(gpu, arch, config).expect("batch session");
+    let scripts = scripts(vocab as u32);
+    let refs: Vec<Vec<f32>> = scripts
+        .iter()
+        .map(|s| alone(gpu, &model, &s.tokens))
+        .collect();
+    let mut seqs: Vec<Option<SeqId>> = vec![None; scripts.len()];
+    let mut fed = vec![0; scripts.len()];
+    let steps = scripts
+        .iter()
+        .map(|s| s.start + s.chunks.len())
+        .max()
+        .unwrap_or(0);
+    for step in 0..steps {
+        let mut work = Vec::new();
+        let mut who = Vec::new();
+        for (i, s) in scripts.iter().enumerate() {
+            let Some(&n) = step.checked_sub(s.start).and_then(|k| s.chunks.get(k)) else {
+                if seqs[i].is_some() && step >= s.start + s.chunks.len() {
+                    batch.close(seqs[i].take().expect("open"));
+                }
+                continue;
+            };
+            let seq = *seqs[i].get_or_insert_with(|| {
+                batch
+                    .open(s.tokens.len())
+                    .expect("open")
+                    .unwrap_or_else(|| panic!("{what}: no room for sequence {i} at step {step}"))
+            });
+            work.push(Work {
+                seq,
+                tokens: &s.tokens[fed[i]..fed[i] + n],
+                sampling: s.sampling,
+            });
+            who.push(i);
+            fed[i] += n;
+        }
+        let ids = pollster::block_on(batch.step(&work)).expect("step");
+        let logits = pollster::block_on(batch.last_logits()).expect("logits");
+        for (k, &i) in who.iter().enumerate() {
+            let pos = fed[i] - 1;
+            let got = &logits[k * vocab..][..vocab];
+            let want = &refs[i][pos * vocab..][..vocab];
+            assert_close(&format!("{what}: sequence {i} at {pos}"), got, want, TOL);
+            let sm = scripts[i].sampling;
+            let settings = Step {
+                seed: pcg_hash(sm.seed ^ pcg_hash(pos as u32)),
+                top_k: sm.top_k,
+                temperature: sm.temperature,
+                top_p: sm.top_p,
+                ..Step::default()
+            };
+            let candidates = sample::reference(got, &settings);
+            assert!(
+                candidates.accepts(ids[k], 1e-5),
+                "{what}: sequence {i} at {pos} drew {} (expected {})",
+                ids[k],
+                candidates.pick()
+            );
+        }
+    }
+}
+
+#[test]
+fn batched_steps_give_each_sequence_its_own_logits() {
+    for gpu in gpus() {
+        // GQA; q/k norms per head; a sliding window; experts.
+        for name in ["llama_gqa", "qwen3", "mistral_window", "mixtral"] {
+            check_model(&gpu, name);
+        }
+    }
+}
+
+#[test]
+fn pool_limits_and_bad_steps_are_refused() {
+    let gpu = gpus().remove(0);
+    let model = kestrel_models::load(&gpu, &fixture("llama_gqa")).expect("load");
+    let config = BatchConfig {
+        max_seqs: 2,
+        context: 40,
+        pool_tokens: 48,
+    };
+    let mut batch = BatchSession::new(&gpu, model.architecture(), config).expect("batch");
+    assert_eq!(batch.pool_tokens(), 48);
+    // Longer than the context or the pool: never.
+    assert!(batch.open(41).is_err());
+    let a = batch.open(32).expect("open").expect("room");
+    // 32 reserved, 16 left: a second sequence of 17 waits, of 16 fits; no third slot.
+    assert!(batch.open(17).expect("open").is_none());
+    let b = batch.open(16).expect("open").expect("room");
+    assert!(batch.open(1).expect("open").is_none());
+    // Past the sequence's reservation, a token outside the vocabulary, a sequence twice.
+    let long = vec![1u32; 17];
+    let work = |seq, tokens| Work {
+        seq,
+        tokens,
+        sampling: Sampling::default(),
+    };
+    assert!(pollster::block_on(batch.step(&[work(b, &long)])).is_err());
+    assert!(pollster::block_on(batch.step(&[work(a, &[u32::MAX])])).is_err());
+    assert!(pollster::block_on(batch.step(&[work(a, &[1]), work(a, &[2])])).is_err());
+    // Closing frees the blocks at once; a closed sequence cannot step.
+    batch.close(a);
+    assert!(pollster::block_on(batch.step(&[work(a, &[1])])).is_err());
+    assert_eq!(batch.free_tokens(), 32);
+    assert!(batch.open(32).expect("open").is_some());
+}
+
+#[test]
+fn recurrent_models_are_refused_by_name() {
+    let gpu = gpus().remove(0);
+    let model = kestrel_models::load(&gpu, &fixture("mamba")).expect("load");
+    let config = BatchConfig {
+        max_seqs: 2,
+        context: 16,
+        pool_tokens: 32,
+    };
+    let err = BatchSession::new(&gpu, model.architecture(), config)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("batched decoding"), "{err}");
+}
+
+/// The paged attention kernel (decode_attention's, PAGED) against the f64 reference: queries
+/// of three sequences at ragged positions (one sequence with a chunk of three, so queries of
+/// one sequence see each other's keys causally), each sequence's keys in blocks scattered
+/// through the pool by a shuffled block table, the output poisoned first; with and without a
+/// sliding window, GQA groups of 1, 2 and 3, head dims 16, 32 and 64. The gather of pick rows
+/// against its reference too.
+#[test]
+fn paged_attention_and_gather_match_their_references() {
+    use kestrel_runtime::batch::{BatchRows, KV_BLOCK};
+    use kestrel_runtime::kernels::attention::{self, AttnBuffers, AttnShape, CacheView};
+    use kestrel_runtime::kernels::{copy, decode_attention};
+    use kestrel_runtime::kv::KvLayout;
+    use kestrel_runtime::rng::Rng;
+    for gpu in gpus() {
+        let mut rng = Rng::new(7);
+        for (heads, kv_heads, d, window) in
+            [(4, 2, 16, None), (6, 2, 64, Some(5)), (8, 8, 32, None)]
+        {
+            let what = format!(
+                "paged attention {heads}/{kv_heads}x{d} window {window:?} on {}",
+                gpu.backend_name()
+            );
+            let shape = AttnShape {
+                heads,
+                kv_heads,
+                head_dim: d,
+                scale: 1.0 / (d as f32).sqrt(),
+                softcap: None,
+            };
+            let kvd = kv_heads * d;
+            // (slot, position) of each query; slot 1 has a chunk of three.
+            let queries = [(0usize, 0usize), (1, 10), (1, 11), (1, 12), (2, 37)];
+            let (slots, width) = (3, 3);
+            let pool_blocks = 1 + slots * width;
+            let mut order: Vec<u32> = (1..pool_blocks as u32).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.below(i as u32 + 1) as usize);
+            }
+            let table: Vec<u32> = order.clone();
+            let rows = pool_blocks * KV_BLOCK;
+            let (k, v) = (rng.vec(rows * kvd, 1.0), rng.vec(rows * kvd, 1.0));
+            let q = rng.vec(queries.len() * heads * d, 1.0);
+            let mut batch = <BatchRows as bytemuck::Zeroable>::zeroed();
+            let mut want = Vec::new();
+            for (t, &(slot, pos)) in queries.iter().enumerate() {
+                batch.rows[t] = [pos as u32, 0, slot as u32, 0];
+                // The sequence's keys in order, as a linear cache.
+                let row_of = |j: usize| {
+                    table[slot * width + j / KV_BLOCK] as usize * KV_BLOCK + j % KV_BLOCK
+                };
+                let gather = |data: &[f32]| -> Vec<f32> {
+                    (0..=pos)
+                        .flat_map(|j| data[row_of(j) * kvd..][..kvd].to_vec())
+                        .collect()
+                };
+                let (kl, vl) = (gather(&k), gather(&v));
+                let cache = CacheView {
+                    k: &kl,
+                    v: &vl,
+                    layout: KvLayout::paged(window, pos + 1),
+                };
+                let qt = &q[t * heads * d..][..heads * d];
+                want.extend(attention::reference(
+                    qt, cache, shape, pos, true, None, None,
+                ));
+            }
+            let (qb, kb, vb) = (
+                upload_f32(&gpu, &q),
+                upload_f32(&gpu, &k),
+                upload_f32(&gpu, &v),
+            );
+            let tb = upload_u32(&gpu, &table);
+            let out = poisoned(&gpu, q.len());
+            let partial = poisoned(&gpu, q.len());
+            let bb = gpu.uniform_buffer_init("batch", bytemuck::bytes_of(&batch));
+            let sb = step_buffer(&gpu, &step(0, queries.len() as u32));
+            let io = AttnBuffers {
+                q: &qb,
+                k_cache: &kb,
+                v_cache: &vb,
+                out: &out,
+                inv_freq: None,
+                mask: Some((&tb, width)),
+                paged: Some(&bb),
+            };
+            let layout = KvLayout::paged(window, rows);
+            let dispatches = decode_attention::launch(
+                &gpu,
+                &sb,
+                &io,
+                &partial,
+                shape,
+                layout,
+                1,
+                queries.len(),
+                true,
+            )
+            .expect("launch");
+            run(&gpu, &dispatches);
+            assert_close(&what, &read(&gpu, &out, want.len()), &want, 1e-5);
+
+            // The gather: pick rows 3, 0 and 4 of the queries.
+            let width = heads * d;
+            let picks = [3u32, 0, 4];
+            for (s, &r) in picks.iter().enumerate() {
+                batch.picks[s] = [r, 0, 0, 0];
+            }
+            let bb = gpu.uniform_buffer_init("batch", bytemuck::bytes_of(&batch));
+            let gathered = poisoned(&gpu, picks.len() * width);
+            let g =
+                copy::launch_gather(&gpu, &bb, &qb, &gathered, picks.len(), width).expect("gather");
+            run(&gpu, &[g]);
+            let want = copy::reference_gather(&q, &picks, width);
+            assert_same_bits("gather", &read(&gpu, &gathered, want.len()), &want);
+        }
+    }
+}
