@@ -172,14 +172,22 @@ pub fn variants() -> Vec<ShaderDefs> {
 pub fn rows_variants() -> Vec<ShaderDefs> {
     let mut out = Vec::new();
     for (dtype, weight) in weight_specs() {
-        let rows = rows_for(dtype);
         let plain = matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
         for (bias, grouped) in MODES {
-            for columns in 1..=4 {
-                for x_vec4 in [false, true] {
-                    for w_vec4 in [false, plain] {
-                        let d = defs(weight.clone(), bias, grouped);
-                        out.push(rows_defs(d, rows, columns, x_vec4, w_vec4));
+            // Fewer rows per workgroup for fewer rows of X ([`Layout::for_rows`]); grouped
+            // tiles always have 64.
+            let most = rows_for(dtype);
+            let rows = match grouped {
+                Some(_) => vec![most],
+                None => (0..=most.ilog2()).map(|i| 1 << i).collect(),
+            };
+            for rows in rows {
+                for columns in 1..=4 {
+                    for x_vec4 in [false, true] {
+                        for w_vec4 in [false, plain] {
+                            let d = defs(weight.clone(), bias, grouped);
+                            out.push(rows_defs(d, rows, columns, x_vec4, w_vec4));
+                        }
                     }
                 }
             }
