@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use crate::cli::{BenchArgs, Speculation};
 use crate::stdout::outln;
-use crate::{bench_attention, bench_kernels, bench_speculate, open_gpu, open_model};
+use crate::{bench_attention, bench_batch, bench_kernels, bench_speculate, open_gpu, open_model};
 
 /// The user's message of the chat turn whose first token is the cold start.
 const COLD_START_MESSAGE: &str = "Hello";
@@ -122,7 +122,9 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         start = Instant::now();
     }
     let speculation = a.speculate.speculation();
-    if let (Some(path), false) = (&path, speculation == Speculation::Off) {
+    if let (Some(path), Some(n)) = (&path, a.batch) {
+        report["batch"] = bench_batch::run(&gpu, path, a, n, text)?;
+    } else if let (Some(path), false) = (&path, speculation == Speculation::Off) {
         report["speculation"] = bench_speculate::run(&gpu, path, a, &speculation, text)?;
     } else if let Some(path) = &path {
         let (model_report, model_attention) = model_bench(&gpu, path, a, text, start)?;
@@ -146,7 +148,7 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
 }
 
 /// Kernel class -> `f(ms)` as a JSON object.
-fn class_map(k: &KernelTimes, f: impl Fn(f64) -> f64) -> Value {
+pub(crate) fn class_map(k: &KernelTimes, f: impl Fn(f64) -> f64) -> Value {
     Value::Object(
         k.classes
             .iter()
@@ -156,7 +158,7 @@ fn class_map(k: &KernelTimes, f: impl Fn(f64) -> f64) -> Value {
 }
 
 /// The human table of a decode token's time by kernel class, slowest first.
-fn print_kernel_times(k: Option<&KernelTimes>) {
+pub(crate) fn print_kernel_times(k: Option<&KernelTimes>) {
     let Some(k) = k else {
         outln!("decode by kernel class: not measured (the adapter has no timestamp queries)");
         return;

@@ -199,6 +199,7 @@ fn prefill(gpu: &Arc<Gpu>, kind: Kind, len: usize, warm_up: bool) -> Result<Pref
         out: &out,
         inv_freq: None,
         mask: mask_buf.as_deref().map(|b| (b, mask_blocks(layout.rows))),
+        paged: None,
     };
     // One Step uniform per chunk, as a session writes one per pass.
     let mut steps = Vec::new();
@@ -292,6 +293,7 @@ fn decode(gpu: &Arc<Gpu>, len: usize, splits: usize) -> Result<(f64, f64), Strin
         out: &out,
         inv_freq: None,
         mask: None,
+        paged: None,
     };
     let d = decode_attention::launch(gpu, &step, &io, &partial, shape, layout, splits, 1, true)
         .map_err(rt)?;

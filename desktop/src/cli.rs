@@ -477,6 +477,10 @@ pub struct BenchArgs {
     /// counts from after the tuning)
     #[arg(long, requires = "model")]
     pub tune: bool,
+    /// Decode 1, 2, 4, ... N sequences together in batched steps (the server's continuous
+    /// batching) and report tokens/s for each, instead of the model figures
+    #[arg(long, value_name = "N", requires = "model", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=kestrel_runtime::batch::MAX_SEQS as u64))]
+    pub batch: Option<usize>,
     #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]
@@ -571,6 +575,16 @@ pub struct ServeArgs {
     /// Context (KV cache) length in tokens (at most the model's)
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub ctx: usize,
+    /// Requests decoded together in batched steps (continuous batching over a paged KV
+    /// cache); 1 runs one at a time. Models that cannot be batched, and speculative
+    /// decoding, run one at a time
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=kestrel_runtime::batch::MAX_SEQS as u64))]
+    pub max_batch: usize,
+    /// Positions of the batched KV pool, shared by all requests (a request reserves its
+    /// prompt plus max_tokens, at most --ctx, when it starts). Default: --max-batch times
+    /// --ctx
+    #[arg(long, value_name = "TOKENS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub kv_pool: Option<usize>,
     /// Largest request body accepted (larger ones get a 413)
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     pub max_body: usize,

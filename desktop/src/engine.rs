@@ -14,10 +14,12 @@ use kestrel_models::generate::{Generation, Request, Step};
 use kestrel_models::speculate::{SpeculationStats, Speculator};
 use kestrel_models::AttentionOptions;
 use kestrel_models::Model;
+use kestrel_runtime::batch::{BatchConfig, BatchSession};
 use kestrel_runtime::session::Session;
 use kestrel_runtime::Gpu;
 
 use crate::cli::Speculation;
+use crate::scheduler;
 
 pub use kestrel_models::generate::{Finish, Prompt};
 
@@ -32,6 +34,11 @@ pub struct EngineConfig {
     pub offline: bool,
     /// Every job decoded speculatively this way (a draft model is loaded with the model).
     pub speculation: Speculation,
+    /// Jobs run together in batched steps (continuous batching, `scheduler.rs`); 1 runs one
+    /// job at a time. Models batched steps cannot run, and speculation, take one at a time.
+    pub max_batch: usize,
+    /// Positions of the batched KV pool (all jobs together); None: `max_batch` contexts.
+    pub kv_pool: Option<usize>,
 }
 
 /// What was loaded.
@@ -47,6 +54,9 @@ pub struct ModelInfo {
     pub weight_bytes: u64,
     /// GPU memory of the session's state (the KV cache), allocated once at load.
     pub state_bytes: u64,
+    /// Jobs run together (1: one at a time), and the KV pool's positions when batched.
+    pub max_batch: usize,
+    pub kv_pool: Option<usize>,
     pub load_seconds: f64,
     /// Drafts per verification and the draft model's name, when speculating.
     pub speculation: Option<String>,
@@ -83,6 +93,16 @@ impl Events {
         match self {
             Events::Std(tx) => tx.send(event).map_err(|_| Gone),
             Events::Tokio(tx) => tx.send(event).map_err(|_| Gone),
+        }
+    }
+}
+
+impl Events {
+    /// Whether the receiver has gone (known for the server's channels only).
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Events::Std(_) => false,
+            Events::Tokio(tx) => tx.is_closed(),
         }
     }
 }
@@ -220,7 +240,8 @@ struct Worker {
     model: Model,
     /// Compiled once at load, rendered for every chat job.
     template: ChatTemplate,
-    session: Session,
+    /// The one sequence of one-at-a-time jobs, or the batch of batched ones.
+    sequences: Sequences,
     info: ModelInfo,
     /// Lent to each job's generation and taken back after it.
     speculator: Option<Speculator>,
@@ -255,18 +276,18 @@ impl Worker {
         let template = model.chat_template().map_err(|e| e.to_string())?;
         progress("allocating the KV cache");
         let ctx = config.ctx.min(model.architecture().max_context());
-        // A context whose KV cache cannot be bound is refused before anything is allocated.
-        let session = model
-            .session(&gpu, ctx)
-            .map_err(|e| format!("{e} (--ctx {ctx}: choose a smaller --ctx)"))?;
-        let capacity = session.capacity();
+        let sequences = Sequences::new(&gpu, &model, config, ctx, progress)?;
+        let (capacity, state_bytes) = match &sequences {
+            Sequences::One(s) => (s.capacity(), s.state_bytes()),
+            Sequences::Batch(b) => (b.context(), b.state_bytes()),
+        };
         let speculator = match &config.speculation {
             Speculation::Off => None,
             spec => {
                 progress("loading the speculative drafter");
                 let s = crate::speculate::open(&gpu, spec, &model, capacity, config.offline)?;
-                if let Some(s) = &s {
-                    s.check_target(&model, &session)
+                if let (Some(s), Sequences::One(session)) = (&s, &sequences) {
+                    s.check_target(&model, session)
                         .map_err(crate::generate::cli_error)?;
                 }
                 s
@@ -282,9 +303,17 @@ impl Worker {
             name: model.name.clone(),
             adapter: gpu.info.name.clone(),
             backend: gpu.backend_name().to_string(),
-            context: session.capacity(),
+            context: capacity,
             weight_bytes: model.weight_bytes(),
-            state_bytes: session.state_bytes(),
+            state_bytes,
+            max_batch: match &sequences {
+                Sequences::One(_) => 1,
+                Sequences::Batch(b) => b.max_seqs(),
+            },
+            kv_pool: match &sequences {
+                Sequences::One(_) => None,
+                Sequences::Batch(b) => Some(b.pool_tokens()),
+            },
             load_seconds: t.elapsed().as_secs_f64(),
             speculation,
             fallback_template: template.is_fallback,
@@ -293,7 +322,7 @@ impl Worker {
         Ok(Worker {
             model,
             template,
-            session,
+            sequences,
             info,
             speculator,
         })
@@ -305,16 +334,29 @@ impl Worker {
         waiting: Arc<AtomicUsize>,
         running: Arc<AtomicUsize>,
     ) {
+        let session = match &mut self.sequences {
+            Sequences::Batch(batch) => {
+                let (model, template) = (&self.model, &self.template);
+                return scheduler::serve(model, template, batch, jobs, &waiting, &running);
+            }
+            Sequences::One(session) => session,
+        };
         while let Ok(job) = jobs.recv() {
             let events = job.events.clone();
             running.fetch_add(1, Ordering::SeqCst);
-            let outcome = self.run(&job);
+            let outcome = run(
+                &self.model,
+                &self.template,
+                session,
+                &mut self.speculator,
+                &job,
+            );
             running.fetch_sub(1, Ordering::SeqCst);
             let event = match outcome {
                 Ok(summary) => Event::Done(summary),
                 Err(e) => {
                     // A failed step may leave the cache half written: start the next job afresh.
-                    self.session.reset();
+                    session.reset();
                     Event::Failed(e)
                 }
             };
@@ -323,23 +365,30 @@ impl Worker {
             let _ = events.send(event);
         }
     }
+}
 
-    /// Drive the generator through one job, sending its pieces as they come.
-    fn run(&mut self, job: &Job) -> Result<Summary, String> {
+/// Drive the generator through one job on `session`, sending its pieces as they come
+/// (lending `speculator`, when there is one, to the job).
+fn run(
+    model: &Model,
+    template: &ChatTemplate,
+    session: &mut Session,
+    speculator: &mut Option<Speculator>,
+    job: &Job,
+) -> Result<Summary, String> {
+    {
         let started = Instant::now();
-        let model = &self.model;
         let ids = job
             .prompt
-            .encode(model, Some(&self.template))
+            .encode(model, Some(template))
             .map_err(|e| e.to_string())?;
-        let mut g = Generation::new(model, &mut self.session, ids, &job.request)
-            .map_err(|e| e.to_string())?;
+        let mut g =
+            Generation::new(model, session, ids, &job.request).map_err(|e| e.to_string())?;
         if !job.streamed {
             g.unstreamed();
         }
-        if let Some(s) = self.speculator.take() {
-            g.speculate(model, &self.session, s)
-                .map_err(|e| e.to_string())?;
+        if let Some(s) = speculator.take() {
+            g.speculate(model, session, s).map_err(|e| e.to_string())?;
         }
         let cancelled = || job.cancel.load(Ordering::SeqCst);
         let prompt_tokens = g.prompt_tokens();
@@ -353,7 +402,7 @@ impl Worker {
         let mut failed = None;
         loop {
             let t = Instant::now();
-            let step = match pollster::block_on(g.step(model, &mut self.session)) {
+            let step = match pollster::block_on(g.step(model, session)) {
                 Ok(step) => step,
                 Err(e) => {
                     failed = Some(e.to_string());
@@ -376,7 +425,7 @@ impl Worker {
             }
         }
         let speculation = g.speculation_stats();
-        self.speculator = g.take_speculator();
+        *speculator = g.take_speculator();
         if let Some(e) = failed {
             return Err(e);
         }
@@ -400,8 +449,63 @@ impl Worker {
     }
 }
 
+/// Where a worker's jobs run.
+enum Sequences {
+    /// One sequence, one job at a time (its KV cache reused between jobs' shared prefixes).
+    One(Box<Session>),
+    /// A batch of sequences over a paged KV pool (`scheduler.rs`).
+    Batch(Box<BatchSession>),
+}
+
+impl Sequences {
+    /// A batch where `config` asks for one and the model and options allow it (else, with a
+    /// note why, one sequence); contexts of `ctx` tokens.
+    fn new(
+        gpu: &Arc<Gpu>,
+        model: &Model,
+        config: &EngineConfig,
+        ctx: usize,
+        progress: &dyn Fn(&str),
+    ) -> Result<Sequences, String> {
+        let arch = model.architecture();
+        let why_not = match (config.max_batch, &config.speculation, arch.batch_refusal()) {
+            (0 | 1, _, _) => None,
+            (_, Speculation::Off, None) => {
+                let pool = config.kv_pool.unwrap_or(config.max_batch * ctx);
+                let batch = BatchConfig {
+                    max_seqs: config.max_batch,
+                    context: ctx,
+                    pool_tokens: pool,
+                };
+                return BatchSession::new(gpu, arch, batch)
+                    .map(|b| Sequences::Batch(Box::new(b)))
+                    .map_err(|e| {
+                        format!(
+                            "{e} (--ctx {ctx} tokens for up to --max-batch {} requests: \
+                             choose a smaller --ctx, --max-batch or --kv-pool)",
+                            config.max_batch
+                        )
+                    });
+            }
+            (_, Speculation::Off, Some(why)) => Some(why),
+            (_, _, _) => Some("speculative decoding runs one sequence at a time".to_string()),
+        };
+        if let Some(why) = why_not {
+            progress(&format!(
+                "one job at a time: {} cannot be decoded in batches: {why}",
+                model.name
+            ));
+        }
+        // A context whose KV cache cannot be bound is refused before anything is allocated.
+        model
+            .session(gpu, ctx)
+            .map(|s| Sequences::One(Box::new(s)))
+            .map_err(|e| format!("{e} (--ctx {ctx}: choose a smaller --ctx)"))
+    }
+}
+
 impl Summary {
-    fn empty(prompt_tokens: usize, finish: Finish) -> Summary {
+    pub(crate) fn empty(prompt_tokens: usize, finish: Finish) -> Summary {
         Summary {
             text: String::new(),
             prompt_tokens,

@@ -3,6 +3,7 @@
 mod app;
 mod bench;
 mod bench_attention;
+mod bench_batch;
 mod bench_kernels;
 mod bench_speculate;
 mod catalogue;
@@ -21,6 +22,7 @@ mod pipeline_cache;
 mod prebuild;
 mod pull;
 mod runtime_dir;
+mod scheduler;
 mod serve;
 mod speculate;
 mod stdout;

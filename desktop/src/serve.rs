@@ -44,11 +44,20 @@ pub fn run(a: &ServeArgs) -> Result<(), String> {
         attention: a.attention.options(),
         offline: a.fetch.offline,
         speculation: a.speculate.speculation(),
+        max_batch: a.max_batch,
+        kv_pool: a.kv_pool,
     };
     let engine = Engine::start(gpu, config, |m| eprintln!("{m}"))?;
     let i = &engine.info;
     if let Some(s) = &i.speculation {
         eprintln!("speculative decoding: {s}");
+    }
+    if let Some(pool) = i.kv_pool {
+        eprintln!(
+            "continuous batching: up to {} requests at once, a KV pool of {pool} tokens ({:.1} MiB)",
+            i.max_batch,
+            i.state_bytes as f64 / (1 << 20) as f64
+        );
     }
     eprintln!(
         "{} ({}, {:.1} MiB) on {} via {} (driver {}): context {} tokens, loaded in {:.1} s{}",

@@ -187,6 +187,48 @@ fn serves_models_chat_and_completions() {
     }
 }
 
+/// Continuous batching: replies that run together, streamed or not and started at different
+/// times, are each the reply the same request gets alone.
+#[test]
+fn concurrent_replies_are_the_replies_alone() {
+    let _one = serial();
+    let server = Server::start(&["--max-batch", "4"]);
+    let prompts = ["hi", "hello there", "a b c d e f", "one", "tell me", "x"];
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            chat_content(
+                &server.post("/v1/chat/completions", &chat(p, 12, false)),
+                12,
+            )
+        })
+        .collect();
+    let together: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (prompts.iter().enumerate())
+            .map(|(i, p)| {
+                let server = &server;
+                scope.spawn(move || {
+                    // Staggered starts: later requests join a batch already decoding.
+                    std::thread::sleep(Duration::from_millis(15 * i as u64));
+                    let stream = i % 2 == 1;
+                    let (status, body) =
+                        server.post_text("/v1/chat/completions", &chat(p, 12, stream).to_string());
+                    assert_eq!(status, 200, "{body}");
+                    match stream {
+                        true => streamed_chat(&body).0,
+                        false => chat_content(&serde_json::from_str(&body).expect("json"), 12),
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client"))
+            .collect()
+    });
+    assert_eq!(together, alone);
+}
+
 #[test]
 fn refuses_bad_requests_in_openai_form() {
     let _one = serial();

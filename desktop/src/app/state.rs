@@ -465,6 +465,8 @@ mod tests {
             load_seconds: 0.1,
             speculation: None,
             fallback_template: false,
+            max_batch: 1,
+            kv_pool: None,
         };
         assert!(ModelStatus::start("  ").is_err());
         let mut s = ModelStatus::start("models/x").unwrap();

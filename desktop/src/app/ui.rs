@@ -76,6 +76,9 @@ impl KestrelApp {
             attention: self.options.attention.clone(),
             offline: self.options.offline,
             speculation: crate::cli::Speculation::Off,
+            // One conversation at a time: its cache is reused from turn to turn.
+            max_batch: 1,
+            kv_pool: None,
         };
         let (tx, rx) = mpsc::channel();
         self.loader = Some(rx);
