@@ -93,11 +93,7 @@ fn decode_rate(
     decode: usize,
     vocab: u32,
 ) -> Result<f64, String> {
-    let mut seqs = Vec::new();
-    for _ in 0..n {
-        let seq = batch.open(prompt + decode + 1).map_err(|e| e.to_string())?;
-        seqs.push(seq.ok_or("the batch has no room")?);
-    }
+    // Prompts of their own: each sequence reads its whole prompt (no shared prefix).
     let prompts: Vec<Vec<u32>> = (0..n)
         .map(|s| {
             (0..prompt)
@@ -105,6 +101,14 @@ fn decode_rate(
                 .collect()
         })
         .collect();
+    let mut seqs = Vec::new();
+    for p in &prompts {
+        let opened = batch
+            .open(p, prompt + decode + 1)
+            .map_err(|e| e.to_string())?;
+        let (seq, _) = opened.ok_or("the batch has no room")?;
+        seqs.push(seq);
+    }
     let step = |batch: &mut BatchSession, feeds: &[Vec<u32>]| -> Result<Vec<Vec<u32>>, String> {
         let work: Vec<Work> = (seqs.iter().zip(feeds))
             .map(|(&seq, f)| Work {

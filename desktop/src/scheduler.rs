@@ -8,6 +8,8 @@
 //! the sequences still reading their prompts, oldest first, within [`STEP_ROWS`] rows: a long
 //! prompt is read over several steps while the others keep decoding. A job whose client has
 //! gone, or whose cancel flag is set, is dropped before the next step and its blocks freed.
+//! A prompt whose leading blocks are in the pool (the same system prompt, the earlier turns
+//! of a conversation) runs only the rest (`kestrel_runtime::kv_blocks`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +31,8 @@ struct Running {
     job: Job,
     seq: SeqId,
     gen: Generation,
+    /// Prompt tokens found in the pool (prefix caching).
+    reused: usize,
     started: Instant,
     first_token: Option<Instant>,
 }
@@ -182,9 +186,9 @@ fn admit(
                 }
             }
         }
-        let reserve = front.gen.as_ref().map_or(0, Generation::reserve);
-        let seq = match batch.open(reserve) {
-            Ok(Some(seq)) => seq,
+        let Some(gen) = &front.gen else { continue };
+        let (seq, cached) = match batch.open(gen.to_feed(), gen.reserve()) {
+            Ok(Some(opened)) => opened,
             Ok(None) => return,
             Err(e) => {
                 let w = queue.pop_front().expect("front");
@@ -193,7 +197,9 @@ fn admit(
             }
         };
         let w = queue.pop_front().expect("front");
-        let Some(gen) = w.gen else { continue };
+        let Some(mut gen) = w.gen else { continue };
+        // The prompt's leading blocks another sequence already wrote are not run again.
+        gen.fed(cached);
         let prompt_tokens = gen.prompt_tokens();
         if w.job.events.send(Event::Started { prompt_tokens }).is_err() {
             batch.close(seq);
@@ -204,6 +210,7 @@ fn admit(
             job: w.job,
             seq,
             gen,
+            reused: cached,
             started: Instant::now(),
             first_token: None,
         });
@@ -218,7 +225,7 @@ impl Running {
         Summary {
             text: g.reply().to_string(),
             prompt_tokens: g.prompt_tokens(),
-            reused_tokens: 0,
+            reused_tokens: self.reused,
             completion_tokens: produced,
             finish: g.finish().unwrap_or(Finish::Cancelled),
             first_token_seconds: self

@@ -227,6 +227,18 @@ fn concurrent_replies_are_the_replies_alone() {
             .collect()
     });
     assert_eq!(together, alone);
+
+    // Prefix caching: the same long prompt again finds its full blocks in the pool.
+    let long = "a b c d e f g h";
+    let first = server.post("/v1/chat/completions", &chat(long, 4, false));
+    let again = server.post("/v1/chat/completions", &chat(long, 4, false));
+    let cached = |v: &Value| v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
+    assert_eq!(chat_content(&first, 4), chat_content(&again, 4));
+    let prompt = again["usage"]["prompt_tokens"]
+        .as_u64()
+        .expect("prompt tokens");
+    assert!(prompt > 16, "{again}");
+    assert_eq!(cached(&again), Some((prompt - 1) / 16 * 16), "{again}");
 }
 
 #[test]

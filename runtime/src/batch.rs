@@ -9,7 +9,9 @@
 //! reads each query's own sequence through the block table; one row per sequence (its last)
 //! is gathered, projected to logits and sampled with that sequence's own settings. Plans are
 //! made per (rows, picks) rounded up to powers of two; padding rows write to block 0, which
-//! no sequence owns.
+//! no sequence owns. Full blocks are kept after their sequence closes and shared by later
+//! sequences whose tokens begin the same way (`crate::kv_blocks`): a prompt that repeats a
+//! system prompt, or the next turn of a conversation, runs only what is new.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::executor::Plan;
 use crate::kernels::Step;
+use crate::kv_blocks::BlockPool;
 use crate::rng::pcg_hash;
 use crate::session::Sampling;
 use crate::state::StateStore;
@@ -71,7 +74,10 @@ pub struct Work<'a> {
 
 struct Seq {
     blocks: Vec<u32>,
-    len: usize,
+    /// Every token appended (its length is the position).
+    tokens: Vec<u32>,
+    /// Leading blocks registered for reuse ([`BlockPool::register`]).
+    registered: usize,
 }
 
 pub struct BatchSession {
@@ -81,8 +87,8 @@ pub struct BatchSession {
     config: BatchConfig,
     table_width: usize,
     pool_rows: usize,
-    /// Blocks no sequence holds (block 0, the padding rows' scratch, is never free).
-    free: Vec<u32>,
+    /// Who holds each block, and the full blocks kept for reuse.
+    pool: BlockPool,
     slots: Vec<Option<Seq>>,
     plans: HashMap<(usize, usize), Plan>,
     /// The plan of the last step and how many sequences it sampled.
@@ -124,7 +130,7 @@ impl BatchSession {
             config: BatchConfig { context, ..config },
             table_width: context.div_ceil(KV_BLOCK),
             pool_rows,
-            free: (1..blocks as u32).rev().collect(),
+            pool: BlockPool::new(blocks),
             slots: (0..config.max_seqs).map(|_| None).collect(),
             plans: HashMap::new(),
             last: None,
@@ -142,9 +148,9 @@ impl BatchSession {
     pub fn pool_tokens(&self) -> usize {
         self.pool_rows - KV_BLOCK
     }
-    /// Positions not reserved by any open sequence.
+    /// Positions not reserved by any open sequence (free, or kept for reuse until needed).
     pub fn free_tokens(&self) -> usize {
-        self.free.len() * KV_BLOCK
+        self.pool.available() * KV_BLOCK
     }
     pub fn open_count(&self) -> usize {
         self.slots.iter().filter(|s| s.is_some()).count()
@@ -154,7 +160,7 @@ impl BatchSession {
     }
     /// Tokens appended to `seq` so far.
     pub fn len(&self, seq: SeqId) -> usize {
-        self.slots[seq.0].as_ref().map_or(0, |s| s.len)
+        self.slots[seq.0].as_ref().map_or(0, |s| s.tokens.len())
     }
 
     /// Why a sequence that reserves `tokens` positions can never be opened here (longer than
@@ -175,29 +181,39 @@ impl BatchSession {
         None
     }
 
-    /// Open a sequence with `tokens` positions reserved (its prompt and the most it may
-    /// generate): None while no slot or not enough blocks are free; an error when it could
-    /// never fit ([`BatchSession::never_fits`]).
-    pub fn open(&mut self, tokens: usize) -> Result<Option<SeqId>> {
-        if let Some(why) = self.never_fits(tokens) {
+    /// Open a sequence for `prompt` with `reserve` positions reserved (the prompt and the
+    /// most it may generate). Leading full blocks of the prompt that an earlier or open
+    /// sequence wrote are shared (prefix caching), at least one prompt token left to run.
+    /// Returns the sequence and how many prompt tokens it already holds; None while no slot or
+    /// not enough blocks are free; an error when it could never fit
+    /// ([`BatchSession::never_fits`]).
+    pub fn open(&mut self, prompt: &[u32], reserve: usize) -> Result<Option<(SeqId, usize)>> {
+        let reserve = reserve.max(prompt.len());
+        if let Some(why) = self.never_fits(reserve) {
             return Err(Error::InputOutOfRange(why));
         }
-        let need = tokens.max(1).div_ceil(KV_BLOCK);
         let Some(slot) = self.slots.iter().position(Option::is_none) else {
             return Ok(None);
         };
-        if need > self.free.len() {
+        let need = reserve.max(1).div_ceil(KV_BLOCK);
+        let most = prompt.len().saturating_sub(1) / KV_BLOCK;
+        let cached = self.pool.lookup(prompt, most.min(need));
+        let Some(blocks) = self.pool.take(&cached, need - cached.len()) else {
             return Ok(None);
-        }
-        let blocks = self.free.split_off(self.free.len() - need);
-        self.slots[slot] = Some(Seq { blocks, len: 0 });
-        Ok(Some(SeqId(slot)))
+        };
+        let held = cached.len() * KV_BLOCK;
+        self.slots[slot] = Some(Seq {
+            blocks,
+            tokens: prompt[..held].to_vec(),
+            registered: cached.len(),
+        });
+        Ok(Some((SeqId(slot), held)))
     }
 
     /// Close a sequence: its blocks are free at once.
     pub fn close(&mut self, seq: SeqId) {
         if let Some(s) = self.slots.get_mut(seq.0).and_then(Option::take) {
-            self.free.extend(s.blocks);
+            self.pool.release(&s.blocks);
         }
     }
 
@@ -255,17 +271,18 @@ impl BatchSession {
                     "token id {t} is not below the vocabulary size {vocab}"
                 )));
             }
-            let end = seq.len + w.tokens.len();
+            let len = seq.tokens.len();
+            let end = len + w.tokens.len();
             if end > seq.blocks.len() * KV_BLOCK {
                 return Err(Error::InputOutOfRange(format!(
                     "{end} tokens exceed the {} the sequence reserved",
                     seq.blocks.len() * KV_BLOCK
                 )));
             }
-            for pos in seq.len..end {
+            for pos in len..end {
                 let row = seq.blocks[pos / KV_BLOCK] as usize * KV_BLOCK + pos % KV_BLOCK;
                 batch.rows[tokens.len()] = [pos as u32, row as u32, w.seq.0 as u32, 0];
-                tokens.push(w.tokens[pos - seq.len]);
+                tokens.push(w.tokens[pos - len]);
             }
             let last = (end - 1) as u32;
             let sm = w.sampling;
@@ -310,7 +327,11 @@ impl BatchSession {
         }
         for w in work {
             if let Some(seq) = self.slots[w.seq.0].as_mut() {
-                seq.len += w.tokens.len();
+                seq.tokens.extend_from_slice(w.tokens);
+                // Blocks filled by this step become findable by later prompts.
+                if seq.tokens.len() / KV_BLOCK > seq.registered {
+                    seq.registered = (self.pool).register(&seq.blocks, &seq.tokens, seq.registered);
+                }
             }
         }
         Ok(ids[..work.len()].to_vec())

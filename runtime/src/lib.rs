@@ -23,6 +23,7 @@ pub mod fusion;
 pub mod graph;
 pub mod kernels;
 pub mod kv;
+pub mod kv_blocks;
 pub mod op;
 pub mod pipelines;
 pub mod planner;

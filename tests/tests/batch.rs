@@ -113,10 +113,12 @@ fn check_model(gpu: &Arc<Gpu>, name: &str) {
                 continue;
             };
             let seq = *seqs[i].get_or_insert_with(|| {
-                batch
-                    .open(s.tokens.len())
+                let (seq, cached) = batch
+                    .open(&s.tokens, s.tokens.len())
                     .expect("open")
-                    .unwrap_or_else(|| panic!("{what}: no room for sequence {i} at step {step}"))
+                    .unwrap_or_else(|| panic!("{what}: no room for sequence {i} at step {step}"));
+                assert_eq!(cached, 0, "{what}: no prefix of another sequence");
+                seq
             });
             work.push(Work {
                 seq,
@@ -174,12 +176,12 @@ fn pool_limits_and_bad_steps_are_refused() {
     let mut batch = BatchSession::new(&gpu, model.architecture(), config).expect("batch");
     assert_eq!(batch.pool_tokens(), 48);
     // Longer than the context or the pool: never.
-    assert!(batch.open(41).is_err());
-    let a = batch.open(32).expect("open").expect("room");
+    assert!(batch.open(&[], 41).is_err());
+    let (a, _) = batch.open(&[], 32).expect("open").expect("room");
     // 32 reserved, 16 left: a second sequence of 17 waits, of 16 fits; no third slot.
-    assert!(batch.open(17).expect("open").is_none());
-    let b = batch.open(16).expect("open").expect("room");
-    assert!(batch.open(1).expect("open").is_none());
+    assert!(batch.open(&[], 17).expect("open").is_none());
+    let (b, _) = batch.open(&[], 16).expect("open").expect("room");
+    assert!(batch.open(&[], 1).expect("open").is_none());
     // Past the sequence's reservation, a token outside the vocabulary, a sequence twice.
     let long = vec![1u32; 17];
     let work = |seq, tokens| Work {
@@ -194,7 +196,62 @@ fn pool_limits_and_bad_steps_are_refused() {
     batch.close(a);
     assert!(pollster::block_on(batch.step(&[work(a, &[1])])).is_err());
     assert_eq!(batch.free_tokens(), 32);
-    assert!(batch.open(32).expect("open").is_some());
+    assert!(batch.open(&[], 32).expect("open").is_some());
+}
+
+/// Prefix caching: a sequence whose prompt begins with another's full blocks shares them (a
+/// prompt token always left to run), while both are open and after the first has closed,
+/// and gets the logits it gets alone; once the pool needs those blocks they are reused and
+/// the prefix runs again.
+#[test]
+fn sequences_share_the_blocks_of_a_common_prefix() {
+    let gpu = gpus().remove(0);
+    let model = kestrel_models::load(&gpu, &fixture("llama_gqa")).expect("load");
+    let vocab = model.architecture().vocab_size();
+    let config = BatchConfig {
+        max_seqs: 2,
+        context: 64,
+        pool_tokens: 96,
+    };
+    let mut batch = BatchSession::new(&gpu, model.architecture(), config).expect("batch");
+    let prompt: Vec<u32> = (0..40).map(|i| pcg_hash(i) % vocab as u32).collect();
+    let mut other = prompt[..36].to_vec();
+    other.extend([1, 2, 3, 4]);
+    // Run `tokens`' rest in `seq` (holding `held`) and check the last logits against alone.
+    let run = |batch: &mut BatchSession, seq, tokens: &[u32], held: usize| {
+        let work = Work {
+            seq,
+            tokens: &tokens[held..],
+            sampling: Sampling::default(),
+        };
+        pollster::block_on(batch.step(&[work])).expect("step");
+        let got = pollster::block_on(batch.last_logits()).expect("logits");
+        let want = alone(&gpu, &model, tokens);
+        let last = &want[(tokens.len() - 1) * vocab..];
+        assert_close(&format!("after {held} shared"), &got, last, TOL);
+    };
+    let (a, held) = batch.open(&prompt, 48).expect("open").expect("room");
+    assert_eq!(held, 0);
+    run(&mut batch, a, &prompt, held);
+    // The same 32 tokens in two full blocks; the rest differs.
+    let (b, held) = batch.open(&other, 48).expect("open").expect("room");
+    assert_eq!(held, 32);
+    run(&mut batch, b, &other, held);
+    batch.close(a);
+    batch.close(b);
+    assert_eq!(batch.free_tokens(), 96);
+    // After both closed, the blocks are still there.
+    let (c, held) = batch.open(&prompt, 48).expect("open").expect("room");
+    assert_eq!(held, 32);
+    run(&mut batch, c, &prompt, held);
+    batch.close(c);
+    // Sequences that need the whole pool take them; the prefix is gone.
+    let (d, _) = batch.open(&[], 64).expect("open").expect("room");
+    let (e, _) = batch.open(&[], 32).expect("open").expect("room");
+    batch.close(d);
+    batch.close(e);
+    let (_, held) = batch.open(&prompt, 48).expect("open").expect("room");
+    assert_eq!(held, 0);
 }
 
 #[test]

@@ -110,10 +110,12 @@ impl ReplyMeta {
     }
 }
 
+/// OpenAI's usage; `cached_tokens`: prompt tokens found in the KV cache, not run again.
 fn usage(s: &Summary) -> Value {
     json!({
         "prompt_tokens": s.prompt_tokens,
         "completion_tokens": s.completion_tokens,
         "total_tokens": s.prompt_tokens + s.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": s.reused_tokens},
     })
 }
