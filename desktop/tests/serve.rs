@@ -241,6 +241,22 @@ fn concurrent_replies_are_the_replies_alone() {
     assert_eq!(cached(&again), Some((prompt - 1) / 16 * 16), "{again}");
 }
 
+/// A request the KV pool could never hold (its prompt and max_tokens) gets a 400 naming the
+/// pool at once; smaller ones still run.
+#[test]
+fn a_request_larger_than_the_kv_pool_is_refused() {
+    let _one = serial();
+    let server = Server::start(&["--max-batch", "2", "--kv-pool", "32"]);
+    let text = |max_tokens: usize| {
+        json!({"model": "llama_gqa", "prompt": "hi", "max_tokens": max_tokens,
+               "temperature": 0})
+    };
+    let message = server.error("/v1/completions", &text(40).to_string(), 400);
+    assert!(message.contains("KV pool of 32 tokens"), "{message}");
+    let v = server.post("/v1/completions", &text(4));
+    assert_eq!(v["usage"]["completion_tokens"], 4, "{v}");
+}
+
 #[test]
 fn refuses_bad_requests_in_openai_form() {
     let _one = serial();
