@@ -1,8 +1,9 @@
-//! The engine the worker drives: one model, one chat session (its KV cache kept between
-//! requests, so a conversation that grows by a turn prefills only the new tokens), and the
-//! models crate's generator advanced one step (one token) per call. The worker calls
+//! The engine the worker drives: one model, several conversations, each with its own chat
+//! session (its KV cache kept between requests, so a conversation that grows by a turn
+//! prefills only the new tokens, whichever conversations ran in between), and the models
+//! crate's generator advanced one step (one token) per call. The worker calls
 //! [`Engine::chat_next`] in a loop and stops calling it to abort, so nothing here blocks and
-//! no call outlives a reply.
+//! no call outlives a reply. One reply generates at a time.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -103,6 +104,10 @@ struct ChatRequest {
     /// decodes in the largest batches.
     #[serde(default = "streamed_by_default")]
     stream: bool,
+    /// The conversation the reply belongs to (kestrel.js's `conversation`); each has its own
+    /// KV cache. Absent: [`DEFAULT_CONVERSATION`].
+    #[serde(default)]
+    conversation: Option<String>,
 }
 
 fn streamed_by_default() -> bool {
@@ -142,12 +147,94 @@ fn web_error(e: GenerateError) -> WebError {
     }
 }
 
+/// The conversation of a request that names none (and of every caller from before there
+/// were several).
+const DEFAULT_CONVERSATION: &str = "default";
+/// Conversations whose caches are held at once unless `setMaxConversations` says otherwise.
+const DEFAULT_MAX_CONVERSATIONS: usize = 8;
+/// The most `setMaxConversations` takes (each conversation holds a whole KV cache).
+const MAX_CONVERSATIONS: usize = 64;
+
+/// The conversations' sessions, least recently used first. Beyond `max`, starting a reply
+/// in a new conversation drops the least recently used one's cache (that conversation, if
+/// it goes on, prefills its whole history again); an explicit `dropConversation` frees one.
+/// A handful at most, so a list searched in order.
+struct Conversations {
+    held: Vec<(String, Session)>,
+    max: usize,
+    /// Each new session's length in tokens.
+    ctx: usize,
+}
+
+impl Conversations {
+    /// The session of conversation `id`, made (and the least recently used ones dropped
+    /// beyond `max`) when it is new; it becomes the most recently used.
+    fn session(&mut self, id: &str, model: &Model, gpu: &Arc<Gpu>) -> Result<&mut Session> {
+        let entry = match self.held.iter().position(|(held, _)| held == id) {
+            Some(i) => self.held.remove(i),
+            None => {
+                // Free the old caches before making the new one.
+                let over = (self.held.len() + 1).saturating_sub(self.max);
+                self.held.drain(..over);
+                (id.to_string(), model.session(gpu, self.ctx)?)
+            }
+        };
+        self.held.push(entry);
+        Ok(&mut self.held.last_mut().expect("just pushed").1)
+    }
+
+    /// The session of conversation `id` if it is held (its place in the order unchanged).
+    fn get(&mut self, id: &str) -> Option<&mut Session> {
+        self.held
+            .iter_mut()
+            .find(|(held, _)| held == id)
+            .map(|(_, s)| s)
+    }
+
+    /// Drop conversation `id`'s session; whether it was held.
+    fn drop_one(&mut self, id: &str) -> bool {
+        let before = self.held.len();
+        self.held.retain(|(held, _)| held != id);
+        self.held.len() < before
+    }
+
+    /// Take at most `max` caches from now on, dropping the least recently used ones beyond.
+    fn set_max(&mut self, max: usize) {
+        self.max = max;
+        let over = self.held.len().saturating_sub(max);
+        self.held.drain(..over);
+    }
+
+    /// What `info()` reports (see [`HeldConversations`]).
+    fn summary(&self) -> HeldConversations {
+        HeldConversations {
+            ids: self.held.iter().map(|(id, _)| id.clone()).collect(),
+            max: self.max,
+        }
+    }
+}
+
+/// The conversations held, least recently used first, and the bound: a copy kept outside
+/// `Inner` so that `info()` reads it while a reply step holds the engine.
+#[derive(Default)]
+struct HeldConversations {
+    ids: Vec<String>,
+    max: usize,
+}
+
+/// A reply in progress and the conversation it belongs to.
+struct Reply {
+    conversation: String,
+    generation: Generation,
+}
+
 struct Inner {
     model: Model,
+    gpu: Arc<Gpu>,
     template: ChatTemplate,
-    session: Session,
+    conversations: Conversations,
     /// The reply in progress, kept between `chatNext` calls.
-    generation: Option<Generation>,
+    reply: Option<Reply>,
     /// Speculative decoding (`createEngine({speculate: 'ngram'})`), lent to each reply.
     speculator: Option<Speculator>,
 }
@@ -155,9 +242,24 @@ struct Inner {
 impl Inner {
     /// Drop the reply in progress, taking its speculator back.
     fn end_reply(&mut self) {
-        if let Some(s) = self.generation.take().and_then(|mut g| g.take_speculator()) {
+        if let Some(s) = self
+            .reply
+            .take()
+            .and_then(|mut r| r.generation.take_speculator())
+        {
             self.speculator = Some(s);
         }
+    }
+}
+
+/// A conversation id from JavaScript: any non-empty string.
+fn conversation_id(id: Option<&str>) -> Result<&str> {
+    match id {
+        None => Ok(DEFAULT_CONVERSATION),
+        Some("") => Err(WebError::BadRequest(
+            "conversation must be a non-empty string".into(),
+        )),
+        Some(id) => Ok(id),
     }
 }
 
@@ -197,6 +299,8 @@ pub struct Engine {
     /// The GPU work of the decode steps of the last (or current) reply: outside `inner`, so
     /// `info()` reads it while a reply step holds the engine.
     reply: Rc<RefCell<ReplyWork>>,
+    /// The conversations held (a copy, updated whenever they change), for `info()`.
+    held: Rc<RefCell<HeldConversations>>,
 }
 
 /// `createEngine`'s `matvecPrecision` (the decode matvec's arithmetic, as the command line's
@@ -267,6 +371,8 @@ impl Engine {
         // Before any plan is made (plans are made on first use, and kept).
         gpu.set_matvec_precision(precision)
             .map_err(|e| WebError::BadRequest(format!("matvecPrecision: {e}")))?;
+        // The default conversation's session, made now as before there were several (its
+        // figures are the model's below); other conversations' are made on first use.
         let session = model.session(&gpu, ctx)?;
         let c = model.config();
         let mut info = gpu_info(&gpu);
@@ -282,17 +388,25 @@ impl Engine {
             "hasTokenizer": model.tokenizer.is_some(),
             "fallbackTemplate": template.is_fallback,
         });
+        let conversations = Conversations {
+            held: vec![(DEFAULT_CONVERSATION.to_string(), session)],
+            max: DEFAULT_MAX_CONVERSATIONS,
+            ctx,
+        };
+        let held = Rc::new(RefCell::new(conversations.summary()));
         Ok(Engine {
-            gpu,
+            gpu: gpu.clone(),
             info,
             inner: Rc::new(RefCell::new(Some(Inner {
                 model,
+                gpu,
                 template,
-                session,
-                generation: None,
+                conversations,
+                reply: None,
                 speculator: None,
             }))),
             reply: Rc::default(),
+            held,
         })
     }
 }
@@ -347,7 +461,8 @@ where
 #[wasm_bindgen]
 impl Engine {
     /// Adapter, features, limits, the model and the counters (a JSON string): GPU work per
-    /// decoded token of the last reply, pipelines created, GPU buffer and weight bytes.
+    /// decoded token of the last reply, pipelines created, GPU buffer and weight bytes; the
+    /// conversations held (`{"held", "max", "ids"}`, ids least recently used first).
     pub fn info(&self) -> String {
         let mut info = self.info.clone();
         let pipelines = self.gpu.pipeline_work();
@@ -366,6 +481,8 @@ impl Engine {
             "draftTokens": r.drafted,
             "acceptedDraftTokens": r.accepted,
         });
+        let held = self.held.borrow();
+        info["conversations"] = json!({"held": held.ids.len(), "max": held.max, "ids": held.ids});
         info.to_string()
     }
 
@@ -399,7 +516,7 @@ impl Engine {
     /// `prompt_tokens` tokens, decodes one, and its decode plan is replayed with a timestamp
     /// around every dispatch. Resolves to a JSON string, `{"classes": [{"name",
     /// "dispatches", "ms"}], "spanMs", "totalMs"}`, or "null" where the adapter has no
-    /// timestamp queries. The conversation's own session is untouched.
+    /// timestamp queries. The conversations' own sessions are untouched.
     #[wasm_bindgen(js_name = decodeProfile)]
     pub fn decode_profile(&self, prompt_tokens: u32) -> Promise {
         let inner = self.inner.clone();
@@ -436,7 +553,8 @@ impl Engine {
         kind: &str,
         draft_tokens: u32,
     ) -> std::result::Result<(), JsValue> {
-        let mut this = take(&self.inner)?;
+        let mut lease = take(&self.inner)?;
+        let this = &mut *lease;
         this.end_reply();
         let draft_tokens = match draft_tokens {
             0 => DEFAULT_DRAFT_TOKENS,
@@ -447,7 +565,15 @@ impl Engine {
             "off" => None,
             "ngram" => {
                 let s = Speculator::ngram(draft_tokens).map_err(bad)?;
-                s.check_target(&this.model, &this.session).map_err(bad)?;
+                // Every conversation's session has the same layout: check against one (the
+                // default one, made if none is held).
+                if this.conversations.held.is_empty() {
+                    let c = &mut this.conversations;
+                    c.session(DEFAULT_CONVERSATION, &this.model, &this.gpu)?;
+                    *self.held.borrow_mut() = c.summary();
+                }
+                let (_, session) = &this.conversations.held[0];
+                s.check_target(&this.model, session).map_err(bad)?;
                 Some(s)
             }
             other => {
@@ -486,8 +612,13 @@ impl Engine {
         })
     }
 
-    /// Start a reply to `request` (the JSON of `chat.completions.create`'s fields); returns
-    /// `{"prompt_tokens": n, "reused_tokens": r}`. Ends any reply in progress.
+    /// Start a reply to `request` (the JSON of `chat.completions.create`'s fields, with
+    /// `conversation`, default "default"): in that conversation's session, made on its first
+    /// use (dropping the least recently used conversation's beyond the bound). Returns
+    /// `{"prompt_tokens": n, "reused_tokens": r, "conversation": id}`, `r` the prompt tokens
+    /// that conversation's cache already held. Ends a reply in progress in the same
+    /// conversation; one in another conversation is a [`WebError::Replying`] error (one
+    /// reply generates at a time: end it first).
     #[wasm_bindgen(js_name = chatBegin)]
     pub fn chat_begin(&self, request: &str) -> std::result::Result<String, JsValue> {
         Ok(self.begin(request)?)
@@ -503,12 +634,20 @@ impl Engine {
         promise(async move {
             let mut lease = take(&inner)?;
             let this = &mut *lease;
-            let Some(g) = this.generation.as_mut() else {
-                return Ok(JsValue::from_str(&json!({"text": "", "done": true, "finish_reason": null, "completion_tokens": 0}).to_string()));
+            let done = || {
+                Ok(JsValue::from_str(&json!({"text": "", "done": true, "finish_reason": null, "completion_tokens": 0}).to_string()))
+            };
+            let Some(reply) = this.reply.as_mut() else {
+                return done();
+            };
+            let g = &mut reply.generation;
+            // The reply's conversation is held while it runs (dropping it ends the reply).
+            let Some(session) = this.conversations.get(&reply.conversation) else {
+                return done();
             };
             let (work_before, drawn_before) = (gpu.work(), g.sampled_tokens());
             let t = js_sys::Date::now();
-            let result = g.step(&this.model, &mut this.session).await;
+            let result = g.step(&this.model, session).await;
             // The prompt's step draws the first token; every later step decodes.
             if drawn_before > 0 {
                 let drawn = g.sampled_tokens() - drawn_before;
@@ -526,8 +665,9 @@ impl Engine {
                     step
                 }
                 Err(e) => {
-                    // A failed step may leave the cache half written: start the next reply afresh.
-                    this.session.reset();
+                    // A failed step may leave the cache half written: start the conversation's
+                    // next reply afresh.
+                    session.reset();
                     this.end_reply();
                     return Err(web_error(e));
                 }
@@ -553,11 +693,55 @@ impl Engine {
         Ok(())
     }
 
-    /// Forget the conversation in the KV cache.
-    pub fn reset(&self) -> std::result::Result<(), JsValue> {
+    /// Forget conversation `id`'s history in its KV cache (the cache stays held), or every
+    /// conversation's without `id`. Ends the reply in progress.
+    pub fn reset(&self, id: Option<String>) -> std::result::Result<(), JsValue> {
         let mut this = take(&self.inner)?;
         this.end_reply();
-        this.session.reset();
+        match id {
+            Some(id) => {
+                if let Some(s) = this.conversations.get(&id) {
+                    s.reset();
+                }
+            }
+            None => this
+                .conversations
+                .held
+                .iter_mut()
+                .for_each(|(_, s)| s.reset()),
+        }
+        Ok(())
+    }
+
+    /// Drop conversation `id` and free its KV cache (its next reply, if any, starts afresh);
+    /// ends its reply if one is in progress. Returns whether it was held.
+    #[wasm_bindgen(js_name = dropConversation)]
+    pub fn drop_conversation(&self, id: &str) -> std::result::Result<bool, JsValue> {
+        let mut this = take(&self.inner)?;
+        if this.reply.as_ref().is_some_and(|r| r.conversation == id) {
+            this.end_reply();
+        }
+        let dropped = this.conversations.drop_one(id);
+        *self.held.borrow_mut() = this.conversations.summary();
+        Ok(dropped)
+    }
+
+    /// Hold at most `max` conversations' caches (1 to 64; 8 unless set): beyond it, a reply
+    /// in a new conversation drops the least recently used one's. Lowering it drops the
+    /// least recently used ones now (ending the reply in progress).
+    #[wasm_bindgen(js_name = setMaxConversations)]
+    pub fn set_max_conversations(&self, max: u32) -> std::result::Result<(), JsValue> {
+        let max = max as usize;
+        if !(1..=MAX_CONVERSATIONS).contains(&max) {
+            return Err(WebError::BadRequest(format!(
+                "maxConversations must be 1 to {MAX_CONVERSATIONS}, not {max}"
+            ))
+            .into());
+        }
+        let mut this = take(&self.inner)?;
+        this.end_reply();
+        this.conversations.set_max(max);
+        *self.held.borrow_mut() = this.conversations.summary();
         Ok(())
     }
 }
@@ -566,9 +750,18 @@ impl Engine {
     fn begin(&self, request: &str) -> Result<String> {
         let req: ChatRequest =
             serde_json::from_str(request).map_err(|e| WebError::BadRequest(e.to_string()))?;
+        let id = conversation_id(req.conversation.as_deref())?;
         let mut lease = take(&self.inner)?;
         let this = &mut *lease;
-        this.end_reply();
+        match &this.reply {
+            Some(r) if r.conversation != id => {
+                return Err(WebError::Replying {
+                    replying: r.conversation.clone(),
+                    asked: id.to_string(),
+                })
+            }
+            _ => this.end_reply(),
+        }
         if req.messages.is_empty() {
             return Err(WebError::BadRequest("messages is empty".into()));
         }
@@ -580,18 +773,36 @@ impl Engine {
         let ids = Prompt::Chat(messages)
             .encode(&this.model, Some(&this.template))
             .map_err(web_error)?;
-        let mut g = Generation::new(&this.model, &mut this.session, ids, &req.request())
-            .map_err(web_error)?;
+        let request = req.request();
+        // The conversations held may change (a new one, the oldest dropped) even when making
+        // the new session fails.
+        let opened = this
+            .conversations
+            .session(id, &this.model, &this.gpu)
+            .map(|_| ());
+        *self.held.borrow_mut() = this.conversations.summary();
+        opened?;
+        let session = this
+            .conversations
+            .get(id)
+            .expect("the conversation was just opened");
+        let mut g = Generation::new(&this.model, session, ids, &request).map_err(web_error)?;
         if !req.stream {
             g.unstreamed();
         }
         if let Some(s) = this.speculator.take() {
-            g.speculate(&this.model, &this.session, s)
-                .map_err(web_error)?;
+            g.speculate(&this.model, session, s).map_err(web_error)?;
         }
         *self.reply.borrow_mut() = ReplyWork::default();
-        let begun = json!({"prompt_tokens": g.prompt_tokens(), "reused_tokens": g.reused_tokens()});
-        this.generation = Some(g);
+        let begun = json!({
+            "prompt_tokens": g.prompt_tokens(),
+            "reused_tokens": g.reused_tokens(),
+            "conversation": id,
+        });
+        this.reply = Some(Reply {
+            conversation: id.to_string(),
+            generation: g,
+        });
         Ok(begun.to_string())
     }
 }

@@ -24,6 +24,10 @@ pub enum WebError {
     /// Another call is still running on this engine.
     #[error("the engine is busy with another request")]
     Busy,
+    /// A reply was asked for in one conversation while another's is generating (one reply
+    /// generates at a time; kestrel.js's worker queues them, so only direct callers see it).
+    #[error("conversation {replying:?} is generating a reply: a reply in conversation {asked:?} can start once it ends")]
+    Replying { replying: String, asked: String },
 }
 
 impl WebError {
@@ -34,7 +38,7 @@ impl WebError {
             WebError::Model(_) => "KestrelModelError",
             WebError::Gpu(_) => "KestrelGpuError",
             WebError::BadRequest(_) => "KestrelRequestError",
-            WebError::Busy => "KestrelBusyError",
+            WebError::Busy | WebError::Replying { .. } => "KestrelBusyError",
         }
     }
 }

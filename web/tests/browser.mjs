@@ -11,8 +11,11 @@
 // (e) with --native-bin BIN and SmolLM2 in the cache: SmolLM2's decode tokens/s and GPU time
 //     by kernel class in the browser and, in the same run, natively (BIN bench) on the
 //     SwiftShader Vulkan driver Chromium ships, the engine the browser runs on;
-// plus a failed download gives a clear error, stop strings end a reply, and out-of-range
-// sampling settings are refused. Prints the .wasm size, pipeline-creation
+// plus several conversations in one loaded model (interleaved replies equal each one's
+// alone, each keeps its cache, dropConversation frees one, the maxConversations bound, and
+// the engine refuses a second conversation's reply while one generates), a failed download
+// gives a clear error, stop strings end a reply, and out-of-range sampling settings are
+// refused. Prints the .wasm size, pipeline-creation
 // time, time to first token and decode tokens/s. Exits non-zero on any failure.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -307,6 +310,149 @@ try {
     check(f16.error && f16.error.name === 'KestrelRequestError' && /shader-f16/.test(f16.error.message),
       `matvecPrecision 'f16' without shader-f16 is refused: ${JSON.stringify(f16)}`);
   }
+
+  // Several conversations in one loaded model, each with its own KV cache (on the mixtral
+  // fixture: two turns fit its context of 256 bytes-as-tokens, not llama_gqa's 64). Greedy two-turn
+  // conversations A and B alone (one after the other, reset between), then interleaved in
+  // conversations 'a' and 'b' of a fresh engine (each pair asked at once, so the worker
+  // queues them): the same replies, and the same prompt tokens reused from the cache; in one
+  // conversation, the interleaving leaves A's second turn less to reuse.
+  const conv = await api(async () => {
+    const k = await import('/kestrel.js');
+    const A = ['ab ab ab', 'cd cd ab'];
+    const B = ['one two three', 'three two one'];
+    const turn = async (e, history, content, conversation) => {
+      history.push({ role: 'user', content });
+      const r = await e.chat.completions.create({ messages: [...history], max_tokens: 6, temperature: 0, conversation });
+      const text = r.choices[0].message.content;
+      history.push({ role: 'assistant', content: text });
+      return { text, reused: r.timings.reused_tokens, prompt: r.usage.prompt_tokens };
+    };
+    const alone = {};
+    let one = null;
+    const e1 = await k.createEngine({ model: '/fixtures/mixtral/' });
+    try {
+      for (const [name, turns] of [['A', A], ['B', B]]) {
+        const h = [];
+        alone[name] = [await turn(e1, h, turns[0]), await turn(e1, h, turns[1])];
+        await e1.reset();
+      }
+      // A and B interleaved in the one default conversation.
+      const ha = [], hb = [];
+      await turn(e1, ha, A[0]);
+      await turn(e1, hb, B[0]);
+      one = await turn(e1, ha, A[1]);
+    } finally {
+      await e1.dispose();
+    }
+    const e2 = await k.createEngine({ model: '/fixtures/mixtral/' });
+    try {
+      const ha = [], hb = [];
+      const first = await Promise.all([turn(e2, ha, A[0], 'a'), turn(e2, hb, B[0], 'b')]);
+      const second = await Promise.all([turn(e2, ha, A[1], 'a'), turn(e2, hb, B[1], 'b')]);
+      const held = (await e2.info()).conversations;
+      const bytes = (await e2.info()).counters.gpuBytes;
+      const dropped = await e2.dropConversation('a');
+      const after = await e2.info();
+      const again = await e2.dropConversation('a');
+      // A conversation dropped starts afresh: nothing reused.
+      const restart = await turn(e2, [], A[0], 'a');
+      let badId = null;
+      try {
+        await e2.chat.completions.create({ messages: [{ role: 'user', content: 'hi' }], max_tokens: 1, conversation: '' });
+      } catch (err) {
+        badId = `${err.name}: ${err.message}`;
+      }
+      return {
+        alone, one,
+        interleaved: { A: [first[0], second[0]], B: [first[1], second[1]] },
+        held, dropped, again, restart, badId,
+        afterDrop: after.conversations, freed: bytes - after.counters.gpuBytes,
+      };
+    } finally {
+      await e2.dispose();
+    }
+  });
+  for (const n of ['A', 'B']) {
+    const [x, y] = [conv.alone[n], conv.interleaved[n]];
+    check(x.every((t, i) => t.text === y[i].text && t.reused === y[i].reused && t.prompt === y[i].prompt) && x[1].reused > 0,
+      `conversation ${n} interleaved with the other replies as alone, its second turn reusing ${y[1].reused} of ${y[1].prompt} prompt tokens: alone ${JSON.stringify(x)}, interleaved ${JSON.stringify(y)}`);
+  }
+  check(conv.one.reused < conv.alone.A[1].reused,
+    `interleaved in one conversation, A's second turn reuses only ${conv.one.reused} prompt tokens (its own conversation: ${conv.alone.A[1].reused})`);
+  check(conv.held.held === 3 && conv.held.max === 8 && conv.held.ids.join() === 'default,a,b',
+    `info() reports the conversations held: ${JSON.stringify(conv.held)}`);
+  check(conv.dropped === true && conv.again === false && conv.afterDrop.held === 2 && conv.afterDrop.ids.join() === 'default,b' && conv.freed > 0,
+    `dropConversation('a') frees its cache (${conv.freed} GPU bytes): ${JSON.stringify(conv.afterDrop)}, dropped again: ${conv.again}`);
+  check(conv.restart.reused === 0 && conv.restart.text === conv.alone.A[0].text,
+    `a dropped conversation starts afresh: ${JSON.stringify(conv.restart)}`);
+  check(/^KestrelRequestError: .*conversation/.test(conv.badId || ''), `an empty conversation id is refused: ${conv.badId}`);
+
+  // The bound: with maxConversations 2, a reply in a third conversation drops the least
+  // recently used one's cache (first the default one, held from the load); an out-of-range
+  // bound is refused before anything downloads.
+  const bound = await api(async () => {
+    const k = await import('/kestrel.js');
+    const e = await k.createEngine({ model: '/fixtures/llama_gqa/', maxConversations: 2 });
+    const say = async (conversation) => (await e.chat.completions.create({ messages: [{ role: 'user', content: 'ab ab' }], max_tokens: 2, temperature: 0, conversation })).timings.reused_tokens;
+    try {
+      const steps = [];
+      for (const c of ['x', 'y', 'y', 'z', 'x']) {
+        const reused = await say(c);
+        steps.push({ c, reused, ids: (await e.info()).conversations.ids.join() });
+      }
+      let refused = null;
+      try {
+        await k.createEngine({ model: '/models/no-such-model.gguf', maxConversations: 0 });
+      } catch (err) {
+        refused = `${err.name}: ${err.message}`;
+      }
+      return { steps, max: (await e.info()).conversations.max, refused };
+    } finally {
+      await e.dispose();
+    }
+  });
+  const want = [['x', false, 'default,x'], ['y', false, 'x,y'], ['y', true, 'x,y'], ['z', false, 'y,z'], ['x', false, 'z,x']];
+  check(bound.max === 2 && want.every(([c, reused, ids], i) => bound.steps[i].c === c && (bound.steps[i].reused > 0) === reused && bound.steps[i].ids === ids),
+    `maxConversations 2 holds the 2 most recently used conversations (a dropped one starts afresh): ${JSON.stringify(bound.steps)}`);
+  check(/^KestrelRequestError: .*maxConversations/.test(bound.refused || ''), `maxConversations 0 is refused: ${bound.refused}`);
+
+  // The engine itself (the wasm module, without the worker's queue): a reply in another
+  // conversation while one generates is refused by name; dropping the generating
+  // conversation ends its reply.
+  const direct = await api(async () => {
+    const w = await import('/pkg/kestrel_web.js');
+    await w.default();
+    const dir = new URL('/fixtures/llama_gqa/', location.href).href;
+    // From the Cache API, where the worker put them (the reload check below counts GETs).
+    const get = async (n) => (await caches.match(dir + n)) || (await fetch(dir + n));
+    const index = await (await get('model.safetensors.index.json')).json();
+    const names = ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors.index.json', ...new Set(Object.values(index.weight_map))];
+    const files = await Promise.all(names.map(async (n) => new Uint8Array(await (await get(n)).arrayBuffer())));
+    const e = await w.loadHfFiles('llama_gqa', names, files, 0, 'f32');
+    const ask = (conversation) => JSON.stringify({ messages: [{ role: 'user', content: 'ab ab' }], max_tokens: 4, temperature: 0, conversation });
+    try {
+      e.chatBegin(ask('a'));
+      const piece = JSON.parse(await e.chatNext());
+      let busy = null;
+      try {
+        e.chatBegin(ask('b'));
+      } catch (err) {
+        busy = `${err.name}: ${err.message}`;
+      }
+      const dropped = e.dropConversation('a');
+      const ended = JSON.parse(await e.chatNext());
+      const begun = JSON.parse(e.chatBegin(ask('b')));
+      e.chatEnd();
+      return { piece, busy, dropped, ended, begun, held: JSON.parse(e.info()).conversations };
+    } finally {
+      e.free();
+    }
+  });
+  check(/^KestrelBusyError: .*"a".*"b"/.test(direct.busy || '') && direct.piece.done === false,
+    `the engine refuses a reply in conversation b while a's generates: ${direct.busy}`);
+  check(direct.dropped === true && direct.ended.done === true && direct.begun.conversation === 'b' && direct.held.ids.join() === 'default,b',
+    `dropping the generating conversation ends its reply; b starts then: ${JSON.stringify(direct)}`);
 
   // A failed download is a clear error.
   const bad = await api(async () => {

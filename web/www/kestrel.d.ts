@@ -47,6 +47,12 @@ export interface CreateEngineOptions {
   speculate?: 'ngram';
   /** Drafts per verification with `speculate`, 1 to 16 (default 6). */
   draftTokens?: number;
+  /** Conversations whose KV caches are held at once, 1 to 64 (default 8; each holds a cache
+   * of `ctx` tokens, info().model.stateBytes). A reply in a new conversation beyond it drops
+   * the least recently used conversation's cache (that conversation, if it goes on,
+   * prefills its whole history again). Another value rejects with KestrelRequestError
+   * before anything downloads. */
+  maxConversations?: number;
   workerUrl?: string | URL;
 }
 
@@ -71,6 +77,11 @@ export interface ChatCompletionRequest {
   /** Up to 4 non-empty strings: the reply ends before the first one (which it leaves out),
    * with finish_reason 'stop'. */
   stop?: string | string[];
+  /** The conversation the reply belongs to: any non-empty string (default 'default'). Each
+   * conversation keeps its own KV cache, made on its first reply, so its next turn prefills
+   * only the new tokens whichever conversations ran in between. Replies generate one at a
+   * time, queued first come, first served, whatever their conversations. */
+  conversation?: string;
   signal?: AbortSignal;
 }
 
@@ -83,7 +94,7 @@ export interface Usage {
 }
 
 export interface Timings {
-  /** Prompt tokens served from the KV cache of the previous turn. */
+  /** Prompt tokens served from the KV cache of the conversation's previous turn. */
   reused_tokens: number;
   ttft_ms: number | null;
   decode_tokens_per_s: number | null;
@@ -147,6 +158,10 @@ export interface EngineInfo {
   speculation?: { kind: 'ngram'; draftTokens: number } | null;
   /** What the engine's GPU device has done (with a model loaded). */
   counters?: EngineCounters;
+  /** The conversations whose KV caches are held (with a model loaded): how many, the bound
+   * (maxConversations) and their ids, least recently used first. 'default' is held from
+   * the load on. */
+  conversations?: { held: number; max: number; ids: string[] };
 }
 
 export interface EngineCounters {
@@ -195,8 +210,12 @@ export interface Engine {
   decodeProfile(promptTokens?: number): Promise<DecodeProfile | null>;
   /** Stop the reply in progress; its stream ends with finish_reason 'abort'. */
   interrupt(): void;
-  /** Forget the conversation kept in the KV cache. */
-  reset(): Promise<void>;
+  /** Forget conversation `conversation`'s history in its KV cache, or every conversation's
+   * without it (after the replies queued before); the caches stay held. */
+  reset(conversation?: string): Promise<void>;
+  /** Drop a conversation and free its KV cache (after the replies queued before); resolves
+   * to whether it was held. Its next reply, if any, starts afresh. */
+  dropConversation(conversation: string): Promise<boolean>;
   dispose(): Promise<void>;
 }
 

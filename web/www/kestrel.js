@@ -5,6 +5,14 @@
 //   for await (const chunk of await engine.chat.completions.create({ messages, stream: true }))
 //     out += chunk.choices[0].delta.content ?? '';
 //
+// Several conversations share the loaded model: `create({ messages, conversation: 'id' })`
+// replies in conversation 'id' (any string; 'default' without one), each with its own KV
+// cache, so a conversation's next turn prefills only its new tokens whichever others ran in
+// between. Replies generate one at a time, queued first come, first served. At most
+// `createEngine({ maxConversations })` (default 8) caches are held: a reply in a new
+// conversation beyond that drops the least recently used one's (which, if it goes on,
+// prefills its whole history again); `engine.dropConversation(id)` frees one.
+//
 // `model` is a URL (a .gguf file, BlinkDL's RWKV-7 .pth, or a Hugging Face folder's base URL
 // ending in '/'), a File (.gguf or .pth), or an array/FileList of a Hugging Face folder's files
 // (config.json — none for BlinkDL's RWKV-7 —, *.safetensors or a .pth, tokenizer.json,
@@ -106,9 +114,17 @@ class Engine {
     if (this.current) this.rpc.call('abort', { target: this.current });
   }
 
-  /** Forget the conversation kept in the KV cache. */
-  async reset() {
-    await this.rpc.call('reset').promise;
+  /** Forget conversation `conversation`'s history in its KV cache, or every conversation's
+   * without it (after the replies queued before). The caches stay held. */
+  async reset(conversation) {
+    await this.rpc.call('reset', { conversation }).promise;
+  }
+
+  /** Drop a conversation and free its KV cache (after the replies queued before); resolves
+   * to whether it was held. Its next reply, if any, starts afresh. */
+  async dropConversation(conversation) {
+    if (typeof conversation !== 'string') throw new KestrelError('KestrelRequestError', 'bad request: conversation must be a string');
+    return await this.rpc.call('dropConversation', { conversation }).promise;
   }
 
   async dispose() {
@@ -122,7 +138,7 @@ class Engine {
   create(req) {
     const { stream = false, signal, ...fields } = req || {};
     const request = {};
-    for (const k of ['messages', 'max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop']) {
+    for (const k of ['messages', 'max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'conversation']) {
       if (fields[k] !== undefined && fields[k] !== null) request[k] = fields[k];
     }
     // A whole reply (no stream) decodes in the largest batches: nobody waits in between.
@@ -206,14 +222,14 @@ class Engine {
  * Rejects with a KestrelError whose name says what went wrong (KestrelNoWebGpuError,
  * KestrelLimitsError, KestrelDownloadError, KestrelModelError, ...).
  */
-export async function createEngine({ model, onProgress, ctx = 0, matvecPrecision = 'f32', speculate, draftTokens, workerUrl } = {}) {
+export async function createEngine({ model, onProgress, ctx = 0, matvecPrecision = 'f32', speculate, draftTokens, maxConversations, workerUrl } = {}) {
   if (!webgpuAvailable()) {
     throw new KestrelError('KestrelNoWebGpuError', 'WebGPU is not available in this browser (navigator.gpu is missing; it needs a secure context such as https or http://127.0.0.1)');
   }
   const source = sourceOf(model);
   const rpc = new Rpc(workerUrl || new URL('./worker.js', import.meta.url));
   try {
-    const { promise } = rpc.call('load', { source, ctx, matvecPrecision, speculate, draftTokens }, { onProgress });
+    const { promise } = rpc.call('load', { source, ctx, matvecPrecision, speculate, draftTokens, maxConversations }, { onProgress });
     const info = await promise;
     return new Engine(rpc, info);
   } catch (e) {

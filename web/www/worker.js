@@ -123,11 +123,15 @@ async function fetchHfFolder(id, baseUrl) {
   return files;
 }
 
-async function load(id, { source, ctx, matvecPrecision, speculate, draftTokens }) {
+async function load(id, { source, ctx, matvecPrecision, speculate, draftTokens, maxConversations }) {
   await ready;
   // An unknown precision is refused before anything is downloaded.
   const precision = String(matvecPrecision ?? 'f32');
   wasm.checkMatvecPrecision(precision);
+  // The engine's bound (setMaxConversations checks it again), before anything downloads.
+  if (maxConversations != null && !(Number.isInteger(maxConversations) && maxConversations >= 1 && maxConversations <= 64)) {
+    throw named('KestrelRequestError', `bad request: maxConversations must be 1 to 64, not ${maxConversations}`);
+  }
   const started = performance.now();
   let e;
   if (source.kind === 'url' && /\.pth$/i.test(source.url)) {
@@ -161,6 +165,7 @@ async function load(id, { source, ctx, matvecPrecision, speculate, draftTokens }
     }
   }
   if (speculate) e.setSpeculation(String(speculate), Number(draftTokens ?? 0));
+  if (maxConversations != null) e.setMaxConversations(maxConversations);
   const loadMs = performance.now() - started;
   progress(id, { phase: 'compile', message: 'compiling GPU pipelines' });
   const t = performance.now();
@@ -218,14 +223,19 @@ async function chat(id, request) {
   };
 }
 
+// Run `f` after the replies (and other queued calls) before it: one reply generates at a
+// time, whichever conversation it belongs to.
+function queued(f) {
+  const run = queue.then(f);
+  queue = run.catch(() => {});
+  return run;
+}
+
 const handlers = {
   load: (id, m) => load(id, m),
-  // Replies queue first come, first served (as in the native engine).
-  chat: (id, m) => {
-    const run = queue.then(() => chat(id, m.request));
-    queue = run.catch(() => {});
-    return run;
-  },
+  // Replies queue first come, first served (as in the native engine), each in its
+  // conversation (request.conversation; the engine's "default" without one).
+  chat: (id, m) => queued(() => chat(id, m.request)),
   abort: (_id, m) => {
     aborted.add(m.target);
     return null;
@@ -239,7 +249,15 @@ const handlers = {
     await ready;
     return JSON.parse(await wasm.adapterInfo());
   },
-  reset: () => engine && engine.reset(),
+  // After the replies queued before them, so they never meet a reply half way.
+  reset: (_id, m) => queued(() => {
+    if (engine) engine.reset(m.conversation == null ? undefined : String(m.conversation));
+    return null;
+  }),
+  dropConversation: (_id, m) => queued(() => {
+    if (!engine) throw named('KestrelStateError', 'no model is loaded');
+    return engine.dropConversation(String(m.conversation));
+  }),
   decodeProfile: async (_id, m) => {
     if (!engine) throw named('KestrelStateError', 'no model is loaded');
     return JSON.parse(await engine.decodeProfile(m.promptTokens));
