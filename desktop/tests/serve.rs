@@ -257,6 +257,72 @@ fn a_request_larger_than_the_kv_pool_is_refused() {
     assert_eq!(v["usage"]["completion_tokens"], 4, "{v}");
 }
 
+/// The fixture with a context of `n` positions, in a temporary folder (removed on drop).
+struct LongFixture(std::path::PathBuf);
+
+impl LongFixture {
+    fn new(n: usize) -> LongFixture {
+        let dir = std::env::temp_dir().join(format!("kestrel-ctx{n}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for entry in std::fs::read_dir(support::FIXTURE).expect("fixture") {
+            let path = entry.expect("entry").path();
+            std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
+        }
+        let config = dir.join("config.json");
+        let text = std::fs::read_to_string(&config).expect("config");
+        let mut c: Value = serde_json::from_str(&text).expect("json");
+        c["max_position_embeddings"] = json!(n);
+        std::fs::write(&config, c.to_string()).expect("write config");
+        LongFixture(dir)
+    }
+}
+
+impl Drop for LongFixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// In a batch: a streaming client that leaves mid-reply cancels its job and frees its KV
+/// blocks at once, so a request that was waiting for them runs.
+#[test]
+fn a_client_leaving_mid_batch_frees_its_blocks() {
+    let _one = serial();
+    let model = LongFixture::new(4096);
+    let path = model.0.to_str().expect("utf-8 path");
+    let server = Server::start_model(path, &["--max-batch", "2", "--kv-pool", "4096"]);
+    let body = |max_tokens: usize, stream: bool| {
+        json!({"model": "m", "prompt": "hi", "max_tokens": max_tokens,
+               "temperature": 0, "stream": stream})
+        .to_string()
+    };
+    // The first reply reserves the whole pool (its prompt and 4000 tokens: seconds).
+    let mut leaving = server.connect();
+    leaving
+        .write_all(post_request("/v1/completions", &body(4000, true)).as_bytes())
+        .expect("send");
+    let mut first = [0u8; 256];
+    let n = leaving.read(&mut first).expect("first bytes");
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    // The second waits for blocks; the first leaves; the second runs.
+    let t = Instant::now();
+    let waiting = std::thread::scope(|scope| {
+        let second = scope.spawn(|| server.post_text("/v1/completions", &body(4, false)));
+        std::thread::sleep(Duration::from_millis(200));
+        drop(leaving);
+        second.join().expect("second client")
+    });
+    assert_eq!(waiting.0, 200, "{}", waiting.1);
+    let waited = t.elapsed();
+    let t = Instant::now();
+    while server.log_count("cancelled") < 1 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.log_count("cancelled"), 1, "waited {waited:?}");
+    let (_, text) = server.get("/metrics");
+    assert_eq!(metric(&text, "kestrel_running_jobs"), 0.0);
+}
+
 #[test]
 fn refuses_bad_requests_in_openai_form() {
     let _one = serial();
@@ -374,28 +440,17 @@ fn disconnected_clients_cancel_their_jobs() {
 #[test]
 fn a_context_beyond_the_adapter_is_refused_before_allocating() {
     // The fixture with a context of 10^8 positions (its KV cache would be 12.8 GB a layer).
-    let dir = std::env::temp_dir().join(format!("kestrel-huge-ctx-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    for entry in std::fs::read_dir(support::FIXTURE).expect("fixture") {
-        let path = entry.expect("entry").path();
-        std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
-    }
-    let config = dir.join("config.json");
-    let mut c: Value =
-        serde_json::from_str(&std::fs::read_to_string(&config).expect("config")).expect("json");
-    c["max_position_embeddings"] = json!(100_000_000);
-    std::fs::write(&config, c.to_string()).expect("write config");
+    let model = LongFixture::new(100_000_000);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kestrel"))
         .env("KESTREL_TUNE", "off")
         .args(["serve", "--port", "0", "--ctx", "100000000", "--model"])
-        .arg(&dir)
+        .arg(&model.0)
         .env(
             "XDG_RUNTIME_DIR",
             std::env::temp_dir().join("kestrel-tests-xdg"),
         )
         .output()
         .expect("run kestrel serve");
-    let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let error = stderr

@@ -23,6 +23,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_model(FIXTURE, extra)
+    }
+
+    /// A server of the model at `model`.
+    pub fn start_model(model: &str, extra: &[&str]) -> Server {
         let xdg = std::env::temp_dir().join("kestrel-tests-xdg");
         let _ = std::fs::create_dir_all(&xdg);
         #[cfg(unix)]
@@ -32,7 +37,7 @@ impl Server {
         }
         let mut child = Command::new(env!("CARGO_BIN_EXE_kestrel"))
             .env("KESTREL_TUNE", "off")
-            .args(["serve", "--model", FIXTURE, "--port", "0"])
+            .args(["serve", "--model", model, "--port", "0"])
             .args(extra)
             .env("XDG_RUNTIME_DIR", &xdg)
             .stdin(Stdio::null())
