@@ -64,7 +64,7 @@ pub fn run(
         }
         rows.push(json!({"sequences": n, "tokens_per_s": tokens_per_s}));
     }
-    let times = match batch.plan_of(most, most) {
+    let times = match batch.plan_of(most) {
         Some(plan) => pollster::block_on(kestrel_runtime::profile::kernel_times(
             gpu,
             plan.dispatches(),

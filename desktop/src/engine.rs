@@ -478,7 +478,11 @@ impl Sequences {
                     pool_tokens: pool,
                 };
                 return BatchSession::new(gpu, arch, batch)
-                    .map(|b| Sequences::Batch(Box::new(b)))
+                    .and_then(|mut b| {
+                        progress("making the batch's plans");
+                        b.prepare(scheduler::max_step_rows(config.max_batch))?;
+                        Ok(Sequences::Batch(Box::new(b)))
+                    })
                     .map_err(|e| {
                         format!(
                             "{e} (--ctx {ctx} tokens for up to --max-batch {} requests: \

@@ -26,6 +26,11 @@ use crate::engine::{Event, Job, Summary};
 /// Rows of one step: every decoding sequence's token, then prompt chunks up to this many.
 pub const STEP_ROWS: usize = 64;
 
+/// The most rows a step of a batch of `max_seqs` sequences runs.
+pub fn max_step_rows(max_seqs: usize) -> usize {
+    STEP_ROWS.max(max_seqs)
+}
+
 /// A job admitted to the batch.
 struct Running {
     job: Job,

@@ -217,11 +217,23 @@ impl BatchSession {
         }
     }
 
-    /// The plan a step of `rows` token rows and `picks` sequences ran, if one did (for
-    /// profiling: `crate::profile::kernel_times` replays it, rewriting the same rows).
-    pub fn plan_of(&self, rows: usize, picks: usize) -> Option<&Plan> {
-        let (rows, picks) = (bucket(rows), bucket(picks));
-        self.plans.get(&(rows, picks.min(rows)))
+    /// Make the plans of every step of up to `max_rows` rows now (one per power of two), so
+    /// that the session's memory is all taken at start: a server's does not grow later as
+    /// larger steps turn up.
+    pub fn prepare(&mut self, max_rows: usize) -> Result<()> {
+        let mut rows = 1;
+        while rows <= bucket(max_rows.min(MAX_ROWS)) {
+            self.plan(rows, self.picks_for(rows))?;
+            rows *= 2;
+        }
+        Ok(())
+    }
+
+    /// The plan a step of `rows` token rows ran, if one did (for profiling:
+    /// `crate::profile::kernel_times` replays it, rewriting the same rows).
+    pub fn plan_of(&self, rows: usize) -> Option<&Plan> {
+        let rows = bucket(rows);
+        self.plans.get(&(rows, self.picks_for(rows)))
     }
 
     /// The plan for `rows` token rows and `picks` sampled sequences (made on first use).
@@ -295,7 +307,7 @@ impl BatchSession {
             batch.pick_p[s] = [sm.top_p.to_bits(), 0, 0, 0];
         }
         // Padding rows: position 0 of the padding slot (its table row is all block 0).
-        let (n_rows, n_picks) = (bucket(rows), bucket(work.len()));
+        let n_rows = bucket(rows);
         let pad_slot = self.config.max_seqs as u32;
         for r in rows..n_rows {
             batch.rows[r] = [0, 0, pad_slot, 0];
@@ -307,7 +319,7 @@ impl BatchSession {
                 table[slot * self.table_width..][..seq.blocks.len()].copy_from_slice(&seq.blocks);
             }
         }
-        let key = (n_rows, n_picks.min(n_rows));
+        let key = (n_rows, self.picks_for(n_rows));
         self.last = Some((key, work.len()));
         let plan = self.plan(key.0, key.1)?;
         plan.write_input("tokens", &tokens)?;
@@ -351,7 +363,17 @@ impl BatchSession {
     }
 }
 
-/// Rows or picks rounded up to a power of two, so that few plans serve every step.
+impl BatchSession {
+    /// The sequences a plan of `rows` rows samples: as many as it has rows up to every slot
+    /// (rounded up to a power of two), so there is one plan per row count (a few, which
+    /// stay: a server's memory does not grow as new mixes of sequences and rows turn up).
+    /// Unused picks draw from row 0 and are not read.
+    fn picks_for(&self, rows: usize) -> usize {
+        rows.min(bucket(self.config.max_seqs))
+    }
+}
+
+/// Rows rounded up to a power of two, so that few plans serve every step.
 fn bucket(n: usize) -> usize {
     n.max(1).next_power_of_two()
 }
