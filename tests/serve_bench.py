@@ -9,7 +9,8 @@ usage: serve_bench.py KESTREL_BINARY MODEL [--rounds R] [--max-tokens M] [--clie
 Python standard library only. Every client sends R chat requests back to back, each streamed
 with usage included; a request's tokens are its usage's completion_tokens. Each prompt's reply
 is also run alone first (one client), and every reply under load is compared with it: the
-script says how many differ (continuous batching must not change a greedy reply).
+script says how many differ (continuous batching must not change a greedy reply). A server
+that sends no usage in streams has its content chunks counted as tokens.
 """
 import argparse
 import http.client
@@ -72,7 +73,7 @@ def one_request(host, port, max_tokens, prompt):
     resp = conn.getresponse()
     if resp.status != 200:
         raise RuntimeError(f"status {resp.status}: {resp.read()!r}")
-    first, tokens, text = None, None, []
+    first, tokens, chunks, text = None, None, 0, []
     for raw in resp:
         line = raw.decode().strip()
         if not line.startswith("data: ") or line == "data: [DONE]":
@@ -83,22 +84,23 @@ def one_request(host, port, max_tokens, prompt):
         for choice in chunk.get("choices") or []:
             content = (choice.get("delta") or {}).get("content")
             if content:
+                chunks += 1
                 text.append(content)
                 if first is None:
                     first = time.perf_counter() - t0
     conn.close()
     total = time.perf_counter() - t0
-    if tokens is None:
-        raise RuntimeError("the reply had no usage chunk")
+    if tokens is None:  # a server without stream_options: one token per content chunk
+        tokens = chunks
     return (first if first is not None else total), total, tokens, "".join(text)
 
 
-def run(host, port, clients, rounds, max_tokens):
+def run(host, port, clients, rounds, max_tokens, prompts):
     results, lock = [], threading.Lock()
 
     def client(c):
         for k in range(rounds):
-            i = (c * rounds + k) % len(PROMPTS)
+            i = (c * rounds + k) % prompts
             r = one_request(host, port, max_tokens, PROMPTS[i])
             with lock:
                 results.append((i, *r))
@@ -121,6 +123,7 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--clients", default="1,2,4,8,16")
+    p.add_argument("--prompts", type=int, default=len(PROMPTS), help="how many distinct prompts")
     p.add_argument("extra", nargs="*", help="more `kestrel serve` arguments (after --)")
     a = p.parse_args()
     proc = None
@@ -131,13 +134,13 @@ def main():
         proc, host, port, adapter = start(a.binary, a.model, a.extra)
     try:
         alone = {}
-        for i, prompt in enumerate(PROMPTS):  # warm-up, and each prompt's reply alone
+        for i, prompt in enumerate(PROMPTS[:a.prompts]):  # warm-up, and each reply alone
             alone[i] = one_request(host, port, a.max_tokens, prompt)[3]
         print(f"server: {adapter}; streaming greedy chats of at most {a.max_tokens} tokens, "
               f"{a.rounds} per client")
         base = None
         for clients in [int(c) for c in a.clients.split(",")]:
-            wall, results = run(host, port, clients, a.rounds, a.max_tokens)
+            wall, results = run(host, port, clients, a.rounds, a.max_tokens, a.prompts)
             tokens = sum(r[3] for r in results)
             rate = tokens / wall
             base = base or rate
