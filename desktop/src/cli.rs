@@ -792,6 +792,12 @@ mod tests {
             if matches!(*command, "generate" | "chat" | "serve" | "bench") {
                 want.extend(["speculate", "draft-model", "draft-tokens"]);
             }
+            // Added since: continuous batching.
+            match *command {
+                "serve" => want.extend(["max-batch", "kv-pool"]),
+                "bench" => want.push("batch"),
+                _ => {}
+            }
             if *command == "info" {
                 want.retain(|o| !attention.contains(o));
             } else {
