@@ -239,6 +239,8 @@ fn concurrent_replies_are_the_replies_alone() {
         .expect("prompt tokens");
     assert!(prompt > 16, "{again}");
     assert_eq!(cached(&again), Some((prompt - 1) / 16 * 16), "{again}");
+    let (_, text) = server.get("/metrics");
+    assert!(metric(&text, "kestrel_prompt_tokens_cached_total") >= ((prompt - 1) / 16 * 16) as f64);
 }
 
 /// A request the KV pool could never hold (its prompt and max_tokens) gets a 400 naming the

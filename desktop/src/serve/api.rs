@@ -527,6 +527,7 @@ impl RunningJob {
             .map(|t| t.saturating_duration_since(self.arrived).as_secs_f64());
         self.server.metrics.completion(
             s.prompt_tokens,
+            s.reused_tokens,
             s.completion_tokens,
             ttft,
             s.tokens_per_second,

@@ -20,6 +20,7 @@ pub struct Metrics {
     /// (route, status) -> replies.
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     prompt_tokens: AtomicU64,
+    cached_tokens: AtomicU64,
     completion_tokens: AtomicU64,
     draft_tokens: AtomicU64,
     accepted_tokens: AtomicU64,
@@ -39,6 +40,7 @@ impl Metrics {
         Metrics {
             requests: Mutex::new(BTreeMap::new()),
             prompt_tokens: AtomicU64::new(0),
+            cached_tokens: AtomicU64::new(0),
             completion_tokens: AtomicU64::new(0),
             draft_tokens: AtomicU64::new(0),
             accepted_tokens: AtomicU64::new(0),
@@ -53,18 +55,21 @@ impl Metrics {
         *r.entry((route, status)).or_default() += 1;
     }
 
-    /// A finished completion: its tokens, its time to first token and, for each token after
-    /// the first, the reply's mean time per token (the engine reports the decode rate, not
-    /// each token's time).
+    /// A finished completion: its tokens (`cached_tokens` of the prompt found in the KV
+    /// cache), its time to first token and, for each token after the first, the reply's mean
+    /// time per token (the engine reports the decode rate, not each token's time).
     pub fn completion(
         &self,
         prompt_tokens: usize,
+        cached_tokens: usize,
         completion_tokens: usize,
         ttft: Option<f64>,
         tokens_per_second: f64,
     ) {
         self.prompt_tokens
             .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
+        self.cached_tokens
+            .fetch_add(cached_tokens as u64, Ordering::Relaxed);
         self.completion_tokens
             .fetch_add(completion_tokens as u64, Ordering::Relaxed);
         if let Some(t) = ttft {
@@ -110,6 +115,12 @@ impl Metrics {
             "kestrel_prompt_tokens_total",
             "Prompt tokens of finished completions.",
             self.prompt_tokens.load(Ordering::Relaxed),
+        );
+        counter(
+            o,
+            "kestrel_prompt_tokens_cached_total",
+            "Prompt tokens of finished completions found in the KV cache (not run again).",
+            self.cached_tokens.load(Ordering::Relaxed),
         );
         counter(
             o,
@@ -229,9 +240,9 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative_and_end_at_the_count() {
         let m = Metrics::new();
-        m.completion(10, 5, Some(0.03), 100.0);
-        m.completion(3, 1, Some(7.0), 0.0);
-        m.completion(3, 1, Some(100.0), 0.0);
+        m.completion(10, 4, 5, Some(0.03), 100.0);
+        m.completion(3, 0, 1, Some(7.0), 0.0);
+        m.completion(3, 0, 1, Some(100.0), 0.0);
         m.request("/health", 200);
         m.request("/health", 200);
         let text = m.render(&Gauges {
@@ -241,6 +252,7 @@ mod tests {
         });
         assert!(text.contains("kestrel_requests_total{route=\"/health\",status=\"200\"} 2\n"));
         assert!(text.contains("kestrel_prompt_tokens_total 16\n"));
+        assert!(text.contains("kestrel_prompt_tokens_cached_total 4\n"));
         assert!(text.contains("kestrel_completion_tokens_total 7\n"));
         m.speculation(8, 5);
         let text = m.render(&Gauges {
