@@ -43,16 +43,9 @@ pub fn run(
             model.name
         );
     }
-    let mut sizes = Vec::new();
-    let mut n = 1;
-    while n <= most {
-        sizes.push(n);
-        n = if n == most {
-            most + 1
-        } else {
-            (2 * n).min(most)
-        };
-    }
+    // 1, 2, 4, ... below `most`, then `most`.
+    let mut sizes: Vec<usize> = (0..).map(|i| 1 << i).take_while(|&n| n < most).collect();
+    sizes.push(most);
     let mut rows = Vec::new();
     for &n in &sizes {
         let tokens_per_s = decode_rate(&mut batch, n, prompt, decode, vocab)?;

@@ -76,6 +76,13 @@ pub struct Job {
     pub events: Events,
 }
 
+impl Job {
+    /// Cancelled, or its receiver has gone (a client that disconnected).
+    pub fn abandoned(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst) || self.events.is_closed()
+    }
+}
+
 /// Where a job's events go: a std channel (the window polls it) or a tokio one (the server's
 /// handlers await it without a thread each).
 #[derive(Clone)]
@@ -89,20 +96,18 @@ pub enum Events {
 pub struct Gone;
 
 impl Events {
-    pub fn send(&self, event: Event) -> Result<(), Gone> {
-        match self {
-            Events::Std(tx) => tx.send(event).map_err(|_| Gone),
-            Events::Tokio(tx) => tx.send(event).map_err(|_| Gone),
-        }
-    }
-}
-
-impl Events {
     /// Whether the receiver has gone (known for the server's channels only).
     pub fn is_closed(&self) -> bool {
         match self {
             Events::Std(_) => false,
             Events::Tokio(tx) => tx.is_closed(),
+        }
+    }
+
+    pub fn send(&self, event: Event) -> Result<(), Gone> {
+        match self {
+            Events::Std(tx) => tx.send(event).map_err(|_| Gone),
+            Events::Tokio(tx) => tx.send(event).map_err(|_| Gone),
         }
     }
 }
@@ -277,9 +282,14 @@ impl Worker {
         progress("allocating the KV cache");
         let ctx = config.ctx.min(model.architecture().max_context());
         let sequences = Sequences::new(&gpu, &model, config, ctx, progress)?;
-        let (capacity, state_bytes) = match &sequences {
-            Sequences::One(s) => (s.capacity(), s.state_bytes()),
-            Sequences::Batch(b) => (b.context(), b.state_bytes()),
+        let (capacity, state_bytes, max_batch, kv_pool) = match &sequences {
+            Sequences::One(s) => (s.capacity(), s.state_bytes(), 1, None),
+            Sequences::Batch(b) => (
+                b.context(),
+                b.state_bytes(),
+                b.max_seqs(),
+                Some(b.pool_tokens()),
+            ),
         };
         let speculator = match &config.speculation {
             Speculation::Off => None,
@@ -306,14 +316,8 @@ impl Worker {
             context: capacity,
             weight_bytes: model.weight_bytes(),
             state_bytes,
-            max_batch: match &sequences {
-                Sequences::One(_) => 1,
-                Sequences::Batch(b) => b.max_seqs(),
-            },
-            kv_pool: match &sequences {
-                Sequences::One(_) => None,
-                Sequences::Batch(b) => Some(b.pool_tokens()),
-            },
+            max_batch,
+            kv_pool,
             load_seconds: t.elapsed().as_secs_f64(),
             speculation,
             fallback_template: template.is_fallback,
@@ -376,77 +380,74 @@ fn run(
     speculator: &mut Option<Speculator>,
     job: &Job,
 ) -> Result<Summary, String> {
-    {
-        let started = Instant::now();
-        let ids = job
-            .prompt
-            .encode(model, Some(template))
-            .map_err(|e| e.to_string())?;
-        let mut g =
-            Generation::new(model, session, ids, &job.request).map_err(|e| e.to_string())?;
-        if !job.streamed {
-            g.unstreamed();
-        }
-        if let Some(s) = speculator.take() {
-            g.speculate(model, session, s).map_err(|e| e.to_string())?;
-        }
-        let cancelled = || job.cancel.load(Ordering::SeqCst);
-        let prompt_tokens = g.prompt_tokens();
-        if cancelled() || job.events.send(Event::Started { prompt_tokens }).is_err() {
-            return Ok(Summary::empty(prompt_tokens, Finish::Cancelled));
-        }
-        let mut first_token_seconds = None;
-        let mut first_token_at = None;
-        let mut decode_start = Instant::now();
-        // A failed step ends the loop so that the speculator is taken back first.
-        let mut failed = None;
-        loop {
-            let t = Instant::now();
-            let step = match pollster::block_on(g.step(model, session)) {
-                Ok(step) => step,
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
-            };
-            g.observe_step_time(t.elapsed().as_secs_f64());
-            if first_token_seconds.is_none() {
-                first_token_seconds = Some(started.elapsed().as_secs_f64());
-                first_token_at = Some(Instant::now());
-                decode_start = Instant::now();
-            }
-            let piece = match step {
-                Step::Done(_) => break,
-                Step::Text(piece) => piece,
-            };
-            if (!piece.is_empty() && job.events.send(Event::Piece(piece)).is_err()) || cancelled() {
-                g.cancel();
+    let started = Instant::now();
+    let ids = job
+        .prompt
+        .encode(model, Some(template))
+        .map_err(|e| e.to_string())?;
+    let mut g = Generation::new(model, session, ids, &job.request).map_err(|e| e.to_string())?;
+    if !job.streamed {
+        g.unstreamed();
+    }
+    if let Some(s) = speculator.take() {
+        g.speculate(model, session, s).map_err(|e| e.to_string())?;
+    }
+    let cancelled = || job.cancel.load(Ordering::SeqCst);
+    let prompt_tokens = g.prompt_tokens();
+    if cancelled() || job.events.send(Event::Started { prompt_tokens }).is_err() {
+        return Ok(Summary::empty(prompt_tokens, Finish::Cancelled));
+    }
+    let mut first_token_seconds = None;
+    let mut first_token_at = None;
+    let mut decode_start = Instant::now();
+    // A failed step ends the loop so that the speculator is taken back first.
+    let mut failed = None;
+    loop {
+        let t = Instant::now();
+        let step = match pollster::block_on(g.step(model, session)) {
+            Ok(step) => step,
+            Err(e) => {
+                failed = Some(e.to_string());
                 break;
             }
+        };
+        g.observe_step_time(t.elapsed().as_secs_f64());
+        if first_token_seconds.is_none() {
+            first_token_seconds = Some(started.elapsed().as_secs_f64());
+            first_token_at = Some(Instant::now());
+            decode_start = Instant::now();
         }
-        let speculation = g.speculation_stats();
-        *speculator = g.take_speculator();
-        if let Some(e) = failed {
-            return Err(e);
+        let piece = match step {
+            Step::Done(_) => break,
+            Step::Text(piece) => piece,
+        };
+        if (!piece.is_empty() && job.events.send(Event::Piece(piece)).is_err()) || cancelled() {
+            g.cancel();
+            break;
         }
-        let decode = decode_start.elapsed().as_secs_f64();
-        let produced = g.completion_tokens();
-        Ok(Summary {
-            text: g.reply().to_string(),
-            prompt_tokens,
-            reused_tokens: g.reused_tokens(),
-            completion_tokens: produced,
-            finish: g.finish().unwrap_or(Finish::Cancelled),
-            first_token_seconds: first_token_seconds.unwrap_or(0.0),
-            tokens_per_second: if decode > 0.0 && produced > 1 {
-                (produced - 1) as f64 / decode
-            } else {
-                0.0
-            },
-            first_token_at,
-            speculation,
-        })
     }
+    let speculation = g.speculation_stats();
+    *speculator = g.take_speculator();
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let decode = decode_start.elapsed().as_secs_f64();
+    let produced = g.completion_tokens();
+    Ok(Summary {
+        text: g.reply().to_string(),
+        prompt_tokens,
+        reused_tokens: g.reused_tokens(),
+        completion_tokens: produced,
+        finish: g.finish().unwrap_or(Finish::Cancelled),
+        first_token_seconds: first_token_seconds.unwrap_or(0.0),
+        tokens_per_second: if decode > 0.0 && produced > 1 {
+            (produced - 1) as f64 / decode
+        } else {
+            0.0
+        },
+        first_token_at,
+        speculation,
+    })
 }
 
 /// Where a worker's jobs run.

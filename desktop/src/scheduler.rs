@@ -142,8 +142,7 @@ pub fn serve(
         let mut kept = Vec::with_capacity(active.len());
         for (mut r, end) in active.drain(..).zip(ends) {
             let end = end.or_else(|| {
-                let gone = r.job.cancel.load(Ordering::SeqCst) || r.job.events.is_closed();
-                gone.then(|| {
+                r.job.abandoned().then(|| {
                     r.gen.cancel();
                     Event::Done(r.summary())
                 })
@@ -170,49 +169,55 @@ fn admit(
     active: &mut Vec<Running>,
     finish: &impl Fn(&Job, Event),
 ) {
+    // The front job leaves the queue, ending with `event`.
+    let refuse = |queue: &mut VecDeque<Waiting>, event: Event| {
+        if let Some(w) = queue.pop_front() {
+            finish(&w.job, event);
+        }
+    };
     while let Some(front) = queue.front_mut() {
         let job = &front.job;
-        if job.cancel.load(Ordering::SeqCst) || job.events.is_closed() {
-            let w = queue.pop_front().expect("front");
-            finish(&w.job, Event::Done(Summary::empty(0, Finish::Cancelled)));
+        if job.abandoned() {
+            refuse(queue, Event::Done(Summary::empty(0, Finish::Cancelled)));
             continue;
         }
-        if front.gen.is_none() {
-            let gen = job
-                .prompt
-                .encode(model, Some(template))
-                .and_then(|ids| Generation::detached(model, batch.context(), ids, &job.request));
-            match gen {
-                Ok(g) => front.gen = Some(g),
-                Err(e) => {
-                    let w = queue.pop_front().expect("front");
-                    finish(&w.job, Event::Failed(e.to_string()));
-                    continue;
-                }
+        let gen = match front.gen.take() {
+            Some(g) => Ok(g),
+            None => (job.prompt.encode(model, Some(template)))
+                .and_then(|ids| Generation::detached(model, batch.context(), ids, &job.request)),
+        };
+        let gen = match gen {
+            Ok(g) => front.gen.insert(g),
+            Err(e) => {
+                refuse(queue, Event::Failed(e.to_string()));
+                continue;
             }
-        }
-        let Some(gen) = &front.gen else { continue };
+        };
         let (seq, cached) = match batch.open(gen.to_feed(), gen.reserve()) {
             Ok(Some(opened)) => opened,
             Ok(None) => return,
             Err(e) => {
-                let w = queue.pop_front().expect("front");
-                finish(&w.job, Event::Failed(e.to_string()));
+                refuse(queue, Event::Failed(e.to_string()));
                 continue;
             }
         };
-        let w = queue.pop_front().expect("front");
-        let Some(mut gen) = w.gen else { continue };
+        let Some(Waiting {
+            job,
+            gen: Some(mut gen),
+        }) = queue.pop_front()
+        else {
+            continue;
+        };
         // The prompt's leading blocks another sequence already wrote are not run again.
         gen.fed(cached);
         let prompt_tokens = gen.prompt_tokens();
-        if w.job.events.send(Event::Started { prompt_tokens }).is_err() {
+        if job.events.send(Event::Started { prompt_tokens }).is_err() {
             batch.close(seq);
-            finish(&w.job, Event::Done(Summary::empty(0, Finish::Cancelled)));
+            finish(&job, Event::Done(Summary::empty(0, Finish::Cancelled)));
             continue;
         }
         active.push(Running {
-            job: w.job,
+            job,
             seq,
             gen,
             reused: cached,

@@ -312,13 +312,7 @@ impl Generation {
         check_start(request, &prompt)?;
         let capacity = session.capacity();
         let (sampler, limit, reused_tokens) = if model.config().causal {
-            if prompt.len() >= capacity {
-                return Err(GenerateError::PromptTooLong {
-                    tokens: prompt.len(),
-                    context: capacity,
-                });
-            }
-            let room = capacity - prompt.len() + request.ignore_eos as usize;
+            let room = room_after(&prompt, capacity)? + request.ignore_eos as usize;
             let feed = session.reuse_prefix(&prompt).to_vec();
             let reused = prompt.len() - feed.len();
             let sampler = Sampler::Autoregressive {
@@ -444,13 +438,7 @@ impl Generation {
                 why: "it is a diffusion model".into(),
             });
         }
-        if prompt.len() >= capacity {
-            return Err(GenerateError::PromptTooLong {
-                tokens: prompt.len(),
-                context: capacity,
-            });
-        }
-        let room = capacity - prompt.len();
+        let (room, prompt_tokens) = (room_after(&prompt, capacity)?, prompt.len());
         let mut g = Generation::start(
             Sampler::Autoregressive {
                 feed: prompt,
@@ -459,7 +447,7 @@ impl Generation {
             request,
             request.max_tokens.min(room),
         );
-        g.prompt_tokens = g.to_feed().len();
+        g.prompt_tokens = prompt_tokens;
         Ok(g)
     }
 
@@ -666,6 +654,17 @@ impl Generation {
 
 /// Byte offset of the earliest stop string in `text`, searching only what could end after
 /// byte `from` (the text before it held none).
+/// Positions left after `prompt` in a sequence of `capacity`; an error unless one is.
+fn room_after(prompt: &[u32], capacity: usize) -> Result<usize, GenerateError> {
+    match capacity.checked_sub(prompt.len()) {
+        Some(room) if room > 0 => Ok(room),
+        _ => Err(GenerateError::PromptTooLong {
+            tokens: prompt.len(),
+            context: capacity,
+        }),
+    }
+}
+
 /// What every generation checks first: the request's ranges and a prompt.
 fn check_start(request: &Request, prompt: &[u32]) -> Result<(), GenerateError> {
     request.validate()?;

@@ -22,11 +22,12 @@ use crate::arch::{Architecture, BatchShape, Head};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::executor::Plan;
+use crate::graph::BLOCK_TABLE;
 use crate::kernels::Step;
-use crate::kv_blocks::BlockPool;
+use crate::kv_blocks::{BlockPool, Chain};
 use crate::rng::pcg_hash;
 use crate::session::Sampling;
-use crate::state::StateStore;
+use crate::state::{StateSpec, StateStore};
 use crate::tensor::{check_binding, shape_bytes};
 
 /// Positions per block of the KV pool (KV_BLOCK in shaders/batch.wgsl).
@@ -76,8 +77,8 @@ struct Seq {
     blocks: Vec<u32>,
     /// Every token appended (its length is the position).
     tokens: Vec<u32>,
-    /// Leading blocks registered for reuse ([`BlockPool::register`]).
-    registered: usize,
+    /// Its leading blocks registered for reuse ([`BlockPool::register`]).
+    chain: Chain,
 }
 
 pub struct BatchSession {
@@ -90,9 +91,10 @@ pub struct BatchSession {
     /// Who holds each block, and the full blocks kept for reuse.
     pool: BlockPool,
     slots: Vec<Option<Seq>>,
-    plans: HashMap<(usize, usize), Plan>,
-    /// The plan of the last step and how many sequences it sampled.
-    last: Option<((usize, usize), usize)>,
+    /// One plan per row count (a power of two).
+    plans: HashMap<usize, Plan>,
+    /// The rows of the last step's plan and how many sequences it sampled.
+    last: Option<(usize, usize)>,
 }
 
 impl BatchSession {
@@ -116,7 +118,10 @@ impl BatchSession {
         let context = config.context.min(arch.max_context()).max(1);
         let blocks = config.pool_tokens.div_ceil(KV_BLOCK).max(1) + 1;
         let pool_rows = blocks * KV_BLOCK;
-        let specs = arch.batch_states(pool_rows);
+        let table_width = context.div_ceil(KV_BLOCK);
+        let mut specs = arch.batch_states(pool_rows);
+        let table_words = (config.max_seqs + 1) * table_width;
+        specs.push(StateSpec::block_table(BLOCK_TABLE.into(), table_words));
         for s in &specs {
             let what = format!("state {} for a KV pool of {pool_rows} tokens", s.name);
             check_binding(gpu, &what, shape_bytes(&s.shape, s.dtype))?;
@@ -128,7 +133,7 @@ impl BatchSession {
             arch,
             states,
             config: BatchConfig { context, ..config },
-            table_width: context.div_ceil(KV_BLOCK),
+            table_width,
             pool_rows,
             pool: BlockPool::new(blocks),
             slots: (0..config.max_seqs).map(|_| None).collect(),
@@ -152,17 +157,9 @@ impl BatchSession {
     pub fn free_tokens(&self) -> usize {
         self.pool.available() * KV_BLOCK
     }
-    pub fn open_count(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_some()).count()
-    }
     pub fn state_bytes(&self) -> u64 {
         self.states.bytes()
     }
-    /// Tokens appended to `seq` so far.
-    pub fn len(&self, seq: SeqId) -> usize {
-        self.slots[seq.0].as_ref().map_or(0, |s| s.tokens.len())
-    }
-
     /// Why a sequence that reserves `tokens` positions can never be opened here (longer than
     /// the context or the whole pool); None when it can once enough is free.
     pub fn never_fits(&self, tokens: usize) -> Option<String> {
@@ -202,10 +199,14 @@ impl BatchSession {
             return Ok(None);
         };
         let held = cached.len() * KV_BLOCK;
+        self.write_table(slot, &blocks)?;
         self.slots[slot] = Some(Seq {
             blocks,
             tokens: prompt[..held].to_vec(),
-            registered: cached.len(),
+            chain: Chain {
+                blocks: cached.len(),
+                entry: self.pool.entry_of(cached.last().copied()),
+            },
         });
         Ok(Some((SeqId(slot), held)))
     }
@@ -217,13 +218,22 @@ impl BatchSession {
         }
     }
 
+    /// Slot `slot`'s row of the block table (the rest of the row stays as it was: only
+    /// positions the sequence holds are read).
+    fn write_table(&self, slot: usize, blocks: &[u32]) -> Result<()> {
+        let table = self.states.get(BLOCK_TABLE)?;
+        let offset = (slot * self.table_width * 4) as u64;
+        (self.gpu.queue).write_buffer(&table.buffer, offset, bytemuck::cast_slice(blocks));
+        Ok(())
+    }
+
     /// Make the plans of every step of up to `max_rows` rows now (one per power of two), so
     /// that the session's memory is all taken at start: a server's does not grow later as
     /// larger steps turn up.
     pub fn prepare(&mut self, max_rows: usize) -> Result<()> {
         let mut rows = 1;
         while rows <= bucket(max_rows.min(MAX_ROWS)) {
-            self.plan(rows, self.picks_for(rows))?;
+            self.plan(rows)?;
             rows *= 2;
         }
         Ok(())
@@ -232,24 +242,26 @@ impl BatchSession {
     /// The plan a step of `rows` token rows ran, if one did (for profiling:
     /// `crate::profile::kernel_times` replays it, rewriting the same rows).
     pub fn plan_of(&self, rows: usize) -> Option<&Plan> {
-        let rows = bucket(rows);
-        self.plans.get(&(rows, self.picks_for(rows)))
+        self.plans.get(&bucket(rows))
     }
 
-    /// The plan for `rows` token rows and `picks` sampled sequences (made on first use).
-    fn plan(&mut self, rows: usize, picks: usize) -> Result<&Plan> {
-        if !self.plans.contains_key(&(rows, picks)) {
+    /// The plan for `rows` token rows (made on first use). It samples as many sequences as
+    /// it has rows, up to every slot (rounded up to a power of two): one plan per row count,
+    /// so a server's memory does not grow as new mixes of sequences and rows turn up. Unused
+    /// picks draw from row 0 and are not read.
+    fn plan(&mut self, rows: usize) -> Result<&Plan> {
+        if !self.plans.contains_key(&rows) {
             let head = Head::Batch(BatchShape {
-                picks,
+                picks: rows.min(bucket(self.config.max_seqs)),
                 slots: self.config.max_seqs + 1,
                 table_width: self.table_width,
             });
             let mut graph = self.arch.build(rows, self.pool_rows, head)?;
             crate::fusion::fuse_elementwise(&mut graph);
             let plan = Plan::new(&self.gpu, &graph, &self.states)?;
-            self.plans.insert((rows, picks), plan);
+            self.plans.insert(rows, plan);
         }
-        Ok(&self.plans[&(rows, picks)])
+        Ok(&self.plans[&rows])
     }
 
     /// Run one step: each work item's tokens appended to its sequence, then one token drawn
@@ -313,17 +325,9 @@ impl BatchSession {
             batch.rows[r] = [0, 0, pad_slot, 0];
         }
         tokens.resize(n_rows, 0);
-        let mut table = vec![0u32; (self.config.max_seqs + 1) * self.table_width];
-        for (slot, seq) in self.slots.iter().enumerate() {
-            if let Some(seq) = seq {
-                table[slot * self.table_width..][..seq.blocks.len()].copy_from_slice(&seq.blocks);
-            }
-        }
-        let key = (n_rows, self.picks_for(n_rows));
-        self.last = Some((key, work.len()));
-        let plan = self.plan(key.0, key.1)?;
+        self.last = Some((n_rows, work.len()));
+        let plan = self.plan(n_rows)?;
         plan.write_input("tokens", &tokens)?;
-        plan.write_input("block_table", &table)?;
         plan.write_batch(&batch)?;
         plan.run(&Step {
             n_tokens: n_rows as u32,
@@ -341,35 +345,23 @@ impl BatchSession {
             if let Some(seq) = self.slots[w.seq.0].as_mut() {
                 seq.tokens.extend_from_slice(w.tokens);
                 // Blocks filled by this step become findable by later prompts.
-                if seq.tokens.len() / KV_BLOCK > seq.registered {
-                    seq.registered = (self.pool).register(&seq.blocks, &seq.tokens, seq.registered);
+                if seq.tokens.len() / KV_BLOCK > seq.chain.blocks {
+                    seq.chain = self.pool.register(&seq.blocks, &seq.tokens, seq.chain);
                 }
             }
         }
         Ok(ids[..work.len()].to_vec())
     }
-}
 
-impl BatchSession {
     /// The logits the last step drew from, one row per sequence in the order of its work
     /// ([picks * vocab]): for checks against a sequence run alone.
     pub async fn last_logits(&self) -> Result<Vec<f32>> {
-        let Some((key, n)) = self.last else {
+        let Some((rows, n)) = self.last else {
             return Err(Error::Graph("no step has run".into()));
         };
-        let mut logits = self.plans[&key].read_f32(1).await?;
+        let mut logits = self.plans[&rows].read_f32(1).await?;
         logits.truncate(n * self.arch.vocab_size());
         Ok(logits)
-    }
-}
-
-impl BatchSession {
-    /// The sequences a plan of `rows` rows samples: as many as it has rows up to every slot
-    /// (rounded up to a power of two), so there is one plan per row count (a few, which
-    /// stay: a server's memory does not grow as new mixes of sequences and rows turn up).
-    /// Unused picks draw from row 0 and are not read.
-    fn picks_for(&self, rows: usize) -> usize {
-        rows.min(bucket(self.config.max_seqs))
     }
 }
 

@@ -52,12 +52,16 @@ pub struct Graph {
 }
 
 /// What a batched graph's ops share: its rows come from the plan's batch uniform
-/// (shaders/batch.wgsl), the block table is the input "block_table" [slots * table_width].
+/// (shaders/batch.wgsl), the block table is the state [`BLOCK_TABLE`] [slots * table_width].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchGraph {
     pub table: TensorId,
     pub shape: crate::arch::BatchShape,
 }
+
+/// The name of a batched session's block-table state (written as sequences open and close,
+/// shared by every plan).
+pub const BLOCK_TABLE: &str = "block_table";
 
 /// The shape-mismatch error of a builder: `context` names what was checked.
 pub(crate) fn mismatch(context: &str, expected: &[usize], got: &[usize]) -> Error {
@@ -78,10 +82,10 @@ impl Graph {
     /// sampling) read each row's position, pool row and settings from the batch.
     pub fn batched(shape: crate::arch::BatchShape) -> Self {
         let mut g = Self::default();
-        let table = g.input(
-            "block_table",
-            &[shape.slots * shape.table_width],
+        let table = g.add(
+            vec![shape.slots * shape.table_width],
             DType::U32,
+            Source::State(BLOCK_TABLE.into()),
         );
         g.batch = Some(BatchGraph { table, shape });
         g

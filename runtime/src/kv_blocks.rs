@@ -69,7 +69,7 @@ impl BlockPool {
             match self.index.get(&(parent, block_tokens(tokens, i))) {
                 Some(&b) => {
                     out.push(b);
-                    parent = self.key[b as usize].map_or(0, |(_, e)| e);
+                    parent = self.entry_of(Some(b));
                 }
                 None => break,
             }
@@ -141,40 +141,48 @@ impl BlockPool {
         }
     }
 
-    /// Register the full blocks of a sequence from block `from` on: `blocks` its blocks,
-    /// `tokens` the tokens written so far. Returns the blocks registered or found (the next
-    /// call's `from`). A block whose prefix is already registered under another block keeps
-    /// that one as the entry its successors name.
-    pub fn register(&mut self, blocks: &[u32], tokens: &[u32], from: usize) -> usize {
+    /// The entry a registered block's successors name (0 for none: a first block's parent).
+    pub fn entry_of(&self, block: Option<u32>) -> u64 {
+        block
+            .and_then(|b| self.key[b as usize])
+            .map_or(0, |(_, e)| e)
+    }
+
+    /// Register a sequence's full blocks after `chain` (those registered or found before):
+    /// `blocks` its blocks, `tokens` the tokens written so far. A block whose prefix is
+    /// already registered under another block keeps that one, whose entry its successors
+    /// then name. Returns the chain to pass next time.
+    pub fn register(&mut self, blocks: &[u32], tokens: &[u32], chain: Chain) -> Chain {
         let full = (tokens.len() / KV_BLOCK).min(blocks.len());
-        let mut parent = 0;
-        if from > 0 {
-            // The chain up to `from` must still be registered (its blocks may have been reused).
-            let found = self.lookup(tokens, from);
-            match found.get(from - 1) {
-                Some(&b) if found.len() == from => {
-                    parent = self.key[b as usize].map_or(0, |(_, e)| e);
-                }
-                _ => return from,
-            }
-        }
-        for (i, &own) in blocks.iter().enumerate().take(full).skip(from) {
+        let mut parent = chain.entry;
+        for (i, &own) in blocks.iter().enumerate().take(full).skip(chain.blocks) {
             let k = (parent, block_tokens(tokens, i));
             let b = match self.index.get(&k) {
                 Some(&b) => b,
                 None => {
-                    let b = own;
-                    self.forget(b);
-                    self.key[b as usize] = Some((k, self.next_entry));
+                    self.forget(own);
+                    self.key[own as usize] = Some((k, self.next_entry));
                     self.next_entry += 1;
-                    self.index.insert(k, b);
-                    b
+                    self.index.insert(k, own);
+                    own
                 }
             };
-            parent = self.key[b as usize].map_or(0, |(_, e)| e);
+            parent = self.entry_of(Some(b));
         }
-        full.max(from)
+        Chain {
+            blocks: full.max(chain.blocks),
+            entry: parent,
+        }
     }
+}
+
+/// How far a sequence's blocks are registered: its first `blocks` blocks, the last of them
+/// under `entry` (the number the next one's key names; entries are never reused, so a chain
+/// whose blocks were reused meanwhile only stops matching).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Chain {
+    pub blocks: usize,
+    pub entry: u64,
 }
 
 #[cfg(test)]
@@ -190,7 +198,7 @@ mod tests {
         let mut pool = BlockPool::new(9);
         let a = toks(40, 1); // two full blocks and a partial one
         let blocks = pool.take(&[], 3).expect("room");
-        assert_eq!(pool.register(&blocks, &a, 0), 2);
+        assert_eq!(pool.register(&blocks, &a, Chain::default()).blocks, 2);
         // The same prefix finds both full blocks; a different second block finds one.
         assert_eq!(pool.lookup(&a, 8), blocks[..2]);
         let mut b = a.clone();
@@ -214,7 +222,7 @@ mod tests {
         let mut pool = BlockPool::new(4); // 3 usable
         let a = toks(32, 1);
         let blocks = pool.take(&[], 2).expect("room");
-        pool.register(&blocks, &a, 0);
+        pool.register(&blocks, &a, Chain::default());
         pool.release(&blocks);
         // Needing all three blocks reuses both idle ones: the prefix is gone.
         let all = pool.take(&[], 3).expect("room");
@@ -231,10 +239,10 @@ mod tests {
         let a = toks(48, 1);
         let first = pool.take(&[], 3).expect("room");
         let second = pool.take(&[], 3).expect("room");
-        pool.register(&first, &a[..16], 0);
+        let chain = pool.register(&first, &a[..16], Chain::default());
         // The second sequence wrote the same tokens into its own blocks.
-        assert_eq!(pool.register(&second, &a, 0), 3);
-        assert_eq!(pool.register(&first, &a, 1), 3);
+        assert_eq!(pool.register(&second, &a, Chain::default()).blocks, 3);
+        assert_eq!(pool.register(&first, &a, chain).blocks, 3);
         let found = pool.lookup(&a, 8);
         assert_eq!(found.len(), 3);
         assert_eq!(found[0], first[0]);

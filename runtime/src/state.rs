@@ -50,6 +50,19 @@ impl StateSpec {
     }
 }
 
+impl StateSpec {
+    /// A batched session's block table (`crate::batch`): u32 block numbers the host writes as
+    /// sequences open and close; zero (the padding block) where no sequence is.
+    pub fn block_table(name: String, n: usize) -> StateSpec {
+        StateSpec {
+            name,
+            shape: vec![n],
+            recurrent: false,
+            dtype: DType::U32,
+        }
+    }
+}
+
 /// GPU copies of a store's recurrent states, in the store's order.
 #[derive(Default)]
 pub struct StateCopies(Vec<GpuTensor>);

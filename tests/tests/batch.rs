@@ -278,7 +278,7 @@ fn recurrent_models_are_refused_by_name() {
 #[test]
 fn paged_attention_and_gather_match_their_references() {
     use kestrel_runtime::batch::{BatchRows, KV_BLOCK};
-    use kestrel_runtime::kernels::attention::{self, AttnBuffers, AttnShape, CacheView};
+    use kestrel_runtime::kernels::attention::{self, AttnBuffers, AttnShape, CacheView, Paged};
     use kestrel_runtime::kernels::{copy, decode_attention};
     use kestrel_runtime::kv::KvLayout;
     use kestrel_runtime::rng::Rng;
@@ -351,8 +351,12 @@ fn paged_attention_and_gather_match_their_references() {
                 v_cache: &vb,
                 out: &out,
                 inv_freq: None,
-                mask: Some((&tb, width)),
-                paged: Some(&bb),
+                mask: None,
+                paged: Some(Paged {
+                    rows: &bb,
+                    table: &tb,
+                    width,
+                }),
             };
             let layout = KvLayout::paged(window, rows);
             let dispatches = decode_attention::launch(

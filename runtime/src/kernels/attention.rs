@@ -54,12 +54,19 @@ pub struct AttnBuffers<'a> {
     pub v_cache: &'a wgpu::Buffer,
     pub out: &'a wgpu::Buffer,
     pub inv_freq: Option<(&'a wgpu::Buffer, usize)>,
-    /// A block mask and its query blocks per head; with `paged`, the block table and its
-    /// width instead.
     pub mask: Option<(&'a wgpu::Buffer, usize)>,
-    /// A batched step's rows (shaders/batch.wgsl): each query's position and sequence, keys
-    /// read through the block table in `mask` (decode_attention's kernels only).
-    pub paged: Option<&'a wgpu::Buffer>,
+    /// A batched step's queries (decode_attention's kernels only).
+    pub paged: Option<Paged<'a>>,
+}
+
+/// A batched step's queries (shaders/batch.wgsl): `rows`, the batch uniform, gives each
+/// query's position and sequence; keys are read through the block table `table`, `width`
+/// blocks per sequence.
+#[derive(Clone, Copy)]
+pub struct Paged<'a> {
+    pub rows: &'a wgpu::Buffer,
+    pub table: &'a wgpu::Buffer,
+    pub width: usize,
 }
 
 /// Check that a layout, causality and the optional RoPE / mask inputs fit together.
@@ -536,13 +543,16 @@ impl Op for Attention {
                 Some(f) => Some((cx.buf(f)?, cx.numel(f))),
                 None => None,
             },
-            mask: match (self.mask, self.paged) {
-                (_, Some((table, width))) => Some((cx.buf(table)?, width)),
-                (Some(m), None) => Some((cx.buf(m)?, mask_blocks(layout.rows))),
-                (None, None) => None,
+            mask: match self.mask {
+                Some(m) => Some((cx.buf(m)?, mask_blocks(layout.rows))),
+                None => None,
             },
             paged: match self.paged {
-                Some(_) => Some(cx.batch()?),
+                Some((table, width)) => Some(Paged {
+                    rows: cx.batch()?,
+                    table: cx.buf(table)?,
+                    width,
+                }),
                 None => None,
             },
         };

@@ -283,12 +283,12 @@ pub fn launch_pieces(
     causal: bool,
 ) -> Result<Dispatch> {
     let rope_half = io.inv_freq.map(|(_, h)| h);
-    let sparse = io.mask.is_some() && io.paged.is_none();
+    let sparse = io.mask.is_some();
     validate_mode(&shape, &layout, causal, rope_half, sparse)?;
     let max_splits = max_splits.clamp(1, MAX_SPLITS);
-    if io.paged.is_some() && (max_splits != 1 || rope_half.is_some() || !layout.pages()) {
+    if io.paged.is_some() && (max_splits != 1 || rope_half.is_some() || sparse || !layout.pages()) {
         return Err(crate::error::Error::Graph(
-            "paged attention takes one piece per query over a paged cache".into(),
+            "paged attention takes one piece per dense query over a paged cache".into(),
         ));
     }
     let (kernel, group) = match Kernels::for_device(gpu, &shape, rope_half) {
@@ -312,7 +312,12 @@ pub fn launch_pieces(
         ring: layout.ring() as u32,
         rot_half: rope_half.unwrap_or(0) as u32,
         max_splits: max_splits as u32,
-        blocks: io.mask.map_or(0, |(_, b)| b as u32),
+        // The mask's query blocks per head, or the block table's width (the same parameter).
+        blocks: match (io.mask, io.paged) {
+            (Some((_, blocks)), _) => blocks as u32,
+            (None, Some(p)) => p.width as u32,
+            (None, None) => 0,
+        },
         causal: causal as u32,
         softcap: shape.softcap.unwrap_or(0.0),
     };
@@ -328,10 +333,14 @@ pub fn launch_pieces(
             io.v_cache,
             partial,
             io.inv_freq.map_or(dummy, |(b, _)| b),
-            io.mask.map_or(dummy, |(b, _)| b),
+            // The mask binding holds a paged step's block table.
+            io.mask
+                .map(|(b, _)| b)
+                .or(io.paged.map(|p| p.table))
+                .unwrap_or(dummy),
         ]
         .into_iter()
-        .chain(io.paged)
+        .chain(io.paged.map(|p| p.rows))
         .collect::<Vec<_>>(),
         [
             (shape.heads / group) as u32,
