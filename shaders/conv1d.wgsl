@@ -3,7 +3,9 @@
 // where inputs before this call's first token come from state [K-1, C] (the previous
 // call's last K-1 inputs, oldest first), and state ends as this call's last K-1 inputs.
 // SILU applies silu to the result. One thread per channel walks the tokens in order, so the
-// state can be updated in place. Requires consts K (>= 2), SILU, BIAS.
+// state can be updated in place. Requires consts K (>= 2), SILU, BIAS, PAGED.
+// PAGED (a batched step, shaders/batch.wgsl): workgroup z is sequence z of the step, whose
+// rows and slot come from the batch; state holds a [K-1, C] state per slot.
 
 struct Params { tokens: u32, channels: u32, t0: u32, _p: u32 }
 
@@ -13,6 +15,10 @@ struct Params { tokens: u32, channels: u32, t0: u32, _p: u32 }
 @group(0) @binding(3) var<storage, read> bias: array<f32>;  // [C]
 @group(0) @binding(4) var<storage, read_write> state: array<f32>; // [K-1, C]
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;   // [T, C]
+#if PAGED
+#include "batch.wgsl"
+@group(0) @binding(6) var<uniform> batch: Batch;
+#endif
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -21,15 +27,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (c >= p.channels) {
         return;
     }
+    var first = p.t0;
+    var tokens = p.tokens;
+    var s0 = 0u; // where the state starts
+#if PAGED
+    let seq = batch.pick_p[wid.z];
+    first = seq.y;
+    tokens = seq.z;
+    s0 = seq.w * (K - 1u) * p.channels;
+    if (tokens == 0u) {
+        return;
+    }
+#endif
     var hist: array<f32, K>;
     for (var j = 0u; j + 1u < K; j++) {
-        hist[j] = state[j * p.channels + c];
+        hist[j] = state[s0 + j * p.channels + c];
     }
     var b = 0.0;
     if (BIAS) {
         b = bias[c];
     }
-    for (var t = p.t0; t < p.t0 + p.tokens; t++) {
+    for (var t = first; t < first + tokens; t++) {
         hist[K - 1u] = x[t * p.channels + c];
         var y = b;
         for (var j = 0u; j < K; j++) {
@@ -44,6 +62,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     }
     for (var j = 0u; j + 1u < K; j++) {
-        state[j * p.channels + c] = hist[j];
+        state[s0 + j * p.channels + c] = hist[j];
     }
 }

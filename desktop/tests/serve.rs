@@ -243,6 +243,45 @@ fn concurrent_replies_are_the_replies_alone() {
     assert!(metric(&text, "kestrel_prompt_tokens_cached_total") >= ((prompt - 1) / 16 * 16) as f64);
 }
 
+/// Recurrent models batch too (a state slot per sequence): concurrent completions of the
+/// RWKV-7 and Jamba (Mamba + attention + experts) fixtures, started at different times, are
+/// each the completion alone.
+#[test]
+fn concurrent_recurrent_replies_are_the_replies_alone() {
+    let _one = serial();
+    for name in ["rwkv7", "jamba"] {
+        let model = format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let server = Server::start_model(&model, &["--max-batch", "3"]);
+        assert_eq!(
+            server.log_count("continuous batching"),
+            1,
+            "{name} is batched"
+        );
+        let prompts = ["Once upon", "a b c", "hello there, how", "x"];
+        let text = |p: &str| json!({"prompt": p, "max_tokens": 10, "temperature": 0});
+        let reply = |v: &Value| v["choices"][0]["text"].as_str().expect("text").to_string();
+        let alone: Vec<String> = (prompts.iter())
+            .map(|p| reply(&server.post("/v1/completions", &text(p))))
+            .collect();
+        let together: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (prompts.iter().enumerate())
+                .map(|(i, p)| {
+                    let server = &server;
+                    scope.spawn(move || {
+                        std::thread::sleep(Duration::from_millis(15 * i as u64));
+                        reply(&server.post("/v1/completions", &text(p)))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("client"))
+                .collect()
+        });
+        assert_eq!(together, alone, "{name}");
+    }
+}
+
 /// A request the KV pool could never hold (its prompt and max_tokens) gets a 400 naming the
 /// pool at once; smaller ones still run.
 #[test]

@@ -75,14 +75,18 @@ pub trait Architecture {
     /// [`Head::Batch`] the tokens are rows of several sequences and `capacity` is the rows of
     /// the KV pool ([`crate::batch`]).
     fn build(&self, n_tokens: usize, capacity: usize, head: Head) -> Result<Graph>;
-    /// The states of a batched session whose KV pool has `pool_rows` rows per layer.
-    fn batch_states(&self, pool_rows: usize) -> Vec<StateSpec> {
-        self.states(pool_rows)
+    /// The states of a batched session whose KV pool has `pool_rows` rows per layer, for
+    /// `slots` sequence slots: by default [`Architecture::states`] for a sequence of
+    /// `pool_rows` tokens with each recurrent state once per slot ([`StateSpec::in_slots`]).
+    fn batch_states(&self, pool_rows: usize, slots: usize) -> Vec<StateSpec> {
+        (self.states(pool_rows).into_iter())
+            .map(|s| s.in_slots(slots))
+            .collect()
     }
-    /// Why the architecture cannot run batched steps of several sequences (per-sequence
-    /// recurrent state, attention sinks, block-sparse masks, bidirectional attention); None
+    /// Why the architecture cannot run batched steps of several sequences (attention sinks,
+    /// block-sparse masks, bidirectional attention, a kernel without a batched form); None
     /// when it can ([`Head::Batch`]).
     fn batch_refusal(&self) -> Option<String> {
-        Some("it keeps per-sequence state that batched decoding does not hold yet".into())
+        None
     }
 }

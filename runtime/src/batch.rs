@@ -37,6 +37,11 @@ pub const MAX_ROWS: usize = 256;
 /// The most sequences one step samples (the length of `picks` in shaders/batch.wgsl).
 pub const MAX_SEQS: usize = 64;
 
+/// The most tokens of one sequence a step of a recurrent model runs: its recurrences run
+/// them token by token in one invocation, within the loop iterations llvmpipe allows one
+/// (`kernels::linear_scan::recurrent_tokens_per_dispatch`: 127 at 128 key dims).
+pub const MAX_RECURRENT_ROWS: usize = 64;
+
 /// The batch uniform; mirrors `Batch` in shaders/batch.wgsl.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
@@ -45,7 +50,7 @@ pub struct BatchRows {
     pub rows: [[u32; 4]; MAX_ROWS],
     /// (row, seed, top_k, temperature bits) of each sampled sequence.
     pub picks: [[u32; 4]; MAX_SEQS],
-    /// (top_p bits, 0, 0, 0) of each sampled sequence.
+    /// (top_p bits, first row, rows, slot) of each sampled sequence (rows 0: unused).
     pub pick_p: [[u32; 4]; MAX_SEQS],
 }
 
@@ -119,7 +124,7 @@ impl BatchSession {
         let blocks = config.pool_tokens.div_ceil(KV_BLOCK).max(1) + 1;
         let pool_rows = blocks * KV_BLOCK;
         let table_width = context.div_ceil(KV_BLOCK);
-        let mut specs = arch.batch_states(pool_rows);
+        let mut specs = arch.batch_states(pool_rows, config.max_seqs + 1);
         let table_words = (config.max_seqs + 1) * table_width;
         specs.push(StateSpec::block_table(BLOCK_TABLE.into(), table_words));
         for s in &specs {
@@ -193,13 +198,18 @@ impl BatchSession {
             return Ok(None);
         };
         let need = reserve.max(1).div_ceil(KV_BLOCK);
-        let most = prompt.len().saturating_sub(1) / KV_BLOCK;
+        // A recurrent state sums up its whole sequence: nothing of another can be reused.
+        let most = match self.states.has_recurrent() {
+            true => 0,
+            false => prompt.len().saturating_sub(1) / KV_BLOCK,
+        };
         let cached = self.pool.lookup(prompt, most.min(need));
         let Some(blocks) = self.pool.take(&cached, need - cached.len()) else {
             return Ok(None);
         };
         let held = cached.len() * KV_BLOCK;
         self.write_table(slot, &blocks)?;
+        (self.states).clear_recurrent_slot(&self.gpu, slot, self.config.max_seqs + 1);
         self.slots[slot] = Some(Seq {
             blocks,
             tokens: prompt[..held].to_vec(),
@@ -290,11 +300,19 @@ impl BatchSession {
             if w.tokens.is_empty() {
                 return Err(Error::InputOutOfRange("no tokens given".into()));
             }
+            if self.states.has_recurrent() && w.tokens.len() > MAX_RECURRENT_ROWS {
+                return Err(Error::InputOutOfRange(format!(
+                    "{} tokens of one sequence in a step: a recurrent model takes at most \
+                     {MAX_RECURRENT_ROWS}",
+                    w.tokens.len()
+                )));
+            }
             if let Some(t) = w.tokens.iter().find(|&&t| t as usize >= vocab) {
                 return Err(Error::InputOutOfRange(format!(
                     "token id {t} is not below the vocabulary size {vocab}"
                 )));
             }
+            let first = tokens.len() as u32;
             let len = seq.tokens.len();
             let end = len + w.tokens.len();
             if end > seq.blocks.len() * KV_BLOCK {
@@ -316,7 +334,8 @@ impl BatchSession {
                 sm.top_k,
                 sm.temperature.to_bits(),
             ];
-            batch.pick_p[s] = [sm.top_p.to_bits(), 0, 0, 0];
+            let n = w.tokens.len() as u32;
+            batch.pick_p[s] = [sm.top_p.to_bits(), first, n, w.seq.0 as u32];
         }
         // Padding rows: position 0 of the padding slot (its table row is all block 0).
         let n_rows = bucket(rows);

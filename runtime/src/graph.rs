@@ -91,6 +91,37 @@ impl Graph {
         g
     }
 
+    /// The graph an architecture builds for `head`: [`Graph::batched`] for a batched step.
+    pub fn for_head(head: crate::arch::Head) -> Self {
+        match head {
+            crate::arch::Head::Batch(shape) => Self::batched(shape),
+            _ => Self::new(),
+        }
+    }
+
+    /// The shape of a recurrent state that is `per_sequence` for one sequence: in a batched
+    /// graph one such state per slot, stacked along the first dimension (slot s's starts at
+    /// s * per_sequence's elements), as `StateSpec::in_slots` allocates it.
+    pub fn recurrent_shape(&self, per_sequence: &[usize]) -> Vec<usize> {
+        let mut shape = per_sequence.to_vec();
+        if let (Some(b), Some(first)) = (self.batch, shape.first_mut()) {
+            *first *= b.shape.slots;
+        }
+        shape
+    }
+
+    /// A recurrent state of `per_sequence` elements per sequence ([`Graph::recurrent_shape`]).
+    pub fn recurrent_state(&mut self, name: &str, per_sequence: &[usize]) -> TensorId {
+        let shape = self.recurrent_shape(per_sequence);
+        self.state(name, &shape)
+    }
+
+    /// A batched graph's sequences (picks): the recurrent ops run one workgroup layer per
+    /// sequence over its rows. None outside a batch.
+    pub(crate) fn picks(&self) -> Option<usize> {
+        self.batch.map(|b| b.shape.picks)
+    }
+
     pub(crate) fn add(&mut self, shape: Vec<usize>, dtype: DType, source: Source) -> TensorId {
         self.tensors.push(TensorDesc {
             shape,

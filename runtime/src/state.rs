@@ -51,6 +51,16 @@ impl StateSpec {
 }
 
 impl StateSpec {
+    /// The state of a batched session with `slots` sequence slots: a recurrent state once per
+    /// slot, stacked along its first dimension (`crate::Graph::recurrent_shape`); a KV cache,
+    /// already a shared pool, as it is.
+    pub fn in_slots(mut self, slots: usize) -> StateSpec {
+        if let (true, Some(first)) = (self.recurrent, self.shape.first_mut()) {
+            *first *= slots;
+        }
+        self
+    }
+
     /// A batched session's block table (`crate::batch`): u32 block numbers the host writes as
     /// sequences open and close; zero (the padding block) where no sequence is.
     pub fn block_table(name: String, n: usize) -> StateSpec {
@@ -107,6 +117,26 @@ impl StateStore {
         for name in &self.recurrent {
             if let Some(t) = self.tensors.get(name) {
                 enc.clear_buffer(&t.buffer, 0, None);
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+        gpu.work.submit(0);
+    }
+    /// Zero slot `slot` of `slots` of every recurrent state ([`StateSpec::in_slots`]), queued
+    /// before any later run: a batched sequence opened there starts from nothing.
+    pub fn clear_recurrent_slot(&self, gpu: &Gpu, slot: usize, slots: usize) {
+        if self.recurrent.is_empty() {
+            return;
+        }
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("clear a slot's recurrent state"),
+            });
+        for name in &self.recurrent {
+            if let Some(t) = self.tensors.get(name) {
+                let per_slot = t.bytes() / slots as u64;
+                enc.clear_buffer(&t.buffer, per_slot * slot as u64, Some(per_slot));
             }
         }
         gpu.queue.submit([enc.finish()]);

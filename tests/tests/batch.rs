@@ -164,6 +164,20 @@ fn batched_steps_give_each_sequence_its_own_logits() {
     }
 }
 
+/// Recurrent states in per-sequence slots: each family's convolutions and recurrences run
+/// every sequence of a step from its own slot, zeroed when a sequence opens there (sequence
+/// D reuses A's slot); the hybrids mix them with paged attention.
+#[test]
+fn recurrent_models_keep_a_state_per_sequence() {
+    for gpu in gpus() {
+        for name in [
+            "mamba", "mamba2", "rwkv6", "rwkv7", "gla", "jamba", "zamba2",
+        ] {
+            check_model(&gpu, name);
+        }
+    }
+}
+
 #[test]
 fn pool_limits_and_bad_steps_are_refused() {
     let gpu = gpus().remove(0);
@@ -255,9 +269,9 @@ fn sequences_share_the_blocks_of_a_common_prefix() {
 }
 
 #[test]
-fn recurrent_models_are_refused_by_name() {
+fn models_without_a_batched_form_are_refused_by_name() {
     let gpu = gpus().remove(0);
-    let model = kestrel_models::load(&gpu, &fixture("mamba")).expect("load");
+    let model = kestrel_models::load(&gpu, &fixture("rwkv4")).expect("load");
     let config = BatchConfig {
         max_seqs: 2,
         context: 16,
@@ -266,7 +280,11 @@ fn recurrent_models_are_refused_by_name() {
     let err = BatchSession::new(&gpu, model.architecture(), config)
         .err()
         .expect("refused");
-    assert!(err.to_string().contains("batched decoding"), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("batched decoding") && text.contains("RWKV-4"),
+        "{err}"
+    );
 }
 
 /// The paged attention kernel (decode_attention's, PAGED) against the f64 reference: queries

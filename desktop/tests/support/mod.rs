@@ -60,7 +60,7 @@ impl Server {
             let _ = child.kill();
             panic!("the server did not start: {seen:?}");
         };
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(seen));
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
@@ -70,7 +70,7 @@ impl Server {
         Server { child, port, log }
     }
 
-    /// Log lines (after the listening line) containing `pattern`.
+    /// Log lines (every line but the listening one) containing `pattern`.
     pub fn log_count(&self, pattern: &str) -> usize {
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         log.iter().filter(|l| l.contains(pattern)).count()

@@ -317,7 +317,7 @@ impl MambaMixer {
             let cv = &layer.convs[i];
             let w = g.weight(&cv.w);
             let b = cv.bias.as_ref().map(|b| g.weight(b));
-            let state = g.state(&c.conv_state(l, name), &[c.conv_kernel - 1, ch]);
+            let state = g.recurrent_state(&c.conv_state(l, name), &[c.conv_kernel - 1, ch]);
             g.conv1d(input, w, b, state, c.conv_kernel, true)
         };
         let xc = conv(g, 0, xs)?;
@@ -342,7 +342,7 @@ impl MambaMixer {
         let dt = g.elementwise(Elementwise::SoftplusAdd, dt_raw, dt_bias)?;
         let a = g.weight(&layer.a);
         let shape = c.scan_shape();
-        let state = g.state(&c.ssm_state(l), &[shape.heads * shape.dv, shape.dk]);
+        let state = g.recurrent_state(&c.ssm_state(l), &[shape.heads * shape.dv, shape.dk]);
         let y = g.linear_scan(cc, b, xc, Some(dt), Some(a), None, state, shape)?;
         let d = g.weight(&layer.d);
         let skip = g.elementwise(Elementwise::Mul, xc, d)?;

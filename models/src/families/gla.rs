@@ -316,7 +316,7 @@ impl Gla {
         let gate_scale = g.weight(&self.gate_scale);
         let log_decay = g.elementwise(Elementwise::Mul, gk, gate_scale)?;
         let shape = c.scan_shape();
-        let state = g.state(&Self::state_name(l), &[shape.heads * shape.dv, shape.dk]);
+        let state = g.recurrent_state(&Self::state_name(l), &[shape.heads * shape.dv, shape.dk]);
         let o = g.linear_scan(q, k, v, Some(log_decay), None, None, state, shape)?;
         let norm = g.weight(&layer.out_norm);
         let o = g.rms_norm_grouped(o, norm, c.eps, c.heads)?;
@@ -355,7 +355,7 @@ impl Architecture for Gla {
     }
 
     fn build(&self, n: usize, _capacity: usize, head: Head) -> kestrel_runtime::Result<Graph> {
-        let mut g = Graph::new();
+        let mut g = Graph::for_head(head);
         let ids = g.input("tokens", &[n], DType::U32);
         let embed = g.weight(&self.embed);
         let mut x = g.embedding(embed, ids)?;

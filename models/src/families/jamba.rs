@@ -320,7 +320,7 @@ impl Architecture for Jamba {
 
     fn build(&self, n: usize, capacity: usize, head: Head) -> kestrel_runtime::Result<Graph> {
         let c = &self.config;
-        let mut g = Graph::new();
+        let mut g = Graph::for_head(head);
         let ids = g.input("tokens", &[n], DType::U32);
         let embed = g.weight(&self.embed);
         let mut x = g.embedding(embed, ids)?;

@@ -914,7 +914,7 @@ impl Architecture for Decoder {
         self.states_of(&self.kv_layouts(capacity))
     }
 
-    fn batch_states(&self, pool_rows: usize) -> Vec<StateSpec> {
+    fn batch_states(&self, pool_rows: usize, _slots: usize) -> Vec<StateSpec> {
         let layouts: Vec<KvLayout> = (self.config.layer_windows.iter())
             .map(|&w| KvLayout::paged(w, pool_rows))
             .collect();
@@ -937,10 +937,7 @@ impl Architecture for Decoder {
     }
 
     fn build(&self, n: usize, capacity: usize, head: Head) -> kestrel_runtime::Result<Graph> {
-        let mut g = match head {
-            Head::Batch(shape) => Graph::batched(shape),
-            _ => Graph::new(),
-        };
+        let mut g = Graph::for_head(head);
         let ids = g.input("tokens", &[n], DType::U32);
         let x = self.forward(&mut g, ids, capacity)?;
         match head {

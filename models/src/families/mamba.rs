@@ -242,7 +242,7 @@ impl Architecture for Mamba {
     }
 
     fn build(&self, n: usize, _capacity: usize, head: Head) -> kestrel_runtime::Result<Graph> {
-        let mut g = Graph::new();
+        let mut g = Graph::for_head(head);
         let ids = g.input("tokens", &[n], DType::U32);
         let embed = g.weight(&self.embed);
         let mut x = g.embedding(embed, ids)?;

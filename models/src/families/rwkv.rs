@@ -369,7 +369,7 @@ impl Architecture for Rwkv {
 
     fn build(&self, n: usize, _capacity: usize, head: Head) -> GResult<Graph> {
         let c = &self.config;
-        let mut g = Graph::new();
+        let mut g = Graph::for_head(head);
         let ids = g.input("tokens", &[n], DType::U32);
         let embed = g.weight(&self.embed);
         let mut x = g.embedding(embed, ids)?;
@@ -382,7 +382,7 @@ impl Architecture for Rwkv {
             }
             let h = layer.attn_norm.apply(&mut g, x, c.norm_eps, 1)?;
             let delta = self.token_shift(&mut g, h, &self.shift_state(l, "attn"))?;
-            let state = g.state(&self.wkv_state(l), &[shape.heads * shape.dv, shape.dk]);
+            let state = g.recurrent_state(&self.wkv_state(l), &[shape.heads * shape.dv, shape.dk]);
             let input = MixInput {
                 x: h,
                 delta,

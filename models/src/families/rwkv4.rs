@@ -326,6 +326,10 @@ impl Architecture for Rwkv4 {
             .collect()
     }
 
+    fn batch_refusal(&self) -> Option<String> {
+        Some("RWKV-4's wkv kernel has no batched form".into())
+    }
+
     fn build(&self, n: usize, _capacity: usize, head: Head) -> kestrel_runtime::Result<Graph> {
         let mut g = Graph::new();
         let ids = g.input("tokens", &[n], DType::U32);

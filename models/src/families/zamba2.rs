@@ -521,7 +521,7 @@ impl Architecture for Zamba2 {
 
     fn build(&self, n: usize, capacity: usize, head: Head) -> kestrel_runtime::Result<Graph> {
         let c = &self.config;
-        let mut g = Graph::new();
+        let mut g = Graph::for_head(head);
         let ids = g.input("tokens", &[n], DType::U32);
         let embed = g.weight(&self.embed);
         let emb = g.embedding(embed, ids)?;

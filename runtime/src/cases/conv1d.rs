@@ -1,7 +1,7 @@
 //! The causal depthwise conv1d, which also carries its rolling state (compared exactly: it
-//! is a copy of inputs).
+//! is a copy of inputs); and its batched form, each sequence of a step from its own slot.
 
-use super::{poisoned, upload_f32, Case, Output, Prepared, SUM_TOL};
+use super::{batch_uniform, poisoned, upload_f32, Case, Output, Prepared, SUM_TOL};
 use crate::kernels::conv1d;
 use crate::rng::Rng;
 
@@ -29,10 +29,14 @@ pub fn cases() -> Vec<Case> {
                 upload_f32(gpu, &b),
             );
             let (sb, out) = (upload_f32(gpu, &state), poisoned(gpu, tokens * channels));
-            let bias_buf = bias.then_some(&*bb);
-            let d = conv1d::launch(
-                gpu, &xb, &wb, bias_buf, &sb, &out, tokens, channels, kernel, silu,
-            )?;
+            let io = conv1d::Buffers {
+                x: &xb,
+                w: &wb,
+                bias: bias.then_some(&*bb),
+                state: &sb,
+                out: &out,
+            };
+            let d = conv1d::launch(gpu, &io, tokens, channels, kernel, silu)?;
             let bias_ref = bias.then_some(b.as_slice());
             let want = conv1d::reference(&x, &w, bias_ref, &mut state, channels, kernel, silu);
             let outputs = vec![
@@ -40,6 +44,63 @@ pub fn cases() -> Vec<Case> {
                 Output::bits("state", &sb, state),
             ];
             Ok(Prepared::new(gpu, d, outputs))
+        }));
+    }
+    cases.extend(paged_cases());
+    cases
+}
+
+/// A batched step: sequences of (rows, slot) in a pool of 5 slots (slots 1 and 4 named by no
+/// sequence must keep their state bit for bit), a fourth pick unused, then 3 padding rows no
+/// sequence owns (left unwritten: only the sequences' rows are compared).
+fn paged_cases() -> Vec<Case> {
+    let seqs = [(4, 2), (1, 0), (6, 3)];
+    let (slots, picks, padding) = (5, 4, 3);
+    let mut cases = Vec::new();
+    for (i, (channels, kernel, silu, bias)) in [(70, 4, true, true), (9, 2, false, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("batched C={channels} K={kernel} silu={silu} bias={bias}");
+        cases.push(Case::new("conv1d", what, move |gpu| {
+            let mut rng = Rng::new(771 + i as u64);
+            let rows: usize = seqs.iter().map(|s| s.0).sum();
+            let x = rng.vec((rows + padding) * channels, 2.0);
+            let w = rng.vec(channels * kernel, 1.0);
+            let b = rng.vec(channels, 1.0);
+            let per_slot = (kernel - 1) * channels;
+            let mut state = rng.vec(slots * per_slot, 1.0);
+            let (xb, wb, bb) = (
+                upload_f32(gpu, &x),
+                upload_f32(gpu, &w),
+                upload_f32(gpu, &b),
+            );
+            let (sb, out) = (upload_f32(gpu, &state), poisoned(gpu, x.len()));
+            let io = conv1d::Buffers {
+                x: &xb,
+                w: &wb,
+                bias: bias.then_some(&*bb),
+                state: &sb,
+                out: &out,
+            };
+            let batch = batch_uniform(gpu, &seqs);
+            let d = conv1d::launch_paged(gpu, &io, &batch, picks, channels, kernel, silu)?;
+            let mut want = Vec::new();
+            let mut first = 0;
+            for &(n, slot) in &seqs {
+                let xs = &x[first * channels..(first + n) * channels];
+                let st = &mut state[slot * per_slot..(slot + 1) * per_slot];
+                let bias_ref = bias.then_some(b.as_slice());
+                want.extend(conv1d::reference(
+                    xs, &w, bias_ref, st, channels, kernel, silu,
+                ));
+                first += n;
+            }
+            let outputs = vec![
+                Output::close("outputs", &out, want, SUM_TOL),
+                Output::bits("states", &sb, state),
+            ];
+            Ok(Prepared::new(gpu, vec![d], outputs))
         }));
     }
     cases

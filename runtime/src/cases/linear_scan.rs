@@ -35,7 +35,7 @@
 //! for random a/b (a transition that is no contraction grows rounding errors instead of
 //! shrinking them; the token-by-token forms reach 7.5e-7 there) — under the 1e-5 kept.
 
-use super::{poisoned, upload_f32, Case, Output, Prepared, SCAN_TOL};
+use super::{batch_uniform, poisoned, upload_f32, Case, Output, Prepared, SCAN_TOL};
 use crate::buffer::GpuBuffer;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
@@ -56,7 +56,15 @@ enum Form {
     Chunked(usize),
     /// Its matmul form with chunks of this many tokens.
     Matmul(usize),
+    /// A batched step of the sequences [`PAGED_SEQS`] (linear_scan.wgsl, PAGED).
+    Paged,
 }
+
+/// A batched step's sequences as (rows, slot) in a pool of [`PAGED_SLOTS`] states, and its
+/// picks (the last unused): slots 1 and 4 are named by none and must keep their state.
+const PAGED_SEQS: [(usize, usize); 3] = [(3, 2), (1, 0), (5, 3)];
+const PAGED_SLOTS: usize = 5;
+const PAGED_PICKS: usize = 4;
 
 /// How a case draws the delta term's a and b.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -275,6 +283,10 @@ impl Draw {
                 let scratch = poisoned(gpu, floats);
                 linear_scan::launch_matmul(gpu, &b, &scratch, &s, tokens, c)?.to_vec()
             }
+            Form::Paged => {
+                let batch = batch_uniform(gpu, &PAGED_SEQS);
+                vec![linear_scan::launch_paged(gpu, &b, &batch, &s, PAGED_PICKS)?]
+            }
         };
         Ok((d, out))
     }
@@ -378,6 +390,52 @@ fn case(
     })
 }
 
+/// A batched step ([`Form::Paged`]) over the rows of a draw, then two padding rows no
+/// sequence owns (not compared: left unwritten): each sequence's outputs, and its slot of a
+/// pool of random states, against the reference run from that slot's state alone.
+fn paged_case(name: &'static str, shape: ScanShape, seed: u64) -> Case {
+    let what = format!("{name} batched {PAGED_SEQS:?}");
+    Case::new("linear_scan", what, move |gpu| {
+        let rows: usize = PAGED_SEQS.iter().map(|s| s.0).sum();
+        let draw = Draw::new(shape, rows + 2, seed, (-3.0, 0.0), AbDraw::of(name));
+        let per_slot = shape.heads * shape.dv * shape.dk;
+        let pool = Rng::new(seed + 1).vec(PAGED_SLOTS * per_slot, 0.5);
+        let mut want_state = pool.clone();
+        let mut want_out = Vec::new();
+        let mut first = 0;
+        for &(n, slot) in &PAGED_SEQS {
+            // Rows first..first + n of an input laid out row by row (whole when constant).
+            let rows_of = |x: &'_ [f32]| -> Vec<f32> {
+                let per = x.len() / draw.tokens;
+                x[first * per..(first + n) * per].to_vec()
+            };
+            let (q, k, v) = (rows_of(&draw.q), rows_of(&draw.k), rows_of(&draw.v));
+            let (decay, ab) = (rows_of(&draw.decay), rows_of(&draw.ab));
+            let inputs = ScanInputs {
+                q: &q,
+                k: &k,
+                v: &v,
+                decay: &decay,
+                consts: &draw.consts,
+                ab: &ab,
+            };
+            let st = &mut want_state[slot * per_slot..][..per_slot];
+            let mut s64: Vec<f64> = st.iter().map(|&x| x as f64).collect();
+            let out = linear_scan::reference(&inputs, &shape, n, &mut s64);
+            want_out.extend(out.iter().map(|&x| x as f32));
+            st.iter_mut().zip(&s64).for_each(|(d, s)| *d = *s as f32);
+            first += n;
+        }
+        let state = upload_f32(gpu, &pool);
+        let (d, out) = draw.launch(gpu, &state, (0, draw.tokens), Form::Paged)?;
+        let outputs = vec![
+            Output::close("outputs", &out, want_out, SCAN_TOL),
+            Output::close("slots' states", &state, want_state, SCAN_TOL),
+        ];
+        Ok(Prepared::new(gpu, d, outputs))
+    })
+}
+
 /// `others`, then the matmul form with chunks of each length in `matmul` (lengths up to
 /// [`MM_CHUNK`]; for the delta kind, whose chunks are shorter, the same fraction of
 /// [`MM_DELTA_CHUNK`]: 31 and 32 become 15 and 16).
@@ -464,6 +522,9 @@ pub fn cases() -> Vec<Case> {
         for form in forms(shape, &all, &[MM_CHUNK]) {
             cases.push(case(name, shape, 512, 1400, (-3.0, 0.0), form));
         }
+    }
+    for (i, (name, shape)) in kinds().into_iter().enumerate() {
+        cases.push(paged_case(name, shape, 1500 + i as u64));
     }
     cases.push(prefill_then_decode(4, Form::Chunked(16)));
     cases.push(prefill_then_decode(3, Form::Matmul(MM_CHUNK)));

@@ -497,6 +497,24 @@ pub fn upload_u32(gpu: &Gpu, data: &[u32]) -> GpuBuffer {
     gpu.storage_buffer_init("case u32", bytemuck::cast_slice(data))
 }
 
+/// A batched step's uniform (shaders/batch.wgsl) whose sequences, given as (rows, slot), take
+/// consecutive rows from row 0; picks after them are unused (0 rows). Each row's position is
+/// its index in its sequence and its pool row 0 (the recurrent kernels read neither).
+pub fn batch_uniform(gpu: &Gpu, seqs: &[(usize, usize)]) -> GpuBuffer {
+    use crate::batch::BatchRows;
+    let mut b = <BatchRows as bytemuck::Zeroable>::zeroed();
+    let mut first = 0;
+    for (s, &(n, slot)) in seqs.iter().enumerate() {
+        for pos in 0..n {
+            b.rows[first + pos] = [pos as u32, 0, slot as u32, 0];
+        }
+        b.picks[s] = [(first + n).saturating_sub(1) as u32, 0, 0, 0];
+        b.pick_p[s] = [0, first as u32, n as u32, slot as u32];
+        first += n;
+    }
+    gpu.uniform_buffer_init("case batch", bytemuck::bytes_of(&b))
+}
+
 /// A storage buffer of `n` f32 values, all NaN: whatever a kernel fails to write stays NaN
 /// and makes the comparison fail.
 pub fn poisoned(gpu: &Gpu, n: usize) -> GpuBuffer {

@@ -13,20 +13,24 @@ use crate::shader::ShaderDefs;
 
 pub const KERNEL: Kernel = kernel!("conv1d", variants);
 
-fn defs(kernel: usize, silu: bool, bias: bool) -> ShaderDefs {
+fn defs(kernel: usize, silu: bool, bias: bool, paged: bool) -> ShaderDefs {
     ShaderDefs::new()
         .u32("K", kernel as u32)
         .bool("SILU", silu)
         .bool("BIAS", bias)
+        .bool("PAGED", paged)
 }
 
-/// Kernel sizes 2, 4 (Mamba's), 7 and 16 (the largest), with and without silu and bias.
+/// Kernel sizes 2, 4 (Mamba's), 7 and 16 (the largest), with and without silu and bias, for
+/// one sequence and for a batched step.
 pub fn variants() -> Vec<ShaderDefs> {
     let mut out = Vec::new();
     for k in [2, 4, 7, 16] {
         for silu in [false, true] {
             for bias in [false, true] {
-                out.push(defs(k, silu, bias));
+                for paged in [false, true] {
+                    out.push(defs(k, silu, bias, paged));
+                }
             }
         }
     }
@@ -34,7 +38,9 @@ pub fn variants() -> Vec<ShaderDefs> {
 }
 
 /// Depthwise causal conv over time: `x` [T, C] with `w` [C, kernel] (+ `bias` [C]) into
-/// `out`, continuing from and updating `state` [kernel - 1, C]; silu after if `silu`.
+/// `out`, continuing from and updating `state` [kernel - 1, C]; silu after if `silu`. In a
+/// batched graph (`paged`: its number of sequences) each sequence's rows run from its own
+/// slot of `state` [slots * (kernel - 1), C].
 #[derive(Debug)]
 pub struct Conv1d {
     pub x: TensorId,
@@ -44,6 +50,7 @@ pub struct Conv1d {
     pub out: TensorId,
     pub kernel: usize,
     pub silu: bool,
+    pub paged: Option<usize>,
 }
 
 impl Graph {
@@ -66,12 +73,9 @@ impl Graph {
         if let Some(b) = bias {
             self.expect_vector(b, c, "conv1d bias")?;
         }
-        if self.shape(state) != [kernel - 1, c] {
-            return Err(mismatch(
-                "conv1d state",
-                &[kernel - 1, c],
-                self.shape(state),
-            ));
+        let want = self.recurrent_shape(&[kernel - 1, c]);
+        if self.shape(state) != want {
+            return Err(mismatch("conv1d state", &want, self.shape(state)));
         }
         let out = self.activation(xs);
         self.push(Conv1d {
@@ -82,6 +86,7 @@ impl Graph {
             out,
             kernel,
             silu,
+            paged: self.picks(),
         });
         Ok(out)
     }
@@ -100,19 +105,22 @@ impl Op for Conv1d {
 
     fn lower(&self, cx: &mut Lowering) -> Result<()> {
         let s = cx.shape(self.x);
-        let d = launch(
-            cx.gpu(),
-            cx.buf(self.x)?,
-            cx.buf(self.w)?,
-            cx.opt_buf(self.bias)?,
-            cx.buf(self.state)?,
-            cx.buf(self.out)?,
-            s[0],
-            s[1],
-            self.kernel,
-            self.silu,
-        )?;
-        cx.push(d);
+        let io = Buffers {
+            x: cx.buf(self.x)?,
+            w: cx.buf(self.w)?,
+            bias: cx.opt_buf(self.bias)?,
+            state: cx.buf(self.state)?,
+            out: cx.buf(self.out)?,
+        };
+        let (gpu, channels) = (cx.gpu(), s[1]);
+        match self.paged {
+            Some(seqs) => {
+                let batch = cx.batch()?;
+                let d = launch_paged(gpu, &io, batch, seqs, channels, self.kernel, self.silu)?;
+                cx.push([d]);
+            }
+            None => cx.push(launch(gpu, &io, s[0], channels, self.kernel, self.silu)?),
+        }
         Ok(())
     }
 }
@@ -140,23 +148,35 @@ pub fn validate(kernel: usize) -> Result<()> {
     Ok(())
 }
 
-/// `x` [tokens, channels] through weights `w` [channels, kernel] and optional `bias`
-/// [channels] into `out`, reading and updating `state` [kernel - 1, channels].
-#[allow(clippy::too_many_arguments)]
+/// The buffers of a convolution: `x` [tokens, channels], weights `w` [channels, kernel],
+/// optional `bias` [channels], `state` (per sequence [kernel - 1, channels]) and `out`.
+pub struct Buffers<'a> {
+    pub x: &'a wgpu::Buffer,
+    pub w: &'a wgpu::Buffer,
+    pub bias: Option<&'a wgpu::Buffer>,
+    pub state: &'a wgpu::Buffer,
+    pub out: &'a wgpu::Buffer,
+}
+
+impl Buffers<'_> {
+    fn bindings<'b>(&'b self, gpu: &'b Gpu) -> [&'b wgpu::Buffer; 5] {
+        let bias = self.bias.unwrap_or(&gpu.dummy);
+        [self.x, self.w, bias, self.state, self.out]
+    }
+}
+
+/// `io.x`'s `tokens` rows of one sequence through the convolution into `io.out`, reading and
+/// updating `io.state`.
 pub fn launch(
     gpu: &Gpu,
-    x: &wgpu::Buffer,
-    w: &wgpu::Buffer,
-    bias: Option<&wgpu::Buffer>,
-    state: &wgpu::Buffer,
-    out: &wgpu::Buffer,
+    io: &Buffers,
     tokens: usize,
     channels: usize,
     kernel: usize,
     silu: bool,
 ) -> Result<Vec<Dispatch>> {
     validate(kernel)?;
-    let defs = defs(kernel, silu, bias.is_some());
+    let defs = defs(kernel, silu, io.bias.is_some(), false);
     let per = tokens_per_dispatch(kernel);
     (0..tokens)
         .step_by(per)
@@ -171,11 +191,38 @@ pub fn launch(
                 gpu,
                 &defs,
                 &params,
-                &[x, w, bias.unwrap_or(&gpu.dummy), state, out],
+                &io.bindings(gpu),
                 gpu.grid((channels as u32).div_ceil(64)),
             )
         })
         .collect()
+}
+
+/// A batched step's rows (`batch`, shaders/batch.wgsl) through the convolution: a workgroup
+/// layer per sequence (`seqs` of them), each running its own rows from its own slot of
+/// `io.state` [slots * (kernel - 1), channels] (at most `crate::batch::MAX_RECURRENT_ROWS`
+/// rows per sequence, within llvmpipe's loop limit).
+pub fn launch_paged(
+    gpu: &Gpu,
+    io: &Buffers,
+    batch: &wgpu::Buffer,
+    seqs: usize,
+    channels: usize,
+    kernel: usize,
+    silu: bool,
+) -> Result<Dispatch> {
+    validate(kernel)?;
+    let defs = defs(kernel, silu, io.bias.is_some(), true);
+    let params = Params {
+        tokens: 0,
+        channels: channels as u32,
+        t0: 0,
+        _p: 0,
+    };
+    let [gx, gy, _] = gpu.grid((channels as u32).div_ceil(64));
+    let [x, w, bias, state, out] = io.bindings(gpu);
+    let buffers = [x, w, bias, state, out, batch];
+    KERNEL.dispatch(gpu, &defs, &params, &buffers, [gx, gy, seqs as u32])
 }
 
 /// The same on the CPU; `state` is updated as on the GPU.

@@ -199,11 +199,22 @@ fn kinds() -> Vec<ScanShape> {
     out
 }
 
-/// The outputs pass writing the state (token by token) or not (after the carry), per kind.
+/// The outputs pass's specialisation: writing the state (token by token) or not (after the
+/// carry), for one sequence or each sequence of a batched step from its slot (`paged`).
+fn outputs_defs(shape: &ScanShape, write_state: bool, paged: bool) -> ShaderDefs {
+    (shape.defs())
+        .bool("WRITE_STATE", write_state)
+        .bool("PAGED", paged)
+}
+
+/// The outputs pass after the carry, token by token, and token by token in a batched step,
+/// per kind.
 pub fn variants() -> Vec<ShaderDefs> {
     kinds()
         .iter()
-        .flat_map(|k| [false, true].map(|w| k.defs().bool("WRITE_STATE", w)))
+        .flat_map(|k| {
+            [(false, false), (true, false), (true, true)].map(|(w, p)| outputs_defs(k, w, p))
+        })
         .collect()
 }
 
@@ -446,7 +457,7 @@ fn token_by_token(
         ),
         false => (
             KERNEL,
-            shape.defs().bool("WRITE_STATE", true),
+            outputs_defs(shape, true, false),
             recurrent_tokens_per_dispatch(shape.dk),
             ((shape.heads * shape.dv) as u32).div_ceil(64),
         ),
@@ -464,6 +475,28 @@ fn token_by_token(
             )
         })
         .collect()
+}
+
+/// A batched step's rows (`batch`, shaders/batch.wgsl) token by token on
+/// shaders/linear_scan.wgsl: a workgroup layer per sequence (`seqs` of them), each running its
+/// own rows from its own slot of `b.state` [slots * heads * dv, dk], updated in place (at most
+/// `crate::batch::MAX_RECURRENT_ROWS` rows per sequence, within llvmpipe's loop limit).
+pub fn launch_paged(
+    gpu: &Gpu,
+    b: &ScanBuffers,
+    batch: &wgpu::Buffer,
+    shape: &ScanShape,
+    seqs: usize,
+) -> Result<Dispatch> {
+    let [decay, consts, ab] = check_inputs(gpu, shape, b)?;
+    let [gx, gy, _] = gpu.grid(((shape.heads * shape.dv) as u32).div_ceil(64));
+    KERNEL.dispatch(
+        gpu,
+        &outputs_defs(shape, true, true),
+        &params(shape, 0, 1, 1),
+        &[b.k, b.v, &decay, &consts, &ab, b.q, b.state, b.out, batch],
+        [gx, gy, seqs as u32],
+    )
 }
 
 /// The chunked scan over `tokens` tokens from `b.state` (updated to the state after them),
@@ -491,7 +524,7 @@ pub fn launch_chunked(
     let rows = p.chunks * (shape.heads * shape.dv) as u32;
     let outputs = KERNEL.dispatch(
         gpu,
-        &shape.defs().bool("WRITE_STATE", false),
+        &outputs_defs(shape, false, false),
         &p,
         &[b.k, b.v, &decay, &consts, &ab, b.q, scratch, b.out],
         gpu.grid(rows.div_ceil(64)),
@@ -582,7 +615,9 @@ pub fn launch_matmul(
 
 /// The gated linear recurrence over T tokens from `state` [heads * dv, dk] (updated):
 /// q, k [T, qk_heads * dk], v [T, heads * dv], decay (g or dt), consts (A or u), ab
-/// [T, heads * 2 * dk] as `shape` needs; out [T, heads * dv].
+/// [T, heads * 2 * dk] as `shape` needs; out [T, heads * dv]. In a batched graph (`paged`:
+/// its number of sequences) each sequence's rows run token by token from its own slot of
+/// `state` [slots * heads * dv, dk].
 #[derive(Debug)]
 pub struct LinearScan {
     pub q: TensorId,
@@ -594,6 +629,7 @@ pub struct LinearScan {
     pub state: TensorId,
     pub out: TensorId,
     pub shape: ScanShape,
+    pub paged: Option<usize>,
 }
 
 impl Graph {
@@ -633,7 +669,8 @@ impl Graph {
         expect(self, Some(q), "q", Some(vec![t, qk_heads * dk]))?;
         expect(self, Some(k), "k", Some(vec![t, qk_heads * dk]))?;
         expect(self, Some(v), "v", Some(vec![t, heads * dv]))?;
-        expect(self, Some(state), "state", Some(vec![heads * dv, dk]))?;
+        let state_shape = self.recurrent_shape(&[heads * dv, dk]);
+        expect(self, Some(state), "state", Some(state_shape))?;
         let decay_shape = match shape.decay {
             Decay::None => None,
             Decay::Gate { .. } => Some(vec![t, heads * gk]),
@@ -663,6 +700,7 @@ impl Graph {
             state,
             out,
             shape,
+            paged: self.picks(),
         });
         Ok(out)
     }
@@ -681,8 +719,8 @@ impl Op for LinearScan {
         (r, vec![self.out, self.state])
     }
 
-    /// Token by token up to [`RECURRENT_TOKENS`] (at any length where [`lanes_on`]), else
-    /// the chunked scan — in matmul form where [`matmul_on`] — with a scratch shared by
+    /// A batched step's sequences token by token ([`launch_paged`]). Otherwise token by token
+    /// up to [`RECURRENT_TOKENS`] (at any length where [`lanes_on`]), else the chunked scan — in matmul form where [`matmul_on`] — with a scratch shared by
     /// every layer.
     fn lower(&self, cx: &mut Lowering) -> Result<()> {
         let n = cx.shape(self.q)[0];
@@ -692,7 +730,7 @@ impl Op for LinearScan {
         } else {
             CHUNK
         };
-        let scratch = match n > RECURRENT_TOKENS && !lanes_on(cx.gpu()) {
+        let scratch = match n > RECURRENT_TOKENS && !lanes_on(cx.gpu()) && self.paged.is_none() {
             true => {
                 let floats = match matmul {
                     true => matmul_scratch_floats(&self.shape, n, chunk),
@@ -713,6 +751,11 @@ impl Op for LinearScan {
             out: cx.buf(self.out)?,
         };
         let gpu = cx.gpu();
+        if let Some(seqs) = self.paged {
+            let d = launch_paged(gpu, &b, cx.batch()?, &self.shape, seqs)?;
+            cx.push([d]);
+            return Ok(());
+        }
         match &scratch {
             Some(s) if matmul => cx.push(launch_matmul(gpu, &b, s, &self.shape, n, chunk)?),
             Some(s) => cx.push(launch_chunked(gpu, &b, s, &self.shape, n, chunk)?),

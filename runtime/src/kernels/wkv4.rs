@@ -196,6 +196,11 @@ impl Graph {
         u: TensorId,
         state: TensorId,
     ) -> Result<TensorId> {
+        if self.batch.is_some() {
+            return Err(Error::Graph(
+                "wkv4 has no batched form (per-sequence state slots)".into(),
+            ));
+        }
         let ks = self.shape(k).to_vec();
         if ks.len() != 2 || ks[1] == 0 {
             return Err(Error::Graph(format!("wkv4: k must be [T, C], got {ks:?}")));

@@ -272,7 +272,7 @@ pub fn token_shift(
     hidden: usize,
 ) -> GResult<TensorId> {
     let w = g.weight(shift);
-    let s = g.state(state, &[1, hidden]);
+    let s = g.recurrent_state(state, &[1, hidden]);
     g.conv1d(x, w, None, s, 2, false)
 }
 
