@@ -187,6 +187,26 @@ fn serves_models_chat_and_completions() {
     }
 }
 
+/// `client(i, prompt)` for every prompt at once, each on its own thread started 15 ms after
+/// the one before (later requests join a batch already decoding); the replies in order.
+fn staggered(prompts: &[&str], client: impl Fn(usize, &str) -> String + Sync) -> Vec<String> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (prompts.iter().enumerate())
+            .map(|(i, p)| {
+                let client = &client;
+                scope.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(15 * i as u64));
+                    client(i, p)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client"))
+            .collect()
+    })
+}
+
 /// Continuous batching: replies that run together, streamed or not and started at different
 /// times, are each the reply the same request gets alone.
 #[test]
@@ -203,28 +223,15 @@ fn concurrent_replies_are_the_replies_alone() {
             )
         })
         .collect();
-    let together: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (prompts.iter().enumerate())
-            .map(|(i, p)| {
-                let server = &server;
-                scope.spawn(move || {
-                    // Staggered starts: later requests join a batch already decoding.
-                    std::thread::sleep(Duration::from_millis(15 * i as u64));
-                    let stream = i % 2 == 1;
-                    let (status, body) =
-                        server.post_text("/v1/chat/completions", &chat(p, 12, stream).to_string());
-                    assert_eq!(status, 200, "{body}");
-                    match stream {
-                        true => streamed_chat(&body).0,
-                        false => chat_content(&serde_json::from_str(&body).expect("json"), 12),
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("client"))
-            .collect()
+    let together = staggered(&prompts, |i, p| {
+        let stream = i % 2 == 1;
+        let (status, body) =
+            server.post_text("/v1/chat/completions", &chat(p, 12, stream).to_string());
+        assert_eq!(status, 200, "{body}");
+        match stream {
+            true => streamed_chat(&body).0,
+            false => chat_content(&serde_json::from_str(&body).expect("json"), 12),
+        }
     });
     assert_eq!(together, alone);
 
@@ -263,20 +270,8 @@ fn concurrent_recurrent_replies_are_the_replies_alone() {
         let alone: Vec<String> = (prompts.iter())
             .map(|p| reply(&server.post("/v1/completions", &text(p))))
             .collect();
-        let together: Vec<String> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (prompts.iter().enumerate())
-                .map(|(i, p)| {
-                    let server = &server;
-                    scope.spawn(move || {
-                        std::thread::sleep(Duration::from_millis(15 * i as u64));
-                        reply(&server.post("/v1/completions", &text(p)))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("client"))
-                .collect()
+        let together = staggered(&prompts, |_, p| {
+            reply(&server.post("/v1/completions", &text(p)))
         });
         assert_eq!(together, alone, "{name}");
     }

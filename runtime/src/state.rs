@@ -106,21 +106,7 @@ impl StateStore {
     }
     /// Zero the recurrent states (queued before any later run).
     pub fn clear_recurrent(&self, gpu: &Gpu) {
-        if self.recurrent.is_empty() {
-            return;
-        }
-        let mut enc = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("clear recurrent state"),
-            });
-        for name in &self.recurrent {
-            if let Some(t) = self.tensors.get(name) {
-                enc.clear_buffer(&t.buffer, 0, None);
-            }
-        }
-        gpu.queue.submit([enc.finish()]);
-        gpu.work.submit(0);
+        self.clear_recurrent_slot(gpu, 0, 1);
     }
     /// Zero slot `slot` of `slots` of every recurrent state ([`StateSpec::in_slots`]), queued
     /// before any later run: a batched sequence opened there starts from nothing.
