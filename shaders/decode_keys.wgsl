@@ -4,7 +4,8 @@
 // weight and soft-capping. The including kernel binds p, step and mask, and declares
 // SPLIT_KEYS and `var<workgroup> n_blocks: u32`. PAGED (a batched step, shaders/batch.wgsl):
 // query t's position and sequence come from the batch's rows, `mask` holds the block table
-// (p.blocks entries per sequence) and keys are read through it; no sinks, rings or masks.
+// (p.blocks entries per sequence) and the sequence's cache rows (kv_row: its positions, or
+// its ring after its sinks) are read through it; no block-sparse masks.
 
 struct Params {
     heads: u32,
@@ -92,7 +93,8 @@ fn visible_keys(head0: u32, query: u32, split: u32, lid: u32) -> Keys {
 // The cache row of the key at position j: through the block table (PAGED), else the layout's.
 fn key_row(k: Keys, j: u32) -> u32 {
 #if PAGED
-    return mask[k.slot * p.blocks + j / KV_BLOCK] * KV_BLOCK + j % KV_BLOCK;
+    let c = kv_row(j);
+    return mask[k.slot * p.blocks + c / KV_BLOCK] * KV_BLOCK + c % KV_BLOCK;
 #else
     return kv_row(j);
 #endif

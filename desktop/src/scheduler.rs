@@ -91,7 +91,8 @@ pub fn serve(
             .collect();
         let mut rows = plan.len();
         for (i, r) in active.iter().enumerate() {
-            let (n, budget) = (r.gen.to_feed().len(), STEP_ROWS.saturating_sub(rows));
+            let n = r.gen.to_feed().len().min(batch.max_seq_rows());
+            let budget = STEP_ROWS.saturating_sub(rows);
             if n > 1 && budget > 0 {
                 plan.push((i, n.min(budget)));
                 rows += n.min(budget);

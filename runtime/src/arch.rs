@@ -24,12 +24,15 @@ pub enum Head {
 }
 
 /// The fixed sizes of a batched step's graph: the sequences it samples (`picks`, one row
-/// each) and its block table, `slots` rows of `table_width` block numbers.
+/// each), its block table, `slots` rows of `table_width` block numbers, and the longest
+/// sequence (`context` positions), for which each layer's KV layout is chosen
+/// (`crate::batch::batch_layouts`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BatchShape {
     pub picks: usize,
     pub slots: usize,
     pub table_width: usize,
+    pub context: usize,
 }
 
 /// The fixed settings of a diffusion step's graph.

@@ -8,10 +8,16 @@
 //! all rows. Each row carries its position and the pool row its K and V go to; attention
 //! reads each query's own sequence through the block table; one row per sequence (its last)
 //! is gathered, projected to logits and sampled with that sequence's own settings. Plans are
-//! made per (rows, picks) rounded up to powers of two; padding rows write to block 0, which
-//! no sequence owns. Full blocks are kept after their sequence closes and shared by later
+//! made per row count rounded up to a power of two; padding rows write to block 0, which no
+//! sequence owns. Full blocks are kept after their sequence closes and shared by later
 //! sequences whose tokens begin the same way (`crate::kv_blocks`): a prompt that repeats a
 //! system prompt, or the next turn of a conversation, runs only what is new.
+//!
+//! Where every layer keeps the same ring (a sliding window, attention sinks), a sequence's
+//! blocks hold its ring instead of every position ([`batch_layouts`]). Recurrent states
+//! (convolutions, linear scans) are kept once per slot and zeroed when a sequence opens
+//! there. Neither shares prefixes: a ring's blocks are rewritten, and a state sums up the
+//! whole sequence.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::executor::Plan;
 use crate::graph::BLOCK_TABLE;
 use crate::kernels::Step;
+use crate::kv::KvLayout;
 use crate::kv_blocks::{BlockPool, Chain};
 use crate::rng::pcg_hash;
 use crate::session::Sampling;
@@ -37,10 +44,40 @@ pub const MAX_ROWS: usize = 256;
 /// The most sequences one step samples (the length of `picks` in shaders/batch.wgsl).
 pub const MAX_SEQS: usize = 64;
 
-/// The most tokens of one sequence a step of a recurrent model runs: its recurrences run
-/// them token by token in one invocation, within the loop iterations llvmpipe allows one
-/// (`kernels::linear_scan::recurrent_tokens_per_dispatch`: 127 at 128 key dims).
-pub const MAX_RECURRENT_ROWS: usize = 64;
+/// The most tokens of one sequence a step runs where the model keeps a recurrent state or a
+/// ring of KV rows: recurrences run them token by token in one invocation, within the loop
+/// iterations llvmpipe allows one (`kernels::linear_scan::recurrent_tokens_per_dispatch`:
+/// 64 at 256 key dims), and rings are sized for appends of this many ([`batch_layouts`]).
+pub const MAX_SEQ_ROWS: usize = 64;
+
+/// Each attention layer's KV layout in a batched step with a pool of `pool_rows` rows, from
+/// `layouts`, the layers' layouts for one sequence of `context` positions
+/// (`Architecture::kv_layouts`). Where every layer keeps the same ring (a sliding window or
+/// attention sinks), each sequence keeps that ring, sized for appends of up to
+/// [`MAX_SEQ_ROWS`] tokens, in as many blocks as it takes: a long sequence holds a bounded
+/// number of blocks. Otherwise (no ring, or rings in some layers only, as in Gemma's local
+/// and global layers, whose sequences need blocks for every position anyway) every position
+/// keeps its row and windows only limit what a query sees.
+pub fn batch_layouts(layouts: &[KvLayout], context: usize, pool_rows: usize) -> Vec<KvLayout> {
+    let sized: Vec<KvLayout> = (layouts.iter())
+        .map(|l| l.for_chunks(MAX_SEQ_ROWS, context))
+        .collect();
+    let shared = sized
+        .first()
+        .filter(|&first| first.max_chunk.is_some() && sized.iter().all(|l| l == first));
+    match shared {
+        Some(ring) => vec![ring.paged(pool_rows); layouts.len()],
+        None => (layouts.iter())
+            .map(|l| {
+                let own = KvLayout {
+                    window: l.window,
+                    ..KvLayout::linear(context)
+                };
+                own.paged(pool_rows)
+            })
+            .collect(),
+    }
+}
 
 /// The batch uniform; mirrors `Batch` in shaders/batch.wgsl.
 #[repr(C)]
@@ -80,6 +117,8 @@ pub struct Work<'a> {
 
 struct Seq {
     blocks: Vec<u32>,
+    /// The positions it reserved (it may not append past them).
+    limit: usize,
     /// Every token appended (its length is the position).
     tokens: Vec<u32>,
     /// Its leading blocks registered for reuse ([`BlockPool::register`]).
@@ -95,6 +134,12 @@ pub struct BatchSession {
     pool_rows: usize,
     /// Who holds each block, and the full blocks kept for reuse.
     pool: BlockPool,
+    /// The ring every attention layer keeps per sequence, if they share one
+    /// ([`batch_layouts`]): a sequence's cache rows are then the ring's.
+    ring: Option<KvLayout>,
+    /// Whether a sequence may start on the blocks of another with the same first tokens:
+    /// not where blocks are rewritten (a ring) or a recurrent state sums up the sequence.
+    shares_prefixes: bool,
     slots: Vec<Option<Seq>>,
     /// One plan per row count (a power of two).
     plans: HashMap<usize, Plan>,
@@ -133,6 +178,9 @@ impl BatchSession {
         }
         let states = StateStore::allocate(gpu, &specs)?;
         gpu.check()?;
+        let layouts = batch_layouts(&arch.kv_layouts(context), context, pool_rows);
+        let ring = layouts.first().copied().filter(|l| l.max_chunk.is_some());
+        let shares_prefixes = ring.is_none() && !states.has_recurrent();
         Ok(BatchSession {
             gpu: gpu.clone(),
             arch,
@@ -141,6 +189,8 @@ impl BatchSession {
             table_width,
             pool_rows,
             pool: BlockPool::new(blocks),
+            ring,
+            shares_prefixes,
             slots: (0..config.max_seqs).map(|_| None).collect(),
             plans: HashMap::new(),
             last: None,
@@ -158,6 +208,14 @@ impl BatchSession {
     pub fn pool_tokens(&self) -> usize {
         self.pool_rows - KV_BLOCK
     }
+    /// The most tokens of one sequence a step may run: [`MAX_SEQ_ROWS`] where the model keeps
+    /// a recurrent state or a ring, else [`MAX_ROWS`].
+    pub fn max_seq_rows(&self) -> usize {
+        match self.ring.is_some() || self.states.has_recurrent() {
+            true => MAX_SEQ_ROWS,
+            false => MAX_ROWS,
+        }
+    }
     /// Positions not reserved by any open sequence (free, or kept for reuse until needed).
     pub fn free_tokens(&self) -> usize {
         self.pool.available() * KV_BLOCK
@@ -166,7 +224,8 @@ impl BatchSession {
         self.states.bytes()
     }
     /// Why a sequence that reserves `tokens` positions can never be opened here (longer than
-    /// the context or the whole pool); None when it can once enough is free.
+    /// the context, or its cache rows more than the whole pool); None when it can once enough
+    /// is free.
     pub fn never_fits(&self, tokens: usize) -> Option<String> {
         if tokens > self.config.context {
             return Some(format!(
@@ -174,13 +233,19 @@ impl BatchSession {
                 self.config.context
             ));
         }
-        if tokens > self.pool_tokens() {
+        if self.cache_rows(tokens) > self.pool_tokens() {
             return Some(format!(
                 "{tokens} tokens exceed the KV pool of {} tokens",
                 self.pool_tokens()
             ));
         }
         None
+    }
+
+    /// The cache rows a sequence of `tokens` positions keeps: one per position, or at most
+    /// its ring's.
+    fn cache_rows(&self, tokens: usize) -> usize {
+        self.ring.map_or(tokens, |r| tokens.min(r.rows))
     }
 
     /// Open a sequence for `prompt` with `reserve` positions reserved (the prompt and the
@@ -197,11 +262,10 @@ impl BatchSession {
         let Some(slot) = self.slots.iter().position(Option::is_none) else {
             return Ok(None);
         };
-        let need = reserve.max(1).div_ceil(KV_BLOCK);
-        // A recurrent state sums up its whole sequence: nothing of another can be reused.
-        let most = match self.states.has_recurrent() {
-            true => 0,
-            false => prompt.len().saturating_sub(1) / KV_BLOCK,
+        let need = self.cache_rows(reserve).max(1).div_ceil(KV_BLOCK);
+        let most = match self.shares_prefixes {
+            true => prompt.len().saturating_sub(1) / KV_BLOCK,
+            false => 0,
         };
         let cached = self.pool.lookup(prompt, most.min(need));
         let Some(blocks) = self.pool.take(&cached, need - cached.len()) else {
@@ -211,6 +275,10 @@ impl BatchSession {
         self.write_table(slot, &blocks)?;
         (self.states).clear_recurrent_slot(&self.gpu, slot, self.config.max_seqs + 1);
         self.slots[slot] = Some(Seq {
+            limit: match self.ring {
+                Some(_) => reserve,
+                None => blocks.len() * KV_BLOCK,
+            },
             blocks,
             tokens: prompt[..held].to_vec(),
             chain: Chain {
@@ -265,6 +333,7 @@ impl BatchSession {
                 picks: rows.min(bucket(self.config.max_seqs)),
                 slots: self.config.max_seqs + 1,
                 table_width: self.table_width,
+                context: self.config.context,
             });
             let mut graph = self.arch.build(rows, self.pool_rows, head)?;
             crate::fusion::fuse_elementwise(&mut graph);
@@ -300,11 +369,11 @@ impl BatchSession {
             if w.tokens.is_empty() {
                 return Err(Error::InputOutOfRange("no tokens given".into()));
             }
-            if self.states.has_recurrent() && w.tokens.len() > MAX_RECURRENT_ROWS {
+            if w.tokens.len() > self.max_seq_rows() {
                 return Err(Error::InputOutOfRange(format!(
-                    "{} tokens of one sequence in a step: a recurrent model takes at most \
-                     {MAX_RECURRENT_ROWS}",
-                    w.tokens.len()
+                    "{} tokens of one sequence in a step: this model takes at most {}",
+                    w.tokens.len(),
+                    self.max_seq_rows()
                 )));
             }
             if let Some(t) = w.tokens.iter().find(|&&t| t as usize >= vocab) {
@@ -315,14 +384,15 @@ impl BatchSession {
             let first = tokens.len() as u32;
             let len = seq.tokens.len();
             let end = len + w.tokens.len();
-            if end > seq.blocks.len() * KV_BLOCK {
+            if end > seq.limit {
                 return Err(Error::InputOutOfRange(format!(
                     "{end} tokens exceed the {} the sequence reserved",
-                    seq.blocks.len() * KV_BLOCK
+                    seq.limit
                 )));
             }
             for pos in len..end {
-                let row = seq.blocks[pos / KV_BLOCK] as usize * KV_BLOCK + pos % KV_BLOCK;
+                let c = self.ring.map_or(pos, |r| r.row(pos));
+                let row = seq.blocks[c / KV_BLOCK] as usize * KV_BLOCK + c % KV_BLOCK;
                 batch.rows[tokens.len()] = [pos as u32, row as u32, w.seq.0 as u32, 0];
                 tokens.push(w.tokens[pos - len]);
             }
@@ -364,7 +434,7 @@ impl BatchSession {
             if let Some(seq) = self.slots[w.seq.0].as_mut() {
                 seq.tokens.extend_from_slice(w.tokens);
                 // Blocks filled by this step become findable by later prompts.
-                if seq.tokens.len() / KV_BLOCK > seq.chain.blocks {
+                if self.shares_prefixes && seq.tokens.len() / KV_BLOCK > seq.chain.blocks {
                     seq.chain = self.pool.register(&seq.blocks, &seq.tokens, seq.chain);
                 }
             }

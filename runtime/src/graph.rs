@@ -116,6 +116,24 @@ impl Graph {
         self.state(name, &shape)
     }
 
+    /// Each attention layer's KV layout in this graph: `own(capacity)`, the layers' layouts
+    /// for one sequence of `capacity` tokens; in a batched step, whose `capacity` is the rows
+    /// of its pool, the batch's for sequences of its context
+    /// ([`crate::batch::batch_layouts`]).
+    pub fn kv_layouts(
+        &self,
+        capacity: usize,
+        own: impl Fn(usize) -> Vec<crate::kv::KvLayout>,
+    ) -> Vec<crate::kv::KvLayout> {
+        match self.batch {
+            Some(b) => {
+                let context = b.shape.context;
+                crate::batch::batch_layouts(&own(context), context, capacity)
+            }
+            None => own(capacity),
+        }
+    }
+
     /// A batched graph's sequences (picks): the recurrent ops run one workgroup layer per
     /// sequence over its rows. None outside a batch.
     pub(crate) fn picks(&self) -> Option<usize> {

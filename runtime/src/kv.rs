@@ -12,6 +12,10 @@
 //!   keys are cached before RoPE and rotated inside attention by their index in that list
 //!   ("positions counted inside the cache"), the query by the list's length minus one, so
 //!   positions never exceed `sinks + window - 1` and generation can run indefinitely.
+//!
+//! In a batched step (`crate::batch`) each layout is one sequence's, paged into a shared pool
+//! ([`KvLayout::paged`]): the sequence's cache row c lies in the block its block table row
+//! lists at c / KV_BLOCK.
 
 use crate::error::{Error, Result};
 
@@ -33,6 +37,9 @@ pub struct KvLayout {
     pub rope_in_attention: bool,
     /// The longest run of new tokens one pass may append, when the ring can wrap.
     pub max_chunk: Option<usize>,
+    /// Paged (a batched step, `crate::batch`): the rows of the pool the cache tensor is, one
+    /// sequence's `rows` lying in its blocks (found through its row of the block table).
+    pub pool_rows: Option<usize>,
 }
 
 impl KvLayout {
@@ -44,6 +51,7 @@ impl KvLayout {
             rows: capacity.max(1),
             rope_in_attention: false,
             max_chunk: None,
+            pool_rows: None,
         }
     }
 
@@ -62,6 +70,7 @@ impl KvLayout {
             rows: if wraps { window + chunk } else { capacity },
             rope_in_attention: false,
             max_chunk: wraps.then_some(chunk),
+            pool_rows: None,
         })
     }
 
@@ -75,22 +84,51 @@ impl KvLayout {
             rows: sinks + window + ring_chunk(window),
             rope_in_attention: true,
             max_chunk: Some(ring_chunk(window)),
+            pool_rows: None,
         })
     }
 
-    /// A pool of `rows` rows for batched steps (`crate::batch`): every position of every
-    /// sequence keeps its row (found through the block table), a sliding window only limits
-    /// what a query sees.
-    pub fn paged(window: Option<usize>, rows: usize) -> KvLayout {
+    /// This layout as one sequence's share of a batched step's pool of `pool_rows` rows
+    /// (`crate::batch`): cache row c of the sequence is row c % KV_BLOCK of the block its
+    /// block table row lists at c / KV_BLOCK.
+    pub fn paged(self, pool_rows: usize) -> KvLayout {
         KvLayout {
-            window,
-            ..KvLayout::linear(rows)
+            pool_rows: Some(pool_rows),
+            ..self
         }
     }
 
-    /// Whether the layout can be a batched step's pool ([`KvLayout::paged`]).
+    /// Whether the layout is a batched step's ([`KvLayout::paged`]).
     pub fn pages(&self) -> bool {
-        self.sinks == 0 && !self.rope_in_attention && self.max_chunk.is_none()
+        self.pool_rows.is_some()
+    }
+
+    /// Rows of the cache tensor: the pool's when paged, else the layout's.
+    pub fn cache_rows(&self) -> usize {
+        self.pool_rows.unwrap_or(self.rows)
+    }
+
+    /// This layout with its ring sized for appends of up to `chunk` tokens at a time (a
+    /// batched step's rows of one sequence) in a sequence of up to `capacity` positions: a
+    /// sliding window that then never wraps keeps a row per position; a layout without a
+    /// ring stays as it is.
+    pub fn for_chunks(self, chunk: usize, capacity: usize) -> KvLayout {
+        let (Some(_), Some(window)) = (self.max_chunk, self.window) else {
+            return self;
+        };
+        let ring = window + chunk;
+        if !self.rope_in_attention && capacity <= ring {
+            return KvLayout {
+                rows: capacity.max(1),
+                max_chunk: None,
+                ..self
+            };
+        }
+        KvLayout {
+            rows: self.sinks + ring,
+            max_chunk: Some(chunk),
+            ..self
+        }
     }
 
     /// Rows of the ring after the sink rows.

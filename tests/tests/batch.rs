@@ -40,11 +40,7 @@ fn sampled() -> Sampling {
 /// 17 tokens in chunks of 9 and 8, then decodes with sampling; C starts in the second step
 /// with one token; D starts after A is closed, on A's freed blocks.
 fn scripts(vocab: u32) -> Vec<Script> {
-    let toks = |seed: u32, n: usize| -> Vec<u32> {
-        (0..n as u32)
-            .map(|i| pcg_hash(seed * 977 + i) % vocab)
-            .collect()
-    };
+    let toks = |seed: u32, n: usize| tokens(vocab, seed, n);
     vec![
         Script {
             tokens: toks(1, 9),
@@ -75,25 +71,44 @@ fn scripts(vocab: u32) -> Vec<Script> {
 
 /// The logits a session alone gives after each token of `tokens`.
 fn alone(gpu: &Arc<Gpu>, model: &kestrel_models::Model, tokens: &[u32]) -> Vec<f32> {
-    let mut s = model.session(gpu, 64).expect("session");
+    let mut s = model.session(gpu, tokens.len()).expect("session");
     pollster::block_on(s.logits(tokens)).expect("logits")
 }
 
+/// `tokens(seed, n)`: n token ids below `vocab`.
+fn tokens(vocab: u32, seed: u32, n: usize) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| pcg_hash(seed * 977 + i) % vocab)
+        .collect()
+}
+
 fn check_model(gpu: &Arc<Gpu>, name: &str) {
-    let what = format!("{name} on {}", gpu.backend_name());
     let model = kestrel_models::load(gpu, &fixture(name)).expect("load");
+    let scripts = scripts(model.architecture().vocab_size() as u32);
+    check_scripts(gpu, &model, name, &scripts, 32);
+}
+
+/// Runs `scripts` in batched steps of up to three sequences of up to `context` tokens,
+/// checking every step's logits and draws against each sequence's alone.
+fn check_scripts(
+    gpu: &Arc<Gpu>,
+    model: &kestrel_models::Model,
+    name: &str,
+    scripts: &[Script],
+    context: usize,
+) {
+    let what = format!("{name} on {}", gpu.backend_name());
     let arch = model.architecture();
     let vocab = arch.vocab_size();
     let config = BatchConfig {
         max_seqs: 3,
-        context: 32,
-        pool_tokens: 3 * 32,
+        context,
+        pool_tokens: 3 * context,
     };
     let mut batch = BatchSession::new(gpu, arch, config).expect("batch session");
-    let scripts = scripts(vocab as u32);
     let refs: Vec<Vec<f32>> = scripts
         .iter()
-        .map(|s| alone(gpu, &model, &s.tokens))
+        .map(|s| alone(gpu, model, &s.tokens))
         .collect();
     let mut seqs: Vec<Option<SeqId>> = vec![None; scripts.len()];
     let mut fed = vec![0; scripts.len()];
@@ -174,6 +189,61 @@ fn recurrent_models_keep_a_state_per_sequence() {
             "mamba", "mamba2", "rwkv6", "rwkv7", "gla", "jamba", "zamba2",
         ] {
             check_model(&gpu, name);
+        }
+    }
+}
+
+/// Rings in pages: where every layer keeps a sliding window (Mistral's) or attention sinks,
+/// a batched sequence keeps a ring of window + 64 rows (+ the sinks) in its blocks; two
+/// sequences of 100 and 90 tokens run past it (prompt chunks of 64 and less, then decode
+/// steps) and keep the logits they get alone, whose sessions keep rings of their own size.
+#[test]
+fn rings_and_sinks_wrap_in_their_blocks() {
+    use kestrel_models::AttentionOptions;
+    for gpu in gpus() {
+        for (name, sinks) in [("mistral_window", None), ("llama_gqa", Some((4, 12)))] {
+            let mut model = kestrel_models::load(&gpu, &fixture(name)).expect("load");
+            let label = match sinks {
+                Some(s) => {
+                    let options = AttentionOptions {
+                        streaming: Some(s),
+                        sparse: None,
+                    };
+                    model.set_attention(options).expect("sinks");
+                    format!("{name} with sinks {s:?}")
+                }
+                None => name.to_string(),
+            };
+            let vocab = model.architecture().vocab_size() as u32;
+            let decode = |n: usize| vec![1; n];
+            let scripts = [
+                Script {
+                    tokens: tokens(vocab, 7, 100),
+                    chunks: [vec![40, 30], decode(30)].concat(),
+                    start: 0,
+                    sampling: Sampling::default(),
+                },
+                Script {
+                    tokens: tokens(vocab, 8, 90),
+                    chunks: [vec![64], decode(26)].concat(),
+                    start: 1,
+                    sampling: sampled(),
+                },
+            ];
+            // A sequence of 100 tokens holds its ring's 72 or 80 rows (5 blocks), not 7 blocks.
+            let config = BatchConfig {
+                max_seqs: 3,
+                context: 128,
+                pool_tokens: 3 * 128,
+            };
+            let mut batch = BatchSession::new(&gpu, model.architecture(), config).expect("batch");
+            let free = batch.free_tokens();
+            let (seq, cached) = (batch.open(&scripts[0].tokens, 100))
+                .expect("open")
+                .expect("room");
+            assert_eq!((free - batch.free_tokens(), cached), (80, 0), "{label}");
+            batch.close(seq);
+            check_scripts(&gpu, &model, &label, &scripts, 128);
         }
     }
 }
@@ -289,10 +359,11 @@ fn models_without_a_batched_form_are_refused_by_name() {
 
 /// The paged attention kernel (decode_attention's, PAGED) against the f64 reference: queries
 /// of three sequences at ragged positions (one sequence with a chunk of three, so queries of
-/// one sequence see each other's keys causally), each sequence's keys in blocks scattered
-/// through the pool by a shuffled block table, the output poisoned first; with and without a
-/// sliding window, GQA groups of 1, 2 and 3, head dims 16, 32 and 64. The gather of pick rows
-/// against its reference too.
+/// one sequence see each other's keys causally), each sequence's cache rows in blocks
+/// scattered through the pool by a shuffled block table, the output poisoned first; each
+/// sequence's layout linear, with a sliding window, a ring that has wrapped (cache row =
+/// position mod 10) and attention sinks with RoPE inside attention; GQA groups of 1, 2 and
+/// 3, head dims 16, 32 and 64. The gather of pick rows against its reference too.
 #[test]
 fn paged_attention_and_gather_match_their_references() {
     use kestrel_runtime::batch::{BatchRows, KV_BLOCK};
@@ -300,13 +371,23 @@ fn paged_attention_and_gather_match_their_references() {
     use kestrel_runtime::kernels::{copy, decode_attention};
     use kestrel_runtime::kv::KvLayout;
     use kestrel_runtime::rng::Rng;
+    let windowed = KvLayout {
+        window: Some(5),
+        ..KvLayout::linear(48)
+    };
+    let ring = KvLayout::sliding(5, 100).expect("ring");
+    let sinks = KvLayout::streaming(2, 6).expect("sinks");
+    assert_eq!((ring.rows, sinks.rows), (10, 14));
     for gpu in gpus() {
         let mut rng = Rng::new(7);
-        for (heads, kv_heads, d, window) in
-            [(4, 2, 16, None), (6, 2, 64, Some(5)), (8, 8, 32, None)]
-        {
+        for (heads, kv_heads, d, layout) in [
+            (4, 2, 16, KvLayout::linear(48)),
+            (6, 2, 64, windowed),
+            (6, 3, 32, ring),
+            (8, 8, 32, sinks),
+        ] {
             let what = format!(
-                "paged attention {heads}/{kv_heads}x{d} window {window:?} on {}",
+                "paged attention {heads}/{kv_heads}x{d} {layout:?} on {}",
                 gpu.backend_name()
             );
             let shape = AttnShape {
@@ -317,6 +398,11 @@ fn paged_attention_and_gather_match_their_references() {
                 softcap: None,
             };
             let kvd = kv_heads * d;
+            // In-attention RoPE (sinks): the frequencies of the rotated half.
+            let freqs: Vec<f32> = (0..d / 2)
+                .map(|i| 10000f32.powf(-2.0 * i as f32 / d as f32))
+                .collect();
+            let inv_freq = layout.rope_in_attention.then_some(freqs.as_slice());
             // (slot, position) of each query; slot 1 has a chunk of three.
             let queries = [(0usize, 0usize), (1, 10), (1, 11), (1, 12), (2, 37)];
             let (slots, width) = (3, 3);
@@ -333,24 +419,24 @@ fn paged_attention_and_gather_match_their_references() {
             let mut want = Vec::new();
             for (t, &(slot, pos)) in queries.iter().enumerate() {
                 batch.rows[t] = [pos as u32, 0, slot as u32, 0];
-                // The sequence's keys in order, as a linear cache.
-                let row_of = |j: usize| {
-                    table[slot * width + j / KV_BLOCK] as usize * KV_BLOCK + j % KV_BLOCK
+                // The sequence's cache rows in order, as its own unpaged cache.
+                let row_of = |c: usize| {
+                    table[slot * width + c / KV_BLOCK] as usize * KV_BLOCK + c % KV_BLOCK
                 };
                 let gather = |data: &[f32]| -> Vec<f32> {
-                    (0..=pos)
-                        .flat_map(|j| data[row_of(j) * kvd..][..kvd].to_vec())
+                    (0..layout.rows)
+                        .flat_map(|c| data[row_of(c) * kvd..][..kvd].to_vec())
                         .collect()
                 };
                 let (kl, vl) = (gather(&k), gather(&v));
                 let cache = CacheView {
                     k: &kl,
                     v: &vl,
-                    layout: KvLayout::paged(window, pos + 1),
+                    layout,
                 };
                 let qt = &q[t * heads * d..][..heads * d];
                 want.extend(attention::reference(
-                    qt, cache, shape, pos, true, None, None,
+                    qt, cache, shape, pos, true, inv_freq, None,
                 ));
             }
             let (qb, kb, vb) = (
@@ -359,6 +445,7 @@ fn paged_attention_and_gather_match_their_references() {
                 upload_f32(&gpu, &v),
             );
             let tb = upload_u32(&gpu, &table);
+            let fb = upload_f32(&gpu, &freqs);
             let out = poisoned(&gpu, q.len());
             let partial = poisoned(&gpu, q.len());
             let bb = gpu.uniform_buffer_init("batch", bytemuck::bytes_of(&batch));
@@ -368,7 +455,7 @@ fn paged_attention_and_gather_match_their_references() {
                 k_cache: &kb,
                 v_cache: &vb,
                 out: &out,
-                inv_freq: None,
+                inv_freq: inv_freq.map(|f| (&*fb, f.len())),
                 mask: None,
                 paged: Some(Paged {
                     rows: &bb,
@@ -376,7 +463,7 @@ fn paged_attention_and_gather_match_their_references() {
                     width,
                 }),
             };
-            let layout = KvLayout::paged(window, rows);
+            let layout = layout.paged(rows);
             let dispatches = decode_attention::launch(
                 &gpu,
                 &sb,

@@ -198,8 +198,8 @@ impl AttentionWeights {
         let shape = run.shape;
         let kvd = shape.kv_heads * shape.head_dim;
         let [k_name, v_name] = run.cache.names();
-        let k_cache = g.state(&k_name, &[run.layout.rows, kvd]);
-        let v_cache = g.state(&v_name, &[run.layout.rows, kvd]);
+        let k_cache = g.state(&k_name, &[run.layout.cache_rows(), kvd]);
+        let v_cache = g.state(&v_name, &[run.layout.cache_rows(), kvd]);
         // Keys cached before RoPE (attention sinks) are rotated inside attention, which has
         // no factor on rotated dims (the decoder refuses sinks with LongRoPE).
         let (before, inside) = match run.layout.rope_in_attention {
@@ -256,6 +256,6 @@ impl KvCache {
     /// The two states, for caches of `kv_dim` channels laid out as `layout`.
     pub fn states(&self, layout: &KvLayout, kv_dim: usize) -> [StateSpec; 2] {
         self.names()
-            .map(|name| StateSpec::cache(name, vec![layout.rows, kv_dim]))
+            .map(|name| StateSpec::cache(name, vec![layout.cache_rows(), kv_dim]))
     }
 }

@@ -324,11 +324,12 @@ impl Architecture for Jamba {
         let ids = g.input("tokens", &[n], DType::U32);
         let embed = g.weight(&self.embed);
         let mut x = g.embedding(embed, ids)?;
+        // Every attention layer keeps every position.
+        let layout = g.kv_layouts(capacity, |c| vec![KvLayout::linear(c)])[0];
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.apply(&mut g, x)?;
             let o = match &layer.mixer {
                 Mixer::Attention(a) => {
-                    let layout = KvLayout::linear(capacity);
                     let cache = KvCache { layer: l };
                     let run = AttentionRun {
                         cache: &cache,

@@ -801,12 +801,9 @@ impl Decoder {
             let s = g.weight(s);
             x = g.elementwise(Elementwise::Mul, x, s)?;
         }
+        let layouts = g.kv_layouts(capacity, |c| self.kv_layouts(c));
         for (l, layer) in self.layers.iter().enumerate() {
-            // A batched step's caches are one pool of `capacity` rows (kernel's batch docs).
-            let layout = match g.batch {
-                Some(_) => KvLayout::paged(c.layer_windows[l], capacity),
-                None => self.layout(l, capacity)?,
-            };
+            let layout = layouts[l];
             let mask = self.sparse_pattern(l).map(|pattern| {
                 let blocks = mask_blocks(layout.rows);
                 g.block_mask(&BlockMask::causal(&pattern, c.heads, blocks, l))
@@ -914,18 +911,14 @@ impl Architecture for Decoder {
         self.states_of(&self.kv_layouts(capacity))
     }
 
+    /// Every layer's caches are the pool.
     fn batch_states(&self, pool_rows: usize, _slots: usize) -> Vec<StateSpec> {
-        let layouts: Vec<KvLayout> = (self.config.layer_windows.iter())
-            .map(|&w| KvLayout::paged(w, pool_rows))
-            .collect();
-        self.states_of(&layouts)
+        self.states_of(&vec![KvLayout::linear(pool_rows); self.config.layers])
     }
 
     fn batch_refusal(&self) -> Option<String> {
         let why = if !self.config.model.causal {
             "its attention is bidirectional"
-        } else if self.attention.streaming.is_some() {
-            "attention sinks keep a ring per sequence"
         } else if self.attention.sparse.is_some() {
             "block-sparse masks are not paged"
         } else if self.longrope.is_some() {

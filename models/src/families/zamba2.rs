@@ -454,7 +454,8 @@ impl Zamba2 {
             }
         }
         let inv_freq = self.inv_freq.as_ref().map(|f| g.weight(f));
-        let layout = KvLayout::linear(capacity);
+        // Every attention use keeps every position.
+        let layout = g.kv_layouts(capacity, |c| vec![KvLayout::linear(c)])[0];
         let cache = KvCache { layer: l };
         let run = AttentionRun {
             cache: &cache,

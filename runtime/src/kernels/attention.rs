@@ -440,10 +440,10 @@ impl Graph {
                 "a batched step's attention is causal and dense over paged caches".into(),
             ));
         }
-        if self.shape(k_cache)[0] != layout.rows {
+        if self.shape(k_cache)[0] != layout.cache_rows() {
             return Err(mismatch(
                 "attention KV cache rows",
-                &[layout.rows, shape.kv_heads * shape.head_dim],
+                &[layout.cache_rows(), shape.kv_heads * shape.head_dim],
                 self.shape(k_cache),
             ));
         }

@@ -108,14 +108,14 @@ pub fn lanes_group(shape: &AttnShape, sparse: bool) -> usize {
 }
 
 /// The lanes kernel dense and with in-attention RoPE serving 1, 3, 7 or 8 query heads (where
-/// they fit), and block-sparse, at each of [`HEAD_DIMS`].
+/// they fit), for one sequence and paged, and block-sparse, at each of [`HEAD_DIMS`].
 pub fn lanes_variants() -> Vec<ShaderDefs> {
     variants_serving(&[1, 3, 7, 8], lanes_group)
 }
 
 /// Dense and in-attention RoPE serving each of `groups` query heads per workgroup where
-/// `fits` (the kernel's group size for a shape) allows it, and block-sparse (one head), at
-/// each of [`HEAD_DIMS`].
+/// `fits` (the kernel's group size for a shape) allows it, for one sequence and paged, and
+/// block-sparse (one head), at each of [`HEAD_DIMS`].
 fn variants_serving(groups: &[usize], fits: fn(&AttnShape, bool) -> usize) -> Vec<ShaderDefs> {
     let mut out = Vec::new();
     for hd in HEAD_DIMS {
@@ -129,10 +129,9 @@ fn variants_serving(groups: &[usize], fits: fn(&AttnShape, bool) -> usize) -> Ve
                     scale: 1.0,
                 };
                 if fits(&shape, false) == g {
-                    out.push(defs(hd, rope, false, g, false));
-                    // Batched steps (no RoPE inside attention).
-                    if !rope {
-                        out.push(defs(hd, false, false, g, true));
+                    // One sequence, and a batched step's (paged).
+                    for paged in [false, true] {
+                        out.push(defs(hd, rope, false, g, paged));
                     }
                 }
             }
@@ -286,7 +285,7 @@ pub fn launch_pieces(
     let sparse = io.mask.is_some();
     validate_mode(&shape, &layout, causal, rope_half, sparse)?;
     let max_splits = max_splits.clamp(1, MAX_SPLITS);
-    if io.paged.is_some() && (max_splits != 1 || rope_half.is_some() || sparse || !layout.pages()) {
+    if io.paged.is_some() && (max_splits != 1 || sparse || !layout.pages()) {
         return Err(crate::error::Error::Graph(
             "paged attention takes one piece per dense query over a paged cache".into(),
         ));

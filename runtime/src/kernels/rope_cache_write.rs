@@ -162,20 +162,22 @@ impl Graph {
             self.expect_vector(n.weight, QkNorm::len(n.span, heads), "q/k norm weights")?;
         }
         for cache in [k_cache, v_cache] {
-            if self.shape(cache) != [layout.rows, kvd] {
+            if self.shape(cache) != [layout.cache_rows(), kvd] {
                 return Err(mismatch(
                     "cache write",
-                    &[layout.rows, kvd],
+                    &[layout.cache_rows(), kvd],
                     self.shape(cache),
                 ));
             }
         }
-        if self.batch.is_some() && !layout.pages() {
+        if self.batch.is_some() != layout.pages() {
             return Err(Error::Graph(
-                "a batched step's caches are paged: no sinks or rings".into(),
+                "a batched step's caches, and only theirs, are paged (KvLayout::paged)".into(),
             ));
         }
-        if let Some(n) = layout.max_chunk.filter(|&n| t > n) {
+        // A batched step's rows are of several sequences, each within the chunk
+        // (crate::batch::MAX_SEQ_ROWS).
+        if let Some(n) = layout.max_chunk.filter(|&n| t > n && !layout.pages()) {
             return Err(Error::Graph(format!(
                 "cache write of {t} rows exceeds the ring cache's chunk of {n}"
             )));
