@@ -163,24 +163,33 @@ fn dequant_group(blk: u32, g: u32) -> array<vec4<f32>, 8> {
     switch QFORMAT {
         case Q4_0, Q4_1, Q5_0, Q5_1: { // value = q * d + m (Q4_0: m = -8d, Q5_0: -16d)
             let a = q_affine(blk);
+            // The quants as one vec4 (one texel where weights are textures).
+            let qs = w_words4(q_at(blk) / 4u);
             for (var k = 0u; k < 4u; k++) {
-                let lanes = q_lanes(blk, k, q_word(blk, k));
+                let lanes = q_lanes(blk, k, qs[k]);
                 v[k] = vec4<f32>(q_bytes(lanes.x)) * a.x + a.y;
                 v[k + 4u] = vec4<f32>(q_bytes(lanes.y)) * a.x + a.y;
             }
         }
         case Q8_0: { // 32 signed bytes; value = q * d
             let d = q_affine(blk).x;
-            for (var k = 0u; k < 8u; k++) {
-                v[k] = vec4<f32>(q_sbytes(q_word(blk, k))) * d;
+            let at = q_at(blk) / 4u;
+            let qa = w_words4(at);
+            let qb = w_words4(at + 1u);
+            for (var k = 0u; k < 4u; k++) {
+                v[k] = vec4<f32>(q_sbytes(qa[k])) * d;
+                v[k + 4u] = vec4<f32>(q_sbytes(qb[k])) * d;
             }
         }
         case Q4_K, Q5_K, Q6_K: { // K-quants: see the qk_ helpers below
             let b = blk * QWORDS;
             let s = qk_scales(qk_head(b), b, g);
-            for (var k = 0u; k < 8u; k++) {
-                let sc = select(s.zw, s.xy, k < 4u);
-                v[k] = qk_quad(qk_words(b, g, k), g) * sc.x - sc.y;
+            // The words of values 0..15 and 16..31, a vec4 (one texel) of each kind at a time.
+            let lo4 = qk_words4(b, g, 0u);
+            let hi4 = qk_words4(b, g, 4u);
+            for (var k = 0u; k < 4u; k++) {
+                v[k] = qk_quad(vec2<u32>(lo4[0][k], lo4[1][k]), g) * s.x - s.y;
+                v[k + 4u] = qk_quad(vec2<u32>(hi4[0][k], hi4[1][k]), g) * s.z - s.w;
             }
         }
         default: {
@@ -253,17 +262,9 @@ fn qk_word_bases(b: u32, g: u32) -> vec2<u32> {
     }
 }
 
-// The words holding the low bits (x) and the high bits (y) of values 4k..4k+3 of group g.
-fn qk_words(b: u32, g: u32, k: u32) -> vec2<u32> {
-    let at = qk_word_bases(b, g) + k;
-    if (QFORMAT == Q4_K) {
-        return vec2<u32>(w_word(at.x), 0u);
-    }
-    return vec2<u32>(w_word(at.x), w_word(at.y));
-}
-
-// qk_words for k = h..h + 3 (h = 0 or 4) of group g as vec4s: [0] the low bits' words, [1]
-// the high bits' (blocks are whole vec4s, and so are these runs of words).
+// The words holding the low bits ([0]) and the high bits ([1]; Q4_K has none) of values
+// 4k..4k+3 of group g, for k = h..h + 3 (h = 0 or 4), as vec4s: component k - h (blocks are
+// whole vec4s, and so are these runs of words).
 fn qk_words4(b: u32, g: u32, h: u32) -> array<vec4<u32>, 2> {
     let at = (qk_word_bases(b, g) + h) / 4u;
     var out: array<vec4<u32>, 2>;
@@ -274,7 +275,7 @@ fn qk_words4(b: u32, g: u32, h: u32) -> array<vec4<u32>, 2> {
     return out;
 }
 
-// The byte lanes of values 4k..4k+3 of group g, from qk_words (Q6_K: q + 32, 0..63).
+// The byte lanes of values 4k..4k+3 of group g, from their words (qk_words4) (Q6_K: q + 32, 0..63).
 fn qk_lanes(words: vec2<u32>, g: u32) -> u32 {
     switch QFORMAT {
         case Q4_K: { // low nibbles for even groups, high for odd
@@ -292,7 +293,7 @@ fn qk_lanes(words: vec2<u32>, g: u32) -> u32 {
     }
 }
 
-// The quantized values of values 4k..4k+3 of group g (Q6_K: minus 32), from qk_words.
+// The quantized values of values 4k..4k+3 of group g (Q6_K: minus 32), from their words.
 fn qk_quad(words: vec2<u32>, g: u32) -> vec4<f32> {
     let q = q_bytes(qk_lanes(words, g));
     if (QFORMAT == Q6_K) {
@@ -319,13 +320,16 @@ fn dequant_pair(b: u32, pc: u32) -> array<vec4<f32>, 16> {
     let head = qk_head(b);
     let s0 = qk_scales(head, b, gs.x);
     let s1 = qk_scales(head, b, gs.y);
-    for (var k = 0u; k < 8u; k++) {
-        let words = qk_words(b, gs.x, k);
-        let first = k < 4u;
-        let c0 = select(s0.zw, s0.xy, first);
-        let c1 = select(s1.zw, s1.xy, first);
-        v[k] = qk_quad(words, gs.x) * c0.x - c0.y;
-        v[k + 8u] = qk_quad(words, gs.y) * c1.x - c1.y;
+    // The shared words of values 0..15 and 16..31, a vec4 (one texel) of each kind at a time.
+    let lo4 = qk_words4(b, gs.x, 0u);
+    let hi4 = qk_words4(b, gs.x, 4u);
+    for (var k = 0u; k < 4u; k++) {
+        let lo = vec2<u32>(lo4[0][k], lo4[1][k]);
+        let hi = vec2<u32>(hi4[0][k], hi4[1][k]);
+        v[k] = qk_quad(lo, gs.x) * s0.x - s0.y;
+        v[k + 4u] = qk_quad(hi, gs.x) * s0.z - s0.w;
+        v[k + 8u] = qk_quad(lo, gs.y) * s1.x - s1.y;
+        v[k + 12u] = qk_quad(hi, gs.y) * s1.z - s1.w;
     }
     return v;
 }
