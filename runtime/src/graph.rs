@@ -123,15 +123,15 @@ impl Graph {
     pub fn kv_layouts(
         &self,
         capacity: usize,
-        own: impl Fn(usize) -> Vec<crate::kv::KvLayout>,
-    ) -> Vec<crate::kv::KvLayout> {
-        match self.batch {
+        own: impl Fn(usize) -> Result<Vec<crate::kv::KvLayout>>,
+    ) -> Result<Vec<crate::kv::KvLayout>> {
+        Ok(match self.batch {
             Some(b) => {
                 let context = b.shape.context;
-                crate::batch::batch_layouts(&own(context), context, capacity)
+                crate::batch::batch_layouts(&own(context)?, context, capacity)
             }
-            None => own(capacity),
-        }
+            None => own(capacity)?,
+        })
     }
 
     /// A batched graph's sequences (picks): the recurrent ops run one workgroup layer per

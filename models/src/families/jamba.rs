@@ -325,7 +325,7 @@ impl Architecture for Jamba {
         let embed = g.weight(&self.embed);
         let mut x = g.embedding(embed, ids)?;
         // Every attention layer keeps every position.
-        let layout = g.kv_layouts(capacity, |c| vec![KvLayout::linear(c)])[0];
+        let layout = g.kv_layouts(capacity, |c| Ok(vec![KvLayout::linear(c)]))?[0];
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.apply(&mut g, x)?;
             let o = match &layer.mixer {

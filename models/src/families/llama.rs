@@ -801,7 +801,11 @@ impl Decoder {
             let s = g.weight(s);
             x = g.elementwise(Elementwise::Mul, x, s)?;
         }
-        let layouts = g.kv_layouts(capacity, |c| self.kv_layouts(c));
+        let layouts = g.kv_layouts(capacity, |c| {
+            (0..self.layers.len())
+                .map(|l| self.layout(l, c))
+                .collect()
+        })?;
         for (l, layer) in self.layers.iter().enumerate() {
             let layout = layouts[l];
             let mask = self.sparse_pattern(l).map(|pattern| {

@@ -455,7 +455,7 @@ impl Zamba2 {
         }
         let inv_freq = self.inv_freq.as_ref().map(|f| g.weight(f));
         // Every attention use keeps every position.
-        let layout = g.kv_layouts(capacity, |c| vec![KvLayout::linear(c)])[0];
+        let layout = g.kv_layouts(capacity, |c| Ok(vec![KvLayout::linear(c)]))?[0];
         let cache = KvCache { layer: l };
         let run = AttentionRun {
             cache: &cache,
