@@ -7,14 +7,20 @@
 // holds dims l, l + 8, ...) and ROWS state rows of one head: per token each lane loads its
 // dims once for all ROWS rows, and subgroupAdd gives every lane a row's (s . a) and output.
 // The state is read from and written back to `state` [H, dv, DK] (decode, and prefill on
-// these adapters). Requires consts DK, DECAY, DELTA, BONUS (as linear_recurrence.wgsl) and
-// ROWS.
+// these adapters). Requires consts DK, DECAY, DELTA, BONUS (as linear_recurrence.wgsl),
+// ROWS and PAGED: a batched step (shaders/batch.wgsl), workgroup z being sequence z of the
+// step, whose rows and slot come from the batch; `state` then holds an [H, dv, DK] state per
+// slot.
 
 #include "linear_recurrence.wgsl"
 
 @group(0) @binding(6) var<storage, read> q: array<f32>;           // [T, qk_heads, DK]
 @group(0) @binding(7) var<storage, read_write> state: array<f32>; // [H, dv, DK]
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;   // [T, H, dv]
+#if PAGED
+#include "batch.wgsl"
+@group(0) @binding(9) var<uniform> batch: Batch;
+#endif
 
 const LANES: u32 = 8u;
 // Key dims per lane; lanes past DK hold zeros, which stay zero and add nothing.
@@ -31,18 +37,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let h = g / blocks;
     let r0 = (g % blocks) * ROWS;
     let rows = min(ROWS, p.dv - r0);
+    var first = p.t0;
+    var tokens = p.tokens;
+    var s0 = 0u; // where the state starts
+#if PAGED
+    let seq = batch.pick_p[wid.z];
+    if (seq.z == 0u) {
+        return;
+    }
+    first = seq.y;
+    tokens = seq.z;
+    s0 = seq.w * p.heads * p.dv * DK;
+#endif
     var s: array<f32, ROWS * M>;
     for (var r = 0u; r < rows; r++) {
         for (var m = 0u; m < M; m++) {
             let j = lid + LANES * m;
             var x = 0.0;
             if (j < DK) {
-                x = state[(h * p.dv + r0 + r) * DK + j];
+                x = state[s0 + (h * p.dv + r0 + r) * DK + j];
             }
             s[r * M + m] = x;
         }
     }
-    for (var t = p.t0; t < p.t0 + p.tokens; t++) {
+    for (var t = first; t < first + tokens; t++) {
         let kb = qk_base(t, h);
         let abase = (t * p.heads + h) * 2u * DK;
         // This token's k, q, w - 1, a, b and u * k at the lane's dims.
@@ -115,7 +133,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var m = 0u; m < M; m++) {
             let j = lid + LANES * m;
             if (j < DK) {
-                state[(h * p.dv + r0 + r) * DK + j] = s[r * M + m];
+                state[s0 + (h * p.dv + r0 + r) * DK + j] = s[r * M + m];
             }
         }
     }

@@ -56,8 +56,10 @@ enum Form {
     Chunked(usize),
     /// Its matmul form with chunks of this many tokens.
     Matmul(usize),
-    /// A batched step of the sequences [`PAGED_SEQS`] (linear_scan.wgsl, PAGED).
-    Paged,
+    /// A batched step of the sequences [`PAGED_SEQS`] (PAGED), on the lanes kernel (where
+    /// the adapter has subgroups of 8; elsewhere checked to be refused, then linear_scan.wgsl)
+    /// or on linear_scan.wgsl.
+    Paged { lanes: bool },
 }
 
 /// A batched step's sequences as (rows, slot) in a pool of [`PAGED_SLOTS`] states, and its
@@ -283,9 +285,22 @@ impl Draw {
                 let scratch = poisoned(gpu, floats);
                 linear_scan::launch_matmul(gpu, &b, &scratch, &s, tokens, c)?.to_vec()
             }
-            Form::Paged => {
+            Form::Paged { lanes } => {
                 let batch = batch_uniform(gpu, &PAGED_SEQS);
-                vec![linear_scan::launch_paged(gpu, &b, &batch, &s, PAGED_PICKS)?]
+                let launch =
+                    |lanes| linear_scan::launch_paged(gpu, &b, &batch, &s, PAGED_PICKS, lanes);
+                match (lanes, linear_scan::runs_lanes(gpu)) {
+                    (true, false) => match launch(true) {
+                        Err(Error::Graph(_)) => vec![launch(false)?],
+                        other => {
+                            return Err(super::bad_case(format!(
+                                "the paged lanes kernel was not refused without subgroups: {}",
+                                other.is_ok()
+                            )))
+                        }
+                    },
+                    _ => vec![launch(lanes)?],
+                }
             }
         };
         Ok((d, out))
@@ -393,8 +408,8 @@ fn case(
 /// A batched step ([`Form::Paged`]) over the rows of a draw, then two padding rows no
 /// sequence owns (not compared: left unwritten): each sequence's outputs, and its slot of a
 /// pool of random states, against the reference run from that slot's state alone.
-fn paged_case(name: &'static str, shape: ScanShape, seed: u64) -> Case {
-    let what = format!("{name} batched {PAGED_SEQS:?}");
+fn paged_case(name: &'static str, shape: ScanShape, seed: u64, lanes: bool) -> Case {
+    let what = format!("{name} batched {PAGED_SEQS:?} lanes {lanes}");
     Case::new("linear_scan", what, move |gpu| {
         let rows: usize = PAGED_SEQS.iter().map(|s| s.0).sum();
         let draw = Draw::new(shape, rows + 2, seed, (-3.0, 0.0), AbDraw::of(name));
@@ -427,7 +442,7 @@ fn paged_case(name: &'static str, shape: ScanShape, seed: u64) -> Case {
             first += n;
         }
         let state = upload_f32(gpu, &pool);
-        let (d, out) = draw.launch(gpu, &state, (0, draw.tokens), Form::Paged)?;
+        let (d, out) = draw.launch(gpu, &state, (0, draw.tokens), Form::Paged { lanes })?;
         let outputs = vec![
             Output::close("outputs", &out, want_out, SCAN_TOL),
             Output::close("slots' states", &state, want_state, SCAN_TOL),
@@ -524,7 +539,9 @@ pub fn cases() -> Vec<Case> {
         }
     }
     for (i, (name, shape)) in kinds().into_iter().enumerate() {
-        cases.push(paged_case(name, shape, 1500 + i as u64));
+        for lanes in [false, true] {
+            cases.push(paged_case(name, shape, 1500 + i as u64, lanes));
+        }
     }
     cases.push(prefill_then_decode(4, Form::Chunked(16)));
     cases.push(prefill_then_decode(3, Form::Matmul(MM_CHUNK)));

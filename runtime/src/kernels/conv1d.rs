@@ -200,7 +200,7 @@ pub fn launch(
 
 /// A batched step's rows (`batch`, shaders/batch.wgsl) through the convolution: a workgroup
 /// layer per sequence (`seqs` of them), each running its own rows from its own slot of
-/// `io.state` [slots * (kernel - 1), channels] (at most `crate::batch::MAX_RECURRENT_ROWS`
+/// `io.state` [slots * (kernel - 1), channels] (at most `crate::batch::MAX_SEQ_ROWS`
 /// rows per sequence, within llvmpipe's loop limit).
 pub fn launch_paged(
     gpu: &Gpu,

@@ -218,12 +218,15 @@ pub fn variants() -> Vec<ShaderDefs> {
         .collect()
 }
 
-fn lanes_defs(shape: &ScanShape) -> ShaderDefs {
-    shape.defs().u32("ROWS", LANES_ROWS)
+/// The lanes kernel's specialisation, for one sequence or a batched step (`paged`).
+fn lanes_defs(shape: &ScanShape, paged: bool) -> ShaderDefs {
+    (shape.defs()).u32("ROWS", LANES_ROWS).bool("PAGED", paged)
 }
 
 pub fn lanes_variants() -> Vec<ShaderDefs> {
-    kinds().iter().map(lanes_defs).collect()
+    (kinds().iter())
+        .flat_map(|k| [false, true].map(|paged| lanes_defs(k, paged)))
+        .collect()
 }
 
 pub fn local_variants() -> Vec<ShaderDefs> {
@@ -451,7 +454,7 @@ fn token_by_token(
     let (kernel, defs, per, groups) = match lanes {
         true => (
             LANES,
-            lanes_defs(shape),
+            lanes_defs(shape, false),
             lanes_tokens_per_dispatch(shape.dk),
             (shape.heads * shape.dv.div_ceil(LANES_ROWS as usize)) as u32,
         ),
@@ -477,22 +480,41 @@ fn token_by_token(
         .collect()
 }
 
-/// A batched step's rows (`batch`, shaders/batch.wgsl) token by token on
-/// shaders/linear_scan.wgsl: a workgroup layer per sequence (`seqs` of them), each running its
-/// own rows from its own slot of `b.state` [slots * heads * dv, dk], updated in place (at most
-/// `crate::batch::MAX_RECURRENT_ROWS` rows per sequence, within llvmpipe's loop limit).
+/// A batched step's rows (`batch`, shaders/batch.wgsl) token by token: a workgroup layer per
+/// sequence (`seqs` of them), each running its own rows from its own slot of `b.state`
+/// [slots * heads * dv, dk], updated in place (at most `crate::batch::MAX_SEQ_ROWS` rows per
+/// sequence, within llvmpipe's loop limit); on the lanes kernel with `lanes` (an error where
+/// the adapter lacks subgroups of 8 lanes), else on shaders/linear_scan.wgsl.
 pub fn launch_paged(
     gpu: &Gpu,
     b: &ScanBuffers,
     batch: &wgpu::Buffer,
     shape: &ScanShape,
     seqs: usize,
+    lanes: bool,
 ) -> Result<Dispatch> {
     let [decay, consts, ab] = check_inputs(gpu, shape, b)?;
-    let [gx, gy, _] = gpu.grid(((shape.heads * shape.dv) as u32).div_ceil(64));
-    KERNEL.dispatch(
+    let (kernel, defs, groups) = match lanes {
+        true if !runs_lanes(gpu) => {
+            return Err(Error::Graph(
+                "linear_scan: the lanes kernel needs subgroups of at least 8 lanes".into(),
+            ))
+        }
+        true => (
+            LANES,
+            lanes_defs(shape, true),
+            (shape.heads * shape.dv.div_ceil(LANES_ROWS as usize)) as u32,
+        ),
+        false => (
+            KERNEL,
+            outputs_defs(shape, true, true),
+            ((shape.heads * shape.dv) as u32).div_ceil(64),
+        ),
+    };
+    let [gx, gy, _] = gpu.grid(groups);
+    kernel.dispatch(
         gpu,
-        &outputs_defs(shape, true, true),
+        &defs,
         &params(shape, 0, 1, 1),
         &[b.k, b.v, &decay, &consts, &ab, b.q, b.state, b.out, batch],
         [gx, gy, seqs as u32],
@@ -752,7 +774,7 @@ impl Op for LinearScan {
         };
         let gpu = cx.gpu();
         if let Some(seqs) = self.paged {
-            let d = launch_paged(gpu, &b, cx.batch()?, &self.shape, seqs)?;
+            let d = launch_paged(gpu, &b, cx.batch()?, &self.shape, seqs, lanes_on(gpu))?;
             cx.push([d]);
             return Ok(());
         }
