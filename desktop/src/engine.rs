@@ -1,5 +1,6 @@
-//! One model on one worker thread, answering chat and text-completion jobs one at a time in
-//! the order they arrive (a fair FIFO queue). The server and the desktop window both drive it;
+//! One model on one worker thread, answering chat and text-completion jobs in the order they
+//! arrive (a fair FIFO queue): several at once in batched steps where the model allows it
+//! (crate::scheduler), else one at a time. The server and the desktop window both drive it;
 //! neither blocks on the GPU. Replies stream back as events over a channel, and a job stops
 //! early when its cancel flag is set or its receiver goes away (a closed window, a client
 //! that disconnected).
@@ -154,7 +155,7 @@ pub enum Event {
 pub struct Engine {
     jobs: mpsc::Sender<Job>,
     waiting: Arc<AtomicUsize>,
-    /// Jobs running now (0 or 1: one worker, one sequence at a time).
+    /// Jobs running now (up to the batch's sequences; 0 or 1 one at a time).
     running: Arc<AtomicUsize>,
     pub info: ModelInfo,
     pub gpu: Arc<Gpu>,

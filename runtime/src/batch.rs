@@ -137,9 +137,6 @@ pub struct BatchSession {
     /// The ring every attention layer keeps per sequence, if they share one
     /// ([`batch_layouts`]): a sequence's cache rows are then the ring's.
     ring: Option<KvLayout>,
-    /// Whether a sequence may start on the blocks of another with the same first tokens:
-    /// not where blocks are rewritten (a ring) or a recurrent state sums up the sequence.
-    shares_prefixes: bool,
     slots: Vec<Option<Seq>>,
     /// One plan per row count (a power of two).
     plans: HashMap<usize, Plan>,
@@ -169,8 +166,8 @@ impl BatchSession {
         let blocks = config.pool_tokens.div_ceil(KV_BLOCK).max(1) + 1;
         let pool_rows = blocks * KV_BLOCK;
         let table_width = context.div_ceil(KV_BLOCK);
-        let mut specs = arch.batch_states(pool_rows, config.max_seqs + 1);
-        let table_words = (config.max_seqs + 1) * table_width;
+        let mut specs = arch.batch_states(pool_rows, slots_of(config.max_seqs));
+        let table_words = slots_of(config.max_seqs) * table_width;
         specs.push(StateSpec::block_table(BLOCK_TABLE.into(), table_words));
         for s in &specs {
             let what = format!("state {} for a KV pool of {pool_rows} tokens", s.name);
@@ -180,7 +177,6 @@ impl BatchSession {
         gpu.check()?;
         let layouts = batch_layouts(&arch.kv_layouts(context), context, pool_rows);
         let ring = layouts.first().copied().filter(|l| l.max_chunk.is_some());
-        let shares_prefixes = ring.is_none() && !states.has_recurrent();
         Ok(BatchSession {
             gpu: gpu.clone(),
             arch,
@@ -190,7 +186,6 @@ impl BatchSession {
             pool_rows,
             pool: BlockPool::new(blocks),
             ring,
-            shares_prefixes,
             slots: (0..config.max_seqs).map(|_| None).collect(),
             plans: HashMap::new(),
             last: None,
@@ -211,10 +206,15 @@ impl BatchSession {
     /// The most tokens of one sequence a step may run: [`MAX_SEQ_ROWS`] where the model keeps
     /// a recurrent state or a ring, else [`MAX_ROWS`].
     pub fn max_seq_rows(&self) -> usize {
-        match self.ring.is_some() || self.states.has_recurrent() {
-            true => MAX_SEQ_ROWS,
-            false => MAX_ROWS,
+        match self.shares_prefixes() {
+            true => MAX_ROWS,
+            false => MAX_SEQ_ROWS,
         }
+    }
+    /// Whether a sequence may start on the blocks of another with the same first tokens: not
+    /// where blocks are rewritten (a ring) or a recurrent state sums up the sequence.
+    fn shares_prefixes(&self) -> bool {
+        self.ring.is_none() && !self.states.has_recurrent()
     }
     /// Positions not reserved by any open sequence (free, or kept for reuse until needed).
     pub fn free_tokens(&self) -> usize {
@@ -263,7 +263,7 @@ impl BatchSession {
             return Ok(None);
         };
         let need = self.cache_rows(reserve).max(1).div_ceil(KV_BLOCK);
-        let most = match self.shares_prefixes {
+        let most = match self.shares_prefixes() {
             true => prompt.len().saturating_sub(1) / KV_BLOCK,
             false => 0,
         };
@@ -273,7 +273,7 @@ impl BatchSession {
         };
         let held = cached.len() * KV_BLOCK;
         self.write_table(slot, &blocks)?;
-        (self.states).clear_recurrent_slot(&self.gpu, slot, self.config.max_seqs + 1);
+        (self.states).clear_recurrent_slot(&self.gpu, slot, slots_of(self.config.max_seqs));
         self.slots[slot] = Some(Seq {
             limit: match self.ring {
                 Some(_) => reserve,
@@ -331,7 +331,7 @@ impl BatchSession {
         if !self.plans.contains_key(&rows) {
             let head = Head::Batch(BatchShape {
                 picks: rows.min(bucket(self.config.max_seqs)),
-                slots: self.config.max_seqs + 1,
+                slots: slots_of(self.config.max_seqs),
                 table_width: self.table_width,
                 context: self.config.context,
             });
@@ -407,9 +407,10 @@ impl BatchSession {
             let n = w.tokens.len() as u32;
             batch.pick_p[s] = [sm.top_p.to_bits(), first, n, w.seq.0 as u32];
         }
-        // Padding rows: position 0 of the padding slot (its table row is all block 0).
+        // Padding rows: position 0 of the padding slot, the last (its table row is all block
+        // 0).
         let n_rows = bucket(rows);
-        let pad_slot = self.config.max_seqs as u32;
+        let pad_slot = (slots_of(self.config.max_seqs) - 1) as u32;
         for r in rows..n_rows {
             batch.rows[r] = [0, 0, pad_slot, 0];
         }
@@ -430,11 +431,12 @@ impl BatchSession {
                 work.len()
             )));
         }
+        let share = self.shares_prefixes();
         for w in work {
             if let Some(seq) = self.slots[w.seq.0].as_mut() {
                 seq.tokens.extend_from_slice(w.tokens);
                 // Blocks filled by this step become findable by later prompts.
-                if self.shares_prefixes && seq.tokens.len() / KV_BLOCK > seq.chain.blocks {
+                if share && seq.tokens.len() / KV_BLOCK > seq.chain.blocks {
                     seq.chain = self.pool.register(&seq.blocks, &seq.tokens, seq.chain);
                 }
             }
@@ -452,6 +454,12 @@ impl BatchSession {
         logits.truncate(n * self.arch.vocab_size());
         Ok(logits)
     }
+}
+
+/// Slots of a session of `max_seqs` sequences: one per sequence and the padding rows' (the
+/// last), whose block table row is all block 0 and whose recurrent states no sequence reads.
+fn slots_of(max_seqs: usize) -> usize {
+    max_seqs + 1
 }
 
 /// Rows rounded up to a power of two, so that few plans serve every step.

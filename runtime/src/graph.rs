@@ -100,14 +100,13 @@ impl Graph {
     }
 
     /// The shape of a recurrent state that is `per_sequence` for one sequence: in a batched
-    /// graph one such state per slot, stacked along the first dimension (slot s's starts at
-    /// s * per_sequence's elements), as `StateSpec::in_slots` allocates it.
+    /// graph one such state per slot ([`crate::state::in_slots`], as `StateSpec::in_slots`
+    /// allocates it).
     pub fn recurrent_shape(&self, per_sequence: &[usize]) -> Vec<usize> {
-        let mut shape = per_sequence.to_vec();
-        if let (Some(b), Some(first)) = (self.batch, shape.first_mut()) {
-            *first *= b.shape.slots;
+        match self.batch {
+            Some(b) => crate::state::in_slots(per_sequence, b.shape.slots),
+            None => per_sequence.to_vec(),
         }
-        shape
     }
 
     /// A recurrent state of `per_sequence` elements per sequence ([`Graph::recurrent_shape`]).

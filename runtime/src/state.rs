@@ -48,15 +48,12 @@ impl StateSpec {
             dtype: DType::U32,
         }
     }
-}
 
-impl StateSpec {
     /// The state of a batched session with `slots` sequence slots: a recurrent state once per
-    /// slot, stacked along its first dimension (`crate::Graph::recurrent_shape`); a KV cache,
-    /// already a shared pool, as it is.
+    /// slot ([`in_slots`]); a KV cache, already a shared pool, as it is.
     pub fn in_slots(mut self, slots: usize) -> StateSpec {
-        if let (true, Some(first)) = (self.recurrent, self.shape.first_mut()) {
-            *first *= slots;
+        if self.recurrent {
+            self.shape = in_slots(&self.shape, slots);
         }
         self
     }
@@ -71,6 +68,16 @@ impl StateSpec {
             dtype: DType::U32,
         }
     }
+}
+
+/// The shape of `slots` states of shape `per_slot` stacked along the first dimension (slot
+/// s's starts at s times `per_slot`'s elements): a batched session's recurrent states.
+pub fn in_slots(per_slot: &[usize], slots: usize) -> Vec<usize> {
+    let mut shape = per_slot.to_vec();
+    if let Some(first) = shape.first_mut() {
+        *first *= slots;
+    }
+    shape
 }
 
 /// GPU copies of a store's recurrent states, in the store's order.

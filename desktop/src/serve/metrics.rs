@@ -153,7 +153,7 @@ impl Metrics {
         gauge(
             o,
             "kestrel_running_jobs",
-            "Jobs the engine is running (its batch size: one sequence at a time).",
+            "Jobs the engine is running together (its batch size).",
             g.running,
         );
         gauge(

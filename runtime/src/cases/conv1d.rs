@@ -2,8 +2,42 @@
 //! is a copy of inputs); and its batched form, each sequence of a step from its own slot.
 
 use super::{batch_uniform, poisoned, upload_f32, Case, Output, Prepared, SUM_TOL};
+use crate::buffer::GpuBuffer;
+use crate::device::Gpu;
 use crate::kernels::conv1d;
 use crate::rng::Rng;
+
+/// A case's inputs on the GPU and its output, poisoned, of as many values as x.
+struct Uploaded {
+    x: GpuBuffer,
+    w: GpuBuffer,
+    b: GpuBuffer,
+    state: GpuBuffer,
+    out: GpuBuffer,
+}
+
+impl Uploaded {
+    fn new(gpu: &Gpu, [x, w, b, state]: [&[f32]; 4]) -> Uploaded {
+        Uploaded {
+            x: upload_f32(gpu, x),
+            w: upload_f32(gpu, w),
+            b: upload_f32(gpu, b),
+            state: upload_f32(gpu, state),
+            out: poisoned(gpu, x.len()),
+        }
+    }
+
+    /// The kernel's buffers, with the bias or without.
+    fn buffers(&self, bias: bool) -> conv1d::Buffers<'_> {
+        conv1d::Buffers {
+            x: &self.x,
+            w: &self.w,
+            bias: bias.then_some(&*self.b),
+            state: &self.state,
+            out: &self.out,
+        }
+    }
+}
 
 pub fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
@@ -23,25 +57,13 @@ pub fn cases() -> Vec<Case> {
             let w = rng.vec(channels * kernel, 1.0);
             let b = rng.vec(channels, 1.0);
             let mut state = rng.vec((kernel - 1) * channels, 1.0);
-            let (xb, wb, bb) = (
-                upload_f32(gpu, &x),
-                upload_f32(gpu, &w),
-                upload_f32(gpu, &b),
-            );
-            let (sb, out) = (upload_f32(gpu, &state), poisoned(gpu, tokens * channels));
-            let io = conv1d::Buffers {
-                x: &xb,
-                w: &wb,
-                bias: bias.then_some(&*bb),
-                state: &sb,
-                out: &out,
-            };
-            let d = conv1d::launch(gpu, &io, tokens, channels, kernel, silu)?;
+            let up = Uploaded::new(gpu, [&x, &w, &b, &state]);
+            let d = conv1d::launch(gpu, &up.buffers(bias), tokens, channels, kernel, silu)?;
             let bias_ref = bias.then_some(b.as_slice());
             let want = conv1d::reference(&x, &w, bias_ref, &mut state, channels, kernel, silu);
             let outputs = vec![
-                Output::close("outputs", &out, want, SUM_TOL),
-                Output::bits("state", &sb, state),
+                Output::close("outputs", &up.out, want, SUM_TOL),
+                Output::bits("state", &up.state, state),
             ];
             Ok(Prepared::new(gpu, d, outputs))
         }));
@@ -70,20 +92,9 @@ fn paged_cases() -> Vec<Case> {
             let b = rng.vec(channels, 1.0);
             let per_slot = (kernel - 1) * channels;
             let mut state = rng.vec(slots * per_slot, 1.0);
-            let (xb, wb, bb) = (
-                upload_f32(gpu, &x),
-                upload_f32(gpu, &w),
-                upload_f32(gpu, &b),
-            );
-            let (sb, out) = (upload_f32(gpu, &state), poisoned(gpu, x.len()));
-            let io = conv1d::Buffers {
-                x: &xb,
-                w: &wb,
-                bias: bias.then_some(&*bb),
-                state: &sb,
-                out: &out,
-            };
+            let up = Uploaded::new(gpu, [&x, &w, &b, &state]);
             let batch = batch_uniform(gpu, &seqs);
+            let io = up.buffers(bias);
             let d = conv1d::launch_paged(gpu, &io, &batch, picks, channels, kernel, silu)?;
             let mut want = Vec::new();
             let mut first = 0;
@@ -97,8 +108,8 @@ fn paged_cases() -> Vec<Case> {
                 first += n;
             }
             let outputs = vec![
-                Output::close("outputs", &out, want, SUM_TOL),
-                Output::bits("states", &sb, state),
+                Output::close("outputs", &up.out, want, SUM_TOL),
+                Output::bits("states", &up.state, state),
             ];
             Ok(Prepared::new(gpu, vec![d], outputs))
         }));

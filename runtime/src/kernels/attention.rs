@@ -435,7 +435,7 @@ impl Graph {
         let rope_half = inv_freq.map(|f| self.numel(f));
         validate_mode(&shape, &layout, causal, rope_half, mask.is_some())?;
         let paged = self.batch.map(|b| (b.table, b.shape.table_width));
-        if paged.is_some() && (!layout.pages() || mask.is_some() || !causal) {
+        if paged.is_some() != layout.pages() || (paged.is_some() && (mask.is_some() || !causal)) {
             return Err(Error::Graph(
                 "a batched step's attention is causal and dense over paged caches".into(),
             ));

@@ -423,12 +423,35 @@ pub fn launch_lanes(
     shape: &ScanShape,
     tokens: usize,
 ) -> Result<Vec<Dispatch>> {
-    if !runs_lanes(gpu) {
+    check_lanes(gpu, true)?;
+    token_by_token(gpu, b, shape, tokens, true)
+}
+
+/// An error where `lanes` asks for the lanes kernel and `gpu` lacks subgroups of 8 lanes.
+fn check_lanes(gpu: &Gpu, lanes: bool) -> Result<()> {
+    if lanes && !runs_lanes(gpu) {
         return Err(Error::Graph(
             "linear_scan: the lanes kernel needs subgroups of at least 8 lanes".into(),
         ));
     }
-    token_by_token(gpu, b, shape, tokens, true)
+    Ok(())
+}
+
+/// The token-by-token kernel, its specialisation (one sequence or `paged`) and its
+/// workgroups: one per 16 rows of a head (lanes) or per 64 state rows.
+fn recurrent_kernel(shape: &ScanShape, lanes: bool, paged: bool) -> (Kernel, ShaderDefs, u32) {
+    match lanes {
+        true => (
+            LANES,
+            lanes_defs(shape, paged),
+            (shape.heads * shape.dv.div_ceil(LANES_ROWS as usize)) as u32,
+        ),
+        false => (
+            KERNEL,
+            outputs_defs(shape, true, paged),
+            ((shape.heads * shape.dv) as u32).div_ceil(64),
+        ),
+    }
 }
 
 /// Token by token on shaders/linear_scan.wgsl, an invocation per state row.
@@ -441,8 +464,8 @@ pub fn launch_rows(
     token_by_token(gpu, b, shape, tokens, false)
 }
 
-/// The token-by-token kernels' dispatches: as many tokens per dispatch as the kernel's loop
-/// limit allows, a workgroup per 16 rows of a head (lanes) or per 64 state rows.
+/// The token-by-token kernels' dispatches ([`recurrent_kernel`]): as many tokens per
+/// dispatch as the kernel's loop limit allows.
 fn token_by_token(
     gpu: &Gpu,
     b: &ScanBuffers,
@@ -451,19 +474,10 @@ fn token_by_token(
     lanes: bool,
 ) -> Result<Vec<Dispatch>> {
     let [decay, consts, ab] = check_inputs(gpu, shape, b)?;
-    let (kernel, defs, per, groups) = match lanes {
-        true => (
-            LANES,
-            lanes_defs(shape, false),
-            lanes_tokens_per_dispatch(shape.dk),
-            (shape.heads * shape.dv.div_ceil(LANES_ROWS as usize)) as u32,
-        ),
-        false => (
-            KERNEL,
-            outputs_defs(shape, true, false),
-            recurrent_tokens_per_dispatch(shape.dk),
-            ((shape.heads * shape.dv) as u32).div_ceil(64),
-        ),
+    let (kernel, defs, groups) = recurrent_kernel(shape, lanes, false);
+    let per = match lanes {
+        true => lanes_tokens_per_dispatch(shape.dk),
+        false => recurrent_tokens_per_dispatch(shape.dk),
     };
     (0..tokens)
         .step_by(per)
@@ -493,24 +507,9 @@ pub fn launch_paged(
     seqs: usize,
     lanes: bool,
 ) -> Result<Dispatch> {
+    check_lanes(gpu, lanes)?;
     let [decay, consts, ab] = check_inputs(gpu, shape, b)?;
-    let (kernel, defs, groups) = match lanes {
-        true if !runs_lanes(gpu) => {
-            return Err(Error::Graph(
-                "linear_scan: the lanes kernel needs subgroups of at least 8 lanes".into(),
-            ))
-        }
-        true => (
-            LANES,
-            lanes_defs(shape, true),
-            (shape.heads * shape.dv.div_ceil(LANES_ROWS as usize)) as u32,
-        ),
-        false => (
-            KERNEL,
-            outputs_defs(shape, true, true),
-            ((shape.heads * shape.dv) as u32).div_ceil(64),
-        ),
-    };
+    let (kernel, defs, groups) = recurrent_kernel(shape, lanes, true);
     let [gx, gy, _] = gpu.grid(groups);
     kernel.dispatch(
         gpu,

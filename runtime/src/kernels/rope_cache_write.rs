@@ -87,10 +87,10 @@ pub struct RopeCacheWrite {
     pub q_out: TensorId,
     pub k_cache: TensorId,
     pub v_cache: TensorId,
+    /// Paged (`KvLayout::pages`) in a batched graph: positions and cache rows then come from
+    /// the batch's rows.
     pub layout: KvLayout,
     pub heads: Heads,
-    /// In a batched graph: positions and cache rows from the batch's rows.
-    pub paged: bool,
 }
 
 impl Graph {
@@ -192,7 +192,6 @@ impl Graph {
             v_cache,
             layout,
             heads,
-            paged: self.batch.is_some(),
         });
         Ok(q_out)
     }
@@ -228,7 +227,7 @@ impl Op for RopeCacheWrite {
             qk_norm,
             q_out: cx.buf(self.q_out)?,
             caches: [cx.buf(self.k_cache)?, cx.buf(self.v_cache)?],
-            batch: match self.paged {
+            batch: match self.layout.pages() {
                 true => Some(cx.batch()?),
                 false => None,
             },
