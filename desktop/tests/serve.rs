@@ -700,13 +700,15 @@ fn answers_cors_and_checks_the_api_key() {
     assert_eq!(streamed_chat(&body).1, "length");
 }
 
-/// With the queue full (--max-queue 1: one job waiting behind the running one), a request
-/// is answered 429 at once.
+/// With the queue full (--max-queue 1: one job waiting behind the running one, --max-batch
+/// 1 so that it waits), a request is answered 429 at once.
 #[test]
 fn a_full_queue_answers_429() {
     let _one = serial();
     let server = Server::start(&[
         "--max-queue",
+        "1",
+        "--max-batch",
         "1",
         "--attention-sinks",
         "4",
