@@ -88,10 +88,8 @@ fn window_lo(pos: u32) -> u32 {
 
 // The pair (a, b) of a rotate-half RoPE head, turned by pos * inv_freq[i].
 fn rope_pair(a: f32, b: f32, pos: u32, i: u32) -> vec2<f32> {
-    let angle = f32(pos) * inv_freq[i];
-    let c = cos(angle);
-    let s = sin(angle);
-    return vec2<f32>(a * c - b * s, b * c + a * s);
+    let cs = sin_cos(f32(pos) * inv_freq[i]);
+    return vec2<f32>(a * cs.x - b * cs.y, b * cs.x + a * cs.y);
 }
 
 fn rotate_tile(k0: u32, shift: u32, lid: u32) {

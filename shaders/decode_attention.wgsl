@@ -97,11 +97,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (ROPE && lid < G) {
         let o = lid * HEAD_DIM;
         for (var i = 0u; i < p.rot_half; i++) {
-            let angle = f32(keys.n - 1u) * inv_freq[i];
+            let cs = sin_cos(f32(keys.n - 1u) * inv_freq[i]);
             let a = q_row[o + i];
             let b = q_row[o + i + p.rot_half];
-            q_row[o + i] = a * cos(angle) - b * sin(angle);
-            q_row[o + i + p.rot_half] = b * cos(angle) + a * sin(angle);
+            q_row[o + i] = a * cs.x - b * cs.y;
+            q_row[o + i + p.rot_half] = b * cs.x + a * cs.y;
         }
     }
     workgroupBarrier();
@@ -143,11 +143,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                     }
                     if (ROPE) {
                         for (var d = 0u; d < p.rot_half; d++) {
-                            let angle = f32(i) * inv_freq[d];
+                            let cs = sin_cos(f32(i) * inv_freq[d]);
                             let a = k_cache[base + d];
                             let b = k_cache[base + d + p.rot_half];
-                            let ka = a * cos(angle) - b * sin(angle);
-                            let kb = b * cos(angle) + a * sin(angle);
+                            let ka = a * cs.x - b * cs.y;
+                            let kb = b * cs.x + a * cs.y;
                             for (var g = 0u; g < G; g++) {
                                 s[g] += q_row[g * HEAD_DIM + d] * ka;
                                 s[g] += q_row[g * HEAD_DIM + d + p.rot_half] * kb;

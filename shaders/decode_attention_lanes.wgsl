@@ -40,14 +40,20 @@ var<workgroup> n_blocks: u32;
 // The vec4 of dims 4c..4c+3 rotated by `at` positions, given the vec4 its rotation pairs it
 // with (dims +- rot_half) and the four frequencies; dims past the rotated pairs unchanged.
 fn rotate(x: vec4<f32>, partner: vec4<f32>, c: u32, freq: vec4<f32>, at: f32) -> vec4<f32> {
+    if (4u * c >= 2u * p.rot_half) {
+        return x;
+    }
     let angle = at * freq;
+    let c0 = sin_cos(angle.x);
+    let c1 = sin_cos(angle.y);
+    let c2 = sin_cos(angle.z);
+    let c3 = sin_cos(angle.w);
+    let cos4 = vec4<f32>(c0.x, c1.x, c2.x, c3.x);
+    let sin4 = vec4<f32>(c0.y, c1.y, c2.y, c3.y);
     if (4u * c < p.rot_half) {
-        return x * cos(angle) - partner * sin(angle);
+        return x * cos4 - partner * sin4;
     }
-    if (4u * c < 2u * p.rot_half) {
-        return x * cos(angle) + partner * sin(angle);
-    }
-    return x;
+    return x * cos4 + partner * sin4;
 }
 
 // Chunk c's rotation partner (ROPE).
