@@ -48,7 +48,7 @@ PYENV="${KESTREL_PYENV:-$HOME/.cache/kestrel/pyenv}"
 tests/app_screenshot.sh
 # The browser engine: lints for wasm32, the release wasm (built once), then headless
 # Chromium on SwiftShader WebGPU: kernels against CPU references, fixture logits against
-# native ones, the chat page (target/artifacts/web-chat.png) and the weights cache.
+# native ones (every family), the chat page (target/artifacts/web-chat.png) and the weights cache.
 cargo clippy --target wasm32-unknown-unknown -p kestrel-web -- -D warnings
 web_start=$SECONDS
 web/build.sh
@@ -65,6 +65,9 @@ else
     echo "KESTREL_OFFLINE=1: not checked: SmolLM2 in the browser" >>"$KESTREL_UNCHECKED"
 fi
 node web/tests/browser.mjs --native-dir target/web-test --native-bin target/debug/kestrel
+# Every fixture model's logits in the browser against native ones, a chat of each kind
+# (attention, recurrent, MoE, hybrid, diffusion) and the attention options.
+node web/tests/families.mjs --native-bin target/debug/kestrel
 echo "browser step: $((SECONDS - web_start)) s"
 df -h . | tail -1
 if [ -s "$KESTREL_UNCHECKED" ]; then

@@ -11,11 +11,10 @@ use std::sync::Arc;
 
 use js_sys::{Float32Array, Promise};
 use kestrel_models::chat_template::{ChatTemplate, Message};
-use kestrel_models::generate::{GenerateError, Generation, Prompt, Request, Step};
+use kestrel_models::generate::{mask_token, GenerateError, Generation, Prompt, Request, Step};
 use kestrel_models::speculate::{Speculator, DEFAULT_DRAFT_TOKENS};
 use kestrel_models::Model;
 use kestrel_runtime::counters::Work;
-use kestrel_runtime::kernels::matvec_q8::MatvecPrecision;
 use kestrel_runtime::session::{Sampling, Session};
 use kestrel_runtime::{BackendChoice, Gpu};
 use serde::Deserialize;
@@ -23,8 +22,10 @@ use serde_json::json;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
+use crate::diffusion::DiffusionFields;
 use crate::error::{Result, WebError};
 use crate::load;
+use crate::options::EngineOptions;
 
 /// Open the WebGPU device; the runtime refuses an adapter whose limits are too small for the
 /// kernels, with the reason.
@@ -108,6 +109,9 @@ struct ChatRequest {
     /// KV cache. Absent: [`DEFAULT_CONVERSATION`].
     #[serde(default)]
     conversation: Option<String>,
+    /// A diffusion model's sampler settings (see [`crate::diffusion`]).
+    #[serde(default)]
+    diffusion: Option<DiffusionFields>,
 }
 
 fn streamed_by_default() -> bool {
@@ -303,33 +307,25 @@ pub struct Engine {
     held: Rc<RefCell<HeldConversations>>,
 }
 
-/// `createEngine`'s `matvecPrecision` (the decode matvec's arithmetic, as the command line's
-/// `--matvec-precision`); an unknown name is a request error naming the option.
-fn matvec_precision(name: &str) -> Result<MatvecPrecision> {
-    name.parse()
-        .map_err(|e| WebError::BadRequest(format!("matvecPrecision: {e}")))
-}
-
-/// Check `createEngine`'s `matvecPrecision` before anything is downloaded.
-#[wasm_bindgen(js_name = checkMatvecPrecision)]
-pub fn check_matvec_precision(name: &str) -> std::result::Result<(), JsValue> {
-    matvec_precision(name)?;
+/// Check `createEngine`'s options (JSON: `ctx`, `matvecPrecision`, `attentionSinks`,
+/// `kvWindow`, `blockSparse`) before anything is downloaded.
+#[wasm_bindgen(js_name = checkOptions)]
+pub fn check_options(options: &str) -> std::result::Result<(), JsValue> {
+    EngineOptions::parse(options)?;
     Ok(())
 }
 
-/// Load a GGUF file (its bytes) with a context of `ctx` tokens (0: the model's own) and the
-/// decode matvec's precision (`"f32"`, `"int8"`, ...).
+/// Load a GGUF file (its bytes) with `createEngine`'s options (JSON, see [`check_options`]).
 #[wasm_bindgen(js_name = loadGguf)]
 pub async fn load_gguf(
     name: String,
     bytes: Vec<u8>,
-    ctx: u32,
-    precision: String,
+    options: String,
 ) -> std::result::Result<Engine, JsValue> {
-    let precision = matvec_precision(&precision)?;
+    let options = EngineOptions::parse(&options)?;
     let gpu = open_gpu().await?;
     let model = load::gguf(&gpu, &name, bytes)?;
-    Ok(Engine::new(gpu, model, ctx, precision)?)
+    Ok(Engine::new(gpu, model, &options)?)
 }
 
 /// Load a Hugging Face folder from its files: `names[i]` is the file name of `files[i]`.
@@ -338,10 +334,9 @@ pub async fn load_hf_files(
     folder: String,
     names: Vec<String>,
     files: Vec<js_sys::Uint8Array>,
-    ctx: u32,
-    precision: String,
+    options: String,
 ) -> std::result::Result<Engine, JsValue> {
-    let precision = matvec_precision(&precision)?;
+    let options = EngineOptions::parse(&options)?;
     if names.len() != files.len() {
         return Err(WebError::BadRequest("one name per file".into()).into());
     }
@@ -351,24 +346,24 @@ pub async fn load_hf_files(
         .zip(files.iter().map(|f| f.to_vec()))
         .collect();
     let model = load::hf_files(&gpu, &folder, files)?;
-    Ok(Engine::new(gpu, model, ctx, precision)?)
+    Ok(Engine::new(gpu, model, &options)?)
 }
 
 impl Engine {
-    fn new(gpu: Arc<Gpu>, model: Model, ctx: u32, precision: MatvecPrecision) -> Result<Engine> {
+    fn new(gpu: Arc<Gpu>, mut model: Model, options: &EngineOptions) -> Result<Engine> {
+        // A bidirectional model is run by diffusion, which needs its mask token.
         if !model.config().causal {
-            return Err(WebError::BadRequest(format!(
-                "{} is a diffusion model; the browser engine runs autoregressive models",
-                model.name
-            )));
+            mask_token(&model).map_err(web_error)?;
         }
+        options.apply(&mut model)?;
         let template = model.chat_template()?;
         let max = model.architecture().max_context();
-        let ctx = match ctx {
+        let ctx = match options.ctx {
             0 => max.min(2048),
             n => (n as usize).min(max),
         };
         // Before any plan is made (plans are made on first use, and kept).
+        let precision = options.precision;
         gpu.set_matvec_precision(precision)
             .map_err(|e| WebError::BadRequest(format!("matvecPrecision: {e}")))?;
         // The default conversation's session, made now as before there were several (its
@@ -387,6 +382,7 @@ impl Engine {
             "stateBytes": session.state_bytes(),
             "hasTokenizer": model.tokenizer.is_some(),
             "fallbackTemplate": template.is_fallback,
+            "diffusion": !c.causal,
         });
         let conversations = Conversations {
             held: vec![(DEFAULT_CONVERSATION.to_string(), session)],
@@ -496,11 +492,15 @@ impl Engine {
             let this = take(&inner)?;
             let mut s = this.model.session(&gpu, 4)?;
             let first = this.model.config().bos.first().copied().unwrap_or(0);
-            let two = Request {
+            let mut two = Request {
                 max_tokens: 2,
                 ignore_eos: true,
                 ..Request::default()
             };
+            if !this.model.config().causal {
+                let fields = DiffusionFields::default();
+                two.diffusion = Some(fields.config(Some(2), 2, 0.0, 0)?);
+            }
             let mut g = Generation::new(&this.model, &mut s, vec![first, first], &two)
                 .map_err(web_error)?;
             for _ in 0..2 {
@@ -773,7 +773,7 @@ impl Engine {
         let ids = Prompt::Chat(messages)
             .encode(&this.model, Some(&this.template))
             .map_err(web_error)?;
-        let request = req.request();
+        let mut request = req.request();
         // The conversations held may change (a new one, the oldest dropped) even when making
         // the new session fails.
         let opened = this
@@ -786,6 +786,17 @@ impl Engine {
             .conversations
             .get(id)
             .expect("the conversation was just opened");
+        if !this.model.config().causal {
+            let room = session.capacity().saturating_sub(ids.len());
+            let s = &request.sampling;
+            let fields = req.diffusion.unwrap_or_default();
+            request.diffusion = Some(fields.config(req.max_tokens, room, s.temperature, s.seed)?);
+        } else if req.diffusion.is_some() {
+            return Err(WebError::BadRequest(format!(
+                "diffusion settings are for diffusion models; {} is autoregressive",
+                this.model.name
+            )));
+        }
         let mut g = Generation::new(&this.model, session, ids, &request).map_err(web_error)?;
         if !req.stream {
             g.unstreamed();

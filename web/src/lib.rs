@@ -5,8 +5,10 @@
 //! * [`engine`]: load a model from bytes, chat replies one token per call, logits, info.
 //! * [`kernel_check`]: the runtime's kernels against their CPU references, in the browser.
 
+pub mod diffusion;
 pub mod error;
 pub mod load;
+pub mod options;
 
 #[cfg(target_arch = "wasm32")]
 pub mod engine;

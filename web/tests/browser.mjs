@@ -17,95 +17,21 @@
 // gives a clear error, stop strings end a reply, and out-of-range sampling settings are
 // refused. Prints the .wasm size, pipeline-creation
 // time, time to first token and decode tokens/s. Exits non-zero on any failure.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { FLAGS, SWIFTSHADER_ICD, checker, f32FromB64, launch, modelsDir, readNpy, relErr, repo, startServer, top1Agreement } from './harness.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const repo = path.resolve(here, '../..');
 const args = process.argv.slice(2);
 const nativeDir = args.includes('--native-dir') ? path.resolve(args[args.indexOf('--native-dir') + 1]) : null;
 const nativeBin = args.includes('--native-bin') ? path.resolve(args[args.indexOf('--native-bin') + 1]) : null;
-// The SwiftShader Vulkan driver Debian's chromium ships: native Kestrel on it runs the engine
-// the browser's WebGPU runs on.
-const SWIFTSHADER_ICD = process.env.KESTREL_SWIFTSHADER_ICD || '/usr/lib/chromium/vk_swiftshader_icd.json';
-const CHROMIUM = process.env.KESTREL_CHROMIUM || '/usr/lib/chromium/chromium';
-const FLAGS = [
-  '--enable-unsafe-webgpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--disable-quic',
-  '--no-pings',
-  '--gaia-url=http://127.0.0.1:9',
-  '--component-updater=url-source=http://127.0.0.1:9/',
-  '--no-sandbox',
-  // Exact timestamp queries (Chromium rounds them to 100 us otherwise) for decodeProfile.
-  '--enable-dawn-features=allow_unsafe_apis',
-  '--disable-dawn-features=timestamp_quantization',
-];
 const LOGITS_TOL = 1e-4;
 const SMOLLM2 = 'SmolLM2-135M-Instruct.Q4_1.gguf';
-const cacheDir = process.env.KESTREL_CACHE || (process.env.XDG_CACHE_HOME ? path.join(process.env.XDG_CACHE_HOME, 'kestrel') : path.join(os.homedir(), '.cache', 'kestrel'));
-const smolPath = path.join(cacheDir, 'models', SMOLLM2);
+const smolPath = path.join(modelsDir, SMOLLM2);
 const haveSmol = fs.existsSync(smolPath);
 
-let failures = 0;
+const { check, failures } = checker();
 const t0 = Date.now();
-function check(ok, what) {
-  console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}`);
-  if (!ok) failures++;
-}
-
-// float32 .npy (little-endian, C order) → { shape, data }
-function readNpy(file) {
-  const buf = fs.readFileSync(file);
-  const hlen = buf.readUInt16LE(8);
-  const header = buf.toString('latin1', 10, 10 + hlen);
-  if (!header.includes("'<f4'") || header.includes("'fortran_order': True")) throw new Error(`${file}: not a C-order float32 .npy`);
-  const shape = header.match(/'shape': \(([^)]*)\)/)[1].split(',').filter((s) => s.trim()).map(Number);
-  const off = 10 + hlen;
-  const data = new Float32Array(buf.buffer.slice(buf.byteOffset + off, buf.byteOffset + buf.length));
-  return { shape, data };
-}
-
-function relErr(out, ref) {
-  if (out.length !== ref.length) return NaN;
-  let d = 0, n = 0;
-  for (let i = 0; i < ref.length; i++) {
-    const x = out[i] - ref[i];
-    d += x * x;
-    n += ref[i] * ref[i];
-  }
-  return Math.sqrt(n ? d / n : d);
-}
-
-function top1Agreement(out, ref, vocab) {
-  let same = 0;
-  const rows = ref.length / vocab;
-  const argmax = (a, r) => {
-    let best = 0;
-    for (let i = 1; i < vocab; i++) if (a[r * vocab + i] > a[r * vocab + best]) best = i;
-    return best;
-  };
-  for (let r = 0; r < rows; r++) if (argmax(out, r) === argmax(ref, r)) same++;
-  return same / rows;
-}
-
-// The static server on a free port.
-function startServer() {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [path.join(repo, 'web/serve.mjs'), '--port', '0', '--fixtures', path.join(repo, 'tests/fixtures'), '--models', path.dirname(smolPath)], { stdio: ['ignore', 'pipe', 'inherit'] });
-    p.stdout.on('data', (d) => {
-      const m = String(d).match(/http:\/\/127\.0\.0\.1:(\d+)\//);
-      if (m) resolve({ proc: p, base: `http://127.0.0.1:${m[1]}` });
-    });
-    p.on('exit', (code) => reject(new Error(`server exited with ${code}`)));
-  });
-}
 
 const wasmFile = path.join(repo, 'web/www/pkg/kestrel_web_bg.wasm');
 if (!fs.existsSync(wasmFile)) {
@@ -115,7 +41,7 @@ if (!fs.existsSync(wasmFile)) {
 console.log(`kestrel_web_bg.wasm: ${fs.statSync(wasmFile).size} bytes (${(fs.statSync(wasmFile).size / 1048576).toFixed(2)} MiB, after wasm-opt)`);
 
 const { proc: server, base } = await startServer();
-const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS });
+const browser = await launch();
 const requests = async () => (await fetch(`${base}/__requests`)).json();
 try {
   const context = await browser.newContext();
@@ -204,8 +130,7 @@ try {
         await e.dispose();
       }
     }, { model, tokens, chat });
-    const buf = Buffer.from(r.b64, 'base64');
-    return { logits: new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4), info: r.info, perf: r.perf };
+    return { logits: f32FromB64(r.b64), info: r.info, perf: r.perf };
   }
   const gqaTokens = JSON.parse(fs.readFileSync(path.join(repo, 'tests/fixtures/llama_gqa/tokens.json'))).tokens;
   const gqa = await browserRun('/fixtures/llama_gqa/', gqaTokens, !haveSmol);
@@ -429,7 +354,7 @@ try {
     const index = await (await get('model.safetensors.index.json')).json();
     const names = ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors.index.json', ...new Set(Object.values(index.weight_map))];
     const files = await Promise.all(names.map(async (n) => new Uint8Array(await (await get(n)).arrayBuffer())));
-    const e = await w.loadHfFiles('llama_gqa', names, files, 0, 'f32');
+    const e = await w.loadHfFiles('llama_gqa', names, files, '{}');
     const ask = (conversation) => JSON.stringify({ messages: [{ role: 'user', content: 'ab ab' }], max_tokens: 4, temperature: 0, conversation });
     try {
       e.chatBegin(ask('a'));
@@ -590,7 +515,7 @@ try {
 // No WebGPU (Chromium without --enable-unsafe-webgpu): the page says so.
 {
   const { proc: server2, base: base2 } = await startServer();
-  const plain = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS.filter((f) => f !== '--enable-unsafe-webgpu').concat(['--disable-features=WebGPU']) });
+  const plain = await launch(FLAGS.filter((f) => f !== '--enable-unsafe-webgpu').concat(['--disable-features=WebGPU']));
   try {
     const p = await plain.newPage();
     await p.goto(`${base2}/?model=${encodeURIComponent('/fixtures/llama_gqa/')}`);
@@ -604,5 +529,5 @@ try {
     server2.kill();
   }
 }
-console.log(`browser tests: ${failures ? failures + ' failure(s)' : 'all passed'} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-process.exit(failures ? 1 : 0);
+console.log(`browser tests: ${failures() ? failures() + ' failure(s)' : 'all passed'} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+process.exit(failures() ? 1 : 0);

@@ -40,6 +40,16 @@ export interface CreateEngineOptions {
    * formats, on adapters with shader-f16 only. Other weights keep f32. Another value, or
    * 'f16' without shader-f16, rejects with KestrelRequestError. */
   matvecPrecision?: MatvecPrecision;
+  /** StreamingLLM (the command line's --attention-sinks / --kv-window; give both): keep the
+   * first `attentionSinks` tokens and the last `kvWindow`, keys cached before RoPE with
+   * positions counted inside the cache, so a conversation grows without bound in fixed
+   * memory. A model without attention, or values past the context, reject with
+   * KestrelRequestError naming the option. */
+  attentionSinks?: number;
+  kvWindow?: number;
+  /** Block-sparse attention over 64x64 blocks (the command line's --block-sparse), e.g.
+   * 'local=4,global=1,random=1,dilation=1,seed=0[@LAYERS];...'. */
+  blockSparse?: string;
   /** Speculative decoding: 'ngram' drafts by prompt lookup (the tokens after the latest
    * earlier occurrence of the last few tokens) and verifies the drafts in one forward; the
    * reply is unchanged (token for token when greedy), faster where it repeats the prompt.
@@ -82,7 +92,26 @@ export interface ChatCompletionRequest {
    * only the new tokens whichever conversations ran in between. Replies generate one at a
    * time, queued first come, first served, whatever their conversations. */
   conversation?: string;
+  /** A diffusion model's sampler (LLaDA; `kestrel diffuse`'s settings): the reply is
+   * `max_tokens` (default 128) within the context, rounded down to whole blocks, and streams
+   * a block at a time as each fills. Refused for autoregressive models. */
+  diffusion?: DiffusionSettings;
   signal?: AbortSignal;
+}
+
+export interface DiffusionSettings {
+  /** Tokens filled per block (default: the reply's length, at most 32). */
+  block_length?: number;
+  /** Steps over the whole reply, spread evenly over the blocks (default: one per token). */
+  steps?: number;
+  /** Fast-dLLM parallel decoding: commit every position at least this confident, in (0, 1]. */
+  threshold?: number;
+  /** Reuse the block-start forward's keys and values within a block (default 'none'). */
+  cache?: 'none' | 'prefix' | 'dual';
+  /** Classifier-free guidance scale (default 0, off; needs cache 'none'). */
+  cfg_scale?: number;
+  /** Which positions of a step's candidates stay masked (default 'low_confidence'). */
+  remasking?: 'low_confidence' | 'random';
 }
 
 export type FinishReason = 'stop' | 'length' | 'abort' | null;
@@ -152,6 +181,8 @@ export interface EngineInfo {
     stateBytes: number;
     hasTokenizer: boolean;
     fallbackTemplate: boolean;
+    /** A diffusion model (bidirectional, sampled by unmasking): requests take `diffusion`. */
+    diffusion: boolean;
   };
   timings?: { loadMs: number; pipelineMs: number };
   /** The speculative decoding the engine was created with (absent or null: none). */

@@ -138,7 +138,7 @@ class Engine {
   create(req) {
     const { stream = false, signal, ...fields } = req || {};
     const request = {};
-    for (const k of ['messages', 'max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'conversation']) {
+    for (const k of ['messages', 'max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'conversation', 'diffusion']) {
       if (fields[k] !== undefined && fields[k] !== null) request[k] = fields[k];
     }
     // A whole reply (no stream) decodes in the largest batches: nobody waits in between.
@@ -222,14 +222,18 @@ class Engine {
  * Rejects with a KestrelError whose name says what went wrong (KestrelNoWebGpuError,
  * KestrelLimitsError, KestrelDownloadError, KestrelModelError, ...).
  */
-export async function createEngine({ model, onProgress, ctx = 0, matvecPrecision = 'f32', speculate, draftTokens, maxConversations, workerUrl } = {}) {
+export async function createEngine({ model, onProgress, ctx = 0, matvecPrecision = 'f32', attentionSinks, kvWindow, blockSparse, speculate, draftTokens, maxConversations, workerUrl, ...unknown } = {}) {
+  // A misspelt option would otherwise be dropped silently, and the engine run without it.
+  const names = Object.keys(unknown);
+  if (names.length) throw new KestrelError('KestrelRequestError', `bad request: unknown createEngine option(s): ${names.join(', ')}`);
   if (!webgpuAvailable()) {
     throw new KestrelError('KestrelNoWebGpuError', 'WebGPU is not available in this browser (navigator.gpu is missing; it needs a secure context such as https or http://127.0.0.1)');
   }
   const source = sourceOf(model);
   const rpc = new Rpc(workerUrl || new URL('./worker.js', import.meta.url));
   try {
-    const { promise } = rpc.call('load', { source, ctx, matvecPrecision, speculate, draftTokens, maxConversations }, { onProgress });
+    const options = { ctx, matvecPrecision, attentionSinks, kvWindow, blockSparse };
+    const { promise } = rpc.call('load', { source, options, speculate, draftTokens, maxConversations }, { onProgress });
     const info = await promise;
     return new Engine(rpc, info);
   } catch (e) {

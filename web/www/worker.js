@@ -123,11 +123,12 @@ async function fetchHfFolder(id, baseUrl) {
   return files;
 }
 
-async function load(id, { source, ctx, matvecPrecision, speculate, draftTokens, maxConversations }) {
+async function load(id, { source, options: engineOptions, speculate, draftTokens, maxConversations }) {
   await ready;
-  // An unknown precision is refused before anything is downloaded.
-  const precision = String(matvecPrecision ?? 'f32');
-  wasm.checkMatvecPrecision(precision);
+  // The engine's options (context, precision, attention options), refused before anything
+  // is downloaded when they are bad.
+  const options = JSON.stringify(engineOptions || {});
+  wasm.checkOptions(options);
   // The engine's bound (setMaxConversations checks it again), before anything downloads.
   if (maxConversations != null && !(Number.isInteger(maxConversations) && maxConversations >= 1 && maxConversations <= 64)) {
     throw named('KestrelRequestError', `bad request: maxConversations must be 1 to 64, not ${maxConversations}`);
@@ -139,29 +140,29 @@ async function load(id, { source, ctx, matvecPrecision, speculate, draftTokens, 
     const bytes = await fetchBytes(id, source.url);
     progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
     modelName = base(source.url);
-    e = await wasm.loadHfFiles(modelName, [modelName], [bytes], ctx || 0, precision);
+    e = await wasm.loadHfFiles(modelName, [modelName], [bytes], options);
   } else if (source.kind === 'url' && !source.url.endsWith('/')) {
     const bytes = await fetchBytes(id, source.url);
     progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
     modelName = base(source.url);
-    e = await wasm.loadGguf(modelName, bytes, ctx || 0, precision);
+    e = await wasm.loadGguf(modelName, bytes, options);
   } else if (source.kind === 'url') {
     const files = await fetchHfFolder(id, source.url);
     progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
     modelName = base(source.url);
-    e = await wasm.loadHfFiles(modelName, files.map((f) => f[0]), files.map((f) => f[1]), ctx || 0, precision);
+    e = await wasm.loadHfFiles(modelName, files.map((f) => f[0]), files.map((f) => f[1]), options);
   } else {
     const files = source.files;
     const gguf = files.find((f) => /\.gguf$/i.test(f.name));
     progress(id, { phase: 'read', message: `reading ${files.length} file(s)` });
     if (gguf) {
       modelName = gguf.name;
-      e = await wasm.loadGguf(gguf.name, new Uint8Array(await gguf.arrayBuffer()), ctx || 0, precision);
+      e = await wasm.loadGguf(gguf.name, new Uint8Array(await gguf.arrayBuffer()), options);
     } else {
       const bytes = await Promise.all(files.map(async (f) => new Uint8Array(await f.arrayBuffer())));
       const folder = (files[0]?.webkitRelativePath || '').split('/')[0] || 'model';
       modelName = folder;
-      e = await wasm.loadHfFiles(folder, files.map((f) => f.name), bytes, ctx || 0, precision);
+      e = await wasm.loadHfFiles(folder, files.map((f) => f.name), bytes, options);
     }
   }
   if (speculate) e.setSpeculation(String(speculate), Number(draftTokens ?? 0));
