@@ -68,6 +68,10 @@ node web/tests/browser.mjs --native-dir target/web-test --native-bin target/debu
 # Every fixture model's logits in the browser against native ones, a chat of each kind
 # (attention, recurrent, MoE, hybrid, diffusion) and the attention options.
 node web/tests/families.mjs --native-bin target/debug/kestrel
+# The chat page: the catalogue against native, Markdown, conversations in IndexedDB across
+# a reload, Regenerate, Stop, an offline reload through the service worker (screenshots in
+# target/artifacts/web-chat-*.png).
+node web/tests/chat_page.mjs
 echo "browser step: $((SECONDS - web_start)) s"
 df -h . | tail -1
 if [ -s "$KESTREL_UNCHECKED" ]; then
