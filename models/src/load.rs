@@ -18,6 +18,7 @@ use crate::formats::gguf::GgufFile;
 use crate::formats::gguf_tokenizer::GgufVocab;
 use crate::formats::host::TensorSource;
 use crate::formats::pth::PthFile;
+use crate::formats::range_read::ThreadSafe;
 use crate::formats::rwkv_tokenizer::RwkvTokenizer;
 use crate::formats::safetensors::{Blob, SafetensorsFiles};
 use crate::formats::{gguf_hf, gguf_hf_recurrent, gguf_tokenizer, tokenizer_config};
@@ -81,7 +82,8 @@ pub fn build_model(
     path: PathBuf,
     config: Box<dyn NetworkConfig>,
     source: &dyn TensorSource,
-    text: impl FnOnce() -> Result<TextParts> + Send,
+    // Built on a thread of its own natively (so Send there), where the weights upload.
+    text: impl FnOnce() -> Result<TextParts> + ThreadSafe,
     parse_s: f64,
 ) -> Result<Model> {
     let bytes = Cell::new(WeightBytes::default());

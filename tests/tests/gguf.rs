@@ -541,7 +541,7 @@ fn smollm2_q4_1_gguf() {
         (GgmlType::Q4_1, &[576, 576][..])
     );
     // The tensors fill the file after the data section's start, up to alignment padding.
-    let data = f.bytes().len() as u64 - f.data_offset() as u64;
+    let data = f.size() - f.data_offset() as u64;
     assert!(
         total <= data && data - total < 272 * 32,
         "{total} vs {data}"

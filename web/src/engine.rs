@@ -24,6 +24,7 @@ use wasm_bindgen_futures::future_to_promise;
 
 use crate::diffusion::DiffusionFields;
 use crate::error::{Result, WebError};
+use crate::js_file::JsFile;
 use crate::load;
 use crate::options::EngineOptions;
 
@@ -67,6 +68,16 @@ pub fn gpu_info(gpu: &Gpu) -> serde_json::Value {
         // The kernels take the f32 path (f16 weights unpacked in the shader) without it.
         "f16Kernels": c.shader_f16,
     })
+}
+
+/// The size of the engine's wasm memory: it never shrinks, so this is its peak so far
+/// (loading included).
+pub fn wasm_memory_bytes() -> f64 {
+    let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
+    memory
+        .buffer()
+        .unchecked_into::<js_sys::ArrayBuffer>()
+        .byte_length() as f64
 }
 
 /// One message of a request (OpenAI's shape; only the text content is used).
@@ -315,16 +326,19 @@ pub fn check_options(options: &str) -> std::result::Result<(), JsValue> {
     Ok(())
 }
 
-/// Load a GGUF file (its bytes) with `createEngine`'s options (JSON, see [`check_options`]).
-#[wasm_bindgen(js_name = loadGguf)]
-pub async fn load_gguf(
+/// Load a GGUF file read a range at a time through `file` (`{size, read(offset, length)}`,
+/// see [`JsFile`]): the header, then each tensor as it uploads, so wasm memory holds at most
+/// a tensor of it, never the file.
+#[wasm_bindgen(js_name = loadGgufFile)]
+pub async fn load_gguf_file(
     name: String,
-    bytes: Vec<u8>,
+    file: JsValue,
     options: String,
 ) -> std::result::Result<Engine, JsValue> {
     let options = EngineOptions::parse(&options)?;
+    let file = JsFile::new(file)?;
     let gpu = open_gpu().await?;
-    let model = load::gguf(&gpu, &name, bytes)?;
+    let model = load::gguf_ranged(&gpu, &name, Box::new(file))?;
     Ok(Engine::new(gpu, model, &options)?)
 }
 
@@ -477,6 +491,7 @@ impl Engine {
             "draftTokens": r.drafted,
             "acceptedDraftTokens": r.accepted,
         });
+        info["wasmMemoryBytes"] = json!(wasm_memory_bytes());
         let held = self.held.borrow();
         info["conversations"] = json!({"held": held.ids.len(), "max": held.max, "ids": held.ids});
         info.to_string()

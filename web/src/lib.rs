@@ -13,6 +13,8 @@ pub mod options;
 #[cfg(target_arch = "wasm32")]
 pub mod engine;
 #[cfg(target_arch = "wasm32")]
+pub mod js_file;
+#[cfg(target_arch = "wasm32")]
 pub mod kernel_check;
 
 use wasm_bindgen::prelude::*;

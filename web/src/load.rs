@@ -1,7 +1,9 @@
-//! Models from bytes the page fetched or the user picked: a GGUF file, or the files of a
-//! Hugging Face folder (config.json, *.safetensors or BlinkDL's RWKV-7 .pth, tokenizer.json,
-//! tokenizer_config.json).
-//! Both go through the same registry path as the native `kestrel_models::load`: the family
+//! Models from what the page fetched or the user picked: a GGUF file read a range at a time
+//! (from the Origin Private File System, a `File` or a `Blob`, through a synchronous reader
+//! the worker gives: never copied whole into wasm memory), or the files of a Hugging Face
+//! folder (config.json, *.safetensors or BlinkDL's RWKV-7 .pth,
+//! tokenizer.json, tokenizer_config.json).
+//! All go through the same registry path as the native `kestrel_models::load`: the family
 //! and its config first (from config.json, or from the tensors of a folder without one, such
 //! as BlinkDL's RWKV-7), then the weights. Nothing is memory-mapped.
 
@@ -9,15 +11,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kestrel_models::formats::gguf::GgufFile;
-use kestrel_models::formats::safetensors::Blob;
+use kestrel_models::formats::range_read::RangeRead;
 use kestrel_models::Model;
 use kestrel_runtime::Gpu;
 
 use crate::error::Result;
 
-/// A model from a whole GGUF file. `name` names the file in errors.
-pub fn gguf(gpu: &Arc<Gpu>, name: &str, bytes: Vec<u8>) -> Result<Model> {
-    let file = GgufFile::parse(Path::new(name), Blob::Owned(bytes))?;
+/// A model from a GGUF file read a range at a time: its header, then each tensor as the
+/// loader uploads it. `name` names the file in errors.
+pub fn gguf_ranged(gpu: &Arc<Gpu>, name: &str, file: Box<dyn RangeRead>) -> Result<Model> {
+    let file = GgufFile::parse_ranged(Path::new(name), file)?;
     Ok(kestrel_models::model_from_gguf(gpu, &file)?)
 }
 

@@ -4,7 +4,9 @@
 // (a) the runtime's kernels against their CPU references, in the browser;
 // (b) fixture models' logits in the browser against native ones (llama_gqa, a Hugging Face
 //     folder, against the committed prefill logits; SmolLM2's GGUF, when in the cache,
-//     against `kestrel logits` output in DIR/smollm2.npy, or else the transformers fixture);
+//     against `kestrel logits` output in DIR/smollm2.npy, or else the transformers fixture;
+//     every family: families.mjs); the peak wasm memory while loading SmolLM2's and, when
+//     cached, Qwen2.5-Coder-0.5B's GGUF, read a tensor at a time, below the file's size;
 // (c) the chat page loads a model, a message is sent, the reply streams in; screenshot in
 //     target/artifacts/web-chat.png;
 // (d) a reload takes the weights from the browser cache (no second GET on the server);
@@ -14,8 +16,8 @@
 // plus several conversations in one loaded model (interleaved replies equal each one's
 // alone, each keeps its cache, dropConversation frees one, the maxConversations bound, and
 // the engine refuses a second conversation's reply while one generates), a failed download
-// gives a clear error, stop strings end a reply, and out-of-range sampling settings are
-// refused. Prints the .wasm size, pipeline-creation
+// gives a clear error, stop strings end a reply, out-of-range sampling settings are
+// refused, and under a full storage quota a folder and a GGUF still load, the page saying so. Prints the .wasm size, pipeline-creation
 // time, time to first token and decode tokens/s. Exits non-zero on any failure.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -29,6 +31,16 @@ const LOGITS_TOL = 1e-4;
 const SMOLLM2 = 'SmolLM2-135M-Instruct.Q4_1.gguf';
 const smolPath = path.join(modelsDir, SMOLLM2);
 const haveSmol = fs.existsSync(smolPath);
+const QWEN05 = 'qwen2.5-coder-0.5b-instruct-q4_k_m.gguf';
+const MB = (n) => `${(n / 1e6).toFixed(1)} MB`;
+
+// The engine's wasm memory after loading `file` (info()), below the file's size: it was read
+// a tensor at a time, not held whole.
+function checkWasmMemory(what, file, info) {
+  const size = fs.statSync(file).size;
+  check(info.wasmMemoryBytes > 0 && info.wasmMemoryBytes < size,
+    `${what}: peak wasm memory ${MB(info.wasmMemoryBytes)} while loading the ${MB(size)} GGUF (read a tensor at a time)`);
+}
 
 const { check, failures } = checker();
 const t0 = Date.now();
@@ -161,8 +173,29 @@ try {
     const eRef = relErr(rows, ref.data);
     const top1 = top1Agreement(rows, ref.data, V);
     check(eRef <= 1e-2 && top1 >= 0.95, `SmolLM2 GGUF logits vs transformers fixture: rel error ${eRef.toExponential(2)} (tol 1e-2), top-1 agreement ${(top1 * 100).toFixed(0)}%`);
+    // A GGUF file is read a tensor at a time (web/src/js_file.rs), never copied whole into
+    // wasm memory, whose size never shrinks: after loading it is the peak.
+    checkWasmMemory('SmolLM2 Q4_1', smolPath, smol.info);
   } else {
     console.log(`note: ${smolPath} is absent (tests/run.sh fetches it with \`kestrel chat\`); the GGUF logits and the SmolLM2 chat are not checked`);
+  }
+
+  // A larger GGUF when the cache has it: Qwen2.5-Coder-0.5B Q4_K_M (491 MB).
+  const qwenPath = path.join(modelsDir, QWEN05);
+  if (fs.existsSync(qwenPath)) {
+    const t = Date.now();
+    const qwen = await api(async (model) => {
+      const k = await import('/kestrel.js');
+      const e = await k.createEngine({ model });
+      try {
+        return await e.info();
+      } finally {
+        await e.dispose();
+      }
+    }, `/models/${QWEN05}`);
+    checkWasmMemory(`Qwen2.5-Coder-0.5B Q4_K_M (${((Date.now() - t) / 1000).toFixed(1)} s to load)`, qwenPath, qwen);
+  } else {
+    console.log(`note: ${qwenPath} is absent (tests/run.sh fetches it with \`kestrel pull\`); its peak wasm memory is not measured`);
   }
 
   // createEngine's matvecPrecision: reported by info(); an unknown value is a request error
@@ -470,6 +503,29 @@ try {
   await qpage.waitForSelector('body[data-ready]', { timeout: 600_000 });
   const warning = (await qpage.textContent('#error')) || '';
   check((await qpage.getAttribute('body', 'data-ready')) === 'true' && /quota is full/.test(warning), `a full quota is shown in the page: ${JSON.stringify(warning.slice(0, 140))}`);
+  // A GGUF file, which goes to the Origin Private File System: it loads from memory instead,
+  // with the same warning, and gives the logits it gives when stored.
+  const quotaGguf = await qpage.evaluate(async () => {
+    const k = await import('/kestrel.js');
+    const warnings = [];
+    const e = await k.createEngine({ model: '/fixtures/qwen3/model-f32.gguf', onProgress: (p) => p.phase === 'warning' && warnings.push(p.message) });
+    try {
+      return { warnings, logits: Array.from(await e.logits([1, 2, 3])) };
+    } finally {
+      await e.dispose();
+    }
+  });
+  const storedGguf = await api(async () => {
+    const k = await import('/kestrel.js');
+    const e = await k.createEngine({ model: '/fixtures/qwen3/model-f32.gguf' });
+    try {
+      return Array.from(await e.logits([1, 2, 3]));
+    } finally {
+      await e.dispose();
+    }
+  });
+  check(quotaGguf.warnings.some((w) => /quota is full/.test(w)) && relErr(quotaGguf.logits, storedGguf) === 0,
+    `a GGUF under a full quota loads from memory, the quota shown (${JSON.stringify(quotaGguf.warnings[0]?.slice(0, 120))}), logits equal to the stored file's`);
   await small.close();
 
   // (e) SmolLM2's decode in the browser and natively on the same SwiftShader, one run

@@ -31,7 +31,7 @@ if (!fs.existsSync(path.join(repo, 'web/www/pkg/kestrel_web_bg.wasm'))) {
 }
 
 // The catalogue: the page's module against the native one.
-const { CATALOGUE, MODEL_CACHE } = await import(pathToFileURL(path.join(repo, 'web/www/catalogue.js')).href);
+const { CATALOGUE } = await import(pathToFileURL(path.join(repo, 'web/www/catalogue.js')).href);
 const kestrel = path.join(repo, 'target/debug/kestrel');
 const listed = spawnSync(kestrel, ['models', '--json'], { encoding: 'utf8' });
 let native = [];
@@ -40,9 +40,6 @@ try {
 } catch {
   console.log(`     ${kestrel} models --json: ${listed.error || listed.stderr}`);
 }
-// The page's modules read worker.js's model cache: the same name.
-const workerCache = /const CACHE = '([^']+)'/.exec(fs.readFileSync(path.join(repo, 'web/www/worker.js'), 'utf8'))?.[1];
-check(workerCache === MODEL_CACHE, `the page's model cache is worker.js's: ${MODEL_CACHE} and ${workerCache}`);
 const FIELDS = ['name', 'label', 'file', 'size', 'sha256', 'licence'];
 const differ = native.length === CATALOGUE.length ? native.flatMap((n, i) => FIELDS.filter((f) => n[f] !== CATALOGUE[i][f]).map((f) => `${n.name}.${f}`)) : ['the number of models'];
 check(native.length > 0 && differ.length === 0 && CATALOGUE.every((m) => m.url === `models/${m.file}`),

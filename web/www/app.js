@@ -3,7 +3,8 @@
 // engine (the request's `conversation`); replies stream in as Markdown; Stop, Regenerate;
 // tokens/s, context and GPU memory shown; a service worker lets it open offline.
 import { createEngine, webgpuAvailable } from './kestrel.js';
-import { CATALOGUE, MODEL_CACHE, byUrl, megabytes, verify } from './catalogue.js';
+import { CATALOGUE, byUrl, megabytes, verify } from './catalogue.js';
+import { isStored } from './model_store.js';
 import { renderMarkdown } from './markdown.js';
 import * as store from './store.js';
 
@@ -387,11 +388,10 @@ async function checkCatalogue(entry, line) {
 // that is in the browser cache or served alongside the page.
 async function defaultModel() {
   const tried = [localStorage.getItem(LAST_MODEL), ...CATALOGUE.map((m) => m.url)].filter(Boolean);
-  const cache = typeof caches !== 'undefined' ? await caches.open(MODEL_CACHE).catch(() => null) : null;
   for (const url of [...new Set(tried)]) {
     // A Hugging Face folder is there when its config.json is.
     const probe = new URL(url.endsWith('/') ? url + 'config.json' : url, location.href).href;
-    if (cache && (await cache.match(probe))) return url;
+    if (await isStored(probe)) return url;
     try {
       if ((await fetch(probe, { method: 'HEAD' })).ok) return url;
     } catch {}

@@ -2,6 +2,7 @@
 // models --json`) with the same names, files, sizes, SHA-256s and licences; web/tests/
 // chat_page.mjs checks that the two agree. Each model is fetched from `models/<file>` (what
 // web/serve.mjs serves from Kestrel's model cache, after `kestrel pull NAME`).
+import { storedFile } from './model_store.js';
 
 export const CATALOGUE = [
   {
@@ -47,9 +48,6 @@ export function byUrl(url, base = globalThis.location?.href) {
   return CATALOGUE.find((m) => new URL(m.url, base).href === abs) || null;
 }
 
-/** The Cache API store worker.js keeps downloads in. */
-export const MODEL_CACHE = 'kestrel-models-v1';
-
 /**
  * Check the cached copy of catalogue model `m` against its pinned size and SHA-256.
  * Resolves to 'verified', 'mismatch' (with the reason) or 'not cached'. A verified file is
@@ -59,10 +57,10 @@ export async function verify(m) {
   const abs = new URL(m.url, location.href).href;
   const key = `kestrel-verified:${abs}`;
   if (localStorage.getItem(key) === m.sha256) return { result: 'verified' };
-  const cache = await caches.open(MODEL_CACHE);
-  const hit = await cache.match(abs);
-  if (!hit) return { result: 'not cached' };
-  const bytes = await hit.arrayBuffer();
+  const file = await storedFile(abs);
+  if (!file) return { result: 'not cached' };
+  // Whole in the page's memory for the digest (WebCrypto hashes no stream), once a download.
+  const bytes = await file.arrayBuffer();
   if (bytes.byteLength !== m.size) {
     return { result: 'mismatch', reason: `${bytes.byteLength} bytes, the catalogue says ${m.size}` };
   }

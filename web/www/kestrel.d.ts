@@ -189,6 +189,9 @@ export interface EngineInfo {
   speculation?: { kind: 'ngram'; draftTokens: number } | null;
   /** What the engine's GPU device has done (with a model loaded). */
   counters?: EngineCounters;
+  /** The engine's wasm memory in bytes (with a model loaded): it never shrinks, so this is its
+   * peak, loading included. A GGUF file is read a tensor at a time, never held whole. */
+  wasmMemoryBytes?: number;
   /** The conversations whose KV caches are held (with a model loaded): how many, the bound
    * (maxConversations) and their ids, least recently used first. 'default' is held from
    * the load on. */

@@ -1,7 +1,7 @@
 // The chat page's service worker: keeps the app shell (the page, its modules, the worker and
 // the wasm engine) in the Cache API so the page opens offline. It asks the network first (so
 // a new build shows at once) and answers from the cache when the network fails. Model files
-// are not its business: worker.js keeps them in a cache of its own ('kestrel-models-v1').
+// are not its business: worker.js keeps them (model_store.js).
 
 const CACHE = 'kestrel-shell-v1';
 const SHELL = [
@@ -12,6 +12,7 @@ const SHELL = [
   'markdown.js',
   'store.js',
   'catalogue.js',
+  'model_store.js',
   'kestrel.js',
   'worker.js',
   'pkg/kestrel_web.js',

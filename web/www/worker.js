@@ -1,9 +1,11 @@
 // The Kestrel worker: owns the wasm engine and the WebGPU device, so the page never blocks.
 // Messages in: {id, type, ...}; out: {id, type: 'result'|'error'|'chunk'|'progress', ...}.
-// Model bytes are fetched through the Cache API, so a reload does not download them again.
+// Model files are kept (model_store.js: a GGUF file in the Origin Private File System, read
+// by the engine a range at a time; a folder's files in the Cache API), so a reload does not
+// download them again.
 import init, * as wasm from './pkg/kestrel_web.js';
+import { CACHE, storeWriter, storedFile } from './model_store.js';
 
-const CACHE = 'kestrel-models-v1';
 const ready = init();
 let engine = null;
 let modelName = '';
@@ -28,16 +30,9 @@ async function openCache() {
   }
 }
 
-// Fetch `url` whole: from the cache when it is there, else from the network (then cached).
-async function fetchBytes(id, url, { optional = false } = {}) {
-  const abs = new URL(url, self.location.href).href;
-  const cache = await openCache();
-  const hit = cache && (await cache.match(abs));
-  if (hit) {
-    const bytes = new Uint8Array(await hit.arrayBuffer());
-    progress(id, { phase: 'cache', url: abs, loaded: bytes.length, total: bytes.length });
-    return bytes;
-  }
+// GET `abs`, its body handed to `sink(chunk)` a chunk at a time with progress; resolves to
+// the byte count, or to null for a 404 when `optional`.
+async function download(id, abs, sink, { optional = false } = {}) {
   let resp;
   try {
     resp = await fetch(abs);
@@ -50,7 +45,6 @@ async function fetchBytes(id, url, { optional = false } = {}) {
   }
   const total = Number(resp.headers.get('content-length')) || 0;
   const reader = resp.body.getReader();
-  const parts = [];
   let loaded = 0;
   let last = 0;
   for (;;) {
@@ -61,7 +55,7 @@ async function fetchBytes(id, url, { optional = false } = {}) {
       throw named('KestrelDownloadError', `download of ${abs} broke off after ${loaded} bytes: ${e.message || e}`);
     }
     if (r.done) break;
-    parts.push(r.value);
+    await sink(r.value);
     loaded += r.value.length;
     if (loaded - last > (1 << 20) || loaded === total) {
       last = loaded;
@@ -71,6 +65,29 @@ async function fetchBytes(id, url, { optional = false } = {}) {
   if (total && loaded !== total) {
     throw named('KestrelDownloadError', `download of ${abs} is incomplete: ${loaded} of ${total} bytes`);
   }
+  return loaded;
+}
+
+const isQuota = (e) => e && (e.name === 'QuotaExceededError' || /quota/i.test(e.message || ''));
+const quotaWarning = (id, abs, what) => progress(id, {
+  phase: 'warning',
+  message: `the browser's storage quota is full: ${abs} (${what}) was not cached and will be downloaded again next time`,
+});
+
+// Fetch `url` whole (a folder's file, which the engine takes whole): from the Cache API when
+// it is there, else from the network (then cached).
+async function fetchBytes(id, url, { optional = false } = {}) {
+  const abs = new URL(url, self.location.href).href;
+  const cache = await openCache();
+  const hit = cache && (await cache.match(abs));
+  if (hit) {
+    const bytes = new Uint8Array(await hit.arrayBuffer());
+    progress(id, { phase: 'cache', url: abs, loaded: bytes.length, total: bytes.length });
+    return bytes;
+  }
+  const parts = [];
+  const loaded = await download(id, abs, (c) => parts.push(c), { optional });
+  if (loaded === null) return null;
   const bytes = new Uint8Array(loaded);
   let at = 0;
   for (const p of parts) {
@@ -81,16 +98,62 @@ async function fetchBytes(id, url, { optional = false } = {}) {
     try {
       await cache.put(abs, new Response(bytes, { headers: { 'content-type': 'application/octet-stream' } }));
     } catch (e) {
-      const quota = e && (e.name === 'QuotaExceededError' || /quota/i.test(e.message || ''));
-      progress(id, {
-        phase: 'warning',
-        message: quota
-          ? `the browser's storage quota is full: ${abs} (${loaded} bytes) was not cached and will be downloaded again next time`
-          : `could not cache ${abs}: ${e.message || e}`,
-      });
+      if (isQuota(e)) quotaWarning(id, abs, `${loaded} bytes`);
+      else progress(id, { phase: 'warning', message: `could not cache ${abs}: ${e.message || e}` });
     }
   }
   return bytes;
+}
+
+// A GGUF file by URL as a Blob the engine reads a range at a time: the stored download, else
+// downloaded into the Origin Private File System a chunk at a time. Where that cannot be
+// written (no OPFS, or the storage quota runs out) the download is kept as a Blob in memory
+// instead — the browser's, never the engine's wasm memory — and not cached.
+async function fetchModelFile(id, url) {
+  const abs = new URL(url, self.location.href).href;
+  const stored = await storedFile(abs);
+  if (stored) {
+    progress(id, { phase: 'cache', url: abs, loaded: stored.size, total: stored.size });
+    return stored;
+  }
+  let writer = null;
+  try {
+    writer = await storeWriter(abs);
+    if (!writer) progress(id, { phase: 'warning', message: `this browser has no Origin Private File System: ${abs} is not cached and will be downloaded again next time` });
+  } catch (e) {
+    if (isQuota(e)) quotaWarning(id, abs, 'no room for it');
+    else progress(id, { phase: 'warning', message: `could not cache ${abs}: ${e.message || e}` });
+  }
+  if (writer) {
+    let written = 0;
+    try {
+      await download(id, abs, async (c) => {
+        await writer.write(c);
+        written += c.length;
+      });
+      await writer.done();
+      const file = await storedFile(abs);
+      if (file) return file;
+      throw named('KestrelDownloadError', `${abs} was stored but cannot be read back`);
+    } catch (e) {
+      await writer.abort();
+      if (!isQuota(e)) throw e;
+      // Downloaded again, into memory: the first download went where it could not stay.
+      quotaWarning(id, abs, `the quota ran out after ${written} bytes`);
+    }
+  }
+  const parts = [];
+  await download(id, abs, (c) => parts.push(c));
+  return new Blob(parts);
+}
+
+// The engine's synchronous reader of `blob` (see web/src/js_file.rs): a range at a time.
+function rangeReader(blob) {
+  const sync = new FileReaderSync();
+  return {
+    size: blob.size,
+    read: (offset, length) => new Uint8Array(sync.readAsArrayBuffer(blob.slice(offset, offset + length))),
+  };
 }
 
 const base = (s) => s.split('/').filter(Boolean).pop() || s;
@@ -142,10 +205,10 @@ async function load(id, { source, options: engineOptions, speculate, draftTokens
     modelName = base(source.url);
     e = await wasm.loadHfFiles(modelName, [modelName], [bytes], options);
   } else if (source.kind === 'url' && !source.url.endsWith('/')) {
-    const bytes = await fetchBytes(id, source.url);
+    const file = await fetchModelFile(id, source.url);
     progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
     modelName = base(source.url);
-    e = await wasm.loadGguf(modelName, bytes, options);
+    e = await wasm.loadGgufFile(modelName, rangeReader(file), options);
   } else if (source.kind === 'url') {
     const files = await fetchHfFolder(id, source.url);
     progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
@@ -157,7 +220,7 @@ async function load(id, { source, options: engineOptions, speculate, draftTokens
     progress(id, { phase: 'read', message: `reading ${files.length} file(s)` });
     if (gguf) {
       modelName = gguf.name;
-      e = await wasm.loadGguf(gguf.name, new Uint8Array(await gguf.arrayBuffer()), options);
+      e = await wasm.loadGgufFile(gguf.name, rangeReader(gguf), options);
     } else {
       const bytes = await Promise.all(files.map(async (f) => new Uint8Array(await f.arrayBuffer())));
       const folder = (files[0]?.webkitRelativePath || '').split('/')[0] || 'model';

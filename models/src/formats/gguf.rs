@@ -11,11 +11,13 @@
 //! naming the file, never a panic, and no count read from the file allocates more than the
 //! bytes that remain could hold.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ModelError, Result};
+use crate::formats::range_read::RangeRead;
 use crate::formats::safetensors::Blob;
 
 /// The four bytes every GGUF file starts with.
@@ -489,7 +491,7 @@ impl TensorInfo {
 /// A parsed GGUF file: its metadata and tensor infos, and the bytes they point into.
 pub struct GgufFile {
     path: PathBuf,
-    blob: Blob,
+    data: Data,
     version: u32,
     metadata: Vec<(String, GgufValue)>,
     meta_index: HashMap<String, usize>,
@@ -498,6 +500,35 @@ pub struct GgufFile {
     alignment: u64,
     data_start: usize,
 }
+
+/// A GGUF file's bytes: whole (memory-mapped, or in memory), or read a tensor at a time.
+enum Data {
+    Whole(Blob),
+    Ranged(Box<dyn RangeRead>),
+}
+
+impl Data {
+    fn len(&self) -> u64 {
+        match self {
+            Data::Whole(b) => b.len() as u64,
+            Data::Ranged(r) => r.size(),
+        }
+    }
+}
+
+/// What the header says: the metadata and tensor infos, and where the data starts.
+struct Header {
+    version: u32,
+    metadata: Vec<(String, GgufValue)>,
+    meta_index: HashMap<String, usize>,
+    tensors: Vec<TensorInfo>,
+    alignment: u64,
+    data_start: u64,
+}
+
+/// How much of a ranged file is read for its header at first (four times more each time the
+/// header turns out longer: a large vocabulary's tokens and merges take tens of MB).
+const HEADER_PREFIX: u64 = 1 << 20;
 
 impl fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -513,12 +544,154 @@ impl fmt::Debug for GgufFile {
 }
 
 struct Reader<'a> {
+    /// The file, or the first part of it.
     buf: &'a [u8],
+    /// The whole file's length.
+    file_len: u64,
     pos: usize,
     path: &'a Path,
+    /// Whether a read ran past `buf` but not past the file: more of it is needed.
+    short: bool,
 }
 
 impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], file_len: u64, path: &'a Path) -> Reader<'a> {
+        Reader {
+            buf,
+            file_len,
+            pos: 0,
+            path,
+            short: false,
+        }
+    }
+
+    /// The header: magic, version, metadata, tensor infos.
+    fn header(&mut self) -> Result<Header> {
+        let header = |s: &'static str| Ctx(move |f: &mut fmt::Formatter<'_>| f.write_str(s));
+        let magic: [u8; 4] = self.array(&header("the magic"))?;
+        if magic != GGUF_MAGIC {
+            return Err(self.err(format!(
+                "not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")"
+            )));
+        }
+        let version = self.u32(&header("the version"))?;
+        match version {
+            2 | 3 => {}
+            1 => {
+                return Err(self.err(
+                    "GGUF version 1 is not supported (only versions 2 and 3); \
+                     convert the model again with a recent llama.cpp",
+                ))
+            }
+            v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
+                return Err(self.err("big-endian GGUF files are not supported"))
+            }
+            v => return Err(self.err(format!("unsupported GGUF version {v} (expected 2 or 3)"))),
+        }
+        let n_tensors = self.u64(&header("the tensor count"))?;
+        let n_kv = self.u64(&header("the metadata count"))?;
+        // Each metadata entry takes at least a key length, a type and one byte; each
+        // tensor info at least a name length, n_dims, a type and an offset.
+        let n_kv = self.check_count(n_kv, 8 + 4 + 1, &header("metadata"))?;
+
+        let mut metadata: Vec<(String, GgufValue)> = Vec::with_capacity(prealloc(n_kv));
+        let mut meta_index = HashMap::with_capacity(prealloc(n_kv));
+        for i in 0..n_kv {
+            let key = self.string(&Ctx(|f: &mut fmt::Formatter<'_>| {
+                write!(f, "the key of metadata entry {i}")
+            }))?;
+            let what = Ctx(|f: &mut fmt::Formatter<'_>| write!(f, "metadata '{key}'"));
+            let ty = self.value_type(&what)?;
+            let value = self.value(ty, &what)?;
+            if meta_index.insert(key.clone(), metadata.len()).is_some() {
+                return Err(self.err(format!("duplicate metadata key '{key}'")));
+            }
+            metadata.push((key, value));
+        }
+
+        let alignment = match metadata
+            .iter()
+            .find(|(k, _)| k == "general.alignment")
+            .map(|(_, v)| v)
+        {
+            None => DEFAULT_ALIGNMENT,
+            Some(v) => match v.as_u64() {
+                Some(a) if a > 0 && a.is_power_of_two() => a,
+                _ => {
+                    return Err(self.err(format!(
+                        "general.alignment must be a power of two, got {v:?}"
+                    )))
+                }
+            },
+        };
+
+        let n_tensors = self.check_count(n_tensors, 8 + 4 + 4 + 8, &header("tensor infos"))?;
+        let mut tensors = Vec::with_capacity(prealloc(n_tensors));
+        for i in 0..n_tensors {
+            let name = self.string(&Ctx(|f: &mut fmt::Formatter<'_>| {
+                write!(f, "the name of tensor {i}")
+            }))?;
+            let what = Ctx(|f: &mut fmt::Formatter<'_>| write!(f, "tensor '{name}'"));
+            let n_dims = self.u32(&what)? as usize;
+            if n_dims > MAX_DIMS {
+                return Err(self.err(format!(
+                    "tensor '{name}' has {n_dims} dimensions (ggml allows at most {MAX_DIMS})"
+                )));
+            }
+            let mut dims = Vec::with_capacity(n_dims);
+            for _ in 0..n_dims {
+                dims.push(self.u64(&what)?);
+            }
+            let type_id = self.u32(&what)?;
+            let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
+                self.err(format!(
+                    "tensor '{name}' has unknown ggml type id {type_id}"
+                ))
+            })?;
+            let offset = self.u64(&what)?;
+            let n_elements = dims
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| {
+                    self.err(format!(
+                        "tensor '{name}': element count of {dims:?} overflows"
+                    ))
+                })?;
+            let row = dims.first().copied().unwrap_or(1);
+            if !row.is_multiple_of(ggml_type.block_size() as u64) {
+                return Err(self.err(format!(
+                    "tensor '{name}' of type {ggml_type} has row length {row}, \
+                     not a multiple of its block size {}",
+                    ggml_type.block_size()
+                )));
+            }
+            let n_bytes = ggml_type.bytes_for(row, n_elements).ok_or_else(|| {
+                self.err(format!("tensor '{name}': byte size of {dims:?} overflows"))
+            })?;
+            if !offset.is_multiple_of(alignment) {
+                return Err(self.err(format!(
+                    "tensor '{name}' has offset {offset}, not a multiple of the alignment {alignment}"
+                )));
+            }
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset,
+                n_bytes,
+            });
+        }
+        let data_start = align_up(self.pos as u64, alignment)
+            .ok_or_else(|| self.err("data section offset overflows"))?;
+        Ok(Header {
+            version,
+            metadata,
+            meta_index,
+            tensors,
+            alignment,
+            data_start,
+        })
+    }
     fn err(&self, message: impl Into<String>) -> ModelError {
         ModelError::Gguf {
             file: self.path.to_path_buf(),
@@ -526,17 +699,22 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+    /// Bytes of the file after the position.
+    fn remaining(&self) -> u64 {
+        self.file_len - self.pos as u64
     }
 
     fn take(&mut self, n: u64, what: &dyn fmt::Display) -> Result<&'a [u8]> {
         let rem = self.remaining();
-        if n > rem as u64 {
+        if n > rem {
             return Err(self.err(format!(
                 "truncated: {what} needs {n} bytes at offset {}, but only {rem} remain",
                 self.pos
             )));
+        }
+        if n > (self.buf.len() - self.pos) as u64 {
+            self.short = true;
+            return Err(self.err("the header is longer than the part of the file read"));
         }
         let n = n as usize;
         let s = &self.buf[self.pos..self.pos + n];
@@ -571,7 +749,7 @@ impl<'a> Reader<'a> {
 
     /// Check that `count` values of at least `min_size` bytes each can still be read.
     fn check_count(&self, count: u64, min_size: u64, what: &dyn fmt::Display) -> Result<usize> {
-        let rem = self.remaining() as u64;
+        let rem = self.remaining();
         match count.checked_mul(min_size) {
             Some(need) if need <= rem => Ok(count as usize),
             _ => Err(self.err(format!(
@@ -699,138 +877,53 @@ impl GgufFile {
 
     /// Parse a whole GGUF file already in memory. `path` names the file in errors.
     pub fn parse(path: &Path, blob: Blob) -> Result<GgufFile> {
-        let (version, metadata, meta_index, tensors, alignment, data_start) = {
-            let mut r = Reader {
-                buf: &blob,
-                pos: 0,
-                path,
-            };
-            let header = |s: &'static str| Ctx(move |f: &mut fmt::Formatter<'_>| f.write_str(s));
-            let magic: [u8; 4] = r.array(&header("the magic"))?;
-            if magic != GGUF_MAGIC {
-                return Err(r.err(format!(
-                    "not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")"
-                )));
-            }
-            let version = r.u32(&header("the version"))?;
-            match version {
-                2 | 3 => {}
-                1 => {
-                    return Err(r.err(
-                        "GGUF version 1 is not supported (only versions 2 and 3); \
-                         convert the model again with a recent llama.cpp",
-                    ))
-                }
-                v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
-                    return Err(r.err("big-endian GGUF files are not supported"))
-                }
-                v => return Err(r.err(format!("unsupported GGUF version {v} (expected 2 or 3)"))),
-            }
-            let n_tensors = r.u64(&header("the tensor count"))?;
-            let n_kv = r.u64(&header("the metadata count"))?;
-            // Each metadata entry takes at least a key length, a type and one byte; each
-            // tensor info at least a name length, n_dims, a type and an offset.
-            let n_kv = r.check_count(n_kv, 8 + 4 + 1, &header("metadata"))?;
+        let header = Reader::new(&blob, blob.len() as u64, path).header()?;
+        GgufFile::new(path, Data::Whole(blob), header)
+    }
 
-            let mut metadata: Vec<(String, GgufValue)> = Vec::with_capacity(prealloc(n_kv));
-            let mut meta_index = HashMap::with_capacity(prealloc(n_kv));
-            for i in 0..n_kv {
-                let key = r.string(&Ctx(|f: &mut fmt::Formatter<'_>| {
-                    write!(f, "the key of metadata entry {i}")
-                }))?;
-                let what = Ctx(|f: &mut fmt::Formatter<'_>| write!(f, "metadata '{key}'"));
-                let ty = r.value_type(&what)?;
-                let value = r.value(ty, &what)?;
-                if meta_index.insert(key.clone(), metadata.len()).is_some() {
-                    return Err(r.err(format!("duplicate metadata key '{key}'")));
-                }
-                metadata.push((key, value));
-            }
+    /// Parse a GGUF file read a range at a time: its header is read (a growing prefix until it
+    /// fits) and kept; each tensor's bytes are read when asked for. `path` names the file in
+    /// errors.
+    pub fn parse_ranged(path: &Path, file: Box<dyn RangeRead>) -> Result<GgufFile> {
+        GgufFile::parse_ranged_from(path, file, HEADER_PREFIX)
+    }
 
-            let alignment = match metadata
-                .iter()
-                .find(|(k, _)| k == "general.alignment")
-                .map(|(_, v)| v)
-            {
-                None => DEFAULT_ALIGNMENT,
-                Some(v) => match v.as_u64() {
-                    Some(a) if a > 0 && a.is_power_of_two() => a,
-                    _ => {
-                        return Err(r.err(format!(
-                            "general.alignment must be a power of two, got {v:?}"
-                        )))
-                    }
-                },
-            };
-
-            let n_tensors = r.check_count(n_tensors, 8 + 4 + 4 + 8, &header("tensor infos"))?;
-            let mut tensors = Vec::with_capacity(prealloc(n_tensors));
-            for i in 0..n_tensors {
-                let name = r.string(&Ctx(|f: &mut fmt::Formatter<'_>| {
-                    write!(f, "the name of tensor {i}")
-                }))?;
-                let what = Ctx(|f: &mut fmt::Formatter<'_>| write!(f, "tensor '{name}'"));
-                let n_dims = r.u32(&what)? as usize;
-                if n_dims > MAX_DIMS {
-                    return Err(r.err(format!(
-                        "tensor '{name}' has {n_dims} dimensions (ggml allows at most {MAX_DIMS})"
-                    )));
-                }
-                let mut dims = Vec::with_capacity(n_dims);
-                for _ in 0..n_dims {
-                    dims.push(r.u64(&what)?);
-                }
-                let type_id = r.u32(&what)?;
-                let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
-                    r.err(format!(
-                        "tensor '{name}' has unknown ggml type id {type_id}"
-                    ))
+    /// [`GgufFile::parse_ranged`], reading `first` bytes for the header at first.
+    fn parse_ranged_from(path: &Path, file: Box<dyn RangeRead>, first: u64) -> Result<GgufFile> {
+        let len = file.size();
+        let mut prefix = len.min(first.max(1));
+        let header = loop {
+            let buf = file
+                .read(0, prefix as usize)
+                .map_err(|message| ModelError::Io {
+                    path: path.to_path_buf(),
+                    message,
                 })?;
-                let offset = r.u64(&what)?;
-                let n_elements = dims
-                    .iter()
-                    .try_fold(1u64, |a, &d| a.checked_mul(d))
-                    .ok_or_else(|| {
-                        r.err(format!(
-                            "tensor '{name}': element count of {dims:?} overflows"
-                        ))
-                    })?;
-                let row = dims.first().copied().unwrap_or(1);
-                if !row.is_multiple_of(ggml_type.block_size() as u64) {
-                    return Err(r.err(format!(
-                        "tensor '{name}' of type {ggml_type} has row length {row}, \
-                         not a multiple of its block size {}",
-                        ggml_type.block_size()
-                    )));
-                }
-                let n_bytes = ggml_type.bytes_for(row, n_elements).ok_or_else(|| {
-                    r.err(format!("tensor '{name}': byte size of {dims:?} overflows"))
-                })?;
-                if !offset.is_multiple_of(alignment) {
-                    return Err(r.err(format!(
-                        "tensor '{name}' has offset {offset}, not a multiple of the alignment {alignment}"
-                    )));
-                }
-                tensors.push(TensorInfo {
-                    name,
-                    dims,
-                    ggml_type,
-                    offset,
-                    n_bytes,
-                });
+            let mut r = Reader::new(&buf, len, path);
+            match r.header() {
+                Ok(h) => break h,
+                Err(_) if r.short => prefix = len.min(prefix.saturating_mul(4)),
+                Err(e) => return Err(e),
             }
-            let data_start = align_up(r.pos as u64, alignment)
-                .ok_or_else(|| r.err("data section offset overflows"))?;
-            (
-                version, metadata, meta_index, tensors, alignment, data_start,
-            )
         };
+        GgufFile::new(path, Data::Ranged(file), header)
+    }
+
+    fn new(path: &Path, data: Data, header: Header) -> Result<GgufFile> {
+        let Header {
+            version,
+            metadata,
+            meta_index,
+            tensors,
+            alignment,
+            data_start,
+        } = header;
         let err = |message: String| ModelError::Gguf {
             file: path.to_path_buf(),
             message,
         };
 
-        let len = blob.len() as u64;
+        let len = data.len();
         let mut tensor_index = HashMap::with_capacity(tensors.len());
         for (i, t) in tensors.iter().enumerate() {
             if tensor_index.insert(t.name.clone(), i).is_some() {
@@ -852,7 +945,7 @@ impl GgufFile {
         }
         Ok(GgufFile {
             path: path.to_path_buf(),
-            blob,
+            data,
             version,
             metadata,
             meta_index,
@@ -883,9 +976,9 @@ impl GgufFile {
         self.data_start
     }
 
-    /// The whole file.
-    pub fn bytes(&self) -> &[u8] {
-        &self.blob
+    /// The file's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.data.len()
     }
 
     /// The metadata, in file order.
@@ -1000,8 +1093,9 @@ impl GgufFile {
         self.tensor_index.contains_key(name)
     }
 
-    /// A tensor's info and exactly its bytes.
-    pub fn tensor(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
+    /// A tensor's info and exactly its bytes (borrowed from a file in memory, read from a
+    /// ranged one).
+    pub fn tensor(&self, name: &str) -> Result<(&TensorInfo, Cow<'_, [u8]>)> {
         let info = self
             .tensor_info(name)
             .ok_or_else(|| ModelError::MissingTensor {
@@ -1011,9 +1105,18 @@ impl GgufFile {
         let start = (self.data_start as u64).checked_add(info.offset);
         let end = start.and_then(|s| s.checked_add(info.n_bytes));
         match (start, end) {
-            (Some(s), Some(e)) if e <= self.blob.len() as u64 => {
-                Ok((info, &self.blob[s as usize..e as usize]))
-            }
+            (Some(s), Some(e)) if e <= self.data.len() => match &self.data {
+                Data::Whole(b) => Ok((info, Cow::Borrowed(&b[s as usize..e as usize]))),
+                Data::Ranged(r) => {
+                    let bytes =
+                        r.read(s, info.n_bytes as usize)
+                            .map_err(|message| ModelError::Io {
+                                path: self.path.clone(),
+                                message: format!("tensor '{name}': {message}"),
+                            })?;
+                    Ok((info, Cow::Owned(bytes)))
+                }
+            },
             _ => Err(ModelError::Gguf {
                 file: self.path.clone(),
                 message: format!(
@@ -1021,6 +1124,62 @@ impl GgufFile {
                     info.n_bytes, info.offset
                 ),
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every fixture GGUF read a range at a time, its header from a 16-byte first read that
+    /// grows, equals the file read whole: metadata, tensor infos, every tensor's bytes; a
+    /// file cut inside its header or its data is refused with the same message both ways.
+    #[test]
+    fn ranged_files_read_as_whole_ones() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let mut files = Vec::new();
+        for dir in std::fs::read_dir(&fixtures).expect("fixtures") {
+            let dir = dir.expect("entry").path();
+            for f in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if f.path().extension().is_some_and(|e| e == "gguf") {
+                    files.push(f.path());
+                }
+            }
+        }
+        assert!(files.len() >= 10, "fixture GGUF files: {files:?}");
+        for path in files {
+            let bytes = std::fs::read(&path).expect("read");
+            let whole = GgufFile::parse(&path, Blob::Owned(bytes.clone())).expect("whole");
+            let ranged =
+                GgufFile::parse_ranged_from(&path, Box::new(bytes.clone()), 16).expect("ranged");
+            assert_eq!(whole.metadata, ranged.metadata, "{}", path.display());
+            assert_eq!(whole.tensors, ranged.tensors, "{}", path.display());
+            assert_eq!(whole.data_start, ranged.data_start);
+            for t in &whole.tensors {
+                let (_, a) = whole.tensor(&t.name).expect("tensor");
+                let (_, b) = ranged.tensor(&t.name).expect("tensor");
+                assert!(
+                    matches!(b, Cow::Owned(_)) && a == b,
+                    "{}: {}",
+                    path.display(),
+                    t.name
+                );
+            }
+            // Inside the header, and (where there are tensors) inside the last tensor's data.
+            let cuts = [whole.data_start / 2, bytes.len() - 1];
+            for cut in &cuts[..1 + !whole.tensors.is_empty() as usize] {
+                let cut = *cut;
+                let short = bytes[..cut].to_vec();
+                let a = GgufFile::parse(&path, Blob::Owned(short.clone())).unwrap_err();
+                let b = GgufFile::parse_ranged_from(&path, Box::new(short), 16).unwrap_err();
+                assert_eq!(
+                    a.to_string(),
+                    b.to_string(),
+                    "{} cut at {cut}",
+                    path.display()
+                );
+            }
         }
     }
 }

@@ -312,7 +312,7 @@ impl TensorSource for GgufSource<'_> {
             file: self.file.path().to_path_buf(),
             shape: info.shape(),
             dtype,
-            bytes: Cow::Borrowed(bytes),
+            bytes,
         }
         .non_empty()?;
         // Gemma's converter stored its norms' 1 + w: back to w, as the Hugging Face file has it.
@@ -335,7 +335,7 @@ impl TensorSource for GgufSource<'_> {
                 let rows = t.shape.first().copied().unwrap_or(0);
                 // Only f32 vectors can be unpermuted (a quantized bias's blocks span rows).
                 let permutable = t.shape.len() > 1 || dtype == HostDType::F32;
-                match unpermute_rows(bytes, rows, n).filter(|_| permutable) {
+                match unpermute_rows(&t.bytes, rows, n).filter(|_| permutable) {
                     Some(rows) => t.bytes = Cow::Owned(rows),
                     None => {
                         return Err(ModelError::TensorShape {

@@ -560,7 +560,7 @@ pub fn tensor<'a>(file: &'a GgufFile, arch: &str, hf: &str) -> Result<HostTensor
         file: path(),
         shape: info.shape(),
         dtype,
-        bytes: Cow::Borrowed(bytes),
+        bytes,
     }
     .non_empty()?;
     let bad_shape = |t: HostTensor<'_>, expected: Vec<usize>| ModelError::TensorShape {

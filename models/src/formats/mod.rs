@@ -13,6 +13,7 @@ pub mod gguf_hf_recurrent;
 pub mod gguf_tokenizer;
 pub mod host;
 pub mod pth;
+pub mod range_read;
 pub mod rwkv_tokenizer;
 pub mod safetensors;
 pub mod tokenizer_config;
