@@ -18,7 +18,7 @@ use crate::formats::gguf::GgufFile;
 use crate::formats::gguf_tokenizer::GgufVocab;
 use crate::formats::host::TensorSource;
 use crate::formats::pth::PthFile;
-use crate::formats::range_read::ThreadSafe;
+use crate::formats::range_read::{FileBytes, ThreadSafe};
 use crate::formats::rwkv_tokenizer::RwkvTokenizer;
 use crate::formats::safetensors::{Blob, SafetensorsFiles};
 use crate::formats::{gguf_hf, gguf_hf_recurrent, gguf_tokenizer, tokenizer_config};
@@ -200,11 +200,13 @@ fn model_from_gguf_since(gpu: &Arc<Gpu>, file: &GgufFile, started: Stopwatch) ->
 /// A model from the files of a Hugging Face folder given as (file name, bytes), as the browser
 /// has them: config.json (or, for BlinkDL's RWKV-7, none), *.safetensors (or BlinkDL's
 /// `.pth`), tokenizer.json, tokenizer_config.json. Only the base name of each file counts;
-/// other files are ignored. `dir` names the folder in errors.
+/// other files are ignored. `dir` names the folder in errors. A file's bytes may be whole or
+/// read a range at a time ([`FileBytes`]): safetensors shards are then read a tensor at a
+/// time; the others are small, and read whole (a `.pth` too, for now).
 pub fn model_from_files(
     gpu: &Arc<Gpu>,
     dir: &Path,
-    files: Vec<(String, Vec<u8>)>,
+    files: Vec<(String, impl Into<FileBytes>)>,
 ) -> Result<Model> {
     let started = Stopwatch::start();
     let mut config = None;
@@ -215,12 +217,15 @@ pub fn model_from_files(
     for (name, bytes) in files {
         let base = name.rsplit('/').next().unwrap_or(&name).to_string();
         let path = dir.join(&base);
+        let bytes: FileBytes = bytes.into();
         match base.as_str() {
-            "config.json" => config = Some((path, bytes)),
-            "tokenizer.json" => tokenizer = Some((path, bytes)),
-            "tokenizer_config.json" => tokenizer_config = Some((path, bytes)),
-            b if b.ends_with(".safetensors") => shards.push((path, Blob::Owned(bytes))),
-            b if b.ends_with(".pth") => pth.push((path, bytes)),
+            "config.json" => config = Some((path.clone(), bytes.into_vec(&path)?)),
+            "tokenizer.json" => tokenizer = Some((path.clone(), bytes.into_vec(&path)?)),
+            "tokenizer_config.json" => {
+                tokenizer_config = Some((path.clone(), bytes.into_vec(&path)?))
+            }
+            b if b.ends_with(".safetensors") => shards.push((path, bytes)),
+            b if b.ends_with(".pth") => pth.push((path.clone(), bytes.into_vec(&path)?)),
             _ => {}
         }
     }
@@ -241,7 +246,7 @@ pub fn model_from_files(
     } else {
         // Shards in name order, like the index of a sharded checkpoint.
         shards.sort_by(|a, b| a.0.cmp(&b.0));
-        Box::new(SafetensorsFiles::from_blobs(dir, shards)?)
+        Box::new(SafetensorsFiles::from_files(dir, shards)?)
     };
     let network = match network {
         Some(n) => n,

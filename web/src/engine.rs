@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use js_sys::{Float32Array, Promise};
 use kestrel_models::chat_template::{ChatTemplate, Message};
+use kestrel_models::formats::range_read::FileBytes;
 use kestrel_models::generate::{mask_token, GenerateError, Generation, Prompt, Request, Step};
 use kestrel_models::speculate::{Speculator, DEFAULT_DRAFT_TOKENS};
 use kestrel_models::Model;
@@ -342,23 +343,32 @@ pub async fn load_gguf_file(
     Ok(Engine::new(gpu, model, &options)?)
 }
 
-/// Load a Hugging Face folder from its files: `names[i]` is the file name of `files[i]`.
+/// Load a Hugging Face folder from its files: `names[i]` is the file name of `files[i]`, each
+/// its bytes (a `Uint8Array`) or a reader as [`load_gguf_file`] takes, through which a
+/// safetensors shard is read a tensor at a time.
 #[wasm_bindgen(js_name = loadHfFiles)]
 pub async fn load_hf_files(
     folder: String,
     names: Vec<String>,
-    files: Vec<js_sys::Uint8Array>,
+    files: Vec<JsValue>,
     options: String,
 ) -> std::result::Result<Engine, JsValue> {
     let options = EngineOptions::parse(&options)?;
     if names.len() != files.len() {
         return Err(WebError::BadRequest("one name per file".into()).into());
     }
-    let gpu = open_gpu().await?;
     let files = names
         .into_iter()
-        .zip(files.iter().map(|f| f.to_vec()))
-        .collect();
+        .zip(files)
+        .map(|(name, f)| {
+            let bytes = match f.dyn_into::<js_sys::Uint8Array>() {
+                Ok(a) => FileBytes::from(a.to_vec()),
+                Err(f) => FileBytes::Ranged(Box::new(JsFile::new(f)?)),
+            };
+            Ok((name, bytes))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let gpu = open_gpu().await?;
     let model = load::hf_files(&gpu, &folder, files)?;
     Ok(Engine::new(gpu, model, &options)?)
 }

@@ -1,7 +1,7 @@
 //! Models from what the page fetched or the user picked: a GGUF file read a range at a time
 //! (from the Origin Private File System, a `File` or a `Blob`, through a synchronous reader
 //! the worker gives: never copied whole into wasm memory), or the files of a Hugging Face
-//! folder (config.json, *.safetensors or BlinkDL's RWKV-7 .pth,
+//! folder (config.json, *.safetensors — read the same way — or BlinkDL's RWKV-7 .pth,
 //! tokenizer.json, tokenizer_config.json).
 //! All go through the same registry path as the native `kestrel_models::load`: the family
 //! and its config first (from config.json, or from the tensors of a folder without one, such
@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kestrel_models::formats::gguf::GgufFile;
-use kestrel_models::formats::range_read::RangeRead;
+use kestrel_models::formats::range_read::{FileBytes, RangeRead};
 use kestrel_models::Model;
 use kestrel_runtime::Gpu;
 
@@ -24,9 +24,9 @@ pub fn gguf_ranged(gpu: &Arc<Gpu>, name: &str, file: Box<dyn RangeRead>) -> Resu
     Ok(kestrel_models::model_from_gguf(gpu, &file)?)
 }
 
-/// A model from the files of a Hugging Face folder, given as (file name, bytes): the same
-/// registry path as a directory natively (`kestrel_models::model_from_files`).
-pub fn hf_files(gpu: &Arc<Gpu>, folder: &str, files: Vec<(String, Vec<u8>)>) -> Result<Model> {
+/// A model from the files of a Hugging Face folder, given as (file name, bytes whole or
+/// ranged): the same registry path as a directory natively (`kestrel_models::model_from_files`).
+pub fn hf_files(gpu: &Arc<Gpu>, folder: &str, files: Vec<(String, FileBytes)>) -> Result<Model> {
     Ok(kestrel_models::model_from_files(
         gpu,
         Path::new(folder),

@@ -382,8 +382,10 @@ try {
     const w = await import('/pkg/kestrel_web.js');
     await w.default();
     const dir = new URL('/fixtures/llama_gqa/', location.href).href;
-    // From the Cache API, where the worker put them (the reload check below counts GETs).
-    const get = async (n) => (await caches.match(dir + n)) || (await fetch(dir + n));
+    // Where the worker kept them (the reload check below counts GETs): the shards in OPFS,
+    // the small files in the Cache API.
+    const { storedFile } = await import('/model_store.js');
+    const get = async (n) => (await storedFile(dir + n)) || (await caches.match(dir + n)) || (await fetch(dir + n));
     const index = await (await get('model.safetensors.index.json')).json();
     const names = ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors.index.json', ...new Set(Object.values(index.weight_map))];
     const files = await Promise.all(names.map(async (n) => new Uint8Array(await (await get(n)).arrayBuffer())));

@@ -1,8 +1,9 @@
-// Where the browser keeps model files, shared by the worker and the page. A GGUF file goes to
-// the Origin Private File System, written there a chunk at a time as it downloads and read
-// back a range at a time by the engine, so it is never held whole in memory (and a file of
-// gigabytes fits, where the Cache API is uncomfortable). The files of a Hugging Face folder,
-// which the engine takes whole, go to the Cache API ('kestrel-models-v1').
+// Where the browser keeps model files, shared by the worker and the page. Weights — a GGUF
+// file, a folder's safetensors shards, a .pth — go to the Origin Private File System, written
+// there a chunk at a time as they download and read back a range at a time by the engine, so
+// they are never held whole in memory (and files of gigabytes fit, where the Cache API is
+// uncomfortable). A folder's small files (config, tokenizer), which the engine takes whole,
+// go to the Cache API ('kestrel-models-v1').
 
 export const CACHE = 'kestrel-models-v1';
 const DIR = 'kestrel-models';

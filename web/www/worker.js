@@ -1,8 +1,8 @@
 // The Kestrel worker: owns the wasm engine and the WebGPU device, so the page never blocks.
 // Messages in: {id, type, ...}; out: {id, type: 'result'|'error'|'chunk'|'progress', ...}.
-// Model files are kept (model_store.js: a GGUF file in the Origin Private File System, read
-// by the engine a range at a time; a folder's files in the Cache API), so a reload does not
-// download them again.
+// Model files are kept (model_store.js: a GGUF file or a folder's safetensors shards in the
+// Origin Private File System, read by the engine a range at a time; a folder's small files in
+// the Cache API), so a reload does not download them again.
 import init, * as wasm from './pkg/kestrel_web.js';
 import { CACHE, storeWriter, storedFile } from './model_store.js';
 
@@ -68,6 +68,8 @@ async function download(id, abs, sink, { optional = false } = {}) {
   return loaded;
 }
 
+// The header of the Cache API's record of an optional file that was not there (a 404).
+const MISSING = 'x-kestrel-missing';
 const isQuota = (e) => e && (e.name === 'QuotaExceededError' || /quota/i.test(e.message || ''));
 const quotaWarning = (id, abs, what) => progress(id, {
   phase: 'warning',
@@ -80,14 +82,20 @@ async function fetchBytes(id, url, { optional = false } = {}) {
   const abs = new URL(url, self.location.href).href;
   const cache = await openCache();
   const hit = cache && (await cache.match(abs));
-  if (hit) {
+  // An optional file found missing before (a folder's files never change): missing still,
+  // offline too.
+  if (hit && optional && hit.headers.get(MISSING)) return null;
+  if (hit && !hit.headers.get(MISSING)) {
     const bytes = new Uint8Array(await hit.arrayBuffer());
     progress(id, { phase: 'cache', url: abs, loaded: bytes.length, total: bytes.length });
     return bytes;
   }
   const parts = [];
   const loaded = await download(id, abs, (c) => parts.push(c), { optional });
-  if (loaded === null) return null;
+  if (loaded === null) {
+    await cache?.put(abs, new Response('', { status: 404, headers: { [MISSING]: '1' } })).catch(() => {});
+    return null;
+  }
   const bytes = new Uint8Array(loaded);
   let at = 0;
   for (const p of parts) {
@@ -159,7 +167,8 @@ function rangeReader(blob) {
 const base = (s) => s.split('/').filter(Boolean).pop() || s;
 
 // Files of a Hugging Face folder at `baseUrl`: config.json (none in BlinkDL's RWKV-7
-// folders, whose family the engine reads from the tensors), tokenizer files, safetensors.
+// folders, whose family the engine reads from the tensors), tokenizer files (whole), and
+// safetensors shards (kept like a GGUF file and read by the engine a tensor at a time).
 async function fetchHfFolder(id, baseUrl) {
   const dir = baseUrl.endsWith('/') ? baseUrl : baseUrl + '/';
   const files = [];
@@ -168,6 +177,7 @@ async function fetchHfFolder(id, baseUrl) {
     if (b) files.push([name, b]);
     return b;
   };
+  const shard = async (name) => files.push([name, rangeReader(await fetchModelFile(id, dir + name))]);
   await get('config.json', true);
   await get('tokenizer.json', true);
   await get('tokenizer_config.json', true);
@@ -179,9 +189,9 @@ async function fetchHfFolder(id, baseUrl) {
     } catch (e) {
       throw named('KestrelModelError', `${dir}model.safetensors.index.json: ${e.message}`);
     }
-    for (const shard of [...new Set(Object.values(map || {}))].sort()) await get(shard, false);
+    for (const name of [...new Set(Object.values(map || {}))].sort()) await shard(name);
   } else {
-    await get('model.safetensors', false);
+    await shard('model.safetensors');
   }
   return files;
 }
@@ -199,11 +209,12 @@ async function load(id, { source, options: engineOptions, speculate, draftTokens
   const started = performance.now();
   let e;
   if (source.kind === 'url' && /\.pth$/i.test(source.url)) {
-    // BlinkDL's RWKV-7 .pth release: read like a folder holding only it.
-    const bytes = await fetchBytes(id, source.url);
+    // BlinkDL's RWKV-7 .pth release: read like a folder holding only it (kept like a GGUF
+    // file; the engine reads a .pth archive whole).
+    const file = await fetchModelFile(id, source.url);
     progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
     modelName = base(source.url);
-    e = await wasm.loadHfFiles(modelName, [modelName], [bytes], options);
+    e = await wasm.loadHfFiles(modelName, [modelName], [rangeReader(file)], options);
   } else if (source.kind === 'url' && !source.url.endsWith('/')) {
     const file = await fetchModelFile(id, source.url);
     progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
@@ -222,10 +233,11 @@ async function load(id, { source, options: engineOptions, speculate, draftTokens
       modelName = gguf.name;
       e = await wasm.loadGgufFile(gguf.name, rangeReader(gguf), options);
     } else {
-      const bytes = await Promise.all(files.map(async (f) => new Uint8Array(await f.arrayBuffer())));
+      // Weights read a tensor at a time from the chosen files; the small files whole.
+      const contents = await Promise.all(files.map(async (f) => /\.(safetensors|pth)$/i.test(f.name) ? rangeReader(f) : new Uint8Array(await f.arrayBuffer())));
       const folder = (files[0]?.webkitRelativePath || '').split('/')[0] || 'model';
       modelName = folder;
-      e = await wasm.loadHfFiles(folder, files.map((f) => f.name), bytes, options);
+      e = await wasm.loadHfFiles(folder, files.map((f) => f.name), contents, options);
     }
   }
   if (speculate) e.setSpeculation(String(speculate), Number(draftTokens ?? 0));

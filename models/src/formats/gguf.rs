@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ModelError, Result};
-use crate::formats::range_read::RangeRead;
+use crate::formats::range_read::{FileBytes, RangeRead};
 use crate::formats::safetensors::Blob;
 
 /// The four bytes every GGUF file starts with.
@@ -491,7 +491,7 @@ impl TensorInfo {
 /// A parsed GGUF file: its metadata and tensor infos, and the bytes they point into.
 pub struct GgufFile {
     path: PathBuf,
-    data: Data,
+    data: FileBytes,
     version: u32,
     metadata: Vec<(String, GgufValue)>,
     meta_index: HashMap<String, usize>,
@@ -499,21 +499,6 @@ pub struct GgufFile {
     tensor_index: HashMap<String, usize>,
     alignment: u64,
     data_start: usize,
-}
-
-/// A GGUF file's bytes: whole (memory-mapped, or in memory), or read a tensor at a time.
-enum Data {
-    Whole(Blob),
-    Ranged(Box<dyn RangeRead>),
-}
-
-impl Data {
-    fn len(&self) -> u64 {
-        match self {
-            Data::Whole(b) => b.len() as u64,
-            Data::Ranged(r) => r.size(),
-        }
-    }
 }
 
 /// What the header says: the metadata and tensor infos, and where the data starts.
@@ -878,7 +863,7 @@ impl GgufFile {
     /// Parse a whole GGUF file already in memory. `path` names the file in errors.
     pub fn parse(path: &Path, blob: Blob) -> Result<GgufFile> {
         let header = Reader::new(&blob, blob.len() as u64, path).header()?;
-        GgufFile::new(path, Data::Whole(blob), header)
+        GgufFile::new(path, FileBytes::Whole(blob), header)
     }
 
     /// Parse a GGUF file read a range at a time: its header is read (a growing prefix until it
@@ -888,8 +873,13 @@ impl GgufFile {
         GgufFile::parse_ranged_from(path, file, HEADER_PREFIX)
     }
 
-    /// [`GgufFile::parse_ranged`], reading `first` bytes for the header at first.
-    fn parse_ranged_from(path: &Path, file: Box<dyn RangeRead>, first: u64) -> Result<GgufFile> {
+    /// [`GgufFile::parse_ranged`], reading `first` bytes for the header at first (tests and
+    /// fuzzing start small, so the prefix has to grow).
+    pub fn parse_ranged_from(
+        path: &Path,
+        file: Box<dyn RangeRead>,
+        first: u64,
+    ) -> Result<GgufFile> {
         let len = file.size();
         let mut prefix = len.min(first.max(1));
         let header = loop {
@@ -906,10 +896,10 @@ impl GgufFile {
                 Err(e) => return Err(e),
             }
         };
-        GgufFile::new(path, Data::Ranged(file), header)
+        GgufFile::new(path, FileBytes::Ranged(file), header)
     }
 
-    fn new(path: &Path, data: Data, header: Header) -> Result<GgufFile> {
+    fn new(path: &Path, data: FileBytes, header: Header) -> Result<GgufFile> {
         let Header {
             version,
             metadata,
@@ -923,7 +913,7 @@ impl GgufFile {
             message,
         };
 
-        let len = data.len();
+        let len = data.size();
         let mut tensor_index = HashMap::with_capacity(tensors.len());
         for (i, t) in tensors.iter().enumerate() {
             if tensor_index.insert(t.name.clone(), i).is_some() {
@@ -978,7 +968,7 @@ impl GgufFile {
 
     /// The file's size in bytes.
     pub fn size(&self) -> u64 {
-        self.data.len()
+        self.data.size()
     }
 
     /// The metadata, in file order.
@@ -1105,18 +1095,9 @@ impl GgufFile {
         let start = (self.data_start as u64).checked_add(info.offset);
         let end = start.and_then(|s| s.checked_add(info.n_bytes));
         match (start, end) {
-            (Some(s), Some(e)) if e <= self.data.len() => match &self.data {
-                Data::Whole(b) => Ok((info, Cow::Borrowed(&b[s as usize..e as usize]))),
-                Data::Ranged(r) => {
-                    let bytes =
-                        r.read(s, info.n_bytes as usize)
-                            .map_err(|message| ModelError::Io {
-                                path: self.path.clone(),
-                                message: format!("tensor '{name}': {message}"),
-                            })?;
-                    Ok((info, Cow::Owned(bytes)))
-                }
-            },
+            (Some(s), Some(e)) if e <= self.data.size() => {
+                Ok((info, self.data.range(&self.path, s, info.n_bytes)?))
+            }
             _ => Err(ModelError::Gguf {
                 file: self.path.clone(),
                 message: format!(
@@ -1137,16 +1118,7 @@ mod tests {
     /// file cut inside its header or its data is refused with the same message both ways.
     #[test]
     fn ranged_files_read_as_whole_ones() {
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
-        let mut files = Vec::new();
-        for dir in std::fs::read_dir(&fixtures).expect("fixtures") {
-            let dir = dir.expect("entry").path();
-            for f in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if f.path().extension().is_some_and(|e| e == "gguf") {
-                    files.push(f.path());
-                }
-            }
-        }
+        let files = crate::formats::range_read::fixture_files("gguf");
         assert!(files.len() >= 10, "fixture GGUF files: {files:?}");
         for path in files {
             let bytes = std::fs::read(&path).expect("read");

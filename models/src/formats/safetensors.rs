@@ -1,17 +1,19 @@
 //! Safetensors files: one `model.safetensors`, or shards listed by
-//! `model.safetensors.index.json`. Memory-mapped natively, owned bytes in the browser.
+//! `model.safetensors.index.json`. Memory-mapped natively; in the browser read a range at a
+//! time (the header, then each tensor when asked for), or owned bytes.
 
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::Metadata;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::{ModelError, Result};
 #[cfg(not(target_arch = "wasm32"))]
 use crate::formats::folder::file_in_folder;
 use crate::formats::host::{HostDType, HostTensor, TensorSource};
+use crate::formats::range_read::FileBytes;
 
 pub enum Blob {
     #[cfg(not(target_arch = "wasm32"))]
@@ -30,9 +32,20 @@ impl Deref for Blob {
     }
 }
 
+impl Blob {
+    /// The bytes, owned (copied out of a mapping).
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            Blob::Mapped(m) => m.to_vec(),
+            Blob::Owned(v) => v,
+        }
+    }
+}
+
 struct Shard {
     path: PathBuf,
-    blob: Blob,
+    bytes: FileBytes,
     meta: Metadata,
     data_start: usize,
 }
@@ -111,25 +124,30 @@ impl SafetensorsFiles {
 
     /// Parse already loaded files (each a whole safetensors file).
     pub fn from_blobs(origin: &Path, blobs: Vec<(PathBuf, Blob)>) -> Result<SafetensorsFiles> {
+        let files = blobs.into_iter().map(|(p, b)| (p, FileBytes::Whole(b)));
+        Self::from_files(origin, files.collect())
+    }
+
+    /// Parse files whole or read a range at a time: each one's header is read and checked
+    /// (offsets contiguous and covering the file exactly) before anything is used.
+    pub fn from_files(origin: &Path, files: Vec<(PathBuf, FileBytes)>) -> Result<SafetensorsFiles> {
         let mut shards = Vec::new();
         let mut index = HashMap::new();
-        for (path, blob) in blobs {
-            // Full validation (header, offsets within the file) before anything is used.
-            SafeTensors::deserialize(&blob).map_err(|e| ModelError::Safetensors {
+        for (path, bytes) in files {
+            let err = |e: SafeTensorError| ModelError::Safetensors {
                 file: path.clone(),
                 message: e.to_string(),
-            })?;
-            let (n, meta) =
-                SafeTensors::read_metadata(&blob).map_err(|e| ModelError::Safetensors {
-                    file: path.clone(),
-                    message: e.to_string(),
-                })?;
+            };
+            let (n, meta) = match &bytes {
+                FileBytes::Whole(blob) => SafeTensors::read_metadata(blob).map_err(err)?,
+                FileBytes::Ranged(_) => ranged_metadata(&path, &bytes)?.map_err(err)?,
+            };
             for name in meta.tensors().keys() {
                 index.insert(name.clone(), shards.len());
             }
             shards.push(Shard {
                 path,
-                blob,
+                bytes,
                 meta,
                 data_start: 8 + n,
             });
@@ -145,6 +163,55 @@ impl SafetensorsFiles {
     pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(String::as_str)
     }
+}
+
+/// The header of a safetensors file read a range at a time, checked as
+/// `SafeTensors::read_metadata` checks a whole file (the same errors): its length, the JSON,
+/// offsets contiguous and covering the rest of the file exactly. The outer error is a read
+/// that failed.
+fn ranged_metadata(
+    path: &Path,
+    bytes: &FileBytes,
+) -> Result<std::result::Result<(usize, Metadata), SafeTensorError>> {
+    /// safetensors' own bound on a header.
+    const MAX_HEADER_SIZE: u64 = 100_000_000;
+    let size = bytes.size();
+    if size < 8 {
+        return Ok(Err(SafeTensorError::HeaderTooSmall));
+    }
+    let n = u64::from_le_bytes(
+        bytes
+            .range(path, 0, 8)?
+            .as_ref()
+            .try_into()
+            .expect("8 bytes"),
+    );
+    if n > MAX_HEADER_SIZE {
+        return Ok(Err(SafeTensorError::HeaderTooLarge));
+    }
+    if 8 + n > size {
+        return Ok(Err(SafeTensorError::InvalidHeaderLength));
+    }
+    let header = bytes.range(path, 8, n)?;
+    let text = match std::str::from_utf8(&header) {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(SafeTensorError::InvalidHeader(e))),
+    };
+    let meta: Metadata = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(SafeTensorError::InvalidHeaderDeserialization(e))),
+    };
+    // Metadata checked the offsets are contiguous from 0; they must end at the file's end.
+    let end = meta
+        .tensors()
+        .values()
+        .map(|t| t.data_offsets.1)
+        .max()
+        .unwrap_or(0);
+    if 8 + n + end as u64 != size {
+        return Ok(Err(SafeTensorError::MetadataIncompleteBuffer));
+    }
+    Ok(Ok((n as usize, meta)))
 }
 
 /// The shard file names of a sharded checkpoint's index (`weight_map`: tensor name → file
@@ -200,14 +267,15 @@ impl TensorSource for SafetensorsFiles {
             }
         };
         let (a, b) = info.data_offsets;
-        // In the file: from_blobs checked every tensor's offsets against its shard.
-        let bytes = &shard.blob[shard.data_start + a..shard.data_start + b];
+        // In the file: from_files checked every tensor's offsets against its shard.
+        let start = (shard.data_start + a) as u64;
+        let bytes = shard.bytes.range(&shard.path, start, (b - a) as u64)?;
         HostTensor {
             name: name.to_string(),
             file: shard.path.clone(),
             shape: info.shape.clone(),
             dtype,
-            bytes: std::borrow::Cow::Borrowed(bytes),
+            bytes,
         }
         .non_empty()
     }
@@ -218,5 +286,66 @@ impl TensorSource for SafetensorsFiles {
 
     fn origin(&self) -> &Path {
         &self.origin
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    /// Every fixture safetensors file read a range at a time equals the file read whole:
+    /// tensor names and every tensor's bytes; a file cut inside its header or its data is
+    /// refused both ways, with the same message.
+    #[test]
+    fn ranged_files_read_as_whole_ones() {
+        let files = crate::formats::range_read::fixture_files("safetensors");
+        assert!(files.len() >= 20, "fixture safetensors files: {files:?}");
+        let open = |path: &Path, bytes: FileBytes| {
+            SafetensorsFiles::from_files(path, vec![(path.to_path_buf(), bytes)])
+        };
+        for path in files {
+            let bytes = std::fs::read(&path).expect("read");
+            let whole = open(&path, FileBytes::from(bytes.clone())).expect("whole");
+            let ranged = open(&path, FileBytes::Ranged(Box::new(bytes.clone()))).expect("ranged");
+            let mut names: Vec<_> = whole.tensor_names().collect();
+            let mut ranged_names: Vec<_> = ranged.tensor_names().collect();
+            names.sort();
+            ranged_names.sort();
+            assert_eq!(names, ranged_names, "{}", path.display());
+            for name in names {
+                let (a, b) = (
+                    whole.tensor(name).expect("a"),
+                    ranged.tensor(name).expect("b"),
+                );
+                assert!(
+                    matches!(b.bytes, Cow::Owned(_)),
+                    "{}: {name} not read",
+                    path.display()
+                );
+                assert_eq!(
+                    (a.shape, a.bytes),
+                    (b.shape, b.bytes),
+                    "{}: {name}",
+                    path.display()
+                );
+            }
+            let header = 8 + u64::from_le_bytes(bytes[..8].try_into().expect("8")) as usize;
+            for cut in [4, header / 2, bytes.len() - 1] {
+                let short = bytes[..cut].to_vec();
+                let a = open(&path, FileBytes::from(short.clone()))
+                    .err()
+                    .expect("whole refused");
+                let b = open(&path, FileBytes::Ranged(Box::new(short)))
+                    .err()
+                    .expect("refused");
+                assert_eq!(
+                    a.to_string(),
+                    b.to_string(),
+                    "{} cut at {cut}",
+                    path.display()
+                );
+            }
+        }
     }
 }

@@ -46,7 +46,24 @@ const LAYER: &[&str] = &[
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(file) = GgufFile::parse(Path::new("fuzz.gguf"), Blob::Owned(data.to_vec())) else {
+    let path = Path::new("fuzz.gguf");
+    let whole = GgufFile::parse(path, Blob::Owned(data.to_vec()));
+    // Read a range at a time, from a prefix that must grow: the same file, or the same error.
+    let ranged = GgufFile::parse_ranged_from(path, Box::new(data.to_vec()), 16);
+    match (&whole, &ranged) {
+        (Ok(a), Ok(b)) => {
+            let meta = |f: &GgufFile| format!("{:?}", f.metadata().collect::<Vec<_>>());
+            assert_eq!(meta(a), meta(b), "metadata read whole vs ranged");
+            assert_eq!(
+                a.tensor_infos(),
+                b.tensor_infos(),
+                "tensor infos whole vs ranged"
+            );
+        }
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "errors whole vs ranged"),
+        _ => panic!("whole {:?} vs ranged {:?}", whole.is_ok(), ranged.is_ok()),
+    }
+    let Ok(file) = whole else {
         return;
     };
     for (_, v) in file.metadata() {
