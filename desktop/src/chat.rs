@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use kestrel_models::chat_template::Message;
 use kestrel_models::generate::{Generation, Prompt};
+use kestrel_runtime::diffusion::DEFAULT_BLOCK_LENGTH;
 
 use crate::cli::{ChatArgs, CHAT_SAMPLING};
 use crate::generate::{cli_error, print_reply};
@@ -161,7 +162,11 @@ pub fn run(a: &ChatArgs) -> Result<(), String> {
             g.reply().to_string()
         } else {
             // A diffusion model regenerates the reply region from masks every turn.
-            let block = a.diffusion.block_length.unwrap_or(32).max(1);
+            let block = a
+                .diffusion
+                .block_length
+                .unwrap_or(DEFAULT_BLOCK_LENGTH)
+                .max(1);
             let config = a.diffusion.config(
                 room.div_ceil(block) * block,
                 a.sampling.temperature.unwrap_or(0.0),

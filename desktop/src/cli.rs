@@ -306,10 +306,6 @@ impl DiffusionArgs {
         seed: u32,
     ) -> Result<DiffusionConfig, String> {
         let config = DiffusionConfig {
-            gen_length,
-            block_length: self.block_length.unwrap_or(gen_length.min(32)),
-            steps: self.steps.unwrap_or(gen_length),
-            temperature,
             cfg_scale: self.cfg_scale,
             random_remasking: self.remasking == Remasking::Random,
             threshold: self.threshold,
@@ -318,7 +314,7 @@ impl DiffusionArgs {
                 CacheArg::Prefix => BlockCache::Prefix,
                 CacheArg::Dual => BlockCache::Dual,
             },
-            seed,
+            ..DiffusionConfig::new(gen_length, self.block_length, self.steps, temperature, seed)
         };
         config.validate().map_err(|e| diffusion_error(&e))?;
         Ok(config)

@@ -44,6 +44,35 @@ pub struct DiffusionConfig {
     pub seed: u32,
 }
 
+/// Tokens a block holds where the caller names no block length (LLaDA's), at most the
+/// generation's.
+pub const DEFAULT_BLOCK_LENGTH: usize = 32;
+
+impl DiffusionConfig {
+    /// `gen_length` tokens in blocks of `block_length` (default [`DEFAULT_BLOCK_LENGTH`], at
+    /// most `gen_length`) over `steps` (default one per token), LLaDA's sampler otherwise:
+    /// low-confidence remasking, no guidance, no threshold, no cache. Not yet validated.
+    pub fn new(
+        gen_length: usize,
+        block_length: Option<usize>,
+        steps: Option<usize>,
+        temperature: f32,
+        seed: u32,
+    ) -> DiffusionConfig {
+        DiffusionConfig {
+            gen_length,
+            block_length: block_length.unwrap_or(DEFAULT_BLOCK_LENGTH.min(gen_length)),
+            steps: steps.unwrap_or(gen_length),
+            temperature,
+            cfg_scale: 0.0,
+            random_remasking: false,
+            threshold: None,
+            cache: BlockCache::None,
+            seed,
+        }
+    }
+}
+
 /// A setting of [`DiffusionConfig`] that an error names; front ends map it to their own
 /// spelling (a command-line flag, a request field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! streams a block at a time as each fills. The reply length is `max_tokens` (default
 //! [`DEFAULT_REPLY_TOKENS`]) within the context, in whole blocks.
 
-use kestrel_runtime::diffusion::{BlockCache, DiffusionConfig, Setting};
+use kestrel_runtime::diffusion::{BlockCache, DiffusionConfig, Setting, DEFAULT_BLOCK_LENGTH};
 use serde::Deserialize;
 
 use crate::error::{Result, WebError};
@@ -43,8 +43,9 @@ fn field(s: Setting) -> String {
 
 impl DiffusionFields {
     /// The sampler's settings for a reply of at most `max_tokens` (the default when absent)
-    /// within `room` positions, rounded down to whole blocks of `block_length` (default 32,
-    /// or the reply's length when shorter); steps default to one per token.
+    /// within `room` positions, rounded down to whole blocks of `block_length` (default
+    /// [`DEFAULT_BLOCK_LENGTH`], or the reply's length when shorter); steps default to one per
+    /// token.
     pub fn config(
         &self,
         max_tokens: Option<usize>,
@@ -54,20 +55,18 @@ impl DiffusionFields {
     ) -> Result<DiffusionConfig> {
         let bad = |m: String| WebError::BadRequest(m);
         let want = max_tokens.unwrap_or(DEFAULT_REPLY_TOKENS).min(room);
-        let block_length = self.block_length.unwrap_or(want.min(32));
-        let gen_length = match block_length {
-            0 => 0,
-            b => want / b * b,
-        };
-        if gen_length == 0 && want > 0 && block_length > 0 {
-            return Err(bad(format!(
-                "a reply of {want} tokens (max_tokens, within the {room} positions the prompt \
-                 leaves) is shorter than one block of {block_length} (diffusion.block_length)"
-            )));
-        }
         if want == 0 {
             return Err(bad(format!(
                 "the prompt leaves no room in the context for a reply (room {room})"
+            )));
+        }
+        let block_length = self.block_length.unwrap_or(DEFAULT_BLOCK_LENGTH.min(want));
+        // A block length of 0 is left for the sampler's own check to name.
+        let gen_length = want / block_length.max(1) * block_length;
+        if gen_length == 0 && block_length > 0 {
+            return Err(bad(format!(
+                "a reply of {want} tokens (max_tokens, within the {room} positions the prompt \
+                 leaves) is shorter than one block of {block_length} (diffusion.block_length)"
             )));
         }
         let cache = match self.cache.as_deref().unwrap_or("none") {
@@ -90,15 +89,17 @@ impl DiffusionFields {
             }
         };
         let config = DiffusionConfig {
-            gen_length,
-            block_length,
-            steps: self.steps.unwrap_or(gen_length),
-            temperature,
             cfg_scale: self.cfg_scale.unwrap_or(0.0),
             random_remasking,
             threshold: self.threshold,
             cache,
-            seed,
+            ..DiffusionConfig::new(
+                gen_length,
+                Some(block_length),
+                self.steps,
+                temperature,
+                seed,
+            )
         };
         config.validate().map_err(|e| bad(e.message(field)))?;
         Ok(config)

@@ -73,7 +73,7 @@ pub fn gpu_info(gpu: &Gpu) -> serde_json::Value {
 
 /// The size of the engine's wasm memory: it never shrinks, so this is its peak so far
 /// (loading included).
-pub fn wasm_memory_bytes() -> f64 {
+fn wasm_memory_bytes() -> f64 {
     let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
     memory
         .buffer()

@@ -113,8 +113,9 @@ async function fetchBytes(id, url, { optional = false } = {}) {
   return bytes;
 }
 
-// A GGUF file by URL as a Blob the engine reads a range at a time: the stored download, else
-// downloaded into the Origin Private File System a chunk at a time. Where that cannot be
+// A weights file by URL (a GGUF, a safetensors shard, a .pth) as a Blob the engine reads a
+// range at a time: the stored download, else downloaded into the Origin Private File System
+// a chunk at a time. Where that cannot be
 // written (no OPFS, or the storage quota runs out) the download is kept as a Blob in memory
 // instead — the browser's, never the engine's wasm memory — and not cached.
 async function fetchModelFile(id, url) {
