@@ -96,6 +96,60 @@ impl Gpu {
     }
 }
 
+impl Gpu {
+    /// The kernel, specialisation and slot of hint `k` ([`Gpu::pipeline_keys`] of an earlier
+    /// process), or None: a key that names no kernel of [`crate::kernels::ALL`], holds a
+    /// malformed specialisation, or is spelt otherwise than this process writes it (it would
+    /// make a second slot), or one whose pipeline is made already.
+    fn prebuild_slot(
+        &self,
+        k: &str,
+    ) -> Option<(&'static crate::kernels::Kernel, ShaderDefs, Slot)> {
+        let (name, defs) = k.split_once('|')?;
+        let kernel = crate::kernels::ALL
+            .iter()
+            .find(|kernel| kernel.name == name)?;
+        let defs = ShaderDefs::from_key(defs)?;
+        if key(kernel.name, &defs) != k {
+            return None;
+        }
+        let slot = self.pipelines.slot(k, false, true);
+        if lock(&slot).is_some() {
+            return None;
+        }
+        Some((kernel, defs, slot))
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+impl Gpu {
+    /// Create the pipelines of `keys` ([`Gpu::pipeline_keys`] of an earlier page on this
+    /// adapter) now, in order, skipped as [`Gpu::prebuild`] skips them. On WebGPU each
+    /// creation returns at once and the browser compiles in its GPU process, in order with
+    /// the work submitted after: a plan's first dispatch waits for what is left. (Chromium
+    /// compiles `createComputePipelineAsync` on other threads, but it does not share the
+    /// result with a later synchronous creation of the same pipeline, and wgpu creates them
+    /// synchronously: measured on SwiftShader, the same shader created again compiled again.)
+    /// A pipeline the device refuses (a key of another Kestrel version) is caught by an
+    /// error scope around them all, so the device's error handler never sees it; the returned
+    /// future (the scope's pop; it need not be awaited) gives the error. A refused pipeline's
+    /// slot is never taken by a plan: plans ask only for keys this version writes, and those
+    /// are valid.
+    pub fn prebuild_here(
+        &self,
+        keys: &[String],
+    ) -> impl std::future::Future<Output = Option<wgpu::Error>> + 'static {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        for k in keys {
+            if let Some((kernel, defs, slot)) = self.prebuild_slot(k) {
+                let p = self.create_pipeline(kernel.name, kernel.source, &defs);
+                *lock(&slot) = Some(p);
+            }
+        }
+        scope.pop()
+    }
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 impl Gpu {
     /// Create the pipelines of `keys` ([`Gpu::pipeline_keys`] of an earlier process on this
@@ -126,23 +180,9 @@ impl Gpu {
     }
 
     fn prebuild_one(&self, k: &str) {
-        let Some((name, defs)) = k.split_once('|') else {
+        let Some((kernel, defs, slot)) = self.prebuild_slot(k) else {
             return;
         };
-        let Some(kernel) = crate::kernels::ALL
-            .iter()
-            .find(|kernel| kernel.name == name)
-        else {
-            return;
-        };
-        let Some(defs) = ShaderDefs::from_key(defs) else {
-            return;
-        };
-        // Only a key as this process writes it: another spelling would make a second slot.
-        if key(kernel.name, &defs) != k {
-            return;
-        }
-        let slot = self.pipelines.slot(k, false, true);
         let mut made = lock(&slot);
         if made.is_some() {
             return;

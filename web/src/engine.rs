@@ -317,6 +317,42 @@ pub struct Engine {
     reply: Rc<RefCell<ReplyWork>>,
     /// The conversations held (a copy, updated whenever they change), for `info()`.
     held: Rc<RefCell<HeldConversations>>,
+    /// The pipelines made ahead of use at load, for `info()`.
+    ahead: Ahead,
+}
+
+/// Pipelines created ahead of use from the keys an earlier engine on this model and adapter
+/// gave (`pipelineKeys()`), after the weights loaded (created earlier, their compiles held up
+/// the weight uploads behind them in the browser's GPU process): `createEngine` resolves
+/// while the browser compiles them, and the first reply waits only for what is left. Counts
+/// the keys given and keeps the device's refusal of one, if any (then the list came from
+/// another version of Kestrel; the worker keeps the list this engine writes instead).
+#[derive(Default)]
+struct Ahead {
+    keys: usize,
+    refused: Rc<RefCell<Option<String>>>,
+}
+
+impl Ahead {
+    /// Create the pipelines of `keys` (a JSON array of [`Gpu::pipeline_keys`]; none, or text
+    /// that is not such an array, creates none) on `gpu`.
+    fn start(gpu: &Gpu, keys: Option<String>) -> Ahead {
+        let keys: Vec<String> = keys
+            .and_then(|k| serde_json::from_str(&k).ok())
+            .unwrap_or_default();
+        let ahead = Ahead {
+            keys: keys.len(),
+            ..Ahead::default()
+        };
+        if !keys.is_empty() {
+            let refused = gpu.prebuild_here(&keys);
+            let slot = ahead.refused.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                *slot.borrow_mut() = refused.await.map(|e| e.to_string());
+            });
+        }
+        ahead
+    }
 }
 
 /// Check `createEngine`'s options (JSON: `ctx`, `matvecPrecision`, `attentionSinks`,
@@ -329,29 +365,33 @@ pub fn check_options(options: &str) -> std::result::Result<(), JsValue> {
 
 /// Load a GGUF file read a range at a time through `file` (`{size, read(offset, length)}`,
 /// see [`JsFile`]): the header, then each tensor as it uploads, so wasm memory holds at most
-/// a tensor of it, never the file.
+/// a tensor of it, never the file. `pipelines`: the JSON array of `pipelineKeys()` an earlier
+/// engine on this model and adapter gave, created once the weights loaded (optional).
 #[wasm_bindgen(js_name = loadGgufFile)]
 pub async fn load_gguf_file(
     name: String,
     file: JsValue,
     options: String,
+    pipelines: Option<String>,
 ) -> std::result::Result<Engine, JsValue> {
     let options = EngineOptions::parse(&options)?;
     let file = JsFile::new(file)?;
     let gpu = open_gpu().await?;
     let model = load::gguf_ranged(&gpu, &name, Box::new(file))?;
-    Ok(Engine::new(gpu, model, &options)?)
+    let ahead = Ahead::start(&gpu, pipelines);
+    Ok(Engine::new(gpu, model, &options, ahead)?)
 }
 
 /// Load a Hugging Face folder from its files: `names[i]` is the file name of `files[i]`, each
 /// its bytes (a `Uint8Array`) or a reader as [`load_gguf_file`] takes, through which a
-/// safetensors shard is read a tensor at a time.
+/// safetensors shard is read a tensor at a time; `pipelines` as [`load_gguf_file`] takes.
 #[wasm_bindgen(js_name = loadHfFiles)]
 pub async fn load_hf_files(
     folder: String,
     names: Vec<String>,
     files: Vec<JsValue>,
     options: String,
+    pipelines: Option<String>,
 ) -> std::result::Result<Engine, JsValue> {
     let options = EngineOptions::parse(&options)?;
     if names.len() != files.len() {
@@ -370,11 +410,17 @@ pub async fn load_hf_files(
         .collect::<Result<Vec<_>>>()?;
     let gpu = open_gpu().await?;
     let model = load::hf_files(&gpu, &folder, files)?;
-    Ok(Engine::new(gpu, model, &options)?)
+    let ahead = Ahead::start(&gpu, pipelines);
+    Ok(Engine::new(gpu, model, &options, ahead)?)
 }
 
 impl Engine {
-    fn new(gpu: Arc<Gpu>, mut model: Model, options: &EngineOptions) -> Result<Engine> {
+    fn new(
+        gpu: Arc<Gpu>,
+        mut model: Model,
+        options: &EngineOptions,
+        ahead: Ahead,
+    ) -> Result<Engine> {
         // A bidirectional model is run by diffusion, which needs its mask token.
         if !model.config().causal {
             mask_token(&model).map_err(web_error)?;
@@ -427,6 +473,7 @@ impl Engine {
             }))),
             reply: Rc::default(),
             held,
+            ahead,
         })
     }
 }
@@ -502,9 +549,21 @@ impl Engine {
             "acceptedDraftTokens": r.accepted,
         });
         info["wasmMemoryBytes"] = json!(wasm_memory_bytes());
+        info["pipelinesAhead"] = json!({
+            "keys": self.ahead.keys,
+            "refused": *self.ahead.refused.borrow(),
+        });
         let held = self.held.borrow();
         info["conversations"] = json!({"held": held.ids.len(), "max": held.max, "ids": held.ids});
         info.to_string()
+    }
+
+    /// The keys of the pipelines this engine's plans used so far, first use first (a JSON
+    /// array): what a later engine on this model and adapter takes to create them ahead of
+    /// use (`loadGgufFile`'s `pipelines`).
+    #[wasm_bindgen(js_name = pipelineKeys)]
+    pub fn pipeline_keys(&self) -> String {
+        json!(self.gpu.pipeline_keys()).to_string()
     }
 
     /// Compile the pipelines of a prefill and of a decode step by running both once on a

@@ -176,6 +176,40 @@ try {
     // A GGUF file is read a tensor at a time (web/src/js_file.rs), never copied whole into
     // wasm memory, whose size never shrinks: after loading it is the peak.
     checkWasmMemory('SmolLM2 Q4_1', smolPath, smol.info);
+
+    // Cold start, the second time: the weights are in OPFS and the pipelines the first engine
+    // used are kept, so a new engine loads, creates them without a warm-up, and resolves while
+    // the browser compiles them. Timed from createEngine to the first streamed piece.
+    const warm = await api(async (model) => {
+      const k = await import('/kestrel.js');
+      const t0 = performance.now();
+      const e = await k.createEngine({ model });
+      const created = performance.now() - t0;
+      try {
+        let first = 0, text = '';
+        const ask = { messages: [{ role: 'user', content: 'What is the capital of France?' }], max_tokens: 4, temperature: 0, stream: true };
+        for await (const c of await e.chat.completions.create(ask)) {
+          const d = c.choices[0].delta.content;
+          if (d && !first) first = performance.now() - t0;
+          text += d ?? '';
+        }
+        return { created, first, text, info: await e.info() };
+      } finally {
+        await e.dispose();
+      }
+    }, `/models/${SMOLLM2}`);
+    const firstVisit = smol.info.timings;
+    const ttft = smol.perf.r.timings.ttft_ms;
+    console.log(`SmolLM2 cold start, first visit: createEngine ${((firstVisit.loadMs + firstVisit.pipelineMs) / 1000).toFixed(2)} s ` +
+      `(download and load ${(firstVisit.loadMs / 1000).toFixed(2)} s, warm-up ${(firstVisit.pipelineMs / 1000).toFixed(2)} s), then first token ${(ttft / 1000).toFixed(2)} s ` +
+      `(${smol.perf.r.usage.prompt_tokens} prompt tokens)`);
+    console.log(`SmolLM2 cold start, weights and pipeline list kept: createEngine ${(warm.created / 1000).toFixed(2)} s ` +
+      `(load ${(warm.info.timings.loadMs / 1000).toFixed(2)} s, ${warm.info.pipelinesAhead.keys} pipelines created ahead, no warm-up), ` +
+      `first token ${(warm.first / 1000).toFixed(2)} s after createEngine was called`);
+    const whole = smol.perf.r.choices[0].message.content;
+    check(warm.info.pipelinesAhead.keys > 0 && warm.info.pipelinesAhead.refused === null && warm.info.timings.pipelineMs === 0 &&
+      warm.text.length > 0 && whole.startsWith(warm.text),
+    `a second engine creates the kept pipelines ahead (${warm.info.pipelinesAhead.keys}, none refused, no warm-up) and replies as the first did: ${JSON.stringify(warm.text)} begins ${JSON.stringify(whole)}`);
   } else {
     console.log(`note: ${smolPath} is absent (tests/run.sh fetches it with \`kestrel chat\`); the GGUF logits and the SmolLM2 chat are not checked`);
   }
@@ -413,6 +447,23 @@ try {
     `the engine refuses a reply in conversation b while a's generates: ${direct.busy}`);
   check(direct.dropped === true && direct.ended.done === true && direct.begun.conversation === 'b' && direct.held.ids.join() === 'default,b',
     `dropping the generating conversation ends its reply; b starts then: ${JSON.stringify(direct)}`);
+
+  // Two engines loading the same new URL at once (two tabs, say): one download, kept in
+  // OPFS, which the second engine waits for and reads (each writing its own copy, one
+  // replaced the file the other was reading). Both give the same logits.
+  const twice = await api(async () => {
+    const k = await import('/kestrel.js');
+    const model = '/fixtures/llama_bf16/model.bf16.gguf';
+    const engines = await Promise.all([k.createEngine({ model }), k.createEngine({ model })]);
+    try {
+      const logits = await Promise.all(engines.map((e) => e.logits([1, 2, 3])));
+      return { same: logits[0].length > 0 && logits[0].every((v, i) => v === logits[1][i]) };
+    } finally {
+      await Promise.all(engines.map((e) => e.dispose()));
+    }
+  });
+  const gets = (await requests())['/fixtures/llama_bf16/model.bf16.gguf'];
+  check(twice.same && gets === 1, `two engines loading one new GGUF URL at once download it once (${gets} GET) and give the same logits`);
 
   // A failed download is a clear error.
   const bad = await api(async () => {

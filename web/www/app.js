@@ -353,7 +353,8 @@ async function load(model) {
     info = await engine.info();
     const m = info.model;
     const line = `${m.name} (${m.architecture}) on ${info.adapter} · context ${m.context} · ` +
-      `f16 ${info.features['shader-f16'] ? 'yes' : 'no (f32 path)'} · pipelines ${(info.timings.pipelineMs / 1000).toFixed(2)} s`;
+      `f16 ${info.features['shader-f16'] ? 'yes' : 'no (f32 path)'} · ` +
+      (info.pipelinesAhead?.keys ? `${info.pipelinesAhead.keys} pipelines compiling ahead` : `pipelines ${(info.timings.pipelineMs / 1000).toFixed(2)} s`);
     status(line);
     if (typeof model === 'string') {
       remember(LAST_MODEL, model);

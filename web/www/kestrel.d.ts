@@ -184,7 +184,12 @@ export interface EngineInfo {
     /** A diffusion model (bidirectional, sampled by unmasking): requests take `diffusion`. */
     diffusion: boolean;
   };
+  /** Load time, and the warm-up's (0 when the pipelines were created ahead instead). */
   timings?: { loadMs: number; pipelineMs: number };
+  /** Pipelines created ahead of use from the list an earlier engine on this model, adapter
+   * and Kestrel version kept (createEngine then skips the warm-up and resolves while the
+   * browser compiles them): how many keys, and the device's refusal of one, if any. */
+  pipelinesAhead?: { keys: number; refused: string | null };
   /** The speculative decoding the engine was created with (absent or null: none). */
   speculation?: { kind: 'ngram'; draftTokens: number } | null;
   /** What the engine's GPU device has done (with a model loaded). */

@@ -9,6 +9,9 @@ import { CACHE, storeWriter, storedFile } from './model_store.js';
 const ready = init();
 let engine = null;
 let modelName = '';
+// The Cache API record of the loaded model's pipeline keys, and how many it holds.
+let pipelineRecord = null;
+let keptKeys = 0;
 const aborted = new Set();
 let queue = Promise.resolve();
 
@@ -120,6 +123,14 @@ async function fetchBytes(id, url, { optional = false } = {}) {
 // instead — the browser's, never the engine's wasm memory — and not cached.
 async function fetchModelFile(id, url) {
   const abs = new URL(url, self.location.href).href;
+  // One download of a URL at a time in this origin (tabs, workers): a second waits, then
+  // finds the file stored. Two would each write the file and replace it on closing, and an
+  // engine reading the first one's File while the second replaced it could not read it.
+  if (navigator.locks) return navigator.locks.request(`kestrel-download ${abs}`, () => fetchModelFileNow(id, abs));
+  return fetchModelFileNow(id, abs);
+}
+
+async function fetchModelFileNow(id, abs) {
   const stored = await storedFile(abs);
   if (stored) {
     progress(id, { phase: 'cache', url: abs, loaded: stored.size, total: stored.size });
@@ -197,6 +208,59 @@ async function fetchHfFolder(id, baseUrl) {
   return files;
 }
 
+// The pipelines an engine used are kept per Kestrel version, adapter and model (the Cache
+// API, 'kestrel-pipelines-v1'): the next engine on them creates those pipelines as soon as
+// its weights are loaded and skips the warm-up, so createEngine resolves while the browser
+// compiles them and the first reply waits only for what is left. A list is a hint only (a
+// key the device refuses is caught; see pipelinesAhead in web/src/engine.rs).
+const PIPELINES = 'kestrel-pipelines-v1';
+
+async function adapterId() {
+  try {
+    const a = await navigator.gpu.requestAdapter();
+    const i = a.info || {};
+    return [i.vendor, i.architecture, i.device, i.description, [...a.features].sort().join(',')].join('|');
+  } catch {
+    return '';
+  }
+}
+
+// The record's URL for `source` (a URL, or the user's files by name, size and date).
+async function pipelineRecordUrl(source) {
+  const what = source.kind === 'url'
+    ? new URL(source.url, self.location.href).href
+    : source.files.map((f) => `${f.name}:${f.size}:${f.lastModified}`).join('/');
+  const id = `${wasm.version()}\n${await adapterId()}\n${what}`;
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(id)));
+  const hex = [...digest.subarray(0, 16)].map((b) => b.toString(16).padStart(2, '0')).join('');
+  return new URL(`/__kestrel/pipelines/${hex}`, self.location.href).href;
+}
+
+// The kept keys at `url` (a JSON array) and their count, or null.
+async function keptPipelines(url) {
+  try {
+    const hit = await (await caches.open(PIPELINES)).match(url);
+    if (!hit) return null;
+    const text = await hit.text();
+    return { text, count: JSON.parse(text).length };
+  } catch {
+    return null;
+  }
+}
+
+// Keep the loaded engine's keys when there are more than were kept (plans add pipelines:
+// a longer prompt may take another tile size).
+async function keepPipelines() {
+  if (!engine || !pipelineRecord) return;
+  const text = engine.pipelineKeys();
+  const count = JSON.parse(text).length;
+  if (count <= keptKeys) return;
+  try {
+    await (await caches.open(PIPELINES)).put(pipelineRecord, new Response(text, { headers: { 'content-type': 'application/json' } }));
+    keptKeys = count;
+  } catch {}
+}
+
 async function load(id, { source, options: engineOptions, speculate, draftTokens, maxConversations }) {
   await ready;
   // The engine's options (context, precision, attention options), refused before anything
@@ -208,6 +272,9 @@ async function load(id, { source, options: engineOptions, speculate, draftTokens
     throw named('KestrelRequestError', `bad request: maxConversations must be 1 to 64, not ${maxConversations}`);
   }
   const started = performance.now();
+  const record = typeof caches === 'undefined' ? null : await pipelineRecordUrl(source);
+  const kept = record && (await keptPipelines(record));
+  const pipelines = kept?.text;
   let e;
   if (source.kind === 'url' && /\.pth$/i.test(source.url)) {
     // BlinkDL's RWKV-7 .pth release: read like a folder holding only it (kept like a GGUF
@@ -215,40 +282,49 @@ async function load(id, { source, options: engineOptions, speculate, draftTokens
     const file = await fetchModelFile(id, source.url);
     progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
     modelName = base(source.url);
-    e = await wasm.loadHfFiles(modelName, [modelName], [rangeReader(file)], options);
+    e = await wasm.loadHfFiles(modelName, [modelName], [rangeReader(file)], options, pipelines);
   } else if (source.kind === 'url' && !source.url.endsWith('/')) {
     const file = await fetchModelFile(id, source.url);
     progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
     modelName = base(source.url);
-    e = await wasm.loadGgufFile(modelName, rangeReader(file), options);
+    e = await wasm.loadGgufFile(modelName, rangeReader(file), options, pipelines);
   } else if (source.kind === 'url') {
     const files = await fetchHfFolder(id, source.url);
     progress(id, { phase: 'load', message: 'uploading weights to the GPU' });
     modelName = base(source.url);
-    e = await wasm.loadHfFiles(modelName, files.map((f) => f[0]), files.map((f) => f[1]), options);
+    e = await wasm.loadHfFiles(modelName, files.map((f) => f[0]), files.map((f) => f[1]), options, pipelines);
   } else {
     const files = source.files;
     const gguf = files.find((f) => /\.gguf$/i.test(f.name));
     progress(id, { phase: 'read', message: `reading ${files.length} file(s)` });
     if (gguf) {
       modelName = gguf.name;
-      e = await wasm.loadGgufFile(gguf.name, rangeReader(gguf), options);
+      e = await wasm.loadGgufFile(gguf.name, rangeReader(gguf), options, pipelines);
     } else {
       // Weights read a tensor at a time from the chosen files; the small files whole.
       const contents = await Promise.all(files.map(async (f) => /\.(safetensors|pth)$/i.test(f.name) ? rangeReader(f) : new Uint8Array(await f.arrayBuffer())));
       const folder = (files[0]?.webkitRelativePath || '').split('/')[0] || 'model';
       modelName = folder;
-      e = await wasm.loadHfFiles(folder, files.map((f) => f.name), contents, options);
+      e = await wasm.loadHfFiles(folder, files.map((f) => f.name), contents, options, pipelines);
     }
   }
   if (speculate) e.setSpeculation(String(speculate), Number(draftTokens ?? 0));
   if (maxConversations != null) e.setMaxConversations(maxConversations);
   const loadMs = performance.now() - started;
-  progress(id, { phase: 'compile', message: 'compiling GPU pipelines' });
-  const t = performance.now();
-  await e.warmUp();
-  const pipelineMs = performance.now() - t;
+  // Without kept pipelines, a warm-up compiles those of a prefill and a decode step (so the
+  // first reply does not wait for them) and tells which to keep; with them, they are
+  // compiling already and the first reply waits only for what is left.
+  let pipelineMs = 0;
+  if (!pipelines) {
+    progress(id, { phase: 'compile', message: 'compiling GPU pipelines' });
+    const t = performance.now();
+    await e.warmUp();
+    pipelineMs = performance.now() - t;
+  }
   engine = e;
+  pipelineRecord = record;
+  keptKeys = kept?.count ?? 0;
+  await keepPipelines();
   const info = JSON.parse(engine.info());
   info.timings = { loadMs, pipelineMs };
   return info;
@@ -283,6 +359,7 @@ async function chat(id, request) {
     } catch {}
   }
   const end = performance.now();
+  await keepPipelines();
   const decodeS = first ? (end - first) / 1000 : 0;
   return {
     finish_reason: finish,
@@ -346,6 +423,7 @@ const handlers = {
   dispose: () => {
     if (engine) engine.free();
     engine = null;
+    pipelineRecord = null;
     return null;
   },
 };
