@@ -3,22 +3,26 @@
 // Included by shaders/matmul.wgsl and shaders/matmul_f16.wgsl, which set tile_t, the type of
 // the tiles in workgroup memory and of the products: f32, or f16 (sums stay f32 either way).
 //
-// A 64x64 output tile per workgroup of 64 invocations (8x8), each computing 8x8 outputs, K in
-// steps of TK = 32 through workgroup memory (both tiles k-major, read as vec4s: 4 loads per 64
-// multiply-adds). Edges are masked, so any M, N, K works. Weights are f32, packed f16 or bf16
-// (W_HALF) or ggml blocks (QFORMAT != 0: a K step is one 32-value group, and each invocation
-// dequantizes one weight row's group with shaders/quant.wgsl, once per tile; K is then a
-// multiple of 32).
+// A TM x 64 output tile per workgroup of 64 invocations (8x8), each computing TM/8 rows x 8
+// columns, K in steps of TK = 32 through workgroup memory (both tiles k-major). TM (8, 16, 32
+// or 64, a constant of the specialisation) follows the number of rows, so that a short prompt
+// does not pay for 64. An invocation reads its 8 columns of a step as two vec4s, and its rows
+// as vec4s too where it has 4 or 8 (A_VEC4, TM >= 32; TM = 64: 4 loads per 64 multiply-adds),
+// else one value at a time. Edges are masked, so any M, N, K works. Weights are f32, packed
+// f16 or bf16 (W_HALF) or ggml blocks (QFORMAT != 0: a K step is one 32-value group, and each
+// invocation dequantizes one weight row's group with shaders/quant.wgsl, once per tile; K is
+// then a multiple of 32).
 //
 // Loads: with X_VEC4 (K % 4 == 0) X is read through x4 as vec4s, 8 neighbouring invocations
-// reading one row's 32 values of a step; with W_VEC4 the same for f32 (K % 4 == 0) or packed
-// 16-bit (K % 8 == 0, 8 values per vec4 of words) weights through w4. Otherwise one value at
-// a time, each invocation walking one row.
+// reading one row's 32 values of a step (TM / 8 passes of 8 rows); with W_VEC4 the same for
+// f32 (K % 4 == 0) or packed 16-bit (K % 8 == 0, 8 values per vec4 of words) weights through
+// w4. Otherwise one value at a time, each invocation walking one row (of X: those below TM).
 //
 // GROUPED (a mixture of experts): W is a chunk of stacked [N, K] expert matrices (experts
 // e0 .. e0 + ne) and the rows of Y are assignments sorted by expert (shaders/moe_permute.wgsl):
 // workgroup y takes tile y of perm's tile list, i.e. rows of one expert, and multiplies them by
-// that expert's matrix only. With GATHER row r of X is its token's row, perm[2r]; else row r.
+// that expert's matrix only (TM is 64, the rows of perm's tiles). With GATHER row r of X is its
+// token's row, perm[2r]; else row r.
 
 struct Params { m: u32, n: u32, k: u32, ldy: u32, col_offset: u32, e0: u32, ne: u32, tiles: u32 }
 
@@ -40,17 +44,23 @@ fn w_quad(j: u32) -> vec4<u32> {
 
 #include "quant.wgsl"
 
-const TILE: u32 = 64u;
+// Columns of Y per workgroup, and K per step.
+const TN: u32 = 64u;
 const TK: u32 = 32u;
+// Rows of Y per invocation, and vec4s per step of a_tile.
+const RPI: u32 = TM / 8u;
+const TM4: u32 = TM / 4u;
 
-// [TK][TILE] as vec4s: element kk * 16 + c holds rows (or columns) 4c..4c+3 at step kk.
-var<workgroup> a_tile: array<vec4<tile_t>, 512>;
-var<workgroup> b_tile: array<vec4<tile_t>, 512>;
+// a_tile [TK][TM] and b_tile [TK][TN] as vec4s: element kk * TM4 + c of a_tile (kk * 16 + c
+// of b_tile) holds rows (columns) 4c..4c+3 at step kk.
+var<workgroup> a_tile: array<vec4<tile_t>, TK * TM4>;
+var<workgroup> b_tile: array<vec4<tile_t>, TK * TN / 4u>;
 
-// Tile row r (0..63) of step kk.
+// Tile row r (0..TM-1) of step kk.
 fn put_a(kk: u32, r: u32, v: f32) {
-    a_tile[kk * 16u + r / 4u][r % 4u] = tile_t(v);
+    a_tile[kk * TM4 + r / 4u][r % 4u] = tile_t(v);
 }
+// Tile column r (0..63) of step kk.
 fn put_b(kk: u32, r: u32, v: f32) {
     b_tile[kk * 16u + r / 4u][r % 4u] = tile_t(v);
 }
@@ -83,8 +93,8 @@ fn x_row(row: u32) -> u32 {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let tx = lid % 8u;
     let ty = lid / 8u;
-    let n0 = wid.x * TILE;
-    var m0 = wid.y * TILE;
+    let n0 = wid.x * TN;
+    var m0 = wid.y * TM;
     var m_end = p.m;
     var w_row0 = 0u; // the chunk row where this workgroup's expert starts
     if (GROUPED) {
@@ -107,30 +117,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         w_row0 = info.z * p.n;
     }
     let row_blocks = p.k / QK;
-    // Scalar loads: this invocation walks row lid of both tiles.
+    // Scalar loads: this invocation walks row lid of both tiles (of a_tile: if lid < TM).
     let am = m0 + lid;
     let bn = n0 + lid;
     var xm = 0u;
     if (am < m_end) {
         xm = x_row(am);
     }
-    // Vector loads: this invocation reads vec4 lid % 8 of tile rows lid / 8 + 8t (X_VEC4; their
-    // X rows, or TILE if past the end) and 8-value piece lid % 4 of weight rows lid / 4 + 16t
-    // (W_VEC4 with 16-bit weights) or vec4 lid % 8 of rows lid / 8 + 8t (f32).
-    var xrows: array<u32, 8>;
+    // Vector loads: this invocation reads vec4 lid % 8 of tile rows lid / 8 + 8t, t < TM / 8
+    // (X_VEC4; their X rows, or 0xffffffff past the end) and 8-value piece lid % 4 of weight
+    // rows lid / 4 + 16t (W_VEC4 with 16-bit weights) or vec4 lid % 8 of rows lid / 8 + 8t
+    // (f32).
+    var xrows: array<u32, RPI>;
     if (X_VEC4) {
-        for (var t = 0u; t < 8u; t++) {
+        for (var t = 0u; t < RPI; t++) {
             let r = m0 + lid / 8u + 8u * t;
             xrows[t] = select(0xffffffffu, x_row(min(r, m_end - 1u)), r < m_end);
         }
     }
-    // acc[2i + h]: output row ty*8 + i, columns tx*8 + 4h .. +3.
-    var acc: array<vec4<f32>, 16>;
+    // acc[2i + h]: output row ty * RPI + i, columns tx * 8 + 4h .. +3.
+    var acc: array<vec4<f32>, 2u * RPI>;
     for (var k0 = 0u; k0 < p.k; k0 += TK) {
         if (X_VEC4) {
             let c = lid % 8u;
             let gk = k0 + 4u * c;
-            for (var t = 0u; t < 8u; t++) {
+            for (var t = 0u; t < RPI; t++) {
                 var v = vec4<f32>(0.0);
                 if (xrows[t] != 0xffffffffu && gk < p.k) {
                     v = x4[(xrows[t] * p.k + gk) / 4u];
@@ -141,7 +152,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 put_a(4u * c + 2u, r, v.z);
                 put_a(4u * c + 3u, r, v.w);
             }
-        } else {
+        } else if (lid < TM) {
             for (var kk = 0u; kk < TK; kk++) {
                 let gk = k0 + kk;
                 var av = 0.0;
@@ -204,47 +215,38 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
         workgroupBarrier();
+        // Unrolled, with constant indices into acc so that it stays in registers.
         for (var kk = 0u; kk < TK; kk++) {
-            let a0 = a_tile[kk * 16u + 2u * ty];
-            let a1 = a_tile[kk * 16u + 2u * ty + 1u];
             let b0 = b_tile[kk * 16u + 2u * tx];
             let b1 = b_tile[kk * 16u + 2u * tx + 1u];
-            acc[0] += vec4<f32>(a0.x * b0);
-            acc[1] += vec4<f32>(a0.x * b1);
-            acc[2] += vec4<f32>(a0.y * b0);
-            acc[3] += vec4<f32>(a0.y * b1);
-            acc[4] += vec4<f32>(a0.z * b0);
-            acc[5] += vec4<f32>(a0.z * b1);
-            acc[6] += vec4<f32>(a0.w * b0);
-            acc[7] += vec4<f32>(a0.w * b1);
-            acc[8] += vec4<f32>(a1.x * b0);
-            acc[9] += vec4<f32>(a1.x * b1);
-            acc[10] += vec4<f32>(a1.y * b0);
-            acc[11] += vec4<f32>(a1.y * b1);
-            acc[12] += vec4<f32>(a1.z * b0);
-            acc[13] += vec4<f32>(a1.z * b1);
-            acc[14] += vec4<f32>(a1.w * b0);
-            acc[15] += vec4<f32>(a1.w * b1);
+#if A_VEC4
+            // The invocation's rows as vec4s: TM = 64, a0 and a1 (rows 8ty .. 8ty + 7); TM = 32,
+            // a0 (4ty .. 4ty + 3).
+#for v in TM / 32
+            let a${v} = a_tile[kk * TM4 + (TM / 32u) * ty + ${v}u];
+#endfor
+#for v in TM / 32
+#for j in 4
+            acc[8u * ${v}u + 2u * ${j}u] += vec4<f32>(a${v}[${j}] * b0);
+            acc[8u * ${v}u + 2u * ${j}u + 1u] += vec4<f32>(a${v}[${j}] * b1);
+#endfor
+#endfor
+#else
+            // One or two rows (TM = 8, 16), one value each.
+#for i in TM / 8
+            let a${i} = a_tile[kk * TM4 + (ty * RPI + ${i}u) / 4u][(ty * RPI + ${i}u) % 4u];
+            acc[2u * ${i}u] += vec4<f32>(a${i} * b0);
+            acc[2u * ${i}u + 1u] += vec4<f32>(a${i} * b1);
+#endfor
+#endif
         }
         workgroupBarrier();
     }
     // Constant indices only, so acc stays in registers.
-    let gm = m0 + ty * 8u;
+    let gm = m0 + ty * RPI;
     let gn = n0 + tx * 8u;
-    store4(gm, gn, acc[0], m_end);
-    store4(gm, gn + 4u, acc[1], m_end);
-    store4(gm + 1u, gn, acc[2], m_end);
-    store4(gm + 1u, gn + 4u, acc[3], m_end);
-    store4(gm + 2u, gn, acc[4], m_end);
-    store4(gm + 2u, gn + 4u, acc[5], m_end);
-    store4(gm + 3u, gn, acc[6], m_end);
-    store4(gm + 3u, gn + 4u, acc[7], m_end);
-    store4(gm + 4u, gn, acc[8], m_end);
-    store4(gm + 4u, gn + 4u, acc[9], m_end);
-    store4(gm + 5u, gn, acc[10], m_end);
-    store4(gm + 5u, gn + 4u, acc[11], m_end);
-    store4(gm + 6u, gn, acc[12], m_end);
-    store4(gm + 6u, gn + 4u, acc[13], m_end);
-    store4(gm + 7u, gn, acc[14], m_end);
-    store4(gm + 7u, gn + 4u, acc[15], m_end);
+#for i in TM / 8
+    store4(gm + ${i}u, gn, acc[2u * ${i}u], m_end);
+    store4(gm + ${i}u, gn + 4u, acc[2u * ${i}u + 1u], m_end);
+#endfor
 }

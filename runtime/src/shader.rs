@@ -265,7 +265,7 @@ impl ShaderDefs {
         Some(defs)
     }
     /// The value of constant `name`, the last one given under that name.
-    fn get(&self, name: &str) -> Option<Def> {
+    pub(crate) fn get(&self, name: &str) -> Option<Def> {
         self.0
             .iter()
             .rev()

@@ -12,8 +12,8 @@ use crate::Gpu;
 pub struct Tuning {
     /// The decode matvec's layout.
     pub matvec: Option<matvec::Layout>,
-    /// Prefill through the rows matmul (true; only where the adapter runs it) or 64×64
-    /// tiles (false).
+    /// Prefill through the rows matmul (true; only where the adapter runs it) or the tiled
+    /// one (false).
     pub matmul_rows: Option<bool>,
 }
 

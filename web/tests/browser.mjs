@@ -32,6 +32,7 @@ const SMOLLM2 = 'SmolLM2-135M-Instruct.Q4_1.gguf';
 const smolPath = path.join(modelsDir, SMOLLM2);
 const haveSmol = fs.existsSync(smolPath);
 const QWEN05 = 'qwen2.5-coder-0.5b-instruct-q4_k_m.gguf';
+const QWEN15 = 'qwen2.5-coder-1.5b-instruct-q4_k_m.gguf';
 const MB = (n) => `${(n / 1e6).toFixed(1)} MB`;
 
 // The engine's wasm memory after loading `file` (info()), below the file's size: it was read
@@ -214,9 +215,14 @@ try {
     console.log(`note: ${smolPath} is absent (tests/run.sh fetches it with \`kestrel chat\`); the GGUF logits and the SmolLM2 chat are not checked`);
   }
 
-  // A larger GGUF when the cache has it: Qwen2.5-Coder-0.5B Q4_K_M (491 MB).
-  const qwenPath = path.join(modelsDir, QWEN05);
-  if (fs.existsSync(qwenPath)) {
+  // Larger GGUFs when the cache has them: Qwen2.5-Coder-0.5B Q4_K_M (491 MB; tests/run.sh
+  // pulls it) and 1.5B (1.1 GB; `kestrel pull qwen2.5-coder-1.5b-instruct`, not in CI).
+  for (const [name, file] of [['Qwen2.5-Coder-0.5B', QWEN05], ['Qwen2.5-Coder-1.5B', QWEN15]]) {
+    const qwenPath = path.join(modelsDir, file);
+    if (!fs.existsSync(qwenPath)) {
+      console.log(`note: ${qwenPath} is absent; its peak wasm memory is not measured`);
+      continue;
+    }
     const t = Date.now();
     const qwen = await api(async (model) => {
       const k = await import('/kestrel.js');
@@ -226,10 +232,8 @@ try {
       } finally {
         await e.dispose();
       }
-    }, `/models/${QWEN05}`);
-    checkWasmMemory(`Qwen2.5-Coder-0.5B Q4_K_M (${((Date.now() - t) / 1000).toFixed(1)} s to load)`, qwenPath, qwen);
-  } else {
-    console.log(`note: ${qwenPath} is absent (tests/run.sh fetches it with \`kestrel pull\`); its peak wasm memory is not measured`);
+    }, `/models/${file}`);
+    checkWasmMemory(`${name} Q4_K_M (${((Date.now() - t) / 1000).toFixed(1)} s to load)`, qwenPath, qwen);
   }
 
   // createEngine's matvecPrecision: reported by info(); an unknown value is a request error

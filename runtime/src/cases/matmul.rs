@@ -1,6 +1,7 @@
 //! matmul in each layout, not only the one the adapter picks (runtime/src/cases/linear.rs
-//! runs that one): the tiled layout with f32 and f16 tiles, and the rows layout with 4 and 32 rows per workgroup and
-//! 1 to 4 columns per invocation, at ragged sizes, for f32 (K a multiple of 4 or not), f16 and
+//! runs that one): the tiled layout with f32 and f16 tiles of 64 rows and of 8, 16 and 32 (f16:
+//! 16), and the rows layout with 4 and 32 rows per workgroup and 1 to 4 columns per
+//! invocation, at ragged sizes, for f32 (K a multiple of 4 or not), f16 and
 //! bf16 (K a multiple of 8 but not of 32, or odd), a 32-value and a 256-value block format. The rows
 //! layout needs subgroups of at least 8 lanes: on an adapter without them (llvmpipe GL) its
 //! cases check that it is refused with an error, then run the tiled layout; f16 tiles need
@@ -54,13 +55,16 @@ impl Spec {
         let bb = b.as_ref().map(|b| upload_f32(gpu, b));
         let y = poisoned(gpu, m * n);
         let launch = |layout| matmul::launch_with(gpu, &xb, &w, bb.as_deref(), &y, m, layout);
-        let runs = match self.layout {
-            Layout::Rows { .. } => matmul::runs_rows(gpu),
-            Layout::Tiles { f16 } => !f16 || gpu.caps.shader_f16,
+        let (runs, fallback) = match self.layout {
+            Layout::Rows { .. } => (matmul::runs_rows(gpu), 64),
+            Layout::Tiles { f16, rows } => (!f16 || gpu.caps.shader_f16, rows),
         };
         let d = match runs {
             false => match launch(self.layout) {
-                Err(Error::Graph(_)) => launch(Layout::Tiles { f16: false })?,
+                Err(Error::Graph(_)) => launch(Layout::Tiles {
+                    f16: false,
+                    rows: fallback,
+                })?,
                 other => {
                     return Err(super::bad_case(format!(
                         "{:?} was not refused on this adapter: {:?}",
@@ -73,7 +77,7 @@ impl Spec {
         };
         let want = matmul::reference(&x, &w_ref, b.as_deref(), m, n, k);
         let tol = match (self.layout, runs) {
-            (Layout::Tiles { f16: true }, true) => f16_tolerance(&x, &w_ref, &want, m, n, k),
+            (Layout::Tiles { f16: true, .. }, true) => f16_tolerance(&x, &w_ref, &want, m, n, k),
             _ => SUM_TOL,
         };
         let out = Output::close("", &y, want, tol);
@@ -111,9 +115,10 @@ fn f16_tolerance(x: &[f32], w: &[f32], y: &[f32], m: usize, n: usize, k: usize) 
 }
 
 pub fn cases() -> Vec<Case> {
+    let tiles = |f16, rows| Layout::Tiles { f16, rows };
     let layouts = [
-        Layout::Tiles { f16: false },
-        Layout::Tiles { f16: true },
+        tiles(false, 64),
+        tiles(true, 64),
         Layout::Rows { rows: 4 },
         Layout::Rows { rows: 32 },
     ];
@@ -144,8 +149,32 @@ pub fn cases() -> Vec<Case> {
                 seed,
             };
             // One f16-tile case in the browser (where WebGPU has shader-f16).
-            let browser = layout == Layout::Tiles { f16: true } && seed == 4010;
+            let browser = layout == tiles(true, 64) && seed == 4010;
             cases.push(spec.case().browser(browser));
+        }
+    }
+    // Smaller tiles (a short prompt's, `Layout::for_rows`): each shape at M = 5, 13, 37 or 66,
+    // none a multiple of the tile, a different one for each tile height. 8 and 16 rows read
+    // a_tile one value at a time, 32 as vec4s (as 64 does).
+    let small = [
+        tiles(false, 8),
+        tiles(false, 16),
+        tiles(false, 32),
+        tiles(true, 16),
+    ];
+    for (j, layout) in small.into_iter().enumerate() {
+        for (i, &(dtype, (_, n, k), bias)) in shapes.iter().enumerate() {
+            seed += 1;
+            let spec = Spec {
+                m: [5, 13, 37, 66][(i + j) % 4],
+                n,
+                k,
+                dtype,
+                bias,
+                layout,
+                seed,
+            };
+            cases.push(spec.case());
         }
     }
     cases

@@ -1,7 +1,8 @@
 //! Matmul for prefill: `Y = X Wᵀ + b`, X [M, K], W [N, K] in f32, packed f16 or bf16, or a
 //! ggml block format (dequantized inside the kernel, shaders/quant.wgsl), in one of two layouts:
-//! * [`Layout::Tiles`] (shaders/matmul_tiles.wgsl), for GPUs and any adapter: 64×64 output
-//!   tiles per workgroup of 64 invocations, 8×8 outputs per invocation, vec4 loads of X and
+//! * [`Layout::Tiles`] (shaders/matmul_tiles.wgsl), for GPUs and any adapter: output tiles of
+//!   64 columns and 64 rows (8, 16 or 32 for fewer rows of X, [`Layout::for_rows`]) per
+//!   workgroup of 64 invocations, 8 columns of 1 to 8 rows per invocation, vec4 loads of X and
 //!   f32/f16/bf16 weights where K allows, the weight tile dequantized once per tile into
 //!   workgroup memory; the tiles in f32 (shaders/matmul.wgsl) or, on adapters with
 //!   shader-f16, in f16 (shaders/matmul_f16.wgsl, f32 sums).
@@ -25,9 +26,9 @@ pub const ROWS: Kernel = kernel!("matmul_rows", rows_variants);
 /// How a matmul spreads its outputs over workgroups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
-    /// shaders/matmul_tiles.wgsl: 64×64 tiles through workgroup memory, in f16 (`f16`: needs
-    /// shader-f16) or f32.
-    Tiles { f16: bool },
+    /// shaders/matmul_tiles.wgsl: tiles of `rows` rows (8, 16, 32 or 64; 64 for a mixture of
+    /// experts) by 64 columns through workgroup memory, in f16 (`f16`: needs shader-f16) or f32.
+    Tiles { f16: bool, rows: u32 },
     /// shaders/matmul_rows.wgsl: `rows` rows (a divisor of 64) per workgroup; needs subgroups
     /// of at least 8 lanes.
     Rows { rows: u32 },
@@ -48,27 +49,31 @@ impl Layout {
         } else {
             Layout::Tiles {
                 f16: F16_TILES && gpu.caps.shader_f16,
+                rows: 64,
             }
         }
     }
 
-    /// The layout for `m` rows of X: the rows layout takes no more rows per workgroup than
-    /// there are (rounded up to a power of two), so a few rows (a batched decode step, a
-    /// speculative verification) do not pay for a prefill's 16 or 32.
+    /// The layout for `m` rows of X: no more rows per workgroup than there are (rounded up
+    /// to a power of two; tiles at least 8), so a few rows (a short prompt, a batched decode
+    /// step, a speculative verification) do not pay for a prefill's 64 (tiles) or 16 or 32
+    /// (rows).
     pub fn for_rows(self, m: usize) -> Layout {
         match self {
             Layout::Rows { rows } => Layout::Rows {
                 rows: rows.min(m.max(1).next_power_of_two() as u32),
             },
-            tiles => tiles,
+            Layout::Tiles { f16, rows } => Layout::Tiles {
+                f16,
+                rows: rows.min(m.clamp(8, 64).next_power_of_two() as u32),
+            },
         }
     }
 
     /// Rows of Y per workgroup.
     fn rows(self) -> u32 {
         match self {
-            Layout::Tiles { .. } => 64,
-            Layout::Rows { rows } => rows,
+            Layout::Tiles { rows, .. } | Layout::Rows { rows } => rows,
         }
     }
 }
@@ -78,6 +83,19 @@ impl Layout {
 /// (relative), against the fixtures' 1e-4; they stay a variant (`Layout::Tiles { f16: true }`,
 /// checked by the kernel cases) for a tuner to offer.
 const F16_TILES: bool = false;
+
+/// The tiled layout's rows per workgroup (TM in the shader). Its 8 × 8 invocations take 8
+/// columns of rows / 8 rows each, so at least 8 rows; 64 is a long prefill's.
+const TILE_ROWS: [u32; 4] = [8, 16, 32, 64];
+
+/// The tiled layout's rows per workgroup in a mode: a grouped workgroup takes one whole tile
+/// of perm's, 64 rows.
+fn tile_heights(grouped: Option<bool>) -> &'static [u32] {
+    match grouped {
+        Some(_) => &TILE_ROWS[3..],
+        None => &TILE_ROWS,
+    }
+}
 
 /// Whether `gpu` can run the rows layout: subgroups of at least 8 lanes.
 pub fn runs_rows(gpu: &Gpu) -> bool {
@@ -131,10 +149,14 @@ const MODES: [(bool, Option<bool>); 4] = [
     (false, Some(true)),
 ];
 
-/// The tiled layout's constants after [`defs`]': whether X and the (f32, f16 or bf16) weight
-/// rows are read as vec4s.
-fn tiles_defs(defs: ShaderDefs, x_vec4: bool, w_vec4: bool) -> ShaderDefs {
-    defs.bool("X_VEC4", x_vec4).bool("W_VEC4", w_vec4)
+/// The tiled layout's constants after [`defs`]': rows per workgroup (one of [`TILE_ROWS`]),
+/// whether the inner loop reads them as vec4s (4 or 8 rows per invocation), and whether X and
+/// the (f32, f16 or bf16) weight rows are read as vec4s.
+fn tiles_defs(defs: ShaderDefs, rows: u32, x_vec4: bool, w_vec4: bool) -> ShaderDefs {
+    defs.u32("TM", rows)
+        .bool("A_VEC4", rows >= 32)
+        .bool("X_VEC4", x_vec4)
+        .bool("W_VEC4", w_vec4)
 }
 
 /// Whether X rows of `k` values, and rows of a weight of `dtype`, are read as vec4s (of
@@ -148,17 +170,19 @@ fn vec4_loads(dtype: DType, k: usize) -> (bool, bool) {
     (k.is_multiple_of(4), w_vec4)
 }
 
-/// Every weight dtype in every mode, X read as vec4s or not, and (f32, f16 and bf16) weights
-/// read as vec4s or not.
+/// Every weight dtype in every mode with every tile height (grouped: 64), X read as vec4s or
+/// not, and (f32, f16 and bf16) weights read as vec4s or not.
 pub fn variants() -> Vec<ShaderDefs> {
     let mut out = Vec::new();
     for (dtype, weight) in weight_specs() {
         let plain = matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
         for (bias, grouped) in MODES {
-            for x_vec4 in [false, true] {
-                for w_vec4 in [false, plain] {
-                    let d = defs(weight.clone(), bias, grouped);
-                    out.push(tiles_defs(d, x_vec4, w_vec4));
+            for &rows in tile_heights(grouped) {
+                for x_vec4 in [false, true] {
+                    for w_vec4 in [false, plain] {
+                        let d = defs(weight.clone(), bias, grouped);
+                        out.push(tiles_defs(d, rows, x_vec4, w_vec4));
+                    }
                 }
             }
         }
@@ -229,8 +253,8 @@ pub fn launch(
     )
 }
 
-/// [`launch`] in a given layout (rows: a divisor of 64, and an adapter with subgroups of at
-/// least 8 lanes).
+/// [`launch`] in a given layout (tiles: 8, 16, 32 or 64 rows; rows: a divisor of 64, and an
+/// adapter with subgroups of at least 8 lanes).
 pub fn launch_with(
     gpu: &Gpu,
     x: &wgpu::Buffer,
@@ -240,6 +264,8 @@ pub fn launch_with(
     m: usize,
     layout: Layout,
 ) -> Result<Vec<Dispatch>> {
+    // First, so that a layout it refuses is refused before its rows are used.
+    let kernel = Launch::new(gpu, x, w, layout, w.rows, bias.is_some(), None)?;
     let groups_m = (m as u32).div_ceil(layout.rows());
     if groups_m > gpu.caps.max_workgroups_per_dim {
         return Err(Error::LimitExceeded {
@@ -248,7 +274,6 @@ pub fn launch_with(
             allowed: gpu.caps.max_workgroups_per_dim as u64 * layout.rows() as u64,
         });
     }
-    let kernel = Launch::new(gpu, x, w, layout, w.rows, bias.is_some(), None)?;
     let bias = bias.unwrap_or(&gpu.dummy);
     w.chunks
         .iter()
@@ -278,8 +303,8 @@ pub fn launch_with(
 /// A mixture of experts' matmul over the rows that `perm` (kernels::moe::permute) sorted by
 /// expert: y [R, N] row r = x row (its token's with `gather`, else row r) times its expert's
 /// [N, K] matrix out of `w`, stacked experts. Each tile perm lists holds 64 rows of one
-/// expert (`moe::TILE`); `max_tiles` bounds the tiles perm may list. One dispatch per
-/// weight chunk.
+/// expert (`moe::TILE`): one workgroup of 64-row tiles, or several of the rows layout's;
+/// `max_tiles` bounds the tiles perm may list. One dispatch per weight chunk.
 #[allow(clippy::too_many_arguments)]
 pub fn launch_grouped(
     gpu: &Gpu,
@@ -353,15 +378,20 @@ impl<'a> Launch<'a> {
         let defs = defs(weight_defs(ShaderDefs::new(), w, "matmul")?, bias, grouped);
         let (x_vec4, w_vec4) = vec4_loads(w.dtype, w.cols);
         Ok(match layout {
-            Layout::Tiles { f16 } => {
+            Layout::Tiles { f16, rows } => {
                 if f16 && !gpu.caps.shader_f16 {
                     return Err(Error::Graph(
                         "matmul: f16 tiles need an adapter with shader-f16".into(),
                     ));
                 }
+                if !tile_heights(grouped).contains(&rows) {
+                    return Err(Error::Graph(format!(
+                        "matmul: tiles of {rows} rows (they take 8, 16, 32 or 64; grouped, 64)"
+                    )));
+                }
                 Launch {
                     kernel: if f16 { KERNEL_F16 } else { KERNEL },
-                    defs: tiles_defs(defs, x_vec4, w_vec4),
+                    defs: tiles_defs(defs, rows, x_vec4, w_vec4),
                     columns: 64,
                     vec4s: (if x_vec4 { x } else { &gpu.dummy }, w_vec4),
                     x,
@@ -430,4 +460,43 @@ pub fn reference(
         }
     }
     y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shader::Def;
+
+    #[test]
+    fn few_rows_take_small_tiles() {
+        let tiles = |rows| Layout::Tiles { f16: false, rows };
+        for (m, rows) in [(0, 8), (1, 8), (2, 8), (8, 8), (9, 16), (31, 32), (33, 64)] {
+            assert_eq!(tiles(64).for_rows(m), tiles(rows), "{m} rows");
+        }
+        for m in [64, 65, 1000, usize::MAX] {
+            assert_eq!(tiles(64).for_rows(m), tiles(64), "{m} rows");
+        }
+        // Never more than the layout had, and the rows layout as before.
+        assert_eq!(tiles(16).for_rows(100), tiles(16));
+        assert_eq!(
+            Layout::Rows { rows: 16 }.for_rows(3),
+            Layout::Rows { rows: 4 }
+        );
+        // Every height the layouts take is compiled: 8 to 64 rows, grouped 64 only.
+        let heights = |grouped: bool| {
+            let mut h: Vec<u32> = variants()
+                .iter()
+                .filter(|d| d.get("GROUPED") == Some(Def::Bool(grouped)))
+                .filter_map(|d| match d.get("TM") {
+                    Some(Def::U32(rows)) => Some(rows),
+                    _ => None,
+                })
+                .collect();
+            h.sort_unstable();
+            h.dedup();
+            h
+        };
+        assert_eq!(heights(false), TILE_ROWS);
+        assert_eq!(heights(true), [64]);
+    }
 }

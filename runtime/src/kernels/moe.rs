@@ -41,7 +41,7 @@ pub fn combine_variants() -> Vec<ShaderDefs> {
         .to_vec()
 }
 
-/// Rows of one grouped matmul tile (shaders/matmul.wgsl's TILE).
+/// Rows of one grouped matmul tile (shaders/matmul_tiles.wgsl's TM when GROUPED).
 pub const TILE: usize = 64;
 
 #[repr(C)]
