@@ -100,7 +100,7 @@ impl Gpu {
     /// The kernel, specialisation and slot of hint `k` ([`Gpu::pipeline_keys`] of an earlier
     /// process), or None: a key that names no kernel of [`crate::kernels::ALL`], holds a
     /// malformed specialisation, or is spelt otherwise than this process writes it (it would
-    /// make a second slot), or one whose pipeline is made already.
+    /// make a second slot). The caller creates the pipeline if the slot, locked, holds none.
     fn prebuild_slot(
         &self,
         k: &str,
@@ -113,11 +113,7 @@ impl Gpu {
         if key(kernel.name, &defs) != k {
             return None;
         }
-        let slot = self.pipelines.slot(k, false, true);
-        if lock(&slot).is_some() {
-            return None;
-        }
-        Some((kernel, defs, slot))
+        Some((kernel, defs, self.pipelines.slot(k, false, true)))
     }
 }
 
@@ -142,8 +138,10 @@ impl Gpu {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         for k in keys {
             if let Some((kernel, defs, slot)) = self.prebuild_slot(k) {
-                let p = self.create_pipeline(kernel.name, kernel.source, &defs);
-                *lock(&slot) = Some(p);
+                let mut made = lock(&slot);
+                if made.is_none() {
+                    *made = Some(self.create_pipeline(kernel.name, kernel.source, &defs));
+                }
             }
         }
         scope.pop()
